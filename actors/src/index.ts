@@ -1,0 +1,23 @@
+/**
+ * @capstan/actors — workflows as pure XState v5 machines.
+ *
+ * Deterministic by construction: this package imports only `xstate` and
+ * `@capstan/schemas`, and never reads a clock or a random source (enforced by lint).
+ * The orchestrator feeds it recorded facts and records what it decides.
+ */
+export { defineWorkflow, backoffDelay, timerId, DEFAULT_RETRY, DEFAULT_TIMEOUT_MS, DEFAULT_POOL } from './workflow.js';
+export type {
+  WorkflowSpec,
+  WorkflowDefinition,
+  StepDefinition,
+  TaskStep,
+  SignalStep,
+  NormalisedStep,
+  RetryPolicy,
+  RunContext,
+} from './workflow.js';
+export { createRegistry } from './registry.js';
+export type { Registry } from './registry.js';
+export { startRun, decide, foldRun, diffDecisions, runStatus, isTerminal, stateName, RunStatus } from './run.js';
+export type { RunState, Decision, Fold, TimelineEntry } from './run.js';
+export { demoPipeline, demoFlaky, demoSignal, demoWorkflows } from './demo.js';

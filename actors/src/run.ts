@@ -1,0 +1,218 @@
+/**
+ * The pure core of a run: start it, decide on an input event, fold a recorded history.
+ * No clock, no I/O: the orchestrator supplies every fact, including the time of a decision.
+ */
+import type { AnyMachineSnapshot } from 'xstate';
+import { initialTransition, transition } from 'xstate';
+import type {
+  DecisionEventBody,
+  InputEventBody,
+  RunEvent,
+  RunEventData,
+  RunEventType,
+} from '@capstan/schemas';
+import {
+  DeterminismViolationError,
+  ErrorCode,
+  EventRejectedError,
+  INPUT_EVENT_TYPES,
+  parseEventBody,
+  SchemaError,
+} from '@capstan/schemas';
+import type { Registry } from './registry.js';
+import type { WorkflowDefinition } from './workflow.js';
+
+export const RunStatus = {
+  Pending: 'pending',
+  Running: 'running',
+  Waiting: 'waiting',
+  Completed: 'completed',
+  Failed: 'failed',
+  Cancelled: 'cancelled',
+} as const;
+export type RunStatus = (typeof RunStatus)[keyof typeof RunStatus];
+
+/** A run as the machine sees it after folding some events. Immutable. */
+export interface RunState {
+  readonly workflow: WorkflowDefinition;
+  readonly snapshot: AnyMachineSnapshot;
+  /** Run-local sequence of the last event folded (1 after `run.started`). */
+  readonly seq: number;
+}
+
+export interface Decision {
+  readonly state: RunState;
+  /** Decision events to record after the input, in order. */
+  readonly decisions: readonly DecisionEventBody[];
+}
+
+const DECISION_TYPES: ReadonlySet<string> = new Set([
+  'step.scheduled',
+  'timer.scheduled',
+  'step.waiting',
+  'run.completed',
+  'run.failed',
+  'run.cancelled',
+]);
+
+function toDecisions(workflowId: string, actions: readonly { type: string; params?: unknown }[]): DecisionEventBody[] {
+  const out: DecisionEventBody[] = [];
+  for (const a of actions) {
+    // Built-in actions (assign, raise…) are applied by `transition` itself.
+    if (a.type.startsWith('xstate.')) continue;
+    if (!DECISION_TYPES.has(a.type)) {
+      throw new SchemaError(`workflow ${workflowId}`, 'action', `${JSON.stringify(a.type)} is not a Capstan decision`);
+    }
+    const type = a.type as DecisionEventBody['type'];
+    out.push({ type, data: parseEventBody(type, a.params ?? {}) } as DecisionEventBody);
+  }
+  return out;
+}
+
+/** Starts a run: the machine's initial state for `run.started` and its first decisions. */
+export function startRun(workflow: WorkflowDefinition, started: RunEventData<'run.started'>): Decision {
+  const [snapshot, actions] = initialTransition(workflow.machine, started.input);
+  return { state: { workflow, snapshot, seq: 1 }, decisions: toDecisions(workflow.id, actions) };
+}
+
+/**
+ * Decides on one input event. Throws {@link EventRejectedError} when the machine does not
+ * accept it in its current state (a late result of an old attempt, a timer that no longer
+ * applies, anything on a finished run): such an input is never recorded.
+ * `seq` of the returned state counts the input and its decisions.
+ */
+export function decide(state: RunState, input: InputEventBody): Decision {
+  if (input.type === 'run.started') throw rejected(state, input);
+  const event = { type: input.type, data: input.data };
+  if (state.snapshot.status !== 'active' || !state.snapshot.can(event)) throw rejected(state, input);
+  const [snapshot, actions] = transition(state.workflow.machine, state.snapshot, event);
+  const decisions = toDecisions(state.workflow.id, actions);
+  return { state: { workflow: state.workflow, snapshot, seq: state.seq + 1 + decisions.length }, decisions };
+}
+
+function rejected(state: RunState, input: InputEventBody): EventRejectedError {
+  const d = input.data as { attempt?: number; step?: string };
+  const stale = d.attempt !== undefined && state.snapshot.status === 'active';
+  const runId = '';
+  return new EventRejectedError(stale ? ErrorCode.StaleAttempt : ErrorCode.EventRejected, runId, input.type, stateName(state));
+}
+
+/** A readable name for the machine's current state value. */
+export function stateName(state: RunState): string {
+  const v: unknown = state.snapshot.value;
+  return typeof v === 'string' ? v : JSON.stringify(v);
+}
+
+export function runStatus(state: RunState): RunStatus {
+  const s = state.snapshot;
+  if (s.hasTag('completed')) return RunStatus.Completed;
+  if (s.hasTag('failed')) return RunStatus.Failed;
+  if (s.hasTag('cancelled')) return RunStatus.Cancelled;
+  if (s.hasTag('waiting')) return RunStatus.Waiting;
+  const ctx = s.context as { anyStarted?: boolean } | undefined;
+  if (s.hasTag('pending') || ctx?.anyStarted === false) return RunStatus.Pending;
+  return RunStatus.Running;
+}
+
+export function isTerminal(state: RunState): boolean {
+  return state.snapshot.status !== 'active';
+}
+
+/** One step of a replayed timeline: the state after an input and the decisions it produced. */
+export interface TimelineEntry {
+  readonly seq: number;
+  readonly at: number;
+  readonly input: RunEventType;
+  readonly state: string;
+  readonly status: RunStatus;
+  readonly decisions: readonly RunEventType[];
+}
+
+export interface Fold {
+  readonly state: RunState;
+  readonly timeline: readonly TimelineEntry[];
+}
+
+/**
+ * Folds a recorded history through the machine version it names, checking that every
+ * recorded decision is exactly what the machine decides again.
+ * @throws DeterminismViolationError with a precise diff on the first divergence
+ * @throws UnknownWorkflowError when the recorded version is not registered
+ */
+export function foldRun(registry: Registry, events: readonly RunEvent[]): Fold {
+  const first = events[0];
+  if (!first || first.type !== 'run.started') {
+    throw new DeterminismViolationError(first?.runId ?? '?', first?.seq ?? 0, ['history does not begin with run.started']);
+  }
+  const runId = first.runId;
+  const workflow = registry.get(first.data.workflow, first.data.version);
+  let i = 0;
+  let state: RunState | undefined;
+  const timeline: TimelineEntry[] = [];
+  while (i < events.length) {
+    const ev = events[i] as RunEvent;
+    if (ev.seq !== i + 1) {
+      throw new DeterminismViolationError(runId, ev.seq, [`event chain broken: expected seq ${i + 1}, found ${ev.seq}`]);
+    }
+    if (!INPUT_EVENT_TYPES.has(ev.type)) {
+      throw new DeterminismViolationError(runId, ev.seq, [`recorded ${ev.type} at seq ${ev.seq} was not decided by any input`]);
+    }
+    let decision: Decision;
+    try {
+      decision = ev.type === 'run.started' ? startRun(workflow, ev.data) : decide(state as RunState, ev as InputEventBody);
+    } catch (e) {
+      if (e instanceof EventRejectedError) {
+        throw new DeterminismViolationError(runId, ev.seq, [
+          `recorded input ${ev.type} at seq ${ev.seq} is not accepted by ${workflow.id}@${workflow.version} in state ${state ? stateName(state) : '(none)'}`,
+        ]);
+      }
+      throw e;
+    }
+    const recorded: RunEvent[] = [];
+    let j = i + 1;
+    while (j < events.length && !INPUT_EVENT_TYPES.has((events[j] as RunEvent).type)) recorded.push(events[j++] as RunEvent);
+    const diff = diffDecisions(decision.decisions, recorded);
+    if (diff.length > 0) throw new DeterminismViolationError(runId, ev.seq, diff);
+    state = decision.state;
+    timeline.push({
+      seq: ev.seq,
+      at: ev.at,
+      input: ev.type,
+      state: stateName(state),
+      status: runStatus(state),
+      decisions: decision.decisions.map((d) => d.type),
+    });
+    i = j;
+  }
+  return { state: state as RunState, timeline };
+}
+
+/** Line-by-line differences between decisions derived now and decisions recorded then. */
+export function diffDecisions(derived: readonly DecisionEventBody[], recorded: readonly RunEvent[]): string[] {
+  const diff: string[] = [];
+  const n = Math.max(derived.length, recorded.length);
+  for (let k = 0; k < n; k++) {
+    const d = derived[k];
+    const r = recorded[k];
+    const seq = r?.seq ?? '(missing)';
+    if (!d && r) diff.push(`seq ${seq}: recorded ${r.type} ${JSON.stringify(r.data)}, replay decided nothing`);
+    else if (d && !r) diff.push(`after the record: replay decided ${d.type} ${JSON.stringify(d.data)}, nothing recorded`);
+    else if (d && r) {
+      if (d.type !== r.type) diff.push(`seq ${seq}: recorded ${r.type}, replay decided ${d.type}`);
+      else {
+        for (const line of diffValues(r.data, d.data, 'data')) diff.push(`seq ${seq} ${r.type}: ${line}`);
+      }
+    }
+  }
+  return diff;
+}
+
+function diffValues(recorded: unknown, derived: unknown, path: string): string[] {
+  if (Object.is(recorded, derived)) return [];
+  const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null;
+  if (isObj(recorded) && isObj(derived) && Array.isArray(recorded) === Array.isArray(derived)) {
+    const keys = [...new Set([...Object.keys(recorded), ...Object.keys(derived)])].sort();
+    return keys.flatMap((k) => diffValues(recorded[k], derived[k], `${path}.${k}`));
+  }
+  return [`${path}: recorded ${JSON.stringify(recorded)}, replay ${JSON.stringify(derived)}`];
+}

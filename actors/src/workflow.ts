@@ -1,0 +1,364 @@
+/**
+ * `defineWorkflow`: a workflow is a versioned sequence of steps, compiled to an XState v5
+ * machine. Authors who need branching or parallel states may pass their own machine
+ * instead, as long as it speaks the decision vocabulary below.
+ *
+ * The machine's **events** are the run's input events (`{ type, data }`, see
+ * `@capstan/schemas`), and its **actions** are decisions: an action whose type is a
+ * decision event type (`step.scheduled`, `timer.scheduled`, `step.waiting`,
+ * `run.completed`, `run.failed`, `run.cancelled`) with the event's data as params. The
+ * orchestrator records each returned action as an event, then acts on it. Status comes
+ * from state tags: `pending`, `waiting`, and on final states `completed`, `failed`,
+ * `cancelled`; anything else is `running`.
+ */
+import type { AnyStateMachine } from 'xstate';
+import { assign, setup } from 'xstate';
+import type { ErrorRecord, InputEventBody, JsonValue, RunEventData } from '@capstan/schemas';
+import { ErrorCode, InvalidWorkflowError, Mode, TimerKind, TOKEN_PATTERN } from '@capstan/schemas';
+
+export interface RetryPolicy {
+  /** Attempts in all, the first included. Default 3. */
+  readonly maxAttempts: number;
+  /** Delay before the second attempt. Default 1000 ms. */
+  readonly initialIntervalMs: number;
+  /** Each later delay is the previous one times this. Default 2. */
+  readonly backoffCoefficient: number;
+  /** Delays never exceed this. Default 60 s. */
+  readonly maxIntervalMs: number;
+}
+
+/** A step a worker executes. */
+export interface TaskStep {
+  readonly name: string;
+  /** Registered handler name; defaults to `<workflowId>.<name>`. */
+  readonly handler?: string;
+  /** Execution mode; only 0 (inline in the worker) runs today. */
+  readonly mode?: Mode;
+  /** Worker pool (capability label) that may run it. Default `default`. */
+  readonly pool?: string;
+  /** Per-attempt timeout, enforced by the worker and by a durable timer. Default 5 min. */
+  readonly timeoutMs?: number;
+  readonly retry?: Partial<RetryPolicy>;
+}
+
+/** A step that waits until the run receives the named signal; its payload is the step result. */
+export interface SignalStep {
+  readonly name: string;
+  readonly signal: string;
+}
+
+export type StepDefinition = TaskStep | SignalStep;
+
+export interface WorkflowSpec {
+  readonly id: string;
+  readonly version: number;
+  readonly steps?: readonly StepDefinition[];
+  readonly machine?: AnyStateMachine;
+}
+
+export interface WorkflowDefinition {
+  readonly id: string;
+  readonly version: number;
+  readonly machine: AnyStateMachine;
+  /** Normalised steps, when the workflow was defined as a sequence. */
+  readonly steps?: readonly NormalisedStep[];
+}
+
+export type NormalisedStep =
+  | { readonly kind: 'task'; readonly name: string; readonly handler: string; readonly mode: Mode; readonly pool: string; readonly timeoutMs: number; readonly retry: RetryPolicy }
+  | { readonly kind: 'signal'; readonly name: string; readonly signal: string };
+
+export const DEFAULT_RETRY: RetryPolicy = Object.freeze({
+  maxAttempts: 3,
+  initialIntervalMs: 1000,
+  backoffCoefficient: 2,
+  maxIntervalMs: 60_000,
+});
+export const DEFAULT_TIMEOUT_MS = 5 * 60_000;
+export const DEFAULT_POOL = 'default';
+
+const WORKFLOW_ID = /^[a-z0-9][a-z0-9._-]{0,127}$/;
+
+/**
+ * Defines a workflow version. Definitions are immutable: a change of behaviour is a new
+ * version, and old versions stay registered so their runs replay.
+ * @throws InvalidWorkflowError on a malformed definition
+ * @example
+ * defineWorkflow({ id: 'billing.invoice', version: 1, steps: [
+ *   { name: 'fetch', timeoutMs: 30_000, retry: { maxAttempts: 5 } },
+ *   { name: 'render' },
+ * ] });
+ */
+export function defineWorkflow(spec: WorkflowSpec): WorkflowDefinition {
+  const { id, version } = spec;
+  if (!WORKFLOW_ID.test(id)) throw new InvalidWorkflowError(id, `id must match ${WORKFLOW_ID.source}`);
+  if (!Number.isSafeInteger(version) || version < 1) throw new InvalidWorkflowError(id, 'version must be a positive integer');
+  if (spec.machine) {
+    if (spec.steps) throw new InvalidWorkflowError(id, 'give steps or a machine, not both');
+    return Object.freeze({ id, version, machine: spec.machine });
+  }
+  if (!spec.steps || spec.steps.length === 0) throw new InvalidWorkflowError(id, 'needs at least one step');
+  const steps = spec.steps.map((s) => normaliseStep(id, s));
+  const names = new Set(steps.map((s) => s.name));
+  if (names.size !== steps.length) throw new InvalidWorkflowError(id, 'step names must be unique');
+  return Object.freeze({ id, version, steps: Object.freeze(steps), machine: compileSteps(id, version, steps) });
+}
+
+function normaliseStep(id: string, s: StepDefinition): NormalisedStep {
+  if (!TOKEN_PATTERN.test(s.name)) throw new InvalidWorkflowError(id, `step name ${JSON.stringify(s.name)} must match ${TOKEN_PATTERN.source}`);
+  if ('signal' in s) {
+    if (!TOKEN_PATTERN.test(s.signal)) throw new InvalidWorkflowError(id, `signal ${JSON.stringify(s.signal)} must match ${TOKEN_PATTERN.source}`);
+    return { kind: 'signal', name: s.name, signal: s.signal };
+  }
+  const retry = { ...DEFAULT_RETRY, ...s.retry };
+  const mode = s.mode ?? Mode.Inline;
+  const pool = s.pool ?? DEFAULT_POOL;
+  const timeoutMs = s.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  if (!Number.isSafeInteger(retry.maxAttempts) || retry.maxAttempts < 1 || retry.maxAttempts > 1000) {
+    throw new InvalidWorkflowError(id, `step ${s.name}: retry.maxAttempts must be 1..1000`);
+  }
+  if (!(retry.initialIntervalMs >= 0) || !(retry.backoffCoefficient >= 1) || !(retry.maxIntervalMs >= retry.initialIntervalMs)) {
+    throw new InvalidWorkflowError(id, `step ${s.name}: retry intervals must be >= 0, coefficient >= 1, max >= initial`);
+  }
+  if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1) throw new InvalidWorkflowError(id, `step ${s.name}: timeoutMs must be a positive integer`);
+  if (!TOKEN_PATTERN.test(pool)) throw new InvalidWorkflowError(id, `step ${s.name}: pool must match ${TOKEN_PATTERN.source}`);
+  if (![0, 1, 2, 3].includes(mode)) throw new InvalidWorkflowError(id, `step ${s.name}: mode must be 0, 1, 2 or 3`);
+  return { kind: 'task', name: s.name, handler: s.handler ?? `${id}.${s.name}`, mode, pool, timeoutMs, retry };
+}
+
+/** Delay before attempt `next` (2, 3, …): exponential, capped. Pure. */
+export function backoffDelay(retry: RetryPolicy, next: number): number {
+  const raw = retry.initialIntervalMs * retry.backoffCoefficient ** Math.max(0, next - 2);
+  return Math.round(Math.min(raw, retry.maxIntervalMs));
+}
+
+/** Deterministic timer id, a valid subject token. */
+export function timerId(step: string, attempt: number, kind: TimerKind): string {
+  return `${step}-a${attempt}-${kind}`;
+}
+
+export interface RunContext {
+  readonly input: { [k: string]: JsonValue };
+  /** Current attempt per step name. */
+  readonly attempts: Readonly<Record<string, number>>;
+  /** Attempt of the current step a worker reported started, if any. */
+  readonly startedAttempt: number;
+  readonly anyStarted: boolean;
+  readonly results: Readonly<Record<string, JsonValue>>;
+  readonly last: JsonValue;
+  readonly lastError: ErrorRecord | null;
+  readonly signals: readonly { name: string; payload: JsonValue }[];
+}
+
+type Ev = InputEventBody;
+type Data<K extends Ev['type']> = Extract<Ev, { type: K }>['data'];
+
+function compileSteps(id: string, version: number, steps: readonly NormalisedStep[]): AnyStateMachine {
+  const stateOf = (i: number) => `step_${i}`;
+  const backoffOf = (i: number) => `retry_${i}`;
+  const after = (i: number) => (i + 1 < steps.length ? stateOf(i + 1) : 'completed');
+
+  const m = setup({
+    types: {
+      context: {} as RunContext,
+      events: {} as Ev,
+      input: {} as { [k: string]: JsonValue },
+    },
+    actions: {
+      // Decisions: the host records them; no implementation runs inside the machine.
+      'step.scheduled': (_, _p: RunEventData<'step.scheduled'>) => {},
+      'timer.scheduled': (_, _p: RunEventData<'timer.scheduled'>) => {},
+      'step.waiting': (_, _p: RunEventData<'step.waiting'>) => {},
+      'run.completed': (_, _p: RunEventData<'run.completed'>) => {},
+      'run.failed': (_, _p: RunEventData<'run.failed'>) => {},
+      'run.cancelled': (_, _p: RunEventData<'run.cancelled'>) => {},
+    },
+  });
+
+  const states: Record<string, unknown> = {};
+  steps.forEach((step, i) => {
+    const attemptOf = (c: RunContext) => c.attempts[step.name] ?? 1;
+    const isCurrent = (c: RunContext, d: { step: string; attempt: number }) => d.step === step.name && d.attempt === attemptOf(c);
+    const next = after(i);
+    if (step.kind === 'signal') {
+      states[stateOf(i)] = {
+        tags: ['waiting'],
+        entry: { type: 'step.waiting', params: { step: step.name, signal: step.signal } },
+        on: {
+          'run.signaled': {
+            guard: ({ event }: { event: Ev }) => (event.data as Data<'run.signaled'>).name === step.signal,
+            target: next,
+            actions: assign(({ context, event }: { context: RunContext; event: Ev }) => {
+              const payload = (event.data as Data<'run.signaled'>).payload ?? null;
+              return { results: { ...context.results, [step.name]: payload }, last: payload };
+            }),
+          },
+        },
+      };
+      return;
+    }
+    const failure = (code: string, message: string, retryable: boolean) => ({ code, message, retryable });
+    const canRetry = (c: RunContext, e: ErrorRecord) => e.retryable && attemptOf(c) < step.retry.maxAttempts;
+    const timeoutError = (c: RunContext) =>
+      failure(ErrorCode.StepTimeout, `step ${step.name} attempt ${attemptOf(c)} timed out after ${step.timeoutMs} ms`, true);
+    const finalError = (c: RunContext, e: ErrorRecord): ErrorRecord => ({
+      code: e.code,
+      message: `step ${step.name} failed after ${attemptOf(c)} attempt(s): ${e.message}`.slice(0, 1000),
+      retryable: false,
+    });
+    states[stateOf(i)] = {
+      tags: [],
+      entry: [
+        {
+          type: 'step.scheduled',
+          params: ({ context }: { context: RunContext }) => ({
+            step: step.name,
+            attempt: attemptOf(context),
+            handler: step.handler,
+            mode: step.mode,
+            pool: step.pool,
+            timeoutMs: step.timeoutMs,
+          }),
+        },
+        {
+          type: 'timer.scheduled',
+          params: ({ context }: { context: RunContext }) => ({
+            timerId: timerId(step.name, attemptOf(context), TimerKind.Timeout),
+            kind: TimerKind.Timeout,
+            step: step.name,
+            attempt: attemptOf(context),
+            delayMs: step.timeoutMs,
+          }),
+        },
+      ],
+      on: {
+        'step.started': {
+          guard: ({ context, event }: { context: RunContext; event: Ev }) =>
+            isCurrent(context, event.data as Data<'step.started'>) && context.startedAttempt !== attemptOf(context),
+          actions: assign(({ context }: { context: RunContext }) => ({ startedAttempt: attemptOf(context), anyStarted: true })),
+        },
+        'step.completed': {
+          guard: ({ context, event }: { context: RunContext; event: Ev }) => isCurrent(context, event.data as Data<'step.completed'>),
+          target: next,
+          actions: assign(({ context, event }: { context: RunContext; event: Ev }) => {
+            const result = (event.data as Data<'step.completed'>).result;
+            return { results: { ...context.results, [step.name]: result }, last: result, startedAttempt: 0, anyStarted: true };
+          }),
+        },
+        'step.failed': [
+          {
+            guard: ({ context, event }: { context: RunContext; event: Ev }) =>
+              isCurrent(context, event.data as Data<'step.failed'>) && canRetry(context, (event.data as Data<'step.failed'>).error),
+            target: backoffOf(i),
+            actions: assign({ lastError: ({ event }: { event: Ev }) => (event.data as Data<'step.failed'>).error, anyStarted: true }),
+          },
+          {
+            guard: ({ context, event }: { context: RunContext; event: Ev }) => isCurrent(context, event.data as Data<'step.failed'>),
+            target: 'failed',
+            actions: assign({
+              lastError: ({ context, event }: { context: RunContext; event: Ev }) => finalError(context, (event.data as Data<'step.failed'>).error),
+            }),
+          },
+        ],
+        'timer.fired': [
+          {
+            guard: ({ context, event }: { context: RunContext; event: Ev }) => {
+              const d = event.data as Data<'timer.fired'>;
+              return d.kind === TimerKind.Timeout && isCurrent(context, d) && canRetry(context, timeoutError(context));
+            },
+            target: backoffOf(i),
+            actions: assign({ lastError: ({ context }: { context: RunContext }) => timeoutError(context) }),
+          },
+          {
+            guard: ({ context, event }: { context: RunContext; event: Ev }) => {
+              const d = event.data as Data<'timer.fired'>;
+              return d.kind === TimerKind.Timeout && isCurrent(context, d);
+            },
+            target: 'failed',
+            actions: assign({ lastError: ({ context }: { context: RunContext }) => finalError(context, timeoutError(context)) }),
+          },
+        ],
+      },
+    };
+    states[backoffOf(i)] = {
+      entry: {
+        type: 'timer.scheduled',
+        params: ({ context }: { context: RunContext }) => ({
+          timerId: timerId(step.name, attemptOf(context), TimerKind.Retry),
+          kind: TimerKind.Retry,
+          step: step.name,
+          attempt: attemptOf(context),
+          delayMs: backoffDelay(step.retry, attemptOf(context) + 1),
+        }),
+      },
+      on: {
+        'timer.fired': {
+          guard: ({ context, event }: { context: RunContext; event: Ev }) => {
+            const d = event.data as Data<'timer.fired'>;
+            return d.kind === TimerKind.Retry && isCurrent(context, d);
+          },
+          target: stateOf(i),
+          actions: assign(({ context }: { context: RunContext }) => ({
+            attempts: { ...context.attempts, [step.name]: attemptOf(context) + 1 },
+            startedAttempt: 0,
+          })),
+        },
+      },
+    };
+  });
+
+  return m.createMachine({
+    id: `${id}@${version}`,
+    context: ({ input }) => ({
+      input,
+      attempts: {},
+      startedAttempt: 0,
+      anyStarted: false,
+      results: {},
+      last: null,
+      lastError: null,
+      signals: [],
+    }),
+    initial: stateOf(0),
+    on: {
+      'run.cancel-requested': { target: '.cancelled' },
+      'run.signaled': {
+        actions: assign({
+          signals: ({ context, event }) => {
+            const d = event.data as Data<'run.signaled'>;
+            return [...context.signals, { name: d.name, payload: d.payload ?? null }];
+          },
+        }),
+      },
+    },
+    states: {
+      ...(states as Record<string, object>),
+      completed: {
+        type: 'final',
+        tags: ['completed'],
+        entry: { type: 'run.completed', params: ({ context }) => ({ output: context.last }) },
+      },
+      failed: {
+        type: 'final',
+        tags: ['failed'],
+        entry: {
+          type: 'run.failed',
+          params: ({ context }) => ({
+            error: context.lastError ?? { code: ErrorCode.StepFailed, message: 'step failed', retryable: false },
+          }),
+        },
+      },
+      cancelled: {
+        type: 'final',
+        tags: ['cancelled'],
+        entry: {
+          type: 'run.cancelled',
+          params: ({ event }) => {
+            const reason = event.type === 'run.cancel-requested' ? event.data.reason : undefined;
+            return reason === undefined ? {} : { reason };
+          },
+        },
+      },
+    },
+  }) as unknown as AnyStateMachine;
+}

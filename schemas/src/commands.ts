@@ -1,0 +1,82 @@
+/**
+ * Commands into the control plane, published to `cap.<t>.cmd.<verb>` (JSON or MessagePack).
+ * The verb comes from the subject; the payload is checked against the verb's schema.
+ */
+import { PayloadTooLargeError, SchemaError } from './errors.js';
+import type { RunId } from './ids.js';
+import { RUN_ID_PATTERN } from './ids.js';
+import { LIMITS } from './limits.js';
+import type { CommandVerb } from './names.js';
+import type { Infer, Schema } from './validate.js';
+import { int, json, jsonObject, literal, obj, optional, str } from './validate.js';
+import { errorRecordSchema, TimerKind } from './events.js';
+
+const runId = str({ pattern: RUN_ID_PATTERN }) as unknown as Schema<RunId>;
+const stepName = str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/ });
+const token = str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/ });
+const attempt = int({ min: 1, max: 1000 });
+const worker = str({ min: 1, max: 128 });
+
+const commandSchemas = {
+  submit: obj('submit', {
+    workflow: str({ min: 1, max: 128 }),
+    input: optional(jsonObject()),
+    runId: optional(runId),
+    idempotencyKey: optional(str({ min: 1, max: 256 })),
+  }),
+  cancel: obj('cancel', { runId, reason: optional(str({ max: 500 })) }),
+  signal: obj('signal', { runId, name: token, payload: optional(json()) }),
+  started: obj('started', { runId, step: stepName, attempt, worker }),
+  result: obj('result', {
+    runId,
+    step: stepName,
+    attempt,
+    worker,
+    outcome: literal('completed', 'failed'),
+    result: optional(json()),
+    error: optional(errorRecordSchema),
+    durationMs: int({ min: 0 }),
+  }),
+  timer: obj('timer', {
+    runId,
+    timerId: token,
+    kind: literal(TimerKind.Retry, TimerKind.Timeout),
+    step: stepName,
+    attempt,
+  }),
+} as const satisfies Record<CommandVerb, Schema<unknown>>;
+
+export type CommandOf<V extends CommandVerb> = Infer<(typeof commandSchemas)[V]>;
+export type SubmitCommand = CommandOf<'submit'>;
+export type ResultCommand = CommandOf<'result'>;
+export type TimerCommand = CommandOf<'timer'>;
+export type Command = { [V in CommandVerb]: { verb: V; body: CommandOf<V> } }[CommandVerb];
+
+export const COMMAND_VERBS = Object.keys(commandSchemas) as CommandVerb[];
+
+export function isCommandVerb(v: string): v is CommandVerb {
+  return Object.hasOwn(commandSchemas, v);
+}
+
+/**
+ * Validates a decoded command body for its verb, including the size caps a schema cannot
+ * see (input, result and signal payloads are measured encoded).
+ * @throws SchemaError | PayloadTooLargeError
+ */
+export function parseCommand<V extends CommandVerb>(verb: V, value: unknown, sizeOf: (v: unknown) => number): Command {
+  const body = commandSchemas[verb].parse(value) as Record<string, unknown>;
+  const capped: [string, number][] = [
+    ['input', LIMITS.inputBytes],
+    ['result', LIMITS.resultBytes],
+    ['payload', LIMITS.signalBytes],
+  ];
+  for (const [field, limit] of capped) {
+    if (body[field] === undefined) continue;
+    const size = sizeOf(body[field]);
+    if (size > limit) throw new PayloadTooLargeError(`${verb}.${field}`, size, limit);
+  }
+  if (verb === 'result' && body['outcome'] === 'failed' && body['error'] === undefined) {
+    throw new SchemaError('result', 'error', 'is required when outcome is "failed"');
+  }
+  return { verb, body } as Command;
+}

@@ -1,0 +1,203 @@
+/**
+ * Typed errors shared by every Capstan package.
+ *
+ * One class per failure a caller can act on. Each carries a stable string `code`
+ * (the contract: branch on it, never on the message), says whether retrying can help,
+ * and sets `name` from its class so a serialized error still says what it was.
+ * Messages never contain payloads or secret values: data goes in typed fields.
+ */
+
+/** Every error code Capstan emits, on the wire (`Capstan-Error-Code`) and in events. */
+export const ErrorCode = {
+  InvalidTenantId: 'invalid_tenant_id',
+  InvalidRunId: 'invalid_run_id',
+  InvalidName: 'invalid_name',
+  DecodeFailed: 'decode_failed',
+  SchemaViolation: 'schema_violation',
+  PayloadTooLarge: 'payload_too_large',
+  UnknownWorkflow: 'unknown_workflow',
+  UnknownTenant: 'unknown_tenant',
+  UnknownHandler: 'unknown_handler',
+  InvalidWorkflow: 'invalid_workflow',
+  RunNotFound: 'run_not_found',
+  RunAlreadyExists: 'run_already_exists',
+  EventRejected: 'event_rejected',
+  StaleAttempt: 'stale_attempt',
+  ConcurrencyConflict: 'concurrency_conflict',
+  DeterminismViolation: 'determinism_violation',
+  StepFailed: 'step_failed',
+  StepTimeout: 'step_timeout',
+  WorkerLost: 'worker_lost',
+  RetriesExhausted: 'retries_exhausted',
+  Cancelled: 'cancelled',
+  InvalidConfig: 'invalid_config',
+  InvalidArgument: 'invalid_argument',
+  Unavailable: 'unavailable',
+  NatsServerMissing: 'nats_server_missing',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+const kCapstanError = Symbol.for('capstan.CapstanError');
+
+/** Plain-data form of an error, as recorded in events and dead letters. */
+export interface ErrorRecord {
+  readonly code: ErrorCode | (string & {});
+  readonly message: string;
+  readonly retryable: boolean;
+}
+
+/**
+ * Base class. Use {@link CapstanError.is} rather than `instanceof`: errors cross package
+ * copies, worker threads and replays, where `instanceof` does not hold.
+ */
+export class CapstanError extends Error {
+  declare readonly [kCapstanError]: true;
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly retryable = false,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+
+  static is(e: unknown): e is CapstanError {
+    return typeof e === 'object' && e !== null && kCapstanError in e;
+  }
+
+  toRecord(): ErrorRecord {
+    return { code: this.code, message: this.message, retryable: this.retryable };
+  }
+}
+Object.defineProperty(CapstanError.prototype, kCapstanError, { value: true });
+
+/** Turns anything thrown into an {@link ErrorRecord}; unknown errors become `step_failed`. */
+export function toErrorRecord(e: unknown, fallback: ErrorCode = ErrorCode.StepFailed): ErrorRecord {
+  if (CapstanError.is(e)) return e.toRecord();
+  const message = e instanceof Error ? e.message : String(e);
+  return { code: fallback, message: message.slice(0, 500), retryable: true };
+}
+
+/** A name (tenant id, subject token, stream name) failed validation; it never became a subject. */
+export class InvalidNameError extends CapstanError {
+  constructor(
+    code: typeof ErrorCode.InvalidTenantId | typeof ErrorCode.InvalidRunId | typeof ErrorCode.InvalidName,
+    readonly kind: string,
+    readonly value: string,
+    readonly rule: string,
+  ) {
+    // The value is shown escaped and cut: it is untrusted input.
+    super(code, `invalid ${kind} ${JSON.stringify(value.slice(0, 64))}: must match ${rule}`);
+  }
+}
+
+/** Bytes that could not be decoded (not MessagePack, not JSON, or a hostile structure). */
+export class DecodeError extends CapstanError {
+  constructor(reason: string, options?: ErrorOptions) {
+    super(ErrorCode.DecodeFailed, `cannot decode message: ${reason}`, false, options);
+  }
+}
+
+/** A decoded value that does not match its runtime schema. `path` points at the first problem. */
+export class SchemaError extends CapstanError {
+  constructor(
+    readonly schema: string,
+    readonly path: string,
+    readonly problem: string,
+  ) {
+    super(ErrorCode.SchemaViolation, `${schema}: ${path || '(root)'} ${problem}`);
+  }
+}
+
+export class PayloadTooLargeError extends CapstanError {
+  constructor(
+    readonly what: string,
+    readonly size: number,
+    readonly limit: number,
+  ) {
+    super(ErrorCode.PayloadTooLarge, `${what} is ${size} bytes; the limit is ${limit}`);
+  }
+}
+
+export class UnknownWorkflowError extends CapstanError {
+  constructor(
+    readonly workflow: string,
+    readonly version?: number,
+  ) {
+    super(
+      ErrorCode.UnknownWorkflow,
+      version === undefined
+        ? `unknown workflow ${JSON.stringify(workflow.slice(0, 64))}`
+        : `workflow ${JSON.stringify(workflow)} has no registered version ${version}`,
+    );
+  }
+}
+
+export class InvalidWorkflowError extends CapstanError {
+  constructor(readonly workflow: string, problem: string) {
+    super(ErrorCode.InvalidWorkflow, `workflow ${JSON.stringify(workflow)}: ${problem}`);
+  }
+}
+
+export class RunNotFoundError extends CapstanError {
+  constructor(
+    readonly tenant: string,
+    readonly runId: string,
+  ) {
+    super(ErrorCode.RunNotFound, `run ${runId} not found in tenant ${tenant}`);
+  }
+}
+
+/** The run's stream moved on under us (another writer appended). Reload and decide again. */
+export class ConcurrencyConflictError extends CapstanError {
+  constructor(
+    readonly runId: string,
+    readonly expectedSeq: number,
+    options?: ErrorOptions,
+  ) {
+    super(ErrorCode.ConcurrencyConflict, `run ${runId} changed since stream seq ${expectedSeq}`, true, options);
+  }
+}
+
+/** The run's machine does not accept this event in its current state (stale or out of order). */
+export class EventRejectedError extends CapstanError {
+  constructor(
+    code: typeof ErrorCode.EventRejected | typeof ErrorCode.StaleAttempt,
+    readonly runId: string,
+    readonly eventType: string,
+    readonly state: string,
+  ) {
+    super(code, `run ${runId} in state ${state} does not accept ${eventType}`);
+  }
+}
+
+/** Replay of recorded events through the recorded machine version did not reproduce the record. */
+export class DeterminismViolationError extends CapstanError {
+  constructor(
+    readonly runId: string,
+    readonly seq: number,
+    readonly diff: readonly string[],
+  ) {
+    super(ErrorCode.DeterminismViolation, `run ${runId} diverges at event ${seq}:\n  ${diff.join('\n  ')}`);
+  }
+}
+
+/** Every configuration problem at once, so one restart fixes them all. */
+export class ConfigError extends CapstanError {
+  constructor(readonly problems: readonly string[]) {
+    super(ErrorCode.InvalidConfig, `invalid configuration:\n  - ${problems.join('\n  - ')}`);
+  }
+}
+
+export class InvalidArgumentError extends CapstanError {
+  constructor(message: string) {
+    super(ErrorCode.InvalidArgument, message);
+  }
+}
+
+export class UnavailableError extends CapstanError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(ErrorCode.Unavailable, message, true, options);
+  }
+}

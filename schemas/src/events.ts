@@ -1,0 +1,157 @@
+/**
+ * Run events: the truth about a run, stored in `cap.<t>.runs.<runId>`.
+ *
+ * Two families share one envelope:
+ * - **inputs** are facts from outside the machine (a run was submitted, a worker finished a
+ *   step, a timer fired, a signal arrived). The orchestrator folds them through the run's
+ *   machine, on a live decision and on replay alike.
+ * - **decisions** record what the machine decided in answer (schedule a step, arm a timer,
+ *   finish the run). Replay derives them again from the inputs and compares: any difference
+ *   is a determinism violation, reported as a diff.
+ */
+import { EVENT_ENVELOPE_VERSION, LIMITS } from './limits.js';
+import type { ErrorRecord } from './errors.js';
+import type { RunId } from './ids.js';
+import { RUN_ID_PATTERN } from './ids.js';
+import type { Infer, JsonValue, Schema } from './validate.js';
+import { bool, int, json, jsonObject, literal, obj, optional, str, tagged } from './validate.js';
+
+const stepName = str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/ });
+const attempt = int({ min: 1, max: 1000 });
+const token = str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/ });
+
+export const errorRecordSchema: Schema<ErrorRecord> = obj('error', {
+  code: str({ min: 1, max: 64 }),
+  message: str({ max: 1000 }),
+  retryable: bool(),
+});
+
+/** Execution modes (see DESIGN.md): 0 inline in the worker; 1–3 sandboxed. */
+export const Mode = { Inline: 0, Sandboxed: 1, SandboxedWithLease: 2, Agent: 3 } as const;
+export type Mode = (typeof Mode)[keyof typeof Mode];
+
+export const TimerKind = { Retry: 'retry', Timeout: 'timeout' } as const;
+export type TimerKind = (typeof TimerKind)[keyof typeof TimerKind];
+
+const eventData = {
+  'run.started': obj('run.started', {
+    workflow: str({ min: 1, max: 128 }),
+    version: int({ min: 1 }),
+    input: jsonObject(),
+    idempotencyKey: optional(str({ min: 1, max: 256 })),
+  }),
+  'step.started': obj('step.started', { step: stepName, attempt, worker: str({ min: 1, max: 128 }) }),
+  'step.completed': obj('step.completed', {
+    step: stepName,
+    attempt,
+    worker: str({ min: 1, max: 128 }),
+    result: json(),
+    durationMs: int({ min: 0 }),
+  }),
+  'step.failed': obj('step.failed', {
+    step: stepName,
+    attempt,
+    worker: optional(str({ min: 1, max: 128 })),
+    error: errorRecordSchema,
+    durationMs: optional(int({ min: 0 })),
+  }),
+  'timer.fired': obj('timer.fired', {
+    timerId: token,
+    kind: literal(TimerKind.Retry, TimerKind.Timeout),
+    step: stepName,
+    attempt,
+  }),
+  'run.signaled': obj('run.signaled', { name: token, payload: optional(json()) }),
+  'run.cancel-requested': obj('run.cancel-requested', { reason: optional(str({ max: 500 })) }),
+  // decisions
+  'step.scheduled': obj('step.scheduled', {
+    step: stepName,
+    attempt,
+    handler: str({ min: 1, max: 128 }),
+    mode: literal(Mode.Inline, Mode.Sandboxed, Mode.SandboxedWithLease, Mode.Agent),
+    pool: token,
+    timeoutMs: int({ min: 1 }),
+  }),
+  'step.waiting': obj('step.waiting', { step: stepName, signal: token }),
+  'timer.scheduled': obj('timer.scheduled', {
+    timerId: token,
+    kind: literal(TimerKind.Retry, TimerKind.Timeout),
+    step: stepName,
+    attempt,
+    delayMs: int({ min: 0 }),
+  }),
+  'run.completed': obj('run.completed', { output: json() }),
+  'run.failed': obj('run.failed', { error: errorRecordSchema, step: optional(stepName) }),
+  'run.cancelled': obj('run.cancelled', { reason: optional(str({ max: 500 })) }),
+} as const;
+
+export type RunEventType = keyof typeof eventData;
+export const RUN_EVENT_TYPES = Object.keys(eventData) as RunEventType[];
+
+/** Event types that are facts from outside; the rest are the machine's recorded decisions. */
+export const INPUT_TYPES = [
+  'run.started',
+  'step.started',
+  'step.completed',
+  'step.failed',
+  'timer.fired',
+  'run.signaled',
+  'run.cancel-requested',
+] as const satisfies readonly RunEventType[];
+export type InputEventType = (typeof INPUT_TYPES)[number];
+export const INPUT_EVENT_TYPES: ReadonlySet<RunEventType> = new Set(INPUT_TYPES);
+
+export type RunEventData<K extends RunEventType> = Infer<(typeof eventData)[K]>;
+
+/** A run event without its envelope: what a decision produces before it is sequenced. */
+export type RunEventBody = { [K in RunEventType]: { type: K; data: RunEventData<K> } }[RunEventType];
+export type InputEventBody = Extract<RunEventBody, { type: InputEventType }>;
+export type DecisionEventBody = Exclude<RunEventBody, { type: InputEventType }>;
+
+/**
+ * The versioned envelope. `seq` is the run-local sequence (1, 2, …), `at` is the decision
+ * time in epoch milliseconds set by the orchestrator (machines never read a clock), and
+ * `causationId` names the command or event that caused it.
+ */
+export type RunEvent = RunEventBody & {
+  v: typeof EVENT_ENVELOPE_VERSION;
+  runId: RunId;
+  seq: number;
+  at: number;
+  causationId: string;
+};
+
+const bodySchema = tagged(
+  'run event',
+  Object.fromEntries(
+    Object.entries(eventData).map(([type, data]) => [
+      type,
+      obj(type, {
+        v: literal(EVENT_ENVELOPE_VERSION),
+        type: literal(type),
+        runId: str({ pattern: RUN_ID_PATTERN }),
+        seq: int({ min: 1 }),
+        at: int({ min: 0 }),
+        causationId: str({ min: 1, max: 256 }),
+        data,
+      }),
+    ]),
+  ) as Record<RunEventType, Schema<unknown>>,
+);
+
+/** Validates a decoded run event. @throws SchemaError */
+export function parseRunEvent(value: unknown): RunEvent {
+  return bodySchema.parse(value) as RunEvent;
+}
+
+/** Validates an event body (type + data) before it is sequenced. @throws SchemaError */
+export function parseEventBody<K extends RunEventType>(type: K, data: unknown): RunEventData<K> {
+  return eventData[type].parse(data, 'data') as RunEventData<K>;
+}
+
+export function isInputEvent(e: RunEventBody): e is InputEventBody {
+  return INPUT_EVENT_TYPES.has(e.type);
+}
+
+export type { JsonValue };
+export { LIMITS };

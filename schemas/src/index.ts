@@ -1,0 +1,77 @@
+/**
+ * @capstan/schemas — the vocabulary every Capstan package shares: ids, subject and stream
+ * names, run events, commands, work items, the wire codec and typed errors. Pure: no I/O,
+ * no clock, no randomness, so the deterministic `actors/` package may import it.
+ */
+export {
+  ErrorCode,
+  CapstanError,
+  toErrorRecord,
+  InvalidNameError,
+  DecodeError,
+  SchemaError,
+  PayloadTooLargeError,
+  UnknownWorkflowError,
+  InvalidWorkflowError,
+  RunNotFoundError,
+  ConcurrencyConflictError,
+  EventRejectedError,
+  DeterminismViolationError,
+  ConfigError,
+  InvalidArgumentError,
+  UnavailableError,
+} from './errors.js';
+export type { ErrorRecord } from './errors.js';
+export {
+  TENANT_ID_PATTERN,
+  RUN_ID_PATTERN,
+  isTenantId,
+  parseTenantId,
+  isRunId,
+  parseRunId,
+  makeRunId,
+  runIdTime,
+} from './ids.js';
+export type { TenantId, RunId } from './ids.js';
+export {
+  TOKEN_PATTERN,
+  parseToken,
+  CommandVerb,
+  DeadLetterSource,
+  Subjects,
+  Streams,
+  StreamKind,
+  Consumers,
+  Headers,
+  MsgIds,
+  tenantTokenOf,
+  runIdOfSubject,
+} from './names.js';
+export { EVENT_ENVELOPE_VERSION, LIMITS } from './limits.js';
+export {
+  Mode,
+  TimerKind,
+  RUN_EVENT_TYPES,
+  INPUT_TYPES,
+  INPUT_EVENT_TYPES,
+  parseRunEvent,
+  parseEventBody,
+  isInputEvent,
+  errorRecordSchema,
+} from './events.js';
+export type {
+  RunEvent,
+  RunEventType,
+  RunEventBody,
+  RunEventData,
+  InputEventType,
+  InputEventBody,
+  DecisionEventBody,
+} from './events.js';
+export { parseCommand, isCommandVerb, COMMAND_VERBS } from './commands.js';
+export type { Command, CommandOf, SubmitCommand, ResultCommand, TimerCommand } from './commands.js';
+export { parseWorkItem } from './work.js';
+export type { WorkItem } from './work.js';
+export { encode, decode, encodedSize } from './codec.js';
+export { str, int, num, bool, literal, optional, arr, obj, json, jsonObject, tagged, isPlainObject } from './validate.js';
+export type { Schema, Infer, JsonValue } from './validate.js';

@@ -1,0 +1,130 @@
+/**
+ * Every NATS subject, stream, consumer and header name Capstan uses, spelled here and
+ * nowhere else. The tenant is always the second token, so the single permission
+ * `cap.<tenant>.>` fences a tenant. Builders only accept validated ids.
+ *
+ * | what                 | subject                             | stream            |
+ * |----------------------|-------------------------------------|-------------------|
+ * | run event log        | cap.<t>.runs.<runId>                | CAP_RUNS_<t>      |
+ * | idempotency claims   | cap.<t>.idem.<keyHash>              | CAP_RUNS_<t>      |
+ * | commands             | cap.<t>.cmd.<verb>                  | CAP_CMDS_<t>      |
+ * | durable timers       | cap.<t>.timers.<runId>.<timerId>    | CAP_CMDS_<t>      |
+ * | work for a pool      | cap.<t>.work.<pool>                 | CAP_WORK_<t>      |
+ * | dead letters         | cap.<t>.dlq.<source>                | CAP_DLQ_<t>       |
+ * | service requests     | cap.<t>.svc.<service>.<verb>        | (core NATS)       |
+ */
+import { ErrorCode, InvalidNameError } from './errors.js';
+import type { RunId, TenantId } from './ids.js';
+
+/** A subject token we build from our own vocabulary (pool names, verbs, timer ids). */
+export const TOKEN_PATTERN = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+
+export function parseToken(kind: string, value: unknown): string {
+  if (typeof value === 'string' && TOKEN_PATTERN.test(value)) return value;
+  throw new InvalidNameError(ErrorCode.InvalidName, kind, String(value), TOKEN_PATTERN.source);
+}
+
+/** The command verbs the control plane accepts on `cap.<t>.cmd.<verb>`. */
+export const CommandVerb = {
+  Submit: 'submit',
+  Cancel: 'cancel',
+  Signal: 'signal',
+  Started: 'started',
+  Result: 'result',
+  Timer: 'timer',
+} as const;
+export type CommandVerb = (typeof CommandVerb)[keyof typeof CommandVerb];
+
+/** Where dead letters come from: `cap.<t>.dlq.<source>`. */
+export const DeadLetterSource = {
+  Command: 'cmd',
+  Work: 'work',
+} as const;
+export type DeadLetterSource = (typeof DeadLetterSource)[keyof typeof DeadLetterSource];
+
+const PREFIX = 'cap';
+
+export const Subjects = {
+  /** The one subject holding a run's events. */
+  run: (t: TenantId, runId: RunId) => `${PREFIX}.${t}.runs.${runId}`,
+  /** All run subjects of a tenant (for consumers over every run). */
+  allRuns: (t: TenantId) => `${PREFIX}.${t}.runs.*`,
+  /** An idempotency-key claim; `keyHash` is a hex digest made by the platform. */
+  idempotency: (t: TenantId, keyHash: string) => `${PREFIX}.${t}.idem.${parseToken('idempotency hash', keyHash)}`,
+  allIdempotency: (t: TenantId) => `${PREFIX}.${t}.idem.*`,
+  command: (t: TenantId, verb: CommandVerb) => `${PREFIX}.${t}.cmd.${verb}`,
+  allCommands: (t: TenantId) => `${PREFIX}.${t}.cmd.*`,
+  /** The holder of one durable timer (a JetStream message schedule). */
+  timer: (t: TenantId, runId: RunId, timerId: string) =>
+    `${PREFIX}.${t}.timers.${runId}.${parseToken('timer id', timerId)}`,
+  allTimers: (t: TenantId) => `${PREFIX}.${t}.timers.>`,
+  work: (t: TenantId, pool: string) => `${PREFIX}.${t}.work.${parseToken('pool', pool)}`,
+  allWork: (t: TenantId) => `${PREFIX}.${t}.work.*`,
+  deadLetter: (t: TenantId, source: DeadLetterSource) => `${PREFIX}.${t}.dlq.${source}`,
+  allDeadLetters: (t: TenantId) => `${PREFIX}.${t}.dlq.*`,
+  /** Worker heartbeats with capability labels (core NATS, not stored). */
+  workerHeartbeat: (t: TenantId) => `${PREFIX}.${t}.svc.workers.heartbeat`,
+  /** Wildcard over every tenant's submit subject, used to answer submits for unknown tenants. */
+  anySubmit: () => `${PREFIX}.*.cmd.${CommandVerb.Submit}`,
+} as const;
+
+/** Reads the tenant token back out of a subject; `undefined` if it is not a Capstan subject. */
+export function tenantTokenOf(subject: string): string | undefined {
+  const parts = subject.split('.');
+  return parts[0] === PREFIX ? parts[1] : undefined;
+}
+
+/** Reads the run id out of a run subject (`cap.<t>.runs.<runId>`). */
+export function runIdOfSubject(subject: string): string | undefined {
+  const parts = subject.split('.');
+  return parts.length === 4 && parts[0] === PREFIX && parts[2] === 'runs' ? parts[3] : undefined;
+}
+
+export const StreamKind = { Runs: 'RUNS', Commands: 'CMDS', Work: 'WORK', DeadLetters: 'DLQ' } as const;
+export type StreamKind = (typeof StreamKind)[keyof typeof StreamKind];
+
+const STREAM_PREFIX = 'CAP_';
+
+export const Streams = {
+  runs: (t: TenantId) => `${STREAM_PREFIX}RUNS_${t}`,
+  commands: (t: TenantId) => `${STREAM_PREFIX}CMDS_${t}`,
+  work: (t: TenantId) => `${STREAM_PREFIX}WORK_${t}`,
+  deadLetters: (t: TenantId) => `${STREAM_PREFIX}DLQ_${t}`,
+  /** The prefix of command streams, used to discover tenants. */
+  commandsPrefix: `${STREAM_PREFIX}CMDS_`,
+} as const;
+
+export const Consumers = {
+  /** The orchestrators' shared durable consumer on a tenant's command stream. */
+  orchestrator: 'orchestrator',
+  /** The workers' shared durable consumer for one pool. */
+  workPool: (pool: string) => `work-${parseToken('pool', pool)}`,
+} as const;
+
+/** Headers. `Nats-*` belong to NATS; ours are `Capstan-*`. */
+export const Headers = {
+  MsgId: 'Nats-Msg-Id',
+  ExpectedLastSubjectSeq: 'Nats-Expected-Last-Subject-Sequence',
+  BatchId: 'Nats-Batch-Id',
+  BatchSeq: 'Nats-Batch-Sequence',
+  BatchCommit: 'Nats-Batch-Commit',
+  Schedule: 'Nats-Schedule',
+  ScheduleTarget: 'Nats-Schedule-Target',
+  TraceParent: 'traceparent',
+  EventType: 'Capstan-Type',
+  Schema: 'Capstan-Schema',
+  ErrorCode: 'Capstan-Error-Code',
+  Error: 'Capstan-Error',
+  Tenant: 'Capstan-Tenant',
+  RunId: 'Capstan-Run-Id',
+  SourceSubject: 'Capstan-Source-Subject',
+  SourceSeq: 'Capstan-Source-Seq',
+} as const;
+
+/** Message ids (for `Nats-Msg-Id`) are deterministic, so a retried publish is deduplicated. */
+export const MsgIds = {
+  event: (runId: RunId, seq: number) => `${runId}:${seq}`,
+  work: (runId: RunId, step: string, attempt: number) => `work:${runId}:${step}:${attempt}`,
+  timer: (runId: RunId, timerId: string) => `timer:${runId}:${timerId}`,
+  command: (verb: CommandVerb, key: string) => `${verb}:${key}`,
+} as const;

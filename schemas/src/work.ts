@@ -1,0 +1,27 @@
+/** Work items: what the control plane hands the data plane on `cap.<t>.work.<pool>`. */
+import type { RunId } from './ids.js';
+import { RUN_ID_PATTERN } from './ids.js';
+import { Mode } from './events.js';
+import type { Infer, Schema } from './validate.js';
+import { int, json, jsonObject, literal, obj, optional, str } from './validate.js';
+
+const workItemSchema = obj('work item', {
+  runId: str({ pattern: RUN_ID_PATTERN }) as unknown as Schema<RunId>,
+  workflow: str({ min: 1, max: 128 }),
+  version: int({ min: 1 }),
+  step: str({ min: 1, max: 64 }),
+  attempt: int({ min: 1 }),
+  handler: str({ min: 1, max: 128 }),
+  mode: literal(Mode.Inline, Mode.Sandboxed, Mode.SandboxedWithLease, Mode.Agent),
+  timeoutMs: int({ min: 1 }),
+  input: jsonObject(),
+  /** Result of the step before this one, if any: steps chain through small metadata. */
+  previous: optional(json()),
+});
+
+export type WorkItem = Infer<typeof workItemSchema>;
+
+/** @throws SchemaError */
+export function parseWorkItem(value: unknown): WorkItem {
+  return workItemSchema.parse(value);
+}

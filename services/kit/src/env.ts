@@ -1,0 +1,70 @@
+/**
+ * Helpers for pure `loadConfig(env)` functions: each reads one key, records a problem
+ * instead of throwing, so a config error lists every problem at once.
+ */
+import { LOG_LEVELS } from './log.js';
+import type { LevelWithSilent } from 'pino';
+import { parseTenantId, isTenantId, type TenantId } from '@capstan/schemas';
+
+export type Env = Readonly<Record<string, string | undefined>>;
+
+export function envString(env: Env, key: string, fallback: string): string {
+  const v = env[key];
+  return v === undefined || v === '' ? fallback : v;
+}
+
+export function envInt(env: Env, key: string, fallback: number, problems: string[], min = 0, max = Number.MAX_SAFE_INTEGER): number {
+  const raw = env[key];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isSafeInteger(n) || n < min || n > max) {
+    problems.push(`${key} must be an integer between ${min} and ${max} (got ${JSON.stringify(raw)})`);
+    return fallback;
+  }
+  return n;
+}
+
+export function envBool(env: Env, key: string, fallback: boolean, problems: string[]): boolean {
+  const raw = env[key];
+  if (raw === undefined || raw === '') return fallback;
+  if (['1', 'true', 'yes', 'on'].includes(raw.toLowerCase())) return true;
+  if (['0', 'false', 'no', 'off'].includes(raw.toLowerCase())) return false;
+  problems.push(`${key} must be true or false (got ${JSON.stringify(raw)})`);
+  return fallback;
+}
+
+export function envLogLevel(env: Env, problems: string[]): LevelWithSilent {
+  const raw = envString(env, 'LOG_LEVEL', 'info');
+  if ((LOG_LEVELS as readonly string[]).includes(raw)) return raw as LevelWithSilent;
+  problems.push(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')} (got ${JSON.stringify(raw)})`);
+  return 'info';
+}
+
+export function envNatsUrl(env: Env, problems: string[]): string {
+  const raw = env['NATS_URL'];
+  if (!raw) {
+    problems.push('NATS_URL is required (for example nats://127.0.0.1:4333)');
+    return '';
+  }
+  for (const part of raw.split(',')) {
+    try {
+      const u = new URL(part.includes('://') ? part : `nats://${part}`);
+      if (!u.hostname || !u.port) throw new Error('no host or port');
+    } catch {
+      problems.push(`NATS_URL has an invalid server address ${JSON.stringify(part)}`);
+    }
+  }
+  return raw;
+}
+
+/** `CAPSTAN_TENANTS=a,b`: serve only these; unset or `*` means every provisioned tenant. */
+export function envTenants(env: Env, problems: string[]): readonly TenantId[] | 'all' {
+  const raw = env['CAPSTAN_TENANTS'];
+  if (!raw || raw.trim() === '*') return 'all';
+  const out: TenantId[] = [];
+  for (const t of raw.split(',').map((s) => s.trim()).filter(Boolean)) {
+    if (isTenantId(t)) out.push(parseTenantId(t));
+    else problems.push(`CAPSTAN_TENANTS has an invalid tenant id ${JSON.stringify(t)}`);
+  }
+  return out;
+}

@@ -1,0 +1,20 @@
+/**
+ * @capstan/kit — runtime glue shared by Capstan's services (not a service itself):
+ * NATS connections, the private nats-server launcher, tenant provisioning, the run log,
+ * dead letters, logging and config helpers.
+ */
+export { startNatsServer, findNatsServer, NatsServerMissingError, MIN_NATS_SERVER, PROJECT_ROOT } from './nats-server.js';
+export type { NatsServer, NatsServerOptions } from './nats-server.js';
+export { connectNats } from './nats.js';
+export type { NatsConnection } from './nats.js';
+export { createLogger, LOG_LEVELS } from './log.js';
+export type { Logger } from './log.js';
+export { envString, envInt, envBool, envLogLevel, envNatsUrl, envTenants } from './env.js';
+export type { Env } from './env.js';
+export { ensureTenant, listTenants, streamConfigs, DEFAULT_TENANT_LIMITS } from './tenant.js';
+export type { TenantLimits } from './tenant.js';
+export { readRun, appendBatch, decodeEvent } from './run-log.js';
+export type { LoadedRun, AppendGroup, AppendOutcome } from './run-log.js';
+export { newRunId, idempotencyHash, derivedRunId } from './ids.js';
+export { deadLetter } from './dead-letter.js';
+export type { DeadLetterOrigin } from './dead-letter.js';

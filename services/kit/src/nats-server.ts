@@ -1,0 +1,187 @@
+/**
+ * Starts a private nats-server (>= 2.12, JetStream on) on free loopback ports with its own
+ * store directory. Used by `capstan dev`, the test harness and the benchmarks; the system's
+ * nats-server (if any) is never used or touched.
+ */
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { connect as netConnect } from 'node:net';
+import { CapstanError, ErrorCode } from '@capstan/schemas';
+
+export const MIN_NATS_SERVER = [2, 12, 0] as const;
+
+export class NatsServerMissingError extends CapstanError {
+  constructor(detail: string) {
+    super(
+      ErrorCode.NatsServerMissing,
+      `nats-server >= ${MIN_NATS_SERVER.join('.')} not found (${detail}); run \`node infra/nats/install.mjs\` or set CAPSTAN_NATS_SERVER`,
+    );
+  }
+}
+
+/** The project root: this file is services/kit/{src,dist}/nats-server.*. */
+export const PROJECT_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+
+function versionOf(bin: string): number[] | undefined {
+  try {
+    const out = execFileSync(bin, ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    const m = /v?(\d+)\.(\d+)\.(\d+)/.exec(out);
+    return m ? m.slice(1, 4).map(Number) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function atLeast(v: readonly number[], min: readonly number[]): boolean {
+  for (let i = 0; i < min.length; i++) if (v[i] !== min[i]) return (v[i] ?? 0) > (min[i] ?? 0);
+  return true;
+}
+
+/**
+ * Finds a nats-server binary: `CAPSTAN_NATS_SERVER`, then the project's `.capstan/bin`,
+ * then `PATH` (only if new enough; the Debian stable one is not).
+ * @throws NatsServerMissingError
+ */
+export function findNatsServer(env: Readonly<Record<string, string | undefined>> = process.env): string {
+  const candidates = [env['CAPSTAN_NATS_SERVER'], join(PROJECT_ROOT, '.capstan', 'bin', 'nats-server'), 'nats-server'];
+  const seen: string[] = [];
+  for (const c of candidates) {
+    if (!c) continue;
+    const v = versionOf(c);
+    if (v && atLeast(v, MIN_NATS_SERVER)) return c;
+    seen.push(`${c}: ${v ? v.join('.') : 'absent'}`);
+  }
+  throw new NatsServerMissingError(seen.join('; '));
+}
+
+export interface NatsServerOptions {
+  /** Store directory; a fresh temporary one when omitted. */
+  readonly storeDir?: string;
+  /** Client port; a free one (`-1`) when omitted. */
+  readonly port?: number;
+  /** `always`: fsync before every ack (equal durability with Postgres-backed engines). */
+  readonly sync?: 'default' | 'always';
+  readonly binary?: string;
+  /** Where the server's log goes; a file next to the store by default. */
+  readonly logFile?: string;
+}
+
+export interface NatsServer {
+  readonly url: string;
+  readonly port: number;
+  readonly storeDir: string;
+  readonly pid: number;
+  readonly logFile: string;
+  /** Graceful stop (SIGTERM, then SIGKILL after 5 s). */
+  stop(): Promise<void>;
+  /** SIGKILL, for fault tests. */
+  kill(): Promise<void>;
+  /** Starts again on the same port and store (after stop or kill). */
+  restart(): Promise<void>;
+}
+
+export async function startNatsServer(opts: NatsServerOptions = {}): Promise<NatsServer> {
+  const binary = opts.binary ?? findNatsServer();
+  const base = opts.storeDir ?? mkdtempSync(join(tmpdir(), 'capstan-nats-'));
+  mkdirSync(base, { recursive: true });
+  const portsDir = join(base, 'ports');
+  mkdirSync(portsDir, { recursive: true });
+  const logFile = opts.logFile ?? join(base, 'nats-server.log');
+  let port = opts.port ?? -1;
+  let child: ChildProcess | undefined;
+
+  const writeConf = () => {
+    const conf = [
+      `listen: "127.0.0.1:${port}"`,
+      `ports_file_dir: "${portsDir}"`,
+      `max_payload: 1MB`,
+      `jetstream {`,
+      `  store_dir: "${join(base, 'js')}"`,
+      // Cap the store below typical free space: a store that hits ENOSPC hangs JetStream.
+      `  max_file_store: 8GB`,
+      opts.sync === 'always' ? `  sync_interval: always` : '',
+      `}`,
+    ].join('\n');
+    const file = join(base, 'nats-server.conf');
+    writeFileSync(file, conf);
+    return file;
+  };
+
+  const launch = async () => {
+    const conf = writeConf();
+    rmSync(portsDir, { recursive: true, force: true });
+    mkdirSync(portsDir, { recursive: true });
+    child = spawn(binary, ['-c', conf, '-l', logFile], { stdio: 'ignore' });
+    const proc = child;
+    const exited = new Promise<never>((_, reject) =>
+      proc.once('exit', (code) => reject(new Error(`nats-server exited with ${code}; see ${logFile}`))),
+    );
+    const pidFile = join(portsDir, `nats-server_${proc.pid}.ports`);
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline) {
+      if (existsSync(pidFile)) {
+        const ports = JSON.parse(readFileSync(pidFile, 'utf8')) as { nats: string[] };
+        const u = new URL((ports.nats[0] ?? '').replace('nats://', 'http://'));
+        port = Number(u.port);
+        await Promise.race([waitForTcp(port), exited]);
+        return;
+      }
+      await Promise.race([new Promise((r) => setTimeout(r, 25)), exited]);
+    }
+    proc.kill('SIGKILL');
+    throw new Error(`nats-server did not report its ports within 10 s; see ${logFile}`);
+  };
+
+  const waitExit = (signal: NodeJS.Signals) =>
+    new Promise<void>((resolveExit) => {
+      const c = child;
+      if (!c || c.exitCode !== null || c.signalCode !== null) return resolveExit();
+      const t = setTimeout(() => c.kill('SIGKILL'), 5000);
+      c.once('exit', () => {
+        clearTimeout(t);
+        resolveExit();
+      });
+      c.kill(signal);
+    });
+
+  await launch();
+  return {
+    get url() {
+      return `nats://127.0.0.1:${port}`;
+    },
+    get port() {
+      return port;
+    },
+    storeDir: base,
+    get pid() {
+      return child?.pid ?? -1;
+    },
+    logFile,
+    stop: () => waitExit('SIGTERM'),
+    kill: () => waitExit('SIGKILL'),
+    restart: async () => {
+      await waitExit('SIGTERM');
+      await launch();
+    },
+  };
+}
+
+async function waitForTcp(port: number): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    const ok = await new Promise<boolean>((res) => {
+      const s = netConnect(port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        res(true);
+      });
+      s.once('error', () => res(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`nats-server not accepting connections on ${port}`);
+}
