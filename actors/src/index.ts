@@ -21,3 +21,4 @@ export type { Registry } from './registry.js';
 export { startRun, decide, foldRun, diffDecisions, runStatus, isTerminal, stateName, RunStatus } from './run.js';
 export type { RunState, Decision, Fold, TimelineEntry } from './run.js';
 export { demoPipeline, demoFlaky, demoSignal, demoWorkflows } from './demo.js';
+export { statusFromEvents } from './status.js';

@@ -72,7 +72,8 @@ function toDecisions(workflowId: string, actions: readonly { type: string; param
 /** Starts a run: the machine's initial state for `run.started` and its first decisions. */
 export function startRun(workflow: WorkflowDefinition, started: RunEventData<'run.started'>): Decision {
   const [snapshot, actions] = initialTransition(workflow.machine, started.input);
-  return { state: { workflow, snapshot, seq: 1 }, decisions: toDecisions(workflow.id, actions) };
+  const decisions = toDecisions(workflow.id, actions);
+  return { state: { workflow, snapshot, seq: 1 + decisions.length }, decisions };
 }
 
 /**

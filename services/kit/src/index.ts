@@ -18,3 +18,5 @@ export type { LoadedRun, AppendGroup, AppendOutcome } from './run-log.js';
 export { newRunId, idempotencyHash, derivedRunId } from './ids.js';
 export { deadLetter } from './dead-letter.js';
 export type { DeadLetterOrigin } from './dead-letter.js';
+export { createClient, isTerminalEvent } from './client.js';
+export type { CapstanClient, SubmitOptions } from './client.js';

@@ -1,0 +1,49 @@
+/** Flag parsing: strict, so a mistyped flag is an error with a clear message, not ignored. */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { InvalidArgumentError, isTenantId, isRunId, TENANT_ID_PATTERN, type JsonValue, type RunId, type TenantId } from '@capstan/schemas';
+
+export type Options = NonNullable<ParseArgsConfig['options']>;
+
+export function parse(argv: string[], options: Options, positionals: string[]): { values: Record<string, string | boolean | undefined>; args: string[] } {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message.replace(/^TypeError \[[A-Z_]+\]: /, ''));
+  }
+  if (parsed.positionals.length < positionals.length) {
+    throw new InvalidArgumentError(`missing ${positionals.slice(parsed.positionals.length).map((p) => `<${p}>`).join(' ')}`);
+  }
+  if (parsed.positionals.length > positionals.length) {
+    throw new InvalidArgumentError(`unexpected argument ${JSON.stringify(parsed.positionals[positionals.length])}`);
+  }
+  return { values: parsed.values as Record<string, string | boolean | undefined>, args: parsed.positionals };
+}
+
+export function tenantFlag(values: Record<string, unknown>): TenantId {
+  const t = values['tenant'];
+  if (typeof t !== 'string') throw new InvalidArgumentError('--tenant <id> is required');
+  if (!isTenantId(t)) throw new InvalidArgumentError(`--tenant ${JSON.stringify(t)} is not a valid tenant id (${TENANT_ID_PATTERN.source})`);
+  return t;
+}
+
+export function runIdArg(value: string | undefined): RunId {
+  if (!value || !isRunId(value)) throw new InvalidArgumentError(`${JSON.stringify(value ?? '')} is not a run id (a 26-character ULID)`);
+  return value;
+}
+
+export function jsonFlag(name: string, raw: unknown): JsonValue | undefined {
+  if (raw === undefined) return undefined;
+  try {
+    return JSON.parse(String(raw)) as JsonValue;
+  } catch (e) {
+    throw new InvalidArgumentError(`--${name} is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+export function intFlag(name: string, raw: unknown, fallback: number, min = 0): number {
+  if (raw === undefined) return fallback;
+  const n = Number(raw);
+  if (!Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`--${name} must be an integer >= ${min}`);
+  return n;
+}

@@ -1,0 +1,150 @@
+/**
+ * `capstan dev`: the whole platform on one machine. Starts a private nats-server (unless
+ * NATS_URL is set), provisions the `demo` tenant, runs the orchestrator and a worker
+ * in-process, and with `--demo` runs the demo workflows while printing their progress.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { jetstreamManager, DeliverPolicy } from '@nats-io/jetstream';
+import { createOrchestrator, loadConfig as orchestratorConfig } from '@capstan/orchestrator';
+import { createWorker, loadConfig as workerConfig } from '@capstan/worker';
+import {
+  connectNats,
+  createClient,
+  createLogger,
+  decodeEvent,
+  ensureTenant,
+  findNatsServer,
+  NatsServerMissingError,
+  PROJECT_ROOT,
+  startNatsServer,
+  type NatsServer,
+} from '@capstan/kit';
+import { parseTenantId, runIdOfSubject, Streams, Subjects, type RunEvent, type RunId } from '@capstan/schemas';
+import { parse } from './args.js';
+import { DEV_DIR, DEV_URL_FILE } from './context.js';
+import { bold, colorStatus, cyan, describe, dim, green, red } from './format.js';
+
+const say = (s: string) => process.stdout.write(`${s}\n`);
+
+function ensureNatsBinary(): string {
+  try {
+    return findNatsServer();
+  } catch (e) {
+    if (!(e instanceof NatsServerMissingError)) throw e;
+    say(dim('nats-server >= 2.12 not found; installing it into .capstan/bin …'));
+    execFileSync(process.execPath, [join(PROJECT_ROOT, 'infra', 'nats', 'install.mjs')], { stdio: 'inherit' });
+    return findNatsServer();
+  }
+}
+
+export async function devCmd(argv: string[]): Promise<number> {
+  const { values } = parse(
+    argv,
+    { demo: { type: 'boolean' }, exit: { type: 'boolean' }, tenant: { type: 'string', default: 'demo' }, port: { type: 'string' }, fresh: { type: 'boolean' } },
+    [],
+  );
+  const tenant = parseTenantId(values['tenant']);
+  let server: NatsServer | undefined;
+  let url = process.env['NATS_URL'];
+  const storeDir = join(DEV_DIR, 'nats');
+  if (!url) {
+    if (values['fresh']) rmSync(storeDir, { recursive: true, force: true });
+    say(dim('starting nats-server (JetStream) …'));
+    server = await startNatsServer({
+      binary: ensureNatsBinary(),
+      storeDir,
+      ...(values['port'] ? { port: Number(values['port']) } : {}),
+    });
+    url = server.url;
+    mkdirSync(DEV_DIR, { recursive: true });
+    writeFileSync(DEV_URL_FILE, url);
+  }
+  const env = { ...process.env, NATS_URL: url, LOG_LEVEL: process.env['LOG_LEVEL'] ?? 'warn', ORCH_DISCOVERY_MS: '500', WORKER_DISCOVERY_MS: '500' };
+  const logLevel = env.LOG_LEVEL as 'warn';
+  const nc = await connectNats(url, 'capstan-dev', createLogger('dev', logLevel, process.stderr));
+  await ensureTenant(await jetstreamManager(nc), tenant);
+  const orchestrator = await createOrchestrator(orchestratorConfig(env), createLogger('orchestrator', logLevel, process.stderr));
+  const worker = await createWorker(workerConfig({ ...env, WORKER_ID: 'dev-worker-1' }), createLogger('worker', logLevel, process.stderr));
+  await orchestrator.start();
+  await worker.start();
+
+  say('');
+  say(`${bold('Capstan dev stack')} ${green('ready')}`);
+  say(`  NATS        ${url}${server ? dim(`  (store ${storeDir})`) : ''}`);
+  say(`  tenant      ${tenant}`);
+  say(`  workflows   ${orchestrator.registry.list().map((w) => `${w.id}@${w.version}`).join(', ')}`);
+  say(`  try         npx capstan submit demo.pipeline --tenant ${tenant} --wait`);
+  say('');
+
+  const stopAll = async () => {
+    await worker.stop();
+    await orchestrator.stop();
+    await nc.close();
+    await server?.stop();
+    if (server) rmSync(DEV_URL_FILE, { force: true });
+  };
+
+  let code = 0;
+  if (values['demo']) code = await runDemo(nc, tenant);
+  if (values['exit']) {
+    await stopAll();
+    return code;
+  }
+  say(dim('serving; press Ctrl-C to stop'));
+  await new Promise<void>((resolve) => {
+    for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => resolve());
+  });
+  say(dim('stopping …'));
+  await stopAll();
+  return code;
+}
+
+/** Runs each demo workflow once, printing every event as it is recorded. */
+async function runDemo(nc: Awaited<ReturnType<typeof connectNats>>, tenant: ReturnType<typeof parseTenantId>): Promise<number> {
+  const client = await createClient(nc);
+  const names = new Map<RunId, string>();
+  const ended = new Map<RunId, RunEvent>();
+  // Watch the tenant's run stream from now on: every event of every demo run.
+  const consumer = await client.js.consumers.get(Streams.runs(tenant), { filter_subjects: [Subjects.allRuns(tenant)], deliver_policy: DeliverPolicy.New });
+  const watch = await consumer.consume();
+  const watching = (async () => {
+    for await (const m of watch) {
+      const runId = runIdOfSubject(m.subject) as RunId;
+      const name = names.get(runId);
+      if (!name) continue;
+      const e = decodeEvent(m);
+      say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${describe(e)}`);
+      if (e.type === 'step.waiting') {
+        say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${dim('(the demo approves it: capstan signal <run> approve)')}`);
+        await client.signal(tenant, runId, 'approve', { by: 'demo-operator' });
+      }
+      if (e.type === 'run.completed' || e.type === 'run.failed' || e.type === 'run.cancelled') {
+        ended.set(runId, e);
+        if (ended.size === names.size) break;
+      }
+    }
+  })();
+  say(bold('demo: submitting demo.pipeline, demo.flaky and demo.signal'));
+  for (const wf of ['demo.pipeline', 'demo.flaky', 'demo.signal']) {
+    const runId = await client.submit(tenant, wf, { input: { customer: 42, source: 'capstan dev' } });
+    names.set(runId, wf);
+  }
+  const timeout = setTimeout(() => void watch.close(), 60_000);
+  await watching;
+  clearTimeout(timeout);
+  await watch.close();
+  say('');
+  let failures = 0;
+  for (const [runId, name] of names) {
+    const e = ended.get(runId);
+    const status = e ? e.type.slice(4) : 'did not finish in 60 s';
+    if (status !== 'completed') failures++;
+    say(`  ${runId}  ${name.padEnd(14)} ${colorStatus(status)}`);
+  }
+  say(failures === 0 ? green('demo: all runs completed') : red(`demo: ${failures} run(s) did not complete`));
+  say(dim(`  inspect one: npx capstan status <runId> --tenant ${tenant}; replay it: npx capstan replay <runId> --tenant ${tenant}`));
+  say('');
+  return failures === 0 ? 0 : 1;
+}

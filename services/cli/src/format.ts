@@ -1,0 +1,60 @@
+/** Human-readable output. Machine-readable output is `--json` everywhere. */
+import type { RunEvent } from '@capstan/schemas';
+import type { RunStatus, TimelineEntry } from '@capstan/actors';
+
+const tty = process.stdout.isTTY === true && !process.env['NO_COLOR'];
+const paint = (code: number) => (s: string) => (tty ? `\u001b[${code}m${s}\u001b[0m` : s);
+export const dim = paint(2);
+export const bold = paint(1);
+export const green = paint(32);
+export const red = paint(31);
+export const yellow = paint(33);
+export const cyan = paint(36);
+
+export function colorStatus(s: RunStatus | string): string {
+  if (s === 'completed') return green(s);
+  if (s === 'failed') return red(s);
+  if (s === 'waiting' || s === 'cancelled' || s === 'pending') return yellow(s);
+  return cyan(s);
+}
+
+export function time(ms: number): string {
+  return new Date(ms).toISOString();
+}
+
+/** One line saying what an event means. */
+export function describe(e: RunEvent): string {
+  switch (e.type) {
+    case 'run.started':
+      return `started ${e.data.workflow}@${e.data.version}`;
+    case 'step.scheduled':
+      return `step ${e.data.step} attempt ${e.data.attempt} scheduled (mode ${e.data.mode}, pool ${e.data.pool}, timeout ${e.data.timeoutMs} ms)`;
+    case 'step.started':
+      return `step ${e.data.step} attempt ${e.data.attempt} started on ${e.data.worker}`;
+    case 'step.completed':
+      return `step ${e.data.step} attempt ${e.data.attempt} completed in ${e.data.durationMs} ms → ${JSON.stringify(e.data.result).slice(0, 80)}`;
+    case 'step.failed':
+      return `step ${e.data.step} attempt ${e.data.attempt} failed: ${e.data.error.code}: ${e.data.error.message}`;
+    case 'step.waiting':
+      return `step ${e.data.step} waits for signal "${e.data.signal}"`;
+    case 'timer.scheduled':
+      return `${e.data.kind} timer ${e.data.timerId} armed for ${e.data.delayMs} ms`;
+    case 'timer.fired':
+      return `${e.data.kind} timer ${e.data.timerId} fired`;
+    case 'run.signaled':
+      return `signal "${e.data.name}" received`;
+    case 'run.cancel-requested':
+      return `cancel requested${e.data.reason ? `: ${e.data.reason}` : ''}`;
+    case 'run.completed':
+      return `run completed → ${JSON.stringify(e.data.output).slice(0, 80)}`;
+    case 'run.failed':
+      return `run failed: ${e.data.error.code}: ${e.data.error.message}`;
+    case 'run.cancelled':
+      return `run cancelled${e.data.reason ? `: ${e.data.reason}` : ''}`;
+  }
+}
+
+export function timelineLine(e: TimelineEntry): string {
+  const decided = e.decisions.length > 0 ? ` ⇒ ${e.decisions.join(', ')}` : '';
+  return `${String(e.seq).padStart(4)}  ${time(e.at)}  ${e.input.padEnd(20)} → ${e.state.padEnd(12)} ${colorStatus(e.status)}${dim(decided)}`;
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env node
+/** `capstan`: the command line for Capstan. Exit codes: 0 ok, 1 failed, 2 bad usage, 3 not found. */
+import { CapstanError, ErrorCode } from '@capstan/schemas';
+import { devCmd } from './dev.js';
+import { cancelCmd, dlqCmd, eventsCmd, replayCmd, signalCmd, statusCmd, submitCmd, tenantCmd } from './runs.js';
+
+const USAGE = `capstan — durable workflows on NATS JetStream
+
+usage:
+  capstan dev [--demo] [--exit] [--tenant demo] [--port N] [--fresh]
+                                       run the platform locally (nats-server, orchestrator, worker)
+  capstan submit <workflow> --tenant <t> [--input <json>] [--run-id <ulid>]
+                 [--idempotency-key <k>] [--wait] [--timeout <s>] [--json]
+  capstan status <runId> --tenant <t> [--json]
+  capstan events <runId> --tenant <t> [--json]
+  capstan replay <runId> --tenant <t> [--json]
+                                       refold the run through its recorded workflow version
+  capstan signal <runId> <name> --tenant <t> [--payload <json>]
+  capstan cancel <runId> --tenant <t> [--reason <text>]
+  capstan dlq --tenant <t> [--limit N] [--json]   dead letters: commands Capstan refused, and why
+  capstan tenant add <t> | capstan tenant list
+
+every command takes --nats <url> (default: $NATS_URL, else the server of a running \`capstan dev\`)
+`;
+
+const commands: Record<string, (argv: string[]) => Promise<number>> = {
+  dev: devCmd,
+  submit: submitCmd,
+  status: statusCmd,
+  events: eventsCmd,
+  replay: (argv) => replayCmd(argv),
+  signal: signalCmd,
+  cancel: cancelCmd,
+  dlq: dlqCmd,
+  tenant: tenantCmd,
+};
+
+const [name, ...rest] = process.argv.slice(2);
+if (!name || name === '--help' || name === '-h' || name === 'help') {
+  process.stdout.write(USAGE);
+  process.exit(name ? 0 : 2);
+}
+const cmd = commands[name];
+if (!cmd) {
+  process.stderr.write(`capstan: unknown command ${JSON.stringify(name)}\n\n${USAGE}`);
+  process.exit(2);
+}
+try {
+  process.exitCode = await cmd(rest);
+} catch (e) {
+  if (CapstanError.is(e)) {
+    process.stderr.write(`capstan: ${e.code}: ${e.message}\n`);
+    process.exitCode = e.code === ErrorCode.InvalidArgument || e.code === ErrorCode.InvalidTenantId || e.code === ErrorCode.InvalidRunId ? 2 : e.code === ErrorCode.RunNotFound ? 3 : 1;
+  } else {
+    process.stderr.write(`capstan: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exitCode = 1;
+  }
+}
+// Open handles (a consumer mid-close) must not keep a finished command alive.
+setTimeout(() => process.exit(), 100).unref();

@@ -1,0 +1,284 @@
+/** Run commands: submit, status, events, replay, signal, cancel, dead letters, tenants. */
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { foldRun, statusFromEvents, type Registry } from '@capstan/actors';
+import { loadWorkflows } from '@capstan/orchestrator';
+import { createClient, ensureTenant, listTenants, type NatsConnection } from '@capstan/kit';
+import {
+  CapstanError,
+  DeterminismViolationError,
+  Headers,
+  InvalidArgumentError,
+  isPlainObject,
+  parseTenantId,
+  RunNotFoundError,
+  Streams,
+  type JsonValue,
+  type RunEvent,
+  type RunId,
+  type TenantId,
+} from '@capstan/schemas';
+import { parse, tenantFlag, runIdArg, jsonFlag, intFlag } from './args.js';
+import { connectCli } from './context.js';
+import { bold, colorStatus, describe, dim, red, time, timelineLine, green } from './format.js';
+
+const common = { nats: { type: 'string' }, tenant: { type: 'string' }, json: { type: 'boolean' } } as const;
+
+async function withNats<T>(flag: unknown, fn: (nc: NatsConnection) => Promise<T>): Promise<T> {
+  const nc = await connectCli(flag);
+  try {
+    return await fn(nc);
+  } finally {
+    await nc.close();
+  }
+}
+
+function print(json: boolean, value: unknown, human: () => string): void {
+  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${human()}\n`);
+}
+
+export interface RunSummary {
+  readonly runId: string;
+  readonly tenant: string;
+  readonly workflow: string;
+  readonly version: number;
+  readonly status: string;
+  readonly startedAt: string;
+  readonly endedAt?: string;
+  readonly steps: { name: string; attempts: number; outcome: string }[];
+  readonly output?: JsonValue;
+  readonly error?: { code: string; message: string };
+}
+
+export function summarize(t: TenantId, events: readonly RunEvent[]): RunSummary {
+  const first = events[0];
+  if (!first || first.type !== 'run.started') throw new CapstanError('run_not_found', 'run has no start event');
+  const steps = new Map<string, { name: string; attempts: number; outcome: string }>();
+  let output: JsonValue | undefined;
+  let error: { code: string; message: string } | undefined;
+  let endedAt: number | undefined;
+  for (const e of events) {
+    if (e.type === 'step.scheduled') steps.set(e.data.step, { name: e.data.step, attempts: e.data.attempt, outcome: 'scheduled' });
+    else if (e.type === 'step.waiting') steps.set(e.data.step, { name: e.data.step, attempts: 0, outcome: `waiting for ${e.data.signal}` });
+    else if (e.type === 'step.started') (steps.get(e.data.step) ?? { outcome: '' }).outcome = 'running';
+    else if (e.type === 'step.completed') (steps.get(e.data.step) ?? { outcome: '' }).outcome = 'completed';
+    else if (e.type === 'step.failed') (steps.get(e.data.step) ?? { outcome: '' }).outcome = `failed (${e.data.error.code})`;
+    else if (e.type === 'run.signaled') {
+      for (const s of steps.values()) if (s.outcome === `waiting for ${e.data.name}`) s.outcome = 'signaled';
+    } else if (e.type === 'run.completed') {
+      output = e.data.output;
+      endedAt = e.at;
+    } else if (e.type === 'run.failed') {
+      error = { code: e.data.error.code, message: e.data.error.message };
+      endedAt = e.at;
+    } else if (e.type === 'run.cancelled') endedAt = e.at;
+  }
+  return {
+    runId: first.runId,
+    tenant: t,
+    workflow: first.data.workflow,
+    version: first.data.version,
+    status: statusFromEvents(events),
+    startedAt: time(first.at),
+    ...(endedAt !== undefined ? { endedAt: time(endedAt) } : {}),
+    steps: [...steps.values()],
+    ...(output !== undefined ? { output } : {}),
+    ...(error ? { error } : {}),
+  };
+}
+
+function humanSummary(s: RunSummary): string {
+  const lines = [
+    `${bold(s.runId)}  ${s.workflow}@${s.version}  ${colorStatus(s.status)}`,
+    `  tenant   ${s.tenant}`,
+    `  started  ${s.startedAt}${s.endedAt ? `   ended ${s.endedAt}` : ''}`,
+    `  steps    ${s.steps.map((x) => `${x.name}: ${x.outcome}${x.attempts > 1 ? ` (${x.attempts} attempts)` : ''}`).join(', ')}`,
+  ];
+  if (s.output !== undefined) lines.push(`  output   ${JSON.stringify(s.output)}`);
+  if (s.error) lines.push(`  error    ${red(`${s.error.code}: ${s.error.message}`)}`);
+  return lines.join('\n');
+}
+
+async function runEvents(nc: NatsConnection, t: TenantId, runId: RunId): Promise<RunEvent[]> {
+  const client = await createClient(nc);
+  const events = await client.events(t, runId);
+  if (events.length === 0) throw new RunNotFoundError(t, runId);
+  return events;
+}
+
+export async function submitCmd(argv: string[]): Promise<number> {
+  const { values, args } = parse(
+    argv,
+    { ...common, input: { type: 'string' }, 'run-id': { type: 'string' }, 'idempotency-key': { type: 'string' }, wait: { type: 'boolean' }, timeout: { type: 'string' } },
+    ['workflow'],
+  );
+  const t = tenantFlag(values);
+  const input = jsonFlag('input', values['input']);
+  if (input !== undefined && !isPlainObject(input)) throw new InvalidArgumentError('--input must be a JSON object');
+  const timeoutS = intFlag('timeout', values['timeout'], 60, 1);
+  return withNats(values['nats'], async (nc) => {
+    const client = await createClient(nc);
+    const runId = await client.submit(t, args[0] as string, {
+      ...(input ? { input: input as { [k: string]: JsonValue } } : {}),
+      ...(values['run-id'] ? { runId: runIdArg(values['run-id'] as string) } : {}),
+      ...(values['idempotency-key'] ? { idempotencyKey: values['idempotency-key'] as string } : {}),
+    });
+    if (!values['wait']) {
+      print(values['json'] === true, { runId, tenant: t }, () => `${runId}  submitted to ${t}`);
+      return 0;
+    }
+    const end = await client.waitForEnd(t, runId, timeoutS * 1000);
+    const summary = summarize(t, await client.events(t, runId));
+    print(values['json'] === true, summary, () => humanSummary(summary));
+    return end.type === 'run.completed' ? 0 : 1;
+  });
+}
+
+export async function statusCmd(argv: string[]): Promise<number> {
+  const { values, args } = parse(argv, common, ['runId']);
+  const t = tenantFlag(values);
+  const runId = runIdArg(args[0]);
+  return withNats(values['nats'], async (nc) => {
+    const summary = summarize(t, await runEvents(nc, t, runId));
+    print(values['json'] === true, summary, () => humanSummary(summary));
+    return 0;
+  });
+}
+
+export async function eventsCmd(argv: string[]): Promise<number> {
+  const { values, args } = parse(argv, common, ['runId']);
+  const t = tenantFlag(values);
+  const runId = runIdArg(args[0]);
+  return withNats(values['nats'], async (nc) => {
+    const events = await runEvents(nc, t, runId);
+    print(values['json'] === true, events, () =>
+      events.map((e) => `${String(e.seq).padStart(4)}  ${time(e.at)}  ${e.type.padEnd(20)} ${dim(describe(e))}`).join('\n'),
+    );
+    return 0;
+  });
+}
+
+/** Refolds the run through the recorded workflow version; non-zero with a diff on divergence. */
+export async function replayCmd(argv: string[], registryFor: () => Promise<Registry> = () => loadWorkflows(process.env['CAPSTAN_WORKFLOWS'] ?? '')): Promise<number> {
+  const { values, args } = parse(argv, common, ['runId']);
+  const t = tenantFlag(values);
+  const runId = runIdArg(args[0]);
+  const registry = await registryFor();
+  return withNats(values['nats'], async (nc) => {
+    const events = await runEvents(nc, t, runId);
+    const recorded = statusFromEvents(events);
+    try {
+      const fold = foldRun(registry, events);
+      const status = fold.timeline.at(-1)?.status ?? 'pending';
+      const same = status === recorded;
+      print(values['json'] === true, { runId, ok: same, status, recorded, events: events.length, timeline: fold.timeline }, () =>
+        [
+          ...fold.timeline.map(timelineLine),
+          same
+            ? green(`replay reproduces run ${runId}: ${status} after ${events.length} events`)
+            : red(`replay ends ${status}, but the record says ${recorded}`),
+        ].join('\n'),
+      );
+      return same ? 0 : 1;
+    } catch (e) {
+      if (e instanceof DeterminismViolationError) {
+        print(values['json'] === true, { runId, ok: false, seq: e.seq, diff: e.diff }, () =>
+          [red(`replay of run ${runId} diverges from its record at event ${e.seq}:`), ...e.diff.map((d) => `  ${d}`)].join('\n'),
+        );
+        return 1;
+      }
+      throw e;
+    }
+  });
+}
+
+export async function signalCmd(argv: string[]): Promise<number> {
+  const { values, args } = parse(argv, { ...common, payload: { type: 'string' } }, ['runId', 'name']);
+  const t = tenantFlag(values);
+  const runId = runIdArg(args[0]);
+  const payload = jsonFlag('payload', values['payload']);
+  return withNats(values['nats'], async (nc) => {
+    await (await createClient(nc)).signal(t, runId, args[1] as string, payload);
+    print(values['json'] === true, { runId, signal: args[1] }, () => `signal ${args[1]} sent to ${runId}`);
+    return 0;
+  });
+}
+
+export async function cancelCmd(argv: string[]): Promise<number> {
+  const { values, args } = parse(argv, { ...common, reason: { type: 'string' } }, ['runId']);
+  const t = tenantFlag(values);
+  const runId = runIdArg(args[0]);
+  return withNats(values['nats'], async (nc) => {
+    await (await createClient(nc)).cancel(t, runId, values['reason'] as string | undefined);
+    print(values['json'] === true, { runId, cancel: 'requested' }, () => `cancel requested for ${runId}`);
+    return 0;
+  });
+}
+
+export interface DeadLetterView {
+  readonly seq: number;
+  readonly at: string;
+  readonly subject: string;
+  readonly code: string;
+  readonly error: string;
+  readonly source: string;
+  readonly runId?: string;
+  readonly bytes: number;
+}
+
+export async function readDeadLetters(jsm: JetStreamManager, t: TenantId, limit: number): Promise<DeadLetterView[]> {
+  const info = await jsm.streams.info(Streams.deadLetters(t));
+  const out: DeadLetterView[] = [];
+  const first = Math.max(info.state.first_seq, info.state.last_seq - limit + 1);
+  if (info.state.messages === 0) return out;
+  const iter = await jsm.direct.getBatch(Streams.deadLetters(t), { seq: first, batch: limit });
+  for await (const m of iter) {
+    const h = m.header;
+    const runId = h.get(Headers.RunId);
+    out.push({
+      seq: m.seq,
+      at: m.time.toISOString(),
+      subject: m.subject,
+      code: h.get(Headers.ErrorCode),
+      error: h.get(Headers.Error),
+      source: h.get(Headers.SourceSubject),
+      ...(runId ? { runId } : {}),
+      bytes: m.data.length,
+    });
+  }
+  return out;
+}
+
+export async function dlqCmd(argv: string[]): Promise<number> {
+  const { values } = parse(argv, { ...common, limit: { type: 'string' } }, []);
+  const t = tenantFlag(values);
+  const limit = intFlag('limit', values['limit'], 50, 1);
+  return withNats(values['nats'], async (nc) => {
+    const letters = await readDeadLetters(await jetstreamManager(nc), t, limit);
+    print(values['json'] === true, letters, () =>
+      letters.length === 0 ? 'no dead letters' : letters.map((l) => `${String(l.seq).padStart(5)}  ${l.at}  ${red(l.code.padEnd(20))} ${l.error}  ${dim(`(from ${l.source})`)}`).join('\n'),
+    );
+    return 0;
+  });
+}
+
+export async function tenantCmd(argv: string[]): Promise<number> {
+  const [verb, ...rest] = argv;
+  if (verb === 'add') {
+    const { values, args } = parse(rest, { nats: { type: 'string' } }, ['tenant']);
+    const t = parseTenantId(args[0]);
+    return withNats(values['nats'], async (nc) => {
+      await ensureTenant(await jetstreamManager(nc), t);
+      process.stdout.write(`tenant ${t} provisioned\n`);
+      return 0;
+    });
+  }
+  if (verb === 'list') {
+    const { values } = parse(rest, { nats: { type: 'string' }, json: { type: 'boolean' } }, []);
+    return withNats(values['nats'], async (nc) => {
+      const tenants = await listTenants(await jetstreamManager(nc));
+      print(values['json'] === true, tenants, () => (tenants.length ? tenants.join('\n') : 'no tenants'));
+      return 0;
+    });
+  }
+  throw new InvalidArgumentError('usage: capstan tenant add <id> | capstan tenant list');
+}

@@ -1,0 +1,41 @@
+import type { Command, InputEventBody } from '@capstan/schemas';
+import { ErrorCode } from '@capstan/schemas';
+
+/** The input event a command asks the run to take (submit is handled apart: it starts a run). */
+export function inputOf(cmd: Exclude<Command, { verb: 'submit' }>): InputEventBody {
+  switch (cmd.verb) {
+    case 'started':
+      return { type: 'step.started', data: { step: cmd.body.step, attempt: cmd.body.attempt, worker: cmd.body.worker } };
+    case 'result': {
+      const b = cmd.body;
+      if (b.outcome === 'completed') {
+        return { type: 'step.completed', data: { step: b.step, attempt: b.attempt, worker: b.worker, result: b.result ?? null, durationMs: b.durationMs } };
+      }
+      return {
+        type: 'step.failed',
+        data: {
+          step: b.step,
+          attempt: b.attempt,
+          worker: b.worker,
+          error: b.error ?? { code: ErrorCode.StepFailed, message: 'step failed', retryable: true },
+          durationMs: b.durationMs,
+        },
+      };
+    }
+    case 'timer':
+      return { type: 'timer.fired', data: { timerId: cmd.body.timerId, kind: cmd.body.kind, step: cmd.body.step, attempt: cmd.body.attempt } };
+    case 'signal':
+      return { type: 'run.signaled', data: { name: cmd.body.name, ...(cmd.body.payload !== undefined ? { payload: cmd.body.payload } : {}) } };
+    case 'cancel':
+      return { type: 'run.cancel-requested', data: cmd.body.reason !== undefined ? { reason: cmd.body.reason } : {} };
+  }
+}
+
+/**
+ * Whether a rejected command is worth a dead letter. A duplicate `started` or a timer that
+ * no longer applies is routine (a step finished before its timeout) and is dropped quietly;
+ * a rejected result, cancel or signal is something a person may want to see.
+ */
+export function deadLetterWhenRejected(verb: Command['verb']): boolean {
+  return verb === 'result' || verb === 'cancel' || verb === 'signal';
+}

@@ -1,0 +1,78 @@
+/**
+ * Effects: what a recorded decision asks the world to do. They are derived from decision
+ * events alone (plus the run's context), published with deterministic message ids, and
+ * safe to publish twice: JetStream's duplicate window drops the second copy. That is what
+ * lets recovery re-derive the effects of a run's tail after a crash (the log is the outbox).
+ */
+import type { JetStreamClient } from '@nats-io/jetstream';
+import { headers as natsHeaders } from '@nats-io/transport-node';
+import type { RunContext, RunState } from '@capstan/actors';
+import {
+  CommandVerb,
+  encode,
+  Headers,
+  MsgIds,
+  Subjects,
+  type JsonValue,
+  type RunEvent,
+  type RunId,
+  type TenantId,
+  type TimerCommand,
+  type WorkItem,
+} from '@capstan/schemas';
+
+/** One decision's effects, with the run state they were decided in. */
+export interface EffectSource {
+  readonly runId: RunId;
+  readonly state: RunState;
+  readonly events: readonly RunEvent[];
+}
+
+/**
+ * Publishes the effects of the given decisions. Timers go first and work second: once a
+ * worker has seen a step, its timeout timer is known to exist, so recovery only ever has
+ * to look at a run's last decisions.
+ */
+export async function dispatchEffects(js: JetStreamClient, t: TenantId, sources: readonly EffectSource[]): Promise<number> {
+  const timers: Promise<unknown>[] = [];
+  const work: (() => Promise<unknown>)[] = [];
+  for (const src of sources) {
+    const ctx = src.state.snapshot.context as Partial<RunContext>;
+    for (const ev of src.events) {
+      if (ev.type === 'timer.scheduled') {
+        const d = ev.data;
+        const body: TimerCommand = { runId: src.runId, timerId: d.timerId, kind: d.kind, step: d.step, attempt: d.attempt };
+        const h = natsHeaders();
+        h.set(Headers.Schedule, `@at ${new Date(ev.at + d.delayMs).toISOString()}`);
+        h.set(Headers.ScheduleTarget, Subjects.command(t, CommandVerb.Timer));
+        timers.push(js.publish(Subjects.timer(t, src.runId, d.timerId), encode(body), { headers: h, msgID: MsgIds.timer(src.runId, d.timerId) }));
+      } else if (ev.type === 'step.scheduled') {
+        const d = ev.data;
+        const { workflow } = src.state;
+        const item: WorkItem = {
+          runId: src.runId,
+          workflow: workflow.id,
+          version: workflow.version,
+          step: d.step,
+          attempt: d.attempt,
+          handler: d.handler,
+          mode: d.mode,
+          timeoutMs: d.timeoutMs,
+          input: (ctx.input ?? {}) as { [k: string]: JsonValue },
+          ...(ctx.last !== undefined && ctx.last !== null ? { previous: ctx.last } : {}),
+        };
+        work.push(() => js.publish(Subjects.work(t, d.pool), encode(item), { msgID: MsgIds.work(src.runId, d.step, d.attempt) }));
+      }
+    }
+  }
+  await Promise.all(timers);
+  await Promise.all(work.map((w) => w()));
+  return timers.length + work.length;
+}
+
+/** The decisions after a run's last input: the ones whose effects a crash may have lost. */
+export function tailDecisions(events: readonly RunEvent[], isInput: (e: RunEvent) => boolean): RunEvent[] {
+  let i = events.length;
+  while (i > 0 && !isInput(events[i - 1] as RunEvent)) i--;
+  return events.slice(i);
+}

@@ -1,0 +1,340 @@
+/**
+ * The run host for one tenant: load → replay → decide → append → act.
+ *
+ * Commands are taken from the tenant's command stream in ticks. One tick decides every
+ * command it holds (commands of one run in stream order), appends all resulting events as
+ * one JetStream atomic batch (one fsync for many runs), then publishes the effects and
+ * acknowledges the commands. Failure semantics:
+ * - crash before the append: nothing was recorded; the commands are redelivered.
+ * - crash after the append, before effects or acks: the commands are redelivered and
+ *   found already decided (rejected as stale, or a duplicate submit); the effects are
+ *   re-derived from the run's tail when the run is next loaded from its stream.
+ * - another writer appended first: the optimistic lock refuses our batch for that run;
+ *   we reload it from the stream and decide again. A run never forks.
+ */
+import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy, JetStreamApiError } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { decide, foldRun, startRun, type Decision, type Registry, type RunState } from '@capstan/actors';
+import {
+  CapstanError,
+  Consumers,
+  DeadLetterSource,
+  decode,
+  encode,
+  encodedSize,
+  ErrorCode,
+  EVENT_ENVELOPE_VERSION,
+  INPUT_EVENT_TYPES,
+  isCommandVerb,
+  parseCommand,
+  RunNotFoundError,
+  Streams,
+  Subjects,
+  toErrorRecord,
+  type Command,
+  type ErrorRecord,
+  type RunEvent,
+  type RunEventBody,
+  type RunId,
+  type TenantId,
+} from '@capstan/schemas';
+import { appendBatch, deadLetter, derivedRunId, idempotencyHash, readRun, type Logger } from '@capstan/kit';
+import { dispatchEffects, tailDecisions, type EffectSource } from './effects.js';
+import { deadLetterWhenRejected, inputOf } from './commands.js';
+import type { RunCache } from './run-cache.js';
+
+export interface TenantHostOptions {
+  readonly nc: NatsConnection;
+  readonly js: JetStreamClient;
+  readonly jsm: JetStreamManager;
+  readonly tenant: TenantId;
+  readonly registry: Registry;
+  readonly cache: RunCache;
+  readonly log: Logger;
+  readonly maxBatch: number;
+  readonly ackWaitMs: number;
+  /** The decision clock: the only place a run's time comes from. */
+  readonly now: () => number;
+}
+
+export interface TenantHostStats {
+  commands: number;
+  appendedEvents: number;
+  conflicts: number;
+  deadLetters: number;
+  recoveredEffects: number;
+  ticks: number;
+}
+
+export interface TenantHost {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  readonly stats: Readonly<TenantHostStats>;
+}
+
+interface Pending {
+  readonly msg: JsMsg;
+  readonly cmd: Command;
+  readonly runId: RunId;
+}
+
+interface Rejection {
+  readonly msg: JsMsg;
+  readonly error: ErrorRecord;
+  readonly runId?: RunId;
+  readonly deadLetter: boolean;
+}
+
+interface GroupResult {
+  readonly runId: RunId;
+  readonly pendings: readonly Pending[];
+  readonly expected: number;
+  readonly events: RunEvent[];
+  readonly effects: EffectSource[];
+  readonly recovered: EffectSource[];
+  readonly rejections: Rejection[];
+  readonly state: RunState | undefined;
+}
+
+const MAX_CONFLICT_RETRIES = 8;
+
+export function createTenantHost(o: TenantHostOptions): TenantHost {
+  const { nc, js, jsm, tenant: t, registry, cache, maxBatch } = o;
+  const log = o.log.child({ tenant: t });
+  const stats: TenantHostStats = { commands: 0, appendedEvents: 0, conflicts: 0, deadLetters: 0, recoveredEffects: 0, ticks: 0 };
+  const queue: JsMsg[] = [];
+  let messages: ConsumerMessages | undefined;
+  let pumping: Promise<void> | undefined;
+  let stopped = false;
+
+  async function ensureConsumer(): Promise<void> {
+    const config = {
+      durable_name: Consumers.orchestrator,
+      filter_subject: Subjects.allCommands(t),
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ack_wait: o.ackWaitMs * 1_000_000,
+      max_ack_pending: maxBatch * 8,
+    };
+    try {
+      await jsm.consumers.add(Streams.commands(t), config);
+    } catch (e) {
+      // An existing consumer with other settings (a new ack wait): update it in place.
+      if (e instanceof JetStreamApiError) await jsm.consumers.update(Streams.commands(t), Consumers.orchestrator, config);
+      else throw e;
+    }
+  }
+
+  function pump(): void {
+    if (pumping || stopped) return;
+    pumping = (async () => {
+      while (queue.length > 0 && !stopped) {
+        const batch = queue.splice(0, maxBatch);
+        try {
+          await tick(batch);
+        } catch (e) {
+          // Not a run's fault (NATS away, say): let the commands come back soon.
+          log.warn({ err: e, commands: batch.length }, 'tick failed; commands will be redelivered');
+          for (const m of batch) m.nak(500);
+        }
+      }
+    })().finally(() => {
+      pumping = undefined;
+      if (queue.length > 0) pump();
+    });
+  }
+
+  async function tick(batch: JsMsg[]): Promise<void> {
+    stats.ticks++;
+    stats.commands += batch.length;
+    const rejected: Rejection[] = [];
+    const pendings: Pending[] = [];
+    for (const msg of batch) {
+      try {
+        const cmd = parseMessage(msg);
+        pendings.push({ msg, cmd, runId: await runIdFor(msg, cmd) });
+      } catch (e) {
+        rejected.push({ msg, error: toErrorRecord(e, ErrorCode.DecodeFailed), deadLetter: true });
+      }
+    }
+    const byRun = new Map<RunId, Pending[]>();
+    for (const p of pendings) {
+      const list = byRun.get(p.runId);
+      if (list) list.push(p);
+      else byRun.set(p.runId, [p]);
+    }
+    let groups = await Promise.all([...byRun].map(([runId, ps]) => decideGroup(runId, ps, false)));
+    const done: GroupResult[] = [];
+    for (let attempt = 0; groups.length > 0; attempt++) {
+      const toAppend = groups.filter((g) => g.events.length > 0);
+      const outcomes = await appendBatch(nc, t, toAppend.map((g) => ({ runId: g.runId, expectedLastSubjectSeq: g.expected, events: g.events })));
+      const conflicted: GroupResult[] = [];
+      toAppend.forEach((g, i) => {
+        const out = outcomes[i];
+        if (out?.ok) {
+          stats.appendedEvents += g.events.length;
+          if (g.state) cache.set(g.runId, { state: g.state, lastStreamSeq: out.lastStreamSeq });
+          done.push(g);
+        } else {
+          stats.conflicts++;
+          cache.delete(g.runId);
+          conflicted.push(g);
+          log.debug({ runId: g.runId, reason: out?.reason }, 'append conflict; reloading run');
+        }
+      });
+      done.push(...groups.filter((g) => g.events.length === 0));
+      if (conflicted.length > 0 && attempt >= MAX_CONFLICT_RETRIES) {
+        // Leave them unacknowledged: redelivery tries again later.
+        log.warn({ runs: conflicted.map((g) => g.runId) }, 'runs still conflicting; commands left for redelivery');
+        break;
+      }
+      groups = await Promise.all(conflicted.map((g) => decideGroup(g.runId, g.pendings, true)));
+    }
+
+    const effects = done.flatMap((g) => [...g.recovered, ...g.effects]);
+    stats.recoveredEffects += done.reduce((n, g) => n + g.recovered.reduce((k, r) => k + r.events.length, 0), 0);
+    await dispatchEffects(js, t, effects);
+    const allRejected = [...rejected, ...done.flatMap((g) => g.rejections)];
+    await Promise.all(allRejected.filter((r) => r.deadLetter).map((r) => sendDeadLetter(r)));
+    for (const g of done) for (const p of g.pendings) p.msg.ack();
+    for (const r of rejected) r.msg.ack();
+  }
+
+  function parseMessage(msg: JsMsg): Command {
+    const verb = msg.subject.slice(msg.subject.lastIndexOf('.') + 1);
+    if (!isCommandVerb(verb)) throw new CapstanError(ErrorCode.SchemaViolation, `unknown command verb ${JSON.stringify(verb)}`);
+    return parseCommand(verb, decode(msg.data), encodedSize);
+  }
+
+  /** Which run a command is for. A submit without a run id gets a deterministic one. */
+  async function runIdFor(msg: JsMsg, cmd: Command): Promise<RunId> {
+    if (cmd.verb !== 'submit') return cmd.body.runId;
+    if (cmd.body.runId) return cmd.body.runId;
+    const fresh = derivedRunId(t, msg.info.streamSequence, Math.floor(msg.info.timestampNanos / 1e6));
+    if (!cmd.body.idempotencyKey) return fresh;
+    return claimIdempotencyKey(cmd.body.idempotencyKey, fresh);
+  }
+
+  /** First claim of a key wins, forever: `cap.<t>.idem.<hash>` holds the run id it maps to. */
+  async function claimIdempotencyKey(key: string, fresh: RunId): Promise<RunId> {
+    const subject = Subjects.idempotency(t, idempotencyHash(t, key));
+    for (let i = 0; i < 3; i++) {
+      const existing = await jsm.direct.getMessage(Streams.runs(t), { last_by_subj: subject }).catch(() => null);
+      if (existing) return (decode(existing.data) as { runId: RunId }).runId;
+      try {
+        await js.publish(subject, encode({ runId: fresh }), { expect: { lastSubjectSequence: 0 } });
+        return fresh;
+      } catch (e) {
+        if (!(e instanceof JetStreamApiError && (e.code === 10071 || e.code === 10164))) throw e;
+      }
+    }
+    throw new CapstanError(ErrorCode.ConcurrencyConflict, 'idempotency key claim did not settle', true);
+  }
+
+  async function load(runId: RunId, forceReload: boolean): Promise<{ cached?: { state: RunState; lastStreamSeq: number }; recovered: EffectSource[] }> {
+    if (!forceReload) {
+      const hit = cache.get(runId);
+      if (hit) return { cached: hit, recovered: [] };
+    }
+    const loaded = await readRun(jsm, t, runId);
+    if (loaded.events.length === 0) return { recovered: [] };
+    const { state } = foldRun(registry, loaded.events);
+    const tail = tailDecisions(loaded.events, (e) => INPUT_EVENT_TYPES.has(e.type));
+    return { cached: { state, lastStreamSeq: loaded.lastStreamSeq }, recovered: tail.length > 0 ? [{ runId, state, events: tail }] : [] };
+  }
+
+  async function decideGroup(runId: RunId, pendings: readonly Pending[], forceReload: boolean): Promise<GroupResult> {
+    const result: GroupResult = { runId, pendings, expected: 0, events: [], effects: [], recovered: [], rejections: [], state: undefined };
+    let loaded;
+    try {
+      loaded = await load(runId, forceReload);
+    } catch (e) {
+      // A run whose history does not replay (corrupt, or its workflow version is gone) is
+      // not decided further; every command for it is dead-lettered with the reason.
+      log.error({ err: e, runId }, 'run cannot be loaded');
+      const error = toErrorRecord(e, ErrorCode.DeterminismViolation);
+      return { ...result, rejections: pendings.map((p) => ({ msg: p.msg, error, runId, deadLetter: true })) };
+    }
+    let state = loaded.cached?.state;
+    const out: GroupResult = { ...result, expected: loaded.cached?.lastStreamSeq ?? 0, recovered: loaded.recovered, state };
+    for (const p of pendings) {
+      const at = o.now();
+      const causationId = `cmd:${p.msg.info.streamSequence}`;
+      let decision: Decision;
+      let input: RunEventBody;
+      try {
+        if (p.cmd.verb === 'submit') {
+          if (state) {
+            log.debug({ runId }, 'duplicate submit ignored');
+            continue;
+          }
+          const wf = registry.latest(p.cmd.body.workflow);
+          const started = {
+            workflow: wf.id,
+            version: wf.version,
+            input: p.cmd.body.input ?? {},
+            ...(p.cmd.body.idempotencyKey ? { idempotencyKey: p.cmd.body.idempotencyKey } : {}),
+          };
+          input = { type: 'run.started', data: started };
+          decision = startRun(wf, started);
+        } else {
+          if (!state) throw new RunNotFoundError(t, runId);
+          input = inputOf(p.cmd);
+          decision = decide(state, input as Parameters<typeof decide>[1]);
+        }
+      } catch (e) {
+        const error = toErrorRecord(e, ErrorCode.EventRejected);
+        const quiet = error.code === ErrorCode.StaleAttempt || error.code === ErrorCode.EventRejected ? !deadLetterWhenRejected(p.cmd.verb) : false;
+        if (!quiet) log.info({ runId, code: error.code, verb: p.cmd.verb }, `command rejected: ${error.message}`);
+        out.rejections.push({ msg: p.msg, error: { ...error, message: `${error.message} (run ${runId})` }, runId, deadLetter: !quiet });
+        continue;
+      }
+      let seq = state?.seq ?? 0;
+      const envelope = (body: RunEventBody): RunEvent => ({ v: EVENT_ENVELOPE_VERSION, ...body, runId, seq: ++seq, at, causationId }) as RunEvent;
+      const inputEvent = envelope(input);
+      const decided = decision.decisions.map(envelope);
+      out.events.push(inputEvent, ...decided);
+      if (decided.length > 0) out.effects.push({ runId, state: decision.state, events: decided });
+      state = decision.state;
+    }
+    return { ...out, state };
+  }
+
+  async function sendDeadLetter(r: Rejection): Promise<void> {
+    stats.deadLetters++;
+    try {
+      await deadLetter(js, t, DeadLetterSource.Command, r.error, {
+        subject: r.msg.subject,
+        seq: r.msg.info.streamSequence,
+        data: r.msg.data,
+        ...(r.runId ? { runId: r.runId } : {}),
+      });
+    } catch (e) {
+      log.warn({ err: e, code: r.error.code }, 'dead letter could not be published');
+    }
+  }
+
+  return {
+    stats,
+    async start() {
+      await ensureConsumer();
+      const consumer = await js.consumers.get(Streams.commands(t), Consumers.orchestrator);
+      messages = await consumer.consume({ max_messages: maxBatch * 4 });
+      void (async () => {
+        for await (const m of messages as ConsumerMessages) {
+          queue.push(m);
+          pump();
+        }
+      })().catch((e: unknown) => log.error({ err: e }, 'command consumer stopped'));
+      log.info({ consumer: Consumers.orchestrator }, 'serving tenant');
+    },
+    async stop() {
+      stopped = true;
+      await messages?.close();
+      await pumping;
+      // Unprocessed commands go back to the stream for another orchestrator.
+      for (const m of queue.splice(0)) m.nak();
+    },
+  };
+}

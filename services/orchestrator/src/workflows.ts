@@ -1,0 +1,16 @@
+import { pathToFileURL } from 'node:url';
+import { resolve } from 'node:path';
+import { createRegistry, demoWorkflows, type Registry, type WorkflowDefinition } from '@capstan/actors';
+import { InvalidWorkflowError } from '@capstan/schemas';
+
+/**
+ * Loads the workflow registry from a module that exports `workflows` (an array of
+ * definitions, every version still in use). An empty path gives the demo workflows.
+ */
+export async function loadWorkflows(modulePath: string): Promise<Registry> {
+  if (!modulePath) return createRegistry(demoWorkflows);
+  const mod = (await import(pathToFileURL(resolve(modulePath)).href)) as { workflows?: unknown; default?: unknown };
+  const list = mod.workflows ?? mod.default;
+  if (!Array.isArray(list)) throw new InvalidWorkflowError(modulePath, 'module must export `workflows`: an array of defineWorkflow() results');
+  return createRegistry(list as WorkflowDefinition[]);
+}

@@ -1,0 +1,57 @@
+/**
+ * Mode-0 step handlers: plain async functions registered by name. A handler gets its step's
+ * context and returns the step's result: small metadata (counts, sizes, references), not
+ * data; it is capped at a few KiB. Throwing fails the attempt; throw a `StepError` with
+ * `retryable: false` to fail the run without further attempts.
+ */
+import { pathToFileURL } from 'node:url';
+import { resolve } from 'node:path';
+import { CapstanError, ErrorCode, type JsonValue, type RunId, type TenantId } from '@capstan/schemas';
+import type { Logger } from '@capstan/kit';
+
+export interface StepContext {
+  readonly tenant: TenantId;
+  readonly runId: RunId;
+  readonly workflow: string;
+  readonly step: string;
+  readonly attempt: number;
+  readonly input: { readonly [k: string]: JsonValue };
+  /** Result of the previous step, if any. */
+  readonly previous: JsonValue | undefined;
+  /** Aborted when the step's timeout passes or the worker stops. */
+  readonly signal: AbortSignal;
+  readonly log: Logger;
+}
+
+export type StepHandler = (ctx: StepContext) => Promise<JsonValue> | JsonValue;
+export type Handlers = Readonly<Record<string, StepHandler>>;
+
+/** A failure a handler reports on purpose, with its own code and retry behaviour. */
+export class StepError extends CapstanError {
+  constructor(message: string, opts: { retryable?: boolean; code?: string } = {}) {
+    super((opts.code ?? ErrorCode.StepFailed) as ErrorCode, message, opts.retryable ?? true);
+  }
+}
+
+export const demoHandlers: Handlers = {
+  'demo.pipeline.extract': () => ({ ok: true, n: 1 }),
+  'demo.pipeline.transform': () => ({ ok: true, n: 2 }),
+  'demo.pipeline.load': () => ({ ok: true, n: 3 }),
+  'demo.flaky.prepare': () => ({ ok: true }),
+  // Fails its first two attempts, then succeeds: shows retries with durable backoff.
+  'demo.flaky.call': ({ attempt }) => {
+    if (attempt <= 2) throw new StepError(`upstream unavailable (attempt ${attempt})`, { code: 'upstream_unavailable' });
+    return { ok: true, attempts: attempt };
+  },
+  'demo.signal.draft': () => ({ ok: true, draft: 'v1' }),
+  'demo.signal.publish': ({ previous }) => ({ ok: true, approvedBy: (previous as { by?: string } | null)?.by ?? null }),
+};
+
+/** Loads `handlers` from a module path; the demo handlers when the path is empty. */
+export async function loadHandlers(modulePath: string): Promise<Handlers> {
+  if (!modulePath) return demoHandlers;
+  const mod = (await import(pathToFileURL(resolve(modulePath)).href)) as { handlers?: unknown; default?: unknown };
+  const h = mod.handlers ?? mod.default;
+  if (typeof h !== 'object' || h === null) throw new CapstanError(ErrorCode.UnknownHandler, `${modulePath} must export \`handlers\`: an object of functions`);
+  return h as Handlers;
+}

@@ -1,0 +1,205 @@
+/**
+ * Pulls one tenant's pool (`cap.<t>.work.<pool>`) and runs each step inline (mode 0).
+ *
+ * Failure semantics: the work item is acknowledged only after the result is durably
+ * published, so a worker crash leaves it unacknowledged. The next delivery of that item
+ * (after the ack wait) is never run again: the receiving worker reports the attempt as
+ * `worker_lost`, and the run retries it as a new attempt. A late result of the lost
+ * attempt is then stale and rejected by the orchestrator. Long steps stay claimed by
+ * heartbeats (`working()`) every third of the ack wait.
+ */
+import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
+import { AckPolicy, JetStreamApiError } from '@nats-io/jetstream';
+import {
+  CapstanError,
+  CommandVerb,
+  Consumers,
+  DeadLetterSource,
+  decode,
+  encode,
+  encodedSize,
+  ErrorCode,
+  LIMITS,
+  Mode,
+  MsgIds,
+  parseWorkItem,
+  Streams,
+  Subjects,
+  toErrorRecord,
+  type CommandOf,
+  type ErrorRecord,
+  type JsonValue,
+  type TenantId,
+  type WorkItem,
+} from '@capstan/schemas';
+import { deadLetter, type Logger } from '@capstan/kit';
+import type { Handlers } from './handlers.js';
+
+export interface PoolRunnerOptions {
+  readonly js: JetStreamClient;
+  readonly jsm: JetStreamManager;
+  readonly tenant: TenantId;
+  readonly pool: string;
+  readonly handlers: Handlers;
+  readonly workerId: string;
+  readonly concurrency: number;
+  readonly ackWaitMs: number;
+  readonly log: Logger;
+}
+
+export interface PoolRunner {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  readonly running: number;
+}
+
+/** Deliveries after the first are reported lost; after this many the step's timer decides. */
+const MAX_DELIVER = 5;
+
+export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
+  const { js, jsm, tenant: t, pool, handlers, workerId, log: baseLog } = o;
+  const log = baseLog.child({ tenant: t, pool });
+  const durable = Consumers.workPool(pool);
+  let messages: ConsumerMessages | undefined;
+  let running = 0;
+  const inflight = new Set<Promise<void>>();
+  const stopping = new AbortController();
+
+  async function ensureConsumer(): Promise<void> {
+    const config = {
+      durable_name: durable,
+      filter_subject: Subjects.work(t, pool),
+      ack_policy: AckPolicy.Explicit,
+      ack_wait: o.ackWaitMs * 1_000_000,
+      max_deliver: MAX_DELIVER,
+      max_ack_pending: Math.max(o.concurrency * 4, 256),
+    };
+    try {
+      await jsm.consumers.add(Streams.work(t), config);
+    } catch (e) {
+      if (e instanceof JetStreamApiError) await jsm.consumers.update(Streams.work(t), durable, config);
+      else throw e;
+    }
+  }
+
+  async function publishCommand<V extends 'started' | 'result'>(verb: V, body: CommandOf<V>, msgID: string): Promise<void> {
+    await js.publish(Subjects.command(t, verb === 'started' ? CommandVerb.Started : CommandVerb.Result), encode(body), { msgID });
+  }
+
+  async function report(item: WorkItem, outcome: { result: JsonValue } | { error: ErrorRecord }, durationMs: number): Promise<void> {
+    const base = { runId: item.runId, step: item.step, attempt: item.attempt, worker: workerId, durationMs };
+    const body: CommandOf<'result'> =
+      'result' in outcome ? { ...base, outcome: 'completed', result: outcome.result } : { ...base, outcome: 'failed', error: outcome.error };
+    await publishCommand('result', body, MsgIds.command(CommandVerb.Result, `${item.runId}:${item.step}:${item.attempt}`));
+  }
+
+  async function execute(item: WorkItem): Promise<{ result: JsonValue } | { error: ErrorRecord }> {
+    if (item.mode !== Mode.Inline) {
+      return { error: { code: 'mode_unavailable', message: `mode ${item.mode} steps need a sandbox backend, which this worker does not have`, retryable: false } };
+    }
+    const handler = handlers[item.handler];
+    if (!handler) return { error: { code: ErrorCode.UnknownHandler, message: `no handler named ${JSON.stringify(item.handler)} on worker ${workerId}`, retryable: false } };
+    const abort = new AbortController();
+    const onStop = () => abort.abort(new Error('worker stopping'));
+    stopping.signal.addEventListener('abort', onStop);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          const e = new CapstanError(ErrorCode.StepTimeout, `step ${item.step} attempt ${item.attempt} timed out after ${item.timeoutMs} ms`, true);
+          abort.abort(e);
+          reject(e);
+        }, item.timeoutMs);
+      });
+      const result = await Promise.race([
+        Promise.resolve(
+          handler({
+            tenant: t,
+            runId: item.runId,
+            workflow: item.workflow,
+            step: item.step,
+            attempt: item.attempt,
+            input: item.input,
+            previous: item.previous,
+            signal: abort.signal,
+            log: log.child({ runId: item.runId, step: item.step }),
+          }),
+        ),
+        timeout,
+      ]);
+      const value = result === undefined ? null : result;
+      const size = encodedSize(value);
+      if (size > LIMITS.resultBytes) {
+        return { error: { code: ErrorCode.PayloadTooLarge, message: `step result is ${size} bytes; the limit is ${LIMITS.resultBytes} (results are metadata; put data in the tenant's storage)`, retryable: false } };
+      }
+      return { result: value };
+    } catch (e) {
+      return { error: toErrorRecord(e) };
+    } finally {
+      clearTimeout(timer);
+      stopping.signal.removeEventListener('abort', onStop);
+    }
+  }
+
+  async function handle(msg: JsMsg): Promise<void> {
+    let item: WorkItem;
+    try {
+      item = parseWorkItem(decode(msg.data));
+    } catch (e) {
+      log.warn({ code: CapstanError.is(e) ? e.code : undefined }, 'undecodable work item dead-lettered');
+      await deadLetter(js, t, DeadLetterSource.Work, toErrorRecord(e, ErrorCode.DecodeFailed), { subject: msg.subject, seq: msg.info.streamSequence, data: msg.data });
+      msg.term();
+      return;
+    }
+    if (msg.info.deliveryCount > 1) {
+      // Someone took this attempt and went silent. Never run it twice: report it lost.
+      await report(item, { error: { code: ErrorCode.WorkerLost, message: `attempt ${item.attempt} was claimed by a worker that stopped responding`, retryable: true } }, 0);
+      await msg.ackAck();
+      return;
+    }
+    await publishCommand('started', { runId: item.runId, step: item.step, attempt: item.attempt, worker: workerId }, MsgIds.command(CommandVerb.Started, `${item.runId}:${item.step}:${item.attempt}`));
+    const heartbeat = setInterval(() => msg.working(), Math.max(250, Math.floor(o.ackWaitMs / 3)));
+    const t0 = performance.now();
+    try {
+      const outcome = await execute(item);
+      await report(item, outcome, Math.round(performance.now() - t0));
+    } finally {
+      clearInterval(heartbeat);
+    }
+    await msg.ackAck();
+  }
+
+  return {
+    get running() {
+      return running;
+    },
+    async start() {
+      await ensureConsumer();
+      const consumer = await js.consumers.get(Streams.work(t), durable);
+      messages = await consumer.consume({ max_messages: o.concurrency });
+      void (async () => {
+        for await (const m of messages as ConsumerMessages) {
+          // Bounded concurrency: wait for a free slot before taking the next item.
+          while (running >= o.concurrency) await Promise.race(inflight);
+          running++;
+          const p = handle(m)
+            .catch((e: unknown) => {
+              // Result not published: leave the item unacknowledged; redelivery reports it lost.
+              log.warn({ err: e }, 'step could not be reported; it will be redelivered');
+            })
+            .finally(() => {
+              running--;
+              inflight.delete(p);
+            });
+          inflight.add(p);
+        }
+      })().catch((e: unknown) => log.error({ err: e }, 'work consumer stopped'));
+      log.info({ consumer: durable }, 'pulling work');
+    },
+    async stop() {
+      await messages?.close();
+      stopping.abort();
+      await Promise.allSettled([...inflight]);
+    },
+  };
+}
