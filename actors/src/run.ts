@@ -92,10 +92,9 @@ export function decide(state: RunState, input: InputEventBody): Decision {
 }
 
 function rejected(state: RunState, input: InputEventBody): EventRejectedError {
-  const d = input.data as { attempt?: number; step?: string };
-  const stale = d.attempt !== undefined && state.snapshot.status === 'active';
-  const runId = '';
-  return new EventRejectedError(stale ? ErrorCode.StaleAttempt : ErrorCode.EventRejected, runId, input.type, stateName(state));
+  // Anything about a step attempt the run has moved past (or a run that has ended) is stale.
+  const stale = (input.data as { attempt?: number }).attempt !== undefined;
+  return new EventRejectedError(stale ? ErrorCode.StaleAttempt : ErrorCode.EventRejected, '', input.type, stateName(state));
 }
 
 /** A readable name for the machine's current state value. */
@@ -160,7 +159,8 @@ export function foldRun(registry: Registry, events: readonly RunEvent[]): Fold {
     }
     let decision: Decision;
     try {
-      decision = ev.type === 'run.started' ? startRun(workflow, ev.data) : decide(state as RunState, ev as InputEventBody);
+      // Only the first event starts the run; a later run.started is refused by decide.
+      decision = i === 0 ? startRun(workflow, first.data) : decide(state as RunState, ev as InputEventBody);
     } catch (e) {
       if (e instanceof EventRejectedError) {
         throw new DeterminismViolationError(runId, ev.seq, [
@@ -171,7 +171,14 @@ export function foldRun(registry: Registry, events: readonly RunEvent[]): Fold {
     }
     const recorded: RunEvent[] = [];
     let j = i + 1;
-    while (j < events.length && !INPUT_EVENT_TYPES.has((events[j] as RunEvent).type)) recorded.push(events[j++] as RunEvent);
+    while (j < events.length && !INPUT_EVENT_TYPES.has((events[j] as RunEvent).type)) {
+      const d = events[j] as RunEvent;
+      if (d.seq !== j + 1) {
+        throw new DeterminismViolationError(runId, d.seq, [`event chain broken: expected seq ${j + 1}, found ${d.seq}`]);
+      }
+      recorded.push(d);
+      j++;
+    }
     const diff = diffDecisions(decision.decisions, recorded);
     if (diff.length > 0) throw new DeterminismViolationError(runId, ev.seq, diff);
     state = decision.state;

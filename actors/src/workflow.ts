@@ -117,19 +117,33 @@ function normaliseStep(id: string, s: StepDefinition): NormalisedStep {
   if (!Number.isSafeInteger(retry.maxAttempts) || retry.maxAttempts < 1 || retry.maxAttempts > 1000) {
     throw new InvalidWorkflowError(id, `step ${s.name}: retry.maxAttempts must be 1..1000`);
   }
-  if (!(retry.initialIntervalMs >= 0) || !(retry.backoffCoefficient >= 1) || !(retry.maxIntervalMs >= retry.initialIntervalMs)) {
+  if (
+    !(retry.initialIntervalMs >= 0) ||
+    !(retry.backoffCoefficient >= 1) ||
+    !Number.isFinite(retry.backoffCoefficient) ||
+    !(retry.maxIntervalMs >= retry.initialIntervalMs) ||
+    // Every delay is recorded as a safe integer (timer.scheduled.delayMs).
+    !(retry.maxIntervalMs <= Number.MAX_SAFE_INTEGER)
+  ) {
     throw new InvalidWorkflowError(id, `step ${s.name}: retry intervals must be >= 0, coefficient >= 1, max >= initial`);
   }
   if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1) throw new InvalidWorkflowError(id, `step ${s.name}: timeoutMs must be a positive integer`);
   if (!TOKEN_PATTERN.test(pool)) throw new InvalidWorkflowError(id, `step ${s.name}: pool must match ${TOKEN_PATTERN.source}`);
   if (![0, 1, 2, 3].includes(mode)) throw new InvalidWorkflowError(id, `step ${s.name}: mode must be 0, 1, 2 or 3`);
-  return { kind: 'task', name: s.name, handler: s.handler ?? `${id}.${s.name}`, mode, pool, timeoutMs, retry };
+  const handler = s.handler ?? `${id}.${s.name}`;
+  // What the step.scheduled / timer.scheduled schemas accept, checked here rather than at run time.
+  if (handler.length < 1 || handler.length > 128) throw new InvalidWorkflowError(id, `step ${s.name}: handler must have 1..128 characters`);
+  if (!TOKEN_PATTERN.test(timerId(s.name, retry.maxAttempts, TimerKind.Timeout))) {
+    throw new InvalidWorkflowError(id, `step ${s.name}: name is too long for its timer ids (${TOKEN_PATTERN.source})`);
+  }
+  return { kind: 'task', name: s.name, handler, mode, pool, timeoutMs, retry };
 }
 
 /** Delay before attempt `next` (2, 3, …): exponential, capped. Pure. */
 export function backoffDelay(retry: RetryPolicy, next: number): number {
   const raw = retry.initialIntervalMs * retry.backoffCoefficient ** Math.max(0, next - 2);
-  return Math.round(Math.min(raw, retry.maxIntervalMs));
+  // 0 * Infinity is NaN: a zero initial interval stays zero however large the exponent grows.
+  return Math.round(Math.min(Number.isNaN(raw) ? 0 : raw, retry.maxIntervalMs));
 }
 
 /** Deterministic timer id, a valid subject token. */

@@ -79,6 +79,15 @@ export function toErrorRecord(e: unknown, fallback: ErrorCode = ErrorCode.StepFa
   return { code: fallback, message: message.slice(0, 500), retryable: true };
 }
 
+/** `String(v)` that cannot throw (a null-prototype object, a hostile `toString`): for untrusted values in messages. */
+export function showValue(v: unknown): string {
+  try {
+    return String(v);
+  } catch {
+    return `[${typeof v}]`;
+  }
+}
+
 /** A name (tenant id, subject token, stream name) failed validation; it never became a subject. */
 export class InvalidNameError extends CapstanError {
   constructor(
@@ -168,7 +177,7 @@ export class EventRejectedError extends CapstanError {
     readonly eventType: string,
     readonly state: string,
   ) {
-    super(code, `run ${runId} in state ${state} does not accept ${eventType}`);
+    super(code, `${runId ? `run ${runId}` : 'run'} in state ${state} does not accept ${eventType}`);
   }
 }
 

@@ -2,7 +2,7 @@
  * Identifiers. A tenant id or run id is validated once, here, and carried as a branded
  * string afterwards, so no unvalidated value can ever be spelled into a subject.
  */
-import { ErrorCode, InvalidNameError } from './errors.js';
+import { ErrorCode, InvalidNameError, showValue } from './errors.js';
 
 declare const kTenant: unique symbol;
 declare const kRun: unique symbol;
@@ -22,7 +22,7 @@ export function isTenantId(value: unknown): value is TenantId {
 /** @throws InvalidNameError (`invalid_tenant_id`) */
 export function parseTenantId(value: unknown): TenantId {
   if (isTenantId(value)) return value;
-  throw new InvalidNameError(ErrorCode.InvalidTenantId, 'tenant id', String(value), TENANT_ID_PATTERN.source);
+  throw new InvalidNameError(ErrorCode.InvalidTenantId, 'tenant id', showValue(value), TENANT_ID_PATTERN.source);
 }
 
 export function isRunId(value: unknown): value is RunId {
@@ -32,7 +32,7 @@ export function isRunId(value: unknown): value is RunId {
 /** @throws InvalidNameError (`invalid_run_id`) */
 export function parseRunId(value: unknown): RunId {
   if (isRunId(value)) return value;
-  throw new InvalidNameError(ErrorCode.InvalidRunId, 'run id', String(value), 'a ULID (26 Crockford base32 characters)');
+  throw new InvalidNameError(ErrorCode.InvalidRunId, 'run id', showValue(value), 'a ULID (26 Crockford base32 characters)');
 }
 
 const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
@@ -44,6 +44,8 @@ const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
  */
 export function makeRunId(timeMs: number, entropy: Uint8Array): RunId {
   if (entropy.length < 10) throw new RangeError('makeRunId needs 10 bytes of entropy');
+  // 48 bits of milliseconds; anything else would spell characters outside the alphabet.
+  if (!Number.isFinite(timeMs) || timeMs < 0 || timeMs >= 2 ** 48) throw new RangeError('makeRunId needs a time in [0, 2^48) ms');
   let t = Math.floor(timeMs);
   let time = '';
   for (let i = 0; i < 10; i++) {

@@ -13,7 +13,7 @@
  * | dead letters         | cap.<t>.dlq.<source>                | CAP_DLQ_<t>       |
  * | service requests     | cap.<t>.svc.<service>.<verb>        | (core NATS)       |
  */
-import { ErrorCode, InvalidNameError } from './errors.js';
+import { ErrorCode, InvalidNameError, showValue } from './errors.js';
 import type { RunId, TenantId } from './ids.js';
 
 /** A subject token we build from our own vocabulary (pool names, verbs, timer ids). */
@@ -21,7 +21,7 @@ export const TOKEN_PATTERN = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 
 export function parseToken(kind: string, value: unknown): string {
   if (typeof value === 'string' && TOKEN_PATTERN.test(value)) return value;
-  throw new InvalidNameError(ErrorCode.InvalidName, kind, String(value), TOKEN_PATTERN.source);
+  throw new InvalidNameError(ErrorCode.InvalidName, kind, showValue(value), TOKEN_PATTERN.source);
 }
 
 /** The command verbs the control plane accepts on `cap.<t>.cmd.<verb>`. */

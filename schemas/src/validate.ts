@@ -109,7 +109,8 @@ export function obj<S extends Shape>(name: string, shape: S): Schema<ObjOf<S>> {
     parse(v, path = '') {
       if (!isPlainObject(v)) fail(name, path, `must be an object, got ${typeOf(v)}`);
       for (const k of Object.keys(v)) {
-        if (!(k in shape)) fail(name, join(path, k), 'is not a known field');
+        // Own keys only: `in` would let `constructor`, `toString`, `__proto__`… through.
+        if (!Object.hasOwn(shape, k)) fail(name, join(path, k), 'is not a known field');
       }
       const out: Record<string, unknown> = {};
       for (const k of keys) {

@@ -1,6 +1,6 @@
 /** Human-readable output. Machine-readable output is `--json` everywhere. */
 import type { RunEvent } from '@capstan/schemas';
-import type { RunStatus, TimelineEntry } from '@capstan/actors';
+import type { TimelineEntry } from '@capstan/actors';
 
 const tty = process.stdout.isTTY === true && !process.env['NO_COLOR'];
 const paint = (code: number) => (s: string) => (tty ? `\u001b[${code}m${s}\u001b[0m` : s);
@@ -11,7 +11,7 @@ export const red = paint(31);
 export const yellow = paint(33);
 export const cyan = paint(36);
 
-export function colorStatus(s: RunStatus | string): string {
+export function colorStatus(s: string): string {
   if (s === 'completed') return green(s);
   if (s === 'failed') return red(s);
   if (s === 'waiting' || s === 'cancelled' || s === 'pending') return yellow(s);

@@ -16,7 +16,6 @@ import {
   type JsonValue,
   type RunEvent,
   type RunId,
-  type TenantId,
 } from '@capstan/schemas';
 import { decodeEvent, readRun } from './run-log.js';
 import { newRunId } from './ids.js';

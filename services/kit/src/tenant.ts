@@ -61,6 +61,7 @@ export function streamConfigs(t: TenantId, limits: TenantLimits = DEFAULT_TENANT
       retention: 'limits' as StreamConfig['retention'],
       max_age: limits.deadLetterDays * 86_400 * SECOND_NS,
       max_msg_size: 1024 * 1024 + 64 * 1024,
+      allow_direct: true,
     },
   ];
 }

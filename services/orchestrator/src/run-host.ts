@@ -164,7 +164,9 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       if (list) list.push(p);
       else byRun.set(p.runId, [p]);
     }
-    let groups = await Promise.all([...byRun].map(([runId, ps]) => decideGroup(runId, ps, false)));
+    // A redelivered command may be one whose decision was appended by a process that died
+    // (or a tick that failed) before acting on it: reload that run so its tail is recovered.
+    let groups = await Promise.all([...byRun].map(([runId, ps]) => decideGroup(runId, ps, ps.some((p) => p.msg.info.redelivered))));
     const done: GroupResult[] = [];
     for (let attempt = 0; groups.length > 0; attempt++) {
       const toAppend = groups.filter((g) => g.events.length > 0);
@@ -232,20 +234,33 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     throw new CapstanError(ErrorCode.ConcurrencyConflict, 'idempotency key claim did not settle', true);
   }
 
-  async function load(runId: RunId, forceReload: boolean): Promise<{ cached?: { state: RunState; lastStreamSeq: number }; recovered: EffectSource[] }> {
+  async function load(runId: RunId, forceReload: boolean): Promise<{ cached?: { state: RunState; lastStreamSeq: number }; recovered: EffectSource[]; fromCache: boolean }> {
     if (!forceReload) {
       const hit = cache.get(runId);
-      if (hit) return { cached: hit, recovered: [] };
+      if (hit) return { cached: hit, recovered: [], fromCache: true };
     }
     const loaded = await readRun(jsm, t, runId);
-    if (loaded.events.length === 0) return { recovered: [] };
+    if (loaded.events.length === 0) return { recovered: [], fromCache: false };
     const { state } = foldRun(registry, loaded.events);
     const tail = tailDecisions(loaded.events, (e) => INPUT_EVENT_TYPES.has(e.type));
-    return { cached: { state, lastStreamSeq: loaded.lastStreamSeq }, recovered: tail.length > 0 ? [{ runId, state, events: tail }] : [] };
+    return { cached: { state, lastStreamSeq: loaded.lastStreamSeq }, recovered: tail.length > 0 ? [{ runId, state, events: tail }] : [], fromCache: false };
   }
 
+  /**
+   * Decides a run's commands. A rejection is final only when decided on a state read from
+   * the stream: a cached state may be behind another orchestrator's appends, and a valid
+   * result judged stale against it would be lost. So a rejection on a cached state reloads
+   * the run and decides again.
+   */
   async function decideGroup(runId: RunId, pendings: readonly Pending[], forceReload: boolean): Promise<GroupResult> {
-    const result: GroupResult = { runId, pendings, expected: 0, events: [], effects: [], recovered: [], rejections: [], state: undefined };
+    const first = await decideGroupOnce(runId, pendings, forceReload);
+    if (!first.fromCache || first.rejections.length === 0) return first;
+    cache.delete(runId);
+    return decideGroupOnce(runId, pendings, true);
+  }
+
+  async function decideGroupOnce(runId: RunId, pendings: readonly Pending[], forceReload: boolean): Promise<GroupResult & { fromCache: boolean }> {
+    const result = { runId, pendings, expected: 0, events: [] as RunEvent[], effects: [] as EffectSource[], recovered: [] as EffectSource[], rejections: [] as Rejection[], state: undefined as RunState | undefined, fromCache: false };
     let loaded;
     try {
       loaded = await load(runId, forceReload);
@@ -257,7 +272,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       return { ...result, rejections: pendings.map((p) => ({ msg: p.msg, error, runId, deadLetter: true })) };
     }
     let state = loaded.cached?.state;
-    const out: GroupResult = { ...result, expected: loaded.cached?.lastStreamSeq ?? 0, recovered: loaded.recovered, state };
+    const out = { ...result, expected: loaded.cached?.lastStreamSeq ?? 0, recovered: loaded.recovered, state, fromCache: loaded.fromCache };
     for (const p of pendings) {
       const at = o.now();
       const causationId = `cmd:${p.msg.info.streamSequence}`;

@@ -8,6 +8,7 @@
  * attempt is then stale and rejected by the orchestrator. Long steps stay claimed by
  * heartbeats (`working()`) every third of the ack wait.
  */
+import { setMaxListeners } from 'node:events';
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import { AckPolicy, JetStreamApiError } from '@nats-io/jetstream';
 import {
@@ -64,6 +65,8 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
   let running = 0;
   const inflight = new Set<Promise<void>>();
   const stopping = new AbortController();
+  // Every running step listens for the stop: as many listeners as the concurrency allows.
+  setMaxListeners(0, stopping.signal);
 
   async function ensureConsumer(): Promise<void> {
     const config = {

@@ -1,0 +1,136 @@
+/**
+ * Fixtures for integration tests: a connection, a fresh tenant, in-process services and
+ * service processes (for kill tests), all cleaned up by `using`/`dispose`.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import {
+  connectNats,
+  createClient,
+  createLogger,
+  ensureTenant,
+  PROJECT_ROOT,
+  readRun,
+  type CapstanClient,
+  type NatsConnection,
+} from '@capstan/kit';
+import { parseTenantId, type RunEvent, type RunId, type TenantId } from '@capstan/schemas';
+
+export const silent = createLogger('test', 'silent');
+
+export function randomTenant(prefix = 't'): TenantId {
+  return parseTenantId(`${prefix}-${randomBytes(4).toString('hex')}`);
+}
+
+export interface Harness {
+  readonly nc: NatsConnection;
+  readonly jsm: JetStreamManager;
+  readonly client: CapstanClient;
+  close(): Promise<void>;
+}
+
+export async function connect(url: string): Promise<Harness> {
+  const nc = await connectNats(url, 'capstan-test', silent);
+  const jsm = await jetstreamManager(nc);
+  const client = await createClient(nc);
+  return { nc, jsm, client, close: () => nc.close() };
+}
+
+export async function provision(h: Harness, prefix?: string): Promise<TenantId> {
+  const t = randomTenant(prefix);
+  await ensureTenant(h.jsm, t);
+  return t;
+}
+
+export async function eventsOf(h: Harness, t: TenantId, runId: RunId): Promise<RunEvent[]> {
+  return (await readRun(h.jsm, t, runId)).events;
+}
+
+/** Polls until `check` returns a value other than undefined, or fails after `timeoutMs`. */
+export async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 30_000, everyMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await check();
+      if (v !== undefined) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+export type ServiceName = 'orchestrator' | 'worker';
+
+/** A service running as its own process (`node services/<name>/dist/main.js`). */
+export interface ServiceProcess {
+  readonly name: ServiceName;
+  readonly pid: number;
+  readonly output: () => string;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+  /** SIGSTOP / SIGCONT, to make a worker silent without killing it. */
+  pause(): void;
+  resume(): void;
+  readonly exited: Promise<number | null>;
+}
+
+export function spawnService(name: ServiceName, env: Record<string, string>): ServiceProcess {
+  const child: ChildProcess = spawn(process.execPath, [join(PROJECT_ROOT, 'services', name, 'dist', 'main.js')], {
+    env: { ...process.env, LOG_LEVEL: 'warn', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-200_000)));
+  child.stderr?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-200_000)));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return {
+    name,
+    pid: child.pid ?? -1,
+    output: () => out,
+    exited,
+    async kill(signal = 'SIGKILL') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      await exited;
+    },
+    pause: () => child.kill('SIGSTOP'),
+    resume: () => child.kill('SIGCONT'),
+  };
+}
+
+/** Follows every run of a tenant through one ordered consumer and records how each ended. */
+export interface RunWatch {
+  readonly ended: ReadonlyMap<string, string>;
+  /** Resolves when all the given runs have ended; rejects after `timeoutMs`. */
+  waitAll(runIds: readonly string[], timeoutMs: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function watchRuns(h: Harness, t: TenantId): Promise<RunWatch> {
+  const { DeliverPolicy } = await import('@nats-io/jetstream');
+  const { Streams, Subjects, runIdOfSubject } = await import('@capstan/schemas');
+  const { decodeEvent, isTerminalEvent } = await import('@capstan/kit');
+  const ended = new Map<string, string>();
+  const consumer = await h.client.js.consumers.get(Streams.runs(t), { filter_subjects: [Subjects.allRuns(t)], deliver_policy: DeliverPolicy.All });
+  const messages = await consumer.consume();
+  void (async () => {
+    for await (const m of messages) {
+      const e = decodeEvent(m);
+      if (isTerminalEvent(e)) ended.set(runIdOfSubject(m.subject) ?? '', e.type);
+    }
+  })();
+  return {
+    ended,
+    async waitAll(runIds, timeoutMs) {
+      const deadline = Date.now() + timeoutMs;
+      while (runIds.some((r) => !ended.has(r))) {
+        if (Date.now() > deadline) throw new Error(`${runIds.filter((r) => !ended.has(r)).length} of ${runIds.length} runs did not end within ${timeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
+    close: () => messages.close().then(() => undefined),
+  };
+}

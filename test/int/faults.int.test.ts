@@ -1,0 +1,126 @@
+/**
+ * Fault tests with real processes: orchestrators SIGKILLed in a loop while runs are in
+ * flight, and a worker SIGKILLed in the middle of a step. The checker counts what was
+ * lost, what forked and what was recorded twice; every count must be zero.
+ */
+import { afterEach, describe, expect, inject, it } from 'vitest';
+import { join } from 'node:path';
+import { createRegistry } from '@capstan/actors';
+import { readDeadLetters } from '@capstan/cli';
+import { PROJECT_ROOT } from '@capstan/kit';
+import { encode, type RunId } from '@capstan/schemas';
+import { connect, eventsOf, eventually, provision, spawnService, watchRuns, type ServiceProcess } from '../harness/fixtures.js';
+import { checkRuns, report } from '../harness/checker.js';
+import { workflows } from '../fixtures/workflows.js';
+
+const fixtures = join(PROJECT_ROOT, 'test', 'dist', 'fixtures', 'workflows.js');
+const registry = createRegistry(workflows);
+const procs: ServiceProcess[] = [];
+const spawnTracked = (...a: Parameters<typeof spawnService>) => {
+  const p = spawnService(...a);
+  procs.push(p);
+  return p;
+};
+
+afterEach(async () => {
+  await Promise.all(procs.splice(0).map((p) => p.kill()));
+});
+
+describe('faults', () => {
+  it('faults - orchestrators SIGKILLed in a loop: every run completes, 0 forks, each result once', async () => {
+    const url = inject('natsUrl');
+    const h = await connect(url);
+    try {
+      const t = await provision(h, 'kill-orch');
+      const env = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, ORCH_ACK_WAIT_MS: '1000', ORCH_DISCOVERY_MS: '200' };
+      const orchs = [spawnTracked('orchestrator', { ...env, ORCH_NAME: 'o1' }), spawnTracked('orchestrator', { ...env, ORCH_NAME: 'o2' })];
+      spawnTracked('worker', { ...env, WORKER_ID: 'w1', WORKER_CONCURRENCY: '100' });
+      // Let the services attach to the tenant before the load starts.
+      await new Promise((r) => setTimeout(r, 1500));
+
+      const watch = await watchRuns(h, t);
+      const runIds: RunId[] = await Promise.all(Array.from({ length: 200 }, (_, i) => h.client.submit(t, 'test.pipeline', { input: { ms: 150, i } })));
+      let kills = 0;
+      let terminalAtFirstKill = -1;
+      const deadline = Date.now() + 6000;
+      while (Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 350));
+        const i = kills % 2;
+        const victim = orchs[i] as ServiceProcess;
+        if (terminalAtFirstKill < 0) terminalAtFirstKill = watch.ended.size;
+        await victim.kill('SIGKILL');
+        kills++;
+        orchs[i] = spawnTracked('orchestrator', { ...env, ORCH_NAME: `o${i + 1}-r${kills}` });
+      }
+      await watch.waitAll(runIds, 60_000).catch((e: unknown) => process.stdout.write(`${String(e)}\n`));
+      await watch.close();
+      const c = await checkRuns(h.jsm, t, runIds, registry);
+      for (const [runId, events] of c.eventsByRun) {
+        if (!events.some((e) => e.type === 'run.completed')) process.stdout.write(`STUCK ${runId}\n${events.map((e) => `  ${e.seq} ${e.type} ${e.causationId} ${JSON.stringify(e.data)}`).join('\n')}\n`);
+      }
+      if (c.notTerminal > 0) {
+        process.stdout.write(`DLQ: ${JSON.stringify((await readDeadLetters(h.jsm, t, 50)).map((l) => [l.code, l.error]))}\n`);
+        for (const p of procs) process.stdout.write(`OUT ${p.name} ${p.pid}: ${p.output().slice(-3000)}\n`);
+      }
+      report('orchestrator kill-loop', c);
+      process.stdout.write(`kills=${kills} terminal-at-first-kill=${terminalAtFirstKill}\n`);
+      expect(kills).toBeGreaterThanOrEqual(10);
+      // The kills hit runs in flight, not a finished batch.
+      expect(terminalAtFirstKill).toBeLessThan(200);
+      expect(c.completed).toBe(200);
+      expect(c.forks).toBe(0);
+      expect(c.brokenChains).toBe(0);
+      expect(c.resultsRecordedTwice).toBe(0);
+      expect(c.startsRecordedTwice).toBe(0);
+      expect(c.replayMismatches).toBe(0);
+      for (const events of c.eventsByRun.values()) {
+        expect(events.filter((e) => e.type === 'run.started')).toHaveLength(1);
+        expect(events.filter((e) => e.type === 'step.completed')).toHaveLength(3);
+      }
+    } finally {
+      await h.close();
+    }
+  }, 120_000);
+
+  it('faults - a worker SIGKILLed mid-step: the attempt is reported lost and retried elsewhere; its late result is rejected', async () => {
+    const url = inject('natsUrl');
+    const h = await connect(url);
+    try {
+      const t = await provision(h, 'kill-worker');
+      const env = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, WORKER_ACK_WAIT_MS: '1500', WORKER_DISCOVERY_MS: '200' };
+      spawnTracked('orchestrator', env);
+      const workers = { wa: spawnTracked('worker', { ...env, WORKER_ID: 'wa' }), wb: spawnTracked('worker', { ...env, WORKER_ID: 'wb' }) };
+      await new Promise((r) => setTimeout(r, 1500));
+
+      const runId = await h.client.submit(t, 'test.slow', { input: { ms: 2500 } });
+      const started = await eventually('attempt 1 started', async () => {
+        const e = (await eventsOf(h, t, runId)).find((x) => x.type === 'step.started');
+        return e?.type === 'step.started' ? e.data : undefined;
+      });
+      expect(started.attempt).toBe(1);
+      const victim = workers[started.worker as 'wa' | 'wb'];
+      const survivor = started.worker === 'wa' ? 'wb' : 'wa';
+      await victim.kill('SIGKILL');
+
+      const end = await h.client.waitForEnd(t, runId, 30_000);
+      expect(end.type).toBe('run.completed');
+      let events = await eventsOf(h, t, runId);
+      const failed = events.find((e) => e.type === 'step.failed');
+      expect(failed?.type === 'step.failed' && [failed.data.attempt, failed.data.error.code, failed.data.worker]).toEqual([1, 'worker_lost', survivor]);
+      const completed = events.filter((e) => e.type === 'step.completed');
+      expect(completed).toHaveLength(1);
+      expect(completed[0]?.type === 'step.completed' && [completed[0].data.attempt, completed[0].data.worker]).toEqual([2, survivor]);
+
+      // The killed worker's result for attempt 1, arriving late, changes nothing.
+      const before = events.length;
+      const dlqBefore = (await readDeadLetters(h.jsm, t, 1000)).length;
+      await h.client.js.publish(`cap.${t}.cmd.result`, encode({ runId, step: 'slow', attempt: 1, worker: started.worker, outcome: 'completed', result: { ok: true, attempt: 1 }, durationMs: 2500 }));
+      const letter = await eventually('stale result dead-lettered', async () => (await readDeadLetters(h.jsm, t, 1000))[dlqBefore]);
+      expect(letter.code).toBe('stale_attempt');
+      events = await eventsOf(h, t, runId);
+      expect(events).toHaveLength(before);
+    } finally {
+      await h.close();
+    }
+  }, 60_000);
+});

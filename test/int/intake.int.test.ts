@@ -1,0 +1,136 @@
+/**
+ * Intake from any NATS client: JSON or MessagePack on `cap.<t>.cmd.submit`. Duplicates start
+ * one run; bad input is dead-lettered with a typed error and no run stream is written.
+ */
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createRegistry } from '@capstan/actors';
+import { createOrchestrator, loadConfig as orchConfig, type OrchestratorApp } from '@capstan/orchestrator';
+import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';
+import { readDeadLetters } from '@capstan/cli';
+import { newRunId } from '@capstan/kit';
+import { encode, Streams, type TenantId } from '@capstan/schemas';
+import { connect, eventsOf, eventually, provision, silent, type Harness } from '../harness/fixtures.js';
+import { handlers, workflows } from '../fixtures/workflows.js';
+
+let h: Harness;
+let orch: OrchestratorApp;
+let worker: WorkerApp;
+let t: TenantId;
+const te = new TextEncoder();
+
+beforeAll(async () => {
+  const url = inject('natsUrl');
+  h = await connect(url);
+  t = await provision(h, 'intake');
+  const env = { NATS_URL: url, CAPSTAN_TENANTS: t };
+  orch = await createOrchestrator(orchConfig(env), silent, { registry: createRegistry(workflows) });
+  worker = await createWorker(workerConfig({ ...env, WORKER_ID: 'intake-worker' }), silent, { handlers });
+  await orch.start();
+  await worker.start();
+});
+
+afterAll(async () => {
+  await worker?.stop();
+  await orch?.stop();
+  await h?.close();
+});
+
+const runSubjects = async () => {
+  const info = await h.jsm.streams.info(Streams.runs(t), { subjects_filter: `cap.${t}.runs.*` });
+  return Object.keys(info.state.subjects ?? {}).length;
+};
+const runMessages = async () => (await h.jsm.streams.info(Streams.runs(t))).state.messages;
+
+describe('intake', () => {
+  it('intake - a plain JSON publish starts a run (the documented contract)', async () => {
+    const runId = newRunId();
+    const ack = await h.client.js.publish(`cap.${t}.cmd.submit`, JSON.stringify({ workflow: 'demo.pipeline', input: { customer: 42 }, runId }));
+    expect(ack.stream).toBe(Streams.commands(t));
+    const end = await h.client.waitForEnd(t, runId, 15_000);
+    expect(end.type).toBe('run.completed');
+    const events = await eventsOf(h, t, runId);
+    expect(events[0]?.type === 'run.started' && events[0].data.input).toEqual({ customer: 42 });
+  });
+
+  it('intake - the same runId submitted 5 times starts one run', async () => {
+    const runId = newRunId();
+    for (let i = 0; i < 5; i++) await h.client.js.publish(`cap.${t}.cmd.submit`, encode({ workflow: 'demo.pipeline', runId, input: { i } }));
+    await h.client.waitForEnd(t, runId, 15_000);
+    await new Promise((r) => setTimeout(r, 300));
+    const events = await eventsOf(h, t, runId);
+    expect(events.filter((e) => e.type === 'run.started')).toHaveLength(1);
+    expect(events.filter((e) => e.type === 'run.completed')).toHaveLength(1);
+    expect(events[0]?.type === 'run.started' && events[0].data.input).toEqual({ i: 0 });
+  });
+
+  it('intake - the same idempotencyKey submitted 5 times (no runId) starts one run', async () => {
+    const before = await runSubjects();
+    const key = `order-${Math.random()}`;
+    await Promise.all(Array.from({ length: 5 }, () => h.client.js.publish(`cap.${t}.cmd.submit`, JSON.stringify({ workflow: 'demo.pipeline', idempotencyKey: key }))));
+    await eventually('one run', async () => ((await runSubjects()) === before + 1 ? true : undefined), 10_000);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(await runSubjects()).toBe(before + 1);
+  });
+
+  it('intake - malformed payloads are dead-lettered with typed errors and write no run events', async () => {
+    const beforeMsgs = await runMessages();
+    const beforeDlq = (await readDeadLetters(h.jsm, t, 1000)).length;
+    const bad: [string, Uint8Array | string][] = [
+      ['decode_failed', '{"workflow": "demo.pipeline", '],
+      ['decode_failed', new Uint8Array([0xc1, 0xff, 0x00])],
+      ['decode_failed', encode([1, 2, 3])],
+      ['schema_violation', JSON.stringify({ workflow: 42 })],
+      ['schema_violation', JSON.stringify({ workflow: 'demo.pipeline', input: [1, 2] })],
+      ['schema_violation', JSON.stringify({ workflow: 'demo.pipeline', runId: 'not-a-ulid' })],
+      ['schema_violation', JSON.stringify({ workflow: 'demo.pipeline', extra: true })],
+      ['unknown_workflow', JSON.stringify({ workflow: 'no.such.workflow' })],
+      ['payload_too_large', JSON.stringify({ workflow: 'demo.pipeline', input: { blob: 'x'.repeat(70 * 1024) } })],
+      ['schema_violation', `{"workflow":"demo.pipeline","input":${'{"a":'.repeat(40)}1${'}'.repeat(40)}}`],
+    ];
+    for (const [, payload] of bad) await h.client.js.publish(`cap.${t}.cmd.submit`, typeof payload === 'string' ? te.encode(payload) : payload);
+    const letters = await eventually('dead letters', async () => {
+      const l = await readDeadLetters(h.jsm, t, 1000);
+      return l.length >= beforeDlq + bad.length ? l.slice(beforeDlq) : undefined;
+    });
+    expect(letters.map((l) => l.code)).toEqual(bad.map(([code]) => code));
+    for (const l of letters) {
+      expect(l.error.length).toBeGreaterThan(10);
+      expect(l.source).toBe(`cap.${t}.cmd.submit`);
+    }
+    expect(await runMessages()).toBe(beforeMsgs);
+  });
+
+  it('intake - results for unknown runs and stale attempts are dead-lettered, the run untouched', async () => {
+    const runId = await h.client.submit(t, 'demo.pipeline');
+    await h.client.waitForEnd(t, runId, 15_000);
+    const before = (await eventsOf(h, t, runId)).length;
+    const beforeDlq = (await readDeadLetters(h.jsm, t, 1000)).length;
+    const stale = { runId, step: 'extract', attempt: 1, worker: 'ghost', outcome: 'completed', result: { late: true }, durationMs: 1 };
+    await h.client.js.publish(`cap.${t}.cmd.result`, encode(stale));
+    await h.client.js.publish(`cap.${t}.cmd.result`, encode({ ...stale, runId: newRunId() }));
+    const letters = await eventually('dead letters', async () => {
+      const l = await readDeadLetters(h.jsm, t, 1000);
+      return l.length >= beforeDlq + 2 ? l.slice(beforeDlq) : undefined;
+    });
+    expect(letters.map((l) => l.code).sort()).toEqual(['run_not_found', 'stale_attempt']);
+    expect(await eventsOf(h, t, runId)).toHaveLength(before);
+  });
+
+  it('intake - a bad or unknown tenant gets a typed error at publish time, and nothing is stored', async () => {
+    for (const [subject, code] of [
+      ['cap.Bad_Tenant.cmd.submit', 'invalid_tenant_id'],
+      ['cap.-x.cmd.submit', 'invalid_tenant_id'],
+      [`cap.${'a'.repeat(33)}.cmd.submit`, 'invalid_tenant_id'],
+      ['cap.nobody-here.cmd.submit', 'unknown_tenant'],
+    ] as const) {
+      const err = await h.client.js.publish(subject, JSON.stringify({ workflow: 'demo.pipeline' }), { timeout: 3000 }).then(
+        () => undefined,
+        (e: unknown) => e as Error,
+      );
+      expect(err?.message ?? '').toContain(code);
+    }
+    const streams: string[] = [];
+    for await (const name of h.jsm.streams.names()) streams.push(name);
+    expect(streams.filter((s) => /Bad_Tenant|nobody-here/.test(s))).toEqual([]);
+  });
+});

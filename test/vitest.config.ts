@@ -1,0 +1,19 @@
+import { defineConfig } from 'vitest/config';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('.', import.meta.url));
+
+export default defineConfig({
+  test: {
+    root,
+    // Unit tests are pure; integration tests share one private nats-server started here.
+    globalSetup: ['./harness/global-setup.ts'],
+    include: ['unit/**/*.test.ts', 'int/**/*.test.ts'],
+    exclude: ['dist/**', 'node_modules/**'],
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    // Two cores: fault tests spawn processes and must not starve each other.
+    fileParallelism: false,
+    reporters: ['default'],
+  },
+});
