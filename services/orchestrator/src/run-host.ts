@@ -126,13 +126,27 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     }
   }
 
+  /** Acting on appended decisions (effects, dead letters, acks) overlaps the next tick's decisions. */
+  const acting = new Set<Promise<void>>();
+  const MAX_ACTING = 4;
+
   function pump(): void {
     if (pumping || stopped) return;
     pumping = (async () => {
       while (queue.length > 0 && !stopped) {
         const batch = queue.splice(0, maxBatch);
         try {
-          await tick(batch);
+          const act = await tick(batch);
+          const p: Promise<void> = act()
+            .catch((e: unknown) => {
+              // Decisions are recorded but not acted on: leave the commands unacknowledged.
+              // Their redelivery reloads the runs, which re-derives the effects of their tails.
+              log.warn({ err: e, commands: batch.length }, 'acting on decisions failed; commands will be redelivered');
+              for (const m of batch) m.nak(500);
+            })
+            .finally(() => acting.delete(p));
+          acting.add(p);
+          while (acting.size >= MAX_ACTING) await Promise.race(acting);
         } catch (e) {
           // Not a run's fault (NATS away, say): let the commands come back soon.
           log.warn({ err: e, commands: batch.length }, 'tick failed; commands will be redelivered');
@@ -145,7 +159,8 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     });
   }
 
-  async function tick(batch: JsMsg[]): Promise<void> {
+  /** Decides and appends one batch of commands; returns the acting that must follow. */
+  async function tick(batch: JsMsg[]): Promise<() => Promise<void>> {
     stats.ticks++;
     stats.commands += batch.length;
     const rejected: Rejection[] = [];
@@ -196,11 +211,19 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
 
     const effects = done.flatMap((g) => [...g.recovered, ...g.effects]);
     stats.recoveredEffects += done.reduce((n, g) => n + g.recovered.reduce((k, r) => k + r.events.length, 0), 0);
-    await dispatchEffects(js, t, effects);
-    const allRejected = [...rejected, ...done.flatMap((g) => g.rejections)];
-    await Promise.all(allRejected.filter((r) => r.deadLetter).map((r) => sendDeadLetter(r)));
-    for (const g of done) for (const p of g.pendings) p.msg.ack();
-    for (const r of rejected) r.msg.ack();
+    return async () => {
+      try {
+        await dispatchEffects(js, t, effects);
+      } catch (e) {
+        // A later command for these runs must not trust the cache: reload recovers the tail.
+        for (const g of done) cache.delete(g.runId);
+        throw e;
+      }
+      const allRejected = [...rejected, ...done.flatMap((g) => g.rejections)];
+      await Promise.all(allRejected.filter((r) => r.deadLetter).map((r) => sendDeadLetter(r)));
+      for (const g of done) for (const p of g.pendings) p.msg.ack();
+      for (const r of rejected) r.msg.ack();
+    };
   }
 
   function parseMessage(msg: JsMsg): Command {
@@ -348,6 +371,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       stopped = true;
       await messages?.close();
       await pumping;
+      await Promise.allSettled([...acting]);
       // Unprocessed commands go back to the stream for another orchestrator.
       for (const m of queue.splice(0)) m.nak();
     },

@@ -14,6 +14,8 @@ export interface Config {
   readonly concurrency: number;
   /** A step not heard from for this long is handed to another worker as lost. */
   readonly ackWaitMs: number;
+  /** Steps still running after this long are recorded as started; quicker ones only report their result. */
+  readonly startedAfterMs: number;
   readonly discoveryMs: number;
   readonly id: string;
 }
@@ -37,6 +39,7 @@ export function loadConfig(env: Env): Config {
     handlersModule: envString(env, 'CAPSTAN_HANDLERS', ''),
     concurrency: envInt(env, 'WORKER_CONCURRENCY', 64, problems, 1, 10_000),
     ackWaitMs: envInt(env, 'WORKER_ACK_WAIT_MS', 30_000, problems, 1000, 3_600_000),
+    startedAfterMs: envInt(env, 'WORKER_STARTED_AFTER_MS', 250, problems, 0, 3_600_000),
     discoveryMs: envInt(env, 'WORKER_DISCOVERY_MS', 2000, problems, 100, 3_600_000),
     id: envString(env, 'WORKER_ID', `worker-${process.pid}`),
   };

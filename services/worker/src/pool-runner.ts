@@ -45,6 +45,8 @@ export interface PoolRunnerOptions {
   readonly workerId: string;
   readonly concurrency: number;
   readonly ackWaitMs: number;
+  /** Report `started` only for steps still running after this long (0: always). */
+  readonly startedAfterMs: number;
   readonly log: Logger;
 }
 
@@ -160,16 +162,27 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
       await msg.ackAck();
       return;
     }
-    await publishCommand('started', { runId: item.runId, step: item.step, attempt: item.attempt, worker: workerId }, MsgIds.command(CommandVerb.Started, `${item.runId}:${item.step}:${item.attempt}`));
+    // A step that is still running after `startedAfterMs` is recorded as started, so the run
+    // shows who runs it; a quicker one goes straight to its result (one command, not two).
+    let started: Promise<void> | undefined;
+    const announce = () => {
+      started = publishCommand('started', { runId: item.runId, step: item.step, attempt: item.attempt, worker: workerId }, MsgIds.command(CommandVerb.Started, `${item.runId}:${item.step}:${item.attempt}`));
+    };
+    const startedTimer = o.startedAfterMs === 0 ? (announce(), undefined) : setTimeout(announce, o.startedAfterMs);
     const heartbeat = setInterval(() => msg.working(), Math.max(250, Math.floor(o.ackWaitMs / 3)));
     const t0 = performance.now();
     try {
       const outcome = await execute(item);
+      clearTimeout(startedTimer);
+      // `started` must be in the stream before the result, or it would arrive stale.
+      await started;
       await report(item, outcome, Math.round(performance.now() - t0));
     } finally {
+      clearTimeout(startedTimer);
       clearInterval(heartbeat);
     }
-    await msg.ackAck();
+    // Fire-and-forget: if this ack is lost, the redelivery is reported lost and rejected as stale.
+    msg.ack();
   }
 
   return {

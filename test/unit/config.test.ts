@@ -1,0 +1,235 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, ErrorCode } from '@capstan/schemas';
+import { LOG_LEVELS, type Env } from '@capstan/kit';
+import { loadConfig as loadOrchestrator } from '@capstan/orchestrator';
+import { loadConfig as loadWorker } from '@capstan/worker';
+
+const NATS = { NATS_URL: 'nats://127.0.0.1:4333' };
+
+function problems(load: (env: Env) => unknown, env: Env): readonly string[] {
+  try {
+    load(env);
+  } catch (e) {
+    expect(e).toBeInstanceOf(ConfigError);
+    expect((e as ConfigError).code).toBe(ErrorCode.InvalidConfig);
+    return (e as ConfigError).problems;
+  }
+  throw new Error(`config accepted: ${JSON.stringify(env)}`);
+}
+
+describe('config - shared keys', () => {
+  const loaders = [
+    ['orchestrator', loadOrchestrator],
+    ['worker', loadWorker],
+  ] as const;
+
+  for (const [name, load] of loaders) {
+    it(`config - ${name}: NATS_URL is required`, () => {
+      for (const env of [{}, { NATS_URL: '' }]) {
+        const p = problems(load, env);
+        expect(p).toHaveLength(1);
+        expect(p[0]).toContain('NATS_URL is required');
+      }
+    });
+
+    it(`config - ${name}: NATS_URL takes one or more host:port servers, with or without a scheme`, () => {
+      for (const url of ['nats://127.0.0.1:4222', 'localhost:4222', 'nats://a:1,nats://b:2', 'tls://h.example:4443']) {
+        expect((load({ NATS_URL: url }) as { natsUrl: string }).natsUrl).toBe(url);
+      }
+      for (const [url, bad] of [['nats://host', 1], ['nats://a:1,bad', 1], ['nats://:4222', 1], ['a,b', 2]] as const) {
+        const p = problems(load, { NATS_URL: url });
+        expect(p, url).toHaveLength(bad);
+        for (const line of p) expect(line).toContain('NATS_URL has an invalid server address');
+      }
+    });
+
+    it(`config - ${name}: LOG_LEVEL is one of the pino levels`, () => {
+      for (const level of LOG_LEVELS) expect((load({ ...NATS, LOG_LEVEL: level }) as { logLevel: string }).logLevel).toBe(level);
+      expect((load({ ...NATS, LOG_LEVEL: '' }) as { logLevel: string }).logLevel).toBe('info');
+      for (const bad of ['loud', 'INFO', 'verbose']) expect(problems(load, { ...NATS, LOG_LEVEL: bad })[0]).toContain('LOG_LEVEL');
+    });
+
+    it(`config - ${name}: CAPSTAN_TENANTS is all, or a list of valid tenant ids`, () => {
+      const tenants = (env: Env) => (load({ ...NATS, ...env }) as { tenants: unknown }).tenants;
+      expect(tenants({})).toBe('all');
+      expect(tenants({ CAPSTAN_TENANTS: '' })).toBe('all');
+      expect(tenants({ CAPSTAN_TENANTS: ' * ' })).toBe('all');
+      expect(tenants({ CAPSTAN_TENANTS: 'acme, b-2 ,,' })).toEqual(['acme', 'b-2']);
+      const p = problems(load, { ...NATS, CAPSTAN_TENANTS: 'acme,Bad,a.b,ok' });
+      expect(p).toHaveLength(2);
+      expect(p.join('\n')).toContain('"Bad"');
+      expect(p.join('\n')).toContain('"a.b"');
+    });
+
+    it(`config - ${name}: the config is frozen`, () => {
+      const c = load(NATS);
+      expect(Object.isFrozen(c)).toBe(true);
+    });
+  }
+});
+
+describe('config - orchestrator', () => {
+  it('config - orchestrator: defaults', () => {
+    expect(loadOrchestrator(NATS)).toEqual({
+      natsUrl: NATS.NATS_URL,
+      logLevel: 'info',
+      tenants: 'all',
+      workflowsModule: '',
+      cacheSize: 10_000,
+      maxBatch: 256,
+      ackWaitMs: 10_000,
+      discoveryMs: 2000,
+      name: `orchestrator-${process.pid}`,
+    });
+  });
+
+  it('config - orchestrator: every key can be set', () => {
+    const c = loadOrchestrator({
+      ...NATS,
+      LOG_LEVEL: 'debug',
+      CAPSTAN_TENANTS: 'acme,beta',
+      CAPSTAN_WORKFLOWS: '/srv/workflows.js',
+      ORCH_CACHE_SIZE: '0',
+      ORCH_MAX_BATCH: '1000',
+      ORCH_ACK_WAIT_MS: '500',
+      ORCH_DISCOVERY_MS: '3600000',
+      ORCH_NAME: 'orch-a',
+    });
+    expect(c).toEqual({
+      natsUrl: NATS.NATS_URL,
+      logLevel: 'debug',
+      tenants: ['acme', 'beta'],
+      workflowsModule: '/srv/workflows.js',
+      cacheSize: 0,
+      maxBatch: 1000,
+      ackWaitMs: 500,
+      discoveryMs: 3_600_000,
+      name: 'orch-a',
+    });
+  });
+
+  const RANGES: [string, number, number][] = [
+    ['ORCH_CACHE_SIZE', 0, 10_000_000],
+    ['ORCH_MAX_BATCH', 1, 1000],
+    ['ORCH_ACK_WAIT_MS', 500, 3_600_000],
+    ['ORCH_DISCOVERY_MS', 100, 3_600_000],
+  ];
+  for (const [key, min, max] of RANGES) {
+    it(`config - orchestrator: ${key} accepts ${min}..${max} and nothing else`, () => {
+      expect(() => loadOrchestrator({ ...NATS, [key]: String(min) })).not.toThrow();
+      expect(() => loadOrchestrator({ ...NATS, [key]: String(max) })).not.toThrow();
+      for (const bad of [String(min - 1), String(max + 1), 'abc', '1.5', 'NaN', 'Infinity', '1e400']) {
+        const p = problems(loadOrchestrator, { ...NATS, [key]: bad });
+        expect(p, bad).toHaveLength(1);
+        expect(p[0]).toContain(key);
+        expect(p[0]).toContain(JSON.stringify(bad));
+      }
+    });
+  }
+
+  it('config - orchestrator: every invalid key is reported at once', () => {
+    const p = problems(loadOrchestrator, {
+      LOG_LEVEL: 'loud',
+      CAPSTAN_TENANTS: 'Bad,x.y,ok',
+      ORCH_CACHE_SIZE: '-1',
+      ORCH_MAX_BATCH: '0',
+      ORCH_ACK_WAIT_MS: 'soon',
+      ORCH_DISCOVERY_MS: '1.5',
+    });
+    expect(p).toHaveLength(8);
+    const all = p.join('\n');
+    for (const key of ['NATS_URL', 'LOG_LEVEL', 'CAPSTAN_TENANTS', 'ORCH_CACHE_SIZE', 'ORCH_MAX_BATCH', 'ORCH_ACK_WAIT_MS', 'ORCH_DISCOVERY_MS']) {
+      expect(all).toContain(key);
+    }
+    // the message lists them too, one per line
+    try {
+      loadOrchestrator({});
+    } catch (e) {
+      expect((e as Error).message).toContain('invalid configuration');
+    }
+  });
+});
+
+describe('config - worker', () => {
+  it('config - worker: defaults', () => {
+    expect(loadWorker(NATS)).toEqual({
+      natsUrl: NATS.NATS_URL,
+      logLevel: 'info',
+      tenants: 'all',
+      pools: ['default'],
+      handlersModule: '',
+      concurrency: 64,
+      ackWaitMs: 30_000,
+      discoveryMs: 2000,
+      id: `worker-${process.pid}`,
+    });
+  });
+
+  it('config - worker: every key can be set', () => {
+    expect(
+      loadWorker({
+        ...NATS,
+        LOG_LEVEL: 'warn',
+        CAPSTAN_TENANTS: 'acme',
+        WORKER_POOLS: ' gpu , cpu_2 ,',
+        CAPSTAN_HANDLERS: './handlers.js',
+        WORKER_CONCURRENCY: '1',
+        WORKER_ACK_WAIT_MS: '1000',
+        WORKER_DISCOVERY_MS: '100',
+        WORKER_ID: 'w-7',
+      }),
+    ).toEqual({
+      natsUrl: NATS.NATS_URL,
+      logLevel: 'warn',
+      tenants: ['acme'],
+      pools: ['gpu', 'cpu_2'],
+      handlersModule: './handlers.js',
+      concurrency: 1,
+      ackWaitMs: 1000,
+      discoveryMs: 100,
+      id: 'w-7',
+    });
+  });
+
+  const RANGES: [string, number, number][] = [
+    ['WORKER_CONCURRENCY', 1, 10_000],
+    ['WORKER_ACK_WAIT_MS', 1000, 3_600_000],
+    ['WORKER_DISCOVERY_MS', 100, 3_600_000],
+  ];
+  for (const [key, min, max] of RANGES) {
+    it(`config - worker: ${key} accepts ${min}..${max} and nothing else`, () => {
+      expect(() => loadWorker({ ...NATS, [key]: String(min) })).not.toThrow();
+      expect(() => loadWorker({ ...NATS, [key]: String(max) })).not.toThrow();
+      for (const bad of [String(min - 1), String(max + 1), 'x', '2.5']) {
+        const p = problems(loadWorker, { ...NATS, [key]: bad });
+        expect(p, bad).toHaveLength(1);
+        expect(p[0]).toContain(key);
+      }
+    });
+  }
+
+  it('config - worker: bad pool names are each reported; no pool at all is a problem', () => {
+    const p = problems(loadWorker, { ...NATS, WORKER_POOLS: 'ok,Bad Pool,a.b,*' });
+    expect(p).toHaveLength(3);
+    for (const line of p) expect(line).toContain('WORKER_POOLS');
+    const none = problems(loadWorker, { ...NATS, WORKER_POOLS: ' , ,' });
+    expect(none).toEqual(['WORKER_POOLS must name at least one pool']);
+  });
+
+  it('config - worker: every invalid key is reported at once', () => {
+    const p = problems(loadWorker, {
+      LOG_LEVEL: 'chatty',
+      CAPSTAN_TENANTS: '-bad',
+      WORKER_POOLS: 'UPPER',
+      WORKER_CONCURRENCY: '0',
+      WORKER_ACK_WAIT_MS: '999',
+      WORKER_DISCOVERY_MS: 'often',
+    });
+    // NATS_URL, LOG_LEVEL, CAPSTAN_TENANTS, the pool, "no pool", and three numbers
+    expect(p).toHaveLength(8);
+    const all = p.join('\n');
+    for (const key of ['NATS_URL', 'LOG_LEVEL', 'CAPSTAN_TENANTS', 'WORKER_POOLS', 'WORKER_CONCURRENCY', 'WORKER_ACK_WAIT_MS', 'WORKER_DISCOVERY_MS']) {
+      expect(all).toContain(key);
+    }
+  });
+});
