@@ -234,22 +234,27 @@ function compileSteps(id: string, version: number, steps: readonly NormalisedSte
             timeoutMs: step.timeoutMs,
           }),
         },
-        {
-          type: 'timer.scheduled',
-          params: ({ context }: { context: RunContext }) => ({
-            timerId: timerId(step.name, attemptOf(context), TimerKind.Timeout),
-            kind: TimerKind.Timeout,
-            step: step.name,
-            attempt: attemptOf(context),
-            delayMs: step.timeoutMs,
-          }),
-        },
       ],
       on: {
+        // The durable timeout timer is armed when a worker reports the attempt started (it
+        // does for any step still running after a short while): a quick step never needs one,
+        // and a worker that dies earlier is caught by redelivery (`worker_lost`).
         'step.started': {
           guard: ({ context, event }: { context: RunContext; event: Ev }) =>
             isCurrent(context, event.data as Data<'step.started'>) && context.startedAttempt !== attemptOf(context),
-          actions: assign(({ context }: { context: RunContext }) => ({ startedAttempt: attemptOf(context), anyStarted: true })),
+          actions: [
+            assign(({ context }: { context: RunContext }) => ({ startedAttempt: attemptOf(context), anyStarted: true })),
+            {
+              type: 'timer.scheduled',
+              params: ({ context }: { context: RunContext }) => ({
+                timerId: timerId(step.name, attemptOf(context), TimerKind.Timeout),
+                kind: TimerKind.Timeout,
+                step: step.name,
+                attempt: attemptOf(context),
+                delayMs: step.timeoutMs,
+              }),
+            },
+          ],
         },
         'step.completed': {
           guard: ({ context, event }: { context: RunContext; event: Ev }) => isCurrent(context, event.data as Data<'step.completed'>),

@@ -79,12 +79,14 @@ export interface ServiceProcess {
 }
 
 export function spawnService(name: ServiceName, env: Record<string, string>): ServiceProcess {
-  const child: ChildProcess = spawn(process.execPath, [join(PROJECT_ROOT, 'services', name, 'dist', 'main.js')], {
+  // CAPSTAN_NODE_ARGS passes flags such as --cpu-prof to the service's node (benchmarks).
+  const nodeArgs = (env['CAPSTAN_NODE_ARGS'] ?? '').split(' ').filter(Boolean);
+  const child: ChildProcess = spawn(process.execPath, [...nodeArgs, join(PROJECT_ROOT, 'services', name, 'dist', 'main.js')], {
     env: { ...process.env, LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
-  child.stdout?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-200_000)));
+  child.stdout?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-2_000_000)));
   child.stderr?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-200_000)));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   return {

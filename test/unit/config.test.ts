@@ -77,6 +77,7 @@ describe('config - orchestrator', () => {
       workflowsModule: '',
       cacheSize: 10_000,
       maxBatch: 256,
+      maxTicks: 2,
       ackWaitMs: 10_000,
       discoveryMs: 2000,
       name: `orchestrator-${process.pid}`,
@@ -91,6 +92,7 @@ describe('config - orchestrator', () => {
       CAPSTAN_WORKFLOWS: '/srv/workflows.js',
       ORCH_CACHE_SIZE: '0',
       ORCH_MAX_BATCH: '1000',
+      ORCH_MAX_TICKS: '64',
       ORCH_ACK_WAIT_MS: '500',
       ORCH_DISCOVERY_MS: '3600000',
       ORCH_NAME: 'orch-a',
@@ -102,6 +104,7 @@ describe('config - orchestrator', () => {
       workflowsModule: '/srv/workflows.js',
       cacheSize: 0,
       maxBatch: 1000,
+      maxTicks: 64,
       ackWaitMs: 500,
       discoveryMs: 3_600_000,
       name: 'orch-a',
@@ -111,6 +114,7 @@ describe('config - orchestrator', () => {
   const RANGES: [string, number, number][] = [
     ['ORCH_CACHE_SIZE', 0, 10_000_000],
     ['ORCH_MAX_BATCH', 1, 1000],
+    ['ORCH_MAX_TICKS', 1, 64],
     ['ORCH_ACK_WAIT_MS', 500, 3_600_000],
     ['ORCH_DISCOVERY_MS', 100, 3_600_000],
   ];
@@ -133,12 +137,14 @@ describe('config - orchestrator', () => {
       CAPSTAN_TENANTS: 'Bad,x.y,ok',
       ORCH_CACHE_SIZE: '-1',
       ORCH_MAX_BATCH: '0',
+      ORCH_MAX_TICKS: '65',
       ORCH_ACK_WAIT_MS: 'soon',
       ORCH_DISCOVERY_MS: '1.5',
     });
-    expect(p).toHaveLength(8);
+    // NATS_URL, LOG_LEVEL, two tenants, and five numbers
+    expect(p).toHaveLength(9);
     const all = p.join('\n');
-    for (const key of ['NATS_URL', 'LOG_LEVEL', 'CAPSTAN_TENANTS', 'ORCH_CACHE_SIZE', 'ORCH_MAX_BATCH', 'ORCH_ACK_WAIT_MS', 'ORCH_DISCOVERY_MS']) {
+    for (const key of ['NATS_URL', 'LOG_LEVEL', 'CAPSTAN_TENANTS', 'ORCH_CACHE_SIZE', 'ORCH_MAX_BATCH', 'ORCH_MAX_TICKS', 'ORCH_ACK_WAIT_MS', 'ORCH_DISCOVERY_MS']) {
       expect(all).toContain(key);
     }
     // the message lists them too, one per line
@@ -160,9 +166,22 @@ describe('config - worker', () => {
       handlersModule: '',
       concurrency: 64,
       ackWaitMs: 30_000,
+      startedAfterMs: 250,
       discoveryMs: 2000,
       id: `worker-${process.pid}`,
     });
+  });
+
+  it('config - worker: WORKER_STARTED_AFTER_MS defaults to 250 when unset or empty; 0 reports every step started at once', () => {
+    const startedAfter = (env: Record<string, string>) => loadWorker({ ...NATS, ...env }).startedAfterMs;
+    expect(startedAfter({})).toBe(250);
+    expect(startedAfter({ WORKER_STARTED_AFTER_MS: '' })).toBe(250);
+    expect(startedAfter({ WORKER_STARTED_AFTER_MS: '0' })).toBe(0);
+    expect(startedAfter({ WORKER_STARTED_AFTER_MS: '1' })).toBe(1);
+    expect(startedAfter({ WORKER_STARTED_AFTER_MS: '5000' })).toBe(5000);
+    expect(startedAfter({ WORKER_STARTED_AFTER_MS: '3600000' })).toBe(3_600_000);
+    const p = problems(loadWorker, { ...NATS, WORKER_STARTED_AFTER_MS: '-1' });
+    expect(p).toEqual(['WORKER_STARTED_AFTER_MS must be an integer between 0 and 3600000 (got "-1")']);
   });
 
   it('config - worker: every key can be set', () => {
@@ -175,6 +194,7 @@ describe('config - worker', () => {
         CAPSTAN_HANDLERS: './handlers.js',
         WORKER_CONCURRENCY: '1',
         WORKER_ACK_WAIT_MS: '1000',
+        WORKER_STARTED_AFTER_MS: '0',
         WORKER_DISCOVERY_MS: '100',
         WORKER_ID: 'w-7',
       }),
@@ -186,6 +206,7 @@ describe('config - worker', () => {
       handlersModule: './handlers.js',
       concurrency: 1,
       ackWaitMs: 1000,
+      startedAfterMs: 0,
       discoveryMs: 100,
       id: 'w-7',
     });
@@ -194,16 +215,18 @@ describe('config - worker', () => {
   const RANGES: [string, number, number][] = [
     ['WORKER_CONCURRENCY', 1, 10_000],
     ['WORKER_ACK_WAIT_MS', 1000, 3_600_000],
+    ['WORKER_STARTED_AFTER_MS', 0, 3_600_000],
     ['WORKER_DISCOVERY_MS', 100, 3_600_000],
   ];
   for (const [key, min, max] of RANGES) {
     it(`config - worker: ${key} accepts ${min}..${max} and nothing else`, () => {
       expect(() => loadWorker({ ...NATS, [key]: String(min) })).not.toThrow();
       expect(() => loadWorker({ ...NATS, [key]: String(max) })).not.toThrow();
-      for (const bad of [String(min - 1), String(max + 1), 'x', '2.5']) {
+      for (const bad of [String(min - 1), String(max + 1), 'x', '2.5', 'NaN', 'Infinity', '1e400']) {
         const p = problems(loadWorker, { ...NATS, [key]: bad });
         expect(p, bad).toHaveLength(1);
         expect(p[0]).toContain(key);
+        expect(p[0]).toContain(JSON.stringify(bad));
       }
     });
   }
@@ -223,12 +246,22 @@ describe('config - worker', () => {
       WORKER_POOLS: 'UPPER',
       WORKER_CONCURRENCY: '0',
       WORKER_ACK_WAIT_MS: '999',
+      WORKER_STARTED_AFTER_MS: '-5',
       WORKER_DISCOVERY_MS: 'often',
     });
-    // NATS_URL, LOG_LEVEL, CAPSTAN_TENANTS, the pool, "no pool", and three numbers
-    expect(p).toHaveLength(8);
+    // NATS_URL, LOG_LEVEL, CAPSTAN_TENANTS, the pool, "no pool", and four numbers
+    expect(p).toHaveLength(9);
     const all = p.join('\n');
-    for (const key of ['NATS_URL', 'LOG_LEVEL', 'CAPSTAN_TENANTS', 'WORKER_POOLS', 'WORKER_CONCURRENCY', 'WORKER_ACK_WAIT_MS', 'WORKER_DISCOVERY_MS']) {
+    for (const key of [
+      'NATS_URL',
+      'LOG_LEVEL',
+      'CAPSTAN_TENANTS',
+      'WORKER_POOLS',
+      'WORKER_CONCURRENCY',
+      'WORKER_ACK_WAIT_MS',
+      'WORKER_STARTED_AFTER_MS',
+      'WORKER_DISCOVERY_MS',
+    ]) {
       expect(all).toContain(key);
     }
   });

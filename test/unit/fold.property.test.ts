@@ -146,6 +146,77 @@ const same = (a: RunState, b: RunState) => {
   expect(runStatus(a)).toBe(runStatus(b));
 };
 
+/** The recorded history cut into batches: each input (or run.started) with the decisions it caused. */
+function batches(events: readonly RunEvent[]): { input: RunEvent; decisions: RunEvent[] }[] {
+  const out: { input: RunEvent; decisions: RunEvent[] }[] = [];
+  for (const e of events) {
+    if (INPUT_EVENT_TYPES.has(e.type)) out.push({ input: e, decisions: [] });
+    else {
+      const current = out.at(-1);
+      expect(current, `decision ${e.type} at seq ${e.seq} before any input`).toBeDefined();
+      expect(e.causationId).toBe(current?.input.causationId);
+      current?.decisions.push(e);
+    }
+  }
+  return out;
+}
+
+describe('fold - property: timeout timers are armed by starts', () => {
+  it('fold - timeout timers are armed only by an accepted start, once per attempt, with the step timeout', () => {
+    let armed = 0;
+    let scheduledBatches = 0;
+    let quickSteps = 0;
+    fc.assert(
+      fc.property(scenario, (s) => {
+        const { r } = play(s);
+        const wf = WORKFLOWS[s.workflow] as WorkflowDefinition;
+        const timeoutOf = new Map((wf.steps ?? []).flatMap((st) => (st.kind === 'task' ? [[st.name, st.timeoutMs] as const] : [])));
+        const startedAttempts = new Set<string>();
+        const timeoutIds = new Set(r.events.flatMap((e) => (e.type === 'timer.scheduled' && e.data.kind === 'timeout' ? [e.data.timerId] : [])));
+        for (const { input, decisions } of batches(r.events)) {
+          const types = decisions.map((d) => d.type);
+          if (input.type === 'step.started') {
+            // an accepted start decides exactly its attempt's timeout timer
+            const { step, attempt } = input.data;
+            const key = `${step}#${attempt}`;
+            expect(startedAttempts.has(key), `${key} started twice`).toBe(false);
+            startedAttempts.add(key);
+            expect(decisions.map((d) => ({ type: d.type, data: d.data }))).toEqual([
+              {
+                type: 'timer.scheduled',
+                data: { timerId: `${step}-a${attempt}-timeout`, kind: 'timeout', step, attempt, delayMs: timeoutOf.get(step) },
+              },
+            ]);
+            armed++;
+            continue;
+          }
+          // anything else never arms a timeout timer…
+          for (const d of decisions) {
+            if (d.type === 'timer.scheduled') expect(d.data.kind, `${input.type} at seq ${input.seq} armed ${d.data.timerId}`).toBe('retry');
+          }
+          // …and scheduling a step decides the step.scheduled alone
+          if (types.includes('step.scheduled')) {
+            scheduledBatches++;
+            expect(types).toEqual(['step.scheduled']);
+          }
+          // a step completed without a recorded start never had a timeout timer
+          if (input.type === 'step.completed' && !startedAttempts.has(`${input.data.step}#${input.data.attempt}`)) {
+            quickSteps++;
+            expect(timeoutIds.has(`${input.data.step}-a${input.data.attempt}-timeout`)).toBe(false);
+          }
+        }
+        // one timeout timer per started attempt, never two for the same attempt
+        expect(timeoutIds.size).toBe(startedAttempts.size);
+        expect(r.events.filter((e) => e.type === 'timer.scheduled' && e.data.kind === 'timeout')).toHaveLength(startedAttempts.size);
+      }),
+      { numRuns: 400 },
+    );
+    expect(armed).toBeGreaterThan(50);
+    expect(scheduledBatches).toBeGreaterThan(100);
+    expect(quickSteps).toBeGreaterThan(10);
+  });
+});
+
 describe('fold - property: replay is deterministic', () => {
   it('fold - random command sequences fold twice to the same state, equal to the live one', () => {
     const statuses = new Set<string>();
@@ -261,12 +332,14 @@ describe('fold - property: replay is deterministic', () => {
         } catch (e) {
           caught = e;
         }
-        // Inputs are facts: one that decided nothing (a start, a signal) can be left out of a
-        // renumbered history, or off its end, and the rest still replays. Anything else diverges.
+        // Inputs are facts: one that decided nothing can be left out of a renumbered history, or
+        // off its end, and the rest still replays. Anything else diverges. Only a signal the run
+        // merely recorded decides nothing: every accepted start arms its attempt's timeout timer.
         if (caught === undefined) {
           const last = drop === r.events.length - 1;
           expect(renumber || last).toBe(true);
           expect(INPUT_EVENT_TYPES.has(dropped.type)).toBe(true);
+          expect(dropped.type).toBe('run.signaled');
           const next = r.events[drop + 1];
           expect(next === undefined || INPUT_EVENT_TYPES.has(next.type)).toBe(true);
           return;

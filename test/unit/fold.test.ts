@@ -36,19 +36,23 @@ const review = defineWorkflow({
 });
 const registry = createRegistry([three, review]);
 
-/** A finished history of `three` with a retry, a timeout and a foreign signal in it. */
+/**
+ * A finished history of `three` with a retry, a timeout, a foreign signal and quick steps
+ * (completed without a recorded start, so without a timeout timer) in it.
+ */
 function threeHistory(): RunRecorder {
-  const r = new RunRecorder(three, { order: 1 });
-  r.apply(started('a', 1)); // 4
-  r.apply(failed('a', 1)); // 5 (+6 retry timer)
-  r.apply(retryFired('a', 1)); // 7 (+8, 9)
-  r.apply(started('a', 2)); // 10
-  r.apply(completed('a', 2, { rows: 1 })); // 11 (+12, 13)
-  r.apply(signaled('ping', 1)); // 14
-  r.apply(timeoutFired('b', 1)); // 15 (+16 retry timer)
-  r.apply(retryFired('b', 1)); // 17 (+18, 19)
-  r.apply(completed('b', 2, { rows: 2 })); // 20 (+21, 22)
-  r.apply(completed('c', 1, { rows: 3 })); // 23 (+24 run.completed)
+  const r = new RunRecorder(three, { order: 1 }); // 1 (+2 step.scheduled a#1)
+  r.apply(started('a', 1)); // 3 (+4 timeout timer a#1)
+  r.apply(failed('a', 1)); // 5 (+6 retry timer a#1)
+  r.apply(retryFired('a', 1)); // 7 (+8 step.scheduled a#2)
+  r.apply(started('a', 2)); // 9 (+10 timeout timer a#2)
+  r.apply(completed('a', 2, { rows: 1 })); // 11 (+12 step.scheduled b#1)
+  r.apply(signaled('ping', 1)); // 13
+  r.apply(started('b', 1)); // 14 (+15 timeout timer b#1)
+  r.apply(timeoutFired('b', 1)); // 16 (+17 retry timer b#1)
+  r.apply(retryFired('b', 1)); // 18 (+19 step.scheduled b#2)
+  r.apply(completed('b', 2, { rows: 2 })); // 20 (+21 step.scheduled c#1)
+  r.apply(completed('c', 1, { rows: 3 })); // 22 (+23 run.completed)
   return r;
 }
 
@@ -82,13 +86,33 @@ const diffHas = (e: DeterminismViolationError, ...parts: string[]) =>
 describe('fold - replay reproduces the run', () => {
   it('fold - a recorded history folds to the live state and timeline', () => {
     const r = threeHistory();
-    expect(r.events).toHaveLength(24);
+    expect(r.events).toHaveLength(23);
     expect(r.events.at(-1)?.type).toBe('run.completed');
+    // timeout timers follow exactly the accepted starts, each for that start's attempt
+    expect(
+      r.events.flatMap((e, i) => (e.type === 'timer.scheduled' && e.data.kind === 'timeout' ? [[r.events[i - 1]?.type, e.seq, e.data.timerId, e.data.delayMs]] : [])),
+    ).toEqual([
+      ['step.started', 4, 'a-a1-timeout', 1000],
+      ['step.started', 10, 'a-a2-timeout', 1000],
+      ['step.started', 15, 'b-a1-timeout', 2000],
+    ]);
     const fold = foldRun(registry, r.events);
     expectSameRun(fold, r);
-    expect(fold.timeline.map((t) => t.seq)).toEqual([1, 4, 5, 7, 10, 11, 14, 15, 17, 20, 23]);
-    expect(fold.timeline.at(-1)).toMatchObject({ input: 'step.completed', status: 'completed', state: 'completed', decisions: ['run.completed'] });
-    expect(fold.timeline[2]).toMatchObject({ input: 'step.failed', state: 'retry_0', decisions: ['timer.scheduled'] });
+    expect(fold.timeline.map((t) => t.seq)).toEqual([1, 3, 5, 7, 9, 11, 13, 14, 16, 18, 20, 22]);
+    expect(fold.timeline.map((t) => [t.input, t.state, t.status, t.decisions])).toEqual([
+      ['run.started', 'step_0', 'pending', ['step.scheduled']],
+      ['step.started', 'step_0', 'running', ['timer.scheduled']],
+      ['step.failed', 'retry_0', 'running', ['timer.scheduled']],
+      ['timer.fired', 'step_0', 'running', ['step.scheduled']],
+      ['step.started', 'step_0', 'running', ['timer.scheduled']],
+      ['step.completed', 'step_1', 'running', ['step.scheduled']],
+      ['run.signaled', 'step_1', 'running', []],
+      ['step.started', 'step_1', 'running', ['timer.scheduled']],
+      ['timer.fired', 'retry_1', 'running', ['timer.scheduled']],
+      ['timer.fired', 'step_1', 'running', ['step.scheduled']],
+      ['step.completed', 'step_2', 'running', ['step.scheduled']],
+      ['step.completed', 'completed', 'completed', ['run.completed']],
+    ]);
   });
 
   it('fold - a history that went through the codec folds the same', () => {
@@ -163,52 +187,108 @@ describe('fold - tampered histories are determinism violations', () => {
     const last = events.at(-1) as RunEvent;
     (last.data as { output: { rows: number } }).output.rows = 4;
     const e = violation(events);
-    expect(e.seq).toBe(23);
-    diffHas(e, 'seq 24', 'run.completed', 'data.output.rows');
+    expect(e.seq).toBe(22);
+    diffHas(e, 'seq 23', 'run.completed', 'data.output.rows');
   });
 
   it('fold - a changed input result shows up in what it decided', () => {
     const events = cloneEvents(threeHistory().events);
-    const input = events[22] as RunEvent;
+    const input = events[21] as RunEvent;
     expect(input.type).toBe('step.completed');
     (input.data as { result: unknown }).result = { rows: 99 };
-    diffHas(violation(events), 'seq 24', 'data.output.rows', '3', '99');
+    diffHas(violation(events), 'seq 23', 'data.output.rows', '3', '99');
+  });
+
+  it('fold - a changed timeout timer names the seq of its start and the field', () => {
+    const events = cloneEvents(threeHistory().events);
+    const timer = events[14] as RunEvent; // timeout timer of b#1, armed by its start (seq 14)
+    expect(timer.type).toBe('timer.scheduled');
+    expect(timer.data).toEqual({ timerId: 'b-a1-timeout', kind: 'timeout', step: 'b', attempt: 1, delayMs: 2000 });
+    (timer.data as { delayMs: number }).delayMs = 2001;
+    const e = violation(events);
+    expect(e.seq).toBe(14);
+    expect(e.diff).toEqual(['seq 15 timer.scheduled: data.delayMs: recorded 2001, replay 2000']);
   });
 
   it('fold - a changed decision type is named', () => {
     const events = cloneEvents(threeHistory().events);
-    (events[2] as { type: string }).type = 'step.waiting';
-    diffHas(violation(events), 'seq 3', 'recorded step.waiting', 'replay decided timer.scheduled');
+    (events[1] as { type: string }).type = 'step.waiting';
+    const e = violation(events);
+    expect(e.seq).toBe(1);
+    diffHas(e, 'seq 2', 'recorded step.waiting', 'replay decided step.scheduled');
+
+    const timer = cloneEvents(threeHistory().events);
+    (timer[3] as { type: string }).type = 'step.waiting'; // the timeout timer armed by step.started a#1
+    const t = violation(timer);
+    expect(t.seq).toBe(3);
+    diffHas(t, 'seq 4', 'recorded step.waiting', 'replay decided timer.scheduled');
   });
 
   it('fold - a missing event breaks the chain at its seq', () => {
     const events = cloneEvents(threeHistory().events);
-    events.splice(9, 1); // seq 10, step.started a#2
+    events.splice(8, 1); // seq 9, step.started a#2
     const e = violation(events);
-    expect(e.seq).toBe(11);
-    diffHas(e, 'expected seq 10', 'found 11');
+    expect(e.seq).toBe(10);
+    diffHas(e, 'expected seq 9', 'found 10');
+  });
+
+  it('fold - a start left out with its timer kept is found: the timer was not decided by what precedes it', () => {
+    const events = cloneEvents(threeHistory().events);
+    events.splice(8, 1); // seq 9, step.started a#2; its timeout timer (seq 10) stays
+    const e = violation(renumber(events));
+    expect(e.seq).toBe(7); // retry timer fired: it decided only step.scheduled a#2
+    expect(e.diff).toEqual([
+      'seq 9: recorded timer.scheduled {"timerId":"a-a2-timeout","kind":"timeout","step":"a","attempt":2,"delayMs":1000}, replay decided nothing',
+    ]);
   });
 
   it('fold - a missing decision, even renumbered, is found', () => {
     const events = cloneEvents(threeHistory().events);
-    events.splice(2, 1); // timer.scheduled of a#1
+    events.splice(1, 1); // step.scheduled of a#1
     const e = violation(renumber(events));
     expect(e.seq).toBe(1);
-    diffHas(e, 'replay decided timer.scheduled', 'nothing recorded');
+    diffHas(e, 'replay decided step.scheduled', 'nothing recorded');
+
+    const timer = cloneEvents(threeHistory().events);
+    timer.splice(3, 1); // the timeout timer armed by step.started a#1
+    const t = violation(renumber(timer));
+    expect(t.seq).toBe(3);
+    expect(t.diff).toEqual([
+      'after the record: replay decided timer.scheduled {"timerId":"a-a1-timeout","kind":"timeout","step":"a","attempt":1,"delayMs":1000}, nothing recorded',
+    ]);
   });
 
   it('fold - reordered events break the chain, and renumbered they are refused', () => {
     const swapped = cloneEvents(threeHistory().events);
-    [swapped[3], swapped[4]] = [swapped[4] as RunEvent, swapped[3] as RunEvent];
+    [swapped[2], swapped[3]] = [swapped[3] as RunEvent, swapped[2] as RunEvent]; // a#1's timeout timer before its start
     const e = violation(swapped);
-    expect(e.seq).toBe(5);
-    diffHas(e, 'expected seq 4', 'found 5');
+    expect(e.seq).toBe(4);
+    expect(e.diff).toEqual(['event chain broken: expected seq 3, found 4']);
 
-    // failed before started, renumbered: the failure (now seq 4) has no retry timer after it
+    // renumbered: the timer (now seq 3) follows the run's start, which decided only step.scheduled
     const forged = renumber(swapped);
     const f = violation(forged);
-    expect(f.seq).toBe(4);
-    diffHas(f, 'replay decided timer.scheduled', '"kind":"retry"', 'nothing recorded');
+    expect(f.seq).toBe(1);
+    expect(f.diff).toEqual([
+      'seq 3: recorded timer.scheduled {"timerId":"a-a1-timeout","kind":"timeout","step":"a","attempt":1,"delayMs":1000}, replay decided nothing',
+    ]);
+
+    // the failure moved between a start and its timer: the start (seq 3) has no timer after it
+    const between = cloneEvents(threeHistory().events);
+    [between[3], between[4]] = [between[4] as RunEvent, between[3] as RunEvent];
+    for (const h of [between, renumber(between)]) {
+      const b = violation(h);
+      expect(b.seq).toBe(3);
+      diffHas(b, 'replay decided timer.scheduled', '"kind":"timeout"', 'nothing recorded');
+    }
+
+    // failed before started, renumbered: the failure (now seq 3) has no retry timer after it
+    const history = cloneEvents(threeHistory().events);
+    const early = renumber([...history.slice(0, 2), history[4] as RunEvent, ...history.slice(2, 4), ...history.slice(5)]);
+    expect(early.slice(2, 5).map((x) => x.type)).toEqual(['step.failed', 'step.started', 'timer.scheduled']);
+    const g = violation(early);
+    expect(g.seq).toBe(3);
+    diffHas(g, 'replay decided timer.scheduled', '"kind":"retry"', 'nothing recorded');
   });
 
   it('fold - an extra decision is found', () => {
@@ -217,8 +297,16 @@ describe('fold - tampered histories are determinism violations', () => {
     events.splice(2, 0, dup);
     const e = violation(renumber(events));
     expect(e.seq).toBe(1);
-    diffHas(e, 'seq 3', 'recorded step.scheduled', 'replay decided timer.scheduled');
-    diffHas(e, 'seq 4', 'recorded timer.scheduled', 'replay decided nothing');
+    expect(e.diff).toHaveLength(1);
+    diffHas(e, 'seq 3', 'recorded step.scheduled', 'replay decided nothing');
+
+    // a second timeout timer after one start
+    const twice = cloneEvents(threeHistory().events);
+    twice.splice(4, 0, cloneEvents([twice[3] as RunEvent])[0] as RunEvent);
+    const t = violation(renumber(twice));
+    expect(t.seq).toBe(3);
+    expect(t.diff).toHaveLength(1);
+    diffHas(t, 'seq 5', 'recorded timer.scheduled', '"timerId":"a-a1-timeout"', 'replay decided nothing');
   });
 
   it('fold - an extra decision after the final one is found', () => {
@@ -230,11 +318,19 @@ describe('fold - tampered histories are determinism violations', () => {
 
   it('fold - a recorded input the machine would not take is named', () => {
     const events = cloneEvents(threeHistory().events);
-    const dup = { ...(events[3] as RunEvent), seq: 5 }; // step.started a#1 again, after itself
+    const dup = { ...(events[2] as RunEvent) }; // step.started a#1 again, after itself and its timer
+    expect(dup.type).toBe('step.started');
     events.splice(4, 0, dup);
     const e = violation(renumber(events));
     expect(e.seq).toBe(5);
-    diffHas(e, 'recorded input step.started at seq 5 is not accepted', 'fold.three@1');
+    expect(e.diff).toEqual(['recorded input step.started at seq 5 is not accepted by fold.three@1 in state step_0']);
+
+    // a duplicate start with a second timeout timer is refused the same way
+    const withTimer = cloneEvents(threeHistory().events);
+    withTimer.splice(4, 0, ...cloneEvents(withTimer.slice(2, 4)));
+    const t = violation(renumber(withTimer));
+    expect(t.seq).toBe(5);
+    diffHas(t, 'recorded input step.started at seq 5 is not accepted', 'fold.three@1');
   });
 
   it('fold - a decision with no input before it is found', () => {
@@ -246,30 +342,33 @@ describe('fold - tampered histories are determinism violations', () => {
   });
 
   it('fold - a second run.started is refused', () => {
-    const events = cloneEvents(threeHistory().events.slice(0, 3));
-    events.push({ ...(events[0] as RunEvent), seq: 4 });
-    diffHas(violation(events), 'run.started at seq 4 is not accepted');
+    const events = cloneEvents(threeHistory().events.slice(0, 2));
+    events.push({ ...(events[0] as RunEvent), seq: 3 });
+    diffHas(violation(events), 'run.started at seq 3 is not accepted');
   });
 
   it('fold - a second run.started with its decisions cannot restart a run', () => {
     const r = threeHistory();
-    const partial = cloneEvents(r.events.slice(0, 13)); // a#2 completed, b scheduled
-    const restart = cloneEvents(r.events.slice(0, 3)).map((e) => ({ ...e, seq: e.seq + 13 }));
+    const partial = cloneEvents(r.events.slice(0, 12)); // a#2 completed, b scheduled
+    expect(partial.at(-1)?.type).toBe('step.scheduled');
+    const restart = cloneEvents(r.events.slice(0, 2)).map((e) => ({ ...e, seq: e.seq + 12 }));
     const e = violation([...partial, ...restart]);
-    expect(e.seq).toBe(14);
-    diffHas(e, 'recorded input run.started at seq 14 is not accepted');
+    expect(e.seq).toBe(13);
+    diffHas(e, 'recorded input run.started at seq 13 is not accepted');
   });
 
   it('fold - decisions carry the chain too: a repeated or skipped seq among them is found', () => {
     const repeated = cloneEvents(threeHistory().events);
-    (repeated[2] as RunEvent).seq = 2; // two events claim seq 2 (a fork)
+    expect(repeated[3]?.type).toBe('timer.scheduled');
+    (repeated[3] as RunEvent).seq = 3; // two events claim seq 3 (a fork)
     const e = violation(repeated);
-    expect(e.seq).toBe(2);
-    diffHas(e, 'expected seq 3', 'found 2');
+    expect(e.seq).toBe(3);
+    diffHas(e, 'expected seq 4', 'found 3');
 
     const skipped = cloneEvents(threeHistory().events);
-    (skipped[12] as RunEvent).seq = 14; // seq 13 missing, 14 then twice
-    diffHas(violation(skipped), 'expected seq 13', 'found 14');
+    expect(skipped[11]?.type).toBe('step.scheduled');
+    (skipped[11] as RunEvent).seq = 13; // seq 12 missing, 13 then twice
+    diffHas(violation(skipped), 'expected seq 12', 'found 13');
   });
 
   it('fold - diffDecisions reports nothing for identical decisions', () => {
@@ -295,8 +394,26 @@ describe('fold - workflow versions', () => {
     });
     const e = violation(threeHistory().events, replayWith(changed));
     expect(e.seq).toBe(1);
-    diffHas(e, 'seq 2', 'data.timeoutMs', 'recorded 1000', 'replay 1500');
-    diffHas(e, 'seq 3', 'data.delayMs', 'recorded 1000', 'replay 1500');
+    // the run's start schedules the step and nothing else, so that is the only difference there
+    expect(e.diff).toEqual(['seq 2 step.scheduled: data.timeoutMs: recorded 1000, replay 1500']);
+
+    // a history of quick steps that never started holds no timer: b's change shows at b's schedule
+    const quick = new RunRecorder(three);
+    quick.apply(completed('a', 1));
+    quick.apply(completed('b', 1));
+    quick.apply(completed('c', 1));
+    const laterChange = defineWorkflow({
+      id: 'fold.three',
+      version: 1,
+      steps: [
+        { name: 'a', timeoutMs: 1000, retry: { maxAttempts: 3, initialIntervalMs: 100, backoffCoefficient: 2, maxIntervalMs: 1000 } },
+        { name: 'b', timeoutMs: 2500 },
+        { name: 'c', timeoutMs: 3000 },
+      ],
+    });
+    const q = violation(quick.events, replayWith(laterChange));
+    expect(q.seq).toBe(3);
+    expect(q.diff).toEqual(['seq 4 step.scheduled: data.timeoutMs: recorded 2000, replay 2500']);
   });
 
   it('fold - changed steps under the same id and version are a violation with a diff', () => {
@@ -317,8 +434,8 @@ describe('fold - workflow versions', () => {
       ],
     });
     const l = violation(threeHistory().events, replayWith(longer));
-    expect(l.seq).toBe(23);
-    diffHas(l, 'seq 24', 'recorded run.completed', 'replay decided step.scheduled');
+    expect(l.seq).toBe(22);
+    diffHas(l, 'seq 23', 'recorded run.completed', 'replay decided step.scheduled');
   });
 
   it('fold - a changed retry policy is a violation at the failure', () => {

@@ -97,10 +97,19 @@ function expectRejected(r: RunRecorder, input: InputEventBody, code: string | re
 /** Decisions as plain `{ type, data }`, for exact comparison. */
 const bodies = (r: RunRecorder) => r.last.decisions.map((d) => ({ type: d.type, data: d.data }));
 
+/** What entering a task step decides: the step.scheduled decision, and nothing else. */
 const scheduled = (step: string, attempt: number, handler: string, mode: number, pool: string, timeoutMs: number) => [
   { type: 'step.scheduled', data: { step, attempt, handler, mode, pool, timeoutMs } },
-  { type: 'timer.scheduled', data: { timerId: timerId(step, attempt, 'timeout'), kind: 'timeout', step, attempt, delayMs: timeoutMs } },
 ];
+
+/** What accepting the current attempt's step.started decides: its durable timeout timer. */
+const timeoutTimer = (step: string, attempt: number, timeoutMs: number) => [
+  { type: 'timer.scheduled', data: { timerId: `${step}-a${attempt}-timeout`, kind: 'timeout', step, attempt, delayMs: timeoutMs } },
+];
+
+/** Every timer.scheduled recorded so far, as `[timerId, delayMs]`, in order. */
+const timers = (r: RunRecorder, kind?: 'timeout' | 'retry') =>
+  r.events.flatMap((e) => (e.type === 'timer.scheduled' && (kind === undefined || e.data.kind === kind) ? [[e.data.timerId, e.data.delayMs] as const] : []));
 
 /** Status from the machine and straight from the recorded events must agree. */
 function expectStatus(r: RunRecorder, status: RunStatus): void {
@@ -110,41 +119,84 @@ function expectStatus(r: RunRecorder, status: RunStatus): void {
 }
 
 describe('machine - happy path', () => {
-  it('machine - a 3-step workflow schedules each step with its timeout, then completes with the last result', () => {
+  it('machine - a 3-step workflow schedules each step alone, arms its timeout when started, then completes with the last result', () => {
     const r = new RunRecorder(three, { order: 42 });
     expect(bodies(r)).toEqual(scheduled('a', 1, 'test.three.a', 0, DEFAULT_POOL, 1000));
-    expect(r.state.seq).toBe(3);
+    expect(r.state.seq).toBe(2);
     expect(stateName(r.state)).toBe('step_0');
     expectStatus(r, RunStatus.Pending);
     expect(ctx(r).input).toEqual({ order: 42 });
+    expect(ctx(r).startedAttempt).toBe(0);
 
-    expect(r.apply(started('a', 1)).decisions).toEqual([]);
+    r.apply(started('a', 1));
+    expect(bodies(r)).toEqual(timeoutTimer('a', 1, 1000));
+    expect(stateName(r.state)).toBe('step_0');
     expectStatus(r, RunStatus.Running);
+    expect(ctx(r).startedAttempt).toBe(1);
     r.apply(completed('a', 1, { rows: 10 }));
     expect(bodies(r)).toEqual(scheduled('b', 1, 'custom.b', 1, 'gpu', 2000));
     expectStatus(r, RunStatus.Running);
+    expect(ctx(r).startedAttempt).toBe(0);
 
     r.apply(started('b', 1));
+    expect(bodies(r)).toEqual(timeoutTimer('b', 1, 2000));
     r.apply(completed('b', 1, { rows: 20 }));
     expect(bodies(r)).toEqual(scheduled('c', 1, 'test.three.c', 0, DEFAULT_POOL, DEFAULT_TIMEOUT_MS));
 
     r.apply(started('c', 1));
+    expect(bodies(r)).toEqual(timeoutTimer('c', 1, DEFAULT_TIMEOUT_MS));
     r.apply(completed('c', 1, { rows: 30, final: true }));
     expect(bodies(r)).toEqual([{ type: 'run.completed', data: { output: { rows: 30, final: true } } }]);
     expectStatus(r, RunStatus.Completed);
     expect(isTerminal(r.state)).toBe(true);
     expect(ctx(r).results).toEqual({ a: { rows: 10 }, b: { rows: 20 }, c: { rows: 30, final: true } });
-    // run.started + 2, then per step: started, completed + 2 (last: completed + 1)
+    // run.started + 1, then per step: started + 1, completed + 1
     expect(r.events.map((e) => e.seq)).toEqual(Array.from({ length: r.events.length }, (_, i) => i + 1));
-    expect(r.events).toHaveLength(3 + 4 + 4 + 3);
+    expect(r.events.map((e) => e.type)).toEqual([
+      'run.started', 'step.scheduled',
+      'step.started', 'timer.scheduled', 'step.completed', 'step.scheduled',
+      'step.started', 'timer.scheduled', 'step.completed', 'step.scheduled',
+      'step.started', 'timer.scheduled', 'step.completed', 'run.completed',
+    ]);
+    expect(timers(r)).toEqual([
+      ['a-a1-timeout', 1000],
+      ['b-a1-timeout', 2000],
+      ['c-a1-timeout', DEFAULT_TIMEOUT_MS],
+    ]);
     expect(r.state.seq).toBe(r.events.length);
   });
 
-  it('machine - a step may complete without a recorded start', () => {
+  it('machine - a step may complete without a recorded start, and then never arms a timeout timer', () => {
     const r = new RunRecorder(three);
     r.apply(completed('a', 1, 1));
-    expect(bodies(r)[0]?.type).toBe('step.scheduled');
+    expect(bodies(r)).toEqual(scheduled('b', 1, 'custom.b', 1, 'gpu', 2000));
     expectStatus(r, RunStatus.Running);
+    r.apply(completed('b', 1, 2));
+    expect(bodies(r)).toEqual(scheduled('c', 1, 'test.three.c', 0, DEFAULT_POOL, DEFAULT_TIMEOUT_MS));
+    r.apply(completed('c', 1, 3));
+    expect(bodies(r)).toEqual([{ type: 'run.completed', data: { output: 3 } }]);
+    expectStatus(r, RunStatus.Completed);
+    // No step was reported started, so the whole history holds no timer at all.
+    expect(timers(r)).toEqual([]);
+    expect(r.events.map((e) => e.type)).toEqual([
+      'run.started', 'step.scheduled',
+      'step.completed', 'step.scheduled',
+      'step.completed', 'step.scheduled',
+      'step.completed', 'run.completed',
+    ]);
+    // and a late start of a step that already completed arms nothing either
+    expectRejected(r, started('c', 1), AFTER_END);
+  });
+
+  it('machine - a step that fails and retries without ever being reported started arms only retry timers', () => {
+    const r = new RunRecorder(three);
+    r.apply(failed('a', 1));
+    expect(bodies(r)).toEqual([{ type: 'timer.scheduled', data: { timerId: 'a-a1-retry', kind: 'retry', step: 'a', attempt: 1, delayMs: 100 } }]);
+    r.apply(retryFired('a', 1));
+    expect(bodies(r)).toEqual(scheduled('a', 2, 'test.three.a', 0, DEFAULT_POOL, 1000));
+    r.apply(completed('a', 2));
+    expect(timers(r, 'timeout')).toEqual([]);
+    expect(timers(r)).toEqual([['a-a1-retry', 100]]);
   });
 
   it('machine - a completed result of null becomes the output', () => {
@@ -161,23 +213,69 @@ describe('machine - happy path', () => {
 });
 
 describe('machine - step.started', () => {
-  it('machine - started is accepted once per attempt; a duplicate is rejected', () => {
+  it('machine - started is accepted once per attempt and arms its timeout; a duplicate is rejected and arms nothing', () => {
+    expect(timerId('a', 1, 'timeout')).toBe('a-a1-timeout');
     const r = new RunRecorder(three);
     r.apply(started('a', 1));
+    expect(bodies(r)).toEqual(timeoutTimer('a', 1, 1000));
     expect(ctx(r).startedAttempt).toBe(1);
     expectRejected(r, started('a', 1), ErrorCode.StaleAttempt);
     expectRejected(r, started('a', 1, 'another-worker'), ErrorCode.StaleAttempt);
     // a start for an attempt that is not current, or for another step
     expectRejected(r, started('a', 2), ErrorCode.StaleAttempt);
     expectRejected(r, started('b', 1), ErrorCode.StaleAttempt);
-    // after a retry, the new attempt may start once
+    expect(timers(r)).toEqual([['a-a1-timeout', 1000]]);
+    expect(ctx(r).startedAttempt).toBe(1);
+    // after a retry, the new attempt may start once, and arms its own timer
     r.apply(failed('a', 1));
     expectRejected(r, started('a', 2), ErrorCode.StaleAttempt); // not scheduled yet
+    expectRejected(r, started('a', 1), ErrorCode.StaleAttempt); // waiting for the retry timer
     r.apply(retryFired('a', 1));
-    r.apply(started('a', 2));
+    expect(bodies(r)).toEqual(scheduled('a', 2, 'test.three.a', 0, DEFAULT_POOL, 1000));
+    expect(ctx(r).startedAttempt).toBe(0);
+    r.apply(started('a', 2, 'w-2'));
+    expect(bodies(r)).toEqual(timeoutTimer('a', 2, 1000));
+    expect(ctx(r).startedAttempt).toBe(2);
     expectRejected(r, started('a', 2), ErrorCode.StaleAttempt);
     expectRejected(r, started('a', 1), ErrorCode.StaleAttempt);
     expectStatus(r, RunStatus.Running);
+    expect(timers(r)).toEqual([
+      ['a-a1-timeout', 1000],
+      ['a-a1-retry', 100],
+      ['a-a2-timeout', 1000],
+    ]);
+    // once the attempt completes, its start is stale; the next step starts once with its own timeout
+    r.apply(completed('a', 2));
+    expectRejected(r, started('a', 2), ErrorCode.StaleAttempt);
+    r.apply(started('b', 1));
+    expect(bodies(r)).toEqual(timeoutTimer('b', 1, 2000));
+    expectRejected(r, started('b', 1, 'w-2'), ErrorCode.StaleAttempt);
+    expect(timers(r, 'timeout')).toEqual([
+      ['a-a1-timeout', 1000],
+      ['a-a2-timeout', 1000],
+      ['b-a1-timeout', 2000],
+    ]);
+  });
+
+  it('machine - a start after the attempt was completed without one is stale and arms nothing', () => {
+    const r = new RunRecorder(three);
+    r.apply(completed('a', 1));
+    const recorded = r.events.length;
+    expectRejected(r, started('a', 1), ErrorCode.StaleAttempt);
+    expect(r.events).toHaveLength(recorded);
+    expect(timers(r)).toEqual([]);
+  });
+
+  it('machine - a start during a signal step is stale; the task after it arms a timer when started', () => {
+    const r = new RunRecorder(withSignal);
+    r.apply(completed('draft', 1));
+    expectRejected(r, started('draft', 1), ErrorCode.StaleAttempt);
+    expectRejected(r, started('publish', 1), ErrorCode.StaleAttempt);
+    r.apply(signaled('approve'));
+    expect(bodies(r)).toEqual(scheduled('publish', 1, 'test.signal.publish', 0, DEFAULT_POOL, 500));
+    r.apply(started('publish', 1));
+    expect(bodies(r)).toEqual(timeoutTimer('publish', 1, 500));
+    expect(timers(r)).toEqual([['publish-a1-timeout', 500]]);
   });
 });
 
@@ -216,6 +314,7 @@ describe('machine - failures, retries and backoff', () => {
     const r = new RunRecorder(three);
     for (let attempt = 1; attempt < RETRY_A.maxAttempts; attempt++) {
       r.apply(started('a', attempt));
+      expect(bodies(r)).toEqual(timeoutTimer('a', attempt, 1000));
       r.apply(failed('a', attempt, true, 'flaky'));
       expect(bodies(r)).toEqual([
         {
@@ -241,6 +340,17 @@ describe('machine - failures, retries and backoff', () => {
     ]);
     // the last attempt fails: retries are exhausted
     r.apply(started('a', 4));
+    expect(bodies(r)).toEqual(timeoutTimer('a', 4, 1000));
+    // one timeout timer per started attempt, each before that attempt's retry timer
+    expect(timers(r)).toEqual([
+      ['a-a1-timeout', 1000],
+      ['a-a1-retry', 100],
+      ['a-a2-timeout', 1000],
+      ['a-a2-retry', 300],
+      ['a-a3-timeout', 1000],
+      ['a-a3-retry', 500],
+      ['a-a4-timeout', 1000],
+    ]);
     r.apply(failed('a', 4, true, 'flaky'));
     expect(r.last.decisions).toHaveLength(1);
     const d = r.last.decisions[0];
@@ -298,34 +408,73 @@ describe('machine - failures, retries and backoff', () => {
 });
 
 describe('machine - timeouts', () => {
-  it('machine - the timeout timer of the current attempt retries with step_timeout', () => {
+  it('machine - the timeout timer armed by the current attempt\'s start retries with step_timeout', () => {
     const r = new RunRecorder(three);
     r.apply(started('a', 1));
+    expect(bodies(r)).toEqual(timeoutTimer('a', 1, 1000));
     r.apply(timeoutFired('a', 1));
     expect(bodies(r)).toEqual([
       { type: 'timer.scheduled', data: { timerId: 'a-a1-retry', kind: 'retry', step: 'a', attempt: 1, delayMs: 100 } },
     ]);
-    expect(ctx(r).lastError?.code).toBe(ErrorCode.StepTimeout);
-    expect(ctx(r).lastError?.retryable).toBe(true);
-    expect(ctx(r).lastError?.message).toContain('timed out after 1000 ms');
+    expect(stateName(r.state)).toBe('retry_0');
+    expectStatus(r, RunStatus.Running);
+    expect(ctx(r).lastError).toEqual({ code: ErrorCode.StepTimeout, message: 'step a attempt 1 timed out after 1000 ms', retryable: true });
+    // the timer has done its work: firing it again, or a start or result of the attempt, is stale
+    expectRejected(r, timeoutFired('a', 1), ErrorCode.StaleAttempt);
+    expectRejected(r, started('a', 1), ErrorCode.StaleAttempt);
     r.apply(retryFired('a', 1));
     expect(bodies(r)).toEqual(scheduled('a', 2, 'test.three.a', 0, DEFAULT_POOL, 1000));
     // the old attempt's timeout (a duplicate) and its late result are stale now
     expectRejected(r, timeoutFired('a', 1), ErrorCode.StaleAttempt);
     expectRejected(r, completed('a', 1), ErrorCode.StaleAttempt);
     expectRejected(r, failed('a', 1), ErrorCode.StaleAttempt);
+    expectRejected(r, started('a', 1), ErrorCode.StaleAttempt);
+    // the new attempt arms a timer of its own when it starts; the old one's stays stale
+    r.apply(started('a', 2));
+    expect(bodies(r)).toEqual(timeoutTimer('a', 2, 1000));
+    expectRejected(r, timeoutFired('a', 1), ErrorCode.StaleAttempt);
     r.apply(completed('a', 2, 'second'));
     expect(ctx(r).results['a']).toBe('second');
+    // a timeout of the finished attempt that fires late is stale
+    expectRejected(r, timeoutFired('a', 2), ErrorCode.StaleAttempt);
+    expect(timers(r)).toEqual([
+      ['a-a1-timeout', 1000],
+      ['a-a1-retry', 100],
+      ['a-a2-timeout', 1000],
+    ]);
   });
 
-  it('machine - a timeout before the step ever started keeps the run pending', () => {
+  it('machine - a second attempt timing out after its start retries again with the next backoff', () => {
+    const r = new RunRecorder(three);
+    r.apply(started('a', 1));
+    r.apply(timeoutFired('a', 1));
+    r.apply(retryFired('a', 1));
+    r.apply(started('a', 2));
+    r.apply(timeoutFired('a', 2));
+    expect(bodies(r)).toEqual([
+      { type: 'timer.scheduled', data: { timerId: 'a-a2-retry', kind: 'retry', step: 'a', attempt: 2, delayMs: 300 } },
+    ]);
+    expect(ctx(r).lastError).toEqual({ code: ErrorCode.StepTimeout, message: 'step a attempt 2 timed out after 1000 ms', retryable: true });
+  });
+
+  // The machine does not check that the attempt was reported started: a timeout input for the
+  // current attempt is honoured even though, since timers are armed on start, no recorded
+  // history of this machine produces one.
+  it('machine - a timeout input for an attempt never reported started still retries, and the run stays pending', () => {
     const r = new RunRecorder(three);
     r.apply(timeoutFired('a', 1));
+    expect(bodies(r)).toEqual([{ type: 'timer.scheduled', data: { timerId: 'a-a1-retry', kind: 'retry', step: 'a', attempt: 1, delayMs: 100 } }]);
+    expect(ctx(r).lastError?.code).toBe(ErrorCode.StepTimeout);
     expectStatus(r, RunStatus.Pending);
     r.apply(retryFired('a', 1));
     expectStatus(r, RunStatus.Pending);
     r.apply(started('a', 2));
+    expect(bodies(r)).toEqual(timeoutTimer('a', 2, 1000));
     expectStatus(r, RunStatus.Running);
+    expect(timers(r)).toEqual([
+      ['a-a1-retry', 100],
+      ['a-a2-timeout', 1000],
+    ]);
   });
 
   it('machine - the last attempt timing out fails the run with step_timeout', () => {
@@ -333,11 +482,22 @@ describe('machine - timeouts', () => {
     r.apply(completed('a', 1));
     r.apply(completed('b', 1));
     r.apply(started('c', 1));
+    expect(bodies(r)).toEqual(timeoutTimer('c', 1, DEFAULT_TIMEOUT_MS));
     r.apply(timeoutFired('c', 1));
-    expect(r.last.decisions.map((d) => d.type)).toEqual(['run.failed']);
-    const error = (r.last.decisions[0]?.data as { error: { code: string } }).error;
-    expect(error.code).toBe(ErrorCode.StepTimeout);
+    expect(bodies(r)).toEqual([
+      {
+        type: 'run.failed',
+        data: {
+          error: {
+            code: ErrorCode.StepTimeout,
+            message: `step c failed after 1 attempt(s): step c attempt 1 timed out after ${DEFAULT_TIMEOUT_MS} ms`,
+            retryable: false,
+          },
+        },
+      },
+    ]);
     expectStatus(r, RunStatus.Failed);
+    expect(timers(r)).toEqual([['c-a1-timeout', DEFAULT_TIMEOUT_MS]]);
   });
 
   it('machine - timeouts of a finished step, or after the run completed, are rejected', () => {
@@ -364,10 +524,12 @@ describe('machine - stale attempts', () => {
     r.apply(started('a', 1));
     r.apply(failed('a', 1));
     r.apply(retryFired('a', 1));
-    expect(bodies(r)[0]).toEqual(scheduled('a', 2, 'test.three.a', 0, DEFAULT_POOL, 1000)[0]);
+    expect(bodies(r)).toEqual(scheduled('a', 2, 'test.three.a', 0, DEFAULT_POOL, 1000));
     expectRejected(r, completed('a', 1, 'late'), ErrorCode.StaleAttempt);
     expectRejected(r, failed('a', 1), ErrorCode.StaleAttempt);
     expectRejected(r, retryFired('a', 1), ErrorCode.StaleAttempt);
+    expectRejected(r, started('a', 1), ErrorCode.StaleAttempt);
+    expectRejected(r, timeoutFired('a', 1), ErrorCode.StaleAttempt);
     expect(ctx(r).results['a']).toBeUndefined();
     r.apply(completed('a', 2, 'fresh'));
     expect(ctx(r).results['a']).toBe('fresh');
@@ -425,6 +587,7 @@ describe('machine - signal steps', () => {
   it('machine - a signal step waits; another signal is accepted without advancing; the right one advances with its payload', () => {
     const r = new RunRecorder(withSignal);
     r.apply(started('draft', 1));
+    expect(bodies(r)).toEqual(timeoutTimer('draft', 1, 500));
     r.apply(completed('draft', 1, { words: 300 }));
     expect(bodies(r)).toEqual([{ type: 'step.waiting', data: { step: 'review', signal: 'approve' } }]);
     expect(stateName(r.state)).toBe('step_1');
@@ -488,8 +651,10 @@ describe('machine - signal steps', () => {
     const r = new RunRecorder(wf);
     expectStatus(r, RunStatus.Waiting);
     r.apply(signaled('go'));
+    expect(bodies(r)).toEqual(scheduled('work', 1, 'gate-then-work.work', 0, DEFAULT_POOL, DEFAULT_TIMEOUT_MS));
     expectStatus(r, RunStatus.Pending);
     r.apply(started('work', 1));
+    expect(bodies(r)).toEqual(timeoutTimer('work', 1, DEFAULT_TIMEOUT_MS));
     expectStatus(r, RunStatus.Running);
   });
 });
@@ -497,7 +662,7 @@ describe('machine - signal steps', () => {
 describe('machine - status', () => {
   it('machine - runStatus and statusFromEvents agree after every input of the demo workflows', () => {
     const scripts: [WorkflowDefinition, InputEventBody[]][] = [
-      [demoFlaky, [started('prepare', 1), completed('prepare', 1), started('call', 1), failed('call', 1), retryFired('call', 1), timeoutFired('call', 2), retryFired('call', 2), started('call', 3), completed('call', 3)]],
+      [demoFlaky, [started('prepare', 1), completed('prepare', 1), started('call', 1), failed('call', 1), retryFired('call', 1), started('call', 2), timeoutFired('call', 2), retryFired('call', 2), started('call', 3), completed('call', 3)]],
       [demoSignal, [completed('draft', 1), signaled('nope'), signaled('approve', { ok: 1 }), started('publish', 1), cancel('stop')]],
     ];
     const seen = new Set<RunStatus>();
@@ -601,7 +766,19 @@ describe('machine - defineWorkflow validation', () => {
       steps: [{ name: 'x'.repeat(50), retry: { maxAttempts: 1000, initialIntervalMs: 0, maxIntervalMs: 0, backoffCoefficient: 1 }, handler: 'h'.repeat(128) }],
     });
     const d = startRun(wf, { workflow: wf.id, version: wf.version, input: {} });
-    expect(d.decisions.map((x) => x.type)).toEqual(['step.scheduled', 'timer.scheduled']);
+    expect(d.decisions.map((x) => x.type)).toEqual(['step.scheduled']);
+    // the longest timer ids (attempt 1000 of a 50-character step) are valid tokens
+    const name = 'x'.repeat(50);
+    const r = new RunRecorder(wf);
+    for (let attempt = 1; attempt < 1000; attempt++) {
+      r.apply(failed(name, attempt));
+      r.apply(retryFired(name, attempt));
+    }
+    r.apply(started(name, 1000));
+    expect(bodies(r)).toEqual(timeoutTimer(name, 1000, DEFAULT_TIMEOUT_MS));
+    expect(`${name}-a1000-timeout`).toMatch(TOKEN_PATTERN);
+    expect(`${name}-a999-retry`).toMatch(TOKEN_PATTERN);
+    for (const e of r.events) expect(parseRunEvent(e)).toEqual(e);
   });
 
   it('machine - property: every definition defineWorkflow accepts starts and retries without a schema error', () => {
@@ -643,15 +820,21 @@ describe('machine - defineWorkflow validation', () => {
         }
         accepted++;
         const r = new RunRecorder(wf);
-        // Drive every step: tasks fail once (a retry timer when allowed), then complete.
+        // Drive every step: tasks start (arming a timeout timer), fail once (a retry timer when
+        // allowed), then start and complete.
         for (const st of wf.steps ?? []) {
           if (st.kind === 'signal') {
             r.apply(signaled(st.signal));
             continue;
           }
+          r.apply(started(st.name, 1));
+          expect(bodies(r)).toEqual(timeoutTimer(st.name, 1, st.timeoutMs));
           r.apply(failed(st.name, 1, true));
           if (r.state.snapshot.status !== 'active') return;
           r.apply(retryFired(st.name, 1));
+          expect(bodies(r)).toEqual(scheduled(st.name, 2, st.handler, st.mode, st.pool, st.timeoutMs));
+          r.apply(started(st.name, 2));
+          expect(bodies(r)).toEqual(timeoutTimer(st.name, 2, st.timeoutMs));
           r.apply(completed(st.name, 2));
         }
         expect(runStatus(r.state)).toBe(RunStatus.Completed);

@@ -4,6 +4,7 @@
  * in-process, and with `--demo` runs the demo workflows while printing their progress.
  */
 import { execFileSync } from 'node:child_process';
+import { createServer } from 'node:net';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { jetstreamManager, DeliverPolicy } from '@nats-io/jetstream';
@@ -21,12 +22,29 @@ import {
   startNatsServer,
   type NatsServer,
 } from '@capstan/kit';
-import { parseTenantId, runIdOfSubject, Streams, Subjects, type RunEvent, type RunId } from '@capstan/schemas';
+import { InvalidArgumentError, parseTenantId, runIdOfSubject, Streams, Subjects, type RunEvent, type RunId } from '@capstan/schemas';
 import { parse } from './args.js';
 import { DEV_DIR, DEV_URL_FILE } from './context.js';
 import { bold, colorStatus, cyan, describe, dim, green, red } from './format.js';
 
 const say = (s: string) => process.stdout.write(`${s}\n`);
+
+/** The dev server's usual port, so URLs in docs work; any free port when it is taken. */
+const DEV_PORT = 4333;
+
+function preferredPort(): Promise<number> {
+  return new Promise((resolve) => {
+    const probe = createServer();
+    probe.once('error', () => resolve(-1));
+    probe.listen(DEV_PORT, '127.0.0.1', () => probe.close(() => resolve(DEV_PORT)));
+  });
+}
+
+function portFlag(raw: unknown): number {
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new InvalidArgumentError(`--port must be a TCP port (1-65535), got ${JSON.stringify(raw)}`);
+  return n;
+}
 
 function ensureNatsBinary(): string {
   try {
@@ -52,11 +70,7 @@ export async function devCmd(argv: string[]): Promise<number> {
   if (!url) {
     if (values['fresh']) rmSync(storeDir, { recursive: true, force: true });
     say(dim('starting nats-server (JetStream) …'));
-    server = await startNatsServer({
-      binary: ensureNatsBinary(),
-      storeDir,
-      ...(values['port'] ? { port: Number(values['port']) } : {}),
-    });
+    server = await startNatsServer({ binary: ensureNatsBinary(), storeDir, port: values['port'] ? portFlag(values['port']) : await preferredPort() });
     url = server.url;
     mkdirSync(DEV_DIR, { recursive: true });
     writeFileSync(DEV_URL_FILE, url);

@@ -48,6 +48,7 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
         log,
         maxBatch: config.maxBatch,
         ackWaitMs: config.ackWaitMs,
+        maxTicks: config.maxTicks,
         now: Date.now,
       });
       hosts.set(t, host);

@@ -13,6 +13,8 @@ export interface Config {
   readonly cacheSize: number;
   /** Commands decided together and appended as one atomic batch per tenant. */
   readonly maxBatch: number;
+  /** Atomic batches in flight at once per tenant (over disjoint runs). */
+  readonly maxTicks: number;
   /** Redelivery delay for commands of a crashed orchestrator. */
   readonly ackWaitMs: number;
   /** How often new tenants are looked for. */
@@ -30,6 +32,7 @@ export function loadConfig(env: Env): Config {
     workflowsModule: envString(env, 'CAPSTAN_WORKFLOWS', ''),
     cacheSize: envInt(env, 'ORCH_CACHE_SIZE', 10_000, problems, 0, 10_000_000),
     maxBatch: envInt(env, 'ORCH_MAX_BATCH', 256, problems, 1, 1000),
+    maxTicks: envInt(env, 'ORCH_MAX_TICKS', 2, problems, 1, 64),
     ackWaitMs: envInt(env, 'ORCH_ACK_WAIT_MS', 10_000, problems, 500, 3_600_000),
     discoveryMs: envInt(env, 'ORCH_DISCOVERY_MS', 2000, problems, 100, 3_600_000),
     name: envString(env, 'ORCH_NAME', `orchestrator-${process.pid}`),

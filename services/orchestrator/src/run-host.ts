@@ -54,6 +54,7 @@ export interface TenantHostOptions {
   readonly log: Logger;
   readonly maxBatch: number;
   readonly ackWaitMs: number;
+  readonly maxTicks: number;
   /** The decision clock: the only place a run's time comes from. */
   readonly now: () => number;
 }
@@ -98,15 +99,23 @@ interface GroupResult {
 }
 
 const MAX_CONFLICT_RETRIES = 8;
+/** Ticks whose effects are still being published before new ticks wait. */
+const MAX_ACTING = 8;
 
 export function createTenantHost(o: TenantHostOptions): TenantHost {
   const { nc, js, jsm, tenant: t, registry, cache, maxBatch } = o;
   const log = o.log.child({ tenant: t });
   const stats: TenantHostStats = { commands: 0, appendedEvents: 0, conflicts: 0, deadLetters: 0, recoveredEffects: 0, ticks: 0 };
-  const queue: JsMsg[] = [];
+  /** Parsed commands waiting for a tick, in arrival order. */
+  const queue: Pending[] = [];
+  /** Runs whose commands are being decided and appended right now. */
+  const deciding = new Set<RunId>();
+  /** Acting on appended decisions (effects, dead letters, acks), in the background. */
+  const acting = new Set<Promise<void>>();
+  let activeTicks = 0;
   let messages: ConsumerMessages | undefined;
-  let pumping: Promise<void> | undefined;
   let stopped = false;
+  let idle: (() => void) | undefined;
 
   async function ensureConsumer(): Promise<void> {
     const config = {
@@ -126,53 +135,83 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     }
   }
 
-  /** Acting on appended decisions (effects, dead letters, acks) overlaps the next tick's decisions. */
-  const acting = new Set<Promise<void>>();
-  const MAX_ACTING = 4;
+  /** Parses an arriving command; poison is dead-lettered at once and never queued. */
+  async function arrive(msg: JsMsg): Promise<void> {
+    stats.commands++;
+    let cmd: Command;
+    let runId: RunId;
+    try {
+      cmd = parseMessage(msg);
+      runId = await runIdFor(msg, cmd);
+    } catch (e) {
+      await sendDeadLetter({ msg, error: toErrorRecord(e, ErrorCode.DecodeFailed), deadLetter: true });
+      msg.ack();
+      return;
+    }
+    queue.push({ msg, cmd, runId });
+    pump();
+  }
 
+  /**
+   * Starts ticks while there is work and room. Ticks run concurrently (each one atomic
+   * batch in flight) over disjoint sets of runs, so a run's commands are still decided one
+   * tick after another, in stream order.
+   */
   function pump(): void {
-    if (pumping || stopped) return;
-    pumping = (async () => {
-      while (queue.length > 0 && !stopped) {
-        const batch = queue.splice(0, maxBatch);
-        try {
-          const act = await tick(batch);
-          const p: Promise<void> = act()
-            .catch((e: unknown) => {
-              // Decisions are recorded but not acted on: leave the commands unacknowledged.
-              // Their redelivery reloads the runs, which re-derives the effects of their tails.
-              log.warn({ err: e, commands: batch.length }, 'acting on decisions failed; commands will be redelivered');
-              for (const m of batch) m.nak(500);
-            })
-            .finally(() => acting.delete(p));
-          acting.add(p);
-          while (acting.size >= MAX_ACTING) await Promise.race(acting);
-        } catch (e) {
-          // Not a run's fault (NATS away, say): let the commands come back soon.
-          log.warn({ err: e, commands: batch.length }, 'tick failed; commands will be redelivered');
-          for (const m of batch) m.nak(500);
+    while (!stopped && activeTicks < o.maxTicks && acting.size < MAX_ACTING && queue.length > 0) {
+      const batch: Pending[] = [];
+      const taken = new Set<RunId>();
+      for (let i = 0; i < queue.length && batch.length < maxBatch; ) {
+        const p = queue[i] as Pending;
+        if (deciding.has(p.runId) && !taken.has(p.runId)) {
+          i++;
+          continue;
         }
+        taken.add(p.runId);
+        deciding.add(p.runId);
+        batch.push(p);
+        queue.splice(i, 1);
       }
-    })().finally(() => {
-      pumping = undefined;
-      if (queue.length > 0) pump();
-    });
+      if (batch.length === 0) return;
+      activeTicks++;
+      void runTick(batch, taken).finally(() => {
+        activeTicks--;
+        for (const r of taken) deciding.delete(r);
+        if (activeTicks === 0 && queue.length === 0) idle?.();
+        pump();
+      });
+    }
+  }
+
+  async function runTick(batch: Pending[], runs: Set<RunId>): Promise<void> {
+    let act: () => Promise<void>;
+    try {
+      act = await tick(batch);
+    } catch (e) {
+      // Not a run's fault (NATS away, say): let the commands come back soon.
+      log.warn({ err: e, commands: batch.length }, 'tick failed; commands will be redelivered');
+      for (const r of runs) cache.delete(r);
+      for (const p of batch) p.msg.nak(500);
+      return;
+    }
+    // The runs are free for the next tick now; acting on this one goes on in the background.
+    const p: Promise<void> = act()
+      .catch((e: unknown) => {
+        // Decisions are recorded but not acted on: leave the commands unacknowledged.
+        // Their redelivery reloads the runs, which re-derives the effects of their tails.
+        log.warn({ err: e, commands: batch.length }, 'acting on decisions failed; commands will be redelivered');
+        for (const q of batch) q.msg.nak(500);
+      })
+      .finally(() => {
+        acting.delete(p);
+        pump();
+      });
+    acting.add(p);
   }
 
   /** Decides and appends one batch of commands; returns the acting that must follow. */
-  async function tick(batch: JsMsg[]): Promise<() => Promise<void>> {
+  async function tick(pendings: Pending[]): Promise<() => Promise<void>> {
     stats.ticks++;
-    stats.commands += batch.length;
-    const rejected: Rejection[] = [];
-    const pendings: Pending[] = [];
-    for (const msg of batch) {
-      try {
-        const cmd = parseMessage(msg);
-        pendings.push({ msg, cmd, runId: await runIdFor(msg, cmd) });
-      } catch (e) {
-        rejected.push({ msg, error: toErrorRecord(e, ErrorCode.DecodeFailed), deadLetter: true });
-      }
-    }
     const byRun = new Map<RunId, Pending[]>();
     for (const p of pendings) {
       const list = byRun.get(p.runId);
@@ -181,7 +220,9 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     }
     // A redelivered command may be one whose decision was appended by a process that died
     // (or a tick that failed) before acting on it: reload that run so its tail is recovered.
+    const t0 = performance.now();
     let groups = await Promise.all([...byRun].map(([runId, ps]) => decideGroup(runId, ps, ps.some((p) => p.msg.info.redelivered))));
+    const t1 = performance.now();
     const done: GroupResult[] = [];
     for (let attempt = 0; groups.length > 0; attempt++) {
       const toAppend = groups.filter((g) => g.events.length > 0);
@@ -209,6 +250,9 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       groups = await Promise.all(conflicted.map((g) => decideGroup(g.runId, g.pendings, true)));
     }
 
+    if (log.isLevelEnabled('debug')) {
+      log.debug({ commands: pendings.length, runs: byRun.size, decideMs: +(t1 - t0).toFixed(2), appendMs: +(performance.now() - t1).toFixed(2), queued: queue.length }, 'tick');
+    }
     const effects = done.flatMap((g) => [...g.recovered, ...g.effects]);
     stats.recoveredEffects += done.reduce((n, g) => n + g.recovered.reduce((k, r) => k + r.events.length, 0), 0);
     return async () => {
@@ -219,10 +263,9 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
         for (const g of done) cache.delete(g.runId);
         throw e;
       }
-      const allRejected = [...rejected, ...done.flatMap((g) => g.rejections)];
+      const allRejected = done.flatMap((g) => g.rejections);
       await Promise.all(allRejected.filter((r) => r.deadLetter).map((r) => sendDeadLetter(r)));
       for (const g of done) for (const p of g.pendings) p.msg.ack();
-      for (const r of rejected) r.msg.ack();
     };
   }
 
@@ -360,20 +403,17 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       const consumer = await js.consumers.get(Streams.commands(t), Consumers.orchestrator);
       messages = await consumer.consume({ max_messages: maxBatch * 4 });
       void (async () => {
-        for await (const m of messages as ConsumerMessages) {
-          queue.push(m);
-          pump();
-        }
+        for await (const m of messages as ConsumerMessages) void arrive(m);
       })().catch((e: unknown) => log.error({ err: e }, 'command consumer stopped'));
       log.info({ consumer: Consumers.orchestrator }, 'serving tenant');
     },
     async stop() {
-      stopped = true;
       await messages?.close();
-      await pumping;
+      if (activeTicks > 0) await new Promise<void>((r) => (idle = r));
+      stopped = true;
       await Promise.allSettled([...acting]);
       // Unprocessed commands go back to the stream for another orchestrator.
-      for (const m of queue.splice(0)) m.nak();
+      for (const p of queue.splice(0)) p.msg.nak();
     },
   };
 }
