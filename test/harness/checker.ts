@@ -87,3 +87,26 @@ export function report(name: string, c: RunCheck): void {
       `replayMismatches=${replayMismatches} foreign=${foreignEvents}\n`,
   );
 }
+
+/**
+ * Replays every run of a tenant through its recorded workflow version; returns how many
+ * runs were replayed and which did not reproduce their record.
+ */
+export async function replayAll(jsm: JetStreamManager, t: TenantId, registry: Registry): Promise<{ replayed: number; failures: string[] }> {
+  const { Streams, Subjects } = await import('@capstan/schemas');
+  const info = await jsm.streams.info(Streams.runs(t), { subjects_filter: Subjects.allRuns(t) });
+  const failures: string[] = [];
+  let replayed = 0;
+  for (const subject of Object.keys(info.state.subjects ?? {})) {
+    const runId = subject.split('.')[3] as RunId;
+    const { events } = await readRun(jsm, t, runId);
+    try {
+      const fold = foldRun(registry, events);
+      if (fold.timeline.at(-1)?.status !== statusFromEvents(events)) failures.push(`${runId}: status differs`);
+    } catch (e) {
+      failures.push(`${runId}: ${(e as Error).message}`);
+    }
+    replayed++;
+  }
+  return { replayed, failures };
+}

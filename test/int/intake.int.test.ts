@@ -11,6 +11,7 @@ import { newRunId } from '@capstan/kit';
 import { encode, Streams, type TenantId } from '@capstan/schemas';
 import { connect, eventsOf, eventually, provision, silent, type Harness } from '../harness/fixtures.js';
 import { handlers, workflows } from '../fixtures/workflows.js';
+import { replayAll } from '../harness/checker.js';
 
 let h: Harness;
 let orch: OrchestratorApp;
@@ -30,6 +31,11 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  // Every run this file made replays through its recorded version.
+  const { replayed, failures } = await replayAll(h.jsm, t, createRegistry(workflows));
+  process.stdout.write(`replayed ${replayed} runs of ${t}\n`);
+  expect(failures).toEqual([]);
+  expect(replayed).toBeGreaterThan(0);
   await worker?.stop();
   await orch?.stop();
   await h?.close();

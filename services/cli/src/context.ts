@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connectNats, createLogger, PROJECT_ROOT, type NatsConnection } from '@capstan/kit';
-import { InvalidArgumentError } from '@capstan/schemas';
+import { InvalidArgumentError, UnavailableError } from '@capstan/schemas';
 
 /** Where `capstan dev` leaves its state, including the URL of the server it started. */
 export const DEV_DIR = join(PROJECT_ROOT, '.capstan', 'dev');
@@ -21,6 +21,6 @@ export async function connectCli(flag: unknown): Promise<NatsConnection> {
   try {
     return await connectNats(url, 'capstan-cli', log);
   } catch (e) {
-    throw new InvalidArgumentError(`cannot reach NATS at ${url}: ${(e as Error).message}`);
+    throw new UnavailableError(`cannot reach NATS at ${url}: ${(e as Error).message}`);
   }
 }

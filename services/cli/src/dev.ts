@@ -60,12 +60,12 @@ function ensureNatsBinary(): string {
 export async function devCmd(argv: string[]): Promise<number> {
   const { values } = parse(
     argv,
-    { demo: { type: 'boolean' }, exit: { type: 'boolean' }, tenant: { type: 'string', default: 'demo' }, port: { type: 'string' }, fresh: { type: 'boolean' } },
+    { demo: { type: 'boolean' }, exit: { type: 'boolean' }, tenant: { type: 'string', default: 'demo' }, port: { type: 'string' }, fresh: { type: 'boolean' }, nats: { type: 'string' } },
     [],
   );
   const tenant = parseTenantId(values['tenant']);
   let server: NatsServer | undefined;
-  let url = process.env['NATS_URL'];
+  let url = typeof values['nats'] === 'string' ? values['nats'] : process.env['NATS_URL'];
   const storeDir = join(DEV_DIR, 'nats');
   if (!url) {
     if (values['fresh']) rmSync(storeDir, { recursive: true, force: true });

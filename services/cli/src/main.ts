@@ -7,7 +7,7 @@ import { cancelCmd, dlqCmd, eventsCmd, replayCmd, signalCmd, statusCmd, submitCm
 const USAGE = `capstan — durable workflows on NATS JetStream
 
 usage:
-  capstan dev [--demo] [--exit] [--tenant demo] [--port N] [--fresh]
+  capstan dev [--demo] [--exit] [--tenant demo] [--port N] [--fresh] [--nats <url>]
                                        run the platform locally (nats-server, orchestrator, worker)
   capstan submit <workflow> --tenant <t> [--input <json>] [--run-id <ulid>]
                  [--idempotency-key <k>] [--wait] [--timeout <s>] [--json]
@@ -20,7 +20,8 @@ usage:
   capstan dlq --tenant <t> [--limit N] [--json]   dead letters: commands Capstan refused, and why
   capstan tenant add <t> | capstan tenant list
 
-every command takes --nats <url> (default: $NATS_URL, else the server of a running \`capstan dev\`)
+every command takes --nats <url> (default: $NATS_URL, else the server of a running \`capstan dev\`);
+\`dev\` given a server starts no nats-server of its own
 `;
 
 const commands: Record<string, (argv: string[]) => Promise<number>> = {

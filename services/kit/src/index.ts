@@ -13,8 +13,8 @@ export { envString, envInt, envBool, envLogLevel, envNatsUrl, envTenants } from 
 export type { Env } from './env.js';
 export { ensureTenant, listTenants, streamConfigs, DEFAULT_TENANT_LIMITS } from './tenant.js';
 export type { TenantLimits } from './tenant.js';
-export { readRun, appendBatch, decodeEvent } from './run-log.js';
-export type { LoadedRun, AppendGroup, AppendOutcome } from './run-log.js';
+export { readRun, appendBatch, decodeEvent, publishDurably, coalescingPublisher } from './run-log.js';
+export type { LoadedRun, AppendGroup, AppendOutcome, OutMsg } from './run-log.js';
 export { newRunId, idempotencyHash, derivedRunId } from './ids.js';
 export { deadLetter } from './dead-letter.js';
 export type { DeadLetterOrigin } from './dead-letter.js';

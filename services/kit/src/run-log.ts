@@ -9,7 +9,7 @@
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import { headers as natsHeaders } from '@nats-io/transport-node';
-import type { JetStreamManager, StoredMsg } from '@nats-io/jetstream';
+import type { JetStreamClient, JetStreamManager, StoredMsg } from '@nats-io/jetstream';
 import { JetStreamApiError } from '@nats-io/jetstream';
 import { nuid } from '@nats-io/nuid';
 import {
@@ -109,36 +109,114 @@ export async function appendBatch(nc: NatsConnection, t: TenantId, groups: reado
 type AtomicResult = { ok: true; lastSeq: number } | { ok: false; reason: string };
 
 async function publishAtomic(nc: NatsConnection, t: TenantId, groups: readonly AppendGroup[], timeoutMs: number): Promise<AtomicResult> {
-  const batchId = nuid.next();
-  const msgs: { subject: string; data: Uint8Array; h: ReturnType<typeof natsHeaders> }[] = [];
+  const msgs: OutMsg[] = [];
   for (const g of groups) {
     const subject = Subjects.run(t, g.runId);
-    g.events.forEach((ev, i) => {
-      const h = natsHeaders();
-      h.set(Headers.MsgId, MsgIds.event(g.runId, ev.seq));
-      // The per-run lock sits on the group's first event; atomicity covers the rest.
-      if (i === 0) h.set(Headers.ExpectedLastSubjectSeq, String(g.expectedLastSubjectSeq));
-      msgs.push({ subject, data: encode(ev), h });
-    });
+    g.events.forEach((ev, i) =>
+      msgs.push({
+        subject,
+        data: encode(ev),
+        msgId: MsgIds.event(g.runId, ev.seq),
+        // The per-run lock sits on the group's first event; atomicity covers the rest.
+        ...(i === 0 ? { headers: { [Headers.ExpectedLastSubjectSeq]: String(g.expectedLastSubjectSeq) } } : {}),
+      }),
+    );
   }
-  msgs.forEach((m, i) => {
-    m.h.set(Headers.BatchId, batchId);
-    m.h.set(Headers.BatchSeq, String(i + 1));
-  });
-  const last = msgs[msgs.length - 1] as (typeof msgs)[number];
-  last.h.set(Headers.BatchCommit, '1');
-  for (const m of msgs.slice(0, -1)) nc.publish(m.subject, m.data, { headers: m.h });
-  let reply;
+  let ack: BatchAck;
   try {
-    reply = await nc.request(last.subject, last.data, { headers: last.h, timeout: timeoutMs });
+    ack = await sendAtomic(nc, msgs, timeoutMs);
   } catch (e) {
     // No answer: the batch may or may not have landed. Reloading the run settles it.
     return { ok: false, reason: `no acknowledgement (${(e as Error).message})` };
   }
-  const ack = reply.json<{ seq?: number; error?: { code: number; err_code: number; description: string } }>();
   if (ack.error) {
     if (CONFLICT_CODES.has(ack.error.err_code)) return { ok: false, reason: ack.error.description };
     throw new JetStreamApiError({ code: ack.error.code, err_code: ack.error.err_code, description: ack.error.description });
   }
   return { ok: true, lastSeq: ack.seq ?? 0 };
+}
+
+/** A message for {@link publishDurably} or an atomic batch. */
+export interface OutMsg {
+  readonly subject: string;
+  readonly data: Uint8Array;
+  readonly msgId?: string;
+  readonly headers?: Readonly<Record<string, string>>;
+}
+
+interface BatchAck {
+  seq?: number;
+  error?: { code: number; err_code: number; description: string };
+}
+
+/** Sends messages (all of one stream) as one JetStream atomic batch and returns the server's answer. */
+async function sendAtomic(nc: NatsConnection, msgs: readonly OutMsg[], timeoutMs: number): Promise<BatchAck> {
+  const batchId = nuid.next();
+  let reply;
+  for (let i = 0; i < msgs.length; i++) {
+    const m = msgs[i] as OutMsg;
+    const h = natsHeaders();
+    if (m.msgId) h.set(Headers.MsgId, m.msgId);
+    for (const [k, v] of Object.entries(m.headers ?? {})) h.set(k, v);
+    h.set(Headers.BatchId, batchId);
+    h.set(Headers.BatchSeq, String(i + 1));
+    if (i < msgs.length - 1) {
+      nc.publish(m.subject, m.data, { headers: h });
+    } else {
+      h.set(Headers.BatchCommit, '1');
+      reply = await nc.request(m.subject, m.data, { headers: h, timeout: timeoutMs });
+    }
+  }
+  return reply ? reply.json<BatchAck>() : {};
+}
+
+const DUPLICATE_IN_BATCH = 10201;
+
+/**
+ * Publishes messages of one stream durably with as few acknowledgements (and, with
+ * `sync_interval: always`, fsyncs) as possible: atomic batches of up to 1000. A batch the
+ * server refuses because one of its message ids was already stored (an effect re-derived
+ * after a crash) is sent again message by message, where each duplicate is dropped alone.
+ * Resolves when every message is stored or was a duplicate; rejects otherwise.
+ */
+export async function publishDurably(nc: NatsConnection, js: JetStreamClient, msgs: readonly OutMsg[], timeoutMs = 5000): Promise<void> {
+  const one = async (m: OutMsg) => {
+    const h = natsHeaders();
+    for (const [k, v] of Object.entries(m.headers ?? {})) h.set(k, v);
+    await js.publish(m.subject, m.data, { headers: h, timeout: timeoutMs, ...(m.msgId ? { msgID: m.msgId } : {}) });
+  };
+  for (let i = 0; i < msgs.length; i += MAX_BATCH) {
+    const chunk = msgs.slice(i, i + MAX_BATCH);
+    if (chunk.length === 1) {
+      await one(chunk[0] as OutMsg);
+      continue;
+    }
+    const ack = await sendAtomic(nc, chunk, timeoutMs);
+    if (!ack.error) continue;
+    if (ack.error.err_code !== DUPLICATE_IN_BATCH) {
+      throw new JetStreamApiError({ code: ack.error.code, err_code: ack.error.err_code, description: ack.error.description });
+    }
+    await Promise.all(chunk.map(one));
+  }
+}
+
+/**
+ * Coalesces publishes to one stream made in the same turn of the event loop into atomic
+ * batches (see {@link publishDurably}). Each caller's promise settles with its batch.
+ */
+export function coalescingPublisher(nc: NatsConnection, js: JetStreamClient): (m: OutMsg) => Promise<void> {
+  let pending: { msgs: OutMsg[]; done: Promise<void> } | undefined;
+  return (m) => {
+    if (!pending) {
+      const batch = { msgs: [m], done: Promise.resolve() };
+      batch.done = new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
+        pending = undefined;
+        return publishDurably(nc, js, batch.msgs);
+      });
+      pending = batch;
+      return batch.done;
+    }
+    pending.msgs.push(m);
+    return pending.done;
+  };
 }

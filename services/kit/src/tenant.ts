@@ -45,6 +45,7 @@ export function streamConfigs(t: TenantId, limits: TenantLimits = DEFAULT_TENANT
       max_msg_size: 1024 * 1024,
       duplicate_window: limits.workDedupSeconds * SECOND_NS,
       allow_msg_schedules: true,
+      allow_atomic: true,
     },
     {
       name: Streams.work(t),
@@ -53,6 +54,7 @@ export function streamConfigs(t: TenantId, limits: TenantLimits = DEFAULT_TENANT
       retention: 'workqueue' as StreamConfig['retention'],
       max_msg_size: LIMITS.messageBytes,
       duplicate_window: limits.workDedupSeconds * SECOND_NS,
+      allow_atomic: true,
     },
     {
       name: Streams.deadLetters(t),

@@ -5,7 +5,8 @@
  * lets recovery re-derive the effects of a run's tail after a crash (the log is the outbox).
  */
 import type { JetStreamClient } from '@nats-io/jetstream';
-import { headers as natsHeaders } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { publishDurably, type OutMsg } from '@capstan/kit';
 import type { RunContext, RunState } from '@capstan/actors';
 import {
   CommandVerb,
@@ -29,23 +30,29 @@ export interface EffectSource {
 }
 
 /**
- * Publishes the effects of the given decisions. Timers go first and work second: once a
- * worker has seen a step, its timeout timer is known to exist, so recovery only ever has
- * to look at a run's last decisions.
+ * Publishes the effects of the given decisions, each stream's share as atomic batches (one
+ * acknowledgement, and one fsync, for many runs). Timers go first and work second: once a
+ * worker has seen a step, its timers are known to exist, so recovery only ever has to look
+ * at a run's last decisions.
  */
-export async function dispatchEffects(js: JetStreamClient, t: TenantId, sources: readonly EffectSource[]): Promise<number> {
-  const timers: Promise<unknown>[] = [];
-  const work: (() => Promise<unknown>)[] = [];
+export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t: TenantId, sources: readonly EffectSource[]): Promise<number> {
+  const timers: OutMsg[] = [];
+  const work: OutMsg[] = [];
   for (const src of sources) {
     const ctx = src.state.snapshot.context as Partial<RunContext>;
     for (const ev of src.events) {
       if (ev.type === 'timer.scheduled') {
         const d = ev.data;
         const body: TimerCommand = { runId: src.runId, timerId: d.timerId, kind: d.kind, step: d.step, attempt: d.attempt };
-        const h = natsHeaders();
-        h.set(Headers.Schedule, `@at ${new Date(ev.at + d.delayMs).toISOString()}`);
-        h.set(Headers.ScheduleTarget, Subjects.command(t, CommandVerb.Timer));
-        timers.push(js.publish(Subjects.timer(t, src.runId, d.timerId), encode(body), { headers: h, msgID: MsgIds.timer(src.runId, d.timerId) }));
+        timers.push({
+          subject: Subjects.timer(t, src.runId, d.timerId),
+          data: encode(body),
+          msgId: MsgIds.timer(src.runId, d.timerId),
+          headers: {
+            [Headers.Schedule]: `@at ${new Date(ev.at + d.delayMs).toISOString()}`,
+            [Headers.ScheduleTarget]: Subjects.command(t, CommandVerb.Timer),
+          },
+        });
       } else if (ev.type === 'step.scheduled') {
         const d = ev.data;
         const { workflow } = src.state;
@@ -61,12 +68,12 @@ export async function dispatchEffects(js: JetStreamClient, t: TenantId, sources:
           input: (ctx.input ?? {}) as { [k: string]: JsonValue },
           ...(ctx.last !== undefined && ctx.last !== null ? { previous: ctx.last } : {}),
         };
-        work.push(() => js.publish(Subjects.work(t, d.pool), encode(item), { msgID: MsgIds.work(src.runId, d.step, d.attempt) }));
+        work.push({ subject: Subjects.work(t, d.pool), data: encode(item), msgId: MsgIds.work(src.runId, d.step, d.attempt) });
       }
     }
   }
-  await Promise.all(timers);
-  await Promise.all(work.map((w) => w()));
+  await publishDurably(nc, js, timers);
+  await publishDurably(nc, js, work);
   return timers.length + work.length;
 }
 

@@ -257,7 +257,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     stats.recoveredEffects += done.reduce((n, g) => n + g.recovered.reduce((k, r) => k + r.events.length, 0), 0);
     return async () => {
       try {
-        await dispatchEffects(js, t, effects);
+        await dispatchEffects(nc, js, t, effects);
       } catch (e) {
         // A later command for these runs must not trust the cache: reload recovers the tail.
         for (const g of done) cache.delete(g.runId);

@@ -31,7 +31,7 @@ export async function createWorker(config: Config, log: Logger, opts: { handlers
       for (const pool of config.pools) {
         const key = `${t}/${pool}`;
         if (runners.has(key)) continue;
-        const r = createPoolRunner({ js: jetstream(nc), jsm, tenant: t, pool, handlers, workerId: config.id, concurrency: config.concurrency, ackWaitMs: config.ackWaitMs, startedAfterMs: config.startedAfterMs, log });
+        const r = createPoolRunner({ nc, js: jetstream(nc), jsm, tenant: t, pool, handlers, workerId: config.id, concurrency: config.concurrency, ackWaitMs: config.ackWaitMs, startedAfterMs: config.startedAfterMs, log });
         runners.set(key, r);
         served.add(t);
         await r.start();

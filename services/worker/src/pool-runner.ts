@@ -33,10 +33,11 @@ import {
   type TenantId,
   type WorkItem,
 } from '@capstan/schemas';
-import { deadLetter, type Logger } from '@capstan/kit';
+import { coalescingPublisher, deadLetter, type Logger, type NatsConnection } from '@capstan/kit';
 import type { Handlers } from './handlers.js';
 
 export interface PoolRunnerOptions {
+  readonly nc: NatsConnection;
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
   readonly tenant: TenantId;
@@ -87,8 +88,10 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     }
   }
 
-  async function publishCommand<V extends 'started' | 'result'>(verb: V, body: CommandOf<V>, msgID: string): Promise<void> {
-    await js.publish(Subjects.command(t, verb === 'started' ? CommandVerb.Started : CommandVerb.Result), encode(body), { msgID });
+  // Results of steps finishing together go out as one atomic batch (one ack, one fsync).
+  const publish = coalescingPublisher(o.nc, js);
+  async function publishCommand<V extends 'started' | 'result'>(verb: V, body: CommandOf<V>, msgId: string): Promise<void> {
+    await publish({ subject: Subjects.command(t, verb === 'started' ? CommandVerb.Started : CommandVerb.Result), data: encode(body), msgId });
   }
 
   async function report(item: WorkItem, outcome: { result: JsonValue } | { error: ErrorRecord }, durationMs: number): Promise<void> {

@@ -1,0 +1,140 @@
+/**
+ * The `capstan` command as a user runs it (a real process): submit and wait, status, events,
+ * replay (and replay under an edited workflow version, which must fail with a diff), dead
+ * letters, and clear errors with distinct exit codes for bad input.
+ */
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { createRegistry } from '@capstan/actors';
+import { createOrchestrator, loadConfig as orchConfig, type OrchestratorApp } from '@capstan/orchestrator';
+import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';
+import { newRunId, PROJECT_ROOT } from '@capstan/kit';
+import type { TenantId } from '@capstan/schemas';
+import { connect, provision, silent, type Harness } from '../harness/fixtures.js';
+import { handlers, workflows } from '../fixtures/workflows.js';
+import { replayAll } from '../harness/checker.js';
+
+let h: Harness;
+let orch: OrchestratorApp;
+let worker: WorkerApp;
+let t: TenantId;
+let url: string;
+
+interface Result {
+  code: number | null;
+  out: string;
+  err: string;
+}
+
+function capstan(args: string[], env: Record<string, string> = {}): Promise<Result> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [join(PROJECT_ROOT, 'services', 'cli', 'dist', 'main.js'), ...args], {
+      env: { ...process.env, NATS_URL: url, NO_COLOR: '1', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.once('exit', (code) => resolve({ code, out, err }));
+  });
+}
+
+beforeAll(async () => {
+  url = inject('natsUrl');
+  h = await connect(url);
+  t = await provision(h, 'cli');
+  const env = { NATS_URL: url, CAPSTAN_TENANTS: t };
+  orch = await createOrchestrator(orchConfig(env), silent, { registry: createRegistry(workflows) });
+  worker = await createWorker(workerConfig({ ...env, WORKER_ID: 'cli-worker' }), silent, { handlers });
+  await orch.start();
+  await worker.start();
+});
+
+afterAll(async () => {
+  // Every run this file made replays through its recorded version.
+  const { replayed, failures } = await replayAll(h.jsm, t, createRegistry(workflows));
+  process.stdout.write(`replayed ${replayed} runs of ${t}\n`);
+  expect(failures).toEqual([]);
+  expect(replayed).toBeGreaterThan(0);
+  await worker?.stop();
+  await orch?.stop();
+  await h?.close();
+});
+
+describe('cli', () => {
+  let runId = '';
+
+  it('cli - submit --wait --json runs demo.pipeline to completion', async () => {
+    const r = await capstan(['submit', 'demo.pipeline', '--tenant', t, '--input', '{"customer":42}', '--wait', '--json']);
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
+    const summary = JSON.parse(r.out) as { runId: string; status: string; steps: { name: string; outcome: string }[]; output: unknown };
+    expect(summary.status).toBe('completed');
+    expect(summary.steps.map((s) => [s.name, s.outcome])).toEqual([
+      ['extract', 'completed'],
+      ['transform', 'completed'],
+      ['load', 'completed'],
+    ]);
+    expect(summary.output).toEqual({ ok: true, n: 3 });
+    runId = summary.runId;
+  });
+
+  it('cli - status and events show the run', async () => {
+    const s = await capstan(['status', runId, '--tenant', t]);
+    expect(s.code).toBe(0);
+    expect(s.out).toContain('demo.pipeline@1');
+    expect(s.out).toContain('completed');
+    const e = await capstan(['events', runId, '--tenant', t, '--json']);
+    expect(e.code).toBe(0);
+    const events = JSON.parse(e.out) as { seq: number; type: string }[];
+    expect(events.map((x) => x.seq)).toEqual(events.map((_, i) => i + 1));
+    expect(events.at(-1)?.type).toBe('run.completed');
+  });
+
+  it('cli - replay reproduces the run through its recorded version', async () => {
+    const r = await capstan(['replay', runId, '--tenant', t]);
+    expect(r.code).toBe(0);
+    expect(r.out).toContain(`replay reproduces run ${runId}: completed`);
+    expect(r.out).toMatch(/step\.completed\s+→ step_1/);
+  });
+
+  it('cli - replay under an edited workflow version fails with a precise diff', async () => {
+    const r = await capstan(['replay', runId, '--tenant', t], { CAPSTAN_WORKFLOWS: join(PROJECT_ROOT, 'test', 'dist', 'fixtures', 'workflows-changed.js') });
+    expect(r.code).toBe(1);
+    expect(r.out).toContain(`replay of run ${runId} diverges from its record at event`);
+    expect(r.out).toContain('step.scheduled: data.timeoutMs: recorded 30000, replay 45000');
+  });
+
+  it('cli - bad input gets a clear error and exit code 2; an unknown run exit code 3', async () => {
+    const cases: [string[], number, string][] = [
+      [['submit', 'demo.pipeline'], 2, '--tenant <id> is required'],
+      [['submit', 'demo.pipeline', '--tenant', 'Bad!'], 2, 'is not a valid tenant id'],
+      [['submit', 'demo.pipeline', '--tenant', t, '--input', '{oops'], 2, '--input is not valid JSON'],
+      [['submit', 'demo.pipeline', '--tenant', t, '--input', '[1]'], 2, '--input must be a JSON object'],
+      [['status', 'not-a-run', '--tenant', t], 2, 'is not a run id'],
+      [['status', runId, '--tenant', t, '--bogus'], 2, "Unknown option '--bogus'"],
+      [['frobnicate'], 2, 'unknown command'],
+      [['status', newRunId(), '--tenant', t], 3, 'run_not_found'],
+      [['status', runId, '--tenant', t, '--nats', 'nats://127.0.0.1:1'], 1, 'unavailable: cannot reach NATS'],
+    ];
+    for (const [args, code, message] of cases) {
+      const r = await capstan(args);
+      expect({ args, code: r.code }).toEqual({ args, code });
+      expect(r.err).toContain(message);
+    }
+  });
+
+  it('cli - an unknown workflow is dead-lettered and listed by `capstan dlq`', async () => {
+    const r = await capstan(['submit', 'no.such.flow', '--tenant', t]);
+    expect(r.code).toBe(0);
+    let listed = '';
+    for (let i = 0; i < 50 && !listed.includes('unknown_workflow'); i++) {
+      await new Promise((res) => setTimeout(res, 100));
+      listed = (await capstan(['dlq', '--tenant', t])).out;
+    }
+    expect(listed).toContain('unknown_workflow');
+    expect(listed).toContain('no.such.flow');
+  });
+});
