@@ -226,8 +226,10 @@ async function main(): Promise<void> {
     '| --- | --- | --- | --- | --- | --- | --- |',
     ...rows,
     '',
-    'Each W3 run records 14 events (start, then per step: scheduled, timeout timer armed, started, completed; then',
-    'completion) in 7 atomic batches, and moves 3 work items, 3 timer schedules and 7 commands through JetStream.',
+    'Each W3 run records 8 events (start; per step: scheduled, completed; completion) in 4 decisions. Decisions of',
+    'many runs share one atomic batch per tick (one fsync), and work items and worker results travel as atomic',
+    'batches too. A run moves 4 commands (submit, 3 results) and 3 work items through JetStream; steps this quick',
+    'are never reported started and arm no timeout timer (see docs/ARCHITECTURE.md).',
     '',
   ].join('\n');
   writeFileSync(OUT, md);

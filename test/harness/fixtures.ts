@@ -136,3 +136,26 @@ export async function watchRuns(h: Harness, t: TenantId): Promise<RunWatch> {
     close: () => messages.close().then(() => undefined),
   };
 }
+
+/** An orchestrator and a worker in this process, serving the given tenants. */
+export interface InProcessServices {
+  stop(): Promise<void>;
+}
+
+export async function startServices(url: string, tenants: readonly TenantId[], opts: { env?: Record<string, string>; workerId?: string } = {}): Promise<InProcessServices> {
+  const { createRegistry } = await import('@capstan/actors');
+  const { createOrchestrator, loadConfig: orchConfig } = await import('@capstan/orchestrator');
+  const { createWorker, loadConfig: workerConfig } = await import('@capstan/worker');
+  const { workflows, handlers } = await import('../fixtures/workflows.js');
+  const env = { NATS_URL: url, CAPSTAN_TENANTS: tenants.join(','), ...opts.env };
+  const orch = await createOrchestrator(orchConfig(env), silent, { registry: createRegistry(workflows) });
+  const worker = await createWorker(workerConfig({ ...env, WORKER_ID: opts.workerId ?? `worker-${tenants[0] ?? ''}` }), silent, { handlers });
+  await orch.start();
+  await worker.start();
+  return {
+    async stop() {
+      await worker.stop();
+      await orch.stop();
+    },
+  };
+}

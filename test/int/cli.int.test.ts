@@ -7,17 +7,14 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { createRegistry } from '@capstan/actors';
-import { createOrchestrator, loadConfig as orchConfig, type OrchestratorApp } from '@capstan/orchestrator';
-import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';
 import { newRunId, PROJECT_ROOT } from '@capstan/kit';
 import type { TenantId } from '@capstan/schemas';
-import { connect, provision, silent, type Harness } from '../harness/fixtures.js';
-import { handlers, workflows } from '../fixtures/workflows.js';
+import { connect, provision, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
+import { workflows } from '../fixtures/workflows.js';
 import { replayAll } from '../harness/checker.js';
 
 let h: Harness;
-let orch: OrchestratorApp;
-let worker: WorkerApp;
+let services: InProcessServices;
 let t: TenantId;
 let url: string;
 
@@ -45,11 +42,7 @@ beforeAll(async () => {
   url = inject('natsUrl');
   h = await connect(url);
   t = await provision(h, 'cli');
-  const env = { NATS_URL: url, CAPSTAN_TENANTS: t };
-  orch = await createOrchestrator(orchConfig(env), silent, { registry: createRegistry(workflows) });
-  worker = await createWorker(workerConfig({ ...env, WORKER_ID: 'cli-worker' }), silent, { handlers });
-  await orch.start();
-  await worker.start();
+  services = await startServices(url, [t]);
 });
 
 afterAll(async () => {
@@ -58,8 +51,7 @@ afterAll(async () => {
   process.stdout.write(`replayed ${replayed} runs of ${t}\n`);
   expect(failures).toEqual([]);
   expect(replayed).toBeGreaterThan(0);
-  await worker?.stop();
-  await orch?.stop();
+  await services?.stop();
   await h?.close();
 });
 

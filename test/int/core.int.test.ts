@@ -4,17 +4,14 @@
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createRegistry, demoWorkflows, foldRun } from '@capstan/actors';
-import { createOrchestrator, loadConfig as orchConfig, type OrchestratorApp } from '@capstan/orchestrator';
-import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';
 import { Streams, type RunId, type TenantId } from '@capstan/schemas';
-import { connect, eventsOf, provision, silent, type Harness } from '../harness/fixtures.js';
+import { connect, eventsOf, provision, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
 import { checkRuns, report } from '../harness/checker.js';
-import { workflows, handlers } from '../fixtures/workflows.js';
+import { workflows } from '../fixtures/workflows.js';
 
 const registry = createRegistry(workflows);
 let h: Harness;
-let orch: OrchestratorApp;
-let worker: WorkerApp;
+let services: InProcessServices;
 let t1: TenantId;
 let t2: TenantId;
 
@@ -23,16 +20,11 @@ beforeAll(async () => {
   h = await connect(url);
   t1 = await provision(h, 'core-a');
   t2 = await provision(h, 'core-b');
-  const env = { NATS_URL: url, CAPSTAN_TENANTS: `${t1},${t2}` };
-  orch = await createOrchestrator(orchConfig(env), silent, { registry });
-  worker = await createWorker(workerConfig({ ...env, WORKER_ID: 'core-worker' }), silent, { handlers });
-  await orch.start();
-  await worker.start();
+  services = await startServices(url, [t1, t2]);
 });
 
 afterAll(async () => {
-  await worker?.stop();
-  await orch?.stop();
+  await services?.stop();
   await h?.close();
 });
 
@@ -123,11 +115,7 @@ describe('core', () => {
   it('core - the snapshot cache is only a cache: with it off, runs decide the same', async () => {
     const url = inject('natsUrl');
     const t = await provision(h, 'nocache');
-    const env = { NATS_URL: url, CAPSTAN_TENANTS: t, ORCH_CACHE_SIZE: '0' };
-    const o = await createOrchestrator(orchConfig(env), silent, { registry });
-    const w = await createWorker(workerConfig({ ...env, WORKER_ID: 'nocache-worker' }), silent, { handlers });
-    await o.start();
-    await w.start();
+    const noCache = await startServices(url, [t], { env: { ORCH_CACHE_SIZE: '0' } });
     try {
       const runIds = await Promise.all(Array.from({ length: 20 }, () => h.client.submit(t, 'demo.flaky')));
       await Promise.all(runIds.map((r) => h.client.waitForEnd(t, r, 30_000)));
@@ -138,8 +126,7 @@ describe('core', () => {
       // Same history shape as with the cache: the events are a function of the inputs.
       for (const events of c.eventsByRun.values()) expect(events.map((e) => e.type)).toEqual([...(c.eventsByRun.values().next().value ?? [])].map((e) => e.type));
     } finally {
-      await w.stop();
-      await o.stop();
+      await noCache.stop();
     }
   });
 

@@ -4,18 +4,15 @@
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createRegistry } from '@capstan/actors';
-import { createOrchestrator, loadConfig as orchConfig, type OrchestratorApp } from '@capstan/orchestrator';
-import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';
 import { readDeadLetters } from '@capstan/cli';
 import { newRunId } from '@capstan/kit';
 import { encode, Streams, type TenantId } from '@capstan/schemas';
-import { connect, eventsOf, eventually, provision, silent, type Harness } from '../harness/fixtures.js';
-import { handlers, workflows } from '../fixtures/workflows.js';
+import { connect, eventsOf, eventually, provision, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
+import { workflows } from '../fixtures/workflows.js';
 import { replayAll } from '../harness/checker.js';
 
 let h: Harness;
-let orch: OrchestratorApp;
-let worker: WorkerApp;
+let services: InProcessServices;
 let t: TenantId;
 const te = new TextEncoder();
 
@@ -23,11 +20,7 @@ beforeAll(async () => {
   const url = inject('natsUrl');
   h = await connect(url);
   t = await provision(h, 'intake');
-  const env = { NATS_URL: url, CAPSTAN_TENANTS: t };
-  orch = await createOrchestrator(orchConfig(env), silent, { registry: createRegistry(workflows) });
-  worker = await createWorker(workerConfig({ ...env, WORKER_ID: 'intake-worker' }), silent, { handlers });
-  await orch.start();
-  await worker.start();
+  services = await startServices(url, [t]);
 });
 
 afterAll(async () => {
@@ -36,8 +29,7 @@ afterAll(async () => {
   process.stdout.write(`replayed ${replayed} runs of ${t}\n`);
   expect(failures).toEqual([]);
   expect(replayed).toBeGreaterThan(0);
-  await worker?.stop();
-  await orch?.stop();
+  await services?.stop();
   await h?.close();
 });
 
@@ -93,12 +85,15 @@ describe('intake', () => {
       ['payload_too_large', JSON.stringify({ workflow: 'demo.pipeline', input: { blob: 'x'.repeat(70 * 1024) } })],
       ['schema_violation', `{"workflow":"demo.pipeline","input":${'{"a":'.repeat(40)}1${'}'.repeat(40)}}`],
     ];
-    for (const [, payload] of bad) await h.client.js.publish(`cap.${t}.cmd.submit`, typeof payload === 'string' ? te.encode(payload) : payload);
+    const seqs: number[] = [];
+    for (const [, payload] of bad) seqs.push((await h.client.js.publish(`cap.${t}.cmd.submit`, typeof payload === 'string' ? te.encode(payload) : payload)).seq);
     const letters = await eventually('dead letters', async () => {
       const l = await readDeadLetters(h.jsm, t, 1000);
       return l.length >= beforeDlq + bad.length ? l.slice(beforeDlq) : undefined;
     });
-    expect(letters.map((l) => l.code)).toEqual(bad.map(([code]) => code));
+    // Each dead letter names the command it refuses by the seq its submitter was acked with.
+    const bySeq = new Map(letters.map((l) => [l.sourceSeq, l.code]));
+    expect(seqs.map((s) => bySeq.get(s))).toEqual(bad.map(([code]) => code));
     for (const l of letters) {
       expect(l.error.length).toBeGreaterThan(10);
       expect(l.source).toBe(`cap.${t}.cmd.submit`);

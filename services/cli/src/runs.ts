@@ -221,6 +221,8 @@ export interface DeadLetterView {
   readonly code: string;
   readonly error: string;
   readonly source: string;
+  /** Stream sequence of the refused command: the `seq` of its submitter's PubAck. */
+  readonly sourceSeq?: number;
   readonly runId?: string;
   readonly bytes: number;
 }
@@ -234,6 +236,7 @@ export async function readDeadLetters(jsm: JetStreamManager, t: TenantId, limit:
   for await (const m of iter) {
     const h = m.header;
     const runId = h.get(Headers.RunId);
+    const sourceSeq = Number(h.get(Headers.SourceSeq));
     out.push({
       seq: m.seq,
       at: m.time.toISOString(),
@@ -241,6 +244,7 @@ export async function readDeadLetters(jsm: JetStreamManager, t: TenantId, limit:
       code: h.get(Headers.ErrorCode),
       error: h.get(Headers.Error),
       source: h.get(Headers.SourceSubject),
+      ...(sourceSeq > 0 ? { sourceSeq } : {}),
       ...(runId ? { runId } : {}),
       bytes: m.data.length,
     });

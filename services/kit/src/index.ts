@@ -20,3 +20,5 @@ export { deadLetter } from './dead-letter.js';
 export type { DeadLetterOrigin } from './dead-letter.js';
 export { createClient, isTerminalEvent } from './client.js';
 export type { CapstanClient, SubmitOptions } from './client.js';
+export { followTenants, runService } from './service.js';
+export type { TenantFollower } from './service.js';

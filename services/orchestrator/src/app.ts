@@ -5,7 +5,7 @@
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { Registry } from '@capstan/actors';
 import type { TenantId } from '@capstan/schemas';
-import { connectNats, listTenants, type Logger, type NatsConnection } from '@capstan/kit';
+import { connectNats, followTenants, type Logger, type NatsConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
 import { createTenantHost, type TenantHost, type TenantHostStats } from './run-host.js';
 import { RunCache } from './run-cache.js';
@@ -24,36 +24,27 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
   const registry = opts.registry ?? (await loadWorkflows(config.workflowsModule));
   let nc: NatsConnection | undefined;
   let guard: IntakeGuard | undefined;
-  let timer: NodeJS.Timeout | undefined;
+  let follower: TenantFollower | undefined;
   const hosts = new Map<TenantId, TenantHost>();
   const cache = new RunCache(config.cacheSize);
 
-  async function discover(): Promise<void> {
+  async function serve(t: TenantId): Promise<void> {
     if (!nc) return;
-    const jsm = await jetstreamManager(nc);
-    const provisioned = await listTenants(jsm);
-    const wanted = config.tenants === 'all' ? provisioned : config.tenants.filter((t) => provisioned.includes(t));
-    if (config.tenants !== 'all') {
-      for (const t of config.tenants) if (!provisioned.includes(t)) log.warn({ tenant: t }, 'configured tenant is not provisioned yet');
-    }
-    for (const t of wanted) {
-      if (hosts.has(t)) continue;
-      const host = createTenantHost({
-        nc,
-        js: jetstream(nc),
-        jsm,
-        tenant: t,
-        registry,
-        cache,
-        log,
-        maxBatch: config.maxBatch,
-        ackWaitMs: config.ackWaitMs,
-        maxTicks: config.maxTicks,
-        now: Date.now,
-      });
-      hosts.set(t, host);
-      await host.start();
-    }
+    const host = createTenantHost({
+      nc,
+      js: jetstream(nc),
+      jsm: await jetstreamManager(nc),
+      tenant: t,
+      registry,
+      cache,
+      log,
+      maxBatch: config.maxBatch,
+      ackWaitMs: config.ackWaitMs,
+      maxTicks: config.maxTicks,
+      now: Date.now,
+    });
+    hosts.set(t, host);
+    await host.start();
   }
 
   return {
@@ -63,20 +54,11 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
       nc = await connectNats(config.natsUrl, config.name, log);
       const jsm = await jetstreamManager(nc);
       guard = startIntakeGuard(nc, jsm, log);
-      await discover();
-      const loop = () => {
-        timer = setTimeout(() => {
-          discover()
-            .catch((e: unknown) => log.warn({ err: e }, 'tenant discovery failed'))
-            .finally(loop);
-        }, config.discoveryMs);
-        timer.unref();
-      };
-      loop();
+      follower = await followTenants(nc, config.tenants, config.discoveryMs, serve, log);
       log.info({ workflows: registry.list().map((w) => `${w.id}@${w.version}`), tenants: [...hosts.keys()] }, 'orchestrator started');
     },
     async stop() {
-      if (timer) clearTimeout(timer);
+      follower?.stop();
       await Promise.all([...hosts.values()].map((h) => h.stop()));
       await guard?.stop();
       await nc?.drain();
