@@ -159,3 +159,34 @@ export async function startServices(url: string, tenants: readonly TenantId[], o
     },
   };
 }
+
+/** A fresh tenant with in-process services; `close` first checks every run it made replays. */
+export interface ServedTenant {
+  readonly h: Harness;
+  readonly t: TenantId;
+  /** Stops everything; throws if any run of the tenant does not replay to its record. */
+  close(): Promise<void>;
+}
+
+export async function serveTenant(url: string, prefix: string): Promise<ServedTenant> {
+  const { createRegistry } = await import('@capstan/actors');
+  const { workflows } = await import('../fixtures/workflows.js');
+  const { replayAll } = await import('./checker.js');
+  const h = await connect(url);
+  const t = await provision(h, prefix);
+  const services = await startServices(url, [t]);
+  return {
+    h,
+    t,
+    async close() {
+      try {
+        const { replayed, failures } = await replayAll(h.jsm, t, createRegistry(workflows));
+        process.stdout.write(`replayed ${replayed} runs of ${t}\n`);
+        if (failures.length > 0 || replayed === 0) throw new Error(`replay of ${t}: ${replayed} runs, failures: ${failures.join('; ')}`);
+      } finally {
+        await services.stop();
+        await h.close();
+      }
+    },
+  };
+}

@@ -3,35 +3,24 @@
  * one run; bad input is dead-lettered with a typed error and no run stream is written.
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createRegistry } from '@capstan/actors';
 import { readDeadLetters } from '@capstan/cli';
 import { newRunId } from '@capstan/kit';
 import { encode, Streams, type TenantId } from '@capstan/schemas';
-import { connect, eventsOf, eventually, provision, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
-import { workflows } from '../fixtures/workflows.js';
-import { replayAll } from '../harness/checker.js';
+import { eventsOf, eventually, serveTenant, type Harness, type ServedTenant } from '../harness/fixtures.js';
 
 let h: Harness;
-let services: InProcessServices;
 let t: TenantId;
 const te = new TextEncoder();
 
+let served: ServedTenant;
+
 beforeAll(async () => {
-  const url = inject('natsUrl');
-  h = await connect(url);
-  t = await provision(h, 'intake');
-  services = await startServices(url, [t]);
+  served = await serveTenant(inject('natsUrl'), 'intake');
+  ({ h, t } = served);
 });
 
-afterAll(async () => {
-  // Every run this file made replays through its recorded version.
-  const { replayed, failures } = await replayAll(h.jsm, t, createRegistry(workflows));
-  process.stdout.write(`replayed ${replayed} runs of ${t}\n`);
-  expect(failures).toEqual([]);
-  expect(replayed).toBeGreaterThan(0);
-  await services?.stop();
-  await h?.close();
-});
+// Every run this file made must replay through its recorded version.
+afterAll(() => served?.close());
 
 const runSubjects = async () => {
   const info = await h.jsm.streams.info(Streams.runs(t), { subjects_filter: `cap.${t}.runs.*` });
