@@ -5,6 +5,7 @@ import { defineWorkflow } from './workflow.js';
 export const demoPipeline = defineWorkflow({
   id: 'demo.pipeline',
   version: 1,
+  searchKeys: ['customer'],
   steps: [
     { name: 'extract', timeoutMs: 30_000 },
     { name: 'transform', timeoutMs: 30_000 },

@@ -52,6 +52,11 @@ export type StepDefinition = TaskStep | SignalStep;
 export interface WorkflowSpec {
   readonly id: string;
   readonly version: number;
+  /**
+   * Input keys recorded on the run for queries (at most 8): the projections index their
+   * values, so "failed runs of this workflow with customer=42" is one indexed lookup.
+   */
+  readonly searchKeys?: readonly string[];
   readonly steps?: readonly StepDefinition[];
   readonly machine?: AnyStateMachine;
 }
@@ -59,6 +64,7 @@ export interface WorkflowSpec {
 export interface WorkflowDefinition {
   readonly id: string;
   readonly version: number;
+  readonly searchKeys: readonly string[];
   readonly machine: AnyStateMachine;
   /** Normalised steps, when the workflow was defined as a sequence. */
   readonly steps?: readonly NormalisedStep[];
@@ -93,15 +99,19 @@ export function defineWorkflow(spec: WorkflowSpec): WorkflowDefinition {
   const { id, version } = spec;
   if (!WORKFLOW_ID.test(id)) throw new InvalidWorkflowError(id, `id must match ${WORKFLOW_ID.source}`);
   if (!Number.isSafeInteger(version) || version < 1) throw new InvalidWorkflowError(id, 'version must be a positive integer');
+  const searchKeys = Object.freeze([...(spec.searchKeys ?? [])]);
+  if (searchKeys.length > 8 || searchKeys.some((k) => !/^[a-z0-9][a-z0-9_-]{0,63}$/i.test(k)) || new Set(searchKeys).size !== searchKeys.length) {
+    throw new InvalidWorkflowError(id, 'searchKeys must be at most 8 distinct keys matching ^[a-z0-9][a-z0-9_-]{0,63}$');
+  }
   if (spec.machine) {
     if (spec.steps) throw new InvalidWorkflowError(id, 'give steps or a machine, not both');
-    return Object.freeze({ id, version, machine: spec.machine });
+    return Object.freeze({ id, version, searchKeys, machine: spec.machine });
   }
   if (!spec.steps || spec.steps.length === 0) throw new InvalidWorkflowError(id, 'needs at least one step');
   const steps = spec.steps.map((s) => normaliseStep(id, s));
   const names = new Set(steps.map((s) => s.name));
   if (names.size !== steps.length) throw new InvalidWorkflowError(id, 'step names must be unique');
-  return Object.freeze({ id, version, steps: Object.freeze(steps), machine: compileSteps(id, version, steps) });
+  return Object.freeze({ id, version, searchKeys, steps: Object.freeze(steps), machine: compileSteps(id, version, steps) });
 }
 
 function normaliseStep(id: string, s: StepDefinition): NormalisedStep {
@@ -137,6 +147,16 @@ function normaliseStep(id: string, s: StepDefinition): NormalisedStep {
     throw new InvalidWorkflowError(id, `step ${s.name}: name is too long for its timer ids (${TOKEN_PATTERN.source})`);
   }
   return { kind: 'task', name: s.name, handler, mode, pool, timeoutMs, retry };
+}
+
+/** The search fields a run records: its declared keys' scalar input values, as strings. */
+export function searchFieldsOf(def: WorkflowDefinition, input: { readonly [k: string]: JsonValue }): Record<string, string> | undefined {
+  const out: Record<string, string> = {};
+  for (const k of def.searchKeys) {
+    const v = input[k];
+    if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') out[k] = String(v).slice(0, 256);
+  }
+  return Object.keys(out).length > 0 ? out : undefined;
 }
 
 /** Delay before attempt `next` (2, 3, …): exponential, capped. Pure. */

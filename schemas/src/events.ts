@@ -11,6 +11,7 @@
  */
 import { EVENT_ENVELOPE_VERSION, LIMITS } from './limits.js';
 import type { ErrorRecord } from './errors.js';
+import { SchemaError } from './errors.js';
 import type { RunId } from './ids.js';
 import { RUN_ID_PATTERN } from './ids.js';
 import type { Infer, JsonValue, Schema } from './validate.js';
@@ -33,12 +34,29 @@ export type Mode = (typeof Mode)[keyof typeof Mode];
 export const TimerKind = { Retry: 'retry', Timeout: 'timeout' } as const;
 export type TimerKind = (typeof TimerKind)[keyof typeof TimerKind];
 
+/** Up to 8 search fields: key (a token) → value (a string of at most 256 characters). */
+const searchFields: Schema<Record<string, string>> = {
+  name: 'search fields',
+  parse(v, path = '') {
+    const o = jsonObject().parse(v, path);
+    const keys = Object.keys(o);
+    if (keys.length > 8) throw new SchemaError('search fields', path, 'must have at most 8 keys');
+    const out: Record<string, string> = {};
+    for (const k of keys) {
+      out[str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/i }).parse(k, `${path}.${k}`)] = str({ max: 256 }).parse(o[k], `${path}.${k}`);
+    }
+    return out;
+  },
+};
+
 const eventData = {
   'run.started': obj('run.started', {
     workflow: str({ min: 1, max: 128 }),
     version: int({ min: 1 }),
     input: jsonObject(),
     idempotencyKey: optional(str({ min: 1, max: 256 })),
+    /** Values of the workflow's declared search keys, taken from the input, for queries. */
+    search: optional(searchFields),
   }),
   'step.started': obj('step.started', { step: stepName, attempt, worker: str({ min: 1, max: 128 }) }),
   'step.completed': obj('step.completed', {

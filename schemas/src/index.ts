@@ -75,3 +75,4 @@ export type { WorkItem } from './work.js';
 export { encode, decode, encodedSize } from './codec.js';
 export { str, int, num, bool, literal, optional, arr, obj, json, jsonObject, tagged, isPlainObject } from './validate.js';
 export type { Schema, Infer, JsonValue } from './validate.js';
+export * as db from './db.js';

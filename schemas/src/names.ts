@@ -97,6 +97,8 @@ export const Streams = {
 export const Consumers = {
   /** The orchestrators' shared durable consumer on a tenant's command stream. */
   orchestrator: 'orchestrator',
+  /** The projectors' shared durable consumer on a tenant's run stream. */
+  projector: 'projector',
   /** The workers' shared durable consumer for one pool. */
   workPool: (pool: string) => `work-${parseToken('pool', pool)}`,
 } as const;

@@ -14,6 +14,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { writeSection } from './report.js';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
@@ -204,18 +205,18 @@ async function main(): Promise<void> {
     return `| ${mode === 'always' ? '`sync_interval: always` (fsync before every ack)' : 'default sync'} | ${fmt(runs)} | ${fmt(rs.map((r) => r.p50), 2)} | ${fmt(rs.map((r) => r.p99), 2)} | ${fmt(raw)} | ${(median(runs) / median(raw)).toFixed(3)} | ${fmt(rs.map((r) => r.cpuMsPerRun), 2)} |`;
   });
   const md = [
-    '# Benchmarks',
+    '## W3 (core): runs end to end',
     '',
     `Measured ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC with \`npm run bench\` (\`test/bench/w3.ts\`). Every figure is`,
     `**median (min–max)** over ${REPS} repetitions; each repetition starts a fresh nats-server.`,
     '',
-    '## Machine',
+    '### Machine',
     '',
     '| item | value |',
     '| --- | --- |',
     ...machine(),
     '',
-    '## W3: three sequential mode-0 steps per run',
+    '### W3: three sequential mode-0 steps per run',
     '',
     `Throughput: ${RUNS} runs with ${INFLIGHT} in flight, after 200 warm-up runs. Latency: ${LAT_RUNS} runs one at a time,`,
     'from the submit publish to the terminal event read back from the run stream. Raw: acknowledged JetStream',
@@ -232,7 +233,7 @@ async function main(): Promise<void> {
     'are never reported started and arm no timeout timer (see docs/ARCHITECTURE.md).',
     '',
   ].join('\n');
-  writeFileSync(OUT, md);
+  writeSection(OUT, 'w3', md);
   process.stdout.write(md);
 }
 

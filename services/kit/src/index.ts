@@ -22,3 +22,5 @@ export { createClient, isTerminalEvent } from './client.js';
 export type { CapstanClient, SubmitOptions } from './client.js';
 export { followTenants, runService } from './service.js';
 export type { TenantFollower } from './service.js';
+export { openDatabase, migrate, queryRows, dbErrorMessage, MIGRATIONS_FOLDER } from './db.js';
+export type { Database, ProjectionDb, OpenOptions } from './db.js';

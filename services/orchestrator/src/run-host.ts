@@ -15,7 +15,7 @@
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import { AckPolicy, DeliverPolicy, JetStreamApiError } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { decide, foldRun, startRun, type Decision, type Registry, type RunState } from '@capstan/actors';
+import { decide, foldRun, searchFieldsOf, startRun, type Decision, type Registry, type RunState } from '@capstan/actors';
 import {
   CapstanError,
   Consumers,
@@ -351,11 +351,14 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
             continue;
           }
           const wf = registry.latest(p.cmd.body.workflow);
+          const runInput = p.cmd.body.input ?? {};
+          const search = searchFieldsOf(wf, runInput);
           const started = {
             workflow: wf.id,
             version: wf.version,
-            input: p.cmd.body.input ?? {},
+            input: runInput,
             ...(p.cmd.body.idempotencyKey ? { idempotencyKey: p.cmd.body.idempotencyKey } : {}),
+            ...(search ? { search } : {}),
           };
           input = { type: 'run.started', data: started };
           decision = startRun(wf, started);

@@ -1,0 +1,168 @@
+/**
+ * The projections: Postgres tables derived from the run streams, for queries and audit.
+ * Nothing here is the truth; every row can be dropped and rebuilt from the streams. Only
+ * the projector writes them, and every table is keyed by tenant first, so every query is
+ * scoped by tenant.
+ */
+import { sql } from 'drizzle-orm';
+import { bigint, bigserial, index, integer, jsonb, pgTable, primaryKey, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
+
+const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
+
+/** One row per run: its current state as the projector last folded it. */
+export const runs = pgTable(
+  'runs',
+  {
+    tenant: text('tenant').notNull(),
+    runId: text('run_id').notNull(),
+    workflow: text('workflow').notNull(),
+    version: integer('version').notNull(),
+    status: text('status').notNull(),
+    currentStep: text('current_step'),
+    /** Attempts scheduled so far, over all steps. */
+    attempts: integer('attempts').notNull().default(0),
+    errorCode: text('error_code'),
+    errorMessage: text('error_message'),
+    startedAt: ts('started_at').notNull(),
+    updatedAt: ts('updated_at').notNull(),
+    endedAt: ts('ended_at'),
+    /** Run-local sequence of the last event applied. */
+    lastSeq: integer('last_seq').notNull(),
+    lastStreamSeq: bigint('last_stream_seq', { mode: 'number' }).notNull(),
+    /** Chained digest of the run's events: sha256(previous digest, stream seq, event bytes). */
+    chain: text('chain').notNull(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.tenant, t.runId] }),
+    index('runs_tenant_status_started').on(t.tenant, t.status, t.startedAt),
+    index('runs_tenant_workflow_started').on(t.tenant, t.workflow, t.startedAt),
+    index('runs_tenant_started').on(t.tenant, t.startedAt),
+  ],
+);
+
+/** Typed search fields: declared input keys (and their values) of each run. */
+export const runSearch = pgTable(
+  'run_search',
+  {
+    tenant: text('tenant').notNull(),
+    key: text('key').notNull(),
+    value: text('value').notNull(),
+    runId: text('run_id').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.key, t.value, t.runId] }), index('run_search_run').on(t.tenant, t.runId)],
+);
+
+/** One row per step attempt. `result` is the step's metadata result (a few KiB at most). */
+export const steps = pgTable(
+  'steps',
+  {
+    tenant: text('tenant').notNull(),
+    runId: text('run_id').notNull(),
+    step: text('step').notNull(),
+    attempt: integer('attempt').notNull(),
+    mode: integer('mode').notNull(),
+    pool: text('pool').notNull(),
+    handler: text('handler').notNull(),
+    worker: text('worker'),
+    outcome: text('outcome').notNull(),
+    scheduledAt: ts('scheduled_at').notNull(),
+    startedAt: ts('started_at'),
+    finishedAt: ts('finished_at'),
+    durationMs: integer('duration_ms'),
+    result: jsonb('result'),
+    errorCode: text('error_code'),
+    errorMessage: text('error_message'),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.runId, t.step, t.attempt] })],
+);
+
+/** Every event's place: run, sequence, type, time, and stream sequence. */
+export const events = pgTable(
+  'events',
+  {
+    tenant: text('tenant').notNull(),
+    runId: text('run_id').notNull(),
+    seq: integer('seq').notNull(),
+    type: text('type').notNull(),
+    at: ts('at').notNull(),
+    streamSeq: bigint('stream_seq', { mode: 'number' }).notNull(),
+    causationId: text('causation_id').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.runId, t.seq] }), uniqueIndex('events_tenant_stream_seq').on(t.tenant, t.streamSeq)],
+);
+
+/** Human decisions a run waits for (signal steps today). */
+export const approvals = pgTable(
+  'approvals',
+  {
+    tenant: text('tenant').notNull(),
+    runId: text('run_id').notNull(),
+    step: text('step').notNull(),
+    signal: text('signal').notNull(),
+    status: text('status').notNull(),
+    requestedAt: ts('requested_at').notNull(),
+    decidedAt: ts('decided_at'),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.runId, t.step] }), index('approvals_tenant_status').on(t.tenant, t.status)],
+);
+
+/** The worker fleet as last heard from (heartbeats carry capability labels). */
+export const workers = pgTable(
+  'workers',
+  {
+    tenant: text('tenant').notNull(),
+    workerId: text('worker_id').notNull(),
+    pools: jsonb('pools').notNull(),
+    running: integer('running').notNull(),
+    lastSeenAt: ts('last_seen_at').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.workerId] })],
+);
+
+/**
+ * The audit log: append-only, enforced by the database (a trigger refuses UPDATE and
+ * DELETE; see the migration). Key names and actors only, never secret values.
+ */
+export const auditLog = pgTable(
+  'audit_log',
+  {
+    id: bigserial('id', { mode: 'number' }).primaryKey(),
+    tenant: text('tenant').notNull(),
+    runId: text('run_id').notNull(),
+    seq: integer('seq').notNull(),
+    kind: text('kind').notNull(),
+    actor: text('actor'),
+    detail: jsonb('detail').notNull(),
+    at: ts('at').notNull(),
+    streamSeq: bigint('stream_seq', { mode: 'number' }).notNull(),
+  },
+  (t) => [uniqueIndex('audit_log_event').on(t.tenant, t.runId, t.seq), index('audit_log_tenant_at').on(t.tenant, t.at)],
+);
+
+/** Per tenant stream: the last stream sequence applied, committed with the rows it covers. */
+export const checkpoints = pgTable(
+  'checkpoints',
+  {
+    tenant: text('tenant').notNull(),
+    stream: text('stream').notNull(),
+    lastStreamSeq: bigint('last_stream_seq', { mode: 'number' }).notNull(),
+    updatedAt: ts('updated_at').notNull().default(sql`now()`),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.stream] })],
+);
+
+/** Events the projector could not use, with the reason and where they are in the stream. */
+export const deadLetters = pgTable(
+  'dead_letters',
+  {
+    id: bigserial('id', { mode: 'number' }).primaryKey(),
+    tenant: text('tenant').notNull(),
+    stream: text('stream').notNull(),
+    streamSeq: bigint('stream_seq', { mode: 'number' }).notNull(),
+    subject: text('subject').notNull(),
+    code: text('code').notNull(),
+    message: text('message').notNull(),
+    at: ts('at').notNull().default(sql`now()`),
+  },
+  (t) => [uniqueIndex('dead_letters_position').on(t.tenant, t.stream, t.streamSeq)],
+);
