@@ -64,7 +64,7 @@ export async function eventually<T>(what: string, check: () => Promise<T | undef
   }
 }
 
-export type ServiceName = 'orchestrator' | 'worker';
+export type ServiceName = 'orchestrator' | 'worker' | 'projector';
 
 /** A service running as its own process (`node services/<name>/dist/main.js`). */
 export interface ServiceProcess {

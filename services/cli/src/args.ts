@@ -47,3 +47,20 @@ export function intFlag(name: string, raw: unknown, fallback: number, min = 0): 
   if (!Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`--${name} must be an integer >= ${min}`);
   return n;
 }
+
+/** A string flag's value, or undefined when absent. */
+export function stringFlag(values: Record<string, unknown>, name: string): string | undefined {
+  const v = values[name];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string') throw new InvalidArgumentError(`--${name} takes a value`);
+  return v;
+}
+
+/** A repeatable string flag (`{ type: 'string', multiple: true }`): every value given, in order. */
+export function stringsFlag(values: Record<string, unknown>, name: string): string[] {
+  const v = values[name];
+  if (v === undefined) return [];
+  const all = Array.isArray(v) ? (v as unknown[]) : [v];
+  if (!all.every((x): x is string => typeof x === 'string')) throw new InvalidArgumentError(`--${name} takes a value`);
+  return all;
+}

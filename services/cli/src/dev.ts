@@ -10,9 +10,13 @@ import { join } from 'node:path';
 import { jetstreamManager, DeliverPolicy } from '@nats-io/jetstream';
 import { createOrchestrator, loadConfig as orchestratorConfig } from '@capstan/orchestrator';
 import { createWorker, loadConfig as workerConfig } from '@capstan/worker';
+import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import {
   connectNats,
   createClient,
+  createQueryServer,
+  migrate,
+  openDatabase,
   createLogger,
   decodeEvent,
   ensureTenant,
@@ -24,20 +28,32 @@ import {
 } from '@capstan/kit';
 import { InvalidArgumentError, parseTenantId, runIdOfSubject, Streams, Subjects, type RunEvent, type RunId } from '@capstan/schemas';
 import { parse } from './args.js';
-import { DEV_DIR, DEV_URL_FILE } from './context.js';
+import { DEV_API_URL_FILE, DEV_DIR, DEV_URL_FILE } from './context.js';
 import { bold, colorStatus, cyan, describe, dim, green, red } from './format.js';
 
 const say = (s: string) => process.stdout.write(`${s}\n`);
 
-/** The dev server's usual port, so URLs in docs work; any free port when it is taken. */
+/** The dev servers' usual ports, so URLs in docs work; any free port when taken. */
 const DEV_PORT = 4333;
+const DEV_API_PORT = 4334;
+const PGLITE_DIR = join(DEV_DIR, 'pg');
 
-function preferredPort(): Promise<number> {
+function preferredPort(port = DEV_PORT, fallback = -1): Promise<number> {
   return new Promise((resolve) => {
     const probe = createServer();
-    probe.once('error', () => resolve(-1));
-    probe.listen(DEV_PORT, '127.0.0.1', () => probe.close(() => resolve(DEV_PORT)));
+    probe.once('error', () => resolve(fallback));
+    probe.listen(port, '127.0.0.1', () => probe.close(() => resolve(port)));
   });
+}
+
+/** Waits (up to 10 s) until the projections have caught up with every run stream. */
+async function waitForProjections(projector: ProjectorApp): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    const lag = await projector.lag();
+    if (lag.every((l) => l.lag === 0)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 function portFlag(raw: unknown): number {
@@ -60,7 +76,15 @@ function ensureNatsBinary(): string {
 export async function devCmd(argv: string[]): Promise<number> {
   const { values } = parse(
     argv,
-    { demo: { type: 'boolean' }, exit: { type: 'boolean' }, tenant: { type: 'string', default: 'demo' }, port: { type: 'string' }, fresh: { type: 'boolean' }, nats: { type: 'string' } },
+    {
+      demo: { type: 'boolean' },
+      exit: { type: 'boolean' },
+      tenant: { type: 'string', default: 'demo' },
+      port: { type: 'string' },
+      fresh: { type: 'boolean' },
+      nats: { type: 'string' },
+      db: { type: 'string' },
+    },
     [],
   );
   const tenant = parseTenantId(values['tenant']);
@@ -69,6 +93,7 @@ export async function devCmd(argv: string[]): Promise<number> {
   const storeDir = join(DEV_DIR, 'nats');
   if (!url) {
     if (values['fresh']) rmSync(storeDir, { recursive: true, force: true });
+    if (values['fresh']) rmSync(PGLITE_DIR, { recursive: true, force: true });
     say(dim('starting nats-server (JetStream) …'));
     server = await startNatsServer({ binary: ensureNatsBinary(), storeDir, port: values['port'] ? portFlag(values['port']) : await preferredPort() });
     url = server.url;
@@ -84,24 +109,48 @@ export async function devCmd(argv: string[]): Promise<number> {
   await orchestrator.start();
   await worker.start();
 
+  // Projections: Postgres when given one, else PGlite (embedded Postgres) in .capstan/dev/pg.
+  const dbUrl = typeof values['db'] === 'string' ? values['db'] : process.env['DATABASE_URL'];
+  say(dim(dbUrl ? 'opening the projections database …' : 'opening the embedded projections database (PGlite) …'));
+  const dbLog = createLogger('projector', logLevel, process.stderr);
+  const database = await openDatabase(dbUrl ? { url: dbUrl, log: dbLog } : { dataDir: PGLITE_DIR, log: dbLog });
+  await migrate(database);
+  // The projector is handed the open database; its URL setting is then only a label.
+  const projector = await createProjector(projectorConfig({ ...env, DATABASE_URL: dbUrl ?? 'postgres://embedded.pglite/capstan' }), dbLog, { database });
+  await projector.start();
+  const api = createQueryServer({ db: database, jsm: await jetstreamManager(nc), nc, log: dbLog, port: await preferredPort(DEV_API_PORT, 0) });
+  await api.start();
+  writeFileSync(DEV_API_URL_FILE, api.url);
+
   say('');
   say(`${bold('Capstan dev stack')} ${green('ready')}`);
   say(`  NATS        ${url}${server ? dim(`  (store ${storeDir})`) : ''}`);
   say(`  tenant      ${tenant}`);
+  say(`  projections ${database.kind === 'pglite' ? `PGlite in ${PGLITE_DIR}` : database.where}`);
+  say(`  query API   ${api.url}  ${dim('(capstan runs / run / audit use it)')}`);
   say(`  workflows   ${orchestrator.registry.list().map((w) => `${w.id}@${w.version}`).join(', ')}`);
   say(`  try         npx capstan submit demo.pipeline --tenant ${tenant} --wait`);
   say('');
 
   const stopAll = async () => {
+    await api.stop();
+    rmSync(DEV_API_URL_FILE, { force: true });
     await worker.stop();
     await orchestrator.stop();
+    await projector.stop();
+    await database.close();
     await nc.close();
     await server?.stop();
     if (server) rmSync(DEV_URL_FILE, { force: true });
   };
 
   let code = 0;
-  if (values['demo']) code = await runDemo(nc, tenant);
+  if (values['demo']) {
+    code = await runDemo(nc, tenant);
+    await waitForProjections(projector);
+    say(dim(`  list them:   npx capstan runs --tenant ${tenant}`));
+    say('');
+  }
   if (values['exit']) {
     await stopAll();
     return code;

@@ -58,3 +58,22 @@ export function timelineLine(e: TimelineEntry): string {
   const decided = e.decisions.length > 0 ? ` ⇒ ${e.decisions.join(', ')}` : '';
   return `${String(e.seq).padStart(4)}  ${time(e.at)}  ${e.input.padEnd(20)} → ${e.state.padEnd(12)} ${colorStatus(e.status)}${dim(decided)}`;
 }
+
+/** The escape sequences `paint` adds. */
+const ANSI = /\u001b\[[0-9;]*m/g;
+
+/** Width on screen: colour codes take none. */
+export function visibleLength(s: string): number {
+  return s.replace(ANSI, '').length;
+}
+
+/** Columns aligned on the visible text, so coloured cells line up with plain ones. */
+export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = header.map((h, i) => Math.max(visibleLength(h), ...rows.map((r) => visibleLength(r[i] ?? ''))));
+  const line = (cells: readonly string[]) =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c + ' '.repeat((widths[i] ?? 0) - visibleLength(c))))
+      .join('  ')
+      .trimEnd();
+  return [bold(line(header)), ...rows.map(line)].join('\n');
+}

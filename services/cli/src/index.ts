@@ -1,3 +1,6 @@
 /** @capstan/cli — the `capstan` command. Its reusable pieces for tests and tools: */
 export { summarize, readDeadLetters, replayCmd } from './runs.js';
 export type { RunSummary, DeadLetterView } from './runs.js';
+export { runsCmd, runCmd, auditCmd, systemStatusCmd, apiGet } from './read.js';
+export type { Wire, RunsResponse, RunResponse, AuditResponse, SystemResponse } from './read.js';
+export { apiUrl, DEV_API_URL_FILE } from './context.js';

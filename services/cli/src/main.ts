@@ -3,6 +3,8 @@
 import { CapstanError, ErrorCode } from '@capstan/schemas';
 import { devCmd } from './dev.js';
 import { cancelCmd, dlqCmd, eventsCmd, replayCmd, signalCmd, statusCmd, submitCmd, tenantCmd } from './runs.js';
+import { auditCmd, runCmd, runsCmd, systemStatusCmd } from './read.js';
+import { migrateCmd, projectionsCmd } from './projections.js';
 
 const USAGE = `capstan — durable workflows on NATS JetStream
 
@@ -20,6 +22,20 @@ usage:
   capstan dlq --tenant <t> [--limit N] [--json]   dead letters: commands Capstan refused, and why
   capstan tenant add <t> | capstan tenant list
 
+queries over the projections (through the query API: --api <url>, $CAPSTAN_API_URL, or \`capstan dev\`'s):
+  capstan runs --tenant <t> [--status s] [--workflow w] [--since 1h] [--until …] [--where key=value …]
+               [--limit N] [--cursor c] [--json]
+  capstan run <runId> --tenant <t> [--json]       a run, its steps and its timeline
+  capstan audit --tenant <t> [--run id] [--since 1h] [--limit N] [--cursor c] [--json]
+  capstan status --system [--json]                the NATS server and projection lag per tenant
+
+projections (Postgres: --db <url> or $DATABASE_URL):
+  capstan migrate                                 apply the projection schema's migrations
+  capstan projections rebuild [--tenant t] [--json]
+                                                  drop a tenant's rows and rebuild them from its stream
+  capstan projections verify [--tenant t] [--json]
+                                                  compare rows with a fold of the streams; exit 1 on any mismatch
+
 every command takes --nats <url> (default: $NATS_URL, else the server of a running \`capstan dev\`);
 \`dev\` given a server starts no nats-server of its own
 `;
@@ -27,7 +43,12 @@ every command takes --nats <url> (default: $NATS_URL, else the server of a runni
 const commands: Record<string, (argv: string[]) => Promise<number>> = {
   dev: devCmd,
   submit: submitCmd,
-  status: statusCmd,
+  status: (argv) => (argv.includes('--system') ? systemStatusCmd(argv) : statusCmd(argv)),
+  runs: (argv) => runsCmd(argv),
+  run: (argv) => runCmd(argv),
+  audit: (argv) => auditCmd(argv),
+  migrate: migrateCmd,
+  projections: projectionsCmd,
   events: eventsCmd,
   replay: (argv) => replayCmd(argv),
   signal: signalCmd,

@@ -38,8 +38,13 @@ export interface OpenOptions {
 export async function openDatabase(o: OpenOptions): Promise<Database> {
   if (o.url) {
     const pool = new pg.Pool({ connectionString: o.url, max: o.poolSize ?? 4, connectionTimeoutMillis: 5000 });
-    // An idle client whose server went away emits here; without a listener the process dies.
-    pool.on('error', (err) => o.log?.warn({ err }, 'postgres connection lost'));
+    // A client whose server goes away emits 'error': an idle one on the pool, one checked out
+    // (mid-transaction) on itself. Unheard, either ends the process; the query in flight
+    // fails anyway, and that failure is what callers act on, so these only need hearing.
+    pool.on('error', (err) => o.log?.warn({ err: err.message }, 'postgres connection lost (idle)'));
+    pool.on('connect', (client) => {
+      client.on('error', (err) => o.log?.warn({ err: err.message }, 'postgres connection lost'));
+    });
     const where = redact(o.url);
     return { db: drizzlePg(pool, { schema }) as unknown as ProjectionDb, kind: 'pg', where, close: () => pool.end() };
   }

@@ -24,3 +24,43 @@ export { followTenants, runService } from './service.js';
 export type { TenantFollower } from './service.js';
 export { openDatabase, migrate, queryRows, dbErrorMessage, MIGRATIONS_FOLDER } from './db.js';
 export type { Database, ProjectionDb, OpenOptions } from './db.js';
+export {
+  listRuns,
+  getRun,
+  listAudit,
+  listApprovals,
+  listWorkers,
+  projectionLag,
+  readCheckpoints,
+  parseTime,
+  parseSince,
+  parseStatus,
+  parseLimit,
+  parseWhere,
+  isRunStatus,
+  RUN_STATUSES,
+  DEFAULT_LIMIT,
+  MAX_LIMIT,
+  MAX_WHERE_PAIRS,
+} from './queries.js';
+export type {
+  RunRow,
+  StepRow,
+  ApprovalRow,
+  WorkerRow,
+  AuditRow,
+  EventIndexRow,
+  RunStatus,
+  ListRunsOptions,
+  RunsPage,
+  SearchField,
+  RunDetail,
+  ListAuditOptions,
+  AuditPage,
+  ListApprovalsOptions,
+  ProjectionLag,
+} from './queries.js';
+export { createQueryServer, HttpErrorCode } from './http-api.js';
+export type { QueryServer, QueryServerOptions } from './http-api.js';
+export { failpoint, parseFailpoints } from './failpoint.js';
+export type { Failpoint } from './failpoint.js';

@@ -1,0 +1,263 @@
+/**
+ * Read commands: runs, run, audit, status --system. They ask the query API over HTTP
+ * (see `apiUrl`), never NATS or the database, so they see what the projections hold.
+ */
+import { parseSince, parseStatus, parseWhere, type ApprovalRow, type AuditRow, type EventIndexRow, type ProjectionLag, type RunRow, type StepRow } from '@capstan/kit';
+import { CapstanError, ErrorCode, UnavailableError, type TenantId } from '@capstan/schemas';
+import { intFlag, parse, runIdArg, stringFlag, stringsFlag, tenantFlag } from './args.js';
+import { apiUrl } from './context.js';
+import { bold, colorStatus, dim, green, red, table, yellow } from './format.js';
+
+/** A row as it crosses JSON: dates become ISO strings. */
+export type Wire<T> = { [K in keyof T]: T[K] extends Date ? string : T[K] extends Date | null ? string | null : T[K] };
+
+export interface RunsResponse {
+  readonly runs: Wire<RunRow>[];
+  readonly nextCursor?: string;
+}
+
+export interface RunResponse {
+  readonly run: Wire<RunRow>;
+  readonly search: { key: string; value: string }[];
+  readonly steps: Wire<StepRow>[];
+  readonly events: Wire<EventIndexRow>[];
+  readonly approvals: Wire<ApprovalRow>[];
+}
+
+export interface AuditResponse {
+  readonly entries: Wire<AuditRow>[];
+  readonly nextCursor?: string;
+}
+
+export interface SystemResponse {
+  readonly nats: {
+    readonly server?: { name: string; id: string; version: string; jetstream: boolean };
+    readonly jetstream?: { streams: number; consumers: number; storageBytes: number; memoryBytes: number };
+  } | null;
+  readonly projection: ProjectionLag[];
+}
+
+const REQUEST_TIMEOUT_MS = 15_000;
+const KNOWN_CODES: readonly string[] = Object.values(ErrorCode);
+
+/** GET `path` on the query API; its error answers become CapstanErrors with the same code. */
+export async function apiGet<T>(base: string, path: string, query: readonly (readonly [string, string])[] = []): Promise<T> {
+  const u = new URL(base + path);
+  for (const [k, v] of query) u.searchParams.append(k, v);
+  let res: Response;
+  try {
+    res = await fetch(u, { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS), headers: { accept: 'application/json' } });
+  } catch (e) {
+    const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+    throw new UnavailableError(`cannot reach the query API at ${base}: ${cause?.code ?? cause?.message ?? (e as Error).message}`);
+  }
+  const text = await res.text();
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    throw new UnavailableError(`the query API at ${base} answered ${res.status} with something other than JSON`);
+  }
+  if (!res.ok) {
+    const err = (body as { error?: { code?: unknown; message?: unknown } } | null)?.error;
+    const code = typeof err?.code === 'string' ? err.code : '';
+    const message = typeof err?.message === 'string' ? err.message : `HTTP ${res.status}`;
+    if (KNOWN_CODES.includes(code)) throw new CapstanError(code as ErrorCode, message);
+    throw new UnavailableError(`the query API at ${base} answered ${res.status}: ${message}`);
+  }
+  return body as T;
+}
+
+function print(json: boolean, value: unknown, human: () => string): void {
+  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${human()}\n`);
+}
+
+const readCommon = { api: { type: 'string' }, tenant: { type: 'string' }, json: { type: 'boolean' } } as const;
+
+const tenantPath = (t: TenantId, rest: string) => `/v1/tenants/${encodeURIComponent(t)}${rest}`;
+const orDash = (v: string | number | null | undefined) => (v === null || v === undefined || v === '' ? '-' : String(v));
+const short = (v: unknown, n = 60) => {
+  const s = JSON.stringify(v) ?? '';
+  return s.length > n ? `${s.slice(0, n - 1)}…` : s;
+};
+
+/** `capstan runs --tenant t [--status s] [--workflow w] [--since 1h] [--until …] [--where k=v …] [--limit N] [--cursor c] [--json]` */
+export async function runsCmd(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const { values } = parse(
+    argv,
+    {
+      ...readCommon,
+      status: { type: 'string' },
+      workflow: { type: 'string' },
+      since: { type: 'string' },
+      until: { type: 'string' },
+      where: { type: 'string', multiple: true },
+      limit: { type: 'string' },
+      cursor: { type: 'string' },
+    },
+    [],
+  );
+  const t = tenantFlag(values);
+  const query: [string, string][] = [];
+  // Checked here for an early, local error; sent as typed, so `--since 1h` is an hour back
+  // by the server's clock, the clock the rows were stamped with.
+  const status = stringFlag(values, 'status');
+  if (status !== undefined) query.push(['status', parseStatus(status)]);
+  const workflow = stringFlag(values, 'workflow');
+  if (workflow !== undefined) query.push(['workflow', workflow]);
+  for (const name of ['since', 'until'] as const) {
+    const v = stringFlag(values, name);
+    if (v === undefined) continue;
+    parseSince(v);
+    query.push([name, v]);
+  }
+  const where = stringsFlag(values, 'where');
+  parseWhere(where);
+  for (const w of where) query.push(['where', w]);
+  if (values['limit'] !== undefined) query.push(['limit', String(intFlag('limit', values['limit'], 50, 1))]);
+  const cursor = stringFlag(values, 'cursor');
+  if (cursor !== undefined) query.push(['cursor', cursor]);
+
+  const base = apiUrl(values['api'], env);
+  const page = await apiGet<RunsResponse>(base, tenantPath(t, '/runs'), query);
+  print(values['json'] === true, page, () => {
+    if (page.runs.length === 0) return 'no runs';
+    const rows = page.runs.map((r) => [
+      r.runId,
+      `${r.workflow}@${r.version}`,
+      colorStatus(r.status),
+      r.startedAt,
+      orDash(r.endedAt),
+      orDash(r.currentStep),
+      String(r.attempts),
+      r.errorCode ? red(r.errorCode) : '',
+    ]);
+    const lines = [table(['RUN', 'WORKFLOW', 'STATUS', 'STARTED', 'ENDED', 'STEP', 'ATTEMPTS', 'ERROR'], rows)];
+    if (page.nextCursor) lines.push(dim(`more: --cursor ${page.nextCursor}`));
+    return lines.join('\n');
+  });
+  return 0;
+}
+
+/** `capstan run <runId> --tenant t [--json]`: the run, its steps as a table, its timeline. */
+export async function runCmd(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const { values, args } = parse(argv, readCommon, ['runId']);
+  const t = tenantFlag(values);
+  const runId = runIdArg(args[0]);
+  const base = apiUrl(values['api'], env);
+  const d = await apiGet<RunResponse>(base, tenantPath(t, `/runs/${encodeURIComponent(runId)}`));
+  print(values['json'] === true, d, () => humanRun(d));
+  return 0;
+}
+
+function humanRun(d: RunResponse): string {
+  const r = d.run;
+  const lines = [
+    `${bold(r.runId)}  ${r.workflow}@${r.version}  ${colorStatus(r.status)}`,
+    `  tenant    ${r.tenant}`,
+    `  started   ${r.startedAt}${r.endedAt ? `   ended ${r.endedAt}` : `   updated ${r.updatedAt}`}`,
+  ];
+  if (r.currentStep) lines.push(`  step      ${r.currentStep}`);
+  lines.push(`  attempts  ${r.attempts}`);
+  if (d.search.length > 0) lines.push(`  search    ${d.search.map((s) => `${s.key}=${s.value}`).join(', ')}`);
+  if (r.errorCode) lines.push(`  error     ${red(`${r.errorCode}: ${r.errorMessage ?? ''}`)}`);
+
+  lines.push('', bold('steps'));
+  if (d.steps.length === 0) lines.push(dim('  none yet'));
+  else {
+    const rows = d.steps.map((s) => [
+      s.step,
+      String(s.attempt),
+      colorStatus(s.outcome),
+      s.pool,
+      orDash(s.worker),
+      s.scheduledAt,
+      s.durationMs === null ? '-' : `${s.durationMs} ms`,
+      s.errorCode ? red(`${s.errorCode}: ${s.errorMessage ?? ''}`) : '',
+    ]);
+    lines.push(indent(table(['STEP', 'ATTEMPT', 'OUTCOME', 'POOL', 'WORKER', 'SCHEDULED', 'DURATION', 'ERROR'], rows)));
+  }
+
+  if (d.approvals.length > 0) {
+    lines.push('', bold('approvals'));
+    const rows = d.approvals.map((a) => [a.step, a.signal, colorStatus(a.status), a.requestedAt, orDash(a.decidedAt)]);
+    lines.push(indent(table(['STEP', 'SIGNAL', 'STATUS', 'REQUESTED', 'DECIDED'], rows)));
+  }
+
+  lines.push('', bold('timeline'));
+  if (d.events.length === 0) lines.push(dim('  no events projected yet'));
+  for (const e of d.events) lines.push(`  ${String(e.seq).padStart(4)}  ${e.at}  ${e.type.padEnd(20)} ${dim(`stream seq ${e.streamSeq}`)}`);
+  return lines.join('\n');
+}
+
+/** `capstan audit --tenant t [--run id] [--since 1h] [--limit N] [--cursor c] [--json]` */
+export async function auditCmd(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const { values } = parse(argv, { ...readCommon, run: { type: 'string' }, since: { type: 'string' }, limit: { type: 'string' }, cursor: { type: 'string' } }, []);
+  const t = tenantFlag(values);
+  const query: [string, string][] = [];
+  const run = stringFlag(values, 'run');
+  if (run !== undefined) query.push(['run', runIdArg(run)]);
+  const since = stringFlag(values, 'since');
+  if (since !== undefined) {
+    parseSince(since);
+    query.push(['since', since]);
+  }
+  if (values['limit'] !== undefined) query.push(['limit', String(intFlag('limit', values['limit'], 50, 1))]);
+  const cursor = stringFlag(values, 'cursor');
+  if (cursor !== undefined) query.push(['cursor', cursor]);
+
+  const base = apiUrl(values['api'], env);
+  const page = await apiGet<AuditResponse>(base, tenantPath(t, '/audit'), query);
+  print(values['json'] === true, page, () => {
+    if (page.entries.length === 0) return 'no audit entries';
+    const rows = page.entries.map((a) => [String(a.id), a.at, a.runId, String(a.seq), a.kind, orDash(a.actor), dim(short(a.detail))]);
+    const lines = [table(['ID', 'AT', 'RUN', 'SEQ', 'KIND', 'ACTOR', 'DETAIL'], rows)];
+    if (page.nextCursor) lines.push(dim(`more: --cursor ${page.nextCursor}`));
+    return lines.join('\n');
+  });
+  return 0;
+}
+
+/** `capstan status --system [--json]`: the NATS server and the projection lag per tenant. */
+export async function systemStatusCmd(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const { values } = parse(argv, { api: { type: 'string' }, json: { type: 'boolean' }, system: { type: 'boolean' } }, []);
+  const base = apiUrl(values['api'], env);
+  const sys = await apiGet<SystemResponse>(base, '/v1/system');
+  print(values['json'] === true, sys, () => humanSystem(sys));
+  return 0;
+}
+
+function humanSystem(s: SystemResponse): string {
+  const lines: string[] = [];
+  const srv = s.nats?.server;
+  const js = s.nats?.jetstream;
+  if (!s.nats) lines.push(`NATS        ${yellow('not connected to the query API')}`);
+  else {
+    lines.push(`NATS        ${srv ? `nats-server ${srv.version} (${srv.name})` : 'connected'}`);
+    if (js) lines.push(`JetStream   ${js.streams} streams, ${js.consumers} consumers, ${mib(js.storageBytes)} on disk, ${mib(js.memoryBytes)} in memory`);
+  }
+  lines.push('', bold('projection'));
+  if (s.projection.length === 0) {
+    lines.push(dim('  no tenants'));
+    return lines.join('\n');
+  }
+  const rows = s.projection.map((p) => [
+    p.tenant,
+    orDash(p.streamLastSeq),
+    String(p.checkpoint),
+    p.lag === null ? red(p.error ? p.error.message : 'unknown') : p.lag === 0 ? green('0') : yellow(String(p.lag)),
+  ]);
+  lines.push(indent(table(['TENANT', 'STREAM SEQ', 'CHECKPOINT', 'LAG'], rows)));
+  return lines.join('\n');
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / (1024 * 1024)).toFixed(1)} MiB`;
+}
+
+function indent(s: string): string {
+  return s
+    .split('\n')
+    .map((l) => `  ${l}`)
+    .join('\n');
+}

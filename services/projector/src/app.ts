@@ -1,0 +1,91 @@
+/**
+ * Composition root of the projector: brings the projection schema up to date, then
+ * projects every tenant it should (new tenants are picked up while running) into Postgres,
+ * and stops by draining.
+ */
+import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import type { TenantId } from '@capstan/schemas';
+import {
+  connectNats,
+  followTenants,
+  migrate,
+  openDatabase,
+  projectionLag,
+  type Database,
+  type Logger,
+  type NatsConnection,
+  type ProjectionLag,
+  type TenantFollower,
+} from '@capstan/kit';
+import type { Config } from './config.js';
+import { createTenantProjector, type TenantProjector, type TenantProjectorStats } from './tenant-projector.js';
+
+export interface ProjectorApp {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  /** Per-tenant counters, for status output and tests. */
+  stats(): Record<string, Readonly<TenantProjectorStats>>;
+  /** Per tenant: the run stream's last sequence, the checkpoint, and the difference. */
+  lag(): Promise<ProjectionLag[]>;
+}
+
+const BACKOFF_MIN_MS = 250;
+const BACKOFF_MAX_MS = 5000;
+
+export async function createProjector(config: Config, log: Logger, opts: { database?: Database } = {}): Promise<ProjectorApp> {
+  // Opening makes no connection yet: Postgres being down is dealt with in start().
+  const database = opts.database ?? (await openDatabase({ url: config.databaseUrl, log, poolSize: 8 }));
+  let nc: NatsConnection | undefined;
+  let jsm: JetStreamManager | undefined;
+  let follower: TenantFollower | undefined;
+  let stopping = false;
+  let stopped: Promise<void> | undefined;
+  const projectors = new Map<TenantId, TenantProjector>();
+
+  async function serve(t: TenantId): Promise<void> {
+    if (!nc || !jsm) return;
+    const p = createTenantProjector({ js: jetstream(nc), jsm, db: database.db, tenant: t, log, batch: config.batch, ackWaitMs: config.ackWaitMs });
+    projectors.set(t, p);
+    await p.start();
+  }
+
+  /** Postgres may be down when the projector starts; it waits for it rather than crash-looping. */
+  async function migrateWhenReachable(d: Database): Promise<void> {
+    for (let backoff = BACKOFF_MIN_MS; ; backoff = Math.min(backoff * 2, BACKOFF_MAX_MS)) {
+      try {
+        await migrate(d);
+        return;
+      } catch (e) {
+        if (stopping) throw e;
+        log.warn({ err: e, database: d.where, retryInMs: backoff }, 'projection schema migration failed; retrying');
+        await new Promise((r) => setTimeout(r, backoff));
+      }
+    }
+  }
+
+  return {
+    stats: () => Object.fromEntries([...projectors].map(([t, p]) => [t, p.stats])),
+    async lag() {
+      if (!jsm) return [];
+      return projectionLag(database, jsm, [...projectors.keys()]);
+    },
+    async start() {
+      await migrateWhenReachable(database);
+      nc = await connectNats(config.natsUrl, config.name, log);
+      jsm = await jetstreamManager(nc);
+      follower = await followTenants(nc, config.tenants, config.discoveryMs, serve, log);
+      log.info({ tenants: [...projectors.keys()], database: database.where, batch: config.batch }, 'projector started');
+    },
+    stop() {
+      stopped ??= (async () => {
+        stopping = true;
+        follower?.stop();
+        await Promise.all([...projectors.values()].map((p) => p.stop()));
+        await nc?.drain();
+        // A database handed in belongs to the caller.
+        if (!opts.database) await database.close();
+      })();
+      return stopped;
+    },
+  };
+}

@@ -1,0 +1,55 @@
+import { ConfigError, type TenantId } from '@capstan/schemas';
+import { envInt, envLogLevel, envNatsUrl, envString, envTenants, parseFailpoints, type Env } from '@capstan/kit';
+import type { LevelWithSilent } from 'pino';
+
+export interface Config {
+  readonly natsUrl: string;
+  readonly logLevel: LevelWithSilent;
+  /** Tenants to project; `all` follows every provisioned tenant, new ones included. */
+  readonly tenants: readonly TenantId[] | 'all';
+  /** `postgres://…` of the projections database. */
+  readonly databaseUrl: string;
+  /** Run events applied per transaction, at most. */
+  readonly batch: number;
+  /** Redelivery delay for events a crashed projector had received but not applied. */
+  readonly ackWaitMs: number;
+  /** How often new tenants are looked for. */
+  readonly discoveryMs: number;
+  readonly name: string;
+}
+
+/** Reads `PROJECTOR_*`, `DATABASE_URL` and the shared keys. Pure; lists every problem at once. @throws ConfigError */
+export function loadConfig(env: Env): Config {
+  const problems: string[] = [];
+  const config: Config = {
+    natsUrl: envNatsUrl(env, problems),
+    logLevel: envLogLevel(env, problems),
+    tenants: envTenants(env, problems),
+    databaseUrl: databaseUrl(env, problems),
+    batch: envInt(env, 'PROJECTOR_BATCH', 256, problems, 1, 5000),
+    ackWaitMs: envInt(env, 'PROJECTOR_ACK_WAIT_MS', 10_000, problems, 500, 3_600_000),
+    discoveryMs: envInt(env, 'PROJECTOR_DISCOVERY_MS', 2000, problems, 100, 3_600_000),
+    name: envString(env, 'PROJECTOR_NAME', `projector-${process.pid}`),
+  };
+  // Checked here so a mistyped failpoint fails the start, not silently the test.
+  parseFailpoints(env['CAPSTAN_FAILPOINTS'], problems);
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze(config);
+}
+
+function databaseUrl(env: Env, problems: string[]): string {
+  const raw = env['DATABASE_URL'];
+  if (!raw) {
+    problems.push('DATABASE_URL is required (for example postgres://capstan@127.0.0.1:5432/capstan)');
+    return '';
+  }
+  try {
+    const u = new URL(raw);
+    if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') throw new Error('not postgres');
+    if (!u.hostname) throw new Error('no host');
+  } catch {
+    // The URL may hold a password: never echo it.
+    problems.push('DATABASE_URL must be a postgres:// or postgresql:// URL with a host');
+  }
+  return raw;
+}

@@ -1,0 +1,344 @@
+/**
+ * The projection as pure functions: what one run event does to its run's rows. The live
+ * projector, a rebuild and the verifier all fold events through {@link projectEvent}, so
+ * any row in Postgres can be checked by computing it again from the stream.
+ *
+ * A run's rows are folded from a {@link RunView} (the run row, its step attempts and its
+ * approvals). The projector loads the view of each run a batch touches, folds the batch's
+ * events over it in memory and writes the rows that changed; the verifier folds a run from
+ * an empty view. No clock is read: every time comes from the event's `at`, so a rebuild
+ * writes exactly the rows the live projector wrote.
+ */
+import { createHash } from 'node:crypto';
+import { decode, ErrorCode, parseRunEvent, runIdOfSubject, SchemaError, tenantTokenOf, toErrorRecord, type db, type ErrorRecord, type JsonValue, type RunEvent } from '@capstan/schemas';
+
+export type RunRow = typeof db.runs.$inferSelect;
+export type StepRow = typeof db.steps.$inferSelect;
+export type EventRow = typeof db.events.$inferSelect;
+export type ApprovalRow = typeof db.approvals.$inferSelect;
+export type SearchRow = typeof db.runSearch.$inferSelect;
+/** An audit row before the database numbers it; `(tenant, runId, seq)` is its identity. */
+export type AuditRow = Omit<typeof db.auditLog.$inferSelect, 'id'>;
+
+/** Run statuses, as `statusFromEvents` (@capstan/actors) reads them from events. */
+export const RunStatus = {
+  Pending: 'pending',
+  Running: 'running',
+  Waiting: 'waiting',
+  Completed: 'completed',
+  Failed: 'failed',
+  Cancelled: 'cancelled',
+} as const;
+
+export const StepOutcome = {
+  Scheduled: 'scheduled',
+  Running: 'running',
+  Completed: 'completed',
+  Failed: 'failed',
+  TimedOut: 'timed_out',
+} as const;
+
+export const ApprovalStatus = { Waiting: 'waiting', Approved: 'approved' } as const;
+
+export const AuditKind = { Signaled: 'run.signaled', CancelRequested: 'run.cancel-requested' } as const;
+
+const TERMINAL: ReadonlySet<string> = new Set([RunStatus.Completed, RunStatus.Failed, RunStatus.Cancelled]);
+
+/** What the projection knows about one run before its next event. */
+export interface RunView {
+  /** Absent until the run's `run.started` has been applied. */
+  readonly run: RunRow | undefined;
+  /** Step attempts by {@link stepKey}. */
+  readonly steps: ReadonlyMap<string, StepRow>;
+  /** Approvals by step name. */
+  readonly approvals: ReadonlyMap<string, ApprovalRow>;
+  /**
+   * Whether any attempt has started, completed or failed: from then on a newly scheduled
+   * step leaves the run `running` rather than `pending` (as in `statusFromEvents`).
+   */
+  readonly anyStarted: boolean;
+}
+
+export const EMPTY_VIEW: RunView = Object.freeze({ run: undefined, steps: new Map(), approvals: new Map(), anyStarted: false });
+
+/** A run event as stored: decoded, with its place in the stream and its exact bytes. */
+export interface StoredEvent {
+  readonly event: RunEvent;
+  readonly streamSeq: number;
+  readonly bytes: Uint8Array;
+}
+
+/** The rows one event produced or changed, each in its final state after the event. */
+export interface Projected {
+  readonly view: RunView;
+  readonly event: EventRow;
+  readonly run: RunRow | undefined;
+  readonly steps: readonly StepRow[];
+  readonly approvals: readonly ApprovalRow[];
+  readonly search: readonly SearchRow[];
+  readonly audit: AuditRow | undefined;
+}
+
+/** A message of a run stream, as the projector receives it. */
+export interface StreamMessage {
+  readonly seq: number;
+  readonly subject: string;
+  readonly data: Uint8Array;
+}
+
+/**
+ * Decodes and validates a run stream message. An event must be well formed and belong
+ * where it is stored: its run id is its subject's, and the subject is the tenant's.
+ * Anything else is returned as the reason it cannot be projected.
+ */
+export function decodeStored(tenant: string, m: StreamMessage): { ok: true; stored: StoredEvent } | { ok: false; error: ErrorRecord } {
+  try {
+    const event = parseRunEvent(decode(m.data));
+    const subjectRun = runIdOfSubject(m.subject);
+    if (tenantTokenOf(m.subject) !== tenant || subjectRun !== event.runId) {
+      throw new SchemaError('run event', 'runId', `is ${event.runId}, but the event is stored on ${m.subject}`);
+    }
+    return { ok: true, stored: { event, streamSeq: m.seq, bytes: m.data } };
+  } catch (e) {
+    return { ok: false, error: toErrorRecord(e, ErrorCode.DecodeFailed) };
+  }
+}
+
+export const stepKey = (step: string, attempt: number): string => `${step}#${attempt}`;
+
+/**
+ * The run's chained digest after one more event: sha256 over the previous digest, the
+ * event's stream sequence and its bytes (all as text), so it pins both what was recorded
+ * and where. A run's chain starts from '' at `run.started`.
+ */
+export function chainDigest(prev: string, streamSeq: number, bytes: Uint8Array): string {
+  return createHash('sha256').update(`${prev}:${streamSeq}:`).update(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex')).digest('hex');
+}
+
+/**
+ * Postgres text cannot hold U+0000 (neither can a jsonb string), and one such character in
+ * a worker's error message must not stall a tenant's projection. Replaced, deterministically,
+ * so the verifier computes the same value.
+ */
+export function pgText(s: string): string {
+  return s.includes('\u0000') ? s.replaceAll('\u0000', '\uFFFD') : s;
+}
+
+function pgJson(v: JsonValue): JsonValue {
+  if (typeof v === 'string') return pgText(v);
+  if (Array.isArray(v)) return v.map(pgJson);
+  if (v !== null && typeof v === 'object') {
+    const out: { [k: string]: JsonValue } = {};
+    for (const [k, x] of Object.entries(v)) out[pgText(k)] = pgJson(x as JsonValue);
+    return out;
+  }
+  return v;
+}
+
+/** Rebuilds a run's view from its rows as stored. */
+export function viewFromRows(run: RunRow | undefined, steps: readonly StepRow[], approvals: readonly ApprovalRow[]): RunView {
+  // An attempt was started, completed or failed exactly when its row has a start time or
+  // ended so. (A timeout alone is not a start: a timer can fire for an attempt no worker
+  // ever reported started, and its row then has neither.)
+  const anyStarted =
+    run?.status === RunStatus.Running || steps.some((s) => s.startedAt !== null || s.outcome === StepOutcome.Completed || s.outcome === StepOutcome.Failed);
+  return {
+    run,
+    steps: new Map(steps.map((s) => [stepKey(s.step, s.attempt), s])),
+    approvals: new Map(approvals.map((a) => [a.step, a])),
+    anyStarted,
+  };
+}
+
+/** The status after an event; final statuses never change (a run ends once). */
+function statusAfter(current: string, e: RunEvent, anyStarted: boolean): string {
+  if (TERMINAL.has(current)) return current;
+  switch (e.type) {
+    case 'step.started':
+    case 'step.completed':
+    case 'step.failed':
+      return RunStatus.Running;
+    case 'step.waiting':
+      return RunStatus.Waiting;
+    case 'step.scheduled':
+      return anyStarted ? RunStatus.Running : RunStatus.Pending;
+    case 'run.completed':
+      return RunStatus.Completed;
+    case 'run.failed':
+      return RunStatus.Failed;
+    case 'run.cancelled':
+      return RunStatus.Cancelled;
+    default:
+      return current;
+  }
+}
+
+/** Folds one event of a run into its view; returns the new view and the rows to write. */
+export function projectEvent(tenant: string, view: RunView, stored: StoredEvent): Projected {
+  const { event: e, streamSeq, bytes } = stored;
+  const at = new Date(e.at);
+  const runId = e.runId;
+  let run: RunRow | undefined = view.run ? { ...view.run } : undefined;
+  let steps = view.steps;
+  let approvals = view.approvals;
+  const changedSteps: StepRow[] = [];
+  const changedApprovals: ApprovalRow[] = [];
+  let search: SearchRow[] = [];
+  let audit: AuditRow | undefined;
+
+  const putStep = (row: StepRow) => {
+    if (steps === view.steps) steps = new Map(steps);
+    (steps as Map<string, StepRow>).set(stepKey(row.step, row.attempt), row);
+    changedSteps.push(row);
+  };
+  const putApproval = (row: ApprovalRow) => {
+    if (approvals === view.approvals) approvals = new Map(approvals);
+    (approvals as Map<string, ApprovalRow>).set(row.step, row);
+    changedApprovals.push(row);
+  };
+  // Only an attempt that was scheduled has a row: its pool, mode and handler come from there.
+  const attemptRow = (step: string, attempt: number) => steps.get(stepKey(step, attempt));
+  const wasTerminal = run !== undefined && TERMINAL.has(run.status);
+
+  switch (e.type) {
+    case 'run.started':
+      // The run subject admits one start (appended with expected sequence 0); should another
+      // ever appear, the first one stands, as it does for the machine.
+      if (run) break;
+      run = {
+        tenant,
+        runId,
+        workflow: pgText(e.data.workflow),
+        version: e.data.version,
+        status: RunStatus.Pending,
+        currentStep: null,
+        attempts: 0,
+        errorCode: null,
+        errorMessage: null,
+        startedAt: at,
+        updatedAt: at,
+        endedAt: null,
+        lastSeq: e.seq,
+        lastStreamSeq: streamSeq,
+        chain: '',
+      };
+      search = Object.entries(e.data.search ?? {}).map(([key, value]) => ({ tenant, key, value: pgText(value), runId }));
+      break;
+    case 'step.scheduled':
+      putStep({
+        tenant,
+        runId,
+        step: e.data.step,
+        attempt: e.data.attempt,
+        mode: e.data.mode,
+        pool: e.data.pool,
+        handler: pgText(e.data.handler),
+        worker: null,
+        outcome: StepOutcome.Scheduled,
+        scheduledAt: at,
+        startedAt: null,
+        finishedAt: null,
+        durationMs: null,
+        result: null,
+        errorCode: null,
+        errorMessage: null,
+      });
+      if (run) {
+        run.currentStep = e.data.step;
+        run.attempts += 1;
+      }
+      break;
+    case 'step.started': {
+      const row = attemptRow(e.data.step, e.data.attempt);
+      if (row) putStep({ ...row, outcome: StepOutcome.Running, worker: pgText(e.data.worker), startedAt: at });
+      break;
+    }
+    case 'step.completed': {
+      const row = attemptRow(e.data.step, e.data.attempt);
+      if (row) {
+        putStep({ ...row, outcome: StepOutcome.Completed, worker: pgText(e.data.worker), finishedAt: at, durationMs: e.data.durationMs, result: pgJson(e.data.result) });
+      }
+      break;
+    }
+    case 'step.failed': {
+      const row = attemptRow(e.data.step, e.data.attempt);
+      if (row) {
+        putStep({
+          ...row,
+          outcome: StepOutcome.Failed,
+          worker: e.data.worker === undefined ? row.worker : pgText(e.data.worker),
+          finishedAt: at,
+          durationMs: e.data.durationMs ?? null,
+          errorCode: pgText(e.data.error.code),
+          errorMessage: pgText(e.data.error.message),
+        });
+      }
+      break;
+    }
+    case 'timer.fired': {
+      const row = attemptRow(e.data.step, e.data.attempt);
+      if (e.data.kind === 'timeout' && row && (row.outcome === StepOutcome.Scheduled || row.outcome === StepOutcome.Running)) {
+        putStep({ ...row, outcome: StepOutcome.TimedOut, finishedAt: at, durationMs: row.startedAt ? Math.max(0, e.at - row.startedAt.getTime()) : null });
+      }
+      break;
+    }
+    case 'step.waiting':
+      putApproval({ tenant, runId, step: e.data.step, signal: e.data.signal, status: ApprovalStatus.Waiting, requestedAt: at, decidedAt: null });
+      // The run is at this step as much as at a scheduled one.
+      if (run) run.currentStep = e.data.step;
+      break;
+    case 'run.signaled': {
+      for (const a of [...approvals.values()]) {
+        if (a.status === ApprovalStatus.Waiting && a.signal === e.data.name) putApproval({ ...a, status: ApprovalStatus.Approved, decidedAt: at });
+      }
+      // Who signaled, and which signal; the payload itself is not audit material.
+      const by = e.data.payload !== null && typeof e.data.payload === 'object' && !Array.isArray(e.data.payload) ? e.data.payload['by'] : undefined;
+      audit = { tenant, runId, seq: e.seq, kind: AuditKind.Signaled, actor: typeof by === 'string' ? pgText(by) : null, detail: { name: e.data.name }, at, streamSeq };
+      break;
+    }
+    case 'run.cancel-requested':
+      audit = { tenant, runId, seq: e.seq, kind: AuditKind.CancelRequested, actor: null, detail: { reason: e.data.reason === undefined ? null : pgText(e.data.reason) }, at, streamSeq };
+      break;
+    case 'run.failed':
+      if (run && !wasTerminal) {
+        run.errorCode = pgText(e.data.error.code);
+        run.errorMessage = pgText(e.data.error.message);
+      }
+      break;
+    case 'timer.scheduled':
+    case 'run.completed':
+    case 'run.cancelled':
+      break;
+  }
+
+  const anyStarted = view.anyStarted || e.type === 'step.started' || e.type === 'step.completed' || e.type === 'step.failed';
+  if (run) {
+    run.status = statusAfter(run.status, e, view.anyStarted);
+    if (!wasTerminal && TERMINAL.has(run.status)) run.endedAt = at;
+    run.lastSeq = e.seq;
+    run.lastStreamSeq = streamSeq;
+    run.updatedAt = at;
+    run.chain = chainDigest(run.chain, streamSeq, bytes);
+  }
+  return {
+    view: { run, steps, approvals, anyStarted },
+    event: { tenant, runId, seq: e.seq, type: e.type, at, streamSeq, causationId: pgText(e.causationId) },
+    run,
+    steps: changedSteps,
+    approvals: changedApprovals,
+    search,
+    audit,
+  };
+}
+
+/** Folds a whole run from nothing, in stream order: what its rows must be. */
+export function projectRun(tenant: string, events: readonly StoredEvent[]): { view: RunView; rows: Projected[] } {
+  let view = EMPTY_VIEW;
+  const rows: Projected[] = [];
+  for (const s of events) {
+    const p = projectEvent(tenant, view, s);
+    rows.push(p);
+    view = p.view;
+  }
+  return { view, rows };
+}

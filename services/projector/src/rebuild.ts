@@ -1,0 +1,71 @@
+/**
+ * Rebuilding a tenant's projections from its run stream. Every projection row is derived
+ * from the stream, so it can be dropped and made again: per tenant, one transaction (under
+ * the same advisory lock the live projector takes) deletes the tenant's rows, resets its
+ * checkpoint to 0 and applies the whole stream through the same `applyLocked` as the live
+ * path. Readers see the old rows until the new ones commit; a live projector waits on the
+ * lock and then finds its messages at or below the new checkpoint.
+ *
+ * The audit log is left alone: it is append-only (the database refuses deletes), and a
+ * re-applied audit event finds its row already there by its (tenant, run, seq) key. The
+ * workers table is not derived from run streams and is left alone too.
+ */
+import { and, eq } from 'drizzle-orm';
+import type { JetStreamManager } from '@nats-io/jetstream';
+import { db as schema, Streams, type TenantId } from '@capstan/schemas';
+import type { Database } from '@capstan/kit';
+import { applyLocked, lockTenant, writeCheckpoint } from './apply.js';
+import { readRunStream } from './stream.js';
+
+export interface RebuiltTenant {
+  readonly tenant: TenantId;
+  /** Run stream messages applied (events and dead letters). */
+  readonly messages: number;
+  readonly deadLetters: number;
+  readonly checkpoint: number;
+  readonly elapsedMs: number;
+}
+
+export interface RebuildResult {
+  readonly tenants: readonly RebuiltTenant[];
+  readonly messages: number;
+  readonly elapsedMs: number;
+}
+
+export interface RebuildOptions {
+  /** Messages applied per statement round (default 1000). */
+  readonly batch?: number;
+}
+
+export async function rebuildProjections(d: Database, jsm: JetStreamManager, tenants: readonly TenantId[], opts: RebuildOptions = {}): Promise<RebuildResult> {
+  const t0 = performance.now();
+  const out: RebuiltTenant[] = [];
+  for (const t of tenants) out.push(await rebuildTenant(d, jsm, t, opts.batch ?? 1000));
+  return { tenants: out, messages: out.reduce((n, r) => n + r.messages, 0), elapsedMs: performance.now() - t0 };
+}
+
+async function rebuildTenant(d: Database, jsm: JetStreamManager, t: TenantId, batch: number): Promise<RebuiltTenant> {
+  const t0 = performance.now();
+  const stream = Streams.runs(t);
+  return d.db.transaction(async (tx) => {
+    await lockTenant(tx, t);
+    const { runs, runSearch, steps, events, approvals, deadLetters } = schema;
+    await tx.delete(runs).where(eq(runs.tenant, t));
+    await tx.delete(runSearch).where(eq(runSearch.tenant, t));
+    await tx.delete(steps).where(eq(steps.tenant, t));
+    await tx.delete(events).where(eq(events.tenant, t));
+    await tx.delete(approvals).where(eq(approvals.tenant, t));
+    await tx.delete(deadLetters).where(and(eq(deadLetters.tenant, t), eq(deadLetters.stream, stream)));
+    await writeCheckpoint(tx, t, 0);
+    let messages = 0;
+    let dead = 0;
+    let checkpoint = 0;
+    for await (const page of readRunStream(jsm, t, { page: Math.min(batch, 1000) })) {
+      const r = await applyLocked(tx, t, page);
+      messages += r.applied;
+      dead += r.deadLettered;
+      checkpoint = r.checkpoint;
+    }
+    return { tenant: t, messages, deadLetters: dead, checkpoint, elapsedMs: performance.now() - t0 };
+  });
+}
