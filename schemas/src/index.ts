@@ -70,8 +70,8 @@ export type {
 } from './events.js';
 export { parseCommand, isCommandVerb, COMMAND_VERBS } from './commands.js';
 export type { Command, CommandOf, SubmitCommand, ResultCommand, TimerCommand } from './commands.js';
-export { parseWorkItem } from './work.js';
-export type { WorkItem } from './work.js';
+export { parseWorkItem, parseWorkerHeartbeat } from './work.js';
+export type { WorkItem, WorkerHeartbeat } from './work.js';
 export { encode, decode, encodedSize } from './codec.js';
 export { str, int, num, bool, literal, optional, arr, obj, json, jsonObject, tagged, isPlainObject } from './validate.js';
 export type { Schema, Infer, JsonValue } from './validate.js';

@@ -3,7 +3,7 @@ import type { RunId } from './ids.js';
 import { RUN_ID_PATTERN } from './ids.js';
 import { Mode } from './events.js';
 import type { Infer, Schema } from './validate.js';
-import { int, json, jsonObject, literal, obj, optional, str } from './validate.js';
+import { arr, int, json, jsonObject, literal, obj, optional, str } from './validate.js';
 
 const workItemSchema = obj('work item', {
   runId: str({ pattern: RUN_ID_PATTERN }) as unknown as Schema<RunId>,
@@ -24,4 +24,20 @@ export type WorkItem = Infer<typeof workItemSchema>;
 /** @throws SchemaError */
 export function parseWorkItem(value: unknown): WorkItem {
   return workItemSchema.parse(value);
+}
+
+const heartbeatSchema = obj('worker heartbeat', {
+  worker: str({ min: 1, max: 128 }),
+  pools: arr(str({ min: 1, max: 64 }), { max: 64 }),
+  handlers: arr(str({ min: 1, max: 128 }), { max: 10_000 }),
+  running: int({ min: 0 }),
+  at: int({ min: 0 }),
+});
+
+/** What a worker announces every few seconds on `cap.<t>.svc.workers.heartbeat` (core NATS). */
+export type WorkerHeartbeat = Infer<typeof heartbeatSchema>;
+
+/** @throws SchemaError */
+export function parseWorkerHeartbeat(value: unknown): WorkerHeartbeat {
+  return heartbeatSchema.parse(value);
 }

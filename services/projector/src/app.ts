@@ -4,6 +4,7 @@
  * and stops by draining.
  */
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import type { Subscription } from '@nats-io/transport-node';
 import type { TenantId } from '@capstan/schemas';
 import {
   connectNats,
@@ -18,6 +19,7 @@ import {
   type TenantFollower,
 } from '@capstan/kit';
 import type { Config } from './config.js';
+import { followFleet } from './fleet.js';
 import { createTenantProjector, type TenantProjector, type TenantProjectorStats } from './tenant-projector.js';
 
 export interface ProjectorApp {
@@ -41,11 +43,13 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
   let stopping = false;
   let stopped: Promise<void> | undefined;
   const projectors = new Map<TenantId, TenantProjector>();
+  const fleets: Subscription[] = [];
 
   async function serve(t: TenantId): Promise<void> {
     if (!nc || !jsm) return;
     const p = createTenantProjector({ js: jetstream(nc), jsm, db: database.db, tenant: t, log, batch: config.batch, ackWaitMs: config.ackWaitMs });
     projectors.set(t, p);
+    fleets.push(followFleet(nc, database.db, t, log));
     await p.start();
   }
 
@@ -80,6 +84,7 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
       stopped ??= (async () => {
         stopping = true;
         follower?.stop();
+        for (const f of fleets) f.unsubscribe();
         await Promise.all([...projectors.values()].map((p) => p.stop()));
         await nc?.drain();
         // A database handed in belongs to the caller.

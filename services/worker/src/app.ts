@@ -1,6 +1,6 @@
 /** Composition root of a worker: serves its pools for every tenant it should. */
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { encode, Subjects, type TenantId } from '@capstan/schemas';
+import { encode, Subjects, type TenantId, type WorkerHeartbeat } from '@capstan/schemas';
 import { connectNats, followTenants, type Logger, type NatsConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
 import { loadHandlers, type Handlers } from './handlers.js';
@@ -35,7 +35,8 @@ export async function createWorker(config: Config, log: Logger, opts: { handlers
     // Capability labels and load, for the fleet view; core NATS, nothing stored.
     const running = runners.reduce((n, r) => n + r.running, 0);
     for (const t of follower?.tenants ?? []) {
-      nc?.publish(Subjects.workerHeartbeat(t), encode({ worker: config.id, pools: config.pools, handlers: Object.keys(handlers), running, at: Date.now() }));
+      const beat: WorkerHeartbeat = { worker: config.id, pools: [...config.pools], handlers: Object.keys(handlers), running, at: Date.now() };
+      nc?.publish(Subjects.workerHeartbeat(t), encode(beat));
     }
   }
 
