@@ -34,7 +34,8 @@ projections (Postgres: --db <url> or $DATABASE_URL):
   capstan projections rebuild [--tenant t] [--json]
                                                   drop a tenant's rows and rebuild them from its stream
   capstan projections verify [--tenant t] [--json]
-                                                  compare rows with a fold of the streams; exit 1 on any mismatch
+                                                  compare rows with a fold of the streams; exit 1: rows differ,
+                                                  4: a run's event chain is broken, 5: both
 
 every command takes --nats <url> (default: $NATS_URL, else the server of a running \`capstan dev\`);
 \`dev\` given a server starts no nats-server of its own

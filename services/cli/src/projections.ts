@@ -91,7 +91,9 @@ export async function projectionsCmd(argv: string[]): Promise<number> {
       }
       const r = await verifyProjections(d, jsm, tenants);
       print(json, r, () => verifyReport(r));
-      return r.ok ? 0 : 1;
+      // The exit code says which: 1 rows differ from the streams (a rebuild repairs them),
+      // 4 a run's event chain is broken (the stream itself; a rebuild cannot), 5 both.
+      return (r.mismatches.length > 0 ? 1 : 0) | (r.brokenChains.length > 0 ? 4 : 0);
     });
   });
 }
