@@ -18,7 +18,8 @@ export type {
 } from './workflow.js';
 export { createRegistry } from './registry.js';
 export type { Registry } from './registry.js';
-export { startRun, decide, foldRun, diffDecisions, runStatus, isTerminal, stateName, RunStatus } from './run.js';
+export { startRun, decide, foldRun, diffDecisions, runStatus, isTerminal, stateName } from './run.js';
+export { RunStatus } from '@capstan/schemas';
 export type { RunState, Decision, Fold, TimelineEntry } from './run.js';
 export { demoPipeline, demoFlaky, demoSignal, demoWorkflows } from './demo.js';
-export { statusFromEvents } from './status.js';
+export { statusFromEvents, statusAfter } from './status.js';

@@ -17,20 +17,11 @@ import {
   EventRejectedError,
   INPUT_EVENT_TYPES,
   parseEventBody,
+  RunStatus,
   SchemaError,
 } from '@capstan/schemas';
 import type { Registry } from './registry.js';
 import type { WorkflowDefinition } from './workflow.js';
-
-export const RunStatus = {
-  Pending: 'pending',
-  Running: 'running',
-  Waiting: 'waiting',
-  Completed: 'completed',
-  Failed: 'failed',
-  Cancelled: 'cancelled',
-} as const;
-export type RunStatus = (typeof RunStatus)[keyof typeof RunStatus];
 
 /** A run as the machine sees it after folding some events. Immutable. */
 export interface RunState {

@@ -1,5 +1,33 @@
-import type { RunEvent } from '@capstan/schemas';
-import { RunStatus } from './run.js';
+import { RunStatus, type RunEvent } from '@capstan/schemas';
+
+const FINAL: ReadonlySet<RunStatus> = new Set([RunStatus.Completed, RunStatus.Failed, RunStatus.Cancelled]);
+
+/**
+ * The status after one more event, given whether any step has started (or finished) before
+ * it. A final status never changes. Readers that fold runs incrementally (the projector) and
+ * the whole-history reader below share this one rule.
+ */
+export function statusAfter(current: RunStatus, e: RunEvent, anyStarted: boolean): RunStatus {
+  if (FINAL.has(current)) return current;
+  switch (e.type) {
+    case 'step.started':
+    case 'step.completed':
+    case 'step.failed':
+      return RunStatus.Running;
+    case 'step.waiting':
+      return RunStatus.Waiting;
+    case 'step.scheduled':
+      return anyStarted ? RunStatus.Running : RunStatus.Pending;
+    case 'run.completed':
+      return RunStatus.Completed;
+    case 'run.failed':
+      return RunStatus.Failed;
+    case 'run.cancelled':
+      return RunStatus.Cancelled;
+    default:
+      return current;
+  }
+}
 
 /**
  * A run's status read straight off its events, without its machine: what a reader that
@@ -10,28 +38,8 @@ export function statusFromEvents(events: readonly RunEvent[]): RunStatus {
   let status: RunStatus = RunStatus.Pending;
   let anyStarted = false;
   for (const e of events) {
-    switch (e.type) {
-      case 'step.started':
-      case 'step.completed':
-      case 'step.failed':
-        anyStarted = true;
-        status = RunStatus.Running;
-        break;
-      case 'step.waiting':
-        status = RunStatus.Waiting;
-        break;
-      case 'step.scheduled':
-        status = anyStarted ? RunStatus.Running : RunStatus.Pending;
-        break;
-      case 'run.completed':
-        return RunStatus.Completed;
-      case 'run.failed':
-        return RunStatus.Failed;
-      case 'run.cancelled':
-        return RunStatus.Cancelled;
-      default:
-        break;
-    }
+    status = statusAfter(status, e, anyStarted);
+    if (e.type === 'step.started' || e.type === 'step.completed' || e.type === 'step.failed') anyStarted = true;
   }
   return status;
 }

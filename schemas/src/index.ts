@@ -76,3 +76,4 @@ export { encode, decode, encodedSize } from './codec.js';
 export { str, int, num, bool, literal, optional, arr, obj, json, jsonObject, tagged, isPlainObject } from './validate.js';
 export type { Schema, Infer, JsonValue } from './validate.js';
 export * as db from './db.js';
+export { RunStatus, RUN_STATUSES, isRunStatus } from './status.js';

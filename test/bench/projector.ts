@@ -15,7 +15,6 @@
  * Options (env): BENCH_RUNS (2000), BENCH_INFLIGHT (64), BENCH_EVENTS (100000),
  * BENCH_BATCHES (64,256,1024), BENCH_OUT.
  */
-import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { DeliverPolicy, jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
@@ -39,7 +38,7 @@ import { decode, EVENT_ENVELOPE_VERSION, parseTenantId, runIdOfSubject, Streams,
 import { rebuildProjections, verifyProjections } from '@capstan/projector';
 import { spawnService, type ServiceProcess } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
-import { writeSection } from './report.js';
+import { cpuOf, percentile, writeSection } from './report.js';
 
 const env = process.env;
 const RUNS = Number(env['BENCH_RUNS'] ?? 2000);
@@ -52,21 +51,7 @@ const log = createLogger('bench', 'warn', process.stderr);
 const say = (s: string) => process.stderr.write(`${s}\n`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))] ?? NaN;
-};
 const f0 = (x: number) => x.toLocaleString('en-US', { maximumFractionDigits: 0 });
-
-/** CPU seconds (user+system) a process has used, from /proc. */
-function cpuOf(pid: number): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-    return (Number(f[11]) + Number(f[12])) / 100;
-  } catch {
-    return 0;
-  }
-}
 
 async function checkpointOf(d: Database, t: TenantId): Promise<number> {
   return (await readCheckpoints(d, [t])).get(t) ?? 0;
@@ -196,8 +181,8 @@ async function live(url: string, nc: NatsConnection): Promise<Live> {
       eventsAppendedPerSec: events / ((loadEnd - start) / 1000),
       eventsAppliedPerSec: events / ((caughtUp - start) / 1000),
       events,
-      lagEvents: { p50: pct(lagE, 50), p99: pct(lagE, 99), max: Math.max(...lagE) },
-      lagMs: { p50: pct(lagT, 50), p99: pct(lagT, 99), max: Math.max(...lagT) },
+      lagEvents: { p50: percentile(lagE, 50), p99: percentile(lagE, 99), max: Math.max(...lagE) },
+      lagMs: { p50: percentile(lagT, 50), p99: percentile(lagT, 99), max: Math.max(...lagT) },
       catchUpMs: caughtUp - loadEnd,
       projectorCpuUsPerEvent: ((cpuOf(projector.pid) - cpu0) * 1e6) / events,
       samples: sampler.samples.length,

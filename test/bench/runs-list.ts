@@ -18,11 +18,12 @@
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
-import { listRuns, migrate, openDatabase, PROJECT_ROOT, queryRows, type Database, type ListRunsOptions, type RunStatus } from '@capstan/kit';
+import { listRuns, migrate, openDatabase, PROJECT_ROOT, queryRows, type Database, type ListRunsOptions } from '@capstan/kit';
+import type { RunStatus } from '@capstan/schemas';
 import { db as schema, parseTenantId, type TenantId } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
 import { insertBatched, runIdAt, runRow, type RunInsert } from '../harness/projections.js';
-import { writeSection } from './report.js';
+import { percentile, writeSection } from './report.js';
 
 const env = process.env;
 const RUNS = Number(env['BENCH_RUNS'] ?? 100_000);
@@ -54,11 +55,6 @@ function statusOf(i: number): RunStatus {
   }
   return 'completed';
 }
-
-const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] ?? NaN;
-};
 
 async function seed(d: Database, t: TenantId, n: number): Promise<void> {
   const batch = 1000;
@@ -106,7 +102,7 @@ async function measure(d: Database, name: string, o: ListRunsOptions): Promise<R
     await listRuns(d, T, o);
     xs.push(performance.now() - t0);
   }
-  const r = { name, rows, p50: pct(xs, 50), p95: pct(xs, 95), p99: pct(xs, 99), max: Math.max(...xs) };
+  const r = { name, rows, p50: percentile(xs, 50), p95: percentile(xs, 95), p99: percentile(xs, 99), max: Math.max(...xs) };
   say(`  ${name.padEnd(44)} p50 ${r.p50.toFixed(2)} ms  p95 ${r.p95.toFixed(2)} ms  p99 ${r.p99.toFixed(2)} ms  (${rows} rows)`);
   return r;
 }

@@ -13,8 +13,8 @@
  * BENCH_RAW_MSGS (50000), BENCH_REPS (3), BENCH_MODES (default,always), BENCH_OUT.
  */
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
-import { writeSection } from './report.js';
+import { writeFileSync } from 'node:fs';
+import { cpuOf, median, percentile, writeSection } from './report.js';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
@@ -44,28 +44,10 @@ const fixtures = join(PROJECT_ROOT, 'test', 'dist', 'fixtures', 'workflows.js');
 const log = createLogger('bench', 'warn', process.stderr);
 const say = (s: string) => process.stderr.write(`${s}\n`);
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor((s.length - 1) / 2)] ?? NaN;
-};
-const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] ?? NaN;
-};
 const fmt = (xs: number[], digits = 0) => {
   const f = (x: number) => x.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits });
   return `**${f(median(xs))}** (${f(Math.min(...xs))}–${f(Math.max(...xs))})`;
 };
-
-/** CPU seconds (user+system) a process has used, from /proc. */
-function cpuOf(pid: number): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-    return (Number(f[11]) + Number(f[12])) / 100;
-  } catch {
-    return 0;
-  }
-}
 
 interface Rep {
   runsPerSec: number;
@@ -169,7 +151,7 @@ async function rep(sync: 'default' | 'always', n: number): Promise<Rep> {
     }
     await messages.close();
     if (env['BENCH_PROFILE']) writeFileSync(join(env['BENCH_PROFILE'], 'orchestrator.log'), procs[0]?.output() ?? '');
-    const r = { runsPerSec, p50: pct(lat, 50), p99: pct(lat, 99), rawPerSec, cpuMsPerRun: ((cpu1 - cpu0) * 1000) / RUNS };
+    const r = { runsPerSec, p50: percentile(lat, 50), p99: percentile(lat, 99), rawPerSec, cpuMsPerRun: ((cpu1 - cpu0) * 1000) / RUNS };
     say(`  ${sync} rep ${n}: ${r.runsPerSec.toFixed(0)} runs/s, p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms, raw ${r.rawPerSec.toFixed(0)} acks/s, ${r.cpuMsPerRun.toFixed(2)} CPU-ms/run`);
     return r;
   } finally {

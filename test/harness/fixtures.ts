@@ -190,3 +190,18 @@ export async function serveTenant(url: string, prefix: string): Promise<ServedTe
     },
   };
 }
+
+/** The `capstan` command run as a user runs it: a process, with its exit code and output. */
+export function runCli(args: readonly string[], env: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [join(PROJECT_ROOT, 'services', 'cli', 'dist', 'main.js'), ...args], {
+      env: { ...process.env, NO_COLOR: '1', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    child.once('exit', (code) => resolve({ code, out, err }));
+  });
+}

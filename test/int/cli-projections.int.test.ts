@@ -3,13 +3,11 @@
  * processes, a real Postgres): the exit code says whether the rows match the streams.
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
-import { openDatabase, PROJECT_ROOT, type Database } from '@capstan/kit';
+import { openDatabase, type Database } from '@capstan/kit';
 import { createProjector, loadConfig, type ProjectorApp } from '@capstan/projector';
 import type { TenantId } from '@capstan/schemas';
-import { connect, eventually, provision, silent, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
+import { connect, eventually, provision, runCli, silent, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 
 let url: string;
@@ -20,19 +18,7 @@ let database: Database;
 let services: InProcessServices;
 let projector: ProjectorApp;
 
-function capstan(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(PROJECT_ROOT, 'services', 'cli', 'dist', 'main.js'), ...args], {
-      env: { ...process.env, NATS_URL: url, DATABASE_URL: scratch.url, NO_COLOR: '1' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.once('exit', (code) => resolve({ code, out, err }));
-  });
-}
+const capstan = (args: string[]) => runCli(args, { NATS_URL: url, DATABASE_URL: scratch.url });
 
 beforeAll(async () => {
   url = inject('natsUrl');

@@ -4,34 +4,15 @@
  * letters, and clear errors with distinct exit codes for bad input.
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { newRunId, PROJECT_ROOT } from '@capstan/kit';
 import type { TenantId } from '@capstan/schemas';
-import { serveTenant, type ServedTenant } from '../harness/fixtures.js';
+import { runCli, serveTenant, type ServedTenant } from '../harness/fixtures.js';
 
 let t: TenantId;
 let url: string;
 
-interface Result {
-  code: number | null;
-  out: string;
-  err: string;
-}
-
-function capstan(args: string[], env: Record<string, string> = {}): Promise<Result> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(PROJECT_ROOT, 'services', 'cli', 'dist', 'main.js'), ...args], {
-      env: { ...process.env, NATS_URL: url, NO_COLOR: '1', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.once('exit', (code) => resolve({ code, out, err }));
-  });
-}
+const capstan = (args: string[], env: Record<string, string> = {}) => runCli(args, { NATS_URL: url, ...env });
 
 let served: ServedTenant;
 

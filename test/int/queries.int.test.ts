@@ -23,12 +23,11 @@ import {
   parseStatus,
   parseWhere,
   projectionLag,
-  RUN_STATUSES,
   type Database,
   type ListRunsOptions,
   type RunRow,
 } from '@capstan/kit';
-import { CapstanError, db as schema, ErrorCode, parseTenantId, Streams, Subjects, type TenantId } from '@capstan/schemas';
+import { CapstanError, db as schema, ErrorCode, parseTenantId, RUN_STATUSES, Streams, Subjects, type TenantId } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
 import { connect, provision, type Harness } from '../harness/fixtures.js';
 import { insertBatched, runIdAt, runRow, stepRow, type RunInsert } from '../harness/projections.js';

@@ -48,3 +48,18 @@ export async function connectCli(flag: unknown): Promise<NatsConnection> {
     throw new UnavailableError(`cannot reach NATS at ${url}: ${(e as Error).message}`);
   }
 }
+
+/** Runs `fn` with a connection to NATS, closed afterwards whatever happens. */
+export async function withNats<T>(flag: unknown, fn: (nc: NatsConnection) => Promise<T>): Promise<T> {
+  const nc = await connectCli(flag);
+  try {
+    return await fn(nc);
+  } finally {
+    await nc.close();
+  }
+}
+
+/** `--json` prints the value; otherwise the human rendering. */
+export function print(json: boolean, value: unknown, human: () => string): void {
+  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${human()}\n`);
+}

@@ -6,11 +6,11 @@
  */
 import { sql } from 'drizzle-orm';
 import { jetstreamManager } from '@nats-io/jetstream';
-import { createLogger, dbErrorMessage, listTenants, migrate, openDatabase, type Database, type NatsConnection } from '@capstan/kit';
+import { createLogger, dbErrorMessage, listTenants, migrate, openDatabase, type Database } from '@capstan/kit';
 import { rebuildProjections, verifyProjections, type Mismatch, type RebuildResult, type VerifyReport } from '@capstan/projector';
 import { CapstanError, ErrorCode, InvalidArgumentError, UnavailableError, type TenantId } from '@capstan/schemas';
 import { parse, tenantFlag } from './args.js';
-import { connectCli } from './context.js';
+import { print, withNats } from './context.js';
 import { bold, dim, green, red } from './format.js';
 
 const PROJECTIONS_USAGE = 'usage: capstan projections rebuild|verify [--tenant <t>] [--json] [--db <url>] [--nats <url>]';
@@ -38,19 +38,6 @@ async function withDatabase<T>(flag: unknown, fn: (d: Database) => Promise<T>): 
   } finally {
     await d.close();
   }
-}
-
-async function withNats<T>(flag: unknown, fn: (nc: NatsConnection) => Promise<T>): Promise<T> {
-  const nc = await connectCli(flag);
-  try {
-    return await fn(nc);
-  } finally {
-    await nc.close();
-  }
-}
-
-function print(json: boolean, value: unknown, human: () => string): void {
-  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${human()}\n`);
 }
 
 const n = (x: number) => x.toLocaleString('en-US');

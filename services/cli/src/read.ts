@@ -5,7 +5,7 @@
 import { parseSince, parseStatus, parseWhere, type ApprovalRow, type AuditRow, type EventIndexRow, type ProjectionLag, type RunRow, type StepRow } from '@capstan/kit';
 import { CapstanError, ErrorCode, UnavailableError, type TenantId } from '@capstan/schemas';
 import { intFlag, parse, runIdArg, stringFlag, stringsFlag, tenantFlag } from './args.js';
-import { apiUrl } from './context.js';
+import { apiUrl, print } from './context.js';
 import { bold, colorStatus, dim, green, red, table, yellow } from './format.js';
 
 /** A row as it crosses JSON: dates become ISO strings. */
@@ -66,10 +66,6 @@ export async function apiGet<T>(base: string, path: string, query: readonly (rea
     throw new UnavailableError(`the query API at ${base} answered ${res.status}: ${message}`);
   }
   return body as T;
-}
-
-function print(json: boolean, value: unknown, human: () => string): void {
-  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${human()}\n`);
 }
 
 const readCommon = { api: { type: 'string' }, tenant: { type: 'string' }, json: { type: 'boolean' } } as const;

@@ -18,23 +18,10 @@ import {
   type TenantId,
 } from '@capstan/schemas';
 import { parse, tenantFlag, runIdArg, jsonFlag, intFlag } from './args.js';
-import { connectCli } from './context.js';
+import { print, withNats } from './context.js';
 import { bold, colorStatus, describe, dim, red, time, timelineLine, green } from './format.js';
 
 const common = { nats: { type: 'string' }, tenant: { type: 'string' }, json: { type: 'boolean' } } as const;
-
-async function withNats<T>(flag: unknown, fn: (nc: NatsConnection) => Promise<T>): Promise<T> {
-  const nc = await connectCli(flag);
-  try {
-    return await fn(nc);
-  } finally {
-    await nc.close();
-  }
-}
-
-function print(json: boolean, value: unknown, human: () => string): void {
-  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${human()}\n`);
-}
 
 export interface RunSummary {
   readonly runId: string;

@@ -9,7 +9,7 @@
 import { and, asc, desc, eq, gte, inArray, lt, lte, or, sql, getTableColumns, type SQL } from 'drizzle-orm';
 import { alias } from 'drizzle-orm/pg-core';
 import { JetStreamApiError, type JetStreamManager } from '@nats-io/jetstream';
-import { db as schema, InvalidArgumentError, RunNotFoundError, Streams, UnavailableError, type TenantId } from '@capstan/schemas';
+import { db as schema, InvalidArgumentError, isRunStatus, RUN_STATUSES, RunNotFoundError, Streams, UnavailableError, type RunStatus, type TenantId } from '@capstan/schemas';
 import type { Database } from './db.js';
 
 export type RunRow = typeof schema.runs.$inferSelect;
@@ -20,8 +20,6 @@ export type AuditRow = typeof schema.auditLog.$inferSelect;
 /** An event's place in its run; the event itself stays in the run stream. */
 export type EventIndexRow = Omit<typeof schema.events.$inferSelect, 'tenant' | 'runId'>;
 
-export const RUN_STATUSES = ['pending', 'running', 'waiting', 'completed', 'failed', 'cancelled'] as const;
-export type RunStatus = (typeof RUN_STATUSES)[number];
 
 export const DEFAULT_LIMIT = 50;
 export const MAX_LIMIT = 500;
@@ -59,10 +57,6 @@ export function parseTime(name: string, raw: string, now: number = Date.now()): 
 
 export function parseSince(raw: string, now?: number): Date {
   return parseTime('since', raw, now);
-}
-
-export function isRunStatus(v: unknown): v is RunStatus {
-  return typeof v === 'string' && (RUN_STATUSES as readonly string[]).includes(v);
 }
 
 export function parseStatus(raw: string): RunStatus {

@@ -18,7 +18,6 @@ export {
   pgText,
   stepKey,
   EMPTY_VIEW,
-  RunStatus,
   StepOutcome,
   ApprovalStatus,
   AuditKind,

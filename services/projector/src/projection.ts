@@ -10,7 +10,8 @@
  * writes exactly the rows the live projector wrote.
  */
 import { createHash } from 'node:crypto';
-import { decode, ErrorCode, parseRunEvent, runIdOfSubject, SchemaError, tenantTokenOf, toErrorRecord, type db, type ErrorRecord, type JsonValue, type RunEvent } from '@capstan/schemas';
+import { statusAfter } from '@capstan/actors';
+import { decode, ErrorCode, isRunStatus, parseRunEvent, runIdOfSubject, RunStatus, SchemaError, tenantTokenOf, toErrorRecord, type db, type ErrorRecord, type JsonValue, type RunEvent } from '@capstan/schemas';
 
 export type RunRow = typeof db.runs.$inferSelect;
 export type StepRow = typeof db.steps.$inferSelect;
@@ -19,16 +20,6 @@ export type ApprovalRow = typeof db.approvals.$inferSelect;
 export type SearchRow = typeof db.runSearch.$inferSelect;
 /** An audit row before the database numbers it; `(tenant, runId, seq)` is its identity. */
 export type AuditRow = Omit<typeof db.auditLog.$inferSelect, 'id'>;
-
-/** Run statuses, as `statusFromEvents` (@capstan/actors) reads them from events. */
-export const RunStatus = {
-  Pending: 'pending',
-  Running: 'running',
-  Waiting: 'waiting',
-  Completed: 'completed',
-  Failed: 'failed',
-  Cancelled: 'cancelled',
-} as const;
 
 export const StepOutcome = {
   Scheduled: 'scheduled',
@@ -148,29 +139,6 @@ export function viewFromRows(run: RunRow | undefined, steps: readonly StepRow[],
     approvals: new Map(approvals.map((a) => [a.step, a])),
     anyStarted,
   };
-}
-
-/** The status after an event; final statuses never change (a run ends once). */
-function statusAfter(current: string, e: RunEvent, anyStarted: boolean): string {
-  if (TERMINAL.has(current)) return current;
-  switch (e.type) {
-    case 'step.started':
-    case 'step.completed':
-    case 'step.failed':
-      return RunStatus.Running;
-    case 'step.waiting':
-      return RunStatus.Waiting;
-    case 'step.scheduled':
-      return anyStarted ? RunStatus.Running : RunStatus.Pending;
-    case 'run.completed':
-      return RunStatus.Completed;
-    case 'run.failed':
-      return RunStatus.Failed;
-    case 'run.cancelled':
-      return RunStatus.Cancelled;
-    default:
-      return current;
-  }
 }
 
 /** Folds one event of a run into its view; returns the new view and the rows to write. */
@@ -313,7 +281,7 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
 
   const anyStarted = view.anyStarted || e.type === 'step.started' || e.type === 'step.completed' || e.type === 'step.failed';
   if (run) {
-    run.status = statusAfter(run.status, e, view.anyStarted);
+    run.status = statusAfter(isRunStatus(run.status) ? run.status : RunStatus.Pending, e, view.anyStarted);
     if (!wasTerminal && TERMINAL.has(run.status)) run.endedAt = at;
     run.lastSeq = e.seq;
     run.lastStreamSeq = streamSeq;
