@@ -79,8 +79,15 @@ export async function runService<C extends { readonly logLevel: LevelWithSilent 
     process.exit(2);
   }
   const log = createLogger(service, config.logLevel);
-  const app = await create(config, log);
-  await app.start();
+  let app: { start(): Promise<void>; stop(): Promise<void> };
+  try {
+    app = await create(config, log);
+    await app.start();
+  } catch (e) {
+    // A start that cannot succeed (a workflows module that does not load, say) says why once.
+    process.stderr.write(`${service}: ${CapstanError.is(e) ? `${e.code}: ${e.message}` : String(e)}\n`);
+    process.exit(1);
+  }
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {
       app.stop().then(

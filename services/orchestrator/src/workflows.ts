@@ -9,7 +9,12 @@ import { InvalidWorkflowError } from '@capstan/schemas';
  */
 export async function loadWorkflows(modulePath: string): Promise<Registry> {
   if (!modulePath) return createRegistry(demoWorkflows);
-  const mod = (await import(pathToFileURL(resolve(modulePath)).href)) as { workflows?: unknown; default?: unknown };
+  let mod: { workflows?: unknown; default?: unknown };
+  try {
+    mod = (await import(pathToFileURL(resolve(modulePath)).href)) as typeof mod;
+  } catch (e) {
+    throw new InvalidWorkflowError(modulePath, `cannot load the workflows module: ${(e as Error).message.split('\n')[0] ?? ''}`);
+  }
   const list = mod.workflows ?? mod.default;
   if (!Array.isArray(list)) throw new InvalidWorkflowError(modulePath, 'module must export `workflows`: an array of defineWorkflow() results');
   return createRegistry(list as WorkflowDefinition[]);

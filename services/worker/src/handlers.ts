@@ -50,7 +50,12 @@ export const demoHandlers: Handlers = {
 /** Loads `handlers` from a module path; the demo handlers when the path is empty. */
 export async function loadHandlers(modulePath: string): Promise<Handlers> {
   if (!modulePath) return demoHandlers;
-  const mod = (await import(pathToFileURL(resolve(modulePath)).href)) as { handlers?: unknown; default?: unknown };
+  let mod: { handlers?: unknown; default?: unknown };
+  try {
+    mod = (await import(pathToFileURL(resolve(modulePath)).href)) as typeof mod;
+  } catch (e) {
+    throw new CapstanError(ErrorCode.UnknownHandler, `cannot load the handlers module ${modulePath}: ${(e as Error).message.split('\n')[0] ?? ''}`);
+  }
   const h = mod.handlers ?? mod.default;
   if (typeof h !== 'object' || h === null) throw new CapstanError(ErrorCode.UnknownHandler, `${modulePath} must export \`handlers\`: an object of functions`);
   return h as Handlers;
