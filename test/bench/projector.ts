@@ -17,11 +17,10 @@
  */
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { DeliverPolicy, jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import {
   appendBatch,
   connectNats,
-  createClient,
   createLogger,
   ensureTenant,
   migrate,
@@ -34,11 +33,12 @@ import {
   type Database,
   type NatsConnection,
 } from '@capstan/kit';
-import { decode, EVENT_ENVELOPE_VERSION, parseTenantId, runIdOfSubject, Streams, Subjects, type RunEvent, type RunEventBody, type RunId, type TenantId } from '@capstan/schemas';
+import { EVENT_ENVELOPE_VERSION, parseTenantId, Streams, type RunEvent, type RunEventBody, type RunId, type TenantId } from '@capstan/schemas';
 import { rebuildProjections, verifyProjections } from '@capstan/projector';
 import { spawnService, type ServiceProcess } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { cpuOf, percentile, writeSection } from './report.js';
+import { createW3Load } from './w3-load.js';
 
 const env = process.env;
 const RUNS = Number(env['BENCH_RUNS'] ?? 2000);
@@ -124,7 +124,6 @@ interface Live {
 
 async function live(url: string, nc: NatsConnection): Promise<Live> {
   const jsm = await jetstreamManager(nc);
-  const js = jetstream(nc);
   const t = parseTenantId('bench');
   await ensureTenant(jsm, t);
   const scratch = await scratchDatabase('benchproj');
@@ -134,45 +133,21 @@ async function live(url: string, nc: NatsConnection): Promise<Live> {
     const svcEnv = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn' };
     const projector = spawnService('projector', { ...svcEnv, DATABASE_URL: scratch.url, PROJECTOR_BATCH: '256' });
     procs.push(spawnService('orchestrator', svcEnv), spawnService('worker', { ...svcEnv, WORKER_ID: 'bench-worker', WORKER_CONCURRENCY: '256' }), projector);
-    const client = await createClient(nc);
-    const waiters = new Map<string, () => void>();
-    const consumer = await js.consumers.get(Streams.runs(t), { filter_subjects: [Subjects.allRuns(t)], deliver_policy: DeliverPolicy.New });
-    const messages = await consumer.consume({ max_messages: 2000 });
-    void (async () => {
-      for await (const m of messages) {
-        const type = decode(m.data)['type'];
-        if (type === 'run.completed' || type === 'run.failed' || type === 'run.cancelled') waiters.get(runIdOfSubject(m.subject) ?? '')?.();
-      }
-    })();
-    const runOne = async (): Promise<void> => {
-      const id = newRunId();
-      const done = new Promise<void>((r) => waiters.set(id, r));
-      await client.submit(t, 'bench.w3', { runId: id });
-      await done;
-      waiters.delete(id);
-    };
+    const load = await createW3Load(nc, t);
     // Warm up: services attached (the projector has migrated), JIT warm.
     await sleep(1500);
-    await Promise.all(Array.from({ length: 200 }, () => runOne()));
+    await load.run(200, 200);
     await waitCaughtUp(jsm, d, t);
 
     const startSeq = await lastSeqOf(jsm, t);
     const cpu0 = cpuOf(projector.pid);
     const sampler = sampleLag(jsm, d, t);
     const start = performance.now();
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: INFLIGHT }, async () => {
-        while (next < RUNS) {
-          next++;
-          await runOne();
-        }
-      }),
-    );
+    await load.run(RUNS, INFLIGHT);
     const loadEnd = performance.now();
     const caughtUp = await waitCaughtUp(jsm, d, t);
     await sampler.stop();
-    await messages.close();
+    await load.close();
     const events = (await lastSeqOf(jsm, t)) - startSeq;
     const lagE = sampler.samples.map((s) => Math.max(0, s.last - s.checkpoint));
     const lagT = lagMs(sampler.samples);

@@ -15,21 +15,20 @@
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { cpuOf, median, percentile, writeSection } from './report.js';
+import { createW3Load } from './w3-load.js';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import {
   connectNats,
-  createClient,
   createLogger,
   ensureTenant,
   findNatsServer,
-  newRunId,
   PROJECT_ROOT,
   startNatsServer,
   type NatsServer,
 } from '@capstan/kit';
-import { decode, parseTenantId, runIdOfSubject, Streams, Subjects } from '@capstan/schemas';
+import { parseTenantId } from '@capstan/schemas';
 import { spawnService, type ServiceProcess } from '../harness/fixtures.js';
 
 const env = process.env;
@@ -93,33 +92,10 @@ async function rep(sync: 'default' | 'always', n: number): Promise<Rep> {
     await ensureTenant(jsm, t);
     const svcEnv = { NATS_URL: server.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn' };
     procs.push(spawnService('orchestrator', { ...svcEnv, ...(env['BENCH_PROFILE'] ? { CAPSTAN_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${env['BENCH_PROFILE']}`, LOG_LEVEL: 'debug' } : {}) }), spawnService('worker', { ...svcEnv, WORKER_ID: 'bench-worker', WORKER_CONCURRENCY: '256' }));
-    const client = await createClient(nc);
-
-    // One ordered consumer sees every run end.
-    const ended = new Map<string, number>();
-    const waiters = new Map<string, () => void>();
-    const consumer = await js.consumers.get(Streams.runs(t), { filter_subjects: [Subjects.allRuns(t)], deliver_policy: DeliverPolicy.New });
-    const messages = await consumer.consume({ max_messages: 2000 });
-    void (async () => {
-      for await (const m of messages) {
-        // The load client only needs each event's type: skip full schema validation.
-        const type = decode(m.data)['type'];
-        if (type !== 'run.completed' && type !== 'run.failed' && type !== 'run.cancelled') continue;
-        const id = runIdOfSubject(m.subject) ?? '';
-        ended.set(id, performance.now());
-        waiters.get(id)?.();
-      }
-    })();
-    const runOne = async (): Promise<void> => {
-      const id = newRunId();
-      const done = new Promise<void>((r) => waiters.set(id, r));
-      await client.submit(t, 'bench.w3', { runId: id });
-      await done;
-      waiters.delete(id);
-    };
+    const load = await createW3Load(nc, t);
     // Warm up: services attached, JIT warm.
     await new Promise((r) => setTimeout(r, 1000));
-    await Promise.all(Array.from({ length: 200 }, () => runOne()));
+    await load.run(200, 200);
 
     // Throughput: RUNS runs, INFLIGHT at a time.
     const pids = [server.pid, ...procs.map((p) => p.pid)];
@@ -127,15 +103,7 @@ async function rep(sync: 'default' | 'always', n: number): Promise<Rep> {
     const clientStart = process.cpuUsage();
     const cpu0 = pids.reduce((s, p) => s + cpuOf(p), 0) + process.cpuUsage().user / 1e6 + process.cpuUsage().system / 1e6;
     const start = performance.now();
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: INFLIGHT }, async () => {
-        while (next < RUNS) {
-          next++;
-          await runOne();
-        }
-      }),
-    );
+    await load.run(RUNS, INFLIGHT);
     const elapsed = (performance.now() - start) / 1000;
     const cpu1 = pids.reduce((s, p) => s + cpuOf(p), 0) + process.cpuUsage().user / 1e6 + process.cpuUsage().system / 1e6;
     const runsPerSec = RUNS / elapsed;
@@ -146,10 +114,10 @@ async function rep(sync: 'default' | 'always', n: number): Promise<Rep> {
     const lat: number[] = [];
     for (let i = 0; i < LAT_RUNS; i++) {
       const t1 = performance.now();
-      await runOne();
+      await load.runOne();
       lat.push(performance.now() - t1);
     }
-    await messages.close();
+    await load.close();
     if (env['BENCH_PROFILE']) writeFileSync(join(env['BENCH_PROFILE'], 'orchestrator.log'), procs[0]?.output() ?? '');
     const r = { runsPerSec, p50: percentile(lat, 50), p99: percentile(lat, 99), rawPerSec, cpuMsPerRun: ((cpu1 - cpu0) * 1000) / RUNS };
     say(`  ${sync} rep ${n}: ${r.runsPerSec.toFixed(0)} runs/s, p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms, raw ${r.rawPerSec.toFixed(0)} acks/s, ${r.cpuMsPerRun.toFixed(2)} CPU-ms/run`);
