@@ -30,4 +30,36 @@ export const demoSignal = defineWorkflow({
   steps: [{ name: 'draft' }, { name: 'review', signal: 'approve' }, { name: 'publish' }],
 });
 
-export const demoWorkflows = [demoPipeline, demoFlaky, demoSignal] as const;
+// The "untrusted" script of demo.sandboxed: it reads its input and writes a report artifact.
+const UNTRUSTED_SCRIPT = `
+const fs = require('node:fs');
+const { input, previous } = JSON.parse(fs.readFileSync('input.json', 'utf8'));
+const words = String(input.text ?? 'durable runs need sandboxes').split(/\\s+/);
+fs.writeFileSync('out/report.json', JSON.stringify({ words: words.length, longest: words.sort((a, b) => b.length - a.length)[0], previous }));
+console.log('counted', words.length, 'words');
+`;
+
+/**
+ * One step per isolation level: mode 0 in the worker, mode 1 an untrusted script with no
+ * network and no credentials, mode 2 a step that receives `DEMO_TOKEN` from a lease (it
+ * writes only a digest of it).
+ */
+export const demoSandboxed = defineWorkflow({
+  id: 'demo.sandboxed',
+  version: 1,
+  steps: [
+    { name: 'prepare', timeoutMs: 30_000 },
+    { name: 'analyse', mode: 1, timeoutMs: 60_000, sandbox: { command: ['node', '-e', UNTRUSTED_SCRIPT] } },
+    {
+      name: 'publish',
+      mode: 2,
+      timeoutMs: 60_000,
+      sandbox: {
+        command: ['sh', '-c', 'printf %s "$DEMO_TOKEN" | sha256sum | cut -c1-12 > out/token-digest.txt && echo published with a token of ${#DEMO_TOKEN} characters'],
+        secrets: ['DEMO_TOKEN'],
+      },
+    },
+  ],
+});
+
+export const demoWorkflows = [demoPipeline, demoFlaky, demoSignal, demoSandboxed] as const;

@@ -21,5 +21,5 @@ export type { Registry } from './registry.js';
 export { startRun, decide, foldRun, diffDecisions, runStatus, isTerminal, stateName } from './run.js';
 export { RunStatus } from '@capstan/schemas';
 export type { RunState, Decision, Fold, TimelineEntry } from './run.js';
-export { demoPipeline, demoFlaky, demoSignal, demoWorkflows } from './demo.js';
+export { demoPipeline, demoFlaky, demoSignal, demoSandboxed, demoWorkflows } from './demo.js';
 export { statusFromEvents, statusAfter } from './status.js';

@@ -12,16 +12,21 @@ import type {
   RunEventType,
 } from '@capstan/schemas';
 import {
+  ApprovalNotWaitingError,
+  CapstanError,
   DeterminismViolationError,
   ErrorCode,
   EventRejectedError,
   INPUT_EVENT_TYPES,
   parseEventBody,
+  RunNotRetryableError,
   RunStatus,
   SchemaError,
+  TimerKind,
+  TOKEN_PATTERN,
 } from '@capstan/schemas';
 import type { Registry } from './registry.js';
-import type { WorkflowDefinition } from './workflow.js';
+import { timerId, type RunContext, type WorkflowDefinition } from './workflow.js';
 
 /** A run as the machine sees it after folding some events. Immutable. */
 export interface RunState {
@@ -70,16 +75,80 @@ export function startRun(workflow: WorkflowDefinition, started: RunEventData<'ru
 /**
  * Decides on one input event. Throws {@link EventRejectedError} when the machine does not
  * accept it in its current state (a late result of an old attempt, a timer that no longer
- * applies, anything on a finished run): such an input is never recorded.
- * `seq` of the returned state counts the input and its decisions.
+ * applies, anything on a finished run), {@link ApprovalNotWaitingError} for an approval
+ * decision about a step that is not waiting for one (decided twice, say), and
+ * {@link RunNotRetryableError} for a retry of a run that has not failed: such an input is
+ * never recorded. `seq` of the returned state counts the input and its decisions.
  */
 export function decide(state: RunState, input: InputEventBody): Decision {
   if (input.type === 'run.started') throw rejected(state, input);
+  if (input.type === 'run.retried') return retry(state);
   const event = { type: input.type, data: input.data };
-  if (state.snapshot.status !== 'active' || !state.snapshot.can(event)) throw rejected(state, input);
+  if (state.snapshot.status !== 'active' || !state.snapshot.can(event)) {
+    if (input.type === 'approval.decided') throw notWaiting(state, input.data.step);
+    throw rejected(state, input);
+  }
   const [snapshot, actions] = transition(state.workflow.machine, state.snapshot, event);
   const decisions = toDecisions(state.workflow.id, actions);
   return { state: { workflow: state.workflow, snapshot, seq: state.seq + 1 + decisions.length }, decisions };
+}
+
+/** Why a step does not take an approval decision now, in an operator's words. */
+function notWaiting(state: RunState, step: string): ApprovalNotWaitingError {
+  const status = runStatus(state);
+  const def = state.workflow.steps?.find((s) => s.name === step);
+  const ctx = state.snapshot.context as Partial<RunContext> | undefined;
+  let why: string;
+  if (state.workflow.steps && !def) why = `workflow ${state.workflow.id}@${state.workflow.version} has no step of that name`;
+  else if (def && def.kind !== 'signal') why = 'it is a task step, not an approval';
+  else if (ctx?.results && Object.hasOwn(ctx.results, step)) why = 'it has been decided already';
+  else if (status === RunStatus.Failed || status === RunStatus.Cancelled || status === RunStatus.Completed) why = `the run is ${status}`;
+  else why = `the run is ${status} at ${stateName(state)}`;
+  return new ApprovalNotWaitingError(step, why);
+}
+
+/**
+ * Reopens a failed run at the step that failed, keeping every completed step's result.
+ * A task step is rescheduled through the machine's own retry transition (as if its backoff
+ * timer had fired), so the next attempt number follows the last one and the step's retry
+ * policy starts afresh; an approval step waits for a decision again. Pure: on replay the
+ * recorded `run.retried` reopens the run the same way.
+ */
+function retry(state: RunState): Decision {
+  const status = runStatus(state);
+  if (status !== RunStatus.Failed) throw new RunNotRetryableError(status, `only a failed run can be retried; this one is ${status}`);
+  const { workflow } = state;
+  const steps = workflow.steps;
+  if (!steps) throw new RunNotRetryableError(status, `workflow ${workflow.id}@${workflow.version} is a hand-written machine; only workflows defined by steps can be retried`);
+  const ctx = state.snapshot.context as RunContext;
+  // Steps run in order and each completed one leaves its result: the first without one failed.
+  const index = steps.findIndex((s) => !Object.hasOwn(ctx.results, s.name));
+  const step = steps[index];
+  if (!step) throw new RunNotRetryableError(status, 'every step has completed');
+  const { machine } = workflow;
+  let snapshot: AnyMachineSnapshot;
+  let decisions: DecisionEventBody[];
+  if (step.kind === 'task') {
+    const attempt = ctx.attempts[step.name] ?? 1;
+    const last = attempt + step.retry.maxAttempts;
+    // Attempt numbers are recorded (at most 1000) and name the attempts' timers (subject tokens).
+    if (last > 1000 || !TOKEN_PATTERN.test(timerId(step.name, last, TimerKind.Timeout))) {
+      throw new RunNotRetryableError(status, `step ${step.name} has used ${attempt} attempts; no attempt numbers are left for another round`);
+    }
+    const resumed = machine.resolveState({
+      value: `retry_${index}`,
+      context: { ...ctx, retryBase: { ...ctx.retryBase, [step.name]: attempt } } satisfies RunContext,
+    });
+    const fired = { type: 'timer.fired', data: { timerId: timerId(step.name, attempt, TimerKind.Retry), kind: TimerKind.Retry, step: step.name, attempt } };
+    const [next, actions] = transition(machine, resumed, fired);
+    snapshot = next;
+    decisions = toDecisions(workflow.id, actions);
+  } else {
+    // An approval step (denied): it waits for a decision again, as on entry.
+    snapshot = machine.resolveState({ value: `step_${index}`, context: ctx });
+    decisions = [{ type: 'step.waiting', data: parseEventBody('step.waiting', { step: step.name, signal: step.signal }) }];
+  }
+  return { state: { workflow, snapshot, seq: state.seq + 1 + decisions.length }, decisions };
 }
 
 function rejected(state: RunState, input: InputEventBody): EventRejectedError {
@@ -153,7 +222,7 @@ export function foldRun(registry: Registry, events: readonly RunEvent[]): Fold {
       // Only the first event starts the run; a later run.started is refused by decide.
       decision = i === 0 ? startRun(workflow, first.data) : decide(state as RunState, ev as InputEventBody);
     } catch (e) {
-      if (e instanceof EventRejectedError) {
+      if (isRejection(e)) {
         throw new DeterminismViolationError(runId, ev.seq, [
           `recorded input ${ev.type} at seq ${ev.seq} is not accepted by ${workflow.id}@${workflow.version} in state ${state ? stateName(state) : '(none)'}`,
         ]);
@@ -184,6 +253,14 @@ export function foldRun(registry: Registry, events: readonly RunEvent[]): Fold {
     i = j;
   }
   return { state: state as RunState, timeline };
+}
+
+/** The machine (or the run core) refusing an input: recorded, that is a divergence. */
+function isRejection(e: unknown): boolean {
+  return (
+    e instanceof EventRejectedError ||
+    (CapstanError.is(e) && (e.code === ErrorCode.ApprovalNotWaiting || e.code === ErrorCode.RunNotRetryable))
+  );
 }
 
 /** Line-by-line differences between decisions derived now and decisions recorded then. */

@@ -4,10 +4,11 @@ const FINAL: ReadonlySet<RunStatus> = new Set([RunStatus.Completed, RunStatus.Fa
 
 /**
  * The status after one more event, given whether any step has started (or finished) before
- * it. A final status never changes. Readers that fold runs incrementally (the projector) and
+ * it. A final status never changes, except that a retry reopens a failed run. Readers that fold runs incrementally (the projector) and
  * the whole-history reader below share this one rule.
  */
 export function statusAfter(current: RunStatus, e: RunEvent, anyStarted: boolean): RunStatus {
+  if (e.type === 'run.retried' && current === RunStatus.Failed) return RunStatus.Running;
   if (FINAL.has(current)) return current;
   switch (e.type) {
     case 'step.started':

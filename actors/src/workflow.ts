@@ -14,7 +14,8 @@
 import type { AnyStateMachine } from 'xstate';
 import { assign, setup } from 'xstate';
 import type { ErrorRecord, InputEventBody, JsonValue, RunEventData } from '@capstan/schemas';
-import { ErrorCode, InvalidWorkflowError, Mode, TimerKind, TOKEN_PATTERN } from '@capstan/schemas';
+import type { SandboxSpec } from '@capstan/schemas';
+import { ApprovalDecision, ErrorCode, InvalidWorkflowError, Mode, sandboxSpecSchema, TimerKind, TOKEN_PATTERN } from '@capstan/schemas';
 
 export interface RetryPolicy {
   /** Attempts in all, the first included. Default 3. */
@@ -32,8 +33,10 @@ export interface TaskStep {
   readonly name: string;
   /** Registered handler name; defaults to `<workflowId>.<name>`. */
   readonly handler?: string;
-  /** Execution mode; only 0 (inline in the worker) runs today. */
+  /** Execution mode: 0 inline in the worker (default); 1–3 in a sandbox, which `sandbox` describes. */
   readonly mode?: Mode;
+  /** What runs in the sandbox (modes 1–3 only). Recorded on the run with every attempt. */
+  readonly sandbox?: SandboxSpec;
   /** Worker pool (capability label) that may run it. Default `default`. */
   readonly pool?: string;
   /** Per-attempt timeout, enforced by the worker and by a durable timer. Default 5 min. */
@@ -71,7 +74,7 @@ export interface WorkflowDefinition {
 }
 
 export type NormalisedStep =
-  | { readonly kind: 'task'; readonly name: string; readonly handler: string; readonly mode: Mode; readonly pool: string; readonly timeoutMs: number; readonly retry: RetryPolicy }
+  | { readonly kind: 'task'; readonly name: string; readonly handler: string; readonly mode: Mode; readonly pool: string; readonly timeoutMs: number; readonly retry: RetryPolicy; readonly sandbox?: SandboxSpec }
   | { readonly kind: 'signal'; readonly name: string; readonly signal: string };
 
 export const DEFAULT_RETRY: RetryPolicy = Object.freeze({
@@ -146,7 +149,31 @@ function normaliseStep(id: string, s: StepDefinition): NormalisedStep {
   if (!TOKEN_PATTERN.test(timerId(s.name, retry.maxAttempts, TimerKind.Timeout))) {
     throw new InvalidWorkflowError(id, `step ${s.name}: name is too long for its timer ids (${TOKEN_PATTERN.source})`);
   }
-  return { kind: 'task', name: s.name, handler, mode, pool, timeoutMs, retry };
+  const sandbox = s.sandbox === undefined ? undefined : checkSandbox(id, s.name, mode, s.sandbox);
+  if (mode !== Mode.Inline && !sandbox) throw new InvalidWorkflowError(id, `step ${s.name}: mode ${mode} needs a \`sandbox\` (a command, or an agent and a task)`);
+  return { kind: 'task', name: s.name, handler, mode, pool, timeoutMs, retry, ...(sandbox ? { sandbox } : {}) };
+}
+
+/** The sandbox rules a definition can be held to before any run starts. */
+function checkSandbox(id: string, step: string, mode: Mode, raw: SandboxSpec): SandboxSpec {
+  let spec: SandboxSpec;
+  try {
+    spec = sandboxSpecSchema.parse(raw, `step ${step}.sandbox`);
+  } catch (e) {
+    throw new InvalidWorkflowError(id, (e as Error).message);
+  }
+  const bad = (why: string) => new InvalidWorkflowError(id, `step ${step}: ${why}`);
+  if (mode === Mode.Inline) throw bad('a mode-0 step runs in the worker; `sandbox` needs mode 1, 2 or 3');
+  if (mode === Mode.Agent) {
+    if (!spec.agent || !spec.task) throw bad('mode 3 needs `sandbox.agent` (an adapter name) and `sandbox.task`');
+  } else {
+    if (!spec.command || spec.command.length === 0) throw bad(`mode ${mode} needs \`sandbox.command\``);
+    if (spec.agent) throw bad('`sandbox.agent` needs mode 3');
+  }
+  // Mode 1 is the untrusted-code mode: no credentials, no network, whatever the step asks.
+  if (mode === Mode.Sandboxed && (spec.secrets?.length || spec.egress?.length)) throw bad('mode 1 has no secrets and no egress; use mode 2');
+  if (mode === Mode.SandboxedWithLease && !spec.secrets?.length) throw bad('mode 2 needs `sandbox.secrets` (key names)');
+  return spec;
 }
 
 /** The search fields a run records: its declared keys' scalar input values, as strings. */
@@ -182,10 +209,18 @@ export interface RunContext {
   readonly last: JsonValue;
   readonly lastError: ErrorRecord | null;
   readonly signals: readonly { name: string; payload: JsonValue }[];
+  /**
+   * Per step, the attempts used before the run was last retried (`run.retried`): a retried
+   * step gets its retry policy afresh, its attempt numbers going on. Absent until a retry.
+   */
+  readonly retryBase?: Readonly<Record<string, number>>;
 }
 
 type Ev = InputEventBody;
 type Data<K extends Ev['type']> = Extract<Ev, { type: K }>['data'];
+
+const decided = (event: Ev, step: string, decision: ApprovalDecision): boolean =>
+  event.type === 'approval.decided' && event.data.step === step && event.data.decision === decision;
 
 function compileSteps(id: string, version: number, steps: readonly NormalisedStep[]): AnyStateMachine {
   const stateOf = (i: number) => `step_${i}`;
@@ -227,12 +262,37 @@ function compileSteps(id: string, version: number, steps: readonly NormalisedSte
               return { results: { ...context.results, [step.name]: payload }, last: payload };
             }),
           },
+          // A person's decision names the step: approve completes it (its result says who and
+          // why), deny fails the run.
+          'approval.decided': [
+            {
+              guard: ({ event }: { event: Ev }) => decided(event, step.name, ApprovalDecision.Approve),
+              target: next,
+              actions: assign(({ context, event }: { context: RunContext; event: Ev }) => {
+                const d = event.data as Data<'approval.decided'>;
+                const result: JsonValue = { decision: d.decision, by: d.by, ...(d.reason === undefined ? {} : { reason: d.reason }) };
+                return { results: { ...context.results, [step.name]: result }, last: result };
+              }),
+            },
+            {
+              guard: ({ event }: { event: Ev }) => decided(event, step.name, ApprovalDecision.Deny),
+              target: 'failed',
+              actions: assign({
+                lastError: ({ event }: { event: Ev }) => {
+                  const d = event.data as Data<'approval.decided'>;
+                  const why = d.reason === undefined ? '' : `: ${d.reason}`;
+                  return { code: ErrorCode.ApprovalDenied, message: `step ${step.name} was denied by ${d.by}${why}`.slice(0, 1000), retryable: false };
+                },
+              }),
+            },
+          ],
         },
       };
       return;
     }
     const failure = (code: string, message: string, retryable: boolean) => ({ code, message, retryable });
-    const canRetry = (c: RunContext, e: ErrorRecord) => e.retryable && attemptOf(c) < step.retry.maxAttempts;
+    const roundOf = (c: RunContext) => attemptOf(c) - (c.retryBase?.[step.name] ?? 0);
+    const canRetry = (c: RunContext, e: ErrorRecord) => e.retryable && roundOf(c) < step.retry.maxAttempts;
     const timeoutError = (c: RunContext) =>
       failure(ErrorCode.StepTimeout, `step ${step.name} attempt ${attemptOf(c)} timed out after ${step.timeoutMs} ms`, true);
     const finalError = (c: RunContext, e: ErrorRecord): ErrorRecord => ({
@@ -252,6 +312,7 @@ function compileSteps(id: string, version: number, steps: readonly NormalisedSte
             mode: step.mode,
             pool: step.pool,
             timeoutMs: step.timeoutMs,
+            ...(step.sandbox ? { sandbox: step.sandbox } : {}),
           }),
         },
       ],
@@ -296,6 +357,8 @@ function compileSteps(id: string, version: number, steps: readonly NormalisedSte
             target: 'failed',
             actions: assign({
               lastError: ({ context, event }: { context: RunContext; event: Ev }) => finalError(context, (event.data as Data<'step.failed'>).error),
+              // An attempt has ended, as statusFromEvents counts it (it matters once a retry reopens the run).
+              anyStarted: true,
             }),
           },
         ],
@@ -327,7 +390,7 @@ function compileSteps(id: string, version: number, steps: readonly NormalisedSte
           kind: TimerKind.Retry,
           step: step.name,
           attempt: attemptOf(context),
-          delayMs: backoffDelay(step.retry, attemptOf(context) + 1),
+          delayMs: backoffDelay(step.retry, roundOf(context) + 1),
         }),
       },
       on: {

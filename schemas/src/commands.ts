@@ -7,9 +7,10 @@ import type { RunId } from './ids.js';
 import { RUN_ID_PATTERN } from './ids.js';
 import { LIMITS } from './limits.js';
 import type { CommandVerb } from './names.js';
+import { TOKEN_PATTERN } from './names.js';
 import type { Infer, Schema } from './validate.js';
 import { int, json, jsonObject, literal, obj, optional, str } from './validate.js';
-import { errorRecordSchema, TimerKind } from './events.js';
+import { actorSchema, errorRecordSchema, reasonSchema, TimerKind } from './events.js';
 
 const runId = str({ pattern: RUN_ID_PATTERN }) as unknown as Schema<RunId>;
 const stepName = str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/ });
@@ -44,12 +45,21 @@ const commandSchemas = {
     step: stepName,
     attempt,
   }),
+  /** A person approves a step waiting for approval; `by` is their user id. */
+  approve: obj('approve', { runId, step: stepName, by: actorSchema, reason: optional(reasonSchema) }),
+  /** A person denies a step waiting for approval: the run fails with `approval_denied`. */
+  deny: obj('deny', { runId, step: stepName, by: actorSchema, reason: optional(reasonSchema) }),
+  /** A person reopens a failed run from the step that failed. */
+  retry: obj('retry', { runId, by: actorSchema, reason: optional(reasonSchema) }),
 } as const satisfies Record<CommandVerb, Schema<unknown>>;
 
 export type CommandOf<V extends CommandVerb> = Infer<(typeof commandSchemas)[V]>;
 export type SubmitCommand = CommandOf<'submit'>;
 export type ResultCommand = CommandOf<'result'>;
 export type TimerCommand = CommandOf<'timer'>;
+export type ApproveCommand = CommandOf<'approve'>;
+export type DenyCommand = CommandOf<'deny'>;
+export type RetryCommand = CommandOf<'retry'>;
 export type Command = { [V in CommandVerb]: { verb: V; body: CommandOf<V> } }[CommandVerb];
 
 export const COMMAND_VERBS = Object.keys(commandSchemas) as CommandVerb[];
@@ -79,4 +89,35 @@ export function parseCommand<V extends CommandVerb>(verb: V, value: unknown, siz
     throw new SchemaError('result', 'error', 'is required when outcome is "failed"');
   }
   return { verb, body } as Command;
+}
+
+/** Verbs that carry a person's decision about a run: their refusal is always worth a dead letter. */
+export const DECISION_VERBS: ReadonlySet<CommandVerb> = new Set<CommandVerb>(['approve', 'deny', 'retry']);
+
+// ---------------------------------------------------------------------------------------
+// Worker admission. Not a run command: an admin's record on `cap.<t>.fleet.<workerId>`
+// (stream CAP_FLEET_<t>), whose last message is the worker's state. Publishing there is
+// the command; NATS permissions decide who may (admins, and workers only where they are
+// auto-approved).
+
+/** A worker's admission: `pending` (no record yet), `approved`, `revoked`. */
+export const WorkerAdmissionState = { Pending: 'pending', Approved: 'approved', Revoked: 'revoked' } as const;
+export type WorkerAdmissionState = (typeof WorkerAdmissionState)[keyof typeof WorkerAdmissionState];
+
+/** Worker ids are subject tokens: they name the worker's admission subject. */
+export const WORKER_ID_PATTERN: RegExp = TOKEN_PATTERN;
+
+const workerAdmissionSchema = obj('worker admission', {
+  worker: str({ min: 1, max: 64, pattern: WORKER_ID_PATTERN }),
+  state: literal(WorkerAdmissionState.Approved, WorkerAdmissionState.Revoked),
+  by: actorSchema,
+  reason: optional(reasonSchema),
+});
+
+/** One admission record as published; its time is the stream's (one clock judges "when"). */
+export type WorkerAdmissionRecord = Infer<typeof workerAdmissionSchema>;
+
+/** Validates a decoded admission record. @throws SchemaError */
+export function parseWorkerAdmission(value: unknown): WorkerAdmissionRecord {
+  return workerAdmissionSchema.parse(value);
 }

@@ -23,6 +23,10 @@ export const runs = pgTable(
     attempts: integer('attempts').notNull().default(0),
     errorCode: text('error_code'),
     errorMessage: text('error_message'),
+    /** Times a person reopened the run after it failed (`run.retried`), and the last of them. */
+    retries: integer('retries').notNull().default(0),
+    retriedAt: ts('retried_at'),
+    retriedBy: text('retried_by'),
     startedAt: ts('started_at').notNull(),
     updatedAt: ts('updated_at').notNull(),
     endedAt: ts('ended_at'),
@@ -63,7 +67,10 @@ export const steps = pgTable(
     mode: integer('mode').notNull(),
     pool: text('pool').notNull(),
     handler: text('handler').notNull(),
+    /** The worker that ran the attempt, as it reported itself. */
     worker: text('worker'),
+    /** The sandbox (container name) the attempt ran in, when its events say so. */
+    sandbox: text('sandbox'),
     outcome: text('outcome').notNull(),
     scheduledAt: ts('scheduled_at').notNull(),
     startedAt: ts('started_at'),
@@ -91,7 +98,10 @@ export const events = pgTable(
   (t) => [primaryKey({ columns: [t.tenant, t.runId, t.seq] }), uniqueIndex('events_tenant_stream_seq').on(t.tenant, t.streamSeq)],
 );
 
-/** Human decisions a run waits for (signal steps today). */
+/**
+ * Human decisions a run waits for (signal steps): `waiting`, then `approved` (an approve
+ * decision or the step's signal) or `denied`, with who decided and why when recorded.
+ */
 export const approvals = pgTable(
   'approvals',
   {
@@ -102,6 +112,8 @@ export const approvals = pgTable(
     status: text('status').notNull(),
     requestedAt: ts('requested_at').notNull(),
     decidedAt: ts('decided_at'),
+    decidedBy: text('decided_by'),
+    reason: text('reason'),
   },
   (t) => [primaryKey({ columns: [t.tenant, t.runId, t.step] }), index('approvals_tenant_status').on(t.tenant, t.status)],
 );
@@ -120,8 +132,31 @@ export const workers = pgTable(
 );
 
 /**
+ * Worker admission as last recorded in the tenant's fleet stream (CAP_FLEET_<t>): a worker
+ * id without a row is `pending`. Kept apart from `workers` (heartbeats): a worker can be
+ * approved before it is first seen, and admission is derived exactly once from a stream.
+ */
+export const workerAdmissions = pgTable(
+  'worker_admissions',
+  {
+    tenant: text('tenant').notNull(),
+    workerId: text('worker_id').notNull(),
+    /** `approved` or `revoked`. */
+    state: text('state').notNull(),
+    changedBy: text('changed_by').notNull(),
+    changedAt: ts('changed_at').notNull(),
+    reason: text('reason'),
+    /** Fleet stream sequence of the record. */
+    streamSeq: bigint('stream_seq', { mode: 'number' }).notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.workerId] })],
+);
+
+/**
  * The audit log: append-only, enforced by the database (a trigger refuses UPDATE and
- * DELETE; see the migration). Key names and actors only, never secret values.
+ * DELETE; see the migration). Key names and actors only, never secret values. Rows about a
+ * run carry its id and the event's run-local seq; rows about the fleet (worker admission)
+ * have an empty `run_id`, and `seq` and `stream_seq` are then the fleet stream's sequence.
  */
 export const auditLog = pgTable(
   'audit_log',

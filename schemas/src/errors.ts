@@ -34,6 +34,22 @@ export const ErrorCode = {
   InvalidArgument: 'invalid_argument',
   Unavailable: 'unavailable',
   NatsServerMissing: 'nats_server_missing',
+  SandboxImageFailed: 'sandbox_image_failed',
+  /** No sandbox backend can run the step (no Docker engine, no sandbox service): never run unsandboxed. */
+  SandboxUnavailable: 'sandbox_unavailable',
+  /** The sandbox or the service driving it went away mid-step; a new attempt gets a new sandbox. */
+  SandboxLost: 'sandbox_lost',
+  SandboxFailed: 'sandbox_failed',
+  /** A container with this attempt's deterministic name already exists. */
+  SandboxConflict: 'sandbox_conflict',
+  /** The step's command exited non-zero or was killed. */
+  SandboxExit: 'sandbox_exit',
+  SecretNotFound: 'secret_not_found',
+  EgressDenied: 'egress_denied',
+  /** A person denied a step waiting for approval; the run failed. */
+  ApprovalDenied: 'approval_denied',
+  ApprovalNotWaiting: 'approval_not_waiting',
+  RunNotRetryable: 'run_not_retryable',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -178,6 +194,47 @@ export class EventRejectedError extends CapstanError {
     readonly state: string,
   ) {
     super(code, `${runId ? `run ${runId}` : 'run'} in state ${state} does not accept ${eventType}`);
+  }
+}
+
+/**
+ * An approval decision for a step that is not waiting for one: decided already (approved,
+ * denied or signaled), not reached yet, or not an approval step. Nothing is recorded.
+ */
+export class ApprovalNotWaitingError extends CapstanError {
+  constructor(
+    readonly step: string,
+    readonly why: string,
+  ) {
+    super(ErrorCode.ApprovalNotWaiting, `step ${JSON.stringify(step.slice(0, 64))} is not waiting for an approval decision: ${why}`);
+  }
+}
+
+/** A retry of a run that cannot be retried (it has not failed, or its workflow cannot resume). */
+export class RunNotRetryableError extends CapstanError {
+  constructor(
+    readonly status: string,
+    why: string,
+  ) {
+    super(ErrorCode.RunNotRetryable, `the run cannot be retried: ${why}`);
+  }
+}
+
+/**
+ * A command the control plane refused after storing it, rebuilt by the client from the
+ * dead letter's headers (`Capstan-Error-Code`, `Capstan-Error`). `code` is the refusal's own
+ * code (`approval_not_waiting`, `run_not_retryable`, `run_not_found`, …): branch on it.
+ */
+export class CommandRejectedError extends CapstanError {
+  constructor(
+    code: string,
+    message: string,
+    readonly verb: string,
+    /** Stream sequence of the refused command (its PubAck's `seq`). */
+    readonly commandSeq: number,
+    readonly runId?: string,
+  ) {
+    super(code as ErrorCode, message);
   }
 }
 

@@ -12,6 +12,7 @@
 import { EVENT_ENVELOPE_VERSION, LIMITS } from './limits.js';
 import type { ErrorRecord } from './errors.js';
 import { SchemaError } from './errors.js';
+import { sandboxSpecSchema } from './sandbox-spec.js';
 import type { RunId } from './ids.js';
 import { RUN_ID_PATTERN } from './ids.js';
 import type { Infer, JsonValue, Schema } from './validate.js';
@@ -33,6 +34,20 @@ export type Mode = (typeof Mode)[keyof typeof Mode];
 
 export const TimerKind = { Retry: 'retry', Timeout: 'timeout' } as const;
 export type TimerKind = (typeof TimerKind)[keyof typeof TimerKind];
+
+/** What a person decides about a step waiting for approval. */
+export const ApprovalDecision = { Approve: 'approve', Deny: 'deny' } as const;
+export type ApprovalDecision = (typeof ApprovalDecision)[keyof typeof ApprovalDecision];
+
+/**
+ * Who did something (a user id from the console's session or the CLI's `--as`): printable,
+ * no control characters, no leading or trailing space. Recorded on the run and in the audit
+ * log, so it is an id, never a secret.
+ */
+export const ACTOR_PATTERN = /^[^\s\u0000-\u001f\u007f](?:[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f])?$/;
+export const actorSchema: Schema<string> = str({ min: 1, max: 128, pattern: ACTOR_PATTERN });
+/** Why, in a person's words: shown to operators and kept in the audit log. */
+export const reasonSchema: Schema<string> = str({ min: 1, max: 500 });
 
 /** Up to 8 search fields: key (a token) → value (a string of at most 256 characters). */
 const searchFields: Schema<Record<string, string>> = {
@@ -81,6 +96,15 @@ const eventData = {
   }),
   'run.signaled': obj('run.signaled', { name: token, payload: optional(json()) }),
   'run.cancel-requested': obj('run.cancel-requested', { reason: optional(str({ max: 500 })) }),
+  /** A person approved or denied a step waiting for approval (a signal step). */
+  'approval.decided': obj('approval.decided', {
+    step: stepName,
+    decision: literal(ApprovalDecision.Approve, ApprovalDecision.Deny),
+    by: actorSchema,
+    reason: optional(reasonSchema),
+  }),
+  /** A person reopened a failed run: the step that failed runs again, completed steps stay done. */
+  'run.retried': obj('run.retried', { by: actorSchema, reason: optional(reasonSchema) }),
   // decisions
   'step.scheduled': obj('step.scheduled', {
     step: stepName,
@@ -89,6 +113,8 @@ const eventData = {
     mode: literal(Mode.Inline, Mode.Sandboxed, Mode.SandboxedWithLease, Mode.Agent),
     pool: token,
     timeoutMs: int({ min: 1 }),
+    /** Sandboxed steps (modes 1–3): the command, secret key names and egress, on the record. */
+    sandbox: optional(sandboxSpecSchema),
   }),
   'step.waiting': obj('step.waiting', { step: stepName, signal: token }),
   'timer.scheduled': obj('timer.scheduled', {
@@ -115,6 +141,8 @@ export const INPUT_TYPES = [
   'timer.fired',
   'run.signaled',
   'run.cancel-requested',
+  'approval.decided',
+  'run.retried',
 ] as const satisfies readonly RunEventType[];
 export type InputEventType = (typeof INPUT_TYPES)[number];
 export const INPUT_EVENT_TYPES: ReadonlySet<RunEventType> = new Set(INPUT_TYPES);

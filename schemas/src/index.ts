@@ -20,6 +20,9 @@ export {
   ConfigError,
   InvalidArgumentError,
   UnavailableError,
+  ApprovalNotWaitingError,
+  RunNotRetryableError,
+  CommandRejectedError,
 } from './errors.js';
 export type { ErrorRecord } from './errors.js';
 export {
@@ -58,6 +61,10 @@ export {
   parseEventBody,
   isInputEvent,
   errorRecordSchema,
+  ApprovalDecision,
+  ACTOR_PATTERN,
+  actorSchema,
+  reasonSchema,
 } from './events.js';
 export type {
   RunEvent,
@@ -68,8 +75,18 @@ export type {
   InputEventBody,
   DecisionEventBody,
 } from './events.js';
-export { parseCommand, isCommandVerb, COMMAND_VERBS } from './commands.js';
-export type { Command, CommandOf, SubmitCommand, ResultCommand, TimerCommand } from './commands.js';
+export { parseCommand, isCommandVerb, COMMAND_VERBS, DECISION_VERBS, WorkerAdmissionState, WORKER_ID_PATTERN, parseWorkerAdmission } from './commands.js';
+export type {
+  Command,
+  CommandOf,
+  SubmitCommand,
+  ResultCommand,
+  TimerCommand,
+  ApproveCommand,
+  DenyCommand,
+  RetryCommand,
+  WorkerAdmissionRecord,
+} from './commands.js';
 export { parseWorkItem, parseWorkerHeartbeat } from './work.js';
 export type { WorkItem, WorkerHeartbeat } from './work.js';
 export { encode, decode, encodedSize } from './codec.js';
@@ -77,3 +94,7 @@ export { str, int, num, bool, literal, optional, arr, obj, json, jsonObject, tag
 export type { Schema, Infer, JsonValue } from './validate.js';
 export * as db from './db.js';
 export { RunStatus, RUN_STATUSES, isRunStatus } from './status.js';
+export { ENV_NAME_PATTERN, EGRESS_PATTERN, sandboxSpecSchema, sandboxName } from './sandbox-spec.js';
+export type { SandboxSpec } from './sandbox-spec.js';
+export { parseSandboxExecRequest, parseSandboxReply } from './sandbox.js';
+export type { SandboxExecRequest, SandboxReply, SandboxResult, Artifact } from './sandbox.js';

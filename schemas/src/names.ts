@@ -11,6 +11,7 @@
  * | durable timers       | cap.<t>.timers.<runId>.<timerId>    | CAP_CMDS_<t>      |
  * | work for a pool      | cap.<t>.work.<pool>                 | CAP_WORK_<t>      |
  * | dead letters         | cap.<t>.dlq.<source>                | CAP_DLQ_<t>       |
+ * | worker admission     | cap.<t>.fleet.<workerId>            | CAP_FLEET_<t>     |
  * | service requests     | cap.<t>.svc.<service>.<verb>        | (core NATS)       |
  */
 import { ErrorCode, InvalidNameError, showValue } from './errors.js';
@@ -32,6 +33,9 @@ export const CommandVerb = {
   Started: 'started',
   Result: 'result',
   Timer: 'timer',
+  Approve: 'approve',
+  Deny: 'deny',
+  Retry: 'retry',
 } as const;
 export type CommandVerb = (typeof CommandVerb)[keyof typeof CommandVerb];
 
@@ -62,8 +66,15 @@ export const Subjects = {
   allWork: (t: TenantId) => `${PREFIX}.${t}.work.*`,
   deadLetter: (t: TenantId, source: DeadLetterSource) => `${PREFIX}.${t}.dlq.${source}`,
   allDeadLetters: (t: TenantId) => `${PREFIX}.${t}.dlq.*`,
+  /** A worker's admission records (approved / revoked); the last one is its state. */
+  fleet: (t: TenantId, workerId: string) => `${PREFIX}.${t}.fleet.${parseToken('worker id', workerId)}`,
+  allFleet: (t: TenantId) => `${PREFIX}.${t}.fleet.*`,
   /** Worker heartbeats with capability labels (core NATS, not stored). */
   workerHeartbeat: (t: TenantId) => `${PREFIX}.${t}.svc.workers.heartbeat`,
+  /** Requests to the sandbox service to run one sandboxed attempt (core NATS, request/replies). */
+  sandboxExec: (t: TenantId) => `${PREFIX}.${t}.svc.sandbox.exec`,
+  /** Every tenant's sandbox requests: one sandbox service serves all tenants of its node. */
+  anySandboxExec: () => `${PREFIX}.*.svc.sandbox.exec`,
   /** Wildcard over every tenant's submit subject, used to answer submits for unknown tenants. */
   anySubmit: () => `${PREFIX}.*.cmd.${CommandVerb.Submit}`,
 } as const;
@@ -90,6 +101,8 @@ export const Streams = {
   commands: (t: TenantId) => `${STREAM_PREFIX}CMDS_${t}`,
   work: (t: TenantId) => `${STREAM_PREFIX}WORK_${t}`,
   deadLetters: (t: TenantId) => `${STREAM_PREFIX}DLQ_${t}`,
+  /** Worker admission: one subject per worker id, its last message is the worker's state. */
+  fleet: (t: TenantId) => `${STREAM_PREFIX}FLEET_${t}`,
   /** The prefix of command streams, used to discover tenants. */
   commandsPrefix: `${STREAM_PREFIX}CMDS_`,
 } as const;

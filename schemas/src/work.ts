@@ -2,6 +2,7 @@
 import type { RunId } from './ids.js';
 import { RUN_ID_PATTERN } from './ids.js';
 import { Mode } from './events.js';
+import { sandboxSpecSchema } from './sandbox-spec.js';
 import type { Infer, Schema } from './validate.js';
 import { arr, int, json, jsonObject, literal, obj, optional, str } from './validate.js';
 
@@ -17,6 +18,8 @@ const workItemSchema = obj('work item', {
   input: jsonObject(),
   /** Result of the step before this one, if any: steps chain through small metadata. */
   previous: optional(json()),
+  /** Modes 1–3: what runs in the sandbox (see `SandboxSpec`). */
+  sandbox: optional(sandboxSpecSchema),
 });
 
 export type WorkItem = Infer<typeof workItemSchema>;

@@ -64,7 +64,7 @@ export async function eventually<T>(what: string, check: () => Promise<T | undef
   }
 }
 
-export type ServiceName = 'orchestrator' | 'worker' | 'projector';
+export type ServiceName = 'orchestrator' | 'worker' | 'projector' | 'sandbox';
 
 /** A service running as its own process (`node services/<name>/dist/main.js`). */
 export interface ServiceProcess {
@@ -82,7 +82,8 @@ export function spawnService(name: ServiceName, env: Record<string, string>): Se
   // CAPSTAN_NODE_ARGS passes flags such as --cpu-prof to the service's node (benchmarks).
   const nodeArgs = (env['CAPSTAN_NODE_ARGS'] ?? '').split(' ').filter(Boolean);
   const child: ChildProcess = spawn(process.execPath, [...nodeArgs, join(PROJECT_ROOT, 'services', name, 'dist', 'main.js')], {
-    env: { ...process.env, LOG_LEVEL: 'warn', ...env },
+    // Workers admit themselves unless a test asks otherwise (WORKER_ADMISSION=required).
+    env: { ...process.env, LOG_LEVEL: 'warn', WORKER_ADMISSION: 'auto', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -147,7 +148,7 @@ export async function startServices(url: string, tenants: readonly TenantId[], o
   const { createOrchestrator, loadConfig: orchConfig } = await import('@capstan/orchestrator');
   const { createWorker, loadConfig: workerConfig } = await import('@capstan/worker');
   const { workflows, handlers } = await import('../fixtures/workflows.js');
-  const env = { NATS_URL: url, CAPSTAN_TENANTS: tenants.join(','), ...opts.env };
+  const env = { NATS_URL: url, CAPSTAN_TENANTS: tenants.join(','), WORKER_ADMISSION: 'auto', ...opts.env };
   const orch = await createOrchestrator(orchConfig(env), silent, { registry: createRegistry(workflows) });
   const worker = await createWorker(workerConfig({ ...env, WORKER_ID: opts.workerId ?? `worker-${tenants[0] ?? ''}` }), silent, { handlers });
   await orch.start();

@@ -34,7 +34,7 @@ async function rowCounts(d: Database, t: TenantId) {
                (select count(*)::int from events where tenant = ${t}) as events,
                (select count(*)::int from steps where tenant = ${t}) as steps,
                (select count(*)::int from approvals where tenant = ${t}) as approvals,
-               (select count(*)::int from audit_log where tenant = ${t}) as audit,
+               (select count(*)::int from audit_log where tenant = ${t} and run_id <> '') as audit,
                (select count(*)::int from run_search where tenant = ${t}) as search`,
   );
   return row;

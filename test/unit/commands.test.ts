@@ -24,6 +24,9 @@ const VALID: Record<Verb, Record<string, unknown>> = {
   started: { runId: RUN, step: 'extract', attempt: 1, worker: 'worker-1' },
   result: { runId: RUN, step: 'extract', attempt: 2, worker: 'worker-1', outcome: 'completed', result: { rows: 10 }, durationMs: 12 },
   timer: { runId: RUN, timerId: 'extract-a1-timeout', kind: 'timeout', step: 'extract', attempt: 1 },
+  approve: { runId: RUN, step: 'review', by: 'ann@example.com', reason: 'numbers checked' },
+  deny: { runId: RUN, step: 'review', by: 'Ann Lee', reason: 'totals do not add up' },
+  retry: { runId: RUN, by: 'ann', reason: 'upstream fixed' },
 };
 
 const MINIMAL: Record<Verb, Record<string, unknown>> = {
@@ -33,6 +36,9 @@ const MINIMAL: Record<Verb, Record<string, unknown>> = {
   started: { runId: RUN, step: 's', attempt: 1000, worker: 'w' },
   result: { runId: RUN, step: 's', attempt: 1, worker: 'w', outcome: 'completed', durationMs: 0 },
   timer: { runId: RUN, timerId: 's-a1-retry', kind: 'retry', step: 's', attempt: 1 },
+  approve: { runId: RUN, step: 's', by: 'a' },
+  deny: { runId: RUN, step: 's', by: 'a' },
+  retry: { runId: RUN, by: 'a' },
 };
 
 function schemaError(verb: Verb, value: unknown): SchemaError {
@@ -50,7 +56,7 @@ describe('commands - verbs', () => {
   it('commands - the verbs are exactly the subject vocabulary', () => {
     expect([...COMMAND_VERBS].sort()).toEqual(Object.values(CommandVerb).sort());
     for (const v of COMMAND_VERBS) expect(isCommandVerb(v)).toBe(true);
-    for (const v of ['', 'SUBMIT', 'approve', 'constructor', '__proto__', 'toString', 'hasOwnProperty', 'submit ']) {
+    for (const v of ['', 'SUBMIT', 'approval', 'constructor', '__proto__', 'toString', 'hasOwnProperty', 'submit ']) {
       expect(isCommandVerb(v), v).toBe(false);
     }
   });
@@ -125,6 +131,16 @@ describe('commands - invalid bodies', () => {
     ['timer', { ...MINIMAL.timer, timerId: 'a.b' }, 'timerId'],
     ['timer', { ...MINIMAL.timer, timerId: '' }, 'timerId'],
     ['timer', { ...MINIMAL.timer, attempt: 0 }, 'attempt'],
+    ['approve', { ...MINIMAL.approve, by: '' }, 'by'],
+    ['approve', { ...MINIMAL.approve, by: ' ann' }, 'by'],
+    ['approve', { ...MINIMAL.approve, by: 'ann\n' }, 'by'],
+    ['approve', { ...MINIMAL.approve, by: 'a'.repeat(129) }, 'by'],
+    ['approve', { ...MINIMAL.approve, step: 'Review' }, 'step'],
+    ['deny', { ...MINIMAL.deny, reason: '' }, 'reason'],
+    ['deny', { ...MINIMAL.deny, reason: 'r'.repeat(501) }, 'reason'],
+    ['deny', { ...MINIMAL.deny, decision: 'approve' }, 'decision'],
+    ['retry', { ...MINIMAL.retry, by: 7 }, 'by'],
+    ['retry', { ...MINIMAL.retry, step: 's' }, 'step'],
   ];
   for (const [verb, body, path] of INVALID) {
     it(`commands - ${verb}: ${JSON.stringify(body).slice(0, 80)} is refused at ${path}`, () => {

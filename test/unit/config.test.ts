@@ -168,7 +168,9 @@ describe('config - worker', () => {
       ackWaitMs: 30_000,
       startedAfterMs: 250,
       discoveryMs: 2000,
+      sandboxStallMs: 5000,
       id: `worker-${process.pid}`,
+      admission: 'required',
     });
   });
 
@@ -197,6 +199,8 @@ describe('config - worker', () => {
         WORKER_STARTED_AFTER_MS: '0',
         WORKER_DISCOVERY_MS: '100',
         WORKER_ID: 'w-7',
+        WORKER_ADMISSION: 'auto',
+        WORKER_SANDBOX_STALL_MS: '800',
       }),
     ).toEqual({
       natsUrl: NATS.NATS_URL,
@@ -208,7 +212,9 @@ describe('config - worker', () => {
       ackWaitMs: 1000,
       startedAfterMs: 0,
       discoveryMs: 100,
+      sandboxStallMs: 800,
       id: 'w-7',
+      admission: 'auto',
     });
   });
 

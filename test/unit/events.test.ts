@@ -22,6 +22,8 @@ const DATA: Record<RunEventType, Record<string, unknown>> = {
   'timer.fired': { timerId: 's-a1-timeout', kind: 'timeout', step: 's', attempt: 1 },
   'run.signaled': { name: 'go' },
   'run.cancel-requested': {},
+  'approval.decided': { step: 'review', decision: 'deny', by: 'ann', reason: 'no' },
+  'run.retried': { by: 'ann' },
   'step.scheduled': { step: 's', attempt: 1, handler: 'w.s', mode: 0, pool: 'default', timeoutMs: 1 },
   'step.waiting': { step: 's', signal: 'go' },
   'timer.scheduled': { timerId: 's-a1-retry', kind: 'retry', step: 's', attempt: 1, delayMs: 0 },

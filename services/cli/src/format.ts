@@ -45,6 +45,10 @@ export function describe(e: RunEvent): string {
       return `signal "${e.data.name}" received`;
     case 'run.cancel-requested':
       return `cancel requested${e.data.reason ? `: ${e.data.reason}` : ''}`;
+    case 'approval.decided':
+      return `step ${e.data.step} ${e.data.decision === 'approve' ? 'approved' : 'denied'} by ${e.data.by}${e.data.reason ? `: ${e.data.reason}` : ''}`;
+    case 'run.retried':
+      return `run retried by ${e.data.by}${e.data.reason ? `: ${e.data.reason}` : ''}`;
     case 'run.completed':
       return `run completed → ${JSON.stringify(e.data.output).slice(0, 80)}`;
     case 'run.failed':

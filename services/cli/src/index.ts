@@ -4,3 +4,5 @@ export type { RunSummary, DeadLetterView } from './runs.js';
 export { runsCmd, runCmd, auditCmd, systemStatusCmd, apiGet } from './read.js';
 export type { Wire, RunsResponse, RunResponse, AuditResponse, SystemResponse } from './read.js';
 export { apiUrl, DEV_API_URL_FILE } from './context.js';
+export { approvalsCmd, approveCmd, denyCmd, retryCmd, workersCmd, actorFlag } from './operate.js';
+export type { ApprovalsResponse, WorkersResponse } from './operate.js';

@@ -5,6 +5,7 @@ import { devCmd } from './dev.js';
 import { cancelCmd, dlqCmd, eventsCmd, replayCmd, signalCmd, statusCmd, submitCmd, tenantCmd } from './runs.js';
 import { auditCmd, runCmd, runsCmd, systemStatusCmd } from './read.js';
 import { migrateCmd, projectionsCmd } from './projections.js';
+import { approvalsCmd, approveCmd, denyCmd, retryCmd, workersCmd } from './operate.js';
 
 const USAGE = `capstan — durable workflows on NATS JetStream
 
@@ -19,6 +20,13 @@ usage:
                                        refold the run through its recorded workflow version
   capstan signal <runId> <name> --tenant <t> [--payload <json>]
   capstan cancel <runId> --tenant <t> [--reason <text>]
+  capstan approve <runId> <step> --tenant <t> [--as <user>] [--reason <text>] [--json]
+  capstan deny <runId> <step> --tenant <t> [--as <user>] [--reason <text>] [--json]
+                                       decide a step waiting for approval (deny fails the run)
+  capstan retry <runId> --tenant <t> [--as <user>] [--reason <text>] [--json]
+                                       reopen a failed run at the step that failed
+  capstan workers approve|revoke <workerId> --tenant <t> [--as <user>] [--reason <text>]
+                                       admit a worker to pull the tenant's work, or stop it
   capstan dlq --tenant <t> [--limit N] [--json]   dead letters: commands Capstan refused, and why
   capstan tenant add <t> | capstan tenant list
 
@@ -27,6 +35,9 @@ queries over the projections (through the query API: --api <url>, $CAPSTAN_API_U
                [--limit N] [--cursor c] [--json]
   capstan run <runId> --tenant <t> [--json]       a run, its steps and its timeline
   capstan audit --tenant <t> [--run id] [--since 1h] [--limit N] [--cursor c] [--json]
+  capstan approvals --tenant <t> [--status waiting|approved|denied|all] [--limit N] [--json]
+                                                  steps waiting for a person (default: waiting)
+  capstan workers --tenant <t> [--json]           the fleet: admission, pools, load, last seen
   capstan status --system [--json]                the NATS server and projection lag per tenant
 
 projections (Postgres: --db <url> or $DATABASE_URL):
@@ -37,6 +48,7 @@ projections (Postgres: --db <url> or $DATABASE_URL):
                                                   compare rows with a fold of the streams; exit 1: rows differ,
                                                   4: a run's event chain is broken, 5: both
 
+--as defaults to $CAPSTAN_USER, else the login name: actions are recorded with their author.
 every command takes --nats <url> (default: $NATS_URL, else the server of a running \`capstan dev\`);
 \`dev\` given a server starts no nats-server of its own
 `;
@@ -54,6 +66,11 @@ const commands: Record<string, (argv: string[]) => Promise<number>> = {
   replay: (argv) => replayCmd(argv),
   signal: signalCmd,
   cancel: cancelCmd,
+  approvals: (argv) => approvalsCmd(argv),
+  approve: (argv) => approveCmd(argv),
+  deny: (argv) => denyCmd(argv),
+  retry: (argv) => retryCmd(argv),
+  workers: (argv) => workersCmd(argv),
   dlq: dlqCmd,
   tenant: tenantCmd,
 };

@@ -70,7 +70,7 @@ export async function apiGet<T>(base: string, path: string, query: readonly (rea
 
 const readCommon = { api: { type: 'string' }, tenant: { type: 'string' }, json: { type: 'boolean' } } as const;
 
-const tenantPath = (t: TenantId, rest: string) => `/v1/tenants/${encodeURIComponent(t)}${rest}`;
+export const tenantPath = (t: TenantId, rest: string) => `/v1/tenants/${encodeURIComponent(t)}${rest}`;
 const orDash = (v: string | number | null | undefined) => (v === null || v === undefined || v === '' ? '-' : String(v));
 const short = (v: unknown, n = 60) => {
   const s = JSON.stringify(v) ?? '';
@@ -157,6 +157,7 @@ function humanRun(d: RunResponse): string {
   lines.push(`  attempts  ${r.attempts}`);
   if (d.search.length > 0) lines.push(`  search    ${d.search.map((s) => `${s.key}=${s.value}`).join(', ')}`);
   if (r.errorCode) lines.push(`  error     ${red(`${r.errorCode}: ${r.errorMessage ?? ''}`)}`);
+  if (r.retries > 0) lines.push(`  retried   ${r.retries} time(s), last by ${orDash(r.retriedBy)} at ${orDash(r.retriedAt)}`);
 
   lines.push('', bold('steps'));
   if (d.steps.length === 0) lines.push(dim('  none yet'));
@@ -176,8 +177,8 @@ function humanRun(d: RunResponse): string {
 
   if (d.approvals.length > 0) {
     lines.push('', bold('approvals'));
-    const rows = d.approvals.map((a) => [a.step, a.signal, colorStatus(a.status), a.requestedAt, orDash(a.decidedAt)]);
-    lines.push(indent(table(['STEP', 'SIGNAL', 'STATUS', 'REQUESTED', 'DECIDED'], rows)));
+    const rows = d.approvals.map((a) => [a.step, a.signal, colorStatus(a.status), a.requestedAt, orDash(a.decidedAt), orDash(a.decidedBy), a.reason ? dim(a.reason) : '']);
+    lines.push(indent(table(['STEP', 'SIGNAL', 'STATUS', 'REQUESTED', 'DECIDED', 'BY', 'REASON'], rows)));
   }
 
   lines.push('', bold('timeline'));
@@ -206,7 +207,8 @@ export async function auditCmd(argv: string[], env: NodeJS.ProcessEnv = process.
   const page = await apiGet<AuditResponse>(base, tenantPath(t, '/audit'), query);
   print(values['json'] === true, page, () => {
     if (page.entries.length === 0) return 'no audit entries';
-    const rows = page.entries.map((a) => [String(a.id), a.at, a.runId, String(a.seq), a.kind, orDash(a.actor), dim(short(a.detail))]);
+    // Rows about the fleet (worker admission) belong to no run.
+    const rows = page.entries.map((a) => [String(a.id), a.at, orDash(a.runId), String(a.seq), a.kind, orDash(a.actor), dim(short(a.detail))]);
     const lines = [table(['ID', 'AT', 'RUN', 'SEQ', 'KIND', 'ACTOR', 'DETAIL'], rows)];
     if (page.nextCursor) lines.push(dim(`more: --cursor ${page.nextCursor}`));
     return lines.join('\n');

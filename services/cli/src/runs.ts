@@ -51,6 +51,12 @@ export function summarize(t: TenantId, events: readonly RunEvent[]): RunSummary 
     else if (e.type === 'step.failed') (steps.get(e.data.step) ?? { outcome: '' }).outcome = `failed (${e.data.error.code})`;
     else if (e.type === 'run.signaled') {
       for (const s of steps.values()) if (s.outcome === `waiting for ${e.data.name}`) s.outcome = 'signaled';
+    } else if (e.type === 'approval.decided') {
+      (steps.get(e.data.step) ?? { outcome: '' }).outcome = `${e.data.decision === 'approve' ? 'approved' : 'denied'} by ${e.data.by}`;
+    } else if (e.type === 'run.retried') {
+      // Reopened: the failure it had is history now.
+      error = undefined;
+      endedAt = undefined;
     } else if (e.type === 'run.completed') {
       output = e.data.output;
       endedAt = e.at;

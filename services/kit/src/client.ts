@@ -1,21 +1,46 @@
 /**
- * A small TypeScript client for Capstan's intake and run streams: what the CLI uses, and
- * what an application embeds. Any NATS client can do the same by following docs/intake.md.
+ * A small TypeScript client for Capstan's intake and run streams: what the CLI and the
+ * console use, and what an application embeds. Any NATS client can do the same by
+ * following docs/intake.md.
  */
 import type { NatsConnection } from '@nats-io/transport-node';
-import { jetstream, jetstreamManager, DeliverPolicy, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import {
+  jetstream,
+  jetstreamManager,
+  DeliverPolicy,
+  JetStreamApiError,
+  type JetStreamClient,
+  type JetStreamManager,
+  type PubAck,
+  type StoredMsg,
+} from '@nats-io/jetstream';
+import { nuid } from '@nats-io/nuid';
+import {
+  actorSchema,
+  CommandRejectedError,
   CommandVerb,
+  ConcurrencyConflictError,
+  DeadLetterSource,
+  decode,
   encode,
+  Headers,
+  InvalidArgumentError,
   MsgIds,
   parseTenantId,
   parseRunId,
+  parseToken,
+  parseWorkerAdmission,
+  reasonSchema,
+  SchemaError,
   Streams,
   Subjects,
   UnavailableError,
+  WorkerAdmissionState,
   type JsonValue,
   type RunEvent,
   type RunId,
+  type TenantId,
+  type WorkerAdmissionRecord,
 } from '@capstan/schemas';
 import { decodeEvent, readRun } from './run-log.js';
 import { newRunId } from './ids.js';
@@ -28,21 +53,118 @@ export interface SubmitOptions {
 
 const TERMINAL = new Set(['run.completed', 'run.failed', 'run.cancelled']);
 
+/** Who decides, and why: recorded on the run and in the audit log. */
+export interface DecisionOptions {
+  /** The deciding person's user id (printable, at most 128 characters). */
+  readonly by: string;
+  /** At most 500 characters. */
+  readonly reason?: string;
+  /**
+   * How long to wait for an orchestrator to decide the command (default 15 s). When none
+   * does in time the call rejects with `unavailable`; the command stays stored and is
+   * decided when an orchestrator runs (its outcome is then on the run, or a dead letter).
+   */
+  readonly timeoutMs?: number;
+}
+
+/** Who changes a worker's admission, and why. */
+export interface AdmissionOptions {
+  readonly by: string;
+  readonly reason?: string;
+}
+
+/** A worker's admission as recorded in the tenant's fleet stream. */
+export interface WorkerAdmission {
+  readonly worker: string;
+  /** `approved` or `revoked`; a worker with no record is `pending`. */
+  readonly state: Exclude<WorkerAdmissionState, 'pending'>;
+  readonly by: string;
+  readonly reason?: string;
+  /** When the record was stored, by the NATS server's clock (epoch ms). */
+  readonly at: number;
+  /** Its fleet stream sequence. */
+  readonly seq: number;
+}
+
 export interface CapstanClient {
   /** Publishes a submit and returns the run id once JetStream has stored the command. */
   submit(tenant: string, workflow: string, opts?: SubmitOptions): Promise<RunId>;
   cancel(tenant: string, runId: string, reason?: string): Promise<void>;
   signal(tenant: string, runId: string, name: string, payload?: JsonValue): Promise<void>;
+  /**
+   * Approves `step` of a run waiting for approval (a signal step), as `by`: the step
+   * completes with the result `{ decision: 'approve', by, reason? }` and the run goes on.
+   * Publishes `cap.<t>.cmd.approve` and resolves with the recorded `approval.decided` event
+   * once an orchestrator has decided it.
+   * @throws CommandRejectedError with code `approval_not_waiting` when the step is not
+   *   waiting for a decision (decided already, not reached, not an approval step), or
+   *   `run_not_found`; nothing is recorded then
+   * @throws UnavailableError when no orchestrator decided within `timeoutMs`
+   * @throws InvalidNameError | SchemaError for a malformed tenant, run id, step, `by` or `reason`
+   * @example
+   * await client.approve('acme', runId, 'review', { by: 'ann', reason: 'numbers checked' });
+   */
+  approve(tenant: string, runId: string, step: string, opts: DecisionOptions): Promise<RunEvent>;
+  /**
+   * Denies `step` of a run waiting for approval, as `by`: the run fails with the error code
+   * `approval_denied` and a message naming who denied it and why. Same protocol and errors
+   * as {@link approve}. A denied run can be retried, which asks for the approval again.
+   */
+  deny(tenant: string, runId: string, step: string, opts: DecisionOptions): Promise<RunEvent>;
+  /**
+   * Reopens a failed run (`cap.<t>.cmd.retry`): the step that failed is scheduled again
+   * (attempt numbers go on, its retry policy starts afresh; a denied approval step waits for
+   * a decision again); completed steps keep their results and never run again. Resolves
+   * with the recorded `run.retried` event.
+   * @throws CommandRejectedError with code `run_not_retryable` when the run has not failed
+   *   (or its workflow is a hand-written machine), or `run_not_found`
+   * @throws UnavailableError when no orchestrator decided within `timeoutMs`
+   * @example
+   * await client.retry('acme', runId, { by: 'ann', reason: 'upstream fixed' });
+   */
+  retry(tenant: string, runId: string, opts: DecisionOptions): Promise<RunEvent>;
+  /**
+   * Admits a worker (admin): from this record on it pulls work in this tenant. Works for a
+   * worker not seen yet (pre-approval). Approving an approved worker records nothing and
+   * returns the standing record.
+   * @throws InvalidNameError when `workerId` is not a subject token (`^[a-z0-9][a-z0-9_-]{0,63}$`)
+   * @throws UnavailableError when the tenant has no fleet stream (`capstan tenant add <t>`)
+   */
+  approveWorker(tenant: string, workerId: string, opts: AdmissionOptions): Promise<WorkerAdmission>;
+  /**
+   * Revokes a worker (admin): it stops taking work in this tenant within seconds; steps it
+   * had in flight are stopped and reported failed (retryable), so their runs retry them on
+   * other workers. Revoking a revoked worker records nothing.
+   */
+  revokeWorker(tenant: string, workerId: string, opts: AdmissionOptions): Promise<WorkerAdmission>;
+  /** The worker's last admission record; undefined when it has none (it is `pending`). */
+  workerAdmission(tenant: string, workerId: string): Promise<WorkerAdmission | undefined>;
   events(tenant: string, runId: string): Promise<RunEvent[]>;
-  /** Resolves with the run's terminal event, or rejects with UnavailableError after `timeoutMs`. */
+  /**
+   * Resolves with the run's terminal event, or rejects with UnavailableError after `timeoutMs`.
+   * A terminal event followed by more (a failed run that was retried) is not the end: the
+   * run's latest terminal event is.
+   */
   waitForEnd(tenant: string, runId: string, timeoutMs?: number): Promise<RunEvent>;
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
 }
 
+/** How long an operator action waits for its decision by default. */
+const DECISION_TIMEOUT_MS = 15_000;
+
 export async function createClient(nc: NatsConnection): Promise<CapstanClient> {
   const js = jetstream(nc);
   const jsm = await jetstreamManager(nc);
+  const command = (t: TenantId, runId: RunId, verb: CommandVerb, body: object, timeoutMs: number) => sendAndAwait(js, jsm, t, runId, verb, body, timeoutMs);
+  const decideStep = (tenant: string, runId: string, step: string, verb: typeof CommandVerb.Approve | typeof CommandVerb.Deny, opts: DecisionOptions) => {
+    const t = parseTenantId(tenant);
+    const id = parseRunId(runId);
+    const body = { runId: id, step: parseToken('step', step), ...who(opts) };
+    return command(t, id, verb, body, opts.timeoutMs ?? DECISION_TIMEOUT_MS);
+  };
+  const admit = (tenant: string, workerId: string, state: WorkerAdmission['state'], opts: AdmissionOptions) =>
+    writeAdmission(js, jsm, parseTenantId(tenant), parseToken('worker id', workerId), state, opts);
   return {
     js,
     jsm,
@@ -68,6 +190,20 @@ export async function createClient(nc: NatsConnection): Promise<CapstanClient> {
       const id = parseRunId(runId);
       await js.publish(Subjects.command(t, CommandVerb.Signal), encode({ runId: id, name, ...(payload !== undefined ? { payload } : {}) }));
     },
+    approve: (tenant, runId, step, opts) => decideStep(tenant, runId, step, CommandVerb.Approve, opts),
+    deny: (tenant, runId, step, opts) => decideStep(tenant, runId, step, CommandVerb.Deny, opts),
+    async retry(tenant, runId, opts) {
+      const t = parseTenantId(tenant);
+      const id = parseRunId(runId);
+      const body = { runId: id, ...who(opts) };
+      return command(t, id, CommandVerb.Retry, body, opts.timeoutMs ?? DECISION_TIMEOUT_MS);
+    },
+    approveWorker: (tenant, workerId, opts) => admit(tenant, workerId, WorkerAdmissionState.Approved, opts),
+    revokeWorker: (tenant, workerId, opts) => admit(tenant, workerId, WorkerAdmissionState.Revoked, opts),
+    async workerAdmission(tenant, workerId) {
+      const t = parseTenantId(tenant);
+      return readAdmission(jsm, t, parseToken('worker id', workerId));
+    },
     async events(tenant, runId) {
       return (await readRun(jsm, parseTenantId(tenant), parseRunId(runId))).events;
     },
@@ -81,7 +217,8 @@ export async function createClient(nc: NatsConnection): Promise<CapstanClient> {
       try {
         for await (const m of messages) {
           const ev = decodeEvent(m);
-          if (TERMINAL.has(ev.type)) return ev;
+          // Only the run's last event so far ends the wait: a retry reopens a failed run.
+          if (TERMINAL.has(ev.type) && m.info.pending === 0) return ev;
         }
       } finally {
         clearTimeout(timer);
@@ -94,4 +231,143 @@ export async function createClient(nc: NatsConnection): Promise<CapstanClient> {
 
 export function isTerminalEvent(ev: RunEvent): boolean {
   return TERMINAL.has(ev.type);
+}
+
+/** `by` and `reason` checked here, so a typo fails at once rather than as a dead letter. */
+function who(opts: { by: string; reason?: string | undefined }): { by: string; reason?: string } {
+  const by = actorSchema.parse(opts.by, 'by');
+  const reason = opts.reason === undefined || opts.reason === '' ? undefined : reasonSchema.parse(opts.reason, 'reason');
+  return { by, ...(reason === undefined ? {} : { reason }) };
+}
+
+function checkTimeout(ms: number): number {
+  if (!Number.isSafeInteger(ms) || ms < 1) throw new InvalidArgumentError(`timeoutMs must be a positive integer; got ${String(ms)}`);
+  return ms;
+}
+
+/**
+ * Sends a run command and waits for its outcome: the orchestrator either records an input
+ * event caused by it (`causationId` = `cmd:<its stream sequence>`) or refuses it with a dead
+ * letter naming that sequence (`Capstan-Source-Seq`). Both are durable, so reading them
+ * after the publish cannot miss either; the dead letter's code and message become a
+ * {@link CommandRejectedError}.
+ */
+async function sendAndAwait(
+  js: JetStreamClient,
+  jsm: JetStreamManager,
+  t: TenantId,
+  runId: RunId,
+  verb: CommandVerb,
+  body: object,
+  timeoutMs: number,
+): Promise<RunEvent> {
+  checkTimeout(timeoutMs);
+  const subject = Subjects.command(t, verb);
+  const dlq = Streams.deadLetters(t);
+  // Dead letters that exist before the publish are not this command's.
+  let dlqFrom = (await jsm.streams.info(dlq).catch((e: unknown) => {
+    throw new UnavailableError(`tenant ${t} has no dead-letter stream (is it provisioned? capstan tenant add ${t})`, { cause: e });
+  })).state.last_seq + 1;
+  const ack: PubAck = await js.publish(subject, encode(body), { msgID: MsgIds.command(verb, `${runId}:${nuid.next()}`) });
+  const causation = `cmd:${ack.seq}`;
+  let runFrom = 1;
+  const deadline = Date.now() + timeoutMs;
+  for (let pause = 20; ; pause = Math.min(pause * 2, 250)) {
+    for (const m of await readFrom(jsm, Streams.runs(t), Subjects.run(t, runId), runFrom)) {
+      runFrom = m.seq + 1;
+      const ev = decodeEvent(m);
+      if (ev.causationId === causation) return ev;
+    }
+    for (const m of await readFrom(jsm, dlq, Subjects.deadLetter(t, DeadLetterSource.Command), dlqFrom)) {
+      dlqFrom = m.seq + 1;
+      if (m.header.get(Headers.SourceSeq) !== String(ack.seq) || m.header.get(Headers.SourceSubject) !== subject) continue;
+      throw new CommandRejectedError(m.header.get(Headers.ErrorCode) || 'event_rejected', m.header.get(Headers.Error) || `${verb} refused`, verb, ack.seq, runId);
+    }
+    if (Date.now() >= deadline) {
+      throw new UnavailableError(
+        `no orchestrator decided the ${verb} command for run ${runId} (stream seq ${ack.seq}) within ${timeoutMs} ms; it stays queued and is decided when one runs`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, pause));
+  }
+}
+
+/** Messages of `subject` in `stream` from sequence `from` on (at most 1000 per call). */
+async function readFrom(jsm: JetStreamManager, stream: string, subject: string, from: number): Promise<StoredMsg[]> {
+  const out: StoredMsg[] = [];
+  try {
+    for await (const m of await jsm.direct.getBatch(stream, { seq: from, next_by_subj: subject, batch: 1000 })) out.push(m);
+  } catch (e) {
+    if (!isNothingThere(e)) throw e;
+  }
+  return out;
+}
+
+function isNoResponders(e: unknown): boolean {
+  const f = (e as { isNoResponders?: unknown } | null)?.isNoResponders;
+  return typeof f === 'function' && (f as () => boolean).call(e) === true;
+}
+
+function isNothingThere(e: unknown): boolean {
+  if (e instanceof JetStreamApiError) return e.code === 10037 || e.status === 404;
+  return (e as { code?: unknown }).code === 404 || (e instanceof Error && /no message found|not found/i.test(e.message));
+}
+
+/** The last admission record of a worker, validated; undefined when there is none. */
+export async function readAdmission(jsm: JetStreamManager, t: TenantId, workerId: string): Promise<WorkerAdmission | undefined> {
+  let m: StoredMsg | null;
+  try {
+    m = await jsm.direct.getMessage(Streams.fleet(t), { last_by_subj: Subjects.fleet(t, workerId) });
+  } catch (e) {
+    if (isNothingThere(e)) return undefined;
+    // A direct get on a stream that does not exist finds no responder.
+    if ((e instanceof JetStreamApiError && e.code === 10059) || isNoResponders(e)) {
+      throw new UnavailableError(`tenant ${t} has no fleet stream ${Streams.fleet(t)} (provision it again: capstan tenant add ${t})`, { cause: e });
+    }
+    throw e;
+  }
+  return m ? admissionOf(m, workerId) : undefined;
+}
+
+/** A stored admission record as the client returns it. @throws SchemaError when malformed */
+export function admissionOf(m: Pick<StoredMsg, 'data' | 'seq' | 'time'>, workerId: string): WorkerAdmission {
+  const r: WorkerAdmissionRecord = parseWorkerAdmission(decode(m.data));
+  if (r.worker !== workerId) throw new SchemaError('worker admission', 'worker', `is ${r.worker}, but the record is stored for ${workerId}`);
+  return { worker: r.worker, state: r.state, by: r.by, ...(r.reason === undefined ? {} : { reason: r.reason }), at: m.time.getTime(), seq: m.seq };
+}
+
+/**
+ * Records `state` for a worker unless it is its state already. The write expects the
+ * subject's last sequence it read, so two admins racing cannot interleave unseen: the loser
+ * reads again and decides again.
+ */
+export async function writeAdmission(
+  js: JetStreamClient,
+  jsm: JetStreamManager,
+  t: TenantId,
+  workerId: string,
+  state: WorkerAdmission['state'],
+  opts: AdmissionOptions,
+): Promise<WorkerAdmission> {
+  const body: WorkerAdmissionRecord = { worker: workerId, state, ...who(opts) };
+  parseWorkerAdmission(body);
+  for (let i = 0; i < 5; i++) {
+    const current = await readAdmission(jsm, t, workerId).catch((e: unknown) => {
+      // A malformed last record is overwritten by a valid one.
+      if (e instanceof SchemaError) return { state: undefined, seq: -1 } as const;
+      throw e;
+    });
+    if (current?.state === state) return current as WorkerAdmission;
+    const seq = current?.seq ?? 0;
+    try {
+      const ack = await js.publish(Subjects.fleet(t, workerId), encode(body), seq >= 0 ? { expect: { lastSubjectSequence: seq } } : {});
+      const stored = await jsm.direct.getMessage(Streams.fleet(t), { seq: ack.seq });
+      return stored ? admissionOf(stored, workerId) : { ...body, at: Date.now(), seq: ack.seq };
+    } catch (e) {
+      // Someone else wrote in between: look again.
+      if (e instanceof JetStreamApiError && e.code === 10071) continue;
+      throw e;
+    }
+  }
+  throw new ConcurrencyConflictError(`worker ${workerId}`, 0);
 }

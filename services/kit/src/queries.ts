@@ -9,13 +9,31 @@
 import { and, asc, desc, eq, gte, inArray, lt, lte, or, sql, getTableColumns, type SQL } from 'drizzle-orm';
 import { alias } from 'drizzle-orm/pg-core';
 import { JetStreamApiError, type JetStreamManager } from '@nats-io/jetstream';
-import { db as schema, InvalidArgumentError, isRunStatus, RUN_STATUSES, RunNotFoundError, Streams, UnavailableError, type RunStatus, type TenantId } from '@capstan/schemas';
+import {
+  db as schema,
+  InvalidArgumentError,
+  isRunStatus,
+  RUN_STATUSES,
+  RunNotFoundError,
+  Streams,
+  UnavailableError,
+  WorkerAdmissionState,
+  type RunStatus,
+  type TenantId,
+} from '@capstan/schemas';
 import type { Database } from './db.js';
 
 export type RunRow = typeof schema.runs.$inferSelect;
 export type StepRow = typeof schema.steps.$inferSelect;
 export type ApprovalRow = typeof schema.approvals.$inferSelect;
-export type WorkerRow = typeof schema.workers.$inferSelect;
+/** A worker as last heard from, with its admission (`pending` when nothing is recorded). */
+export type WorkerRow = typeof schema.workers.$inferSelect & {
+  readonly admission: WorkerAdmissionState;
+  /** Who approved or revoked it last, and when; null while pending. */
+  readonly admissionBy: string | null;
+  readonly admissionAt: Date | null;
+  readonly admissionReason: string | null;
+};
 export type AuditRow = typeof schema.auditLog.$inferSelect;
 /** An event's place in its run; the event itself stays in the run stream. */
 export type EventIndexRow = Omit<typeof schema.events.$inferSelect, 'tenant' | 'runId'>;
@@ -330,10 +348,24 @@ export async function listApprovals(d: Database, tenant: TenantId, o: ListApprov
     .limit(limit);
 }
 
-/** The tenant's workers as last heard from, by id. */
+/**
+ * The tenant's workers as last heard from (heartbeats), by id, each with its admission
+ * state. A worker approved before it ever announced itself is not listed until it does
+ * (its record is in `worker_admissions` and the audit log).
+ */
 export async function listWorkers(d: Database, tenant: TenantId): Promise<WorkerRow[]> {
   const w = schema.workers;
-  return d.db.select().from(w).where(eq(w.tenant, tenant)).orderBy(asc(w.workerId));
+  const a = schema.workerAdmissions;
+  const rows = await d.db
+    .select({ ...getTableColumns(w), state: a.state, admissionBy: a.changedBy, admissionAt: a.changedAt, admissionReason: a.reason })
+    .from(w)
+    .leftJoin(a, and(eq(a.tenant, w.tenant), eq(a.workerId, w.workerId)))
+    .where(eq(w.tenant, tenant))
+    .orderBy(asc(w.workerId));
+  return rows.map(({ state, ...r }) => ({
+    ...r,
+    admission: state === WorkerAdmissionState.Approved || state === WorkerAdmissionState.Revoked ? state : WorkerAdmissionState.Pending,
+  }));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -68,9 +68,36 @@ export function streamConfigs(t: TenantId, limits: TenantLimits = DEFAULT_TENANT
   ];
 }
 
+/** Admission records kept per worker id: its history, for a person reading the stream. */
+const ADMISSION_HISTORY = 64;
+
+/**
+ * The tenant's worker admission stream, a key-value bucket in all but name: one subject per
+ * worker id (`cap.<t>.fleet.<workerId>`) whose last message is the worker's state. Apart
+ * from {@link streamConfigs} (the run pipeline's streams) because nothing in the run path
+ * reads it: workers watch their own subject, the projector folds it into
+ * `worker_admissions` and the audit log. Kept in the `cap.<t>.` namespace (not a `KV_`
+ * bucket) so the one permission `cap.<t>.>` still fences the tenant.
+ */
+export function fleetStreamConfig(t: TenantId): Partial<StreamConfig> & { name: string } {
+  return {
+    name: Streams.fleet(t),
+    subjects: [Subjects.allFleet(t)],
+    storage: 'file' as StreamConfig['storage'],
+    retention: 'limits' as StreamConfig['retention'],
+    discard: 'old' as StreamConfig['discard'],
+    max_msgs_per_subject: ADMISSION_HISTORY,
+    max_msg_size: 4096,
+    // A revocation must not be undone by deleting it.
+    deny_delete: true,
+    deny_purge: true,
+    allow_direct: true,
+  };
+}
+
 /** Creates the tenant's streams, or brings their settings up to date. Idempotent. */
 export async function ensureTenant(jsm: JetStreamManager, t: TenantId, limits?: TenantLimits): Promise<void> {
-  for (const cfg of streamConfigs(t, limits)) {
+  for (const cfg of [...streamConfigs(t, limits), fleetStreamConfig(t)]) {
     try {
       await jsm.streams.info(cfg.name);
       await jsm.streams.update(cfg.name, cfg);

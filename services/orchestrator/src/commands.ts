@@ -1,5 +1,5 @@
 import type { Command, InputEventBody } from '@capstan/schemas';
-import { ErrorCode } from '@capstan/schemas';
+import { ApprovalDecision, DECISION_VERBS, ErrorCode } from '@capstan/schemas';
 
 /** The input event a command asks the run to take (submit is handled apart: it starts a run). */
 export function inputOf(cmd: Exclude<Command, { verb: 'submit' }>): InputEventBody {
@@ -28,14 +28,23 @@ export function inputOf(cmd: Exclude<Command, { verb: 'submit' }>): InputEventBo
       return { type: 'run.signaled', data: { name: cmd.body.name, ...(cmd.body.payload !== undefined ? { payload: cmd.body.payload } : {}) } };
     case 'cancel':
       return { type: 'run.cancel-requested', data: cmd.body.reason !== undefined ? { reason: cmd.body.reason } : {} };
+    case 'approve':
+    case 'deny': {
+      const { step, by, reason } = cmd.body;
+      const decision = cmd.verb === 'approve' ? ApprovalDecision.Approve : ApprovalDecision.Deny;
+      return { type: 'approval.decided', data: { step, decision, by, ...(reason !== undefined ? { reason } : {}) } };
+    }
+    case 'retry':
+      return { type: 'run.retried', data: { by: cmd.body.by, ...(cmd.body.reason !== undefined ? { reason: cmd.body.reason } : {}) } };
   }
 }
 
 /**
  * Whether a rejected command is worth a dead letter. A duplicate `started` or a timer that
  * no longer applies is routine (a step finished before its timeout) and is dropped quietly;
- * a rejected result, cancel or signal is something a person may want to see.
+ * a rejected result, cancel or signal is something a person may want to see, and a refused
+ * approval or retry is the answer its sender waits for (the client reads it back).
  */
 export function deadLetterWhenRejected(verb: Command['verb']): boolean {
-  return verb === 'result' || verb === 'cancel' || verb === 'signal';
+  return verb === 'result' || verb === 'cancel' || verb === 'signal' || DECISION_VERBS.has(verb);
 }

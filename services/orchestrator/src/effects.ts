@@ -67,6 +67,7 @@ export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t
           timeoutMs: d.timeoutMs,
           input: (ctx.input ?? {}) as { [k: string]: JsonValue },
           ...(ctx.last !== undefined && ctx.last !== null ? { previous: ctx.last } : {}),
+          ...(d.sandbox ? { sandbox: d.sandbox } : {}),
         };
         work.push({ subject: Subjects.work(t, d.pool), data: encode(item), msgId: MsgIds.work(src.runId, d.step, d.attempt) });
       }

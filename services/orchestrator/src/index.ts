@@ -7,4 +7,5 @@ export type { Config } from './config.js';
 export { createOrchestrator } from './app.js';
 export type { OrchestratorApp } from './app.js';
 export type { TenantHostStats } from './run-host.js';
+export { Failpoints } from './run-host.js';
 export { loadWorkflows } from './workflows.js';

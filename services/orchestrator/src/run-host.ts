@@ -39,7 +39,7 @@ import {
   type RunId,
   type TenantId,
 } from '@capstan/schemas';
-import { appendBatch, deadLetter, derivedRunId, idempotencyHash, readRun, type Logger } from '@capstan/kit';
+import { appendBatch, deadLetter, derivedRunId, failpoint, idempotencyHash, readRun, type Logger } from '@capstan/kit';
 import { dispatchEffects, tailDecisions, type EffectSource } from './effects.js';
 import { deadLetterWhenRejected, inputOf } from './commands.js';
 import type { RunCache } from './run-cache.js';
@@ -97,6 +97,12 @@ interface GroupResult {
   readonly rejections: Rejection[];
   readonly state: RunState | undefined;
 }
+
+/** Places a fault test can make the orchestrator die (`CAPSTAN_FAILPOINTS`, see kit's failpoint). */
+export const Failpoints = {
+  /** Decisions appended and acted on, commands not acknowledged yet: they will be redelivered. */
+  BeforeAck: 'orchestrator.before_ack',
+} as const;
 
 const MAX_CONFLICT_RETRIES = 8;
 /** Ticks whose effects are still being published before new ticks wait. */
@@ -265,6 +271,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       }
       const allRejected = done.flatMap((g) => g.rejections);
       await Promise.all(allRejected.filter((r) => r.deadLetter).map((r) => sendDeadLetter(r)));
+      failpoint(Failpoints.BeforeAck);
       for (const g of done) for (const p of g.pendings) p.msg.ack();
     };
   }
@@ -300,7 +307,10 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     throw new CapstanError(ErrorCode.ConcurrencyConflict, 'idempotency key claim did not settle', true);
   }
 
-  async function load(runId: RunId, forceReload: boolean): Promise<{ cached?: { state: RunState; lastStreamSeq: number }; recovered: EffectSource[]; fromCache: boolean }> {
+  async function load(
+    runId: RunId,
+    forceReload: boolean,
+  ): Promise<{ cached?: { state: RunState; lastStreamSeq: number }; recovered: EffectSource[]; fromCache: boolean; events?: readonly RunEvent[] }> {
     if (!forceReload) {
       const hit = cache.get(runId);
       if (hit) return { cached: hit, recovered: [], fromCache: true };
@@ -309,7 +319,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     if (loaded.events.length === 0) return { recovered: [], fromCache: false };
     const { state } = foldRun(registry, loaded.events);
     const tail = tailDecisions(loaded.events, (e) => INPUT_EVENT_TYPES.has(e.type));
-    return { cached: { state, lastStreamSeq: loaded.lastStreamSeq }, recovered: tail.length > 0 ? [{ runId, state, events: tail }] : [], fromCache: false };
+    return { cached: { state, lastStreamSeq: loaded.lastStreamSeq }, recovered: tail.length > 0 ? [{ runId, state, events: tail }] : [], fromCache: false, events: loaded.events };
   }
 
   /**
@@ -368,6 +378,13 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
           decision = decide(state, input as Parameters<typeof decide>[1]);
         }
       } catch (e) {
+        // A redelivered command whose decision a process recorded before dying is done: its
+        // refusal now ("decided already", "not failed") would be a false dead letter, and the
+        // sender has been answered by the recorded event.
+        if (p.msg.info.redelivered && loaded.events?.some((ev) => ev.causationId === causationId && INPUT_EVENT_TYPES.has(ev.type))) {
+          log.debug({ runId, verb: p.cmd.verb }, 'redelivered command was decided already');
+          continue;
+        }
         const error = toErrorRecord(e, ErrorCode.EventRejected);
         const quiet = error.code === ErrorCode.StaleAttempt || error.code === ErrorCode.EventRejected ? !deadLetterWhenRejected(p.cmd.verb) : false;
         if (!quiet) log.info({ runId, code: error.code, verb: p.cmd.verb }, `command rejected: ${error.message}`);

@@ -19,7 +19,7 @@ import {
   type TenantFollower,
 } from '@capstan/kit';
 import type { Config } from './config.js';
-import { followFleet } from './fleet.js';
+import { followAdmissions, followFleet, type AdmissionFollower } from './fleet.js';
 import { createTenantProjector, type TenantProjector, type TenantProjectorStats } from './tenant-projector.js';
 
 export interface ProjectorApp {
@@ -44,12 +44,14 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
   let stopped: Promise<void> | undefined;
   const projectors = new Map<TenantId, TenantProjector>();
   const fleets: Subscription[] = [];
+  const admissions: AdmissionFollower[] = [];
 
   async function serve(t: TenantId): Promise<void> {
     if (!nc || !jsm) return;
     const p = createTenantProjector({ js: jetstream(nc), jsm, db: database.db, tenant: t, log, batch: config.batch, ackWaitMs: config.ackWaitMs });
     projectors.set(t, p);
     fleets.push(followFleet(nc, database.db, t, log));
+    admissions.push(followAdmissions(jetstream(nc), jsm, database.db, t, log));
     await p.start();
   }
 
@@ -85,6 +87,7 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
         stopping = true;
         follower?.stop();
         for (const f of fleets) f.unsubscribe();
+        await Promise.all(admissions.map((a) => a.stop()));
         await Promise.all([...projectors.values()].map((p) => p.stop()));
         await nc?.drain();
         // A database handed in belongs to the caller.

@@ -1,11 +1,24 @@
 /**
- * The worker fleet view: workers announce their capability labels (pools) and load on
+ * The worker fleet view.
+ *
+ * Heartbeats: workers announce their capability labels (pools) and load on
  * `cap.<t>.svc.workers.heartbeat`; each heartbeat upserts the worker's row, stamped with the
- * projector's clock (one clock judges "last seen", not each worker's own).
+ * projector's clock (one clock judges "last seen", not each worker's own). Best effort: a
+ * lost heartbeat is repaired by the next.
+ *
+ * Admission: the tenant's fleet stream (CAP_FLEET_<t>, one subject per worker id) is folded
+ * into `worker_admissions` and the audit log exactly once, like the run streams: each record
+ * is applied in a transaction with the fleet stream's checkpoint, under its own advisory
+ * lock, so a redelivered or re-read record applies nothing twice. Postgres away means the
+ * same record is tried again with backoff; an undecodable record becomes a dead_letters row.
  */
+import { and, eq, sql } from 'drizzle-orm';
+import { DeliverPolicy, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { db as schema, decode, parseWorkerHeartbeat, Subjects, type TenantId } from '@capstan/schemas';
-import type { Logger, ProjectionDb } from '@capstan/kit';
+import { db as schema, decode, ErrorCode, parseWorkerAdmission, parseWorkerHeartbeat, Streams, Subjects, toErrorRecord, SchemaError, type TenantId } from '@capstan/schemas';
+import { dbErrorMessage, type Logger, type ProjectionDb } from '@capstan/kit';
+import { AuditKind, pgText, type AuditRow } from './projection.js';
+import type { DeadLetterRow } from './apply.js';
 
 export function followFleet(nc: NatsConnection, db: ProjectionDb, t: TenantId, log: Logger): Subscription {
   return nc.subscribe(Subjects.workerHeartbeat(t), {
@@ -25,4 +38,200 @@ export function followFleet(nc: NatsConnection, db: ProjectionDb, t: TenantId, l
         .catch((e: unknown) => log.debug({ tenant: t, err: (e as Error).message }, 'worker heartbeat not recorded'));
     },
   });
+}
+
+// ---------------------------------------------------------------------------------------
+// Admission.
+
+export type AdmissionRow = typeof schema.workerAdmissions.$inferSelect;
+
+/** Audit rows about the fleet are about no run: their run id is empty, their seq the fleet stream's. */
+export const FLEET_AUDIT_RUN_ID = '';
+
+/** A fleet stream message as the projector receives it. */
+export interface FleetMessage {
+  readonly seq: number;
+  readonly subject: string;
+  readonly data: Uint8Array;
+  /** When the server stored it: the admission's time. */
+  readonly time: Date;
+}
+
+/**
+ * What one admission record does to the projections (pure): the worker's admission row and
+ * an audit row, or, for a record that does not decode or is stored under another worker's
+ * subject, a dead letter.
+ */
+export function projectAdmission(t: TenantId, m: FleetMessage): { admission: AdmissionRow; audit: AuditRow } | { deadLetter: DeadLetterRow } {
+  try {
+    const r = parseWorkerAdmission(decode(m.data));
+    if (m.subject !== Subjects.fleet(t, r.worker)) throw new SchemaError('worker admission', 'worker', `is ${r.worker}, but the record is stored on ${m.subject}`);
+    const reason = r.reason === undefined ? null : pgText(r.reason);
+    const by = pgText(r.by);
+    return {
+      admission: { tenant: t, workerId: r.worker, state: r.state, changedBy: by, changedAt: m.time, reason, streamSeq: m.seq },
+      audit: {
+        tenant: t,
+        runId: FLEET_AUDIT_RUN_ID,
+        seq: m.seq,
+        kind: r.state === 'approved' ? AuditKind.WorkerApproved : AuditKind.WorkerRevoked,
+        actor: by,
+        detail: { worker: r.worker, state: r.state, reason },
+        at: m.time,
+        streamSeq: m.seq,
+      },
+    };
+  } catch (e) {
+    const error = toErrorRecord(e, ErrorCode.DecodeFailed);
+    return { deadLetter: { tenant: t, stream: Streams.fleet(t), streamSeq: m.seq, subject: m.subject, code: pgText(error.code), message: pgText(error.message.slice(0, 1000)) } };
+  }
+}
+
+async function lockFleet(tx: ProjectionDb, t: TenantId): Promise<void> {
+  await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`capstan.projector.fleet:${t}`}, 0))`);
+}
+
+export async function readFleetCheckpoint(tx: ProjectionDb, t: TenantId): Promise<number> {
+  const c = schema.checkpoints;
+  const rows = await tx
+    .select({ seq: c.lastStreamSeq })
+    .from(c)
+    .where(and(eq(c.tenant, t), eq(c.stream, Streams.fleet(t))));
+  return rows[0]?.seq ?? 0;
+}
+
+async function writeFleetCheckpoint(tx: ProjectionDb, t: TenantId, seq: number): Promise<void> {
+  const c = schema.checkpoints;
+  await tx
+    .insert(c)
+    .values({ tenant: t, stream: Streams.fleet(t), lastStreamSeq: seq })
+    .onConflictDoUpdate({ target: [c.tenant, c.stream], set: { lastStreamSeq: seq, updatedAt: sql`now()` } });
+}
+
+/** Writes one record's rows; the caller holds the fleet lock and moves the checkpoint. */
+async function writeAdmission(tx: ProjectionDb, t: TenantId, m: FleetMessage): Promise<void> {
+  const p = projectAdmission(t, m);
+  if ('deadLetter' in p) {
+    await tx.insert(schema.deadLetters).values(p.deadLetter).onConflictDoNothing();
+    return;
+  }
+  const a = schema.workerAdmissions;
+  const { tenant: _t, workerId: _w, ...set } = p.admission;
+  await tx.insert(a).values(p.admission).onConflictDoUpdate({ target: [a.tenant, a.workerId], set });
+  // Append-only: a re-applied record finds its audit row there already.
+  await tx.insert(schema.auditLog).values(p.audit).onConflictDoNothing();
+}
+
+/** Applies one fleet record exactly once (skipped at or below the checkpoint). */
+export async function applyAdmission(db: ProjectionDb, t: TenantId, m: FleetMessage): Promise<boolean> {
+  return db.transaction(async (tx) => {
+    await lockFleet(tx, t);
+    if (m.seq <= (await readFleetCheckpoint(tx, t))) return false;
+    await writeAdmission(tx, t, m);
+    await writeFleetCheckpoint(tx, t, m.seq);
+    return true;
+  });
+}
+
+/**
+ * Re-derives a tenant's `worker_admissions` from its fleet stream in one transaction (the
+ * audit rows stay: append-only, and found by their key when re-applied). A tenant without a
+ * fleet stream has nothing to rebuild.
+ */
+export async function rebuildAdmissions(tx: ProjectionDb, jsm: JetStreamManager, t: TenantId): Promise<number> {
+  await lockFleet(tx, t);
+  await tx.delete(schema.workerAdmissions).where(eq(schema.workerAdmissions.tenant, t));
+  await tx.delete(schema.deadLetters).where(and(eq(schema.deadLetters.tenant, t), eq(schema.deadLetters.stream, Streams.fleet(t))));
+  let applied = 0;
+  let last = 0;
+  for (let from = 1; ; ) {
+    const page: FleetMessage[] = [];
+    try {
+      for await (const m of await jsm.direct.getBatch(Streams.fleet(t), { seq: from, next_by_subj: Subjects.allFleet(t), batch: 500 })) {
+        page.push({ seq: m.seq, subject: m.subject, data: m.data, time: m.time });
+      }
+    } catch {
+      // No stream, or nothing at or after `from`: the end.
+    }
+    for (const m of page) {
+      await writeAdmission(tx, t, m);
+      last = m.seq;
+      applied++;
+    }
+    if (page.length < 500) break;
+    from = last + 1;
+  }
+  await writeFleetCheckpoint(tx, t, last);
+  return applied;
+}
+
+export interface AdmissionFollower {
+  stop(): Promise<void>;
+}
+
+const BACKOFF_MIN_MS = 250;
+const BACKOFF_MAX_MS = 5000;
+
+/**
+ * Follows a tenant's fleet stream from just after its checkpoint with an ordered consumer,
+ * applying each record in order. A record that cannot be applied (Postgres away) is tried
+ * again with backoff before the next one; a tenant without a fleet stream is looked at again
+ * every few seconds (it appears when the tenant is provisioned again).
+ */
+export function followAdmissions(js: JetStreamClient, jsm: JetStreamManager, db: ProjectionDb, t: TenantId, log: Logger): AdmissionFollower {
+  let stopped = false;
+  let messages: ConsumerMessages | undefined;
+  let sleeping: (() => void) | undefined;
+  const sleep = (ms: number) =>
+    new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      sleeping = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+
+  async function follow(): Promise<void> {
+    const from = (await readFleetCheckpoint(db, t)) + 1;
+    await jsm.streams.info(Streams.fleet(t));
+    const consumer = await js.consumers.get(Streams.fleet(t), {
+      filter_subjects: [Subjects.allFleet(t)],
+      ...(from > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from } : { deliver_policy: DeliverPolicy.All }),
+    });
+    messages = await consumer.consume();
+    for await (const m of messages) {
+      const msg: FleetMessage = { seq: m.seq, subject: m.subject, data: m.data, time: new Date(Math.floor(m.info.timestampNanos / 1e6)) };
+      for (let backoff = BACKOFF_MIN_MS; !stopped; backoff = Math.min(backoff * 2, BACKOFF_MAX_MS)) {
+        try {
+          await applyAdmission(db, t, msg);
+          break;
+        } catch (e) {
+          log.warn({ tenant: t, err: dbErrorMessage(e), seq: msg.seq, retryInMs: backoff }, 'applying a worker admission failed; retrying');
+          await sleep(backoff);
+        }
+      }
+      if (stopped) break;
+    }
+  }
+
+  const loop = (async () => {
+    for (let backoff = BACKOFF_MIN_MS; !stopped; backoff = Math.min(backoff * 2, BACKOFF_MAX_MS)) {
+      try {
+        await follow();
+      } catch (e) {
+        if (stopped) break;
+        log.debug({ tenant: t, err: (e as Error).message, retryInMs: backoff }, 'following worker admissions failed; retrying');
+      }
+      if (!stopped) await sleep(backoff);
+    }
+  })();
+
+  return {
+    async stop() {
+      stopped = true;
+      sleeping?.();
+      await messages?.close();
+      await loop;
+    },
+  };
 }

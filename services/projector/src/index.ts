@@ -30,3 +30,5 @@ export type { RebuildResult, RebuiltTenant, RebuildOptions } from './rebuild.js'
 export { verifyProjections } from './verify.js';
 export type { VerifyReport, VerifiedTenant, Mismatch, BrokenChain, ProjectionTable } from './verify.js';
 export { readRunStream } from './stream.js';
+export { projectAdmission, applyAdmission, rebuildAdmissions, readFleetCheckpoint, FLEET_AUDIT_RUN_ID } from './fleet.js';
+export type { AdmissionRow, FleetMessage } from './fleet.js';

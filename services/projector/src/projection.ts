@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { statusAfter } from '@capstan/actors';
-import { decode, ErrorCode, isRunStatus, parseRunEvent, runIdOfSubject, RunStatus, SchemaError, tenantTokenOf, toErrorRecord, type db, type ErrorRecord, type JsonValue, type RunEvent } from '@capstan/schemas';
+import { decode, ErrorCode, isRunStatus, parseRunEvent, runIdOfSubject, RunStatus, sandboxName, SchemaError, tenantTokenOf, toErrorRecord, type db, type ErrorRecord, type JsonValue, type RunEvent } from '@capstan/schemas';
 
 export type RunRow = typeof db.runs.$inferSelect;
 export type StepRow = typeof db.steps.$inferSelect;
@@ -29,9 +29,25 @@ export const StepOutcome = {
   TimedOut: 'timed_out',
 } as const;
 
-export const ApprovalStatus = { Waiting: 'waiting', Approved: 'approved' } as const;
+export const ApprovalStatus = { Waiting: 'waiting', Approved: 'approved', Denied: 'denied' } as const;
 
-export const AuditKind = { Signaled: 'run.signaled', CancelRequested: 'run.cancel-requested' } as const;
+export const AuditKind = {
+  Signaled: 'run.signaled',
+  CancelRequested: 'run.cancel-requested',
+  ApprovalDecided: 'approval.decided',
+  Retried: 'run.retried',
+  WorkerApproved: 'worker.approved',
+  WorkerRevoked: 'worker.revoked',
+} as const;
+
+/**
+ * The sandbox (container name) an attempt's event names, when it names one as a string.
+ * Read defensively: only sandboxed attempts carry it, and the field is optional.
+ */
+function sandboxOf(data: object, fallback: string | null): string | null {
+  const v = (data as { sandbox?: unknown }).sandbox;
+  return typeof v === 'string' ? pgText(v) : fallback;
+}
 
 const TERMINAL: ReadonlySet<string> = new Set([RunStatus.Completed, RunStatus.Failed, RunStatus.Cancelled]);
 
@@ -183,6 +199,9 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
         attempts: 0,
         errorCode: null,
         errorMessage: null,
+        retries: 0,
+        retriedAt: null,
+        retriedBy: null,
         startedAt: at,
         updatedAt: at,
         endedAt: null,
@@ -202,6 +221,8 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
         pool: e.data.pool,
         handler: pgText(e.data.handler),
         worker: null,
+        // A sandboxed attempt's container has a deterministic name (the claim).
+        sandbox: e.data.mode > 0 ? sandboxName(runId, e.data.step, e.data.attempt) : null,
         outcome: StepOutcome.Scheduled,
         scheduledAt: at,
         startedAt: null,
@@ -218,13 +239,21 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
       break;
     case 'step.started': {
       const row = attemptRow(e.data.step, e.data.attempt);
-      if (row) putStep({ ...row, outcome: StepOutcome.Running, worker: pgText(e.data.worker), startedAt: at });
+      if (row) putStep({ ...row, outcome: StepOutcome.Running, worker: pgText(e.data.worker), sandbox: sandboxOf(e.data, row.sandbox), startedAt: at });
       break;
     }
     case 'step.completed': {
       const row = attemptRow(e.data.step, e.data.attempt);
       if (row) {
-        putStep({ ...row, outcome: StepOutcome.Completed, worker: pgText(e.data.worker), finishedAt: at, durationMs: e.data.durationMs, result: pgJson(e.data.result) });
+        putStep({
+          ...row,
+          outcome: StepOutcome.Completed,
+          worker: pgText(e.data.worker),
+          sandbox: sandboxOf(e.data, row.sandbox),
+          finishedAt: at,
+          durationMs: e.data.durationMs,
+          result: pgJson(e.data.result),
+        });
       }
       break;
     }
@@ -235,6 +264,7 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
           ...row,
           outcome: StepOutcome.Failed,
           worker: e.data.worker === undefined ? row.worker : pgText(e.data.worker),
+          sandbox: sandboxOf(e.data, row.sandbox),
           finishedAt: at,
           durationMs: e.data.durationMs ?? null,
           errorCode: pgText(e.data.error.code),
@@ -251,17 +281,46 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
       break;
     }
     case 'step.waiting':
-      putApproval({ tenant, runId, step: e.data.step, signal: e.data.signal, status: ApprovalStatus.Waiting, requestedAt: at, decidedAt: null });
+      // A retried run asks again: the row starts over (its history is in the audit log).
+      putApproval({ tenant, runId, step: e.data.step, signal: e.data.signal, status: ApprovalStatus.Waiting, requestedAt: at, decidedAt: null, decidedBy: null, reason: null });
       // The run is at this step as much as at a scheduled one.
       if (run) run.currentStep = e.data.step;
       break;
     case 'run.signaled': {
-      for (const a of [...approvals.values()]) {
-        if (a.status === ApprovalStatus.Waiting && a.signal === e.data.name) putApproval({ ...a, status: ApprovalStatus.Approved, decidedAt: at });
-      }
       // Who signaled, and which signal; the payload itself is not audit material.
       const by = e.data.payload !== null && typeof e.data.payload === 'object' && !Array.isArray(e.data.payload) ? e.data.payload['by'] : undefined;
-      audit = { tenant, runId, seq: e.seq, kind: AuditKind.Signaled, actor: typeof by === 'string' ? pgText(by) : null, detail: { name: e.data.name }, at, streamSeq };
+      const actor = typeof by === 'string' ? pgText(by) : null;
+      for (const a of [...approvals.values()]) {
+        if (a.status === ApprovalStatus.Waiting && a.signal === e.data.name) putApproval({ ...a, status: ApprovalStatus.Approved, decidedAt: at, decidedBy: actor });
+      }
+      audit = { tenant, runId, seq: e.seq, kind: AuditKind.Signaled, actor, detail: { name: e.data.name }, at, streamSeq };
+      break;
+    }
+    case 'approval.decided': {
+      const { step, decision, by } = e.data;
+      const reason = e.data.reason === undefined ? null : pgText(e.data.reason);
+      const a = approvals.get(step);
+      if (a && a.status === ApprovalStatus.Waiting) {
+        putApproval({ ...a, status: decision === 'approve' ? ApprovalStatus.Approved : ApprovalStatus.Denied, decidedAt: at, decidedBy: pgText(by), reason });
+      }
+      audit = { tenant, runId, seq: e.seq, kind: AuditKind.ApprovalDecided, actor: pgText(by), detail: { step, decision, reason }, at, streamSeq };
+      break;
+    }
+    case 'run.retried': {
+      const by = pgText(e.data.by);
+      const reason = e.data.reason === undefined ? null : pgText(e.data.reason);
+      if (run) {
+        // The run is open again: the failure it ended with is history (events, audit log).
+        audit = { tenant, runId, seq: e.seq, kind: AuditKind.Retried, actor: by, detail: { reason, errorCode: run.errorCode }, at, streamSeq };
+        run.retries += 1;
+        run.retriedAt = at;
+        run.retriedBy = by;
+        run.errorCode = null;
+        run.errorMessage = null;
+        run.endedAt = null;
+      } else {
+        audit = { tenant, runId, seq: e.seq, kind: AuditKind.Retried, actor: by, detail: { reason, errorCode: null }, at, streamSeq };
+      }
       break;
     }
     case 'run.cancel-requested':

@@ -8,7 +8,8 @@
  *
  * The audit log is left alone: it is append-only (the database refuses deletes), and a
  * re-applied audit event finds its row already there by its (tenant, run, seq) key. The
- * workers table is not derived from run streams and is left alone too.
+ * workers table (heartbeats) is not derived from a stream and is left alone too; worker
+ * admissions are, and are rebuilt from the tenant's fleet stream in the same transaction.
  */
 import { and, eq } from 'drizzle-orm';
 import type { JetStreamManager } from '@nats-io/jetstream';
@@ -16,6 +17,7 @@ import { db as schema, Streams, type TenantId } from '@capstan/schemas';
 import type { Database } from '@capstan/kit';
 import { applyLocked, lockTenant, writeCheckpoint } from './apply.js';
 import { readRunStream } from './stream.js';
+import { rebuildAdmissions } from './fleet.js';
 
 export interface RebuiltTenant {
   readonly tenant: TenantId;
@@ -23,6 +25,8 @@ export interface RebuiltTenant {
   readonly messages: number;
   readonly deadLetters: number;
   readonly checkpoint: number;
+  /** Worker admission records re-applied from the fleet stream. */
+  readonly admissions: number;
   readonly elapsedMs: number;
 }
 
@@ -66,6 +70,7 @@ async function rebuildTenant(d: Database, jsm: JetStreamManager, t: TenantId, ba
       dead += r.deadLettered;
       checkpoint = r.checkpoint;
     }
-    return { tenant: t, messages, deadLetters: dead, checkpoint, elapsedMs: performance.now() - t0 };
+    const admissions = await rebuildAdmissions(tx, jsm, t);
+    return { tenant: t, messages, deadLetters: dead, checkpoint, admissions, elapsedMs: performance.now() - t0 };
   });
 }

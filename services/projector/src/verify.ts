@@ -10,13 +10,14 @@
  * events do not start at 1 with `run.started` and go on without gaps) and in the events
  * table (events of a run missing from it).
  */
-import { and, eq } from 'drizzle-orm';
+import { and, eq, ne } from 'drizzle-orm';
 import type { JetStreamManager } from '@nats-io/jetstream';
 import { db as schema, Streams, type TenantId } from '@capstan/schemas';
 import type { Database } from '@capstan/kit';
 import { deadLetterOf, readCheckpoint } from './apply.js';
 import { decodeStored, EMPTY_VIEW, projectEvent, stepKey, type RunView, type StreamMessage } from './projection.js';
 import { readRunStream } from './stream.js';
+import { FLEET_AUDIT_RUN_ID } from './fleet.js';
 
 export type ProjectionTable = 'runs' | 'run_search' | 'steps' | 'events' | 'approvals' | 'audit_log' | 'dead_letters';
 
@@ -90,7 +91,8 @@ async function snapshot(d: Database, t: TenantId) {
       steps: await tx.select().from(steps).where(eq(steps.tenant, t)),
       events: await tx.select().from(events).where(eq(events.tenant, t)),
       approvals: await tx.select().from(approvals).where(eq(approvals.tenant, t)),
-      audit: await tx.select().from(auditLog).where(eq(auditLog.tenant, t)),
+      // Rows about the fleet (worker admission) come from the fleet stream, not the run stream.
+      audit: await tx.select().from(auditLog).where(and(eq(auditLog.tenant, t), ne(auditLog.runId, FLEET_AUDIT_RUN_ID))),
       deadLetters: await tx.select().from(deadLetters).where(and(eq(deadLetters.tenant, t), eq(deadLetters.stream, Streams.runs(t)))),
     }),
     // One consistent view while a live projector keeps writing.

@@ -1,8 +1,12 @@
-/** Composition root of a worker: serves its pools for every tenant it should. */
+/**
+ * Composition root of a worker: serves its pools for every tenant it should, in each
+ * tenant only while it is admitted there (see admission.ts).
+ */
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { encode, Subjects, type TenantId, type WorkerHeartbeat } from '@capstan/schemas';
 import { connectNats, followTenants, type Logger, type NatsConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
+import { startAdmissionGate, type AdmissionGate } from './admission.js';
 import { loadHandlers, type Handlers } from './handlers.js';
 import { createPoolRunner, type PoolRunner } from './pool-runner.js';
 
@@ -18,15 +22,40 @@ export async function createWorker(config: Config, log: Logger, opts: { handlers
   const handlers = opts.handlers ?? (await loadHandlers(config.handlersModule));
   let nc: NatsConnection | undefined;
   const runners: PoolRunner[] = [];
+  const gates: AdmissionGate[] = [];
   let follower: TenantFollower | undefined;
   let beat: NodeJS.Timeout | undefined;
 
   async function serve(t: TenantId): Promise<void> {
     if (!nc) return;
+    const conn = nc;
+    const jsm = await jetstreamManager(conn);
+    const mine: PoolRunner[] = [];
+    gates.push(
+      await startAdmissionGate({
+        js: jetstream(conn),
+        jsm,
+        tenant: t,
+        workerId: config.id,
+        mode: config.admission,
+        log,
+        open: () => startPools(conn, t, mine),
+        close: async () => {
+          const closing = mine.splice(0);
+          for (const r of closing) runners.splice(runners.indexOf(r), 1);
+          await Promise.all(closing.map((r) => r.stop()));
+        },
+      }),
+    );
+  }
+
+  /** The tenant's pool runners, started (each pool runner can start once: a re-admission makes new ones). */
+  async function startPools(nc: NatsConnection, t: TenantId, mine: PoolRunner[]): Promise<void> {
     const jsm = await jetstreamManager(nc);
     for (const pool of config.pools) {
-      const r = createPoolRunner({ nc, js: jetstream(nc), jsm, tenant: t, pool, handlers, workerId: config.id, concurrency: config.concurrency, ackWaitMs: config.ackWaitMs, startedAfterMs: config.startedAfterMs, log });
+      const r = createPoolRunner({ nc, js: jetstream(nc), jsm, tenant: t, pool, handlers, workerId: config.id, concurrency: config.concurrency, ackWaitMs: config.ackWaitMs, startedAfterMs: config.startedAfterMs, sandboxStallMs: config.sandboxStallMs, log });
       runners.push(r);
+      mine.push(r);
       await r.start();
     }
   }
@@ -53,6 +82,7 @@ export async function createWorker(config: Config, log: Logger, opts: { handlers
     async stop() {
       follower?.stop();
       if (beat) clearInterval(beat);
+      await Promise.all(gates.map((g) => g.stop()));
       await Promise.all(runners.map((r) => r.stop()));
       await nc?.drain();
     },

@@ -1,6 +1,13 @@
-import { ConfigError, parseToken, type TenantId } from '@capstan/schemas';
+import { ConfigError, parseToken, WORKER_ID_PATTERN, type TenantId } from '@capstan/schemas';
 import { envInt, envLogLevel, envNatsUrl, envString, envTenants, type Env } from '@capstan/kit';
 import type { LevelWithSilent } from 'pino';
+
+/**
+ * Whether a worker no admin has approved may pull work: `required` (production) waits for
+ * an approval; `auto` (`capstan dev`, tests) records its own approval on first start.
+ */
+export const AdmissionMode = { Required: 'required', Auto: 'auto' } as const;
+export type AdmissionMode = (typeof AdmissionMode)[keyof typeof AdmissionMode];
 
 export interface Config {
   readonly natsUrl: string;
@@ -17,7 +24,12 @@ export interface Config {
   /** Steps still running after this long are recorded as started; quicker ones only report their result. */
   readonly startedAfterMs: number;
   readonly discoveryMs: number;
+  /** Silence from the sandbox service after which a sandboxed attempt is reported lost. */
+  readonly sandboxStallMs: number;
+  /** Its admission subject's token, so `^[a-z0-9][a-z0-9_-]{0,63}$`. */
   readonly id: string;
+  /** `WORKER_ADMISSION`: `required` (default) or `auto`. */
+  readonly admission: AdmissionMode;
 }
 
 /** Reads `WORKER_*` and the shared keys. Pure; lists every problem at once. @throws ConfigError */
@@ -41,8 +53,14 @@ export function loadConfig(env: Env): Config {
     ackWaitMs: envInt(env, 'WORKER_ACK_WAIT_MS', 30_000, problems, 1000, 3_600_000),
     startedAfterMs: envInt(env, 'WORKER_STARTED_AFTER_MS', 250, problems, 0, 3_600_000),
     discoveryMs: envInt(env, 'WORKER_DISCOVERY_MS', 2000, problems, 100, 3_600_000),
+    sandboxStallMs: envInt(env, 'WORKER_SANDBOX_STALL_MS', 5000, problems, 200, 600_000),
     id: envString(env, 'WORKER_ID', `worker-${process.pid}`),
+    admission: envString(env, 'WORKER_ADMISSION', AdmissionMode.Required) as AdmissionMode,
   };
+  if (!WORKER_ID_PATTERN.test(config.id)) problems.push(`WORKER_ID must match ${WORKER_ID_PATTERN.source} (it names the worker's admission subject); got ${JSON.stringify(config.id.slice(0, 80))}`);
+  if (!Object.values(AdmissionMode).includes(config.admission)) {
+    problems.push(`WORKER_ADMISSION must be ${AdmissionMode.Required} or ${AdmissionMode.Auto} (got ${JSON.stringify(config.admission.slice(0, 40))})`);
+  }
   if (pools.length === 0) problems.push('WORKER_POOLS must name at least one pool');
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

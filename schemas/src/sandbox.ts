@@ -1,0 +1,64 @@
+/**
+ * Sandboxed steps (modes 1–3): what a workflow declares, what the worker asks the sandbox
+ * service for on `cap.<t>.svc.sandbox.exec`, and what comes back. Results are metadata
+ * only (exit status, sizes, artifact digests); output and secret values never travel here.
+ */
+import type { RunId } from './ids.js';
+import { RUN_ID_PATTERN } from './ids.js';
+import { errorRecordSchema, Mode } from './events.js';
+import type { Infer, Schema } from './validate.js';
+import { arr, bool, int, json, jsonObject, literal, obj, optional, str, tagged } from './validate.js';
+import { sandboxSpecSchema } from './sandbox-spec.js';
+
+export const sandboxModeSchema = literal(Mode.Sandboxed, Mode.SandboxedWithLease, Mode.Agent);
+
+const execRequestSchema = obj('sandbox exec request', {
+  runId: str({ pattern: RUN_ID_PATTERN }) as unknown as Schema<RunId>,
+  workflow: str({ min: 1, max: 128 }),
+  step: str({ min: 1, max: 64 }),
+  attempt: int({ min: 1 }),
+  mode: sandboxModeSchema,
+  spec: sandboxSpecSchema,
+  timeoutMs: int({ min: 1 }),
+  input: jsonObject(),
+  previous: optional(json()),
+});
+export type SandboxExecRequest = Infer<typeof execRequestSchema>;
+
+/** @throws SchemaError */
+export function parseSandboxExecRequest(value: unknown): SandboxExecRequest {
+  return execRequestSchema.parse(value);
+}
+
+const artifactSchema = obj('artifact', { path: str({ min: 1, max: 1024 }), bytes: int({ min: 0 }), sha256: str({ min: 64, max: 64 }) });
+export type Artifact = Infer<typeof artifactSchema>;
+
+/** What a sandboxed attempt reports as its step result: metadata only. */
+const resultSchema = obj('sandbox result', {
+  sandbox: str({ min: 1, max: 128 }),
+  warm: bool(),
+  exitCode: int({ min: -1, max: 255 }),
+  signal: optional(str({ max: 16 })),
+  timedOut: bool(),
+  durationMs: int({ min: 0 }),
+  stdoutBytes: int({ min: 0 }),
+  stderrBytes: int({ min: 0 }),
+  artifacts: arr(artifactSchema, { max: 1000 }),
+  refused: arr(obj('refused artifact', { path: str({ min: 1, max: 1024 }), reason: str({ max: 64 }) }), { max: 1000 }),
+  /** Where artifacts and logs were written (a URI of the destination). */
+  destination: optional(str({ max: 2048 })),
+});
+export type SandboxResult = Infer<typeof resultSchema>;
+
+/** Replies on the request's inbox: accepted, beats while it runs, then one `done`. */
+const replySchema = tagged('sandbox reply', {
+  accepted: obj('accepted', { type: literal('accepted'), sandbox: str({ min: 1, max: 128 }), warm: bool() }),
+  beat: obj('beat', { type: literal('beat'), stdoutBytes: int({ min: 0 }), stderrBytes: int({ min: 0 }) }),
+  done: obj('done', { type: literal('done'), result: optional(resultSchema), error: optional(errorRecordSchema) }),
+});
+export type SandboxReply = Infer<typeof replySchema>;
+
+/** @throws SchemaError */
+export function parseSandboxReply(value: unknown): SandboxReply {
+  return replySchema.parse(value);
+}
