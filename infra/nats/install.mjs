@@ -3,16 +3,17 @@
 //
 // Debian bookworm ships 2.9.10, which lacks fsync control, message schedules and atomic
 // batches. Debian unstable's package (2.15.x) is a static Go binary that runs on bookworm,
-// so we fetch just that one package with apt through a private sources list (signed by the
-// Debian archive key already on the machine), unpack it into the project, and never touch
-// the system's apt configuration or its nats-server.
+// so we fetch just that one package with apt through a private sources list
+// (infra/apt/fetch-deb.mjs), unpack it into the project, and never touch the system's apt
+// configuration or its nats-server.
 //
 //   node infra/nats/install.mjs          install if missing (exit 1 on failure)
 //   node infra/nats/install.mjs --soft   same, but only warn on failure (npm postinstall)
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, chmodSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, chmodSync, existsSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { fetchDeb } from '../apt/fetch-deb.mjs';
 
 const MIN = [2, 12, 0];
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -42,31 +43,8 @@ const existing = versionOf(target);
 if (existing && atLeast(existing, MIN)) done(target, existing);
 
 try {
-  const work = join(root, '.capstan', 'apt');
-  const lists = join(work, 'lists');
-  const cache = join(work, 'cache');
-  mkdirSync(join(lists, 'partial'), { recursive: true });
-  mkdirSync(join(cache, 'archives', 'partial'), { recursive: true });
-  const sources = join(work, 'sources.list');
-  writeFileSync(sources, 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main\n');
-  const opts = [
-    '-q',
-    '-o', `Dir::Etc::SourceList=${sources}`,
-    '-o', 'Dir::Etc::SourceParts=/dev/null',
-    '-o', `Dir::State::Lists=${lists}`,
-    '-o', `Dir::Cache=${cache}`,
-    '-o', 'Dir::State::status=/dev/null',
-    '-o', 'APT::Sandbox::User=root',
-  ];
   console.log('capstan: fetching nats-server from Debian unstable (private sources list, this package only)…');
-  execFileSync('apt-get', [...opts, 'update'], { stdio: ['ignore', 'ignore', 'inherit'] });
-  for (const f of readdirSync(work)) if (f.endsWith('.deb')) rmSync(join(work, f));
-  execFileSync('apt-get', [...opts, 'download', 'nats-server'], { cwd: work, stdio: ['ignore', 'ignore', 'inherit'] });
-  const deb = readdirSync(work).find((f) => f.startsWith('nats-server_') && f.endsWith('.deb'));
-  if (!deb) throw new Error('apt-get download produced no nats-server package');
-  const unpacked = join(work, 'unpacked');
-  rmSync(unpacked, { recursive: true, force: true });
-  execFileSync('dpkg-deb', ['-x', join(work, deb), unpacked]);
+  const { into: unpacked } = await fetchDeb('nats-server', { suite: 'sid', into: join(root, '.capstan', 'apt', 'nats-server') });
   mkdirSync(dirname(target), { recursive: true });
   copyFileSync(join(unpacked, 'usr', 'sbin', 'nats-server'), target);
   chmodSync(target, 0o755);

@@ -42,7 +42,7 @@ const three = defineWorkflow({
   version: 1,
   steps: [
     { name: 'a', timeoutMs: 1000, retry: RETRY_A },
-    { name: 'b', pool: 'gpu', mode: 1, handler: 'custom.b', timeoutMs: 2000 },
+    { name: 'b', pool: 'gpu', mode: 1, handler: 'custom.b', timeoutMs: 2000, sandbox: { command: ['true'] } },
     { name: 'c', retry: { maxAttempts: 1 } },
   ],
 });
@@ -99,7 +99,7 @@ const bodies = (r: RunRecorder) => r.last.decisions.map((d) => ({ type: d.type, 
 
 /** What entering a task step decides: the step.scheduled decision, and nothing else. */
 const scheduled = (step: string, attempt: number, handler: string, mode: number, pool: string, timeoutMs: number) => [
-  { type: 'step.scheduled', data: { step, attempt, handler, mode, pool, timeoutMs } },
+  { type: 'step.scheduled', data: { step, attempt, handler, mode, pool, timeoutMs, ...(mode > 0 ? { sandbox: { command: ['true'] } } : {}) } },
 ];
 
 /** What accepting the current attempt's step.started decides: its durable timeout timer. */
@@ -684,7 +684,7 @@ describe('machine - status', () => {
   });
 
   it('machine - the demo workflows are valid and start', () => {
-    expect(demoWorkflows.map((w) => w.id)).toEqual(['demo.pipeline', 'demo.flaky', 'demo.signal']);
+    expect(demoWorkflows.map((w) => w.id)).toEqual(['demo.pipeline', 'demo.flaky', 'demo.signal', 'demo.sandboxed']);
     for (const wf of demoWorkflows) {
       const d = startRun(wf, { workflow: wf.id, version: wf.version, input: {} });
       expect(d.decisions.length).toBeGreaterThan(0);

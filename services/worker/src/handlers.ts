@@ -44,6 +44,7 @@ export const demoHandlers: Handlers = {
     return { ok: true, attempts: attempt };
   },
   'demo.signal.draft': () => ({ ok: true, draft: 'v1' }),
+  'demo.sandboxed.prepare': ({ input }) => ({ ok: true, chars: String(input['text'] ?? '').length }),
   'demo.signal.publish': ({ previous }) => ({ ok: true, approvedBy: (previous as { by?: string } | null)?.by ?? null }),
 };
 

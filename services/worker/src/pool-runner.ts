@@ -33,7 +33,7 @@ import {
   type TenantId,
   type WorkItem,
 } from '@capstan/schemas';
-import { coalescingPublisher, deadLetter, type Logger, type NatsConnection } from '@capstan/kit';
+import { coalescingPublisher, deadLetter, execInSandbox, type Logger, type NatsConnection } from '@capstan/kit';
 import type { Handlers } from './handlers.js';
 
 export interface PoolRunnerOptions {
@@ -48,6 +48,8 @@ export interface PoolRunnerOptions {
   readonly ackWaitMs: number;
   /** Report `started` only for steps still running after this long (0: always). */
   readonly startedAfterMs: number;
+  /** Silence from the sandbox service after which a sandboxed attempt is reported lost. */
+  readonly sandboxStallMs: number;
   readonly log: Logger;
 }
 
@@ -101,10 +103,37 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     await publishCommand('result', body, MsgIds.command(CommandVerb.Result, `${item.runId}:${item.step}:${item.attempt}`));
   }
 
-  async function execute(item: WorkItem): Promise<{ result: JsonValue } | { error: ErrorRecord }> {
-    if (item.mode !== Mode.Inline) {
-      return { error: { code: 'mode_unavailable', message: `mode ${item.mode} steps need a sandbox backend, which this worker does not have`, retryable: false } };
+  /**
+   * Modes 1–3: the sandbox service runs the step; this worker holds only the request (key
+   * names, never values) and gets metadata back. The result is the sandbox's metadata; a
+   * failed command fails the attempt with that metadata in the error's message.
+   */
+  async function executeSandboxed(item: WorkItem): Promise<{ result: JsonValue } | { error: ErrorRecord }> {
+    if (item.mode === Mode.Inline || !item.sandbox) {
+      return { error: { code: ErrorCode.InvalidArgument, message: `step ${item.step} is mode ${item.mode} without a sandbox spec`, retryable: false } };
     }
+    const { result, error } = await execInSandbox(
+      o.nc,
+      t,
+      {
+        runId: item.runId,
+        workflow: item.workflow,
+        step: item.step,
+        attempt: item.attempt,
+        mode: item.mode,
+        spec: item.sandbox,
+        timeoutMs: item.timeoutMs,
+        input: item.input,
+        ...(item.previous !== undefined ? { previous: item.previous } : {}),
+      },
+      { stallMs: o.sandboxStallMs, signal: stopping.signal },
+    );
+    if (error) return { error: result ? { ...error, message: `${error.message} [sandbox ${result.sandbox}, ${result.durationMs} ms]`.slice(0, 1000) } : error };
+    return { result: result as unknown as JsonValue };
+  }
+
+  async function execute(item: WorkItem): Promise<{ result: JsonValue } | { error: ErrorRecord }> {
+    if (item.mode !== Mode.Inline) return executeSandboxed(item);
     const handler = handlers[item.handler];
     if (!handler) return { error: { code: ErrorCode.UnknownHandler, message: `no handler named ${JSON.stringify(item.handler)} on worker ${workerId}`, retryable: false } };
     const abort = new AbortController();

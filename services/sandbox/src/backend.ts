@@ -1,0 +1,80 @@
+/**
+ * Sandbox backends: where sandboxes come from. The pool and the service speak only this
+ * interface, so a Kubernetes or Lambda backend can replace Docker without changing them.
+ * A backend makes a hardened, running sandbox whose tool runner is reachable over a
+ * control channel, renames it (the claim of an attempt), lists and removes its own.
+ */
+import { CapstanError, ErrorCode } from '@capstan/schemas';
+import type { RunnerChannel } from './channel.js';
+
+export interface SandboxLimits {
+  readonly memoryBytes: number;
+  readonly pids: number;
+  readonly nanoCpus: number;
+  readonly workspaceBytes: number;
+  readonly tmpBytes: number;
+}
+
+export const DEFAULT_LIMITS: SandboxLimits = Object.freeze({
+  memoryBytes: 512 * 1024 * 1024,
+  pids: 128,
+  nanoCpus: 1_000_000_000,
+  workspaceBytes: 64 * 1024 * 1024,
+  tmpBytes: 16 * 1024 * 1024,
+});
+
+export interface CreateOptions {
+  readonly name: string;
+  readonly image: string;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly limits: SandboxLimits;
+}
+
+export interface BackendSandbox {
+  readonly id: string;
+  name: string;
+  readonly channel: RunnerChannel;
+}
+
+export interface ListedSandbox {
+  readonly id: string;
+  readonly name: string;
+  readonly labels: Readonly<Record<string, string>>;
+}
+
+export interface SandboxBackend {
+  readonly kind: string;
+  /** Throws `SandboxUnavailableError` when the backend cannot run anything. */
+  ping(): Promise<void>;
+  /** Creates and starts a sandbox; resolves once its tool runner is ready. */
+  create(o: CreateOptions): Promise<BackendSandbox>;
+  /** Renames a sandbox; throws `SandboxConflictError` when the name is taken. */
+  rename(s: BackendSandbox, name: string): Promise<void>;
+  /** Kills and removes, whatever its state; a sandbox already gone is not an error. */
+  remove(idOrName: string): Promise<void>;
+  /** Sandboxes carrying all of these labels. */
+  list(labels: Readonly<Record<string, string>>): Promise<ListedSandbox[]>;
+  /** Whether a sandbox by this name exists (running or not). */
+  exists(name: string): Promise<boolean>;
+}
+
+export class SandboxUnavailableError extends CapstanError {
+  constructor(message: string) {
+    super(ErrorCode.SandboxUnavailable, message, true);
+  }
+}
+
+export class SandboxConflictError extends CapstanError {
+  constructor(readonly sandboxName: string) {
+    super(ErrorCode.SandboxConflict, `a sandbox named ${sandboxName} already exists`, true);
+  }
+}
+
+/**
+ * The backend of a node without a sandbox engine: every sandboxed step fails with a clear
+ * error instead of running unsandboxed. It is what a node gets when no engine answers.
+ */
+export function nullBackend(reason = 'no sandbox backend is configured on this node'): SandboxBackend {
+  const refuse = (): Promise<never> => Promise.reject(new SandboxUnavailableError(reason));
+  return { kind: 'null', ping: refuse, create: refuse, rename: refuse, remove: () => Promise.resolve(), list: () => Promise.resolve([]), exists: () => Promise.resolve(false) };
+}

@@ -1,0 +1,77 @@
+import { hostname } from 'node:os';
+import { resolve } from 'node:path';
+import { ConfigError, type TenantId } from '@capstan/schemas';
+import { envInt, envLogLevel, envNatsUrl, envString, envTenants, PROJECT_ROOT, type Env } from '@capstan/kit';
+import type { LevelWithSilent } from 'pino';
+import { DEFAULT_LIMITS, type SandboxLimits } from './backend.js';
+
+export interface Config {
+  readonly natsUrl: string;
+  readonly logLevel: LevelWithSilent;
+  /** Tenants this node runs sandboxes for (`CAPSTAN_TENANTS`); all by default. */
+  readonly tenants: readonly TenantId[] | 'all';
+  /** `docker` (default) or `none` (every sandboxed step fails with `sandbox_unavailable`). */
+  readonly backend: 'docker' | 'none';
+  /** The engine's socket. */
+  readonly dockerSocket: string;
+  /**
+   * This node's name: containers carry it, and on start the service removes every container
+   * of its node left by an earlier instance. One sandbox service per node name.
+   */
+  readonly node: string;
+  /** Steps run at once; more wait their turn (with beats, so their workers do not give up). */
+  readonly concurrency: number;
+  readonly poolMin: number;
+  readonly poolMax: number;
+  readonly maxUses: number;
+  readonly limits: SandboxLimits;
+  /** Images steps may name besides the built-in one (comma-separated refs). */
+  readonly images: readonly string[];
+  /** Where artifacts and logs are written (`<dir>/<tenant>/<run>/<step>/<attempt>/`). */
+  readonly artifactsDir: string;
+  readonly maxArtifactBytes: number;
+  /** Dev/test secrets: a JSON file `{ tenant: { KEY: value } }`. Empty: no secrets on this node. */
+  readonly secretsFile: string;
+  /** Beats on a running step's reply subject, so its worker knows the service is alive. */
+  readonly beatMs: number;
+}
+
+const MIB = 1024 * 1024;
+
+/** Reads `SANDBOX_*` and the shared keys. Pure; lists every problem at once. @throws ConfigError */
+export function loadConfig(env: Env): Config {
+  const problems: string[] = [];
+  const backend = envString(env, 'SANDBOX_BACKEND', 'docker');
+  if (backend !== 'docker' && backend !== 'none') problems.push(`SANDBOX_BACKEND must be docker or none, got ${JSON.stringify(backend)}`);
+  const node = envString(env, 'SANDBOX_NODE', hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').slice(0, 32) || 'node');
+  if (!/^[a-z0-9][a-z0-9-]{0,31}$/.test(node)) problems.push('SANDBOX_NODE must match ^[a-z0-9][a-z0-9-]{0,31}$');
+  const poolMin = envInt(env, 'SANDBOX_POOL_MIN', 2, problems, 0, 256);
+  const poolMax = envInt(env, 'SANDBOX_POOL_MAX', 8, problems, 0, 1024);
+  if (poolMax < poolMin) problems.push('SANDBOX_POOL_MAX must be >= SANDBOX_POOL_MIN');
+  const config: Config = {
+    natsUrl: envNatsUrl(env, problems),
+    logLevel: envLogLevel(env, problems),
+    tenants: envTenants(env, problems),
+    backend: backend === 'none' ? 'none' : 'docker',
+    dockerSocket: envString(env, 'DOCKER_SOCKET', '/var/run/docker.sock'),
+    node,
+    concurrency: envInt(env, 'SANDBOX_CONCURRENCY', 8, problems, 1, 1024),
+    poolMin,
+    poolMax,
+    maxUses: envInt(env, 'SANDBOX_MAX_USES', 50, problems, 1, 1_000_000),
+    limits: {
+      memoryBytes: envInt(env, 'SANDBOX_MEMORY_MB', DEFAULT_LIMITS.memoryBytes / MIB, problems, 16, 65_536) * MIB,
+      pids: envInt(env, 'SANDBOX_PIDS', DEFAULT_LIMITS.pids, problems, 8, 65_536),
+      nanoCpus: Math.round(envInt(env, 'SANDBOX_CPU_MILLIS', DEFAULT_LIMITS.nanoCpus / 1_000_000, problems, 100, 64_000) * 1_000_000),
+      workspaceBytes: envInt(env, 'SANDBOX_WORKSPACE_MB', DEFAULT_LIMITS.workspaceBytes / MIB, problems, 1, 65_536) * MIB,
+      tmpBytes: envInt(env, 'SANDBOX_TMP_MB', DEFAULT_LIMITS.tmpBytes / MIB, problems, 1, 65_536) * MIB,
+    },
+    images: envString(env, 'SANDBOX_IMAGES', '').split(',').map((s) => s.trim()).filter(Boolean),
+    artifactsDir: resolve(envString(env, 'SANDBOX_ARTIFACTS_DIR', resolve(PROJECT_ROOT, '.capstan', 'artifacts'))),
+    maxArtifactBytes: envInt(env, 'SANDBOX_MAX_ARTIFACT_MB', 64, problems, 0, 65_536) * MIB,
+    secretsFile: envString(env, 'SANDBOX_SECRETS_FILE', ''),
+    beatMs: envInt(env, 'SANDBOX_BEAT_MS', 1000, problems, 50, 60_000),
+  };
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze(config);
+}

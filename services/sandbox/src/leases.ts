@@ -1,0 +1,54 @@
+/**
+ * Where a sandbox's identity comes from. The worker and the orchestrator only ever hold key
+ * names; the sandbox service redeems a lease for exactly the attempt's keys and injects the
+ * values into the tool runner. The secrets-lease service will implement `LeaseRedeemer`
+ * over NATS; until then `fileLeases` reads a local file (for `capstan dev` and tests).
+ */
+import { readFile } from 'node:fs/promises';
+import { CapstanError, ErrorCode, isPlainObject, type RunId, type TenantId } from '@capstan/schemas';
+
+export interface LeaseScope {
+  readonly tenant: TenantId;
+  readonly runId: RunId;
+  readonly step: string;
+  readonly attempt: number;
+  readonly keys: readonly string[];
+}
+
+export interface LeaseRedeemer {
+  /** Values of exactly `scope.keys`. @throws CapstanError (`secret_not_found`, …) naming keys, never values. */
+  redeem(scope: LeaseScope): Promise<Record<string, string>>;
+}
+
+/** No secrets at all: a mode-2 step fails with a clear error. */
+export const noLeases: LeaseRedeemer = {
+  redeem: (s) => Promise.reject(new CapstanError(ErrorCode.SecretNotFound, `no secrets store is configured on this node; step ${s.step} needs ${s.keys.join(', ')}`, false)),
+};
+
+/**
+ * A JSON file `{ "<tenant>": { "KEY": "value" } }`, read at each redemption so it can be
+ * edited while the service runs. For development and tests only: values sit on disk in
+ * clear.
+ */
+export function fileLeases(path: string): LeaseRedeemer {
+  return {
+    async redeem(s) {
+      let doc: unknown;
+      try {
+        doc = JSON.parse(await readFile(path, 'utf8'));
+      } catch (e) {
+        throw new CapstanError(ErrorCode.SecretNotFound, `cannot read the secrets file ${path}: ${(e as NodeJS.ErrnoException).code ?? 'not JSON'}`, false);
+      }
+      const table = isPlainObject(doc) ? doc[s.tenant] : undefined;
+      const out: Record<string, string> = {};
+      const missing: string[] = [];
+      for (const k of s.keys) {
+        const v = isPlainObject(table) ? table[k] : undefined;
+        if (typeof v === 'string') out[k] = v;
+        else missing.push(k);
+      }
+      if (missing.length > 0) throw new CapstanError(ErrorCode.SecretNotFound, `tenant ${s.tenant} has no secret named ${missing.join(', ')}`, false);
+      return out;
+    },
+  };
+}
