@@ -5,12 +5,15 @@
  */
 import { execFileSync } from 'node:child_process';
 import { createServer } from 'node:net';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { jetstreamManager, DeliverPolicy } from '@nats-io/jetstream';
 import { createOrchestrator, loadConfig as orchestratorConfig } from '@capstan/orchestrator';
 import { createWorker, loadConfig as workerConfig } from '@capstan/worker';
+import { createSandboxService, loadConfig as sandboxConfig } from '@capstan/sandbox';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
+import { createConsole, localAdmin, loadConfig as consoleConfig } from '@capstan/console';
 import {
   connectNats,
   createClient,
@@ -36,6 +39,9 @@ const say = (s: string) => process.stdout.write(`${s}\n`);
 /** The dev servers' usual ports, so URLs in docs work; any free port when taken. */
 const DEV_PORT = 4333;
 const DEV_API_PORT = 4334;
+const DEV_CONSOLE_PORT = 4335;
+/** The console's URL (first line) and a one-time sign-in link for the local admin (second). */
+const DEV_CONSOLE_URL_FILE = join(DEV_DIR, 'console.url');
 const PGLITE_DIR = join(DEV_DIR, 'pg');
 
 function preferredPort(port = DEV_PORT, fallback = -1): Promise<number> {
@@ -100,7 +106,7 @@ export async function devCmd(argv: string[]): Promise<number> {
     mkdirSync(DEV_DIR, { recursive: true });
     writeFileSync(DEV_URL_FILE, url);
   }
-  const env = { ...process.env, NATS_URL: url, LOG_LEVEL: process.env['LOG_LEVEL'] ?? 'warn', ORCH_DISCOVERY_MS: '500', WORKER_DISCOVERY_MS: '500' };
+  const env = { ...process.env, NATS_URL: url, LOG_LEVEL: process.env['LOG_LEVEL'] ?? 'warn', ORCH_DISCOVERY_MS: '500', WORKER_DISCOVERY_MS: '500', WORKER_ADMISSION: 'auto' };
   const logLevel = env.LOG_LEVEL as 'warn';
   const nc = await connectNats(url, 'capstan-dev', createLogger('dev', logLevel, process.stderr));
   await ensureTenant(await jetstreamManager(nc), tenant);
@@ -108,6 +114,17 @@ export async function devCmd(argv: string[]): Promise<number> {
   const worker = await createWorker(workerConfig({ ...env, WORKER_ID: 'dev-worker-1' }), createLogger('worker', logLevel, process.stderr));
   await orchestrator.start();
   await worker.start();
+
+  // Sandboxes (modes 1–3) on the local Docker engine. Without one, sandboxed steps fail
+  // with `sandbox_unavailable`; they never run unsandboxed.
+  const sandboxes = await createSandboxService(
+    sandboxConfig({ ...env, SANDBOX_NODE: 'dev', SANDBOX_SECRETS_FILE: devSecrets(tenant), SANDBOX_POOL_MIN: '1', SANDBOX_POOL_MAX: '4' }),
+    createLogger('sandbox', logLevel, process.stderr),
+  );
+  await sandboxes.start();
+  say(dim('preparing sandboxes (the first run builds the sandbox image, about a minute) …'));
+  await sandboxes.ready;
+  const noSandboxes = sandboxes.unavailable();
 
   // Projections: Postgres when given one, else PGlite (embedded Postgres) in .capstan/dev/pg.
   const dbUrl = typeof values['db'] === 'string' ? values['db'] : process.env['DATABASE_URL'];
@@ -121,6 +138,19 @@ export async function devCmd(argv: string[]): Promise<number> {
   const api = createQueryServer({ db: database, jsm: await jetstreamManager(nc), nc, log: dbLog, port: await preferredPort(DEV_API_PORT, 0) });
   await api.start();
   writeFileSync(DEV_API_URL_FILE, api.url);
+  // The console: a local admin over the dev tenant, signed in by a one-time link.
+  const consolePort = process.env['CONSOLE_PORT'] ?? String(await preferredPort(DEV_CONSOLE_PORT, 0));
+  const devConsoleConfig = consoleConfig({ ...env, CONSOLE_PORT: consolePort }, { dev: true });
+  const operatorConsole = createConsole({
+    db: database,
+    nc,
+    config: devConsoleConfig,
+    log: createLogger('console', logLevel, process.stderr),
+    users: [localAdmin([tenant])],
+  });
+  await operatorConsole.start();
+  const signInLink = operatorConsole.signInLink(localAdmin([tenant]).userId);
+  writeFileSync(DEV_CONSOLE_URL_FILE, `${operatorConsole.url}\n${signInLink}\n`, { mode: 0o600 });
 
   say('');
   say(`${bold('Capstan dev stack')} ${green('ready')}`);
@@ -128,14 +158,20 @@ export async function devCmd(argv: string[]): Promise<number> {
   say(`  tenant      ${tenant}`);
   say(`  projections ${database.kind === 'pglite' ? `PGlite in ${PGLITE_DIR}` : database.where}`);
   say(`  query API   ${api.url}  ${dim('(capstan runs / run / audit use it)')}`);
+  say(`  console     ${operatorConsole.url}`);
+  say(`  sign in     ${signInLink}  ${dim(`(one use, ${Math.round(devConsoleConfig.linkTtlMs / 60_000)} min; also in .capstan/dev/console.url)`)}`);
+  say(`  sandboxes   ${noSandboxes ? red(`unavailable: ${noSandboxes}`) : `docker, image ${sandboxes.image() ?? '?'}${dim(`  (artifacts in ${SANDBOX_ARTIFACTS})`)}`}`);
   say(`  workflows   ${orchestrator.registry.list().map((w) => `${w.id}@${w.version}`).join(', ')}`);
   say(`  try         npx capstan submit demo.pipeline --tenant ${tenant} --wait`);
   say('');
 
   const stopAll = async () => {
+    await operatorConsole.stop();
+    rmSync(DEV_CONSOLE_URL_FILE, { force: true });
     await api.stop();
     rmSync(DEV_API_URL_FILE, { force: true });
     await worker.stop();
+    await sandboxes.stop();
     await orchestrator.stop();
     await projector.stop();
     await database.close();
@@ -146,7 +182,7 @@ export async function devCmd(argv: string[]): Promise<number> {
 
   let code = 0;
   if (values['demo']) {
-    code = await runDemo(nc, tenant);
+    code = await runDemo(nc, tenant, !noSandboxes);
     await waitForProjections(projector);
     say(dim(`  list them:   npx capstan runs --tenant ${tenant}`));
     say('');
@@ -164,8 +200,30 @@ export async function devCmd(argv: string[]): Promise<number> {
   return code;
 }
 
+const SANDBOX_ARTIFACTS = join(PROJECT_ROOT, '.capstan', 'artifacts');
+
+/**
+ * The dev secrets file the sandbox service leases from: `DEMO_TOKEN` for the dev tenant,
+ * made once with a random value. Plain text on disk: a development convenience only.
+ */
+function devSecrets(tenant: string): string {
+  const file = join(DEV_DIR, 'secrets.json');
+  mkdirSync(DEV_DIR, { recursive: true });
+  let table: Record<string, Record<string, string>> = {};
+  try {
+    table = JSON.parse(readFileSync(file, 'utf8')) as typeof table;
+  } catch {
+    // first run
+  }
+  if (!table[tenant]?.['DEMO_TOKEN']) {
+    table[tenant] = { ...table[tenant], DEMO_TOKEN: `demo-${randomBytes(12).toString('hex')}` };
+    writeFileSync(file, JSON.stringify(table, null, 2), { mode: 0o600 });
+  }
+  return file;
+}
+
 /** Runs each demo workflow once, printing every event as it is recorded. */
-async function runDemo(nc: Awaited<ReturnType<typeof connectNats>>, tenant: ReturnType<typeof parseTenantId>): Promise<number> {
+async function runDemo(nc: Awaited<ReturnType<typeof connectNats>>, tenant: ReturnType<typeof parseTenantId>, sandboxed: boolean): Promise<number> {
   const client = await createClient(nc);
   const names = new Map<RunId, string>();
   const ended = new Map<RunId, RunEvent>();
@@ -189,8 +247,10 @@ async function runDemo(nc: Awaited<ReturnType<typeof connectNats>>, tenant: Retu
       }
     }
   })();
-  say(bold('demo: submitting demo.pipeline, demo.flaky and demo.signal'));
-  for (const wf of ['demo.pipeline', 'demo.flaky', 'demo.signal']) {
+  const demos = ['demo.pipeline', 'demo.flaky', 'demo.signal', ...(sandboxed ? ['demo.sandboxed'] : [])];
+  say(bold(`demo: submitting ${demos.join(', ')}`));
+  if (!sandboxed) say(dim('  (demo.sandboxed needs a Docker engine; skipped)'));
+  for (const wf of demos) {
     const runId = await client.submit(tenant, wf, { input: { customer: 42, source: 'capstan dev' } });
     names.set(runId, wf);
   }

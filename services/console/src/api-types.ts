@@ -1,0 +1,445 @@
+/**
+ * The console's HTTP API contract: every request and response shape under `/api`, shared by
+ * the server and the web UI. Self-contained on purpose (no imports): the UI compiles it for
+ * the browser. Times are ISO 8601 strings (UTC); absent values are `null`, never omitted,
+ * unless a field is marked optional.
+ *
+ * Stability: fields are added, never renamed or removed.
+ *
+ * Conventions
+ * - JSON in and out. Errors are `ApiErrorBody` with status 400 (bad input), 401 (no or
+ *   expired session), 403 (role or tenant not allowed, CSRF check failed), 404 (no such
+ *   run, approval, worker or endpoint), 409 (the action does not apply to the current state),
+ *   429 (too many failed sign-ins for one user; wait and retry),
+ *   501 (reserved: an action whose command the control plane lacks), 503 (NATS or the
+ *   database is unreachable, or no orchestrator decided an approve/deny/retry in time).
+ *   A refusal by the control plane itself (`approval_not_waiting`, `run_not_retryable`, …)
+ *   is a 409 carrying the control plane's code and message.
+ * - The session is an HttpOnly cookie set by sign-in; the UI never reads it. Every call that
+ *   is not a GET must carry the header `x-csrf-token` (`CSRF_HEADER`) equal to
+ *   `SessionInfo.csrfToken`, and be same-origin (the browser's `Origin` header is checked).
+ * - Tenant routes are `/api/tenants/:tenant/...`; a tenant not in `SessionInfo.tenants`
+ *   answers 403.
+ * - Unauthenticated: `GET /healthz`, `POST /api/auth/signin`, `POST /api/auth/link`, and the
+ *   UI's static files (the `/signin` page included). Everything else needs a session.
+ *
+ * Endpoints
+ *   POST /api/auth/signin                                   SignInRequest      → SessionInfo (sets the cookie)
+ *   POST /api/auth/link                                     LinkSignInRequest  → SessionInfo (one-time token from a sign-in link)
+ *   POST /api/auth/signout                                  {}                 → 204
+ *   GET  /api/session                                                          → SessionInfo
+ *   GET  /api/tenants/:tenant/runs                          RunsQuery          → RunsPageResponse
+ *   GET  /api/tenants/:tenant/runs/stream                   (SSE)              → events named by RunStreamEventName
+ *   GET  /api/tenants/:tenant/runs/:runId                                      → RunDetailResponse
+ *   POST /api/tenants/:tenant/runs/:runId/cancel            CancelRequest      → ActionResponse (operator)
+ *   POST /api/tenants/:tenant/runs/:runId/signal            SignalRequest      → ActionResponse (operator)
+ *   POST /api/tenants/:tenant/runs/:runId/retry             RetryRequest       → ActionResponse (operator)
+ *   POST /api/tenants/:tenant/runs/:runId/approvals/:step/approve  DecisionRequest → ActionResponse (operator)
+ *   POST /api/tenants/:tenant/runs/:runId/approvals/:step/deny     DecisionRequest → ActionResponse (operator)
+ *   GET  /api/tenants/:tenant/approvals                     ApprovalsQuery     → ApprovalsResponse
+ *   GET  /api/tenants/:tenant/workers                                          → WorkersResponse
+ *   POST /api/tenants/:tenant/workers/:workerId/approve     WorkerActionRequest → ActionResponse (admin)
+ *   POST /api/tenants/:tenant/workers/:workerId/revoke      WorkerActionRequest → ActionResponse (admin)
+ *   GET  /api/tenants/:tenant/audit                         AuditQuery         → AuditPageResponse
+ *   GET  /api/tenants/:tenant/audit.csv                     AuditQuery (no cursor; limit up to AUDIT_CSV_MAX_ROWS) → text/csv
+ *   GET  /api/tenants/:tenant/system                                           → SystemResponse
+ *
+ * Paths are built with `apiPaths` below; path segments are percent-encoded there.
+ */
+
+// ---------------------------------------------------------------------------------------
+// Roles and sessions.
+
+export const ROLES = ['viewer', 'operator', 'admin'] as const;
+export type Role = (typeof ROLES)[number];
+
+/** What each action needs at least; a higher role may do everything a lower one may. */
+export const ACTION_ROLE = {
+  cancel: 'operator',
+  signal: 'operator',
+  retry: 'operator',
+  approve: 'operator',
+  deny: 'operator',
+  approveWorker: 'admin',
+  revokeWorker: 'admin',
+} as const satisfies Record<string, Role>;
+export type ActionName = keyof typeof ACTION_ROLE;
+
+/** True when `role` may perform `action` (the server checks again; this is for the UI). */
+export function roleAllows(role: Role, action: ActionName): boolean {
+  return ROLES.indexOf(role) >= ROLES.indexOf(ACTION_ROLE[action]);
+}
+
+export const CSRF_HEADER = 'x-csrf-token';
+
+export interface SignInRequest {
+  readonly userId: string;
+  readonly password: string;
+}
+
+/** The token of a one-time sign-in link (`/signin?token=…`): single use, expires in minutes. */
+export interface LinkSignInRequest {
+  readonly token: string;
+}
+
+export interface SessionInfo {
+  readonly userId: string;
+  readonly orgId: string;
+  readonly role: Role;
+  /** The tenants this session may see; every tenant route is scoped to one of them. */
+  readonly tenants: readonly string[];
+  /** Send back as the `x-csrf-token` header on every non-GET call. */
+  readonly csrfToken: string;
+  readonly expiresAt: string;
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors.
+
+/** Codes of the console itself; codes of the platform (`invalid_argument`, `run_not_found`, …) pass through. */
+export const ApiErrorCode = {
+  Unauthenticated: 'unauthenticated',
+  Forbidden: 'forbidden',
+  CsrfFailed: 'csrf_failed',
+  BadCredentials: 'bad_credentials',
+  TooManyAttempts: 'too_many_attempts',
+  NotFound: 'not_found',
+  Conflict: 'conflict',
+  NotImplemented: 'not_implemented',
+  InvalidArgument: 'invalid_argument',
+  Unavailable: 'unavailable',
+  Internal: 'internal',
+} as const;
+export type ApiErrorCode = (typeof ApiErrorCode)[keyof typeof ApiErrorCode];
+
+export interface ApiErrorBody {
+  readonly error: {
+    readonly code: ApiErrorCode | (string & {});
+    readonly message: string;
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// Runs.
+
+export const RUN_STATUS_VALUES = ['pending', 'running', 'waiting', 'completed', 'failed', 'cancelled'] as const;
+export type RunStatusName = (typeof RUN_STATUS_VALUES)[number];
+
+/**
+ * Query parameters of the runs list (all optional, each at most once except `where`):
+ * - `status`: one of RUN_STATUS_VALUES
+ * - `workflow`: exact workflow name
+ * - `since` / `until`: started at or after / before; a duration back from now (`30m`, `2h`,
+ *   `7d`, `1w`) or an ISO 8601 time with a zone
+ * - `where`: `key=value`, repeatable (up to 8): typed search fields, a run matches all
+ * - `limit`: 1 to 500, default 50
+ * - `cursor`: the `nextCursor` of the previous page
+ */
+export interface RunsQuery {
+  readonly status?: RunStatusName;
+  readonly workflow?: string;
+  readonly since?: string;
+  readonly until?: string;
+  readonly where?: readonly string[];
+  readonly limit?: number;
+  readonly cursor?: string;
+}
+
+export interface RunSummary {
+  readonly tenant: string;
+  readonly runId: string;
+  readonly workflow: string;
+  readonly version: number;
+  readonly status: RunStatusName;
+  readonly currentStep: string | null;
+  /** Attempts scheduled so far, over all steps. */
+  readonly attempts: number;
+  readonly errorCode: string | null;
+  readonly errorMessage: string | null;
+  readonly startedAt: string;
+  readonly updatedAt: string;
+  readonly endedAt: string | null;
+  /** Run-local sequence of the last event the projections applied. */
+  readonly lastSeq: number;
+  /** Times a person retried the run after it failed (0 where retries are not recorded). */
+  readonly retries: number;
+  readonly retriedAt: string | null;
+  readonly retriedBy: string | null;
+}
+
+export interface RunsPageResponse {
+  /** Newest first (by start time). */
+  readonly runs: RunSummary[];
+  /** Present when more runs follow: pass it back as `cursor`. */
+  readonly nextCursor?: string;
+}
+
+export const STEP_MODES = ['inline', 'sandboxed', 'sandboxed-lease', 'agent'] as const;
+export type StepMode = (typeof STEP_MODES)[number];
+
+/** One attempt of one step (a row of the `steps` projection). */
+export interface StepAttempt {
+  readonly step: string;
+  readonly attempt: number;
+  readonly mode: StepMode;
+  readonly pool: string;
+  readonly handler: string;
+  readonly worker: string | null;
+  /** The sandbox (container) the attempt ran in, when it ran in one. */
+  readonly sandbox: string | null;
+  /** `scheduled`, `running`, `completed`, `failed`, … as the projector records it. */
+  readonly outcome: string;
+  readonly scheduledAt: string;
+  readonly startedAt: string | null;
+  readonly finishedAt: string | null;
+  readonly durationMs: number | null;
+  /** The step's metadata result (small JSON), when it completed. */
+  readonly result: JsonValue | null;
+  readonly errorCode: string | null;
+  readonly errorMessage: string | null;
+}
+
+/** One step of the run's trace with all its attempts, for a waterfall. */
+export interface TraceStep {
+  readonly step: string;
+  readonly mode: StepMode;
+  readonly pool: string;
+  readonly handler: string;
+  /** The last attempt's outcome. */
+  readonly outcome: string;
+  readonly attempts: readonly StepAttempt[];
+  /** First attempt scheduled, as milliseconds after the run started (never negative). */
+  readonly offsetMs: number;
+  /** From the first attempt scheduled to the last attempt finished; null while unfinished. */
+  readonly spanMs: number | null;
+  /** Sum of the attempts' own durations (time actually spent running). */
+  readonly busyMs: number;
+}
+
+/** A run event's place in the timeline; the event body stays in the run stream. */
+export interface TimelineEvent {
+  readonly seq: number;
+  readonly type: string;
+  readonly at: string;
+  readonly streamSeq: number;
+  readonly causationId: string;
+}
+
+export interface Approval {
+  readonly tenant: string;
+  readonly runId: string;
+  readonly step: string;
+  readonly signal: string;
+  /** `waiting`, `approved`, `denied`. */
+  readonly status: string;
+  readonly requestedAt: string;
+  readonly decidedAt: string | null;
+  /** Who decided, when the decision recorded it. */
+  readonly decidedBy: string | null;
+  readonly reason: string | null;
+  /** The run's workflow (null when the run row is not projected yet). */
+  readonly workflow: string | null;
+}
+
+export type ExplanationTone = 'info' | 'progress' | 'waiting' | 'error' | 'done';
+
+/** Plain words on where the run stands: why it waits, why it failed. */
+export interface Explanation {
+  readonly tone: ExplanationTone;
+  /** One or two sentences, ready to show as they are. */
+  readonly text: string;
+  /** The step the explanation is about, when there is one. */
+  readonly step?: string;
+}
+
+export interface SearchFieldValue {
+  readonly key: string;
+  readonly value: string;
+}
+
+export interface RunDetailResponse {
+  readonly run: RunSummary;
+  readonly search: readonly SearchFieldValue[];
+  /** Every attempt, ordered by schedule time then attempt. */
+  readonly steps: readonly StepAttempt[];
+  /** Steps grouped with their attempts, in the order they were first scheduled. */
+  readonly trace: readonly TraceStep[];
+  /** Ordered by seq. */
+  readonly events: readonly TimelineEvent[];
+  readonly approvals: readonly Approval[];
+  readonly explanation: Explanation;
+  /** Which actions apply to the run as it stands (the role is not considered here). */
+  readonly actions: {
+    readonly cancel: boolean;
+    readonly signal: boolean;
+    readonly retry: boolean;
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// Live updates (server-sent events on /api/tenants/:tenant/runs/stream).
+//
+// `ready` once on connect, then `runs` whenever runs changed (at most once a second), with
+// the changed runs as they are now. The stream is not filtered: apply the list's filters in
+// the UI. A comment line (`: keep-alive`) comes every 15 s. EventSource reconnects by itself.
+
+export const RunStreamEventName = { Ready: 'ready', Runs: 'runs' } as const;
+export type RunStreamEventName = (typeof RunStreamEventName)[keyof typeof RunStreamEventName];
+
+export interface RunStreamReady {
+  readonly tenant: string;
+}
+
+export interface RunStreamChange {
+  /** Runs that changed since the previous message, newest change last. */
+  readonly runs: RunSummary[];
+  /**
+   * True when more changed than one message carries (a burst of thousands of events):
+   * `runs` then holds only the latest changes, and the UI should reload the list.
+   */
+  readonly resync?: boolean;
+}
+
+// ---------------------------------------------------------------------------------------
+// Actions. Each publishes the same NATS command as the CLI and answers 202 once JetStream
+// stored it; the projections show the effect a moment later (watch the stream).
+
+export interface CancelRequest {
+  readonly reason?: string;
+}
+
+export interface SignalRequest {
+  readonly name: string;
+  readonly payload?: JsonValue;
+}
+
+export interface RetryRequest {
+  readonly reason?: string;
+}
+
+export interface DecisionRequest {
+  readonly reason?: string;
+}
+
+/** Body of the worker admission calls (approve / revoke). */
+export interface WorkerActionRequest {
+  readonly reason?: string;
+}
+
+export interface ActionResponse {
+  readonly accepted: true;
+  readonly action: ActionName;
+  readonly tenant: string;
+  readonly runId?: string;
+  readonly step?: string;
+  readonly workerId?: string;
+}
+
+// ---------------------------------------------------------------------------------------
+// Approvals, workers, audit, system.
+
+/** `status` (a lowercase word: `waiting`, `approved`, `denied`; default all) and `limit` (1–500, default 50). */
+export interface ApprovalsQuery {
+  readonly status?: string;
+  readonly limit?: number;
+}
+
+export interface ApprovalsResponse {
+  /** Newest request first. */
+  readonly approvals: Approval[];
+}
+
+export type WorkerAdmission = 'pending' | 'approved' | 'revoked';
+
+export interface WorkerInfo {
+  readonly workerId: string;
+  /** Capability labels: the pools it pulls work from. */
+  readonly pools: string[];
+  /** Work items in progress at its last heartbeat. */
+  readonly running: number;
+  readonly lastSeenAt: string;
+  /** Milliseconds since the last heartbeat, at the time of the answer. */
+  readonly silentForMs: number;
+  /** True when no heartbeat came for WORKER_STALE_MS. */
+  readonly stale: boolean;
+  /** `pending` until an admin approves it (or it approved itself under auto admission). */
+  readonly admission: WorkerAdmission;
+  /** Who approved or revoked it last, when, and why; null while pending. */
+  readonly admissionBy: string | null;
+  readonly admissionAt: string | null;
+  readonly admissionReason: string | null;
+}
+
+export const WORKER_STALE_MS = 30_000;
+
+export interface WorkersResponse {
+  readonly workers: WorkerInfo[];
+}
+
+/** `run` (a run id), `since` (like RunsQuery.since), `limit` (1–500, default 50), `cursor`. */
+export interface AuditQuery {
+  readonly run?: string;
+  readonly since?: string;
+  readonly limit?: number;
+  readonly cursor?: string;
+}
+
+export interface AuditEntry {
+  readonly id: number;
+  readonly runId: string;
+  readonly seq: number;
+  readonly kind: string;
+  readonly actor: string | null;
+  readonly detail: JsonValue;
+  readonly at: string;
+  readonly streamSeq: number;
+}
+
+export interface AuditPageResponse {
+  /** Newest first. */
+  readonly entries: AuditEntry[];
+  readonly nextCursor?: string;
+}
+
+/** audit.csv: the columns, in order, of the CSV export (header row included). */
+export const AUDIT_CSV_COLUMNS = ['id', 'at', 'run_id', 'seq', 'kind', 'actor', 'detail', 'stream_seq'] as const;
+/** audit.csv takes `limit` up to this (default all up to this); pages of the JSON API are 500 at most. */
+export const AUDIT_CSV_MAX_ROWS = 100_000;
+
+export interface SystemResponse {
+  readonly tenant: string;
+  /** Run-stream events not yet in the projections; null when unknown. */
+  readonly projectionLag: number | null;
+  /** The last run-stream sequence the projections applied. */
+  readonly checkpoint: number;
+}
+
+// ---------------------------------------------------------------------------------------
+// Paths.
+
+const seg = encodeURIComponent;
+
+export const apiPaths = {
+  signIn: '/api/auth/signin',
+  linkSignIn: '/api/auth/link',
+  signOut: '/api/auth/signout',
+  session: '/api/session',
+  runs: (t: string) => `/api/tenants/${seg(t)}/runs`,
+  runStream: (t: string) => `/api/tenants/${seg(t)}/runs/stream`,
+  run: (t: string, runId: string) => `/api/tenants/${seg(t)}/runs/${seg(runId)}`,
+  cancel: (t: string, runId: string) => `/api/tenants/${seg(t)}/runs/${seg(runId)}/cancel`,
+  signal: (t: string, runId: string) => `/api/tenants/${seg(t)}/runs/${seg(runId)}/signal`,
+  retry: (t: string, runId: string) => `/api/tenants/${seg(t)}/runs/${seg(runId)}/retry`,
+  approve: (t: string, runId: string, step: string) => `/api/tenants/${seg(t)}/runs/${seg(runId)}/approvals/${seg(step)}/approve`,
+  deny: (t: string, runId: string, step: string) => `/api/tenants/${seg(t)}/runs/${seg(runId)}/approvals/${seg(step)}/deny`,
+  approvals: (t: string) => `/api/tenants/${seg(t)}/approvals`,
+  workers: (t: string) => `/api/tenants/${seg(t)}/workers`,
+  approveWorker: (t: string, workerId: string) => `/api/tenants/${seg(t)}/workers/${seg(workerId)}/approve`,
+  revokeWorker: (t: string, workerId: string) => `/api/tenants/${seg(t)}/workers/${seg(workerId)}/revoke`,
+  audit: (t: string) => `/api/tenants/${seg(t)}/audit`,
+  auditCsv: (t: string) => `/api/tenants/${seg(t)}/audit.csv`,
+  system: (t: string) => `/api/tenants/${seg(t)}/system`,
+} as const;
+
+/** A JSON value as it travels in request and response bodies. */
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [k: string]: JsonValue };

@@ -1,0 +1,58 @@
+/**
+ * The console's actions as NATS commands, through the same client the CLI uses: the
+ * console never writes a projection. Every action is recorded with the signed-in user as
+ * its author where the command carries one.
+ */
+import { createClient, type CapstanClient, type NatsConnection } from '@capstan/kit';
+import { isPlainObject, type JsonValue } from '@capstan/schemas';
+
+export interface Author {
+  readonly by: string;
+  readonly reason?: string;
+}
+
+export interface Commands {
+  cancel(tenant: string, runId: string, a: Author): Promise<void>;
+  /** `by` is written into an object payload (or makes one): the audit log names the signal's author from it. */
+  signal(tenant: string, runId: string, name: string, payload: JsonValue | undefined, a: Author): Promise<void>;
+  retry(tenant: string, runId: string, a: Author): Promise<void>;
+  approve(tenant: string, runId: string, step: string, a: Author): Promise<void>;
+  deny(tenant: string, runId: string, step: string, a: Author): Promise<void>;
+  approveWorker(tenant: string, workerId: string, a: Author): Promise<void>;
+  revokeWorker(tenant: string, workerId: string, a: Author): Promise<void>;
+  /** For stream positions (projection lag). */
+  readonly jsm: CapstanClient['jsm'];
+}
+
+const withReason = (a: Author) => ({ by: a.by, ...(a.reason !== undefined ? { reason: a.reason } : {}) });
+
+export async function createCommands(nc: NatsConnection): Promise<Commands> {
+  const client = await createClient(nc);
+  return {
+    jsm: client.jsm,
+    async cancel(t, runId, a) {
+      await client.cancel(t, runId, a.reason);
+    },
+    async signal(t, runId, name, payload, a) {
+      const p: JsonValue = payload === undefined ? { by: a.by } : isPlainObject(payload) ? { ...payload, by: a.by } : payload;
+      await client.signal(t, runId, name, p);
+    },
+    // Decisions wait for the orchestrator's verdict, so a refused one (already decided,
+    // not failed) reaches the operator as an error rather than as a silent no-op.
+    async retry(t, runId, a) {
+      await client.retry(t, runId, withReason(a));
+    },
+    async approve(t, runId, step, a) {
+      await client.approve(t, runId, step, withReason(a));
+    },
+    async deny(t, runId, step, a) {
+      await client.deny(t, runId, step, withReason(a));
+    },
+    async approveWorker(t, workerId, a) {
+      await client.approveWorker(t, workerId, withReason(a));
+    },
+    async revokeWorker(t, workerId, a) {
+      await client.revokeWorker(t, workerId, withReason(a));
+    },
+  };
+}

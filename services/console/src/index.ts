@@ -1,0 +1,18 @@
+/**
+ * @capstan/console — the operator console's server: sign-in, a tenant-scoped JSON API over
+ * the projections, live run updates (SSE), actions published as NATS commands, and the web
+ * UI's static files. The API contract the UI codes against is `api-types.ts`.
+ */
+export { createConsole, localAdmin, defaultWebDir } from './app.js';
+export type { Console, ConsoleOptions } from './app.js';
+export { loadConfig, DEFAULT_CONSOLE_PORT, MIN_SECRET_BYTES } from './config.js';
+export type { Config, LoadOptions } from './config.js';
+export { parseUsers, hashPassword, verifyPassword } from './users.js';
+export type { ConsoleUser } from './users.js';
+export { createSessions, createLinkTokens, SESSION_COOKIE } from './session.js';
+export type { Session, Sessions, LinkTokens } from './session.js';
+export { explainRun, sayDuration } from './explain.js';
+export type { ExplainInput } from './explain.js';
+export { buildTrace, toRunSummary, toStepAttempt, toWorkerInfo, toApproval, toAuditEntry, toTimelineEvent } from './views.js';
+export { csvField } from './routes-audit.js';
+export * from './api-types.js';

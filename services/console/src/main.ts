@@ -1,0 +1,42 @@
+#!/usr/bin/env node
+// Process boundary of the console.
+//   capstan-console                  serve (config from the environment; see docs/console.md)
+//   capstan-console hash-password    read a password on stdin, print its scrypt hash for CONSOLE_USERS
+import { connectNats, openDatabase, runService, type Logger } from '@capstan/kit';
+import { createConsole } from './app.js';
+import { loadConfig, type Config } from './config.js';
+import { hashPassword } from './users.js';
+
+async function serve(config: Config, log: Logger): Promise<{ start(): Promise<void>; stop(): Promise<void> }> {
+  const db = await openDatabase({ url: config.databaseUrl as string, log });
+  const nc = await connectNats(config.natsUrl, 'capstan-console', log);
+  const app = createConsole({ db, nc, config, log });
+  return {
+    start: () => app.start(),
+    async stop() {
+      await app.stop();
+      await nc.drain();
+      await db.close();
+    },
+  };
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+}
+
+if (process.argv[2] === 'hash-password') {
+  const password = await readStdin();
+  if (password.length < 12) {
+    process.stderr.write('hash-password: give a password of at least 12 characters on stdin\n');
+    process.exit(2);
+  }
+  process.stdout.write(`${await hashPassword(password)}\n`);
+} else if (process.argv.length > 2) {
+  process.stderr.write(`capstan-console: unknown command ${JSON.stringify(process.argv[2])}; commands: (none) to serve, hash-password\n`);
+  process.exit(2);
+} else {
+  await runService('console', (env) => loadConfig(env), serve);
+}

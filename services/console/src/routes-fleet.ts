@@ -1,0 +1,60 @@
+/**
+ * Approvals queue, worker fleet (with admission actions) and the tenant's projection lag.
+ */
+import type { FastifyInstance } from 'fastify';
+import { listApprovals, listWorkers, parseLimit, projectionLag, readCheckpoints } from '@capstan/kit';
+import { obj, optional, str } from '@capstan/schemas';
+import { apiPaths, type ApprovalsResponse, type SystemResponse, type WorkersResponse } from './api-types.js';
+import { notFound, pattern, queryOf, sessionOf } from './http.js';
+import { postAction, type RouteDeps } from './routes.js';
+import { toApproval, toWorkerInfo } from './views.js';
+
+type WorkerParams = { tenant: string; workerId: string };
+const admissionBody = obj('worker admission', { reason: optional(str({ max: 500 })) });
+
+export function registerFleetRoutes(app: FastifyInstance, d: RouteDeps): void {
+  app.get<{ Params: { tenant: string } }>(pattern(apiPaths.approvals(':tenant')), async (req): Promise<ApprovalsResponse> => {
+    const t = d.tenantOf(sessionOf(req), req.params.tenant);
+    const q = queryOf(req, ['status', 'limit']);
+    const status = q.one('status');
+    const rows = await listApprovals(d.db, t, { ...(status !== undefined ? { status } : {}), limit: parseLimit(q.one('limit')) });
+    // The queue says what is being approved: each run's workflow, in one keyed read.
+    const ids = [...new Set(rows.map((a) => a.runId))];
+    const runs = ids.length === 0 ? [] : await d.db.db.query.runs.findMany({ columns: { runId: true, workflow: true }, where: (r, { and, eq, inArray }) => and(eq(r.tenant, t), inArray(r.runId, ids)) });
+    const workflowOf = new Map(runs.map((r) => [r.runId, r.workflow]));
+    return { approvals: rows.map((a) => toApproval(a, workflowOf.get(a.runId) ?? null)) };
+  });
+
+  app.get<{ Params: { tenant: string } }>(pattern(apiPaths.workers(':tenant')), async (req): Promise<WorkersResponse> => {
+    const t = d.tenantOf(sessionOf(req), req.params.tenant);
+    queryOf(req, []);
+    const now = Date.now();
+    return { workers: (await listWorkers(d.db, t)).map((w) => toWorkerInfo(w, now)) };
+  });
+
+  for (const [name, path] of [
+    ['approveWorker', pattern(apiPaths.approveWorker(':tenant', ':workerId'))],
+    ['revokeWorker', pattern(apiPaths.revokeWorker(':tenant', ':workerId'))],
+  ] as const) {
+    postAction<WorkerParams>(app, d, name, path, async (c, t, p, body, by) => {
+      const { reason } = admissionBody.parse(body);
+      // Only a worker the fleet view knows: a typo must not admit a name nobody runs.
+      const known = (await listWorkers(d.db, t)).some((w) => w.workerId === p.workerId);
+      if (!known) throw notFound(`tenant ${t} has no worker ${JSON.stringify(p.workerId.slice(0, 128))}`);
+      const author = { by, ...(reason !== undefined ? { reason } : {}) };
+      await (name === 'approveWorker' ? c.approveWorker(t, p.workerId, author) : c.revokeWorker(t, p.workerId, author));
+      return { workerId: p.workerId };
+    });
+  }
+
+  app.get<{ Params: { tenant: string } }>(pattern(apiPaths.system(':tenant')), async (req): Promise<SystemResponse> => {
+    const t = d.tenantOf(sessionOf(req), req.params.tenant);
+    queryOf(req, []);
+    const jsm = d.jsm();
+    if (jsm) {
+      const [lag] = await projectionLag(d.db, jsm, [t]);
+      return { tenant: t, projectionLag: lag?.lag ?? null, checkpoint: lag?.checkpoint ?? 0 };
+    }
+    return { tenant: t, projectionLag: null, checkpoint: (await readCheckpoints(d.db, [t])).get(t) ?? 0 };
+  });
+}

@@ -1,0 +1,118 @@
+/**
+ * Console users: who may sign in, in which organisation, with which role, over which
+ * tenants. They come from a JSON file (CONSOLE_USERS), an array of
+ *
+ *   { "userId": "alice", "orgId": "acme", "role": "operator", "tenants": ["acme-prod"],
+ *     "passwordHash": "scrypt$16384$8$1$<salt base64>$<key base64>" }
+ *
+ * `passwordHash` is optional: a user without one signs in only by one-time link.
+ * Make a hash with `capstan-console hash-password` (reads the password from stdin).
+ */
+import { randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
+import { ConfigError, isTenantId } from '@capstan/schemas';
+import { ROLES, type Role } from './api-types.js';
+
+export interface ConsoleUser {
+  readonly userId: string;
+  readonly orgId: string;
+  readonly role: Role;
+  readonly tenants: readonly string[];
+  readonly passwordHash?: string;
+}
+
+const ID = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
+const MAX_USERS = 10_000;
+
+/** Parses and checks a users file's text; lists every problem at once. @throws ConfigError */
+export function parseUsers(text: string, where = 'CONSOLE_USERS'): ConsoleUser[] {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw new ConfigError([`${where} is not valid JSON`]);
+  }
+  if (!Array.isArray(raw)) throw new ConfigError([`${where} must hold a JSON array of users`]);
+  if (raw.length > MAX_USERS) throw new ConfigError([`${where} holds ${raw.length} users; at most ${MAX_USERS}`]);
+  const problems: string[] = [];
+  const seen = new Set<string>();
+  const users: ConsoleUser[] = [];
+  raw.forEach((u: unknown, i) => {
+    const at = `${where}[${i}]`;
+    if (typeof u !== 'object' || u === null || Array.isArray(u)) {
+      problems.push(`${at} must be an object`);
+      return;
+    }
+    const o = u as Record<string, unknown>;
+    const known = ['userId', 'orgId', 'role', 'tenants', 'passwordHash'];
+    for (const k of Object.keys(o)) if (!known.includes(k)) problems.push(`${at} has an unknown field ${JSON.stringify(k.slice(0, 32))}`);
+    const userId = typeof o['userId'] === 'string' && ID.test(o['userId']) ? o['userId'] : undefined;
+    if (!userId) problems.push(`${at}.userId must be 1 to 128 letters, digits or . _ @ -`);
+    else if (seen.has(userId)) problems.push(`${at}.userId ${JSON.stringify(userId)} appears more than once`);
+    else seen.add(userId);
+    const orgId = typeof o['orgId'] === 'string' && ID.test(o['orgId']) ? o['orgId'] : undefined;
+    if (!orgId) problems.push(`${at}.orgId must be 1 to 128 letters, digits or . _ @ -`);
+    const role = (ROLES as readonly unknown[]).includes(o['role']) ? (o['role'] as Role) : undefined;
+    if (!role) problems.push(`${at}.role must be one of ${ROLES.join(', ')}`);
+    const tenants = Array.isArray(o['tenants']) && o['tenants'].length > 0 && o['tenants'].every(isTenantId) ? (o['tenants'] as string[]) : undefined;
+    if (!tenants) problems.push(`${at}.tenants must be a non-empty array of tenant ids`);
+    const hash = o['passwordHash'];
+    // Only the shape is reported: the hash is secret material.
+    if (hash !== undefined && (typeof hash !== 'string' || !parseHash(hash))) problems.push(`${at}.passwordHash is not a scrypt hash made by hash-password`);
+    if (userId && orgId && role && tenants) {
+      users.push(Object.freeze({ userId, orgId, role, tenants: Object.freeze([...new Set(tenants)]), ...(typeof hash === 'string' ? { passwordHash: hash } : {}) }));
+    }
+  });
+  if (problems.length > 0) throw new ConfigError(problems);
+  return users;
+}
+
+// ---------------------------------------------------------------------------------------
+// Passwords: scrypt (RFC 7914) with a random salt, compared in constant time.
+
+interface ScryptParams {
+  readonly N: number;
+  readonly r: number;
+  readonly p: number;
+  readonly salt: Buffer;
+  readonly key: Buffer;
+}
+
+const HASH = /^scrypt\$(\d{1,7})\$(\d{1,2})\$(\d{1,2})\$([A-Za-z0-9+/]{16,88}={0,2})\$([A-Za-z0-9+/]{43,88}={0,2})$/;
+const DEFAULT = { N: 16_384, r: 8, p: 1 } as const;
+const KEY_BYTES = 32;
+
+function parseHash(s: string): ScryptParams | undefined {
+  const m = HASH.exec(s);
+  if (!m) return undefined;
+  const [N, r, p] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  // A power of two, and not so large that checking one password stalls the server.
+  if (N < 1024 || N > 1_048_576 || (N & (N - 1)) !== 0 || r < 1 || p < 1) return undefined;
+  return { N, r, p, salt: Buffer.from(m[4] as string, 'base64'), key: Buffer.from(m[5] as string, 'base64') };
+}
+
+function scrypt(password: string, salt: Buffer, keylen: number, o: { readonly N: number; readonly r: number; readonly p: number }): Promise<Buffer> {
+  // scrypt needs 128 * N * r bytes; Node's default ceiling (32 MiB) would refuse larger N.
+  const options: ScryptOptions = { N: o.N, r: o.r, p: o.p, maxmem: 256 * o.N * o.r + 1024 * 1024 };
+  return new Promise((resolve, reject) => {
+    scryptCb(password.normalize('NFC'), salt, keylen, options, (err, key) => (err ? reject(err) : resolve(key)));
+  });
+}
+
+/** A new `scrypt$N$r$p$salt$key` hash of `password`. */
+export async function hashPassword(password: string): Promise<string> {
+  const salt = randomBytes(16);
+  const key = await scrypt(password, salt, KEY_BYTES, DEFAULT);
+  return `scrypt$${DEFAULT.N}$${DEFAULT.r}$${DEFAULT.p}$${salt.toString('base64')}$${key.toString('base64')}`;
+}
+
+// Checked against when the user is unknown or has no password, so a wrong user id costs
+// what a wrong password costs and timing does not tell which user ids exist.
+const DUMMY: ScryptParams = { ...DEFAULT, salt: Buffer.alloc(16, 7), key: Buffer.alloc(KEY_BYTES, 7) };
+
+/** Whether `password` matches `hash`; an absent or malformed hash never matches, in the same time. */
+export async function verifyPassword(password: string, hash: string | undefined): Promise<boolean> {
+  const parsed = hash ? parseHash(hash) : undefined;
+  const h = parsed ?? DUMMY;
+  const key = await scrypt(password, h.salt, h.key.length, { N: h.N, r: h.r, p: h.p });
+  return timingSafeEqual(key, h.key) && parsed !== undefined;
+}

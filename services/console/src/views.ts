@@ -1,0 +1,130 @@
+/**
+ * Projection rows to the API's shapes (`api-types.ts`): times as ISO strings, step modes as
+ * words, steps grouped into a trace. Pure.
+ */
+import type { ApprovalRow, AuditRow, EventIndexRow, RunRow, StepRow, WorkerRow } from '@capstan/kit';
+import {
+  STEP_MODES,
+  WORKER_STALE_MS,
+  type Approval,
+  type AuditEntry,
+  type JsonValue,
+  type RunStatusName,
+  type RunSummary,
+  type StepAttempt,
+  type StepMode,
+  type TimelineEvent,
+  type TraceStep,
+  type WorkerInfo,
+} from './api-types.js';
+
+const iso = (d: Date) => d.toISOString();
+const isoOrNull = (d: Date | null | undefined) => (d ? d.toISOString() : null);
+
+export function toRunSummary(r: RunRow): RunSummary {
+  return {
+    tenant: r.tenant,
+    runId: r.runId,
+    workflow: r.workflow,
+    version: r.version,
+    status: r.status as RunStatusName,
+    currentStep: r.currentStep,
+    attempts: r.attempts,
+    errorCode: r.errorCode,
+    errorMessage: r.errorMessage,
+    startedAt: iso(r.startedAt),
+    updatedAt: iso(r.updatedAt),
+    endedAt: isoOrNull(r.endedAt),
+    lastSeq: r.lastSeq,
+    retries: r.retries,
+    retriedAt: isoOrNull(r.retriedAt),
+    retriedBy: r.retriedBy,
+  };
+}
+
+export function stepMode(mode: number): StepMode {
+  return STEP_MODES[mode] ?? 'inline';
+}
+
+export function toStepAttempt(s: StepRow): StepAttempt {
+  return {
+    step: s.step,
+    attempt: s.attempt,
+    mode: stepMode(s.mode),
+    pool: s.pool,
+    handler: s.handler,
+    worker: s.worker,
+    sandbox: s.sandbox,
+    outcome: s.outcome,
+    scheduledAt: iso(s.scheduledAt),
+    startedAt: isoOrNull(s.startedAt),
+    finishedAt: isoOrNull(s.finishedAt),
+    durationMs: s.durationMs,
+    result: (s.result ?? null) as JsonValue | null,
+    errorCode: s.errorCode,
+    errorMessage: s.errorMessage,
+  };
+}
+
+export function toTimelineEvent(e: EventIndexRow): TimelineEvent {
+  return { seq: e.seq, type: e.type, at: iso(e.at), streamSeq: e.streamSeq, causationId: e.causationId };
+}
+
+export function toApproval(a: ApprovalRow, workflow: string | null): Approval {
+  return {
+    tenant: a.tenant,
+    runId: a.runId,
+    step: a.step,
+    signal: a.signal,
+    status: a.status,
+    requestedAt: iso(a.requestedAt),
+    decidedAt: isoOrNull(a.decidedAt),
+    decidedBy: a.decidedBy,
+    reason: a.reason,
+    workflow,
+  };
+}
+
+export function toWorkerInfo(w: WorkerRow, now: number): WorkerInfo {
+  const silentForMs = Math.max(0, now - w.lastSeenAt.getTime());
+  return {
+    workerId: w.workerId,
+    pools: Array.isArray(w.pools) ? w.pools.filter((p): p is string => typeof p === 'string') : [],
+    running: w.running,
+    lastSeenAt: iso(w.lastSeenAt),
+    silentForMs,
+    stale: silentForMs > WORKER_STALE_MS,
+    admission: w.admission,
+    admissionBy: w.admissionBy,
+    admissionAt: isoOrNull(w.admissionAt),
+    admissionReason: w.admissionReason,
+  };
+}
+
+export function toAuditEntry(a: AuditRow): AuditEntry {
+  return { id: a.id, runId: a.runId, seq: a.seq, kind: a.kind, actor: a.actor, detail: a.detail as JsonValue, at: iso(a.at), streamSeq: a.streamSeq };
+}
+
+/** Attempts grouped by step, steps in the order first scheduled, timed from the run's start. */
+export function buildTrace(runStartedAt: string, attempts: readonly StepAttempt[]): TraceStep[] {
+  const start = Date.parse(runStartedAt);
+  const byStep = new Map<string, StepAttempt[]>();
+  const sorted = [...attempts].sort((a, b) => Date.parse(a.scheduledAt) - Date.parse(b.scheduledAt) || a.attempt - b.attempt);
+  for (const a of sorted) byStep.set(a.step, [...(byStep.get(a.step) ?? []), a]);
+  return [...byStep.entries()].map(([step, xs]) => {
+    const first = xs[0] as StepAttempt;
+    const last = xs.at(-1) as StepAttempt;
+    const firstAt = Date.parse(first.scheduledAt);
+    return {
+      step,
+      mode: last.mode,
+      pool: last.pool,
+      handler: last.handler,
+      outcome: last.outcome,
+      attempts: xs,
+      offsetMs: Math.max(0, firstAt - start),
+      spanMs: last.finishedAt ? Math.max(0, Date.parse(last.finishedAt) - firstAt) : null,
+      busyMs: xs.reduce((n, a) => n + (a.durationMs ?? 0), 0),
+    };
+  });
+}

@@ -1,0 +1,548 @@
+/**
+ * One run: where it stands in plain words (the server's explanation), its actions, the
+ * approvals it waits for, a step-by-step waterfall of every attempt, and the event timeline.
+ * It refreshes itself whenever the live stream reports the run changed.
+ */
+import { useState } from 'react';
+import {
+  apiPaths,
+  roleAllows,
+  type ActionResponse,
+  type Approval,
+  type Explanation,
+  type Role,
+  type RunDetailResponse,
+  type StepAttempt,
+  type TimelineEvent,
+} from '../../../src/api-types.js';
+import { describeError, post } from '../api.js';
+import { Ago, Empty, ErrorAlert, Link, Loading, StatusBadge, useApp, useConfirm } from '../components.js';
+import { clock, duration, modeLabel, offset, plural, when } from '../format.js';
+import { useGet, useNow, useRunStream, useThrottled } from '../hooks.js';
+import { useTitle } from '../router.js';
+
+const TONE_STATUS: Record<Explanation['tone'], string> = { error: 'failed', waiting: 'waiting', progress: 'running', done: 'completed', info: 'info' };
+const TONE_LABEL: Record<Explanation['tone'], string> = {
+  error: 'Why it failed',
+  waiting: 'Why it is waiting',
+  progress: 'What it is doing',
+  done: 'How it ended',
+  info: 'Where it stands',
+};
+
+export function RunView({ runId }: { runId: string }) {
+  const { tenant, session, toast } = useApp();
+  useTitle(`Run ${runId.slice(-6)}`);
+  const detail = useGet<RunDetailResponse>(apiPaths.run(tenant, runId));
+  const refresh = useThrottled(detail.reload, 250);
+  useRunStream(tenant, (runs) => {
+    if (runs.some((r) => r.runId === runId)) refresh();
+  });
+  const [dialog, confirm] = useConfirm();
+  const [busy, setBusy] = useState<string | null>(null);
+  const base = `/t/${encodeURIComponent(tenant)}`;
+
+  const act = async (key: string, path: string, body: object, done: string) => {
+    setBusy(key);
+    try {
+      await post<ActionResponse>(path, body);
+      toast(done);
+      refresh();
+    } catch (e) {
+      const { code, message } = describeError(e);
+      toast(`${message} (${code})`, 'error');
+    } finally {
+      setBusy(null);
+    }
+  };
+
+  const crumbs = (
+    <div className="crumbs">
+      <Link to={`${base}/runs`}>Runs</Link> / <span className="mono">{runId}</span>
+    </div>
+  );
+
+  if (detail.error && !detail.data) {
+    return (
+      <>
+        {crumbs}
+        <ErrorAlert error={detail.error} title="This run could not be shown" onRetry={detail.reload} />
+      </>
+    );
+  }
+  if (!detail.data) {
+    return (
+      <>
+        {crumbs}
+        <Loading what="the run" />
+      </>
+    );
+  }
+  const d = detail.data;
+  const r = d.run;
+  const role = session.role;
+  const waiting = d.approvals.filter((a) => a.status === 'waiting');
+
+  const cancel = async () => {
+    const ok = await confirm({
+      title: 'Cancel this run?',
+      body: (
+        <>
+          Run <code>{r.runId}</code> of <strong>{r.workflow}</strong> stops at its next decision. Steps already running finish, but nothing new is scheduled. This cannot be undone.
+        </>
+      ),
+      confirm: 'Cancel run',
+      danger: true,
+      reason: { label: 'Reason (recorded in the audit log)', placeholder: 'optional' },
+    });
+    if (ok) await act('cancel', apiPaths.cancel(tenant, r.runId), ok.reason ? { reason: ok.reason } : {}, 'Cancel requested: the run stops at its next decision.');
+  };
+  const signal = async () => {
+    const ok = await confirm({
+      title: 'Send a signal',
+      body: <>The run receives the signal as an event; a step waiting for it continues.</>,
+      confirm: 'Send signal',
+      input: { label: 'Signal name', placeholder: 'approve', initial: waiting[0]?.signal ?? '' },
+    });
+    if (ok) await act('signal', apiPaths.signal(tenant, r.runId), { name: ok.input }, `Signal ${ok.input} sent.`);
+  };
+  const retry = async () => {
+    const failedStep = d.trace.find((s) => s.outcome === 'failed')?.step ?? r.currentStep;
+    const ok = await confirm({
+      title: 'Retry this run?',
+      body: (
+        <>
+          The run continues from {failedStep ? <strong>{failedStep}</strong> : 'the step that failed'} with a new attempt. Steps that completed keep their results and do not run again.
+        </>
+      ),
+      confirm: 'Retry run',
+      reason: { label: 'Reason (recorded in the audit log)', placeholder: 'optional' },
+    });
+    if (ok) await act('retry', apiPaths.retry(tenant, r.runId), ok.reason ? { reason: ok.reason } : {}, 'Retry requested.');
+  };
+  const approve = (a: Approval) => act(`approve:${a.step}`, apiPaths.approve(tenant, a.runId, a.step), {}, `Approved ${a.step}.`);
+  const deny = async (a: Approval) => {
+    const ok = await confirm({
+      title: `Deny ${a.step}?`,
+      body: <>The run fails with approval_denied. Your name and reason are recorded on the run and in the audit log.</>,
+      confirm: 'Deny',
+      danger: true,
+      reason: { label: 'Reason', placeholder: 'why this is denied' },
+    });
+    if (ok) await act(`deny:${a.step}`, apiPaths.deny(tenant, a.runId, a.step), ok.reason ? { reason: ok.reason } : {}, `Denied ${a.step}.`);
+  };
+
+  const canOperate = roleAllows(role, 'cancel');
+  const roleHint = canOperate ? undefined : 'Needs the operator role';
+
+  return (
+    <>
+      {crumbs}
+      <div className="page-head">
+        <div>
+          <h1>
+            {r.workflow}
+            <span className="muted" style={{ fontWeight: 400 }}>
+              @{r.version}
+            </span>{' '}
+            <StatusBadge status={r.status} testid="run-status" />
+          </h1>
+          <div className="sub mono" data-testid="run-id">
+            {r.runId}
+          </div>
+        </div>
+        <div className="actions" data-testid="run-actions">
+          <button
+            type="button"
+            className="btn"
+            disabled={!d.actions.signal || !roleAllows(role, 'signal') || busy !== null}
+            title={roleHint ?? (d.actions.signal ? 'Send a signal to the run' : 'The run is not waiting for signals')}
+            onClick={() => void signal()}
+            data-testid="action-signal"
+          >
+            Signal…
+          </button>
+          <button
+            type="button"
+            className="btn"
+            disabled={!d.actions.retry || !roleAllows(role, 'retry') || busy !== null}
+            title={roleHint ?? (d.actions.retry ? 'Continue from the failed step' : 'Only a failed run can be retried')}
+            onClick={() => void retry()}
+            data-testid="action-retry"
+          >
+            Retry
+          </button>
+          <button
+            type="button"
+            className="btn btn-danger"
+            disabled={!d.actions.cancel || !roleAllows(role, 'cancel') || busy !== null}
+            title={roleHint ?? (d.actions.cancel ? 'Stop the run' : 'The run has ended')}
+            onClick={() => void cancel()}
+            data-testid="action-cancel"
+          >
+            Cancel run
+          </button>
+        </div>
+      </div>
+
+      <div className="why" data-status={TONE_STATUS[d.explanation.tone]} data-testid="why" role="status">
+        <div className="why-label">{TONE_LABEL[d.explanation.tone]}</div>
+        <div style={{ flex: 1 }}>
+          <p data-testid="why-text">{d.explanation.text}</p>
+          {waiting.length > 0 ? (
+            <div className="actions" style={{ marginTop: 10 }}>
+              {waiting.map((a) => (
+                <ApprovalButtons key={a.step} a={a} busy={busy} role={role} onApprove={() => void approve(a)} onDeny={() => void deny(a)} where="why" />
+              ))}
+              {!roleAllows(role, 'approve') ? <span className="hint">Approving needs the operator role.</span> : null}
+            </div>
+          ) : null}
+        </div>
+      </div>
+
+      <div className="card">
+        <div className="card-body">
+          <Summary d={d} />
+        </div>
+      </div>
+
+      {d.approvals.length > 0 ? <ApprovalsCard approvals={d.approvals} busy={busy} role={role} onApprove={approve} onDeny={deny} /> : null}
+
+      <div className="card section">
+        <div className="card-head">
+          <h2>Trace</h2>
+          <div className="legend" aria-hidden="true">
+            <span className="l-queued">queued</span>
+            <span>ran</span>
+            <span className="l-running">running</span>
+            <span className="l-failed">failed</span>
+            <span className="l-wait">waiting for a person</span>
+          </div>
+        </div>
+        <Waterfall d={d} />
+      </div>
+
+      <div className="card section">
+        <div className="card-head">
+          <h2>Timeline</h2>
+          <span className="hint">{plural(d.events.length, 'event')} · the run stream is the record; this is its index</span>
+        </div>
+        <Timeline events={d.events} startedAt={r.startedAt} />
+      </div>
+      {dialog}
+    </>
+  );
+}
+
+function ApprovalButtons({ a, busy, role, onApprove, onDeny, where }: { a: Approval; busy: string | null; role: Role; onApprove: () => void; onDeny: () => void; where: 'why' | 'table' }) {
+  const allowed = roleAllows(role, 'approve');
+  return (
+    <>
+      <button
+        type="button"
+        className="btn btn-primary"
+        disabled={!allowed || busy !== null}
+        onClick={onApprove}
+        data-testid={where === 'why' ? 'approve' : 'approval-approve'}
+        data-step={a.step}
+        title={allowed ? `Approve ${a.step}` : 'Needs the operator role'}
+      >
+        {busy === `approve:${a.step}` ? 'Approving…' : `Approve ${a.step}`}
+      </button>
+      <button type="button" className="btn btn-danger" disabled={!allowed || busy !== null} onClick={onDeny} data-testid={where === 'why' ? 'deny' : 'approval-deny'} data-step={a.step} title={allowed ? `Deny ${a.step}` : 'Needs the operator role'}>
+        Deny…
+      </button>
+    </>
+  );
+}
+
+function Summary({ d }: { d: RunDetailResponse }) {
+  const r = d.run;
+  const now = useNow(1000);
+  const took = (r.endedAt ? Date.parse(r.endedAt) : now) - Date.parse(r.startedAt);
+  return (
+    <dl className="summary" data-testid="run-summary">
+      <div>
+        <dt>Started</dt>
+        <dd title={r.startedAt}>
+          {when(r.startedAt)} <span className="muted">(<Ago at={r.startedAt} />)</span>
+        </dd>
+      </div>
+      <div>
+        <dt>{r.endedAt ? 'Ended' : 'Last change'}</dt>
+        <dd>{r.endedAt ? when(r.endedAt) : <Ago at={r.updatedAt} />}</dd>
+      </div>
+      <div>
+        <dt>{r.endedAt ? 'Took' : 'Running for'}</dt>
+        <dd>{duration(took)}</dd>
+      </div>
+      <div>
+        <dt>Current step</dt>
+        <dd>{r.currentStep ?? <span className="muted">–</span>}</dd>
+      </div>
+      <div>
+        <dt>Attempts</dt>
+        <dd>
+          {r.attempts} over {plural(d.trace.length, 'step')}
+        </dd>
+      </div>
+      <div>
+        <dt>Search fields</dt>
+        <dd>
+          {d.search.length === 0 ? (
+            <span className="muted">none</span>
+          ) : (
+            <span className="kv">
+              {d.search.map((s) => (
+                <span key={`${s.key}=${s.value}`}>
+                  {s.key}={s.value}
+                </span>
+              ))}
+            </span>
+          )}
+        </dd>
+      </div>
+      {r.errorCode ? (
+        <div style={{ gridColumn: '1 / -1' }}>
+          <dt>Error</dt>
+          <dd className="err-text" data-testid="run-error">
+            <code>{r.errorCode}</code>: {r.errorMessage}
+          </dd>
+        </div>
+      ) : null}
+    </dl>
+  );
+}
+
+function ApprovalsCard({
+  approvals,
+  busy,
+  role,
+  onApprove,
+  onDeny,
+}: {
+  approvals: readonly Approval[];
+  busy: string | null;
+  role: Role;
+  onApprove: (a: Approval) => Promise<void>;
+  onDeny: (a: Approval) => Promise<void>;
+}) {
+  return (
+    <div className="card section">
+      <div className="card-head">
+        <h2>Approvals</h2>
+      </div>
+      <div className="table-wrap">
+        <table className="data" data-testid="run-approvals">
+          <thead>
+            <tr>
+              <th scope="col">Step</th>
+              <th scope="col">Signal</th>
+              <th scope="col">Status</th>
+              <th scope="col">Requested</th>
+              <th scope="col">Decided</th>
+              <th scope="col">By</th>
+              <th scope="col">Reason</th>
+              <th scope="col">
+                <span className="sr-only">Actions</span>
+              </th>
+            </tr>
+          </thead>
+          <tbody>
+            {approvals.map((a) => (
+              <tr key={a.step} data-testid="run-approval" data-step={a.step}>
+                <td>{a.step}</td>
+                <td className="mono">{a.signal}</td>
+                <td>
+                  <StatusBadge status={a.status === 'waiting' ? 'waiting' : a.status} />
+                </td>
+                <td>
+                  <Ago at={a.requestedAt} />
+                </td>
+                <td>{a.decidedAt ? <Ago at={a.decidedAt} /> : <span className="muted">–</span>}</td>
+                <td>{a.decidedBy ?? <span className="muted">–</span>}</td>
+                <td>{a.reason ?? <span className="muted">–</span>}</td>
+                <td>
+                  {a.status === 'waiting' ? (
+                    <div className="actions">
+                      <ApprovalButtons a={a} busy={busy} role={role} onApprove={() => void onApprove(a)} onDeny={() => void onDeny(a)} where="table" />
+                    </div>
+                  ) : null}
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </div>
+    </div>
+  );
+}
+
+/** When an attempt started running: its start, else its finish minus its duration (quick steps report no start). */
+function ranFrom(a: StepAttempt): number | null {
+  if (a.startedAt) return Date.parse(a.startedAt);
+  if (a.finishedAt && a.durationMs !== null) return Date.parse(a.finishedAt) - a.durationMs;
+  return null;
+}
+
+type TraceItem = { kind: 'step'; at: number; step: RunDetailResponse['trace'][number] } | { kind: 'approval'; at: number; approval: Approval };
+
+function Waterfall({ d }: { d: RunDetailResponse }) {
+  const now = useNow(1000);
+  const t0 = Date.parse(d.run.startedAt);
+  const ends = [...d.steps.map((a) => (a.finishedAt ? Date.parse(a.finishedAt) : now)), ...d.approvals.map((a) => (a.decidedAt ? Date.parse(a.decidedAt) : now))];
+  const t1 = Math.max(d.run.endedAt ? Date.parse(d.run.endedAt) : now, ...ends, t0 + 1);
+  const span = t1 - t0;
+  const pct = (t: number) => `${Math.max(0, Math.min(100, ((t - t0) / span) * 100)).toFixed(2)}%`;
+  const width = (a: number, b: number) => `${Math.max(0, Math.min(100, ((b - a) / span) * 100)).toFixed(2)}%`;
+
+  // Steps and the human waits between them, in the order they began.
+  const items: TraceItem[] = [
+    ...d.trace.map((s) => ({ kind: 'step' as const, at: t0 + s.offsetMs, step: s })),
+    ...d.approvals.map((a) => ({ kind: 'approval' as const, at: Date.parse(a.requestedAt), approval: a })),
+  ].sort((a, b) => a.at - b.at);
+
+  if (items.length === 0) return <Empty title="No step has been scheduled yet." />;
+  return (
+    <div className="table-wrap">
+      <table className="waterfall" data-testid="waterfall">
+        <thead>
+          <tr>
+            <th scope="col">Step</th>
+            <th scope="col">Attempt</th>
+            <th scope="col">Outcome</th>
+            <th scope="col">Mode</th>
+            <th scope="col">Worker</th>
+            <th scope="col">Sandbox</th>
+            <th scope="col" style={{ textAlign: 'right' }}>
+              Duration
+            </th>
+            <th scope="col">
+              <div className="axis">
+                <span>0</span>
+                <span>{duration(span / 4)}</span>
+                <span>{duration(span / 2)}</span>
+                <span>{duration((span * 3) / 4)}</span>
+                <span>{duration(span)}</span>
+              </div>
+            </th>
+          </tr>
+        </thead>
+        <tbody>
+          {items.flatMap((item) => {
+            if (item.kind === 'approval') {
+              const a = item.approval;
+              const from = Date.parse(a.requestedAt);
+              const to = a.decidedAt ? Date.parse(a.decidedAt) : now;
+              return [
+                <tr key={`approval:${a.step}`} data-testid="trace-approval" data-step={a.step} data-outcome={a.status}>
+                  <td>
+                    <strong>{a.step}</strong>
+                  </td>
+                  <td className="muted">–</td>
+                  <td>
+                    <StatusBadge status={a.status} testid="attempt-outcome" />
+                  </td>
+                  <td>approval ({a.signal})</td>
+                  <td>{a.decidedBy ?? <span className="muted">{a.status === 'waiting' ? 'a person' : '–'}</span>}</td>
+                  <td className="muted">–</td>
+                  <td style={{ textAlign: 'right' }}>{duration(to - from)}</td>
+                  <td className="track-cell">
+                    <div className="track" aria-label={`${a.step}: ${a.status === 'waiting' ? 'waiting for a decision' : a.status} for ${duration(to - from)}`}>
+                      <div className="wait" data-outcome={a.status} style={{ left: pct(from), width: width(from, to) }} />
+                    </div>
+                  </td>
+                </tr>,
+              ];
+            }
+            const s = item.step;
+            return s.attempts.flatMap((a, i) => {
+              const sched = Date.parse(a.scheduledAt);
+              const ran = ranFrom(a);
+              const end = a.finishedAt ? Date.parse(a.finishedAt) : now;
+              const queuedTo = ran ?? end;
+              const ranMs = a.durationMs ?? (ran !== null ? end - ran : null);
+              const rows = [
+                <tr key={`${a.step}#${a.attempt}`} className={a.errorCode ? 'has-error' : undefined} data-testid="trace-row" data-step={a.step} data-attempt={a.attempt} data-outcome={a.outcome}>
+                  <td>{i === 0 ? <strong>{a.step}</strong> : <span className="muted">↳ retry</span>}</td>
+                  <td>
+                    {a.attempt}
+                    {i === 0 && s.attempts.length > 1 ? <span className="muted"> of {s.attempts.length}</span> : null}
+                  </td>
+                  <td>
+                    <StatusBadge status={a.outcome} testid="attempt-outcome" />
+                  </td>
+                  <td title={`pool ${a.pool}, handler ${a.handler}`}>{modeLabel(a.mode)}</td>
+                  <td className="mono">{a.worker ?? <span className="muted">–</span>}</td>
+                  <td className="mono">{a.sandbox ?? <span className="muted">–</span>}</td>
+                  <td style={{ textAlign: 'right' }} title={ran !== null ? `queued ${duration(queuedTo - sched)}` : 'not started'}>
+                    {ranMs !== null ? duration(ranMs) : <span className="muted">–</span>}
+                  </td>
+                  <td className="track-cell">
+                    <div className="track" aria-label={`${a.step} attempt ${a.attempt}: queued ${duration(queuedTo - sched)}, ran ${duration(ranMs)}`}>
+                      <div className="queued" style={{ left: pct(sched), width: width(sched, queuedTo) }} />
+                      {ran !== null ? <div className="ran" data-outcome={a.outcome} style={{ left: pct(ran), width: width(ran, end) }} /> : null}
+                    </div>
+                  </td>
+                </tr>,
+              ];
+              if (a.errorCode) {
+                rows.push(
+                  <tr key={`${a.step}#${a.attempt}:error`} className="attempt-error">
+                    <td />
+                    <td colSpan={7} data-testid="attempt-error">
+                      <code>{a.errorCode}</code>: {a.errorMessage}
+                    </td>
+                  </tr>,
+                );
+              }
+              return rows;
+            });
+          })}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+const EVENT_WORDS: Record<string, [string, 'ok' | 'bad' | 'wait' | 'human' | 'plain']> = {
+  'run.started': ['Run started', 'plain'],
+  'step.scheduled': ['Step scheduled', 'plain'],
+  'step.started': ['Step started on a worker', 'plain'],
+  'step.completed': ['Step completed', 'ok'],
+  'step.failed': ['Step failed', 'bad'],
+  'step.waiting': ['Waiting for a signal', 'wait'],
+  'timer.scheduled': ['Timer set', 'plain'],
+  'timer.fired': ['Timer fired', 'plain'],
+  'run.signaled': ['Signal received', 'human'],
+  'run.cancel-requested': ['Cancel requested', 'human'],
+  'run.completed': ['Run completed', 'ok'],
+  'run.failed': ['Run failed', 'bad'],
+  'run.cancelled': ['Run cancelled', 'bad'],
+  'run.retried': ['Retry requested', 'human'],
+  'approval.decided': ['Approval decided', 'human'],
+};
+
+function Timeline({ events, startedAt }: { events: readonly TimelineEvent[]; startedAt: string }) {
+  if (events.length === 0) return <Empty title="No events yet." />;
+  return (
+    <ol className="timeline" data-testid="timeline">
+      {events.map((e) => {
+        const [words, kind] = EVENT_WORDS[e.type] ?? [e.type, 'plain'];
+        return (
+          <li key={e.seq} data-kind={kind} data-testid="timeline-event" data-type={e.type}>
+            <span className="seq">#{e.seq}</span>
+            <span className="offset">{offset(startedAt, e.at)}</span>
+            <span className="what">
+              {words}
+              <small className="mono">{e.type}</small>
+            </span>
+            <time className="at" dateTime={e.at} title={`${when(e.at)} · stream seq ${e.streamSeq}`}>
+              {clock(e.at)}
+            </time>
+          </li>
+        );
+      })}
+    </ol>
+  );
+}

@@ -1,0 +1,381 @@
+/**
+ * The operator console in a real browser: headless Chromium (Debian's /usr/bin/chromium,
+ * driven by playwright-core) against the real stack: a private nats-server, a scratch
+ * Postgres database, an orchestrator, two workers and the projector, and the console server
+ * serving the built web UI. An operator signs in, finds a failed run by search and reads why
+ * it failed, approves a waiting run and watches it complete without reloading, revokes a
+ * worker, exports the audit log; a viewer sees everything and can change nothing.
+ * Screenshots of the main views go to test/artifacts/console/.
+ */
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { createRegistry } from '@capstan/actors';
+import { getRun, migrate, openDatabase, PROJECT_ROOT, listWorkers, type Database } from '@capstan/kit';
+import { createOrchestrator, loadConfig as orchestratorConfig, type OrchestratorApp } from '@capstan/orchestrator';
+import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
+import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';
+import { createConsole, hashPassword, loadConfig as consoleConfig, type Console } from '@capstan/console';
+import type { RunId, TenantId } from '@capstan/schemas';
+import { scratchDatabase } from '../harness/postgres.js';
+import { connect, eventually, provision, randomTenant, silent, type Harness } from '../harness/fixtures.js';
+import { handlers, workflows } from './workflows.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const ARTIFACTS = join(PROJECT_ROOT, 'test', 'artifacts', 'console');
+const WEB_BUILT = existsSync(join(PROJECT_ROOT, 'services', 'console', 'dist', 'web', 'index.html'));
+
+const haveChromium = existsSync(CHROMIUM);
+if (!haveChromium) {
+  process.stdout.write(`SKIPPED: chromium not installed (${CHROMIUM}; apt-get install chromium)\n`);
+  if (process.env['CI']) throw new Error(`chromium is required in CI: ${CHROMIUM} is missing`);
+}
+
+const PASSWORD = 'correct horse battery staple';
+
+describe.skipIf(!haveChromium)('console in a browser', () => {
+  let scratch: Awaited<ReturnType<typeof scratchDatabase>>;
+  let d: Database;
+  let h: Harness;
+  let t: TenantId;
+  let other: TenantId;
+  let orchestrator: OrchestratorApp;
+  let workerMain: WorkerApp;
+  let workerSpare: WorkerApp;
+  let projector: ProjectorApp;
+  let app: Console;
+  let dir: string;
+  let ctx: BrowserContext;
+  let page: Page;
+  const pageErrors: string[] = [];
+  let failedRun: RunId;
+  let waitingRun: RunId;
+  let secondWaitingRun: RunId;
+  let cancelRun: RunId;
+
+  const shot = async (name: string) => {
+    await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+  };
+
+  /** Waits until the projections show the run in `status`. */
+  const projected = (runId: RunId, status: string) =>
+    eventually(`run ${runId} ${status} in the projections`, async () => ((await getRun(d, t, runId).catch(() => undefined))?.run.status === status ? true : undefined), 30_000);
+
+  beforeAll(async () => {
+    if (!WEB_BUILT) throw new Error('the web UI is not built: run `npm run build` (or `npm run build:web -w @capstan/console`) first');
+    mkdirSync(ARTIFACTS, { recursive: true });
+    dir = mkdtempSync(join(tmpdir(), 'capstan-console-browser-'));
+    scratch = await scratchDatabase('browser');
+    d = await openDatabase({ url: scratch.url });
+    await migrate(d);
+    const url = inject('natsUrl');
+    h = await connect(url);
+    t = await provision(h, 'web');
+    other = randomTenant('nope');
+
+    const env = { NATS_URL: url, CAPSTAN_TENANTS: t };
+    orchestrator = await createOrchestrator(orchestratorConfig(env), silent, { registry: createRegistry(workflows) });
+    // w-main admits itself; w-spare waits for an admin, who approves and later revokes it.
+    workerMain = await createWorker(workerConfig({ ...env, WORKER_ID: 'w-main', WORKER_POOLS: 'default', WORKER_ADMISSION: 'auto' }), silent, { handlers });
+    workerSpare = await createWorker(workerConfig({ ...env, WORKER_ID: 'w-spare', WORKER_POOLS: 'default,gpu', WORKER_ADMISSION: 'required' }), silent, { handlers });
+    projector = await createProjector(projectorConfig({ ...env, DATABASE_URL: scratch.url }), silent, { database: d });
+    await orchestrator.start();
+    await workerMain.start();
+    await workerSpare.start();
+    await projector.start();
+
+    const users = [
+      { userId: 'alice', orgId: 'acme', role: 'admin', tenants: [t], passwordHash: await hashPassword(PASSWORD) },
+      { userId: 'vic', orgId: 'acme', role: 'viewer', tenants: [t], passwordHash: await hashPassword(PASSWORD) },
+    ];
+    writeFileSync(join(dir, 'users.json'), JSON.stringify(users));
+    const config = consoleConfig({
+      CONSOLE_PORT: '0',
+      CONSOLE_SECRET: 'x'.repeat(48),
+      CONSOLE_USERS: join(dir, 'users.json'),
+      DATABASE_URL: scratch.url,
+      NATS_URL: url,
+      LOG_LEVEL: 'silent',
+    });
+    app = createConsole({ db: d, nc: h.nc, config, log: silent, pollMs: 250 });
+    await app.start();
+
+    // Runs to find: completed orders for two customers, one declined order (fails after a
+    // retry), two runs waiting for approval.
+    for (const customer of ['initech', 'umbrella']) await h.client.submit(t, 'console.order', { input: { customer } });
+    failedRun = await h.client.submit(t, 'console.order', { input: { customer: 'globex', decline: true } });
+    waitingRun = await h.client.submit(t, 'demo.signal');
+    secondWaitingRun = await h.client.submit(t, 'demo.signal');
+    cancelRun = await h.client.submit(t, 'demo.signal');
+    await projected(failedRun, 'failed');
+    await projected(cancelRun, 'waiting');
+    await projected(waitingRun, 'waiting');
+    await projected(secondWaitingRun, 'waiting');
+    await eventually('both workers in the fleet', async () => ((await listWorkers(d, t)).length === 2 ? true : undefined), 20_000);
+
+    ctx = await chromium.launchPersistentContext(join(dir, 'chromium'), {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: FLAGS,
+      viewport: { width: 1280, height: 800 },
+    });
+    page = ctx.pages()[0] ?? (await ctx.newPage());
+    page.setDefaultTimeout(15_000);
+    page.on('pageerror', (e) => pageErrors.push(`pageerror: ${e.message}`));
+    page.on('console', (m) => {
+      if (m.type() === 'error') pageErrors.push(`console.error: ${m.text()}`);
+    });
+  }, 120_000);
+
+  afterAll(async () => {
+    await ctx?.close();
+    await app?.stop();
+    await projector?.stop();
+    await workerSpare?.stop();
+    await workerMain?.stop();
+    await orchestrator?.stop();
+    await h?.close();
+    await d?.close();
+    await scratch?.drop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('console browser - a wrong password is refused in words; the right one opens the runs list', async () => {
+    await page.goto(`${app.url}/`);
+    await page.waitForURL(/\/signin$/);
+    await page.getByTestId('signin-user').fill('alice');
+    await page.getByTestId('signin-password').fill('not the password');
+    await page.getByTestId('signin-submit').click();
+    const error = page.getByTestId('error');
+    await expect.poll(() => error.textContent()).toMatch(/\(bad_credentials\)/);
+    await shot('signin');
+
+    await page.getByTestId('signin-password').fill(PASSWORD);
+    await page.getByTestId('signin-submit').click();
+    await page.waitForURL(new RegExp(`/t/${t}/runs$`));
+    await expect.poll(() => page.getByTestId('run-row').count()).toBe(6);
+    expect(await page.getByTestId('whoami').textContent()).toMatch(/alice.*admin/);
+    await expect.poll(() => page.getByTestId('live').getAttribute('data-state')).toBe('open');
+    // Readable at 1280 px: nothing scrolls sideways.
+    expect(await page.evaluate<number>('document.documentElement.scrollWidth')).toBeLessThanOrEqual(1280);
+    await shot('runs');
+  });
+
+  it('console browser - "/" focuses the search; typed fields find the failed run', async () => {
+    await page.keyboard.press('/');
+    expect(await page.evaluate<string | null>("document.activeElement?.getAttribute('data-testid') ?? null")).toBe('runs-search');
+    await page.keyboard.type('status:failed customer=globex');
+    await page.keyboard.press('Enter');
+    await page.waitForURL(/status=failed/);
+    await expect.poll(() => page.getByTestId('run-row').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-run-id')))).toEqual([failedRun]);
+    expect(await page.getByTestId('filter-chips').textContent()).toMatch(/status: failed.*customer=globex/);
+
+    // A search field with no match says so, and a mistyped field is explained, not sent.
+    await page.getByTestId('runs-search').fill('customer=nobody');
+    await page.keyboard.press('Enter');
+    await page.getByTestId('runs-empty').waitFor();
+    await page.getByTestId('runs-search').fill('colour:red');
+    await page.keyboard.press('Enter');
+    expect(await page.getByTestId('search-problem').textContent()).toMatch(/"colour:" is not a search field/);
+    await page.getByTestId('runs-search').fill('status:failed customer=globex');
+    await page.keyboard.press('Enter');
+    await expect.poll(() => page.getByTestId('run-row').count()).toBe(1);
+    // Keyboard only: Escape leaves the search, j moves to the first row, Enter opens it.
+    await page.keyboard.press('Escape');
+    await page.keyboard.press('j');
+    expect(await page.evaluate<string | null>("document.activeElement?.getAttribute('data-testid') ?? null")).toBe('run-link');
+    await page.keyboard.press('Enter');
+    await page.waitForURL(new RegExp(`/runs/${failedRun}$`));
+  });
+
+  it('console browser - a failed run explains itself: why, the trace of attempts, the timeline', async () => {
+    await expect.poll(() => page.getByTestId('run-status').getAttribute('data-status')).toBe('failed');
+    const why = await page.getByTestId('why-text').textContent();
+    expect(why).toMatch(/charge/);
+    expect(why).toMatch(/card_declined|card declined/);
+    expect(await page.getByTestId('why').getAttribute('data-status')).toBe('failed');
+
+    const trace = await page.getByTestId('trace-row').evaluateAll((rows) => rows.map((r) => `${r.getAttribute('data-step')}#${r.getAttribute('data-attempt')}:${r.getAttribute('data-outcome')}`));
+    expect(trace).toEqual(['quote#1:completed', 'charge#1:failed', 'charge#2:failed']);
+    expect(await page.getByTestId('attempt-error').first().textContent()).toMatch(/card_declined: card declined by the issuer \(attempt 1\)/);
+    const types = await page.getByTestId('timeline-event').evaluateAll((xs) => xs.map((x) => x.getAttribute('data-type')));
+    expect(types[0]).toBe('run.started');
+    expect(types.at(-1)).toBe('run.failed');
+    expect(types.filter((x) => x === 'step.failed')).toHaveLength(2);
+    // A failed run can be retried but not cancelled.
+    expect(await page.getByTestId('action-cancel').isDisabled()).toBe(true);
+    expect(await page.evaluate<number>('document.documentElement.scrollWidth')).toBeLessThanOrEqual(1280);
+    await shot('run-failed');
+    // A laptop screen.
+    await page.setViewportSize({ width: 1440, height: 900 });
+    await shot('run-failed-1440');
+    await page.setViewportSize({ width: 1280, height: 800 });
+  });
+
+  it('console browser - approving a waiting run: the page follows it to completed without a reload', async () => {
+    await page.keyboard.press('g');
+    await page.keyboard.press('a');
+    await page.waitForURL(new RegExp(`/t/${t}/approvals$`));
+    await expect.poll(() => page.getByTestId('approval-row').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-run-id')).sort())).toEqual([waitingRun, secondWaitingRun, cancelRun].sort());
+    expect(await page.getByTestId('approvals-count').textContent()).toBe('3');
+    await shot('approvals');
+
+    await page.locator(`[data-testid="approval-row"][data-run-id="${waitingRun}"] a`).click();
+    await page.waitForURL(new RegExp(`/runs/${waitingRun}$`));
+    await expect.poll(() => page.getByTestId('run-status').getAttribute('data-status')).toBe('waiting');
+    expect(await page.getByTestId('why-text').textContent()).toMatch(/review/);
+    expect(await page.getByTestId('why').getAttribute('data-status')).toBe('waiting');
+    await shot('run-waiting');
+
+    // Marks this document: a reload would lose the mark.
+    await page.evaluate('window.mark = 42');
+    await page.getByTestId('approve').click();
+    await expect.poll(() => page.getByTestId('run-status').getAttribute('data-status'), { timeout: 20_000 }).toBe('completed');
+    expect(await page.evaluate<unknown>('window.mark')).toBe(42);
+    expect(await page.getByTestId('why').getAttribute('data-status')).toBe('completed');
+    const types = await page.getByTestId('timeline-event').evaluateAll((xs) => xs.map((x) => x.getAttribute('data-type')));
+    // The decision is an event of its own, with its author (not a bare signal).
+    expect(types).toContain('approval.decided');
+    expect(types.at(-1)).toBe('run.completed');
+    await page.locator('[data-testid="run-approval"][data-step="review"]').waitFor();
+    await expect.poll(() => page.locator('[data-testid="run-approval"][data-step="review"] td:nth-child(6)').textContent()).toBe('alice');
+    await expect.poll(() => page.getByTestId('approvals-count').textContent()).toBe('2');
+    await projected(waitingRun, 'completed');
+    await shot('run-completed');
+  });
+
+  it('console browser - cancelling asks first, records the reason, and the run ends cancelled', async () => {
+    await page.goto(`${app.url}/t/${t}/runs/${cancelRun}`);
+    await expect.poll(() => page.getByTestId('run-status').getAttribute('data-status')).toBe('waiting');
+    await page.getByTestId('action-cancel').click();
+    await page.getByTestId('confirm-dialog').waitFor();
+    // The dialog is modal and holds the focus.
+    expect(await page.evaluate<string | null>("document.activeElement?.closest('dialog') ? document.activeElement.getAttribute('data-testid') : null")).toBe('confirm-reason');
+    await page.getByTestId('confirm-reason').fill('duplicate order');
+    await shot('confirm-cancel');
+    await page.getByTestId('confirm-ok').click();
+    await expect.poll(() => page.getByTestId('run-status').getAttribute('data-status'), { timeout: 20_000 }).toBe('cancelled');
+    expect(await page.getByTestId('action-cancel').isDisabled()).toBe(true);
+    const types = await page.getByTestId('timeline-event').evaluateAll((xs) => xs.map((x) => x.getAttribute('data-type')));
+    expect(types.slice(-2)).toEqual(['run.cancel-requested', 'run.cancelled']);
+    await projected(cancelRun, 'cancelled');
+  });
+
+  it('console browser - retrying the failed run continues from the failed step; completed steps do not run again', async () => {
+    await page.goto(`${app.url}/t/${t}/runs/${failedRun}`);
+    await expect.poll(() => page.getByTestId('run-status').getAttribute('data-status')).toBe('failed');
+    await page.getByTestId('action-retry').click();
+    await page.getByTestId('confirm-ok').click();
+    // Still declined: two more attempts of charge, and the run fails again.
+    const attempts = () => page.getByTestId('trace-row').evaluateAll((rows) => rows.map((r) => `${r.getAttribute('data-step')}#${r.getAttribute('data-attempt')}:${r.getAttribute('data-outcome')}`));
+    await expect.poll(attempts, { timeout: 20_000 }).toEqual(['quote#1:completed', 'charge#1:failed', 'charge#2:failed', 'charge#3:failed', 'charge#4:failed']);
+    await expect.poll(() => page.getByTestId('run-status').getAttribute('data-status')).toBe('failed');
+    const types = await page.getByTestId('timeline-event').evaluateAll((xs) => xs.map((x) => x.getAttribute('data-type')));
+    expect(types).toContain('run.retried');
+    await shot('run-retried');
+  });
+
+  it('console browser - a new run appears in the list as it starts', async () => {
+    await page.getByTestId('nav-runs').click();
+    await page.waitForURL(new RegExp(`/t/${t}/runs$`));
+    await expect.poll(() => page.getByTestId('run-row').count()).toBe(6);
+    await page.evaluate('window.mark = 7');
+    const fresh = await h.client.submit(t, 'console.order', { input: { customer: 'hooli' } });
+    await expect.poll(() => page.getByTestId('run-row').first().getAttribute('data-run-id'), { timeout: 20_000 }).toBe(fresh);
+    await expect.poll(() => page.locator(`[data-testid="run-row"][data-run-id="${fresh}"]`).getAttribute('data-status'), { timeout: 20_000 }).toBe('completed');
+    expect(await page.evaluate<unknown>('window.mark')).toBe(7);
+  });
+
+  it('console browser - an admin approves a waiting worker, then revokes it after confirming', async () => {
+    await page.keyboard.press('g');
+    await page.keyboard.press('w');
+    await page.waitForURL(new RegExp(`/t/${t}/workers$`));
+    const spare = page.locator('[data-testid="worker-row"][data-worker-id="w-spare"]');
+    const main = page.locator('[data-testid="worker-row"][data-worker-id="w-main"]');
+    await spare.waitFor();
+    expect(await page.getByTestId('worker-row').count()).toBe(2);
+    expect(await spare.getByTestId('worker-health').textContent()).toBe('online');
+    expect(await spare.getAttribute('data-admission')).toBe('pending');
+    expect(await main.getAttribute('data-admission')).toBe('approved');
+    await shot('workers');
+
+    await spare.getByTestId('worker-approve').click();
+    await expect.poll(() => spare.getAttribute('data-admission'), { timeout: 20_000 }).toBe('approved');
+    expect((await h.client.workerAdmission(t, 'w-spare'))?.by).toBe('alice');
+
+    // A destructive dialog focuses the safe choice; Escape closes it and changes nothing.
+    await spare.getByTestId('worker-revoke').click();
+    await page.getByTestId('confirm-dialog').waitFor();
+    expect(await page.evaluate<string | null>("document.activeElement?.getAttribute('data-testid') ?? null")).toBe('confirm-keep');
+    await page.keyboard.press('Escape');
+    await page.getByTestId('confirm-dialog').waitFor({ state: 'detached' });
+    expect((await h.client.workerAdmission(t, 'w-spare'))?.state).toBe('approved');
+
+    await spare.getByTestId('worker-revoke').click();
+    await page.getByTestId('confirm-ok').click();
+    await expect.poll(() => spare.getAttribute('data-admission'), { timeout: 20_000 }).toBe('revoked');
+    expect((await h.client.workerAdmission(t, 'w-spare'))?.state).toBe('revoked');
+    expect(await main.getAttribute('data-admission')).toBe('approved');
+    await shot('workers-revoked');
+  });
+
+  it('console browser - the audit log lists the decisions and exports them as CSV', async () => {
+    await page.getByTestId('nav-audit').click();
+    await page.waitForURL(new RegExp(`/t/${t}/audit$`));
+    await expect.poll(() => page.getByTestId('audit-row').count()).toBeGreaterThan(0);
+    const actors = await page.locator('[data-testid="audit-row"] td:nth-child(3)').allTextContents();
+    expect(actors).toContain('alice');
+    await shot('audit');
+
+    const href = await page.getByTestId('audit-csv').getAttribute('href');
+    const csv = await page.request.get(`${app.url}${href ?? ''}`);
+    expect(csv.status()).toBe(200);
+    expect(csv.headers()['content-type']).toMatch(/^text\/csv/);
+    const lines = (await csv.text()).trim().split(/\r?\n/);
+    expect(lines[0]).toBe('id,at,run_id,seq,kind,actor,detail,stream_seq');
+    expect(lines.some((l) => l.includes(waitingRun) && l.includes('alice'))).toBe(true);
+  });
+
+  it('console browser - a viewer sees runs but every action is disabled; other tenants are refused', async () => {
+    await page.getByTestId('signout').click();
+    await page.waitForURL(/\/signin$/);
+    await page.getByTestId('signin-user').fill('vic');
+    await page.getByTestId('signin-password').fill(PASSWORD);
+    await page.getByTestId('signin-submit').click();
+    await page.waitForURL(new RegExp(`/t/${t}/runs$`));
+    await page.goto(`${app.url}/t/${t}/runs/${secondWaitingRun}`);
+    await expect.poll(() => page.getByTestId('run-status').getAttribute('data-status')).toBe('waiting');
+    for (const id of ['approve', 'deny', 'action-cancel', 'action-signal', 'action-retry']) {
+      expect(await page.getByTestId(id).isDisabled(), id).toBe(true);
+    }
+    expect(await page.getByTestId('action-cancel').getAttribute('title')).toMatch(/operator role/);
+    await shot('run-viewer');
+
+    await page.goto(`${app.url}/t/${other}/runs`);
+    expect(await page.getByTestId('error').textContent()).toMatch(new RegExp(`no access to the tenant ${other}`));
+  });
+
+  it('console browser - a one-time sign-in link signs in once and leaves the address bar clean', async () => {
+    await page.getByTestId('signout').click();
+    await page.waitForURL(/\/signin$/);
+    const link = app.signInLink('alice');
+    await page.goto(link);
+    await page.waitForURL(new RegExp(`/t/${t}/runs$`));
+    expect(page.url()).not.toContain('token=');
+    expect(await page.getByTestId('whoami').textContent()).toMatch(/alice/);
+    await page.getByTestId('signout').click();
+    await page.waitForURL(/\/signin$/);
+    await page.goto(link);
+    expect(await page.getByTestId('error').textContent()).toMatch(/sign-in link does not work/);
+    expect(page.url()).not.toContain('token=');
+  });
+
+  it('console browser - no script errors on any page', () => {
+    // 401s while signed out and the refused link are answers, not errors of the page.
+    const real = pageErrors.filter((e) => !/status of 40[13]/.test(e));
+    expect(real).toEqual([]);
+  });
+});

@@ -1,0 +1,500 @@
+/**
+ * The console's JSON API over a real Postgres (projections seeded directly) and a real
+ * nats-server: no endpoint answers without a session; no session reaches a tenant it was
+ * not given; roles and CSRF hold on every action; bad parameters are 400s that say what
+ * is wrong; lists, detail, audit CSV and live updates carry what the projections hold.
+ */
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createConsole, hashPassword, loadConfig, type ApprovalsResponse, type AuditPageResponse, type Console, type ConsoleUser, type RunDetailResponse, type RunsPageResponse, type RunStreamChange, type SessionInfo, type SystemResponse, type WorkersResponse } from '@capstan/console';
+import { migrate, openDatabase, type Database } from '@capstan/kit';
+import { db as schema, Streams, type TenantId } from '@capstan/schemas';
+import { sql } from 'drizzle-orm';
+import { scratchDatabase } from '../harness/postgres.js';
+import { connect, provision, silent, type Harness } from '../harness/fixtures.js';
+import { insertBatched, runIdAt, runRow, stepRow, type RunInsert } from '../harness/projections.js';
+import { ConsoleClient, type ErrorBody } from '../harness/console.js';
+
+const BASE = Date.parse('2026-03-01T12:00:00Z');
+const SECRET = 's'.repeat(48);
+const PASSWORD = 'correct horse battery staple';
+
+describe('console api', () => {
+  let scratch: Awaited<ReturnType<typeof scratchDatabase>>;
+  let d: Database;
+  let h: Harness;
+  let app: Console;
+  let url: string;
+  let A: TenantId;
+  let B: TenantId;
+  const aRuns: RunInsert[] = [];
+  let aRun: string;
+  let bRun: string;
+  let waitingRun: string;
+  let webDir: string;
+  const users: ConsoleUser[] = [];
+  const client = () => new ConsoleClient(url);
+  const as = async (userId: string) => {
+    const c = client();
+    await c.signIn(userId, PASSWORD);
+    return c;
+  };
+
+  beforeAll(async () => {
+    scratch = await scratchDatabase('console');
+    d = await openDatabase({ url: scratch.url });
+    await migrate(d);
+    h = await connect(inject('natsUrl'));
+    A = await provision(h, 'ca');
+    B = await provision(h, 'cb');
+
+    for (let i = 0; i < 30; i++) {
+      const startedAt = new Date(BASE - i * 60_000);
+      aRuns.push(runRow(A, runIdAt(startedAt), { startedAt, status: i % 3 === 0 ? 'failed' : 'completed', workflow: 'demo.pipeline', ...(i % 3 === 0 ? { errorCode: 'step_failed', errorMessage: 'boom' } : {}) }));
+    }
+    aRun = (aRuns[0] as RunInsert).runId;
+    // A's run 1 waits for approval; B has one running run.
+    waitingRun = (aRuns[1] as RunInsert).runId;
+    aRuns[1] = { ...(aRuns[1] as RunInsert), status: 'waiting', currentStep: 'review', workflow: 'demo.signal' };
+    const bRow = runRow(B, runIdAt(BASE), { startedAt: new Date(BASE), status: 'running', workflow: 'demo.other', currentStep: 'wait' });
+    bRun = bRow.runId;
+    await insertBatched(d, schema.runs, [...aRuns, bRow]);
+    await insertBatched(d, schema.runSearch, aRuns.map((r, i) => ({ tenant: A, key: 'customer', value: String(i % 5), runId: r.runId })));
+    const t0 = new Date(BASE);
+    await d.db.insert(schema.steps).values([
+      stepRow(A, aRun, 'extract', 1, t0),
+      stepRow(A, aRun, 'load', 1, new Date(BASE + 100), { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'db down', durationMs: 40 }),
+      stepRow(A, aRun, 'load', 2, new Date(BASE + 500), { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'boom', durationMs: 30, mode: 1 }),
+      stepRow(A, waitingRun, 'draft', 1, new Date(BASE - 60_000)),
+    ]);
+    await d.db.insert(schema.events).values(['run.started', 'step.scheduled', 'step.completed', 'step.scheduled', 'step.failed', 'run.failed'].map((type, i) => ({ tenant: A, runId: aRun, seq: i + 1, type, at: new Date(BASE + i), streamSeq: i + 1, causationId: 'c' })));
+    await d.db.insert(schema.approvals).values([
+      { tenant: A, runId: waitingRun, step: 'review', signal: 'approve', status: 'waiting', requestedAt: new Date(BASE - 50_000) },
+      { tenant: B, runId: bRun, step: 'review', signal: 'approve', status: 'waiting', requestedAt: t0 },
+    ]);
+    await d.db.insert(schema.workers).values([
+      { tenant: A, workerId: 'wa', pools: ['default', 'gpu'], running: 2, lastSeenAt: new Date() },
+      { tenant: B, workerId: 'wb', pools: ['default'], running: 0, lastSeenAt: t0 },
+    ]);
+    await insertBatched(d, schema.auditLog, [
+      ...Array.from({ length: 12 }, (_, i) => ({ tenant: A, runId: i < 4 ? aRun : waitingRun, seq: i + 1, kind: 'run.signaled', actor: i === 0 ? '=cmd|evil' : 'alice', detail: { name: i === 1 ? 'a,"b"\nc' : 'approve' }, at: new Date(BASE + i * 1000), streamSeq: i + 1 })),
+      { tenant: B, runId: bRun, seq: 1, kind: 'run.cancel-requested', actor: 'bob', detail: { reason: 'x' }, at: t0, streamSeq: 1 },
+    ]);
+    await d.db.insert(schema.checkpoints).values([{ tenant: A, stream: Streams.runs(A), lastStreamSeq: 6 }]);
+
+    const passwordHash = await hashPassword(PASSWORD);
+    users.push(
+      { userId: 'viewer-a', orgId: 'acme', role: 'viewer', tenants: [A], passwordHash },
+      { userId: 'operator-a', orgId: 'acme', role: 'operator', tenants: [A], passwordHash },
+      { userId: 'admin-a', orgId: 'acme', role: 'admin', tenants: [A], passwordHash },
+      { userId: 'admin-b', orgId: 'other', role: 'admin', tenants: [B], passwordHash },
+      { userId: 'link-only', orgId: 'acme', role: 'viewer', tenants: [A] },
+      { userId: 'guessed', orgId: 'acme', role: 'viewer', tenants: [A], passwordHash },
+    );
+    // A users file, as the process reads it.
+    webDir = mkdtempSync(join(tmpdir(), 'console-web-'));
+    mkdirSync(join(webDir, 'assets'));
+    writeFileSync(join(webDir, 'index.html'), '<!doctype html><title>console shell</title><div id="root"></div>');
+    writeFileSync(join(webDir, 'assets', 'app-1234.js'), 'console.log("app")');
+    const usersFile = join(webDir, '..', `${webDir.split('/').pop() ?? 'x'}-users.json`);
+    writeFileSync(usersFile, JSON.stringify(users));
+    const config = loadConfig({ CONSOLE_SECRET: SECRET, CONSOLE_USERS: usersFile, CONSOLE_PORT: '0', CONSOLE_WEB_DIR: webDir, DATABASE_URL: scratch.url, NATS_URL: inject('natsUrl') });
+    app = createConsole({ db: d, nc: h.nc, config, log: silent, pollMs: 100 });
+    await app.start();
+    url = app.url;
+    rmSync(usersFile);
+  });
+
+  afterAll(async () => {
+    await app?.stop();
+    await h?.close();
+    await d?.close();
+    await scratch?.drop();
+    if (webDir) rmSync(webDir, { recursive: true, force: true });
+  });
+
+  /** Every API endpoint, with a body each POST accepts; `t` and `run` fill the path. */
+  const endpoints = (t: string, run: string): [string, string, unknown?][] => [
+    ['GET', `/api/tenants/${t}/runs`],
+    ['GET', `/api/tenants/${t}/runs/stream`],
+    ['GET', `/api/tenants/${t}/runs/${run}`],
+    ['GET', `/api/tenants/${t}/approvals`],
+    ['GET', `/api/tenants/${t}/workers`],
+    ['GET', `/api/tenants/${t}/audit`],
+    ['GET', `/api/tenants/${t}/audit.csv`],
+    ['GET', `/api/tenants/${t}/system`],
+    ['POST', `/api/tenants/${t}/runs/${run}/cancel`, { reason: 'test' }],
+    ['POST', `/api/tenants/${t}/runs/${run}/signal`, { name: 'approve' }],
+    ['POST', `/api/tenants/${t}/runs/${run}/retry`, {}],
+    ['POST', `/api/tenants/${t}/runs/${run}/approvals/review/approve`, {}],
+    ['POST', `/api/tenants/${t}/runs/${run}/approvals/review/deny`, {}],
+    ['POST', `/api/tenants/${t}/workers/wa/approve`, {}],
+    ['POST', `/api/tenants/${t}/workers/wa/revoke`, {}],
+  ];
+
+  it('console api - binds loopback; /healthz answers without a session; the UI shell and assets load without one', async () => {
+    expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    const c = client();
+    const health = await c.get('/healthz');
+    expect(health.status).toBe(200);
+    expect(health.body).toEqual({ ok: true });
+    for (const page of ['/', '/signin', '/signin?token=abc', `/t/${A}/runs/${aRun}`]) {
+      const r = await c.get(page);
+      expect(r.status, page).toBe(200);
+      expect(r.text, page).toContain('console shell');
+      expect(r.headers.get('content-security-policy'), page).toContain("script-src 'self'");
+      expect(r.headers.get('referrer-policy'), page).toBe('no-referrer');
+      expect(r.headers.get('x-frame-options'), page).toBe('DENY');
+    }
+    const asset = await c.get('/assets/app-1234.js');
+    expect(asset.status).toBe(200);
+    expect(asset.headers.get('cache-control')).toContain('immutable');
+    expect((await c.get('/assets/app-gone.js')).status).toBe(404);
+    // Nothing of the API leaks into an unauthenticated page.
+    expect((await c.get('/')).text).not.toContain(aRun);
+  });
+
+  it('console api - every endpoint refuses a caller without a session (401), or with a forged or expired one', async () => {
+    const c = client();
+    const all: [string, string, unknown?][] = [...endpoints(A, aRun), ['GET', '/api/session'], ['POST', '/api/auth/signout', {}]];
+    for (const [method, path, body] of all) {
+      const r = await c.call<ErrorBody>(method, path, body);
+      expect(r.status, `${method} ${path}`).toBe(401);
+      expect(r.body.error.code, `${method} ${path}`).toBe('unauthenticated');
+      expect(r.text, `${method} ${path}`).not.toContain('step_failed');
+    }
+    // A forged cookie: a real session's payload with another role, the signature kept.
+    const real = await as('viewer-a');
+    const [v, payload, mac] = decodeURIComponent((real.cookie ?? '').split('=')[1] ?? '').split('.') as [string, string, string];
+    const forged = { ...(JSON.parse(Buffer.from(payload, 'base64url').toString()) as Record<string, unknown>), role: 'admin', tenants: [A, B] };
+    const f = client();
+    f.cookie = `capstan_session=${v}.${Buffer.from(JSON.stringify(forged)).toString('base64url')}.${mac}`;
+    f.csrf = real.csrf;
+    for (const [method, path, body] of [...endpoints(A, aRun), ...endpoints(B, bRun)]) {
+      expect((await f.call(method, path, body)).status, `${method} ${path}`).toBe(401);
+    }
+    const r = await f.get('/api/session');
+    expect((r.body as ErrorBody).error.message).toMatch(/expired or is no longer valid/);
+  });
+
+  it('console api - a session reaches only its own tenants: 403 for every endpoint of another, 404 for another tenant\'s run under its own', async () => {
+    for (const userId of ['viewer-a', 'operator-a', 'admin-a']) {
+      const c = await as(userId);
+      for (const [method, path, body] of endpoints(B, bRun)) {
+        const r = await c.call<ErrorBody>(method, path, body);
+        expect(r.status, `${userId} ${method} ${path}`).toBe(403);
+        expect(r.body.error.code).toBe('forbidden');
+        expect(r.text).not.toContain('demo.other');
+      }
+      // A tenant that does not exist, or whose id is not even valid, is the same 403.
+      for (const t of ['nobody', 'Not_A_Tenant']) expect((await c.get(`/api/tenants/${t}/runs`)).status).toBe(403);
+    }
+    const a = await as('admin-a');
+    const cross = await a.get<ErrorBody>(`/api/tenants/${A}/runs/${bRun}`);
+    expect(cross.status).toBe(404);
+    expect(cross.body.error.code).toBe('run_not_found');
+    for (const action of ['cancel', 'signal', 'retry']) {
+      const r = await a.post<ErrorBody>(`/api/tenants/${A}/runs/${bRun}/${action}`, action === 'signal' ? { name: 'approve' } : {});
+      expect(r.status, action).toBe(404);
+    }
+    expect((await a.post(`/api/tenants/${A}/runs/${bRun}/approvals/review/approve`, {})).status).toBe(404);
+    expect((await a.post(`/api/tenants/${A}/workers/wb/revoke`, {})).status).toBe(404);
+    // B's admin sees B's rows and none of A's.
+    const b = await as('admin-b');
+    const runs = await b.get<RunsPageResponse>(`/api/tenants/${B}/runs`);
+    expect(runs.body.runs.map((r) => r.runId)).toEqual([bRun]);
+    const audit = await b.get<AuditPageResponse>(`/api/tenants/${B}/audit`);
+    expect(audit.body.entries.map((e) => e.actor)).toEqual(['bob']);
+  });
+
+  it('console api - roles: a viewer cannot act, an operator cannot admit or revoke workers', async () => {
+    const viewer = await as('viewer-a');
+    for (const [method, path, body] of endpoints(A, waitingRun).filter(([m]) => m === 'POST')) {
+      const r = await viewer.call<ErrorBody>(method, path, body);
+      expect(r.status, path).toBe(403);
+      expect(r.body.error.message, path).toMatch(/needs the (operator|admin) role; viewer-a is viewer/);
+    }
+    const operator = await as('operator-a');
+    for (const what of ['approve', 'revoke']) {
+      const r = await operator.post<ErrorBody>(`/api/tenants/${A}/workers/wa/${what}`, {});
+      expect(r.status).toBe(403);
+      expect(r.body.error.message).toMatch(/needs the admin role; operator-a is operator/);
+    }
+    // Reads are open to every role.
+    for (const [method, path] of endpoints(A, aRun).filter(([m, p]) => m === 'GET' && !p.endsWith('/stream'))) {
+      expect((await viewer.call(method, path)).status, path).toBe(200);
+    }
+  });
+
+  it('console api - CSRF: an action needs the session token and the console origin', async () => {
+    const op = await as('operator-a');
+    const path = `/api/tenants/${A}/runs/${waitingRun}/signal`;
+    const noToken = await op.post<ErrorBody>(path, { name: 'nudge' }, { 'x-csrf-token': '' });
+    expect(noToken.status).toBe(403);
+    expect(noToken.body.error.code).toBe('csrf_failed');
+    const wrong = await op.post<ErrorBody>(path, { name: 'nudge' }, { 'x-csrf-token': 'x'.repeat(32) });
+    expect(wrong.body.error.code).toBe('csrf_failed');
+    const otherSession = await as('operator-a');
+    expect((await op.post<ErrorBody>(path, { name: 'nudge' }, { 'x-csrf-token': otherSession.csrf ?? '' })).body.error.code).toBe('csrf_failed');
+    const evil = await op.post<ErrorBody>(path, { name: 'nudge' }, { origin: 'http://evil.example' });
+    expect(evil.status).toBe(403);
+    expect(evil.body.error.message).toMatch(/cross-origin request refused/);
+    const noOrigin = await op.call<ErrorBody>('POST', path, { name: 'nudge' }, { origin: '' });
+    expect(noOrigin.status).toBe(403);
+    // Sign-in itself is refused cross-origin (no logging a victim into an attacker's account).
+    expect((await client().post('/api/auth/signin', { userId: 'viewer-a', password: PASSWORD }, { origin: 'http://evil.example' })).status).toBe(403);
+    // GET never mutates: the action routes do not answer GET.
+    expect((await op.get(path)).status).toBe(404);
+    // The same call with token and origin goes through.
+    const ok = await op.post(path, { name: 'nudge' });
+    expect(ok.status).toBe(202);
+  });
+
+  it('console api - sign-in by password: cookie flags, wrong passwords, unknown users, throttling, sign-out', async () => {
+    const c = client();
+    const r = await c.post<SessionInfo>('/api/auth/signin', { userId: 'operator-a', password: PASSWORD });
+    expect(r.status).toBe(200);
+    expect(r.body).toMatchObject({ userId: 'operator-a', orgId: 'acme', role: 'operator', tenants: [A] });
+    expect(r.body.csrfToken.length).toBeGreaterThanOrEqual(32);
+    c.csrf = r.body.csrfToken;
+    const setCookie = r.headers.get('set-cookie') ?? '';
+    expect(setCookie).toMatch(/^capstan_session=v1\.[^;]+; Max-Age=43200; Path=\/api; HttpOnly; SameSite=Strict$/);
+    expect(setCookie).not.toContain('Secure');
+    const session = await c.get<SessionInfo>('/api/session');
+    expect(session.body).toEqual(r.body);
+
+    const bad = await client().post<ErrorBody>('/api/auth/signin', { userId: 'operator-a', password: 'wrong' });
+    expect(bad.status).toBe(401);
+    expect(bad.body.error).toEqual({ code: 'bad_credentials', message: 'unknown user or wrong password' });
+    expect(bad.headers.get('set-cookie')).toBeNull();
+    const unknown = await client().post<ErrorBody>('/api/auth/signin', { userId: 'mallory', password: PASSWORD });
+    expect(unknown.body.error).toEqual(bad.body.error);
+    // A user without a password signs in by link only.
+    expect((await client().post('/api/auth/signin', { userId: 'link-only', password: '' })).status).toBe(400);
+    expect((await client().post('/api/auth/signin', { userId: 'link-only', password: 'anything' })).status).toBe(401);
+    for (const body of [{}, { userId: 'a' }, { userId: 'a', password: 'b', extra: 1 }, 'text', []]) {
+      const x = await client().post<ErrorBody>('/api/auth/signin', body);
+      expect(x.status, JSON.stringify(body)).toBe(400);
+      expect(x.body.error.message.length).toBeGreaterThan(5);
+    }
+
+    // Ten wrong passwords lock that user id for a while; others are unaffected.
+    for (let i = 0; i < 10; i++) expect((await client().post('/api/auth/signin', { userId: 'guessed', password: `guess-${i}` })).status).toBe(401);
+    const locked = await client().post<ErrorBody>('/api/auth/signin', { userId: 'guessed', password: PASSWORD });
+    expect(locked.status).toBe(429);
+    expect(locked.body.error.code).toBe('too_many_attempts');
+    expect((await client().post('/api/auth/signin', { userId: 'viewer-a', password: PASSWORD })).status).toBe(200);
+
+    const cookie = c.cookie;
+    const out = await c.post('/api/auth/signout', {});
+    expect(out.status).toBe(204);
+    expect(c.cookie).toBeUndefined();
+    const replay = client();
+    replay.cookie = cookie;
+    expect((await replay.get('/api/session')).status).toBe(401);
+  });
+
+  it('console api - a one-time sign-in link signs in once', async () => {
+    const link = app.signInLink('link-only');
+    expect(link).toMatch(new RegExp(`^${url}/signin\\?token=[A-Za-z0-9_-]{43}$`));
+    const c = client();
+    expect(await c.signInWithLink(link)).toMatchObject({ userId: 'link-only', role: 'viewer' });
+    expect((await c.get(`/api/tenants/${A}/runs?limit=1`)).status).toBe(200);
+    const again = await client().post<ErrorBody>('/api/auth/link', { token: new URL(link).searchParams.get('token') });
+    expect(again.status).toBe(401);
+    expect(again.body.error.message).toMatch(/unknown, used or expired/);
+    expect(() => app.signInLink('nobody')).toThrow(/no console user "nobody"/);
+  });
+
+  it('console api - runs list: filters, typed search fields, keyset pages, ISO times', async () => {
+    const c = await as('viewer-a');
+    const all = await c.get<RunsPageResponse>(`/api/tenants/${A}/runs?limit=500`);
+    expect(all.status).toBe(200);
+    expect(all.headers.get('cache-control')).toBe('no-store');
+    expect(all.body.runs.map((r) => r.runId)).toEqual(aRuns.map((r) => r.runId));
+    expect(all.body.runs[0]).toMatchObject({ tenant: A, runId: aRun, status: 'failed', errorCode: 'step_failed', startedAt: new Date(BASE).toISOString(), endedAt: null });
+    expect(Object.keys(all.body.runs[0] ?? {})).not.toContain('chain');
+
+    const failed = await c.get<RunsPageResponse>(`/api/tenants/${A}/runs?status=failed&workflow=demo.pipeline&since=${encodeURIComponent(new Date(BASE - 10 * 60_000).toISOString())}`);
+    expect(failed.body.runs.map((r) => r.runId)).toEqual(aRuns.filter((_, i) => i % 3 === 0 && i <= 10).map((r) => r.runId));
+    const where = await c.get<RunsPageResponse>(`/api/tenants/${A}/runs?where=customer=2`);
+    expect(where.body.runs.map((r) => r.runId)).toEqual(aRuns.filter((_, i) => i % 5 === 2).map((r) => r.runId));
+
+    const ids: string[] = [];
+    let cursor: string | undefined;
+    let pages = 0;
+    do {
+      const r = await c.get<RunsPageResponse>(`/api/tenants/${A}/runs?limit=8${cursor ? `&cursor=${cursor}` : ''}`);
+      ids.push(...r.body.runs.map((x) => x.runId));
+      cursor = r.body.nextCursor;
+      pages++;
+    } while (cursor && pages < 10);
+    expect(pages).toBe(4);
+    expect(ids).toEqual(aRuns.map((r) => r.runId));
+  });
+
+  it('console api - bad query parameters and bodies are 400s with a message that names the problem', async () => {
+    const c = await as('operator-a');
+    const cases: [string, string, RegExp][] = [
+      [`/api/tenants/${A}/runs?since=yesterday`, 'invalid_argument', /since must be a duration .* got "yesterday"/],
+      [`/api/tenants/${A}/runs?until=soon`, 'invalid_argument', /until must be a duration/],
+      [`/api/tenants/${A}/runs?status=done`, 'invalid_argument', /status must be one of pending, running, waiting, completed, failed, cancelled/],
+      [`/api/tenants/${A}/runs?limit=0`, 'invalid_argument', /limit must be an integer from 1 to 500; got "0"/],
+      [`/api/tenants/${A}/runs?limit=ten`, 'invalid_argument', /limit must be an integer/],
+      [`/api/tenants/${A}/runs?cursor=bogus`, 'invalid_argument', /cursor is malformed/],
+      [`/api/tenants/${A}/runs?where=customer`, 'invalid_argument', /where must be key=value; got "customer"/],
+      [`/api/tenants/${A}/runs?where=a=1&where=a=2`, 'invalid_argument', /where gives the key "a" more than once/],
+      [`/api/tenants/${A}/runs?workflow=a%00b`, 'invalid_argument', /none of them NUL/],
+      [`/api/tenants/${A}/runs?colour=red`, 'invalid_argument', /unknown query parameter "colour"; this endpoint takes status, workflow, since, until, where, limit, cursor/],
+      [`/api/tenants/${A}/runs?status=failed&status=running`, 'invalid_argument', /query parameter status is given 2 times/],
+      [`/api/tenants/${A}/runs/not-a-run`, 'invalid_run_id', /invalid run id "not-a-run"/],
+      [`/api/tenants/${A}/runs/${aRun}?verbose=1`, 'invalid_argument', /unknown query parameter "verbose"; this endpoint takes none/],
+      [`/api/tenants/${A}/audit?run=nope`, 'invalid_run_id', /invalid run id "nope"/],
+      [`/api/tenants/${A}/audit?since=later`, 'invalid_argument', /since must be a duration/],
+      [`/api/tenants/${A}/audit.csv?limit=0`, 'invalid_argument', /limit must be an integer from 1 to 100000/],
+      [`/api/tenants/${A}/audit.csv?cursor=x`, 'invalid_argument', /unknown query parameter "cursor"/],
+      [`/api/tenants/${A}/approvals?status=Nope!`, 'invalid_argument', /status must be a lowercase word/],
+      [`/api/tenants/${A}/workers?limit=1`, 'invalid_argument', /unknown query parameter "limit"/],
+      [`/api/tenants/${A}/runs/stream?x=1`, 'invalid_argument', /unknown query parameter "x"/],
+    ];
+    for (const [path, code, message] of cases) {
+      const r = await c.get<ErrorBody>(path);
+      expect(r.status, path).toBe(400);
+      expect(r.type, path).toBe('application/json; charset=utf-8');
+      expect(r.body.error.code, path).toBe(code);
+      expect(r.body.error.message, path).toMatch(message);
+    }
+    const bodies: [string, unknown, RegExp][] = [
+      [`/api/tenants/${A}/runs/${waitingRun}/signal`, {}, /name/],
+      [`/api/tenants/${A}/runs/${waitingRun}/signal`, { name: 'Not A Token' }, /name/],
+      [`/api/tenants/${A}/runs/${waitingRun}/signal`, { name: 'go', payload: 'x'.repeat(300_000) }, /bad request|too large|payload/i],
+      [`/api/tenants/${A}/runs/${waitingRun}/cancel`, { reason: 'r'.repeat(501) }, /reason/],
+      [`/api/tenants/${A}/runs/${waitingRun}/cancel`, { why: 'x' }, /why is not a known field/],
+      [`/api/tenants/${A}/runs/${waitingRun}/approvals/review/approve`, [], /must be an object/],
+    ];
+    for (const [path, body, message] of bodies) {
+      const r = await c.post<ErrorBody>(path, body);
+      expect(r.status, `${path} ${JSON.stringify(body).slice(0, 40)}`).toBe(400);
+      expect(r.body.error.message).toMatch(message);
+    }
+    const notJson = await c.call<ErrorBody>('POST', `/api/tenants/${A}/runs/${waitingRun}/cancel`, undefined, { 'content-type': 'application/json' });
+    expect([400]).toContain(notJson.status);
+    expect((await c.call<ErrorBody>('POST', `/api/tenants/${A}/runs/${waitingRun}/cancel`, undefined, { 'content-type': 'text/plain' })).status).toBe(400);
+    // Unknown API paths are JSON 404s, never the UI shell.
+    const unknown = await c.get<ErrorBody>(`/api/tenants/${A}/secrets`);
+    expect(unknown.status).toBe(404);
+    expect(unknown.body.error.code).toBe('not_found');
+  });
+
+  it('console api - run detail: timeline, trace, approvals, explanation and applicable actions', async () => {
+    const c = await as('viewer-a');
+    const r = await c.get<RunDetailResponse>(`/api/tenants/${A}/runs/${aRun}`);
+    expect(r.status).toBe(200);
+    expect(r.body.run).toMatchObject({ runId: aRun, status: 'failed' });
+    expect(r.body.events.map((e) => e.type)).toEqual(['run.started', 'step.scheduled', 'step.completed', 'step.scheduled', 'step.failed', 'run.failed']);
+    expect(r.body.trace.map((s) => [s.step, s.attempts.length, s.outcome, s.offsetMs])).toEqual([
+      ['extract', 1, 'completed', 0],
+      ['load', 2, 'failed', 100],
+    ]);
+    expect(r.body.steps.map((s) => s.mode)).toEqual(['inline', 'inline', 'sandboxed']);
+    expect(r.body.explanation).toEqual({ tone: 'error', step: 'load', text: 'Step load failed on attempt 2: step_failed: boom.' });
+    expect(r.body.actions).toEqual({ cancel: false, signal: false, retry: true });
+    expect(r.body.search).toEqual([{ key: 'customer', value: '0' }]);
+
+    const w = await c.get<RunDetailResponse>(`/api/tenants/${A}/runs/${waitingRun}`);
+    expect(w.body.approvals).toMatchObject([{ step: 'review', status: 'waiting', decidedBy: null }]);
+    expect(w.body.explanation.text).toMatch(/^Waiting for approval of step review, requested \d+ (d|h|min) ago, by an operator\.$/);
+    expect(w.body.actions).toEqual({ cancel: true, signal: true, retry: false });
+  });
+
+  it('console api - approvals queue, worker fleet, system lag', async () => {
+    const c = await as('viewer-a');
+    const approvals = await c.get<ApprovalsResponse>(`/api/tenants/${A}/approvals?status=waiting`);
+    expect(approvals.body.approvals.map((a) => [a.runId, a.step, a.status])).toEqual([[waitingRun, 'review', 'waiting']]);
+    const workers = await c.get<WorkersResponse>(`/api/tenants/${A}/workers`);
+    expect(workers.body.workers).toMatchObject([{ workerId: 'wa', pools: ['default', 'gpu'], running: 2, stale: false }]);
+    expect(workers.body.workers[0]?.silentForMs).toBeLessThan(60_000);
+    const system = await c.get<SystemResponse>(`/api/tenants/${A}/system`);
+    expect(system.body).toEqual({ tenant: A, projectionLag: 0, checkpoint: 6 });
+  });
+
+  it('console api - actions check the run first: 409 on a finished run, 404 on an unknown approval, 202 and a NATS command otherwise', async () => {
+    const op = await as('operator-a');
+    const done = await op.post<ErrorBody>(`/api/tenants/${A}/runs/${aRuns[2]?.runId ?? ''}/cancel`, {});
+    expect(done.status).toBe(409);
+    expect(done.body.error).toEqual({ code: 'conflict', message: `cannot cancel run ${aRuns[2]?.runId ?? ''}: it is completed` });
+    const notFailed = await op.post<ErrorBody>(`/api/tenants/${A}/runs/${waitingRun}/retry`, {});
+    expect(notFailed.status).toBe(409);
+    expect(notFailed.body.error.message).toMatch(/only a failed run can be retried/);
+    expect((await op.post<ErrorBody>(`/api/tenants/${A}/runs/${waitingRun}/approvals/nope/approve`, {})).status).toBe(404);
+    expect((await op.post<ErrorBody>(`/api/tenants/${A}/runs/${runIdAt(BASE + 5)}/cancel`, {})).status).toBe(404);
+
+    const before = (await h.jsm.streams.info(Streams.commands(A))).state.messages;
+    const cancel = await op.post(`/api/tenants/${A}/runs/${waitingRun}/cancel`, { reason: 'wrong input' });
+    expect(cancel.status).toBe(202);
+    expect(cancel.body).toEqual({ accepted: true, action: 'cancel', tenant: A, runId: waitingRun });
+    expect((await h.jsm.streams.info(Streams.commands(A))).state.messages).toBe(before + 1);
+    // The console wrote no projection row: the run is as it was until the control plane acts.
+    expect((await op.get<RunDetailResponse>(`/api/tenants/${A}/runs/${waitingRun}`)).body.run.status).toBe('waiting');
+  });
+
+  it('console api - audit log: filters, pages, and a CSV export with the same filters, escaped', async () => {
+    const c = await as('viewer-a');
+    const page = await c.get<AuditPageResponse>(`/api/tenants/${A}/audit?limit=5`);
+    expect(page.body.entries.map((e) => e.seq)).toEqual([12, 11, 10, 9, 8]);
+    const next = await c.get<AuditPageResponse>(`/api/tenants/${A}/audit?limit=5&cursor=${page.body.nextCursor ?? ''}`);
+    expect(next.body.entries.map((e) => e.seq)).toEqual([7, 6, 5, 4, 3]);
+    expect((await c.get<AuditPageResponse>(`/api/tenants/${A}/audit?run=${aRun}`)).body.entries.map((e) => e.seq)).toEqual([4, 3, 2, 1]);
+
+    const csv = await c.get(`/api/tenants/${A}/audit.csv?run=${aRun}`);
+    expect(csv.status).toBe(200);
+    expect(csv.type).toBe('text/csv; charset=utf-8');
+    expect(csv.headers.get('content-disposition')).toMatch(new RegExp(`^attachment; filename="audit-${A}-\\d{4}-\\d{2}-\\d{2}\\.csv"$`));
+    const lines = csv.text.split('\r\n');
+    expect(lines[0]).toBe('id,at,run_id,seq,kind,actor,detail,stream_seq');
+    expect(lines).toHaveLength(4 + 2);
+    expect(lines.at(-1)).toBe('');
+    expect(lines[3]).toContain(`${aRun},2,run.signaled,alice,"{""name"":""a,\\""b\\""\\nc""}",2`);
+    // The actor "=cmd|evil" would be a formula in a spreadsheet; it is defused.
+    expect(lines[4]).toContain(",'=cmd|evil,");
+    const all = await c.get(`/api/tenants/${A}/audit.csv`);
+    expect(all.text.split('\r\n').filter(Boolean)).toHaveLength(13);
+    expect((await c.get(`/api/tenants/${A}/audit.csv?limit=3`)).text.split('\r\n').filter(Boolean)).toHaveLength(4);
+  });
+
+  it('console api - live updates: changed runs are pushed to listeners of their tenant only, and polling stops when they leave', async () => {
+    const a = await as('viewer-a');
+    const b = await as('admin-b');
+    const sa = await a.stream(`/api/tenants/${A}/runs/stream`);
+    const sb = await b.stream(`/api/tenants/${B}/runs/stream`);
+    try {
+      expect(sa.status).toBe(200);
+      expect(sa.type).toBe('text/event-stream; charset=utf-8');
+      expect(await sa.next('ready')).toEqual({ tenant: A });
+      await sb.next('ready');
+      await expect.poll(() => app.liveTenants().sort()).toEqual([A, B].sort());
+      // Let the pollers read their starting checkpoints, then the projector "applies" an event.
+      await new Promise((r) => setTimeout(r, 300));
+      await d.db.transaction(async (tx) => {
+        await tx.update(schema.runs).set({ status: 'completed', updatedAt: new Date(), endedAt: new Date(), lastSeq: 2 }).where(sql`tenant = ${A} and run_id = ${waitingRun}`);
+        await tx.insert(schema.events).values({ tenant: A, runId: waitingRun, seq: 2, type: 'run.completed', at: new Date(), streamSeq: 7, causationId: 'c' });
+        await tx.update(schema.checkpoints).set({ lastStreamSeq: 7 }).where(sql`tenant = ${A}`);
+      });
+      const change = (await sa.next('runs', 5000)) as RunStreamChange;
+      expect(change.runs.map((r) => [r.runId, r.status])).toEqual([[waitingRun, 'completed']]);
+      expect(change.resync).toBeUndefined();
+      await new Promise((r) => setTimeout(r, 400));
+      expect(sb.events.filter((e) => e.event === 'runs')).toEqual([]);
+    } finally {
+      await sa.close();
+      await sb.close();
+    }
+    await expect.poll(() => app.liveTenants(), { timeout: 3000 }).toEqual([]);
+    // Without a session, no stream.
+    const anon = await client().stream(`/api/tenants/${A}/runs/stream`);
+    expect(anon.status).toBe(401);
+    await anon.close();
+  });
+});
