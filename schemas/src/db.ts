@@ -3,9 +3,13 @@
  * Nothing here is the truth; every row can be dropped and rebuilt from the streams. Only
  * the projector writes them, and every table is keyed by tenant first, so every query is
  * scoped by tenant.
+ *
+ * The exception is at the end of this file: the secrets-lease service's own state
+ * (encrypted secrets, data keys, leases, revocations), which is the truth and is written
+ * only by that service; it also appends its audit rows to `audit_log`.
  */
 import { sql } from 'drizzle-orm';
-import { bigint, bigserial, index, integer, jsonb, pgTable, primaryKey, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
+import { bigint, bigserial, boolean, customType, index, integer, jsonb, pgTable, primaryKey, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
 
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
 
@@ -114,6 +118,11 @@ export const approvals = pgTable(
     decidedAt: ts('decided_at'),
     decidedBy: text('decided_by'),
     reason: text('reason'),
+    /** Policy approvals (`signal` = `policy`): who may approve, under which policy version and policies, until when. */
+    approvers: text('approvers'),
+    policyVersion: integer('policy_version'),
+    policies: text('policies'),
+    expiresAt: ts('expires_at'),
   },
   (t) => [primaryKey({ columns: [t.tenant, t.runId, t.step] }), index('approvals_tenant_status').on(t.tenant, t.status)],
 );
@@ -153,10 +162,34 @@ export const workerAdmissions = pgTable(
 );
 
 /**
+ * A tenant's policy versions, from its policy stream (CAP_POLICY_<t>): one row per version,
+ * never changed (a version is immutable; a change is a new version). `text` is the Cedar
+ * policy as set; `sha256` its digest; `by`/`reason` who set it and why.
+ */
+export const policies = pgTable(
+  'policies',
+  {
+    tenant: text('tenant').notNull(),
+    version: integer('version').notNull(),
+    sha256: text('sha256').notNull(),
+    by: text('by').notNull(),
+    reason: text('reason'),
+    at: ts('at').notNull(),
+    text: text('text').notNull(),
+    /** Policy stream sequence of the version (equal to it). */
+    streamSeq: bigint('stream_seq', { mode: 'number' }).notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.version] })],
+);
+
+/**
  * The audit log: append-only, enforced by the database (a trigger refuses UPDATE and
  * DELETE; see the migration). Key names and actors only, never secret values. Rows about a
  * run carry its id and the event's run-local seq; rows about the fleet (worker admission)
  * have an empty `run_id`, and `seq` and `stream_seq` are then the fleet stream's sequence.
+ * Rows about the tenant's policy (a new version) have an empty `run_id`, `seq` = minus the
+ * version (so they never meet the fleet's, which count up from 1) and `stream_seq` = the
+ * policy stream's sequence.
  */
 export const auditLog = pgTable(
   'audit_log',
@@ -200,4 +233,100 @@ export const deadLetters = pgTable(
     at: ts('at').notNull().default(sql`now()`),
   },
   (t) => [uniqueIndex('dead_letters_position').on(t.tenant, t.stream, t.streamSeq)],
+);
+
+// ---------------------------------------------------------------------------------------
+// The secrets-lease service's own tables (the truth, not projections; never rebuilt).
+
+const bytea = customType<{ data: Uint8Array; driverData: Uint8Array }>({ dataType: () => 'bytea' });
+
+/**
+ * Per-tenant data keys (envelope encryption): a random AES-256 key per tenant and version,
+ * stored only wrapped (AES-256-GCM) by the master key from the service's config.
+ * `master_key_id` is a fingerprint of the wrapping master key, so a wrong master key is told
+ * apart from a damaged row.
+ */
+export const secretDataKeys = pgTable(
+  'secret_data_keys',
+  {
+    tenant: text('tenant').notNull(),
+    version: integer('version').notNull(),
+    /** nonce (12) ‖ ciphertext (32) ‖ tag (16). */
+    wrapped: bytea('wrapped').notNull(),
+    masterKeyId: text('master_key_id').notNull(),
+    createdAt: ts('created_at').notNull().default(sql`now()`),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.version] })],
+);
+
+/**
+ * A tenant's secrets, one row per name holding the current version only (a rotation
+ * overwrites the ciphertext: old values are not kept). A deleted secret keeps its row
+ * (name, version, dates) with the ciphertext erased, so versions go on if it comes back.
+ */
+export const secrets = pgTable(
+  'secrets',
+  {
+    tenant: text('tenant').notNull(),
+    name: text('name').notNull(),
+    version: integer('version').notNull(),
+    /** The tenant data key version the value is encrypted with. */
+    keyVersion: integer('key_version').notNull(),
+    nonce: bytea('nonce'),
+    ciphertext: bytea('ciphertext'),
+    /** `static`, `refreshable`, `exchangeable` or `ambient`. */
+    lifecycle: text('lifecycle').notNull(),
+    /** The connector and its auth strategy (names and URLs only; secrets it needs are named). */
+    connector: jsonb('connector'),
+    refreshWindowMs: integer('refresh_window_ms'),
+    /** When the current value stops working, if known (an access token's expiry). */
+    expiresAt: ts('expires_at'),
+    refreshedAt: ts('refreshed_at'),
+    createdAt: ts('created_at').notNull(),
+    rotatedAt: ts('rotated_at'),
+    deletedAt: ts('deleted_at'),
+    updatedBy: text('updated_by').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.name] })],
+);
+
+/**
+ * Leases: key names an attempt may receive, once, before `expires_at` by the database's own
+ * clock. Never holds a value.
+ */
+export const leases = pgTable(
+  'leases',
+  {
+    id: text('id').primaryKey(),
+    tenant: text('tenant').notNull(),
+    runId: text('run_id').notNull(),
+    step: text('step').notNull(),
+    attempt: integer('attempt').notNull(),
+    keys: text('keys').array().notNull(),
+    issuedAt: ts('issued_at').notNull(),
+    expiresAt: ts('expires_at').notNull(),
+    redeemedAt: ts('redeemed_at'),
+    revokedAt: ts('revoked_at'),
+  },
+  (t) => [index('leases_tenant_run').on(t.tenant, t.runId)],
+);
+
+/**
+ * Runs whose leases are revoked (`revoked`), or were and are open again (a failed run
+ * retried). A run-end row carries the run stream sequence of the event it follows, so a
+ * later event wins whatever order they are handled in; a revocation by request has none
+ * and stands.
+ */
+export const leaseRevocations = pgTable(
+  'lease_revocations',
+  {
+    tenant: text('tenant').notNull(),
+    runId: text('run_id').notNull(),
+    revoked: boolean('revoked').notNull(),
+    /** `requested`, or the run event: `run.completed`, `run.failed`, `run.cancelled`, `run.retried`. */
+    reason: text('reason').notNull(),
+    streamSeq: bigint('stream_seq', { mode: 'number' }),
+    changedAt: ts('changed_at').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.runId] })],
 );

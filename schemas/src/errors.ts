@@ -45,11 +45,39 @@ export const ErrorCode = {
   /** The step's command exited non-zero or was killed. */
   SandboxExit: 'sandbox_exit',
   SecretNotFound: 'secret_not_found',
+  /** A lease id the tenant never issued. */
+  LeaseNotFound: 'lease_not_found',
+  /** A lease redeemed after its expiry, by the lease database's clock. */
+  LeaseExpired: 'lease_expired',
+  /** A lease redeemed a second time: leases are single use. */
+  LeaseUsed: 'lease_used',
+  /** A lease of a run that was revoked (by request, or because the run ended). */
+  LeaseRevoked: 'lease_revoked',
+  /** A lease redeemed for another run, step or attempt than it was issued for. */
+  LeaseScopeMismatch: 'lease_scope_mismatch',
+  /** No lease service answered, or it cannot reach its store. Retryable. */
+  SecretsUnavailable: 'secrets_unavailable',
+  /** A refreshable credential could not be refreshed through its connector. Retryable. */
+  CredentialRefreshFailed: 'credential_refresh_failed',
   EgressDenied: 'egress_denied',
+  /** The tenant's policy refused a step (its mode, a secret, an egress host). */
+  PolicyDenied: 'policy_denied',
+  /** A policy text Cedar refused; the error carries Cedar's diagnostics. Nothing was stored. */
+  PolicyInvalid: 'policy_invalid',
+  /** No policy service answered. Retryable; never read as an allow. */
+  PolicyUnavailable: 'policy_unavailable',
+  PolicyVersionNotFound: 'policy_version_not_found',
+  /** Nobody decided a needs-approval step before its approval expired. */
+  ApprovalExpired: 'approval_expired',
   /** A person denied a step waiting for approval; the run failed. */
   ApprovalDenied: 'approval_denied',
   ApprovalNotWaiting: 'approval_not_waiting',
   RunNotRetryable: 'run_not_retryable',
+  /**
+   * The audit store did not take the intent of an external write, so the write was not done
+   * (audit first). Retryable: the step's next attempt asks again.
+   */
+  AuditUnavailable: 'audit_unavailable',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -12,6 +12,7 @@
  * | work for a pool      | cap.<t>.work.<pool>                 | CAP_WORK_<t>      |
  * | dead letters         | cap.<t>.dlq.<source>                | CAP_DLQ_<t>       |
  * | worker admission     | cap.<t>.fleet.<workerId>            | CAP_FLEET_<t>     |
+ * | policy versions      | cap.<t>.policy.versions             | CAP_POLICY_<t>    |
  * | service requests     | cap.<t>.svc.<service>.<verb>        | (core NATS)       |
  */
 import { ErrorCode, InvalidNameError, showValue } from './errors.js';
@@ -36,6 +37,10 @@ export const CommandVerb = {
   Approve: 'approve',
   Deny: 'deny',
   Retry: 'retry',
+  /** The orchestrator's own: the policy's answer to a step's `policy.requested`. */
+  Policy: 'policy',
+  /** A worker's: the policy's answer to a running step's credential request (mode 3b). */
+  Credential: 'credential',
 } as const;
 export type CommandVerb = (typeof CommandVerb)[keyof typeof CommandVerb];
 
@@ -45,6 +50,27 @@ export const DeadLetterSource = {
   Work: 'work',
 } as const;
 export type DeadLetterSource = (typeof DeadLetterSource)[keyof typeof DeadLetterSource];
+
+/** What the secrets-lease service answers on `cap.<t>.svc.secrets.<verb>`. */
+export const SecretsVerb = {
+  /** Issue a lease for key names (the worker). */
+  Lease: 'lease',
+  /** Redeem a lease for values sealed to the caller's key (the sandbox service only). */
+  Redeem: 'redeem',
+  /** Revoke a run's open leases, and any later ones. */
+  Revoke: 'revoke',
+  /** The key `put`/`rotate` values are sealed to (administration). */
+  Key: 'key',
+  Put: 'put',
+  List: 'list',
+  Rotate: 'rotate',
+  Delete: 'delete',
+} as const;
+export type SecretsVerb = (typeof SecretsVerb)[keyof typeof SecretsVerb];
+
+/** The verbs of the policy service: `cap.<t>.svc.policy.<verb>`. */
+export const PolicyVerb = { Decide: 'decide', Set: 'set', Get: 'get', History: 'history', Test: 'test' } as const;
+export type PolicyVerb = (typeof PolicyVerb)[keyof typeof PolicyVerb];
 
 const PREFIX = 'cap';
 
@@ -75,6 +101,16 @@ export const Subjects = {
   sandboxExec: (t: TenantId) => `${PREFIX}.${t}.svc.sandbox.exec`,
   /** Every tenant's sandbox requests: one sandbox service serves all tenants of its node. */
   anySandboxExec: () => `${PREFIX}.*.svc.sandbox.exec`,
+  /** Requests to the secrets-lease service (core NATS, request/reply). */
+  secrets: (t: TenantId, verb: SecretsVerb) => `${PREFIX}.${t}.svc.secrets.${verb}`,
+  /** Every tenant's secrets requests: one lease service serves all tenants. */
+  anySecrets: () => `${PREFIX}.*.svc.secrets.*`,
+  /** A tenant's policy versions: version N is the Nth message (stored, immutable). */
+  policyVersions: (t: TenantId) => `${PREFIX}.${t}.policy.versions`,
+  /** Requests to the policy service (core NATS, request/reply). */
+  policy: (t: TenantId, verb: PolicyVerb) => `${PREFIX}.${t}.svc.policy.${verb}`,
+  /** Every tenant's policy requests: one policy service serves all tenants. */
+  anyPolicy: () => `${PREFIX}.*.svc.policy.*`,
   /** Wildcard over every tenant's submit subject, used to answer submits for unknown tenants. */
   anySubmit: () => `${PREFIX}.*.cmd.${CommandVerb.Submit}`,
 } as const;
@@ -103,6 +139,8 @@ export const Streams = {
   deadLetters: (t: TenantId) => `${STREAM_PREFIX}DLQ_${t}`,
   /** Worker admission: one subject per worker id, its last message is the worker's state. */
   fleet: (t: TenantId) => `${STREAM_PREFIX}FLEET_${t}`,
+  /** Policy versions: immutable, one message per version. */
+  policy: (t: TenantId) => `${STREAM_PREFIX}POLICY_${t}`,
   /** The prefix of command streams, used to discover tenants. */
   commandsPrefix: `${STREAM_PREFIX}CMDS_`,
 } as const;
@@ -112,6 +150,8 @@ export const Consumers = {
   orchestrator: 'orchestrator',
   /** The projectors' shared durable consumer on a tenant's run stream. */
   projector: 'projector',
+  /** The lease services' shared durable consumer on a tenant's run stream (revokes leases of ended runs). */
+  secretsLease: 'secrets-lease',
   /** The workers' shared durable consumer for one pool. */
   workPool: (pool: string) => `work-${parseToken('pool', pool)}`,
 } as const;
@@ -142,4 +182,6 @@ export const MsgIds = {
   work: (runId: RunId, step: string, attempt: number) => `work:${runId}:${step}:${attempt}`,
   timer: (runId: RunId, timerId: string) => `timer:${runId}:${timerId}`,
   command: (verb: CommandVerb, key: string) => `${verb}:${key}`,
+  /** A policy version: a retried store of the same text as the same version is a duplicate. */
+  policyVersion: (version: number, sha256: string) => `policy:${version}:${sha256}`,
 } as const;

@@ -6,6 +6,8 @@ import { cancelCmd, dlqCmd, eventsCmd, replayCmd, signalCmd, statusCmd, submitCm
 import { auditCmd, runCmd, runsCmd, systemStatusCmd } from './read.js';
 import { migrateCmd, projectionsCmd } from './projections.js';
 import { approvalsCmd, approveCmd, denyCmd, retryCmd, workersCmd } from './operate.js';
+import { policyCmd } from './policy.js';
+import { secretsCmd } from './secrets.js';
 
 const USAGE = `capstan — durable workflows on NATS JetStream
 
@@ -28,6 +30,23 @@ usage:
   capstan workers approve|revoke <workerId> --tenant <t> [--as <user>] [--reason <text>]
                                        admit a worker to pull the tenant's work, or stop it
   capstan dlq --tenant <t> [--limit N] [--json]   dead letters: commands Capstan refused, and why
+  capstan secrets put <NAME> --tenant <t> (--value-file <f> | --from-env <VAR> | < stdin)
+                  [--lifecycle static|refreshable|exchangeable|ambient] [--connector <json>]
+                  [--refresh-window <s>] [--expires-at <iso>] [--as <user>]
+  capstan secrets rotate <NAME> --tenant <t> (--value-file <f> | --from-env <VAR> | < stdin | --refresh)
+  capstan secrets delete <NAME> --tenant <t> [--as <user>]
+  capstan secrets list --tenant <t> [--all] [--json]
+                                       a tenant's secrets (through the secrets-lease service): never a value
+                                       on the command line; list shows names, versions, lifecycles, dates
+  capstan policy set --tenant <t> --file <p.cedar> [--as <user>] [--reason <text>]
+                                       store a new version of the tenant's Cedar policy (in force at once);
+                                       an invalid policy prints Cedar's diagnostics and stores nothing (exit 1)
+  capstan policy get --tenant <t> [--version N]   the policy text in force (or version N)
+  capstan policy history --tenant <t> [--limit N] every version: who, when, why, digest
+  capstan policy test --tenant <t> (--file <queries.json> | --action <a> --workflow <w> --step <s>
+                      [--mode N] [--secret K] [--host h:p] [--target x] [--worker w])
+                      [--policy <p.cedar> | --version N]
+                                       each query's decision (allow, deny, needs-approval), recording nothing
   capstan tenant add <t> | capstan tenant list
 
 queries over the projections (through the query API: --api <url>, $CAPSTAN_API_URL, or \`capstan dev\`'s):
@@ -72,6 +91,8 @@ const commands: Record<string, (argv: string[]) => Promise<number>> = {
   retry: (argv) => retryCmd(argv),
   workers: (argv) => workersCmd(argv),
   dlq: dlqCmd,
+  secrets: (argv) => secretsCmd(argv),
+  policy: (argv) => policyCmd(argv),
   tenant: tenantCmd,
 };
 

@@ -95,9 +95,30 @@ export function fleetStreamConfig(t: TenantId): Partial<StreamConfig> & { name: 
   };
 }
 
+/**
+ * The tenant's policy versions (`cap.<t>.policy.versions`): version N is the Nth message, so
+ * nothing may ever be deleted or purged, and a change is audited by being stored. The policy
+ * service appends with the expected last sequence, so two racing changes cannot both become
+ * version N.
+ */
+export function policyStreamConfig(t: TenantId): Partial<StreamConfig> & { name: string } {
+  return {
+    name: Streams.policy(t),
+    subjects: [Subjects.policyVersions(t)],
+    storage: 'file' as StreamConfig['storage'],
+    retention: 'limits' as StreamConfig['retention'],
+    discard: 'new' as StreamConfig['discard'],
+    max_msg_size: LIMITS.messageBytes,
+    duplicate_window: 120 * SECOND_NS,
+    deny_delete: true,
+    deny_purge: true,
+    allow_direct: true,
+  };
+}
+
 /** Creates the tenant's streams, or brings their settings up to date. Idempotent. */
 export async function ensureTenant(jsm: JetStreamManager, t: TenantId, limits?: TenantLimits): Promise<void> {
-  for (const cfg of [...streamConfigs(t, limits), fleetStreamConfig(t)]) {
+  for (const cfg of [...streamConfigs(t, limits), fleetStreamConfig(t), policyStreamConfig(t)]) {
     try {
       await jsm.streams.info(cfg.name);
       await jsm.streams.update(cfg.name, cfg);

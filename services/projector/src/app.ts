@@ -20,6 +20,7 @@ import {
 } from '@capstan/kit';
 import type { Config } from './config.js';
 import { followAdmissions, followFleet, type AdmissionFollower } from './fleet.js';
+import { followPolicies, type PolicyFollower } from './policies.js';
 import { createTenantProjector, type TenantProjector, type TenantProjectorStats } from './tenant-projector.js';
 
 export interface ProjectorApp {
@@ -45,6 +46,7 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
   const projectors = new Map<TenantId, TenantProjector>();
   const fleets: Subscription[] = [];
   const admissions: AdmissionFollower[] = [];
+  const policyVersions: PolicyFollower[] = [];
 
   async function serve(t: TenantId): Promise<void> {
     if (!nc || !jsm) return;
@@ -52,6 +54,7 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
     projectors.set(t, p);
     fleets.push(followFleet(nc, database.db, t, log));
     admissions.push(followAdmissions(jetstream(nc), jsm, database.db, t, log));
+    policyVersions.push(followPolicies(jetstream(nc), jsm, database.db, t, log));
     await p.start();
   }
 
@@ -88,6 +91,7 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
         follower?.stop();
         for (const f of fleets) f.unsubscribe();
         await Promise.all(admissions.map((a) => a.stop()));
+        await Promise.all(policyVersions.map((p) => p.stop()));
         await Promise.all([...projectors.values()].map((p) => p.stop()));
         await nc?.drain();
         // A database handed in belongs to the caller.

@@ -32,3 +32,5 @@ export type { VerifyReport, VerifiedTenant, Mismatch, BrokenChain, ProjectionTab
 export { readRunStream } from './stream.js';
 export { projectAdmission, applyAdmission, rebuildAdmissions, readFleetCheckpoint, FLEET_AUDIT_RUN_ID } from './fleet.js';
 export type { AdmissionRow, FleetMessage } from './fleet.js';
+export { projectPolicyVersion, applyPolicyVersion, rebuildPolicies, readPolicyCheckpoint, followPolicies, POLICY_AUDIT_KIND, POLICY_AUDIT_RUN_ID } from './policies.js';
+export type { PolicyRow, PolicyMessage, PolicyFollower } from './policies.js';

@@ -8,3 +8,5 @@ export { createWorker } from './app.js';
 export type { WorkerApp } from './app.js';
 export { demoHandlers, loadHandlers, StepError } from './handlers.js';
 export type { StepHandler, StepContext, Handlers } from './handlers.js';
+export { externalWriteKey, bindExternalWrite, auditNotConfigured, EXTERNAL_WRITE_INTENT } from './external-write.js';
+export type { ExternalWrite, ExternalWriteScope } from './external-write.js';

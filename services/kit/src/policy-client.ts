@@ -1,0 +1,119 @@
+/**
+ * The client side of the policy service (`cap.<t>.svc.policy.<verb>`, core NATS
+ * request/reply). Decisions: `askPolicy` (the version in force) and `decideAt` (a recorded
+ * version, for replay). Administration: `setPolicy`, `getPolicy`, `policyHistory`,
+ * `testPolicy`.
+ *
+ * Nobody answering (no policy service, or not within `timeoutMs`) is a
+ * `PolicyUnavailableError` (`policy_unavailable`, retryable): never read it as an allow. An
+ * error the service answers with is rebuilt as a typed error by its code
+ * (`policy_invalid` with Cedar's diagnostics, `policy_version_not_found`, `unknown_tenant`,
+ * `schema_violation`, …).
+ */
+import { NoRespondersError, RequestError, TimeoutError } from '@nats-io/transport-node';
+import {
+  decode,
+  encode,
+  parsePolicyReply,
+  PolicyUnavailableError,
+  PolicyVerb,
+  Subjects,
+  type PolicyDecision,
+  type PolicyQuery,
+  type PolicyReply,
+  type PolicyRequest,
+  type TenantId,
+} from '@capstan/schemas';
+import type { NatsConnection } from './nats.js';
+
+export interface PolicyCallOptions {
+  /** Longest wait for the answer. Default 2 s (decisions) or 10 s (administration). */
+  readonly timeoutMs?: number;
+}
+
+async function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, verb: V, body: PolicyRequest<V>, timeoutMs: number): Promise<PolicyReply<V>> {
+  let data: Uint8Array;
+  try {
+    data = (await nc.request(Subjects.policy(tenant, verb), encode(body), { timeout: timeoutMs })).data;
+  } catch (e) {
+    if (e instanceof NoRespondersError || (e instanceof RequestError && e.isNoResponders())) {
+      throw new PolicyUnavailableError(`no policy service answers for tenant ${tenant}: nothing is allowed until one does`, { cause: e });
+    }
+    if (e instanceof TimeoutError || (e instanceof Error && e.cause instanceof TimeoutError)) {
+      throw new PolicyUnavailableError(`the policy service did not answer within ${timeoutMs} ms`, { cause: e });
+    }
+    throw new PolicyUnavailableError(`policy request failed: ${(e as Error).message}`, { cause: e });
+  }
+  return parsePolicyReply(verb, decode(data));
+}
+
+/**
+ * Asks the tenant's policy about one step's queries, under the version in force, and gets
+ * their combined decision: deny if any query is denied; else needs-approval if any needs a
+ * person (approvers of the first); else allow. A tenant without a policy gets deny, version 0.
+ * @throws PolicyUnavailableError when no policy service answers in time (retry later).
+ * @example
+ * const d = await askPolicy(nc, tenant, [{ action: 'run-step', workflow: 'etl', step: 'load', mode: 2 },
+ *   { action: 'lease-secret', workflow: 'etl', step: 'load', secret: 'DB_PASSWORD' }], { timeoutMs: 2000 });
+ * if (d.decision !== 'allow') ...
+ */
+export function askPolicy(nc: NatsConnection, tenant: TenantId, queries: readonly PolicyQuery[], o: PolicyCallOptions = {}): Promise<PolicyDecision> {
+  return call(nc, tenant, PolicyVerb.Decide, { queries: queries as unknown as Record<string, unknown>[] }, o.timeoutMs ?? 2000);
+}
+
+/**
+ * Like {@link askPolicy}, under a given version (one recorded on a run), so a replay can check
+ * whether that version still decides the same. Version 0 is the default deny.
+ * @throws PolicyVersionNotFoundError for a version the tenant does not have;
+ *   PolicyUnavailableError when no policy service answers in time.
+ */
+export function decideAt(nc: NatsConnection, tenant: TenantId, version: number, queries: readonly PolicyQuery[], o: PolicyCallOptions = {}): Promise<PolicyDecision> {
+  return call(nc, tenant, PolicyVerb.Decide, { queries: queries as unknown as Record<string, unknown>[], version }, o.timeoutMs ?? 2000);
+}
+
+export interface SetPolicyInput {
+  /** Cedar policy text, validated against Capstan's schema before anything is stored. */
+  readonly text: string;
+  /** Who sets it (recorded on the version and in the audit log). */
+  readonly by: string;
+  readonly reason?: string;
+}
+
+/**
+ * Stores a new version of the tenant's policy (it is in force from the reply on). The same
+ * text as the version in force records nothing (`unchanged: true`).
+ * @throws PolicyInvalidError with Cedar's diagnostics when the text does not parse or
+ *   validate: nothing was stored.
+ */
+export function setPolicy(nc: NatsConnection, tenant: TenantId, input: SetPolicyInput, o: PolicyCallOptions = {}): Promise<PolicyReply<'set'>> {
+  const body = { text: input.text, by: input.by, ...(input.reason !== undefined ? { reason: input.reason } : {}) };
+  return call(nc, tenant, PolicyVerb.Set, body, o.timeoutMs ?? 10_000);
+}
+
+/** The version in force (or `version`), with its text; `{ version: 0 }` when none is set. */
+export function getPolicy(nc: NatsConnection, tenant: TenantId, version?: number, o: PolicyCallOptions = {}): Promise<PolicyReply<'get'>> {
+  return call(nc, tenant, PolicyVerb.Get, version === undefined ? {} : { version }, o.timeoutMs ?? 10_000);
+}
+
+/** Every version (newest last, at most `limit`, default 1000), without texts. */
+export function policyHistory(nc: NatsConnection, tenant: TenantId, limit?: number, o: PolicyCallOptions = {}): Promise<PolicyReply<'history'>> {
+  return call(nc, tenant, PolicyVerb.History, limit === undefined ? {} : { limit }, o.timeoutMs ?? 10_000);
+}
+
+export interface TestPolicyInput {
+  readonly queries: readonly (PolicyQuery | Readonly<Record<string, unknown>>)[];
+  /** Decide under this stored version instead of the one in force. */
+  readonly version?: number;
+  /** Decide under this candidate text (validated, never stored). */
+  readonly text?: string;
+}
+
+/** Each query's decision and the combined one, recording nothing. */
+export function testPolicy(nc: NatsConnection, tenant: TenantId, input: TestPolicyInput, o: PolicyCallOptions = {}): Promise<PolicyReply<'test'>> {
+  const body = {
+    queries: input.queries as unknown as Record<string, unknown>[],
+    ...(input.version !== undefined ? { version: input.version } : {}),
+    ...(input.text !== undefined ? { text: input.text } : {}),
+  };
+  return call(nc, tenant, PolicyVerb.Test, body, o.timeoutMs ?? 10_000);
+}

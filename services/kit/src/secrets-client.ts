@@ -1,0 +1,187 @@
+/**
+ * The client of the secrets-lease service (`cap.<t>.svc.secrets.<verb>`, core NATS
+ * request/reply, MessagePack).
+ *
+ * - The worker issues a lease for an attempt's key **names** (`issueLease`) and passes the
+ *   lease id on; it never sees a value.
+ * - The sandbox service redeems it once (`redeemLease`, or `redeemValues` which also makes a
+ *   one-time key pair and opens the box) for values sealed to its own key.
+ * - Anyone may revoke a run (`revokeRun`); the service also does when the run ends.
+ * - The CLI administers secrets (`putSecret`, `rotateSecret`, `deleteSecret`,
+ *   `listSecrets`). A value is sealed here, to the service's key for the tenant, before it
+ *   goes on the wire; replies never hold one.
+ *
+ * Every refusal comes back as its typed error (`secret_not_found`, `lease_expired`,
+ * `lease_used`, `lease_revoked`, `lease_scope_mismatch`, …); no service answering is
+ * `secrets_unavailable` (retryable).
+ */
+import { NoRespondersError, RequestError, TimeoutError } from '@nats-io/transport-node';
+import {
+  decode,
+  encode,
+  Headers,
+  isPlainObject,
+  leaseAad,
+  parseKeyReply,
+  parseLeaseGrant,
+  parseListReply,
+  parseRedeemReply,
+  parseRevokeReply,
+  parseSecretReply,
+  putAad,
+  secretsErrorFromWire,
+  SecretsUnavailableError,
+  SecretsVerb,
+  Subjects,
+  InvalidArgumentError,
+  type Connector,
+  type LeaseGrant,
+  type LeaseRequest,
+  type Lifecycle,
+  type RedeemReply,
+  type RedeemRequest,
+  type RunId,
+  type SealedBox,
+  type SecretInfo,
+  type TenantId,
+} from '@capstan/schemas';
+import type { NatsConnection } from './nats.js';
+import { generateRecipient, seal, type Recipient } from './sealed-box.js';
+
+export interface SecretsCallOptions {
+  /** How long to wait for the service's answer (default 5 s). */
+  readonly timeoutMs?: number;
+}
+
+async function call<T>(nc: NatsConnection, t: TenantId, verb: SecretsVerb, body: object, parse: (v: unknown) => T, o: SecretsCallOptions = {}, ctx: { leaseId?: string } = {}): Promise<T> {
+  const timeout = o.timeoutMs ?? 5000;
+  let msg;
+  try {
+    msg = await nc.request(Subjects.secrets(t, verb), encode(body), { timeout });
+  } catch (e) {
+    if (e instanceof NoRespondersError || (e instanceof RequestError && e.isNoResponders())) {
+      throw new SecretsUnavailableError(`no secrets-lease service is running for tenant ${t}`, { cause: e });
+    }
+    if (e instanceof TimeoutError || (e instanceof RequestError && e.cause instanceof TimeoutError)) {
+      throw new SecretsUnavailableError(`the secrets-lease service did not answer ${verb} within ${timeout} ms`, { cause: e });
+    }
+    throw new SecretsUnavailableError(`secrets ${verb} request failed: ${(e as Error).message}`, { cause: e });
+  }
+  const code = msg.headers?.get(Headers.ErrorCode);
+  if (code) throw secretsErrorFromWire(code, msg.headers?.get(Headers.Error) ?? code, { tenant: t, ...ctx });
+  return parse(decode(msg.data));
+}
+
+// ---------------------------------------------------------------------------------------
+// Leases.
+
+/**
+ * Issues a lease for `scope.keys` (names) of one attempt. Refreshable secrets among them are
+ * refreshed first, when due.
+ * @throws SecretNotFoundError naming every unknown key; LeaseDeniedError (`lease_revoked`) when the run is revoked or ended; SecretsUnavailableError
+ */
+export function issueLease(nc: NatsConnection, t: TenantId, scope: LeaseRequest, o?: SecretsCallOptions): Promise<LeaseGrant> {
+  return call(nc, t, SecretsVerb.Lease, scope, parseLeaseGrant, o);
+}
+
+/**
+ * Redeems a lease once, for its values sealed to `req.recipientKey` with {@link leaseAad}.
+ * For the sandbox service only (NATS permissions keep anyone else off the subject).
+ * @throws LeaseDeniedError (`lease_used`, `lease_expired`, `lease_revoked`, `lease_scope_mismatch`, `lease_not_found`); SecretNotFoundError; SecretsUnavailableError
+ */
+export function redeemLease(nc: NatsConnection, t: TenantId, req: RedeemRequest, o?: SecretsCallOptions): Promise<RedeemReply> {
+  return call(nc, t, SecretsVerb.Redeem, req, parseRedeemReply, o, { leaseId: req.leaseId });
+}
+
+export interface LeaseScopeRef {
+  readonly leaseId: string;
+  readonly runId: RunId;
+  readonly step: string;
+  readonly attempt: number;
+}
+
+/**
+ * Opens the values of a redemption: `{ KEY: value }`.
+ * @throws InvalidArgumentError when the box was not sealed to `recipient` for exactly this scope
+ */
+export function openLeaseValues(recipient: Recipient, t: TenantId, scope: LeaseScopeRef, sealed: SealedBox): Record<string, string> {
+  const plain = recipient.open(sealed, leaseAad(t, scope));
+  let doc: unknown;
+  try {
+    doc = decode(plain);
+  } finally {
+    plain.fill(0);
+  }
+  if (!isPlainObject(doc) || !Object.values(doc).every((v) => typeof v === 'string')) throw new InvalidArgumentError('the sealed lease values are not a map of names to strings');
+  return doc as Record<string, string>;
+}
+
+/**
+ * Redeems a lease with a one-time key pair and opens the values: what the sandbox service
+ * does for each attempt. The private key never leaves this call.
+ */
+export async function redeemValues(nc: NatsConnection, t: TenantId, scope: LeaseScopeRef, o?: SecretsCallOptions): Promise<Record<string, string>> {
+  const recipient = generateRecipient();
+  const { sealed } = await redeemLease(nc, t, { ...scope, recipientKey: recipient.publicKey }, o);
+  return openLeaseValues(recipient, t, scope, sealed);
+}
+
+/** Revokes every open lease of a run, and any it would be issued later. Returns how many were open. */
+export async function revokeRun(nc: NatsConnection, t: TenantId, runId: RunId, o: SecretsCallOptions & { by?: string; reason?: string } = {}): Promise<number> {
+  const body = { runId, ...(o.by ? { by: o.by } : {}), ...(o.reason ? { reason: o.reason } : {}) };
+  return (await call(nc, t, SecretsVerb.Revoke, body, parseRevokeReply, o)).revoked;
+}
+
+// ---------------------------------------------------------------------------------------
+// Administration.
+
+export interface PutSecretOptions extends SecretsCallOptions {
+  /** Who is storing it (recorded in the audit log). */
+  readonly by: string;
+  readonly lifecycle?: Lifecycle;
+  readonly connector?: Connector;
+  readonly refreshWindowMs?: number;
+  /** When the value stops working, if known. */
+  readonly expiresAt?: Date;
+}
+
+/** The value sealed to the service's key for this tenant and name: it never crosses NATS in clear. */
+async function sealForService(nc: NatsConnection, t: TenantId, name: string, value: string, o?: SecretsCallOptions): Promise<SealedBox> {
+  const { publicKey } = await call(nc, t, SecretsVerb.Key, {}, parseKeyReply, o);
+  return seal(publicKey, new TextEncoder().encode(value), putAad(t, name));
+}
+
+/** Stores a secret (a new version when the name exists). Resolves with its description, never its value. */
+export async function putSecret(nc: NatsConnection, t: TenantId, name: string, value: string, o: PutSecretOptions): Promise<SecretInfo> {
+  const sealed = await sealForService(nc, t, name, value, o);
+  const body = {
+    name,
+    sealed,
+    by: o.by,
+    ...(o.lifecycle ? { lifecycle: o.lifecycle } : {}),
+    ...(o.connector ? { connector: o.connector } : {}),
+    ...(o.refreshWindowMs !== undefined ? { refreshWindowMs: o.refreshWindowMs } : {}),
+    ...(o.expiresAt ? { expiresAt: o.expiresAt.toISOString() } : {}),
+  };
+  return (await call(nc, t, SecretsVerb.Put, body, parseSecretReply, o)).secret;
+}
+
+/**
+ * Replaces an existing secret's value (a new version). Without a value, a refreshable
+ * secret is refreshed through its connector now.
+ */
+export async function rotateSecret(nc: NatsConnection, t: TenantId, name: string, value: string | undefined, o: SecretsCallOptions & { by: string; expiresAt?: Date }): Promise<SecretInfo> {
+  const sealed = value === undefined ? undefined : await sealForService(nc, t, name, value, o);
+  const body = { name, by: o.by, ...(sealed ? { sealed } : {}), ...(o.expiresAt ? { expiresAt: o.expiresAt.toISOString() } : {}) };
+  return (await call(nc, t, SecretsVerb.Rotate, body, parseSecretReply, o)).secret;
+}
+
+/** Deletes a secret: its ciphertext is erased; name, version and dates stay listed as deleted. */
+export async function deleteSecret(nc: NatsConnection, t: TenantId, name: string, o: SecretsCallOptions & { by: string }): Promise<SecretInfo> {
+  return (await call(nc, t, SecretsVerb.Delete, { name, by: o.by }, parseSecretReply, o)).secret;
+}
+
+/** Names, versions, lifecycles and dates of a tenant's secrets; never values. */
+export async function listSecrets(nc: NatsConnection, t: TenantId, o: SecretsCallOptions & { includeDeleted?: boolean } = {}): Promise<SecretInfo[]> {
+  return (await call(nc, t, SecretsVerb.List, o.includeDeleted ? { includeDeleted: true } : {}, parseListReply, o)).secrets;
+}

@@ -1,0 +1,204 @@
+/**
+ * The tenant's policy versions: its policy stream (CAP_POLICY_<t>, version N = the Nth
+ * message) folded into `policies` (one row per version, never changed) and one audit row per
+ * change (`policy.changed`: who, why, the version and its digest; an empty `run_id`, `seq` =
+ * minus the version), exactly once: each record is applied in a transaction with the policy
+ * stream's checkpoint, under its own advisory lock. Postgres away means the same record is
+ * tried again with backoff; a record that does not decode, or disagrees with its place in
+ * the stream, becomes a dead_letters row (the policy service denies under it, too).
+ */
+import { createHash } from 'node:crypto';
+import { and, eq, sql } from 'drizzle-orm';
+import { DeliverPolicy, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import { db as schema, decode, ErrorCode, parsePolicyVersionRecord, SchemaError, Streams, Subjects, toErrorRecord, type TenantId } from '@capstan/schemas';
+import { dbErrorMessage, type Logger, type ProjectionDb } from '@capstan/kit';
+import { pgText, type AuditRow } from './projection.js';
+import type { DeadLetterRow } from './apply.js';
+
+export type PolicyRow = typeof schema.policies.$inferSelect;
+
+/** The audit row kind of a new policy version. */
+export const POLICY_AUDIT_KIND = 'policy.changed';
+/** Rows about the policy are about no run. */
+export const POLICY_AUDIT_RUN_ID = '';
+
+/** A policy stream message as the projector receives it. */
+export interface PolicyMessage {
+  readonly seq: number;
+  readonly subject: string;
+  readonly data: Uint8Array;
+  readonly time: Date;
+}
+
+/** What one stored version does to the projections (pure): its row and an audit row, or a dead letter. */
+export function projectPolicyVersion(t: TenantId, m: PolicyMessage): { policy: PolicyRow; audit: AuditRow } | { deadLetter: DeadLetterRow } {
+  try {
+    const r = parsePolicyVersionRecord(decode(m.data));
+    if (m.subject !== Subjects.policyVersions(t)) throw new SchemaError('policy version', '', `is stored on ${m.subject}`);
+    if (r.version !== m.seq) throw new SchemaError('policy version', 'version', `is ${r.version}, but the record is message ${m.seq}`);
+    if (createHash('sha256').update(r.text, 'utf8').digest('hex') !== r.sha256) throw new SchemaError('policy version', 'sha256', 'does not match the text');
+    const at = new Date(r.at);
+    const when = Number.isNaN(at.getTime()) ? m.time : at;
+    const by = pgText(r.by);
+    const reason = r.reason === undefined ? null : pgText(r.reason);
+    return {
+      policy: { tenant: t, version: r.version, sha256: r.sha256, by, reason, at: when, text: pgText(r.text), streamSeq: m.seq },
+      audit: {
+        tenant: t,
+        runId: POLICY_AUDIT_RUN_ID,
+        seq: -r.version,
+        kind: POLICY_AUDIT_KIND,
+        actor: by,
+        detail: { version: r.version, sha256: r.sha256, reason, bytes: Buffer.byteLength(r.text, 'utf8') },
+        at: when,
+        streamSeq: m.seq,
+      },
+    };
+  } catch (e) {
+    const error = toErrorRecord(e, ErrorCode.DecodeFailed);
+    return { deadLetter: { tenant: t, stream: Streams.policy(t), streamSeq: m.seq, subject: m.subject, code: pgText(error.code), message: pgText(error.message.slice(0, 1000)) } };
+  }
+}
+
+async function lockPolicies(tx: ProjectionDb, t: TenantId): Promise<void> {
+  await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`capstan.projector.policy:${t}`}, 0))`);
+}
+
+export async function readPolicyCheckpoint(tx: ProjectionDb, t: TenantId): Promise<number> {
+  const c = schema.checkpoints;
+  const rows = await tx
+    .select({ seq: c.lastStreamSeq })
+    .from(c)
+    .where(and(eq(c.tenant, t), eq(c.stream, Streams.policy(t))));
+  return rows[0]?.seq ?? 0;
+}
+
+async function writePolicyCheckpoint(tx: ProjectionDb, t: TenantId, seq: number): Promise<void> {
+  const c = schema.checkpoints;
+  await tx
+    .insert(c)
+    .values({ tenant: t, stream: Streams.policy(t), lastStreamSeq: seq })
+    .onConflictDoUpdate({ target: [c.tenant, c.stream], set: { lastStreamSeq: seq, updatedAt: sql`now()` } });
+}
+
+/** Writes one version's rows; both tables only ever gain rows, so a re-applied version adds nothing. */
+async function writePolicyVersion(tx: ProjectionDb, t: TenantId, m: PolicyMessage): Promise<void> {
+  const p = projectPolicyVersion(t, m);
+  if ('deadLetter' in p) {
+    await tx.insert(schema.deadLetters).values(p.deadLetter).onConflictDoNothing();
+    return;
+  }
+  await tx.insert(schema.policies).values(p.policy).onConflictDoNothing();
+  await tx.insert(schema.auditLog).values(p.audit).onConflictDoNothing();
+}
+
+/** Applies one stored version exactly once (skipped at or below the checkpoint). */
+export async function applyPolicyVersion(db: ProjectionDb, t: TenantId, m: PolicyMessage): Promise<boolean> {
+  return db.transaction(async (tx) => {
+    await lockPolicies(tx, t);
+    if (m.seq <= (await readPolicyCheckpoint(tx, t))) return false;
+    await writePolicyVersion(tx, t, m);
+    await writePolicyCheckpoint(tx, t, m.seq);
+    return true;
+  });
+}
+
+/**
+ * Re-reads a tenant's policy stream into `policies` in the caller's transaction. Rows are
+ * immutable and found by their key, so nothing is deleted: missing rows are added.
+ */
+export async function rebuildPolicies(tx: ProjectionDb, jsm: JetStreamManager, t: TenantId): Promise<number> {
+  await lockPolicies(tx, t);
+  let applied = 0;
+  let last = 0;
+  for (let from = 1; ; ) {
+    const page: PolicyMessage[] = [];
+    try {
+      for await (const m of await jsm.direct.getBatch(Streams.policy(t), { seq: from, next_by_subj: Subjects.policyVersions(t), batch: 500 })) {
+        page.push({ seq: m.seq, subject: m.subject, data: m.data, time: m.time });
+      }
+    } catch {
+      // No stream, or nothing at or after `from`: the end.
+    }
+    for (const m of page) {
+      await writePolicyVersion(tx, t, m);
+      last = m.seq;
+      applied++;
+    }
+    if (page.length < 500) break;
+    from = last + 1;
+  }
+  if (last > 0) await writePolicyCheckpoint(tx, t, last);
+  return applied;
+}
+
+export interface PolicyFollower {
+  stop(): Promise<void>;
+}
+
+const BACKOFF_MIN_MS = 250;
+const BACKOFF_MAX_MS = 5000;
+
+/**
+ * Follows a tenant's policy stream from just after its checkpoint with an ordered consumer,
+ * applying each version in order; a version that cannot be applied (Postgres away) is tried
+ * again with backoff before the next. A tenant without a policy stream is looked at again
+ * every few seconds (it appears when the tenant is provisioned again).
+ */
+export function followPolicies(js: JetStreamClient, jsm: JetStreamManager, db: ProjectionDb, t: TenantId, log: Logger): PolicyFollower {
+  let stopped = false;
+  let messages: ConsumerMessages | undefined;
+  let sleeping: (() => void) | undefined;
+  const sleep = (ms: number) =>
+    new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      sleeping = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+
+  async function follow(): Promise<void> {
+    const from = (await readPolicyCheckpoint(db, t)) + 1;
+    await jsm.streams.info(Streams.policy(t));
+    const consumer = await js.consumers.get(Streams.policy(t), {
+      filter_subjects: [Subjects.policyVersions(t)],
+      ...(from > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from } : { deliver_policy: DeliverPolicy.All }),
+    });
+    messages = await consumer.consume();
+    for await (const m of messages) {
+      const msg: PolicyMessage = { seq: m.seq, subject: m.subject, data: m.data, time: new Date(Math.floor(m.info.timestampNanos / 1e6)) };
+      for (let backoff = BACKOFF_MIN_MS; !stopped; backoff = Math.min(backoff * 2, BACKOFF_MAX_MS)) {
+        try {
+          await applyPolicyVersion(db, t, msg);
+          break;
+        } catch (e) {
+          log.warn({ tenant: t, err: dbErrorMessage(e), seq: msg.seq, retryInMs: backoff }, 'applying a policy version failed; retrying');
+          await sleep(backoff);
+        }
+      }
+      if (stopped) break;
+    }
+  }
+
+  const loop = (async () => {
+    for (let backoff = BACKOFF_MIN_MS; !stopped; backoff = Math.min(backoff * 2, BACKOFF_MAX_MS)) {
+      try {
+        await follow();
+      } catch (e) {
+        if (stopped) break;
+        log.debug({ tenant: t, err: (e as Error).message, retryInMs: backoff }, 'following policy versions failed; retrying');
+      }
+      if (!stopped) await sleep(backoff);
+    }
+  })();
+
+  return {
+    async stop() {
+      stopped = true;
+      sleeping?.();
+      await messages?.close();
+      await loop;
+    },
+  };
+}

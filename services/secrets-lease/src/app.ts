@@ -1,0 +1,347 @@
+/**
+ * Composition root of the secrets-lease service: answers `cap.<t>.svc.secrets.<verb>` for
+ * every tenant (queue group `secrets-lease`, so instances share the load), and watches each
+ * tenant's run stream to revoke the leases of runs that end.
+ *
+ * Replies are MessagePack bodies; a refusal is an empty body with the `Capstan-Error-Code`
+ * and `Capstan-Error` headers. No reply, header or log line holds a secret value: values
+ * only ever leave sealed to a sandbox's key (`redeem`).
+ */
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { headers as natsHeaders, type Msg, type Subscription } from '@nats-io/transport-node';
+import {
+  CapstanError,
+  decode,
+  encode,
+  ErrorCode,
+  Headers,
+  InvalidArgumentError,
+  leaseAad,
+  Lifecycle,
+  MAX_SECRET_BYTES,
+  parseDeleteRequest,
+  parseKeyRequest,
+  parseLeaseRequest,
+  parseListRequest,
+  parsePutRequest,
+  parseRedeemRequest,
+  parseRevokeRequest,
+  parseRotateRequest,
+  parseTenantId,
+  putAad,
+  REFRESHABLE_AUTH,
+  SecretNotFoundError,
+  SecretsUnavailableError,
+  SecretsVerb,
+  Subjects,
+  tenantTokenOf,
+  type LeaseGrant,
+  type PutRequest,
+  type SealedBox,
+  type TenantId,
+} from '@capstan/schemas';
+import {
+  connectNats,
+  dbErrorMessage,
+  followTenants,
+  migrate,
+  openDatabase,
+  parseRecipientKey,
+  refreshers as builtinRefreshers,
+  seal,
+  type Database,
+  type Logger,
+  type NatsConnection,
+  type Refreshers,
+  type TenantFollower,
+} from '@capstan/kit';
+import type { Config } from './config.js';
+import { createKeyring, type Keyring } from './envelope.js';
+import { createLeaseLedger, type LeaseLedger } from './leases.js';
+import { createSecretRefresher } from './refresh.js';
+import { watchRunEnds, type RunEndWatch } from './run-ends.js';
+import { checkValue, postgresSecretStore, secretInfo, type SecretStore } from './store.js';
+
+export interface SecretsLeaseOptions {
+  /** An open database (the dev stack's embedded one); otherwise `DATABASE_URL` is opened. */
+  readonly database?: Database;
+  /** Another secrets backend; the built-in Postgres store by default. */
+  readonly store?: SecretStore;
+  /** Credential refreshers by auth strategy; the kit's built-in ones by default. */
+  readonly refreshers?: Refreshers;
+}
+
+export interface SecretsLeaseStats {
+  issued: number;
+  redeemed: number;
+  denied: number;
+  revoked: number;
+  errors: number;
+}
+
+export interface SecretsLeaseService {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  readonly ledger: LeaseLedger;
+  readonly store: SecretStore;
+  stats(): Readonly<SecretsLeaseStats>;
+  /** Tenants whose run streams are watched for ended runs. */
+  watched(): readonly TenantId[];
+}
+
+const QUEUE = 'secrets-lease';
+const VERBS = Object.values(SecretsVerb);
+const BACKOFF_MIN_MS = 250;
+const BACKOFF_MAX_MS = 5000;
+const DENIALS: ReadonlySet<string> = new Set([ErrorCode.LeaseNotFound, ErrorCode.LeaseExpired, ErrorCode.LeaseUsed, ErrorCode.LeaseRevoked, ErrorCode.LeaseScopeMismatch, ErrorCode.SecretNotFound]);
+
+export async function createSecretsLease(config: Config, log: Logger, opts: SecretsLeaseOptions = {}): Promise<SecretsLeaseService> {
+  const ownDatabase = !opts.database;
+  const database = opts.database ?? (await openDatabase({ url: config.databaseUrl, log, poolSize: config.poolSize }));
+  const keyring: Keyring = createKeyring(config.masterKey);
+  const store = opts.store ?? postgresSecretStore(database, keyring, { refreshWindowMs: config.refreshWindowMs });
+  const ledger = createLeaseLedger(database);
+  const refresher = createSecretRefresher(store, opts.refreshers ?? builtinRefreshers, log, MAX_SECRET_BYTES);
+  const stats: SecretsLeaseStats = { issued: 0, redeemed: 0, denied: 0, revoked: 0, errors: 0 };
+  let nc: NatsConnection | undefined;
+  let follower: TenantFollower | undefined;
+  let stopping = false;
+  const subs: Subscription[] = [];
+  const watches = new Map<TenantId, RunEndWatch>();
+  const inflight = new Set<Promise<void>>();
+
+  /** Opens a value the CLI sealed to this tenant's key for this name. */
+  function openValue(t: TenantId, name: string, sealed: SealedBox): Uint8Array {
+    return keyring.putRecipient(t).open(sealed, putAad(t, name));
+  }
+
+  function expiry(raw: string | undefined): Date | undefined {
+    if (raw === undefined) return undefined;
+    const d = new Date(raw);
+    if (Number.isNaN(d.getTime())) throw new InvalidArgumentError('expiresAt must be an ISO 8601 time');
+    return d;
+  }
+
+  /** Lifecycle, connector and window must fit together; checked before anything is stored. */
+  function checkCredential(req: PutRequest): void {
+    const lifecycle = req.lifecycle ?? Lifecycle.Static;
+    if (lifecycle === Lifecycle.Refreshable) {
+      if (!req.connector || !REFRESHABLE_AUTH.has(req.connector.auth.type)) {
+        throw new InvalidArgumentError(`secret ${req.name}: a refreshable credential needs a connector whose auth is ${[...REFRESHABLE_AUTH].join(' or ')}`);
+      }
+    } else if (req.refreshWindowMs !== undefined) {
+      throw new InvalidArgumentError(`secret ${req.name}: refreshWindowMs applies only to a refreshable credential`);
+    }
+  }
+
+  const handlers: Record<SecretsVerb, (t: TenantId, body: unknown) => Promise<object>> = {
+    async [SecretsVerb.Lease](t, body) {
+      const req = parseLeaseRequest(body);
+      const scope = { runId: req.runId, step: req.step, attempt: req.attempt };
+      const metas = await store.describe(t, req.keys);
+      const missing = req.keys.filter((k) => !metas.has(k));
+      if (missing.length > 0) {
+        await ledger.deny(t, req.runId, '', ErrorCode.SecretNotFound, { keys: missing, step: req.step, attempt: req.attempt });
+        throw new SecretNotFoundError(t, missing);
+      }
+      const unserved = [...metas.values()].filter((m) => m.lifecycle === Lifecycle.Exchangeable || m.lifecycle === Lifecycle.Ambient);
+      if (unserved.length > 0) {
+        await ledger.deny(t, req.runId, '', ErrorCode.InvalidArgument, { keys: unserved.map((m) => m.name), step: req.step, attempt: req.attempt });
+        throw new InvalidArgumentError(`${unserved.map((m) => `${m.name} (${m.lifecycle})`).join(', ')}: exchangeable and ambient credentials are not leased by this service yet`);
+      }
+      await refresher.refreshDue(t, metas.values());
+      const ttlMs = Math.min(req.ttlMs ?? config.defaultTtlMs, config.maxTtlMs);
+      const lease = await ledger.issue(t, scope, req.keys, ttlMs);
+      stats.issued++;
+      log.debug({ tenant: t, runId: req.runId, step: req.step, attempt: req.attempt, leaseId: lease.leaseId, keys: req.keys }, 'lease issued');
+      const grant: LeaseGrant = { leaseId: lease.leaseId, keys: [...lease.keys], expiresAt: lease.expiresAt.toISOString() };
+      return grant;
+    },
+
+    async [SecretsVerb.Redeem](t, body) {
+      const req = parseRedeemRequest(body);
+      // Checked before the lease is claimed: a key no box can be sealed to must not burn it.
+      parseRecipientKey(req.recipientKey);
+      const scope = { runId: req.runId, step: req.step, attempt: req.attempt };
+      const { keys, values } = await ledger.redeem(t, req.leaseId, scope, (names, within) => store.read(t, names, within));
+      const plain = encode(values);
+      try {
+        const sealed = seal(req.recipientKey, plain, leaseAad(t, { ...scope, leaseId: req.leaseId }));
+        stats.redeemed++;
+        log.debug({ tenant: t, runId: req.runId, step: req.step, attempt: req.attempt, leaseId: req.leaseId, keys }, 'lease redeemed');
+        return { sealed };
+      } finally {
+        plain.fill(0);
+      }
+    },
+
+    async [SecretsVerb.Revoke](t, body) {
+      const req = parseRevokeRequest(body);
+      const revoked = await ledger.revoke(t, req.runId, { kind: 'requested', by: req.by ?? 'unknown', ...(req.reason ? { reason: req.reason } : {}) });
+      stats.revoked += revoked;
+      log.info({ tenant: t, runId: req.runId, leases: revoked, by: req.by }, 'run revoked');
+      return { revoked };
+    },
+
+    [SecretsVerb.Key](t, body) {
+      parseKeyRequest(body);
+      return Promise.resolve({ publicKey: keyring.putRecipient(t).publicKey });
+    },
+
+    async [SecretsVerb.Put](t, body) {
+      const req = parsePutRequest(body);
+      checkCredential(req);
+      const raw = openValue(t, req.name, req.sealed);
+      try {
+        checkValue(req.name, raw, MAX_SECRET_BYTES);
+        const expiresAt = expiry(req.expiresAt);
+        const meta = await store.put(t, req.name, raw, {
+          by: req.by,
+          lifecycle: req.lifecycle ?? Lifecycle.Static,
+          ...(req.connector ? { connector: req.connector } : {}),
+          ...(req.refreshWindowMs !== undefined ? { refreshWindowMs: req.refreshWindowMs } : {}),
+          ...(expiresAt ? { expiresAt } : {}),
+        });
+        log.info({ tenant: t, secret: req.name, version: meta.version, lifecycle: meta.lifecycle, by: req.by }, 'secret stored');
+        return { secret: secretInfo(meta) };
+      } finally {
+        raw.fill(0);
+      }
+    },
+
+    async [SecretsVerb.Rotate](t, body) {
+      const req = parseRotateRequest(body);
+      if (req.sealed) {
+        const raw = openValue(t, req.name, req.sealed);
+        try {
+          checkValue(req.name, raw, MAX_SECRET_BYTES);
+          const expiresAt = expiry(req.expiresAt);
+          const meta = await store.rotate(t, req.name, raw, { by: req.by, ...(expiresAt ? { expiresAt } : {}) });
+          if (!meta) throw new SecretsUnavailableError(`secret ${req.name} changed while it was rotated; try again`);
+          log.info({ tenant: t, secret: req.name, version: meta.version, by: req.by }, 'secret rotated');
+          return { secret: secretInfo(meta) };
+        } finally {
+          raw.fill(0);
+        }
+      }
+      const meta = (await store.describe(t, [req.name])).get(req.name);
+      if (!meta) throw new SecretNotFoundError(t, [req.name]);
+      if (meta.lifecycle !== Lifecycle.Refreshable) throw new InvalidArgumentError(`secret ${req.name} is ${meta.lifecycle}: rotating it needs a new value (only a refreshable secret refreshes itself)`);
+      return { secret: secretInfo(await refresher.refreshNow(t, meta, req.by)) };
+    },
+
+    async [SecretsVerb.Delete](t, body) {
+      const req = parseDeleteRequest(body);
+      const meta = await store.delete(t, req.name, req.by);
+      log.info({ tenant: t, secret: req.name, version: meta.version, by: req.by }, 'secret deleted');
+      return { secret: secretInfo(meta) };
+    },
+
+    async [SecretsVerb.List](t, body) {
+      const req = parseListRequest(body);
+      return { secrets: (await store.list(t, req.includeDeleted === true)).map(secretInfo) };
+    },
+  };
+
+  function reply(msg: Msg, body: object): void {
+    msg.respond(encode(body));
+  }
+
+  function refuse(msg: Msg, e: unknown, verb: string, t: string): void {
+    let code: string;
+    let message: string;
+    if (CapstanError.is(e)) {
+      code = e.code;
+      message = e.message;
+      if (DENIALS.has(code)) stats.denied++;
+      log.debug({ tenant: t, verb, code }, 'secrets request refused');
+    } else {
+      // The database's own message says why (connection refused, …); it never holds a value:
+      // values never reach the database in clear.
+      code = ErrorCode.SecretsUnavailable;
+      message = `the lease service could not complete ${verb}: ${dbErrorMessage(e).split('\n')[0]?.slice(0, 300) ?? ''}`;
+      stats.errors++;
+      log.warn({ tenant: t, verb, reason: message }, 'secrets request failed');
+    }
+    const h = natsHeaders();
+    h.set(Headers.ErrorCode, code);
+    // Header values are one line.
+    h.set(Headers.Error, message.replace(/[\r\n]+/g, ' ').slice(0, 1000));
+    msg.respond(new Uint8Array(0), { headers: h });
+  }
+
+  async function serve(msg: Msg): Promise<void> {
+    if (!msg.reply) return;
+    const verb = msg.subject.split('.')[4] ?? '';
+    const token = tenantTokenOf(msg.subject) ?? '';
+    try {
+      const t = parseTenantId(token);
+      const handler = (VERBS as string[]).includes(verb) ? handlers[verb as SecretsVerb] : undefined;
+      if (!handler) throw new InvalidArgumentError(`unknown secrets verb ${JSON.stringify(verb.slice(0, 32))}`);
+      reply(msg, await handler(t, decode(msg.data)));
+    } catch (e) {
+      refuse(msg, e, verb, token);
+    }
+  }
+
+  /** Another service (the projector, `capstan migrate`) may be migrating too: retry until one of us has. */
+  async function migrateWhenReachable(): Promise<void> {
+    for (let backoff = BACKOFF_MIN_MS; ; backoff = Math.min(backoff * 2, BACKOFF_MAX_MS)) {
+      try {
+        await migrate(database);
+        return;
+      } catch (e) {
+        if (stopping) throw e;
+        log.warn({ database: database.where, reason: dbErrorMessage(e).split('\n')[0], retryInMs: backoff }, 'schema migration failed; retrying');
+        await new Promise((r) => setTimeout(r, backoff));
+      }
+    }
+  }
+
+  return {
+    ledger,
+    store,
+    stats: () => stats,
+    watched: () => [...watches.keys()],
+    async start() {
+      await migrateWhenReachable();
+      const conn = await connectNats(config.natsUrl, config.name, log);
+      nc = conn;
+      const subjects = config.tenants === 'all' ? [Subjects.anySecrets()] : config.tenants.flatMap((t) => VERBS.map((v) => Subjects.secrets(t, v)));
+      for (const subject of subjects) {
+        subs.push(
+          conn.subscribe(subject, {
+            queue: QUEUE,
+            callback: (err, msg) => {
+              if (err) return;
+              const p = serve(msg);
+              inflight.add(p);
+              void p.finally(() => inflight.delete(p));
+            },
+          }),
+        );
+      }
+      const js = jetstream(conn);
+      const jsm = await jetstreamManager(conn);
+      follower = await followTenants(
+        conn,
+        config.tenants,
+        config.discoveryMs,
+        async (t) => {
+          watches.set(t, await watchRunEnds(js, jsm, t, ledger, log, { lookbackMs: config.maxTtlMs }));
+        },
+        log,
+      );
+      log.info({ tenants: config.tenants, store: store.kind, masterKey: keyring.masterKeyId }, 'secrets-lease service started');
+    },
+    async stop() {
+      stopping = true;
+      follower?.stop();
+      for (const s of subs) s.unsubscribe();
+      await Promise.allSettled([...inflight]);
+      await Promise.allSettled([...watches.values()].map((w) => w.stop()));
+      await nc?.drain();
+      if (ownDatabase) await database.close();
+    },
+  };
+}

@@ -1,0 +1,87 @@
+import { ConfigError, type TenantId } from '@capstan/schemas';
+import { envInt, envLogLevel, envNatsUrl, envString, envTenants, type Env } from '@capstan/kit';
+import type { LevelWithSilent } from 'pino';
+
+export interface Config {
+  readonly natsUrl: string;
+  readonly logLevel: LevelWithSilent;
+  /**
+   * Tenants served (`CAPSTAN_TENANTS`): their requests answered, their run streams watched
+   * for ended runs. All by default, tenants provisioned later included.
+   */
+  readonly tenants: readonly TenantId[] | 'all';
+  /** `postgres://…` of the database holding secrets, leases and the audit log. */
+  readonly databaseUrl: string;
+  /**
+   * The master key (`SECRETS_MASTER_KEY`, base64 of 32 bytes) that wraps every tenant's data
+   * key. Not enumerable: printing or logging the config never shows it.
+   */
+  readonly masterKey: Buffer;
+  /** Lease lifetime when the request names none. */
+  readonly defaultTtlMs: number;
+  /** Longest lease lifetime granted, whatever is asked. */
+  readonly maxTtlMs: number;
+  /** Refresh window of a refreshable secret that names none. */
+  readonly refreshWindowMs: number;
+  readonly poolSize: number;
+  /** How often new tenants are looked for (to watch their run streams). */
+  readonly discoveryMs: number;
+  readonly name: string;
+}
+
+/** Reads `SECRETS_*`, `DATABASE_URL` and the shared keys. Pure; lists every problem at once. @throws ConfigError */
+export function loadConfig(env: Env): Config {
+  const problems: string[] = [];
+  const defaultTtlMs = envInt(env, 'SECRETS_DEFAULT_TTL_MS', 30_000, problems, 100, 24 * 3_600_000);
+  const maxTtlMs = envInt(env, 'SECRETS_MAX_TTL_MS', 15 * 60_000, problems, 100, 24 * 3_600_000);
+  if (maxTtlMs < defaultTtlMs) problems.push('SECRETS_MAX_TTL_MS must be >= SECRETS_DEFAULT_TTL_MS');
+  const config = {
+    natsUrl: envNatsUrl(env, problems),
+    logLevel: envLogLevel(env, problems),
+    tenants: envTenants(env, problems),
+    databaseUrl: databaseUrl(env, problems),
+    defaultTtlMs,
+    maxTtlMs,
+    refreshWindowMs: envInt(env, 'SECRETS_REFRESH_WINDOW_MS', 60_000, problems, 0, 30 * 24 * 3_600_000),
+    poolSize: envInt(env, 'SECRETS_DB_POOL', 8, problems, 1, 200),
+    discoveryMs: envInt(env, 'SECRETS_DISCOVERY_MS', 2000, problems, 100, 3_600_000),
+    name: envString(env, 'SECRETS_NAME', `secrets-lease-${process.pid}`),
+  };
+  const masterKey = masterKeyOf(env, problems);
+  if (problems.length > 0) throw new ConfigError(problems);
+  Object.defineProperty(config, 'masterKey', { value: masterKey, enumerable: false });
+  return Object.freeze(config as typeof config & { masterKey: Buffer });
+}
+
+function masterKeyOf(env: Env, problems: string[]): Buffer {
+  const raw = env['SECRETS_MASTER_KEY'];
+  if (!raw) {
+    problems.push('SECRETS_MASTER_KEY is required: base64 of 32 random bytes (for example `openssl rand -base64 32`)');
+    return Buffer.alloc(0);
+  }
+  // Never echo the value, not even cut: only its shape.
+  const trimmed = raw.trim();
+  const key = /^[A-Za-z0-9+/]+={0,2}$/.test(trimmed) ? Buffer.from(trimmed, 'base64') : Buffer.alloc(0);
+  if (key.length !== 32) {
+    problems.push(`SECRETS_MASTER_KEY must be base64 of exactly 32 bytes (got ${key.length === 0 ? 'something that is not base64' : `${key.length} bytes`})`);
+    return Buffer.alloc(0);
+  }
+  return key;
+}
+
+function databaseUrl(env: Env, problems: string[]): string {
+  const raw = env['DATABASE_URL'];
+  if (!raw) {
+    problems.push('DATABASE_URL is required (for example postgres://capstan@127.0.0.1:5432/capstan)');
+    return '';
+  }
+  try {
+    const u = new URL(raw);
+    if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') throw new Error('not postgres');
+    if (!u.hostname) throw new Error('no host');
+  } catch {
+    // The URL may hold a password: never echo it.
+    problems.push('DATABASE_URL must be a postgres:// or postgresql:// URL with a host');
+  }
+  return raw;
+}

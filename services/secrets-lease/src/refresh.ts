@@ -1,0 +1,86 @@
+/**
+ * Refreshing `refreshable` secrets before a lease names them, through the shared refreshers
+ * (`@capstan/kit`, data plane). Due means inside the secret's refresh window by the
+ * database's clock. A refresh that fails while the current value has not expired yet is
+ * logged and the current value is leased; once it has expired, the lease is refused.
+ *
+ * One refresh per secret at a time in this process; across processes, the store's
+ * `expectVersion` makes a slower refresher step aside for the one that got there first.
+ */
+import { CapstanError, REFRESHABLE_AUTH, type TenantId } from '@capstan/schemas';
+import { CredentialRefreshError, type Logger, type Refreshers } from '@capstan/kit';
+import { checkValue, type SecretMeta, type SecretStore } from './store.js';
+import { SERVICE_ACTOR } from './db.js';
+
+const enc = new TextEncoder();
+
+export interface SecretRefresher {
+  /** Refreshes every due secret among `metas` (before a lease is issued for them). */
+  refreshDue(t: TenantId, metas: Iterable<SecretMeta>): Promise<void>;
+  /** Refreshes one secret now, due or not (`capstan secrets rotate NAME` without a value). */
+  refreshNow(t: TenantId, meta: SecretMeta, by: string): Promise<SecretMeta>;
+}
+
+export function createSecretRefresher(store: SecretStore, registry: Refreshers, log: Logger, maxBytes: number): SecretRefresher {
+  const inflight = new Map<string, Promise<SecretMeta>>();
+
+  async function refresh(t: TenantId, meta: SecretMeta, by: string): Promise<SecretMeta> {
+    const connector = meta.connector;
+    if (!connector || !REFRESHABLE_AUTH.has(connector.auth.type)) {
+      throw new CredentialRefreshError(meta.name, connector?.name ?? '(none)', 'a refreshable secret needs a connector with an oauth2 auth strategy');
+    }
+    const refresher = registry[connector.auth.type];
+    if (!refresher) throw new CredentialRefreshError(meta.name, connector.name, `no refresher for auth ${connector.auth.type}`);
+    const got = await refresher({
+      tenant: t,
+      name: meta.name,
+      connector,
+      read: async (name) => (await store.read(t, [name]))[name] as string,
+    });
+    // A rotated refresh token replaces the old one first: the issuer has already invalidated it.
+    for (const [name, value] of Object.entries(got.updates ?? {})) {
+      await store.rotate(t, name, enc.encode(checkValue(name, enc.encode(value), maxBytes)), { by });
+    }
+    const next = await store.rotate(t, meta.name, enc.encode(checkValue(meta.name, enc.encode(got.value), maxBytes)), {
+      by,
+      refreshed: true,
+      expectVersion: meta.version,
+      ...(got.expiresInMs !== undefined ? { expiresInMs: got.expiresInMs } : {}),
+    });
+    if (next) log.info({ tenant: t, secret: meta.name, version: next.version, connector: connector.name }, 'refreshed a credential');
+    // Another instance refreshed it first: theirs is as fresh as ours would have been.
+    return next ?? (await store.describe(t, [meta.name])).get(meta.name) ?? meta;
+  }
+
+  function once(t: TenantId, meta: SecretMeta, by: string): Promise<SecretMeta> {
+    const key = `${t}/${meta.name}`;
+    let p = inflight.get(key);
+    if (!p) {
+      p = refresh(t, meta, by).finally(() => inflight.delete(key));
+      inflight.set(key, p);
+    }
+    return p;
+  }
+
+  return {
+    async refreshDue(t, metas) {
+      const due = [...metas].filter((m) => m.refreshDue);
+      await Promise.all(
+        due.map(async (m) => {
+          try {
+            await once(t, m, SERVICE_ACTOR);
+          } catch (e) {
+            const code = CapstanError.is(e) ? e.code : undefined;
+            // Still valid: lease what there is and try again at the next issue.
+            if (!m.expired) {
+              log.warn({ tenant: t, secret: m.name, code, reason: CapstanError.is(e) ? e.message : String(e) }, 'refresh failed; the current value is still valid');
+              return;
+            }
+            throw e;
+          }
+        }),
+      );
+    },
+    refreshNow: (t, meta, by) => once(t, meta, by),
+  };
+}
