@@ -62,4 +62,47 @@ export const demoSandboxed = defineWorkflow({
   ],
 });
 
-export const demoWorkflows = [demoPipeline, demoFlaky, demoSignal, demoSandboxed] as const;
+/**
+ * The dev policy wants a person before this run's second step may lease `DEMO_TOKEN`: the
+ * run waits in `waiting` until someone approves (`capstan approve`), then continues.
+ */
+export const demoApproval = defineWorkflow({
+  id: 'demo.approval',
+  version: 1,
+  steps: [
+    { name: 'draft', timeoutMs: 30_000 },
+    {
+      name: 'deliver',
+      mode: 2,
+      timeoutMs: 60_000,
+      sandbox: { command: ['sh', '-c', 'printf %s "$DEMO_TOKEN" | sha256sum | cut -c1-12 > out/delivered.txt && echo delivered'], secrets: ['DEMO_TOKEN'] },
+    },
+  ],
+});
+
+/**
+ * Mode 3b: the step starts with no credential and asks for `DEMO_API_KEY` while it runs
+ * (through the sandbox's credential channel); the dev policy allows it at once, and the
+ * request, the decision and the lease are all on the run's record.
+ */
+export const demoJit = defineWorkflow({
+  id: 'demo.jit',
+  version: 1,
+  steps: [
+    {
+      name: 'call-api',
+      mode: 3,
+      timeoutMs: 60_000,
+      sandbox: {
+        jit: true,
+        command: [
+          'sh',
+          '-c',
+          'KEY=$(node /opt/capstan/runner/credential.js DEMO_API_KEY "call the demo API") && printf %s "$KEY" | sha256sum | cut -c1-12 > out/api-key-digest.txt && echo got a credential of ${#KEY} characters',
+        ],
+      },
+    },
+  ],
+});
+
+export const demoWorkflows = [demoPipeline, demoFlaky, demoSignal, demoSandboxed, demoApproval, demoJit] as const;

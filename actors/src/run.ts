@@ -26,7 +26,7 @@ import {
   TOKEN_PATTERN,
 } from '@capstan/schemas';
 import type { Registry } from './registry.js';
-import { timerId, type RunContext, type WorkflowDefinition } from './workflow.js';
+import { isPolicyGated, policyQueriesOf, POLICY_REASK_MS, timerId, type RunContext, type WorkflowDefinition } from './workflow.js';
 
 /** A run as the machine sees it after folding some events. Immutable. */
 export interface RunState {
@@ -46,6 +46,8 @@ const DECISION_TYPES: ReadonlySet<string> = new Set([
   'step.scheduled',
   'timer.scheduled',
   'step.waiting',
+  'policy.requested',
+  'approval.requested',
   'run.completed',
   'run.failed',
   'run.cancelled',
@@ -100,7 +102,7 @@ function notWaiting(state: RunState, step: string): ApprovalNotWaitingError {
   const ctx = state.snapshot.context as Partial<RunContext> | undefined;
   let why: string;
   if (state.workflow.steps && !def) why = `workflow ${state.workflow.id}@${state.workflow.version} has no step of that name`;
-  else if (def && def.kind !== 'signal') why = 'it is a task step, not an approval';
+  else if (def && def.kind !== 'signal' && !isPolicyGated(def)) why = 'it is a task step, not an approval';
   else if (ctx?.results && Object.hasOwn(ctx.results, step)) why = 'it has been decided already';
   else if (status === RunStatus.Failed || status === RunStatus.Cancelled || status === RunStatus.Completed) why = `the run is ${status}`;
   else why = `the run is ${status} at ${stateName(state)}`;
@@ -128,7 +130,25 @@ function retry(state: RunState): Decision {
   const { machine } = workflow;
   let snapshot: AnyMachineSnapshot;
   let decisions: DecisionEventBody[];
-  if (step.kind === 'task') {
+  if (step.kind === 'task' && isPolicyGated(step)) {
+    // A gated step goes back through its policy check: a retry never bypasses a denial, and
+    // the policy in force now decides.
+    const attempt = ctx.attempts[step.name] ?? 1;
+    const next = attempt + 1;
+    if (next + step.retry.maxAttempts > 1000 || !TOKEN_PATTERN.test(timerId(step.name, next + step.retry.maxAttempts, TimerKind.Timeout))) {
+      throw new RunNotRetryableError(status, `step ${step.name} has used ${attempt} attempts; no attempt numbers are left for another round`);
+    }
+    const context: RunContext = { ...ctx, attempts: { ...ctx.attempts, [step.name]: next }, retryBase: { ...ctx.retryBase, [step.name]: attempt }, startedAttempt: 0, policyAsks: 1 };
+    snapshot = machine.resolveState({ value: `authorize_${index}`, context });
+    // What entering the check decides (see the machine's authorize state): the question and its reminder.
+    decisions = [
+      { type: 'policy.requested', data: parseEventBody('policy.requested', { step: step.name, attempt: next, queries: policyQueriesOf(workflow.id, step) }) },
+      {
+        type: 'timer.scheduled',
+        data: parseEventBody('timer.scheduled', { timerId: `${timerId(step.name, next, TimerKind.Policy)}-1`, kind: TimerKind.Policy, step: step.name, attempt: next, delayMs: POLICY_REASK_MS }),
+      },
+    ];
+  } else if (step.kind === 'task') {
     const attempt = ctx.attempts[step.name] ?? 1;
     const last = attempt + step.retry.maxAttempts;
     // Attempt numbers are recorded (at most 1000) and name the attempts' timers (subject tokens).
@@ -169,6 +189,8 @@ export function runStatus(state: RunState): RunStatus {
   if (s.hasTag('failed')) return RunStatus.Failed;
   if (s.hasTag('cancelled')) return RunStatus.Cancelled;
   if (s.hasTag('waiting')) return RunStatus.Waiting;
+  // Mode 3b: a running step whose credential request waits for a person.
+  if ((s.context as { credentialWait?: string } | undefined)?.credentialWait !== undefined) return RunStatus.Waiting;
   const ctx = s.context as { anyStarted?: boolean } | undefined;
   if (s.hasTag('pending') || ctx?.anyStarted === false) return RunStatus.Pending;
   return RunStatus.Running;

@@ -16,9 +16,14 @@ export function statusAfter(current: RunStatus, e: RunEvent, anyStarted: boolean
     case 'step.failed':
       return RunStatus.Running;
     case 'step.waiting':
+    case 'approval.requested':
       return RunStatus.Waiting;
     case 'step.scheduled':
+    case 'policy.requested':
       return anyStarted ? RunStatus.Running : RunStatus.Pending;
+    case 'approval.decided':
+      // A decision ends a wait; what follows (a scheduled step, a failure) says the rest.
+      return current === RunStatus.Waiting ? RunStatus.Running : current;
     case 'run.completed':
       return RunStatus.Completed;
     case 'run.failed':

@@ -15,7 +15,7 @@ import type { AnyStateMachine } from 'xstate';
 import { assign, setup } from 'xstate';
 import type { ErrorRecord, InputEventBody, JsonValue, RunEventData } from '@capstan/schemas';
 import type { SandboxSpec } from '@capstan/schemas';
-import { ApprovalDecision, ErrorCode, InvalidWorkflowError, Mode, sandboxSpecSchema, TimerKind, TOKEN_PATTERN } from '@capstan/schemas';
+import { ApprovalDecision, ErrorCode, InvalidWorkflowError, Mode, PolicyVerdict, sandboxSpecSchema, TimerKind, TOKEN_PATTERN } from '@capstan/schemas';
 
 export interface RetryPolicy {
   /** Attempts in all, the first included. Default 3. */
@@ -146,7 +146,7 @@ function normaliseStep(id: string, s: StepDefinition): NormalisedStep {
   const handler = s.handler ?? `${id}.${s.name}`;
   // What the step.scheduled / timer.scheduled schemas accept, checked here rather than at run time.
   if (handler.length < 1 || handler.length > 128) throw new InvalidWorkflowError(id, `step ${s.name}: handler must have 1..128 characters`);
-  if (!TOKEN_PATTERN.test(timerId(s.name, retry.maxAttempts, TimerKind.Timeout))) {
+  if (!TOKEN_PATTERN.test(timerId(s.name, retry.maxAttempts, TimerKind.Timeout)) || (mode !== Mode.Inline && !TOKEN_PATTERN.test(`${timerId(s.name, retry.maxAttempts, TimerKind.Policy)}-99`))) {
     throw new InvalidWorkflowError(id, `step ${s.name}: name is too long for its timer ids (${TOKEN_PATTERN.source})`);
   }
   const sandbox = s.sandbox === undefined ? undefined : checkSandbox(id, s.name, mode, s.sandbox);
@@ -164,8 +164,10 @@ function checkSandbox(id: string, step: string, mode: Mode, raw: SandboxSpec): S
   }
   const bad = (why: string) => new InvalidWorkflowError(id, `step ${step}: ${why}`);
   if (mode === Mode.Inline) throw bad('a mode-0 step runs in the worker; `sandbox` needs mode 1, 2 or 3');
+  if (spec.jit && mode !== Mode.Agent) throw bad('`sandbox.jit` (credentials asked for at run time) needs mode 3');
   if (mode === Mode.Agent) {
-    if (!spec.agent || !spec.task) throw bad('mode 3 needs `sandbox.agent` (an adapter name) and `sandbox.task`');
+    // An agent adapter on a task, or a CLI agent given as a command.
+    if (spec.agent ? !spec.task || spec.command : !spec.command?.length) throw bad('mode 3 needs `sandbox.agent` (an adapter name) and `sandbox.task`, or a `sandbox.command`');
   } else {
     if (!spec.command || spec.command.length === 0) throw bad(`mode ${mode} needs \`sandbox.command\``);
     if (spec.agent) throw bad('`sandbox.agent` needs mode 3');
@@ -214,7 +216,16 @@ export interface RunContext {
    * step gets its retry policy afresh, its attempt numbers going on. Absent until a retry.
    */
   readonly retryBase?: Readonly<Record<string, number>>;
+  /** Mode 3b: `<step>:<attempt>` while that attempt's credential request waits for a person. */
+  readonly credentialWait?: string;
+  /** How many times the current gated step has asked the policy (names its reminder timers). */
+  readonly policyAsks?: number;
+  /** The needs-approval decision the current gated step waits on. */
+  readonly approval?: { readonly version: number; readonly policies: readonly string[]; readonly approvers: string; readonly expiresInMs: number };
 }
+
+/** Who approves when a needs-approval policy names nobody. */
+const DEFAULT_APPROVERS = 'operators';
 
 type Ev = InputEventBody;
 type Data<K extends Ev['type']> = Extract<Ev, { type: K }>['data'];
@@ -222,10 +233,37 @@ type Data<K extends Ev['type']> = Extract<Ev, { type: K }>['data'];
 const decided = (event: Ev, step: string, decision: ApprovalDecision): boolean =>
   event.type === 'approval.decided' && event.data.step === step && event.data.decision === decision;
 
+/** How long a gated step waits for the policy's answer before asking again. */
+export const POLICY_REASK_MS = 30_000;
+
+/** How long a needs-approval step waits for a person when the decision does not say. */
+export const DEFAULT_APPROVAL_TTL_MS = 24 * 60 * 60 * 1000;
+
+/**
+ * Steps the tenant's policy must allow before they are scheduled: every sandboxed step
+ * (modes 1–3: isolation, secrets, egress). Mode-0 steps run the tenant's own handler in its
+ * own worker, with no tenant secrets, and are not asked about.
+ */
+export function isPolicyGated(step: NormalisedStep): boolean {
+  return step.kind === 'task' && step.mode !== Mode.Inline;
+}
+
+/** The questions a gated step puts to the policy: its mode, each secret, each egress host. */
+export function policyQueriesOf(workflowId: string, step: Extract<NormalisedStep, { kind: 'task' }>): { [k: string]: JsonValue }[] {
+  const base = { workflow: workflowId, step: step.name };
+  return [
+    { action: 'run-step', ...base, mode: step.mode },
+    ...(step.sandbox?.secrets ?? []).map((secret) => ({ action: 'lease-secret', ...base, secret })),
+    ...(step.sandbox?.egress ?? []).map((host) => ({ action: 'egress', ...base, host })),
+  ];
+}
+
 function compileSteps(id: string, version: number, steps: readonly NormalisedStep[]): AnyStateMachine {
   const stateOf = (i: number) => `step_${i}`;
   const backoffOf = (i: number) => `retry_${i}`;
-  const after = (i: number) => (i + 1 < steps.length ? stateOf(i + 1) : 'completed');
+  // A gated step is entered through its policy check.
+  const entryOf = (i: number) => (isPolicyGated(steps[i] as NormalisedStep) ? `authorize_${i}` : stateOf(i));
+  const after = (i: number) => (i + 1 < steps.length ? entryOf(i + 1) : 'completed');
 
   const m = setup({
     types: {
@@ -238,6 +276,8 @@ function compileSteps(id: string, version: number, steps: readonly NormalisedSte
       'step.scheduled': (_, _p: RunEventData<'step.scheduled'>) => {},
       'timer.scheduled': (_, _p: RunEventData<'timer.scheduled'>) => {},
       'step.waiting': (_, _p: RunEventData<'step.waiting'>) => {},
+      'policy.requested': (_, _p: RunEventData<'policy.requested'>) => {},
+      'approval.requested': (_, _p: RunEventData<'approval.requested'>) => {},
       'run.completed': (_, _p: RunEventData<'run.completed'>) => {},
       'run.failed': (_, _p: RunEventData<'run.failed'>) => {},
       'run.cancelled': (_, _p: RunEventData<'run.cancelled'>) => {},
@@ -291,6 +331,7 @@ function compileSteps(id: string, version: number, steps: readonly NormalisedSte
       return;
     }
     const failure = (code: string, message: string, retryable: boolean) => ({ code, message, retryable });
+    const waitKey = (c: RunContext) => `${step.name}:${attemptOf(c)}`;
     const roundOf = (c: RunContext) => attemptOf(c) - (c.retryBase?.[step.name] ?? 0);
     const canRetry = (c: RunContext, e: ErrorRecord) => e.retryable && roundOf(c) < step.retry.maxAttempts;
     const timeoutError = (c: RunContext) =>
@@ -302,6 +343,8 @@ function compileSteps(id: string, version: number, steps: readonly NormalisedSte
     });
     states[stateOf(i)] = {
       tags: [],
+      // A credential wait belongs to the attempt: it ends with it.
+      exit: assign({ credentialWait: undefined }),
       entry: [
         {
           type: 'step.scheduled',
@@ -336,6 +379,39 @@ function compileSteps(id: string, version: number, steps: readonly NormalisedSte
               }),
             },
           ],
+        },
+        // Mode 3b: the running step's credential requests, as the policy answered them. A
+        // needs-approval answer asks for a person; their decision lets the step's request go
+        // on (or be refused) without leaving the step.
+        'credential.decided': [
+          {
+            guard: ({ context, event }: { context: RunContext; event: Ev }) => {
+              const d = event.data as Data<'credential.decided'>;
+              return isCurrent(context, d) && d.decision === PolicyVerdict.NeedsApproval && context.credentialWait !== waitKey(context);
+            },
+            actions: [
+              assign({ credentialWait: ({ context }: { context: RunContext }) => waitKey(context) }),
+              {
+                type: 'approval.requested',
+                params: ({ event }: { event: Ev }) => {
+                  const d = event.data as Data<'credential.decided'>;
+                  return { step: step.name, attempt: d.attempt, approvers: d.approvers ?? DEFAULT_APPROVERS, version: d.version, policies: d.policies, expiresInMs: d.expiresInMs ?? DEFAULT_APPROVAL_TTL_MS };
+                },
+              },
+            ],
+          },
+          {
+            guard: ({ context, event }: { context: RunContext; event: Ev }) => {
+              const d = event.data as Data<'credential.decided'>;
+              return isCurrent(context, d) && d.decision !== PolicyVerdict.NeedsApproval;
+            },
+            // Recorded, nothing to decide (an accepted input needs an action to be taken at all).
+            actions: assign({ credentialWait: ({ context }: { context: RunContext }) => context.credentialWait }),
+          },
+        ],
+        'approval.decided': {
+          guard: ({ context, event }: { context: RunContext; event: Ev }) => context.credentialWait === waitKey(context) && (event.data as Data<'approval.decided'>).step === step.name,
+          actions: assign({ credentialWait: undefined }),
         },
         'step.completed': {
           guard: ({ context, event }: { context: RunContext; event: Ev }) => isCurrent(context, event.data as Data<'step.completed'>),
@@ -382,6 +458,116 @@ function compileSteps(id: string, version: number, steps: readonly NormalisedSte
         ],
       },
     };
+    if (isPolicyGated(step)) {
+      const queries = policyQueriesOf(id, step);
+      const verdict = (v: PolicyVerdict) => ({ context, event }: { context: RunContext; event: Ev }) => {
+        const d = event.data as Data<'policy.decided'>;
+        return isCurrent(context, d) && d.decision === v;
+      };
+      const approvalOf = (c: RunContext) => c.approval ?? { version: 0, policies: [], approvers: DEFAULT_APPROVERS, expiresInMs: DEFAULT_APPROVAL_TTL_MS };
+      const askId = (c: RunContext) => `${timerId(step.name, attemptOf(c), TimerKind.Policy)}-${c.policyAsks ?? 1}`;
+      states[`authorize_${i}`] = {
+        tags: [],
+        entry: [
+          { type: 'policy.requested', params: ({ context }: { context: RunContext }) => ({ step: step.name, attempt: attemptOf(context), queries }) },
+          // The durable reminder: if no answer is recorded by then (the policy service was
+          // down, or the orchestrator died before its answer went out), the question is asked again.
+          {
+            type: 'timer.scheduled',
+            params: ({ context }: { context: RunContext }) => ({
+              timerId: askId(context),
+              kind: TimerKind.Policy,
+              step: step.name,
+              attempt: attemptOf(context),
+              delayMs: POLICY_REASK_MS,
+            }),
+          },
+        ],
+        on: {
+          'timer.fired': {
+            guard: ({ context, event }: { context: RunContext; event: Ev }) => {
+              const d = event.data as Data<'timer.fired'>;
+              return d.kind === TimerKind.Policy && isCurrent(context, d) && d.timerId === askId(context);
+            },
+            target: `authorize_${i}`,
+            reenter: true,
+            actions: assign({ policyAsks: ({ context }: { context: RunContext }) => (context.policyAsks ?? 1) + 1 }),
+          },
+          'policy.decided': [
+            { guard: verdict(PolicyVerdict.Allow), target: stateOf(i), actions: assign({ policyAsks: 1 }) },
+            {
+              guard: verdict(PolicyVerdict.NeedsApproval),
+              target: `approve_${i}`,
+              actions: assign({
+                policyAsks: 1,
+                approval: ({ event }: { event: Ev }) => {
+                  const d = event.data as Data<'policy.decided'>;
+                  return { version: d.version, policies: d.policies, approvers: d.approvers ?? DEFAULT_APPROVERS, expiresInMs: d.expiresInMs ?? DEFAULT_APPROVAL_TTL_MS };
+                },
+              }),
+            },
+            {
+              guard: verdict(PolicyVerdict.Deny),
+              target: 'failed',
+              actions: assign({
+                lastError: ({ event }: { event: Ev }) => {
+                  const d = event.data as Data<'policy.decided'>;
+                  const by = d.policies.length > 0 ? ` (${d.policies.join(', ')})` : ' (no policy allows it: default deny)';
+                  const errs = d.errors?.length ? `; ${d.errors.join('; ')}` : '';
+                  return failure(ErrorCode.PolicyDenied, `step ${step.name} (mode ${step.mode}) was denied by policy version ${d.version}${by}${errs}`.slice(0, 1000), false);
+                },
+              }),
+            },
+          ],
+        },
+      };
+      states[`approve_${i}`] = {
+        tags: ['waiting'],
+        entry: [
+          {
+            type: 'approval.requested',
+            params: ({ context }: { context: RunContext }) => ({ step: step.name, attempt: attemptOf(context), ...approvalOf(context) }),
+          },
+          {
+            type: 'timer.scheduled',
+            params: ({ context }: { context: RunContext }) => ({
+              timerId: timerId(step.name, attemptOf(context), TimerKind.Approval),
+              kind: TimerKind.Approval,
+              step: step.name,
+              attempt: attemptOf(context),
+              delayMs: approvalOf(context).expiresInMs,
+            }),
+          },
+        ],
+        on: {
+          'approval.decided': [
+            { guard: ({ event }: { event: Ev }) => decided(event, step.name, ApprovalDecision.Approve), target: stateOf(i) },
+            {
+              guard: ({ event }: { event: Ev }) => decided(event, step.name, ApprovalDecision.Deny),
+              target: 'failed',
+              actions: assign({
+                lastError: ({ event }: { event: Ev }) => {
+                  const d = event.data as Data<'approval.decided'>;
+                  const why = d.reason === undefined ? '' : `: ${d.reason}`;
+                  return failure(ErrorCode.ApprovalDenied, `step ${step.name} was denied by ${d.by}${why}`.slice(0, 1000), false);
+                },
+              }),
+            },
+          ],
+          'timer.fired': {
+            guard: ({ context, event }: { context: RunContext; event: Ev }) => {
+              const d = event.data as Data<'timer.fired'>;
+              return d.kind === TimerKind.Approval && isCurrent(context, d);
+            },
+            target: 'failed',
+            actions: assign({
+              lastError: ({ context }: { context: RunContext }) =>
+                failure(ErrorCode.ApprovalExpired, `nobody approved step ${step.name} within ${Math.round(approvalOf(context).expiresInMs / 1000)} s (approvers: ${approvalOf(context).approvers})`, false),
+            }),
+          },
+        },
+      };
+    }
     states[backoffOf(i)] = {
       entry: {
         type: 'timer.scheduled',
@@ -421,7 +607,7 @@ function compileSteps(id: string, version: number, steps: readonly NormalisedSte
       lastError: null,
       signals: [],
     }),
-    initial: stateOf(0),
+    initial: entryOf(0),
     on: {
       'run.cancel-requested': { target: '.cancelled' },
       'run.signaled': {

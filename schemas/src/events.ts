@@ -16,7 +16,7 @@ import { sandboxSpecSchema } from './sandbox-spec.js';
 import type { RunId } from './ids.js';
 import { RUN_ID_PATTERN } from './ids.js';
 import type { Infer, JsonValue, Schema } from './validate.js';
-import { bool, int, json, jsonObject, literal, obj, optional, str, tagged } from './validate.js';
+import { arr, bool, int, json, jsonObject, literal, obj, optional, str, tagged } from './validate.js';
 
 const stepName = str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/ });
 const attempt = int({ min: 1, max: 1000 });
@@ -32,12 +32,16 @@ export const errorRecordSchema: Schema<ErrorRecord> = obj('error', {
 export const Mode = { Inline: 0, Sandboxed: 1, SandboxedWithLease: 2, Agent: 3 } as const;
 export type Mode = (typeof Mode)[keyof typeof Mode];
 
-export const TimerKind = { Retry: 'retry', Timeout: 'timeout' } as const;
+export const TimerKind = { Retry: 'retry', Timeout: 'timeout', Approval: 'approval', Policy: 'policy' } as const;
 export type TimerKind = (typeof TimerKind)[keyof typeof TimerKind];
 
 /** What a person decides about a step waiting for approval. */
 export const ApprovalDecision = { Approve: 'approve', Deny: 'deny' } as const;
 export type ApprovalDecision = (typeof ApprovalDecision)[keyof typeof ApprovalDecision];
+
+/** A policy's answer (see `services/policy`): default deny; needs-approval names approvers. */
+export const PolicyVerdict = { Allow: 'allow', Deny: 'deny', NeedsApproval: 'needs-approval' } as const;
+export type PolicyVerdict = (typeof PolicyVerdict)[keyof typeof PolicyVerdict];
 
 /**
  * Who did something (a user id from the console's session or the CLI's `--as`): printable,
@@ -90,7 +94,7 @@ const eventData = {
   }),
   'timer.fired': obj('timer.fired', {
     timerId: token,
-    kind: literal(TimerKind.Retry, TimerKind.Timeout),
+    kind: literal(TimerKind.Retry, TimerKind.Timeout, TimerKind.Approval, TimerKind.Policy),
     step: stepName,
     attempt,
   }),
@@ -105,6 +109,37 @@ const eventData = {
   }),
   /** A person reopened a failed run: the step that failed runs again, completed steps stay done. */
   'run.retried': obj('run.retried', { by: actorSchema, reason: optional(reasonSchema) }),
+  /**
+   * The policy's answer for a step (modes 1–3), recorded before it is scheduled: replay uses
+   * this record, never a fresh evaluation. `version` is the policy version that decided (0:
+   * the tenant has none, or checks are off); `expiresInMs` bounds a needs-approval wait.
+   */
+  'policy.decided': obj('policy.decided', {
+    step: stepName,
+    attempt,
+    decision: literal(PolicyVerdict.Allow, PolicyVerdict.Deny, PolicyVerdict.NeedsApproval),
+    version: int({ min: 0 }),
+    policies: arr(str({ min: 1, max: 256 }), { max: 64 }),
+    approvers: optional(str({ min: 1, max: 128 })),
+    errors: optional(arr(str({ max: 1000 }), { max: 16 })),
+    expiresInMs: optional(int({ min: 1 })),
+  }),
+  /**
+   * Mode 3b: a running step asked for credential `name` and the tenant's policy answered
+   * (recorded by the worker before any lease is issued). A needs-approval answer makes the
+   * run ask for a person; the step keeps waiting on its request meanwhile.
+   */
+  'credential.decided': obj('credential.decided', {
+    step: stepName,
+    attempt,
+    name: str({ min: 1, max: 64, pattern: /^[A-Z_][A-Z0-9_]{0,63}$/ }),
+    reason: str({ max: 500 }),
+    decision: literal(PolicyVerdict.Allow, PolicyVerdict.Deny, PolicyVerdict.NeedsApproval),
+    version: int({ min: 0 }),
+    policies: arr(str({ min: 1, max: 256 }), { max: 64 }),
+    approvers: optional(str({ min: 1, max: 128 })),
+    expiresInMs: optional(int({ min: 1 })),
+  }),
   // decisions
   'step.scheduled': obj('step.scheduled', {
     step: stepName,
@@ -117,9 +152,20 @@ const eventData = {
     sandbox: optional(sandboxSpecSchema),
   }),
   'step.waiting': obj('step.waiting', { step: stepName, signal: token }),
+  /** The questions a step puts to the tenant's policy before it may be scheduled. */
+  'policy.requested': obj('policy.requested', { step: stepName, attempt, queries: arr(jsonObject(), { max: 64 }) }),
+  /** The policy wants a person: who may approve, under which policies, for how long. */
+  'approval.requested': obj('approval.requested', {
+    step: stepName,
+    attempt,
+    approvers: str({ min: 1, max: 128 }),
+    version: int({ min: 0 }),
+    policies: arr(str({ min: 1, max: 256 }), { max: 64 }),
+    expiresInMs: int({ min: 1 }),
+  }),
   'timer.scheduled': obj('timer.scheduled', {
     timerId: token,
-    kind: literal(TimerKind.Retry, TimerKind.Timeout),
+    kind: literal(TimerKind.Retry, TimerKind.Timeout, TimerKind.Approval, TimerKind.Policy),
     step: stepName,
     attempt,
     delayMs: int({ min: 0 }),
@@ -143,6 +189,8 @@ export const INPUT_TYPES = [
   'run.cancel-requested',
   'approval.decided',
   'run.retried',
+  'policy.decided',
+  'credential.decided',
 ] as const satisfies readonly RunEventType[];
 export type InputEventType = (typeof INPUT_TYPES)[number];
 export const INPUT_EVENT_TYPES: ReadonlySet<RunEventType> = new Set(INPUT_TYPES);

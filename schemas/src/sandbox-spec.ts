@@ -1,7 +1,7 @@
 /** What a sandboxed step declares (kept apart from `sandbox.ts` so events can import it). */
 import type { RunId } from './ids.js';
 import type { Infer } from './validate.js';
-import { arr, obj, optional, str } from './validate.js';
+import { arr, bool, obj, optional, str } from './validate.js';
 
 /** Environment variable names a step may receive (secrets by name, plain env). */
 export const ENV_NAME_PATTERN = /^[A-Z_][A-Z0-9_]{0,63}$/;
@@ -24,6 +24,8 @@ export const sandboxSpecSchema = obj('sandbox spec', {
   env: optional(arr(obj('env var', { name: envName, value: str({ max: 4096 }) }), { max: 64 })),
   secrets: optional(arr(envName, { max: 32 })),
   egress: optional(arr(str({ min: 3, max: 262, pattern: EGRESS_PATTERN }), { max: 16 })),
+  /** Mode 3b: tools may ask for credentials at run time; the tenant's policy decides each. */
+  jit: optional(bool()),
 });
 export type SandboxSpec = Infer<typeof sandboxSpecSchema>;
 

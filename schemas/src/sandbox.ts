@@ -22,6 +22,10 @@ const execRequestSchema = obj('sandbox exec request', {
   timeoutMs: int({ min: 1 }),
   input: jsonObject(),
   previous: optional(json()),
+  /** A lease the worker had issued for `spec.secrets` (names only ever reach the worker). */
+  leaseId: optional(str({ min: 1, max: 128 })),
+  /** Mode 3b: the worker's inbox for credential requests from the running step. */
+  credentials: optional(str({ min: 1, max: 256 })),
 });
 export type SandboxExecRequest = Infer<typeof execRequestSchema>;
 
@@ -57,6 +61,19 @@ const replySchema = tagged('sandbox reply', {
   done: obj('done', { type: literal('done'), result: optional(resultSchema), error: optional(errorRecordSchema) }),
 });
 export type SandboxReply = Infer<typeof replySchema>;
+
+/** A running step's request for a credential (mode 3b), sent to the worker's inbox. */
+const credentialRequestSchema = obj('credential request', { name: str({ min: 1, max: 64, pattern: /^[A-Z_][A-Z0-9_]{0,63}$/ }), reason: str({ max: 500 }) });
+export type CredentialRequest = Infer<typeof credentialRequestSchema>;
+export function parseCredentialRequest(value: unknown): CredentialRequest {
+  return credentialRequestSchema.parse(value);
+}
+/** The worker's answer: granted (with a lease, when leases are in use) or refused. */
+const credentialAnswerSchema = obj('credential answer', { granted: bool(), leaseId: optional(str({ min: 1, max: 128 })), error: optional(errorRecordSchema) });
+export type CredentialAnswer = Infer<typeof credentialAnswerSchema>;
+export function parseCredentialAnswer(value: unknown): CredentialAnswer {
+  return credentialAnswerSchema.parse(value);
+}
 
 /** @throws SchemaError */
 export function parseSandboxReply(value: unknown): SandboxReply {

@@ -20,6 +20,9 @@ import { parseTenantId, type RunEvent, type RunId, type TenantId } from '@capsta
 
 export const silent = createLogger('test', 'silent');
 
+/** What services under test run with unless a test says otherwise. */
+export const TEST_DEFAULTS = { WORKER_ADMISSION: 'auto', ORCH_POLICY: 'off', WORKER_LEASES: 'off' } as const;
+
 export function randomTenant(prefix = 't'): TenantId {
   return parseTenantId(`${prefix}-${randomBytes(4).toString('hex')}`);
 }
@@ -82,8 +85,9 @@ export function spawnService(name: ServiceName, env: Record<string, string>): Se
   // CAPSTAN_NODE_ARGS passes flags such as --cpu-prof to the service's node (benchmarks).
   const nodeArgs = (env['CAPSTAN_NODE_ARGS'] ?? '').split(' ').filter(Boolean);
   const child: ChildProcess = spawn(process.execPath, [...nodeArgs, join(PROJECT_ROOT, 'services', name, 'dist', 'main.js')], {
-    // Workers admit themselves unless a test asks otherwise (WORKER_ADMISSION=required).
-    env: { ...process.env, LOG_LEVEL: 'warn', WORKER_ADMISSION: 'auto', ...env },
+    // Workers admit themselves unless a test asks otherwise (WORKER_ADMISSION=required);
+    // policy checks and leases are off unless a test turns them on (ORCH_POLICY, WORKER_LEASES).
+    env: { ...process.env, LOG_LEVEL: 'warn', ...TEST_DEFAULTS, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -148,7 +152,7 @@ export async function startServices(url: string, tenants: readonly TenantId[], o
   const { createOrchestrator, loadConfig: orchConfig } = await import('@capstan/orchestrator');
   const { createWorker, loadConfig: workerConfig } = await import('@capstan/worker');
   const { workflows, handlers } = await import('../fixtures/workflows.js');
-  const env = { NATS_URL: url, CAPSTAN_TENANTS: tenants.join(','), WORKER_ADMISSION: 'auto', ...opts.env };
+  const env = { NATS_URL: url, CAPSTAN_TENANTS: tenants.join(','), ...TEST_DEFAULTS, ...opts.env };
   const orch = await createOrchestrator(orchConfig(env), silent, { registry: createRegistry(workflows) });
   const worker = await createWorker(workerConfig({ ...env, WORKER_ID: opts.workerId ?? `worker-${tenants[0] ?? ''}` }), silent, { handlers });
   await orch.start();

@@ -27,6 +27,8 @@ const VALID: Record<Verb, Record<string, unknown>> = {
   approve: { runId: RUN, step: 'review', by: 'ann@example.com', reason: 'numbers checked' },
   deny: { runId: RUN, step: 'review', by: 'Ann Lee', reason: 'totals do not add up' },
   retry: { runId: RUN, by: 'ann', reason: 'upstream fixed' },
+  policy: { runId: RUN, step: 'publish', attempt: 1, decision: 'needs-approval', version: 4, policies: ['policy0'], approvers: 'security', expiresInMs: 60_000 },
+  credential: { runId: RUN, step: 'agent', attempt: 1, name: 'API_KEY', reason: 'call the API', decision: 'allow', version: 2, policies: ['p1'] },
 };
 
 const MINIMAL: Record<Verb, Record<string, unknown>> = {
@@ -39,6 +41,8 @@ const MINIMAL: Record<Verb, Record<string, unknown>> = {
   approve: { runId: RUN, step: 's', by: 'a' },
   deny: { runId: RUN, step: 's', by: 'a' },
   retry: { runId: RUN, by: 'a' },
+  policy: { runId: RUN, step: 's', attempt: 1, decision: 'deny', version: 0, policies: [] },
+  credential: { runId: RUN, step: 's', attempt: 1, name: 'K', reason: '', decision: 'deny', version: 0, policies: [] },
 };
 
 function schemaError(verb: Verb, value: unknown): SchemaError {

@@ -81,6 +81,9 @@ describe('config - orchestrator', () => {
       ackWaitMs: 10_000,
       discoveryMs: 2000,
       name: `orchestrator-${process.pid}`,
+      policy: 'on',
+      approvalTtlMs: 86_400_000,
+      policyTimeoutMs: 2000,
     });
   });
 
@@ -96,6 +99,9 @@ describe('config - orchestrator', () => {
       ORCH_ACK_WAIT_MS: '500',
       ORCH_DISCOVERY_MS: '3600000',
       ORCH_NAME: 'orch-a',
+      ORCH_POLICY: 'off',
+      ORCH_APPROVAL_TTL_MS: '60000',
+      ORCH_POLICY_TIMEOUT_MS: '500',
     });
     expect(c).toEqual({
       natsUrl: NATS.NATS_URL,
@@ -108,6 +114,9 @@ describe('config - orchestrator', () => {
       ackWaitMs: 500,
       discoveryMs: 3_600_000,
       name: 'orch-a',
+      policy: 'off',
+      approvalTtlMs: 60_000,
+      policyTimeoutMs: 500,
     });
   });
 
@@ -169,8 +178,11 @@ describe('config - worker', () => {
       startedAfterMs: 250,
       discoveryMs: 2000,
       sandboxStallMs: 5000,
+      leases: true,
+      approvalTtlMs: 900_000,
       id: `worker-${process.pid}`,
       admission: 'required',
+      auditDatabaseUrl: '',
     });
   });
 
@@ -201,6 +213,9 @@ describe('config - worker', () => {
         WORKER_ID: 'w-7',
         WORKER_ADMISSION: 'auto',
         WORKER_SANDBOX_STALL_MS: '800',
+        WORKER_LEASES: 'off',
+        WORKER_APPROVAL_TTL_MS: '5000',
+        AUDIT_DATABASE_URL: 'postgres://worker@db:5432/capstan',
       }),
     ).toEqual({
       natsUrl: NATS.NATS_URL,
@@ -213,8 +228,11 @@ describe('config - worker', () => {
       startedAfterMs: 0,
       discoveryMs: 100,
       sandboxStallMs: 800,
+      leases: false,
+      approvalTtlMs: 5000,
       id: 'w-7',
       admission: 'auto',
+      auditDatabaseUrl: 'postgres://worker@db:5432/capstan',
     });
   });
 

@@ -24,6 +24,10 @@ const DATA: Record<RunEventType, Record<string, unknown>> = {
   'run.cancel-requested': {},
   'approval.decided': { step: 'review', decision: 'deny', by: 'ann', reason: 'no' },
   'run.retried': { by: 'ann' },
+  'policy.decided': { step: 's', attempt: 1, decision: 'allow', version: 3, policies: ['p1'] },
+  'credential.decided': { step: 's', attempt: 1, name: 'API_KEY', reason: 'r', decision: 'needs-approval', version: 3, policies: ['p1'], approvers: 'ops' },
+  'policy.requested': { step: 's', attempt: 1, queries: [{ action: 'run-step', workflow: 'w', step: 's', mode: 1 }] },
+  'approval.requested': { step: 's', attempt: 1, approvers: 'ops', version: 3, policies: ['p1'], expiresInMs: 1000 },
   'step.scheduled': { step: 's', attempt: 1, handler: 'w.s', mode: 0, pool: 'default', timeoutMs: 1 },
   'step.waiting': { step: 's', signal: 'go' },
   'timer.scheduled': { timerId: 's-a1-retry', kind: 'retry', step: 's', attempt: 1, delayMs: 0 },
@@ -59,7 +63,7 @@ describe('events - run event envelopes', () => {
     expect(Object.keys(DATA).sort()).toEqual([...RUN_EVENT_TYPES].sort());
     expect(INPUT_EVENT_TYPES.size).toBe(INPUT_TYPES.length);
     const decisions = RUN_EVENT_TYPES.filter((t) => !INPUT_EVENT_TYPES.has(t));
-    expect(decisions.sort()).toEqual(['run.cancelled', 'run.completed', 'run.failed', 'step.scheduled', 'step.waiting', 'timer.scheduled']);
+    expect(decisions.sort()).toEqual(['approval.requested', 'policy.requested', 'run.cancelled', 'run.completed', 'run.failed', 'step.scheduled', 'step.waiting', 'timer.scheduled']);
   });
 
   for (const type of Object.keys(DATA) as RunEventType[]) {

@@ -42,7 +42,7 @@ const three = defineWorkflow({
   version: 1,
   steps: [
     { name: 'a', timeoutMs: 1000, retry: RETRY_A },
-    { name: 'b', pool: 'gpu', mode: 1, handler: 'custom.b', timeoutMs: 2000, sandbox: { command: ['true'] } },
+    { name: 'b', pool: 'gpu', handler: 'custom.b', timeoutMs: 2000 },
     { name: 'c', retry: { maxAttempts: 1 } },
   ],
 });
@@ -99,7 +99,7 @@ const bodies = (r: RunRecorder) => r.last.decisions.map((d) => ({ type: d.type, 
 
 /** What entering a task step decides: the step.scheduled decision, and nothing else. */
 const scheduled = (step: string, attempt: number, handler: string, mode: number, pool: string, timeoutMs: number) => [
-  { type: 'step.scheduled', data: { step, attempt, handler, mode, pool, timeoutMs, ...(mode > 0 ? { sandbox: { command: ['true'] } } : {}) } },
+  { type: 'step.scheduled', data: { step, attempt, handler, mode, pool, timeoutMs } },
 ];
 
 /** What accepting the current attempt's step.started decides: its durable timeout timer. */
@@ -134,7 +134,7 @@ describe('machine - happy path', () => {
     expectStatus(r, RunStatus.Running);
     expect(ctx(r).startedAttempt).toBe(1);
     r.apply(completed('a', 1, { rows: 10 }));
-    expect(bodies(r)).toEqual(scheduled('b', 1, 'custom.b', 1, 'gpu', 2000));
+    expect(bodies(r)).toEqual(scheduled('b', 1, 'custom.b', 0, 'gpu', 2000));
     expectStatus(r, RunStatus.Running);
     expect(ctx(r).startedAttempt).toBe(0);
 
@@ -169,7 +169,7 @@ describe('machine - happy path', () => {
   it('machine - a step may complete without a recorded start, and then never arms a timeout timer', () => {
     const r = new RunRecorder(three);
     r.apply(completed('a', 1, 1));
-    expect(bodies(r)).toEqual(scheduled('b', 1, 'custom.b', 1, 'gpu', 2000));
+    expect(bodies(r)).toEqual(scheduled('b', 1, 'custom.b', 0, 'gpu', 2000));
     expectStatus(r, RunStatus.Running);
     r.apply(completed('b', 1, 2));
     expect(bodies(r)).toEqual(scheduled('c', 1, 'test.three.c', 0, DEFAULT_POOL, DEFAULT_TIMEOUT_MS));
@@ -684,7 +684,7 @@ describe('machine - status', () => {
   });
 
   it('machine - the demo workflows are valid and start', () => {
-    expect(demoWorkflows.map((w) => w.id)).toEqual(['demo.pipeline', 'demo.flaky', 'demo.signal', 'demo.sandboxed']);
+    expect(demoWorkflows.map((w) => w.id)).toEqual(['demo.pipeline', 'demo.flaky', 'demo.signal', 'demo.sandboxed', 'demo.approval', 'demo.jit']);
     for (const wf of demoWorkflows) {
       const d = startRun(wf, { workflow: wf.id, version: wf.version, input: {} });
       expect(d.decisions.length).toBeGreaterThan(0);

@@ -59,7 +59,10 @@ describe('sandbox steps in workflow definitions', () => {
     expect(def({ mode: 1, sandbox: { command: ['true'], secrets: ['KEY'] } })).toThrow(/mode 1 has no secrets/);
     expect(def({ mode: 1, sandbox: { command: ['true'], egress: ['example.com:443'] } })).toThrow(/no egress/);
     expect(def({ mode: 2, sandbox: { command: ['true'] } })).toThrow(/needs `sandbox.secrets`/);
-    expect(def({ mode: 3, sandbox: { command: ['true'] } })).toThrow(/agent/);
+    expect(def({ mode: 3, sandbox: { agent: 'mini' } })).toThrow(/agent/);
+    expect(def({ mode: 3, sandbox: { agent: 'mini', task: 'x', command: ['true'] } })).toThrow(/agent/);
+    expect(def({ mode: 2, sandbox: { command: ['true'], secrets: ['K'], jit: true } })).toThrow(/needs mode 3/);
+    expect(def({ mode: 3, sandbox: { command: ['true'], jit: true } })).not.toThrow();
     expect(def({ mode: 0, sandbox: { command: ['true'] } })).toThrow(/mode-0/);
     expect(def({ mode: 2, sandbox: { command: ['true'], secrets: ['lower'] } })).toThrow(InvalidWorkflowError);
     expect(def({ mode: 2, sandbox: { command: ['true'], secrets: ['KEY'], egress: ['not a host'] } })).toThrow(InvalidWorkflowError);

@@ -12,6 +12,8 @@ import { jetstreamManager, DeliverPolicy } from '@nats-io/jetstream';
 import { createOrchestrator, loadConfig as orchestratorConfig } from '@capstan/orchestrator';
 import { createWorker, loadConfig as workerConfig } from '@capstan/worker';
 import { createSandboxService, loadConfig as sandboxConfig } from '@capstan/sandbox';
+import { createPolicyService, loadConfig as policyConfig } from '@capstan/policy';
+import { createSecretsLease, loadConfig as secretsConfig } from '@capstan/secrets-lease';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import { createConsole, localAdmin, loadConfig as consoleConfig } from '@capstan/console';
 import {
@@ -24,8 +26,11 @@ import {
   decodeEvent,
   ensureTenant,
   findNatsServer,
+  listSecrets,
   NatsServerMissingError,
   PROJECT_ROOT,
+  putSecret,
+  setPolicy,
   startNatsServer,
   type NatsServer,
 } from '@capstan/kit';
@@ -110,6 +115,28 @@ export async function devCmd(argv: string[]): Promise<number> {
   const logLevel = env.LOG_LEVEL as 'warn';
   const nc = await connectNats(url, 'capstan-dev', createLogger('dev', logLevel, process.stderr));
   await ensureTenant(await jetstreamManager(nc), tenant);
+  // Projections: Postgres when given one, else PGlite (embedded Postgres) in .capstan/dev/pg.
+  const dbUrl = typeof values['db'] === 'string' ? values['db'] : process.env['DATABASE_URL'];
+  say(dim(dbUrl ? 'opening the projections database …' : 'opening the embedded projections database (PGlite) …'));
+  const dbLog = createLogger('projector', logLevel, process.stderr);
+  const database = await openDatabase(dbUrl ? { url: dbUrl, log: dbLog } : { dataDir: PGLITE_DIR, log: dbLog });
+  await migrate(database);
+  // Policy (Cedar) and secrets (envelope-encrypted in the same database): the dev tenant gets
+  // the dev policy and two demo secrets, made once with random values.
+  const policyService = await createPolicyService(policyConfig(env), createLogger('policy', logLevel, process.stderr));
+  await policyService.start();
+  const secretsService = await createSecretsLease(
+    secretsConfig({ ...env, DATABASE_URL: dbUrl ?? 'postgres://embedded.pglite/capstan', SECRETS_MASTER_KEY: devMasterKey() }),
+    createLogger('secrets-lease', logLevel, process.stderr),
+    { database },
+  );
+  await secretsService.start();
+  await setPolicy(nc, tenant, { text: devPolicy(tenant), by: 'capstan-dev', reason: 'the dev policy' });
+  const stored = new Set((await listSecrets(nc, tenant)).map((x) => x.name));
+  for (const name of ['DEMO_TOKEN', 'DEMO_API_KEY']) {
+    if (!stored.has(name)) await putSecret(nc, tenant, name, `${name.toLowerCase()}-${randomBytes(12).toString('hex')}`, { by: 'capstan-dev' });
+  }
+
   const orchestrator = await createOrchestrator(orchestratorConfig(env), createLogger('orchestrator', logLevel, process.stderr));
   const worker = await createWorker(workerConfig({ ...env, WORKER_ID: 'dev-worker-1' }), createLogger('worker', logLevel, process.stderr));
   await orchestrator.start();
@@ -118,7 +145,7 @@ export async function devCmd(argv: string[]): Promise<number> {
   // Sandboxes (modes 1–3) on the local Docker engine. Without one, sandboxed steps fail
   // with `sandbox_unavailable`; they never run unsandboxed.
   const sandboxes = await createSandboxService(
-    sandboxConfig({ ...env, SANDBOX_NODE: 'dev', SANDBOX_SECRETS_FILE: devSecrets(tenant), SANDBOX_POOL_MIN: '1', SANDBOX_POOL_MAX: '4' }),
+    sandboxConfig({ ...env, SANDBOX_NODE: 'dev', SANDBOX_POOL_MIN: '1', SANDBOX_POOL_MAX: '4' }),
     createLogger('sandbox', logLevel, process.stderr),
   );
   await sandboxes.start();
@@ -126,12 +153,6 @@ export async function devCmd(argv: string[]): Promise<number> {
   await sandboxes.ready;
   const noSandboxes = sandboxes.unavailable();
 
-  // Projections: Postgres when given one, else PGlite (embedded Postgres) in .capstan/dev/pg.
-  const dbUrl = typeof values['db'] === 'string' ? values['db'] : process.env['DATABASE_URL'];
-  say(dim(dbUrl ? 'opening the projections database …' : 'opening the embedded projections database (PGlite) …'));
-  const dbLog = createLogger('projector', logLevel, process.stderr);
-  const database = await openDatabase(dbUrl ? { url: dbUrl, log: dbLog } : { dataDir: PGLITE_DIR, log: dbLog });
-  await migrate(database);
   // The projector is handed the open database; its URL setting is then only a label.
   const projector = await createProjector(projectorConfig({ ...env, DATABASE_URL: dbUrl ?? 'postgres://embedded.pglite/capstan' }), dbLog, { database });
   await projector.start();
@@ -173,6 +194,8 @@ export async function devCmd(argv: string[]): Promise<number> {
     await worker.stop();
     await sandboxes.stop();
     await orchestrator.stop();
+    await secretsService.stop();
+    await policyService.stop();
     await projector.stop();
     await database.close();
     await nc.close();
@@ -203,23 +226,40 @@ export async function devCmd(argv: string[]): Promise<number> {
 const SANDBOX_ARTIFACTS = join(PROJECT_ROOT, '.capstan', 'artifacts');
 
 /**
- * The dev secrets file the sandbox service leases from: `DEMO_TOKEN` for the dev tenant,
- * made once with a random value. Plain text on disk: a development convenience only.
+ * The dev stack's master key for secrets, made once: `.capstan/dev/secrets-master.key`
+ * (mode 0600). A development convenience; production takes `SECRETS_MASTER_KEY` from its
+ * secret store.
  */
-function devSecrets(tenant: string): string {
-  const file = join(DEV_DIR, 'secrets.json');
+function devMasterKey(): string {
+  const file = join(DEV_DIR, 'secrets-master.key');
   mkdirSync(DEV_DIR, { recursive: true });
-  let table: Record<string, Record<string, string>> = {};
   try {
-    table = JSON.parse(readFileSync(file, 'utf8')) as typeof table;
+    return readFileSync(file, 'utf8').trim();
   } catch {
-    // first run
+    const key = randomBytes(32).toString('base64');
+    writeFileSync(file, key, { mode: 0o600 });
+    return key;
   }
-  if (!table[tenant]?.['DEMO_TOKEN']) {
-    table[tenant] = { ...table[tenant], DEMO_TOKEN: `demo-${randomBytes(12).toString('hex')}` };
-    writeFileSync(file, JSON.stringify(table, null, 2), { mode: 0o600 });
-  }
-  return file;
+}
+
+/**
+ * The dev policy: sandboxed steps may run in any mode; `demo.sandboxed` may lease
+ * `DEMO_TOKEN`, `demo.approval` only with an operator's approval; `demo.jit` may ask for
+ * `DEMO_API_KEY` while it runs. Everything else is denied (default deny).
+ */
+function devPolicy(t: string): string {
+  return [
+    '@id("dev-sandboxed-steps")',
+    'permit(principal, action == Action::"run-step", resource);',
+    '@id("dev-demo-token")',
+    `permit(principal in Workflow::"${t}/demo.sandboxed", action == Action::"lease-secret", resource == Secret::"${t}/DEMO_TOKEN");`,
+    '@id("dev-demo-token-needs-approval")',
+    '@approval("operators")',
+    `permit(principal in Workflow::"${t}/demo.approval", action == Action::"lease-secret", resource == Secret::"${t}/DEMO_TOKEN");`,
+    '@id("dev-jit-api-key")',
+    `permit(principal in Workflow::"${t}/demo.jit", action == Action::"request-credential", resource == Credential::"${t}/DEMO_API_KEY");`,
+    '',
+  ].join('\n');
 }
 
 /** Runs each demo workflow once, printing every event as it is recorded. */
@@ -237,6 +277,10 @@ async function runDemo(nc: Awaited<ReturnType<typeof connectNats>>, tenant: Retu
       if (!name) continue;
       const e = decodeEvent(m);
       say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${describe(e)}`);
+      if (e.type === 'approval.requested') {
+        say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${dim(`(the demo approves it: capstan approve ${runId} ${e.data.step} --as <you>)`)}`);
+        await client.approve(tenant, runId, e.data.step, { by: 'demo-operator', reason: 'the demo approves' });
+      }
       if (e.type === 'step.waiting') {
         say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${dim('(the demo approves it: capstan signal <run> approve)')}`);
         await client.signal(tenant, runId, 'approve', { by: 'demo-operator' });
@@ -247,9 +291,9 @@ async function runDemo(nc: Awaited<ReturnType<typeof connectNats>>, tenant: Retu
       }
     }
   })();
-  const demos = ['demo.pipeline', 'demo.flaky', 'demo.signal', ...(sandboxed ? ['demo.sandboxed'] : [])];
+  const demos = ['demo.pipeline', 'demo.flaky', 'demo.signal', ...(sandboxed ? ['demo.sandboxed', 'demo.approval', 'demo.jit'] : [])];
   say(bold(`demo: submitting ${demos.join(', ')}`));
-  if (!sandboxed) say(dim('  (demo.sandboxed needs a Docker engine; skipped)'));
+  if (!sandboxed) say(dim('  (demo.sandboxed, demo.approval and demo.jit need a Docker engine; skipped)'));
   for (const wf of demos) {
     const runId = await client.submit(tenant, wf, { input: { customer: 42, source: 'capstan dev' } });
     names.set(runId, wf);

@@ -49,6 +49,14 @@ export function describe(e: RunEvent): string {
       return `step ${e.data.step} ${e.data.decision === 'approve' ? 'approved' : 'denied'} by ${e.data.by}${e.data.reason ? `: ${e.data.reason}` : ''}`;
     case 'run.retried':
       return `run retried by ${e.data.by}${e.data.reason ? `: ${e.data.reason}` : ''}`;
+    case 'policy.requested':
+      return `step ${e.data.step} asks the policy (${e.data.queries.map((q) => [q['action'], q['mode'] ?? q['secret'] ?? q['host']].filter((x) => x !== undefined).join(' ')).join(', ')})`;
+    case 'policy.decided':
+      return `policy v${e.data.version} ${e.data.decision} for step ${e.data.step}${e.data.policies.length ? ` (${e.data.policies.join(', ')})` : ''}${e.data.approvers ? `, approvers: ${e.data.approvers}` : ''}`;
+    case 'approval.requested':
+      return `step ${e.data.step} waits for approval by ${e.data.approvers} (policy v${e.data.version}, expires in ${Math.round(e.data.expiresInMs / 60_000)} min)`;
+    case 'credential.decided':
+      return `step ${e.data.step} asked for credential ${e.data.name}: policy v${e.data.version} ${e.data.decision}${e.data.reason ? ` (“${e.data.reason}”)` : ''}`;
     case 'run.completed':
       return `run completed → ${JSON.stringify(e.data.output).slice(0, 80)}`;
     case 'run.failed':

@@ -58,7 +58,7 @@ export interface ApprovalsResponse {
   readonly approvals: Wire<ApprovalRow>[];
 }
 
-const APPROVAL_STATUSES = ['waiting', 'approved', 'denied', 'all'] as const;
+const APPROVAL_STATUSES = ['waiting', 'approved', 'denied', 'expired', 'all'] as const;
 
 /** `capstan approvals --tenant t [--status waiting|approved|denied|all] [--limit N] [--json]` */
 export async function approvalsCmd(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {

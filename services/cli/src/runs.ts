@@ -2,7 +2,7 @@
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { foldRun, statusFromEvents, type Registry } from '@capstan/actors';
 import { loadWorkflows } from '@capstan/orchestrator';
-import { createClient, ensureTenant, listTenants, type NatsConnection } from '@capstan/kit';
+import { createClient, decideAt, ensureTenant, listTenants, type NatsConnection } from '@capstan/kit';
 import {
   CapstanError,
   DeterminismViolationError,
@@ -10,9 +10,11 @@ import {
   InvalidArgumentError,
   isPlainObject,
   parseTenantId,
+  PolicyAction,
   RunNotFoundError,
   Streams,
   type JsonValue,
+  type PolicyQuery,
   type RunEvent,
   type RunId,
   type TenantId,
@@ -152,7 +154,7 @@ export async function eventsCmd(argv: string[]): Promise<number> {
 
 /** Refolds the run through the recorded workflow version; non-zero with a diff on divergence. */
 export async function replayCmd(argv: string[], registryFor: () => Promise<Registry> = () => loadWorkflows(process.env['CAPSTAN_WORKFLOWS'] ?? '')): Promise<number> {
-  const { values, args } = parse(argv, common, ['runId']);
+  const { values, args } = parse(argv, { ...common, 'recheck-policy': { type: 'boolean' } }, ['runId']);
   const t = tenantFlag(values);
   const runId = runIdArg(args[0]);
   const registry = await registryFor();
@@ -163,15 +165,22 @@ export async function replayCmd(argv: string[], registryFor: () => Promise<Regis
       const fold = foldRun(registry, events);
       const status = fold.timeline.at(-1)?.status ?? 'pending';
       const same = status === recorded;
-      print(values['json'] === true, { runId, ok: same, status, recorded, events: events.length, timeline: fold.timeline }, () =>
+      const rechecked = values['recheck-policy'] === true ? await recheckPolicy(nc, t, events) : [];
+      const differ = rechecked.filter((r) => !r.same);
+      print(values['json'] === true, { runId, ok: same && differ.length === 0, status, recorded, events: events.length, timeline: fold.timeline, ...(values['recheck-policy'] === true ? { policy: rechecked } : {}) }, () =>
         [
           ...fold.timeline.map(timelineLine),
           same
             ? green(`replay reproduces run ${runId}: ${status} after ${events.length} events`)
             : red(`replay ends ${status}, but the record says ${recorded}`),
+          ...rechecked.map((r) =>
+            r.same
+              ? green(`policy at event ${r.seq}: ${r.what} → ${r.recorded} again under version ${r.version}`)
+              : red(`policy at event ${r.seq}: ${r.what} → recorded ${r.recorded}, version ${r.version} now says ${r.now}${r.policies ? ` (${r.policies})` : ''}`),
+          ),
         ].join('\n'),
       );
-      return same ? 0 : 1;
+      return same && differ.length === 0 ? 0 : 1;
     } catch (e) {
       if (e instanceof DeterminismViolationError) {
         print(values['json'] === true, { runId, ok: false, seq: e.seq, diff: e.diff }, () =>
@@ -182,6 +191,38 @@ export async function replayCmd(argv: string[], registryFor: () => Promise<Regis
       throw e;
     }
   });
+}
+
+interface Recheck {
+  readonly seq: number;
+  readonly what: string;
+  readonly version: number;
+  readonly recorded: string;
+  readonly now: string;
+  readonly policies: string;
+  readonly same: boolean;
+}
+
+/**
+ * Asks the policy service again, under the version each decision recorded, the questions the
+ * run recorded: a difference means the recorded decision is not what that version says.
+ */
+async function recheckPolicy(nc: NatsConnection, t: TenantId, events: readonly RunEvent[]): Promise<Recheck[]> {
+  const out: Recheck[] = [];
+  const started = events[0];
+  const workflow = started?.type === 'run.started' ? started.data.workflow : '';
+  for (const e of events) {
+    if (e.type === 'policy.decided') {
+      const asked = [...events].reverse().find((q) => q.type === 'policy.requested' && q.seq < e.seq && q.data.step === e.data.step);
+      if (!asked || asked.type !== 'policy.requested' || e.data.version === 0) continue;
+      const now = await decideAt(nc, t, e.data.version, asked.data.queries as unknown as PolicyQuery[]);
+      out.push({ seq: e.seq, what: `step ${e.data.step}`, version: e.data.version, recorded: e.data.decision, now: now.decision, policies: now.policies.join(', '), same: now.decision === e.data.decision });
+    } else if (e.type === 'credential.decided' && e.data.version > 0) {
+      const now = await decideAt(nc, t, e.data.version, [{ action: PolicyAction.RequestCredential, workflow, step: e.data.step, secret: e.data.name }]);
+      out.push({ seq: e.seq, what: `credential ${e.data.name}`, version: e.data.version, recorded: e.data.decision, now: now.decision, policies: now.policies.join(', '), same: now.decision === e.data.decision });
+    }
+  }
+  return out;
 }
 
 export async function signalCmd(argv: string[]): Promise<number> {

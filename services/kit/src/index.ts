@@ -11,7 +11,7 @@ export { createLogger, LOG_LEVELS } from './log.js';
 export type { Logger } from './log.js';
 export { envString, envInt, envBool, envLogLevel, envNatsUrl, envTenants } from './env.js';
 export type { Env } from './env.js';
-export { ensureTenant, listTenants, streamConfigs, fleetStreamConfig, DEFAULT_TENANT_LIMITS } from './tenant.js';
+export { ensureTenant, listTenants, streamConfigs, fleetStreamConfig, policyStreamConfig, DEFAULT_TENANT_LIMITS } from './tenant.js';
 export type { TenantLimits } from './tenant.js';
 export { readRun, appendBatch, decodeEvent, publishDurably, coalescingPublisher } from './run-log.js';
 export type { LoadedRun, AppendGroup, AppendOutcome, OutMsg } from './run-log.js';
@@ -62,3 +62,23 @@ export type { QueryServer, QueryServerOptions } from './http-api.js';
 export { failpoint, parseFailpoints } from './failpoint.js';
 export type { Failpoint } from './failpoint.js';
 export { execInSandbox, type SandboxCallOptions, type SandboxOutcome } from './sandbox-client.js';
+export { generateRecipient, recipientFromSeed, seal, parseRecipientKey } from './sealed-box.js';
+export type { Recipient } from './sealed-box.js';
+export {
+  issueLease,
+  redeemLease,
+  redeemValues,
+  openLeaseValues,
+  revokeRun,
+  putSecret,
+  rotateSecret,
+  deleteSecret,
+  listSecrets,
+} from './secrets-client.js';
+export type { SecretsCallOptions, LeaseScopeRef, PutSecretOptions } from './secrets-client.js';
+export { refreshers, CredentialRefreshError } from './credentials.js';
+export type { Refresher, Refreshers, RefreshContext, Refreshed } from './credentials.js';
+export { createAuditSink, unavailableAuditSink, appendAuditRow, AuditUnavailableError, AuditAppend, DATA_PLANE_STREAM_SEQ } from './audit-sink.js';
+export type { AuditSink, AuditIntent, DataPlaneAuditRow } from './audit-sink.js';
+export { askPolicy, decideAt, setPolicy, getPolicy, policyHistory, testPolicy } from './policy-client.js';
+export type { PolicyCallOptions, SetPolicyInput, TestPolicyInput } from './policy-client.js';

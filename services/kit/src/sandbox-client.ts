@@ -5,13 +5,17 @@
  * attempt gets a new sandbox); no service at all is `sandbox_unavailable`. Either way the
  * step never runs anywhere but in a sandbox.
  */
-import { NoRespondersError, RequestError } from '@nats-io/transport-node';
+import { createInbox, NoRespondersError, RequestError, type Subscription } from '@nats-io/transport-node';
 import {
   decode,
   encode,
   ErrorCode,
+  parseCredentialRequest,
   parseSandboxReply,
   Subjects,
+  toErrorRecord,
+  type CredentialAnswer,
+  type CredentialRequest,
   type ErrorRecord,
   type SandboxExecRequest,
   type SandboxResult,
@@ -27,12 +31,46 @@ export interface SandboxCallOptions {
   /** Called once the service has claimed a sandbox for the attempt. */
   readonly onAccepted?: (sandbox: string, warm: boolean) => void;
   readonly signal?: AbortSignal;
+  /**
+   * Mode 3b: decides a running step's request for a credential. Resolve with a lease id (or
+   * none, when the sandbox reads secrets without leases); throw a CapstanError to refuse.
+   */
+  readonly onCredential?: (request: CredentialRequest) => Promise<{ leaseId?: string }>;
 }
 
 export type SandboxOutcome = { result: SandboxResult; error?: ErrorRecord } | { result?: undefined; error: ErrorRecord };
 
 export async function execInSandbox(nc: NatsConnection, tenant: TenantId, req: SandboxExecRequest, o: SandboxCallOptions = {}): Promise<SandboxOutcome> {
   const stallMs = o.stallMs ?? 5000;
+  let credentials: Subscription | undefined;
+  if (o.onCredential) {
+    const decide = o.onCredential;
+    credentials = nc.subscribe(createInbox(), {
+      callback: (err, m) => {
+        if (err) return;
+        const answer = (a: CredentialAnswer) => m.respond(encode(a));
+        let request: CredentialRequest;
+        try {
+          request = parseCredentialRequest(decode(m.data));
+        } catch (e) {
+          answer({ granted: false, error: toErrorRecord(e, ErrorCode.SchemaViolation) });
+          return;
+        }
+        decide(request).then(
+          (g) => answer({ granted: true, ...(g.leaseId ? { leaseId: g.leaseId } : {}) }),
+          (e: unknown) => answer({ granted: false, error: toErrorRecord(e, ErrorCode.PolicyDenied) }),
+        );
+      },
+    });
+  }
+  try {
+    return await exchange(nc, tenant, credentials ? { ...req, credentials: credentials.getSubject() } : req, stallMs, o);
+  } finally {
+    credentials?.unsubscribe();
+  }
+}
+
+async function exchange(nc: NatsConnection, tenant: TenantId, req: SandboxExecRequest, stallMs: number, o: SandboxCallOptions): Promise<SandboxOutcome> {
   let replies: AsyncIterable<{ data: Uint8Array }>;
   try {
     replies = await nc.requestMany(Subjects.sandboxExec(tenant), encode(req), { strategy: 'stall', stall: stallMs, maxWait: o.firstReplyMs ?? 10_000 });

@@ -42,6 +42,7 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
       ackWaitMs: config.ackWaitMs,
       maxTicks: config.maxTicks,
       now: Date.now,
+      policy: { mode: config.policy, approvalTtlMs: config.approvalTtlMs, timeoutMs: config.policyTimeoutMs },
     });
     hosts.set(t, host);
     await host.start();

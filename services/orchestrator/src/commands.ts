@@ -36,6 +36,14 @@ export function inputOf(cmd: Exclude<Command, { verb: 'submit' }>): InputEventBo
     }
     case 'retry':
       return { type: 'run.retried', data: { by: cmd.body.by, ...(cmd.body.reason !== undefined ? { reason: cmd.body.reason } : {}) } };
+    case 'policy': {
+      const { runId: _runId, ...data } = cmd.body;
+      return { type: 'policy.decided', data };
+    }
+    case 'credential': {
+      const { runId: _runId, ...data } = cmd.body;
+      return { type: 'credential.decided', data };
+    }
   }
 }
 

@@ -20,6 +20,14 @@ export interface Config {
   /** How often new tenants are looked for. */
   readonly discoveryMs: number;
   readonly name: string;
+  /**
+   * `on`: sandboxed steps wait for the tenant's policy (default deny). `off`: every question
+   * is recorded as allowed with version 0 ("policy-checks-off"); for development only.
+   */
+  readonly policy: 'on' | 'off';
+  /** How long a needs-approval step waits for a person before the run fails. */
+  readonly approvalTtlMs: number;
+  readonly policyTimeoutMs: number;
 }
 
 /** Reads `ORCH_*` and the shared keys. Pure; lists every problem at once. @throws ConfigError */
@@ -36,7 +44,12 @@ export function loadConfig(env: Env): Config {
     ackWaitMs: envInt(env, 'ORCH_ACK_WAIT_MS', 10_000, problems, 500, 3_600_000),
     discoveryMs: envInt(env, 'ORCH_DISCOVERY_MS', 2000, problems, 100, 3_600_000),
     name: envString(env, 'ORCH_NAME', `orchestrator-${process.pid}`),
+    policy: envString(env, 'ORCH_POLICY', 'on') === 'off' ? 'off' : 'on',
+    approvalTtlMs: envInt(env, 'ORCH_APPROVAL_TTL_MS', 24 * 60 * 60 * 1000, problems, 1000, 30 * 24 * 60 * 60 * 1000),
+    policyTimeoutMs: envInt(env, 'ORCH_POLICY_TIMEOUT_MS', 2000, problems, 50, 60_000),
   };
+  const policy = envString(env, 'ORCH_POLICY', 'on');
+  if (policy !== 'on' && policy !== 'off') problems.push(`ORCH_POLICY must be on or off, got ${JSON.stringify(policy)}`);
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);
 }

@@ -8,6 +8,7 @@ import type { JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { publishDurably, type OutMsg } from '@capstan/kit';
 import type { RunContext, RunState } from '@capstan/actors';
+import type { PolicyGate } from './policy-gate.js';
 import {
   CommandVerb,
   encode,
@@ -35,7 +36,7 @@ export interface EffectSource {
  * worker has seen a step, its timers are known to exist, so recovery only ever has to look
  * at a run's last decisions.
  */
-export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t: TenantId, sources: readonly EffectSource[]): Promise<number> {
+export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t: TenantId, sources: readonly EffectSource[], gate?: PolicyGate): Promise<number> {
   const timers: OutMsg[] = [];
   const work: OutMsg[] = [];
   for (const src of sources) {
@@ -53,6 +54,8 @@ export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t
             [Headers.ScheduleTarget]: Subjects.command(t, CommandVerb.Timer),
           },
         });
+      } else if (ev.type === 'policy.requested') {
+        gate?.ask(src.runId, ev.data.step, ev.data.attempt, ev.data.queries);
       } else if (ev.type === 'step.scheduled') {
         const d = ev.data;
         const { workflow } = src.state;

@@ -42,6 +42,7 @@ import {
 import { appendBatch, deadLetter, derivedRunId, failpoint, idempotencyHash, readRun, type Logger } from '@capstan/kit';
 import { dispatchEffects, tailDecisions, type EffectSource } from './effects.js';
 import { deadLetterWhenRejected, inputOf } from './commands.js';
+import { createPolicyGate } from './policy-gate.js';
 import type { RunCache } from './run-cache.js';
 
 export interface TenantHostOptions {
@@ -57,6 +58,7 @@ export interface TenantHostOptions {
   readonly maxTicks: number;
   /** The decision clock: the only place a run's time comes from. */
   readonly now: () => number;
+  readonly policy: { readonly mode: 'on' | 'off'; readonly approvalTtlMs: number; readonly timeoutMs: number };
 }
 
 export interface TenantHostStats {
@@ -111,6 +113,7 @@ const MAX_ACTING = 8;
 export function createTenantHost(o: TenantHostOptions): TenantHost {
   const { nc, js, jsm, tenant: t, registry, cache, maxBatch } = o;
   const log = o.log.child({ tenant: t });
+  const gate = createPolicyGate({ nc, js, tenant: t, ...o.policy, log });
   const stats: TenantHostStats = { commands: 0, appendedEvents: 0, conflicts: 0, deadLetters: 0, recoveredEffects: 0, ticks: 0 };
   /** Parsed commands waiting for a tick, in arrival order. */
   const queue: Pending[] = [];
@@ -263,7 +266,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     stats.recoveredEffects += done.reduce((n, g) => n + g.recovered.reduce((k, r) => k + r.events.length, 0), 0);
     return async () => {
       try {
-        await dispatchEffects(nc, js, t, effects);
+        await dispatchEffects(nc, js, t, effects, gate);
       } catch (e) {
         // A later command for these runs must not trust the cache: reload recovers the tail.
         for (const g of done) cache.delete(g.runId);
@@ -428,6 +431,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       log.info({ consumer: Consumers.orchestrator }, 'serving tenant');
     },
     async stop() {
+      gate.stop();
       await messages?.close();
       if (activeTicks > 0) await new Promise<void>((r) => (idle = r));
       stopped = true;

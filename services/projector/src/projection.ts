@@ -29,13 +29,17 @@ export const StepOutcome = {
   TimedOut: 'timed_out',
 } as const;
 
-export const ApprovalStatus = { Waiting: 'waiting', Approved: 'approved', Denied: 'denied' } as const;
+export const ApprovalStatus = { Waiting: 'waiting', Approved: 'approved', Denied: 'denied', Expired: 'expired' } as const;
+/** The `signal` of an approval a policy asked for (not a signal step). */
+export const POLICY_APPROVAL = 'policy';
 
 export const AuditKind = {
   Signaled: 'run.signaled',
   CancelRequested: 'run.cancel-requested',
   ApprovalDecided: 'approval.decided',
   Retried: 'run.retried',
+  PolicyDecided: 'policy.decided',
+  CredentialDecided: 'credential.decided',
   WorkerApproved: 'worker.approved',
   WorkerRevoked: 'worker.revoked',
 } as const;
@@ -278,11 +282,14 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
       if (e.data.kind === 'timeout' && row && (row.outcome === StepOutcome.Scheduled || row.outcome === StepOutcome.Running)) {
         putStep({ ...row, outcome: StepOutcome.TimedOut, finishedAt: at, durationMs: row.startedAt ? Math.max(0, e.at - row.startedAt.getTime()) : null });
       }
+      // Recorded only when it applied: an approval nobody decided in time fails its run.
+      const a = e.data.kind === 'approval' ? approvals.get(e.data.step) : undefined;
+      if (a && a.status === ApprovalStatus.Waiting) putApproval({ ...a, status: ApprovalStatus.Expired, decidedAt: at });
       break;
     }
     case 'step.waiting':
       // A retried run asks again: the row starts over (its history is in the audit log).
-      putApproval({ tenant, runId, step: e.data.step, signal: e.data.signal, status: ApprovalStatus.Waiting, requestedAt: at, decidedAt: null, decidedBy: null, reason: null });
+      putApproval({ tenant, runId, step: e.data.step, signal: e.data.signal, status: ApprovalStatus.Waiting, requestedAt: at, decidedAt: null, decidedBy: null, reason: null, approvers: null, policyVersion: null, policies: null, expiresAt: null });
       // The run is at this step as much as at a scheduled one.
       if (run) run.currentStep = e.data.step;
       break;
@@ -296,6 +303,34 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
       audit = { tenant, runId, seq: e.seq, kind: AuditKind.Signaled, actor, detail: { name: e.data.name }, at, streamSeq };
       break;
     }
+    case 'approval.requested':
+      // A policy wants a person before this step may run.
+      putApproval({
+        tenant,
+        runId,
+        step: e.data.step,
+        signal: POLICY_APPROVAL,
+        status: ApprovalStatus.Waiting,
+        requestedAt: at,
+        decidedAt: null,
+        decidedBy: null,
+        reason: null,
+        approvers: pgText(e.data.approvers),
+        policyVersion: e.data.version,
+        policies: pgText(e.data.policies.join(', ')),
+        expiresAt: new Date(at.getTime() + e.data.expiresInMs),
+      });
+      if (run) run.currentStep = e.data.step;
+      break;
+    case 'policy.requested':
+      // The question is on the run; its answer (policy.decided) is what the audit log keeps.
+      break;
+    case 'credential.decided':
+      audit = { tenant, runId, seq: e.seq, kind: AuditKind.CredentialDecided, actor: 'policy', detail: { step: e.data.step, attempt: e.data.attempt, name: e.data.name, decision: e.data.decision, version: e.data.version, policies: e.data.policies }, at, streamSeq };
+      break;
+    case 'policy.decided':
+      audit = { tenant, runId, seq: e.seq, kind: AuditKind.PolicyDecided, actor: 'policy', detail: { step: e.data.step, attempt: e.data.attempt, decision: e.data.decision, version: e.data.version, policies: e.data.policies }, at, streamSeq };
+      break;
     case 'approval.decided': {
       const { step, decision, by } = e.data;
       const reason = e.data.reason === undefined ? null : pgText(e.data.reason);

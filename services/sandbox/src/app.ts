@@ -19,6 +19,7 @@ import {
   encode,
   ErrorCode,
   Mode,
+  parseCredentialAnswer,
   parseSandboxExecRequest,
   parseTenantId,
   Subjects,
@@ -34,7 +35,7 @@ import { nullBackend, SandboxUnavailableError, type SandboxBackend } from './bac
 import { dockerBackend } from './docker.js';
 import { runAttempt, type ExecDeps } from './executor.js';
 import { ensureSandboxImage } from './image.js';
-import { fileLeases, noLeases, type LeaseRedeemer } from './leases.js';
+import { fileLeases, natsLeases, type LeaseRedeemer } from './leases.js';
 import { Labels, WarmPool } from './pool.js';
 
 export interface SandboxServiceOptions {
@@ -65,7 +66,8 @@ export function createSandboxService(config: Config, log: Logger, opts: SandboxS
   const instance = randomBytes(4).toString('hex');
   const docker = new Docker({ socketPath: config.dockerSocket });
   const backend = opts.backend ?? (config.backend === 'docker' ? dockerBackend(docker) : nullBackend('SANDBOX_BACKEND=none: this node runs no sandboxes'));
-  const leases = opts.leases ?? (config.secretsFile ? fileLeases(config.secretsFile) : noLeases);
+  // A secrets file (development, tests) or the secrets-lease service.
+  const leases = opts.leases ?? (config.secretsFile ? fileLeases(config.secretsFile) : natsLeases(() => nc));
   let image = opts.image;
   /** Why nothing can run, once the backend has been tried. */
   let unavailable: string | undefined;
@@ -94,7 +96,19 @@ export function createSandboxService(config: Config, log: Logger, opts: SandboxS
     return pool;
   }
 
-  const deps: ExecDeps = { backend, pools: poolFor, leases, artifactsDir: config.artifactsDir, maxArtifactBytes: config.maxArtifactBytes, log };
+  const deps: ExecDeps = {
+    backend,
+    pools: poolFor,
+    leases,
+    artifactsDir: config.artifactsDir,
+    maxArtifactBytes: config.maxArtifactBytes,
+    log,
+    async askWorker(subject, request, timeoutMs) {
+      if (!nc) throw new SandboxUnavailableError('not connected');
+      const m = await nc.request(subject, encode(request), { timeout: timeoutMs });
+      return parseCredentialAnswer(decode(m.data));
+    },
+  };
 
   /** Removes every container of this node that an earlier instance left. */
   async function reap(): Promise<number> {

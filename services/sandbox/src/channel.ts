@@ -8,6 +8,7 @@ import { CapstanError, ErrorCode } from '@capstan/schemas';
 import { lineSplitter, type HostFrame, type RunnerFrame } from './runner/protocol.js';
 
 export type TunnelFrame = Extract<RunnerFrame, { t: 'conn' | 'data' | 'end' }>;
+export type CredentialFrame = Extract<RunnerFrame, { t: 'credential' }>;
 type Waiter = { onFrame: (f: RunnerFrame) => boolean; resolve: () => void; reject: (e: Error) => void };
 
 export class SandboxLostError extends CapstanError {
@@ -22,6 +23,10 @@ export class RunnerChannel {
   private closedWith: Error | undefined;
   /** Receives the runner's egress tunnel frames. */
   onTunnel: (f: TunnelFrame) => void = () => {};
+  /** Receives a mode-3b tool's credential requests; refused unless the step asked for the channel. */
+  onCredential: (f: CredentialFrame) => void = (f) => {
+    void this.send({ t: 'credential.err', cid: f.cid, code: 'invalid_argument', message: 'this step has no credential channel' }).catch(() => {});
+  };
   /** The runner's first `ready` (sent once at start). */
   readonly ready: Promise<void>;
 
@@ -47,6 +52,10 @@ export class RunnerChannel {
         }
         if (f.t === 'conn' || f.t === 'data' || f.t === 'end') {
           this.onTunnel(f);
+          return;
+        }
+        if (f.t === 'credential') {
+          this.onCredential(f);
           return;
         }
         const w = this.waiters.get(f.id ?? '');

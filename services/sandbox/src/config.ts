@@ -30,7 +30,7 @@ export interface Config {
   /** Where artifacts and logs are written (`<dir>/<tenant>/<run>/<step>/<attempt>/`). */
   readonly artifactsDir: string;
   readonly maxArtifactBytes: number;
-  /** Dev/test secrets: a JSON file `{ tenant: { KEY: value } }`. Empty: no secrets on this node. */
+  /** Dev/test secrets: a JSON file `{ tenant: { KEY: value } }`. Empty: leases from the secrets-lease service. */
   readonly secretsFile: string;
   /** Beats on a running step's reply subject, so its worker knows the service is alive. */
   readonly beatMs: number;

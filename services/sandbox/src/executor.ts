@@ -12,6 +12,9 @@ import {
   ErrorCode,
   Mode,
   sandboxName,
+  toErrorRecord,
+  type CredentialAnswer,
+  type CredentialRequest,
   type ErrorRecord,
   type SandboxExecRequest,
   type SandboxResult,
@@ -32,6 +35,8 @@ export interface ExecDeps {
   readonly artifactsDir: string;
   readonly maxArtifactBytes: number;
   readonly log: Logger;
+  /** Asks the worker that sent the step (mode 3b credentials); resolves with its answer. */
+  readonly askWorker: (subject: string, request: CredentialRequest, timeoutMs: number) => Promise<CredentialAnswer>;
 }
 
 export interface ExecProgress {
@@ -81,7 +86,7 @@ export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxE
     for (const { name: k, value } of req.spec.env ?? []) env[k] = value;
     const secrets = req.spec.secrets ?? [];
     if (secrets.length > 0) {
-      const values = await deps.leases.redeem({ tenant, runId: req.runId, step: req.step, attempt: req.attempt, keys: secrets });
+      const values = await deps.leases.redeem({ tenant, runId: req.runId, step: req.step, attempt: req.attempt, keys: secrets, ...(req.leaseId ? { leaseId: req.leaseId } : {}) });
       identityValues = Object.values(values);
       await channel.call({ t: 'identity', id: channel.newId(), env: values }, (f) => f.t === 'ok', 10_000);
       log.info({ keys: secrets }, 'identity injected');
@@ -91,18 +96,35 @@ export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxE
 
     const files: FileInput[] = [{ path: 'input.json', d: Buffer.from(JSON.stringify({ input: req.input, previous: req.previous ?? null })).toString('base64') }];
     let argv = req.spec.command ?? [];
-    if (req.mode === Mode.Agent) {
+    if (req.mode === Mode.Agent && req.spec.agent) {
       const a = agentCommand(req.spec, Object.keys(env), secrets);
       argv = a.argv;
       files.push({ path: a.taskFile, d: Buffer.from(req.spec.task ?? '').toString('base64') });
     }
 
     const redact = { 1: new Redactor(identityValues), 2: new Redactor(identityValues) };
+    if (req.mode === Mode.Agent && req.spec.jit) {
+      channel.onCredential = (f) => {
+        void grantCredential(deps, tenant, req, f.name, f.reason).then(
+          (values) => {
+            redact[1].add(Object.values(values));
+            redact[2].add(Object.values(values));
+            log.info({ key: f.name }, 'credential granted at run time');
+            return channel.send({ t: 'credential.ok', cid: f.cid, env: values });
+          },
+          (e: unknown) => {
+            const r = toErrorRecord(e, ErrorCode.SandboxFailed);
+            log.info({ key: f.name, code: r.code }, 'credential refused');
+            return channel.send({ t: 'credential.err', cid: f.cid, code: r.code, message: r.message });
+          },
+        ).catch(() => {});
+      };
+    }
     const counts = { 1: 0, 2: 0 };
     let exit: Extract<RunnerFrame, { t: 'exit' }> | undefined;
     const execId = channel.newId();
     await channel.call(
-      { t: 'exec', id: execId, argv, env, files, timeoutMs: req.timeoutMs, egress: egress.size > 0 && req.mode !== Mode.Sandboxed },
+      { t: 'exec', id: execId, argv, env, files, timeoutMs: req.timeoutMs, egress: egress.size > 0 && req.mode !== Mode.Sandboxed, jit: req.mode === Mode.Agent && req.spec.jit === true },
       (f) => {
         if (f.t === 'out') {
           const bytes = Buffer.from(f.d, 'base64');
@@ -167,6 +189,18 @@ export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxE
   } finally {
     release();
   }
+}
+
+/**
+ * Mode 3b: the worker decides (it asks the tenant's policy, and a person when the policy
+ * says so) and has a lease issued for the one key; the service redeems it and the value
+ * goes to the runner only.
+ */
+async function grantCredential(deps: ExecDeps, tenant: TenantId, req: SandboxExecRequest, name: string, reason: string): Promise<Record<string, string>> {
+  if (!req.credentials) throw new CapstanError(ErrorCode.InvalidArgument, 'the worker gave this step no credential route', false);
+  const answer = await deps.askWorker(req.credentials, { name, reason }, req.timeoutMs);
+  if (!answer.granted) throw new CapstanError((answer.error?.code ?? ErrorCode.PolicyDenied) as ErrorCode, answer.error?.message ?? `credential ${name} was refused`, false);
+  return deps.leases.redeem({ tenant, runId: req.runId, step: req.step, attempt: req.attempt, keys: [name], ...(answer.leaseId ? { leaseId: answer.leaseId } : {}) });
 }
 
 function failureOf(req: SandboxExecRequest, ex: Extract<RunnerFrame, { t: 'exit' }>, stderrBytes: number): { error?: ErrorRecord } {

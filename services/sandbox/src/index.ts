@@ -19,7 +19,7 @@ export {
 export { dockerBackend } from './docker.js';
 export { WarmPool, Labels, type Claimed, type PoolOptions } from './pool.js';
 export { RunnerChannel, SandboxLostError } from './channel.js';
-export { fileLeases, noLeases, type LeaseRedeemer, type LeaseScope } from './leases.js';
+export { fileLeases, natsLeases, noLeases, type LeaseRedeemer, type LeaseScope } from './leases.js';
 export { Redactor } from './outputs.js';
 export { AGENTS, type AgentAdapter } from './agent-adapters.js';
 export { isCleanProof, type ScrubProof } from './runner/protocol.js';

@@ -5,6 +5,7 @@
  * over NATS; until then `fileLeases` reads a local file (for `capstan dev` and tests).
  */
 import { readFile } from 'node:fs/promises';
+import { redeemValues, type NatsConnection } from '@capstan/kit';
 import { CapstanError, ErrorCode, isPlainObject, type RunId, type TenantId } from '@capstan/schemas';
 
 export interface LeaseScope {
@@ -13,6 +14,8 @@ export interface LeaseScope {
   readonly step: string;
   readonly attempt: number;
   readonly keys: readonly string[];
+  /** The lease the worker had issued (the secrets-lease service checks its scope). */
+  readonly leaseId?: string;
 }
 
 export interface LeaseRedeemer {
@@ -24,6 +27,24 @@ export interface LeaseRedeemer {
 export const noLeases: LeaseRedeemer = {
   redeem: (s) => Promise.reject(new CapstanError(ErrorCode.SecretNotFound, `no secrets store is configured on this node; step ${s.step} needs ${s.keys.join(', ')}`, false)),
 };
+
+/**
+ * Leases from the secrets-lease service: each redemption uses a one-time key pair, so the
+ * values travel sealed to this process and are opened only here.
+ */
+export function natsLeases(connection: () => NatsConnection | undefined): LeaseRedeemer {
+  return {
+    async redeem(s) {
+      const nc = connection();
+      if (!nc) throw new CapstanError(ErrorCode.Unavailable, 'not connected to NATS', true);
+      if (!s.leaseId) throw new CapstanError(ErrorCode.InvalidArgument, `step ${s.step} needs ${s.keys.join(', ')} but its worker sent no lease`, false);
+      const values = await redeemValues(nc, s.tenant, { leaseId: s.leaseId, runId: s.runId, step: s.step, attempt: s.attempt });
+      const missing = s.keys.filter((k) => values[k] === undefined);
+      if (missing.length > 0) throw new CapstanError(ErrorCode.SecretNotFound, `the lease holds no ${missing.join(', ')}`, false);
+      return values;
+    },
+  };
+}
 
 /**
  * A JSON file `{ "<tenant>": { "KEY": "value" } }`, read at each redemption so it can be

@@ -13,13 +13,19 @@ import type { Artifact } from '@capstan/schemas';
  * each chunk so a value split across two chunks is still caught.
  */
 export class Redactor {
-  private readonly needles: string[];
-  private readonly keep: number;
+  private needles: string[] = [];
+  private keep = 0;
   private carry = '';
 
   constructor(values: readonly string[]) {
+    this.add(values);
+  }
+
+  /** More values to hide (a credential granted while the step runs). */
+  add(values: readonly string[]): void {
     // latin1 maps bytes 1:1 to chars, so replacing in strings replaces bytes.
-    this.needles = values.filter((v) => v.length >= 4).map((v) => Buffer.from(v, 'utf8').toString('latin1')).sort((a, b) => b.length - a.length);
+    const more = values.filter((v) => v.length >= 4).map((v) => Buffer.from(v, 'utf8').toString('latin1'));
+    this.needles = [...this.needles, ...more].sort((a, b) => b.length - a.length);
     this.keep = Math.max(0, ...this.needles.map((n) => n.length - 1));
   }
 

@@ -4,11 +4,12 @@
  */
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { encode, Subjects, type TenantId, type WorkerHeartbeat } from '@capstan/schemas';
-import { connectNats, followTenants, type Logger, type NatsConnection, type TenantFollower } from '@capstan/kit';
+import { connectNats, createAuditSink, followTenants, openDatabase, type AuditSink, type Logger, type NatsConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
 import { startAdmissionGate, type AdmissionGate } from './admission.js';
 import { loadHandlers, type Handlers } from './handlers.js';
 import { createPoolRunner, type PoolRunner } from './pool-runner.js';
+import { auditNotConfigured } from './external-write.js';
 
 export interface WorkerApp {
   start(): Promise<void>;
@@ -17,9 +18,22 @@ export interface WorkerApp {
 }
 
 const HEARTBEAT_MS = 5000;
+/** Audit connections: one short transaction per external write, so a few serve many steps. */
+const AUDIT_POOL_SIZE = 8;
 
-export async function createWorker(config: Config, log: Logger, opts: { handlers?: Handlers } = {}): Promise<WorkerApp> {
+/**
+ * `opts.audit`: an audit store to use instead of `AUDIT_DATABASE_URL` (a process that holds
+ * its database already, such as `capstan dev`); the worker does not close it.
+ */
+export async function createWorker(config: Config, log: Logger, opts: { handlers?: Handlers; audit?: AuditSink } = {}): Promise<WorkerApp> {
   const handlers = opts.handlers ?? (await loadHandlers(config.handlersModule));
+  // No connection is made here: an audit store that is down refuses external writes, it
+  // does not keep the worker from running other steps.
+  const audit =
+    opts.audit ??
+    (config.auditDatabaseUrl
+      ? createAuditSink(await openDatabase({ url: config.auditDatabaseUrl, log, poolSize: AUDIT_POOL_SIZE }), { closeDatabase: true })
+      : auditNotConfigured());
   let nc: NatsConnection | undefined;
   const runners: PoolRunner[] = [];
   const gates: AdmissionGate[] = [];
@@ -53,7 +67,7 @@ export async function createWorker(config: Config, log: Logger, opts: { handlers
   async function startPools(nc: NatsConnection, t: TenantId, mine: PoolRunner[]): Promise<void> {
     const jsm = await jetstreamManager(nc);
     for (const pool of config.pools) {
-      const r = createPoolRunner({ nc, js: jetstream(nc), jsm, tenant: t, pool, handlers, workerId: config.id, concurrency: config.concurrency, ackWaitMs: config.ackWaitMs, startedAfterMs: config.startedAfterMs, sandboxStallMs: config.sandboxStallMs, log });
+      const r = createPoolRunner({ nc, js: jetstream(nc), jsm, tenant: t, pool, handlers, workerId: config.id, concurrency: config.concurrency, ackWaitMs: config.ackWaitMs, startedAfterMs: config.startedAfterMs, sandboxStallMs: config.sandboxStallMs, leases: config.leases, approvalTtlMs: config.approvalTtlMs, audit, log });
       runners.push(r);
       mine.push(r);
       await r.start();
@@ -77,14 +91,18 @@ export async function createWorker(config: Config, log: Logger, opts: { handlers
       beat = setInterval(heartbeat, HEARTBEAT_MS);
       beat.unref();
       heartbeat();
-      log.info({ worker: config.id, pools: config.pools, handlers: Object.keys(handlers).length }, 'worker started');
+      log.info({ worker: config.id, pools: config.pools, handlers: Object.keys(handlers).length, audit: opts.audit || config.auditDatabaseUrl ? 'configured' : 'not configured' }, 'worker started');
     },
     async stop() {
       follower?.stop();
       if (beat) clearInterval(beat);
       await Promise.all(gates.map((g) => g.stop()));
       await Promise.all(runners.map((r) => r.stop()));
-      await nc?.drain();
+      try {
+        await nc?.drain();
+      } finally {
+        if (!opts.audit) await audit.close();
+      }
     },
   };
 }

@@ -26,10 +26,19 @@ export interface Config {
   readonly discoveryMs: number;
   /** Silence from the sandbox service after which a sandboxed attempt is reported lost. */
   readonly sandboxStallMs: number;
+  /** `on`: leases for sandboxed steps' secrets come from the secrets-lease service. */
+  readonly leases: boolean;
+  /** How long a mode-3b credential request waits for a person's approval. */
+  readonly approvalTtlMs: number;
   /** Its admission subject's token, so `^[a-z0-9][a-z0-9_-]{0,63}$`. */
   readonly id: string;
   /** `WORKER_ADMISSION`: `required` (default) or `auto`. */
   readonly admission: AdmissionMode;
+  /**
+   * `AUDIT_DATABASE_URL`: the Postgres holding `audit_log`, where external writes are
+   * announced before they happen. Empty: not configured, and every external write is refused.
+   */
+  readonly auditDatabaseUrl: string;
 }
 
 /** Reads `WORKER_*` and the shared keys. Pure; lists every problem at once. @throws ConfigError */
@@ -54,14 +63,32 @@ export function loadConfig(env: Env): Config {
     startedAfterMs: envInt(env, 'WORKER_STARTED_AFTER_MS', 250, problems, 0, 3_600_000),
     discoveryMs: envInt(env, 'WORKER_DISCOVERY_MS', 2000, problems, 100, 3_600_000),
     sandboxStallMs: envInt(env, 'WORKER_SANDBOX_STALL_MS', 5000, problems, 200, 600_000),
+    leases: envString(env, 'WORKER_LEASES', 'on') !== 'off',
+    approvalTtlMs: envInt(env, 'WORKER_APPROVAL_TTL_MS', 15 * 60 * 1000, problems, 1000, 24 * 60 * 60 * 1000),
     id: envString(env, 'WORKER_ID', `worker-${process.pid}`),
     admission: envString(env, 'WORKER_ADMISSION', AdmissionMode.Required) as AdmissionMode,
+    auditDatabaseUrl: envString(env, 'AUDIT_DATABASE_URL', ''),
   };
+  if (config.auditDatabaseUrl && !isPostgresUrl(config.auditDatabaseUrl)) {
+    // The URL may hold a password: never echo it.
+    problems.push('AUDIT_DATABASE_URL must be a postgres:// or postgresql:// URL with a host');
+  }
   if (!WORKER_ID_PATTERN.test(config.id)) problems.push(`WORKER_ID must match ${WORKER_ID_PATTERN.source} (it names the worker's admission subject); got ${JSON.stringify(config.id.slice(0, 80))}`);
   if (!Object.values(AdmissionMode).includes(config.admission)) {
     problems.push(`WORKER_ADMISSION must be ${AdmissionMode.Required} or ${AdmissionMode.Auto} (got ${JSON.stringify(config.admission.slice(0, 40))})`);
   }
   if (pools.length === 0) problems.push('WORKER_POOLS must name at least one pool');
+  const leases = envString(env, 'WORKER_LEASES', 'on');
+  if (leases !== 'on' && leases !== 'off') problems.push(`WORKER_LEASES must be on or off, got ${JSON.stringify(leases)}`);
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);
+}
+
+function isPostgresUrl(raw: string): boolean {
+  try {
+    const u = new URL(raw);
+    return (u.protocol === 'postgres:' || u.protocol === 'postgresql:') && u.hostname !== '';
+  } catch {
+    return false;
+  }
 }

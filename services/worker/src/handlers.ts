@@ -8,6 +8,7 @@ import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
 import { CapstanError, ErrorCode, type JsonValue, type RunId, type TenantId } from '@capstan/schemas';
 import type { Logger } from '@capstan/kit';
+import type { ExternalWrite } from './external-write.js';
 
 export interface StepContext {
   readonly tenant: TenantId;
@@ -21,6 +22,12 @@ export interface StepContext {
   /** Aborted when the step's timeout passes or the worker stops. */
   readonly signal: AbortSignal;
   readonly log: Logger;
+  /**
+   * Writes to a system outside Capstan, audit first: the intent is recorded with the
+   * action's idempotency key before `perform(key)` runs, and if it cannot be recorded the
+   * write does not happen (`audit_unavailable`, retryable). See {@link ExternalWrite}.
+   */
+  readonly externalWrite: ExternalWrite;
 }
 
 export type StepHandler = (ctx: StepContext) => Promise<JsonValue> | JsonValue;
@@ -44,6 +51,7 @@ export const demoHandlers: Handlers = {
     return { ok: true, attempts: attempt };
   },
   'demo.signal.draft': () => ({ ok: true, draft: 'v1' }),
+  'demo.approval.draft': () => ({ ok: true, draft: 'release notes v1' }),
   'demo.sandboxed.prepare': ({ input }) => ({ ok: true, chars: String(input['text'] ?? '').length }),
   'demo.signal.publish': ({ previous }) => ({ ok: true, approvedBy: (previous as { by?: string } | null)?.by ?? null }),
 };

@@ -33,8 +33,10 @@ import {
   type TenantId,
   type WorkItem,
 } from '@capstan/schemas';
-import { coalescingPublisher, deadLetter, execInSandbox, type Logger, type NatsConnection } from '@capstan/kit';
+import { coalescingPublisher, deadLetter, type AuditSink, type Logger, type NatsConnection } from '@capstan/kit';
 import type { Handlers } from './handlers.js';
+import { runSandboxed } from './sandboxed.js';
+import { bindExternalWrite } from './external-write.js';
 
 export interface PoolRunnerOptions {
   readonly nc: NatsConnection;
@@ -50,6 +52,12 @@ export interface PoolRunnerOptions {
   readonly startedAfterMs: number;
   /** Silence from the sandbox service after which a sandboxed attempt is reported lost. */
   readonly sandboxStallMs: number;
+  /** Have leases issued for sandboxed steps' secrets (off: the sandbox reads a secrets file). */
+  readonly leases: boolean;
+  /** How long a mode-3b credential request waits for a person. */
+  readonly approvalTtlMs: number;
+  /** Where `ctx.externalWrite` records intents before it writes. */
+  readonly audit: AuditSink;
   readonly log: Logger;
 }
 
@@ -103,37 +111,10 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     await publishCommand('result', body, MsgIds.command(CommandVerb.Result, `${item.runId}:${item.step}:${item.attempt}`));
   }
 
-  /**
-   * Modes 1–3: the sandbox service runs the step; this worker holds only the request (key
-   * names, never values) and gets metadata back. The result is the sandbox's metadata; a
-   * failed command fails the attempt with that metadata in the error's message.
-   */
-  async function executeSandboxed(item: WorkItem): Promise<{ result: JsonValue } | { error: ErrorRecord }> {
-    if (item.mode === Mode.Inline || !item.sandbox) {
-      return { error: { code: ErrorCode.InvalidArgument, message: `step ${item.step} is mode ${item.mode} without a sandbox spec`, retryable: false } };
-    }
-    const { result, error } = await execInSandbox(
-      o.nc,
-      t,
-      {
-        runId: item.runId,
-        workflow: item.workflow,
-        step: item.step,
-        attempt: item.attempt,
-        mode: item.mode,
-        spec: item.sandbox,
-        timeoutMs: item.timeoutMs,
-        input: item.input,
-        ...(item.previous !== undefined ? { previous: item.previous } : {}),
-      },
-      { stallMs: o.sandboxStallMs, signal: stopping.signal },
-    );
-    if (error) return { error: result ? { ...error, message: `${error.message} [sandbox ${result.sandbox}, ${result.durationMs} ms]`.slice(0, 1000) } : error };
-    return { result: result as unknown as JsonValue };
-  }
-
   async function execute(item: WorkItem): Promise<{ result: JsonValue } | { error: ErrorRecord }> {
-    if (item.mode !== Mode.Inline) return executeSandboxed(item);
+    if (item.mode !== Mode.Inline) {
+      return runSandboxed({ nc: o.nc, js, jsm, tenant: t, workerId, stallMs: o.sandboxStallMs, leases: o.leases, approvalTtlMs: o.approvalTtlMs, stopping: stopping.signal, log }, item);
+    }
     const handler = handlers[item.handler];
     if (!handler) return { error: { code: ErrorCode.UnknownHandler, message: `no handler named ${JSON.stringify(item.handler)} on worker ${workerId}`, retryable: false } };
     const abort = new AbortController();
@@ -148,6 +129,7 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
           reject(e);
         }, item.timeoutMs);
       });
+      const stepLog = log.child({ runId: item.runId, step: item.step });
       const result = await Promise.race([
         Promise.resolve(
           handler({
@@ -159,7 +141,8 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
             input: item.input,
             previous: item.previous,
             signal: abort.signal,
-            log: log.child({ runId: item.runId, step: item.step }),
+            log: stepLog,
+            externalWrite: bindExternalWrite(o.audit, workerId, { tenant: t, runId: item.runId, step: item.step, attempt: item.attempt, signal: abort.signal, log: stepLog }),
           }),
         ),
         timeout,

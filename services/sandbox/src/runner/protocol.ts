@@ -17,6 +17,12 @@ export const WORKSPACE = '/workspace';
 export const OUT_DIR = 'out';
 /** The local HTTP proxy that carries granted egress through the control channel. */
 export const PROXY_PORT = 3128;
+/**
+ * Mode 3b: the local request channel a tool or agent asks for a credential on
+ * (`POST /credential {"name","reason"}` → `{"name","value"}` or `{"error":{code,message}}`);
+ * `credential.js` in the image is its command-line client.
+ */
+export const CREDENTIALS_PORT = 3129;
 
 export interface FileInput {
   readonly path: string;
@@ -37,11 +43,15 @@ export type HostFrame =
       readonly timeoutMs: number;
       /** Start the local egress proxy and point the step's HTTP(S)_PROXY at it. */
       readonly egress: boolean;
+      /** Mode 3b: open the credential request channel (`CAPSTAN_CREDENTIALS_URL`). */
+      readonly jit?: boolean;
     }
   | { readonly t: 'kill'; readonly id: string }
   | { readonly t: 'collect'; readonly id: string; readonly maxBytes: number }
   | { readonly t: 'scrub'; readonly id: string }
   // egress tunnel: answers to a runner's `conn`, and data from the far end
+  | { readonly t: 'credential.ok'; readonly cid: number; readonly env: Readonly<Record<string, string>> }
+  | { readonly t: 'credential.err'; readonly cid: number; readonly code: string; readonly message: string }
   | { readonly t: 'conn.ok'; readonly cid: number }
   | { readonly t: 'conn.err'; readonly cid: number; readonly code: string }
   | { readonly t: 'data'; readonly cid: number; readonly d: string }
@@ -85,6 +95,7 @@ export type RunnerFrame =
       readonly refused: readonly { readonly path: string; readonly reason: string }[];
     }
   | { readonly t: 'scrubbed'; readonly id: string; readonly proof: ScrubProof }
+  | { readonly t: 'credential'; readonly cid: number; readonly name: string; readonly reason: string }
   | { readonly t: 'conn'; readonly cid: number; readonly host: string; readonly port: number }
   | { readonly t: 'data'; readonly cid: number; readonly d: string }
   | { readonly t: 'end'; readonly cid: number };

@@ -14,9 +14,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, closeSync, realpathSync, rmSync, writeFileSync, constants as fsc } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join, relative, resolve, sep } from 'node:path';
-import { isCleanProof, lineSplitter, OUT_DIR, PROTOCOL_VERSION, PROXY_PORT, WORKSPACE, type HostFrame, type RunnerFrame, type ScrubProof } from './protocol.js';
+import { CREDENTIALS_PORT, isCleanProof, lineSplitter, OUT_DIR, PROTOCOL_VERSION, PROXY_PORT, WORKSPACE, type HostFrame, type RunnerFrame, type ScrubProof } from './protocol.js';
 
 const BASE_ENV: Readonly<Record<string, string>> = { PATH: '/usr/bin:/bin', HOME: WORKSPACE, LANG: 'C.UTF-8', TMPDIR: '/tmp' };
 const SCRUB_DIRS = { workspace: WORKSPACE, tmp: '/tmp', mqueue: '/dev/mqueue' } as const;
@@ -72,8 +73,10 @@ function exec(f: Extract<HostFrame, { t: 'exec' }>): void {
     return;
   }
   if (f.egress) ensureProxy();
+  if (f.jit) ensureCredentialChannel();
   const env: Record<string, string> = { ...BASE_ENV, ...f.env };
   for (const [k, v] of identity) env[k] = v;
+  if (f.jit) env['CAPSTAN_CREDENTIALS_URL'] = `http://127.0.0.1:${CREDENTIALS_PORT}`;
   if (f.egress) {
     const url = `http://127.0.0.1:${PROXY_PORT}`;
     Object.assign(env, { HTTP_PROXY: url, HTTPS_PROXY: url, http_proxy: url, https_proxy: url });
@@ -351,6 +354,53 @@ function handleProxyClient(sock: Socket): void {
   sock.on('error', () => sock.destroy());
 }
 
+// ---- mode 3b: credentials asked for at run time ----------------------------------------
+let credentialChannel: Server | undefined;
+const pendingCredentials = new Map<number, (f: Extract<HostFrame, { t: 'credential.ok' | 'credential.err' }>) => void>();
+
+/**
+ * A tool asks for a credential by name, with a reason. The request goes to the service and
+ * on to the worker and the tenant's policy; what comes back is the value (which also joins
+ * this sandbox's identity, so later commands of the step see it) or a typed refusal.
+ */
+function ensureCredentialChannel(): void {
+  if (credentialChannel) return;
+  credentialChannel = createHttpServer((req, res) => {
+    const reply = (status: number, body: object) => {
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body));
+    };
+    if (req.method !== 'POST' || req.url !== '/credential') return reply(404, { error: { code: 'not_found', message: 'POST /credential {"name","reason"}' } });
+    let raw = '';
+    req.on('data', (c: Buffer) => {
+      raw += c.toString();
+      if (raw.length > 16_384) req.destroy();
+    });
+    req.on('end', () => {
+      let name = '';
+      let reason = '';
+      try {
+        const b = JSON.parse(raw) as { name?: unknown; reason?: unknown };
+        name = typeof b.name === 'string' ? b.name : '';
+        reason = typeof b.reason === 'string' ? b.reason.slice(0, 500) : '';
+      } catch {
+        // answered below
+      }
+      if (!/^[A-Z_][A-Z0-9_]{0,63}$/.test(name)) return reply(400, { error: { code: 'invalid_argument', message: 'name must be an env-style key name (A-Z, 0-9, _)' } });
+      const cid = nextCid++;
+      pendingCredentials.set(cid, (f) => {
+        if (f.t === 'credential.ok') {
+          for (const [k, v] of Object.entries(f.env)) identity.set(k, v);
+          reply(200, { name, value: f.env[name] ?? '' });
+        } else reply(403, { error: { code: f.code, message: f.message } });
+      });
+      send({ t: 'credential', cid, name, reason });
+    });
+  });
+  credentialChannel.on('error', (e) => diag(`credential channel: ${(e as NodeJS.ErrnoException).code ?? 'error'}`));
+  credentialChannel.listen(CREDENTIALS_PORT, '127.0.0.1');
+}
+
 // ---- dispatch --------------------------------------------------------------------------
 function handle(f: HostFrame): void {
   switch (f.t) {
@@ -376,6 +426,13 @@ function handle(f: HostFrame): void {
     case 'scrub':
       void scrub(f.id).catch((e: unknown) => send({ t: 'error', id: f.id, code: 'scrub_failed', message: (e as Error).message }));
       return;
+    case 'credential.ok':
+    case 'credential.err': {
+      const waiter = pendingCredentials.get(f.cid);
+      pendingCredentials.delete(f.cid);
+      waiter?.(f);
+      return;
+    }
     case 'conn.ok':
     case 'conn.err': {
       const waiter = pendingConns.get(f.cid);

@@ -1,0 +1,84 @@
+/**
+ * The effect of a `policy.requested` decision: ask the tenant's policy service and hand its
+ * answer back to the run as a `policy` command, which the run records as `policy.decided`
+ * (so replay uses the recorded answer, never a fresh evaluation). The question is asked
+ * outside the tick: a slow or absent policy service delays only the runs that wait for it,
+ * which stay `pending` and are asked again with backoff until it answers. A crash loses
+ * nothing: recovery re-derives the tail's `policy.requested` and asks again; the command's
+ * message id makes a second answer a duplicate.
+ */
+import type { JetStreamClient } from '@nats-io/jetstream';
+import { askPolicy, publishDurably, type Logger, type NatsConnection } from '@capstan/kit';
+import { CommandVerb, encode, MsgIds, PolicyVerdict, Subjects, type CommandOf, type JsonValue, type RunId, type TenantId } from '@capstan/schemas';
+
+export interface PolicyGateOptions {
+  readonly nc: NatsConnection;
+  readonly js: JetStreamClient;
+  readonly tenant: TenantId;
+  /** `off`: every question is answered allow, version 0, on the record as checks-off. */
+  readonly mode: 'on' | 'off';
+  readonly approvalTtlMs: number;
+  readonly timeoutMs: number;
+  readonly log: Logger;
+}
+
+export interface PolicyGate {
+  ask(runId: RunId, step: string, attempt: number, queries: readonly { [k: string]: JsonValue }[]): void;
+  stop(): void;
+}
+
+const MAX_BACKOFF_MS = 10_000;
+
+export function createPolicyGate(o: PolicyGateOptions): PolicyGate {
+  const asking = new Set<string>();
+  let stopped = false;
+
+  async function answer(body: CommandOf<'policy'>): Promise<void> {
+    await publishDurably(o.nc, o.js, [
+      { subject: Subjects.command(o.tenant, CommandVerb.Policy), data: encode(body), msgId: MsgIds.command(CommandVerb.Policy, `${body.runId}:${body.step}:${body.attempt}`) },
+    ]);
+  }
+
+  async function run(runId: RunId, step: string, attempt: number, queries: readonly { [k: string]: JsonValue }[]): Promise<void> {
+    const base = { runId, step, attempt };
+    if (o.mode === 'off') {
+      await answer({ ...base, decision: PolicyVerdict.Allow, version: 0, policies: ['policy-checks-off'] });
+      return;
+    }
+    let delay = 250;
+    for (;;) {
+      if (stopped) return;
+      try {
+        const d = await askPolicy(o.nc, o.tenant, queries as never, { timeoutMs: o.timeoutMs });
+        await answer({
+          ...base,
+          decision: d.decision,
+          version: d.version,
+          policies: [...d.policies].slice(0, 64),
+          ...(d.approvers ? { approvers: d.approvers } : {}),
+          ...(d.errors?.length ? { errors: d.errors.slice(0, 16).map((e) => e.slice(0, 1000)) } : {}),
+          ...(d.decision === PolicyVerdict.NeedsApproval ? { expiresInMs: o.approvalTtlMs } : {}),
+        });
+        return;
+      } catch (e) {
+        o.log.warn({ err: e, runId, step, retryInMs: delay }, 'policy question not answered; asking again');
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(MAX_BACKOFF_MS, delay * 2);
+      }
+    }
+  }
+
+  return {
+    ask(runId, step, attempt, queries) {
+      const key = `${runId}:${step}:${attempt}`;
+      if (asking.has(key)) return;
+      asking.add(key);
+      void run(runId, step, attempt, queries)
+        .catch((e: unknown) => o.log.error({ err: e, runId, step }, 'policy answer could not be recorded; recovery will ask again'))
+        .finally(() => asking.delete(key));
+    },
+    stop() {
+      stopped = true;
+    },
+  };
+}
