@@ -9,8 +9,8 @@ import { LIMITS } from './limits.js';
 import type { CommandVerb } from './names.js';
 import { TOKEN_PATTERN } from './names.js';
 import type { Infer, Schema } from './validate.js';
-import { arr, int, json, jsonObject, literal, obj, optional, str } from './validate.js';
-import { actorSchema, errorRecordSchema, PolicyVerdict, reasonSchema, TimerKind } from './events.js';
+import { int, json, jsonObject, literal, obj, optional, str } from './validate.js';
+import { actorSchema, credentialAsked, errorRecordSchema, policyAnswer, reasonSchema, TimerKind } from './events.js';
 
 const runId = str({ pattern: RUN_ID_PATTERN }) as unknown as Schema<RunId>;
 const stepName = str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/ });
@@ -51,30 +51,9 @@ const commandSchemas = {
   deny: obj('deny', { runId, step: stepName, by: actorSchema, reason: optional(reasonSchema) }),
   /** A person reopens a failed run from the step that failed. */
   retry: obj('retry', { runId, by: actorSchema, reason: optional(reasonSchema) }),
-  credential: obj('credential', {
-    runId,
-    step: stepName,
-    attempt,
-    name: str({ min: 1, max: 64, pattern: /^[A-Z_][A-Z0-9_]{0,63}$/ }),
-    reason: str({ max: 500 }),
-    decision: literal(PolicyVerdict.Allow, PolicyVerdict.Deny, PolicyVerdict.NeedsApproval),
-    version: int({ min: 0 }),
-    policies: arr(str({ min: 1, max: 256 }), { max: 64 }),
-    approvers: optional(str({ min: 1, max: 128 })),
-    expiresInMs: optional(int({ min: 1 })),
-  }),
+  credential: obj('credential', { runId, step: stepName, attempt, ...credentialAsked, ...policyAnswer }),
   /** The policy's answer to a step's questions, as the orchestrator received it. */
-  policy: obj('policy', {
-    runId,
-    step: stepName,
-    attempt,
-    decision: literal(PolicyVerdict.Allow, PolicyVerdict.Deny, PolicyVerdict.NeedsApproval),
-    version: int({ min: 0 }),
-    policies: arr(str({ min: 1, max: 256 }), { max: 64 }),
-    approvers: optional(str({ min: 1, max: 128 })),
-    errors: optional(arr(str({ max: 1000 }), { max: 16 })),
-    expiresInMs: optional(int({ min: 1 })),
-  }),
+  policy: obj('policy', { runId, step: stepName, attempt, ...policyAnswer }),
 } as const satisfies Record<CommandVerb, Schema<unknown>>;
 
 export type CommandOf<V extends CommandVerb> = Infer<(typeof commandSchemas)[V]>;

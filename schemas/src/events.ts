@@ -68,6 +68,21 @@ const searchFields: Schema<Record<string, string>> = {
   },
 };
 
+/** A policy's answer as a run records it (`policy.decided`, `credential.decided`, and their commands). */
+export const policyAnswer = {
+  decision: literal(PolicyVerdict.Allow, PolicyVerdict.Deny, PolicyVerdict.NeedsApproval),
+  version: int({ min: 0 }),
+  policies: arr(str({ min: 1, max: 256 }), { max: 64 }),
+  approvers: optional(str({ min: 1, max: 128 })),
+  errors: optional(arr(str({ max: 1000 }), { max: 16 })),
+  expiresInMs: optional(int({ min: 1 })),
+};
+/** What a mode-3b step asked for. */
+export const credentialAsked = {
+  name: str({ min: 1, max: 64, pattern: /^[A-Z_][A-Z0-9_]{0,63}$/ }),
+  reason: str({ max: 500 }),
+};
+
 const eventData = {
   'run.started': obj('run.started', {
     workflow: str({ min: 1, max: 128 }),
@@ -114,32 +129,13 @@ const eventData = {
    * this record, never a fresh evaluation. `version` is the policy version that decided (0:
    * the tenant has none, or checks are off); `expiresInMs` bounds a needs-approval wait.
    */
-  'policy.decided': obj('policy.decided', {
-    step: stepName,
-    attempt,
-    decision: literal(PolicyVerdict.Allow, PolicyVerdict.Deny, PolicyVerdict.NeedsApproval),
-    version: int({ min: 0 }),
-    policies: arr(str({ min: 1, max: 256 }), { max: 64 }),
-    approvers: optional(str({ min: 1, max: 128 })),
-    errors: optional(arr(str({ max: 1000 }), { max: 16 })),
-    expiresInMs: optional(int({ min: 1 })),
-  }),
+  'policy.decided': obj('policy.decided', { step: stepName, attempt, ...policyAnswer }),
   /**
    * Mode 3b: a running step asked for credential `name` and the tenant's policy answered
    * (recorded by the worker before any lease is issued). A needs-approval answer makes the
    * run ask for a person; the step keeps waiting on its request meanwhile.
    */
-  'credential.decided': obj('credential.decided', {
-    step: stepName,
-    attempt,
-    name: str({ min: 1, max: 64, pattern: /^[A-Z_][A-Z0-9_]{0,63}$/ }),
-    reason: str({ max: 500 }),
-    decision: literal(PolicyVerdict.Allow, PolicyVerdict.Deny, PolicyVerdict.NeedsApproval),
-    version: int({ min: 0 }),
-    policies: arr(str({ min: 1, max: 256 }), { max: 64 }),
-    approvers: optional(str({ min: 1, max: 128 })),
-    expiresInMs: optional(int({ min: 1 })),
-  }),
+  'credential.decided': obj('credential.decided', { step: stepName, attempt, ...credentialAsked, ...policyAnswer }),
   // decisions
   'step.scheduled': obj('step.scheduled', {
     step: stepName,

@@ -313,7 +313,7 @@ const answers = new WeakMap<CompiledPolicySet, Map<string, PolicyDecision>>();
 
 function remembered(set: CompiledPolicySet, version: number, tenant: TenantId, q: PolicyQuery): PolicyDecision {
   if (process.env['NO_MEMO']) return authorize(set, version, buildRequest(tenant, q));
-  const key = [tenant, q.action, q.workflow, q.step, q.mode ?? q.secret ?? q.host ?? q.target ?? '', q.worker ?? ''].join('\u0000');
+  const key = `${tenant}\u0000${q.action}\u0000${q.workflow}\u0000${q.step}\u0000${q.mode ?? q.secret ?? q.host ?? q.target ?? ''}\u0000${q.worker ?? ''}`;
   let known = answers.get(set);
   const hit = known?.get(key);
   if (hit) return hit.version === version ? hit : { ...hit, version };

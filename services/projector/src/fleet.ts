@@ -13,12 +13,13 @@
  * same record is tried again with backoff; an undecodable record becomes a dead_letters row.
  */
 import { and, eq, sql } from 'drizzle-orm';
-import { DeliverPolicy, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { db as schema, decode, ErrorCode, parseWorkerAdmission, parseWorkerHeartbeat, Streams, Subjects, toErrorRecord, SchemaError, type TenantId } from '@capstan/schemas';
-import { dbErrorMessage, type Logger, type ProjectionDb } from '@capstan/kit';
+import type { Logger, ProjectionDb } from '@capstan/kit';
 import { AuditKind, pgText, type AuditRow } from './projection.js';
 import type { DeadLetterRow } from './apply.js';
+import { followStream, type StreamFollower, type StreamMessage } from './follow.js';
 
 export function followFleet(nc: NatsConnection, db: ProjectionDb, t: TenantId, log: Logger): Subscription {
   return nc.subscribe(Subjects.workerHeartbeat(t), {
@@ -49,13 +50,8 @@ export type AdmissionRow = typeof schema.workerAdmissions.$inferSelect;
 export const FLEET_AUDIT_RUN_ID = '';
 
 /** A fleet stream message as the projector receives it. */
-export interface FleetMessage {
-  readonly seq: number;
-  readonly subject: string;
-  readonly data: Uint8Array;
-  /** When the server stored it: the admission's time. */
-  readonly time: Date;
-}
+/** A stored admission record; its time is the admission's time. */
+export type FleetMessage = StreamMessage;
 
 /**
  * What one admission record does to the projections (pure): the worker's admission row and
@@ -165,73 +161,9 @@ export async function rebuildAdmissions(tx: ProjectionDb, jsm: JetStreamManager,
   return applied;
 }
 
-export interface AdmissionFollower {
-  stop(): Promise<void>;
-}
+export type AdmissionFollower = StreamFollower;
 
-const BACKOFF_MIN_MS = 250;
-const BACKOFF_MAX_MS = 5000;
-
-/**
- * Follows a tenant's fleet stream from just after its checkpoint with an ordered consumer,
- * applying each record in order. A record that cannot be applied (Postgres away) is tried
- * again with backoff before the next one; a tenant without a fleet stream is looked at again
- * every few seconds (it appears when the tenant is provisioned again).
- */
+/** Follows a tenant's fleet stream into `worker_admissions` (see `followStream`). */
 export function followAdmissions(js: JetStreamClient, jsm: JetStreamManager, db: ProjectionDb, t: TenantId, log: Logger): AdmissionFollower {
-  let stopped = false;
-  let messages: ConsumerMessages | undefined;
-  let sleeping: (() => void) | undefined;
-  const sleep = (ms: number) =>
-    new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, ms);
-      sleeping = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-    });
-
-  async function follow(): Promise<void> {
-    const from = (await readFleetCheckpoint(db, t)) + 1;
-    await jsm.streams.info(Streams.fleet(t));
-    const consumer = await js.consumers.get(Streams.fleet(t), {
-      filter_subjects: [Subjects.allFleet(t)],
-      ...(from > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from } : { deliver_policy: DeliverPolicy.All }),
-    });
-    messages = await consumer.consume();
-    for await (const m of messages) {
-      const msg: FleetMessage = { seq: m.seq, subject: m.subject, data: m.data, time: new Date(Math.floor(m.info.timestampNanos / 1e6)) };
-      for (let backoff = BACKOFF_MIN_MS; !stopped; backoff = Math.min(backoff * 2, BACKOFF_MAX_MS)) {
-        try {
-          await applyAdmission(db, t, msg);
-          break;
-        } catch (e) {
-          log.warn({ tenant: t, err: dbErrorMessage(e), seq: msg.seq, retryInMs: backoff }, 'applying a worker admission failed; retrying');
-          await sleep(backoff);
-        }
-      }
-      if (stopped) break;
-    }
-  }
-
-  const loop = (async () => {
-    for (let backoff = BACKOFF_MIN_MS; !stopped; backoff = Math.min(backoff * 2, BACKOFF_MAX_MS)) {
-      try {
-        await follow();
-      } catch (e) {
-        if (stopped) break;
-        log.debug({ tenant: t, err: (e as Error).message, retryInMs: backoff }, 'following worker admissions failed; retrying');
-      }
-      if (!stopped) await sleep(backoff);
-    }
-  })();
-
-  return {
-    async stop() {
-      stopped = true;
-      sleeping?.();
-      await messages?.close();
-      await loop;
-    },
-  };
+  return followStream({ js, jsm, tenant: t, stream: Streams.fleet(t), subject: Subjects.allFleet(t), checkpoint: () => readFleetCheckpoint(db, t), apply: (m) => applyAdmission(db, t, m), what: 'a worker admission', log });
 }

@@ -9,11 +9,12 @@
  */
 import { createHash } from 'node:crypto';
 import { and, eq, sql } from 'drizzle-orm';
-import { DeliverPolicy, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import { db as schema, decode, ErrorCode, parsePolicyVersionRecord, SchemaError, Streams, Subjects, toErrorRecord, type TenantId } from '@capstan/schemas';
-import { dbErrorMessage, type Logger, type ProjectionDb } from '@capstan/kit';
+import type { Logger, ProjectionDb } from '@capstan/kit';
 import { pgText, type AuditRow } from './projection.js';
 import type { DeadLetterRow } from './apply.js';
+import { followStream, type StreamFollower, type StreamMessage } from './follow.js';
 
 export type PolicyRow = typeof schema.policies.$inferSelect;
 
@@ -23,12 +24,7 @@ export const POLICY_AUDIT_KIND = 'policy.changed';
 export const POLICY_AUDIT_RUN_ID = '';
 
 /** A policy stream message as the projector receives it. */
-export interface PolicyMessage {
-  readonly seq: number;
-  readonly subject: string;
-  readonly data: Uint8Array;
-  readonly time: Date;
-}
+export type PolicyMessage = StreamMessage;
 
 /** What one stored version does to the projections (pure): its row and an audit row, or a dead letter. */
 export function projectPolicyVersion(t: TenantId, m: PolicyMessage): { policy: PolicyRow; audit: AuditRow } | { deadLetter: DeadLetterRow } {
@@ -132,73 +128,9 @@ export async function rebuildPolicies(tx: ProjectionDb, jsm: JetStreamManager, t
   return applied;
 }
 
-export interface PolicyFollower {
-  stop(): Promise<void>;
-}
+export type PolicyFollower = StreamFollower;
 
-const BACKOFF_MIN_MS = 250;
-const BACKOFF_MAX_MS = 5000;
-
-/**
- * Follows a tenant's policy stream from just after its checkpoint with an ordered consumer,
- * applying each version in order; a version that cannot be applied (Postgres away) is tried
- * again with backoff before the next. A tenant without a policy stream is looked at again
- * every few seconds (it appears when the tenant is provisioned again).
- */
+/** Follows a tenant's policy stream into `policies` (see `followStream`). */
 export function followPolicies(js: JetStreamClient, jsm: JetStreamManager, db: ProjectionDb, t: TenantId, log: Logger): PolicyFollower {
-  let stopped = false;
-  let messages: ConsumerMessages | undefined;
-  let sleeping: (() => void) | undefined;
-  const sleep = (ms: number) =>
-    new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, ms);
-      sleeping = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-    });
-
-  async function follow(): Promise<void> {
-    const from = (await readPolicyCheckpoint(db, t)) + 1;
-    await jsm.streams.info(Streams.policy(t));
-    const consumer = await js.consumers.get(Streams.policy(t), {
-      filter_subjects: [Subjects.policyVersions(t)],
-      ...(from > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from } : { deliver_policy: DeliverPolicy.All }),
-    });
-    messages = await consumer.consume();
-    for await (const m of messages) {
-      const msg: PolicyMessage = { seq: m.seq, subject: m.subject, data: m.data, time: new Date(Math.floor(m.info.timestampNanos / 1e6)) };
-      for (let backoff = BACKOFF_MIN_MS; !stopped; backoff = Math.min(backoff * 2, BACKOFF_MAX_MS)) {
-        try {
-          await applyPolicyVersion(db, t, msg);
-          break;
-        } catch (e) {
-          log.warn({ tenant: t, err: dbErrorMessage(e), seq: msg.seq, retryInMs: backoff }, 'applying a policy version failed; retrying');
-          await sleep(backoff);
-        }
-      }
-      if (stopped) break;
-    }
-  }
-
-  const loop = (async () => {
-    for (let backoff = BACKOFF_MIN_MS; !stopped; backoff = Math.min(backoff * 2, BACKOFF_MAX_MS)) {
-      try {
-        await follow();
-      } catch (e) {
-        if (stopped) break;
-        log.debug({ tenant: t, err: (e as Error).message, retryInMs: backoff }, 'following policy versions failed; retrying');
-      }
-      if (!stopped) await sleep(backoff);
-    }
-  })();
-
-  return {
-    async stop() {
-      stopped = true;
-      sleeping?.();
-      await messages?.close();
-      await loop;
-    },
-  };
+  return followStream({ js, jsm, tenant: t, stream: Streams.policy(t), subject: Subjects.policyVersions(t), checkpoint: () => readPolicyCheckpoint(db, t), apply: (m) => applyPolicyVersion(db, t, m), what: 'a policy version', log });
 }
