@@ -4,10 +4,12 @@
  * Postgres database, an orchestrator, two workers and the projector, and the console server
  * serving the built web UI. An operator signs in, finds a failed run by search and reads why
  * it failed, approves a waiting run and watches it complete without reloading, revokes a
- * worker, exports the audit log; a viewer sees everything and can change nothing.
+ * worker, exports the audit log (whole and filtered by actor and kind), compares two policy
+ * versions line by line; a viewer sees everything and can change nothing.
  * Screenshots of the main views go to test/artifacts/console/.
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,7 +20,7 @@ import { createOrchestrator, loadConfig as orchestratorConfig, type Orchestrator
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';
 import { createConsole, hashPassword, loadConfig as consoleConfig, type Console } from '@capstan/console';
-import type { RunId, TenantId } from '@capstan/schemas';
+import { db as schema, type RunId, type TenantId } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
 import { connect, eventually, provision, randomTenant, silent, type Harness } from '../harness/fixtures.js';
 import { handlers, workflows } from './workflows.js';
@@ -337,6 +339,77 @@ describe.skipIf(!haveChromium)('console in a browser', () => {
     const lines = (await csv.text()).trim().split(/\r?\n/);
     expect(lines[0]).toBe('id,at,run_id,seq,kind,actor,detail,stream_seq');
     expect(lines.some((l) => l.includes(waitingRun) && l.includes('alice'))).toBe(true);
+
+    // Filtered by actor and kind: the address, the rows and the export all follow.
+    await page.getByTestId('audit-actor').fill('alice');
+    await page.getByTestId('audit-kind').fill('approval.decided');
+    await page.getByTestId('audit-filter').click();
+    await page.waitForURL(/kind=approval\.decided/);
+    expect(page.url()).toMatch(/actor=alice/);
+    await expect.poll(() => page.locator('[data-testid="audit-row"]').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-kind')))).toEqual(['approval.decided']);
+    expect(await page.locator('[data-testid="audit-row"] td:nth-child(3)').allTextContents()).toEqual(['alice']);
+    const filteredHref = await page.getByTestId('audit-csv').getAttribute('href');
+    expect(filteredHref).toMatch(/kind=approval\.decided/);
+    const filtered = (await (await page.request.get(`${app.url}${filteredHref ?? ''}`)).text()).trim().split(/\r?\n/);
+    expect(filtered).toHaveLength(2);
+    expect(filtered[1]).toContain(',approval.decided,alice,');
+  });
+
+  it('console browser - the policies view lists the versions; ticking two shows what changed, line by line', async () => {
+    // Two versions as the projector folds them from the policy stream.
+    const v1 = 'permit (principal, action, resource);\n';
+    const v2 = 'permit (principal, action, resource)\nwhen { resource.mode < 2 };\n\nforbid (principal, action == Action::"lease", resource);\n';
+    const digest = (text: string) => createHash('sha256').update(text, 'utf8').digest('hex');
+    await d.db.insert(schema.policies).values([
+      { tenant: t, version: 1, sha256: digest(v1), by: 'alice', reason: null, at: new Date(Date.now() - 3_600_000), text: v1, streamSeq: 1 },
+      { tenant: t, version: 2, sha256: digest(v2), by: 'alice', reason: 'no leases for mode 3', at: new Date(Date.now() - 60_000), text: v2, streamSeq: 2 },
+    ]);
+    await page.getByTestId('nav-policies').click();
+    await page.waitForURL(new RegExp(`/t/${t}/policies$`));
+    await expect.poll(() => page.getByTestId('policy-row').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-version')))).toEqual(['2', '1']);
+    // The newest version's text shows first.
+    await expect.poll(() => page.getByTestId('policy-text-body').textContent()).toBe(v2);
+    expect(await page.getByTestId('policy-diff-hint').textContent()).toMatch(/Tick two versions/);
+
+    await page.locator('[data-testid="policy-row"][data-version="1"] [data-testid="policy-pick"]').check();
+    await page.locator('[data-testid="policy-row"][data-version="2"] [data-testid="policy-pick"]').check();
+    await page.waitForURL(/a=1&b=2/);
+    const diff = page.getByTestId('policy-diff');
+    await expect.poll(() => diff.getByTestId('diff-line').count()).toBe(5);
+    const ops = await diff.getByTestId('diff-line').evaluateAll((rows) => rows.map((r) => `${r.getAttribute('data-op')} ${r.querySelector('.diff-text')?.textContent ?? ''}`));
+    expect(ops).toEqual([
+      'del permit (principal, action, resource);',
+      'add permit (principal, action, resource)',
+      'add when { resource.mode < 2 };',
+      'add ',
+      'add forbid (principal, action == Action::"lease", resource);',
+    ]);
+    expect(await page.getByTestId('policy-diff-stats').textContent()).toBe('4 lines added, 1 line removed');
+    expect(await diff.locator('h2').textContent()).toBe('v1 → v2');
+
+    // Showing the older text keeps the comparison.
+    await page.locator('[data-testid="policy-row"][data-version="1"] [data-testid="policy-show"]').click();
+    await expect.poll(() => page.getByTestId('policy-text-body').textContent()).toBe(v1);
+    expect(await diff.getByTestId('diff-line').count()).toBe(5);
+    expect(await page.evaluate<number>('document.documentElement.scrollWidth')).toBeLessThanOrEqual(1280);
+    await shot('policies');
+  });
+
+  it('console browser - a run shows what the policy decided and which credentials it leased, by key name', async () => {
+    // Rows as the projector (policy.decided) and the secrets-lease service (lease.*, negative seq) write them.
+    const at = new Date();
+    await d.db.insert(schema.auditLog).values([
+      { tenant: t, runId: failedRun, seq: 10_000, kind: 'policy.decided', actor: 'policy', detail: { step: 'charge', attempt: 1, decision: 'allow', version: 2, policies: ['policy0'] }, at, streamSeq: 0 },
+      { tenant: t, runId: failedRun, seq: -1, kind: 'lease.issued', actor: 'secrets-lease', detail: { leaseId: 'L1', keys: ['PAYMENTS_TOKEN'], step: 'charge', attempt: 1, ttlMs: 60_000 }, at, streamSeq: 0 },
+      { tenant: t, runId: failedRun, seq: -2, kind: 'lease.denied', actor: 'secrets-lease', detail: { leaseId: 'L1', code: 'lease_used', keys: ['PAYMENTS_TOKEN'], step: 'charge', attempt: 1 }, at, streamSeq: 0 },
+    ]);
+    await page.goto(`${app.url}/t/${t}/runs/${failedRun}`);
+    const section = page.getByTestId('run-policy');
+    await expect.poll(() => section.getByTestId('run-lease').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-kind')))).toEqual(['lease.issued', 'lease.denied']);
+    expect(await section.getByTestId('run-decision').evaluateAll((rows) => rows.map((r) => [r.getAttribute('data-step'), r.getAttribute('data-decision')]))).toEqual([['charge', 'allow']]);
+    expect(await section.getByTestId('run-leases').textContent()).toMatch(/PAYMENTS_TOKEN.*lease_used/);
+    await section.scrollIntoViewIfNeeded();
+    await shot('run-policy');
   });
 
   it('console browser - a viewer sees runs but every action is disabled; other tenants are refused', async () => {

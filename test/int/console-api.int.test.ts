@@ -8,9 +8,10 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createConsole, hashPassword, loadConfig, type ApprovalsResponse, type AuditPageResponse, type Console, type ConsoleUser, type RunDetailResponse, type RunsPageResponse, type RunStreamChange, type SessionInfo, type SystemResponse, type WorkersResponse } from '@capstan/console';
+import { createConsole, hashPassword, loadConfig, type ApprovalsResponse, type AuditPageResponse, type Console, type ConsoleUser, type PoliciesResponse, type PolicyVersionResponse, type RunDetailResponse, type RunsPageResponse, type RunStreamChange, type SessionInfo, type SystemResponse, type WorkersResponse } from '@capstan/console';
 import { migrate, openDatabase, type Database } from '@capstan/kit';
 import { db as schema, Streams, type TenantId } from '@capstan/schemas';
+import { createHash } from 'node:crypto';
 import { sql } from 'drizzle-orm';
 import { scratchDatabase } from '../harness/postgres.js';
 import { connect, provision, silent, type Harness } from '../harness/fixtures.js';
@@ -20,6 +21,11 @@ import { ConsoleClient, type ErrorBody } from '../harness/console.js';
 const BASE = Date.parse('2026-03-01T12:00:00Z');
 const SECRET = 's'.repeat(48);
 const PASSWORD = 'correct horse battery staple';
+const sha = (text: string) => createHash('sha256').update(text, 'utf8').digest('hex');
+/** Two policy versions of tenant A and one of B. */
+const V1 = 'permit (principal, action, resource);\n';
+const V2 = 'permit (principal, action, resource)\nwhen { resource.mode < 2 };\n\nforbid (principal, action == Action::"lease", resource);\n';
+const B_TEXT = 'forbid (principal, action, resource); // tenant B only\n';
 
 describe('console api', () => {
   let scratch: Awaited<ReturnType<typeof scratchDatabase>>;
@@ -83,6 +89,11 @@ describe('console api', () => {
       { tenant: B, runId: bRun, seq: 1, kind: 'run.cancel-requested', actor: 'bob', detail: { reason: 'x' }, at: t0, streamSeq: 1 },
     ]);
     await d.db.insert(schema.checkpoints).values([{ tenant: A, stream: Streams.runs(A), lastStreamSeq: 6 }]);
+    await d.db.insert(schema.policies).values([
+      { tenant: A, version: 1, sha256: sha(V1), by: 'alice', reason: null, at: new Date(BASE - 3_600_000), text: V1, streamSeq: 1 },
+      { tenant: A, version: 2, sha256: sha(V2), by: 'bob', reason: 'no leases for mode 3', at: new Date(BASE - 1_800_000), text: V2, streamSeq: 2 },
+      { tenant: B, version: 1, sha256: sha(B_TEXT), by: 'mallory', reason: null, at: new Date(BASE), text: B_TEXT, streamSeq: 1 },
+    ]);
 
     const passwordHash = await hashPassword(PASSWORD);
     users.push(
@@ -125,6 +136,8 @@ describe('console api', () => {
     ['GET', `/api/tenants/${t}/audit`],
     ['GET', `/api/tenants/${t}/audit.csv`],
     ['GET', `/api/tenants/${t}/system`],
+    ['GET', `/api/tenants/${t}/policies`],
+    ['GET', `/api/tenants/${t}/policies/1`],
     ['POST', `/api/tenants/${t}/runs/${run}/cancel`, { reason: 'test' }],
     ['POST', `/api/tenants/${t}/runs/${run}/signal`, { name: 'approve' }],
     ['POST', `/api/tenants/${t}/runs/${run}/retry`, {}],
@@ -496,5 +509,133 @@ describe('console api', () => {
     const anon = await client().stream(`/api/tenants/${A}/runs/stream`);
     expect(anon.status).toBe(401);
     await anon.close();
+  });
+  describe('policy versions, run policy decisions and leases, audit filters by kind and actor', () => {
+    // Policy versions are seeded with the other projections; run rows here, as the projector and the secrets-lease service write them.
+    let govRun: string;
+
+    beforeAll(async () => {
+      govRun = (aRuns[3] as RunInsert).runId;
+      await d.db.insert(schema.approvals).values({ tenant: A, runId: govRun, step: 'load', signal: 'policy', status: 'approved', requestedAt: new Date(BASE + 10), decidedAt: new Date(BASE + 20), decidedBy: 'carol', approvers: 'group:dba', policyVersion: 2, policies: 'p1' });
+      const at = (ms: number) => new Date(BASE + 100_000 + ms);
+      await d.db.insert(schema.auditLog).values([
+        { tenant: A, runId: govRun, seq: 1, kind: 'policy.decided', actor: 'policy', detail: { step: 'extract', attempt: 1, decision: 'allow', version: 2, policies: ['p0'] }, at: at(0), streamSeq: 101 },
+        { tenant: A, runId: govRun, seq: 2, kind: 'credential.decided', actor: 'policy', detail: { step: 'load', attempt: 1, name: 'DB_PASSWORD', decision: 'needs-approval', version: 2, policies: ['p1'] }, at: at(1), streamSeq: 102 },
+        { tenant: A, runId: govRun, seq: 3, kind: 'approval.decided', actor: 'carol', detail: { step: 'load', decision: 'approve', reason: null }, at: at(2), streamSeq: 103 },
+        // An unexpected field in a lease row is not passed on: the console names only known fields.
+        { tenant: A, runId: govRun, seq: -1, kind: 'lease.issued', actor: 'secrets-lease', detail: { leaseId: 'L1', keys: ['DB_PASSWORD', 'DB_USER'], step: 'load', attempt: 1, ttlMs: 60_000, stray: 'not-for-the-console' }, at: at(3), streamSeq: 0 },
+        { tenant: A, runId: govRun, seq: -2, kind: 'lease.redeemed', actor: 'secrets-lease', detail: { leaseId: 'L1', keys: ['DB_PASSWORD', 'DB_USER'], step: 'load', attempt: 1 }, at: at(4), streamSeq: 0 },
+        { tenant: A, runId: govRun, seq: -3, kind: 'lease.denied', actor: 'secrets-lease', detail: { leaseId: 'L1', code: 'lease_used', keys: ['DB_PASSWORD'], step: 'load', attempt: 1 }, at: at(5), streamSeq: 0 },
+        { tenant: A, runId: govRun, seq: -4, kind: 'lease.revoked', actor: null, detail: { reason: 'run.completed', leases: ['L1'], keys: ['DB_PASSWORD', 'DB_USER'] }, at: at(6), streamSeq: 0 },
+        // The same run id under tenant B: never part of A's answer.
+        { tenant: B, runId: govRun, seq: -1, kind: 'lease.issued', actor: 'secrets-lease', detail: { leaseId: 'LB', keys: ['B_ONLY'], step: 'load', attempt: 1 }, at: at(0), streamSeq: 0 },
+        { tenant: B, runId: govRun, seq: 1, kind: 'policy.decided', actor: 'policy', detail: { step: 'b-step', attempt: 1, decision: 'deny', version: 1, policies: ['pb'] }, at: at(0), streamSeq: 2 },
+      ]);
+    });
+
+    it('console api - policy versions: newest first without texts, one version with its text, for a viewer; tenant-scoped; 400 and 404', async () => {
+      const c = await as('viewer-a');
+      const list = await c.get<PoliciesResponse>(`/api/tenants/${A}/policies`);
+      expect(list.status).toBe(200);
+      expect(list.body.versions).toEqual([
+        { version: 2, sha256: sha(V2), by: 'bob', reason: 'no leases for mode 3', at: new Date(BASE - 1_800_000).toISOString() },
+        { version: 1, sha256: sha(V1), by: 'alice', reason: null, at: new Date(BASE - 3_600_000).toISOString() },
+      ]);
+      expect(list.text).not.toContain('permit');
+      const v1 = await c.get<PolicyVersionResponse>(`/api/tenants/${A}/policies/1`);
+      expect(v1.status).toBe(200);
+      expect(v1.body).toEqual({ version: 1, sha256: sha(V1), by: 'alice', reason: null, at: new Date(BASE - 3_600_000).toISOString(), text: V1 });
+      expect((await c.get<PolicyVersionResponse>(`/api/tenants/${A}/policies/2`)).body.text).toBe(V2);
+
+      const missing = await c.get<ErrorBody>(`/api/tenants/${A}/policies/3`);
+      expect(missing.status).toBe(404);
+      expect(missing.body.error).toEqual({ code: 'not_found', message: `tenant ${A} has no policy version 3` });
+      for (const bad of ['0', 'abc', '1.5', '-1', '9999999999', '%20']) {
+        const r = await c.get<ErrorBody>(`/api/tenants/${A}/policies/${bad}`);
+        expect(r.status, bad).toBe(400);
+        expect(r.body.error.code, bad).toBe('invalid_argument');
+        expect(r.body.error.message, bad).toMatch(/^version must be a positive integer; got /);
+      }
+      const extra = await c.get<ErrorBody>(`/api/tenants/${A}/policies?version=1`);
+      expect(extra.status).toBe(400);
+      expect(extra.body.error.message).toMatch(/unknown query parameter "version"/);
+
+      // B's version 1 is B's: A's viewer cannot reach it, B's admin sees only it.
+      expect((await c.get(`/api/tenants/${B}/policies/1`)).status).toBe(403);
+      const b = await as('admin-b');
+      expect((await b.get<PoliciesResponse>(`/api/tenants/${B}/policies`)).body.versions.map((v) => [v.version, v.by])).toEqual([[1, 'mallory']]);
+      expect((await b.get<PolicyVersionResponse>(`/api/tenants/${B}/policies/1`)).body.text).toBe(B_TEXT);
+      expect((await b.get(`/api/tenants/${A}/policies`)).status).toBe(403);
+    });
+
+    it('console api - run detail: the policy decisions and credential leases of the run, key names only, its tenant only', async () => {
+      const c = await as('viewer-a');
+      const r = await c.get<RunDetailResponse>(`/api/tenants/${A}/runs/${govRun}`);
+      expect(r.status).toBe(200);
+      const at = (ms: number) => new Date(BASE + 100_000 + ms).toISOString();
+      expect(r.body.policyDecisions).toEqual([
+        { kind: 'policy.decided', step: 'extract', attempt: 1, decision: 'allow', version: 2, policies: ['p0'], approvers: null, credential: null, at: at(0) },
+        { kind: 'credential.decided', step: 'load', attempt: 1, decision: 'needs-approval', version: 2, policies: ['p1'], approvers: 'group:dba', credential: 'DB_PASSWORD', at: at(1) },
+      ]);
+      expect(r.body.leases).toEqual([
+        { kind: 'lease.issued', keys: ['DB_PASSWORD', 'DB_USER'], leaseId: 'L1', step: 'load', attempt: 1, code: null, at: at(3), actor: 'secrets-lease' },
+        { kind: 'lease.redeemed', keys: ['DB_PASSWORD', 'DB_USER'], leaseId: 'L1', step: 'load', attempt: 1, code: null, at: at(4), actor: 'secrets-lease' },
+        { kind: 'lease.denied', keys: ['DB_PASSWORD'], leaseId: 'L1', step: 'load', attempt: 1, code: 'lease_used', at: at(5), actor: 'secrets-lease' },
+        { kind: 'lease.revoked', keys: ['DB_PASSWORD', 'DB_USER'], leaseId: null, step: null, attempt: null, code: 'run.completed', at: at(6), actor: null },
+      ]);
+      expect(r.text).not.toContain('not-for-the-console');
+      expect(r.text).not.toContain('B_ONLY');
+      expect(r.text).not.toContain('b-step');
+      // A run with neither answers empty lists.
+      const plain = await c.get<RunDetailResponse>(`/api/tenants/${A}/runs/${aRun}`);
+      expect(plain.body.policyDecisions).toEqual([]);
+      expect(plain.body.leases).toEqual([]);
+    });
+
+    it('console api - audit log: kind and actor filters, in JSON pages (keyset paging over matches) and the CSV export; bad values are 400s', async () => {
+      const c = await as('viewer-a');
+      const seqs = async (q: string) => (await c.get<AuditPageResponse>(`/api/tenants/${A}/audit?${q}`)).body.entries.map((e) => e.seq);
+      expect(await seqs('kind=lease.denied')).toEqual([-3]);
+      expect(await seqs(`kind=policy.decided&run=${govRun}`)).toEqual([1]);
+      expect(await seqs('actor=policy')).toEqual([2, 1]);
+      expect(await seqs('actor=carol&kind=approval.decided')).toEqual([3]);
+      expect(await seqs('actor=nobody')).toEqual([]);
+      // Paging walks the matches only: 11 rows by alice, 5 a page, with rows of others between them.
+      const pages: number[][] = [];
+      let cursor = '';
+      for (;;) {
+        const page = await c.get<AuditPageResponse>(`/api/tenants/${A}/audit?actor=alice&kind=run.signaled&limit=5${cursor ? `&cursor=${cursor}` : ''}`);
+        expect(page.status).toBe(200);
+        pages.push(page.body.entries.map((e) => e.seq));
+        if (!page.body.nextCursor) break;
+        cursor = page.body.nextCursor;
+      }
+      expect(pages).toEqual([[12, 11, 10, 9, 8], [7, 6, 5, 4, 3], [2]]);
+      // Tenant B's rows of the same kind stay B's.
+      expect((await c.get<AuditPageResponse>(`/api/tenants/${A}/audit?kind=lease.issued`)).body.entries.map((e) => e.detail)).toEqual([expect.objectContaining({ leaseId: 'L1' })]);
+
+      const csv = await c.get(`/api/tenants/${A}/audit.csv?kind=lease.revoked`);
+      expect(csv.status).toBe(200);
+      const lines = csv.text.split('\r\n').filter(Boolean);
+      expect(lines).toHaveLength(2);
+      expect(lines[1]).toContain(`${govRun},-4,lease.revoked,,`);
+      expect((await c.get(`/api/tenants/${A}/audit.csv?actor=alice&limit=3`)).text.split('\r\n').filter(Boolean)).toHaveLength(4);
+      expect((await c.get(`/api/tenants/${A}/audit.csv?actor=alice`)).text.split('\r\n').filter(Boolean)).toHaveLength(12);
+
+      const bad: [string, RegExp][] = [
+        [`/api/tenants/${A}/audit?kind=`, /kind must have 1 to 256 characters/],
+        [`/api/tenants/${A}/audit?actor=${'a'.repeat(257)}`, /actor must have 1 to 256 characters/],
+        [`/api/tenants/${A}/audit?actor=a%00b`, /none of them NUL/],
+        [`/api/tenants/${A}/audit?kind=a&kind=b`, /query parameter kind is given 2 times/],
+        [`/api/tenants/${A}/audit.csv?kind=`, /kind must have 1 to 256 characters/],
+        [`/api/tenants/${A}/audit.csv?who=alice`, /unknown query parameter "who"/],
+      ];
+      for (const [path, message] of bad) {
+        const r = await c.get<ErrorBody>(path);
+        expect(r.status, path).toBe(400);
+        expect(r.body.error.code, path).toBe('invalid_argument');
+        expect(r.body.error.message, path).toMatch(message);
+      }
+    });
   });
 });

@@ -43,6 +43,8 @@
  *   GET  /api/tenants/:tenant/audit                         AuditQuery         → AuditPageResponse
  *   GET  /api/tenants/:tenant/audit.csv                     AuditQuery (no cursor; limit up to AUDIT_CSV_MAX_ROWS) → text/csv
  *   GET  /api/tenants/:tenant/system                                           → SystemResponse
+ *   GET  /api/tenants/:tenant/policies                                         → PoliciesResponse
+ *   GET  /api/tenants/:tenant/policies/:version                                → PolicyVersionResponse (400 bad version, 404 none)
  *
  * Paths are built with `apiPaths` below; path segments are percent-encoded there.
  */
@@ -257,8 +259,47 @@ export interface SearchFieldValue {
   readonly value: string;
 }
 
+/**
+ * A policy's answer for one step of the run: `policy.decided` (before the step is scheduled)
+ * or `credential.decided` (a running step asked for the credential `credential`).
+ */
+export interface PolicyDecision {
+  readonly kind: 'policy.decided' | 'credential.decided';
+  readonly step: string;
+  readonly attempt: number | null;
+  /** `allow`, `deny` or `needs-approval`. */
+  readonly decision: string;
+  /** The policy version that decided (0: the tenant has none, or checks are off). */
+  readonly version: number | null;
+  /** Ids of the policies that decided. */
+  readonly policies: readonly string[];
+  /** Who may approve, when the answer needs a person (null otherwise or when not recorded). */
+  readonly approvers: string | null;
+  /** The credential's key name (credential.decided only). */
+  readonly credential: string | null;
+  readonly at: string;
+}
+
+/** One row of the secrets-lease service's audit about this run: key names, never values. */
+export interface LeaseEntry {
+  /** `lease.issued`, `lease.redeemed`, `lease.denied`, `lease.revoked`, `lease.reopened`. */
+  readonly kind: string;
+  readonly keys: readonly string[];
+  readonly leaseId: string | null;
+  readonly step: string | null;
+  readonly attempt: number | null;
+  /** A refusal's code (`lease.denied`) or a revocation's reason. */
+  readonly code: string | null;
+  readonly at: string;
+  readonly actor: string | null;
+}
+
 export interface RunDetailResponse {
   readonly run: RunSummary;
+  /** The policy's answers for the run's steps, oldest first. */
+  readonly policyDecisions: readonly PolicyDecision[];
+  /** Credential leases of the run (issue, redemption, refusal, revocation), oldest first. */
+  readonly leases: readonly LeaseEntry[];
   readonly search: readonly SearchFieldValue[];
   /** Every attempt, ordered by schedule time then attempt. */
   readonly steps: readonly StepAttempt[];
@@ -376,10 +417,15 @@ export interface WorkersResponse {
   readonly workers: WorkerInfo[];
 }
 
-/** `run` (a run id), `since` (like RunsQuery.since), `limit` (1–500, default 50), `cursor`. */
+/**
+ * `run` (a run id), `since` (like RunsQuery.since), `kind` and `actor` (exact matches, 1–256
+ * characters), `limit` (1–500, default 50), `cursor`.
+ */
 export interface AuditQuery {
   readonly run?: string;
   readonly since?: string;
+  readonly kind?: string;
+  readonly actor?: string;
   readonly limit?: number;
   readonly cursor?: string;
 }
@@ -415,6 +461,29 @@ export interface SystemResponse {
 }
 
 // ---------------------------------------------------------------------------------------
+// Policy versions (viewer and up). A version is immutable; a change is a new version.
+
+export interface PolicyVersionSummary {
+  readonly version: number;
+  /** Hex SHA-256 of the text. */
+  readonly sha256: string;
+  /** Who set it, and why (null when no reason was given). */
+  readonly by: string;
+  readonly reason: string | null;
+  readonly at: string;
+}
+
+export interface PoliciesResponse {
+  /** Newest version first (at most 500). */
+  readonly versions: PolicyVersionSummary[];
+}
+
+export interface PolicyVersionResponse extends PolicyVersionSummary {
+  /** The Cedar policy text as set. */
+  readonly text: string;
+}
+
+// ---------------------------------------------------------------------------------------
 // Paths.
 
 const seg = encodeURIComponent;
@@ -439,6 +508,8 @@ export const apiPaths = {
   audit: (t: string) => `/api/tenants/${seg(t)}/audit`,
   auditCsv: (t: string) => `/api/tenants/${seg(t)}/audit.csv`,
   system: (t: string) => `/api/tenants/${seg(t)}/system`,
+  policies: (t: string) => `/api/tenants/${seg(t)}/policies`,
+  policyVersion: (t: string, version: number | string) => `/api/tenants/${seg(t)}/policies/${seg(String(version))}`,
 } as const;
 
 /** A JSON value as it travels in request and response bodies. */

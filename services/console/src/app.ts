@@ -17,6 +17,7 @@ import { sendError, toHttpError } from './http.js';
 import { createLiveHub, registerRunStream } from './live.js';
 import { registerAuditRoutes } from './routes-audit.js';
 import { registerFleetRoutes } from './routes-fleet.js';
+import { registerPolicyRoutes } from './routes-policy.js';
 import { registerRunRoutes } from './routes-runs.js';
 import { tenantOf, type RouteDeps } from './routes.js';
 import { createLinkTokens, createSessions } from './session.js';
@@ -112,6 +113,7 @@ export function createConsole(o: ConsoleOptions): Console {
     registerRunRoutes(f, deps);
     registerFleetRoutes(f, deps);
     registerAuditRoutes(f, deps);
+    registerPolicyRoutes(f, deps);
     streams = registerRunStream(f, hub, tenantOf);
     await registerWeb(f, config.webDir ?? defaultWebDir());
     return f;

@@ -10,10 +10,20 @@ import { pattern, queryOf, sessionOf, type Query } from './http.js';
 import type { RouteDeps } from './routes.js';
 import { toAuditEntry } from './views.js';
 
-function auditFilter(q: Query): Pick<ListAuditOptions, 'runId' | 'since'> {
+type AuditFilter = Pick<ListAuditOptions, 'runId' | 'since' | 'kind' | 'actor'>;
+
+/** The filters shared by the JSON pages and the CSV export; `kind` and `actor` are checked by listAudit. */
+function auditFilter(q: Query): AuditFilter {
   const run = q.one('run');
   const since = q.one('since');
-  return { ...(run !== undefined ? { runId: parseRunId(run) } : {}), ...(since !== undefined ? { since: parseTime('since', since) } : {}) };
+  const kind = q.one('kind');
+  const actor = q.one('actor');
+  return {
+    ...(run !== undefined ? { runId: parseRunId(run) } : {}),
+    ...(since !== undefined ? { since: parseTime('since', since) } : {}),
+    ...(kind !== undefined ? { kind } : {}),
+    ...(actor !== undefined ? { actor } : {}),
+  };
 }
 
 function csvLimit(raw: string | undefined): number {
@@ -50,7 +60,7 @@ export function csvRow(a: AuditRow): string {
 }
 
 /** Pages of the audit log as CSV lines, header first, read one page ahead of the client. */
-async function* csvLines(d: RouteDeps, t: TenantId, filter: Pick<ListAuditOptions, 'runId' | 'since'>, limit: number): AsyncGenerator<string> {
+async function* csvLines(d: RouteDeps, t: TenantId, filter: AuditFilter, limit: number): AsyncGenerator<string> {
   yield `${AUDIT_CSV_COLUMNS.join(',')}\r\n`;
   let left = limit;
   let cursor: string | undefined;
@@ -66,7 +76,7 @@ async function* csvLines(d: RouteDeps, t: TenantId, filter: Pick<ListAuditOption
 export function registerAuditRoutes(app: FastifyInstance, d: RouteDeps): void {
   app.get<{ Params: { tenant: string } }>(pattern(apiPaths.audit(':tenant')), async (req): Promise<AuditPageResponse> => {
     const t = d.tenantOf(sessionOf(req), req.params.tenant);
-    const q = queryOf(req, ['run', 'since', 'limit', 'cursor']);
+    const q = queryOf(req, ['run', 'since', 'kind', 'actor', 'limit', 'cursor']);
     const cursor = q.one('cursor');
     const page = await listAudit(d.db, t, { ...auditFilter(q), limit: parseLimit(q.one('limit')), ...(cursor !== undefined ? { cursor } : {}) });
     return { entries: page.entries.map(toAuditEntry), ...(page.nextCursor !== undefined ? { nextCursor: page.nextCursor } : {}) };
@@ -74,7 +84,7 @@ export function registerAuditRoutes(app: FastifyInstance, d: RouteDeps): void {
 
   app.get<{ Params: { tenant: string } }>(pattern(apiPaths.auditCsv(':tenant')), async (req, reply) => {
     const t = d.tenantOf(sessionOf(req), req.params.tenant);
-    const q = queryOf(req, ['run', 'since', 'limit']);
+    const q = queryOf(req, ['run', 'since', 'kind', 'actor', 'limit']);
     const filter = auditFilter(q);
     const limit = csvLimit(q.one('limit'));
     // The first page is read before answering, so a failing database is still a clean

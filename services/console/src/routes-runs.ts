@@ -5,13 +5,13 @@
  * an action that cannot apply is a 409 now rather than a silent no-op later.
  */
 import type { FastifyInstance } from 'fastify';
-import { getRun, listRuns, listWorkers, parseLimit, parseStatus, parseTime, parseWhere, type ListRunsOptions } from '@capstan/kit';
+import { getRun, getRunGovernance, listRuns, listWorkers, parseLimit, parseStatus, parseTime, parseWhere, type ListRunsOptions } from '@capstan/kit';
 import { encode, json, obj, optional, parseCommand, parseRunId, str, type TenantId } from '@capstan/schemas';
 import { apiPaths, type ActionName, type RunDetailResponse, type RunsPageResponse } from './api-types.js';
 import { explainRun } from './explain.js';
 import { conflict, notFound, pattern, queryOf, sessionOf, type Query } from './http.js';
 import { postAction, type ActionHandler, type RouteDeps } from './routes.js';
-import { buildTrace, toApproval, toRunSummary, toStepAttempt, toTimelineEvent, toWorkerInfo } from './views.js';
+import { buildTrace, toApproval, toLeaseEntry, toPolicyDecision, toRunSummary, toStepAttempt, toTimelineEvent, toWorkerInfo } from './views.js';
 
 type RunParams = { tenant: string; runId: string };
 type StepParams = RunParams & { step: string };
@@ -53,7 +53,9 @@ export function registerRunRoutes(app: FastifyInstance, d: RouteDeps): void {
   app.get<{ Params: RunParams }>(pattern(apiPaths.run(':tenant', ':runId')), async (req): Promise<RunDetailResponse> => {
     const t = d.tenantOf(sessionOf(req), req.params.tenant);
     queryOf(req, []);
-    const detail = await getRun(d.db, t, parseRunId(req.params.runId));
+    const runId = parseRunId(req.params.runId);
+    const detail = await getRun(d.db, t, runId);
+    const governance = await getRunGovernance(d.db, t, runId);
     const now = Date.now();
     const run = toRunSummary(detail.run);
     const steps = detail.steps.map(toStepAttempt);
@@ -64,6 +66,8 @@ export function registerRunRoutes(app: FastifyInstance, d: RouteDeps): void {
     const workers = active ? (await listWorkers(d.db, t)).map((w) => toWorkerInfo(w, now)) : undefined;
     return {
       run,
+      policyDecisions: governance.decisions.map((a) => toPolicyDecision(a, governance.policyApprovals)),
+      leases: governance.leases.map(toLeaseEntry),
       search: detail.search,
       steps,
       trace: buildTrace(run.startedAt, steps),

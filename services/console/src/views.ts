@@ -2,13 +2,17 @@
  * Projection rows to the API's shapes (`api-types.ts`): times as ISO strings, step modes as
  * words, steps grouped into a trace. Pure.
  */
-import type { ApprovalRow, AuditRow, EventIndexRow, RunRow, StepRow, WorkerRow } from '@capstan/kit';
+import type { ApprovalRow, AuditRow, EventIndexRow, PolicyVersionRow, PolicyVersionSummary as PolicyVersionSummaryRow, RunRow, StepRow, WorkerRow } from '@capstan/kit';
 import {
   STEP_MODES,
   WORKER_STALE_MS,
   type Approval,
   type AuditEntry,
   type JsonValue,
+  type LeaseEntry,
+  type PolicyDecision,
+  type PolicyVersionResponse,
+  type PolicyVersionSummary,
   type RunStatusName,
   type RunSummary,
   type StepAttempt,
@@ -127,4 +131,56 @@ export function buildTrace(runStartedAt: string, attempts: readonly StepAttempt[
       busyMs: xs.reduce((n, a) => n + (a.durationMs ?? 0), 0),
     };
   });
+}
+
+// Audit details are JSON written by other services; each field is read for its type and
+// anything else is left out, so an odd row shows as less, never as a failed page.
+type Detail = Record<string, unknown>;
+const detailOf = (d: unknown): Detail => (typeof d === 'object' && d !== null && !Array.isArray(d) ? (d as Detail) : {});
+const strOf = (v: unknown): string | null => (typeof v === 'string' ? v : null);
+const intOf = (v: unknown): number | null => (typeof v === 'number' && Number.isSafeInteger(v) ? v : null);
+const strsOf = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
+
+/**
+ * A `policy.decided` / `credential.decided` audit row as a decision. Who may approve is in
+ * the row when it was recorded there, else in the step's policy approval.
+ */
+export function toPolicyDecision(a: AuditRow, policyApprovals: readonly ApprovalRow[]): PolicyDecision {
+  const d = detailOf(a.detail);
+  const step = strOf(d['step']) ?? '';
+  const approval = policyApprovals.find((x) => x.step === step);
+  return {
+    kind: a.kind === 'credential.decided' ? 'credential.decided' : 'policy.decided',
+    step,
+    attempt: intOf(d['attempt']),
+    decision: strOf(d['decision']) ?? 'unknown',
+    version: intOf(d['version']),
+    policies: strsOf(d['policies']),
+    approvers: strOf(d['approvers']) ?? (strOf(d['decision']) === 'needs-approval' ? (approval?.approvers ?? null) : null),
+    credential: strOf(d['name']),
+    at: iso(a.at),
+  };
+}
+
+/** A `lease.*` audit row: key names, lease id, step; never a value (the rows hold none). */
+export function toLeaseEntry(a: AuditRow): LeaseEntry {
+  const d = detailOf(a.detail);
+  return {
+    kind: a.kind,
+    keys: strsOf(d['keys']),
+    leaseId: strOf(d['leaseId']),
+    step: strOf(d['step']),
+    attempt: intOf(d['attempt']),
+    code: strOf(d['code']) ?? strOf(d['reason']),
+    at: iso(a.at),
+    actor: a.actor,
+  };
+}
+
+export function toPolicyVersionSummary(p: PolicyVersionSummaryRow): PolicyVersionSummary {
+  return { version: p.version, sha256: p.sha256, by: p.by, reason: p.reason, at: iso(p.at) };
+}
+
+export function toPolicyVersion(p: PolicyVersionRow): PolicyVersionResponse {
+  return { ...toPolicyVersionSummary(p), text: p.text };
 }

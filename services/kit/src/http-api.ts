@@ -4,7 +4,7 @@
  *   GET /healthz                                   the database answers
  *   GET /v1/tenants/:tenant/runs                   ?status &workflow &since &until &where=k=v (repeatable) &limit &cursor
  *   GET /v1/tenants/:tenant/runs/:runId            the run, its steps, event index and approvals
- *   GET /v1/tenants/:tenant/audit                  ?run &since &limit &cursor
+ *   GET /v1/tenants/:tenant/audit                  ?run &since &kind &actor &limit &cursor
  *   GET /v1/tenants/:tenant/approvals              ?status &limit
  *   GET /v1/tenants/:tenant/workers
  *   GET /v1/system                                 the NATS server and projection lag per tenant
@@ -147,14 +147,18 @@ export function createQueryServer(o: QueryServerOptions): QueryServer {
         return { body: await getRun(o.db, t, parseRunId(e)) };
       }
       if (d === 'audit' && e === undefined) {
-        allow(p, ['run', 'since', 'limit', 'cursor']);
+        allow(p, ['run', 'since', 'kind', 'actor', 'limit', 'cursor']);
         const run = one(p, 'run');
         const since = one(p, 'since');
+        const kind = one(p, 'kind');
+        const actor = one(p, 'actor');
         const cursor = one(p, 'cursor');
         return {
           body: await listAudit(o.db, t, {
             ...(run !== undefined ? { runId: parseRunId(run) } : {}),
             ...(since !== undefined ? { since: parseTime('since', since) } : {}),
+            ...(kind !== undefined ? { kind } : {}),
+            ...(actor !== undefined ? { actor } : {}),
             limit: parseLimit(one(p, 'limit')),
             ...(cursor !== undefined ? { cursor } : {}),
           }),

@@ -40,6 +40,12 @@ export {
   DEFAULT_LIMIT,
   MAX_LIMIT,
   MAX_WHERE_PAIRS,
+  getRunGovernance,
+  listPolicies,
+  getPolicyVersion,
+  parsePolicyVersion,
+  POLICY_DECISION_KINDS,
+  LEASE_KIND_PREFIX,
 } from './queries.js';
 export type {
   RunRow,
@@ -56,6 +62,9 @@ export type {
   AuditPage,
   ListApprovalsOptions,
   ProjectionLag,
+  RunGovernance,
+  PolicyVersionRow,
+  PolicyVersionSummary,
 } from './queries.js';
 export { createQueryServer, HttpErrorCode } from './http-api.js';
 export type { QueryServer, QueryServerOptions } from './http-api.js';

@@ -292,6 +292,10 @@ export interface ListAuditOptions {
   readonly runId?: string;
   /** At or after. */
   readonly since?: Date;
+  /** Exact kind (`run.cancel-requested`, `lease.issued`, …). */
+  readonly kind?: string;
+  /** Exact actor (a user id, `policy`, …). */
+  readonly actor?: string;
   readonly limit?: number;
   readonly cursor?: string;
 }
@@ -308,6 +312,10 @@ export async function listAudit(d: Database, tenant: TenantId, o: ListAuditOptio
   const conds: SQL[] = [eq(l.tenant, tenant)];
   if (o.runId !== undefined) conds.push(eq(l.runId, o.runId));
   if (o.since) conds.push(gte(l.at, validDate('since', o.since)));
+  // In the WHERE clause with the cursor, so a page is `limit` matching rows and the next
+  // cursor continues after the last match rather than after the last row scanned.
+  if (o.kind !== undefined) conds.push(eq(l.kind, auditText('kind', o.kind)));
+  if (o.actor !== undefined) conds.push(eq(l.actor, auditText('actor', o.actor)));
   if (o.cursor !== undefined) {
     const [, id] = decodeCursor(o.cursor, AUDIT_CURSOR) as unknown as [string, string];
     conds.push(lt(l.id, Number(id)));
@@ -322,6 +330,93 @@ export async function listAudit(d: Database, tenant: TenantId, o: ListAuditOptio
   const entries = more ? rows.slice(0, limit) : rows;
   const last = entries.at(-1);
   return { entries, ...(more && last ? { nextCursor: encodeCursor(`audit:${last.id}`) } : {}) };
+}
+
+const MAX_AUDIT_TEXT_LENGTH = 256;
+
+function auditText(name: string, v: string): string {
+  if (typeof v !== 'string' || v.length === 0 || v.length > MAX_AUDIT_TEXT_LENGTH || hasNul(v)) {
+    throw new InvalidArgumentError(`${name} must have 1 to ${MAX_AUDIT_TEXT_LENGTH} characters, none of them NUL`);
+  }
+  return v;
+}
+
+/** The audit kinds of a policy answer recorded by a run. */
+export const POLICY_DECISION_KINDS = ['policy.decided', 'credential.decided'] as const;
+/** The audit kinds of the secrets-lease service share this prefix. */
+export const LEASE_KIND_PREFIX = 'lease.';
+
+export interface RunGovernance {
+  /** The run's policy answers (`policy.decided`, `credential.decided` rows), in order. */
+  readonly decisions: AuditRow[];
+  /** The run's lease rows (`lease.*`), in order: key names and lease ids, never values. */
+  readonly leases: AuditRow[];
+  /** Waiting or decided policy approvals of the run (signal `policy`), by step. */
+  readonly policyApprovals: ApprovalRow[];
+}
+
+/**
+ * What the policy decided for a run and which credentials it leased, from the audit log
+ * (rows in insertion order). Empty lists for a run with neither (or no such run: the caller
+ * reads the run itself first).
+ */
+export async function getRunGovernance(d: Database, tenant: TenantId, runId: string): Promise<RunGovernance> {
+  const l = schema.auditLog;
+  const a = schema.approvals;
+  // The prefix is a constant without LIKE wildcards; `_` in `lease.` is not one either.
+  const rows = await d.db
+    .select()
+    .from(l)
+    .where(and(eq(l.tenant, tenant), eq(l.runId, runId), or(inArray(l.kind, [...POLICY_DECISION_KINDS]), sql`starts_with(${l.kind}, ${LEASE_KIND_PREFIX})`)))
+    .orderBy(asc(l.id));
+  const policyApprovals = await d.db
+    .select()
+    .from(a)
+    .where(and(eq(a.tenant, tenant), eq(a.runId, runId), eq(a.signal, 'policy')))
+    .orderBy(asc(a.requestedAt), asc(a.step));
+  return {
+    decisions: rows.filter((r) => (POLICY_DECISION_KINDS as readonly string[]).includes(r.kind)),
+    leases: rows.filter((r) => r.kind.startsWith(LEASE_KIND_PREFIX)),
+    policyApprovals,
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// Policy versions.
+
+export type PolicyVersionRow = typeof schema.policies.$inferSelect;
+/** A version without its text, for lists. */
+export type PolicyVersionSummary = Omit<PolicyVersionRow, 'text' | 'tenant' | 'streamSeq'>;
+
+const MAX_POLICY_VERSIONS = 500;
+
+/** A policy version from a path or flag: a positive integer. */
+export function parsePolicyVersion(raw: string): number {
+  const n = /^\d{1,9}$/.test(raw) ? Number(raw) : NaN;
+  if (!(n >= 1)) throw new InvalidArgumentError(`version must be a positive integer; got ${quote(raw)}`);
+  return n;
+}
+
+/** The tenant's policy versions, newest first, without their text (at most 500). */
+export async function listPolicies(d: Database, tenant: TenantId): Promise<PolicyVersionSummary[]> {
+  const p = schema.policies;
+  return d.db
+    .select({ version: p.version, sha256: p.sha256, by: p.by, reason: p.reason, at: p.at })
+    .from(p)
+    .where(eq(p.tenant, tenant))
+    .orderBy(desc(p.version))
+    .limit(MAX_POLICY_VERSIONS);
+}
+
+/** One policy version with its text; undefined when the tenant has no such version. */
+export async function getPolicyVersion(d: Database, tenant: TenantId, version: number): Promise<PolicyVersionRow | undefined> {
+  if (!Number.isSafeInteger(version) || version < 1) throw new InvalidArgumentError(`version must be a positive integer; got ${quote(String(version))}`);
+  const p = schema.policies;
+  const [row] = await d.db
+    .select()
+    .from(p)
+    .where(and(eq(p.tenant, tenant), eq(p.version, version)));
+  return row;
 }
 
 const APPROVAL_STATUS = /^[a-z][a-z_-]{0,31}$/;

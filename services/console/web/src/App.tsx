@@ -15,6 +15,7 @@ import { RunView } from './views/Run.js';
 import { ApprovalsView } from './views/Approvals.js';
 import { WorkersView } from './views/Workers.js';
 import { AuditView } from './views/Audit.js';
+import { PoliciesView } from './views/Policies.js';
 
 type SessionState = { kind: 'loading' } | { kind: 'none' } | { kind: 'error'; error: unknown } | { kind: 'in'; session: SessionInfo };
 
@@ -151,6 +152,7 @@ function SignedIn({ session, path, toast, onSignOut }: { session: SessionInfo; p
   else if (match('/t/:tenant/approvals', path)) view = <ApprovalsView />;
   else if (match('/t/:tenant/workers', path)) view = <WorkersView />;
   else if (match('/t/:tenant/audit', path)) view = <AuditView />;
+  else if (match('/t/:tenant/policies', path)) view = <PoliciesView />;
   else view = <NotFound />;
 
   return (

@@ -10,6 +10,7 @@ const VIEWS = [
   { key: 'approvals', label: 'Approvals', shortcut: 'a' },
   { key: 'workers', label: 'Workers', shortcut: 'w' },
   { key: 'audit', label: 'Audit log', shortcut: 'l' },
+  { key: 'policies', label: 'Policies', shortcut: 'p' },
 ] as const;
 
 export function Shell({ session, tenant, onSignOut, children }: { session: SessionInfo; tenant: string | undefined; onSignOut: () => void; children: ReactNode }) {

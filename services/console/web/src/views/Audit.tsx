@@ -1,4 +1,4 @@
-/** The audit log: who did what to which run, newest first; filters by run and time; CSV export. */
+/** The audit log: who did what to which run, newest first; filters by run, time, kind and actor; CSV export. */
 import { useState, type FormEvent } from 'react';
 import { apiPaths, type AuditEntry, type AuditPageResponse, type JsonValue } from '../../../src/api-types.js';
 import { qs } from '../api.js';
@@ -55,27 +55,38 @@ export function AuditView() {
   const loc = useLocation();
   const run = loc.query.get('run') ?? '';
   const since = loc.query.get('since') ?? '';
+  const kind = loc.query.get('kind') ?? '';
+  const actor = loc.query.get('actor') ?? '';
   const cursor = loc.query.get('cursor') ?? undefined;
   const base = `/t/${encodeURIComponent(tenant)}`;
-  const list = useGet<AuditPageResponse>(`${apiPaths.audit(tenant)}${qs({ run: run || undefined, since: since || undefined, cursor, limit: 100 })}`);
+  const list = useGet<AuditPageResponse>(`${apiPaths.audit(tenant)}${qs({ run: run || undefined, since: since || undefined, kind: kind || undefined, actor: actor || undefined, cursor, limit: 100 })}`);
   const refresh = useThrottled(list.reload, 1000);
   // New entries come from run events; on the first page, follow them.
   useRunStream(tenant, () => {
     if (!cursor) refresh();
   });
   const [runText, setRunText] = useState(run);
-  const [shownRun, setShownRun] = useState(run);
-  if (shownRun !== run) {
-    setShownRun(run);
+  const [kindText, setKindText] = useState(kind);
+  const [actorText, setActorText] = useState(actor);
+  // The fields follow the address when it changes under them (back, "only this run").
+  const [shown, setShown] = useState({ run, kind, actor });
+  if (shown.run !== run || shown.kind !== kind || shown.actor !== actor) {
+    setShown({ run, kind, actor });
     setRunText(run);
+    setKindText(kind);
+    setActorText(actor);
   }
 
-  const go = (p: { run?: string; since?: string; cursor?: string }) => navigate(`${base}/audit${qs({ run: p.run || undefined, since: p.since || undefined, cursor: p.cursor })}`);
+  type Filters = { run?: string; since?: string; kind?: string; actor?: string; cursor?: string };
+  const current: Filters = { run, since, kind, actor };
+  const go = (p: Filters) =>
+    navigate(`${base}/audit${qs({ run: p.run || undefined, since: p.since || undefined, kind: p.kind || undefined, actor: p.actor || undefined, cursor: p.cursor })}`);
   const submit = (e: FormEvent) => {
     e.preventDefault();
-    go({ run: runText.trim(), since });
+    go({ run: runText.trim(), since, kind: kindText.trim(), actor: actorText.trim() });
   };
-  const csv = `${apiPaths.auditCsv(tenant)}${qs({ run: run || undefined, since: since || undefined })}`;
+  const filtered = Boolean(run || since || kind || actor);
+  const csv = `${apiPaths.auditCsv(tenant)}${qs({ run: run || undefined, since: since || undefined, kind: kind || undefined, actor: actor || undefined })}`;
   const entries = list.data?.entries ?? [];
 
   return (
@@ -100,7 +111,7 @@ export function AuditView() {
           </div>
           <div className="field">
             <label htmlFor="audit-since">Time</label>
-            <select id="audit-since" value={since} onChange={(e) => go({ run, since: e.target.value })} data-testid="audit-since">
+            <select id="audit-since" value={since} onChange={(e) => go({ ...current, since: e.target.value })} data-testid="audit-since">
               {TIME_RANGES.map((t) => (
                 <option key={t.value} value={t.value}>
                   {t.label}
@@ -109,10 +120,23 @@ export function AuditView() {
               {!TIME_RANGES.some((t) => t.value === since) ? <option value={since}>Since {since}</option> : null}
             </select>
           </div>
-          <button type="submit" className="btn btn-primary">
+          <div className="field">
+            <label htmlFor="audit-kind">Kind</label>
+            <input id="audit-kind" type="text" value={kindText} onChange={(e) => setKindText(e.target.value)} placeholder="lease.issued" autoComplete="off" spellCheck={false} list="audit-kinds" data-testid="audit-kind" />
+            <datalist id="audit-kinds">
+              {[...new Set(entries.map((x) => x.kind))].sort().map((k) => (
+                <option key={k} value={k} />
+              ))}
+            </datalist>
+          </div>
+          <div className="field">
+            <label htmlFor="audit-actor">Actor</label>
+            <input id="audit-actor" type="text" value={actorText} onChange={(e) => setActorText(e.target.value)} placeholder="a user id, policy" autoComplete="off" spellCheck={false} data-testid="audit-actor" />
+          </div>
+          <button type="submit" className="btn btn-primary" data-testid="audit-filter">
             Filter
           </button>
-          {run || since ? (
+          {filtered ? (
             <button type="button" className="btn btn-ghost" onClick={() => go({})}>
               Clear filters
             </button>
@@ -125,7 +149,7 @@ export function AuditView() {
         ) : null}
         {list.loading && !list.data ? <Loading what="the audit log" /> : null}
         {list.data && entries.length === 0 ? (
-          <Empty title={run || since ? 'No entries match these filters.' : 'The audit log is empty.'} testid="audit-empty">
+          <Empty title={filtered ? 'No entries match these filters.' : 'The audit log is empty.'} testid="audit-empty">
             <div>Signals, cancels, approvals and worker admission changes are recorded here.</div>
           </Empty>
         ) : null}
@@ -155,7 +179,7 @@ export function AuditView() {
                     <td className="nowrap">
                       <Subject entry={e} base={base} />
                       {e.runId && run !== e.runId ? (
-                        <button type="button" className="btn-link" onClick={() => go({ run: e.runId, since })} title="Show only this run">
+                        <button type="button" className="btn-link" onClick={() => go({ ...current, run: e.runId })} title="Show only this run">
                           only this run
                         </button>
                       ) : null}
@@ -174,14 +198,14 @@ export function AuditView() {
         {list.data && (cursor || list.data.nextCursor) ? (
           <div className="pager">
             {cursor ? (
-              <button type="button" className="btn btn-sm" onClick={() => go({ run, since })}>
+              <button type="button" className="btn btn-sm" onClick={() => go(current)}>
                 Newest
               </button>
             ) : (
               <span />
             )}
             {list.data.nextCursor ? (
-              <button type="button" className="btn btn-sm" onClick={() => go({ run, since, cursor: list.data?.nextCursor })} data-testid="audit-next">
+              <button type="button" className="btn btn-sm" onClick={() => go({ ...current, cursor: list.data?.nextCursor })} data-testid="audit-next">
                 Older →
               </button>
             ) : null}

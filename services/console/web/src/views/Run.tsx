@@ -10,6 +10,8 @@ import {
   type ActionResponse,
   type Approval,
   type Explanation,
+  type LeaseEntry,
+  type PolicyDecision,
   type Role,
   type RunDetailResponse,
   type StepAttempt,
@@ -206,6 +208,8 @@ export function RunView({ runId }: { runId: string }) {
         </div>
       </div>
 
+      {d.policyDecisions.length > 0 || d.leases.length > 0 ? <PolicyCard decisions={d.policyDecisions} leases={d.leases} /> : null}
+
       {d.approvals.length > 0 ? <ApprovalsCard approvals={d.approvals} busy={busy} role={role} onApprove={approve} onDeny={deny} /> : null}
 
       <div className="card section">
@@ -311,6 +315,108 @@ function Summary({ d }: { d: RunDetailResponse }) {
         </div>
       ) : null}
     </dl>
+  );
+}
+
+const DECISION_TONE: Record<string, string> = { allow: 'completed', deny: 'failed', 'needs-approval': 'waiting' };
+const LEASE_TONE: Record<string, string> = { 'lease.issued': 'running', 'lease.redeemed': 'completed', 'lease.denied': 'failed', 'lease.revoked': 'cancelled' };
+
+function Keys({ keys }: { keys: readonly string[] }) {
+  if (keys.length === 0) return <span className="muted">–</span>;
+  return (
+    <span className="keys">
+      {keys.map((k) => (
+        <code key={k}>{k}</code>
+      ))}
+    </span>
+  );
+}
+
+/** What the policy answered for each step, and the credential leases (key names only). */
+function PolicyCard({ decisions, leases }: { decisions: readonly PolicyDecision[]; leases: readonly LeaseEntry[] }) {
+  return (
+    <div className="card section" data-testid="run-policy">
+      <div className="card-head">
+        <h2>Policy and credentials</h2>
+        <span className="hint">
+          {plural(decisions.length, 'decision')} · {plural(leases.length, 'lease event')} · key names only, never values
+        </span>
+      </div>
+      {decisions.length > 0 ? (
+        <div className="table-wrap">
+          <table className="data" data-testid="run-decisions">
+            <thead>
+              <tr>
+                <th scope="col">Step</th>
+                <th scope="col">Asked</th>
+                <th scope="col">Decision</th>
+                <th scope="col">Version</th>
+                <th scope="col">Policies</th>
+                <th scope="col">Approvers</th>
+                <th scope="col">When</th>
+              </tr>
+            </thead>
+            <tbody>
+              {decisions.map((p, i) => (
+                <tr key={i} data-testid="run-decision" data-step={p.step} data-decision={p.decision}>
+                  <td>
+                    {p.step}
+                    {p.attempt !== null && p.attempt > 1 ? <span className="muted"> #{p.attempt}</span> : null}
+                  </td>
+                  <td>{p.credential ? <Keys keys={[p.credential]} /> : <span className="muted">to run</span>}</td>
+                  <td>
+                    <StatusBadge status={p.decision} tone={DECISION_TONE[p.decision] ?? 'cancelled'} testid="decision" />
+                  </td>
+                  <td className="mono">{p.version === null ? '–' : p.version === 0 ? <span className="muted" title="No policy was in force">none</span> : `v${p.version}`}</td>
+                  <td className="mono">{p.policies.length > 0 ? p.policies.join(', ') : <span className="muted">–</span>}</td>
+                  <td>{p.approvers ?? <span className="muted">–</span>}</td>
+                  <td className="nowrap">
+                    <Ago at={p.at} />
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      ) : null}
+      {leases.length > 0 ? (
+        <div className="table-wrap">
+          <table className="data" data-testid="run-leases">
+            <thead>
+              <tr>
+                <th scope="col">Lease</th>
+                <th scope="col">Keys</th>
+                <th scope="col">Step</th>
+                <th scope="col">Code or reason</th>
+                <th scope="col">Actor</th>
+                <th scope="col">When</th>
+              </tr>
+            </thead>
+            <tbody>
+              {leases.map((l, i) => (
+                <tr key={i} data-testid="run-lease" data-kind={l.kind}>
+                  <td>
+                    <StatusBadge status={l.kind.replace(/^lease\./, '')} tone={LEASE_TONE[l.kind] ?? 'cancelled'} testid="lease-kind" />
+                  </td>
+                  <td>
+                    <Keys keys={l.keys} />
+                  </td>
+                  <td>
+                    {l.step ?? <span className="muted">–</span>}
+                    {l.attempt !== null && l.attempt > 1 ? <span className="muted"> #{l.attempt}</span> : null}
+                  </td>
+                  <td className="mono">{l.code ?? <span className="muted">–</span>}</td>
+                  <td>{l.actor ?? <span className="muted">system</span>}</td>
+                  <td className="nowrap">
+                    <Ago at={l.at} />
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      ) : null}
+    </div>
   );
 }
 
