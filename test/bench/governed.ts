@@ -14,7 +14,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir, totalmem } from 'node:os';
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import Docker from 'dockerode';
 import { createRegistry, defineWorkflow } from '@capstan/actors';
@@ -33,6 +33,7 @@ const env = process.env;
 const RUNS = Number(env['BENCH_RUNS'] ?? 100);
 const OUT = env['BENCH_OUT'] ?? join(PROJECT_ROOT, 'docs', 'benchmarks.md');
 const say = (s: string) => process.stderr.write(`${s}\n`);
+const LOAD = loadavg()[0]?.toFixed(1) ?? '?';
 const silent = createLogger('bench', 'silent');
 const fmt = (ms: number) => ms.toFixed(1);
 
@@ -132,7 +133,7 @@ await nats.stop();
 const md = [
   '## Governed runs: what policy and leases add (`npm run bench:governed`)',
   '',
-  `Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${Math.round(totalmem() / 2 ** 30)} GiB, node ${process.version}; everything in one process but nats-server, Postgres and the containers. Measured ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC.`,
+  `Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${Math.round(totalmem() / 2 ** 30)} GiB, node ${process.version}; everything in one process but nats-server, Postgres and the containers. Measured ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, load average ${LOAD} at the start (other work on the machine moves these figures).`,
   `Workload: \`bench.gated\`, one mode-2 step leasing one secret (\`test -n "$BENCH_TOKEN"\` in a warm sandbox), ${RUNS} runs, 4 at a time.`,
   '',
   '| | run latency p50 | p99 | runs/s | failed |',

@@ -10,7 +10,7 @@
  *
  * Aim: warm acquire p50 ≤ 20 ms. Results go to docs/benchmarks.md (section `sandbox`).
  */
-import { cpus, totalmem, tmpdir } from 'node:os';
+import { cpus, loadavg, totalmem, tmpdir } from 'node:os';
 import { mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import Docker from 'dockerode';
@@ -26,6 +26,7 @@ const COLD = Number(env['BENCH_COLD'] ?? 20);
 const STEPS = Number(env['BENCH_STEPS'] ?? 400);
 const OUT = env['BENCH_OUT'] ?? join(PROJECT_ROOT, 'docs', 'benchmarks.md');
 const say = (s: string) => process.stderr.write(`${s}\n`);
+const LOAD = loadavg()[0]?.toFixed(1) ?? '?';
 const silent = createLogger('bench', 'silent');
 const fmt = (ms: number) => ms.toFixed(1);
 
@@ -126,7 +127,7 @@ const md = [
   '## Sandboxes (`npm run bench:sandbox`)',
   '',
   `Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${Math.round(totalmem() / 2 ** 30)} GiB, Docker ${version.Version} (${version.KernelVersion ?? ''}), node ${process.version}. Image ${image}.`,
-  `Measured ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC. Limits per sandbox: ${limits.memoryBytes / 2 ** 20} MiB, ${limits.pids} pids, ${limits.nanoCpus / 1e9} CPU.`,
+  `Measured ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, load average ${LOAD} at the start (other work on the machine moves these figures). Limits per sandbox: ${limits.memoryBytes / 2 ** 20} MiB, ${limits.pids} pids, ${limits.nanoCpus / 1e9} CPU.`,
   '',
   '| measure | n | p50 | p99 | aim |',
   '| --- | --- | --- | --- | --- |',

@@ -13,9 +13,10 @@ import { connect, eventually, provision, silent, spawnService, startServices, wa
 import { scratchDatabase, startPostgres } from '../harness/postgres.js';
 
 const cleanups: (() => Promise<unknown>)[] = [];
+// Stopping a private Postgres cluster and the services on a busy machine can take a while.
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c().catch((e: unknown) => process.stdout.write(`cleanup: ${String(e)}\n`));
-});
+}, 180_000);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
