@@ -320,7 +320,7 @@ function remembered(set: CompiledPolicySet, version: number, tenant: TenantId, q
   const d = authorize(set, version, buildRequest(tenant, q));
   // An answer with errors is not kept: it is rare, and it is told afresh each time.
   if (d.errors) return d;
-  if (!known) answers.set(set, (known = new Map()));
+  if (!known) answers.set(set, (known = new Map<string, PolicyDecision>()));
   if (known.size >= REMEMBERED) known.delete(known.keys().next().value as string);
   known.set(key, d);
   return d;
