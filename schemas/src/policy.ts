@@ -89,19 +89,21 @@ export function parsePolicyDecision(value: unknown): PolicyDecision {
 export function combineDecisions(version: number, decisions: readonly PolicyDecision[]): PolicyDecision {
   const policies = new Set<string>();
   const errors: string[] = [];
+  let denied = decisions.length === 0;
+  let approval: PolicyDecision | undefined;
   for (const d of decisions) {
     for (const p of d.policies) policies.add(p);
-    for (const e of d.errors ?? []) errors.push(e);
+    if (d.errors) for (const e of d.errors) errors.push(e);
+    if (d.decision === PolicyVerdict.Deny) denied = true;
+    else if (d.decision === PolicyVerdict.NeedsApproval) approval ??= d;
   }
-  const denied = decisions.length === 0 || decisions.some((d) => d.decision === PolicyVerdict.Deny);
-  const approval = denied ? undefined : decisions.find((d) => d.decision === PolicyVerdict.NeedsApproval);
   if (decisions.length === 0) errors.push('no queries were asked: nothing is allowed');
   const verdict = denied ? PolicyVerdict.Deny : approval ? PolicyVerdict.NeedsApproval : PolicyVerdict.Allow;
   return boundDecision({
     decision: verdict,
     version,
     policies: [...policies],
-    ...(approval?.approvers !== undefined ? { approvers: approval.approvers } : {}),
+    ...(!denied && approval?.approvers !== undefined ? { approvers: approval.approvers } : {}),
     ...(errors.length > 0 ? { errors } : {}),
   });
 }
@@ -109,13 +111,24 @@ export function combineDecisions(version: number, decisions: readonly PolicyDeci
 /** Cuts a decision to {@link POLICY_DECISION_LIMITS} (the run records it as it is). */
 export function boundDecision(d: PolicyDecision): PolicyDecision {
   const L = POLICY_DECISION_LIMITS;
-  const errors = d.errors?.slice(0, L.errors).map((e) => (e.length > L.errorChars ? `${e.slice(0, L.errorChars - 1)}…` : e));
+  const policies: string[] = [];
+  for (const p of d.policies) {
+    if (policies.length === L.policies) break;
+    policies.push(p.length > L.policyId ? p.slice(0, L.policyId) : p);
+  }
+  const errors: string[] = [];
+  if (d.errors) {
+    for (const e of d.errors) {
+      if (errors.length === L.errors) break;
+      errors.push(e.length > L.errorChars ? `${e.slice(0, L.errorChars - 1)}…` : e);
+    }
+  }
   return {
     decision: d.decision,
     version: d.version,
-    policies: d.policies.slice(0, L.policies).map((p) => p.slice(0, L.policyId)),
+    policies,
     ...(d.approvers !== undefined ? { approvers: d.approvers.slice(0, L.approvers) } : {}),
-    ...(errors && errors.length > 0 ? { errors } : {}),
+    ...(errors.length > 0 ? { errors } : {}),
   };
 }
 

@@ -12,6 +12,7 @@ import {
   type CompiledPolicySet,
   type PolicyRequest,
 } from '@capstan/policy';
+import { fleetStreamConfig, policyStreamConfig, streamConfigs } from '@capstan/kit';
 import {
   CapstanError,
   combineDecisions,
@@ -22,6 +23,9 @@ import {
   parseTenantId,
   POLICY_ACTIONS,
   PolicyAction,
+  PolicyVerb,
+  Streams,
+  Subjects,
   type PolicyDecision,
   type PolicyQuery,
 } from '@capstan/schemas';
@@ -214,6 +218,13 @@ describe('policy - evaluate', () => {
     expect(denied).toMatchObject({ decision: 'deny', version: 9, policies: ['policy1', 'no-ssh'] });
     expect(denied.errors).toEqual([expect.stringMatching(/^query 2 \(nope\): invalid query: unknown action/)]);
     expect(combineDecisions(9, [])).toMatchObject({ decision: 'deny', errors: [expect.stringMatching(/no queries/)] });
+  });
+
+  it('policy - a remembered answer is the same answer, under the version asked', () => {
+    const first = evaluate(set, 7, A, q.secret('DEMO_TOKEN', 'etl', 'again'));
+    expect(evaluate(set, 7, A, q.secret('DEMO_TOKEN', 'etl', 'again'))).toEqual(first);
+    expect(evaluate(set, 8, A, q.secret('DEMO_TOKEN', 'etl', 'again'))).toEqual({ ...first, version: 8 });
+    expect(evaluate(set, 7, B, q.secret('DEMO_TOKEN', 'etl', 'again')).decision).toBe('deny');
   });
 
   it('policy - decisions stay within what a run records (ids, counts, error lengths)', () => {
@@ -447,11 +458,14 @@ describe('policy - speed', () => {
     expect(Buffer.byteLength(text)).toBeLessThanOrEqual(4096);
     const set = compiled(text);
     const queries = [q.secret('K1', 'wf1'), q.egress('h5.example:443'), q.mode(1), q.secret('K7', 'wf1')];
-    for (let i = 0; i < 50; i++) evaluate(set, 1, A, queries[i % 4]!);
+    // A new step name each time: every decision goes through Cedar, none is a remembered answer.
+    const fresh = (i: number): PolicyQuery => ({ ...queries[i % 4]!, step: `s${i}` });
+    for (let i = 0; i < 50; i++) evaluate(set, 1, A, fresh(1000 + i));
     const times: number[] = [];
     for (let i = 0; i < 400; i++) {
+      const query = fresh(i);
       const t0 = performance.now();
-      evaluate(set, 1, A, queries[i % 4]!);
+      evaluate(set, 1, A, query);
       times.push(performance.now() - t0);
     }
     times.sort((x, y) => x - y);
@@ -461,6 +475,36 @@ describe('policy - speed', () => {
     expect(p99).toBeLessThanOrEqual(10);
     expect(evaluate(set, 1, A, queries[0]!).decision).toBe('allow');
     expect(evaluate(set, 1, A, queries[1]!).decision).toBe('deny');
+  });
+});
+
+describe('policy - names', () => {
+  /** NATS subject matching: `*` one token, `>` (last) one or more. */
+  const matches = (filter: string, subject: string): boolean => {
+    const f = filter.split('.');
+    const s = subject.split('.');
+    for (let i = 0; i < f.length; i++) {
+      if (f[i] === '>') return i === f.length - 1 && s.length > i;
+      if (i >= s.length || (f[i] !== '*' && f[i] !== s[i])) return false;
+    }
+    return f.length === s.length;
+  };
+
+  it('policy - the versions subject is captured by its own tenant\'s policy stream and no other stream', () => {
+    for (const t of [A, B, parseTenantId('a-policy-1')]) {
+      const own = policyStreamConfig(t);
+      expect(own).toMatchObject({ name: Streams.policy(t), deny_delete: true, deny_purge: true });
+      expect(own.subjects).toEqual([Subjects.policyVersions(t)]);
+      for (const other of [A, B, parseTenantId('a-policy-1')]) {
+        const streams = [...streamConfigs(other), fleetStreamConfig(other), ...(other === t ? [] : [policyStreamConfig(other)])];
+        for (const c of streams) for (const f of c.subjects ?? []) expect(matches(f, Subjects.policyVersions(t)), `${c.name} ${f}`).toBe(false);
+      }
+      // Service requests are core NATS: no stream may capture them.
+      for (const v of Object.values(PolicyVerb)) {
+        expect(matches(Subjects.anyPolicy(), Subjects.policy(t, v))).toBe(true);
+        for (const c of [...streamConfigs(t), fleetStreamConfig(t), policyStreamConfig(t)]) for (const f of c.subjects ?? []) expect(matches(f, Subjects.policy(t, v))).toBe(false);
+      }
+    }
   });
 });
 

@@ -8,7 +8,7 @@
  * versions. `@approval("group")` on a permit makes what it alone allows needs-approval.
  */
 import { createHash } from 'node:crypto';
-import * as cedar from '@cedar-policy/cedar-wasm/nodejs';
+import * as cedar from './cedar.js';
 import { APPROVERS_PATTERN, MAX_POLICY_TEXT_BYTES, POLICY_DECISION_LIMITS, type PolicyDiagnostic } from '@capstan/schemas';
 import { CEDAR_SCHEMA, FENCE_POLICIES, RESERVED_ID_PREFIX } from './cedar-schema.js';
 

@@ -11,7 +11,7 @@
  *
  * Pure and in-process: the same set, version, tenant and query give the same decision.
  */
-import * as cedar from '@cedar-policy/cedar-wasm/nodejs';
+import * as cedar from './cedar.js';
 import {
   ACTOR_PATTERN,
   boundDecision,
@@ -251,17 +251,36 @@ export function authorize(set: CompiledPolicySet, version: number, request: Poli
   } catch (e) {
     return deny(version, [`cedar failed: ${(e as Error).message}`]);
   }
-  if (answer.type === 'failure') return deny(version, answer.errors.map((e) => `cedar refused the request: ${e.message}`));
+  if (answer.type === 'failure') {
+    const refused: string[] = [];
+    for (const e of answer.errors) refused.push(`cedar refused the request: ${e.message}`);
+    return deny(version, refused);
+  }
   const { decision, diagnostics } = answer.response;
-  const order = (id: string) => set.byId.get(id)?.index ?? -1;
-  const reasons = [...diagnostics.reason].sort((a, b) => order(a) - order(b));
-  const errors = diagnostics.errors.map((e) => `policy ${e.policyId}: ${e.error.message}`);
-  // Cedar skips a policy whose evaluation errors; a forbid that could not be evaluated still denies.
-  const erroredForbids = diagnostics.errors.map((e) => e.policyId).filter((id) => (set.byId.get(id)?.effect ?? 'forbid') === 'forbid');
+  const reasons: string[] = [];
+  for (const id of diagnostics.reason) {
+    // Text order (a handful of ids: insertion sort).
+    const at = set.byId.get(id)?.index ?? -1;
+    let i = reasons.length;
+    while (i > 0 && (set.byId.get(reasons[i - 1] ?? '')?.index ?? -1) > at) i--;
+    reasons.splice(i, 0, id);
+  }
+  const errors: string[] = [];
+  const erroredForbids: string[] = [];
+  for (const e of diagnostics.errors) {
+    errors.push(`policy ${e.policyId}: ${e.error.message}`);
+    // Cedar skips a policy whose evaluation errors; a forbid that could not be evaluated still denies.
+    if ((set.byId.get(e.policyId)?.effect ?? 'forbid') === 'forbid') erroredForbids.push(e.policyId);
+  }
   if (decision === 'deny' || erroredForbids.length > 0) return deny(version, errors, decision === 'deny' ? [...reasons, ...erroredForbids] : erroredForbids);
-  const plain = reasons.filter((id) => set.byId.get(id)?.approval === undefined);
-  if (plain.length > 0) return boundDecision({ decision: PolicyVerdict.Allow, version, policies: reasons, ...(errors.length > 0 ? { errors } : {}) });
-  const approvers = reasons.map((id) => set.byId.get(id)?.approval).find((a) => a !== undefined);
+  let plain = false;
+  let approvers: string | undefined;
+  for (const id of reasons) {
+    const a = set.byId.get(id)?.approval;
+    if (a === undefined) plain = true;
+    else approvers ??= a;
+  }
+  if (plain) return boundDecision({ decision: PolicyVerdict.Allow, version, policies: reasons, ...(errors.length > 0 ? { errors } : {}) });
   return boundDecision({
     decision: PolicyVerdict.NeedsApproval,
     version,
@@ -312,7 +331,6 @@ const REMEMBERED = 2048;
 const answers = new WeakMap<CompiledPolicySet, Map<string, PolicyDecision>>();
 
 function remembered(set: CompiledPolicySet, version: number, tenant: TenantId, q: PolicyQuery): PolicyDecision {
-  if (process.env['NO_MEMO']) return authorize(set, version, buildRequest(tenant, q));
   const key = `${tenant}\u0000${q.action}\u0000${q.workflow}\u0000${q.step}\u0000${q.mode ?? q.secret ?? q.host ?? q.target ?? ''}\u0000${q.worker ?? ''}`;
   let known = answers.get(set);
   const hit = known?.get(key);
@@ -322,7 +340,7 @@ function remembered(set: CompiledPolicySet, version: number, tenant: TenantId, q
   if (d.errors) return d;
   if (!known) answers.set(set, (known = new Map<string, PolicyDecision>()));
   if (known.size >= REMEMBERED) known.delete(known.keys().next().value as string);
-  known.set(key, d);
+  known.set(key, Object.freeze({ ...d, policies: Object.freeze([...d.policies]) }));
   return d;
 }
 
@@ -332,11 +350,18 @@ function remembered(set: CompiledPolicySet, version: number, tenant: TenantId, q
  * `policies` is the union; each query's errors are prefixed with its index and action.
  */
 export function decideAll(policySet: PolicySetInput, version: number, tenant: TenantId, queries: readonly (PolicyQuery | Record<string, unknown>)[]): PolicyDecision {
-  const decisions = queries.map((q, i) => {
+  const decisions: PolicyDecision[] = [];
+  for (let i = 0; i < queries.length; i++) {
+    const q = queries[i] as PolicyQuery | Record<string, unknown>;
     const d = evaluate(policySet, version, tenant, q);
-    if (!d.errors) return d;
+    if (!d.errors) {
+      decisions.push(d);
+      continue;
+    }
     const action = isPlainObject(q) && typeof q['action'] === 'string' ? ` (${q['action'].slice(0, 40)})` : '';
-    return { ...d, errors: d.errors.map((e) => `query ${i}${action}: ${e}`) };
-  });
+    const errors: string[] = [];
+    for (const e of d.errors) errors.push(`query ${i}${action}: ${e}`);
+    decisions.push({ ...d, errors });
+  }
   return combineDecisions(policySet === undefined ? 0 : version, decisions);
 }

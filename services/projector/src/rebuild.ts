@@ -18,6 +18,7 @@ import type { Database } from '@capstan/kit';
 import { applyLocked, lockTenant, writeCheckpoint } from './apply.js';
 import { readRunStream } from './stream.js';
 import { rebuildAdmissions } from './fleet.js';
+import { rebuildPolicies } from './policies.js';
 
 export interface RebuiltTenant {
   readonly tenant: TenantId;
@@ -71,6 +72,8 @@ async function rebuildTenant(d: Database, jsm: JetStreamManager, t: TenantId, ba
       checkpoint = r.checkpoint;
     }
     const admissions = await rebuildAdmissions(tx, jsm, t);
+    // Policy versions are immutable rows: a rebuild only adds what is missing.
+    await rebuildPolicies(tx, jsm, t);
     return { tenant: t, messages, deadLetters: dead, checkpoint, admissions, elapsedMs: performance.now() - t0 };
   });
 }
