@@ -237,3 +237,24 @@ export function RoleNote({ allowed, need }: { allowed: boolean; need: string }) 
   if (allowed) return null;
   return <span className="hint">Needs the {need} role.</span>;
 }
+
+/** A table's header row: plain column titles, or `{ srOnly }` for a column named only for screen readers. */
+export function TableHead({ columns }: { columns: readonly (string | { srOnly: string })[] }) {
+  return (
+    <thead>
+      <tr>
+        {columns.map((c) =>
+          typeof c === 'string' ? (
+            <th scope="col" key={c}>
+              {c}
+            </th>
+          ) : (
+            <th scope="col" key={c.srOnly}>
+              <span className="sr-only">{c.srOnly}</span>
+            </th>
+          ),
+        )}
+      </tr>
+    </thead>
+  );
+}

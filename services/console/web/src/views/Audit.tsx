@@ -2,7 +2,7 @@
 import { useState, type FormEvent } from 'react';
 import { apiPaths, type AuditEntry, type AuditPageResponse, type JsonValue } from '../../../src/api-types.js';
 import { qs } from '../api.js';
-import { Ago, Empty, ErrorAlert, Link, Loading, useApp } from '../components.js';
+import { Ago, Empty, ErrorAlert, Link, Loading, useApp, TableHead } from '../components.js';
 import { shortId, when } from '../format.js';
 import { useGet, useRunStream, useThrottled } from '../hooks.js';
 import { navigate, useLocation, useTitle } from '../router.js';
@@ -156,15 +156,7 @@ export function AuditView() {
         {entries.length > 0 ? (
           <div className="table-wrap">
             <table className="data" data-testid="audit-table">
-              <thead>
-                <tr>
-                  <th scope="col">When</th>
-                  <th scope="col">Kind</th>
-                  <th scope="col">Actor</th>
-                  <th scope="col">About</th>
-                  <th scope="col">Detail</th>
-                </tr>
-              </thead>
+              <TableHead columns={['When', 'Kind', 'Actor', 'About', 'Detail']} />
               <tbody>
                 {entries.map((e) => (
                   <tr key={e.id} data-testid="audit-row" data-kind={e.kind}>

@@ -5,7 +5,7 @@
  */
 import { apiPaths, type PoliciesResponse, type PolicyVersionResponse, type PolicyVersionSummary } from '../../../src/api-types.js';
 import { qs } from '../api.js';
-import { Ago, Empty, ErrorAlert, Loading, useApp } from '../components.js';
+import { Ago, Empty, ErrorAlert, Loading, useApp, TableHead } from '../components.js';
 import { lineDiff, splitLines, type DiffLine } from '../diff.js';
 import { plural, when } from '../format.js';
 import { useGet } from '../hooks.js';
@@ -58,16 +58,7 @@ export function PoliciesView() {
         {versions.length > 0 ? (
           <div className="table-wrap">
             <table className="data" data-testid="policies-table">
-              <thead>
-                <tr>
-                  <th scope="col">Compare</th>
-                  <th scope="col">Version</th>
-                  <th scope="col">Set by</th>
-                  <th scope="col">When</th>
-                  <th scope="col">Reason</th>
-                  <th scope="col">SHA-256</th>
-                </tr>
-              </thead>
+              <TableHead columns={['Compare', 'Version', 'Set by', 'When', 'Reason', 'SHA-256']} />
               <tbody>
                 {versions.map((v) => (
                   <VersionRow key={v.version} v={v} picked={picked.includes(v.version)} shown={v.version === shown} onToggle={() => toggle(v.version)} onShow={() => go({ picked, show: v.version })} />

@@ -18,7 +18,7 @@ import {
   type TimelineEvent,
 } from '../../../src/api-types.js';
 import { describeError, post } from '../api.js';
-import { Ago, Empty, ErrorAlert, Link, Loading, StatusBadge, useApp, useConfirm } from '../components.js';
+import { Ago, Empty, ErrorAlert, Link, Loading, StatusBadge, useApp, useConfirm, TableHead } from '../components.js';
 import { clock, duration, modeLabel, offset, plural, when } from '../format.js';
 import { useGet, useNow, useRunStream, useThrottled } from '../hooks.js';
 import { useTitle } from '../router.js';
@@ -345,17 +345,7 @@ function PolicyCard({ decisions, leases }: { decisions: readonly PolicyDecision[
       {decisions.length > 0 ? (
         <div className="table-wrap">
           <table className="data" data-testid="run-decisions">
-            <thead>
-              <tr>
-                <th scope="col">Step</th>
-                <th scope="col">Asked</th>
-                <th scope="col">Decision</th>
-                <th scope="col">Version</th>
-                <th scope="col">Policies</th>
-                <th scope="col">Approvers</th>
-                <th scope="col">When</th>
-              </tr>
-            </thead>
+            <TableHead columns={['Step', 'Asked', 'Decision', 'Version', 'Policies', 'Approvers', 'When']} />
             <tbody>
               {decisions.map((p, i) => (
                 <tr key={i} data-testid="run-decision" data-step={p.step} data-decision={p.decision}>
@@ -382,16 +372,7 @@ function PolicyCard({ decisions, leases }: { decisions: readonly PolicyDecision[
       {leases.length > 0 ? (
         <div className="table-wrap">
           <table className="data" data-testid="run-leases">
-            <thead>
-              <tr>
-                <th scope="col">Lease</th>
-                <th scope="col">Keys</th>
-                <th scope="col">Step</th>
-                <th scope="col">Code or reason</th>
-                <th scope="col">Actor</th>
-                <th scope="col">When</th>
-              </tr>
-            </thead>
+            <TableHead columns={['Lease', 'Keys', 'Step', 'Code or reason', 'Actor', 'When']} />
             <tbody>
               {leases.map((l, i) => (
                 <tr key={i} data-testid="run-lease" data-kind={l.kind}>
@@ -440,20 +421,7 @@ function ApprovalsCard({
       </div>
       <div className="table-wrap">
         <table className="data" data-testid="run-approvals">
-          <thead>
-            <tr>
-              <th scope="col">Step</th>
-              <th scope="col">Signal</th>
-              <th scope="col">Status</th>
-              <th scope="col">Requested</th>
-              <th scope="col">Decided</th>
-              <th scope="col">By</th>
-              <th scope="col">Reason</th>
-              <th scope="col">
-                <span className="sr-only">Actions</span>
-              </th>
-            </tr>
-          </thead>
+          <TableHead columns={['Step', 'Signal', 'Status', 'Requested', 'Decided', 'By', 'Reason', { srOnly: 'Actions' }]} />
           <tbody>
             {approvals.map((a) => (
               <tr key={a.step} data-testid="run-approval" data-step={a.step}>
