@@ -8,6 +8,7 @@ export default defineConfig({
     root,
     // Unit tests are pure; integration tests share one private nats-server started here.
     globalSetup: ['./harness/global-setup.ts'],
+    setupFiles: ['./harness/setup.ts'],
     include: ['unit/**/*.test.ts', 'int/**/*.test.ts', 'browser/**/*.browser.test.ts'],
     exclude: ['dist/**', 'node_modules/**'],
     testTimeout: 60_000,

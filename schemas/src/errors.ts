@@ -78,6 +78,14 @@ export const ErrorCode = {
    * (audit first). Retryable: the step's next attempt asks again.
    */
   AuditUnavailable: 'audit_unavailable',
+  /** nats-server refused a publish, subscription or API call: the credential does not allow it. */
+  PermissionDenied: 'permission_denied',
+  /** The tenant's account reached a quota (storage, streams, consumers, connections). */
+  QuotaExceeded: 'quota_exceeded',
+  /** A credentials file that is missing, unreadable, malformed, or for another tenant or role. */
+  CredentialsInvalid: 'credentials_invalid',
+  /** The operator's key store (`CAPSTAN_AUTH_DIR`) is missing or incomplete. */
+  AuthStoreMissing: 'auth_store_missing',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -293,5 +301,27 @@ export class InvalidArgumentError extends CapstanError {
 export class UnavailableError extends CapstanError {
   constructor(message: string, options?: ErrorOptions) {
     super(ErrorCode.Unavailable, message, true, options);
+  }
+}
+
+/** nats-server refused an operation for this credential; the subject names what. Not retryable. */
+export class PermissionDeniedError extends CapstanError {
+  constructor(
+    readonly operation: string,
+    readonly subject: string,
+    options?: ErrorOptions,
+  ) {
+    super(ErrorCode.PermissionDenied, `permission denied: this credential may not ${operation} ${subject}`, false, options);
+  }
+}
+
+/** A credentials file that cannot be used; `path` names it, never its content. */
+export class CredentialsError extends CapstanError {
+  constructor(
+    readonly path: string,
+    problem: string,
+    options?: ErrorOptions,
+  ) {
+    super(ErrorCode.CredentialsInvalid, `credentials ${path}: ${problem}`, false, options);
   }
 }

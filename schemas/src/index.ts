@@ -23,6 +23,8 @@ export {
   ApprovalNotWaitingError,
   RunNotRetryableError,
   CommandRejectedError,
+  PermissionDeniedError,
+  CredentialsError,
 } from './errors.js';
 export type { ErrorRecord } from './errors.js';
 export {
@@ -50,6 +52,8 @@ export {
   Headers,
   MsgIds,
   tenantTokenOf,
+  JsApi,
+  Platform,
   runIdOfSubject,
 } from './names.js';
 export { EVENT_ENVELOPE_VERSION, LIMITS } from './limits.js';
@@ -185,3 +189,16 @@ export type {
   PolicyDiagnostic,
   PolicyErrorReply,
 } from './policy.js';
+export {
+  Role,
+  TENANT_ROLES,
+  SERVICE_ROLES,
+  isServiceRole,
+  isTenantRole,
+  inboxPrefixFor,
+  permissionsFor,
+  platformPermissions,
+} from './permissions.js';
+export type { TenantRole, ServiceRole, RolePermissions, RoleScope } from './permissions.js';
+export { DEFAULT_TENANT_QUOTA, tenantQuotaSchema, parseTenantRecord } from './tenancy.js';
+export type { TenantQuota, TenantRecord } from './tenancy.js';

@@ -14,6 +14,11 @@
  * | worker admission     | cap.<t>.fleet.<workerId>            | CAP_FLEET_<t>     |
  * | policy versions      | cap.<t>.policy.versions             | CAP_POLICY_<t>    |
  * | service requests     | cap.<t>.svc.<service>.<verb>        | (core NATS)       |
+ * | 3b credential route  | cap.<t>.svc.jit.<routeId>           | (core NATS)       |
+ *
+ * Each tenant is its own NATS account; the platform's own account holds the tenant
+ * registry (`capstan.tenants.<t>`, stream CAPSTAN_TENANTS). The JetStream API subjects a
+ * role may use (`JsApi`) are spelled here too, so permissions and code cannot drift.
  */
 import { ErrorCode, InvalidNameError, showValue } from './errors.js';
 import type { RunId, TenantId } from './ids.js';
@@ -111,8 +116,15 @@ export const Subjects = {
   policy: (t: TenantId, verb: PolicyVerb) => `${PREFIX}.${t}.svc.policy.${verb}`,
   /** Every tenant's policy requests: one policy service serves all tenants. */
   anyPolicy: () => `${PREFIX}.*.svc.policy.*`,
-  /** Wildcard over every tenant's submit subject, used to answer submits for unknown tenants. */
-  anySubmit: () => `${PREFIX}.*.cmd.${CommandVerb.Submit}`,
+  /**
+   * Where a sandboxed mode-3b step's credential requests reach the worker running it: one
+   * route id per attempt, made by the worker. Only workers may listen and only the sandbox
+   * service may ask there, so a request cannot come from anyone else.
+   */
+  jitRoute: (t: TenantId, routeId: string) => `${PREFIX}.${t}.svc.jit.${parseToken('credential route', routeId)}`,
+  allJitRoutes: (t: TenantId) => `${PREFIX}.${t}.svc.jit.*`,
+  /** Every service request subject of a tenant (`cap.<t>.svc.<service>.<verb>`). */
+  svcVerbs: (t: TenantId, service: string) => `${PREFIX}.${t}.svc.${parseToken('service', service)}.*`,
 } as const;
 
 /** Reads the tenant token back out of a subject; `undefined` if it is not a Capstan subject. */
@@ -174,6 +186,44 @@ export const Headers = {
   RunId: 'Capstan-Run-Id',
   SourceSubject: 'Capstan-Source-Subject',
   SourceSeq: 'Capstan-Source-Seq',
+} as const;
+
+/**
+ * The JetStream API and acknowledgement subjects a role may be allowed, by stream and
+ * consumer. Exact subjects only: the permissions in `permissions.ts` never allow a role
+ * outside its own streams and consumers (no `$JS.API.>`, which in older servers even let a
+ * user purge other accounts' data).
+ */
+export const JsApi = {
+  /** Account info: usage against the account's quotas. */
+  info: '$JS.API.INFO',
+  streamInfo: (stream: string) => `$JS.API.STREAM.INFO.${stream}`,
+  /** Batch and by-sequence direct gets (request body names what). */
+  directGet: (stream: string) => `$JS.API.DIRECT.GET.${stream}`,
+  /** Last message by subject: the subject follows the stream name. */
+  directGetLast: (stream: string) => `$JS.API.DIRECT.GET.${stream}.>`,
+  consumerInfo: (stream: string, consumer: string) => `$JS.API.CONSUMER.INFO.${stream}.${consumer}`,
+  consumerNext: (stream: string, consumer: string) => `$JS.API.CONSUMER.MSG.NEXT.${stream}.${consumer}`,
+  /** Moves a durable consumer back to a sequence (nats-server >= 2.14). */
+  consumerReset: (stream: string, consumer: string) => `$JS.API.CONSUMER.RESET.${stream}.${consumer}`,
+  /** Acknowledgements of one consumer's deliveries. */
+  ack: (stream: string, consumer: string) => `$JS.ACK.${stream}.${consumer}.>`,
+  /** Everything (the platform admin only). */
+  all: '$JS.API.>',
+} as const;
+
+/** The platform account: what lives outside every tenant's account. */
+export const Platform = {
+  /** The tenant registry: one subject per tenant, its last message is the tenant's record. */
+  tenantsStream: 'CAPSTAN_TENANTS',
+  tenantRecord: (t: TenantId) => `capstan.tenants.${t}`,
+  allTenantRecords: 'capstan.tenants.*',
+  /** The platform account's name in operator JWTs. */
+  accountName: 'CAPSTAN',
+  /** The system account's name. */
+  systemAccountName: 'SYS',
+  /** Requests the server answers for the system account: pushing an account JWT. */
+  claimsUpdate: '$SYS.REQ.CLAIMS.UPDATE',
 } as const;
 
 /** Message ids (for `Nats-Msg-Id`) are deterministic, so a retried publish is deduplicated. */

@@ -18,14 +18,14 @@ import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import Docker from 'dockerode';
 import { createRegistry, defineWorkflow } from '@capstan/actors';
-import { connectNats, createClient, createLogger, ensureTenant, findNatsServer, migrate, openDatabase, PROJECT_ROOT, putSecret, readRun, setPolicy, startNatsServer } from '@capstan/kit';
+import { createClient, createLogger, findNatsServer, migrate, openDatabase, PROJECT_ROOT, putSecret, readRun, setPolicy } from '@capstan/kit';
 import { createOrchestrator, loadConfig as orchestratorConfig } from '@capstan/orchestrator';
 import { createPolicyService, loadConfig as policyConfig } from '@capstan/policy';
 import { createSandboxService, ensureSandboxImage, loadConfig as sandboxConfig } from '@capstan/sandbox';
 import { createSecretsLease, loadConfig as secretsConfig } from '@capstan/secrets-lease';
 import { createWorker, loadConfig as workerConfig } from '@capstan/worker';
-import { parseTenantId, type RunId, type TenantId } from '@capstan/schemas';
-import { jetstreamManager } from '@nats-io/jetstream';
+import { parseTenantId, Role, type RunId, type ServiceRole, type TenantId } from '@capstan/schemas';
+import { startBenchNats } from './stack.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { percentile, writeSection } from './report.js';
 
@@ -47,13 +47,10 @@ const registry = createRegistry([gated]);
 const docker = new Docker();
 await docker.ping();
 const image = (await ensureSandboxImage(docker, { log: createLogger('bench', 'info', process.stderr) })).ref;
-const nats = await startNatsServer({ binary: findNatsServer() });
+const nats = await startBenchNats({ binary: findNatsServer() });
 const scratch = await scratchDatabase('bench_governed');
 const db = await openDatabase({ url: scratch.url, log: silent });
 await migrate(db);
-const nc = await connectNats(nats.url, 'bench', silent);
-const jsm = await jetstreamManager(nc);
-const client = await createClient(nc);
 const artifacts = mkdtempSync(join(tmpdir(), 'capstan-bench-governed-'));
 const token = randomBytes(24).toString('base64url');
 const secretsFile = join(artifacts, 'secrets.json');
@@ -61,13 +58,17 @@ const secretsFile = join(artifacts, 'secrets.json');
 /** Runs the workload on a fresh tenant with the given settings; returns run latencies and the records' policy delays. */
 async function workload(label: string, governed: boolean): Promise<{ latency: number[]; policy: number[]; failed: number; seconds: number }> {
   const t: TenantId = parseTenantId(`${label}${process.pid}`);
-  await ensureTenant(jsm, t);
+  await nats.provision(t);
+  const admin = await nats.connect(t, Role.Admin);
+  const nc = admin.nc;
+  const client = await createClient(admin);
   const base = { NATS_URL: nats.url, CAPSTAN_TENANTS: t, DATABASE_URL: scratch.url };
+  const as = (role: ServiceRole) => ({ ...base, ...nats.env(role) });
   const stops: (() => Promise<void>)[] = [];
   if (governed) {
-    const policy = await createPolicyService(policyConfig(base), silent);
+    const policy = await createPolicyService(policyConfig(as(Role.Policy)), silent);
     await policy.start();
-    const secrets = await createSecretsLease(secretsConfig({ ...base, SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }), silent, { database: db });
+    const secrets = await createSecretsLease(secretsConfig({ ...as(Role.SecretsLease), SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }), silent, { database: db });
     await secrets.start();
     stops.push(() => secrets.stop(), () => policy.stop());
     await setPolicy(nc, t, {
@@ -79,14 +80,14 @@ async function workload(label: string, governed: boolean): Promise<{ latency: nu
     writeFileSync(secretsFile, JSON.stringify({ [t]: { BENCH_TOKEN: token } }));
   }
   const sandboxes = await createSandboxService(
-    sandboxConfig({ ...base, SANDBOX_NODE: `${label}${process.pid}`, SANDBOX_POOL_MIN: '4', SANDBOX_POOL_MAX: '4', SANDBOX_ARTIFACTS_DIR: artifacts, SANDBOX_SECRETS_FILE: governed ? '' : secretsFile }),
+    sandboxConfig({ ...as(Role.Sandbox), SANDBOX_NODE: `${label}${process.pid}`, SANDBOX_POOL_MIN: '4', SANDBOX_POOL_MAX: '4', SANDBOX_ARTIFACTS_DIR: artifacts, SANDBOX_SECRETS_FILE: governed ? '' : secretsFile }),
     silent,
     { image },
   );
   await sandboxes.start();
   await sandboxes.ready;
-  const orch = await createOrchestrator(orchestratorConfig({ ...base, ORCH_POLICY: governed ? 'on' : 'off' }), silent, { registry });
-  const worker = await createWorker(workerConfig({ ...base, WORKER_ID: `w-${label}`, WORKER_ADMISSION: 'auto', WORKER_LEASES: governed ? 'on' : 'off' }), silent);
+  const orch = await createOrchestrator(orchestratorConfig({ ...as(Role.Orchestrator), ORCH_POLICY: governed ? 'on' : 'off' }), silent, { registry });
+  const worker = await createWorker(workerConfig({ ...base, NATS_CREDS: await nats.workerCreds(t, `w-${label}`), WORKER_ADMISSION: 'auto', WORKER_LEASES: governed ? 'on' : 'off' }), silent);
   await orch.start();
   await worker.start();
   stops.unshift(() => worker.stop(), () => orch.stop(), () => sandboxes.stop());
@@ -113,7 +114,7 @@ async function workload(label: string, governed: boolean): Promise<{ latency: nu
   const seconds = (performance.now() - t0) / 1000;
   const policy: number[] = [];
   for (const id of ids) {
-    const { events } = await readRun(jsm, t, id);
+    const { events } = await readRun(admin.jsm, t, id);
     const asked = events.find((e) => e.type === 'policy.requested');
     const decided = events.find((e) => e.type === 'policy.decided');
     if (governed && asked && decided) policy.push(decided.at - asked.at);
@@ -125,7 +126,6 @@ async function workload(label: string, governed: boolean): Promise<{ latency: nu
 
 const off = await workload('ungoverned', false);
 const on = await workload('governed', true);
-await nc.close();
 await db.close();
 await scratch.drop();
 await nats.stop();

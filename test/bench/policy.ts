@@ -15,10 +15,10 @@
  */
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { jetstreamManager } from '@nats-io/jetstream';
-import { askPolicy, connectNats, createLogger, ensureTenant, PROJECT_ROOT, setPolicy, startNatsServer } from '@capstan/kit';
+import { askPolicy, createLogger, PROJECT_ROOT, setPolicy } from '@capstan/kit';
 import { compilePolicySet, createPolicyService, decideAll, evaluate, loadConfig, type CompiledPolicySet } from '@capstan/policy';
-import { parseTenantId, PolicyAction, type PolicyQuery } from '@capstan/schemas';
+import { parseTenantId, PolicyAction, Role, type PolicyQuery } from '@capstan/schemas';
+import { startBenchNats } from './stack.js';
 import { percentile, writeSection } from './report.js';
 
 const env = process.env;
@@ -133,12 +133,14 @@ async function main(): Promise<void> {
   const compile = measure(`compilePolicySet, ${Buffer.byteLength(bigText)} B policy`, 50, () => void compilePolicySet(bigText));
   for (const r of rows) say(`  ${r.name}: p50 ${ms(percentile(r.times, 50))} ms, p99 ${ms(percentile(r.times, 99))} ms`);
 
-  const server = await startNatsServer();
-  const nc = await connectNats(server.url, 'bench', log);
-  const service = await createPolicyService(loadConfig({ NATS_URL: server.url, CAPSTAN_TENANTS: T, LOG_LEVEL: 'warn' }), log);
+  const bench = await startBenchNats();
+  const server = bench.server;
+  await bench.provision(T);
+  // The orchestrator asks the policy; the admin sets it (one connection for both here).
+  const { nc } = await bench.connect(T, Role.Admin);
+  const service = await createPolicyService(loadConfig({ ...bench.env(Role.Policy), CAPSTAN_TENANTS: T, LOG_LEVEL: 'warn' }), log);
   const nats: Row[] = [];
   try {
-    await ensureTenant(await jetstreamManager(nc), T);
     await service.start();
     const set = await setPolicy(nc, T, { text: bigText, by: 'bench' });
     const check = await askPolicy(nc, T, STEP);

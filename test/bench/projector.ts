@@ -17,28 +17,26 @@
  */
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import type { JetStreamManager } from '@nats-io/jetstream';
 import {
   appendBatch,
-  connectNats,
   createLogger,
-  ensureTenant,
   migrate,
   newRunId,
   openDatabase,
   PROJECT_ROOT,
   readCheckpoints,
-  startNatsServer,
   type AppendGroup,
   type Database,
   type NatsConnection,
 } from '@capstan/kit';
-import { EVENT_ENVELOPE_VERSION, parseTenantId, Streams, type RunEvent, type RunEventBody, type RunId, type TenantId } from '@capstan/schemas';
+import { EVENT_ENVELOPE_VERSION, parseTenantId, Role, Streams, type RunEvent, type RunEventBody, type RunId, type TenantId } from '@capstan/schemas';
 import { rebuildProjections, verifyProjections } from '@capstan/projector';
 import { spawnService, type ServiceProcess } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { cpuOf, percentile, writeSection } from './report.js';
 import { createW3Load } from './w3-load.js';
+import { startBenchNats, type BenchNats } from './stack.js';
 
 const env = process.env;
 const RUNS = Number(env['BENCH_RUNS'] ?? 2000);
@@ -122,18 +120,19 @@ interface Live {
   samples: number;
 }
 
-async function live(url: string, nc: NatsConnection): Promise<Live> {
-  const jsm = await jetstreamManager(nc);
+async function live(bench: BenchNats): Promise<Live> {
+  const url = bench.url;
   const t = parseTenantId('bench');
-  await ensureTenant(jsm, t);
+  await bench.provision(t);
+  const { nc, jsm } = await bench.connect(t, Role.Admin);
   const scratch = await scratchDatabase('benchproj');
   const d = await openDatabase({ url: scratch.url, log });
   const procs: ServiceProcess[] = [];
   try {
     const svcEnv = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn' };
     const projector = spawnService('projector', { ...svcEnv, DATABASE_URL: scratch.url, PROJECTOR_BATCH: '256' });
-    procs.push(spawnService('orchestrator', svcEnv), spawnService('worker', { ...svcEnv, WORKER_ID: 'bench-worker', WORKER_CONCURRENCY: '256' }), projector);
-    const load = await createW3Load(nc, t);
+    procs.push(spawnService('orchestrator', svcEnv), spawnService('worker', { ...svcEnv, NATS_CREDS: await bench.workerCreds(t, 'bench-worker'), WORKER_CONCURRENCY: '256' }), projector);
+    const load = await createW3Load(await bench.connect(t, Role.Client), nc, t);
     // Warm up: services attached (the projector has migrated), JIT warm.
     await sleep(1500);
     await load.run(200, 200);
@@ -221,7 +220,7 @@ async function catchUp(url: string, jsm: JetStreamManager, t: TenantId, batch: n
   await migrate(d);
   const t0 = performance.now();
   // The durable consumer is left acknowledged to the end by the previous size: the new
-  // projector finds it past its (empty) checkpoint and recreates it from there.
+  // projector finds it past its (empty) checkpoint and resets it there.
   const p = spawnService('projector', { NATS_URL: url, CAPSTAN_TENANTS: t, DATABASE_URL: scratch.url, PROJECTOR_BATCH: String(batch), LOG_LEVEL: 'warn' });
   try {
     let first = 0;
@@ -242,15 +241,15 @@ async function catchUp(url: string, jsm: JetStreamManager, t: TenantId, batch: n
 }
 
 async function main(): Promise<void> {
-  const server = await startNatsServer();
-  const nc = await connectNats(server.url, 'bench', log);
+  const bench = await startBenchNats();
+  const server = bench.server;
   try {
     say('projector under W3:');
-    const l = await live(server.url, nc);
+    const l = await live(bench);
 
-    const jsm = await jetstreamManager(nc);
     const t = parseTenantId('bench-100k');
-    await ensureTenant(jsm, t);
+    await bench.provision(t);
+    const { nc, jsm } = await bench.connect(t, Role.Admin);
     const gen = await generate(nc, t);
     say(`generated ${f0(gen.events)} events (${f0(gen.runs)} runs) in ${f0(gen.ms)} ms`);
     const catchUps: CatchUp[] = [];
@@ -261,10 +260,10 @@ async function main(): Promise<void> {
     let rebuild: { first: number; again: number; verify: number; ok: boolean };
     try {
       await migrate(d);
-      const first = await rebuildProjections(d, jsm, [t]);
+      const first = await rebuildProjections(d, () => Promise.resolve(jsm), [t]);
       // Again over the full projection: the deletes are part of the work.
-      const again = await rebuildProjections(d, jsm, [t]);
-      const v = await verifyProjections(d, jsm, [t]);
+      const again = await rebuildProjections(d, () => Promise.resolve(jsm), [t]);
+      const v = await verifyProjections(d, () => Promise.resolve(jsm), [t]);
       rebuild = { first: first.elapsedMs, again: again.elapsedMs, verify: v.elapsedMs, ok: v.ok && again.messages === gen.events };
       say(`rebuild of ${f0(gen.events)} events: ${f0(first.elapsedMs)} ms into an empty database, ${f0(again.elapsedMs)} ms over a full one; verify ${f0(v.elapsedMs)} ms, ok=${v.ok}`);
     } finally {
@@ -311,8 +310,7 @@ async function main(): Promise<void> {
     writeSection(OUT, 'projector', md);
     process.stdout.write(md);
   } finally {
-    await nc.close();
-    await server.stop();
+    await bench.stop();
   }
 }
 

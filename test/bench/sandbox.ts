@@ -14,10 +14,10 @@ import { cpus, loadavg, totalmem, tmpdir } from 'node:os';
 import { mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import Docker from 'dockerode';
-import { connectNats, createLogger, ensureTenant, execInSandbox, findNatsServer, PROJECT_ROOT, startNatsServer } from '@capstan/kit';
+import { createLogger, execInSandbox, findNatsServer, PROJECT_ROOT } from '@capstan/kit';
 import { createSandboxService, DEFAULT_LIMITS, dockerBackend, ensureSandboxImage, loadConfig, WarmPool, type BackendSandbox } from '@capstan/sandbox';
-import { makeRunId, parseTenantId } from '@capstan/schemas';
-import { jetstreamManager } from '@nats-io/jetstream';
+import { makeRunId, parseTenantId, Role } from '@capstan/schemas';
+import { startBenchNats } from './stack.js';
 import { percentile, writeSection } from './report.js';
 
 const env = process.env;
@@ -79,12 +79,13 @@ for (let i = 0; i < COLD; i++) {
 
 // ---- steps/s through the service -----------------------------------------------------------
 say(`service: ${STEPS} mode-1 steps over NATS, 4 at a time, pool of 4`);
-const nats = await startNatsServer({ binary: findNatsServer(), storeDir: mkdtempSync(join(tmpdir(), 'capstan-bench-nats-')) });
-const nc = await connectNats(nats.url, 'bench', silent);
+const nats = await startBenchNats({ binary: findNatsServer(), storeDir: mkdtempSync(join(tmpdir(), 'capstan-bench-nats-')) });
 const tenant = parseTenantId('bench');
-await ensureTenant(await jetstreamManager(nc), tenant);
+await nats.provision(tenant);
+// Asking for sandboxes is a worker's right; the admin's connection stands in for one.
+const { nc } = await nats.connect(tenant, Role.Admin);
 const service = await createSandboxService(
-  loadConfig({ NATS_URL: nats.url, SANDBOX_NODE: `${node}s`, SANDBOX_POOL_MIN: '4', SANDBOX_POOL_MAX: '4', SANDBOX_CONCURRENCY: '4', SANDBOX_ARTIFACTS_DIR: mkdtempSync(join(tmpdir(), 'capstan-bench-art-')) }),
+  loadConfig({ ...nats.env(Role.Sandbox), SANDBOX_NODE: `${node}s`, SANDBOX_POOL_MIN: '4', SANDBOX_POOL_MAX: '4', SANDBOX_CONCURRENCY: '4', SANDBOX_ARTIFACTS_DIR: mkdtempSync(join(tmpdir(), 'capstan-bench-art-')) }),
   silent,
   { image },
 );

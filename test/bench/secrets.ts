@@ -13,9 +13,10 @@
 import { randomBytes } from 'node:crypto';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { connectNats, createLogger, findNatsServer, issueLease, newRunId, PROJECT_ROOT, putSecret, redeemValues, startNatsServer } from '@capstan/kit';
+import { createLogger, findNatsServer, issueLease, newRunId, PROJECT_ROOT, putSecret, redeemValues } from '@capstan/kit';
 import { createSecretsLease, loadConfig } from '@capstan/secrets-lease';
-import { parseTenantId } from '@capstan/schemas';
+import { parseTenantId, Role } from '@capstan/schemas';
+import { startBenchNats } from './stack.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { percentile, writeSection } from './report.js';
 
@@ -27,15 +28,17 @@ const say = (s: string) => process.stderr.write(`${s}\n`);
 const silent = createLogger('bench', 'silent');
 const fmt = (ms: number) => ms.toFixed(2);
 
-const nats = await startNatsServer({ binary: findNatsServer() });
+const nats = await startBenchNats({ binary: findNatsServer() });
 const db = await scratchDatabase('bench_secrets');
 const t = parseTenantId('bench');
+await nats.provision(t);
 const service = await createSecretsLease(
-  loadConfig({ NATS_URL: nats.url, DATABASE_URL: db.url, SECRETS_MASTER_KEY: randomBytes(32).toString('base64'), CAPSTAN_TENANTS: t, SECRETS_DB_POOL: '8' }),
+  loadConfig({ ...nats.env(Role.SecretsLease), DATABASE_URL: db.url, SECRETS_MASTER_KEY: randomBytes(32).toString('base64'), CAPSTAN_TENANTS: t, SECRETS_DB_POOL: '8' }),
   silent,
 );
 await service.start();
-const nc = await connectNats(nats.url, 'bench', silent);
+// Issuing (a worker's right) and redeeming (the sandbox's) from one admin connection.
+const { nc } = await nats.connect(t, Role.Admin);
 const natsVersion = nc.info?.version ?? '?';
 await putSecret(nc, t, 'BENCH_TOKEN', randomBytes(24).toString('base64url'), { by: 'bench' });
 

@@ -3,7 +3,7 @@
  * run's end from one consumer over the tenant's run stream (committed events only).
  */
 import { DeliverPolicy, jetstream } from '@nats-io/jetstream';
-import { createClient, newRunId, type NatsConnection } from '@capstan/kit';
+import { createClient, newRunId, type NatsConnection, type TenantConnection } from '@capstan/kit';
 import { decode, runIdOfSubject, Streams, Subjects, type TenantId } from '@capstan/schemas';
 
 export interface W3Load {
@@ -14,10 +14,14 @@ export interface W3Load {
   close(): Promise<void>;
 }
 
-export async function createW3Load(nc: NatsConnection, t: TenantId): Promise<W3Load> {
-  const client = await createClient(nc);
+/**
+ * `submitter`: the tenant's client (its own credential, as an application has); `watcher`: a
+ * connection that may read the run stream with a consumer of its own (the admin's).
+ */
+export async function createW3Load(submitter: TenantConnection, watcher: NatsConnection, t: TenantId): Promise<W3Load> {
+  const client = await createClient(submitter);
   const waiters = new Map<string, () => void>();
-  const consumer = await jetstream(nc).consumers.get(Streams.runs(t), { filter_subjects: [Subjects.allRuns(t)], deliver_policy: DeliverPolicy.New });
+  const consumer = await jetstream(watcher).consumers.get(Streams.runs(t), { filter_subjects: [Subjects.allRuns(t)], deliver_policy: DeliverPolicy.New });
   const messages = await consumer.consume({ max_messages: 2000 });
   void (async () => {
     for await (const m of messages) {

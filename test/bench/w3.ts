@@ -18,17 +18,12 @@ import { cpuOf, median, percentile, writeSection } from './report.js';
 import { createW3Load } from './w3-load.js';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import {
-  connectNats,
-  createLogger,
-  ensureTenant,
   findNatsServer,
   PROJECT_ROOT,
-  startNatsServer,
-  type NatsServer,
 } from '@capstan/kit';
-import { parseTenantId } from '@capstan/schemas';
+import { parseTenantId, Role } from '@capstan/schemas';
+import { startBenchNats } from './stack.js';
 import { spawnService, type ServiceProcess } from '../harness/fixtures.js';
 
 const env = process.env;
@@ -40,7 +35,6 @@ const REPS = Number(env['BENCH_REPS'] ?? 3);
 const MODES = (env['BENCH_MODES'] ?? 'default,always').split(',') as ('default' | 'always')[];
 const OUT = env['BENCH_OUT'] ?? join(PROJECT_ROOT, 'docs', 'benchmarks.md');
 const fixtures = join(PROJECT_ROOT, 'test', 'dist', 'fixtures', 'workflows.js');
-const log = createLogger('bench', 'warn', process.stderr);
 const say = (s: string) => process.stderr.write(`${s}\n`);
 
 const fmt = (xs: number[], digits = 0) => {
@@ -57,12 +51,13 @@ interface Rep {
 }
 
 async function rep(sync: 'default' | 'always', n: number): Promise<Rep> {
-  const server: NatsServer = await startNatsServer({ sync });
+  const bench = await startBenchNats({ sync });
+  const server = bench.server;
   const procs: ServiceProcess[] = [];
-  const nc = await connectNats(server.url, 'bench', log);
+  const t = parseTenantId('bench');
+  await bench.provision(t);
+  const { nc, jsm, js } = await bench.connect(t, Role.Admin);
   try {
-    const jsm = await jetstreamManager(nc);
-    const js = jetstream(nc);
 
     // Raw ceiling: pipelined acked publishes, window 256, 200-byte payloads, one subject.
     await jsm.streams.add({ name: 'BENCH_RAW', subjects: ['bench.raw'], storage: 'file' as never });
@@ -88,11 +83,12 @@ async function rep(sync: 'default' | 'always', n: number): Promise<Rep> {
     const rawPerSec = RAW_MSGS / ((performance.now() - t0) / 1000);
     await jsm.streams.delete('BENCH_RAW');
 
-    const t = parseTenantId('bench');
-    await ensureTenant(jsm, t);
     const svcEnv = { NATS_URL: server.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn' };
-    procs.push(spawnService('orchestrator', { ...svcEnv, ...(env['BENCH_PROFILE'] ? { CAPSTAN_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${env['BENCH_PROFILE']}`, LOG_LEVEL: 'debug' } : {}) }), spawnService('worker', { ...svcEnv, WORKER_ID: 'bench-worker', WORKER_CONCURRENCY: '256' }));
-    const load = await createW3Load(nc, t);
+    procs.push(
+      spawnService('orchestrator', { ...svcEnv, ...(env['BENCH_PROFILE'] ? { CAPSTAN_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${env['BENCH_PROFILE']}`, LOG_LEVEL: 'debug' } : {}) }),
+      spawnService('worker', { ...svcEnv, NATS_CREDS: await bench.workerCreds(t, 'bench-worker'), WORKER_CONCURRENCY: '256' }),
+    );
+    const load = await createW3Load(await bench.connect(t, Role.Client), nc, t);
     // Warm up: services attached, JIT warm.
     await new Promise((r) => setTimeout(r, 1000));
     await load.run(200, 200);
@@ -124,8 +120,7 @@ async function rep(sync: 'default' | 'always', n: number): Promise<Rep> {
     return r;
   } finally {
     await Promise.all(procs.map((p) => p.kill('SIGTERM')));
-    await nc.close();
-    await server.stop();
+    await bench.stop();
   }
 }
 

@@ -20,9 +20,9 @@ import { createOrchestrator, loadConfig as orchestratorConfig, type Orchestrator
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';
 import { createConsole, hashPassword, loadConfig as consoleConfig, type Console } from '@capstan/console';
-import { db as schema, type RunId, type TenantId } from '@capstan/schemas';
+import { db as schema, type RunId, type TenantId, Role } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
-import { connect, eventually, provision, randomTenant, silent, type Harness } from '../harness/fixtures.js';
+import { connect, eventually, provision, randomTenant, silent, type Harness, accessAs } from '../harness/fixtures.js';
 import { handlers, workflows } from './workflows.js';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -102,7 +102,7 @@ describe.skipIf(!haveChromium)('console in a browser', () => {
       NATS_URL: url,
       LOG_LEVEL: 'silent',
     });
-    app = createConsole({ db: d, nc: h.nc, config, log: silent, pollMs: 250 });
+    app = createConsole({ db: d, access: await accessAs(url, Role.Console), config, log: silent, pollMs: 250 });
     await app.start();
 
     // Runs to find: completed orders for two customers, one declined order (fails after a

@@ -1,24 +1,90 @@
 /**
- * Fixtures for integration tests: a connection, a fresh tenant, in-process services and
- * service processes (for kill tests), all cleaned up by `using`/`dispose`.
+ * Fixtures for integration tests: an admin's connections, a fresh tenant (its own NATS
+ * account), credentials per role, in-process services and service processes (for kill
+ * tests).
+ *
+ * The test nats-server runs in operator mode like every Capstan server (global-setup.ts):
+ * each tenant is an account, every service connects with its own credential, and the
+ * harness acts as the platform admin with the run's key store (`CAPSTAN_AUTH_DIR`, set for
+ * every test worker by setup.ts, so CLI processes the tests start act as admin too).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import {
+  connectAsService,
   connectNats,
   createClient,
   createLogger,
-  ensureTenant,
+  issueCredential,
+  openAuthStore,
+  parseCredentials,
   PROJECT_ROOT,
+  provisionTenant,
   readRun,
+  tenantConnection,
+  type AdminTarget,
+  type AuthStore,
   type CapstanClient,
+  type ConsumerSettings,
   type NatsConnection,
+  type ProvisionOptions,
+  type TenantAccess,
+  type TenantConnection,
 } from '@capstan/kit';
-import { parseTenantId, type RunEvent, type RunId, type TenantId } from '@capstan/schemas';
+import { parseTenantId, Role, type RoleScope, type RunEvent, type RunId, type ServiceRole, type TenantId, type TenantRole } from '@capstan/schemas';
 
 export const silent = createLogger('test', 'silent');
+
+/** The key store of this test run (made by global-setup.ts, exported by setup.ts). */
+export function testAuthDir(): string {
+  const dir = process.env['CAPSTAN_AUTH_DIR'];
+  if (!dir) throw new Error('CAPSTAN_AUTH_DIR is not set: the test harness (setup.ts) sets it from global-setup.ts');
+  return dir;
+}
+
+let stores: Promise<AuthStore> | undefined;
+export function testAuthStore(): Promise<AuthStore> {
+  stores ??= openAuthStore(testAuthDir());
+  return stores;
+}
+
+/** The admin target for `url` with this run's key store. */
+export async function adminOf(url: string): Promise<AdminTarget & { log: typeof silent }> {
+  return { servers: url, store: await testAuthStore(), log: silent };
+}
+
+/** A platform service's access to its tenants (its own credential), for in-process use in tests. */
+export async function accessAs(url: string, role: ServiceRole): Promise<TenantAccess> {
+  return connectAsService(role, (await testAuthStore()).serviceCredsPath(role), { servers: url, name: `test-${role}`, log: silent });
+}
+
+/** A connection to tenant `t`'s account as `role` (a short-lived credential with exactly that role's permissions). */
+export async function connectAs(url: string, t: TenantId, role: Role, name = `test-${role}`, scope: RoleScope = {}): Promise<NatsConnection> {
+  const creds = await (await testAuthStore()).mintUser(t, role, name, scope);
+  return connectNats(url, name, silent, { credentials: await parseCredentials(creds, name) });
+}
+
+/** The environment a platform service runs with in tests: the server and its own credential. */
+export async function serviceEnv(url: string, role: ServiceRole, extra: Record<string, string> = {}): Promise<Record<string, string>> {
+  return { NATS_URL: url, NATS_CREDS: (await testAuthStore()).serviceCredsPath(role), ...extra };
+}
+
+const credsDir = mkdtempSync(join(tmpdir(), 'capstan-test-creds-'));
+
+/**
+ * Issues a tenant credential (as `capstan creds issue` does) and writes it to a private file;
+ * resolves with its path. A worker's pools get their consumers (`opts.consumers` sets them).
+ */
+export async function issueCreds(url: string, t: TenantId, role: TenantRole, name: string, opts: { pools?: readonly string[]; consumers?: Partial<ConsumerSettings> } = {}): Promise<string> {
+  const { creds } = await issueCredential(await adminOf(url), t, role, name, { ...(opts.pools ? { pools: opts.pools } : {}), ...(opts.consumers ? { consumers: opts.consumers } : {}) });
+  const path = join(credsDir, `${t}-${name}.creds`);
+  writeFileSync(path, creds, { mode: 0o600 });
+  return path;
+}
 
 /** What services under test run with unless a test says otherwise. */
 export const TEST_DEFAULTS = { WORKER_ADMISSION: 'auto', ORCH_POLICY: 'off', WORKER_LEASES: 'off' } as const;
@@ -27,28 +93,58 @@ export function randomTenant(prefix = 't'): TenantId {
   return parseTenantId(`${prefix}-${randomBytes(4).toString('hex')}`);
 }
 
+/**
+ * The platform admin's view of the test server: a connection per tenant account (opened as
+ * asked, `>` within that account), and a client over all of them.
+ */
 export interface Harness {
-  readonly nc: NatsConnection;
-  readonly jsm: JetStreamManager;
+  readonly url: string;
   readonly client: CapstanClient;
+  readonly tenant: (t: TenantId) => Promise<TenantConnection>;
+  /** Tenants connected to so far. */
+  readonly list: () => Promise<TenantId[]>;
+  readonly nc: (t: TenantId) => Promise<NatsConnection>;
+  readonly js: (t: TenantId) => Promise<JetStreamClient>;
+  readonly jsm: (t: TenantId) => Promise<JetStreamManager>;
   close(): Promise<void>;
 }
 
 export async function connect(url: string): Promise<Harness> {
-  const nc = await connectNats(url, 'capstan-test', silent);
-  const jsm = await jetstreamManager(nc);
-  const client = await createClient(nc);
-  return { nc, jsm, client, close: () => nc.close() };
+  const store = await testAuthStore();
+  const open = new Map<TenantId, Promise<TenantConnection>>();
+  const tenant = (t: TenantId) => {
+    let p = open.get(t);
+    if (!p) {
+      p = (async () => tenantConnection(t, await connectNats(url, `capstan-test@${t}`, silent, { credentials: await parseCredentials(await store.adminCreds(t), 'admin') })))();
+      open.set(t, p);
+    }
+    return p;
+  };
+  const client = await createClient({ tenant });
+  return {
+    url,
+    client,
+    tenant,
+    list: () => Promise.resolve([...open.keys()]),
+    nc: async (t) => (await tenant(t)).nc,
+    js: async (t) => (await tenant(t)).js,
+    jsm: async (t) => (await tenant(t)).jsm,
+    async close() {
+      const all = await Promise.allSettled([...open.values()]);
+      await Promise.allSettled(all.flatMap((c) => (c.status === 'fulfilled' ? [c.value.nc.close()] : [])));
+    },
+  };
 }
 
-export async function provision(h: Harness, prefix?: string): Promise<TenantId> {
+/** A fresh tenant: its account, quota, streams, consumers and registry record (`capstan tenant add`). */
+export async function provision(h: Harness, prefix?: string, opts: ProvisionOptions = {}): Promise<TenantId> {
   const t = randomTenant(prefix);
-  await ensureTenant(h.jsm, t);
+  await provisionTenant(await adminOf(h.url), t, opts);
   return t;
 }
 
 export async function eventsOf(h: Harness, t: TenantId, runId: RunId): Promise<RunEvent[]> {
-  return (await readRun(h.jsm, t, runId)).events;
+  return (await readRun(await h.jsm(t), t, runId)).events;
 }
 
 /** Polls until `check` returns a value other than undefined, or fails after `timeoutMs`. */
@@ -81,13 +177,19 @@ export interface ServiceProcess {
   readonly exited: Promise<number | null>;
 }
 
+/**
+ * A service as its own process. A platform service gets its own credential unless `env`
+ * names one (`NATS_CREDS`); a worker needs one issued for it (see {@link issueCreds}).
+ */
 export function spawnService(name: ServiceName, env: Record<string, string>): ServiceProcess {
   // CAPSTAN_NODE_ARGS passes flags such as --cpu-prof to the service's node (benchmarks).
   const nodeArgs = (env['CAPSTAN_NODE_ARGS'] ?? '').split(' ').filter(Boolean);
+  const creds = env['NATS_CREDS'] ?? (name === 'worker' ? undefined : join(testAuthDir(), 'services', `${name}.creds`));
+  if (!creds) throw new Error('a worker process needs NATS_CREDS: issue one with issueCreds(url, t, Role.Worker, name)');
   const child: ChildProcess = spawn(process.execPath, [...nodeArgs, join(PROJECT_ROOT, 'services', name, 'dist', 'main.js')], {
     // Workers admit themselves unless a test asks otherwise (WORKER_ADMISSION=required);
     // policy checks and leases are off unless a test turns them on (ORCH_POLICY, WORKER_LEASES).
-    env: { ...process.env, LOG_LEVEL: 'warn', ...TEST_DEFAULTS, ...env },
+    env: { ...process.env, LOG_LEVEL: 'warn', ...TEST_DEFAULTS, ...env, NATS_CREDS: creds },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -121,7 +223,8 @@ export async function watchRuns(h: Harness, t: TenantId): Promise<RunWatch> {
   const { Streams, Subjects, runIdOfSubject } = await import('@capstan/schemas');
   const { decodeEvent, isTerminalEvent } = await import('@capstan/kit');
   const ended = new Map<string, string>();
-  const consumer = await h.client.js.consumers.get(Streams.runs(t), { filter_subjects: [Subjects.allRuns(t)], deliver_policy: DeliverPolicy.All });
+  // The admin may make consumers (an ordered one here); services may not.
+  const consumer = await (await h.js(t)).consumers.get(Streams.runs(t), { filter_subjects: [Subjects.allRuns(t)], deliver_policy: DeliverPolicy.All });
   const messages = await consumer.consume();
   void (async () => {
     for await (const m of messages) {
@@ -147,14 +250,16 @@ export interface InProcessServices {
   stop(): Promise<void>;
 }
 
-export async function startServices(url: string, tenants: readonly TenantId[], opts: { env?: Record<string, string>; workerId?: string } = {}): Promise<InProcessServices> {
+export async function startServices(url: string, tenants: readonly TenantId[], opts: { env?: Record<string, string>; workerId?: string; pools?: readonly string[] } = {}): Promise<InProcessServices> {
   const { createRegistry } = await import('@capstan/actors');
   const { createOrchestrator, loadConfig: orchConfig } = await import('@capstan/orchestrator');
   const { createWorker, loadConfig: workerConfig } = await import('@capstan/worker');
   const { workflows, handlers } = await import('../fixtures/workflows.js');
   const env = { NATS_URL: url, CAPSTAN_TENANTS: tenants.join(','), ...TEST_DEFAULTS, ...opts.env };
-  const orch = await createOrchestrator(orchConfig(env), silent, { registry: createRegistry(workflows) });
-  const worker = await createWorker(workerConfig({ ...env, WORKER_ID: opts.workerId ?? `worker-${tenants[0] ?? ''}` }), silent, { handlers });
+  const orch = await createOrchestrator(orchConfig({ ...(await serviceEnv(url, Role.Orchestrator)), ...env }), silent, { registry: createRegistry(workflows) });
+  const workerId = opts.workerId ?? `worker-${tenants[0] ?? ''}`;
+  const creds = await Promise.all(tenants.map((t) => issueCreds(url, t, Role.Worker, workerId, { pools: opts.pools ?? ['default'] })));
+  const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: creds.join(',') }), silent, { handlers });
   await orch.start();
   await worker.start();
   return {
@@ -185,7 +290,7 @@ export async function serveTenant(url: string, prefix: string): Promise<ServedTe
     t,
     async close() {
       try {
-        const { replayed, failures } = await replayAll(h.jsm, t, createRegistry(workflows));
+        const { replayed, failures } = await replayAll(await h.jsm(t), t, createRegistry(workflows));
         process.stdout.write(`replayed ${replayed} runs of ${t}\n`);
         if (failures.length > 0 || replayed === 0) throw new Error(`replay of ${t}: ${replayed} runs, failures: ${failures.join('; ')}`);
       } finally {
@@ -199,6 +304,8 @@ export async function serveTenant(url: string, prefix: string): Promise<ServedTe
 /** The `capstan` command run as a user runs it: a process, with its exit code and output. */
 export function runCli(args: readonly string[], env: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
   return new Promise((resolve) => {
+    // The CLI acts as the admin with this run's key store (CAPSTAN_AUTH_DIR) unless `env`
+    // gives it a credential of its own (NATS_CREDS or --creds).
     const child = spawn(process.execPath, [join(PROJECT_ROOT, 'services', 'cli', 'dist', 'main.js'), ...args], {
       env: { ...process.env, NO_COLOR: '1', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -9,9 +9,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Writable } from 'node:stream';
 import type Docker from 'dockerode';
-import { createLogger, execInSandbox, type NatsConnection, type SandboxOutcome } from '@capstan/kit';
+import { createLogger, execInSandbox, type SandboxOutcome } from '@capstan/kit';
 import { createSandboxService, Labels, loadConfig, type SandboxService } from '@capstan/sandbox';
-import { makeRunId, type SandboxExecRequest, type SandboxSpec, type TenantId } from '@capstan/schemas';
+import { makeRunId, Role, type SandboxExecRequest, type SandboxSpec, type TenantId } from '@capstan/schemas';
+import { serviceEnv, type Harness } from './fixtures.js';
 
 export interface TestSandboxes {
   readonly service: SandboxService;
@@ -30,7 +31,7 @@ export interface TestSandboxes {
   stop(): Promise<void>;
 }
 
-export async function startSandboxes(nc: NatsConnection, natsUrl: string, docker: Docker, tenants: readonly TenantId[], env: Record<string, string> = {}): Promise<TestSandboxes> {
+export async function startSandboxes(h: Pick<Harness, 'nc'>, natsUrl: string, docker: Docker, tenants: readonly TenantId[], env: Record<string, string> = {}): Promise<TestSandboxes> {
   const node = `t${Math.random().toString(36).slice(2, 10)}`;
   const artifactsDir = mkdtempSync(join(tmpdir(), 'capstan-artifacts-'));
   const secretsFile = join(artifactsDir, '..', `${node}-secrets.json`);
@@ -43,7 +44,7 @@ export async function startSandboxes(nc: NatsConnection, natsUrl: string, docker
     },
   });
   const log = createLogger('sandbox', 'debug', sink);
-  const config = loadConfig({ NATS_URL: natsUrl, CAPSTAN_TENANTS: tenants.join(','), SANDBOX_NODE: node, SANDBOX_ARTIFACTS_DIR: artifactsDir, SANDBOX_SECRETS_FILE: secretsFile, SANDBOX_POOL_MIN: '1', SANDBOX_POOL_MAX: '2', ...env });
+  const config = loadConfig({ ...(await serviceEnv(natsUrl, Role.Sandbox)), SANDBOX_DISCOVERY_MS: '200', CAPSTAN_TENANTS: tenants.join(','), SANDBOX_NODE: node, SANDBOX_ARTIFACTS_DIR: artifactsDir, SANDBOX_SECRETS_FILE: secretsFile, SANDBOX_POOL_MIN: '1', SANDBOX_POOL_MAX: '2', ...env });
   const service = await createSandboxService(config, log);
   await service.start();
   await service.ready;
@@ -65,7 +66,7 @@ export async function startSandboxes(nc: NatsConnection, natsUrl: string, docker
         timeoutMs: o.timeoutMs ?? 20_000,
         input: o.input ?? {},
       };
-      return execInSandbox(nc, t, req, { firstReplyMs: 60_000 });
+      return execInSandbox(await h.nc(t), t, req, { firstReplyMs: 60_000 });
     },
     stdout(o) {
       const dest = o.result?.destination;

@@ -10,10 +10,10 @@ import { and, eq } from 'drizzle-orm';
 import { createRegistry } from '@capstan/actors';
 import { createQueryServer, openDatabase, type Database, type QueryServer } from '@capstan/kit';
 import { createProjector, loadConfig, verifyProjections, type ProjectorApp } from '@capstan/projector';
-import { CapstanError, CommandRejectedError, db as schema, ErrorCode, type RunEvent, type RunId, type TenantId } from '@capstan/schemas';
+import { CapstanError, CommandRejectedError, db as schema, ErrorCode, type RunEvent, type RunId, type TenantId, Role } from '@capstan/schemas';
 import { workflows } from '../fixtures/workflows.js';
 import { replayAll } from '../harness/checker.js';
-import { connect, eventsOf, eventually, provision, runCli, silent, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
+import { connect, eventsOf, eventually, provision, runCli, silent, startServices, type Harness, type InProcessServices, serviceEnv, accessAs } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { readDeadLetters } from '@capstan/cli';
 
@@ -34,10 +34,10 @@ beforeAll(async () => {
   t = await provision(h, 'appr');
   scratch = await scratchDatabase('appr');
   database = await openDatabase({ url: scratch.url, log: silent });
-  projector = await createProjector(loadConfig({ NATS_URL: url, DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, { database });
+  projector = await createProjector(loadConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, { database });
   await projector.start();
   services = await startServices(url, [t]);
-  api = createQueryServer({ db: database, jsm: h.jsm, nc: h.nc, tenants: () => [t], log: silent, port: 0 });
+  api = createQueryServer({ db: database, access: await accessAs(url, Role.Projector), tenants: () => [t], log: silent, port: 0 });
   await api.start();
 });
 
@@ -156,7 +156,7 @@ describe('approvals', () => {
     const events = await eventsOf(h, t, runId);
     expect(decisions(events).map((e) => e.data)).toEqual([{ step: 'review', decision: 'approve', by: 'ann' }]);
     // The refusals are dead letters naming their commands, as for any refused command.
-    const letters = (await readDeadLetters(h.jsm, t, 100)).filter((l) => l.runId === runId);
+    const letters = (await readDeadLetters(await h.jsm(t), t, 100)).filter((l) => l.runId === runId);
     expect(letters.map((l) => l.code)).toEqual([ErrorCode.ApprovalNotWaiting, ErrorCode.ApprovalNotWaiting, ErrorCode.ApprovalNotWaiting]);
     expect(letters.map((l) => l.sourceSeq)).toContain(again.commandSeq);
   });
@@ -224,7 +224,7 @@ describe('approvals', () => {
   });
 
   it('approvals - every run replays through its recorded version, and the projections match the streams', async () => {
-    const { replayed, failures } = await replayAll(h.jsm, t, createRegistry(workflows));
+    const { replayed, failures } = await replayAll(await h.jsm(t), t, createRegistry(workflows));
     process.stdout.write(`replayed ${replayed} runs of ${t}\n`);
     expect(failures).toEqual([]);
     expect(replayed).toBeGreaterThanOrEqual(6);

@@ -25,9 +25,9 @@ import { createRegistry } from '@capstan/actors';
 import { appendAuditRow, AuditAppend, createAuditSink, decodeEvent, migrate, openDatabase, queryRows, type AuditSink, type Database } from '@capstan/kit';
 import { createProjector, loadConfig as projectorConfig, verifyProjections, type ProjectorApp } from '@capstan/projector';
 import { bindExternalWrite, EXTERNAL_WRITE_INTENT, externalWriteKey } from '@capstan/worker';
-import { db as schema, ErrorCode, parseRunId, parseTenantId, Streams, Subjects, type RunId, type TenantId } from '@capstan/schemas';
+import { db as schema, ErrorCode, parseRunId, parseTenantId, Streams, Subjects, type RunId, type TenantId, Role } from '@capstan/schemas';
 import { checkRuns } from '../harness/checker.js';
-import { connect, eventually, provision, silent, startServices, watchRuns, type Harness, type InProcessServices } from '../harness/fixtures.js';
+import { connect, eventually, provision, silent, startServices, watchRuns, type Harness, type InProcessServices, serviceEnv } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { workflows } from '../fixtures/workflows.js';
 
@@ -92,7 +92,7 @@ async function startSink(): Promise<HttpSink> {
 /** Every `step.failed` of the tenant's runs, as they are recorded. */
 async function followFailures(): Promise<{ byRun: Map<string, { code: string; retryable: boolean }[]>; close(): Promise<void> }> {
   const byRun = new Map<string, { code: string; retryable: boolean }[]>();
-  const consumer = await h.client.js.consumers.get(Streams.runs(t), { filter_subjects: [Subjects.allRuns(t)], deliver_policy: DeliverPolicy.All });
+  const consumer = await (await h.js(t)).consumers.get(Streams.runs(t), { filter_subjects: [Subjects.allRuns(t)], deliver_policy: DeliverPolicy.All });
   const messages: ConsumerMessages = await consumer.consume();
   void (async () => {
     for await (const m of messages) {
@@ -149,7 +149,7 @@ describe('audit first', () => {
     async () => {
       if (!sink) throw new Error('no sink');
       await admin.query('update audit_fault set failing = true where id = 1');
-      projector = await createProjector(projectorConfig({ NATS_URL: url, DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, { database });
+      projector = await createProjector(projectorConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, { database });
       await projector.start();
       services = await startServices(url, [t], { env: { AUDIT_DATABASE_URL: scratch.url }, workerId: 'audit-worker' });
       const failures = await followFailures();
@@ -184,7 +184,7 @@ describe('audit first', () => {
       await watch.close();
       await failures.close();
 
-      const check = await checkRuns(h.jsm, t, runIds, createRegistry(workflows));
+      const check = await checkRuns(await h.jsm(t), t, runIds, createRegistry(workflows));
       const rows = await intentRows(t);
       const rowsPerKey = new Map<string, number>();
       for (const r of rows) rowsPerKey.set(r.key, (rowsPerKey.get(r.key) ?? 0) + 1);

@@ -5,6 +5,7 @@
  * get prints the text as set; test prints each decision, under the version in force or a
  * candidate file.
  */
+import { Role } from '@capstan/schemas';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { policyHistory } from '@capstan/kit';
 import { createPolicyService, loadConfig, type PolicyService } from '@capstan/policy';
 import type { TenantId } from '@capstan/schemas';
-import { connect, provision, runCli, silent, type Harness } from '../harness/fixtures.js';
+import { connect, provision, runCli, silent, type Harness, serviceEnv } from '../harness/fixtures.js';
 
 let url: string;
 let h: Harness;
@@ -31,7 +32,7 @@ beforeAll(async () => {
   url = inject('natsUrl');
   h = await connect(url);
   t = await provision(h, 'polcli');
-  service = await createPolicyService(loadConfig({ NATS_URL: url, CAPSTAN_TENANTS: t }), silent);
+  service = await createPolicyService(loadConfig({ ...(await serviceEnv(url, Role.Policy)), CAPSTAN_TENANTS: t }), silent);
   await service.start();
   dir = mkdtempSync(join(tmpdir(), 'capstan-policy-cli-'));
 });
@@ -71,7 +72,7 @@ describe('capstan policy', () => {
     const parse = await capstan(['policy', 'set', '--tenant', t, '--file', file('cut.cedar', 'permit(principal,')]);
     expect(parse.code).toBe(1);
     expect(parse.err).toMatch(/cut\.cedar:1:\d+ error: failed to parse policies/);
-    expect((await policyHistory(h.nc, t)).latest).toBe(1);
+    expect((await policyHistory(await h.nc(t), t)).latest).toBe(1);
   });
 
   it('policy - test prints each decision and the combined one, under the version in force or a candidate', async () => {

@@ -2,12 +2,13 @@
  * `capstan migrate` and `capstan projections verify|rebuild` as a user runs them (real
  * processes, a real Postgres): the exit code says whether the rows match the streams.
  */
+import { Role } from '@capstan/schemas';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { openDatabase, type Database } from '@capstan/kit';
 import { createProjector, loadConfig, type ProjectorApp } from '@capstan/projector';
 import type { TenantId } from '@capstan/schemas';
-import { connect, eventually, provision, runCli, silent, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
+import { connect, eventually, provision, runCli, silent, startServices, type Harness, type InProcessServices, serviceEnv } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 
 let url: string;
@@ -46,7 +47,7 @@ describe('cli projections', () => {
 
   it('cli - verify exits 0 on matching rows, 1 on a tampered row; rebuild repairs it', async () => {
     services = await startServices(url, [t]);
-    projector = await createProjector(loadConfig({ NATS_URL: url, DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent);
+    projector = await createProjector(loadConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent);
     await projector.start();
     const runIds = await Promise.all(Array.from({ length: 10 }, () => h.client.submit(t, 'demo.pipeline', { input: { customer: 'c-1' } })));
     await Promise.all(runIds.map((r) => h.client.waitForEnd(t, r, 30_000)));

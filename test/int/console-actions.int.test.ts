@@ -4,13 +4,14 @@
  * effect comes back through the projections and the live stream. Approve and deny with
  * their author, retry a denied run, cancel a running one, revoke and re-admit a worker.
  */
+import { Role } from '@capstan/schemas';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createConsole, hashPassword, loadConfig as consoleConfig, type ActionResponse, type AuditPageResponse, type Console, type RunDetailResponse, type RunStreamChange, type WorkersResponse } from '@capstan/console';
 import { migrate, openDatabase, type Database } from '@capstan/kit';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import type { TenantId } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
-import { connect, eventually, provision, silent, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
+import { connect, eventually, provision, silent, startServices, type Harness, type InProcessServices, serviceEnv, accessAs } from '../harness/fixtures.js';
 import { ConsoleClient, type ErrorBody, type EventStream } from '../harness/console.js';
 
 const PASSWORD = 'a long enough password';
@@ -42,12 +43,12 @@ describe('console actions', () => {
     d = await openDatabase({ url: scratch.url, log: silent });
     await migrate(d);
     services = await startServices(url, [t], { workerId, env: { WORKER_ADMISSION: 'auto' } });
-    projector = await createProjector(projectorConfig({ NATS_URL: url, DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t, PROJECTOR_DISCOVERY_MS: '200' }), silent, { database: d });
+    projector = await createProjector(projectorConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t, PROJECTOR_DISCOVERY_MS: '200' }), silent, { database: d });
     await projector.start();
     const passwordHash = await hashPassword(PASSWORD);
     app = createConsole({
       db: d,
-      nc: h.nc,
+      access: await accessAs(url, Role.Console),
       config: consoleConfig({ CONSOLE_SECRET: 'k'.repeat(40), CONSOLE_USERS: 'unused', CONSOLE_PORT: '0', DATABASE_URL: scratch.url, NATS_URL: url }),
       log: silent,
       users: [

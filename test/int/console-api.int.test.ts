@@ -10,11 +10,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createConsole, hashPassword, loadConfig, type ApprovalsResponse, type AuditPageResponse, type Console, type ConsoleUser, type PoliciesResponse, type PolicyVersionResponse, type RunDetailResponse, type RunsPageResponse, type RunStreamChange, type SessionInfo, type SystemResponse, type WorkersResponse } from '@capstan/console';
 import { migrate, openDatabase, type Database } from '@capstan/kit';
-import { db as schema, Streams, type TenantId } from '@capstan/schemas';
+import { db as schema, Streams, type TenantId, Role } from '@capstan/schemas';
 import { createHash } from 'node:crypto';
 import { sql } from 'drizzle-orm';
 import { scratchDatabase } from '../harness/postgres.js';
-import { connect, provision, silent, type Harness } from '../harness/fixtures.js';
+import { connect, provision, silent, type Harness, accessAs } from '../harness/fixtures.js';
 import { insertBatched, runIdAt, runRow, stepRow, type RunInsert } from '../harness/projections.js';
 import { ConsoleClient, type ErrorBody } from '../harness/console.js';
 
@@ -112,7 +112,7 @@ describe('console api', () => {
     const usersFile = join(webDir, '..', `${webDir.split('/').pop() ?? 'x'}-users.json`);
     writeFileSync(usersFile, JSON.stringify(users));
     const config = loadConfig({ CONSOLE_SECRET: SECRET, CONSOLE_USERS: usersFile, CONSOLE_PORT: '0', CONSOLE_WEB_DIR: webDir, DATABASE_URL: scratch.url, NATS_URL: inject('natsUrl') });
-    app = createConsole({ db: d, nc: h.nc, config, log: silent, pollMs: 100 });
+    app = createConsole({ db: d, access: await accessAs(inject('natsUrl'), Role.Console), config, log: silent, pollMs: 100 });
     await app.start();
     url = app.url;
     rmSync(usersFile);
@@ -444,11 +444,11 @@ describe('console api', () => {
     expect((await op.post<ErrorBody>(`/api/tenants/${A}/runs/${waitingRun}/approvals/nope/approve`, {})).status).toBe(404);
     expect((await op.post<ErrorBody>(`/api/tenants/${A}/runs/${runIdAt(BASE + 5)}/cancel`, {})).status).toBe(404);
 
-    const before = (await h.jsm.streams.info(Streams.commands(A))).state.messages;
+    const before = (await (await h.jsm(A)).streams.info(Streams.commands(A))).state.messages;
     const cancel = await op.post(`/api/tenants/${A}/runs/${waitingRun}/cancel`, { reason: 'wrong input' });
     expect(cancel.status).toBe(202);
     expect(cancel.body).toEqual({ accepted: true, action: 'cancel', tenant: A, runId: waitingRun });
-    expect((await h.jsm.streams.info(Streams.commands(A))).state.messages).toBe(before + 1);
+    expect((await (await h.jsm(A)).streams.info(Streams.commands(A))).state.messages).toBe(before + 1);
     // The console wrote no projection row: the run is as it was until the control plane acts.
     expect((await op.get<RunDetailResponse>(`/api/tenants/${A}/runs/${waitingRun}`)).body.run.status).toBe('waiting');
   });

@@ -43,7 +43,7 @@ describe('core', () => {
     );
     for (const [t, runIds] of ids) await Promise.all(runIds.map((r) => h.client.waitForEnd(t, r, 30_000)));
     for (const [t, runIds] of ids) {
-      const c = await checkRuns(h.jsm, t, runIds, registry);
+      const c = await checkRuns(await h.jsm(t), t, runIds, registry);
       report(`core ${t}`, c);
       expect(c.runs).toBe(100);
       expect(c.completed).toBe(100);
@@ -56,7 +56,7 @@ describe('core', () => {
     const [a, b] = [ids.get(t1) ?? [], ids.get(t2) ?? []];
     for (const runId of a.slice(0, 20)) expect(await eventsOf(h, t2, runId)).toHaveLength(0);
     for (const runId of b.slice(0, 20)) expect(await eventsOf(h, t1, runId)).toHaveLength(0);
-    const infoA = await h.jsm.streams.info(Streams.runs(t1), { subjects_filter: '>' });
+    const infoA = await (await h.jsm(t1)).streams.info(Streams.runs(t1), { subjects_filter: '>' });
     const subjectsA = Object.keys(infoA.state.subjects ?? {});
     expect(subjectsA.every((s) => s.startsWith(`cap.${t1}.runs.`) || s.startsWith(`cap.${t1}.idem.`))).toBe(true);
     expect(subjectsA.filter((s) => s.includes('.runs.'))).toHaveLength(100);
@@ -119,7 +119,7 @@ describe('core', () => {
     try {
       const runIds = await Promise.all(Array.from({ length: 20 }, () => h.client.submit(t, 'demo.flaky')));
       await Promise.all(runIds.map((r) => h.client.waitForEnd(t, r, 30_000)));
-      const c = await checkRuns(h.jsm, t, runIds, registry);
+      const c = await checkRuns(await h.jsm(t), t, runIds, registry);
       report('no-cache', c);
       expect(c.completed).toBe(20);
       expect(c.brokenChains + c.forks + c.resultsRecordedTwice + c.replayMismatches).toBe(0);
@@ -134,7 +134,7 @@ describe('core', () => {
     const reg = createRegistry([...demoWorkflows, ...workflows.filter((w) => !w.id.startsWith('demo.'))]);
     let replayed = 0;
     for (const t of [t1, t2]) {
-      const info = await h.jsm.streams.info(Streams.runs(t), { subjects_filter: `cap.${t}.runs.*` });
+      const info = await (await h.jsm(t)).streams.info(Streams.runs(t), { subjects_filter: `cap.${t}.runs.*` });
       for (const subject of Object.keys(info.state.subjects ?? {})) {
         const events = await eventsOf(h, t, subject.split('.')[3] as RunId);
         expect(() => foldRun(reg, events)).not.toThrow();

@@ -8,8 +8,8 @@ import { join } from 'node:path';
 import { createRegistry } from '@capstan/actors';
 import { readDeadLetters } from '@capstan/cli';
 import { PROJECT_ROOT } from '@capstan/kit';
-import { encode, type RunId } from '@capstan/schemas';
-import { connect, eventsOf, eventually, provision, spawnService, watchRuns, type ServiceProcess } from '../harness/fixtures.js';
+import { encode, Role, type RunId } from '@capstan/schemas';
+import { connect, eventsOf, eventually, issueCreds, provision, spawnService, watchRuns, type ServiceProcess } from '../harness/fixtures.js';
 import { checkRuns, report } from '../harness/checker.js';
 import { workflows } from '../fixtures/workflows.js';
 
@@ -31,10 +31,11 @@ describe('faults', () => {
     const url = inject('natsUrl');
     const h = await connect(url);
     try {
-      const t = await provision(h, 'kill-orch');
-      const env = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, ORCH_ACK_WAIT_MS: '1000', ORCH_DISCOVERY_MS: '200' };
+      // A crashed orchestrator's commands go to the other one after a second.
+      const t = await provision(h, 'kill-orch', { consumers: { orchestratorAckWaitMs: 1000 } });
+      const env = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, ORCH_DISCOVERY_MS: '200' };
       const orchs = [spawnTracked('orchestrator', { ...env, ORCH_NAME: 'o1' }), spawnTracked('orchestrator', { ...env, ORCH_NAME: 'o2' })];
-      spawnTracked('worker', { ...env, WORKER_ID: 'w1', WORKER_CONCURRENCY: '100' });
+      spawnTracked('worker', { ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w1'), WORKER_CONCURRENCY: '100' });
       // Let the services attach to the tenant before the load starts.
       await new Promise((r) => setTimeout(r, 1500));
 
@@ -54,12 +55,12 @@ describe('faults', () => {
       }
       await watch.waitAll(runIds, 60_000).catch((e: unknown) => process.stdout.write(`${String(e)}\n`));
       await watch.close();
-      const c = await checkRuns(h.jsm, t, runIds, registry);
+      const c = await checkRuns(await h.jsm(t), t, runIds, registry);
       for (const [runId, events] of c.eventsByRun) {
         if (!events.some((e) => e.type === 'run.completed')) process.stdout.write(`STUCK ${runId}\n${events.map((e) => `  ${e.seq} ${e.type} ${e.causationId} ${JSON.stringify(e.data)}`).join('\n')}\n`);
       }
       if (c.notTerminal > 0) {
-        process.stdout.write(`DLQ: ${JSON.stringify((await readDeadLetters(h.jsm, t, 50)).map((l) => [l.code, l.error]))}\n`);
+        process.stdout.write(`DLQ: ${JSON.stringify((await readDeadLetters(await h.jsm(t), t, 50)).map((l) => [l.code, l.error]))}\n`);
         for (const p of procs) process.stdout.write(`OUT ${p.name} ${p.pid}: ${p.output().slice(-3000)}\n`);
       }
       report('orchestrator kill-loop', c);
@@ -86,10 +87,15 @@ describe('faults', () => {
     const url = inject('natsUrl');
     const h = await connect(url);
     try {
-      const t = await provision(h, 'kill-worker');
-      const env = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, WORKER_ACK_WAIT_MS: '1500', WORKER_DISCOVERY_MS: '200' };
+      // A silent worker's item goes to another after 1.5 s.
+      const consumers = { workAckWaitMs: 1500 };
+      const t = await provision(h, 'kill-worker', { consumers });
+      const env = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, WORKER_DISCOVERY_MS: '200' };
       spawnTracked('orchestrator', env);
-      const workers = { wa: spawnTracked('worker', { ...env, WORKER_ID: 'wa' }), wb: spawnTracked('worker', { ...env, WORKER_ID: 'wb' }) };
+      const workers = {
+        wa: spawnTracked('worker', { ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'wa', { consumers }) }),
+        wb: spawnTracked('worker', { ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'wb', { consumers }) }),
+      };
       await new Promise((r) => setTimeout(r, 1500));
 
       const runId = await h.client.submit(t, 'test.slow', { input: { ms: 2500 } });
@@ -113,9 +119,9 @@ describe('faults', () => {
 
       // The killed worker's result for attempt 1, arriving late, changes nothing.
       const before = events.length;
-      const dlqBefore = (await readDeadLetters(h.jsm, t, 1000)).length;
-      await h.client.js.publish(`cap.${t}.cmd.result`, encode({ runId, step: 'slow', attempt: 1, worker: started.worker, outcome: 'completed', result: { ok: true, attempt: 1 }, durationMs: 2500 }));
-      const letter = await eventually('stale result dead-lettered', async () => (await readDeadLetters(h.jsm, t, 1000))[dlqBefore]);
+      const dlqBefore = (await readDeadLetters(await h.jsm(t), t, 1000)).length;
+      await (await h.js(t)).publish(`cap.${t}.cmd.result`, encode({ runId, step: 'slow', attempt: 1, worker: started.worker, outcome: 'completed', result: { ok: true, attempt: 1 }, durationMs: 2500 }));
+      const letter = await eventually('stale result dead-lettered', async () => (await readDeadLetters(await h.jsm(t), t, 1000))[dlqBefore]);
       expect(letter.code).toBe('stale_attempt');
       events = await eventsOf(h, t, runId);
       expect(events).toHaveLength(before);

@@ -25,8 +25,8 @@ import { createPolicyService, loadConfig as policyConfig } from '@capstan/policy
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import { createSecretsLease, loadConfig as secretsConfig } from '@capstan/secrets-lease';
 import { createWorker, loadConfig as workerConfig } from '@capstan/worker';
-import { CapstanError, Streams, type RunEvent, type RunId, type TenantId } from '@capstan/schemas';
-import { connect, eventsOf, eventually, provision, runCli, type Harness } from '../harness/fixtures.js';
+import { CapstanError, Streams, type RunEvent, type RunId, type TenantId, Role } from '@capstan/schemas';
+import { connect, eventsOf, eventually, provision, runCli, type Harness, serviceEnv, issueCreds } from '../harness/fixtures.js';
 import { dockerOrSkip } from '../harness/docker.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { startSandboxes, type TestSandboxes } from '../harness/sandbox.js';
@@ -86,27 +86,27 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
     const env = { NATS_URL: url, CAPSTAN_TENANTS: t, DATABASE_URL: scratch.url };
     const policyLog = capturing('policy');
     // Every tenant's policy questions (the bare tenant below has no policy at all).
-    const policy = await createPolicyService(policyConfig({ ...env, CAPSTAN_TENANTS: '' }), policyLog.log);
+    const policy = await createPolicyService(policyConfig({ ...env, ...(await serviceEnv(url, Role.Policy)), CAPSTAN_TENANTS: '' }), policyLog.log);
     await policy.start();
     const secretsLog = capturing('secrets-lease');
-    const secrets = await createSecretsLease(secretsConfig({ ...env, SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }), secretsLog.log, { database: d });
+    const secrets = await createSecretsLease(secretsConfig({ ...env, ...(await serviceEnv(url, Role.SecretsLease)), SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }), secretsLog.log, { database: d });
     await secrets.start();
-    sb = await startSandboxes(h.nc, url, docker as Docker, [t], { SANDBOX_SECRETS_FILE: '' });
+    sb = await startSandboxes(h, url, docker as Docker, [t], { SANDBOX_SECRETS_FILE: '' });
     const orchLog = capturing('orchestrator');
-    const orch = await createOrchestrator(orchestratorConfig({ ...env, ORCH_POLICY: 'on', ORCH_APPROVAL_TTL_MS: '4000' }), orchLog.log, { registry: createRegistry(workflows) });
+    const orch = await createOrchestrator(orchestratorConfig({ ...env, ...(await serviceEnv(url, Role.Orchestrator)), ORCH_POLICY: 'on', ORCH_APPROVAL_TTL_MS: '4000' }), orchLog.log, { registry: createRegistry(workflows) });
     await orch.start();
     const workerLog = capturing('worker');
-    const worker = await createWorker(workerConfig({ ...env, WORKER_ID: 'gov-w', WORKER_ADMISSION: 'auto', WORKER_LEASES: 'on' }), workerLog.log, { handlers });
+    const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'gov-w'), WORKER_ADMISSION: 'auto', WORKER_LEASES: 'on' }), workerLog.log, { handlers });
     await worker.start();
-    projector = await createProjector(projectorConfig({ ...env, PROJECTOR_DISCOVERY_MS: '200' }), createLogger('projector', 'silent'), { database: d });
+    projector = await createProjector(projectorConfig({ ...env, ...(await serviceEnv(url, Role.Projector)), PROJECTOR_DISCOVERY_MS: '200' }), createLogger('projector', 'silent'), { database: d });
     await projector.start();
     stops.push(() => projector.stop(), () => worker.stop(), () => orch.stop(), () => sb.stop(), () => secrets.stop(), () => policy.stop());
     logs.push(policyLog.text, secretsLog.text, orchLog.text, workerLog.text, () => sb.logs());
 
-    await setPolicy(h.nc, t, { text: policyFor(t), by: 'sec-team', reason: 'demo policy' });
-    await putSecret(h.nc, t, 'DEMO_TOKEN', demoToken, { by: 'sec-team' });
-    await putSecret(h.nc, t, 'DEMO_API_KEY', apiKey, { by: 'sec-team' });
-    for (const [i, c] of canaries.entries()) await putSecret(h.nc, t, `CANARY_${i}`, c, { by: 'sec-team' });
+    await setPolicy(await h.nc(t), t, { text: policyFor(t), by: 'sec-team', reason: 'demo policy' });
+    await putSecret(await h.nc(t), t, 'DEMO_TOKEN', demoToken, { by: 'sec-team' });
+    await putSecret(await h.nc(t), t, 'DEMO_API_KEY', apiKey, { by: 'sec-team' });
+    for (const [i, c] of canaries.entries()) await putSecret(await h.nc(t), t, `CANARY_${i}`, c, { by: 'sec-team' });
   }, 300_000);
 
   afterAll(async () => {
@@ -191,8 +191,8 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
     expect(end.type === 'run.failed' && end.data.error.message).toMatch(/policy version 1 \(no policy allows it: default deny\)/);
 
     const bare = await provision(h, 'gov-bare');
-    const orch = await createOrchestrator(orchestratorConfig({ NATS_URL: url, CAPSTAN_TENANTS: bare, ORCH_POLICY: 'on' }), createLogger('o', 'silent'), { registry: createRegistry(workflows) });
-    const worker = await createWorker(workerConfig({ NATS_URL: url, CAPSTAN_TENANTS: bare, WORKER_ID: 'bare-w', WORKER_ADMISSION: 'auto' }), createLogger('w', 'silent'), { handlers });
+    const orch = await createOrchestrator(orchestratorConfig({ ...(await serviceEnv(url, Role.Orchestrator)), CAPSTAN_TENANTS: bare, ORCH_POLICY: 'on' }), createLogger('o', 'silent'), { registry: createRegistry(workflows) });
+    const worker = await createWorker(workerConfig({ NATS_URL: url, NATS_CREDS: await issueCreds(url, bare, Role.Worker, 'bare-w'), WORKER_ADMISSION: 'auto' }), createLogger('w', 'silent'), { handlers });
     await orch.start();
     await worker.start();
     try {
@@ -226,12 +226,13 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
     const places: [string, string][] = logs.map((text, i) => [`service log ${i}`, text()]);
     const tables = await queryRows<{ table_name: string }>(d, sql`select table_name from information_schema.tables where table_schema = 'public'`);
     for (const { table_name } of tables) places.push([`table ${table_name}`, JSON.stringify(await queryRows(d, sql.raw(`select * from "${table_name}"`)))]);
-    const streams = await h.jsm.streams.names().next();
+    const jsm = await h.jsm(t);
+    const streams = await jsm.streams.names().next();
     for (const name of streams.filter((n) => n.endsWith(`_${t}`) && n.startsWith(Streams.runs(t).slice(0, 4)))) {
-      const info = await h.jsm.streams.info(name);
+      const info = await jsm.streams.info(name);
       let text = '';
       for (let seq = info.state.first_seq; seq <= info.state.last_seq && seq > 0; seq++) {
-        const m = await h.jsm.streams.getMessage(name, { seq }).catch(() => undefined);
+        const m = await jsm.streams.getMessage(name, { seq }).catch(() => undefined);
         if (m) text += Buffer.from(m.data).toString('latin1') + JSON.stringify(m.header ? [...m.header.keys()].map((k) => m.header?.get(k)) : []);
       }
       places.push([`stream ${name}`, text]);

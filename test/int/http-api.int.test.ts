@@ -11,12 +11,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { request } from 'node:http';
-import { jetstream } from '@nats-io/jetstream';
 import { createLogger, createQueryServer, migrate, openDatabase, type Database, type QueryServer, type WorkerRow } from '@capstan/kit';
 import { apiUrl, auditCmd, runCmd, runsCmd, systemStatusCmd, type AuditResponse, type RunResponse, type RunsResponse, type SystemResponse, type Wire } from '@capstan/cli';
-import { CapstanError, db as schema, ErrorCode, Streams, Subjects, type TenantId } from '@capstan/schemas';
+import { CapstanError, db as schema, ErrorCode, Streams, Subjects, type TenantId, Role } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
-import { connect, provision, silent, type Harness } from '../harness/fixtures.js';
+import { connect, provision, silent, type Harness, accessAs } from '../harness/fixtures.js';
 import { insertBatched, runIdAt, runRow, stepRow, type RunInsert } from '../harness/projections.js';
 
 const BASE = Date.parse('2026-03-01T12:00:00Z');
@@ -150,11 +149,11 @@ describe('http api', () => {
     ]);
 
     // A's run stream holds 6 messages, the projections have applied 4; B has none.
-    const js = jetstream(h.nc);
+    const js = await h.js(A);
     for (let i = 0; i < 6; i++) await js.publish(Subjects.run(A, runIdAt(BASE + i)), new Uint8Array([i]));
     await d.db.insert(schema.checkpoints).values({ tenant: A, stream: Streams.runs(A), lastStreamSeq: 4 });
 
-    server = createQueryServer({ db: d, jsm: h.jsm, nc: h.nc, tenants: () => [A, B], log: silent, port: 0 });
+    server = createQueryServer({ db: d, access: await accessAs(h.url, Role.Projector), tenants: () => [A, B], log: silent, port: 0 });
     await server.start();
     url = server.url;
   });

@@ -7,8 +7,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { createRegistry } from '@capstan/actors';
 import { PROJECT_ROOT, startNatsServer, type NatsServer } from '@capstan/kit';
-import type { RunId } from '@capstan/schemas';
-import { connect, eventually, provision, spawnService, watchRuns, type Harness, type ServiceProcess } from '../harness/fixtures.js';
+import { Role, type RunId } from '@capstan/schemas';
+import { connect, eventually, issueCreds, provision, spawnService, testAuthStore, watchRuns, type Harness, type ServiceProcess } from '../harness/fixtures.js';
 import { checkRuns, report } from '../harness/checker.js';
 import { workflows } from '../fixtures/workflows.js';
 
@@ -25,11 +25,12 @@ afterAll(async () => {
 
 describe('broker crash', () => {
   it('faults - nats-server SIGKILLed mid-flow and restarted: every run completes, 0 forks, each result once', async () => {
-    server = await startNatsServer();
+    server = await startNatsServer({ auth: await testAuthStore() });
     h = await connect(server.url);
-    const t = await provision(h, 'nats-kill');
-    const env = { NATS_URL: server.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, ORCH_ACK_WAIT_MS: '2000', WORKER_ACK_WAIT_MS: '5000' };
-    procs.push(spawnService('orchestrator', env), spawnService('worker', { ...env, WORKER_ID: 'w-nk' }));
+    const consumers = { orchestratorAckWaitMs: 2000, workAckWaitMs: 5000 };
+    const t = await provision(h, 'nats-kill', { consumers });
+    const env = { NATS_URL: server.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures };
+    procs.push(spawnService('orchestrator', env), spawnService('worker', { ...env, NATS_CREDS: await issueCreds(server.url, t, Role.Worker, 'w-nk', { consumers }) }));
     await new Promise((r) => setTimeout(r, 1500));
 
     const runIds: RunId[] = await Promise.all(Array.from({ length: 100 }, (_, i) => h!.client.submit(t, 'test.pipeline', { input: { ms: 200, i } })));
@@ -42,7 +43,7 @@ describe('broker crash', () => {
     const watch = await eventually('JetStream back', () => watchRuns(h!, t), 30_000, 250);
     await watch.waitAll(runIds, 60_000);
     await watch.close();
-    const c = await checkRuns(h.jsm, t, runIds, createRegistry(workflows));
+    const c = await checkRuns(await h.jsm(t), t, runIds, createRegistry(workflows));
     report('nats-server kill', c);
     for (const p of procs) expect(p.output()).not.toMatch(/"level":(50|60)/);
     expect(c.completed).toBe(100);

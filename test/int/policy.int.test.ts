@@ -24,9 +24,8 @@ import {
   Streams,
   Subjects,
   type PolicyQuery,
-  type TenantId,
-} from '@capstan/schemas';
-import { connect, eventually, provision, silent, type Harness } from '../harness/fixtures.js';
+  type TenantId, Role } from '@capstan/schemas';
+import { connect, eventually, provision, silent, type Harness, serviceEnv } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 
 let url: string;
@@ -51,7 +50,7 @@ const mode = (m: 0 | 1 | 2 | 3): PolicyQuery => ({ action: PolicyAction.RunStep,
 const token: PolicyQuery = { action: PolicyAction.LeaseSecret, workflow: 'etl', step: 'load', secret: 'DEMO_TOKEN' };
 
 async function startService(): Promise<PolicyService> {
-  const s = await createPolicyService(loadConfig({ NATS_URL: url, LOG_LEVEL: 'silent' }), silent);
+  const s = await createPolicyService(loadConfig({ ...(await serviceEnv(url, Role.Policy)), LOG_LEVEL: 'silent', POLICY_DISCOVERY_MS: '200' }), silent);
   await s.start();
   services.push(s);
   return s;
@@ -59,7 +58,7 @@ async function startService(): Promise<PolicyService> {
 
 /** A raw request, as any NATS client could send it. */
 async function raw(tenant: TenantId, verb: string, payload: Uint8Array): Promise<Record<string, unknown>> {
-  const m = await h.nc.request(Subjects.policy(tenant, verb as PolicyVerb), payload, { timeout: 5000 });
+  const m = await (await h.nc(tenant)).request(Subjects.policy(tenant, verb as PolicyVerb), payload, { timeout: 5000 });
   return decode(m.data);
 }
 
@@ -86,7 +85,7 @@ afterAll(async () => {
 
 describe('policy service', () => {
   it('policy - nobody answering is policy_unavailable (retryable), never an allow', async () => {
-    for (const p of [askPolicy(h.nc, t, [mode(0)], { timeoutMs: 500 }), decideAt(h.nc, t, 1, [mode(0)], { timeoutMs: 500 }), setPolicy(h.nc, t, { text: 'permit(principal, action, resource);', by: 'ops' }, { timeoutMs: 500 })]) {
+    for (const p of [askPolicy(await h.nc(t), t, [mode(0)], { timeoutMs: 500 }), decideAt(await h.nc(t), t, 1, [mode(0)], { timeoutMs: 500 }), setPolicy(await h.nc(t), t, { text: 'permit(principal, action, resource);', by: 'ops' }, { timeoutMs: 500 })]) {
       const e = await rejection(p);
       expect(e.code).toBe(ErrorCode.PolicyUnavailable);
       expect(e.retryable).toBe(true);
@@ -95,111 +94,112 @@ describe('policy service', () => {
 
   it('policy - a tenant without a policy gets deny, version 0', async () => {
     await startService();
-    expect(await askPolicy(h.nc, t, [mode(0), token])).toEqual({ decision: 'deny', version: 0, policies: [] });
-    expect(await getPolicy(h.nc, t)).toEqual({ version: 0 });
-    expect(await policyHistory(h.nc, t)).toEqual({ latest: 0, versions: [] });
+    expect(await askPolicy(await h.nc(t), t, [mode(0), token])).toEqual({ decision: 'deny', version: 0, policies: [] });
+    expect(await getPolicy(await h.nc(t), t)).toEqual({ version: 0 });
+    expect(await policyHistory(await h.nc(t), t)).toEqual({ latest: 0, versions: [] });
   });
 
   it('policy - an invalid policy is refused with Cedar\'s diagnostics and nothing is stored', async () => {
-    const e = await rejection(setPolicy(h.nc, t, { text: 'permit(principal, action == Action::"lease-secrett", resource);\npermit(principal, action', by: 'ops' }));
+    const e = await rejection(setPolicy(await h.nc(t), t, { text: 'permit(principal, action == Action::"lease-secrett", resource);\npermit(principal, action', by: 'ops' }));
     expect(e).toBeInstanceOf(PolicyInvalidError);
     const diags = (e as PolicyInvalidError).diagnostics;
     expect(diags[0]).toMatchObject({ severity: 'error', line: 2 });
     expect(diags[0]?.message).toMatch(/unexpected end of input/);
-    const e2 = await rejection(setPolicy(h.nc, t, { text: 'permit(principal, action == Action::"lease-secrett", resource);', by: 'ops' }));
+    const e2 = await rejection(setPolicy(await h.nc(t), t, { text: 'permit(principal, action == Action::"lease-secrett", resource);', by: 'ops' }));
     expect((e2 as PolicyInvalidError).diagnostics[0]).toMatchObject({ severity: 'error', line: 1, policy: 'policy0', help: expect.stringMatching(/lease-secret/) });
-    expect((await h.jsm.streams.info(Streams.policy(t))).state.messages).toBe(0);
+    expect((await (await h.jsm(t)).streams.info(Streams.policy(t))).state.messages).toBe(0);
   });
 
   it('policy - set, get, history; the same text again records nothing; decisions use the version in force', async () => {
-    const r1 = await setPolicy(h.nc, t, { text: text(V1), by: 'alice', reason: 'first policy' });
+    const r1 = await setPolicy(await h.nc(t), t, { text: text(V1), by: 'alice', reason: 'first policy' });
     expect(r1).toMatchObject({ version: 1, unchanged: false, warnings: [] });
-    expect(await askPolicy(h.nc, t, [mode(0)])).toEqual({ decision: 'allow', version: 1, policies: ['inline-only'] });
-    expect(await askPolicy(h.nc, t, [mode(0), token])).toEqual({ decision: 'needs-approval', version: 1, policies: ['inline-only', 'policy1'], approvers: 'operators' });
-    expect(await askPolicy(h.nc, t, [mode(2)])).toMatchObject({ decision: 'deny', version: 1 });
+    expect(await askPolicy(await h.nc(t), t, [mode(0)])).toEqual({ decision: 'allow', version: 1, policies: ['inline-only'] });
+    expect(await askPolicy(await h.nc(t), t, [mode(0), token])).toEqual({ decision: 'needs-approval', version: 1, policies: ['inline-only', 'policy1'], approvers: 'operators' });
+    expect(await askPolicy(await h.nc(t), t, [mode(2)])).toMatchObject({ decision: 'deny', version: 1 });
 
-    expect(await setPolicy(h.nc, t, { text: text(V1), by: 'bob' })).toMatchObject({ version: 1, unchanged: true });
-    const r2 = await setPolicy(h.nc, t, { text: text(V2), by: 'bob' });
+    expect(await setPolicy(await h.nc(t), t, { text: text(V1), by: 'bob' })).toMatchObject({ version: 1, unchanged: true });
+    const r2 = await setPolicy(await h.nc(t), t, { text: text(V2), by: 'bob' });
     expect(r2).toMatchObject({ version: 2, unchanged: false });
     // In force from the reply on.
-    expect(await askPolicy(h.nc, t, [mode(2), token])).toEqual({ decision: 'allow', version: 2, policies: ['sandboxed', 'policy1'] });
+    expect(await askPolicy(await h.nc(t), t, [mode(2), token])).toEqual({ decision: 'allow', version: 2, policies: ['sandboxed', 'policy1'] });
 
-    const got = await getPolicy(h.nc, t);
+    const got = await getPolicy(await h.nc(t), t);
     expect(got).toMatchObject({ version: 2, valid: true, record: { version: 2, text: text(V2), by: 'bob', sha256: r2.sha256 } });
-    expect((await getPolicy(h.nc, t, 1)).record).toMatchObject({ version: 1, text: text(V1), by: 'alice', reason: 'first policy' });
-    const hist = await policyHistory(h.nc, t);
+    expect((await getPolicy(await h.nc(t), t, 1)).record).toMatchObject({ version: 1, text: text(V1), by: 'alice', reason: 'first policy' });
+    const hist = await policyHistory(await h.nc(t), t);
     expect(hist.latest).toBe(2);
     expect(hist.versions.map((v) => [v.version, v.by, v.valid])).toEqual([
       [1, 'alice', true],
       [2, 'bob', true],
     ]);
-    expect((await h.jsm.streams.info(Streams.policy(t))).state.messages).toBe(2);
+    expect((await (await h.jsm(t)).streams.info(Streams.policy(t))).state.messages).toBe(2);
   });
 
   it('policy - decideAt re-decides under a past version; an unknown version is a typed error', async () => {
-    expect(await decideAt(h.nc, t, 1, [mode(2)])).toMatchObject({ decision: 'deny', version: 1 });
-    expect(await decideAt(h.nc, t, 1, [token])).toMatchObject({ decision: 'needs-approval', version: 1, approvers: 'operators' });
-    expect(await decideAt(h.nc, t, 2, [mode(2)])).toMatchObject({ decision: 'allow', version: 2 });
-    expect(await decideAt(h.nc, t, 0, [mode(0)])).toEqual({ decision: 'deny', version: 0, policies: [] });
-    const e = await rejection(decideAt(h.nc, t, 99, [mode(0)]));
+    expect(await decideAt(await h.nc(t), t, 1, [mode(2)])).toMatchObject({ decision: 'deny', version: 1 });
+    expect(await decideAt(await h.nc(t), t, 1, [token])).toMatchObject({ decision: 'needs-approval', version: 1, approvers: 'operators' });
+    expect(await decideAt(await h.nc(t), t, 2, [mode(2)])).toMatchObject({ decision: 'allow', version: 2 });
+    expect(await decideAt(await h.nc(t), t, 0, [mode(0)])).toEqual({ decision: 'deny', version: 0, policies: [] });
+    const e = await rejection(decideAt(await h.nc(t), t, 99, [mode(0)]));
     expect(e.code).toBe(ErrorCode.PolicyVersionNotFound);
     expect(e.message).toMatch(/version 99 does not exist \(the latest is 2\)/);
   });
 
   it('policy - test decides without recording, under the version in force, a past one, or a candidate text', async () => {
-    const now = await testPolicy(h.nc, t, { queries: [mode(2), { action: 'teleport', workflow: 'etl', step: 'load' }] });
+    const now = await testPolicy(await h.nc(t), t, { queries: [mode(2), { action: 'teleport', workflow: 'etl', step: 'load' }] });
     expect(now).toMatchObject({ version: 2, candidate: false, combined: { decision: 'deny' } });
     expect(now.decisions[0]).toMatchObject({ decision: 'allow' });
     expect(now.decisions[1]?.errors?.[0]).toMatch(/unknown action "teleport"/);
-    const past = await testPolicy(h.nc, t, { queries: [mode(2)], version: 1 });
+    const past = await testPolicy(await h.nc(t), t, { queries: [mode(2)], version: 1 });
     expect(past.decisions[0]).toMatchObject({ decision: 'deny', version: 1 });
-    const cand = await testPolicy(h.nc, t, { queries: [mode(3)], text: `permit(principal, action == Action::"run-step", resource == Mode::"${t}/3");` });
+    const cand = await testPolicy(await h.nc(t), t, { queries: [mode(3)], text: `permit(principal, action == Action::"run-step", resource == Mode::"${t}/3");` });
     expect(cand).toMatchObject({ version: 0, candidate: true, combined: { decision: 'allow' } });
-    const bad = await rejection(testPolicy(h.nc, t, { queries: [mode(3)], text: 'permit(' }));
+    const bad = await rejection(testPolicy(await h.nc(t), t, { queries: [mode(3)], text: 'permit(' }));
     expect(bad.code).toBe(ErrorCode.PolicyInvalid);
-    expect((await h.jsm.streams.info(Streams.policy(t))).state.messages).toBe(2);
+    expect((await (await h.jsm(t)).streams.info(Streams.policy(t))).state.messages).toBe(2);
   });
 
   it('policy - versions are immutable: the stream refuses deletes and purges', async () => {
-    await expect(h.jsm.streams.deleteMessage(Streams.policy(t), 1)).rejects.toThrow();
-    await expect(h.jsm.streams.purge(Streams.policy(t))).rejects.toThrow();
-    const info = await h.jsm.streams.info(Streams.policy(t));
+    await expect((await h.jsm(t)).streams.deleteMessage(Streams.policy(t), 1)).rejects.toThrow();
+    await expect((await h.jsm(t)).streams.purge(Streams.policy(t))).rejects.toThrow();
+    const info = await (await h.jsm(t)).streams.info(Streams.policy(t));
     expect(info.config).toMatchObject({ deny_delete: true, deny_purge: true });
     expect(info.state.messages).toBe(2);
-    expect((await getPolicy(h.nc, t, 1)).record?.text).toBe(text(V1));
+    expect((await getPolicy(await h.nc(t), t, 1)).record?.text).toBe(text(V1));
   });
 
   it('policy - racing changes on two instances become consecutive versions, none lost or overwritten', async () => {
     await startService();
     const texts = Array.from({ length: 8 }, (_, i) => `@id("race-${i}") permit(principal, action == Action::"egress", resource == Host::"${t}/h${i}.example:443");`);
-    const replies = await Promise.all(texts.map((x, i) => setPolicy(h.nc, t, { text: x, by: `admin-${i}` })));
+    const nc = await h.nc(t);
+    const replies = await Promise.all(texts.map((x, i) => setPolicy(nc, t, { text: x, by: `admin-${i}` })));
     const versions = replies.map((r) => r.version).sort((a, b) => a - b);
     expect(versions).toEqual([3, 4, 5, 6, 7, 8, 9, 10]);
-    const hist = await policyHistory(h.nc, t);
+    const hist = await policyHistory(await h.nc(t), t);
     expect(hist.latest).toBe(10);
-    for (const [i, r] of replies.entries()) expect((await getPolicy(h.nc, t, r.version)).record?.text).toBe(texts[i]);
+    for (const [i, r] of replies.entries()) expect((await getPolicy(await h.nc(t), t, r.version)).record?.text).toBe(texts[i]);
     // Every instance decides with the version in force (at most a moment behind the others).
     const last = replies.find((r) => r.version === 10);
     const winner = texts[replies.indexOf(last!)]!;
     const host = /Host::"[^/]+\/([^"]+)"/.exec(winner)?.[1] ?? '';
     for (let i = 0; i < 6; i++) {
-      const d = await askPolicy(h.nc, t, [{ action: PolicyAction.Egress, workflow: 'etl', step: 'load', host }]);
+      const d = await askPolicy(await h.nc(t), t, [{ action: PolicyAction.Egress, workflow: 'etl', step: 'load', host }]);
       expect(d).toMatchObject({ decision: 'allow', version: 10 });
     }
   });
 
   it('policy - a forged record on the versions subject is an invalid version: everything is denied until a valid one follows', async () => {
-    await h.client.js.publish(Subjects.policyVersions(t), encode({ version: 11, text: 'permit(principal, action, resource);', by: 'mallory', at: new Date().toISOString(), sha256: '0'.repeat(64) }));
+    await (await h.js(t)).publish(Subjects.policyVersions(t), encode({ version: 11, text: 'permit(principal, action, resource);', by: 'mallory', at: new Date().toISOString(), sha256: '0'.repeat(64) }));
     const d = await eventually('the forged version in force', async () => {
-      const x = await askPolicy(h.nc, t, [mode(0)]);
+      const x = await askPolicy(await h.nc(t), t, [mode(0)]);
       return x.version === 11 ? x : undefined;
     });
     expect(d.decision).toBe('deny');
     expect(d.errors?.join('\n')).toMatch(/version 11 is not a valid policy record: its text does not match its sha256/);
-    expect((await policyHistory(h.nc, t)).versions.at(-1)).toMatchObject({ version: 11, valid: false });
-    expect(await getPolicy(h.nc, t, 11)).toEqual({ version: 11, valid: false });
-    expect(await setPolicy(h.nc, t, { text: text(V2), by: 'alice', reason: 'restore' })).toMatchObject({ version: 12, unchanged: false });
-    expect(await askPolicy(h.nc, t, [mode(2)])).toMatchObject({ decision: 'allow', version: 12 });
+    expect((await policyHistory(await h.nc(t), t)).versions.at(-1)).toMatchObject({ version: 11, valid: false });
+    expect(await getPolicy(await h.nc(t), t, 11)).toEqual({ version: 11, valid: false });
+    expect(await setPolicy(await h.nc(t), t, { text: text(V2), by: 'alice', reason: 'restore' })).toMatchObject({ version: 12, unchanged: false });
+    expect(await askPolicy(await h.nc(t), t, [mode(2)])).toMatchObject({ decision: 'allow', version: 12 });
   });
 
   it('policy - bad payloads get typed errors', async () => {
@@ -219,17 +219,17 @@ describe('policy service', () => {
       expect(r, `${verb} ${code}`).toMatchObject({ error: { code } });
     }
     // Malformed queries inside a valid request are decided: deny, with the reason.
-    const d = await askPolicy(h.nc, t, [mode(2), { action: 'run-step', workflow: '../other', step: 'load', mode: 2 } as unknown as PolicyQuery]);
+    const d = await askPolicy(await h.nc(t), t, [mode(2), { action: 'run-step', workflow: '../other', step: 'load', mode: 2 } as unknown as PolicyQuery]);
     expect(d.decision).toBe('deny');
     expect(d.errors?.[0]).toMatch(/^query 1 \(run-step\): invalid query: workflow/);
   });
 
   it('policy - a tenant without a policy stream: decisions deny (version 0), changes are refused', async () => {
     const t2 = await provision(h, 'pol-nostream');
-    await h.jsm.streams.delete(Streams.policy(t2));
-    const d = await askPolicy(h.nc, t2, [mode(0)]);
+    await (await h.jsm(t2)).streams.delete(Streams.policy(t2));
+    const d = await askPolicy(await h.nc(t2), t2, [mode(0)]);
     expect(d).toMatchObject({ decision: 'deny', version: 0, errors: [expect.stringMatching(/no policy stream/)] });
-    const e = await rejection(setPolicy(h.nc, t2, { text: 'permit(principal, action, resource);', by: 'ops' }));
+    const e = await rejection(setPolicy(await h.nc(t2), t2, { text: 'permit(principal, action, resource);', by: 'ops' }));
     expect(e.code).toBe(ErrorCode.UnknownTenant);
   });
 });
@@ -242,7 +242,7 @@ describe('policy versions in the projections', () => {
   beforeAll(async () => {
     scratch = await scratchDatabase('policy');
     database = await openDatabase({ url: scratch.url, log: silent });
-    projector = await createProjector(projectorConfig({ NATS_URL: url, DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, { database });
+    projector = await createProjector(projectorConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, { database });
     await projector.start();
   });
 
@@ -273,17 +273,18 @@ describe('policy versions in the projections', () => {
     expect(audit[0]?.detail).toMatchObject({ version: 1, sha256: got.p[0]?.sha256, reason: 'first policy' });
 
     // Applying a version again adds nothing; rebuilding from the stream adds nothing.
-    const [first] = await h.jsm.direct.getBatch(Streams.policy(t), { seq: 1, batch: 1 }).then(async (it) => {
+    const [first] = await (await h.jsm(t)).direct.getBatch(Streams.policy(t), { seq: 1, batch: 1 }).then(async (it) => {
       const out = [];
       for await (const m of it) out.push(m);
       return out;
     });
     expect(await applyPolicyVersion(database.db, t, { seq: first!.seq, subject: first!.subject, data: first!.data, time: first!.time })).toBe(false);
-    await database.db.transaction((tx) => rebuildPolicies(tx, h.jsm, t));
+    const jsm = await h.jsm(t);
+    await database.db.transaction((tx) => rebuildPolicies(tx, jsm, t));
     expect((await rows()).length).toBe(11);
     expect((await auditRows()).length).toBe(11);
     // Policy audit rows are not the run stream's: verify does not count them.
-    const report = await verifyProjections(database, h.jsm, [t]);
+    const report = await verifyProjections(database, () => h.jsm(t), [t]);
     expect(report.mismatches.filter((m) => m.table === 'audit_log')).toEqual([]);
   });
 

@@ -7,9 +7,9 @@
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { openDatabase, projectionLag, queryRows, readRun, type Database } from '@capstan/kit';
-import { Streams, type RunId, type TenantId } from '@capstan/schemas';
+import { Streams, type RunId, type TenantId, Role } from '@capstan/schemas';
 import { createProjector, loadConfig, verifyProjections, type ProjectorApp } from '@capstan/projector';
-import { connect, eventually, provision, silent, spawnService, startServices, watchRuns, type Harness, type ServiceProcess } from '../harness/fixtures.js';
+import { connect, eventually, provision, silent, spawnService, startServices, watchRuns, type Harness, type ServiceProcess, serviceEnv } from '../harness/fixtures.js';
 import { scratchDatabase, startPostgres } from '../harness/postgres.js';
 
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -36,7 +36,7 @@ async function checkExactlyOnce(name: string, h: Harness, d: Database, t: Tenant
   let gaps = 0;
   let duplicates = 0;
   for (const r of runIds) {
-    const { events } = await readRun(h.jsm, t, r);
+    const { events } = await readRun(await h.jsm(t), t, r);
     streamEvents += events.length;
     const row = rows.get(r);
     if (!row || row.n !== events.length || row.min !== 1 || row.max !== events.length) gaps++;
@@ -48,8 +48,8 @@ async function checkExactlyOnce(name: string, h: Harness, d: Database, t: Tenant
                (select count(*) - count(distinct (run_id, seq)) from audit_log where tenant = ${t})::int as audit`,
   );
   duplicates += (dup?.events ?? 0) + (dup?.audit ?? 0);
-  const [lag] = await projectionLag(d, h.jsm, [t]);
-  const report = await verifyProjections(d, h.jsm, [t]);
+  const [lag] = await projectionLag(d, h, [t]);
+  const report = await verifyProjections(d, (x) => h.jsm(x), [t]);
   const rowEvents = perRun.reduce((n, r) => n + r.n, 0);
   process.stdout.write(
     `exactly-once[${name}]: runs=${runIds.length} streamEvents=${streamEvents} eventRows=${rowEvents} gaps=${gaps} duplicates=${duplicates} ` +
@@ -70,7 +70,7 @@ describe('projector faults', () => {
     const url = inject('natsUrl');
     const h = await connect(url);
     cleanups.push(() => h.close());
-    const t = await provision(h, 'proj-kill');
+    const t = await provision(h, 'proj-kill', { consumers: { projectorAckWaitMs: 1000, projectorMaxAckPending: 256 } });
     const scratch = await scratchDatabase('projkill');
     cleanups.push(() => scratch.drop());
     const d = await openDatabase({ url: scratch.url, log: silent });
@@ -82,7 +82,6 @@ describe('projector faults', () => {
       NATS_URL: url,
       DATABASE_URL: scratch.url,
       CAPSTAN_TENANTS: t,
-      PROJECTOR_ACK_WAIT_MS: '1000',
       PROJECTOR_BATCH: '64',
       CAPSTAN_FAILPOINTS: 'projector.after_commit_before_ack:kill:0.1,projector.before_commit:kill:0.05',
     };
@@ -130,7 +129,7 @@ describe('projector faults', () => {
     await eventually(
       'projection caught up',
       async () => {
-        const [l] = await projectionLag(d, h.jsm, [t]);
+        const [l] = await projectionLag(d, h, [t]);
         return l && l.lag === 0 ? l : undefined;
       },
       60_000,
@@ -150,14 +149,14 @@ describe('projector faults', () => {
     const url = inject('natsUrl');
     const h = await connect(url);
     cleanups.push(() => h.close());
-    const t = await provision(h, 'proj-pg');
+    const t = await provision(h, 'proj-pg', { consumers: { projectorAckWaitMs: 2000 } });
     const pg = await startPostgres();
     cleanups.push(() => pg.destroy());
     const d = await openDatabase({ url: pg.url, log: silent });
     cleanups.push(() => d.close());
     const services = await startServices(url, [t]);
     cleanups.push(() => services.stop());
-    const projector: ProjectorApp = await createProjector(loadConfig({ NATS_URL: url, DATABASE_URL: pg.url, CAPSTAN_TENANTS: t, PROJECTOR_ACK_WAIT_MS: '2000' }), silent);
+    const projector: ProjectorApp = await createProjector(loadConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: pg.url, CAPSTAN_TENANTS: t }), silent);
     await projector.start();
     cleanups.push(() => projector.stop());
 
@@ -170,7 +169,7 @@ describe('projector faults', () => {
         await sleep(500);
       }
     })();
-    const lastSeq = async () => (await h.jsm.streams.info(Streams.runs(t))).state.last_seq;
+    const lastSeq = async () => (await (await h.jsm(t)).streams.info(Streams.runs(t))).state.last_seq;
 
     await sleep(3000);
     const atCrash = projector.stats()[t]?.checkpoint ?? 0;

@@ -2,6 +2,7 @@
  * The embedded path: the projector on PGlite (what `capstan dev` uses without DATABASE_URL)
  * projects real runs exactly as on Postgres, and the worker fleet view fills from heartbeats.
  */
+import { Role } from '@capstan/schemas';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -9,7 +10,7 @@ import { join } from 'node:path';
 import { listRuns, listWorkers, migrate, openDatabase, type Database } from '@capstan/kit';
 import { createProjector, loadConfig, verifyProjections, type ProjectorApp } from '@capstan/projector';
 import type { TenantId } from '@capstan/schemas';
-import { connect, eventually, provision, silent, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
+import { connect, eventually, provision, silent, startServices, type Harness, type InProcessServices, serviceEnv } from '../harness/fixtures.js';
 
 let h: Harness;
 let t: TenantId;
@@ -26,7 +27,7 @@ beforeAll(async () => {
   database = await openDatabase({ dataDir: dir, log: silent });
   await migrate(database);
   services = await startServices(url, [t], { workerId: 'pglite-worker' });
-  projector = await createProjector(loadConfig({ NATS_URL: url, DATABASE_URL: 'postgres://embedded.pglite/test', CAPSTAN_TENANTS: t }), silent, { database });
+  projector = await createProjector(loadConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: 'postgres://embedded.pglite/test', CAPSTAN_TENANTS: t }), silent, { database });
   await projector.start();
 });
 

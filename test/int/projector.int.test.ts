@@ -7,10 +7,9 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { and, asc, eq, sql } from 'drizzle-orm';
 import { appendBatch, getRun, newRunId, openDatabase, queryRows, readRun, type Database } from '@capstan/kit';
-import { AckPolicy } from '@nats-io/jetstream';
-import { Consumers, db as schema, ErrorCode, EVENT_ENVELOPE_VERSION, Streams, Subjects, type RunEvent, type RunEventBody, type RunId, type TenantId } from '@capstan/schemas';
+import { Consumers, db as schema, ErrorCode, EVENT_ENVELOPE_VERSION, Streams, Subjects, type RunEvent, type RunEventBody, type RunId, type TenantId, Role } from '@capstan/schemas';
 import { applyBatch, createProjector, loadConfig, rebuildProjections, verifyProjections, type ProjectorApp, type VerifyReport } from '@capstan/projector';
-import { connect, eventually, provision, silent, startServices, watchRuns, type Harness, type InProcessServices } from '../harness/fixtures.js';
+import { connect, eventually, provision, silent, startServices, watchRuns, type Harness, type InProcessServices, serviceEnv } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 
 const RUNS = 500;
@@ -20,7 +19,7 @@ async function streamCounts(h: Harness, t: TenantId, runIds: readonly RunId[]) {
   let events = 0;
   let scheduled = 0;
   for (const r of runIds) {
-    const { events: evs } = await readRun(h.jsm, t, r);
+    const { events: evs } = await readRun(await h.jsm(t), t, r);
     events += evs.length;
     scheduled += evs.filter((e) => e.type === 'step.scheduled').length;
   }
@@ -124,7 +123,7 @@ describe('projector', () => {
     // Signal runs wait for their signal (or are cancelled while waiting).
     await Promise.all(
       signalRuns.map(async ([t, r, what]) => {
-        await eventually(`${r} waiting`, async () => ((await readRun(h.jsm, t, r)).events.some((e) => e.type === 'step.waiting') ? true : undefined), 30_000);
+        await eventually(`${r} waiting`, async () => ((await readRun(await h.jsm(t), t, r)).events.some((e) => e.type === 'step.waiting') ? true : undefined), 30_000);
         if (what === 'signal') await h.client.signal(t, r, 'approve', { by: 'alice', note: 'looks right' });
         else await h.client.cancel(t, r, 'not needed');
       }),
@@ -178,7 +177,7 @@ describe('projector', () => {
   it('projector - an undecodable message on a run subject becomes a dead letter with its stream seq, and projection goes on', async () => {
     const t = tenants[0] as TenantId;
     const garbageRun = newRunId();
-    const ack = await h.client.js.publish(Subjects.run(t, garbageRun), new Uint8Array([0xc1, 0xde, 0xad, 0xbe, 0xef]));
+    const ack = await (await h.js(t)).publish(Subjects.run(t, garbageRun), new Uint8Array([0xc1, 0xde, 0xad, 0xbe, 0xef]));
     const after = await h.client.submit(t, 'test.pipeline', { input: { ms: 0 } });
     await h.client.waitForEnd(t, after, 30_000);
     await caughtUp('projection past the poison');
@@ -210,7 +209,7 @@ describe('projector', () => {
       { type: 'run.completed', data: { output: { ok: true } } },
     ];
     const events = bodies.map((b, i) => ({ v: EVENT_ENVELOPE_VERSION, ...b, runId, seq: i + 1, at: at + i, causationId: `test:${i}` }) as RunEvent);
-    const [out] = await appendBatch(h.nc, t, [{ runId, expectedLastSubjectSeq: 0, events }]);
+    const [out] = await appendBatch(await h.nc(t), t, [{ runId, expectedLastSubjectSeq: 0, events }]);
     expect(out?.ok).toBe(true);
     const lastSeq = out?.ok ? out.lastStreamSeq : 0;
     await caughtUp('projection past the refused event');
@@ -264,7 +263,7 @@ describe('projector', () => {
   }, 60_000);
 
   it('projector - an event acknowledged but never applied (a gap that redelivery cannot close): the consumer is repositioned at the checkpoint', async () => {
-    const t = await provision(h, 'proj-gap');
+    const t = await provision(h, 'proj-gap', { consumers: { projectorAckWaitMs: 1000 } });
     const runId = newRunId();
     const at = Date.now();
     const bodies: RunEventBody[] = [{ type: 'run.started', data: { workflow: 'test.pipeline', version: 1, input: {} } }];
@@ -276,17 +275,16 @@ describe('projector', () => {
     }
     bodies.push({ type: 'run.completed', data: { output: { ok: true } } });
     const events = bodies.map((b, i) => ({ v: EVENT_ENVELOPE_VERSION, ...b, runId, seq: i + 1, at: at + i, causationId: `test:${i}` }) as RunEvent);
-    expect((await appendBatch(h.nc, t, [{ runId, expectedLastSubjectSeq: 0, events }]))[0]?.ok).toBe(true);
+    expect((await appendBatch(await h.nc(t), t, [{ runId, expectedLastSubjectSeq: 0, events }]))[0]?.ok).toBe(true);
     // The projector's consumer hands out all eight; only seq 5 is acknowledged, and only 1–4 applied.
-    await h.jsm.consumers.add(Streams.runs(t), { durable_name: Consumers.projector, filter_subject: Subjects.allRuns(t), ack_policy: AckPolicy.Explicit, ack_wait: 1_000_000_000 });
     const msgs = [];
-    for await (const m of await (await h.client.js.consumers.get(Streams.runs(t), Consumers.projector)).fetch({ max_messages: 8, expires: 2000 })) msgs.push(m);
+    for await (const m of await (await (await h.js(t)).consumers.get(Streams.runs(t), Consumers.projector)).fetch({ max_messages: 8, expires: 2000 })) msgs.push(m);
     expect(msgs.map((m) => m.seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
     await applyBatch(d.db, t, msgs.slice(0, 4).map((m) => ({ seq: m.seq, subject: m.subject, data: m.data })));
     msgs[4]?.ack();
-    await h.nc.flush();
+    await (await h.nc(t)).flush();
 
-    const p = await createProjector(loadConfig({ NATS_URL: inject('natsUrl'), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t, PROJECTOR_ACK_WAIT_MS: '1000' }), silent, { database: d });
+    const p = await createProjector(loadConfig({ ...(await serviceEnv(inject('natsUrl'), Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, { database: d });
     try {
       await p.start();
       const t0 = Date.now();

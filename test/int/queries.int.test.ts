@@ -9,7 +9,6 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
-import { jetstream } from '@nats-io/jetstream';
 import {
   getRun,
   listApprovals,
@@ -375,13 +374,13 @@ describe('queries', () => {
     it('queries - projection lag is the run stream last sequence minus the checkpoint, per tenant', async () => {
       const behind = await provision(h, 'lag');
       const fresh = await provision(h, 'lag');
-      const js = jetstream(h.nc);
+      const js = await h.js(behind);
       for (let i = 0; i < 5; i++) await js.publish(Subjects.run(behind, runIdAt(BASE + i)), new Uint8Array([i]));
       await d.db.insert(schema.checkpoints).values({ tenant: behind, stream: Streams.runs(behind), lastStreamSeq: 2 });
       // A checkpoint of another stream of the tenant is not the run stream's.
       await d.db.insert(schema.checkpoints).values({ tenant: fresh, stream: Streams.commands(fresh), lastStreamSeq: 99 });
       const missing = parseTenantId('not-provisioned');
-      const lag = await projectionLag(d, h.jsm, [behind, fresh, missing]);
+      const lag = await projectionLag(d, h, [behind, fresh, missing]);
       expect(lag).toEqual([
         { tenant: behind, stream: Streams.runs(behind), streamLastSeq: 5, checkpoint: 2, lag: 3 },
         { tenant: fresh, stream: Streams.runs(fresh), streamLastSeq: 0, checkpoint: 0, lag: 0 },

@@ -14,9 +14,9 @@ import { createOrchestrator, Failpoints, loadConfig as orchestratorConfig } from
 import { readDeadLetters } from '@capstan/cli';
 import { createProjector, loadConfig, verifyProjections, type ProjectorApp } from '@capstan/projector';
 import { createWorker, demoHandlers, loadConfig as workerConfig, StepError, type Handlers } from '@capstan/worker';
-import { CommandRejectedError, db as schema, ErrorCode, Streams, type RunId, type TenantId } from '@capstan/schemas';
+import { CommandRejectedError, db as schema, ErrorCode, Streams, type RunId, type TenantId, Role } from '@capstan/schemas';
 import { replayAll } from '../harness/checker.js';
-import { connect, eventsOf, eventually, provision, runCli, silent, spawnService, startServices, type Harness } from '../harness/fixtures.js';
+import { connect, eventsOf, eventually, provision, runCli, silent, spawnService, startServices, type Harness, serviceEnv, accessAs, issueCreds } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 
 /** Extract, load (fails until the downstream is "fixed"), report. */
@@ -64,15 +64,15 @@ beforeAll(async () => {
   t = await provision(h, 'retry');
   scratch = await scratchDatabase('retry');
   database = await openDatabase({ url: scratch.url, log: silent });
-  projector = await createProjector(loadConfig({ NATS_URL: url, DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, { database });
+  projector = await createProjector(loadConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, { database });
   await projector.start();
   const env = { NATS_URL: url, CAPSTAN_TENANTS: t, WORKER_ADMISSION: 'auto' };
-  const orch = await createOrchestrator(orchestratorConfig(env), silent, { registry });
-  const worker = await createWorker(workerConfig({ ...env, WORKER_ID: 'retry-worker' }), silent, { handlers });
+  const orch = await createOrchestrator(orchestratorConfig({ ...env, ...(await serviceEnv(url, Role.Orchestrator)) }), silent, { registry });
+  const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'retry-worker') }), silent, { handlers });
   await orch.start();
   await worker.start();
   stops.push(() => worker.stop(), () => orch.stop());
-  api = createQueryServer({ db: database, jsm: h.jsm, nc: h.nc, tenants: () => [t], log: silent, port: 0 });
+  api = createQueryServer({ db: database, access: await accessAs(url, Role.Projector), tenants: () => [t], log: silent, port: 0 });
   await api.start();
 });
 
@@ -211,8 +211,8 @@ describe('retry', () => {
 
   it('retry - an orchestrator dying after recording a retry: the sender is answered, the redelivery is no false refusal', async () => {
     // A tenant of its own, so no stray command of other runs reaches the orchestrator set to die.
-    const t2 = await provision(h, 'retry-crash');
-    const env = { ORCH_ACK_WAIT_MS: '1000' };
+    const t2 = await provision(h, 'retry-crash', { consumers: { orchestratorAckWaitMs: 1000 } });
+    const env = {};
     const first = await startServices(url, [t2], { env });
     const runId = await h.client.submit(t2, 'demo.signal');
     await eventually('the run waits', async () => ((await eventsOf(h, t2, runId)).some((e) => e.type === 'step.waiting') ? true : undefined));
@@ -220,7 +220,7 @@ describe('retry', () => {
     await first.stop();
 
     const fixtures = join(PROJECT_ROOT, 'test', 'dist', 'fixtures', 'workflows.js');
-    const victim = spawnService('orchestrator', { NATS_URL: url, CAPSTAN_TENANTS: t2, CAPSTAN_WORKFLOWS: fixtures, ORCH_ACK_WAIT_MS: '1000', CAPSTAN_FAILPOINTS: `${Failpoints.BeforeAck}:kill:1` });
+    const victim = spawnService('orchestrator', { NATS_URL: url, CAPSTAN_TENANTS: t2, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_FAILPOINTS: `${Failpoints.BeforeAck}:kill:1` });
     try {
       const ev = await h.client.retry(t2, runId, { by: 'ops', timeoutMs: 20_000 });
       expect(ev.type).toBe('run.retried');
@@ -230,12 +230,12 @@ describe('retry', () => {
       await victim.kill();
     }
     // The retry is recorded but its command was never acknowledged: a new orchestrator gets it again.
-    expect((await h.jsm.streams.info(Streams.commands(t2))).state.messages).toBe(1);
+    expect((await (await h.jsm(t2)).streams.info(Streams.commands(t2))).state.messages).toBe(1);
     const second = await startServices(url, [t2], { env });
     try {
-      await eventually('the redelivered command is acknowledged', async () => ((await h.jsm.streams.info(Streams.commands(t2))).state.messages === 0 ? true : undefined));
+      await eventually('the redelivered command is acknowledged', async () => ((await (await h.jsm(t2)).streams.info(Streams.commands(t2))).state.messages === 0 ? true : undefined));
       // Decided again it would be refused ("not failed"); it was recognised as done instead.
-      expect((await readDeadLetters(h.jsm, t2, 100)).filter((l) => l.runId === runId)).toEqual([]);
+      expect((await readDeadLetters(await h.jsm(t2), t2, 100)).filter((l) => l.runId === runId)).toEqual([]);
       expect((await eventsOf(h, t2, runId)).filter((e) => e.type === 'run.retried')).toHaveLength(1);
       await h.client.approve(t2, runId, 'review', { by: 'bob' });
       expect((await h.client.waitForEnd(t2, runId, 20_000)).type).toBe('run.completed');
@@ -245,7 +245,7 @@ describe('retry', () => {
   });
 
   it('retry - every run replays through its recorded version, and the projections match the streams', async () => {
-    const { replayed, failures } = await replayAll(h.jsm, t, registry);
+    const { replayed, failures } = await replayAll(await h.jsm(t), t, registry);
     process.stdout.write(`replayed ${replayed} runs of ${t}\n`);
     expect(failures).toEqual([]);
     expect(replayed).toBeGreaterThanOrEqual(5);

@@ -21,9 +21,9 @@ const signal = (runId: RunId, seq: number): RunEvent => ({ v: EVENT_ENVELOPE_VER
 describe('run log', () => {
   it('run log - one conflicting group is refused alone; the others of its batch land', async () => {
     const [a, b, c] = [newRunId(), newRunId(), newRunId()];
-    const first = await appendBatch(h.nc, t, [{ runId: b, expectedLastSubjectSeq: 0, events: [signal(b, 1)] }]);
+    const first = await appendBatch(await h.nc(t), t, [{ runId: b, expectedLastSubjectSeq: 0, events: [signal(b, 1)] }]);
     expect(first[0]?.ok).toBe(true);
-    const out = await appendBatch(h.nc, t, [
+    const out = await appendBatch(await h.nc(t), t, [
       { runId: a, expectedLastSubjectSeq: 0, events: [signal(a, 1), signal(a, 2)] },
       // b already has an event: expecting none is stale.
       { runId: b, expectedLastSubjectSeq: 0, events: [signal(b, 2)] },
@@ -31,9 +31,9 @@ describe('run log', () => {
     ]);
     expect(out.map((o) => o.ok)).toEqual([true, false, true]);
     expect(out[1]?.ok === false && out[1].reason).toMatch(/wrong last sequence/);
-    expect((await readRun(h.jsm, t, a)).events.map((e) => e.seq)).toEqual([1, 2]);
-    expect((await readRun(h.jsm, t, b)).events.map((e) => e.seq)).toEqual([1]);
-    const lastC = await readRun(h.jsm, t, c);
+    expect((await readRun(await h.jsm(t), t, a)).events.map((e) => e.seq)).toEqual([1, 2]);
+    expect((await readRun(await h.jsm(t), t, b)).events.map((e) => e.seq)).toEqual([1]);
+    const lastC = await readRun(await h.jsm(t), t, c);
     expect(lastC.events.map((e) => e.seq)).toEqual([1]);
     // The stream sequence handed back for a group is that group's last event.
     expect(out[2]?.ok === true && out[2].lastStreamSeq).toBe(lastC.lastStreamSeq);
@@ -42,13 +42,13 @@ describe('run log', () => {
   it('run log - effects published again (recovery after a crash) are dropped as duplicates', async () => {
     const runId = newRunId();
     const msgs = ['s1', 's2', 's3'].map((step) => ({ subject: Subjects.work(t, 'default'), data: new TextEncoder().encode(step), msgId: MsgIds.work(runId, step, 1) }));
-    await publishDurably(h.nc, h.client.js, msgs);
-    const before = (await h.jsm.streams.info(Streams.work(t))).state.messages;
+    await publishDurably(await h.nc(t), await h.js(t), msgs);
+    const before = (await (await h.jsm(t)).streams.info(Streams.work(t))).state.messages;
     expect(before).toBe(3);
     // The whole batch again, then a batch mixing one new item with an old one.
-    await publishDurably(h.nc, h.client.js, msgs);
+    await publishDurably(await h.nc(t), await h.js(t), msgs);
     const extra = { subject: Subjects.work(t, 'default'), data: new TextEncoder().encode('s4'), msgId: MsgIds.work(runId, 's4', 1) };
-    await publishDurably(h.nc, h.client.js, [msgs[0]!, extra]);
-    expect((await h.jsm.streams.info(Streams.work(t))).state.messages).toBe(4);
+    await publishDurably(await h.nc(t), await h.js(t), [msgs[0]!, extra]);
+    expect((await (await h.jsm(t)).streams.info(Streams.work(t))).state.messages).toBe(4);
   });
 });

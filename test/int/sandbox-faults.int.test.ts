@@ -80,7 +80,7 @@ describe.skipIf(!docker)('sandbox faults', () => {
 
     await watch.waitAll(runIds, 240_000);
     await watch.close();
-    const c = await checkRuns(h.jsm, t, runIds, createRegistry(workflows));
+    const c = await checkRuns(await h.jsm(t), t, runIds, createRegistry(workflows));
 
     // Orphans: a minute after the restart, only the live instance's idle pool may be left.
     const orphans = await eventually(

@@ -16,8 +16,8 @@ import type Docker from 'dockerode';
 import { sql } from 'drizzle-orm';
 import { openDatabase, queryRows, type Database } from '@capstan/kit';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
-import { Streams, type TenantId } from '@capstan/schemas';
-import { connect, eventsOf, eventually, provision, silent, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
+import { Streams, type TenantId, Role } from '@capstan/schemas';
+import { connect, eventsOf, eventually, provision, silent, startServices, type Harness, type InProcessServices, serviceEnv } from '../harness/fixtures.js';
 import { dockerOrSkip } from '../harness/docker.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { startSandboxes, type TestSandboxes } from '../harness/sandbox.js';
@@ -39,12 +39,12 @@ describe.skipIf(!docker)('sandboxed runs end to end', () => {
   beforeAll(async () => {
     h = await connect(url);
     t = await provision(h, 'sbxflow');
-    sb = await startSandboxes(h.nc, url, docker as Docker, [t]);
+    sb = await startSandboxes(h, url, docker as Docker, [t]);
     sb.setSecrets({ [t]: { DEMO_TOKEN: canary, OPENAI_API_KEY: `sk-${canary}` } });
     services = await startServices(url, [t]);
     scratch = await scratchDatabase('sbxflow');
     d = await openDatabase({ url: scratch.url, log: silent });
-    projector = await createProjector(projectorConfig({ NATS_URL: url, DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t, PROJECTOR_DISCOVERY_MS: '200' }), silent, { database: d });
+    projector = await createProjector(projectorConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t, PROJECTOR_DISCOVERY_MS: '200' }), silent, { database: d });
     await projector.start();
   }, 300_000);
 
@@ -93,9 +93,10 @@ describe.skipIf(!docker)('sandboxed runs end to end', () => {
     let streams = '';
     for (const kind of ['runs', 'commands', 'work'] as const) {
       const name = Streams[kind](t);
-      const info = await h.jsm.streams.info(name);
+      const jsm = await h.jsm(t);
+      const info = await jsm.streams.info(name);
       for (let seq = info.state.first_seq; seq <= info.state.last_seq && seq > 0; seq++) {
-        const m = await h.jsm.streams.getMessage(name, { seq }).catch(() => undefined);
+        const m = await jsm.streams.getMessage(name, { seq }).catch(() => undefined);
         if (m) streams += Buffer.from(m.data).toString('latin1');
       }
     }

@@ -12,8 +12,8 @@ import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type Docker from 'dockerode';
-import { Streams, type TenantId } from '@capstan/schemas';
-import { connect, eventually, provision, silent, type Harness } from '../harness/fixtures.js';
+import { Streams, type TenantId, Role } from '@capstan/schemas';
+import { connect, eventually, provision, silent, type Harness, serviceEnv } from '../harness/fixtures.js';
 import { dockerOrSkip } from '../harness/docker.js';
 import { startSandboxes, type TestSandboxes } from '../harness/sandbox.js';
 import { createSandboxService, loadConfig } from '@capstan/sandbox';
@@ -62,7 +62,7 @@ describe.skipIf(!docker)('sandboxed steps on Docker', () => {
     h = await connect(url);
     t = await provision(h, 'sbx');
     // No warm sandboxes ahead of time and at most one idle per mode: reuse is then predictable.
-    sb = await startSandboxes(h.nc, url, docker as Docker, [t], { SANDBOX_POOL_MIN: '0', SANDBOX_POOL_MAX: '1' });
+    sb = await startSandboxes(h, url, docker as Docker, [t], { SANDBOX_POOL_MIN: '0', SANDBOX_POOL_MAX: '1' });
   }, 300_000);
 
   afterAll(async () => {
@@ -99,7 +99,7 @@ describe.skipIf(!docker)('sandboxed steps on Docker', () => {
   it('a fork bomb, a memory hog and a workspace filler are stopped by the limits; the host keeps answering', async () => {
     const rtt = async () => {
       const t0 = performance.now();
-      await h.nc.flush();
+      await (await h.nc(t)).flush();
       return performance.now() - t0;
     };
     const before = await rtt();
@@ -218,11 +218,12 @@ describe.skipIf(!docker)('sandboxed steps on Docker', () => {
     ];
     for (const kind of ['runs', 'commands', 'work', 'deadLetters'] as const) {
       const name = Streams[kind](t);
-      const info = await h.jsm.streams.info(name).catch(() => undefined);
+      const jsm = await h.jsm(t);
+      const info = await jsm.streams.info(name).catch(() => undefined);
       if (!info) continue;
       let text = '';
       for (let seq = info.state.first_seq; seq <= info.state.last_seq && seq > 0; seq++) {
-        const m = await h.jsm.streams.getMessage(name, { seq }).catch(() => undefined);
+        const m = await jsm.streams.getMessage(name, { seq }).catch(() => undefined);
         if (m) text += Buffer.from(m.data).toString('latin1');
       }
       haystacks.push([`stream ${name}`, text]);
@@ -238,11 +239,11 @@ describe('without a Docker engine', () => {
   it('sandboxed steps fail with sandbox_unavailable and never run', async () => {
     const h = await connect(url);
     const t = await provision(h, 'nodock');
-    const service = await createSandboxService(loadConfig({ NATS_URL: url, CAPSTAN_TENANTS: t, DOCKER_SOCKET: '/nonexistent/docker.sock', SANDBOX_NODE: 'nodocker' }), silent);
+    const service = await createSandboxService(loadConfig({ ...(await serviceEnv(url, Role.Sandbox)), CAPSTAN_TENANTS: t, DOCKER_SOCKET: '/nonexistent/docker.sock', SANDBOX_NODE: 'nodocker' }), silent);
     await service.start();
     await service.ready;
     try {
-      const out = await execInSandbox(h.nc, t, {
+      const out = await execInSandbox(await h.nc(t), t, {
         runId: makeRunId(Date.now(), crypto.getRandomValues(new Uint8Array(10))),
         workflow: 'w',
         step: 's',
@@ -260,7 +261,7 @@ describe('without a Docker engine', () => {
         [new TextEncoder().encode('{not msgpack or json'), 'decode_failed'],
         [encode({ runId: 'nope', step: 's' }), 'schema_violation'],
       ] as const) {
-        const m = await h.nc.request(Subjects.sandboxExec(t), payload, { timeout: 5000 });
+        const m = await (await h.nc(t)).request(Subjects.sandboxExec(t), payload, { timeout: 5000 });
         const r = parseSandboxReply(decode(m.data));
         expect(r.type === 'done' && r.error?.code).toBe(code);
         expect(r.type === 'done' && r.error?.retryable).toBe(false);
@@ -269,7 +270,7 @@ describe('without a Docker engine', () => {
       await service.stop();
     }
     // And with no sandbox service at all.
-    const none = await execInSandbox(h.nc, t, {
+    const none = await execInSandbox(await h.nc(t), t, {
       runId: makeRunId(Date.now(), crypto.getRandomValues(new Uint8Array(10))),
       workflow: 'w',
       step: 's',

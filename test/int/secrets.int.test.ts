@@ -16,9 +16,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { sql } from 'drizzle-orm';
-import { jetstreamManager } from '@nats-io/jetstream';
 import {
-  connectNats,
   createLogger,
   deleteSecret,
   generateRecipient,
@@ -38,8 +36,8 @@ import {
 } from '@capstan/kit';
 import { createSecretsLease, loadConfig, type SecretsLeaseService } from '@capstan/secrets-lease';
 import { verifyProjections } from '@capstan/projector';
-import { AuthKind, CapstanError, encode, ErrorCode, Lifecycle, SecretsVerb, Streams, Subjects, type Connector, type RunId, type TenantId } from '@capstan/schemas';
-import { connect, eventually, provision, runCli, startServices, type Harness } from '../harness/fixtures.js';
+import { AuthKind, CapstanError, encode, ErrorCode, Lifecycle, Role, SecretsVerb, Streams, Subjects, type Connector, type RunId, type TenantId } from '@capstan/schemas';
+import { connect, connectAs, serviceEnv, eventually, provision, runCli, startServices, type Harness } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 
 const url = inject('natsUrl');
@@ -47,6 +45,8 @@ const by = 'tester';
 
 let h: Harness;
 let t: TenantId;
+/** The admin's connection to the tenant's account. */
+let nc: NatsConnection;
 let scratch: { url: string; drop(): Promise<void> };
 let d: Database;
 let svc: SecretsLeaseService;
@@ -91,6 +91,7 @@ beforeAll(async () => {
   scratch = await scratchDatabase('secrets');
   h = await connect(url);
   t = await provision(h, 'sec');
+  nc = await h.nc(t);
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
       logs += chunk.toString();
@@ -100,7 +101,7 @@ beforeAll(async () => {
   // Everything the service says, down to trace: searched for canaries at the end.
   const log = createLogger('secrets-lease', 'trace', sink);
   const config = loadConfig({
-    NATS_URL: url,
+    ...(await serviceEnv(url, Role.SecretsLease)),
     DATABASE_URL: scratch.url,
     SECRETS_MASTER_KEY: randomBytes(32).toString('base64'),
     CAPSTAN_TENANTS: t,
@@ -122,38 +123,38 @@ afterAll(async () => {
 
 describe('secrets administration', () => {
   it('put / list / rotate / delete: versions and dates, never a value', async () => {
-    const a = await putSecret(h.nc, t, 'ADMIN_A', 'value-a1', { by });
+    const a = await putSecret(nc, t, 'ADMIN_A', 'value-a1', { by });
     expect(a).toMatchObject({ name: 'ADMIN_A', version: 1, lifecycle: 'static' });
     expect(a.rotatedAt).toBeUndefined();
-    const a2 = await putSecret(h.nc, t, 'ADMIN_A', 'value-a2', { by });
+    const a2 = await putSecret(nc, t, 'ADMIN_A', 'value-a2', { by });
     expect(a2.version).toBe(2);
     expect(a2.rotatedAt).toBeDefined();
-    const a3 = await rotateSecret(h.nc, t, 'ADMIN_A', 'value-a3', { by });
+    const a3 = await rotateSecret(nc, t, 'ADMIN_A', 'value-a3', { by });
     expect(a3.version).toBe(3);
-    await putSecret(h.nc, t, 'ADMIN_B', 'value-b', { by });
-    const listed = await listSecrets(h.nc, t);
+    await putSecret(nc, t, 'ADMIN_B', 'value-b', { by });
+    const listed = await listSecrets(nc, t);
     expect(listed.filter((s) => s.name.startsWith('ADMIN_')).map((s) => [s.name, s.version])).toEqual([
       ['ADMIN_A', 3],
       ['ADMIN_B', 1],
     ]);
     expect(JSON.stringify(listed)).not.toMatch(/value-/);
 
-    const gone = await deleteSecret(h.nc, t, 'ADMIN_B', { by });
+    const gone = await deleteSecret(nc, t, 'ADMIN_B', { by });
     expect(gone.deletedAt).toBeDefined();
-    expect((await listSecrets(h.nc, t)).map((s) => s.name)).not.toContain('ADMIN_B');
-    expect((await listSecrets(h.nc, t, { includeDeleted: true })).find((s) => s.name === 'ADMIN_B')?.deletedAt).toBeDefined();
+    expect((await listSecrets(nc, t)).map((s) => s.name)).not.toContain('ADMIN_B');
+    expect((await listSecrets(nc, t, { includeDeleted: true })).find((s) => s.name === 'ADMIN_B')?.deletedAt).toBeDefined();
     // The ciphertext is erased, not just hidden.
     const [row] = await queryRows<{ ciphertext: unknown }>(d, sql`select ciphertext from secrets where tenant = ${t} and name = 'ADMIN_B'`);
     expect(row?.ciphertext).toBeNull();
-    expect(await codeOf(deleteSecret(h.nc, t, 'ADMIN_B', { by }))).toBe(ErrorCode.SecretNotFound);
-    expect(await codeOf(rotateSecret(h.nc, t, 'NO_SUCH', 'v', { by }))).toBe(ErrorCode.SecretNotFound);
+    expect(await codeOf(deleteSecret(nc, t, 'ADMIN_B', { by }))).toBe(ErrorCode.SecretNotFound);
+    expect(await codeOf(rotateSecret(nc, t, 'NO_SUCH', 'v', { by }))).toBe(ErrorCode.SecretNotFound);
     // Back after a delete: versions go on.
-    expect((await putSecret(h.nc, t, 'ADMIN_B', 'value-b2', { by })).version).toBe(2);
+    expect((await putSecret(nc, t, 'ADMIN_B', 'value-b2', { by })).version).toBe(2);
 
     // Only the current value is kept, and it is the one a lease gets.
     const runId = newRunId();
-    const lease = await issueLease(h.nc, t, { runId, step: 's', attempt: 1, keys: ['ADMIN_A', 'ADMIN_B'] });
-    expect(await redeemValues(h.nc, t, { leaseId: lease.leaseId, runId, step: 's', attempt: 1 })).toEqual({ ADMIN_A: 'value-a3', ADMIN_B: 'value-b2' });
+    const lease = await issueLease(nc, t, { runId, step: 's', attempt: 1, keys: ['ADMIN_A', 'ADMIN_B'] });
+    expect(await redeemValues(nc, t, { leaseId: lease.leaseId, runId, step: 's', attempt: 1 })).toEqual({ ADMIN_A: 'value-a3', ADMIN_B: 'value-b2' });
 
     const kinds = (await queryRows<{ kind: string; actor: string; run_id: string; seq: number }>(d, sql`select kind, actor, run_id, seq from audit_log where tenant = ${t} and kind like 'secret.%' order by id`));
     expect(kinds.map((k) => k.kind)).toEqual(['secret.put', 'secret.put', 'secret.rotated', 'secret.put', 'secret.deleted', 'secret.put']);
@@ -204,29 +205,29 @@ describe('secrets administration', () => {
       for (const v of ['from-a-file', 'from-the-env', 'rotated-from-a-file']) expect(r.out + r.err).not.toContain(v);
     }
     const runId = newRunId();
-    const lease = await issueLease(h.nc, t, { runId, step: 's', attempt: 1, keys: ['CLI_FILE'] });
-    expect(await redeemValues(h.nc, t, { leaseId: lease.leaseId, runId, step: 's', attempt: 1 })).toEqual({ CLI_FILE: 'rotated-from-a-file' });
+    const lease = await issueLease(nc, t, { runId, step: 's', attempt: 1, keys: ['CLI_FILE'] });
+    expect(await redeemValues(nc, t, { leaseId: lease.leaseId, runId, step: 's', attempt: 1 })).toEqual({ CLI_FILE: 'rotated-from-a-file' });
   });
 });
 
 describe('leases', () => {
   beforeAll(async () => {
-    await putSecret(h.nc, t, 'API_TOKEN', 'api-token-value', { by });
-    await putSecret(h.nc, t, 'DB_PASSWORD', 'db-password-value', { by });
+    await putSecret(nc, t, 'API_TOKEN', 'api-token-value', { by });
+    await putSecret(nc, t, 'DB_PASSWORD', 'db-password-value', { by });
   });
 
   it('issue → redeem once → a second redemption is lease_used; every step audited with key names', async () => {
     const runId = newRunId();
     const scope = { runId, step: 'publish', attempt: 1 };
-    const lease = await issueLease(h.nc, t, { ...scope, keys: ['API_TOKEN', 'DB_PASSWORD'] });
+    const lease = await issueLease(nc, t, { ...scope, keys: ['API_TOKEN', 'DB_PASSWORD'] });
     expect(lease.keys).toEqual(['API_TOKEN', 'DB_PASSWORD']);
     expect(lease.leaseId).toMatch(/^[A-Za-z0-9_-]{22}$/);
     const r = generateRecipient();
-    const { sealed } = await redeemLease(h.nc, t, { ...scope, leaseId: lease.leaseId, recipientKey: r.publicKey });
+    const { sealed } = await redeemLease(nc, t, { ...scope, leaseId: lease.leaseId, recipientKey: r.publicKey });
     expect(openLeaseValues(r, t, { ...scope, leaseId: lease.leaseId }, sealed)).toEqual({ API_TOKEN: 'api-token-value', DB_PASSWORD: 'db-password-value' });
     // The reply on the wire is sealed: the values are not in it.
     expect(Buffer.from(encode({ sealed })).toString('latin1')).not.toContain('api-token-value');
-    expect(await codeOf(redeemLease(h.nc, t, { ...scope, leaseId: lease.leaseId, recipientKey: r.publicKey }))).toBe(ErrorCode.LeaseUsed);
+    expect(await codeOf(redeemLease(nc, t, { ...scope, leaseId: lease.leaseId, recipientKey: r.publicKey }))).toBe(ErrorCode.LeaseUsed);
 
     const rows = await auditRows(runId);
     expect(rows.map((x) => x.kind)).toEqual(['lease.issued', 'lease.redeemed', 'lease.denied']);
@@ -239,20 +240,20 @@ describe('leases', () => {
   it('a redemption for another run, step or attempt is lease_scope_mismatch and does not use the lease', async () => {
     const runId = newRunId();
     const scope = { runId, step: 'publish', attempt: 2 };
-    const { leaseId } = await issueLease(h.nc, t, { ...scope, keys: ['API_TOKEN'] });
+    const { leaseId } = await issueLease(nc, t, { ...scope, keys: ['API_TOKEN'] });
     const r = generateRecipient();
     for (const wrong of [{ ...scope, step: 'other' }, { ...scope, attempt: 3 }, { ...scope, runId: newRunId() }]) {
-      expect(await codeOf(redeemLease(h.nc, t, { ...wrong, leaseId, recipientKey: r.publicKey }))).toBe(ErrorCode.LeaseScopeMismatch);
+      expect(await codeOf(redeemLease(nc, t, { ...wrong, leaseId, recipientKey: r.publicKey }))).toBe(ErrorCode.LeaseScopeMismatch);
     }
     // Another tenant does not know the lease at all (this service serves only `t`: asked in
     // another tenant's name it does not even answer).
     const other = await provision(h, 'sec2');
-    expect(await codeOf(redeemLease(h.nc, other, { ...scope, leaseId, recipientKey: r.publicKey }))).toBe(ErrorCode.SecretsUnavailable);
+    expect(await codeOf(redeemLease(await h.nc(other), other, { ...scope, leaseId, recipientKey: r.publicKey }))).toBe(ErrorCode.SecretsUnavailable);
     expect(await codeOf(svc.ledger.redeem(other, leaseId, scope, () => Promise.resolve({})))).toBe(ErrorCode.LeaseNotFound);
-    expect(await codeOf(redeemLease(h.nc, t, { ...scope, leaseId: 'A'.repeat(22), recipientKey: r.publicKey }))).toBe(ErrorCode.LeaseNotFound);
+    expect(await codeOf(redeemLease(nc, t, { ...scope, leaseId: 'A'.repeat(22), recipientKey: r.publicKey }))).toBe(ErrorCode.LeaseNotFound);
     // A key no box can be sealed to is refused before the lease is touched.
-    expect(await codeOf(redeemLease(h.nc, t, { ...scope, leaseId, recipientKey: Buffer.alloc(33, 7).toString('base64') }))).toBe(ErrorCode.InvalidArgument);
-    expect(await redeemValues(h.nc, t, { ...scope, leaseId })).toEqual({ API_TOKEN: 'api-token-value' });
+    expect(await codeOf(redeemLease(nc, t, { ...scope, leaseId, recipientKey: Buffer.alloc(33, 7).toString('base64') }))).toBe(ErrorCode.InvalidArgument);
+    expect(await redeemValues(nc, t, { ...scope, leaseId })).toEqual({ API_TOKEN: 'api-token-value' });
     const denied = (await auditRows(runId)).filter((x) => x.kind === 'lease.denied').map((x) => x.detail['code']);
     expect(denied).toEqual(['lease_scope_mismatch', 'lease_scope_mismatch', 'lease_scope_mismatch', 'lease_not_found']);
   });
@@ -261,7 +262,7 @@ describe('leases', () => {
     const runId = newRunId();
     let message = '';
     try {
-      await issueLease(h.nc, t, { runId, step: 's', attempt: 1, keys: ['API_TOKEN', 'NOT_THERE', 'NOR_THIS'] });
+      await issueLease(nc, t, { runId, step: 's', attempt: 1, keys: ['API_TOKEN', 'NOT_THERE', 'NOR_THIS'] });
     } catch (e) {
       message = (e as Error).message;
       expect((e as CapstanError).code).toBe(ErrorCode.SecretNotFound);
@@ -271,18 +272,18 @@ describe('leases', () => {
     expect(n?.n).toBe(0);
     expect((await auditRows(runId)).map((x) => [x.kind, x.detail['code']])).toEqual([['lease.denied', 'secret_not_found']]);
     // A malformed request is a typed error too.
-    expect(await codeOf(issueLease(h.nc, t, { runId, step: 's', attempt: 1, keys: [] }))).toBe(ErrorCode.SchemaViolation);
+    expect(await codeOf(issueLease(nc, t, { runId, step: 's', attempt: 1, keys: [] }))).toBe(ErrorCode.SchemaViolation);
   });
 
   it('a secret deleted after the lease was issued: secret_not_found, and the lease is not used up', async () => {
-    await putSecret(h.nc, t, 'SHORT_LIVED', 'short-1', { by });
+    await putSecret(nc, t, 'SHORT_LIVED', 'short-1', { by });
     const runId = newRunId();
     const scope = { runId, step: 's', attempt: 1 };
-    const lease = await issueLease(h.nc, t, { ...scope, keys: ['SHORT_LIVED'] });
-    await deleteSecret(h.nc, t, 'SHORT_LIVED', { by });
-    expect(await codeOf(redeemValues(h.nc, t, { ...scope, leaseId: lease.leaseId }))).toBe(ErrorCode.SecretNotFound);
-    await putSecret(h.nc, t, 'SHORT_LIVED', 'short-2', { by });
-    expect(await redeemValues(h.nc, t, { ...scope, leaseId: lease.leaseId })).toEqual({ SHORT_LIVED: 'short-2' });
+    const lease = await issueLease(nc, t, { ...scope, keys: ['SHORT_LIVED'] });
+    await deleteSecret(nc, t, 'SHORT_LIVED', { by });
+    expect(await codeOf(redeemValues(nc, t, { ...scope, leaseId: lease.leaseId }))).toBe(ErrorCode.SecretNotFound);
+    await putSecret(nc, t, 'SHORT_LIVED', 'short-2', { by });
+    expect(await redeemValues(nc, t, { ...scope, leaseId: lease.leaseId })).toEqual({ SHORT_LIVED: 'short-2' });
     expect((await auditRows(runId)).map((x) => [x.kind, x.detail['code'] ?? null])).toEqual([
       ['lease.issued', null],
       ['lease.denied', 'secret_not_found'],
@@ -294,34 +295,34 @@ describe('leases', () => {
     const runId = newRunId();
     const scope = { runId, step: 'quick', attempt: 1 };
     const before = await dbNow();
-    const lease = await issueLease(h.nc, t, { ...scope, keys: ['API_TOKEN'], ttlMs: 400 });
+    const lease = await issueLease(nc, t, { ...scope, keys: ['API_TOKEN'], ttlMs: 400 });
     const after = await dbNow();
     const expiresAt = new Date(lease.expiresAt).getTime();
     // Issued between the two readings of the database clock, plus the TTL.
     expect(expiresAt).toBeGreaterThanOrEqual(before.getTime() + 400);
     expect(expiresAt).toBeLessThanOrEqual(after.getTime() + 400);
     await eventually('the database clock past the expiry', async () => ((await dbNow()).getTime() > expiresAt ? true : undefined), 5000, 50);
-    expect(await codeOf(redeemValues(h.nc, t, { ...scope, leaseId: lease.leaseId }))).toBe(ErrorCode.LeaseExpired);
+    expect(await codeOf(redeemValues(nc, t, { ...scope, leaseId: lease.leaseId }))).toBe(ErrorCode.LeaseExpired);
     // The asked-for TTL is capped.
-    const long = await issueLease(h.nc, t, { ...scope, keys: ['API_TOKEN'], ttlMs: 24 * 3_600_000 });
+    const long = await issueLease(nc, t, { ...scope, keys: ['API_TOKEN'], ttlMs: 24 * 3_600_000 });
     expect(new Date(long.expiresAt).getTime() - (await dbNow()).getTime()).toBeLessThanOrEqual(15 * 60_000);
   });
 
   it('a revoked run: open leases rejected at once, later issues refused, redeemed ones untouched', async () => {
     const runId = newRunId();
-    const leases = await Promise.all(Array.from({ length: 100 }, (_, i) => issueLease(h.nc, t, { runId, step: `s${i}`, attempt: 1, keys: ['API_TOKEN'] })));
-    await redeemValues(h.nc, t, { leaseId: (leases[0] as { leaseId: string }).leaseId, runId, step: 's0', attempt: 1 });
+    const leases = await Promise.all(Array.from({ length: 100 }, (_, i) => issueLease(nc, t, { runId, step: `s${i}`, attempt: 1, keys: ['API_TOKEN'] })));
+    await redeemValues(nc, t, { leaseId: (leases[0] as { leaseId: string }).leaseId, runId, step: 's0', attempt: 1 });
     const t0 = performance.now();
-    const revoked = await revokeRun(h.nc, t, runId as RunId, { by, reason: 'incident 42' });
+    const revoked = await revokeRun(nc, t, runId as RunId, { by, reason: 'incident 42' });
     const revokeMs = performance.now() - t0;
     expect(revoked).toBe(99);
-    const codes = await Promise.all(leases.map((l, i) => codeOf(redeemValues(h.nc, t, { leaseId: l.leaseId, runId, step: `s${i}`, attempt: 1 }))));
+    const codes = await Promise.all(leases.map((l, i) => codeOf(redeemValues(nc, t, { leaseId: l.leaseId, runId, step: `s${i}`, attempt: 1 }))));
     const allMs = performance.now() - t0;
     process.stdout.write(`revoke: ${revoked} open leases revoked in ${revokeMs.toFixed(1)} ms; all ${leases.length} redemptions refused ${allMs.toFixed(1)} ms after the revoke was asked\n`);
     expect(codes[0]).toBe(ErrorCode.LeaseUsed);
     expect(codes.slice(1).every((c) => c === ErrorCode.LeaseRevoked)).toBe(true);
     expect(revokeMs).toBeLessThan(1000);
-    expect(await codeOf(issueLease(h.nc, t, { runId, step: 'late', attempt: 1, keys: ['API_TOKEN'] }))).toBe(ErrorCode.LeaseRevoked);
+    expect(await codeOf(issueLease(nc, t, { runId, step: 'late', attempt: 1, keys: ['API_TOKEN'] }))).toBe(ErrorCode.LeaseRevoked);
     const rows = await auditRows(runId);
     const rev = rows.find((x) => x.kind === 'lease.revoked');
     expect(rev?.detail).toMatchObject({ reason: 'incident 42', keys: ['API_TOKEN'] });
@@ -331,21 +332,21 @@ describe('leases', () => {
 
   it('run events: an ended run is revoked, a retried one reopens, whatever order they arrive in', async () => {
     const runId = newRunId();
-    const issue = (step: string) => issueLease(h.nc, t, { runId, step, attempt: 1, keys: ['API_TOKEN'] });
+    const issue = (step: string) => issueLease(nc, t, { runId, step, attempt: 1, keys: ['API_TOKEN'] });
     const a = await issue('a');
     expect(await svc.ledger.revoke(t, runId, { kind: 'run-event', event: 'run.failed', streamSeq: 10 })).toBe(1);
-    expect(await codeOf(redeemValues(h.nc, t, { leaseId: a.leaseId, runId, step: 'a', attempt: 1 }))).toBe(ErrorCode.LeaseRevoked);
+    expect(await codeOf(redeemValues(nc, t, { leaseId: a.leaseId, runId, step: 'a', attempt: 1 }))).toBe(ErrorCode.LeaseRevoked);
     expect(await codeOf(issue('b'))).toBe(ErrorCode.LeaseRevoked);
     await svc.ledger.revoke(t, runId, { kind: 'run-event', event: 'run.retried', streamSeq: 12 });
     // An older event handled late changes nothing.
     await svc.ledger.revoke(t, runId, { kind: 'run-event', event: 'run.failed', streamSeq: 10 });
     const b = await issue('b');
-    expect(await redeemValues(h.nc, t, { leaseId: b.leaseId, runId, step: 'b', attempt: 1 })).toEqual({ API_TOKEN: 'api-token-value' });
+    expect(await redeemValues(nc, t, { leaseId: b.leaseId, runId, step: 'b', attempt: 1 })).toEqual({ API_TOKEN: 'api-token-value' });
     // The revoked lease stays revoked.
-    expect(await codeOf(redeemValues(h.nc, t, { leaseId: a.leaseId, runId, step: 'a', attempt: 1 }))).toBe(ErrorCode.LeaseRevoked);
+    expect(await codeOf(redeemValues(nc, t, { leaseId: a.leaseId, runId, step: 'a', attempt: 1 }))).toBe(ErrorCode.LeaseRevoked);
     expect((await auditRows(runId)).map((x) => x.kind)).toEqual(['lease.issued', 'lease.revoked', 'lease.denied', 'lease.denied', 'lease.reopened', 'lease.issued', 'lease.redeemed', 'lease.denied']);
     // A revocation by request is not lifted by the run going on.
-    await revokeRun(h.nc, t, runId as RunId, { by });
+    await revokeRun(nc, t, runId as RunId, { by });
     await svc.ledger.revoke(t, runId, { kind: 'run-event', event: 'run.retried', streamSeq: 20 });
     expect(await codeOf(issue('c'))).toBe(ErrorCode.LeaseRevoked);
   });
@@ -354,7 +355,7 @@ describe('leases', () => {
     const services = await startServices(url, [t]);
     try {
       const runId = newRunId();
-      const leases = await Promise.all(['x', 'y', 'z'].map((step) => issueLease(h.nc, t, { runId, step, attempt: 1, keys: ['API_TOKEN'] })));
+      const leases = await Promise.all(['x', 'y', 'z'].map((step) => issueLease(nc, t, { runId, step, attempt: 1, keys: ['API_TOKEN'] })));
       await h.client.submit(t, 'test.pipeline', { runId, input: { ms: 10 } });
       const end = await h.client.waitForEnd(t, runId, 30_000);
       expect(end.type).toBe('run.completed');
@@ -372,9 +373,9 @@ describe('leases', () => {
       process.stdout.write(`run end: leases of ${runId} revoked ${ms.toFixed(0)} ms after its end was read\n`);
       expect(ms).toBeLessThan(1000);
       for (const [i, l] of leases.entries()) {
-        expect(await codeOf(redeemValues(h.nc, t, { leaseId: l.leaseId, runId, step: ['x', 'y', 'z'][i] as string, attempt: 1 }))).toBe(ErrorCode.LeaseRevoked);
+        expect(await codeOf(redeemValues(nc, t, { leaseId: l.leaseId, runId, step: ['x', 'y', 'z'][i] as string, attempt: 1 }))).toBe(ErrorCode.LeaseRevoked);
       }
-      expect(await codeOf(issueLease(h.nc, t, { runId, step: 'x', attempt: 2, keys: ['API_TOKEN'] }))).toBe(ErrorCode.LeaseRevoked);
+      expect(await codeOf(issueLease(nc, t, { runId, step: 'x', attempt: 2, keys: ['API_TOKEN'] }))).toBe(ErrorCode.LeaseRevoked);
       const rev = (await auditRows(runId)).find((x) => x.kind === 'lease.revoked');
       expect(rev?.detail).toMatchObject({ reason: 'run.completed', keys: ['API_TOKEN'] });
     } finally {
@@ -385,13 +386,13 @@ describe('leases', () => {
   it('audit first: when the audit row cannot be written, nothing is issued or redeemed', async () => {
     const runId = newRunId();
     const scope = { runId, step: 'guarded', attempt: 1 };
-    const lease = await issueLease(h.nc, t, { ...scope, keys: ['API_TOKEN'] });
+    const lease = await issueLease(nc, t, { ...scope, keys: ['API_TOKEN'] });
     await d.db.execute(sql.raw(`create or replace function capstan_test_refuse_audit() returns trigger language plpgsql as $$ begin raise exception 'audit refused for the test'; end $$`));
     await d.db.execute(sql.raw(`create trigger capstan_test_refuse_audit before insert on audit_log for each row when (new.run_id = '${runId}') execute function capstan_test_refuse_audit()`));
     try {
-      expect(await codeOf(issueLease(h.nc, t, { ...scope, keys: ['API_TOKEN'] }))).toBe(ErrorCode.SecretsUnavailable);
-      expect(await codeOf(redeemValues(h.nc, t, { ...scope, leaseId: lease.leaseId }))).toBe(ErrorCode.SecretsUnavailable);
-      expect(await codeOf(revokeRun(h.nc, t, runId as RunId, { by }))).toBe(ErrorCode.SecretsUnavailable);
+      expect(await codeOf(issueLease(nc, t, { ...scope, keys: ['API_TOKEN'] }))).toBe(ErrorCode.SecretsUnavailable);
+      expect(await codeOf(redeemValues(nc, t, { ...scope, leaseId: lease.leaseId }))).toBe(ErrorCode.SecretsUnavailable);
+      expect(await codeOf(revokeRun(nc, t, runId as RunId, { by }))).toBe(ErrorCode.SecretsUnavailable);
       const [n] = await queryRows<{ leases: number; redeemed: number; revoked: number }>(
         d,
         sql`select count(*)::int as leases, count(redeemed_at)::int as redeemed, count(revoked_at)::int as revoked from leases where tenant = ${t} and run_id = ${runId}`,
@@ -400,12 +401,12 @@ describe('leases', () => {
     } finally {
       await d.db.execute(sql.raw('drop trigger capstan_test_refuse_audit on audit_log'));
     }
-    expect(await redeemValues(h.nc, t, { ...scope, leaseId: lease.leaseId })).toEqual({ API_TOKEN: 'api-token-value' });
+    expect(await redeemValues(nc, t, { ...scope, leaseId: lease.leaseId })).toEqual({ API_TOKEN: 'api-token-value' });
     expect((await auditRows(runId)).map((x) => x.kind)).toEqual(['lease.issued', 'lease.redeemed']);
   });
 
   it('the projections still verify with the lease service\'s audit rows in the table', async () => {
-    const report = await verifyProjections(d, await jetstreamManager(h.nc), [t]);
+    const report = await verifyProjections(d, (x) => h.jsm(x), [t]);
     expect(report.mismatches).toEqual([]);
     expect(report.ok).toBe(true);
     const [n] = await queryRows<{ n: number }>(d, sql`select count(*)::int as n from audit_log where tenant = ${t}`);
@@ -438,19 +439,19 @@ describe('refreshable credentials', () => {
   it('client credentials: refreshed before the lease is issued when due, not again while fresh', async () => {
     let n = 0;
     answer = (f) => (f['client_secret'] === 'the-client-secret' ? { status: 200, body: { access_token: `access-${++n}`, token_type: 'bearer', expires_in: 3600 } } : { status: 401, body: { error: 'invalid_client' } });
-    await putSecret(h.nc, t, 'CC_CLIENT_SECRET', 'the-client-secret', { by });
+    await putSecret(nc, t, 'CC_CLIENT_SECRET', 'the-client-secret', { by });
     const connector: Connector = { name: 'crm', auth: { type: AuthKind.OAuth2ClientCredentials, tokenUrl, clientId: 'capstan', clientSecretKey: 'CC_CLIENT_SECRET', scopes: ['read', 'write'] } };
     // Stored without an expiry: due at once.
-    const put = await putSecret(h.nc, t, 'CC_TOKEN', 'placeholder', { by, lifecycle: Lifecycle.Refreshable, connector, refreshWindowMs: 60_000 });
+    const put = await putSecret(nc, t, 'CC_TOKEN', 'placeholder', { by, lifecycle: Lifecycle.Refreshable, connector, refreshWindowMs: 60_000 });
     expect(put).toMatchObject({ lifecycle: 'refreshable', connector: 'crm', auth: 'oauth2_client_credentials' });
     const runId = newRunId();
-    const l1 = await issueLease(h.nc, t, { runId, step: 'a', attempt: 1, keys: ['CC_TOKEN'] });
+    const l1 = await issueLease(nc, t, { runId, step: 'a', attempt: 1, keys: ['CC_TOKEN'] });
     expect(calls.at(-1)).toMatchObject({ grant_type: 'client_credentials', client_id: 'capstan', client_secret: 'the-client-secret', scope: 'read write' });
-    expect(await redeemValues(h.nc, t, { leaseId: l1.leaseId, runId, step: 'a', attempt: 1 })).toEqual({ CC_TOKEN: 'access-1' });
-    const l2 = await issueLease(h.nc, t, { runId, step: 'b', attempt: 1, keys: ['CC_TOKEN'] });
+    expect(await redeemValues(nc, t, { leaseId: l1.leaseId, runId, step: 'a', attempt: 1 })).toEqual({ CC_TOKEN: 'access-1' });
+    const l2 = await issueLease(nc, t, { runId, step: 'b', attempt: 1, keys: ['CC_TOKEN'] });
     expect(n).toBe(1);
-    expect(await redeemValues(h.nc, t, { leaseId: l2.leaseId, runId, step: 'b', attempt: 1 })).toEqual({ CC_TOKEN: 'access-1' });
-    const info = (await listSecrets(h.nc, t)).find((s) => s.name === 'CC_TOKEN');
+    expect(await redeemValues(nc, t, { leaseId: l2.leaseId, runId, step: 'b', attempt: 1 })).toEqual({ CC_TOKEN: 'access-1' });
+    const info = (await listSecrets(nc, t)).find((s) => s.name === 'CC_TOKEN');
     expect(info?.version).toBe(2);
     expect(info?.refreshedAt).toBeDefined();
     const expires = new Date(info?.expiresAt ?? 0).getTime() - (await dbNow()).getTime();
@@ -465,17 +466,17 @@ describe('refreshable credentials', () => {
 
   it('auth code: the refresh token the issuer rotates is kept; a failed refresh of an expired token refuses the lease', async () => {
     answer = (f) => (f['refresh_token'] === 'refresh-1' ? { status: 200, body: { access_token: 'ac-access-2', refresh_token: 'refresh-2', expires_in: 600 } } : { status: 400, body: { error: 'invalid_grant', error_description: 'refresh token reuse: refresh-1' } });
-    await putSecret(h.nc, t, 'AC_REFRESH', 'refresh-1', { by });
+    await putSecret(nc, t, 'AC_REFRESH', 'refresh-1', { by });
     const connector: Connector = { name: 'mail', auth: { type: AuthKind.OAuth2AuthCode, tokenUrl, clientId: 'capstan-mail', refreshTokenKey: 'AC_REFRESH' } };
-    await putSecret(h.nc, t, 'AC_TOKEN', 'ac-access-1', { by, lifecycle: Lifecycle.Refreshable, connector, expiresAt: new Date(Date.now() - 60_000) });
+    await putSecret(nc, t, 'AC_TOKEN', 'ac-access-1', { by, lifecycle: Lifecycle.Refreshable, connector, expiresAt: new Date(Date.now() - 60_000) });
     const runId = newRunId();
-    const l = await issueLease(h.nc, t, { runId, step: 'a', attempt: 1, keys: ['AC_TOKEN', 'AC_REFRESH'] });
-    expect(await redeemValues(h.nc, t, { leaseId: l.leaseId, runId, step: 'a', attempt: 1 })).toEqual({ AC_TOKEN: 'ac-access-2', AC_REFRESH: 'refresh-2' });
+    const l = await issueLease(nc, t, { runId, step: 'a', attempt: 1, keys: ['AC_TOKEN', 'AC_REFRESH'] });
+    expect(await redeemValues(nc, t, { leaseId: l.leaseId, runId, step: 'a', attempt: 1 })).toEqual({ AC_TOKEN: 'ac-access-2', AC_REFRESH: 'refresh-2' });
     // The token expires (by the database's clock); the issuer now refuses: no lease.
     await d.db.execute(sql`update secrets set expires_at = clock_timestamp() - interval '1 second' where tenant = ${t} and name = 'AC_TOKEN'`);
     let err: unknown;
     try {
-      await issueLease(h.nc, t, { runId, step: 'b', attempt: 1, keys: ['AC_TOKEN'] });
+      await issueLease(nc, t, { runId, step: 'b', attempt: 1, keys: ['AC_TOKEN'] });
     } catch (e) {
       err = e;
       errors.push((e as Error).message);
@@ -484,22 +485,22 @@ describe('refreshable credentials', () => {
     expect((err as Error).message).toMatch(/token endpoint http:\/\/127\.0\.0\.1:\d+\/oauth\/token answered 400 \(invalid_grant\)/);
     expect((err as Error).message).not.toMatch(/refresh-\d/);
     // Refusing a refresh on a bad connector is checked when it is stored.
-    expect(await codeOf(putSecret(h.nc, t, 'BAD_REFRESHABLE', 'x', { by, lifecycle: Lifecycle.Refreshable }))).toBe(ErrorCode.InvalidArgument);
+    expect(await codeOf(putSecret(nc, t, 'BAD_REFRESHABLE', 'x', { by, lifecycle: Lifecycle.Refreshable }))).toBe(ErrorCode.InvalidArgument);
   });
 });
 
 describe('D1: single use under racing redeemers, TTL, revocation', () => {
   it('1000 leases × 16 concurrent redeemers: exactly one success each; all rejected after their TTL', { timeout: 300_000 }, async () => {
-    await putSecret(h.nc, t, 'D1_TOKEN', 'd1-token-value', { by });
+    await putSecret(nc, t, 'D1_TOKEN', 'd1-token-value', { by });
     // Redeemers on their own connections, as several sandbox nodes would be.
-    const conns: NatsConnection[] = await Promise.all(Array.from({ length: 4 }, (_, i) => connectNats(url, `d1-${i}`, createLogger('test', 'silent'))));
+    const conns: NatsConnection[] = await Promise.all(Array.from({ length: 4 }, (_, i) => connectAs(url, t, Role.Sandbox, `d1-${i}`)));
     try {
       const runs = Array.from({ length: 100 }, () => newRunId());
       const scopes = runs.flatMap((runId) => Array.from({ length: 10 }, (_, i) => ({ runId, step: `s${i}`, attempt: 1 })));
       const leases: { leaseId: string; scope: (typeof scopes)[number] }[] = [];
       const i0 = performance.now();
       await pool(scopes, 32, async (scope) => {
-        const l = await issueLease(h.nc, t, { ...scope, keys: ['D1_TOKEN'], ttlMs: 240_000 });
+        const l = await issueLease(nc, t, { ...scope, keys: ['D1_TOKEN'], ttlMs: 240_000 });
         leases.push({ leaseId: l.leaseId, scope });
       });
       const issueMs = performance.now() - i0;
@@ -552,7 +553,7 @@ describe('D1: single use under racing redeemers, TTL, revocation', () => {
         Array.from({ length: 500 }, (_, i) => ({ runId: lateRun, step: `late${i}`, attempt: 1 })),
         32,
         async (scope) => {
-          const l = await issueLease(h.nc, t, { ...scope, keys: ['D1_TOKEN'], ttlMs: 2000 });
+          const l = await issueLease(nc, t, { ...scope, keys: ['D1_TOKEN'], ttlMs: 2000 });
           late.push({ leaseId: l.leaseId, scope, expiresAt: new Date(l.expiresAt).getTime() });
         },
       );
@@ -565,7 +566,7 @@ describe('D1: single use under racing redeemers, TTL, revocation', () => {
           Array.from({ length: 4 }, async () => {
             let code = 'ok';
             try {
-              await redeemLease(h.nc, t, { ...scope, leaseId, recipientKey: recipient.publicKey }, { timeoutMs: 60_000 });
+              await redeemLease(nc, t, { ...scope, leaseId, recipientKey: recipient.publicKey }, { timeoutMs: 60_000 });
             } catch (e) {
               code = CapstanError.is(e) ? e.code : String(e);
             }
@@ -577,7 +578,7 @@ describe('D1: single use under racing redeemers, TTL, revocation', () => {
       expect(lateCodes).toEqual({ [ErrorCode.LeaseExpired]: 2000 });
       // And the raced ones, after their own use: still refused.
       const sample = leases.slice(0, 50);
-      const usedCodes = await Promise.all(sample.map(({ leaseId, scope }) => codeOf(redeemValues(h.nc, t, { ...scope, leaseId }))));
+      const usedCodes = await Promise.all(sample.map(({ leaseId, scope }) => codeOf(redeemValues(nc, t, { ...scope, leaseId }))));
       expect(new Set(usedCodes)).toEqual(new Set([ErrorCode.LeaseUsed]));
     } finally {
       await Promise.all(conns.map((c) => c.close()));
@@ -589,7 +590,7 @@ describe('D3: canaries', () => {
   it('50 canary values across puts, leases and errors appear in no log, stream, table, wire message or error', { timeout: 120_000 }, async () => {
     const canaries = Array.from({ length: 50 }, () => `cnry-${randomBytes(32).toString('base64url')}`);
     // Everything that crosses the server while the canaries are about, captured raw.
-    const tap = await connectNats(url, 'canary-tap', createLogger('test', 'silent'));
+    const tap = await connectAs(url, t, Role.Admin, 'canary-tap');
     const wire: Buffer[] = [];
     const sub = tap.subscribe('>', {
       callback: (_e, m) => {
@@ -601,21 +602,21 @@ describe('D3: canaries', () => {
     const cli: string[] = [];
     try {
       // 30 stored through the kit client and leased (sealed redemptions).
-      for (const [i, c] of canaries.slice(0, 30).entries()) await putSecret(h.nc, t, `CANARY_${i}`, c, { by });
+      for (const [i, c] of canaries.slice(0, 30).entries()) await putSecret(nc, t, `CANARY_${i}`, c, { by });
       const runId = newRunId();
       for (let i = 0; i < 30; i += 5) {
         const keys = Array.from({ length: 5 }, (_, k) => `CANARY_${i + k}`);
         const scope = { runId, step: `c${i}`, attempt: 1 };
-        const lease = await issueLease(h.nc, t, { ...scope, keys });
-        const values = await redeemValues(h.nc, t, { ...scope, leaseId: lease.leaseId });
+        const lease = await issueLease(nc, t, { ...scope, keys });
+        const values = await redeemValues(nc, t, { ...scope, leaseId: lease.leaseId });
         expect(Object.values(values).sort()).toEqual(canaries.slice(i, i + 5).sort());
         // Redeemed again, out of scope, after a revoke: refusals.
-        await codeOf(redeemValues(h.nc, t, { ...scope, leaseId: lease.leaseId }));
-        await codeOf(redeemValues(h.nc, t, { ...scope, step: 'wrong', leaseId: lease.leaseId }));
+        await codeOf(redeemValues(nc, t, { ...scope, leaseId: lease.leaseId }));
+        await codeOf(redeemValues(nc, t, { ...scope, step: 'wrong', leaseId: lease.leaseId }));
       }
-      await revokeRun(h.nc, t, runId as RunId, { by });
+      await revokeRun(nc, t, runId as RunId, { by });
       // 5 rotated in, through the kit client.
-      for (const [i, c] of canaries.slice(30, 35).entries()) await rotateSecret(h.nc, t, `CANARY_${i}`, c, { by });
+      for (const [i, c] of canaries.slice(30, 35).entries()) await rotateSecret(nc, t, `CANARY_${i}`, c, { by });
       // 5 stored by the CLI from the environment, 5 from files.
       for (const [i, c] of canaries.slice(35, 40).entries()) {
         const r = await runCli(['secrets', 'put', `CLI_CANARY_${i}`, '--from-env', 'CANARY', '--tenant', t, '--nats', url, '--as', by], { CANARY: c });
@@ -632,10 +633,10 @@ describe('D3: canaries', () => {
       }
       // 5 in requests that fail: bad values, unknown names, a value on the command line.
       const [c45, c46, c47, c48, c49] = canaries.slice(45) as [string, string, string, string, string];
-      await codeOf(putSecret(h.nc, t, 'NUL_CANARY', `${c45}\0tail`, { by }));
-      await codeOf(putSecret(h.nc, t, 'HUGE_CANARY', c46.repeat(3000), { by }));
-      await codeOf(rotateSecret(h.nc, t, 'MISSING_CANARY', c47, { by }));
-      await codeOf(putSecret(h.nc, t, 'REFRESH_CANARY', c48, { by, lifecycle: Lifecycle.Refreshable }));
+      await codeOf(putSecret(nc, t, 'NUL_CANARY', `${c45}\0tail`, { by }));
+      await codeOf(putSecret(nc, t, 'HUGE_CANARY', c46.repeat(3000), { by }));
+      await codeOf(rotateSecret(nc, t, 'MISSING_CANARY', c47, { by }));
+      await codeOf(putSecret(nc, t, 'REFRESH_CANARY', c48, { by, lifecycle: Lifecycle.Refreshable }));
       const inline = await runCli(['secrets', 'put', 'INLINE_CANARY', `--value=${c49}`, '--tenant', t, '--nats', url, '--as', by]);
       expect(inline.code).toBe(2);
       cli.push(inline.out, inline.err);
@@ -652,12 +653,13 @@ describe('D3: canaries', () => {
       ['cli output', cli.join('\n')],
       ['nats wire', Buffer.concat(wire).toString('latin1')],
     ];
+    const jsm = await h.jsm(t);
     for (const name of [Streams.runs(t), Streams.commands(t), Streams.work(t), Streams.deadLetters(t), Streams.fleet(t)]) {
-      const info = await h.jsm.streams.info(name).catch(() => undefined);
+      const info = await jsm.streams.info(name).catch(() => undefined);
       if (!info) continue;
       const parts: Buffer[] = [];
       for (let seq = info.state.first_seq; seq <= info.state.last_seq && seq > 0; seq++) {
-        const m = await h.jsm.streams.getMessage(name, { seq }).catch(() => undefined);
+        const m = await jsm.streams.getMessage(name, { seq }).catch(() => undefined);
         if (m) parts.push(Buffer.from(m.data), Buffer.from(m.subject));
       }
       haystacks.push([`stream ${name}`, Buffer.concat(parts).toString('latin1')]);

@@ -102,7 +102,7 @@ describe('admission - records and config', () => {
   });
 
   it('admission - WORKER_ADMISSION defaults to required; auto is accepted; anything else is a problem', () => {
-    const base = { NATS_URL: 'nats://127.0.0.1:4222' };
+    const base = { NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: 'svc.creds' };
     expect(loadConfig(base).admission).toBe('required');
     expect(loadConfig({ ...base, WORKER_ADMISSION: 'auto' }).admission).toBe('auto');
     expect(() => loadConfig({ ...base, WORKER_ADMISSION: 'yes' })).toThrow(/WORKER_ADMISSION must be required or auto/);

@@ -4,7 +4,8 @@ import { LOG_LEVELS, type Env } from '@capstan/kit';
 import { loadConfig as loadOrchestrator } from '@capstan/orchestrator';
 import { loadConfig as loadWorker } from '@capstan/worker';
 
-const NATS = { NATS_URL: 'nats://127.0.0.1:4333' };
+const NATS = { NATS_URL: 'nats://127.0.0.1:4333', NATS_CREDS: 'service.creds' };
+const CREDS = { NATS_CREDS: 'service.creds' };
 
 function problems(load: (env: Env) => unknown, env: Env): readonly string[] {
   try {
@@ -25,7 +26,7 @@ describe('config - shared keys', () => {
 
   for (const [name, load] of loaders) {
     it(`config - ${name}: NATS_URL is required`, () => {
-      for (const env of [{}, { NATS_URL: '' }]) {
+      for (const env of [{ ...CREDS }, { NATS_URL: '', ...CREDS }]) {
         const p = problems(load, env);
         expect(p).toHaveLength(1);
         expect(p[0]).toContain('NATS_URL is required');
@@ -34,10 +35,10 @@ describe('config - shared keys', () => {
 
     it(`config - ${name}: NATS_URL takes one or more host:port servers, with or without a scheme`, () => {
       for (const url of ['nats://127.0.0.1:4222', 'localhost:4222', 'nats://a:1,nats://b:2', 'tls://h.example:4443']) {
-        expect((load({ NATS_URL: url }) as { natsUrl: string }).natsUrl).toBe(url);
+        expect((load({ NATS_URL: url, ...CREDS }) as { natsUrl: string }).natsUrl).toBe(url);
       }
       for (const [url, bad] of [['nats://host', 1], ['nats://a:1,bad', 1], ['nats://:4222', 1], ['a,b', 2]] as const) {
-        const p = problems(load, { NATS_URL: url });
+        const p = problems(load, { NATS_URL: url, ...CREDS });
         expect(p, url).toHaveLength(bad);
         for (const line of p) expect(line).toContain('NATS_URL has an invalid server address');
       }
@@ -72,13 +73,13 @@ describe('config - orchestrator', () => {
   it('config - orchestrator: defaults', () => {
     expect(loadOrchestrator(NATS)).toEqual({
       natsUrl: NATS.NATS_URL,
+      nats: { credsPaths: ['service.creds'] },
       logLevel: 'info',
       tenants: 'all',
       workflowsModule: '',
       cacheSize: 10_000,
       maxBatch: 256,
       maxTicks: 2,
-      ackWaitMs: 10_000,
       discoveryMs: 2000,
       name: `orchestrator-${process.pid}`,
       policy: 'on',
@@ -96,8 +97,8 @@ describe('config - orchestrator', () => {
       ORCH_CACHE_SIZE: '0',
       ORCH_MAX_BATCH: '1000',
       ORCH_MAX_TICKS: '64',
-      ORCH_ACK_WAIT_MS: '500',
       ORCH_DISCOVERY_MS: '3600000',
+      NATS_TLS_CA: '/etc/ca.pem',
       ORCH_NAME: 'orch-a',
       ORCH_POLICY: 'off',
       ORCH_APPROVAL_TTL_MS: '60000',
@@ -105,13 +106,13 @@ describe('config - orchestrator', () => {
     });
     expect(c).toEqual({
       natsUrl: NATS.NATS_URL,
+      nats: { credsPaths: ['service.creds'], tls: { caFile: '/etc/ca.pem' } },
       logLevel: 'debug',
       tenants: ['acme', 'beta'],
       workflowsModule: '/srv/workflows.js',
       cacheSize: 0,
       maxBatch: 1000,
       maxTicks: 64,
-      ackWaitMs: 500,
       discoveryMs: 3_600_000,
       name: 'orch-a',
       policy: 'off',
@@ -124,7 +125,6 @@ describe('config - orchestrator', () => {
     ['ORCH_CACHE_SIZE', 0, 10_000_000],
     ['ORCH_MAX_BATCH', 1, 1000],
     ['ORCH_MAX_TICKS', 1, 64],
-    ['ORCH_ACK_WAIT_MS', 500, 3_600_000],
     ['ORCH_DISCOVERY_MS', 100, 3_600_000],
   ];
   for (const [key, min, max] of RANGES) {
@@ -147,13 +147,13 @@ describe('config - orchestrator', () => {
       ORCH_CACHE_SIZE: '-1',
       ORCH_MAX_BATCH: '0',
       ORCH_MAX_TICKS: '65',
-      ORCH_ACK_WAIT_MS: 'soon',
       ORCH_DISCOVERY_MS: '1.5',
+      NATS_TLS_CERT: '/etc/client.pem',
     });
-    // NATS_URL, LOG_LEVEL, two tenants, and five numbers
-    expect(p).toHaveLength(9);
+    // NATS_URL, NATS_CREDS, the half TLS pair, LOG_LEVEL, two tenants, and four numbers
+    expect(p).toHaveLength(10);
     const all = p.join('\n');
-    for (const key of ['NATS_URL', 'LOG_LEVEL', 'CAPSTAN_TENANTS', 'ORCH_CACHE_SIZE', 'ORCH_MAX_BATCH', 'ORCH_MAX_TICKS', 'ORCH_ACK_WAIT_MS', 'ORCH_DISCOVERY_MS']) {
+    for (const key of ['NATS_URL', 'NATS_CREDS', 'NATS_TLS_CERT', 'LOG_LEVEL', 'CAPSTAN_TENANTS', 'ORCH_CACHE_SIZE', 'ORCH_MAX_BATCH', 'ORCH_MAX_TICKS', 'ORCH_DISCOVERY_MS']) {
       expect(all).toContain(key);
     }
     // the message lists them too, one per line
@@ -169,18 +169,18 @@ describe('config - worker', () => {
   it('config - worker: defaults', () => {
     expect(loadWorker(NATS)).toEqual({
       natsUrl: NATS.NATS_URL,
+      nats: { credsPaths: ['service.creds'] },
       logLevel: 'info',
       tenants: 'all',
-      pools: ['default'],
+      pools: [],
       handlersModule: '',
       concurrency: 64,
-      ackWaitMs: 30_000,
       startedAfterMs: 250,
       discoveryMs: 2000,
       sandboxStallMs: 5000,
       leases: true,
       approvalTtlMs: 900_000,
-      id: `worker-${process.pid}`,
+      id: '',
       admission: 'required',
       auditDatabaseUrl: '',
     });
@@ -207,7 +207,7 @@ describe('config - worker', () => {
         WORKER_POOLS: ' gpu , cpu_2 ,',
         CAPSTAN_HANDLERS: './handlers.js',
         WORKER_CONCURRENCY: '1',
-        WORKER_ACK_WAIT_MS: '1000',
+        NATS_CREDS: 'acme.creds,beta.creds',
         WORKER_STARTED_AFTER_MS: '0',
         WORKER_DISCOVERY_MS: '100',
         WORKER_ID: 'w-7',
@@ -219,12 +219,12 @@ describe('config - worker', () => {
       }),
     ).toEqual({
       natsUrl: NATS.NATS_URL,
+      nats: { credsPaths: ['acme.creds', 'beta.creds'] },
       logLevel: 'warn',
       tenants: ['acme'],
       pools: ['gpu', 'cpu_2'],
       handlersModule: './handlers.js',
       concurrency: 1,
-      ackWaitMs: 1000,
       startedAfterMs: 0,
       discoveryMs: 100,
       sandboxStallMs: 800,
@@ -238,7 +238,6 @@ describe('config - worker', () => {
 
   const RANGES: [string, number, number][] = [
     ['WORKER_CONCURRENCY', 1, 10_000],
-    ['WORKER_ACK_WAIT_MS', 1000, 3_600_000],
     ['WORKER_STARTED_AFTER_MS', 0, 3_600_000],
     ['WORKER_DISCOVERY_MS', 100, 3_600_000],
   ];
@@ -255,12 +254,11 @@ describe('config - worker', () => {
     });
   }
 
-  it('config - worker: bad pool names are each reported; no pool at all is a problem', () => {
+  it('config - worker: bad pool names are each reported; none means every pool of its credential', () => {
     const p = problems(loadWorker, { ...NATS, WORKER_POOLS: 'ok,Bad Pool,a.b,*' });
     expect(p).toHaveLength(3);
     for (const line of p) expect(line).toContain('WORKER_POOLS');
-    const none = problems(loadWorker, { ...NATS, WORKER_POOLS: ' , ,' });
-    expect(none).toEqual(['WORKER_POOLS must name at least one pool']);
+    expect(loadWorker({ ...NATS, WORKER_POOLS: ' , ,' }).pools).toEqual([]);
   });
 
   it('config - worker: every invalid key is reported at once', () => {
@@ -269,20 +267,19 @@ describe('config - worker', () => {
       CAPSTAN_TENANTS: '-bad',
       WORKER_POOLS: 'UPPER',
       WORKER_CONCURRENCY: '0',
-      WORKER_ACK_WAIT_MS: '999',
       WORKER_STARTED_AFTER_MS: '-5',
       WORKER_DISCOVERY_MS: 'often',
     });
-    // NATS_URL, LOG_LEVEL, CAPSTAN_TENANTS, the pool, "no pool", and four numbers
-    expect(p).toHaveLength(9);
+    // NATS_URL, NATS_CREDS, LOG_LEVEL, CAPSTAN_TENANTS, the pool, and three numbers
+    expect(p).toHaveLength(8);
     const all = p.join('\n');
     for (const key of [
       'NATS_URL',
       'LOG_LEVEL',
       'CAPSTAN_TENANTS',
       'WORKER_POOLS',
+      'NATS_CREDS',
       'WORKER_CONCURRENCY',
-      'WORKER_ACK_WAIT_MS',
       'WORKER_STARTED_AFTER_MS',
       'WORKER_DISCOVERY_MS',
     ]) {

@@ -7,7 +7,7 @@ import { createLinkTokens, createSessions, csvField, hashPassword, loadConfig, p
 import { CapstanError, ErrorCode } from '@capstan/schemas';
 
 const SECRET = 'x'.repeat(40);
-const BASE_ENV = { CONSOLE_SECRET: SECRET, CONSOLE_USERS: '/etc/capstan/users.json', DATABASE_URL: 'postgres://capstan@127.0.0.1:5432/capstan', NATS_URL: 'nats://127.0.0.1:4222' };
+const BASE_ENV = { CONSOLE_SECRET: SECRET, CONSOLE_USERS: '/etc/capstan/users.json', DATABASE_URL: 'postgres://capstan@127.0.0.1:5432/capstan', NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: 'svc.creds' };
 
 function problemsOf(f: () => unknown): string[] {
   try {
@@ -29,7 +29,8 @@ describe('console config', () => {
 
   it('console config - every problem at once, and the secret never in a message', () => {
     const problems = problemsOf(() => loadConfig({ CONSOLE_SECRET: 'short-secret-value', CONSOLE_PORT: '70000', CONSOLE_PUBLIC_URL: 'ftp://x/y', DATABASE_URL: 'mysql://u:hunter2@h/db', CONSOLE_SESSION_HOURS: '0' }));
-    expect(problems).toHaveLength(7);
+    expect(problems).toHaveLength(8);
+    expect(problems.join('\n')).toMatch(/NATS_CREDS is required/);
     expect(problems.join('\n')).toMatch(/CONSOLE_SECRET must be at least 32 bytes; it has 18/);
     expect(problems.join('\n')).toMatch(/CONSOLE_USERS is required/);
     expect(problems.join('\n')).toMatch(/CONSOLE_PORT must be an integer/);
@@ -42,7 +43,7 @@ describe('console config', () => {
   });
 
   it('console config - the secret and users file are required outside dev mode only', () => {
-    expect(problemsOf(() => loadConfig({ DATABASE_URL: BASE_ENV.DATABASE_URL, NATS_URL: BASE_ENV.NATS_URL }))).toEqual([
+    expect(problemsOf(() => loadConfig({ DATABASE_URL: BASE_ENV.DATABASE_URL, NATS_URL: BASE_ENV.NATS_URL, NATS_CREDS: 'console.creds' }))).toEqual([
       expect.stringMatching(/^CONSOLE_SECRET is required/),
       expect.stringMatching(/^CONSOLE_USERS is required/),
     ]);

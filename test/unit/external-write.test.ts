@@ -83,7 +83,7 @@ describe('external write without audit', () => {
 });
 
 describe('config - worker audit', () => {
-  const NATS = { NATS_URL: 'nats://127.0.0.1:4333' };
+  const NATS = { NATS_URL: 'nats://127.0.0.1:4333', NATS_CREDS: 'worker.creds' };
   it('config - worker: AUDIT_DATABASE_URL is optional (empty: not configured)', () => {
     expect(loadConfig(NATS).auditDatabaseUrl).toBe('');
     expect(loadConfig({ ...NATS, AUDIT_DATABASE_URL: '' }).auditDatabaseUrl).toBe('');

@@ -3,7 +3,6 @@ import fc from 'fast-check';
 import {
   CapstanError,
   COMMAND_VERBS,
-  CommandVerb,
   Consumers,
   DeadLetterSource,
   ErrorCode,
@@ -203,14 +202,20 @@ describe('names - subjects against stream filters', () => {
     expect(Subjects.allTimers(SAMPLE_TENANTS[0] as TenantId)).toBe('cap.acme.timers.>');
   });
 
-  it('names - anySubmit captures every tenant submit subject and nothing else', () => {
-    const any = Subjects.anySubmit();
-    expect(any).toBe('cap.*.cmd.submit');
+  it('names - a service\'s request wildcard and the credential routes capture only their own tenant\'s subjects', () => {
     for (const t of SAMPLE_TENANTS) {
-      for (const b of everySubject(t)) {
-        expect(matches(any, b.subject), b.subject).toBe(b.subject === Subjects.command(t, CommandVerb.Submit));
+      const policy = Subjects.svcVerbs(t, 'policy');
+      expect(policy).toBe(`cap.${t}.svc.policy.*`);
+      expect(matches(policy, Subjects.policy(t, 'decide'))).toBe(true);
+      expect(matches(Subjects.allJitRoutes(t), Subjects.jitRoute(t, 'r1'))).toBe(true);
+      for (const other of SAMPLE_TENANTS.filter((o) => o !== t)) {
+        for (const b of everySubject(other)) {
+          expect(matches(policy, b.subject), b.subject).toBe(false);
+          expect(matches(Subjects.allJitRoutes(t), b.subject), b.subject).toBe(false);
+        }
       }
     }
+    expect(() => Subjects.jitRoute('acme' as TenantId, 'Not A Token')).toThrow(/credential route/);
   });
 
   it('names - spelled subjects match the documented layout', () => {

@@ -3,7 +3,7 @@ import { ConfigError } from '@capstan/schemas';
 import { parseFailpoints } from '@capstan/kit';
 import { loadConfig } from '@capstan/projector';
 
-const BASE = { NATS_URL: 'nats://127.0.0.1:4333', DATABASE_URL: 'postgres://capstan:pw@127.0.0.1:5432/capstan' };
+const BASE = { NATS_URL: 'nats://127.0.0.1:4333', NATS_CREDS: 'projector.creds', DATABASE_URL: 'postgres://capstan:pw@127.0.0.1:5432/capstan' };
 
 function problems(env: Record<string, string>): readonly string[] {
   try {
@@ -18,21 +18,21 @@ function problems(env: Record<string, string>): readonly string[] {
 describe('config - projector', () => {
   it('config - projector: defaults', () => {
     const c = loadConfig(BASE);
-    expect([c.batch, c.ackWaitMs, c.discoveryMs, c.tenants, c.databaseUrl]).toEqual([256, 10_000, 2000, 'all', BASE.DATABASE_URL]);
+    expect([c.batch, c.discoveryMs, c.tenants, c.databaseUrl, c.nats.credsPaths]).toEqual([256, 2000, 'all', BASE.DATABASE_URL, ['projector.creds']]);
     expect(loadConfig({ ...BASE, PROJECTOR_BATCH: '64', CAPSTAN_TENANTS: 'a,b' })).toMatchObject({ batch: 64, tenants: ['a', 'b'] });
   });
 
   it('config - projector: DATABASE_URL is required and must be a postgres URL, never echoed', () => {
-    expect(problems({ NATS_URL: BASE.NATS_URL })).toEqual([expect.stringContaining('DATABASE_URL is required')]);
+    expect(problems({ NATS_URL: BASE.NATS_URL, NATS_CREDS: BASE.NATS_CREDS })).toEqual([expect.stringContaining('DATABASE_URL is required')]);
     const p = problems({ ...BASE, DATABASE_URL: 'mysql://root:s3cret@db/x' });
     expect(p).toEqual([expect.stringContaining('DATABASE_URL must be a postgres://')]);
     expect(p.join(' ')).not.toContain('s3cret');
   });
 
   it('config - projector: every problem at once', () => {
-    const p = problems({ PROJECTOR_BATCH: '0', PROJECTOR_ACK_WAIT_MS: 'soon', PROJECTOR_DISCOVERY_MS: '5', LOG_LEVEL: 'loud', CAPSTAN_FAILPOINTS: 'x:explode:2' });
+    const p = problems({ PROJECTOR_BATCH: '0', PROJECTOR_DISCOVERY_MS: '5', LOG_LEVEL: 'loud', CAPSTAN_FAILPOINTS: 'x:explode:2' });
     expect(p).toHaveLength(7);
-    for (const key of ['NATS_URL', 'DATABASE_URL', 'PROJECTOR_BATCH', 'PROJECTOR_ACK_WAIT_MS', 'PROJECTOR_DISCOVERY_MS', 'LOG_LEVEL', 'CAPSTAN_FAILPOINTS']) {
+    for (const key of ['NATS_URL', 'NATS_CREDS', 'DATABASE_URL', 'PROJECTOR_BATCH', 'PROJECTOR_DISCOVERY_MS', 'LOG_LEVEL', 'CAPSTAN_FAILPOINTS']) {
       expect(p.some((x) => x.includes(key)), key).toBe(true);
     }
   });

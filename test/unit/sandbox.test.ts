@@ -118,6 +118,6 @@ describe('agents, proofs and config', () => {
       const m = (e as Error).message;
       for (const key of ['NATS_URL', 'SANDBOX_BACKEND', 'SANDBOX_NODE', 'SANDBOX_POOL_MAX', 'SANDBOX_MEMORY_MB']) expect(m).toContain(key);
     }
-    expect(loadConfig({ NATS_URL: 'nats://127.0.0.1:4222' }).limits.pids).toBe(128);
+    expect(loadConfig({ NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: 'svc.creds' }).limits.pids).toBe(128);
   });
 });

@@ -26,12 +26,12 @@ describe('secrets-lease config', () => {
     expect(problems).toMatch(/SECRETS_MASTER_KEY must be base64 of exactly 32 bytes/);
     expect(problems).toMatch(/SECRETS_MAX_TTL_MS must be >= SECRETS_DEFAULT_TTL_MS/);
     expect((err as Error).message).not.toContain(leaked);
-    expect(() => loadConfig({ NATS_URL: 'nats://127.0.0.1:4222', DATABASE_URL: 'postgres://h/db', SECRETS_MASTER_KEY: randomBytes(16).toString('base64') })).toThrow(/got 16 bytes/);
+    expect(() => loadConfig({ NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: 'svc.creds', DATABASE_URL: 'postgres://h/db', SECRETS_MASTER_KEY: randomBytes(16).toString('base64') })).toThrow(/got 16 bytes/);
   });
 
   it('secrets config - a good config holds the key but never prints it', () => {
     const key = randomBytes(32).toString('base64');
-    const c = loadConfig({ NATS_URL: 'nats://127.0.0.1:4222', DATABASE_URL: 'postgres://u:pw@h/db', SECRETS_MASTER_KEY: key });
+    const c = loadConfig({ NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: 'svc.creds', DATABASE_URL: 'postgres://u:pw@h/db', SECRETS_MASTER_KEY: key });
     expect(c.masterKey.toString('base64')).toBe(key);
     expect(JSON.stringify(c)).not.toContain(key);
     expect(Object.keys(c)).not.toContain('masterKey');

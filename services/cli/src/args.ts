@@ -4,10 +4,16 @@ import { InvalidArgumentError, isTenantId, isRunId, TENANT_ID_PATTERN, type Json
 
 export type Options = NonNullable<ParseArgsConfig['options']>;
 
+/**
+ * How a command reaches NATS, accepted by every command that does: the server, and the
+ * credential (a user's own `.creds` file, or the operator's key store to act as admin).
+ */
+const CONNECTION: Options = { nats: { type: 'string' }, creds: { type: 'string' }, 'auth-dir': { type: 'string' } };
+
 export function parse(argv: string[], options: Options, positionals: string[]): { values: Record<string, string | boolean | undefined>; args: string[] } {
   let parsed;
   try {
-    parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+    parsed = parseArgs({ args: argv, options: 'nats' in options ? { ...CONNECTION, ...options } : options, allowPositionals: true, strict: true });
   } catch (e) {
     throw new InvalidArgumentError((e as Error).message.replace(/^TypeError \[[A-Z_]+\]: /, ''));
   }

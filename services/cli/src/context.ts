@@ -1,13 +1,27 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connectNats, createLogger, PROJECT_ROOT, type NatsConnection } from '@capstan/kit';
-import { InvalidArgumentError, UnavailableError } from '@capstan/schemas';
+import {
+  connectNats,
+  createLogger,
+  openAuthStore,
+  parseCredentials,
+  PROJECT_ROOT,
+  readCredentials,
+  tenantConnection,
+  type AdminTarget,
+  type AuthStore,
+  type CredentialsInfo,
+  type TenantConnection,
+} from '@capstan/kit';
+import { CapstanError, CredentialsError, ErrorCode, InvalidArgumentError, UnavailableError, type Role, type TenantId } from '@capstan/schemas';
 
 /** Where `capstan dev` leaves its state, including the URL of the server it started. */
 export const DEV_DIR = join(PROJECT_ROOT, '.capstan', 'dev');
 export const DEV_URL_FILE = join(DEV_DIR, 'nats.url');
 /** The query API a running `capstan dev` serves (the read commands go through it). */
 export const DEV_API_URL_FILE = join(DEV_DIR, 'api.url');
+/** The dev stack's key store: operator, accounts, service identities, issued credentials. */
+export const DEV_AUTH_DIR = join(DEV_DIR, 'auth');
 
 /** `--nats`, else `NATS_URL`, else the server a running `capstan dev` started. */
 export function natsUrl(flag: unknown, env: NodeJS.ProcessEnv): string {
@@ -39,27 +53,128 @@ export function apiUrl(flag: unknown, env: NodeJS.ProcessEnv, file: string = DEV
   return raw.replace(/\/+$/, '');
 }
 
-export async function connectCli(flag: unknown): Promise<NatsConnection> {
-  const url = natsUrl(flag, process.env);
-  const log = createLogger('cli', 'error', process.stderr);
-  try {
-    return await connectNats(url, 'capstan-cli', log);
-  } catch (e) {
-    throw new UnavailableError(`cannot reach NATS at ${url}: ${(e as Error).message}`);
-  }
+/**
+ * The key store the CLI acts with as the platform admin: `--auth-dir`, else
+ * `CAPSTAN_AUTH_DIR`, else the dev stack's (when `capstan dev` made one); undefined when none.
+ */
+export function authDir(values: Record<string, unknown>, env: NodeJS.ProcessEnv): string | undefined {
+  const flag = values['auth-dir'];
+  if (typeof flag === 'string' && flag) return flag;
+  if (env['CAPSTAN_AUTH_DIR']) return env['CAPSTAN_AUTH_DIR'];
+  return existsSync(join(DEV_AUTH_DIR, 'operator.seed')) ? DEV_AUTH_DIR : undefined;
 }
 
-/** Runs `fn` with a connection to NATS, closed afterwards whatever happens. */
-export async function withNats<T>(flag: unknown, fn: (nc: NatsConnection) => Promise<T>): Promise<T> {
-  const nc = await connectCli(flag);
+/** `--creds`, else `NATS_CREDS`: the user's own credential file, if given. */
+function credsPath(values: Record<string, unknown>, env: NodeJS.ProcessEnv): string | undefined {
+  const flag = values['creds'];
+  if (typeof flag === 'string' && flag) return flag;
+  return env['NATS_CREDS'] || undefined;
+}
+
+const quiet = () => createLogger('cli', 'error', process.stderr);
+
+/**
+ * The credential a command acts with in tenant `t`: the user's own (`--creds`, `NATS_CREDS`),
+ * which must be for that tenant; else, with a key store, a short-lived credential of exactly
+ * the role the command needs (so the CLI never holds more than the command uses).
+ * @throws CredentialsError | InvalidArgumentError when there is none, or it is for another tenant
+ */
+async function credentialFor(values: Record<string, unknown>, t: TenantId, role: Role): Promise<CredentialsInfo> {
+  const path = credsPath(values, process.env);
+  if (path) {
+    const c = await readCredentials(path);
+    if (c.tenant !== t) throw new CredentialsError(path, `is for ${c.tenant ? `tenant ${c.tenant}` : 'the platform, not a tenant'}; this command acts in tenant ${t}`);
+    return c;
+  }
+  const dir = authDir(values, process.env);
+  if (!dir) {
+    throw new InvalidArgumentError('no credentials: pass --creds <file> (or set NATS_CREDS; capstan creds issue makes one), or --auth-dir / CAPSTAN_AUTH_DIR for the key store, or start `capstan dev` first');
+  }
+  const store = await openAuthStore(dir);
+  if (!store.hasTenant(t)) throw new CapstanError(ErrorCode.UnknownTenant, `tenant ${t} has no account in ${dir} (capstan tenant add ${t})`);
+  return parseCredentials(await store.mintUser(t, role, `cli-${role}`), `${dir} (${role})`);
+}
+
+/**
+ * Runs `fn` with a connection to tenant `t`'s account as `role` (see {@link credentialFor}),
+ * closed afterwards whatever happens.
+ */
+export async function withTenant<T>(values: Record<string, unknown>, t: TenantId, role: Role, fn: (tc: TenantConnection) => Promise<T>): Promise<T> {
+  const url = natsUrl(values['nats'], process.env);
+  const credentials = await credentialFor(values, t, role);
+  let nc;
   try {
-    return await fn(nc);
+    nc = await connectNats(url, 'capstan-cli', quiet(), { credentials, reconnect: false });
+  } catch (e) {
+    if (CapstanError.is(e)) throw e;
+    throw new UnavailableError(`cannot reach NATS at ${url}: ${(e as Error).message}`);
+  }
+  try {
+    return await fn(await tenantConnection(t, nc));
   } finally {
     await nc.close();
   }
 }
 
+/**
+ * Runs `fn` as the platform admin, with the key store (`--auth-dir`, `CAPSTAN_AUTH_DIR`, or
+ * the dev stack's) and the server.
+ * @throws InvalidArgumentError when there is no key store
+ */
+export async function withAdmin<T>(values: Record<string, unknown>, fn: (a: AdminTarget & { store: AuthStore }) => Promise<T>): Promise<T> {
+  const dir = authDir(values, process.env);
+  if (!dir) throw new InvalidArgumentError('this command needs the operator\'s key store: pass --auth-dir <dir> or set CAPSTAN_AUTH_DIR (capstan dev keeps one in .capstan/dev/auth)');
+  const store = await openAuthStore(dir);
+  const servers = natsUrl(values['nats'], process.env);
+  return fn({ servers, store, log: quiet() });
+}
+
 /** `--json` prints the value; otherwise the human rendering. */
 export function print(json: boolean, value: unknown, human: () => string): void {
   process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${human()}\n`);
+}
+
+/**
+ * Runs `fn` over several tenants as `role`: with the user's own credential, its one tenant;
+ * with a key store, every tenant it holds (or `only`). Connections are opened as asked and
+ * closed afterwards.
+ */
+export async function withTenants<T>(
+  values: Record<string, unknown>,
+  role: Role,
+  only: TenantId | undefined,
+  fn: (o: { readonly tenants: readonly TenantId[]; readonly tenant: (t: TenantId) => Promise<TenantConnection> }) => Promise<T>,
+): Promise<T> {
+  const url = natsUrl(values['nats'], process.env);
+  let tenants: TenantId[];
+  const path = credsPath(values, process.env);
+  if (path) {
+    const c = await readCredentials(path);
+    if (!c.tenant) throw new CredentialsError(path, 'names no tenant');
+    if (only && only !== c.tenant) throw new CredentialsError(path, `is for tenant ${c.tenant}; --tenant asks for ${only}`);
+    tenants = [c.tenant];
+  } else {
+    const dir = authDir(values, process.env);
+    if (!dir) throw new InvalidArgumentError('no credentials: pass --creds <file> (or set NATS_CREDS), or --auth-dir / CAPSTAN_AUTH_DIR for the key store');
+    const all = (await openAuthStore(dir)).tenants();
+    if (only && !all.includes(only)) throw new CapstanError(ErrorCode.UnknownTenant, `tenant ${only} is not provisioned`);
+    tenants = only ? [only] : all;
+  }
+  const open = new Map<TenantId, TenantConnection>();
+  try {
+    return await fn({
+      tenants,
+      async tenant(t) {
+        let tc = open.get(t);
+        if (!tc) {
+          const credentials = await credentialFor(values, t, role);
+          tc = await tenantConnection(t, await connectNats(url, 'capstan-cli', quiet(), { credentials, reconnect: false }));
+          open.set(t, tc);
+        }
+        return tc;
+      },
+    });
+  } finally {
+    await Promise.allSettled([...open.values()].map((tc) => tc.nc.close()));
+  }
 }

@@ -1,14 +1,16 @@
 /**
- * `capstan dev`: the whole platform on one machine. Starts a private nats-server (unless
- * NATS_URL is set), provisions the `demo` tenant, runs the orchestrator and a worker
- * in-process, and with `--demo` runs the demo workflows while printing their progress.
+ * `capstan dev`: the whole platform on one machine, under the same tenancy model as
+ * production. Keeps a key store in `.capstan/dev/auth` (made on first start, owner-only),
+ * starts a private nats-server in operator mode (unless NATS_URL is set), provisions the
+ * `demo` tenant (its account, quota, streams, registry record), issues a client and a
+ * worker credential, runs every service in-process, each with its own credential, and with
+ * `--demo` runs the demo workflows while printing their progress.
  */
 import { execFileSync } from 'node:child_process';
 import { createServer } from 'node:net';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { jetstreamManager, DeliverPolicy } from '@nats-io/jetstream';
 import { createOrchestrator, loadConfig as orchestratorConfig } from '@capstan/orchestrator';
 import { createWorker, loadConfig as workerConfig } from '@capstan/worker';
 import { createSandboxService, loadConfig as sandboxConfig } from '@capstan/sandbox';
@@ -23,20 +25,28 @@ import {
   migrate,
   openDatabase,
   createLogger,
-  decodeEvent,
-  ensureTenant,
+  ensurePlatform,
   findNatsServer,
+  issueCredential,
   listSecrets,
   NatsServerMissingError,
+  openAuthStore,
+  parseCredentials,
   PROJECT_ROOT,
+  provisionTenant,
   putSecret,
+  serviceAccess,
   setPolicy,
+  startFleetAuthority,
   startNatsServer,
+  tenantConnection,
+  type AuthStore,
   type NatsServer,
+  type TenantConnection,
 } from '@capstan/kit';
-import { InvalidArgumentError, parseTenantId, runIdOfSubject, Streams, Subjects, type RunEvent, type RunId } from '@capstan/schemas';
+import { decode, InvalidArgumentError, parseRunEvent, parseTenantId, Role, runIdOfSubject, Subjects, type RunEvent, type RunId, type ServiceRole } from '@capstan/schemas';
 import { parse } from './args.js';
-import { DEV_API_URL_FILE, DEV_DIR, DEV_URL_FILE } from './context.js';
+import { DEV_API_URL_FILE, DEV_AUTH_DIR, DEV_DIR, DEV_URL_FILE } from './context.js';
 import { bold, colorStatus, cyan, describe, dim, green, red } from './format.js';
 
 const say = (s: string) => process.stdout.write(`${s}\n`);
@@ -102,19 +112,31 @@ export async function devCmd(argv: string[]): Promise<number> {
   let server: NatsServer | undefined;
   let url = typeof values['nats'] === 'string' ? values['nats'] : process.env['NATS_URL'];
   const storeDir = join(DEV_DIR, 'nats');
+  mkdirSync(DEV_DIR, { recursive: true, mode: 0o700 });
+  // The key store survives --fresh: a fresh server learns every account from it again.
+  const store = await openAuthStore(DEV_AUTH_DIR, { create: true });
+  const logLevel = (process.env['LOG_LEVEL'] ?? 'warn') as 'warn';
+  const devLog = createLogger('dev', logLevel, process.stderr);
   if (!url) {
     if (values['fresh']) rmSync(storeDir, { recursive: true, force: true });
     if (values['fresh']) rmSync(PGLITE_DIR, { recursive: true, force: true });
-    say(dim('starting nats-server (JetStream) …'));
-    server = await startNatsServer({ binary: ensureNatsBinary(), storeDir, port: values['port'] ? portFlag(values['port']) : await preferredPort() });
+    say(dim('starting nats-server (JetStream, operator mode: an account per tenant) …'));
+    server = await startNatsServer({ binary: ensureNatsBinary(), storeDir, port: values['port'] ? portFlag(values['port']) : await preferredPort(), auth: store });
     url = server.url;
-    mkdirSync(DEV_DIR, { recursive: true });
     writeFileSync(DEV_URL_FILE, url);
+  } else {
+    // A server of the user's: it must run in operator mode with this key store (docs/tenancy.md).
+    await ensurePlatform({ servers: url, store, log: devLog });
   }
-  const env = { ...process.env, NATS_URL: url, LOG_LEVEL: process.env['LOG_LEVEL'] ?? 'warn', ORCH_DISCOVERY_MS: '500', WORKER_DISCOVERY_MS: '500', WORKER_ADMISSION: 'auto' };
-  const logLevel = env.LOG_LEVEL as 'warn';
-  const nc = await connectNats(url, 'capstan-dev', createLogger('dev', logLevel, process.stderr));
-  await ensureTenant(await jetstreamManager(nc), tenant);
+  const admin = { servers: url, store, log: devLog };
+  await provisionTenant(admin, tenant);
+  const credsOf = await devCredentials(admin, tenant);
+  const env = { ...process.env, NATS_URL: url, LOG_LEVEL: logLevel, ORCH_DISCOVERY_MS: '500', WORKER_DISCOVERY_MS: '500', POLICY_DISCOVERY_MS: '500', SECRETS_DISCOVERY_MS: '500', SANDBOX_DISCOVERY_MS: '500', WORKER_ADMISSION: 'auto' };
+  /** A service's environment: its own credential, and nothing it could act on elsewhere with. */
+  const as = (role: ServiceRole, extra: Record<string, string> = {}) => ({ ...env, NATS_CREDS: store.serviceCredsPath(role), ...extra });
+  // The dev stack's own actions (policy, secrets, the demo's approvals) are an operator's.
+  const operator = await connectAs(url, await store.mintUser(tenant, Role.Operator, 'capstan-dev', {}, 30 * 86_400), tenant);
+  const nc = operator.nc;
   // Projections: Postgres when given one, else PGlite (embedded Postgres) in .capstan/dev/pg.
   const dbUrl = typeof values['db'] === 'string' ? values['db'] : process.env['DATABASE_URL'];
   say(dim(dbUrl ? 'opening the projections database …' : 'opening the embedded projections database (PGlite) …'));
@@ -123,10 +145,10 @@ export async function devCmd(argv: string[]): Promise<number> {
   await migrate(database);
   // Policy (Cedar) and secrets (envelope-encrypted in the same database): the dev tenant gets
   // the dev policy and two demo secrets, made once with random values.
-  const policyService = await createPolicyService(policyConfig(env), createLogger('policy', logLevel, process.stderr));
+  const policyService = await createPolicyService(policyConfig(as(Role.Policy)), createLogger('policy', logLevel, process.stderr));
   await policyService.start();
   const secretsService = await createSecretsLease(
-    secretsConfig({ ...env, DATABASE_URL: dbUrl ?? 'postgres://embedded.pglite/capstan', SECRETS_MASTER_KEY: devMasterKey() }),
+    secretsConfig(as(Role.SecretsLease, { DATABASE_URL: dbUrl ?? 'postgres://embedded.pglite/capstan', SECRETS_MASTER_KEY: devMasterKey() })),
     createLogger('secrets-lease', logLevel, process.stderr),
     { database },
   );
@@ -137,15 +159,17 @@ export async function devCmd(argv: string[]): Promise<number> {
     if (!stored.has(name)) await putSecret(nc, tenant, name, `${name.toLowerCase()}-${randomBytes(12).toString('hex')}`, { by: 'capstan-dev' });
   }
 
-  const orchestrator = await createOrchestrator(orchestratorConfig(env), createLogger('orchestrator', logLevel, process.stderr));
-  const worker = await createWorker(workerConfig({ ...env, WORKER_ID: 'dev-worker-1' }), createLogger('worker', logLevel, process.stderr));
+  const orchestrator = await createOrchestrator(orchestratorConfig(as(Role.Orchestrator)), createLogger('orchestrator', logLevel, process.stderr));
+  const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: credsOf.worker }), createLogger('worker', logLevel, process.stderr));
+  // Fleet decisions (the console's too) revoke or restore worker credentials at the server.
+  const authority = await startFleetAuthority(admin);
   await orchestrator.start();
   await worker.start();
 
   // Sandboxes (modes 1–3) on the local Docker engine. Without one, sandboxed steps fail
   // with `sandbox_unavailable`; they never run unsandboxed.
   const sandboxes = await createSandboxService(
-    sandboxConfig({ ...env, SANDBOX_NODE: 'dev', SANDBOX_POOL_MIN: '1', SANDBOX_POOL_MAX: '4' }),
+    sandboxConfig(as(Role.Sandbox, { SANDBOX_NODE: 'dev', SANDBOX_POOL_MIN: '1', SANDBOX_POOL_MAX: '4' })),
     createLogger('sandbox', logLevel, process.stderr),
   );
   await sandboxes.start();
@@ -154,17 +178,20 @@ export async function devCmd(argv: string[]): Promise<number> {
   const noSandboxes = sandboxes.unavailable();
 
   // The projector is handed the open database; its URL setting is then only a label.
-  const projector = await createProjector(projectorConfig({ ...env, DATABASE_URL: dbUrl ?? 'postgres://embedded.pglite/capstan' }), dbLog, { database });
+  const projector = await createProjector(projectorConfig(as(Role.Projector, { DATABASE_URL: dbUrl ?? 'postgres://embedded.pglite/capstan' })), dbLog, { database });
   await projector.start();
-  const api = createQueryServer({ db: database, jsm: await jetstreamManager(nc), nc, log: dbLog, port: await preferredPort(DEV_API_PORT, 0) });
+  // The query API reads stream positions as the projector does (read-only).
+  const readAccess = await serviceAccess(Role.Projector, { natsUrl: url, nats: { credsPaths: [store.serviceCredsPath(Role.Projector)] } }, 'capstan-query-api', dbLog);
+  const api = createQueryServer({ db: database, access: readAccess, log: dbLog, port: await preferredPort(DEV_API_PORT, 0) });
   await api.start();
   writeFileSync(DEV_API_URL_FILE, api.url);
   // The console: a local admin over the dev tenant, signed in by a one-time link.
   const consolePort = process.env['CONSOLE_PORT'] ?? String(await preferredPort(DEV_CONSOLE_PORT, 0));
   const devConsoleConfig = consoleConfig({ ...env, CONSOLE_PORT: consolePort }, { dev: true });
+  const consoleAccess = await serviceAccess(Role.Console, { natsUrl: url, nats: { credsPaths: [store.serviceCredsPath(Role.Console)] } }, 'capstan-console', createLogger('console', logLevel, process.stderr));
   const operatorConsole = createConsole({
     db: database,
-    nc,
+    access: consoleAccess,
     config: devConsoleConfig,
     log: createLogger('console', logLevel, process.stderr),
     users: [localAdmin([tenant])],
@@ -175,8 +202,9 @@ export async function devCmd(argv: string[]): Promise<number> {
 
   say('');
   say(`${bold('Capstan dev stack')} ${green('ready')}`);
-  say(`  NATS        ${url}${server ? dim(`  (store ${storeDir})`) : ''}`);
+  say(`  NATS        ${url}${server ? dim(`  (store ${storeDir}; operator mode, key store ${DEV_AUTH_DIR})`) : ''}`);
   say(`  tenant      ${tenant}`);
+  say(`  credentials ${credsOf.client}  ${dim(`(the tenant's client: nats --creds … / NATS_CREDS=…)`)}`);
   say(`  projections ${database.kind === 'pglite' ? `PGlite in ${PGLITE_DIR}` : database.where}`);
   say(`  query API   ${api.url}  ${dim('(capstan runs / run / audit use it)')}`);
   say(`  console     ${operatorConsole.url}`);
@@ -190,7 +218,10 @@ export async function devCmd(argv: string[]): Promise<number> {
     await operatorConsole.stop();
     rmSync(DEV_CONSOLE_URL_FILE, { force: true });
     await api.stop();
+    await readAccess.close();
+    await consoleAccess.close();
     rmSync(DEV_API_URL_FILE, { force: true });
+    await authority.stop();
     await worker.stop();
     await sandboxes.stop();
     await orchestrator.stop();
@@ -198,14 +229,14 @@ export async function devCmd(argv: string[]): Promise<number> {
     await policyService.stop();
     await projector.stop();
     await database.close();
-    await nc.close();
+    await operator.nc.close();
     await server?.stop();
     if (server) rmSync(DEV_URL_FILE, { force: true });
   };
 
   let code = 0;
   if (values['demo']) {
-    code = await runDemo(nc, tenant, !noSandboxes);
+    code = await runDemo(operator, tenant, !noSandboxes);
     await waitForProjections(projector);
     say(dim(`  list them:   npx capstan runs --tenant ${tenant}`));
     say('');
@@ -224,6 +255,26 @@ export async function devCmd(argv: string[]): Promise<number> {
 }
 
 const SANDBOX_ARTIFACTS = join(PROJECT_ROOT, '.capstan', 'artifacts');
+
+async function connectAs(url: string, creds: Uint8Array, tenant: ReturnType<typeof parseTenantId>): Promise<TenantConnection> {
+  const credentials = await parseCredentials(creds, 'capstan dev');
+  return tenantConnection(tenant, await connectNats(url, 'capstan-dev', createLogger('dev', 'warn', process.stderr), { credentials }));
+}
+
+/**
+ * The dev tenant's client and worker credentials, issued once and kept in the key store's
+ * `creds/` (owner-only): the client's is what a user's own application would hold.
+ */
+async function devCredentials(admin: { servers: string; store: AuthStore }, tenant: ReturnType<typeof parseTenantId>): Promise<{ client: string; worker: string }> {
+  const out = { client: admin.store.defaultCredsPath(tenant, 'demo-client'), worker: admin.store.defaultCredsPath(tenant, 'dev-worker-1') };
+  for (const [role, name, path] of [[Role.Client, 'demo-client', out.client], [Role.Worker, 'dev-worker-1', out.worker]] as const) {
+    const known = admin.store.user(tenant, name);
+    if (known && !known.revokedAt && existsSync(path)) continue;
+    const { creds } = await issueCredential(admin, tenant, role, name, role === Role.Worker ? { pools: ['default'] } : {});
+    writeFileSync(path, creds, { mode: 0o600 });
+  }
+  return out;
+}
 
 /**
  * The dev stack's master key for secrets, made once: `.capstan/dev/secrets-master.key`
@@ -263,19 +314,18 @@ function devPolicy(t: string): string {
 }
 
 /** Runs each demo workflow once, printing every event as it is recorded. */
-async function runDemo(nc: Awaited<ReturnType<typeof connectNats>>, tenant: ReturnType<typeof parseTenantId>, sandboxed: boolean): Promise<number> {
-  const client = await createClient(nc);
+async function runDemo(operator: TenantConnection, tenant: ReturnType<typeof parseTenantId>, sandboxed: boolean): Promise<number> {
+  const client = await createClient(operator);
   const names = new Map<RunId, string>();
   const ended = new Map<RunId, RunEvent>();
-  // Watch the tenant's run stream from now on: every event of every demo run.
-  const consumer = await client.js.consumers.get(Streams.runs(tenant), { filter_subjects: [Subjects.allRuns(tenant)], deliver_policy: DeliverPolicy.New });
-  const watch = await consumer.consume();
+  // Every event of every demo run as it is stored (run subjects are live as well as stored).
+  const watch = operator.nc.subscribe(Subjects.allRuns(tenant));
   const watching = (async () => {
     for await (const m of watch) {
       const runId = runIdOfSubject(m.subject) as RunId;
       const name = names.get(runId);
       if (!name) continue;
-      const e = decodeEvent(m);
+      const e = parseRunEvent(decode(m.data));
       say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${describe(e)}`);
       if (e.type === 'approval.requested') {
         say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${dim(`(the demo approves it: capstan approve ${runId} ${e.data.step} --as <you>)`)}`);
@@ -298,10 +348,10 @@ async function runDemo(nc: Awaited<ReturnType<typeof connectNats>>, tenant: Retu
     const runId = await client.submit(tenant, wf, { input: { customer: 42, source: 'capstan dev' } });
     names.set(runId, wf);
   }
-  const timeout = setTimeout(() => void watch.close(), 60_000);
+  const timeout = setTimeout(() => watch.unsubscribe(), 60_000);
   await watching;
   clearTimeout(timeout);
-  await watch.close();
+  watch.unsubscribe();
   say('');
   let failures = 0;
   for (const [runId, name] of names) {

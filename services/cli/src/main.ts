@@ -2,7 +2,8 @@
 /** `capstan`: the command line for Capstan. Exit codes: 0 ok, 1 failed, 2 bad usage, 3 not found. */
 import { CapstanError, ErrorCode } from '@capstan/schemas';
 import { devCmd } from './dev.js';
-import { cancelCmd, dlqCmd, eventsCmd, replayCmd, signalCmd, statusCmd, submitCmd, tenantCmd } from './runs.js';
+import { cancelCmd, dlqCmd, eventsCmd, replayCmd, signalCmd, statusCmd, submitCmd } from './runs.js';
+import { authCmd, credsCmd, tenantCmd } from './admin.js';
 import { auditCmd, runCmd, runsCmd, systemStatusCmd } from './read.js';
 import { migrateCmd, projectionsCmd } from './projections.js';
 import { approvalsCmd, approveCmd, denyCmd, retryCmd, workersCmd } from './operate.js';
@@ -47,7 +48,19 @@ usage:
                       [--mode N] [--secret K] [--host h:p] [--target x] [--worker w])
                       [--policy <p.cedar> | --version N]
                                        each query's decision (allow, deny, needs-approval), recording nothing
-  capstan tenant add <t> | capstan tenant list
+
+tenancy (the platform admin, with the operator's key store: --auth-dir <dir>, $CAPSTAN_AUTH_DIR, or \`capstan dev\`'s):
+  capstan auth init                               make a key store: operator, system and platform accounts, service identities
+  capstan auth serve                              enforce fleet decisions on worker credentials (capstan dev runs it)
+  capstan tenant add <t> [--max-storage 4GiB] [--max-streams N] [--max-consumers N] [--max-connections N] [--pool p]…
+                                                  the tenant's NATS account, quota, streams, consumers and registry record
+  capstan tenant quota <t> [same flags]           show or change a tenant's quota (in force at once)
+  capstan tenant list [--json]
+  capstan creds issue --tenant <t> --role client|worker|operator --name <n> [--pool p]… [--out <file>] [--expires 30d]
+                                                  write a .creds file (owner-only); a worker's names its pools
+  capstan creds revoke|restore --tenant <t> --name <n>
+                                                  cut a credential off at the server (its connections close at once), or lift that
+  capstan creds list --tenant <t> [--json]
 
 queries over the projections (through the query API: --api <url>, $CAPSTAN_API_URL, or \`capstan dev\`'s):
   capstan runs --tenant <t> [--status s] [--workflow w] [--since 1h] [--until …] [--where key=value …]
@@ -68,8 +81,10 @@ projections (Postgres: --db <url> or $DATABASE_URL):
                                                   4: a run's event chain is broken, 5: both
 
 --as defaults to $CAPSTAN_USER, else the login name: actions are recorded with their author.
-every command takes --nats <url> (default: $NATS_URL, else the server of a running \`capstan dev\`);
-\`dev\` given a server starts no nats-server of its own
+every command that talks to NATS takes --nats <url> (default: $NATS_URL, else the server of a running \`capstan dev\`)
+and acts with --creds <file> (default: $NATS_CREDS), else with the key store as a short-lived user of the
+command's role (client for runs, operator for decisions, policy and secrets); \`dev\` given a server starts no
+nats-server of its own
 `;
 
 const commands: Record<string, (argv: string[]) => Promise<number>> = {
@@ -94,6 +109,8 @@ const commands: Record<string, (argv: string[]) => Promise<number>> = {
   secrets: (argv) => secretsCmd(argv),
   policy: (argv) => policyCmd(argv),
   tenant: tenantCmd,
+  creds: credsCmd,
+  auth: authCmd,
 };
 
 const [name, ...rest] = process.argv.slice(2);

@@ -6,10 +6,10 @@
  * its error code (`approval_not_waiting`, `run_not_retryable`, …).
  */
 import { userInfo } from 'node:os';
-import { createClient, type ApprovalRow, type WorkerAdmission, type WorkerRow } from '@capstan/kit';
-import { actorSchema, InvalidArgumentError, SchemaError, WORKER_ID_PATTERN, type RunEvent, type TenantId } from '@capstan/schemas';
+import { createClient, restoreCredential, revokeCredential, type ApprovalRow, type WorkerAdmission, type WorkerRow } from '@capstan/kit';
+import { actorSchema, InvalidArgumentError, Role, SchemaError, WORKER_ID_PATTERN, type RunEvent, type TenantId } from '@capstan/schemas';
 import { intFlag, parse, runIdArg, stringFlag, tenantFlag } from './args.js';
-import { apiUrl, print, withNats } from './context.js';
+import { apiUrl, authDir, print, withAdmin, withTenant } from './context.js';
 import { colorStatus, dim, green, red, table, yellow } from './format.js';
 import { apiGet, tenantPath, type Wire } from './read.js';
 
@@ -87,8 +87,8 @@ async function decideCmd(argv: string[], verb: 'approve' | 'deny', env: NodeJS.P
   const by = actorFlag(values, env);
   const reason = reasonFlag(values);
   const timeoutMs = intFlag('timeout', values['timeout'], 15, 1) * 1000;
-  return withNats(values['nats'], async (nc) => {
-    const client = await createClient(nc);
+  return withTenant(values, t, Role.Operator, async (conn) => {
+    const client = await createClient(conn);
     const opts = { by, ...(reason !== undefined ? { reason } : {}), timeoutMs };
     const ev = verb === 'approve' ? await client.approve(t, runId, step, opts) : await client.deny(t, runId, step, opts);
     print(values['json'] === true, ev, () =>
@@ -119,8 +119,8 @@ export async function retryCmd(argv: string[], env: NodeJS.ProcessEnv = process.
   const by = actorFlag(values, env);
   const reason = reasonFlag(values);
   const timeoutMs = intFlag('timeout', values['timeout'], 15, 1) * 1000;
-  return withNats(values['nats'], async (nc) => {
-    const ev: RunEvent = await (await createClient(nc)).retry(t, runId, { by, ...(reason !== undefined ? { reason } : {}), timeoutMs });
+  return withTenant(values, t, Role.Operator, async (conn) => {
+    const ev: RunEvent = await (await createClient(conn)).retry(t, runId, { by, ...(reason !== undefined ? { reason } : {}), timeoutMs });
     print(values['json'] === true, ev, () => `${green('retried')} ${runId} as ${by}: the failed step runs again (event ${ev.seq})`);
     return 0;
   });
@@ -174,11 +174,31 @@ async function admitCmd(argv: string[], verb: 'approve' | 'revoke', env: NodeJS.
   if (!WORKER_ID_PATTERN.test(workerId)) throw new InvalidArgumentError(`${JSON.stringify(workerId.slice(0, 80))} is not a worker id (${WORKER_ID_PATTERN.source})`);
   const by = actorFlag(values, env);
   const reason = reasonFlag(values);
-  return withNats(values['nats'], async (nc) => {
-    const client = await createClient(nc);
+  // With the key store at hand, the decision reaches the worker's credential first (the
+  // fleet authority, `capstan auth serve`, does the same for decisions made elsewhere): a
+  // revoked worker is cut off before it could act on the record.
+  const credential = await actOnCredential(values, t, workerId, verb);
+  const a: WorkerAdmission = await withTenant(values, t, Role.Operator, async (conn) => {
+    const client = await createClient(conn);
     const opts = { by, ...(reason !== undefined ? { reason } : {}) };
-    const a: WorkerAdmission = verb === 'approve' ? await client.approveWorker(t, workerId, opts) : await client.revokeWorker(t, workerId, opts);
-    print(values['json'] === true, a, () => `worker ${workerId} ${colorAdmission(a.state)} in ${t} by ${a.by} at ${new Date(a.at).toISOString()}`);
-    return 0;
+    return verb === 'approve' ? client.approveWorker(t, workerId, opts) : client.revokeWorker(t, workerId, opts);
+  });
+  print(values['json'] === true, { ...a, ...(credential ? { credential } : {}) }, () =>
+    [`worker ${workerId} ${colorAdmission(a.state)} in ${t} by ${a.by} at ${new Date(a.at).toISOString()}`, ...(credential ? [dim(`  its credential: ${credential}`)] : [])].join('\n'),
+  );
+  return 0;
+}
+
+async function actOnCredential(values: Record<string, unknown>, t: TenantId, workerId: string, verb: 'approve' | 'revoke'): Promise<string | undefined> {
+  if (!authDir(values, process.env)) return undefined;
+  return withAdmin(values, async (admin) => {
+    const user = admin.store.user(t, workerId);
+    if (!user || user.role !== Role.Worker) return undefined;
+    if (verb === 'revoke') {
+      if (user.revokedAt === undefined) await revokeCredential(admin, t, workerId);
+      return 'revoked at the server (its connections are closed, it cannot reconnect)';
+    }
+    if (user.revokedAt !== undefined) await restoreCredential(admin, t, workerId);
+    return 'in force';
   });
 }

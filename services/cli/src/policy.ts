@@ -16,9 +16,10 @@ import {
   type PolicyDecision,
   type PolicyDiagnostic,
   type TenantId,
+  Role,
 } from '@capstan/schemas';
 import { intFlag, parse, stringFlag, tenantFlag } from './args.js';
-import { print, withNats } from './context.js';
+import { print, withTenant } from './context.js';
 import { dim, green, red, table, yellow } from './format.js';
 import { actorFlag } from './operate.js';
 
@@ -96,7 +97,7 @@ async function setCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   if (reason !== undefined && (reason.length === 0 || reason.length > 500)) throw new InvalidArgumentError('--reason must have 1 to 500 characters');
   const text = readText(file, 'policy file');
   const json = values['json'] === true;
-  return withNats(values['nats'], (nc) =>
+  return withTenant(values, t, Role.Operator, ({ nc }) =>
     orDiagnostics(file, json, async () => {
       const r = await setPolicy(nc, t, { text, by, ...(reason !== undefined ? { reason } : {}) });
       print(json, r, () => {
@@ -114,7 +115,7 @@ async function getCmd(argv: string[]): Promise<number> {
   const { values } = parse(argv, { nats: { type: 'string' }, tenant: { type: 'string' }, version: { type: 'string' }, json: { type: 'boolean' } }, []);
   const t = tenantFlag(values);
   const version = values['version'] === undefined ? undefined : intFlag('version', values['version'], 0, 0);
-  return withNats(values['nats'], (nc) =>
+  return withTenant(values, t, Role.Operator, ({ nc }) =>
     notFoundIs3(async () => {
       const r = await getPolicy(nc, t, version);
       if (values['json'] === true) {
@@ -142,7 +143,7 @@ async function historyCmd(argv: string[]): Promise<number> {
   const t = tenantFlag(values);
   const limit = values['limit'] === undefined ? undefined : intFlag('limit', values['limit'], 1000, 1);
   if (limit !== undefined && limit > 1000) throw new InvalidArgumentError('--limit must be at most 1000');
-  return withNats(values['nats'], async (nc) => {
+  return withTenant(values, t, Role.Operator, async ({ nc }) => {
     const r = await policyHistory(nc, t, limit);
     print(values['json'] === true, r, () => {
       if (r.versions.length === 0) return `${t} has no policy versions: every request is denied (version 0)`;
@@ -210,7 +211,7 @@ async function testCmd(argv: string[]): Promise<number> {
   const text = policyFile === undefined ? undefined : readText(policyFile, 'policy file');
   const version = values['version'] === undefined ? undefined : intFlag('version', values['version'], 0, 0);
   const json = values['json'] === true;
-  return withNats(values['nats'], (nc) =>
+  return withTenant(values, t, Role.Operator, ({ nc }) =>
     orDiagnostics(policyFile ?? '', json, () =>
       notFoundIs3(async () => {
         const r = await testPolicy(nc, t, { queries, ...(text !== undefined ? { text } : {}), ...(version !== undefined ? { version } : {}) });

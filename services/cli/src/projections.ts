@@ -5,12 +5,11 @@
  * `DATABASE_URL`.
  */
 import { sql } from 'drizzle-orm';
-import { jetstreamManager } from '@nats-io/jetstream';
-import { createLogger, dbErrorMessage, listTenants, migrate, openDatabase, type Database } from '@capstan/kit';
+import { createLogger, dbErrorMessage, migrate, openDatabase, type Database } from '@capstan/kit';
 import { rebuildProjections, verifyProjections, type Mismatch, type RebuildResult, type VerifyReport } from '@capstan/projector';
-import { CapstanError, ErrorCode, InvalidArgumentError, UnavailableError, type TenantId } from '@capstan/schemas';
+import { InvalidArgumentError, Role, UnavailableError, type TenantId } from '@capstan/schemas';
 import { parse, tenantFlag } from './args.js';
-import { print, withNats } from './context.js';
+import { print, withTenants } from './context.js';
 import { bold, dim, green, red } from './format.js';
 
 const PROJECTIONS_USAGE = 'usage: capstan projections rebuild|verify [--tenant <t>] [--json] [--db <url>] [--nats <url>]';
@@ -63,11 +62,9 @@ export async function projectionsCmd(argv: string[]): Promise<number> {
   const json = values['json'] === true;
   const only = values['tenant'] === undefined ? undefined : tenantFlag(values);
   const url = databaseUrl(values['db'], process.env);
-  return withNats(values['nats'], async (nc) => {
-    const jsm = await jetstreamManager(nc);
-    const provisioned = await listTenants(jsm);
-    if (only && !provisioned.includes(only)) throw new CapstanError(ErrorCode.UnknownTenant, `tenant ${only} is not provisioned`);
-    const tenants: TenantId[] = only ? [only] : provisioned;
+  // The projector's own read-only role: streams and the projector's consumer, nothing else.
+  return withTenants(values, Role.Projector, only, async ({ tenants, tenant }) => {
+    const jsm = async (t: TenantId) => (await tenant(t)).jsm;
     return withDatabase(url, async (d) => {
       if (sub === 'rebuild') {
         // A fresh database can be rebuilt into: the schema comes first.

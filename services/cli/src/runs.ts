@@ -1,16 +1,16 @@
-/** Run commands: submit, status, events, replay, signal, cancel, dead letters, tenants. */
-import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+/** Run commands: submit, status, events, replay, signal, cancel, dead letters. */
+import type { JetStreamManager } from '@nats-io/jetstream';
 import { foldRun, statusFromEvents, type Registry } from '@capstan/actors';
 import { loadWorkflows } from '@capstan/orchestrator';
-import { createClient, decideAt, ensureTenant, listTenants, type NatsConnection } from '@capstan/kit';
+import { createClient, decideAt, type NatsConnection, type TenantConnection } from '@capstan/kit';
 import {
   CapstanError,
   DeterminismViolationError,
   Headers,
   InvalidArgumentError,
   isPlainObject,
-  parseTenantId,
   PolicyAction,
+  Role,
   RunNotFoundError,
   Streams,
   type JsonValue,
@@ -20,7 +20,7 @@ import {
   type TenantId,
 } from '@capstan/schemas';
 import { parse, tenantFlag, runIdArg, jsonFlag, intFlag } from './args.js';
-import { print, withNats } from './context.js';
+import { print, withTenant } from './context.js';
 import { bold, colorStatus, describe, dim, red, time, timelineLine, green } from './format.js';
 
 const common = { nats: { type: 'string' }, tenant: { type: 'string' }, json: { type: 'boolean' } } as const;
@@ -93,8 +93,8 @@ function humanSummary(s: RunSummary): string {
   return lines.join('\n');
 }
 
-async function runEvents(nc: NatsConnection, t: TenantId, runId: RunId): Promise<RunEvent[]> {
-  const client = await createClient(nc);
+async function runEvents(tc: TenantConnection, t: TenantId, runId: RunId): Promise<RunEvent[]> {
+  const client = await createClient(tc);
   const events = await client.events(t, runId);
   if (events.length === 0) throw new RunNotFoundError(t, runId);
   return events;
@@ -110,8 +110,8 @@ export async function submitCmd(argv: string[]): Promise<number> {
   const input = jsonFlag('input', values['input']);
   if (input !== undefined && !isPlainObject(input)) throw new InvalidArgumentError('--input must be a JSON object');
   const timeoutS = intFlag('timeout', values['timeout'], 60, 1);
-  return withNats(values['nats'], async (nc) => {
-    const client = await createClient(nc);
+  return withTenant(values, t, Role.Client, async (tc) => {
+    const client = await createClient(tc);
     const runId = await client.submit(t, args[0] as string, {
       ...(input ? { input: input as { [k: string]: JsonValue } } : {}),
       ...(values['run-id'] ? { runId: runIdArg(values['run-id'] as string) } : {}),
@@ -132,8 +132,8 @@ export async function statusCmd(argv: string[]): Promise<number> {
   const { values, args } = parse(argv, common, ['runId']);
   const t = tenantFlag(values);
   const runId = runIdArg(args[0]);
-  return withNats(values['nats'], async (nc) => {
-    const summary = summarize(t, await runEvents(nc, t, runId));
+  return withTenant(values, t, Role.Client, async (tc) => {
+    const summary = summarize(t, await runEvents(tc, t, runId));
     print(values['json'] === true, summary, () => humanSummary(summary));
     return 0;
   });
@@ -143,8 +143,8 @@ export async function eventsCmd(argv: string[]): Promise<number> {
   const { values, args } = parse(argv, common, ['runId']);
   const t = tenantFlag(values);
   const runId = runIdArg(args[0]);
-  return withNats(values['nats'], async (nc) => {
-    const events = await runEvents(nc, t, runId);
+  return withTenant(values, t, Role.Client, async (tc) => {
+    const events = await runEvents(tc, t, runId);
     print(values['json'] === true, events, () =>
       events.map((e) => `${String(e.seq).padStart(4)}  ${time(e.at)}  ${e.type.padEnd(20)} ${dim(describe(e))}`).join('\n'),
     );
@@ -158,8 +158,10 @@ export async function replayCmd(argv: string[], registryFor: () => Promise<Regis
   const t = tenantFlag(values);
   const runId = runIdArg(args[0]);
   const registry = await registryFor();
-  return withNats(values['nats'], async (nc) => {
-    const events = await runEvents(nc, t, runId);
+  // Asking the policy again is an operator's question; reading the run is a client's.
+  return withTenant(values, t, values['recheck-policy'] === true ? Role.Operator : Role.Client, async (tc) => {
+    const { nc } = tc;
+    const events = await runEvents(tc, t, runId);
     const recorded = statusFromEvents(events);
     try {
       const fold = foldRun(registry, events);
@@ -230,8 +232,8 @@ export async function signalCmd(argv: string[]): Promise<number> {
   const t = tenantFlag(values);
   const runId = runIdArg(args[0]);
   const payload = jsonFlag('payload', values['payload']);
-  return withNats(values['nats'], async (nc) => {
-    await (await createClient(nc)).signal(t, runId, args[1] as string, payload);
+  return withTenant(values, t, Role.Client, async (tc) => {
+    await (await createClient(tc)).signal(t, runId, args[1] as string, payload);
     print(values['json'] === true, { runId, signal: args[1] }, () => `signal ${args[1]} sent to ${runId}`);
     return 0;
   });
@@ -241,8 +243,8 @@ export async function cancelCmd(argv: string[]): Promise<number> {
   const { values, args } = parse(argv, { ...common, reason: { type: 'string' } }, ['runId']);
   const t = tenantFlag(values);
   const runId = runIdArg(args[0]);
-  return withNats(values['nats'], async (nc) => {
-    await (await createClient(nc)).cancel(t, runId, values['reason'] as string | undefined);
+  return withTenant(values, t, Role.Client, async (tc) => {
+    await (await createClient(tc)).cancel(t, runId, values['reason'] as string | undefined);
     print(values['json'] === true, { runId, cancel: 'requested' }, () => `cancel requested for ${runId}`);
     return 0;
   });
@@ -290,33 +292,11 @@ export async function dlqCmd(argv: string[]): Promise<number> {
   const { values } = parse(argv, { ...common, limit: { type: 'string' } }, []);
   const t = tenantFlag(values);
   const limit = intFlag('limit', values['limit'], 50, 1);
-  return withNats(values['nats'], async (nc) => {
-    const letters = await readDeadLetters(await jetstreamManager(nc), t, limit);
+  return withTenant(values, t, Role.Client, async ({ jsm }) => {
+    const letters = await readDeadLetters(jsm, t, limit);
     print(values['json'] === true, letters, () =>
       letters.length === 0 ? 'no dead letters' : letters.map((l) => `${String(l.seq).padStart(5)}  ${l.at}  ${red(l.code.padEnd(20))} ${l.error}  ${dim(`(from ${l.source})`)}`).join('\n'),
     );
     return 0;
   });
-}
-
-export async function tenantCmd(argv: string[]): Promise<number> {
-  const [verb, ...rest] = argv;
-  if (verb === 'add') {
-    const { values, args } = parse(rest, { nats: { type: 'string' } }, ['tenant']);
-    const t = parseTenantId(args[0]);
-    return withNats(values['nats'], async (nc) => {
-      await ensureTenant(await jetstreamManager(nc), t);
-      process.stdout.write(`tenant ${t} provisioned\n`);
-      return 0;
-    });
-  }
-  if (verb === 'list') {
-    const { values } = parse(rest, { nats: { type: 'string' }, json: { type: 'boolean' } }, []);
-    return withNats(values['nats'], async (nc) => {
-      const tenants = await listTenants(await jetstreamManager(nc));
-      print(values['json'] === true, tenants, () => (tenants.length ? tenants.join('\n') : 'no tenants'));
-      return 0;
-    });
-  }
-  throw new InvalidArgumentError('usage: capstan tenant add <id> | capstan tenant list');
 }

@@ -9,9 +9,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { deleteSecret, listSecrets, putSecret, rotateSecret } from '@capstan/kit';
-import { connectorSchema, InvalidArgumentError, LIFECYCLES, SchemaError, SECRET_NAME_PATTERN, type Connector, type Lifecycle, type SecretInfo, type TenantId } from '@capstan/schemas';
+import { connectorSchema, InvalidArgumentError, LIFECYCLES, SchemaError, SECRET_NAME_PATTERN, type Connector, type Lifecycle, type SecretInfo, type TenantId, Role } from '@capstan/schemas';
 import { intFlag, parse, stringFlag, tenantFlag } from './args.js';
-import { print, withNats } from './context.js';
+import { print, withTenant } from './context.js';
 import { dim, green, red, table, yellow } from './format.js';
 import { actorFlag } from './operate.js';
 
@@ -124,7 +124,7 @@ async function putCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   const timeoutMs = intFlag('timeout', values['timeout'], 10, 1) * 1000;
   const value = await valueOf(values, env);
   if (value === undefined) throw new InvalidArgumentError('no value: give it with --value-file <f>, --from-env <VAR>, or on stdin');
-  return withNats(values['nats'], async (nc) => {
+  return withTenant(values, t, Role.Operator, async ({ nc }) => {
     const s = await putSecret(nc, t, name, value, {
       by,
       timeoutMs,
@@ -149,7 +149,7 @@ async function rotateCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number
   if (refresh && (values['value-file'] !== undefined || values['from-env'] !== undefined)) throw new InvalidArgumentError('--refresh takes no value: the connector fetches a new one');
   const value = refresh ? undefined : await valueOf(values, env);
   if (!refresh && value === undefined) throw new InvalidArgumentError('no value: give it with --value-file <f>, --from-env <VAR>, or on stdin (or --refresh for a refreshable secret)');
-  return withNats(values['nats'], async (nc) => {
+  return withTenant(values, t, Role.Operator, async ({ nc }) => {
     const s = await rotateSecret(nc, t, name, value, { by, timeoutMs, ...(expiresAt ? { expiresAt } : {}) });
     print(values['json'] === true, s, () => `${green(refresh ? 'refreshed' : 'rotated')} ${describeSecret(s)} in ${t} as ${by}`);
     return 0;
@@ -161,7 +161,7 @@ async function deleteCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number
   const t: TenantId = tenantFlag(values);
   const name = nameArg(args[0]);
   const by = actorFlag(values, env);
-  return withNats(values['nats'], async (nc) => {
+  return withTenant(values, t, Role.Operator, async ({ nc }) => {
     const s = await deleteSecret(nc, t, name, { by });
     print(values['json'] === true, s, () => `${red('deleted')} ${s.name} v${s.version} in ${t} as ${by}: its value is erased`);
     return 0;
@@ -172,7 +172,7 @@ async function listCmd(argv: string[]): Promise<number> {
   const { values } = parse(argv, { nats: { type: 'string' }, tenant: { type: 'string' }, json: { type: 'boolean' }, all: { type: 'boolean' } }, []);
   const t: TenantId = tenantFlag(values);
   const includeDeleted = values['all'] === true;
-  return withNats(values['nats'], async (nc) => {
+  return withTenant(values, t, Role.Operator, async ({ nc }) => {
     const secrets = await listSecrets(nc, t, { includeDeleted });
     print(values['json'] === true, { secrets }, () => {
       if (secrets.length === 0) return `no secrets in ${t}`;

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import type { AddressInfo } from 'node:net';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import fastifyCookie from '@fastify/cookie';
-import type { Database, Logger, NatsConnection } from '@capstan/kit';
+import type { Database, Logger, TenantAccess } from '@capstan/kit';
 import { ConfigError, InvalidArgumentError, UnavailableError } from '@capstan/schemas';
 import { registerAuth } from './auth.js';
 import { createCommands, type Commands } from './commands.js';
@@ -26,8 +26,11 @@ import { isApiPath, registerWeb } from './web.js';
 
 export interface ConsoleOptions {
   readonly db: Database;
-  /** For actions and projection lag; without it the console is read-only (actions answer 503). */
-  readonly nc?: NatsConnection;
+  /**
+   * Its connections to the tenants (the console's own credential): for actions and projection
+   * lag; without it the console is read-only (actions answer 503).
+   */
+  readonly access?: Pick<TenantAccess, 'tenant' | 'list'>;
   readonly config: Config;
   readonly log: Logger;
   /** The users; default: read from `config.usersFile`. */
@@ -81,7 +84,7 @@ export function createConsole(o: ConsoleOptions): Console {
       if (!commands) throw new UnavailableError('actions are unavailable: the console is not connected to NATS');
       return commands;
     },
-    jsm: () => commands?.jsm,
+    access: () => o.access,
   };
 
   async function build(): Promise<FastifyInstance> {
@@ -124,7 +127,7 @@ export function createConsole(o: ConsoleOptions): Console {
       return url;
     },
     async start() {
-      if (o.nc) commands = await createCommands(o.nc);
+      if (o.access) commands = await createCommands(o.access);
       const f = await build();
       await f.listen({ host: config.host, port: config.port });
       app = f;

@@ -3,7 +3,7 @@
  * console never writes a projection. Every action is recorded with the signed-in user as
  * its author where the command carries one.
  */
-import { createClient, type CapstanClient, type NatsConnection } from '@capstan/kit';
+import { createClient, type TenantAccess } from '@capstan/kit';
 import { isPlainObject, type JsonValue } from '@capstan/schemas';
 
 export interface Author {
@@ -20,16 +20,13 @@ export interface Commands {
   deny(tenant: string, runId: string, step: string, a: Author): Promise<void>;
   approveWorker(tenant: string, workerId: string, a: Author): Promise<void>;
   revokeWorker(tenant: string, workerId: string, a: Author): Promise<void>;
-  /** For stream positions (projection lag). */
-  readonly jsm: CapstanClient['jsm'];
 }
 
 const withReason = (a: Author) => ({ by: a.by, ...(a.reason !== undefined ? { reason: a.reason } : {}) });
 
-export async function createCommands(nc: NatsConnection): Promise<Commands> {
-  const client = await createClient(nc);
+export async function createCommands(access: Pick<TenantAccess, 'tenant'>): Promise<Commands> {
+  const client = await createClient(access);
   return {
-    jsm: client.jsm,
     async cancel(t, runId, a) {
       await client.cancel(t, runId, a.reason);
     },

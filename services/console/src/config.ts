@@ -1,5 +1,5 @@
 import { ConfigError } from '@capstan/schemas';
-import { envInt, envLogLevel, envNatsUrl, envString, type Env } from '@capstan/kit';
+import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envString, type Env, type NatsAuthConfig } from '@capstan/kit';
 import type { LevelWithSilent } from 'pino';
 
 /** HMAC-SHA256 wants a key at least as long as its output. */
@@ -29,6 +29,8 @@ export interface Config {
   readonly webDir?: string;
   readonly databaseUrl?: string;
   readonly natsUrl: string;
+  /** `NATS_CREDS` (the console service's credential) and TLS; unused in dev, which hands the console its connections. */
+  readonly nats: NatsAuthConfig;
   readonly logLevel: LevelWithSilent;
   /** `capstan dev`: a random secret, an in-memory local admin, no users file. */
   readonly dev: boolean;
@@ -55,6 +57,7 @@ export function loadConfig(env: Env, o: LoadOptions = {}): Config {
   const linkMinutes = envInt(env, 'CONSOLE_LINK_MINUTES', 15, problems, 1, 24 * 60);
   const databaseUrl = databaseUrlOf(env, dev, problems);
   const natsUrl = dev && !env['NATS_URL'] ? '' : envNatsUrl(env, problems);
+  const nats: NatsAuthConfig = dev ? { credsPaths: [] } : envNatsAuth(env, problems);
   const logLevel = envLogLevel(env, problems);
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze({
@@ -68,6 +71,7 @@ export function loadConfig(env: Env, o: LoadOptions = {}): Config {
     ...(env['CONSOLE_WEB_DIR'] ? { webDir: env['CONSOLE_WEB_DIR'] } : {}),
     ...(databaseUrl ? { databaseUrl } : {}),
     natsUrl,
+    nats,
     logLevel,
     dev,
   });

@@ -2,20 +2,21 @@
 // Process boundary of the console.
 //   capstan-console                  serve (config from the environment; see docs/console.md)
 //   capstan-console hash-password    read a password on stdin, print its scrypt hash for CONSOLE_USERS
-import { connectNats, openDatabase, runService, type Logger } from '@capstan/kit';
+import { Role } from '@capstan/schemas';
+import { openDatabase, runService, serviceAccess, type Logger } from '@capstan/kit';
 import { createConsole } from './app.js';
 import { loadConfig, type Config } from './config.js';
 import { hashPassword } from './users.js';
 
 async function serve(config: Config, log: Logger): Promise<{ start(): Promise<void>; stop(): Promise<void> }> {
   const db = await openDatabase({ url: config.databaseUrl as string, log });
-  const nc = await connectNats(config.natsUrl, 'capstan-console', log);
-  const app = createConsole({ db, nc, config, log });
+  const access = await serviceAccess(Role.Console, config, 'capstan-console', log);
+  const app = createConsole({ db, access, config, log });
   return {
     start: () => app.start(),
     async stop() {
       await app.stop();
-      await nc.drain();
+      await access.close();
       await db.close();
     },
   };

@@ -50,9 +50,9 @@ export function registerFleetRoutes(app: FastifyInstance, d: RouteDeps): void {
   app.get<{ Params: { tenant: string } }>(pattern(apiPaths.system(':tenant')), async (req): Promise<SystemResponse> => {
     const t = d.tenantOf(sessionOf(req), req.params.tenant);
     queryOf(req, []);
-    const jsm = d.jsm();
-    if (jsm) {
-      const [lag] = await projectionLag(d.db, jsm, [t]);
+    const access = d.access();
+    if (access) {
+      const [lag] = await projectionLag(d.db, access, [t]);
       return { tenant: t, projectionLag: lag?.lag ?? null, checkpoint: lag?.checkpoint ?? 0 };
     }
     return { tenant: t, projectionLag: null, checkpoint: (await readCheckpoints(d.db, [t])).get(t) ?? 0 };

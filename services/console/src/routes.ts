@@ -3,7 +3,7 @@
  * shape of an action route.
  */
 import type { FastifyInstance } from 'fastify';
-import type { Database } from '@capstan/kit';
+import type { Database, TenantAccess } from '@capstan/kit';
 import { parseTenantId, type TenantId } from '@capstan/schemas';
 import type { ActionName, ActionResponse } from './api-types.js';
 import type { Commands } from './commands.js';
@@ -15,7 +15,8 @@ export interface RouteDeps {
   /** The command side; throws (503) when the console runs without NATS. */
   readonly commands: () => Commands;
   /** Stream positions for projection lag, when connected to NATS. */
-  readonly jsm: () => Commands['jsm'] | undefined;
+  /** The console's connections to tenants, for stream positions (projection lag). */
+  readonly access: () => Pick<TenantAccess, 'tenant'> | undefined;
   readonly tenantOf: (s: Session, raw: string) => TenantId;
 }
 

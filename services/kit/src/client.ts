@@ -3,11 +3,8 @@
  * console use, and what an application embeds. Any NATS client can do the same by
  * following docs/intake.md.
  */
-import type { NatsConnection } from '@nats-io/transport-node';
 import {
-  jetstream,
-  jetstreamManager,
-  DeliverPolicy,
+  JetStreamApiCodes,
   JetStreamApiError,
   type JetStreamClient,
   type JetStreamManager,
@@ -30,6 +27,7 @@ import {
   parseRunId,
   parseToken,
   parseWorkerAdmission,
+  PermissionDeniedError,
   reasonSchema,
   SchemaError,
   Streams,
@@ -44,6 +42,7 @@ import {
 } from '@capstan/schemas';
 import { decodeEvent, readRun } from './run-log.js';
 import { newRunId } from './ids.js';
+import { permissionError, type TenantConnection } from './nats.js';
 
 export interface SubmitOptions {
   readonly input?: { [k: string]: JsonValue };
@@ -146,30 +145,48 @@ export interface CapstanClient {
    * run's latest terminal event is.
    */
   waitForEnd(tenant: string, runId: string, timeoutMs?: number): Promise<RunEvent>;
-  readonly js: JetStreamClient;
-  readonly jsm: JetStreamManager;
 }
+
+/**
+ * Where the client's tenants are: one tenant's connection (a credential for that tenant),
+ * or anything that opens a connection per tenant (an admin tool, the console).
+ */
+export type ClientConnections = TenantConnection | { tenant(t: TenantId): Promise<TenantConnection> };
 
 /** How long an operator action waits for its decision by default. */
 const DECISION_TIMEOUT_MS = 15_000;
 
-export async function createClient(nc: NatsConnection): Promise<CapstanClient> {
-  const js = jetstream(nc);
-  const jsm = await jetstreamManager(nc);
-  const command = (t: TenantId, runId: RunId, verb: CommandVerb, body: object, timeoutMs: number) => sendAndAwait(js, jsm, t, runId, verb, body, timeoutMs);
-  const decideStep = (tenant: string, runId: string, step: string, verb: typeof CommandVerb.Approve | typeof CommandVerb.Deny, opts: DecisionOptions) => {
+
+
+// Async for callers written against the earlier signature; nothing here waits.
+// eslint-disable-next-line @typescript-eslint/require-await
+export async function createClient(conns: ClientConnections): Promise<CapstanClient> {
+  const at = async (tenant: string): Promise<TenantConnection & { t: TenantId }> => {
     const t = parseTenantId(tenant);
+    if ('nc' in conns) {
+      // Its account is its tenant: any other tenant's subjects do not exist for it.
+      if (conns.tenant !== t) throw new PermissionDeniedError('act in tenant', `${t} (this client's credential is for tenant ${conns.tenant})`);
+      return { ...conns, t };
+    }
+    return { ...(await conns.tenant(t)), t };
+  };
+  const publish = (js: JetStreamClient, subject: string, data: Uint8Array, opts?: Parameters<JetStreamClient['publish']>[2]) =>
+    js.publish(subject, data, opts).catch((e: unknown) => {
+      throw permissionError(e);
+    });
+  const decideStep = async (tenant: string, runId: string, step: string, verb: typeof CommandVerb.Approve | typeof CommandVerb.Deny, opts: DecisionOptions) => {
+    const c = await at(tenant);
     const id = parseRunId(runId);
     const body = { runId: id, step: parseToken('step', step), ...who(opts) };
-    return command(t, id, verb, body, opts.timeoutMs ?? DECISION_TIMEOUT_MS);
+    return sendAndAwait(c.js, c.jsm, c.t, id, verb, body, opts.timeoutMs ?? DECISION_TIMEOUT_MS);
   };
-  const admit = (tenant: string, workerId: string, state: WorkerAdmission['state'], opts: AdmissionOptions) =>
-    writeAdmission(js, jsm, parseTenantId(tenant), parseToken('worker id', workerId), state, opts);
+  const admit = async (tenant: string, workerId: string, state: WorkerAdmission['state'], opts: AdmissionOptions) => {
+    const c = await at(tenant);
+    return writeAdmission(c.js, c.jsm, c.t, parseToken('worker id', workerId), state, opts);
+  };
   return {
-    js,
-    jsm,
     async submit(tenant, workflow, opts = {}) {
-      const t = parseTenantId(tenant);
+      const { t, js } = await at(tenant);
       const runId = opts.runId ?? newRunId();
       const body = {
         workflow,
@@ -177,52 +194,70 @@ export async function createClient(nc: NatsConnection): Promise<CapstanClient> {
         ...(opts.input ? { input: opts.input } : {}),
         ...(opts.idempotencyKey ? { idempotencyKey: opts.idempotencyKey } : {}),
       };
-      await js.publish(Subjects.command(t, CommandVerb.Submit), encode(body), { msgID: MsgIds.command(CommandVerb.Submit, runId) });
+      await publish(js, Subjects.command(t, CommandVerb.Submit), encode(body), { msgID: MsgIds.command(CommandVerb.Submit, runId) });
       return runId;
     },
     async cancel(tenant, runId, reason) {
-      const t = parseTenantId(tenant);
+      const { t, js } = await at(tenant);
       const id = parseRunId(runId);
-      await js.publish(Subjects.command(t, CommandVerb.Cancel), encode({ runId: id, ...(reason ? { reason } : {}) }));
+      await publish(js, Subjects.command(t, CommandVerb.Cancel), encode({ runId: id, ...(reason ? { reason } : {}) }));
     },
     async signal(tenant, runId, name, payload) {
-      const t = parseTenantId(tenant);
+      const { t, js } = await at(tenant);
       const id = parseRunId(runId);
-      await js.publish(Subjects.command(t, CommandVerb.Signal), encode({ runId: id, name, ...(payload !== undefined ? { payload } : {}) }));
+      await publish(js, Subjects.command(t, CommandVerb.Signal), encode({ runId: id, name, ...(payload !== undefined ? { payload } : {}) }));
     },
     approve: (tenant, runId, step, opts) => decideStep(tenant, runId, step, CommandVerb.Approve, opts),
     deny: (tenant, runId, step, opts) => decideStep(tenant, runId, step, CommandVerb.Deny, opts),
     async retry(tenant, runId, opts) {
-      const t = parseTenantId(tenant);
+      const c = await at(tenant);
       const id = parseRunId(runId);
       const body = { runId: id, ...who(opts) };
-      return command(t, id, CommandVerb.Retry, body, opts.timeoutMs ?? DECISION_TIMEOUT_MS);
+      return sendAndAwait(c.js, c.jsm, c.t, id, CommandVerb.Retry, body, opts.timeoutMs ?? DECISION_TIMEOUT_MS);
     },
     approveWorker: (tenant, workerId, opts) => admit(tenant, workerId, WorkerAdmissionState.Approved, opts),
     revokeWorker: (tenant, workerId, opts) => admit(tenant, workerId, WorkerAdmissionState.Revoked, opts),
     async workerAdmission(tenant, workerId) {
-      const t = parseTenantId(tenant);
+      const { t, jsm } = await at(tenant);
       return readAdmission(jsm, t, parseToken('worker id', workerId));
     },
     async events(tenant, runId) {
-      return (await readRun(jsm, parseTenantId(tenant), parseRunId(runId))).events;
+      const { t, jsm } = await at(tenant);
+      return (await readRun(jsm, t, parseRunId(runId))).events;
     },
     async waitForEnd(tenant, runId, timeoutMs = 60_000) {
-      const t = parseTenantId(tenant);
+      const { t, nc, jsm } = await at(tenant);
       const id = parseRunId(runId);
-      // An ordered consumer reads only committed events, from the start of the run.
-      const consumer = await js.consumers.get(Streams.runs(t), { filter_subjects: [Subjects.run(t, id)], deliver_policy: DeliverPolicy.All });
-      const messages = await consumer.consume();
-      const timer = setTimeout(() => void messages.close(), timeoutMs);
+      const subject = Subjects.run(t, id);
+      // Told of each new event as it is stored; read back from the stream, which holds only
+      // committed events. Subscribed before the first read, so nothing falls in between.
+      let wake: (() => void) | undefined;
+      const sub = nc.subscribe(subject, { callback: () => wake?.() });
+      const deadline = Date.now() + timeoutMs;
       try {
-        for await (const m of messages) {
-          const ev = decodeEvent(m);
+        let from = 1;
+        let last: RunEvent | undefined;
+        for (;;) {
+          for (let page = await readFrom(jsm, Streams.runs(t), subject, from); page.length > 0; page = page.length < READ_PAGE ? [] : await readFrom(jsm, Streams.runs(t), subject, from)) {
+            for (const m of page) {
+              from = m.seq + 1;
+              last = decodeEvent(m);
+            }
+          }
           // Only the run's last event so far ends the wait: a retry reopens a failed run.
-          if (TERMINAL.has(ev.type) && m.info.pending === 0) return ev;
+          if (last && TERMINAL.has(last.type)) return last;
+          const left = deadline - Date.now();
+          if (left <= 0) break;
+          await new Promise<void>((r) => {
+            const timer = setTimeout(r, Math.min(left, 1000));
+            wake = () => {
+              clearTimeout(timer);
+              r();
+            };
+          });
         }
       } finally {
-        clearTimeout(timer);
-        await messages.close();
+        sub.unsubscribe();
       }
       throw new UnavailableError(`run ${id} did not finish within ${timeoutMs} ms`);
     },
@@ -268,7 +303,9 @@ async function sendAndAwait(
   let dlqFrom = (await jsm.streams.info(dlq).catch((e: unknown) => {
     throw new UnavailableError(`tenant ${t} has no dead-letter stream (is it provisioned? capstan tenant add ${t})`, { cause: e });
   })).state.last_seq + 1;
-  const ack: PubAck = await js.publish(subject, encode(body), { msgID: MsgIds.command(verb, `${runId}:${nuid.next()}`) });
+  const ack: PubAck = await js.publish(subject, encode(body), { msgID: MsgIds.command(verb, `${runId}:${nuid.next()}`) }).catch((e: unknown) => {
+    throw permissionError(e);
+  });
   const causation = `cmd:${ack.seq}`;
   let runFrom = 1;
   const deadline = Date.now() + timeoutMs;
@@ -292,11 +329,13 @@ async function sendAndAwait(
   }
 }
 
-/** Messages of `subject` in `stream` from sequence `from` on (at most 1000 per call). */
+const READ_PAGE = 1000;
+
+/** Messages of `subject` in `stream` from sequence `from` on (at most {@link READ_PAGE} per call). */
 async function readFrom(jsm: JetStreamManager, stream: string, subject: string, from: number): Promise<StoredMsg[]> {
   const out: StoredMsg[] = [];
   try {
-    for await (const m of await jsm.direct.getBatch(stream, { seq: from, next_by_subj: subject, batch: 1000 })) out.push(m);
+    for await (const m of await jsm.direct.getBatch(stream, { seq: from, next_by_subj: subject, batch: READ_PAGE })) out.push(m);
   } catch (e) {
     if (!isNothingThere(e)) throw e;
   }
@@ -309,7 +348,7 @@ function isNoResponders(e: unknown): boolean {
 }
 
 function isNothingThere(e: unknown): boolean {
-  if (e instanceof JetStreamApiError) return e.code === 10037 || e.status === 404;
+  if (e instanceof JetStreamApiError) return e.code === JetStreamApiCodes.NoMessageFound || e.status === 404;
   return (e as { code?: unknown }).code === 404 || (e instanceof Error && /no message found|not found/i.test(e.message));
 }
 
@@ -321,7 +360,7 @@ export async function readAdmission(jsm: JetStreamManager, t: TenantId, workerId
   } catch (e) {
     if (isNothingThere(e)) return undefined;
     // A direct get on a stream that does not exist finds no responder.
-    if ((e instanceof JetStreamApiError && e.code === 10059) || isNoResponders(e)) {
+    if ((e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound) || isNoResponders(e)) {
       throw new UnavailableError(`tenant ${t} has no fleet stream ${Streams.fleet(t)} (provision it again: capstan tenant add ${t})`, { cause: e });
     }
     throw e;
@@ -365,8 +404,8 @@ export async function writeAdmission(
       return stored ? admissionOf(stored, workerId) : { ...body, at: Date.now(), seq: ack.seq };
     } catch (e) {
       // Someone else wrote in between: look again.
-      if (e instanceof JetStreamApiError && e.code === 10071) continue;
-      throw e;
+      if (e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamWrongLastSequence) continue;
+      throw permissionError(e);
     }
   }
   throw new ConcurrencyConflictError(`worker ${workerId}`, 0);

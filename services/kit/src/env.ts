@@ -68,3 +68,31 @@ export function envTenants(env: Env, problems: string[]): readonly TenantId[] | 
   }
   return out;
 }
+
+/** How a process authenticates to NATS: its credentials file(s) and TLS settings. */
+export interface NatsAuthConfig {
+  /** `NATS_CREDS`: the `.creds` files (one; a worker may name one per tenant, comma-separated). */
+  readonly credsPaths: readonly string[];
+  readonly tls?: { readonly caFile?: string; readonly certFile?: string; readonly keyFile?: string };
+}
+
+/**
+ * `NATS_CREDS` (required: nothing connects anonymously) and the TLS keys `NATS_TLS_CA`,
+ * `NATS_TLS_CERT`, `NATS_TLS_KEY` (a client certificate needs both of the last two). Paths
+ * only: a file's content is read at connect time and never echoed.
+ */
+export function envNatsAuth(env: Env, problems: string[], o: { many?: boolean } = {}): NatsAuthConfig {
+  const raw = env['NATS_CREDS'] ?? '';
+  const credsPaths = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  if (credsPaths.length === 0) {
+    problems.push('NATS_CREDS is required: the path of this process\'s .creds file (capstan creds issue, or services/<role>.creds in the auth store)');
+  } else if (credsPaths.length > 1 && !o.many) {
+    problems.push('NATS_CREDS names one credentials file here');
+  }
+  const ca = envString(env, 'NATS_TLS_CA', '');
+  const cert = envString(env, 'NATS_TLS_CERT', '');
+  const key = envString(env, 'NATS_TLS_KEY', '');
+  if ((cert === '') !== (key === '')) problems.push('NATS_TLS_CERT and NATS_TLS_KEY go together (a client certificate and its key)');
+  const tls = ca || cert ? { ...(ca ? { caFile: ca } : {}), ...(cert ? { certFile: cert, keyFile: key } : {}) } : undefined;
+  return { credsPaths, ...(tls ? { tls } : {}) };
+}

@@ -19,12 +19,10 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { sql } from 'drizzle-orm';
-import type { JetStreamManager } from '@nats-io/jetstream';
 import { CapstanError, ErrorCode, InvalidArgumentError, parseRunId, parseTenantId, type TenantId } from '@capstan/schemas';
 import type { Database } from './db.js';
 import type { Logger } from './log.js';
-import type { NatsConnection } from './nats.js';
-import { listTenants } from './tenant.js';
+import type { TenantAccess } from './access.js';
 import {
   getRun,
   listApprovals,
@@ -42,11 +40,9 @@ import {
 
 export interface QueryServerOptions {
   readonly db: Database;
-  /** Enables stream positions (projection lag) in /v1/system and /metrics. */
-  readonly jsm?: JetStreamManager;
-  /** Names the NATS server in /v1/system. */
-  readonly nc?: NatsConnection;
-  /** The tenants /v1/system and /metrics report on; default: every provisioned tenant (needs `jsm`). */
+  /** Enables stream positions (projection lag) and the NATS server in /v1/system and /metrics. */
+  readonly access?: Pick<TenantAccess, 'tenant' | 'list'>;
+  /** The tenants /v1/system and /metrics report on; default: every registered tenant (needs `access`). */
   readonly tenants?: () => readonly TenantId[] | Promise<readonly TenantId[]>;
   readonly log: Logger;
   /** Default 127.0.0.1: the API has no authentication of its own. */
@@ -94,11 +90,11 @@ export function createQueryServer(o: QueryServerOptions): QueryServer {
 
   const tenantsToReport = async (): Promise<readonly TenantId[]> => {
     if (o.tenants) return o.tenants();
-    return o.jsm ? listTenants(o.jsm) : [];
+    return o.access ? o.access.list() : [];
   };
 
   const lagOf = async (tenants: readonly TenantId[]): Promise<ProjectionLag[]> => {
-    if (o.jsm) return projectionLag(o.db, o.jsm, tenants);
+    if (o.access) return projectionLag(o.db, o.access, tenants);
     // Without NATS the checkpoints are still worth showing; the stream side is unknown.
     const cps = await readCheckpoints(o.db, tenants);
     return tenants.map((t) => ({ tenant: t, stream: '', streamLastSeq: null, checkpoint: cps.get(t) ?? 0, lag: null }));
@@ -118,7 +114,8 @@ export function createQueryServer(o: QueryServerOptions): QueryServer {
     }
     if (a === 'v1' && b === 'system' && c === undefined) {
       allow(p, []);
-      return { body: { nats: await natsInfo(), projection: await lagOf(await tenantsToReport()) } };
+      const tenants = await tenantsToReport();
+      return { body: { nats: await natsInfo(tenants), projection: await lagOf(tenants) } };
     }
     if (a === 'v1' && b === 'tenants' && c !== undefined && d !== undefined && rest.length === 0) {
       const t = parseTenantId(c);
@@ -177,15 +174,18 @@ export function createQueryServer(o: QueryServerOptions): QueryServer {
     throw new HttpError(404, HttpErrorCode.NotFound, `no such endpoint: /${path.join('/')}`);
   }
 
-  async function natsInfo(): Promise<unknown> {
-    if (!o.jsm && !o.nc) return null;
-    const info = o.nc?.info;
-    const account = o.jsm ? await o.jsm.getAccountInfo() : undefined;
+  /** The server, and JetStream usage summed over the reported tenants' accounts. */
+  async function natsInfo(tenants: readonly TenantId[]): Promise<unknown> {
+    if (!o.access) return null;
+    const access = o.access;
+    const conns = await Promise.all(tenants.map((t) => access.tenant(t).catch(() => undefined)));
+    const live = conns.filter((c) => c !== undefined);
+    const info = live[0]?.nc.info;
+    const accounts = await Promise.all(live.map((c) => c.jsm.getAccountInfo().catch(() => undefined)));
+    const sum = (f: (a: NonNullable<(typeof accounts)[number]>) => number) => accounts.reduce((n, a) => n + (a ? f(a) : 0), 0);
     return {
       ...(info ? { server: { name: info.server_name, id: info.server_id, version: info.version, jetstream: info.jetstream === true } } : {}),
-      ...(account
-        ? { jetstream: { streams: account.streams, consumers: account.consumers, storageBytes: account.storage, memoryBytes: account.memory } }
-        : {}),
+      jetstream: { streams: sum((a) => a.streams), consumers: sum((a) => a.consumers), storageBytes: sum((a) => a.storage), memoryBytes: sum((a) => a.memory) },
     };
   }
 

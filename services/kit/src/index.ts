@@ -5,14 +5,41 @@
  */
 export { startNatsServer, findNatsServer, NatsServerMissingError, MIN_NATS_SERVER, PROJECT_ROOT } from './nats-server.js';
 export type { NatsServer, NatsServerOptions } from './nats-server.js';
-export { connectNats } from './nats.js';
-export type { NatsConnection } from './nats.js';
+export { connectNats, readCredentials, parseCredentials, jwtSubject, tenantConnection, permissionError } from './nats.js';
+export type { NatsConnection, NatsCredentials, CredentialsInfo, NatsTls, ConnectOptions, TenantConnection } from './nats.js';
+export { connectAsService, connectAsTenantUser, readTenantRecord, listRegisteredTenants } from './access.js';
+export type { TenantAccess, TenantFollower, AccessOptions } from './access.js';
+export { openAuthStore, AuthStoreError } from './auth-store.js';
+export type { AuthStore, IssuedUser } from './auth-store.js';
+export {
+  pushAccountJwt,
+  asAdmin,
+  ensurePlatform,
+  provisionTenant,
+  setTenantQuota,
+  issueCredential,
+  revokeCredential,
+  restoreCredential,
+} from './provision.js';
+export type { AdminTarget, ProvisionOptions, IssueOptions } from './provision.js';
 export { createLogger, LOG_LEVELS } from './log.js';
 export type { Logger } from './log.js';
-export { envString, envInt, envBool, envLogLevel, envNatsUrl, envTenants } from './env.js';
-export type { Env } from './env.js';
-export { ensureTenant, listTenants, streamConfigs, fleetStreamConfig, policyStreamConfig, DEFAULT_TENANT_LIMITS } from './tenant.js';
-export type { TenantLimits } from './tenant.js';
+export { envString, envInt, envBool, envLogLevel, envNatsUrl, envTenants, envNatsAuth } from './env.js';
+export type { Env, NatsAuthConfig } from './env.js';
+export {
+  ensureTenant,
+  ensureStreams,
+  ensureConsumers,
+  consumerConfigs,
+  poolConsumerConfig,
+  streamConfigs,
+  fleetStreamConfig,
+  policyStreamConfig,
+  DEFAULT_TENANT_LIMITS,
+  DEFAULT_CONSUMER_SETTINGS,
+  WORK_MAX_DELIVER,
+} from './tenant.js';
+export type { TenantLimits, ConsumerSettings } from './tenant.js';
 export { readRun, appendBatch, decodeEvent, publishDurably, coalescingPublisher } from './run-log.js';
 export type { LoadedRun, AppendGroup, AppendOutcome, OutMsg } from './run-log.js';
 export { newRunId, idempotencyHash, derivedRunId } from './ids.js';
@@ -20,8 +47,7 @@ export { deadLetter } from './dead-letter.js';
 export type { DeadLetterOrigin } from './dead-letter.js';
 export { createClient, isTerminalEvent, readAdmission, writeAdmission, admissionOf } from './client.js';
 export type { CapstanClient, SubmitOptions, DecisionOptions, AdmissionOptions, WorkerAdmission } from './client.js';
-export { followTenants, runService } from './service.js';
-export type { TenantFollower } from './service.js';
+export { runService, serviceAccess, tenantUserAccess } from './service.js';
 export { openDatabase, migrate, queryRows, dbErrorMessage, MIGRATIONS_FOLDER } from './db.js';
 export type { Database, ProjectionDb, OpenOptions } from './db.js';
 export {
@@ -91,3 +117,7 @@ export { createAuditSink, unavailableAuditSink, appendAuditRow, AuditUnavailable
 export type { AuditSink, AuditIntent, DataPlaneAuditRow } from './audit-sink.js';
 export { askPolicy, decideAt, setPolicy, getPolicy, policyHistory, testPolicy } from './policy-client.js';
 export type { PolicyCallOptions, SetPolicyInput, TestPolicyInput } from './policy-client.js';
+export { tailStream } from './tail.js';
+export type { StreamTail, TailOptions } from './tail.js';
+export { startFleetAuthority } from './fleet-authority.js';
+export type { FleetAuthority } from './fleet-authority.js';

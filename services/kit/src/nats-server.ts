@@ -10,6 +10,8 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect as netConnect } from 'node:net';
 import { CapstanError, ErrorCode } from '@capstan/schemas';
+import type { AuthStore } from './auth-store.js';
+import { ensurePlatform } from './provision.js';
 
 export const MIN_NATS_SERVER = [2, 12, 0] as const;
 
@@ -67,6 +69,12 @@ export interface NatsServerOptions {
   readonly binary?: string;
   /** Where the server's log goes; a file next to the store by default. */
   readonly logFile?: string;
+  /**
+   * The operator's key store: the server runs in operator mode (accounts per tenant, no
+   * anonymous connections) and, once up, has the platform registry and every account the
+   * store knows. Required: Capstan never runs an open server.
+   */
+  readonly auth: AuthStore;
 }
 
 export interface NatsServer {
@@ -83,7 +91,7 @@ export interface NatsServer {
   restart(): Promise<void>;
 }
 
-export async function startNatsServer(opts: NatsServerOptions = {}): Promise<NatsServer> {
+export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServer> {
   const binary = opts.binary ?? findNatsServer();
   const base = opts.storeDir ?? mkdtempSync(join(tmpdir(), 'capstan-nats-'));
   mkdirSync(base, { recursive: true });
@@ -104,6 +112,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
       `  max_file_store: 8GB`,
       opts.sync === 'always' ? `  sync_interval: always` : '',
       `}`,
+      opts.auth.serverConfig(join(base, 'jwt')),
     ].join('\n');
     const file = join(base, 'nats-server.conf');
     writeFileSync(file, conf);
@@ -114,6 +123,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     const conf = writeConf();
     rmSync(portsDir, { recursive: true, force: true });
     mkdirSync(portsDir, { recursive: true });
+    mkdirSync(join(base, 'jwt'), { recursive: true });
     child = spawn(binary, ['-c', conf, '-l', logFile], { stdio: 'ignore' });
     const proc = child;
     const exited = new Promise<never>((_, reject) =>
@@ -127,6 +137,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
         const u = new URL((ports.nats[0] ?? '').replace('nats://', 'http://'));
         port = Number(u.port);
         await Promise.race([waitForTcp(port), exited]);
+        await ensurePlatform({ servers: `nats://127.0.0.1:${port}`, store: opts.auth });
         return;
       }
       await Promise.race([new Promise((r) => setTimeout(r, 25)), exited]);

@@ -8,8 +8,9 @@
  */
 import { and, asc, desc, eq, gte, inArray, lt, lte, or, sql, getTableColumns, type SQL } from 'drizzle-orm';
 import { alias } from 'drizzle-orm/pg-core';
-import { JetStreamApiError, type JetStreamManager } from '@nats-io/jetstream';
+import { JetStreamApiCodes, JetStreamApiError, type JetStreamManager } from '@nats-io/jetstream';
 import {
+  CapstanError,
   db as schema,
   InvalidArgumentError,
   isRunStatus,
@@ -479,7 +480,7 @@ export interface ProjectionLag {
 }
 
 /** Stream sequences the projector has not applied yet, per tenant. */
-export async function projectionLag(d: Database, jsm: JetStreamManager, tenants: readonly TenantId[]): Promise<ProjectionLag[]> {
+export async function projectionLag(d: Database, access: { tenant(t: TenantId): Promise<{ readonly jsm: JetStreamManager }> }, tenants: readonly TenantId[]): Promise<ProjectionLag[]> {
   const checkpoints = await readCheckpoints(d, tenants);
   return Promise.all(
     tenants.map(async (t): Promise<ProjectionLag> => {
@@ -487,9 +488,9 @@ export async function projectionLag(d: Database, jsm: JetStreamManager, tenants:
       const checkpoint = checkpoints.get(t) ?? 0;
       let last: number;
       try {
-        last = (await jsm.streams.info(stream)).state.last_seq;
+        last = (await (await access.tenant(t)).jsm.streams.info(stream)).state.last_seq;
       } catch (e) {
-        if (e instanceof JetStreamApiError && e.code === 10059) {
+        if ((e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound) || (CapstanError.is(e) && e.code === 'unknown_tenant')) {
           return { tenant: t, stream, streamLastSeq: null, checkpoint, lag: null, error: { code: 'unknown_tenant', message: `tenant ${t} has no run stream` } };
         }
         throw new UnavailableError(`cannot read stream ${stream}: ${(e as Error).message}`, { cause: e });

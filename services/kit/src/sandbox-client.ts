@@ -5,7 +5,7 @@
  * attempt gets a new sandbox); no service at all is `sandbox_unavailable`. Either way the
  * step never runs anywhere but in a sandbox.
  */
-import { createInbox, NoRespondersError, RequestError, type Subscription } from '@nats-io/transport-node';
+import { NoRespondersError, nuid, RequestError, type Subscription } from '@nats-io/transport-node';
 import {
   decode,
   encode,
@@ -45,7 +45,8 @@ export async function execInSandbox(nc: NatsConnection, tenant: TenantId, req: S
   let credentials: Subscription | undefined;
   if (o.onCredential) {
     const decide = o.onCredential;
-    credentials = nc.subscribe(createInbox(), {
+    // The route only workers may listen on and only the sandbox service may ask on.
+    credentials = nc.subscribe(Subjects.jitRoute(tenant, nuid.next().toLowerCase()), {
       callback: (err, m) => {
         if (err) return;
         const answer = (a: CredentialAnswer) => m.respond(encode(a));

@@ -1,65 +1,21 @@
-/** What every Capstan service process shares: following tenants, and its process boundary. */
-import { jetstreamManager } from '@nats-io/jetstream';
-import type { NatsConnection } from '@nats-io/transport-node';
-import { CapstanError, type TenantId } from '@capstan/schemas';
+/** What every Capstan service process shares: its access to tenants, and its process boundary. */
+import { CapstanError, type ServiceRole } from '@capstan/schemas';
 import { createLogger, type Logger } from './log.js';
-import { listTenants } from './tenant.js';
-import type { Env } from './env.js';
+import type { Env, NatsAuthConfig } from './env.js';
+import { connectAsService, connectAsTenantUser, type TenantAccess } from './access.js';
 import type { LevelWithSilent } from 'pino';
 
-export interface TenantFollower {
-  /** Tenants handed to `onTenant` so far. */
-  readonly tenants: ReadonlySet<TenantId>;
-  stop(): void;
+/**
+ * A platform service's access to its tenants, from its config's `NATS_URL`/`NATS_CREDS`.
+ * @throws CredentialsError when the credential is not this service's
+ */
+export function serviceAccess(role: ServiceRole, c: { readonly natsUrl: string; readonly nats: NatsAuthConfig }, name: string, log: Logger): Promise<TenantAccess> {
+  return connectAsService(role, c.nats.credsPaths[0] ?? '', { servers: c.natsUrl, name, log, ...(c.nats.tls ? { tls: c.nats.tls } : {}) });
 }
 
-/**
- * Calls `onTenant` once for every tenant the service should serve: the configured list, or
- * every provisioned tenant when `wanted` is `all`, including tenants provisioned later
- * (looked for every `everyMs`). Resolves after the first round.
- */
-export async function followTenants(
-  nc: NatsConnection,
-  wanted: readonly TenantId[] | 'all',
-  everyMs: number,
-  onTenant: (t: TenantId) => Promise<void>,
-  log: Logger,
-): Promise<TenantFollower> {
-  const served = new Set<TenantId>();
-  const missing = new Set<TenantId>();
-  let timer: NodeJS.Timeout | undefined;
-  let stopped = false;
-  const round = async () => {
-    const provisioned = await listTenants(await jetstreamManager(nc));
-    for (const t of wanted === 'all' ? provisioned : wanted) {
-      if (served.has(t)) continue;
-      if (!provisioned.includes(t)) {
-        if (!missing.has(t)) log.warn({ tenant: t }, 'configured tenant is not provisioned yet');
-        missing.add(t);
-        continue;
-      }
-      served.add(t);
-      await onTenant(t);
-    }
-  };
-  const loop = () => {
-    if (stopped) return;
-    timer = setTimeout(() => {
-      round()
-        .catch((e: unknown) => log.warn({ err: e }, 'tenant discovery failed'))
-        .finally(loop);
-    }, everyMs);
-    timer.unref();
-  };
-  await round();
-  loop();
-  return {
-    tenants: served,
-    stop() {
-      stopped = true;
-      clearTimeout(timer);
-    },
-  };
+/** A tenant deployment's access (a worker): one credential per tenant it serves. */
+export function tenantUserAccess(c: { readonly natsUrl: string; readonly nats: NatsAuthConfig }, name: string, log: Logger) {
+  return connectAsTenantUser(c.nats.credsPaths, { servers: c.natsUrl, name, log, ...(c.nats.tls ? { tls: c.nats.tls } : {}) });
 }
 
 /**

@@ -1,10 +1,12 @@
 /**
- * Provisioning: a tenant exists when its streams exist. `ensureTenant` creates or updates
- * them idempotently, from the one set of stream settings below.
+ * A tenant's streams and durable consumers, from the one set of settings below. Only the
+ * platform admin creates or changes them (`ensureTenant`, idempotent): services and workers
+ * may use their consumers but never create one, because a consumer's deliver subject would
+ * let its creator publish stream content onto any subject of the account.
  */
-import type { JetStreamManager, StreamConfig } from '@nats-io/jetstream';
-import { JetStreamApiError } from '@nats-io/jetstream';
-import { Streams, Subjects, isTenantId, LIMITS, type TenantId } from '@capstan/schemas';
+import type { ConsumerConfig, JetStreamManager, StreamConfig } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy, JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
+import { Consumers, Streams, Subjects, LIMITS, parseToken, type TenantId } from '@capstan/schemas';
 
 const SECOND_NS = 1_000_000_000;
 
@@ -15,9 +17,87 @@ export interface TenantLimits {
   readonly workDedupSeconds: number;
   /** How long dead letters are kept. */
   readonly deadLetterDays: number;
+  /** Bytes the dead letters may take: a flood of bad commands cannot use the tenant's storage. */
+  readonly deadLetterBytes: number;
 }
 
-export const DEFAULT_TENANT_LIMITS: TenantLimits = { maxEventsPerRun: 10_000, workDedupSeconds: 3600, deadLetterDays: 14 };
+export const DEFAULT_TENANT_LIMITS: TenantLimits = { maxEventsPerRun: 10_000, workDedupSeconds: 3600, deadLetterDays: 14, deadLetterBytes: 64 * 1024 * 1024 };
+
+/**
+ * The durable consumers' settings, made at provisioning. The services read them back from
+ * the server (`consumers.info`) rather than configuring them.
+ */
+export interface ConsumerSettings {
+  /** A command not acknowledged for this long is redelivered to another orchestrator. */
+  readonly orchestratorAckWaitMs: number;
+  readonly orchestratorMaxAckPending: number;
+  readonly projectorAckWaitMs: number;
+  readonly projectorMaxAckPending: number;
+  readonly secretsLeaseAckWaitMs: number;
+  /** A work item whose worker stopped heartbeating for this long is handed to another (and reported lost). */
+  readonly workAckWaitMs: number;
+  readonly workMaxAckPending: number;
+}
+
+export const DEFAULT_CONSUMER_SETTINGS: ConsumerSettings = Object.freeze({
+  orchestratorAckWaitMs: 10_000,
+  orchestratorMaxAckPending: 2048,
+  projectorAckWaitMs: 10_000,
+  projectorMaxAckPending: 1024,
+  secretsLeaseAckWaitMs: 30_000,
+  workAckWaitMs: 30_000,
+  workMaxAckPending: 256,
+});
+
+/** Deliveries of a work item after the first are reported lost; after this many the step's timer decides. */
+export const WORK_MAX_DELIVER = 5;
+
+const MS = 1_000_000;
+
+type Durable = Partial<ConsumerConfig> & { durable_name: string };
+
+/** The run pipeline's durable consumers: one per service, and one per worker pool. */
+export function consumerConfigs(t: TenantId, pools: readonly string[], c: ConsumerSettings = DEFAULT_CONSUMER_SETTINGS): { stream: string; config: Durable }[] {
+  return [
+    {
+      stream: Streams.commands(t),
+      config: { durable_name: Consumers.orchestrator, filter_subject: Subjects.allCommands(t), ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ack_wait: c.orchestratorAckWaitMs * MS, max_ack_pending: c.orchestratorMaxAckPending },
+    },
+    {
+      stream: Streams.runs(t),
+      config: { durable_name: Consumers.projector, filter_subject: Subjects.allRuns(t), ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ack_wait: c.projectorAckWaitMs * MS, max_ack_pending: c.projectorMaxAckPending },
+    },
+    {
+      stream: Streams.runs(t),
+      config: { durable_name: Consumers.secretsLease, filter_subject: Subjects.allRuns(t), ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ack_wait: c.secretsLeaseAckWaitMs * MS, max_ack_pending: 1000 },
+    },
+    ...pools.map((p) => ({ stream: Streams.work(t), config: poolConsumerConfig(t, p, c) })),
+  ];
+}
+
+export function poolConsumerConfig(t: TenantId, pool: string, c: ConsumerSettings = DEFAULT_CONSUMER_SETTINGS): Durable {
+  return {
+    durable_name: Consumers.workPool(parseToken('pool', pool)),
+    filter_subject: Subjects.work(t, pool),
+    ack_policy: AckPolicy.Explicit,
+    ack_wait: c.workAckWaitMs * MS,
+    max_deliver: WORK_MAX_DELIVER,
+    max_ack_pending: c.workMaxAckPending,
+  };
+}
+
+/** Creates the durable consumers, or updates what may change (ack wait, pending). Idempotent. */
+export async function ensureConsumers(jsm: JetStreamManager, consumers: readonly { stream: string; config: Durable }[]): Promise<void> {
+  for (const { stream, config } of consumers) {
+    try {
+      await jsm.consumers.info(stream, config.durable_name);
+      await jsm.consumers.update(stream, config.durable_name, { ack_wait: config.ack_wait, max_ack_pending: config.max_ack_pending });
+    } catch (e) {
+      if (e instanceof JetStreamApiError && e.code === JetStreamApiCodes.ConsumerNotFound) await jsm.consumers.add(stream, config);
+      else throw e;
+    }
+  }
+}
 
 export function streamConfigs(t: TenantId, limits: TenantLimits = DEFAULT_TENANT_LIMITS): (Partial<StreamConfig> & { name: string })[] {
   return [
@@ -63,6 +143,9 @@ export function streamConfigs(t: TenantId, limits: TenantLimits = DEFAULT_TENANT
       retention: 'limits' as StreamConfig['retention'],
       max_age: limits.deadLetterDays * 86_400 * SECOND_NS,
       max_msg_size: 1024 * 1024 + 64 * 1024,
+      // Refused commands cannot grow past this: the oldest dead letters go first.
+      max_bytes: limits.deadLetterBytes,
+      discard: 'old' as StreamConfig['discard'],
       allow_direct: true,
     },
   ];
@@ -117,13 +200,13 @@ export function policyStreamConfig(t: TenantId): Partial<StreamConfig> & { name:
 }
 
 /** Creates the tenant's streams, or brings their settings up to date. Idempotent. */
-export async function ensureTenant(jsm: JetStreamManager, t: TenantId, limits?: TenantLimits): Promise<void> {
+export async function ensureStreams(jsm: JetStreamManager, t: TenantId, limits?: TenantLimits): Promise<void> {
   for (const cfg of [...streamConfigs(t, limits), fleetStreamConfig(t), policyStreamConfig(t)]) {
     try {
       await jsm.streams.info(cfg.name);
       await jsm.streams.update(cfg.name, cfg);
     } catch (e) {
-      if (e instanceof JetStreamApiError && e.code === 10059) {
+      if (e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound) {
         await jsm.streams.add(cfg);
       } else {
         throw e;
@@ -132,13 +215,12 @@ export async function ensureTenant(jsm: JetStreamManager, t: TenantId, limits?: 
   }
 }
 
-/** Every provisioned tenant (one with a command stream). */
-export async function listTenants(jsm: JetStreamManager): Promise<TenantId[]> {
-  const out: TenantId[] = [];
-  for await (const name of jsm.streams.names()) {
-    if (!name.startsWith(Streams.commandsPrefix)) continue;
-    const t = name.slice(Streams.commandsPrefix.length);
-    if (isTenantId(t)) out.push(t);
-  }
-  return out.sort();
+/** A tenant's streams and consumers (the admin's connection to its account). Idempotent. */
+export async function ensureTenant(
+  jsm: JetStreamManager,
+  t: TenantId,
+  o: { limits?: TenantLimits; pools?: readonly string[]; consumers?: Partial<ConsumerSettings> } = {},
+): Promise<void> {
+  await ensureStreams(jsm, t, o.limits);
+  await ensureConsumers(jsm, consumerConfigs(t, o.pools ?? ['default'], { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers }));
 }

@@ -2,14 +2,12 @@
  * Composition root of the orchestrator: connects, serves every tenant it should (new
  * tenants are picked up while running), and stops by draining.
  */
-import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { Registry } from '@capstan/actors';
-import type { TenantId } from '@capstan/schemas';
-import { connectNats, followTenants, type Logger, type NatsConnection, type TenantFollower } from '@capstan/kit';
+import { Role, type TenantId } from '@capstan/schemas';
+import { serviceAccess, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
 import { createTenantHost, type TenantHost, type TenantHostStats } from './run-host.js';
 import { RunCache } from './run-cache.js';
-import { startIntakeGuard, type IntakeGuard } from './intake-guard.js';
 import { loadWorkflows } from './workflows.js';
 
 export interface OrchestratorApp {
@@ -22,24 +20,21 @@ export interface OrchestratorApp {
 
 export async function createOrchestrator(config: Config, log: Logger, opts: { registry?: Registry } = {}): Promise<OrchestratorApp> {
   const registry = opts.registry ?? (await loadWorkflows(config.workflowsModule));
-  let nc: NatsConnection | undefined;
-  let guard: IntakeGuard | undefined;
+  let access: TenantAccess | undefined;
   let follower: TenantFollower | undefined;
   const hosts = new Map<TenantId, TenantHost>();
   const cache = new RunCache(config.cacheSize);
 
-  async function serve(t: TenantId): Promise<void> {
-    if (!nc) return;
+  async function serve({ tenant: t, nc, js, jsm }: TenantConnection): Promise<void> {
     const host = createTenantHost({
       nc,
-      js: jetstream(nc),
-      jsm: await jetstreamManager(nc),
+      js,
+      jsm,
       tenant: t,
       registry,
       cache,
       log,
       maxBatch: config.maxBatch,
-      ackWaitMs: config.ackWaitMs,
       maxTicks: config.maxTicks,
       now: Date.now,
       policy: { mode: config.policy, approvalTtlMs: config.approvalTtlMs, timeoutMs: config.policyTimeoutMs },
@@ -52,17 +47,14 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
     registry,
     stats: () => Object.fromEntries([...hosts].map(([t, h]) => [t, h.stats])),
     async start() {
-      nc = await connectNats(config.natsUrl, config.name, log);
-      const jsm = await jetstreamManager(nc);
-      guard = startIntakeGuard(nc, jsm, log);
-      follower = await followTenants(nc, config.tenants, config.discoveryMs, serve, log);
+      access = await serviceAccess(Role.Orchestrator, config, config.name, log);
+      follower = await access.follow(config.tenants, config.discoveryMs, serve, log);
       log.info({ workflows: registry.list().map((w) => `${w.id}@${w.version}`), tenants: [...hosts.keys()] }, 'orchestrator started');
     },
     async stop() {
       follower?.stop();
       await Promise.all([...hosts.values()].map((h) => h.stop()));
-      await guard?.stop();
-      await nc?.drain();
+      await access?.close();
     },
   };
 }

@@ -13,7 +13,7 @@
  *   we reload it from the stream and decide again. A run never forks.
  */
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
-import { AckPolicy, DeliverPolicy, JetStreamApiError } from '@nats-io/jetstream';
+import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { decide, foldRun, searchFieldsOf, startRun, type Decision, type Registry, type RunState } from '@capstan/actors';
 import {
@@ -54,7 +54,6 @@ export interface TenantHostOptions {
   readonly cache: RunCache;
   readonly log: Logger;
   readonly maxBatch: number;
-  readonly ackWaitMs: number;
   readonly maxTicks: number;
   /** The decision clock: the only place a run's time comes from. */
   readonly now: () => number;
@@ -125,24 +124,6 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   let messages: ConsumerMessages | undefined;
   let stopped = false;
   let idle: (() => void) | undefined;
-
-  async function ensureConsumer(): Promise<void> {
-    const config = {
-      durable_name: Consumers.orchestrator,
-      filter_subject: Subjects.allCommands(t),
-      ack_policy: AckPolicy.Explicit,
-      deliver_policy: DeliverPolicy.All,
-      ack_wait: o.ackWaitMs * 1_000_000,
-      max_ack_pending: maxBatch * 8,
-    };
-    try {
-      await jsm.consumers.add(Streams.commands(t), config);
-    } catch (e) {
-      // An existing consumer with other settings (a new ack wait): update it in place.
-      if (e instanceof JetStreamApiError) await jsm.consumers.update(Streams.commands(t), Consumers.orchestrator, config);
-      else throw e;
-    }
-  }
 
   /** Parses an arriving command; poison is dead-lettered at once and never queued. */
   async function arrive(msg: JsMsg): Promise<void> {
@@ -304,7 +285,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
         await js.publish(subject, encode({ runId: fresh }), { expect: { lastSubjectSequence: 0 } });
         return fresh;
       } catch (e) {
-        if (!(e instanceof JetStreamApiError && (e.code === 10071 || e.code === 10164))) throw e;
+        if (!(e instanceof JetStreamApiError && (e.code === JetStreamApiCodes.StreamWrongLastSequence || e.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown))) throw e;
       }
     }
     throw new CapstanError(ErrorCode.ConcurrencyConflict, 'idempotency key claim did not settle', true);
@@ -422,7 +403,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   return {
     stats,
     async start() {
-      await ensureConsumer();
+      // Made by the admin at provisioning (capstan tenant add): a service never creates consumers.
       const consumer = await js.consumers.get(Streams.commands(t), Consumers.orchestrator);
       messages = await consumer.consume({ max_messages: maxBatch * 4 });
       void (async () => {

@@ -14,7 +14,6 @@
  * message, diagnostics? } }`; nothing is half-applied: a set either stored its version or
  * stored nothing.
  */
-import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import type { Msg, Subscription } from '@nats-io/transport-node';
 import {
   boundDecision,
@@ -26,20 +25,20 @@ import {
   InvalidArgumentError,
   isPolicyVerb,
   parsePolicyRequest,
-  parseTenantId,
+
   policyErrorReply,
   PolicyInvalidError,
   PolicyVerb,
   PolicyVersionNotFoundError,
   Subjects,
-  tenantTokenOf,
+  Role,
   type PolicyDecision,
   type PolicyReply,
   type PolicyRequest,
   type PolicyVersionSummary,
   type TenantId,
 } from '@capstan/schemas';
-import { connectNats, type Logger, type NatsConnection } from '@capstan/kit';
+import { serviceAccess, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
 import { compilePolicySet, type CompileResult } from './compile.js';
 import { decideAll, evaluate } from './evaluate.js';
@@ -56,9 +55,10 @@ const QUEUE = 'policy';
 const VERBS = Object.values(PolicyVerb);
 
 export function createPolicyService(config: Config, log: Logger): Promise<PolicyService> {
-  let nc: NatsConnection | undefined;
-  let js: JetStreamClient | undefined;
-  let jsm: JetStreamManager | undefined;
+  let access: TenantAccess | undefined;
+  let follower: TenantFollower | undefined;
+  /** Each tenant is its own account: one connection each. */
+  const conns = new Map<TenantId, TenantConnection>();
   const subs: Subscription[] = [];
   const inflight = new Set<Promise<void>>();
   const tenants = new Map<TenantId, Promise<TenantVersions>>();
@@ -69,8 +69,9 @@ export function createPolicyService(config: Config, log: Logger): Promise<Policy
   async function versionsOf(t: TenantId): Promise<TenantVersions | undefined> {
     let p = tenants.get(t);
     if (!p) {
-      if (!js || !jsm) throw new CapstanError(ErrorCode.Unavailable, 'the policy service is not started', true);
-      p = openTenantVersions(js, jsm, t, log);
+      const tc = conns.get(t);
+      if (!tc) throw new CapstanError(ErrorCode.Unavailable, `the policy service does not serve tenant ${t} (yet)`, true);
+      p = openTenantVersions(tc, t, log);
       tenants.set(t, p);
       // A failed open is not remembered: the stream may appear (the tenant provisioned) later.
       p.catch(() => tenants.delete(t));
@@ -184,13 +185,12 @@ export function createPolicyService(config: Config, log: Logger): Promise<Policy
     }
   }
 
-  async function serve(msg: Msg): Promise<void> {
+  async function serve(t: TenantId, msg: Msg): Promise<void> {
     const reply = msg.reply;
     if (!reply) return;
     let out: unknown;
     const verb = msg.subject.slice(msg.subject.lastIndexOf('.') + 1);
     try {
-      const t = parseTenantId(tenantTokenOf(msg.subject) ?? '');
       if (!isPolicyVerb(verb)) throw new InvalidArgumentError(`unknown policy verb ${JSON.stringify(verb.slice(0, 32))}: one of ${VERBS.join(', ')}`);
       out = await answer(t, verb, decode(msg.data));
       counts[verb] = (counts[verb] ?? 0) + 1;
@@ -202,40 +202,39 @@ export function createPolicyService(config: Config, log: Logger): Promise<Policy
         out = { error: { code: ErrorCode.Unavailable, message: 'the policy service failed to answer; try again' } };
       }
     }
-    nc?.publish(reply, encode(out));
+    msg.respond(encode(out));
   }
 
   return Promise.resolve({
     stats: () => ({ ...counts }),
     async start() {
-      nc = await connectNats(config.natsUrl, config.name, log);
-      js = jetstream(nc);
-      jsm = await jetstreamManager(nc);
-      const subjects = config.tenants === 'all' ? [Subjects.anyPolicy()] : config.tenants.flatMap((t) => VERBS.map((v) => Subjects.policy(t, v)));
-      for (const subject of subjects) {
+      access = await serviceAccess(Role.Policy, config, config.name, log);
+      follower = await access.follow(config.tenants, config.discoveryMs, async (tc) => {
+        conns.set(tc.tenant, tc);
         subs.push(
-          nc.subscribe(subject, {
+          tc.nc.subscribe(Subjects.svcVerbs(tc.tenant, 'policy'), {
             queue: QUEUE,
             callback: (err, msg) => {
               if (err) return;
-              const p = serve(msg).catch((e: unknown) => log.error({ err: e }, 'policy reply failed'));
+              const p = serve(tc.tenant, msg).catch((e: unknown) => log.error({ err: e }, 'policy reply failed'));
               inflight.add(p);
               void p.finally(() => inflight.delete(p));
             },
           }),
         );
-      }
-      // Answering from the moment start() resolves: the server knows the subscriptions.
-      await nc.flush();
+        // Answering from the moment the tenant is served: the server knows the subscription.
+        await tc.nc.flush();
+      }, log);
       log.info({ tenants: config.tenants }, 'policy service started');
     },
     async stop() {
+      follower?.stop();
       for (const s of subs) s.unsubscribe();
       await Promise.allSettled([...inflight]);
       const opened = await Promise.allSettled([...tenants.values()]);
       await Promise.allSettled(opened.flatMap((o) => (o.status === 'fulfilled' ? [o.value.stop()] : [])));
       tenants.clear();
-      await nc?.drain();
+      await access?.close();
     },
   });
 }

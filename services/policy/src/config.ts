@@ -1,9 +1,13 @@
 import { ConfigError, type TenantId } from '@capstan/schemas';
-import { envInt, envLogLevel, envNatsUrl, envString, envTenants, type Env } from '@capstan/kit';
+import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envString, envTenants, type Env, type NatsAuthConfig } from '@capstan/kit';
 import type { LevelWithSilent } from 'pino';
 
 export interface Config {
   readonly natsUrl: string;
+  /** `NATS_CREDS` (the policy service's credential) and TLS. */
+  readonly nats: NatsAuthConfig;
+  /** How often new tenants are looked for. */
+  readonly discoveryMs: number;
   readonly logLevel: LevelWithSilent;
   /** Tenants this instance answers for (`CAPSTAN_TENANTS`); all by default. */
   readonly tenants: readonly TenantId[] | 'all';
@@ -18,6 +22,8 @@ export function loadConfig(env: Env): Config {
   const problems: string[] = [];
   const config: Config = {
     natsUrl: envNatsUrl(env, problems),
+    nats: envNatsAuth(env, problems),
+    discoveryMs: envInt(env, 'POLICY_DISCOVERY_MS', 2000, problems, 100, 3_600_000),
     logLevel: envLogLevel(env, problems),
     tenants: envTenants(env, problems),
     cacheSize: envInt(env, 'POLICY_CACHE_SIZE', 256, problems, 1, 100_000),

@@ -3,7 +3,7 @@
  * message of `cap.<t>.policy.versions`, and nothing is ever deleted (`deny_delete`,
  * `deny_purge`), so a version once stored is the same forever.
  *
- * The service follows each tenant's stream with an ordered consumer and keeps every version
+ * The service follows each tenant's stream (direct gets, woken by a subscription) and keeps every version
  * in memory (texts only; compiled sets live in a bounded cache). A new version is appended
  * with the stream's expected last sequence, so two changes racing (two service instances,
  * two operators) cannot both become version N: the loser reloads and tries again.
@@ -12,7 +12,7 @@
  * where it sits, is kept as an invalid version: decisions under it deny (fail closed) until
  * a valid version follows.
  */
-import { DeliverPolicy, JetStreamApiError, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 import {
   decode,
   encode,
@@ -26,7 +26,7 @@ import {
   type PolicyVersionRecord,
   type TenantId,
 } from '@capstan/schemas';
-import type { Logger } from '@capstan/kit';
+import { tailStream, type Logger, type TenantConnection } from '@capstan/kit';
 import { sha256Hex } from './compile.js';
 
 /** One stored version: its record, or why the message there is not one. */
@@ -82,13 +82,13 @@ export function readStored(t: TenantId, seq: number, subject: string, data: Uint
  * Opens a tenant's versions: reads the stream to its current end, then keeps following it.
  * @throws NoPolicyStreamError when the tenant has no policy stream.
  */
-export async function openTenantVersions(js: JetStreamClient, jsm: JetStreamManager, t: TenantId, log: Logger): Promise<TenantVersions> {
+export async function openTenantVersions({ nc, js, jsm }: TenantConnection, t: TenantId, log: Logger): Promise<TenantVersions> {
   const stream = Streams.policy(t);
   let lastSeq: number;
   try {
     lastSeq = (await jsm.streams.info(stream)).state.last_seq;
   } catch (e) {
-    if (e instanceof JetStreamApiError && e.code === 10059) throw new NoPolicyStreamError(t);
+    if (e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound) throw new NoPolicyStreamError(t);
     throw new UnavailableError(`cannot read ${stream}: ${(e as Error).message}`, { cause: e });
   }
   const versions: StoredVersion[] = [];
@@ -116,24 +116,30 @@ export async function openTenantVersions(js: JetStreamClient, jsm: JetStreamMana
           waiters.push(w);
         });
 
-  const consumer = await js.consumers.get(stream, { filter_subjects: [Subjects.policyVersions(t)], deliver_policy: DeliverPolicy.All });
-  const messages: ConsumerMessages = await consumer.consume();
-  let stopped = false;
-  const following = (async () => {
-    for await (const m of messages) {
-      put(readStored(t, m.seq, m.subject, m.data, new Date(Math.floor(m.info.timestampNanos / 1e6))));
+  const tail = tailStream({
+    nc,
+    jsm,
+    stream,
+    subject: Subjects.policyVersions(t),
+    from: () => versions.length,
+    apply: (m) => {
+      put(readStored(t, m.seq, m.subject, m.data, m.time));
       const v = versions.at(-1);
       if (v?.problem !== undefined && v.version === m.seq) log.error({ tenant: t, version: m.seq, problem: v.problem }, 'stored policy version is invalid: decisions under it deny');
-    }
-  })().catch((e: unknown) => {
-    if (!stopped) log.warn({ tenant: t, err: e }, 'following policy versions stopped');
+    },
+    what: 'a policy version',
+    log,
+    pollMs: 2000,
   });
   await reached(lastSeq, CATCH_UP_MS);
 
   let appending: Promise<unknown> = Promise.resolve();
 
   async function catchUp(): Promise<void> {
-    await reached((await jsm.streams.info(stream)).state.last_seq, CATCH_UP_MS);
+    const last = (await jsm.streams.info(stream)).state.last_seq;
+    // Look now rather than at the next poll.
+    void tail.caughtUp();
+    await reached(last, CATCH_UP_MS);
   }
 
   return {
@@ -149,9 +155,7 @@ export async function openTenantVersions(js: JetStreamClient, jsm: JetStreamMana
     },
     refresh: catchUp,
     async stop() {
-      stopped = true;
-      await messages.close();
-      await following;
+      await tail.stop();
     },
   };
 
@@ -177,7 +181,7 @@ export async function openTenantVersions(js: JetStreamClient, jsm: JetStreamMana
         put({ version: ack.seq, record, bytes: data.length, storedAt: input.at });
         return { version: ack.seq, sha256, unchanged: false };
       } catch (e) {
-        if (!(e instanceof JetStreamApiError && (e.code === 10071 || e.code === 10164))) throw e;
+        if (!(e instanceof JetStreamApiError && (e.code === JetStreamApiCodes.StreamWrongLastSequence || e.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown))) throw e;
         await catchUp();
       }
     }

@@ -3,19 +3,18 @@
  * projects every tenant it should (new tenants are picked up while running) into Postgres,
  * and stops by draining.
  */
-import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import type { Subscription } from '@nats-io/transport-node';
-import type { TenantId } from '@capstan/schemas';
+import { Role, type TenantId } from '@capstan/schemas';
 import {
-  connectNats,
-  followTenants,
   migrate,
   openDatabase,
   projectionLag,
+  serviceAccess,
   type Database,
   type Logger,
-  type NatsConnection,
   type ProjectionLag,
+  type TenantAccess,
+  type TenantConnection,
   type TenantFollower,
 } from '@capstan/kit';
 import type { Config } from './config.js';
@@ -38,8 +37,7 @@ const BACKOFF_MAX_MS = 5000;
 export async function createProjector(config: Config, log: Logger, opts: { database?: Database } = {}): Promise<ProjectorApp> {
   // Opening makes no connection yet: Postgres being down is dealt with in start().
   const database = opts.database ?? (await openDatabase({ url: config.databaseUrl, log, poolSize: 8 }));
-  let nc: NatsConnection | undefined;
-  let jsm: JetStreamManager | undefined;
+  let access: TenantAccess | undefined;
   let follower: TenantFollower | undefined;
   let stopping = false;
   let stopped: Promise<void> | undefined;
@@ -48,13 +46,12 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
   const admissions: AdmissionFollower[] = [];
   const policyVersions: PolicyFollower[] = [];
 
-  async function serve(t: TenantId): Promise<void> {
-    if (!nc || !jsm) return;
-    const p = createTenantProjector({ js: jetstream(nc), jsm, db: database.db, tenant: t, log, batch: config.batch, ackWaitMs: config.ackWaitMs });
+  async function serve({ tenant: t, nc, js, jsm }: TenantConnection): Promise<void> {
+    const p = createTenantProjector({ js, jsm, db: database.db, tenant: t, log, batch: config.batch });
     projectors.set(t, p);
     fleets.push(followFleet(nc, database.db, t, log));
-    admissions.push(followAdmissions(jetstream(nc), jsm, database.db, t, log));
-    policyVersions.push(followPolicies(jetstream(nc), jsm, database.db, t, log));
+    admissions.push(followAdmissions(nc, jsm, database.db, t, log));
+    policyVersions.push(followPolicies(nc, jsm, database.db, t, log));
     await p.start();
   }
 
@@ -75,14 +72,13 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
   return {
     stats: () => Object.fromEntries([...projectors].map(([t, p]) => [t, p.stats])),
     async lag() {
-      if (!jsm) return [];
-      return projectionLag(database, jsm, [...projectors.keys()]);
+      if (!access) return [];
+      return projectionLag(database, access, [...projectors.keys()]);
     },
     async start() {
       await migrateWhenReachable(database);
-      nc = await connectNats(config.natsUrl, config.name, log);
-      jsm = await jetstreamManager(nc);
-      follower = await followTenants(nc, config.tenants, config.discoveryMs, serve, log);
+      access = await serviceAccess(Role.Projector, config, config.name, log);
+      follower = await access.follow(config.tenants, config.discoveryMs, serve, log);
       log.info({ tenants: [...projectors.keys()], database: database.where, batch: config.batch }, 'projector started');
     },
     stop() {
@@ -93,7 +89,7 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
         await Promise.all(admissions.map((a) => a.stop()));
         await Promise.all(policyVersions.map((p) => p.stop()));
         await Promise.all([...projectors.values()].map((p) => p.stop()));
-        await nc?.drain();
+        await access?.close();
         // A database handed in belongs to the caller.
         if (!opts.database) await database.close();
       })();

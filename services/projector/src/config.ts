@@ -1,9 +1,11 @@
 import { ConfigError, type TenantId } from '@capstan/schemas';
-import { envInt, envLogLevel, envNatsUrl, envString, envTenants, parseFailpoints, type Env } from '@capstan/kit';
+import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envString, envTenants, parseFailpoints, type Env, type NatsAuthConfig } from '@capstan/kit';
 import type { LevelWithSilent } from 'pino';
 
 export interface Config {
   readonly natsUrl: string;
+  /** `NATS_CREDS` (the projector's credential) and TLS. */
+  readonly nats: NatsAuthConfig;
   readonly logLevel: LevelWithSilent;
   /** Tenants to project; `all` follows every provisioned tenant, new ones included. */
   readonly tenants: readonly TenantId[] | 'all';
@@ -11,8 +13,6 @@ export interface Config {
   readonly databaseUrl: string;
   /** Run events applied per transaction, at most. */
   readonly batch: number;
-  /** Redelivery delay for events a crashed projector had received but not applied. */
-  readonly ackWaitMs: number;
   /** How often new tenants are looked for. */
   readonly discoveryMs: number;
   readonly name: string;
@@ -23,11 +23,11 @@ export function loadConfig(env: Env): Config {
   const problems: string[] = [];
   const config: Config = {
     natsUrl: envNatsUrl(env, problems),
+    nats: envNatsAuth(env, problems),
     logLevel: envLogLevel(env, problems),
     tenants: envTenants(env, problems),
     databaseUrl: databaseUrl(env, problems),
     batch: envInt(env, 'PROJECTOR_BATCH', 256, problems, 1, 5000),
-    ackWaitMs: envInt(env, 'PROJECTOR_ACK_WAIT_MS', 10_000, problems, 500, 3_600_000),
     discoveryMs: envInt(env, 'PROJECTOR_DISCOVERY_MS', 2000, problems, 100, 3_600_000),
     name: envString(env, 'PROJECTOR_NAME', `projector-${process.pid}`),
   };

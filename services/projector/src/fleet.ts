@@ -13,7 +13,7 @@
  * same record is tried again with backoff; an undecodable record becomes a dead_letters row.
  */
 import { and, eq, sql } from 'drizzle-orm';
-import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
+import type { JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { db as schema, decode, ErrorCode, parseWorkerAdmission, parseWorkerHeartbeat, Streams, Subjects, toErrorRecord, SchemaError, type TenantId } from '@capstan/schemas';
 import type { Logger, ProjectionDb } from '@capstan/kit';
@@ -164,6 +164,6 @@ export async function rebuildAdmissions(tx: ProjectionDb, jsm: JetStreamManager,
 export type AdmissionFollower = StreamFollower;
 
 /** Follows a tenant's fleet stream into `worker_admissions` (see `followStream`). */
-export function followAdmissions(js: JetStreamClient, jsm: JetStreamManager, db: ProjectionDb, t: TenantId, log: Logger): AdmissionFollower {
-  return followStream({ js, jsm, tenant: t, stream: Streams.fleet(t), subject: Subjects.allFleet(t), checkpoint: () => readFleetCheckpoint(db, t), apply: (m) => applyAdmission(db, t, m), what: 'a worker admission', log });
+export function followAdmissions(nc: NatsConnection, jsm: JetStreamManager, db: ProjectionDb, t: TenantId, log: Logger): AdmissionFollower {
+  return followStream({ nc, jsm, stream: Streams.fleet(t), subject: Subjects.allFleet(t), checkpoint: () => readFleetCheckpoint(db, t), apply: (m) => applyAdmission(db, t, m), what: 'a worker admission', log });
 }

@@ -1,13 +1,12 @@
 /**
  * Following one of a tenant's side streams (worker admissions, policy versions) into
- * Postgres: an ordered consumer from just after the projection's checkpoint, each message
- * applied in order; one that cannot be applied (Postgres away) is tried again with backoff
- * before the next. A tenant without the stream is looked at again every few seconds (it
- * appears when the tenant is provisioned again).
+ * Postgres from just after the projection's checkpoint, each message applied in order; one
+ * that cannot be applied (Postgres away) is tried again with backoff before the next (kit's
+ * `tailStream`: direct gets woken by a subscription, no consumer of its own).
  */
-import { DeliverPolicy, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
-import type { TenantId } from '@capstan/schemas';
-import { dbErrorMessage, type Logger } from '@capstan/kit';
+import type { JetStreamManager } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { tailStream, type Logger, type StreamTail } from '@capstan/kit';
 
 /** A stored message of a side stream, as the appliers read it. */
 export interface StreamMessage {
@@ -18,14 +17,11 @@ export interface StreamMessage {
   readonly time: Date;
 }
 
-export interface StreamFollower {
-  stop(): Promise<void>;
-}
+export type StreamFollower = Pick<StreamTail, 'stop'>;
 
 export interface FollowOptions {
-  readonly js: JetStreamClient;
+  readonly nc: NatsConnection;
   readonly jsm: JetStreamManager;
-  readonly tenant: TenantId;
   readonly stream: string;
   readonly subject: string;
   /** The last sequence already applied. */
@@ -36,64 +32,6 @@ export interface FollowOptions {
   readonly log: Logger;
 }
 
-const BACKOFF_MIN_MS = 250;
-const BACKOFF_MAX_MS = 5000;
-
 export function followStream(o: FollowOptions): StreamFollower {
-  const { tenant: t, log } = o;
-  let stopped = false;
-  let messages: ConsumerMessages | undefined;
-  let sleeping: (() => void) | undefined;
-  const sleep = (ms: number) =>
-    new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, ms);
-      sleeping = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-    });
-
-  async function follow(): Promise<void> {
-    const from = (await o.checkpoint()) + 1;
-    await o.jsm.streams.info(o.stream);
-    const consumer = await o.js.consumers.get(o.stream, {
-      filter_subjects: [o.subject],
-      ...(from > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from } : { deliver_policy: DeliverPolicy.All }),
-    });
-    messages = await consumer.consume();
-    for await (const m of messages) {
-      const msg: StreamMessage = { seq: m.seq, subject: m.subject, data: m.data, time: new Date(Math.floor(m.info.timestampNanos / 1e6)) };
-      for (let backoff = BACKOFF_MIN_MS; !stopped; backoff = Math.min(backoff * 2, BACKOFF_MAX_MS)) {
-        try {
-          await o.apply(msg);
-          break;
-        } catch (e) {
-          log.warn({ tenant: t, err: dbErrorMessage(e), seq: msg.seq, retryInMs: backoff }, `applying ${o.what} failed; retrying`);
-          await sleep(backoff);
-        }
-      }
-      if (stopped) break;
-    }
-  }
-
-  const loop = (async () => {
-    for (let backoff = BACKOFF_MIN_MS; !stopped; backoff = Math.min(backoff * 2, BACKOFF_MAX_MS)) {
-      try {
-        await follow();
-      } catch (e) {
-        if (stopped) break;
-        log.debug({ tenant: t, err: (e as Error).message, retryInMs: backoff }, `following ${o.stream} failed; retrying`);
-      }
-      if (!stopped) await sleep(backoff);
-    }
-  })();
-
-  return {
-    async stop() {
-      stopped = true;
-      sleeping?.();
-      await messages?.close();
-      await loop;
-    },
-  };
+  return tailStream({ nc: o.nc, jsm: o.jsm, stream: o.stream, subject: o.subject, from: o.checkpoint, apply: o.apply, what: o.what, log: o.log });
 }

@@ -9,7 +9,8 @@
  */
 import { createHash } from 'node:crypto';
 import { and, eq, sql } from 'drizzle-orm';
-import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
+import type { JetStreamManager } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { db as schema, decode, ErrorCode, parsePolicyVersionRecord, SchemaError, Streams, Subjects, toErrorRecord, type TenantId } from '@capstan/schemas';
 import type { Logger, ProjectionDb } from '@capstan/kit';
 import { pgText, type AuditRow } from './projection.js';
@@ -131,6 +132,6 @@ export async function rebuildPolicies(tx: ProjectionDb, jsm: JetStreamManager, t
 export type PolicyFollower = StreamFollower;
 
 /** Follows a tenant's policy stream into `policies` (see `followStream`). */
-export function followPolicies(js: JetStreamClient, jsm: JetStreamManager, db: ProjectionDb, t: TenantId, log: Logger): PolicyFollower {
-  return followStream({ js, jsm, tenant: t, stream: Streams.policy(t), subject: Subjects.policyVersions(t), checkpoint: () => readPolicyCheckpoint(db, t), apply: (m) => applyPolicyVersion(db, t, m), what: 'a policy version', log });
+export function followPolicies(nc: NatsConnection, jsm: JetStreamManager, db: ProjectionDb, t: TenantId, log: Logger): PolicyFollower {
+  return followStream({ nc, jsm, stream: Streams.policy(t), subject: Subjects.policyVersions(t), checkpoint: () => readPolicyCheckpoint(db, t), apply: (m) => applyPolicyVersion(db, t, m), what: 'a policy version', log });
 }

@@ -42,10 +42,10 @@ export interface RebuildOptions {
   readonly batch?: number;
 }
 
-export async function rebuildProjections(d: Database, jsm: JetStreamManager, tenants: readonly TenantId[], opts: RebuildOptions = {}): Promise<RebuildResult> {
+export async function rebuildProjections(d: Database, jsmOf: (t: TenantId) => Promise<JetStreamManager>, tenants: readonly TenantId[], opts: RebuildOptions = {}): Promise<RebuildResult> {
   const t0 = performance.now();
   const out: RebuiltTenant[] = [];
-  for (const t of tenants) out.push(await rebuildTenant(d, jsm, t, opts.batch ?? 1000));
+  for (const t of tenants) out.push(await rebuildTenant(d, await jsmOf(t), t, opts.batch ?? 1000));
   return { tenants: out, messages: out.reduce((n, r) => n + r.messages, 0), elapsedMs: performance.now() - t0 };
 }
 

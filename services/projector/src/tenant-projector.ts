@@ -9,10 +9,11 @@
  *   (250 ms doubling to 5 s), forever, with a warning each time; never a crash;
  * - messages after a gap (an earlier one still with a dead process) wait for it. If it does
  *   not come back (the consumer's position is past the checkpoint: a restored database, a
- *   new one), the consumer is recreated from the checkpoint; the database is the truth
- *   about what was applied, the consumer only about what was delivered.
+ *   new one), the consumer is reset to the checkpoint; the database is the truth about what
+ *   was applied, the consumer only about what was delivered. The consumer itself is made
+ *   with the tenant (capstan tenant add): the projector may use and reset it, not create it.
  */
-import { AckPolicy, DeliverPolicy, JetStreamApiError, type ConsumerConfig, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
+import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import { Consumers, Streams, Subjects, type TenantId } from '@capstan/schemas';
 import { failpoint, type Logger, type ProjectionDb } from '@capstan/kit';
 import { applyBatch, readCheckpoint } from './apply.js';
@@ -25,7 +26,6 @@ export interface TenantProjectorOptions {
   readonly log: Logger;
   /** Messages applied per transaction, at most. */
   readonly batch: number;
-  readonly ackWaitMs: number;
 }
 
 export interface TenantProjectorStats {
@@ -75,41 +75,18 @@ export function createTenantProjector(o: TenantProjectorOptions): TenantProjecto
   let waitBelow = Number.POSITIVE_INFINITY;
   let loop: Promise<void> | undefined;
 
-  const consumerConfig = (start?: number): Partial<ConsumerConfig> => ({
-    durable_name: Consumers.projector,
-    filter_subject: Subjects.allRuns(t),
-    ack_policy: AckPolicy.Explicit,
-    ack_wait: o.ackWaitMs * 1_000_000,
-    max_ack_pending: o.batch * 4,
-    ...(start === undefined ? { deliver_policy: DeliverPolicy.All } : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start }),
-  });
-
-  async function ensureConsumer(): Promise<void> {
-    try {
-      await jsm.consumers.add(stream, consumerConfig());
-    } catch (e) {
-      // It exists with other settings (a new ack wait or batch): update those in place. Its
-      // position and delivery policy stay as they are (see reposition).
-      if (e instanceof JetStreamApiError) await jsm.consumers.update(stream, Consumers.projector, { ack_wait: o.ackWaitMs * 1_000_000, max_ack_pending: o.batch * 4 });
-      else throw e;
-    }
-  }
+  /** The consumer's ack wait, from the server (it is made at provisioning). */
+  let ackWaitMs = 10_000;
 
   /**
    * Makes the consumer deliver again from just after the checkpoint: a consumer reset
-   * (nats-server 2.14+), else by recreating it. Our own consuming restarts after it, as a
-   * reset consumer's deliveries start over.
+   * (nats-server 2.14+). Our own consuming restarts after it, as a reset consumer's
+   * deliveries start over.
    */
   async function reposition(checkpoint: number, why: string): Promise<void> {
     log.warn({ checkpoint, why }, 'repositioning the projector consumer at the checkpoint');
     stats.repositions++;
-    try {
-      await jsm.consumers.reset(stream, Consumers.projector, checkpoint + 1);
-    } catch (e) {
-      if (!(e instanceof JetStreamApiError)) throw e;
-      await jsm.consumers.delete(stream, Consumers.projector).catch(() => undefined);
-      await jsm.consumers.add(stream, consumerConfig(checkpoint + 1));
-    }
+    await jsm.consumers.reset(stream, Consumers.projector, checkpoint + 1);
     if (consuming) {
       const old = messages;
       messages = undefined;
@@ -123,6 +100,7 @@ export function createTenantProjector(o: TenantProjectorOptions): TenantProjecto
     const checkpoint = await readCheckpoint(db, t);
     stats.checkpoint = checkpoint;
     const info = await jsm.consumers.info(stream, Consumers.projector);
+    ackWaitMs = Math.round((info.config.ack_wait ?? 10_000_000_000) / 1_000_000);
     if (info.ack_floor.stream_seq > checkpoint) await reposition(checkpoint, `consumer acknowledged up to ${info.ack_floor.stream_seq}`);
   }
 
@@ -215,7 +193,7 @@ export function createTenantProjector(o: TenantProjectorOptions): TenantProjecto
     /** Since when the batch has been held at a gap with no progress. */
     let blockedSince: number | undefined;
     // A gap still open after two redelivery periods will not close by itself.
-    const stallMs = 2 * o.ackWaitMs + 1000;
+    const stallMs = 2 * ackWaitMs + 1000;
     while (!stopped) {
       if (pending.size === 0) {
         await idle(60_000);
@@ -257,10 +235,10 @@ export function createTenantProjector(o: TenantProjectorOptions): TenantProjecto
 
   return {
     stats,
-    async start() {
-      await ensureConsumer();
+    start() {
       loop = run().catch((e: unknown) => log.error({ err: e }, 'projector loop stopped'));
       log.info({ consumer: Consumers.projector, batch: o.batch }, 'projecting tenant');
+      return Promise.resolve();
     },
     async stop() {
       stopped = true;

@@ -63,13 +63,13 @@ export interface VerifyReport {
   readonly elapsedMs: number;
 }
 
-export async function verifyProjections(d: Database, jsm: JetStreamManager, tenants: readonly TenantId[]): Promise<VerifyReport> {
+export async function verifyProjections(d: Database, jsmOf: (t: TenantId) => Promise<JetStreamManager>, tenants: readonly TenantId[]): Promise<VerifyReport> {
   const t0 = performance.now();
   const verified: VerifiedTenant[] = [];
   const mismatches: Mismatch[] = [];
   const brokenChains: BrokenChain[] = [];
   for (const t of tenants) {
-    const r = await verifyTenant(d, jsm, t);
+    const r = await verifyTenant(d, await jsmOf(t), t);
     verified.push(r.summary);
     mismatches.push(...r.mismatches);
     brokenChains.push(...r.brokenChains);

@@ -21,15 +21,14 @@ import {
   Mode,
   parseCredentialAnswer,
   parseSandboxExecRequest,
-  parseTenantId,
+  Role,
   Subjects,
-  tenantTokenOf,
   toErrorRecord,
   type ErrorRecord,
   type SandboxReply,
   type TenantId,
 } from '@capstan/schemas';
-import { connectNats, type Logger, type NatsConnection } from '@capstan/kit';
+import { serviceAccess, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
 import { nullBackend, SandboxUnavailableError, type SandboxBackend } from './backend.js';
 import { dockerBackend } from './docker.js';
@@ -67,12 +66,15 @@ export function createSandboxService(config: Config, log: Logger, opts: SandboxS
   const docker = new Docker({ socketPath: config.dockerSocket });
   const backend = opts.backend ?? (config.backend === 'docker' ? dockerBackend(docker) : nullBackend('SANDBOX_BACKEND=none: this node runs no sandboxes'));
   // A secrets file (development, tests) or the secrets-lease service.
-  const leases = opts.leases ?? (config.secretsFile ? fileLeases(config.secretsFile) : natsLeases(() => nc));
+  const leases = opts.leases ?? (config.secretsFile ? fileLeases(config.secretsFile) : natsLeases((t) => conns.get(t)?.nc));
   let image = opts.image;
   /** Why nothing can run, once the backend has been tried. */
   let unavailable: string | undefined;
   const pools = new Map<string, WarmPool>();
-  let nc: NatsConnection | undefined;
+  let access: TenantAccess | undefined;
+  let follower: TenantFollower | undefined;
+  /** One connection per tenant served: each tenant is its own account. */
+  const conns = new Map<TenantId, TenantConnection>();
   const subs: Subscription[] = [];
   let running = 0;
   const waiting: (() => void)[] = [];
@@ -103,8 +105,11 @@ export function createSandboxService(config: Config, log: Logger, opts: SandboxS
     artifactsDir: config.artifactsDir,
     maxArtifactBytes: config.maxArtifactBytes,
     log,
-    async askWorker(subject, request, timeoutMs) {
+    async askWorker(tenant, subject, request, timeoutMs) {
+      const nc = conns.get(tenant)?.nc;
       if (!nc) throw new SandboxUnavailableError('not connected');
+      // Only a worker's credential route of this tenant: the request names where to ask.
+      if (!subject.startsWith(Subjects.allJitRoutes(tenant).slice(0, -1))) throw new CapstanError(ErrorCode.InvalidArgument, 'the credential route is not one of this tenant\'s', false);
       const m = await nc.request(subject, encode(request), { timeout: timeoutMs });
       return parseCredentialAnswer(decode(m.data));
     },
@@ -152,15 +157,13 @@ export function createSandboxService(config: Config, log: Logger, opts: SandboxS
     waiting.shift()?.();
   }
 
-  async function serve(msg: Msg): Promise<void> {
+  async function serve(tenant: TenantId, msg: Msg): Promise<void> {
     const reply = msg.reply;
     if (!reply) return;
-    const answer = (r: SandboxReply) => nc?.publish(reply, encode(r));
+    const answer = (r: SandboxReply) => msg.respond(encode(r));
     const fail = (error: ErrorRecord) => answer({ type: 'done', error });
-    let tenant: TenantId;
     let req;
     try {
-      tenant = parseTenantId(tenantTokenOf(msg.subject) ?? '');
       req = parseSandboxExecRequest(decode(msg.data));
     } catch (e) {
       fail({ ...toErrorRecord(e, ErrorCode.SchemaViolation), retryable: false });
@@ -193,30 +196,32 @@ export function createSandboxService(config: Config, log: Logger, opts: SandboxS
     image: () => image,
     stats: () => ({ running, waiting: waiting.length, idle: Object.fromEntries([...pools].map(([k, p]) => [k, p.idleCount])) }),
     async start() {
-      nc = await connectNats(config.natsUrl, `sandbox-${config.node}-${instance}`, log);
-      // A node may be dedicated to some tenants: it then hears only their subjects.
-      const subjects = config.tenants === 'all' ? [Subjects.anySandboxExec()] : config.tenants.map((t) => Subjects.sandboxExec(t));
-      for (const subject of subjects) {
+      access = await serviceAccess(Role.Sandbox, config, `sandbox-${config.node}-${instance}`, log);
+      // A node may be dedicated to some tenants (CAPSTAN_TENANTS): it then serves only them.
+      follower = await access.follow(config.tenants, config.discoveryMs, async (tc) => {
+        conns.set(tc.tenant, tc);
         subs.push(
-          nc.subscribe(subject, {
+          tc.nc.subscribe(Subjects.sandboxExec(tc.tenant), {
             queue: QUEUE,
             callback: (err, msg) => {
               if (err) return;
-              const p = serve(msg).catch((e: unknown) => log.error({ err: e }, 'sandbox request failed'));
+              const p = serve(tc.tenant, msg).catch((e: unknown) => log.error({ err: e }, 'sandbox request failed'));
               inflight.add(p);
               void p.finally(() => inflight.delete(p));
             },
           }),
         );
-      }
+        await tc.nc.flush();
+      }, log);
       void prepare();
       log.info({ node: config.node, instance }, 'sandbox service started');
     },
     async stop() {
+      follower?.stop();
       for (const s of subs) s.unsubscribe();
       await Promise.allSettled([...inflight]);
       await Promise.allSettled([...pools.values()].map((p) => p.stop()));
-      await nc?.drain();
+      await access?.close();
     },
   });
 }

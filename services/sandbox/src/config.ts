@@ -1,12 +1,16 @@
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { ConfigError, type TenantId } from '@capstan/schemas';
-import { envInt, envLogLevel, envNatsUrl, envString, envTenants, PROJECT_ROOT, type Env } from '@capstan/kit';
+import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envString, envTenants, PROJECT_ROOT, type Env, type NatsAuthConfig } from '@capstan/kit';
 import type { LevelWithSilent } from 'pino';
 import { DEFAULT_LIMITS, type SandboxLimits } from './backend.js';
 
 export interface Config {
   readonly natsUrl: string;
+  /** `NATS_CREDS` (the sandbox service's credential) and TLS. */
+  readonly nats: NatsAuthConfig;
+  /** How often new tenants are looked for. */
+  readonly discoveryMs: number;
   readonly logLevel: LevelWithSilent;
   /** Tenants this node runs sandboxes for (`CAPSTAN_TENANTS`); all by default. */
   readonly tenants: readonly TenantId[] | 'all';
@@ -50,6 +54,8 @@ export function loadConfig(env: Env): Config {
   if (poolMax < poolMin) problems.push('SANDBOX_POOL_MAX must be >= SANDBOX_POOL_MIN');
   const config: Config = {
     natsUrl: envNatsUrl(env, problems),
+    nats: envNatsAuth(env, problems),
+    discoveryMs: envInt(env, 'SANDBOX_DISCOVERY_MS', 2000, problems, 100, 3_600_000),
     logLevel: envLogLevel(env, problems),
     tenants: envTenants(env, problems),
     backend: backend === 'none' ? 'none' : 'docker',

@@ -36,7 +36,7 @@ export interface ExecDeps {
   readonly maxArtifactBytes: number;
   readonly log: Logger;
   /** Asks the worker that sent the step (mode 3b credentials); resolves with its answer. */
-  readonly askWorker: (subject: string, request: CredentialRequest, timeoutMs: number) => Promise<CredentialAnswer>;
+  readonly askWorker: (tenant: TenantId, subject: string, request: CredentialRequest, timeoutMs: number) => Promise<CredentialAnswer>;
 }
 
 export interface ExecProgress {
@@ -198,7 +198,7 @@ export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxE
  */
 async function grantCredential(deps: ExecDeps, tenant: TenantId, req: SandboxExecRequest, name: string, reason: string): Promise<Record<string, string>> {
   if (!req.credentials) throw new CapstanError(ErrorCode.InvalidArgument, 'the worker gave this step no credential route', false);
-  const answer = await deps.askWorker(req.credentials, { name, reason }, req.timeoutMs);
+  const answer = await deps.askWorker(tenant, req.credentials, { name, reason }, req.timeoutMs);
   if (!answer.granted) throw new CapstanError((answer.error?.code ?? ErrorCode.PolicyDenied) as ErrorCode, answer.error?.message ?? `credential ${name} was refused`, false);
   return deps.leases.redeem({ tenant, runId: req.runId, step: req.step, attempt: req.attempt, keys: [name], ...(answer.leaseId ? { leaseId: answer.leaseId } : {}) });
 }

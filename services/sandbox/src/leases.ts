@@ -32,10 +32,10 @@ export const noLeases: LeaseRedeemer = {
  * Leases from the secrets-lease service: each redemption uses a one-time key pair, so the
  * values travel sealed to this process and are opened only here.
  */
-export function natsLeases(connection: () => NatsConnection | undefined): LeaseRedeemer {
+export function natsLeases(connection: (t: TenantId) => NatsConnection | undefined): LeaseRedeemer {
   return {
     async redeem(s) {
-      const nc = connection();
+      const nc = connection(s.tenant);
       if (!nc) throw new CapstanError(ErrorCode.Unavailable, 'not connected to NATS', true);
       if (!s.leaseId) throw new CapstanError(ErrorCode.InvalidArgument, `step ${s.step} needs ${s.keys.join(', ')} but its worker sent no lease`, false);
       const values = await redeemValues(nc, s.tenant, { leaseId: s.leaseId, runId: s.runId, step: s.step, attempt: s.attempt });

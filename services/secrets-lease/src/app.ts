@@ -7,7 +7,6 @@
  * and `Capstan-Error` headers. No reply, header or log line holds a secret value: values
  * only ever leave sealed to a sandbox's key (`redeem`).
  */
-import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { headers as natsHeaders, type Msg, type Subscription } from '@nats-io/transport-node';
 import {
   CapstanError,
@@ -27,32 +26,30 @@ import {
   parseRedeemRequest,
   parseRevokeRequest,
   parseRotateRequest,
-  parseTenantId,
   putAad,
+  Role,
   REFRESHABLE_AUTH,
   SecretNotFoundError,
   SecretsUnavailableError,
   SecretsVerb,
   Subjects,
-  tenantTokenOf,
   type LeaseGrant,
   type PutRequest,
   type SealedBox,
   type TenantId,
 } from '@capstan/schemas';
 import {
-  connectNats,
   dbErrorMessage,
-  followTenants,
   migrate,
   openDatabase,
   parseRecipientKey,
   refreshers as builtinRefreshers,
   seal,
+  serviceAccess,
   type Database,
   type Logger,
-  type NatsConnection,
   type Refreshers,
+  type TenantAccess,
   type TenantFollower,
 } from '@capstan/kit';
 import type { Config } from './config.js';
@@ -103,7 +100,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
   const ledger = createLeaseLedger(database);
   const refresher = createSecretRefresher(store, opts.refreshers ?? builtinRefreshers, log, MAX_SECRET_BYTES);
   const stats: SecretsLeaseStats = { issued: 0, redeemed: 0, denied: 0, revoked: 0, errors: 0 };
-  let nc: NatsConnection | undefined;
+  let access: TenantAccess | undefined;
   let follower: TenantFollower | undefined;
   let stopping = false;
   const subs: Subscription[] = [];
@@ -270,12 +267,12 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
     msg.respond(new Uint8Array(0), { headers: h });
   }
 
-  async function serve(msg: Msg): Promise<void> {
+  async function serve(t: TenantId, msg: Msg): Promise<void> {
     if (!msg.reply) return;
-    const verb = msg.subject.split('.')[4] ?? '';
-    const token = tenantTokenOf(msg.subject) ?? '';
+    // The subscription is the tenant's (`cap.<t>.svc.secrets.*`): its last token is the verb.
+    const verb = msg.subject.slice(msg.subject.lastIndexOf('.') + 1);
+    const token = t;
     try {
-      const t = parseTenantId(token);
       const handler = (VERBS as string[]).includes(verb) ? handlers[verb as SecretsVerb] : undefined;
       if (!handler) throw new InvalidArgumentError(`unknown secrets verb ${JSON.stringify(verb.slice(0, 32))}`);
       reply(msg, await handler(t, decode(msg.data)));
@@ -305,30 +302,24 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
     watched: () => [...watches.keys()],
     async start() {
       await migrateWhenReachable();
-      const conn = await connectNats(config.natsUrl, config.name, log);
-      nc = conn;
-      const subjects = config.tenants === 'all' ? [Subjects.anySecrets()] : config.tenants.flatMap((t) => VERBS.map((v) => Subjects.secrets(t, v)));
-      for (const subject of subjects) {
-        subs.push(
-          conn.subscribe(subject, {
-            queue: QUEUE,
-            callback: (err, msg) => {
-              if (err) return;
-              const p = serve(msg);
-              inflight.add(p);
-              void p.finally(() => inflight.delete(p));
-            },
-          }),
-        );
-      }
-      const js = jetstream(conn);
-      const jsm = await jetstreamManager(conn);
-      follower = await followTenants(
-        conn,
+      access = await serviceAccess(Role.SecretsLease, config, config.name, log);
+      follower = await access.follow(
         config.tenants,
         config.discoveryMs,
-        async (t) => {
-          watches.set(t, await watchRunEnds(js, jsm, t, ledger, log, { lookbackMs: config.maxTtlMs }));
+        async (tc) => {
+          subs.push(
+            tc.nc.subscribe(Subjects.svcVerbs(tc.tenant, 'secrets'), {
+              queue: QUEUE,
+              callback: (err, msg) => {
+                if (err) return;
+                const p = serve(tc.tenant, msg);
+                inflight.add(p);
+                void p.finally(() => inflight.delete(p));
+              },
+            }),
+          );
+          await tc.nc.flush();
+          watches.set(tc.tenant, watchRunEnds(tc.js, tc.jsm, tc.tenant, ledger, log));
         },
         log,
       );
@@ -340,7 +331,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       for (const s of subs) s.unsubscribe();
       await Promise.allSettled([...inflight]);
       await Promise.allSettled([...watches.values()].map((w) => w.stop()));
-      await nc?.drain();
+      await access?.close();
       if (ownDatabase) await database.close();
     },
   };

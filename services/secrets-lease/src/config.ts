@@ -1,9 +1,11 @@
 import { ConfigError, type TenantId } from '@capstan/schemas';
-import { envInt, envLogLevel, envNatsUrl, envString, envTenants, type Env } from '@capstan/kit';
+import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envString, envTenants, type Env, type NatsAuthConfig } from '@capstan/kit';
 import type { LevelWithSilent } from 'pino';
 
 export interface Config {
   readonly natsUrl: string;
+  /** `NATS_CREDS` (the lease service's credential) and TLS. */
+  readonly nats: NatsAuthConfig;
   readonly logLevel: LevelWithSilent;
   /**
    * Tenants served (`CAPSTAN_TENANTS`): their requests answered, their run streams watched
@@ -37,6 +39,7 @@ export function loadConfig(env: Env): Config {
   if (maxTtlMs < defaultTtlMs) problems.push('SECRETS_MAX_TTL_MS must be >= SECRETS_DEFAULT_TTL_MS');
   const config = {
     natsUrl: envNatsUrl(env, problems),
+    nats: envNatsAuth(env, problems),
     logLevel: envLogLevel(env, problems),
     tenants: envTenants(env, problems),
     databaseUrl: databaseUrl(env, problems),

@@ -7,12 +7,12 @@
  * does.
  *
  * A message is acknowledged after its revocation committed; the database being away means
- * redelivery, never a skipped revocation. Created for the first time, the consumer starts
- * `lookbackMs` back (the longest lease lifetime): a run that ended just before any instance
- * watched still has its leases revoked.
+ * redelivery, never a skipped revocation. The consumer is made with the tenant (capstan
+ * tenant add), from the first event: a run that ended before any instance watched still has
+ * its leases revoked.
  */
-import { AckPolicy, DeliverPolicy, JetStreamApiError, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
-import { Consumers, decode, runIdOfSubject, Streams, Subjects, type RunId, type TenantId } from '@capstan/schemas';
+import type { ConsumerMessages, JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
+import { Consumers, decode, runIdOfSubject, Streams, type RunId, type TenantId } from '@capstan/schemas';
 import type { Logger } from '@capstan/kit';
 import type { LeaseLedger } from './leases.js';
 
@@ -36,22 +36,8 @@ function eventType(data: Uint8Array): string | undefined {
   }
 }
 
-export async function watchRunEnds(js: JetStreamClient, jsm: JetStreamManager, t: TenantId, ledger: LeaseLedger, log: Logger, opts: { lookbackMs: number }): Promise<RunEndWatch> {
+export function watchRunEnds(js: JetStreamClient, _jsm: JetStreamManager, t: TenantId, ledger: LeaseLedger, log: Logger): RunEndWatch {
   const stream = Streams.runs(t);
-  try {
-    await jsm.consumers.add(stream, {
-      durable_name: Consumers.secretsLease,
-      filter_subject: Subjects.allRuns(t),
-      ack_policy: AckPolicy.Explicit,
-      ack_wait: 30_000_000_000,
-      max_ack_pending: 1000,
-      deliver_policy: DeliverPolicy.StartTime,
-      opt_start_time: new Date(Date.now() - opts.lookbackMs).toISOString(),
-    });
-  } catch (e) {
-    // It exists (made by another instance, or an earlier start): its position is the truth.
-    if (!(e instanceof JetStreamApiError)) throw e;
-  }
   let stopped = false;
   let messages: ConsumerMessages | undefined;
   let revokedRuns = 0;

@@ -2,9 +2,19 @@
  * Composition root of a worker: serves its pools for every tenant it should, in each
  * tenant only while it is admitted there (see admission.ts).
  */
-import { jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { encode, Subjects, type TenantId, type WorkerHeartbeat } from '@capstan/schemas';
-import { connectNats, createAuditSink, followTenants, openDatabase, type AuditSink, type Logger, type NatsConnection, type TenantFollower } from '@capstan/kit';
+import { ConfigError, encode, Role, Subjects, type TenantId, type WorkerHeartbeat } from '@capstan/schemas';
+import {
+  createAuditSink,
+  openDatabase,
+  readCredentials,
+  tenantUserAccess,
+  type AuditSink,
+  type CredentialsInfo,
+  type Logger,
+  type TenantAccess,
+  type TenantConnection,
+  type TenantFollower,
+} from '@capstan/kit';
 import type { Config } from './config.js';
 import { startAdmissionGate, type AdmissionGate } from './admission.js';
 import { loadHandlers, type Handlers } from './handlers.js';
@@ -25,8 +35,35 @@ const AUDIT_POOL_SIZE = 8;
  * `opts.audit`: an audit store to use instead of `AUDIT_DATABASE_URL` (a process that holds
  * its database already, such as `capstan dev`); the worker does not close it.
  */
+/**
+ * The worker's identity and pools per tenant, from its credentials: they name the tenant,
+ * the worker (its admission subject) and the pools the server lets it pull.
+ * @throws ConfigError when the credentials and the settings disagree
+ */
+async function identity(config: Config): Promise<{ id: string; pools: Map<TenantId, readonly string[]> }> {
+  const problems: string[] = [];
+  const creds: CredentialsInfo[] = [];
+  for (const path of config.nats.credsPaths) creds.push(await readCredentials(path));
+  const names = new Set(creds.map((c) => c.name));
+  for (const c of creds) if (c.role !== Role.Worker) problems.push(`NATS_CREDS: ${c.name} is a ${c.role ?? 'unknown'} credential, not a worker's (capstan creds issue --role worker)`);
+  if (names.size > 1) problems.push(`NATS_CREDS: one worker has one name in every tenant; these credentials name ${[...names].join(', ')}`);
+  const id = config.id || [...names][0] || '';
+  if (config.id && !names.has(config.id)) problems.push(`WORKER_ID ${config.id} is not the credentials' worker (${[...names].join(', ')}): its admission subject would be refused`);
+  const pools = new Map<TenantId, readonly string[]>();
+  for (const c of creds) {
+    if (!c.tenant) continue;
+    const wanted = config.pools.length > 0 ? config.pools.filter((p) => c.pools.includes(p)) : c.pools;
+    const refused = config.pools.filter((p) => !c.pools.includes(p));
+    if (refused.length > 0) problems.push(`WORKER_POOLS: the credential for tenant ${c.tenant} does not allow pool(s) ${refused.join(', ')} (it allows ${c.pools.join(', ')})`);
+    pools.set(c.tenant, wanted);
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return { id, pools };
+}
+
 export async function createWorker(config: Config, log: Logger, opts: { handlers?: Handlers; audit?: AuditSink } = {}): Promise<WorkerApp> {
   const handlers = opts.handlers ?? (await loadHandlers(config.handlersModule));
+  const { id, pools } = await identity(config);
   // No connection is made here: an audit store that is down refuses external writes, it
   // does not keep the worker from running other steps.
   const audit =
@@ -34,26 +71,26 @@ export async function createWorker(config: Config, log: Logger, opts: { handlers
     (config.auditDatabaseUrl
       ? createAuditSink(await openDatabase({ url: config.auditDatabaseUrl, log, poolSize: AUDIT_POOL_SIZE }), { closeDatabase: true })
       : auditNotConfigured());
-  let nc: NatsConnection | undefined;
+  let access: TenantAccess | undefined;
+  const conns = new Map<TenantId, TenantConnection>();
   const runners: PoolRunner[] = [];
   const gates: AdmissionGate[] = [];
   let follower: TenantFollower | undefined;
   let beat: NodeJS.Timeout | undefined;
 
-  async function serve(t: TenantId): Promise<void> {
-    if (!nc) return;
-    const conn = nc;
-    const jsm = await jetstreamManager(conn);
+  async function serve(tc: TenantConnection): Promise<void> {
+    const t = tc.tenant;
+    conns.set(t, tc);
     const mine: PoolRunner[] = [];
     gates.push(
       await startAdmissionGate({
-        js: jetstream(conn),
-        jsm,
+        nc: tc.nc,
+        jsm: tc.jsm,
         tenant: t,
-        workerId: config.id,
+        workerId: id,
         mode: config.admission,
         log,
-        open: () => startPools(conn, t, mine),
+        open: () => startPools(tc, mine),
         close: async () => {
           const closing = mine.splice(0);
           for (const r of closing) runners.splice(runners.indexOf(r), 1);
@@ -64,10 +101,9 @@ export async function createWorker(config: Config, log: Logger, opts: { handlers
   }
 
   /** The tenant's pool runners, started (each pool runner can start once: a re-admission makes new ones). */
-  async function startPools(nc: NatsConnection, t: TenantId, mine: PoolRunner[]): Promise<void> {
-    const jsm = await jetstreamManager(nc);
-    for (const pool of config.pools) {
-      const r = createPoolRunner({ nc, js: jetstream(nc), jsm, tenant: t, pool, handlers, workerId: config.id, concurrency: config.concurrency, ackWaitMs: config.ackWaitMs, startedAfterMs: config.startedAfterMs, sandboxStallMs: config.sandboxStallMs, leases: config.leases, approvalTtlMs: config.approvalTtlMs, audit, log });
+  async function startPools({ nc, js, jsm, tenant: t }: TenantConnection, mine: PoolRunner[]): Promise<void> {
+    for (const pool of pools.get(t) ?? []) {
+      const r = createPoolRunner({ nc, js, jsm, tenant: t, pool, handlers, workerId: id, concurrency: config.concurrency, startedAfterMs: config.startedAfterMs, sandboxStallMs: config.sandboxStallMs, leases: config.leases, approvalTtlMs: config.approvalTtlMs, audit, log });
       runners.push(r);
       mine.push(r);
       await r.start();
@@ -77,21 +113,21 @@ export async function createWorker(config: Config, log: Logger, opts: { handlers
   function heartbeat(): void {
     // Capability labels and load, for the fleet view; core NATS, nothing stored.
     const running = runners.reduce((n, r) => n + r.running, 0);
-    for (const t of follower?.tenants ?? []) {
-      const beat: WorkerHeartbeat = { worker: config.id, pools: [...config.pools], handlers: Object.keys(handlers), running, at: Date.now() };
-      nc?.publish(Subjects.workerHeartbeat(t), encode(beat));
+    for (const [t, tc] of conns) {
+      const beat: WorkerHeartbeat = { worker: id, pools: [...(pools.get(t) ?? [])], handlers: Object.keys(handlers), running, at: Date.now() };
+      tc.nc.publish(Subjects.workerHeartbeat(t), encode(beat));
     }
   }
 
   return {
-    id: config.id,
+    id,
     async start() {
-      nc = await connectNats(config.natsUrl, config.id, log);
-      follower = await followTenants(nc, config.tenants, config.discoveryMs, serve, log);
+      access = await tenantUserAccess(config, id, log);
+      follower = await access.follow(config.tenants, config.discoveryMs, serve, log);
       beat = setInterval(heartbeat, HEARTBEAT_MS);
       beat.unref();
       heartbeat();
-      log.info({ worker: config.id, pools: config.pools, handlers: Object.keys(handlers).length, audit: opts.audit || config.auditDatabaseUrl ? 'configured' : 'not configured' }, 'worker started');
+      log.info({ worker: id, pools: Object.fromEntries(pools), handlers: Object.keys(handlers).length, audit: opts.audit || config.auditDatabaseUrl ? 'configured' : 'not configured' }, 'worker started');
     },
     async stop() {
       follower?.stop();
@@ -99,7 +135,7 @@ export async function createWorker(config: Config, log: Logger, opts: { handlers
       await Promise.all(gates.map((g) => g.stop()));
       await Promise.all(runners.map((r) => r.stop()));
       try {
-        await nc?.drain();
+        await access?.close();
       } finally {
         if (!opts.audit) await audit.close();
       }

@@ -1,5 +1,5 @@
 import { ConfigError, parseToken, WORKER_ID_PATTERN, type TenantId } from '@capstan/schemas';
-import { envInt, envLogLevel, envNatsUrl, envString, envTenants, type Env } from '@capstan/kit';
+import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envString, envTenants, type Env, type NatsAuthConfig } from '@capstan/kit';
 import type { LevelWithSilent } from 'pino';
 
 /**
@@ -11,16 +11,23 @@ export type AdmissionMode = (typeof AdmissionMode)[keyof typeof AdmissionMode];
 
 export interface Config {
   readonly natsUrl: string;
+  /**
+   * `NATS_CREDS`: the worker's credentials, one per tenant it serves (comma-separated), each
+   * issued by `capstan creds issue --role worker --pool …`. They name the tenant, the pools
+   * and the worker's id; the server lets the worker pull those pools' work and nothing else.
+   */
+  readonly nats: NatsAuthConfig;
   readonly logLevel: LevelWithSilent;
   readonly tenants: readonly TenantId[] | 'all';
-  /** Capability labels: the pools this worker pulls work from. */
+  /**
+   * `WORKER_POOLS`: pools to pull, a subset of those its credential allows; empty (default):
+   * every pool of the credential.
+   */
   readonly pools: readonly string[];
   /** Module exporting `handlers` (name → function); the demo handlers when empty. */
   readonly handlersModule: string;
   /** Steps run at once, per tenant and pool. */
   readonly concurrency: number;
-  /** A step not heard from for this long is handed to another worker as lost. */
-  readonly ackWaitMs: number;
   /** Steps still running after this long are recorded as started; quicker ones only report their result. */
   readonly startedAfterMs: number;
   readonly discoveryMs: number;
@@ -30,7 +37,7 @@ export interface Config {
   readonly leases: boolean;
   /** How long a mode-3b credential request waits for a person's approval. */
   readonly approvalTtlMs: number;
-  /** Its admission subject's token, so `^[a-z0-9][a-z0-9_-]{0,63}$`. */
+  /** `WORKER_ID`; empty (default): the credential's name, which its admission subject is named after. */
   readonly id: string;
   /** `WORKER_ADMISSION`: `required` (default) or `auto`. */
   readonly admission: AdmissionMode;
@@ -45,7 +52,7 @@ export interface Config {
 export function loadConfig(env: Env): Config {
   const problems: string[] = [];
   const pools: string[] = [];
-  for (const p of envString(env, 'WORKER_POOLS', 'default').split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const p of envString(env, 'WORKER_POOLS', '').split(',').map((s) => s.trim()).filter(Boolean)) {
     try {
       pools.push(parseToken('pool', p));
     } catch (e) {
@@ -54,18 +61,18 @@ export function loadConfig(env: Env): Config {
   }
   const config: Config = {
     natsUrl: envNatsUrl(env, problems),
+    nats: envNatsAuth(env, problems, { many: true }),
     logLevel: envLogLevel(env, problems),
     tenants: envTenants(env, problems),
     pools,
     handlersModule: envString(env, 'CAPSTAN_HANDLERS', ''),
     concurrency: envInt(env, 'WORKER_CONCURRENCY', 64, problems, 1, 10_000),
-    ackWaitMs: envInt(env, 'WORKER_ACK_WAIT_MS', 30_000, problems, 1000, 3_600_000),
     startedAfterMs: envInt(env, 'WORKER_STARTED_AFTER_MS', 250, problems, 0, 3_600_000),
     discoveryMs: envInt(env, 'WORKER_DISCOVERY_MS', 2000, problems, 100, 3_600_000),
     sandboxStallMs: envInt(env, 'WORKER_SANDBOX_STALL_MS', 5000, problems, 200, 600_000),
     leases: envString(env, 'WORKER_LEASES', 'on') !== 'off',
     approvalTtlMs: envInt(env, 'WORKER_APPROVAL_TTL_MS', 15 * 60 * 1000, problems, 1000, 24 * 60 * 60 * 1000),
-    id: envString(env, 'WORKER_ID', `worker-${process.pid}`),
+    id: envString(env, 'WORKER_ID', ''),
     admission: envString(env, 'WORKER_ADMISSION', AdmissionMode.Required) as AdmissionMode,
     auditDatabaseUrl: envString(env, 'AUDIT_DATABASE_URL', ''),
   };
@@ -73,11 +80,10 @@ export function loadConfig(env: Env): Config {
     // The URL may hold a password: never echo it.
     problems.push('AUDIT_DATABASE_URL must be a postgres:// or postgresql:// URL with a host');
   }
-  if (!WORKER_ID_PATTERN.test(config.id)) problems.push(`WORKER_ID must match ${WORKER_ID_PATTERN.source} (it names the worker's admission subject); got ${JSON.stringify(config.id.slice(0, 80))}`);
+  if (config.id !== '' && !WORKER_ID_PATTERN.test(config.id)) problems.push(`WORKER_ID must match ${WORKER_ID_PATTERN.source} (it names the worker's admission subject); got ${JSON.stringify(config.id.slice(0, 80))}`);
   if (!Object.values(AdmissionMode).includes(config.admission)) {
     problems.push(`WORKER_ADMISSION must be ${AdmissionMode.Required} or ${AdmissionMode.Auto} (got ${JSON.stringify(config.admission.slice(0, 40))})`);
   }
-  if (pools.length === 0) problems.push('WORKER_POOLS must name at least one pool');
   const leases = envString(env, 'WORKER_LEASES', 'on');
   if (leases !== 'on' && leases !== 'off') problems.push(`WORKER_LEASES must be on or off, got ${JSON.stringify(leases)}`);
   if (problems.length > 0) throw new ConfigError(problems);

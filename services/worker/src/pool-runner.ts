@@ -10,7 +10,6 @@
  */
 import { setMaxListeners } from 'node:events';
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
-import { AckPolicy, JetStreamApiError } from '@nats-io/jetstream';
 import {
   CapstanError,
   CommandVerb,
@@ -47,7 +46,6 @@ export interface PoolRunnerOptions {
   readonly handlers: Handlers;
   readonly workerId: string;
   readonly concurrency: number;
-  readonly ackWaitMs: number;
   /** Report `started` only for steps still running after this long (0: always). */
   readonly startedAfterMs: number;
   /** Silence from the sandbox service after which a sandboxed attempt is reported lost. */
@@ -67,8 +65,6 @@ export interface PoolRunner {
   readonly running: number;
 }
 
-/** Deliveries after the first are reported lost; after this many the step's timer decides. */
-const MAX_DELIVER = 5;
 
 export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
   const { js, jsm, tenant: t, pool, handlers, workerId, log: baseLog } = o;
@@ -81,22 +77,8 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
   // Every running step listens for the stop: as many listeners as the concurrency allows.
   setMaxListeners(0, stopping.signal);
 
-  async function ensureConsumer(): Promise<void> {
-    const config = {
-      durable_name: durable,
-      filter_subject: Subjects.work(t, pool),
-      ack_policy: AckPolicy.Explicit,
-      ack_wait: o.ackWaitMs * 1_000_000,
-      max_deliver: MAX_DELIVER,
-      max_ack_pending: Math.max(o.concurrency * 4, 256),
-    };
-    try {
-      await jsm.consumers.add(Streams.work(t), config);
-    } catch (e) {
-      if (e instanceof JetStreamApiError) await jsm.consumers.update(Streams.work(t), durable, config);
-      else throw e;
-    }
-  }
+  /** The pool consumer's ack wait, from the server (made at provisioning): heartbeats go every third of it. */
+  let ackWaitMs = 30_000;
 
   // Results of steps finishing together go out as one atomic batch (one ack, one fsync).
   const publish = coalescingPublisher(o.nc, js);
@@ -184,7 +166,7 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
       started = publishCommand('started', { runId: item.runId, step: item.step, attempt: item.attempt, worker: workerId }, MsgIds.command(CommandVerb.Started, `${item.runId}:${item.step}:${item.attempt}`));
     };
     const startedTimer = o.startedAfterMs === 0 ? (announce(), undefined) : setTimeout(announce, o.startedAfterMs);
-    const heartbeat = setInterval(() => msg.working(), Math.max(250, Math.floor(o.ackWaitMs / 3)));
+    const heartbeat = setInterval(() => msg.working(), Math.max(250, Math.floor(ackWaitMs / 3)));
     const t0 = performance.now();
     try {
       const outcome = await execute(item);
@@ -205,8 +187,10 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
       return running;
     },
     async start() {
-      await ensureConsumer();
+      // The pool's consumer is made by the admin with the worker's credential (capstan creds
+      // issue --role worker --pool …): a worker never creates consumers.
       const consumer = await js.consumers.get(Streams.work(t), durable);
+      ackWaitMs = Math.round(((await consumer.info(true)).config.ack_wait ?? 30_000_000_000) / 1_000_000);
       messages = await consumer.consume({ max_messages: o.concurrency });
       void (async () => {
         for await (const m of messages as ConsumerMessages) {

@@ -1,0 +1,176 @@
+/**
+ * The platform admin's operations on a running server: push account JWTs, provision a
+ * tenant (account, quota, streams, consumers, registry record), issue and revoke
+ * credentials. Each acts with the key store (`AuthStore`); nothing here runs in a service.
+ */
+import { JetStreamApiCodes, JetStreamApiError, type StreamConfig } from '@nats-io/jetstream';
+import {
+  CapstanError,
+  encode,
+  ErrorCode,
+  parseToken,
+  Platform,
+  Role,
+  SERVICE_ROLES,
+  Streams,
+  UnavailableError,
+  type RoleScope,
+  type ServiceRole,
+  type TenantId,
+  type TenantQuota,
+  type TenantRecord,
+  type TenantRole,
+} from '@capstan/schemas';
+import type { AuthStore, IssuedUser } from './auth-store.js';
+import { connectNats, parseCredentials, tenantConnection, type NatsTls, type TenantConnection } from './nats.js';
+import { createLogger, type Logger } from './log.js';
+import { ensureConsumers, ensureTenant, poolConsumerConfig, DEFAULT_CONSUMER_SETTINGS, type ConsumerSettings, type TenantLimits } from './tenant.js';
+
+export interface AdminTarget {
+  /** The servers (comma-separated URLs). */
+  readonly servers: string;
+  readonly store: AuthStore;
+  readonly tls?: NatsTls;
+  readonly log?: Logger;
+}
+
+const quiet = createLogger('admin', 'silent');
+
+/** Pushes an account JWT to the servers (through the system account). */
+export async function pushAccountJwt(a: AdminTarget, jwt: string): Promise<void> {
+  const creds = await parseCredentials(a.store.systemCreds(), 'system.creds');
+  const nc = await connectNats(a.servers, 'capstan-admin-push', a.log ?? quiet, { credentials: creds, reconnect: false, ...(a.tls ? { tls: a.tls } : {}) });
+  try {
+    const reply = await nc.request(Platform.claimsUpdate, new TextEncoder().encode(jwt), { timeout: 5000 });
+    const body = JSON.parse(reply.string()) as { data?: { code?: number; message?: string }; error?: { code?: number; description?: string } };
+    const code = body.data?.code ?? body.error?.code;
+    if (code !== 200) throw new UnavailableError(`the server refused the account update: ${body.error?.description ?? body.data?.message ?? reply.string().slice(0, 200)}`);
+  } finally {
+    await nc.close();
+  }
+}
+
+/** Runs `fn` with a short-lived admin connection to a tenant's account (or the platform's). */
+export async function asAdmin<T>(a: AdminTarget, account: TenantId | 'platform', fn: (tc: TenantConnection) => Promise<T>): Promise<T> {
+  const creds = await parseCredentials(await a.store.adminCreds(account), 'admin');
+  const nc = await connectNats(a.servers, `capstan-admin@${account}`, a.log ?? quiet, { credentials: creds, reconnect: false, ...(a.tls ? { tls: a.tls } : {}) });
+  try {
+    return await fn(await tenantConnection(account as TenantId, nc));
+  } finally {
+    await nc.close();
+  }
+}
+
+function registryStreamConfig(): Partial<StreamConfig> & { name: string } {
+  return {
+    name: Platform.tenantsStream,
+    subjects: [Platform.allTenantRecords],
+    storage: 'file' as StreamConfig['storage'],
+    retention: 'limits' as StreamConfig['retention'],
+    max_msgs_per_subject: 16,
+    max_msg_size: 64 * 1024,
+    allow_direct: true,
+    // A tenant's record can be replaced, never deleted away.
+    deny_delete: true,
+    deny_purge: true,
+  };
+}
+
+/**
+ * Makes the platform ready on a server: the platform and system accounts are preloaded by
+ * the server's configuration; this creates the registry and pushes every tenant account the
+ * store knows (a server started on a fresh store learns them again). Idempotent.
+ */
+export async function ensurePlatform(a: AdminTarget): Promise<void> {
+  await asAdmin(a, 'platform', async ({ jsm }) => {
+    try {
+      await jsm.streams.info(Platform.tenantsStream);
+    } catch (e) {
+      if (!(e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound)) throw e;
+      await jsm.streams.add(registryStreamConfig());
+    }
+  });
+  for (const t of a.store.tenants()) await pushAccountJwt(a, await a.store.accountJwt(t));
+}
+
+export interface ProvisionOptions {
+  readonly quota?: Partial<TenantQuota>;
+  readonly limits?: TenantLimits;
+  /** Worker pools whose consumers exist from the start (more come with worker credentials). */
+  readonly pools?: readonly string[];
+  readonly consumers?: Partial<ConsumerSettings>;
+}
+
+/**
+ * Adds a tenant, or brings it up to date: its account (keys made once, quota applied), its
+ * streams and consumers, and its registry record with a user for every platform service.
+ * Idempotent; re-running it after an upgrade refreshes the services' permissions.
+ */
+export async function provisionTenant(a: AdminTarget, t: TenantId, o: ProvisionOptions = {}): Promise<TenantRecord & { created: boolean }> {
+  const { publicKey, created } = a.store.ensureTenantAccount(t, o.quota);
+  await pushAccountJwt(a, await a.store.accountJwt(t));
+  await asAdmin(a, t, async ({ jsm }) => {
+    await ensureTenant(jsm, t, { ...(o.limits ? { limits: o.limits } : {}), pools: o.pools ?? ['default'], consumers: { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers } });
+  });
+  const services: Partial<Record<ServiceRole, string>> = {};
+  for (const role of SERVICE_ROLES) services[role] = await a.store.serviceUserJwt(t, role);
+  const record: TenantRecord = { v: 1, tenant: t, account: publicKey, quota: a.store.quota(t), services, updatedAt: Date.now() };
+  await asAdmin(a, 'platform', async ({ js }) => {
+    await js.publish(Platform.tenantRecord(t), encode(record));
+  });
+  return { ...record, created };
+}
+
+/** Changes a tenant's quota: a new account JWT, in force at once on every connection. */
+export async function setTenantQuota(a: AdminTarget, t: TenantId, quota: Partial<TenantQuota>): Promise<TenantQuota> {
+  if (!a.store.hasTenant(t)) throw new CapstanError(ErrorCode.UnknownTenant, `tenant ${t} has no account (capstan tenant add ${t})`);
+  a.store.ensureTenantAccount(t, quota);
+  await pushAccountJwt(a, await a.store.accountJwt(t));
+  const q = a.store.quota(t);
+  // The registry shows the quota in force.
+  const services: Partial<Record<ServiceRole, string>> = {};
+  for (const role of SERVICE_ROLES) services[role] = await a.store.serviceUserJwt(t, role);
+  await asAdmin(a, 'platform', async ({ js }) => {
+    await js.publish(Platform.tenantRecord(t), encode({ v: 1, tenant: t, account: a.store.tenantAccountKey(t), quota: q, services, updatedAt: Date.now() } satisfies TenantRecord));
+  });
+  return q;
+}
+
+export interface IssueOptions {
+  readonly pools?: readonly string[];
+  readonly expiresInS?: number;
+  readonly consumers?: Partial<ConsumerSettings>;
+}
+
+/**
+ * Issues a tenant credential (`capstan creds issue`). A worker's pools get their consumers
+ * here, since a worker may not create one.
+ */
+export async function issueCredential(a: AdminTarget, t: TenantId, role: TenantRole, name: string, o: IssueOptions = {}): Promise<{ creds: Uint8Array; user: IssuedUser }> {
+  if (!a.store.hasTenant(t)) throw new CapstanError(ErrorCode.UnknownTenant, `tenant ${t} has no account (capstan tenant add ${t})`);
+  const pools = (o.pools ?? []).map((p) => parseToken('pool', p));
+  if (role === Role.Worker) {
+    if (pools.length === 0) pools.push('default');
+    await asAdmin(a, t, ({ jsm }) => ensureConsumers(jsm, pools.map((p) => ({ stream: Streams.work(t), config: poolConsumerConfig(t, p, { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers }) }))));
+  }
+  const scope: RoleScope = role === Role.Worker ? { pools, workerId: name } : {};
+  const issued = await a.store.issueUser(t, role, name, scope, o.expiresInS ? { expiresInS: o.expiresInS } : {});
+  // A replaced credential's old key is revoked in the account: push it.
+  await pushAccountJwt(a, await a.store.accountJwt(t));
+  return issued;
+}
+
+/** Revokes a credential: its connections are closed by the server and it cannot reconnect. */
+export async function revokeCredential(a: AdminTarget, t: TenantId, name: string): Promise<IssuedUser> {
+  const u = a.store.revokeUser(t, name);
+  await pushAccountJwt(a, await a.store.accountJwt(t));
+  return u;
+}
+
+/** Lifts a revocation (a worker approved again). */
+export async function restoreCredential(a: AdminTarget, t: TenantId, name: string): Promise<IssuedUser> {
+  const u = a.store.restoreUser(t, name);
+  await pushAccountJwt(a, await a.store.accountJwt(t));
+  return u;
+}
+
