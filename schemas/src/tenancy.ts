@@ -11,7 +11,9 @@ const GIB = 1024 * 1024 * 1024;
 /**
  * A tenant's quotas, enforced by nats-server as its account's limits: when one is reached
  * the tenant's own publishes (or connections, streams, consumers) are refused; no other
- * tenant notices.
+ * tenant notices. On a single server the storage quota is a reservation: the quotas of all
+ * tenants together must fit the server's JetStream store (`max_file_store`), or a new
+ * tenant's JetStream is not enabled.
  */
 export interface TenantQuota {
   /** JetStream file storage of all its streams together. */
@@ -23,7 +25,7 @@ export interface TenantQuota {
 }
 
 export const DEFAULT_TENANT_QUOTA: TenantQuota = Object.freeze({
-  maxStorageBytes: 4 * GIB,
+  maxStorageBytes: GIB,
   maxStreams: 16,
   maxConsumers: 64,
   maxConnections: 256,

@@ -136,10 +136,16 @@ export async function connect(url: string): Promise<Harness> {
   };
 }
 
+/**
+ * Storage each test tenant reserves on the test server unless a test asks for more: quotas
+ * are reservations on a single server, and a run makes a few hundred tenants.
+ */
+export const TEST_TENANT_STORAGE = 64 * 1024 * 1024;
+
 /** A fresh tenant: its account, quota, streams, consumers and registry record (`capstan tenant add`). */
 export async function provision(h: Harness, prefix?: string, opts: ProvisionOptions = {}): Promise<TenantId> {
   const t = randomTenant(prefix);
-  await provisionTenant(await adminOf(h.url), t, opts);
+  await provisionTenant(await adminOf(h.url), t, { ...opts, quota: { maxStorageBytes: TEST_TENANT_STORAGE, ...opts.quota } });
   return t;
 }
 

@@ -94,8 +94,9 @@ function accountLimits(q: TenantQuota) {
     leaf: -1,
     conn: q.maxConnections,
     disk_storage: q.maxStorageBytes,
-    // Small in-memory buckets only; the run pipeline is on file storage.
-    mem_storage: 64 * 1024 * 1024,
+    // Small in-memory buckets only; the run pipeline is on file storage. A reservation, like
+    // the storage quota: kept small so many tenants fit one server.
+    mem_storage: 16 * 1024 * 1024,
     streams: q.maxStreams,
     consumer: q.maxConsumers,
     max_ack_pending: -1,
@@ -194,9 +195,10 @@ export async function openAuthStore(dir: string, opts: { create?: boolean } = {}
   for (const sub of ['accounts', 'services', 'users', 'creds']) dirOf(at(sub));
   const operator = fromSeed(readFileSync(at('operator.seed')));
 
-  const seedOf = (path: string, make: () => KeyPair): KeyPair => {
+  /** A key from its seed file; made when missing if `create` (the store's own keys) or `always` (a new tenant's). */
+  const seedOf = (path: string, make: () => KeyPair, always = false): KeyPair => {
     if (!existsSync(path)) {
-      if (!opts.create) throw new AuthStoreError(dir, `missing ${path}`);
+      if (!opts.create && !always) throw new AuthStoreError(dir, `missing ${path}`);
       writeSecret(path, make().getSeed());
     }
     return fromSeed(readFileSync(path));
@@ -285,7 +287,7 @@ export async function openAuthStore(dir: string, opts: { create?: boolean } = {}
     ensureTenantAccount(t, quota = {}) {
       const path = at('accounts', `${t}.json`);
       const created = !existsSync(path);
-      const key = seedOf(at('accounts', `${t}.seed`), createAccount);
+      const key = seedOf(at('accounts', `${t}.seed`), createAccount, true);
       const before = created ? undefined : accountFile(t);
       const merged = tenantQuotaSchema.parse({ ...DEFAULT_TENANT_QUOTA, ...before?.quota, ...quota }, 'quota');
       saveAccount(t, { name: t, quota: merged, revocations: before?.revocations ?? {}, createdAt: before?.createdAt ?? Date.now() });

@@ -4,7 +4,7 @@
  * nats-server (if any) is never used or touched.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -67,6 +67,12 @@ export interface NatsServerOptions {
   /** `always`: fsync before every ack (equal durability with Postgres-backed engines). */
   readonly sync?: 'default' | 'always';
   readonly binary?: string;
+  /**
+   * JetStream file storage for the whole server (bytes). Tenants' storage quotas are
+   * reservations against it. Default: 80 % of the free space where the store lives, at most
+   * 64 GiB: a store that hits ENOSPC hangs JetStream, so it stays below the disk.
+   */
+  readonly maxFileStore?: number;
   /** Where the server's log goes; a file next to the store by default. */
   readonly logFile?: string;
   /**
@@ -100,6 +106,7 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
   const logFile = opts.logFile ?? join(base, 'nats-server.log');
   let port = opts.port ?? -1;
   let child: ChildProcess | undefined;
+  const maxFileStore = opts.maxFileStore ?? defaultMaxFileStore(base);
 
   const writeConf = () => {
     const conf = [
@@ -108,8 +115,8 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
       `max_payload: 1MB`,
       `jetstream {`,
       `  store_dir: "${join(base, 'js')}"`,
-      // Cap the store below typical free space: a store that hits ENOSPC hangs JetStream.
-      `  max_file_store: 8GB`,
+      // Below the disk's free space: a store that hits ENOSPC hangs JetStream.
+      `  max_file_store: ${maxFileStore}`,
       opts.sync === 'always' ? `  sync_interval: always` : '',
       `}`,
       opts.auth.serverConfig(join(base, 'jwt')),
@@ -178,6 +185,17 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
       await launch();
     },
   };
+}
+
+const GIB = 1024 * 1024 * 1024;
+
+function defaultMaxFileStore(dir: string): number {
+  try {
+    const fs = statfsSync(dir);
+    return Math.max(GIB, Math.min(64 * GIB, Math.floor(Number(fs.bavail) * Number(fs.bsize) * 0.8)));
+  } catch {
+    return 8 * GIB;
+  }
 }
 
 async function waitForTcp(port: number): Promise<void> {

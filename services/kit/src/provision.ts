@@ -3,7 +3,7 @@
  * tenant (account, quota, streams, consumers, registry record), issue and revoke
  * credentials. Each acts with the key store (`AuthStore`); nothing here runs in a service.
  */
-import { JetStreamApiCodes, JetStreamApiError, type StreamConfig } from '@nats-io/jetstream';
+import { JetStreamApiCodes, JetStreamApiError, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream';
 import {
   CapstanError,
   encode,
@@ -24,7 +24,7 @@ import {
 import type { AuthStore, IssuedUser } from './auth-store.js';
 import { connectNats, parseCredentials, tenantConnection, type NatsTls, type TenantConnection } from './nats.js';
 import { createLogger, type Logger } from './log.js';
-import { ensureConsumers, ensureTenant, poolConsumerConfig, DEFAULT_CONSUMER_SETTINGS, type ConsumerSettings, type TenantLimits } from './tenant.js';
+import { ensureConsumers, ensureTenant, poolConsumerConfig, DEFAULT_CONSUMER_SETTINGS, DEFAULT_TENANT_LIMITS, type ConsumerSettings, type TenantLimits } from './tenant.js';
 
 export interface AdminTarget {
   /** The servers (comma-separated URLs). */
@@ -61,6 +61,23 @@ export async function asAdmin<T>(a: AdminTarget, account: TenantId | 'platform',
   }
 }
 
+/**
+ * Waits until JetStream answers in an account just pushed: the server enables it there
+ * asynchronously, and API calls in between find no responder.
+ */
+async function jetStreamReady(jsm: JetStreamManager, account: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (let pause = 10; ; pause = Math.min(pause * 2, 200)) {
+    try {
+      await jsm.getAccountInfo();
+      return;
+    } catch (e) {
+      if (Date.now() > deadline) throw new UnavailableError(`JetStream did not answer in account ${account} within 10 s of its update`, { cause: e });
+      await new Promise((r) => setTimeout(r, pause));
+    }
+  }
+}
+
 function registryStreamConfig(): Partial<StreamConfig> & { name: string } {
   return {
     name: Platform.tenantsStream,
@@ -83,6 +100,7 @@ function registryStreamConfig(): Partial<StreamConfig> & { name: string } {
  */
 export async function ensurePlatform(a: AdminTarget): Promise<void> {
   await asAdmin(a, 'platform', async ({ jsm }) => {
+    await jetStreamReady(jsm, Platform.accountName);
     try {
       await jsm.streams.info(Platform.tenantsStream);
     } catch (e) {
@@ -109,8 +127,13 @@ export interface ProvisionOptions {
 export async function provisionTenant(a: AdminTarget, t: TenantId, o: ProvisionOptions = {}): Promise<TenantRecord & { created: boolean }> {
   const { publicKey, created } = a.store.ensureTenantAccount(t, o.quota);
   await pushAccountJwt(a, await a.store.accountJwt(t));
+  // Dead letters may take an eighth of the tenant's storage at most (a stream's max bytes is
+  // reserved from the account's quota).
+  const quota = a.store.quota(t);
+  const limits = o.limits ?? { ...DEFAULT_TENANT_LIMITS, deadLetterBytes: Math.min(DEFAULT_TENANT_LIMITS.deadLetterBytes, Math.floor(quota.maxStorageBytes / 8)) };
   await asAdmin(a, t, async ({ jsm }) => {
-    await ensureTenant(jsm, t, { ...(o.limits ? { limits: o.limits } : {}), pools: o.pools ?? ['default'], consumers: { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers } });
+    await jetStreamReady(jsm, t);
+    await ensureTenant(jsm, t, { limits, pools: o.pools ?? ['default'], consumers: { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers } });
   });
   const services: Partial<Record<ServiceRole, string>> = {};
   for (const role of SERVICE_ROLES) services[role] = await a.store.serviceUserJwt(t, role);
