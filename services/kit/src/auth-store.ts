@@ -261,7 +261,8 @@ export async function openAuthStore(dir: string, opts: { create?: boolean } = {}
         `operator: "${at('operator.jwt')}"`,
         `system_account: ${sys.getPublicKey()}`,
         // The full resolver keeps pushed account JWTs on disk, so a restart keeps every tenant.
-        `resolver { type: full, dir: "${resolverDir}", allow_delete: false, interval: "2m", timeout: "5s" }`,
+        // A short lookup timeout: an account no server knows is refused at once, not after a wait.
+        `resolver { type: full, dir: "${resolverDir}", allow_delete: false, interval: "2m", timeout: "1s" }`,
         `resolver_preload { ${sys.getPublicKey()}: ${sysJwt}, ${platform.getPublicKey()}: ${platformJwt} }`,
       ].join('\n');
     },

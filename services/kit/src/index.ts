@@ -5,7 +5,7 @@
  */
 export { startNatsServer, findNatsServer, NatsServerMissingError, MIN_NATS_SERVER, PROJECT_ROOT } from './nats-server.js';
 export type { NatsServer, NatsServerOptions } from './nats-server.js';
-export { connectNats, readCredentials, parseCredentials, jwtSubject, tenantConnection, permissionError } from './nats.js';
+export { connectNats, readCredentials, parseCredentials, jwtSubject, tenantConnection, permissionError, permissionViolation } from './nats.js';
 export type { NatsConnection, NatsCredentials, CredentialsInfo, NatsTls, ConnectOptions, TenantConnection } from './nats.js';
 export { connectAsService, connectAsTenantUser, readTenantRecord, listRegisteredTenants } from './access.js';
 export type { TenantAccess, TenantFollower, AccessOptions } from './access.js';

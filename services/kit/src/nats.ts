@@ -5,9 +5,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { connect, jwtAuthenticator, PermissionViolationError, type NatsConnection } from '@nats-io/transport-node';
-import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager, JetStreamApiError, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { decode as decodeJwt, parseCreds } from '@nats-io/jwt';
-import { CredentialsError, inboxPrefixFor, isTenantId, PermissionDeniedError, type TenantId } from '@capstan/schemas';
+import { CapstanError, CredentialsError, ErrorCode, inboxPrefixFor, isTenantId, PermissionDeniedError, type TenantId } from '@capstan/schemas';
 import type { Logger } from './log.js';
 
 export type { NatsConnection };
@@ -147,8 +147,24 @@ export async function tenantConnection(tenant: TenantId, nc: NatsConnection): Pr
   return { tenant, nc, js: jetstream(nc), jsm: await jetstreamManager(nc, { checkAPI: false }) };
 }
 
-/** The server's permission error as Capstan's typed error; anything else unchanged. */
+/** The server's permission violation behind an error (requests wrap it as their cause), if any. */
+export function permissionViolation(e: unknown): PermissionViolationError | undefined {
+  for (let c: unknown = e, depth = 0; c instanceof Error && depth < 5; c = c.cause, depth++) {
+    if (c instanceof PermissionViolationError) return c;
+  }
+  return undefined;
+}
+
+/**
+ * The server's refusals as Capstan's typed errors: a permission violation becomes
+ * `permission_denied` naming the subject, a JetStream quota refusal `quota_exceeded`;
+ * anything else is returned unchanged.
+ */
 export function permissionError(e: unknown): unknown {
-  if (e instanceof PermissionViolationError) return new PermissionDeniedError(e.operation, e.subject, { cause: e });
+  const v = permissionViolation(e);
+  if (v) return new PermissionDeniedError(v.operation, v.subject, { cause: e });
+  if (e instanceof JetStreamApiError && /resource limits exceeded|insufficient (storage )?resources|maximum (bytes|messages|consumers|streams)/i.test(e.message)) {
+    return new CapstanError(ErrorCode.QuotaExceeded, `the tenant's quota is reached: ${e.message} (capstan tenant quota <t> raises it)`, false, { cause: e });
+  }
   return e;
 }

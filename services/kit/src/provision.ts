@@ -174,7 +174,10 @@ export async function issueCredential(a: AdminTarget, t: TenantId, role: TenantR
   const pools = (o.pools ?? []).map((p) => parseToken('pool', p));
   if (role === Role.Worker) {
     if (pools.length === 0) pools.push('default');
-    await asAdmin(a, t, ({ jsm }) => ensureConsumers(jsm, pools.map((p) => ({ stream: Streams.work(t), config: poolConsumerConfig(t, p, { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers }) }))));
+    // A pool's consumer is made with its first worker; settings change only when asked for.
+    await asAdmin(a, t, ({ jsm }) =>
+      ensureConsumers(jsm, pools.map((p) => ({ stream: Streams.work(t), config: poolConsumerConfig(t, p, { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers }) })), { update: o.consumers !== undefined }),
+    );
   }
   const scope: RoleScope = role === Role.Worker ? { pools, workerId: name } : {};
   const issued = await a.store.issueUser(t, role, name, scope, o.expiresInS ? { expiresInS: o.expiresInS } : {});

@@ -86,12 +86,15 @@ export function poolConsumerConfig(t: TenantId, pool: string, c: ConsumerSetting
   };
 }
 
-/** Creates the durable consumers, or updates what may change (ack wait, pending). Idempotent. */
-export async function ensureConsumers(jsm: JetStreamManager, consumers: readonly { stream: string; config: Durable }[]): Promise<void> {
+/**
+ * Creates the durable consumers; with `update` (the default), an existing one takes the
+ * settings that may change (ack wait, pending). Idempotent.
+ */
+export async function ensureConsumers(jsm: JetStreamManager, consumers: readonly { stream: string; config: Durable }[], o: { update?: boolean } = {}): Promise<void> {
   for (const { stream, config } of consumers) {
     try {
       await jsm.consumers.info(stream, config.durable_name);
-      await jsm.consumers.update(stream, config.durable_name, { ack_wait: config.ack_wait, max_ack_pending: config.max_ack_pending });
+      if (o.update !== false) await jsm.consumers.update(stream, config.durable_name, { ack_wait: config.ack_wait, max_ack_pending: config.max_ack_pending });
     } catch (e) {
       if (e instanceof JetStreamApiError && e.code === JetStreamApiCodes.ConsumerNotFound) await jsm.consumers.add(stream, config);
       else throw e;
