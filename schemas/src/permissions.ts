@@ -116,7 +116,8 @@ function operatorPub(t: TenantId): string[] {
     Subjects.allFleet(t),
     ...readStream(Streams.fleet(t)),
     ...readStream(Streams.policy(t)),
-    ...[PolicyVerb.Set, PolicyVerb.Get, PolicyVerb.History, PolicyVerb.Test].map((v) => Subjects.policy(t, v)),
+    // Decide: an operator asks again under a recorded version (capstan replay --recheck-policy).
+    ...[PolicyVerb.Decide, PolicyVerb.Set, PolicyVerb.Get, PolicyVerb.History, PolicyVerb.Test].map((v) => Subjects.policy(t, v)),
     ...[SecretsVerb.Key, SecretsVerb.Put, SecretsVerb.List, SecretsVerb.Rotate, SecretsVerb.Delete].map((v) => Subjects.secrets(t, v)),
   ];
 }

@@ -227,7 +227,11 @@ describe('policy service', () => {
   it('policy - a tenant without a policy stream: decisions deny (version 0), changes are refused', async () => {
     const t2 = await provision(h, 'pol-nostream');
     await (await h.jsm(t2)).streams.delete(Streams.policy(t2));
-    const d = await askPolicy(await h.nc(t2), t2, [mode(0)]);
+    // The service serves a tenant once it finds it in the registry (every 200 ms here).
+    const d = await eventually('the service serves the new tenant', async () => {
+      const r = await askPolicy(await h.nc(t2), t2, [mode(0)]);
+      return r.errors?.some((x) => /no policy service|unavailable/i.test(x)) ? undefined : r;
+    }, 10_000);
     expect(d).toMatchObject({ decision: 'deny', version: 0, errors: [expect.stringMatching(/no policy stream/)] });
     const e = await rejection(setPolicy(await h.nc(t2), t2, { text: 'permit(principal, action, resource);', by: 'ops' }));
     expect(e.code).toBe(ErrorCode.UnknownTenant);

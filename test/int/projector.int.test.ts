@@ -86,7 +86,7 @@ describe('projector', () => {
     scratch = await scratchDatabase('projector');
     d = await openDatabase({ url: scratch.url, log: silent });
     services = await startServices(url, tenants);
-    const config = loadConfig({ NATS_URL: url, DATABASE_URL: scratch.url, CAPSTAN_TENANTS: tenants.join(','), PROJECTOR_DISCOVERY_MS: '200' });
+    const config = loadConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: tenants.join(','), PROJECTOR_DISCOVERY_MS: '200' });
     projector = await createProjector(config, silent, { database: d });
     await projector.start();
   });
@@ -303,7 +303,7 @@ describe('projector', () => {
     await projector.stop();
     const fresh = await scratchDatabase('projfresh');
     const d2 = await openDatabase({ url: fresh.url, log: silent });
-    const config = loadConfig({ NATS_URL: inject('natsUrl'), DATABASE_URL: fresh.url, CAPSTAN_TENANTS: tenants.join(','), PROJECTOR_DISCOVERY_MS: '200' });
+    const config = loadConfig({ ...(await serviceEnv(inject('natsUrl'), Role.Projector)), DATABASE_URL: fresh.url, CAPSTAN_TENANTS: tenants.join(','), PROJECTOR_DISCOVERY_MS: '200' });
     const second = await createProjector(config, silent, { database: d2 });
     try {
       await second.start();

@@ -97,7 +97,7 @@ function table(t: TenantId): { name: string; op: Op; allowed: readonly Who[] }[]
     { name: 'dead letter (work)', op: pub(Subjects.deadLetter(t, DeadLetterSource.Work)), allowed: [Role.Worker] },
     { name: 'fleet record', op: pub(Subjects.fleet(t, 'w1')), allowed: operators },
     { name: 'policy version', op: pub(Subjects.policyVersions(t)), allowed: [Role.Policy] },
-    { name: 'ask the policy', op: pub(Subjects.policy(t, PolicyVerb.Decide)), allowed: [Role.Orchestrator, Role.Worker] },
+    { name: 'ask the policy', op: pub(Subjects.policy(t, PolicyVerb.Decide)), allowed: [Role.Orchestrator, Role.Worker, ...operators] },
     { name: 'set the policy', op: pub(Subjects.policy(t, PolicyVerb.Set)), allowed: operators },
     { name: 'issue a lease', op: pub(Subjects.secrets(t, SecretsVerb.Lease)), allowed: [Role.Worker] },
     { name: 'redeem a lease', op: pub(Subjects.secrets(t, SecretsVerb.Redeem)), allowed: [Role.Sandbox] },
