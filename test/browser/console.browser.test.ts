@@ -22,7 +22,7 @@ import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capst
 import { createConsole, hashPassword, loadConfig as consoleConfig, type Console } from '@capstan/console';
 import { db as schema, type RunId, type TenantId, Role } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
-import { connect, eventually, provision, randomTenant, silent, type Harness, accessAs } from '../harness/fixtures.js';
+import { connect, eventually, provision, randomTenant, silent, type Harness, accessAs, serviceEnv, issueCreds } from '../harness/fixtures.js';
 import { handlers, workflows } from './workflows.js';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -75,15 +75,15 @@ describe.skipIf(!haveChromium)('console in a browser', () => {
     await migrate(d);
     const url = inject('natsUrl');
     h = await connect(url);
-    t = await provision(h, 'web');
+    t = await provision(h, 'web', { pools: ['default', 'gpu'] });
     other = randomTenant('nope');
 
     const env = { NATS_URL: url, CAPSTAN_TENANTS: t };
-    orchestrator = await createOrchestrator(orchestratorConfig(env), silent, { registry: createRegistry(workflows) });
-    // w-main admits itself; w-spare waits for an admin, who approves and later revokes it.
-    workerMain = await createWorker(workerConfig({ ...env, WORKER_ID: 'w-main', WORKER_POOLS: 'default', WORKER_ADMISSION: 'auto' }), silent, { handlers });
-    workerSpare = await createWorker(workerConfig({ ...env, WORKER_ID: 'w-spare', WORKER_POOLS: 'default,gpu', WORKER_ADMISSION: 'required' }), silent, { handlers });
-    projector = await createProjector(projectorConfig({ ...env, DATABASE_URL: scratch.url }), silent, { database: d });
+    orchestrator = await createOrchestrator(orchestratorConfig({ ...env, ...(await serviceEnv(url, Role.Orchestrator)) }), silent, { registry: createRegistry(workflows) });
+    // w-main pulls without an admission record; w-spare waits for an admin, who approves and later revokes it.
+    workerMain = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w-main', { pools: ['default'] }), WORKER_ADMISSION: 'auto' }), silent, { handlers });
+    workerSpare = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w-spare', { pools: ['default', 'gpu'] }), WORKER_ADMISSION: 'required' }), silent, { handlers });
+    projector = await createProjector(projectorConfig({ ...env, ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url }), silent, { database: d });
     await orchestrator.start();
     await workerMain.start();
     await workerSpare.start();
@@ -99,7 +99,7 @@ describe.skipIf(!haveChromium)('console in a browser', () => {
       CONSOLE_SECRET: 'x'.repeat(48),
       CONSOLE_USERS: join(dir, 'users.json'),
       DATABASE_URL: scratch.url,
-      NATS_URL: url,
+      ...(await serviceEnv(url, Role.Console)),
       LOG_LEVEL: 'silent',
     });
     app = createConsole({ db: d, access: await accessAs(url, Role.Console), config, log: silent, pollMs: 250 });

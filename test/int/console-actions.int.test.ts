@@ -49,7 +49,7 @@ describe('console actions', () => {
     app = createConsole({
       db: d,
       access: await accessAs(url, Role.Console),
-      config: consoleConfig({ CONSOLE_SECRET: 'k'.repeat(40), CONSOLE_USERS: 'unused', CONSOLE_PORT: '0', DATABASE_URL: scratch.url, NATS_URL: url }),
+      config: consoleConfig({ CONSOLE_SECRET: 'k'.repeat(40), CONSOLE_USERS: 'unused', CONSOLE_PORT: '0', DATABASE_URL: scratch.url, ...(await serviceEnv(url, Role.Console)) }),
       log: silent,
       users: [
         { userId: 'olivia', orgId: 'acme', role: 'operator', tenants: [t], passwordHash },

@@ -14,7 +14,7 @@ import { db as schema, Streams, type TenantId, Role } from '@capstan/schemas';
 import { createHash } from 'node:crypto';
 import { sql } from 'drizzle-orm';
 import { scratchDatabase } from '../harness/postgres.js';
-import { connect, provision, silent, type Harness, accessAs } from '../harness/fixtures.js';
+import { connect, provision, silent, type Harness, accessAs, serviceEnv } from '../harness/fixtures.js';
 import { insertBatched, runIdAt, runRow, stepRow, type RunInsert } from '../harness/projections.js';
 import { ConsoleClient, type ErrorBody } from '../harness/console.js';
 
@@ -111,7 +111,7 @@ describe('console api', () => {
     writeFileSync(join(webDir, 'assets', 'app-1234.js'), 'console.log("app")');
     const usersFile = join(webDir, '..', `${webDir.split('/').pop() ?? 'x'}-users.json`);
     writeFileSync(usersFile, JSON.stringify(users));
-    const config = loadConfig({ CONSOLE_SECRET: SECRET, CONSOLE_USERS: usersFile, CONSOLE_PORT: '0', CONSOLE_WEB_DIR: webDir, DATABASE_URL: scratch.url, NATS_URL: inject('natsUrl') });
+    const config = loadConfig({ CONSOLE_SECRET: SECRET, CONSOLE_USERS: usersFile, CONSOLE_PORT: '0', CONSOLE_WEB_DIR: webDir, DATABASE_URL: scratch.url, ...(await serviceEnv(inject('natsUrl'), Role.Console)) });
     app = createConsole({ db: d, access: await accessAs(inject('natsUrl'), Role.Console), config, log: silent, pollMs: 100 });
     await app.start();
     url = app.url;
