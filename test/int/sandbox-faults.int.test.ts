@@ -12,8 +12,8 @@ import type Docker from 'dockerode';
 import { createRegistry } from '@capstan/actors';
 import { PROJECT_ROOT } from '@capstan/kit';
 import { Labels } from '@capstan/sandbox';
-import type { RunId } from '@capstan/schemas';
-import { connect, eventually, provision, spawnService, watchRuns, type ServiceProcess } from '../harness/fixtures.js';
+import { Role, type RunId } from '@capstan/schemas';
+import { connect, eventually, provision, spawnService, watchRuns, type ServiceProcess, issueCreds } from '../harness/fixtures.js';
 import { checkRuns, report } from '../harness/checker.js';
 import { dockerOrSkip } from '../harness/docker.js';
 import { workflows } from '../fixtures/workflows.js';
@@ -64,7 +64,7 @@ describe.skipIf(!docker)('sandbox faults', () => {
     });
 
     spawnTracked('orchestrator', env);
-    spawnTracked('worker', { ...env, WORKER_ID: 'w-sbx', WORKER_SANDBOX_STALL_MS: '2000' });
+    spawnTracked('worker', { ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w-sbx'), WORKER_SANDBOX_STALL_MS: '2000' });
     let sandbox = spawnTracked('sandbox', sandboxEnv);
     await new Promise((r) => setTimeout(r, 3000));
 
