@@ -108,6 +108,43 @@ describe('intake', () => {
     expect(await eventsOf(h, t, runId)).toHaveLength(before);
   });
 
+  it('intake - the plain nats.js example of docs/intake.md works with a client credential, no Capstan code', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { connect: natsConnect, credsAuthenticator } = await import('@nats-io/transport-node');
+    const { jetstream: js_, jetstreamManager } = await import('@nats-io/jetstream');
+    const { decode: decodeJwt } = await import('@nats-io/jwt');
+    const { unpack } = await import('msgpackr');
+    // As in the doc, with this test's server, tenant and a credential issued for it.
+    const creds = readFileSync(await issueCreds(h.url, t, Role.Client, 'doc-example'));
+    const jwt = /-----BEGIN NATS USER JWT-----\s+(\S+)/.exec(creds.toString())![1]!;
+    const nc = await natsConnect({ servers: h.url, authenticator: credsAuthenticator(creds), inboxPrefix: `_INBOX.${decodeJwt(jwt).sub}` });
+    const js = js_(nc);
+    const runId = newRunId();
+    const ack = await js.publish(`cap.${t}.cmd.submit`, JSON.stringify({ workflow: 'demo.pipeline', input: { customer: 42 }, runId }));
+    expect(ack.seq).toBeGreaterThan(0);
+    const jsm = await jetstreamManager(nc, { checkAPI: false });
+    const seen: string[] = [];
+    const read = async (from: number) => {
+      const out = [];
+      try {
+        for await (const m of await jsm.direct.getBatch(Streams.runs(t), { seq: from, next_by_subj: `cap.${t}.runs.${runId}`, batch: 100 })) out.push(m);
+      } catch {
+        // nothing (yet) at or after `from`
+      }
+      return out;
+    };
+    for (let next = 1, done = false, tries = 0; !done && tries < 100; tries++, await new Promise((r) => setTimeout(r, 200))) {
+      for (const m of await read(next)) {
+        next = m.seq + 1;
+        const event = unpack(m.data) as { type: string; data: unknown };
+        seen.push(event.type);
+        done ||= ['run.completed', 'run.failed', 'run.cancelled'].includes(event.type);
+      }
+    }
+    await nc.close();
+    expect(seen.at(-1)).toBe('run.completed');
+  });
+
   it('intake - a client of one tenant cannot submit anywhere else: the server refuses, nothing is stored', async () => {
     // A tenant's client holds a credential for its own account only; another tenant's
     // subjects (or a malformed one) are refused by nats-server before any Capstan code.

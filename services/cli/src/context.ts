@@ -95,6 +95,20 @@ async function credentialFor(values: Record<string, unknown>, t: TenantId, role:
   return parseCredentials(await store.mintUser(t, role, `cli-${role}`), `${dir} (${role})`);
 }
 
+/** Connects once (a command fails fast rather than waiting for a server), errors said plainly. */
+async function connectCli(url: string, credentials: CredentialsInfo) {
+  try {
+    return await connectNats(url, 'capstan-cli', quiet(), { credentials, reconnect: false });
+  } catch (e) {
+    if (CapstanError.is(e)) throw e;
+    const why = (e as Error).message;
+    if (/authorization|authentication|revoked|expired/i.test(why)) {
+      throw new CredentialsError(credentials.name, `the server refused it (${why}): revoked, expired, or not issued by this server's operator`, { cause: e });
+    }
+    throw new UnavailableError(`cannot reach NATS at ${url}: ${why}`, { cause: e });
+  }
+}
+
 /**
  * Runs `fn` with a connection to tenant `t`'s account as `role` (see {@link credentialFor}),
  * closed afterwards whatever happens.
@@ -102,13 +116,7 @@ async function credentialFor(values: Record<string, unknown>, t: TenantId, role:
 export async function withTenant<T>(values: Record<string, unknown>, t: TenantId, role: Role, fn: (tc: TenantConnection) => Promise<T>): Promise<T> {
   const url = natsUrl(values['nats'], process.env);
   const credentials = await credentialFor(values, t, role);
-  let nc;
-  try {
-    nc = await connectNats(url, 'capstan-cli', quiet(), { credentials, reconnect: false });
-  } catch (e) {
-    if (CapstanError.is(e)) throw e;
-    throw new UnavailableError(`cannot reach NATS at ${url}: ${(e as Error).message}`);
-  }
+  const nc = await connectCli(url, credentials);
   try {
     return await fn(await tenantConnection(t, nc));
   } finally {
@@ -168,7 +176,7 @@ export async function withTenants<T>(
         let tc = open.get(t);
         if (!tc) {
           const credentials = await credentialFor(values, t, role);
-          tc = await tenantConnection(t, await connectNats(url, 'capstan-cli', quiet(), { credentials, reconnect: false }));
+          tc = await tenantConnection(t, await connectCli(url, credentials));
           open.set(t, tc);
         }
         return tc;

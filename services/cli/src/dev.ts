@@ -30,11 +30,13 @@ import {
   issueCredential,
   listSecrets,
   NatsServerMissingError,
+  newRunId,
   openAuthStore,
   parseCredentials,
   PROJECT_ROOT,
   provisionTenant,
   putSecret,
+  readRun,
   serviceAccess,
   setPolicy,
   startFleetAuthority,
@@ -44,7 +46,7 @@ import {
   type NatsServer,
   type TenantConnection,
 } from '@capstan/kit';
-import { decode, InvalidArgumentError, parseRunEvent, parseTenantId, Role, runIdOfSubject, Subjects, type RunEvent, type RunId, type ServiceRole } from '@capstan/schemas';
+import { InvalidArgumentError, parseTenantId, Role, runIdOfSubject, Subjects, type RunEvent, type RunId, type ServiceRole } from '@capstan/schemas';
 import { parse } from './args.js';
 import { DEV_API_URL_FILE, DEV_AUTH_DIR, DEV_DIR, DEV_URL_FILE } from './context.js';
 import { bold, colorStatus, cyan, describe, dim, green, red } from './format.js';
@@ -320,33 +322,38 @@ async function runDemo(operator: TenantConnection, tenant: ReturnType<typeof par
   const ended = new Map<RunId, RunEvent>();
   // Every event of every demo run as it is stored (run subjects are live as well as stored).
   const watch = operator.nc.subscribe(Subjects.allRuns(tenant));
+  /** Events already shown, per run: the subscription only says a run moved; what moved is read back from the stream, committed. */
+  const seen = new Map<RunId, number>();
   const watching = (async () => {
     for await (const m of watch) {
       const runId = runIdOfSubject(m.subject) as RunId;
       const name = names.get(runId);
       if (!name) continue;
-      const e = parseRunEvent(decode(m.data));
-      say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${describe(e)}`);
-      if (e.type === 'approval.requested') {
-        say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${dim(`(the demo approves it: capstan approve ${runId} ${e.data.step} --as <you>)`)}`);
-        await client.approve(tenant, runId, e.data.step, { by: 'demo-operator', reason: 'the demo approves' });
+      const fresh = (await readRun(operator.jsm, tenant, runId)).events.slice(seen.get(runId) ?? 0);
+      seen.set(runId, (seen.get(runId) ?? 0) + fresh.length);
+      for (const e of fresh) {
+        say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${describe(e)}`);
+        if (e.type === 'approval.requested') {
+          say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${dim(`(the demo approves it: capstan approve ${runId} ${e.data.step} --as <you>)`)}`);
+          await client.approve(tenant, runId, e.data.step, { by: 'demo-operator', reason: 'the demo approves' });
+        }
+        if (e.type === 'step.waiting') {
+          say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${dim('(the demo approves it: capstan signal <run> approve)')}`);
+          await client.signal(tenant, runId, 'approve', { by: 'demo-operator' });
+        }
+        if (e.type === 'run.completed' || e.type === 'run.failed' || e.type === 'run.cancelled') ended.set(runId, e);
       }
-      if (e.type === 'step.waiting') {
-        say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${dim('(the demo approves it: capstan signal <run> approve)')}`);
-        await client.signal(tenant, runId, 'approve', { by: 'demo-operator' });
-      }
-      if (e.type === 'run.completed' || e.type === 'run.failed' || e.type === 'run.cancelled') {
-        ended.set(runId, e);
-        if (ended.size === names.size) break;
-      }
+      if (ended.size === names.size) break;
     }
   })();
   const demos = ['demo.pipeline', 'demo.flaky', 'demo.signal', ...(sandboxed ? ['demo.sandboxed', 'demo.approval', 'demo.jit'] : [])];
   say(bold(`demo: submitting ${demos.join(', ')}`));
   if (!sandboxed) say(dim('  (demo.sandboxed, demo.approval and demo.jit need a Docker engine; skipped)'));
   for (const wf of demos) {
-    const runId = await client.submit(tenant, wf, { input: { customer: 42, source: 'capstan dev' } });
+    // Named before it is submitted: its first events may come before the submit returns.
+    const runId = newRunId();
     names.set(runId, wf);
+    await client.submit(tenant, wf, { runId, input: { customer: 42, source: 'capstan dev' } });
   }
   const timeout = setTimeout(() => watch.unsubscribe(), 60_000);
   await watching;
