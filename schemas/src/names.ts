@@ -104,18 +104,12 @@ export const Subjects = {
   workerHeartbeat: (t: TenantId) => `${PREFIX}.${t}.svc.workers.heartbeat`,
   /** Requests to the sandbox service to run one sandboxed attempt (core NATS, request/replies). */
   sandboxExec: (t: TenantId) => `${PREFIX}.${t}.svc.sandbox.exec`,
-  /** Every tenant's sandbox requests: one sandbox service serves all tenants of its node. */
-  anySandboxExec: () => `${PREFIX}.*.svc.sandbox.exec`,
   /** Requests to the secrets-lease service (core NATS, request/reply). */
   secrets: (t: TenantId, verb: SecretsVerb) => `${PREFIX}.${t}.svc.secrets.${verb}`,
-  /** Every tenant's secrets requests: one lease service serves all tenants. */
-  anySecrets: () => `${PREFIX}.*.svc.secrets.*`,
   /** A tenant's policy versions: version N is the Nth message (stored, immutable). */
   policyVersions: (t: TenantId) => `${PREFIX}.${t}.policy.versions`,
   /** Requests to the policy service (core NATS, request/reply). */
   policy: (t: TenantId, verb: PolicyVerb) => `${PREFIX}.${t}.svc.policy.${verb}`,
-  /** Every tenant's policy requests: one policy service serves all tenants. */
-  anyPolicy: () => `${PREFIX}.*.svc.policy.*`,
   /**
    * Where a sandboxed mode-3b step's credential requests reach the worker running it: one
    * route id per attempt, made by the worker. Only workers may listen and only the sandbox

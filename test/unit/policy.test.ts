@@ -502,7 +502,7 @@ describe('policy - names', () => {
       }
       // Service requests are core NATS: no stream may capture them.
       for (const v of Object.values(PolicyVerb)) {
-        expect(matches(Subjects.anyPolicy(), Subjects.policy(t, v))).toBe(true);
+        expect(matches(Subjects.svcVerbs(t, 'policy'), Subjects.policy(t, v))).toBe(true);
         for (const c of [...streamConfigs(t), fleetStreamConfig(t), policyStreamConfig(t)]) for (const f of c.subjects ?? []) expect(matches(f, Subjects.policy(t, v))).toBe(false);
       }
     }

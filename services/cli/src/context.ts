@@ -97,8 +97,13 @@ async function credentialFor(values: Record<string, unknown>, t: TenantId, role:
 
 /** Connects once (a command fails fast rather than waiting for a server), errors said plainly. */
 async function connectCli(url: string, credentials: CredentialsInfo) {
+  // TLS as for every service: NATS_TLS_CA, and a client certificate NATS_TLS_CERT + NATS_TLS_KEY.
+  const env = process.env;
+  const tls = env['NATS_TLS_CA'] || env['NATS_TLS_CERT']
+    ? { ...(env['NATS_TLS_CA'] ? { caFile: env['NATS_TLS_CA'] } : {}), ...(env['NATS_TLS_CERT'] ? { certFile: env['NATS_TLS_CERT'], keyFile: env['NATS_TLS_KEY'] ?? '' } : {}) }
+    : undefined;
   try {
-    return await connectNats(url, 'capstan-cli', quiet(), { credentials, reconnect: false });
+    return await connectNats(url, 'capstan-cli', quiet(), { credentials, reconnect: false, ...(tls ? { tls } : {}) });
   } catch (e) {
     if (CapstanError.is(e)) throw e;
     const why = (e as Error).message;
