@@ -80,7 +80,8 @@ describe.skipIf(!haveChromium)('console in a browser', () => {
 
     const env = { NATS_URL: url, CAPSTAN_TENANTS: t };
     orchestrator = await createOrchestrator(orchestratorConfig({ ...env, ...(await serviceEnv(url, Role.Orchestrator)) }), silent, { registry: createRegistry(workflows) });
-    // w-main pulls without an admission record; w-spare waits for an admin, who approves and later revokes it.
+    // w-main is approved already; w-spare waits for an admin, who approves and later revokes it.
+    await h.client.approveWorker(t, 'w-main', { by: 'auto' });
     workerMain = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w-main', { pools: ['default'] }), WORKER_ADMISSION: 'auto' }), silent, { handlers });
     workerSpare = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w-spare', { pools: ['default', 'gpu'] }), WORKER_ADMISSION: 'required' }), silent, { handlers });
     projector = await createProjector(projectorConfig({ ...env, ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url }), silent, { database: d });
