@@ -108,7 +108,7 @@ const configs = defineConfig(
       parserOptions: {
         // Each file is checked with the nearest package tsconfig.json. vitest.config.ts is
         // deliberately outside test/tsconfig.json (it is not part of the build).
-        projectService: { allowDefaultProject: ['test/vitest.config.ts'] },
+        projectService: { allowDefaultProject: ['test/vitest.config.ts', 'test/vitest.record.config.ts'] },
         tsconfigRootDir: root,
       },
     },
