@@ -5,20 +5,32 @@
  * `@capstan/schemas`, and never reads a clock or a random source (enforced by lint).
  * The orchestrator feeds it recorded facts and records what it decides.
  */
-export { defineWorkflow, searchFieldsOf, backoffDelay, timerId, isPolicyGated, policyQueriesOf, DEFAULT_RETRY, DEFAULT_TIMEOUT_MS, DEFAULT_POOL, DEFAULT_APPROVAL_TTL_MS, POLICY_REASK_MS } from './workflow.js';
+export { defineWorkflow, searchFieldsOf, CURRENT_ENGINE, DEFAULT_RETRY, DEFAULT_TIMEOUT_MS, DEFAULT_POOL, MAX_FANOUT_ITEMS } from './workflow.js';
 export type {
   WorkflowSpec,
   WorkflowDefinition,
   StepDefinition,
   TaskStep,
   SignalStep,
+  SleepStep,
+  ParallelStep,
+  FanOutStep,
+  BranchStep,
+  LoopStep,
+  RunData,
   NormalisedStep,
+  NNode,
   RetryPolicy,
-  RunContext,
 } from './workflow.js';
+export { backoffDelay, timerId, isPolicyGated, policyQueriesOf, DEFAULT_APPROVAL_TTL_MS, POLICY_REASK_MS } from './engine/v1/compile.js';
+export type { RunContext } from './engine/v1/compile.js';
+export { machineHelpers } from './engine/v2/helpers.js';
+export type { MachineHelpers } from './engine/v2/helpers.js';
 export { createRegistry } from './registry.js';
 export type { Registry } from './registry.js';
-export { startRun, decide, foldRun, diffDecisions, runStatus, isTerminal, stateName } from './run.js';
+export { startRun, decide, foldRun, diffDecisions, runStatus, isTerminal, stateName, engineOf } from './run.js';
+export { stepInputsOf } from './inputs.js';
+export type { StepInputs } from './inputs.js';
 export { RunStatus } from '@capstan/schemas';
 export type { RunState, Decision, Fold, TimelineEntry } from './run.js';
 export { demoPipeline, demoFlaky, demoSignal, demoSandboxed, demoApproval, demoJit, demoWorkflows } from './demo.js';

@@ -1,36 +1,34 @@
 /**
- * `defineWorkflow`: a workflow is a versioned sequence of steps, compiled to an XState v5
- * machine. Authors who need branching or parallel states may pass their own machine
- * instead, as long as it speaks the decision vocabulary below.
+ * `defineWorkflow`: a workflow is a versioned tree of steps (tasks, waits for signals, sleeps,
+ * parallel branches, fan-outs, branches, bounded loops), or an XState machine written with
+ * Capstan's state helpers (`engine/v2/states.ts`). Either way the current engine compiles it
+ * to an XState v5 machine; the definition keeps what every engine needs, so a run replays
+ * through the engine it recorded (`machineFor`).
  *
- * The machine's **events** are the run's input events (`{ type, data }`, see
- * `@capstan/schemas`), and its **actions** are decisions: an action whose type is a
- * decision event type (`step.scheduled`, `timer.scheduled`, `step.waiting`,
- * `run.completed`, `run.failed`, `run.cancelled`) with the event's data as params. The
- * orchestrator records each returned action as an event, then acts on it. Status comes
- * from state tags: `pending`, `waiting`, and on final states `completed`, `failed`,
- * `cancelled`; anything else is `running`.
+ * Functions in a definition (`when`, `if`, `forEach`, `until`, sleep `until`) are part of the
+ * workflow's logic: they must be pure functions of the run's data (its input and the results
+ * so far), since replay calls them again. Changing one is a new version (or a `patched` id).
  */
 import type { AnyStateMachine } from 'xstate';
-import { assign, setup } from 'xstate';
-import type { ErrorRecord, InputEventBody, JsonValue, RunEventData } from '@capstan/schemas';
-import type { SandboxSpec } from '@capstan/schemas';
-import { ApprovalDecision, ErrorCode, InvalidWorkflowError, Mode, PolicyVerdict, sandboxSpecSchema, TimerKind, TOKEN_PATTERN } from '@capstan/schemas';
+import type { JsonValue, SandboxSpec, StandardSchemaV1 } from '@capstan/schemas';
+import { InvalidWorkflowError, isStandardSchema, MAX_RUN_EVENTS, Mode, sandboxSpecSchema, TimerKind, TOKEN_PATTERN } from '@capstan/schemas';
+import { compileV2 } from './engine/v2/compile.js';
+import { compileSteps, DEFAULT_POOL, DEFAULT_RETRY, DEFAULT_TIMEOUT_MS, timerId, type NormalisedStep, type RetryPolicy } from './engine/v1/compile.js';
 
-export interface RetryPolicy {
-  /** Attempts in all, the first included. Default 3. */
-  readonly maxAttempts: number;
-  /** Delay before the second attempt. Default 1000 ms. */
-  readonly initialIntervalMs: number;
-  /** Each later delay is the previous one times this. Default 2. */
-  readonly backoffCoefficient: number;
-  /** Delays never exceed this. Default 60 s. */
-  readonly maxIntervalMs: number;
+/** What a workflow's functions see: the run's input and every result so far, by step name. */
+export interface RunData<I = { readonly [k: string]: JsonValue }> {
+  readonly input: I;
+  readonly results: Readonly<Record<string, JsonValue>>;
+}
+
+interface Node {
+  readonly name: string;
+  /** Run the step only when this holds (else it is recorded as skipped). */
+  readonly when?: (data: RunData) => boolean;
 }
 
 /** A step a worker executes. */
-export interface TaskStep {
-  readonly name: string;
+export interface TaskStep extends Node {
   /** Registered handler name; defaults to `<workflowId>.<name>`. */
   readonly handler?: string;
   /** Execution mode: 0 inline in the worker (default); 1–3 in a sandbox, which `sandbox` describes. */
@@ -42,15 +40,66 @@ export interface TaskStep {
   /** Per-attempt timeout, enforced by the worker and by a durable timer. Default 5 min. */
   readonly timeoutMs?: number;
   readonly retry?: Partial<RetryPolicy>;
+  /** The result's schema (Standard Schema): the worker checks every result against it. */
+  readonly result?: StandardSchemaV1;
 }
 
-/** A step that waits until the run receives the named signal; its payload is the step result. */
-export interface SignalStep {
-  readonly name: string;
+/**
+ * A step that waits until the run receives the named signal (one that arrived earlier is
+ * kept and taken at once); its payload is the step's result. A person's approve or deny
+ * decides it too. With `timeoutMs`, the wait ends then: the run fails (`signal_timeout`) or,
+ * with `onTimeout: 'continue'`, the step's result is `{ timedOut: true }`.
+ */
+export interface SignalStep extends Node {
   readonly signal: string;
+  readonly timeoutMs?: number;
+  readonly onTimeout?: 'fail' | 'continue';
 }
 
-export type StepDefinition = TaskStep | SignalStep;
+/** A durable sleep: `ms` from when it is reached, or until a point in time (epoch ms) from the run's data. */
+export interface SleepStep extends Node {
+  readonly sleep: { readonly ms: number } | { readonly until: (data: RunData) => number };
+}
+
+/** Branches that run at once; the step ends when every branch has. */
+export interface ParallelStep extends Node {
+  readonly parallel: readonly (readonly StepDefinition[])[];
+}
+
+/**
+ * A task run once per element of a list (taken from the input or earlier results), at most
+ * `concurrency` at a time. Item i runs as the step `<name>-<i>` and sees `item` and `index`.
+ * Fan-in: `all` (default; the result is every item's result, in list order), `first` (the
+ * first result; the others are cancelled) or `{ atLeast: n }` (the first n results, in the
+ * order they came; the rest are cancelled). The fan-out fails once its fan-in cannot be met.
+ */
+export interface FanOutStep extends Node {
+  readonly forEach: (data: RunData) => readonly JsonValue[];
+  readonly concurrency?: number;
+  readonly join?: 'all' | 'first' | { readonly atLeast: number };
+  /** How each item runs (handler defaults to `<workflowId>.<name>`). */
+  readonly run?: Omit<TaskStep, 'name' | 'when'>;
+}
+
+/** A condition on earlier results: `then` runs when it holds, else `else` (if any). */
+export interface BranchStep extends Node {
+  readonly if: (data: RunData) => boolean;
+  readonly then: readonly StepDefinition[];
+  readonly else?: readonly StepDefinition[];
+}
+
+/**
+ * The body again and again until `until` holds after an iteration, at most `maxIterations`
+ * times (then the run fails with `loop_limit`). Iteration i's steps run as `<name>-<i>` and
+ * `results[<name>]` is always the latest one.
+ */
+export interface LoopStep extends Node {
+  readonly loop: readonly StepDefinition[];
+  readonly until: (data: RunData) => boolean;
+  readonly maxIterations: number;
+}
+
+export type StepDefinition = TaskStep | SignalStep | SleepStep | ParallelStep | FanOutStep | BranchStep | LoopStep;
 
 export interface WorkflowSpec {
   readonly id: string;
@@ -60,33 +109,92 @@ export interface WorkflowSpec {
    * values, so "failed runs of this workflow with customer=42" is one indexed lookup.
    */
   readonly searchKeys?: readonly string[];
+  /** The input's schema (Standard Schema: zod, valibot, …), checked at submit. */
+  readonly input?: StandardSchemaV1;
   readonly steps?: readonly StepDefinition[];
+  /** A hand-written machine (see `workflowMachine` and the state helpers): instead of `steps`. */
   readonly machine?: AnyStateMachine;
+  /** Events one run may record, at most (and by default) 10,000; a run reaching it fails with `event_cap_reached`. */
+  readonly maxEvents?: number;
 }
+
+export type NTask = {
+  readonly kind: 'task';
+  readonly name: string;
+  readonly handler: string;
+  readonly mode: Mode;
+  readonly pool: string;
+  readonly timeoutMs: number;
+  readonly retry: RetryPolicy;
+  readonly sandbox?: SandboxSpec;
+  readonly when?: (data: RunData) => boolean;
+};
+export type NSignal = {
+  readonly kind: 'signal';
+  readonly name: string;
+  readonly signal: string;
+  readonly timeoutMs?: number;
+  readonly onTimeout?: 'fail' | 'continue';
+  readonly when?: (data: RunData) => boolean;
+};
+export type NSleep = { readonly kind: 'sleep'; readonly name: string; readonly ms?: number; readonly until?: (data: RunData) => number; readonly when?: (data: RunData) => boolean };
+export type NParallel = { readonly kind: 'parallel'; readonly name: string; readonly branches: readonly (readonly NNode[])[]; readonly when?: (data: RunData) => boolean };
+export type NFanOut = {
+  readonly kind: 'fanout';
+  readonly name: string;
+  readonly forEach: (data: RunData) => readonly JsonValue[];
+  readonly concurrency: number;
+  readonly join: 'all' | 'first' | { readonly atLeast: number };
+  readonly task: NTask;
+  readonly when?: (data: RunData) => boolean;
+};
+export type NBranch = {
+  readonly kind: 'branch';
+  readonly name: string;
+  readonly test: (data: RunData) => boolean;
+  readonly then: readonly NNode[];
+  readonly else: readonly NNode[];
+  readonly when?: (data: RunData) => boolean;
+};
+export type NLoop = {
+  readonly kind: 'loop';
+  readonly name: string;
+  readonly body: readonly NNode[];
+  readonly until: (data: RunData) => boolean;
+  readonly max: number;
+  readonly when?: (data: RunData) => boolean;
+};
+/** A step of the definition tree, with every default filled in. */
+export type NNode = NTask | NSignal | NSleep | NParallel | NFanOut | NBranch | NLoop;
 
 export interface WorkflowDefinition {
   readonly id: string;
   readonly version: number;
   readonly searchKeys: readonly string[];
-  readonly machine: AnyStateMachine;
-  /** Normalised steps, when the workflow was defined as a sequence. */
+  readonly input?: StandardSchemaV1;
+  /** The step tree, when the workflow was defined by steps. */
+  readonly nodes?: readonly NNode[];
+  /** Normalised steps, when the workflow is a plain sequence of tasks and signal waits (what engine 1 can run). */
   readonly steps?: readonly NormalisedStep[];
+  readonly maxEvents: number;
+  /** Result schemas by task name. */
+  readonly resultSchemas: ReadonlyMap<string, StandardSchemaV1>;
+  /** The machine the current engine runs. */
+  readonly machine: AnyStateMachine;
+  /**
+   * The workflow compiled by the given engine: every engine that ever recorded a run stays.
+   * @throws InvalidWorkflowError when that engine cannot run this definition
+   */
+  machineFor(engine: number): AnyStateMachine;
 }
 
-export type NormalisedStep =
-  | { readonly kind: 'task'; readonly name: string; readonly handler: string; readonly mode: Mode; readonly pool: string; readonly timeoutMs: number; readonly retry: RetryPolicy; readonly sandbox?: SandboxSpec }
-  | { readonly kind: 'signal'; readonly name: string; readonly signal: string };
-
-export const DEFAULT_RETRY: RetryPolicy = Object.freeze({
-  maxAttempts: 3,
-  initialIntervalMs: 1000,
-  backoffCoefficient: 2,
-  maxIntervalMs: 60_000,
-});
-export const DEFAULT_TIMEOUT_MS = 5 * 60_000;
-export const DEFAULT_POOL = 'default';
+export { DEFAULT_RETRY, DEFAULT_TIMEOUT_MS, DEFAULT_POOL };
+export type { RetryPolicy, NormalisedStep };
 
 const WORKFLOW_ID = /^[a-z0-9][a-z0-9._-]{0,127}$/;
+/** A fan-out takes at most this many items, so its steps' names stay short subject tokens. */
+export const MAX_FANOUT_ITEMS = 10_000;
+const MAX_LOOP_ITERATIONS = 10_000;
 
 /**
  * Defines a workflow version. Definitions are immutable: a change of behaviour is a new
@@ -95,6 +203,8 @@ const WORKFLOW_ID = /^[a-z0-9][a-z0-9._-]{0,127}$/;
  * @example
  * defineWorkflow({ id: 'billing.invoice', version: 1, steps: [
  *   { name: 'fetch', timeoutMs: 30_000, retry: { maxAttempts: 5 } },
+ *   { name: 'lines', forEach: ({ results }) => (results['fetch'] as { ids: string[] }).ids, concurrency: 8 },
+ *   { name: 'approve', signal: 'approve', timeoutMs: 86_400_000 },
  *   { name: 'render' },
  * ] });
  */
@@ -106,29 +216,124 @@ export function defineWorkflow(spec: WorkflowSpec): WorkflowDefinition {
   if (searchKeys.length > 8 || searchKeys.some((k) => !/^[a-z0-9][a-z0-9_-]{0,63}$/i.test(k)) || new Set(searchKeys).size !== searchKeys.length) {
     throw new InvalidWorkflowError(id, 'searchKeys must be at most 8 distinct keys matching ^[a-z0-9][a-z0-9_-]{0,63}$');
   }
+  if (spec.input !== undefined && !isStandardSchema(spec.input)) throw new InvalidWorkflowError(id, '`input` must be a Standard Schema (zod, valibot, …)');
+  const maxEvents = spec.maxEvents ?? MAX_RUN_EVENTS;
+  if (!Number.isSafeInteger(maxEvents) || maxEvents < 16 || maxEvents > MAX_RUN_EVENTS) throw new InvalidWorkflowError(id, `maxEvents must be 16..${MAX_RUN_EVENTS}`);
+  const common = { id, version, searchKeys, maxEvents, ...(spec.input ? { input: spec.input } : {}) };
   if (spec.machine) {
     if (spec.steps) throw new InvalidWorkflowError(id, 'give steps or a machine, not both');
-    return Object.freeze({ id, version, searchKeys, machine: spec.machine });
+    const machine = spec.machine;
+    return Object.freeze({ ...common, resultSchemas: new Map(), machine, machineFor: () => machine });
   }
   if (!spec.steps || spec.steps.length === 0) throw new InvalidWorkflowError(id, 'needs at least one step');
-  const steps = spec.steps.map((s) => normaliseStep(id, s));
-  const names = new Set(steps.map((s) => s.name));
-  if (names.size !== steps.length) throw new InvalidWorkflowError(id, 'step names must be unique');
-  return Object.freeze({ id, version, searchKeys, steps: Object.freeze(steps), machine: compileSteps(id, version, steps) });
+  const resultSchemas = new Map<string, StandardSchemaV1>();
+  const nodes = Object.freeze(spec.steps.map((s) => normaliseNode(id, s, resultSchemas, '')));
+  checkNames(id, nodes);
+  // Engine 1 ran plain sequences of tasks and signal waits; keep what it compiles from.
+  const sequence = nodes.every((n) => (n.kind === 'task' && !n.when) || (n.kind === 'signal' && !n.when && n.timeoutMs === undefined));
+  const steps = sequence ? Object.freeze(nodes.map(toV1Step)) : undefined;
+  const machines = new Map<number, AnyStateMachine>();
+  const def: WorkflowDefinition = {
+    ...common,
+    nodes,
+    ...(steps ? { steps } : {}),
+    resultSchemas,
+    get machine() {
+      return this.machineFor(CURRENT_ENGINE);
+    },
+    machineFor(engine: number) {
+      let m = machines.get(engine);
+      if (m) return m;
+      if (engine === 1) {
+        if (!steps) throw new InvalidWorkflowError(id, 'engine 1 runs only plain sequences of tasks and signal waits');
+        m = compileSteps(id, version, steps);
+      } else if (engine === CURRENT_ENGINE) {
+        m = compileV2(def);
+      } else {
+        throw new InvalidWorkflowError(id, `engine ${engine} is not known to this build (it knows 1..${CURRENT_ENGINE})`);
+      }
+      machines.set(engine, m);
+      return m;
+    },
+  };
+  // Compile now: a definition the compiler refuses fails at load, not at a run's first step.
+  void def.machine;
+  return Object.freeze(def);
 }
 
-function normaliseStep(id: string, s: StepDefinition): NormalisedStep {
-  if (!TOKEN_PATTERN.test(s.name)) throw new InvalidWorkflowError(id, `step name ${JSON.stringify(s.name)} must match ${TOKEN_PATTERN.source}`);
+/** The engine new runs are decided by. A change to what any engine decides is a new engine. */
+export const CURRENT_ENGINE = 2;
+
+function toV1Step(n: NNode): NormalisedStep {
+  if (n.kind === 'signal') return { kind: 'signal', name: n.name, signal: n.signal };
+  if (n.kind !== 'task') throw new Error('unreachable: not a sequence');
+  const { when: _when, ...task } = n;
+  return task;
+}
+
+const bad = (id: string, why: string) => new InvalidWorkflowError(id, why);
+
+function normaliseNode(id: string, s: StepDefinition, results: Map<string, StandardSchemaV1>, path: string): NNode {
+  if (!TOKEN_PATTERN.test(s.name)) throw bad(id, `step name ${JSON.stringify(s.name)} must match ${TOKEN_PATTERN.source}`);
+  const when = s.when === undefined ? {} : { when: fn(id, s.name, 'when', s.when) };
   if ('signal' in s) {
-    if (!TOKEN_PATTERN.test(s.signal)) throw new InvalidWorkflowError(id, `signal ${JSON.stringify(s.signal)} must match ${TOKEN_PATTERN.source}`);
-    return { kind: 'signal', name: s.name, signal: s.signal };
+    if (!TOKEN_PATTERN.test(s.signal)) throw bad(id, `signal ${JSON.stringify(s.signal)} must match ${TOKEN_PATTERN.source}`);
+    if (s.timeoutMs !== undefined && (!Number.isSafeInteger(s.timeoutMs) || s.timeoutMs < 1)) throw bad(id, `step ${s.name}: timeoutMs must be a positive integer`);
+    if (s.onTimeout !== undefined && s.onTimeout !== 'fail' && s.onTimeout !== 'continue') throw bad(id, `step ${s.name}: onTimeout must be fail or continue`);
+    return { kind: 'signal', name: s.name, signal: s.signal, ...(s.timeoutMs !== undefined ? { timeoutMs: s.timeoutMs, onTimeout: s.onTimeout ?? 'fail' } : {}), ...when };
   }
+  if ('sleep' in s) {
+    const sl = s.sleep;
+    if ('ms' in sl) {
+      if (!Number.isSafeInteger(sl.ms) || sl.ms < 0) throw bad(id, `step ${s.name}: sleep.ms must be a non-negative integer`);
+      return { kind: 'sleep', name: s.name, ms: sl.ms, ...when };
+    }
+    return { kind: 'sleep', name: s.name, until: fn(id, s.name, 'sleep.until', sl.until), ...when };
+  }
+  if ('parallel' in s) {
+    if (!Array.isArray(s.parallel) || s.parallel.length < 1) throw bad(id, `step ${s.name}: parallel needs at least one branch`);
+    const branches = s.parallel.map((b, i) => {
+      if (b.length === 0) throw bad(id, `step ${s.name}: branch ${i + 1} is empty`);
+      return Object.freeze(b.map((x: StepDefinition) => normaliseNode(id, x, results, path)));
+    });
+    return { kind: 'parallel', name: s.name, branches, ...when };
+  }
+  if ('forEach' in s) {
+    const concurrency = s.concurrency ?? 10;
+    if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > MAX_FANOUT_ITEMS) throw bad(id, `step ${s.name}: concurrency must be 1..${MAX_FANOUT_ITEMS}`);
+    const join = s.join ?? 'all';
+    if (typeof join === 'object' && (!Number.isSafeInteger(join.atLeast) || join.atLeast < 1)) throw bad(id, `step ${s.name}: join.atLeast must be a positive integer`);
+    if (typeof join !== 'object' && join !== 'all' && join !== 'first') throw bad(id, `step ${s.name}: join must be all, first or { atLeast: n }`);
+    const task = normaliseTask(id, { ...s.run, name: s.name }, results);
+    return { kind: 'fanout', name: s.name, forEach: fn(id, s.name, 'forEach', s.forEach), concurrency, join, task, ...when };
+  }
+  if ('if' in s) {
+    const then = Object.freeze(s.then.map((x) => normaliseNode(id, x, results, path)));
+    const otherwise = Object.freeze((s.else ?? []).map((x) => normaliseNode(id, x, results, path)));
+    if (then.length === 0) throw bad(id, `step ${s.name}: then needs at least one step`);
+    return { kind: 'branch', name: s.name, test: fn(id, s.name, 'if', s.if), then, else: otherwise, ...when };
+  }
+  if ('loop' in s) {
+    if (!Number.isSafeInteger(s.maxIterations) || s.maxIterations < 1 || s.maxIterations > MAX_LOOP_ITERATIONS) throw bad(id, `step ${s.name}: maxIterations must be 1..${MAX_LOOP_ITERATIONS}`);
+    if (s.loop.length === 0) throw bad(id, `step ${s.name}: the loop body needs at least one step`);
+    const body = Object.freeze(s.loop.map((x) => normaliseNode(id, x, results, `${path}-99999`)));
+    return { kind: 'loop', name: s.name, body, until: fn(id, s.name, 'until', s.until), max: s.maxIterations, ...when };
+  }
+  return { ...normaliseTask(id, s, results), ...when };
+}
+
+function fn<F>(id: string, step: string, what: string, f: F): F {
+  if (typeof f !== 'function') throw bad(id, `step ${step}: ${what} must be a function of the run's data`);
+  return f;
+}
+
+function normaliseTask(id: string, s: Omit<TaskStep, 'when'>, results: Map<string, StandardSchemaV1>): NTask {
   const retry = { ...DEFAULT_RETRY, ...s.retry };
   const mode = s.mode ?? Mode.Inline;
   const pool = s.pool ?? DEFAULT_POOL;
   const timeoutMs = s.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   if (!Number.isSafeInteger(retry.maxAttempts) || retry.maxAttempts < 1 || retry.maxAttempts > 1000) {
-    throw new InvalidWorkflowError(id, `step ${s.name}: retry.maxAttempts must be 1..1000`);
+    throw bad(id, `step ${s.name}: retry.maxAttempts must be 1..1000`);
   }
   if (
     !(retry.initialIntervalMs >= 0) ||
@@ -138,19 +343,23 @@ function normaliseStep(id: string, s: StepDefinition): NormalisedStep {
     // Every delay is recorded as a safe integer (timer.scheduled.delayMs).
     !(retry.maxIntervalMs <= Number.MAX_SAFE_INTEGER)
   ) {
-    throw new InvalidWorkflowError(id, `step ${s.name}: retry intervals must be >= 0, coefficient >= 1, max >= initial`);
+    throw bad(id, `step ${s.name}: retry intervals must be >= 0, coefficient >= 1, max >= initial`);
   }
-  if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1) throw new InvalidWorkflowError(id, `step ${s.name}: timeoutMs must be a positive integer`);
-  if (!TOKEN_PATTERN.test(pool)) throw new InvalidWorkflowError(id, `step ${s.name}: pool must match ${TOKEN_PATTERN.source}`);
-  if (![0, 1, 2, 3].includes(mode)) throw new InvalidWorkflowError(id, `step ${s.name}: mode must be 0, 1, 2 or 3`);
+  if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1) throw bad(id, `step ${s.name}: timeoutMs must be a positive integer`);
+  if (!TOKEN_PATTERN.test(pool)) throw bad(id, `step ${s.name}: pool must match ${TOKEN_PATTERN.source}`);
+  if (![0, 1, 2, 3].includes(mode)) throw bad(id, `step ${s.name}: mode must be 0, 1, 2 or 3`);
   const handler = s.handler ?? `${id}.${s.name}`;
   // What the step.scheduled / timer.scheduled schemas accept, checked here rather than at run time.
-  if (handler.length < 1 || handler.length > 128) throw new InvalidWorkflowError(id, `step ${s.name}: handler must have 1..128 characters`);
+  if (handler.length < 1 || handler.length > 128) throw bad(id, `step ${s.name}: handler must have 1..128 characters`);
   if (!TOKEN_PATTERN.test(timerId(s.name, retry.maxAttempts, TimerKind.Timeout)) || (mode !== Mode.Inline && !TOKEN_PATTERN.test(`${timerId(s.name, retry.maxAttempts, TimerKind.Policy)}-99`))) {
-    throw new InvalidWorkflowError(id, `step ${s.name}: name is too long for its timer ids (${TOKEN_PATTERN.source})`);
+    throw bad(id, `step ${s.name}: name is too long for its timer ids (${TOKEN_PATTERN.source})`);
   }
   const sandbox = s.sandbox === undefined ? undefined : checkSandbox(id, s.name, mode, s.sandbox);
-  if (mode !== Mode.Inline && !sandbox) throw new InvalidWorkflowError(id, `step ${s.name}: mode ${mode} needs a \`sandbox\` (a command, or an agent and a task)`);
+  if (mode !== Mode.Inline && !sandbox) throw bad(id, `step ${s.name}: mode ${mode} needs a \`sandbox\` (a command, or an agent and a task)`);
+  if (s.result !== undefined) {
+    if (!isStandardSchema(s.result)) throw bad(id, `step ${s.name}: result must be a Standard Schema`);
+    results.set(s.name, s.result);
+  }
   return { kind: 'task', name: s.name, handler, mode, pool, timeoutMs, retry, ...(sandbox ? { sandbox } : {}) };
 }
 
@@ -162,20 +371,52 @@ function checkSandbox(id: string, step: string, mode: Mode, raw: SandboxSpec): S
   } catch (e) {
     throw new InvalidWorkflowError(id, (e as Error).message);
   }
-  const bad = (why: string) => new InvalidWorkflowError(id, `step ${step}: ${why}`);
-  if (mode === Mode.Inline) throw bad('a mode-0 step runs in the worker; `sandbox` needs mode 1, 2 or 3');
-  if (spec.jit && mode !== Mode.Agent) throw bad('`sandbox.jit` (credentials asked for at run time) needs mode 3');
+  const no = (why: string) => bad(id, `step ${step}: ${why}`);
+  if (mode === Mode.Inline) throw no('a mode-0 step runs in the worker; `sandbox` needs mode 1, 2 or 3');
+  if (spec.jit && mode !== Mode.Agent) throw no('`sandbox.jit` (credentials asked for at run time) needs mode 3');
   if (mode === Mode.Agent) {
     // An agent adapter on a task, or a CLI agent given as a command.
-    if (spec.agent ? !spec.task || spec.command : !spec.command?.length) throw bad('mode 3 needs `sandbox.agent` (an adapter name) and `sandbox.task`, or a `sandbox.command`');
+    if (spec.agent ? !spec.task || spec.command : !spec.command?.length) throw no('mode 3 needs `sandbox.agent` (an adapter name) and `sandbox.task`, or a `sandbox.command`');
   } else {
-    if (!spec.command || spec.command.length === 0) throw bad(`mode ${mode} needs \`sandbox.command\``);
-    if (spec.agent) throw bad('`sandbox.agent` needs mode 3');
+    if (!spec.command || spec.command.length === 0) throw no(`mode ${mode} needs \`sandbox.command\``);
+    if (spec.agent) throw no('`sandbox.agent` needs mode 3');
   }
   // Mode 1 is the untrusted-code mode: no credentials, no network, whatever the step asks.
-  if (mode === Mode.Sandboxed && (spec.secrets?.length || spec.egress?.length)) throw bad('mode 1 has no secrets and no egress; use mode 2');
-  if (mode === Mode.SandboxedWithLease && !spec.secrets?.length) throw bad('mode 2 needs `sandbox.secrets` (key names)');
+  if (mode === Mode.Sandboxed && (spec.secrets?.length || spec.egress?.length)) throw no('mode 1 has no secrets and no egress; use mode 2');
+  if (mode === Mode.SandboxedWithLease && !spec.secrets?.length) throw no('mode 2 needs `sandbox.secrets` (key names)');
   return spec;
+}
+
+/**
+ * Names are unique in the whole tree, and the names steps run under (`<name>-<iteration>`
+ * in a loop, `<name>-<item>` in a fan-out) are subject tokens that no other step can take.
+ */
+function checkNames(id: string, nodes: readonly NNode[]): void {
+  const all: { name: string; suffixes: number }[] = [];
+  const walk = (ns: readonly NNode[], depth: number) => {
+    for (const n of ns) {
+      all.push({ name: n.name, suffixes: depth + (n.kind === 'fanout' ? 1 : 0) });
+      if (n.kind === 'parallel') n.branches.forEach((b) => walk(b, depth));
+      else if (n.kind === 'branch') (walk(n.then, depth), walk(n.else, depth));
+      else if (n.kind === 'loop') walk(n.body, depth + 1);
+    }
+  };
+  walk(nodes, 0);
+  const names = new Set<string>();
+  for (const { name, suffixes } of all) {
+    if (names.has(name)) throw bad(id, `step names must be unique; ${JSON.stringify(name)} appears twice`);
+    names.add(name);
+    // The longest id a step's timers can get inside loops and fan-outs: every suffix at its
+    // widest, the widest timer kind. (A step outside them is held to its own timers' ids.)
+    if (suffixes === 0) continue;
+    const widest = `${name}${'-99999'.repeat(suffixes)}-a1000-approval-99`;
+    if (!TOKEN_PATTERN.test(widest)) throw bad(id, `step ${name}: name is too long for the ids its runs make (${widest.length} > 64 characters)`);
+  }
+  for (const { name, suffixes } of all) {
+    if (suffixes === 0) continue;
+    const taken = [...names].find((other) => other !== name && new RegExp(`^${name.replace(/[-_]/g, '\\$&')}(-\\d+)+$`).test(other));
+    if (taken) throw bad(id, `step ${taken} would collide with the runs of ${name} (${name}-<n>); rename one`);
+  }
 }
 
 /** The search fields a run records: its declared keys' scalar input values, as strings. */
@@ -188,465 +429,13 @@ export function searchFieldsOf(def: WorkflowDefinition, input: { readonly [k: st
   return Object.keys(out).length > 0 ? out : undefined;
 }
 
-/** Delay before attempt `next` (2, 3, …): exponential, capped. Pure. */
-export function backoffDelay(retry: RetryPolicy, next: number): number {
-  const raw = retry.initialIntervalMs * retry.backoffCoefficient ** Math.max(0, next - 2);
-  // 0 * Infinity is NaN: a zero initial interval stays zero however large the exponent grows.
-  return Math.round(Math.min(Number.isNaN(raw) ? 0 : raw, retry.maxIntervalMs));
-}
-
-/** Deterministic timer id, a valid subject token. */
-export function timerId(step: string, attempt: number, kind: TimerKind): string {
-  return `${step}-a${attempt}-${kind}`;
-}
-
-export interface RunContext {
-  readonly input: { [k: string]: JsonValue };
-  /** Current attempt per step name. */
-  readonly attempts: Readonly<Record<string, number>>;
-  /** Attempt of the current step a worker reported started, if any. */
-  readonly startedAttempt: number;
-  readonly anyStarted: boolean;
-  readonly results: Readonly<Record<string, JsonValue>>;
-  readonly last: JsonValue;
-  readonly lastError: ErrorRecord | null;
-  readonly signals: readonly { name: string; payload: JsonValue }[];
-  /**
-   * Per step, the attempts used before the run was last retried (`run.retried`): a retried
-   * step gets its retry policy afresh, its attempt numbers going on. Absent until a retry.
-   */
-  readonly retryBase?: Readonly<Record<string, number>>;
-  /** Mode 3b: `<step>:<attempt>` while that attempt's credential request waits for a person. */
-  readonly credentialWait?: string;
-  /** How many times the current gated step has asked the policy (names its reminder timers). */
-  readonly policyAsks?: number;
-  /** The needs-approval decision the current gated step waits on. */
-  readonly approval?: { readonly version: number; readonly policies: readonly string[]; readonly approvers: string; readonly expiresInMs: number };
-}
-
-/** Who approves when a needs-approval policy names nobody. */
-const DEFAULT_APPROVERS = 'operators';
-
-type Ev = InputEventBody;
-type Data<K extends Ev['type']> = Extract<Ev, { type: K }>['data'];
-
-const decided = (event: Ev, step: string, decision: ApprovalDecision): boolean =>
-  event.type === 'approval.decided' && event.data.step === step && event.data.decision === decision;
-
-/** How long a gated step waits for the policy's answer before asking again. */
-export const POLICY_REASK_MS = 30_000;
-
-/** How long a needs-approval step waits for a person when the decision does not say. */
-export const DEFAULT_APPROVAL_TTL_MS = 24 * 60 * 60 * 1000;
-
 /**
- * Steps the tenant's policy must allow before they are scheduled: every sandboxed step
- * (modes 1–3: isolation, secrets, egress). Mode-0 steps run the tenant's own handler in its
- * own worker, with no tenant secrets, and are not asked about.
+ * One step definition with every default filled in and every rule checked, as
+ * `defineWorkflow` does for its steps (the machine helpers use it for hand-written machines).
+ * @throws InvalidWorkflowError
  */
-export function isPolicyGated(step: NormalisedStep): boolean {
-  return step.kind === 'task' && step.mode !== Mode.Inline;
-}
-
-/** The questions a gated step puts to the policy: its mode, each secret, each egress host. */
-export function policyQueriesOf(workflowId: string, step: Extract<NormalisedStep, { kind: 'task' }>): { [k: string]: JsonValue }[] {
-  const base = { workflow: workflowId, step: step.name };
-  return [
-    { action: 'run-step', ...base, mode: step.mode },
-    ...(step.sandbox?.secrets ?? []).map((secret) => ({ action: 'lease-secret', ...base, secret })),
-    ...(step.sandbox?.egress ?? []).map((host) => ({ action: 'egress', ...base, host })),
-  ];
-}
-
-function compileSteps(id: string, version: number, steps: readonly NormalisedStep[]): AnyStateMachine {
-  const stateOf = (i: number) => `step_${i}`;
-  const backoffOf = (i: number) => `retry_${i}`;
-  // A gated step is entered through its policy check.
-  const entryOf = (i: number) => (isPolicyGated(steps[i] as NormalisedStep) ? `authorize_${i}` : stateOf(i));
-  const after = (i: number) => (i + 1 < steps.length ? entryOf(i + 1) : 'completed');
-
-  const m = setup({
-    types: {
-      context: {} as RunContext,
-      events: {} as Ev,
-      input: {} as { [k: string]: JsonValue },
-    },
-    actions: {
-      // Decisions: the host records them; no implementation runs inside the machine.
-      'step.scheduled': (_, _p: RunEventData<'step.scheduled'>) => {},
-      'timer.scheduled': (_, _p: RunEventData<'timer.scheduled'>) => {},
-      'step.waiting': (_, _p: RunEventData<'step.waiting'>) => {},
-      'policy.requested': (_, _p: RunEventData<'policy.requested'>) => {},
-      'approval.requested': (_, _p: RunEventData<'approval.requested'>) => {},
-      'run.completed': (_, _p: RunEventData<'run.completed'>) => {},
-      'run.failed': (_, _p: RunEventData<'run.failed'>) => {},
-      'run.cancelled': (_, _p: RunEventData<'run.cancelled'>) => {},
-    },
-  });
-
-  const states: Record<string, unknown> = {};
-  steps.forEach((step, i) => {
-    const attemptOf = (c: RunContext) => c.attempts[step.name] ?? 1;
-    const isCurrent = (c: RunContext, d: { step: string; attempt: number }) => d.step === step.name && d.attempt === attemptOf(c);
-    const next = after(i);
-    if (step.kind === 'signal') {
-      states[stateOf(i)] = {
-        tags: ['waiting'],
-        entry: { type: 'step.waiting', params: { step: step.name, signal: step.signal } },
-        on: {
-          'run.signaled': {
-            guard: ({ event }: { event: Ev }) => (event.data as Data<'run.signaled'>).name === step.signal,
-            target: next,
-            actions: assign(({ context, event }: { context: RunContext; event: Ev }) => {
-              const payload = (event.data as Data<'run.signaled'>).payload ?? null;
-              return { results: { ...context.results, [step.name]: payload }, last: payload };
-            }),
-          },
-          // A person's decision names the step: approve completes it (its result says who and
-          // why), deny fails the run.
-          'approval.decided': [
-            {
-              guard: ({ event }: { event: Ev }) => decided(event, step.name, ApprovalDecision.Approve),
-              target: next,
-              actions: assign(({ context, event }: { context: RunContext; event: Ev }) => {
-                const d = event.data as Data<'approval.decided'>;
-                const result: JsonValue = { decision: d.decision, by: d.by, ...(d.reason === undefined ? {} : { reason: d.reason }) };
-                return { results: { ...context.results, [step.name]: result }, last: result };
-              }),
-            },
-            {
-              guard: ({ event }: { event: Ev }) => decided(event, step.name, ApprovalDecision.Deny),
-              target: 'failed',
-              actions: assign({
-                lastError: ({ event }: { event: Ev }) => {
-                  const d = event.data as Data<'approval.decided'>;
-                  const why = d.reason === undefined ? '' : `: ${d.reason}`;
-                  return { code: ErrorCode.ApprovalDenied, message: `step ${step.name} was denied by ${d.by}${why}`.slice(0, 1000), retryable: false };
-                },
-              }),
-            },
-          ],
-        },
-      };
-      return;
-    }
-    const failure = (code: string, message: string, retryable: boolean) => ({ code, message, retryable });
-    const waitKey = (c: RunContext) => `${step.name}:${attemptOf(c)}`;
-    const roundOf = (c: RunContext) => attemptOf(c) - (c.retryBase?.[step.name] ?? 0);
-    const canRetry = (c: RunContext, e: ErrorRecord) => e.retryable && roundOf(c) < step.retry.maxAttempts;
-    const timeoutError = (c: RunContext) =>
-      failure(ErrorCode.StepTimeout, `step ${step.name} attempt ${attemptOf(c)} timed out after ${step.timeoutMs} ms`, true);
-    const finalError = (c: RunContext, e: ErrorRecord): ErrorRecord => ({
-      code: e.code,
-      message: `step ${step.name} failed after ${attemptOf(c)} attempt(s): ${e.message}`.slice(0, 1000),
-      retryable: false,
-    });
-    states[stateOf(i)] = {
-      tags: [],
-      // A credential wait belongs to the attempt: it ends with it.
-      exit: assign({ credentialWait: undefined }),
-      entry: [
-        {
-          type: 'step.scheduled',
-          params: ({ context }: { context: RunContext }) => ({
-            step: step.name,
-            attempt: attemptOf(context),
-            handler: step.handler,
-            mode: step.mode,
-            pool: step.pool,
-            timeoutMs: step.timeoutMs,
-            ...(step.sandbox ? { sandbox: step.sandbox } : {}),
-          }),
-        },
-      ],
-      on: {
-        // The durable timeout timer is armed when a worker reports the attempt started (it
-        // does for any step still running after a short while): a quick step never needs one,
-        // and a worker that dies earlier is caught by redelivery (`worker_lost`).
-        'step.started': {
-          guard: ({ context, event }: { context: RunContext; event: Ev }) =>
-            isCurrent(context, event.data as Data<'step.started'>) && context.startedAttempt !== attemptOf(context),
-          actions: [
-            assign(({ context }: { context: RunContext }) => ({ startedAttempt: attemptOf(context), anyStarted: true })),
-            {
-              type: 'timer.scheduled',
-              params: ({ context }: { context: RunContext }) => ({
-                timerId: timerId(step.name, attemptOf(context), TimerKind.Timeout),
-                kind: TimerKind.Timeout,
-                step: step.name,
-                attempt: attemptOf(context),
-                delayMs: step.timeoutMs,
-              }),
-            },
-          ],
-        },
-        // Mode 3b: the running step's credential requests, as the policy answered them. A
-        // needs-approval answer asks for a person; their decision lets the step's request go
-        // on (or be refused) without leaving the step.
-        'credential.decided': [
-          {
-            guard: ({ context, event }: { context: RunContext; event: Ev }) => {
-              const d = event.data as Data<'credential.decided'>;
-              return isCurrent(context, d) && d.decision === PolicyVerdict.NeedsApproval && context.credentialWait !== waitKey(context);
-            },
-            actions: [
-              assign({ credentialWait: ({ context }: { context: RunContext }) => waitKey(context) }),
-              {
-                type: 'approval.requested',
-                params: ({ event }: { event: Ev }) => {
-                  const d = event.data as Data<'credential.decided'>;
-                  return { step: step.name, attempt: d.attempt, approvers: d.approvers ?? DEFAULT_APPROVERS, version: d.version, policies: d.policies, expiresInMs: d.expiresInMs ?? DEFAULT_APPROVAL_TTL_MS };
-                },
-              },
-            ],
-          },
-          {
-            guard: ({ context, event }: { context: RunContext; event: Ev }) => {
-              const d = event.data as Data<'credential.decided'>;
-              return isCurrent(context, d) && d.decision !== PolicyVerdict.NeedsApproval;
-            },
-            // Recorded, nothing to decide (an accepted input needs an action to be taken at all).
-            actions: assign({ credentialWait: ({ context }: { context: RunContext }) => context.credentialWait }),
-          },
-        ],
-        'approval.decided': {
-          guard: ({ context, event }: { context: RunContext; event: Ev }) => context.credentialWait === waitKey(context) && (event.data as Data<'approval.decided'>).step === step.name,
-          actions: assign({ credentialWait: undefined }),
-        },
-        'step.completed': {
-          guard: ({ context, event }: { context: RunContext; event: Ev }) => isCurrent(context, event.data as Data<'step.completed'>),
-          target: next,
-          actions: assign(({ context, event }: { context: RunContext; event: Ev }) => {
-            const result = (event.data as Data<'step.completed'>).result;
-            return { results: { ...context.results, [step.name]: result }, last: result, startedAttempt: 0, anyStarted: true };
-          }),
-        },
-        'step.failed': [
-          {
-            guard: ({ context, event }: { context: RunContext; event: Ev }) =>
-              isCurrent(context, event.data as Data<'step.failed'>) && canRetry(context, (event.data as Data<'step.failed'>).error),
-            target: backoffOf(i),
-            actions: assign({ lastError: ({ event }: { event: Ev }) => (event.data as Data<'step.failed'>).error, anyStarted: true }),
-          },
-          {
-            guard: ({ context, event }: { context: RunContext; event: Ev }) => isCurrent(context, event.data as Data<'step.failed'>),
-            target: 'failed',
-            actions: assign({
-              lastError: ({ context, event }: { context: RunContext; event: Ev }) => finalError(context, (event.data as Data<'step.failed'>).error),
-              // An attempt has ended, as statusFromEvents counts it (it matters once a retry reopens the run).
-              anyStarted: true,
-            }),
-          },
-        ],
-        'timer.fired': [
-          {
-            guard: ({ context, event }: { context: RunContext; event: Ev }) => {
-              const d = event.data as Data<'timer.fired'>;
-              return d.kind === TimerKind.Timeout && isCurrent(context, d) && canRetry(context, timeoutError(context));
-            },
-            target: backoffOf(i),
-            actions: assign({ lastError: ({ context }: { context: RunContext }) => timeoutError(context) }),
-          },
-          {
-            guard: ({ context, event }: { context: RunContext; event: Ev }) => {
-              const d = event.data as Data<'timer.fired'>;
-              return d.kind === TimerKind.Timeout && isCurrent(context, d);
-            },
-            target: 'failed',
-            actions: assign({ lastError: ({ context }: { context: RunContext }) => finalError(context, timeoutError(context)) }),
-          },
-        ],
-      },
-    };
-    if (isPolicyGated(step)) {
-      const queries = policyQueriesOf(id, step);
-      const verdict = (v: PolicyVerdict) => ({ context, event }: { context: RunContext; event: Ev }) => {
-        const d = event.data as Data<'policy.decided'>;
-        return isCurrent(context, d) && d.decision === v;
-      };
-      const approvalOf = (c: RunContext) => c.approval ?? { version: 0, policies: [], approvers: DEFAULT_APPROVERS, expiresInMs: DEFAULT_APPROVAL_TTL_MS };
-      const askId = (c: RunContext) => `${timerId(step.name, attemptOf(c), TimerKind.Policy)}-${c.policyAsks ?? 1}`;
-      states[`authorize_${i}`] = {
-        tags: [],
-        entry: [
-          { type: 'policy.requested', params: ({ context }: { context: RunContext }) => ({ step: step.name, attempt: attemptOf(context), queries }) },
-          // The durable reminder: if no answer is recorded by then (the policy service was
-          // down, or the orchestrator died before its answer went out), the question is asked again.
-          {
-            type: 'timer.scheduled',
-            params: ({ context }: { context: RunContext }) => ({
-              timerId: askId(context),
-              kind: TimerKind.Policy,
-              step: step.name,
-              attempt: attemptOf(context),
-              delayMs: POLICY_REASK_MS,
-            }),
-          },
-        ],
-        on: {
-          'timer.fired': {
-            guard: ({ context, event }: { context: RunContext; event: Ev }) => {
-              const d = event.data as Data<'timer.fired'>;
-              return d.kind === TimerKind.Policy && isCurrent(context, d) && d.timerId === askId(context);
-            },
-            target: `authorize_${i}`,
-            reenter: true,
-            actions: assign({ policyAsks: ({ context }: { context: RunContext }) => (context.policyAsks ?? 1) + 1 }),
-          },
-          'policy.decided': [
-            { guard: verdict(PolicyVerdict.Allow), target: stateOf(i), actions: assign({ policyAsks: 1 }) },
-            {
-              guard: verdict(PolicyVerdict.NeedsApproval),
-              target: `approve_${i}`,
-              actions: assign({
-                policyAsks: 1,
-                approval: ({ event }: { event: Ev }) => {
-                  const d = event.data as Data<'policy.decided'>;
-                  return { version: d.version, policies: d.policies, approvers: d.approvers ?? DEFAULT_APPROVERS, expiresInMs: d.expiresInMs ?? DEFAULT_APPROVAL_TTL_MS };
-                },
-              }),
-            },
-            {
-              guard: verdict(PolicyVerdict.Deny),
-              target: 'failed',
-              actions: assign({
-                lastError: ({ event }: { event: Ev }) => {
-                  const d = event.data as Data<'policy.decided'>;
-                  const by = d.policies.length > 0 ? ` (${d.policies.join(', ')})` : ' (no policy allows it: default deny)';
-                  const errs = d.errors?.length ? `; ${d.errors.join('; ')}` : '';
-                  return failure(ErrorCode.PolicyDenied, `step ${step.name} (mode ${step.mode}) was denied by policy version ${d.version}${by}${errs}`.slice(0, 1000), false);
-                },
-              }),
-            },
-          ],
-        },
-      };
-      states[`approve_${i}`] = {
-        tags: ['waiting'],
-        entry: [
-          {
-            type: 'approval.requested',
-            params: ({ context }: { context: RunContext }) => ({ step: step.name, attempt: attemptOf(context), ...approvalOf(context) }),
-          },
-          {
-            type: 'timer.scheduled',
-            params: ({ context }: { context: RunContext }) => ({
-              timerId: timerId(step.name, attemptOf(context), TimerKind.Approval),
-              kind: TimerKind.Approval,
-              step: step.name,
-              attempt: attemptOf(context),
-              delayMs: approvalOf(context).expiresInMs,
-            }),
-          },
-        ],
-        on: {
-          'approval.decided': [
-            { guard: ({ event }: { event: Ev }) => decided(event, step.name, ApprovalDecision.Approve), target: stateOf(i) },
-            {
-              guard: ({ event }: { event: Ev }) => decided(event, step.name, ApprovalDecision.Deny),
-              target: 'failed',
-              actions: assign({
-                lastError: ({ event }: { event: Ev }) => {
-                  const d = event.data as Data<'approval.decided'>;
-                  const why = d.reason === undefined ? '' : `: ${d.reason}`;
-                  return failure(ErrorCode.ApprovalDenied, `step ${step.name} was denied by ${d.by}${why}`.slice(0, 1000), false);
-                },
-              }),
-            },
-          ],
-          'timer.fired': {
-            guard: ({ context, event }: { context: RunContext; event: Ev }) => {
-              const d = event.data as Data<'timer.fired'>;
-              return d.kind === TimerKind.Approval && isCurrent(context, d);
-            },
-            target: 'failed',
-            actions: assign({
-              lastError: ({ context }: { context: RunContext }) =>
-                failure(ErrorCode.ApprovalExpired, `nobody approved step ${step.name} within ${Math.round(approvalOf(context).expiresInMs / 1000)} s (approvers: ${approvalOf(context).approvers})`, false),
-            }),
-          },
-        },
-      };
-    }
-    states[backoffOf(i)] = {
-      entry: {
-        type: 'timer.scheduled',
-        params: ({ context }: { context: RunContext }) => ({
-          timerId: timerId(step.name, attemptOf(context), TimerKind.Retry),
-          kind: TimerKind.Retry,
-          step: step.name,
-          attempt: attemptOf(context),
-          delayMs: backoffDelay(step.retry, roundOf(context) + 1),
-        }),
-      },
-      on: {
-        'timer.fired': {
-          guard: ({ context, event }: { context: RunContext; event: Ev }) => {
-            const d = event.data as Data<'timer.fired'>;
-            return d.kind === TimerKind.Retry && isCurrent(context, d);
-          },
-          target: stateOf(i),
-          actions: assign(({ context }: { context: RunContext }) => ({
-            attempts: { ...context.attempts, [step.name]: attemptOf(context) + 1 },
-            startedAttempt: 0,
-          })),
-        },
-      },
-    };
-  });
-
-  return m.createMachine({
-    id: `${id}@${version}`,
-    context: ({ input }) => ({
-      input,
-      attempts: {},
-      startedAttempt: 0,
-      anyStarted: false,
-      results: {},
-      last: null,
-      lastError: null,
-      signals: [],
-    }),
-    initial: entryOf(0),
-    on: {
-      'run.cancel-requested': { target: '.cancelled' },
-      'run.signaled': {
-        actions: assign({
-          signals: ({ context, event }) => {
-            const d = event.data as Data<'run.signaled'>;
-            return [...context.signals, { name: d.name, payload: d.payload ?? null }];
-          },
-        }),
-      },
-    },
-    states: {
-      ...(states as Record<string, object>),
-      completed: {
-        type: 'final',
-        tags: ['completed'],
-        entry: { type: 'run.completed', params: ({ context }) => ({ output: context.last }) },
-      },
-      failed: {
-        type: 'final',
-        tags: ['failed'],
-        entry: {
-          type: 'run.failed',
-          params: ({ context }) => ({
-            error: context.lastError ?? { code: ErrorCode.StepFailed, message: 'step failed', retryable: false },
-          }),
-        },
-      },
-      cancelled: {
-        type: 'final',
-        tags: ['cancelled'],
-        entry: {
-          type: 'run.cancelled',
-          params: ({ event }) => {
-            const reason = event.type === 'run.cancel-requested' ? event.data.reason : undefined;
-            return reason === undefined ? {} : { reason };
-          },
-        },
-      },
-    },
-  }) as unknown as AnyStateMachine;
+export function normaliseStep(workflowId: string, s: StepDefinition): NNode {
+  const node = normaliseNode(workflowId, s, new Map(), '');
+  checkNames(workflowId, [node]);
+  return node;
 }

@@ -10,7 +10,7 @@ import type { CommandVerb } from './names.js';
 import { TOKEN_PATTERN } from './names.js';
 import type { Infer, Schema } from './validate.js';
 import { int, json, jsonObject, literal, obj, optional, str } from './validate.js';
-import { actorSchema, credentialAsked, errorRecordSchema, policyAnswer, reasonSchema, TimerKind } from './events.js';
+import { actorSchema, credentialAsked, errorRecordSchema, policyAnswer, reasonSchema, timerKinds } from './events.js';
 
 const runId = str({ pattern: RUN_ID_PATTERN }) as unknown as Schema<RunId>;
 const stepName = str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/ });
@@ -41,7 +41,7 @@ const commandSchemas = {
   timer: obj('timer', {
     runId,
     timerId: token,
-    kind: literal(TimerKind.Retry, TimerKind.Timeout, TimerKind.Approval, TimerKind.Policy),
+    kind: timerKinds,
     step: stepName,
     attempt,
   }),

@@ -73,6 +73,16 @@ export const ErrorCode = {
   ApprovalDenied: 'approval_denied',
   ApprovalNotWaiting: 'approval_not_waiting',
   RunNotRetryable: 'run_not_retryable',
+  /** A wait for a signal reached its timeout and the workflow says that fails the run. */
+  SignalTimeout: 'signal_timeout',
+  /** A bounded loop ran its last iteration without its exit condition holding. */
+  LoopLimit: 'loop_limit',
+  /** A fan-out cannot reach the results its fan-in needs (too many items failed), or has too many items. */
+  FanOutFailed: 'fan_out_failed',
+  /** The run reached its event cap; it ended rather than be refused by its stream. */
+  EventCapReached: 'event_cap_reached',
+  /** A workflow function (a condition, a list to fan out over) threw or returned the wrong kind of value. */
+  WorkflowFunctionFailed: 'workflow_function_failed',
   /**
    * The audit store did not take the intent of an external write, so the write was not done
    * (audit first). Retryable: the step's next attempt asks again.

@@ -32,8 +32,20 @@ export const errorRecordSchema: Schema<ErrorRecord> = obj('error', {
 export const Mode = { Inline: 0, Sandboxed: 1, SandboxedWithLease: 2, Agent: 3 } as const;
 export type Mode = (typeof Mode)[keyof typeof Mode];
 
-export const TimerKind = { Retry: 'retry', Timeout: 'timeout', Approval: 'approval', Policy: 'policy' } as const;
+export const TimerKind = {
+  Retry: 'retry',
+  Timeout: 'timeout',
+  Approval: 'approval',
+  Policy: 'policy',
+  /** A durable sleep (engine 2). */
+  Sleep: 'sleep',
+  /** The timeout of a wait for a signal (engine 2). */
+  Wait: 'wait',
+} as const;
 export type TimerKind = (typeof TimerKind)[keyof typeof TimerKind];
+
+/** Every timer kind, as the schemas of `timer.scheduled`, `timer.fired` and `cmd.timer` accept them. */
+export const timerKinds = literal(TimerKind.Retry, TimerKind.Timeout, TimerKind.Approval, TimerKind.Policy, TimerKind.Sleep, TimerKind.Wait);
 
 /** What a person decides about a step waiting for approval. */
 export const ApprovalDecision = { Approve: 'approve', Deny: 'deny' } as const;
@@ -83,6 +95,7 @@ export const credentialAsked = {
   reason: str({ max: 500 }),
 };
 
+
 const eventData = {
   'run.started': obj('run.started', {
     workflow: str({ min: 1, max: 128 }),
@@ -91,6 +104,11 @@ const eventData = {
     idempotencyKey: optional(str({ min: 1, max: 256 })),
     /** Values of the workflow's declared search keys, taken from the input, for queries. */
     search: optional(searchFields),
+    /**
+     * The run engine (the compiler and run core) that decides this run, for ever: replay uses
+     * the same one. Absent on runs recorded before engines had versions: those are engine 1.
+     */
+    engine: optional(int({ min: 1, max: 1000 })),
   }),
   'step.started': obj('step.started', { step: stepName, attempt, worker: str({ min: 1, max: 128 }) }),
   'step.completed': obj('step.completed', {
@@ -109,7 +127,7 @@ const eventData = {
   }),
   'timer.fired': obj('timer.fired', {
     timerId: token,
-    kind: literal(TimerKind.Retry, TimerKind.Timeout, TimerKind.Approval, TimerKind.Policy),
+    kind: timerKinds,
     step: stepName,
     attempt,
   }),
@@ -161,11 +179,31 @@ const eventData = {
   }),
   'timer.scheduled': obj('timer.scheduled', {
     timerId: token,
-    kind: literal(TimerKind.Retry, TimerKind.Timeout, TimerKind.Approval, TimerKind.Policy),
+    kind: timerKinds,
     step: stepName,
     attempt,
     delayMs: int({ min: 0 }),
+    /** A sleep until a point in time (epoch ms): the timer fires then, or at once if that has passed. */
+    until: optional(int({ min: 0 })),
   }),
+  /**
+   * A step instance the run no longer waits for (the run was cancelled or failed elsewhere,
+   * or a fan-in had what it needed): its worker is told to stop, and its result, should it
+   * still arrive, is refused as stale.
+   */
+  'step.cancelled': obj('step.cancelled', { step: stepName, attempt, reason: optional(str({ max: 200 })) }),
+  /** A step whose condition (`when`) did not hold: it did not run. */
+  'step.skipped': obj('step.skipped', { step: stepName }),
+  /** A wait took a signal (one that was waiting for it, or one that arrived while it waited). */
+  'signal.consumed': obj('signal.consumed', { step: stepName, attempt, signal: token }),
+  /** A branch chose its path. */
+  'branch.taken': obj('branch.taken', { step: stepName, branch: literal('then', 'else') }),
+  /** A bounded loop began an iteration. */
+  'loop.iteration': obj('loop.iteration', { step: stepName, iteration: int({ min: 1, max: 10_000 }) }),
+  /** A fan-out took its list: its items run as the steps `<step>-1` … `<step>-<items>`. */
+  'fanout.started': obj('fanout.started', { step: stepName, items: int({ min: 0, max: 10_000 }), concurrency: int({ min: 1, max: 10_000 }) }),
+  /** A `patched(id)` marker: this run takes the patched logic from here on. */
+  'patch.marked': obj('patch.marked', { patch: token }),
   'run.completed': obj('run.completed', { output: json() }),
   'run.failed': obj('run.failed', { error: errorRecordSchema, step: optional(stepName) }),
   'run.cancelled': obj('run.cancelled', { reason: optional(str({ max: 500 })) }),

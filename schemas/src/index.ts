@@ -56,7 +56,9 @@ export {
   Platform,
   runIdOfSubject,
 } from './names.js';
-export { EVENT_ENVELOPE_VERSION, LIMITS } from './limits.js';
+export { EVENT_ENVELOPE_VERSION, LIMITS, MAX_RUN_EVENTS } from './limits.js';
+export { isStandardSchema, issuePath, validateStandard } from './standard-schema.js';
+export type { StandardSchemaV1 } from './standard-schema.js';
 export {
   Mode,
   TimerKind,
@@ -67,6 +69,7 @@ export {
   parseEventBody,
   isInputEvent,
   errorRecordSchema,
+  timerKinds,
   ApprovalDecision,
   PolicyVerdict,
   ACTOR_PATTERN,
@@ -94,11 +97,11 @@ export type {
   RetryCommand,
   WorkerAdmissionRecord,
 } from './commands.js';
-export { parseWorkItem, parseWorkerHeartbeat } from './work.js';
-export type { WorkItem, WorkerHeartbeat } from './work.js';
+export { parseWorkItem, parseWorkerHeartbeat, parseStepCancel } from './work.js';
+export type { WorkItem, WorkerHeartbeat, StepCancel } from './work.js';
 export { encode, decode, encodedSize } from './codec.js';
 export { str, int, num, bool, literal, optional, arr, obj, json, jsonObject, tagged, isPlainObject } from './validate.js';
-export type { Schema, Infer, JsonValue } from './validate.js';
+export type { Schema, Infer, JsonValue, ObjOf } from './validate.js';
 export * as db from './db.js';
 export { RunStatus, RUN_STATUSES, isRunStatus } from './status.js';
 export { ENV_NAME_PATTERN, EGRESS_PATTERN, sandboxSpecSchema, sandboxName } from './sandbox-spec.js';

@@ -11,4 +11,15 @@ export const LIMITS = {
   signalBytes: 16 * 1024,
   /** Any message Capstan stores (below the server's 1 MiB max_payload). */
   messageBytes: 256 * 1024,
+  /**
+   * Earlier steps' results handed to a step in its work item, in all (engine 2). Past it the
+   * oldest are left out and named in the item's `omitted`.
+   */
+  resultsInWorkBytes: 128 * 1024,
 } as const;
+
+/**
+ * Events one run may record: the run stream keeps at most this many per run subject and
+ * refuses more (\`discard: new\`), so the run core ends a run before it gets there.
+ */
+export const MAX_RUN_EVENTS = 10_000;

@@ -104,6 +104,13 @@ export const Subjects = {
   workerHeartbeat: (t: TenantId) => `${PREFIX}.${t}.svc.workers.heartbeat`,
   /** Requests to the sandbox service to run one sandboxed attempt (core NATS, request/replies). */
   sandboxExec: (t: TenantId) => `${PREFIX}.${t}.svc.sandbox.exec`,
+  /** Stop one sandboxed attempt at once (its run was cancelled): `{ runId, step, attempt }` (core NATS request). */
+  sandboxCancel: (t: TenantId) => `${PREFIX}.${t}.svc.sandbox.cancel`,
+  /**
+   * Step attempts the run no longer wants (`{ runId, step, attempt }`), from the orchestrator to
+   * every worker of the tenant (core NATS, no queue group): the one running it aborts it.
+   */
+  stepCancel: (t: TenantId) => `${PREFIX}.${t}.svc.workers.cancel`,
   /** Requests to the secrets-lease service (core NATS, request/reply). */
   secrets: (t: TenantId, verb: SecretsVerb) => `${PREFIX}.${t}.svc.secrets.${verb}`,
   /** A tenant's policy versions: version N is the Nth message (stored, immutable). */

@@ -20,6 +20,15 @@ const workItemSchema = obj('work item', {
   previous: optional(json()),
   /** Modes 1–3: what runs in the sandbox (see `SandboxSpec`). */
   sandbox: optional(sandboxSpecSchema),
+  /** Engine 2: every earlier step's result by name (the latest, for a step that ran more than once). */
+  results: optional(jsonObject()),
+  /** Names of earlier results left out of `results` because they would not fit. */
+  omitted: optional(arr(str({ min: 1, max: 64 }), { max: 10_000 })),
+  /** A fan-out item: the list element this step runs for, and its place (1-based). */
+  item: optional(json()),
+  index: optional(int({ min: 1 })),
+  /** Inside a bounded loop: the iteration (1-based). */
+  iteration: optional(int({ min: 1 })),
 });
 
 export type WorkItem = Infer<typeof workItemSchema>;
@@ -43,4 +52,18 @@ export type WorkerHeartbeat = Infer<typeof heartbeatSchema>;
 /** @throws SchemaError */
 export function parseWorkerHeartbeat(value: unknown): WorkerHeartbeat {
   return heartbeatSchema.parse(value);
+}
+
+const stepCancelSchema = obj('step cancel', {
+  runId: str({ pattern: RUN_ID_PATTERN }) as unknown as Schema<RunId>,
+  step: str({ min: 1, max: 64 }),
+  attempt: int({ min: 1 }),
+});
+
+/** A step attempt to stop: what the orchestrator tells workers and a worker tells the sandbox service. */
+export type StepCancel = Infer<typeof stepCancelSchema>;
+
+/** @throws SchemaError */
+export function parseStepCancel(value: unknown): StepCancel {
+  return stepCancelSchema.parse(value);
 }

@@ -131,7 +131,7 @@ describe('commands - invalid bodies', () => {
     ['result', { ...MINIMAL.result, outcome: 'failed', error: { code: 'x', message: 'y' } }, 'error.retryable'],
     ['result', { ...MINIMAL.result, outcome: 'failed', error: { code: '', message: 'y', retryable: true } }, 'error.code'],
     ['result', { ...MINIMAL.result, outcome: 'failed', error: { code: 'x', message: 'y', retryable: true, stack: 'z' } }, 'error.stack'],
-    ['timer', { ...MINIMAL.timer, kind: 'sleep' }, 'kind'],
+    ['timer', { ...MINIMAL.timer, kind: 'nap' }, 'kind'],
     ['timer', { ...MINIMAL.timer, timerId: 'a.b' }, 'timerId'],
     ['timer', { ...MINIMAL.timer, timerId: '' }, 'timerId'],
     ['timer', { ...MINIMAL.timer, attempt: 0 }, 'attempt'],

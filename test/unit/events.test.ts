@@ -34,6 +34,13 @@ const DATA: Record<RunEventType, Record<string, unknown>> = {
   'run.completed': { output: { n: 1 } },
   'run.failed': { error: { code: 'x', message: 'y', retryable: false }, step: 's' },
   'run.cancelled': { reason: 'r' },
+  'step.cancelled': { step: 's', attempt: 1, reason: 'r' },
+  'step.skipped': { step: 's' },
+  'signal.consumed': { step: 's', attempt: 1, signal: 'go' },
+  'branch.taken': { step: 's', branch: 'then' },
+  'loop.iteration': { step: 's', iteration: 2 },
+  'fanout.started': { step: 's', items: 3, concurrency: 2 },
+  'patch.marked': { patch: 'p' },
 };
 
 const envelope = (type: RunEventType, extra: Record<string, unknown> = {}) => ({
@@ -63,7 +70,7 @@ describe('events - run event envelopes', () => {
     expect(Object.keys(DATA).sort()).toEqual([...RUN_EVENT_TYPES].sort());
     expect(INPUT_EVENT_TYPES.size).toBe(INPUT_TYPES.length);
     const decisions = RUN_EVENT_TYPES.filter((t) => !INPUT_EVENT_TYPES.has(t));
-    expect(decisions.sort()).toEqual(['approval.requested', 'policy.requested', 'run.cancelled', 'run.completed', 'run.failed', 'step.scheduled', 'step.waiting', 'timer.scheduled']);
+    expect(decisions.sort()).toEqual(['approval.requested', 'branch.taken', 'fanout.started', 'loop.iteration', 'patch.marked', 'policy.requested', 'run.cancelled', 'run.completed', 'run.failed', 'signal.consumed', 'step.cancelled', 'step.scheduled', 'step.skipped', 'step.waiting', 'timer.scheduled']);
   });
 
   for (const type of Object.keys(DATA) as RunEventType[]) {

@@ -38,7 +38,7 @@ export function describe(e: RunEvent): string {
     case 'step.waiting':
       return `step ${e.data.step} waits for signal "${e.data.signal}"`;
     case 'timer.scheduled':
-      return `${e.data.kind} timer ${e.data.timerId} armed for ${e.data.delayMs} ms`;
+      return e.data.until !== undefined ? `${e.data.kind} timer ${e.data.timerId} armed until ${time(e.data.until)}` : `${e.data.kind} timer ${e.data.timerId} armed for ${e.data.delayMs} ms`;
     case 'timer.fired':
       return `${e.data.kind} timer ${e.data.timerId} fired`;
     case 'run.signaled':
@@ -63,6 +63,20 @@ export function describe(e: RunEvent): string {
       return `run failed: ${e.data.error.code}: ${e.data.error.message}`;
     case 'run.cancelled':
       return `run cancelled${e.data.reason ? `: ${e.data.reason}` : ''}`;
+    case 'step.cancelled':
+      return `step ${e.data.step} attempt ${e.data.attempt} cancelled${e.data.reason ? `: ${e.data.reason}` : ''}`;
+    case 'step.skipped':
+      return `step ${e.data.step} skipped (its condition did not hold)`;
+    case 'signal.consumed':
+      return `step ${e.data.step} took signal "${e.data.signal}"`;
+    case 'branch.taken':
+      return `branch ${e.data.step} took ${e.data.branch}`;
+    case 'loop.iteration':
+      return `loop ${e.data.step} iteration ${e.data.iteration}`;
+    case 'fanout.started':
+      return `fan-out ${e.data.step} over ${e.data.items} item(s), ${e.data.concurrency} at a time`;
+    case 'patch.marked':
+      return `patch ${e.data.patch} applies from here`;
   }
 }
 

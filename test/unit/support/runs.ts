@@ -46,9 +46,11 @@ export class RunRecorder {
     input: { [k: string]: JsonValue } = {},
     readonly runId: RunId = RUN_ID,
     startAt = 1_700_000_000_000,
+    /** The engine the run records on its start (none: engine 1, as runs before engine versions). */
+    engine?: number,
   ) {
     this.clock = startAt;
-    const started = { workflow: workflow.id, version: workflow.version, input };
+    const started = { workflow: workflow.id, version: workflow.version, input, ...(engine === undefined ? {} : { engine }) };
     const decision = startRun(workflow, started);
     this.record({ type: 'run.started', data: started }, decision, 0);
     this.state = decision.state;
@@ -72,6 +74,11 @@ export class RunRecorder {
       if (e instanceof EventRejectedError) return undefined;
       throw e;
     }
+  }
+
+  /** Decides and records `input`; returns the decision types (for compact assertions). */
+  step(input: InputEventBody): string[] {
+    return this.apply(input).decisions.map((d) => (d.type === 'step.scheduled' || d.type === 'step.cancelled' ? `${d.type}:${d.data.step}#${d.data.attempt}` : d.type === 'timer.scheduled' ? `timer:${d.data.kind}:${d.data.step}` : d.type));
   }
 
   private record(input: RunEventBody, decision: Decision, fromSeq: number): void {

@@ -1,0 +1,155 @@
+/**
+ * Engine 2's run core: start a run, decide on an input. A retry is the machine's own
+ * transition (`failed` → back where the run was); the core only words refusals, and ends a
+ * run that is about to outgrow its event cap, deterministically, before its stream would
+ * refuse the append (which would hold up every other run in the same atomic batch).
+ */
+import type { AnyMachineSnapshot } from 'xstate';
+import { initialTransition, transition } from 'xstate';
+import type { DecisionEventBody, InputEventBody, RunEventData, RunEventType } from '@capstan/schemas';
+import { ApprovalNotWaitingError, ErrorCode, EventRejectedError, parseEventBody, RunNotRetryableError, RunStatus, SchemaError } from '@capstan/schemas';
+import type { AnyStateMachine } from 'xstate';
+import type { WorkflowDefinition } from '../../workflow.js';
+import { stateName, type Decision, type RunState } from '../state.js';
+import { BUSY, OPEN, type RunContext } from './context.js';
+import { EVENT_CAP, retryRefusal } from './states.js';
+import { nodesByName } from './compile.js';
+
+/** Decision types a hand-written machine may still name its actions after (engine 1's vocabulary). */
+const LEGACY_DECISIONS: ReadonlySet<string> = new Set(['step.scheduled', 'timer.scheduled', 'step.waiting', 'policy.requested', 'approval.requested', 'run.completed', 'run.failed', 'run.cancelled']);
+
+function toDecisions(workflowId: string, actions: readonly { type: string; params?: unknown }[]): DecisionEventBody[] {
+  const out: DecisionEventBody[] = [];
+  for (const a of actions) {
+    // Built-in actions (assign, raise…) are applied by `transition` itself.
+    if (a.type.startsWith('xstate.')) continue;
+    if (a.type === 'decide') {
+      const body = a.params as { type?: unknown; data?: unknown } | undefined;
+      const type = body?.type;
+      if (typeof type !== 'string' || !DECISION_TYPES.has(type as RunEventType)) {
+        throw new SchemaError(`workflow ${workflowId}`, 'action', `${JSON.stringify(type)} is not a Capstan decision`);
+      }
+      const t = type as DecisionEventBody['type'];
+      out.push({ type: t, data: parseEventBody(t, body?.data ?? {}) } as DecisionEventBody);
+      continue;
+    }
+    if (!LEGACY_DECISIONS.has(a.type)) throw new SchemaError(`workflow ${workflowId}`, 'action', `${JSON.stringify(a.type)} is not a Capstan decision`);
+    const t = a.type as DecisionEventBody['type'];
+    out.push({ type: t, data: parseEventBody(t, a.params ?? {}) } as DecisionEventBody);
+  }
+  return out;
+}
+
+const DECISION_TYPES: ReadonlySet<RunEventType> = new Set<RunEventType>([
+  ...(LEGACY_DECISIONS as ReadonlySet<RunEventType>),
+  'step.cancelled',
+  'step.skipped',
+  'signal.consumed',
+  'branch.taken',
+  'loop.iteration',
+  'fanout.started',
+  'patch.marked',
+]);
+
+const ctxOf = (s: AnyMachineSnapshot): RunContext | undefined => {
+  const c = s.context as Partial<RunContext> | undefined;
+  return c && typeof c.inst === 'object' ? (c as RunContext) : undefined;
+};
+
+/** Events a run can still record after this decision: one per open instance (its cancel) and the end. */
+function reserve(s: AnyMachineSnapshot): number {
+  const c = ctxOf(s);
+  return (c ? Object.values(c.inst).filter((i) => OPEN.has(i.phase)).length : 0) + 3;
+}
+
+/** Past its cap, a run ends instead: the input is recorded with the run's ending, nothing more. */
+function capped(state: RunState, before: AnyMachineSnapshot, after: AnyMachineSnapshot, decided: number): AnyMachineSnapshot | undefined {
+  if (state.seq + 1 + decided + reserve(after) <= state.workflow.maxEvents) return undefined;
+  const cap = { type: EVENT_CAP } as const;
+  return before.can(cap) ? before : undefined;
+}
+
+export function startV2(workflow: WorkflowDefinition, machine: AnyStateMachine, started: RunEventData<'run.started'>): Decision {
+  const [snapshot, actions] = initialTransition(machine, started.input);
+  let decisions = toDecisions(workflow.id, actions);
+  let snap = snapshot;
+  const state: RunState = { workflow, engine: 2, machine, snapshot, seq: 0 };
+  if (capped(state, snapshot, snapshot, decisions.length)) {
+    const [ended, endActions] = transition(machine, snapshot, { type: EVENT_CAP });
+    snap = ended;
+    decisions = toDecisions(workflow.id, endActions);
+  }
+  return { state: { ...state, snapshot: snap, seq: 1 + decisions.length }, decisions };
+}
+
+/**
+ * Decides on one input event. Throws {@link EventRejectedError} when the machine does not
+ * take it (`stale_attempt` for anything about an attempt the run has moved past),
+ * {@link ApprovalNotWaitingError} for an approval decision no step waits for, and
+ * {@link RunNotRetryableError} for a retry the run cannot take: such an input is never recorded.
+ */
+export function decideV2(state: RunState, input: InputEventBody): Decision {
+  const event = input;
+  if (input.type === 'run.started' || !state.snapshot.can(event)) {
+    if (input.type === 'run.retried') {
+      const status = runStatusV2(state);
+      const c = ctxOf(state.snapshot);
+      if (status !== RunStatus.Failed) throw new RunNotRetryableError(status, `only a failed run can be retried; this one is ${status}`);
+      const byName = state.workflow.nodes ? nodesByName(state.workflow.nodes) : new Map();
+      const why = c ? retryRefusal(c, (n) => {
+        const node = byName.get(n);
+        return node?.kind === 'task' ? node.retry.maxAttempts : node?.kind === 'fanout' ? node.task.retry.maxAttempts : undefined;
+      }) : 'its machine takes no retry';
+      throw new RunNotRetryableError(status, why ?? 'it cannot be retried');
+    }
+    if (input.type === 'approval.decided') throw notWaiting(state, input.data.step);
+    const stale = (input.data as { attempt?: number }).attempt !== undefined;
+    throw new EventRejectedError(stale ? ErrorCode.StaleAttempt : ErrorCode.EventRejected, '', input.type, stateName(state));
+  }
+  const [snapshot, actions] = transition(state.machine, state.snapshot, event);
+  let decisions = toDecisions(state.workflow.id, actions);
+  let next = snapshot;
+  const before = capped(state, state.snapshot, snapshot, decisions.length);
+  if (before) {
+    const [ended, endActions] = transition(state.machine, before, { type: EVENT_CAP });
+    next = ended;
+    decisions = toDecisions(state.workflow.id, endActions);
+  }
+  return { state: { ...state, snapshot: next, seq: state.seq + 1 + decisions.length }, decisions };
+}
+
+function notWaiting(state: RunState, step: string): ApprovalNotWaitingError {
+  const c = ctxOf(state.snapshot);
+  const status = runStatusV2(state);
+  const i = c?.inst[step];
+  let why: string;
+  if (status === RunStatus.Failed || status === RunStatus.Cancelled || status === RunStatus.Completed) why = `the run is ${status}`;
+  else if (!i) why = `no step ${step} has been reached (or the workflow has none)`;
+  else if (i.phase === 'done') why = 'it has been decided already';
+  else if (i.kind !== 'signal' && i.phase !== 'approve') why = 'it is a task step, not an approval';
+  else why = `the run is ${status} at ${stateName(state)}`;
+  return new ApprovalNotWaitingError(step, why);
+}
+
+/**
+ * A run's status from its context: `waiting` while a person or a signal is awaited (or the
+ * run only sleeps), `pending` until a step has started, else `running`. `statusFromEvents`
+ * reads the same from the events alone.
+ */
+export function runStatusV2(state: RunState): RunStatus {
+  const s = state.snapshot;
+  if (s.hasTag('completed')) return RunStatus.Completed;
+  if (s.hasTag('failed')) return RunStatus.Failed;
+  if (s.hasTag('cancelled')) return RunStatus.Cancelled;
+  const c = ctxOf(s);
+  if (!c) return s.hasTag('waiting') ? RunStatus.Waiting : RunStatus.Running;
+  const open = Object.values(c.inst).filter((i) => OPEN.has(i.phase));
+  const person = open.some((i) => i.phase === 'waiting' || i.phase === 'approve' || i.cred === true);
+  const busy = open.some((i) => BUSY.has(i.phase) || i.phase === 'started');
+  if (person || (!busy && open.some((i) => i.phase === 'sleeping'))) return RunStatus.Waiting;
+  return c.anyStarted ? RunStatus.Running : RunStatus.Pending;
+}
+
+export function isTerminalV2(state: RunState): boolean {
+  return state.snapshot.status !== 'active' || state.snapshot.hasTag('failed');
+}
