@@ -34,4 +34,5 @@ export type { StepInputs } from './inputs.js';
 export { RunStatus } from '@capstan/schemas';
 export type { RunState, Decision, Fold, TimelineEntry } from './run.js';
 export { demoPipeline, demoFlaky, demoSignal, demoSandboxed, demoApproval, demoJit, demoWorkflows } from './demo.js';
-export { statusFromEvents, statusAfter } from './status.js';
+export { statusFromEvents, progressAfter, NO_PROGRESS } from './status.js';
+export type { RunProgress } from './status.js';

@@ -14,6 +14,15 @@ import { bigint, bigserial, boolean, customType, index, integer, jsonb, pgTable,
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
 
 /** One row per run: its current state as the projector last folded it. */
+/** The stored form of a run's progress (see `RunProgress` in @capstan/actors). */
+export interface RunProgressRow {
+  readonly anyStarted: boolean;
+  readonly busy: readonly string[];
+  readonly waits: Readonly<Record<string, string>>;
+  readonly sleeps: readonly string[];
+  readonly asking: readonly string[];
+}
+
 export const runs = pgTable(
   'runs',
   {
@@ -39,6 +48,13 @@ export const runs = pgTable(
     lastStreamSeq: bigint('last_stream_seq', { mode: 'number' }).notNull(),
     /** Chained digest of the run's events: sha256(previous digest, stream seq, event bytes). */
     chain: text('chain').notNull(),
+    /** The engine that decides the run (`run.started`; 1 for runs that name none). */
+    engine: integer('engine').notNull().default(1),
+    /**
+     * The run's open steps as its events say (busy, waiting, sleeping): what its status is
+     * computed from, kept so the next batch continues the fold (`progressAfter` in actors).
+     */
+    progress: jsonb('progress').$type<RunProgressRow>(),
   },
   (t) => [
     primaryKey({ columns: [t.tenant, t.runId] }),

@@ -25,6 +25,8 @@ function replays(r: RunRecorder): void {
   expect(a.state.snapshot.context).toEqual(r.state.snapshot.context);
   expect(b.state.snapshot.context).toEqual(a.state.snapshot.context);
   expect(runStatus(a.state)).toBe(statusFromEvents(r.events));
+  // After every decision, the machine's status and the one read off the events agree.
+  for (const cp of r.checkpoints) expect(runStatus(cp.state), `after ${cp.events} events`).toBe(statusFromEvents(r.events.slice(0, cp.events)));
 }
 
 describe('engine 2 - sequences decide as engine 1 did', () => {

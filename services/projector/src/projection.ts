@@ -10,7 +10,7 @@
  * writes exactly the rows the live projector wrote.
  */
 import { createHash } from 'node:crypto';
-import { statusAfter } from '@capstan/actors';
+import { NO_PROGRESS, progressAfter, type RunProgress } from '@capstan/actors';
 import { decode, ErrorCode, isRunStatus, parseRunEvent, runIdOfSubject, RunStatus, sandboxName, SchemaError, tenantTokenOf, toErrorRecord, type db, type ErrorRecord, type JsonValue, type RunEvent } from '@capstan/schemas';
 
 export type RunRow = typeof db.runs.$inferSelect;
@@ -27,6 +27,12 @@ export const StepOutcome = {
   Completed: 'completed',
   Failed: 'failed',
   TimedOut: 'timed_out',
+  /** Engine 2: the run stopped waiting for it (cancelled, failed elsewhere, a fan-in met). */
+  Cancelled: 'cancelled',
+  /** Engine 2: its condition did not hold. */
+  Skipped: 'skipped',
+  /** Engine 2: a durable sleep (its row has handler `sleep`). */
+  Sleeping: 'sleeping',
 } as const;
 
 export const ApprovalStatus = { Waiting: 'waiting', Approved: 'approved', Denied: 'denied', Expired: 'expired' } as const;
@@ -68,9 +74,11 @@ export interface RunView {
    * step leaves the run `running` rather than `pending` (as in `statusFromEvents`).
    */
   readonly anyStarted: boolean;
+  /** The run's open steps, as its events say: its status is computed from them. */
+  readonly progress: RunProgress;
 }
 
-export const EMPTY_VIEW: RunView = Object.freeze({ run: undefined, steps: new Map(), approvals: new Map(), anyStarted: false });
+export const EMPTY_VIEW: RunView = Object.freeze({ run: undefined, steps: new Map(), approvals: new Map(), anyStarted: false, progress: NO_PROGRESS });
 
 /** A run event as stored: decoded, with its place in the stream and its exact bytes. */
 export interface StoredEvent {
@@ -153,12 +161,27 @@ export function viewFromRows(run: RunRow | undefined, steps: readonly StepRow[],
   // ever reported started, and its row then has neither.)
   const anyStarted =
     run?.status === RunStatus.Running || steps.some((s) => s.startedAt !== null || s.outcome === StepOutcome.Completed || s.outcome === StepOutcome.Failed);
+  const status = isRunStatus(run?.status) ? run.status : RunStatus.Pending;
+  // Rows projected before progress was kept: what the rows say is open (engine 1 ran one step at a time).
+  const stored = run?.progress ?? {
+    anyStarted,
+    busy: [...new Set(steps.filter((s) => s.outcome === StepOutcome.Scheduled || s.outcome === StepOutcome.Running).map((s) => s.step))],
+    waits: Object.fromEntries(approvals.filter((a) => a.status === ApprovalStatus.Waiting).map((a) => [a.step, a.signal === POLICY_APPROVAL ? '' : a.signal])),
+    sleeps: [],
+    asking: [],
+  };
   return {
     run,
     steps: new Map(steps.map((s) => [stepKey(s.step, s.attempt), s])),
     approvals: new Map(approvals.map((a) => [a.step, a])),
     anyStarted,
+    progress: { ...stored, status, engine: run?.engine ?? 1 },
   };
+}
+
+/** A step row with nothing known yet but its name and when it began. */
+function blankStep(tenant: string, runId: string, step: string, attempt: number, at: Date): StepRow {
+  return { tenant, runId, step, attempt, mode: 0, pool: '', handler: '', worker: null, sandbox: null, outcome: StepOutcome.Scheduled, scheduledAt: at, startedAt: null, finishedAt: null, durationMs: null, result: null, errorCode: null, errorMessage: null };
 }
 
 /** Folds one event of a run into its view; returns the new view and the rows to write. */
@@ -212,6 +235,8 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
         lastSeq: e.seq,
         lastStreamSeq: streamSeq,
         chain: '',
+        engine: e.data.engine ?? 1,
+        progress: null,
       };
       search = Object.entries(e.data.search ?? {}).map(([key, value]) => ({ tenant, key, value: pgText(value), runId }));
       break;
@@ -279,6 +304,9 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
     }
     case 'timer.fired': {
       const row = attemptRow(e.data.step, e.data.attempt);
+      if (e.data.kind === 'sleep' && row && row.outcome === StepOutcome.Sleeping) {
+        putStep({ ...row, outcome: StepOutcome.Completed, finishedAt: at, durationMs: Math.max(0, e.at - (row.scheduledAt?.getTime() ?? e.at)) });
+      }
       if (e.data.kind === 'timeout' && row && (row.outcome === StepOutcome.Scheduled || row.outcome === StepOutcome.Running)) {
         putStep({ ...row, outcome: StepOutcome.TimedOut, finishedAt: at, durationMs: row.startedAt ? Math.max(0, e.at - row.startedAt.getTime()) : null });
       }
@@ -297,7 +325,8 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
       // Who signaled, and which signal; the payload itself is not audit material.
       const by = e.data.payload !== null && typeof e.data.payload === 'object' && !Array.isArray(e.data.payload) ? e.data.payload['by'] : undefined;
       const actor = typeof by === 'string' ? pgText(by) : null;
-      for (const a of [...approvals.values()]) {
+      // Engine 1 takes a signal in every wait for it; engine 2 says which wait took it (signal.consumed).
+      for (const a of run?.engine === 1 || run === undefined ? [...approvals.values()] : []) {
         if (a.status === ApprovalStatus.Waiting && a.signal === e.data.name) putApproval({ ...a, status: ApprovalStatus.Approved, decidedAt: at, decidedBy: actor });
       }
       audit = { tenant, runId, seq: e.seq, kind: AuditKind.Signaled, actor, detail: { name: e.data.name }, at, streamSeq };
@@ -367,15 +396,47 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
         run.errorMessage = pgText(e.data.error.message);
       }
       break;
+    case 'signal.consumed': {
+      const a = approvals.get(e.data.step);
+      if (a && a.status === ApprovalStatus.Waiting) putApproval({ ...a, status: ApprovalStatus.Approved, decidedAt: at });
+      break;
+    }
     case 'timer.scheduled':
+      // A durable sleep is a step of the run: it shows as one, sleeping until its timer fires.
+      if (e.data.kind === 'sleep') {
+        putStep({ ...blankStep(tenant, runId, e.data.step, e.data.attempt, at), handler: 'sleep', outcome: StepOutcome.Sleeping });
+        if (run) run.currentStep = e.data.step;
+      }
+      break;
+    case 'step.cancelled': {
+      const row = attemptRow(e.data.step, e.data.attempt);
+      if (row && (row.outcome === StepOutcome.Scheduled || row.outcome === StepOutcome.Running || row.outcome === StepOutcome.Sleeping)) {
+        putStep({ ...row, outcome: StepOutcome.Cancelled, finishedAt: at, errorCode: 'cancelled', errorMessage: pgText(e.data.reason ?? 'cancelled') });
+      }
+      const a = approvals.get(e.data.step);
+      if (a && a.status === ApprovalStatus.Waiting) putApproval({ ...a, status: ApprovalStatus.Expired, decidedAt: at, reason: pgText(e.data.reason ?? 'cancelled') });
+      break;
+    }
+    case 'step.skipped':
+      putStep({ ...blankStep(tenant, runId, e.data.step, 1, at), handler: 'skipped', outcome: StepOutcome.Skipped, finishedAt: at });
+      break;
+    case 'branch.taken':
+    case 'loop.iteration':
+    case 'fanout.started':
+    case 'patch.marked':
+      // On the record (the events index, the timeline); no row of their own.
+      break;
     case 'run.completed':
     case 'run.cancelled':
       break;
   }
 
   const anyStarted = view.anyStarted || e.type === 'step.started' || e.type === 'step.completed' || e.type === 'step.failed';
+  const progress = progressAfter(view.progress, e);
   if (run) {
-    run.status = statusAfter(isRunStatus(run.status) ? run.status : RunStatus.Pending, e, view.anyStarted);
+    run.status = progress.status;
+    const { status: _s, engine: _e, ...open } = progress;
+    run.progress = open;
     if (!wasTerminal && TERMINAL.has(run.status)) run.endedAt = at;
     run.lastSeq = e.seq;
     run.lastStreamSeq = streamSeq;
@@ -383,7 +444,7 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
     run.chain = chainDigest(run.chain, streamSeq, bytes);
   }
   return {
-    view: { run, steps, approvals, anyStarted },
+    view: { run, steps, approvals, anyStarted, progress },
     event: { tenant, runId, seq: e.seq, type: e.type, at, streamSeq, causationId: pgText(e.causationId) },
     run,
     steps: changedSteps,
