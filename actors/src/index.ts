@@ -26,6 +26,8 @@ export { backoffDelay, timerId, isPolicyGated, policyQueriesOf, DEFAULT_APPROVAL
 export type { RunContext } from './engine/v1/compile.js';
 export { machineHelpers } from './engine/v2/helpers.js';
 export type { MachineHelpers } from './engine/v2/helpers.js';
+export { bindHandlers, requiredHandlers } from './handlers.js';
+export type { TaskNames } from './handlers.js';
 export { createRegistry } from './registry.js';
 export type { Registry } from './registry.js';
 export { startRun, decide, foldRun, diffDecisions, runStatus, isTerminal, stateName, engineOf } from './run.js';

@@ -167,7 +167,9 @@ export type NLoop = {
 /** A step of the definition tree, with every default filled in. */
 export type NNode = NTask | NSignal | NSleep | NParallel | NFanOut | NBranch | NLoop;
 
-export interface WorkflowDefinition {
+export interface WorkflowDefinition<S extends WorkflowSpec = WorkflowSpec> {
+  /** The spec it was defined from, for the type checker only (handler binding). */
+  readonly spec?: S;
   readonly id: string;
   readonly version: number;
   readonly searchKeys: readonly string[];
@@ -208,7 +210,7 @@ const MAX_LOOP_ITERATIONS = 10_000;
  *   { name: 'render' },
  * ] });
  */
-export function defineWorkflow(spec: WorkflowSpec): WorkflowDefinition {
+export function defineWorkflow<const S extends WorkflowSpec>(spec: S): WorkflowDefinition<S> {
   const { id, version } = spec;
   if (!WORKFLOW_ID.test(id)) throw new InvalidWorkflowError(id, `id must match ${WORKFLOW_ID.source}`);
   if (!Number.isSafeInteger(version) || version < 1) throw new InvalidWorkflowError(id, 'version must be a positive integer');
@@ -223,7 +225,7 @@ export function defineWorkflow(spec: WorkflowSpec): WorkflowDefinition {
   if (spec.machine) {
     if (spec.steps) throw new InvalidWorkflowError(id, 'give steps or a machine, not both');
     const machine = spec.machine;
-    return Object.freeze({ ...common, resultSchemas: new Map(), machine, machineFor: () => machine });
+    return Object.freeze({ ...common, resultSchemas: new Map(), machine, machineFor: () => machine }) as WorkflowDefinition<S>;
   }
   if (!spec.steps || spec.steps.length === 0) throw new InvalidWorkflowError(id, 'needs at least one step');
   const resultSchemas = new Map<string, StandardSchemaV1>();
@@ -258,7 +260,7 @@ export function defineWorkflow(spec: WorkflowSpec): WorkflowDefinition {
   };
   // Compile now: a definition the compiler refuses fails at load, not at a run's first step.
   void def.machine;
-  return Object.freeze(def);
+  return Object.freeze(def) as WorkflowDefinition<S>;
 }
 
 /** The engine new runs are decided by. A change to what any engine decides is a new engine. */

@@ -7,16 +7,17 @@
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { publishDurably, type OutMsg } from '@capstan/kit';
-import type { RunContext, RunState } from '@capstan/actors';
+import { stepInputsOf, type RunState } from '@capstan/actors';
 import type { PolicyGate } from './policy-gate.js';
 import {
   CommandVerb,
   encode,
+  encodedSize,
   Headers,
   MsgIds,
   Subjects,
-  type JsonValue,
   type RunEvent,
+  type StepCancel,
   type RunId,
   type TenantId,
   type TimerCommand,
@@ -39,23 +40,27 @@ export interface EffectSource {
 export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t: TenantId, sources: readonly EffectSource[], gate?: PolicyGate): Promise<number> {
   const timers: OutMsg[] = [];
   const work: OutMsg[] = [];
+  const cancels: StepCancel[] = [];
   for (const src of sources) {
-    const ctx = src.state.snapshot.context as Partial<RunContext>;
     for (const ev of src.events) {
       if (ev.type === 'timer.scheduled') {
         const d = ev.data;
         const body: TimerCommand = { runId: src.runId, timerId: d.timerId, kind: d.kind, step: d.step, attempt: d.attempt };
+        // A sleep until a time that has passed fires at once (the decision's own time).
+        const fireAt = d.until !== undefined ? Math.max(d.until, ev.at) : ev.at + d.delayMs;
         timers.push({
           subject: Subjects.timer(t, src.runId, d.timerId),
           data: encode(body),
           msgId: MsgIds.timer(src.runId, d.timerId),
           headers: {
-            [Headers.Schedule]: `@at ${new Date(ev.at + d.delayMs).toISOString()}`,
+            [Headers.Schedule]: `@at ${new Date(fireAt).toISOString()}`,
             [Headers.ScheduleTarget]: Subjects.command(t, CommandVerb.Timer),
           },
         });
       } else if (ev.type === 'policy.requested') {
         gate?.ask(src.runId, ev.data.step, ev.data.attempt, ev.data.queries);
+      } else if (ev.type === 'step.cancelled') {
+        cancels.push({ runId: src.runId, step: ev.data.step, attempt: ev.data.attempt });
       } else if (ev.type === 'step.scheduled') {
         const d = ev.data;
         const { workflow } = src.state;
@@ -68,8 +73,7 @@ export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t
           handler: d.handler,
           mode: d.mode,
           timeoutMs: d.timeoutMs,
-          input: (ctx.input ?? {}) as { [k: string]: JsonValue },
-          ...(ctx.last !== undefined && ctx.last !== null ? { previous: ctx.last } : {}),
+          ...stepInputsOf(src.state, d.step, encodedSize),
           ...(d.sandbox ? { sandbox: d.sandbox } : {}),
         };
         work.push({ subject: Subjects.work(t, d.pool), data: encode(item), msgId: MsgIds.work(src.runId, d.step, d.attempt) });
@@ -78,7 +82,10 @@ export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t
   }
   await publishDurably(nc, js, timers);
   await publishDurably(nc, js, work);
-  return timers.length + work.length;
+  // Cancels go to every worker of the tenant, at most once (core NATS): the one running the
+  // attempt aborts it. A lost cancel costs only time: the attempt's result is refused as stale.
+  for (const c of cancels) nc.publish(Subjects.stepCancel(t), encode(c));
+  return timers.length + work.length + cancels.length;
 }
 
 /** The decisions after a run's last input: the ones whose effects a crash may have lost. */

@@ -1,5 +1,7 @@
 /**
- * The run host for one tenant: load → replay → decide → append → act.
+ * The run host for one tenant: load → replay → decide → append → act. This file schedules
+ * the work; each job is its own file under host/: intake (parse, run ids, input schemas),
+ * recover (load and re-derive lost effects), decide, append, and effects (acting).
  *
  * Commands are taken from the tenant's command stream in ticks. One tick decides every
  * command it holds (commands of one run in stream order), appends all resulting events as
@@ -13,37 +15,19 @@
  *   we reload it from the stream and decide again. A run never forks.
  */
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
-import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { decide, foldRun, searchFieldsOf, startRun, type Decision, type Registry, type RunState } from '@capstan/actors';
-import {
-  CapstanError,
-  Consumers,
-  DeadLetterSource,
-  decode,
-  encode,
-  encodedSize,
-  ErrorCode,
-  EVENT_ENVELOPE_VERSION,
-  INPUT_EVENT_TYPES,
-  isCommandVerb,
-  parseCommand,
-  RunNotFoundError,
-  Streams,
-  Subjects,
-  toErrorRecord,
-  type Command,
-  type ErrorRecord,
-  type RunEvent,
-  type RunEventBody,
-  type RunId,
-  type TenantId,
-} from '@capstan/schemas';
-import { appendBatch, deadLetter, derivedRunId, failpoint, idempotencyHash, readRun, type Logger } from '@capstan/kit';
-import { dispatchEffects, tailDecisions, type EffectSource } from './effects.js';
-import { deadLetterWhenRejected, inputOf } from './commands.js';
+import type { Registry } from '@capstan/actors';
+import { Consumers, DeadLetterSource, ErrorCode, Streams, Subjects, toErrorRecord, type RunId, type TenantId } from '@capstan/schemas';
+import { deadLetter, failpoint, type Logger } from '@capstan/kit';
+import { dispatchEffects } from './effects.js';
 import { createPolicyGate } from './policy-gate.js';
 import type { RunCache } from './run-cache.js';
+import { createIntake } from './host/intake.js';
+import { createDecider } from './host/decide.js';
+import { appendGroups } from './host/append.js';
+import type { GroupResult, Pending, Rejection, TenantHostStats } from './host/types.js';
+
+export type { TenantHostStats };
 
 export interface TenantHostOptions {
   readonly nc: NatsConnection;
@@ -60,43 +44,10 @@ export interface TenantHostOptions {
   readonly policy: { readonly mode: 'on' | 'off'; readonly approvalTtlMs: number; readonly timeoutMs: number };
 }
 
-export interface TenantHostStats {
-  commands: number;
-  appendedEvents: number;
-  conflicts: number;
-  deadLetters: number;
-  recoveredEffects: number;
-  ticks: number;
-}
-
 export interface TenantHost {
   start(): Promise<void>;
   stop(): Promise<void>;
   readonly stats: Readonly<TenantHostStats>;
-}
-
-interface Pending {
-  readonly msg: JsMsg;
-  readonly cmd: Command;
-  readonly runId: RunId;
-}
-
-interface Rejection {
-  readonly msg: JsMsg;
-  readonly error: ErrorRecord;
-  readonly runId?: RunId;
-  readonly deadLetter: boolean;
-}
-
-interface GroupResult {
-  readonly runId: RunId;
-  readonly pendings: readonly Pending[];
-  readonly expected: number;
-  readonly events: RunEvent[];
-  readonly effects: EffectSource[];
-  readonly recovered: EffectSource[];
-  readonly rejections: Rejection[];
-  readonly state: RunState | undefined;
 }
 
 /** Places a fault test can make the orchestrator die (`CAPSTAN_FAILPOINTS`, see kit's failpoint). */
@@ -105,7 +56,6 @@ export const Failpoints = {
   BeforeAck: 'orchestrator.before_ack',
 } as const;
 
-const MAX_CONFLICT_RETRIES = 8;
 /** Ticks whose effects are still being published before new ticks wait. */
 const MAX_ACTING = 8;
 
@@ -113,6 +63,8 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   const { nc, js, jsm, tenant: t, registry, cache, maxBatch } = o;
   const log = o.log.child({ tenant: t });
   const gate = createPolicyGate({ nc, js, tenant: t, ...o.policy, log });
+  const intake = createIntake({ js, jsm, tenant: t, registry });
+  const decider = createDecider({ jsm, tenant: t, registry, cache, log, now: o.now });
   const stats: TenantHostStats = { commands: 0, appendedEvents: 0, conflicts: 0, deadLetters: 0, recoveredEffects: 0, ticks: 0 };
   /** Parsed commands waiting for a tick, in arrival order. */
   const queue: Pending[] = [];
@@ -128,17 +80,15 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   /** Parses an arriving command; poison is dead-lettered at once and never queued. */
   async function arrive(msg: JsMsg): Promise<void> {
     stats.commands++;
-    let cmd: Command;
-    let runId: RunId;
+    let parsed;
     try {
-      cmd = parseMessage(msg);
-      runId = await runIdFor(msg, cmd);
+      parsed = await intake.parse(msg);
     } catch (e) {
       await sendDeadLetter({ msg, error: toErrorRecord(e, ErrorCode.DecodeFailed), deadLetter: true });
       msg.ack();
       return;
     }
-    queue.push({ msg, cmd, runId });
+    queue.push({ msg, ...parsed });
     pump();
   }
 
@@ -211,34 +161,9 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     // A redelivered command may be one whose decision was appended by a process that died
     // (or a tick that failed) before acting on it: reload that run so its tail is recovered.
     const t0 = performance.now();
-    let groups = await Promise.all([...byRun].map(([runId, ps]) => decideGroup(runId, ps, ps.some((p) => p.msg.info.redelivered))));
+    const decided = await Promise.all([...byRun].map(([runId, ps]) => decider.decideGroup(runId, ps, ps.some((p) => p.msg.info.redelivered))));
     const t1 = performance.now();
-    const done: GroupResult[] = [];
-    for (let attempt = 0; groups.length > 0; attempt++) {
-      const toAppend = groups.filter((g) => g.events.length > 0);
-      const outcomes = await appendBatch(nc, t, toAppend.map((g) => ({ runId: g.runId, expectedLastSubjectSeq: g.expected, events: g.events })));
-      const conflicted: GroupResult[] = [];
-      toAppend.forEach((g, i) => {
-        const out = outcomes[i];
-        if (out?.ok) {
-          stats.appendedEvents += g.events.length;
-          if (g.state) cache.set(g.runId, { state: g.state, lastStreamSeq: out.lastStreamSeq });
-          done.push(g);
-        } else {
-          stats.conflicts++;
-          cache.delete(g.runId);
-          conflicted.push(g);
-          log.debug({ runId: g.runId, reason: out?.reason }, 'append conflict; reloading run');
-        }
-      });
-      done.push(...groups.filter((g) => g.events.length === 0));
-      if (conflicted.length > 0 && attempt >= MAX_CONFLICT_RETRIES) {
-        // Leave them unacknowledged: redelivery tries again later.
-        log.warn({ runs: conflicted.map((g) => g.runId) }, 'runs still conflicting; commands left for redelivery');
-        break;
-      }
-      groups = await Promise.all(conflicted.map((g) => decideGroup(g.runId, g.pendings, true)));
-    }
+    const done = await appendGroups({ nc, tenant: t, cache, log, stats }, decided, (runId, ps) => decider.decideGroup(runId, ps, true));
 
     if (log.isLevelEnabled('debug')) {
       log.debug({ commands: pendings.length, runs: byRun.size, decideMs: +(t1 - t0).toFixed(2), appendMs: +(performance.now() - t1).toFixed(2), queued: queue.length }, 'tick');
@@ -258,132 +183,6 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       failpoint(Failpoints.BeforeAck);
       for (const g of done) for (const p of g.pendings) p.msg.ack();
     };
-  }
-
-  function parseMessage(msg: JsMsg): Command {
-    const verb = msg.subject.slice(msg.subject.lastIndexOf('.') + 1);
-    if (!isCommandVerb(verb)) throw new CapstanError(ErrorCode.SchemaViolation, `unknown command verb ${JSON.stringify(verb)}`);
-    return parseCommand(verb, decode(msg.data), encodedSize);
-  }
-
-  /** Which run a command is for. A submit without a run id gets a deterministic one. */
-  async function runIdFor(msg: JsMsg, cmd: Command): Promise<RunId> {
-    if (cmd.verb !== 'submit') return cmd.body.runId;
-    if (cmd.body.runId) return cmd.body.runId;
-    const fresh = derivedRunId(t, msg.info.streamSequence, Math.floor(msg.info.timestampNanos / 1e6));
-    if (!cmd.body.idempotencyKey) return fresh;
-    return claimIdempotencyKey(cmd.body.idempotencyKey, fresh);
-  }
-
-  /** First claim of a key wins, forever: `cap.<t>.idem.<hash>` holds the run id it maps to. */
-  async function claimIdempotencyKey(key: string, fresh: RunId): Promise<RunId> {
-    const subject = Subjects.idempotency(t, idempotencyHash(t, key));
-    for (let i = 0; i < 3; i++) {
-      const existing = await jsm.direct.getMessage(Streams.runs(t), { last_by_subj: subject }).catch(() => null);
-      if (existing) return (decode(existing.data) as { runId: RunId }).runId;
-      try {
-        await js.publish(subject, encode({ runId: fresh }), { expect: { lastSubjectSequence: 0 } });
-        return fresh;
-      } catch (e) {
-        if (!(e instanceof JetStreamApiError && (e.code === JetStreamApiCodes.StreamWrongLastSequence || e.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown))) throw e;
-      }
-    }
-    throw new CapstanError(ErrorCode.ConcurrencyConflict, 'idempotency key claim did not settle', true);
-  }
-
-  async function load(
-    runId: RunId,
-    forceReload: boolean,
-  ): Promise<{ cached?: { state: RunState; lastStreamSeq: number }; recovered: EffectSource[]; fromCache: boolean; events?: readonly RunEvent[] }> {
-    if (!forceReload) {
-      const hit = cache.get(runId);
-      if (hit) return { cached: hit, recovered: [], fromCache: true };
-    }
-    const loaded = await readRun(jsm, t, runId);
-    if (loaded.events.length === 0) return { recovered: [], fromCache: false };
-    const { state } = foldRun(registry, loaded.events);
-    const tail = tailDecisions(loaded.events, (e) => INPUT_EVENT_TYPES.has(e.type));
-    return { cached: { state, lastStreamSeq: loaded.lastStreamSeq }, recovered: tail.length > 0 ? [{ runId, state, events: tail }] : [], fromCache: false, events: loaded.events };
-  }
-
-  /**
-   * Decides a run's commands. A rejection is final only when decided on a state read from
-   * the stream: a cached state may be behind another orchestrator's appends, and a valid
-   * result judged stale against it would be lost. So a rejection on a cached state reloads
-   * the run and decides again.
-   */
-  async function decideGroup(runId: RunId, pendings: readonly Pending[], forceReload: boolean): Promise<GroupResult> {
-    const first = await decideGroupOnce(runId, pendings, forceReload);
-    if (!first.fromCache || first.rejections.length === 0) return first;
-    cache.delete(runId);
-    return decideGroupOnce(runId, pendings, true);
-  }
-
-  async function decideGroupOnce(runId: RunId, pendings: readonly Pending[], forceReload: boolean): Promise<GroupResult & { fromCache: boolean }> {
-    const result = { runId, pendings, expected: 0, events: [] as RunEvent[], effects: [] as EffectSource[], recovered: [] as EffectSource[], rejections: [] as Rejection[], state: undefined as RunState | undefined, fromCache: false };
-    let loaded;
-    try {
-      loaded = await load(runId, forceReload);
-    } catch (e) {
-      // A run whose history does not replay (corrupt, or its workflow version is gone) is
-      // not decided further; every command for it is dead-lettered with the reason.
-      log.error({ err: e, runId }, 'run cannot be loaded');
-      const error = toErrorRecord(e, ErrorCode.DeterminismViolation);
-      return { ...result, rejections: pendings.map((p) => ({ msg: p.msg, error, runId, deadLetter: true })) };
-    }
-    let state = loaded.cached?.state;
-    const out = { ...result, expected: loaded.cached?.lastStreamSeq ?? 0, recovered: loaded.recovered, state, fromCache: loaded.fromCache };
-    for (const p of pendings) {
-      const at = o.now();
-      const causationId = `cmd:${p.msg.info.streamSequence}`;
-      let decision: Decision;
-      let input: RunEventBody;
-      try {
-        if (p.cmd.verb === 'submit') {
-          if (state) {
-            log.debug({ runId }, 'duplicate submit ignored');
-            continue;
-          }
-          const wf = registry.latest(p.cmd.body.workflow);
-          const runInput = p.cmd.body.input ?? {};
-          const search = searchFieldsOf(wf, runInput);
-          const started = {
-            workflow: wf.id,
-            version: wf.version,
-            input: runInput,
-            ...(p.cmd.body.idempotencyKey ? { idempotencyKey: p.cmd.body.idempotencyKey } : {}),
-            ...(search ? { search } : {}),
-          };
-          input = { type: 'run.started', data: started };
-          decision = startRun(wf, started);
-        } else {
-          if (!state) throw new RunNotFoundError(t, runId);
-          input = inputOf(p.cmd);
-          decision = decide(state, input as Parameters<typeof decide>[1]);
-        }
-      } catch (e) {
-        // A redelivered command whose decision a process recorded before dying is done: its
-        // refusal now ("decided already", "not failed") would be a false dead letter, and the
-        // sender has been answered by the recorded event.
-        if (p.msg.info.redelivered && loaded.events?.some((ev) => ev.causationId === causationId && INPUT_EVENT_TYPES.has(ev.type))) {
-          log.debug({ runId, verb: p.cmd.verb }, 'redelivered command was decided already');
-          continue;
-        }
-        const error = toErrorRecord(e, ErrorCode.EventRejected);
-        const quiet = error.code === ErrorCode.StaleAttempt || error.code === ErrorCode.EventRejected ? !deadLetterWhenRejected(p.cmd.verb) : false;
-        if (!quiet) log.info({ runId, code: error.code, verb: p.cmd.verb }, `command rejected: ${error.message}`);
-        out.rejections.push({ msg: p.msg, error: { ...error, message: `${error.message} (run ${runId})` }, runId, deadLetter: !quiet });
-        continue;
-      }
-      let seq = state?.seq ?? 0;
-      const envelope = (body: RunEventBody): RunEvent => ({ v: EVENT_ENVELOPE_VERSION, ...body, runId, seq: ++seq, at, causationId }) as RunEvent;
-      const inputEvent = envelope(input);
-      const decided = decision.decisions.map(envelope);
-      out.events.push(inputEvent, ...decided);
-      if (decided.length > 0) out.effects.push({ runId, state: decision.state, events: decided });
-      state = decision.state;
-    }
-    return { ...out, state };
   }
 
   async function sendDeadLetter(r: Rejection): Promise<void> {

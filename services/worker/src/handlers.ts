@@ -19,7 +19,18 @@ export interface StepContext {
   readonly input: { readonly [k: string]: JsonValue };
   /** Result of the previous step, if any. */
   readonly previous: JsonValue | undefined;
-  /** Aborted when the step's timeout passes or the worker stops. */
+  /**
+   * Every earlier step's result by name (engine 2; the latest for a step that ran more than
+   * once, a fan-out's under its own name). Names too large to hand over are in `omitted`.
+   */
+  readonly results: { readonly [step: string]: JsonValue };
+  readonly omitted?: readonly string[];
+  /** A fan-out item: the list element this step runs for, and its place (1-based). */
+  readonly item?: JsonValue;
+  readonly index?: number;
+  /** Inside a bounded loop: the iteration (1-based). */
+  readonly iteration?: number;
+  /** Aborted when the step's timeout passes, its run is cancelled (or no longer needs it), or the worker stops. */
   readonly signal: AbortSignal;
   readonly log: Logger;
   /**

@@ -22,6 +22,7 @@ import {
   LIMITS,
   Mode,
   MsgIds,
+  parseStepCancel,
   parseWorkItem,
   Streams,
   Subjects,
@@ -66,11 +67,45 @@ export interface PoolRunner {
 }
 
 
+/** How long a cancelled attempt is remembered, so its work item, if it comes later, is not run. */
+const CANCELLED_TTL_MS = 10 * 60_000;
+
 export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
   const { js, jsm, tenant: t, pool, handlers, workerId, log: baseLog } = o;
   const log = baseLog.child({ tenant: t, pool });
   const durable = Consumers.workPool(pool);
   let messages: ConsumerMessages | undefined;
+  let cancelSub: ReturnType<NatsConnection['subscribe']> | undefined;
+  /** Attempts running here, by `<runId>:<step>:<attempt>`: how to stop each. */
+  const active = new Map<string, { readonly abort: AbortController; readonly item: WorkItem }>();
+  /** Attempts their runs cancelled, with when to forget them. */
+  const cancelled = new Map<string, number>();
+  const attemptKey = (c: { runId: string; step: string; attempt: number }) => `${c.runId}:${c.step}:${c.attempt}`;
+
+  /**
+   * The run no longer wants an attempt: a mode-0 handler gets its abort signal at once; a
+   * sandboxed one is killed by the sandbox service (asked here, within its 2 s); either way
+   * the attempt is not reported, since its run would refuse the result as stale.
+   */
+  function cancel(raw: Uint8Array): void {
+    let c;
+    try {
+      c = parseStepCancel(decode(raw));
+    } catch {
+      return;
+    }
+    const key = attemptKey(c);
+    const now = Date.now();
+    for (const [k, until] of cancelled) if (until < now) cancelled.delete(k);
+    cancelled.set(key, now + CANCELLED_TTL_MS);
+    const running = active.get(key);
+    if (!running) return;
+    log.info({ runId: c.runId, step: c.step, attempt: c.attempt }, 'attempt cancelled by its run');
+    if (running.item.mode !== Mode.Inline) {
+      o.nc.request(Subjects.sandboxCancel(t), encode(c), { timeout: 2000 }).catch((e: unknown) => log.warn({ err: e, runId: c.runId, step: c.step }, 'sandbox cancel not answered'));
+    }
+    running.abort.abort(new CapstanError(ErrorCode.Cancelled, `step ${c.step} attempt ${c.attempt} was cancelled: its run no longer needs it`, false));
+  }
   let running = 0;
   const inflight = new Set<Promise<void>>();
   const stopping = new AbortController();
@@ -93,18 +128,20 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     await publishCommand('result', body, MsgIds.command(CommandVerb.Result, `${item.runId}:${item.step}:${item.attempt}`));
   }
 
-  async function execute(item: WorkItem): Promise<{ result: JsonValue } | { error: ErrorRecord }> {
+  async function execute(item: WorkItem, abort: AbortController): Promise<{ result: JsonValue } | { error: ErrorRecord }> {
     if (item.mode !== Mode.Inline) {
-      return runSandboxed({ nc: o.nc, js, jsm, tenant: t, workerId, stallMs: o.sandboxStallMs, leases: o.leases, approvalTtlMs: o.approvalTtlMs, stopping: stopping.signal, log }, item);
+      const until = AbortSignal.any([stopping.signal, abort.signal]);
+      return runSandboxed({ nc: o.nc, js, jsm, tenant: t, workerId, stallMs: o.sandboxStallMs, leases: o.leases, approvalTtlMs: o.approvalTtlMs, stopping: until, log }, item);
     }
     const handler = handlers[item.handler];
     if (!handler) return { error: { code: ErrorCode.UnknownHandler, message: `no handler named ${JSON.stringify(item.handler)} on worker ${workerId}`, retryable: false } };
-    const abort = new AbortController();
     const onStop = () => abort.abort(new Error('worker stopping'));
     stopping.signal.addEventListener('abort', onStop);
     let timer: NodeJS.Timeout | undefined;
     try {
       const timeout = new Promise<never>((_, reject) => {
+        // A cancel ends the wait at once, whether or not the handler heeds its signal.
+        abort.signal.addEventListener('abort', () => reject(abort.signal.reason as Error));
         timer = setTimeout(() => {
           const e = new CapstanError(ErrorCode.StepTimeout, `step ${item.step} attempt ${item.attempt} timed out after ${item.timeoutMs} ms`, true);
           abort.abort(e);
@@ -122,6 +159,11 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
             attempt: item.attempt,
             input: item.input,
             previous: item.previous,
+            results: item.results ?? {},
+            ...(item.omitted ? { omitted: item.omitted } : {}),
+            ...(item.item !== undefined ? { item: item.item } : {}),
+            ...(item.index !== undefined ? { index: item.index } : {}),
+            ...(item.iteration !== undefined ? { iteration: item.iteration } : {}),
             signal: abort.signal,
             log: stepLog,
             externalWrite: bindExternalWrite(o.audit, workerId, { tenant: t, runId: item.runId, step: item.step, attempt: item.attempt, signal: abort.signal, log: stepLog }),
@@ -153,6 +195,12 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
       msg.term();
       return;
     }
+    const key = attemptKey(item);
+    if (cancelled.has(key)) {
+      // Its run cancelled this attempt before it got here: nothing to run, nothing to report.
+      msg.ack();
+      return;
+    }
     if (msg.info.deliveryCount > 1) {
       // Someone took this attempt and went silent. Never run it twice: report it lost.
       await report(item, { error: { code: ErrorCode.WorkerLost, message: `attempt ${item.attempt} was claimed by a worker that stopped responding`, retryable: true } }, 0);
@@ -168,13 +216,16 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     const startedTimer = o.startedAfterMs === 0 ? (announce(), undefined) : setTimeout(announce, o.startedAfterMs);
     const heartbeat = setInterval(() => msg.working(), Math.max(250, Math.floor(ackWaitMs / 3)));
     const t0 = performance.now();
+    const abort = new AbortController();
+    active.set(key, { abort, item });
     try {
-      const outcome = await execute(item);
+      const outcome = await execute(item, abort);
       clearTimeout(startedTimer);
       // `started` must be in the stream before the result, or it would arrive stale.
       await started;
-      await report(item, outcome, Math.round(performance.now() - t0));
+      if (!abort.signal.aborted || !cancelled.has(key)) await report(item, outcome, Math.round(performance.now() - t0));
     } finally {
+      active.delete(key);
       clearTimeout(startedTimer);
       clearInterval(heartbeat);
     }
@@ -189,6 +240,7 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     async start() {
       // The pool's consumer is made by the admin with the worker's credential (capstan creds
       // issue --role worker --pool …): a worker never creates consumers.
+      cancelSub = o.nc.subscribe(Subjects.stepCancel(t), { callback: (err, m) => (err ? undefined : cancel(m.data)) });
       const consumer = await js.consumers.get(Streams.work(t), durable);
       ackWaitMs = Math.round(((await consumer.info(true)).config.ack_wait ?? 30_000_000_000) / 1_000_000);
       messages = await consumer.consume({ max_messages: o.concurrency });
@@ -212,6 +264,7 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
       log.info({ consumer: durable }, 'pulling work');
     },
     async stop() {
+      cancelSub?.unsubscribe();
       await messages?.close();
       stopping.abort();
       await Promise.allSettled([...inflight]);

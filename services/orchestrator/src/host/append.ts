@@ -1,0 +1,48 @@
+/**
+ * Appending a tick's decisions: every run's events in one JetStream atomic batch, each
+ * run's group under its optimistic lock. A run another writer moved on is reloaded and
+ * decided again (bounded), so a run never forks; one refused group never holds up the
+ * others (the appender retries groups one by one).
+ */
+import type { NatsConnection } from '@nats-io/transport-node';
+import type { RunId, TenantId } from '@capstan/schemas';
+import { appendBatch, type Logger } from '@capstan/kit';
+import type { RunCache } from '../run-cache.js';
+import type { GroupResult, Pending, TenantHostStats } from './types.js';
+
+const MAX_CONFLICT_RETRIES = 8;
+
+export async function appendGroups(
+  o: { nc: NatsConnection; tenant: TenantId; cache: RunCache; log: Logger; stats: TenantHostStats },
+  first: GroupResult[],
+  redecide: (runId: RunId, pendings: readonly Pending[]) => Promise<GroupResult>,
+): Promise<GroupResult[]> {
+  const done: GroupResult[] = [];
+  let groups = first;
+  for (let attempt = 0; groups.length > 0; attempt++) {
+    const toAppend = groups.filter((g) => g.events.length > 0);
+    const outcomes = await appendBatch(o.nc, o.tenant, toAppend.map((g) => ({ runId: g.runId, expectedLastSubjectSeq: g.expected, events: g.events })));
+    const conflicted: GroupResult[] = [];
+    toAppend.forEach((g, i) => {
+      const out = outcomes[i];
+      if (out?.ok) {
+        o.stats.appendedEvents += g.events.length;
+        if (g.state) o.cache.set(g.runId, { state: g.state, lastStreamSeq: out.lastStreamSeq });
+        done.push(g);
+      } else {
+        o.stats.conflicts++;
+        o.cache.delete(g.runId);
+        conflicted.push(g);
+        o.log.debug({ runId: g.runId, reason: out?.reason }, 'append conflict; reloading run');
+      }
+    });
+    done.push(...groups.filter((g) => g.events.length === 0));
+    if (conflicted.length > 0 && attempt >= MAX_CONFLICT_RETRIES) {
+      // Leave them unacknowledged: redelivery tries again later.
+      o.log.warn({ runs: conflicted.map((g) => g.runId) }, 'runs still conflicting; commands left for redelivery');
+      break;
+    }
+    groups = await Promise.all(conflicted.map((g) => redecide(g.runId, g.pendings)));
+  }
+  return done;
+}

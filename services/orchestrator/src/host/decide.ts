@@ -1,0 +1,107 @@
+/**
+ * Deciding a run's commands: each becomes an input event, decided by the run's machine;
+ * the input and its decisions are wrapped in envelopes with consecutive sequences, one
+ * decision time (`at`) and the command as their cause. Nothing here touches NATS but the
+ * load of a run that is not cached.
+ */
+import type { JetStreamManager } from '@nats-io/jetstream';
+import { CURRENT_ENGINE, decide, searchFieldsOf, startRun, type Decision, type Registry, type RunState } from '@capstan/actors';
+import { ErrorCode, EVENT_ENVELOPE_VERSION, INPUT_EVENT_TYPES, RunNotFoundError, toErrorRecord, type RunEvent, type RunEventBody, type RunId, type TenantId } from '@capstan/schemas';
+import type { Logger } from '@capstan/kit';
+import { deadLetterWhenRejected, inputOf } from '../commands.js';
+import type { RunCache } from '../run-cache.js';
+import type { EffectSource } from '../effects.js';
+import { loadRun } from './recover.js';
+import type { GroupResult, Pending, Rejection } from './types.js';
+
+export interface Decider {
+  /**
+   * Decides a run's commands. A rejection is final only when decided on a state read from
+   * the stream: a cached state may be behind another orchestrator's appends, and a valid
+   * result judged stale against it would be lost. So a rejection on a cached state reloads
+   * the run and decides again.
+   */
+  decideGroup(runId: RunId, pendings: readonly Pending[], forceReload: boolean): Promise<GroupResult>;
+}
+
+export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; registry: Registry; cache: RunCache; log: Logger; now: () => number }): Decider {
+  const { jsm, tenant: t, registry, cache, log } = o;
+
+  async function decideOnce(runId: RunId, pendings: readonly Pending[], forceReload: boolean): Promise<GroupResult & { fromCache: boolean }> {
+    const empty = { runId, pendings, expected: 0, events: [] as RunEvent[], effects: [] as EffectSource[], recovered: [] as EffectSource[], rejections: [] as Rejection[], state: undefined as RunState | undefined, fromCache: false };
+    let loaded;
+    try {
+      loaded = await loadRun(jsm, t, registry, cache, runId, forceReload);
+    } catch (e) {
+      // A run whose history does not replay (corrupt, or its workflow version is gone) is
+      // not decided further; every command for it is dead-lettered with the reason.
+      log.error({ err: e, runId }, 'run cannot be loaded');
+      const error = toErrorRecord(e, ErrorCode.DeterminismViolation);
+      return { ...empty, rejections: pendings.map((p) => ({ msg: p.msg, error, runId, deadLetter: true })) };
+    }
+    let state = loaded.cached?.state;
+    const out = { ...empty, expected: loaded.cached?.lastStreamSeq ?? 0, recovered: loaded.recovered, state, fromCache: loaded.fromCache };
+    for (const p of pendings) {
+      const at = o.now();
+      const causationId = `cmd:${p.msg.info.streamSequence}`;
+      let decision: Decision;
+      let input: RunEventBody;
+      try {
+        if (p.cmd.verb === 'submit') {
+          if (state) {
+            log.debug({ runId }, 'duplicate submit ignored');
+            continue;
+          }
+          const wf = registry.latest(p.cmd.body.workflow);
+          const runInput = p.cmd.body.input ?? {};
+          const search = searchFieldsOf(wf, runInput);
+          const started = {
+            workflow: wf.id,
+            version: wf.version,
+            input: runInput,
+            ...(p.cmd.body.idempotencyKey ? { idempotencyKey: p.cmd.body.idempotencyKey } : {}),
+            ...(search ? { search } : {}),
+            // New runs are decided by the current engine, for ever.
+            engine: CURRENT_ENGINE,
+          };
+          input = { type: 'run.started', data: started };
+          decision = startRun(wf, started);
+        } else {
+          if (!state) throw new RunNotFoundError(t, runId);
+          input = inputOf(p.cmd);
+          decision = decide(state, input as Parameters<typeof decide>[1]);
+        }
+      } catch (e) {
+        // A redelivered command whose decision a process recorded before dying is done: its
+        // refusal now ("decided already", "not failed") would be a false dead letter, and the
+        // sender has been answered by the recorded event.
+        if (p.msg.info.redelivered && loaded.events?.some((ev) => ev.causationId === causationId && INPUT_EVENT_TYPES.has(ev.type))) {
+          log.debug({ runId, verb: p.cmd.verb }, 'redelivered command was decided already');
+          continue;
+        }
+        const error = toErrorRecord(e, ErrorCode.EventRejected);
+        const quiet = error.code === ErrorCode.StaleAttempt || error.code === ErrorCode.EventRejected ? !deadLetterWhenRejected(p.cmd.verb) : false;
+        if (!quiet) log.info({ runId, code: error.code, verb: p.cmd.verb }, `command rejected: ${error.message}`);
+        out.rejections.push({ msg: p.msg, error: { ...error, message: `${error.message} (run ${runId})` }, runId, deadLetter: !quiet });
+        continue;
+      }
+      let seq = state?.seq ?? 0;
+      const envelope = (body: RunEventBody): RunEvent => ({ v: EVENT_ENVELOPE_VERSION, ...body, runId, seq: ++seq, at, causationId }) as RunEvent;
+      const inputEvent = envelope(input);
+      const decided = decision.decisions.map(envelope);
+      out.events.push(inputEvent, ...decided);
+      if (decided.length > 0) out.effects.push({ runId, state: decision.state, events: decided });
+      state = decision.state;
+    }
+    return { ...out, state };
+  }
+
+  return {
+    async decideGroup(runId, pendings, forceReload) {
+      const first = await decideOnce(runId, pendings, forceReload);
+      if (!first.fromCache || first.rejections.length === 0) return first;
+      cache.delete(runId);
+      return decideOnce(runId, pendings, true);
+    },
+  };
+}

@@ -1,0 +1,65 @@
+/**
+ * Intake: a command message becomes a parsed command for a known run id, or a refusal. Poison
+ * (undecodable, schema-violating, oversized, unknown verb) and a submit whose input its
+ * workflow's schema refuses never reach a run: they are dead-lettered at once.
+ */
+import type { JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
+import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
+import type { Registry } from '@capstan/actors';
+import { CapstanError, decode, encode, encodedSize, ErrorCode, isCommandVerb, parseCommand, Streams, Subjects, validateStandard, type Command, type RunId, type TenantId } from '@capstan/schemas';
+import { derivedRunId, idempotencyHash } from '@capstan/kit';
+
+export interface Intake {
+  /** @throws CapstanError for a command that must be dead-lettered */
+  parse(msg: JsMsg): Promise<{ cmd: Command; runId: RunId }>;
+}
+
+/** JetStream's answers to a claim made with expected sequence 0 when someone claimed first. */
+const CLAIM_RACES: ReadonlySet<number> = new Set([JetStreamApiCodes.StreamWrongLastSequence, JetStreamApiCodes.StreamWrongLastSequenceUnknown]);
+
+export function createIntake(o: { js: JetStreamClient; jsm: JetStreamManager; tenant: TenantId; registry: Registry }): Intake {
+  const { js, jsm, tenant: t, registry } = o;
+
+  function parseMessage(msg: JsMsg): Command {
+    const verb = msg.subject.slice(msg.subject.lastIndexOf('.') + 1);
+    if (!isCommandVerb(verb)) throw new CapstanError(ErrorCode.SchemaViolation, `unknown command verb ${JSON.stringify(verb)}`);
+    return parseCommand(verb, decode(msg.data), encodedSize);
+  }
+
+  /** Which run a command is for. A submit without a run id gets a deterministic one. */
+  async function runIdFor(msg: JsMsg, cmd: Command): Promise<RunId> {
+    if (cmd.verb !== 'submit') return cmd.body.runId;
+    if (cmd.body.runId) return cmd.body.runId;
+    const fresh = derivedRunId(t, msg.info.streamSequence, Math.floor(msg.info.timestampNanos / 1e6));
+    if (!cmd.body.idempotencyKey) return fresh;
+    return claimIdempotencyKey(cmd.body.idempotencyKey, fresh);
+  }
+
+  /** First claim of a key wins, forever: `cap.<t>.idem.<hash>` holds the run id it maps to. */
+  async function claimIdempotencyKey(key: string, fresh: RunId): Promise<RunId> {
+    const subject = Subjects.idempotency(t, idempotencyHash(t, key));
+    for (let i = 0; i < 3; i++) {
+      const existing = await jsm.direct.getMessage(Streams.runs(t), { last_by_subj: subject }).catch(() => null);
+      if (existing) return (decode(existing.data) as { runId: RunId }).runId;
+      try {
+        await js.publish(subject, encode({ runId: fresh }), { expect: { lastSubjectSequence: 0 } });
+        return fresh;
+      } catch (e) {
+        if (!(e instanceof JetStreamApiError && CLAIM_RACES.has(e.code))) throw e;
+      }
+    }
+    throw new CapstanError(ErrorCode.ConcurrencyConflict, 'idempotency key claim did not settle', true);
+  }
+
+  return {
+    async parse(msg) {
+      const cmd = parseMessage(msg);
+      if (cmd.verb === 'submit' && registry.has(cmd.body.workflow)) {
+        // The workflow's input schema (Standard Schema) judges the input before any run exists.
+        const schema = registry.latest(cmd.body.workflow).input;
+        if (schema) await validateStandard(schema, cmd.body.input ?? {}, `input of ${cmd.body.workflow}`);
+      }
+      return { cmd, runId: await runIdFor(msg, cmd) };
+    },
+  };
+}

@@ -1,0 +1,43 @@
+/** What the run host's parts pass between them. */
+import type { JsMsg } from '@nats-io/jetstream';
+import type { RunState } from '@capstan/actors';
+import type { Command, ErrorRecord, RunEvent, RunId } from '@capstan/schemas';
+import type { EffectSource } from '../effects.js';
+
+/** A parsed command waiting for a tick. */
+export interface Pending {
+  readonly msg: JsMsg;
+  readonly cmd: Command;
+  readonly runId: RunId;
+}
+
+/** A command the run refused (or that could not be decided), to dead-letter or drop. */
+export interface Rejection {
+  readonly msg: JsMsg;
+  readonly error: ErrorRecord;
+  readonly runId?: RunId;
+  readonly deadLetter: boolean;
+}
+
+/** One run's share of a tick: the events to append and what to do once they are. */
+export interface GroupResult {
+  readonly runId: RunId;
+  readonly pendings: readonly Pending[];
+  /** The run's last stream sequence as the decisions saw it. */
+  readonly expected: number;
+  readonly events: RunEvent[];
+  readonly effects: EffectSource[];
+  /** Effects of decisions appended earlier whose acting a crash may have lost. */
+  readonly recovered: EffectSource[];
+  readonly rejections: Rejection[];
+  readonly state: RunState | undefined;
+}
+
+export interface TenantHostStats {
+  commands: number;
+  appendedEvents: number;
+  conflicts: number;
+  deadLetters: number;
+  recoveredEffects: number;
+  ticks: number;
+}
