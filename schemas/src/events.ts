@@ -195,7 +195,13 @@ const eventData = {
   /** A step whose condition (`when`) did not hold: it did not run. */
   'step.skipped': obj('step.skipped', { step: stepName }),
   /** A wait took a signal (one that was waiting for it, or one that arrived while it waited). */
-  'signal.consumed': obj('signal.consumed', { step: stepName, attempt, signal: token }),
+  'signal.consumed': obj('signal.consumed', {
+    step: stepName,
+    attempt,
+    signal: token,
+    /** Who sent it, when its payload says (`{ by }`): for the audit of an approval by signal. */
+    by: optional(str({ min: 1, max: 128 })),
+  }),
   /** A branch chose its path. */
   'branch.taken': obj('branch.taken', { step: stepName, branch: literal('then', 'else') }),
   /** A bounded loop began an iteration. */

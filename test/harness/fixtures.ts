@@ -256,13 +256,17 @@ export interface InProcessServices {
   stop(): Promise<void>;
 }
 
-export async function startServices(url: string, tenants: readonly TenantId[], opts: { env?: Record<string, string>; workerId?: string; pools?: readonly string[] } = {}): Promise<InProcessServices> {
+export async function startServices(
+  url: string,
+  tenants: readonly TenantId[],
+  opts: { env?: Record<string, string>; workerId?: string; pools?: readonly string[]; registry?: import('@capstan/actors').Registry } = {},
+): Promise<InProcessServices> {
   const { createRegistry } = await import('@capstan/actors');
   const { createOrchestrator, loadConfig: orchConfig } = await import('@capstan/orchestrator');
   const { createWorker, loadConfig: workerConfig } = await import('@capstan/worker');
   const { workflows, handlers } = await import('../fixtures/workflows.js');
   const env = { NATS_URL: url, CAPSTAN_TENANTS: tenants.join(','), ...TEST_DEFAULTS, ...opts.env };
-  const orch = await createOrchestrator(orchConfig({ ...(await serviceEnv(url, Role.Orchestrator)), ...env }), silent, { registry: createRegistry(workflows) });
+  const orch = await createOrchestrator(orchConfig({ ...(await serviceEnv(url, Role.Orchestrator)), ...env }), silent, { registry: opts.registry ?? createRegistry(workflows) });
   const workerId = opts.workerId ?? `worker-${tenants[0] ?? ''}`;
   const creds = await Promise.all(tenants.map((t) => issueCreds(url, t, Role.Worker, workerId, { pools: opts.pools ?? ['default'] })));
   const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: creds.join(',') }), silent, { handlers });

@@ -121,7 +121,8 @@ describe('approvals', () => {
     expect(r.out).toContain(`denied step review of ${runId} as bob`);
     const end = await h.client.waitForEnd(t, runId, 20_000);
     expect(end.type).toBe('run.failed');
-    expect(end.data).toEqual({ error: { code: ErrorCode.ApprovalDenied, message: 'step review was denied by bob: totals do not add up', retryable: false } });
+    // Engine 2 names the step that failed the run.
+    expect(end.data).toEqual({ error: { code: ErrorCode.ApprovalDenied, message: 'step review was denied by bob: totals do not add up', retryable: false }, step: 'review' });
 
     const row = await eventually('the denial projected', async () => {
       const a = await approvalRow(runId);

@@ -398,7 +398,7 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
       break;
     case 'signal.consumed': {
       const a = approvals.get(e.data.step);
-      if (a && a.status === ApprovalStatus.Waiting) putApproval({ ...a, status: ApprovalStatus.Approved, decidedAt: at });
+      if (a && a.status === ApprovalStatus.Waiting) putApproval({ ...a, status: ApprovalStatus.Approved, decidedAt: at, decidedBy: e.data.by === undefined ? null : pgText(e.data.by) });
       break;
     }
     case 'timer.scheduled':

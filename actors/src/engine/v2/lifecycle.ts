@@ -171,7 +171,7 @@ export function startSignal(c: RunContext, key: string, node: NSignal, extra: Ex
   if (early >= 0) {
     const s = c.signals[early] as { name: string; payload: JsonValue };
     const ctx = { ...complete(opened.ctx, key, inst, s.payload), signals: c.signals.filter((_, k) => k !== early) };
-    return { ctx, out: [...opened.out, { type: 'signal.consumed', data: { step: key, attempt, signal: node.signal } }] };
+    return { ctx, out: [...opened.out, { type: 'signal.consumed', data: { step: key, attempt, signal: node.signal, ...senderOf(s.payload) } }] };
   }
   if (node.timeoutMs === undefined) return opened;
   return {
@@ -180,11 +180,17 @@ export function startSignal(c: RunContext, key: string, node: NSignal, extra: Ex
   };
 }
 
+/** Who sent a signal, when its payload says so (`{ by: '…' }`). */
+function senderOf(payload: JsonValue): { by?: string } {
+  const by = payload !== null && typeof payload === 'object' && !Array.isArray(payload) ? payload['by'] : undefined;
+  return typeof by === 'string' && by.length > 0 ? { by: by.slice(0, 128) } : {};
+}
+
 /** A signal arrives: the oldest wait for it takes it, or it is kept for a wait still to come. */
 export function deliverSignal(c: RunContext, name: string, payload: JsonValue, signalOf: (node: string) => string | undefined): Step {
   for (const [key, i] of Object.entries(c.inst)) {
     if (i.kind === 'signal' && i.phase === 'waiting' && signalOf(i.node) === name) {
-      return { ctx: complete(c, key, i, payload), out: [{ type: 'signal.consumed', data: { step: key, attempt: i.attempt, signal: name } }] };
+      return { ctx: complete(c, key, i, payload), out: [{ type: 'signal.consumed', data: { step: key, attempt: i.attempt, signal: name, ...senderOf(payload) } }] };
     }
   }
   return { ctx: { ...c, signals: [...c.signals, { name, payload }] }, out: [] };

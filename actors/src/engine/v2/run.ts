@@ -123,7 +123,9 @@ function notWaiting(state: RunState, step: string): ApprovalNotWaitingError {
   const status = runStatusV2(state);
   const i = c?.inst[step];
   let why: string;
-  if (status === RunStatus.Failed || status === RunStatus.Cancelled || status === RunStatus.Completed) why = `the run is ${status}`;
+  const known = state.workflow.nodes ? nodesByName(state.workflow.nodes).has(step.replace(/(-\d+)+$/, '')) || nodesByName(state.workflow.nodes).has(step) : true;
+  if (!known) why = `workflow ${state.workflow.id}@${state.workflow.version} has no step of that name`;
+  else if (status === RunStatus.Failed || status === RunStatus.Cancelled || status === RunStatus.Completed) why = `the run is ${status}`;
   else if (!i) why = `no step ${step} has been reached (or the workflow has none)`;
   else if (i.phase === 'done') why = 'it has been decided already';
   else if (i.kind !== 'signal' && i.phase !== 'approve') why = 'it is a task step, not an approval';
