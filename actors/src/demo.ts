@@ -105,4 +105,25 @@ export const demoJit = defineWorkflow({
   ],
 });
 
-export const demoWorkflows = [demoPipeline, demoFlaky, demoSignal, demoSandboxed, demoApproval, demoJit] as const;
+/**
+ * An agent-style run: triage an inbox, page someone if it is urgent (a branch), research each
+ * item in parallel (a fan-out, two at a time), let the sources settle (a durable sleep),
+ * draft until the critique is happy (a bounded loop), wait a little for a person's feedback
+ * (a wait with a timeout that goes on without it), then summarise everything by name.
+ */
+export const demoAgent = defineWorkflow({
+  id: 'demo.agent',
+  version: 1,
+  steps: [
+    { name: 'triage', timeoutMs: 30_000 },
+    { name: 'route', if: ({ results }) => (results['triage'] as { urgent?: boolean } | undefined)?.urgent === true, then: [{ name: 'page' }], else: [{ name: 'queue' }] },
+    { name: 'research', forEach: ({ results }) => (results['triage'] as { items?: string[] } | undefined)?.items ?? [], concurrency: 2, run: { timeoutMs: 30_000 } },
+    { name: 'settle', sleep: { ms: 500 } },
+    { name: 'write', loop: [{ name: 'draft' }, { name: 'critique' }], until: ({ results }) => (results['critique'] as { ok?: boolean } | undefined)?.ok === true, maxIterations: 3 },
+    { name: 'feedback', signal: 'feedback', timeoutMs: 1500, onTimeout: 'continue' },
+    { name: 'summarise', timeoutMs: 30_000 },
+  ],
+});
+
+
+export const demoWorkflows = [demoPipeline, demoFlaky, demoSignal, demoSandboxed, demoApproval, demoJit, demoAgent] as const;

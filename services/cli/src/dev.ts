@@ -337,23 +337,26 @@ async function runDemo(operator: TenantConnection, tenant: ReturnType<typeof par
           say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${dim(`(the demo approves it: capstan approve ${runId} ${e.data.step} --as <you>)`)}`);
           await client.approve(tenant, runId, e.data.step, { by: 'demo-operator', reason: 'the demo approves' });
         }
-        if (e.type === 'step.waiting') {
+        if (e.type === 'step.waiting' && e.data.signal === 'approve') {
           say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${dim('(the demo approves it: capstan signal <run> approve)')}`);
           await client.signal(tenant, runId, 'approve', { by: 'demo-operator' });
+        }
+        if (e.type === 'step.waiting' && e.data.signal !== 'approve') {
+          say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${dim(`(nobody sends "${e.data.signal}": the wait times out and the run goes on)`)}`);
         }
         if (e.type === 'run.completed' || e.type === 'run.failed' || e.type === 'run.cancelled') ended.set(runId, e);
       }
       if (ended.size === names.size) break;
     }
   })();
-  const demos = ['demo.pipeline', 'demo.flaky', 'demo.signal', ...(sandboxed ? ['demo.sandboxed', 'demo.approval', 'demo.jit'] : [])];
+  const demos = ['demo.pipeline', 'demo.flaky', 'demo.signal', 'demo.agent', ...(sandboxed ? ['demo.sandboxed', 'demo.approval', 'demo.jit'] : [])];
   say(bold(`demo: submitting ${demos.join(', ')}`));
   if (!sandboxed) say(dim('  (demo.sandboxed, demo.approval and demo.jit need a Docker engine; skipped)'));
   for (const wf of demos) {
     // Named before it is submitted: its first events may come before the submit returns.
     const runId = newRunId();
     names.set(runId, wf);
-    await client.submit(tenant, wf, { runId, input: { customer: 42, source: 'capstan dev' } });
+    await client.submit(tenant, wf, { runId, input: { customer: 42, source: 'capstan dev', urgent: true } });
   }
   const timeout = setTimeout(() => watch.unsubscribe(), 60_000);
   await watching;

@@ -65,6 +65,17 @@ export const demoHandlers: Handlers = {
   'demo.approval.draft': () => ({ ok: true, draft: 'release notes v1' }),
   'demo.sandboxed.prepare': ({ input }) => ({ ok: true, chars: String(input['text'] ?? '').length }),
   'demo.signal.publish': ({ previous }) => ({ ok: true, approvedBy: (previous as { by?: string } | null)?.by ?? null }),
+  'demo.agent.triage': ({ input }) => ({ urgent: input['urgent'] === true, items: ['billing', 'login', 'export'] }),
+  'demo.agent.page': () => ({ paged: 'on-call' }),
+  'demo.agent.queue': () => ({ queued: true }),
+  'demo.agent.research': ({ item, index }) => ({ topic: item ?? null, index: index ?? 0, sources: 2 }),
+  'demo.agent.draft': ({ iteration }) => ({ version: iteration ?? 1 }),
+  'demo.agent.critique': ({ iteration }) => ({ ok: (iteration ?? 1) >= 2 }),
+  'demo.agent.summarise': ({ results }) => ({
+    topics: ((results['research'] as { topic: string }[] | undefined) ?? []).map((r) => r.topic),
+    drafts: (results['draft'] as { version: number } | undefined)?.version ?? 0,
+    feedback: results['feedback'] ?? null,
+  }),
 };
 
 /** Loads `handlers` from a module path; the demo handlers when the path is empty. */
