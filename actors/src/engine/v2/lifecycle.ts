@@ -78,7 +78,7 @@ export function feedTask(c: RunContext, workflowId: string, key: string, node: N
       const next: Instance = { ...i, phase: 'backoff', started: false, cred: false };
       return {
         ctx: { ...withInstance(c, key, next), lastError: err, anyStarted: true },
-        out: [{ type: 'timer.scheduled', data: { timerId: timerId(key, i.attempt, TimerKind.Retry), kind: TimerKind.Retry, step: key, attempt: i.attempt, delayMs: backoffDelay(node.retry, round + 2) } }],
+        out: [{ type: 'timer.scheduled', data: { timerId: timerId(key, i.attempt, TimerKind.Retry), kind: TimerKind.Retry, step: key, attempt: i.attempt, delayMs: backoffDelay(node.retry, round + 1) } }],
       };
     }
     return { ctx: { ...failed(c, key, i, err.code, `step ${key} failed after ${i.attempt} attempt(s): ${err.message}`), anyStarted: true }, out: [] };
