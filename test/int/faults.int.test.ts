@@ -83,6 +83,58 @@ describe('faults', () => {
     }
   }, 120_000);
 
+  it('faults - orchestrators SIGKILLed in a loop during fan-outs: every run completes, 0 forks, each item result once', async () => {
+    const url = inject('natsUrl');
+    const h = await connect(url);
+    try {
+      const t = await provision(h, 'kill-fan');
+      const env = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, ORCH_ACK_WAIT_MS: '1000', ORCH_DISCOVERY_MS: '200' };
+      const orchs = [spawnTracked('orchestrator', { ...env, ORCH_NAME: 'o1' }), spawnTracked('orchestrator', { ...env, ORCH_NAME: 'o2' })];
+      spawnTracked('worker', { ...env, WORKER_ID: 'w1', WORKER_CONCURRENCY: '100' });
+      await new Promise((r) => setTimeout(r, 1500));
+
+      const watch = await watchRuns(h, t);
+      const RUNS = 40;
+      const ITEMS = 12;
+      const runIds: RunId[] = await Promise.all(Array.from({ length: RUNS }, (_, i) => h.client.submit(t, 'test.fan', { input: { items: ITEMS, ms: 120, i } })));
+      let kills = 0;
+      let terminalAtFirstKill = -1;
+      const deadline = Date.now() + 6000;
+      while (Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 350));
+        const i = kills % 2;
+        if (terminalAtFirstKill < 0) terminalAtFirstKill = watch.ended.size;
+        await (orchs[i] as ServiceProcess).kill('SIGKILL');
+        kills++;
+        orchs[i] = spawnTracked('orchestrator', { ...env, ORCH_NAME: `o${i + 1}-r${kills}` });
+      }
+      await watch.waitAll(runIds, 90_000).catch((e: unknown) => process.stdout.write(`${String(e)}\n`));
+      await watch.close();
+      const c = await checkRuns(h.jsm, t, runIds, registry);
+      report('orchestrator kill-loop with fan-outs', c);
+      let itemResults = 0;
+      for (const events of c.eventsByRun.values()) {
+        const done = events.filter((e) => e.type === 'step.completed').map((e) => (e.type === 'step.completed' ? e.data.step : ''));
+        // Each item's result is recorded once, whatever crashed around it.
+        expect(new Set(done).size).toBe(done.length);
+        itemResults += done.filter((s) => s.startsWith('each-')).length;
+        expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { total: (ITEMS * (ITEMS - 1)) / 2 } } });
+      }
+      process.stdout.write(`kills=${kills} terminal-at-first-kill=${terminalAtFirstKill} item results=${itemResults}\n`);
+      expect(kills).toBeGreaterThanOrEqual(10);
+      expect(terminalAtFirstKill).toBeLessThan(RUNS);
+      expect(c.completed).toBe(RUNS);
+      expect(itemResults).toBe(RUNS * ITEMS);
+      expect(c.forks).toBe(0);
+      expect(c.brokenChains).toBe(0);
+      expect(c.resultsRecordedTwice).toBe(0);
+      expect(c.startsRecordedTwice).toBe(0);
+      expect(c.replayMismatches).toBe(0);
+    } finally {
+      await h.close();
+    }
+  }, 150_000);
+
   it('faults - a worker SIGKILLed mid-step: the attempt is reported lost and retried elsewhere; its late result is rejected', async () => {
     const url = inject('natsUrl');
     const h = await connect(url);
