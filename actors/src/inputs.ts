@@ -5,6 +5,7 @@
 import type { JsonValue } from '@capstan/schemas';
 import { LIMITS } from '@capstan/schemas';
 import type { RunState } from './engine/state.js';
+import { getInst, type RunContext as RunContextV2 } from './engine/v2/context.js';
 
 export interface StepInputs {
   readonly input: { [k: string]: JsonValue };
@@ -32,7 +33,7 @@ export function stepInputsOf(state: RunState, step: string, sizeOf: (v: JsonValu
   const input = c.input ?? {};
   const previous = c.last !== undefined && c.last !== null ? { previous: c.last } : {};
   if (state.engine === 1 || !c.inst) return { input, ...previous };
-  const i = c.inst[step];
+  const i = getInst(c as unknown as RunContextV2, step);
   const results: { [k: string]: JsonValue } = {};
   const omitted: string[] = [];
   let budget = LIMITS.resultsInWorkBytes;

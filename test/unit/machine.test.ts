@@ -684,10 +684,12 @@ describe('machine - status', () => {
   });
 
   it('machine - the demo workflows are valid and start', () => {
-    expect(demoWorkflows.map((w) => w.id)).toEqual(['demo.pipeline', 'demo.flaky', 'demo.signal', 'demo.sandboxed', 'demo.approval', 'demo.jit']);
+    expect(demoWorkflows.map((w) => w.id)).toEqual(['demo.pipeline', 'demo.flaky', 'demo.signal', 'demo.sandboxed', 'demo.approval', 'demo.jit', 'demo.agent']);
     for (const wf of demoWorkflows) {
-      const d = startRun(wf, { workflow: wf.id, version: wf.version, input: {} });
+      // New runs are engine 2's; the sequences also start under engine 1, which replays their old runs.
+      const d = startRun(wf, { workflow: wf.id, version: wf.version, input: {}, engine: 2 });
       expect(d.decisions.length).toBeGreaterThan(0);
+      if (wf.steps) expect(startRun(wf, { workflow: wf.id, version: wf.version, input: {} }).decisions.length).toBeGreaterThan(0);
     }
   });
 });

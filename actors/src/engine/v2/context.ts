@@ -61,6 +61,13 @@ export interface Instance {
 
 export interface FanOut {
   readonly items: readonly JsonValue[];
+  /**
+   * The items' instances and results, by place (item n at n-1). Kept here, in arrays, rather
+   * than among the run's instances and results by name: a fan-out of thousands changes one
+   * item per event, and copying an array is cheap where copying a large object is not.
+   */
+  readonly insts: readonly (Instance | undefined)[];
+  readonly results: readonly (JsonValue | undefined)[];
   /** Results needed: all items, 1 (`first`) or n (`atLeast`). */
   readonly need: number;
   /** Item indexes (1-based) in the order their results came. */
@@ -102,8 +109,43 @@ export interface Step {
 
 export const dataOf = (c: RunContext): RunData => ({ input: c.input, results: c.results });
 
+/** The fan-out an instance name belongs to (`<fan>-<n>`), if any, and its item number. */
+export function fanItem(c: RunContext, key: string): { fanKey: string; fan: FanOut; n: number } | undefined {
+  const dash = key.lastIndexOf('-');
+  if (dash <= 0) return undefined;
+  const fan = c.fan[key.slice(0, dash)];
+  const n = Number(key.slice(dash + 1));
+  return fan && Number.isSafeInteger(n) && n >= 1 ? { fanKey: key.slice(0, dash), fan, n } : undefined;
+}
+
+export function getInst(c: RunContext, key: string): Instance | undefined {
+  const f = fanItem(c, key);
+  return f ? f.fan.insts[f.n - 1] : c.inst[key];
+}
+
 export function withInstance(c: RunContext, key: string, i: Instance): RunContext {
-  return { ...c, inst: { ...c.inst, [key]: i } };
+  const f = fanItem(c, key);
+  if (!f) return { ...c, inst: { ...c.inst, [key]: i } };
+  const insts = f.fan.insts.slice();
+  insts[f.n - 1] = i;
+  return { ...c, fan: { ...c.fan, [f.fanKey]: { ...f.fan, insts } } };
+}
+
+/** Every instance of the run: its steps', then each fan-out's items'. */
+export function* allInstances(c: RunContext): Generator<[string, Instance]> {
+  for (const [k, i] of Object.entries(c.inst)) yield [k, i];
+  for (const [fanKey, fan] of Object.entries(c.fan)) {
+    for (let n = 0; n < fan.insts.length; n++) {
+      const i = fan.insts[n];
+      if (i) yield [`${fanKey}-${n + 1}`, i];
+    }
+  }
+}
+
+/** A result by instance name: a fan-out item's is kept with its fan-out. */
+export function resultOf(c: RunContext, key: string): JsonValue | undefined {
+  const f = fanItem(c, key);
+  return f ? f.fan.results[f.n - 1] : c.results[key];
 }
 
 /**

@@ -12,7 +12,7 @@ import type { DecisionEventBody, InputEventBody, JsonValue } from '@capstan/sche
 import { ApprovalDecision, ErrorCode, Mode, PolicyVerdict, TimerKind } from '@capstan/schemas';
 import { backoffDelay, DEFAULT_APPROVAL_TTL_MS, POLICY_REASK_MS, policyQueriesOf, timerId } from '../v1/compile.js';
 import type { NSignal, NSleep, NTask } from '../../workflow.js';
-import { dataOf, failure, OPEN, withInstance, type Instance, type RunContext, type Step } from './context.js';
+import { allInstances, dataOf, failure, fanItem, getInst, OPEN, withInstance, type Instance, type RunContext, type Step } from './context.js';
 
 /** Who approves when a needs-approval policy names nobody. */
 const DEFAULT_APPROVERS = 'operators';
@@ -48,7 +48,7 @@ function askPolicy(workflowId: string, key: string, node: NTask, attempt: number
 
 /** Starts a task instance: its policy check first when it is sandboxed, else its first attempt. */
 export function startTask(c: RunContext, workflowId: string, key: string, node: NTask, extra: Extra = {}): Step {
-  const prev = c.inst[key];
+  const prev = getInst(c, key);
   if (prev?.phase === 'done') return none(c);
   const { attempt, base } = nextAttempt(prev);
   const gated = node.mode !== Mode.Inline;
@@ -58,8 +58,16 @@ export function startTask(c: RunContext, workflowId: string, key: string, node: 
 
 /** Marks an instance done with a result: by its own name, and by its step's name (the latest). */
 export function complete(c: RunContext, key: string, i: Instance, result: JsonValue, alias = true): RunContext {
+  const done = withInstance(c, key, { ...i, phase: 'done', started: false, cred: false });
+  const f = fanItem(done, key);
+  if (f) {
+    // A fan-out item's result stays with its fan-out (the fan-in makes the step's result).
+    const results = f.fan.results.slice();
+    results[f.n - 1] = result;
+    return { ...done, fan: { ...done.fan, [f.fanKey]: { ...f.fan, results } }, last: result };
+  }
   const results = { ...c.results, [key]: result, ...(alias && key !== i.node ? { [i.node]: result } : {}) };
-  return { ...withInstance(c, key, { ...i, phase: 'done', started: false, cred: false }), results, last: result };
+  return { ...done, results, last: result };
 }
 
 function failed(c: RunContext, key: string, i: Instance, code: string, message: string): RunContext {
@@ -70,7 +78,7 @@ const isFor = (d: { step: string; attempt?: number }, key: string, i: Instance) 
 
 /** Feeds a task instance one input event about it; `undefined` when the instance does not take it. */
 export function feedTask(c: RunContext, workflowId: string, key: string, node: NTask, ev: InputEventBody): Step | undefined {
-  const i = c.inst[key];
+  const i = getInst(c, key);
   if (!i || !OPEN.has(i.phase)) return undefined;
   const round = i.attempt - i.base;
   const retryOrFail = (err: { code: string; message: string; retryable: boolean }): Step => {
@@ -164,7 +172,7 @@ export function feedTask(c: RunContext, workflowId: string, key: string, node: N
 
 /** Opens a wait for a signal; one that arrived before is taken at once. */
 export function startSignal(c: RunContext, key: string, node: NSignal, extra: Extra = {}): Step {
-  const { attempt, base } = nextAttempt(c.inst[key]);
+  const { attempt, base } = nextAttempt(getInst(c, key));
   const inst: Instance = { kind: 'signal', node: node.name, attempt, base, phase: 'waiting', ...extra };
   const opened: Step = { ctx: withInstance(c, key, inst), out: [{ type: 'step.waiting', data: { step: key, signal: node.signal } }] };
   const early = c.signals.findIndex((s) => s.name === node.signal);
@@ -197,7 +205,7 @@ export function deliverSignal(c: RunContext, name: string, payload: JsonValue, s
 }
 
 export function feedSignal(c: RunContext, key: string, node: NSignal, ev: InputEventBody): Step | undefined {
-  const i = c.inst[key];
+  const i = getInst(c, key);
   if (!i || i.phase !== 'waiting') return undefined;
   if (ev.type === 'approval.decided' && ev.data.step === key) {
     // A person's decision: approve completes the wait (its result says who and why), deny fails the run.
@@ -218,7 +226,7 @@ export function feedSignal(c: RunContext, key: string, node: NSignal, ev: InputE
 
 /** Starts a durable sleep: a timer, for a duration or until a point in time the run's data names. */
 export function startSleep(c: RunContext, key: string, node: NSleep, extra: Extra = {}): Step {
-  const { attempt, base } = nextAttempt(c.inst[key]);
+  const { attempt, base } = nextAttempt(getInst(c, key));
   const inst: Instance = { kind: 'sleep', node: node.name, attempt, base, phase: 'sleeping', ...extra };
   let timing: { delayMs: number; until?: number };
   if (node.until) {
@@ -236,7 +244,7 @@ export function startSleep(c: RunContext, key: string, node: NSleep, extra: Extr
 }
 
 export function feedSleep(c: RunContext, key: string, ev: InputEventBody): Step | undefined {
-  const i = c.inst[key];
+  const i = getInst(c, key);
   if (!i || i.phase !== 'sleeping' || ev.type !== 'timer.fired' || ev.data.kind !== TimerKind.Sleep || !isFor(ev.data, key, i)) return undefined;
   // A sleep has no result of its own: the data the next step sees is unchanged.
   return { ctx: withInstance(c, key, { ...i, phase: 'done' }), out: [] };
@@ -245,14 +253,13 @@ export function feedSleep(c: RunContext, key: string, ev: InputEventBody): Step 
 /** Cancels open instances (all, or those `which` picks): their workers are told, their results refused. */
 export function cancelOpen(c: RunContext, reason: string, which: (key: string, i: Instance) => boolean = () => true): Step {
   const out: DecisionEventBody[] = [];
-  let inst = c.inst;
-  for (const [key, i] of Object.entries(c.inst)) {
+  let ctx = c;
+  for (const [key, i] of [...allInstances(c)]) {
     if (!OPEN.has(i.phase) || !which(key, i)) continue;
-    if (inst === c.inst) inst = { ...c.inst };
-    (inst as Record<string, Instance>)[key] = { ...i, phase: 'cancelled', started: false, cred: false };
+    ctx = withInstance(ctx, key, { ...i, phase: 'cancelled', started: false, cred: false });
     out.push({ type: 'step.cancelled', data: { step: key, attempt: i.attempt, reason } });
   }
-  return { ctx: inst === c.inst ? c : { ...c, inst }, out };
+  return { ctx, out };
 }
 
 /** Calls a workflow function; what it throws becomes a run failure naming the step. */

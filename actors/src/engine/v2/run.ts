@@ -11,8 +11,8 @@ import { ApprovalNotWaitingError, ErrorCode, EventRejectedError, parseEventBody,
 import type { AnyStateMachine } from 'xstate';
 import type { WorkflowDefinition } from '../../workflow.js';
 import { stateName, type Decision, type RunState } from '../state.js';
-import { BUSY, OPEN, type RunContext } from './context.js';
-import { EVENT_CAP, retryRefusal } from './states.js';
+import { allInstances, BUSY, getInst, OPEN, type RunContext } from './context.js';
+import { EVENT_CAP, retryRefusal, START } from './states.js';
 import { nodesByName } from './compile.js';
 
 /** Decision types a hand-written machine may still name its actions after (engine 1's vocabulary). */
@@ -59,7 +59,9 @@ const ctxOf = (s: AnyMachineSnapshot): RunContext | undefined => {
 /** Events a run can still record after this decision: one per open instance (its cancel) and the end. */
 function reserve(s: AnyMachineSnapshot): number {
   const c = ctxOf(s);
-  return (c ? Object.values(c.inst).filter((i) => OPEN.has(i.phase)).length : 0) + 3;
+  let open = 0;
+  if (c) for (const [, i] of allInstances(c)) if (OPEN.has(i.phase)) open++;
+  return open + 3;
 }
 
 /** Past its cap, a run ends instead: the input is recorded with the run's ending, nothing more. */
@@ -70,7 +72,9 @@ function capped(state: RunState, before: AnyMachineSnapshot, after: AnyMachineSn
 }
 
 export function startV2(workflow: WorkflowDefinition, machine: AnyStateMachine, started: RunEventData<'run.started'>): Decision {
-  const [snapshot, actions] = initialTransition(machine, started.input);
+  const [ready, initial] = initialTransition(machine, started.input);
+  // A machine made by workflowMachine starts on START; one written without it starts at once.
+  const [snapshot, actions] = ready.can({ type: START }) ? transition(machine, ready, { type: START }) : [ready, initial];
   let decisions = toDecisions(workflow.id, actions);
   let snap = snapshot;
   const state: RunState = { workflow, engine: 2, machine, snapshot, seq: 0 };
@@ -121,7 +125,7 @@ export function decideV2(state: RunState, input: InputEventBody): Decision {
 function notWaiting(state: RunState, step: string): ApprovalNotWaitingError {
   const c = ctxOf(state.snapshot);
   const status = runStatusV2(state);
-  const i = c?.inst[step];
+  const i = c ? getInst(c, step) : undefined;
   let why: string;
   const known = state.workflow.nodes ? nodesByName(state.workflow.nodes).has(step.replace(/(-\d+)+$/, '')) || nodesByName(state.workflow.nodes).has(step) : true;
   if (!known) why = `workflow ${state.workflow.id}@${state.workflow.version} has no step of that name`;
@@ -145,7 +149,7 @@ export function runStatusV2(state: RunState): RunStatus {
   if (s.hasTag('cancelled')) return RunStatus.Cancelled;
   const c = ctxOf(s);
   if (!c) return s.hasTag('waiting') ? RunStatus.Waiting : RunStatus.Running;
-  const open = Object.values(c.inst).filter((i) => OPEN.has(i.phase));
+  const open = [...allInstances(c)].map(([, i]) => i).filter((i) => OPEN.has(i.phase));
   const person = open.some((i) => i.phase === 'waiting' || i.phase === 'approve' || i.cred === true);
   const busy = open.some((i) => BUSY.has(i.phase) || i.phase === 'started');
   if (person || (!busy && open.some((i) => i.phase === 'sleeping'))) return RunStatus.Waiting;

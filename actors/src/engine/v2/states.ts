@@ -14,13 +14,19 @@ import { enqueueActions, setup } from 'xstate';
 import type { DecisionEventBody, InputEventBody, JsonValue, RunEventData } from '@capstan/schemas';
 import { ErrorCode } from '@capstan/schemas';
 import type { NFanOut, NSignal, NSleep, NTask, RunData } from '../../workflow.js';
-import { dataOf, failure, OPEN, type Instance, type KeyOf, type RunContext, type Step } from './context.js';
+import { dataOf, failure, getInst, OPEN, type Instance, type KeyOf, type RunContext, type Step } from './context.js';
 import { cancelOpen, deliverSignal, evaluate, feedSignal, feedSleep, feedTask, startSignal, startSleep, startTask, type Extra } from './lifecycle.js';
 import { initialContext } from './context.js';
 
 /** The run core's own event: the run is at its event cap and must end now (never recorded). */
 export const EVENT_CAP = 'capstan.event-cap' as const;
-export type MachineEvent = InputEventBody | { readonly type: typeof EVENT_CAP };
+/**
+ * The run core's own event that starts a run (never recorded: `run.started` stands for it).
+ * The machine's initial state only waits for it, because XState works out a machine's initial
+ * state on every transition; kept trivial, that costs nothing, whatever the first step is.
+ */
+export const START = 'capstan.start' as const;
+export type MachineEvent = InputEventBody | { readonly type: typeof EVENT_CAP } | { readonly type: typeof START };
 
 /** A fan-out takes at most this many items. */
 export const MAX_ITEMS = 10_000;
@@ -54,10 +60,19 @@ const INSTANCE_EVENTS = ['step.started', 'step.completed', 'step.failed', 'timer
 
 /** Transitions taking the instance events `feed` accepts (refused ones are never recorded). */
 function instanceOn(feed: (c: RunContext, ev: InstanceEvent) => Step | undefined) {
+  // The guard's answer is what the action applies: computed once per event and context.
+  const memo = new WeakMap<object, { context: RunContext; step: Step | undefined }>();
+  const fed = (context: RunContext, event: InstanceEvent) => {
+    const m = memo.get(event);
+    if (m && m.context === context) return m.step;
+    const step = feed(context, event);
+    memo.set(event, { context, step });
+    return step;
+  };
   const t = {
-    guard: ({ context, event }: { context: RunContext; event: MachineEvent }) => isInstanceEvent(event) && feed(context, event) !== undefined,
+    guard: ({ context, event }: { context: RunContext; event: MachineEvent }) => isInstanceEvent(event) && fed(context, event) !== undefined,
     actions: enqueueActions(({ context, event, enqueue }: { context: RunContext; event: MachineEvent; enqueue: Enqueue }) => {
-      const step = isInstanceEvent(event) ? feed(context, event) : undefined;
+      const step = isInstanceEvent(event) ? fed(context, event) : undefined;
       if (step) apply(enqueue, step);
     }),
   };
@@ -68,7 +83,7 @@ function isInstanceEvent(e: MachineEvent): e is InstanceEvent {
   return (INSTANCE_EVENTS as readonly string[]).includes(e.type);
 }
 
-const phaseOf = (c: RunContext, key: string) => c.inst[key]?.phase;
+const phaseOf = (c: RunContext, key: string) => getInst(c, key)?.phase;
 
 /** Leaving for `failed`: every other open instance is cancelled first. */
 const failRun = enqueueActions(({ context, enqueue }: { context: RunContext; enqueue: Enqueue }) => apply(enqueue, cancelOpen(context, 'the run failed')));
@@ -123,14 +138,18 @@ function refill(c: RunContext, workflowId: string, node: NFanOut, key: string, e
   const fan = ctx.fan[key];
   if (!fan) return { ctx, out };
   let next = fan.next;
-  const running = () => Object.entries(ctx.inst).filter(([k, i]) => itemOf(key, k) !== undefined && OPEN.has(i.phase)).length;
-  while (next <= fan.items.length && fan.order.length < fan.need && running() < node.concurrency) {
+  let running = fan.insts.filter((i) => i !== undefined && OPEN.has(i.phase)).length;
+  // `next` is moved on before each start, so the item's instance lands in the fan-out's arrays.
+  ctx = { ...ctx, fan: { ...ctx.fan, [key]: { ...fan, next: fan.next } } };
+  while (next <= fan.items.length && fan.order.length < fan.need && running < node.concurrency) {
     const s = startTask(ctx, workflowId, `${key}-${next}`, node.task, { ...extra, item: fan.items[next - 1] ?? null, index: next });
     ctx = s.ctx;
     out.push(...s.out);
     next++;
+    running++;
   }
-  return { ctx: { ...ctx, fan: { ...ctx.fan, [key]: { ...fan, next } } }, out };
+  const now = ctx.fan[key] ?? fan;
+  return { ctx: { ...ctx, fan: { ...ctx.fan, [key]: { ...now, next } } }, out };
 }
 
 const fanFailed = (c: RunContext, key: string) => {
@@ -146,7 +165,7 @@ const fanMet = (c: RunContext, key: string) => {
 function fanResult(c: RunContext, key: string, node: NFanOut): JsonValue {
   const fan = c.fan[key];
   if (!fan) return null;
-  const of = (n: number) => c.results[`${key}-${n}`] ?? null;
+  const of = (n: number) => fan.results[n - 1] ?? null;
   if (node.join === 'all') return fan.items.map((_, i) => of(i + 1));
   if (node.join === 'first') return of(fan.order[0] ?? 0);
   return fan.order.slice(0, fan.need).map(of);
@@ -164,7 +183,7 @@ export function fanOutState(workflowId: string, node: NFanOut, keyOf: KeyOf, nex
         let ctx: RunContext = { ...context, fan: { ...context.fan, [key]: { ...fan, failed: 0 } } };
         const out: DecisionEventBody[] = [];
         for (let n = 1; n < fan.next; n++) {
-          const phase = ctx.inst[`${key}-${n}`]?.phase;
+          const phase = getInst(ctx, `${key}-${n}`)?.phase;
           if (phase === 'failed' || phase === 'cancelled') {
             const s = startTask(ctx, workflowId, `${key}-${n}`, node.task, { ...extra, item: fan.items[n - 1] ?? null, index: n });
             ctx = s.ctx;
@@ -185,7 +204,7 @@ export function fanOutState(workflowId: string, node: NFanOut, keyOf: KeyOf, nex
       }
       const need = node.join === 'all' ? items.length : node.join === 'first' ? 1 : node.join.atLeast;
       const started: Step = {
-        ctx: { ...context, fan: { ...context.fan, [key]: { items: [...items], need, order: [], failed: 0, next: 1 } } },
+        ctx: { ...context, fan: { ...context.fan, [key]: { items: [...items], need, order: [], failed: 0, next: 1, insts: [], results: [] } } },
         out: [{ type: 'fanout.started', data: { step: key, items: items.length, concurrency: node.concurrency } }],
       };
       const filled = refill(started.ctx, workflowId, node, key, extra);
@@ -198,10 +217,11 @@ export function fanOutState(workflowId: string, node: NFanOut, keyOf: KeyOf, nex
       if (n === undefined || !fan || n >= fan.next) return undefined;
       const fed = feedTask(c, workflowId, ev.data.step, node.task, ev);
       if (!fed) return undefined;
-      const phase = fed.ctx.inst[ev.data.step]?.phase;
+      const phase = getInst(fed.ctx, ev.data.step)?.phase;
       if (phase !== 'done' && phase !== 'failed') return fed;
       // An item ended: count it, and start the next one while the fan-in still needs results.
-      const counted = { ...fan, order: phase === 'done' ? [...fan.order, n] : fan.order, failed: phase === 'failed' ? fan.failed + 1 : fan.failed };
+      const now = fed.ctx.fan[key] ?? fan;
+      const counted = { ...now, order: phase === 'done' ? [...now.order, n] : now.order, failed: phase === 'failed' ? now.failed + 1 : now.failed };
       const ctx: RunContext = { ...fed.ctx, fan: { ...fed.ctx.fan, [key]: counted } };
       const more = fanFailed(ctx, key) ? { ctx, out: [] } : refill(ctx, workflowId, node, key, extraOf?.(c) ?? {});
       return { ctx: more.ctx, out: [...fed.out, ...more.out] };
@@ -365,7 +385,7 @@ export function loopState(until: (data: RunData) => boolean, max: number, keyOf:
 export function retryRefusal(c: RunContext, maxAttemptsOf: (node: string) => number | undefined): string | undefined {
   if (c.lastError?.code === ErrorCode.EventCapReached) return 'it ended at its event cap; continue its work in a new run';
   const key = c.failedAt;
-  const i = key ? c.inst[key] : undefined;
+  const i = key ? getInst(c, key) : undefined;
   if (!key || !i) return `it failed with ${c.lastError?.code ?? 'an error'} outside any step, and would fail the same way again`;
   const max = i.kind === 'task' ? (maxAttemptsOf(i.node) ?? 1) : 1;
   const last = i.attempt + max;
@@ -386,9 +406,10 @@ export function workflowMachine(
 ) {
   return capstan.createMachine({
     id,
-    context: ({ input }) => initialContext(input),
-    initial: 'active',
+    context: ({ input }) => initialContext(input ?? {}),
+    initial: 'ready',
     states: {
+      ready: { on: { [START]: 'active' } },
       active: {
         initial: seq.initial,
         states: { ...seq.states, done: { type: 'final' }, resume: { type: 'history', history: 'deep' } },
