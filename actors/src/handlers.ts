@@ -69,7 +69,10 @@ export function requiredHandlers(defs: Iterable<WorkflowDefinition>): string[] {
         if (n.kind === 'task' && n.mode === 0) out.add(n.handler);
         else if (n.kind === 'fanout' && n.task.mode === 0) out.add(n.task.handler);
         else if (n.kind === 'parallel') n.branches.forEach(walk);
-        else if (n.kind === 'branch') (walk(n.then), walk(n.else));
+        else if (n.kind === 'branch') {
+          walk(n.then);
+          walk(n.else);
+        }
         else if (n.kind === 'loop') walk(n.body);
       }
     };

@@ -33,7 +33,9 @@ export function stepInputsOf(state: RunState, step: string, sizeOf: (v: JsonValu
   const input = c.input ?? {};
   const previous = c.last !== undefined && c.last !== null ? { previous: c.last } : {};
   if (state.engine === 1 || !c.inst) return { input, ...previous };
-  const i = getInst(c as unknown as RunContextV2, step);
+  // Engine 2's context (checked above: it has instances).
+  const v2: RunContextV2 = state.snapshot.context;
+  const i = getInst(v2, step);
   const results: { [k: string]: JsonValue } = {};
   const omitted: string[] = [];
   let budget = LIMITS.resultsInWorkBytes;

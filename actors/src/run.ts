@@ -7,7 +7,7 @@
  * `engine/v2`), and new runs get {@link CURRENT_ENGINE}.
  */
 import type { DecisionEventBody, InputEventBody, RunEvent, RunEventData, RunEventType } from '@capstan/schemas';
-import { CapstanError, DeterminismViolationError, ErrorCode, INPUT_EVENT_TYPES, InvalidWorkflowError, RunStatus } from '@capstan/schemas';
+import { CapstanError, DeterminismViolationError, ErrorCode, INPUT_EVENT_TYPES, InvalidWorkflowError, type RunStatus } from '@capstan/schemas';
 import type { Registry } from './registry.js';
 import type { WorkflowDefinition } from './workflow.js';
 import { CURRENT_ENGINE } from './workflow.js';

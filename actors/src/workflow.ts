@@ -293,7 +293,7 @@ function normaliseNode(id: string, s: StepDefinition, results: Map<string, Stand
     return { kind: 'sleep', name: s.name, until: fn(id, s.name, 'sleep.until', sl.until), ...when };
   }
   if ('parallel' in s) {
-    if (!Array.isArray(s.parallel) || s.parallel.length < 1) throw bad(id, `step ${s.name}: parallel needs at least one branch`);
+    if (s.parallel.length < 1) throw bad(id, `step ${s.name}: parallel needs at least one branch`);
     const branches = s.parallel.map((b, i) => {
       if (b.length === 0) throw bad(id, `step ${s.name}: branch ${i + 1} is empty`);
       return Object.freeze(b.map((x: StepDefinition) => normaliseNode(id, x, results, path)));
@@ -399,7 +399,10 @@ function checkNames(id: string, nodes: readonly NNode[]): void {
     for (const n of ns) {
       all.push({ name: n.name, suffixes: depth + (n.kind === 'fanout' ? 1 : 0) });
       if (n.kind === 'parallel') n.branches.forEach((b) => walk(b, depth));
-      else if (n.kind === 'branch') (walk(n.then, depth), walk(n.else, depth));
+      else if (n.kind === 'branch') {
+        walk(n.then, depth);
+        walk(n.else, depth);
+      }
       else if (n.kind === 'loop') walk(n.body, depth + 1);
     }
   };

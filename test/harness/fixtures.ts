@@ -36,6 +36,7 @@ import {
   type TenantConnection,
 } from '@capstan/kit';
 import { parseTenantId, Role, type RoleScope, type RunEvent, type RunId, type ServiceRole, type TenantId, type TenantRole } from '@capstan/schemas';
+import type { Registry } from '@capstan/actors';
 
 export const silent = createLogger('test', 'silent');
 
@@ -259,7 +260,7 @@ export interface InProcessServices {
 export async function startServices(
   url: string,
   tenants: readonly TenantId[],
-  opts: { env?: Record<string, string>; workerId?: string; pools?: readonly string[]; registry?: import('@capstan/actors').Registry } = {},
+  opts: { env?: Record<string, string>; workerId?: string; pools?: readonly string[]; registry?: Registry } = {},
 ): Promise<InProcessServices> {
   const { createRegistry } = await import('@capstan/actors');
   const { createOrchestrator, loadConfig: orchConfig } = await import('@capstan/orchestrator');

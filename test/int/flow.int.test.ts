@@ -87,7 +87,7 @@ describe('flow - engine 2 end to end', () => {
     await waitFor(runId, (e) => e.some((x) => x.type === 'step.started'), 'the step started');
     const asked = Date.now();
     await h.client.cancel(t, runId, 'changed my mind');
-    const seen = await eventually('the handler observed its abort', async () => aborts.get(`${runId}:1`), 5000, 20);
+    const seen = await eventually('the handler observed its abort', () => Promise.resolve(aborts.get(`${runId}:1`)), 5000, 20);
     const events = await eventsOf(h, t, runId);
     process.stdout.write(`cancel: the handler saw its abort ${seen - asked} ms after the cancel was sent\n`);
     expect(seen - asked).toBeLessThan(2000);

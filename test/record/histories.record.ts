@@ -265,7 +265,7 @@ describe('record histories', () => {
             }, 60_000, 100),
         };
         await s.drive?.(driver);
-        const events = await eventually(`${s.name} to end with ${s.ends}`, async () => {
+        const events = await eventually(`${s.name} to end with ${String(s.ends)}`, async () => {
           const all = await eventsOf(h, t, runId);
           const last = all.at(-1)?.type;
           return last !== undefined && (typeof s.ends === 'string' ? last === s.ends : s.ends.includes(last)) ? all : undefined;

@@ -25,7 +25,7 @@ import type { RunCache } from './run-cache.js';
 import { createIntake } from './host/intake.js';
 import { createDecider } from './host/decide.js';
 import { appendGroups } from './host/append.js';
-import type { GroupResult, Pending, Rejection, TenantHostStats } from './host/types.js';
+import type { Pending, Rejection, TenantHostStats } from './host/types.js';
 
 export type { TenantHostStats };
 

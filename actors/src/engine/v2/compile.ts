@@ -74,7 +74,10 @@ export function nodesByName(nodes: readonly NNode[]): Map<string, NNode> {
     for (const n of ns) {
       out.set(n.name, n);
       if (n.kind === 'parallel') n.branches.forEach(walk);
-      else if (n.kind === 'branch') (walk(n.then), walk(n.else));
+      else if (n.kind === 'branch') {
+        walk(n.then);
+        walk(n.else);
+      }
       else if (n.kind === 'loop') walk(n.body);
     }
   };

@@ -9,7 +9,7 @@ import { initialTransition, transition } from 'xstate';
 import type { DecisionEventBody, InputEventBody, RunEventData, RunEventType } from '@capstan/schemas';
 import { ApprovalNotWaitingError, ErrorCode, EventRejectedError, parseEventBody, RunNotRetryableError, RunStatus, SchemaError } from '@capstan/schemas';
 import type { AnyStateMachine } from 'xstate';
-import type { WorkflowDefinition } from '../../workflow.js';
+import type { NNode, WorkflowDefinition } from '../../workflow.js';
 import { stateName, type Decision, type RunState } from '../state.js';
 import { allInstances, BUSY, getInst, OPEN, type RunContext } from './context.js';
 import { EVENT_CAP, retryRefusal, START } from './states.js';
@@ -99,7 +99,7 @@ export function decideV2(state: RunState, input: InputEventBody): Decision {
       const status = runStatusV2(state);
       const c = ctxOf(state.snapshot);
       if (status !== RunStatus.Failed) throw new RunNotRetryableError(status, `only a failed run can be retried; this one is ${status}`);
-      const byName = state.workflow.nodes ? nodesByName(state.workflow.nodes) : new Map();
+      const byName = state.workflow.nodes ? nodesByName(state.workflow.nodes) : new Map<string, NNode>();
       const why = c ? retryRefusal(c, (n) => {
         const node = byName.get(n);
         return node?.kind === 'task' ? node.retry.maxAttempts : node?.kind === 'fanout' ? node.task.retry.maxAttempts : undefined;

@@ -197,8 +197,9 @@ export function fanOutState(workflowId: string, node: NFanOut, keyOf: KeyOf, nex
       const listed = evaluate(() => node.forEach(dataOf(context)), `step ${key}: forEach`);
       const bad = (message: string) => apply(enqueue, { ctx: { ...context, flow: { ...context.flow, [key]: 'error' }, lastError: failure(ErrorCode.WorkflowFunctionFailed, message, false), failedAt: null }, out: [] });
       if (!listed.ok) return bad(listed.error.message);
+      const value: unknown = listed.value;
+      if (!Array.isArray(value)) return bad(`step ${key}: forEach must return an array, got ${typeof value}`);
       const items = listed.value;
-      if (!Array.isArray(items)) return bad(`step ${key}: forEach must return an array, got ${typeof items}`);
       if (items.length > MAX_ITEMS) {
         return apply(enqueue, { ctx: { ...context, flow: { ...context.flow, [key]: 'error' }, lastError: failure(ErrorCode.FanOutFailed, `step ${key}: ${items.length} items; a fan-out takes at most ${MAX_ITEMS}`, false), failedAt: null }, out: [] });
       }
