@@ -208,8 +208,7 @@ const eventData = {
   'loop.iteration': obj('loop.iteration', { step: stepName, iteration: int({ min: 1, max: 10_000 }) }),
   /** A fan-out took its list: its items run as the steps `<step>-1` … `<step>-<items>`. */
   'fanout.started': obj('fanout.started', { step: stepName, items: int({ min: 0, max: 10_000 }), concurrency: int({ min: 1, max: 10_000 }) }),
-  /** A `patched(id)` marker: this run takes the patched logic from here on. */
-  'patch.marked': obj('patch.marked', { patch: token }),
+
   'run.completed': obj('run.completed', { output: json() }),
   'run.failed': obj('run.failed', { error: errorRecordSchema, step: optional(stepName) }),
   'run.cancelled': obj('run.cancelled', { reason: optional(str({ max: 500 })) }),

@@ -40,7 +40,6 @@ const DATA: Record<RunEventType, Record<string, unknown>> = {
   'branch.taken': { step: 's', branch: 'then' },
   'loop.iteration': { step: 's', iteration: 2 },
   'fanout.started': { step: 's', items: 3, concurrency: 2 },
-  'patch.marked': { patch: 'p' },
 };
 
 const envelope = (type: RunEventType, extra: Record<string, unknown> = {}) => ({
@@ -70,7 +69,7 @@ describe('events - run event envelopes', () => {
     expect(Object.keys(DATA).sort()).toEqual([...RUN_EVENT_TYPES].sort());
     expect(INPUT_EVENT_TYPES.size).toBe(INPUT_TYPES.length);
     const decisions = RUN_EVENT_TYPES.filter((t) => !INPUT_EVENT_TYPES.has(t));
-    expect(decisions.sort()).toEqual(['approval.requested', 'branch.taken', 'fanout.started', 'loop.iteration', 'patch.marked', 'policy.requested', 'run.cancelled', 'run.completed', 'run.failed', 'signal.consumed', 'step.cancelled', 'step.scheduled', 'step.skipped', 'step.waiting', 'timer.scheduled']);
+    expect(decisions.sort()).toEqual(['approval.requested', 'branch.taken', 'fanout.started', 'loop.iteration', 'policy.requested', 'run.cancelled', 'run.completed', 'run.failed', 'signal.consumed', 'step.cancelled', 'step.scheduled', 'step.skipped', 'step.waiting', 'timer.scheduled']);
   });
 
   for (const type of Object.keys(DATA) as RunEventType[]) {

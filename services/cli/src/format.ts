@@ -75,8 +75,6 @@ export function describe(e: RunEvent): string {
       return `loop ${e.data.step} iteration ${e.data.iteration}`;
     case 'fanout.started':
       return `fan-out ${e.data.step} over ${e.data.items} item(s), ${e.data.concurrency} at a time`;
-    case 'patch.marked':
-      return `patch ${e.data.patch} applies from here`;
   }
 }
 

@@ -423,7 +423,6 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
     case 'branch.taken':
     case 'loop.iteration':
     case 'fanout.started':
-    case 'patch.marked':
       // On the record (the events index, the timeline); no row of their own.
       break;
     case 'run.completed':

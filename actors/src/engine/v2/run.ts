@@ -48,7 +48,6 @@ const DECISION_TYPES: ReadonlySet<RunEventType> = new Set<RunEventType>([
   'branch.taken',
   'loop.iteration',
   'fanout.started',
-  'patch.marked',
 ]);
 
 const ctxOf = (s: AnyMachineSnapshot): RunContext | undefined => {
