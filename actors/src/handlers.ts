@@ -62,21 +62,5 @@ export function bindHandlers<D extends WorkflowDefinition, H extends (ctx: never
  * A worker checks them at start-up, so a missing handler stops it there rather than failing runs.
  */
 export function requiredHandlers(defs: Iterable<WorkflowDefinition>): string[] {
-  const out = new Set<string>();
-  for (const def of defs) {
-    const walk = (nodes: NonNullable<WorkflowDefinition['nodes']>) => {
-      for (const n of nodes) {
-        if (n.kind === 'task' && n.mode === 0) out.add(n.handler);
-        else if (n.kind === 'fanout' && n.task.mode === 0) out.add(n.task.handler);
-        else if (n.kind === 'parallel') n.branches.forEach(walk);
-        else if (n.kind === 'branch') {
-          walk(n.then);
-          walk(n.else);
-        }
-        else if (n.kind === 'loop') walk(n.body);
-      }
-    };
-    walk(def.nodes ?? []);
-  }
-  return [...out];
+  return [...new Set([...defs].flatMap((d) => d.handlers))];
 }

@@ -5,7 +5,7 @@
  * `@capstan/schemas`, and never reads a clock or a random source (enforced by lint).
  * The orchestrator feeds it recorded facts and records what it decides.
  */
-export { defineWorkflow, searchFieldsOf, CURRENT_ENGINE, DEFAULT_RETRY, DEFAULT_TIMEOUT_MS, DEFAULT_POOL, MAX_FANOUT_ITEMS } from './workflow.js';
+export { defineWorkflow, inputsRefusedByNewVersion, searchFieldsOf, CURRENT_ENGINE, DEFAULT_RETRY, DEFAULT_TIMEOUT_MS, DEFAULT_POOL, MAX_FANOUT_ITEMS } from './workflow.js';
 export type {
   WorkflowSpec,
   WorkflowDefinition,

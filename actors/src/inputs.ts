@@ -34,8 +34,7 @@ export function stepInputsOf(state: RunState, step: string, sizeOf: (v: JsonValu
   const previous = c.last !== undefined && c.last !== null ? { previous: c.last } : {};
   if (state.engine === 1 || !c.inst) return { input, ...previous };
   // Engine 2's context (checked above: it has instances).
-  const v2: RunContextV2 = state.snapshot.context;
-  const i = getInst(v2, step);
+  const i = getInst(state.snapshot.context as RunContextV2, step);
   const results: { [k: string]: JsonValue } = {};
   const omitted: string[] = [];
   let budget = LIMITS.resultsInWorkBytes;

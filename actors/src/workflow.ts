@@ -179,6 +179,8 @@ export interface WorkflowDefinition<S extends WorkflowSpec = WorkflowSpec> {
   /** Normalised steps, when the workflow is a plain sequence of tasks and signal waits (what engine 1 can run). */
   readonly steps?: readonly NormalisedStep[];
   readonly maxEvents: number;
+  /** The handler names its mode-0 steps schedule: what a worker serving it must have. */
+  readonly handlers: readonly string[];
   /** Result schemas by task name. */
   readonly resultSchemas: ReadonlyMap<string, StandardSchemaV1>;
   /** The machine the current engine runs. */
@@ -225,7 +227,7 @@ export function defineWorkflow<const S extends WorkflowSpec>(spec: S): WorkflowD
   if (spec.machine) {
     if (spec.steps) throw new InvalidWorkflowError(id, 'give steps or a machine, not both');
     const machine = spec.machine;
-    return Object.freeze({ ...common, resultSchemas: new Map(), machine, machineFor: () => machine }) as WorkflowDefinition<S>;
+    return Object.freeze({ ...common, handlers: [], resultSchemas: new Map(), machine, machineFor: () => machine }) as WorkflowDefinition<S>;
   }
   if (!spec.steps || spec.steps.length === 0) throw new InvalidWorkflowError(id, 'needs at least one step');
   const resultSchemas = new Map<string, StandardSchemaV1>();
@@ -237,6 +239,7 @@ export function defineWorkflow<const S extends WorkflowSpec>(spec: S): WorkflowD
   const machines = new Map<number, AnyStateMachine>();
   const def: WorkflowDefinition = {
     ...common,
+    handlers: Object.freeze(handlersOf(nodes)),
     nodes,
     ...(steps ? { steps } : {}),
     resultSchemas,
@@ -424,6 +427,24 @@ function checkNames(id: string, nodes: readonly NNode[]): void {
   }
 }
 
+/** The handler names a step tree's mode-0 tasks (and fan-outs) schedule. */
+function handlersOf(nodes: readonly NNode[]): string[] {
+  const out = new Set<string>();
+  const walk = (ns: readonly NNode[]) => {
+    for (const n of ns) {
+      if (n.kind === 'task' && n.mode === Mode.Inline) out.add(n.handler);
+      else if (n.kind === 'fanout' && n.task.mode === Mode.Inline) out.add(n.task.handler);
+      else if (n.kind === 'parallel') n.branches.forEach(walk);
+      else if (n.kind === 'branch') {
+        walk(n.then);
+        walk(n.else);
+      } else if (n.kind === 'loop') walk(n.body);
+    }
+  };
+  walk(nodes);
+  return [...out];
+}
+
 /** The search fields a run records: its declared keys' scalar input values, as strings. */
 export function searchFieldsOf(def: WorkflowDefinition, input: { readonly [k: string]: JsonValue }): Record<string, string> | undefined {
   const out: Record<string, string> = {};
@@ -443,4 +464,28 @@ export function normaliseStep(workflowId: string, s: StepDefinition): NNode {
   const node = normaliseNode(workflowId, s, new Map(), '');
   checkNames(workflowId, [node]);
   return node;
+}
+
+/**
+ * Inputs are append-only: a new version must accept every input the old one accepted (new
+ * fields optional; a rename or a retype is a new workflow). A test helper for authors: give it
+ * the two versions and inputs the old one took (the `run.started` inputs of recorded runs, say);
+ * it returns each input the old version accepts and the new one refuses, with why. No schema on
+ * the new version accepts everything; no schema on the old one means every input counts.
+ * @example
+ * expect(await inputsRefusedByNewVersion(v1, v2, recordedInputs)).toEqual([]);
+ */
+export async function inputsRefusedByNewVersion(
+  previous: Pick<WorkflowDefinition, 'input'>,
+  next: Pick<WorkflowDefinition, 'input'>,
+  inputs: Iterable<JsonValue>,
+): Promise<{ input: JsonValue; issues: string[] }[]> {
+  const out: { input: JsonValue; issues: string[] }[] = [];
+  const check = async (schema: StandardSchemaV1 | undefined, v: JsonValue) => (schema ? await schema['~standard'].validate(v) : { value: v });
+  for (const input of inputs) {
+    if ((await check(previous.input, input)).issues) continue;
+    const r = await check(next.input, input);
+    if (r.issues) out.push({ input, issues: r.issues.map((i) => `${(i.path ?? []).map((p) => String(typeof p === 'object' ? p.key : p)).join('.') || '(root)'}: ${i.message}`) });
+  }
+  return out;
 }

@@ -5,9 +5,26 @@
  * cap, and a hand-written machine made with the helpers deciding exactly like the compiled
  * one. Every history recorded here is folded again and must give the same state.
  */
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { createRegistry, defineWorkflow, demoPipeline, foldRun, machineHelpers, runStatus, statusFromEvents, stepInputsOf, type WorkflowDefinition } from '@capstan/actors';
-import { CapstanError, ErrorCode, TimerKind, type InputEventBody, type RunEvent } from '@capstan/schemas';
+import {
+  bindHandlers,
+  createRegistry,
+  defineWorkflow,
+  demoPipeline,
+  foldRun,
+  inputsRefusedByNewVersion,
+  machineHelpers,
+  requiredHandlers,
+  runStatus,
+  statusFromEvents,
+  stepInputsOf,
+  type WorkflowDefinition,
+} from '@capstan/actors';
+import { loadHandlers } from '@capstan/worker';
+import { CapstanError, ErrorCode, TimerKind, type InputEventBody, type JsonValue, type RunEvent, type StandardSchemaV1 } from '@capstan/schemas';
 import { RunRecorder, cancel, completed, failed, fired, signaled, started, timeoutFired } from './support/runs.js';
 
 const E2 = 2;
@@ -299,5 +316,47 @@ describe('engine 2 - hand-written machines with the helpers', () => {
     } catch (e) {
       expect(CapstanError.is(e) && e.code).toBe(ErrorCode.InvalidWorkflow);
     }
+  });
+});
+
+describe('engine 2 - typed definitions', () => {
+  const schema = (check: (v: unknown) => string | undefined, path = 'customer'): StandardSchemaV1 => ({
+    '~standard': { version: 1, vendor: 'test', validate: (v) => (check(v) === undefined ? { value: v } : { issues: [{ message: check(v) ?? '', path: [path] }] }) },
+  });
+  const isNum = (v: unknown) => (typeof (v as { customer?: unknown }).customer === 'number' ? undefined : 'must be a number');
+
+  it('engine 2 - bound handlers: exactly one per mode-0 step, named as the steps schedule them; results checked against their schema', async () => {
+    const wf = defineWorkflow({
+      id: 'e2.typed',
+      version: 1,
+      steps: [{ name: 'fetch', result: schema((v) => (typeof v === 'object' && v !== null && 'rows' in v ? undefined : 'needs rows'), 'rows') }, { name: 'each', forEach: () => [1], run: {} }, { name: 'gate', signal: 'go' }, { name: 'box', mode: 1, sandbox: { command: ['true'] } }],
+    });
+    type Ctx = { readonly step: string };
+    const h = bindHandlers(wf, { fetch: (_: Ctx) => ({ rows: 1 }), each: (_: Ctx) => null });
+    expect(Object.keys(h).sort()).toEqual(['e2.typed.each', 'e2.typed.fetch']);
+    expect(requiredHandlers([wf]).sort()).toEqual(['e2.typed.each', 'e2.typed.fetch']);
+    await expect(Promise.resolve((h['e2.typed.fetch'] as (c: Ctx) => unknown)({ step: 'fetch' }))).resolves.toEqual({ rows: 1 });
+    const bad = bindHandlers(wf, { fetch: (_: Ctx) => ({ nope: 1 }), each: (_: Ctx) => null });
+    await expect(Promise.resolve((bad['e2.typed.fetch'] as (c: Ctx) => unknown)({ step: 'fetch' }))).rejects.toMatchObject({ code: ErrorCode.SchemaViolation });
+    // @ts-expect-error a misspelled handler does not compile
+    bindHandlers(wf, { fetsh: (_: Ctx) => null, each: (_: Ctx) => null });
+    // @ts-expect-error a missing handler does not compile
+    bindHandlers(wf, { fetch: (_: Ctx) => null });
+  });
+
+  it('engine 2 - a worker whose handlers module lacks a workflow step\'s handler does not start', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'capstan-handlers-'));
+    const file = join(dir, 'mod.mjs');
+    writeFileSync(file, `export const workflows = [{ id: 'w', handlers: ['w.a', 'w.b'] }];\nexport const handlers = { 'w.a': () => null };\n`);
+    await expect(loadHandlers(file)).rejects.toMatchObject({ code: ErrorCode.UnknownHandler, message: expect.stringContaining('no handler: w.b') as unknown });
+  });
+
+  it('engine 2 - append-only inputs: the helper names every input the new version refuses', async () => {
+    const v1 = defineWorkflow({ id: 'e2.in', version: 1, input: schema(isNum), steps: [{ name: 'a' }] });
+    const v2ok = defineWorkflow({ id: 'e2.in', version: 2, input: schema((v) => (isNum(v) === undefined ? undefined : 'must be a number')), steps: [{ name: 'a' }] });
+    const v2bad = defineWorkflow({ id: 'e2.in', version: 3, input: schema((v) => (typeof (v as { region?: unknown }).region === 'string' ? undefined : 'is required'), 'region'), steps: [{ name: 'a' }] });
+    const recorded: JsonValue[] = [{ customer: 1 }, { customer: 2, region: 'eu' }, { customer: 'x' }];
+    expect(await inputsRefusedByNewVersion(v1, v2ok, recorded)).toEqual([]);
+    expect(await inputsRefusedByNewVersion(v1, v2bad, recorded)).toEqual([{ input: { customer: 1 }, issues: ['region: is required'] }]);
   });
 });

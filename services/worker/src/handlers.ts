@@ -78,6 +78,17 @@ export const demoHandlers: Handlers = {
   }),
 };
 
+/**
+ * Handler names the module's `workflows` (if it exports them, as a module defining both does)
+ * need and `handlers` lacks: a worker refuses to start with any, rather than fail runs later
+ * with `unknown_handler`. Each definition lists the handlers it needs (`handlers`).
+ */
+function missingHandlers(mod: { workflows?: unknown }, handlers: Handlers): string[] {
+  if (!Array.isArray(mod.workflows)) return [];
+  const need = (mod.workflows as { handlers?: unknown }[]).flatMap((d) => (Array.isArray(d.handlers) ? (d.handlers as string[]) : []));
+  return [...new Set(need)].filter((h) => !Object.hasOwn(handlers, h)).sort();
+}
+
 /** Loads `handlers` from a module path; the demo handlers when the path is empty. */
 export async function loadHandlers(modulePath: string): Promise<Handlers> {
   if (!modulePath) return demoHandlers;
@@ -89,5 +100,7 @@ export async function loadHandlers(modulePath: string): Promise<Handlers> {
   }
   const h = mod.handlers ?? mod.default;
   if (typeof h !== 'object' || h === null) throw new CapstanError(ErrorCode.UnknownHandler, `${modulePath} must export \`handlers\`: an object of functions`);
+  const missing = missingHandlers(mod as { workflows?: unknown }, h as Handlers);
+  if (missing.length > 0) throw new CapstanError(ErrorCode.UnknownHandler, `${modulePath} exports workflows whose steps have no handler: ${missing.join(', ')}`);
   return h as Handlers;
 }
