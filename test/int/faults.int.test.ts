@@ -112,6 +112,11 @@ describe('faults', () => {
       await watch.close();
       const c = await checkRuns(h.jsm, t, runIds, registry);
       report('orchestrator kill-loop with fan-outs', c);
+      for (const [runId, events] of c.eventsByRun) {
+        if (events.at(-1)?.type !== 'run.completed') {
+          process.stdout.write(`STUCK ${runId}\n${events.map((e) => `  ${e.seq} ${e.type} ${e.causationId} ${'step' in e.data ? String(e.data.step) : ''}${'attempt' in e.data ? `#${String(e.data.attempt)}` : ''}`).join('\n')}\n`);
+        }
+      }
       let itemResults = 0;
       for (const events of c.eventsByRun.values()) {
         const done = events.filter((e) => e.type === 'step.completed').map((e) => (e.type === 'step.completed' ? e.data.step : ''));

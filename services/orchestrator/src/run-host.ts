@@ -25,7 +25,7 @@ import type { RunCache } from './run-cache.js';
 import { createIntake } from './host/intake.js';
 import { createDecider } from './host/decide.js';
 import { appendGroups } from './host/append.js';
-import type { Pending, Rejection, TenantHostStats } from './host/types.js';
+import type { GroupResult, Pending, Rejection, TenantHostStats } from './host/types.js';
 
 export type { TenantHostStats };
 
@@ -68,7 +68,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   const stats: TenantHostStats = { commands: 0, appendedEvents: 0, conflicts: 0, deadLetters: 0, recoveredEffects: 0, ticks: 0 };
   /** Parsed commands waiting for a tick, in arrival order. */
   const queue: Pending[] = [];
-  /** Runs whose commands are being decided and appended right now. */
+  /** Runs whose commands are being decided and appended, or whose decisions are being acted on. */
   const deciding = new Set<RunId>();
   /** Acting on appended decisions (effects, dead letters, acks), in the background. */
   const acting = new Set<Promise<void>>();
@@ -116,7 +116,6 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       activeTicks++;
       void runTick(batch, taken).finally(() => {
         activeTicks--;
-        for (const r of taken) deciding.delete(r);
         if (activeTicks === 0 && queue.length === 0) idle?.();
         pump();
       });
@@ -132,9 +131,13 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       log.warn({ err: e, commands: batch.length }, 'tick failed; commands will be redelivered');
       for (const r of runs) cache.delete(r);
       for (const p of batch) p.msg.nak(500);
+      for (const r of runs) deciding.delete(r);
       return;
     }
-    // The runs are free for the next tick now; acting on this one goes on in the background.
+    // Acting on this tick goes on in the background; its runs are decided again only once
+    // their effects are out. A crash then leaves unpublished only the decisions after a run's
+    // last input, which is what recovery re-derives (a fan-out's items complete while earlier
+    // items are being dispatched: deciding one of them first would strand those effects).
     const p: Promise<void> = act()
       .catch((e: unknown) => {
         // Decisions are recorded but not acted on: leave the commands unacknowledged.
@@ -144,6 +147,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       })
       .finally(() => {
         acting.delete(p);
+        for (const r of runs) deciding.delete(r);
         pump();
       });
     acting.add(p);
@@ -163,13 +167,22 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     const t0 = performance.now();
     const decided = await Promise.all([...byRun].map(([runId, ps]) => decider.decideGroup(runId, ps, ps.some((p) => p.msg.info.redelivered))));
     const t1 = performance.now();
-    const done = await appendGroups({ nc, tenant: t, cache, log, stats }, decided, (runId, ps) => decider.decideGroup(runId, ps, true));
+    // Effects a crash may have lost are published before anything new is appended for their
+    // runs: recovery re-derives only the decisions after a run's last input, so they must be
+    // out before another input lands on top of them.
+    const publishRecovered = async (groups: GroupResult[]): Promise<GroupResult[]> => {
+      const recovered = groups.flatMap((g) => g.recovered);
+      if (recovered.length === 0) return groups;
+      await dispatchEffects(nc, js, t, recovered, gate);
+      stats.recoveredEffects += recovered.reduce((k, r) => k + r.events.length, 0);
+      return groups.map((g) => ({ ...g, recovered: [] }));
+    };
+    const done = await appendGroups({ nc, tenant: t, cache, log, stats }, decided, (runId, ps) => decider.decideGroup(runId, ps, true), publishRecovered);
 
     if (log.isLevelEnabled('debug')) {
       log.debug({ commands: pendings.length, runs: byRun.size, decideMs: +(t1 - t0).toFixed(2), appendMs: +(performance.now() - t1).toFixed(2), queued: queue.length }, 'tick');
     }
-    const effects = done.flatMap((g) => [...g.recovered, ...g.effects]);
-    stats.recoveredEffects += done.reduce((n, g) => n + g.recovered.reduce((k, r) => k + r.events.length, 0), 0);
+    const effects = done.flatMap((g) => g.effects);
     return async () => {
       try {
         await dispatchEffects(nc, js, t, effects, gate);

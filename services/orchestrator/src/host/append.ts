@@ -16,10 +16,13 @@ export async function appendGroups(
   o: { nc: NatsConnection; tenant: TenantId; cache: RunCache; log: Logger; stats: TenantHostStats },
   first: GroupResult[],
   redecide: (runId: RunId, pendings: readonly Pending[]) => Promise<GroupResult>,
+  /** Runs before each append: publishes what recovery re-derived (see run-host.ts). */
+  beforeAppend: (groups: GroupResult[]) => Promise<GroupResult[]>,
 ): Promise<GroupResult[]> {
   const done: GroupResult[] = [];
   let groups = first;
   for (let attempt = 0; groups.length > 0; attempt++) {
+    groups = await beforeAppend(groups);
     const toAppend = groups.filter((g) => g.events.length > 0);
     const outcomes = await appendBatch(o.nc, o.tenant, toAppend.map((g) => ({ runId: g.runId, expectedLastSubjectSeq: g.expected, events: g.events })));
     const conflicted: GroupResult[] = [];
