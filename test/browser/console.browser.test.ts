@@ -263,7 +263,8 @@ describe.skipIf(!haveChromium)('console in a browser', () => {
     await expect.poll(() => page.getByTestId('run-status').getAttribute('data-status'), { timeout: 20_000 }).toBe('cancelled');
     expect(await page.getByTestId('action-cancel').isDisabled()).toBe(true);
     const types = await page.getByTestId('timeline-event').evaluateAll((xs) => xs.map((x) => x.getAttribute('data-type')));
-    expect(types.slice(-2)).toEqual(['run.cancel-requested', 'run.cancelled']);
+    // The running step is cancelled with the run (engine 2).
+    expect(types.slice(-3)).toEqual(['run.cancel-requested', 'step.cancelled', 'run.cancelled']);
     await projected(cancelRun, 'cancelled');
   });
 

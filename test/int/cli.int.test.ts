@@ -59,7 +59,7 @@ describe('cli', () => {
     const r = await capstan(['replay', runId, '--tenant', t]);
     expect(r.code).toBe(0);
     expect(r.out).toContain(`replay reproduces run ${runId}: completed`);
-    expect(r.out).toMatch(/step\.completed\s+→ step_1/);
+    expect(r.out).toMatch(/step\.completed\s+→ step_transform/);
   });
 
   it('cli - replay under an edited workflow version fails with a precise diff', async () => {

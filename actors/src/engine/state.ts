@@ -21,8 +21,19 @@ export interface Decision {
   readonly decisions: readonly DecisionEventBody[];
 }
 
-/** A readable name for the machine's current state value. */
+/**
+ * A readable name for the machine's current state value: engine 1's is a string; engine 2's
+ * is the active step states, without the run machine's own `active` (`step_load`, and for
+ * parallel branches `step_fork(step_a + step_b)`).
+ */
 export function stateName(state: RunState): string {
   const v: unknown = state.snapshot.value;
-  return typeof v === 'string' ? v : JSON.stringify(v);
+  if (typeof v === 'string' || state.engine === 1) return typeof v === 'string' ? v : JSON.stringify(v);
+  const name = (x: unknown): string => {
+    if (typeof x === 'string') return x;
+    if (typeof x !== 'object' || x === null) return String(x);
+    const parts = Object.entries(x as Record<string, unknown>).map(([k, sub]) => (k === 'active' || /^branch_\d+$/.test(k) || k === 'run' || k === 'iterate' ? name(sub) : `${k}(${name(sub)})`));
+    return parts.join(' + ');
+  };
+  return name(v);
 }

@@ -182,6 +182,9 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     if (log.isLevelEnabled('debug')) {
       log.debug({ commands: pendings.length, runs: byRun.size, decideMs: +(t1 - t0).toFixed(2), appendMs: +(performance.now() - t1).toFixed(2), queued: queue.length }, 'tick');
     }
+    // Commands left for their runs' next tick go back to the front of the queue, in order;
+    // their runs stay locked until this tick's effects are out.
+    queue.unshift(...done.flatMap((g) => g.deferred));
     const effects = done.flatMap((g) => g.effects);
     return async () => {
       try {

@@ -45,7 +45,7 @@ export async function appendGroups(
       o.log.warn({ runs: conflicted.map((g) => g.runId) }, 'runs still conflicting; commands left for redelivery');
       break;
     }
-    groups = await Promise.all(conflicted.map((g) => redecide(g.runId, g.pendings)));
+    groups = await Promise.all(conflicted.map((g) => redecide(g.runId, [...g.pendings, ...g.deferred])));
   }
   return done;
 }

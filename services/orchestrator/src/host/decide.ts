@@ -28,7 +28,7 @@ export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; regi
   const { jsm, tenant: t, registry, cache, log } = o;
 
   async function decideOnce(runId: RunId, pendings: readonly Pending[], forceReload: boolean): Promise<GroupResult & { fromCache: boolean }> {
-    const empty = { runId, pendings, expected: 0, events: [] as RunEvent[], effects: [] as EffectSource[], recovered: [] as EffectSource[], rejections: [] as Rejection[], state: undefined as RunState | undefined, fromCache: false };
+    const empty = { runId, pendings, deferred: [] as Pending[], expected: 0, events: [] as RunEvent[], effects: [] as EffectSource[], recovered: [] as EffectSource[], rejections: [] as Rejection[], state: undefined as RunState | undefined, fromCache: false };
     let loaded;
     try {
       loaded = await loadRun(jsm, t, registry, cache, runId, forceReload);
@@ -41,7 +41,17 @@ export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; regi
     }
     let state = loaded.cached?.state;
     const out = { ...empty, expected: loaded.cached?.lastStreamSeq ?? 0, recovered: loaded.recovered, state, fromCache: loaded.fromCache };
-    for (const p of pendings) {
+    const taken: Pending[] = [];
+    for (const [i, p] of pendings.entries()) {
+      // One decision with effects per run per tick, and it comes last: should the process die
+      // before acting, recovery re-derives exactly the decisions after the run's last input.
+      // The run's other commands wait for its next tick (runs with one step at a time, as
+      // every engine-1 run, rarely have a second command in a tick).
+      if (out.effects.length > 0) {
+        out.deferred.push(...pendings.slice(i));
+        break;
+      }
+      taken.push(p);
       const at = o.now();
       const causationId = `cmd:${p.msg.info.streamSequence}`;
       let decision: Decision;
@@ -93,7 +103,7 @@ export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; regi
       if (decided.length > 0) out.effects.push({ runId, state: decision.state, events: decided });
       state = decision.state;
     }
-    return { ...out, state };
+    return { ...out, pendings: taken, state };
   }
 
   return {

@@ -22,7 +22,10 @@ export interface Rejection {
 /** One run's share of a tick: the events to append and what to do once they are. */
 export interface GroupResult {
   readonly runId: RunId;
+  /** The commands decided (appended, found decided already, or refused): acknowledged after acting. */
   readonly pendings: readonly Pending[];
+  /** The run's commands left for its next tick (see decide.ts). */
+  readonly deferred: readonly Pending[];
   /** The run's last stream sequence as the decisions saw it. */
   readonly expected: number;
   readonly events: RunEvent[];
