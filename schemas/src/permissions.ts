@@ -149,6 +149,8 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
           Subjects.command(t, CommandVerb.Credential),
           Subjects.deadLetter(t, DeadLetterSource.Work),
           Subjects.sandboxExec(t),
+          // A cancelled sandboxed attempt: the worker asks the sandbox service to kill it.
+          Subjects.sandboxCancel(t),
           Subjects.secrets(t, SecretsVerb.Lease),
           Subjects.policy(t, PolicyVerb.Decide),
           Subjects.workerHeartbeat(t),
@@ -156,7 +158,8 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
           ...readStream(Streams.fleet(t)),
           ...pools.flatMap((p) => useConsumer(Streams.work(t), Consumers.workPool(p))),
         ],
-        sub: [inbox, Subjects.allJitRoutes(t), workerId === undefined ? Subjects.allFleet(t) : Subjects.fleet(t, workerId)],
+        // Cancels of attempts their runs no longer want (from the orchestrator).
+        sub: [inbox, Subjects.allJitRoutes(t), Subjects.stepCancel(t), workerId === undefined ? Subjects.allFleet(t) : Subjects.fleet(t, workerId)],
         // Answers to the sandbox service's mode-3b credential requests.
         resp: ONE_REPLY,
       };
@@ -171,6 +174,8 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
           Subjects.allTimers(t),
           Subjects.command(t, CommandVerb.Policy),
           Subjects.deadLetter(t, DeadLetterSource.Command),
+          // Tells the tenant's workers which attempts are cancelled (step.cancelled).
+          Subjects.stepCancel(t),
           Subjects.policy(t, PolicyVerb.Decide),
           ...readStream(Streams.runs(t)),
           JsApi.streamInfo(Streams.commands(t)),
@@ -193,7 +198,7 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
     case Role.Sandbox:
       return {
         pub: [JsApi.info, Subjects.secrets(t, SecretsVerb.Redeem), Subjects.allJitRoutes(t), ...readStream(Streams.runs(t))],
-        sub: [inbox, Subjects.sandboxExec(t)],
+        sub: [inbox, Subjects.sandboxExec(t), Subjects.sandboxCancel(t)],
         // accepted, a beat every second, done: for as long as the step runs.
         resp: LONG_REPLIES,
       };

@@ -9,12 +9,12 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadavg } from 'node:os';
-import { jetstreamManager } from '@nats-io/jetstream';
 import { createRegistry, foldRun } from '@capstan/actors';
-import { connectNats, createClient, createLogger, ensureTenant, PROJECT_ROOT, readRun, startNatsServer } from '@capstan/kit';
-import { parseTenantId } from '@capstan/schemas';
+import { createClient, PROJECT_ROOT, readRun } from '@capstan/kit';
+import { parseTenantId, Role } from '@capstan/schemas';
 import { spawnService, type ServiceProcess } from '../harness/fixtures.js';
 import { median, writeSection } from './report.js';
+import { startBenchNats } from './stack.js';
 import { workflows } from '../fixtures/workflows.js';
 
 const env = process.env;
@@ -22,7 +22,6 @@ const ITEMS = Number(env['BENCH_ITEMS'] ?? 1000);
 const REPS = Number(env['BENCH_REPS'] ?? 3);
 const OUT = env['BENCH_OUT'] ?? join(PROJECT_ROOT, 'docs', 'benchmarks.md');
 const fixtures = join(PROJECT_ROOT, 'test', 'dist', 'fixtures', 'workflows.js');
-const log = createLogger('bench', 'warn', process.stderr);
 const say = (s: string) => process.stderr.write(`${s}\n`);
 
 /** Peak resident memory of a process, in MiB (VmHWM). */
@@ -39,18 +38,18 @@ interface Rep {
 }
 
 async function rep(): Promise<Rep> {
-  const server = await startNatsServer();
+  const bench = await startBenchNats();
   const procs: ServiceProcess[] = [];
-  const nc = await connectNats(server.url, 'bench', log);
   try {
     const t = parseTenantId('bench');
-    const jsm = await jetstreamManager(nc);
-    await ensureTenant(jsm, t);
-    const e = { NATS_URL: server.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, ORCH_DISCOVERY_MS: '200', WORKER_CONCURRENCY: '256' };
+    await bench.provision(t);
+    const admin = await bench.connect(t, Role.Admin);
+    const jsm = admin.jsm;
+    const e = { NATS_URL: bench.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, ORCH_DISCOVERY_MS: '200' };
     const orch = spawnService('orchestrator', { ...e, ORCH_NAME: 'o1' });
-    procs.push(orch, spawnService('worker', { ...e, WORKER_ID: 'w1' }));
+    procs.push(orch, spawnService('worker', { ...e, NATS_CREDS: await bench.workerCreds(t, 'bench-worker'), WORKER_CONCURRENCY: '256' }));
     await new Promise((r) => setTimeout(r, 1500));
-    const client = await createClient(nc);
+    const client = await createClient(admin);
     const t0 = performance.now();
     const runId = await client.submit(t, 'bench.fanout', { input: { items: ITEMS } });
     const end = await client.waitForEnd(t, runId, 600_000);
@@ -62,8 +61,7 @@ async function rep(): Promise<Rep> {
     return { seconds, events: events.length, peakMiB: peakMiB(orch.pid), replayMs: performance.now() - r0 };
   } finally {
     await Promise.all(procs.map((p) => p.kill('SIGTERM')));
-    await nc.close();
-    await server.stop();
+    await bench.stop();
   }
 }
 

@@ -110,7 +110,7 @@ describe('faults', () => {
       }
       await watch.waitAll(runIds, 90_000).catch((e: unknown) => process.stdout.write(`${String(e)}\n`));
       await watch.close();
-      const c = await checkRuns(h.jsm, t, runIds, registry);
+      const c = await checkRuns(await h.jsm(t), t, runIds, registry);
       report('orchestrator kill-loop with fan-outs', c);
       for (const [runId, events] of c.eventsByRun) {
         if (events.at(-1)?.type !== 'run.completed') {

@@ -114,7 +114,7 @@ describe('flow - engine 2 end to end', () => {
     const svc = await startServices(url, [u], { registry: createRegistry([...workflows, typed]) });
     try {
       const runId = await h.client.submit(u, 'flow.typed', { input: { customer: 'forty-two' } });
-      const dl = await eventually('the dead letter', async () => (await readDeadLetters(h.jsm, u, 10)).find((d) => d.code === 'schema_violation'), 10_000);
+      const dl = await eventually('the dead letter', async () => (await readDeadLetters(await h.jsm(u), u, 10)).find((d) => d.code === 'schema_violation'), 10_000);
       expect(dl.error).toMatch(/customer: must be a number/);
       expect(await eventsOf(h, u, runId)).toEqual([]);
     } finally {
@@ -123,7 +123,7 @@ describe('flow - engine 2 end to end', () => {
   });
 
   it('flow - every run of this file replays through its recorded engine and version', async () => {
-    const { replayed, failures } = await replayAll(h.jsm, t, createRegistry(workflows));
+    const { replayed, failures } = await replayAll(await h.jsm(t), t, createRegistry(workflows));
     process.stdout.write(`replayed ${replayed} runs\n`);
     expect(failures).toEqual([]);
     expect(replayed).toBeGreaterThanOrEqual(3);
@@ -139,7 +139,7 @@ const docker = sandboxCancel ? await dockerOrSkip() : undefined;
 describe.skipIf(!sandboxCancel || !docker)('flow - cancel reaches a sandboxed step', () => {
   it('flow - the sandbox of a cancelled mode-1 step is gone within 2 s', async () => {
     const u = await provision(h, 'flow-sb');
-    const sb = await startSandboxes(h.nc, url, docker as Docker, [u]);
+    const sb = await startSandboxes(h, url, docker as Docker, [u]);
     const slow = defineWorkflow({ id: 'flow.sandboxed', version: 1, steps: [{ name: 'work', mode: 1, timeoutMs: 60_000, sandbox: { command: ['sh', '-c', 'sleep 30; echo late'] } }] });
     const svc = await startServices(url, [u], { registry: createRegistry([...workflows, slow]) });
     try {

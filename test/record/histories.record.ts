@@ -22,8 +22,8 @@ import { createOrchestrator, loadConfig as orchestratorConfig } from '@capstan/o
 import { createPolicyService, loadConfig as policyConfig } from '@capstan/policy';
 import { createSecretsLease, loadConfig as secretsConfig } from '@capstan/secrets-lease';
 import { createWorker, loadConfig as workerConfig } from '@capstan/worker';
-import type { JsonValue, RunEvent, RunId, TenantId } from '@capstan/schemas';
-import { connect, eventsOf, eventually, provision, type Harness } from '../harness/fixtures.js';
+import { Role, type JsonValue, type RunEvent, type RunId, type TenantId } from '@capstan/schemas';
+import { connect, eventsOf, eventually, issueCreds, provision, serviceEnv, type Harness } from '../harness/fixtures.js';
 import { dockerOrSkip } from '../harness/docker.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { startSandboxes } from '../harness/sandbox.js';
@@ -219,25 +219,25 @@ describe('record histories', () => {
     d = await openDatabase({ url: scratch.url, log: silent });
     await migrate(d);
     const env = { NATS_URL: url, CAPSTAN_TENANTS: t, DATABASE_URL: scratch.url };
-    const policy = await createPolicyService(policyConfig(env), silent);
+    const policy = await createPolicyService(policyConfig({ ...env, ...(await serviceEnv(url, Role.Policy)) }), silent);
     await policy.start();
     stops.push(() => policy.stop());
-    const secrets = await createSecretsLease(secretsConfig({ ...env, SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }), silent, { database: d });
+    const secrets = await createSecretsLease(secretsConfig({ ...env, ...(await serviceEnv(url, Role.SecretsLease)), SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }), silent, { database: d });
     await secrets.start();
     stops.push(() => secrets.stop());
     if (docker) {
-      const sb = await startSandboxes(h.nc, url, docker as Docker, [t], { SANDBOX_SECRETS_FILE: '' });
+      const sb = await startSandboxes(h, url, docker as Docker, [t], { SANDBOX_SECRETS_FILE: '' });
       stops.push(() => sb.stop());
     }
-    const orch = await createOrchestrator(orchestratorConfig({ ...env, ORCH_POLICY: 'on', ORCH_APPROVAL_TTL_MS: '5000' }), silent, { registry });
+    const orch = await createOrchestrator(orchestratorConfig({ ...env, ...(await serviceEnv(url, Role.Orchestrator)), ORCH_POLICY: 'on', ORCH_APPROVAL_TTL_MS: '5000' }), silent, { registry });
     await orch.start();
     stops.push(() => orch.stop());
-    const worker = await createWorker(workerConfig({ ...env, WORKER_ID: 'history-w', WORKER_ADMISSION: 'auto', WORKER_LEASES: 'on' }), silent, { handlers });
+    const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'history-w'), WORKER_ADMISSION: 'auto', WORKER_LEASES: 'on' }), silent, { handlers });
     await worker.start();
     stops.push(() => worker.stop());
-    await setPolicy(h.nc, t, { text: policyFor(t), by: 'sec-team', reason: 'history recording policy' });
-    await putSecret(h.nc, t, 'DEMO_TOKEN', `tok-${randomBytes(12).toString('hex')}`, { by: 'sec-team' });
-    await putSecret(h.nc, t, 'DEMO_API_KEY', `key-${randomBytes(12).toString('hex')}`, { by: 'sec-team' });
+    await setPolicy(await h.nc(t), t, { text: policyFor(t), by: 'sec-team', reason: 'history recording policy' });
+    await putSecret(await h.nc(t), t, 'DEMO_TOKEN', `tok-${randomBytes(12).toString('hex')}`, { by: 'sec-team' });
+    await putSecret(await h.nc(t), t, 'DEMO_API_KEY', `key-${randomBytes(12).toString('hex')}`, { by: 'sec-team' });
   }, 300_000);
 
   afterAll(async () => {

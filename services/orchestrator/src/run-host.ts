@@ -17,7 +17,7 @@
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Registry } from '@capstan/actors';
-import { Consumers, DeadLetterSource, ErrorCode, Streams, Subjects, toErrorRecord, type RunId, type TenantId } from '@capstan/schemas';
+import { Consumers, DeadLetterSource, ErrorCode, Streams, toErrorRecord, type RunId, type TenantId } from '@capstan/schemas';
 import { deadLetter, failpoint, type Logger } from '@capstan/kit';
 import { dispatchEffects } from './effects.js';
 import { createPolicyGate } from './policy-gate.js';
