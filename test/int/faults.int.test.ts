@@ -87,10 +87,10 @@ describe('faults', () => {
     const url = inject('natsUrl');
     const h = await connect(url);
     try {
-      const t = await provision(h, 'kill-fan');
-      const env = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, ORCH_ACK_WAIT_MS: '1000', ORCH_DISCOVERY_MS: '200' };
+      const t = await provision(h, 'kill-fan', { consumers: { orchestratorAckWaitMs: 1000 } });
+      const env = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, ORCH_DISCOVERY_MS: '200' };
       const orchs = [spawnTracked('orchestrator', { ...env, ORCH_NAME: 'o1' }), spawnTracked('orchestrator', { ...env, ORCH_NAME: 'o2' })];
-      spawnTracked('worker', { ...env, WORKER_ID: 'w1', WORKER_CONCURRENCY: '100' });
+      spawnTracked('worker', { ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w1'), WORKER_CONCURRENCY: '100' });
       await new Promise((r) => setTimeout(r, 1500));
 
       const watch = await watchRuns(h, t);
