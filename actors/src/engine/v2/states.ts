@@ -88,15 +88,20 @@ const phaseOf = (c: RunContext, key: string) => getInst(c, key)?.phase;
 /** Leaving for `failed`: every other open instance is cancelled first. */
 const failRun = enqueueActions(({ context, enqueue }: { context: RunContext; enqueue: Enqueue }) => apply(enqueue, cancelOpen(context, 'the run failed')));
 
+/** Where a one-instance step goes when its instance has ended: on when done, to `failed` when failed. */
+function ended(keyOf: KeyOf, next: string) {
+  return [
+    { guard: ({ context }: { context: RunContext }) => phaseOf(context, keyOf(context)) === 'done', target: next },
+    { guard: ({ context }: { context: RunContext }) => phaseOf(context, keyOf(context)) === 'failed', target: FAILED, actions: failRun },
+  ];
+}
+
 /** A task: its policy check (sandboxed modes), its attempts, retries and timeouts. */
 export function taskState(workflowId: string, node: NTask, keyOf: KeyOf, next: string, extraOf?: (c: RunContext) => Extra) {
   return capstan.createStateConfig({
     entry: enqueueActions(({ context, enqueue }) => apply(enqueue, startTask(context, workflowId, keyOf(context), node, extraOf?.(context)))),
     on: instanceOn((c, ev) => feedTask(c, workflowId, keyOf(c), node, ev)),
-    always: [
-      { guard: ({ context }) => phaseOf(context, keyOf(context)) === 'done', target: next },
-      { guard: ({ context }) => phaseOf(context, keyOf(context)) === 'failed', target: FAILED, actions: failRun },
-    ],
+    always: ended(keyOf, next),
   });
 }
 
@@ -105,10 +110,7 @@ export function signalState(node: NSignal, keyOf: KeyOf, next: string, extraOf?:
   return capstan.createStateConfig({
     entry: enqueueActions(({ context, enqueue }) => apply(enqueue, startSignal(context, keyOf(context), node, extraOf?.(context)))),
     on: instanceOn((c, ev) => feedSignal(c, keyOf(c), node, ev)),
-    always: [
-      { guard: ({ context }) => phaseOf(context, keyOf(context)) === 'done', target: next },
-      { guard: ({ context }) => phaseOf(context, keyOf(context)) === 'failed', target: FAILED, actions: failRun },
-    ],
+    always: ended(keyOf, next),
   });
 }
 
@@ -117,10 +119,7 @@ export function sleepState(node: NSleep, keyOf: KeyOf, next: string, extraOf?: (
   return capstan.createStateConfig({
     entry: enqueueActions(({ context, enqueue }) => apply(enqueue, startSleep(context, keyOf(context), node, extraOf?.(context)))),
     on: instanceOn((c, ev) => feedSleep(c, keyOf(c), ev)),
-    always: [
-      { guard: ({ context }) => phaseOf(context, keyOf(context)) === 'done', target: next },
-      { guard: ({ context }) => phaseOf(context, keyOf(context)) === 'failed', target: FAILED, actions: failRun },
-    ],
+    always: ended(keyOf, next),
   });
 }
 
