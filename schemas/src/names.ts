@@ -62,6 +62,8 @@ export const SecretsVerb = {
   Lease: 'lease',
   /** Redeem a lease for values sealed to the caller's key (the sandbox service only). */
   Redeem: 'redeem',
+  /** Claim a lease for the sandbox that will redeem it: its TTL counts from here (the sandbox service only). */
+  Claim: 'claim',
   /** Revoke a run's open leases, and any later ones. */
   Revoke: 'revoke',
   /** The key `put`/`rotate` values are sealed to (administration). */
@@ -104,6 +106,11 @@ export const Subjects = {
   workerHeartbeat: (t: TenantId) => `${PREFIX}.${t}.svc.workers.heartbeat`,
   /** Requests to the sandbox service to run one sandboxed attempt (core NATS, request/replies). */
   sandboxExec: (t: TenantId) => `${PREFIX}.${t}.svc.sandbox.exec`,
+  /**
+   * Cancels a running (or queued) sandboxed attempt: `{ runId, step, attempt }` (core NATS
+   * request/reply); the sandbox service instance holding it kills it.
+   */
+  sandboxCancel: (t: TenantId) => `${PREFIX}.${t}.svc.sandbox.cancel`,
   /** Requests to the secrets-lease service (core NATS, request/reply). */
   secrets: (t: TenantId, verb: SecretsVerb) => `${PREFIX}.${t}.svc.secrets.${verb}`,
   /** A tenant's policy versions: version N is the Nth message (stored, immutable). */

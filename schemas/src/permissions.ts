@@ -149,6 +149,8 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
           Subjects.command(t, CommandVerb.Credential),
           Subjects.deadLetter(t, DeadLetterSource.Work),
           Subjects.sandboxExec(t),
+          // Cancel reaches a running sandbox through the worker that asked for it.
+          Subjects.sandboxCancel(t),
           Subjects.secrets(t, SecretsVerb.Lease),
           Subjects.policy(t, PolicyVerb.Decide),
           Subjects.workerHeartbeat(t),
@@ -192,8 +194,8 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
       };
     case Role.Sandbox:
       return {
-        pub: [JsApi.info, Subjects.secrets(t, SecretsVerb.Redeem), Subjects.allJitRoutes(t), ...readStream(Streams.runs(t))],
-        sub: [inbox, Subjects.sandboxExec(t)],
+        pub: [JsApi.info, Subjects.secrets(t, SecretsVerb.Claim), Subjects.secrets(t, SecretsVerb.Redeem), Subjects.allJitRoutes(t), ...readStream(Streams.runs(t))],
+        sub: [inbox, Subjects.sandboxExec(t), Subjects.sandboxCancel(t)],
         // accepted, a beat every second, done: for as long as the step runs.
         resp: LONG_REPLIES,
       };
