@@ -138,6 +138,16 @@ export function createLeaseLedger(d: Database): LeaseLedger {
     };
   }
 
+  /** The claim or redemption matched no row: records why (the lease as it is now), inside its transaction. */
+  async function refusedWithin(tx: ProjectionDb, t: TenantId, leaseId: string, scope: LeaseScope, extra: Record<string, string> = {}): Promise<{ code: LeaseDenialCode }> {
+    const after = await look(tx, t, leaseId);
+    const code = judge(after, scope) ?? ErrorCode.LeaseUsed;
+    const d = denial(leaseId, scope, after, code);
+    if (d.runId !== scope.runId) await lockRunAudit(tx, t, d.runId);
+    await audit(tx, t, d.runId, SecretsAudit.LeaseDenied, SERVICE_ACTOR, { ...d.detail, ...extra });
+    return { code };
+  }
+
   return {
     async issue(t, scope, keys, ttlMs, claimWindowMs = ttlMs) {
       const leaseId = newLeaseId();
@@ -181,14 +191,7 @@ export function createLeaseLedger(d: Database): LeaseLedger {
                  and not ${runRevoked(t, scope.runId)}
               returning expires_at`,
         );
-        if (!row) {
-          const after = await look(tx, t, leaseId);
-          const code = judge(after, scope) ?? ErrorCode.LeaseUsed;
-          const d = denial(leaseId, scope, after, code);
-          if (d.runId !== scope.runId) await lockRunAudit(tx, t, d.runId);
-          await audit(tx, t, d.runId, SecretsAudit.LeaseDenied, SERVICE_ACTOR, { ...d.detail, sandbox });
-          return { code };
-        }
+        if (!row) return refusedWithin(tx, t, leaseId, scope, { sandbox });
         await audit(tx, t, scope.runId, SecretsAudit.LeaseClaimed, SERVICE_ACTOR, { leaseId, keys: keysOf(before.keys), step: scope.step, attempt: scope.attempt, sandbox });
         return { expiresAt: row.expires_at instanceof Date ? row.expires_at : new Date(row.expires_at) };
       });
@@ -219,14 +222,7 @@ export function createLeaseLedger(d: Database): LeaseLedger {
                    and not ${runRevoked(t, scope.runId)}
                 returning id`,
           );
-          if (!row) {
-            const after = await look(tx, t, leaseId);
-            const code = judge(after, scope) ?? ErrorCode.LeaseUsed;
-            const d = denial(leaseId, scope, after, code);
-            if (d.runId !== scope.runId) await lockRunAudit(tx, t, d.runId);
-            await audit(tx, t, d.runId, SecretsAudit.LeaseDenied, SERVICE_ACTOR, d.detail);
-            return { code };
-          }
+          if (!row) return refusedWithin(tx, t, leaseId, scope);
           let values: Record<string, string>;
           try {
             values = await read(keys, tx);
