@@ -3,15 +3,18 @@
 #
 #   bash infra/docker/ensure-dockerd.sh
 #
-# If `docker info` already succeeds, nothing is touched: a running engine is never restarted
-# or reconfigured. Otherwise `docker.io` is installed with apt when `dockerd` is missing, and
-# dockerd is started in the background (log: /var/log/capstan-dockerd.log). Waits up to 30 s
-# for the engine to answer. Needs root to install or start the engine.
+# If `docker info` already succeeds, the engine is never restarted: only gVisor's runsc is
+# added to its runtimes when missing (ensure-runsc.sh: a configuration reload, SIGHUP).
+# Otherwise `docker.io` is installed with apt when `dockerd` is missing, runsc is installed
+# and registered, and dockerd is started in the background (log:
+# /var/log/capstan-dockerd.log). Waits up to 30 s for the engine to answer. Needs root to
+# install or start the engine.
 #
 # `docker info` is only a liveness probe: the CLI on PATH may be a different version from the
 # engine, and Capstan itself talks to the engine through its API (dockerode).
 set -euo pipefail
 
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LOG=/var/log/capstan-dockerd.log
 PIDFILE=/var/run/docker.pid
 WAIT_S=30
@@ -30,6 +33,7 @@ running() {
 
 if alive; then
   running
+  bash "$HERE/ensure-runsc.sh"
   exit 0
 fi
 
@@ -44,6 +48,9 @@ if ! command -v dockerd >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io
 fi
 
+# Registered before the engine starts, so it reads runsc from daemon.json with no reload.
+bash "$HERE/ensure-runsc.sh"
+
 # A dockerd that is still starting (its pid file names a live process) is waited for, not
 # doubled; a stale pid file from an engine that died does not stop a new one.
 if [[ -s $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
@@ -57,6 +64,7 @@ fi
 for _ in $(seq 1 "$WAIT_S"); do
   if alive; then
     running
+    bash "$HERE/ensure-runsc.sh"
     exit 0
   fi
   sleep 1

@@ -320,7 +320,12 @@ export const leases = pgTable(
     attempt: integer('attempt').notNull(),
     keys: text('keys').array().notNull(),
     issuedAt: ts('issued_at').notNull(),
+    /** Until claimed: the end of its claim window; once claimed: the claim plus its TTL. */
     expiresAt: ts('expires_at').notNull(),
+    /** The TTL, counted from the claim (null on leases issued before claims existed). */
+    ttlMs: integer('ttl_ms'),
+    /** When the sandbox that redeems it claimed it. */
+    claimedAt: ts('claimed_at'),
     redeemedAt: ts('redeemed_at'),
     revokedAt: ts('revoked_at'),
   },

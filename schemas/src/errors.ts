@@ -44,6 +44,8 @@ export const ErrorCode = {
   SandboxConflict: 'sandbox_conflict',
   /** The step's command exited non-zero or was killed. */
   SandboxExit: 'sandbox_exit',
+  /** The step wrote more than the sandbox's output cap (`SANDBOX_MAX_OUTPUT_MB`); it was killed there. */
+  SandboxOutputLimit: 'sandbox_output_limit',
   SecretNotFound: 'secret_not_found',
   /** A lease id the tenant never issued. */
   LeaseNotFound: 'lease_not_found',

@@ -106,8 +106,8 @@ export * as db from './db.js';
 export { RunStatus, RUN_STATUSES, isRunStatus } from './status.js';
 export { ENV_NAME_PATTERN, EGRESS_PATTERN, sandboxSpecSchema, sandboxName } from './sandbox-spec.js';
 export type { SandboxSpec } from './sandbox-spec.js';
-export { parseSandboxExecRequest, parseSandboxReply, parseCredentialRequest, parseCredentialAnswer } from './sandbox.js';
-export type { SandboxExecRequest, SandboxReply, SandboxResult, Artifact, CredentialRequest, CredentialAnswer } from './sandbox.js';
+export { parseSandboxExecRequest, parseSandboxReply, parseCredentialRequest, parseCredentialAnswer, parseSandboxCancelRequest, parseSandboxCancelReply } from './sandbox.js';
+export type { SandboxExecRequest, SandboxReply, SandboxResult, Artifact, CredentialRequest, CredentialAnswer, SandboxCancelRequest, SandboxCancelReply } from './sandbox.js';
 export {
   Lifecycle,
   LIFECYCLES,
@@ -127,6 +127,8 @@ export {
   parseLeaseGrant,
   parseRedeemRequest,
   parseRedeemReply,
+  parseClaimRequest,
+  parseClaimReply,
   parseRevokeRequest,
   parseRevokeReply,
   parsePutRequest,
@@ -150,6 +152,8 @@ export type {
   LeaseGrant,
   RedeemRequest,
   RedeemReply,
+  ClaimRequest,
+  ClaimReply,
   RevokeRequest,
   RevokeReply,
   PutRequest,

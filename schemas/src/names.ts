@@ -62,6 +62,8 @@ export const SecretsVerb = {
   Lease: 'lease',
   /** Redeem a lease for values sealed to the caller's key (the sandbox service only). */
   Redeem: 'redeem',
+  /** Claim a lease for the sandbox that will redeem it: its TTL counts from here (the sandbox service only). */
+  Claim: 'claim',
   /** Revoke a run's open leases, and any later ones. */
   Revoke: 'revoke',
   /** The key `put`/`rotate` values are sealed to (administration). */

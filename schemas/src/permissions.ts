@@ -197,7 +197,7 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
       };
     case Role.Sandbox:
       return {
-        pub: [JsApi.info, Subjects.secrets(t, SecretsVerb.Redeem), Subjects.allJitRoutes(t), ...readStream(Streams.runs(t))],
+        pub: [JsApi.info, Subjects.secrets(t, SecretsVerb.Claim), Subjects.secrets(t, SecretsVerb.Redeem), Subjects.allJitRoutes(t), ...readStream(Streams.runs(t))],
         sub: [inbox, Subjects.sandboxExec(t), Subjects.sandboxCancel(t)],
         // accepted, a beat every second, done: for as long as the step runs.
         resp: LONG_REPLIES,

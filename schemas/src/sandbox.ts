@@ -75,6 +75,39 @@ export function parseCredentialAnswer(value: unknown): CredentialAnswer {
   return credentialAnswerSchema.parse(value);
 }
 
+/**
+ * Cancels one attempt (`cap.<t>.svc.sandbox.cancel`): the service holding it kills its
+ * process and container (or drops it from the queue) and answers `{ cancelled: true }`; the
+ * attempt's exec request then ends with `done` and the error `cancelled`.
+ */
+const cancelRequestSchema = obj('sandbox cancel request', {
+  runId: str({ pattern: RUN_ID_PATTERN }) as unknown as Schema<RunId>,
+  step: str({ min: 1, max: 64 }),
+  attempt: int({ min: 1 }),
+});
+export type SandboxCancelRequest = Infer<typeof cancelRequestSchema>;
+/** @throws SchemaError */
+export function parseSandboxCancelRequest(value: unknown): SandboxCancelRequest {
+  return cancelRequestSchema.parse(value);
+}
+
+/**
+ * The answer to a cancel: `cancelled` when this service held the attempt (running or queued)
+ * and has killed it, with how long the kill took; `found: false` when no instance holds it
+ * (it ended already, or never reached a sandbox); `error` for a malformed request.
+ */
+const cancelReplySchema = obj('sandbox cancel reply', {
+  cancelled: bool(),
+  sandbox: optional(str({ min: 1, max: 128 })),
+  killMs: optional(int({ min: 0 })),
+  error: optional(errorRecordSchema),
+});
+export type SandboxCancelReply = Infer<typeof cancelReplySchema>;
+/** @throws SchemaError */
+export function parseSandboxCancelReply(value: unknown): SandboxCancelReply {
+  return cancelReplySchema.parse(value);
+}
+
 /** @throws SchemaError */
 export function parseSandboxReply(value: unknown): SandboxReply {
   return replySchema.parse(value);

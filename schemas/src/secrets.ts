@@ -183,7 +183,10 @@ export type LeaseRequest = Infer<typeof leaseRequestSchema>;
 const leaseGrantSchema = obj('lease grant', {
   leaseId,
   keys: uniqueNames('lease keys'),
-  /** When the lease stops being redeemable, by the database's clock (ISO 8601). */
+  /**
+   * By when the lease must be claimed, by the database's clock (ISO 8601); once claimed it
+   * stays redeemable for its TTL from the claim.
+   */
   expiresAt: str({ min: 20, max: 40 }),
 });
 export type LeaseGrant = Infer<typeof leaseGrantSchema>;
@@ -193,6 +196,18 @@ export type RedeemRequest = Infer<typeof redeemRequestSchema>;
 
 const redeemReplySchema = obj('redeem reply', { sealed: sealedBoxSchema });
 export type RedeemReply = Infer<typeof redeemReplySchema>;
+
+/**
+ * The sandbox that will redeem a lease claims it first, once it holds a container for the
+ * attempt: the lease's TTL counts from this claim, not from its issue, so a step that waited
+ * for a slot or a cold start still finds it redeemable.
+ */
+const claimRequestSchema = obj('claim request', { leaseId, runId, step, attempt, sandbox: str({ min: 1, max: 128 }) });
+export type ClaimRequest = Infer<typeof claimRequestSchema>;
+
+/** When the claimed lease stops being redeemable, by the database's clock (ISO 8601). */
+const claimReplySchema = obj('claim reply', { expiresAt: str({ min: 20, max: 40 }) });
+export type ClaimReply = Infer<typeof claimReplySchema>;
 
 const revokeRequestSchema = obj('revoke request', { runId, by: optional(actorSchema), reason: optional(reasonSchema) });
 export type RevokeRequest = Infer<typeof revokeRequestSchema>;
@@ -262,6 +277,8 @@ export const parseLeaseRequest = (v: unknown): LeaseRequest => leaseRequestSchem
 export const parseLeaseGrant = (v: unknown): LeaseGrant => leaseGrantSchema.parse(v);
 export const parseRedeemRequest = (v: unknown): RedeemRequest => redeemRequestSchema.parse(v);
 export const parseRedeemReply = (v: unknown): RedeemReply => redeemReplySchema.parse(v);
+export const parseClaimRequest = (v: unknown): ClaimRequest => claimRequestSchema.parse(v);
+export const parseClaimReply = (v: unknown): ClaimReply => claimReplySchema.parse(v);
 export const parseRevokeRequest = (v: unknown): RevokeRequest => revokeRequestSchema.parse(v);
 export const parseRevokeReply = (v: unknown): RevokeReply => revokeReplySchema.parse(v);
 export const parsePutRequest = (v: unknown): PutRequest => putRequestSchema.parse(v);
@@ -287,19 +304,23 @@ export type LeaseDenialCode =
 const DENIAL_TEXT: Record<LeaseDenialCode, string> = {
   [ErrorCode.LeaseNotFound]: 'no such lease in this tenant',
   [ErrorCode.LeaseExpired]: 'the lease expired',
-  [ErrorCode.LeaseUsed]: 'the lease was already redeemed (leases are single use)',
+  [ErrorCode.LeaseUsed]: 'the lease was already claimed or redeemed (leases are single use)',
   [ErrorCode.LeaseRevoked]: 'the lease was revoked (its run was revoked or ended)',
   [ErrorCode.LeaseScopeMismatch]: 'the lease was issued for another run, step or attempt',
 };
 
-/** A redemption (or an issue, for `lease_revoked`) the lease service refused. Not retryable: ask for a new lease. */
+/**
+ * A claim or redemption (or an issue, for `lease_revoked`) the lease service refused. Only
+ * `lease_expired` is retryable: the step's next attempt has a new lease issued; the others
+ * say something is wrong with the lease itself.
+ */
 export class LeaseDeniedError extends CapstanError {
   constructor(
     code: LeaseDenialCode,
     readonly leaseId: string,
     message = `lease ${leaseId || '(new)'} denied: ${DENIAL_TEXT[code]}`,
   ) {
-    super(code, message, false);
+    super(code, message, code === ErrorCode.LeaseExpired);
   }
 }
 

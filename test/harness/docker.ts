@@ -27,6 +27,19 @@ export async function dockerOrSkip(): Promise<Docker | undefined> {
   }
 }
 
+/**
+ * The container runtimes sandbox tests run under: runc, and gVisor's runsc when the engine
+ * has it registered (`infra/docker/ensure-runsc.sh`). Under CI a missing runsc is an error:
+ * the escape tests must run under both.
+ */
+export async function sandboxRuntimes(docker: Docker): Promise<('runc' | 'runsc')[]> {
+  const info = (await docker.info()) as { Runtimes?: Record<string, unknown> };
+  if (Object.keys(info.Runtimes ?? {}).includes('runsc')) return ['runc', 'runsc'];
+  if (process.env['CI']) throw new Error('the Docker engine has no runsc runtime; CI needs it: run infra/docker/ensure-runsc.sh');
+  process.stdout.write('SKIPPED: runsc (gVisor) is not registered with the Docker engine; sandbox tests run under runc only\n');
+  return ['runc'];
+}
+
 let image: Promise<SandboxImage> | undefined;
 
 /** The sandbox image for the current build, built on first use and shared by every test in the process. */

@@ -19,11 +19,11 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type Docker from 'dockerode';
 import { sql } from 'drizzle-orm';
 import { createRegistry } from '@capstan/actors';
-import { createLogger, migrate, openDatabase, putSecret, queryRows, setPolicy, type Database, type Logger } from '@capstan/kit';
+import { createLogger, issueLease, migrate, newRunId, openDatabase, putSecret, queryRows, setPolicy, type Database, type Logger } from '@capstan/kit';
 import { createOrchestrator, loadConfig as orchestratorConfig } from '@capstan/orchestrator';
 import { createPolicyService, loadConfig as policyConfig } from '@capstan/policy';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
-import { createSecretsLease, loadConfig as secretsConfig } from '@capstan/secrets-lease';
+import { createSecretsLease, loadConfig as secretsConfig, type SecretsLeaseService } from '@capstan/secrets-lease';
 import { createWorker, loadConfig as workerConfig } from '@capstan/worker';
 import { CapstanError, Streams, type RunEvent, type RunId, type TenantId, Role } from '@capstan/schemas';
 import { connect, eventsOf, eventually, provision, runCli, type Harness, serviceEnv, issueCreds } from '../harness/fixtures.js';
@@ -71,6 +71,7 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
   let d: Database;
   let projector: ProjectorApp;
   let sb: TestSandboxes;
+  let secrets: SecretsLeaseService;
   const stops: (() => Promise<void>)[] = [];
   const logs: (() => string)[] = [];
   const canaries = Array.from({ length: 48 }, (_, i) => `cnry-${i}-${randomBytes(9).toString('hex')}`);
@@ -89,7 +90,7 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
     const policy = await createPolicyService(policyConfig({ ...env, ...(await serviceEnv(url, Role.Policy)), CAPSTAN_TENANTS: '' }), policyLog.log);
     await policy.start();
     const secretsLog = capturing('secrets-lease');
-    const secrets = await createSecretsLease(secretsConfig({ ...env, ...(await serviceEnv(url, Role.SecretsLease)), SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }), secretsLog.log, { database: d });
+    secrets = await createSecretsLease(secretsConfig({ ...env, ...(await serviceEnv(url, Role.SecretsLease)), SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }), secretsLog.log, { database: d });
     await secrets.start();
     sb = await startSandboxes(h, url, docker as Docker, [t], { SANDBOX_SECRETS_FILE: '' });
     const orchLog = capturing('orchestrator');
@@ -206,6 +207,24 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
       await worker.stop();
       await orch.stop();
     }
+  });
+
+  it('a lease that waited longer than its TTL for a sandbox is still claimed and redeemed: its TTL counts from the claim; a lapsed one is retryable', async () => {
+    const runId = newRunId();
+    const lease = await issueLease(await h.nc(t), t, { runId, step: 'queued', attempt: 1, keys: ['DEMO_TOKEN'], ttlMs: 300 });
+    // The step waits for a sandbox slot and a cold start, longer than the lease's TTL.
+    await new Promise((r) => setTimeout(r, 1000));
+    const out = await sb.exec(t, 2, { secrets: ['DEMO_TOKEN'], command: ['sh', '-c', 'printf %s "$DEMO_TOKEN" | sha256sum | cut -c1-64'] }, { runId, step: 'queued', leaseId: lease.leaseId });
+    expect(out.error).toBeUndefined();
+    expect(sb.stdout(out).trim()).toBe(sha(demoToken));
+    const rows = await queryRows<{ kind: string; detail: Record<string, unknown> }>(d, sql`select kind, detail from audit_log where tenant = ${t} and run_id = ${runId} order by id`);
+    expect(rows.map((r) => r.kind)).toEqual(['lease.issued', 'lease.claimed', 'lease.redeemed']);
+    expect(rows[1]?.detail).toMatchObject({ leaseId: lease.leaseId, sandbox: `cap-${runId}-queued-1`, keys: ['DEMO_TOKEN'] });
+    // Never claimed within its claim window: expired, and retryable (a new attempt gets a new lease).
+    const lapsed = await secrets.ledger.issue(t, { runId, step: 'lapsed', attempt: 1 }, ['DEMO_TOKEN'], 300, 300);
+    await new Promise((r) => setTimeout(r, 800));
+    const late = await sb.exec(t, 2, { secrets: ['DEMO_TOKEN'], command: ['true'] }, { runId, step: 'lapsed', leaseId: lapsed.leaseId });
+    expect(late.error).toMatchObject({ code: 'lease_expired', retryable: true });
   });
 
   it('audit rows: the policy change, each decision, the approval and every lease by key name', async () => {

@@ -13,7 +13,7 @@ import { createRegistry } from '@capstan/actors';
 import { PROJECT_ROOT } from '@capstan/kit';
 import { Labels } from '@capstan/sandbox';
 import { Role, type RunId } from '@capstan/schemas';
-import { connect, eventually, provision, spawnService, watchRuns, type ServiceProcess, issueCreds } from '../harness/fixtures.js';
+import { connect, eventsOf, eventually, provision, spawnService, watchRuns, type ServiceProcess, issueCreds } from '../harness/fixtures.js';
 import { checkRuns, report } from '../harness/checker.js';
 import { dockerOrSkip } from '../harness/docker.js';
 import { workflows } from '../fixtures/workflows.js';
@@ -114,6 +114,11 @@ describe.skipIf(!docker)('sandbox faults', () => {
     expect(c.resultsRecordedTwice).toBe(0);
     expect(c.replayMismatches).toBe(0);
     // Steps lost with the dead instance were retried as new attempts and completed.
+    for (const [runId, how] of watch.ended) {
+      if (how === 'run.completed') continue;
+      const events = await eventsOf(h, t, runId as RunId);
+      process.stdout.write(`sandbox kill: run ${runId} ${how}: ${events.filter((e) => e.type === 'step.failed' || e.type === 'run.failed').map((e) => JSON.stringify(e.data)).join(' | ')}\n`);
+    }
     expect(c.completed).toBe(50);
     await h.close();
   }, 400_000);

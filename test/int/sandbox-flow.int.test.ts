@@ -16,7 +16,7 @@ import type Docker from 'dockerode';
 import { sql } from 'drizzle-orm';
 import { openDatabase, queryRows, type Database } from '@capstan/kit';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
-import { Streams, type TenantId, Role } from '@capstan/schemas';
+import { makeRunId, Streams, type TenantId, Role } from '@capstan/schemas';
 import { connect, eventsOf, eventually, provision, silent, startServices, type Harness, type InProcessServices, serviceEnv } from '../harness/fixtures.js';
 import { dockerOrSkip } from '../harness/docker.js';
 import { scratchDatabase } from '../harness/postgres.js';
@@ -39,7 +39,9 @@ describe.skipIf(!docker)('sandboxed runs end to end', () => {
   beforeAll(async () => {
     h = await connect(url);
     t = await provision(h, 'sbxflow');
-    sb = await startSandboxes(h, url, docker as Docker, [t]);
+    // The mode-3 agent's endpoint is on this host's loopback: the admin allow-list names it,
+    // and egress is audited (a scratch database), as it must be before any connection opens.
+    sb = await startSandboxes(h, url, docker as Docker, [t], { SANDBOX_EGRESS_ALLOW: '127.0.0.1/32' }, { audit: true });
     sb.setSecrets({ [t]: { DEMO_TOKEN: canary, OPENAI_API_KEY: `sk-${canary}` } });
     services = await startServices(url, [t]);
     scratch = await scratchDatabase('sbxflow');
@@ -128,13 +130,14 @@ describe.skipIf(!docker)('sandboxed runs end to end', () => {
     await new Promise<void>((r) => llm.listen(0, '127.0.0.1', r));
     const port = (llm.address() as AddressInfo).port;
     try {
+      const runId = makeRunId(Date.now(), crypto.getRandomValues(new Uint8Array(10)));
       const out = await sb.exec(t, 3, {
         agent: 'mini',
         task: 'Write a greeting to out/hello.txt.',
         env: [{ name: 'OPENAI_BASE_URL', value: `http://127.0.0.1:${port}/v1` }],
         secrets: ['OPENAI_API_KEY'],
         egress: [`127.0.0.1:${port}`],
-      });
+      }, { runId });
       if (out.error) process.stdout.write(`agent: ${JSON.stringify(out)}\n${readFileSync(join(fileURLToPath(out.result?.destination ?? 'file:///nonexistent'), 'stderr.log'), 'utf8')}\n`);
       expect(out.error).toBeUndefined();
       expect(turns).toBe(2);
@@ -142,6 +145,11 @@ describe.skipIf(!docker)('sandboxed runs end to end', () => {
       expect(out.result?.artifacts.map((a) => a.path)).toEqual(['out/answer.md', 'out/hello.txt']);
       const dir = fileURLToPath(out.result?.destination ?? '');
       expect(readFileSync(join(dir, 'out/hello.txt'), 'utf8')).toBe('hello from the agent\n');
+      // One audit row per connection to the model, each written before it opened.
+      expect((await sb.auditRows(t, runId)).map((r) => [r.kind, r.detail['target']])).toEqual([
+        ['egress.connect', `127.0.0.1:${port}`],
+        ['egress.connect', `127.0.0.1:${port}`],
+      ]);
       expect(sb.logs()).not.toContain(canary);
     } finally {
       llm.close();

@@ -17,6 +17,7 @@ import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import {
+  claimLease,
   createLogger,
   deleteSecret,
   generateRecipient,
@@ -291,21 +292,45 @@ describe('leases', () => {
     ]);
   });
 
-  it('expiry is set and judged by the database clock', async () => {
+  it('expiry is set and judged by the database clock; the TTL counts from the claim', async () => {
     const runId = newRunId();
     const scope = { runId, step: 'quick', attempt: 1 };
     const before = await dbNow();
     const lease = await issueLease(nc, t, { ...scope, keys: ['API_TOKEN'], ttlMs: 400 });
     const after = await dbNow();
-    const expiresAt = new Date(lease.expiresAt).getTime();
-    // Issued between the two readings of the database clock, plus the TTL.
-    expect(expiresAt).toBeGreaterThanOrEqual(before.getTime() + 400);
-    expect(expiresAt).toBeLessThanOrEqual(after.getTime() + 400);
+    // Unclaimed, it waits for its claim for the claim window (10 min by default), not its TTL.
+    const claimBy = new Date(lease.expiresAt).getTime();
+    expect(claimBy).toBeGreaterThanOrEqual(before.getTime() + 10 * 60_000);
+    expect(claimBy).toBeLessThanOrEqual(after.getTime() + 10 * 60_000);
+    // Longer than its TTL in a queue: still claimable; the TTL starts at the claim.
+    await new Promise((r) => setTimeout(r, 600));
+    const c0 = await dbNow();
+    const expiresAt = (await claimLease(nc, t, { ...scope, leaseId: lease.leaseId, sandbox: `cap-${runId}-quick-1` })).getTime();
+    const c1 = await dbNow();
+    expect(expiresAt).toBeGreaterThanOrEqual(c0.getTime() + 400);
+    expect(expiresAt).toBeLessThanOrEqual(c1.getTime() + 400);
+    // One claim per lease.
+    expect(await codeOf(claimLease(nc, t, { ...scope, leaseId: lease.leaseId, sandbox: 'cap-another' }))).toBe(ErrorCode.LeaseUsed);
     await eventually('the database clock past the expiry', async () => ((await dbNow()).getTime() > expiresAt ? true : undefined), 5000, 50);
-    expect(await codeOf(redeemValues(nc, t, { ...scope, leaseId: lease.leaseId }))).toBe(ErrorCode.LeaseExpired);
+    // Expired: retryable (the step's next attempt has a new lease issued).
+    let expired: unknown;
+    await redeemValues(nc, t, { ...scope, leaseId: lease.leaseId }).catch((e: unknown) => (expired = e));
+    expect(expired).toMatchObject({ code: ErrorCode.LeaseExpired, retryable: true });
+    const kinds = (await auditRows(runId)).map((x) => [x.kind, x.detail['code'] ?? x.detail['sandbox'] ?? null]);
+    expect(kinds).toEqual([
+      ['lease.issued', null],
+      ['lease.claimed', `cap-${runId}-quick-1`],
+      ['lease.denied', 'lease_used'],
+      ['lease.denied', 'lease_expired'],
+    ]);
+    // A lease never claimed within its claim window is expired too.
+    const lapsed = await svc.ledger.issue(t, { ...scope, step: 'lapsed' }, ['API_TOKEN'], 100, 100);
+    await eventually('the claim window past', async () => ((await dbNow()).getTime() > lapsed.expiresAt.getTime() ? true : undefined), 5000, 50);
+    expect(await codeOf(claimLease(nc, t, { ...scope, step: 'lapsed', leaseId: lapsed.leaseId, sandbox: 'cap-late' }))).toBe(ErrorCode.LeaseExpired);
     // The asked-for TTL is capped.
     const long = await issueLease(nc, t, { ...scope, keys: ['API_TOKEN'], ttlMs: 24 * 3_600_000 });
-    expect(new Date(long.expiresAt).getTime() - (await dbNow()).getTime()).toBeLessThanOrEqual(15 * 60_000);
+    const longUntil = await claimLease(nc, t, { ...scope, leaseId: long.leaseId, sandbox: 'cap-long' });
+    expect(longUntil.getTime() - (await dbNow()).getTime()).toBeLessThanOrEqual(15 * 60_000);
   });
 
   it('a revoked run: open leases rejected at once, later issues refused, redeemed ones untouched', async () => {
@@ -546,7 +571,7 @@ describe('D1: single use under racing redeemers, TTL, revocation', () => {
       );
       expect(db1).toEqual({ issued: 1000, redeemed: 1000, audited: 1000, denied: 15_000 });
 
-      // 500 leases left unredeemed until their TTL (by the database's clock) + 1 s has passed.
+      // 500 leases claimed, then left unredeemed until their TTL (from the claim, by the database's clock) + 1 s has passed.
       const late: { leaseId: string; scope: (typeof scopes)[number]; expiresAt: number }[] = [];
       const lateRun = newRunId();
       await pool(
@@ -554,7 +579,8 @@ describe('D1: single use under racing redeemers, TTL, revocation', () => {
         32,
         async (scope) => {
           const l = await issueLease(nc, t, { ...scope, keys: ['D1_TOKEN'], ttlMs: 2000 });
-          late.push({ leaseId: l.leaseId, scope, expiresAt: new Date(l.expiresAt).getTime() });
+          const expiresAt = await claimLease(nc, t, { ...scope, leaseId: l.leaseId, sandbox: `cap-${scope.runId}-${scope.step}-1` });
+          late.push({ leaseId: l.leaseId, scope, expiresAt: expiresAt.getTime() });
         },
       );
       const lastExpiry = Math.max(...late.map((l) => l.expiresAt));

@@ -20,6 +20,7 @@ import { createProjector, loadConfig as projectorConfig, type ProjectorApp } fro
 import { createConsole, localAdmin, loadConfig as consoleConfig } from '@capstan/console';
 import {
   connectNats,
+  createAuditSink,
   createClient,
   createQueryServer,
   migrate,
@@ -170,9 +171,11 @@ export async function devCmd(argv: string[]): Promise<number> {
 
   // Sandboxes (modes 1–3) on the local Docker engine. Without one, sandboxed steps fail
   // with `sandbox_unavailable`; they never run unsandboxed.
+  // Egress connections are audited in the dev database before they open.
   const sandboxes = await createSandboxService(
     sandboxConfig(as(Role.Sandbox, { SANDBOX_NODE: 'dev', SANDBOX_POOL_MIN: '1', SANDBOX_POOL_MAX: '4' })),
     createLogger('sandbox', logLevel, process.stderr),
+    { audit: createAuditSink(database) },
   );
   await sandboxes.start();
   say(dim('preparing sandboxes (the first run builds the sandbox image, about a minute) …'));
@@ -211,7 +214,7 @@ export async function devCmd(argv: string[]): Promise<number> {
   say(`  query API   ${api.url}  ${dim('(capstan runs / run / audit use it)')}`);
   say(`  console     ${operatorConsole.url}`);
   say(`  sign in     ${signInLink}  ${dim(`(one use, ${Math.round(devConsoleConfig.linkTtlMs / 60_000)} min; also in .capstan/dev/console.url)`)}`);
-  say(`  sandboxes   ${noSandboxes ? red(`unavailable: ${noSandboxes}`) : `docker, image ${sandboxes.image() ?? '?'}${dim(`  (artifacts in ${SANDBOX_ARTIFACTS})`)}`}`);
+  say(`  sandboxes   ${noSandboxes ? red(`unavailable: ${noSandboxes}`) : `docker (${sandboxes.runtime() ?? '?'}), image ${sandboxes.image() ?? '?'}${dim(`  (artifacts in ${SANDBOX_ARTIFACTS})`)}`}`);
   say(`  workflows   ${orchestrator.registry.list().map((w) => `${w.id}@${w.version}`).join(', ')}`);
   say(`  try         npx capstan submit demo.pipeline --tenant ${tenant} --wait`);
   say('');

@@ -24,6 +24,23 @@ export function envInt(env: Env, key: string, fallback: number, problems: string
   return n;
 }
 
+/**
+ * A Postgres URL (`postgres://` or `postgresql://` with a host), or '' when unset. A bad one
+ * is a problem that never echoes the value: it may hold a password.
+ */
+export function envPostgresUrl(env: Env, key: string, problems: string[]): string {
+  const raw = envString(env, key, '');
+  if (!raw) return '';
+  try {
+    const u = new URL(raw);
+    if ((u.protocol === 'postgres:' || u.protocol === 'postgresql:') && u.hostname !== '') return raw;
+  } catch {
+    // reported below
+  }
+  problems.push(`${key} must be a postgres:// or postgresql:// URL with a host`);
+  return '';
+}
+
 export function envBool(env: Env, key: string, fallback: boolean, problems: string[]): boolean {
   const raw = env[key];
   if (raw === undefined || raw === '') return fallback;

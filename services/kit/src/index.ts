@@ -24,7 +24,7 @@ export {
 export type { AdminTarget, ProvisionOptions, IssueOptions } from './provision.js';
 export { createLogger, LOG_LEVELS } from './log.js';
 export type { Logger } from './log.js';
-export { envString, envInt, envBool, envLogLevel, envNatsUrl, envTenants, envNatsAuth } from './env.js';
+export { envString, envInt, envBool, envLogLevel, envNatsUrl, envTenants, envNatsAuth, envPostgresUrl } from './env.js';
 export type { Env, NatsAuthConfig } from './env.js';
 export {
   ensureTenant,
@@ -102,6 +102,7 @@ export type { Recipient } from './sealed-box.js';
 export {
   issueLease,
   redeemLease,
+  claimLease,
   redeemValues,
   openLeaseValues,
   revokeRun,

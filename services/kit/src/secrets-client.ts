@@ -23,6 +23,7 @@ import {
   isPlainObject,
   leaseAad,
   parseKeyReply,
+  parseClaimReply,
   parseLeaseGrant,
   parseListReply,
   parseRedeemReply,
@@ -117,8 +118,19 @@ export function openLeaseValues(recipient: Recipient, t: TenantId, scope: LeaseS
 }
 
 /**
+ * Claims a lease for the sandbox (container name) that will redeem it: the lease's TTL
+ * counts from this call. Resolves with the new expiry (the database's clock).
+ * For the sandbox service only.
+ * @throws LeaseDeniedError (`lease_used` when claimed already, `lease_expired` past its claim window, …); SecretsUnavailableError
+ */
+export async function claimLease(nc: NatsConnection, t: TenantId, scope: LeaseScopeRef & { readonly sandbox: string }, o?: SecretsCallOptions): Promise<Date> {
+  const { expiresAt } = await call(nc, t, SecretsVerb.Claim, scope, parseClaimReply, o, { leaseId: scope.leaseId });
+  return new Date(expiresAt);
+}
+
+/**
  * Redeems a lease with a one-time key pair and opens the values: what the sandbox service
- * does for each attempt. The private key never leaves this call.
+ * does for each attempt (after its claim). The private key never leaves this call.
  */
 export async function redeemValues(nc: NatsConnection, t: TenantId, scope: LeaseScopeRef, o?: SecretsCallOptions): Promise<Record<string, string>> {
   const recipient = generateRecipient();

@@ -23,17 +23,37 @@ export const DEFAULT_LIMITS: SandboxLimits = Object.freeze({
   tmpBytes: 16 * 1024 * 1024,
 });
 
+/** The container runtimes Capstan knows how to use: gVisor's `runsc`, or the kernel's own isolation (`runc`). */
+export type SandboxRuntime = 'runc' | 'runsc';
+
 export interface CreateOptions {
   readonly name: string;
   readonly image: string;
   readonly labels: Readonly<Record<string, string>>;
   readonly limits: SandboxLimits;
+  readonly runtime: SandboxRuntime;
+  /** Receives the tool runner's own diagnostic lines (its stderr). */
+  readonly diag?: (line: string) => void;
+}
+
+/** What the engine says about a sandbox from outside it: the witness the step cannot write to. */
+export interface SandboxState {
+  readonly running: boolean;
+  /** The engine's pid for the sandbox (runc: its init; runsc: the sandbox process). */
+  readonly pid: number;
+  readonly restarts: number;
+  readonly oomKilled: boolean;
+  /** Tasks (processes and threads) in the sandbox's pids cgroup, and its limit, where the host shows them. */
+  readonly tasks?: number;
+  readonly tasksLimit?: number;
 }
 
 export interface BackendSandbox {
   readonly id: string;
   name: string;
   readonly channel: RunnerChannel;
+  /** The engine's view right after start, compared with its view at each release. */
+  readonly started: SandboxState;
 }
 
 export interface ListedSandbox {
@@ -56,6 +76,10 @@ export interface SandboxBackend {
   list(labels: Readonly<Record<string, string>>): Promise<ListedSandbox[]>;
   /** Whether a sandbox by this name exists (running or not). */
   exists(name: string): Promise<boolean>;
+  /** The engine's view of a sandbox; undefined when it is gone. */
+  state(id: string): Promise<SandboxState | undefined>;
+  /** The runtimes the engine has registered. */
+  runtimes(): Promise<string[]>;
 }
 
 export class SandboxUnavailableError extends CapstanError {
@@ -76,5 +100,15 @@ export class SandboxConflictError extends CapstanError {
  */
 export function nullBackend(reason = 'no sandbox backend is configured on this node'): SandboxBackend {
   const refuse = (): Promise<never> => Promise.reject(new SandboxUnavailableError(reason));
-  return { kind: 'null', ping: refuse, create: refuse, rename: refuse, remove: () => Promise.resolve(), list: () => Promise.resolve([]), exists: () => Promise.resolve(false) };
+  return {
+    kind: 'null',
+    ping: refuse,
+    create: refuse,
+    rename: refuse,
+    remove: () => Promise.resolve(),
+    list: () => Promise.resolve([]),
+    exists: () => Promise.resolve(false),
+    state: () => Promise.resolve(undefined),
+    runtimes: () => Promise.resolve([]),
+  };
 }

@@ -1,9 +1,11 @@
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { ConfigError, type TenantId } from '@capstan/schemas';
-import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envString, envTenants, PROJECT_ROOT, type Env, type NatsAuthConfig } from '@capstan/kit';
+import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envPostgresUrl, envString, envTenants, PROJECT_ROOT, type Env, type NatsAuthConfig } from '@capstan/kit';
 import type { LevelWithSilent } from 'pino';
-import { DEFAULT_LIMITS, type SandboxLimits } from './backend.js';
+import { DEFAULT_LIMITS, type SandboxLimits, type SandboxRuntime } from './backend.js';
+import { parseAllowList, parseDnsServers, type EgressRules } from './egress.js';
+import type { IdentityReuse } from './pool.js';
 
 export interface Config {
   readonly natsUrl: string;
@@ -16,6 +18,12 @@ export interface Config {
   readonly tenants: readonly TenantId[] | 'all';
   /** `docker` (default) or `none` (every sandboxed step fails with `sandbox_unavailable`). */
   readonly backend: 'docker' | 'none';
+  /**
+   * `runsc` (gVisor) or `runc`. Unset (`auto`): gVisor where the engine has it registered
+   * and it starts a sandbox, runc otherwise, with a warning that says why. Set explicitly,
+   * it is required: a node told `runsc` that cannot use it runs no sandboxes at all.
+   */
+  readonly runtime: SandboxRuntime | 'auto';
   /** The engine's socket. */
   readonly dockerSocket: string;
   /**
@@ -25,9 +33,20 @@ export interface Config {
   readonly node: string;
   /** Steps run at once; more wait their turn (with beats, so their workers do not give up). */
   readonly concurrency: number;
+  /** Fresh (never used) sandboxes kept ready per image. */
   readonly poolMin: number;
+  /** Used sandboxes kept idle per pool key (tenant, mode, image, identity scope). */
   readonly poolMax: number;
   readonly maxUses: number;
+  /** Used sandboxes idle this long are destroyed. */
+  readonly idleMs: number;
+  /** Modes 2–3: reuse a sandbox that held an identity never (default) or for the same identity scope only. */
+  readonly identityReuse: IdentityReuse;
+  /** stdout + stderr bytes an attempt may write; the step is killed there (`sandbox_output_limit`). */
+  readonly maxOutputBytes: number;
+  readonly egress: EgressRules;
+  /** The Postgres holding `audit_log`: every egress connection is recorded there before it opens. */
+  readonly auditDatabaseUrl: string;
   readonly limits: SandboxLimits;
   /** Images steps may name besides the built-in one (comma-separated refs). */
   readonly images: readonly string[];
@@ -49,6 +68,10 @@ export function loadConfig(env: Env): Config {
   if (backend !== 'docker' && backend !== 'none') problems.push(`SANDBOX_BACKEND must be docker or none, got ${JSON.stringify(backend)}`);
   const node = envString(env, 'SANDBOX_NODE', hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').slice(0, 32) || 'node');
   if (!/^[a-z0-9][a-z0-9-]{0,31}$/.test(node)) problems.push('SANDBOX_NODE must match ^[a-z0-9][a-z0-9-]{0,31}$');
+  const runtime = envString(env, 'SANDBOX_RUNTIME', 'auto');
+  if (!['auto', 'runc', 'runsc'].includes(runtime)) problems.push(`SANDBOX_RUNTIME must be runsc, runc or auto, got ${JSON.stringify(runtime.slice(0, 40))}`);
+  const identityReuse = envString(env, 'SANDBOX_IDENTITY_REUSE', 'never');
+  if (identityReuse !== 'never' && identityReuse !== 'scope') problems.push(`SANDBOX_IDENTITY_REUSE must be never or scope, got ${JSON.stringify(identityReuse.slice(0, 40))}`);
   const poolMin = envInt(env, 'SANDBOX_POOL_MIN', 2, problems, 0, 256);
   const poolMax = envInt(env, 'SANDBOX_POOL_MAX', 8, problems, 0, 1024);
   if (poolMax < poolMin) problems.push('SANDBOX_POOL_MAX must be >= SANDBOX_POOL_MIN');
@@ -59,12 +82,24 @@ export function loadConfig(env: Env): Config {
     logLevel: envLogLevel(env, problems),
     tenants: envTenants(env, problems),
     backend: backend === 'none' ? 'none' : 'docker',
+    runtime: runtime === 'runc' || runtime === 'runsc' ? runtime : 'auto',
     dockerSocket: envString(env, 'DOCKER_SOCKET', '/var/run/docker.sock'),
     node,
     concurrency: envInt(env, 'SANDBOX_CONCURRENCY', 8, problems, 1, 1024),
     poolMin,
     poolMax,
     maxUses: envInt(env, 'SANDBOX_MAX_USES', 50, problems, 1, 1_000_000),
+    idleMs: envInt(env, 'SANDBOX_IDLE_MS', 5 * 60_000, problems, 1000, 24 * 3_600_000),
+    identityReuse: identityReuse === 'scope' ? 'scope' : 'never',
+    maxOutputBytes: envInt(env, 'SANDBOX_MAX_OUTPUT_MB', 64, problems, 1, 65_536) * MIB,
+    egress: {
+      allow: parseAllowList(envString(env, 'SANDBOX_EGRESS_ALLOW', ''), problems),
+      dns: parseDnsServers(envString(env, 'SANDBOX_EGRESS_DNS', ''), problems),
+      maxBytes: envInt(env, 'SANDBOX_EGRESS_MAX_MB', 256, problems, 1, 1_048_576) * MIB,
+      maxConnections: envInt(env, 'SANDBOX_EGRESS_MAX_CONNS', 32, problems, 1, 4096),
+      connectTimeoutMs: envInt(env, 'SANDBOX_EGRESS_CONNECT_MS', 10_000, problems, 100, 600_000),
+    },
+    auditDatabaseUrl: envPostgresUrl(env, 'AUDIT_DATABASE_URL', problems),
     limits: {
       memoryBytes: envInt(env, 'SANDBOX_MEMORY_MB', DEFAULT_LIMITS.memoryBytes / MIB, problems, 16, 65_536) * MIB,
       pids: envInt(env, 'SANDBOX_PIDS', DEFAULT_LIMITS.pids, problems, 8, 65_536),

@@ -1,18 +1,19 @@
 /**
- * Runs one sandboxed attempt: claim a sandbox under the attempt's deterministic name,
- * inject identity from a lease (modes 2 and 3), write the inputs, run the command or agent
- * with the step's timeout, stream its output to the destination (redacted), collect the
- * artifacts, answer with metadata only, and release the sandbox (scrub and prove, or
- * destroy).
+ * Runs one sandboxed attempt: claim a sandbox of the tenant's pool under the attempt's
+ * deterministic name, claim and redeem the lease (modes 2 and 3) and inject the identity,
+ * write the inputs, run the command or agent with the step's timeout, stream its output to
+ * the destination (redacted, capped), collect the artifacts, answer with metadata only, and
+ * release the sandbox (scrub and prove, or destroy). Text that comes out of the sandbox is
+ * bounded and redacted before it reaches a result, a log line or the audit log.
  */
-import { connect, type Socket } from 'node:net';
-import type { Logger } from '@capstan/kit';
+import type { AuditSink, Logger } from '@capstan/kit';
 import {
   CapstanError,
   ErrorCode,
   Mode,
   sandboxName,
   toErrorRecord,
+  ENV_NAME_PATTERN,
   type CredentialAnswer,
   type CredentialRequest,
   type ErrorRecord,
@@ -21,19 +22,27 @@ import {
   type TenantId,
 } from '@capstan/schemas';
 import { SandboxConflictError, type SandboxBackend } from './backend.js';
-import type { RunnerChannel, TunnelFrame } from './channel.js';
+import { openTunnels, type EgressRules } from './egress.js';
 import type { LeaseRedeemer } from './leases.js';
 import { Destination, Redactor } from './outputs.js';
-import type { Claimed, WarmPool } from './pool.js';
+import { identityScope, type Claimed, type SandboxPools } from './pool.js';
 import { OUT_DIR, type FileInput, type RunnerFrame } from './runner/protocol.js';
 import { agentCommand } from './agent-adapters.js';
+import { fromSandbox, TEXT_LIMITS } from './untrusted.js';
 
 export interface ExecDeps {
   readonly backend: SandboxBackend;
-  readonly pools: (mode: Mode, image: string | undefined) => WarmPool;
+  readonly pools: SandboxPools;
+  /** The image a step gets: the built-in one, or one it names that the node allows. @throws CapstanError */
+  readonly image: (requested: string | undefined) => string;
   readonly leases: LeaseRedeemer;
+  readonly audit: AuditSink;
+  readonly egress: EgressRules;
+  /** This service in the audit log (`sandbox:<node>`). */
+  readonly actor: string;
   readonly artifactsDir: string;
   readonly maxArtifactBytes: number;
+  readonly maxOutputBytes: number;
   readonly log: Logger;
   /** Asks the worker that sent the step (mode 3b credentials); resolves with its answer. */
   readonly askWorker: (tenant: TenantId, subject: string, request: CredentialRequest, timeoutMs: number) => Promise<CredentialAnswer>;
@@ -42,6 +51,8 @@ export interface ExecDeps {
 export interface ExecProgress {
   accepted(sandbox: string, warm: boolean): void;
   output(fd: 1 | 2, bytes: number): void;
+  /** Called once a sandbox is claimed, with what kills it (a cancel). */
+  killable(kill: () => Promise<void>): void;
 }
 
 export type ExecOutcome = { result: SandboxResult; error?: ErrorRecord };
@@ -49,19 +60,28 @@ export type ExecOutcome = { result: SandboxResult; error?: ErrorRecord };
 /** Extra time the service gives the runner beyond the step timeout before calling it lost. */
 const RUNNER_GRACE_MS = 15_000;
 const LOG_FILES = new Set(['stdout.log', 'stderr.log']);
+const SIGNAL_PATTERN = /^SIG[A-Z0-9]{1,12}$/;
 
-export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxExecRequest, progress: ExecProgress): Promise<ExecOutcome> {
+export class CancelledError extends CapstanError {
+  constructor(message: string) {
+    super(ErrorCode.Cancelled, message, false);
+  }
+}
+
+export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxExecRequest, progress: ExecProgress, signal: AbortSignal): Promise<ExecOutcome> {
   const name = sandboxName(req.runId, req.step, req.attempt);
   // The worker's request is data from the network: mode 1 gets no identity and no egress
   // whatever the request says (the workflow definition refuses both too).
   if (req.mode === Mode.Sandboxed && ((req.spec.secrets?.length ?? 0) > 0 || (req.spec.egress?.length ?? 0) > 0)) {
     throw new CapstanError(ErrorCode.InvalidArgument, `step ${req.step} is mode 1: no secrets and no egress`, false);
   }
+  const cancelled = () => new CancelledError(`step ${req.step} attempt ${req.attempt} was cancelled`);
+  if (signal.aborted) throw cancelled();
   const log = deps.log.child({ tenant, runId: req.runId, step: req.step, attempt: req.attempt, sandbox: name });
-  const pool = deps.pools(req.mode, req.spec.image);
+  const key = { tenant, mode: req.mode, image: deps.image(req.spec.image), scope: identityScope({ workflow: req.workflow, step: req.step, ...req.spec }) };
   let claimed: Claimed;
   try {
-    claimed = await pool.acquire(name);
+    claimed = await deps.pools.acquire(key, name);
   } catch (e) {
     if (e instanceof SandboxConflictError) {
       // Left by a service instance that died mid-attempt: that attempt is lost, and its
@@ -71,28 +91,38 @@ export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxE
     }
     throw e;
   }
-  progress.accepted(name, claimed.warm);
   const { channel } = claimed.sandbox;
+  const kill = () => deps.backend.remove(claimed.sandbox.id);
+  progress.killable(kill);
+  if (signal.aborted) {
+    await deps.pools.destroy(claimed).catch(() => {});
+    throw cancelled();
+  }
+  progress.accepted(name, claimed.warm);
   const dest = new Destination(deps.artifactsDir, [tenant, req.runId, req.step, String(req.attempt)]);
-  let identityValues: string[] = [];
-  let released = false;
-  const release = () => {
-    if (released) return;
-    released = true;
-    void pool.release(claimed).catch((e: unknown) => log.warn({ err: e }, 'sandbox release failed'));
-  };
+  // Every identity value the step gets (from its lease, or granted at run time) joins these.
+  const identity: string[] = [];
+  const redactor = new Redactor([]);
+  channel.redactor = redactor;
+  let tunnels: ReturnType<typeof openTunnels> | undefined;
   try {
     const env: Record<string, string> = {};
     for (const { name: k, value } of req.spec.env ?? []) env[k] = value;
     const secrets = req.spec.secrets ?? [];
     if (secrets.length > 0) {
-      const values = await deps.leases.redeem({ tenant, runId: req.runId, step: req.step, attempt: req.attempt, keys: secrets, ...(req.leaseId ? { leaseId: req.leaseId } : {}) });
-      identityValues = Object.values(values);
+      // The lease's TTL starts now, with a container in hand: the queue and a cold start are behind us.
+      const values = await deps.leases.redeem({ tenant, runId: req.runId, step: req.step, attempt: req.attempt, keys: secrets, sandbox: name, ...(req.leaseId ? { leaseId: req.leaseId } : {}) });
+      identity.push(...Object.values(values));
+      redactor.add(Object.values(values));
       await channel.call({ t: 'identity', id: channel.newId(), env: values }, (f) => f.t === 'ok', 10_000);
       log.info({ keys: secrets }, 'identity injected');
     }
-    const egress = new Set(req.spec.egress ?? []);
-    if (req.mode !== Mode.Sandboxed && egress.size > 0) channel.onTunnel = tunnel(channel, egress, log);
+    const grant = new Set((req.spec.egress ?? []).map((g) => g.toLowerCase()));
+    const egress = req.mode !== Mode.Sandboxed && grant.size > 0;
+    if (egress) {
+      tunnels = openTunnels(channel, grant, deps.egress, deps.audit, { tenant, runId: req.runId, step: req.step, attempt: req.attempt, sandbox: name, actor: deps.actor }, log);
+      channel.onTunnel = tunnels.onFrame;
+    }
 
     const files: FileInput[] = [{ path: 'input.json', d: Buffer.from(JSON.stringify({ input: req.input, previous: req.previous ?? null })).toString('base64') }];
     let argv = req.spec.command ?? [];
@@ -102,35 +132,51 @@ export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxE
       files.push({ path: a.taskFile, d: Buffer.from(req.spec.task ?? '').toString('base64') });
     }
 
-    const redact = { 1: new Redactor(identityValues), 2: new Redactor(identityValues) };
+    const redact = { 1: new Redactor(identity), 2: new Redactor(identity) };
     if (req.mode === Mode.Agent && req.spec.jit) {
       channel.onCredential = (f) => {
-        void grantCredential(deps, tenant, req, f.name, f.reason).then(
-          (values) => {
-            redact[1].add(Object.values(values));
-            redact[2].add(Object.values(values));
-            log.info({ key: f.name }, 'credential granted at run time');
-            return channel.send({ t: 'credential.ok', cid: f.cid, env: values });
-          },
-          (e: unknown) => {
-            const r = toErrorRecord(e, ErrorCode.SandboxFailed);
-            log.info({ key: f.name, code: r.code }, 'credential refused');
-            return channel.send({ t: 'credential.err', cid: f.cid, code: r.code, message: r.message });
-          },
-        ).catch(() => {});
+        const reason = fromSandbox(f.reason, TEXT_LIMITS.reason, redactor);
+        const keyName = typeof f.name === 'string' && ENV_NAME_PATTERN.test(f.name) ? f.name : undefined;
+        const asked = keyName ? grantCredential(deps, tenant, req, keyName, reason, name) : Promise.reject(new CapstanError(ErrorCode.InvalidArgument, 'a credential name is an env-style key name', false));
+        void asked
+          .then(
+            (values) => {
+              redactor.add(Object.values(values));
+              redact[1].add(Object.values(values));
+              redact[2].add(Object.values(values));
+              log.info({ key: keyName }, 'credential granted at run time');
+              return channel.send({ t: 'credential.ok', cid: f.cid, env: values });
+            },
+            (e: unknown) => {
+              const r = toErrorRecord(e, ErrorCode.SandboxFailed);
+              log.info({ key: keyName, code: r.code }, 'credential refused');
+              return channel.send({ t: 'credential.err', cid: f.cid, code: r.code, message: r.message });
+            },
+          )
+          .catch(() => {});
       };
     }
     const counts = { 1: 0, 2: 0 };
+    let outputCapped = false;
     let exit: Extract<RunnerFrame, { t: 'exit' }> | undefined;
     const execId = channel.newId();
     await channel.call(
-      { t: 'exec', id: execId, argv, env, files, timeoutMs: req.timeoutMs, egress: egress.size > 0 && req.mode !== Mode.Sandboxed, jit: req.mode === Mode.Agent && req.spec.jit === true },
+      { t: 'exec', id: execId, argv, env, files, timeoutMs: req.timeoutMs, egress, jit: req.mode === Mode.Agent && req.spec.jit === true },
       (f) => {
         if (f.t === 'out') {
-          const bytes = Buffer.from(f.d, 'base64');
-          counts[f.fd] += bytes.length;
-          dest.append(f.fd === 1 ? 'stdout.log' : 'stderr.log', redact[f.fd].push(bytes));
-          progress.output(f.fd, bytes.length);
+          const fd = f.fd === 2 ? 2 : 1;
+          const bytes = Buffer.from(String(f.d), 'base64');
+          counts[fd] += bytes.length;
+          progress.output(fd, bytes.length);
+          if (counts[1] + counts[2] > deps.maxOutputBytes) {
+            if (!outputCapped) {
+              outputCapped = true;
+              log.warn({ cap: deps.maxOutputBytes }, 'output cap reached; killing the step');
+              void channel.send({ t: 'kill', id: execId }).catch(() => {});
+            }
+            return false;
+          }
+          dest.append(fd === 1 ? 'stdout.log' : 'stderr.log', redact[fd].push(bytes));
           return false;
         }
         if (f.t === 'exit') {
@@ -150,107 +196,75 @@ export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxE
       { t: 'collect', id: channel.newId(), maxBytes: deps.maxArtifactBytes },
       (f) => {
         if (f.t === 'file') {
-          const rel = `${OUT_DIR}/${f.path}`;
-          if (!dest.append(rel, Buffer.from(f.d, 'base64')) && f.last) refused.push({ path: f.path, reason: 'outside the destination' });
+          const rel = `${OUT_DIR}/${String(f.path)}`;
+          if (!dest.append(rel, Buffer.from(String(f.d), 'base64')) && f.last) refused.push({ path: String(f.path), reason: 'outside the destination' });
           return false;
         }
         if (f.t === 'collected') {
-          refused.push(...f.refused);
+          if (Array.isArray(f.refused)) refused.push(...(f.refused as { path: string; reason: string }[]).slice(0, 1000));
           return true;
         }
         return false;
       },
       60_000,
     );
-    const artifacts = dest.close(LOG_FILES);
+    const artifacts = dest.close(LOG_FILES).map((a) => ({ ...a, path: fromSandbox(a.path, TEXT_LIMITS.path, redactor) }));
     const ex = exit as Extract<RunnerFrame, { t: 'exit' }> | undefined;
+    const refusedClean = refused.map((r) => ({ path: fromSandbox(r.path, TEXT_LIMITS.path, redactor) || '?', reason: fromSandbox(r.reason, TEXT_LIMITS.code, redactor) }));
+    const signalName = typeof ex?.signal === 'string' && SIGNAL_PATTERN.test(ex.signal) ? ex.signal : undefined;
     const result: SandboxResult = {
       sandbox: name,
       warm: claimed.warm,
-      exitCode: Math.max(-1, Math.min(255, ex?.code ?? -1)),
-      ...(ex?.signal ? { signal: ex.signal } : {}),
-      timedOut: ex?.timedOut ?? false,
-      durationMs: ex?.ms ?? 0,
+      exitCode: Math.max(-1, Math.min(255, Math.trunc(Number(ex?.code ?? -1)) || 0)),
+      ...(signalName ? { signal: signalName } : {}),
+      timedOut: ex?.timedOut === true,
+      durationMs: Math.max(0, Math.round(Number(ex?.ms) || 0)),
       stdoutBytes: counts[1],
       stderrBytes: counts[2],
       artifacts,
-      refused,
+      refused: refusedClean,
       destination: dest.uri,
     };
-    release();
-    if (refused.length > 0) log.warn({ refused: refused.map((r) => `${r.path}: ${r.reason}`) }, 'artifacts refused');
-    return { result, ...(ex ? failureOf(req, ex, counts[2]) : {}) };
+    tunnels?.close();
+    const failure = outputCapped
+      ? { error: { code: ErrorCode.SandboxOutputLimit, message: `step ${req.step} wrote more than ${deps.maxOutputBytes} bytes of output and was killed; the first ${deps.maxOutputBytes} bytes are at the destination`, retryable: false } }
+      : ex
+        ? failureOf(req, ex, counts[2], redactor)
+        : {};
+    // Only a step that ended cleanly, refused nothing and was refused nothing may leave its
+    // sandbox to the next step of its pool; anything else is destroyed.
+    const clean = !failure.error && result.exitCode === 0 && refused.length === 0 && (tunnels?.stats.refused ?? 0) === 0 && !tunnels?.stats.capped;
+    // Off the step's path: the answer goes out while the runner scrubs.
+    void deps.pools.release(claimed, clean).catch((e: unknown) => log.warn({ err: e }, 'sandbox release failed'));
+    if (refusedClean.length > 0) log.warn({ refused: refusedClean.map((r) => `${r.path}: ${r.reason}`) }, 'artifacts refused');
+    return { result, ...failure };
   } catch (e) {
+    tunnels?.close();
     dest.close(LOG_FILES);
     // Whatever went wrong mid-step, this sandbox's state is unknown: destroy, never reuse.
-    released = true;
-    await pool.destroy(claimed).catch(() => {});
+    await deps.pools.destroy(claimed).catch(() => {});
+    if (signal.aborted) throw cancelled();
     throw e;
-  } finally {
-    release();
   }
 }
 
 /**
  * Mode 3b: the worker decides (it asks the tenant's policy, and a person when the policy
- * says so) and has a lease issued for the one key; the service redeems it and the value
- * goes to the runner only.
+ * says so) and has a lease issued for the one key; the service claims and redeems it and the
+ * value goes to the runner only.
  */
-async function grantCredential(deps: ExecDeps, tenant: TenantId, req: SandboxExecRequest, name: string, reason: string): Promise<Record<string, string>> {
+async function grantCredential(deps: ExecDeps, tenant: TenantId, req: SandboxExecRequest, name: string, reason: string, sandbox: string): Promise<Record<string, string>> {
   if (!req.credentials) throw new CapstanError(ErrorCode.InvalidArgument, 'the worker gave this step no credential route', false);
   const answer = await deps.askWorker(tenant, req.credentials, { name, reason }, req.timeoutMs);
   if (!answer.granted) throw new CapstanError((answer.error?.code ?? ErrorCode.PolicyDenied) as ErrorCode, answer.error?.message ?? `credential ${name} was refused`, false);
-  return deps.leases.redeem({ tenant, runId: req.runId, step: req.step, attempt: req.attempt, keys: [name], ...(answer.leaseId ? { leaseId: answer.leaseId } : {}) });
+  return deps.leases.redeem({ tenant, runId: req.runId, step: req.step, attempt: req.attempt, keys: [name], sandbox, ...(answer.leaseId ? { leaseId: answer.leaseId } : {}) });
 }
 
-function failureOf(req: SandboxExecRequest, ex: Extract<RunnerFrame, { t: 'exit' }>, stderrBytes: number): { error?: ErrorRecord } {
-  if (ex.timedOut) return { error: { code: ErrorCode.StepTimeout, message: `step ${req.step} attempt ${req.attempt} timed out after ${req.timeoutMs} ms in its sandbox`, retryable: true } };
-  if (ex.error) return { error: { code: ErrorCode.SandboxExit, message: ex.error, retryable: false } };
+function failureOf(req: SandboxExecRequest, ex: Extract<RunnerFrame, { t: 'exit' }>, stderrBytes: number, redactor: Redactor): { error?: ErrorRecord } {
+  if (ex.timedOut === true) return { error: { code: ErrorCode.StepTimeout, message: `step ${req.step} attempt ${req.attempt} timed out after ${req.timeoutMs} ms in its sandbox`, retryable: true } };
+  if (ex.error) return { error: { code: ErrorCode.SandboxExit, message: fromSandbox(ex.error, TEXT_LIMITS.message, redactor), retryable: false } };
   if (ex.code === 0) return {};
-  const how = ex.signal ? `was killed by ${ex.signal}${ex.signal === 'SIGKILL' ? ' (a memory or process limit, or a kill)' : ''}` : `exited with code ${ex.code}`;
+  const signal = typeof ex.signal === 'string' && SIGNAL_PATTERN.test(ex.signal) ? ex.signal : undefined;
+  const how = signal ? `was killed by ${signal}${signal === 'SIGKILL' ? ' (a memory or process limit, or a kill)' : ''}` : `exited with code ${Number(ex.code)}`;
   return { error: { code: ErrorCode.SandboxExit, message: `the command ${how}; ${stderrBytes} bytes on stderr (stderr.log at the destination)`, retryable: true } };
-}
-
-/**
- * The host end of the egress tunnel: a `host:port` in the step's grant is connected from
- * here; anything else is refused. Granted and refused connections are logged by name.
- */
-function tunnel(channel: RunnerChannel, allow: ReadonlySet<string>, log: Logger): (f: TunnelFrame) => void {
-  const sockets = new Map<number, Socket>();
-  return (f) => {
-    if (f.t === 'conn') {
-      const target = `${f.host}:${f.port}`;
-      if (!allow.has(target)) {
-        log.warn({ target }, 'egress denied');
-        void channel.send({ t: 'conn.err', cid: f.cid, code: ErrorCode.EgressDenied }).catch(() => {});
-        return;
-      }
-      const sock = connect(f.port, f.host);
-      sockets.set(f.cid, sock);
-      let connected = false;
-      sock.once('connect', () => {
-        connected = true;
-        log.info({ target }, 'egress connected');
-        void channel.send({ t: 'conn.ok', cid: f.cid }).catch(() => sock.destroy());
-      });
-      sock.on('data', (b: Buffer) => {
-        sock.pause();
-        channel.send({ t: 'data', cid: f.cid, d: b.toString('base64') }).then(() => sock.resume(), () => sock.destroy());
-      });
-      const end = () => {
-        if (sockets.delete(f.cid)) void channel.send({ t: 'end', cid: f.cid }).catch(() => {});
-      };
-      sock.on('end', end);
-      sock.on('close', end);
-      sock.on('error', (e: NodeJS.ErrnoException) => {
-        if (connected) return;
-        sockets.delete(f.cid);
-        void channel.send({ t: 'conn.err', cid: f.cid, code: e.code ?? 'connect_failed' }).catch(() => {});
-      });
-    } else if (f.t === 'data') {
-      sockets.get(f.cid)?.write(Buffer.from(f.d, 'base64'));
-    } else {
-      sockets.get(f.cid)?.end();
-    }
-  };
 }

@@ -16,6 +16,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import type Docker from 'dockerode';
 import { CapstanError, ErrorCode } from '@capstan/schemas';
 import { PROJECT_ROOT, type Logger } from '@capstan/kit';
+import { STEP_GID, STEP_UID } from './runner/protocol.js';
 
 /** A loaded sandbox image: `ref` to create containers from, `hash` of its content. */
 export interface SandboxImage {
@@ -49,9 +50,9 @@ export class SandboxImageError extends CapstanError {
 }
 
 export const SANDBOX_IMAGE_REPO = 'capstan-sandbox';
-/** The unprivileged user every sandbox process runs as. */
-export const SANDBOX_UID = 10001;
-export const SANDBOX_GID = 10001;
+/** The unprivileged user steps run as (the tool runner starts them so; see `runner/protocol.ts`). */
+export const SANDBOX_UID = STEP_UID;
+export const SANDBOX_GID = STEP_GID;
 export const SANDBOX_WORKSPACE = '/workspace';
 export const SANDBOX_RUNNER_DIR = '/opt/capstan/runner';
 export const SANDBOX_AGENTS_DIR = '/opt/capstan/agents';

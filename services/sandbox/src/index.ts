@@ -13,14 +13,18 @@ export {
   type SandboxBackend,
   type BackendSandbox,
   type SandboxLimits,
+  type SandboxRuntime,
+  type SandboxState,
   type CreateOptions,
   type ListedSandbox,
 } from './backend.js';
-export { dockerBackend } from './docker.js';
-export { WarmPool, Labels, type Claimed, type PoolOptions } from './pool.js';
+export { dockerBackend, RUNNER_CAPABILITIES } from './docker.js';
+export { SandboxPools, Labels, identityScope, type Claimed, type PoolOptions, type PoolKey, type IdentityReuse } from './pool.js';
+export { refusalOf, resolveChecked, parseAllowList, parseDnsServers, EgressRefusedError, type EgressRules, type AllowEntry } from './egress.js';
+export { fromSandbox, TEXT_LIMITS } from './untrusted.js';
 export { RunnerChannel, SandboxLostError } from './channel.js';
 export { fileLeases, natsLeases, noLeases, type LeaseRedeemer, type LeaseScope } from './leases.js';
 export { Redactor } from './outputs.js';
 export { AGENTS, type AgentAdapter } from './agent-adapters.js';
-export { isCleanProof, type ScrubProof } from './runner/protocol.js';
+export { isCleanProof, lineSplitter, MAX_FRAME_BYTES, STEP_UID, STEP_GID, type ScrubProof } from './runner/protocol.js';
 export { ensureSandboxImage, SandboxImageError, SANDBOX_UID, SANDBOX_GID, type SandboxImage, type EnsureSandboxImageOptions } from './image.js';

@@ -1,11 +1,11 @@
 /**
  * Where a sandbox's identity comes from. The worker and the orchestrator only ever hold key
- * names; the sandbox service redeems a lease for exactly the attempt's keys and injects the
- * values into the tool runner. The secrets-lease service will implement `LeaseRedeemer`
- * over NATS; until then `fileLeases` reads a local file (for `capstan dev` and tests).
+ * names; the sandbox service claims and redeems a lease for exactly the attempt's keys and
+ * injects the values into the tool runner. `natsLeases` asks the secrets-lease service;
+ * `fileLeases` reads a local file (for tests).
  */
 import { readFile } from 'node:fs/promises';
-import { redeemValues, type NatsConnection } from '@capstan/kit';
+import { claimLease, redeemValues, type NatsConnection } from '@capstan/kit';
 import { CapstanError, ErrorCode, isPlainObject, type RunId, type TenantId } from '@capstan/schemas';
 
 export interface LeaseScope {
@@ -16,6 +16,8 @@ export interface LeaseScope {
   readonly keys: readonly string[];
   /** The lease the worker had issued (the secrets-lease service checks its scope). */
   readonly leaseId?: string;
+  /** The container that claims it. */
+  readonly sandbox: string;
 }
 
 export interface LeaseRedeemer {
@@ -29,8 +31,9 @@ export const noLeases: LeaseRedeemer = {
 };
 
 /**
- * Leases from the secrets-lease service: each redemption uses a one-time key pair, so the
- * values travel sealed to this process and are opened only here.
+ * Leases from the secrets-lease service: claimed for the attempt's container first (the
+ * lease's TTL counts from the claim), then redeemed with a one-time key pair, so the values
+ * travel sealed to this process and are opened only here.
  */
 export function natsLeases(connection: (t: TenantId) => NatsConnection | undefined): LeaseRedeemer {
   return {
@@ -38,7 +41,9 @@ export function natsLeases(connection: (t: TenantId) => NatsConnection | undefin
       const nc = connection(s.tenant);
       if (!nc) throw new CapstanError(ErrorCode.Unavailable, 'not connected to NATS', true);
       if (!s.leaseId) throw new CapstanError(ErrorCode.InvalidArgument, `step ${s.step} needs ${s.keys.join(', ')} but its worker sent no lease`, false);
-      const values = await redeemValues(nc, s.tenant, { leaseId: s.leaseId, runId: s.runId, step: s.step, attempt: s.attempt });
+      const scope = { leaseId: s.leaseId, runId: s.runId, step: s.step, attempt: s.attempt };
+      await claimLease(nc, s.tenant, { ...scope, sandbox: s.sandbox });
+      const values = await redeemValues(nc, s.tenant, scope);
       const missing = s.keys.filter((k) => values[k] === undefined);
       if (missing.length > 0) throw new CapstanError(ErrorCode.SecretNotFound, `the lease holds no ${missing.join(', ')}`, false);
       return values;

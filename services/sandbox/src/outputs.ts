@@ -29,6 +29,12 @@ export class Redactor {
     this.keep = Math.max(0, ...this.needles.map((n) => n.length - 1));
   }
 
+  /** A complete string with every identity value replaced. */
+  text(s: string): string {
+    if (this.needles.length === 0) return s;
+    return Buffer.from(this.scrub(Buffer.from(s, 'utf8').toString('latin1')), 'latin1').toString('utf8');
+  }
+
   private scrub(s: string): string {
     for (const n of this.needles) s = s.split(n).join('[redacted]');
     return s;

@@ -18,6 +18,7 @@ import {
   leaseAad,
   Lifecycle,
   MAX_SECRET_BYTES,
+  parseClaimRequest,
   parseDeleteRequest,
   parseKeyRequest,
   parseLeaseRequest,
@@ -33,6 +34,7 @@ import {
   SecretsUnavailableError,
   SecretsVerb,
   Subjects,
+  type ClaimReply,
   type LeaseGrant,
   type PutRequest,
   type SealedBox,
@@ -148,7 +150,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       }
       await refresher.refreshDue(t, metas.values());
       const ttlMs = Math.min(req.ttlMs ?? config.defaultTtlMs, config.maxTtlMs);
-      const lease = await ledger.issue(t, scope, req.keys, ttlMs);
+      const lease = await ledger.issue(t, scope, req.keys, ttlMs, config.claimWindowMs);
       stats.issued++;
       log.debug({ tenant: t, runId: req.runId, step: req.step, attempt: req.attempt, leaseId: lease.leaseId, keys: req.keys }, 'lease issued');
       const grant: LeaseGrant = { leaseId: lease.leaseId, keys: [...lease.keys], expiresAt: lease.expiresAt.toISOString() };
@@ -170,6 +172,13 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       } finally {
         plain.fill(0);
       }
+    },
+
+    async [SecretsVerb.Claim](t, body) {
+      const req = parseClaimRequest(body);
+      const expiresAt = await ledger.claim(t, req.leaseId, { runId: req.runId, step: req.step, attempt: req.attempt }, req.sandbox);
+      log.debug({ tenant: t, runId: req.runId, step: req.step, attempt: req.attempt, leaseId: req.leaseId, sandbox: req.sandbox }, 'lease claimed');
+      return { expiresAt: expiresAt.toISOString() } satisfies ClaimReply;
     },
 
     async [SecretsVerb.Revoke](t, body) {

@@ -23,6 +23,11 @@ export interface Config {
   readonly defaultTtlMs: number;
   /** Longest lease lifetime granted, whatever is asked. */
   readonly maxTtlMs: number;
+  /**
+   * How long an issued lease waits for its sandbox to claim it (the TTL counts from the
+   * claim): the step's wait for a sandbox slot and a cold start. At least the lease's TTL.
+   */
+  readonly claimWindowMs: number;
   /** Refresh window of a refreshable secret that names none. */
   readonly refreshWindowMs: number;
   readonly poolSize: number;
@@ -45,6 +50,7 @@ export function loadConfig(env: Env): Config {
     databaseUrl: databaseUrl(env, problems),
     defaultTtlMs,
     maxTtlMs,
+    claimWindowMs: envInt(env, 'SECRETS_CLAIM_WINDOW_MS', 10 * 60_000, problems, 100, 24 * 3_600_000),
     refreshWindowMs: envInt(env, 'SECRETS_REFRESH_WINDOW_MS', 60_000, problems, 0, 30 * 24 * 3_600_000),
     poolSize: envInt(env, 'SECRETS_DB_POOL', 8, problems, 1, 200),
     discoveryMs: envInt(env, 'SECRETS_DISCOVERY_MS', 2000, problems, 100, 3_600_000),

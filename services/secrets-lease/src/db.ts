@@ -53,6 +53,7 @@ export function audit(tx: ProjectionDb, tenant: TenantId, runId: RunId, kind: st
 /** Audit kinds the lease service writes. */
 export const SecretsAudit = {
   LeaseIssued: 'lease.issued',
+  LeaseClaimed: 'lease.claimed',
   LeaseRedeemed: 'lease.redeemed',
   LeaseDenied: 'lease.denied',
   LeaseRevoked: 'lease.revoked',

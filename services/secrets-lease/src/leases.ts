@@ -4,7 +4,10 @@
  * set and judged by Postgres, so a service whose clock jumps can neither lengthen nor
  * shorten a lease.
  *
- * - Issue: one row per lease, refused when the run is revoked.
+ * - Issue: one row per lease, refused when the run is revoked. It waits for its claim for
+ *   the claim window (the step may queue for a sandbox, or wait for a cold start).
+ * - Claim: the sandbox that holds a container for the attempt claims the lease, and the
+ *   lease's TTL counts from there (`expires_at = clock_timestamp() + ttl`). One claim.
  * - Redeem: one `UPDATE … WHERE redeemed_at IS NULL AND revoked_at IS NULL AND expires_at >
  *   clock_timestamp() AND <scope matches> AND <run not revoked> RETURNING`: of any number of
  *   racing redeemers, the row lock lets exactly one through.
@@ -40,8 +43,16 @@ export type RevokeCause =
   | { readonly kind: 'run-event'; readonly event: string; readonly streamSeq: number };
 
 export interface LeaseLedger {
-  /** @throws LeaseDeniedError (`lease_revoked`) when the run is revoked */
-  issue(t: TenantId, scope: LeaseScope, keys: readonly string[], ttlMs: number): Promise<IssuedLease>;
+  /**
+   * `ttlMs` counts from the claim; until then the lease waits `claimWindowMs` (at least the TTL).
+   * @throws LeaseDeniedError (`lease_revoked`) when the run is revoked
+   */
+  issue(t: TenantId, scope: LeaseScope, keys: readonly string[], ttlMs: number, claimWindowMs?: number): Promise<IssuedLease>;
+  /**
+   * Claims the lease for `sandbox` (a container name): its TTL starts now. Returns the new expiry.
+   * @throws LeaseDeniedError (`lease_used` when claimed or redeemed already, `lease_expired` past its claim window, …)
+   */
+  claim(t: TenantId, leaseId: string, scope: LeaseScope, sandbox: string): Promise<Date>;
   /**
    * Redeems once. `read` fetches the values of the lease's keys inside the claiming
    * transaction (`within`), so a store failure undoes the claim: the lease stays unredeemed.
@@ -62,6 +73,7 @@ interface LeaseRow {
   attempt: number;
   keys: string[] | string;
   used: boolean;
+  claimed: boolean;
   revoked: boolean;
   expired: boolean;
 }
@@ -97,7 +109,7 @@ export function createLeaseLedger(d: Database): LeaseLedger {
     (
       await rows<LeaseRow>(
         x,
-        sql`select id, run_id, step, attempt, keys, redeemed_at is not null as used,
+        sql`select id, run_id, step, attempt, keys, redeemed_at is not null as used, claimed_at is not null as claimed,
                    (revoked_at is not null or exists (select 1 from lease_revocations r where r.tenant = leases.tenant and r.run_id = leases.run_id and r.revoked)) as revoked,
                    expires_at <= clock_timestamp() as expired
               from leases where id = ${leaseId} and tenant = ${t}`,
@@ -126,15 +138,26 @@ export function createLeaseLedger(d: Database): LeaseLedger {
     };
   }
 
+  /** The claim or redemption matched no row: records why (the lease as it is now), inside its transaction. */
+  async function refusedWithin(tx: ProjectionDb, t: TenantId, leaseId: string, scope: LeaseScope, extra: Record<string, string> = {}): Promise<{ code: LeaseDenialCode }> {
+    const after = await look(tx, t, leaseId);
+    const code = judge(after, scope) ?? ErrorCode.LeaseUsed;
+    const d = denial(leaseId, scope, after, code);
+    if (d.runId !== scope.runId) await lockRunAudit(tx, t, d.runId);
+    await audit(tx, t, d.runId, SecretsAudit.LeaseDenied, SERVICE_ACTOR, { ...d.detail, ...extra });
+    return { code };
+  }
+
   return {
-    async issue(t, scope, keys, ttlMs) {
+    async issue(t, scope, keys, ttlMs, claimWindowMs = ttlMs) {
       const leaseId = newLeaseId();
+      const windowMs = Math.max(ttlMs, claimWindowMs);
       const out = await db.transaction(async (tx) => {
         await lockRunAudit(tx, t, scope.runId);
         const [row] = await rows<{ expires_at: Date | string }>(
           tx,
-          sql`insert into leases (id, tenant, run_id, step, attempt, keys, issued_at, expires_at)
-              select ${leaseId}, ${t}, ${scope.runId}, ${scope.step}, ${scope.attempt}, ${textArray(keys)}, clock_timestamp(), clock_timestamp() + ${ttlMs} * interval '1 millisecond'
+          sql`insert into leases (id, tenant, run_id, step, attempt, keys, issued_at, expires_at, ttl_ms)
+              select ${leaseId}, ${t}, ${scope.runId}, ${scope.step}, ${scope.attempt}, ${textArray(keys)}, clock_timestamp(), clock_timestamp() + ${windowMs} * interval '1 millisecond', ${ttlMs}
               where not ${runRevoked(t, scope.runId)}
               returning expires_at`,
         );
@@ -142,11 +165,38 @@ export function createLeaseLedger(d: Database): LeaseLedger {
           await audit(tx, t, scope.runId, SecretsAudit.LeaseDenied, SERVICE_ACTOR, { leaseId: null, code: ErrorCode.LeaseRevoked, keys: [...keys], step: scope.step, attempt: scope.attempt });
           return undefined;
         }
-        await audit(tx, t, scope.runId, SecretsAudit.LeaseIssued, SERVICE_ACTOR, { leaseId, keys: [...keys], step: scope.step, attempt: scope.attempt, ttlMs });
+        await audit(tx, t, scope.runId, SecretsAudit.LeaseIssued, SERVICE_ACTOR, { leaseId, keys: [...keys], step: scope.step, attempt: scope.attempt, ttlMs, claimWindowMs: windowMs });
         return { leaseId, keys, expiresAt: row.expires_at instanceof Date ? row.expires_at : new Date(row.expires_at) };
       });
       if (!out) throw new LeaseDeniedError(ErrorCode.LeaseRevoked, '', `run ${scope.runId} is revoked (revoked by request, or ended): no lease is issued for it`);
       return out;
+    },
+
+    async claim(t, leaseId, scope, sandbox) {
+      const before = await look(db, t, leaseId);
+      const early = judge(before, scope) ?? (before?.claimed ? ErrorCode.LeaseUsed : undefined);
+      if (early || !before) {
+        const { runId, detail } = denial(leaseId, scope, before, early ?? ErrorCode.LeaseNotFound);
+        await deny(t, runId, leaseId, detail['code'] as string, { ...detail, sandbox });
+        throw new LeaseDeniedError(early ?? ErrorCode.LeaseNotFound, leaseId);
+      }
+      const outcome = await db.transaction(async (tx): Promise<{ expiresAt: Date } | { code: LeaseDenialCode }> => {
+        await lockRunAudit(tx, t, scope.runId);
+        // Leases issued before TTLs counted from the claim have no ttl_ms: the old default.
+        const [row] = await rows<{ expires_at: Date | string }>(
+          tx,
+          sql`update leases set claimed_at = clock_timestamp(), expires_at = clock_timestamp() + coalesce(ttl_ms, 30000) * interval '1 millisecond'
+               where id = ${leaseId} and tenant = ${t} and run_id = ${scope.runId} and step = ${scope.step} and attempt = ${scope.attempt}
+                 and claimed_at is null and redeemed_at is null and revoked_at is null and expires_at > clock_timestamp()
+                 and not ${runRevoked(t, scope.runId)}
+              returning expires_at`,
+        );
+        if (!row) return refusedWithin(tx, t, leaseId, scope, { sandbox });
+        await audit(tx, t, scope.runId, SecretsAudit.LeaseClaimed, SERVICE_ACTOR, { leaseId, keys: keysOf(before.keys), step: scope.step, attempt: scope.attempt, sandbox });
+        return { expiresAt: row.expires_at instanceof Date ? row.expires_at : new Date(row.expires_at) };
+      });
+      if ('code' in outcome) throw new LeaseDeniedError(outcome.code, leaseId);
+      return outcome.expiresAt;
     },
 
     async redeem(t, leaseId, scope, read) {
@@ -166,20 +216,13 @@ export function createLeaseLedger(d: Database): LeaseLedger {
           await lockRunAudit(tx, t, scope.runId);
           const [row] = await rows<{ id: string }>(
             tx,
-            sql`update leases set redeemed_at = clock_timestamp()
+            sql`update leases set redeemed_at = clock_timestamp(), claimed_at = coalesce(claimed_at, clock_timestamp())
                  where id = ${leaseId} and tenant = ${t} and run_id = ${scope.runId} and step = ${scope.step} and attempt = ${scope.attempt}
                    and redeemed_at is null and revoked_at is null and expires_at > clock_timestamp()
                    and not ${runRevoked(t, scope.runId)}
                 returning id`,
           );
-          if (!row) {
-            const after = await look(tx, t, leaseId);
-            const code = judge(after, scope) ?? ErrorCode.LeaseUsed;
-            const d = denial(leaseId, scope, after, code);
-            if (d.runId !== scope.runId) await lockRunAudit(tx, t, d.runId);
-            await audit(tx, t, d.runId, SecretsAudit.LeaseDenied, SERVICE_ACTOR, d.detail);
-            return { code };
-          }
+          if (!row) return refusedWithin(tx, t, leaseId, scope);
           let values: Record<string, string>;
           try {
             values = await read(keys, tx);

@@ -1,5 +1,5 @@
 import { ConfigError, parseToken, WORKER_ID_PATTERN, type TenantId } from '@capstan/schemas';
-import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envString, envTenants, type Env, type NatsAuthConfig } from '@capstan/kit';
+import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envPostgresUrl, envString, envTenants, type Env, type NatsAuthConfig } from '@capstan/kit';
 import type { LevelWithSilent } from 'pino';
 
 /**
@@ -74,12 +74,8 @@ export function loadConfig(env: Env): Config {
     approvalTtlMs: envInt(env, 'WORKER_APPROVAL_TTL_MS', 15 * 60 * 1000, problems, 1000, 24 * 60 * 60 * 1000),
     id: envString(env, 'WORKER_ID', ''),
     admission: envString(env, 'WORKER_ADMISSION', AdmissionMode.Required) as AdmissionMode,
-    auditDatabaseUrl: envString(env, 'AUDIT_DATABASE_URL', ''),
+    auditDatabaseUrl: envPostgresUrl(env, 'AUDIT_DATABASE_URL', problems),
   };
-  if (config.auditDatabaseUrl && !isPostgresUrl(config.auditDatabaseUrl)) {
-    // The URL may hold a password: never echo it.
-    problems.push('AUDIT_DATABASE_URL must be a postgres:// or postgresql:// URL with a host');
-  }
   if (config.id !== '' && !WORKER_ID_PATTERN.test(config.id)) problems.push(`WORKER_ID must match ${WORKER_ID_PATTERN.source} (it names the worker's admission subject); got ${JSON.stringify(config.id.slice(0, 80))}`);
   if (!Object.values(AdmissionMode).includes(config.admission)) {
     problems.push(`WORKER_ADMISSION must be ${AdmissionMode.Required} or ${AdmissionMode.Auto} (got ${JSON.stringify(config.admission.slice(0, 40))})`);
@@ -88,13 +84,4 @@ export function loadConfig(env: Env): Config {
   if (leases !== 'on' && leases !== 'off') problems.push(`WORKER_LEASES must be on or off, got ${JSON.stringify(leases)}`);
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);
-}
-
-function isPostgresUrl(raw: string): boolean {
-  try {
-    const u = new URL(raw);
-    return (u.protocol === 'postgres:' || u.protocol === 'postgresql:') && u.hostname !== '';
-  } catch {
-    return false;
-  }
 }

@@ -23,6 +23,15 @@ export const PROXY_PORT = 3128;
  * `credential.js` in the image is its command-line client.
  */
 export const CREDENTIALS_PORT = 3129;
+/**
+ * The uid and gid steps run as. The tool runner runs as root inside the container with a
+ * handful of capabilities (to drop each step to this uid, and to kill and clean up after
+ * it); the step has none, so it cannot signal, trace or read the runner.
+ */
+export const STEP_UID = 10001;
+export const STEP_GID = 10001;
+/** Longest frame either side accepts: a longer line is a broken or hostile peer. */
+export const MAX_FRAME_BYTES = 1024 * 1024;
 
 export interface FileInput {
   readonly path: string;
@@ -48,7 +57,8 @@ export type HostFrame =
     }
   | { readonly t: 'kill'; readonly id: string }
   | { readonly t: 'collect'; readonly id: string; readonly maxBytes: number }
-  | { readonly t: 'scrub'; readonly id: string }
+  /** `nonce` comes back in the proof, so an old or forged proof cannot answer a new scrub. */
+  | { readonly t: 'scrub'; readonly id: string; readonly nonce: string }
   // egress tunnel: answers to a runner's `conn`, and data from the far end
   | { readonly t: 'credential.ok'; readonly cid: number; readonly env: Readonly<Record<string, string>> }
   | { readonly t: 'credential.err'; readonly cid: number; readonly code: string; readonly message: string }
@@ -59,10 +69,16 @@ export type HostFrame =
 
 /** What a scrub leaves behind; a sandbox is reused only when every list is empty. */
 export interface ScrubProof {
+  /** The scrub request's nonce. */
+  readonly nonce: string;
+  /** The runner's pid: the same runner that said `ready`, or the sandbox is not what it was. */
+  readonly pid: number;
   readonly processes: readonly number[];
   readonly workspace: readonly string[];
   readonly tmp: readonly string[];
   readonly mqueue: readonly string[];
+  /** /dev/shm, where the runtime gives one (gVisor does, even with no IPC namespace shared). */
+  readonly shm: readonly string[];
   readonly identityKeys: number;
   readonly connections: number;
 }
@@ -74,7 +90,7 @@ export interface CollectedFile {
 
 /** Runner → host. */
 export type RunnerFrame =
-  | { readonly t: 'ready'; readonly id?: string; readonly v: number; readonly pid: number }
+  | { readonly t: 'ready'; readonly id?: string; readonly v: number; readonly pid: number; readonly uid: number }
   | { readonly t: 'ok'; readonly id: string }
   | { readonly t: 'error'; readonly id: string; readonly code: string; readonly message: string }
   | { readonly t: 'out'; readonly id: string; readonly fd: 1 | 2; readonly d: string }
@@ -100,23 +116,36 @@ export type RunnerFrame =
   | { readonly t: 'data'; readonly cid: number; readonly d: string }
   | { readonly t: 'end'; readonly cid: number };
 
+/** Whether a proof says nothing is left (lists empty, no identity, no tunnel); its nonce and pid are checked by the caller. */
 export function isCleanProof(p: ScrubProof): boolean {
-  return p.processes.length === 0 && p.workspace.length === 0 && p.tmp.length === 0 && p.mqueue.length === 0 && p.identityKeys === 0 && p.connections === 0;
+  const empty = (l: unknown) => Array.isArray(l) && l.length === 0;
+  return empty(p.processes) && empty(p.workspace) && empty(p.tmp) && empty(p.mqueue) && empty(p.shm) && p.identityKeys === 0 && p.connections === 0;
 }
 
-/** Splits a byte stream into lines; tolerant of frames split across chunks. */
-export function lineSplitter(onLine: (line: string) => void): (chunk: Buffer) => void {
+/**
+ * Splits a byte stream into lines; tolerant of frames split across chunks. A line longer
+ * than `maxChars` calls `onOverflow` once and nothing more is read: the peer is broken.
+ */
+export function lineSplitter(onLine: (line: string) => void, maxChars = Infinity, onOverflow: () => void = () => {}): (chunk: Buffer) => void {
   // A multi-byte character may straddle two chunks.
   const decoder = new StringDecoder('utf8');
   let pending = '';
+  let overflowed = false;
+  const overflow = () => {
+    overflowed = true;
+    pending = '';
+    onOverflow();
+  };
   return (chunk) => {
+    if (overflowed) return;
     pending += decoder.write(chunk);
-    let nl = pending.indexOf('\n');
-    while (nl >= 0) {
+    for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
+      if (nl > maxChars) return overflow();
       const line = pending.slice(0, nl);
       pending = pending.slice(nl + 1);
       if (line.length > 0) onLine(line);
-      nl = pending.indexOf('\n');
+      if (overflowed) return;
     }
+    if (pending.length > maxChars) overflow();
   };
 }

@@ -1,10 +1,11 @@
 /**
  * The tool runner: the daemon every sandbox runs (under the engine's init, as the
- * sandbox user). It takes frames from the sandbox service on stdin, runs tools and CLI
- * agents as subprocesses in /workspace, streams their output back with backpressure, and
- * enforces each step's timeout. Identity (secret env) lives only in this process's memory
- * and in the env of the subprocess it is for: never in the container's own env, so
- * `/proc/1/environ` and `docker inspect` hold none of it.
+ * container's root with a few capabilities). It takes frames from the sandbox service on
+ * stdin, runs tools and CLI agents as subprocesses in /workspace **as `STEP_UID`** (no
+ * capabilities: a step cannot signal, trace or read this process), streams their output
+ * back with backpressure, and enforces each step's timeout. Identity (secret env) lives only
+ * in this process's memory and in the env of the subprocess it is for: never in the
+ * container's own env, so `/proc/1/environ` and `docker inspect` hold none of it.
  *
  * `scrub` returns the sandbox to a state a different run may use, and reports what is
  * left so the service can prove it (see `isCleanProof`): no process but the runner and
@@ -13,14 +14,16 @@
  * Node builtins only: this file runs from the image, without node_modules.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, closeSync, realpathSync, rmSync, writeFileSync, constants as fsc } from 'node:fs';
+import { chmodSync, chownSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, closeSync, realpathSync, rmSync, writeFileSync, constants as fsc } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join, relative, resolve, sep } from 'node:path';
-import { CREDENTIALS_PORT, isCleanProof, lineSplitter, OUT_DIR, PROTOCOL_VERSION, PROXY_PORT, WORKSPACE, type HostFrame, type RunnerFrame, type ScrubProof } from './protocol.js';
+import { CREDENTIALS_PORT, isCleanProof, lineSplitter, MAX_FRAME_BYTES, OUT_DIR, PROTOCOL_VERSION, PROXY_PORT, STEP_GID, STEP_UID, WORKSPACE, type HostFrame, type RunnerFrame, type ScrubProof } from './protocol.js';
 
 const BASE_ENV: Readonly<Record<string, string>> = { PATH: '/usr/bin:/bin', HOME: WORKSPACE, LANG: 'C.UTF-8', TMPDIR: '/tmp' };
-const SCRUB_DIRS = { workspace: WORKSPACE, tmp: '/tmp', mqueue: '/dev/mqueue' } as const;
+const SCRUB_DIRS = { workspace: WORKSPACE, tmp: '/tmp', mqueue: '/dev/mqueue', shm: '/dev/shm' } as const;
+/** Directories the step owns: given back to it, empty and private, at every scrub. */
+const STEP_DIRS = [WORKSPACE, '/tmp'] as const;
 const FILE_CHUNK = 192 * 1024;
 
 let identity = new Map<string, string>();
@@ -53,14 +56,22 @@ function inWorkspace(p: string): string {
   return abs;
 }
 
+/** Creates `dir` and its missing parents under the workspace, owned by the step. */
+function stepDir(dir: string): void {
+  const made = mkdirSync(dir, { recursive: true });
+  if (made === undefined) return;
+  for (let d = dir; d.startsWith(made); d = resolve(d, '..')) chownSync(d, STEP_UID, STEP_GID);
+}
+
 function writeInputs(files: Extract<HostFrame, { t: 'exec' }>['files']): void {
-  mkdirSync(join(WORKSPACE, OUT_DIR), { recursive: true });
+  stepDir(join(WORKSPACE, OUT_DIR));
   for (const f of files) {
     const abs = inWorkspace(f.path);
-    mkdirSync(resolve(abs, '..'), { recursive: true });
+    stepDir(resolve(abs, '..'));
     // O_NOFOLLOW|O_EXCL-like: a link planted by an earlier command of this step is replaced, never followed.
     rmSync(abs, { force: true });
     writeFileSync(abs, Buffer.from(f.d, 'base64'), { mode: f.mode ?? 0o600, flag: 'wx' });
+    chownSync(abs, STEP_UID, STEP_GID);
   }
 }
 
@@ -72,8 +83,6 @@ function exec(f: Extract<HostFrame, { t: 'exec' }>): void {
     send({ t: 'exit', id: f.id, code: -1, timedOut: false, ms: 0, error: `inputs: ${(e as Error).message}` });
     return;
   }
-  if (f.egress) ensureProxy();
-  if (f.jit) ensureCredentialChannel();
   const env: Record<string, string> = { ...BASE_ENV, ...f.env };
   for (const [k, v] of identity) env[k] = v;
   if (f.jit) env['CAPSTAN_CREDENTIALS_URL'] = `http://127.0.0.1:${CREDENTIALS_PORT}`;
@@ -83,8 +92,9 @@ function exec(f: Extract<HostFrame, { t: 'exec' }>): void {
   }
   const t0 = performance.now();
   const [cmd, ...args] = f.argv;
-  // Its own process group, so a timeout or kill takes every descendant with it.
-  const child = spawn(cmd ?? '', args, { cwd: WORKSPACE, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Its own process group, so a timeout or kill takes every descendant with it; its own
+  // uid, with no capabilities (setuid from root clears them), so it cannot touch this process.
+  const child = spawn(cmd ?? '', args, { cwd: WORKSPACE, env, detached: true, uid: STEP_UID, gid: STEP_GID, stdio: ['ignore', 'pipe', 'pipe'] });
   procs.set(f.id, child);
   let timedOut = false;
   let spawnError: string | undefined;
@@ -223,7 +233,7 @@ function entries(dir: string): string[] {
   }
 }
 
-async function scrub(id: string): Promise<void> {
+async function scrub(id: string, nonce: string): Promise<void> {
   for (const child of procs.values()) killGroup(child);
   procs.clear();
   for (const s of conns.values()) s.destroy();
@@ -251,11 +261,23 @@ async function scrub(id: string): Promise<void> {
       }
     }
   }
+  // The step owns these and may have opened them up; it gets them back private.
+  for (const dir of STEP_DIRS) {
+    try {
+      chownSync(dir, STEP_UID, STEP_GID);
+      chmodSync(dir, 0o700);
+    } catch (e) {
+      diag(`scrub: cannot reset ${dir}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+  }
   const proof: ScrubProof = {
+    nonce,
+    pid: process.pid,
     processes: otherPids(),
     workspace: entries(SCRUB_DIRS.workspace),
     tmp: entries(SCRUB_DIRS.tmp),
     mqueue: entries(SCRUB_DIRS.mqueue),
+    shm: entries(SCRUB_DIRS.shm),
     identityKeys: identity.size,
     connections: conns.size,
   };
@@ -405,7 +427,7 @@ function ensureCredentialChannel(): void {
 function handle(f: HostFrame): void {
   switch (f.t) {
     case 'hello':
-      send({ t: 'ready', id: f.id, v: PROTOCOL_VERSION, pid: process.pid });
+      send({ t: 'ready', id: f.id, v: PROTOCOL_VERSION, pid: process.pid, uid: process.getuid?.() ?? -1 });
       return;
     case 'identity':
       identity = new Map(Object.entries(f.env));
@@ -424,7 +446,7 @@ function handle(f: HostFrame): void {
       void collect(f).catch((e: unknown) => send({ t: 'error', id: f.id, code: 'collect_failed', message: (e as Error).message }));
       return;
     case 'scrub':
-      void scrub(f.id).catch((e: unknown) => send({ t: 'error', id: f.id, code: 'scrub_failed', message: (e as Error).message }));
+      void scrub(f.id, String(f.nonce)).catch((e: unknown) => send({ t: 'error', id: f.id, code: 'scrub_failed', message: (e as Error).message }));
       return;
     case 'credential.ok':
     case 'credential.err': {
@@ -452,24 +474,29 @@ function handle(f: HostFrame): void {
   }
 }
 
-process.stdin.on(
-  'data',
-  lineSplitter((line) => {
-    let frame: HostFrame;
-    try {
-      frame = JSON.parse(line) as HostFrame;
-    } catch {
-      diag('ignored a frame that is not JSON');
-      return;
-    }
-    try {
-      handle(frame);
-    } catch (e) {
-      const id = 'id' in frame ? frame.id : '';
-      send({ t: 'error', id, code: 'runner_error', message: (e as Error).message });
-    }
-  }),
-);
+/** One frame from the host: a line of JSON. */
+function receive(line: string): void {
+  let frame: HostFrame;
+  try {
+    frame = JSON.parse(line) as HostFrame;
+  } catch {
+    diag('ignored a frame that is not JSON');
+    return;
+  }
+  try {
+    handle(frame);
+  } catch (e) {
+    const id = 'id' in frame ? frame.id : '';
+    send({ t: 'error', id, code: 'runner_error', message: (e as Error).message });
+  }
+}
+
+process.stdin.on('data', lineSplitter(receive, MAX_FRAME_BYTES, () => diag('a frame over the size limit: reading no more')));
 // The service detaching is not the end: a re-attached service can scrub or reap us.
 process.stdin.on('end', () => diag('control channel closed'));
-send({ t: 'ready', v: PROTOCOL_VERSION, pid: process.pid });
+// Both local channels are bound before any step runs, so no step can take their ports first.
+ensureProxy();
+ensureCredentialChannel();
+const uid = process.getuid?.() ?? -1;
+if (uid !== 0) diag(`running as uid ${uid}, not root: steps cannot be started as uid ${STEP_UID}, and the service will not use this sandbox`);
+send({ t: 'ready', v: PROTOCOL_VERSION, pid: process.pid, uid });
