@@ -59,6 +59,8 @@ function input(o: Op, wf: WorkflowDefinition, state: RunState): InputEventBody {
   }
 }
 
+const twice = (ops: Op[]): Op[] => [...ops, ...ops];
+
 /** The view as the projector would load it back from its rows. */
 const reload = (v: RunView): RunView => viewFromRows(v.run, [...v.steps.values()], [...v.approvals.values()]);
 
@@ -89,7 +91,15 @@ describe('projector - projection', () => {
         expect(straight.run?.attempts).toBe(r.events.filter((e) => e.type === 'step.scheduled').length);
         expect(straight.run?.lastSeq).toBe(r.events.length);
       }),
-      { numRuns: 300 },
+      {
+        numRuns: 300,
+        // Every status is reached on every run, not only when the generator happens to get there.
+        examples: [
+          [2, [{ k: 'signal', name: 1 }, ...twice([{ k: 'started', delta: 0 }, { k: 'failed', delta: 0 }, { k: 'retry', delta: 0 }])], 0],
+          [0, [{ k: 'started', delta: 0 }, { k: 'completed', delta: 0 }, { k: 'started', delta: 0 }, { k: 'completed', delta: 0 }], 1],
+          [1, [{ k: 'started', delta: 0 }, { k: 'completed', delta: 0 }, { k: 'cancel' }], 2],
+        ],
+      },
     );
     process.stdout.write(`projection status checked after ${checked} events; statuses seen: ${[...seen].sort().join(', ')}\n`);
     expect([...seen].sort()).toEqual(['cancelled', 'completed', 'failed', 'pending', 'running', 'waiting']);
