@@ -203,6 +203,7 @@ export {
 export type { TenantRole, ServiceRole, RolePermissions, RoleScope } from './permissions.js';
 export { DEFAULT_TENANT_QUOTA, tenantQuotaSchema, parseTenantRecord } from './tenancy.js';
 export type { TenantQuota, TenantRecord } from './tenancy.js';
+export {
   TRIGGER_ID_PATTERN,
   JSON_POINTER_PATTERN,
   OverlapPolicy,

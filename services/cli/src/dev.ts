@@ -206,7 +206,7 @@ export async function devCmd(argv: string[]): Promise<number> {
 
   // Webhooks: ingress on its usual port (verification through the secrets-lease service).
   const ingress = await createIngress(
-    ingressConfig({ ...env, INGRESS_PORT: process.env['INGRESS_PORT'] ?? String(await preferredPort(DEV_INGRESS_PORT, 0)) }),
+    ingressConfig(as(Role.Ingress, { INGRESS_PORT: process.env['INGRESS_PORT'] ?? String(await preferredPort(DEV_INGRESS_PORT, 0)) })),
     createLogger('ingress', logLevel, process.stderr),
   );
   await ingress.start();

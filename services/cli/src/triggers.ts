@@ -3,11 +3,12 @@
  * Schedule changes are commands the orchestrator judges (a refusal exits 1 with its code);
  * routes are records written directly. Both read back from the tenant's streams.
  */
-import { createClient, listRoutes, listSchedules, nextSlots, parseEvery, readRoute, sendScheduleCommand, writeRoute, type ScheduleView } from '@capstan/kit';
+import { listRoutes, listSchedules, nextSlots, parseEvery, readRoute, sendScheduleCommand, writeRoute, type ScheduleView } from '@capstan/kit';
 import {
   CatchupPolicy,
   InvalidArgumentError,
   OverlapPolicy,
+  Role,
   SECRET_NAME_PATTERN,
   TRIGGER_ID_PATTERN,
   type JsonValue,
@@ -16,7 +17,7 @@ import {
   type WebhookRoute,
 } from '@capstan/schemas';
 import { intFlag, jsonFlag, parse, stringFlag, stringsFlag, tenantFlag } from './args.js';
-import { print, withNats } from './context.js';
+import { print, withTenant } from './context.js';
 import { colorStatus, dim, table } from './format.js';
 import { actorFlag } from './operate.js';
 
@@ -67,7 +68,7 @@ export async function schedulesCmd(argv: string[], env: NodeJS.ProcessEnv = proc
     const { values } = parse(rest, { ...common, all: { type: 'boolean' }, next: { type: 'string' } }, []);
     const t = tenantFlag(values);
     const n = intFlag('next', values['next'], 1, 1);
-    const all = await withNats(values['nats'], async (nc) => listSchedules((await createClient(nc)).jsm, t));
+    const all = await withTenant(values, t, Role.Operator, (tc) => listSchedules(tc.jsm, t));
     const shown = all.filter((s) => values['all'] === true || s.record.status !== 'deleted');
     const now = Date.now();
     const out = shown.map((s) => ({ ...s, next: upcoming(s, now, n) }));
@@ -114,8 +115,8 @@ export async function schedulesCmd(argv: string[], env: NodeJS.ProcessEnv = proc
     const start = isoFlag('start', stringFlag(values, 'start'));
     const end = isoFlag('end', stringFlag(values, 'end'));
     const timezone = stringFlag(values, 'timezone');
-    const overlap = oneOf('overlap', stringFlag(values, 'overlap'), Object.values(OverlapPolicy));
-    const catchup = oneOf('catchup', stringFlag(values, 'catchup'), Object.values(CatchupPolicy));
+    const overlap = oneOf<OverlapPolicy>('overlap', stringFlag(values, 'overlap'), Object.values(OverlapPolicy));
+    const catchup = oneOf<CatchupPolicy>('catchup', stringFlag(values, 'catchup'), Object.values(CatchupPolicy));
     const window = stringFlag(values, 'catchup-window');
     const spec: ScheduleSpec = {
       workflow,
@@ -147,10 +148,7 @@ async function scheduleChange(
   const by = actorFlag(values, env);
   const reason = stringFlag(values, 'reason');
   const timeoutMs = intFlag('timeout', values['timeout'], 15, 1) * 1000;
-  const stored = await withNats(values['nats'], async (nc) => {
-    const c = await createClient(nc);
-    return sendScheduleCommand(c.js, c.jsm, t, { ...change, by, ...(reason ? { reason } : {}) }, timeoutMs);
-  });
+  const stored = await withTenant(values, t, Role.Operator, (tc) => sendScheduleCommand(tc.js, tc.jsm, t, { ...change, by, ...(reason ? { reason } : {}) }, timeoutMs));
   const r = stored.record;
   print(values['json'] === true, stored, () => {
     const next = r.status === 'active' ? nextSlots(r.spec, r.anchorMs, Date.now(), 1)[0] : undefined;
@@ -165,7 +163,7 @@ export async function routesCmd(argv: string[], env: NodeJS.ProcessEnv = process
   if (sub === 'list') {
     const { values } = parse(rest, { ...common, all: { type: 'boolean' } }, []);
     const t = tenantFlag(values);
-    const all = await withNats(values['nats'], async (nc) => listRoutes((await createClient(nc)).jsm, t));
+    const all = await withTenant(values, t, Role.Operator, (tc) => listRoutes(tc.jsm, t));
     const shown = all.filter((r) => values['all'] === true || r.record.status !== 'deleted');
     print(values['json'] === true, shown, () => {
       if (shown.length === 0) return `no webhook routes in ${t}`;
@@ -201,10 +199,7 @@ export async function routesCmd(argv: string[], env: NodeJS.ProcessEnv = process
       ...(Object.keys(fields).length > 0 ? { fields } : {}),
       ...(reason ? { reason } : {}),
     };
-    const stored = await withNats(values['nats'], async (nc) => {
-      const c = await createClient(nc);
-      return writeRoute(c.js, c.jsm, t, route);
-    });
+    const stored = await withTenant(values, t, Role.Operator, (tc) => writeRoute(tc.js, tc.jsm, t, route));
     print(values['json'] === true, stored, () => `route ${id} saved: POST /hooks/${t}/${id} starts ${workflow} (signed with ${secrets.join(' or ')})`);
     return 0;
   }
@@ -214,8 +209,7 @@ export async function routesCmd(argv: string[], env: NodeJS.ProcessEnv = process
     const id = idArg('route', args[0]);
     const reason = stringFlag(values, 'reason');
     const by = actorFlag(values, env);
-    const stored = await withNats(values['nats'], async (nc) => {
-      const c = await createClient(nc);
+    const stored = await withTenant(values, t, Role.Operator, async (c) => {
       const cur = await readRoute(c.jsm, t, id);
       if (!cur || cur.record.status === 'deleted') throw new InvalidArgumentError(`tenant ${t} has no webhook route ${id}`);
       const status = sub === 'enable' ? 'enabled' : sub === 'disable' ? 'disabled' : 'deleted';

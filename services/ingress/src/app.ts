@@ -24,7 +24,7 @@
 import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { DeliverPolicy, jetstream, jetstreamManager, JetStreamApiError, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import { JetStreamApiError } from '@nats-io/jetstream';
 import {
   CapstanError,
   CommandVerb,
@@ -37,6 +37,7 @@ import {
   MsgIds,
   parseSeenDelivery,
   parseWebhookRoute,
+  Role,
   SchemaError,
   Streams,
   Subjects,
@@ -46,7 +47,7 @@ import {
   type TenantId,
   type WebhookRoute,
 } from '@capstan/schemas';
-import { connectNats, followTenants, verifyWebhook, webhookRunId, type Logger, type NatsConnection, type TenantFollower } from '@capstan/kit';
+import { serviceAccess, tailStream, verifyWebhook, webhookRunId, type Logger, type StreamTail, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
 import { createRateLimiter, selectInput } from './deliveries.js';
 
@@ -81,49 +82,51 @@ const HOOK_PATH = /^\/hooks\/([^/]+)\/([^/]+)$/;
 const WEBHOOK_ID = /^[\x21-\x7e]{1,256}$/;
 
 export function createIngress(config: Config, log: Logger): Promise<Ingress> {
-  let nc: NatsConnection | undefined;
-  let js: JetStreamClient | undefined;
-  let jsm: JetStreamManager | undefined;
+  let access: TenantAccess | undefined;
+  /** The connection to each served tenant's account. */
+  const conns = new Map<TenantId, TenantConnection>();
   let follower: TenantFollower | undefined;
   let server: Server | undefined;
   let url = '';
   let stopping = false;
   const routes = new Map<TenantId, Map<string, WebhookRoute>>();
-  const watchers: ConsumerMessages[] = [];
+  const watchers: StreamTail[] = [];
   const limiter = createRateLimiter(config.ratePerSecond, config.burst);
   const stats: IngressStats = { accepted: 0, duplicates: 0, refused: {} };
 
-  /** Follows a tenant's route records: the last one per route is the route. */
-  function watchRoutes(t: TenantId): Promise<void> {
+  /**
+   * Follows a tenant's route records (direct gets woken by a subscription: creating a
+   * consumer is the admin's right only); the last record per route is the route.
+   */
+  function watchRoutes(tc: TenantConnection): Promise<void> {
+    const t = tc.tenant;
+    conns.set(t, tc);
     const table = new Map<string, WebhookRoute>();
     routes.set(t, table);
-    const follow = async () => {
-      for (let backoff = 250; !stopping; backoff = Math.min(backoff * 2, 5000)) {
-        try {
-          const consumer = await (js as JetStreamClient).consumers.get(Streams.triggers(t), { filter_subjects: [Subjects.allRoutes(t)], deliver_policy: DeliverPolicy.LastPerSubject });
-          const messages = await consumer.consume();
-          watchers.push(messages);
-          for await (const m of messages) {
-            const id = m.subject.slice(m.subject.lastIndexOf('.') + 1);
-            try {
-              const r = parseWebhookRoute(decode(m.data));
-              if (r.route !== id) throw new SchemaError('webhook route', 'route', `is ${r.route}, stored under ${id}`);
-              if (r.status === 'enabled') table.set(id, r);
-              else table.delete(id);
-            } catch (e) {
-              // A route that does not decode serves nothing (the projector records why).
-              table.delete(id);
-              log.warn({ tenant: t, route: id, err: (e as Error).message }, 'webhook route record is invalid; the route is off');
-            }
+    watchers.push(
+      tailStream({
+        nc: tc.nc,
+        jsm: tc.jsm,
+        stream: Streams.triggers(t),
+        subject: Subjects.allRoutes(t),
+        from: () => 0,
+        what: 'a webhook route',
+        log,
+        apply: (m) => {
+          const id = m.subject.slice(m.subject.lastIndexOf('.') + 1);
+          try {
+            const r = parseWebhookRoute(decode(m.data));
+            if (r.route !== id) throw new SchemaError('webhook route', 'route', `is ${r.route}, stored under ${id}`);
+            if (r.status === 'enabled') table.set(id, r);
+            else table.delete(id);
+          } catch (e) {
+            // A route that does not decode serves nothing (the projector records why).
+            table.delete(id);
+            log.warn({ tenant: t, route: id, err: (e as Error).message }, 'webhook route record is invalid; the route is off');
           }
-          backoff = 250;
-        } catch (e) {
-          if (!stopping) log.debug({ tenant: t, err: (e as Error).message }, 'following webhook routes failed; retrying');
-        }
-        if (!stopping) await new Promise((r) => setTimeout(r, backoff));
-      }
-    };
-    void follow();
+        },
+      }),
+    );
     return Promise.resolve();
   }
 
@@ -159,6 +162,7 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
   }
 
   async function deliver(t: TenantId, route: WebhookRoute, req: IncomingMessage): Promise<{ status: number; body: object }> {
+    const tc = conns.get(t) as TenantConnection;
     const body = await readBody(req);
     const id = header(req, 'webhook-id');
     const timestamp = header(req, 'webhook-timestamp');
@@ -172,7 +176,7 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
     }
     let verdict;
     try {
-      verdict = await verifyWebhook(nc as NatsConnection, t, { secrets: [...route.secrets], id, timestamp, signature, body }, { timeoutMs: config.verifyTimeoutMs });
+      verdict = await verifyWebhook(tc.nc, t, { secrets: [...route.secrets], id, timestamp, signature, body }, { timeoutMs: config.verifyTimeoutMs });
     } catch (e) {
       const code = CapstanError.is(e) ? e.code : 'error';
       log.warn({ tenant: t, route: route.route, secrets: route.secrets, code }, 'a delivery could not be verified');
@@ -201,17 +205,17 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
     const claim = Subjects.seenDelivery(t, createHash('sha256').update(`${t}\0${route.route}\0${id}`).digest('hex').slice(0, 40));
     let duplicate = false;
     try {
-      await (js as JetStreamClient).publish(claim, encode({ route: route.route, runId, bodySha256 }), { expect: { lastSubjectSequence: 0 } });
+      await tc.js.publish(claim, encode({ route: route.route, runId, bodySha256 }), { expect: { lastSubjectSequence: 0 } });
     } catch (e) {
       if (!(e instanceof JetStreamApiError && (e.code === 10071 || e.code === 10164))) throw e;
-      const seen = await (jsm as JetStreamManager).direct.getMessage(Streams.seen(t), { last_by_subj: claim });
+      const seen = await tc.jsm.direct.getMessage(Streams.seen(t), { last_by_subj: claim });
       const prior = seen ? parseSeenDelivery(decode(seen.data)) : undefined;
       if (prior && prior.bodySha256 !== bodySha256) refuse(409, ErrorCode.WebhookIdConflict, `webhook-id ${id} was delivered before with another body; a delivery id may not be reused`);
       duplicate = true;
     }
     // A duplicate publishes again too: if the first delivery claimed the id and then failed
     // to submit, this repairs it; otherwise JetStream drops the copy and the run id would.
-    await submit(t, route, runId, input);
+    await submit(tc, route, runId, input);
     if (duplicate) {
       stats.duplicates++;
       log.debug({ tenant: t, route: route.route, webhookId: id, runId }, 'duplicate delivery: no new run');
@@ -222,9 +226,9 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
     return { status: 202, body: { runId } };
   }
 
-  async function submit(t: TenantId, route: WebhookRoute, runId: RunId, input: { [k: string]: JsonValue }): Promise<void> {
+  async function submit(tc: TenantConnection, route: WebhookRoute, runId: RunId, input: { [k: string]: JsonValue }): Promise<void> {
     const cmd = { workflow: route.workflow, runId, input };
-    await (js as JetStreamClient).publish(Subjects.command(t, CommandVerb.Submit), encode(cmd), { msgID: MsgIds.command(CommandVerb.Submit, runId) });
+    await tc.js.publish(Subjects.command(tc.tenant, CommandVerb.Submit), encode(cmd), { msgID: MsgIds.command(CommandVerb.Submit, runId) });
   }
 
   function send(res: ServerResponse, status: number, body: object, retryAfterS?: number): void {
@@ -277,10 +281,8 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
     stats: () => stats,
     routes: (t) => [...(routes.get(t)?.values() ?? [])],
     async start() {
-      nc = await connectNats(config.natsUrl, config.name, log);
-      js = jetstream(nc);
-      jsm = await jetstreamManager(nc);
-      follower = await followTenants(nc, config.tenants, config.discoveryMs, watchRoutes, log);
+      access = await serviceAccess(Role.Ingress, config, config.name, log);
+      follower = await access.follow(config.tenants, config.discoveryMs, watchRoutes, log);
       const s = createServer((req, res) => void handle(req, res));
       s.requestTimeout = 30_000;
       s.headersTimeout = 10_000;
@@ -301,8 +303,8 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
         server.close(() => resolve());
         server.closeAllConnections();
       });
-      await Promise.allSettled(watchers.map((w) => w.close()));
-      await nc?.drain();
+      await Promise.allSettled(watchers.map((w) => w.stop()));
+      await access?.close();
     },
   });
 }

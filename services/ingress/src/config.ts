@@ -1,9 +1,11 @@
 import { ConfigError, MAX_VERIFY_BODY_BYTES, type TenantId } from '@capstan/schemas';
-import { envInt, envLogLevel, envNatsUrl, envString, envTenants, type Env } from '@capstan/kit';
+import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envString, envTenants, type Env, type NatsAuthConfig } from '@capstan/kit';
 import type { LevelWithSilent } from 'pino';
 
 export interface Config {
   readonly natsUrl: string;
+  /** `NATS_CREDS` (ingress's own service credential) and TLS. */
+  readonly nats: NatsAuthConfig;
   readonly logLevel: LevelWithSilent;
   /** Tenants whose routes this instance serves (`CAPSTAN_TENANTS`); all by default. */
   readonly tenants: readonly TenantId[] | 'all';
@@ -29,6 +31,7 @@ export function loadConfig(env: Env): Config {
   const problems: string[] = [];
   const config: Config = {
     natsUrl: envNatsUrl(env, problems),
+    nats: envNatsAuth(env, problems),
     logLevel: envLogLevel(env, problems),
     tenants: envTenants(env, problems),
     host: envString(env, 'INGRESS_HOST', '127.0.0.1'),

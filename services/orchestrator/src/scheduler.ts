@@ -15,8 +15,8 @@
  *   the next wake-up, and only then is acknowledged. A run's id is derived from schedule,
  *   generation and slot, so whatever is done twice (a redelivery after a crash, two
  *   orchestrators, a clock step) submits the same run, which starts once.
- * - On start, and every {@link RECONCILE_MS}, an active schedule without a pending wake-up
- *   gets one back (a chain broken by a lost message heals).
+ * - On start, and every {@link RECONCILE_MS}, every active schedule's wake-up is armed again
+ *   from its state (a chain broken by a lost message heals).
  */
 import type { JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import { JetStreamApiError } from '@nats-io/jetstream';
@@ -199,9 +199,6 @@ export function createScheduler(o: SchedulerOptions): Scheduler {
     if ((op === 'create' || op === 'resume') && rec.status === ScheduleStatus.Active && rec.epoch === cmdSeq) {
       const first = slotsOf(rec.spec, rec.anchorMs).after(at);
       await arm(rec, first, first);
-    } else if (op === 'delete') {
-      // The pending wake-up would find the schedule deleted and do nothing; remove it anyway.
-      await jsm.streams.purge(Streams.commands(t), { filter: Subjects.scheduleWake(t, rec.schedule) }).catch(() => undefined);
     } else if (op === 'trigger' && rec.change.runId) {
       await submit(rec, [rec.change.runId]);
       // The triggered run counts for the overlap policy like a slot's run.
@@ -338,15 +335,15 @@ export function createScheduler(o: SchedulerOptions): Scheduler {
     return arm(rec, st.next, st.next);
   }
 
-  /** Gives every active schedule without a pending wake-up one again. */
+  /**
+   * Arms every active schedule's wake-up again from its recorded state. A wake-up replaces
+   * the one pending on its subject, so this is safe when one exists, and heals a chain a lost
+   * message broke. (The pending one is not looked at: reading the command stream's messages
+   * is nobody's right but the admin's.)
+   */
   async function reconcile(): Promise<void> {
     for (const { record: rec, at } of await listScheduleRecords(jsm, t)) {
       if (stopped || rec.status !== ScheduleStatus.Active) continue;
-      const pending = await jsm.streams.getMessage(Streams.commands(t), { last_by_subj: Subjects.scheduleWake(t, rec.schedule) }).then(
-        (m) => m !== null,
-        () => false,
-      );
-      if (pending) continue;
       await inLane(rec.schedule, async () => {
         const st = await readScheduleState(jsm, t, rec.schedule).catch(() => undefined);
         const own = st && st.record.generation === rec.generation && st.record.epoch === rec.epoch ? st.record : undefined;
