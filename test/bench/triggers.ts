@@ -17,16 +17,17 @@ import { cpus, loadavg, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { Webhook } from 'standardwebhooks';
 import { createRegistry } from '@capstan/actors';
-import { connectNats, createClient, createLogger, ensureTenant, findNatsServer, PROJECT_ROOT, putSecret, sendScheduleCommand, startNatsServer, writeRoute } from '@capstan/kit';
+import { createLogger, findNatsServer, PROJECT_ROOT, putSecret, readRun, sendScheduleCommand, writeRoute } from '@capstan/kit';
 import { createSecretsLease, loadConfig as secretsConfig } from '@capstan/secrets-lease';
 import { createOrchestrator, loadConfig as orchestratorConfig } from '@capstan/orchestrator';
 import { createWorker, loadConfig as workerConfig } from '@capstan/worker';
 import { createIngress, loadConfig as ingressConfig } from '@capstan/ingress';
-import { parseTenantId, type RunId } from '@capstan/schemas';
+import { parseTenantId, Role, type RunId } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
 import { runsOfSchedule } from '../harness/schedules.js';
 import { handlers, workflows } from '../fixtures/workflows.js';
 import { percentile, writeSection } from './report.js';
+import { startBenchNats } from './stack.js';
 
 const env = process.env;
 const DELIVERIES = Number(env['BENCH_DELIVERIES'] ?? 2000);
@@ -39,22 +40,21 @@ const silent = createLogger('bench', 'silent');
 const fmt = (ms: number) => ms.toFixed(1);
 const load = loadavg().map((x) => x.toFixed(2)).join(', ');
 
-const nats = await startNatsServer({ binary: findNatsServer(), sync: 'always' });
+const nats = await startBenchNats({ binary: findNatsServer(), sync: 'always' });
 const db = await scratchDatabase('bench_triggers');
 const t = parseTenantId('bench');
-const nc = await connectNats(nats.url, 'bench', silent);
-const client = await createClient(nc);
-await ensureTenant(client.jsm, t);
-const base = { NATS_URL: nats.url, CAPSTAN_TENANTS: t, ORCH_POLICY: 'off', WORKER_ADMISSION: 'auto', WORKER_LEASES: 'off', LOG_LEVEL: 'silent' };
-const secrets = await createSecretsLease(secretsConfig({ ...base, DATABASE_URL: db.url, SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }), silent);
-const orchestrator = await createOrchestrator(orchestratorConfig(base), silent, { registry: createRegistry(workflows) });
-const worker = await createWorker(workerConfig({ ...base, WORKER_ID: 'bench', WORKER_CONCURRENCY: '256' }), silent, { handlers });
-const ingress = await createIngress(ingressConfig({ ...base, INGRESS_PORT: '0', INGRESS_RATE: '1000000', INGRESS_BURST: '1000000' }), silent);
+await nats.provision(t);
+const admin = await nats.connect(t, Role.Admin);
+const base = { CAPSTAN_TENANTS: t, ORCH_POLICY: 'off', WORKER_ADMISSION: 'auto', WORKER_LEASES: 'off', LOG_LEVEL: 'silent' };
+const secrets = await createSecretsLease(secretsConfig({ ...nats.env(Role.SecretsLease), ...base, DATABASE_URL: db.url, SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }), silent);
+const orchestrator = await createOrchestrator(orchestratorConfig({ ...nats.env(Role.Orchestrator), ...base }), silent, { registry: createRegistry(workflows) });
+const worker = await createWorker(workerConfig({ ...base, NATS_URL: nats.url, NATS_CREDS: await nats.workerCreds(t, 'bench'), WORKER_CONCURRENCY: '256' }), silent, { handlers });
+const ingress = await createIngress(ingressConfig({ ...nats.env(Role.Ingress), ...base, INGRESS_PORT: '0', INGRESS_RATE: '1000000', INGRESS_BURST: '1000000' }), silent);
 for (const s of [secrets, orchestrator, worker, ingress]) await s.start();
 
 const SECRET = `whsec_${randomBytes(32).toString('base64')}`;
-await putSecret(nc, t, 'BENCH_HOOK', SECRET, { by: 'bench' });
-await writeRoute(client.js, client.jsm, t, { route: 'bench', workflow: 'test.slow', secrets: ['BENCH_HOOK'], fields: { ms: '/ms' }, status: 'enabled', by: 'bench' });
+await putSecret(admin.nc, t, 'BENCH_HOOK', SECRET, { by: 'bench' });
+await writeRoute(admin.js, admin.jsm, t, { route: 'bench', workflow: 'test.slow', secrets: ['BENCH_HOOK'], fields: { ms: '/ms' }, status: 'enabled', by: 'bench' });
 while (ingress.routes(t).length === 0) await new Promise((r) => setTimeout(r, 50));
 const signer = new Webhook(SECRET);
 
@@ -89,7 +89,7 @@ const ingressSeconds = (performance.now() - i0) / 1000;
 const firstEvent: number[] = [];
 for (const s of sent) {
   for (let tries = 0; ; tries++) {
-    const started = (await client.events(t, s.runId)).find((e) => e.type === 'run.started');
+    const started = (await readRun(admin.jsm, t, s.runId)).events.find((e) => e.type === 'run.started');
     if (started) {
       firstEvent.push(started.at - s.sentAt);
       break;
@@ -102,18 +102,17 @@ for (const s of sent) {
 say(`schedules: ${SCHEDULES} schedules every second for ${SECONDS} s`);
 const made = [];
 for (let i = 0; i < SCHEDULES; i++) {
-  made.push(await sendScheduleCommand(client.js, client.jsm, t, { op: 'create', schedule: `bench-${i}`, spec: { workflow: 'test.slow', everyMs: 1000, input: { ms: 0 }, overlap: 'allow-all' }, by: 'bench' }));
+  made.push(await sendScheduleCommand(admin.js, admin.jsm, t, { op: 'create', schedule: `bench-${i}`, spec: { workflow: 'test.slow', everyMs: 1000, input: { ms: 0 }, overlap: 'allow-all' }, by: 'bench' }));
 }
 await new Promise((r) => setTimeout(r, SECONDS * 1000));
-for (const m of made) await sendScheduleCommand(client.js, client.jsm, t, { op: 'delete', schedule: m.record.schedule, by: 'bench' });
+for (const m of made) await sendScheduleCommand(admin.js, admin.jsm, t, { op: 'delete', schedule: m.record.schedule, by: 'bench' });
 await new Promise((r) => setTimeout(r, 2000));
 const lateness: number[] = [];
 for (const m of made) {
-  for (const r of await runsOfSchedule(client.jsm, t, m.record.schedule, m.record.generation)) if (r.startedAt !== undefined) lateness.push(r.startedAt - r.slot);
+  for (const r of await runsOfSchedule(admin.jsm, t, m.record.schedule, m.record.generation)) if (r.startedAt !== undefined) lateness.push(r.startedAt - r.slot);
 }
 
 for (const s of [ingress, worker, orchestrator, secrets]) await s.stop();
-await nc.close();
 await nats.stop();
 await db.drop();
 

@@ -13,15 +13,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { BrowserContext, Page } from 'playwright-core';
 import { createRegistry, defineWorkflow } from '@capstan/actors';
-import { migrate, openDatabase, PROJECT_ROOT, readSchedule, writeRoute, type Database } from '@capstan/kit';
+import { migrate, openDatabase, PROJECT_ROOT, readSchedule, writeRoute, type Database, type TenantConnection } from '@capstan/kit';
 import { createOrchestrator, loadConfig as orchestratorConfig, type OrchestratorApp } from '@capstan/orchestrator';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';
 import { createConsole, hashPassword, loadConfig as consoleConfig, type Console } from '@capstan/console';
-import type { TenantId } from '@capstan/schemas';
+import { Role, type TenantId } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
 import { haveChromium, openBrowser } from '../harness/browser.js';
-import { connect, eventually, provision, silent, type Harness } from '../harness/fixtures.js';
+import { accessAs, connect, eventually, issueCreds, provision, serviceEnv, silent, type Harness } from '../harness/fixtures.js';
 import { handlers as baseHandlers, workflows as baseWorkflows } from './workflows.js';
 
 const ARTIFACTS = join(PROJECT_ROOT, 'test', 'artifacts', 'console');
@@ -51,6 +51,7 @@ describe.skipIf(!withChromium)('run now and triggers in a browser', () => {
   let d: Database;
   let h: Harness;
   let t: TenantId;
+  let tc: TenantConnection;
   let orchestrator: OrchestratorApp;
   let worker: WorkerApp;
   let projector: ProjectorApp;
@@ -79,10 +80,12 @@ describe.skipIf(!withChromium)('run now and triggers in a browser', () => {
     const url = inject('natsUrl');
     h = await connect(url);
     t = await provision(h, 'webtrig');
+    tc = await h.tenant(t);
     const env = { NATS_URL: url, CAPSTAN_TENANTS: t, ORCH_POLICY: 'off' };
-    orchestrator = await createOrchestrator(orchestratorConfig(env), silent, { registry: createRegistry(workflows) });
-    worker = await createWorker(workerConfig({ ...env, WORKER_ID: 'w-web', WORKER_ADMISSION: 'auto', WORKER_LEASES: 'off' }), silent, { handlers });
-    projector = await createProjector(projectorConfig({ ...env, DATABASE_URL: scratch.url }), silent, { database: d });
+    orchestrator = await createOrchestrator(orchestratorConfig({ ...(await serviceEnv(url, Role.Orchestrator)), ...env }), silent, { registry: createRegistry(workflows) });
+    const workerCreds = await issueCreds(url, t, Role.Worker, 'w-web', { pools: ['default'] });
+    worker = await createWorker(workerConfig({ ...env, NATS_CREDS: workerCreds, WORKER_ID: 'w-web', WORKER_ADMISSION: 'auto', WORKER_LEASES: 'off' }), silent, { handlers });
+    projector = await createProjector(projectorConfig({ ...(await serviceEnv(url, Role.Projector)), ...env, DATABASE_URL: scratch.url }), silent, { database: d });
     await orchestrator.start();
     await worker.start();
     await projector.start();
@@ -91,10 +94,10 @@ describe.skipIf(!withChromium)('run now and triggers in a browser', () => {
       { userId: 'vic', orgId: 'acme', role: 'viewer', tenants: [t], passwordHash: await hashPassword(PASSWORD) },
     ];
     writeFileSync(join(dir, 'users.json'), JSON.stringify(users));
-    const config = consoleConfig({ CONSOLE_PORT: '0', CONSOLE_SECRET: 'y'.repeat(48), CONSOLE_USERS: join(dir, 'users.json'), DATABASE_URL: scratch.url, NATS_URL: url, LOG_LEVEL: 'silent' });
-    app = createConsole({ db: d, nc: h.nc, config, log: silent, pollMs: 250 });
+    const config = consoleConfig({ CONSOLE_PORT: '0', CONSOLE_SECRET: 'y'.repeat(48), CONSOLE_USERS: join(dir, 'users.json'), DATABASE_URL: scratch.url, LOG_LEVEL: 'silent', ...(await serviceEnv(url, Role.Console)) });
+    app = createConsole({ db: d, access: await accessAs(url, Role.Console), config, log: silent, pollMs: 250 });
     await app.start();
-    await writeRoute(h.client.js, h.jsm, t, { route: 'orders', workflow: 'web.greet', secrets: ['ORDERS_HOOK'], fields: { name: '/customer/name' }, status: 'enabled', by: 'olga' });
+    await writeRoute(tc.js, tc.jsm, t, { route: 'orders', workflow: 'web.greet', secrets: ['ORDERS_HOOK'], fields: { name: '/customer/name' }, status: 'enabled', by: 'olga' });
 
     // 404: a run not projected yet while Run now waits for it; 401: the session checks around a sign-out.
     ({ ctx, page } = await openBrowser(dir, pageErrors, /status of (404|401)/));
@@ -170,7 +173,7 @@ describe.skipIf(!withChromium)('run now and triggers in a browser', () => {
     await shot('triggers');
 
     await row.getByTestId('schedule-trigger').click();
-    const triggered = await eventually('the triggered run recorded', async () => (await readSchedule(h.jsm, t, 'hourly-greet'))?.record.change.runId, 15_000);
+    const triggered = await eventually('the triggered run recorded', async () => (await readSchedule(tc.jsm, t, 'hourly-greet'))?.record.change.runId, 15_000);
     expect((await h.client.waitForEnd(t, triggered, 15_000)).type).toBe('run.completed');
     await row.getByTestId('schedule-pause').click();
     await expect.poll(() => row.getAttribute('data-status'), { timeout: 15_000 }).toBe('paused');
@@ -178,7 +181,7 @@ describe.skipIf(!withChromium)('run now and triggers in a browser', () => {
     await page.getByRole('button', { name: 'Delete schedule' }).click();
     await expect.poll(() => page.locator('[data-testid="schedule-row"][data-schedule-id="hourly-greet"]').count(), { timeout: 15_000 }).toBe(0);
     // Each change was the operator's, recorded as such.
-    const rec = (await readSchedule(h.jsm, t, 'hourly-greet'))?.record;
+    const rec = (await readSchedule(tc.jsm, t, 'hourly-greet'))?.record;
     expect([rec?.status, rec?.change.by]).toEqual(['deleted', 'olga']);
   });
 

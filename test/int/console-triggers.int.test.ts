@@ -5,11 +5,11 @@
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createConsole, hashPassword, loadConfig as consoleConfig, type ActionResponse, type Console, type RoutesResponse, type SchedulesResponse, type WorkflowsResponse } from '@capstan/console';
-import { migrate, openDatabase, readSchedule, writeRoute, type Database } from '@capstan/kit';
+import { migrate, openDatabase, readSchedule, writeRoute, type Database, type TenantConnection } from '@capstan/kit';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
-import type { TenantId } from '@capstan/schemas';
+import { Role, type TenantId } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
-import { connect, eventually, provision, randomTenant, silent, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
+import { accessAs, connect, eventually, provision, randomTenant, serviceEnv, silent, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
 import { ConsoleClient, type ErrorBody } from '../harness/console.js';
 
 const PASSWORD = 'a long enough password';
@@ -19,6 +19,7 @@ describe('console triggers', () => {
   let d: Database;
   let h: Harness;
   let t: TenantId;
+  let tc: TenantConnection;
   let services: InProcessServices;
   let projector: ProjectorApp;
   let app: Console;
@@ -31,17 +32,18 @@ describe('console triggers', () => {
     const url = inject('natsUrl');
     h = await connect(url);
     t = await provision(h, 'ctrig');
+    tc = await h.tenant(t);
     scratch = await scratchDatabase('console_triggers');
     d = await openDatabase({ url: scratch.url, log: silent });
     await migrate(d);
     services = await startServices(url, [t]);
-    projector = await createProjector(projectorConfig({ NATS_URL: url, DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, { database: d });
+    projector = await createProjector(projectorConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, { database: d });
     await projector.start();
     const passwordHash = await hashPassword(PASSWORD);
     app = createConsole({
       db: d,
-      nc: h.nc,
-      config: consoleConfig({ CONSOLE_SECRET: 'k'.repeat(40), CONSOLE_USERS: 'unused', CONSOLE_PORT: '0', DATABASE_URL: scratch.url, NATS_URL: url }),
+      access: await accessAs(url, Role.Console),
+      config: consoleConfig({ CONSOLE_SECRET: 'k'.repeat(40), CONSOLE_USERS: 'unused', CONSOLE_PORT: '0', DATABASE_URL: scratch.url, ...(await serviceEnv(url, Role.Console)) }),
       log: silent,
       users: [
         { userId: 'olivia', orgId: 'acme', role: 'operator', tenants: [t], passwordHash },
@@ -98,7 +100,7 @@ describe('console triggers', () => {
     expect(triggered.status).toBe(202);
     expect((await h.client.waitForEnd(t, triggered.body.runId as string, 15_000)).type).toBe('run.completed');
     expect((await operator.post(`/api/tenants/${t}/schedules/daily/pause`, { reason: 'holiday' })).status).toBe(202);
-    expect((await readSchedule(h.jsm, t, 'daily'))?.record).toMatchObject({ status: 'paused', change: { by: 'olivia', reason: 'holiday' } });
+    expect((await readSchedule(tc.jsm, t, 'daily'))?.record).toMatchObject({ status: 'paused', change: { by: 'olivia', reason: 'holiday' } });
 
     expect(code(await operator.post(`/api/tenants/${t}/schedules`, { schedule: 'daily', workflow: 'test.pipeline', everyMs: 60_000 }))).toEqual([409, 'schedule_exists']);
     expect(code(await operator.post(`/api/tenants/${t}/schedules`, { schedule: 'bad', workflow: 'test.pipeline', cron: 'every day' }))).toEqual([400, 'invalid_argument']);
@@ -112,7 +114,7 @@ describe('console triggers', () => {
   });
 
   it('console triggers - routes are listed with their paths and secret names, per tenant', async () => {
-    await writeRoute(h.client.js, h.jsm, t, { route: 'github', workflow: 'test.pipeline', secrets: ['GH_HOOK', 'GH_HOOK_NEXT'], status: 'enabled', by: 'olivia' });
+    await writeRoute(tc.js, tc.jsm, t, { route: 'github', workflow: 'test.pipeline', secrets: ['GH_HOOK', 'GH_HOOK_NEXT'], status: 'enabled', by: 'olivia' });
     const routes = await eventually('the route projected', async () => {
       const r = await viewer.get<RoutesResponse>(`/api/tenants/${t}/routes`);
       return r.body.routes.length === 1 ? r.body.routes : undefined;

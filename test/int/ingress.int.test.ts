@@ -13,13 +13,13 @@ import { randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { Webhook } from 'standardwebhooks';
 import { createRegistry } from '@capstan/actors';
-import { createLogger, putSecret, webhookRunId, writeRoute } from '@capstan/kit';
+import { createLogger, putSecret, webhookRunId, writeRoute, type TenantConnection } from '@capstan/kit';
 import { createOrchestrator, loadConfig as orchestratorConfig, type OrchestratorApp } from '@capstan/orchestrator';
 import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';
 import { createSecretsLease, loadConfig as secretsConfig, type SecretsLeaseService } from '@capstan/secrets-lease';
 import { createIngress, loadConfig as ingressConfig, type Ingress } from '@capstan/ingress';
-import { Streams, type TenantId, type WebhookRoute } from '@capstan/schemas';
-import { connect, eventually, provision, runCli, silent, TEST_DEFAULTS, type Harness } from '../harness/fixtures.js';
+import { Role, Streams, type TenantId, type WebhookRoute } from '@capstan/schemas';
+import { connect, eventually, issueCreds, provision, runCli, serviceEnv, silent, TEST_DEFAULTS, type Harness } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { allRunIds } from '../harness/schedules.js';
 import { handlers, workflows } from '../fixtures/workflows.js';
@@ -39,6 +39,7 @@ describe('ingress', () => {
   let url: string;
   let h: Harness;
   let t: TenantId;
+  let tc: TenantConnection;
   let scratch: Awaited<ReturnType<typeof scratchDatabase>>;
   let secrets: SecretsLeaseService;
   let orchestrator: OrchestratorApp;
@@ -69,7 +70,7 @@ describe('ingress', () => {
 
   /** Last sequences of every stream a delivery could write to. */
   async function positions(): Promise<string> {
-    const last = async (s: string) => (await h.jsm.streams.info(s)).state.last_seq;
+    const last = async (s: string) => (await tc.jsm.streams.info(s)).state.last_seq;
     return JSON.stringify([await last(Streams.commands(t)), await last(Streams.runs(t)), await last(Streams.seen(t))]);
   }
 
@@ -77,22 +78,23 @@ describe('ingress', () => {
     url = inject('natsUrl');
     h = await connect(url);
     t = await provision(h, 'hooks');
+    tc = await h.tenant(t);
     scratch = await scratchDatabase('ingress');
     const env = { NATS_URL: url, CAPSTAN_TENANTS: t, ...TEST_DEFAULTS };
     secrets = await createSecretsLease(
-      secretsConfig({ ...env, DATABASE_URL: scratch.url, SECRETS_MASTER_KEY: randomBytes(32).toString('base64'), SECRETS_DB_POOL: '12' }),
+      secretsConfig({ ...(await serviceEnv(url, Role.SecretsLease)), ...env, DATABASE_URL: scratch.url, SECRETS_MASTER_KEY: randomBytes(32).toString('base64'), SECRETS_DB_POOL: '12' }),
       createLogger('secrets-lease', 'trace', sink),
     );
     await secrets.start();
-    orchestrator = await createOrchestrator(orchestratorConfig(env), silent, { registry: createRegistry(workflows) });
+    orchestrator = await createOrchestrator(orchestratorConfig({ ...(await serviceEnv(url, Role.Orchestrator)), ...env }), silent, { registry: createRegistry(workflows) });
     await orchestrator.start();
-    worker = await createWorker(workerConfig({ ...env, WORKER_ID: 'w-hooks', WORKER_CONCURRENCY: '200' }), silent, { handlers });
+    worker = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w-hooks', { pools: ['default'] }), WORKER_ID: 'w-hooks', WORKER_CONCURRENCY: '200' }), silent, { handlers });
     await worker.start();
-    await putSecret(h.nc, t, 'ORDERS_HOOK', SECRET, { by: 'ann' });
-    await putSecret(h.nc, t, 'ORDERS_HOOK_NEXT', NEXT_SECRET, { by: 'ann' });
-    await writeRoute(h.client.js, h.jsm, t, route());
+    await putSecret(tc.nc, t, 'ORDERS_HOOK', SECRET, { by: 'ann' });
+    await putSecret(tc.nc, t, 'ORDERS_HOOK_NEXT', NEXT_SECRET, { by: 'ann' });
+    await writeRoute(tc.js, tc.jsm, t, route());
     ingress = await createIngress(
-      ingressConfig({ ...env, INGRESS_PORT: '0', INGRESS_MAX_BODY_BYTES: String(MAX_BODY), INGRESS_RATE: '10000', INGRESS_BURST: '10000', INGRESS_DISCOVERY_MS: '200', LOG_LEVEL: 'trace' }),
+      ingressConfig({ ...(await serviceEnv(url, Role.Ingress)), ...env, INGRESS_PORT: '0', INGRESS_MAX_BODY_BYTES: String(MAX_BODY), INGRESS_RATE: '10000', INGRESS_BURST: '10000', INGRESS_DISCOVERY_MS: '200', LOG_LEVEL: 'trace' }),
       createLogger('ingress', 'trace', sink),
     );
     await ingress.start();
@@ -167,7 +169,7 @@ describe('ingress', () => {
   });
 
   it('ingress - secrets rotate on either side: a route with two secrets, a header with two signatures', async () => {
-    await writeRoute(h.client.js, h.jsm, t, route({ secrets: ['ORDERS_HOOK', 'ORDERS_HOOK_NEXT'], reason: 'rotating' }));
+    await writeRoute(tc.js, tc.jsm, t, route({ secrets: ['ORDERS_HOOK', 'ORDERS_HOOK_NEXT'], reason: 'rotating' }));
     await eventually('the route with two secrets', () => Promise.resolve(ingress.routes(t)[0]?.secrets.length === 2 ? true : undefined), 10_000);
     const body = JSON.stringify({ ms: 0, order: { id: 'R' } });
     expect((await deliver(ingress, `/hooks/${t}/orders`, body, { secret: SECRET })).status).toBe(202);
@@ -177,16 +179,16 @@ describe('ingress', () => {
     const both = `${new Webhook(secretOf(3)).sign(id, at, body)} ${new Webhook(NEXT_SECRET).sign(id, at, body)}`;
     expect((await deliver(ingress, `/hooks/${t}/orders`, body, { id, at, signature: both })).status).toBe(202);
     // Disabled: the path is gone (404), the records stay.
-    await writeRoute(h.client.js, h.jsm, t, route({ status: 'disabled' }));
+    await writeRoute(tc.js, tc.jsm, t, route({ status: 'disabled' }));
     await eventually('the route disabled', () => Promise.resolve(ingress.routes(t).length === 0 ? true : undefined), 10_000);
     expect((await deliver(ingress, `/hooks/${t}/orders`, body)).body.error?.code).toBe('route_not_found');
-    await writeRoute(h.client.js, h.jsm, t, route());
+    await writeRoute(tc.js, tc.jsm, t, route());
     await eventually('the route back', () => Promise.resolve(ingress.routes(t).length === 1 ? true : undefined), 10_000);
   });
 
   it('ingress - over the tenant\'s rate: 429 with Retry-After, nothing written', async () => {
     const slow = await createIngress(
-      ingressConfig({ NATS_URL: url, CAPSTAN_TENANTS: t, INGRESS_PORT: '0', INGRESS_RATE: '1', INGRESS_BURST: '2', INGRESS_DISCOVERY_MS: '200', LOG_LEVEL: 'silent' }),
+      ingressConfig({ ...(await serviceEnv(url, Role.Ingress)), CAPSTAN_TENANTS: t, INGRESS_PORT: '0', INGRESS_RATE: '1', INGRESS_BURST: '2', INGRESS_DISCOVERY_MS: '200', LOG_LEVEL: 'silent' }),
       silent,
     );
     await slow.start();
@@ -208,7 +210,7 @@ describe('ingress', () => {
   });
 
   it('ingress - 1,000 concurrent deliveries with 10 % duplicates start exactly the unique ones', async () => {
-    const runsBefore = new Set(await allRunIds(h.jsm, t));
+    const runsBefore = new Set(await allRunIds(tc.jsm, t));
     const unique = Array.from({ length: 900 }, (_, i) => {
       const id = `msg_load_${i}`;
       const at = new Date();
@@ -225,11 +227,11 @@ describe('ingress', () => {
     const accepted = count((a) => a.status === 202);
     const duplicates = count((a) => a.status === 200 && a.body.duplicate === true);
     const started = await eventually('900 runs started', async () => {
-      const now = (await allRunIds(h.jsm, t)).filter((r) => !runsBefore.has(r));
+      const now = (await allRunIds(tc.jsm, t)).filter((r) => !runsBefore.has(r));
       return now.length >= 900 ? now : undefined;
     }, 60_000);
     await new Promise((r) => setTimeout(r, 1000));
-    const finalRuns = (await allRunIds(h.jsm, t)).filter((r) => !runsBefore.has(r));
+    const finalRuns = (await allRunIds(tc.jsm, t)).filter((r) => !runsBefore.has(r));
     const expected = new Set(unique.map((u) => webhookRunId(t, 'orders', u.id)));
     process.stdout.write(`ingress load: 1000 deliveries in ${Math.round(ms)} ms: ${accepted} accepted, ${duplicates} duplicates, ${1000 - accepted - duplicates} other; ${finalRuns.length} runs started\n`);
     expect(accepted).toBe(900);

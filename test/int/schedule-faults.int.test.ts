@@ -7,8 +7,8 @@ import { afterEach, describe, expect, inject, it } from 'vitest';
 import { join } from 'node:path';
 import { createRegistry } from '@capstan/actors';
 import { PROJECT_ROOT, readScheduleState, sendScheduleCommand } from '@capstan/kit';
-import type { RunId } from '@capstan/schemas';
-import { connect, eventually, provision, processTracker, type ServiceProcess } from '../harness/fixtures.js';
+import { Role, type RunId } from '@capstan/schemas';
+import { connect, eventually, issueCreds, processTracker, provision, type ServiceProcess } from '../harness/fixtures.js';
 import { checkRuns, report } from '../harness/checker.js';
 import { allRunIds, percentiles, runsOfSchedule } from '../harness/schedules.js';
 import { workflows } from '../fixtures/workflows.js';
@@ -25,14 +25,16 @@ describe('schedule faults', () => {
     const url = inject('natsUrl');
     const h = await connect(url);
     try {
-      const t = await provision(h, 'kill-sched');
-      const env = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, ORCH_ACK_WAIT_MS: '1000', ORCH_DISCOVERY_MS: '200' };
+      // A killed orchestrator's fires and commands go to the other one after a second.
+      const t = await provision(h, 'kill-sched', { consumers: { orchestratorAckWaitMs: 1000 } });
+      const tc = await h.tenant(t);
+      const env = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, ORCH_DISCOVERY_MS: '200' };
       const orchs = [spawnTracked('orchestrator', { ...env, ORCH_NAME: 'o1' }), spawnTracked('orchestrator', { ...env, ORCH_NAME: 'o2' })];
-      spawnTracked('worker', { ...env, WORKER_ID: 'w1', WORKER_CONCURRENCY: '50' });
+      spawnTracked('worker', { ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w1'), WORKER_CONCURRENCY: '50' });
       await new Promise((r) => setTimeout(r, 1500));
 
       // Catch-up `all` (the default) within a minute: a slot whose firing a kill delayed still runs.
-      const created = await sendScheduleCommand(h.client.js, h.jsm, t, {
+      const created = await sendScheduleCommand(tc.js, tc.jsm, t, {
         op: 'create',
         schedule: 'every-second',
         spec: { workflow: 'test.pipeline', everyMs: 1000, input: { ms: 50 }, overlap: 'allow-all', catchup: 'all', catchupWindowMs: 60_000 },
@@ -49,24 +51,24 @@ describe('schedule faults', () => {
         orchs[i] = spawnTracked('orchestrator', { ...env, ORCH_NAME: `o${i + 1}-r${kills}` });
       }
       // Stop firing, then let the survivors finish what is in flight.
-      const deleted = await sendScheduleCommand(h.client.js, h.jsm, t, { op: 'delete', schedule: 'every-second', by: 'fault-test' }, 30_000);
-      const state = (await readScheduleState(h.jsm, t, 'every-second'))?.record;
+      const deleted = await sendScheduleCommand(tc.js, tc.jsm, t, { op: 'delete', schedule: 'every-second', by: 'fault-test' }, 30_000);
+      const state = (await readScheduleState(tc.jsm, t, 'every-second'))?.record;
       const decidedUpTo = (state?.next ?? deleted.at) - 1000;
       const expected: number[] = [];
       for (let s = created.record.anchorMs + 1000; s <= decidedUpTo; s += 1000) expected.push(s);
 
       const runs = await eventually('every decided slot has its run completed', async () => {
-        const r = await runsOfSchedule(h.jsm, t, 'every-second', gen);
+        const r = await runsOfSchedule(tc.jsm, t, 'every-second', gen);
         const done = r.filter((x) => x.events.some((e) => e.type === 'run.completed'));
         return done.length >= expected.length ? r : undefined;
-      }, 60_000).catch(async () => runsOfSchedule(h.jsm, t, 'every-second', gen));
+      }, 60_000).catch(async () => runsOfSchedule(tc.jsm, t, 'every-second', gen));
 
       const bySlot = new Map<number, number>();
       for (const r of runs) bySlot.set(r.slot, (bySlot.get(r.slot) ?? 0) + 1);
       const missing = expected.filter((s) => !bySlot.has(s));
       const twice = [...bySlot.values()].filter((n) => n > 1).length;
-      const strays = (await allRunIds(h.jsm, t)).filter((id) => !runs.some((r) => r.runId === id));
-      const c = await checkRuns(h.jsm, t, runs.map((r) => r.runId as RunId), registry);
+      const strays = (await allRunIds(tc.jsm, t)).filter((id) => !runs.some((r) => r.runId === id));
+      const c = await checkRuns(tc.jsm, t, runs.map((r) => r.runId as RunId), registry);
       const late = runs.filter((r) => r.startedAt !== undefined).map((r) => (r.startedAt as number) - r.slot);
       report('schedule kill-loop', c);
       process.stdout.write(

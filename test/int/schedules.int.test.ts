@@ -7,13 +7,13 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { and, eq, like } from 'drizzle-orm';
 import { createRegistry } from '@capstan/actors';
-import { listSchedules, migrate, openDatabase, readScheduleState, sendScheduleCommand, type Database } from '@capstan/kit';
+import { listSchedules, migrate, openDatabase, readScheduleState, sendScheduleCommand, type Database, type TenantConnection } from '@capstan/kit';
 import { createOrchestrator, loadConfig as orchestratorConfig, type OrchestratorApp } from '@capstan/orchestrator';
 import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
-import { CapstanError, db as schema, encode, Subjects, TriggerVerb, type ScheduleSpec, type TenantId } from '@capstan/schemas';
+import { CapstanError, db as schema, encode, Role, Subjects, TriggerVerb, type ScheduleSpec, type TenantId } from '@capstan/schemas';
 import { readDeadLetters } from '@capstan/cli';
-import { connect, eventually, provision, runCli, silent, TEST_DEFAULTS, type Harness } from '../harness/fixtures.js';
+import { connect, eventually, issueCreds, provision, runCli, serviceEnv, silent, TEST_DEFAULTS, type Harness } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { percentiles, runsOfSchedule } from '../harness/schedules.js';
 import { handlers, workflows } from '../fixtures/workflows.js';
@@ -25,6 +25,7 @@ describe('schedules', () => {
   let url: string;
   let h: Harness;
   let t: TenantId;
+  let tc: TenantConnection;
   let scratch: Awaited<ReturnType<typeof scratchDatabase>>;
   let d: Database;
   let orchestrator: OrchestratorApp;
@@ -32,10 +33,10 @@ describe('schedules', () => {
   let projector: ProjectorApp;
   const env = () => ({ NATS_URL: url, CAPSTAN_TENANTS: t, ...TEST_DEFAULTS });
   const startOrchestrator = async () => {
-    orchestrator = await createOrchestrator(orchestratorConfig(env()), silent, { registry });
+    orchestrator = await createOrchestrator(orchestratorConfig({ ...(await serviceEnv(url, Role.Orchestrator)), ...env() }), silent, { registry });
     await orchestrator.start();
   };
-  const cmd = (c: Parameters<typeof sendScheduleCommand>[3]) => sendScheduleCommand(h.client.js, h.jsm, t, c);
+  const cmd = (c: Parameters<typeof sendScheduleCommand>[3]) => sendScheduleCommand(tc.js, tc.jsm, t, c);
   const refusal = async (p: Promise<unknown>) => {
     try {
       await p;
@@ -49,13 +50,14 @@ describe('schedules', () => {
     url = inject('natsUrl');
     h = await connect(url);
     t = await provision(h, 'sched');
+    tc = await h.tenant(t);
     scratch = await scratchDatabase('schedules');
     d = await openDatabase({ url: scratch.url });
     await migrate(d);
     await startOrchestrator();
-    worker = await createWorker(workerConfig({ ...env(), WORKER_ID: 'w-sched', WORKER_CONCURRENCY: '50' }), silent, { handlers });
+    worker = await createWorker(workerConfig({ ...env(), NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w-sched', { pools: ['default'] }), WORKER_ID: 'w-sched', WORKER_CONCURRENCY: '50' }), silent, { handlers });
     await worker.start();
-    projector = await createProjector(projectorConfig({ ...env(), DATABASE_URL: scratch.url }), silent, { database: d });
+    projector = await createProjector(projectorConfig({ ...(await serviceEnv(url, Role.Projector)), ...env(), DATABASE_URL: scratch.url }), silent, { database: d });
     await projector.start();
   });
 
@@ -74,7 +76,7 @@ describe('schedules', () => {
     expect(created.record).toMatchObject({ schedule: 'tick', status: 'active', change: { op: 'create', by: 'ann' } });
     const gen = created.record.generation;
     const fired = await eventually('3 runs of tick', async () => {
-      const runs = await runsOfSchedule(h.jsm, t, 'tick', gen);
+      const runs = await runsOfSchedule(tc.jsm, t, 'tick', gen);
       return runs.filter((r) => r.startedAt !== undefined).length >= 3 ? runs : undefined;
     }, 15_000);
     // Slots a second apart from the creation, each its own run, started within a second.
@@ -88,14 +90,14 @@ describe('schedules', () => {
     const paused = await cmd({ op: 'pause', schedule: 'tick', by: 'ann' });
     expect(paused.record.status).toBe('paused');
     await sleep(2500);
-    const whilePaused = (await runsOfSchedule(h.jsm, t, 'tick', gen)).filter((r) => r.slot > paused.at + 100);
+    const whilePaused = (await runsOfSchedule(tc.jsm, t, 'tick', gen)).filter((r) => r.slot > paused.at + 100);
     expect(whilePaused).toEqual([]);
 
     const resumed = await cmd({ op: 'resume', schedule: 'tick', by: 'bob' });
     expect(resumed.record).toMatchObject({ status: 'active', epoch: resumed.record.change.cmdSeq });
-    await eventually('a run after the resume', async () => ((await runsOfSchedule(h.jsm, t, 'tick', gen)).some((r) => r.slot > resumed.at) ? true : undefined), 10_000);
+    await eventually('a run after the resume', async () => ((await runsOfSchedule(tc.jsm, t, 'tick', gen)).some((r) => r.slot > resumed.at) ? true : undefined), 10_000);
     // No catch-up of the paused time: nothing between the pause and the resume.
-    expect((await runsOfSchedule(h.jsm, t, 'tick', gen)).filter((r) => r.slot > paused.at + 100 && r.slot < resumed.at)).toEqual([]);
+    expect((await runsOfSchedule(tc.jsm, t, 'tick', gen)).filter((r) => r.slot > paused.at + 100 && r.slot < resumed.at)).toEqual([]);
 
     const triggered = await cmd({ op: 'trigger', schedule: 'tick', by: 'cid', reason: 'now please' });
     const runId = triggered.record.change.runId;
@@ -105,8 +107,8 @@ describe('schedules', () => {
     const deleted = await cmd({ op: 'delete', schedule: 'tick', by: 'ann' });
     expect(deleted.record.status).toBe('deleted');
     await sleep(2000);
-    expect((await runsOfSchedule(h.jsm, t, 'tick', gen)).filter((r) => r.slot > deleted.at + 100)).toEqual([]);
-    const runs = await runsOfSchedule(h.jsm, t, 'tick', gen);
+    expect((await runsOfSchedule(tc.jsm, t, 'tick', gen)).filter((r) => r.slot > deleted.at + 100)).toEqual([]);
+    const runs = await runsOfSchedule(tc.jsm, t, 'tick', gen);
     for (const r of runs) expect(r.events.filter((e) => e.type === 'run.started')).toHaveLength(1);
 
     // Made again under the same id: a new generation, whose runs never meet the old ones.
@@ -137,7 +139,7 @@ describe('schedules', () => {
   it('schedules - refusals come back typed, and record nothing', async () => {
     const spec: ScheduleSpec = { workflow: 'test.pipeline', cron: '0 3 * * *', timezone: 'Europe/Paris' };
     await cmd({ op: 'create', schedule: 'nightly', spec, by: 'ann' });
-    const before = (await listSchedules(h.jsm, t)).find((s) => s.record.schedule === 'nightly')?.seq;
+    const before = (await listSchedules(tc.jsm, t)).find((s) => s.record.schedule === 'nightly')?.seq;
     const refused = [
       await refusal(cmd({ op: 'create', schedule: 'nightly', spec, by: 'ann' })),
       await refusal(cmd({ op: 'create', schedule: 'ghost', spec: { ...spec, workflow: 'no.such.workflow' }, by: 'ann' })),
@@ -153,10 +155,10 @@ describe('schedules', () => {
     expect(refused[4]).toMatch(/^schedule_not_found: tenant .* has no schedule missing/);
     expect(refused[5]).toMatch(/^schedule_not_found/);
     // Malformed on the wire (any NATS client may send it): a dead letter, nothing recorded.
-    const ack = await h.client.js.publish(Subjects.triggerCommand(t, TriggerVerb.Schedule), encode({ op: 'create', schedule: 'raw', by: 'x', spec: { workflow: 'test.pipeline' } }));
-    const letter = await eventually('dead letter of the malformed command', async () => (await readDeadLetters(h.jsm, t, 1000)).find((l) => l.sourceSeq === ack.seq));
+    const ack = await tc.js.publish(Subjects.triggerCommand(t, TriggerVerb.Schedule), encode({ op: 'create', schedule: 'raw', by: 'x', spec: { workflow: 'test.pipeline' } }));
+    const letter = await eventually('dead letter of the malformed command', async () => (await readDeadLetters(tc.jsm, t, 1000)).find((l) => l.sourceSeq === ack.seq));
     expect(letter.code).toBe('schema_violation');
-    const after = await listSchedules(h.jsm, t);
+    const after = await listSchedules(tc.jsm, t);
     expect(after.find((s) => s.record.schedule === 'nightly')?.seq).toBe(before);
     expect(after.map((s) => s.record.schedule).filter((id) => ['ghost', 'bad', 'past', 'missing', 'raw'].includes(id))).toEqual([]);
     await cmd({ op: 'delete', schedule: 'nightly', by: 'ann' });
@@ -189,7 +191,7 @@ describe('schedules', () => {
       all: await cmd({ op: 'create', schedule: 'ov-all', spec: spec('allow-all'), by: 'ann' }),
     };
     await sleep(4500);
-    const runs = async (k: keyof typeof made) => runsOfSchedule(h.jsm, t, made[k].record.schedule, made[k].record.generation);
+    const runs = async (k: keyof typeof made) => runsOfSchedule(tc.jsm, t, made[k].record.schedule, made[k].record.generation);
     const skip = await runs('skip');
     const buffer = await runs('buffer');
     const all = await runs('all');
@@ -197,9 +199,9 @@ describe('schedules', () => {
     expect(skip).toHaveLength(1);
     expect(buffer).toHaveLength(1);
     expect(all.length).toBeGreaterThanOrEqual(4);
-    const skipState = (await readScheduleState(h.jsm, t, 'ov-skip'))?.record;
+    const skipState = (await readScheduleState(tc.jsm, t, 'ov-skip'))?.record;
     expect(skipState?.skipped).toBeGreaterThanOrEqual(3);
-    const bufferState = (await readScheduleState(h.jsm, t, 'ov-buffer'))?.record;
+    const bufferState = (await readScheduleState(tc.jsm, t, 'ov-buffer'))?.record;
     const firstBuffered = (buffer[0]?.slot as number) + 1000;
     expect(bufferState?.buffered).toBe(firstBuffered);
 
@@ -242,7 +244,7 @@ describe('schedules', () => {
     await sleep(3500);
     const batches: Record<string, number[]> = {};
     for (const k of ['all', 'last', 'skip'] as const) {
-      const runs = await runsOfSchedule(h.jsm, t, made[k].record.schedule, made[k].record.generation);
+      const runs = await runsOfSchedule(tc.jsm, t, made[k].record.schedule, made[k].record.generation);
       // What the recovering orchestrator started for slots before it came back.
       batches[k] = runs.filter((r) => (r.startedAt ?? 0) >= restartedAt && r.slot < restartedAt).map((r) => r.slot);
       if (k === 'all') {
@@ -252,7 +254,7 @@ describe('schedules', () => {
       }
       await cmd({ op: 'delete', schedule: made[k].record.schedule, by: 'ann' });
     }
-    const state = async (id: string) => (await readScheduleState(h.jsm, t, id))?.record;
+    const state = async (id: string) => (await readScheduleState(tc.jsm, t, id))?.record;
     process.stdout.write(`catch-up batches: ${JSON.stringify(Object.fromEntries(Object.entries(batches).map(([k, v]) => [k, v.length])))}\n`);
     expect(batches['all']?.length).toBeGreaterThanOrEqual(5);
     expect(batches['last']?.length).toBeGreaterThanOrEqual(1);
