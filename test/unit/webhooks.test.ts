@@ -103,13 +103,13 @@ describe('routes', () => {
   });
 
   it('ingress config lists every problem at once', () => {
-    expect(loadConfig({ NATS_URL: 'nats://127.0.0.1:4222' })).toMatchObject({ port: 4336, maxBodyBytes: 262_144, toleranceSeconds: 300, ratePerSecond: 500, burst: 1000 });
+    expect(loadConfig({ NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: '/x/ingress.creds' })).toMatchObject({ port: 4336, maxBodyBytes: 262_144, toleranceSeconds: 300, ratePerSecond: 500, burst: 1000 });
     let message = '';
     try {
       loadConfig({ INGRESS_PORT: 'x', INGRESS_TOLERANCE_SECONDS: '3600', INGRESS_MAX_BODY_BYTES: '10', INGRESS_RATE: '50', INGRESS_BURST: '5' });
     } catch (e) {
       message = (e as Error).message;
     }
-    for (const p of ['NATS_URL is required', 'INGRESS_PORT', 'INGRESS_TOLERANCE_SECONDS', 'INGRESS_MAX_BODY_BYTES', 'INGRESS_BURST (5) must be at least INGRESS_RATE (50)']) expect(message).toContain(p);
+    for (const p of ['NATS_URL is required', 'NATS_CREDS is required', 'INGRESS_PORT', 'INGRESS_TOLERANCE_SECONDS', 'INGRESS_MAX_BODY_BYTES', 'INGRESS_BURST (5) must be at least INGRESS_RATE (50)']) expect(message).toContain(p);
   });
 });
