@@ -195,15 +195,18 @@ describe('ingress', () => {
     try {
       await eventually('the second ingress knows the route', () => Promise.resolve(slow.routes(t).length === 1 ? true : undefined), 10_000);
       const body = JSON.stringify({ ms: 0, order: { id: 'F' } });
+      const seenBefore = (await tc.jsm.streams.info(Streams.seen(t))).state.messages;
+      // Back to back: the burst of 2 lets two in; the third finds no token.
       const answers: Answer[] = [];
-      for (let i = 0; i < 2; i++) answers.push(await deliver(slow, `/hooks/${t}/orders`, body));
-      for (const a of answers) await h.client.waitForEnd(t, a.body.runId as string, 15_000);
-      const before = await positions();
-      const limited = await deliver(slow, `/hooks/${t}/orders`, body);
-      expect(answers.map((a) => a.status)).toEqual([202, 202]);
-      expect([limited.status, limited.body.error?.code]).toEqual([429, 'rate_limited']);
+      for (const id of ['msg_rate_1', 'msg_rate_2', 'msg_rate_3']) answers.push(await deliver(slow, `/hooks/${t}/orders`, body, { id }));
+      expect(answers.map((a) => a.status)).toEqual([202, 202, 429]);
+      const limited = answers[2] as Answer;
+      expect(limited.body.error?.code).toBe('rate_limited');
       expect(Number(limited.retryAfter)).toBeGreaterThanOrEqual(1);
-      expect(await positions()).toBe(before);
+      for (const a of answers.slice(0, 2)) await h.client.waitForEnd(t, a.body.runId as string, 15_000);
+      // The refused delivery wrote nothing: no webhook id claimed, no run.
+      expect((await tc.jsm.streams.info(Streams.seen(t))).state.messages).toBe(seenBefore + 2);
+      expect(await h.client.events(t, webhookRunId(t, 'orders', 'msg_rate_3'))).toEqual([]);
     } finally {
       await slow.stop();
     }
