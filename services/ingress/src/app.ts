@@ -88,7 +88,6 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
   let follower: TenantFollower | undefined;
   let server: Server | undefined;
   let url = '';
-  let stopping = false;
   const routes = new Map<TenantId, Map<string, WebhookRoute>>();
   const watchers: StreamTail[] = [];
   const limiter = createRateLimiter(config.ratePerSecond, config.burst);
@@ -296,7 +295,6 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
       log.info({ url, tenants: config.tenants, maxBodyBytes: config.maxBodyBytes, toleranceSeconds: config.toleranceSeconds }, 'ingress listening');
     },
     async stop() {
-      stopping = true;
       follower?.stop();
       await new Promise<void>((resolve) => {
         if (!server) return resolve();

@@ -26,7 +26,6 @@ import {
   parseRedeemRequest,
   parseRevokeRequest,
   parseRotateRequest,
-  parseTenantId,
   parseVerifyRequest,
   putAad,
   Role,
