@@ -199,13 +199,64 @@ export const policies = pgTable(
 );
 
 /**
+ * Schedules as last recorded on the tenant's triggers stream (`cap.<t>.schedules.<id>`,
+ * CAP_TRIGGERS_<t>): one row per schedule id, deleted ones kept with status `deleted`. Next
+ * firing times are computed from these columns when read.
+ */
+export const schedules = pgTable(
+  'schedules',
+  {
+    tenant: text('tenant').notNull(),
+    scheduleId: text('schedule_id').notNull(),
+    /** Stream sequence of the command that made this schedule (a re-made id has a new one). */
+    generation: bigint('generation', { mode: 'number' }).notNull(),
+    /** `active`, `paused` or `deleted`. */
+    status: text('status').notNull(),
+    workflow: text('workflow').notNull(),
+    /** The spec as recorded (cron or everyMs, timezone, startAt, endAt, input, policies). */
+    spec: jsonb('spec').notNull(),
+    /** Interval schedules count their slots from here. */
+    anchorAt: ts('anchor_at').notNull(),
+    changedBy: text('changed_by').notNull(),
+    changedAt: ts('changed_at').notNull(),
+    /** The last change: create, pause, resume, trigger, delete. */
+    lastOp: text('last_op').notNull(),
+    reason: text('reason'),
+    streamSeq: bigint('stream_seq', { mode: 'number' }).notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.scheduleId] })],
+);
+
+/** Webhook routes as last recorded (`cap.<t>.routes.<id>`): secret names only, never a value. */
+export const webhookRoutes = pgTable(
+  'webhook_routes',
+  {
+    tenant: text('tenant').notNull(),
+    routeId: text('route_id').notNull(),
+    workflow: text('workflow').notNull(),
+    /** Names of the signing secrets in the tenant's secrets store. */
+    secrets: jsonb('secrets').notNull(),
+    /** Input key → JSON Pointer into the body; null: the body is the input. */
+    fields: jsonb('fields'),
+    /** `enabled`, `disabled` or `deleted`. */
+    status: text('status').notNull(),
+    changedBy: text('changed_by').notNull(),
+    changedAt: ts('changed_at').notNull(),
+    reason: text('reason'),
+    streamSeq: bigint('stream_seq', { mode: 'number' }).notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.routeId] })],
+);
+
+/**
  * The audit log: append-only, enforced by the database (a trigger refuses UPDATE and
  * DELETE; see the migration). Key names and actors only, never secret values. Rows about a
  * run carry its id and the event's run-local seq; rows about the fleet (worker admission)
  * have an empty `run_id`, and `seq` and `stream_seq` are then the fleet stream's sequence.
  * Rows about the tenant's policy (a new version) have an empty `run_id`, `seq` = minus the
  * version (so they never meet the fleet's, which count up from 1) and `stream_seq` = the
- * policy stream's sequence.
+ * policy stream's sequence. Rows about a schedule have `run_id` `schedule:<id>`, about a
+ * webhook route `route:<id>`, and `seq` = `stream_seq` = the triggers stream's sequence.
  */
 export const auditLog = pgTable(
   'audit_log',

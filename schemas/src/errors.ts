@@ -98,6 +98,20 @@ export const ErrorCode = {
   CredentialsInvalid: 'credentials_invalid',
   /** The operator's key store (`CAPSTAN_AUTH_DIR`) is missing or incomplete. */
   AuthStoreMissing: 'auth_store_missing',
+  /** A schedule id the tenant has no (live) schedule under. */
+  ScheduleNotFound: 'schedule_not_found',
+  /** A schedule id already taken by a live schedule: delete it first. */
+  ScheduleExists: 'schedule_exists',
+  /** A webhook route the tenant does not have (or has disabled). */
+  RouteNotFound: 'route_not_found',
+  /** A webhook delivery whose signature headers are missing or match none of the route's secrets. */
+  WebhookSignatureInvalid: 'webhook_signature_invalid',
+  /** A webhook delivery whose timestamp is outside the tolerance window (too old, or in the future). */
+  WebhookTimestampInvalid: 'webhook_timestamp_invalid',
+  /** A `webhook-id` seen before with a different body: a delivery id may not be reused. */
+  WebhookIdConflict: 'webhook_id_conflict',
+  /** Too many requests for the tenant; retry after the time the answer names. */
+  RateLimited: 'rate_limited',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

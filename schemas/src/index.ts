@@ -44,6 +44,7 @@ export {
   CommandVerb,
   SecretsVerb,
   PolicyVerb,
+  TriggerVerb,
   DeadLetterSource,
   Subjects,
   Streams,
@@ -209,3 +210,23 @@ export {
 export type { TenantRole, ServiceRole, RolePermissions, RoleScope } from './permissions.js';
 export { DEFAULT_TENANT_QUOTA, tenantQuotaSchema, parseTenantRecord } from './tenancy.js';
 export type { TenantQuota, TenantRecord } from './tenancy.js';
+export {
+  TRIGGER_ID_PATTERN,
+  JSON_POINTER_PATTERN,
+  OverlapPolicy,
+  CatchupPolicy,
+  ScheduleStatus,
+  ScheduleOp,
+  SCHEDULE_LIMITS,
+  parseScheduleSpec,
+  parseScheduleCommand,
+  parseScheduleRecord,
+  parseScheduleFire,
+  parseScheduleState,
+  parseWebhookRoute,
+  parseSeenDelivery,
+  parseVerifyRequest,
+  parseVerifyReply,
+  MAX_VERIFY_BODY_BYTES,
+} from './triggers.js';
+export type { VerifyRequest, VerifyReply, ScheduleSpec, ScheduleCommand, ScheduleRecord, ScheduleFire, ScheduleState, WebhookRoute, SeenDelivery } from './triggers.js';

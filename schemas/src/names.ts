@@ -15,6 +15,11 @@
  * | policy versions      | cap.<t>.policy.versions             | CAP_POLICY_<t>    |
  * | service requests     | cap.<t>.svc.<service>.<verb>        | (core NATS)       |
  * | 3b credential route  | cap.<t>.svc.jit.<routeId>           | (core NATS)       |
+ * | schedules            | cap.<t>.schedules.<id>              | CAP_TRIGGERS_<t>  |
+ * | schedule state       | cap.<t>.schedstate.<id>             | CAP_TRIGGERS_<t>  |
+ * | schedule wake-ups    | cap.<t>.timers.schedule.<id>        | CAP_CMDS_<t>      |
+ * | webhook routes       | cap.<t>.routes.<id>                 | CAP_TRIGGERS_<t>  |
+ * | webhook ids seen     | cap.<t>.seen.<hash>                 | CAP_SEEN_<t>      |
  *
  * Each tenant is its own NATS account; the platform's own account holds the tenant
  * registry (`capstan.tenants.<t>`, stream CAPSTAN_TENANTS). The JetStream API subjects a
@@ -49,6 +54,14 @@ export const CommandVerb = {
 } as const;
 export type CommandVerb = (typeof CommandVerb)[keyof typeof CommandVerb];
 
+/**
+ * Commands about schedules, on `cap.<t>.cmd.<verb>` next to the run commands (the same
+ * orchestrator consumer takes them) but not about one run: `schedule` changes a schedule,
+ * `fire` is a schedule's wake-up, published by its JetStream message schedule.
+ */
+export const TriggerVerb = { Schedule: 'schedule', Fire: 'fire' } as const;
+export type TriggerVerb = (typeof TriggerVerb)[keyof typeof TriggerVerb];
+
 /** Where dead letters come from: `cap.<t>.dlq.<source>`. */
 export const DeadLetterSource = {
   Command: 'cmd',
@@ -72,6 +85,8 @@ export const SecretsVerb = {
   List: 'list',
   Rotate: 'rotate',
   Delete: 'delete',
+  /** Check a webhook delivery's signature against named secrets; the secret never leaves the service. */
+  Verify: 'verify',
 } as const;
 export type SecretsVerb = (typeof SecretsVerb)[keyof typeof SecretsVerb];
 
@@ -128,6 +143,24 @@ export const Subjects = {
   allJitRoutes: (t: TenantId) => `${PREFIX}.${t}.svc.jit.*`,
   /** Every service request subject of a tenant (`cap.<t>.svc.<service>.<verb>`). */
   svcVerbs: (t: TenantId, service: string) => `${PREFIX}.${t}.svc.${parseToken('service', service)}.*`,
+  /** A command about schedules (`schedule`) or a schedule's wake-up (`fire`). */
+  triggerCommand: (t: TenantId, verb: TriggerVerb) => `${PREFIX}.${t}.cmd.${verb}`,
+  /** A schedule's one pending wake-up (a message schedule: a new one replaces the old). */
+  scheduleWake: (t: TenantId, scheduleId: string) => `${PREFIX}.${t}.timers.schedule.${parseToken('schedule id', scheduleId)}`,
+  /** A schedule's records: the last one is the schedule. */
+  schedule: (t: TenantId, scheduleId: string) => `${PREFIX}.${t}.schedules.${parseToken('schedule id', scheduleId)}`,
+  allSchedules: (t: TenantId) => `${PREFIX}.${t}.schedules.*`,
+  /** Where a schedule's firing stands (the orchestrator's, written per decision). */
+  scheduleState: (t: TenantId, scheduleId: string) => `${PREFIX}.${t}.schedstate.${parseToken('schedule id', scheduleId)}`,
+  allScheduleStates: (t: TenantId) => `${PREFIX}.${t}.schedstate.*`,
+  /** A webhook route's records: the last one is the route. */
+  route: (t: TenantId, routeId: string) => `${PREFIX}.${t}.routes.${parseToken('route id', routeId)}`,
+  allRoutes: (t: TenantId) => `${PREFIX}.${t}.routes.*`,
+  /** A webhook id ingress accepted (a hex digest made by ingress), kept for the replay window. */
+  seenDelivery: (t: TenantId, hash: string) => `${PREFIX}.${t}.seen.${parseToken('delivery hash', hash)}`,
+  allSeen: (t: TenantId) => `${PREFIX}.${t}.seen.*`,
+  /** The registered workflows, answered by the orchestrators (core NATS, request/reply). */
+  workflowCatalog: (t: TenantId) => `${PREFIX}.${t}.svc.workflows.list`,
 } as const;
 
 /** Reads the tenant token back out of a subject; `undefined` if it is not a Capstan subject. */
@@ -156,6 +189,10 @@ export const Streams = {
   fleet: (t: TenantId) => `${STREAM_PREFIX}FLEET_${t}`,
   /** Policy versions: immutable, one message per version. */
   policy: (t: TenantId) => `${STREAM_PREFIX}POLICY_${t}`,
+  /** Schedules, their firing state and webhook routes: configuration with its history. */
+  triggers: (t: TenantId) => `${STREAM_PREFIX}TRIGGERS_${t}`,
+  /** Webhook ids ingress accepted, kept for the replay window (max age). */
+  seen: (t: TenantId) => `${STREAM_PREFIX}SEEN_${t}`,
   /** The prefix of command streams, used to discover tenants. */
   commandsPrefix: `${STREAM_PREFIX}CMDS_`,
 } as const;

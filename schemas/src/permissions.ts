@@ -24,6 +24,7 @@ import {
   SecretsVerb,
   Streams,
   Subjects,
+  TriggerVerb,
   parseToken,
 } from './names.js';
 import { InvalidArgumentError } from './errors.js';
@@ -43,6 +44,8 @@ export const Role = {
   Sandbox: 'sandbox',
   Projector: 'projector',
   Console: 'console',
+  /** Signed webhooks in: checks each delivery (through the secrets-lease service) and submits. */
+  Ingress: 'ingress',
   /** The platform admin: provisioning only (streams, consumers, registry). Never a running service. */
   Admin: 'admin',
 } as const;
@@ -53,7 +56,7 @@ export const TENANT_ROLES = [Role.Client, Role.Operator, Role.Worker] as const;
 export type TenantRole = (typeof TENANT_ROLES)[number];
 
 /** Platform services: one identity each, with a user in every tenant account (kept in the registry). */
-export const SERVICE_ROLES = [Role.Orchestrator, Role.Policy, Role.SecretsLease, Role.Sandbox, Role.Projector, Role.Console] as const;
+export const SERVICE_ROLES = [Role.Orchestrator, Role.Policy, Role.SecretsLease, Role.Sandbox, Role.Projector, Role.Console, Role.Ingress] as const;
 export type ServiceRole = (typeof SERVICE_ROLES)[number];
 
 export function isServiceRole(r: string): r is ServiceRole {
@@ -119,6 +122,11 @@ function operatorPub(t: TenantId): string[] {
     // Decide: an operator asks again under a recorded version (capstan replay --recheck-policy).
     ...[PolicyVerb.Decide, PolicyVerb.Set, PolicyVerb.Get, PolicyVerb.History, PolicyVerb.Test].map((v) => Subjects.policy(t, v)),
     ...[SecretsVerb.Key, SecretsVerb.Put, SecretsVerb.List, SecretsVerb.Rotate, SecretsVerb.Delete].map((v) => Subjects.secrets(t, v)),
+    // Schedules (judged by the orchestrator), webhook routes (records), the workflow catalog.
+    Subjects.triggerCommand(t, TriggerVerb.Schedule),
+    Subjects.allRoutes(t),
+    Subjects.workflowCatalog(t),
+    ...readStream(Streams.triggers(t)),
   ];
 }
 
@@ -180,8 +188,15 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
           ...readStream(Streams.runs(t)),
           JsApi.streamInfo(Streams.commands(t)),
           ...useConsumer(Streams.commands(t), Consumers.orchestrator),
+          // Schedules: their records and state, and the runs their slots start.
+          Subjects.command(t, CommandVerb.Submit),
+          Subjects.allSchedules(t),
+          Subjects.allScheduleStates(t),
+          ...readStream(Streams.triggers(t)),
         ],
-        sub: [inbox],
+        sub: [inbox, Subjects.workflowCatalog(t)],
+        // Answers to the workflow catalog.
+        resp: ONE_REPLY,
       };
     case Role.Policy:
       return {
@@ -210,10 +225,23 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
           ...readStream(Streams.fleet(t)),
           ...readStream(Streams.policy(t)),
           ...readStream(Streams.deadLetters(t)),
+          ...readStream(Streams.triggers(t)),
           ...useConsumer(Streams.runs(t), Consumers.projector),
           JsApi.consumerReset(Streams.runs(t), Consumers.projector),
         ],
-        sub: [inbox, Subjects.workerHeartbeat(t), Subjects.allFleet(t), Subjects.policyVersions(t)],
+        sub: [inbox, Subjects.workerHeartbeat(t), Subjects.allFleet(t), Subjects.policyVersions(t), Subjects.allSchedules(t), Subjects.allRoutes(t)],
+      };
+    case Role.Ingress:
+      return {
+        pub: [
+          JsApi.info,
+          Subjects.command(t, CommandVerb.Submit),
+          Subjects.allSeen(t),
+          Subjects.secrets(t, SecretsVerb.Verify),
+          ...readStream(Streams.seen(t)),
+          ...readStream(Streams.triggers(t)),
+        ],
+        sub: [inbox, Subjects.allRoutes(t)],
       };
     case Role.Admin:
       throw new InvalidArgumentError('the platform admin has no permission list: it holds its account whole');

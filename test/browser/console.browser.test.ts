@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import type { BrowserContext, Page } from 'playwright-core';
 import { createRegistry } from '@capstan/actors';
 import { getRun, migrate, openDatabase, PROJECT_ROOT, listWorkers, type Database } from '@capstan/kit';
 import { createOrchestrator, loadConfig as orchestratorConfig, type OrchestratorApp } from '@capstan/orchestrator';
@@ -22,23 +22,18 @@ import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capst
 import { createConsole, hashPassword, loadConfig as consoleConfig, type Console } from '@capstan/console';
 import { db as schema, type RunId, type TenantId, Role } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
+import { haveChromium, openBrowser } from '../harness/browser.js';
 import { connect, eventually, provision, randomTenant, silent, type Harness, accessAs, serviceEnv, issueCreds } from '../harness/fixtures.js';
 import { handlers, workflows } from './workflows.js';
 
-const CHROMIUM = '/usr/bin/chromium';
-const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 const ARTIFACTS = join(PROJECT_ROOT, 'test', 'artifacts', 'console');
 const WEB_BUILT = existsSync(join(PROJECT_ROOT, 'services', 'console', 'dist', 'web', 'index.html'));
 
-const haveChromium = existsSync(CHROMIUM);
-if (!haveChromium) {
-  process.stdout.write(`SKIPPED: chromium not installed (${CHROMIUM}; apt-get install chromium)\n`);
-  if (process.env['CI']) throw new Error(`chromium is required in CI: ${CHROMIUM} is missing`);
-}
+const withChromium = haveChromium();
 
 const PASSWORD = 'correct horse battery staple';
 
-describe.skipIf(!haveChromium)('console in a browser', () => {
+describe.skipIf(!withChromium)('console in a browser', () => {
   let scratch: Awaited<ReturnType<typeof scratchDatabase>>;
   let d: Database;
   let h: Harness;
@@ -119,18 +114,7 @@ describe.skipIf(!haveChromium)('console in a browser', () => {
     await projected(secondWaitingRun, 'waiting');
     await eventually('both workers in the fleet', async () => ((await listWorkers(d, t)).length === 2 ? true : undefined), 20_000);
 
-    ctx = await chromium.launchPersistentContext(join(dir, 'chromium'), {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: FLAGS,
-      viewport: { width: 1280, height: 800 },
-    });
-    page = ctx.pages()[0] ?? (await ctx.newPage());
-    page.setDefaultTimeout(15_000);
-    page.on('pageerror', (e) => pageErrors.push(`pageerror: ${e.message}`));
-    page.on('console', (m) => {
-      if (m.type() === 'error') pageErrors.push(`console.error: ${m.text()}`);
-    });
+    ({ ctx, page } = await openBrowser(dir, pageErrors));
   }, 120_000);
 
   afterAll(async () => {

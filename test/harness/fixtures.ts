@@ -217,6 +217,28 @@ export function spawnService(name: ServiceName, env: Record<string, string>): Se
   };
 }
 
+/** The service processes a test file spawns, so each test's are killed after it (`afterEach(killAll)`). */
+export interface ProcessTracker {
+  readonly procs: ServiceProcess[];
+  readonly spawn: (name: ServiceName, env: Record<string, string>) => ServiceProcess;
+  readonly killAll: (signal?: NodeJS.Signals) => Promise<void>;
+}
+
+export function processTracker(): ProcessTracker {
+  const procs: ServiceProcess[] = [];
+  return {
+    procs,
+    spawn: (name, env) => {
+      const p = spawnService(name, env);
+      procs.push(p);
+      return p;
+    },
+    killAll: async (signal) => {
+      await Promise.all(procs.splice(0).map((p) => p.kill(signal)));
+    },
+  };
+}
+
 /** Follows every run of a tenant through one ordered consumer and records how each ended. */
 export interface RunWatch {
   readonly ended: ReadonlyMap<string, string>;

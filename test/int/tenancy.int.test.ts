@@ -32,6 +32,7 @@ import {
   SecretsVerb,
   Streams,
   Subjects,
+  TriggerVerb,
   type RunId,
   type TenantId,
 } from '@capstan/schemas';
@@ -65,7 +66,7 @@ type Who = Exclude<Role, 'admin'>;
 
 const RUN = '01JAAAAAAAAAAAAAAAAAAAAAAA' as RunId;
 const OTHER_INBOX = '_INBOX.UDOESNOTEXISTAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.x';
-const everyone: Who[] = [Role.Client, Role.Operator, Role.Console, Role.Worker, Role.Orchestrator, Role.Policy, Role.SecretsLease, Role.Sandbox, Role.Projector];
+const everyone: Who[] = [Role.Client, Role.Operator, Role.Console, Role.Worker, Role.Orchestrator, Role.Policy, Role.SecretsLease, Role.Sandbox, Role.Projector, Role.Ingress];
 const people: Who[] = [Role.Client, Role.Operator, Role.Console];
 const operators: Who[] = [Role.Operator, Role.Console];
 
@@ -78,7 +79,13 @@ function table(t: TenantId): { name: string; op: Op; allowed: readonly Who[] }[]
   const sub = (subject: string): Op => ({ kind: 'sub', subject });
   const api = (subject: string, body: unknown = {}): Op => ({ kind: 'pub', subject, body });
   return [
-    { name: 'submit', op: pub(Subjects.command(t, CommandVerb.Submit)), allowed: people },
+    // The orchestrator submits a schedule's runs; ingress a webhook delivery's.
+    { name: 'submit', op: pub(Subjects.command(t, CommandVerb.Submit)), allowed: [...people, Role.Orchestrator, Role.Ingress] },
+    { name: 'change a schedule', op: pub(Subjects.triggerCommand(t, TriggerVerb.Schedule)), allowed: operators },
+    { name: 'write a schedule record', op: pub(Subjects.schedule(t, 'nightly')), allowed: [Role.Orchestrator] },
+    { name: 'write a webhook route', op: pub(Subjects.route(t, 'github')), allowed: operators },
+    { name: 'claim a webhook id', op: pub(Subjects.seenDelivery(t, 'ab'.repeat(20))), allowed: [Role.Ingress] },
+    { name: 'check a webhook signature', op: pub(Subjects.secrets(t, SecretsVerb.Verify)), allowed: [Role.Ingress] },
     { name: 'cancel', op: pub(Subjects.command(t, CommandVerb.Cancel)), allowed: people },
     { name: 'signal', op: pub(Subjects.command(t, CommandVerb.Signal)), allowed: people },
     { name: 'approve', op: pub(Subjects.command(t, CommandVerb.Approve)), allowed: operators },
@@ -106,7 +113,7 @@ function table(t: TenantId): { name: string; op: Op; allowed: readonly Who[] }[]
     { name: 'a 3b credential request', op: pub(Subjects.jitRoute(t, 'r1')), allowed: [Role.Sandbox] },
     { name: 'heartbeat', op: pub(Subjects.workerHeartbeat(t)), allowed: [Role.Worker] },
     { name: 'publish on another user\'s inbox', op: pub(OTHER_INBOX), allowed: [] },
-    { name: 'read the run stream', op: api(JsApi.directGet(Streams.runs(t)), { seq: 1 }), allowed: everyone.filter((r) => r !== Role.Policy) },
+    { name: 'read the run stream', op: api(JsApi.directGet(Streams.runs(t)), { seq: 1 }), allowed: everyone.filter((r) => r !== Role.Policy && r !== Role.Ingress) },
     { name: 'read the dead letters', op: api(JsApi.directGet(Streams.deadLetters(t)), { seq: 1 }), allowed: [...people, Role.Projector] },
     { name: 'read the fleet', op: api(JsApi.directGet(Streams.fleet(t)), { seq: 1 }), allowed: [...operators, Role.Worker, Role.Projector] },
     { name: 'read policy versions', op: api(JsApi.directGet(Streams.policy(t)), { seq: 1 }), allowed: [...operators, Role.Policy, Role.Projector] },

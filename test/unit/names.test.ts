@@ -13,6 +13,7 @@ import {
   Subjects,
   TENANT_ID_PATTERN,
   TimerKind,
+  TriggerVerb,
   isTenantId,
   makeRunId,
   parseTenantId,
@@ -23,7 +24,10 @@ import {
   type TenantId,
 } from '@capstan/schemas';
 import { timerId } from '@capstan/actors';
-import { idempotencyHash, streamConfigs } from '@capstan/kit';
+import { idempotencyHash, seenStreamConfig, streamConfigs as runPipelineStreams, triggersStreamConfig } from '@capstan/kit';
+
+/** The run pipeline's streams and the triggers' (schedules, routes, webhook ids seen). */
+const streamConfigs = (t: TenantId) => [...runPipelineStreams(t), triggersStreamConfig(t), seenStreamConfig(t)];
 
 /** NATS subject matching: `*` matches exactly one token, `>` (last) one or more. */
 function matches(filter: string, subject: string): boolean {
@@ -73,7 +77,7 @@ const RUN_A: RunId = makeRunId(1_700_000_000_000, new Uint8Array(10).fill(7));
 const RUN_B: RunId = makeRunId(0, new Uint8Array(10));
 const RUN_MAX: RunId = makeRunId(2 ** 48 - 1, new Uint8Array(10).fill(255));
 
-type StreamName = 'runs' | 'commands' | 'work' | 'deadLetters';
+type StreamName = 'runs' | 'commands' | 'work' | 'deadLetters' | 'triggers' | 'seen';
 
 interface Built {
   readonly what: string;
@@ -106,6 +110,15 @@ function everySubject(t: TenantId): Built[] {
     out.push({ what: `dlq ${source}`, subject: Subjects.deadLetter(t, source), stream: 'deadLetters', tokens: 4 });
   }
   out.push({ what: 'worker heartbeat', subject: Subjects.workerHeartbeat(t), stream: null, tokens: 5 });
+  for (const verb of Object.values(TriggerVerb)) out.push({ what: `trigger command ${verb}`, subject: Subjects.triggerCommand(t, verb), stream: 'commands', tokens: 4 });
+  for (const id of ['nightly', 'a', 'z'.repeat(64), 'x_1-y']) {
+    out.push({ what: `schedule wake-up ${id}`, subject: Subjects.scheduleWake(t, id), stream: 'commands', tokens: 5 });
+    out.push({ what: `schedule ${id}`, subject: Subjects.schedule(t, id), stream: 'triggers', tokens: 4 });
+    out.push({ what: `schedule state ${id}`, subject: Subjects.scheduleState(t, id), stream: 'triggers', tokens: 4 });
+    out.push({ what: `route ${id}`, subject: Subjects.route(t, id), stream: 'triggers', tokens: 4 });
+  }
+  out.push({ what: 'webhook id seen', subject: Subjects.seenDelivery(t, 'ab'.repeat(20)), stream: 'seen', tokens: 4 });
+  out.push({ what: 'workflow catalog', subject: Subjects.workflowCatalog(t), stream: null, tokens: 5 });
   return out;
 }
 
@@ -117,16 +130,18 @@ function streamsOf(t: TenantId): Map<StreamName, { name: string; subjects: strin
     if (!c) throw new Error(`no stream config ${name}`);
     return { name: c.name, subjects: [...(c.subjects ?? [])] };
   };
-  expect(cfgs).toHaveLength(4);
+  expect(cfgs).toHaveLength(6);
   return new Map<StreamName, { name: string; subjects: string[] }>([
     ['runs', get(Streams.runs(t))],
     ['commands', get(Streams.commands(t))],
     ['work', get(Streams.work(t))],
     ['deadLetters', get(Streams.deadLetters(t))],
+    ['triggers', get(Streams.triggers(t))],
+    ['seen', get(Streams.seen(t))],
   ]);
 }
 
-const WILDCARD_BUILDERS = ['allRuns', 'allIdempotency', 'allCommands', 'allTimers', 'allWork', 'allDeadLetters'] as const;
+const WILDCARD_BUILDERS = ['allRuns', 'allIdempotency', 'allCommands', 'allTimers', 'allWork', 'allDeadLetters', 'allSchedules', 'allScheduleStates', 'allRoutes', 'allSeen'] as const;
 
 describe('names - subjects against stream filters', () => {
   for (const t of SAMPLE_TENANTS) {
@@ -184,6 +199,8 @@ describe('names - subjects against stream filters', () => {
       expect(s.get('commands')?.subjects).toEqual([Subjects.allCommands(t), Subjects.allTimers(t)]);
       expect(s.get('work')?.subjects).toEqual([Subjects.allWork(t)]);
       expect(s.get('deadLetters')?.subjects).toEqual([Subjects.allDeadLetters(t)]);
+      expect(s.get('triggers')?.subjects).toEqual([Subjects.allSchedules(t), Subjects.allScheduleStates(t), Subjects.allRoutes(t)]);
+      expect(s.get('seen')?.subjects).toEqual([Subjects.allSeen(t)]);
     }
   });
 

@@ -18,6 +18,7 @@ import { createPolicyService, loadConfig as policyConfig } from '@capstan/policy
 import { createSecretsLease, loadConfig as secretsConfig } from '@capstan/secrets-lease';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import { createConsole, localAdmin, loadConfig as consoleConfig } from '@capstan/console';
+import { createIngress, loadConfig as ingressConfig } from '@capstan/ingress';
 import {
   connectNats,
   createAuditSink,
@@ -58,6 +59,7 @@ const say = (s: string) => process.stdout.write(`${s}\n`);
 const DEV_PORT = 4333;
 const DEV_API_PORT = 4334;
 const DEV_CONSOLE_PORT = 4335;
+const DEV_INGRESS_PORT = 4336;
 /** The console's URL (first line) and a one-time sign-in link for the local admin (second). */
 const DEV_CONSOLE_URL_FILE = join(DEV_DIR, 'console.url');
 const PGLITE_DIR = join(DEV_DIR, 'pg');
@@ -205,6 +207,13 @@ export async function devCmd(argv: string[]): Promise<number> {
   const signInLink = operatorConsole.signInLink(localAdmin([tenant]).userId);
   writeFileSync(DEV_CONSOLE_URL_FILE, `${operatorConsole.url}\n${signInLink}\n`, { mode: 0o600 });
 
+  // Webhooks: ingress on its usual port (verification through the secrets-lease service).
+  const ingress = await createIngress(
+    ingressConfig(as(Role.Ingress, { INGRESS_PORT: process.env['INGRESS_PORT'] ?? String(await preferredPort(DEV_INGRESS_PORT, 0)) })),
+    createLogger('ingress', logLevel, process.stderr),
+  );
+  await ingress.start();
+
   say('');
   say(`${bold('Capstan dev stack')} ${green('ready')}`);
   say(`  NATS        ${url}${server ? dim(`  (store ${storeDir}; operator mode, key store ${DEV_AUTH_DIR})`) : ''}`);
@@ -215,11 +224,14 @@ export async function devCmd(argv: string[]): Promise<number> {
   say(`  console     ${operatorConsole.url}`);
   say(`  sign in     ${signInLink}  ${dim(`(one use, ${Math.round(devConsoleConfig.linkTtlMs / 60_000)} min; also in .capstan/dev/console.url)`)}`);
   say(`  sandboxes   ${noSandboxes ? red(`unavailable: ${noSandboxes}`) : `docker (${sandboxes.runtime() ?? '?'}), image ${sandboxes.image() ?? '?'}${dim(`  (artifacts in ${SANDBOX_ARTIFACTS})`)}`}`);
+  say(`  webhooks    ${ingress.url}/hooks/${tenant}/<route>  ${dim('(capstan routes create …; Standard Webhooks signatures)')}`);
+
   say(`  workflows   ${orchestrator.registry.list().map((w) => `${w.id}@${w.version}`).join(', ')}`);
   say(`  try         npx capstan submit demo.pipeline --tenant ${tenant} --wait`);
   say('');
 
   const stopAll = async () => {
+    await ingress.stop();
     await operatorConsole.stop();
     rmSync(DEV_CONSOLE_URL_FILE, { force: true });
     await api.stop();

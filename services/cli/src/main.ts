@@ -9,6 +9,7 @@ import { migrateCmd, projectionsCmd } from './projections.js';
 import { approvalsCmd, approveCmd, denyCmd, retryCmd, workersCmd } from './operate.js';
 import { policyCmd } from './policy.js';
 import { secretsCmd } from './secrets.js';
+import { routesCmd, schedulesCmd } from './triggers.js';
 
 const USAGE = `capstan — durable workflows on NATS JetStream
 
@@ -61,6 +62,17 @@ tenancy (the platform admin, with the operator's key store: --auth-dir <dir>, $C
   capstan creds revoke|restore --tenant <t> --name <n>
                                                   cut a credential off at the server (its connections close at once), or lift that
   capstan creds list --tenant <t> [--json]
+  capstan schedules create <id> --tenant <t> --workflow <w> (--cron <expr> [--timezone <IANA>] | --every <5m>)
+                   [--input <json>] [--start <iso>] [--end <iso>] [--overlap skip|buffer-one|allow-all]
+                   [--catchup skip|last|all] [--catchup-window <1h>] [--as <user>] [--reason <text>]
+  capstan schedules list --tenant <t> [--all] [--next N] [--json]
+                                       schedules with their next firing times and last run
+  capstan schedules pause|resume|trigger|delete <id> --tenant <t> [--as <user>] [--reason <text>]
+                                       trigger: start a run now, outside the schedule's slots
+  capstan routes create <id> --tenant <t> --workflow <w> --secret <NAME> [--secret <NAME>]
+                 [--field key=/json/pointer …] [--as <user>]
+                                       a webhook route: POST /hooks/<t>/<id> on ingress starts <w>
+  capstan routes list --tenant <t> [--all] [--json] | capstan routes enable|disable|delete <id> --tenant <t>
 
 queries over the projections (through the query API: --api <url>, $CAPSTAN_API_URL, or \`capstan dev\`'s):
   capstan runs --tenant <t> [--status s] [--workflow w] [--since 1h] [--until …] [--where key=value …]
@@ -111,6 +123,8 @@ const commands: Record<string, (argv: string[]) => Promise<number>> = {
   tenant: tenantCmd,
   creds: credsCmd,
   auth: authCmd,
+  schedules: (argv) => schedulesCmd(argv),
+  routes: (argv) => routesCmd(argv),
 };
 
 const [name, ...rest] = process.argv.slice(2);

@@ -45,6 +45,12 @@
  *   GET  /api/tenants/:tenant/system                                           → SystemResponse
  *   GET  /api/tenants/:tenant/policies                                         → PoliciesResponse
  *   GET  /api/tenants/:tenant/policies/:version                                → PolicyVersionResponse (400 bad version, 404 none)
+ *   GET  /api/tenants/:tenant/workflows                                        → WorkflowsResponse (503: no orchestrator answered)
+ *   POST /api/tenants/:tenant/runs                          StartRunRequest    → ActionResponse (operator; 404 unknown workflow)
+ *   GET  /api/tenants/:tenant/schedules                                        → SchedulesResponse
+ *   POST /api/tenants/:tenant/schedules                     CreateScheduleRequest → ActionResponse (operator)
+ *   POST /api/tenants/:tenant/schedules/:id/{pause,resume,trigger,delete}  ScheduleActionRequest → ActionResponse (operator)
+ *   GET  /api/tenants/:tenant/routes                                           → RoutesResponse
  *
  * Paths are built with `apiPaths` below; path segments are percent-encoded there.
  */
@@ -64,6 +70,12 @@ export const ACTION_ROLE = {
   deny: 'operator',
   approveWorker: 'admin',
   revokeWorker: 'admin',
+  start: 'operator',
+  createSchedule: 'operator',
+  pauseSchedule: 'operator',
+  resumeSchedule: 'operator',
+  triggerSchedule: 'operator',
+  deleteSchedule: 'operator',
 } as const satisfies Record<string, Role>;
 export type ActionName = keyof typeof ACTION_ROLE;
 
@@ -374,6 +386,7 @@ export interface ActionResponse {
   readonly runId?: string;
   readonly step?: string;
   readonly workerId?: string;
+  readonly scheduleId?: string;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -484,6 +497,109 @@ export interface PolicyVersionResponse extends PolicyVersionSummary {
 }
 
 // ---------------------------------------------------------------------------------------
+// Starting runs, schedules and webhook routes.
+
+/** A registered workflow, as the orchestrators describe it. */
+export interface WorkflowSummary {
+  readonly id: string;
+  /** The latest version: what a new run gets. */
+  readonly version: number;
+  readonly versions: readonly number[];
+  readonly steps: readonly string[];
+  readonly searchKeys: readonly string[];
+  /** A JSON Schema of the input, when the workflow declares one (the form is built from it). */
+  readonly inputSchema?: { readonly [k: string]: JsonValue };
+}
+
+export interface WorkflowsResponse {
+  readonly workflows: WorkflowSummary[];
+}
+
+/**
+ * Starts a run now. `runId` (a ULID the caller makes) makes a retried request start one
+ * run; without it the server makes one. `input` is a JSON object (64 KiB at most).
+ */
+export interface StartRunRequest {
+  readonly workflow: string;
+  readonly input?: { readonly [k: string]: JsonValue };
+  readonly runId?: string;
+}
+
+export const OVERLAP_POLICIES = ['skip', 'buffer-one', 'allow-all'] as const;
+export const CATCHUP_POLICIES = ['skip', 'last', 'all'] as const;
+
+export interface ScheduleInfo {
+  readonly scheduleId: string;
+  /** `active`, `paused`, `deleted`. */
+  readonly status: string;
+  readonly workflow: string;
+  /** A cron expression, or null for an interval schedule. */
+  readonly cron: string | null;
+  readonly timezone: string | null;
+  readonly everyMs: number | null;
+  readonly startAt: string | null;
+  readonly endAt: string | null;
+  readonly input: JsonValue;
+  readonly overlap: (typeof OVERLAP_POLICIES)[number];
+  readonly catchup: (typeof CATCHUP_POLICIES)[number];
+  readonly catchupWindowMs: number;
+  /** The next firing times (up to 3); empty when paused, deleted or past its end. */
+  readonly next: readonly string[];
+  /** The last change: `create`, `pause`, `resume`, `trigger`, `delete`; by whom, when, why. */
+  readonly lastOp: string;
+  readonly changedBy: string;
+  readonly changedAt: string;
+  readonly reason: string | null;
+}
+
+export interface SchedulesResponse {
+  /** By id; deleted ones only with `?all=true`. */
+  readonly schedules: ScheduleInfo[];
+}
+
+/** A new schedule: exactly one of `cron` and `everyMs`. Times are ISO 8601 with a zone. */
+export interface CreateScheduleRequest {
+  readonly schedule: string;
+  readonly workflow: string;
+  readonly cron?: string;
+  readonly timezone?: string;
+  readonly everyMs?: number;
+  readonly startAt?: string;
+  readonly endAt?: string;
+  readonly input?: { readonly [k: string]: JsonValue };
+  readonly overlap?: (typeof OVERLAP_POLICIES)[number];
+  readonly catchup?: (typeof CATCHUP_POLICIES)[number];
+  readonly catchupWindowMs?: number;
+  readonly reason?: string;
+}
+
+export interface ScheduleActionRequest {
+  readonly reason?: string;
+}
+
+export const SCHEDULE_ACTIONS = ['pause', 'resume', 'trigger', 'delete'] as const;
+export type ScheduleAction = (typeof SCHEDULE_ACTIONS)[number];
+
+export interface RouteInfo {
+  readonly routeId: string;
+  readonly workflow: string;
+  /** Names of the signing secrets (never values). */
+  readonly secrets: readonly string[];
+  /** Input key → JSON Pointer into the body; null: the body is the input. */
+  readonly fields: { readonly [k: string]: string } | null;
+  /** `enabled`, `disabled`. */
+  readonly status: string;
+  /** Where deliveries go on ingress: `/hooks/<tenant>/<route>`. */
+  readonly path: string;
+  readonly changedBy: string;
+  readonly changedAt: string;
+}
+
+export interface RoutesResponse {
+  readonly routes: RouteInfo[];
+}
+
+// ---------------------------------------------------------------------------------------
 // Paths.
 
 const seg = encodeURIComponent;
@@ -510,6 +626,10 @@ export const apiPaths = {
   system: (t: string) => `/api/tenants/${seg(t)}/system`,
   policies: (t: string) => `/api/tenants/${seg(t)}/policies`,
   policyVersion: (t: string, version: number | string) => `/api/tenants/${seg(t)}/policies/${seg(String(version))}`,
+  workflows: (t: string) => `/api/tenants/${seg(t)}/workflows`,
+  schedules: (t: string) => `/api/tenants/${seg(t)}/schedules`,
+  scheduleAction: (t: string, id: string, action: ScheduleAction) => `/api/tenants/${seg(t)}/schedules/${seg(id)}/${action}`,
+  routes: (t: string) => `/api/tenants/${seg(t)}/routes`,
 } as const;
 
 /** A JSON value as it travels in request and response bodies. */

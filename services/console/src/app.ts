@@ -19,6 +19,7 @@ import { registerAuditRoutes } from './routes-audit.js';
 import { registerFleetRoutes } from './routes-fleet.js';
 import { registerPolicyRoutes } from './routes-policy.js';
 import { registerRunRoutes } from './routes-runs.js';
+import { registerTriggerRoutes } from './routes-triggers.js';
 import { tenantOf, type RouteDeps } from './routes.js';
 import { createLinkTokens, createSessions } from './session.js';
 import { parseUsers, type ConsoleUser } from './users.js';
@@ -117,6 +118,7 @@ export function createConsole(o: ConsoleOptions): Console {
     registerFleetRoutes(f, deps);
     registerAuditRoutes(f, deps);
     registerPolicyRoutes(f, deps);
+    registerTriggerRoutes(f, deps);
     streams = registerRunStream(f, hub, tenantOf);
     await registerWeb(f, config.webDir ?? defaultWebDir());
     return f;

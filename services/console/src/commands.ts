@@ -3,8 +3,8 @@
  * console never writes a projection. Every action is recorded with the signed-in user as
  * its author where the command carries one.
  */
-import { createClient, type TenantAccess } from '@capstan/kit';
-import { isPlainObject, type JsonValue } from '@capstan/schemas';
+import { createClient, sendScheduleCommand, workflowCatalog, type Stored, type TenantAccess, type WorkflowInfo } from '@capstan/kit';
+import { isPlainObject, parseTenantId, type JsonValue, type RunId, type ScheduleCommand, type ScheduleRecord } from '@capstan/schemas';
 
 export interface Author {
   readonly by: string;
@@ -20,6 +20,12 @@ export interface Commands {
   deny(tenant: string, runId: string, step: string, a: Author): Promise<void>;
   approveWorker(tenant: string, workerId: string, a: Author): Promise<void>;
   revokeWorker(tenant: string, workerId: string, a: Author): Promise<void>;
+  /** The workflows the orchestrators serving the tenant have registered. */
+  workflows(tenant: string): Promise<WorkflowInfo[]>;
+  /** Publishes a submit; resolves with the run id once JetStream has stored it. */
+  start(tenant: string, workflow: string, input: { [k: string]: JsonValue }, runId?: RunId): Promise<RunId>;
+  /** A schedule command, answered by the orchestrator (its record, or its refusal). */
+  schedule(tenant: string, cmd: ScheduleCommand): Promise<Stored<ScheduleRecord>>;
 }
 
 const withReason = (a: Author) => ({ by: a.by, ...(a.reason !== undefined ? { reason: a.reason } : {}) });
@@ -27,6 +33,12 @@ const withReason = (a: Author) => ({ by: a.by, ...(a.reason !== undefined ? { re
 export async function createCommands(access: Pick<TenantAccess, 'tenant'>): Promise<Commands> {
   const client = await createClient(access);
   return {
+    workflows: async (t) => workflowCatalog((await access.tenant(parseTenantId(t))).nc, parseTenantId(t)),
+    start: (t, workflow, input, runId) => client.submit(t, workflow, { input, ...(runId ? { runId } : {}) }),
+    schedule: async (t, cmd) => {
+      const c = await access.tenant(parseTenantId(t));
+      return sendScheduleCommand(c.js, c.jsm, parseTenantId(t), cmd);
+    },
     async cancel(t, runId, a) {
       await client.cancel(t, runId, a.reason);
     },

@@ -269,7 +269,7 @@ export function isTerminalEvent(ev: RunEvent): boolean {
 }
 
 /** `by` and `reason` checked here, so a typo fails at once rather than as a dead letter. */
-function who(opts: { by: string; reason?: string | undefined }): { by: string; reason?: string } {
+export function who(opts: { by: string; reason?: string | undefined }): { by: string; reason?: string } {
   const by = actorSchema.parse(opts.by, 'by');
   const reason = opts.reason === undefined || opts.reason === '' ? undefined : reasonSchema.parse(opts.reason, 'reason');
   return { by, ...(reason === undefined ? {} : { reason }) };
@@ -332,7 +332,7 @@ async function sendAndAwait(
 const READ_PAGE = 1000;
 
 /** Messages of `subject` in `stream` from sequence `from` on (at most {@link READ_PAGE} per call). */
-async function readFrom(jsm: JetStreamManager, stream: string, subject: string, from: number): Promise<StoredMsg[]> {
+export async function readFrom(jsm: JetStreamManager, stream: string, subject: string, from: number): Promise<StoredMsg[]> {
   const out: StoredMsg[] = [];
   try {
     for await (const m of await jsm.direct.getBatch(stream, { seq: from, next_by_subj: subject, batch: READ_PAGE })) out.push(m);
@@ -342,12 +342,12 @@ async function readFrom(jsm: JetStreamManager, stream: string, subject: string, 
   return out;
 }
 
-function isNoResponders(e: unknown): boolean {
+export function isNoResponders(e: unknown): boolean {
   const f = (e as { isNoResponders?: unknown } | null)?.isNoResponders;
   return typeof f === 'function' && (f as () => boolean).call(e) === true;
 }
 
-function isNothingThere(e: unknown): boolean {
+export function isNothingThere(e: unknown): boolean {
   if (e instanceof JetStreamApiError) return e.code === JetStreamApiCodes.NoMessageFound || e.status === 404;
   return (e as { code?: unknown }).code === 404 || (e instanceof Error && /no message found|not found/i.test(e.message));
 }

@@ -35,6 +35,9 @@ export {
   streamConfigs,
   fleetStreamConfig,
   policyStreamConfig,
+  triggersStreamConfig,
+  seenStreamConfig,
+  SEEN_WINDOW_SECONDS,
   DEFAULT_TENANT_LIMITS,
   DEFAULT_CONSUMER_SETTINGS,
   WORK_MAX_DELIVER,
@@ -110,6 +113,7 @@ export {
   rotateSecret,
   deleteSecret,
   listSecrets,
+  verifyWebhook,
 } from './secrets-client.js';
 export type { SecretsCallOptions, LeaseScopeRef, PutSecretOptions } from './secrets-client.js';
 export { refreshers, CredentialRefreshError } from './credentials.js';
@@ -122,3 +126,9 @@ export { tailStream } from './tail.js';
 export type { StreamTail, TailOptions } from './tail.js';
 export { startFleetAuthority } from './fleet-authority.js';
 export type { FleetAuthority } from './fleet-authority.js';
+export { slotsOf, nextSlots, checkScheduleSpec, planFiring, scheduleRunId, triggerRunId, webhookRunId, parseEvery, MISSED_AFTER_MS, BUFFER_RECHECK_MS, MAX_DUE_SLOTS } from './schedules.js';
+export type { Slots, FiringInput, FiringPlan } from './schedules.js';
+export { readSchedule, readScheduleState, listScheduleRecords, listSchedules, sendScheduleCommand, readRoute, listRoutes, writeRoute, workflowCatalog } from './triggers-client.js';
+export type { Stored, ScheduleView, WorkflowInfo } from './triggers-client.js';
+export { webhookKey, signDelivery, verifyDelivery } from './webhook-signature.js';
+export type { SignedDelivery } from './webhook-signature.js';

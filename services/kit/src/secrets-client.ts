@@ -45,6 +45,9 @@ import {
   type SealedBox,
   type SecretInfo,
   type TenantId,
+  parseVerifyReply,
+  type VerifyReply,
+  type VerifyRequest,
 } from '@capstan/schemas';
 import type { NatsConnection } from './nats.js';
 import { generateRecipient, seal, type Recipient } from './sealed-box.js';
@@ -196,4 +199,16 @@ export async function deleteSecret(nc: NatsConnection, t: TenantId, name: string
 /** Names, versions, lifecycles and dates of a tenant's secrets; never values. */
 export async function listSecrets(nc: NatsConnection, t: TenantId, o: SecretsCallOptions & { includeDeleted?: boolean } = {}): Promise<SecretInfo[]> {
   return (await call(nc, t, SecretsVerb.List, o.includeDeleted ? { includeDeleted: true } : {}, parseListReply, o)).secrets;
+}
+
+// ---------------------------------------------------------------------------------------
+// Webhook signatures.
+
+/**
+ * Asks the service whether a webhook delivery is signed by one of the named secrets. The
+ * HMACs are computed there, so the signing secrets never leave the service.
+ * @throws SecretNotFoundError when a named secret does not exist; SecretsUnavailableError
+ */
+export function verifyWebhook(nc: NatsConnection, t: TenantId, req: VerifyRequest, o: SecretsCallOptions = {}): Promise<VerifyReply> {
+  return call(nc, t, SecretsVerb.Verify, req, parseVerifyReply, o);
 }

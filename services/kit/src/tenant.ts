@@ -202,9 +202,56 @@ export function policyStreamConfig(t: TenantId): Partial<StreamConfig> & { name:
   };
 }
 
+/** Records kept per schedule, schedule state and route subject: their recent history. */
+const TRIGGER_HISTORY = 64;
+
+/**
+ * The tenant's schedules, their firing state and its webhook routes
+ * (`cap.<t>.{schedules,schedstate,routes}.<id>`): key-value buckets in all but name, one
+ * subject per id whose last message is the current value, kept in the `cap.<t>.` namespace
+ * so `cap.<t>.>` fences them with the rest of the tenant. Nothing may be deleted or purged:
+ * the records are the audit trail of every change.
+ */
+export function triggersStreamConfig(t: TenantId): Partial<StreamConfig> & { name: string } {
+  return {
+    name: Streams.triggers(t),
+    subjects: [Subjects.allSchedules(t), Subjects.allScheduleStates(t), Subjects.allRoutes(t)],
+    storage: 'file' as StreamConfig['storage'],
+    retention: 'limits' as StreamConfig['retention'],
+    discard: 'old' as StreamConfig['discard'],
+    max_msgs_per_subject: TRIGGER_HISTORY,
+    max_msg_size: LIMITS.messageBytes,
+    deny_delete: true,
+    deny_purge: true,
+    allow_direct: true,
+  };
+}
+
+/**
+ * How long ingress remembers an accepted `webhook-id`: at least twice its largest timestamp
+ * tolerance (300 s), since a delivery signed at t is accepted until t + tolerance by a clock
+ * up to the tolerance behind. A retry after that names the same run, which starts nothing.
+ */
+export const SEEN_WINDOW_SECONDS = 900;
+
+/** Webhook ids ingress accepted (`cap.<t>.seen.<hash>`): write-once per subject, expiring. */
+export function seenStreamConfig(t: TenantId): Partial<StreamConfig> & { name: string } {
+  return {
+    name: Streams.seen(t),
+    subjects: [Subjects.allSeen(t)],
+    storage: 'file' as StreamConfig['storage'],
+    retention: 'limits' as StreamConfig['retention'],
+    discard: 'old' as StreamConfig['discard'],
+    max_age: SEEN_WINDOW_SECONDS * SECOND_NS,
+    max_msgs_per_subject: 1,
+    max_msg_size: 4096,
+    allow_direct: true,
+  };
+}
+
 /** Creates the tenant's streams, or brings their settings up to date. Idempotent. */
 export async function ensureStreams(jsm: JetStreamManager, t: TenantId, limits?: TenantLimits): Promise<void> {
-  for (const cfg of [...streamConfigs(t, limits), fleetStreamConfig(t), policyStreamConfig(t)]) {
+  for (const cfg of [...streamConfigs(t, limits), fleetStreamConfig(t), policyStreamConfig(t), triggersStreamConfig(t), seenStreamConfig(t)]) {
     try {
       await jsm.streams.info(cfg.name);
       await jsm.streams.update(cfg.name, cfg);

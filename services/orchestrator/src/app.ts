@@ -9,6 +9,8 @@ import type { Config } from './config.js';
 import { createTenantHost, type TenantHost, type TenantHostStats } from './run-host.js';
 import { RunCache } from './run-cache.js';
 import { loadWorkflows } from './workflows.js';
+import { serveCatalog } from './catalog.js';
+import type { Subscription } from '@nats-io/transport-node';
 
 export interface OrchestratorApp {
   start(): Promise<void>;
@@ -23,6 +25,7 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
   let access: TenantAccess | undefined;
   let follower: TenantFollower | undefined;
   const hosts = new Map<TenantId, TenantHost>();
+  const catalogs: Subscription[] = [];
   const cache = new RunCache(config.cacheSize);
 
   async function serve({ tenant: t, nc, js, jsm }: TenantConnection): Promise<void> {
@@ -41,6 +44,7 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
     });
     hosts.set(t, host);
     await host.start();
+    catalogs.push(serveCatalog(nc, t, registry, log));
   }
 
   return {
@@ -53,6 +57,7 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
     },
     async stop() {
       follower?.stop();
+      for (const c of catalogs) c.unsubscribe();
       await Promise.all([...hosts.values()].map((h) => h.stop()));
       await access?.close();
     },

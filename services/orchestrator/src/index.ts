@@ -9,3 +9,6 @@ export type { OrchestratorApp } from './app.js';
 export type { TenantHostStats } from './run-host.js';
 export { Failpoints } from './run-host.js';
 export { loadWorkflows } from './workflows.js';
+export { catalogOf, inputSchemaOf } from './catalog.js';
+export { createScheduler, RECONCILE_MS } from './scheduler.js';
+export type { Scheduler, SchedulerStats } from './scheduler.js';

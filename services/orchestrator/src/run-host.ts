@@ -21,6 +21,7 @@ import { Consumers, DeadLetterSource, ErrorCode, Streams, toErrorRecord, type Ru
 import { deadLetter, failpoint, type Logger } from '@capstan/kit';
 import { dispatchEffects } from './effects.js';
 import { createPolicyGate } from './policy-gate.js';
+import { createScheduler } from './scheduler.js';
 import type { RunCache } from './run-cache.js';
 import { createIntake } from './host/intake.js';
 import { createDecider } from './host/decide.js';
@@ -65,6 +66,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   const gate = createPolicyGate({ nc, js, tenant: t, ...o.policy, log });
   const intake = createIntake({ js, jsm, tenant: t, registry });
   const decider = createDecider({ jsm, tenant: t, registry, cache, log, now: o.now });
+  const scheduler = createScheduler({ nc, js, jsm, tenant: t, registry, now: o.now, log });
   const stats: TenantHostStats = { commands: 0, appendedEvents: 0, conflicts: 0, deadLetters: 0, recoveredEffects: 0, ticks: 0 };
   /** Parsed commands waiting for a tick, in arrival order. */
   const queue: Pending[] = [];
@@ -80,6 +82,11 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   /** Parses an arriving command; poison is dead-lettered at once and never queued. */
   async function arrive(msg: JsMsg): Promise<void> {
     stats.commands++;
+    // Schedule commands and wake-ups are about no run: the scheduler takes them.
+    if (scheduler.handles(msg.subject.slice(msg.subject.lastIndexOf('.') + 1))) {
+      scheduler.arrive(msg);
+      return;
+    }
     let parsed;
     try {
       parsed = await intake.parse(msg);
@@ -224,11 +231,13 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       void (async () => {
         for await (const m of messages as ConsumerMessages) void arrive(m);
       })().catch((e: unknown) => log.error({ err: e }, 'command consumer stopped'));
+      await scheduler.start();
       log.info({ consumer: Consumers.orchestrator }, 'serving tenant');
     },
     async stop() {
       gate.stop();
       await messages?.close();
+      await scheduler.stop();
       if (activeTicks > 0) await new Promise<void>((r) => (idle = r));
       stopped = true;
       await Promise.allSettled([...acting]);

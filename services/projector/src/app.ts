@@ -20,6 +20,7 @@ import {
 import type { Config } from './config.js';
 import { followAdmissions, followFleet, type AdmissionFollower } from './fleet.js';
 import { followPolicies, type PolicyFollower } from './policies.js';
+import { followTriggers } from './triggers.js';
 import { createTenantProjector, type TenantProjector, type TenantProjectorStats } from './tenant-projector.js';
 
 export interface ProjectorApp {
@@ -44,6 +45,7 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
   const projectors = new Map<TenantId, TenantProjector>();
   const fleets: Subscription[] = [];
   const admissions: AdmissionFollower[] = [];
+  /** Policy versions, schedules and routes: side streams followed into their tables. */
   const policyVersions: PolicyFollower[] = [];
 
   async function serve({ tenant: t, nc, js, jsm }: TenantConnection): Promise<void> {
@@ -52,6 +54,7 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
     fleets.push(followFleet(nc, database.db, t, log));
     admissions.push(followAdmissions(nc, jsm, database.db, t, log));
     policyVersions.push(followPolicies(nc, jsm, database.db, t, log));
+    policyVersions.push(...followTriggers(nc, jsm, database.db, t, log));
     await p.start();
   }
 

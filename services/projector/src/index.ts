@@ -34,3 +34,5 @@ export { projectAdmission, applyAdmission, rebuildAdmissions, readFleetCheckpoin
 export type { AdmissionRow, FleetMessage } from './fleet.js';
 export { projectPolicyVersion, applyPolicyVersion, rebuildPolicies, readPolicyCheckpoint, followPolicies, POLICY_AUDIT_KIND, POLICY_AUDIT_RUN_ID } from './policies.js';
 export type { PolicyRow, PolicyMessage, PolicyFollower } from './policies.js';
+export { projectTrigger, applyTrigger, rebuildTriggers, followTriggers, TriggerAuditKind, SCHEDULES, ROUTES } from './triggers.js';
+export type { ScheduleRow, RouteRow } from './triggers.js';

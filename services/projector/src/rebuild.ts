@@ -19,6 +19,7 @@ import { applyLocked, lockTenant, writeCheckpoint } from './apply.js';
 import { readRunStream } from './stream.js';
 import { rebuildAdmissions } from './fleet.js';
 import { rebuildPolicies } from './policies.js';
+import { rebuildTriggers } from './triggers.js';
 
 export interface RebuiltTenant {
   readonly tenant: TenantId;
@@ -74,6 +75,7 @@ async function rebuildTenant(d: Database, jsm: JetStreamManager, t: TenantId, ba
     const admissions = await rebuildAdmissions(tx, jsm, t);
     // Policy versions are immutable rows: a rebuild only adds what is missing.
     await rebuildPolicies(tx, jsm, t);
+    await rebuildTriggers(tx, jsm, t);
     return { tenant: t, messages, deadLetters: dead, checkpoint, admissions, elapsedMs: performance.now() - t0 };
   });
 }

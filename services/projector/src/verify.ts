@@ -10,7 +10,7 @@
  * events do not start at 1 with `run.started` and go on without gaps) and in the events
  * table (events of a run missing from it).
  */
-import { and, eq, gte, ne } from 'drizzle-orm';
+import { and, eq, gte, ne, notLike } from 'drizzle-orm';
 import type { JetStreamManager } from '@nats-io/jetstream';
 import { db as schema, Streams, type TenantId } from '@capstan/schemas';
 import type { Database } from '@capstan/kit';
@@ -92,8 +92,12 @@ async function snapshot(d: Database, t: TenantId) {
       events: await tx.select().from(events).where(eq(events.tenant, t)),
       approvals: await tx.select().from(approvals).where(eq(approvals.tenant, t)),
       // Rows about the fleet (worker admission) come from the fleet stream, not the run stream;
-      // rows with a negative seq were written by data-plane services as they acted (kit's audit-sink).
-      audit: await tx.select().from(auditLog).where(and(eq(auditLog.tenant, t), ne(auditLog.runId, FLEET_AUDIT_RUN_ID), gte(auditLog.seq, 0))),
+      // rows with a negative seq were written by data-plane services as they acted (kit's audit-sink);
+      // rows about a schedule or a route (`schedule:<id>`, `route:<id>`) come from the triggers stream.
+      audit: await tx
+        .select()
+        .from(auditLog)
+        .where(and(eq(auditLog.tenant, t), ne(auditLog.runId, FLEET_AUDIT_RUN_ID), gte(auditLog.seq, 0), notLike(auditLog.runId, '%:%'))),
       deadLetters: await tx.select().from(deadLetters).where(and(eq(deadLetters.tenant, t), eq(deadLetters.stream, Streams.runs(t)))),
     }),
     // One consistent view while a live projector keeps writing.

@@ -27,6 +27,7 @@ import {
   parseRedeemRequest,
   parseRevokeRequest,
   parseRotateRequest,
+  parseVerifyRequest,
   putAad,
   Role,
   REFRESHABLE_AUTH,
@@ -48,6 +49,8 @@ import {
   refreshers as builtinRefreshers,
   seal,
   serviceAccess,
+  verifyDelivery,
+  webhookKey,
   type Database,
   type Logger,
   type Refreshers,
@@ -92,6 +95,11 @@ const QUEUE = 'secrets-lease';
 const VERBS = Object.values(SecretsVerb);
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 5000;
+/**
+ * Webhook signing keys stay decoded in this process this long: ingress asks for every
+ * delivery, and a rotation or deletion of the secret takes effect within it.
+ */
+const SIGNING_KEY_TTL_MS = 10_000;
 const DENIALS: ReadonlySet<string> = new Set([ErrorCode.LeaseNotFound, ErrorCode.LeaseExpired, ErrorCode.LeaseUsed, ErrorCode.LeaseRevoked, ErrorCode.LeaseScopeMismatch, ErrorCode.SecretNotFound]);
 
 export async function createSecretsLease(config: Config, log: Logger, opts: SecretsLeaseOptions = {}): Promise<SecretsLeaseService> {
@@ -108,6 +116,28 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
   const subs: Subscription[] = [];
   const watches = new Map<TenantId, RunEndWatch>();
   const inflight = new Set<Promise<void>>();
+
+  /** Decoded signing keys by tenant/name; a load in flight is shared by every request that needs it. */
+  const signingKeys = new Map<string, { key: Promise<Buffer>; until: number }>();
+
+  /** The HMAC keys of the named webhook signing secrets (cached briefly, never leaving the process). */
+  function keysOf(t: TenantId, names: readonly string[]): Promise<{ name: string; key: Buffer }[]> {
+    const now = Date.now();
+    return Promise.all(
+      names.map(async (name) => {
+        const id = `${t}/${name}`;
+        let hit = signingKeys.get(id);
+        if (!hit || hit.until <= now) {
+          const key = store.read(t, [name]).then((values) => webhookKey(name, values[name] ?? ''));
+          hit = { key, until: now + SIGNING_KEY_TTL_MS };
+          signingKeys.set(id, hit);
+          // A failed load (no such secret, the store away) is not remembered.
+          key.catch(() => signingKeys.get(id) === hit && signingKeys.delete(id));
+        }
+        return { name, key: await hit.key };
+      }),
+    );
+  }
 
   /** Opens a value the CLI sealed to this tenant's key for this name. */
   function openValue(t: TenantId, name: string, sealed: SealedBox): Uint8Array {
@@ -241,6 +271,16 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       const meta = await store.delete(t, req.name, req.by);
       log.info({ tenant: t, secret: req.name, version: meta.version, by: req.by }, 'secret deleted');
       return { secret: secretInfo(meta) };
+    },
+
+    async [SecretsVerb.Verify](t, body) {
+      const req = parseVerifyRequest(body);
+      const keys = await keysOf(t, req.secrets);
+      // One name at a time, so the answer can say which secret matched (for rotations).
+      for (const { name, key } of keys) {
+        if (verifyDelivery([key], { id: req.id, timestamp: req.timestamp, body: req.body, signature: req.signature })) return { valid: true, secret: name };
+      }
+      return { valid: false };
     },
 
     async [SecretsVerb.List](t, body) {

@@ -16,6 +16,8 @@ import { ApprovalsView } from './views/Approvals.js';
 import { WorkersView } from './views/Workers.js';
 import { AuditView } from './views/Audit.js';
 import { PoliciesView } from './views/Policies.js';
+import { StartRunView } from './views/StartRun.js';
+import { TriggersView } from './views/Triggers.js';
 
 type SessionState = { kind: 'loading' } | { kind: 'none' } | { kind: 'error'; error: unknown } | { kind: 'in'; session: SessionInfo };
 
@@ -153,6 +155,8 @@ function SignedIn({ session, path, toast, onSignOut }: { session: SessionInfo; p
   else if (match('/t/:tenant/workers', path)) view = <WorkersView />;
   else if (match('/t/:tenant/audit', path)) view = <AuditView />;
   else if (match('/t/:tenant/policies', path)) view = <PoliciesView />;
+  else if (match('/t/:tenant/triggers', path)) view = <TriggersView />;
+  else if (match('/t/:tenant/start', path)) view = <StartRunView />;
   else view = <NotFound />;
 
   return (

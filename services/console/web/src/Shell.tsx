@@ -11,11 +11,13 @@ const VIEWS = [
   { key: 'workers', label: 'Workers', shortcut: 'w' },
   { key: 'audit', label: 'Audit log', shortcut: 'l' },
   { key: 'policies', label: 'Policies', shortcut: 'p' },
+  { key: 'triggers', label: 'Triggers', shortcut: 't' },
 ] as const;
 
 export function Shell({ session, tenant, onSignOut, children }: { session: SessionInfo; tenant: string | undefined; onSignOut: () => void; children: ReactNode }) {
   const loc = useLocation();
-  const current = match('/t/:tenant/:view', loc.path)?.['view'] ?? (match('/t/:tenant/runs/:runId', loc.path) ? 'runs' : undefined);
+  const view = match('/t/:tenant/:view', loc.path)?.['view'];
+  const current = view === 'start' ? 'runs' : (view ?? (match('/t/:tenant/runs/:runId', loc.path) ? 'runs' : undefined));
   const live = useStreamState(tenant);
   const [help, setHelp] = useState(false);
   const base = tenant ? `/t/${encodeURIComponent(tenant)}` : '';

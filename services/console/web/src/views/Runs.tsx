@@ -99,7 +99,12 @@ export function RunsView() {
           <h1>Runs</h1>
           <div className="sub">Every run of {tenant}, newest first. Changes appear as they happen.</div>
         </div>
-        <ProjectionLag tenant={tenant} />
+        <div className="actions">
+          <ProjectionLag tenant={tenant} />
+          <Link to={`/t/${encodeURIComponent(tenant)}/start`} className="btn btn-primary" data-testid="run-now">
+            Run now…
+          </Link>
+        </div>
       </div>
       <div className="card">
         <SearchBar filters={filters} onSearch={(f) => go(f)} onOpenRun={(id) => navigate(`${base}/${encodeURIComponent(id)}`)}>
