@@ -23,6 +23,7 @@ import { createConsole, hashPassword, loadConfig as consoleConfig, type Console 
 import { db as schema, type RunId, type TenantId, Role } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
 import { connect, eventually, provision, randomTenant, silent, type Harness, accessAs, serviceEnv, issueCreds } from '../harness/fixtures.js';
+import { requirementMissing, provides } from '../harness/requirements.js';
 import { handlers, workflows } from './workflows.js';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -31,10 +32,7 @@ const ARTIFACTS = join(PROJECT_ROOT, 'test', 'artifacts', 'console');
 const WEB_BUILT = existsSync(join(PROJECT_ROOT, 'services', 'console', 'dist', 'web', 'index.html'));
 
 const haveChromium = existsSync(CHROMIUM);
-if (!haveChromium) {
-  process.stdout.write(`SKIPPED: chromium not installed (${CHROMIUM}; apt-get install chromium)\n`);
-  if (process.env['CI']) throw new Error(`chromium is required in CI: ${CHROMIUM} is missing`);
-}
+if (!haveChromium) requirementMissing(`Chromium (${CHROMIUM})`, provides('chromium'));
 
 const PASSWORD = 'correct horse battery staple';
 
