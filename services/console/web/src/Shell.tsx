@@ -1,8 +1,8 @@
 /** The frame around every signed-in view: navigation, tenant, live state, who is signed in, shortcuts. */
 import { useCallback, useEffect, useRef, useState, type ReactNode } from 'react';
-import { apiPaths, type ApprovalsResponse, type SessionInfo, type SystemResponse } from '../../src/api-types.js';
+import { apiPaths, type ApprovalsResponse, type SessionInfo } from '../../src/api-types.js';
 import { Link } from './components.js';
-import { useGet, useRunStream, useStreamState, useThrottled } from './hooks.js';
+import { useGet, useRunStream, useStreamState, useSystem, useThrottled } from './hooks.js';
 import { match, navigate, useLocation } from './router.js';
 
 const VIEWS = [
@@ -112,13 +112,7 @@ export function Shell({ session, tenant, onSignOut, children }: { session: Sessi
  * then show errors rather than pages, and this says why and what repairs it.
  */
 function OutOfSyncBanner({ tenant }: { tenant: string }) {
-  const sys = useGet<SystemResponse>(apiPaths.system(tenant));
-  const { reload } = sys;
-  useEffect(() => {
-    const t = setInterval(reload, 10_000);
-    return () => clearInterval(t);
-  }, [reload]);
-  const out = sys.data?.outOfSync;
+  const out = useSystem(tenant).data?.outOfSync;
   if (!out) return null;
   return (
     <div className="alert" role="alert" data-testid="out-of-sync">
