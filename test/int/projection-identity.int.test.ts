@@ -14,17 +14,19 @@
  *   503 and its system route carries the reason (the banner's text). Then `capstan
  *   projections rebuild` makes them follow the new stream, and the projector goes on.
  *
- * Each case uses its own nats-server (the harness's shared one cannot be replaced).
+ * Each case uses its own nats-server (the harness's shared one cannot be replaced). First, the
+ * read guard's own race: a checkpoint that moved on is not a stream that ends before it.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, inject, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { and, eq, inArray, sql } from 'drizzle-orm';
 import { createConsole, loadConfig as consoleConfig, localAdmin, type SystemResponse } from '@capstan/console';
-import { createQueryServer, ensureTenant, listRuns, migrate, openDatabase, startNatsServer, type Database, type NatsServer } from '@capstan/kit';
+import { jetstream } from '@nats-io/jetstream';
+import { createQueryServer, ensureTenant, listRuns, migrate, newRunId, openDatabase, recordFollowed, startNatsServer, syncGuard, type Database, type NatsServer } from '@capstan/kit';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
-import { db as schema, Streams, type RunId, type TenantId } from '@capstan/schemas';
+import { db as schema, Streams, Subjects, type RunId, type TenantId } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
 import { ConsoleClient, type ErrorBody } from '../harness/console.js';
 import { connect, eventually, randomTenant, runCli, silent, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
@@ -131,6 +133,36 @@ async function replaceStore(mode: Mode, when: When): Promise<Case> {
 }
 
 describe('projection identity', () => {
+  it('projection identity - readers never mistake a checkpoint that moved on for a stream that ends before it', async () => {
+    // The read guard caches the stream for a second; the projector applies meanwhile. A
+    // cached stream end below a newer checkpoint is read again, not believed.
+    const h = await connect(inject('natsUrl'));
+    cleanups.push(() => h.close());
+    const t = randomTenant('id-guard');
+    await ensureTenant(h.jsm, t);
+    const scratch = await scratchDatabase('identity_guard');
+    cleanups.push(() => scratch.drop());
+    const database = await openDatabase({ url: scratch.url, log: silent });
+    cleanups.push(() => database.close());
+    await migrate(database);
+    const js = jetstream(h.nc);
+    const publish = async (n: number) => {
+      for (let i = 0; i < n; i++) await js.publish(Subjects.run(t, newRunId()), new Uint8Array([i]));
+    };
+    const now = async () => (await h.jsm.streams.info(Streams.runs(t))).state;
+    await publish(3);
+    await recordFollowed(database.db, t, { created: (await h.jsm.streams.info(Streams.runs(t))).created, firstSeq: 1 });
+    const guard = syncGuard(database.db, h.jsm, 60_000);
+    await guard(t);
+    // Three more events, applied at once: the checkpoint passes the stream end the guard saw.
+    await publish(3);
+    await database.db.update(schema.checkpoints).set({ lastStreamSeq: (await now()).last_seq }).where(sql`tenant = ${t}`);
+    await expect(guard(t)).resolves.toBeUndefined();
+    // A checkpoint past the stream's real end is refused, cached or not.
+    await database.db.update(schema.checkpoints).set({ lastStreamSeq: (await now()).last_seq + 5 }).where(sql`tenant = ${t}`);
+    await expect(guard(t)).rejects.toMatchObject({ code: 'projection_out_of_sync' });
+  });
+
   for (const when of ['running', 'stopped'] as const) {
     it(`projection identity - the store replaced under a ${when} projector: dev rebuilds from the new stream`, async () => {
       const c = await replaceStore('rebuild', when);

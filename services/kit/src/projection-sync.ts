@@ -65,6 +65,8 @@ export const streamSideOf = (tc: { readonly jsm: JetStreamManager }): StreamSide
 
 /**
  * Whether projections that applied `followed` can go on following the stream `now` (pure).
+ * `now` must be read after `followed`: the other way round, a checkpoint that moved on in
+ * between would look like a stream ending before it.
  * Nothing applied yet: any stream will do. Otherwise it must be the same stream (same
  * creation time), still hold the checkpoint (not end before it), and not have dropped events
  * the projections never applied. A row older than identities is taken to follow the stream
@@ -140,23 +142,26 @@ export function outOfSyncError(t: TenantId, reason: string): ProjectionOutOfSync
 }
 
 /**
- * A check for read paths, per tenant: at most one stream lookup per `ttlMs`, so a page of
- * reads costs one checkpoint row read. @throws ProjectionOutOfSyncError
+ * A check for read paths, per tenant: one checkpoint row read, and at most one stream lookup
+ * per `ttlMs`. The row is read first: a stream read after it cannot end before a checkpoint of
+ * the same stream (events are in the stream before they are applied), so a cached stream that
+ * does is read again rather than believed. @throws ProjectionOutOfSyncError
  */
 export function syncGuard(db: ProjectionDb, side: StreamSide | undefined, ttlMs = 1000): (t: TenantId) => Promise<void> {
   const streams = new Map<TenantId, { at: number; now: StreamNow | undefined }>();
   return async (t) => {
+    const followed = (await readFollowed(db, [t])).get(t);
     let now: StreamNow | undefined;
     if (side) {
       const cached = streams.get(t);
-      if (cached && Date.now() - cached.at < ttlMs) now = cached.now;
+      if (cached && Date.now() - cached.at < ttlMs && !(cached.now && followed && cached.now.lastSeq < followed.checkpoint)) now = cached.now;
       else {
         // The stream side unreachable is no reason to refuse reads: the database's mark still counts.
         now = await readStreamNow(side, t).catch(() => undefined);
         streams.set(t, { at: Date.now(), now });
       }
     }
-    const reason = outOfSyncReason(Streams.runs(t), (await readFollowed(db, [t])).get(t), now);
+    const reason = outOfSyncReason(Streams.runs(t), followed, now);
     if (reason) throw outOfSyncError(t, reason);
   };
 }

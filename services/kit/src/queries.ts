@@ -486,6 +486,7 @@ export interface ProjectionLag {
  * with lag null and the error `projection_out_of_sync`, never as 0.
  */
 export async function projectionLag(d: Database, access: StreamSide, tenants: readonly TenantId[]): Promise<ProjectionLag[]> {
+  // Checkpoints before streams (see judgeSync).
   const followed = await readFollowed(d.db, tenants);
   return Promise.all(
     tenants.map(async (t): Promise<ProjectionLag> => {

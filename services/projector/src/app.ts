@@ -109,10 +109,12 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
   async function checkNow(t: TenantId, s: Served): Promise<void> {
     if (stopping) return;
     const stream = Streams.runs(t);
+    // The checkpoint first, then the stream: read the other way round, events applied in
+    // between would put the checkpoint past the stream's end as read.
+    const followed = (await readFollowed(database.db, [t])).get(t);
     // No stream (yet, or the server's store is away): nothing to follow or compare with.
     const now = await readStreamNow(streamSideOf(s.tc), t);
     if (!now || stopping) return;
-    const followed = (await readFollowed(database.db, [t])).get(t);
     const verdict = judgeSync(stream, followed, now);
     if (verdict.inSync) {
       if (verdict.record) await recordFollowed(database.db, t, now);
