@@ -23,13 +23,27 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { and, eq, inArray, sql } from 'drizzle-orm';
 import { createConsole, loadConfig as consoleConfig, localAdmin, type SystemResponse } from '@capstan/console';
-import { jetstream } from '@nats-io/jetstream';
-import { createQueryServer, ensureTenant, listRuns, migrate, newRunId, openDatabase, recordFollowed, startNatsServer, syncGuard, type Database, type NatsServer } from '@capstan/kit';
+import { createQueryServer, listRuns, migrate, newRunId, openDatabase, provisionTenant, recordFollowed, startNatsServer, syncGuard, type Database, type NatsServer } from '@capstan/kit';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
-import { db as schema, Streams, Subjects, type RunId, type TenantId } from '@capstan/schemas';
+import { db as schema, Role, Streams, Subjects, type RunId, type TenantId } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
 import { ConsoleClient, type ErrorBody } from '../harness/console.js';
-import { connect, eventually, randomTenant, runCli, silent, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
+import {
+  accessAs,
+  adminOf,
+  connect,
+  eventually,
+  provision,
+  randomTenant,
+  runCli,
+  serviceEnv,
+  silent,
+  startServices,
+  testAuthStore,
+  TEST_TENANT_STORAGE,
+  type Harness,
+  type InProcessServices,
+} from '../harness/fixtures.js';
 
 type Mode = 'rebuild' | 'refuse';
 type When = 'running' | 'stopped';
@@ -89,13 +103,17 @@ async function replaceStore(mode: Mode, when: When): Promise<Case> {
   cleanups.push(() => database.close());
   await migrate(database);
 
-  const first = await startNatsServer();
+  const auth = await testAuthStore();
+  const first = await startNatsServer({ auth });
   cleanups.push(() => first.stop());
+  // `capstan tenant add`: its account, quota, streams, consumers and registry record.
+  const addTenant = async (url: string) => provisionTenant(await adminOf(url), t, { quota: { maxStorageBytes: TEST_TENANT_STORAGE } });
+  await addTenant(first.url);
   let h = await connect(first.url);
-  await ensureTenant(h.jsm, t);
+  const streamOf = async () => (await (await h.jsm(t)).streams.info(Streams.runs(t))).created;
   const projectorOn = async (url: string) => {
     const p = await createProjector(
-      projectorConfig({ NATS_URL: url, DATABASE_URL: dbUrl, CAPSTAN_TENANTS: t, PROJECTOR_ON_STREAM_CHANGE: mode, PROJECTOR_SYNC_CHECK_MS: '250', PROJECTOR_DISCOVERY_MS: '250' }),
+      projectorConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: dbUrl, CAPSTAN_TENANTS: t, PROJECTOR_ON_STREAM_CHANGE: mode, PROJECTOR_SYNC_CHECK_MS: '250', PROJECTOR_DISCOVERY_MS: '250' }),
       silent,
       { database },
     );
@@ -105,11 +123,13 @@ async function replaceStore(mode: Mode, when: When): Promise<Case> {
   };
   let projector = await projectorOn(first.url);
   let services: InProcessServices = await startServices(first.url, [t], { workerId: `w-${t}` });
+  // An admin's admission record: fleet stream sequence 1, and an audit row keyed by it.
+  await h.client.approveWorker(t, `w-${t}`, { by: 'admin-of-the-old-store' });
   const oldRuns = await runsOn(h, t, 4);
   await eventually('the old runs projected', async () => ((await projector.lag()).every((l) => l.lag === 0) ? true : undefined));
   expect(await projectedIds(database, t)).toEqual([...oldRuns].sort());
   const followed = await checkpointRow(database, t);
-  expect(followed?.streamCreated).toBe((await h.jsm.streams.info(Streams.runs(t))).created);
+  expect(followed?.streamCreated).toBe(await streamOf());
 
   // The store is replaced: same server address, same stream names, an empty store.
   await services.stop();
@@ -117,15 +137,16 @@ async function replaceStore(mode: Mode, when: When): Promise<Case> {
   await h.close();
   const replacedAt = new Date();
   await first.stop();
-  const second = await startNatsServer({ port: first.port });
+  const second = await startNatsServer({ auth, port: first.port });
   cleanups.push(() => second.stop());
+  await addTenant(second.url);
   h = await connect(second.url);
   cleanups.push(() => h.close());
-  await ensureTenant(h.jsm, t);
   services = await startServices(second.url, [t], { workerId: `w-${t}` });
   cleanups.push(() => services.stop());
+  await h.client.approveWorker(t, `w-${t}`, { by: 'admin-of-the-new-store' });
   const newRuns = await runsOn(h, t, 2);
-  const newCreated = (await h.jsm.streams.info(Streams.runs(t))).created;
+  const newCreated = await streamOf();
   expect(newCreated).not.toBe(followed?.streamCreated);
   // The stopped projector starts again, on the new store.
   if (when === 'stopped') projector = await projectorOn(second.url);
@@ -138,21 +159,21 @@ describe('projection identity', () => {
     // cached stream end below a newer checkpoint is read again, not believed.
     const h = await connect(inject('natsUrl'));
     cleanups.push(() => h.close());
-    const t = randomTenant('id-guard');
-    await ensureTenant(h.jsm, t);
+    const t = await provision(h, 'id-guard');
     const scratch = await scratchDatabase('identity_guard');
     cleanups.push(() => scratch.drop());
     const database = await openDatabase({ url: scratch.url, log: silent });
     cleanups.push(() => database.close());
     await migrate(database);
-    const js = jetstream(h.nc);
+    const js = await h.js(t);
+    const jsm = await h.jsm(t);
     const publish = async (n: number) => {
       for (let i = 0; i < n; i++) await js.publish(Subjects.run(t, newRunId()), new Uint8Array([i]));
     };
-    const now = async () => (await h.jsm.streams.info(Streams.runs(t))).state;
+    const now = async () => (await jsm.streams.info(Streams.runs(t))).state;
     await publish(3);
-    await recordFollowed(database.db, t, { created: (await h.jsm.streams.info(Streams.runs(t))).created, firstSeq: 1 });
-    const guard = syncGuard(database.db, h.jsm, 60_000);
+    await recordFollowed(database.db, t, { created: (await jsm.streams.info(Streams.runs(t))).created, firstSeq: 1 });
+    const guard = syncGuard(database.db, h, 60_000);
     await guard(t);
     // Three more events, applied at once: the checkpoint passes the stream end the guard saw.
     await publish(3);
@@ -183,11 +204,11 @@ describe('projection identity', () => {
       expect(ids).toEqual([...c.newRuns].sort());
       expect(stats?.rebuilds).toBe(1);
       expect(row?.outOfSync).toBeNull();
-      expect(row?.lastStreamSeq).toBe((await c.h.jsm.streams.info(Streams.runs(t))).state.last_seq);
-      // The old store's admission record made way for the new store's.
+      expect(row?.lastStreamSeq).toBe((await (await c.h.jsm(t)).streams.info(Streams.runs(t))).state.last_seq);
+      // The old store's admission record (same fleet sequence, same audit key) made way for the new store's.
       expect(oldAudit).toHaveLength(0);
       const admissions = await database.db.select().from(schema.auditLog).where(sql`tenant = ${t} and run_id = ''`);
-      expect(admissions.map((a) => a.kind)).toEqual(['worker.approved']);
+      expect(admissions.map((a) => [a.kind, a.actor])).toEqual([['worker.approved', 'admin-of-the-new-store']]);
       // And it goes on: a run made after the rebuild is projected.
       const [later] = await runsOn(c.h, t, 1);
       await eventually('a later run projected', async () => ((await projectedIds(database, t)).includes(later as RunId) ? true : undefined));
@@ -212,7 +233,9 @@ describe('projection identity', () => {
       expect(await projectedIds(database, t)).toEqual([...c.oldRuns].sort());
 
       // The query API, its /v1/system and /metrics, and the CLI.
-      const api = createQueryServer({ db: database, jsm: c.h.jsm, nc: c.h.nc, tenants: () => [t], log: silent, port: 0 });
+      const readAccess = await accessAs(c.store.url, Role.Projector);
+      cleanups.push(() => readAccess.close());
+      const api = createQueryServer({ db: database, access: readAccess, tenants: () => [t], log: silent, port: 0 });
       await api.start();
       cleanups.push(() => api.stop());
       const runsPage = await fetch(`${api.url}/v1/tenants/${t}/runs`);
@@ -223,7 +246,9 @@ describe('projection identity', () => {
       const cliRuns = await runCli(['runs', '--tenant', t, '--api', api.url]);
 
       // The console: its pages and its system route (what the banner shows).
-      const operatorConsole = createConsole({ db: database, nc: c.h.nc, config: consoleConfig({ CONSOLE_PORT: '0', NATS_URL: c.store.url }, { dev: true }), log: silent, users: [localAdmin([t])] });
+      const consoleAccess = await accessAs(c.store.url, Role.Console);
+      cleanups.push(() => consoleAccess.close());
+      const operatorConsole = createConsole({ db: database, access: consoleAccess, config: consoleConfig({ CONSOLE_PORT: '0', ...(await serviceEnv(c.store.url, Role.Console)) }, { dev: true }), log: silent, users: [localAdmin([t])] });
       await operatorConsole.start();
       cleanups.push(() => operatorConsole.stop());
       const browser = new ConsoleClient(operatorConsole.url);

@@ -8,9 +8,7 @@
  */
 import { and, asc, desc, eq, gte, inArray, lt, lte, or, sql, getTableColumns, type SQL } from 'drizzle-orm';
 import { alias } from 'drizzle-orm/pg-core';
-import type { JetStreamManager } from '@nats-io/jetstream';
 import {
-  CapstanError,
   db as schema,
   ErrorCode,
   InvalidArgumentError,
