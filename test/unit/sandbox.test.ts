@@ -121,7 +121,7 @@ describe('agents, proofs and config', () => {
     expect(loadConfig({ NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: 'svc.creds' }).limits.pids).toBe(128);
   });
   it('the engine: DOCKER_SOCKET, else DOCKER_HOST when it is a unix socket, else the default; a remote DOCKER_HOST is refused', () => {
-    const nats = { NATS_URL: 'nats://127.0.0.1:4222' };
+    const nats = { NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: 'svc.creds' };
     expect(loadConfig(nats).dockerSocket).toBe('/var/run/docker.sock');
     expect(loadConfig({ ...nats, DOCKER_HOST: 'unix:///tmp/d/sock' }).dockerSocket).toBe('/tmp/d/sock');
     expect(loadConfig({ ...nats, DOCKER_HOST: 'unix:///tmp/d/sock', DOCKER_SOCKET: '/run/other.sock' }).dockerSocket).toBe('/run/other.sock');
