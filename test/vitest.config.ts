@@ -15,6 +15,7 @@ export default defineConfig({
     hookTimeout: 60_000,
     // Two cores: fault tests spawn processes and must not starve each other.
     fileParallelism: false,
-    reporters: ['default'],
+    // The skip count is printed and checked: see harness/skip-report.ts.
+    reporters: ['default', './harness/skip-report.ts'],
   },
 });

@@ -282,6 +282,19 @@ export const checkpoints = pgTable(
     stream: text('stream').notNull(),
     lastStreamSeq: bigint('last_stream_seq', { mode: 'number' }).notNull(),
     updatedAt: ts('updated_at').notNull().default(sql`now()`),
+    /**
+     * Which stream the checkpoint counts in: its creation time as the server reports it
+     * (null until recorded). A stream of the same name created again (a new store, a
+     * recreated tenant) has another, and its sequences mean other events.
+     */
+    streamCreated: text('stream_created'),
+    /** The stream's first sequence when its identity was recorded. */
+    streamFirstSeq: bigint('stream_first_seq', { mode: 'number' }),
+    /**
+     * Why the projections no longer follow the stream (`projection_out_of_sync`), set by a
+     * projector that refuses to go on; null while they do. Readers refuse the tenant meanwhile.
+     */
+    outOfSync: text('out_of_sync'),
   },
   (t) => [primaryKey({ columns: [t.tenant, t.stream] })],
 );

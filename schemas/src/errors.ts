@@ -33,6 +33,12 @@ export const ErrorCode = {
   InvalidConfig: 'invalid_config',
   InvalidArgument: 'invalid_argument',
   Unavailable: 'unavailable',
+  /**
+   * A tenant's projections no longer follow its run stream (the stream was created again, or
+   * ends before what the projections applied): reads of the tenant are refused rather than
+   * served from rows of another stream. `capstan projections rebuild` repairs it.
+   */
+  ProjectionOutOfSync: 'projection_out_of_sync',
   NatsServerMissing: 'nats_server_missing',
   SandboxImageFailed: 'sandbox_image_failed',
   /** No sandbox backend can run the step (no Docker engine, no sandbox service): never run unsandboxed. */
@@ -349,5 +355,15 @@ export class CredentialsError extends CapstanError {
     options?: ErrorOptions,
   ) {
     super(ErrorCode.CredentialsInvalid, `credentials ${path}: ${problem}`, false, options);
+  }
+}
+
+/** See {@link ErrorCode.ProjectionOutOfSync}. Retryable: a rebuild (automatic in dev) clears it. */
+export class ProjectionOutOfSyncError extends CapstanError {
+  constructor(
+    readonly tenant: string,
+    message: string,
+  ) {
+    super(ErrorCode.ProjectionOutOfSync, message, true);
   }
 }

@@ -20,6 +20,7 @@ export {
   ConfigError,
   InvalidArgumentError,
   UnavailableError,
+  ProjectionOutOfSyncError,
   ApprovalNotWaitingError,
   RunNotRetryableError,
   CommandRejectedError,

@@ -5,6 +5,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { provides, requirementMissing } from './requirements.js';
 
 export const CHROMIUM = '/usr/bin/chromium';
 const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
@@ -12,8 +13,7 @@ const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', 
 /** Whether Chromium is here; says SKIPPED when not, and throws under CI, where it must be. */
 export function haveChromium(): boolean {
   if (existsSync(CHROMIUM)) return true;
-  process.stdout.write(`SKIPPED: chromium not installed (${CHROMIUM}; apt-get install chromium)\n`);
-  if (process.env['CI']) throw new Error(`chromium is required in CI: ${CHROMIUM} is missing`);
+  requirementMissing(`Chromium (${CHROMIUM})`, provides('chromium'));
   return false;
 }
 

@@ -1,18 +1,21 @@
 /**
- * Docker for tests: the machine's engine on /var/run/docker.sock (started by
- * `infra/docker/ensure-dockerd.sh` in CI) and the sandbox image, built once per test process.
+ * Docker for tests: the engine DOCKER_HOST names (default /var/run/docker.sock), started by
+ * `npm test`'s provisioning (infra/docker/ensure-dockerd.sh), and the sandbox image, built
+ * once per test process.
  *
  *   const docker = await dockerOrSkip();
  *   describe.skipIf(!docker)('sandbox - …', () => { … });
  */
 import Docker from 'dockerode';
 import { ensureSandboxImage, type SandboxImage } from '@capstan/sandbox';
+import { requirementMissing } from './requirements.js';
 
-export const DOCKER_SOCKET = '/var/run/docker.sock';
+/** The engine's socket: DOCKER_HOST's when it is a unix socket, else Docker's default. */
+export const DOCKER_SOCKET = process.env['DOCKER_HOST']?.startsWith('unix://') ? process.env['DOCKER_HOST'].slice('unix://'.length) : '/var/run/docker.sock';
 
 /**
- * A client for the machine's Docker engine, or undefined (after printing why) when none
- * answers. Under CI a missing engine is an error, not a skip: CI must exercise the sandbox.
+ * A client for the machine's Docker engine, or undefined (after printing what is missing and
+ * how to get it) when none answers. Under CI a missing engine is an error, not a skip.
  */
 export async function dockerOrSkip(): Promise<Docker | undefined> {
   const docker = new Docker({ socketPath: DOCKER_SOCKET });
@@ -21,8 +24,10 @@ export async function dockerOrSkip(): Promise<Docker | undefined> {
     return docker;
   } catch (e) {
     const why = e instanceof Error ? e.message : String(e);
-    if (process.env['CI']) throw new Error(`no docker engine on ${DOCKER_SOCKET} (${why}); CI needs one: run infra/docker/ensure-dockerd.sh`);
-    process.stdout.write(`SKIPPED: no docker engine (${DOCKER_SOCKET}: ${why})\n`);
+    requirementMissing(
+      `a Docker engine (${DOCKER_SOCKET}: ${why})`,
+      '`npm test` starts one as root or with passwordless sudo; else run `sudo bash infra/docker/ensure-dockerd.sh` once',
+    );
     return undefined;
   }
 }
@@ -35,8 +40,8 @@ export async function dockerOrSkip(): Promise<Docker | undefined> {
 export async function sandboxRuntimes(docker: Docker): Promise<('runc' | 'runsc')[]> {
   const info = (await docker.info()) as { Runtimes?: Record<string, unknown> };
   if (Object.keys(info.Runtimes ?? {}).includes('runsc')) return ['runc', 'runsc'];
-  if (process.env['CI']) throw new Error('the Docker engine has no runsc runtime; CI needs it: run infra/docker/ensure-runsc.sh');
-  process.stdout.write('SKIPPED: runsc (gVisor) is not registered with the Docker engine; sandbox tests run under runc only\n');
+  // The runc half still runs; the gVisor half is what is skipped.
+  requirementMissing('gVisor (runsc registered with the Docker engine)', '`npm test` registers it as root or with passwordless sudo; else `sudo bash infra/docker/ensure-runsc.sh`');
   return ['runc'];
 }
 

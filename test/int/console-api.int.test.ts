@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createConsole, hashPassword, loadConfig, type ApprovalsResponse, type AuditPageResponse, type Console, type ConsoleUser, type PoliciesResponse, type PolicyVersionResponse, type RunDetailResponse, type RunsPageResponse, type RunStreamChange, type SessionInfo, type SystemResponse, type WorkersResponse } from '@capstan/console';
 import { migrate, openDatabase, type Database } from '@capstan/kit';
-import { db as schema, Streams, type TenantId, Role } from '@capstan/schemas';
+import { db as schema, Streams, Subjects, type TenantId, Role } from '@capstan/schemas';
 import { createHash } from 'node:crypto';
 import { sql } from 'drizzle-orm';
 import { scratchDatabase } from '../harness/postgres.js';
@@ -88,6 +88,10 @@ describe('console api', () => {
       ...Array.from({ length: 12 }, (_, i) => ({ tenant: A, runId: i < 4 ? aRun : waitingRun, seq: i + 1, kind: 'run.signaled', actor: i === 0 ? '=cmd|evil' : 'alice', detail: { name: i === 1 ? 'a,"b"\nc' : 'approve' }, at: new Date(BASE + i * 1000), streamSeq: i + 1 })),
       { tenant: B, runId: bRun, seq: 1, kind: 'run.cancel-requested', actor: 'bob', detail: { reason: 'x' }, at: t0, streamSeq: 1 },
     ]);
+    // A's run stream holds 7 messages, the projections have applied 6 (a checkpoint beyond
+    // the stream's end would be a projection following another stream: refused).
+    const js = await h.js(A);
+    for (let i = 0; i < 7; i++) await js.publish(Subjects.run(A, runIdAt(BASE + i)), new Uint8Array([i]));
     await d.db.insert(schema.checkpoints).values([{ tenant: A, stream: Streams.runs(A), lastStreamSeq: 6 }]);
     await d.db.insert(schema.policies).values([
       { tenant: A, version: 1, sha256: sha(V1), by: 'alice', reason: null, at: new Date(BASE - 3_600_000), text: V1, streamSeq: 1 },
@@ -430,7 +434,7 @@ describe('console api', () => {
     expect(workers.body.workers).toMatchObject([{ workerId: 'wa', pools: ['default', 'gpu'], running: 2, stale: false }]);
     expect(workers.body.workers[0]?.silentForMs).toBeLessThan(60_000);
     const system = await c.get<SystemResponse>(`/api/tenants/${A}/system`);
-    expect(system.body).toEqual({ tenant: A, projectionLag: 0, checkpoint: 6 });
+    expect(system.body).toEqual({ tenant: A, projectionLag: 1, checkpoint: 6 });
   });
 
   it('console api - actions check the run first: 409 on a finished run, 404 on an unknown approval, 202 and a NATS command otherwise', async () => {

@@ -371,7 +371,7 @@ describe('queries', () => {
     });
     afterAll(() => h?.close());
 
-    it('queries - projection lag is the run stream last sequence minus the checkpoint, per tenant', async () => {
+    it('queries - projection lag is the run stream last sequence minus the checkpoint, per tenant; a checkpoint past the stream is projection_out_of_sync, never lag 0', async () => {
       const behind = await provision(h, 'lag');
       const fresh = await provision(h, 'lag');
       const js = await h.js(behind);
@@ -379,11 +379,17 @@ describe('queries', () => {
       await d.db.insert(schema.checkpoints).values({ tenant: behind, stream: Streams.runs(behind), lastStreamSeq: 2 });
       // A checkpoint of another stream of the tenant is not the run stream's.
       await d.db.insert(schema.checkpoints).values({ tenant: fresh, stream: Streams.commands(fresh), lastStreamSeq: 99 });
+      // Projections that applied 9 events of a stream that has 5: they follow another stream.
+      const ahead = await provision(h, 'lag');
+      const jsAhead = await h.js(ahead);
+      for (let i = 0; i < 5; i++) await jsAhead.publish(Subjects.run(ahead, runIdAt(BASE + i)), new Uint8Array([i]));
+      await d.db.insert(schema.checkpoints).values({ tenant: ahead, stream: Streams.runs(ahead), lastStreamSeq: 9 });
       const missing = parseTenantId('not-provisioned');
-      const lag = await projectionLag(d, h, [behind, fresh, missing]);
+      const lag = await projectionLag(d, h, [behind, fresh, ahead, missing]);
       expect(lag).toEqual([
         { tenant: behind, stream: Streams.runs(behind), streamLastSeq: 5, checkpoint: 2, lag: 3 },
         { tenant: fresh, stream: Streams.runs(fresh), streamLastSeq: 0, checkpoint: 0, lag: 0 },
+        { tenant: ahead, stream: Streams.runs(ahead), streamLastSeq: 5, checkpoint: 9, lag: null, error: { code: 'projection_out_of_sync', message: expect.stringContaining('ends at sequence 5, before the checkpoint') } },
         { tenant: missing, stream: Streams.runs(missing), streamLastSeq: null, checkpoint: 0, lag: null, error: { code: 'unknown_tenant', message: expect.stringContaining('no run stream') } },
       ]);
     });

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PROJECT_ROOT } from '@capstan/kit';
+import { provides, requirementMissing } from '../harness/requirements.js';
 
 const AGENT = join(PROJECT_ROOT, 'services', 'sandbox', 'dist', 'agents', 'mini-agent.js');
 const KEY = 'sk-test-7f3c9e1a5b';
@@ -186,14 +187,14 @@ describe('mini-agent', () => {
     expect(readFileSync(join(ws, 'out', 'answer.md'), 'utf8')).toBe('via proxy');
   });
 
-  it('mini-agent - an https:// endpoint goes through HTTPS_PROXY with CONNECT, TLS verified end to end', async () => {
+  it('mini-agent - an https:// endpoint goes through HTTPS_PROXY with CONNECT, TLS verified end to end', async (ctx) => {
     const certDir = mkdtempSync(join(tmpdir(), 'capstan-tls-'));
     try {
       execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=model.test', '-addext', 'subjectAltName=DNS:model.test',
         '-keyout', join(certDir, 'key.pem'), '-out', join(certDir, 'cert.pem')], { stdio: 'ignore' });
     } catch (e) {
-      process.stdout.write(`SKIPPED: openssl cannot make a test certificate (${(e as Error).message})\n`);
-      return;
+      // Counted as a skip (and checked as one), never as a pass.
+      ctx.skip(requirementMissing(`openssl that makes a test certificate (${(e as Error).message})`, provides('openssl')));
     }
     const seen: Seen[] = [];
     const tlsServer = createHttpsServer({ key: readFileSync(join(certDir, 'key.pem')), cert: readFileSync(join(certDir, 'cert.pem')) }, modelHandler(seen, () => answer({ content: 'via tunnel' })));

@@ -22,6 +22,15 @@ describe('config - projector', () => {
     expect(loadConfig({ ...BASE, PROJECTOR_BATCH: '64', CAPSTAN_TENANTS: 'a,b' })).toMatchObject({ batch: 64, tenants: ['a', 'b'] });
   });
 
+  it('config - projector: a changed run stream is refused unless told to rebuild (dev)', () => {
+    expect(loadConfig(BASE)).toMatchObject({ onStreamChange: 'refuse', syncCheckMs: 5000 });
+    expect(loadConfig({ ...BASE, PROJECTOR_ON_STREAM_CHANGE: 'rebuild', PROJECTOR_SYNC_CHECK_MS: '1000' })).toMatchObject({ onStreamChange: 'rebuild', syncCheckMs: 1000 });
+    expect(problems({ ...BASE, PROJECTOR_ON_STREAM_CHANGE: 'ignore', PROJECTOR_SYNC_CHECK_MS: '5' })).toEqual([
+      expect.stringContaining('PROJECTOR_ON_STREAM_CHANGE must be refuse or rebuild'),
+      expect.stringContaining('PROJECTOR_SYNC_CHECK_MS'),
+    ]);
+  });
+
   it('config - projector: DATABASE_URL is required and must be a postgres URL, never echoed', () => {
     expect(problems({ NATS_URL: BASE.NATS_URL, NATS_CREDS: BASE.NATS_CREDS })).toEqual([expect.stringContaining('DATABASE_URL is required')]);
     const p = problems({ ...BASE, DATABASE_URL: 'mysql://root:s3cret@db/x' });

@@ -265,4 +265,11 @@ describe('pools and identity scopes', () => {
     void never.stop();
     void scoped.stop();
   });
+  it('the engine: DOCKER_SOCKET, else DOCKER_HOST when it is a unix socket, else the default; a remote DOCKER_HOST is refused', () => {
+    const nats = { NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: 'svc.creds' };
+    expect(loadConfig(nats).dockerSocket).toBe('/var/run/docker.sock');
+    expect(loadConfig({ ...nats, DOCKER_HOST: 'unix:///tmp/d/sock' }).dockerSocket).toBe('/tmp/d/sock');
+    expect(loadConfig({ ...nats, DOCKER_HOST: 'unix:///tmp/d/sock', DOCKER_SOCKET: '/run/other.sock' }).dockerSocket).toBe('/run/other.sock');
+    expect(() => loadConfig({ ...nats, DOCKER_HOST: 'tcp://10.0.0.1:2375' })).toThrow(/DOCKER_HOST must be a unix:\/\/ socket/);
+  });
 });

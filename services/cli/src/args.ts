@@ -10,10 +10,39 @@ export type Options = NonNullable<ParseArgsConfig['options']>;
  */
 const CONNECTION: Options = { nats: { type: 'string' }, creds: { type: 'string' }, 'auth-dir': { type: 'string' } };
 
+/**
+ * `--help` (or `-h`) on any command: the command's own flags and arguments, taken from the
+ * very table it parses with, so what it prints cannot drift from what it accepts. Thrown by
+ * `parse` before anything is checked or done; `main` prints it.
+ */
+export class HelpRequested extends Error {
+  constructor(
+    /** The arguments `parse` was given: what follows the command's name (and subcommand). */
+    readonly argv: readonly string[],
+    readonly options: Options,
+    readonly positionals: readonly string[],
+  ) {
+    super('help requested');
+    this.name = 'HelpRequested';
+  }
+
+  /** `capstan <words> <positionals>`, then a line per flag. */
+  render(words: readonly string[]): string {
+    const flags = Object.entries(this.options).map(([name, o]) => {
+      const value = o.type === 'string' ? ' <value>' : '';
+      const notes = [o.multiple ? 'repeatable' : '', o.default !== undefined ? `default ${String(o.default)}` : ''].filter(Boolean);
+      return `  --${name}${value}${notes.length ? `  (${notes.join(', ')})` : ''}`;
+    });
+    return [`usage: capstan ${[...words, ...this.positionals.map((p) => `<${p}>`)].join(' ')}${flags.length ? ' [flags]' : ''}`, ...flags, '  --help'].join('\n') + '\n';
+  }
+}
+
 export function parse(argv: string[], options: Options, positionals: string[]): { values: Record<string, string | boolean | undefined>; args: string[] } {
+  const accepted = 'nats' in options ? { ...CONNECTION, ...options } : options;
+  if (argv.includes('--help') || argv.includes('-h')) throw new HelpRequested(argv, accepted, positionals);
   let parsed;
   try {
-    parsed = parseArgs({ args: argv, options: 'nats' in options ? { ...CONNECTION, ...options } : options, allowPositionals: true, strict: true });
+    parsed = parseArgs({ args: argv, options: accepted, allowPositionals: true, strict: true });
   } catch (e) {
     throw new InvalidArgumentError((e as Error).message.replace(/^TypeError \[[A-Z_]+\]: /, ''));
   }

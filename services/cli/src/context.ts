@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import {
   connectNats,
   createLogger,
@@ -15,8 +15,11 @@ import {
 } from '@capstan/kit';
 import { CapstanError, CredentialsError, ErrorCode, InvalidArgumentError, UnavailableError, type Role, type TenantId } from '@capstan/schemas';
 
-/** Where `capstan dev` leaves its state, including the URL of the server it started. */
-export const DEV_DIR = join(PROJECT_ROOT, '.capstan', 'dev');
+/**
+ * Where `capstan dev` leaves its state, including the URL of the server it started:
+ * `.capstan/dev`, or `CAPSTAN_DEV_DIR` (a second dev stack beside the first, a test's own).
+ */
+export const DEV_DIR = resolve(process.env['CAPSTAN_DEV_DIR'] || join(PROJECT_ROOT, '.capstan', 'dev'));
 export const DEV_URL_FILE = join(DEV_DIR, 'nats.url');
 /** The query API a running `capstan dev` serves (the read commands go through it). */
 export const DEV_API_URL_FILE = join(DEV_DIR, 'api.url');

@@ -184,8 +184,14 @@ export async function devCmd(argv: string[]): Promise<number> {
   await sandboxes.ready;
   const noSandboxes = sandboxes.unavailable();
 
-  // The projector is handed the open database; its URL setting is then only a label.
-  const projector = await createProjector(projectorConfig(as(Role.Projector, { DATABASE_URL: dbUrl ?? 'postgres://embedded.pglite/capstan' })), dbLog, { database });
+  // The projector is handed the open database; its URL setting is then only a label. The dev
+  // store is disposable: projections found following another run stream (a new store, or
+  // --nats pointing elsewhere) are rebuilt from the one there is, at once.
+  const projector = await createProjector(
+    projectorConfig({ PROJECTOR_ON_STREAM_CHANGE: 'rebuild', PROJECTOR_SYNC_CHECK_MS: '1000', ...as(Role.Projector, { DATABASE_URL: dbUrl ?? 'postgres://embedded.pglite/capstan' }) }),
+    dbLog,
+    { database },
+  );
   await projector.start();
   // The query API reads stream positions as the projector does (read-only).
   const readAccess = await serviceAccess(Role.Projector, { natsUrl: url, nats: { credsPaths: [store.serviceCredsPath(Role.Projector)] } }, 'capstan-query-api', dbLog);

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /** `capstan`: the command line for Capstan. Exit codes: 0 ok, 1 failed, 2 bad usage, 3 not found. */
 import { CapstanError, ErrorCode } from '@capstan/schemas';
-import { devCmd } from './dev.js';
+import { HelpRequested } from './args.js';
 import { cancelCmd, dlqCmd, eventsCmd, replayCmd, signalCmd, statusCmd, submitCmd } from './runs.js';
 import { authCmd, credsCmd, tenantCmd } from './admin.js';
 import { auditCmd, runCmd, runsCmd, systemStatusCmd } from './read.js';
@@ -92,6 +92,7 @@ projections (Postgres: --db <url> or $DATABASE_URL):
                                                   compare rows with a fold of the streams; exit 1: rows differ,
                                                   4: a run's event chain is broken, 5: both
 
+<command> --help lists a command's flags.
 --as defaults to $CAPSTAN_USER, else the login name: actions are recorded with their author.
 every command that talks to NATS takes --nats <url> (default: $NATS_URL, else the server of a running \`capstan dev\`)
 and acts with --creds <file> (default: $NATS_CREDS), else with the key store as a short-lived user of the
@@ -100,7 +101,8 @@ nats-server of its own
 `;
 
 const commands: Record<string, (argv: string[]) => Promise<number>> = {
-  dev: devCmd,
+  // Loaded only when asked for: it brings in every service, which no other command needs.
+  dev: async (argv) => (await import('./dev.js')).devCmd(argv),
   submit: submitCmd,
   status: (argv) => (argv.includes('--system') ? systemStatusCmd(argv) : statusCmd(argv)),
   runs: (argv) => runsCmd(argv),
@@ -140,7 +142,15 @@ if (!cmd) {
 try {
   process.exitCode = await cmd(rest);
 } catch (e) {
-  if (CapstanError.is(e)) {
+  if (e instanceof HelpRequested) {
+    // The words before the command's own arguments: its name, and a subcommand if any.
+    process.stdout.write(e.render([name, ...rest.slice(0, rest.length - e.argv.length)]));
+    process.exitCode = 0;
+  } else if ((rest[0] === '--help' || rest[0] === '-h') && CapstanError.is(e)) {
+    // A command with subcommands, asked for help before choosing one: its part of the usage.
+    process.stdout.write(`${usageOf(name)}\n`);
+    process.exitCode = 0;
+  } else if (CapstanError.is(e)) {
     process.stderr.write(`capstan: ${e.code}: ${e.message}\n`);
     process.exitCode = e.code === ErrorCode.InvalidArgument || e.code === ErrorCode.InvalidTenantId || e.code === ErrorCode.InvalidRunId ? 2 : e.code === ErrorCode.RunNotFound ? 3 : 1;
   } else {
@@ -148,5 +158,17 @@ try {
     process.exitCode = 1;
   }
 }
+/** The lines of USAGE about one command (and the lines that continue them). */
+function usageOf(command: string): string {
+  const out: string[] = [];
+  let taking = false;
+  for (const line of USAGE.split('\n')) {
+    if (/^ {2}capstan /.test(line)) taking = line.startsWith(`  capstan ${command} `) || line === `  capstan ${command}`;
+    else if (!/^ {3,}\S/.test(line)) taking = false;
+    if (taking) out.push(line);
+  }
+  return out.join('\n');
+}
+
 // Open handles (a consumer mid-close) must not keep a finished command alive.
 setTimeout(() => process.exit(), 100).unref();

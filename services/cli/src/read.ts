@@ -216,13 +216,16 @@ export async function auditCmd(argv: string[], env: NodeJS.ProcessEnv = process.
   return 0;
 }
 
-/** `capstan status --system [--json]`: the NATS server and the projection lag per tenant. */
+/**
+ * `capstan status --system [--json]`: the NATS server and the projection lag per tenant.
+ * Exit 1 when a tenant's projections do not follow its run stream (`projection_out_of_sync`).
+ */
 export async function systemStatusCmd(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const { values } = parse(argv, { api: { type: 'string' }, json: { type: 'boolean' }, system: { type: 'boolean' } }, []);
   const base = apiUrl(values['api'], env);
   const sys = await apiGet<SystemResponse>(base, '/v1/system');
   print(values['json'] === true, sys, () => humanSystem(sys));
-  return 0;
+  return sys.projection.some((p) => p.error?.code === ErrorCode.ProjectionOutOfSync) ? 1 : 0;
 }
 
 function humanSystem(s: SystemResponse): string {
@@ -239,13 +242,15 @@ function humanSystem(s: SystemResponse): string {
     lines.push(dim('  no tenants'));
     return lines.join('\n');
   }
+  const outOfSync = s.projection.filter((p) => p.error?.code === ErrorCode.ProjectionOutOfSync);
   const rows = s.projection.map((p) => [
     p.tenant,
     orDash(p.streamLastSeq),
     String(p.checkpoint),
-    p.lag === null ? red(p.error ? p.error.message : 'unknown') : p.lag === 0 ? green('0') : yellow(String(p.lag)),
+    p.lag !== null ? (p.lag === 0 ? green('0') : yellow(String(p.lag))) : red(p.error?.code === ErrorCode.ProjectionOutOfSync ? p.error.code : (p.error?.message ?? 'unknown')),
   ]);
   lines.push(indent(table(['TENANT', 'STREAM SEQ', 'CHECKPOINT', 'LAG'], rows)));
+  for (const p of outOfSync) lines.push('', red(`${p.tenant}: ${p.error?.code}: ${p.error?.message}`));
   return lines.join('\n');
 }
 

@@ -135,8 +135,7 @@ export async function schedulesCmd(argv: string[], env: NodeJS.ProcessEnv = proc
     const { values, args } = parse(rest, common, ['id']);
     return scheduleChange(values, env, tenantFlag(values), { op: sub, schedule: idArg('schedule', args[0]) });
   }
-  process.stderr.write(`${SCHEDULES_USAGE}\n`);
-  return 2;
+  throw new InvalidArgumentError(sub ? `unknown schedules command ${JSON.stringify(sub.slice(0, 40))}; ${SCHEDULES_USAGE}` : SCHEDULES_USAGE);
 }
 
 async function scheduleChange(
@@ -219,6 +218,5 @@ export async function routesCmd(argv: string[], env: NodeJS.ProcessEnv = process
     print(values['json'] === true, stored, () => `route ${id}: ${stored.record.status}`);
     return 0;
   }
-  process.stderr.write(`${ROUTES_USAGE}\n`);
-  return 2;
+  throw new InvalidArgumentError(sub ? `unknown routes command ${JSON.stringify(sub.slice(0, 40))}; ${ROUTES_USAGE}` : ROUTES_USAGE);
 }

@@ -471,6 +471,11 @@ export interface SystemResponse {
   readonly projectionLag: number | null;
   /** The last run-stream sequence the projections applied. */
   readonly checkpoint: number;
+  /**
+   * Present when the projections do not follow the tenant's run stream
+   * (`projection_out_of_sync`): every other tenant route answers 503 until they do again.
+   */
+  readonly outOfSync?: { readonly code: string; readonly message: string };
 }
 
 // ---------------------------------------------------------------------------------------

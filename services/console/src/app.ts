@@ -8,12 +8,13 @@ import { fileURLToPath } from 'node:url';
 import type { AddressInfo } from 'node:net';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import fastifyCookie from '@fastify/cookie';
-import type { Database, Logger, TenantAccess } from '@capstan/kit';
+import { syncGuard, type Database, type Logger, type StreamSide, type TenantAccess } from '@capstan/kit';
 import { ConfigError, InvalidArgumentError, UnavailableError } from '@capstan/schemas';
 import { registerAuth } from './auth.js';
 import { createCommands, type Commands } from './commands.js';
+import { apiPaths } from './api-types.js';
 import type { Config } from './config.js';
-import { sendError, toHttpError } from './http.js';
+import { pattern, sendError, sessionOf, toHttpError } from './http.js';
 import { createLiveHub, registerRunStream } from './live.js';
 import { registerAuditRoutes } from './routes-audit.js';
 import { registerFleetRoutes } from './routes-fleet.js';
@@ -114,6 +115,7 @@ export function createConsole(o: ConsoleOptions): Console {
       return { ok: true };
     });
     registerAuth(f, { users: () => users, sessions, links, sessionTtlMs: config.sessionTtlMs, ...(config.publicUrl ? { publicUrl: config.publicUrl } : {}) });
+    refuseOutOfSync(f, db, o.access);
     registerRunRoutes(f, deps);
     registerFleetRoutes(f, deps);
     registerAuditRoutes(f, deps);
@@ -163,4 +165,22 @@ function loadUsersFile(config: Config): ConsoleUser[] {
     throw new ConfigError([`CONSOLE_USERS: cannot read ${config.usersFile}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`]);
   }
   return parseUsers(text, `CONSOLE_USERS (${config.usersFile})`);
+}
+
+/**
+ * Pages over a tenant whose projections follow another run stream (see projection-sync.ts in
+ * kit) would be empty or stale; they are refused (503 `projection_out_of_sync`) rather than
+ * served. The tenant's system route stays open: it is where the console learns why, and
+ * shows it as a banner.
+ */
+function refuseOutOfSync(f: FastifyInstance, db: Database, access: StreamSide | undefined): void {
+  const inSync = syncGuard(db.db, access);
+  const system = pattern(apiPaths.system(':tenant'));
+  const tenantRoutes = system.slice(0, -'system'.length);
+  f.addHook('preHandler', async (req) => {
+    const route = req.routeOptions.url ?? '';
+    if (req.method !== 'GET' || !route.startsWith(tenantRoutes) || route === system) return;
+    // Membership first, as every tenant route: a tenant outside the session tells nothing.
+    await inSync(tenantOf(sessionOf(req), (req.params as { tenant: string }).tenant));
+  });
 }

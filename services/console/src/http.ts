@@ -29,6 +29,7 @@ const STATUS_OF: ReadonlyMap<string, number> = new Map([
   ...[ErrorCode.InvalidArgument, ErrorCode.InvalidTenantId, ErrorCode.InvalidRunId, ErrorCode.InvalidName, ErrorCode.SchemaViolation, ErrorCode.PayloadTooLarge, ErrorCode.DecodeFailed].map((c) => [c, 400] as const),
   ...[ErrorCode.RunNotFound, ErrorCode.UnknownTenant, ErrorCode.UnknownWorkflow].map((c) => [c, 404] as const),
   [ErrorCode.Unavailable, 503] as const,
+  [ErrorCode.ProjectionOutOfSync, 503] as const,
 ]);
 
 /**

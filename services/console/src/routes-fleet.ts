@@ -2,8 +2,8 @@
  * Approvals queue, worker fleet (with admission actions) and the tenant's projection lag.
  */
 import type { FastifyInstance } from 'fastify';
-import { listApprovals, listWorkers, parseLimit, projectionLag, readCheckpoints } from '@capstan/kit';
-import { obj, optional, str } from '@capstan/schemas';
+import { listApprovals, listWorkers, outOfSyncError, parseLimit, projectionLag, readFollowed } from '@capstan/kit';
+import { ErrorCode, obj, optional, str } from '@capstan/schemas';
 import { apiPaths, type ApprovalsResponse, type SystemResponse, type WorkersResponse } from './api-types.js';
 import { notFound, pattern, queryOf, sessionOf } from './http.js';
 import { postAction, type RouteDeps } from './routes.js';
@@ -53,8 +53,12 @@ export function registerFleetRoutes(app: FastifyInstance, d: RouteDeps): void {
     const access = d.access();
     if (access) {
       const [lag] = await projectionLag(d.db, access, [t]);
-      return { tenant: t, projectionLag: lag?.lag ?? null, checkpoint: lag?.checkpoint ?? 0 };
+      const outOfSync = lag?.error?.code === ErrorCode.ProjectionOutOfSync ? { outOfSync: lag.error } : {};
+      return { tenant: t, projectionLag: lag?.lag ?? null, checkpoint: lag?.checkpoint ?? 0, ...outOfSync };
     }
-    return { tenant: t, projectionLag: null, checkpoint: (await readCheckpoints(d.db, [t])).get(t) ?? 0 };
+    // Without NATS: the checkpoint, and a projector's out-of-sync mark.
+    const f = (await readFollowed(d.db.db, [t])).get(t);
+    const outOfSync = f?.outOfSync ? { outOfSync: { code: ErrorCode.ProjectionOutOfSync, message: outOfSyncError(t, f.outOfSync).message } } : {};
+    return { tenant: t, projectionLag: null, checkpoint: f?.checkpoint ?? 0, ...outOfSync };
   });
 }

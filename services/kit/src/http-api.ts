@@ -10,6 +10,10 @@
  *   GET /v1/system                                 the NATS server and projection lag per tenant
  *   GET /metrics                                   Prometheus text format
  *
+ * A tenant whose projections do not follow its run stream (see projection-sync.ts) is
+ * refused on every tenant route with 503 `projection_out_of_sync`, and shows as such in
+ * /v1/system and /metrics: never as empty pages with a lag of 0.
+ *
  * There is no authentication yet: the server binds 127.0.0.1 unless told otherwise, and the
  * console, when it exists, fronts it and adds sign-in. Every tenant route is scoped by the
  * tenant in its path and nothing else. Errors are `{ "error": { "code", "message" } }`;
@@ -34,9 +38,9 @@ import {
   parseTime,
   parseWhere,
   projectionLag,
-  readCheckpoints,
   type ProjectionLag,
 } from './queries.js';
+import { outOfSyncError, readFollowed, syncGuard } from './projection-sync.js';
 
 export interface QueryServerOptions {
   readonly db: Database;
@@ -95,10 +99,17 @@ export function createQueryServer(o: QueryServerOptions): QueryServer {
 
   const lagOf = async (tenants: readonly TenantId[]): Promise<ProjectionLag[]> => {
     if (o.access) return projectionLag(o.db, o.access, tenants);
-    // Without NATS the checkpoints are still worth showing; the stream side is unknown.
-    const cps = await readCheckpoints(o.db, tenants);
-    return tenants.map((t) => ({ tenant: t, stream: '', streamLastSeq: null, checkpoint: cps.get(t) ?? 0, lag: null }));
+    // Without NATS the checkpoints (and a projector's out-of-sync mark) are still worth
+    // showing; the stream side is unknown.
+    const followed = await readFollowed(o.db.db, tenants);
+    return tenants.map((t) => {
+      const f = followed.get(t);
+      const lag: ProjectionLag = { tenant: t, stream: '', streamLastSeq: null, checkpoint: f?.checkpoint ?? 0, lag: null };
+      return f?.outOfSync ? { ...lag, error: { code: ErrorCode.ProjectionOutOfSync, message: outOfSyncError(t, f.outOfSync).message } } : lag;
+    });
   };
+  // Rows of a tenant whose projections follow another stream are never served (see projection-sync.ts).
+  const inSync = syncGuard(o.db.db, o.access);
 
   async function route(method: string, path: string[], p: Params): Promise<Reply> {
     if (method !== 'GET') throw new HttpError(405, HttpErrorCode.MethodNotAllowed, `${method} is not allowed: this API is read-only (GET)`);
@@ -119,6 +130,7 @@ export function createQueryServer(o: QueryServerOptions): QueryServer {
     }
     if (a === 'v1' && b === 'tenants' && c !== undefined && d !== undefined && rest.length === 0) {
       const t = parseTenantId(c);
+      await inSync(t);
       if (d === 'runs' && e === undefined) {
         allow(p, ['status', 'workflow', 'since', 'until', 'where', 'limit', 'cursor'], ['where']);
         const status = one(p, 'status');
@@ -309,7 +321,7 @@ function toHttpError(e: unknown): HttpError {
     if (BAD_REQUEST.includes(e.code)) return new HttpError(400, e.code, e.message);
     if (e.code === ErrorCode.RunNotFound || e.code === ErrorCode.UnknownTenant) return new HttpError(404, e.code, e.message);
     // Our own messages (which stream, which server), never a driver's text.
-    if (e.code === ErrorCode.Unavailable) return new HttpError(503, e.code, e.message);
+    if (e.code === ErrorCode.Unavailable || e.code === ErrorCode.ProjectionOutOfSync) return new HttpError(503, e.code, e.message);
   }
   return new HttpError(500, HttpErrorCode.Internal, 'internal error; see the server log');
 }
@@ -331,6 +343,11 @@ function metrics(lag: readonly ProjectionLag[]): string {
     ...gauge('capstan_projection_lag_events', 'Run-stream events not yet applied to the projections.', known((l) => l.lag)),
     ...gauge('capstan_projection_checkpoint', 'Last run-stream sequence applied to the projections.', known((l) => l.checkpoint)),
     ...gauge('capstan_run_stream_last_seq', 'Last sequence of the tenant run stream.', known((l) => l.streamLastSeq)),
+    ...gauge(
+      'capstan_projection_out_of_sync',
+      '1 when the projections do not follow the tenant run stream (projection_out_of_sync: reads refused, no lag), else 0.',
+      lag.map((l) => [l.tenant, l.error?.code === ErrorCode.ProjectionOutOfSync ? 1 : 0] as const),
+    ),
     '',
   ].join('\n');
 }

@@ -52,6 +52,8 @@ export { createClient, isTerminalEvent, readAdmission, writeAdmission, admission
 export type { CapstanClient, SubmitOptions, DecisionOptions, AdmissionOptions, WorkerAdmission } from './client.js';
 export { runService, serviceAccess, tenantUserAccess } from './service.js';
 export { openDatabase, migrate, queryRows, dbErrorMessage, MIGRATIONS_FOLDER } from './db.js';
+export { judgeSync, readFollowed, recordFollowed, markOutOfSync, readStreamNow, streamNow, outOfSyncReason, outOfSyncError, syncGuard, streamSideOf } from './projection-sync.js';
+export type { StreamNow, FollowedStream, SyncVerdict, StreamSide } from './projection-sync.js';
 export type { Database, ProjectionDb, OpenOptions } from './db.js';
 export {
   listRuns,

@@ -8,21 +8,20 @@
  */
 import { and, asc, desc, eq, gte, inArray, lt, lte, or, sql, getTableColumns, type SQL } from 'drizzle-orm';
 import { alias } from 'drizzle-orm/pg-core';
-import { JetStreamApiCodes, JetStreamApiError, type JetStreamManager } from '@nats-io/jetstream';
 import {
-  CapstanError,
   db as schema,
+  ErrorCode,
   InvalidArgumentError,
   isRunStatus,
   RUN_STATUSES,
   RunNotFoundError,
   Streams,
-  UnavailableError,
   WorkerAdmissionState,
   type RunStatus,
   type TenantId,
 } from '@capstan/schemas';
 import type { Database } from './db.js';
+import { outOfSyncError, outOfSyncReason, readFollowed, readStreamNow, type StreamSide } from './projection-sync.js';
 
 export type RunRow = typeof schema.runs.$inferSelect;
 export type StepRow = typeof schema.steps.$inferSelect;
@@ -479,25 +478,24 @@ export interface ProjectionLag {
   readonly error?: { readonly code: string; readonly message: string };
 }
 
-/** Stream sequences the projector has not applied yet, per tenant. */
-export async function projectionLag(d: Database, access: { tenant(t: TenantId): Promise<{ readonly jsm: JetStreamManager }> }, tenants: readonly TenantId[]): Promise<ProjectionLag[]> {
-  const checkpoints = await readCheckpoints(d, tenants);
+/**
+ * Stream sequences the projector has not applied yet, per tenant. A tenant whose projections
+ * do not follow its stream (see projection-sync.ts) has no lag to speak of: it is reported
+ * with lag null and the error `projection_out_of_sync`, never as 0.
+ */
+export async function projectionLag(d: Database, access: StreamSide, tenants: readonly TenantId[]): Promise<ProjectionLag[]> {
+  // Checkpoints before streams (see judgeSync).
+  const followed = await readFollowed(d.db, tenants);
   return Promise.all(
     tenants.map(async (t): Promise<ProjectionLag> => {
       const stream = Streams.runs(t);
-      const checkpoint = checkpoints.get(t) ?? 0;
-      let last: number;
-      try {
-        last = (await (await access.tenant(t)).jsm.streams.info(stream)).state.last_seq;
-      } catch (e) {
-        if ((e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound) || (CapstanError.is(e) && e.code === 'unknown_tenant')) {
-          return { tenant: t, stream, streamLastSeq: null, checkpoint, lag: null, error: { code: 'unknown_tenant', message: `tenant ${t} has no run stream` } };
-        }
-        throw new UnavailableError(`cannot read stream ${stream}: ${(e as Error).message}`, { cause: e });
-      }
-      // A checkpoint ahead of the stream means the stream was recreated; lag is then unknown
-      // to this arithmetic, and reported as 0 rather than negative.
-      return { tenant: t, stream, streamLastSeq: last, checkpoint, lag: Math.max(0, last - checkpoint) };
+      const f = followed.get(t);
+      const checkpoint = f?.checkpoint ?? 0;
+      const now = await readStreamNow(access, t);
+      if (!now) return { tenant: t, stream, streamLastSeq: null, checkpoint, lag: null, error: { code: 'unknown_tenant', message: `tenant ${t} has no run stream` } };
+      const reason = outOfSyncReason(stream, f, now);
+      if (reason) return { tenant: t, stream, streamLastSeq: now.lastSeq, checkpoint, lag: null, error: { code: ErrorCode.ProjectionOutOfSync, message: outOfSyncError(t, reason).message } };
+      return { tenant: t, stream, streamLastSeq: now.lastSeq, checkpoint, lag: now.lastSeq - checkpoint };
     }),
   );
 }

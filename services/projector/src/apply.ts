@@ -19,7 +19,7 @@
 import { and, eq, getTableColumns, inArray, sql, type SQL } from 'drizzle-orm';
 import type { PgColumn, PgTable } from 'drizzle-orm/pg-core';
 import { db as schema, ErrorCode, Streams, type ErrorRecord, type TenantId } from '@capstan/schemas';
-import { dbErrorMessage, type ProjectionDb } from '@capstan/kit';
+import { dbErrorMessage, outOfSyncError, readFollowed, type ProjectionDb } from '@capstan/kit';
 import {
   decodeStored,
   pgText,
@@ -49,6 +49,12 @@ export interface ApplyOptions {
   readonly nextSeq?: (from: number) => Promise<number | undefined>;
   /** Called in the transaction after every write, just before the commit. */
   readonly beforeCommit?: () => void;
+  /**
+   * The creation time of the stream the messages come from. When the checkpoint row names
+   * another stream, nothing is applied (`projection_out_of_sync`): the fence is in the same
+   * transaction as the write, whatever the caller checked before.
+   */
+  readonly streamCreated?: string;
 }
 
 export interface ApplyResult {
@@ -153,7 +159,11 @@ async function applyOnce(
   msgs: readonly StreamMessage[],
   opts: ApplyOptions & { refused?: ErrorRecord },
 ): Promise<ApplyResult> {
-  const checkpoint = await readCheckpoint(tx, tenant);
+  const followed = (await readFollowed(tx, [tenant])).get(tenant);
+  if (opts.streamCreated !== undefined && followed?.created && followed.created !== opts.streamCreated) {
+    throw outOfSyncError(tenant, `the messages come from ${Streams.runs(tenant)} created at ${opts.streamCreated}; the projections follow the one created at ${followed.created}`);
+  }
+  const checkpoint = followed?.checkpoint ?? 0;
   const sorted = [...new Map(msgs.map((m) => [m.seq, m])).values()].sort((a, b) => a.seq - b.seq);
   const fresh = sorted.filter((m) => m.seq > checkpoint);
   const skipped = sorted.length - fresh.length;

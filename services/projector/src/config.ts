@@ -15,6 +15,15 @@ export interface Config {
   readonly batch: number;
   /** How often new tenants are looked for. */
   readonly discoveryMs: number;
+  /**
+   * What to do when a tenant's run stream is not the one the projections follow (created
+   * again, or ending before the checkpoint): `refuse` (the default) marks the tenant
+   * `projection_out_of_sync`, which every reader refuses, until an operator rebuilds;
+   * `rebuild` rebuilds from the stream as it is (`capstan dev`, where the store is disposable).
+   */
+  readonly onStreamChange: 'refuse' | 'rebuild';
+  /** How often each tenant's run stream is compared with the one the projections follow. */
+  readonly syncCheckMs: number;
   readonly name: string;
 }
 
@@ -29,6 +38,8 @@ export function loadConfig(env: Env): Config {
     databaseUrl: databaseUrl(env, problems),
     batch: envInt(env, 'PROJECTOR_BATCH', 256, problems, 1, 5000),
     discoveryMs: envInt(env, 'PROJECTOR_DISCOVERY_MS', 2000, problems, 100, 3_600_000),
+    onStreamChange: onStreamChange(env, problems),
+    syncCheckMs: envInt(env, 'PROJECTOR_SYNC_CHECK_MS', 5000, problems, 100, 3_600_000),
     name: envString(env, 'PROJECTOR_NAME', `projector-${process.pid}`),
   };
   // Checked here so a mistyped failpoint fails the start, not silently the test.
@@ -52,4 +63,11 @@ function databaseUrl(env: Env, problems: string[]): string {
     problems.push('DATABASE_URL must be a postgres:// or postgresql:// URL with a host');
   }
   return raw;
+}
+
+function onStreamChange(env: Env, problems: string[]): Config['onStreamChange'] {
+  const v = envString(env, 'PROJECTOR_ON_STREAM_CHANGE', 'refuse');
+  if (v === 'refuse' || v === 'rebuild') return v;
+  problems.push(`PROJECTOR_ON_STREAM_CHANGE must be refuse or rebuild, got ${JSON.stringify(v.slice(0, 64))}`);
+  return 'refuse';
 }

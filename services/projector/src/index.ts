@@ -6,7 +6,7 @@
 export { loadConfig } from './config.js';
 export type { Config } from './config.js';
 export { createProjector } from './app.js';
-export type { ProjectorApp } from './app.js';
+export type { ProjectorApp, TenantStats } from './app.js';
 export type { TenantProjectorStats } from './tenant-projector.js';
 export { Failpoints } from './tenant-projector.js';
 export {

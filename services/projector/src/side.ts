@@ -82,7 +82,8 @@ export async function rebuildSide(tx: ProjectionDb, jsm: JetStreamManager, side:
     if (page.length < 500) break;
     from = last + 1;
   }
-  if (last > 0) await writeSideCheckpoint(tx, t, sideCheckpointKey(side, t), last);
+  // Written even at 0: a rebuild from a new, shorter stream must not keep the old position.
+  await writeSideCheckpoint(tx, t, sideCheckpointKey(side, t), last);
   return { applied, last };
 }
 

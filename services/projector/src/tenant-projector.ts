@@ -14,7 +14,7 @@
  *   with the tenant (capstan tenant add): the projector may use and reset it, not create it.
  */
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
-import { Consumers, Streams, Subjects, type TenantId } from '@capstan/schemas';
+import { CapstanError, Consumers, ErrorCode, Streams, Subjects, type TenantId } from '@capstan/schemas';
 import { failpoint, type Logger, type ProjectionDb } from '@capstan/kit';
 import { applyBatch, readCheckpoint } from './apply.js';
 
@@ -26,6 +26,10 @@ export interface TenantProjectorOptions {
   readonly log: Logger;
   /** Messages applied per transaction, at most. */
   readonly batch: number;
+  /** The creation time of the run stream this projector was found to follow (see projection-sync.ts in kit). */
+  readonly streamCreated: string;
+  /** Called when a batch was refused because the projections follow another stream. */
+  readonly onOutOfSync: () => void;
 }
 
 export interface TenantProjectorStats {
@@ -167,7 +171,7 @@ export function createTenantProjector(o: TenantProjectorOptions): TenantProjecto
       db,
       t,
       batch.map((m) => ({ seq: m.seq, subject: m.subject, data: m.data })),
-      { nextSeq, beforeCommit: () => failpoint(Failpoints.BeforeCommit) },
+      { nextSeq, beforeCommit: () => failpoint(Failpoints.BeforeCommit), streamCreated: o.streamCreated },
     );
     failpoint(Failpoints.AfterCommitBeforeAck);
     for (const [seq, m] of pending) {
@@ -224,7 +228,9 @@ export function createTenantProjector(o: TenantProjectorOptions): TenantProjecto
         if (waitBelow === Number.POSITIVE_INFINITY) blockedSince = undefined;
         else if (blockedSince === undefined || stats.checkpoint > before) blockedSince = Date.now();
       } catch (e) {
-        // Nothing was acknowledged: the same messages are tried again, after a pause.
+        // Nothing was acknowledged: the same messages are tried again, after a pause (the
+        // app stops this projector if its stream is no longer the one followed).
+        if (CapstanError.is(e) && e.code === ErrorCode.ProjectionOutOfSync) o.onOutOfSync();
         stats.retries++;
         log.warn({ err: e, retryInMs: backoff, held: pending.size }, 'projecting a batch failed; retrying');
         await pause(backoff);

@@ -83,7 +83,7 @@ export function loadConfig(env: Env): Config {
     tenants: envTenants(env, problems),
     backend: backend === 'none' ? 'none' : 'docker',
     runtime: runtime === 'runc' || runtime === 'runsc' ? runtime : 'auto',
-    dockerSocket: envString(env, 'DOCKER_SOCKET', '/var/run/docker.sock'),
+    dockerSocket: dockerSocket(env, problems),
     node,
     concurrency: envInt(env, 'SANDBOX_CONCURRENCY', 8, problems, 1, 1024),
     poolMin,
@@ -115,4 +115,16 @@ export function loadConfig(env: Env): Config {
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);
+}
+
+/**
+ * `DOCKER_SOCKET`, else the socket of `DOCKER_HOST` (the variable Docker's own tools read, so
+ * one setting points everything at the same engine), else Docker's default.
+ */
+function dockerSocket(env: Env, problems: string[]): string {
+  const host = env['DOCKER_HOST'];
+  if (env['DOCKER_SOCKET'] || !host) return envString(env, 'DOCKER_SOCKET', '/var/run/docker.sock');
+  if (host.startsWith('unix://') && host.length > 'unix://'.length) return host.slice('unix://'.length);
+  problems.push(`DOCKER_HOST must be a unix:// socket (the sandbox service talks to a local engine), got ${JSON.stringify(host.slice(0, 100))}; or set DOCKER_SOCKET`);
+  return '';
 }

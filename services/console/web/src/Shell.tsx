@@ -2,7 +2,7 @@
 import { useCallback, useEffect, useRef, useState, type ReactNode } from 'react';
 import { apiPaths, type ApprovalsResponse, type SessionInfo } from '../../src/api-types.js';
 import { Link } from './components.js';
-import { useGet, useRunStream, useStreamState, useThrottled } from './hooks.js';
+import { useGet, useRunStream, useStreamState, useSystem, useThrottled } from './hooks.js';
 import { match, navigate, useLocation } from './router.js';
 
 const VIEWS = [
@@ -101,10 +101,27 @@ export function Shell({ session, tenant, onSignOut, children }: { session: Sessi
         </div>
       </header>
       <main id="main" tabIndex={-1} ref={mainRef}>
+        {tenant ? <OutOfSyncBanner tenant={tenant} /> : null}
         {children}
       </main>
       {help ? <ShortcutsHelp onClose={() => setHelp(false)} /> : null}
     </>
+  );
+}
+
+/**
+ * Says, on every view, that the tenant's projections do not follow its run stream: the views
+ * then show errors rather than pages, and this says why and what repairs it.
+ */
+function OutOfSyncBanner({ tenant }: { tenant: string }) {
+  const out = useSystem(tenant).data?.outOfSync;
+  if (!out) return null;
+  return (
+    <div className="alert" role="alert" data-testid="out-of-sync">
+      <div>
+        <strong>Projections out of sync</strong> (<code>{out.code}</code>): {out.message}
+      </div>
+    </div>
   );
 }
 

@@ -1,6 +1,6 @@
 /** Data hooks: a GET with loading/error state, the shared live stream, a ticking clock. */
 import { useCallback, useEffect, useRef, useState, useSyncExternalStore } from 'react';
-import { apiPaths, RunStreamEventName, type RunStreamChange, type RunSummary } from '../../src/api-types.js';
+import { apiPaths, RunStreamEventName, type RunStreamChange, type RunSummary, type SystemResponse } from '../../src/api-types.js';
 import { get } from './api.js';
 
 export interface Loaded<T> {
@@ -28,6 +28,17 @@ export function useGet<T>(path: string | null): Loaded<T> {
   const reload = useCallback(() => setNonce((n) => n + 1), []);
   const current = state.path === path;
   return { data: current ? state.data : undefined, error: current ? state.error : undefined, loading: path !== null && (!current || state.loading), reload };
+}
+
+/** The tenant's projection state (lag, checkpoint, out of sync), fetched again every 10 s. */
+export function useSystem(tenant: string): Loaded<SystemResponse> {
+  const sys = useGet<SystemResponse>(apiPaths.system(tenant));
+  const { reload } = sys;
+  useEffect(() => {
+    const t = setInterval(reload, 10_000);
+    return () => clearInterval(t);
+  }, [reload]);
+  return sys;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,11 +4,11 @@
  * filters appear at the top of the first page.
  */
 import { useEffect, useMemo, useState, type FormEvent, type ReactNode } from 'react';
-import { apiPaths, RUN_STATUS_VALUES, type RunStatusName, type RunSummary, type RunsPageResponse, type SystemResponse } from '../../../src/api-types.js';
+import { apiPaths, RUN_STATUS_VALUES, type RunStatusName, type RunSummary, type RunsPageResponse } from '../../../src/api-types.js';
 import { qs } from '../api.js';
 import { Ago, Empty, ErrorAlert, Link, Loading, StatusBadge, useApp } from '../components.js';
 import { duration, shortId } from '../format.js';
-import { useGet, useNow, useRunStream } from '../hooks.js';
+import { useGet, useNow, useRunStream, useSystem } from '../hooks.js';
 import { navigate, useLocation, useTitle } from '../router.js';
 import { filtersFromQuery, filtersToQuery, formatSearch, hasFilters, matchesFilters, parseSearch, type RunFilters } from '../search.js';
 
@@ -252,12 +252,7 @@ export function RunsView() {
 
 /** How far the projections (what this console reads) are behind the run streams. */
 function ProjectionLag({ tenant }: { tenant: string }) {
-  const sys = useGet<SystemResponse>(apiPaths.system(tenant));
-  const { reload } = sys;
-  useEffect(() => {
-    const t = setInterval(reload, 10_000);
-    return () => clearInterval(t);
-  }, [reload]);
+  const sys = useSystem(tenant);
   const lag = sys.data?.projectionLag;
   if (lag === undefined || lag === null) return null;
   return (
