@@ -86,6 +86,11 @@ export const ErrorCode = {
   CredentialsInvalid: 'credentials_invalid',
   /** The operator's key store (`CAPSTAN_AUTH_DIR`) is missing or incomplete. */
   AuthStoreMissing: 'auth_store_missing',
+  /**
+   * An incident-review export file that is damaged, truncated or altered: a record does not
+   * parse, does not chain to the one before it, or the file does not end with its checksum.
+   */
+  ExportDamaged: 'export_damaged',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -323,5 +328,18 @@ export class CredentialsError extends CapstanError {
     options?: ErrorOptions,
   ) {
     super(ErrorCode.CredentialsInvalid, `credentials ${path}: ${problem}`, false, options);
+  }
+}
+
+/**
+ * An export file (`capstan export`) that cannot be trusted: `record` is the 1-based number of
+ * the first bad record (line), or the record count + 1 when the file ends too early.
+ */
+export class ExportDamagedError extends CapstanError {
+  constructor(
+    readonly record: number,
+    readonly problem: string,
+  ) {
+    super(ErrorCode.ExportDamaged, `export file damaged at record ${record}: ${problem}`);
   }
 }

@@ -25,6 +25,7 @@ export {
   CommandRejectedError,
   PermissionDeniedError,
   CredentialsError,
+  ExportDamagedError,
 } from './errors.js';
 export type { ErrorRecord } from './errors.js';
 export {
@@ -57,6 +58,8 @@ export {
   runIdOfSubject,
 } from './names.js';
 export { EVENT_ENVELOPE_VERSION, LIMITS } from './limits.js';
+export { runTraceSchema, parseTraceParent, formatTraceParent, isTraceId, isSpanId } from './trace.js';
+export type { RunTrace, TraceParent } from './trace.js';
 export {
   Mode,
   TimerKind,

@@ -47,7 +47,31 @@ export { deadLetter } from './dead-letter.js';
 export type { DeadLetterOrigin } from './dead-letter.js';
 export { createClient, isTerminalEvent, readAdmission, writeAdmission, admissionOf } from './client.js';
 export type { CapstanClient, SubmitOptions, DecisionOptions, AdmissionOptions, WorkerAdmission } from './client.js';
-export { runService, serviceAccess, tenantUserAccess } from './service.js';
+export { runService, serviceAccess, tenantUserAccess, telemetryConfig, startTelemetry } from './service.js';
+export type { TelemetryConfig, Telemetry } from './service.js';
+export {
+  tracingConfig,
+  startTracing,
+  tracingOn,
+  inSpan,
+  failSpan,
+  emitSpan,
+  hopSpanId,
+  hopTraceParent,
+  beginRunTrace,
+  traceParentOf,
+  activeTraceParent,
+  withTraceHeader,
+  traceLogFields,
+  SpanKind,
+} from './tracing.js';
+export type { TracingConfig, TracingHandle, SpanOptions, DerivedSpan, Span, Attributes } from './tracing.js';
+export { workflowFingerprint } from './fingerprint.js';
+export type { FingerprintSource } from './fingerprint.js';
+export { HopFold, foldHops, HOP_RULES, HopKind, HopStatus } from './hops.js';
+export type { Hop, HopInput, HopFoldOps } from './hops.js';
+export { metrics, registry as metricsRegistry, addCollector, scrape, metricsConfig, serveMetrics } from './metrics.js';
+export type { MetricsConfig, MetricsServer } from './metrics.js';
 export { openDatabase, migrate, queryRows, dbErrorMessage, MIGRATIONS_FOLDER } from './db.js';
 export type { Database, ProjectionDb, OpenOptions } from './db.js';
 export {

@@ -9,6 +9,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { publishDurably, type OutMsg } from '@capstan/kit';
 import type { RunContext, RunState } from '@capstan/actors';
 import type { PolicyGate } from './policy-gate.js';
+import type { RunObserver } from './observe.js';
 import {
   CommandVerb,
   encode,
@@ -28,6 +29,8 @@ export interface EffectSource {
   readonly runId: RunId;
   readonly state: RunState;
   readonly events: readonly RunEvent[];
+  /** Re-derived from a loaded run's tail (they may have gone out before): no dispatch span. */
+  readonly recovered?: boolean;
 }
 
 /**
@@ -36,9 +39,10 @@ export interface EffectSource {
  * worker has seen a step, its timers are known to exist, so recovery only ever has to look
  * at a run's last decisions.
  */
-export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t: TenantId, sources: readonly EffectSource[], gate?: PolicyGate): Promise<number> {
+export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t: TenantId, sources: readonly EffectSource[], gate?: PolicyGate, observer?: RunObserver): Promise<number> {
   const timers: OutMsg[] = [];
   const work: OutMsg[] = [];
+  const dispatched: { runId: RunId; event: RunEvent }[] = [];
   for (const src of sources) {
     const ctx = src.state.snapshot.context as Partial<RunContext>;
     for (const ev of src.events) {
@@ -72,12 +76,16 @@ export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t
           ...(ctx.last !== undefined && ctx.last !== null ? { previous: ctx.last } : {}),
           ...(d.sandbox ? { sandbox: d.sandbox } : {}),
         };
-        work.push({ subject: Subjects.work(t, d.pool), data: encode(item), msgId: MsgIds.work(src.runId, d.step, d.attempt) });
+        // The work item carries its dispatch hop's traceparent (derived, so a re-derived item carries the same).
+        const headers = await observer?.workHeaders(src.runId, d.step, d.attempt);
+        work.push({ subject: Subjects.work(t, d.pool), data: encode(item), msgId: MsgIds.work(src.runId, d.step, d.attempt), ...(headers ? { headers } : {}) });
+        if (!src.recovered) dispatched.push({ runId: src.runId, event: ev });
       }
     }
   }
   await publishDurably(nc, js, timers);
   await publishDurably(nc, js, work);
+  observer?.dispatched(dispatched);
   return timers.length + work.length;
 }
 

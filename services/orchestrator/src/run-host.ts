@@ -39,10 +39,11 @@ import {
   type RunId,
   type TenantId,
 } from '@capstan/schemas';
-import { appendBatch, deadLetter, derivedRunId, failpoint, idempotencyHash, readRun, type Logger } from '@capstan/kit';
+import { appendBatch, deadLetter, derivedRunId, failpoint, idempotencyHash, metrics, readRun, type Logger } from '@capstan/kit';
 import { dispatchEffects, tailDecisions, type EffectSource } from './effects.js';
 import { deadLetterWhenRejected, inputOf } from './commands.js';
 import { createPolicyGate } from './policy-gate.js';
+import { createRunObserver, startRecord } from './observe.js';
 import type { RunCache } from './run-cache.js';
 
 export interface TenantHostOptions {
@@ -112,7 +113,8 @@ const MAX_ACTING = 8;
 export function createTenantHost(o: TenantHostOptions): TenantHost {
   const { nc, js, jsm, tenant: t, registry, cache, maxBatch } = o;
   const log = o.log.child({ tenant: t });
-  const gate = createPolicyGate({ nc, js, tenant: t, ...o.policy, log });
+  const observer = createRunObserver({ tenant: t, jsm, log });
+  const gate = createPolicyGate({ nc, js, tenant: t, ...o.policy, log, traceOf: (runId) => observer.traceOf(runId) });
   const stats: TenantHostStats = { commands: 0, appendedEvents: 0, conflicts: 0, deadLetters: 0, recoveredEffects: 0, ticks: 0 };
   /** Parsed commands waiting for a tick, in arrival order. */
   const queue: Pending[] = [];
@@ -128,6 +130,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   /** Parses an arriving command; poison is dead-lettered at once and never queued. */
   async function arrive(msg: JsMsg): Promise<void> {
     stats.commands++;
+    metrics.commands.inc({ tenant: t });
     let cmd: Command;
     let runId: RunId;
     try {
@@ -223,9 +226,11 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
         if (out?.ok) {
           stats.appendedEvents += g.events.length;
           if (g.state) cache.set(g.runId, { state: g.state, lastStreamSeq: out.lastStreamSeq });
+          observer.recorded(g.runId, g.state, g.events, g.pendings.map((p) => p.msg));
           done.push(g);
         } else {
           stats.conflicts++;
+          metrics.conflicts.inc({ tenant: t });
           cache.delete(g.runId);
           conflicted.push(g);
           log.debug({ runId: g.runId, reason: out?.reason }, 'append conflict; reloading run');
@@ -247,7 +252,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     stats.recoveredEffects += done.reduce((n, g) => n + g.recovered.reduce((k, r) => k + r.events.length, 0), 0);
     return async () => {
       try {
-        await dispatchEffects(nc, js, t, effects, gate);
+        await dispatchEffects(nc, js, t, effects, gate, observer);
       } catch (e) {
         // A later command for these runs must not trust the cache: reload recovers the tail.
         for (const g of done) cache.delete(g.runId);
@@ -303,7 +308,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     if (loaded.events.length === 0) return { recovered: [], fromCache: false };
     const { state } = foldRun(registry, loaded.events);
     const tail = tailDecisions(loaded.events, (e) => INPUT_EVENT_TYPES.has(e.type));
-    return { cached: { state, lastStreamSeq: loaded.lastStreamSeq }, recovered: tail.length > 0 ? [{ runId, state, events: tail }] : [], fromCache: false, events: loaded.events };
+    return { cached: { state, lastStreamSeq: loaded.lastStreamSeq }, recovered: tail.length > 0 ? [{ runId, state, events: tail, recovered: true }] : [], fromCache: false, events: loaded.events };
   }
 
   /**
@@ -353,6 +358,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
             input: runInput,
             ...(p.cmd.body.idempotencyKey ? { idempotencyKey: p.cmd.body.idempotencyKey } : {}),
             ...(search ? { search } : {}),
+            ...startRecord(p.msg, wf),
           };
           input = { type: 'run.started', data: started };
           decision = startRun(wf, started);
@@ -388,6 +394,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
 
   async function sendDeadLetter(r: Rejection): Promise<void> {
     stats.deadLetters++;
+    metrics.deadLetters.inc({ tenant: t, source: DeadLetterSource.Command, code: r.error.code });
     try {
       await deadLetter(js, t, DeadLetterSource.Command, r.error, {
         subject: r.msg.subject,

@@ -28,7 +28,7 @@ import {
   type SandboxReply,
   type TenantId,
 } from '@capstan/schemas';
-import { serviceAccess, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
+import { addCollector, inSpan, metrics, serviceAccess, SpanKind, traceParentOf, withTraceHeader, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
 import { nullBackend, SandboxUnavailableError, type SandboxBackend } from './backend.js';
 import { dockerBackend } from './docker.js';
@@ -110,7 +110,8 @@ export function createSandboxService(config: Config, log: Logger, opts: SandboxS
       if (!nc) throw new SandboxUnavailableError('not connected');
       // Only a worker's credential route of this tenant: the request names where to ask.
       if (!subject.startsWith(Subjects.allJitRoutes(tenant).slice(0, -1))) throw new CapstanError(ErrorCode.InvalidArgument, 'the credential route is not one of this tenant\'s', false);
-      const m = await nc.request(subject, encode(request), { timeout: timeoutMs });
+      const headers = withTraceHeader();
+      const m = await nc.request(subject, encode(request), { timeout: timeoutMs, ...(headers ? { headers } : {}) });
       return parseCredentialAnswer(decode(m.data));
     },
   };
@@ -171,31 +172,48 @@ export function createSandboxService(config: Config, log: Logger, opts: SandboxS
     }
     const counts = { 1: 0, 2: 0 };
     const beat = setInterval(() => answer({ type: 'beat', stdoutBytes: counts[1], stderrBytes: counts[2] }), config.beatMs);
-    await slot();
-    try {
-      await ready;
-      if (unavailable) throw new SandboxUnavailableError(`no sandbox can run on node ${config.node}: ${unavailable}`);
-      const { result, error } = await runAttempt(deps, tenant, req, {
-        accepted: (sandbox, warm) => answer({ type: 'accepted', sandbox, warm }),
-        output: (fd, bytes) => (counts[fd] += bytes),
-      });
-      answer({ type: 'done', result, ...(error ? { error } : {}) });
-    } catch (e) {
-      if (!CapstanError.is(e)) log.error({ err: e, runId: req.runId, step: req.step }, 'sandboxed step failed unexpectedly');
-      fail(toErrorRecord(e, ErrorCode.SandboxFailed));
-    } finally {
-      clearInterval(beat);
-      freeSlot();
-    }
+    const attributes = { 'capstan.tenant': tenant, 'capstan.run_id': req.runId, 'capstan.step': req.step, 'capstan.attempt': req.attempt, 'capstan.mode': req.mode, 'capstan.hop': 'sandbox' };
+    // The worker's step span is the parent (the request's traceparent).
+    await inSpan('sandbox', `sandbox ${req.step}#${req.attempt}`, { kind: SpanKind.SERVER, parent: traceParentOf(msg.headers), attributes }, async (span) => {
+      await slot();
+      try {
+        await ready;
+        if (unavailable) throw new SandboxUnavailableError(`no sandbox can run on node ${config.node}: ${unavailable}`);
+        const { result, error } = await runAttempt(deps, tenant, req, {
+          accepted: (sandbox, warm) => {
+            metrics.sandboxClaims.inc({ tenant, warm: String(warm) });
+            span?.setAttributes({ 'capstan.sandbox': sandbox, 'capstan.sandbox.warm': warm });
+            answer({ type: 'accepted', sandbox, warm });
+          },
+          output: (fd, bytes) => (counts[fd] += bytes),
+        });
+        answer({ type: 'done', result, ...(error ? { error } : {}) });
+      } catch (e) {
+        if (!CapstanError.is(e)) log.error({ err: e, runId: req.runId, step: req.step }, 'sandboxed step failed unexpectedly');
+        fail(toErrorRecord(e, ErrorCode.SandboxFailed));
+      } finally {
+        clearInterval(beat);
+        freeSlot();
+      }
+    });
   }
+
+  const stats = () => ({ running, waiting: waiting.length, idle: Object.fromEntries([...pools].map(([k, p]) => [k, p.idleCount])) });
+  let removeCollector: (() => void) | undefined;
 
   return Promise.resolve({
     instance,
     ready,
     unavailable: () => unavailable,
     image: () => image,
-    stats: () => ({ running, waiting: waiting.length, idle: Object.fromEntries([...pools].map(([k, p]) => [k, p.idleCount])) }),
+    stats,
     async start() {
+      removeCollector = addCollector(() => {
+        const s = stats();
+        metrics.sandboxRunning.set(s.running);
+        metrics.sandboxWaiting.set(s.waiting);
+        for (const [pool, idle] of Object.entries(s.idle)) metrics.sandboxIdle.set({ pool }, idle);
+      });
       access = await serviceAccess(Role.Sandbox, config, `sandbox-${config.node}-${instance}`, log);
       // A node may be dedicated to some tenants (CAPSTAN_TENANTS): it then serves only them.
       follower = await access.follow(config.tenants, config.discoveryMs, async (tc) => {
@@ -217,6 +235,7 @@ export function createSandboxService(config: Config, log: Logger, opts: SandboxS
       log.info({ node: config.node, instance }, 'sandbox service started');
     },
     async stop() {
+      removeCollector?.();
       follower?.stop();
       for (const s of subs) s.unsubscribe();
       await Promise.allSettled([...inflight]);

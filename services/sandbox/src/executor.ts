@@ -6,7 +6,7 @@
  * destroy).
  */
 import { connect, type Socket } from 'node:net';
-import type { Logger } from '@capstan/kit';
+import { inSpan, SpanKind, type Logger } from '@capstan/kit';
 import {
   CapstanError,
   ErrorCode,
@@ -123,6 +123,9 @@ export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxE
     const counts = { 1: 0, 2: 0 };
     let exit: Extract<RunnerFrame, { t: 'exit' }> | undefined;
     const execId = channel.newId();
+    // The tool call: the step's command (or agent) running in the sandbox, a hop of its own.
+    const tool = req.mode === Mode.Agent && req.spec.agent ? `agent ${req.spec.agent}` : (argv[0] ?? 'command');
+    await inSpan('sandbox', `tool ${tool}`, { kind: SpanKind.INTERNAL, attributes: { 'capstan.hop': 'tool', 'capstan.sandbox': name, 'capstan.tool': tool } }, async (span) => {
     await channel.call(
       { t: 'exec', id: execId, argv, env, files, timeoutMs: req.timeoutMs, egress: egress.size > 0 && req.mode !== Mode.Sandboxed, jit: req.mode === Mode.Agent && req.spec.jit === true },
       (f) => {
@@ -141,6 +144,9 @@ export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxE
       },
       req.timeoutMs + RUNNER_GRACE_MS,
     );
+      const ex = exit as Extract<RunnerFrame, { t: 'exit' }> | undefined;
+      span?.setAttributes({ 'capstan.tool.exit_code': ex?.code ?? -1, 'capstan.tool.timed_out': ex?.timedOut ?? false });
+    });
     dest.append('stdout.log', redact[1].flush());
     dest.append('stderr.log', redact[2].flush());
 

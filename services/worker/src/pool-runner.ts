@@ -32,7 +32,7 @@ import {
   type TenantId,
   type WorkItem,
 } from '@capstan/schemas';
-import { coalescingPublisher, deadLetter, type AuditSink, type Logger, type NatsConnection } from '@capstan/kit';
+import { addCollector, coalescingPublisher, deadLetter, failSpan, inSpan, metrics, SpanKind, traceParentOf, type AuditSink, type Logger, type NatsConnection } from '@capstan/kit';
 import type { Handlers } from './handlers.js';
 import { runSandboxed } from './sandboxed.js';
 import { bindExternalWrite } from './external-write.js';
@@ -149,6 +149,7 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
       item = parseWorkItem(decode(msg.data));
     } catch (e) {
       log.warn({ code: CapstanError.is(e) ? e.code : undefined }, 'undecodable work item dead-lettered');
+      metrics.deadLetters.inc({ tenant: t, source: DeadLetterSource.Work, code: CapstanError.is(e) ? e.code : ErrorCode.DecodeFailed });
       await deadLetter(js, t, DeadLetterSource.Work, toErrorRecord(e, ErrorCode.DecodeFailed), { subject: msg.subject, seq: msg.info.streamSequence, data: msg.data });
       msg.term();
       return;
@@ -168,12 +169,22 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     const startedTimer = o.startedAfterMs === 0 ? (announce(), undefined) : setTimeout(announce, o.startedAfterMs);
     const heartbeat = setInterval(() => msg.working(), Math.max(250, Math.floor(ackWaitMs / 3)));
     const t0 = performance.now();
+    const mode = String(item.mode);
+    // The span of this hop, a child of the run's dispatch hop (the work item's traceparent).
+    const attributes = { 'capstan.tenant': t, 'capstan.run_id': item.runId, 'capstan.step': item.step, 'capstan.attempt': item.attempt, 'capstan.mode': item.mode, 'capstan.pool': pool, 'capstan.worker': workerId, 'capstan.hop': 'worker' };
     try {
-      const outcome = await execute(item);
-      clearTimeout(startedTimer);
-      // `started` must be in the stream before the result, or it would arrive stale.
-      await started;
-      await report(item, outcome, Math.round(performance.now() - t0));
+      await inSpan('worker', `worker ${item.step}#${item.attempt}`, { kind: SpanKind.CONSUMER, parent: traceParentOf(msg.headers), attributes }, async (span) => {
+        const outcome = await execute(item);
+        clearTimeout(startedTimer);
+        const durationMs = Math.round(performance.now() - t0);
+        const outcomeName = 'result' in outcome ? 'completed' : 'failed';
+        if ('error' in outcome) failSpan(span, outcome.error);
+        // `started` must be in the stream before the result, or it would arrive stale.
+        await started;
+        await report(item, outcome, durationMs);
+        metrics.steps.inc({ tenant: t, pool, mode, outcome: outcomeName });
+        metrics.stepDuration.observe({ tenant: t, pool, mode, outcome: outcomeName }, durationMs / 1000);
+      });
     } finally {
       clearTimeout(startedTimer);
       clearInterval(heartbeat);
@@ -182,6 +193,16 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     msg.ack();
   }
 
+  /** Queue depth and age of this pool, refreshed before each metrics scrape. */
+  async function collect(): Promise<void> {
+    const info = await jsm.consumers.info(Streams.work(t), durable);
+    metrics.workQueueDepth.set({ tenant: t, pool }, info.num_pending + info.num_ack_pending);
+    // Work-queue retention: what is stored for the pool is what is not acknowledged yet.
+    const oldest = await jsm.direct.getMessage(Streams.work(t), { next_by_subj: Subjects.work(t, pool), seq: 1 }).catch(() => null);
+    metrics.workQueueAge.set({ tenant: t, pool }, oldest ? Math.max(0, (Date.now() - oldest.time.getTime()) / 1000) : 0);
+  }
+  let removeCollector: (() => void) | undefined;
+
   return {
     get running() {
       return running;
@@ -189,6 +210,7 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     async start() {
       // The pool's consumer is made by the admin with the worker's credential (capstan creds
       // issue --role worker --pool …): a worker never creates consumers.
+      removeCollector = addCollector(collect);
       const consumer = await js.consumers.get(Streams.work(t), durable);
       ackWaitMs = Math.round(((await consumer.info(true)).config.ack_wait ?? 30_000_000_000) / 1_000_000);
       messages = await consumer.consume({ max_messages: o.concurrency });
@@ -212,6 +234,7 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
       log.info({ consumer: durable }, 'pulling work');
     },
     async stop() {
+      removeCollector?.();
       await messages?.close();
       stopping.abort();
       await Promise.allSettled([...inflight]);
