@@ -174,13 +174,14 @@ function tracerOf(a: Active, component: string): Tracer {
   return t;
 }
 
-const EMPTY: Readonly<Record<string, never>> = Object.freeze({});
-
-/** pino `mixin`: the active span's ids on every log line written inside a span. */
+/**
+ * pino `mixin`: the active span's ids on every log line written inside a span. (pino merges
+ * the line into the object returned, so it is a new one each time.)
+ */
 export function traceLogFields(): { traceId?: string; spanId?: string } {
-  if (!active) return EMPTY;
+  if (!active) return {};
   const sc = trace.getSpan(context.active())?.spanContext();
-  return sc && sc.traceId !== '00000000000000000000000000000000' ? { traceId: sc.traceId, spanId: sc.spanId } : EMPTY;
+  return sc && trace.isSpanContextValid(sc) ? { traceId: sc.traceId, spanId: sc.spanId } : {};
 }
 
 /** The context a `traceparent` (a header value, or parsed) points at; the active one otherwise. */
@@ -272,6 +273,8 @@ export interface DerivedSpan {
   readonly attributes?: Attributes;
   /** An error code: the span is failed. */
   readonly error?: string;
+  /** The hop is known to have succeeded (status OK; otherwise unset). */
+  readonly ok?: boolean;
 }
 
 /** Exports a derived span (see the module comment). Nothing happens with tracing off or for an unsampled trace. */
@@ -287,6 +290,7 @@ export function emitSpan(component: string, s: DerivedSpan): void {
     a.ids.clear();
   }
   if (s.error) span.setStatus({ code: SpanStatusCode.ERROR, message: s.error });
+  else if (s.ok) span.setStatus({ code: SpanStatusCode.OK });
   span.end(Math.max(s.start, s.end));
 }
 

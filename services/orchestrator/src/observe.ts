@@ -86,6 +86,7 @@ export function createRunObserver(o: { tenant: TenantId; jsm: JetStreamManager; 
       end: h.end ?? h.start,
       attributes: { ...h.attributes, 'capstan.tenant': t, 'capstan.run_id': runId, 'capstan.hop': h.kind },
       ...(h.error ? { error: h.error } : {}),
+      ok: h.status === 'ok',
     });
   }
 
