@@ -67,6 +67,10 @@ export {
 } from './tracing.js';
 export type { TracingConfig, TracingHandle, SpanOptions, DerivedSpan, Span, Attributes } from './tracing.js';
 export { workflowFingerprint } from './fingerprint.js';
+export { writeExport, readExport, EXPORT_FORMAT } from './export-file.js';
+export type { ExportScope, ExportInput, ExportContents, ExportedPolicy, ExportedWorkflow, StoredRecord } from './export-file.js';
+export { exportRuns, collectRuns, collectWindow, collectPolicies } from './export-collect.js';
+export type { ExportResult } from './export-collect.js';
 export type { FingerprintSource } from './fingerprint.js';
 export { HopFold, foldHops, HOP_RULES, HopKind, HopStatus } from './hops.js';
 export type { Hop, HopInput, HopFoldOps } from './hops.js';
