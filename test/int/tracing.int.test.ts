@@ -22,6 +22,7 @@ import { dockerOrSkip, sandboxImage } from '../harness/docker.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { Labels } from '@capstan/sandbox';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../harness/otlp.js';
+import { freePort, scrapeMetrics, total } from '../harness/metrics.js';
 
 const url = inject('natsUrl');
 const docker = await dockerOrSkip();
@@ -41,6 +42,7 @@ describe.skipIf(!docker)('tracing: one submit, one trace of every hop', () => {
   let scratch: Awaited<ReturnType<typeof scratchDatabase>>;
   const procs: ServiceProcess[] = [];
   const node = `tr${randomBytes(4).toString('hex')}`;
+  const ports = { policy: 0, secrets: 0, sandbox: 0 };
 
   beforeAll(async () => {
     await sandboxImage(docker as Docker);
@@ -60,10 +62,11 @@ describe.skipIf(!docker)('tracing: one submit, one trace of every hop', () => {
       OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
       OTEL_BSP_SCHEDULE_DELAY: '100',
     };
+    for (const k of Object.keys(ports) as (keyof typeof ports)[]) ports[k] = await freePort();
     procs.push(
-      spawnService('policy', env),
-      spawnService('secrets-lease', { ...env, SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }),
-      spawnService('sandbox', { ...env, SANDBOX_NODE: node, SANDBOX_ARTIFACTS_DIR: mkdtempSync(join(tmpdir(), 'capstan-trace-')), SANDBOX_POOL_MIN: '1', SANDBOX_POOL_MAX: '2' }),
+      spawnService('policy', { ...env, METRICS_PORT: String(ports.policy) }),
+      spawnService('secrets-lease', { ...env, SECRETS_MASTER_KEY: randomBytes(32).toString('base64'), METRICS_PORT: String(ports.secrets) }),
+      spawnService('sandbox', { ...env, METRICS_PORT: String(ports.sandbox), SANDBOX_NODE: node, SANDBOX_ARTIFACTS_DIR: mkdtempSync(join(tmpdir(), 'capstan-trace-')), SANDBOX_POOL_MIN: '1', SANDBOX_POOL_MAX: '2' }),
       spawnService('orchestrator', { ...env, ORCH_POLICY: 'on' }),
       spawnService('worker', { ...env, WORKER_ID: 'trace-w', WORKER_LEASES: 'on', AUDIT_DATABASE_URL: scratch.url, LOG_LEVEL: 'debug' }),
       spawnService('projector', { ...env, PROJECTOR_DISCOVERY_MS: '200' }),
@@ -193,5 +196,17 @@ describe.skipIf(!docker)('tracing: one submit, one trace of every hop', () => {
     const noted = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l['msg'] === 'noting the run');
     expect(noted?.['traceId']).toBe(traceId);
     expect(noted?.['spanId']).toBe(workerNote.spanId);
+
+    // The same hops, counted: one decision (allow), one lease issued and redeemed, one sandbox claimed.
+    const [policyMetrics, secretsMetrics, sandboxMetrics] = await Promise.all([scrapeMetrics(ports.policy), scrapeMetrics(ports.secrets), scrapeMetrics(ports.sandbox)]);
+    expect({
+      allow: total(policyMetrics, 'capstan_policy_decisions_total', { tenant: t, verdict: 'allow' }),
+      decisions: total(policyMetrics, 'capstan_policy_decisions_total', { tenant: t }),
+      issued: total(secretsMetrics, 'capstan_leases_total', { tenant: t, event: 'issued' }),
+      redeemed: total(secretsMetrics, 'capstan_leases_total', { tenant: t, event: 'redeemed' }),
+      denied: total(secretsMetrics, 'capstan_leases_total', { tenant: t, event: 'denied' }),
+      claims: total(sandboxMetrics, 'capstan_sandbox_claims_total', { tenant: t }),
+    }).toEqual({ allow: 1, decisions: 1, issued: 1, redeemed: 1, denied: 0, claims: 1 });
+    expect(sandboxMetrics.some((m) => m.name === 'capstan_sandbox_pool_idle')).toBe(true);
   }, 180_000);
 });
