@@ -7,7 +7,9 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { defineWorkflow } from '@capstan/actors';
-import { foldHops, HopFold, hopSpanId, readExport, telemetryConfig, tracingConfig, workflowFingerprint, writeExport, type StoredRecord } from '@capstan/kit';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { foldHops, HopFold, hopSpanId, metricsRegistry, PROJECT_ROOT, readExport, telemetryConfig, tracingConfig, workflowFingerprint, writeExport, type StoredRecord } from '@capstan/kit';
 import { CapstanError, encode, ErrorCode, formatTraceParent, parseTenantId, parseTraceParent, type RunEvent } from '@capstan/schemas';
 import { RunRecorder, completed, failed, retryFired, signaled, started } from './support/runs.js';
 
@@ -189,5 +191,15 @@ describe('export file', () => {
       }),
       { numRuns: 300 },
     );
+  });
+});
+
+describe('metrics', () => {
+  it('the Grafana dashboard queries only metrics the services define, and shows every one of them', async () => {
+    const dashboard = readFileSync(join(PROJECT_ROOT, 'docs', 'grafana-dashboard.json'), 'utf8');
+    const queried = new Set([...dashboard.matchAll(/\b(capstan_[a-z_]+?)(?:_bucket|_count|_sum)?\b/g)].map((m) => m[1] as string));
+    const defined = new Set((await metricsRegistry.getMetricsAsJSON()).map((m) => m.name));
+    expect([...queried].filter((n) => !defined.has(n))).toEqual([]);
+    expect([...defined].filter((n) => !queried.has(n))).toEqual([]);
   });
 });
