@@ -115,6 +115,8 @@ export async function submitCmd(argv: string[]): Promise<number> {
       ...(input ? { input: input as { [k: string]: JsonValue } } : {}),
       ...(values['run-id'] ? { runId: runIdArg(values['run-id'] as string) } : {}),
       ...(values['idempotency-key'] ? { idempotencyKey: values['idempotency-key'] as string } : {}),
+      // The caller's trace, carried in the environment (as OpenTelemetry suggests for processes).
+      ...(process.env['TRACEPARENT'] ? { traceparent: process.env['TRACEPARENT'] } : {}),
     });
     if (!values['wait']) {
       print(values['json'] === true, { runId, tenant: t }, () => `${runId}  submitted to ${t}`);

@@ -89,9 +89,9 @@ export function registerRunRoutes(app: FastifyInstance, d: RouteDeps): void {
     queryOf(req, []);
     const runId = parseRunId(req.params.runId);
     await getRun(d.db, t, runId);
-    const jsm = d.jsm();
-    if (!jsm) throw new UnavailableError('export needs the run stream: the console is not connected to NATS');
-    const { file } = await exportRuns(jsm, t, { runs: [runId] });
+    const access = d.access();
+    if (!access) throw new UnavailableError('export needs the run stream: the console is not connected to NATS');
+    const { file } = await exportRuns((await access.tenant(t)).jsm, t, { runs: [runId] });
     req.log.info({ tenant: t, runId, by: sessionOf(req).userId, bytes: file.length }, 'run exported');
     return reply
       .header('content-type', 'application/x-ndjson')
