@@ -2,18 +2,7 @@
  * Prometheus endpoints in tests: a free port for a service's METRICS_PORT, and a scrape
  * parsed into samples that tests can sum by labels.
  */
-import { createServer } from 'node:net';
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address();
-      s.close(() => resolve(typeof addr === 'object' && addr ? addr.port : 0));
-    });
-  });
-}
+export { freePort } from './postgres.js';
 
 export interface Sample {
   readonly name: string;

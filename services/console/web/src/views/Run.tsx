@@ -479,6 +479,40 @@ function ranFrom(a: StepAttempt): number | null {
   return null;
 }
 
+/** A waterfall's time axis from `t0` to `t1`: where a time falls on it, and how wide an interval is, in %. */
+function timeScale(t0: number, t1: number) {
+  const span = t1 - t0;
+  const share = (ms: number) => `${Math.max(0, Math.min(100, (ms / span) * 100)).toFixed(2)}%`;
+  return { span, pct: (t: number) => share(t - t0), width: (a: number, b: number) => share(b - a) };
+}
+
+/** A waterfall's header: its own columns, the duration, and the time axis in quarters. */
+function WaterfallHead({ columns, span }: { columns: readonly string[]; span: number }) {
+  return (
+    <thead>
+      <tr>
+        {columns.map((c) => (
+          <th key={c} scope="col">
+            {c}
+          </th>
+        ))}
+        <th scope="col" style={{ textAlign: 'right' }}>
+          Duration
+        </th>
+        <th scope="col">
+          <div className="axis">
+            <span>0</span>
+            <span>{duration(span / 4)}</span>
+            <span>{duration(span / 2)}</span>
+            <span>{duration((span * 3) / 4)}</span>
+            <span>{duration(span)}</span>
+          </div>
+        </th>
+      </tr>
+    </thead>
+  );
+}
+
 type TraceItem = { kind: 'step'; at: number; step: RunDetailResponse['trace'][number] } | { kind: 'approval'; at: number; approval: Approval };
 
 function Waterfall({ d }: { d: RunDetailResponse }) {
@@ -486,9 +520,7 @@ function Waterfall({ d }: { d: RunDetailResponse }) {
   const t0 = Date.parse(d.run.startedAt);
   const ends = [...d.steps.map((a) => (a.finishedAt ? Date.parse(a.finishedAt) : now)), ...d.approvals.map((a) => (a.decidedAt ? Date.parse(a.decidedAt) : now))];
   const t1 = Math.max(d.run.endedAt ? Date.parse(d.run.endedAt) : now, ...ends, t0 + 1);
-  const span = t1 - t0;
-  const pct = (t: number) => `${Math.max(0, Math.min(100, ((t - t0) / span) * 100)).toFixed(2)}%`;
-  const width = (a: number, b: number) => `${Math.max(0, Math.min(100, ((b - a) / span) * 100)).toFixed(2)}%`;
+  const { span, pct, width } = timeScale(t0, t1);
 
   // Steps and the human waits between them, in the order they began.
   const items: TraceItem[] = [
@@ -500,28 +532,7 @@ function Waterfall({ d }: { d: RunDetailResponse }) {
   return (
     <div className="table-wrap">
       <table className="waterfall" data-testid="waterfall">
-        <thead>
-          <tr>
-            <th scope="col">Step</th>
-            <th scope="col">Attempt</th>
-            <th scope="col">Outcome</th>
-            <th scope="col">Mode</th>
-            <th scope="col">Worker</th>
-            <th scope="col">Sandbox</th>
-            <th scope="col" style={{ textAlign: 'right' }}>
-              Duration
-            </th>
-            <th scope="col">
-              <div className="axis">
-                <span>0</span>
-                <span>{duration(span / 4)}</span>
-                <span>{duration(span / 2)}</span>
-                <span>{duration((span * 3) / 4)}</span>
-                <span>{duration(span)}</span>
-              </div>
-            </th>
-          </tr>
-        </thead>
+        <WaterfallHead columns={['Step', 'Attempt', 'Outcome', 'Mode', 'Worker', 'Sandbox']} span={span} />
         <tbody>
           {items.flatMap((item) => {
             if (item.kind === 'approval') {
@@ -607,30 +618,11 @@ function HopWaterfall({ hops, endedAt }: { hops: readonly TraceHop[]; endedAt: s
   if (hops.length === 0) return <Empty title="No hop has been recorded yet." />;
   const t0 = Math.min(...hops.map((h) => Date.parse(h.start)));
   const t1 = Math.max(endedAt ? Date.parse(endedAt) : now, ...hops.map((h) => (h.end ? Date.parse(h.end) : now)), t0 + 1);
-  const span = t1 - t0;
-  const pct = (t: number) => `${Math.max(0, Math.min(100, ((t - t0) / span) * 100)).toFixed(2)}%`;
-  const width = (a: number, b: number) => `${Math.max(0, Math.min(100, ((b - a) / span) * 100)).toFixed(2)}%`;
+  const { span, pct, width } = timeScale(t0, t1);
   return (
     <div className="table-wrap">
       <table className="waterfall" data-testid="hop-waterfall">
-        <thead>
-          <tr>
-            <th scope="col">Hop</th>
-            <th scope="col">Detail</th>
-            <th scope="col" style={{ textAlign: 'right' }}>
-              Duration
-            </th>
-            <th scope="col">
-              <div className="axis">
-                <span>0</span>
-                <span>{duration(span / 4)}</span>
-                <span>{duration(span / 2)}</span>
-                <span>{duration((span * 3) / 4)}</span>
-                <span>{duration(span)}</span>
-              </div>
-            </th>
-          </tr>
-        </thead>
+        <WaterfallHead columns={['Hop', 'Detail']} span={span} />
         <tbody>
           {hops.map((h) => {
             const from = Date.parse(h.start);
