@@ -7,7 +7,7 @@
  * Modes take turns within each repetition, so drift over the run spreads evenly.
  *
  * Options (env): BENCH_RUNS (2000), BENCH_INFLIGHT (64), BENCH_REPS (3), BENCH_TRACE_MODES
- * (off,100,1), BENCH_OUT.
+ * (off,100,1), BENCH_OUT, BENCH_PROFILE (a directory for the services' CPU profiles).
  */
 import { cpus } from 'node:os';
 import { join } from 'node:path';
@@ -52,7 +52,9 @@ async function rep(mode: string): Promise<Rep> {
         ? {}
         : { OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: String(Number(mode) / 100) };
     const svcEnv = { NATS_URL: server.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn', ...tracing };
-    procs.push(spawnService('orchestrator', svcEnv), spawnService('worker', { ...svcEnv, WORKER_ID: 'bench-worker', WORKER_CONCURRENCY: '256' }));
+    // BENCH_PROFILE=<dir>: CPU profiles of both services (where tracing's cost goes).
+    const prof: Record<string, string> = env['BENCH_PROFILE'] ? { CAPSTAN_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${env['BENCH_PROFILE']}` } : {};
+    procs.push(spawnService('orchestrator', { ...svcEnv, ...prof }), spawnService('worker', { ...svcEnv, ...prof, WORKER_ID: 'bench-worker', WORKER_CONCURRENCY: '256' }));
     const load = await createW3Load(nc, t);
     await new Promise((r) => setTimeout(r, 1000));
     await load.run(200, 200);

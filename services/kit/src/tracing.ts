@@ -16,7 +16,7 @@
  * One SDK per process: `capstan dev` runs every service in one process and starts it once;
  * each component gets its own tracer (instrumentation scope `capstan.<component>`).
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { context, ROOT_CONTEXT, SamplingDecision, SpanKind, SpanStatusCode, trace, TraceFlags, type Attributes, type Context, type Span, type Tracer } from '@opentelemetry/api';
 import { headers as natsHeaders, type MsgHdrs } from '@nats-io/transport-node';
 import { formatTraceParent, Headers, parseTraceParent, type RunTrace, type TraceParent } from '@capstan/schemas';
@@ -76,6 +76,18 @@ interface SamplerLike {
   shouldSample(ctx: Context, traceId: string, name: string, kind: SpanKind, attributes: Attributes, links: []): { decision: SamplingDecision };
 }
 
+/** Random hex from a pooled buffer: one `randomBytes` call serves hundreds of ids. */
+const pool = { buf: Buffer.alloc(0), at: 0 };
+function randomHex(bytes: number): string {
+  if (pool.at + bytes > pool.buf.length) {
+    pool.buf = randomBytes(4096);
+    pool.at = 0;
+  }
+  const hex = pool.buf.toString('hex', pool.at, pool.at + bytes);
+  pool.at += bytes;
+  return /^0+$/.test(hex) ? randomHex(bytes) : hex;
+}
+
 /**
  * Span ids the SDK would otherwise make at random. A derived span's ids are set here just
  * before the (synchronous) `startSpan` that consumes them.
@@ -94,12 +106,12 @@ class DerivedIds {
   generateTraceId(): string {
     const v = this.traceId;
     this.traceId = undefined;
-    return v ?? randomBytes(16).toString('hex');
+    return v ?? randomHex(16);
   }
   generateSpanId(): string {
     const v = this.spanId;
     this.spanId = undefined;
-    return v ?? randomBytes(8).toString('hex');
+    return v ?? randomHex(8);
   }
 }
 
@@ -238,7 +250,10 @@ export async function inSpan<T>(component: string, name: string, o: SpanOptions,
   const a = active;
   if (!a) return fn(undefined);
   const parent = contextOf(o.parent);
-  if (o.parent !== null && !trace.getSpan(parent)) return fn(undefined);
+  const sc = trace.getSpan(parent)?.spanContext();
+  // No trace to join, or one not sampled: the work runs unrecorded (every Capstan sampler
+  // follows its parent's decision, so nothing below would be recorded either).
+  if (o.parent !== null && (!sc || (sc.traceFlags & 1) === 0)) return fn(undefined);
   const span = tracerOf(a, component).startSpan(name, { kind: o.kind ?? SpanKind.INTERNAL, ...(o.attributes ? { attributes: o.attributes } : {}) }, parent);
   try {
     return await context.with(trace.setSpan(parent, span), () => fn(span));
@@ -294,13 +309,31 @@ export function emitSpan(component: string, s: DerivedSpan): void {
   span.end(Math.max(s.start, s.end));
 }
 
+/** 32 bits of MurmurHash3 (x86, 32-bit) over a string's UTF-16 code units, with a seed. */
+function murmur32(s: string, seed: number): number {
+  let h = seed >>> 0;
+  for (let i = 0; i < s.length; i++) {
+    let k = Math.imul(s.charCodeAt(i), 0xcc9e2d51);
+    k = Math.imul((k << 15) | (k >>> 17), 0x1b873593);
+    h ^= k;
+    h = Math.imul((h << 13) | (h >>> 19), 5) + 0xe6546b64;
+  }
+  h ^= s.length;
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
+}
+
 /**
- * The id of a run's hop span: 64 bits of SHA-256 over the run id and the hop's key, so every
- * service and every later reader names the same hop with the same id.
+ * The id of a run's hop span, derived from the run id and the hop's key (scheme
+ * `capstan/hop/v1`: two seeded 32-bit MurmurHash3 halves), so every service and every later
+ * reader names the same hop with the same id. Span ids need to be unique within their trace,
+ * not secret, and this runs for every hop: a cheap hash rather than SHA-256.
  */
 export function hopSpanId(runId: string, key: string): string {
-  const id = createHash('sha256').update(`capstan/hop/v1\n${runId}\n${key}`).digest('hex').slice(0, 16);
-  // An all-zero id is invalid; 2^-64 of the time, take the next bytes' worth.
+  const s = `${runId}\n${key}`;
+  const id = murmur32(s, 0x9747b28c).toString(16).padStart(8, '0') + murmur32(s, 0x5bd1e995).toString(16).padStart(8, '0');
+  // An all-zero id is invalid.
   return id === '0000000000000000' ? '0000000000000001' : id;
 }
 
@@ -323,6 +356,6 @@ export function beginRunTrace(callerTraceParent: string | undefined | null): Run
     return { id: caller.traceId, parent: caller.spanId, sampled };
   }
   if (!a) return undefined;
-  const id = randomBytes(16).toString('hex');
+  const id = randomHex(16);
   return { id, sampled: a.sampler.shouldSample(ROOT_CONTEXT, id, 'run', SpanKind.INTERNAL, {}, []).decision === SamplingDecision.RECORD_AND_SAMPLED };
 }

@@ -18,6 +18,8 @@ import { formatTraceParent, Headers, INPUT_EVENT_TYPES, type RunEvent, type RunI
 
 const COMPONENT = 'orchestrator';
 const TERMINAL: ReadonlySet<string> = new Set(['run.completed', 'run.failed', 'run.cancelled']);
+/** The fold of runs whose trace is not sampled: never used, never filled. */
+const UNSAMPLED = new HopFold();
 /** Runs whose hop state is kept; a run beyond it is folded again from its stream when it next moves. */
 const MAX_FOLLOWED = 10_000;
 
@@ -139,6 +141,8 @@ export function createRunObserver(o: { tenant: TenantId; jsm: JetStreamManager; 
 
   async function traceOf(runId: RunId): Promise<RunTrace | undefined> {
     if (!tracingOn()) return undefined;
+    const known = followed.get(runId);
+    if (known?.fold === UNSAMPLED) return known.trace;
     const f = follow(runId, undefined);
     await f.chain;
     return f.trace;
@@ -150,9 +154,18 @@ export function createRunObserver(o: { tenant: TenantId; jsm: JetStreamManager; 
       const workflow = state?.workflow.id ?? (first?.type === 'run.started' ? first.data.workflow : 'unknown');
       count(workflow, events);
       if (!tracingOn() || !first) return;
+      // A new run whose trace is not sampled needs no hops: only its trace, for its effects' headers.
+      if (first.type === 'run.started' && !first.data.trace?.sampled) {
+        remember(runId, { trace: first.data.trace, fold: UNSAMPLED, chain: Promise.resolve() });
+        return;
+      }
+      const f = follow(runId, first);
+      if (f.fold === UNSAMPLED) {
+        if (events.some((e) => TERMINAL.has(e.type))) followed.delete(runId);
+        return;
+      }
       const appendedAt = Date.now();
       const stored = new Map(commands.map((m) => [`cmd:${m.info.streamSequence}`, Math.floor(m.info.timestampNanos / 1e6)]));
-      const f = follow(runId, first);
       f.chain = f.chain
         .then(async () => {
           // Another orchestrator appended in between: fold its events silently first.
