@@ -13,9 +13,9 @@ import { cpus } from 'node:os';
 import { statSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { jetstreamManager } from '@nats-io/jetstream';
-import { connectNats, createLogger, ensureTenant, PROJECT_ROOT, startNatsServer } from '@capstan/kit';
-import { parseTenantId } from '@capstan/schemas';
+import { PROJECT_ROOT } from '@capstan/kit';
+import { parseTenantId, Role } from '@capstan/schemas';
+import { startBenchNats } from './stack.js';
 import { runCli, spawnService, type ServiceProcess } from '../harness/fixtures.js';
 import { median, writeSection } from './report.js';
 import { createW3Load } from './w3-load.js';
@@ -25,7 +25,6 @@ const RUNS = Number(env['BENCH_REVIEW_RUNS'] ?? 10_000);
 const REPS = Number(env['BENCH_REPS'] ?? 3);
 const OUT = env['BENCH_OUT'] ?? join(PROJECT_ROOT, 'docs', 'benchmarks.md');
 const fixtures = join(PROJECT_ROOT, 'test', 'dist', 'fixtures', 'workflows.js');
-const log = createLogger('bench', 'warn', process.stderr);
 const say = (s: string) => process.stderr.write(`${s}\n`);
 const NO_SERVER = { NATS_URL: 'nats://127.0.0.1:9', DATABASE_URL: 'postgres://nobody@127.0.0.1:9/none', CAPSTAN_WORKFLOWS: fixtures };
 
@@ -39,16 +38,15 @@ async function timed(args: string[], e: Record<string, string>, check: (out: str
 }
 
 async function main(): Promise<void> {
-  const server = await startNatsServer();
+  const bench = await startBenchNats();
   const procs: ServiceProcess[] = [];
-  const nc = await connectNats(server.url, 'bench', log);
   const dir = mkdtempSync(join(tmpdir(), 'capstan-review-'));
   try {
     const t = parseTenantId('bench');
-    await ensureTenant(await jetstreamManager(nc), t);
-    const svcEnv = { NATS_URL: server.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn' };
-    procs.push(spawnService('orchestrator', svcEnv), spawnService('worker', { ...svcEnv, WORKER_ID: 'bench-worker', WORKER_CONCURRENCY: '256' }));
-    const load = await createW3Load(nc, t);
+    await bench.provision(t);
+    const svcEnv = { NATS_URL: bench.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn' };
+    procs.push(spawnService('orchestrator', svcEnv), spawnService('worker', { ...svcEnv, NATS_CREDS: await bench.workerCreds(t, 'bench-worker'), WORKER_CONCURRENCY: '256' }));
+    const load = await createW3Load(await bench.connect(t, Role.Client), (await bench.connect(t, Role.Admin)).nc, t);
     await new Promise((r) => setTimeout(r, 1000));
     const since = new Date(Date.now() - 1000).toISOString();
     const t0 = performance.now();
@@ -57,7 +55,8 @@ async function main(): Promise<void> {
     await load.close();
     await Promise.all(procs.splice(0).map((p) => p.kill('SIGTERM')));
 
-    const cli = { NATS_URL: server.url, CAPSTAN_WORKFLOWS: fixtures };
+    // The CLI acts with the bench's key store (CAPSTAN_AUTH_DIR, set by startBenchNats).
+    const cli = { NATS_URL: bench.url, CAPSTAN_WORKFLOWS: fixtures };
     const plain = join(dir, 'runs.jsonl');
     const gz = join(dir, 'runs.jsonl.gz');
     const res = { exportMs: [] as number[], exportGzMs: [] as number[], replayMs: [] as number[], replayGzMs: [] as number[] };
@@ -99,8 +98,7 @@ async function main(): Promise<void> {
     process.stdout.write(md);
   } finally {
     await Promise.all(procs.map((p) => p.kill('SIGTERM')));
-    await nc.close();
-    await server.stop();
+    await bench.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }

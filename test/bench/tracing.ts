@@ -11,9 +11,9 @@
  */
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { jetstreamManager } from '@nats-io/jetstream';
-import { connectNats, createLogger, ensureTenant, PROJECT_ROOT, startNatsServer } from '@capstan/kit';
-import { parseTenantId } from '@capstan/schemas';
+import { PROJECT_ROOT } from '@capstan/kit';
+import { parseTenantId, Role } from '@capstan/schemas';
+import { startBenchNats } from './stack.js';
 import { spawnService, type ServiceProcess } from '../harness/fixtures.js';
 import { startOtlpReceiver } from '../harness/otlp.js';
 import { cpuOf, median, writeSection } from './report.js';
@@ -26,7 +26,6 @@ const REPS = Number(env['BENCH_REPS'] ?? 3);
 const MODES = (env['BENCH_TRACE_MODES'] ?? 'off,100,1').split(',');
 const OUT = env['BENCH_OUT'] ?? join(PROJECT_ROOT, 'docs', 'benchmarks.md');
 const fixtures = join(PROJECT_ROOT, 'test', 'dist', 'fixtures', 'workflows.js');
-const log = createLogger('bench', 'warn', process.stderr);
 const say = (s: string) => process.stderr.write(`${s}\n`);
 
 interface Rep {
@@ -40,22 +39,22 @@ interface Rep {
 const label = (mode: string) => (mode === 'off' ? 'tracing off' : `tracing on, ${mode} % sampled`);
 
 async function rep(mode: string): Promise<Rep> {
-  const server = await startNatsServer();
+  const bench = await startBenchNats();
+  const server = bench.server;
   const sink = await startOtlpReceiver({ decode: false });
   const procs: ServiceProcess[] = [];
-  const nc = await connectNats(server.url, 'bench', log);
   try {
     const t = parseTenantId('bench');
-    await ensureTenant(await jetstreamManager(nc), t);
+    await bench.provision(t);
     const tracing: Record<string, string> =
       mode === 'off'
         ? {}
         : { OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: String(Number(mode) / 100) };
-    const svcEnv = { NATS_URL: server.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn', ...tracing };
+    const svcEnv = { NATS_URL: bench.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn', ...tracing };
     // BENCH_PROFILE=<dir>: CPU profiles of both services (where tracing's cost goes).
     const prof: Record<string, string> = env['BENCH_PROFILE'] ? { CAPSTAN_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${env['BENCH_PROFILE']}` } : {};
-    procs.push(spawnService('orchestrator', { ...svcEnv, ...prof }), spawnService('worker', { ...svcEnv, ...prof, WORKER_ID: 'bench-worker', WORKER_CONCURRENCY: '256' }));
-    const load = await createW3Load(nc, t);
+    procs.push(spawnService('orchestrator', { ...svcEnv, ...prof }), spawnService('worker', { ...svcEnv, ...prof, NATS_CREDS: await bench.workerCreds(t, 'bench-worker'), WORKER_CONCURRENCY: '256' }));
+    const load = await createW3Load(await bench.connect(t, Role.Client), (await bench.connect(t, Role.Admin)).nc, t);
     await new Promise((r) => setTimeout(r, 1000));
     await load.run(200, 200);
     const pids = [server.pid, ...procs.map((p) => p.pid)];
@@ -75,9 +74,8 @@ async function rep(mode: string): Promise<Rep> {
     return r;
   } finally {
     await Promise.all(procs.map((p) => p.kill('SIGTERM')));
-    await nc.close();
     await sink.stop();
-    await server.stop();
+    await bench.stop();
   }
 }
 

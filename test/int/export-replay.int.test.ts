@@ -19,8 +19,8 @@ import { createOrchestrator, loadConfig as orchestratorConfig } from '@capstan/o
 import { createPolicyService, loadConfig as policyConfig } from '@capstan/policy';
 import { createWorker, loadConfig as workerConfig } from '@capstan/worker';
 import type { ReplayReport } from '@capstan/cli';
-import { ErrorCode, type RunId, type TenantId } from '@capstan/schemas';
-import { connect, provision, runCli, type Harness } from '../harness/fixtures.js';
+import { ErrorCode, Role, type RunId, type TenantId } from '@capstan/schemas';
+import { connect, issueCreds, provision, runCli, serviceEnv, type Harness } from '../harness/fixtures.js';
 import { dockerOrSkip } from '../harness/docker.js';
 import { startSandboxes } from '../harness/sandbox.js';
 import { workflows } from '../fixtures/workflows.js';
@@ -58,20 +58,20 @@ describe.skipIf(!docker)('export and offline replay', () => {
     t = await provision(h, 'review');
     since = new Date(Date.now() - 1000).toISOString();
     const env = { NATS_URL: url, CAPSTAN_TENANTS: t };
-    const policy = await createPolicyService(policyConfig(env), silent);
+    const policy = await createPolicyService(policyConfig({ ...env, ...(await serviceEnv(url, Role.Policy)) }), silent);
     await policy.start();
-    const sb = await startSandboxes(h.nc, url, docker as Docker, [t]);
-    const orch = await createOrchestrator(orchestratorConfig({ ...env, ORCH_POLICY: 'on' }), silent, { registry: createRegistry(workflows) });
+    const sb = await startSandboxes(h, url, docker as Docker, [t]);
+    const orch = await createOrchestrator(orchestratorConfig({ ...env, ...(await serviceEnv(url, Role.Orchestrator)), ORCH_POLICY: 'on' }), silent, { registry: createRegistry(workflows) });
     await orch.start();
-    const worker = await createWorker(workerConfig({ ...env, WORKER_ID: 'review-w', WORKER_ADMISSION: 'auto', WORKER_LEASES: 'off' }), silent, { handlers: (await import('../fixtures/workflows.js')).handlers });
+    const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'review-w'), WORKER_ADMISSION: 'auto', WORKER_LEASES: 'off' }), silent, { handlers: (await import('../fixtures/workflows.js')).handlers });
     await worker.start();
     stops.push(() => worker.stop(), () => orch.stop(), () => sb.stop(), () => policy.stop());
 
-    await setPolicy(h.nc, t, { text: allow(t), by: 'sec-team' });
+    await setPolicy(await h.nc(t), t, { text: allow(t), by: 'sec-team' });
     for (let i = 0; i < 12; i++) pipelines.push(await h.client.submit(t, 'demo.pipeline', { input: { customer: `c${i}` } }));
     allowed = await h.client.submit(t, 'test.sandboxed');
     for (const r of [...pipelines, allowed]) await h.client.waitForEnd(t, r, 60_000);
-    await setPolicy(h.nc, t, { text: denyAll(t), by: 'sec-team', reason: 'lockdown' });
+    await setPolicy(await h.nc(t), t, { text: denyAll(t), by: 'sec-team', reason: 'lockdown' });
     denied = await h.client.submit(t, 'test.sandboxed');
     const end = await h.client.waitForEnd(t, denied, 60_000);
     expect(end.type === 'run.failed' && end.data.error.code).toBe(ErrorCode.PolicyDenied);

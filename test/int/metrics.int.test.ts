@@ -7,8 +7,8 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { join } from 'node:path';
 import { createLogger, migrate, openDatabase, PROJECT_ROOT } from '@capstan/kit';
-import { CommandVerb, Subjects, type RunEvent, type RunId, type TenantId } from '@capstan/schemas';
-import { connect, eventsOf, eventually, provision, spawnService, type Harness, type ServiceProcess } from '../harness/fixtures.js';
+import { CommandVerb, Role, Subjects, type RunEvent, type RunId, type TenantId } from '@capstan/schemas';
+import { connect, eventsOf, eventually, issueCreds, provision, spawnService, type Harness, type ServiceProcess } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { freePort, scrapeMetrics, total, type Sample } from '../harness/metrics.js';
 
@@ -33,7 +33,7 @@ describe('metrics: counters equal the runs and steps that happened', () => {
     const env = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, DATABASE_URL: scratch.url };
     procs.push(
       spawnService('orchestrator', { ...env, METRICS_PORT: String(ports.orchestrator) }),
-      spawnService('worker', { ...env, WORKER_ID: 'metrics-w', METRICS_PORT: String(ports.worker) }),
+      spawnService('worker', { ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'metrics-w'), METRICS_PORT: String(ports.worker) }),
       spawnService('projector', { ...env, PROJECTOR_DISCOVERY_MS: '200', METRICS_PORT: String(ports.projector) }),
     );
     for (const port of Object.values(ports)) await eventually(`metrics on ${port}`, () => scrapeMetrics(port).catch(() => undefined), 30_000, 200);
@@ -51,7 +51,7 @@ describe('metrics: counters equal the runs and steps that happened', () => {
     await Promise.all(plan.map(async (input) => runs.push(await h.client.submit(t, 'test.counted', { input: input as Record<string, boolean> }))));
     const waiting = [await h.client.submit(t, 'demo.signal'), await h.client.submit(t, 'demo.signal')];
     // One poison command: not MessagePack, not JSON.
-    await h.client.js.publish(Subjects.command(t, CommandVerb.Submit), new Uint8Array([0xc1, 0xff, 0x00]));
+    await (await h.js(t)).publish(Subjects.command(t, CommandVerb.Submit), new Uint8Array([0xc1, 0xff, 0x00]));
     for (const r of runs) await h.client.waitForEnd(t, r, 60_000);
     await eventually('the signal runs to wait', async () => ((await Promise.all(waiting.map((r) => eventsOf(h, t, r)))).every((es) => es.some((e) => e.type === 'step.waiting')) ? true : undefined));
 
@@ -91,9 +91,11 @@ describe('metrics: counters equal the runs and steps that happened', () => {
       failed: total(w, 'capstan_steps_total', { tenant: t, outcome: 'failed', mode: '0' }),
       observed: total(w, 'capstan_step_duration_seconds_count', { tenant: t }),
       queued: total(w, 'capstan_work_queue_depth', { tenant: t, pool: 'default' }),
-      age: total(w, 'capstan_work_queue_oldest_age_seconds', { tenant: t, pool: 'default' }),
+      waits: total(w, 'capstan_work_queue_wait_seconds_count', { tenant: t, pool: 'default' }),
     };
-    expect(worker).toEqual({ completed: recorded.stepsCompleted, failed: recorded.stepsFailed, observed: recorded.stepsCompleted + recorded.stepsFailed, queued: 0, age: 0 });
+    // Each attempt was taken once; the queue is empty now (and the gauge is there to say so).
+    expect(worker).toEqual({ completed: recorded.stepsCompleted, failed: recorded.stepsFailed, observed: recorded.stepsCompleted + recorded.stepsFailed, queued: 0, waits: recorded.scheduled });
+    expect(w.some((x) => x.name === 'capstan_work_queue_depth' && x.labels['tenant'] === t && x.labels['pool'] === 'default')).toBe(true);
 
     const p = await eventually('the projector to catch up', async () => {
       const s = await scrapeMetrics(ports.projector);

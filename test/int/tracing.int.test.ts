@@ -16,8 +16,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type Docker from 'dockerode';
 import { createLogger, hopSpanId, migrate, openDatabase, PROJECT_ROOT, putSecret, setPolicy } from '@capstan/kit';
-import { INPUT_EVENT_TYPES, type RunEvent, type RunId, type TenantId } from '@capstan/schemas';
-import { connect, eventsOf, eventually, provision, spawnService, type Harness, type ServiceProcess } from '../harness/fixtures.js';
+import { INPUT_EVENT_TYPES, Role, type RunEvent, type RunId, type TenantId } from '@capstan/schemas';
+import { connect, eventsOf, eventually, issueCreds, provision, spawnService, type Harness, type ServiceProcess } from '../harness/fixtures.js';
 import { dockerOrSkip, sandboxImage } from '../harness/docker.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { Labels } from '@capstan/sandbox';
@@ -68,12 +68,12 @@ describe.skipIf(!docker)('tracing: one submit, one trace of every hop', () => {
       spawnService('secrets-lease', { ...env, SECRETS_MASTER_KEY: randomBytes(32).toString('base64'), METRICS_PORT: String(ports.secrets) }),
       spawnService('sandbox', { ...env, METRICS_PORT: String(ports.sandbox), SANDBOX_NODE: node, SANDBOX_ARTIFACTS_DIR: mkdtempSync(join(tmpdir(), 'capstan-trace-')), SANDBOX_POOL_MIN: '1', SANDBOX_POOL_MAX: '2' }),
       spawnService('orchestrator', { ...env, ORCH_POLICY: 'on' }),
-      spawnService('worker', { ...env, WORKER_ID: 'trace-w', WORKER_LEASES: 'on', AUDIT_DATABASE_URL: scratch.url, LOG_LEVEL: 'debug' }),
+      spawnService('worker', { ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'trace-w'), WORKER_LEASES: 'on', AUDIT_DATABASE_URL: scratch.url, LOG_LEVEL: 'debug' }),
       spawnService('projector', { ...env, PROJECTOR_DISCOVERY_MS: '200' }),
     );
     // The services answer once they are up: the policy and secrets services by taking these.
-    await eventually('the policy service', () => setPolicy(h.nc, t, { text: policyFor(t), by: 'sec-team' }).catch(() => undefined), 60_000, 250);
-    await eventually('the secrets-lease service', () => putSecret(h.nc, t, 'TRACE_TOKEN', `tok-${randomBytes(8).toString('hex')}`, { by: 'sec-team' }).catch(() => undefined), 60_000, 250);
+    await eventually('the policy service', async () => setPolicy(await h.nc(t), t, { text: policyFor(t), by: 'sec-team' }).catch(() => undefined), 60_000, 250);
+    await eventually('the secrets-lease service', async () => putSecret(await h.nc(t), t, 'TRACE_TOKEN', `tok-${randomBytes(8).toString('hex')}`, { by: 'sec-team' }).catch(() => undefined), 60_000, 250);
   }, 240_000);
 
   afterAll(async () => {

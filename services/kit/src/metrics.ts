@@ -44,7 +44,13 @@ export const metrics = {
     registers: [registry],
   }),
   workQueueDepth: gauge('capstan_work_queue_depth', 'Work items stored for a pool and not yet acknowledged (waiting or running).', ['tenant', 'pool']),
-  workQueueAge: gauge('capstan_work_queue_oldest_age_seconds', 'Age of the oldest work item of a pool not yet acknowledged (0 when there is none).', ['tenant', 'pool']),
+  workQueueWait: new Histogram<'tenant' | 'pool'>({
+    name: 'capstan_work_queue_wait_seconds',
+    help: 'How long work items waited in their pool, from stored to taken by a worker (their age when taken).',
+    labelNames: ['tenant', 'pool'],
+    buckets: STEP_BUCKETS,
+    registers: [registry],
+  }),
   // sandbox
   sandboxIdle: gauge('capstan_sandbox_pool_idle', 'Warm sandboxes waiting in a pool.', ['pool']),
   sandboxRunning: gauge('capstan_sandbox_running', 'Sandboxed attempts running now.', []),

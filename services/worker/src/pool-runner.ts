@@ -154,6 +154,9 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
       msg.term();
       return;
     }
+    // The item's age when taken: how long it waited for a worker (a worker may not read the
+    // work stream itself, so this is what it can tell of the queue's age).
+    if (msg.info.deliveryCount === 1) metrics.workQueueWait.observe({ tenant: t, pool }, Math.max(0, Date.now() - msg.info.timestampNanos / 1e6) / 1000);
     if (msg.info.deliveryCount > 1) {
       // Someone took this attempt and went silent. Never run it twice: report it lost.
       await report(item, { error: { code: ErrorCode.WorkerLost, message: `attempt ${item.attempt} was claimed by a worker that stopped responding`, retryable: true } }, 0);
@@ -193,13 +196,10 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     msg.ack();
   }
 
-  /** Queue depth and age of this pool, refreshed before each metrics scrape. */
+  /** Queue depth of this pool, refreshed before each metrics scrape (waiting and running items). */
   async function collect(): Promise<void> {
     const info = await jsm.consumers.info(Streams.work(t), durable);
     metrics.workQueueDepth.set({ tenant: t, pool }, info.num_pending + info.num_ack_pending);
-    // Work-queue retention: what is stored for the pool is what is not acknowledged yet.
-    const oldest = await jsm.direct.getMessage(Streams.work(t), { next_by_subj: Subjects.work(t, pool), seq: 1 }).catch(() => null);
-    metrics.workQueueAge.set({ tenant: t, pool }, oldest ? Math.max(0, (Date.now() - oldest.time.getTime()) / 1000) : 0);
   }
   let removeCollector: (() => void) | undefined;
 
