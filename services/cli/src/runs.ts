@@ -2,7 +2,7 @@
 import type { JetStreamManager } from '@nats-io/jetstream';
 import { foldRun, statusFromEvents, type Registry } from '@capstan/actors';
 import { loadWorkflows } from '@capstan/orchestrator';
-import { createClient, decideAt, type NatsConnection, type TenantConnection } from '@capstan/kit';
+import { createClient, decideAt, type TenantConnection } from '@capstan/kit';
 import {
   CapstanError,
   DeterminismViolationError,
