@@ -84,8 +84,9 @@ describe('metrics: counters equal the runs and steps that happened', () => {
       failedAny: total(o, 'capstan_runs_failed_total', { tenant: t }),
       scheduled: total(o, 'capstan_steps_scheduled_total', { tenant: t, mode: '0' }),
       deadLetters: total(o, 'capstan_dead_letters_total', { tenant: t, source: 'cmd', code: 'decode_failed' }),
+      appended: total(o, 'capstan_orchestrator_events_appended_total', { tenant: t }),
     };
-    expect(orch).toEqual({ started: 47, startedCounted: 45, completed: 40, failedBad: 5, failedAny: 5, scheduled: recorded.scheduled, deadLetters: 1 });
+    expect(orch).toEqual({ started: 47, startedCounted: 45, completed: 40, failedBad: 5, failedAny: 5, scheduled: recorded.scheduled, deadLetters: 1, appended: all.length });
     const worker = {
       completed: total(w, 'capstan_steps_total', { tenant: t, outcome: 'completed', mode: '0' }),
       failed: total(w, 'capstan_steps_total', { tenant: t, outcome: 'failed', mode: '0' }),

@@ -116,6 +116,7 @@ export function createRunObserver(o: { tenant: TenantId; jsm: JetStreamManager; 
   }
 
   function count(workflow: string, events: readonly RunEvent[]): void {
+    metrics.appended.inc({ tenant: t }, events.length);
     for (const e of events) {
       switch (e.type) {
         case 'run.started':
