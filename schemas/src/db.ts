@@ -55,6 +55,8 @@ export const runs = pgTable(
      * computed from, kept so the next batch continues the fold (`progressAfter` in actors).
      */
     progress: jsonb('progress').$type<RunProgressRow>(),
+    /** The trace the run records on `run.started` (`{ id, parent?, sampled }`), if any. */
+    trace: jsonb('trace'),
   },
   (t) => [
     primaryKey({ columns: [t.tenant, t.runId] }),
@@ -114,6 +116,9 @@ export const events = pgTable(
     at: ts('at').notNull(),
     streamSeq: bigint('stream_seq', { mode: 'number' }).notNull(),
     causationId: text('causation_id').notNull(),
+    /** The step and attempt the event is about, when its data names them (for a run's hops). */
+    step: text('step'),
+    attempt: integer('attempt'),
   },
   (t) => [primaryKey({ columns: [t.tenant, t.runId, t.seq] }), uniqueIndex('events_tenant_stream_seq').on(t.tenant, t.streamSeq)],
 );

@@ -118,6 +118,11 @@ export const ErrorCode = {
   WebhookIdConflict: 'webhook_id_conflict',
   /** Too many requests for the tenant; retry after the time the answer names. */
   RateLimited: 'rate_limited',
+  /**
+   * An incident-review export file that is damaged, truncated or altered: a record does not
+   * parse, does not chain to the one before it, or the file does not end with its checksum.
+   */
+  ExportDamaged: 'export_damaged',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -365,5 +370,18 @@ export class ProjectionOutOfSyncError extends CapstanError {
     message: string,
   ) {
     super(ErrorCode.ProjectionOutOfSync, message, true);
+  }
+}
+
+/**
+ * An export file (`capstan export`) that cannot be trusted: `record` is the 1-based number of
+ * the first bad record (line), or the record count + 1 when the file ends too early.
+ */
+export class ExportDamagedError extends CapstanError {
+  constructor(
+    readonly record: number,
+    readonly problem: string,
+  ) {
+    super(ErrorCode.ExportDamaged, `export file damaged at record ${record}: ${problem}`);
   }
 }

@@ -13,6 +13,7 @@ import { EVENT_ENVELOPE_VERSION, LIMITS } from './limits.js';
 import type { ErrorRecord } from './errors.js';
 import { SchemaError } from './errors.js';
 import { sandboxSpecSchema } from './sandbox-spec.js';
+import { runTraceSchema } from './trace.js';
 import type { RunId } from './ids.js';
 import { RUN_ID_PATTERN } from './ids.js';
 import type { Infer, JsonValue, Schema } from './validate.js';
@@ -109,6 +110,10 @@ const eventData = {
      * the same one. Absent on runs recorded before engines had versions: those are engine 1.
      */
     engine: optional(int({ min: 1, max: 1000 })),
+    /** The trace the run belongs to (a caller's `traceparent`, or one begun for it). */
+    trace: optional(runTraceSchema),
+    /** sha256 of the workflow version's definition when the run started (see `workflowFingerprint`). */
+    fingerprint: optional(str({ pattern: /^[0-9a-f]{64}$/ })),
   }),
   'step.started': obj('step.started', { step: stepName, attempt, worker: str({ min: 1, max: 128 }) }),
   'step.completed': obj('step.completed', {

@@ -26,6 +26,7 @@ export {
   CommandRejectedError,
   PermissionDeniedError,
   CredentialsError,
+  ExportDamagedError,
 } from './errors.js';
 export type { ErrorRecord } from './errors.js';
 export {
@@ -61,6 +62,8 @@ export {
 export { EVENT_ENVELOPE_VERSION, LIMITS, MAX_RUN_EVENTS } from './limits.js';
 export { isStandardSchema, issuePath, validateStandard } from './standard-schema.js';
 export type { StandardSchemaV1 } from './standard-schema.js';
+export { runTraceSchema, parseTraceParent, formatTraceParent, isTraceId, isSpanId } from './trace.js';
+export type { RunTrace, TraceParent } from './trace.js';
 export {
   Mode,
   TimerKind,

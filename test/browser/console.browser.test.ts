@@ -188,6 +188,12 @@ describe.skipIf(!withChromium)('console in a browser', () => {
     const trace = await page.getByTestId('trace-row').evaluateAll((rows) => rows.map((r) => `${r.getAttribute('data-step')}#${r.getAttribute('data-attempt')}:${r.getAttribute('data-outcome')}`));
     expect(trace).toEqual(['quote#1:completed', 'charge#1:failed', 'charge#2:failed']);
     expect(await page.getByTestId('attempt-error').first().textContent()).toMatch(/card_declined: card declined by the issuer \(attempt 1\)/);
+    // The trace: every hop from the record, nested, with its duration.
+    const hops = await page.getByTestId('hop').evaluateAll((rows) => rows.map((r) => `${r.getAttribute('data-kind')}:${r.getAttribute('data-status')}`));
+    expect(hops[0]).toBe('run:error');
+    expect(hops.filter((h) => h.startsWith('step:'))).toEqual(['step:ok', 'step:error', 'step:error']);
+    expect(hops.filter((h) => h.startsWith('worker:'))).toEqual(['worker:ok', 'worker:error', 'worker:error']);
+    expect(await page.getByTestId('action-export').getAttribute('href')).toBe(`/api/tenants/${t}/runs/${failedRun}/export`);
     const types = await page.getByTestId('timeline-event').evaluateAll((xs) => xs.map((x) => x.getAttribute('data-type')));
     expect(types[0]).toBe('run.started');
     expect(types.at(-1)).toBe('run.failed');

@@ -18,7 +18,8 @@ function binDir(): string {
   return join(base, versions[0], 'bin');
 }
 
-function freePort(): Promise<number> {
+/** A port free on the loopback now (for a server a test starts). */
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
     s.once('error', reject);

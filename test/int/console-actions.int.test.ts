@@ -7,7 +7,7 @@
 import { Role } from '@capstan/schemas';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createConsole, hashPassword, loadConfig as consoleConfig, type ActionResponse, type AuditPageResponse, type Console, type RunDetailResponse, type RunStreamChange, type WorkersResponse } from '@capstan/console';
-import { migrate, openDatabase, type Database } from '@capstan/kit';
+import { migrate, openDatabase, readExport, type Database } from '@capstan/kit';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import type { TenantId } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
@@ -159,5 +159,36 @@ describe('console actions', () => {
     const runId = await h.client.submit(t, 'demo.pipeline', { input: { customer: 9 } });
     await eventually('a run after re-admission completed', async () => ((await statusOf(runId)) === 'completed' ? true : undefined), 30_000);
     expect((await admin.post<ErrorBody>(`/api/tenants/${t}/workers/no-such-worker/revoke`, {})).status).toBe(404);
+  });
+
+  it('console actions - a run’s trace is a waterfall of its hops, and the run can be exported for offline review', async () => {
+    const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
+    const runId = await h.client.submit(t, 'demo.pipeline', { input: { customer: 7 }, traceparent: `00-${traceId}-00f067aa0ba902b7-01` });
+    await eventually('the run completed', async () => ((await statusOf(runId)) === 'completed' ? true : undefined), 30_000);
+    const d1 = await detail(runId);
+    expect(d1.traceId).toBe(traceId);
+    const hops = d1.hops.map((x) => [x.depth, x.kind, x.name, x.status]);
+    expect(hops[0]).toEqual([0, 'run', 'run demo.pipeline@1', 'ok']);
+    for (const step of ['extract', 'transform', 'load']) {
+      const i = hops.findIndex((x) => x[2] === `step ${step}#1`);
+      expect(hops.slice(i, i + 3)).toEqual([
+        [1, 'step', `step ${step}#1`, 'ok'],
+        [2, 'queued', 'queued', 'ok'],
+        [2, 'worker', `worker ${workerId}`, 'ok'],
+      ]);
+    }
+    for (const x of d1.hops) {
+      expect(x.durationMs, x.name).toBeGreaterThanOrEqual(0);
+      if (x.parent) expect(d1.hops.some((p) => p.id === x.parent)).toBe(true);
+    }
+
+    const file = await operator.get(`/api/tenants/${t}/runs/${runId}/export`);
+    expect(file.status).toBe(200);
+    expect(file.headers.get('content-disposition')).toBe(`attachment; filename="capstan-${t}-${runId}.jsonl"`);
+    const contents = readExport(Buffer.from(file.text, 'utf8'));
+    expect([...contents.runs.keys()]).toEqual([runId]);
+    expect(contents.runs.get(runId)?.map((e) => e.type)).toEqual((await h.client.events(t, runId)).map((e) => e.type));
+    expect(contents.workflows).toMatchObject([{ id: 'demo.pipeline', version: 1 }]);
+    expect((await operator.get<ErrorBody>(`/api/tenants/${t}/runs/01ARZ3NDEKTSV4RRFFQ69G5FAV/export`)).status).toBe(404);
   });
 });

@@ -75,7 +75,8 @@ describe('console api', () => {
       stepRow(A, aRun, 'load', 2, new Date(BASE + 500), { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'boom', durationMs: 30, mode: 1 }),
       stepRow(A, waitingRun, 'draft', 1, new Date(BASE - 60_000)),
     ]);
-    await d.db.insert(schema.events).values(['run.started', 'step.scheduled', 'step.completed', 'step.scheduled', 'step.failed', 'run.failed'].map((type, i) => ({ tenant: A, runId: aRun, seq: i + 1, type, at: new Date(BASE + i), streamSeq: i + 1, causationId: 'c' })));
+    const about = [[null, null], ['extract', 1], ['extract', 1], ['load', 1], ['load', 1], [null, null]] as const;
+    await d.db.insert(schema.events).values(['run.started', 'step.scheduled', 'step.completed', 'step.scheduled', 'step.failed', 'run.failed'].map((type, i) => ({ tenant: A, runId: aRun, seq: i + 1, type, at: new Date(BASE + i), streamSeq: i + 1, causationId: 'c', step: about[i]?.[0] ?? null, attempt: about[i]?.[1] ?? null })));
     await d.db.insert(schema.approvals).values([
       { tenant: A, runId: waitingRun, step: 'review', signal: 'approve', status: 'waiting', requestedAt: new Date(BASE - 50_000) },
       { tenant: B, runId: bRun, step: 'review', signal: 'approve', status: 'waiting', requestedAt: t0 },
@@ -419,6 +420,17 @@ describe('console api', () => {
     expect(r.body.explanation).toEqual({ tone: 'error', step: 'load', text: 'Step load failed on attempt 2: step_failed: boom.' });
     expect(r.body.actions).toEqual({ cancel: false, signal: false, retry: true });
     expect(r.body.search).toEqual([{ key: 'customer', value: '0' }]);
+    // The hops: the run, each attempt its events name, and the attempt's time queued and on its worker.
+    expect(r.body.hops.map((x) => [x.depth, x.kind, x.name, x.status, x.durationMs])).toEqual([
+      [0, 'run', 'run demo.pipeline@1', 'error', 5],
+      [1, 'step', 'step extract#1', 'ok', 1],
+      [2, 'queued', 'queued', 'ok', 0],
+      [2, 'worker', 'worker w-1', 'ok', 12],
+      [1, 'step', 'step load#1', 'error', 1],
+      [2, 'queued', 'queued', 'ok', 0],
+      [2, 'worker', 'worker w-1', 'error', 12],
+    ]);
+    expect(r.body.traceId).toBeNull();
 
     const w = await c.get<RunDetailResponse>(`/api/tenants/${A}/runs/${waitingRun}`);
     expect(w.body.approvals).toMatchObject([{ step: 'review', status: 'waiting', decidedBy: null }]);

@@ -257,7 +257,7 @@ describe('queries', () => {
     expect(r.steps.map((s) => `${s.step}#${s.attempt}`)).toEqual(['extract#1', 'transform#1', 'extract#2', 'load#1']);
     expect(r.steps[0]?.errorCode).toBe('step_failed');
     expect(r.events.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5]);
-    expect(r.events[0]).toEqual({ seq: 1, type: 'run.started', at: new Date(BASE + 1), streamSeq: 101, causationId: 'cmd-1' });
+    expect(r.events[0]).toEqual({ seq: 1, type: 'run.started', at: new Date(BASE + 1), streamSeq: 101, causationId: 'cmd-1', step: null, attempt: null });
     expect(r.approvals.map((x) => x.status)).toEqual(['pending']);
     expect(r.search).toEqual([
       { key: 'customer', value: '0' },

@@ -45,6 +45,8 @@ import {
   startNatsServer,
   tenantConnection,
   type AuthStore,
+  startTelemetry,
+  telemetryConfig,
   type NatsServer,
   type TenantConnection,
 } from '@capstan/kit';
@@ -140,6 +142,8 @@ export async function devCmd(argv: string[]): Promise<number> {
   /** A service's environment: its own credential, and nothing it could act on elsewhere with. */
   const as = (role: ServiceRole, extra: Record<string, string> = {}) => ({ ...env, NATS_CREDS: store.serviceCredsPath(role), ...extra });
   // The dev stack's own actions (policy, secrets, the demo's approvals) are an operator's.
+  // One process, every service: one tracing SDK and one metrics endpoint for them all.
+  const telemetry = await startTelemetry('dev', telemetryConfig(env), devLog);
   const operator = await connectAs(url, await store.mintUser(tenant, Role.Operator, 'capstan-dev', {}, 30 * 86_400), tenant);
   const nc = operator.nc;
   // Projections: Postgres when given one, else PGlite (embedded Postgres) in .capstan/dev/pg.
@@ -253,6 +257,7 @@ export async function devCmd(argv: string[]): Promise<number> {
     await projector.stop();
     await database.close();
     await operator.nc.close();
+    await telemetry.stop();
     await server?.stop();
     if (server) rmSync(DEV_URL_FILE, { force: true });
   };

@@ -6,3 +6,5 @@ export type { Wire, RunsResponse, RunResponse, AuditResponse, SystemResponse } f
 export { apiUrl, DEV_API_URL_FILE } from './context.js';
 export { approvalsCmd, approveCmd, denyCmd, retryCmd, workersCmd, actorFlag } from './operate.js';
 export type { ApprovalsResponse, WorkersResponse } from './operate.js';
+export { exportCmd, replayFromFileCmd, replayExport, recheckDecisions } from './review.js';
+export type { ReplayReport, ReplayedRun, Recheck } from './review.js';

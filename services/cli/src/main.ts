@@ -8,6 +8,7 @@ import { auditCmd, runCmd, runsCmd, systemStatusCmd } from './read.js';
 import { migrateCmd, projectionsCmd } from './projections.js';
 import { approvalsCmd, approveCmd, denyCmd, retryCmd, workersCmd } from './operate.js';
 import { policyCmd } from './policy.js';
+import { exportCmd } from './review.js';
 import { secretsCmd } from './secrets.js';
 import { routesCmd, schedulesCmd } from './triggers.js';
 
@@ -20,8 +21,14 @@ usage:
                  [--idempotency-key <k>] [--wait] [--timeout <s>] [--json]
   capstan status <runId> --tenant <t> [--json]
   capstan events <runId> --tenant <t> [--json]
-  capstan replay <runId> --tenant <t> [--json]
+  capstan replay <runId> --tenant <t> [--recheck-policy] [--json]
                                        refold the run through its recorded workflow version
+  capstan export --tenant <t> (--run <id> … | --since <time> [--until <time>]) --out <file> [--gzip] [--json]
+                                       a run, or every run started in a window, with the workflow
+                                       fingerprints and policy versions they used, to one checksummed file
+  capstan replay --from <file> [--recheck-policy] [--json]
+                                       refold an export's runs with no server (CAPSTAN_WORKFLOWS: the
+                                       workflows); --recheck-policy decides again under the exported policies
   capstan signal <runId> <name> --tenant <t> [--payload <json>]
   capstan cancel <runId> --tenant <t> [--reason <text>]
   capstan approve <runId> <step> --tenant <t> [--as <user>] [--reason <text>] [--json]
@@ -112,6 +119,7 @@ const commands: Record<string, (argv: string[]) => Promise<number>> = {
   projections: projectionsCmd,
   events: eventsCmd,
   replay: (argv) => replayCmd(argv),
+  export: (argv) => exportCmd(argv),
   signal: signalCmd,
   cancel: cancelCmd,
   approvals: (argv) => approvalsCmd(argv),

@@ -2,24 +2,23 @@
 import type { JetStreamManager } from '@nats-io/jetstream';
 import { foldRun, statusFromEvents, type Registry } from '@capstan/actors';
 import { loadWorkflows } from '@capstan/orchestrator';
-import { createClient, decideAt, type NatsConnection, type TenantConnection } from '@capstan/kit';
+import { createClient, decideAt, type TenantConnection } from '@capstan/kit';
 import {
   CapstanError,
   DeterminismViolationError,
   Headers,
   InvalidArgumentError,
   isPlainObject,
-  PolicyAction,
   Role,
   RunNotFoundError,
   Streams,
   type JsonValue,
-  type PolicyQuery,
   type RunEvent,
   type RunId,
   type TenantId,
 } from '@capstan/schemas';
 import { parse, tenantFlag, runIdArg, jsonFlag, intFlag } from './args.js';
+import { recheckDecisions, recheckLine, replayFromFileCmd } from './review.js';
 import { print, withTenant } from './context.js';
 import { bold, colorStatus, describe, dim, red, time, timelineLine, green } from './format.js';
 
@@ -116,6 +115,8 @@ export async function submitCmd(argv: string[]): Promise<number> {
       ...(input ? { input: input as { [k: string]: JsonValue } } : {}),
       ...(values['run-id'] ? { runId: runIdArg(values['run-id'] as string) } : {}),
       ...(values['idempotency-key'] ? { idempotencyKey: values['idempotency-key'] as string } : {}),
+      // The caller's trace, carried in the environment (as OpenTelemetry suggests for processes).
+      ...(process.env['TRACEPARENT'] ? { traceparent: process.env['TRACEPARENT'] } : {}),
     });
     if (!values['wait']) {
       print(values['json'] === true, { runId, tenant: t }, () => `${runId}  submitted to ${t}`);
@@ -152,22 +153,25 @@ export async function eventsCmd(argv: string[]): Promise<number> {
   });
 }
 
-/** Refolds the run through the recorded workflow version; non-zero with a diff on divergence. */
+/**
+ * Refolds the run through the recorded workflow version; non-zero with a diff on divergence.
+ * With `--from <file>`, refolds an export's runs instead, with no server (review.ts).
+ */
 export async function replayCmd(argv: string[], registryFor: () => Promise<Registry> = () => loadWorkflows(process.env['CAPSTAN_WORKFLOWS'] ?? '')): Promise<number> {
+  if (argv.some((a) => a === '--from' || a.startsWith('--from='))) return replayFromFileCmd(argv, registryFor);
   const { values, args } = parse(argv, { ...common, 'recheck-policy': { type: 'boolean' } }, ['runId']);
   const t = tenantFlag(values);
   const runId = runIdArg(args[0]);
   const registry = await registryFor();
   // Asking the policy again is an operator's question; reading the run is a client's.
   return withTenant(values, t, values['recheck-policy'] === true ? Role.Operator : Role.Client, async (tc) => {
-    const { nc } = tc;
     const events = await runEvents(tc, t, runId);
     const recorded = statusFromEvents(events);
     try {
       const fold = foldRun(registry, events);
       const status = fold.timeline.at(-1)?.status ?? 'pending';
       const same = status === recorded;
-      const rechecked = values['recheck-policy'] === true ? await recheckPolicy(nc, t, events) : [];
+      const rechecked = values['recheck-policy'] === true ? await recheckDecisions(events, (version, queries) => decideAt(tc.nc, t, version, queries)) : [];
       const differ = rechecked.filter((r) => !r.same);
       print(values['json'] === true, { runId, ok: same && differ.length === 0, status, recorded, events: events.length, timeline: fold.timeline, ...(values['recheck-policy'] === true ? { policy: rechecked } : {}) }, () =>
         [
@@ -175,11 +179,7 @@ export async function replayCmd(argv: string[], registryFor: () => Promise<Regis
           same
             ? green(`replay reproduces run ${runId}: ${status} after ${events.length} events`)
             : red(`replay ends ${status}, but the record says ${recorded}`),
-          ...rechecked.map((r) =>
-            r.same
-              ? green(`policy at event ${r.seq}: ${r.what} → ${r.recorded} again under version ${r.version}`)
-              : red(`policy at event ${r.seq}: ${r.what} → recorded ${r.recorded}, version ${r.version} now says ${r.now}${r.policies ? ` (${r.policies})` : ''}`),
-          ),
+          ...rechecked.map(recheckLine),
         ].join('\n'),
       );
       return same && differ.length === 0 ? 0 : 1;
@@ -193,38 +193,6 @@ export async function replayCmd(argv: string[], registryFor: () => Promise<Regis
       throw e;
     }
   });
-}
-
-interface Recheck {
-  readonly seq: number;
-  readonly what: string;
-  readonly version: number;
-  readonly recorded: string;
-  readonly now: string;
-  readonly policies: string;
-  readonly same: boolean;
-}
-
-/**
- * Asks the policy service again, under the version each decision recorded, the questions the
- * run recorded: a difference means the recorded decision is not what that version says.
- */
-async function recheckPolicy(nc: NatsConnection, t: TenantId, events: readonly RunEvent[]): Promise<Recheck[]> {
-  const out: Recheck[] = [];
-  const started = events[0];
-  const workflow = started?.type === 'run.started' ? started.data.workflow : '';
-  for (const e of events) {
-    if (e.type === 'policy.decided') {
-      const asked = [...events].reverse().find((q) => q.type === 'policy.requested' && q.seq < e.seq && q.data.step === e.data.step);
-      if (!asked || asked.type !== 'policy.requested' || e.data.version === 0) continue;
-      const now = await decideAt(nc, t, e.data.version, asked.data.queries as unknown as PolicyQuery[]);
-      out.push({ seq: e.seq, what: `step ${e.data.step}`, version: e.data.version, recorded: e.data.decision, now: now.decision, policies: now.policies.join(', '), same: now.decision === e.data.decision });
-    } else if (e.type === 'credential.decided' && e.data.version > 0) {
-      const now = await decideAt(nc, t, e.data.version, [{ action: PolicyAction.RequestCredential, workflow, step: e.data.step, secret: e.data.name }]);
-      out.push({ seq: e.seq, what: `credential ${e.data.name}`, version: e.data.version, recorded: e.data.decision, now: now.decision, policies: now.policies.join(', '), same: now.decision === e.data.decision });
-    }
-  }
-  return out;
 }
 
 export async function signalCmd(argv: string[]): Promise<number> {

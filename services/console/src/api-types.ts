@@ -230,6 +230,31 @@ export interface TraceStep {
   readonly busyMs: number;
 }
 
+/**
+ * One hop of the run's trace, derived from what the run recorded (its events, step attempts
+ * and audit rows): the run, each policy question, each step attempt with its time queued,
+ * on a worker and in the sandbox's tool, each lease issued and redeemed, each wait for a person.
+ * `parent` is another hop's `id` (null for the run). Drawn as a waterfall.
+ */
+export interface TraceHop {
+  readonly id: string;
+  readonly parent: string | null;
+  /** `run`, `step`, `policy`, `approval`, `wait`, `sleep`, `backoff`, `queued`, `worker`, `tool`, `lease`, `event`. */
+  readonly kind: string;
+  readonly name: string;
+  readonly start: string;
+  /** Null while the hop is open. */
+  readonly end: string | null;
+  readonly durationMs: number | null;
+  /** `ok`, `error`, `open` (still going), `ended` (the run ended around it). */
+  readonly status: string;
+  readonly error: string | null;
+  /** A few words more (who, which version, which sandbox). */
+  readonly detail: string | null;
+  /** Nesting depth under the run (0 for the run). */
+  readonly depth: number;
+}
+
 /** A run event's place in the timeline; the event body stays in the run stream. */
 export interface TimelineEvent {
   readonly seq: number;
@@ -237,6 +262,9 @@ export interface TimelineEvent {
   readonly at: string;
   readonly streamSeq: number;
   readonly causationId: string;
+  /** The step (and attempt) the event is about, when it is about one. */
+  readonly step?: string | null;
+  readonly attempt?: number | null;
 }
 
 export interface Approval {
@@ -317,6 +345,10 @@ export interface RunDetailResponse {
   readonly steps: readonly StepAttempt[];
   /** Steps grouped with their attempts, in the order they were first scheduled. */
   readonly trace: readonly TraceStep[];
+  /** The run's hops, parents before children, for the trace waterfall. */
+  readonly hops: readonly TraceHop[];
+  /** The run's OpenTelemetry trace id, when it records one (to find it in a tracing backend). */
+  readonly traceId: string | null;
   /** Ordered by seq. */
   readonly events: readonly TimelineEvent[];
   readonly approvals: readonly Approval[];
@@ -617,6 +649,8 @@ export const apiPaths = {
   runs: (t: string) => `/api/tenants/${seg(t)}/runs`,
   runStream: (t: string) => `/api/tenants/${seg(t)}/runs/stream`,
   run: (t: string, runId: string) => `/api/tenants/${seg(t)}/runs/${seg(runId)}`,
+  /** The run as an incident-review export file (`capstan replay --from` reads it). */
+  runExport: (t: string, runId: string) => `/api/tenants/${seg(t)}/runs/${seg(runId)}/export`,
   cancel: (t: string, runId: string) => `/api/tenants/${seg(t)}/runs/${seg(runId)}/cancel`,
   signal: (t: string, runId: string) => `/api/tenants/${seg(t)}/runs/${seg(runId)}/signal`,
   retry: (t: string, runId: string) => `/api/tenants/${seg(t)}/runs/${seg(runId)}/retry`,

@@ -5,8 +5,9 @@
  * an action that cannot apply is a 409 now rather than a silent no-op later.
  */
 import type { FastifyInstance } from 'fastify';
-import { getRun, getRunGovernance, listRuns, listWorkers, parseLimit, parseStatus, parseTime, parseWhere, type ListRunsOptions } from '@capstan/kit';
-import { encode, json, obj, optional, parseCommand, parseRunId, str, type TenantId } from '@capstan/schemas';
+import { exportRuns, getRun, getRunGovernance, listRuns, listWorkers, parseLimit, parseStatus, parseTime, parseWhere, type ListRunsOptions } from '@capstan/kit';
+import { encode, json, obj, optional, parseCommand, parseRunId, str, UnavailableError, type RunTrace, type TenantId } from '@capstan/schemas';
+import { buildHops } from './hops.js';
 import { apiPaths, type ActionName, type RunDetailResponse, type RunsPageResponse } from './api-types.js';
 import { explainRun } from './explain.js';
 import { conflict, notFound, pattern, queryOf, sessionOf, type Query } from './http.js';
@@ -64,18 +65,39 @@ export function registerRunRoutes(app: FastifyInstance, d: RouteDeps): void {
     const active = !TERMINAL.has(run.status);
     // Only an active run's explanation looks at the fleet (is anyone serving its pool?).
     const workers = active ? (await listWorkers(d.db, t)).map((w) => toWorkerInfo(w, now)) : undefined;
+    const policyDecisions = governance.decisions.map((a) => toPolicyDecision(a, governance.policyApprovals));
+    const leases = governance.leases.map(toLeaseEntry);
     return {
       run,
-      policyDecisions: governance.decisions.map((a) => toPolicyDecision(a, governance.policyApprovals)),
-      leases: governance.leases.map(toLeaseEntry),
+      policyDecisions,
+      leases,
       search: detail.search,
       steps,
       trace: buildTrace(run.startedAt, steps),
+      hops: buildHops({ events: detail.events, steps, decisions: policyDecisions, leases, approvals, workflow: run.workflow, version: run.version, errorCode: run.errorCode }, now),
+      traceId: (detail.run.trace as RunTrace | null)?.id ?? null,
       events,
       approvals,
       explanation: explainRun({ run, steps, approvals, events, ...(workers ? { workers } : {}) }, now),
       actions: { cancel: active, signal: active, retry: run.status === 'failed' },
     };
+  });
+
+  // The run as an incident-review file, read from its stream (the truth, not the projections).
+  app.get<{ Params: RunParams }>(pattern(apiPaths.runExport(':tenant', ':runId')), async (req, reply) => {
+    const t = d.tenantOf(sessionOf(req), req.params.tenant);
+    queryOf(req, []);
+    const runId = parseRunId(req.params.runId);
+    await getRun(d.db, t, runId);
+    const access = d.access();
+    if (!access) throw new UnavailableError('export needs the run stream: the console is not connected to NATS');
+    const { file } = await exportRuns((await access.tenant(t)).jsm, t, { runs: [runId] });
+    req.log.info({ tenant: t, runId, by: sessionOf(req).userId, bytes: file.length }, 'run exported');
+    return reply
+      .header('content-type', 'application/x-ndjson')
+      .header('content-disposition', `attachment; filename="capstan-${t}-${runId}.jsonl"`)
+      .header('cache-control', 'no-store')
+      .send(file);
   });
 
   const action = <P extends RunParams>(name: ActionName, path: string, handle: ActionHandler<P>) => postAction(app, d, name, path, handle);

@@ -71,7 +71,7 @@ export function toStepAttempt(s: StepRow): StepAttempt {
 }
 
 export function toTimelineEvent(e: EventIndexRow): TimelineEvent {
-  return { seq: e.seq, type: e.type, at: iso(e.at), streamSeq: e.streamSeq, causationId: e.causationId };
+  return { seq: e.seq, type: e.type, at: iso(e.at), streamSeq: e.streamSeq, causationId: e.causationId, step: e.step, attempt: e.attempt };
 }
 
 export function toApproval(a: ApprovalRow, workflow: string | null): Approval {

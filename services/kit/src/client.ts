@@ -40,14 +40,21 @@ import {
   type TenantId,
   type WorkerAdmissionRecord,
 } from '@capstan/schemas';
+import { headers as natsHeaders } from '@nats-io/transport-node';
 import { decodeEvent, readRun } from './run-log.js';
 import { newRunId } from './ids.js';
 import { permissionError, type TenantConnection } from './nats.js';
+import { activeTraceParent, inSpan, SpanKind, tracingOn, withTraceHeader } from './tracing.js';
 
 export interface SubmitOptions {
   readonly input?: { [k: string]: JsonValue };
   readonly runId?: RunId;
   readonly idempotencyKey?: string;
+  /**
+   * A W3C `traceparent` the run continues (the caller's span becomes the run's parent);
+   * default: the active span's, when this process traces. An invalid value is ignored.
+   */
+  readonly traceparent?: string;
 }
 
 const TERMINAL = new Set(['run.completed', 'run.failed', 'run.cancelled']);
@@ -194,7 +201,14 @@ export async function createClient(conns: ClientConnections): Promise<CapstanCli
         ...(opts.input ? { input: opts.input } : {}),
         ...(opts.idempotencyKey ? { idempotencyKey: opts.idempotencyKey } : {}),
       };
-      await publish(js, Subjects.command(t, CommandVerb.Submit), encode(body), { msgID: MsgIds.command(CommandVerb.Submit, runId) });
+      const send = async () => {
+        // The run records the traceparent it was submitted with (see docs/observability.md).
+        const headers = tracingOn() ? withTraceHeader() : opts.traceparent ? natsHeaders() : undefined;
+        if (headers && opts.traceparent && !tracingOn()) headers.set(Headers.TraceParent, opts.traceparent);
+        await publish(js, Subjects.command(t, CommandVerb.Submit), encode(body), { msgID: MsgIds.command(CommandVerb.Submit, runId), ...(headers ? { headers } : {}) });
+      };
+      // With tracing on here, the submit is a span: of the caller's trace, or the first of a new one.
+      await inSpan('client', `submit ${workflow}`, { kind: SpanKind.PRODUCER, parent: opts.traceparent ?? (activeTraceParent() ? undefined : null), attributes: { 'capstan.tenant': t, 'capstan.workflow': workflow, 'capstan.run_id': runId } }, send);
       return runId;
     },
     async cancel(tenant, runId, reason) {

@@ -50,7 +50,35 @@ export { deadLetter } from './dead-letter.js';
 export type { DeadLetterOrigin } from './dead-letter.js';
 export { createClient, isTerminalEvent, readAdmission, writeAdmission, admissionOf } from './client.js';
 export type { CapstanClient, SubmitOptions, DecisionOptions, AdmissionOptions, WorkerAdmission } from './client.js';
-export { runService, serviceAccess, tenantUserAccess } from './service.js';
+export { runService, serviceAccess, tenantUserAccess, telemetryConfig, startTelemetry } from './service.js';
+export type { TelemetryConfig, Telemetry } from './service.js';
+export {
+  tracingConfig,
+  startTracing,
+  tracingOn,
+  inSpan,
+  failSpan,
+  emitSpan,
+  hopSpanId,
+  hopTraceParent,
+  beginRunTrace,
+  traceParentOf,
+  activeTraceParent,
+  withTraceHeader,
+  traceLogFields,
+  SpanKind,
+} from './tracing.js';
+export type { TracingConfig, TracingHandle, SpanOptions, DerivedSpan, Span, Attributes } from './tracing.js';
+export { workflowFingerprint } from './fingerprint.js';
+export { writeExport, readExport, EXPORT_FORMAT } from './export-file.js';
+export type { ExportScope, ExportInput, ExportContents, ExportedPolicy, ExportedWorkflow, StoredRecord } from './export-file.js';
+export { exportRuns, collectRuns, collectWindow, collectPolicies } from './export-collect.js';
+export type { ExportResult } from './export-collect.js';
+export type { FingerprintSource } from './fingerprint.js';
+export { HopFold, foldHops, HOP_RULES, HopKind, HopStatus } from './hops.js';
+export type { Hop, HopInput, HopFoldOps } from './hops.js';
+export { metrics, registry as metricsRegistry, addCollector, scrape, metricsConfig, serveMetrics } from './metrics.js';
+export type { MetricsConfig, MetricsServer } from './metrics.js';
 export { openDatabase, migrate, queryRows, dbErrorMessage, MIGRATIONS_FOLDER } from './db.js';
 export { judgeSync, readFollowed, recordFollowed, markOutOfSync, readStreamNow, streamNow, outOfSyncReason, outOfSyncError, syncGuard, streamSideOf } from './projection-sync.js';
 export type { StreamNow, FollowedStream, SyncVerdict, StreamSide } from './projection-sync.js';

@@ -1,9 +1,11 @@
 /**
  * The root logger. One per process; services derive children with fixed binding keys
  * (`service`, `tenant`, `runId`, `step`), never keys taken from payloads. Secret-bearing
- * paths are redacted so a careless log call cannot leak them.
+ * paths are redacted so a careless log call cannot leak them. A line written inside a span
+ * carries its `traceId` and `spanId` (with tracing on; see tracing.ts).
  */
 import { pino, type Logger, type LevelWithSilent } from 'pino';
+import { traceLogFields } from './tracing.js';
 
 export type { Logger };
 
@@ -16,6 +18,7 @@ export function createLogger(service: string, level: LevelWithSilent = 'info', d
       base: { service },
       redact: { paths: ['*.secret', '*.secrets', '*.token', '*.password', '*.value', 'lease.*', 'env'], censor: '[redacted]' },
       serializers: { err: pino.stdSerializers.err },
+      mixin: traceLogFields,
     },
     destination ?? pino.destination({ fd: 1, sync: false }),
   );

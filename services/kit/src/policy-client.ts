@@ -25,6 +25,7 @@ import {
   type TenantId,
 } from '@capstan/schemas';
 import type { NatsConnection } from './nats.js';
+import { withTraceHeader } from './tracing.js';
 
 export interface PolicyCallOptions {
   /** Longest wait for the answer. Default 2 s (decisions) or 10 s (administration). */
@@ -34,7 +35,9 @@ export interface PolicyCallOptions {
 async function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, verb: V, body: PolicyRequest<V>, timeoutMs: number): Promise<PolicyReply<V>> {
   let data: Uint8Array;
   try {
-    data = (await nc.request(Subjects.policy(tenant, verb), encode(body), { timeout: timeoutMs })).data;
+    // Inside a span (a run's policy hop, a worker's step), the request carries its traceparent.
+    const headers = withTraceHeader();
+    data = (await nc.request(Subjects.policy(tenant, verb), encode(body), { timeout: timeoutMs, ...(headers ? { headers } : {}) })).data;
   } catch (e) {
     if (e instanceof NoRespondersError || (e instanceof RequestError && e.isNoResponders())) {
       throw new PolicyUnavailableError(`no policy service answers for tenant ${tenant}: nothing is allowed until one does`, { cause: e });

@@ -265,7 +265,7 @@ export async function getRun(d: Database, tenant: TenantId, runId: string): Prom
         .where(and(eq(s.tenant, tenant), eq(s.runId, runId)))
         .orderBy(asc(s.scheduledAt), asc(s.attempt), asc(s.step));
       const events = await tx
-        .select({ seq: e.seq, type: e.type, at: e.at, streamSeq: e.streamSeq, causationId: e.causationId })
+        .select({ seq: e.seq, type: e.type, at: e.at, streamSeq: e.streamSeq, causationId: e.causationId, step: e.step, attempt: e.attempt })
         .from(e)
         .where(and(eq(e.tenant, tenant), eq(e.runId, runId)))
         .orderBy(asc(e.seq));

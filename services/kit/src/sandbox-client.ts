@@ -22,6 +22,7 @@ import {
   type TenantId,
 } from '@capstan/schemas';
 import type { NatsConnection } from './nats.js';
+import { withTraceHeader } from './tracing.js';
 
 export interface SandboxCallOptions {
   /** Longest wait for the first reply (the service may be queueing the step). Default 10 s. */
@@ -74,7 +75,8 @@ export async function execInSandbox(nc: NatsConnection, tenant: TenantId, req: S
 async function exchange(nc: NatsConnection, tenant: TenantId, req: SandboxExecRequest, stallMs: number, o: SandboxCallOptions): Promise<SandboxOutcome> {
   let replies: AsyncIterable<{ data: Uint8Array }>;
   try {
-    replies = await nc.requestMany(Subjects.sandboxExec(tenant), encode(req), { strategy: 'stall', stall: stallMs, maxWait: o.firstReplyMs ?? 10_000 });
+    const headers = withTraceHeader();
+    replies = await nc.requestMany(Subjects.sandboxExec(tenant), encode(req), { strategy: 'stall', stall: stallMs, maxWait: o.firstReplyMs ?? 10_000, ...(headers ? { headers } : {}) });
   } catch (e) {
     return { error: unavailable(e) };
   }

@@ -51,6 +51,7 @@ import {
 } from '@capstan/schemas';
 import type { NatsConnection } from './nats.js';
 import { generateRecipient, seal, type Recipient } from './sealed-box.js';
+import { withTraceHeader } from './tracing.js';
 
 export interface SecretsCallOptions {
   /** How long to wait for the service's answer (default 5 s). */
@@ -61,7 +62,8 @@ async function call<T>(nc: NatsConnection, t: TenantId, verb: SecretsVerb, body:
   const timeout = o.timeoutMs ?? 5000;
   let msg;
   try {
-    msg = await nc.request(Subjects.secrets(t, verb), encode(body), { timeout });
+    const headers = withTraceHeader();
+    msg = await nc.request(Subjects.secrets(t, verb), encode(body), { timeout, ...(headers ? { headers } : {}) });
   } catch (e) {
     if (e instanceof NoRespondersError || (e instanceof RequestError && e.isNoResponders())) {
       throw new SecretsUnavailableError(`no secrets-lease service is running for tenant ${t}`, { cause: e });

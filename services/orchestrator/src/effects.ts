@@ -9,6 +9,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { publishDurably, type OutMsg } from '@capstan/kit';
 import { stepInputsOf, type RunState } from '@capstan/actors';
 import type { PolicyGate } from './policy-gate.js';
+import type { RunObserver } from './observe.js';
 import {
   CommandVerb,
   encode,
@@ -29,6 +30,8 @@ export interface EffectSource {
   readonly runId: RunId;
   readonly state: RunState;
   readonly events: readonly RunEvent[];
+  /** Re-derived from a loaded run's tail (they may have gone out before): no dispatch span. */
+  readonly recovered?: boolean;
 }
 
 /**
@@ -37,10 +40,11 @@ export interface EffectSource {
  * worker has seen a step, its timers are known to exist, so recovery only ever has to look
  * at a run's last decisions.
  */
-export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t: TenantId, sources: readonly EffectSource[], gate?: PolicyGate): Promise<number> {
+export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t: TenantId, sources: readonly EffectSource[], gate?: PolicyGate, observer?: RunObserver): Promise<number> {
   const timers: OutMsg[] = [];
   const work: OutMsg[] = [];
   const cancels: StepCancel[] = [];
+  const dispatched: { runId: RunId; event: RunEvent }[] = [];
   for (const src of sources) {
     for (const ev of src.events) {
       if (ev.type === 'timer.scheduled') {
@@ -76,7 +80,10 @@ export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t
           ...stepInputsOf(src.state, d.step, encodedSize),
           ...(d.sandbox ? { sandbox: d.sandbox } : {}),
         };
-        work.push({ subject: Subjects.work(t, d.pool), data: encode(item), msgId: MsgIds.work(src.runId, d.step, d.attempt) });
+        // The work item carries its dispatch hop's traceparent (derived, so a re-derived item carries the same).
+        const headers = await observer?.workHeaders(src.runId, d.step, d.attempt);
+        work.push({ subject: Subjects.work(t, d.pool), data: encode(item), msgId: MsgIds.work(src.runId, d.step, d.attempt), ...(headers ? { headers } : {}) });
+        if (!src.recovered) dispatched.push({ runId: src.runId, event: ev });
       }
     }
   }
@@ -85,6 +92,7 @@ export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t
   // Cancels go to every worker of the tenant, at most once (core NATS): the one running the
   // attempt aborts it. A lost cancel costs only time: the attempt's result is refused as stale.
   for (const c of cancels) nc.publish(Subjects.stepCancel(t), encode(c));
+  observer?.dispatched(dispatched);
   return timers.length + work.length + cancels.length;
 }
 

@@ -8,8 +8,8 @@
  * message id makes a second answer a duplicate.
  */
 import type { JetStreamClient } from '@nats-io/jetstream';
-import { askPolicy, publishDurably, type Logger, type NatsConnection } from '@capstan/kit';
-import { CommandVerb, encode, MsgIds, PolicyVerdict, Subjects, type CommandOf, type JsonValue, type RunId, type TenantId } from '@capstan/schemas';
+import { askPolicy, hopTraceParent, inSpan, publishDurably, SpanKind, type Logger, type NatsConnection } from '@capstan/kit';
+import { CommandVerb, encode, MsgIds, PolicyVerdict, Subjects, type CommandOf, type JsonValue, type PolicyDecision, type RunId, type RunTrace, type TenantId } from '@capstan/schemas';
 
 export interface PolicyGateOptions {
   readonly nc: NatsConnection;
@@ -20,6 +20,8 @@ export interface PolicyGateOptions {
   readonly approvalTtlMs: number;
   readonly timeoutMs: number;
   readonly log: Logger;
+  /** The run's trace: the question is asked inside its policy hop. */
+  readonly traceOf?: (runId: RunId) => Promise<RunTrace | undefined>;
 }
 
 export interface PolicyGate {
@@ -49,7 +51,7 @@ export function createPolicyGate(o: PolicyGateOptions): PolicyGate {
     for (;;) {
       if (stopped) return;
       try {
-        const d = await askPolicy(o.nc, o.tenant, queries as never, { timeoutMs: o.timeoutMs });
+        const d = await ask(runId, step, attempt, queries);
         await answer({
           ...base,
           decision: d.decision,
@@ -66,6 +68,15 @@ export function createPolicyGate(o: PolicyGateOptions): PolicyGate {
         delay = Math.min(MAX_BACKOFF_MS, delay * 2);
       }
     }
+  }
+
+  /** Asks the policy service, inside a client span under the run's policy hop when the run is traced. */
+  async function ask(runId: RunId, step: string, attempt: number, queries: readonly { [k: string]: JsonValue }[]): Promise<PolicyDecision> {
+    const call = () => askPolicy(o.nc, o.tenant, queries as never, { timeoutMs: o.timeoutMs });
+    const trace = await o.traceOf?.(runId);
+    if (!trace) return call();
+    const attributes = { 'capstan.tenant': o.tenant, 'capstan.run_id': runId, 'capstan.step': step, 'capstan.attempt': attempt };
+    return inSpan('orchestrator', 'policy.ask', { kind: SpanKind.CLIENT, parent: hopTraceParent(trace, runId, `policy:${step}:${attempt}`), attributes }, call);
   }
 
   return {

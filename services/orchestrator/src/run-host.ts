@@ -18,10 +18,11 @@ import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from 
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Registry } from '@capstan/actors';
 import { Consumers, DeadLetterSource, ErrorCode, Streams, toErrorRecord, type RunId, type TenantId } from '@capstan/schemas';
-import { deadLetter, failpoint, type Logger } from '@capstan/kit';
+import { deadLetter, failpoint, metrics, type Logger } from '@capstan/kit';
 import { dispatchEffects } from './effects.js';
 import { createPolicyGate } from './policy-gate.js';
 import { createScheduler } from './scheduler.js';
+import { createRunObserver } from './observe.js';
 import type { RunCache } from './run-cache.js';
 import { createIntake } from './host/intake.js';
 import { createDecider } from './host/decide.js';
@@ -63,7 +64,8 @@ const MAX_ACTING = 8;
 export function createTenantHost(o: TenantHostOptions): TenantHost {
   const { nc, js, jsm, tenant: t, registry, cache, maxBatch } = o;
   const log = o.log.child({ tenant: t });
-  const gate = createPolicyGate({ nc, js, tenant: t, ...o.policy, log });
+  const observer = createRunObserver({ tenant: t, jsm, log });
+  const gate = createPolicyGate({ nc, js, tenant: t, ...o.policy, log, traceOf: (runId) => observer.traceOf(runId) });
   const intake = createIntake({ js, jsm, tenant: t, registry });
   const decider = createDecider({ jsm, tenant: t, registry, cache, log, now: o.now });
   const scheduler = createScheduler({ nc, js, jsm, tenant: t, registry, now: o.now, log });
@@ -82,6 +84,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   /** Parses an arriving command; poison is dead-lettered at once and never queued. */
   async function arrive(msg: JsMsg): Promise<void> {
     stats.commands++;
+    metrics.commands.inc({ tenant: t });
     // Schedule commands and wake-ups are about no run: the scheduler takes them.
     if (scheduler.handles(msg.subject.slice(msg.subject.lastIndexOf('.') + 1))) {
       scheduler.arrive(msg);
@@ -180,11 +183,11 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     const publishRecovered = async (groups: GroupResult[]): Promise<GroupResult[]> => {
       const recovered = groups.flatMap((g) => g.recovered);
       if (recovered.length === 0) return groups;
-      await dispatchEffects(nc, js, t, recovered, gate);
+      await dispatchEffects(nc, js, t, recovered, gate, observer);
       stats.recoveredEffects += recovered.reduce((k, r) => k + r.events.length, 0);
       return groups.map((g) => ({ ...g, recovered: [] }));
     };
-    const done = await appendGroups({ nc, tenant: t, cache, log, stats }, decided, (runId, ps) => decider.decideGroup(runId, ps, true), publishRecovered);
+    const done = await appendGroups({ nc, tenant: t, cache, log, stats, observer }, decided, (runId, ps) => decider.decideGroup(runId, ps, true), publishRecovered);
 
     if (log.isLevelEnabled('debug')) {
       log.debug({ commands: pendings.length, runs: byRun.size, decideMs: +(t1 - t0).toFixed(2), appendMs: +(performance.now() - t1).toFixed(2), queued: queue.length }, 'tick');
@@ -195,7 +198,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     const effects = done.flatMap((g) => g.effects);
     return async () => {
       try {
-        await dispatchEffects(nc, js, t, effects, gate);
+        await dispatchEffects(nc, js, t, effects, gate, observer);
       } catch (e) {
         // A later command for these runs must not trust the cache: reload recovers the tail.
         for (const g of done) cache.delete(g.runId);
@@ -210,6 +213,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
 
   async function sendDeadLetter(r: Rejection): Promise<void> {
     stats.deadLetters++;
+    metrics.deadLetters.inc({ tenant: t, source: DeadLetterSource.Command, code: r.error.code });
     try {
       await deadLetter(js, t, DeadLetterSource.Command, r.error, {
         subject: r.msg.subject,

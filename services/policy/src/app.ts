@@ -38,7 +38,7 @@ import {
   type PolicyVersionSummary,
   type TenantId,
 } from '@capstan/schemas';
-import { serviceAccess, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
+import { inSpan, metrics, serviceAccess, SpanKind, traceParentOf, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
 import { compilePolicySet, type CompileResult } from './compile.js';
 import { decideAll, evaluate } from './evaluate.js';
@@ -192,7 +192,16 @@ export function createPolicyService(config: Config, log: Logger): Promise<Policy
     const verb = msg.subject.slice(msg.subject.lastIndexOf('.') + 1);
     try {
       if (!isPolicyVerb(verb)) throw new InvalidArgumentError(`unknown policy verb ${JSON.stringify(verb.slice(0, 32))}: one of ${VERBS.join(', ')}`);
-      out = await answer(t, verb, decode(msg.data));
+      // A decision asked within a run's trace is a hop of it (the request's traceparent).
+      const parent = traceParentOf(msg.headers);
+      out = parent
+        ? await inSpan('policy', `policy.${verb}`, { kind: SpanKind.SERVER, parent, attributes: { 'capstan.tenant': t, 'capstan.hop': 'policy' } }, async (span) => {
+            const r = await answer(t, verb, decode(msg.data));
+            if (verb === PolicyVerb.Decide) span?.setAttributes({ 'capstan.policy.decision': (r as PolicyDecision).decision, 'capstan.policy.version': (r as PolicyDecision).version });
+            return r;
+          })
+        : await answer(t, verb, decode(msg.data));
+      if (verb === PolicyVerb.Decide) metrics.policyDecisions.inc({ tenant: t, verdict: (out as PolicyDecision).decision });
       counts[verb] = (counts[verb] ?? 0) + 1;
     } catch (e) {
       if (CapstanError.is(e)) {

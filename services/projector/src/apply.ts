@@ -18,7 +18,7 @@
  */
 import { and, eq, getTableColumns, inArray, sql, type SQL } from 'drizzle-orm';
 import type { PgColumn, PgTable } from 'drizzle-orm/pg-core';
-import { db as schema, ErrorCode, Streams, type ErrorRecord, type TenantId } from '@capstan/schemas';
+import { db as schema, ErrorCode, Streams, type ErrorRecord, type RunTrace, type TenantId } from '@capstan/schemas';
 import { dbErrorMessage, outOfSyncError, readFollowed, type ProjectionDb } from '@capstan/kit';
 import {
   decodeStored,
@@ -67,6 +67,18 @@ export interface ApplyResult {
   readonly deadLettered: number;
   /** The first message held back because an earlier run event has not arrived. */
   readonly blockedAt: number | undefined;
+  /** Audit rows written (for their trace spans), with the trace of their run. */
+  readonly audited?: readonly AuditedEvent[];
+  /** Codes of the messages dead-lettered. */
+  readonly deadLetterCodes?: readonly string[];
+}
+
+/** An audit row the batch wrote: which run event it records, and that run's trace. */
+export interface AuditedEvent {
+  readonly runId: string;
+  readonly seq: number;
+  readonly kind: string;
+  readonly trace: RunTrace | undefined;
 }
 
 /** The lock key of a tenant's projection: every applier of the tenant takes it first. */
@@ -124,6 +136,8 @@ export async function applyLocked(tx: ProjectionDb, tenant: TenantId, msgs: read
         skipped: first.skipped + second.skipped,
         deadLettered: first.deadLettered + second.deadLettered,
         blockedAt: second.blockedAt,
+        audited: [...(first.audited ?? []), ...(second.audited ?? [])],
+        deadLetterCodes: [...(first.deadLetterCodes ?? []), ...(second.deadLetterCodes ?? [])],
       };
     }
     const refused: ErrorRecord = {
@@ -195,7 +209,8 @@ async function applyOnce(
   await writeRows(tx, rows, deadLetters);
   const last = (ready.at(-1) as StreamMessage).seq;
   await writeCheckpoint(tx, tenant, last);
-  return { checkpoint: last, applied: ready.length, skipped, deadLettered: deadLetters.length, blockedAt };
+  const audited = rows.audit.map((a) => ({ runId: a.runId, seq: a.seq, kind: a.kind, trace: (rows.runs.get(a.runId)?.trace ?? undefined) as RunTrace | undefined }));
+  return { checkpoint: last, applied: ready.length, skipped, deadLettered: deadLetters.length, blockedAt, audited, deadLetterCodes: deadLetters.map((d) => d.code) };
 }
 
 /** The dead letter row of a message the projection cannot use. */

@@ -237,6 +237,7 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
         chain: '',
         engine: e.data.engine ?? 1,
         progress: null,
+        trace: e.data.trace ? { ...e.data.trace } : null,
       };
       search = Object.entries(e.data.search ?? {}).map(([key, value]) => ({ tenant, key, value: pgText(value), runId }));
       break;
@@ -444,13 +445,19 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
   }
   return {
     view: { run, steps, approvals, anyStarted, progress },
-    event: { tenant, runId, seq: e.seq, type: e.type, at, streamSeq, causationId: pgText(e.causationId) },
+    event: { tenant, runId, seq: e.seq, type: e.type, at, streamSeq, causationId: pgText(e.causationId), ...stepOf(e.data) },
     run,
     steps: changedSteps,
     approvals: changedApprovals,
     search,
     audit,
   };
+}
+
+/** The step and attempt an event's data names (any event type that has them), for the event index. */
+function stepOf(data: object): { step: string | null; attempt: number | null } {
+  const d = data as { step?: unknown; attempt?: unknown };
+  return { step: typeof d.step === 'string' ? pgText(d.step) : null, attempt: typeof d.attempt === 'number' && Number.isSafeInteger(d.attempt) ? d.attempt : null };
 }
 
 /** Folds a whole run from nothing, in stream order: what its rows must be. */

@@ -14,9 +14,10 @@
  *   with the tenant (capstan tenant add): the projector may use and reset it, not create it.
  */
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
-import { CapstanError, Consumers, ErrorCode, Streams, Subjects, type TenantId } from '@capstan/schemas';
-import { failpoint, type Logger, type ProjectionDb } from '@capstan/kit';
-import { applyBatch, readCheckpoint } from './apply.js';
+import { and, count, eq } from 'drizzle-orm';
+import { CapstanError, Consumers, db as schema, ErrorCode, Streams, Subjects, type TenantId } from '@capstan/schemas';
+import { addCollector, emitSpan, failpoint, hopSpanId, metrics, SpanKind, tracingOn, type Logger, type ProjectionDb } from '@capstan/kit';
+import { applyBatch, readCheckpoint, type AuditedEvent } from './apply.js';
 
 export interface TenantProjectorOptions {
   readonly js: JetStreamClient;
@@ -167,6 +168,7 @@ export function createTenantProjector(o: TenantProjectorOptions): TenantProjecto
   async function applyOnce(): Promise<void> {
     const seqs = [...pending.keys()].sort((a, b) => a - b).slice(0, o.batch);
     const batch = seqs.map((s) => pending.get(s) as JsMsg);
+    const began = Date.now();
     const r = await applyBatch(
       db,
       t,
@@ -186,7 +188,41 @@ export function createTenantProjector(o: TenantProjectorOptions): TenantProjecto
     stats.deadLettered += r.deadLettered;
     stats.checkpoint = r.checkpoint;
     waitBelow = r.blockedAt ?? Number.POSITIVE_INFINITY;
+    metrics.projected.inc({ tenant: t }, r.applied);
+    for (const code of r.deadLetterCodes ?? []) metrics.deadLetters.inc({ tenant: t, source: 'projector', code });
+    if (tracingOn() && r.audited?.length) auditSpans(r.audited, began, Date.now());
   }
+
+  /**
+   * The audit hop: each audit row written, as a span under the checkpoint of the run event
+   * it records (an input event, whose checkpoint span the orchestrator derived with the same id).
+   */
+  function auditSpans(rows: readonly AuditedEvent[], start: number, end: number): void {
+    for (const a of rows) {
+      if (!a.trace?.sampled) continue;
+      emitSpan('projector', {
+        traceId: a.trace.id,
+        spanId: hopSpanId(a.runId, `audit:${a.seq}`),
+        parentSpanId: hopSpanId(a.runId, `checkpoint:${a.seq}`),
+        sampled: true,
+        name: `audit ${a.kind}`,
+        kind: SpanKind.CONSUMER,
+        start,
+        end,
+        attributes: { 'capstan.tenant': t, 'capstan.run_id': a.runId, 'capstan.seq': a.seq, 'capstan.audit.kind': a.kind, 'capstan.hop': 'audit' },
+      });
+    }
+  }
+
+  /** Lag and approvals waiting, before each metrics scrape. */
+  async function collect(): Promise<void> {
+    const info = await jsm.streams.info(stream);
+    metrics.projectorLag.set({ tenant: t }, Math.max(0, info.state.last_seq - stats.checkpoint));
+    const a = schema.approvals;
+    const [row] = await db.select({ n: count() }).from(a).where(and(eq(a.tenant, t), eq(a.status, 'waiting')));
+    metrics.approvalsWaiting.set({ tenant: t }, row?.n ?? 0);
+  }
+  let removeCollector: (() => void) | undefined;
 
   async function run(): Promise<void> {
     await withRetry('realigning the projector consumer', realign);
@@ -242,11 +278,13 @@ export function createTenantProjector(o: TenantProjectorOptions): TenantProjecto
   return {
     stats,
     start() {
+      removeCollector = addCollector(collect);
       loop = run().catch((e: unknown) => log.error({ err: e }, 'projector loop stopped'));
       log.info({ consumer: Consumers.projector, batch: o.batch }, 'projecting tenant');
       return Promise.resolve();
     },
     async stop() {
+      removeCollector?.();
       stopped = true;
       wake?.();
       interrupt?.();

@@ -34,7 +34,7 @@ import {
   type SandboxReply,
   type TenantId,
 } from '@capstan/schemas';
-import { createAuditSink, openDatabase, serviceAccess, unavailableAuditSink, type AuditSink, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
+import { addCollector, createAuditSink, inSpan, metrics, openDatabase, serviceAccess, SpanKind, traceParentOf, unavailableAuditSink, withTraceHeader, type AuditSink, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
 import { nullBackend, SandboxUnavailableError, type SandboxBackend, type SandboxRuntime } from './backend.js';
 import { dockerBackend } from './docker.js';
@@ -234,6 +234,9 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
     const counts = { 1: 0, 2: 0 };
     const beat = setInterval(() => answer({ type: 'beat', stdoutBytes: counts[1], stderrBytes: counts[2] }), config.beatMs);
     let slotted = false;
+    const attributes = { 'capstan.tenant': tenant, 'capstan.run_id': req.runId, 'capstan.step': req.step, 'capstan.attempt': req.attempt, 'capstan.mode': req.mode, 'capstan.hop': 'sandbox' };
+    // The worker's step span is the parent (the request's traceparent).
+    await inSpan('sandbox', `sandbox ${req.step}#${req.attempt}`, { kind: SpanKind.SERVER, parent: traceParentOf(msg.headers), attributes }, async (span) => {
     try {
       slotted = await slot(attempt.controller.signal);
       if (!slotted) throw new CancelledError(`step ${req.step} attempt ${req.attempt} was cancelled while it waited for a sandbox`);
@@ -256,7 +259,8 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
           if (!nc) throw new SandboxUnavailableError('not connected');
           // Only a worker's credential route of this tenant: the request names where to ask.
           if (!subject.startsWith(Subjects.allJitRoutes(t).slice(0, -1))) throw new CapstanError(ErrorCode.InvalidArgument, 'the credential route is not one of this tenant\'s', false);
-          const m = await nc.request(subject, encode(request), { timeout: timeoutMs });
+          const headers = withTraceHeader();
+          const m = await nc.request(subject, encode(request), { timeout: timeoutMs, ...(headers ? { headers } : {}) });
           return parseCredentialAnswer(decode(m.data));
         },
       };
@@ -265,7 +269,11 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
         tenant,
         req,
         {
-          accepted: (sandbox, warm) => answer({ type: 'accepted', sandbox, warm }),
+          accepted: (sandbox, warm) => {
+            metrics.sandboxClaims.inc({ tenant, warm: String(warm) });
+            span?.setAttributes({ 'capstan.sandbox': sandbox, 'capstan.sandbox.warm': warm });
+            answer({ type: 'accepted', sandbox, warm });
+          },
           output: (fd, bytes) => (counts[fd] += bytes),
           killable: (kill) => (attempt.kill = kill),
         },
@@ -280,6 +288,7 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
       attempts.delete(name);
       if (slotted) freeSlot();
     }
+    });
   }
 
   /** Kills the attempt named in a cancel if this instance holds it. */
@@ -319,14 +328,23 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
     void p.finally(() => inflight.delete(p));
   };
 
+  const stats = () => ({ running, waiting: waiting.length, fresh: pools?.freshCount ?? 0, idle: pools?.idle() ?? {} });
+  let removeCollector: (() => void) | undefined;
+
   return {
     instance,
     ready,
     unavailable: () => unavailable,
     image: () => image,
     runtime: () => runtime,
-    stats: () => ({ running, waiting: waiting.length, fresh: pools?.freshCount ?? 0, idle: pools?.idle() ?? {} }),
+    stats,
     async start() {
+      removeCollector = addCollector(() => {
+        const s = stats();
+        metrics.sandboxRunning.set(s.running);
+        metrics.sandboxWaiting.set(s.waiting);
+        for (const [pool, idle] of Object.entries(s.idle)) metrics.sandboxIdle.set({ pool }, idle);
+      });
       access = await serviceAccess(Role.Sandbox, config, `sandbox-${config.node}-${instance}`, log);
       // A node may be dedicated to some tenants (CAPSTAN_TENANTS): it then serves only them.
       follower = await access.follow(config.tenants, config.discoveryMs, async (tc) => {
@@ -340,6 +358,7 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
       log.info({ node: config.node, instance }, 'sandbox service started');
     },
     async stop() {
+      removeCollector?.();
       follower?.stop();
       for (const s of subs) s.unsubscribe();
       await Promise.allSettled([...inflight]);

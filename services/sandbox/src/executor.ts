@@ -6,7 +6,7 @@
  * release the sandbox (scrub and prove, or destroy). Text that comes out of the sandbox is
  * bounded and redacted before it reaches a result, a log line or the audit log.
  */
-import type { AuditSink, Logger } from '@capstan/kit';
+import { inSpan, SpanKind, type AuditSink, type Logger } from '@capstan/kit';
 import {
   CapstanError,
   ErrorCode,
@@ -160,6 +160,9 @@ export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxE
     let outputCapped = false;
     let exit: Extract<RunnerFrame, { t: 'exit' }> | undefined;
     const execId = channel.newId();
+    // The tool call: the step's command (or agent) running in the sandbox, a hop of its own.
+    const tool = req.mode === Mode.Agent && req.spec.agent ? `agent ${req.spec.agent}` : (argv[0] ?? 'command');
+    await inSpan('sandbox', `tool ${tool}`, { kind: SpanKind.INTERNAL, attributes: { 'capstan.hop': 'tool', 'capstan.sandbox': name, 'capstan.tool': tool } }, async (span) => {
     await channel.call(
       { t: 'exec', id: execId, argv, env, files, timeoutMs: req.timeoutMs, egress, jit: req.mode === Mode.Agent && req.spec.jit === true },
       (f) => {
@@ -187,6 +190,9 @@ export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxE
       },
       req.timeoutMs + RUNNER_GRACE_MS,
     );
+      const ex = exit as Extract<RunnerFrame, { t: 'exit' }> | undefined;
+      span?.setAttributes({ 'capstan.tool.exit_code': ex?.code ?? -1, 'capstan.tool.timed_out': ex?.timedOut ?? false });
+    });
     dest.append('stdout.log', redact[1].flush());
     dest.append('stderr.log', redact[2].flush());
 

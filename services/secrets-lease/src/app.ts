@@ -43,6 +43,10 @@ import {
 } from '@capstan/schemas';
 import {
   dbErrorMessage,
+  inSpan,
+  metrics,
+  SpanKind,
+  traceParentOf,
   migrate,
   openDatabase,
   parseRecipientKey,
@@ -182,6 +186,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       const ttlMs = Math.min(req.ttlMs ?? config.defaultTtlMs, config.maxTtlMs);
       const lease = await ledger.issue(t, scope, req.keys, ttlMs, config.claimWindowMs);
       stats.issued++;
+      metrics.leases.inc({ tenant: t, event: 'issued' });
       log.debug({ tenant: t, runId: req.runId, step: req.step, attempt: req.attempt, leaseId: lease.leaseId, keys: req.keys }, 'lease issued');
       const grant: LeaseGrant = { leaseId: lease.leaseId, keys: [...lease.keys], expiresAt: lease.expiresAt.toISOString() };
       return grant;
@@ -197,6 +202,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       try {
         const sealed = seal(req.recipientKey, plain, leaseAad(t, { ...scope, leaseId: req.leaseId }));
         stats.redeemed++;
+        metrics.leases.inc({ tenant: t, event: 'redeemed' });
         log.debug({ tenant: t, runId: req.runId, step: req.step, attempt: req.attempt, leaseId: req.leaseId, keys }, 'lease redeemed');
         return { sealed };
       } finally {
@@ -215,6 +221,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       const req = parseRevokeRequest(body);
       const revoked = await ledger.revoke(t, req.runId, { kind: 'requested', by: req.by ?? 'unknown', ...(req.reason ? { reason: req.reason } : {}) });
       stats.revoked += revoked;
+      if (revoked > 0) metrics.leases.inc({ tenant: t, event: 'revoked' }, revoked);
       log.info({ tenant: t, runId: req.runId, leases: revoked, by: req.by }, 'run revoked');
       return { revoked };
     },
@@ -299,7 +306,10 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
     if (CapstanError.is(e)) {
       code = e.code;
       message = e.message;
-      if (DENIALS.has(code)) stats.denied++;
+      if (DENIALS.has(code)) {
+        stats.denied++;
+        metrics.leases.inc({ tenant: t, event: 'denied' });
+      }
       log.debug({ tenant: t, verb, code }, 'secrets request refused');
     } else {
       // The database's own message says why (connection refused, …); it never holds a value:
@@ -324,7 +334,12 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
     try {
       const handler = (VERBS as string[]).includes(verb) ? handlers[verb as SecretsVerb] : undefined;
       if (!handler) throw new InvalidArgumentError(`unknown secrets verb ${JSON.stringify(verb.slice(0, 32))}`);
-      reply(msg, await handler(t, decode(msg.data)));
+      // Issue and redeem asked within a run's trace are hops of it: the lease hop.
+      const parent = traceParentOf(msg.headers);
+      const body = parent
+        ? await inSpan('secrets-lease', `secrets.${verb}`, { kind: SpanKind.SERVER, parent, attributes: { 'capstan.tenant': t, 'capstan.hop': 'lease' } }, () => handler(t, decode(msg.data)))
+        : await handler(t, decode(msg.data));
+      reply(msg, body);
     } catch (e) {
       refuse(msg, e, verb, token);
     }

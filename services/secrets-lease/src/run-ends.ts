@@ -13,7 +13,7 @@
  */
 import type { ConsumerMessages, JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import { Consumers, decode, runIdOfSubject, Streams, type RunId, type TenantId } from '@capstan/schemas';
-import type { Logger } from '@capstan/kit';
+import { metrics, type Logger } from '@capstan/kit';
 import type { LeaseLedger } from './leases.js';
 
 /** Events that close a run's leases, and the one that opens them again. */
@@ -57,7 +57,10 @@ export function watchRunEnds(js: JetStreamClient, _jsm: JetStreamManager, t: Ten
       try {
         const n = await ledger.revoke(t, runId, { kind: 'run-event', event: type, streamSeq: m.seq });
         if (ENDS.has(type)) revokedRuns++;
-        if (n > 0) log.info({ tenant: t, runId, leases: n, event: type }, 'revoked the leases of an ended run');
+        if (n > 0) {
+          metrics.leases.inc({ tenant: t, event: 'revoked' }, n);
+          log.info({ tenant: t, runId, leases: n, event: type }, 'revoked the leases of an ended run');
+        }
         m.ack();
       } catch (e) {
         log.warn({ tenant: t, runId, event: type, reason: e instanceof Error ? e.message.split('\n')[0] : String(e) }, 'revoking an ended run failed; it will be redelivered');

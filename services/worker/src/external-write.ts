@@ -15,7 +15,7 @@
  */
 import { createHash } from 'node:crypto';
 import { ACTOR_PATTERN, InvalidArgumentError, type RunId, type TenantId } from '@capstan/schemas';
-import { AuditAppend, unavailableAuditSink, type AuditSink, type Logger } from '@capstan/kit';
+import { AuditAppend, inSpan, SpanKind, unavailableAuditSink, type AuditSink, type Logger } from '@capstan/kit';
 
 /** `kind` of the audit row announcing an external write. */
 export const EXTERNAL_WRITE_INTENT = 'external_write.intent';
@@ -82,14 +82,17 @@ export function bindExternalWrite(audit: AuditSink, actor: string, scope: Extern
     checkName('target', target);
     const key = externalWriteKey(scope, action);
     scope.signal.throwIfAborted();
-    const appended = await audit.appendIntent({
-      tenant: scope.tenant,
-      runId: scope.runId,
-      kind: EXTERNAL_WRITE_INTENT,
-      key,
-      actor,
-      detail: { target, action, runId: scope.runId, step: scope.step, attempt: scope.attempt },
-    });
+    // The audit write is a hop of its own in the step's trace.
+    const appended = await inSpan('worker', 'audit.intent', { kind: SpanKind.CLIENT, attributes: { 'capstan.hop': 'audit', 'capstan.audit.kind': EXTERNAL_WRITE_INTENT, 'capstan.audit.target': target } }, () =>
+      audit.appendIntent({
+        tenant: scope.tenant,
+        runId: scope.runId,
+        kind: EXTERNAL_WRITE_INTENT,
+        key,
+        actor,
+        detail: { target, action, runId: scope.runId, step: scope.step, attempt: scope.attempt },
+      }),
+    );
     // The append may finish after the attempt timed out: its successor performs the write.
     scope.signal.throwIfAborted();
     scope.log.debug({ target, action, key, intent: appended }, appended === AuditAppend.Appended ? 'external write intent recorded' : 'external write intent already recorded; performing again with its key');

@@ -33,7 +33,7 @@ import {
   type TenantId,
   type WorkItem,
 } from '@capstan/schemas';
-import { coalescingPublisher, deadLetter, type AuditSink, type Logger, type NatsConnection } from '@capstan/kit';
+import { addCollector, coalescingPublisher, deadLetter, failSpan, inSpan, metrics, SpanKind, traceParentOf, type AuditSink, type Logger, type NatsConnection } from '@capstan/kit';
 import type { Handlers } from './handlers.js';
 import { runSandboxed } from './sandboxed.js';
 import { bindExternalWrite } from './external-write.js';
@@ -191,6 +191,7 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
       item = parseWorkItem(decode(msg.data));
     } catch (e) {
       log.warn({ code: CapstanError.is(e) ? e.code : undefined }, 'undecodable work item dead-lettered');
+      metrics.deadLetters.inc({ tenant: t, source: DeadLetterSource.Work, code: CapstanError.is(e) ? e.code : ErrorCode.DecodeFailed });
       await deadLetter(js, t, DeadLetterSource.Work, toErrorRecord(e, ErrorCode.DecodeFailed), { subject: msg.subject, seq: msg.info.streamSequence, data: msg.data });
       msg.term();
       return;
@@ -201,6 +202,9 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
       msg.ack();
       return;
     }
+    // The item's age when taken: how long it waited for a worker (a worker may not read the
+    // work stream itself, so this is what it can tell of the queue's age).
+    if (msg.info.deliveryCount === 1) metrics.workQueueWait.observe({ tenant: t, pool }, Math.max(0, Date.now() - msg.info.timestampNanos / 1e6) / 1000);
     if (msg.info.deliveryCount > 1) {
       // Someone took this attempt and went silent. Never run it twice: report it lost.
       await report(item, { error: { code: ErrorCode.WorkerLost, message: `attempt ${item.attempt} was claimed by a worker that stopped responding`, retryable: true } }, 0);
@@ -218,12 +222,24 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     const t0 = performance.now();
     const abort = new AbortController();
     active.set(key, { abort, item });
+    const mode = String(item.mode);
+    // The span of this hop, a child of the run's dispatch hop (the work item's traceparent).
+    const attributes = { 'capstan.tenant': t, 'capstan.run_id': item.runId, 'capstan.step': item.step, 'capstan.attempt': item.attempt, 'capstan.mode': item.mode, 'capstan.pool': pool, 'capstan.worker': workerId, 'capstan.hop': 'worker' };
     try {
-      const outcome = await execute(item, abort);
-      clearTimeout(startedTimer);
-      // `started` must be in the stream before the result, or it would arrive stale.
-      await started;
-      if (!abort.signal.aborted || !cancelled.has(key)) await report(item, outcome, Math.round(performance.now() - t0));
+      await inSpan('worker', `worker ${item.step}#${item.attempt}`, { kind: SpanKind.CONSUMER, parent: traceParentOf(msg.headers), attributes }, async (span) => {
+        const outcome = await execute(item, abort);
+        clearTimeout(startedTimer);
+        const durationMs = Math.round(performance.now() - t0);
+        const outcomeName = 'result' in outcome ? 'completed' : 'failed';
+        if ('error' in outcome) failSpan(span, outcome.error);
+        // `started` must be in the stream before the result, or it would arrive stale.
+        await started;
+        // A cancelled attempt is not reported: its run no longer wants it.
+        if (abort.signal.aborted && cancelled.has(key)) return;
+        await report(item, outcome, durationMs);
+        metrics.steps.inc({ tenant: t, pool, mode, outcome: outcomeName });
+        metrics.stepDuration.observe({ tenant: t, pool, mode, outcome: outcomeName }, durationMs / 1000);
+      });
     } finally {
       active.delete(key);
       clearTimeout(startedTimer);
@@ -233,6 +249,13 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     msg.ack();
   }
 
+  /** Queue depth of this pool, refreshed before each metrics scrape (waiting and running items). */
+  async function collect(): Promise<void> {
+    const info = await jsm.consumers.info(Streams.work(t), durable);
+    metrics.workQueueDepth.set({ tenant: t, pool }, info.num_pending + info.num_ack_pending);
+  }
+  let removeCollector: (() => void) | undefined;
+
   return {
     get running() {
       return running;
@@ -241,6 +264,7 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
       // The pool's consumer is made by the admin with the worker's credential (capstan creds
       // issue --role worker --pool …): a worker never creates consumers.
       cancelSub = o.nc.subscribe(Subjects.stepCancel(t), { callback: (err, m) => (err ? undefined : cancel(m.data)) });
+      removeCollector = addCollector(collect);
       const consumer = await js.consumers.get(Streams.work(t), durable);
       ackWaitMs = Math.round(((await consumer.info(true)).config.ack_wait ?? 30_000_000_000) / 1_000_000);
       messages = await consumer.consume({ max_messages: o.concurrency });
@@ -265,6 +289,7 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     },
     async stop() {
       cancelSub?.unsubscribe();
+      removeCollector?.();
       await messages?.close();
       stopping.abort();
       await Promise.allSettled([...inflight]);

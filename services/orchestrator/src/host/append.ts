@@ -6,14 +6,15 @@
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { RunId, TenantId } from '@capstan/schemas';
-import { appendBatch, type Logger } from '@capstan/kit';
+import { appendBatch, metrics, type Logger } from '@capstan/kit';
+import type { RunObserver } from '../observe.js';
 import type { RunCache } from '../run-cache.js';
 import type { GroupResult, Pending, TenantHostStats } from './types.js';
 
 const MAX_CONFLICT_RETRIES = 8;
 
 export async function appendGroups(
-  o: { nc: NatsConnection; tenant: TenantId; cache: RunCache; log: Logger; stats: TenantHostStats },
+  o: { nc: NatsConnection; tenant: TenantId; cache: RunCache; log: Logger; stats: TenantHostStats; observer: RunObserver },
   first: GroupResult[],
   redecide: (runId: RunId, pendings: readonly Pending[]) => Promise<GroupResult>,
   /** Runs before each append: publishes what recovery re-derived (see run-host.ts). */
@@ -31,9 +32,11 @@ export async function appendGroups(
       if (out?.ok) {
         o.stats.appendedEvents += g.events.length;
         if (g.state) o.cache.set(g.runId, { state: g.state, lastStreamSeq: out.lastStreamSeq });
+        o.observer.recorded(g.runId, g.state, g.events, g.pendings.map((p) => p.msg));
         done.push(g);
       } else {
         o.stats.conflicts++;
+        metrics.conflicts.inc({ tenant: o.tenant });
         o.cache.delete(g.runId);
         conflicted.push(g);
         o.log.debug({ runId: g.runId, reason: out?.reason }, 'append conflict; reloading run');

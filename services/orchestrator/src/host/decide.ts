@@ -9,6 +9,7 @@ import { CURRENT_ENGINE, decide, searchFieldsOf, startRun, type Decision, type R
 import { ErrorCode, EVENT_ENVELOPE_VERSION, INPUT_EVENT_TYPES, RunNotFoundError, toErrorRecord, type RunEvent, type RunEventBody, type RunId, type TenantId } from '@capstan/schemas';
 import type { Logger } from '@capstan/kit';
 import { deadLetterWhenRejected, inputOf } from '../commands.js';
+import { startRecord } from '../observe.js';
 import type { RunCache } from '../run-cache.js';
 import type { EffectSource } from '../effects.js';
 import { loadRun } from './recover.js';
@@ -73,6 +74,7 @@ export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; regi
             ...(search ? { search } : {}),
             // New runs are decided by the current engine, for ever.
             engine: CURRENT_ENGINE,
+            ...startRecord(p.msg, wf),
           };
           input = { type: 'run.started', data: started };
           decision = startRun(wf, started);

@@ -16,6 +16,7 @@ import {
   type RunDetailResponse,
   type StepAttempt,
   type TimelineEvent,
+  type TraceHop,
 } from '../../../src/api-types.js';
 import { describeError, post } from '../api.js';
 import { Ago, Empty, ErrorAlert, Link, Loading, StatusBadge, useApp, useConfirm, TableHead } from '../components.js';
@@ -154,6 +155,9 @@ export function RunView({ runId }: { runId: string }) {
           </div>
         </div>
         <div className="actions" data-testid="run-actions">
+          <a className="btn" href={apiPaths.runExport(tenant, r.runId)} download title="Download the run's events, workflow fingerprint and policy versions as one checksummed file: capstan replay --from <file> replays it anywhere, with no server" data-testid="action-export">
+            Export
+          </a>
           <button
             type="button"
             className="btn"
@@ -212,9 +216,25 @@ export function RunView({ runId }: { runId: string }) {
 
       {d.approvals.length > 0 ? <ApprovalsCard approvals={d.approvals} busy={busy} role={role} onApprove={approve} onDeny={deny} /> : null}
 
-      <div className="card section">
+      <div className="card section" data-testid="run-trace">
         <div className="card-head">
           <h2>Trace</h2>
+          <span className="hint" data-testid="trace-id">
+            {d.traceId ? (
+              <>
+                trace <code>{d.traceId}</code> · every hop, from what the run recorded
+              </>
+            ) : (
+              'every hop, from what the run recorded'
+            )}
+          </span>
+        </div>
+        <HopWaterfall hops={d.hops} endedAt={r.endedAt} />
+      </div>
+
+      <div className="card section">
+        <div className="card-head">
+          <h2>Steps</h2>
           <div className="legend" aria-hidden="true">
             <span className="l-queued">queued</span>
             <span>ran</span>
@@ -459,6 +479,40 @@ function ranFrom(a: StepAttempt): number | null {
   return null;
 }
 
+/** A waterfall's time axis from `t0` to `t1`: where a time falls on it, and how wide an interval is, in %. */
+function timeScale(t0: number, t1: number) {
+  const span = t1 - t0;
+  const share = (ms: number) => `${Math.max(0, Math.min(100, (ms / span) * 100)).toFixed(2)}%`;
+  return { span, pct: (t: number) => share(t - t0), width: (a: number, b: number) => share(b - a) };
+}
+
+/** A waterfall's header: its own columns, the duration, and the time axis in quarters. */
+function WaterfallHead({ columns, span }: { columns: readonly string[]; span: number }) {
+  return (
+    <thead>
+      <tr>
+        {columns.map((c) => (
+          <th key={c} scope="col">
+            {c}
+          </th>
+        ))}
+        <th scope="col" style={{ textAlign: 'right' }}>
+          Duration
+        </th>
+        <th scope="col">
+          <div className="axis">
+            <span>0</span>
+            <span>{duration(span / 4)}</span>
+            <span>{duration(span / 2)}</span>
+            <span>{duration((span * 3) / 4)}</span>
+            <span>{duration(span)}</span>
+          </div>
+        </th>
+      </tr>
+    </thead>
+  );
+}
+
 type TraceItem = { kind: 'step'; at: number; step: RunDetailResponse['trace'][number] } | { kind: 'approval'; at: number; approval: Approval };
 
 function Waterfall({ d }: { d: RunDetailResponse }) {
@@ -466,9 +520,7 @@ function Waterfall({ d }: { d: RunDetailResponse }) {
   const t0 = Date.parse(d.run.startedAt);
   const ends = [...d.steps.map((a) => (a.finishedAt ? Date.parse(a.finishedAt) : now)), ...d.approvals.map((a) => (a.decidedAt ? Date.parse(a.decidedAt) : now))];
   const t1 = Math.max(d.run.endedAt ? Date.parse(d.run.endedAt) : now, ...ends, t0 + 1);
-  const span = t1 - t0;
-  const pct = (t: number) => `${Math.max(0, Math.min(100, ((t - t0) / span) * 100)).toFixed(2)}%`;
-  const width = (a: number, b: number) => `${Math.max(0, Math.min(100, ((b - a) / span) * 100)).toFixed(2)}%`;
+  const { span, pct, width } = timeScale(t0, t1);
 
   // Steps and the human waits between them, in the order they began.
   const items: TraceItem[] = [
@@ -480,28 +532,7 @@ function Waterfall({ d }: { d: RunDetailResponse }) {
   return (
     <div className="table-wrap">
       <table className="waterfall" data-testid="waterfall">
-        <thead>
-          <tr>
-            <th scope="col">Step</th>
-            <th scope="col">Attempt</th>
-            <th scope="col">Outcome</th>
-            <th scope="col">Mode</th>
-            <th scope="col">Worker</th>
-            <th scope="col">Sandbox</th>
-            <th scope="col" style={{ textAlign: 'right' }}>
-              Duration
-            </th>
-            <th scope="col">
-              <div className="axis">
-                <span>0</span>
-                <span>{duration(span / 4)}</span>
-                <span>{duration(span / 2)}</span>
-                <span>{duration((span * 3) / 4)}</span>
-                <span>{duration(span)}</span>
-              </div>
-            </th>
-          </tr>
-        </thead>
+        <WaterfallHead columns={['Step', 'Attempt', 'Outcome', 'Mode', 'Worker', 'Sandbox']} span={span} />
         <tbody>
           {items.flatMap((item) => {
             if (item.kind === 'approval') {
@@ -572,6 +603,53 @@ function Waterfall({ d }: { d: RunDetailResponse }) {
               }
               return rows;
             });
+          })}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+const HOP_BAR: Record<string, string> = { queued: 'queued', wait: 'wait', approval: 'wait', sleep: 'wait', backoff: 'queued' };
+
+/** The run's hops on one time axis, nested under their parents, each with its duration. */
+function HopWaterfall({ hops, endedAt }: { hops: readonly TraceHop[]; endedAt: string | null }) {
+  const now = useNow(1000);
+  if (hops.length === 0) return <Empty title="No hop has been recorded yet." />;
+  const t0 = Math.min(...hops.map((h) => Date.parse(h.start)));
+  const t1 = Math.max(endedAt ? Date.parse(endedAt) : now, ...hops.map((h) => (h.end ? Date.parse(h.end) : now)), t0 + 1);
+  const { span, pct, width } = timeScale(t0, t1);
+  return (
+    <div className="table-wrap">
+      <table className="waterfall" data-testid="hop-waterfall">
+        <WaterfallHead columns={['Hop', 'Detail']} span={span} />
+        <tbody>
+          {hops.map((h) => {
+            const from = Date.parse(h.start);
+            const to = h.end ? Date.parse(h.end) : now;
+            const bar = HOP_BAR[h.kind] ?? 'ran';
+            const outcome = h.status === 'error' ? 'failed' : h.status === 'open' ? 'running' : h.status === 'ended' ? 'pending' : bar === 'wait' ? 'approved' : 'completed';
+            return (
+              <tr key={h.id} data-testid="hop" data-kind={h.kind} data-status={h.status} data-parent={h.parent ?? ''} data-id={h.id}>
+                <td>
+                  <span className="hop-name" style={{ paddingLeft: `${h.depth * 16}px` }}>
+                    {h.depth > 0 ? <span className="muted">└ </span> : null}
+                    {h.depth === 0 ? <strong>{h.name}</strong> : h.name}
+                  </span>
+                </td>
+                <td className="muted">
+                  {h.error ? <code className="err-text">{h.error}</code> : null} {h.detail ?? ''}
+                </td>
+                <td style={{ textAlign: 'right' }} data-testid="hop-duration">
+                  {h.kind === 'lease' || h.kind === 'event' ? <span className="muted">·</span> : `${duration(h.durationMs)}${h.end ? '' : '…'}`}
+                </td>
+                <td className="track-cell">
+                  <div className="track" aria-label={`${h.name}: ${h.status}, ${duration(h.durationMs)}`}>
+                    <div className={bar} data-outcome={outcome} style={{ left: pct(from), width: width(from, to) }} />
+                  </div>
+                </td>
+              </tr>
+            );
           })}
         </tbody>
       </table>
