@@ -38,3 +38,4 @@ export type { RunState, Decision, Fold, TimelineEntry } from './run.js';
 export { demoPipeline, demoFlaky, demoSignal, demoSandboxed, demoApproval, demoJit, demoAgent, demoWorkflows } from './demo.js';
 export { statusFromEvents, progressAfter, NO_PROGRESS } from './status.js';
 export type { RunProgress } from './status.js';
+export { datasyncPipeline, builtinWorkflows } from './builtin.js';

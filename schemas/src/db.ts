@@ -420,3 +420,97 @@ export const leaseRevocations = pgTable(
   },
   (t) => [primaryKey({ columns: [t.tenant, t.runId] })],
 );
+
+// ---------------------------------------------------------------------------------------
+// Data-sync pipelines.
+
+/**
+ * The tenant's data-sync catalog as the control plane sees it (a projection of
+ * CAP_CATALOG_<t>): one row per connection, model or destination, from its last record.
+ * Identifiers and safe facts only (`summary`); specs stay in the data plane.
+ */
+export const datasyncEntities = pgTable(
+  'datasync_entities',
+  {
+    tenant: text('tenant').notNull(),
+    kind: text('kind').notNull(),
+    id: text('id').notNull(),
+    name: text('name').notNull(),
+    version: integer('version').notNull(),
+    /** `active` or `deleted`. */
+    status: text('status').notNull(),
+    fingerprint: text('fingerprint').notNull(),
+    summary: jsonb('summary').notNull(),
+    changedBy: text('changed_by').notNull(),
+    changedAt: ts('changed_at').notNull(),
+    /** Catalog stream sequence of the record. */
+    streamSeq: bigint('stream_seq', { mode: 'number' }).notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.kind, t.id] })],
+);
+
+/**
+ * The datasync service's own state (the data plane's truth, never rebuilt): each entity's
+ * spec (hosts, users, tables, folders, secret names; never a secret value).
+ */
+export const datasyncSpecs = pgTable(
+  'datasync_specs',
+  {
+    tenant: text('tenant').notNull(),
+    kind: text('kind').notNull(),
+    id: text('id').notNull(),
+    name: text('name').notNull(),
+    version: integer('version').notNull(),
+    spec: jsonb('spec').notNull(),
+    fingerprint: text('fingerprint').notNull(),
+    updatedBy: text('updated_by').notNull(),
+    updatedAt: ts('updated_at').notNull().default(sql`now()`),
+    deletedAt: ts('deleted_at'),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.kind, t.id] })],
+);
+
+/**
+ * One row per pipeline (a connection, a model and a destination of a tenant): the
+ * incremental cursors and fingerprints of its last committed load, and the run that holds
+ * it now. Cursors live here, in the data plane, never in a run's input.
+ */
+export const datasyncPipelines = pgTable(
+  'datasync_pipelines',
+  {
+    tenant: text('tenant').notNull(),
+    /** sha256 of tenant, connection, model and destination ids (cut): names its state tables. */
+    pipeline: text('pipeline').notNull(),
+    connection: text('connection').notNull(),
+    model: text('model').notNull(),
+    destination: text('destination').notNull(),
+    /** Per entity: the cursor column's last loaded value, as text. */
+    cursors: jsonb('cursors').notNull().default(sql`'{}'::jsonb`),
+    /** Fingerprint of the model and destination specs the state was built for: a change means a full run. */
+    specFingerprint: text('spec_fingerprint'),
+    committedRun: text('committed_run'),
+    committedAt: ts('committed_at'),
+    claimedBy: text('claimed_by'),
+    claimExpiresAt: ts('claim_expires_at'),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.pipeline] })],
+);
+
+/**
+ * Each finished step of each pipeline run: what it handed on (pending cursors, the run's
+ * plan) and the result it returned, so a repeated attempt of a finished step answers the
+ * same without doing the work twice.
+ */
+export const datasyncRunSteps = pgTable(
+  'datasync_run_steps',
+  {
+    tenant: text('tenant').notNull(),
+    runId: text('run_id').notNull(),
+    step: text('step').notNull(),
+    pipeline: text('pipeline').notNull(),
+    state: jsonb('state').notNull(),
+    result: jsonb('result').notNull(),
+    finishedAt: ts('finished_at').notNull().default(sql`now()`),
+  },
+  (t) => [primaryKey({ columns: [t.tenant, t.runId, t.step] })],
+);

@@ -123,6 +123,22 @@ export const ErrorCode = {
    * parse, does not chain to the one before it, or the file does not end with its checksum.
    */
   ExportDamaged: 'export_damaged',
+  /** No connection, model or destination by that id in the tenant. */
+  DatasyncNotFound: 'datasync_not_found',
+  /** No datasync service answered, or its state database is away. Retryable. */
+  DatasyncUnavailable: 'datasync_unavailable',
+  /** A preview query that is not one read-only SELECT/WITH; nothing reached the source. */
+  QueryRefused: 'query_refused',
+  /** A preview query that ran past its statement timeout (the source cancelled it). */
+  QueryTimeout: 'query_timeout',
+  /** The source or destination database cannot be reached. Retryable. */
+  SourceUnavailable: 'source_unavailable',
+  /** The source or destination database refused a statement (permissions, types, constraints). */
+  SourceFailed: 'source_failed',
+  /** The model names a table or column the source does not have, or keys that are not unique. */
+  SchemaMismatch: 'schema_mismatch',
+  /** Another run of the same pipeline holds it (or this step of this run is running already). Retryable. */
+  PipelineBusy: 'pipeline_busy',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -13,6 +13,7 @@
  * | dead letters         | cap.<t>.dlq.<source>                | CAP_DLQ_<t>       |
  * | worker admission     | cap.<t>.fleet.<workerId>            | CAP_FLEET_<t>     |
  * | policy versions      | cap.<t>.policy.versions             | CAP_POLICY_<t>    |
+ * | data-sync catalog    | cap.<t>.catalog.<kind>.<id>         | CAP_CATALOG_<t>   |
  * | service requests     | cap.<t>.svc.<service>.<verb>        | (core NATS)       |
  * | 3b credential route  | cap.<t>.svc.jit.<routeId>           | (core NATS)       |
  * | schedules            | cap.<t>.schedules.<id>              | CAP_TRIGGERS_<t>  |
@@ -94,6 +95,22 @@ export type SecretsVerb = (typeof SecretsVerb)[keyof typeof SecretsVerb];
 export const PolicyVerb = { Decide: 'decide', Set: 'set', Get: 'get', History: 'history', Test: 'test' } as const;
 export type PolicyVerb = (typeof PolicyVerb)[keyof typeof PolicyVerb];
 
+/** The verbs of the datasync service: `cap.<t>.svc.datasync.<verb>`. */
+export const DatasyncVerb = {
+  /** Create or change a connection, model or destination (its spec stays in the data plane). */
+  Put: 'put',
+  Delete: 'delete',
+  Get: 'get',
+  List: 'list',
+  /** Run one pipeline step (the worker's built-in pipeline handlers): replies on an inbox. */
+  Step: 'step',
+  /** Stop a running step (its attempt timed out or the worker stops). */
+  Cancel: 'cancel',
+  /** The bounded preview query (the console, the CLI). */
+  Preview: 'preview',
+} as const;
+export type DatasyncVerb = (typeof DatasyncVerb)[keyof typeof DatasyncVerb];
+
 const PREFIX = 'cap';
 
 export const Subjects = {
@@ -161,6 +178,11 @@ export const Subjects = {
   allSeen: (t: TenantId) => `${PREFIX}.${t}.seen.*`,
   /** The registered workflows, answered by the orchestrators (core NATS, request/reply). */
   workflowCatalog: (t: TenantId) => `${PREFIX}.${t}.svc.workflows.list`,
+  /** Requests to the datasync service (core NATS). */
+  datasync: (t: TenantId, verb: DatasyncVerb) => `${PREFIX}.${t}.svc.datasync.${verb}`,
+  /** A catalog entity's records (connection, model, destination): the last one is its state. */
+  catalog: (t: TenantId, kind: string, id: string) => `${PREFIX}.${t}.catalog.${parseToken('catalog kind', kind)}.${parseToken('catalog id', id)}`,
+  allCatalog: (t: TenantId) => `${PREFIX}.${t}.catalog.>`,
 } as const;
 
 /** Reads the tenant token back out of a subject; `undefined` if it is not a Capstan subject. */
@@ -193,6 +215,8 @@ export const Streams = {
   triggers: (t: TenantId) => `${STREAM_PREFIX}TRIGGERS_${t}`,
   /** Webhook ids ingress accepted, kept for the replay window (max age). */
   seen: (t: TenantId) => `${STREAM_PREFIX}SEEN_${t}`,
+  /** The data-sync catalog: one subject per entity, its last message is the entity's state. */
+  catalog: (t: TenantId) => `${STREAM_PREFIX}CATALOG_${t}`,
   /** The prefix of command streams, used to discover tenants. */
   commandsPrefix: `${STREAM_PREFIX}CMDS_`,
 } as const;
@@ -274,4 +298,6 @@ export const MsgIds = {
   command: (verb: CommandVerb, key: string) => `${verb}:${key}`,
   /** A policy version: a retried store of the same text as the same version is a duplicate. */
   policyVersion: (version: number, sha256: string) => `policy:${version}:${sha256}`,
+  /** A catalog record: a retried publish of the same version is a duplicate. */
+  catalogRecord: (kind: string, id: string, version: number) => `catalog:${kind}:${id}:${version}`,
 } as const;

@@ -17,6 +17,7 @@
 import {
   CommandVerb,
   Consumers,
+  DatasyncVerb,
   DeadLetterSource,
   JsApi,
   Platform,
@@ -46,6 +47,8 @@ export const Role = {
   Console: 'console',
   /** Signed webhooks in: checks each delivery (through the secrets-lease service) and submits. */
   Ingress: 'ingress',
+  /** The data plane's connector runtime for data-sync pipelines. */
+  Datasync: 'datasync',
   /** The platform admin: provisioning only (streams, consumers, registry). Never a running service. */
   Admin: 'admin',
 } as const;
@@ -56,7 +59,7 @@ export const TENANT_ROLES = [Role.Client, Role.Operator, Role.Worker] as const;
 export type TenantRole = (typeof TENANT_ROLES)[number];
 
 /** Platform services: one identity each, with a user in every tenant account (kept in the registry). */
-export const SERVICE_ROLES = [Role.Orchestrator, Role.Policy, Role.SecretsLease, Role.Sandbox, Role.Projector, Role.Console, Role.Ingress] as const;
+export const SERVICE_ROLES = [Role.Orchestrator, Role.Policy, Role.SecretsLease, Role.Sandbox, Role.Projector, Role.Console, Role.Ingress, Role.Datasync] as const;
 export type ServiceRole = (typeof SERVICE_ROLES)[number];
 
 export function isServiceRole(r: string): r is ServiceRole {
@@ -127,6 +130,8 @@ function operatorPub(t: TenantId): string[] {
     Subjects.allRoutes(t),
     Subjects.workflowCatalog(t),
     ...readStream(Streams.triggers(t)),
+    // The data-sync catalog's administration, and the bounded preview.
+    ...[DatasyncVerb.Put, DatasyncVerb.Delete, DatasyncVerb.Get, DatasyncVerb.List, DatasyncVerb.Preview].map((v) => Subjects.datasync(t, v)),
   ];
 }
 
@@ -159,6 +164,9 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
           Subjects.sandboxExec(t),
           // A cancelled sandboxed attempt: the worker asks the sandbox service to kill it.
           Subjects.sandboxCancel(t),
+          // The built-in pipeline handlers ask the datasync service to run a step, and to stop it.
+          Subjects.datasync(t, DatasyncVerb.Step),
+          Subjects.datasync(t, DatasyncVerb.Cancel),
           Subjects.secrets(t, SecretsVerb.Lease),
           Subjects.policy(t, PolicyVerb.Decide),
           Subjects.workerHeartbeat(t),
@@ -226,10 +234,11 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
           ...readStream(Streams.policy(t)),
           ...readStream(Streams.deadLetters(t)),
           ...readStream(Streams.triggers(t)),
+          ...readStream(Streams.catalog(t)),
           ...useConsumer(Streams.runs(t), Consumers.projector),
           JsApi.consumerReset(Streams.runs(t), Consumers.projector),
         ],
-        sub: [inbox, Subjects.workerHeartbeat(t), Subjects.allFleet(t), Subjects.policyVersions(t), Subjects.allSchedules(t), Subjects.allRoutes(t)],
+        sub: [inbox, Subjects.workerHeartbeat(t), Subjects.allFleet(t), Subjects.policyVersions(t), Subjects.allSchedules(t), Subjects.allRoutes(t), Subjects.allCatalog(t)],
       };
     case Role.Ingress:
       return {
@@ -242,6 +251,23 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
           ...readStream(Streams.triggers(t)),
         ],
         sub: [inbox, Subjects.allRoutes(t)],
+      };
+    case Role.Datasync:
+      return {
+        pub: [
+          JsApi.info,
+          // Catalog records (stored; the publish is acknowledged on its inbox), and reading them back.
+          Subjects.allCatalog(t),
+          ...readStream(Streams.catalog(t)),
+          // Whether a pipeline's holder run has ended.
+          ...readStream(Streams.runs(t)),
+          // The connection's credentials, leased and redeemed for one step or preview: the second redeemer after the sandbox service.
+          Subjects.secrets(t, SecretsVerb.Lease),
+          Subjects.secrets(t, SecretsVerb.Redeem),
+        ],
+        sub: [inbox, Subjects.svcVerbs(t, 'datasync')],
+        // accepted, a beat every second, done: for as long as a pipeline step runs.
+        resp: LONG_REPLIES,
       };
     case Role.Admin:
       throw new InvalidArgumentError('the platform admin has no permission list: it holds its account whole');

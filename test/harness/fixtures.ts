@@ -170,7 +170,7 @@ export async function eventually<T>(what: string, check: () => Promise<T | undef
   }
 }
 
-export type ServiceName = 'orchestrator' | 'worker' | 'projector' | 'sandbox' | 'policy' | 'secrets-lease';
+export type ServiceName = 'orchestrator' | 'worker' | 'projector' | 'sandbox' | 'policy' | 'secrets-lease' | 'datasync';
 
 /** A service running as its own process (`node services/<name>/dist/main.js`). */
 export interface ServiceProcess {

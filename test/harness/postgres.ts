@@ -5,7 +5,7 @@
  * refuses root).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { chownSync, existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -42,7 +42,16 @@ export interface PrivatePostgres {
   destroy(): Promise<void>;
 }
 
-export async function startPostgres(): Promise<PrivatePostgres> {
+export interface PostgresOptions {
+  /** Files written into the data folder before the server starts (certificates, keys), owned by the server. */
+  readonly files?: Readonly<Record<string, string>>;
+  /** Replaces pg_hba.conf. */
+  readonly hba?: string;
+  /** More `-c name=value` settings (`ssl=on`, …). */
+  readonly settings?: Readonly<Record<string, string>>;
+}
+
+export async function startPostgres(opts: PostgresOptions = {}): Promise<PrivatePostgres> {
   const bin = binDir();
   const dir = mkdtempSync(join(tmpdir(), 'capstan-pg-'));
   const data = join(dir, 'data');
@@ -50,6 +59,12 @@ export async function startPostgres(): Promise<PrivatePostgres> {
   const ids = root ? { uid: Number(execFileSync('id', ['-u', 'postgres']).toString()), gid: Number(execFileSync('id', ['-g', 'postgres']).toString()) } : {};
   if (root) chownSync(dir, ids.uid as number, ids.gid as number);
   execFileSync(join(bin, 'initdb'), ['-D', data, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8'], { ...ids, stdio: 'ignore' });
+  const files = { ...opts.files, ...(opts.hba ? { 'pg_hba.conf': opts.hba } : {}) };
+  for (const [name, text] of Object.entries(files)) {
+    writeFileSync(join(data, name), text, { mode: 0o600 });
+    if (root) chownSync(join(data, name), ids.uid as number, ids.gid as number);
+  }
+  const settings = Object.entries(opts.settings ?? {}).flatMap(([k, v]) => ['-c', `${k}=${v}`]);
   const port = await freePort();
   const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
   let child: ChildProcess | undefined;
@@ -73,7 +88,7 @@ export async function startPostgres(): Promise<PrivatePostgres> {
   const exited = () => new Promise<void>((r) => (!child || child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', () => r())));
 
   const start = async () => {
-    child = spawn(join(bin, 'postgres'), ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'max_connections=200'], { ...ids, stdio: 'ignore' });
+    child = spawn(join(bin, 'postgres'), ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'max_connections=200', ...settings], { ...ids, stdio: 'ignore' });
     await waitReady();
   };
   await start();

@@ -30,20 +30,23 @@ describe('permissions', () => {
       s.startsWith(`cap.${t}.`) ||
       s.startsWith(`${inbox}.`) ||
       s === '$JS.API.INFO' ||
-      [Streams.runs(t), Streams.commands(t), Streams.work(t), Streams.deadLetters(t), Streams.fleet(t), Streams.policy(t), Streams.triggers(t), Streams.seen(t)].some((stream) => s.includes(`.${stream}`) && !s.includes(`.${stream}x`));
+      [Streams.runs(t), Streams.commands(t), Streams.work(t), Streams.deadLetters(t), Streams.fleet(t), Streams.policy(t), Streams.triggers(t), Streams.seen(t), Streams.catalog(t)].some((stream) => s.includes(`.${stream}`) && !s.includes(`.${stream}x`));
     for (const role of roles) {
       const p = permissionsFor(role, t, inbox, scope);
       for (const s of [...p.pub, ...p.sub]) expect(mine(s), `${role}: ${s}`).toBe(true);
     }
   });
 
-  it('permissions - only the orchestrator appends, only the policy service answers policy requests, only the sandbox redeems', () => {
+  it('permissions - only the orchestrator appends, only the policy service answers policy requests, only the sandbox and the datasync service redeem', () => {
     const t = 'acme' as TenantId;
     const who = (pred: (p: ReturnType<typeof permissionsFor>) => boolean) => roles.filter((r) => pred(permissionsFor(r, t, inbox, scope)));
     expect(who((p) => p.pub.includes(`cap.${t}.runs.*`))).toEqual([Role.Orchestrator]);
     expect(who((p) => p.pub.includes(`cap.${t}.work.*`))).toEqual([Role.Orchestrator]);
     expect(who((p) => p.sub.includes(`cap.${t}.svc.policy.*`))).toEqual([Role.Policy]);
-    expect(who((p) => p.pub.includes(`cap.${t}.svc.secrets.redeem`))).toEqual([Role.Sandbox]);
+    // The datasync service redeems a connection's credentials for the handshake it makes itself.
+    expect(who((p) => p.pub.includes(`cap.${t}.svc.secrets.redeem`))).toEqual([Role.Sandbox, Role.Datasync]);
+    expect(who((p) => p.sub.includes(`cap.${t}.svc.datasync.*`))).toEqual([Role.Datasync]);
+    expect(who((p) => p.pub.includes(`cap.${t}.catalog.>`))).toEqual([Role.Datasync]);
     expect(who((p) => p.sub.includes(`cap.${t}.svc.sandbox.exec`))).toEqual([Role.Sandbox]);
     // A worker pulls exactly its pools.
     const w = permissionsFor(Role.Worker, t, inbox, { pools: ['gpu'], workerId: 'w1' });

@@ -16,6 +16,7 @@ import { createWorker, loadConfig as workerConfig } from '@capstan/worker';
 import { createSandboxService, loadConfig as sandboxConfig } from '@capstan/sandbox';
 import { createPolicyService, loadConfig as policyConfig } from '@capstan/policy';
 import { createSecretsLease, loadConfig as secretsConfig } from '@capstan/secrets-lease';
+import { createDatasync, loadConfig as datasyncConfig } from '@capstan/datasync';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import { createConsole, localAdmin, loadConfig as consoleConfig } from '@capstan/console';
 import { createIngress, loadConfig as ingressConfig } from '@capstan/ingress';
@@ -168,6 +169,12 @@ export async function devCmd(argv: string[]): Promise<number> {
     if (!stored.has(name)) await putSecret(nc, tenant, name, `${name.toLowerCase()}-${randomBytes(12).toString('hex')}`, { by: 'capstan-dev' });
   }
 
+  // Data sync keeps its staging and state in Postgres (COPY, unlogged tables): only with a real one.
+  const datasync = dbUrl
+    ? await createDatasync(datasyncConfig(as(Role.Datasync, { DATABASE_URL: dbUrl, DATASYNC_FILES_ROOT: join(DEV_DIR, 'datasync') })), createLogger('datasync', logLevel, process.stderr))
+    : undefined;
+  await datasync?.start();
+
   const orchestrator = await createOrchestrator(orchestratorConfig(as(Role.Orchestrator)), createLogger('orchestrator', logLevel, process.stderr));
   const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: credsOf.worker }), createLogger('worker', logLevel, process.stderr));
   // Fleet decisions (the console's too) revoke or restore worker credentials at the server.
@@ -235,6 +242,7 @@ export async function devCmd(argv: string[]): Promise<number> {
   say(`  sign in     ${signInLink}  ${dim(`(one use, ${Math.round(devConsoleConfig.linkTtlMs / 60_000)} min; also in .capstan/dev/console.url)`)}`);
   say(`  sandboxes   ${noSandboxes ? red(`unavailable: ${noSandboxes}`) : `docker (${sandboxes.runtime() ?? '?'}), image ${sandboxes.image() ?? '?'}${dim(`  (artifacts in ${SANDBOX_ARTIFACTS})`)}`}`);
   say(`  webhooks    ${ingress.url}/hooks/${tenant}/<route>  ${dim('(capstan routes create …; Standard Webhooks signatures)')}`);
+  say(`  data sync   ${datasync ? `files in ${join(DEV_DIR, 'datasync')}  ${dim('(capstan datasync …, the console\'s Data sync view)')}` : dim('off: needs a Postgres (--db or DATABASE_URL) for its staging')}`);
 
   say(`  workflows   ${orchestrator.registry.list().map((w) => `${w.id}@${w.version}`).join(', ')}`);
   say(`  try         npx capstan submit demo.pipeline --tenant ${tenant} --wait`);
@@ -250,6 +258,7 @@ export async function devCmd(argv: string[]): Promise<number> {
     rmSync(DEV_API_URL_FILE, { force: true });
     await authority.stop();
     await worker.stop();
+    await datasync?.stop();
     await sandboxes.stop();
     await orchestrator.stop();
     await secretsService.stop();

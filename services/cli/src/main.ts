@@ -11,6 +11,7 @@ import { policyCmd } from './policy.js';
 import { exportCmd } from './review.js';
 import { secretsCmd } from './secrets.js';
 import { routesCmd, schedulesCmd } from './triggers.js';
+import { datasyncCmd } from './datasync.js';
 
 const USAGE = `capstan — durable workflows on NATS JetStream
 
@@ -56,6 +57,14 @@ usage:
                       [--mode N] [--secret K] [--host h:p] [--target x] [--worker w])
                       [--policy <p.cedar> | --version N]
                                        each query's decision (allow, deny, needs-approval), recording nothing
+  capstan datasync put connection|model|destination <id> --tenant <t> (--file <spec.json> | --spec <json>)
+                  [--name <text>] [--as <user>]     define a connection, model or destination (its spec stays
+                                       in the data plane; secrets are named, never given)
+  capstan datasync delete <kind> <id> --tenant <t> | capstan datasync list [kind] --tenant <t> [--all] [--json]
+  capstan datasync run --tenant <t> --connection <id> --model <id> --destination <id> [--wait] [--json]
+                                       start a pipeline run (Retrieve → Refresh → Build model → Resolve → Load)
+  capstan datasync preview --tenant <t> --connection <id> (--sql <q> | --sql-file <f>) [--timeout-ms N]
+                                       one read-only SELECT/WITH: at most 100 rows, cells cut
 
 tenancy (the platform admin, with the operator's key store: --auth-dir <dir>, $CAPSTAN_AUTH_DIR, or \`capstan dev\`'s):
   capstan auth init                               make a key store: operator, system and platform accounts, service identities
@@ -135,6 +144,7 @@ const commands: Record<string, (argv: string[]) => Promise<number>> = {
   auth: authCmd,
   schedules: (argv) => schedulesCmd(argv),
   routes: (argv) => routesCmd(argv),
+  datasync: (argv) => datasyncCmd(argv),
 };
 
 const [name, ...rest] = process.argv.slice(2);

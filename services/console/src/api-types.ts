@@ -51,6 +51,11 @@
  *   POST /api/tenants/:tenant/schedules                     CreateScheduleRequest → ActionResponse (operator)
  *   POST /api/tenants/:tenant/schedules/:id/{pause,resume,trigger,delete}  ScheduleActionRequest → ActionResponse (operator)
  *   GET  /api/tenants/:tenant/routes                                           → RoutesResponse
+ *   GET  /api/tenants/:tenant/datasync                                         → DatasyncResponse
+ *   POST /api/tenants/:tenant/datasync/:kind/:id            DatasyncPutRequest → DatasyncEntityResponse (admin)
+ *   POST /api/tenants/:tenant/datasync/:kind/:id/delete     {}                 → DatasyncEntityResponse (admin)
+ *   POST /api/tenants/:tenant/datasync/runs                 PipelineRunRequest → ActionResponse (operator)
+ *   POST /api/tenants/:tenant/datasync/preview              PreviewRequest     → PreviewResponse (operator)
  *
  * Paths are built with `apiPaths` below; path segments are percent-encoded there.
  */
@@ -76,6 +81,11 @@ export const ACTION_ROLE = {
   resumeSchedule: 'operator',
   triggerSchedule: 'operator',
   deleteSchedule: 'operator',
+  runPipeline: 'operator',
+  /** The preview returns rows of the tenant's data: more than a viewer sees. */
+  preview: 'operator',
+  putEntity: 'admin',
+  deleteEntity: 'admin',
 } as const satisfies Record<string, Role>;
 export type ActionName = keyof typeof ACTION_ROLE;
 
@@ -632,8 +642,85 @@ export interface RouteInfo {
   readonly changedAt: string;
 }
 
+// Data sync: the catalog (identifiers and safe facts; specs stay in the data plane),
+// pipeline runs with their steps, the bounded preview.
+
+export const DATASYNC_KINDS = ['connection', 'model', 'destination'] as const;
+export type DatasyncKind = (typeof DATASYNC_KINDS)[number];
+export const PIPELINE_STEP_NAMES = ['retrieve', 'refresh', 'build', 'resolve', 'load'] as const;
+
+export interface DatasyncEntity {
+  readonly kind: DatasyncKind;
+  readonly id: string;
+  readonly name: string;
+  readonly version: number;
+  readonly status: 'active' | 'deleted';
+  /** sha256 of the spec in the data plane. */
+  readonly fingerprint: string;
+  /** Safe facts: type, auth strategy kind, TLS mode, format, entity names, counts. */
+  readonly summary: { readonly [k: string]: JsonValue };
+  readonly changedBy: string;
+  readonly changedAt: string;
+}
+
 export interface RoutesResponse {
   readonly routes: RouteInfo[];
+}
+
+export interface PipelineStepProgress {
+  readonly step: string;
+  /** `pending` (not reached), `running`, `completed`, `failed`, `waiting` (retry backoff). */
+  readonly status: string;
+  readonly attempts: number;
+  /** The step's metadata, once completed: rows, bytes, duration. */
+  readonly rows: number | null;
+  readonly bytes: number | null;
+  readonly durationMs: number | null;
+}
+
+export interface PipelineRun extends RunSummary {
+  readonly connection: string | null;
+  readonly model: string | null;
+  readonly destination: string | null;
+  readonly steps: PipelineStepProgress[];
+}
+
+export interface DatasyncResponse {
+  readonly entities: DatasyncEntity[];
+  /** The latest pipeline runs, newest first (at most 20). */
+  readonly runs: PipelineRun[];
+}
+
+export interface DatasyncPutRequest {
+  readonly name?: string;
+  /** The spec: names secrets, never holds one. Checked by the datasync service. */
+  readonly spec: JsonValue;
+}
+
+export interface DatasyncEntityResponse {
+  readonly entity: DatasyncEntity;
+}
+
+export interface PipelineRunRequest {
+  readonly connection: string;
+  readonly model: string;
+  readonly destination: string;
+}
+
+export interface PreviewRequest {
+  readonly connection: string;
+  readonly sql: string;
+  readonly timeoutMs?: number;
+}
+
+export interface PreviewResponse {
+  readonly columns: { readonly name: string; readonly type: string }[];
+  /** At most 100 rows; cells cut to 200 characters and cleaned of control characters; null is null. */
+  readonly rows: (string | null)[][];
+  readonly truncated: boolean;
+  readonly cellsTruncated: number;
+  readonly durationMs: number;
+  readonly fingerprint: string;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -669,6 +756,11 @@ export const apiPaths = {
   schedules: (t: string) => `/api/tenants/${seg(t)}/schedules`,
   scheduleAction: (t: string, id: string, action: ScheduleAction) => `/api/tenants/${seg(t)}/schedules/${seg(id)}/${action}`,
   routes: (t: string) => `/api/tenants/${seg(t)}/routes`,
+  datasync: (t: string) => `/api/tenants/${seg(t)}/datasync`,
+  datasyncEntity: (t: string, kind: string, id: string) => `/api/tenants/${seg(t)}/datasync/${seg(kind)}/${seg(id)}`,
+  datasyncDelete: (t: string, kind: string, id: string) => `/api/tenants/${seg(t)}/datasync/${seg(kind)}/${seg(id)}/delete`,
+  datasyncRuns: (t: string) => `/api/tenants/${seg(t)}/datasync/runs`,
+  datasyncPreview: (t: string) => `/api/tenants/${seg(t)}/datasync/preview`,
 } as const;
 
 /** A JSON value as it travels in request and response bodies. */

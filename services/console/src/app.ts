@@ -19,6 +19,7 @@ import { createLiveHub, registerRunStream } from './live.js';
 import { registerAuditRoutes } from './routes-audit.js';
 import { registerFleetRoutes } from './routes-fleet.js';
 import { registerPolicyRoutes } from './routes-policy.js';
+import { registerDatasyncRoutes } from './routes-datasync.js';
 import { registerRunRoutes } from './routes-runs.js';
 import { registerTriggerRoutes } from './routes-triggers.js';
 import { tenantOf, type RouteDeps } from './routes.js';
@@ -121,6 +122,7 @@ export function createConsole(o: ConsoleOptions): Console {
     registerAuditRoutes(f, deps);
     registerPolicyRoutes(f, deps);
     registerTriggerRoutes(f, deps);
+    registerDatasyncRoutes(f, deps);
     streams = registerRunStream(f, hub, tenantOf);
     await registerWeb(f, config.webDir ?? defaultWebDir());
     return f;

@@ -3,8 +3,8 @@
  * console never writes a projection. Every action is recorded with the signed-in user as
  * its author where the command carries one.
  */
-import { createClient, sendScheduleCommand, workflowCatalog, type Stored, type TenantAccess, type WorkflowInfo } from '@capstan/kit';
-import { isPlainObject, parseTenantId, type JsonValue, type RunId, type ScheduleCommand, type ScheduleRecord } from '@capstan/schemas';
+import { createClient, deleteEntity, previewQuery, putEntity, sendScheduleCommand, workflowCatalog, type Stored, type TenantAccess, type WorkflowInfo } from '@capstan/kit';
+import { isPlainObject, parseTenantId, PIPELINE_WORKFLOW, type CatalogKind, type CatalogRecord, type JsonValue, type PipelineInput, type PreviewReply, type PreviewRequest, type RunId, type ScheduleCommand, type ScheduleRecord } from '@capstan/schemas';
 
 export interface Author {
   readonly by: string;
@@ -26,6 +26,12 @@ export interface Commands {
   start(tenant: string, workflow: string, input: { [k: string]: JsonValue }, runId?: RunId): Promise<RunId>;
   /** A schedule command, answered by the orchestrator (its record, or its refusal). */
   schedule(tenant: string, cmd: ScheduleCommand): Promise<Stored<ScheduleRecord>>;
+  /** A pipeline run: a plain submit of `datasync.pipeline` with identifiers only. */
+  runPipeline(tenant: string, input: PipelineInput): Promise<string>;
+  putEntity(tenant: string, kind: CatalogKind, id: string, name: string | undefined, spec: JsonValue, a: Author): Promise<CatalogRecord>;
+  deleteEntity(tenant: string, kind: CatalogKind, id: string, a: Author): Promise<CatalogRecord>;
+  /** The bounded preview, asked of the tenant's datasync service. */
+  preview(tenant: string, req: Omit<PreviewRequest, 'by'>, a: Author): Promise<PreviewReply>;
 }
 
 const withReason = (a: Author) => ({ by: a.by, ...(a.reason !== undefined ? { reason: a.reason } : {}) });
@@ -63,5 +69,9 @@ export async function createCommands(access: Pick<TenantAccess, 'tenant'>): Prom
     async revokeWorker(t, workerId, a) {
       await client.revokeWorker(t, workerId, withReason(a));
     },
+    runPipeline: (t, input) => client.submit(t, PIPELINE_WORKFLOW, { input: { ...input } }),
+    putEntity: async (t, kind, id, name, spec, a) => putEntity((await access.tenant(parseTenantId(t))).nc, parseTenantId(t), { kind, id, spec, by: a.by, ...(name !== undefined ? { name } : {}) }),
+    deleteEntity: async (t, kind, id, a) => deleteEntity((await access.tenant(parseTenantId(t))).nc, parseTenantId(t), kind, id, a.by),
+    preview: async (t, req, a) => previewQuery((await access.tenant(parseTenantId(t))).nc, parseTenantId(t), { ...req, by: a.by }),
   };
 }

@@ -22,6 +22,7 @@ export class HttpError extends Error {
 export const unauthenticated = (why = 'sign in first') => new HttpError(401, ApiErrorCode.Unauthenticated, why);
 export const forbidden = (why: string) => new HttpError(403, ApiErrorCode.Forbidden, why);
 export const notFound = (why: string) => new HttpError(404, ApiErrorCode.NotFound, why);
+export const badRequest = (why: string) => new HttpError(400, ApiErrorCode.InvalidArgument, why);
 export const conflict = (why: string) => new HttpError(409, ApiErrorCode.Conflict, why);
 
 /** The platform's error codes a caller can act on, by the status that says so. */
@@ -30,6 +31,9 @@ const STATUS_OF: ReadonlyMap<string, number> = new Map([
   ...[ErrorCode.RunNotFound, ErrorCode.UnknownTenant, ErrorCode.UnknownWorkflow].map((c) => [c, 404] as const),
   [ErrorCode.Unavailable, 503] as const,
   [ErrorCode.ProjectionOutOfSync, 503] as const,
+  [ErrorCode.DatasyncUnavailable, 503] as const,
+  [ErrorCode.SourceUnavailable, 503] as const,
+  [ErrorCode.QueryRefused, 400] as const,
 ]);
 
 /**

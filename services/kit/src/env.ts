@@ -113,3 +113,17 @@ export function envNatsAuth(env: Env, problems: string[], o: { many?: boolean } 
   const tls = ca || cert ? { ...(ca ? { caFile: ca } : {}), ...(cert ? { certFile: cert, keyFile: key } : {}) } : undefined;
   return { credsPaths, ...(tls ? { tls } : {}) };
 }
+
+/**
+ * `DATABASE_URL` (or `key`): a `postgres://` or `postgresql://` URL with a host. Required;
+ * `purpose` says what the database holds, in the problem. The URL may hold a password: a
+ * problem never echoes it.
+ */
+export function envDatabaseUrl(env: Env, problems: string[], purpose = '', key = 'DATABASE_URL'): string {
+  // The required form of envPostgresUrl: same URL check, plus a message saying what it is for.
+  if (!env[key]) {
+    problems.push(`${key} is required${purpose ? `: ${purpose}` : ''} (for example postgres://capstan@127.0.0.1:5432/capstan)`);
+    return '';
+  }
+  return envPostgresUrl(env, key, problems);
+}

@@ -24,7 +24,7 @@ export {
 export type { AdminTarget, ProvisionOptions, IssueOptions } from './provision.js';
 export { createLogger, LOG_LEVELS } from './log.js';
 export type { Logger } from './log.js';
-export { envString, envInt, envBool, envLogLevel, envNatsUrl, envTenants, envNatsAuth, envPostgresUrl } from './env.js';
+export { envString, envInt, envBool, envLogLevel, envNatsUrl, envTenants, envNatsAuth, envPostgresUrl, envDatabaseUrl } from './env.js';
 export type { Env, NatsAuthConfig } from './env.js';
 export {
   ensureTenant,
@@ -38,6 +38,7 @@ export {
   triggersStreamConfig,
   seenStreamConfig,
   SEEN_WINDOW_SECONDS,
+  catalogStreamConfig,
   DEFAULT_TENANT_LIMITS,
   DEFAULT_CONSUMER_SETTINGS,
   WORK_MAX_DELIVER,
@@ -162,3 +163,7 @@ export { readSchedule, readScheduleState, listScheduleRecords, listSchedules, se
 export type { Stored, ScheduleView, WorkflowInfo } from './triggers-client.js';
 export { webhookKey, signDelivery, verifyDelivery } from './webhook-signature.js';
 export type { SignedDelivery } from './webhook-signature.js';
+export { callService, refuseRequest, wireError } from './rpc.js';
+export type { ServiceCall } from './rpc.js';
+export { putEntity, deleteEntity, getEntity, listEntities, previewQuery, runDatasyncStep } from './datasync-client.js';
+export type { DatasyncCallOptions, PutEntityInput, DatasyncStepOptions, DatasyncStepOutcome } from './datasync-client.js';

@@ -15,11 +15,8 @@
  * `lease_used`, `lease_revoked`, `lease_scope_mismatch`, …); no service answering is
  * `secrets_unavailable` (retryable).
  */
-import { NoRespondersError, RequestError, TimeoutError } from '@nats-io/transport-node';
 import {
   decode,
-  encode,
-  Headers,
   isPlainObject,
   leaseAad,
   parseKeyReply,
@@ -50,32 +47,23 @@ import {
   type VerifyRequest,
 } from '@capstan/schemas';
 import type { NatsConnection } from './nats.js';
+import { callService } from './rpc.js';
 import { generateRecipient, seal, type Recipient } from './sealed-box.js';
-import { withTraceHeader } from './tracing.js';
 
 export interface SecretsCallOptions {
   /** How long to wait for the service's answer (default 5 s). */
   readonly timeoutMs?: number;
 }
 
-async function call<T>(nc: NatsConnection, t: TenantId, verb: SecretsVerb, body: object, parse: (v: unknown) => T, o: SecretsCallOptions = {}, ctx: { leaseId?: string } = {}): Promise<T> {
-  const timeout = o.timeoutMs ?? 5000;
-  let msg;
-  try {
-    const headers = withTraceHeader();
-    msg = await nc.request(Subjects.secrets(t, verb), encode(body), { timeout, ...(headers ? { headers } : {}) });
-  } catch (e) {
-    if (e instanceof NoRespondersError || (e instanceof RequestError && e.isNoResponders())) {
-      throw new SecretsUnavailableError(`no secrets-lease service is running for tenant ${t}`, { cause: e });
-    }
-    if (e instanceof TimeoutError || (e instanceof RequestError && e.cause instanceof TimeoutError)) {
-      throw new SecretsUnavailableError(`the secrets-lease service did not answer ${verb} within ${timeout} ms`, { cause: e });
-    }
-    throw new SecretsUnavailableError(`secrets ${verb} request failed: ${(e as Error).message}`, { cause: e });
-  }
-  const code = msg.headers?.get(Headers.ErrorCode);
-  if (code) throw secretsErrorFromWire(code, msg.headers?.get(Headers.Error) ?? code, { tenant: t, ...ctx });
-  return parse(decode(msg.data));
+function call<T>(nc: NatsConnection, t: TenantId, verb: SecretsVerb, body: object, parse: (v: unknown) => T, o: SecretsCallOptions = {}, ctx: { leaseId?: string } = {}): Promise<T> {
+  return callService(nc, {
+    subject: Subjects.secrets(t, verb),
+    body,
+    parse,
+    ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
+    unavailable: (why, cause) => new SecretsUnavailableError(`secrets-lease service, ${verb}: ${why} (tenant ${t})`, { cause }),
+    fromWire: (code, message) => secretsErrorFromWire(code, message, { tenant: t, ...ctx }),
+  });
 }
 
 // ---------------------------------------------------------------------------------------

@@ -166,15 +166,24 @@ const ADMISSION_HISTORY = 64;
  * bucket) so the one permission `cap.<t>.>` still fences the tenant.
  */
 export function fleetStreamConfig(t: TenantId): Partial<StreamConfig> & { name: string } {
+  return keyedStreamConfig(Streams.fleet(t), Subjects.allFleet(t), ADMISSION_HISTORY, 4096);
+}
+
+/**
+ * A stream used as a key-value bucket in all but name: one subject per key, whose last
+ * message is the key's state, `history` messages kept per key, and nothing deletable (a
+ * revocation or a change must not be undone by deleting its record).
+ */
+function keyedStreamConfig(name: string, subjects: string | readonly string[], history: number, maxMsgSize: number, opts: { duplicateWindowNs?: number } = {}): Partial<StreamConfig> & { name: string } {
   return {
-    name: Streams.fleet(t),
-    subjects: [Subjects.allFleet(t)],
+    name,
+    subjects: typeof subjects === 'string' ? [subjects] : [...subjects],
     storage: 'file' as StreamConfig['storage'],
     retention: 'limits' as StreamConfig['retention'],
     discard: 'old' as StreamConfig['discard'],
-    max_msgs_per_subject: ADMISSION_HISTORY,
-    max_msg_size: 4096,
-    // A revocation must not be undone by deleting it.
+    max_msgs_per_subject: history,
+    max_msg_size: maxMsgSize,
+    ...(opts.duplicateWindowNs ? { duplicate_window: opts.duplicateWindowNs } : {}),
     deny_delete: true,
     deny_purge: true,
     allow_direct: true,
@@ -213,18 +222,7 @@ const TRIGGER_HISTORY = 64;
  * the records are the audit trail of every change.
  */
 export function triggersStreamConfig(t: TenantId): Partial<StreamConfig> & { name: string } {
-  return {
-    name: Streams.triggers(t),
-    subjects: [Subjects.allSchedules(t), Subjects.allScheduleStates(t), Subjects.allRoutes(t)],
-    storage: 'file' as StreamConfig['storage'],
-    retention: 'limits' as StreamConfig['retention'],
-    discard: 'old' as StreamConfig['discard'],
-    max_msgs_per_subject: TRIGGER_HISTORY,
-    max_msg_size: LIMITS.messageBytes,
-    deny_delete: true,
-    deny_purge: true,
-    allow_direct: true,
-  };
+  return keyedStreamConfig(Streams.triggers(t), [Subjects.allSchedules(t), Subjects.allScheduleStates(t), Subjects.allRoutes(t)], TRIGGER_HISTORY, LIMITS.messageBytes);
 }
 
 /**
@@ -249,9 +247,23 @@ export function seenStreamConfig(t: TenantId): Partial<StreamConfig> & { name: s
   };
 }
 
+/** Records kept per catalog entity: its history of changes, for a person reading the stream. */
+const CATALOG_HISTORY = 64;
+
+/**
+ * The tenant's data-sync catalog (`cap.<t>.catalog.<kind>.<id>`): one subject per
+ * connection, model or destination, whose last record is its state (identifiers and safe
+ * metadata; specs stay in the data plane). The datasync service appends with the subject's
+ * expected last sequence; the projector folds it into `datasync_entities` and the audit log.
+ * Nothing may be deleted: the records are the audit trail.
+ */
+export function catalogStreamConfig(t: TenantId): Partial<StreamConfig> & { name: string } {
+  return keyedStreamConfig(Streams.catalog(t), Subjects.allCatalog(t), CATALOG_HISTORY, 8192, { duplicateWindowNs: 120 * SECOND_NS });
+}
+
 /** Creates the tenant's streams, or brings their settings up to date. Idempotent. */
 export async function ensureStreams(jsm: JetStreamManager, t: TenantId, limits?: TenantLimits): Promise<void> {
-  for (const cfg of [...streamConfigs(t, limits), fleetStreamConfig(t), policyStreamConfig(t), triggersStreamConfig(t), seenStreamConfig(t)]) {
+  for (const cfg of [...streamConfigs(t, limits), fleetStreamConfig(t), policyStreamConfig(t), triggersStreamConfig(t), seenStreamConfig(t), catalogStreamConfig(t)]) {
     try {
       await jsm.streams.info(cfg.name);
       await jsm.streams.update(cfg.name, cfg);

@@ -28,6 +28,7 @@ import type { Config } from './config.js';
 import { followAdmissions, followFleet, type AdmissionFollower } from './fleet.js';
 import { followPolicies, type PolicyFollower } from './policies.js';
 import { followTriggers } from './triggers.js';
+import { followCatalog } from './catalog.js';
 import type { StreamFollower } from './follow.js';
 import { createTenantProjector, type TenantProjector, type TenantProjectorStats } from './tenant-projector.js';
 import { rebuildProjections } from './rebuild.js';
@@ -61,7 +62,7 @@ interface Served {
   /** Worker heartbeats: not derived from a stream, so kept whatever the streams do. */
   readonly heartbeats: Subscription;
   /** The tenant's stream followers, while the projections follow its run stream. */
-  following?: { readonly created: string; readonly runs: TenantProjector; readonly admissions: AdmissionFollower; readonly policies: PolicyFollower; readonly triggers: readonly StreamFollower[] };
+  following?: { readonly created: string; readonly runs: TenantProjector; readonly admissions: AdmissionFollower; readonly policies: PolicyFollower; readonly triggers: readonly StreamFollower[]; readonly catalog: StreamFollower };
   lastStats: TenantProjectorStats;
   checking?: Promise<void>;
   rebuilds: number;
@@ -87,6 +88,7 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
       admissions: followAdmissions(nc, jsm, database.db, t, log),
       policies: followPolicies(nc, jsm, database.db, t, log),
       triggers: followTriggers(nc, jsm, database.db, t, log),
+      catalog: followCatalog(nc, jsm, database.db, t, log),
     };
     return runs.start();
   }
@@ -96,7 +98,7 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
     if (!f) return;
     s.following = undefined;
     s.lastStats = { ...f.runs.stats };
-    await Promise.all([f.runs.stop(), f.admissions.stop(), f.policies.stop(), ...f.triggers.map((x) => x.stop())]);
+    await Promise.all([f.runs.stop(), f.admissions.stop(), f.policies.stop(), ...f.triggers.map((x) => x.stop()), f.catalog.stop()]);
   }
 
   /**

@@ -12,7 +12,7 @@
  * lock, so a redelivered or re-read record applies nothing twice. Postgres away means the
  * same record is tried again with backoff; an undecodable record becomes a dead_letters row.
  */
-import { and, eq, sql } from 'drizzle-orm';
+import { and, eq } from 'drizzle-orm';
 import type { JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { db as schema, decode, ErrorCode, parseWorkerAdmission, parseWorkerHeartbeat, Streams, Subjects, toErrorRecord, SchemaError, type TenantId } from '@capstan/schemas';
@@ -20,6 +20,7 @@ import type { Logger, ProjectionDb } from '@capstan/kit';
 import { AuditKind, pgText, type AuditRow } from './projection.js';
 import type { DeadLetterRow } from './apply.js';
 import { followStream, type StreamFollower, type StreamMessage } from './follow.js';
+import { lockSideStream, readSideCheckpoint, readSideStream, writeSideCheckpoint } from './side-stream.js';
 
 export function followFleet(nc: NatsConnection, db: ProjectionDb, t: TenantId, log: Logger): Subscription {
   return nc.subscribe(Subjects.workerHeartbeat(t), {
@@ -84,24 +85,15 @@ export function projectAdmission(t: TenantId, m: FleetMessage): { admission: Adm
 }
 
 async function lockFleet(tx: ProjectionDb, t: TenantId): Promise<void> {
-  await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`capstan.projector.fleet:${t}`}, 0))`);
+  await lockSideStream(tx, `capstan.projector.fleet:${t}`);
 }
 
-export async function readFleetCheckpoint(tx: ProjectionDb, t: TenantId): Promise<number> {
-  const c = schema.checkpoints;
-  const rows = await tx
-    .select({ seq: c.lastStreamSeq })
-    .from(c)
-    .where(and(eq(c.tenant, t), eq(c.stream, Streams.fleet(t))));
-  return rows[0]?.seq ?? 0;
+export function readFleetCheckpoint(tx: ProjectionDb, t: TenantId): Promise<number> {
+  return readSideCheckpoint(tx, t, Streams.fleet(t));
 }
 
-async function writeFleetCheckpoint(tx: ProjectionDb, t: TenantId, seq: number): Promise<void> {
-  const c = schema.checkpoints;
-  await tx
-    .insert(c)
-    .values({ tenant: t, stream: Streams.fleet(t), lastStreamSeq: seq })
-    .onConflictDoUpdate({ target: [c.tenant, c.stream], set: { lastStreamSeq: seq, updatedAt: sql`now()` } });
+function writeFleetCheckpoint(tx: ProjectionDb, t: TenantId, seq: number): Promise<void> {
+  return writeSideCheckpoint(tx, t, Streams.fleet(t), seq);
 }
 
 /** Writes one record's rows; the caller holds the fleet lock and moves the checkpoint. */
@@ -139,24 +131,10 @@ export async function rebuildAdmissions(tx: ProjectionDb, jsm: JetStreamManager,
   await tx.delete(schema.workerAdmissions).where(eq(schema.workerAdmissions.tenant, t));
   await tx.delete(schema.deadLetters).where(and(eq(schema.deadLetters.tenant, t), eq(schema.deadLetters.stream, Streams.fleet(t))));
   let applied = 0;
-  let last = 0;
-  for (let from = 1; ; ) {
-    const page: FleetMessage[] = [];
-    try {
-      for await (const m of await jsm.direct.getBatch(Streams.fleet(t), { seq: from, next_by_subj: Subjects.allFleet(t), batch: 500 })) {
-        page.push({ seq: m.seq, subject: m.subject, data: m.data, time: m.time });
-      }
-    } catch {
-      // No stream, or nothing at or after `from`: the end.
-    }
-    for (const m of page) {
-      await writeAdmission(tx, t, m);
-      last = m.seq;
-      applied++;
-    }
-    if (page.length < 500) break;
-    from = last + 1;
-  }
+  const last = await readSideStream(jsm, Streams.fleet(t), Subjects.allFleet(t), async (m) => {
+    await writeAdmission(tx, t, m);
+    applied++;
+  });
   await writeFleetCheckpoint(tx, t, last);
   return applied;
 }

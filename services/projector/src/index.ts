@@ -36,3 +36,5 @@ export { projectPolicyVersion, applyPolicyVersion, rebuildPolicies, readPolicyCh
 export type { PolicyRow, PolicyMessage, PolicyFollower } from './policies.js';
 export { projectTrigger, applyTrigger, rebuildTriggers, followTriggers, TriggerAuditKind, SCHEDULES, ROUTES } from './triggers.js';
 export type { ScheduleRow, RouteRow } from './triggers.js';
+export { projectCatalogRecord, applyCatalogRecord, rebuildCatalog, readCatalogCheckpoint, followCatalog, catalogAuditRunId } from './catalog.js';
+export type { CatalogRow } from './catalog.js';

@@ -8,7 +8,6 @@
  * the stream, becomes a dead_letters row (the policy service denies under it, too).
  */
 import { createHash } from 'node:crypto';
-import { and, eq, sql } from 'drizzle-orm';
 import type { JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { db as schema, decode, ErrorCode, parsePolicyVersionRecord, SchemaError, Streams, Subjects, toErrorRecord, type TenantId } from '@capstan/schemas';
@@ -16,6 +15,7 @@ import type { Logger, ProjectionDb } from '@capstan/kit';
 import { pgText, type AuditRow } from './projection.js';
 import type { DeadLetterRow } from './apply.js';
 import { followStream, type StreamFollower, type StreamMessage } from './follow.js';
+import { lockSideStream, readSideCheckpoint, readSideStream, writeSideCheckpoint } from './side-stream.js';
 
 export type PolicyRow = typeof schema.policies.$inferSelect;
 
@@ -58,24 +58,15 @@ export function projectPolicyVersion(t: TenantId, m: PolicyMessage): { policy: P
 }
 
 async function lockPolicies(tx: ProjectionDb, t: TenantId): Promise<void> {
-  await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`capstan.projector.policy:${t}`}, 0))`);
+  await lockSideStream(tx, `capstan.projector.policy:${t}`);
 }
 
-export async function readPolicyCheckpoint(tx: ProjectionDb, t: TenantId): Promise<number> {
-  const c = schema.checkpoints;
-  const rows = await tx
-    .select({ seq: c.lastStreamSeq })
-    .from(c)
-    .where(and(eq(c.tenant, t), eq(c.stream, Streams.policy(t))));
-  return rows[0]?.seq ?? 0;
+export function readPolicyCheckpoint(tx: ProjectionDb, t: TenantId): Promise<number> {
+  return readSideCheckpoint(tx, t, Streams.policy(t));
 }
 
-async function writePolicyCheckpoint(tx: ProjectionDb, t: TenantId, seq: number): Promise<void> {
-  const c = schema.checkpoints;
-  await tx
-    .insert(c)
-    .values({ tenant: t, stream: Streams.policy(t), lastStreamSeq: seq })
-    .onConflictDoUpdate({ target: [c.tenant, c.stream], set: { lastStreamSeq: seq, updatedAt: sql`now()` } });
+function writePolicyCheckpoint(tx: ProjectionDb, t: TenantId, seq: number): Promise<void> {
+  return writeSideCheckpoint(tx, t, Streams.policy(t), seq);
 }
 
 /** Writes one version's rows; both tables only ever gain rows, so a re-applied version adds nothing. */
@@ -107,24 +98,10 @@ export async function applyPolicyVersion(db: ProjectionDb, t: TenantId, m: Polic
 export async function rebuildPolicies(tx: ProjectionDb, jsm: JetStreamManager, t: TenantId): Promise<number> {
   await lockPolicies(tx, t);
   let applied = 0;
-  let last = 0;
-  for (let from = 1; ; ) {
-    const page: PolicyMessage[] = [];
-    try {
-      for await (const m of await jsm.direct.getBatch(Streams.policy(t), { seq: from, next_by_subj: Subjects.policyVersions(t), batch: 500 })) {
-        page.push({ seq: m.seq, subject: m.subject, data: m.data, time: m.time });
-      }
-    } catch {
-      // No stream, or nothing at or after `from`: the end.
-    }
-    for (const m of page) {
-      await writePolicyVersion(tx, t, m);
-      last = m.seq;
-      applied++;
-    }
-    if (page.length < 500) break;
-    from = last + 1;
-  }
+  const last = await readSideStream(jsm, Streams.policy(t), Subjects.policyVersions(t), async (m) => {
+    await writePolicyVersion(tx, t, m);
+    applied++;
+  });
   if (last > 0) await writePolicyCheckpoint(tx, t, last);
   return applied;
 }

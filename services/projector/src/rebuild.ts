@@ -20,6 +20,7 @@ import { readRunStream } from './stream.js';
 import { rebuildAdmissions } from './fleet.js';
 import { rebuildPolicies } from './policies.js';
 import { rebuildTriggers } from './triggers.js';
+import { rebuildCatalog } from './catalog.js';
 
 export interface RebuiltTenant {
   readonly tenant: TenantId;
@@ -91,6 +92,7 @@ async function rebuildTenant(d: Database, jsm: JetStreamManager, t: TenantId, op
     // Policy versions are immutable rows: a rebuild only adds what is missing.
     await rebuildPolicies(tx, jsm, t);
     await rebuildTriggers(tx, jsm, t);
+    await rebuildCatalog(tx, jsm, t);
     return { tenant: t, messages, deadLetters: dead, checkpoint, admissions, elapsedMs: performance.now() - t0 };
   });
 }

@@ -7,13 +7,11 @@
  * and `Capstan-Error` headers. No reply, header or log line holds a secret value: values
  * only ever leave sealed to a sandbox's key (`redeem`).
  */
-import { headers as natsHeaders, type Msg, type Subscription } from '@nats-io/transport-node';
+import type { Msg, Subscription } from '@nats-io/transport-node';
 import {
-  CapstanError,
   decode,
   encode,
   ErrorCode,
-  Headers,
   InvalidArgumentError,
   leaseAad,
   Lifecycle,
@@ -51,6 +49,8 @@ import {
   openDatabase,
   parseRecipientKey,
   refreshers as builtinRefreshers,
+  refuseRequest,
+  wireError,
   seal,
   serviceAccess,
   verifyDelivery,
@@ -301,29 +301,20 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
   }
 
   function refuse(msg: Msg, e: unknown, verb: string, t: string): void {
-    let code: string;
-    let message: string;
-    if (CapstanError.is(e)) {
-      code = e.code;
-      message = e.message;
+    // The database's own message says why (connection refused, …); it never holds a value:
+    // values never reach the database in clear.
+    const { code, message, typed } = wireError(e, ErrorCode.SecretsUnavailable, `the lease service could not complete ${verb}`);
+    if (typed) {
       if (DENIALS.has(code)) {
         stats.denied++;
         metrics.leases.inc({ tenant: t, event: 'denied' });
       }
       log.debug({ tenant: t, verb, code }, 'secrets request refused');
     } else {
-      // The database's own message says why (connection refused, …); it never holds a value:
-      // values never reach the database in clear.
-      code = ErrorCode.SecretsUnavailable;
-      message = `the lease service could not complete ${verb}: ${dbErrorMessage(e).split('\n')[0]?.slice(0, 300) ?? ''}`;
       stats.errors++;
       log.warn({ tenant: t, verb, reason: message }, 'secrets request failed');
     }
-    const h = natsHeaders();
-    h.set(Headers.ErrorCode, code);
-    // Header values are one line.
-    h.set(Headers.Error, message.replace(/[\r\n]+/g, ' ').slice(0, 1000));
-    msg.respond(new Uint8Array(0), { headers: h });
+    refuseRequest(msg, code, message);
   }
 
   async function serve(t: TenantId, msg: Msg): Promise<void> {

@@ -1,5 +1,5 @@
 import { ConfigError, type TenantId } from '@capstan/schemas';
-import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envString, envTenants, type Env, type NatsAuthConfig } from '@capstan/kit';
+import { envInt, envLogLevel, envDatabaseUrl, envNatsAuth, envNatsUrl, envString, envTenants, type Env, type NatsAuthConfig } from '@capstan/kit';
 import type { LevelWithSilent } from 'pino';
 
 export interface Config {
@@ -47,7 +47,7 @@ export function loadConfig(env: Env): Config {
     nats: envNatsAuth(env, problems),
     logLevel: envLogLevel(env, problems),
     tenants: envTenants(env, problems),
-    databaseUrl: databaseUrl(env, problems),
+    databaseUrl: envDatabaseUrl(env, problems),
     defaultTtlMs,
     maxTtlMs,
     claimWindowMs: envInt(env, 'SECRETS_CLAIM_WINDOW_MS', 10 * 60_000, problems, 100, 24 * 3_600_000),
@@ -76,21 +76,4 @@ function masterKeyOf(env: Env, problems: string[]): Buffer {
     return Buffer.alloc(0);
   }
   return key;
-}
-
-function databaseUrl(env: Env, problems: string[]): string {
-  const raw = env['DATABASE_URL'];
-  if (!raw) {
-    problems.push('DATABASE_URL is required (for example postgres://capstan@127.0.0.1:5432/capstan)');
-    return '';
-  }
-  try {
-    const u = new URL(raw);
-    if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') throw new Error('not postgres');
-    if (!u.hostname) throw new Error('no host');
-  } catch {
-    // The URL may hold a password: never echo it.
-    problems.push('DATABASE_URL must be a postgres:// or postgresql:// URL with a host');
-  }
-  return raw;
 }

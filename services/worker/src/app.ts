@@ -20,6 +20,7 @@ import { startAdmissionGate, type AdmissionGate } from './admission.js';
 import { loadHandlers, type Handlers } from './handlers.js';
 import { createPoolRunner, type PoolRunner } from './pool-runner.js';
 import { auditNotConfigured } from './external-write.js';
+import { datasyncHandlers } from './datasync.js';
 
 export interface WorkerApp {
   start(): Promise<void>;
@@ -62,7 +63,8 @@ async function identity(config: Config): Promise<{ id: string; pools: Map<Tenant
 }
 
 export async function createWorker(config: Config, log: Logger, opts: { handlers?: Handlers; audit?: AuditSink } = {}): Promise<WorkerApp> {
-  const handlers = opts.handlers ?? (await loadHandlers(config.handlersModule));
+  // Built-in handlers first: a module's own handler of the same name wins.
+  const handlers: Handlers = { ...datasyncHandlers({ nc: (t) => conns.get(t)?.nc, stallMs: config.datasyncStallMs }), ...(opts.handlers ?? (await loadHandlers(config.handlersModule))) };
   const { id, pools } = await identity(config);
   // No connection is made here: an audit store that is down refuses external writes, it
   // does not keep the worker from running other steps.

@@ -33,6 +33,8 @@ export interface Config {
   readonly discoveryMs: number;
   /** Silence from the sandbox service after which a sandboxed attempt is reported lost. */
   readonly sandboxStallMs: number;
+  /** Silence from the datasync service after which a pipeline step's attempt is reported lost. */
+  readonly datasyncStallMs: number;
   /** `on`: leases for sandboxed steps' secrets come from the secrets-lease service. */
   readonly leases: boolean;
   /** How long a mode-3b credential request waits for a person's approval. */
@@ -70,6 +72,7 @@ export function loadConfig(env: Env): Config {
     startedAfterMs: envInt(env, 'WORKER_STARTED_AFTER_MS', 250, problems, 0, 3_600_000),
     discoveryMs: envInt(env, 'WORKER_DISCOVERY_MS', 2000, problems, 100, 3_600_000),
     sandboxStallMs: envInt(env, 'WORKER_SANDBOX_STALL_MS', 5000, problems, 200, 600_000),
+    datasyncStallMs: envInt(env, 'WORKER_DATASYNC_STALL_MS', 10_000, problems, 200, 600_000),
     leases: envString(env, 'WORKER_LEASES', 'on') !== 'off',
     approvalTtlMs: envInt(env, 'WORKER_APPROVAL_TTL_MS', 15 * 60 * 1000, problems, 1000, 24 * 60 * 60 * 1000),
     id: envString(env, 'WORKER_ID', ''),

@@ -10,3 +10,5 @@ export { demoHandlers, loadHandlers, StepError } from './handlers.js';
 export type { StepHandler, StepContext, Handlers } from './handlers.js';
 export { externalWriteKey, bindExternalWrite, auditNotConfigured, EXTERNAL_WRITE_INTENT } from './external-write.js';
 export type { ExternalWrite, ExternalWriteScope } from './external-write.js';
+export { datasyncHandlers } from './datasync.js';
+export type { DatasyncHandlerOptions } from './datasync.js';

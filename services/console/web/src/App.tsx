@@ -18,6 +18,7 @@ import { AuditView } from './views/Audit.js';
 import { PoliciesView } from './views/Policies.js';
 import { StartRunView } from './views/StartRun.js';
 import { TriggersView } from './views/Triggers.js';
+import { DatasyncView } from './views/Datasync.js';
 
 type SessionState = { kind: 'loading' } | { kind: 'none' } | { kind: 'error'; error: unknown } | { kind: 'in'; session: SessionInfo };
 
@@ -157,6 +158,7 @@ function SignedIn({ session, path, toast, onSignOut }: { session: SessionInfo; p
   else if (match('/t/:tenant/policies', path)) view = <PoliciesView />;
   else if (match('/t/:tenant/triggers', path)) view = <TriggersView />;
   else if (match('/t/:tenant/start', path)) view = <StartRunView />;
+  else if (match('/t/:tenant/datasync', path)) view = <DatasyncView />;
   else view = <NotFound />;
 
   return (

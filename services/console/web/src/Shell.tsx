@@ -12,6 +12,7 @@ const VIEWS = [
   { key: 'audit', label: 'Audit log', shortcut: 'l' },
   { key: 'policies', label: 'Policies', shortcut: 'p' },
   { key: 'triggers', label: 'Triggers', shortcut: 't' },
+  { key: 'datasync', label: 'Data sync', shortcut: 'd' },
 ] as const;
 
 export function Shell({ session, tenant, onSignOut, children }: { session: SessionInfo; tenant: string | undefined; onSignOut: () => void; children: ReactNode }) {

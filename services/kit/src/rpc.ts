@@ -1,0 +1,59 @@
+/**
+ * The one shape of a Capstan service request (core NATS request/reply, MessagePack): an
+ * answer is a MessagePack body; a refusal is an empty body with the `Capstan-Error-Code` and
+ * `Capstan-Error` headers, rebuilt into its typed error on the caller's side. No service
+ * answering, or none in time, is the service's own "unavailable" error (retryable).
+ */
+import { headers as natsHeaders, NoRespondersError, RequestError, TimeoutError, type Msg } from '@nats-io/transport-node';
+import { CapstanError, decode, encode, Headers } from '@capstan/schemas';
+import { dbErrorMessage } from './db.js';
+import type { NatsConnection } from './nats.js';
+import { withTraceHeader } from './tracing.js';
+
+export interface ServiceCall<T> {
+  readonly subject: string;
+  readonly body: object;
+  readonly parse: (v: unknown) => T;
+  /** How long to wait for the answer (default 5 s). */
+  readonly timeoutMs?: number;
+  /** The service's own unavailable error: `why` says what happened. */
+  readonly unavailable: (why: string, cause: unknown) => CapstanError;
+  /** Rebuilds a refusal from its headers. */
+  readonly fromWire: (code: string, message: string) => CapstanError;
+}
+
+export async function callService<T>(nc: NatsConnection, c: ServiceCall<T>): Promise<T> {
+  const timeout = c.timeoutMs ?? 5000;
+  let msg;
+  try {
+    // The caller's trace travels with the request (when tracing is on).
+    const headers = withTraceHeader();
+    msg = await nc.request(c.subject, encode(c.body), { timeout, ...(headers ? { headers } : {}) });
+  } catch (e) {
+    if (e instanceof NoRespondersError || (e instanceof RequestError && e.isNoResponders())) throw c.unavailable('no service is running for this tenant', e);
+    if (e instanceof TimeoutError || (e instanceof RequestError && e.cause instanceof TimeoutError)) throw c.unavailable(`no answer within ${timeout} ms`, e);
+    throw c.unavailable(`request failed: ${(e as Error).message}`, e);
+  }
+  const code = msg.headers?.get(Headers.ErrorCode);
+  if (code) throw c.fromWire(code, msg.headers?.get(Headers.Error) ?? code);
+  return c.parse(decode(msg.data));
+}
+
+/** Answers a request with a refusal: the code and a one-line message in headers, an empty body. */
+export function refuseRequest(msg: Msg, code: string, message: string): void {
+  const h = natsHeaders();
+  h.set(Headers.ErrorCode, code);
+  // Header values are one line.
+  h.set(Headers.Error, message.replace(/[\r\n]+/g, ' ').slice(0, 1000));
+  msg.respond(new Uint8Array(0), { headers: h });
+}
+
+/**
+ * What a service tells its caller about a failure: a typed error as itself (`typed`), anything
+ * else (a database that went away, a bug) as the service's own "unavailable" code with the
+ * cause's first line, which holds no value (services never put one in a statement's text).
+ */
+export function wireError(e: unknown, unavailableCode: string, what: string): { code: string; message: string; typed: boolean } {
+  if (CapstanError.is(e)) return { code: e.code, message: e.message, typed: true };
+  return { code: unavailableCode, message: `${what}: ${dbErrorMessage(e).split('\n')[0]?.slice(0, 300) ?? ''}`, typed: false };
+}
