@@ -9,6 +9,8 @@
 
 /** Every error code Capstan emits, on the wire (`Capstan-Error-Code`) and in events. */
 export const ErrorCode = {
+  /** A message that must be signed carries no valid signature from a trusted author. */
+  Unproven: 'unproven',
   InvalidTenantId: 'invalid_tenant_id',
   InvalidRunId: 'invalid_run_id',
   InvalidName: 'invalid_name',
@@ -399,5 +401,12 @@ export class ExportDamagedError extends CapstanError {
     readonly problem: string,
   ) {
     super(ErrorCode.ExportDamaged, `export file damaged at record ${record}: ${problem}`);
+  }
+}
+
+/** See {@link ErrorCode.Unproven}: a missing, malformed, untrusted or wrong signature. */
+export class UnprovenError extends CapstanError {
+  constructor(problem: string, options?: ErrorOptions) {
+    super(ErrorCode.Unproven, `unproven: ${problem}`, false, options);
   }
 }

@@ -26,6 +26,7 @@ export {
   CommandRejectedError,
   PermissionDeniedError,
   CredentialsError,
+  UnprovenError,
   ExportDamagedError,
 } from './errors.js';
 export type { ErrorRecord } from './errors.js';

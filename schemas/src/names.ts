@@ -250,6 +250,10 @@ export const Headers = {
   RunId: 'Capstan-Run-Id',
   SourceSubject: 'Capstan-Source-Subject',
   SourceSeq: 'Capstan-Source-Seq',
+  /** The author's NATS user JWT (public): who signed, issued by which account, with which tags. */
+  Signer: 'Capstan-Signer',
+  /** Ed25519 signature (base64url) by the signer's key over the subject and the body's digest. */
+  Signature: 'Capstan-Signature',
 } as const;
 
 /**

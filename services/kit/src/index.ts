@@ -131,6 +131,8 @@ export type { QueryServer, QueryServerOptions } from './http-api.js';
 export { failpoint, parseFailpoints } from './failpoint.js';
 export type { Failpoint } from './failpoint.js';
 export { execInSandbox, type SandboxCallOptions, type SandboxOutcome } from './sandbox-client.js';
+export { signerOf, proofHeaders, verifyProof } from './proof.js';
+export type { Signer, Author, Trust } from './proof.js';
 export { generateRecipient, recipientFromSeed, seal, parseRecipientKey } from './sealed-box.js';
 export type { Recipient } from './sealed-box.js';
 export {
