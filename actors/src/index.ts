@@ -39,7 +39,7 @@ export { stepInputsOf } from './inputs.js';
 export type { StepInputs } from './inputs.js';
 export { RunStatus } from '@capstan/schemas';
 export type { RunState, Decision, Fold, TimelineEntry } from './run.js';
-export { demoPipeline, demoFlaky, demoSignal, demoSandboxed, demoApproval, demoJit, demoAgent, demoWorkflows } from './demo.js';
+export { demoPipeline, demoFlaky, demoSignal, demoSandboxed, demoApproval, demoJit, demoAgent, demoAgentV2, demoBrief, demoWorkflows } from './demo.js';
 export { statusFromEvents, progressAfter, NO_PROGRESS } from './status.js';
 export type { RunProgress } from './status.js';
 export { datasyncPipeline, builtinWorkflows } from './builtin.js';

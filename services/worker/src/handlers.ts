@@ -75,7 +75,9 @@ export const demoHandlers: Handlers = {
     topics: ((results['research'] as { topic: string }[] | undefined) ?? []).map((r) => r.topic),
     drafts: (results['draft'] as { version: number } | undefined)?.version ?? 0,
     feedback: results['feedback'] ?? null,
+    brief: results['brief'] ?? null,
   }),
+  'demo.brief.compose': ({ input }) => ({ brief: `${((input['research'] as unknown[] | undefined) ?? []).length} topic(s) researched` }),
 };
 
 /**
