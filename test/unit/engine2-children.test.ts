@@ -6,7 +6,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { childRunIdOf, continuedRunIdOf, createRegistry, defineWorkflow, foldRun, machineHelpers, runStatus, statusFromEvents, type WorkflowDefinition } from '@capstan/actors';
-import { ErrorCode, isRunId, runIdTime, TimerKind, type InputEventBody, type JsonValue, type RunEvent, type RunId } from '@capstan/schemas';
+import { encode, ErrorCode, isRunId, runIdTime, TimerKind, type InputEventBody, type JsonValue, type RunEvent, type RunId } from '@capstan/schemas';
+import { projectRun } from '@capstan/projector';
 import { RUN_ID, RunRecorder, cancel, completed, fired } from './support/runs.js';
 
 const rec = (wf: WorkflowDefinition, input: { [k: string]: JsonValue } = {}) => new RunRecorder(wf, input, undefined, undefined, 2);
@@ -129,6 +130,21 @@ describe('engine 2 - child workflows', () => {
     });
     expect(runs[0]?.events).toEqual(runs[1]?.events);
     expect(runs[0]?.events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: 'ok' } });
+  });
+
+  it('children - the projection shows each child attempt as a step naming its workflow and its child run', () => {
+    const r = rec(wf);
+    r.apply(completed('prep', 1));
+    r.apply(childFailed('ship', 1));
+    r.apply(fired('ship', 1, TimerKind.Retry));
+    r.apply(childDone('ship', 2, { tracking: 'T2' }));
+    const { view } = projectRun('acme', r.events.map((event, i) => ({ event, streamSeq: i + 1, bytes: encode(event) })));
+    const ship = [...view.steps.values()].filter((s) => s.step === 'ship').map((s) => ({ attempt: s.attempt, handler: s.handler, worker: s.worker, outcome: s.outcome, errorCode: s.errorCode }));
+    expect(ship).toEqual([
+      { attempt: 1, handler: 'child:e2.shipper', worker: childRunIdOf(RUN_ID, 'ship', 1), outcome: 'failed', errorCode: ErrorCode.ChildFailed },
+      { attempt: 2, handler: 'child:e2.shipper', worker: childRunIdOf(RUN_ID, 'ship', 2), outcome: 'completed', errorCode: null },
+    ]);
+    expect(view.run?.status).toBe('running');
   });
 
   it('children - a bad child definition is refused at load', () => {
