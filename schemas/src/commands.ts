@@ -25,7 +25,7 @@ const commandSchemas = {
     runId: optional(runId),
     idempotencyKey: optional(str({ min: 1, max: 256 })),
     /** The orchestrator's own, for a child run: the parent run and the step that started it. */
-    parent: optional(obj('parent', { runId, step: stepName, attempt })),
+    parent: optional(obj('parent', { runId, step: stepName, attempt, child: optional(runId) })),
     /** The orchestrator's own, for a continue-as-new: the run this one continues. */
     continuedFrom: optional(runId),
   }),

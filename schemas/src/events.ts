@@ -115,8 +115,11 @@ const eventData = {
     trace: optional(runTraceSchema),
     /** sha256 of the workflow version's definition when the run started (see `workflowFingerprint`). */
     fingerprint: optional(str({ pattern: /^[0-9a-f]{64}$/ })),
-    /** A child run: the parent run and the step (and attempt) that started it; its ending is reported there. */
-    parent: optional(obj('parent', { runId: runIdSchema, step: stepName, attempt })),
+    /**
+     * A child run: the parent run and the step (and attempt) that started it; its ending is
+     * reported there. In a continuation of a child, `child` is the id the parent started.
+     */
+    parent: optional(obj('parent', { runId: runIdSchema, step: stepName, attempt, child: optional(runIdSchema) })),
     /** A run started by another's continue-as-new: the run it continues. */
     continuedFrom: optional(runIdSchema),
   }),

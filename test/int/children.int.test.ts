@@ -7,9 +7,10 @@
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { childRunIdOf, continuedRunIdOf, createRegistry } from '@capstan/actors';
-import type { RunEvent, RunId, TenantId } from '@capstan/schemas';
+import { readDeadLetters } from '@capstan/cli';
+import { CommandVerb, encode, makeRunId, Role, Subjects, type RunEvent, type RunId, type TenantId } from '@capstan/schemas';
 import { replayAll } from '../harness/checker.js';
-import { connect, eventsOf, eventually, provision, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
+import { connect, connectAs, eventsOf, eventually, provision, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
 import { workflows } from '../fixtures/workflows.js';
 
 const url = inject('natsUrl');
@@ -71,6 +72,35 @@ describe('children - child workflows end to end', () => {
     expect(endOf(await until(notify, ended, 'the abandoned child to finish', 30_000))).toBe('run.completed');
     // The abandoned child's outcome reaches a parent that has ended: refused, nothing recorded.
     expect((await eventsOf(h, t, runId)).length).toBe(events.length);
+  });
+});
+
+describe('children - forgeries', () => {
+  it('children - a client cannot send a child outcome, and a submit claiming a parent without the derived id is a dead letter; the parent is untouched', async () => {
+    const runId = await h.client.submit(t, 'test.parent', { input: { ms: 2000 } });
+    const before = await until(runId, (e) => e.filter((x) => x.type === 'child.started').length === 2, 'the children to start');
+    // The server refuses a client's child command: only the orchestrator may send one.
+    const client = await connectAs(url, t, Role.Client, 'forger');
+    let refused = 0;
+    try {
+      const body = { runId, step: 'ship', attempt: 1, child: childRunIdOf(runId, 'ship', 1), outcome: 'completed', result: { forged: true } };
+      await client.request(Subjects.command(t, CommandVerb.Child), encode(body), { timeout: 2000 }).catch(() => refused++);
+      // A submit that claims the parent under an id of its own choosing.
+      const forged = makeRunId(Date.now(), new Uint8Array(10).fill(7));
+      client.publish(Subjects.command(t, CommandVerb.Submit), encode({ workflow: 'test.child', runId: forged, input: { order: 'forged' }, parent: { runId, step: 'ship', attempt: 1 } }));
+      await client.flush();
+      const dl = await eventually('the dead letter', async () => (await readDeadLetters(await h.jsm(t), t, 20)).find((d) => d.code === 'schema_violation' && /derived from its parent/.test(d.error)), 10_000);
+      expect(dl).toBeDefined();
+      expect(await eventsOf(h, t, forged)).toEqual([]);
+    } finally {
+      await client.close();
+    }
+    expect(refused).toBe(1);
+    const events = await until(runId, ended, 'the parent to end');
+    // What the parent took is its real child's output, recorded once.
+    expect(events.slice(0, before.length)).toEqual(before);
+    expect(events.filter((e) => e.type === 'child.completed' && e.data.step === 'ship')).toHaveLength(1);
+    expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { shipped: { label: 'L-1' } } } });
   });
 });
 

@@ -16,7 +16,7 @@ export interface RunState {
   /** The run's id, when it was started or folded with one (engine 2: children and continuations derive from it). */
   readonly runId?: string;
   /** A child run's parent, as its `run.started` recorded it: the parent takes its outcome. */
-  readonly parent?: { readonly runId: string; readonly step: string; readonly attempt: number };
+  readonly parent?: { readonly runId: string; readonly step: string; readonly attempt: number; readonly child?: string };
 }
 
 export interface Decision {

@@ -60,12 +60,14 @@ export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t
       } else if (ev.type === 'run.continued') {
         // The continuation is the same workflow; a child's continuation reports to the same parent.
         const d = ev.data;
-        const parent = src.state.parent ? { parent: { ...src.state.parent, runId: src.state.parent.runId as RunId } } : {};
+        // The chain reports under the id its parent started (the first run of the chain).
+        const p = src.state.parent;
+        const parent = p ? { parent: { runId: p.runId as RunId, step: p.step, attempt: p.attempt, child: (p.child ?? src.runId) as RunId } } : {};
         command('submit', { workflow: src.state.workflow.id, input: d.input, runId: d.next as RunId, continuedFrom: src.runId, ...parent }, MsgIds.startRun(d.next as RunId));
       } else if ((ev.type === 'run.completed' || ev.type === 'run.failed' || ev.type === 'run.cancelled') && src.state.parent && !continuedAs) {
         // A child run ended: its parent takes the outcome (a failure, or a cancel, fails the parent's step).
         const p = src.state.parent;
-        const base = { runId: p.runId as RunId, step: p.step, attempt: p.attempt, child: src.runId };
+        const base = { runId: p.runId as RunId, step: p.step, attempt: p.attempt, child: (p.child ?? src.runId) as RunId };
         const body: CommandOf<'child'> =
           ev.type === 'run.completed'
             ? { ...base, outcome: 'completed', result: ev.data.output }

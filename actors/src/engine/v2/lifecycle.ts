@@ -282,8 +282,7 @@ function launchChild(c: RunContext, key: string, node: NChild, inst: Instance): 
 export function feedChild(c: RunContext, key: string, node: NChild, ev: InputEventBody): Step | undefined {
   const i = getInst(c, key);
   if (!i || !OPEN.has(i.phase)) return undefined;
-  if ((ev.type === 'child.completed' || ev.type === 'child.failed') && i.phase === 'started' && isFor(ev.data, key, i)) {
-    // The outcome names the run that ended: the child, or the last of its continuations.
+  if ((ev.type === 'child.completed' || ev.type === 'child.failed') && i.phase === 'started' && isFor(ev.data, key, i) && ev.data.child === i.child) {
     if (ev.type === 'child.completed') return { ctx: complete(c, key, i, ev.data.result), out: [] };
     const err = ev.data.error;
     const round = i.attempt - i.base;
