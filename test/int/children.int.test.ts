@@ -118,6 +118,16 @@ describe('children - continue-as-new and patches', () => {
     expect(types(c).slice(-2)).toEqual(['step.skipped', 'run.completed']);
   });
 
+  it('continue - a child that continues as new: its parent takes the output of the chain\'s last run, reported under the id it started', async () => {
+    const runId = await h.client.submit(t, 'test.relay', { input: {} });
+    const events = await until(runId, ended, 'the relay to end');
+    const child = childRunIdOf(runId, 'ticks', 1);
+    expect(events.find((e) => e.type === 'child.completed')?.data).toEqual({ step: 'ticks', attempt: 1, child, result: { round: 3 } });
+    expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { round: 3 } } });
+    const last = await until(continuedRunIdOf(continuedRunIdOf(child)), ended, 'the last run of the chain');
+    expect(last[0]).toMatchObject({ data: { parent: { runId, step: 'ticks', attempt: 1, child } } });
+  });
+
   it('patched - a new run takes the patched path and records its marker once', async () => {
     const runId = await h.client.submit(t, 'test.patched', { input: {} });
     const events = await until(runId, ended, 'the patched run to end');

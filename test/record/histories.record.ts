@@ -219,7 +219,9 @@ const scenarios: Scenario[] = [
     },
     ends: 'run.cancelled',
   },
+  { name: 'demo-agent-v2-briefed', workflow: 'demo.agent', input: { urgent: true }, ends: 'run.completed' },
   { name: 'test-ticker-continued', workflow: 'test.ticker', input: { round: 1, rounds: 3 }, ends: 'run.completed' },
+  { name: 'test-relay-child-continued', workflow: 'test.relay', ends: 'run.completed' },
   { name: 'test-patched-marked', workflow: 'test.patched', ends: 'run.completed' },
   // Recorded by a build without the patch: today's build must replay it on the old path.
   { name: 'test-patched-before-patch', workflow: 'test.patched', beforePatch: true, ends: 'run.completed' },
