@@ -11,6 +11,7 @@ export default defineConfig({
   test: {
     root,
     globalSetup: ['./harness/global-setup.ts'],
+    setupFiles: ['./harness/setup.ts'],
     include: ['record/**/*.record.ts'],
     exclude: ['dist/**', 'node_modules/**'],
     testTimeout: 600_000,

@@ -125,5 +125,27 @@ export const demoAgent = defineWorkflow({
   ],
 });
 
+/** A child workflow of the agent: it writes the brief for the research it is given. */
+export const demoBrief = defineWorkflow({ id: 'demo.brief', version: 1, steps: [{ name: 'compose', timeoutMs: 30_000 }] });
 
-export const demoWorkflows = [demoPipeline, demoFlaky, demoSignal, demoSandboxed, demoApproval, demoJit, demoAgent] as const;
+/**
+ * The agent, version 2: as version 1, and once the draft is done it hands the research to a
+ * child workflow (`demo.brief`) that writes the brief; the summary carries the child's result.
+ * Version 1 stays: its runs replay through it.
+ */
+export const demoAgentV2 = defineWorkflow({
+  id: 'demo.agent',
+  version: 2,
+  steps: [
+    { name: 'triage', timeoutMs: 30_000 },
+    { name: 'route', if: ({ results }) => (results['triage'] as { urgent?: boolean } | undefined)?.urgent === true, then: [{ name: 'page' }], else: [{ name: 'queue' }] },
+    { name: 'research', forEach: ({ results }) => (results['triage'] as { items?: string[] } | undefined)?.items ?? [], concurrency: 2, run: { timeoutMs: 30_000 } },
+    { name: 'settle', sleep: { ms: 500 } },
+    { name: 'write', loop: [{ name: 'draft' }, { name: 'critique' }], until: ({ results }) => (results['critique'] as { ok?: boolean } | undefined)?.ok === true, maxIterations: 3 },
+    { name: 'brief', child: 'demo.brief', input: ({ results }) => ({ research: results['research'] ?? [] }) },
+    { name: 'feedback', signal: 'feedback', timeoutMs: 1500, onTimeout: 'continue' },
+    { name: 'summarise', timeoutMs: 30_000 },
+  ],
+});
+
+export const demoWorkflows = [demoPipeline, demoFlaky, demoSignal, demoSandboxed, demoApproval, demoJit, demoAgent, demoBrief, demoAgentV2] as const;

@@ -17,6 +17,9 @@ export type {
   FanOutStep,
   BranchStep,
   LoopStep,
+  ChildStep,
+  ContinueStep,
+  PatchStep,
   RunData,
   NormalisedStep,
   NNode,
@@ -25,6 +28,7 @@ export type {
 export { backoffDelay, timerId, isPolicyGated, policyQueriesOf, DEFAULT_APPROVAL_TTL_MS, POLICY_REASK_MS } from './engine/v1/compile.js';
 export type { RunContext } from './engine/v1/compile.js';
 export { machineHelpers } from './engine/v2/helpers.js';
+export { childRunIdOf, continuedRunIdOf } from './engine/v2/ids.js';
 export type { MachineHelpers } from './engine/v2/helpers.js';
 export { bindHandlers, requiredHandlers } from './handlers.js';
 export type { TaskNames } from './handlers.js';
@@ -35,7 +39,7 @@ export { stepInputsOf } from './inputs.js';
 export type { StepInputs } from './inputs.js';
 export { RunStatus } from '@capstan/schemas';
 export type { RunState, Decision, Fold, TimelineEntry } from './run.js';
-export { demoPipeline, demoFlaky, demoSignal, demoSandboxed, demoApproval, demoJit, demoAgent, demoWorkflows } from './demo.js';
+export { demoPipeline, demoFlaky, demoSignal, demoSandboxed, demoApproval, demoJit, demoAgent, demoAgentV2, demoBrief, demoWorkflows } from './demo.js';
 export { statusFromEvents, progressAfter, NO_PROGRESS } from './status.js';
 export type { RunProgress } from './status.js';
 export { datasyncPipeline, builtinWorkflows } from './builtin.js';

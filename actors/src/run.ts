@@ -13,7 +13,7 @@ import type { WorkflowDefinition } from './workflow.js';
 import { CURRENT_ENGINE } from './workflow.js';
 import { stateName, type Decision, type RunState } from './engine/state.js';
 import { decideV1, runStatusV1, startV1 } from './engine/v1/run.js';
-import { decideV2, isTerminalV2, runStatusV2, startV2 } from './engine/v2/run.js';
+import { decideV2, isTerminalV2, runStatusV2, startV2, type Replay } from './engine/v2/run.js';
 
 export type { RunState, Decision };
 export { stateName, CURRENT_ENGINE };
@@ -22,11 +22,11 @@ export { stateName, CURRENT_ENGINE };
 export const engineOf = (started: RunEventData<'run.started'>): number => started.engine ?? 1;
 
 /** Starts a run: the machine's initial state for `run.started` and its first decisions. */
-export function startRun(workflow: WorkflowDefinition, started: RunEventData<'run.started'>): Decision {
+export function startRun(workflow: WorkflowDefinition, started: RunEventData<'run.started'>, runId?: string, replay?: Replay): Decision {
   const engine = engineOf(started);
   const machine = workflow.machineFor(engine);
   if (engine === 1) return startV1(workflow, machine, started);
-  if (engine === 2) return startV2(workflow, machine, started);
+  if (engine === 2) return startV2(workflow, machine, started, runId, replay);
   throw new InvalidWorkflowError(workflow.id, `engine ${engine} is not known to this build`);
 }
 
@@ -35,8 +35,8 @@ export function startRun(workflow: WorkflowDefinition, started: RunEventData<'ru
  * attempts, approvals nobody waits for, retries of runs that cannot take one). Such an input
  * is never recorded. `seq` of the returned state counts the input and its decisions.
  */
-export function decide(state: RunState, input: InputEventBody): Decision {
-  return state.engine === 1 ? decideV1(state, input) : decideV2(state, input);
+export function decide(state: RunState, input: InputEventBody, replay?: Replay): Decision {
+  return state.engine === 1 ? decideV1(state, input) : decideV2(state, input, replay);
 }
 
 export function runStatus(state: RunState): RunStatus {
@@ -86,18 +86,6 @@ export function foldRun(registry: Registry, events: readonly RunEvent[]): Fold {
     if (!INPUT_EVENT_TYPES.has(ev.type)) {
       throw new DeterminismViolationError(runId, ev.seq, [`recorded ${ev.type} at seq ${ev.seq} was not decided by any input`]);
     }
-    let decision: Decision;
-    try {
-      // Only the first event starts the run; a later run.started is refused by decide.
-      decision = i === 0 ? startRun(workflow, first.data) : decide(state as RunState, ev as InputEventBody);
-    } catch (e) {
-      if (isRejection(e)) {
-        throw new DeterminismViolationError(runId, ev.seq, [
-          `recorded input ${ev.type} at seq ${ev.seq} is not accepted by ${workflow.id}@${workflow.version} in state ${state ? stateName(state) : '(none)'}`,
-        ]);
-      }
-      throw e;
-    }
     const recorded: RunEvent[] = [];
     let j = i + 1;
     while (j < events.length && !INPUT_EVENT_TYPES.has((events[j] as RunEvent).type)) {
@@ -107,6 +95,20 @@ export function foldRun(registry: Registry, events: readonly RunEvent[]): Fold {
       }
       recorded.push(d);
       j++;
+    }
+    let decision: Decision;
+    try {
+      // Only the first event starts the run; a later run.started is refused by decide. The
+      // record's decisions go along: a `patched` marker takes the path the record took.
+      const replay = { recorded };
+      decision = i === 0 ? startRun(workflow, first.data, runId, replay) : decide(state as RunState, ev as InputEventBody, replay);
+    } catch (e) {
+      if (isRejection(e)) {
+        throw new DeterminismViolationError(runId, ev.seq, [
+          `recorded input ${ev.type} at seq ${ev.seq} is not accepted by ${workflow.id}@${workflow.version} in state ${state ? stateName(state) : '(none)'}`,
+        ]);
+      }
+      throw e;
     }
     const diff = diffDecisions(decision.decisions, recorded);
     if (diff.length > 0) throw new DeterminismViolationError(runId, ev.seq, diff);

@@ -53,6 +53,15 @@ export function progressAfter(p: RunProgress, e: RunEvent): RunProgress {
       anyStarted = true;
       busy = drop(busy, step);
       break;
+    case 'child.started':
+      // A child run is work in flight, as a started task is.
+      anyStarted = true;
+      busy = add(busy, step);
+      break;
+    case 'child.completed':
+    case 'child.failed':
+      busy = drop(busy, step);
+      break;
     case 'policy.requested':
       busy = add(busy, step);
       asking = add(asking, step);

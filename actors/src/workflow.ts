@@ -1,6 +1,7 @@
 /**
  * `defineWorkflow`: a workflow is a versioned tree of steps (tasks, waits for signals, sleeps,
- * parallel branches, fan-outs, branches, bounded loops), or an XState machine written with
+ * parallel branches, fan-outs, branches, bounded loops, child workflows, continue-as-new,
+ * `patched` markers), or an XState machine written with
  * Capstan's state helpers (`engine/v2/states.ts`). Either way the current engine compiles it
  * to an XState v5 machine; the definition keeps what every engine needs, so a run replays
  * through the engine it recorded (`machineFor`).
@@ -99,7 +100,43 @@ export interface LoopStep extends Node {
   readonly maxIterations: number;
 }
 
-export type StepDefinition = TaskStep | SignalStep | SleepStep | ParallelStep | FanOutStep | BranchStep | LoopStep;
+/**
+ * A child workflow: a run of workflow `child` (its latest version), in the same tenant, started
+ * with `input` (default: this run's input) and awaited; its output is the step's result, its
+ * failure fails the step, which `retry` may start again (a new child per attempt). The child's
+ * run id is derived from this run's id, the step and the attempt, so it is started once. When
+ * this run ends first (cancelled, failed elsewhere, continued as new), `parentClose` says
+ * what happens to the child: `cancel` (default) or `abandon` (it runs on, unawaited).
+ */
+export interface ChildStep extends Node {
+  readonly child: string;
+  readonly input?: (data: RunData) => { readonly [k: string]: JsonValue };
+  readonly parentClose?: 'cancel' | 'abandon';
+  readonly retry?: Partial<RetryPolicy>;
+}
+
+/**
+ * Continue-as-new: the run ends here and a fresh run of the same workflow (its latest
+ * version) starts with the input this returns, its id derived from this run's and recorded
+ * in `run.continued`. For long loops: the new run starts with an empty history.
+ */
+export interface ContinueStep extends Node {
+  readonly continueAsNew: (data: RunData) => { readonly [k: string]: JsonValue };
+}
+
+/**
+ * New logic guarded by a patch id (`patched(id)`): a run that reaches it takes `then` and
+ * records the marker `patch.marked` the first time; a run whose history passed this point
+ * before the patch existed (no marker recorded) takes `else` (the old steps, or none) on
+ * replay. Lets a version's in-flight runs take new logic safely, without a new version.
+ */
+export interface PatchStep extends Node {
+  readonly patched: string;
+  readonly then: readonly StepDefinition[];
+  readonly else?: readonly StepDefinition[];
+}
+
+export type StepDefinition = TaskStep | SignalStep | SleepStep | ParallelStep | FanOutStep | BranchStep | LoopStep | ChildStep | ContinueStep | PatchStep;
 
 export interface WorkflowSpec {
   readonly id: string;
@@ -116,6 +153,13 @@ export interface WorkflowSpec {
   readonly machine?: AnyStateMachine;
   /** Events one run may record, at most (and by default) 10,000; a run reaching it fails with `event_cap_reached`. */
   readonly maxEvents?: number;
+  /**
+   * At the event cap: `fail` (default; `event_cap_reached`) or `continue-as-new`, which ends
+   * the run and continues it in a fresh one, with `continueInput` of the run's data (default:
+   * the run's own input).
+   */
+  readonly onEventCap?: 'fail' | 'continue-as-new';
+  readonly continueInput?: (data: RunData) => { readonly [k: string]: JsonValue };
 }
 
 export type NTask = {
@@ -164,8 +208,31 @@ export type NLoop = {
   readonly max: number;
   readonly when?: (data: RunData) => boolean;
 };
+export type NChild = {
+  readonly kind: 'child';
+  readonly name: string;
+  readonly workflow: string;
+  readonly input?: (data: RunData) => { readonly [k: string]: JsonValue };
+  readonly parentClose: 'cancel' | 'abandon';
+  readonly retry: RetryPolicy;
+  readonly when?: (data: RunData) => boolean;
+};
+export type NContinue = {
+  readonly kind: 'continue';
+  readonly name: string;
+  readonly input: (data: RunData) => { readonly [k: string]: JsonValue };
+  readonly when?: (data: RunData) => boolean;
+};
+export type NPatch = {
+  readonly kind: 'patch';
+  readonly name: string;
+  readonly patch: string;
+  readonly then: readonly NNode[];
+  readonly else: readonly NNode[];
+  readonly when?: (data: RunData) => boolean;
+};
 /** A step of the definition tree, with every default filled in. */
-export type NNode = NTask | NSignal | NSleep | NParallel | NFanOut | NBranch | NLoop;
+export type NNode = NTask | NSignal | NSleep | NParallel | NFanOut | NBranch | NLoop | NChild | NContinue | NPatch;
 
 export interface WorkflowDefinition<S extends WorkflowSpec = WorkflowSpec> {
   /** The spec it was defined from, for the type checker only (handler binding). */
@@ -179,6 +246,8 @@ export interface WorkflowDefinition<S extends WorkflowSpec = WorkflowSpec> {
   /** Normalised steps, when the workflow is a plain sequence of tasks and signal waits (what engine 1 can run). */
   readonly steps?: readonly NormalisedStep[];
   readonly maxEvents: number;
+  readonly onEventCap: 'fail' | 'continue-as-new';
+  readonly continueInput?: (data: RunData) => { readonly [k: string]: JsonValue };
   /** The handler names its mode-0 steps schedule: what a worker serving it must have. */
   readonly handlers: readonly string[];
   /** Result schemas by task name. */
@@ -223,7 +292,10 @@ export function defineWorkflow<const S extends WorkflowSpec>(spec: S): WorkflowD
   if (spec.input !== undefined && !isStandardSchema(spec.input)) throw new InvalidWorkflowError(id, '`input` must be a Standard Schema (zod, valibot, …)');
   const maxEvents = spec.maxEvents ?? MAX_RUN_EVENTS;
   if (!Number.isSafeInteger(maxEvents) || maxEvents < 16 || maxEvents > MAX_RUN_EVENTS) throw new InvalidWorkflowError(id, `maxEvents must be 16..${MAX_RUN_EVENTS}`);
-  const common = { id, version, searchKeys, maxEvents, ...(spec.input ? { input: spec.input } : {}) };
+  const onEventCap = spec.onEventCap ?? 'fail';
+  if (onEventCap !== 'fail' && onEventCap !== 'continue-as-new') throw new InvalidWorkflowError(id, 'onEventCap must be fail or continue-as-new');
+  if (spec.continueInput !== undefined && typeof spec.continueInput !== 'function') throw new InvalidWorkflowError(id, 'continueInput must be a function of the run\'s data');
+  const common = { id, version, searchKeys, maxEvents, onEventCap, ...(spec.continueInput ? { continueInput: spec.continueInput } : {}), ...(spec.input ? { input: spec.input } : {}) };
   if (spec.machine) {
     if (spec.steps) throw new InvalidWorkflowError(id, 'give steps or a machine, not both');
     const machine = spec.machine;
@@ -303,6 +375,24 @@ function normaliseNode(id: string, s: StepDefinition, results: Map<string, Stand
     });
     return { kind: 'parallel', name: s.name, branches, ...when };
   }
+  if ('child' in s) {
+    if (!WORKFLOW_ID.test(s.child)) throw bad(id, `step ${s.name}: child must be a workflow id matching ${WORKFLOW_ID.source}`);
+    const parentClose = s.parentClose ?? 'cancel';
+    if (parentClose !== 'cancel' && parentClose !== 'abandon') throw bad(id, `step ${s.name}: parentClose must be cancel or abandon`);
+    const retry = checkRetry(id, s.name, { ...DEFAULT_RETRY, ...s.retry });
+    if (!TOKEN_PATTERN.test(timerId(s.name, retry.maxAttempts, TimerKind.Retry))) throw bad(id, `step ${s.name}: name is too long for its timer ids (${TOKEN_PATTERN.source})`);
+    return { kind: 'child', name: s.name, workflow: s.child, parentClose, retry, ...(s.input === undefined ? {} : { input: fn(id, s.name, 'input', s.input) }), ...when };
+  }
+  if ('continueAsNew' in s) {
+    return { kind: 'continue', name: s.name, input: fn(id, s.name, 'continueAsNew', s.continueAsNew), ...when };
+  }
+  if ('patched' in s) {
+    if (!TOKEN_PATTERN.test(s.patched)) throw bad(id, `step ${s.name}: patched must be an id matching ${TOKEN_PATTERN.source}`);
+    const then = Object.freeze(s.then.map((x) => normaliseNode(id, x, results, path)));
+    const otherwise = Object.freeze((s.else ?? []).map((x) => normaliseNode(id, x, results, path)));
+    if (then.length === 0) throw bad(id, `step ${s.name}: then needs at least one step`);
+    return { kind: 'patch', name: s.name, patch: s.patched, then, else: otherwise, ...when };
+  }
   if ('forEach' in s) {
     const concurrency = s.concurrency ?? 10;
     if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > MAX_FANOUT_ITEMS) throw bad(id, `step ${s.name}: concurrency must be 1..${MAX_FANOUT_ITEMS}`);
@@ -333,23 +423,10 @@ function fn<F>(id: string, step: string, what: string, f: F): F {
 }
 
 function normaliseTask(id: string, s: Omit<TaskStep, 'when'>, results: Map<string, StandardSchemaV1>): NTask {
-  const retry = { ...DEFAULT_RETRY, ...s.retry };
+  const retry = checkRetry(id, s.name, { ...DEFAULT_RETRY, ...s.retry });
   const mode = s.mode ?? Mode.Inline;
   const pool = s.pool ?? DEFAULT_POOL;
   const timeoutMs = s.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  if (!Number.isSafeInteger(retry.maxAttempts) || retry.maxAttempts < 1 || retry.maxAttempts > 1000) {
-    throw bad(id, `step ${s.name}: retry.maxAttempts must be 1..1000`);
-  }
-  if (
-    !(retry.initialIntervalMs >= 0) ||
-    !(retry.backoffCoefficient >= 1) ||
-    !Number.isFinite(retry.backoffCoefficient) ||
-    !(retry.maxIntervalMs >= retry.initialIntervalMs) ||
-    // Every delay is recorded as a safe integer (timer.scheduled.delayMs).
-    !(retry.maxIntervalMs <= Number.MAX_SAFE_INTEGER)
-  ) {
-    throw bad(id, `step ${s.name}: retry intervals must be >= 0, coefficient >= 1, max >= initial`);
-  }
   if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1) throw bad(id, `step ${s.name}: timeoutMs must be a positive integer`);
   if (!TOKEN_PATTERN.test(pool)) throw bad(id, `step ${s.name}: pool must match ${TOKEN_PATTERN.source}`);
   if (![0, 1, 2, 3].includes(mode)) throw bad(id, `step ${s.name}: mode must be 0, 1, 2 or 3`);
@@ -366,6 +443,23 @@ function normaliseTask(id: string, s: Omit<TaskStep, 'when'>, results: Map<strin
     results.set(s.name, s.result);
   }
   return { kind: 'task', name: s.name, handler, mode, pool, timeoutMs, retry, ...(sandbox ? { sandbox } : {}) };
+}
+
+function checkRetry(id: string, step: string, retry: RetryPolicy): RetryPolicy {
+  if (!Number.isSafeInteger(retry.maxAttempts) || retry.maxAttempts < 1 || retry.maxAttempts > 1000) {
+    throw bad(id, `step ${step}: retry.maxAttempts must be 1..1000`);
+  }
+  if (
+    !(retry.initialIntervalMs >= 0) ||
+    !(retry.backoffCoefficient >= 1) ||
+    !Number.isFinite(retry.backoffCoefficient) ||
+    !(retry.maxIntervalMs >= retry.initialIntervalMs) ||
+    // Every delay is recorded as a safe integer (timer.scheduled.delayMs).
+    !(retry.maxIntervalMs <= Number.MAX_SAFE_INTEGER)
+  ) {
+    throw bad(id, `step ${step}: retry intervals must be >= 0, coefficient >= 1, max >= initial`);
+  }
+  return retry;
 }
 
 /** The sandbox rules a definition can be held to before any run starts. */
@@ -402,7 +496,7 @@ function checkNames(id: string, nodes: readonly NNode[]): void {
     for (const n of ns) {
       all.push({ name: n.name, suffixes: depth + (n.kind === 'fanout' ? 1 : 0) });
       if (n.kind === 'parallel') n.branches.forEach((b) => walk(b, depth));
-      else if (n.kind === 'branch') {
+      else if (n.kind === 'branch' || n.kind === 'patch') {
         walk(n.then, depth);
         walk(n.else, depth);
       }
@@ -435,7 +529,7 @@ function handlersOf(nodes: readonly NNode[]): string[] {
       if (n.kind === 'task' && n.mode === Mode.Inline) out.add(n.handler);
       else if (n.kind === 'fanout' && n.task.mode === Mode.Inline) out.add(n.task.handler);
       else if (n.kind === 'parallel') n.branches.forEach(walk);
-      else if (n.kind === 'branch') {
+      else if (n.kind === 'branch' || n.kind === 'patch') {
         walk(n.then);
         walk(n.else);
       } else if (n.kind === 'loop') walk(n.body);

@@ -24,6 +24,10 @@ const commandSchemas = {
     input: optional(jsonObject()),
     runId: optional(runId),
     idempotencyKey: optional(str({ min: 1, max: 256 })),
+    /** The orchestrator's own, for a child run: the parent run and the step that started it. */
+    parent: optional(obj('parent', { runId, step: stepName, attempt, child: optional(runId) })),
+    /** The orchestrator's own, for a continue-as-new: the run this one continues. */
+    continuedFrom: optional(runId),
   }),
   cancel: obj('cancel', { runId, reason: optional(str({ max: 500 })) }),
   signal: obj('signal', { runId, name: token, payload: optional(json()) }),
@@ -54,6 +58,16 @@ const commandSchemas = {
   credential: obj('credential', { runId, step: stepName, attempt, ...credentialAsked, ...policyAnswer }),
   /** The policy's answer to a step's questions, as the orchestrator received it. */
   policy: obj('policy', { runId, step: stepName, attempt, ...policyAnswer }),
+  /** The orchestrator's own: a child run ended; `runId` is its parent, which takes the outcome. */
+  child: obj('child', {
+    runId,
+    step: stepName,
+    attempt,
+    child: runId,
+    outcome: literal('completed', 'failed'),
+    result: optional(json()),
+    error: optional(errorRecordSchema),
+  }),
 } as const satisfies Record<CommandVerb, Schema<unknown>>;
 
 export type CommandOf<V extends CommandVerb> = Infer<(typeof commandSchemas)[V]>;

@@ -91,6 +91,8 @@ export const ErrorCode = {
   FanOutFailed: 'fan_out_failed',
   /** The run reached its event cap; it ended rather than be refused by its stream. */
   EventCapReached: 'event_cap_reached',
+  /** A child run failed or was cancelled: the step that started it fails (its retries may start another). */
+  ChildFailed: 'child_failed',
   /** A workflow function (a condition, a list to fan out over) threw or returned the wrong kind of value. */
   WorkflowFunctionFailed: 'workflow_function_failed',
   /**

@@ -22,6 +22,7 @@ import { arr, bool, int, json, jsonObject, literal, obj, optional, str, tagged }
 const stepName = str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/ });
 const attempt = int({ min: 1, max: 1000 });
 const token = str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/ });
+const runIdSchema = str({ pattern: RUN_ID_PATTERN });
 
 export const errorRecordSchema: Schema<ErrorRecord> = obj('error', {
   code: str({ min: 1, max: 64 }),
@@ -114,6 +115,13 @@ const eventData = {
     trace: optional(runTraceSchema),
     /** sha256 of the workflow version's definition when the run started (see `workflowFingerprint`). */
     fingerprint: optional(str({ pattern: /^[0-9a-f]{64}$/ })),
+    /**
+     * A child run: the parent run and the step (and attempt) that started it; its ending is
+     * reported there. In a continuation of a child, `child` is the id the parent started.
+     */
+    parent: optional(obj('parent', { runId: runIdSchema, step: stepName, attempt, child: optional(runIdSchema) })),
+    /** A run started by another's continue-as-new: the run it continues. */
+    continuedFrom: optional(runIdSchema),
   }),
   'step.started': obj('step.started', { step: stepName, attempt, worker: str({ min: 1, max: 128 }) }),
   'step.completed': obj('step.completed', {
@@ -159,6 +167,10 @@ const eventData = {
    * run ask for a person; the step keeps waiting on its request meanwhile.
    */
   'credential.decided': obj('credential.decided', { step: stepName, attempt, ...credentialAsked, ...policyAnswer }),
+  /** A child run the step started completed: its output is the step's result. */
+  'child.completed': obj('child.completed', { step: stepName, attempt, child: runIdSchema, result: json() }),
+  /** A child run the step started failed or was cancelled: the step fails (and may be retried, with a new child). */
+  'child.failed': obj('child.failed', { step: stepName, attempt, child: runIdSchema, error: errorRecordSchema }),
   // decisions
   'step.scheduled': obj('step.scheduled', {
     step: stepName,
@@ -196,7 +208,13 @@ const eventData = {
    * or a fan-in had what it needed): its worker is told to stop, and its result, should it
    * still arrive, is refused as stale.
    */
-  'step.cancelled': obj('step.cancelled', { step: stepName, attempt, reason: optional(str({ max: 200 })) }),
+  'step.cancelled': obj('step.cancelled', {
+    step: stepName,
+    attempt,
+    reason: optional(str({ max: 200 })),
+    /** A child step whose parent-close policy is `cancel`: the child run is cancelled too. */
+    child: optional(runIdSchema),
+  }),
   /** A step whose condition (`when`) did not hold: it did not run. */
   'step.skipped': obj('step.skipped', { step: stepName }),
   /** A wait took a signal (one that was waiting for it, or one that arrived while it waited). */
@@ -213,6 +231,23 @@ const eventData = {
   'loop.iteration': obj('loop.iteration', { step: stepName, iteration: int({ min: 1, max: 10_000 }) }),
   /** A fan-out took its list: its items run as the steps `<step>-1` … `<step>-<items>`. */
   'fanout.started': obj('fanout.started', { step: stepName, items: int({ min: 0, max: 10_000 }), concurrency: int({ min: 1, max: 10_000 }) }),
+
+  /**
+   * A child run was started for a step attempt: its id is derived from this run's id, the
+   * step and the attempt (so a redelivery or a crash can never start two), in this tenant.
+   */
+  'child.started': obj('child.started', {
+    step: stepName,
+    attempt,
+    child: runIdSchema,
+    workflow: str({ min: 1, max: 128 }),
+    input: jsonObject(),
+    parentClose: literal('cancel', 'abandon'),
+  }),
+  /** A `patched(id)` marker, recorded the first time the run evaluates it: the run takes the new path for ever. */
+  'patch.marked': obj('patch.marked', { patch: token }),
+  /** The run ends and a fresh run of the same workflow continues it with this input (its id derived from this run's). */
+  'run.continued': obj('run.continued', { next: runIdSchema, input: jsonObject(), reason: literal('workflow', 'event-cap') }),
 
   'run.completed': obj('run.completed', { output: json() }),
   'run.failed': obj('run.failed', { error: errorRecordSchema, step: optional(stepName) }),
@@ -235,6 +270,8 @@ export const INPUT_TYPES = [
   'run.retried',
   'policy.decided',
   'credential.decided',
+  'child.completed',
+  'child.failed',
 ] as const satisfies readonly RunEventType[];
 export type InputEventType = (typeof INPUT_TYPES)[number];
 export const INPUT_EVENT_TYPES: ReadonlySet<RunEventType> = new Set(INPUT_TYPES);

@@ -52,6 +52,8 @@ export const CommandVerb = {
   Policy: 'policy',
   /** A worker's: the policy's answer to a running step's credential request (mode 3b). */
   Credential: 'credential',
+  /** The orchestrator's own: a child run's outcome, for the parent run. */
+  Child: 'child',
 } as const;
 export type CommandVerb = (typeof CommandVerb)[keyof typeof CommandVerb];
 
@@ -300,6 +302,12 @@ export const MsgIds = {
   work: (runId: RunId, step: string, attempt: number) => `work:${runId}:${step}:${attempt}`,
   timer: (runId: RunId, timerId: string) => `timer:${runId}:${timerId}`,
   command: (verb: CommandVerb, key: string) => `${verb}:${key}`,
+  /** The submit that starts a child (or a continued) run: one per derived run id. */
+  startRun: (runId: RunId) => `start:${runId}`,
+  /** A child run's outcome for its parent: one per ending event of the child. */
+  childOutcome: (child: RunId, seq: number) => `child:${child}:${seq}`,
+  /** The cancel of a child run by its parent's ending. */
+  childCancel: (child: RunId) => `child-cancel:${child}`,
   /** A policy version: a retried store of the same text as the same version is a duplicate. */
   policyVersion: (version: number, sha256: string) => `policy:${version}:${sha256}`,
   /** A catalog record: a retried publish of the same version is a duplicate. */

@@ -189,6 +189,9 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
           Subjects.allWork(t),
           Subjects.allTimers(t),
           Subjects.command(t, CommandVerb.Policy),
+          // Child runs: their outcome for the parent, and their cancel when the parent ends first.
+          Subjects.command(t, CommandVerb.Child),
+          Subjects.command(t, CommandVerb.Cancel),
           Subjects.deadLetter(t, DeadLetterSource.Command),
           // Tells the tenant's workers which attempts are cancelled (step.cancelled).
           Subjects.stepCancel(t),

@@ -50,6 +50,8 @@ export async function checkRuns(jsm: JetStreamManager, t: TenantId, runIds: read
     const starts = new Map<string, number>();
     for (const e of events) {
       if (e.type === 'step.completed') completions.set(e.data.step, (completions.get(e.data.step) ?? 0) + 1);
+      // A child's outcome counts as its step's result.
+      if (e.type === 'child.completed') completions.set(`child:${e.data.step}`, (completions.get(`child:${e.data.step}`) ?? 0) + 1);
       if (e.type === 'step.started') starts.set(`${e.data.step}#${e.data.attempt}`, (starts.get(`${e.data.step}#${e.data.attempt}`) ?? 0) + 1);
     }
     resultsTwice += [...completions.values()].filter((n) => n > 1).length;

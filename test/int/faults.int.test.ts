@@ -1,16 +1,16 @@
 /**
  * Fault tests with real processes: orchestrators SIGKILLed in a loop while runs are in
- * flight, and a worker SIGKILLed in the middle of a step. The checker counts what was
+ * flight (plain runs, fan-outs, parents with child workflows), and a worker SIGKILLed in the middle of a step. The checker counts what was
  * lost, what forked and what was recorded twice; every count must be zero.
  */
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import { join } from 'node:path';
-import { createRegistry } from '@capstan/actors';
+import { childRunIdOf, createRegistry } from '@capstan/actors';
 import { readDeadLetters } from '@capstan/cli';
 import { PROJECT_ROOT } from '@capstan/kit';
 import { encode, Role, type RunId } from '@capstan/schemas';
 import { connect, eventsOf, eventually, issueCreds, provision, spawnService, watchRuns, type ServiceProcess } from '../harness/fixtures.js';
-import { checkRuns, report } from '../harness/checker.js';
+import { checkRuns, replayAll, report } from '../harness/checker.js';
 import { workflows } from '../fixtures/workflows.js';
 
 const fixtures = join(PROJECT_ROOT, 'test', 'dist', 'fixtures', 'workflows.js');
@@ -130,6 +130,77 @@ describe('faults', () => {
       expect(terminalAtFirstKill).toBeLessThan(RUNS);
       expect(c.completed).toBe(RUNS);
       expect(itemResults).toBe(RUNS * ITEMS);
+      expect(c.forks).toBe(0);
+      expect(c.brokenChains).toBe(0);
+      expect(c.resultsRecordedTwice).toBe(0);
+      expect(c.startsRecordedTwice).toBe(0);
+      expect(c.replayMismatches).toBe(0);
+    } finally {
+      await h.close();
+    }
+  }, 150_000);
+
+  it('faults - orchestrators SIGKILLed in a loop during child workflows: every run completes, 0 forks, one child run per start, each child result once', async () => {
+    const url = inject('natsUrl');
+    const h = await connect(url);
+    try {
+      const t = await provision(h, 'kill-kids', { consumers: { orchestratorAckWaitMs: 1000 } });
+      const env = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, ORCH_DISCOVERY_MS: '200' };
+      const orchs = [spawnTracked('orchestrator', { ...env, ORCH_NAME: 'o1' }), spawnTracked('orchestrator', { ...env, ORCH_NAME: 'o2' })];
+      spawnTracked('worker', { ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w1'), WORKER_CONCURRENCY: '100' });
+      await new Promise((r) => setTimeout(r, 1500));
+
+      const watch = await watchRuns(h, t);
+      const RUNS = 40;
+      // Each parent starts two children (one awaited, one abandoned) of two steps each.
+      const parents: RunId[] = await Promise.all(Array.from({ length: RUNS }, (_, i) => h.client.submit(t, 'test.parent', { input: { ms: 150, i } })));
+      const children = parents.flatMap((p) => [childRunIdOf(p, 'ship', 1), childRunIdOf(p, 'notify', 1)]);
+      let kills = 0;
+      let terminalAtFirstKill = -1;
+      const deadline = Date.now() + 6000;
+      while (Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 350));
+        const i = kills % 2;
+        if (terminalAtFirstKill < 0) terminalAtFirstKill = watch.ended.size;
+        await (orchs[i] as ServiceProcess).kill('SIGKILL');
+        kills++;
+        orchs[i] = spawnTracked('orchestrator', { ...env, ORCH_NAME: `o${i + 1}-r${kills}` });
+      }
+      await watch.waitAll([...parents, ...children], 90_000).catch((e: unknown) => process.stdout.write(`${String(e)}\n`));
+      await watch.close();
+      const c = await checkRuns(await h.jsm(t), t, [...parents, ...children], registry);
+      report('orchestrator kill-loop with child workflows', c);
+      if (c.notTerminal > 0) for (const p of procs) process.stdout.write(`OUT ${p.name} ${p.pid}: ${p.output().slice(-3000)}\n`);
+      for (const [runId, events] of c.eventsByRun) {
+        if (events.at(-1)?.type !== 'run.completed') {
+          process.stdout.write(`STUCK ${runId}\n${events.map((e) => `  ${e.seq} ${e.type} ${e.causationId} ${'step' in e.data ? String(e.data.step) : ''}${'attempt' in e.data ? `#${String(e.data.attempt)}` : ''}`).join('\n')}\n`);
+        }
+      }
+      let childResults = 0;
+      for (const p of parents) {
+        const events = c.eventsByRun.get(p) ?? [];
+        const outcomes = events.filter((e) => e.type === 'child.completed').map((e) => (e.type === 'child.completed' ? e.data.step : ''));
+        // Each child's result is recorded once in its parent, whatever crashed around it.
+        expect(outcomes.sort()).toEqual(['notify', 'ship']);
+        expect(events.filter((e) => e.type === 'child.started')).toHaveLength(2);
+        childResults += outcomes.length;
+        expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { shipped: { label: 'L-1' } } } });
+      }
+      for (const child of children) {
+        // One child run per start: its id is derived, so a second submit was a duplicate.
+        const events = c.eventsByRun.get(child) ?? [];
+        expect(events.filter((e) => e.type === 'run.started')).toHaveLength(1);
+        expect(events.at(-1)?.type).toBe('run.completed');
+      }
+      // No child run beyond the derived ones: the tenant holds exactly parents + children.
+      const all = await replayAll(await h.jsm(t), t, registry);
+      expect(all.replayed).toBe(RUNS * 3);
+      expect(all.failures).toEqual([]);
+      process.stdout.write(`kills=${kills} terminal-at-first-kill=${terminalAtFirstKill} child results=${childResults}\n`);
+      expect(kills).toBeGreaterThanOrEqual(10);
+      expect(terminalAtFirstKill).toBeLessThan(RUNS * 3);
+      expect(c.completed).toBe(RUNS * 3);
+      expect(childResults).toBe(RUNS * 2);
       expect(c.forks).toBe(0);
       expect(c.brokenChains).toBe(0);
       expect(c.resultsRecordedTwice).toBe(0);

@@ -29,6 +29,7 @@ const VALID: Record<Verb, Record<string, unknown>> = {
   retry: { runId: RUN, by: 'ann', reason: 'upstream fixed' },
   policy: { runId: RUN, step: 'publish', attempt: 1, decision: 'needs-approval', version: 4, policies: ['policy0'], approvers: 'security', expiresInMs: 60_000 },
   credential: { runId: RUN, step: 'agent', attempt: 1, name: 'API_KEY', reason: 'call the API', decision: 'allow', version: 2, policies: ['p1'] },
+  child: { runId: RUN, step: 'ship', attempt: 1, child: RUN, outcome: 'failed', error: { code: 'child_failed', message: 'x', retryable: true } },
 };
 
 const MINIMAL: Record<Verb, Record<string, unknown>> = {
@@ -43,6 +44,7 @@ const MINIMAL: Record<Verb, Record<string, unknown>> = {
   retry: { runId: RUN, by: 'a' },
   policy: { runId: RUN, step: 's', attempt: 1, decision: 'deny', version: 0, policies: [] },
   credential: { runId: RUN, step: 's', attempt: 1, name: 'K', reason: '', decision: 'deny', version: 0, policies: [] },
+  child: { runId: RUN, step: 's', attempt: 1, child: RUN, outcome: 'completed' },
 };
 
 function schemaError(verb: Verb, value: unknown): SchemaError {

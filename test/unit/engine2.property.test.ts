@@ -1,7 +1,8 @@
 /**
  * Property: generated workflows built from every engine-2 construct (tasks, sandboxed tasks
  * behind the policy gate, waits with and without timeouts, sleeps, parallel branches,
- * fan-outs with each fan-in, branches, conditions, bounded loops) × generated interleavings of
+ * fan-outs with each fan-in, branches, conditions, bounded loops, child workflows with either
+ * parent-close policy, continue-as-new, patches) × generated interleavings of
  * results, failures, timeouts, policy answers, approvals, signals (early ones included),
  * timers, cancels and retries. Every history folds twice to the same state; replay derives
  * exactly the recorded decisions; the status read off the events agrees with the machine's
@@ -32,7 +33,12 @@ function stepArb(depth: number): fc.Arbitrary<(g: Gen) => StepDefinition> {
     (o) => (g: Gen): StepDefinition => ({ name: name(g), signal: o.signal, ...(o.timeout ? { timeoutMs: 500, onTimeout: o.timeout as 'fail' | 'continue' } : {}) }),
   );
   const sleep = fc.constant((g: Gen): StepDefinition => ({ name: name(g), sleep: { ms: 100 } }));
-  const leaf = fc.oneof({ weight: 4, arbitrary: task }, { weight: 2, arbitrary: wait }, { weight: 1, arbitrary: sleep });
+  const child = fc.record({ attempts: fc.integer({ min: 1, max: 3 }), close: fc.constantFrom<'cancel' | 'abandon'>('cancel', 'abandon') }).map(
+    (o) => (g: Gen): StepDefinition => ({ name: name(g), child: 'prop.child', parentClose: o.close, retry: { maxAttempts: o.attempts, initialIntervalMs: 10 } }),
+  );
+  // Continue-as-new ends the run; most are guarded so that the run usually goes on.
+  const cont = fc.boolean().map((go) => (g: Gen): StepDefinition => ({ name: name(g), when: () => go, continueAsNew: ({ input }) => ({ ...input, again: true }) }));
+  const leaf = fc.oneof({ weight: 4, arbitrary: task }, { weight: 2, arbitrary: wait }, { weight: 1, arbitrary: sleep }, { weight: 2, arbitrary: child }, { weight: 1, arbitrary: cont });
   if (depth === 0) return leaf;
   const seq = fc.array(stepArb(depth - 1), { minLength: 1, maxLength: 2 });
   const fan = fc.record({ items: fc.integer({ min: 0, max: 4 }), concurrency: fc.integer({ min: 1, max: 3 }), join: fc.constantFrom<'all' | 'first' | { atLeast: number }>('all', 'first', { atLeast: 2 }), attempts: fc.integer({ min: 1, max: 2 }) }).map(
@@ -46,7 +52,10 @@ function stepArb(depth: number): fc.Arbitrary<(g: Gen) => StepDefinition> {
   const loop = fc.record({ body: seq, max: fc.integer({ min: 1, max: 3 }), exits: fc.boolean() }).map(
     (o) => (g: Gen): StepDefinition => ({ name: name(g), loop: o.body.map((f) => f(g)), until: () => o.exits, maxIterations: o.max }),
   );
-  return fc.oneof({ weight: 5, arbitrary: leaf }, { weight: 1, arbitrary: fan }, { weight: 1, arbitrary: parallel }, { weight: 1, arbitrary: branch }, { weight: 1, arbitrary: loop });
+  const patch = fc.record({ id: fc.constantFrom('p1', 'p2'), then: seq, else: fc.option(seq, { nil: undefined }) }).map(
+    (o) => (g: Gen): StepDefinition => ({ name: name(g), patched: `${o.id}-${g.n}`, then: o.then.map((f) => f(g)), ...(o.else ? { else: o.else.map((f) => f(g)) } : {}) }),
+  );
+  return fc.oneof({ weight: 7, arbitrary: leaf }, { weight: 1, arbitrary: fan }, { weight: 1, arbitrary: parallel }, { weight: 1, arbitrary: branch }, { weight: 1, arbitrary: loop }, { weight: 1, arbitrary: patch });
 }
 
 const workflowArb = fc.array(stepArb(2), { minLength: 1, maxLength: 4 }).map((fs) => {
@@ -58,7 +67,8 @@ const workflowArb = fc.array(stepArb(2), { minLength: 1, maxLength: 4 }).map((fs
 const opArb = fc.record({ pick: fc.nat(), kind: fc.nat({ max: 99 }), value: fc.oneof(fc.constant(null), fc.integer({ min: 0, max: 9 }), fc.constant({ ok: true })) });
 
 interface Inst {
-  kind: 'task' | 'signal' | 'sleep';
+  kind: 'task' | 'signal' | 'sleep' | 'child';
+  child?: string;
   node: string;
   attempt: number;
   phase: string;
@@ -73,6 +83,12 @@ function candidates(r: RunRecorder, op: { kind: number; value: JsonValue }): Inp
   const out: InputEventBody[] = [];
   for (const [key, i] of Object.entries(ctx.inst ?? {})) {
     const a = i.attempt;
+    if (i.kind === 'child' && i.phase === 'started') {
+      const child = i.child ?? '';
+      out.push({ type: 'child.completed', data: { step: key, attempt: a, child, result: op.value } });
+      out.push({ type: 'child.failed', data: { step: key, attempt: a, child, error: { code: ErrorCode.ChildFailed, message: 'the child failed', retryable: op.kind % 3 !== 0 } } });
+      continue;
+    }
     switch (i.phase) {
       case 'authorize':
         out.push({ type: 'policy.decided', data: { step: key, attempt: a, decision: op.kind % 7 === 0 ? 'deny' : op.kind % 5 === 0 ? 'needs-approval' : 'allow', version: 1, policies: ['p'] } });
@@ -158,6 +174,6 @@ describe('engine 2 - property: constructs × interleavings', () => {
     expect(seen.completed).toBeGreaterThan(10);
     expect(seen.failed).toBeGreaterThan(10);
     expect(seen.retried).toBeGreaterThan(5);
-    expect(seen.constructs.size).toBe(7);
+    expect(seen.constructs.size).toBe(10);
   });
 });

@@ -40,6 +40,11 @@ const DATA: Record<RunEventType, Record<string, unknown>> = {
   'branch.taken': { step: 's', branch: 'then' },
   'loop.iteration': { step: 's', iteration: 2 },
   'fanout.started': { step: 's', items: 3, concurrency: 2 },
+  'child.started': { step: 's', attempt: 1, child: RUN, workflow: 'w', input: { a: 1 }, parentClose: 'cancel' },
+  'child.completed': { step: 's', attempt: 1, child: RUN, result: { ok: true } },
+  'child.failed': { step: 's', attempt: 1, child: RUN, error: { code: 'child_failed', message: 'y', retryable: true } },
+  'patch.marked': { patch: 'fix-1' },
+  'run.continued': { next: RUN, input: { a: 2 }, reason: 'workflow' },
 };
 
 const envelope = (type: RunEventType, extra: Record<string, unknown> = {}) => ({
@@ -69,7 +74,7 @@ describe('events - run event envelopes', () => {
     expect(Object.keys(DATA).sort()).toEqual([...RUN_EVENT_TYPES].sort());
     expect(INPUT_EVENT_TYPES.size).toBe(INPUT_TYPES.length);
     const decisions = RUN_EVENT_TYPES.filter((t) => !INPUT_EVENT_TYPES.has(t));
-    expect(decisions.sort()).toEqual(['approval.requested', 'branch.taken', 'fanout.started', 'loop.iteration', 'policy.requested', 'run.cancelled', 'run.completed', 'run.failed', 'signal.consumed', 'step.cancelled', 'step.scheduled', 'step.skipped', 'step.waiting', 'timer.scheduled']);
+    expect(decisions.sort()).toEqual(['approval.requested', 'branch.taken', 'child.started', 'fanout.started', 'loop.iteration', 'patch.marked', 'policy.requested', 'run.cancelled', 'run.completed', 'run.continued', 'run.failed', 'signal.consumed', 'step.cancelled', 'step.scheduled', 'step.skipped', 'step.waiting', 'timer.scheduled']);
   });
 
   for (const type of Object.keys(DATA) as RunEventType[]) {

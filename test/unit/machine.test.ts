@@ -684,7 +684,7 @@ describe('machine - status', () => {
   });
 
   it('machine - the demo workflows are valid and start', () => {
-    expect(demoWorkflows.map((w) => w.id)).toEqual(['demo.pipeline', 'demo.flaky', 'demo.signal', 'demo.sandboxed', 'demo.approval', 'demo.jit', 'demo.agent']);
+    expect(demoWorkflows.map((w) => w.id)).toEqual(['demo.pipeline', 'demo.flaky', 'demo.signal', 'demo.sandboxed', 'demo.approval', 'demo.jit', 'demo.agent', 'demo.brief', 'demo.agent']);
     for (const wf of demoWorkflows) {
       // New runs are engine 2's; the sequences also start under engine 1, which replays their old runs.
       const d = startRun(wf, { workflow: wf.id, version: wf.version, input: {}, engine: 2 });

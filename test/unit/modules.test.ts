@@ -18,7 +18,7 @@ describe('modules', () => {
   });
 
   it('modules - no module means the built-in and demo workflows and handlers', async () => {
-    expect((await loadWorkflows('')).list().map((w) => w.id)).toEqual(['datasync.pipeline', 'demo.pipeline', 'demo.flaky', 'demo.signal', 'demo.sandboxed', 'demo.approval', 'demo.jit', 'demo.agent']);
+    expect((await loadWorkflows('')).list().map((w) => w.id)).toEqual(['datasync.pipeline', 'demo.pipeline', 'demo.flaky', 'demo.signal', 'demo.sandboxed', 'demo.approval', 'demo.jit', 'demo.agent', 'demo.agent', 'demo.brief']);
     expect(Object.keys(await loadHandlers(''))).toContain('demo.flaky.call');
   });
 });

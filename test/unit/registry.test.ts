@@ -70,6 +70,7 @@ describe('registry - versions', () => {
     expect(empty.list()).toEqual([]);
     unknown(() => empty.latest('demo.pipeline'));
     const demos = createRegistry(demoWorkflows);
-    for (const wf of demoWorkflows) expect(demos.latest(wf.id)).toBe(wf);
+    for (const wf of demoWorkflows) expect(demos.get(wf.id, wf.version)).toBe(wf);
+    expect(demos.latest('demo.agent').version).toBe(2);
   });
 });

@@ -13,6 +13,10 @@ export interface RunState {
   readonly snapshot: AnyMachineSnapshot;
   /** Run-local sequence of the last event folded (1 after `run.started`). */
   readonly seq: number;
+  /** The run's id, when it was started or folded with one (engine 2: children and continuations derive from it). */
+  readonly runId?: string;
+  /** A child run's parent, as its `run.started` recorded it: the parent takes its outcome. */
+  readonly parent?: { readonly runId: string; readonly step: string; readonly attempt: number; readonly child?: string };
 }
 
 export interface Decision {

@@ -75,6 +75,16 @@ export function describe(e: RunEvent): string {
       return `loop ${e.data.step} iteration ${e.data.iteration}`;
     case 'fanout.started':
       return `fan-out ${e.data.step} over ${e.data.items} item(s), ${e.data.concurrency} at a time`;
+    case 'child.started':
+      return `step ${e.data.step} attempt ${e.data.attempt} started child run ${e.data.child} (${e.data.workflow}; parent close: ${e.data.parentClose})`;
+    case 'child.completed':
+      return `step ${e.data.step} attempt ${e.data.attempt}: child run ${e.data.child} completed → ${JSON.stringify(e.data.result).slice(0, 80)}`;
+    case 'child.failed':
+      return `step ${e.data.step} attempt ${e.data.attempt}: child run ${e.data.child} failed: ${e.data.error.code}: ${e.data.error.message}`;
+    case 'patch.marked':
+      return `patch ${e.data.patch} marked: the run takes its new path`;
+    case 'run.continued':
+      return `run continued as new in ${e.data.next}${e.data.reason === 'event-cap' ? ' (at its event cap)' : ''}`;
   }
 }
 

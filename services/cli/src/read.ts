@@ -175,6 +175,15 @@ function humanRun(d: RunResponse): string {
     lines.push(indent(table(['STEP', 'ATTEMPT', 'OUTCOME', 'POOL', 'WORKER', 'SCHEDULED', 'DURATION', 'ERROR'], rows)));
   }
 
+  // Child steps: their rows name the child's workflow (`child:<id>`) and, as their worker, the child run.
+  const children = d.steps.filter((s) => s.handler.startsWith('child:'));
+  if (children.length > 0) {
+    lines.push('', bold('children'));
+    const rows = children.map((s) => [s.step, String(s.attempt), s.handler.slice('child:'.length), orDash(s.worker), colorStatus(s.outcome)]);
+    lines.push(indent(table(['STEP', 'ATTEMPT', 'WORKFLOW', 'CHILD RUN', 'OUTCOME'], rows)));
+    lines.push(dim(`  see one: capstan run <child run> --tenant ${r.tenant}`));
+  }
+
   if (d.approvals.length > 0) {
     lines.push('', bold('approvals'));
     const rows = d.approvals.map((a) => [a.step, a.signal, colorStatus(a.status), a.requestedAt, orDash(a.decidedAt), orDash(a.decidedBy), a.reason ? dim(a.reason) : '']);

@@ -44,6 +44,11 @@ export function inputOf(cmd: Exclude<Command, { verb: 'submit' }>): InputEventBo
       const { runId: _runId, ...data } = cmd.body;
       return { type: 'credential.decided', data };
     }
+    case 'child': {
+      const { step, attempt, child } = cmd.body;
+      if (cmd.body.outcome === 'completed') return { type: 'child.completed', data: { step, attempt, child, result: cmd.body.result ?? null } };
+      return { type: 'child.failed', data: { step, attempt, child, error: cmd.body.error ?? { code: ErrorCode.ChildFailed, message: 'the child run failed', retryable: true } } };
+    }
   }
 }
 

@@ -12,6 +12,7 @@ import type { PolicyGate } from './policy-gate.js';
 import type { RunObserver } from './observe.js';
 import {
   CommandVerb,
+  ErrorCode,
   encode,
   encodedSize,
   Headers,
@@ -19,6 +20,7 @@ import {
   Subjects,
   type RunEvent,
   type StepCancel,
+  type CommandOf,
   type RunId,
   type TenantId,
   type TimerCommand,
@@ -44,9 +46,40 @@ export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t
   const timers: OutMsg[] = [];
   const work: OutMsg[] = [];
   const cancels: StepCancel[] = [];
+  const commands: OutMsg[] = [];
   const dispatched: { runId: RunId; event: RunEvent }[] = [];
+  const command = <V extends 'submit' | 'cancel' | 'child'>(verb: V, body: CommandOf<V>, msgId: string) =>
+    commands.push({ subject: Subjects.command(t, verb), data: encode(body), msgId });
   for (const src of sources) {
+    const continuedAs = src.events.find((e) => e.type === 'run.continued');
     for (const ev of src.events) {
+      if (ev.type === 'child.started') {
+        // The child's id is derived, and its submit carries it: a second submit is a duplicate.
+        const d = ev.data;
+        command('submit', { workflow: d.workflow, input: d.input, runId: d.child as RunId, parent: { runId: src.runId, step: d.step, attempt: d.attempt } }, MsgIds.startRun(d.child as RunId));
+      } else if (ev.type === 'run.continued') {
+        // The continuation is the same workflow; a child's continuation reports to the same parent.
+        const d = ev.data;
+        // The chain reports under the id its parent started (the first run of the chain).
+        const p = src.state.parent;
+        const parent = p ? { parent: { runId: p.runId as RunId, step: p.step, attempt: p.attempt, child: (p.child ?? src.runId) as RunId } } : {};
+        command('submit', { workflow: src.state.workflow.id, input: d.input, runId: d.next as RunId, continuedFrom: src.runId, ...parent }, MsgIds.startRun(d.next as RunId));
+      } else if ((ev.type === 'run.completed' || ev.type === 'run.failed' || ev.type === 'run.cancelled') && src.state.parent && !continuedAs) {
+        // A child run ended: its parent takes the outcome (a failure, or a cancel, fails the parent's step).
+        const p = src.state.parent;
+        const base = { runId: p.runId as RunId, step: p.step, attempt: p.attempt, child: (p.child ?? src.runId) as RunId };
+        const body: CommandOf<'child'> =
+          ev.type === 'run.completed'
+            ? { ...base, outcome: 'completed', result: ev.data.output }
+            : ev.type === 'run.failed'
+            ? { ...base, outcome: 'failed', error: { code: ErrorCode.ChildFailed, message: `${ev.data.error.code}: ${ev.data.error.message}`.slice(0, 1000), retryable: true } }
+            : { ...base, outcome: 'failed', error: { code: ErrorCode.ChildFailed, message: `the child run was cancelled${ev.data.reason ? `: ${ev.data.reason}` : ''}`.slice(0, 1000), retryable: false } };
+        command('child', body, MsgIds.childOutcome(src.runId, ev.seq));
+      }
+      if (ev.type === 'step.cancelled' && ev.data.child !== undefined) {
+        // The parent ended first and the child's parent-close policy is `cancel`.
+        command('cancel', { runId: ev.data.child as RunId, reason: `its parent run ${src.runId} ended` }, MsgIds.childCancel(ev.data.child as RunId));
+      }
       if (ev.type === 'timer.scheduled') {
         const d = ev.data;
         const body: TimerCommand = { runId: src.runId, timerId: d.timerId, kind: d.kind, step: d.step, attempt: d.attempt };
@@ -89,11 +122,12 @@ export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t
   }
   await publishDurably(nc, js, timers);
   await publishDurably(nc, js, work);
+  await publishDurably(nc, js, commands);
   // Cancels go to every worker of the tenant, at most once (core NATS): the one running the
   // attempt aborts it. A lost cancel costs only time: the attempt's result is refused as stale.
   for (const c of cancels) nc.publish(Subjects.stepCancel(t), encode(c));
   observer?.dispatched(dispatched);
-  return timers.length + work.length + cancels.length;
+  return timers.length + work.length + cancels.length + commands.length;
 }
 
 /** The decisions after a run's last input: the ones whose effects a crash may have lost. */

@@ -180,6 +180,9 @@ export function viewFromRows(run: RunRow | undefined, steps: readonly StepRow[],
 }
 
 /** A step row with nothing known yet but its name and when it began. */
+/** The handler a child step's row shows: `child:<workflow>` (its worker column is the child run's id). */
+export const CHILD_HANDLER = 'child:';
+
 function blankStep(tenant: string, runId: string, step: string, attempt: number, at: Date): StepRow {
   return { tenant, runId, step, attempt, mode: 0, pool: '', handler: '', worker: null, sandbox: null, outcome: StepOutcome.Scheduled, scheduledAt: at, startedAt: null, finishedAt: null, durationMs: null, result: null, errorCode: null, errorMessage: null };
 }
@@ -420,6 +423,28 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
     }
     case 'step.skipped':
       putStep({ ...blankStep(tenant, runId, e.data.step, 1, at), handler: 'skipped', outcome: StepOutcome.Skipped, finishedAt: at });
+      break;
+    case 'child.started':
+      // A child step is a step of the run: its handler names the child's workflow (`child:<id>`)
+      // and its worker column the child run, which is the link readers follow.
+      putStep({ ...blankStep(tenant, runId, e.data.step, e.data.attempt, at), pool: 'child', handler: pgText(`${CHILD_HANDLER}${e.data.workflow}`), worker: e.data.child, outcome: StepOutcome.Running, startedAt: at });
+      if (run) {
+        run.currentStep = e.data.step;
+        run.attempts += 1;
+      }
+      break;
+    case 'child.completed':
+    case 'child.failed': {
+      const row = attemptRow(e.data.step, e.data.attempt);
+      if (!row) break;
+      const took = row.startedAt ? Math.max(0, at.getTime() - row.startedAt.getTime()) : null;
+      if (e.type === 'child.completed') putStep({ ...row, outcome: StepOutcome.Completed, finishedAt: at, durationMs: took, result: pgJson(e.data.result) });
+      else putStep({ ...row, outcome: StepOutcome.Failed, finishedAt: at, durationMs: took, errorCode: pgText(e.data.error.code), errorMessage: pgText(e.data.error.message) });
+      break;
+    }
+    case 'patch.marked':
+    case 'run.continued':
+      // On the record (the events index, the timeline); no row of their own.
       break;
     case 'branch.taken':
     case 'loop.iteration':

@@ -6,7 +6,7 @@
  */
 import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
-import { CapstanError, ErrorCode, type JsonValue, type RunId, type TenantId } from '@capstan/schemas';
+import { CapstanError, ErrorCode, pipelineHandler, PIPELINE_STEPS, type JsonValue, type RunId, type TenantId } from '@capstan/schemas';
 import type { Logger } from '@capstan/kit';
 import type { ExternalWrite } from './external-write.js';
 
@@ -75,7 +75,9 @@ export const demoHandlers: Handlers = {
     topics: ((results['research'] as { topic: string }[] | undefined) ?? []).map((r) => r.topic),
     drafts: (results['draft'] as { version: number } | undefined)?.version ?? 0,
     feedback: results['feedback'] ?? null,
+    brief: results['brief'] ?? null,
   }),
+  'demo.brief.compose': ({ input }) => ({ brief: `${((input['research'] as unknown[] | undefined) ?? []).length} topic(s) researched` }),
 };
 
 /**
@@ -86,8 +88,11 @@ export const demoHandlers: Handlers = {
 function missingHandlers(mod: { workflows?: unknown }, handlers: Handlers): string[] {
   if (!Array.isArray(mod.workflows)) return [];
   const need = (mod.workflows as { handlers?: unknown }[]).flatMap((d) => (Array.isArray(d.handlers) ? (d.handlers as string[]) : []));
-  return [...new Set(need)].filter((h) => !Object.hasOwn(handlers, h)).sort();
+  // The built-in workflows' handlers (datasync.pipeline) come with every worker (datasync.ts).
+  return [...new Set(need)].filter((h) => !Object.hasOwn(handlers, h) && !BUILT_IN.has(h)).sort();
 }
+
+const BUILT_IN: ReadonlySet<string> = new Set(PIPELINE_STEPS.map((s) => pipelineHandler(s)));
 
 /** Loads `handlers` from a module path; the demo handlers when the path is empty. */
 export async function loadHandlers(modulePath: string): Promise<Handlers> {

@@ -51,7 +51,7 @@ export class RunRecorder {
   ) {
     this.clock = startAt;
     const started = { workflow: workflow.id, version: workflow.version, input, ...(engine === undefined ? {} : { engine }) };
-    const decision = startRun(workflow, started);
+    const decision = startRun(workflow, started, runId);
     this.record({ type: 'run.started', data: started }, decision, 0);
     this.state = decision.state;
     this.last = decision;

@@ -7,7 +7,7 @@
 import type { NNode, WorkflowDefinition } from '../../workflow.js';
 import type { KeyOf, RunContext } from './context.js';
 import type { Extra } from './lifecycle.js';
-import { branchState, fanOutState, guardedState, loopState, parallelState, signalState, sleepState, taskState, workflowMachine, type Sequence } from './states.js';
+import { branchState, childState, continueState, fanOutState, guardedState, loopState, parallelState, patchState, signalState, sleepState, taskState, workflowMachine, type Sequence } from './states.js';
 
 /** A loop around a step: its name and the loops around it. */
 interface Scope {
@@ -64,6 +64,12 @@ function compileNode(workflowId: string, node: NNode, keyOf: KeyOf, next: string
       return branchState(node.test, keyOf, compileSequence(workflowId, node.then, scope), node.else.length > 0 ? compileSequence(workflowId, node.else, scope) : undefined, next);
     case 'loop':
       return loopState(node.until, node.max, keyOf, compileSequence(workflowId, node.body, { loops: [...scope.loops, node.name] }), next);
+    case 'child':
+      return childState(node, keyOf, next, extra);
+    case 'continue':
+      return continueState(node, keyOf);
+    case 'patch':
+      return patchState(node.patch, keyOf, compileSequence(workflowId, node.then, scope), node.else.length > 0 ? compileSequence(workflowId, node.else, scope) : undefined, next);
   }
 }
 
@@ -74,7 +80,7 @@ export function nodesByName(nodes: readonly NNode[]): Map<string, NNode> {
     for (const n of ns) {
       out.set(n.name, n);
       if (n.kind === 'parallel') n.branches.forEach(walk);
-      else if (n.kind === 'branch') {
+      else if (n.kind === 'branch' || n.kind === 'patch') {
         walk(n.then);
         walk(n.else);
       }
@@ -86,7 +92,7 @@ export function nodesByName(nodes: readonly NNode[]): Map<string, NNode> {
 }
 
 /** The run machine of a workflow defined by steps. */
-export function compileV2(def: Pick<WorkflowDefinition, 'id' | 'version' | 'nodes'>) {
+export function compileV2(def: Pick<WorkflowDefinition, 'id' | 'version' | 'nodes' | 'onEventCap' | 'continueInput'>) {
   const nodes = def.nodes ?? [];
   const byName = nodesByName(nodes);
   return workflowMachine(`${def.id}@${def.version}`, compileSequence(def.id, nodes, { loops: [] }), {
@@ -94,9 +100,12 @@ export function compileV2(def: Pick<WorkflowDefinition, 'id' | 'version' | 'node
       const n = byName.get(name);
       return n?.kind === 'signal' ? n.signal : undefined;
     },
-    maxAttemptsOf: (name) => {
-      const n = byName.get(name);
-      return n?.kind === 'task' ? n.retry.maxAttempts : n?.kind === 'fanout' ? n.task.retry.maxAttempts : undefined;
-    },
+    maxAttemptsOf: (name) => maxAttemptsOf(byName.get(name)),
+    ...(def.onEventCap === 'continue-as-new' ? { continueAtCap: def.continueInput ?? ((d) => d.input) } : {}),
   });
+}
+
+/** The attempts a step's retry policy allows (tasks, fan-out items, children). */
+export function maxAttemptsOf(n: NNode | undefined): number | undefined {
+  return n?.kind === 'task' || n?.kind === 'child' ? n.retry.maxAttempts : n?.kind === 'fanout' ? n.task.retry.maxAttempts : undefined;
 }

@@ -38,7 +38,7 @@ export interface PendingApproval {
 }
 
 export interface Instance {
-  readonly kind: 'task' | 'signal' | 'sleep';
+  readonly kind: 'task' | 'signal' | 'sleep' | 'child';
   /** The definition's step name (its handler, its policy questions, its result's alias). */
   readonly node: string;
   readonly attempt: number;
@@ -57,6 +57,9 @@ export interface Instance {
   readonly index?: number;
   /** Inside a loop: the innermost iteration. */
   readonly iteration?: number;
+  /** A child step: the current attempt's child run, and what the run's ending does to it. */
+  readonly child?: string;
+  readonly close?: 'cancel' | 'abandon';
 }
 
 export interface FanOut {
@@ -95,6 +98,10 @@ export interface RunContext {
   /** The instance whose failure failed the run: a retry starts it again. */
   readonly failedAt: string | null;
   readonly anyStarted: boolean;
+  /** The run's own id (child and continued runs' ids derive from it); set when the run starts. */
+  readonly runId?: string;
+  /** `patched(id)` markers evaluated so far: true, the new path. */
+  readonly patches?: Readonly<Record<string, boolean>>;
 }
 
 export function initialContext(input: { readonly [k: string]: JsonValue }): RunContext {

@@ -1,5 +1,5 @@
 /**
- * Capstan's step, wait, sleep and fan-out helpers for authors who write the XState machine
+ * Capstan's step, wait, sleep, fan-out, child and continue-as-new helpers for authors who write the XState machine
  * themselves: each returns the very state config the step compiler makes for that step, so a
  * hand-written machine and a compiled one behave the same (same decisions, same retries,
  * timeouts, policy gate and approvals). `machine` wraps the states into a run machine
@@ -13,13 +13,15 @@
  *     fetch: h.step({ name: 'fetch', timeoutMs: 30_000 }, 'route'),
  *     // Your own XState: a guarded choice on an earlier result.
  *     route: h.state({ always: [{ guard: ({ context }) => context.results['fetch'] === 'big', target: 'review' }, { target: 'done' }] }),
- *     review: h.wait({ name: 'review', signal: 'approve', timeoutMs: 3_600_000 }, 'done'),
+ *     review: h.wait({ name: 'review', signal: 'approve', timeoutMs: 3_600_000 }, 'ship'),
+ *     // A child workflow, awaited: its output is results['ship'].
+ *     ship: h.child({ name: 'ship', child: 'billing.ship' }, 'done'),
  *   },
  * }) });
  */
-import type { FanOutStep, SignalStep, SleepStep, TaskStep } from '../../workflow.js';
+import type { ChildStep, ContinueStep, FanOutStep, SignalStep, SleepStep, TaskStep } from '../../workflow.js';
 import { normaliseStep } from '../../workflow.js';
-import { capstan, fanOutState, signalState, sleepState, taskState, workflowMachine, type Sequence } from './states.js';
+import { capstan, childState, continueState, fanOutState, signalState, sleepState, taskState, workflowMachine, type Sequence } from './states.js';
 import { InvalidWorkflowError } from '@capstan/schemas';
 
 export interface MachineHelpers {
@@ -29,6 +31,10 @@ export interface MachineHelpers {
   wait(spec: SignalStep, next: string): ReturnType<typeof signalState>;
   sleep(spec: SleepStep, next: string): ReturnType<typeof sleepState>;
   fanOut(spec: FanOutStep, next: string): ReturnType<typeof fanOutState>;
+  /** A child workflow, awaited: its output is the step's result (`results[name]`). */
+  child(spec: ChildStep, next: string): ReturnType<typeof childState>;
+  /** Ends the run and continues it in a fresh run of the same workflow. */
+  continueAsNew(spec: ContinueStep): ReturnType<typeof continueState>;
   /** Types a state of your own (guards and targets over the run context). */
   state: typeof capstan.createStateConfig;
   /** The run machine around your states; reaching `done` completes the run. */
@@ -70,6 +76,19 @@ export function machineHelpers(workflowId: string): MachineHelpers {
       take(n.name);
       attempts.set(n.name, n.task.retry.maxAttempts);
       return fanOutState(workflowId, n, () => n.name, next);
+    },
+    child(spec, next) {
+      const n = normaliseStep(workflowId, spec);
+      if (n.kind !== 'child') throw new InvalidWorkflowError(workflowId, `step ${spec.name} is not a child workflow`);
+      take(n.name);
+      attempts.set(n.name, n.retry.maxAttempts);
+      return childState(n, () => n.name, next);
+    },
+    continueAsNew(spec) {
+      const n = normaliseStep(workflowId, spec);
+      if (n.kind !== 'continue') throw new InvalidWorkflowError(workflowId, `step ${spec.name} is not a continue-as-new`);
+      take(n.name);
+      return continueState(n, () => n.name);
     },
     state: capstan.createStateConfig,
     machine(config) {

@@ -7,11 +7,13 @@
  * Task: [authorize → (approve →)] scheduled → started → done | backoff → scheduled … | failed.
  * Signal wait: waiting → done (a signal, an approval, or a timeout that continues) | failed.
  * Sleep: sleeping → done.
+ * Child: started (its child run is running) → done | backoff → started (a new child) … | failed.
  */
 import type { DecisionEventBody, InputEventBody, JsonValue } from '@capstan/schemas';
 import { ApprovalDecision, ErrorCode, Mode, PolicyVerdict, TimerKind } from '@capstan/schemas';
 import { backoffDelay, DEFAULT_APPROVAL_TTL_MS, POLICY_REASK_MS, policyQueriesOf, timerId } from '../v1/compile.js';
-import type { NSignal, NSleep, NTask } from '../../workflow.js';
+import type { NChild, NSignal, NSleep, NTask } from '../../workflow.js';
+import { childRunIdOf } from './ids.js';
 import { allInstances, dataOf, failure, fanItem, getInst, OPEN, withInstance, type Instance, type RunContext, type Step } from './context.js';
 
 /** Who approves when a needs-approval policy names nobody. */
@@ -250,6 +252,54 @@ export function feedSleep(c: RunContext, key: string, ev: InputEventBody): Step 
   return { ctx: withInstance(c, key, { ...i, phase: 'done' }), out: [] };
 }
 
+/** Starts a child run for a child step's next attempt (its id derived from this run's, the step and the attempt). */
+export function startChild(c: RunContext, key: string, node: NChild, extra: Extra = {}): Step {
+  const prev = getInst(c, key);
+  if (prev?.phase === 'done') return none(c);
+  const { attempt, base } = nextAttempt(prev);
+  return launchChild(c, key, node, { kind: 'child', node: node.name, attempt, base, phase: 'started', close: node.parentClose, ...extra });
+}
+
+function launchChild(c: RunContext, key: string, node: NChild, inst: Instance): Step {
+  const failNow = (message: string): Step => ({ ctx: { ...withInstance(c, key, { ...inst, phase: 'failed' }), lastError: failure(ErrorCode.WorkflowFunctionFailed, message, false), failedAt: null }, out: [] });
+  if (c.runId === undefined) return failNow(`step ${key}: a child workflow needs the run's id (start the run with one)`);
+  let input: { readonly [k: string]: JsonValue } = c.input;
+  if (node.input) {
+    const r = evaluate(() => node.input?.(dataOf(c)), `step ${key}: input`);
+    if (!r.ok) return failNow(r.error.message);
+    const v: unknown = r.value;
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) return failNow(`step ${key}: input must return an object, got ${JSON.stringify(v)}`);
+    input = r.value as { readonly [k: string]: JsonValue };
+  }
+  const child = childRunIdOf(c.runId, key, inst.attempt);
+  return {
+    ctx: { ...withInstance(c, key, { ...inst, child }), anyStarted: true },
+    out: [{ type: 'child.started', data: { step: key, attempt: inst.attempt, child, workflow: node.workflow, input, parentClose: node.parentClose } }],
+  };
+}
+
+/** Feeds a child step its child's outcome, or its retry timer; `undefined` when it does not take the input. */
+export function feedChild(c: RunContext, key: string, node: NChild, ev: InputEventBody): Step | undefined {
+  const i = getInst(c, key);
+  if (!i || !OPEN.has(i.phase)) return undefined;
+  if ((ev.type === 'child.completed' || ev.type === 'child.failed') && i.phase === 'started' && isFor(ev.data, key, i) && ev.data.child === i.child) {
+    if (ev.type === 'child.completed') return { ctx: complete(c, key, i, ev.data.result), out: [] };
+    const err = ev.data.error;
+    const round = i.attempt - i.base;
+    if (err.retryable && round < node.retry.maxAttempts) {
+      return {
+        ctx: { ...withInstance(c, key, { ...i, phase: 'backoff' }), lastError: err },
+        out: [{ type: 'timer.scheduled', data: { timerId: timerId(key, i.attempt, TimerKind.Retry), kind: TimerKind.Retry, step: key, attempt: i.attempt, delayMs: backoffDelay(node.retry, round + 1) } }],
+      };
+    }
+    return { ctx: failed(c, key, i, ErrorCode.ChildFailed, `step ${key}: child run ${ev.data.child} failed after ${i.attempt} attempt(s): ${err.code}: ${err.message}`), out: [] };
+  }
+  if (ev.type === 'timer.fired' && ev.data.kind === TimerKind.Retry && i.phase === 'backoff' && isFor(ev.data, key, i)) {
+    return launchChild(c, key, node, { ...i, attempt: i.attempt + 1, phase: 'started' });
+  }
+  return undefined;
+}
+
 /** Cancels open instances (all, or those `which` picks): their workers are told, their results refused. */
 export function cancelOpen(c: RunContext, reason: string, which: (key: string, i: Instance) => boolean = () => true): Step {
   const out: DecisionEventBody[] = [];
@@ -257,7 +307,9 @@ export function cancelOpen(c: RunContext, reason: string, which: (key: string, i
   for (const [key, i] of [...allInstances(c)]) {
     if (!OPEN.has(i.phase) || !which(key, i)) continue;
     ctx = withInstance(ctx, key, { ...i, phase: 'cancelled', started: false, cred: false });
-    out.push({ type: 'step.cancelled', data: { step: key, attempt: i.attempt, reason } });
+    // A running child is cancelled with its parent, unless its parent-close policy abandons it.
+    const child = i.kind === 'child' && i.phase === 'started' && i.close === 'cancel' && i.child !== undefined ? { child: i.child } : {};
+    out.push({ type: 'step.cancelled', data: { step: key, attempt: i.attempt, reason, ...child } });
   }
   return { ctx, out };
 }

@@ -12,8 +12,8 @@ import type { AnyStateMachine } from 'xstate';
 import type { NNode, WorkflowDefinition } from '../../workflow.js';
 import { stateName, type Decision, type RunState } from '../state.js';
 import { allInstances, BUSY, getInst, OPEN, type RunContext } from './context.js';
-import { EVENT_CAP, retryRefusal, START } from './states.js';
-import { nodesByName } from './compile.js';
+import { EVENT_CAP, retryRefusal, START, underReplay } from './states.js';
+import { maxAttemptsOf, nodesByName } from './compile.js';
 
 /** Decision types a hand-written machine may still name its actions after (engine 1's vocabulary). */
 const LEGACY_DECISIONS: ReadonlySet<string> = new Set(['step.scheduled', 'timer.scheduled', 'step.waiting', 'policy.requested', 'approval.requested', 'run.completed', 'run.failed', 'run.cancelled']);
@@ -48,6 +48,9 @@ const DECISION_TYPES: ReadonlySet<RunEventType> = new Set<RunEventType>([
   'branch.taken',
   'loop.iteration',
   'fanout.started',
+  'child.started',
+  'patch.marked',
+  'run.continued',
 ]);
 
 const ctxOf = (s: AnyMachineSnapshot): RunContext | undefined => {
@@ -70,13 +73,31 @@ function capped(state: RunState, before: AnyMachineSnapshot, after: AnyMachineSn
   return before.can(cap) ? before : undefined;
 }
 
-export function startV2(workflow: WorkflowDefinition, machine: AnyStateMachine, started: RunEventData<'run.started'>): Decision {
+/**
+ * How a transition is decided: live (`undefined`), or replayed from a record, whose
+ * decisions for the input are given (a `patched` marker takes the path its record took).
+ */
+export type Replay = { readonly recorded: readonly { readonly type: string; readonly data: unknown }[] } | undefined;
+
+function marksOf(replay: Replay): ReadonlySet<string> | undefined {
+  if (!replay) return undefined;
+  const marks = new Set<string>();
+  for (const d of replay.recorded) if (d.type === 'patch.marked') marks.add((d.data as { patch: string }).patch);
+  return marks;
+}
+
+export function startV2(workflow: WorkflowDefinition, machine: AnyStateMachine, started: RunEventData<'run.started'>, runId?: string, replay?: Replay): Decision {
+  return underReplay(marksOf(replay), () => startV2Now(workflow, machine, started, runId));
+}
+
+function startV2Now(workflow: WorkflowDefinition, machine: AnyStateMachine, started: RunEventData<'run.started'>, runId: string | undefined): Decision {
   const [ready, initial] = initialTransition(machine, started.input);
   // A machine made by workflowMachine starts on START; one written without it starts at once.
-  const [snapshot, actions] = ready.can({ type: START }) ? transition(machine, ready, { type: START }) : [ready, initial];
+  const start = { type: START, ...(runId === undefined ? {} : { runId }) };
+  const [snapshot, actions] = ready.can(start) ? transition(machine, ready, start) : [ready, initial];
   let decisions = toDecisions(workflow.id, actions);
   let snap = snapshot;
-  const state: RunState = { workflow, engine: 2, machine, snapshot, seq: 0 };
+  const state: RunState = { workflow, engine: 2, machine, snapshot, seq: 0, ...(runId === undefined ? {} : { runId }), ...(started.parent ? { parent: started.parent } : {}) };
   if (capped(state, snapshot, snapshot, decisions.length)) {
     const [ended, endActions] = transition(machine, snapshot, { type: EVENT_CAP });
     snap = ended;
@@ -91,7 +112,11 @@ export function startV2(workflow: WorkflowDefinition, machine: AnyStateMachine, 
  * {@link ApprovalNotWaitingError} for an approval decision no step waits for, and
  * {@link RunNotRetryableError} for a retry the run cannot take: such an input is never recorded.
  */
-export function decideV2(state: RunState, input: InputEventBody): Decision {
+export function decideV2(state: RunState, input: InputEventBody, replay?: Replay): Decision {
+  return underReplay(marksOf(replay), () => decideV2Now(state, input));
+}
+
+function decideV2Now(state: RunState, input: InputEventBody): Decision {
   const event = input;
   if (input.type === 'run.started' || !state.snapshot.can(event)) {
     if (input.type === 'run.retried') {
@@ -99,10 +124,7 @@ export function decideV2(state: RunState, input: InputEventBody): Decision {
       const c = ctxOf(state.snapshot);
       if (status !== RunStatus.Failed) throw new RunNotRetryableError(status, `only a failed run can be retried; this one is ${status}`);
       const byName = state.workflow.nodes ? nodesByName(state.workflow.nodes) : new Map<string, NNode>();
-      const why = c ? retryRefusal(c, (n) => {
-        const node = byName.get(n);
-        return node?.kind === 'task' ? node.retry.maxAttempts : node?.kind === 'fanout' ? node.task.retry.maxAttempts : undefined;
-      }) : 'its machine takes no retry';
+      const why = c ? retryRefusal(c, (n) => maxAttemptsOf(byName.get(n))) : 'its machine takes no retry';
       throw new RunNotRetryableError(status, why ?? 'it cannot be retried');
     }
     if (input.type === 'approval.decided') throw notWaiting(state, input.data.step);

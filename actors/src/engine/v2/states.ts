@@ -13,9 +13,10 @@
 import { enqueueActions, setup } from 'xstate';
 import type { DecisionEventBody, InputEventBody, JsonValue, RunEventData } from '@capstan/schemas';
 import { ErrorCode } from '@capstan/schemas';
-import type { NFanOut, NSignal, NSleep, NTask, RunData } from '../../workflow.js';
+import type { NChild, NContinue, NFanOut, NSignal, NSleep, NTask, RunData } from '../../workflow.js';
+import { continuedRunIdOf } from './ids.js';
 import { dataOf, failure, getInst, OPEN, type Instance, type KeyOf, type RunContext, type Step } from './context.js';
-import { cancelOpen, deliverSignal, evaluate, feedSignal, feedSleep, feedTask, startSignal, startSleep, startTask, type Extra } from './lifecycle.js';
+import { cancelOpen, deliverSignal, evaluate, feedChild, feedSignal, feedSleep, feedTask, startChild, startSignal, startSleep, startTask, type Extra } from './lifecycle.js';
 import { initialContext } from './context.js';
 
 /** The run core's own event: the run is at its event cap and must end now (never recorded). */
@@ -26,7 +27,7 @@ export const EVENT_CAP = 'capstan.event-cap' as const;
  * state on every transition; kept trivial, that costs nothing, whatever the first step is.
  */
 export const START = 'capstan.start' as const;
-export type MachineEvent = InputEventBody | { readonly type: typeof EVENT_CAP } | { readonly type: typeof START };
+export type MachineEvent = InputEventBody | { readonly type: typeof EVENT_CAP } | { readonly type: typeof START; readonly runId?: string };
 
 /** A fan-out takes at most this many items. */
 export const MAX_ITEMS = 10_000;
@@ -55,8 +56,8 @@ function apply(enqueue: Enqueue, step: Step): void {
 const FAILED = '#capstan-failed';
 
 /** The input events that concern one step instance (they name it in `data.step`). */
-type InstanceEvent = Extract<InputEventBody, { type: 'step.started' | 'step.completed' | 'step.failed' | 'timer.fired' | 'policy.decided' | 'credential.decided' | 'approval.decided' }>;
-const INSTANCE_EVENTS = ['step.started', 'step.completed', 'step.failed', 'timer.fired', 'policy.decided', 'credential.decided', 'approval.decided'] as const;
+type InstanceEvent = Extract<InputEventBody, { type: 'step.started' | 'step.completed' | 'step.failed' | 'timer.fired' | 'policy.decided' | 'credential.decided' | 'approval.decided' | 'child.completed' | 'child.failed' }>;
+const INSTANCE_EVENTS = ['step.started', 'step.completed', 'step.failed', 'timer.fired', 'policy.decided', 'credential.decided', 'approval.decided', 'child.completed', 'child.failed'] as const;
 
 /** Transitions taking the instance events `feed` accepts (refused ones are never recorded). */
 function instanceOn(feed: (c: RunContext, ev: InstanceEvent) => Step | undefined) {
@@ -111,6 +112,88 @@ export function signalState(node: NSignal, keyOf: KeyOf, next: string, extraOf?:
     entry: enqueueActions(({ context, enqueue }) => apply(enqueue, startSignal(context, keyOf(context), node, extraOf?.(context)))),
     on: instanceOn((c, ev) => feedSignal(c, keyOf(c), node, ev)),
     always: ended(keyOf, next),
+  });
+}
+
+/** A child workflow: started, awaited; its output is the step's result, its failure the step's (with retries). */
+export function childState(node: NChild, keyOf: KeyOf, next: string, extraOf?: (c: RunContext) => Extra) {
+  return capstan.createStateConfig({
+    entry: enqueueActions(({ context, enqueue }) => apply(enqueue, startChild(context, keyOf(context), node, extraOf?.(context)))),
+    on: instanceOn((c, ev) => feedChild(c, keyOf(c), node, ev)),
+    always: ended(keyOf, next),
+  });
+}
+
+/** Continue-as-new: the run ends (open instances cancelled) and a fresh run continues it with new input. */
+export function continueState(node: NContinue, keyOf: KeyOf) {
+  return capstan.createStateConfig({
+    entry: decideOnEntry(keyOf, (c, key) => {
+      const r = evaluate(() => node.input(dataOf(c)), `step ${key}: continueAsNew`);
+      if (!r.ok) return { error: r.error };
+      const v: unknown = r.value;
+      if (v === null || typeof v !== 'object' || Array.isArray(v)) return { error: failure(ErrorCode.WorkflowFunctionFailed, `step ${key}: continueAsNew must return an object (the new run's input), got ${JSON.stringify(v)}`, false) };
+      const cont = continued(c, r.value, 'workflow', `step ${key} continued the run as new`);
+      return 'error' in cont ? cont : { flow: 'continue', ctx: cont.ctx, out: [...cont.out] };
+    }),
+    always: [
+      { guard: flowIs(keyOf, 'continue'), target: CONTINUED },
+      { guard: flowIs(keyOf, 'error'), target: FAILED, actions: failRun },
+    ],
+  });
+}
+
+const CONTINUED = '#capstan-continued';
+
+/** Ends a run by continuing it as new: cancels what is open, records `run.continued` (its successor's id derived from the run's). */
+function continued(c: RunContext, input: { readonly [k: string]: JsonValue }, reason: 'workflow' | 'event-cap', why: string): Step | { error: ReturnType<typeof failure> } {
+  if (c.runId === undefined) return { error: failure(ErrorCode.WorkflowFunctionFailed, 'continue-as-new needs the run\'s id (start the run with one)', false) };
+  const cancelled = cancelOpen(c, why);
+  const next = continuedRunIdOf(c.runId);
+  return { ctx: { ...cancelled.ctx, last: { continuedAs: next } }, out: [...cancelled.out, { type: 'run.continued', data: { next, input, reason } }] };
+}
+
+/**
+ * Whether the run is being replayed from its record, and which `patched` markers the record
+ * holds for the input being folded: set by the run core around one synchronous transition
+ * (undefined: a live decision). A patch evaluated live takes the new path and records its
+ * marker; on replay it takes the path its record took.
+ */
+let replayMarks: ReadonlySet<string> | undefined;
+
+export function underReplay<T>(marks: ReadonlySet<string> | undefined, f: () => T): T {
+  const before = replayMarks;
+  replayMarks = marks;
+  try {
+    return f();
+  } finally {
+    replayMarks = before;
+  }
+}
+
+/** `patched(id)`: `then` (the new logic) for runs that reach it live or recorded its marker, `else` for runs that passed it before. */
+export function patchState(patch: string, keyOf: KeyOf, then: Sequence, otherwise: Sequence | undefined, next: string) {
+  return capstan.createStateConfig({
+    initial: 'pick',
+    states: {
+      pick: {
+        entry: decideOnEntry(keyOf, (c) => {
+          const known = c.patches?.[patch];
+          const taken = known ?? (replayMarks ? replayMarks.has(patch) : true);
+          const ctx = { ...c, patches: { ...c.patches, [patch]: taken } };
+          // The marker is recorded once per run, the first time a run takes the new path.
+          const out: DecisionEventBody[] = known === undefined && taken ? [{ type: 'patch.marked', data: { patch } }] : [];
+          return { flow: taken ? 'then' : 'else', ctx, out };
+        }),
+        always: [
+          { guard: flowIs(keyOf, 'then'), target: 'then' },
+          { guard: flowIs(keyOf, 'else'), target: otherwise ? 'else' : 'done' },
+        ],
+      },
+      then: { initial: then.initial, states: { ...then.states, done: { type: 'final' } }, onDone: 'done' },
+      ...(otherwise ? { else: { initial: otherwise.initial, states: { ...otherwise.states, done: { type: 'final' as const } }, onDone: 'done' } } : {}),
+      done: { type: 'final' },
+    },
+    onDone: next,
   });
 }
 
@@ -387,7 +470,7 @@ export function retryRefusal(c: RunContext, maxAttemptsOf: (node: string) => num
   const key = c.failedAt;
   const i = key ? getInst(c, key) : undefined;
   if (!key || !i) return `it failed with ${c.lastError?.code ?? 'an error'} outside any step, and would fail the same way again`;
-  const max = i.kind === 'task' ? (maxAttemptsOf(i.node) ?? 1) : 1;
+  const max = i.kind === 'task' || i.kind === 'child' ? (maxAttemptsOf(i.node) ?? 1) : 1;
   const last = i.attempt + max;
   if (last > 1000 || !/^[a-z0-9][a-z0-9_-]{0,63}$/.test(`${key}-a${last}-approval-99`)) return `step ${key} has used ${i.attempt} attempts; no attempt numbers are left for another round`;
   return undefined;
@@ -402,14 +485,30 @@ export function retryRefusal(c: RunContext, maxAttemptsOf: (node: string) => num
 export function workflowMachine(
   id: string,
   seq: Sequence,
-  opts: { readonly signalOf: (node: string) => string | undefined; readonly maxAttemptsOf: (node: string) => number | undefined },
+  opts: {
+    readonly signalOf: (node: string) => string | undefined;
+    readonly maxAttemptsOf: (node: string) => number | undefined;
+    /** At the event cap, continue as new (with this input of the run's data) rather than fail. */
+    readonly continueAtCap?: (data: RunData) => { readonly [k: string]: JsonValue };
+  },
 ) {
+  const atCap = opts.continueAtCap;
   return capstan.createMachine({
     id,
     context: ({ input }) => initialContext(input ?? {}),
     initial: 'ready',
     states: {
-      ready: { on: { [START]: 'active' } },
+      ready: {
+        on: {
+          [START]: {
+            target: 'active',
+            // The run's id, for the ids of the runs it starts (children, its continuation).
+            actions: enqueueActions(({ context, event, enqueue }) => {
+              if (event.type === START && event.runId !== undefined) apply(enqueue, { ctx: { ...context, runId: event.runId }, out: [] });
+            }),
+          },
+        },
+      },
       active: {
         initial: seq.initial,
         states: { ...seq.states, done: { type: 'final' }, resume: { type: 'history', history: 'deep' } },
@@ -417,13 +516,25 @@ export function workflowMachine(
         on: {
           'run.cancel-requested': { target: 'cancelled', actions: enqueueActions(({ context, enqueue }) => apply(enqueue, cancelOpen(context, 'the run was cancelled'))) },
           'run.signaled': { actions: enqueueActions(({ context, event, enqueue }) => apply(enqueue, deliverSignal(context, event.data.name, event.data.payload ?? null, opts.signalOf))) },
-          [EVENT_CAP]: {
+          [EVENT_CAP]: [
+            {
+              guard: ({ context }) => atCap !== undefined && context.runId !== undefined && evaluate(() => atCap(dataOf(context)), 'continueInput').ok,
+              target: 'continued',
+              actions: enqueueActions(({ context, enqueue }) => {
+                const r = evaluate(() => atCap?.(dataOf(context)) ?? context.input, 'continueInput');
+                const input = r.ok && r.value !== null && typeof r.value === 'object' && !Array.isArray(r.value) ? r.value : context.input;
+                const cont = continued(context, input, 'event-cap', 'the run reached its event cap and continued as new');
+                if (!('error' in cont)) apply(enqueue, cont);
+              }),
+            },
+            {
             target: 'failed',
             actions: enqueueActions(({ context, enqueue }) => {
               const error = failure(ErrorCode.EventCapReached, 'the run reached its event cap and was ended; continue its work in a new run', false);
               apply(enqueue, cancelOpen({ ...context, lastError: error, failedAt: null }, 'the run reached its event cap'));
             }),
-          },
+            },
+          ],
         },
       },
       failed: {
@@ -439,6 +550,8 @@ export function workflowMachine(
         },
       },
       completed: { type: 'final', tags: ['completed'], entry: { type: 'decide', params: ({ context }) => ({ type: 'run.completed', data: { output: context.last } }) } },
+      // Continued as new: the run completed, its output names its successor.
+      continued: { id: 'capstan-continued', type: 'final', tags: ['completed'], entry: { type: 'decide', params: ({ context }) => ({ type: 'run.completed', data: { output: context.last } }) } },
       cancelled: {
         type: 'final',
         tags: ['cancelled'],

@@ -72,12 +72,15 @@ export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; regi
             input: runInput,
             ...(p.cmd.body.idempotencyKey ? { idempotencyKey: p.cmd.body.idempotencyKey } : {}),
             ...(search ? { search } : {}),
+            // A child run knows its parent (which takes its outcome); a continuation, the run it continues.
+            ...(p.cmd.body.parent ? { parent: p.cmd.body.parent } : {}),
+            ...(p.cmd.body.continuedFrom ? { continuedFrom: p.cmd.body.continuedFrom } : {}),
             // New runs are decided by the current engine, for ever.
             engine: CURRENT_ENGINE,
             ...startRecord(p.msg, wf),
           };
           input = { type: 'run.started', data: started };
-          decision = startRun(wf, started);
+          decision = startRun(wf, started, runId);
         } else {
           if (!state) throw new RunNotFoundError(t, runId);
           input = inputOf(p.cmd);

@@ -5,7 +5,7 @@
  */
 import type { JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
-import type { Registry } from '@capstan/actors';
+import { childRunIdOf, continuedRunIdOf, type Registry } from '@capstan/actors';
 import { CapstanError, decode, encode, encodedSize, ErrorCode, isCommandVerb, parseCommand, Streams, Subjects, validateStandard, type Command, type RunId, type TenantId } from '@capstan/schemas';
 import { derivedRunId, idempotencyHash } from '@capstan/kit';
 
@@ -51,9 +51,26 @@ export function createIntake(o: { js: JetStreamClient; jsm: JetStreamManager; te
     throw new CapstanError(ErrorCode.ConcurrencyConflict, 'idempotency key claim did not settle', true);
   }
 
+  /**
+   * A submit that says it starts a child or a continuation must use the run id derived for it:
+   * a run can only claim the parent it was derived from (a continuation of a child names the
+   * id its parent started, from which its own id was derived, hop by hop, and is not checked).
+   */
+  function checkDerived(cmd: Command): void {
+    if (cmd.verb !== 'submit') return;
+    const b = cmd.body;
+    if (b.parent && b.parent.child === undefined && b.runId !== childRunIdOf(b.parent.runId, b.parent.step, b.parent.attempt)) {
+      throw new CapstanError(ErrorCode.SchemaViolation, `a child run's id must be the one derived from its parent ${b.parent.runId}, step ${b.parent.step}, attempt ${b.parent.attempt}`);
+    }
+    if (b.continuedFrom && b.runId !== continuedRunIdOf(b.continuedFrom)) {
+      throw new CapstanError(ErrorCode.SchemaViolation, `a continued run's id must be the one derived from ${b.continuedFrom}`);
+    }
+  }
+
   return {
     async parse(msg) {
       const cmd = parseMessage(msg);
+      checkDerived(cmd);
       if (cmd.verb === 'submit' && registry.has(cmd.body.workflow)) {
         // The workflow's input schema (Standard Schema) judges the input before any run exists.
         const schema = registry.latest(cmd.body.workflow).input;

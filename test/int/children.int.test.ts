@@ -1,0 +1,137 @@
+/**
+ * Child workflows, continue-as-new and patches on real servers: a parent awaits a child run
+ * (its output becomes the step's result) beside an abandoned one; cancelling the parent
+ * mid-child cancels the awaited child and leaves the abandoned one to finish; a ticker
+ * continues as new until its rounds are done, each run linked to the next by a derived id;
+ * a patched step records its marker. Every run of the tenant replays.
+ */
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { childRunIdOf, continuedRunIdOf, createRegistry } from '@capstan/actors';
+import { readDeadLetters } from '@capstan/cli';
+import { CommandVerb, encode, makeRunId, Role, Subjects, type RunEvent, type RunId, type TenantId } from '@capstan/schemas';
+import { replayAll } from '../harness/checker.js';
+import { connect, connectAs, eventsOf, eventually, provision, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
+import { workflows } from '../fixtures/workflows.js';
+
+const url = inject('natsUrl');
+let h: Harness;
+let t: TenantId;
+let services: InProcessServices;
+
+const types = (events: readonly RunEvent[]) => events.map((e) => e.type);
+const endOf = (events: readonly RunEvent[]) => events.at(-1)?.type;
+const ended = (events: readonly RunEvent[]) => ['run.completed', 'run.cancelled', 'run.failed'].includes(endOf(events) ?? '');
+async function until(runId: RunId, pred: (events: RunEvent[]) => boolean, what: string, ms = 30_000): Promise<RunEvent[]> {
+  return eventually(what, async () => {
+    const events = await eventsOf(h, t, runId);
+    return pred(events) ? events : undefined;
+  }, ms, 50);
+}
+
+beforeAll(async () => {
+  h = await connect(url);
+  t = await provision(h, 'kids');
+  services = await startServices(url, [t]);
+});
+
+afterAll(async () => {
+  await services?.stop();
+  const replay = await replayAll(await h.jsm(t), t, createRegistry(workflows));
+  expect(replay.failures).toEqual([]);
+  await h?.close();
+});
+
+describe('children - child workflows end to end', () => {
+  it('children - the parent awaits its child: the child\'s output is the step\'s result, and the child knows its parent', async () => {
+    const runId = await h.client.submit(t, 'test.parent', { input: {} });
+    const events = await until(runId, ended, 'the parent to end');
+    expect(endOf(events), types(events).join(' ')).toBe('run.completed');
+    const ship = childRunIdOf(runId, 'ship', 1);
+    const notify = childRunIdOf(runId, 'notify', 1);
+    expect(events.filter((e) => e.type === 'child.started').map((e) => (e.type === 'child.started' ? e.data.child : ''))).toEqual([ship, notify]);
+    expect(events.filter((e) => e.type === 'child.completed')).toHaveLength(2);
+    expect(events.at(-1)).toMatchObject({ data: { output: { shipped: { label: 'L-1', packed: { packed: { id: 7 } } } } } });
+    const child = await until(ship, ended, 'the child to end');
+    expect(child[0]).toMatchObject({ type: 'run.started', data: { workflow: 'test.child', parent: { runId, step: 'ship', attempt: 1 } } });
+    expect(endOf(child)).toBe('run.completed');
+  });
+
+  it('children - cancelling the parent cancels the awaited child; the abandoned child runs on to its end', async () => {
+    const runId = await h.client.submit(t, 'test.parent', { input: { ms: 3000 } });
+    const ship = childRunIdOf(runId, 'ship', 1);
+    const notify = childRunIdOf(runId, 'notify', 1);
+    await until(ship, (e) => e.some((x) => x.type === 'step.started'), 'the child to be running');
+    await h.client.cancel(t, runId, 'order withdrawn');
+    const events = await until(runId, ended, 'the parent to end');
+    expect(endOf(events)).toBe('run.cancelled');
+    expect(events.filter((e) => e.type === 'step.cancelled').map((e) => e.data)).toEqual([
+      { step: 'ship', attempt: 1, reason: 'the run was cancelled', child: ship },
+      { step: 'notify', attempt: 1, reason: 'the run was cancelled' },
+    ]);
+    expect(endOf(await until(ship, ended, 'the awaited child to be cancelled'))).toBe('run.cancelled');
+    expect(endOf(await until(notify, ended, 'the abandoned child to finish', 30_000))).toBe('run.completed');
+    // The abandoned child's outcome reaches a parent that has ended: refused, nothing recorded.
+    expect((await eventsOf(h, t, runId)).length).toBe(events.length);
+  });
+});
+
+describe('children - forgeries', () => {
+  it('children - a client cannot send a child outcome, and a submit claiming a parent without the derived id is a dead letter; the parent is untouched', async () => {
+    const runId = await h.client.submit(t, 'test.parent', { input: { ms: 2000 } });
+    const before = await until(runId, (e) => e.filter((x) => x.type === 'child.started').length === 2, 'the children to start');
+    // The server refuses a client's child command: only the orchestrator may send one.
+    const client = await connectAs(url, t, Role.Client, 'forger');
+    let refused = 0;
+    try {
+      const body = { runId, step: 'ship', attempt: 1, child: childRunIdOf(runId, 'ship', 1), outcome: 'completed', result: { forged: true } };
+      await client.request(Subjects.command(t, CommandVerb.Child), encode(body), { timeout: 2000 }).catch(() => refused++);
+      // A submit that claims the parent under an id of its own choosing.
+      const forged = makeRunId(Date.now(), new Uint8Array(10).fill(7));
+      client.publish(Subjects.command(t, CommandVerb.Submit), encode({ workflow: 'test.child', runId: forged, input: { order: 'forged' }, parent: { runId, step: 'ship', attempt: 1 } }));
+      await client.flush();
+      const dl = await eventually('the dead letter', async () => (await readDeadLetters(await h.jsm(t), t, 20)).find((d) => d.code === 'schema_violation' && /derived from its parent/.test(d.error)), 10_000);
+      expect(dl).toBeDefined();
+      expect(await eventsOf(h, t, forged)).toEqual([]);
+    } finally {
+      await client.close();
+    }
+    expect(refused).toBe(1);
+    const events = await until(runId, ended, 'the parent to end');
+    // What the parent took is its real child's output, recorded once.
+    expect(events.slice(0, before.length)).toEqual(before);
+    expect(events.filter((e) => e.type === 'child.completed' && e.data.step === 'ship')).toHaveLength(1);
+    expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { shipped: { label: 'L-1' } } } });
+  });
+});
+
+describe('children - continue-as-new and patches', () => {
+  it('continue - a ticker continues as new until its rounds are done, each run linked to the next', async () => {
+    const first = await h.client.submit(t, 'test.ticker', { input: { round: 1, rounds: 3 } });
+    const second = continuedRunIdOf(first);
+    const third = continuedRunIdOf(second);
+    const a = await until(first, ended, 'round 1');
+    expect(a.slice(-2).map((e) => e.type)).toEqual(['run.continued', 'run.completed']);
+    expect(a.at(-2)?.data).toEqual({ next: second, input: { round: 2, rounds: 3 }, reason: 'workflow' });
+    const b = await until(second, ended, 'round 2');
+    expect(b[0]).toMatchObject({ data: { continuedFrom: first, input: { round: 2, rounds: 3 } } });
+    const c = await until(third, ended, 'round 3');
+    expect(types(c).slice(-2)).toEqual(['step.skipped', 'run.completed']);
+  });
+
+  it('continue - a child that continues as new: its parent takes the output of the chain\'s last run, reported under the id it started', async () => {
+    const runId = await h.client.submit(t, 'test.relay', { input: {} });
+    const events = await until(runId, ended, 'the relay to end');
+    const child = childRunIdOf(runId, 'ticks', 1);
+    expect(events.find((e) => e.type === 'child.completed')?.data).toEqual({ step: 'ticks', attempt: 1, child, result: { round: 3 } });
+    expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { round: 3 } } });
+    const last = await until(continuedRunIdOf(continuedRunIdOf(child)), ended, 'the last run of the chain');
+    expect(last[0]).toMatchObject({ data: { parent: { runId, step: 'ticks', attempt: 1, child } } });
+  });
+
+  it('patched - a new run takes the patched path and records its marker once', async () => {
+    const runId = await h.client.submit(t, 'test.patched', { input: {} });
+    const events = await until(runId, ended, 'the patched run to end');
+    expect(types(events).filter((x) => x === 'patch.marked')).toHaveLength(1);
+    expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { checked: { ok: 2 } } } });
+  });
+});
