@@ -89,8 +89,12 @@ function missingHandlers(mod: { workflows?: unknown }, handlers: Handlers): stri
   return [...new Set(need)].filter((h) => !Object.hasOwn(handlers, h)).sort();
 }
 
-/** Loads `handlers` from a module path; the demo handlers when the path is empty. */
-export async function loadHandlers(modulePath: string): Promise<Handlers> {
+/**
+ * Loads `handlers` from a module path; the demo handlers when the path is empty. `builtin`
+ * are the worker's own handlers (the data-sync pipeline steps): a module's workflows may
+ * need them without defining them.
+ */
+export async function loadHandlers(modulePath: string, builtin: Handlers = {}): Promise<Handlers> {
   if (!modulePath) return demoHandlers;
   let mod: { handlers?: unknown; default?: unknown };
   try {
@@ -100,7 +104,7 @@ export async function loadHandlers(modulePath: string): Promise<Handlers> {
   }
   const h = mod.handlers ?? mod.default;
   if (typeof h !== 'object' || h === null) throw new CapstanError(ErrorCode.UnknownHandler, `${modulePath} must export \`handlers\`: an object of functions`);
-  const missing = missingHandlers(mod as { workflows?: unknown }, h as Handlers);
+  const missing = missingHandlers(mod as { workflows?: unknown }, { ...builtin, ...(h as Handlers) });
   if (missing.length > 0) throw new CapstanError(ErrorCode.UnknownHandler, `${modulePath} exports workflows whose steps have no handler: ${missing.join(', ')}`);
   return h as Handlers;
 }
