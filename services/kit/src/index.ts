@@ -28,6 +28,9 @@ export { envString, envInt, envBool, envLogLevel, envNatsUrl, envTenants, envNat
 export type { Env, NatsAuthConfig } from './env.js';
 export {
   ensureTenant,
+  ensurePartitionCount,
+  parsePartitionCount,
+  leasesStreamConfig,
   ensureStreams,
   ensureConsumers,
   consumerConfigs,

@@ -28,6 +28,10 @@ export interface Config {
   /** How long a needs-approval step waits for a person before the run fails. */
   readonly approvalTtlMs: number;
   readonly policyTimeoutMs: number;
+  /** A partition lease not renewed for this long is free for another instance. */
+  readonly leaseTtlMs: number;
+  /** How often leases are renewed and the partitions rebalanced; an owner stops deciding this long before its lease expires. */
+  readonly leaseRenewMs: number;
 }
 
 /** Reads `ORCH_*` and the shared keys. Pure; lists every problem at once. @throws ConfigError */
@@ -47,7 +51,10 @@ export function loadConfig(env: Env): Config {
     policy: envString(env, 'ORCH_POLICY', 'on') === 'off' ? 'off' : 'on',
     approvalTtlMs: envInt(env, 'ORCH_APPROVAL_TTL_MS', 24 * 60 * 60 * 1000, problems, 1000, 30 * 24 * 60 * 60 * 1000),
     policyTimeoutMs: envInt(env, 'ORCH_POLICY_TIMEOUT_MS', 2000, problems, 50, 60_000),
+    leaseTtlMs: envInt(env, 'ORCH_LEASE_TTL_MS', 3000, problems, 300, 600_000),
+    leaseRenewMs: envInt(env, 'ORCH_LEASE_RENEW_MS', 500, problems, 50, 60_000),
   };
+  if (config.leaseRenewMs * 3 > config.leaseTtlMs) problems.push(`ORCH_LEASE_RENEW_MS (${config.leaseRenewMs}) must be at most a third of ORCH_LEASE_TTL_MS (${config.leaseTtlMs})`);
   const policy = envString(env, 'ORCH_POLICY', 'on');
   if (policy !== 'on' && policy !== 'off') problems.push(`ORCH_POLICY must be on or off, got ${JSON.stringify(policy)}`);
   if (problems.length > 0) throw new ConfigError(problems);

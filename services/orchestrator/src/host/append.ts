@@ -13,16 +13,37 @@ import type { GroupResult, Pending, TenantHostStats } from './types.js';
 
 const MAX_CONFLICT_RETRIES = 8;
 
+export interface Appended {
+  readonly done: GroupResult[];
+  /** Groups of runs in partitions this instance no longer owns: their commands go back for the owner. */
+  readonly fenced: GroupResult[];
+}
+
 export async function appendGroups(
-  o: { nc: NatsConnection; tenant: TenantId; cache: RunCache; log: Logger; stats: TenantHostStats; observer: RunObserver },
+  o: {
+    nc: NatsConnection;
+    tenant: TenantId;
+    cache: RunCache;
+    log: Logger;
+    stats: TenantHostStats;
+    observer: RunObserver;
+    /** Whether this instance may still decide the run (it owns its partition). */
+    owns: (runId: RunId) => boolean;
+    /** The run's append was refused: another owner may have moved it on. */
+    refused: (runId: RunId) => void;
+  },
   first: GroupResult[],
   redecide: (runId: RunId, pendings: readonly Pending[]) => Promise<GroupResult>,
   /** Runs before each append: publishes what recovery re-derived (see run-host.ts). */
   beforeAppend: (groups: GroupResult[]) => Promise<GroupResult[]>,
-): Promise<GroupResult[]> {
+): Promise<Appended> {
   const done: GroupResult[] = [];
+  const fenced: GroupResult[] = [];
   let groups = first;
   for (let attempt = 0; groups.length > 0; attempt++) {
+    // The first fence: a partition given up since these were decided is not appended to.
+    fenced.push(...groups.filter((g) => !o.owns(g.runId)));
+    groups = groups.filter((g) => o.owns(g.runId));
     groups = await beforeAppend(groups);
     const toAppend = groups.filter((g) => g.events.length > 0);
     const outcomes = await appendBatch(o.nc, o.tenant, toAppend.map((g) => ({ runId: g.runId, expectedLastSubjectSeq: g.expected, events: g.events })));
@@ -38,6 +59,7 @@ export async function appendGroups(
         o.stats.conflicts++;
         metrics.conflicts.inc({ tenant: o.tenant });
         o.cache.delete(g.runId);
+        o.refused(g.runId);
         conflicted.push(g);
         o.log.debug({ runId: g.runId, reason: out?.reason }, 'append conflict; reloading run');
       }
@@ -48,7 +70,9 @@ export async function appendGroups(
       o.log.warn({ runs: conflicted.map((g) => g.runId) }, 'runs still conflicting; commands left for redelivery');
       break;
     }
-    groups = await Promise.all(conflicted.map((g) => redecide(g.runId, [...g.pendings, ...g.deferred])));
+    // The second fence: a refusal that cost us the partition leaves the run to its owner.
+    fenced.push(...conflicted.filter((g) => !o.owns(g.runId)));
+    groups = await Promise.all(conflicted.filter((g) => o.owns(g.runId)).map((g) => redecide(g.runId, [...g.pendings, ...g.deferred])));
   }
-  return done;
+  return { done, fenced };
 }
