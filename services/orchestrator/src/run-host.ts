@@ -31,7 +31,7 @@ import { createRunObserver } from './observe.js';
 import type { RunCache } from './run-cache.js';
 import { createIntake } from './host/intake.js';
 import { createDecider } from './host/decide.js';
-import { appendGroups } from './host/append.js';
+import { appendGroups, BEFORE_APPEND } from './host/append.js';
 import type { CommandMsg, GroupResult, Pending, Rejection, TenantHostStats } from './host/types.js';
 import { createPartitionTable, type PartitionTable } from './host/partitions.js';
 import { forwardCommand, serveForwarded } from './host/forward.js';
@@ -66,6 +66,8 @@ export interface TenantHost {
 export const Failpoints = {
   /** Decisions appended and acted on, commands not acknowledged yet: they will be redelivered. */
   BeforeAck: 'orchestrator.before_ack',
+  /** Decisions made, not appended yet (use `stall`: a paused owner whose lease is taken meanwhile). */
+  BeforeAppend: BEFORE_APPEND,
 } as const;
 
 /** Ticks whose effects are still being published before new ticks wait. */

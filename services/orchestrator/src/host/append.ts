@@ -6,12 +6,15 @@
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { RunId, TenantId } from '@capstan/schemas';
-import { appendBatch, metrics, type Logger } from '@capstan/kit';
+import { appendBatch, failpoint, metrics, type Logger } from '@capstan/kit';
 import type { RunObserver } from '../observe.js';
 import type { RunCache } from '../run-cache.js';
 import type { GroupResult, Pending, TenantHostStats } from './types.js';
 
 const MAX_CONFLICT_RETRIES = 8;
+
+/** Decided, about to append: a process frozen here wakes up with decisions another owner may have overtaken. */
+export const BEFORE_APPEND = 'orchestrator.before_append';
 
 export interface Appended {
   readonly done: GroupResult[];
@@ -46,6 +49,7 @@ export async function appendGroups(
     groups = groups.filter((g) => o.owns(g.runId));
     groups = await beforeAppend(groups);
     const toAppend = groups.filter((g) => g.events.length > 0);
+    if (toAppend.length > 0) failpoint(BEFORE_APPEND);
     const outcomes = await appendBatch(o.nc, o.tenant, toAppend.map((g) => ({ runId: g.runId, expectedLastSubjectSeq: g.expected, events: g.events })));
     const conflicted: GroupResult[] = [];
     toAppend.forEach((g, i) => {
