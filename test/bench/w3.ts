@@ -150,17 +150,23 @@ function machine(): string[] {
 }
 
 async function main(): Promise<void> {
-  const results: Record<string, Rep[]> = {};
+  const results: { mode: 'default' | 'always'; orchs: number; reps: Rep[] }[] = [];
   for (const mode of MODES) {
-    say(`W3 with sync=${mode}:`);
-    results[mode] = [];
-    for (let i = 1; i <= REPS; i++) results[mode].push(await rep(mode, i));
+    for (const orchs of ORCHS) {
+      say(`W3 with sync=${mode}, ${orchs} orchestrator instance(s):`);
+      const reps: Rep[] = [];
+      for (let i = 1; i <= REPS; i++) reps.push(await rep(mode, i, orchs));
+      results.push({ mode, orchs, reps });
+    }
   }
-  const rows = MODES.map((mode) => {
-    const rs = results[mode] ?? [];
+  const rows = results.map(({ mode, orchs, reps: rs }) => {
     const runs = rs.map((r) => r.runsPerSec);
     const raw = rs.map((r) => r.rawPerSec);
-    return `| ${mode === 'always' ? '`sync_interval: always` (fsync before every ack)' : 'default sync'} | ${fmt(runs)} | ${fmt(rs.map((r) => r.p50), 2)} | ${fmt(rs.map((r) => r.p99), 2)} | ${fmt(raw)} | ${(median(runs) / median(raw)).toFixed(3)} | ${fmt(rs.map((r) => r.cpuMsPerRun), 2)} |`;
+    return `| ${mode === 'always' ? '`sync_interval: always` (fsync before every ack)' : 'default sync'} | ${orchs} | ${fmt(runs)} | ${fmt(rs.map((r) => r.p50), 2)} | ${fmt(rs.map((r) => r.p99), 2)} | ${fmt(raw)} | ${(median(runs) / median(raw)).toFixed(3)} | ${fmt(rs.map((r) => r.cpuMsPerRun), 2)} |`;
+  });
+  const hopRows = results.map(({ mode, orchs, reps: rs }) => {
+    const h = (k: keyof Hops) => fmt(rs.map((r) => r.hops[k]), 2);
+    return `| ${mode} | ${orchs} | ${h('commandIn')} | ${h('append')} | ${h('stepRoundTrip')} | ${h('handler')} | ${h('readBack')} | ${h('total')} |`;
   });
   const md = [
     '## W3 (core): runs end to end',
@@ -181,9 +187,17 @@ async function main(): Promise<void> {
     `publishes of 200 bytes, pipelined with 256 in flight (${RAW_MSGS.toLocaleString('en-US')} messages), on the same server, so W3 can be`,
     'read as a ratio of what the broker does alone. CPU: user+system of all four processes per completed run.',
     '',
-    '| server sync | W3 runs/s | p50 ms | p99 ms | raw appends/s | runs/s ÷ raw appends/s | CPU-ms per run |',
-    '| --- | --- | --- | --- | --- | --- | --- |',
+    '| server sync | orchestrator instances | W3 runs/s | p50 ms | p99 ms | raw appends/s | runs/s ÷ raw appends/s | CPU-ms per run |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- |',
     ...rows,
+    '',
+    'Where a latency run\'s time goes (median ms over the latency runs; per decision or per step where it says so):',
+    'command in = submit to `run.started` decided; append = decision to events stored; step round trip = work',
+    'stored to its result decided (work to the worker, the handler, the result back), of which handler is the handler.',
+    '',
+    '| sync | instances | command in | append (per decision) | step round trip (per step) | handler | read back | total |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...hopRows,
     '',
     'Each W3 run records 8 events (start; per step: scheduled, completed; completion) in 4 decisions. Decisions of',
     'many runs share one atomic batch per tick (one fsync), and work items and worker results travel as atomic',

@@ -48,6 +48,7 @@ export {
 } from './tenant.js';
 export type { TenantLimits, ConsumerSettings } from './tenant.js';
 export { readRun, appendBatch, decodeEvent, publishDurably, coalescingPublisher } from './run-log.js';
+export type { Batching } from './run-log.js';
 export type { LoadedRun, AppendGroup, AppendOutcome, OutMsg } from './run-log.js';
 export { newRunId, idempotencyHash, derivedRunId } from './ids.js';
 export { deadLetter } from './dead-letter.js';

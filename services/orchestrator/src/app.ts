@@ -46,6 +46,7 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
       policy: { mode: config.policy, approvalTtlMs: config.approvalTtlMs, timeoutMs: config.policyTimeoutMs },
       instance,
       lease: { ttlMs: config.leaseTtlMs, renewMs: config.leaseRenewMs },
+      effectBatches: config.effectBatches,
     });
     hosts.set(t, host);
     await host.start();
