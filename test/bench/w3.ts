@@ -200,8 +200,8 @@ async function main(): Promise<void> {
     ...hopRows,
     '',
     'Each W3 run records 8 events (start; per step: scheduled, completed; completion) in 4 decisions. Decisions of',
-    'many runs share one atomic batch per tick (one fsync), and work items and worker results travel as atomic',
-    'batches too. A run moves 4 commands (submit, 3 results) and 3 work items through JetStream; steps this quick',
+    'many runs share one atomic batch per tick (one sync: the server syncs every atomic commit), while work items and',
+    'worker results go out as pipelined publishes. A run moves 4 commands (submit, 3 results) and 3 work items through JetStream; steps this quick',
     'are never reported started and arm no timeout timer (see docs/ARCHITECTURE.md).',
     '',
   ].join('\n');
