@@ -60,6 +60,9 @@ export {
   JsApi,
   Platform,
   runIdOfSubject,
+  partitionOf,
+  DEFAULT_PARTITIONS,
+  MAX_PARTITIONS,
 } from './names.js';
 export { EVENT_ENVELOPE_VERSION, LIMITS, MAX_RUN_EVENTS } from './limits.js';
 export { isStandardSchema, issuePath, validateStandard } from './standard-schema.js';

@@ -21,6 +21,10 @@
  * | schedule wake-ups    | cap.<t>.timers.schedule.<id>        | CAP_CMDS_<t>      |
  * | webhook routes       | cap.<t>.routes.<id>                 | CAP_TRIGGERS_<t>  |
  * | webhook ids seen     | cap.<t>.seen.<hash>                 | CAP_SEEN_<t>      |
+ * | partition count      | cap.<t>.orch.partitions             | CAP_LEASES_<t>    |
+ * | partition leases     | cap.<t>.orch.lease.<partition>      | CAP_LEASES_<t>    |
+ * | orchestrator members | cap.<t>.orch.member.<instance>      | CAP_LEASES_<t>    |
+ * | command to an owner  | cap.<t>.svc.orch.<instance>         | (core NATS)       |
  *
  * Each tenant is its own NATS account; the platform's own account holds the tenant
  * registry (`capstan.tenants.<t>`, stream CAPSTAN_TENANTS). The JetStream API subjects a
@@ -185,7 +189,40 @@ export const Subjects = {
   /** A catalog entity's records (connection, model, destination): the last one is its state. */
   catalog: (t: TenantId, kind: string, id: string) => `${PREFIX}.${t}.catalog.${parseToken('catalog kind', kind)}.${parseToken('catalog id', id)}`,
   allCatalog: (t: TenantId) => `${PREFIX}.${t}.catalog.>`,
+  /** How many partitions the tenant's runs are hashed to: written once, by the admin. */
+  partitionCount: (t: TenantId) => `${PREFIX}.${t}.orch.partitions`,
+  /** The lease of one partition: its last record names the orchestrator instance that owns it. */
+  partitionLease: (t: TenantId, partition: number) => `${PREFIX}.${t}.orch.lease.${partitionToken(partition)}`,
+  allPartitionLeases: (t: TenantId) => `${PREFIX}.${t}.orch.lease.*`,
+  /** An orchestrator instance's presence (a record with a TTL, renewed while it runs). */
+  orchestratorMember: (t: TenantId, instance: string) => `${PREFIX}.${t}.orch.member.${parseToken('orchestrator instance', instance)}`,
+  allOrchestratorMembers: (t: TenantId) => `${PREFIX}.${t}.orch.member.*`,
+  /** Commands handed to the instance owning their run's partition (core NATS, request/reply). */
+  orchestratorInbox: (t: TenantId, instance: string) => `${PREFIX}.${t}.svc.orch.${parseToken('orchestrator instance', instance)}`,
+  allOrchestratorInboxes: (t: TenantId) => `${PREFIX}.${t}.svc.orch.*`,
 } as const;
+
+function partitionToken(p: number): string {
+  if (!Number.isInteger(p) || p < 0 || p >= MAX_PARTITIONS) throw new InvalidNameError(ErrorCode.InvalidName, 'partition', showValue(p), `0..${MAX_PARTITIONS - 1}`);
+  return String(p);
+}
+
+/** Partitions a tenant's runs are hashed to unless provisioning says otherwise. */
+export const DEFAULT_PARTITIONS = 16;
+export const MAX_PARTITIONS = 1024;
+
+/**
+ * The partition a run belongs to: FNV-1a (32 bit) of its id, modulo the tenant's partition
+ * count. Fixed forever for a given count, which is why the count is written once.
+ */
+export function partitionOf(runId: string, partitions: number): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < runId.length; i++) {
+    h ^= runId.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h % partitions;
+}
 
 /** Reads the tenant token back out of a subject; `undefined` if it is not a Capstan subject. */
 export function tenantTokenOf(subject: string): string | undefined {
@@ -219,6 +256,8 @@ export const Streams = {
   seen: (t: TenantId) => `${STREAM_PREFIX}SEEN_${t}`,
   /** The data-sync catalog: one subject per entity, its last message is the entity's state. */
   catalog: (t: TenantId) => `${STREAM_PREFIX}CATALOG_${t}`,
+  /** Orchestrator partition leases, members and the partition count: a key-value bucket in all but name. */
+  leases: (t: TenantId) => `${STREAM_PREFIX}LEASES_${t}`,
   /** The prefix of command streams, used to discover tenants. */
   commandsPrefix: `${STREAM_PREFIX}CMDS_`,
 } as const;
@@ -238,6 +277,8 @@ export const Consumers = {
 export const Headers = {
   MsgId: 'Nats-Msg-Id',
   ExpectedLastSubjectSeq: 'Nats-Expected-Last-Subject-Sequence',
+  /** A message's own time to live (streams with `allow_msg_ttl`). */
+  Ttl: 'Nats-TTL',
   BatchId: 'Nats-Batch-Id',
   BatchSeq: 'Nats-Batch-Sequence',
   BatchCommit: 'Nats-Batch-Commit',
@@ -256,6 +297,8 @@ export const Headers = {
   Signer: 'Capstan-Signer',
   /** Ed25519 signature (base64url) by the signer's key over the subject and the body's digest. */
   Signature: 'Capstan-Signature',
+  /** A command handed to its partition's owner: the consumer's acknowledgement subject. */
+  AckSubject: 'Capstan-Ack-Subject',
 } as const;
 
 /**

@@ -204,8 +204,14 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
           Subjects.allSchedules(t),
           Subjects.allScheduleStates(t),
           ...readStream(Streams.triggers(t)),
+          // Partition ownership: leases and presence (never the partition count, the admin's),
+          // and commands handed to the owner of their run's partition.
+          Subjects.allPartitionLeases(t),
+          Subjects.allOrchestratorMembers(t),
+          ...readStream(Streams.leases(t)),
+          Subjects.allOrchestratorInboxes(t),
         ],
-        sub: [inbox, Subjects.workflowCatalog(t)],
+        sub: [inbox, Subjects.workflowCatalog(t), Subjects.allOrchestratorInboxes(t)],
         // Answers to the workflow catalog.
         resp: ONE_REPLY,
       };

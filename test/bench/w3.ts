@@ -10,12 +10,15 @@
  * (fsync before every ack). Results go to docs/benchmarks.md.
  *
  * Options (env): BENCH_RUNS (2000), BENCH_INFLIGHT (64), BENCH_LAT_RUNS (200),
- * BENCH_RAW_MSGS (50000), BENCH_REPS (3), BENCH_MODES (default,always), BENCH_OUT.
+ * BENCH_RAW_MSGS (50000), BENCH_REPS (3), BENCH_MODES (default,always), BENCH_OUT,
+ * BENCH_ORCHS (orchestrator instances, a list: `1,2,3` measures each; default 1).
+ *
+ * The latency runs also say where their time went, hop by hop (see `Hops` in w3-load.ts).
  */
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { cpuOf, median, percentile, writeSection } from './report.js';
-import { createW3Load } from './w3-load.js';
+import { createW3Load, type Hops } from './w3-load.js';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -33,6 +36,7 @@ const LAT_RUNS = Number(env['BENCH_LAT_RUNS'] ?? 200);
 const RAW_MSGS = Number(env['BENCH_RAW_MSGS'] ?? 50_000);
 const REPS = Number(env['BENCH_REPS'] ?? 3);
 const MODES = (env['BENCH_MODES'] ?? 'default,always').split(',') as ('default' | 'always')[];
+const ORCHS = (env['BENCH_ORCHS'] ?? '1').split(',').map(Number);
 const OUT = env['BENCH_OUT'] ?? join(PROJECT_ROOT, 'docs', 'benchmarks.md');
 const fixtures = join(PROJECT_ROOT, 'test', 'dist', 'fixtures', 'workflows.js');
 const say = (s: string) => process.stderr.write(`${s}\n`);
@@ -48,9 +52,10 @@ interface Rep {
   p99: number;
   rawPerSec: number;
   cpuMsPerRun: number;
+  hops: Hops;
 }
 
-async function rep(sync: 'default' | 'always', n: number): Promise<Rep> {
+async function rep(sync: 'default' | 'always', n: number, orchs: number): Promise<Rep> {
   const bench = await startBenchNats({ sync });
   const server = bench.server;
   const procs: ServiceProcess[] = [];
@@ -85,8 +90,10 @@ async function rep(sync: 'default' | 'always', n: number): Promise<Rep> {
 
     const svcEnv = { NATS_URL: server.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn' };
     procs.push(
-      spawnService('orchestrator', { ...svcEnv, ...(env['BENCH_PROFILE'] ? { CAPSTAN_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${env['BENCH_PROFILE']}`, LOG_LEVEL: 'debug' } : {}) }),
       spawnService('worker', { ...svcEnv, NATS_CREDS: await bench.workerCreds(t, 'bench-worker'), WORKER_CONCURRENCY: '256' }),
+      ...Array.from({ length: orchs }, (_, i) =>
+        spawnService('orchestrator', { ...svcEnv, ORCH_NAME: `bench-o${i + 1}`, ...(env['BENCH_PROFILE'] ? { CAPSTAN_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${env['BENCH_PROFILE']}`, LOG_LEVEL: 'debug' } : {}) }),
+      ),
     );
     const load = await createW3Load(await bench.connect(t, Role.Client), nc, t);
     // Warm up: services attached, JIT warm.
@@ -104,19 +111,25 @@ async function rep(sync: 'default' | 'always', n: number): Promise<Rep> {
     const cpu1 = pids.reduce((s, p) => s + cpuOf(p), 0) + process.cpuUsage().user / 1e6 + process.cpuUsage().system / 1e6;
     const runsPerSec = RUNS / elapsed;
     const clientCpu = process.cpuUsage(clientStart);
-    say(`    CPU-ms/run: server ${(((cpuOf(server.pid) - (cpuStart[0] ?? 0)) * 1000) / RUNS).toFixed(2)}, orchestrator ${(((cpuOf(procs[0]?.pid ?? 0) - (cpuStart[1] ?? 0)) * 1000) / RUNS).toFixed(2)}, worker ${(((cpuOf(procs[1]?.pid ?? 0) - (cpuStart[2] ?? 0)) * 1000) / RUNS).toFixed(2)}, client ${((clientCpu.user + clientCpu.system) / 1000 / RUNS).toFixed(2)}`);
+    const orchCpu = procs.slice(1).reduce((sum, p, i) => sum + cpuOf(p.pid) - (cpuStart[i + 2] ?? 0), 0);
+    say(`    CPU-ms/run: server ${(((cpuOf(server.pid) - (cpuStart[0] ?? 0)) * 1000) / RUNS).toFixed(2)}, orchestrators ${((orchCpu * 1000) / RUNS).toFixed(2)}, worker ${(((cpuOf(procs[0]?.pid ?? 0) - (cpuStart[1] ?? 0)) * 1000) / RUNS).toFixed(2)}, client ${((clientCpu.user + clientCpu.system) / 1000 / RUNS).toFixed(2)}`);
 
-    // Latency: one at a time.
+    // Latency: one at a time, each run's hops from its record.
     const lat: number[] = [];
+    const hops: Hops[] = [];
     for (let i = 0; i < LAT_RUNS; i++) {
       const t1 = performance.now();
-      await load.runOne();
+      const h = await load.runOne(true);
       lat.push(performance.now() - t1);
+      if (h) hops.push(h);
     }
     await load.close();
     if (env['BENCH_PROFILE']) writeFileSync(join(env['BENCH_PROFILE'], 'orchestrator.log'), procs[0]?.output() ?? '');
-    const r = { runsPerSec, p50: percentile(lat, 50), p99: percentile(lat, 99), rawPerSec, cpuMsPerRun: ((cpu1 - cpu0) * 1000) / RUNS };
-    say(`  ${sync} rep ${n}: ${r.runsPerSec.toFixed(0)} runs/s, p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms, raw ${r.rawPerSec.toFixed(0)} acks/s, ${r.cpuMsPerRun.toFixed(2)} CPU-ms/run`);
+    const hop = (k: keyof Hops) => median(hops.map((h) => h[k]));
+    const medHops: Hops = { commandIn: hop('commandIn'), append: hop('append'), stepRoundTrip: hop('stepRoundTrip'), handler: hop('handler'), readBack: hop('readBack'), total: hop('total') };
+    const r = { runsPerSec, p50: percentile(lat, 50), p99: percentile(lat, 99), rawPerSec, cpuMsPerRun: ((cpu1 - cpu0) * 1000) / RUNS, hops: medHops };
+    say(`  ${sync} × ${orchs} orchestrator(s) rep ${n}: ${r.runsPerSec.toFixed(0)} runs/s, p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms, raw ${r.rawPerSec.toFixed(0)} acks/s, ${r.cpuMsPerRun.toFixed(2)} CPU-ms/run`);
+    say(`    hops (median ms): ${Object.entries(medHops).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
     return r;
   } finally {
     await Promise.all(procs.map((p) => p.kill('SIGTERM')));
@@ -137,17 +150,23 @@ function machine(): string[] {
 }
 
 async function main(): Promise<void> {
-  const results: Record<string, Rep[]> = {};
+  const results: { mode: 'default' | 'always'; orchs: number; reps: Rep[] }[] = [];
   for (const mode of MODES) {
-    say(`W3 with sync=${mode}:`);
-    results[mode] = [];
-    for (let i = 1; i <= REPS; i++) results[mode].push(await rep(mode, i));
+    for (const orchs of ORCHS) {
+      say(`W3 with sync=${mode}, ${orchs} orchestrator instance(s):`);
+      const reps: Rep[] = [];
+      for (let i = 1; i <= REPS; i++) reps.push(await rep(mode, i, orchs));
+      results.push({ mode, orchs, reps });
+    }
   }
-  const rows = MODES.map((mode) => {
-    const rs = results[mode] ?? [];
+  const rows = results.map(({ mode, orchs, reps: rs }) => {
     const runs = rs.map((r) => r.runsPerSec);
     const raw = rs.map((r) => r.rawPerSec);
-    return `| ${mode === 'always' ? '`sync_interval: always` (fsync before every ack)' : 'default sync'} | ${fmt(runs)} | ${fmt(rs.map((r) => r.p50), 2)} | ${fmt(rs.map((r) => r.p99), 2)} | ${fmt(raw)} | ${(median(runs) / median(raw)).toFixed(3)} | ${fmt(rs.map((r) => r.cpuMsPerRun), 2)} |`;
+    return `| ${mode === 'always' ? '`sync_interval: always` (fsync before every ack)' : 'default sync'} | ${orchs} | ${fmt(runs)} | ${fmt(rs.map((r) => r.p50), 2)} | ${fmt(rs.map((r) => r.p99), 2)} | ${fmt(raw)} | ${(median(runs) / median(raw)).toFixed(3)} | ${fmt(rs.map((r) => r.cpuMsPerRun), 2)} |`;
+  });
+  const hopRows = results.map(({ mode, orchs, reps: rs }) => {
+    const h = (k: keyof Hops) => fmt(rs.map((r) => r.hops[k]), 2);
+    return `| ${mode} | ${orchs} | ${h('commandIn')} | ${h('append')} | ${h('stepRoundTrip')} | ${h('handler')} | ${h('readBack')} | ${h('total')} |`;
   });
   const md = [
     '## W3 (core): runs end to end',
@@ -168,13 +187,21 @@ async function main(): Promise<void> {
     `publishes of 200 bytes, pipelined with 256 in flight (${RAW_MSGS.toLocaleString('en-US')} messages), on the same server, so W3 can be`,
     'read as a ratio of what the broker does alone. CPU: user+system of all four processes per completed run.',
     '',
-    '| server sync | W3 runs/s | p50 ms | p99 ms | raw appends/s | runs/s ÷ raw appends/s | CPU-ms per run |',
-    '| --- | --- | --- | --- | --- | --- | --- |',
+    '| server sync | orchestrator instances | W3 runs/s | p50 ms | p99 ms | raw appends/s | runs/s ÷ raw appends/s | CPU-ms per run |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- |',
     ...rows,
     '',
+    'Where a latency run\'s time goes (median ms over the latency runs; per decision or per step where it says so):',
+    'command in = submit to `run.started` decided; append = decision to events stored; step round trip = work',
+    'stored to its result decided (work to the worker, the handler, the result back), of which handler is the handler.',
+    '',
+    '| sync | instances | command in | append (per decision) | step round trip (per step) | handler | read back | total |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...hopRows,
+    '',
     'Each W3 run records 8 events (start; per step: scheduled, completed; completion) in 4 decisions. Decisions of',
-    'many runs share one atomic batch per tick (one fsync), and work items and worker results travel as atomic',
-    'batches too. A run moves 4 commands (submit, 3 results) and 3 work items through JetStream; steps this quick',
+    'many runs share one atomic batch per tick (one sync: the server syncs every atomic commit), while work items and',
+    'worker results go out as pipelined publishes. A run moves 4 commands (submit, 3 results) and 3 work items through JetStream; steps this quick',
     'are never reported started and arm no timeout timer (see docs/ARCHITECTURE.md).',
     '',
   ].join('\n');

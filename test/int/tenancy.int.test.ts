@@ -113,6 +113,13 @@ function table(t: TenantId): { name: string; op: Op; allowed: readonly Who[] }[]
     { name: 'a 3b credential request', op: pub(Subjects.jitRoute(t, 'r1')), allowed: [Role.Sandbox] },
     { name: 'heartbeat', op: pub(Subjects.workerHeartbeat(t)), allowed: [Role.Worker] },
     { name: 'publish on another user\'s inbox', op: pub(OTHER_INBOX), allowed: [] },
+    // Partition ownership: only orchestrators hold leases and hand commands over; nobody moves a run's partition.
+    { name: 'take a partition lease', op: pub(Subjects.partitionLease(t, 3), { owner: 'evil', expiresAt: 9e15 }), allowed: [Role.Orchestrator] },
+    { name: 'orchestrator presence', op: pub(Subjects.orchestratorMember(t, 'evil'), { owner: 'evil', expiresAt: 0 }), allowed: [Role.Orchestrator] },
+    { name: 'change the partition count', op: pub(Subjects.partitionCount(t), { partitions: 1 }), allowed: [] },
+    { name: 'hand a command to an owner', op: pub(Subjects.orchestratorInbox(t, 'o1-abcd')), allowed: [Role.Orchestrator] },
+    { name: 'listen for hand-overs', op: sub(Subjects.orchestratorInbox(t, 'o1-abcd')), allowed: [Role.Orchestrator] },
+    { name: 'read the lease table', op: api(JsApi.directGet(Streams.leases(t)), { seq: 1 }), allowed: [Role.Orchestrator] },
     { name: 'read the run stream', op: api(JsApi.directGet(Streams.runs(t)), { seq: 1 }), allowed: everyone.filter((r) => r !== Role.Policy && r !== Role.Ingress) },
     { name: 'read the dead letters', op: api(JsApi.directGet(Streams.deadLetters(t)), { seq: 1 }), allowed: [...people, Role.Projector] },
     { name: 'read the fleet', op: api(JsApi.directGet(Streams.fleet(t)), { seq: 1 }), allowed: [...operators, Role.Worker, Role.Projector] },

@@ -85,6 +85,9 @@ describe('config - orchestrator', () => {
       policy: 'on',
       approvalTtlMs: 86_400_000,
       policyTimeoutMs: 2000,
+      leaseTtlMs: 3000,
+      leaseRenewMs: 500,
+      effectBatches: 'pipelined',
     });
   });
 
@@ -103,6 +106,9 @@ describe('config - orchestrator', () => {
       ORCH_POLICY: 'off',
       ORCH_APPROVAL_TTL_MS: '60000',
       ORCH_POLICY_TIMEOUT_MS: '500',
+      ORCH_LEASE_TTL_MS: '9000',
+      ORCH_LEASE_RENEW_MS: '1000',
+      ORCH_EFFECT_BATCHES: 'atomic',
     });
     expect(c).toEqual({
       natsUrl: NATS.NATS_URL,
@@ -118,6 +124,9 @@ describe('config - orchestrator', () => {
       policy: 'off',
       approvalTtlMs: 60_000,
       policyTimeoutMs: 500,
+      leaseTtlMs: 9000,
+      leaseRenewMs: 1000,
+      effectBatches: 'atomic',
     });
   });
 
@@ -175,6 +184,7 @@ describe('config - worker', () => {
       pools: [],
       handlersModule: '',
       concurrency: 64,
+      resultBatches: 'pipelined',
       startedAfterMs: 250,
       discoveryMs: 2000,
       sandboxStallMs: 5000,
@@ -208,6 +218,7 @@ describe('config - worker', () => {
         WORKER_POOLS: ' gpu , cpu_2 ,',
         CAPSTAN_HANDLERS: './handlers.js',
         WORKER_CONCURRENCY: '1',
+        WORKER_RESULT_BATCHES: 'atomic',
         NATS_CREDS: 'acme.creds,beta.creds',
         WORKER_STARTED_AFTER_MS: '0',
         WORKER_DISCOVERY_MS: '100',
@@ -227,6 +238,7 @@ describe('config - worker', () => {
       pools: ['gpu', 'cpu_2'],
       handlersModule: './handlers.js',
       concurrency: 1,
+      resultBatches: 'atomic',
       startedAfterMs: 0,
       discoveryMs: 100,
       sandboxStallMs: 800,

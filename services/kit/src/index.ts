@@ -28,6 +28,9 @@ export { envString, envInt, envBool, envLogLevel, envNatsUrl, envTenants, envNat
 export type { Env, NatsAuthConfig } from './env.js';
 export {
   ensureTenant,
+  ensurePartitionCount,
+  parsePartitionCount,
+  leasesStreamConfig,
   ensureStreams,
   ensureConsumers,
   consumerConfigs,
@@ -45,6 +48,7 @@ export {
 } from './tenant.js';
 export type { TenantLimits, ConsumerSettings } from './tenant.js';
 export { readRun, appendBatch, decodeEvent, publishDurably, coalescingPublisher } from './run-log.js';
+export type { Batching } from './run-log.js';
 export type { LoadedRun, AppendGroup, AppendOutcome, OutMsg } from './run-log.js';
 export { newRunId, idempotencyHash, derivedRunId } from './ids.js';
 export { deadLetter } from './dead-letter.js';

@@ -117,6 +117,8 @@ export interface ProvisionOptions {
   /** Worker pools whose consumers exist from the start (more come with worker credentials). */
   readonly pools?: readonly string[];
   readonly consumers?: Partial<ConsumerSettings>;
+  /** Partitions the tenant's runs are hashed to (orchestrator ownership); recorded once. */
+  readonly partitions?: number;
 }
 
 /**
@@ -133,7 +135,7 @@ export async function provisionTenant(a: AdminTarget, t: TenantId, o: ProvisionO
   const limits = o.limits ?? { ...DEFAULT_TENANT_LIMITS, deadLetterBytes: Math.min(DEFAULT_TENANT_LIMITS.deadLetterBytes, Math.floor(quota.maxStorageBytes / 8)) };
   await asAdmin(a, t, async ({ jsm }) => {
     await jetStreamReady(jsm, t);
-    await ensureTenant(jsm, t, { limits, pools: o.pools ?? ['default'], consumers: { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers } });
+    await ensureTenant(jsm, t, { limits, pools: o.pools ?? ['default'], consumers: { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers }, ...(o.partitions ? { partitions: o.partitions } : {}) });
   });
   const services: Partial<Record<ServiceRole, string>> = {};
   for (const role of SERVICE_ROLES) services[role] = await a.store.serviceUserJwt(t, role);

@@ -173,18 +173,33 @@ async function sendAtomic(nc: NatsConnection, msgs: readonly OutMsg[], timeoutMs
 const DUPLICATE_IN_BATCH = 10201;
 
 /**
- * Publishes messages of one stream durably with as few acknowledgements (and, with
- * `sync_interval: always`, fsyncs) as possible: atomic batches of up to 1000. A batch the
- * server refuses because one of its message ids was already stored (an effect re-derived
- * after a crash) is sent again message by message, where each duplicate is dropped alone.
+ * How messages that need no atomicity (effects, worker results: each is deduplicated by its
+ * own id) are published together:
+ * - `pipelined`: one acknowledged publish each, all in flight at once. nats-server syncs an
+ *   R1 file stream's atomic batch to disk on every commit whatever its `sync_interval`, so
+ *   with the default sync this keeps an fsync per batch off the run's critical path;
+ * - `atomic`: atomic batches of up to 1000, one acknowledgement each. With
+ *   `sync_interval: always` (every publish synced anyway) one sync per batch is fewer.
+ */
+export type Batching = 'pipelined' | 'atomic';
+
+/**
+ * Publishes messages of one stream durably (see {@link Batching}). An atomic batch the server
+ * refuses because one of its message ids was already stored (an effect re-derived after a
+ * crash) is sent again message by message, where each duplicate is dropped alone.
  * Resolves when every message is stored or was a duplicate; rejects otherwise.
  */
-export async function publishDurably(nc: NatsConnection, js: JetStreamClient, msgs: readonly OutMsg[], timeoutMs = 5000): Promise<void> {
+export async function publishDurably(nc: NatsConnection, js: JetStreamClient, msgs: readonly OutMsg[], o: { readonly batching?: Batching; readonly timeoutMs?: number } = {}): Promise<void> {
+  const timeoutMs = o.timeoutMs ?? 5000;
   const one = async (m: OutMsg) => {
     const h = natsHeaders();
     for (const [k, v] of Object.entries(m.headers ?? {})) h.set(k, v);
     await js.publish(m.subject, m.data, { headers: h, timeout: timeoutMs, ...(m.msgId ? { msgID: m.msgId } : {}) });
   };
+  if ((o.batching ?? 'pipelined') === 'pipelined') {
+    await Promise.all(msgs.map(one));
+    return;
+  }
   for (let i = 0; i < msgs.length; i += MAX_BATCH) {
     const chunk = msgs.slice(i, i + MAX_BATCH);
     if (chunk.length === 1) {
@@ -201,17 +216,18 @@ export async function publishDurably(nc: NatsConnection, js: JetStreamClient, ms
 }
 
 /**
- * Coalesces publishes to one stream made in the same turn of the event loop into atomic
- * batches (see {@link publishDurably}). Each caller's promise settles with its batch.
+ * Coalesces publishes to one stream made in the same turn of the event loop into one
+ * {@link publishDurably} (atomic batches or pipelined, see {@link Batching}). Each caller's
+ * promise settles with its batch.
  */
-export function coalescingPublisher(nc: NatsConnection, js: JetStreamClient): (m: OutMsg) => Promise<void> {
+export function coalescingPublisher(nc: NatsConnection, js: JetStreamClient, batching: Batching = 'pipelined'): (m: OutMsg) => Promise<void> {
   let pending: { msgs: OutMsg[]; done: Promise<void> } | undefined;
   return (m) => {
     if (!pending) {
       const batch = { msgs: [m], done: Promise.resolve() };
       batch.done = new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
         pending = undefined;
-        return publishDurably(nc, js, batch.msgs);
+        return publishDurably(nc, js, batch.msgs, { batching });
       });
       pending = batch;
       return batch.done;

@@ -6,7 +6,7 @@
  */
 import type { ConsumerConfig, JetStreamManager, StreamConfig } from '@nats-io/jetstream';
 import { AckPolicy, DeliverPolicy, JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
-import { Consumers, Streams, Subjects, LIMITS, parseToken, type TenantId } from '@capstan/schemas';
+import { Consumers, decode, DEFAULT_PARTITIONS, encode, InvalidArgumentError, LIMITS, MAX_PARTITIONS, parseToken, Streams, Subjects, type TenantId } from '@capstan/schemas';
 
 const SECOND_NS = 1_000_000_000;
 
@@ -261,9 +261,30 @@ export function catalogStreamConfig(t: TenantId): Partial<StreamConfig> & { name
   return keyedStreamConfig(Streams.catalog(t), Subjects.allCatalog(t), CATALOG_HISTORY, 8192, { duplicateWindowNs: 120 * SECOND_NS });
 }
 
+/**
+ * The orchestrators' partition table (`cap.<t>.orch.{partitions,lease.<p>,member.<id>}`): a
+ * key-value bucket in all but name (last record per key, compare-and-set by expected last
+ * subject sequence), kept in the `cap.<t>.` namespace so `cap.<t>.>` fences it. A lease's
+ * revision (its stream sequence) is its epoch. Members' records carry a TTL, so a departed
+ * instance's presence disappears by itself.
+ */
+export function leasesStreamConfig(t: TenantId): Partial<StreamConfig> & { name: string } {
+  return {
+    name: Streams.leases(t),
+    subjects: [Subjects.partitionCount(t), Subjects.allPartitionLeases(t), Subjects.allOrchestratorMembers(t)],
+    storage: 'file' as StreamConfig['storage'],
+    retention: 'limits' as StreamConfig['retention'],
+    discard: 'old' as StreamConfig['discard'],
+    max_msgs_per_subject: 1,
+    max_msg_size: 1024,
+    allow_direct: true,
+    allow_msg_ttl: true,
+  };
+}
+
 /** Creates the tenant's streams, or brings their settings up to date. Idempotent. */
 export async function ensureStreams(jsm: JetStreamManager, t: TenantId, limits?: TenantLimits): Promise<void> {
-  for (const cfg of [...streamConfigs(t, limits), fleetStreamConfig(t), policyStreamConfig(t), triggersStreamConfig(t), seenStreamConfig(t), catalogStreamConfig(t)]) {
+  for (const cfg of [...streamConfigs(t, limits), fleetStreamConfig(t), policyStreamConfig(t), triggersStreamConfig(t), seenStreamConfig(t), catalogStreamConfig(t), leasesStreamConfig(t)]) {
     try {
       await jsm.streams.info(cfg.name);
       await jsm.streams.update(cfg.name, cfg);
@@ -281,8 +302,36 @@ export async function ensureStreams(jsm: JetStreamManager, t: TenantId, limits?:
 export async function ensureTenant(
   jsm: JetStreamManager,
   t: TenantId,
-  o: { limits?: TenantLimits; pools?: readonly string[]; consumers?: Partial<ConsumerSettings> } = {},
+  o: { limits?: TenantLimits; pools?: readonly string[]; consumers?: Partial<ConsumerSettings>; partitions?: number } = {},
 ): Promise<void> {
   await ensureStreams(jsm, t, o.limits);
+  await ensurePartitionCount(jsm, t, o.partitions ?? DEFAULT_PARTITIONS);
   await ensureConsumers(jsm, consumerConfigs(t, o.pools ?? ['default'], { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers }));
+}
+
+/**
+ * Records how many partitions the tenant's runs are hashed to, once: a run's partition must
+ * never change, so a later provisioning with another count keeps the first (and says so).
+ * @returns the tenant's partition count
+ */
+export async function ensurePartitionCount(jsm: JetStreamManager, t: TenantId, partitions: number): Promise<number> {
+  if (!Number.isInteger(partitions) || partitions < 1 || partitions > MAX_PARTITIONS) throw new InvalidArgumentError(`partitions must be an integer in 1..${MAX_PARTITIONS}, got ${partitions}`);
+  const subject = Subjects.partitionCount(t);
+  const existing = await jsm.direct.getMessage(Streams.leases(t), { last_by_subj: subject }).catch(() => null);
+  if (existing) return parsePartitionCount(existing.data);
+  try {
+    await jsm.jetstream().publish(subject, encode({ partitions }), { expect: { lastSubjectSequence: 0 } });
+    return partitions;
+  } catch (e) {
+    // Another admin wrote it first: theirs stands.
+    const again = await jsm.direct.getMessage(Streams.leases(t), { last_by_subj: subject });
+    if (!again) throw e;
+    return parsePartitionCount(again.data);
+  }
+}
+
+export function parsePartitionCount(data: Uint8Array): number {
+  const n = (decode(data) as { partitions?: unknown }).partitions;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_PARTITIONS) throw new InvalidArgumentError(`the recorded partition count is not an integer in 1..${MAX_PARTITIONS}`);
+  return n;
 }

@@ -2,6 +2,7 @@
  * Composition root of the orchestrator: connects, serves every tenant it should (new
  * tenants are picked up while running), and stops by draining.
  */
+import { randomBytes } from 'node:crypto';
 import type { Registry } from '@capstan/actors';
 import { Role, type TenantId } from '@capstan/schemas';
 import { serviceAccess, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
@@ -27,6 +28,8 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
   const hosts = new Map<TenantId, TenantHost>();
   const catalogs: Subscription[] = [];
   const cache = new RunCache(config.cacheSize);
+  // Unique per process: a restarted instance must not inherit the leases (and epochs) of its predecessor.
+  const instance = `${config.name.toLowerCase().replace(/[^a-z0-9_-]/g, '-').slice(0, 48)}-${randomBytes(4).toString('hex')}`.replace(/^[^a-z0-9]/, 'o');
 
   async function serve({ tenant: t, nc, js, jsm }: TenantConnection): Promise<void> {
     const host = createTenantHost({
@@ -41,6 +44,9 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
       maxTicks: config.maxTicks,
       now: Date.now,
       policy: { mode: config.policy, approvalTtlMs: config.approvalTtlMs, timeoutMs: config.policyTimeoutMs },
+      instance,
+      lease: { ttlMs: config.leaseTtlMs, renewMs: config.leaseRenewMs },
+      effectBatches: config.effectBatches,
     });
     hosts.set(t, host);
     await host.start();

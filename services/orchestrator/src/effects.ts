@@ -6,7 +6,7 @@
  */
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { publishDurably, type OutMsg } from '@capstan/kit';
+import { publishDurably, type Batching, type OutMsg } from '@capstan/kit';
 import { stepInputsOf, type RunState } from '@capstan/actors';
 import type { PolicyGate } from './policy-gate.js';
 import type { RunObserver } from './observe.js';
@@ -42,7 +42,15 @@ export interface EffectSource {
  * worker has seen a step, its timers are known to exist, so recovery only ever has to look
  * at a run's last decisions.
  */
-export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t: TenantId, sources: readonly EffectSource[], gate?: PolicyGate, observer?: RunObserver): Promise<number> {
+export async function dispatchEffects(
+  nc: NatsConnection,
+  js: JetStreamClient,
+  t: TenantId,
+  sources: readonly EffectSource[],
+  gate?: PolicyGate,
+  observer?: RunObserver,
+  batching: Batching = 'pipelined',
+): Promise<number> {
   const timers: OutMsg[] = [];
   const work: OutMsg[] = [];
   const cancels: StepCancel[] = [];
@@ -120,9 +128,9 @@ export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t
       }
     }
   }
-  await publishDurably(nc, js, timers);
-  await publishDurably(nc, js, work);
-  await publishDurably(nc, js, commands);
+  await publishDurably(nc, js, timers, { batching });
+  await publishDurably(nc, js, work, { batching });
+  await publishDurably(nc, js, commands, { batching });
   // Cancels go to every worker of the tenant, at most once (core NATS): the one running the
   // attempt aborts it. A lost cancel costs only time: the attempt's result is refused as stale.
   for (const c of cancels) nc.publish(Subjects.stepCancel(t), encode(c));

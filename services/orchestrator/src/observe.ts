@@ -33,7 +33,7 @@ interface Followed {
 
 export interface RunObserver {
   /** Counts and traces events just appended to a run. `commands`: the messages decided into them. */
-  recorded(runId: RunId, state: RunState | undefined, events: readonly RunEvent[], commands: readonly JsMsg[]): void;
+  recorded(runId: RunId, state: RunState | undefined, events: readonly RunEvent[], commands: readonly { readonly info: { readonly streamSequence: number; readonly timestampNanos: number } }[]): void;
   /** The run's trace (for the traceparent of its effects); undefined when it has none or tracing is off. */
   traceOf(runId: RunId): Promise<RunTrace | undefined>;
   /** Headers of the work item for a scheduled attempt: its dispatch hop's traceparent. */
@@ -210,7 +210,7 @@ export function createRunObserver(o: { tenant: TenantId; jsm: JetStreamManager; 
  * What a new run records about where it came from: its workflow version's fingerprint, and
  * its trace (the submit's `traceparent`, or a new trace when this process traces).
  */
-export function startRecord(msg: JsMsg, wf: WorkflowDefinition): { fingerprint: string; trace?: RunTrace } {
+export function startRecord(msg: Pick<JsMsg, 'headers'>, wf: WorkflowDefinition): { fingerprint: string; trace?: RunTrace } {
   const trace = beginRunTrace(msg.headers?.get(Headers.TraceParent));
   return { fingerprint: workflowFingerprint(wf), ...(trace ? { trace } : {}) };
 }

@@ -35,6 +35,11 @@ export class RunCache {
     this.#map.delete(id);
   }
 
+  /** Drops every run `pred` picks (the runs of a partition this instance gave up). */
+  deleteWhere(pred: (id: RunId) => boolean): void {
+    for (const id of [...this.#map.keys()]) if (pred(id)) this.#map.delete(id);
+  }
+
   get size(): number {
     return this.#map.size;
   }

@@ -13,12 +13,17 @@
  *   re-derived from the run's tail when the run is next loaded from its stream.
  * - another writer appended first: the optimistic lock refuses our batch for that run;
  *   we reload it from the stream and decide again. A run never forks.
+ *
+ * Runs are partitioned (host/partitions.ts): this instance decides only runs of partitions
+ * it holds a lease on; a command for another partition is handed to its owner
+ * (host/forward.ts). A refused append also makes the instance step down from the run's
+ * partition until the lease table confirms it still owns it.
  */
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
-import type { NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { Registry } from '@capstan/actors';
 import { Consumers, DeadLetterSource, ErrorCode, Streams, toErrorRecord, type RunId, type TenantId } from '@capstan/schemas';
-import { deadLetter, failpoint, metrics, type Logger } from '@capstan/kit';
+import { deadLetter, failpoint, metrics, type Batching, type Logger } from '@capstan/kit';
 import { dispatchEffects } from './effects.js';
 import { createPolicyGate } from './policy-gate.js';
 import { createScheduler } from './scheduler.js';
@@ -26,8 +31,10 @@ import { createRunObserver } from './observe.js';
 import type { RunCache } from './run-cache.js';
 import { createIntake } from './host/intake.js';
 import { createDecider } from './host/decide.js';
-import { appendGroups } from './host/append.js';
-import type { GroupResult, Pending, Rejection, TenantHostStats } from './host/types.js';
+import { appendGroups, BEFORE_APPEND } from './host/append.js';
+import type { CommandMsg, GroupResult, Pending, Rejection, TenantHostStats } from './host/types.js';
+import { createPartitionTable, type PartitionTable } from './host/partitions.js';
+import { forwardCommand, serveForwarded } from './host/forward.js';
 
 export type { TenantHostStats };
 
@@ -44,6 +51,11 @@ export interface TenantHostOptions {
   /** The decision clock: the only place a run's time comes from. */
   readonly now: () => number;
   readonly policy: { readonly mode: 'on' | 'off'; readonly approvalTtlMs: number; readonly timeoutMs: number };
+  /** This instance's id among the tenant's orchestrators (a subject token). */
+  readonly instance: string;
+  readonly lease: { readonly ttlMs: number; readonly renewMs: number };
+  /** How effects go out (see kit's Batching). */
+  readonly effectBatches: Batching;
 }
 
 export interface TenantHost {
@@ -56,10 +68,15 @@ export interface TenantHost {
 export const Failpoints = {
   /** Decisions appended and acted on, commands not acknowledged yet: they will be redelivered. */
   BeforeAck: 'orchestrator.before_ack',
+  /** Decisions made, not appended yet (use `stall`: a paused owner whose lease is taken meanwhile). */
+  BeforeAppend: BEFORE_APPEND,
 } as const;
 
 /** Ticks whose effects are still being published before new ticks wait. */
 const MAX_ACTING = 8;
+/** A command whose partition has no live owner (or a refusing one) comes back after this long. */
+const NO_OWNER_RETRY_MS = 100;
+const FORWARD_TIMEOUT_MS = 1000;
 
 export function createTenantHost(o: TenantHostOptions): TenantHost {
   const { nc, js, jsm, tenant: t, registry, cache, maxBatch } = o;
@@ -69,7 +86,10 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   const intake = createIntake({ js, jsm, tenant: t, registry });
   const decider = createDecider({ jsm, tenant: t, registry, cache, log, now: o.now });
   const scheduler = createScheduler({ nc, js, jsm, tenant: t, registry, now: o.now, log });
-  const stats: TenantHostStats = { commands: 0, appendedEvents: 0, conflicts: 0, deadLetters: 0, recoveredEffects: 0, ticks: 0 };
+  const stats: TenantHostStats = { commands: 0, appendedEvents: 0, conflicts: 0, deadLetters: 0, recoveredEffects: 0, ticks: 0, forwarded: 0, fenced: 0, partitions: 0 };
+  let table: PartitionTable | undefined;
+  let inbox: Subscription | undefined;
+  const owns = (runId: RunId): boolean => table?.owns(table.partitionOf(runId)) ?? false;
   /** Parsed commands waiting for a tick, in arrival order. */
   const queue: Pending[] = [];
   /** Runs whose commands are being decided and appended, or whose decisions are being acted on. */
@@ -81,7 +101,18 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   let stopped = false;
   let idle: (() => void) | undefined;
 
-  /** Parses an arriving command; poison is dead-lettered at once and never queued. */
+  /** Parses a command; poison is dead-lettered at once and never queued. Undefined when it was. */
+  async function parse(msg: CommandMsg): Promise<Pending | undefined> {
+    try {
+      return { msg, ...(await intake.parse(msg)) };
+    } catch (e) {
+      await sendDeadLetter({ msg, error: toErrorRecord(e, ErrorCode.DecodeFailed), deadLetter: true });
+      msg.ack();
+      return undefined;
+    }
+  }
+
+  /** A command from the consumer: decided here if its run's partition is ours, else handed to its owner. */
   async function arrive(msg: JsMsg): Promise<void> {
     stats.commands++;
     metrics.commands.inc({ tenant: t });
@@ -90,16 +121,30 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       scheduler.arrive(msg);
       return;
     }
-    let parsed;
-    try {
-      parsed = await intake.parse(msg);
-    } catch (e) {
-      await sendDeadLetter({ msg, error: toErrorRecord(e, ErrorCode.DecodeFailed), deadLetter: true });
-      msg.ack();
+    const p = await parse(msg);
+    if (!p || !table) return;
+    const partition = table.partitionOf(p.runId);
+    if (table.owns(partition)) {
+      queue.push(p);
+      pump();
       return;
     }
-    queue.push({ msg, ...parsed });
+    const owner = table.ownerOf(partition);
+    if (owner === undefined || owner === o.instance || !(await forwardCommand(nc, t, owner, msg, FORWARD_TIMEOUT_MS))) {
+      msg.nak(NO_OWNER_RETRY_MS);
+      return;
+    }
+    stats.forwarded++;
+  }
+
+  /** A command handed over by the instance that pulled it: taken only while its partition is ours. */
+  async function arriveForwarded(msg: CommandMsg): Promise<boolean> {
+    const p = await parse(msg);
+    if (!p) return true;
+    if (!owns(p.runId)) return false;
+    queue.push(p);
     pump();
+    return true;
   }
 
   /**
@@ -164,8 +209,11 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   }
 
   /** Decides and appends one batch of commands; returns the acting that must follow. */
-  async function tick(pendings: Pending[]): Promise<() => Promise<void>> {
+  async function tick(all: Pending[]): Promise<() => Promise<void>> {
     stats.ticks++;
+    // Commands queued before their partition was given up go back for the new owner.
+    const pendings = all.filter((p) => owns(p.runId));
+    for (const p of all) if (!owns(p.runId)) p.msg.nak(NO_OWNER_RETRY_MS);
     const byRun = new Map<RunId, Pending[]>();
     for (const p of pendings) {
       const list = byRun.get(p.runId);
@@ -183,11 +231,16 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     const publishRecovered = async (groups: GroupResult[]): Promise<GroupResult[]> => {
       const recovered = groups.flatMap((g) => g.recovered);
       if (recovered.length === 0) return groups;
-      await dispatchEffects(nc, js, t, recovered, gate, observer);
+      await dispatchEffects(nc, js, t, recovered, gate, observer, o.effectBatches);
       stats.recoveredEffects += recovered.reduce((k, r) => k + r.events.length, 0);
       return groups.map((g) => ({ ...g, recovered: [] }));
     };
-    const done = await appendGroups({ nc, tenant: t, cache, log, stats, observer }, decided, (runId, ps) => decider.decideGroup(runId, ps, true), publishRecovered);
+    const refused = (runId: RunId) => {
+      stats.fenced++;
+      table?.fenced(table.partitionOf(runId));
+    };
+    const { done, fenced } = await appendGroups({ nc, tenant: t, cache, log, stats, observer, owns, refused }, decided, (runId, ps) => decider.decideGroup(runId, ps, true), publishRecovered);
+    for (const g of fenced) for (const p of [...g.pendings, ...g.deferred]) p.msg.nak(NO_OWNER_RETRY_MS);
 
     if (log.isLevelEnabled('debug')) {
       log.debug({ commands: pendings.length, runs: byRun.size, decideMs: +(t1 - t0).toFixed(2), appendMs: +(performance.now() - t1).toFixed(2), queued: queue.length }, 'tick');
@@ -198,7 +251,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     const effects = done.flatMap((g) => g.effects);
     return async () => {
       try {
-        await dispatchEffects(nc, js, t, effects, gate, observer);
+        await dispatchEffects(nc, js, t, effects, gate, observer, o.effectBatches);
       } catch (e) {
         // A later command for these runs must not trust the cache: reload recovers the tail.
         for (const g of done) cache.delete(g.runId);
@@ -227,8 +280,22 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   }
 
   return {
-    stats,
+    get stats() {
+      stats.partitions = table?.owned().length ?? 0;
+      return stats;
+    },
     async start() {
+      table = await createPartitionTable({
+        js,
+        jsm,
+        tenant: t,
+        instance: o.instance,
+        ...o.lease,
+        log,
+        onLost: (p) => cache.deleteWhere((runId) => table?.partitionOf(runId) === p),
+      });
+      inbox = serveForwarded(nc, t, o.instance, arriveForwarded, log);
+      await table.start();
       // Made by the admin at provisioning (capstan tenant add): a service never creates consumers.
       const consumer = await js.consumers.get(Streams.commands(t), Consumers.orchestrator);
       messages = await consumer.consume({ max_messages: maxBatch * 4 });
@@ -236,10 +303,11 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
         for await (const m of messages as ConsumerMessages) void arrive(m);
       })().catch((e: unknown) => log.error({ err: e }, 'command consumer stopped'));
       await scheduler.start();
-      log.info({ consumer: Consumers.orchestrator }, 'serving tenant');
+      log.info({ consumer: Consumers.orchestrator, instance: o.instance, partitions: table.count, owned: table.owned() }, 'serving tenant');
     },
     async stop() {
       gate.stop();
+      inbox?.unsubscribe();
       await messages?.close();
       await scheduler.stop();
       if (activeTicks > 0) await new Promise<void>((r) => (idle = r));
@@ -247,6 +315,8 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       await Promise.allSettled([...acting]);
       // Unprocessed commands go back to the stream for another orchestrator.
       for (const p of queue.splice(0)) p.msg.nak();
+      // Leases given back: the others take the partitions at their next round, not after expiry.
+      await table?.stop();
     },
   };
 }

@@ -64,7 +64,8 @@ async function identity(config: Config): Promise<{ id: string; pools: Map<Tenant
 
 export async function createWorker(config: Config, log: Logger, opts: { handlers?: Handlers; audit?: AuditSink } = {}): Promise<WorkerApp> {
   // Built-in handlers first: a module's own handler of the same name wins.
-  const handlers: Handlers = { ...datasyncHandlers({ nc: (t) => conns.get(t)?.nc, stallMs: config.datasyncStallMs }), ...(opts.handlers ?? (await loadHandlers(config.handlersModule))) };
+  const builtin = datasyncHandlers({ nc: (t) => conns.get(t)?.nc, stallMs: config.datasyncStallMs });
+  const handlers: Handlers = { ...builtin, ...(opts.handlers ?? (await loadHandlers(config.handlersModule, builtin))) };
   const { id, pools } = await identity(config);
   // No connection is made here: an audit store that is down refuses external writes, it
   // does not keep the worker from running other steps.
@@ -105,7 +106,7 @@ export async function createWorker(config: Config, log: Logger, opts: { handlers
   /** The tenant's pool runners, started (each pool runner can start once: a re-admission makes new ones). */
   async function startPools({ nc, js, jsm, tenant: t }: TenantConnection, mine: PoolRunner[]): Promise<void> {
     for (const pool of pools.get(t) ?? []) {
-      const r = createPoolRunner({ nc, js, jsm, tenant: t, pool, handlers, workerId: id, concurrency: config.concurrency, startedAfterMs: config.startedAfterMs, sandboxStallMs: config.sandboxStallMs, leases: config.leases, approvalTtlMs: config.approvalTtlMs, audit, log });
+      const r = createPoolRunner({ nc, js, jsm, tenant: t, pool, handlers, workerId: id, concurrency: config.concurrency, resultBatches: config.resultBatches, startedAfterMs: config.startedAfterMs, sandboxStallMs: config.sandboxStallMs, leases: config.leases, approvalTtlMs: config.approvalTtlMs, audit, log });
       runners.push(r);
       mine.push(r);
       await r.start();

@@ -1,5 +1,5 @@
 import { ConfigError, parseToken, WORKER_ID_PATTERN, type TenantId } from '@capstan/schemas';
-import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envPostgresUrl, envString, envTenants, type Env, type NatsAuthConfig } from '@capstan/kit';
+import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envPostgresUrl, envString, envTenants, type Batching, type Env, type NatsAuthConfig } from '@capstan/kit';
 import type { LevelWithSilent } from 'pino';
 
 /**
@@ -28,6 +28,8 @@ export interface Config {
   readonly handlersModule: string;
   /** Steps run at once, per tenant and pool. */
   readonly concurrency: number;
+  /** How results finishing together go out: `pipelined` (default) or `atomic` batches (see kit's Batching). */
+  readonly resultBatches: Batching;
   /** Steps still running after this long are recorded as started; quicker ones only report their result. */
   readonly startedAfterMs: number;
   readonly discoveryMs: number;
@@ -69,6 +71,7 @@ export function loadConfig(env: Env): Config {
     pools,
     handlersModule: envString(env, 'CAPSTAN_HANDLERS', ''),
     concurrency: envInt(env, 'WORKER_CONCURRENCY', 64, problems, 1, 10_000),
+    resultBatches: envString(env, 'WORKER_RESULT_BATCHES', 'pipelined') === 'atomic' ? 'atomic' : 'pipelined',
     startedAfterMs: envInt(env, 'WORKER_STARTED_AFTER_MS', 250, problems, 0, 3_600_000),
     discoveryMs: envInt(env, 'WORKER_DISCOVERY_MS', 2000, problems, 100, 3_600_000),
     sandboxStallMs: envInt(env, 'WORKER_SANDBOX_STALL_MS', 5000, problems, 200, 600_000),
@@ -83,6 +86,8 @@ export function loadConfig(env: Env): Config {
   if (!Object.values(AdmissionMode).includes(config.admission)) {
     problems.push(`WORKER_ADMISSION must be ${AdmissionMode.Required} or ${AdmissionMode.Auto} (got ${JSON.stringify(config.admission.slice(0, 40))})`);
   }
+  const batches = envString(env, 'WORKER_RESULT_BATCHES', 'pipelined');
+  if (batches !== 'pipelined' && batches !== 'atomic') problems.push(`WORKER_RESULT_BATCHES must be pipelined or atomic, got ${JSON.stringify(batches)}`);
   const leases = envString(env, 'WORKER_LEASES', 'on');
   if (leases !== 'on' && leases !== 'off') problems.push(`WORKER_LEASES must be on or off, got ${JSON.stringify(leases)}`);
   if (problems.length > 0) throw new ConfigError(problems);

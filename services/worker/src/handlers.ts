@@ -6,7 +6,7 @@
  */
 import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
-import { CapstanError, ErrorCode, pipelineHandler, PIPELINE_STEPS, type JsonValue, type RunId, type TenantId } from '@capstan/schemas';
+import { CapstanError, ErrorCode, type JsonValue, type RunId, type TenantId } from '@capstan/schemas';
 import type { Logger } from '@capstan/kit';
 import type { ExternalWrite } from './external-write.js';
 
@@ -88,14 +88,15 @@ export const demoHandlers: Handlers = {
 function missingHandlers(mod: { workflows?: unknown }, handlers: Handlers): string[] {
   if (!Array.isArray(mod.workflows)) return [];
   const need = (mod.workflows as { handlers?: unknown }[]).flatMap((d) => (Array.isArray(d.handlers) ? (d.handlers as string[]) : []));
-  // The built-in workflows' handlers (datasync.pipeline) come with every worker (datasync.ts).
-  return [...new Set(need)].filter((h) => !Object.hasOwn(handlers, h) && !BUILT_IN.has(h)).sort();
+  return [...new Set(need)].filter((h) => !Object.hasOwn(handlers, h)).sort();
 }
 
-const BUILT_IN: ReadonlySet<string> = new Set(PIPELINE_STEPS.map((s) => pipelineHandler(s)));
-
-/** Loads `handlers` from a module path; the demo handlers when the path is empty. */
-export async function loadHandlers(modulePath: string): Promise<Handlers> {
+/**
+ * Loads `handlers` from a module path; the demo handlers when the path is empty. `builtin`
+ * are the worker's own handlers (the data-sync pipeline steps): a module's workflows may
+ * need them without defining them.
+ */
+export async function loadHandlers(modulePath: string, builtin: Handlers = {}): Promise<Handlers> {
   if (!modulePath) return demoHandlers;
   let mod: { handlers?: unknown; default?: unknown };
   try {
@@ -105,7 +106,7 @@ export async function loadHandlers(modulePath: string): Promise<Handlers> {
   }
   const h = mod.handlers ?? mod.default;
   if (typeof h !== 'object' || h === null) throw new CapstanError(ErrorCode.UnknownHandler, `${modulePath} must export \`handlers\`: an object of functions`);
-  const missing = missingHandlers(mod as { workflows?: unknown }, h as Handlers);
+  const missing = missingHandlers(mod as { workflows?: unknown }, { ...builtin, ...(h as Handlers) });
   if (missing.length > 0) throw new CapstanError(ErrorCode.UnknownHandler, `${modulePath} exports workflows whose steps have no handler: ${missing.join(', ')}`);
   return h as Handlers;
 }

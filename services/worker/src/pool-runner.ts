@@ -33,7 +33,7 @@ import {
   type TenantId,
   type WorkItem,
 } from '@capstan/schemas';
-import { addCollector, coalescingPublisher, deadLetter, failSpan, inSpan, metrics, SpanKind, traceParentOf, type AuditSink, type Logger, type NatsConnection } from '@capstan/kit';
+import { addCollector, coalescingPublisher, deadLetter, failSpan, inSpan, metrics, SpanKind, traceParentOf, type AuditSink, type Batching, type Logger, type NatsConnection } from '@capstan/kit';
 import type { Handlers } from './handlers.js';
 import { runSandboxed } from './sandboxed.js';
 import { bindExternalWrite } from './external-write.js';
@@ -47,6 +47,7 @@ export interface PoolRunnerOptions {
   readonly handlers: Handlers;
   readonly workerId: string;
   readonly concurrency: number;
+  readonly resultBatches: Batching;
   /** Report `started` only for steps still running after this long (0: always). */
   readonly startedAfterMs: number;
   /** Silence from the sandbox service after which a sandboxed attempt is reported lost. */
@@ -115,8 +116,8 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
   /** The pool consumer's ack wait, from the server (made at provisioning): heartbeats go every third of it. */
   let ackWaitMs = 30_000;
 
-  // Results of steps finishing together go out as one atomic batch (one ack, one fsync).
-  const publish = coalescingPublisher(o.nc, js);
+  // Results of steps finishing together go out together (pipelined, or one atomic batch).
+  const publish = coalescingPublisher(o.nc, js, o.resultBatches);
   async function publishCommand<V extends 'started' | 'result'>(verb: V, body: CommandOf<V>, msgId: string): Promise<void> {
     await publish({ subject: Subjects.command(t, verb === 'started' ? CommandVerb.Started : CommandVerb.Result), data: encode(body), msgId });
   }

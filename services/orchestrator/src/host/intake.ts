@@ -3,7 +3,8 @@
  * (undecodable, schema-violating, oversized, unknown verb) and a submit whose input its
  * workflow's schema refuses never reach a run: they are dead-lettered at once.
  */
-import type { JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
+import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
+import type { CommandMsg } from './types.js';
 import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 import { childRunIdOf, continuedRunIdOf, type Registry } from '@capstan/actors';
 import { CapstanError, decode, encode, encodedSize, ErrorCode, isCommandVerb, parseCommand, Streams, Subjects, validateStandard, type Command, type RunId, type TenantId } from '@capstan/schemas';
@@ -11,7 +12,7 @@ import { derivedRunId, idempotencyHash } from '@capstan/kit';
 
 export interface Intake {
   /** @throws CapstanError for a command that must be dead-lettered */
-  parse(msg: JsMsg): Promise<{ cmd: Command; runId: RunId }>;
+  parse(msg: CommandMsg): Promise<{ cmd: Command; runId: RunId }>;
 }
 
 /** JetStream's answers to a claim made with expected sequence 0 when someone claimed first. */
@@ -20,14 +21,14 @@ const CLAIM_RACES: ReadonlySet<number> = new Set([JetStreamApiCodes.StreamWrongL
 export function createIntake(o: { js: JetStreamClient; jsm: JetStreamManager; tenant: TenantId; registry: Registry }): Intake {
   const { js, jsm, tenant: t, registry } = o;
 
-  function parseMessage(msg: JsMsg): Command {
+  function parseMessage(msg: CommandMsg): Command {
     const verb = msg.subject.slice(msg.subject.lastIndexOf('.') + 1);
     if (!isCommandVerb(verb)) throw new CapstanError(ErrorCode.SchemaViolation, `unknown command verb ${JSON.stringify(verb)}`);
     return parseCommand(verb, decode(msg.data), encodedSize);
   }
 
   /** Which run a command is for. A submit without a run id gets a deterministic one. */
-  async function runIdFor(msg: JsMsg, cmd: Command): Promise<RunId> {
+  async function runIdFor(msg: CommandMsg, cmd: Command): Promise<RunId> {
     if (cmd.verb !== 'submit') return cmd.body.runId;
     if (cmd.body.runId) return cmd.body.runId;
     const fresh = derivedRunId(t, msg.info.streamSequence, Math.floor(msg.info.timestampNanos / 1e6));

@@ -1,19 +1,28 @@
 /** What the run host's parts pass between them. */
-import type { JsMsg } from '@nats-io/jetstream';
+import type { DeliveryInfo, JsMsg } from '@nats-io/jetstream';
 import type { RunState } from '@capstan/actors';
 import type { Command, ErrorRecord, RunEvent, RunId } from '@capstan/schemas';
 import type { EffectSource } from '../effects.js';
 
+/**
+ * A command as the run host handles it: delivered here by the tenant's consumer, or handed
+ * over by the instance that pulled it (see forward.ts); either way acknowledged on the
+ * consumer's own acknowledgement subject.
+ */
+export type CommandMsg = Pick<JsMsg, 'subject' | 'data' | 'headers' | 'ack' | 'nak'> & {
+  readonly info: Pick<DeliveryInfo, 'streamSequence' | 'timestampNanos' | 'redelivered' | 'deliveryCount'>;
+};
+
 /** A parsed command waiting for a tick. */
 export interface Pending {
-  readonly msg: JsMsg;
+  readonly msg: CommandMsg;
   readonly cmd: Command;
   readonly runId: RunId;
 }
 
 /** A command the run refused (or that could not be decided), to dead-letter or drop. */
 export interface Rejection {
-  readonly msg: JsMsg;
+  readonly msg: CommandMsg;
   readonly error: ErrorRecord;
   readonly runId?: RunId;
   readonly deadLetter: boolean;
@@ -43,4 +52,10 @@ export interface TenantHostStats {
   deadLetters: number;
   recoveredEffects: number;
   ticks: number;
+  /** Commands handed to the instance owning their run's partition. */
+  forwarded: number;
+  /** Appends refused in a partition this instance held (it stepped down). */
+  fenced: number;
+  /** Partitions held now. */
+  partitions: number;
 }
