@@ -288,6 +288,8 @@ export const Platform = {
   systemAccountName: 'SYS',
   /** Requests the server answers for the system account: pushing an account JWT. */
   claimsUpdate: '$SYS.REQ.CLAIMS.UPDATE',
+  /** Every server answers with its JetStream state, name and tags: the cluster's shape. */
+  serverPingJsz: '$SYS.REQ.SERVER.PING.JSZ',
 } as const;
 
 /** Message ids (for `Nats-Msg-Id`) are deterministic, so a retried publish is deduplicated. */

@@ -34,6 +34,7 @@ import {
 import {
   CapstanError,
   CredentialsError,
+  DEFAULT_TENANT_PLACEMENT,
   DEFAULT_TENANT_QUOTA,
   ErrorCode,
   inboxPrefixFor,
@@ -49,6 +50,7 @@ import {
   type RoleScope,
   type ServiceRole,
   type TenantId,
+  type TenantPlacement,
   type TenantQuota,
   type TenantRole,
 } from '@capstan/schemas';
@@ -80,6 +82,8 @@ interface AccountFile {
   /** user public key → revoked at (unix seconds): JWTs issued at or before are refused. */
   readonly revocations: Record<string, number>;
   readonly createdAt: number;
+  /** Replicas and server tags of the tenant's streams; absent for the single-server default. */
+  readonly placement?: TenantPlacement;
 }
 
 /** What a tenant account's JWT grants: its quota as nats-server limits. */
@@ -139,8 +143,10 @@ export interface AuthStore {
   tenants(): TenantId[];
   hasTenant(t: TenantId): boolean;
   quota(t: TenantId): TenantQuota;
-  /** Creates the tenant's account keys (once) and sets its quota; `created` when new. */
-  ensureTenantAccount(t: TenantId, quota?: Partial<TenantQuota>): { publicKey: string; created: boolean };
+  /** Where the tenant's streams live (replicas, server tags), as recorded with it. */
+  placement(t: TenantId): TenantPlacement;
+  /** Creates the tenant's account keys (once) and sets its quota (and placement); `created` when new. */
+  ensureTenantAccount(t: TenantId, quota?: Partial<TenantQuota>, placement?: TenantPlacement): { publicKey: string; created: boolean };
   tenantAccountKey(t: TenantId): string;
   /** The tenant account's JWT as it stands (quota, revocations), signed by the operator. */
   accountJwt(t: TenantId): Promise<string>;
@@ -285,13 +291,21 @@ export async function openAuthStore(dir: string, opts: { create?: boolean } = {}
     },
     hasTenant: (t) => existsSync(at('accounts', `${t}.json`)),
     quota: (t) => accountFile(t).quota,
-    ensureTenantAccount(t, quota = {}) {
+    placement: (t) => accountFile(t).placement ?? DEFAULT_TENANT_PLACEMENT,
+    ensureTenantAccount(t, quota = {}, placement) {
       const path = at('accounts', `${t}.json`);
       const created = !existsSync(path);
       const key = seedOf(at('accounts', `${t}.seed`), createAccount, true);
       const before = created ? undefined : accountFile(t);
       const merged = tenantQuotaSchema.parse({ ...DEFAULT_TENANT_QUOTA, ...before?.quota, ...quota }, 'quota');
-      saveAccount(t, { name: t, quota: merged, revocations: before?.revocations ?? {}, createdAt: before?.createdAt ?? Date.now() });
+      const place = placement ?? before?.placement;
+      saveAccount(t, {
+        name: t,
+        quota: merged,
+        revocations: before?.revocations ?? {},
+        createdAt: before?.createdAt ?? Date.now(),
+        ...(place && (place.replicas > 1 || place.tags.length > 0) ? { placement: place } : {}),
+      });
       dirOf(at('users', t));
       dirOf(at('creds', t));
       return { publicKey: key.getPublicKey(), created };
