@@ -16,7 +16,7 @@ import { datasyncCmd } from './datasync.js';
 const USAGE = `capstan — durable workflows on NATS JetStream
 
 usage:
-  capstan dev [--demo] [--exit] [--tenant demo] [--port N] [--fresh] [--nats <url>]
+  capstan dev [--demo] [--exit] [--tenant demo] [--port N] [--fresh] [--nats <url>] [--cluster]
                                        run the platform locally (nats-server, orchestrator, worker)
   capstan submit <workflow> --tenant <t> [--input <json>] [--run-id <ulid>]
                  [--idempotency-key <k>] [--wait] [--timeout <s>] [--json]
@@ -69,7 +69,7 @@ usage:
 tenancy (the platform admin, with the operator's key store: --auth-dir <dir>, $CAPSTAN_AUTH_DIR, or \`capstan dev\`'s):
   capstan auth init                               make a key store: operator, system and platform accounts, service identities
   capstan auth serve                              enforce fleet decisions on worker credentials (capstan dev runs it)
-  capstan tenant add <t> [--max-storage 4GiB] [--max-streams N] [--max-consumers N] [--max-connections N] [--pool p]…
+  capstan tenant add <t> [--max-storage 4GiB] [--max-streams N] [--max-consumers N] [--max-connections N] [--pool p]… [--replicas 1|3|5] [--placement tag,…]
                                                   the tenant's NATS account, quota, streams, consumers and registry record
   capstan tenant quota <t> [same flags]           show or change a tenant's quota (in force at once)
   capstan tenant list [--json]

@@ -64,7 +64,8 @@ async function identity(config: Config): Promise<{ id: string; pools: Map<Tenant
 
 export async function createWorker(config: Config, log: Logger, opts: { handlers?: Handlers; audit?: AuditSink } = {}): Promise<WorkerApp> {
   // Built-in handlers first: a module's own handler of the same name wins.
-  const handlers: Handlers = { ...datasyncHandlers({ nc: (t) => conns.get(t)?.nc, stallMs: config.datasyncStallMs }), ...(opts.handlers ?? (await loadHandlers(config.handlersModule))) };
+  const builtIn = datasyncHandlers({ nc: (t) => conns.get(t)?.nc, stallMs: config.datasyncStallMs });
+  const handlers: Handlers = { ...builtIn, ...(opts.handlers ?? (await loadHandlers(config.handlersModule, builtIn))) };
   const { id, pools } = await identity(config);
   // No connection is made here: an audit store that is down refuses external writes, it
   // does not keep the worker from running other steps.

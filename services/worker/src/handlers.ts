@@ -89,8 +89,11 @@ function missingHandlers(mod: { workflows?: unknown }, handlers: Handlers): stri
   return [...new Set(need)].filter((h) => !Object.hasOwn(handlers, h)).sort();
 }
 
-/** Loads `handlers` from a module path; the demo handlers when the path is empty. */
-export async function loadHandlers(modulePath: string): Promise<Handlers> {
+/**
+ * Loads `handlers` from a module path; the demo handlers when the path is empty. Steps the
+ * worker's built-in handlers run (`builtIn`, such as data-sync pipelines) need none in the module.
+ */
+export async function loadHandlers(modulePath: string, builtIn: Handlers = {}): Promise<Handlers> {
   if (!modulePath) return demoHandlers;
   let mod: { handlers?: unknown; default?: unknown };
   try {
@@ -100,7 +103,7 @@ export async function loadHandlers(modulePath: string): Promise<Handlers> {
   }
   const h = mod.handlers ?? mod.default;
   if (typeof h !== 'object' || h === null) throw new CapstanError(ErrorCode.UnknownHandler, `${modulePath} must export \`handlers\`: an object of functions`);
-  const missing = missingHandlers(mod as { workflows?: unknown }, h as Handlers);
+  const missing = missingHandlers(mod as { workflows?: unknown }, { ...builtIn, ...(h as Handlers) });
   if (missing.length > 0) throw new CapstanError(ErrorCode.UnknownHandler, `${modulePath} exports workflows whose steps have no handler: ${missing.join(', ')}`);
   return h as Handlers;
 }
