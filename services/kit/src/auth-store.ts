@@ -68,7 +68,7 @@ export class AuthStoreError extends CapstanError {
 export interface IssuedUser {
   readonly tenant: TenantId;
   readonly name: string;
-  readonly role: TenantRole;
+  readonly role: TenantRole | typeof Role.Leaf;
   readonly publicKey: string;
   readonly pools?: readonly string[];
   readonly issuedAt: number;
@@ -160,7 +160,7 @@ export interface AuthStore {
    */
   mintUser(t: TenantId, role: Role, name: string, scope?: RoleScope, ttlS?: number): Promise<Uint8Array>;
   /** Issues a person's or deployment's credential; replaces an earlier one of the same name. */
-  issueUser(t: TenantId, role: TenantRole, name: string, scope?: RoleScope, opts?: { expiresInS?: number }): Promise<{ creds: Uint8Array; user: IssuedUser }>;
+  issueUser(t: TenantId, role: TenantRole | typeof Role.Leaf, name: string, scope?: RoleScope, opts?: { expiresInS?: number }): Promise<{ creds: Uint8Array; user: IssuedUser }>;
   users(t: TenantId): IssuedUser[];
   user(t: TenantId, name: string): IssuedUser | undefined;
   /** Marks a user revoked in its account (push the account JWT to take effect). */
@@ -334,8 +334,13 @@ export async function openAuthStore(dir: string, opts: { create?: boolean } = {}
       const issuer = tenantKey(t);
       const n = parseToken('credential name', name);
       const u = createUser();
-      const pools = role === Role.Worker ? (scope.pools ?? []) : [];
-      const perms = permissionsFor(role, t, inboxPrefixFor(u.getPublicKey()), role === Role.Worker ? { pools, workerId: scope.workerId ?? n } : {});
+      const pools = role === Role.Worker || role === Role.Leaf ? (scope.pools ?? []) : [];
+      const perms = permissionsFor(
+        role,
+        t,
+        inboxPrefixFor(u.getPublicKey()),
+        role === Role.Worker ? { pools, workerId: scope.workerId ?? n } : role === Role.Leaf ? { pools, localUsers: scope.localUsers ?? [] } : {},
+      );
       const tags = [`capstan-tenant:${t}`, `capstan-role:${role}`, ...pools.map((p) => `capstan-pool:${p}`)];
       const jwt = await encodeUser(n, u, issuer, userClaims(perms, tags), o.expiresInS ? { exp: Math.floor(Date.now() / 1000) + o.expiresInS } : {});
       const previous = readUser(t, n);

@@ -10,6 +10,8 @@ export type { NatsConnection, NatsCredentials, CredentialsInfo, NatsTls, Connect
 export { connectAsService, connectAsTenantUser, readTenantRecord, listRegisteredTenants } from './access.js';
 export type { TenantAccess, TenantFollower, AccessOptions } from './access.js';
 export { openAuthStore, AuthStoreError } from './auth-store.js';
+export { issueLeaf, leafNodeConfig, leafAuthConfig, leafRemoteConfig, leafConfigInput } from './leaf.js';
+export type { LeafConfigInput, LeafIssueOptions } from './leaf.js';
 export type { AuthStore, IssuedUser } from './auth-store.js';
 export {
   pushAccountJwt,

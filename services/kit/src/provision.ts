@@ -236,23 +236,25 @@ export interface IssueOptions {
   readonly pools?: readonly string[];
   readonly expiresInS?: number;
   readonly consumers?: Partial<ConsumerSettings>;
+  /** A leaf credential's local users (public keys) whose replies cross it. */
+  readonly localUsers?: readonly string[];
 }
 
 /**
  * Issues a tenant credential (`capstan creds issue`). A worker's pools get their consumers
  * here, since a worker may not create one.
  */
-export async function issueCredential(a: AdminTarget, t: TenantId, role: TenantRole, name: string, o: IssueOptions = {}): Promise<{ creds: Uint8Array; user: IssuedUser }> {
+export async function issueCredential(a: AdminTarget, t: TenantId, role: TenantRole | typeof Role.Leaf, name: string, o: IssueOptions = {}): Promise<{ creds: Uint8Array; user: IssuedUser }> {
   if (!a.store.hasTenant(t)) throw new CapstanError(ErrorCode.UnknownTenant, `tenant ${t} has no account (capstan tenant add ${t})`);
   const pools = (o.pools ?? []).map((p) => parseToken('pool', p));
-  if (role === Role.Worker) {
+  if (role === Role.Worker || role === Role.Leaf) {
     if (pools.length === 0) pools.push('default');
     // A pool's consumer is made with its first worker; settings change only when asked for.
     await asAdmin(a, t, ({ jsm }) =>
       ensureConsumers(jsm, pools.map((p) => ({ stream: Streams.work(t), config: poolConsumerConfig(t, p, { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers }) })), { update: o.consumers !== undefined }),
     );
   }
-  const scope: RoleScope = role === Role.Worker ? { pools, workerId: name } : {};
+  const scope: RoleScope = role === Role.Worker ? { pools, workerId: name } : role === Role.Leaf ? { pools, localUsers: o.localUsers ?? [] } : {};
   const issued = await a.store.issueUser(t, role, name, scope, o.expiresInS ? { expiresInS: o.expiresInS } : {});
   // A replaced credential's old key is revoked in the account: push it.
   await pushAccountJwt(a, await a.store.accountJwt(t));
