@@ -1,30 +1,20 @@
 /**
  * A tenant's data plane on its own nats-server, joined to the platform as a leaf node that
- * dials out with the tenant's leaf credential. The worker is given the leaf server's URL
- * only (never the platform's client port), and runs complete end to end. Forgeries through
- * the leaf (run events, another pool's work, another user's replies) are counted: none
- * gets through.
+ * dials out with the tenant's leaf credential (`capstan leaf config` writes both, the tenant
+ * runs `nats-server -c leaf.conf`). The worker is given the leaf server's URL only (never the
+ * platform's client port), and runs complete end to end. Forgeries from the tenant's side (a
+ * run event published through the leaf server, the leaf credential used as a client on the
+ * platform to append to a run or publish work) are counted: none gets through.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRegistry } from '@capstan/actors';
-import {
-  connectNats,
-  freePort,
-  issueLeaf,
-  leafAuthConfig,
-  leafConfigInput,
-  leafRemoteConfig,
-  parseCredentials,
-  PROJECT_ROOT,
-  readCredentials,
-  startNatsServer,
-  type NatsServer,
-} from '@capstan/kit';
+import { connectNats, findNatsServer, freePort, PROJECT_ROOT, readCredentials, startNatsServer, type NatsServer } from '@capstan/kit';
 import { encode, Platform, Role, Subjects, type RunId } from '@capstan/schemas';
-import { adminOf, connect, eventsOf, issueCreds, provision, silent, spawnService, testAuthStore, type Harness, type ServiceProcess } from '../harness/fixtures.js';
+import { connect, eventsOf, eventually, issueCreds, provision, runCli, silent, spawnService, testAuthStore, type Harness, type ServiceProcess } from '../harness/fixtures.js';
 import { checkRuns, report } from '../harness/checker.js';
 import { workflows } from '../fixtures/workflows.js';
 
@@ -32,10 +22,12 @@ const fixtures = join(PROJECT_ROOT, 'test', 'dist', 'fixtures', 'workflows.js');
 const procs: ServiceProcess[] = [];
 const servers: NatsServer[] = [];
 let h: Harness | undefined;
+let stopLeaf: (() => Promise<void>) | undefined;
 
 afterAll(async () => {
   await Promise.all(procs.map((p) => p.kill()));
   await h?.close();
+  await stopLeaf?.();
   for (const s of servers.reverse()) await s.stop();
 });
 
@@ -46,23 +38,25 @@ describe('leaf-node data plane', () => {
     servers.push(platform);
     h = await connect(platform.url);
     const t = await provision(h, 'leaf');
-    const admin = await adminOf(platform.url);
 
     // The tenant's side: a worker credential, and a leaf credential carrying its replies.
     const workerCreds = await issueCreds(platform.url, t, Role.Worker, 'edge-w');
     const worker = await readCredentials(workerCreds);
     const dir = mkdtempSync(join(tmpdir(), 'capstan-leaf-'));
-    const leafUrls = [`nats-leaf://127.0.0.1:${platform.leafPort ?? 0}`];
-    const issued = await issueLeaf(admin, t, { localUsers: [worker.publicKey], platformLeafUrls: leafUrls, credsPath: join(dir, 'leaf.creds') });
-    writeFileSync(join(dir, 'leaf.creds'), issued.creds, { mode: 0o600 });
-    writeFileSync(join(dir, 'leaf.conf'), issued.config);
-    expect(issued.config).toContain('remotes');
-    expect(issued.config).not.toContain('SUAB');
+    const leafPort = await freePort();
+    const made = await runCli(['leaf', 'config', '--tenant', t, '--nats', platform.url, '--platform', `nats-leaf://127.0.0.1:${platform.leafPort ?? 0}`, '--user', workerCreds, '--listen', `127.0.0.1:${leafPort}`, '--out', dir]);
+    expect(made.code, made.err).toBe(0);
+    const conf = readFileSync(join(dir, 'leaf.conf'), 'utf8');
+    expect(conf).toContain('remotes');
+    expect(conf).not.toMatch(/SU[A-Z2-7]{50,}/);
+    expect(statSync(join(dir, 'leaf.creds')).mode & 0o077).toBe(0);
 
-    // The tenant's server: no JetStream, only the tenant's account, one outbound leaf connection.
-    const input = await leafConfigInput(auth, t, { platformLeafUrls: leafUrls, credsPath: join(dir, 'leaf.creds') });
-    const leaf = await startNatsServer({ auth, storeDir: join(dir, 'server'), jetstream: false, authConfig: leafAuthConfig(input), extraConfig: leafRemoteConfig(input), serverName: `leaf-${t}` });
-    servers.push(leaf);
+    // The tenant's server, as the tenant runs it: `nats-server -c leaf.conf` (no JetStream, only
+    // the tenant's account, one outbound leaf connection).
+    const leafProc = spawn(findNatsServer(), ['-c', join(dir, 'leaf.conf'), '-l', join(dir, 'leaf.log')], { stdio: 'ignore' });
+    stopLeaf = () => new Promise((res) => (leafProc.exitCode !== null ? res() : (leafProc.once('exit', () => res()), leafProc.kill('SIGTERM'))));
+    const leaf = { url: `nats://127.0.0.1:${leafPort}`, logFile: join(dir, 'leaf.log') };
+    await eventually('the leaf server linked to the platform', () => Promise.resolve(existsSync(leaf.logFile) && /Leafnode connection created/.test(readFileSync(leaf.logFile, 'utf8')) ? true : undefined), 10_000);
 
     // The platform side runs the orchestrator; the worker is handed the leaf URL and nothing else.
     const env = { CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures };
@@ -76,7 +70,6 @@ describe('leaf-node data plane', () => {
     try {
       for (const runId of runIds) expect((await h.client.waitForEnd(t, runId, 30_000)).type).toBe('run.completed');
     } catch (e) {
-      const { readFileSync } = await import('node:fs');
       process.stdout.write(`WORKER ${edge.output().slice(-3000)}\nLEAF LOG ${readFileSync(leaf.logFile, 'utf8').slice(-3000)}\nPLATFORM LOG ${readFileSync(platform.logFile, 'utf8').slice(-2000)}\n`);
       throw e;
     }
@@ -96,7 +89,7 @@ describe('leaf-node data plane', () => {
     local.publish(Subjects.run(t, runIds[0] as RunId), encode({ forged: true }));
     await local.flush().catch(() => undefined);
     // The leaf credential used directly as a client on the platform: still only a worker's rights.
-    const leafAsClient = await connectNats(platform.url, 'leaf-forger', silent, { credentials: await parseCredentials(issued.creds, 'leaf.creds') });
+    const leafAsClient = await connectNats(platform.url, 'leaf-forger', silent, { credentials: await readCredentials(join(dir, 'leaf.creds')) });
     for (const subject of [Subjects.run(t, runIds[0] as RunId), Subjects.allWork(t).replace('>', 'other.x')]) {
       try {
         await leafAsClient.request(subject, encode({ forged: true }), { timeout: 500 });

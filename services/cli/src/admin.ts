@@ -11,12 +11,15 @@
  *   capstan creds issue --tenant t --role client|worker|operator --name n [--pool p]… [--out f] [--expires 30d]
  *   capstan creds revoke|restore --tenant t --name n  cut a credential off at the server (within a second), or lift that
  *   capstan creds list --tenant t [--json]
+ *   capstan leaf config --tenant t --platform url… --user creds|key… [--pool p]…   a tenant's leaf credential and server configuration
  */
 import { mkdirSync, writeFileSync, chmodSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import {
   ensurePlatform,
   issueCredential,
+  issueLeaf,
+  readCredentials,
   openAuthStore,
   provisionTenant,
   restoreCredential,
@@ -25,7 +28,7 @@ import {
   startFleetAuthority,
   type IssuedUser,
 } from '@capstan/kit';
-import { InvalidArgumentError, isTenantRole, parseTenantId, parseTenantPlacement, PlacementError, TENANT_ROLES, type TenantPlacement, type TenantQuota } from '@capstan/schemas';
+import { InvalidArgumentError, isTenantRole, parseTenantId, parseTenantPlacement, Platform, PlacementError, TENANT_ROLES, type TenantPlacement, type TenantQuota } from '@capstan/schemas';
 import { intFlag, parse, stringFlag, stringsFlag, tenantFlag } from './args.js';
 import { authDir, print, withAdmin } from './context.js';
 import { dim, green, red, table } from './format.js';
@@ -205,4 +208,58 @@ export async function credsCmd(argv: string[]): Promise<number> {
     });
   }
   throw new InvalidArgumentError('usage: capstan creds issue --tenant t --role client|worker|operator --name n [--pool p]… [--out f] [--expires 30d] | capstan creds revoke|restore --tenant t --name n | capstan creds list --tenant t');
+}
+
+/** A local user named by its public key, or by a `.creds` file (whose public key is read; the seed is not kept). */
+async function localUserKey(raw: string): Promise<string> {
+  if (/^U[A-Z2-7]{55}$/.test(raw)) return raw;
+  return (await readCredentials(raw)).publicKey;
+}
+
+/**
+ * `capstan leaf config`: a tenant's leaf credential and its nats-server configuration, for
+ * running the data plane in the tenant's network (docs/cluster.md).
+ */
+export async function leafCmd(argv: string[]): Promise<number> {
+  const [verb, ...rest] = argv;
+  if (verb !== 'config') throw new InvalidArgumentError('usage: capstan leaf config --tenant <t> --platform <nats-leaf://host:7422>… --user <worker .creds | public key>… [--pool p]… [--name leaf] [--listen 127.0.0.1:4222] [--out <dir>]');
+  const { values } = parse(
+    rest,
+    {
+      nats: { type: 'string' },
+      tenant: { type: 'string' },
+      platform: { type: 'string', multiple: true },
+      user: { type: 'string', multiple: true },
+      pool: { type: 'string', multiple: true },
+      name: { type: 'string' },
+      listen: { type: 'string' },
+      out: { type: 'string' },
+      json: { type: 'boolean' },
+    },
+    [],
+  );
+  const t = tenantFlag(values);
+  const platformLeafUrls = stringsFlag(values, 'platform');
+  if (platformLeafUrls.length === 0) throw new InvalidArgumentError("--platform <url> is required: the platform's leaf port (nats-leaf://host:7422, or tls://host:7422)");
+  const users = stringsFlag(values, 'user');
+  if (users.length === 0) throw new InvalidArgumentError('--user is required: the worker credentials (or public keys) that will connect to the leaf server');
+  const localUsers = await Promise.all(users.map(localUserKey));
+  const pools = stringsFlag(values, 'pool');
+  const name = stringFlag(values, 'name') ?? 'leaf';
+  const listen = stringFlag(values, 'listen');
+  return withAdmin(values, async (a) => {
+    const out = stringFlag(values, 'out') ?? join(dirname(a.store.defaultCredsPath(t, name)), `leaf-${name}`);
+    mkdirSync(out, { recursive: true, mode: 0o700 });
+    const issued = await issueLeaf(a, t, { name, pools, localUsers, platformLeafUrls, credsPath: join(out, 'leaf.creds'), ...(listen ? { listen } : {}) });
+    writeFileSync(join(out, 'leaf.creds'), issued.creds, { mode: 0o600 });
+    chmodSync(join(out, 'leaf.creds'), 0o600);
+    writeFileSync(join(out, 'leaf.conf'), issued.config);
+    print(values['json'] === true, { ...issued.user, dir: out }, () =>
+      [
+        `leaf credential ${name} for tenant ${t}: ${join(out, 'leaf.conf')} and ${join(out, 'leaf.creds')} (owner-only)`,
+        dim(`  on the tenant's machine: nats-server -c leaf.conf (fix the creds path if moved); workers: NATS_URL=nats://${listen ?? '127.0.0.1:4222'} NATS_JS_DOMAIN=${Platform.jsDomain}`),
+      ].join('\n'),
+    );
+    return 0;
+  });
 }
