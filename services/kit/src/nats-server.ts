@@ -94,15 +94,6 @@ export interface NatsServerOptions {
    * Off for cluster nodes, which need a quorum first: the cluster launcher does it once.
    */
   readonly ensurePlatform?: boolean;
-  /**
-   * The operator-mode lines to run with instead of the key store's (a tenant's leaf server
-   * knows only its own account); with it the platform is never made on this server.
-   */
-  readonly authConfig?: string;
-  /** JetStream on (default). A tenant's leaf server runs without: its streams are the platform's. */
-  readonly jetstream?: boolean;
-  /** Further configuration blocks (a leaf server's remotes). */
-  readonly extraConfig?: string;
 }
 
 export interface NatsServer {
@@ -160,20 +151,15 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
       c ? `cluster {\n  name: "${c.name}"\n  listen: "127.0.0.1:${c.port}"\n  routes: [${c.routes.map((r) => `"nats-route://127.0.0.1:${r}"`).join(', ')}]\n}` : '',
       // Tenants' leaf nodes dial in here with a tenant credential; the account it names is the one bridged.
       opts.leafPort ? `leafnodes {\n  listen: "127.0.0.1:${opts.leafPort}"\n}` : '',
-      ...(opts.jetstream === false
-        ? []
-        : [
-            `jetstream {`,
-            `  store_dir: "${join(base, 'js')}"`,
-            // Below the disk's free space: a store that hits ENOSPC hangs JetStream.
-            `  max_file_store: ${maxFileStore}`,
-            opts.sync === 'always' ? `  sync_interval: always` : '',
-            // Tenants' leaf nodes reach the streams through the domain's API only.
-            opts.leafPort ? `  domain: ${Platform.jsDomain}` : '',
-            `}`,
-          ]),
-      opts.authConfig ?? opts.auth.serverConfig(join(base, 'jwt')),
-      opts.extraConfig ?? '',
+      `jetstream {`,
+      `  store_dir: "${join(base, 'js')}"`,
+      // Below the disk's free space: a store that hits ENOSPC hangs JetStream.
+      `  max_file_store: ${maxFileStore}`,
+      opts.sync === 'always' ? `  sync_interval: always` : '',
+      // Tenants' leaf nodes reach the streams through the domain's API only (docs/cluster.md).
+      opts.leafPort ? `  domain: ${Platform.jsDomain}` : '',
+      `}`,
+      opts.auth.serverConfig(join(base, 'jwt')),
     ].join('\n');
     const file = join(base, 'nats-server.conf');
     writeFileSync(file, conf);
@@ -199,7 +185,7 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
         port = Number(u.port);
         await Promise.race([waitForTcp(port), exited]);
         const target = { servers: `nats://127.0.0.1:${port}`, store: opts.auth };
-        if (opts.authConfig === undefined && opts.ensurePlatform !== false) await ensurePlatform(target);
+        if (opts.ensurePlatform !== false) await ensurePlatform(target);
         // A cluster node back from a crash (or an empty store) hears of every account again:
         // pushes reach all nodes through the system account, and need no JetStream quorum.
         else if (opts.cluster && launches > 0) await pushAccounts(target);
