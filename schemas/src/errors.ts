@@ -106,6 +106,8 @@ export const ErrorCode = {
   QuotaExceeded: 'quota_exceeded',
   /** A credentials file that is missing, unreadable, malformed, or for another tenant or role. */
   CredentialsInvalid: 'credentials_invalid',
+  /** A tenant's replica count or placement tags that the servers cannot satisfy (too few nodes, no node with the tags). */
+  PlacementInvalid: 'placement_invalid',
   /** The operator's key store (`CAPSTAN_AUTH_DIR`) is missing or incomplete. */
   AuthStoreMissing: 'auth_store_missing',
   /** A schedule id the tenant has no (live) schedule under. */
@@ -352,6 +354,13 @@ export class ConfigError extends CapstanError {
 export class InvalidArgumentError extends CapstanError {
   constructor(message: string) {
     super(ErrorCode.InvalidArgument, message);
+  }
+}
+
+/** A replica count or placement the cluster cannot give: nothing was created or changed. */
+export class PlacementError extends CapstanError {
+  constructor(message: string) {
+    super(ErrorCode.PlacementInvalid, message);
   }
 }
 

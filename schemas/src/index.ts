@@ -19,6 +19,7 @@ export {
   DeterminismViolationError,
   ConfigError,
   InvalidArgumentError,
+  PlacementError,
   UnavailableError,
   ProjectionOutOfSyncError,
   ApprovalNotWaitingError,
@@ -217,8 +218,8 @@ export {
   platformPermissions,
 } from './permissions.js';
 export type { TenantRole, ServiceRole, RolePermissions, RoleScope } from './permissions.js';
-export { DEFAULT_TENANT_QUOTA, tenantQuotaSchema, parseTenantRecord } from './tenancy.js';
-export type { TenantQuota, TenantRecord } from './tenancy.js';
+export { DEFAULT_TENANT_QUOTA, DEFAULT_TENANT_PLACEMENT, REPLICA_COUNTS, parseTenantPlacement, tenantQuotaSchema, parseTenantRecord } from './tenancy.js';
+export type { TenantPlacement, TenantQuota, TenantRecord } from './tenancy.js';
 export {
   TRIGGER_ID_PATTERN,
   JSON_POINTER_PATTERN,

@@ -308,6 +308,8 @@ export const Headers = {
  * user purge other accounts' data).
  */
 export const JsApi = {
+  /** The same API subject in a JetStream domain (`$JS.<domain>.API.…`), as a leaf node's clients address it. */
+  inDomain: (subject: string, domain: string) => subject.replace(/^\$JS\.API\./, `$JS.${domain}.API.`),
   /** Account info: usage against the account's quotas. */
   info: '$JS.API.INFO',
   streamInfo: (stream: string) => `$JS.API.STREAM.INFO.${stream}`,
@@ -337,6 +339,13 @@ export const Platform = {
   systemAccountName: 'SYS',
   /** Requests the server answers for the system account: pushing an account JWT. */
   claimsUpdate: '$SYS.REQ.CLAIMS.UPDATE',
+  /** Every server answers with its JetStream state, name and tags: the cluster's shape. */
+  serverPingJsz: '$SYS.REQ.SERVER.PING.JSZ',
+  /**
+   * The platform's JetStream domain, set on servers that accept tenants' leaf nodes: across a
+   * leaf connection only the domain's API (`$JS.capstan.API.…`) reaches the platform's streams.
+   */
+  jsDomain: 'capstan',
 } as const;
 
 /** Message ids (for `Nats-Msg-Id`) are deterministic, so a retried publish is deduplicated. */

@@ -51,6 +51,11 @@ export const Role = {
   Datasync: 'datasync',
   /** The platform admin: provisioning only (streams, consumers, registry). Never a running service. */
   Admin: 'admin',
+  /**
+   * A tenant's own nats-server dialling out to the platform as a leaf node: what may cross is
+   * what its local workers may do, and replies only to their inboxes.
+   */
+  Leaf: 'leaf',
 } as const;
 export type Role = (typeof Role)[keyof typeof Role];
 
@@ -82,6 +87,8 @@ export interface RolePermissions {
 export interface RoleScope {
   readonly pools?: readonly string[];
   readonly workerId?: string;
+  /** A leaf node's local users (public keys) whose replies may cross it to their inboxes. */
+  readonly localUsers?: readonly string[];
 }
 
 /**
@@ -154,8 +161,11 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
       const pools = (scope.pools ?? []).map((p) => parseToken('pool', p));
       if (pools.length === 0) throw new InvalidArgumentError('a worker credential names at least one pool');
       const workerId = scope.workerId === undefined ? undefined : parseToken('worker id', scope.workerId);
+      // Every JetStream API subject also in the platform's domain: a worker behind a tenant's
+      // leaf node reaches the streams only that way (the server maps it to the same API).
+      const api = (subjects: string[]) => subjects.flatMap((x) => (x.startsWith('$JS.API.') ? [x, JsApi.inDomain(x, Platform.jsDomain)] : [x]));
       return {
-        pub: [
+        pub: api([
           JsApi.info,
           Subjects.command(t, CommandVerb.Started),
           Subjects.command(t, CommandVerb.Result),
@@ -173,12 +183,20 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
           ...readStream(Streams.runs(t)),
           ...readStream(Streams.fleet(t)),
           ...pools.flatMap((p) => useConsumer(Streams.work(t), Consumers.workPool(p))),
-        ],
+        ]),
         // Cancels of attempts their runs no longer want (from the orchestrator).
         sub: [inbox, Subjects.allJitRoutes(t), Subjects.stepCancel(t), workerId === undefined ? Subjects.allFleet(t) : Subjects.fleet(t, workerId)],
         // Answers to the sandbox service's mode-3b credential requests.
         resp: ONE_REPLY,
       };
+    }
+    case Role.Leaf: {
+      // What its local workers may publish crosses; what they may receive comes back, their
+      // inboxes only (named one by one: another user's replies never reach the tenant's server).
+      const local = scope.localUsers ?? [];
+      if (local.length === 0) throw new InvalidArgumentError('a leaf credential names at least one local user whose replies it carries');
+      const worker = permissionsFor(Role.Worker, t, inboxPrefix, { pools: scope.pools ?? [] });
+      return { ...worker, sub: [...local.map((k) => `${inboxPrefixFor(k)}.>`), ...worker.sub.filter((x) => x !== inbox)] };
     }
     case Role.Orchestrator:
       return {

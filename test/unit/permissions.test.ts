@@ -4,19 +4,22 @@
  * tested in int/tenancy.int.test.ts.
  */
 import { describe, expect, it } from 'vitest';
-import { inboxPrefixFor, permissionsFor, platformPermissions, Role, SERVICE_ROLES, Streams, TENANT_ROLES, type TenantId } from '@capstan/schemas';
+import { inboxPrefixFor, JsApi, permissionsFor, Platform, platformPermissions, Role, SERVICE_ROLES, Streams, TENANT_ROLES, type TenantId } from '@capstan/schemas';
 
 const USER = `U${'A'.repeat(55)}`;
 const inbox = inboxPrefixFor(USER);
-const roles = [...TENANT_ROLES, ...SERVICE_ROLES];
-const scope = { pools: ['default', 'gpu'], workerId: 'w1' };
+const roles = [...TENANT_ROLES, Role.Leaf, ...SERVICE_ROLES];
+// A leaf carries the replies of its local users (here the same user).
+const scope = { pools: ['default', 'gpu'], workerId: 'w1', localUsers: [USER] };
+/** The platform domain's form of an API subject read as the plain one. */
+const plain = (s: string) => s.replace(`$JS.${Platform.jsDomain}.API.`, '$JS.API.');
 
 describe('permissions', () => {
   it('permissions - no role but the admin holds a full wildcard, the whole JetStream API, or stream/consumer management', () => {
     for (const t of ['acme', 'b-2'] as TenantId[]) {
       for (const role of roles) {
         const p = permissionsFor(role, t, inbox, scope);
-        for (const s of [...p.pub, ...p.sub]) {
+        for (const s of [...p.pub, ...p.sub].map(plain)) {
           expect(s, `${role} ${s}`).not.toMatch(/^>$|^\$JS\.>|^\$JS\.API\.>|^\$SYS|^_INBOX\.>$/);
           expect(s, `${role} ${s}`).not.toMatch(/\$JS\.API\.(STREAM\.(CREATE|UPDATE|DELETE|PURGE|MSG\.DELETE|RESTORE|SNAPSHOT)|CONSUMER\.(CREATE|DURABLE|DELETE)|ACCOUNT)/);
         }
@@ -33,7 +36,7 @@ describe('permissions', () => {
       [Streams.runs(t), Streams.commands(t), Streams.work(t), Streams.deadLetters(t), Streams.fleet(t), Streams.policy(t), Streams.triggers(t), Streams.seen(t), Streams.catalog(t), Streams.leases(t)].some((stream) => s.includes(`.${stream}`) && !s.includes(`.${stream}x`));
     for (const role of roles) {
       const p = permissionsFor(role, t, inbox, scope);
-      for (const s of [...p.pub, ...p.sub]) expect(mine(s), `${role}: ${s}`).toBe(true);
+      for (const s of [...p.pub, ...p.sub].map(plain)) expect(mine(s), `${role}: ${s}`).toBe(true);
     }
   });
 
@@ -50,7 +53,8 @@ describe('permissions', () => {
     expect(who((p) => p.sub.includes(`cap.${t}.svc.sandbox.exec`))).toEqual([Role.Sandbox]);
     // A worker pulls exactly its pools.
     const w = permissionsFor(Role.Worker, t, inbox, { pools: ['gpu'], workerId: 'w1' });
-    expect(w.pub.filter((s) => s.includes('CONSUMER.MSG.NEXT'))).toEqual([`$JS.API.CONSUMER.MSG.NEXT.${Streams.work(t)}.work-gpu`]);
+    const next = `$JS.API.CONSUMER.MSG.NEXT.${Streams.work(t)}.work-gpu`;
+    expect(w.pub.filter((s) => s.includes('CONSUMER.MSG.NEXT'))).toEqual([next, JsApi.inDomain(next, Platform.jsDomain)]);
     expect(() => permissionsFor(Role.Worker, t, inbox, { pools: [] })).toThrow(/at least one pool/);
     expect(() => permissionsFor(Role.Worker, t, inbox, { pools: ['Bad Pool'] })).toThrow();
   });

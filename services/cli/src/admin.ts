@@ -4,18 +4,22 @@
  *
  *   capstan auth init                                 make a key store (operator, system and platform accounts, service identities)
  *   capstan auth serve                                enforce fleet decisions on worker credentials (a revoked worker is cut off at the server)
- *   capstan tenant add <t> [quota flags] [--pool p]…  add a tenant (its account, quota, streams, consumers, registry record); idempotent
+ *   capstan tenant add <t> [quota flags] [--pool p]… [--replicas 1|3|5] [--placement tag,…]
+ *                                                     add a tenant (its account, quota, streams and their placement, consumers, registry record); idempotent
  *   capstan tenant quota <t> [quota flags]            change a tenant's quota (in force at once)
  *   capstan tenant list [--json]
  *   capstan creds issue --tenant t --role client|worker|operator --name n [--pool p]… [--out f] [--expires 30d]
  *   capstan creds revoke|restore --tenant t --name n  cut a credential off at the server (within a second), or lift that
  *   capstan creds list --tenant t [--json]
+ *   capstan leaf config --tenant t --platform url… --user creds|key… [--pool p]…   a tenant's leaf credential and server configuration
  */
 import { mkdirSync, writeFileSync, chmodSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import {
   ensurePlatform,
   issueCredential,
+  issueLeaf,
+  readCredentials,
   openAuthStore,
   provisionTenant,
   restoreCredential,
@@ -24,7 +28,7 @@ import {
   startFleetAuthority,
   type IssuedUser,
 } from '@capstan/kit';
-import { InvalidArgumentError, isTenantRole, parseTenantId, TENANT_ROLES, type TenantQuota } from '@capstan/schemas';
+import { InvalidArgumentError, isTenantRole, parseTenantId, parseTenantPlacement, Platform, PlacementError, TENANT_ROLES, type TenantPlacement, type TenantQuota } from '@capstan/schemas';
 import { intFlag, parse, stringFlag, stringsFlag, tenantFlag } from './args.js';
 import { authDir, print, withAdmin } from './context.js';
 import { dim, green, red, table } from './format.js';
@@ -55,6 +59,19 @@ function quotaFlags(values: Record<string, unknown>): Partial<TenantQuota> {
     ...(values['max-connections'] !== undefined ? { maxConnections: intFlag('max-connections', values['max-connections'], 0, 1) } : {}),
   };
 }
+
+/** `--replicas 3 --placement az:1,az:2`: the tenant's placement, or undefined (keep the recorded one). */
+export function placementFlags(values: Record<string, unknown>): TenantPlacement | undefined {
+  const r = values['replicas'];
+  const p = values['placement'];
+  if (r === undefined && p === undefined) return undefined;
+  const replicas = r === undefined ? 1 : Number(r);
+  if (r !== undefined && !/^\d+$/.test(String(r))) throw new PlacementError(`--replicas must be 1, 3 or 5; got ${JSON.stringify(String(r).slice(0, 20))}`);
+  const tags = typeof p === 'string' ? p.split(',').map((x) => x.trim()).filter(Boolean) : [];
+  return parseTenantPlacement({ replicas, tags });
+}
+
+const placementLine = (p: TenantPlacement) => `${p.replicas} replica${p.replicas === 1 ? '' : 's'}${p.tags.length ? `, servers tagged ${p.tags.join(', ')}` : ''}`;
 
 const gib = (n: number) => `${(n / 1024 ** 3).toFixed(n % 1024 ** 3 === 0 ? 0 : 2)} GiB`;
 const quotaLine = (q: TenantQuota) => `storage ${gib(q.maxStorageBytes)}, ${q.maxStreams} streams, ${q.maxConsumers} consumers, ${q.maxConnections} connections`;
@@ -91,14 +108,26 @@ export async function authCmd(argv: string[]): Promise<number> {
 export async function tenantCmd(argv: string[]): Promise<number> {
   const [verb, ...rest] = argv;
   if (verb === 'add') {
-    const { values, args } = parse(rest, { nats: { type: 'string' }, json: { type: 'boolean' }, pool: { type: 'string', multiple: true }, ...QUOTA_FLAGS }, ['tenant']);
+    const { values, args } = parse(
+      rest,
+      { nats: { type: 'string' }, json: { type: 'boolean' }, pool: { type: 'string', multiple: true }, replicas: { type: 'string' }, placement: { type: 'string' }, ...QUOTA_FLAGS },
+      ['tenant'],
+    );
     const t = parseTenantId(args[0]);
     const quota = quotaFlags(values);
     const pools = stringsFlag(values, 'pool');
+    const placement = placementFlags(values);
     return withAdmin(values, async (a) => {
-      const r = await provisionTenant(a, t, { quota, ...(pools.length ? { pools } : {}) });
-      print(values['json'] === true, { tenant: t, account: r.account, quota: r.quota, created: r.created }, () =>
-        [`tenant ${t} ${r.created ? 'added' : 'up to date'}`, `  account  ${r.account}`, `  quota    ${quotaLine(r.quota)}`, dim(`  credentials: capstan creds issue --tenant ${t} --role client|worker|operator --name <n>`)].join('\n'),
+      const r = await provisionTenant(a, t, { quota, ...(pools.length ? { pools } : {}), ...(placement ? { placement } : {}) });
+      const placedAs = a.store.placement(t);
+      print(values['json'] === true, { tenant: t, account: r.account, quota: r.quota, placement: placedAs, created: r.created }, () =>
+        [
+          `tenant ${t} ${r.created ? 'added' : 'up to date'}`,
+          `  account    ${r.account}`,
+          `  quota      ${quotaLine(r.quota)}`,
+          `  placement  ${placementLine(placedAs)}`,
+          dim(`  credentials: capstan creds issue --tenant ${t} --role client|worker|operator --name <n>`),
+        ].join('\n'),
       );
       return 0;
     });
@@ -121,7 +150,7 @@ export async function tenantCmd(argv: string[]): Promise<number> {
       return Promise.resolve(0);
     });
   }
-  throw new InvalidArgumentError('usage: capstan tenant add <t> [--max-storage 4GiB] [--max-streams N] [--max-consumers N] [--max-connections N] [--pool p]… | capstan tenant quota <t> [flags] | capstan tenant list');
+  throw new InvalidArgumentError('usage: capstan tenant add <t> [--max-storage 4GiB] [--max-streams N] [--max-consumers N] [--max-connections N] [--pool p]… [--replicas 1|3|5] [--placement tag,…] | capstan tenant quota <t> [flags] | capstan tenant list');
 }
 
 const DURATION = /^(\d+)([smhd])$/;
@@ -179,4 +208,58 @@ export async function credsCmd(argv: string[]): Promise<number> {
     });
   }
   throw new InvalidArgumentError('usage: capstan creds issue --tenant t --role client|worker|operator --name n [--pool p]… [--out f] [--expires 30d] | capstan creds revoke|restore --tenant t --name n | capstan creds list --tenant t');
+}
+
+/** A local user named by its public key, or by a `.creds` file (whose public key is read; the seed is not kept). */
+async function localUserKey(raw: string): Promise<string> {
+  if (/^U[A-Z2-7]{55}$/.test(raw)) return raw;
+  return (await readCredentials(raw)).publicKey;
+}
+
+/**
+ * `capstan leaf config`: a tenant's leaf credential and its nats-server configuration, for
+ * running the data plane in the tenant's network (docs/cluster.md).
+ */
+export async function leafCmd(argv: string[]): Promise<number> {
+  const [verb, ...rest] = argv;
+  if (verb !== 'config') throw new InvalidArgumentError('usage: capstan leaf config --tenant <t> --platform <nats-leaf://host:7422>… --user <worker .creds | public key>… [--pool p]… [--name leaf] [--listen 127.0.0.1:4222] [--out <dir>]');
+  const { values } = parse(
+    rest,
+    {
+      nats: { type: 'string' },
+      tenant: { type: 'string' },
+      platform: { type: 'string', multiple: true },
+      user: { type: 'string', multiple: true },
+      pool: { type: 'string', multiple: true },
+      name: { type: 'string' },
+      listen: { type: 'string' },
+      out: { type: 'string' },
+      json: { type: 'boolean' },
+    },
+    [],
+  );
+  const t = tenantFlag(values);
+  const platformLeafUrls = stringsFlag(values, 'platform');
+  if (platformLeafUrls.length === 0) throw new InvalidArgumentError("--platform <url> is required: the platform's leaf port (nats-leaf://host:7422, or tls://host:7422)");
+  const users = stringsFlag(values, 'user');
+  if (users.length === 0) throw new InvalidArgumentError('--user is required: the worker credentials (or public keys) that will connect to the leaf server');
+  const localUsers = await Promise.all(users.map(localUserKey));
+  const pools = stringsFlag(values, 'pool');
+  const name = stringFlag(values, 'name') ?? 'leaf';
+  const listen = stringFlag(values, 'listen');
+  return withAdmin(values, async (a) => {
+    const out = stringFlag(values, 'out') ?? join(dirname(a.store.defaultCredsPath(t, name)), `leaf-${name}`);
+    mkdirSync(out, { recursive: true, mode: 0o700 });
+    const issued = await issueLeaf(a, t, { name, pools, localUsers, platformLeafUrls, credsPath: join(out, 'leaf.creds'), ...(listen ? { listen } : {}) });
+    writeFileSync(join(out, 'leaf.creds'), issued.creds, { mode: 0o600 });
+    chmodSync(join(out, 'leaf.creds'), 0o600);
+    writeFileSync(join(out, 'leaf.conf'), issued.config);
+    print(values['json'] === true, { ...issued.user, dir: out }, () =>
+      [
+        `leaf credential ${name} for tenant ${t}: ${join(out, 'leaf.conf')} and ${join(out, 'leaf.creds')} (owner-only)`,
+        dim(`  on the tenant's machine: nats-server -c leaf.conf (fix the creds path if moved); workers: NATS_URL=nats://${listen ?? '127.0.0.1:4222'} NATS_JS_DOMAIN=${Platform.jsDomain}`),
+      ].join('\n'),
+    );
+    return 0;
+  });
 }

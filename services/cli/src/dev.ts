@@ -44,6 +44,7 @@ import {
   setPolicy,
   startFleetAuthority,
   startNatsServer,
+  startNatsCluster,
   tenantConnection,
   type AuthStore,
   startTelemetry,
@@ -113,13 +114,15 @@ export async function devCmd(argv: string[]): Promise<number> {
       fresh: { type: 'boolean' },
       nats: { type: 'string' },
       db: { type: 'string' },
+      cluster: { type: 'boolean' },
     },
     [],
   );
   const tenant = parseTenantId(values['tenant']);
-  let server: NatsServer | undefined;
+  let server: Pick<NatsServer, 'stop'> | undefined;
+  const clustered = values['cluster'] === true;
   let url = typeof values['nats'] === 'string' ? values['nats'] : process.env['NATS_URL'];
-  const storeDir = join(DEV_DIR, 'nats');
+  const storeDir = join(DEV_DIR, clustered ? 'nats-cluster' : 'nats');
   mkdirSync(DEV_DIR, { recursive: true, mode: 0o700 });
   // The key store survives --fresh: a fresh server learns every account from it again.
   const store = await openAuthStore(DEV_AUTH_DIR, { create: true });
@@ -128,16 +131,26 @@ export async function devCmd(argv: string[]): Promise<number> {
   if (!url) {
     if (values['fresh']) rmSync(storeDir, { recursive: true, force: true });
     if (values['fresh']) rmSync(PGLITE_DIR, { recursive: true, force: true });
-    say(dim('starting nats-server (JetStream, operator mode: an account per tenant) …'));
-    server = await startNatsServer({ binary: ensureNatsBinary(), storeDir, port: values['port'] ? portFlag(values['port']) : await preferredPort(), auth: store });
-    url = server.url;
+    if (clustered) {
+      // Three nodes on loopback, the production shape in miniature (docs/cluster.md).
+      say(dim('starting a 3-node nats-server cluster (JetStream, operator mode: an account per tenant) …'));
+      const cluster = await startNatsCluster({ binary: ensureNatsBinary(), storeDir, auth: store });
+      server = cluster;
+      url = cluster.urls;
+    } else {
+      say(dim('starting nats-server (JetStream, operator mode: an account per tenant) …'));
+      const single = await startNatsServer({ binary: ensureNatsBinary(), storeDir, port: values['port'] ? portFlag(values['port']) : await preferredPort(), auth: store });
+      server = single;
+      url = single.url;
+    }
     writeFileSync(DEV_URL_FILE, url);
   } else {
     // A server of the user's: it must run in operator mode with this key store (docs/tenancy.md).
     await ensurePlatform({ servers: url, store, log: devLog });
   }
   const admin = { servers: url, store, log: devLog };
-  await provisionTenant(admin, tenant);
+  // On the cluster the dev tenant's streams are kept on all three nodes.
+  await provisionTenant(admin, tenant, clustered ? { placement: { replicas: 3, tags: [] } } : {});
   const credsOf = await devCredentials(admin, tenant);
   const env = { ...process.env, NATS_URL: url, LOG_LEVEL: logLevel, ORCH_DISCOVERY_MS: '500', WORKER_DISCOVERY_MS: '500', POLICY_DISCOVERY_MS: '500', SECRETS_DISCOVERY_MS: '500', SANDBOX_DISCOVERY_MS: '500', WORKER_ADMISSION: 'auto' };
   /** A service's environment: its own credential, and nothing it could act on elsewhere with. */
@@ -233,7 +246,7 @@ export async function devCmd(argv: string[]): Promise<number> {
 
   say('');
   say(`${bold('Capstan dev stack')} ${green('ready')}`);
-  say(`  NATS        ${url}${server ? dim(`  (store ${storeDir}; operator mode, key store ${DEV_AUTH_DIR})`) : ''}`);
+  say(`  NATS        ${url}${server ? dim(`  (${clustered ? '3-node cluster, tenant streams R3, ' : ''}store ${storeDir}; operator mode, key store ${DEV_AUTH_DIR})`) : ''}`);
   say(`  tenant      ${tenant}`);
   say(`  credentials ${credsOf.client}  ${dim(`(the tenant's client: nats --creds … / NATS_CREDS=…)`)}`);
   say(`  projections ${database.kind === 'pglite' ? `PGlite in ${PGLITE_DIR}` : database.where}`);

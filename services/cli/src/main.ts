@@ -3,7 +3,7 @@
 import { CapstanError, ErrorCode } from '@capstan/schemas';
 import { HelpRequested } from './args.js';
 import { cancelCmd, dlqCmd, eventsCmd, replayCmd, signalCmd, statusCmd, submitCmd } from './runs.js';
-import { authCmd, credsCmd, tenantCmd } from './admin.js';
+import { authCmd, credsCmd, leafCmd, tenantCmd } from './admin.js';
 import { auditCmd, runCmd, runsCmd, systemStatusCmd } from './read.js';
 import { migrateCmd, projectionsCmd } from './projections.js';
 import { approvalsCmd, approveCmd, denyCmd, retryCmd, workersCmd } from './operate.js';
@@ -16,7 +16,7 @@ import { datasyncCmd } from './datasync.js';
 const USAGE = `capstan — durable workflows on NATS JetStream
 
 usage:
-  capstan dev [--demo] [--exit] [--tenant demo] [--port N] [--fresh] [--nats <url>]
+  capstan dev [--demo] [--exit] [--tenant demo] [--port N] [--fresh] [--nats <url>] [--cluster]
                                        run the platform locally (nats-server, orchestrator, worker)
   capstan submit <workflow> --tenant <t> [--input <json>] [--run-id <ulid>]
                  [--idempotency-key <k>] [--wait] [--timeout <s>] [--json]
@@ -69,7 +69,7 @@ usage:
 tenancy (the platform admin, with the operator's key store: --auth-dir <dir>, $CAPSTAN_AUTH_DIR, or \`capstan dev\`'s):
   capstan auth init                               make a key store: operator, system and platform accounts, service identities
   capstan auth serve                              enforce fleet decisions on worker credentials (capstan dev runs it)
-  capstan tenant add <t> [--max-storage 4GiB] [--max-streams N] [--max-consumers N] [--max-connections N] [--pool p]…
+  capstan tenant add <t> [--max-storage 4GiB] [--max-streams N] [--max-consumers N] [--max-connections N] [--pool p]… [--replicas 1|3|5] [--placement tag,…]
                                                   the tenant's NATS account, quota, streams, consumers and registry record
   capstan tenant quota <t> [same flags]           show or change a tenant's quota (in force at once)
   capstan tenant list [--json]
@@ -78,6 +78,9 @@ tenancy (the platform admin, with the operator's key store: --auth-dir <dir>, $C
   capstan creds revoke|restore --tenant <t> --name <n>
                                                   cut a credential off at the server (its connections close at once), or lift that
   capstan creds list --tenant <t> [--json]
+  capstan leaf config --tenant <t> --platform <nats-leaf://host:7422> --user <worker.creds> [--pool p]… [--out <dir>]
+                                                  a leaf credential and the nats-server configuration for the tenant's own
+                                                  server: its workers reach the platform through it, outbound only
   capstan schedules create <id> --tenant <t> --workflow <w> (--cron <expr> [--timezone <IANA>] | --every <5m>)
                    [--input <json>] [--start <iso>] [--end <iso>] [--overlap skip|buffer-one|allow-all]
                    [--catchup skip|last|all] [--catchup-window <1h>] [--as <user>] [--reason <text>]
@@ -141,6 +144,7 @@ const commands: Record<string, (argv: string[]) => Promise<number>> = {
   policy: (argv) => policyCmd(argv),
   tenant: tenantCmd,
   creds: credsCmd,
+  leaf: leafCmd,
   auth: authCmd,
   schedules: (argv) => schedulesCmd(argv),
   routes: (argv) => routesCmd(argv),

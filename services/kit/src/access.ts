@@ -83,6 +83,8 @@ export interface AccessOptions {
   readonly name: string;
   readonly log: Logger;
   readonly tls?: NatsTls;
+  /** The platform's JetStream domain, when the streams are reached through a leaf node. */
+  readonly jsDomain?: string;
 }
 
 /**
@@ -131,7 +133,7 @@ export async function connectAsTenantUser(credsPaths: readonly string[], o: Acce
     const c = byTenant.get(t);
     if (!c) throw new CapstanError(ErrorCode.UnknownTenant, `no credential for tenant ${t} was given`);
     const nc = await connectNats(o.servers, `${o.name}@${t}`, o.log.child({ tenant: t }), { credentials: c, ...(o.tls ? { tls: o.tls } : {}) });
-    return tenantConnection(t, nc);
+    return tenantConnection(t, nc, o.jsDomain ? { jsDomain: o.jsDomain } : {});
   };
   const access = makeAccess(role ?? 'unknown', opened, open, () => Promise.resolve([...byTenant.keys()].sort()), []);
   return Object.assign(access, { credentials: byTenant as ReadonlyMap<TenantId, CredentialsInfo> });

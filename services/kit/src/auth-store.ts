@@ -34,6 +34,7 @@ import {
 import {
   CapstanError,
   CredentialsError,
+  DEFAULT_TENANT_PLACEMENT,
   DEFAULT_TENANT_QUOTA,
   ErrorCode,
   inboxPrefixFor,
@@ -49,6 +50,7 @@ import {
   type RoleScope,
   type ServiceRole,
   type TenantId,
+  type TenantPlacement,
   type TenantQuota,
   type TenantRole,
 } from '@capstan/schemas';
@@ -66,7 +68,7 @@ export class AuthStoreError extends CapstanError {
 export interface IssuedUser {
   readonly tenant: TenantId;
   readonly name: string;
-  readonly role: TenantRole;
+  readonly role: TenantRole | typeof Role.Leaf;
   readonly publicKey: string;
   readonly pools?: readonly string[];
   readonly issuedAt: number;
@@ -80,6 +82,8 @@ interface AccountFile {
   /** user public key → revoked at (unix seconds): JWTs issued at or before are refused. */
   readonly revocations: Record<string, number>;
   readonly createdAt: number;
+  /** Replicas and server tags of the tenant's streams; absent for the single-server default. */
+  readonly placement?: TenantPlacement;
 }
 
 /** What a tenant account's JWT grants: its quota as nats-server limits. */
@@ -139,8 +143,10 @@ export interface AuthStore {
   tenants(): TenantId[];
   hasTenant(t: TenantId): boolean;
   quota(t: TenantId): TenantQuota;
-  /** Creates the tenant's account keys (once) and sets its quota; `created` when new. */
-  ensureTenantAccount(t: TenantId, quota?: Partial<TenantQuota>): { publicKey: string; created: boolean };
+  /** Where the tenant's streams live (replicas, server tags), as recorded with it. */
+  placement(t: TenantId): TenantPlacement;
+  /** Creates the tenant's account keys (once) and sets its quota (and placement); `created` when new. */
+  ensureTenantAccount(t: TenantId, quota?: Partial<TenantQuota>, placement?: TenantPlacement): { publicKey: string; created: boolean };
   tenantAccountKey(t: TenantId): string;
   /** The tenant account's JWT as it stands (quota, revocations), signed by the operator. */
   accountJwt(t: TenantId): Promise<string>;
@@ -154,7 +160,7 @@ export interface AuthStore {
    */
   mintUser(t: TenantId, role: Role, name: string, scope?: RoleScope, ttlS?: number): Promise<Uint8Array>;
   /** Issues a person's or deployment's credential; replaces an earlier one of the same name. */
-  issueUser(t: TenantId, role: TenantRole, name: string, scope?: RoleScope, opts?: { expiresInS?: number }): Promise<{ creds: Uint8Array; user: IssuedUser }>;
+  issueUser(t: TenantId, role: TenantRole | typeof Role.Leaf, name: string, scope?: RoleScope, opts?: { expiresInS?: number }): Promise<{ creds: Uint8Array; user: IssuedUser }>;
   users(t: TenantId): IssuedUser[];
   user(t: TenantId, name: string): IssuedUser | undefined;
   /** Marks a user revoked in its account (push the account JWT to take effect). */
@@ -285,13 +291,21 @@ export async function openAuthStore(dir: string, opts: { create?: boolean } = {}
     },
     hasTenant: (t) => existsSync(at('accounts', `${t}.json`)),
     quota: (t) => accountFile(t).quota,
-    ensureTenantAccount(t, quota = {}) {
+    placement: (t) => accountFile(t).placement ?? DEFAULT_TENANT_PLACEMENT,
+    ensureTenantAccount(t, quota = {}, placement) {
       const path = at('accounts', `${t}.json`);
       const created = !existsSync(path);
       const key = seedOf(at('accounts', `${t}.seed`), createAccount, true);
       const before = created ? undefined : accountFile(t);
       const merged = tenantQuotaSchema.parse({ ...DEFAULT_TENANT_QUOTA, ...before?.quota, ...quota }, 'quota');
-      saveAccount(t, { name: t, quota: merged, revocations: before?.revocations ?? {}, createdAt: before?.createdAt ?? Date.now() });
+      const place = placement ?? before?.placement;
+      saveAccount(t, {
+        name: t,
+        quota: merged,
+        revocations: before?.revocations ?? {},
+        createdAt: before?.createdAt ?? Date.now(),
+        ...(place && (place.replicas > 1 || place.tags.length > 0) ? { placement: place } : {}),
+      });
       dirOf(at('users', t));
       dirOf(at('creds', t));
       return { publicKey: key.getPublicKey(), created };
@@ -320,8 +334,13 @@ export async function openAuthStore(dir: string, opts: { create?: boolean } = {}
       const issuer = tenantKey(t);
       const n = parseToken('credential name', name);
       const u = createUser();
-      const pools = role === Role.Worker ? (scope.pools ?? []) : [];
-      const perms = permissionsFor(role, t, inboxPrefixFor(u.getPublicKey()), role === Role.Worker ? { pools, workerId: scope.workerId ?? n } : {});
+      const pools = role === Role.Worker || role === Role.Leaf ? (scope.pools ?? []) : [];
+      const perms = permissionsFor(
+        role,
+        t,
+        inboxPrefixFor(u.getPublicKey()),
+        role === Role.Worker ? { pools, workerId: scope.workerId ?? n } : role === Role.Leaf ? { pools, localUsers: scope.localUsers ?? [] } : {},
+      );
       const tags = [`capstan-tenant:${t}`, `capstan-role:${role}`, ...pools.map((p) => `capstan-pool:${p}`)];
       const jwt = await encodeUser(n, u, issuer, userClaims(perms, tags), o.expiresInS ? { exp: Math.floor(Date.now() / 1000) + o.expiresInS } : {});
       const previous = readUser(t, n);

@@ -91,6 +91,8 @@ export interface NatsAuthConfig {
   /** `NATS_CREDS`: the `.creds` files (one; a worker may name one per tenant, comma-separated). */
   readonly credsPaths: readonly string[];
   readonly tls?: { readonly caFile?: string; readonly certFile?: string; readonly keyFile?: string };
+  /** `NATS_JS_DOMAIN`: the platform's JetStream domain, for a process behind a tenant's leaf node. */
+  readonly jsDomain?: string;
 }
 
 /**
@@ -111,7 +113,9 @@ export function envNatsAuth(env: Env, problems: string[], o: { many?: boolean } 
   const key = envString(env, 'NATS_TLS_KEY', '');
   if ((cert === '') !== (key === '')) problems.push('NATS_TLS_CERT and NATS_TLS_KEY go together (a client certificate and its key)');
   const tls = ca || cert ? { ...(ca ? { caFile: ca } : {}), ...(cert ? { certFile: cert, keyFile: key } : {}) } : undefined;
-  return { credsPaths, ...(tls ? { tls } : {}) };
+  const jsDomain = envString(env, 'NATS_JS_DOMAIN', '');
+  if (jsDomain && !/^[A-Za-z0-9_-]{1,64}$/.test(jsDomain)) problems.push(`NATS_JS_DOMAIN must be a JetStream domain name (letters, digits, '_', '-'); got ${JSON.stringify(jsDomain.slice(0, 70))}`);
+  return { credsPaths, ...(tls ? { tls } : {}), ...(jsDomain ? { jsDomain } : {}) };
 }
 
 /**

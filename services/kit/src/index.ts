@@ -3,25 +3,30 @@
  * NATS connections, the private nats-server launcher, tenant provisioning, the run log,
  * dead letters, logging and config helpers.
  */
-export { startNatsServer, findNatsServer, NatsServerMissingError, MIN_NATS_SERVER, PROJECT_ROOT } from './nats-server.js';
-export type { NatsServer, NatsServerOptions } from './nats-server.js';
+export { startNatsServer, startNatsCluster, freePort, findNatsServer, NatsServerMissingError, MIN_NATS_SERVER, PROJECT_ROOT } from './nats-server.js';
+export type { NatsServer, NatsServerOptions, NatsCluster, NatsClusterOptions } from './nats-server.js';
 export { connectNats, readCredentials, parseCredentials, jwtSubject, tenantConnection, permissionError, permissionViolation } from './nats.js';
 export type { NatsConnection, NatsCredentials, CredentialsInfo, NatsTls, ConnectOptions, TenantConnection } from './nats.js';
 export { connectAsService, connectAsTenantUser, readTenantRecord, listRegisteredTenants } from './access.js';
 export type { TenantAccess, TenantFollower, AccessOptions } from './access.js';
 export { openAuthStore, AuthStoreError } from './auth-store.js';
+export { issueLeaf, leafNodeConfig, leafAuthConfig, leafRemoteConfig, leafConfigInput } from './leaf.js';
+export type { LeafConfigInput, LeafIssueOptions } from './leaf.js';
 export type { AuthStore, IssuedUser } from './auth-store.js';
 export {
   pushAccountJwt,
   asAdmin,
   ensurePlatform,
+  pushAccounts,
+  clusterShape,
+  checkPlacement,
   provisionTenant,
   setTenantQuota,
   issueCredential,
   revokeCredential,
   restoreCredential,
 } from './provision.js';
-export type { AdminTarget, ProvisionOptions, IssueOptions } from './provision.js';
+export type { AdminTarget, ProvisionOptions, IssueOptions, ClusterShape } from './provision.js';
 export { createLogger, LOG_LEVELS } from './log.js';
 export type { Logger } from './log.js';
 export { envString, envInt, envBool, envLogLevel, envNatsUrl, envTenants, envNatsAuth, envPostgresUrl, envDatabaseUrl } from './env.js';
@@ -42,6 +47,8 @@ export {
   seenStreamConfig,
   SEEN_WINDOW_SECONDS,
   catalogStreamConfig,
+  tenantStreamConfigs,
+  placed,
   DEFAULT_TENANT_LIMITS,
   DEFAULT_CONSUMER_SETTINGS,
   WORK_MAX_DELIVER,

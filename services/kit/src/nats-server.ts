@@ -8,10 +8,10 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync, rmSync
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { connect as netConnect } from 'node:net';
-import { CapstanError, ErrorCode } from '@capstan/schemas';
+import { connect as netConnect, createServer } from 'node:net';
+import { CapstanError, ErrorCode, Platform } from '@capstan/schemas';
 import type { AuthStore } from './auth-store.js';
-import { ensurePlatform } from './provision.js';
+import { ensurePlatform, pushAccounts } from './provision.js';
 
 export const MIN_NATS_SERVER = [2, 12, 0] as const;
 
@@ -81,6 +81,19 @@ export interface NatsServerOptions {
    * store knows. Required: Capstan never runs an open server.
    */
   readonly auth: AuthStore;
+  /** The server's name (`server_name`): required in a cluster, where peers know each other by it. */
+  readonly serverName?: string;
+  /** Tags placement can ask for (`server_tags`), such as `az:1`. */
+  readonly tags?: readonly string[];
+  /** Membership of a JetStream cluster: its name, this node's route port, and every node's route port. */
+  readonly cluster?: { readonly name: string; readonly port: number; readonly routes: readonly number[] };
+  /** A port where tenants' leaf nodes connect in (outbound from their side); none when omitted. */
+  readonly leafPort?: number;
+  /**
+   * Make the platform ready once the server is up (registry, tenant accounts; default on).
+   * Off for cluster nodes, which need a quorum first: the cluster launcher does it once.
+   */
+  readonly ensurePlatform?: boolean;
 }
 
 export interface NatsServer {
@@ -89,12 +102,28 @@ export interface NatsServer {
   readonly storeDir: string;
   readonly pid: number;
   readonly logFile: string;
+  /** The `server_name`, as JetStream reports stream leaders. */
+  readonly name: string;
+  /** The port leaf nodes connect to, when it listens for them. */
+  readonly leafPort?: number;
   /** Graceful stop (SIGTERM, then SIGKILL after 5 s). */
   stop(): Promise<void>;
   /** SIGKILL, for fault tests. */
   kill(): Promise<void>;
   /** Starts again on the same port and store (after stop or kill). */
   restart(): Promise<void>;
+}
+
+/** A free loopback TCP port (closed again: the server takes it a moment later). */
+export function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const probe = createServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const addr = probe.address();
+      probe.close(() => (typeof addr === 'object' && addr ? resolvePort(addr.port) : reject(new Error('no free port'))));
+    });
+  });
 }
 
 export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServer> {
@@ -108,16 +137,27 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
   let child: ChildProcess | undefined;
   const maxFileStore = opts.maxFileStore ?? defaultMaxFileStore(base);
 
+  const name = opts.serverName ?? '';
+  let launches = 0;
   const writeConf = () => {
+    const c = opts.cluster;
     const conf = [
+      name ? `server_name: "${name}"` : '',
       `listen: "127.0.0.1:${port}"`,
       `ports_file_dir: "${portsDir}"`,
       `max_payload: 1MB`,
+      opts.tags?.length ? `server_tags: [${opts.tags.map((t) => JSON.stringify(t)).join(', ')}]` : '',
+      // Routes to every node (its own is ignored); nodes on other machines list their addresses.
+      c ? `cluster {\n  name: "${c.name}"\n  listen: "127.0.0.1:${c.port}"\n  routes: [${c.routes.map((r) => `"nats-route://127.0.0.1:${r}"`).join(', ')}]\n}` : '',
+      // Tenants' leaf nodes dial in here with a tenant credential; the account it names is the one bridged.
+      opts.leafPort ? `leafnodes {\n  listen: "127.0.0.1:${opts.leafPort}"\n}` : '',
       `jetstream {`,
       `  store_dir: "${join(base, 'js')}"`,
       // Below the disk's free space: a store that hits ENOSPC hangs JetStream.
       `  max_file_store: ${maxFileStore}`,
       opts.sync === 'always' ? `  sync_interval: always` : '',
+      // Tenants' leaf nodes reach the streams through the domain's API only (docs/cluster.md).
+      opts.leafPort ? `  domain: ${Platform.jsDomain}` : '',
       `}`,
       opts.auth.serverConfig(join(base, 'jwt')),
     ].join('\n');
@@ -144,7 +184,12 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
         const u = new URL((ports.nats[0] ?? '').replace('nats://', 'http://'));
         port = Number(u.port);
         await Promise.race([waitForTcp(port), exited]);
-        await ensurePlatform({ servers: `nats://127.0.0.1:${port}`, store: opts.auth });
+        const target = { servers: `nats://127.0.0.1:${port}`, store: opts.auth };
+        if (opts.ensurePlatform !== false) await ensurePlatform(target);
+        // A cluster node back from a crash (or an empty store) hears of every account again:
+        // pushes reach all nodes through the system account, and need no JetStream quorum.
+        else if (opts.cluster && launches > 0) await pushAccounts(target);
+        launches++;
         return;
       }
       await Promise.race([new Promise((r) => setTimeout(r, 25)), exited]);
@@ -178,11 +223,90 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
       return child?.pid ?? -1;
     },
     logFile,
+    name,
+    ...(opts.leafPort ? { leafPort: opts.leafPort } : {}),
     stop: () => waitExit('SIGTERM'),
     kill: () => waitExit('SIGKILL'),
     restart: async () => {
       await waitExit('SIGTERM');
       await launch();
+    },
+  };
+}
+
+export interface NatsClusterOptions extends Omit<NatsServerOptions, 'port' | 'serverName' | 'cluster' | 'tags' | 'leafPort' | 'ensurePlatform' | 'logFile'> {
+  /** Nodes (default 3); each its own process, client and route port, and store under `storeDir`. */
+  readonly nodes?: number;
+  /** Tags per node (default `node:<i>` and `az:<i>`), for placement. */
+  readonly tags?: (i: number) => readonly string[];
+  /** The cluster's name (default `capstan`). */
+  readonly name?: string;
+  /** Open a leaf-node port on every node (tenants' own servers dial in). */
+  readonly leafNodes?: boolean;
+}
+
+export interface NatsCluster {
+  /** Every node's client URL, comma-separated: what services are given as NATS_URL. */
+  readonly urls: string;
+  readonly nodes: readonly NatsServer[];
+  node(name: string): NatsServer;
+  /** Where leaf nodes may dial in (every node's leaf URL), when open. */
+  readonly leafUrls: readonly string[];
+  stop(): Promise<void>;
+}
+
+/**
+ * A JetStream cluster on loopback: `nodes` nats-servers routed to each other, each with its
+ * own name, store and tags, all in operator mode with the same key store (each node's full
+ * resolver keeps the account JWTs; a push reaches every node through the system account, and
+ * a node that was away is brought up to date by its peers and by `ensurePlatform`). The
+ * platform registry is replicated on up to three nodes.
+ */
+export async function startNatsCluster(opts: NatsClusterOptions): Promise<NatsCluster> {
+  const n = opts.nodes ?? 3;
+  const base = opts.storeDir ?? mkdtempSync(join(tmpdir(), 'capstan-nats-cluster-'));
+  const routePorts: number[] = [];
+  const clientPorts: number[] = [];
+  const leafPorts: number[] = [];
+  for (let i = 0; i < n; i++) {
+    routePorts.push(await freePort());
+    clientPorts.push(await freePort());
+    if (opts.leafNodes) leafPorts.push(await freePort());
+  }
+  const name = opts.name ?? 'capstan';
+  // All at once: a node waits for its peers before JetStream elects a leader.
+  const nodes = await Promise.all(
+    Array.from({ length: n }, (_, i) =>
+      startNatsServer({
+        ...opts,
+        storeDir: join(base, `n${i + 1}`),
+        port: clientPorts[i] as number,
+        serverName: `n${i + 1}`,
+        tags: opts.tags ? opts.tags(i + 1) : [`node:${i + 1}`, `az:${i + 1}`],
+        cluster: { name, port: routePorts[i] as number, routes: routePorts },
+        ...(opts.leafNodes ? { leafPort: leafPorts[i] as number } : {}),
+        ensurePlatform: false,
+      }),
+    ),
+  );
+  const urls = nodes.map((x) => x.url).join(',');
+  try {
+    await ensurePlatform({ servers: urls, store: opts.auth }, { replicas: Math.min(3, n) });
+  } catch (e) {
+    await Promise.all(nodes.map((x) => x.kill()));
+    throw e;
+  }
+  return {
+    urls,
+    nodes,
+    node(nodeName) {
+      const found = nodes.find((x) => x.name === nodeName);
+      if (!found) throw new Error(`no node ${nodeName} in the cluster (${nodes.map((x) => x.name).join(', ')})`);
+      return found;
+    },
+    leafUrls: leafPorts.map((p) => `nats-leaf://127.0.0.1:${p}`),
+    stop: async () => {
+      await Promise.all(nodes.map((x) => x.stop()));
     },
   };
 }

@@ -142,9 +142,11 @@ export interface TenantConnection {
   readonly jsm: JetStreamManager;
 }
 
-export async function tenantConnection(tenant: TenantId, nc: NatsConnection): Promise<TenantConnection> {
+export async function tenantConnection(tenant: TenantId, nc: NatsConnection, o: { jsDomain?: string } = {}): Promise<TenantConnection> {
   // checkAPI off: the account info call is not needed to use the API (and costs a round trip).
-  return { tenant, nc, js: jetstream(nc), jsm: await jetstreamManager(nc, { checkAPI: false }) };
+  // A domain: the streams are reached through a leaf node, as `$JS.<domain>.API.…`.
+  const domain = o.jsDomain ? { domain: o.jsDomain } : {};
+  return { tenant, nc, js: jetstream(nc, domain), jsm: await jetstreamManager(nc, { checkAPI: false, ...domain }) };
 }
 
 /** The server's permission violation behind an error (requests wrap it as their cause), if any. */

@@ -8,6 +8,8 @@ import {
   CapstanError,
   encode,
   ErrorCode,
+  DEFAULT_TENANT_PLACEMENT,
+  PlacementError,
   parseToken,
   Platform,
   Role,
@@ -17,6 +19,7 @@ import {
   type RoleScope,
   type ServiceRole,
   type TenantId,
+  type TenantPlacement,
   type TenantQuota,
   type TenantRecord,
   type TenantRole,
@@ -50,6 +53,11 @@ export async function pushAccountJwt(a: AdminTarget, jwt: string): Promise<void>
   }
 }
 
+/** Pushes every tenant account the store knows (a server that was away learns them again). */
+export async function pushAccounts(a: AdminTarget): Promise<void> {
+  for (const t of a.store.tenants()) await pushAccountJwt(a, await a.store.accountJwt(t));
+}
+
 /** Runs `fn` with a short-lived admin connection to a tenant's account (or the platform's). */
 export async function asAdmin<T>(a: AdminTarget, account: TenantId | 'platform', fn: (tc: TenantConnection) => Promise<T>): Promise<T> {
   const creds = await parseCredentials(await a.store.adminCreds(account), 'admin');
@@ -78,9 +86,60 @@ async function jetStreamReady(jsm: JetStreamManager, account: string): Promise<v
   }
 }
 
-function registryStreamConfig(): Partial<StreamConfig> & { name: string } {
+/** The JetStream servers behind a target, as they describe themselves. */
+export interface ClusterShape {
+  /** Servers with JetStream on, by name, with their tags. */
+  readonly servers: readonly { readonly name: string; readonly tags: readonly string[] }[];
+  /** The JetStream cluster's size (1 for a single server). */
+  readonly size: number;
+}
+
+/**
+ * Asks every server (through the system account) for its JetStream state: how many servers
+ * the streams can be spread over, and which tags each carries.
+ */
+export async function clusterShape(a: AdminTarget): Promise<ClusterShape> {
+  const creds = await parseCredentials(a.store.systemCreds(), 'system.creds');
+  const nc = await connectNats(a.servers, 'capstan-admin-shape', a.log ?? quiet, { credentials: creds, reconnect: false, ...(a.tls ? { tls: a.tls } : {}) });
+  try {
+    const servers = new Map<string, string[]>();
+    let size = 1;
+    // Every server answers once; the replies stop coming when all have.
+    for await (const m of await nc.requestMany(Platform.serverPingJsz, new Uint8Array(), { strategy: 'stall', stall: 300, maxWait: 3000 })) {
+      const body = JSON.parse(m.string()) as { server?: { name?: string; tags?: string[] }; data?: { config?: unknown; disabled?: boolean; meta_cluster?: { cluster_size?: number } } };
+      const name = body.server?.name;
+      if (!name || body.data?.disabled === true) continue;
+      servers.set(name, (body.server?.tags ?? []).map((t) => t.toLowerCase()));
+      size = Math.max(size, body.data?.meta_cluster?.cluster_size ?? 1);
+    }
+    return { servers: [...servers].map(([name, tags]) => ({ name, tags })), size: Math.max(size, servers.size) };
+  } finally {
+    await nc.close();
+  }
+}
+
+/**
+ * Checks that the servers can hold a placement: enough servers in the cluster, and enough
+ * of them carrying every tag.
+ * @throws PlacementError naming what is missing
+ */
+export function checkPlacement(p: TenantPlacement, shape: ClusterShape): void {
+  if (p.replicas > shape.size) {
+    throw new PlacementError(`${p.replicas} replicas need a JetStream cluster of at least ${p.replicas} servers; this one has ${shape.size}`);
+  }
+  if (p.tags.length === 0) return;
+  const fit = shape.servers.filter((s) => p.tags.every((t) => s.tags.includes(t)));
+  if (fit.length < p.replicas) {
+    throw new PlacementError(
+      `${p.replicas} replica(s) tagged ${p.tags.join(', ')} need as many servers carrying every tag; ${fit.length} do (${shape.servers.map((s) => `${s.name}: ${s.tags.join(',') || 'no tags'}`).join('; ')})`,
+    );
+  }
+}
+
+function registryStreamConfig(replicas = 1): Partial<StreamConfig> & { name: string } {
   return {
     name: Platform.tenantsStream,
+    num_replicas: replicas,
     subjects: [Platform.allTenantRecords],
     storage: 'file' as StreamConfig['storage'],
     retention: 'limits' as StreamConfig['retention'],
@@ -98,17 +157,19 @@ function registryStreamConfig(): Partial<StreamConfig> & { name: string } {
  * the server's configuration; this creates the registry and pushes every tenant account the
  * store knows (a server started on a fresh store learns them again). Idempotent.
  */
-export async function ensurePlatform(a: AdminTarget): Promise<void> {
+export async function ensurePlatform(a: AdminTarget, o: { replicas?: number } = {}): Promise<void> {
   await asAdmin(a, 'platform', async ({ jsm }) => {
     await jetStreamReady(jsm, Platform.accountName);
     try {
-      await jsm.streams.info(Platform.tenantsStream);
+      const info = await jsm.streams.info(Platform.tenantsStream);
+      // In a cluster the registry is replicated like the tenants' streams: every service reads it.
+      if (o.replicas !== undefined && info.config.num_replicas !== o.replicas) await jsm.streams.update(Platform.tenantsStream, registryStreamConfig(o.replicas));
     } catch (e) {
       if (!(e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound)) throw e;
-      await jsm.streams.add(registryStreamConfig());
+      await jsm.streams.add(registryStreamConfig(o.replicas));
     }
   });
-  for (const t of a.store.tenants()) await pushAccountJwt(a, await a.store.accountJwt(t));
+  await pushAccounts(a);
 }
 
 export interface ProvisionOptions {
@@ -119,6 +180,11 @@ export interface ProvisionOptions {
   readonly consumers?: Partial<ConsumerSettings>;
   /** Partitions the tenant's runs are hashed to (orchestrator ownership); recorded once. */
   readonly partitions?: number;
+  /**
+   * Replicas and server tags of every stream made for the tenant; remembered with the tenant
+   * (a later run without it keeps the recorded one). Checked against the servers first.
+   */
+  readonly placement?: TenantPlacement;
 }
 
 /**
@@ -127,7 +193,10 @@ export interface ProvisionOptions {
  * Idempotent; re-running it after an upgrade refreshes the services' permissions.
  */
 export async function provisionTenant(a: AdminTarget, t: TenantId, o: ProvisionOptions = {}): Promise<TenantRecord & { created: boolean }> {
-  const { publicKey, created } = a.store.ensureTenantAccount(t, o.quota);
+  const placement = o.placement ?? (a.store.hasTenant(t) ? a.store.placement(t) : DEFAULT_TENANT_PLACEMENT);
+  // Refused before anything is made: a tenant is never left half placed.
+  if (placement.replicas > 1 || placement.tags.length > 0) checkPlacement(placement, await clusterShape(a));
+  const { publicKey, created } = a.store.ensureTenantAccount(t, o.quota, placement);
   await pushAccountJwt(a, await a.store.accountJwt(t));
   // Dead letters may take an eighth of the tenant's storage at most (a stream's max bytes is
   // reserved from the account's quota).
@@ -135,11 +204,11 @@ export async function provisionTenant(a: AdminTarget, t: TenantId, o: ProvisionO
   const limits = o.limits ?? { ...DEFAULT_TENANT_LIMITS, deadLetterBytes: Math.min(DEFAULT_TENANT_LIMITS.deadLetterBytes, Math.floor(quota.maxStorageBytes / 8)) };
   await asAdmin(a, t, async ({ jsm }) => {
     await jetStreamReady(jsm, t);
-    await ensureTenant(jsm, t, { limits, pools: o.pools ?? ['default'], consumers: { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers }, ...(o.partitions ? { partitions: o.partitions } : {}) });
+    await ensureTenant(jsm, t, { limits, pools: o.pools ?? ['default'], consumers: { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers }, placement, ...(o.partitions ? { partitions: o.partitions } : {}) });
   });
   const services: Partial<Record<ServiceRole, string>> = {};
   for (const role of SERVICE_ROLES) services[role] = await a.store.serviceUserJwt(t, role);
-  const record: TenantRecord = { v: 1, tenant: t, account: publicKey, quota: a.store.quota(t), services, updatedAt: Date.now() };
+  const record: TenantRecord = { v: 1, tenant: t, account: publicKey, quota: a.store.quota(t), services, ...(placement.replicas > 1 || placement.tags.length ? { placement } : {}), updatedAt: Date.now() };
   await asAdmin(a, 'platform', async ({ js }) => {
     await js.publish(Platform.tenantRecord(t), encode(record));
   });
@@ -156,7 +225,11 @@ export async function setTenantQuota(a: AdminTarget, t: TenantId, quota: Partial
   const services: Partial<Record<ServiceRole, string>> = {};
   for (const role of SERVICE_ROLES) services[role] = await a.store.serviceUserJwt(t, role);
   await asAdmin(a, 'platform', async ({ js }) => {
-    await js.publish(Platform.tenantRecord(t), encode({ v: 1, tenant: t, account: a.store.tenantAccountKey(t), quota: q, services, updatedAt: Date.now() } satisfies TenantRecord));
+    const placement = a.store.placement(t);
+    await js.publish(
+      Platform.tenantRecord(t),
+      encode({ v: 1, tenant: t, account: a.store.tenantAccountKey(t), quota: q, services, ...(placement.replicas > 1 || placement.tags.length ? { placement } : {}), updatedAt: Date.now() } satisfies TenantRecord),
+    );
   });
   return q;
 }
@@ -165,23 +238,25 @@ export interface IssueOptions {
   readonly pools?: readonly string[];
   readonly expiresInS?: number;
   readonly consumers?: Partial<ConsumerSettings>;
+  /** A leaf credential's local users (public keys) whose replies cross it. */
+  readonly localUsers?: readonly string[];
 }
 
 /**
  * Issues a tenant credential (`capstan creds issue`). A worker's pools get their consumers
  * here, since a worker may not create one.
  */
-export async function issueCredential(a: AdminTarget, t: TenantId, role: TenantRole, name: string, o: IssueOptions = {}): Promise<{ creds: Uint8Array; user: IssuedUser }> {
+export async function issueCredential(a: AdminTarget, t: TenantId, role: TenantRole | typeof Role.Leaf, name: string, o: IssueOptions = {}): Promise<{ creds: Uint8Array; user: IssuedUser }> {
   if (!a.store.hasTenant(t)) throw new CapstanError(ErrorCode.UnknownTenant, `tenant ${t} has no account (capstan tenant add ${t})`);
   const pools = (o.pools ?? []).map((p) => parseToken('pool', p));
-  if (role === Role.Worker) {
+  if (role === Role.Worker || role === Role.Leaf) {
     if (pools.length === 0) pools.push('default');
     // A pool's consumer is made with its first worker; settings change only when asked for.
     await asAdmin(a, t, ({ jsm }) =>
       ensureConsumers(jsm, pools.map((p) => ({ stream: Streams.work(t), config: poolConsumerConfig(t, p, { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers }) })), { update: o.consumers !== undefined }),
     );
   }
-  const scope: RoleScope = role === Role.Worker ? { pools, workerId: name } : {};
+  const scope: RoleScope = role === Role.Worker ? { pools, workerId: name } : role === Role.Leaf ? { pools, localUsers: o.localUsers ?? [] } : {};
   const issued = await a.store.issueUser(t, role, name, scope, o.expiresInS ? { expiresInS: o.expiresInS } : {});
   // A replaced credential's old key is revoked in the account: push it.
   await pushAccountJwt(a, await a.store.accountJwt(t));

@@ -6,7 +6,7 @@
  */
 import type { ConsumerConfig, JetStreamManager, StreamConfig } from '@nats-io/jetstream';
 import { AckPolicy, DeliverPolicy, JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
-import { Consumers, decode, DEFAULT_PARTITIONS, encode, InvalidArgumentError, LIMITS, MAX_PARTITIONS, parseToken, Streams, Subjects, type TenantId } from '@capstan/schemas';
+import { Consumers, decode, DEFAULT_PARTITIONS, DEFAULT_TENANT_PLACEMENT, encode, InvalidArgumentError, LIMITS, MAX_PARTITIONS, parseToken, Streams, Subjects, type TenantId, type TenantPlacement } from '@capstan/schemas';
 
 const SECOND_NS = 1_000_000_000;
 
@@ -282,9 +282,22 @@ export function leasesStreamConfig(t: TenantId): Partial<StreamConfig> & { name:
   };
 }
 
-/** Creates the tenant's streams, or brings their settings up to date. Idempotent. */
-export async function ensureStreams(jsm: JetStreamManager, t: TenantId, limits?: TenantLimits): Promise<void> {
-  for (const cfg of [...streamConfigs(t, limits), fleetStreamConfig(t), policyStreamConfig(t), triggersStreamConfig(t), seenStreamConfig(t), catalogStreamConfig(t), leasesStreamConfig(t)]) {
+/** Every stream the platform makes in a tenant's account, before placement. */
+export function tenantStreamConfigs(t: TenantId, limits?: TenantLimits): (Partial<StreamConfig> & { name: string })[] {
+  return [...streamConfigs(t, limits), fleetStreamConfig(t), policyStreamConfig(t), triggersStreamConfig(t), seenStreamConfig(t), catalogStreamConfig(t), leasesStreamConfig(t)];
+}
+
+/**
+ * A stream's configuration with the tenant's placement: its replica count and the server tags
+ * its servers must carry. Consumers take the stream's replica count (theirs is left at 0).
+ */
+export function placed(cfg: Partial<StreamConfig> & { name: string }, p: TenantPlacement = DEFAULT_TENANT_PLACEMENT): Partial<StreamConfig> & { name: string } {
+  return { ...cfg, num_replicas: p.replicas, ...(p.tags.length ? { placement: { tags: [...p.tags] } } : {}) } as Partial<StreamConfig> & { name: string };
+}
+
+/** Creates the tenant's streams, or brings their settings (and placement) up to date. Idempotent. */
+export async function ensureStreams(jsm: JetStreamManager, t: TenantId, limits?: TenantLimits, placement?: TenantPlacement): Promise<void> {
+  for (const cfg of tenantStreamConfigs(t, limits).map((c) => placed(c, placement))) {
     try {
       await jsm.streams.info(cfg.name);
       await jsm.streams.update(cfg.name, cfg);
@@ -302,9 +315,9 @@ export async function ensureStreams(jsm: JetStreamManager, t: TenantId, limits?:
 export async function ensureTenant(
   jsm: JetStreamManager,
   t: TenantId,
-  o: { limits?: TenantLimits; pools?: readonly string[]; consumers?: Partial<ConsumerSettings>; partitions?: number } = {},
+  o: { limits?: TenantLimits; pools?: readonly string[]; consumers?: Partial<ConsumerSettings>; partitions?: number; placement?: TenantPlacement } = {},
 ): Promise<void> {
-  await ensureStreams(jsm, t, o.limits);
+  await ensureStreams(jsm, t, o.limits, o.placement);
   await ensurePartitionCount(jsm, t, o.partitions ?? DEFAULT_PARTITIONS);
   await ensureConsumers(jsm, consumerConfigs(t, o.pools ?? ['default'], { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers }));
 }
