@@ -18,7 +18,7 @@ import type Docker from 'dockerode';
 import { Role, Streams, type TenantId } from '@capstan/schemas';
 import { connect, eventually, provision, serviceEnv, silent, type Harness } from '../harness/fixtures.js';
 import { dockerOrSkip, sandboxRuntimes } from '../harness/docker.js';
-import { startSandboxes, type TestSandboxes } from '../harness/sandbox.js';
+import { orchestratorSigner, startSandboxes, withSignedWork, type TestSandboxes } from '../harness/sandbox.js';
 import { createSandboxService, Labels, loadConfig } from '@capstan/sandbox';
 import { execInSandbox } from '@capstan/kit';
 import { decode, encode, makeRunId, parseSandboxCancelReply, parseSandboxReply, Subjects } from '@capstan/schemas';
@@ -433,7 +433,7 @@ describe('without a Docker engine', () => {
     await service.start();
     await service.ready;
     try {
-      const out = await execInSandbox(await h.nc(t), t, { runId: newRunId(), workflow: 'w', step: 's', attempt: 1, mode: 1, spec: { command: ['sh', '-c', 'echo ran'] }, timeoutMs: 5000, input: {} });
+      const out = await execInSandbox(await h.nc(t), t, withSignedWork(await orchestratorSigner(url, t), t, { runId: newRunId(), workflow: 'w', step: 's', attempt: 1, mode: 1, spec: { command: ['sh', '-c', 'echo ran'] }, timeoutMs: 5000, input: {} }));
       expect(out.result).toBeUndefined();
       expect(out.error?.code).toBe('sandbox_unavailable');
       expect(out.error?.message).toMatch(/Docker engine not reachable/);

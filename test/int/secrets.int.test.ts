@@ -250,7 +250,7 @@ describe('leases', () => {
     // another tenant's name it does not even answer).
     const other = await provision(h, 'sec2');
     expect(await codeOf(redeemLease(await h.nc(other), other, { ...scope, leaseId, recipientKey: r.publicKey }))).toBe(ErrorCode.SecretsUnavailable);
-    expect(await codeOf(svc.ledger.redeem(other, leaseId, scope, () => Promise.resolve({})))).toBe(ErrorCode.LeaseNotFound);
+    expect(await codeOf(svc.ledger.redeem(other, leaseId, scope, 'U', () => Promise.resolve({})))).toBe(ErrorCode.LeaseNotFound);
     expect(await codeOf(redeemLease(nc, t, { ...scope, leaseId: 'A'.repeat(22), recipientKey: r.publicKey }))).toBe(ErrorCode.LeaseNotFound);
     // A key no box can be sealed to is refused before the lease is touched.
     expect(await codeOf(redeemLease(nc, t, { ...scope, leaseId, recipientKey: Buffer.alloc(33, 7).toString('base64') }))).toBe(ErrorCode.InvalidArgument);

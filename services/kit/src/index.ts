@@ -5,7 +5,7 @@
  */
 export { startNatsServer, findNatsServer, NatsServerMissingError, MIN_NATS_SERVER, PROJECT_ROOT } from './nats-server.js';
 export type { NatsServer, NatsServerOptions } from './nats-server.js';
-export { connectNats, readCredentials, parseCredentials, jwtSubject, tenantConnection, permissionError, permissionViolation } from './nats.js';
+export { connectNats, readCredentials, parseCredentials, jwtSubject, jwtIssuer, jwtTagValues, tenantConnection, permissionError, permissionViolation } from './nats.js';
 export type { NatsConnection, NatsCredentials, CredentialsInfo, NatsTls, ConnectOptions, TenantConnection } from './nats.js';
 export { connectAsService, connectAsTenantUser, readTenantRecord, listRegisteredTenants } from './access.js';
 export type { TenantAccess, TenantFollower, AccessOptions } from './access.js';
@@ -132,6 +132,7 @@ export { failpoint, parseFailpoints } from './failpoint.js';
 export type { Failpoint } from './failpoint.js';
 export { execInSandbox, type SandboxCallOptions, type SandboxOutcome } from './sandbox-client.js';
 export { signerOf, proofHeaders, verifyProof } from './proof.js';
+export { signWork, checkWork, signedWork, checkExecRequest } from './work-proof.js';
 export type { Signer, Author, Trust } from './proof.js';
 export { generateRecipient, recipientFromSeed, seal, parseRecipientKey } from './sealed-box.js';
 export type { Recipient } from './sealed-box.js';

@@ -48,11 +48,17 @@ import {
 } from '@capstan/schemas';
 import type { NatsConnection } from './nats.js';
 import { callService } from './rpc.js';
+import type { Signer } from './proof.js';
 import { generateRecipient, seal, type Recipient } from './sealed-box.js';
 
 export interface SecretsCallOptions {
   /** How long to wait for the service's answer (default 5 s). */
   readonly timeoutMs?: number;
+  /**
+   * Signs the request as the caller: issuing a lease needs the worker named by the run's
+   * record, claiming and redeeming one the sandbox service it is bound to.
+   */
+  readonly signer?: Signer;
 }
 
 function call<T>(nc: NatsConnection, t: TenantId, verb: SecretsVerb, body: object, parse: (v: unknown) => T, o: SecretsCallOptions = {}, ctx: { leaseId?: string } = {}): Promise<T> {
@@ -61,6 +67,7 @@ function call<T>(nc: NatsConnection, t: TenantId, verb: SecretsVerb, body: objec
     body,
     parse,
     ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
+    ...(o.signer ? { signer: o.signer } : {}),
     unavailable: (why, cause) => new SecretsUnavailableError(`secrets-lease service, ${verb}: ${why} (tenant ${t})`, { cause }),
     fromWire: (code, message) => secretsErrorFromWire(code, message, { tenant: t, ...ctx }),
   });

@@ -3,7 +3,7 @@
  * tenants are picked up while running), and stops by draining.
  */
 import type { Registry } from '@capstan/actors';
-import { Role, type TenantId } from '@capstan/schemas';
+import { CapstanError, ErrorCode, Role, type TenantId } from '@capstan/schemas';
 import { serviceAccess, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
 import { createTenantHost, type TenantHost, type TenantHostStats } from './run-host.js';
@@ -28,8 +28,10 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
   const catalogs: Subscription[] = [];
   const cache = new RunCache(config.cacheSize);
 
-  async function serve({ tenant: t, nc, js, jsm }: TenantConnection): Promise<void> {
+  async function serve({ tenant: t, nc, js, jsm, signer }: TenantConnection): Promise<void> {
+    if (!signer) throw new CapstanError(ErrorCode.InvalidArgument, `no signing identity for tenant ${t}: work items would be refused`);
     const host = createTenantHost({
+      signer,
       nc,
       js,
       jsm,

@@ -6,7 +6,7 @@
  */
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { publishDurably, type OutMsg } from '@capstan/kit';
+import { publishDurably, type OutMsg, type Signer } from '@capstan/kit';
 import { stepInputsOf, type RunState } from '@capstan/actors';
 import type { PolicyGate } from './policy-gate.js';
 import type { RunObserver } from './observe.js';
@@ -40,7 +40,7 @@ export interface EffectSource {
  * worker has seen a step, its timers are known to exist, so recovery only ever has to look
  * at a run's last decisions.
  */
-export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t: TenantId, sources: readonly EffectSource[], gate?: PolicyGate, observer?: RunObserver): Promise<number> {
+export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t: TenantId, sources: readonly EffectSource[], signer: Signer, gate?: PolicyGate, observer?: RunObserver): Promise<number> {
   const timers: OutMsg[] = [];
   const work: OutMsg[] = [];
   const cancels: StepCancel[] = [];
@@ -81,8 +81,13 @@ export async function dispatchEffects(nc: NatsConnection, js: JetStreamClient, t
           ...(d.sandbox ? { sandbox: d.sandbox } : {}),
         };
         // The work item carries its dispatch hop's traceparent (derived, so a re-derived item carries the same).
-        const headers = await observer?.workHeaders(src.runId, d.step, d.attempt);
-        work.push({ subject: Subjects.work(t, d.pool), data: encode(item), msgId: MsgIds.work(src.runId, d.step, d.attempt), ...(headers ? { headers } : {}) });
+        const trace = await observer?.workHeaders(src.runId, d.step, d.attempt);
+        const subject = Subjects.work(t, d.pool);
+        const data = encode(item);
+        // Signed over subject and bytes: a worker and the sandbox run only what this wrote
+        // from the record (Ed25519 is deterministic, so a re-derived item is signed the same).
+        const headers = { ...trace, [Headers.Signer]: signer.jwt, [Headers.Signature]: signer.sign(subject, data) };
+        work.push({ subject, data, msgId: MsgIds.work(src.runId, d.step, d.attempt), headers });
         if (!src.recovered) dispatched.push({ runId: src.runId, event: ev });
       }
     }

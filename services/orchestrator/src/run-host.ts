@@ -18,7 +18,7 @@ import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from 
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Registry } from '@capstan/actors';
 import { Consumers, DeadLetterSource, ErrorCode, Streams, toErrorRecord, type RunId, type TenantId } from '@capstan/schemas';
-import { deadLetter, failpoint, metrics, type Logger } from '@capstan/kit';
+import { deadLetter, failpoint, metrics, type Logger, type Signer } from '@capstan/kit';
 import { dispatchEffects } from './effects.js';
 import { createPolicyGate } from './policy-gate.js';
 import { createScheduler } from './scheduler.js';
@@ -44,6 +44,8 @@ export interface TenantHostOptions {
   /** The decision clock: the only place a run's time comes from. */
   readonly now: () => number;
   readonly policy: { readonly mode: 'on' | 'off'; readonly approvalTtlMs: number; readonly timeoutMs: number };
+  /** Signs each work item as this tenant's orchestrator: workers and sandboxes run nothing else. */
+  readonly signer: Signer;
 }
 
 export interface TenantHost {
@@ -183,7 +185,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     const publishRecovered = async (groups: GroupResult[]): Promise<GroupResult[]> => {
       const recovered = groups.flatMap((g) => g.recovered);
       if (recovered.length === 0) return groups;
-      await dispatchEffects(nc, js, t, recovered, gate, observer);
+      await dispatchEffects(nc, js, t, recovered, o.signer, gate, observer);
       stats.recoveredEffects += recovered.reduce((k, r) => k + r.events.length, 0);
       return groups.map((g) => ({ ...g, recovered: [] }));
     };
@@ -198,7 +200,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     const effects = done.flatMap((g) => g.effects);
     return async () => {
       try {
-        await dispatchEffects(nc, js, t, effects, gate, observer);
+        await dispatchEffects(nc, js, t, effects, o.signer, gate, observer);
       } catch (e) {
         // A later command for these runs must not trust the cache: reload recovers the tail.
         for (const g of done) cache.delete(g.runId);
