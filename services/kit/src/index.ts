@@ -170,3 +170,5 @@ export { callService, refuseRequest, wireError } from './rpc.js';
 export type { ServiceCall } from './rpc.js';
 export { putEntity, deleteEntity, getEntity, listEntities, previewQuery, runDatasyncStep } from './datasync-client.js';
 export type { DatasyncCallOptions, PutEntityInput, DatasyncStepOptions, DatasyncStepOutcome } from './datasync-client.js';
+export { parseAllowList, parseDnsServers, refusalOf, ownAddresses, resolveChecked } from './addresses.js';
+export type { AllowEntry, AddressRules } from './addresses.js';
