@@ -150,7 +150,7 @@ export {
   verifyWebhook,
 } from './secrets-client.js';
 export type { SecretsCallOptions, LeaseScopeRef, PutSecretOptions } from './secrets-client.js';
-export { refreshers, CredentialRefreshError } from './credentials.js';
+export { refreshers, CredentialRefreshError, EndpointRefusedError, checkTokenEndpoint } from './credentials.js';
 export type { Refresher, Refreshers, RefreshContext, Refreshed } from './credentials.js';
 export { createAuditSink, unavailableAuditSink, appendAuditRow, AuditUnavailableError, AuditAppend, DATA_PLANE_STREAM_SEQ } from './audit-sink.js';
 export type { AuditSink, AuditIntent, DataPlaneAuditRow } from './audit-sink.js';

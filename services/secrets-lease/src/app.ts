@@ -72,6 +72,7 @@ import {
 import { checkWarrant } from './warrant.js';
 import type { Config } from './config.js';
 import { createKeyring, type Keyring } from './envelope.js';
+import { audit, lockRunAudit, SecretsAudit, secretAuditRun } from './db.js';
 import { createLeaseLedger, type LeaseLedger } from './leases.js';
 import { createSecretRefresher } from './refresh.js';
 import { watchRunEnds, type RunEndWatch } from './run-ends.js';
@@ -121,7 +122,14 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
   const keyring: Keyring = createKeyring(config.masterKey);
   const store = opts.store ?? postgresSecretStore(database, keyring, { refreshWindowMs: config.refreshWindowMs });
   const ledger = createLeaseLedger(database);
-  const refresher = createSecretRefresher(store, opts.refreshers ?? builtinRefreshers, log, MAX_SECRET_BYTES);
+  const refresher = createSecretRefresher(store, opts.refreshers ?? builtinRefreshers, log, MAX_SECRET_BYTES, {
+    allow: config.refreshAllow,
+    audit: (t, name, by, detail) =>
+      database.db.transaction(async (tx) => {
+        await lockRunAudit(tx, t, secretAuditRun(name));
+        await audit(tx, t, secretAuditRun(name), SecretsAudit.SecretRefreshFailed, by, detail);
+      }),
+  });
   const stats: SecretsLeaseStats = { issued: 0, redeemed: 0, denied: 0, revoked: 0, errors: 0 };
   let access: TenantAccess | undefined;
   let follower: TenantFollower | undefined;
