@@ -172,6 +172,7 @@ export type {
   SecretInfo,
   LeaseDenialCode,
 } from './secrets.js';
+export { SealingKeyMismatchError } from './secrets.js';
 export {
   PolicyAction,
   POLICY_ACTIONS,

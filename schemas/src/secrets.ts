@@ -368,3 +368,16 @@ export function secretsErrorFromWire(code: string, message: string, ctx: { reado
       return new CapstanError(code as ErrorCode, message, code === ErrorCode.Unavailable);
   }
 }
+
+/**
+ * The key a value would be sealed to was not vouched for by the tenant's secrets-lease
+ * service (unsigned, signed by someone else, or by another account): nothing was sent.
+ */
+export class SealingKeyMismatchError extends CapstanError {
+  constructor(
+    readonly tenant: string,
+    why: string,
+  ) {
+    super(ErrorCode.SealingKeyMismatch, `tenant ${tenant}: refusing to seal a value to an unproven key (${why})`, false);
+  }
+}

@@ -166,7 +166,7 @@ export { readSchedule, readScheduleState, listScheduleRecords, listSchedules, se
 export type { Stored, ScheduleView, WorkflowInfo } from './triggers-client.js';
 export { webhookKey, signDelivery, verifyDelivery } from './webhook-signature.js';
 export type { SignedDelivery } from './webhook-signature.js';
-export { callService, refuseRequest, wireError } from './rpc.js';
+export { callService, refuseRequest, answerRequest, wireError } from './rpc.js';
 export type { ServiceCall } from './rpc.js';
 export { putEntity, deleteEntity, getEntity, listEntities, previewQuery, runDatasyncStep } from './datasync-client.js';
 export type { DatasyncCallOptions, PutEntityInput, DatasyncStepOptions, DatasyncStepOutcome } from './datasync-client.js';

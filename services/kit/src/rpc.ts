@@ -23,6 +23,8 @@ export interface ServiceCall<T> {
   readonly fromWire: (code: string, message: string) => CapstanError;
   /** Signs the request (subject and body), for a service that acts only for a proven caller. */
   readonly signer?: Signer;
+  /** Checks the answer before it is parsed (a reply the service signed, say); throws to refuse it. */
+  readonly checkReply?: (msg: Msg) => void;
 }
 
 export async function callService<T>(nc: NatsConnection, c: ServiceCall<T>): Promise<T> {
@@ -41,7 +43,14 @@ export async function callService<T>(nc: NatsConnection, c: ServiceCall<T>): Pro
   }
   const code = msg.headers?.get(Headers.ErrorCode);
   if (code) throw c.fromWire(code, msg.headers?.get(Headers.Error) ?? code);
+  c.checkReply?.(msg);
   return c.parse(decode(msg.data));
+}
+
+/** Answers a request with `body`, signed over the request's subject when `signer` is given (a reply the caller can prove came from this service). */
+export function answerRequest(msg: Msg, body: object, signer?: Signer): void {
+  const data = encode(body);
+  msg.respond(data, signer ? { headers: proofHeaders(signer, msg.subject, data) } : undefined);
 }
 
 /** Answers a request with a refusal: the code and a one-line message in headers, an empty body. */

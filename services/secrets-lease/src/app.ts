@@ -53,6 +53,7 @@ import {
   parseRecipientKey,
   refreshers as builtinRefreshers,
   refuseRequest,
+  answerRequest,
   wireError,
   seal,
   serviceAccess,
@@ -356,8 +357,9 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
     },
   };
 
-  function reply(msg: Msg, body: object): void {
-    msg.respond(encode(body));
+  function reply(t: TenantId, msg: Msg, verb: string, body: object): void {
+    // The sealing key is signed as this service: a CLI seals to no key anyone else handed it.
+    answerRequest(msg, body, verb === SecretsVerb.Key ? conns.get(t)?.signer : undefined);
   }
 
   function refuse(msg: Msg, e: unknown, verb: string, t: string): void {
@@ -390,7 +392,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       const body = parent
         ? await inSpan('secrets-lease', `secrets.${verb}`, { kind: SpanKind.SERVER, parent, attributes: { 'capstan.tenant': t, 'capstan.hop': 'lease' } }, () => handler(t, decode(msg.data), msg))
         : await handler(t, decode(msg.data), msg);
-      reply(msg, body);
+      reply(t, msg, verb, body);
     } catch (e) {
       refuse(msg, e, verb, token);
     }
