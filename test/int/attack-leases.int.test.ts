@@ -355,6 +355,30 @@ describe('the refresher is no deputy', () => {
   });
 });
 
+describe('the sealing key is the tenant’s secrets-lease service’s, proven', () => {
+  it('a key handed out by anyone else: 0 values sealed to it or sent; the service’s own signed key is used', async () => {
+    // A tenant whose key requests an attacker answers (no secrets-lease service serves it).
+    const victim = await provision(h, 'atk-seal');
+    const vnc = await h.nc(victim);
+    const attacker = generateRecipient();
+    const forger = await parseCredentials(await (await testAuthStore()).mintUser(victim, Role.Operator, 'mallory'), 'mallory');
+    let puts = 0;
+    const subs = [
+      vnc.subscribe(Subjects.secrets(victim, 'key'), { callback: (_e, m) => void m.respond(encode({ publicKey: attacker.publicKey }), { headers: signWork(signerOf(forger.jwt, forger.seed), Subjects.secrets(victim, 'key'), encode({ publicKey: attacker.publicKey })) }) }),
+      vnc.subscribe(Subjects.secrets(victim, 'put'), { callback: () => void puts++ }),
+    ];
+    const account = jwtIssuer(forger.jwt);
+    const code = await codeOf(putSecret(vnc, victim, 'SEALED', 'never-sent', { by, account, timeoutMs: 2000 }));
+    expect(code).toBe(ErrorCode.SealingKeyMismatch);
+    await vnc.flush();
+    expect(puts).toBe(0);
+    for (const x of subs) x.unsubscribe();
+    // The control: the real service's key, signed by it, is used.
+    const own = await putSecret(nc, t, 'SEALED_OK', 'sent-sealed', { by, account: jwtIssuer(as.orchestrator.jwt) });
+    expect(own.version).toBe(1);
+  });
+});
+
 // ---------------------------------------------------------------------------------------
 
 async function dlqCount(): Promise<number> {
