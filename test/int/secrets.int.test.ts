@@ -199,7 +199,7 @@ describe('secrets administration', () => {
     expect(inline.err).toMatch(/never taken on the command line/);
     expect(inline.err).not.toContain('on-the-command-line');
     const empty = await runCli(['secrets', 'put', 'CLI_EMPTY', ...common]);
-    expect(empty.code).toBe(2);
+    expect(empty.code, `${empty.out}\n${empty.err}`).toBe(2);
     expect(empty.err).toMatch(/empty/);
     const badName = await runCli(['secrets', 'put', 'lower-case', '--value-file', file, ...common]);
     expect(badName.code).toBe(2);
