@@ -130,7 +130,7 @@ export { createQueryServer, HttpErrorCode } from './http-api.js';
 export type { QueryServer, QueryServerOptions } from './http-api.js';
 export { failpoint, parseFailpoints } from './failpoint.js';
 export type { Failpoint } from './failpoint.js';
-export { execInSandbox, type SandboxCallOptions, type SandboxOutcome } from './sandbox-client.js';
+export { execInSandbox, cancelInSandbox, type SandboxCallOptions, type SandboxOutcome } from './sandbox-client.js';
 export { signerOf, proofHeaders, verifyProof } from './proof.js';
 export { signWork, checkWork, signedWork, checkExecRequest } from './work-proof.js';
 export type { Signer, Author, Trust } from './proof.js';

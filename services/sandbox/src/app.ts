@@ -34,7 +34,7 @@ import {
   type SandboxReply,
   type TenantId,
 } from '@capstan/schemas';
-import { addCollector, checkExecRequest, createAuditSink, inSpan, metrics, openDatabase, serviceAccess, SpanKind, traceParentOf, unavailableAuditSink, withTraceHeader, type AuditSink, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
+import { addCollector, answerRequest, checkExecRequest, refuseRequest, createAuditSink, inSpan, metrics, openDatabase, serviceAccess, SpanKind, traceParentOf, unavailableAuditSink, withTraceHeader, type AuditSink, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
 import { nullBackend, SandboxUnavailableError, type SandboxBackend, type SandboxRuntime } from './backend.js';
 import { dockerBackend } from './docker.js';
@@ -301,13 +301,15 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
 
   /** Kills the attempt named in a cancel if this instance holds it. */
   async function cancel(tenant: TenantId, msg: Msg): Promise<void> {
-    const respond = (r: SandboxCancelReply) => (msg.reply ? msg.respond(encode(r)) : undefined);
+    const respond = (r: SandboxCancelReply) => (msg.reply ? answerRequest(msg, r) : undefined);
     let name: string;
     try {
       const req = parseSandboxCancelRequest(decode(msg.data));
       name = sandboxName(req.runId, req.step, req.attempt);
     } catch (e) {
-      respond({ cancelled: false, error: { ...toErrorRecord(e, ErrorCode.SchemaViolation), retryable: false } });
+      // kit's one convention: a refusal is its code and message in headers (rpc.ts).
+      const r = toErrorRecord(e, ErrorCode.SchemaViolation);
+      if (msg.reply) refuseRequest(msg, r.code, r.message);
       return;
     }
     const a = attempts.get(name);

@@ -33,7 +33,7 @@ import {
   type SignedWork,
   type WorkItem,
 } from '@capstan/schemas';
-import { addCollector, checkWork, signedWork, coalescingPublisher, deadLetter, type Signer, failSpan, inSpan, metrics, SpanKind, traceParentOf, type AuditSink, type Logger, type NatsConnection } from '@capstan/kit';
+import { addCollector, cancelInSandbox, checkWork, signedWork, coalescingPublisher, deadLetter, type Signer, failSpan, inSpan, metrics, SpanKind, traceParentOf, type AuditSink, type Logger, type NatsConnection } from '@capstan/kit';
 import type { Handlers } from './handlers.js';
 import { runSandboxed } from './sandboxed.js';
 import { bindExternalWrite } from './external-write.js';
@@ -106,7 +106,7 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     if (!running) return;
     log.info({ runId: c.runId, step: c.step, attempt: c.attempt }, 'attempt cancelled by its run');
     if (running.item.mode !== Mode.Inline) {
-      o.nc.request(Subjects.sandboxCancel(t), encode(c), { timeout: 2000 }).catch((e: unknown) => log.warn({ err: e, runId: c.runId, step: c.step }, 'sandbox cancel not answered'));
+      cancelInSandbox(o.nc, t, c).catch((e: unknown) => log.warn({ err: e, runId: c.runId, step: c.step }, 'sandbox cancel not answered'));
     }
     running.abort.abort(new CapstanError(ErrorCode.Cancelled, `step ${c.step} attempt ${c.attempt} was cancelled: its run no longer needs it`, false));
   }
