@@ -397,6 +397,12 @@ export const leases = pgTable(
     claimedAt: ts('claimed_at'),
     redeemedAt: ts('redeemed_at'),
     revokedAt: ts('revoked_at'),
+    /**
+     * The public key of the only principal that may claim and redeem it: the tenant's
+     * sandbox service as the registry named it when the lease was issued (null on leases
+     * issued before leases were bound).
+     */
+    redeemer: text('redeemer'),
   },
   (t) => [index('leases_tenant_run').on(t.tenant, t.runId)],
 );

@@ -11,6 +11,11 @@
 export const ErrorCode = {
   /** A message that must be signed carries no valid signature from a trusted author. */
   Unproven: 'unproven',
+  /**
+   * A work item a worker or the sandbox service will not execute: unsigned, signed by anyone
+   * but the orchestrator, altered after signing, or not the one its run recorded.
+   */
+  WorkRejected: 'work_rejected',
   InvalidTenantId: 'invalid_tenant_id',
   InvalidRunId: 'invalid_run_id',
   InvalidName: 'invalid_name',
@@ -65,6 +70,17 @@ export const ErrorCode = {
   LeaseRevoked: 'lease_revoked',
   /** A lease redeemed for another run, step or attempt than it was issued for. */
   LeaseScopeMismatch: 'lease_scope_mismatch',
+  /**
+   * A lease the run's record does not warrant: no such step attempt, key names it did not
+   * declare (or its policy did not allow), or a caller it does not name.
+   */
+  LeaseNotWarranted: 'lease_not_warranted',
+  /** A redemption or claim by anyone but the sandbox service the lease is bound to. */
+  LeaseWrongRedeemer: 'lease_wrong_redeemer',
+  /** A token endpoint a credential refresher will not call (not https, or an address it may not reach). */
+  EndpointRefused: 'endpoint_refused',
+  /** The secrets service's sealing key is not the one pinned when the tenant was added. */
+  SealingKeyMismatch: 'sealing_key_mismatch',
   /** No lease service answered, or it cannot reach its store. Retryable. */
   SecretsUnavailable: 'secrets_unavailable',
   /** A refreshable credential could not be refreshed through its connector. Retryable. */
@@ -419,5 +435,12 @@ export class ExportDamagedError extends CapstanError {
 export class UnprovenError extends CapstanError {
   constructor(problem: string, options?: ErrorOptions) {
     super(ErrorCode.Unproven, `unproven: ${problem}`, false, options);
+  }
+}
+
+/** See {@link ErrorCode.WorkRejected}: nothing ran and nothing was leased. */
+export class WorkRejectedError extends CapstanError {
+  constructor(problem: string, options?: ErrorOptions) {
+    super(ErrorCode.WorkRejected, `work item rejected: ${problem}`, false, options);
   }
 }

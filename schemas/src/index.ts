@@ -28,6 +28,7 @@ export {
   PermissionDeniedError,
   CredentialsError,
   UnprovenError,
+  WorkRejectedError,
   ExportDamagedError,
 } from './errors.js';
 export type { ErrorRecord } from './errors.js';
@@ -118,7 +119,7 @@ export { RunStatus, RUN_STATUSES, isRunStatus } from './status.js';
 export { ENV_NAME_PATTERN, EGRESS_PATTERN, sandboxSpecSchema, sandboxName } from './sandbox-spec.js';
 export type { SandboxSpec } from './sandbox-spec.js';
 export { parseSandboxExecRequest, parseSandboxReply, parseCredentialRequest, parseCredentialAnswer, parseSandboxCancelRequest, parseSandboxCancelReply } from './sandbox.js';
-export type { SandboxExecRequest, SandboxReply, SandboxResult, Artifact, CredentialRequest, CredentialAnswer, SandboxCancelRequest, SandboxCancelReply } from './sandbox.js';
+export type { SandboxExecRequest, SignedWork, SandboxReply, SandboxResult, Artifact, CredentialRequest, CredentialAnswer, SandboxCancelRequest, SandboxCancelReply } from './sandbox.js';
 export {
   Lifecycle,
   LIFECYCLES,
@@ -175,6 +176,7 @@ export type {
   SecretInfo,
   LeaseDenialCode,
 } from './secrets.js';
+export { SealingKeyMismatchError } from './secrets.js';
 export {
   PolicyAction,
   POLICY_ACTIONS,

@@ -12,6 +12,19 @@ import { sandboxSpecSchema } from './sandbox-spec.js';
 
 export const sandboxModeSchema = literal(Mode.Sandboxed, Mode.SandboxedWithLease, Mode.Agent);
 
+/**
+ * A work item exactly as the worker received it from its pool: the subject it came on, its
+ * bytes (base64) and the orchestrator's proof headers. The sandbox service checks the proof
+ * itself and runs only what the signed item says.
+ */
+const signedWorkSchema = obj('signed work item', {
+  subject: str({ min: 1, max: 256 }),
+  item: str({ min: 1, max: 4_000_000 }),
+  signer: str({ max: 16_384 }),
+  signature: str({ max: 256 }),
+});
+export type SignedWork = Infer<typeof signedWorkSchema>;
+
 const execRequestSchema = obj('sandbox exec request', {
   runId: str({ pattern: RUN_ID_PATTERN }) as unknown as Schema<RunId>,
   workflow: str({ min: 1, max: 128 }),
@@ -26,6 +39,8 @@ const execRequestSchema = obj('sandbox exec request', {
   leaseId: optional(str({ min: 1, max: 128 })),
   /** Mode 3b: the worker's inbox for credential requests from the running step. */
   credentials: optional(str({ min: 1, max: 256 })),
+  /** The orchestrator's signed work item this request runs (required: nothing unsigned runs). */
+  work: optional(signedWorkSchema),
 });
 export type SandboxExecRequest = Infer<typeof execRequestSchema>;
 

@@ -299,7 +299,9 @@ export type LeaseDenialCode =
   | typeof ErrorCode.LeaseExpired
   | typeof ErrorCode.LeaseUsed
   | typeof ErrorCode.LeaseRevoked
-  | typeof ErrorCode.LeaseScopeMismatch;
+  | typeof ErrorCode.LeaseScopeMismatch
+  | typeof ErrorCode.LeaseNotWarranted
+  | typeof ErrorCode.LeaseWrongRedeemer;
 
 const DENIAL_TEXT: Record<LeaseDenialCode, string> = {
   [ErrorCode.LeaseNotFound]: 'no such lease in this tenant',
@@ -307,6 +309,8 @@ const DENIAL_TEXT: Record<LeaseDenialCode, string> = {
   [ErrorCode.LeaseUsed]: 'the lease was already claimed or redeemed (leases are single use)',
   [ErrorCode.LeaseRevoked]: 'the lease was revoked (its run was revoked or ended)',
   [ErrorCode.LeaseScopeMismatch]: 'the lease was issued for another run, step or attempt',
+  [ErrorCode.LeaseNotWarranted]: "the run's record does not warrant this lease",
+  [ErrorCode.LeaseWrongRedeemer]: 'the lease is bound to another redeemer',
 };
 
 /**
@@ -353,6 +357,8 @@ export function secretsErrorFromWire(code: string, message: string, ctx: { reado
     case ErrorCode.LeaseUsed:
     case ErrorCode.LeaseRevoked:
     case ErrorCode.LeaseScopeMismatch:
+    case ErrorCode.LeaseNotWarranted:
+    case ErrorCode.LeaseWrongRedeemer:
       return new LeaseDeniedError(code, ctx.leaseId ?? '', message);
     case ErrorCode.SecretNotFound:
       return new SecretNotFoundError(ctx.tenant ?? '', [], message);
@@ -360,5 +366,18 @@ export function secretsErrorFromWire(code: string, message: string, ctx: { reado
       return new SecretsUnavailableError(message);
     default:
       return new CapstanError(code as ErrorCode, message, code === ErrorCode.Unavailable);
+  }
+}
+
+/**
+ * The key a value would be sealed to was not vouched for by the tenant's secrets-lease
+ * service (unsigned, signed by someone else, or by another account): nothing was sent.
+ */
+export class SealingKeyMismatchError extends CapstanError {
+  constructor(
+    readonly tenant: string,
+    why: string,
+  ) {
+    super(ErrorCode.SealingKeyMismatch, `tenant ${tenant}: refusing to seal a value to an unproven key (${why})`, false);
   }
 }

@@ -17,7 +17,8 @@ import { cpus, loadavg, totalmem, tmpdir } from 'node:os';
 import { mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import Docker from 'dockerode';
-import { createLogger, execInSandbox, findNatsServer, PROJECT_ROOT, type NatsConnection } from '@capstan/kit';
+import { connectAsService, createLogger, execInSandbox, findNatsServer, PROJECT_ROOT, type NatsConnection, type Signer } from '@capstan/kit';
+import { withSignedWork } from '../harness/sandbox.js';
 import { createSandboxService, DEFAULT_LIMITS, dockerBackend, ensureSandboxImage, Labels, loadConfig, SandboxPools, type BackendSandbox, type SandboxRuntime } from '@capstan/sandbox';
 import { makeRunId, Mode, parseTenantId, Role, type TenantId } from '@capstan/schemas';
 import { startBenchNats } from './stack.js';
@@ -108,12 +109,16 @@ async function measure(runtime: SandboxRuntime): Promise<Figures> {
   await service.start();
   await service.ready;
   while (service.stats().fresh < 4) await new Promise((r) => setTimeout(r, 20));
-  const f = await stepsOverNats(nc, tenant);
+  // Work items are signed by the tenant's orchestrator; the sandbox runs nothing else.
+  const orch = await connectAsService(Role.Orchestrator, nats.store.serviceCredsPath(Role.Orchestrator), { servers: nats.url, name: 'bench-orchestrator', log: silent });
+  const signer = (await orch.tenant(tenant)).signer as Signer;
+  const f = await stepsOverNats(nc, tenant, signer);
+  await orch.close();
   await service.stop();
   return { warm, cold, ...f };
 }
 
-async function stepsOverNats(conn: NatsConnection, t: TenantId): Promise<Pick<Figures, 'steps' | 'stepsPerSecond' | 'warmHits' | 'failed'>> {
+async function stepsOverNats(conn: NatsConnection, t: TenantId, signer: Signer): Promise<Pick<Figures, 'steps' | 'stepsPerSecond' | 'warmHits' | 'failed'>> {
   const steps: number[] = [];
   let next = 0;
   let failed = 0;
@@ -124,7 +129,7 @@ async function stepsOverNats(conn: NatsConnection, t: TenantId): Promise<Pick<Fi
       while (next < STEPS) {
         next++;
         const s0 = performance.now();
-        const out = await execInSandbox(conn, t, {
+        const out = await execInSandbox(conn, t, withSignedWork(signer, t, {
           runId: makeRunId(Date.now(), crypto.getRandomValues(new Uint8Array(10))),
           workflow: 'bench',
           step: 'echo',
@@ -133,7 +138,7 @@ async function stepsOverNats(conn: NatsConnection, t: TenantId): Promise<Pick<Fi
           spec: { command: ['echo', 'ok'] },
           timeoutMs: 10_000,
           input: {},
-        }, { firstReplyMs: 60_000 });
+        }), { firstReplyMs: 60_000 });
         steps.push(performance.now() - s0);
         if (out.error) failed++;
         if (out.result?.warm) warmHits++;

@@ -13,7 +13,7 @@
 import { randomBytes } from 'node:crypto';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { createLogger, findNatsServer, issueLease, newRunId, PROJECT_ROOT, putSecret, redeemValues } from '@capstan/kit';
+import { connectAsService, createLogger, findNatsServer, issueLease, newRunId, PROJECT_ROOT, putSecret, redeemValues, type Signer } from '@capstan/kit';
 import { createSecretsLease, loadConfig } from '@capstan/secrets-lease';
 import { parseTenantId, Role } from '@capstan/schemas';
 import { startBenchNats } from './stack.js';
@@ -37,17 +37,21 @@ const service = await createSecretsLease(
   silent,
 );
 await service.start();
-// Issuing (a worker's right) and redeeming (the sandbox's) from one admin connection.
+// Issuing and redeeming from one admin connection, signed as a service that leases for its
+// own use (datasync): no run record is looked up, the lease is bound to the signer. (A
+// worker's lease also reads the run's stream for its warrant: see the governed benchmark.)
 const { nc } = await nats.connect(t, Role.Admin);
+const access = await connectAsService(Role.Datasync, nats.store.serviceCredsPath(Role.Datasync), { servers: nats.url, name: 'bench-datasync', log: silent });
+const signer = (await access.tenant(t)).signer as Signer;
 const natsVersion = nc.info?.version ?? '?';
 await putSecret(nc, t, 'BENCH_TOKEN', randomBytes(24).toString('base64url'), { by: 'bench' });
 
 async function pair(issue: number[], redeem: number[], both: number[]): Promise<void> {
   const runId = newRunId();
   const t0 = performance.now();
-  const lease = await issueLease(nc, t, { runId, step: 'step', attempt: 1, keys: ['BENCH_TOKEN'] });
+  const lease = await issueLease(nc, t, { runId, step: 'step', attempt: 1, keys: ['BENCH_TOKEN'] }, { signer });
   const t1 = performance.now();
-  await redeemValues(nc, t, { leaseId: lease.leaseId, runId, step: 'step', attempt: 1 });
+  await redeemValues(nc, t, { leaseId: lease.leaseId, runId, step: 'step', attempt: 1 }, { signer });
   const t2 = performance.now();
   issue.push(t1 - t0);
   redeem.push(t2 - t1);
@@ -80,6 +84,7 @@ await Promise.all(
 const seconds = (performance.now() - c0) / 1000;
 
 await nc.close();
+await access.close();
 await service.stop();
 await nats.stop();
 await db.drop();

@@ -10,12 +10,53 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Writable } from 'node:stream';
 import type Docker from 'dockerode';
-import { createLogger, execInSandbox, migrate, openDatabase, queryRows, type SandboxCallOptions, type SandboxOutcome } from '@capstan/kit';
+import { createLogger, execInSandbox, migrate, openDatabase, queryRows, signWork, signedWork, type SandboxCallOptions, type SandboxOutcome, type Signer } from '@capstan/kit';
 import { createSandboxService, Labels, loadConfig, type SandboxService } from '@capstan/sandbox';
-import { makeRunId, Role, type RunId, type SandboxExecRequest, type SandboxSpec, type TenantId } from '@capstan/schemas';
+import { encode, makeRunId, Role, Subjects, type RunId, type SandboxExecRequest, type SandboxSpec, type TenantId, type WorkItem } from '@capstan/schemas';
 import { sql } from 'drizzle-orm';
 import { scratchDatabase } from './postgres.js';
-import { serviceEnv, type Harness } from './fixtures.js';
+import { accessAs, serviceEnv, type Harness } from './fixtures.js';
+
+const orchestrators = new Map<string, Promise<Signer>>();
+
+/** The tenant's orchestrator identity (its per-tenant JWT and seed): what signs work items. */
+export function orchestratorSigner(natsUrl: string, t: TenantId): Promise<Signer> {
+  const key = `${natsUrl} ${t}`;
+  let p = orchestrators.get(key);
+  if (!p) {
+    p = (async () => {
+      const access = await accessAs(natsUrl, Role.Orchestrator);
+      const { signer } = await access.tenant(t);
+      if (!signer) throw new Error(`no orchestrator identity for ${t}`);
+      return signer;
+    })();
+    orchestrators.set(key, p);
+  }
+  return p;
+}
+
+/**
+ * A sandbox request as a worker sends it: with the work item the orchestrator signed for it
+ * (here, signed with the orchestrator's own identity, as dispatch does).
+ */
+export function withSignedWork(signer: Signer, t: TenantId, req: Omit<SandboxExecRequest, 'work'>, pool = 'default'): SandboxExecRequest {
+  const item: WorkItem = {
+    runId: req.runId,
+    workflow: req.workflow,
+    version: 1,
+    step: req.step,
+    attempt: req.attempt,
+    handler: 'sandbox',
+    mode: req.mode,
+    timeoutMs: req.timeoutMs,
+    input: req.input,
+    ...(req.previous !== undefined ? { previous: req.previous } : {}),
+    sandbox: req.spec,
+  };
+  const subject = Subjects.work(t, pool);
+  const data = encode(item);
+  return { ...req, work: signedWork(signWork(signer, subject, data), subject, data) };
+}
 
 export interface TestSandboxes {
   readonly service: SandboxService;
@@ -98,7 +139,7 @@ export async function startSandboxes(h: Pick<Harness, 'nc'>, natsUrl: string, do
         input: x.input ?? {},
         ...(x.leaseId ? { leaseId: x.leaseId } : {}),
       };
-      return execInSandbox(await h.nc(t), t, req, { firstReplyMs: 60_000, ...x.call });
+      return execInSandbox(await h.nc(t), t, withSignedWork(await orchestratorSigner(natsUrl, t), t, req), { firstReplyMs: 60_000, ...x.call });
     },
     async auditRows(t, runId) {
       if (!db) throw new Error('startSandboxes was not given { audit: true }');

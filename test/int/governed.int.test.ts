@@ -19,14 +19,14 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type Docker from 'dockerode';
 import { sql } from 'drizzle-orm';
 import { createRegistry } from '@capstan/actors';
-import { createLogger, issueLease, migrate, newRunId, openDatabase, putSecret, queryRows, setPolicy, type Database, type Logger } from '@capstan/kit';
+import { createLogger, migrate, newRunId, openDatabase, putSecret, queryRows, setPolicy, type Database, type Logger } from '@capstan/kit';
 import { createOrchestrator, loadConfig as orchestratorConfig } from '@capstan/orchestrator';
 import { createPolicyService, loadConfig as policyConfig } from '@capstan/policy';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import { createSecretsLease, loadConfig as secretsConfig, type SecretsLeaseService } from '@capstan/secrets-lease';
 import { createWorker, loadConfig as workerConfig } from '@capstan/worker';
 import { CapstanError, Streams, type RunEvent, type RunId, type TenantId, Role } from '@capstan/schemas';
-import { connect, eventsOf, eventually, provision, runCli, type Harness, serviceEnv, issueCreds } from '../harness/fixtures.js';
+import { accessAs, connect, eventsOf, eventually, provision, runCli, type Harness, serviceEnv, issueCreds } from '../harness/fixtures.js';
 import { dockerOrSkip } from '../harness/docker.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { startSandboxes, type TestSandboxes } from '../harness/sandbox.js';
@@ -211,7 +211,9 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
 
   it('a lease that waited longer than its TTL for a sandbox is still claimed and redeemed: its TTL counts from the claim; a lapsed one is retryable', async () => {
     const runId = newRunId();
-    const lease = await issueLease(await h.nc(t), t, { runId, step: 'queued', attempt: 1, keys: ['DEMO_TOKEN'], ttlMs: 300 });
+    // Issued by the ledger itself (the run's record is not what this checks), bound to the sandbox service.
+    const sandboxKey = (await (await accessAs(url, Role.Sandbox)).tenant(t)).signer?.publicKey;
+    const lease = await secrets.ledger.issue(t, { runId, step: 'queued', attempt: 1 }, ['DEMO_TOKEN'], 300, 60_000, sandboxKey);
     // The step waits for a sandbox slot and a cold start, longer than the lease's TTL.
     await new Promise((r) => setTimeout(r, 1000));
     const out = await sb.exec(t, 2, { secrets: ['DEMO_TOKEN'], command: ['sh', '-c', 'printf %s "$DEMO_TOKEN" | sha256sum | cut -c1-64'] }, { runId, step: 'queued', leaseId: lease.leaseId });
@@ -221,7 +223,7 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
     expect(rows.map((r) => r.kind)).toEqual(['lease.issued', 'lease.claimed', 'lease.redeemed']);
     expect(rows[1]?.detail).toMatchObject({ leaseId: lease.leaseId, sandbox: `cap-${runId}-queued-1`, keys: ['DEMO_TOKEN'] });
     // Never claimed within its claim window: expired, and retryable (a new attempt gets a new lease).
-    const lapsed = await secrets.ledger.issue(t, { runId, step: 'lapsed', attempt: 1 }, ['DEMO_TOKEN'], 300, 300);
+    const lapsed = await secrets.ledger.issue(t, { runId, step: 'lapsed', attempt: 1 }, ['DEMO_TOKEN'], 300, 300, sandboxKey);
     await new Promise((r) => setTimeout(r, 800));
     const late = await sb.exec(t, 2, { secrets: ['DEMO_TOKEN'], command: ['true'] }, { runId, step: 'lapsed', leaseId: lapsed.leaseId });
     expect(late.error).toMatchObject({ code: 'lease_expired', retryable: true });

@@ -18,10 +18,10 @@ import type Docker from 'dockerode';
 import { Role, Streams, type TenantId } from '@capstan/schemas';
 import { connect, eventually, provision, serviceEnv, silent, type Harness } from '../harness/fixtures.js';
 import { dockerOrSkip, sandboxRuntimes } from '../harness/docker.js';
-import { startSandboxes, type TestSandboxes } from '../harness/sandbox.js';
+import { orchestratorSigner, startSandboxes, withSignedWork, type TestSandboxes } from '../harness/sandbox.js';
 import { createSandboxService, Labels, loadConfig } from '@capstan/sandbox';
-import { execInSandbox } from '@capstan/kit';
-import { decode, encode, makeRunId, parseSandboxCancelReply, parseSandboxReply, Subjects } from '@capstan/schemas';
+import { cancelInSandbox, execInSandbox } from '@capstan/kit';
+import { decode, encode, makeRunId, parseSandboxReply, Subjects } from '@capstan/schemas';
 
 const url = inject('natsUrl');
 const docker = await dockerOrSkip();
@@ -349,10 +349,10 @@ describe.skipIf(!docker)('sandboxed steps: egress, artifacts, output caps, cance
     await started;
     // Give the command time to start, then a foreign tenant tries first.
     await new Promise((r) => setTimeout(r, 300));
-    const foreign = parseSandboxCancelReply(decode((await (await h.nc(other)).request(Subjects.sandboxCancel(other), encode({ runId, step: 'long', attempt: 1 }), { timeout: 5000 })).data));
+    const foreign = await cancelInSandbox(await h.nc(other), other, { runId, step: 'long', attempt: 1 }, { timeoutMs: 5000 });
     expect(foreign.cancelled).toBe(false);
     const t0 = performance.now();
-    const reply = parseSandboxCancelReply(decode((await (await h.nc(t)).request(Subjects.sandboxCancel(t), encode({ runId, step: 'long', attempt: 1 }), { timeout: 5000 })).data));
+    const reply = await cancelInSandbox(await h.nc(t), t, { runId, step: 'long', attempt: 1 }, { timeoutMs: 5000 });
     const out = await running;
     const ms = performance.now() - t0;
     process.stdout.write(`cancel: reply ${JSON.stringify(reply)}, exec done after ${ms.toFixed(0)} ms: ${JSON.stringify(out.error)}\n`);
@@ -365,7 +365,7 @@ describe.skipIf(!docker)('sandboxed steps: egress, artifacts, output caps, cance
     expect(gone).toBe(true);
     // With one slot busy, a queued attempt is cancelled before it reaches a sandbox; a cancel
     // that overtakes its exec request is remembered.
-    const cancel = async (tn: TenantId, runId: string, step: string) => (await h.nc(tn)).request(Subjects.sandboxCancel(tn), encode({ runId, step, attempt: 1 }), { timeout: 5000 }).then((m) => parseSandboxCancelReply(decode(m.data)));
+    const cancel = async (tn: TenantId, runId: string, step: string) => cancelInSandbox(await h.nc(tn), tn, { runId, step, attempt: 1 }, { timeoutMs: 5000 });
     const busyRun = newRunId();
     let busyAccepted!: () => void;
     const busyStarted = new Promise<void>((r) => (busyAccepted = r));
@@ -381,9 +381,12 @@ describe.skipIf(!docker)('sandboxed steps: egress, artifacts, output caps, cance
     expect((await noAudit.exec(unauditedTenant, 1, { command: ['echo', 'never'] }, { runId: earlyRun, step: 'early' })).error?.code).toBe('cancelled');
     expect(await cancel(unauditedTenant, busyRun, 'busy')).toMatchObject({ cancelled: true });
     expect((await busy).error?.code).toBe('cancelled');
-    // A malformed cancel is answered with a typed error.
-    const bad = parseSandboxCancelReply(decode((await (await h.nc(t)).request(Subjects.sandboxCancel(t), encode({ runId: 'nope' }), { timeout: 5000 })).data));
-    expect(bad.error?.code).toBe('schema_violation');
+    // A malformed cancel is refused with its typed error (kit's request/reply convention).
+    const bad = await cancelInSandbox(await h.nc(t), t, { runId: 'nope' } as never, { timeoutMs: 5000 }).then(
+      () => 'answered',
+      (e: unknown) => (e as { code?: string }).code,
+    );
+    expect(bad).toBe('schema_violation');
   });
 });
 
@@ -433,7 +436,7 @@ describe('without a Docker engine', () => {
     await service.start();
     await service.ready;
     try {
-      const out = await execInSandbox(await h.nc(t), t, { runId: newRunId(), workflow: 'w', step: 's', attempt: 1, mode: 1, spec: { command: ['sh', '-c', 'echo ran'] }, timeoutMs: 5000, input: {} });
+      const out = await execInSandbox(await h.nc(t), t, withSignedWork(await orchestratorSigner(url, t), t, { runId: newRunId(), workflow: 'w', step: 's', attempt: 1, mode: 1, spec: { command: ['sh', '-c', 'echo ran'] }, timeoutMs: 5000, input: {} }));
       expect(out.result).toBeUndefined();
       expect(out.error?.code).toBe('sandbox_unavailable');
       expect(out.error?.message).toMatch(/Docker engine not reachable/);

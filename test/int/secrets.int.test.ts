@@ -17,28 +17,30 @@ import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import {
-  claimLease,
+  claimLease as claimLeaseAs,
   createLogger,
   deleteSecret,
   generateRecipient,
-  issueLease,
+  issueLease as issueLeaseAs,
   listSecrets,
   newRunId,
   openDatabase,
   openLeaseValues,
   putSecret,
   queryRows,
-  redeemLease,
-  redeemValues,
+  redeemLease as redeemLeaseAs,
+  redeemValues as redeemValuesAs,
   revokeRun,
   rotateSecret,
   type Database,
   type NatsConnection,
+  type SecretsCallOptions,
+  type Signer,
 } from '@capstan/kit';
 import { createSecretsLease, loadConfig, type SecretsLeaseService } from '@capstan/secrets-lease';
 import { verifyProjections } from '@capstan/projector';
 import { AuthKind, CapstanError, encode, ErrorCode, Lifecycle, Role, SecretsVerb, Streams, Subjects, type Connector, type RunId, type TenantId } from '@capstan/schemas';
-import { connect, connectAs, serviceEnv, eventually, provision, runCli, startServices, type Harness } from '../harness/fixtures.js';
+import { accessAs, connect, connectAs, serviceEnv, eventually, provision, runCli, startServices, type Harness } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 
 const url = inject('natsUrl');
@@ -52,6 +54,21 @@ let scratch: { url: string; drop(): Promise<void> };
 let d: Database;
 let svc: SecretsLeaseService;
 let logs = '';
+/**
+ * The ledger's rules are exercised here by a service that leases for its own use (datasync:
+ * no run record is asked for, and the lease is bound to it); leases warranted by a run's
+ * record are the attack suite's and the governed flow's.
+ */
+let signer: Signer;
+type Call<A extends unknown[], R> = (c: NatsConnection, tt: TenantId, ...rest: [...A, SecretsCallOptions?]) => Promise<R>;
+const signed =
+  <A extends unknown[], R>(f: Call<A, R>) =>
+  (c: NatsConnection, tt: TenantId, ...rest: A): Promise<R> =>
+    f(c, tt, ...rest, { signer });
+const issueLease = signed(issueLeaseAs as Call<[Parameters<typeof issueLeaseAs>[2]], Awaited<ReturnType<typeof issueLeaseAs>>>);
+const redeemLease = signed(redeemLeaseAs as Call<[Parameters<typeof redeemLeaseAs>[2]], Awaited<ReturnType<typeof redeemLeaseAs>>>);
+const redeemValues = signed(redeemValuesAs as Call<[Parameters<typeof redeemValuesAs>[2]], Awaited<ReturnType<typeof redeemValuesAs>>>);
+const claimLease = signed(claimLeaseAs as Call<[Parameters<typeof claimLeaseAs>[2]], Awaited<ReturnType<typeof claimLeaseAs>>>);
 /** Every error message a caller got during the tests (searched for canaries at the end). */
 const errors: string[] = [];
 
@@ -93,6 +110,7 @@ beforeAll(async () => {
   h = await connect(url);
   t = await provision(h, 'sec');
   nc = await h.nc(t);
+  signer = (await (await accessAs(url, Role.Datasync)).tenant(t)).signer as Signer;
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
       logs += chunk.toString();
@@ -108,6 +126,8 @@ beforeAll(async () => {
     CAPSTAN_TENANTS: t,
     SECRETS_DISCOVERY_MS: '200',
     SECRETS_DB_POOL: '12',
+    // The test's token endpoint listens on loopback over http: the admin names it.
+    SECRETS_REFRESH_ALLOW: '127.0.0.1',
   });
   svc = await createSecretsLease(config, log);
   await svc.start();
@@ -179,7 +199,7 @@ describe('secrets administration', () => {
     expect(inline.err).toMatch(/never taken on the command line/);
     expect(inline.err).not.toContain('on-the-command-line');
     const empty = await runCli(['secrets', 'put', 'CLI_EMPTY', ...common]);
-    expect(empty.code).toBe(2);
+    expect(empty.code, `${empty.out}\n${empty.err}`).toBe(2);
     expect(empty.err).toMatch(/empty/);
     const badName = await runCli(['secrets', 'put', 'lower-case', '--value-file', file, ...common]);
     expect(badName.code).toBe(2);
@@ -250,7 +270,7 @@ describe('leases', () => {
     // another tenant's name it does not even answer).
     const other = await provision(h, 'sec2');
     expect(await codeOf(redeemLease(await h.nc(other), other, { ...scope, leaseId, recipientKey: r.publicKey }))).toBe(ErrorCode.SecretsUnavailable);
-    expect(await codeOf(svc.ledger.redeem(other, leaseId, scope, () => Promise.resolve({})))).toBe(ErrorCode.LeaseNotFound);
+    expect(await codeOf(svc.ledger.redeem(other, leaseId, scope, 'U', () => Promise.resolve({})))).toBe(ErrorCode.LeaseNotFound);
     expect(await codeOf(redeemLease(nc, t, { ...scope, leaseId: 'A'.repeat(22), recipientKey: r.publicKey }))).toBe(ErrorCode.LeaseNotFound);
     // A key no box can be sealed to is refused before the lease is touched.
     expect(await codeOf(redeemLease(nc, t, { ...scope, leaseId, recipientKey: Buffer.alloc(33, 7).toString('base64') }))).toBe(ErrorCode.InvalidArgument);
@@ -324,7 +344,7 @@ describe('leases', () => {
       ['lease.denied', 'lease_expired'],
     ]);
     // A lease never claimed within its claim window is expired too.
-    const lapsed = await svc.ledger.issue(t, { ...scope, step: 'lapsed' }, ['API_TOKEN'], 100, 100);
+    const lapsed = await svc.ledger.issue(t, { ...scope, step: 'lapsed' }, ['API_TOKEN'], 100, 100, signer.publicKey);
     await eventually('the claim window past', async () => ((await dbNow()).getTime() > lapsed.expiresAt.getTime() ? true : undefined), 5000, 50);
     expect(await codeOf(claimLease(nc, t, { ...scope, step: 'lapsed', leaseId: lapsed.leaseId, sandbox: 'cap-late' }))).toBe(ErrorCode.LeaseExpired);
     // The asked-for TTL is capped.
@@ -464,8 +484,9 @@ describe('refreshable credentials', () => {
   it('client credentials: refreshed before the lease is issued when due, not again while fresh', async () => {
     let n = 0;
     answer = (f) => (f['client_secret'] === 'the-client-secret' ? { status: 200, body: { access_token: `access-${++n}`, token_type: 'bearer', expires_in: 3600 } } : { status: 401, body: { error: 'invalid_client' } });
-    await putSecret(nc, t, 'CC_CLIENT_SECRET', 'the-client-secret', { by });
     const connector: Connector = { name: 'crm', auth: { type: AuthKind.OAuth2ClientCredentials, tokenUrl, clientId: 'capstan', clientSecretKey: 'CC_CLIENT_SECRET', scopes: ['read', 'write'] } };
+    // Bound to the connector: only then may its refresher send it.
+    await putSecret(nc, t, 'CC_CLIENT_SECRET', 'the-client-secret', { by, connector });
     // Stored without an expiry: due at once.
     const put = await putSecret(nc, t, 'CC_TOKEN', 'placeholder', { by, lifecycle: Lifecycle.Refreshable, connector, refreshWindowMs: 60_000 });
     expect(put).toMatchObject({ lifecycle: 'refreshable', connector: 'crm', auth: 'oauth2_client_credentials' });
@@ -491,8 +512,8 @@ describe('refreshable credentials', () => {
 
   it('auth code: the refresh token the issuer rotates is kept; a failed refresh of an expired token refuses the lease', async () => {
     answer = (f) => (f['refresh_token'] === 'refresh-1' ? { status: 200, body: { access_token: 'ac-access-2', refresh_token: 'refresh-2', expires_in: 600 } } : { status: 400, body: { error: 'invalid_grant', error_description: 'refresh token reuse: refresh-1' } });
-    await putSecret(nc, t, 'AC_REFRESH', 'refresh-1', { by });
     const connector: Connector = { name: 'mail', auth: { type: AuthKind.OAuth2AuthCode, tokenUrl, clientId: 'capstan-mail', refreshTokenKey: 'AC_REFRESH' } };
+    await putSecret(nc, t, 'AC_REFRESH', 'refresh-1', { by, connector });
     await putSecret(nc, t, 'AC_TOKEN', 'ac-access-1', { by, lifecycle: Lifecycle.Refreshable, connector, expiresAt: new Date(Date.now() - 60_000) });
     const runId = newRunId();
     const l = await issueLease(nc, t, { runId, step: 'a', attempt: 1, keys: ['AC_TOKEN', 'AC_REFRESH'] });
@@ -541,7 +562,7 @@ describe('D1: single use under racing redeemers, TTL, revocation', () => {
             const nc = conns[k % conns.length] as NatsConnection;
             let code = 'ok';
             try {
-              const { sealed } = await redeemLease(nc, t, { ...scope, leaseId, recipientKey: recipient.publicKey }, { timeoutMs: 60_000 });
+              const { sealed } = await redeemLeaseAs(nc, t, { ...scope, leaseId, recipientKey: recipient.publicKey }, { timeoutMs: 60_000, signer });
               expect(openLeaseValues(recipient, t, { ...scope, leaseId }, sealed)).toEqual({ D1_TOKEN: 'd1-token-value' });
             } catch (e) {
               code = CapstanError.is(e) ? e.code : String(e);
@@ -592,7 +613,7 @@ describe('D1: single use under racing redeemers, TTL, revocation', () => {
           Array.from({ length: 4 }, async () => {
             let code = 'ok';
             try {
-              await redeemLease(nc, t, { ...scope, leaseId, recipientKey: recipient.publicKey }, { timeoutMs: 60_000 });
+              await redeemLeaseAs(nc, t, { ...scope, leaseId, recipientKey: recipient.publicKey }, { timeoutMs: 60_000, signer });
             } catch (e) {
               code = CapstanError.is(e) ? e.code : String(e);
             }

@@ -8,6 +8,7 @@ import {
   PROJECT_ROOT,
   readCredentials,
   tenantConnection,
+  jwtIssuer,
   type AdminTarget,
   type AuthStore,
   type CredentialsInfo,
@@ -126,7 +127,8 @@ export async function withTenant<T>(values: Record<string, unknown>, t: TenantId
   const credentials = await credentialFor(values, t, role);
   const nc = await connectCli(url, credentials);
   try {
-    return await fn(await tenantConnection(t, nc));
+    // The tenant's account issued this credential: whom its services' signatures are checked against.
+    return await fn(await tenantConnection(t, nc, { account: jwtIssuer(credentials.jwt) }));
   } finally {
     await nc.close();
   }

@@ -124,10 +124,11 @@ async function putCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   const timeoutMs = intFlag('timeout', values['timeout'], 10, 1) * 1000;
   const value = await valueOf(values, env);
   if (value === undefined) throw new InvalidArgumentError('no value: give it with --value-file <f>, --from-env <VAR>, or on stdin');
-  return withTenant(values, t, Role.Operator, async ({ nc }) => {
+  return withTenant(values, t, Role.Operator, async ({ nc, account }) => {
     const s = await putSecret(nc, t, name, value, {
       by,
       timeoutMs,
+      ...(account ? { account } : {}),
       ...(lifecycle ? { lifecycle } : {}),
       ...(connector ? { connector } : {}),
       ...(windowS !== undefined ? { refreshWindowMs: windowS * 1000 } : {}),
@@ -149,8 +150,8 @@ async function rotateCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number
   if (refresh && (values['value-file'] !== undefined || values['from-env'] !== undefined)) throw new InvalidArgumentError('--refresh takes no value: the connector fetches a new one');
   const value = refresh ? undefined : await valueOf(values, env);
   if (!refresh && value === undefined) throw new InvalidArgumentError('no value: give it with --value-file <f>, --from-env <VAR>, or on stdin (or --refresh for a refreshable secret)');
-  return withTenant(values, t, Role.Operator, async ({ nc }) => {
-    const s = await rotateSecret(nc, t, name, value, { by, timeoutMs, ...(expiresAt ? { expiresAt } : {}) });
+  return withTenant(values, t, Role.Operator, async ({ nc, account }) => {
+    const s = await rotateSecret(nc, t, name, value, { by, timeoutMs, ...(account ? { account } : {}), ...(expiresAt ? { expiresAt } : {}) });
     print(values['json'] === true, s, () => `${green(refresh ? 'refreshed' : 'rotated')} ${describeSecret(s)} in ${t} as ${by}`);
     return 0;
   });

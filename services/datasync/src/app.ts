@@ -141,7 +141,7 @@ export function createDatasync(config: Config, log: Logger): Promise<DatasyncSer
         const checked = await checkPreviewQuery(req.sql);
         fingerprint = checked.fingerprint;
         const { spec } = await (catalog as Catalog).spec(t, CatalogKind.Connection, req.connection);
-        const client = await openPostgres(spec, { nc: connOf(t).nc, tenant: t, scope: { runId: previewId, step: 'preview', attempt: 1 }, connectTimeoutMs: config.connectTimeoutMs, application: 'capstan-preview' });
+        const client = await openPostgres(spec, { nc: connOf(t).nc, signer: connOf(t).signer, tenant: t, scope: { runId: previewId, step: 'preview', attempt: 1 }, connectTimeoutMs: config.connectTimeoutMs, application: 'capstan-preview' });
         try {
           const reply = await runPreview(client, checked.statement, fingerprint, req.timeoutMs ?? PREVIEW_LIMITS.defaultTimeoutMs);
           outcome = { rows: reply.rows.length, truncated: reply.truncated };

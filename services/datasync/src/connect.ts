@@ -18,7 +18,7 @@ import {
   type RunId,
   type TenantId,
 } from '@capstan/schemas';
-import { issueLease, redeemValues, type NatsConnection } from '@capstan/kit';
+import { issueLease, redeemValues, type NatsConnection, type Signer } from '@capstan/kit';
 
 export interface LeaseScope {
   readonly runId: RunId;
@@ -28,6 +28,8 @@ export interface LeaseScope {
 
 export interface ConnectOptions {
   readonly nc: NatsConnection;
+  /** Signs the lease requests as this service: a lease it issues is bound to it. */
+  readonly signer?: Signer | undefined;
   readonly tenant: TenantId;
   readonly scope: LeaseScope;
   readonly connectTimeoutMs: number;
@@ -48,8 +50,9 @@ export async function openPostgres(spec: ConnectionSpec, o: ConnectOptions): Pro
   const keys = spec.auth.type === PostgresAuth.UsernamePassword ? (spec.auth.passwordKey ? [spec.auth.passwordKey] : []) : [spec.auth.privateKeyKey];
   let values: Record<string, string> = {};
   if (keys.length > 0) {
-    const grant = await issueLease(o.nc, o.tenant, { runId: o.scope.runId, step: o.scope.step, attempt: o.scope.attempt, keys, ttlMs: 30_000 });
-    values = await redeemValues(o.nc, o.tenant, { leaseId: grant.leaseId, runId: o.scope.runId, step: o.scope.step, attempt: o.scope.attempt });
+    const signed = o.signer ? { signer: o.signer } : {};
+    const grant = await issueLease(o.nc, o.tenant, { runId: o.scope.runId, step: o.scope.step, attempt: o.scope.attempt, keys, ttlMs: 30_000 }, signed);
+    values = await redeemValues(o.nc, o.tenant, { leaseId: grant.leaseId, runId: o.scope.runId, step: o.scope.step, attempt: o.scope.attempt }, signed);
   }
   const ssl: pg.ClientConfig['ssl'] =
     spec.tls.mode === TlsMode.Disable

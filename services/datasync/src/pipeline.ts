@@ -45,7 +45,7 @@ import {
   type ModelSpec,
   type TenantId,
 } from '@capstan/schemas';
-import { failpoint, type AuditSink, type Logger, type NatsConnection } from '@capstan/kit';
+import { failpoint, type AuditSink, type Logger, type NatsConnection, type Signer } from '@capstan/kit';
 import type { Catalog } from './catalog.js';
 import type { Config } from './config.js';
 import { openPostgres, statementError } from './connect.js';
@@ -64,7 +64,7 @@ export interface PipelineDeps {
   readonly pool: pg.Pool;
   readonly catalog: Catalog;
   /** The service's connection to a tenant's account: leases, and reading its runs. */
-  readonly tenant: (t: TenantId) => { readonly nc: NatsConnection; readonly jsm: JetStreamManager };
+  readonly tenant: (t: TenantId) => { readonly nc: NatsConnection; readonly jsm: JetStreamManager; readonly signer?: Signer | undefined };
   /** Where the load's intent is recorded before it writes (the data plane's audit_log). */
   readonly audit: AuditSink;
   readonly config: Config;
@@ -252,7 +252,7 @@ export function createPipelineRunner(d: PipelineDeps): PipelineRunner {
     }
     const full = !claim.committed_run || claim.spec_fingerprint !== c.specs.fingerprint;
     const previous = full ? {} : claim.cursors;
-    const src = await openPostgres(c.specs.connection, { nc: d.tenant(t).nc, tenant: t, scope: { runId: req.runId, step: req.step, attempt: req.attempt }, connectTimeoutMs: config.connectTimeoutMs, application: 'capstan-datasync' });
+    const src = await openPostgres(c.specs.connection, { nc: d.tenant(t).nc, signer: d.tenant(t).signer, tenant: t, scope: { runId: req.runId, step: req.step, attempt: req.attempt }, connectTimeoutMs: config.connectTimeoutMs, application: 'capstan-datasync' });
     const stop = () => void src.end().catch(() => undefined);
     c.signal.addEventListener('abort', stop, { once: true });
     const cursors: Record<string, string | null> = {};
@@ -478,6 +478,7 @@ export function createPipelineRunner(d: PipelineDeps): PipelineRunner {
     if (dest.type === 'files') return filesDestination(destinationFolder(config.filesRoot, c.tenant, dest.path), dest.format, c.req.runId);
     const client = await openPostgres(c.specs.destinationConnection as ConnectionSpec, {
       nc: d.tenant(c.tenant).nc,
+      signer: d.tenant(c.tenant).signer,
       tenant: c.tenant,
       scope: { runId: c.req.runId, step: c.req.step, attempt: c.req.attempt },
       connectTimeoutMs: config.connectTimeoutMs,

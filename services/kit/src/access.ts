@@ -24,7 +24,8 @@ import {
   type TenantId,
   type TenantRecord,
 } from '@capstan/schemas';
-import { connectNats, jwtSubject, readCredentials, tenantConnection, type CredentialsInfo, type NatsConnection, type NatsTls, type TenantConnection } from './nats.js';
+import { signerOf } from './proof.js';
+import { connectNats, jwtIssuer, jwtSubject, readCredentials, tenantConnection, type CredentialsInfo, type NatsConnection, type NatsTls, type TenantConnection } from './nats.js';
 import type { Logger } from './log.js';
 
 /** Reads one tenant's registry record; undefined when it has none. */
@@ -108,7 +109,8 @@ export async function connectAsService(role: ServiceRole, credsPath: string, o: 
       throw new CredentialsError(credsPath, `the registry's ${role} user for tenant ${t} was issued for another key (re-run capstan tenant add ${t} with this auth store)`);
     }
     const nc = await connectNats(o.servers, `${o.name}@${t}`, o.log.child({ tenant: t }), { credentials: { jwt, seed: creds.seed }, ...(o.tls ? { tls: o.tls } : {}) });
-    return tenantConnection(t, nc);
+    // Its signatures are checked against the tenant's account key (its JWT's issuer).
+    return tenantConnection(t, nc, { account: record.account, signer: signerOf(jwt, creds.seed), record: () => readTenantRecord(registry, t) });
   };
   return makeAccess(role, opened, open, () => listRegisteredTenants(registry), [platform]);
 }
@@ -133,7 +135,8 @@ export async function connectAsTenantUser(credsPaths: readonly string[], o: Acce
     const c = byTenant.get(t);
     if (!c) throw new CapstanError(ErrorCode.UnknownTenant, `no credential for tenant ${t} was given`);
     const nc = await connectNats(o.servers, `${o.name}@${t}`, o.log.child({ tenant: t }), { credentials: c, ...(o.tls ? { tls: o.tls } : {}) });
-    return tenantConnection(t, nc, o.jsDomain ? { jsDomain: o.jsDomain } : {});
+    // A tenant credential was issued by the tenant's account: that issuer is whom it trusts.
+    return tenantConnection(t, nc, { account: jwtIssuer(c.jwt), signer: signerOf(c.jwt, c.seed), ...(o.jsDomain ? { jsDomain: o.jsDomain } : {}) });
   };
   const access = makeAccess(role ?? 'unknown', opened, open, () => Promise.resolve([...byTenant.keys()].sort()), []);
   return Object.assign(access, { credentials: byTenant as ReadonlyMap<TenantId, CredentialsInfo> });

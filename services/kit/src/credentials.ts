@@ -5,10 +5,23 @@
  * data plane that holds a connector can call them the same way.
  *
  * A refresher holds no secret itself: the ones its strategy needs (a client secret, a
- * refresh token) are other secrets of the tenant, read through `ctx.read` by name. Errors
- * name the endpoint and the OAuth error code, never a token or a response body.
+ * refresh token) are other secrets of the tenant, read through `ctx.read` by name (the
+ * caller lets it read only secrets bound to the same connector). Errors name the endpoint
+ * and the OAuth error code, never a token or a response body.
+ *
+ * No deputy: a token endpoint is where a tenant's secrets are sent, and a tenant names it.
+ * So it must be `https`, and every address its host resolves to must be one a tenant may
+ * reach (kit/addresses.ts: no loopback, private, link-local, reserved or this host's own
+ * address) unless the admin allow-list names it; an allow-listed address may also be plain
+ * `http` (an issuer on the admin's own network). The request goes to the address that was
+ * checked, never to the name again, and redirects are not followed. A refused endpoint is
+ * `endpoint_refused`, and nothing was sent.
  */
+import { request as httpRequest, type IncomingMessage, type RequestOptions } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import type { LookupFunction } from 'node:net';
 import { AuthKind, CapstanError, ErrorCode, MAX_SECRET_BYTES, type Connector, type TenantId } from '@capstan/schemas';
+import { refusalOf, resolveChecked, type AddressRules } from './addresses.js';
 
 export interface RefreshContext {
   readonly tenant: TenantId;
@@ -18,6 +31,8 @@ export interface RefreshContext {
   /** Another secret of the same tenant, by name (a client secret, a refresh token). */
   read(name: string): Promise<string>;
   readonly signal?: AbortSignal;
+  /** Which token endpoints may be called (default: public addresses over https only). */
+  readonly endpoints?: AddressRules;
 }
 
 export interface Refreshed {
@@ -45,7 +60,19 @@ export class CredentialRefreshError extends CapstanError {
   }
 }
 
+/** A token endpoint a refresher will not call: nothing was sent to it. Not retryable (the connector must change). */
+export class EndpointRefusedError extends CapstanError {
+  constructor(
+    readonly secret: string,
+    readonly connector: string,
+    why: string,
+  ) {
+    super(ErrorCode.EndpointRefused, `refreshing ${secret} through connector ${connector}: ${why}; nothing was sent`, false);
+  }
+}
+
 const TOKEN_TIMEOUT_MS = 10_000;
+const MAX_TOKEN_RESPONSE_BYTES = 256 * 1024;
 const OAUTH_ERROR = /^[a-z0-9_.-]{1,64}$/i;
 
 /** `origin + path` of a URL: what an error may show of an endpoint (never its query). */
@@ -62,29 +89,80 @@ function endpoint(url: string): string {
  * One OAuth 2.0 token request (RFC 6749 §4.4 / §6) with client credentials in the body.
  * Returns the access token, its lifetime and, if the server rotated it, the new refresh token.
  */
+/**
+ * Where a token endpoint may be reached: its URL and the one checked address to connect to.
+ * @throws EndpointRefusedError
+ */
+export async function checkTokenEndpoint(ctx: Pick<RefreshContext, 'name' | 'connector' | 'endpoints'>, tokenUrl: string): Promise<{ url: URL; address: string; family: 4 | 6 }> {
+  const refuse = (why: string) => new EndpointRefusedError(ctx.name, ctx.connector.name, why);
+  let url: URL;
+  try {
+    url = new URL(tokenUrl);
+  } catch {
+    throw refuse('the token endpoint is not a URL');
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw refuse(`token endpoint ${endpoint(tokenUrl)} is not https`);
+  if (url.username || url.password) throw refuse(`token endpoint ${endpoint(tokenUrl)} carries credentials in its URL`);
+  const rules = ctx.endpoints ?? { allow: [], dns: [] };
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  const { address, family } = await resolveChecked(host, rules, (m) => refuse(`token endpoint ${m}`));
+  // Plain http only to an address the admin named: it is the admin's own network.
+  if (url.protocol === 'http:' && (rules.allow.length === 0 || refusalOf(address, [], new Set()) === undefined)) {
+    throw refuse(`token endpoint ${endpoint(tokenUrl)} is not https`);
+  }
+  return { url, address, family };
+}
+
+/** POSTs `body` to the checked address (the URL's name kept for TLS and Host), no redirects. */
+function post(target: { url: URL; address: string; family: 4 | 6 }, body: string, signal: AbortSignal): Promise<{ status: number; text: string }> {
+  const { url, address, family } = target;
+  // Every lookup answers the checked address: the name is never resolved again.
+  const lookup = ((_host: string, opts: { all?: boolean }, cb: (...a: unknown[]) => void) =>
+    opts?.all ? cb(null, [{ address, family }]) : cb(null, address, family)) as unknown as LookupFunction;
+  const options: RequestOptions = {
+    method: 'POST',
+    hostname: url.hostname.replace(/^\[|\]$/g, ''),
+    port: url.port || (url.protocol === 'https:' ? 443 : 80),
+    path: `${url.pathname}${url.search}`,
+    headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json', 'content-length': Buffer.byteLength(body) },
+    lookup,
+    signal,
+  };
+  return new Promise((resolve, reject) => {
+    const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(options, (res: IncomingMessage) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on('data', (c: Buffer) => {
+        size += c.length;
+        if (size > MAX_TOKEN_RESPONSE_BYTES) res.destroy(new Error('response too large'));
+        else chunks.push(c);
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
 async function tokenRequest(ctx: RefreshContext, tokenUrl: string, form: Record<string, string>): Promise<{ accessToken: string; expiresInMs?: number; refreshToken?: string }> {
   const where = endpoint(tokenUrl);
+  const target = await checkTokenEndpoint(ctx, tokenUrl);
   const signal = ctx.signal ? AbortSignal.any([ctx.signal, AbortSignal.timeout(TOKEN_TIMEOUT_MS)]) : AbortSignal.timeout(TOKEN_TIMEOUT_MS);
-  let res: Response;
+  let res: { status: number; text: string };
   try {
-    res = await fetch(tokenUrl, {
-      method: 'POST',
-      headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
-      body: new URLSearchParams(form).toString(),
-      signal,
-      redirect: 'error',
-    });
+    res = await post(target, new URLSearchParams(form).toString(), signal);
   } catch (e) {
     throw new CredentialRefreshError(ctx.name, ctx.connector.name, `token endpoint ${where} unreachable (${(e as Error).name})`);
   }
   let body: unknown;
   try {
-    body = await res.json();
+    body = JSON.parse(res.text);
   } catch {
     body = undefined;
   }
   const doc = typeof body === 'object' && body !== null ? (body as Record<string, unknown>) : {};
-  if (!res.ok) {
+  if (res.status < 200 || res.status >= 300) {
     const code = typeof doc['error'] === 'string' && OAUTH_ERROR.test(doc['error']) ? ` (${doc['error']})` : '';
     throw new CredentialRefreshError(ctx.name, ctx.connector.name, `token endpoint ${where} answered ${res.status}${code}`);
   }

@@ -5,7 +5,7 @@
  */
 export { startNatsServer, startNatsCluster, freePort, findNatsServer, NatsServerMissingError, MIN_NATS_SERVER, PROJECT_ROOT } from './nats-server.js';
 export type { NatsServer, NatsServerOptions, NatsCluster, NatsClusterOptions } from './nats-server.js';
-export { connectNats, readCredentials, parseCredentials, jwtSubject, tenantConnection, permissionError, permissionViolation } from './nats.js';
+export { connectNats, readCredentials, parseCredentials, jwtSubject, jwtIssuer, jwtTagValues, tenantConnection, permissionError, permissionViolation } from './nats.js';
 export type { NatsConnection, NatsCredentials, CredentialsInfo, NatsTls, ConnectOptions, TenantConnection } from './nats.js';
 export { connectAsService, connectAsTenantUser, readTenantRecord, listRegisteredTenants } from './access.js';
 export type { TenantAccess, TenantFollower, AccessOptions } from './access.js';
@@ -141,8 +141,9 @@ export { createQueryServer, HttpErrorCode } from './http-api.js';
 export type { QueryServer, QueryServerOptions } from './http-api.js';
 export { failpoint, parseFailpoints } from './failpoint.js';
 export type { Failpoint } from './failpoint.js';
-export { execInSandbox, type SandboxCallOptions, type SandboxOutcome } from './sandbox-client.js';
+export { execInSandbox, cancelInSandbox, type SandboxCallOptions, type SandboxOutcome } from './sandbox-client.js';
 export { signerOf, proofHeaders, verifyProof } from './proof.js';
+export { signWork, checkWork, signedWork, checkExecRequest } from './work-proof.js';
 export type { Signer, Author, Trust } from './proof.js';
 export { generateRecipient, recipientFromSeed, seal, parseRecipientKey } from './sealed-box.js';
 export type { Recipient } from './sealed-box.js';
@@ -160,7 +161,7 @@ export {
   verifyWebhook,
 } from './secrets-client.js';
 export type { SecretsCallOptions, LeaseScopeRef, PutSecretOptions } from './secrets-client.js';
-export { refreshers, CredentialRefreshError } from './credentials.js';
+export { refreshers, CredentialRefreshError, EndpointRefusedError, checkTokenEndpoint } from './credentials.js';
 export type { Refresher, Refreshers, RefreshContext, Refreshed } from './credentials.js';
 export { createAuditSink, unavailableAuditSink, appendAuditRow, AuditUnavailableError, AuditAppend, DATA_PLANE_STREAM_SEQ } from './audit-sink.js';
 export type { AuditSink, AuditIntent, DataPlaneAuditRow } from './audit-sink.js';
@@ -176,7 +177,9 @@ export { readSchedule, readScheduleState, listScheduleRecords, listSchedules, se
 export type { Stored, ScheduleView, WorkflowInfo } from './triggers-client.js';
 export { webhookKey, signDelivery, verifyDelivery } from './webhook-signature.js';
 export type { SignedDelivery } from './webhook-signature.js';
-export { callService, refuseRequest, wireError } from './rpc.js';
+export { callService, refuseRequest, answerRequest, wireError } from './rpc.js';
 export type { ServiceCall } from './rpc.js';
 export { putEntity, deleteEntity, getEntity, listEntities, previewQuery, runDatasyncStep } from './datasync-client.js';
 export type { DatasyncCallOptions, PutEntityInput, DatasyncStepOptions, DatasyncStepOutcome } from './datasync-client.js';
+export { parseAllowList, parseDnsServers, refusalOf, ownAddresses, resolveChecked } from './addresses.js';
+export type { AllowEntry, AddressRules } from './addresses.js';

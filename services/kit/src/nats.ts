@@ -7,8 +7,9 @@ import { readFileSync } from 'node:fs';
 import { connect, jwtAuthenticator, PermissionViolationError, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, JetStreamApiError, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { decode as decodeJwt, parseCreds } from '@nats-io/jwt';
-import { CapstanError, CredentialsError, ErrorCode, inboxPrefixFor, isTenantId, PermissionDeniedError, type TenantId } from '@capstan/schemas';
+import { CapstanError, CredentialsError, ErrorCode, inboxPrefixFor, isTenantId, PermissionDeniedError, type TenantId, type TenantRecord } from '@capstan/schemas';
 import type { Logger } from './log.js';
+import type { Signer } from './proof.js';
 
 export type { NatsConnection };
 
@@ -140,13 +141,41 @@ export interface TenantConnection {
   readonly nc: NatsConnection;
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
+  /**
+   * The tenant account's public key: the issuer whose users' signatures are believed in this
+   * tenant (the registry's record, or the issuer of a tenant credential's own JWT).
+   */
+  readonly account?: string;
+  /** Signs as this connection's user (its JWT in the tenant's account and its seed). */
+  readonly signer?: Signer;
+  /** A platform service's fresh read of the tenant's registry record (who its services are). */
+  readonly record?: () => Promise<TenantRecord | undefined>;
 }
 
-export async function tenantConnection(tenant: TenantId, nc: NatsConnection, o: { jsDomain?: string } = {}): Promise<TenantConnection> {
+export interface TenantIdentity {
+  readonly account?: string;
+  readonly signer?: Signer;
+  readonly record?: () => Promise<TenantRecord | undefined>;
+}
+
+export async function tenantConnection(tenant: TenantId, nc: NatsConnection, o: TenantIdentity & { jsDomain?: string } = {}): Promise<TenantConnection> {
+  const { jsDomain, ...identity } = o;
   // checkAPI off: the account info call is not needed to use the API (and costs a round trip).
   // A domain: the streams are reached through a leaf node, as `$JS.<domain>.API.…`.
-  const domain = o.jsDomain ? { domain: o.jsDomain } : {};
-  return { tenant, nc, js: jetstream(nc, domain), jsm: await jetstreamManager(nc, { checkAPI: false, ...domain }) };
+  const domain = jsDomain ? { domain: jsDomain } : {};
+  return { tenant, nc, js: jetstream(nc, domain), jsm: await jetstreamManager(nc, { checkAPI: false, ...domain }), ...identity };
+}
+
+/** A user JWT's `<key>:<value>` tag values (`capstan-pool` → the pools it serves); [] for no JWT. */
+export function jwtTagValues(jwt: string, key: string): string[] {
+  if (!jwt) return [];
+  const tags = decodeJwt<{ tags?: string[] }>(jwt).nats?.tags ?? [];
+  return tags.filter((x) => x.startsWith(`${key}:`)).map((x) => x.slice(key.length + 1));
+}
+
+/** The account that issued a user JWT (for a tenant user: the tenant's account key). */
+export function jwtIssuer(jwt: string): string {
+  return decodeJwt(jwt).iss;
 }
 
 /** The server's permission violation behind an error (requests wrap it as their cause), if any. */

@@ -10,10 +10,10 @@
  * (`policy_invalid` with Cedar's diagnostics, `policy_version_not_found`, `unknown_tenant`,
  * `schema_violation`, …).
  */
-import { NoRespondersError, RequestError, TimeoutError } from '@nats-io/transport-node';
 import {
-  decode,
-  encode,
+  CapstanError,
+  ErrorCode,
+  isPlainObject,
   parsePolicyReply,
   PolicyUnavailableError,
   PolicyVerb,
@@ -25,29 +25,28 @@ import {
   type TenantId,
 } from '@capstan/schemas';
 import type { NatsConnection } from './nats.js';
-import { withTraceHeader } from './tracing.js';
+import { callService } from './rpc.js';
 
 export interface PolicyCallOptions {
   /** Longest wait for the answer. Default 2 s (decisions) or 10 s (administration). */
   readonly timeoutMs?: number;
 }
 
-async function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, verb: V, body: PolicyRequest<V>, timeoutMs: number): Promise<PolicyReply<V>> {
-  let data: Uint8Array;
-  try {
-    // Inside a span (a run's policy hop, a worker's step), the request carries its traceparent.
-    const headers = withTraceHeader();
-    data = (await nc.request(Subjects.policy(tenant, verb), encode(body), { timeout: timeoutMs, ...(headers ? { headers } : {}) })).data;
-  } catch (e) {
-    if (e instanceof NoRespondersError || (e instanceof RequestError && e.isNoResponders())) {
-      throw new PolicyUnavailableError(`no policy service answers for tenant ${tenant}: nothing is allowed until one does`, { cause: e });
-    }
-    if (e instanceof TimeoutError || (e instanceof Error && e.cause instanceof TimeoutError)) {
-      throw new PolicyUnavailableError(`the policy service did not answer within ${timeoutMs} ms`, { cause: e });
-    }
-    throw new PolicyUnavailableError(`policy request failed: ${(e as Error).message}`, { cause: e });
-  }
-  return parsePolicyReply(verb, decode(data));
+/**
+ * One policy request through kit's request/reply helper (`rpc.ts`): the caller's trace
+ * travels with it, no answer is `policy_unavailable`, and a refusal is its typed error,
+ * whether the service put it in the error headers or, with Cedar's diagnostics, in the body.
+ */
+function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, verb: V, body: PolicyRequest<V>, timeoutMs: number): Promise<PolicyReply<V>> {
+  return callService(nc, {
+    subject: Subjects.policy(tenant, verb),
+    body,
+    timeoutMs,
+    parse: (v) => parsePolicyReply(verb, isPlainObject(v) ? v : {}),
+    unavailable: (why, cause) =>
+      new PolicyUnavailableError(why.startsWith('no service') ? `no policy service answers for tenant ${tenant}: nothing is allowed until one does` : `the policy service, ${verb}: ${why}`, { cause }),
+    fromWire: (code, message) => (code === ErrorCode.PolicyUnavailable ? new PolicyUnavailableError(message) : new CapstanError(code as ErrorCode, message, code === ErrorCode.Unavailable)),
+  });
 }
 
 /**

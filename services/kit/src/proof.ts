@@ -14,8 +14,8 @@
  * signature for another subject or tenant. Replaying the same signed message is the same
  * message (commands carry their own ids and are idempotent).
  */
-import { createHash } from 'node:crypto';
-import { decode as decodeJwt, fromPublic, fromSeed } from '@nats-io/jwt';
+import { createHash, createPrivateKey, createPublicKey, sign as edSign, verify as edVerify, type KeyObject } from 'node:crypto';
+import { decode as decodeJwt, fromSeed } from '@nats-io/jwt';
 import { headers as natsHeaders, type MsgHdrs } from '@nats-io/transport-node';
 import { Headers, UnprovenError } from '@capstan/schemas';
 
@@ -47,15 +47,80 @@ function digest(subject: string, body: Uint8Array): Uint8Array {
   return new Uint8Array(h.digest());
 }
 
+// Ed25519 through node:crypto (native): the same signatures nkeys makes, at a small fraction
+// of its pure-JavaScript cost, which a work item pays on every step.
+const BASE32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+
+/** The bytes of an nkey's base32 text (prefix, key, CRC). */
+function base32(text: string): Buffer {
+  const out: number[] = [];
+  let bits = 0;
+  let value = 0;
+  for (const c of text) {
+    const v = BASE32.indexOf(c);
+    if (v < 0) throw new Error('not base32');
+    value = (value << 5) | v;
+    bits += 5;
+    if (bits >= 8) {
+      out.push((value >>> (bits - 8)) & 0xff);
+      bits -= 8;
+    }
+  }
+  return Buffer.from(out);
+}
+
+/** An nkey public key (`U…`, `A…`): one prefix byte, 32 key bytes, a 2-byte CRC. */
+function publicKeyObject(nkey: string): KeyObject {
+  const raw = base32(nkey);
+  if (raw.length !== 35) throw new Error('not an nkey public key');
+  return createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: raw.subarray(1, 33).toString('base64url') }, format: 'jwk' });
+}
+
+/** Verifying keys by nkey, so a frequent signer's key is parsed once (bounded). */
+const publicKeys = new Map<string, KeyObject>();
+function verifyingKey(nkey: string): KeyObject {
+  let k = publicKeys.get(nkey);
+  if (!k) {
+    k = publicKeyObject(nkey);
+    if (publicKeys.size >= 4096) publicKeys.clear();
+    publicKeys.set(nkey, k);
+  }
+  return k;
+}
+
 /** A signer from a user JWT and its seed (the two halves of a `.creds` file). */
 export function signerOf(jwt: string, seed: Uint8Array): Signer {
   const kp = fromSeed(seed);
   const publicKey = kp.getPublicKey();
+  // A seed (`S…`): two prefix bytes, the 32-byte Ed25519 seed, a 2-byte CRC.
+  const raw = base32(new TextDecoder().decode(seed));
+  const key = createPrivateKey({
+    key: { kty: 'OKP', crv: 'Ed25519', d: raw.subarray(2, 34).toString('base64url'), x: base32(publicKey).subarray(1, 33).toString('base64url') },
+    format: 'jwk',
+  });
+  raw.fill(0);
   return {
     jwt,
     publicKey,
-    sign: (subject, body) => Buffer.from(kp.sign(digest(subject, body))).toString('base64url'),
+    sign: (subject, body) => edSign(null, digest(subject, body), key).toString('base64url'),
   };
+}
+
+type Claims = ReturnType<typeof decodeJwt<{ tags?: string[] }>>;
+/**
+ * JWTs whose own signature was checked already, by their exact text: the same text verifies
+ * the same way every time (expiry and issuer are still judged on each message). Bounded.
+ */
+const checkedJwts = new Map<string, Claims>();
+function claimsOf(jwt: string): Claims {
+  let c = checkedJwts.get(jwt);
+  if (!c) {
+    // decode verifies the JWT's signature against its issuer.
+    c = decodeJwt<{ tags?: string[] }>(jwt);
+    if (checkedJwts.size >= 4096) checkedJwts.clear();
+    checkedJwts.set(jwt, c);
+  }
+  return c;
 }
 
 /** Adds the proof headers for `subject` and `body` to `h` (made when absent) and returns it. */
@@ -85,10 +150,9 @@ export function verifyProof(h: MsgHdrs | undefined, subject: string, body: Uint8
   const jwt = h?.get(Headers.Signer) ?? '';
   const sig = h?.get(Headers.Signature) ?? '';
   if (!jwt || !sig) throw new UnprovenError(`${subject}: no ${Headers.Signer}/${Headers.Signature} headers`);
-  let claims: ReturnType<typeof decodeJwt<{ tags?: string[] }>>;
+  let claims: Claims;
   try {
-    // decode verifies the JWT's signature against its issuer.
-    claims = decodeJwt<{ tags?: string[] }>(jwt);
+    claims = claimsOf(jwt);
   } catch (e) {
     throw new UnprovenError(`${subject}: signer JWT is invalid (${(e as Error).message})`, { cause: e });
   }
@@ -98,7 +162,7 @@ export function verifyProof(h: MsgHdrs | undefined, subject: string, body: Uint8
   if (claims.exp && claims.exp <= now) throw new UnprovenError(`${subject}: signer ${claims.name} has expired`);
   let ok = false;
   try {
-    ok = fromPublic(claims.sub).verify(digest(subject, body), Buffer.from(sig, 'base64url'));
+    ok = edVerify(null, digest(subject, body), verifyingKey(claims.sub), Buffer.from(sig, 'base64url'));
   } catch {
     ok = false;
   }

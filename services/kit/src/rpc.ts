@@ -9,6 +9,7 @@ import { CapstanError, decode, encode, Headers } from '@capstan/schemas';
 import { dbErrorMessage } from './db.js';
 import type { NatsConnection } from './nats.js';
 import { withTraceHeader } from './tracing.js';
+import { proofHeaders, type Signer } from './proof.js';
 
 export interface ServiceCall<T> {
   readonly subject: string;
@@ -20,6 +21,10 @@ export interface ServiceCall<T> {
   readonly unavailable: (why: string, cause: unknown) => CapstanError;
   /** Rebuilds a refusal from its headers. */
   readonly fromWire: (code: string, message: string) => CapstanError;
+  /** Signs the request (subject and body), for a service that acts only for a proven caller. */
+  readonly signer?: Signer;
+  /** Checks the answer before it is parsed (a reply the service signed, say); throws to refuse it. */
+  readonly checkReply?: (msg: Msg) => void;
 }
 
 export async function callService<T>(nc: NatsConnection, c: ServiceCall<T>): Promise<T> {
@@ -27,8 +32,10 @@ export async function callService<T>(nc: NatsConnection, c: ServiceCall<T>): Pro
   let msg;
   try {
     // The caller's trace travels with the request (when tracing is on).
-    const headers = withTraceHeader();
-    msg = await nc.request(c.subject, encode(c.body), { timeout, ...(headers ? { headers } : {}) });
+    const data = encode(c.body);
+    let headers = withTraceHeader();
+    if (c.signer) headers = proofHeaders(c.signer, c.subject, data, headers ?? natsHeaders());
+    msg = await nc.request(c.subject, data, { timeout, ...(headers ? { headers } : {}) });
   } catch (e) {
     if (e instanceof NoRespondersError || (e instanceof RequestError && e.isNoResponders())) throw c.unavailable('no service is running for this tenant', e);
     if (e instanceof TimeoutError || (e instanceof RequestError && e.cause instanceof TimeoutError)) throw c.unavailable(`no answer within ${timeout} ms`, e);
@@ -36,7 +43,14 @@ export async function callService<T>(nc: NatsConnection, c: ServiceCall<T>): Pro
   }
   const code = msg.headers?.get(Headers.ErrorCode);
   if (code) throw c.fromWire(code, msg.headers?.get(Headers.Error) ?? code);
+  c.checkReply?.(msg);
   return c.parse(decode(msg.data));
+}
+
+/** Answers a request with `body`, signed over the request's subject when `signer` is given (a reply the caller can prove came from this service). */
+export function answerRequest(msg: Msg, body: object, signer?: Signer): void {
+  const data = encode(body);
+  msg.respond(data, signer ? { headers: proofHeaders(signer, msg.subject, data) } : undefined);
 }
 
 /** Answers a request with a refusal: the code and a one-line message in headers, an empty body. */

@@ -7,22 +7,43 @@
  */
 import { NoRespondersError, nuid, RequestError, type Subscription } from '@nats-io/transport-node';
 import {
+  CapstanError,
   decode,
   encode,
   ErrorCode,
   parseCredentialRequest,
+  parseSandboxCancelReply,
   parseSandboxReply,
   Subjects,
   toErrorRecord,
   type CredentialAnswer,
   type CredentialRequest,
   type ErrorRecord,
+  type SandboxCancelReply,
   type SandboxExecRequest,
   type SandboxResult,
   type TenantId,
 } from '@capstan/schemas';
 import type { NatsConnection } from './nats.js';
+import { callService } from './rpc.js';
 import { withTraceHeader } from './tracing.js';
+
+/**
+ * Asks the tenant's sandbox service to kill one attempt (`cap.<t>.svc.sandbox.cancel`), through
+ * kit's request/reply helper: `{ cancelled: false }` when no instance holds it (it is then
+ * refused if it arrives later), a malformed request its typed refusal.
+ * @throws CapstanError (`sandbox_unavailable` when no service answers in time, or the refusal's code)
+ */
+export function cancelInSandbox(nc: NatsConnection, t: TenantId, attempt: { runId: string; step: string; attempt: number }, o: { timeoutMs?: number } = {}): Promise<SandboxCancelReply> {
+  return callService(nc, {
+    subject: Subjects.sandboxCancel(t),
+    body: attempt,
+    parse: parseSandboxCancelReply,
+    timeoutMs: o.timeoutMs ?? 2000,
+    unavailable: (why, cause) => new CapstanError(ErrorCode.SandboxUnavailable, `sandbox cancel of step ${attempt.step} attempt ${attempt.attempt}: ${why}`, true, { cause }),
+    fromWire: (code, message) => new CapstanError(code as ErrorCode, message, false),
+  });
+}
 
 export interface SandboxCallOptions {
   /** Longest wait for the first reply (the service may be queueing the step). Default 10 s. */

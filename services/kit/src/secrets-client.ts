@@ -16,6 +16,9 @@
  * `secrets_unavailable` (retryable).
  */
 import {
+  CapstanError,
+  Role,
+  SealingKeyMismatchError,
   decode,
   isPlainObject,
   leaseAad,
@@ -47,20 +50,36 @@ import {
   type VerifyRequest,
 } from '@capstan/schemas';
 import type { NatsConnection } from './nats.js';
+import type { Msg } from '@nats-io/transport-node';
 import { callService } from './rpc.js';
+import { verifyProof } from './proof.js';
+import type { Signer } from './proof.js';
 import { generateRecipient, seal, type Recipient } from './sealed-box.js';
 
 export interface SecretsCallOptions {
   /** How long to wait for the service's answer (default 5 s). */
   readonly timeoutMs?: number;
+  /**
+   * Signs the request as the caller: issuing a lease needs the worker named by the run's
+   * record, claiming and redeeming one the sandbox service it is bound to.
+   */
+  readonly signer?: Signer;
+  /**
+   * The tenant's account key. When given, the sealing key is used only if the secrets-lease
+   * service of that account signed the answer (no one else can hand out a key to seal to):
+   * otherwise `sealing_key_mismatch`, and nothing is sent.
+   */
+  readonly account?: string;
 }
 
-function call<T>(nc: NatsConnection, t: TenantId, verb: SecretsVerb, body: object, parse: (v: unknown) => T, o: SecretsCallOptions = {}, ctx: { leaseId?: string } = {}): Promise<T> {
+function call<T>(nc: NatsConnection, t: TenantId, verb: SecretsVerb, body: object, parse: (v: unknown) => T, o: SecretsCallOptions = {}, ctx: { leaseId?: string; checkReply?: (m: Msg) => void } = {}): Promise<T> {
   return callService(nc, {
+    ...(ctx.checkReply ? { checkReply: ctx.checkReply } : {}),
     subject: Subjects.secrets(t, verb),
     body,
     parse,
     ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
+    ...(o.signer ? { signer: o.signer } : {}),
     unavailable: (why, cause) => new SecretsUnavailableError(`secrets-lease service, ${verb}: ${why} (tenant ${t})`, { cause }),
     fromWire: (code, message) => secretsErrorFromWire(code, message, { tenant: t, ...ctx }),
   });
@@ -152,7 +171,20 @@ export interface PutSecretOptions extends SecretsCallOptions {
 
 /** The value sealed to the service's key for this tenant and name: it never crosses NATS in clear. */
 async function sealForService(nc: NatsConnection, t: TenantId, name: string, value: string, o?: SecretsCallOptions): Promise<SealedBox> {
-  const { publicKey } = await call(nc, t, SecretsVerb.Key, {}, parseKeyReply, o);
+  const account = o?.account;
+  const checkReply = account
+    ? (m: Msg) => {
+        let role: string | undefined;
+        try {
+          // Signed over the request's subject: this tenant's key verb, nothing else.
+          role = verifyProof(m.headers, Subjects.secrets(t, SecretsVerb.Key), m.data, { accounts: [account] }).role;
+        } catch (e) {
+          throw new SealingKeyMismatchError(t, CapstanError.is(e) ? e.message : String(e));
+        }
+        if (role !== Role.SecretsLease) throw new SealingKeyMismatchError(t, `the key was signed by a ${role ?? 'roleless'} user, not the secrets-lease service`);
+      }
+    : undefined;
+  const { publicKey } = await call(nc, t, SecretsVerb.Key, {}, parseKeyReply, o, checkReply ? { checkReply } : {});
   return seal(publicKey, new TextEncoder().encode(value), putAad(t, name));
 }
 

@@ -4,7 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Registry } from '@capstan/actors';
-import { Role, type TenantId } from '@capstan/schemas';
+import { CapstanError, ErrorCode, Role, type TenantId } from '@capstan/schemas';
 import { serviceAccess, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
 import { createTenantHost, type TenantHost, type TenantHostStats } from './run-host.js';
@@ -31,8 +31,10 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
   // Unique per process: a restarted instance must not inherit the leases (and epochs) of its predecessor.
   const instance = `${config.name.toLowerCase().replace(/[^a-z0-9_-]/g, '-').slice(0, 48)}-${randomBytes(4).toString('hex')}`.replace(/^[^a-z0-9]/, 'o');
 
-  async function serve({ tenant: t, nc, js, jsm }: TenantConnection): Promise<void> {
+  async function serve({ tenant: t, nc, js, jsm, signer }: TenantConnection): Promise<void> {
+    if (!signer) throw new CapstanError(ErrorCode.InvalidArgument, `no signing identity for tenant ${t}: work items would be refused`);
     const host = createTenantHost({
+      signer,
       nc,
       js,
       jsm,

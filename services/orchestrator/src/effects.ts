@@ -6,7 +6,7 @@
  */
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { publishDurably, type Batching, type OutMsg } from '@capstan/kit';
+import { publishDurably, type Batching, type OutMsg, type Signer } from '@capstan/kit';
 import { stepInputsOf, type RunState } from '@capstan/actors';
 import type { PolicyGate } from './policy-gate.js';
 import type { RunObserver } from './observe.js';
@@ -47,6 +47,7 @@ export async function dispatchEffects(
   js: JetStreamClient,
   t: TenantId,
   sources: readonly EffectSource[],
+  signer: Signer,
   gate?: PolicyGate,
   observer?: RunObserver,
   batching: Batching = 'pipelined',
@@ -122,8 +123,13 @@ export async function dispatchEffects(
           ...(d.sandbox ? { sandbox: d.sandbox } : {}),
         };
         // The work item carries its dispatch hop's traceparent (derived, so a re-derived item carries the same).
-        const headers = await observer?.workHeaders(src.runId, d.step, d.attempt);
-        work.push({ subject: Subjects.work(t, d.pool), data: encode(item), msgId: MsgIds.work(src.runId, d.step, d.attempt), ...(headers ? { headers } : {}) });
+        const trace = await observer?.workHeaders(src.runId, d.step, d.attempt);
+        const subject = Subjects.work(t, d.pool);
+        const data = encode(item);
+        // Signed over subject and bytes: a worker and the sandbox run only what this wrote
+        // from the record (Ed25519 is deterministic, so a re-derived item is signed the same).
+        const headers = { ...trace, [Headers.Signer]: signer.jwt, [Headers.Signature]: signer.sign(subject, data) };
+        work.push({ subject, data, msgId: MsgIds.work(src.runId, d.step, d.attempt), headers });
         if (!src.recovered) dispatched.push({ runId: src.runId, event: ev });
       }
     }

@@ -23,7 +23,7 @@ import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from 
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { Registry } from '@capstan/actors';
 import { Consumers, DeadLetterSource, ErrorCode, Streams, toErrorRecord, type RunId, type TenantId } from '@capstan/schemas';
-import { deadLetter, failpoint, metrics, type Batching, type Logger } from '@capstan/kit';
+import { deadLetter, failpoint, metrics, type Batching, type Logger, type Signer } from '@capstan/kit';
 import { dispatchEffects } from './effects.js';
 import { createPolicyGate } from './policy-gate.js';
 import { createScheduler } from './scheduler.js';
@@ -56,6 +56,8 @@ export interface TenantHostOptions {
   readonly lease: { readonly ttlMs: number; readonly renewMs: number };
   /** How effects go out (see kit's Batching). */
   readonly effectBatches: Batching;
+  /** Signs each work item as this tenant's orchestrator: workers and sandboxes run nothing else. */
+  readonly signer: Signer;
 }
 
 export interface TenantHost {
@@ -231,7 +233,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     const publishRecovered = async (groups: GroupResult[]): Promise<GroupResult[]> => {
       const recovered = groups.flatMap((g) => g.recovered);
       if (recovered.length === 0) return groups;
-      await dispatchEffects(nc, js, t, recovered, gate, observer, o.effectBatches);
+      await dispatchEffects(nc, js, t, recovered, o.signer, gate, observer, o.effectBatches);
       stats.recoveredEffects += recovered.reduce((k, r) => k + r.events.length, 0);
       return groups.map((g) => ({ ...g, recovered: [] }));
     };
@@ -251,7 +253,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     const effects = done.flatMap((g) => g.effects);
     return async () => {
       try {
-        await dispatchEffects(nc, js, t, effects, gate, observer, o.effectBatches);
+        await dispatchEffects(nc, js, t, effects, o.signer, gate, observer, o.effectBatches);
       } catch (e) {
         // A later command for these runs must not trust the cache: reload recovers the tail.
         for (const g of done) cache.delete(g.runId);

@@ -34,7 +34,7 @@ import {
   type SandboxReply,
   type TenantId,
 } from '@capstan/schemas';
-import { addCollector, createAuditSink, inSpan, metrics, openDatabase, serviceAccess, SpanKind, traceParentOf, unavailableAuditSink, withTraceHeader, type AuditSink, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
+import { addCollector, answerRequest, checkExecRequest, refuseRequest, createAuditSink, inSpan, metrics, openDatabase, serviceAccess, SpanKind, traceParentOf, unavailableAuditSink, withTraceHeader, type AuditSink, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
 import { nullBackend, SandboxUnavailableError, type SandboxBackend, type SandboxRuntime } from './backend.js';
 import { dockerBackend } from './docker.js';
@@ -87,7 +87,7 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
   const docker = new Docker({ socketPath: config.dockerSocket });
   const backend = opts.backend ?? (config.backend === 'docker' ? dockerBackend(docker) : nullBackend('SANDBOX_BACKEND=none: this node runs no sandboxes'));
   // A secrets file (tests) or the secrets-lease service.
-  const leases = opts.leases ?? (config.secretsFile ? fileLeases(config.secretsFile) : natsLeases((t) => conns.get(t)?.nc));
+  const leases = opts.leases ?? (config.secretsFile ? fileLeases(config.secretsFile) : natsLeases((t) => conns.get(t)));
   const audit =
     opts.audit ??
     (config.auditDatabaseUrl
@@ -220,6 +220,14 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
       fail({ ...toErrorRecord(e, ErrorCode.SchemaViolation), retryable: false });
       return;
     }
+    try {
+      // Nothing runs but the orchestrator's signed work item, exactly as signed.
+      checkExecRequest(req, conns.get(tenant)?.account);
+    } catch (e) {
+      log.warn({ tenant, runId: req.runId, step: req.step, attempt: req.attempt, code: CapstanError.is(e) ? e.code : undefined, reason: CapstanError.is(e) ? e.message : undefined }, 'sandbox request rejected');
+      fail({ ...toErrorRecord(e, ErrorCode.WorkRejected), retryable: false });
+      return;
+    }
     const name = sandboxName(req.runId, req.step, req.attempt);
     if (cancelledEarly.delete(name)) {
       fail(new CancelledError(`step ${req.step} attempt ${req.attempt} was cancelled before it reached a sandbox`).toRecord());
@@ -293,13 +301,15 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
 
   /** Kills the attempt named in a cancel if this instance holds it. */
   async function cancel(tenant: TenantId, msg: Msg): Promise<void> {
-    const respond = (r: SandboxCancelReply) => (msg.reply ? msg.respond(encode(r)) : undefined);
+    const respond = (r: SandboxCancelReply) => (msg.reply ? answerRequest(msg, r) : undefined);
     let name: string;
     try {
       const req = parseSandboxCancelRequest(decode(msg.data));
       name = sandboxName(req.runId, req.step, req.attempt);
     } catch (e) {
-      respond({ cancelled: false, error: { ...toErrorRecord(e, ErrorCode.SchemaViolation), retryable: false } });
+      // kit's one convention: a refusal is its code and message in headers (rpc.ts).
+      const r = toErrorRecord(e, ErrorCode.SchemaViolation);
+      if (msg.reply) refuseRequest(msg, r.code, r.message);
       return;
     }
     const a = attempts.get(name);

@@ -5,7 +5,7 @@
  * `fileLeases` reads a local file (for tests).
  */
 import { readFile } from 'node:fs/promises';
-import { claimLease, redeemValues, type NatsConnection } from '@capstan/kit';
+import { claimLease, redeemValues, type TenantConnection } from '@capstan/kit';
 import { CapstanError, ErrorCode, isPlainObject, type RunId, type TenantId } from '@capstan/schemas';
 
 export interface LeaseScope {
@@ -35,15 +35,18 @@ export const noLeases: LeaseRedeemer = {
  * lease's TTL counts from the claim), then redeemed with a one-time key pair, so the values
  * travel sealed to this process and are opened only here.
  */
-export function natsLeases(connection: (t: TenantId) => NatsConnection | undefined): LeaseRedeemer {
+export function natsLeases(connection: (t: TenantId) => Pick<TenantConnection, 'nc' | 'signer'> | undefined): LeaseRedeemer {
   return {
     async redeem(s) {
-      const nc = connection(s.tenant);
-      if (!nc) throw new CapstanError(ErrorCode.Unavailable, 'not connected to NATS', true);
+      const tc = connection(s.tenant);
+      if (!tc) throw new CapstanError(ErrorCode.Unavailable, 'not connected to NATS', true);
+      const { nc, signer } = tc;
       if (!s.leaseId) throw new CapstanError(ErrorCode.InvalidArgument, `step ${s.step} needs ${s.keys.join(', ')} but its worker sent no lease`, false);
       const scope = { leaseId: s.leaseId, runId: s.runId, step: s.step, attempt: s.attempt };
-      await claimLease(nc, s.tenant, { ...scope, sandbox: s.sandbox });
-      const values = await redeemValues(nc, s.tenant, scope);
+      // Signed as this service: the lease is bound to the sandbox service's registered key.
+      const o = signer ? { signer } : {};
+      await claimLease(nc, s.tenant, { ...scope, sandbox: s.sandbox }, o);
+      const values = await redeemValues(nc, s.tenant, scope, o);
       const missing = s.keys.filter((k) => values[k] === undefined);
       if (missing.length > 0) throw new CapstanError(ErrorCode.SecretNotFound, `the lease holds no ${missing.join(', ')}`, false);
       return values;

@@ -9,9 +9,12 @@
  */
 import type { Msg, Subscription } from '@nats-io/transport-node';
 import {
+  CapstanError,
   decode,
   encode,
   ErrorCode,
+  Headers,
+  LeaseDeniedError,
   InvalidArgumentError,
   leaseAad,
   Lifecycle,
@@ -50,6 +53,7 @@ import {
   parseRecipientKey,
   refreshers as builtinRefreshers,
   refuseRequest,
+  answerRequest,
   wireError,
   seal,
   serviceAccess,
@@ -59,10 +63,17 @@ import {
   type Logger,
   type Refreshers,
   type TenantAccess,
+  type TenantConnection,
   type TenantFollower,
+  verifyProof,
+  jwtSubject,
+  jwtTagValues,
+  type Author,
 } from '@capstan/kit';
+import { checkWarrant } from './warrant.js';
 import type { Config } from './config.js';
 import { createKeyring, type Keyring } from './envelope.js';
+import { audit, lockRunAudit, SecretsAudit, secretAuditRun } from './db.js';
 import { createLeaseLedger, type LeaseLedger } from './leases.js';
 import { createSecretRefresher } from './refresh.js';
 import { watchRunEnds, type RunEndWatch } from './run-ends.js';
@@ -104,7 +115,7 @@ const BACKOFF_MAX_MS = 5000;
  * delivery, and a rotation or deletion of the secret takes effect within it.
  */
 const SIGNING_KEY_TTL_MS = 10_000;
-const DENIALS: ReadonlySet<string> = new Set([ErrorCode.LeaseNotFound, ErrorCode.LeaseExpired, ErrorCode.LeaseUsed, ErrorCode.LeaseRevoked, ErrorCode.LeaseScopeMismatch, ErrorCode.SecretNotFound]);
+const DENIALS: ReadonlySet<string> = new Set([ErrorCode.LeaseNotFound, ErrorCode.LeaseExpired, ErrorCode.LeaseUsed, ErrorCode.LeaseRevoked, ErrorCode.LeaseScopeMismatch, ErrorCode.LeaseNotWarranted, ErrorCode.LeaseWrongRedeemer, ErrorCode.Unproven, ErrorCode.SecretNotFound]);
 
 export async function createSecretsLease(config: Config, log: Logger, opts: SecretsLeaseOptions = {}): Promise<SecretsLeaseService> {
   const ownDatabase = !opts.database;
@@ -112,7 +123,14 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
   const keyring: Keyring = createKeyring(config.masterKey);
   const store = opts.store ?? postgresSecretStore(database, keyring, { refreshWindowMs: config.refreshWindowMs });
   const ledger = createLeaseLedger(database);
-  const refresher = createSecretRefresher(store, opts.refreshers ?? builtinRefreshers, log, MAX_SECRET_BYTES);
+  const refresher = createSecretRefresher(store, opts.refreshers ?? builtinRefreshers, log, MAX_SECRET_BYTES, {
+    allow: config.refreshAllow,
+    audit: (t, name, by, detail) =>
+      database.db.transaction(async (tx) => {
+        await lockRunAudit(tx, t, secretAuditRun(name));
+        await audit(tx, t, secretAuditRun(name), SecretsAudit.SecretRefreshFailed, by, detail);
+      }),
+  });
   const stats: SecretsLeaseStats = { issued: 0, redeemed: 0, denied: 0, revoked: 0, errors: 0 };
   let access: TenantAccess | undefined;
   let follower: TenantFollower | undefined;
@@ -167,10 +185,52 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
     }
   }
 
-  const handlers: Record<SecretsVerb, (t: TenantId, body: unknown) => Promise<object>> = {
-    async [SecretsVerb.Lease](t, body) {
+  /** The tenants served, with their account key, run stream and registry record. */
+  const conns = new Map<TenantId, TenantConnection>();
+
+  /** Who signed a request (its credential, issued by the tenant's account). @throws UnprovenError */
+  function callerOf(t: TenantId, msg: Msg): Author {
+    return verifyProof(msg.headers, msg.subject, msg.data, { accounts: conns.get(t)?.account ? [conns.get(t)?.account as string] : [] });
+  }
+
+  /** The `capstan-pool` tags of the request's signer (a worker's pools). */
+  function poolsOf(msg: Msg): string[] {
+    return jwtTagValues(msg.headers?.get(Headers.Signer) ?? '', 'capstan-pool');
+  }
+
+  /**
+   * Whom a lease is bound to: for a worker's step, the tenant's sandbox service as the
+   * registry names it now; a service that leases for its own use (datasync) redeems itself.
+   */
+  async function redeemerFor(t: TenantId, caller: Author): Promise<string> {
+    if (caller.role !== Role.Worker) return caller.publicKey;
+    const record = await conns.get(t)?.record?.();
+    const jwt = record?.services[Role.Sandbox];
+    if (!jwt) throw new LeaseDeniedError(ErrorCode.LeaseNotWarranted, '', `tenant ${t} has no sandbox service in the registry to redeem a lease`);
+    return jwtSubject(jwt);
+  }
+
+  type Handler = (t: TenantId, body: unknown, msg: Msg) => Promise<object>;
+  const handlers: Record<SecretsVerb, Handler> = {
+    async [SecretsVerb.Lease](t, body, msg) {
       const req = parseLeaseRequest(body);
       const scope = { runId: req.runId, step: req.step, attempt: req.attempt };
+      // The caller proven, then the run's record: a lease is issued only for what it warrants.
+      const caller = callerOf(t, msg);
+      if (caller.role === Role.Worker) {
+        const tc = conns.get(t);
+        if (!tc) throw new SecretsUnavailableError(`tenant ${t} is not served here`);
+        try {
+          await checkWarrant(tc.jsm, t, { ...scope, keys: req.keys }, caller, poolsOf(msg));
+        } catch (e) {
+          await ledger.deny(t, req.runId, '', CapstanError.is(e) ? e.code : ErrorCode.LeaseNotWarranted, { keys: [...req.keys], step: req.step, attempt: req.attempt, caller: caller.name });
+          throw e;
+        }
+      } else if (caller.role !== Role.Datasync) {
+        await ledger.deny(t, req.runId, '', ErrorCode.LeaseNotWarranted, { keys: [...req.keys], step: req.step, attempt: req.attempt, caller: caller.name });
+        throw new LeaseDeniedError(ErrorCode.LeaseNotWarranted, '', `lease refused: ${caller.name} (role ${caller.role ?? 'none'}) may not ask for leases`);
+      }
+      const redeemer = await redeemerFor(t, caller);
       const metas = await store.describe(t, req.keys);
       const missing = req.keys.filter((k) => !metas.has(k));
       if (missing.length > 0) {
@@ -184,7 +244,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       }
       await refresher.refreshDue(t, metas.values());
       const ttlMs = Math.min(req.ttlMs ?? config.defaultTtlMs, config.maxTtlMs);
-      const lease = await ledger.issue(t, scope, req.keys, ttlMs, config.claimWindowMs);
+      const lease = await ledger.issue(t, scope, req.keys, ttlMs, config.claimWindowMs, redeemer);
       stats.issued++;
       metrics.leases.inc({ tenant: t, event: 'issued' });
       log.debug({ tenant: t, runId: req.runId, step: req.step, attempt: req.attempt, leaseId: lease.leaseId, keys: req.keys }, 'lease issued');
@@ -192,12 +252,13 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       return grant;
     },
 
-    async [SecretsVerb.Redeem](t, body) {
+    async [SecretsVerb.Redeem](t, body, msg) {
       const req = parseRedeemRequest(body);
+      const by = callerOf(t, msg).publicKey;
       // Checked before the lease is claimed: a key no box can be sealed to must not burn it.
       parseRecipientKey(req.recipientKey);
       const scope = { runId: req.runId, step: req.step, attempt: req.attempt };
-      const { keys, values } = await ledger.redeem(t, req.leaseId, scope, (names, within) => store.read(t, names, within));
+      const { keys, values } = await ledger.redeem(t, req.leaseId, scope, by, (names, within) => store.read(t, names, within));
       const plain = encode(values);
       try {
         const sealed = seal(req.recipientKey, plain, leaseAad(t, { ...scope, leaseId: req.leaseId }));
@@ -210,9 +271,9 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       }
     },
 
-    async [SecretsVerb.Claim](t, body) {
+    async [SecretsVerb.Claim](t, body, msg) {
       const req = parseClaimRequest(body);
-      const expiresAt = await ledger.claim(t, req.leaseId, { runId: req.runId, step: req.step, attempt: req.attempt }, req.sandbox);
+      const expiresAt = await ledger.claim(t, req.leaseId, { runId: req.runId, step: req.step, attempt: req.attempt }, req.sandbox, callerOf(t, msg).publicKey);
       log.debug({ tenant: t, runId: req.runId, step: req.step, attempt: req.attempt, leaseId: req.leaseId, sandbox: req.sandbox }, 'lease claimed');
       return { expiresAt: expiresAt.toISOString() } satisfies ClaimReply;
     },
@@ -296,8 +357,9 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
     },
   };
 
-  function reply(msg: Msg, body: object): void {
-    msg.respond(encode(body));
+  function reply(t: TenantId, msg: Msg, verb: string, body: object): void {
+    // The sealing key is signed as this service: a CLI seals to no key anyone else handed it.
+    answerRequest(msg, body, verb === SecretsVerb.Key ? conns.get(t)?.signer : undefined);
   }
 
   function refuse(msg: Msg, e: unknown, verb: string, t: string): void {
@@ -328,9 +390,9 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       // Issue and redeem asked within a run's trace are hops of it: the lease hop.
       const parent = traceParentOf(msg.headers);
       const body = parent
-        ? await inSpan('secrets-lease', `secrets.${verb}`, { kind: SpanKind.SERVER, parent, attributes: { 'capstan.tenant': t, 'capstan.hop': 'lease' } }, () => handler(t, decode(msg.data)))
-        : await handler(t, decode(msg.data));
-      reply(msg, body);
+        ? await inSpan('secrets-lease', `secrets.${verb}`, { kind: SpanKind.SERVER, parent, attributes: { 'capstan.tenant': t, 'capstan.hop': 'lease' } }, () => handler(t, decode(msg.data), msg))
+        : await handler(t, decode(msg.data), msg);
+      reply(t, msg, verb, body);
     } catch (e) {
       refuse(msg, e, verb, token);
     }
@@ -362,6 +424,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
         config.tenants,
         config.discoveryMs,
         async (tc) => {
+          conns.set(tc.tenant, tc);
           subs.push(
             tc.nc.subscribe(Subjects.svcVerbs(tc.tenant, 'secrets'), {
               queue: QUEUE,

@@ -1,5 +1,5 @@
 import { ConfigError, type TenantId } from '@capstan/schemas';
-import { envInt, envLogLevel, envDatabaseUrl, envNatsAuth, envNatsUrl, envString, envTenants, type Env, type NatsAuthConfig } from '@capstan/kit';
+import { parseAllowList, type AllowEntry, envInt, envLogLevel, envDatabaseUrl, envNatsAuth, envNatsUrl, envString, envTenants, type Env, type NatsAuthConfig } from '@capstan/kit';
 import type { LevelWithSilent } from 'pino';
 
 export interface Config {
@@ -30,6 +30,12 @@ export interface Config {
   readonly claimWindowMs: number;
   /** Refresh window of a refreshable secret that names none. */
   readonly refreshWindowMs: number;
+  /**
+   * Token endpoints a credential refresher may call on a private, loopback or otherwise
+   * refused address (`SECRETS_REFRESH_ALLOW`: addresses and CIDR blocks); an address named
+   * here may also be plain http. Empty: public https endpoints only.
+   */
+  readonly refreshAllow: readonly AllowEntry[];
   readonly poolSize: number;
   /** How often new tenants are looked for (to watch their run streams). */
   readonly discoveryMs: number;
@@ -52,6 +58,7 @@ export function loadConfig(env: Env): Config {
     maxTtlMs,
     claimWindowMs: envInt(env, 'SECRETS_CLAIM_WINDOW_MS', 10 * 60_000, problems, 100, 24 * 3_600_000),
     refreshWindowMs: envInt(env, 'SECRETS_REFRESH_WINDOW_MS', 60_000, problems, 0, 30 * 24 * 3_600_000),
+    refreshAllow: parseAllowList(envString(env, 'SECRETS_REFRESH_ALLOW', ''), problems, 'SECRETS_REFRESH_ALLOW'),
     poolSize: envInt(env, 'SECRETS_DB_POOL', 8, problems, 1, 200),
     discoveryMs: envInt(env, 'SECRETS_DISCOVERY_MS', 2000, problems, 100, 3_600_000),
     name: envString(env, 'SECRETS_NAME', `secrets-lease-${process.pid}`),

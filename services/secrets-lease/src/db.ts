@@ -61,5 +61,7 @@ export const SecretsAudit = {
   SecretPut: 'secret.put',
   SecretRotated: 'secret.rotated',
   SecretRefreshed: 'secret.refreshed',
+  /** A refresh that stored nothing: its endpoint refused, an unbound secret named, the issuer failing. */
+  SecretRefreshFailed: 'secret.refresh_failed',
   SecretDeleted: 'secret.deleted',
 } as const;

@@ -8,6 +8,9 @@
  *   the claim window (the step may queue for a sandbox, or wait for a cold start).
  * - Claim: the sandbox that holds a container for the attempt claims the lease, and the
  *   lease's TTL counts from there (`expires_at = clock_timestamp() + ttl`). One claim.
+ * - Bound: a lease names the one key that may claim and redeem it (`redeemer`, fixed at
+ *   issue: the tenant's sandbox service as registered, or the service that issued it for
+ *   itself); anyone else is refused with `lease_wrong_redeemer` and learns nothing more.
  * - Redeem: one `UPDATE … WHERE redeemed_at IS NULL AND revoked_at IS NULL AND expires_at >
  *   clock_timestamp() AND <scope matches> AND <run not revoked> RETURNING`: of any number of
  *   racing redeemers, the row lock lets exactly one through.
@@ -47,19 +50,19 @@ export interface LeaseLedger {
    * `ttlMs` counts from the claim; until then the lease waits `claimWindowMs` (at least the TTL).
    * @throws LeaseDeniedError (`lease_revoked`) when the run is revoked
    */
-  issue(t: TenantId, scope: LeaseScope, keys: readonly string[], ttlMs: number, claimWindowMs?: number): Promise<IssuedLease>;
+  issue(t: TenantId, scope: LeaseScope, keys: readonly string[], ttlMs: number, claimWindowMs?: number, redeemer?: string): Promise<IssuedLease>;
   /**
    * Claims the lease for `sandbox` (a container name): its TTL starts now. Returns the new expiry.
    * @throws LeaseDeniedError (`lease_used` when claimed or redeemed already, `lease_expired` past its claim window, …)
    */
-  claim(t: TenantId, leaseId: string, scope: LeaseScope, sandbox: string): Promise<Date>;
+  claim(t: TenantId, leaseId: string, scope: LeaseScope, sandbox: string, by: string): Promise<Date>;
   /**
    * Redeems once. `read` fetches the values of the lease's keys inside the claiming
    * transaction (`within`), so a store failure undoes the claim: the lease stays unredeemed.
    * The values are returned only if the claim committed together with its audit row.
    * @throws LeaseDeniedError; whatever `read` throws
    */
-  redeem(t: TenantId, leaseId: string, scope: LeaseScope, read: (keys: readonly string[], within: Executor) => Promise<Record<string, string>>): Promise<{ keys: readonly string[]; values: Record<string, string> }>;
+  redeem(t: TenantId, leaseId: string, scope: LeaseScope, by: string, read: (keys: readonly string[], within: Executor) => Promise<Record<string, string>>): Promise<{ keys: readonly string[]; values: Record<string, string> }>;
   /** Records a refusal that happened before the ledger was asked (an unknown key, say). */
   deny(t: TenantId, runId: RunId, leaseId: string, code: string, detail: Record<string, string | number | string[]>): Promise<void>;
   /** Revokes the run's open leases (and later ones, unless reopened). Returns how many were open. */
@@ -76,6 +79,7 @@ interface LeaseRow {
   claimed: boolean;
   revoked: boolean;
   expired: boolean;
+  redeemer: string | null;
 }
 
 /** Postgres text[] arrives as an array from `pg` and PGlite; a literal `{a,b}` is read too. */
@@ -85,10 +89,12 @@ function keysOf(v: string[] | string): string[] {
 }
 
 /** Why a lease cannot be redeemed for `scope`, by the database clock; undefined when it can. */
-function judge(row: LeaseRow | undefined, scope: LeaseScope): LeaseDenialCode | undefined {
+function judge(row: LeaseRow | undefined, scope: LeaseScope, by?: string): LeaseDenialCode | undefined {
   if (!row) return ErrorCode.LeaseNotFound;
   // Scope first: a caller with the wrong scope learns nothing about the lease's state.
   if (row.run_id !== scope.runId || row.step !== scope.step || Number(row.attempt) !== scope.attempt) return ErrorCode.LeaseScopeMismatch;
+  // Then who asks: only the key the lease was bound to when it was issued.
+  if (by !== undefined && row.redeemer !== by) return ErrorCode.LeaseWrongRedeemer;
   if (row.used) return ErrorCode.LeaseUsed;
   if (row.revoked) return ErrorCode.LeaseRevoked;
   if (row.expired) return ErrorCode.LeaseExpired;
@@ -111,7 +117,7 @@ export function createLeaseLedger(d: Database): LeaseLedger {
         x,
         sql`select id, run_id, step, attempt, keys, redeemed_at is not null as used, claimed_at is not null as claimed,
                    (revoked_at is not null or exists (select 1 from lease_revocations r where r.tenant = leases.tenant and r.run_id = leases.run_id and r.revoked)) as revoked,
-                   expires_at <= clock_timestamp() as expired
+                   expires_at <= clock_timestamp() as expired, redeemer
               from leases where id = ${leaseId} and tenant = ${t}`,
       )
     )[0];
@@ -139,9 +145,9 @@ export function createLeaseLedger(d: Database): LeaseLedger {
   }
 
   /** The claim or redemption matched no row: records why (the lease as it is now), inside its transaction. */
-  async function refusedWithin(tx: ProjectionDb, t: TenantId, leaseId: string, scope: LeaseScope, extra: Record<string, string> = {}): Promise<{ code: LeaseDenialCode }> {
+  async function refusedWithin(tx: ProjectionDb, t: TenantId, leaseId: string, scope: LeaseScope, by: string, extra: Record<string, string> = {}): Promise<{ code: LeaseDenialCode }> {
     const after = await look(tx, t, leaseId);
-    const code = judge(after, scope) ?? ErrorCode.LeaseUsed;
+    const code = judge(after, scope, by) ?? ErrorCode.LeaseUsed;
     const d = denial(leaseId, scope, after, code);
     if (d.runId !== scope.runId) await lockRunAudit(tx, t, d.runId);
     await audit(tx, t, d.runId, SecretsAudit.LeaseDenied, SERVICE_ACTOR, { ...d.detail, ...extra });
@@ -149,15 +155,15 @@ export function createLeaseLedger(d: Database): LeaseLedger {
   }
 
   return {
-    async issue(t, scope, keys, ttlMs, claimWindowMs = ttlMs) {
+    async issue(t, scope, keys, ttlMs, claimWindowMs = ttlMs, redeemer) {
       const leaseId = newLeaseId();
       const windowMs = Math.max(ttlMs, claimWindowMs);
       const out = await db.transaction(async (tx) => {
         await lockRunAudit(tx, t, scope.runId);
         const [row] = await rows<{ expires_at: Date | string }>(
           tx,
-          sql`insert into leases (id, tenant, run_id, step, attempt, keys, issued_at, expires_at, ttl_ms)
-              select ${leaseId}, ${t}, ${scope.runId}, ${scope.step}, ${scope.attempt}, ${textArray(keys)}, clock_timestamp(), clock_timestamp() + ${windowMs} * interval '1 millisecond', ${ttlMs}
+          sql`insert into leases (id, tenant, run_id, step, attempt, keys, issued_at, expires_at, ttl_ms, redeemer)
+              select ${leaseId}, ${t}, ${scope.runId}, ${scope.step}, ${scope.attempt}, ${textArray(keys)}, clock_timestamp(), clock_timestamp() + ${windowMs} * interval '1 millisecond', ${ttlMs}, ${redeemer ?? null}
               where not ${runRevoked(t, scope.runId)}
               returning expires_at`,
         );
@@ -172,9 +178,9 @@ export function createLeaseLedger(d: Database): LeaseLedger {
       return out;
     },
 
-    async claim(t, leaseId, scope, sandbox) {
+    async claim(t, leaseId, scope, sandbox, by) {
       const before = await look(db, t, leaseId);
-      const early = judge(before, scope) ?? (before?.claimed ? ErrorCode.LeaseUsed : undefined);
+      const early = judge(before, scope, by) ?? (before?.claimed ? ErrorCode.LeaseUsed : undefined);
       if (early || !before) {
         const { runId, detail } = denial(leaseId, scope, before, early ?? ErrorCode.LeaseNotFound);
         await deny(t, runId, leaseId, detail['code'] as string, { ...detail, sandbox });
@@ -188,10 +194,11 @@ export function createLeaseLedger(d: Database): LeaseLedger {
           sql`update leases set claimed_at = clock_timestamp(), expires_at = clock_timestamp() + coalesce(ttl_ms, 30000) * interval '1 millisecond'
                where id = ${leaseId} and tenant = ${t} and run_id = ${scope.runId} and step = ${scope.step} and attempt = ${scope.attempt}
                  and claimed_at is null and redeemed_at is null and revoked_at is null and expires_at > clock_timestamp()
+                 and redeemer = ${by}
                  and not ${runRevoked(t, scope.runId)}
               returning expires_at`,
         );
-        if (!row) return refusedWithin(tx, t, leaseId, scope, { sandbox });
+        if (!row) return refusedWithin(tx, t, leaseId, scope, by, { sandbox });
         await audit(tx, t, scope.runId, SecretsAudit.LeaseClaimed, SERVICE_ACTOR, { leaseId, keys: keysOf(before.keys), step: scope.step, attempt: scope.attempt, sandbox });
         return { expiresAt: row.expires_at instanceof Date ? row.expires_at : new Date(row.expires_at) };
       });
@@ -199,10 +206,10 @@ export function createLeaseLedger(d: Database): LeaseLedger {
       return outcome.expiresAt;
     },
 
-    async redeem(t, leaseId, scope, read) {
+    async redeem(t, leaseId, scope, by, read) {
       // A cheap look first: a late, repeated or foreign redeemer stops here, with no lock taken.
       const before = await look(db, t, leaseId);
-      const early = judge(before, scope);
+      const early = judge(before, scope, by);
       if (early || !before) {
         const { runId, detail } = denial(leaseId, scope, before, early ?? ErrorCode.LeaseNotFound);
         await deny(t, runId, leaseId, detail['code'] as string, detail);
@@ -219,10 +226,11 @@ export function createLeaseLedger(d: Database): LeaseLedger {
             sql`update leases set redeemed_at = clock_timestamp(), claimed_at = coalesce(claimed_at, clock_timestamp())
                  where id = ${leaseId} and tenant = ${t} and run_id = ${scope.runId} and step = ${scope.step} and attempt = ${scope.attempt}
                    and redeemed_at is null and revoked_at is null and expires_at > clock_timestamp()
+                   and redeemer = ${by}
                    and not ${runRevoked(t, scope.runId)}
                 returning id`,
           );
-          if (!row) return refusedWithin(tx, t, leaseId, scope);
+          if (!row) return refusedWithin(tx, t, leaseId, scope, by);
           let values: Record<string, string>;
           try {
             values = await read(keys, tx);

@@ -7,8 +7,8 @@
  * One refresh per secret at a time in this process; across processes, the store's
  * `expectVersion` makes a slower refresher step aside for the one that got there first.
  */
-import { CapstanError, REFRESHABLE_AUTH, type TenantId } from '@capstan/schemas';
-import { CredentialRefreshError, type Logger, type Refreshers } from '@capstan/kit';
+import { CapstanError, REFRESHABLE_AUTH, type Connector, type JsonValue, type TenantId } from '@capstan/schemas';
+import { CredentialRefreshError, type AllowEntry, type Logger, type Refreshers } from '@capstan/kit';
 import { checkValue, type SecretMeta, type SecretStore } from './store.js';
 import { SERVICE_ACTOR } from './db.js';
 
@@ -21,10 +21,39 @@ export interface SecretRefresher {
   refreshNow(t: TenantId, meta: SecretMeta, by: string): Promise<SecretMeta>;
 }
 
-export function createSecretRefresher(store: SecretStore, registry: Refreshers, log: Logger, maxBytes: number): SecretRefresher {
+function tokenUrlOf(c: Connector): string | undefined {
+  return 'tokenUrl' in c.auth ? (c.auth as { tokenUrl?: string }).tokenUrl : undefined;
+}
+
+export interface RefresherOptions {
+  /** Admin allow-list of token endpoint addresses otherwise refused (`SECRETS_REFRESH_ALLOW`). */
+  readonly allow: readonly AllowEntry[];
+  /** Writes one audit row of a refresh that did not store a value (refused or failed). */
+  readonly audit: (t: TenantId, name: string, by: string, detail: { readonly [k: string]: JsonValue }) => Promise<void>;
+}
+
+export function createSecretRefresher(store: SecretStore, registry: Refreshers, log: Logger, maxBytes: number, o: RefresherOptions): SecretRefresher {
   const inflight = new Map<string, Promise<SecretMeta>>();
 
+  /**
+   * A refresh, audited either way: a stored value is its `secret.refreshed` row (written by
+   * the store with the value), a refusal or a failure its `secret.refresh_failed` row.
+   */
   async function refresh(t: TenantId, meta: SecretMeta, by: string): Promise<SecretMeta> {
+    try {
+      return await refreshOnce(t, meta, by);
+    } catch (e) {
+      await o.audit(t, meta.name, by, {
+        name: meta.name,
+        connector: meta.connector?.name ?? null,
+        code: CapstanError.is(e) ? e.code : 'error',
+        reason: (CapstanError.is(e) ? e.message : 'refresh failed').slice(0, 300),
+      });
+      throw e;
+    }
+  }
+
+  async function refreshOnce(t: TenantId, meta: SecretMeta, by: string): Promise<SecretMeta> {
     const connector = meta.connector;
     if (!connector || !REFRESHABLE_AUTH.has(connector.auth.type)) {
       throw new CredentialRefreshError(meta.name, connector?.name ?? '(none)', 'a refreshable secret needs a connector with an oauth2 auth strategy');
@@ -35,7 +64,17 @@ export function createSecretRefresher(store: SecretStore, registry: Refreshers, 
       tenant: t,
       name: meta.name,
       connector,
-      read: async (name) => (await store.read(t, [name]))[name] as string,
+      endpoints: { allow: o.allow, dns: [] },
+      // Only a secret stored with this very connector (the admin bound it to it) is sent to
+      // its token endpoint: a connector cannot name any other secret of the tenant.
+      read: async (name) => {
+        const ref = (await store.describe(t, [name])).get(name);
+        if (!ref) throw new CredentialRefreshError(meta.name, connector.name, `secret ${name} does not exist`);
+        if (ref.connector?.name !== connector.name || tokenUrlOf(ref.connector) !== tokenUrlOf(connector)) {
+          throw new CredentialRefreshError(meta.name, connector.name, `secret ${name} is not bound to connector ${connector.name} (store it with this connector to let it use it)`);
+        }
+        return (await store.read(t, [name]))[name] as string;
+      },
     });
     // A rotated refresh token replaces the old one first: the issuer has already invalidated it.
     for (const [name, value] of Object.entries(got.updates ?? {})) {

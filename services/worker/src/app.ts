@@ -104,9 +104,9 @@ export async function createWorker(config: Config, log: Logger, opts: { handlers
   }
 
   /** The tenant's pool runners, started (each pool runner can start once: a re-admission makes new ones). */
-  async function startPools({ nc, js, jsm, tenant: t }: TenantConnection, mine: PoolRunner[]): Promise<void> {
+  async function startPools({ nc, js, jsm, tenant: t, account, signer }: TenantConnection, mine: PoolRunner[]): Promise<void> {
     for (const pool of pools.get(t) ?? []) {
-      const r = createPoolRunner({ nc, js, jsm, tenant: t, pool, handlers, workerId: id, concurrency: config.concurrency, resultBatches: config.resultBatches, startedAfterMs: config.startedAfterMs, sandboxStallMs: config.sandboxStallMs, leases: config.leases, approvalTtlMs: config.approvalTtlMs, audit, log });
+      const r = createPoolRunner({ nc, js, jsm, tenant: t, pool, handlers, workerId: id, concurrency: config.concurrency, resultBatches: config.resultBatches, startedAfterMs: config.startedAfterMs, sandboxStallMs: config.sandboxStallMs, leases: config.leases, approvalTtlMs: config.approvalTtlMs, audit, account, signer, log });
       runners.push(r);
       mine.push(r);
       await r.start();

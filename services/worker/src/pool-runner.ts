@@ -23,7 +23,6 @@ import {
   Mode,
   MsgIds,
   parseStepCancel,
-  parseWorkItem,
   Streams,
   Subjects,
   toErrorRecord,
@@ -31,9 +30,10 @@ import {
   type ErrorRecord,
   type JsonValue,
   type TenantId,
+  type SignedWork,
   type WorkItem,
 } from '@capstan/schemas';
-import { addCollector, coalescingPublisher, deadLetter, failSpan, inSpan, metrics, SpanKind, traceParentOf, type AuditSink, type Batching, type Logger, type NatsConnection } from '@capstan/kit';
+import { addCollector, cancelInSandbox, checkWork, signedWork, coalescingPublisher, deadLetter, failSpan, inSpan, metrics, SpanKind, traceParentOf, type AuditSink, type Batching, type Logger, type NatsConnection, type Signer } from '@capstan/kit';
 import type { Handlers } from './handlers.js';
 import { runSandboxed } from './sandboxed.js';
 import { bindExternalWrite } from './external-write.js';
@@ -58,6 +58,10 @@ export interface PoolRunnerOptions {
   readonly approvalTtlMs: number;
   /** Where `ctx.externalWrite` records intents before it writes. */
   readonly audit: AuditSink;
+  /** The tenant's account key: work items must be signed by its orchestrator user. */
+  readonly account: string | undefined;
+  /** Signs this worker's lease requests (the secrets-lease service checks who asks). */
+  readonly signer: Signer | undefined;
   readonly log: Logger;
 }
 
@@ -103,7 +107,7 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     if (!running) return;
     log.info({ runId: c.runId, step: c.step, attempt: c.attempt }, 'attempt cancelled by its run');
     if (running.item.mode !== Mode.Inline) {
-      o.nc.request(Subjects.sandboxCancel(t), encode(c), { timeout: 2000 }).catch((e: unknown) => log.warn({ err: e, runId: c.runId, step: c.step }, 'sandbox cancel not answered'));
+      cancelInSandbox(o.nc, t, c).catch((e: unknown) => log.warn({ err: e, runId: c.runId, step: c.step }, 'sandbox cancel not answered'));
     }
     running.abort.abort(new CapstanError(ErrorCode.Cancelled, `step ${c.step} attempt ${c.attempt} was cancelled: its run no longer needs it`, false));
   }
@@ -129,10 +133,10 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     await publishCommand('result', body, MsgIds.command(CommandVerb.Result, `${item.runId}:${item.step}:${item.attempt}`));
   }
 
-  async function execute(item: WorkItem, abort: AbortController): Promise<{ result: JsonValue } | { error: ErrorRecord }> {
+  async function execute(item: WorkItem, work: SignedWork, abort: AbortController): Promise<{ result: JsonValue } | { error: ErrorRecord }> {
     if (item.mode !== Mode.Inline) {
       const until = AbortSignal.any([stopping.signal, abort.signal]);
-      return runSandboxed({ nc: o.nc, js, jsm, tenant: t, workerId, stallMs: o.sandboxStallMs, leases: o.leases, approvalTtlMs: o.approvalTtlMs, stopping: until, log }, item);
+      return runSandboxed({ nc: o.nc, js, jsm, tenant: t, workerId, stallMs: o.sandboxStallMs, leases: o.leases, approvalTtlMs: o.approvalTtlMs, stopping: until, signer: o.signer, log }, item, work);
     }
     const handler = handlers[item.handler];
     if (!handler) return { error: { code: ErrorCode.UnknownHandler, message: `no handler named ${JSON.stringify(item.handler)} on worker ${workerId}`, retryable: false } };
@@ -189,11 +193,12 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
   async function handle(msg: JsMsg): Promise<void> {
     let item: WorkItem;
     try {
-      item = parseWorkItem(decode(msg.data));
+      // Only what the run's orchestrator signed runs: anything else is dead-lettered unrun.
+      item = checkWork(msg.headers, msg.subject, msg.data, o.account);
     } catch (e) {
-      log.warn({ code: CapstanError.is(e) ? e.code : undefined }, 'undecodable work item dead-lettered');
-      metrics.deadLetters.inc({ tenant: t, source: DeadLetterSource.Work, code: CapstanError.is(e) ? e.code : ErrorCode.DecodeFailed });
-      await deadLetter(js, t, DeadLetterSource.Work, toErrorRecord(e, ErrorCode.DecodeFailed), { subject: msg.subject, seq: msg.info.streamSequence, data: msg.data });
+      log.warn({ code: CapstanError.is(e) ? e.code : undefined, reason: CapstanError.is(e) ? e.message : undefined }, 'work item rejected and dead-lettered');
+      metrics.deadLetters.inc({ tenant: t, source: DeadLetterSource.Work, code: CapstanError.is(e) ? e.code : ErrorCode.WorkRejected });
+      await deadLetter(js, t, DeadLetterSource.Work, toErrorRecord(e, ErrorCode.WorkRejected), { subject: msg.subject, seq: msg.info.streamSequence, data: msg.data });
       msg.term();
       return;
     }
@@ -228,7 +233,7 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     const attributes = { 'capstan.tenant': t, 'capstan.run_id': item.runId, 'capstan.step': item.step, 'capstan.attempt': item.attempt, 'capstan.mode': item.mode, 'capstan.pool': pool, 'capstan.worker': workerId, 'capstan.hop': 'worker' };
     try {
       await inSpan('worker', `worker ${item.step}#${item.attempt}`, { kind: SpanKind.CONSUMER, parent: traceParentOf(msg.headers), attributes }, async (span) => {
-        const outcome = await execute(item, abort);
+        const outcome = await execute(item, signedWork(msg.headers, msg.subject, msg.data), abort);
         clearTimeout(startedTimer);
         const durationMs = Math.round(performance.now() - t0);
         const outcomeName = 'result' in outcome ? 'completed' : 'failed';

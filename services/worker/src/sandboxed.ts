@@ -6,7 +6,7 @@
  * the policy says so. It gets metadata back, never output or values.
  */
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
-import { askPolicy, execInSandbox, issueLease, publishDurably, readRun, type Logger, type NatsConnection } from '@capstan/kit';
+import { askPolicy, execInSandbox, issueLease, publishDurably, readRun, type Logger, type NatsConnection, type Signer } from '@capstan/kit';
 import {
   CapstanError,
   CommandVerb,
@@ -21,6 +21,7 @@ import {
   type CredentialRequest,
   type ErrorRecord,
   type JsonValue,
+  type SignedWork,
   type TenantId,
   type WorkItem,
 } from '@capstan/schemas';
@@ -36,13 +37,15 @@ export interface SandboxedDeps {
   readonly leases: boolean;
   readonly approvalTtlMs: number;
   readonly stopping: AbortSignal;
+  /** Signs lease requests as this worker. */
+  readonly signer: Signer | undefined;
   readonly log: Logger;
 }
 
 /** How often a credential request waiting for a person looks for the decision. */
 const APPROVAL_POLL_MS = 250;
 
-export async function runSandboxed(d: SandboxedDeps, item: WorkItem): Promise<{ result: JsonValue } | { error: ErrorRecord }> {
+export async function runSandboxed(d: SandboxedDeps, item: WorkItem, work: SignedWork): Promise<{ result: JsonValue } | { error: ErrorRecord }> {
   if (item.mode === Mode.Inline || !item.sandbox) {
     return { error: { code: ErrorCode.InvalidArgument, message: `step ${item.step} is mode ${item.mode} without a sandbox spec`, retryable: false } };
   }
@@ -52,7 +55,7 @@ export async function runSandboxed(d: SandboxedDeps, item: WorkItem): Promise<{ 
   const keys = item.sandbox.secrets ?? [];
   if (d.leases && keys.length > 0) {
     try {
-      leaseId = (await issueLease(d.nc, t, { ...scope, keys: [...keys] })).leaseId;
+      leaseId = (await issueLease(d.nc, t, { ...scope, keys: [...keys] }, d.signer ? { signer: d.signer } : {})).leaseId;
     } catch (e) {
       return { error: { ...(CapstanError.is(e) ? e.toRecord() : { code: ErrorCode.Unavailable, message: String(e), retryable: true }) } };
     }
@@ -70,6 +73,8 @@ export async function runSandboxed(d: SandboxedDeps, item: WorkItem): Promise<{ 
       input: item.input,
       ...(item.previous !== undefined ? { previous: item.previous } : {}),
       ...(leaseId ? { leaseId } : {}),
+      // The orchestrator's signed item: the sandbox service checks it and runs only that.
+      work,
     },
     { stallMs: d.stallMs, signal: d.stopping, ...(jit ? { onCredential: (r: CredentialRequest) => decideCredential(d, item, r) } : {}) },
   );
@@ -107,7 +112,7 @@ async function decideCredential(d: SandboxedDeps, item: WorkItem, r: CredentialR
   }
   if (decision.decision === PolicyVerdict.NeedsApproval) await awaitApproval(d, item, r.name, before);
   if (!d.leases) return {};
-  return { leaseId: (await issueLease(d.nc, t, { runId: item.runId, step: item.step, attempt: item.attempt, keys: [r.name] })).leaseId };
+  return { leaseId: (await issueLease(d.nc, t, { runId: item.runId, step: item.step, attempt: item.attempt, keys: [r.name] }, d.signer ? { signer: d.signer } : {})).leaseId };
 }
 
 async function awaitApproval(d: SandboxedDeps, item: WorkItem, name: string, from: number): Promise<void> {
