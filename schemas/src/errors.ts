@@ -11,6 +11,12 @@
 export const ErrorCode = {
   /** A message that must be signed carries no valid signature from a trusted author. */
   Unproven: 'unproven',
+  /**
+   * A proven decision by someone the run does not accept for it: outside the approver group
+   * the policy named, the run's own requester where the policy does not allow that, or a
+   * credential whose role may not decide.
+   */
+  ApproverNotAllowed: 'approver_not_allowed',
   InvalidTenantId: 'invalid_tenant_id',
   InvalidRunId: 'invalid_run_id',
   InvalidName: 'invalid_name',
@@ -408,5 +414,12 @@ export class ExportDamagedError extends CapstanError {
 export class UnprovenError extends CapstanError {
   constructor(problem: string, options?: ErrorOptions) {
     super(ErrorCode.Unproven, `unproven: ${problem}`, false, options);
+  }
+}
+
+/** See {@link ErrorCode.ApproverNotAllowed}. */
+export class ApproverNotAllowedError extends CapstanError {
+  constructor(message: string) {
+    super(ErrorCode.ApproverNotAllowed, message, false);
   }
 }

@@ -27,6 +27,7 @@ export {
   PermissionDeniedError,
   CredentialsError,
   UnprovenError,
+  ApproverNotAllowedError,
   ExportDamagedError,
 } from './errors.js';
 export type { ErrorRecord } from './errors.js';
@@ -81,6 +82,8 @@ export {
   PolicyVerdict,
   ACTOR_PATTERN,
   actorSchema,
+  signerSchema,
+  type SignerRecord,
   reasonSchema,
 } from './events.js';
 export type {

@@ -38,9 +38,10 @@ const MINIMAL: Record<Verb, Record<string, unknown>> = {
   started: { runId: RUN, step: 's', attempt: 1000, worker: 'w' },
   result: { runId: RUN, step: 's', attempt: 1, worker: 'w', outcome: 'completed', durationMs: 0 },
   timer: { runId: RUN, timerId: 's-a1-retry', kind: 'retry', step: 's', attempt: 1 },
-  approve: { runId: RUN, step: 's', by: 'a' },
-  deny: { runId: RUN, step: 's', by: 'a' },
-  retry: { runId: RUN, by: 'a' },
+  // Who decides comes from the command's proof: `by` is optional (a console's or the admin's word for its user).
+  approve: { runId: RUN, step: 's' },
+  deny: { runId: RUN, step: 's' },
+  retry: { runId: RUN },
   policy: { runId: RUN, step: 's', attempt: 1, decision: 'deny', version: 0, policies: [] },
   credential: { runId: RUN, step: 's', attempt: 1, name: 'K', reason: '', decision: 'deny', version: 0, policies: [] },
 };
@@ -139,6 +140,7 @@ describe('commands - invalid bodies', () => {
     ['approve', { ...MINIMAL.approve, by: ' ann' }, 'by'],
     ['approve', { ...MINIMAL.approve, by: 'ann\n' }, 'by'],
     ['approve', { ...MINIMAL.approve, by: 'a'.repeat(129) }, 'by'],
+    ['approve', { ...MINIMAL.approve, groups: ['Finance'] }, 'groups[0]'],
     ['approve', { ...MINIMAL.approve, step: 'Review' }, 'step'],
     ['deny', { ...MINIMAL.deny, reason: '' }, 'reason'],
     ['deny', { ...MINIMAL.deny, reason: 'r'.repeat(501) }, 'reason'],

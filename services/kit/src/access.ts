@@ -25,6 +25,7 @@ import {
   type TenantRecord,
 } from '@capstan/schemas';
 import { connectNats, jwtSubject, readCredentials, tenantConnection, type CredentialsInfo, type NatsConnection, type NatsTls, type TenantConnection } from './nats.js';
+import { signerOf } from './proof.js';
 import type { Logger } from './log.js';
 
 /** Reads one tenant's registry record; undefined when it has none. */
@@ -106,7 +107,8 @@ export async function connectAsService(role: ServiceRole, credsPath: string, o: 
       throw new CredentialsError(credsPath, `the registry's ${role} user for tenant ${t} was issued for another key (re-run capstan tenant add ${t} with this auth store)`);
     }
     const nc = await connectNats(o.servers, `${o.name}@${t}`, o.log.child({ tenant: t }), { credentials: { jwt, seed: creds.seed }, ...(o.tls ? { tls: o.tls } : {}) });
-    return tenantConnection(t, nc);
+    // The service signs as its user in this tenant, and trusts the tenant's account key.
+    return tenantConnection(t, nc, { signer: signerOf(jwt, creds.seed), account: record.account });
   };
   return makeAccess(role, opened, open, () => listRegisteredTenants(registry), [platform]);
 }
@@ -131,7 +133,8 @@ export async function connectAsTenantUser(credsPaths: readonly string[], o: Acce
     const c = byTenant.get(t);
     if (!c) throw new CapstanError(ErrorCode.UnknownTenant, `no credential for tenant ${t} was given`);
     const nc = await connectNats(o.servers, `${o.name}@${t}`, o.log.child({ tenant: t }), { credentials: c, ...(o.tls ? { tls: o.tls } : {}) });
-    return tenantConnection(t, nc);
+    // A person's commands are signed with the credential they connect with.
+    return tenantConnection(t, nc, { signer: signerOf(c.jwt, c.seed) });
   };
   const access = makeAccess(role ?? 'unknown', opened, open, () => Promise.resolve([...byTenant.keys()].sort()), []);
   return Object.assign(access, { credentials: byTenant as ReadonlyMap<TenantId, CredentialsInfo> });

@@ -153,7 +153,7 @@ export { refreshers, CredentialRefreshError } from './credentials.js';
 export type { Refresher, Refreshers, RefreshContext, Refreshed } from './credentials.js';
 export { createAuditSink, unavailableAuditSink, appendAuditRow, AuditUnavailableError, AuditAppend, DATA_PLANE_STREAM_SEQ } from './audit-sink.js';
 export type { AuditSink, AuditIntent, DataPlaneAuditRow } from './audit-sink.js';
-export { askPolicy, decideAt, setPolicy, getPolicy, policyHistory, testPolicy } from './policy-client.js';
+export { answerProofSubject, askPolicy, decideAt, setPolicy, getPolicy, policyHistory, testPolicy } from './policy-client.js';
 export type { PolicyCallOptions, SetPolicyInput, TestPolicyInput } from './policy-client.js';
 export { tailStream } from './tail.js';
 export type { StreamTail, TailOptions } from './tail.js';

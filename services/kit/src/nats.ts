@@ -9,6 +9,7 @@ import { jetstream, jetstreamManager, JetStreamApiError, type JetStreamClient, t
 import { decode as decodeJwt, parseCreds } from '@nats-io/jwt';
 import { CapstanError, CredentialsError, ErrorCode, inboxPrefixFor, isTenantId, PermissionDeniedError, type TenantId } from '@capstan/schemas';
 import type { Logger } from './log.js';
+import type { Signer } from './proof.js';
 
 export type { NatsConnection };
 
@@ -140,11 +141,15 @@ export interface TenantConnection {
   readonly nc: NatsConnection;
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
+  /** The credential this connection was opened with, to sign what must be proven (commands, answers). */
+  readonly signer?: Signer;
+  /** The tenant account's public key (from the registry), for services that verify proofs. */
+  readonly account?: string;
 }
 
-export async function tenantConnection(tenant: TenantId, nc: NatsConnection): Promise<TenantConnection> {
+export async function tenantConnection(tenant: TenantId, nc: NatsConnection, proof: { signer?: Signer; account?: string } = {}): Promise<TenantConnection> {
   // checkAPI off: the account info call is not needed to use the API (and costs a round trip).
-  return { tenant, nc, js: jetstream(nc), jsm: await jetstreamManager(nc, { checkAPI: false }) };
+  return { tenant, nc, js: jetstream(nc), jsm: await jetstreamManager(nc, { checkAPI: false }), ...(proof.signer ? { signer: proof.signer } : {}), ...(proof.account ? { account: proof.account } : {}) };
 }
 
 /** The server's permission violation behind an error (requests wrap it as their cause), if any. */

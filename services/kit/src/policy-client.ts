@@ -10,8 +10,11 @@
  * (`policy_invalid` with Cedar's diagnostics, `policy_version_not_found`, `unknown_tenant`,
  * `schema_violation`, …).
  */
+import { createHash } from 'node:crypto';
 import { NoRespondersError, RequestError, TimeoutError } from '@nats-io/transport-node';
 import {
+  Role,
+  UnprovenError,
   decode,
   encode,
   parsePolicyReply,
@@ -26,19 +29,42 @@ import {
 } from '@capstan/schemas';
 import type { NatsConnection } from './nats.js';
 import { withTraceHeader } from './tracing.js';
+import { verifyProof, type Trust } from './proof.js';
 
 export interface PolicyCallOptions {
   /** Longest wait for the answer. Default 2 s (decisions) or 10 s (administration). */
   readonly timeoutMs?: number;
+  /**
+   * Believe only an answer the policy service signed (its user in the tenant's account):
+   * a decision that will be recorded on a run is never taken on the word of whoever could
+   * reach the requester's inbox.
+   */
+  readonly trust?: Trust;
 }
 
-async function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, verb: V, body: PolicyRequest<V>, timeoutMs: number): Promise<PolicyReply<V>> {
+/**
+ * What the policy service signs an answer over, besides the answer itself: the request's
+ * subject and a digest of the request, so an answer to one question is no answer to another.
+ */
+export function answerProofSubject(requestSubject: string, request: Uint8Array): string {
+  return `${requestSubject}#${createHash('sha256').update(request).digest('hex')}`;
+}
+
+async function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, verb: V, body: PolicyRequest<V>, timeoutMs: number, trust?: Trust): Promise<PolicyReply<V>> {
   let data: Uint8Array;
+  const subject = Subjects.policy(tenant, verb);
+  const request = encode(body);
   try {
     // Inside a span (a run's policy hop, a worker's step), the request carries its traceparent.
     const headers = withTraceHeader();
-    data = (await nc.request(Subjects.policy(tenant, verb), encode(body), { timeout: timeoutMs, ...(headers ? { headers } : {}) })).data;
+    const reply = await nc.request(subject, request, { timeout: timeoutMs, ...(headers ? { headers } : {}) });
+    data = reply.data;
+    if (trust) {
+      const author = verifyProof(reply.headers, answerProofSubject(subject, request), data, trust);
+      if (author.role !== Role.Policy) throw new UnprovenError(`${subject}: the answer is signed by ${author.name} (${author.role ?? 'no role'}), not by the policy service`);
+    }
   } catch (e) {
+    if (e instanceof UnprovenError) throw e;
     if (e instanceof NoRespondersError || (e instanceof RequestError && e.isNoResponders())) {
       throw new PolicyUnavailableError(`no policy service answers for tenant ${tenant}: nothing is allowed until one does`, { cause: e });
     }
@@ -61,7 +87,7 @@ async function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, 
  * if (d.decision !== 'allow') ...
  */
 export function askPolicy(nc: NatsConnection, tenant: TenantId, queries: readonly PolicyQuery[], o: PolicyCallOptions = {}): Promise<PolicyDecision> {
-  return call(nc, tenant, PolicyVerb.Decide, { queries: queries as unknown as Record<string, unknown>[] }, o.timeoutMs ?? 2000);
+  return call(nc, tenant, PolicyVerb.Decide, { queries: queries as unknown as Record<string, unknown>[] }, o.timeoutMs ?? 2000, o.trust);
 }
 
 /**

@@ -163,6 +163,8 @@ export interface IssueOptions {
   readonly pools?: readonly string[];
   readonly expiresInS?: number;
   readonly consumers?: Partial<ConsumerSettings>;
+  /** Approver groups the credential is a member of (`capstan-group:<g>` tags in its JWT). */
+  readonly groups?: readonly string[];
 }
 
 /**
@@ -180,7 +182,7 @@ export async function issueCredential(a: AdminTarget, t: TenantId, role: TenantR
     );
   }
   const scope: RoleScope = role === Role.Worker ? { pools, workerId: name } : {};
-  const issued = await a.store.issueUser(t, role, name, scope, o.expiresInS ? { expiresInS: o.expiresInS } : {});
+  const issued = await a.store.issueUser(t, role, name, scope, { ...(o.expiresInS ? { expiresInS: o.expiresInS } : {}), ...(o.groups?.length ? { groups: o.groups } : {}) });
   // A replaced credential's old key is revoked in the account: push it.
   await pushAccountJwt(a, await a.store.accountJwt(t));
   return issued;

@@ -28,8 +28,12 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
   const catalogs: Subscription[] = [];
   const cache = new RunCache(config.cacheSize);
 
-  async function serve({ tenant: t, nc, js, jsm }: TenantConnection): Promise<void> {
+  async function serve({ tenant: t, nc, js, jsm, account, signer }: TenantConnection): Promise<void> {
+    // A service's tenant connection always has both (see kit's connectAsService).
+    if (!account || !signer) throw new Error(`tenant ${t}: the connection carries no account key or signer`);
     const host = createTenantHost({
+      account,
+      signer,
       nc,
       js,
       jsm,

@@ -18,7 +18,7 @@ import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from 
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Registry } from '@capstan/actors';
 import { Consumers, DeadLetterSource, ErrorCode, Streams, toErrorRecord, type RunId, type TenantId } from '@capstan/schemas';
-import { deadLetter, failpoint, metrics, type Logger } from '@capstan/kit';
+import { deadLetter, failpoint, metrics, type Logger, type Signer } from '@capstan/kit';
 import { dispatchEffects } from './effects.js';
 import { createPolicyGate } from './policy-gate.js';
 import { createScheduler } from './scheduler.js';
@@ -44,6 +44,10 @@ export interface TenantHostOptions {
   /** The decision clock: the only place a run's time comes from. */
   readonly now: () => number;
   readonly policy: { readonly mode: 'on' | 'off'; readonly approvalTtlMs: number; readonly timeoutMs: number };
+  /** The tenant account's public key: commands are believed only when signed by its users. */
+  readonly account: string;
+  /** The orchestrator's own user in the tenant: it signs the policy answers it records. */
+  readonly signer: Signer;
 }
 
 export interface TenantHost {
@@ -65,8 +69,9 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   const { nc, js, jsm, tenant: t, registry, cache, maxBatch } = o;
   const log = o.log.child({ tenant: t });
   const observer = createRunObserver({ tenant: t, jsm, log });
-  const gate = createPolicyGate({ nc, js, tenant: t, ...o.policy, log, traceOf: (runId) => observer.traceOf(runId) });
-  const intake = createIntake({ js, jsm, tenant: t, registry });
+  const trust = { accounts: [o.account] };
+  const gate = createPolicyGate({ nc, js, tenant: t, ...o.policy, log, signer: o.signer, trust, traceOf: (runId) => observer.traceOf(runId) });
+  const intake = createIntake({ js, jsm, tenant: t, registry, trust });
   const decider = createDecider({ jsm, tenant: t, registry, cache, log, now: o.now });
   const scheduler = createScheduler({ nc, js, jsm, tenant: t, registry, now: o.now, log });
   const stats: TenantHostStats = { commands: 0, appendedEvents: 0, conflicts: 0, deadLetters: 0, recoveredEffects: 0, ticks: 0 };
