@@ -49,7 +49,7 @@ export type { LoadedRun, AppendGroup, AppendOutcome, OutMsg } from './run-log.js
 export { newRunId, idempotencyHash, derivedRunId } from './ids.js';
 export { deadLetter } from './dead-letter.js';
 export type { DeadLetterOrigin } from './dead-letter.js';
-export { createClient, isTerminalEvent, readAdmission, writeAdmission, admissionOf } from './client.js';
+export { createClient, isTerminalEvent, readFrom, readAdmission, writeAdmission, admissionOf } from './client.js';
 export type { CapstanClient, SubmitOptions, DecisionOptions, AdmissionOptions, WorkerAdmission } from './client.js';
 export { runService, serviceAccess, tenantUserAccess, telemetryConfig, startTelemetry } from './service.js';
 export type { TelemetryConfig, Telemetry } from './service.js';
