@@ -195,7 +195,7 @@ describe('attack: forged decisions', () => {
         const end = await h.client.waitForEnd(t, runId, 120_000);
         expect(end.type === 'run.failed' && end.data.error.code).toBe('policy_denied');
       }
-      await eventually('every forgery was answered', async () => (forgedSeqs.length === RACES ? true : undefined), 60_000);
+      await eventually('every forgery was answered', () => Promise.resolve(forgedSeqs.length === RACES ? true : undefined), 60_000);
       const codes = await eventually('every forgery is dead-lettered', async () => {
         const all = await deadLetterCodes();
         return forgedSeqs.every((s) => all.has(s)) ? all : undefined;
