@@ -9,7 +9,7 @@ import { LIMITS } from './limits.js';
 import type { CommandVerb } from './names.js';
 import { TOKEN_PATTERN } from './names.js';
 import type { Infer, Schema } from './validate.js';
-import { int, json, jsonObject, literal, obj, optional, str } from './validate.js';
+import { arr, int, json, jsonObject, literal, obj, optional, str } from './validate.js';
 import { actorSchema, credentialAsked, errorRecordSchema, policyAnswer, reasonSchema, timerKinds } from './events.js';
 
 const runId = str({ pattern: RUN_ID_PATTERN }) as unknown as Schema<RunId>;
@@ -29,7 +29,8 @@ const commandSchemas = {
     /** The orchestrator's own, for a continue-as-new: the run this one continues. */
     continuedFrom: optional(runId),
   }),
-  cancel: obj('cancel', { runId, reason: optional(str({ max: 500 })) }),
+  /** Signed (see kit's proof.ts): who cancels comes from the proof; `by` as for approve. */
+  cancel: obj('cancel', { runId, reason: optional(str({ max: 500 })), by: optional(actorSchema) }),
   signal: obj('signal', { runId, name: token, payload: optional(json()) }),
   started: obj('started', { runId, step: stepName, attempt, worker }),
   result: obj('result', {
@@ -49,12 +50,17 @@ const commandSchemas = {
     step: stepName,
     attempt,
   }),
-  /** A person approves a step waiting for approval; `by` is their user id. */
-  approve: obj('approve', { runId, step: stepName, by: actorSchema, reason: optional(reasonSchema) }),
-  /** A person denies a step waiting for approval: the run fails with `approval_denied`. */
-  deny: obj('deny', { runId, step: stepName, by: actorSchema, reason: optional(reasonSchema) }),
-  /** A person reopens a failed run from the step that failed. */
-  retry: obj('retry', { runId, by: actorSchema, reason: optional(reasonSchema) }),
+  /**
+   * A person approves a step waiting for approval. The command is signed (proof headers):
+   * who decided is the signing credential. `by` and `groups` are heard only from a signer
+   * that acts for people it signed in (the console, the admin): its user and that user's
+   * approver groups in the tenant. From anyone else they are ignored.
+   */
+  approve: obj('approve', { runId, step: stepName, by: optional(actorSchema), groups: optional(arr(token, { max: 32 })), reason: optional(reasonSchema) }),
+  /** A person denies a step waiting for approval: the run fails with `approval_denied`. Signed, as approve. */
+  deny: obj('deny', { runId, step: stepName, by: optional(actorSchema), groups: optional(arr(token, { max: 32 })), reason: optional(reasonSchema) }),
+  /** A person reopens a failed run from the step that failed. Signed, as approve. */
+  retry: obj('retry', { runId, by: optional(actorSchema), reason: optional(reasonSchema) }),
   credential: obj('credential', { runId, step: stepName, attempt, ...credentialAsked, ...policyAnswer }),
   /** The policy's answer to a step's questions, as the orchestrator received it. */
   policy: obj('policy', { runId, step: stepName, attempt, ...policyAnswer }),

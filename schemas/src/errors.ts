@@ -16,6 +16,12 @@ export const ErrorCode = {
    * but the orchestrator, altered after signing, or not the one its run recorded.
    */
   WorkRejected: 'work_rejected',
+  /**
+   * A proven decision by someone the run does not accept for it: outside the approver group
+   * the policy named, the run's own requester where the policy does not allow that, or a
+   * credential whose role may not decide.
+   */
+  ApproverNotAllowed: 'approver_not_allowed',
   InvalidTenantId: 'invalid_tenant_id',
   InvalidRunId: 'invalid_run_id',
   InvalidName: 'invalid_name',
@@ -442,5 +448,12 @@ export class UnprovenError extends CapstanError {
 export class WorkRejectedError extends CapstanError {
   constructor(problem: string, options?: ErrorOptions) {
     super(ErrorCode.WorkRejected, `work item rejected: ${problem}`, false, options);
+  }
+}
+
+/** See {@link ErrorCode.ApproverNotAllowed}. */
+export class ApproverNotAllowedError extends CapstanError {
+  constructor(message: string) {
+    super(ErrorCode.ApproverNotAllowed, message, false);
   }
 }

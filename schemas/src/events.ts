@@ -64,6 +64,17 @@ export type PolicyVerdict = (typeof PolicyVerdict)[keyof typeof PolicyVerdict];
  */
 export const ACTOR_PATTERN = /^[^\s\u0000-\u001f\u007f](?:[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f])?$/;
 export const actorSchema: Schema<string> = str({ min: 1, max: 128, pattern: ACTOR_PATTERN });
+/**
+ * The credential that signed a command, as its proof names it (see kit's proof.ts): the
+ * JWT's name and public key, and its role. Written by the orchestrator from the verified
+ * proof, never from a command's body.
+ */
+export const signerSchema = obj('signer', {
+  name: actorSchema,
+  key: str({ pattern: /^U[A-Z2-7]{55}$/ }),
+  role: optional(str({ min: 1, max: 64 })),
+});
+export type SignerRecord = Infer<typeof signerSchema>;
 /** Why, in a person's words: shown to operators and kept in the audit log. */
 export const reasonSchema: Schema<string> = str({ min: 1, max: 500 });
 
@@ -90,6 +101,8 @@ export const policyAnswer = {
   approvers: optional(str({ min: 1, max: 128 })),
   errors: optional(arr(str({ max: 1000 }), { max: 16 })),
   expiresInMs: optional(int({ min: 1 })),
+  /** The policy lets a run's requester approve it (`@self_approval("allowed")`); absent: it may not. */
+  selfApproval: optional(bool()),
 };
 /** What a mode-3b step asked for. */
 export const credentialAsked = {
@@ -122,6 +135,9 @@ const eventData = {
     parent: optional(obj('parent', { runId: runIdSchema, step: stepName, attempt, child: optional(runIdSchema) })),
     /** A run started by another's continue-as-new: the run it continues. */
     continuedFrom: optional(runIdSchema),
+    /** Who submitted the run, when the submit was signed: a requester may not approve their own run. */
+    submittedBy: optional(actorSchema),
+    submitter: optional(signerSchema),
   }),
   'step.started': obj('step.started', { step: stepName, attempt, worker: str({ min: 1, max: 128 }) }),
   'step.completed': obj('step.completed', {
@@ -145,16 +161,23 @@ const eventData = {
     attempt,
   }),
   'run.signaled': obj('run.signaled', { name: token, payload: optional(json()) }),
-  'run.cancel-requested': obj('run.cancel-requested', { reason: optional(str({ max: 500 })) }),
-  /** A person approved or denied a step waiting for approval (a signal step). */
+  /** `by` and `signer`: who asked, from the command's proof (absent on runs recorded before cancels were signed). */
+  'run.cancel-requested': obj('run.cancel-requested', { reason: optional(str({ max: 500 })), by: optional(actorSchema), signer: optional(signerSchema) }),
+  /**
+   * A person approved or denied a step waiting for approval (a signal step). `by` is who
+   * decided: the signing credential's name, or the signed-in user a console (or the admin)
+   * vouches for; `signer` is the credential whose proof the orchestrator verified (absent on
+   * decisions recorded before decisions were signed).
+   */
   'approval.decided': obj('approval.decided', {
     step: stepName,
     decision: literal(ApprovalDecision.Approve, ApprovalDecision.Deny),
     by: actorSchema,
     reason: optional(reasonSchema),
+    signer: optional(signerSchema),
   }),
   /** A person reopened a failed run: the step that failed runs again, completed steps stay done. */
-  'run.retried': obj('run.retried', { by: actorSchema, reason: optional(reasonSchema) }),
+  'run.retried': obj('run.retried', { by: actorSchema, reason: optional(reasonSchema), signer: optional(signerSchema) }),
   /**
    * The policy's answer for a step (modes 1–3), recorded before it is scheduled: replay uses
    * this record, never a fresh evaluation. `version` is the policy version that decided (0:

@@ -29,6 +29,7 @@ export {
   CredentialsError,
   UnprovenError,
   WorkRejectedError,
+  ApproverNotAllowedError,
   ExportDamagedError,
 } from './errors.js';
 export type { ErrorRecord } from './errors.js';
@@ -86,6 +87,8 @@ export {
   PolicyVerdict,
   ACTOR_PATTERN,
   actorSchema,
+  signerSchema,
+  type SignerRecord,
   reasonSchema,
 } from './events.js';
 export type {

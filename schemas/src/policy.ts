@@ -51,6 +51,8 @@ export interface PolicyDecision {
   readonly policies: readonly string[];
   /** needs-approval: the approver group. */
   readonly approvers?: string;
+  /** needs-approval: the run's requester may approve it (`@self_approval("allowed")`). */
+  readonly selfApproval?: boolean;
   /** Evaluation errors, in words. */
   readonly errors?: readonly string[];
 }
@@ -72,6 +74,7 @@ const decisionSchema: Schema<PolicyDecision> = obj('policy decision', {
   version: int({ min: 0 }),
   policies: arr(str({ min: 1, max: POLICY_DECISION_LIMITS.policyId }), { max: POLICY_DECISION_LIMITS.policies }),
   approvers: optional(str({ min: 1, max: POLICY_DECISION_LIMITS.approvers })),
+  selfApproval: optional(bool()),
   errors: optional(arr(str({ max: POLICY_DECISION_LIMITS.errorChars }), { max: POLICY_DECISION_LIMITS.errors })),
 });
 
@@ -91,7 +94,10 @@ export function combineDecisions(version: number, decisions: readonly PolicyDeci
   const errors: string[] = [];
   let denied = decisions.length === 0;
   let approval: PolicyDecision | undefined;
+  // The requester may approve only if every query that needs a person lets them.
+  let selfApproval = true;
   for (const d of decisions) {
+    if (d.decision === PolicyVerdict.NeedsApproval && d.selfApproval !== true) selfApproval = false;
     for (const p of d.policies) policies.add(p);
     if (d.errors) for (const e of d.errors) errors.push(e);
     if (d.decision === PolicyVerdict.Deny) denied = true;
@@ -104,6 +110,7 @@ export function combineDecisions(version: number, decisions: readonly PolicyDeci
     version,
     policies: [...policies],
     ...(!denied && approval?.approvers !== undefined ? { approvers: approval.approvers } : {}),
+    ...(!denied && approval && selfApproval ? { selfApproval: true as const } : {}),
     ...(errors.length > 0 ? { errors } : {}),
   });
 }
@@ -128,6 +135,7 @@ export function boundDecision(d: PolicyDecision): PolicyDecision {
     version: d.version,
     policies,
     ...(d.approvers !== undefined ? { approvers: d.approvers.slice(0, L.approvers) } : {}),
+    ...(d.selfApproval === true && d.decision === PolicyVerdict.NeedsApproval ? { selfApproval: true as const } : {}),
     ...(errors.length > 0 ? { errors } : {}),
   };
 }

@@ -14,6 +14,7 @@ import {
   parseCredentials,
   provisionTenant,
   startNatsServer,
+  signerOf,
   tenantConnection,
   type AdminTarget,
   type AuthStore,
@@ -60,7 +61,8 @@ export async function startBenchNats(o: Omit<NatsServerOptions, 'auth'> = {}): P
     },
     async connect(t, role) {
       const creds = role === Role.Admin ? await store.adminCreds(t) : await store.mintUser(t, role, `bench-${role}`);
-      const tc = await tenantConnection(t, await connectNats(server.url, `bench-${role}`, quiet, { credentials: await parseCredentials(creds, role) }));
+      const credentials = await parseCredentials(creds, role);
+      const tc = await tenantConnection(t, await connectNats(server.url, `bench-${role}`, quiet, { credentials }), { signer: signerOf(credentials.jwt, credentials.seed) });
       open.push(tc);
       return tc;
     },

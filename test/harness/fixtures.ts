@@ -25,6 +25,7 @@ import {
   PROJECT_ROOT,
   provisionTenant,
   readRun,
+  signerOf,
   tenantConnection,
   type AdminTarget,
   type AuthStore,
@@ -116,7 +117,12 @@ export async function connect(url: string): Promise<Harness> {
   const tenant = (t: TenantId) => {
     let p = open.get(t);
     if (!p) {
-      p = (async () => tenantConnection(t, await connectNats(url, `capstan-test@${t}`, silent, { credentials: await parseCredentials(await store.adminCreds(t), 'admin') })))();
+      p = (async () => {
+        const credentials = await parseCredentials(await store.adminCreds(t), 'admin');
+        const nc = await connectNats(url, `capstan-test@${t}`, silent, { credentials });
+        // The admin signs its commands like anyone (it acts for the people tests name in `by`).
+        return tenantConnection(t, nc, { signer: signerOf(credentials.jwt, credentials.seed), account: store.tenantAccountKey(t) });
+      })();
       open.set(t, p);
     }
     return p;

@@ -93,7 +93,8 @@ describe('approvals', () => {
 
     const ev = await h.client.approve(t, runId, 'review', { by: 'ann@example.com', reason: 'numbers checked' });
     expect(ev.type).toBe('approval.decided');
-    expect(ev.data).toEqual({ step: 'review', decision: 'approve', by: 'ann@example.com', reason: 'numbers checked' });
+    // The admin's credential signed it, acting for the person it names: both are on the record.
+    expect(ev.data).toEqual({ step: 'review', decision: 'approve', by: 'ann@example.com', reason: 'numbers checked', signer: { name: expect.any(String) as string, key: expect.stringMatching(/^U/) as string, role: Role.Admin } });
     const end = await h.client.waitForEnd(t, runId, 20_000);
     expect(end.type).toBe('run.completed');
     // The step's result records who and why, and the next step received it.
@@ -155,7 +156,7 @@ describe('approvals', () => {
 
     await h.client.waitForEnd(t, runId, 20_000);
     const events = await eventsOf(h, t, runId);
-    expect(decisions(events).map((e) => e.data)).toEqual([{ step: 'review', decision: 'approve', by: 'ann' }]);
+    expect(decisions(events).map((e) => e.data)).toMatchObject([{ step: 'review', decision: 'approve', by: 'ann' }]);
     // The refusals are dead letters naming their commands, as for any refused command.
     const letters = (await readDeadLetters(await h.jsm(t), t, 100)).filter((l) => l.runId === runId);
     expect(letters.map((l) => l.code)).toEqual([ErrorCode.ApprovalNotWaiting, ErrorCode.ApprovalNotWaiting, ErrorCode.ApprovalNotWaiting]);

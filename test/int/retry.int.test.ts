@@ -117,7 +117,7 @@ describe('retry', () => {
     fixed.add(runId);
     const ev = await h.client.retry(t, runId, { by: 'ops@example.com', reason: 'warehouse back' });
     expect(ev.type).toBe('run.retried');
-    expect(ev.data).toEqual({ by: 'ops@example.com', reason: 'warehouse back' });
+    expect(ev.data).toMatchObject({ by: 'ops@example.com', reason: 'warehouse back', signer: { role: Role.Admin } });
     // The old failure is not the end any more: waitForEnd waits for the run's latest ending.
     const end = await h.client.waitForEnd(t, runId, 20_000);
     expect(end.type).toBe('run.completed');

@@ -8,7 +8,7 @@
  *                                                     add a tenant (its account, quota, streams and their placement, consumers, registry record); idempotent
  *   capstan tenant quota <t> [quota flags]            change a tenant's quota (in force at once)
  *   capstan tenant list [--json]
- *   capstan creds issue --tenant t --role client|worker|operator --name n [--pool p]… [--out f] [--expires 30d]
+ *   capstan creds issue --tenant t --role client|worker|operator --name n [--pool p]… [--group g]… [--out f] [--expires 30d]
  *   capstan creds revoke|restore --tenant t --name n  cut a credential off at the server (within a second), or lift that
  *   capstan creds list --tenant t [--json]
  *   capstan leaf config --tenant t --platform url… --user creds|key… [--pool p]…   a tenant's leaf credential and server configuration
@@ -166,7 +166,7 @@ const userRow = (u: IssuedUser) => [u.name, u.role, (u.pools ?? []).join(',') ||
 export async function credsCmd(argv: string[]): Promise<number> {
   const [verb, ...rest] = argv;
   if (verb === 'issue') {
-    const { values } = parse(rest, { nats: { type: 'string' }, tenant: { type: 'string' }, role: { type: 'string' }, name: { type: 'string' }, pool: { type: 'string', multiple: true }, out: { type: 'string' }, expires: { type: 'string' }, json: { type: 'boolean' } }, []);
+    const { values } = parse(rest, { nats: { type: 'string' }, tenant: { type: 'string' }, role: { type: 'string' }, name: { type: 'string' }, pool: { type: 'string', multiple: true }, group: { type: 'string', multiple: true }, out: { type: 'string' }, expires: { type: 'string' }, json: { type: 'boolean' } }, []);
     const t = tenantFlag(values);
     const role = stringFlag(values, 'role');
     if (!role || !isTenantRole(role)) throw new InvalidArgumentError(`--role must be one of ${TENANT_ROLES.join(', ')}`);
@@ -174,9 +174,12 @@ export async function credsCmd(argv: string[]): Promise<number> {
     if (!name) throw new InvalidArgumentError('--name <n> is required: it names the credential (and a worker: its admission subject)');
     const pools = stringsFlag(values, 'pool');
     if (pools.length > 0 && role !== 'worker') throw new InvalidArgumentError('--pool is for worker credentials');
+    // Approver groups: a policy's @approval("g") accepts the decisions of members of g only.
+    const groups = stringsFlag(values, 'group');
+    if (groups.length > 0 && role !== 'operator') throw new InvalidArgumentError('--group is for operator credentials: only operators decide approvals');
     const expiresInS = expiresFlag(stringFlag(values, 'expires'));
     return withAdmin(values, async (a) => {
-      const { creds, user } = await issueCredential(a, t, role, name, { ...(pools.length ? { pools } : {}), ...(expiresInS ? { expiresInS } : {}) });
+      const { creds, user } = await issueCredential(a, t, role, name, { ...(pools.length ? { pools } : {}), ...(groups.length ? { groups } : {}), ...(expiresInS ? { expiresInS } : {}) });
       const out = stringFlag(values, 'out') ?? a.store.defaultCredsPath(t, name);
       mkdirSync(dirname(out), { recursive: true, mode: 0o700 });
       writeFileSync(out, creds, { mode: 0o600 });
@@ -207,7 +210,7 @@ export async function credsCmd(argv: string[]): Promise<number> {
       return Promise.resolve(0);
     });
   }
-  throw new InvalidArgumentError('usage: capstan creds issue --tenant t --role client|worker|operator --name n [--pool p]… [--out f] [--expires 30d] | capstan creds revoke|restore --tenant t --name n | capstan creds list --tenant t');
+  throw new InvalidArgumentError('usage: capstan creds issue --tenant t --role client|worker|operator --name n [--pool p]… [--group g]… [--out f] [--expires 30d] | capstan creds revoke|restore --tenant t --name n | capstan creds list --tenant t');
 }
 
 /** A local user named by its public key, or by a `.creds` file (whose public key is read; the seed is not kept). */

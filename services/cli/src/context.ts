@@ -7,6 +7,7 @@ import {
   parseCredentials,
   PROJECT_ROOT,
   readCredentials,
+  signerOf,
   tenantConnection,
   jwtIssuer,
   type AdminTarget,
@@ -14,7 +15,7 @@ import {
   type CredentialsInfo,
   type TenantConnection,
 } from '@capstan/kit';
-import { CapstanError, CredentialsError, ErrorCode, InvalidArgumentError, UnavailableError, type Role, type TenantId } from '@capstan/schemas';
+import { CapstanError, CredentialsError, ErrorCode, InvalidArgumentError, TOKEN_PATTERN, UnavailableError, type Role, type TenantId } from '@capstan/schemas';
 
 /**
  * Where `capstan dev` leaves its state, including the URL of the server it started:
@@ -83,7 +84,7 @@ const quiet = () => createLogger('cli', 'error', process.stderr);
  * the role the command needs (so the CLI never holds more than the command uses).
  * @throws CredentialsError | InvalidArgumentError when there is none, or it is for another tenant
  */
-async function credentialFor(values: Record<string, unknown>, t: TenantId, role: Role): Promise<CredentialsInfo> {
+async function credentialFor(values: Record<string, unknown>, t: TenantId, role: Role, person?: string): Promise<CredentialsInfo> {
   const path = credsPath(values, process.env);
   if (path) {
     const c = await readCredentials(path);
@@ -96,7 +97,10 @@ async function credentialFor(values: Record<string, unknown>, t: TenantId, role:
   }
   const store = await openAuthStore(dir);
   if (!store.hasTenant(t)) throw new CapstanError(ErrorCode.UnknownTenant, `tenant ${t} has no account in ${dir} (capstan tenant add ${t})`);
-  return parseCredentials(await store.mintUser(t, role, `cli-${role}`), `${dir} (${role})`);
+  // The key store's holder may mint any user: a person's action is signed by a short-lived
+  // credential in their name, so the run records them (a name that is no token stays cli-<role>).
+  const name = person !== undefined && TOKEN_PATTERN.test(person) ? person : `cli-${role}`;
+  return parseCredentials(await store.mintUser(t, role, name), `${dir} (${role})`);
 }
 
 /** Connects once (a command fails fast rather than waiting for a server), errors said plainly. */
@@ -122,13 +126,13 @@ async function connectCli(url: string, credentials: CredentialsInfo) {
  * Runs `fn` with a connection to tenant `t`'s account as `role` (see {@link credentialFor}),
  * closed afterwards whatever happens.
  */
-export async function withTenant<T>(values: Record<string, unknown>, t: TenantId, role: Role, fn: (tc: TenantConnection) => Promise<T>): Promise<T> {
+export async function withTenant<T>(values: Record<string, unknown>, t: TenantId, role: Role, fn: (tc: TenantConnection) => Promise<T>, person?: string): Promise<T> {
   const url = natsUrl(values['nats'], process.env);
-  const credentials = await credentialFor(values, t, role);
+  const credentials = await credentialFor(values, t, role, person);
   const nc = await connectCli(url, credentials);
   try {
     // The tenant's account issued this credential: whom its services' signatures are checked against.
-    return await fn(await tenantConnection(t, nc, { account: jwtIssuer(credentials.jwt) }));
+    return await fn(await tenantConnection(t, nc, { account: jwtIssuer(credentials.jwt), signer: signerOf(credentials.jwt, credentials.seed) }));
   } finally {
     await nc.close();
   }
@@ -186,7 +190,7 @@ export async function withTenants<T>(
         let tc = open.get(t);
         if (!tc) {
           const credentials = await credentialFor(values, t, role);
-          tc = await tenantConnection(t, await connectCli(url, credentials));
+          tc = await tenantConnection(t, await connectCli(url, credentials), { signer: signerOf(credentials.jwt, credentials.seed) });
           open.set(t, tc);
         }
         return tc;

@@ -45,6 +45,7 @@ import {
   startFleetAuthority,
   startNatsServer,
   startNatsCluster,
+  signerOf,
   tenantConnection,
   type AuthStore,
   startTelemetry,
@@ -308,7 +309,7 @@ const SANDBOX_ARTIFACTS = join(PROJECT_ROOT, '.capstan', 'artifacts');
 
 async function connectAs(url: string, creds: Uint8Array, tenant: ReturnType<typeof parseTenantId>): Promise<TenantConnection> {
   const credentials = await parseCredentials(creds, 'capstan dev');
-  return tenantConnection(tenant, await connectNats(url, 'capstan-dev', createLogger('dev', 'warn', process.stderr), { credentials }));
+  return tenantConnection(tenant, await connectNats(url, 'capstan-dev', createLogger('dev', 'warn', process.stderr), { credentials }), { signer: signerOf(credentials.jwt, credentials.seed) });
 }
 
 /**

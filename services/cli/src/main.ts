@@ -73,7 +73,7 @@ tenancy (the platform admin, with the operator's key store: --auth-dir <dir>, $C
                                                   the tenant's NATS account, quota, streams, consumers and registry record
   capstan tenant quota <t> [same flags]           show or change a tenant's quota (in force at once)
   capstan tenant list [--json]
-  capstan creds issue --tenant <t> --role client|worker|operator --name <n> [--pool p]… [--out <file>] [--expires 30d]
+  capstan creds issue --tenant <t> --role client|worker|operator --name <n> [--pool p]… [--group g]… [--out <file>] [--expires 30d]
                                                   write a .creds file (owner-only); a worker's names its pools
   capstan creds revoke|restore --tenant <t> --name <n>
                                                   cut a credential off at the server (its connections close at once), or lift that

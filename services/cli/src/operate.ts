@@ -91,11 +91,18 @@ async function decideCmd(argv: string[], verb: 'approve' | 'deny', env: NodeJS.P
     const client = await createClient(conn);
     const opts = { by, ...(reason !== undefined ? { reason } : {}), timeoutMs };
     const ev = verb === 'approve' ? await client.approve(t, runId, step, opts) : await client.deny(t, runId, step, opts);
+    // Who the run recorded: the signing credential's name (with --creds, that of the credential, not --as).
+    const as = recordedBy(ev, by);
     print(values['json'] === true, ev, () =>
-      verb === 'approve' ? `${green('approved')} step ${step} of ${runId} as ${by}` : `${red('denied')} step ${step} of ${runId} as ${by}: the run fails (approval_denied)`,
+      verb === 'approve' ? `${green('approved')} step ${step} of ${runId} as ${as}` : `${red('denied')} step ${step} of ${runId} as ${as}: the run fails (approval_denied)`,
     );
     return 0;
-  });
+  }, by);
+}
+
+function recordedBy(ev: RunEvent, fallback: string): string {
+  const by = (ev.data as { by?: unknown }).by;
+  return typeof by === 'string' ? by : fallback;
 }
 
 /** `capstan approve <runId> <step> --tenant t [--as user] [--reason text] [--timeout s] [--json]` */
@@ -121,9 +128,9 @@ export async function retryCmd(argv: string[], env: NodeJS.ProcessEnv = process.
   const timeoutMs = intFlag('timeout', values['timeout'], 15, 1) * 1000;
   return withTenant(values, t, Role.Operator, async (conn) => {
     const ev: RunEvent = await (await createClient(conn)).retry(t, runId, { by, ...(reason !== undefined ? { reason } : {}), timeoutMs });
-    print(values['json'] === true, ev, () => `${green('retried')} ${runId} as ${by}: the failed step runs again (event ${ev.seq})`);
+    print(values['json'] === true, ev, () => `${green('retried')} ${runId} as ${recordedBy(ev, by)}: the failed step runs again (event ${ev.seq})`);
     return 0;
-  });
+  }, by);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ export function registerAuth(app: FastifyInstance, d: AuthDeps): void {
     // A user removed, moved to another organisation, given another role or other tenants
     // signs in again: a session never outlives the record it was made from.
     if (!u || u.orgId !== s.orgId || u.role !== s.role || u.tenants.length !== s.tenants.length || u.tenants.some((t, i) => t !== s.tenants[i])) return undefined;
+    if (JSON.stringify(u.access ?? {}) !== JSON.stringify(s.access ?? {})) return undefined;
     return s;
   };
 
@@ -86,7 +87,7 @@ export function registerAuth(app: FastifyInstance, d: AuthDeps): void {
   });
 
   const startSession = (req: FastifyRequest, reply: FastifyReply, u: ConsoleUser): SessionInfo => {
-    const s = d.sessions.create({ orgId: u.orgId, userId: u.userId, role: u.role, tenants: u.tenants }, Date.now());
+    const s = d.sessions.create({ orgId: u.orgId, userId: u.userId, role: u.role, tenants: u.tenants, ...(u.access ? { access: u.access } : {}) }, Date.now());
     reply.setCookie(SESSION_COOKIE, d.sessions.seal(s), {
       path: COOKIE_PATH,
       httpOnly: true,

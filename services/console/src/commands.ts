@@ -2,6 +2,13 @@
  * The console's actions as NATS commands, through the same client the CLI uses: the
  * console never writes a projection. Every action is recorded with the signed-in user as
  * its author where the command carries one.
+ *
+ * Run decisions (approve, deny, retry, cancel) are signed with the console's own user in
+ * the tenant (the service identity the registry names): the orchestrator records the
+ * signed-in user the console states as `by`, the console's key as `signer`, and judges an
+ * approval by the groups the console states for that user in that tenant (users.ts). The
+ * console is the authority on who signed in to it, and only a console credential's word
+ * for a user is heard.
  */
 import { createClient, deleteEntity, previewQuery, putEntity, sendScheduleCommand, workflowCatalog, type Stored, type TenantAccess, type WorkflowInfo } from '@capstan/kit';
 import { isPlainObject, parseTenantId, PIPELINE_WORKFLOW, type CatalogKind, type CatalogRecord, type JsonValue, type PipelineInput, type PreviewReply, type PreviewRequest, type RunId, type ScheduleCommand, type ScheduleRecord } from '@capstan/schemas';
@@ -9,6 +16,8 @@ import { isPlainObject, parseTenantId, PIPELINE_WORKFLOW, type CatalogKind, type
 export interface Author {
   readonly by: string;
   readonly reason?: string;
+  /** The user's approver groups in the tenant (decisions only). */
+  readonly groups?: readonly string[];
 }
 
 export interface Commands {
@@ -46,7 +55,7 @@ export async function createCommands(access: Pick<TenantAccess, 'tenant'>): Prom
       return sendScheduleCommand(c.js, c.jsm, parseTenantId(t), cmd);
     },
     async cancel(t, runId, a) {
-      await client.cancel(t, runId, a.reason);
+      await client.cancel(t, runId, a.reason, a.by);
     },
     async signal(t, runId, name, payload, a) {
       const p: JsonValue = payload === undefined ? { by: a.by } : isPlainObject(payload) ? { ...payload, by: a.by } : payload;
@@ -58,10 +67,10 @@ export async function createCommands(access: Pick<TenantAccess, 'tenant'>): Prom
       await client.retry(t, runId, withReason(a));
     },
     async approve(t, runId, step, a) {
-      await client.approve(t, runId, step, withReason(a));
+      await client.approve(t, runId, step, { ...withReason(a), ...(a.groups?.length ? { groups: a.groups } : {}) });
     },
     async deny(t, runId, step, a) {
-      await client.deny(t, runId, step, withReason(a));
+      await client.deny(t, runId, step, { ...withReason(a), ...(a.groups?.length ? { groups: a.groups } : {}) });
     },
     async approveWorker(t, workerId, a) {
       await client.approveWorker(t, workerId, withReason(a));

@@ -6,6 +6,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { CapstanError, ErrorCode, InvalidArgumentError } from '@capstan/schemas';
 import { ACTION_ROLE, ApiErrorCode, roleAllows, type ActionName, type ApiErrorBody } from './api-types.js';
 import type { Session } from './session.js';
+import { roleIn } from './users.js';
 
 /** An answer other than 200, with the code and message the caller gets. */
 export class HttpError extends Error {
@@ -123,6 +124,8 @@ export function sessionOf(req: FastifyRequest): Session {
   return s;
 }
 
-export function requireAction(s: Session, action: ActionName): void {
-  if (!roleAllows(s.role, action)) throw forbidden(`${action} needs the ${ACTION_ROLE[action]} role; ${s.userId} is ${s.role}`);
+/** Refuses `action` in tenant `t` unless the user's role there allows it (roles are per tenant). */
+export function requireAction(s: Session, action: ActionName, t: string): void {
+  const role = roleIn(s, t);
+  if (!roleAllows(role, action)) throw forbidden(`${action} needs the ${ACTION_ROLE[action]} role; ${s.userId} is ${role} in ${t}`);
 }

@@ -70,7 +70,7 @@ export function registerDatasyncRoutes(app: FastifyInstance, d: RouteDeps): void
   app.post<{ Params: { tenant: string; kind: string; id: string } }>(pattern(apiPaths.datasyncEntity(':tenant', ':kind', ':id')), async (req): Promise<DatasyncEntityResponse> => {
     const s = sessionOf(req);
     const t = d.tenantOf(s, req.params.tenant);
-    requireAction(s, 'putEntity');
+    requireAction(s, 'putEntity', t);
     queryOf(req, []);
     const kind = kindOf(req.params.kind);
     const body = putBody.parse(bodyOf(req));
@@ -86,7 +86,7 @@ export function registerDatasyncRoutes(app: FastifyInstance, d: RouteDeps): void
   app.post<{ Params: { tenant: string; kind: string; id: string } }>(pattern(apiPaths.datasyncDelete(':tenant', ':kind', ':id')), async (req): Promise<DatasyncEntityResponse> => {
     const s = sessionOf(req);
     const t = d.tenantOf(s, req.params.tenant);
-    requireAction(s, 'deleteEntity');
+    requireAction(s, 'deleteEntity', t);
     queryOf(req, []);
     const kind = kindOf(req.params.kind);
     try {
@@ -101,7 +101,7 @@ export function registerDatasyncRoutes(app: FastifyInstance, d: RouteDeps): void
   app.post<{ Params: { tenant: string } }>(pattern(apiPaths.datasyncRuns(':tenant')), async (req, reply): Promise<ActionResponse> => {
     const s = sessionOf(req);
     const t = d.tenantOf(s, req.params.tenant);
-    requireAction(s, 'runPipeline');
+    requireAction(s, 'runPipeline', t);
     queryOf(req, []);
     const input = parsePipelineInput(bodyOf(req));
     let runId: string;
@@ -118,7 +118,7 @@ export function registerDatasyncRoutes(app: FastifyInstance, d: RouteDeps): void
   app.post<{ Params: { tenant: string } }>(pattern(apiPaths.datasyncPreview(':tenant')), async (req): Promise<PreviewResponse> => {
     const s = sessionOf(req);
     const t = d.tenantOf(s, req.params.tenant);
-    requireAction(s, 'preview');
+    requireAction(s, 'preview', t);
     queryOf(req, []);
     const body = previewBody.parse(bodyOf(req));
     try {

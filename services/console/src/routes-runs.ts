@@ -136,13 +136,14 @@ export function registerRunRoutes(app: FastifyInstance, d: RouteDeps): void {
   });
 
   for (const decision of ['approve', 'deny'] as const) {
-    action<StepParams>(decision, pattern(apiPaths[decision](':tenant', ':runId', ':step')), async (c, t, p, body, by) => {
+    action<StepParams>(decision, pattern(apiPaths[decision](':tenant', ':runId', ':step')), async (c, t, p, body, by, groups) => {
       const b = decisionBody.parse(body);
       const { runId, approvals } = await activeRun(t, p.runId, decision);
       const a = approvals.find((x) => x.step === p.step);
       if (!a) throw notFound(`run ${runId} has no approval for step ${JSON.stringify(p.step.slice(0, 64))}`);
       if (a.status !== 'waiting') throw conflict(`the approval of step ${a.step} is already ${a.status}`);
-      const author = { by, ...(b.reason !== undefined ? { reason: b.reason } : {}) };
+      // The console signs as itself and states who its user is and their groups in this tenant.
+      const author = { by, groups, ...(b.reason !== undefined ? { reason: b.reason } : {}) };
       if (decision === 'approve') await c.approve(t, runId, a.step, author);
       else await c.deny(t, runId, a.step, author);
       return { runId, step: a.step };

@@ -9,6 +9,7 @@ import type { ActionName, ActionResponse } from './api-types.js';
 import type { Commands } from './commands.js';
 import { bodyOf, forbidden, queryOf, requireAction, sessionOf, toHttpError } from './http.js';
 import type { Session } from './session.js';
+import { groupsIn } from './users.js';
 
 export interface RouteDeps {
   readonly db: Database;
@@ -30,7 +31,8 @@ export function tenantOf(s: Session, raw: string): TenantId {
   return parseTenantId(raw);
 }
 
-export type ActionHandler<P> = (c: Commands, t: TenantId, params: P, body: unknown, by: string) => Promise<Omit<ActionResponse, 'accepted' | 'action' | 'tenant'>>;
+/** `by`: the signed-in user; `groups`: their approver groups in `t` (stated when the console signs their approvals). */
+export type ActionHandler<P> = (c: Commands, t: TenantId, params: P, body: unknown, by: string, groups: readonly string[]) => Promise<Omit<ActionResponse, 'accepted' | 'action' | 'tenant'>>;
 
 /** A POST that publishes a command: tenant, role, body, state checks (in `handle`), 202. */
 export function postAction<P extends { tenant: string }>(app: FastifyInstance, d: RouteDeps, name: ActionName, path: string, handle: ActionHandler<P>): void {
@@ -38,11 +40,11 @@ export function postAction<P extends { tenant: string }>(app: FastifyInstance, d
     const params = req.params as P;
     const s = sessionOf(req);
     const t = d.tenantOf(s, params.tenant);
-    requireAction(s, name);
+    requireAction(s, name, t);
     queryOf(req, []);
     let done: Awaited<ReturnType<ActionHandler<P>>>;
     try {
-      done = await handle(d.commands(), t, params, bodyOf(req), s.userId);
+      done = await handle(d.commands(), t, params, bodyOf(req), s.userId, groupsIn(s, t));
     } catch (e) {
       throw toHttpError(e, true);
     }

@@ -11,6 +11,7 @@
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { ROLES, type Role } from './api-types.js';
+import type { TenantAccessGrant } from './users.js';
 
 export interface Session {
   /** Random id: what sign-out revokes. */
@@ -19,6 +20,8 @@ export interface Session {
   readonly userId: string;
   readonly role: Role;
   readonly tenants: readonly string[];
+  /** Per-tenant role and approver groups, as the user's record had them at sign-in. */
+  readonly access?: Readonly<Record<string, TenantAccessGrant>>;
   /** Expiry, epoch milliseconds. */
   readonly exp: number;
   /** The anti-CSRF token mutating calls must echo in `x-csrf-token`. */
@@ -90,7 +93,9 @@ function parseSession(json: string): Session | undefined {
   const tenants = Array.isArray(s['tenants']) && s['tenants'].every((t) => typeof t === 'string') ? (s['tenants'] as string[]) : undefined;
   const exp = typeof s['exp'] === 'number' && Number.isSafeInteger(s['exp']) ? s['exp'] : undefined;
   if (!sid || !orgId || !userId || !csrf || !role || !tenants || exp === undefined) return undefined;
-  return { sid, orgId, userId, role, tenants, exp, csrf };
+  // The payload is authenticated (the mac): its access map is what this console wrote.
+  const access = typeof s['access'] === 'object' && s['access'] !== null && !Array.isArray(s['access']) ? (s['access'] as Record<string, TenantAccessGrant>) : undefined;
+  return { sid, orgId, userId, role, tenants, ...(access ? { access } : {}), exp, csrf };
 }
 
 /** Whether `given` equals `want`, in time that does not depend on where they differ. */

@@ -6,18 +6,70 @@
  *     "passwordHash": "scrypt$16384$8$1$<salt base64>$<key base64>" }
  *
  * `passwordHash` is optional: a user without one signs in only by one-time link.
+ *
+ * `role` applies in every tenant listed, unless `access` says otherwise for a tenant: its role
+ * there (someone may approve in staging and only watch production) and its approver groups,
+ * which the console states when it signs that user's approvals (see docs/console.md):
+ *
+ *   "access": { "acme-prod": { "role": "viewer" }, "acme-dev": { "role": "operator", "groups": ["finance"] } }
  * Make a hash with `capstan-console hash-password` (reads the password from stdin).
  */
 import { randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
 import { ConfigError, isTenantId } from '@capstan/schemas';
 import { ROLES, type Role } from './api-types.js';
 
+/** A user's standing in one tenant: its role there (default the user's `role`), its approver groups. */
+export interface TenantAccessGrant {
+  readonly role?: Role;
+  readonly groups?: readonly string[];
+}
+
 export interface ConsoleUser {
   readonly userId: string;
   readonly orgId: string;
   readonly role: Role;
   readonly tenants: readonly string[];
+  /** Per tenant (each one of `tenants`): another role, approver groups. */
+  readonly access?: Readonly<Record<string, TenantAccessGrant>>;
   readonly passwordHash?: string;
+}
+
+/** The user's role in tenant `t`. */
+export function roleIn(u: { readonly role: Role; readonly access?: Readonly<Record<string, TenantAccessGrant>> }, t: string): Role {
+  return (Object.hasOwn(u.access ?? {}, t) ? u.access?.[t]?.role : undefined) ?? u.role;
+}
+
+/** The user's approver groups in tenant `t`. */
+export function groupsIn(u: { readonly access?: Readonly<Record<string, TenantAccessGrant>> }, t: string): readonly string[] {
+  return (Object.hasOwn(u.access ?? {}, t) ? u.access?.[t]?.groups : undefined) ?? [];
+}
+
+const GROUP = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+
+function parseAccess(v: unknown, at: string, tenants: readonly string[] | undefined, problems: string[]): Record<string, TenantAccessGrant> | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+    problems.push(`${at}.access must be an object of tenant → { role?, groups? }`);
+    return undefined;
+  }
+  const out: Record<string, TenantAccessGrant> = {};
+  for (const [t, g] of Object.entries(v as Record<string, unknown>)) {
+    const where = `${at}.access[${JSON.stringify(t.slice(0, 64))}]`;
+    if (tenants && !tenants.includes(t)) problems.push(`${where} names a tenant not in tenants`);
+    if (typeof g !== 'object' || g === null || Array.isArray(g)) {
+      problems.push(`${where} must be an object { role?, groups? }`);
+      continue;
+    }
+    const o = g as Record<string, unknown>;
+    for (const k of Object.keys(o)) if (k !== 'role' && k !== 'groups') problems.push(`${where} has an unknown field ${JSON.stringify(k.slice(0, 32))}`);
+    const role = o['role'] === undefined ? undefined : (ROLES as readonly unknown[]).includes(o['role']) ? (o['role'] as Role) : null;
+    if (role === null) problems.push(`${where}.role must be one of ${ROLES.join(', ')}`);
+    const groups = o['groups'];
+    const okGroups = groups === undefined || (Array.isArray(groups) && groups.length <= 32 && groups.every((x) => typeof x === 'string' && GROUP.test(x)));
+    if (!okGroups) problems.push(`${where}.groups must be at most 32 group names (lowercase letters, digits, _ -)`);
+    out[t] = Object.freeze({ ...(role ? { role } : {}), ...(okGroups && Array.isArray(groups) ? { groups: Object.freeze([...new Set(groups as string[])]) } : {}) });
+  }
+  return Object.freeze(out);
 }
 
 const ID = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
@@ -43,7 +95,7 @@ export function parseUsers(text: string, where = 'CONSOLE_USERS'): ConsoleUser[]
       return;
     }
     const o = u as Record<string, unknown>;
-    const known = ['userId', 'orgId', 'role', 'tenants', 'passwordHash'];
+    const known = ['userId', 'orgId', 'role', 'tenants', 'access', 'passwordHash'];
     for (const k of Object.keys(o)) if (!known.includes(k)) problems.push(`${at} has an unknown field ${JSON.stringify(k.slice(0, 32))}`);
     const userId = typeof o['userId'] === 'string' && ID.test(o['userId']) ? o['userId'] : undefined;
     if (!userId) problems.push(`${at}.userId must be 1 to 128 letters, digits or . _ @ -`);
@@ -58,8 +110,9 @@ export function parseUsers(text: string, where = 'CONSOLE_USERS'): ConsoleUser[]
     const hash = o['passwordHash'];
     // Only the shape is reported: the hash is secret material.
     if (hash !== undefined && (typeof hash !== 'string' || !parseHash(hash))) problems.push(`${at}.passwordHash is not a scrypt hash made by hash-password`);
+    const access = parseAccess(o['access'], at, tenants, problems);
     if (userId && orgId && role && tenants) {
-      users.push(Object.freeze({ userId, orgId, role, tenants: Object.freeze([...new Set(tenants)]), ...(typeof hash === 'string' ? { passwordHash: hash } : {}) }));
+      users.push(Object.freeze({ userId, orgId, role, tenants: Object.freeze([...new Set(tenants)]), ...(access ? { access } : {}), ...(typeof hash === 'string' ? { passwordHash: hash } : {}) }));
     }
   });
   if (problems.length > 0) throw new ConfigError(problems);

@@ -71,6 +71,8 @@ export interface IssuedUser {
   readonly role: TenantRole | typeof Role.Leaf;
   readonly publicKey: string;
   readonly pools?: readonly string[];
+  /** Approver groups (`capstan-group:<g>` tags): whose approvals a policy's `@approval("g")` accepts. */
+  readonly groups?: readonly string[];
   readonly issuedAt: number;
   /** Set while revoked: the account JWT lists the key, the server refuses it. */
   readonly revokedAt?: number;
@@ -160,7 +162,7 @@ export interface AuthStore {
    */
   mintUser(t: TenantId, role: Role, name: string, scope?: RoleScope, ttlS?: number): Promise<Uint8Array>;
   /** Issues a person's or deployment's credential; replaces an earlier one of the same name. */
-  issueUser(t: TenantId, role: TenantRole | typeof Role.Leaf, name: string, scope?: RoleScope, opts?: { expiresInS?: number }): Promise<{ creds: Uint8Array; user: IssuedUser }>;
+  issueUser(t: TenantId, role: TenantRole | typeof Role.Leaf, name: string, scope?: RoleScope, opts?: { expiresInS?: number; groups?: readonly string[] }): Promise<{ creds: Uint8Array; user: IssuedUser }>;
   users(t: TenantId): IssuedUser[];
   user(t: TenantId, name: string): IssuedUser | undefined;
   /** Marks a user revoked in its account (push the account JWT to take effect). */
@@ -341,7 +343,8 @@ export async function openAuthStore(dir: string, opts: { create?: boolean } = {}
         inboxPrefixFor(u.getPublicKey()),
         role === Role.Worker ? { pools, workerId: scope.workerId ?? n } : role === Role.Leaf ? { pools, localUsers: scope.localUsers ?? [] } : {},
       );
-      const tags = [`capstan-tenant:${t}`, `capstan-role:${role}`, ...pools.map((p) => `capstan-pool:${p}`)];
+      const groups = [...new Set((o.groups ?? []).map((g) => parseToken('approver group', g)))];
+      const tags = [`capstan-tenant:${t}`, `capstan-role:${role}`, ...pools.map((p) => `capstan-pool:${p}`), ...groups.map((g) => `capstan-group:${g}`)];
       const jwt = await encodeUser(n, u, issuer, userClaims(perms, tags), o.expiresInS ? { exp: Math.floor(Date.now() / 1000) + o.expiresInS } : {});
       const previous = readUser(t, n);
       if (previous) {
@@ -349,7 +352,7 @@ export async function openAuthStore(dir: string, opts: { create?: boolean } = {}
         const f = accountFile(t);
         saveAccount(t, { ...f, revocations: { ...f.revocations, [previous.publicKey]: Math.floor(Date.now() / 1000) } });
       }
-      const user: IssuedUser = { tenant: t, name: n, role, publicKey: u.getPublicKey(), ...(pools.length ? { pools } : {}), issuedAt: Date.now() };
+      const user: IssuedUser = { tenant: t, name: n, role, publicKey: u.getPublicKey(), ...(pools.length ? { pools } : {}), ...(groups.length ? { groups } : {}), issuedAt: Date.now() };
       writeSecret(userPath(t, n), JSON.stringify(user, null, 2));
       return { creds: fmtCreds(jwt, u), user };
     },

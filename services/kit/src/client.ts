@@ -43,6 +43,7 @@ import {
 import { headers as natsHeaders } from '@nats-io/transport-node';
 import { decodeEvent, readRun } from './run-log.js';
 import { newRunId } from './ids.js';
+import { proofHeaders, type Signer } from './proof.js';
 import { permissionError, type TenantConnection } from './nats.js';
 import { activeTraceParent, inSpan, SpanKind, tracingOn, withTraceHeader } from './tracing.js';
 
@@ -65,6 +66,12 @@ export interface DecisionOptions {
   readonly by: string;
   /** At most 500 characters. */
   readonly reason?: string;
+  /**
+   * The deciding person's approver groups in the tenant, as a console states them for its
+   * signed-in user. Heard only from a console or admin signer: a person's own credential
+   * carries its groups (`capstan creds issue --group`).
+   */
+  readonly groups?: readonly string[];
   /**
    * How long to wait for an orchestrator to decide the command (default 15 s). When none
    * does in time the call rejects with `unavailable`; the command stays stored and is
@@ -95,16 +102,21 @@ export interface WorkerAdmission {
 export interface CapstanClient {
   /** Publishes a submit and returns the run id once JetStream has stored the command. */
   submit(tenant: string, workflow: string, opts?: SubmitOptions): Promise<RunId>;
-  cancel(tenant: string, runId: string, reason?: string): Promise<void>;
+  /** `by`: the person a console or admin credential acts for (ignored from anyone else: the signer is who cancels). */
+  cancel(tenant: string, runId: string, reason?: string, by?: string): Promise<void>;
   signal(tenant: string, runId: string, name: string, payload?: JsonValue): Promise<void>;
   /**
-   * Approves `step` of a run waiting for approval (a signal step), as `by`: the step
-   * completes with the result `{ decision: 'approve', by, reason? }` and the run goes on.
+   * Approves `step` of a run waiting for approval (a signal step): the step completes with
+   * the result `{ decision: 'approve', by, reason? }` and the run goes on. The command is
+   * signed with this client's credential, and `by` on the record is that credential's name
+   * (or `opts.by` when the credential is a console's or the admin's, acting for a person).
    * Publishes `cap.<t>.cmd.approve` and resolves with the recorded `approval.decided` event
    * once an orchestrator has decided it.
    * @throws CommandRejectedError with code `approval_not_waiting` when the step is not
-   *   waiting for a decision (decided already, not reached, not an approval step), or
-   *   `run_not_found`; nothing is recorded then
+   *   waiting for a decision (decided already, not reached, not an approval step),
+   *   `approver_not_allowed` (not in the policy's approver group, or the run's own
+   *   requester), `unproven` (no credential to sign with), or `run_not_found`; nothing is
+   *   recorded then
    * @throws UnavailableError when no orchestrator decided within `timeoutMs`
    * @throws InvalidNameError | SchemaError for a malformed tenant, run id, step, `by` or `reason`
    * @example
@@ -184,8 +196,9 @@ export async function createClient(conns: ClientConnections): Promise<CapstanCli
   const decideStep = async (tenant: string, runId: string, step: string, verb: typeof CommandVerb.Approve | typeof CommandVerb.Deny, opts: DecisionOptions) => {
     const c = await at(tenant);
     const id = parseRunId(runId);
-    const body = { runId: id, step: parseToken('step', step), ...who(opts) };
-    return sendAndAwait(c.js, c.jsm, c.t, id, verb, body, opts.timeoutMs ?? DECISION_TIMEOUT_MS);
+    const groups = opts.groups?.map((g) => parseToken('approver group', g));
+    const body = { runId: id, step: parseToken('step', step), ...who(opts), ...(groups?.length ? { groups } : {}) };
+    return sendAndAwait(c.js, c.jsm, c.t, id, verb, body, opts.timeoutMs ?? DECISION_TIMEOUT_MS, c.signer);
   };
   const admit = async (tenant: string, workerId: string, state: WorkerAdmission['state'], opts: AdmissionOptions) => {
     const c = await at(tenant);
@@ -193,7 +206,7 @@ export async function createClient(conns: ClientConnections): Promise<CapstanCli
   };
   return {
     async submit(tenant, workflow, opts = {}) {
-      const { t, js } = await at(tenant);
+      const { t, js, signer } = await at(tenant);
       const runId = opts.runId ?? newRunId();
       const body = {
         workflow,
@@ -203,18 +216,25 @@ export async function createClient(conns: ClientConnections): Promise<CapstanCli
       };
       const send = async () => {
         // The run records the traceparent it was submitted with (see docs/observability.md).
-        const headers = tracingOn() ? withTraceHeader() : opts.traceparent ? natsHeaders() : undefined;
+        let headers = tracingOn() ? withTraceHeader() : opts.traceparent ? natsHeaders() : undefined;
         if (headers && opts.traceparent && !tracingOn()) headers.set(Headers.TraceParent, opts.traceparent);
-        await publish(js, Subjects.command(t, CommandVerb.Submit), encode(body), { msgID: MsgIds.command(CommandVerb.Submit, runId), ...(headers ? { headers } : {}) });
+        const subject = Subjects.command(t, CommandVerb.Submit);
+        const data = encode(body);
+        // A signed submit records its requester on the run: they may not approve it themselves.
+        if (signer) headers = proofHeaders(signer, subject, data, headers ?? natsHeaders());
+        await publish(js, subject, data, { msgID: MsgIds.command(CommandVerb.Submit, runId), ...(headers ? { headers } : {}) });
       };
       // With tracing on here, the submit is a span: of the caller's trace, or the first of a new one.
       await inSpan('client', `submit ${workflow}`, { kind: SpanKind.PRODUCER, parent: opts.traceparent ?? (activeTraceParent() ? undefined : null), attributes: { 'capstan.tenant': t, 'capstan.workflow': workflow, 'capstan.run_id': runId } }, send);
       return runId;
     },
-    async cancel(tenant, runId, reason) {
-      const { t, js } = await at(tenant);
+    async cancel(tenant, runId, reason, by) {
+      const { t, js, signer } = await at(tenant);
       const id = parseRunId(runId);
-      await publish(js, Subjects.command(t, CommandVerb.Cancel), encode({ runId: id, ...(reason ? { reason } : {}) }));
+      const subject = Subjects.command(t, CommandVerb.Cancel);
+      const data = encode({ runId: id, ...(reason ? { reason } : {}), ...(by !== undefined ? { by: actorSchema.parse(by, 'by') } : {}) });
+      // Signed: the orchestrator refuses a cancel nobody proves (see docs/tenancy.md).
+      await publish(js, subject, data, signer ? { headers: proofHeaders(signer, subject, data) } : undefined);
     },
     async signal(tenant, runId, name, payload) {
       const { t, js } = await at(tenant);
@@ -227,7 +247,7 @@ export async function createClient(conns: ClientConnections): Promise<CapstanCli
       const c = await at(tenant);
       const id = parseRunId(runId);
       const body = { runId: id, ...who(opts) };
-      return sendAndAwait(c.js, c.jsm, c.t, id, CommandVerb.Retry, body, opts.timeoutMs ?? DECISION_TIMEOUT_MS);
+      return sendAndAwait(c.js, c.jsm, c.t, id, CommandVerb.Retry, body, opts.timeoutMs ?? DECISION_TIMEOUT_MS, c.signer);
     },
     approveWorker: (tenant, workerId, opts) => admit(tenant, workerId, WorkerAdmissionState.Approved, opts),
     revokeWorker: (tenant, workerId, opts) => admit(tenant, workerId, WorkerAdmissionState.Revoked, opts),
@@ -309,6 +329,7 @@ async function sendAndAwait(
   verb: CommandVerb,
   body: object,
   timeoutMs: number,
+  signer: Signer | undefined,
 ): Promise<RunEvent> {
   checkTimeout(timeoutMs);
   const subject = Subjects.command(t, verb);
@@ -317,7 +338,10 @@ async function sendAndAwait(
   let dlqFrom = (await jsm.streams.info(dlq).catch((e: unknown) => {
     throw new UnavailableError(`tenant ${t} has no dead-letter stream (is it provisioned? capstan tenant add ${t})`, { cause: e });
   })).state.last_seq + 1;
-  const ack: PubAck = await js.publish(subject, encode(body), { msgID: MsgIds.command(verb, `${runId}:${nuid.next()}`) }).catch((e: unknown) => {
+  const data = encode(body);
+  // Decisions are signed: the orchestrator records who decided from this proof, never from the body.
+  const headers = signer ? proofHeaders(signer, subject, data) : undefined;
+  const ack: PubAck = await js.publish(subject, data, { msgID: MsgIds.command(verb, `${runId}:${nuid.next()}`), ...(headers ? { headers } : {}) }).catch((e: unknown) => {
     throw permissionError(e);
   });
   const causation = `cmd:${ack.seq}`;

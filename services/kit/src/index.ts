@@ -60,7 +60,7 @@ export type { LoadedRun, AppendGroup, AppendOutcome, OutMsg } from './run-log.js
 export { newRunId, idempotencyHash, derivedRunId } from './ids.js';
 export { deadLetter } from './dead-letter.js';
 export type { DeadLetterOrigin } from './dead-letter.js';
-export { createClient, isTerminalEvent, readAdmission, writeAdmission, admissionOf } from './client.js';
+export { createClient, isTerminalEvent, readFrom, readAdmission, writeAdmission, admissionOf } from './client.js';
 export type { CapstanClient, SubmitOptions, DecisionOptions, AdmissionOptions, WorkerAdmission } from './client.js';
 export { runService, serviceAccess, tenantUserAccess, telemetryConfig, startTelemetry } from './service.js';
 export type { TelemetryConfig, Telemetry } from './service.js';
@@ -165,7 +165,7 @@ export { refreshers, CredentialRefreshError, EndpointRefusedError, checkTokenEnd
 export type { Refresher, Refreshers, RefreshContext, Refreshed } from './credentials.js';
 export { createAuditSink, unavailableAuditSink, appendAuditRow, AuditUnavailableError, AuditAppend, DATA_PLANE_STREAM_SEQ } from './audit-sink.js';
 export type { AuditSink, AuditIntent, DataPlaneAuditRow } from './audit-sink.js';
-export { askPolicy, decideAt, setPolicy, getPolicy, policyHistory, testPolicy } from './policy-client.js';
+export { answerProofSubject, askPolicy, decideAt, setPolicy, getPolicy, policyHistory, testPolicy } from './policy-client.js';
 export type { PolicyCallOptions, SetPolicyInput, TestPolicyInput } from './policy-client.js';
 export { tailStream } from './tail.js';
 export type { StreamTail, TailOptions } from './tail.js';

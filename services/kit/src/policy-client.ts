@@ -10,7 +10,11 @@
  * (`policy_invalid` with Cedar's diagnostics, `policy_version_not_found`, `unknown_tenant`,
  * `schema_violation`, …).
  */
+import { createHash } from 'node:crypto';
 import {
+  Role,
+  UnprovenError,
+  encode,
   CapstanError,
   ErrorCode,
   isPlainObject,
@@ -26,26 +30,51 @@ import {
 } from '@capstan/schemas';
 import type { NatsConnection } from './nats.js';
 import { callService } from './rpc.js';
+import { verifyProof, type Trust } from './proof.js';
 
 export interface PolicyCallOptions {
   /** Longest wait for the answer. Default 2 s (decisions) or 10 s (administration). */
   readonly timeoutMs?: number;
+  /**
+   * Believe only an answer the policy service signed (its user in the tenant's account):
+   * a decision that will be recorded on a run is never taken on the word of whoever could
+   * reach the requester's inbox.
+   */
+  readonly trust?: Trust;
+}
+
+/**
+ * What the policy service signs an answer over, besides the answer itself: the request's
+ * subject and a digest of the request, so an answer to one question is no answer to another.
+ */
+export function answerProofSubject(requestSubject: string, request: Uint8Array): string {
+  return `${requestSubject}#${createHash('sha256').update(request).digest('hex')}`;
 }
 
 /**
  * One policy request through kit's request/reply helper (`rpc.ts`): the caller's trace
  * travels with it, no answer is `policy_unavailable`, and a refusal is its typed error,
  * whether the service put it in the error headers or, with Cedar's diagnostics, in the body.
+ * With `trust`, only an answer the policy service signed is believed.
  */
-function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, verb: V, body: PolicyRequest<V>, timeoutMs: number): Promise<PolicyReply<V>> {
+function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, verb: V, body: PolicyRequest<V>, timeoutMs: number, trust?: Trust): Promise<PolicyReply<V>> {
+  const subject = Subjects.policy(tenant, verb);
   return callService(nc, {
-    subject: Subjects.policy(tenant, verb),
+    subject,
     body,
     timeoutMs,
     parse: (v) => parsePolicyReply(verb, isPlainObject(v) ? v : {}),
     unavailable: (why, cause) =>
       new PolicyUnavailableError(why.startsWith('no service') ? `no policy service answers for tenant ${tenant}: nothing is allowed until one does` : `the policy service, ${verb}: ${why}`, { cause }),
     fromWire: (code, message) => (code === ErrorCode.PolicyUnavailable ? new PolicyUnavailableError(message) : new CapstanError(code as ErrorCode, message, code === ErrorCode.Unavailable)),
+    ...(trust
+      ? {
+          checkReply: (msg) => {
+            const author = verifyProof(msg.headers, answerProofSubject(subject, encode(body)), msg.data, trust);
+            if (author.role !== Role.Policy) throw new UnprovenError(`${subject}: the answer is signed by ${author.name} (${author.role ?? 'no role'}), not by the policy service`);
+          },
+        }
+      : {}),
   });
 }
 
@@ -60,7 +89,7 @@ function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, verb: 
  * if (d.decision !== 'allow') ...
  */
 export function askPolicy(nc: NatsConnection, tenant: TenantId, queries: readonly PolicyQuery[], o: PolicyCallOptions = {}): Promise<PolicyDecision> {
-  return call(nc, tenant, PolicyVerb.Decide, { queries: queries as unknown as Record<string, unknown>[] }, o.timeoutMs ?? 2000);
+  return call(nc, tenant, PolicyVerb.Decide, { queries: queries as unknown as Record<string, unknown>[] }, o.timeoutMs ?? 2000, o.trust);
 }
 
 /**

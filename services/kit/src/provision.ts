@@ -240,6 +240,8 @@ export interface IssueOptions {
   readonly consumers?: Partial<ConsumerSettings>;
   /** A leaf credential's local users (public keys) whose replies cross it. */
   readonly localUsers?: readonly string[];
+  /** Approver groups the credential is a member of (`capstan-group:<g>` tags in its JWT). */
+  readonly groups?: readonly string[];
 }
 
 /**
@@ -257,7 +259,7 @@ export async function issueCredential(a: AdminTarget, t: TenantId, role: TenantR
     );
   }
   const scope: RoleScope = role === Role.Worker ? { pools, workerId: name } : role === Role.Leaf ? { pools, localUsers: o.localUsers ?? [] } : {};
-  const issued = await a.store.issueUser(t, role, name, scope, o.expiresInS ? { expiresInS: o.expiresInS } : {});
+  const issued = await a.store.issueUser(t, role, name, scope, { ...(o.expiresInS ? { expiresInS: o.expiresInS } : {}), ...(o.groups?.length ? { groups: o.groups } : {}) });
   // A replaced credential's old key is revoked in the account: push it.
   await pushAccountJwt(a, await a.store.accountJwt(t));
   return issued;

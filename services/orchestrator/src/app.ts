@@ -31,9 +31,12 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
   // Unique per process: a restarted instance must not inherit the leases (and epochs) of its predecessor.
   const instance = `${config.name.toLowerCase().replace(/[^a-z0-9_-]/g, '-').slice(0, 48)}-${randomBytes(4).toString('hex')}`.replace(/^[^a-z0-9]/, 'o');
 
-  async function serve({ tenant: t, nc, js, jsm, signer }: TenantConnection): Promise<void> {
-    if (!signer) throw new CapstanError(ErrorCode.InvalidArgument, `no signing identity for tenant ${t}: work items would be refused`);
+  async function serve({ tenant: t, nc, js, jsm, account, signer }: TenantConnection): Promise<void> {
+    // A service's tenant connection always has both (see kit's connectAsService): without them
+    // work items would be refused and no signed command believed.
+    if (!account || !signer) throw new CapstanError(ErrorCode.InvalidArgument, `tenant ${t}: the connection carries no account key or signer`);
     const host = createTenantHost({
+      account,
       signer,
       nc,
       js,

@@ -1,8 +1,18 @@
 import type { Command, InputEventBody } from '@capstan/schemas';
-import { ApprovalDecision, DECISION_VERBS, ErrorCode } from '@capstan/schemas';
+import { ApprovalDecision, DECISION_VERBS, ErrorCode, UnprovenError } from '@capstan/schemas';
+import type { ProvenActor } from './host/authority.js';
 
-/** The input event a command asks the run to take (submit is handled apart: it starts a run). */
-export function inputOf(cmd: Exclude<Command, { verb: 'submit' }>): InputEventBody {
+function proven(d: ProvenActor | undefined, verb: string): ProvenActor {
+  // Intake refuses these verbs unsigned; this is the type's word for it.
+  if (!d) throw new UnprovenError(`cmd.${verb} carries no proven author`);
+  return d;
+}
+
+/**
+ * The input event a command asks the run to take (submit is handled apart: it starts a run).
+ * `decider` is the proven author of a person's command: who decided is recorded from it.
+ */
+export function inputOf(cmd: Exclude<Command, { verb: 'submit' }>, decider?: ProvenActor): InputEventBody {
   switch (cmd.verb) {
     case 'started':
       return { type: 'step.started', data: { step: cmd.body.step, attempt: cmd.body.attempt, worker: cmd.body.worker } };
@@ -26,16 +36,21 @@ export function inputOf(cmd: Exclude<Command, { verb: 'submit' }>): InputEventBo
       return { type: 'timer.fired', data: { timerId: cmd.body.timerId, kind: cmd.body.kind, step: cmd.body.step, attempt: cmd.body.attempt } };
     case 'signal':
       return { type: 'run.signaled', data: { name: cmd.body.name, ...(cmd.body.payload !== undefined ? { payload: cmd.body.payload } : {}) } };
-    case 'cancel':
-      return { type: 'run.cancel-requested', data: cmd.body.reason !== undefined ? { reason: cmd.body.reason } : {} };
+    case 'cancel': {
+      const d = proven(decider, cmd.verb);
+      return { type: 'run.cancel-requested', data: { ...(cmd.body.reason !== undefined ? { reason: cmd.body.reason } : {}), by: d.by, signer: d.signer } };
+    }
     case 'approve':
     case 'deny': {
-      const { step, by, reason } = cmd.body;
+      const { step, reason } = cmd.body;
+      const d = proven(decider, cmd.verb);
       const decision = cmd.verb === 'approve' ? ApprovalDecision.Approve : ApprovalDecision.Deny;
-      return { type: 'approval.decided', data: { step, decision, by, ...(reason !== undefined ? { reason } : {}) } };
+      return { type: 'approval.decided', data: { step, decision, by: d.by, ...(reason !== undefined ? { reason } : {}), signer: d.signer } };
     }
-    case 'retry':
-      return { type: 'run.retried', data: { by: cmd.body.by, ...(cmd.body.reason !== undefined ? { reason: cmd.body.reason } : {}) } };
+    case 'retry': {
+      const d = proven(decider, cmd.verb);
+      return { type: 'run.retried', data: { by: d.by, ...(cmd.body.reason !== undefined ? { reason: cmd.body.reason } : {}), signer: d.signer } };
+    }
     case 'policy': {
       const { runId: _runId, ...data } = cmd.body;
       return { type: 'policy.decided', data };

@@ -37,6 +37,14 @@ export interface EffectSource {
 }
 
 /**
+ * The orchestrator's own commands (a child's submit and outcome, a child's cancel) are signed
+ * like a person's: intake believes a cancel only from a proven author.
+ */
+function pushSigned(out: OutMsg[], subject: string, data: Uint8Array, msgId: string, signer?: Signer): void {
+  out.push({ subject, data, msgId, ...(signer ? { headers: { [Headers.Signer]: signer.jwt, [Headers.Signature]: signer.sign(subject, data) } } : {}) });
+}
+
+/**
  * Publishes the effects of the given decisions, each stream's share as atomic batches (one
  * acknowledgement, and one fsync, for many runs). Timers go first and work second: once a
  * worker has seen a step, its timers are known to exist, so recovery only ever has to look
@@ -58,7 +66,7 @@ export async function dispatchEffects(
   const commands: OutMsg[] = [];
   const dispatched: { runId: RunId; event: RunEvent }[] = [];
   const command = <V extends 'submit' | 'cancel' | 'child'>(verb: V, body: CommandOf<V>, msgId: string) =>
-    commands.push({ subject: Subjects.command(t, verb), data: encode(body), msgId });
+    pushSigned(commands, Subjects.command(t, verb), encode(body), msgId, signer);
   for (const src of sources) {
     const continuedAs = src.events.find((e) => e.type === 'run.continued');
     for (const ev of src.events) {

@@ -4,12 +4,20 @@
  * (so replay uses the recorded answer, never a fresh evaluation). The question is asked
  * outside the tick: a slow or absent policy service delays only the runs that wait for it,
  * which stay `pending` and are asked again with backoff until it answers. A crash loses
- * nothing: recovery re-derives the tail's `policy.requested` and asks again; the command's
- * message id makes a second answer a duplicate.
+ * nothing: recovery re-derives the tail's `policy.requested` and asks again; a second answer
+ * for the same attempt is refused by the run as stale.
+ *
+ * Nobody else's answer is recorded. The question is a request only the policy service may
+ * serve, and its answer must carry the policy service's signature over the question and the
+ * answer (verified against the tenant's account key). The `policy` command is signed by
+ * this orchestrator, and intake accepts it only so signed. Its message id carries the
+ * signature, which nobody without the orchestrator's seed can compute: a forged command sent
+ * first cannot make the real one a "duplicate" (Ed25519 signatures are deterministic, so a
+ * republished real answer still is one).
  */
 import type { JetStreamClient } from '@nats-io/jetstream';
-import { askPolicy, hopTraceParent, inSpan, publishDurably, SpanKind, type Logger, type NatsConnection } from '@capstan/kit';
-import { CommandVerb, encode, MsgIds, PolicyVerdict, Subjects, type CommandOf, type JsonValue, type PolicyDecision, type RunId, type RunTrace, type TenantId } from '@capstan/schemas';
+import { askPolicy, hopTraceParent, inSpan, proofHeaders, publishDurably, SpanKind, type Logger, type NatsConnection, type Signer, type Trust } from '@capstan/kit';
+import { CommandVerb, encode, Headers, MsgIds, PolicyVerdict, Subjects, type CommandOf, type JsonValue, type PolicyDecision, type RunId, type RunTrace, type TenantId } from '@capstan/schemas';
 
 export interface PolicyGateOptions {
   readonly nc: NatsConnection;
@@ -20,6 +28,10 @@ export interface PolicyGateOptions {
   readonly approvalTtlMs: number;
   readonly timeoutMs: number;
   readonly log: Logger;
+  /** The orchestrator's user in the tenant: signs the answers it records. */
+  readonly signer: Signer;
+  /** The tenant's account key: the policy service's answers must be signed by its user. */
+  readonly trust: Trust;
   /** The run's trace: the question is asked inside its policy hop. */
   readonly traceOf?: (runId: RunId) => Promise<RunTrace | undefined>;
 }
@@ -36,9 +48,12 @@ export function createPolicyGate(o: PolicyGateOptions): PolicyGate {
   let stopped = false;
 
   async function answer(body: CommandOf<'policy'>): Promise<void> {
-    await publishDurably(o.nc, o.js, [
-      { subject: Subjects.command(o.tenant, CommandVerb.Policy), data: encode(body), msgId: MsgIds.command(CommandVerb.Policy, `${body.runId}:${body.step}:${body.attempt}`) },
-    ]);
+    const subject = Subjects.command(o.tenant, CommandVerb.Policy);
+    const data = encode(body);
+    const proof = proofHeaders(o.signer, subject, data);
+    const headers = { [Headers.Signer]: proof.get(Headers.Signer), [Headers.Signature]: proof.get(Headers.Signature) };
+    const msgId = MsgIds.command(CommandVerb.Policy, `${body.runId}:${body.step}:${body.attempt}:${headers[Headers.Signature].slice(0, 22)}`);
+    await publishDurably(o.nc, o.js, [{ subject, data, headers, msgId }]);
   }
 
   async function run(runId: RunId, step: string, attempt: number, queries: readonly { [k: string]: JsonValue }[]): Promise<void> {
@@ -58,6 +73,7 @@ export function createPolicyGate(o: PolicyGateOptions): PolicyGate {
           version: d.version,
           policies: [...d.policies].slice(0, 64),
           ...(d.approvers ? { approvers: d.approvers } : {}),
+          ...(d.selfApproval === true ? { selfApproval: true as const } : {}),
           ...(d.errors?.length ? { errors: d.errors.slice(0, 16).map((e) => e.slice(0, 1000)) } : {}),
           ...(d.decision === PolicyVerdict.NeedsApproval ? { expiresInMs: o.approvalTtlMs } : {}),
         });
@@ -72,7 +88,7 @@ export function createPolicyGate(o: PolicyGateOptions): PolicyGate {
 
   /** Asks the policy service, inside a client span under the run's policy hop when the run is traced. */
   async function ask(runId: RunId, step: string, attempt: number, queries: readonly { [k: string]: JsonValue }[]): Promise<PolicyDecision> {
-    const call = () => askPolicy(o.nc, o.tenant, queries as never, { timeoutMs: o.timeoutMs });
+    const call = () => askPolicy(o.nc, o.tenant, queries as never, { timeoutMs: o.timeoutMs, trust: o.trust });
     const trace = await o.traceOf?.(runId);
     if (!trace) return call();
     const attributes = { 'capstan.tenant': o.tenant, 'capstan.run_id': runId, 'capstan.step': step, 'capstan.attempt': attempt };

@@ -56,7 +56,9 @@ export interface TenantHostOptions {
   readonly lease: { readonly ttlMs: number; readonly renewMs: number };
   /** How effects go out (see kit's Batching). */
   readonly effectBatches: Batching;
-  /** Signs each work item as this tenant's orchestrator: workers and sandboxes run nothing else. */
+  /** The tenant account's public key: commands are believed only when signed by its users. */
+  readonly account: string;
+  /** The orchestrator's own user in the tenant: it signs each work item (workers and sandboxes run nothing else) and the policy answers it records. */
   readonly signer: Signer;
 }
 
@@ -84,8 +86,9 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   const { nc, js, jsm, tenant: t, registry, cache, maxBatch } = o;
   const log = o.log.child({ tenant: t });
   const observer = createRunObserver({ tenant: t, jsm, log });
-  const gate = createPolicyGate({ nc, js, tenant: t, ...o.policy, log, traceOf: (runId) => observer.traceOf(runId) });
-  const intake = createIntake({ js, jsm, tenant: t, registry });
+  const trust = { accounts: [o.account] };
+  const gate = createPolicyGate({ nc, js, tenant: t, ...o.policy, log, signer: o.signer, trust, traceOf: (runId) => observer.traceOf(runId) });
+  const intake = createIntake({ js, jsm, tenant: t, registry, trust });
   const decider = createDecider({ jsm, tenant: t, registry, cache, log, now: o.now });
   const scheduler = createScheduler({ nc, js, jsm, tenant: t, registry, now: o.now, log });
   const stats: TenantHostStats = { commands: 0, appendedEvents: 0, conflicts: 0, deadLetters: 0, recoveredEffects: 0, ticks: 0, forwarded: 0, fenced: 0, partitions: 0 };

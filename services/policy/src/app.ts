@@ -38,7 +38,7 @@ import {
   type PolicyVersionSummary,
   type TenantId,
 } from '@capstan/schemas';
-import { inSpan, metrics, serviceAccess, SpanKind, traceParentOf, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
+import { answerProofSubject, inSpan, metrics, proofHeaders, serviceAccess, SpanKind, traceParentOf, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
 import { compilePolicySet, type CompileResult } from './compile.js';
 import { decideAll, evaluate } from './evaluate.js';
@@ -211,7 +211,11 @@ export function createPolicyService(config: Config, log: Logger): Promise<Policy
         out = { error: { code: ErrorCode.Unavailable, message: 'the policy service failed to answer; try again' } };
       }
     }
-    msg.respond(encode(out));
+    const data = encode(out);
+    // Signed as this service's user in the tenant, over the question and the answer: the
+    // orchestrator records only an answer it can prove came from here.
+    const signer = conns.get(t)?.signer;
+    msg.respond(data, signer ? { headers: proofHeaders(signer, answerProofSubject(msg.subject, msg.data), data) } : undefined);
   }
 
   return Promise.resolve({

@@ -5,7 +5,8 @@
  *
  * Policy ids: `@id("…")` when a policy has one, else `policy<N>` by position (0-based), as
  * Cedar names them. Decisions name these ids, so an `@id` keeps a policy's name stable across
- * versions. `@approval("group")` on a permit makes what it alone allows needs-approval.
+ * versions. `@approval("group")` on a permit makes what it alone allows needs-approval;
+ * `@self_approval("allowed")` beside it lets the run's requester be its approver.
  */
 import { createHash } from 'node:crypto';
 import * as cedar from './cedar.js';
@@ -18,6 +19,8 @@ export interface CompiledPolicy {
   readonly effect: 'permit' | 'forbid';
   /** The approver group of a permit that asks for a person. */
   readonly approval?: string;
+  /** `@self_approval("allowed")` beside `@approval`: the run's requester may approve it too. */
+  readonly selfApproval?: boolean;
   /** Position in the text (0-based) and the line it starts on (1-based). */
   readonly index: number;
   readonly line: number;
@@ -153,9 +156,19 @@ export function compilePolicySet(text: string): CompileResult {
         problems.push({ severity: 'error', policy: id, ...at, message: `@approval names the approver group: 1 to ${POLICY_DECISION_LIMITS.approvers} printable characters, no surrounding spaces` });
       }
     }
+    // Without it a requester never approves their own run: the four-eyes rule is the default.
+    const self = annotations['self_approval'];
+    if (self !== undefined) {
+      if (self !== 'allowed') {
+        problems.push({ severity: 'error', policy: id, ...at, message: '@self_approval takes one value: "allowed"' });
+      } else if (approval === undefined) {
+        problems.push({ severity: 'error', policy: id, ...at, message: '@self_approval belongs beside @approval on a permit' });
+      }
+    }
     idOf.set(positional, id);
     cedarPolicies[id] = part;
-    policies.push({ id, effect: json.json.effect, ...(approval !== undefined && json.json.effect === 'permit' ? { approval } : {}), index, line: where?.line ?? 1 });
+    const needsPerson = approval !== undefined && json.json.effect === 'permit';
+    policies.push({ id, effect: json.json.effect, ...(needsPerson ? { approval } : {}), ...(needsPerson && self === 'allowed' ? { selfApproval: true as const } : {}), index, line: where?.line ?? 1 });
   });
 
   for (const v of answer.validationErrors) problems.push(diagnostic('error', v.error, locate, idOf.get(v.policyId) ?? v.policyId));

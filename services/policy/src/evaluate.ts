@@ -275,10 +275,15 @@ export function authorize(set: CompiledPolicySet, version: number, request: Poli
   if (decision === 'deny' || erroredForbids.length > 0) return deny(version, errors, decision === 'deny' ? [...reasons, ...erroredForbids] : erroredForbids);
   let plain = false;
   let approvers: string | undefined;
+  let selfApproval: boolean | undefined;
   for (const id of reasons) {
-    const a = set.byId.get(id)?.approval;
+    const p = set.byId.get(id);
+    const a = p?.approval;
     if (a === undefined) plain = true;
-    else approvers ??= a;
+    else if (approvers === undefined) {
+      approvers = a;
+      selfApproval = p?.selfApproval;
+    }
   }
   if (plain) return boundDecision({ decision: PolicyVerdict.Allow, version, policies: reasons, ...(errors.length > 0 ? { errors } : {}) });
   return boundDecision({
@@ -286,6 +291,7 @@ export function authorize(set: CompiledPolicySet, version: number, request: Poli
     version,
     policies: reasons,
     ...(approvers !== undefined ? { approvers } : {}),
+    ...(selfApproval === true ? { selfApproval: true } : {}),
     ...(errors.length > 0 ? { errors } : {}),
   });
 }

@@ -392,7 +392,8 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
       break;
     }
     case 'run.cancel-requested':
-      audit = { tenant, runId, seq: e.seq, kind: AuditKind.CancelRequested, actor: null, detail: { reason: e.data.reason === undefined ? null : pgText(e.data.reason) }, at, streamSeq };
+      // Who asked is on cancels recorded since cancels are signed; earlier ones name nobody.
+      audit = { tenant, runId, seq: e.seq, kind: AuditKind.CancelRequested, actor: e.data.by === undefined ? null : pgText(e.data.by), detail: { reason: e.data.reason === undefined ? null : pgText(e.data.reason) }, at, streamSeq };
       break;
     case 'run.failed':
       if (run && !wasTerminal) {

@@ -7,7 +7,8 @@
 import type { JetStreamManager } from '@nats-io/jetstream';
 import { CURRENT_ENGINE, decide, searchFieldsOf, startRun, type Decision, type Registry, type RunState } from '@capstan/actors';
 import { ErrorCode, EVENT_ENVELOPE_VERSION, INPUT_EVENT_TYPES, RunNotFoundError, toErrorRecord, type RunEvent, type RunEventBody, type RunId, type TenantId } from '@capstan/schemas';
-import type { Logger } from '@capstan/kit';
+import { readRun, type Logger } from '@capstan/kit';
+import { checkDecider, deciderOf, type ProvenActor } from './authority.js';
 import { deadLetterWhenRejected, inputOf } from '../commands.js';
 import { startRecord } from '../observe.js';
 import type { RunCache } from '../run-cache.js';
@@ -43,6 +44,9 @@ export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; regi
     let state = loaded.cached?.state;
     const out = { ...empty, expected: loaded.cached?.lastStreamSeq ?? 0, recovered: loaded.recovered, state, fromCache: loaded.fromCache };
     const taken: Pending[] = [];
+    // The run's history, read once when a decision must be judged against it (who may approve).
+    let history = loaded.events;
+    const historyNow = async (): Promise<readonly RunEvent[]> => [...(history ??= (await readRun(jsm, t, runId)).events), ...out.events];
     for (const [i, p] of pendings.entries()) {
       // One decision with effects per run per tick, and it comes last: should the process die
       // before acting, recovery re-derives exactly the decisions after the run's last input.
@@ -79,11 +83,18 @@ export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; regi
             engine: CURRENT_ENGINE,
             ...startRecord(p.msg, wf),
           };
-          input = { type: 'run.started', data: started };
+          // A signed submit names its requester (for the four-eyes rule on approvals).
+          const submitter = p.author ? deciderOf(p.author, { by: undefined }) : undefined;
+          input = { type: 'run.started', data: { ...started, ...(submitter ? { submittedBy: submitter.by, submitter: submitter.signer } : {}) } };
           decision = startRun(wf, started, runId);
         } else {
           if (!state) throw new RunNotFoundError(t, runId);
-          input = inputOf(p.cmd);
+          let decider: ProvenActor | undefined;
+          if (p.author && (p.cmd.verb === 'approve' || p.cmd.verb === 'deny' || p.cmd.verb === 'retry' || p.cmd.verb === 'cancel')) {
+            decider = deciderOf(p.author, p.cmd.body);
+            if (p.cmd.verb !== 'cancel') checkDecider(p.cmd, decider, await historyNow());
+          }
+          input = inputOf(p.cmd, decider);
           decision = decide(state, input as Parameters<typeof decide>[1]);
         }
       } catch (e) {

@@ -7,19 +7,46 @@ import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { CommandMsg } from './types.js';
 import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 import { childRunIdOf, continuedRunIdOf, type Registry } from '@capstan/actors';
-import { CapstanError, decode, encode, encodedSize, ErrorCode, isCommandVerb, parseCommand, Streams, Subjects, validateStandard, type Command, type RunId, type TenantId } from '@capstan/schemas';
-import { derivedRunId, idempotencyHash } from '@capstan/kit';
+import { CapstanError, decode, encode, encodedSize, ErrorCode, Headers, isCommandVerb, parseCommand, Role, Streams, Subjects, UnprovenError, validateStandard, type Command, type CommandVerb, type RunId, type TenantId } from '@capstan/schemas';
+import { derivedRunId, idempotencyHash, verifyProof, type Author, type Trust } from '@capstan/kit';
 
 export interface Intake {
-  /** @throws CapstanError for a command that must be dead-lettered */
-  parse(msg: CommandMsg): Promise<{ cmd: Command; runId: RunId }>;
+  /** @throws CapstanError for a command that must be dead-lettered (`unproven` among them) */
+  parse(msg: CommandMsg): Promise<{ cmd: Command; runId: RunId; author?: Author }>;
 }
+
+/**
+ * Commands that must be signed, and who may sign them. A person's decision names its author
+ * from the proof; the policy's answer is heard only from the orchestrator that asked (the
+ * server already lets no one else publish it: this is the second fence). A submit may be
+ * signed (its requester is then recorded) and is checked when it is.
+ */
+const SIGNED: Partial<Record<CommandVerb, ReadonlySet<string> | undefined>> = {
+  approve: undefined,
+  deny: undefined,
+  retry: undefined,
+  cancel: undefined,
+  policy: new Set([Role.Orchestrator]),
+};
 
 /** JetStream's answers to a claim made with expected sequence 0 when someone claimed first. */
 const CLAIM_RACES: ReadonlySet<number> = new Set([JetStreamApiCodes.StreamWrongLastSequence, JetStreamApiCodes.StreamWrongLastSequenceUnknown]);
 
-export function createIntake(o: { js: JetStreamClient; jsm: JetStreamManager; tenant: TenantId; registry: Registry }): Intake {
+export function createIntake(o: { js: JetStreamClient; jsm: JetStreamManager; tenant: TenantId; registry: Registry; trust: Trust }): Intake {
   const { js, jsm, tenant: t, registry } = o;
+
+  /** The command's proven author; undefined for an unsigned command that need not be signed. */
+  function authorOf(msg: CommandMsg, verb: CommandVerb): Author | undefined {
+    const must = Object.hasOwn(SIGNED, verb);
+    if (!must && !msg.headers) return undefined;
+    if (!must && verb !== 'submit') return undefined;
+    if (verb === 'submit' && !msg.headers?.get(Headers.Signer)) return undefined;
+    // Judged with the server's time of storing, so a redelivery hours later still verifies.
+    const author = verifyProof(msg.headers, msg.subject, msg.data, { ...o.trust, nowS: Math.floor(msg.info.timestampNanos / 1e9) });
+    const roles = SIGNED[verb];
+    if (roles && !roles.has(author.role ?? '')) throw new UnprovenError(`${msg.subject}: signed by ${author.name} (${author.role ?? 'no role'}), which does not answer for the policy`);
+    return author;
+  }
 
   function parseMessage(msg: CommandMsg): Command {
     const verb = msg.subject.slice(msg.subject.lastIndexOf('.') + 1);
@@ -72,12 +99,13 @@ export function createIntake(o: { js: JetStreamClient; jsm: JetStreamManager; te
     async parse(msg) {
       const cmd = parseMessage(msg);
       checkDerived(cmd);
+      const author = authorOf(msg, cmd.verb);
       if (cmd.verb === 'submit' && registry.has(cmd.body.workflow)) {
         // The workflow's input schema (Standard Schema) judges the input before any run exists.
         const schema = registry.latest(cmd.body.workflow).input;
         if (schema) await validateStandard(schema, cmd.body.input ?? {}, `input of ${cmd.body.workflow}`);
       }
-      return { cmd, runId: await runIdFor(msg, cmd) };
+      return { cmd, runId: await runIdFor(msg, cmd), ...(author ? { author } : {}) };
     },
   };
 }

@@ -1,6 +1,7 @@
 /** What the run host's parts pass between them. */
 import type { DeliveryInfo, JsMsg } from '@nats-io/jetstream';
 import type { RunState } from '@capstan/actors';
+import type { Author } from '@capstan/kit';
 import type { Command, ErrorRecord, RunEvent, RunId } from '@capstan/schemas';
 import type { EffectSource } from '../effects.js';
 
@@ -18,6 +19,8 @@ export interface Pending {
   readonly msg: CommandMsg;
   readonly cmd: Command;
   readonly runId: RunId;
+  /** Who signed it, proven (see intake.ts); absent on an unsigned submit and the workers' verbs. */
+  readonly author?: Author;
 }
 
 /** A command the run refused (or that could not be decided), to dead-letter or drop. */

@@ -1,0 +1,81 @@
+/**
+ * Who may decide what about a run, judged from proofs rather than claims.
+ *
+ * A person's decision (approve, deny, retry, cancel) and the orchestrator's own policy answer
+ * arrive on the command stream signed (kit's proof.ts): intake checks the proof against the
+ * tenant's account key and keeps its author. Here the author is read:
+ * - who decided is the signing credential's name, except for a signer that acts for people
+ *   it signed in itself (the console, the platform admin): its user, as it states them, is
+ *   recorded as `by`, and the credential beside it as `signer`. Either way the record names
+ *   a key the tenant's account vouched for.
+ * - an approval the policy asked for (`approval.requested`) is decided only by a member of
+ *   the approver group it named (the JWT's `capstan-group:` tags, or the groups a console
+ *   states for its user), and not by the run's requester unless the policy allowed that
+ *   (`@self_approval("allowed")`).
+ * Pure: the run's events come in, an error or nothing goes out.
+ */
+import type { Author } from '@capstan/kit';
+import { ApproverNotAllowedError, Role, type Command, type RunEvent, type SignerRecord } from '@capstan/schemas';
+
+/** Signers that act for people they signed in: their statement of who and which groups is heard. */
+const VOUCHING_ROLES: ReadonlySet<string> = new Set([Role.Console, Role.Admin]);
+/** Credentials that may decide about runs (the server lets no other role publish these verbs either). */
+const DECIDING_ROLES: ReadonlySet<string> = new Set([Role.Operator, Role.Console, Role.Admin]);
+/** Approvers a policy names when it names none (`@approval` without a group is refused by the compiler; old records). */
+const ANY_OPERATOR = 'operators';
+
+/** The person behind a proven command, as it is recorded. */
+export interface ProvenActor {
+  readonly by: string;
+  readonly signer: SignerRecord;
+  readonly groups: readonly string[];
+}
+
+export function deciderOf(author: Author, stated: { by?: string | undefined; groups?: readonly string[] | undefined }): ProvenActor {
+  const vouches = author.role !== undefined && VOUCHING_ROLES.has(author.role);
+  return {
+    by: vouches && stated.by !== undefined ? stated.by : author.name,
+    signer: { name: author.name, key: author.publicKey, ...(author.role ? { role: author.role } : {}) },
+    groups: vouches ? (stated.groups ?? []) : author.groups,
+  };
+}
+
+/** The same person: the same key, and (for a signer acting for several people) the same user. */
+function samePerson(a: { by: string; key: string }, b: { by: string; key: string }): boolean {
+  return a.key === b.key && a.by === b.by;
+}
+
+/**
+ * Checks that `d` may take `cmd` on the run whose history is `events`.
+ * @throws ApproverNotAllowedError when the role may not decide, the approver is outside the
+ *   policy's group, or the run's requester approves their own run without the policy's leave
+ */
+export function checkDecider(cmd: Extract<Command, { verb: 'approve' | 'deny' | 'retry' }>, d: ProvenActor, events: readonly RunEvent[]): void {
+  if (!DECIDING_ROLES.has(d.signer.role ?? '')) {
+    throw new ApproverNotAllowedError(`${d.by} holds a ${d.signer.role ?? 'role-less'} credential: only operators decide about runs`);
+  }
+  if (cmd.verb === 'retry') return;
+  const step = cmd.body.step;
+  let requested: Extract<RunEvent, { type: 'approval.requested' }> | undefined;
+  for (let i = events.length - 1; i >= 0 && !requested; i--) {
+    const e = events[i] as RunEvent;
+    if (e.type === 'approval.requested' && e.data.step === step) requested = e;
+  }
+  // A plain approval step (a signal) names no group: any operator decides it.
+  if (!requested) return;
+  const group = requested.data.approvers;
+  if (group !== ANY_OPERATOR && !d.groups.includes(group)) {
+    throw new ApproverNotAllowedError(`${d.by} is not in the approver group ${group} that the policy names for step ${step}`);
+  }
+  if (cmd.verb !== 'approve') return;
+  const answer = events.find(
+    (e): e is Extract<RunEvent, { type: 'policy.decided' | 'credential.decided' }> =>
+      (e.type === 'policy.decided' || e.type === 'credential.decided') && e.data.step === step && e.data.attempt === requested.data.attempt && e.seq < requested.seq,
+  );
+  if (answer?.data.selfApproval === true) return;
+  const started = events.find((e): e is Extract<RunEvent, { type: 'run.started' }> => e.type === 'run.started');
+  const submitter = started?.data.submitter;
+  if (submitter && samePerson({ by: started.data.submittedBy ?? submitter.name, key: submitter.key }, { by: d.by, key: d.signer.key })) {
+    throw new ApproverNotAllowedError(`${d.by} submitted this run and may not approve it: the policy does not allow self-approval for step ${step}`);
+  }
+}
