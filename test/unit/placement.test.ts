@@ -37,7 +37,7 @@ describe('placement', () => {
 
   it('placement - every tenant stream takes the replica count and tags', () => {
     const streams = tenantStreamConfigs(t).map((c) => placed(c, { replicas: 3, tags: ['az:1'] }));
-    expect(streams).toHaveLength(9);
+    expect(streams).toHaveLength(10);
     for (const s of streams) expect(s).toMatchObject({ num_replicas: 3, placement: { tags: ['az:1'] } });
     for (const s of tenantStreamConfigs(t).map((c) => placed(c))) expect(s.num_replicas).toBe(1);
   });
