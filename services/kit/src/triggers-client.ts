@@ -31,6 +31,7 @@ import {
   type ScheduleState,
   type TenantId,
   type WebhookRoute,
+  JsApiCode,
 } from '@capstan/schemas';
 import { isNoResponders, isNothingThere, readFrom } from './client.js';
 
@@ -50,7 +51,7 @@ async function lastOn<T>(jsm: JetStreamManager, stream: string, subject: string,
     m = await jsm.direct.getMessage(stream, { last_by_subj: subject });
   } catch (e) {
     if (isNothingThere(e)) return undefined;
-    if ((e instanceof JetStreamApiError && e.code === 10059) || isNoResponders(e)) throw new UnavailableError(`stream ${stream} does not exist (provision the tenant again: capstan tenant add)`, { cause: e });
+    if ((e instanceof JetStreamApiError && e.code === JsApiCode.StreamNotFound) || isNoResponders(e)) throw new UnavailableError(`stream ${stream} does not exist (provision the tenant again: capstan tenant add)`, { cause: e });
     throw e;
   }
   return m ? { record: parse(decode(m.data)), seq: m.seq, at: m.time.getTime() } : undefined;
@@ -63,7 +64,7 @@ async function allLast<T>(jsm: JetStreamManager, stream: string, wildcard: strin
     const info = await jsm.streams.info(stream, { subjects_filter: wildcard });
     subjects = Object.keys(info.state.subjects ?? {}).sort();
   } catch (e) {
-    if (e instanceof JetStreamApiError && e.code === 10059) throw new UnavailableError(`stream ${stream} does not exist (provision the tenant again: capstan tenant add)`, { cause: e });
+    if (e instanceof JetStreamApiError && e.code === JsApiCode.StreamNotFound) throw new UnavailableError(`stream ${stream} does not exist (provision the tenant again: capstan tenant add)`, { cause: e });
     throw e;
   }
   const out: Stored<T>[] = [];
@@ -163,7 +164,7 @@ export async function writeRoute(js: JetStreamClient, jsm: JetStreamManager, t: 
       const ack = await js.publish(Subjects.route(t, id), encode(body), last >= 0 ? { expect: { lastSubjectSequence: last } } : {});
       return { record: body, seq: ack.seq, at: Date.now() };
     } catch (e) {
-      if (e instanceof JetStreamApiError && e.code === 10071) continue;
+      if (e instanceof JetStreamApiError && e.code === JsApiCode.StreamWrongLastSequence) continue;
       throw e;
     }
   }

@@ -20,7 +20,7 @@ import { promises as dns } from 'node:dns';
 import { BlockList, connect, isIP, type Socket } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import type { AuditSink, Logger } from '@capstan/kit';
-import { CapstanError, ErrorCode, type RunId, type TenantId } from '@capstan/schemas';
+import { CapstanError, ErrorCode, type RunId, type TenantId, AuditKind } from '@capstan/schemas';
 import type { RunnerChannel, TunnelFrame } from './channel.js';
 
 /** Ranges a sandbox never reaches unless the allow-list names them, with the reason given. */
@@ -211,7 +211,7 @@ export function openTunnels(channel: RunnerChannel, grant: ReadonlySet<string>, 
     void channel.send({ t: 'conn.err', cid, code }).catch(() => {});
     // The refusal is recorded too, but nothing waits on it: nothing was reached.
     void audit
-      .appendIntent({ tenant: scope.tenant, runId: scope.runId, kind: 'egress.denied', actor: scope.actor, key: connectionKey(scope, cid), detail: { step: scope.step, attempt: scope.attempt, sandbox: scope.sandbox, target, code, reason } })
+      .appendIntent({ tenant: scope.tenant, runId: scope.runId, kind: AuditKind.EgressDenied, actor: scope.actor, key: connectionKey(scope, cid), detail: { step: scope.step, attempt: scope.attempt, sandbox: scope.sandbox, target, code, reason } })
       .catch(() => {});
   };
   const count = (n: number): boolean => {
@@ -244,7 +244,7 @@ export function openTunnels(channel: RunnerChannel, grant: ReadonlySet<string>, 
       await audit.appendIntent({
         tenant: scope.tenant,
         runId: scope.runId,
-        kind: 'egress.connect',
+        kind: AuditKind.EgressConnect,
         actor: scope.actor,
         key: connectionKey(scope, f.cid),
         detail: { step: scope.step, attempt: scope.attempt, sandbox: scope.sandbox, target, address: to.address },

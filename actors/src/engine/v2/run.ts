@@ -7,16 +7,16 @@
 import type { AnyMachineSnapshot } from 'xstate';
 import { initialTransition, transition } from 'xstate';
 import type { DecisionEventBody, InputEventBody, RunEventData, RunEventType } from '@capstan/schemas';
-import { ApprovalNotWaitingError, ErrorCode, EventRejectedError, parseEventBody, RunNotRetryableError, RunStatus, SchemaError } from '@capstan/schemas';
+import { ApprovalNotWaitingError, DECISION_EVENT_TYPES, ErrorCode, EventRejectedError, parseEventBody, RunNotRetryableError, RunStatus, SchemaError } from '@capstan/schemas';
 import type { AnyStateMachine } from 'xstate';
 import type { NNode, WorkflowDefinition } from '../../workflow.js';
 import { stateName, type Decision, type RunState } from '../state.js';
 import { allInstances, BUSY, getInst, OPEN, type RunContext } from './context.js';
 import { EVENT_CAP, retryRefusal, START } from './states.js';
 import { nodesByName } from './compile.js';
+import { DECISION_TYPES as LEGACY_DECISIONS } from '../v1/run.js';
 
 /** Decision types a hand-written machine may still name its actions after (engine 1's vocabulary). */
-const LEGACY_DECISIONS: ReadonlySet<string> = new Set(['step.scheduled', 'timer.scheduled', 'step.waiting', 'policy.requested', 'approval.requested', 'run.completed', 'run.failed', 'run.cancelled']);
 
 function toDecisions(workflowId: string, actions: readonly { type: string; params?: unknown }[]): DecisionEventBody[] {
   const out: DecisionEventBody[] = [];
@@ -40,15 +40,8 @@ function toDecisions(workflowId: string, actions: readonly { type: string; param
   return out;
 }
 
-const DECISION_TYPES: ReadonlySet<RunEventType> = new Set<RunEventType>([
-  ...(LEGACY_DECISIONS as ReadonlySet<RunEventType>),
-  'step.cancelled',
-  'step.skipped',
-  'signal.consumed',
-  'branch.taken',
-  'loop.iteration',
-  'fanout.started',
-]);
+/** Every decision a run records (engine 2 may make them all). */
+const DECISION_TYPES = DECISION_EVENT_TYPES;
 
 const ctxOf = (s: AnyMachineSnapshot): RunContext | undefined => {
   const c = s.context as Partial<RunContext> | undefined;
