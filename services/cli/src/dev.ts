@@ -175,8 +175,8 @@ export async function devCmd(argv: string[]): Promise<number> {
     : undefined;
   await datasync?.start();
 
-  const orchestrator = await createOrchestrator(orchestratorConfig(as(Role.Orchestrator)), createLogger('orchestrator', logLevel, process.stderr));
-  const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: credsOf.worker }), createLogger('worker', logLevel, process.stderr));
+  const orchestrator = await createOrchestrator(orchestratorConfig(as(Role.Orchestrator)), createLogger('orchestrator', logLevel, process.stderr), { demo: true });
+  const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: credsOf.worker }), createLogger('worker', logLevel, process.stderr), { demo: true });
   // Fleet decisions (the console's too) revoke or restore worker credentials at the server.
   const authority = await startFleetAuthority(admin);
   await orchestrator.start();
