@@ -32,7 +32,6 @@ import {
   findNatsServer,
   issueCredential,
   listSecrets,
-  NatsServerMissingError,
   newRunId,
   openAuthStore,
   parseCredentials,
@@ -51,7 +50,7 @@ import {
   type NatsServer,
   type TenantConnection,
 } from '@capstan/kit';
-import { InvalidArgumentError, parseTenantId, Role, runIdOfSubject, Subjects, type RunEvent, type RunId, type ServiceRole } from '@capstan/schemas';
+import { InvalidArgumentError, parseTenantId, Role, runIdOfSubject, Subjects, type RunEvent, type RunId, type ServiceRole, CapstanError, ErrorCode } from '@capstan/schemas';
 import { parse } from './args.js';
 import { DEV_API_URL_FILE, DEV_AUTH_DIR, DEV_DIR, DEV_URL_FILE } from './context.js';
 import { bold, colorStatus, cyan, describe, dim, green, red } from './format.js';
@@ -95,7 +94,7 @@ function ensureNatsBinary(): string {
   try {
     return findNatsServer();
   } catch (e) {
-    if (!(e instanceof NatsServerMissingError)) throw e;
+    if (!CapstanError.is(e, ErrorCode.NatsServerMissing)) throw e;
     say(dim('nats-server >= 2.12 not found; installing it into .capstan/bin …'));
     execFileSync(process.execPath, [join(PROJECT_ROOT, 'infra', 'nats', 'install.mjs')], { stdio: 'inherit' });
     return findNatsServer();

@@ -32,6 +32,8 @@ import {
   type TenantId,
   type WebhookRoute,
   JsApiCode,
+  CapstanError,
+  ErrorCode,
 } from '@capstan/schemas';
 import { isNoResponders, isNothingThere, readFrom } from './client.js';
 
@@ -155,7 +157,7 @@ export async function writeRoute(js: JetStreamClient, jsm: JetStreamManager, t: 
   const body = parseWebhookRoute(route);
   for (let i = 0; i < 5; i++) {
     const current = await readRoute(jsm, t, id).catch((e: unknown) => {
-      if (e instanceof UnavailableError) throw e;
+      if (CapstanError.is(e, ErrorCode.Unavailable)) throw e;
       return { seq: -1 } as const;
     });
     // A malformed last record (seq -1 here) is overwritten by a valid one.
@@ -198,7 +200,7 @@ export async function workflowCatalog(nc: NatsConnection, t: TenantId, timeoutMs
     if (!Array.isArray(body.workflows)) throw new UnavailableError('the orchestrator answered the workflow catalog with something else than a list');
     return body.workflows as WorkflowInfo[];
   } catch (e) {
-    if (e instanceof UnavailableError) throw e;
+    if (CapstanError.is(e, ErrorCode.Unavailable)) throw e;
     throw new UnavailableError(`no orchestrator serving tenant ${t} answered for its workflows within ${timeoutMs} ms`, { cause: e });
   }
 }
