@@ -63,6 +63,7 @@ export {
 } from './names.js';
 export { JsApiCode, JS_SEQUENCE_CONFLICT_CODES } from './jetstream.js';
 export { AuditKind, POLICY_DECISION_KINDS, LEASE_KIND_PREFIX } from './audit.js';
+export { MIGRATIONS_URL } from './migrations.js';
 export { EVENT_ENVELOPE_VERSION, LIMITS, MAX_RUN_EVENTS } from './limits.js';
 export { isStandardSchema, issuePath, validateStandard } from './standard-schema.js';
 export type { StandardSchemaV1 } from './standard-schema.js';
