@@ -16,6 +16,7 @@ describe('errors', () => {
     const foreign = new OtherCopy('from elsewhere');
     expect(foreign instanceof SchemaError).toBe(false);
     expect(CapstanError.is(foreign, ErrorCode.SchemaViolation)).toBe(true);
-    for (const v of [new Error('plain'), { code: ErrorCode.SchemaViolation }, null, undefined, 'schema_violation']) expect(CapstanError.is(v, ErrorCode.SchemaViolation)).toBe(false);
+    for (const v of [new Error('plain'), { code: ErrorCode.SchemaViolation }, null, undefined, 'schema_violation'])
+      expect(CapstanError.is(v, ErrorCode.SchemaViolation)).toBe(false);
   });
 });

@@ -7,9 +7,16 @@ import { ErrorCode } from '@capstan/schemas';
 
 /** The platform's error codes a caller can act on, by the status that says so. */
 const STATUS_OF: ReadonlyMap<string, number> = new Map([
-  ...[ErrorCode.InvalidArgument, ErrorCode.InvalidTenantId, ErrorCode.InvalidRunId, ErrorCode.InvalidName, ErrorCode.SchemaViolation, ErrorCode.PayloadTooLarge, ErrorCode.DecodeFailed, ErrorCode.QueryRefused].map(
-    (c) => [c, 400] as const,
-  ),
+  ...[
+    ErrorCode.InvalidArgument,
+    ErrorCode.InvalidTenantId,
+    ErrorCode.InvalidRunId,
+    ErrorCode.InvalidName,
+    ErrorCode.SchemaViolation,
+    ErrorCode.PayloadTooLarge,
+    ErrorCode.DecodeFailed,
+    ErrorCode.QueryRefused,
+  ].map((c) => [c, 400] as const),
   ...[ErrorCode.RunNotFound, ErrorCode.UnknownTenant, ErrorCode.UnknownWorkflow].map((c) => [c, 404] as const),
   ...[ErrorCode.Unavailable, ErrorCode.ProjectionOutOfSync, ErrorCode.DatasyncUnavailable, ErrorCode.SourceUnavailable].map((c) => [c, 503] as const),
 ]);
