@@ -17,7 +17,7 @@ import tseslint from 'typescript-eslint';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
-const SOURCES = ['schemas/src/**/*.ts', 'actors/src/**/*.ts', 'services/*/src/**/*.ts'];
+const SOURCES = ['schemas/src/**/*.ts', 'actors/src/**/*.ts', 'services/*/src/**/*.ts', 'services/console/web/**/*.{ts,tsx}'];
 const TESTS = ['test/**/*.ts'];
 
 // ---------------------------------------------------------------------------------------
@@ -107,8 +107,9 @@ const configs = defineConfig(
     languageOptions: {
       parserOptions: {
         // Each file is checked with the nearest package tsconfig.json. vitest.config.ts is
-        // deliberately outside test/tsconfig.json (it is not part of the build).
-        projectService: { allowDefaultProject: ['test/vitest.config.ts', 'test/vitest.record.config.ts'] },
+        // deliberately outside test/tsconfig.json (it is not part of the build); so is the
+        // web UI's vite.config.ts (web/tsconfig.json covers only web/src).
+        projectService: { allowDefaultProject: ['test/vitest.config.ts', 'test/vitest.record.config.ts', 'services/console/web/vite.config.ts'] },
         tsconfigRootDir: root,
       },
     },

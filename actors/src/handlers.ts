@@ -11,7 +11,7 @@
  *   load: async (ctx: StepContext) => ({ loaded: ctx.results?.['extract'] }),
  * });
  */
-import { SchemaError, validateStandard } from '@capstan/schemas';
+import { SchemaError, validateStandard, CapstanError, ErrorCode } from '@capstan/schemas';
 import type { WorkflowDefinition } from './workflow.js';
 
 /** The names of a step list's tasks that run in the worker under their default handler name. */
@@ -49,7 +49,7 @@ export function bindHandlers<D extends WorkflowDefinition, H extends (ctx: never
               return await validateStandard(schema, result, `result of ${def.id}.${name}`);
             } catch (e) {
               // A result its own schema refuses is the handler's bug: retrying will not fix it.
-              throw e instanceof SchemaError ? e : new SchemaError(`result of ${def.id}.${name}`, '', String(e));
+              throw CapstanError.is(e, ErrorCode.SchemaViolation) ? e : new SchemaError(`result of ${def.id}.${name}`, '', String(e));
             }
           })) as unknown as H)
       : h;

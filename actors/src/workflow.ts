@@ -12,7 +12,7 @@
  */
 import type { AnyStateMachine } from 'xstate';
 import type { JsonValue, SandboxSpec, StandardSchemaV1 } from '@capstan/schemas';
-import { InvalidWorkflowError, isStandardSchema, MAX_RUN_EVENTS, Mode, sandboxSpecSchema, TimerKind, TOKEN_PATTERN } from '@capstan/schemas';
+import { InvalidWorkflowError, isStandardSchema, MAX_RUN_EVENTS, Mode, sandboxSpecSchema, SEARCH_KEY_PATTERN, TimerKind, TOKEN_PATTERN } from '@capstan/schemas';
 import { compileV2 } from './engine/v2/compile.js';
 import { compileSteps, DEFAULT_POOL, DEFAULT_RETRY, DEFAULT_TIMEOUT_MS, timerId, type NormalisedStep, type RetryPolicy } from './engine/v1/compile.js';
 
@@ -286,7 +286,7 @@ export function defineWorkflow<const S extends WorkflowSpec>(spec: S): WorkflowD
   if (!WORKFLOW_ID.test(id)) throw new InvalidWorkflowError(id, `id must match ${WORKFLOW_ID.source}`);
   if (!Number.isSafeInteger(version) || version < 1) throw new InvalidWorkflowError(id, 'version must be a positive integer');
   const searchKeys = Object.freeze([...(spec.searchKeys ?? [])]);
-  if (searchKeys.length > 8 || searchKeys.some((k) => !/^[a-z0-9][a-z0-9_-]{0,63}$/i.test(k)) || new Set(searchKeys).size !== searchKeys.length) {
+  if (searchKeys.length > 8 || searchKeys.some((k) => !SEARCH_KEY_PATTERN.test(k)) || new Set(searchKeys).size !== searchKeys.length) {
     throw new InvalidWorkflowError(id, 'searchKeys must be at most 8 distinct keys matching ^[a-z0-9][a-z0-9_-]{0,63}$');
   }
   if (spec.input !== undefined && !isStandardSchema(spec.input)) throw new InvalidWorkflowError(id, '`input` must be a Standard Schema (zod, valibot, …)');

@@ -13,8 +13,8 @@ import { arr, int, json, jsonObject, literal, obj, optional, str } from './valid
 import { actorSchema, credentialAsked, errorRecordSchema, policyAnswer, reasonSchema, timerKinds } from './events.js';
 
 const runId = str({ pattern: RUN_ID_PATTERN }) as unknown as Schema<RunId>;
-const stepName = str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/ });
-const token = str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/ });
+const stepName = str({ min: 1, max: 64, pattern: TOKEN_PATTERN });
+const token = str({ min: 1, max: 64, pattern: TOKEN_PATTERN });
 const attempt = int({ min: 1, max: 1000 });
 const worker = str({ min: 1, max: 128 });
 

@@ -195,8 +195,12 @@ export class CapstanError extends Error {
     this.name = new.target.name;
   }
 
-  static is(e: unknown): e is CapstanError {
-    return typeof e === 'object' && e !== null && kCapstanError in e;
+  /**
+   * Whether `e` is a Capstan error (by its brand, not its class), and with `code`, one with
+   * that code: `CapstanError.is(e, ErrorCode.SchemaViolation)` rather than `instanceof SchemaError`.
+   */
+  static is(e: unknown, code?: ErrorCode): e is CapstanError {
+    return typeof e === 'object' && e !== null && kCapstanError in e && (code === undefined || (e as CapstanError).code === code);
   }
 
   toRecord(): ErrorRecord {

@@ -16,12 +16,13 @@ import { sandboxSpecSchema } from './sandbox-spec.js';
 import { runTraceSchema } from './trace.js';
 import type { RunId } from './ids.js';
 import { RUN_ID_PATTERN } from './ids.js';
+import { SEARCH_KEY_PATTERN, TOKEN_PATTERN } from './names.js';
 import type { Infer, JsonValue, Schema } from './validate.js';
 import { arr, bool, int, json, jsonObject, literal, obj, optional, str, tagged } from './validate.js';
 
-const stepName = str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/ });
+const stepName = str({ min: 1, max: 64, pattern: TOKEN_PATTERN });
 const attempt = int({ min: 1, max: 1000 });
-const token = str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/ });
+const token = str({ min: 1, max: 64, pattern: TOKEN_PATTERN });
 const runIdSchema = str({ pattern: RUN_ID_PATTERN });
 
 export const errorRecordSchema: Schema<ErrorRecord> = obj('error', {
@@ -87,7 +88,7 @@ const searchFields: Schema<Record<string, string>> = {
     if (keys.length > 8) throw new SchemaError('search fields', path, 'must have at most 8 keys');
     const out: Record<string, string> = {};
     for (const k of keys) {
-      out[str({ min: 1, max: 64, pattern: /^[a-z0-9][a-z0-9_-]*$/i }).parse(k, `${path}.${k}`)] = str({ max: 256 }).parse(o[k], `${path}.${k}`);
+      out[str({ min: 1, max: 64, pattern: SEARCH_KEY_PATTERN }).parse(k, `${path}.${k}`)] = str({ max: 256 }).parse(o[k], `${path}.${k}`);
     }
     return out;
   },
@@ -298,6 +299,8 @@ export const INPUT_TYPES = [
 ] as const satisfies readonly RunEventType[];
 export type InputEventType = (typeof INPUT_TYPES)[number];
 export const INPUT_EVENT_TYPES: ReadonlySet<RunEventType> = new Set(INPUT_TYPES);
+/** The machine's recorded decisions: every event type that is not an input. */
+export const DECISION_EVENT_TYPES: ReadonlySet<RunEventType> = new Set(RUN_EVENT_TYPES.filter((t) => !INPUT_EVENT_TYPES.has(t)));
 
 export type RunEventData<K extends RunEventType> = Infer<(typeof eventData)[K]>;
 

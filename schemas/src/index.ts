@@ -46,6 +46,7 @@ export {
 export type { TenantId, RunId } from './ids.js';
 export {
   TOKEN_PATTERN,
+  SEARCH_KEY_PATTERN,
   parseToken,
   CommandVerb,
   SecretsVerb,
@@ -67,6 +68,9 @@ export {
   DEFAULT_PARTITIONS,
   MAX_PARTITIONS,
 } from './names.js';
+export { JsApiCode, JS_SEQUENCE_CONFLICT_CODES } from './jetstream.js';
+export { AuditKind, POLICY_DECISION_KINDS, LEASE_KIND_PREFIX } from './audit.js';
+export { MIGRATIONS_URL } from './migrations.js';
 export { EVENT_ENVELOPE_VERSION, LIMITS, MAX_RUN_EVENTS } from './limits.js';
 export { isStandardSchema, issuePath, validateStandard } from './standard-schema.js';
 export type { StandardSchemaV1 } from './standard-schema.js';
@@ -78,6 +82,7 @@ export {
   RUN_EVENT_TYPES,
   INPUT_TYPES,
   INPUT_EVENT_TYPES,
+  DECISION_EVENT_TYPES,
   parseRunEvent,
   parseEventBody,
   isInputEvent,

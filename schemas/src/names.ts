@@ -35,6 +35,8 @@ import type { RunId, TenantId } from './ids.js';
 
 /** A subject token we build from our own vocabulary (pool names, verbs, timer ids). */
 export const TOKEN_PATTERN = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+/** A search field key: a token in either case (keys are user-chosen, never a subject token). */
+export const SEARCH_KEY_PATTERN = new RegExp(TOKEN_PATTERN.source, 'i');
 
 export function parseToken(kind: string, value: unknown): string {
   if (typeof value === 'string' && TOKEN_PATTERN.test(value)) return value;

@@ -9,7 +9,7 @@
  */
 import { CapstanError, ErrorCode, SchemaError } from './errors.js';
 import { ACTOR_PATTERN, actorSchema, PolicyVerdict, reasonSchema } from './events.js';
-import { PolicyVerb } from './names.js';
+import { PolicyVerb, TOKEN_PATTERN } from './names.js';
 import type { Infer, Schema } from './validate.js';
 import { arr, bool, int, isPlainObject, json, literal, obj, optional, str } from './validate.js';
 
@@ -67,7 +67,7 @@ export const MAX_POLICY_TEXT_BYTES = 64 * 1024;
 /** Workflow ids, as `defineWorkflow` accepts them. */
 export const POLICY_WORKFLOW_PATTERN = /^[a-z0-9][a-z0-9._-]{0,127}$/;
 /** Step names, as run events carry them. */
-export const POLICY_STEP_PATTERN = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+export const POLICY_STEP_PATTERN = TOKEN_PATTERN;
 
 const decisionSchema: Schema<PolicyDecision> = obj('policy decision', {
   decision: literal(PolicyVerdict.Allow, PolicyVerdict.Deny, PolicyVerdict.NeedsApproval),

@@ -12,12 +12,13 @@ import { SchemaError } from './errors.js';
 import { actorSchema, reasonSchema } from './events.js';
 import type { RunId } from './ids.js';
 import { RUN_ID_PATTERN } from './ids.js';
+import { TOKEN_PATTERN } from './names.js';
 import { SECRET_NAME_PATTERN } from './secrets.js';
 import type { Infer, Schema } from './validate.js';
 import { arr, bool, int, isPlainObject, jsonObject, literal, obj, optional, str } from './validate.js';
 
 /** Schedule and route ids are subject tokens: they name their record's subject. */
-export const TRIGGER_ID_PATTERN = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+export const TRIGGER_ID_PATTERN = TOKEN_PATTERN;
 
 /** What a firing does while the schedule's previous run has not ended. */
 export const OverlapPolicy = { Skip: 'skip', BufferOne: 'buffer-one', AllowAll: 'allow-all' } as const;

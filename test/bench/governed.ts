@@ -87,7 +87,7 @@ async function workload(label: string, governed: boolean): Promise<{ latency: nu
   await sandboxes.start();
   await sandboxes.ready;
   const orch = await createOrchestrator(orchestratorConfig({ ...as(Role.Orchestrator), ORCH_POLICY: governed ? 'on' : 'off' }), silent, { registry });
-  const worker = await createWorker(workerConfig({ ...base, NATS_CREDS: await nats.workerCreds(t, `w-${label}`), WORKER_ADMISSION: 'auto', WORKER_LEASES: governed ? 'on' : 'off' }), silent);
+  const worker = await createWorker(workerConfig({ ...base, NATS_CREDS: await nats.workerCreds(t, `w-${label}`), WORKER_ADMISSION: 'auto', WORKER_LEASES: governed ? 'on' : 'off' }), silent, { demo: true });
   await orch.start();
   await worker.start();
   stops.unshift(() => worker.stop(), () => orch.stop(), () => sandboxes.stop());

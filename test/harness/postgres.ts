@@ -114,8 +114,11 @@ export async function startPostgres(opts: PostgresOptions = {}): Promise<Private
   };
 }
 
-/** A fresh database on the machine's Postgres (or `CAPSTAN_TEST_PG`), dropped by `drop()`. */
-export async function scratchDatabase(prefix: string): Promise<{ url: string; drop(): Promise<void> }> {
+/**
+ * A fresh database on the machine's Postgres (or `CAPSTAN_TEST_PG`), dropped by `drop()`, or
+ * at the end of its block when held with `await using`.
+ */
+export async function scratchDatabase(prefix: string): Promise<{ url: string; drop(): Promise<void> } & AsyncDisposable> {
   const admin = process.env['CAPSTAN_TEST_PG'] ?? 'postgres://postgres@127.0.0.1:5432/postgres';
   const name = `capstan_${prefix}_${Math.random().toString(36).slice(2, 10)}`;
   const c = new pg.Client({ connectionString: admin });
@@ -124,13 +127,11 @@ export async function scratchDatabase(prefix: string): Promise<{ url: string; dr
   await c.end();
   const u = new URL(admin);
   u.pathname = `/${name}`;
-  return {
-    url: u.toString(),
-    async drop() {
-      const d = new pg.Client({ connectionString: admin });
-      await d.connect();
-      await d.query(`drop database if exists ${name} with (force)`);
-      await d.end();
-    },
+  const drop = async () => {
+    const d = new pg.Client({ connectionString: admin });
+    await d.connect();
+    await d.query(`drop database if exists ${name} with (force)`);
+    await d.end();
   };
+  return { url: u.toString(), drop, [Symbol.asyncDispose]: drop };
 }

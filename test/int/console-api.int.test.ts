@@ -8,10 +8,11 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createConsole, hashPassword, loadConfig, type ApprovalsResponse, type AuditPageResponse, type Console, type ConsoleUser, type PoliciesResponse, type PolicyVersionResponse, type RunDetailResponse, type RunsPageResponse, type RunStreamChange, type SessionInfo, type SystemResponse, type WorkersResponse } from '@capstan/console';
+import { apiPaths, createConsole, hashPassword, loadConfig, type ApprovalsResponse, type AuditPageResponse, type Console, type ConsoleUser, type PoliciesResponse, type PolicyVersionResponse, type RunDetailResponse, type RunsPageResponse, type RunStreamChange, type SessionInfo, type SystemResponse, type WorkersResponse } from '@capstan/console';
 import { migrate, openDatabase, type Database } from '@capstan/kit';
 import { db as schema, Streams, Subjects, type TenantId, Role } from '@capstan/schemas';
 import { createHash } from 'node:crypto';
+import { request as httpRequest } from 'node:http';
 import { sql } from 'drizzle-orm';
 import { scratchDatabase } from '../harness/postgres.js';
 import { connect, provision, silent, type Harness, accessAs, serviceEnv } from '../harness/fixtures.js';
@@ -195,6 +196,33 @@ describe('console api', () => {
     }
     const r = await f.get('/api/session');
     expect((r.body as ErrorBody).error.message).toMatch(/expired or is no longer valid/);
+  });
+
+  it('console api - a read is refused without a session and at a Host that is not the console\'s (DNS rebinding), even with a session', async () => {
+    const viewer = await as('viewer-a');
+    const read = apiPaths.runs(A);
+    // Node's fetch sets Host from the URL; a rebinding browser sends the attacker's name.
+    const raw = (path: string, headers: Record<string, string>) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const r = httpRequest(url + path, { headers }, (res) => {
+          let body = '';
+          res.setEncoding('utf8').on('data', (c: string) => (body += c)).on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        });
+        r.on('error', reject).end();
+      });
+    expect((await client().get(read)).status).toBe(401);
+    const port = new URL(url).port;
+    let served = 0;
+    for (const host of [`rebind.attacker.example:${port}`, 'rebind.attacker.example', `localhost.attacker.example:${port}`]) {
+      const r = await raw(read, { host, cookie: viewer.cookie ?? '' });
+      if (r.status === 200) served++;
+      expect(r.status, host).toBe(403);
+      expect(r.body, host).not.toContain(aRun);
+    }
+    expect(served).toBe(0);
+    // The same session at the console's own address and at localhost is served.
+    expect((await raw(read, { host: `127.0.0.1:${port}`, cookie: viewer.cookie ?? '' })).status).toBe(200);
+    expect((await raw(read, { host: `localhost:${port}`, cookie: viewer.cookie ?? '' })).status).toBe(200);
   });
 
   it('console api - a session reaches only its own tenants: 403 for every endpoint of another, 404 for another tenant\'s run under its own', async () => {

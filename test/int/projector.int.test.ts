@@ -301,7 +301,7 @@ describe('projector', () => {
 
   it('projector - a fresh database behind a consumer that acknowledged everything: the projector repositions and projects it all', async () => {
     await projector.stop();
-    const fresh = await scratchDatabase('projfresh');
+    await using fresh = await scratchDatabase('projfresh');
     const d2 = await openDatabase({ url: fresh.url, log: silent });
     const config = loadConfig({ ...(await serviceEnv(inject('natsUrl'), Role.Projector)), DATABASE_URL: fresh.url, CAPSTAN_TENANTS: tenants.join(','), PROJECTOR_DISCOVERY_MS: '200' });
     const second = await createProjector(config, silent, { database: d2 });
@@ -321,7 +321,6 @@ describe('projector', () => {
     } finally {
       await second.stop();
       await d2.close();
-      await fresh.drop();
     }
   }, 60_000);
 });

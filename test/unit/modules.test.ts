@@ -17,8 +17,13 @@ describe('modules', () => {
     });
   });
 
-  it('modules - no module means the built-in and demo workflows and handlers', async () => {
-    expect((await loadWorkflows('')).list().map((w) => w.id)).toEqual(['datasync.pipeline', 'demo.pipeline', 'demo.flaky', 'demo.signal', 'demo.sandboxed', 'demo.approval', 'demo.jit', 'demo.agent', 'demo.agent', 'demo.brief']);
-    expect(Object.keys(await loadHandlers(''))).toContain('demo.flaky.call');
+  it('modules - outside capstan dev, no module is a typed start-up error, never the demo', async () => {
+    await expect(loadWorkflows('')).rejects.toMatchObject({ code: 'invalid_config', message: expect.stringContaining('CAPSTAN_WORKFLOWS is required') as unknown });
+    await expect(loadHandlers('')).rejects.toMatchObject({ code: 'invalid_config', message: expect.stringContaining('CAPSTAN_HANDLERS is required') as unknown });
+  });
+
+  it('modules - capstan dev asks for the built-in and demo workflows and handlers', async () => {
+    expect((await loadWorkflows('', { demo: true })).list().map((w) => w.id)).toEqual(['datasync.pipeline', 'demo.pipeline', 'demo.flaky', 'demo.signal', 'demo.sandboxed', 'demo.approval', 'demo.jit', 'demo.agent', 'demo.agent', 'demo.brief']);
+    expect(Object.keys(await loadHandlers('', { demo: true }))).toContain('demo.flaky.call');
   });
 });

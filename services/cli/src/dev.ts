@@ -32,7 +32,6 @@ import {
   findNatsServer,
   issueCredential,
   listSecrets,
-  NatsServerMissingError,
   newRunId,
   openAuthStore,
   parseCredentials,
@@ -53,7 +52,7 @@ import {
   type NatsServer,
   type TenantConnection,
 } from '@capstan/kit';
-import { InvalidArgumentError, parseTenantId, Role, runIdOfSubject, Subjects, type RunEvent, type RunId, type ServiceRole } from '@capstan/schemas';
+import { InvalidArgumentError, parseTenantId, Role, runIdOfSubject, Subjects, type RunEvent, type RunId, type ServiceRole, CapstanError, ErrorCode } from '@capstan/schemas';
 import { parse } from './args.js';
 import { DEV_API_URL_FILE, DEV_AUTH_DIR, DEV_DIR, DEV_URL_FILE } from './context.js';
 import { bold, colorStatus, cyan, describe, dim, green, red } from './format.js';
@@ -97,7 +96,7 @@ function ensureNatsBinary(): string {
   try {
     return findNatsServer();
   } catch (e) {
-    if (!(e instanceof NatsServerMissingError)) throw e;
+    if (!CapstanError.is(e, ErrorCode.NatsServerMissing)) throw e;
     say(dim('nats-server >= 2.12 not found; installing it into .capstan/bin …'));
     execFileSync(process.execPath, [join(PROJECT_ROOT, 'infra', 'nats', 'install.mjs')], { stdio: 'inherit' });
     return findNatsServer();
@@ -189,8 +188,8 @@ export async function devCmd(argv: string[]): Promise<number> {
     : undefined;
   await datasync?.start();
 
-  const orchestrator = await createOrchestrator(orchestratorConfig(as(Role.Orchestrator)), createLogger('orchestrator', logLevel, process.stderr));
-  const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: credsOf.worker }), createLogger('worker', logLevel, process.stderr));
+  const orchestrator = await createOrchestrator(orchestratorConfig(as(Role.Orchestrator)), createLogger('orchestrator', logLevel, process.stderr), { demo: true });
+  const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: credsOf.worker }), createLogger('worker', logLevel, process.stderr), { demo: true });
   // Fleet decisions (the console's too) revoke or restore worker credentials at the server.
   const authority = await startFleetAuthority(admin);
   await orchestrator.start();

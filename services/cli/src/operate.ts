@@ -7,7 +7,7 @@
  */
 import { userInfo } from 'node:os';
 import { createClient, restoreCredential, revokeCredential, type ApprovalRow, type WorkerAdmission, type WorkerRow } from '@capstan/kit';
-import { actorSchema, InvalidArgumentError, Role, SchemaError, WORKER_ID_PATTERN, type RunEvent, type TenantId } from '@capstan/schemas';
+import { actorSchema, InvalidArgumentError, Role, type SchemaError, WORKER_ID_PATTERN, type RunEvent, type TenantId, CapstanError, ErrorCode } from '@capstan/schemas';
 import { intFlag, parse, runIdArg, stringFlag, tenantFlag } from './args.js';
 import { apiUrl, authDir, print, withAdmin, withTenant } from './context.js';
 import { colorStatus, dim, green, red, table, yellow } from './format.js';
@@ -32,7 +32,7 @@ export function actorFlag(values: Record<string, unknown>, env: NodeJS.ProcessEn
   try {
     return actorSchema.parse(raw, 'as');
   } catch (e) {
-    throw new InvalidArgumentError(`--as ${JSON.stringify(raw.slice(0, 64))}: ${e instanceof SchemaError ? e.problem : String(e)}`);
+    throw new InvalidArgumentError(`--as ${JSON.stringify(raw.slice(0, 64))}: ${CapstanError.is(e, ErrorCode.SchemaViolation) ? (e as SchemaError).problem : String(e)}`);
   }
 }
 

@@ -12,7 +12,7 @@ import {
   formatDiagnostic,
   InvalidArgumentError,
   isPlainObject,
-  PolicyInvalidError,
+  type PolicyInvalidError,
   type PolicyDecision,
   type PolicyDiagnostic,
   type TenantId,
@@ -65,11 +65,12 @@ async function orDiagnostics(file: string, json: boolean, fn: () => Promise<numb
   try {
     return await fn();
   } catch (e) {
-    if (!(e instanceof PolicyInvalidError)) throw e;
-    if (json) print(true, { error: { code: e.code, diagnostics: e.diagnostics } }, () => '');
+    if (!CapstanError.is(e, ErrorCode.PolicyInvalid)) throw e;
+    const { diagnostics } = e as PolicyInvalidError;
+    if (json) print(true, { error: { code: e.code, diagnostics } }, () => '');
     else {
       process.stderr.write(`capstan: ${e.code}: ${file} is not a valid policy; nothing was stored\n`);
-      printDiagnostics(e.diagnostics, file);
+      printDiagnostics(diagnostics, file);
     }
     return 1;
   }
@@ -173,7 +174,7 @@ function queriesFrom(values: Record<string, unknown>): Record<string, unknown>[]
     try {
       parsed = JSON.parse(readText(file, 'queries file')) as unknown;
     } catch (e) {
-      if (e instanceof InvalidArgumentError) throw e;
+      if (CapstanError.is(e, ErrorCode.InvalidArgument)) throw e;
       throw new InvalidArgumentError(`${file} is not valid JSON: ${(e as Error).message}`);
     }
     const list = isPlainObject(parsed) ? parsed['queries'] : parsed;

@@ -12,7 +12,7 @@ import { loadWorkflows } from '@capstan/orchestrator';
 import { compilePolicySet, decideAll, type CompileResult } from '@capstan/policy';
 import {
   CapstanError,
-  DeterminismViolationError,
+  type DeterminismViolationError,
   ErrorCode,
   InvalidArgumentError,
   PolicyAction,
@@ -170,7 +170,7 @@ export async function replayExport(contents: ExportContents, registry: Registry,
       const status = fold.timeline.at(-1)?.status ?? 'pending';
       runs.push({ ...base, ok: status === recorded, status, timeline: fold.timeline });
     } catch (e) {
-      if (e instanceof DeterminismViolationError) runs.push({ ...base, ok: false, seq: e.seq, diff: e.diff });
+      if (CapstanError.is(e, ErrorCode.DeterminismViolation)) runs.push({ ...base, ok: false, seq: (e as DeterminismViolationError).seq, diff: (e as DeterminismViolationError).diff });
       else if (CapstanError.is(e)) runs.push({ ...base, ok: false, error: { code: e.code, message: e.message } });
       else throw e;
     }

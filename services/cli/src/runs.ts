@@ -5,7 +5,7 @@ import { loadWorkflows } from '@capstan/orchestrator';
 import { createClient, decideAt, type TenantConnection } from '@capstan/kit';
 import {
   CapstanError,
-  DeterminismViolationError,
+  type DeterminismViolationError,
   Headers,
   InvalidArgumentError,
   isPlainObject,
@@ -16,6 +16,7 @@ import {
   type RunEvent,
   type RunId,
   type TenantId,
+  ErrorCode,
 } from '@capstan/schemas';
 import { parse, tenantFlag, runIdArg, jsonFlag, intFlag } from './args.js';
 import { recheckDecisions, recheckLine, replayFromFileCmd } from './review.js';
@@ -184,10 +185,9 @@ export async function replayCmd(argv: string[], registryFor: () => Promise<Regis
       );
       return same && differ.length === 0 ? 0 : 1;
     } catch (e) {
-      if (e instanceof DeterminismViolationError) {
-        print(values['json'] === true, { runId, ok: false, seq: e.seq, diff: e.diff }, () =>
-          [red(`replay of run ${runId} diverges from its record at event ${e.seq}:`), ...e.diff.map((d) => `  ${d}`)].join('\n'),
-        );
+      if (CapstanError.is(e, ErrorCode.DeterminismViolation)) {
+        const { seq, diff } = e as DeterminismViolationError;
+        print(values['json'] === true, { runId, ok: false, seq, diff }, () => [red(`replay of run ${runId} diverges from its record at event ${seq}:`), ...diff.map((d) => `  ${d}`)].join('\n'));
         return 1;
       }
       throw e;

@@ -9,7 +9,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { deleteSecret, listSecrets, putSecret, rotateSecret } from '@capstan/kit';
-import { connectorSchema, InvalidArgumentError, LIFECYCLES, SchemaError, SECRET_NAME_PATTERN, type Connector, type Lifecycle, type SecretInfo, type TenantId, Role } from '@capstan/schemas';
+import { connectorSchema, InvalidArgumentError, LIFECYCLES, type SchemaError, SECRET_NAME_PATTERN, type Connector, type Lifecycle, type SecretInfo, type TenantId, Role, CapstanError, ErrorCode } from '@capstan/schemas';
 import { intFlag, parse, stringFlag, tenantFlag } from './args.js';
 import { print, withTenant } from './context.js';
 import { dim, green, red, table, yellow } from './format.js';
@@ -92,7 +92,7 @@ function connectorFlag(values: Record<string, unknown>): Connector | undefined {
   try {
     return connectorSchema.parse(doc, 'connector');
   } catch (e) {
-    throw new InvalidArgumentError(`--connector: ${e instanceof SchemaError ? `${e.path} ${e.problem}` : String(e)}`);
+    throw new InvalidArgumentError(`--connector: ${CapstanError.is(e, ErrorCode.SchemaViolation) ? `${(e as SchemaError).path} ${(e as SchemaError).problem}` : String(e)}`);
   }
 }
 

@@ -8,13 +8,13 @@ import { fileURLToPath } from 'node:url';
 import type { AddressInfo } from 'node:net';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import fastifyCookie from '@fastify/cookie';
-import { syncGuard, type Database, type Logger, type StreamSide, type TenantAccess } from '@capstan/kit';
+import { hostAllowed, syncGuard, type Database, type Logger, type StreamSide, type TenantAccess } from '@capstan/kit';
 import { ConfigError, InvalidArgumentError, UnavailableError } from '@capstan/schemas';
 import { registerAuth } from './auth.js';
 import { createCommands, type Commands } from './commands.js';
 import { apiPaths } from './api-types.js';
 import type { Config } from './config.js';
-import { pattern, sendError, sessionOf, toHttpError } from './http.js';
+import { forbidden, pattern, sendError, sessionOf, toHttpError } from './http.js';
 import { createLiveHub, registerRunStream } from './live.js';
 import { registerAuditRoutes } from './routes-audit.js';
 import { registerFleetRoutes } from './routes-fleet.js';
@@ -111,6 +111,14 @@ export function createConsole(o: ConsoleOptions): Console {
       if (isApiPath(path)) log.debug({ method: req.method, path, status: reply.statusCode, ms: Math.round(reply.elapsedTime) }, 'console request');
     });
 
+    // DNS rebinding: a page on a name the attacker owns, pointed at this console's address,
+    // sends that name as its Host. Only IP literals, localhost and the public URL's name are
+    // answered, before sign-in or any route runs.
+    const hosts = allowedHosts(config);
+    f.addHook('onRequest', (req, _reply, done) => {
+      done(hostAllowed(req.headers.host, hosts) ? undefined : forbidden(`this console is not reached at ${JSON.stringify((req.headers.host ?? '').slice(0, 64))}`));
+    });
+
     f.get('/healthz', async () => {
       await db.db.query.checkpoints.findFirst({ columns: { tenant: true } });
       return { ok: true };
@@ -156,6 +164,14 @@ export function createConsole(o: ConsoleOptions): Console {
     },
     liveTenants: () => hub.polling(),
   };
+}
+
+/** The host names (besides IP literals and localhost) the console answers at. */
+function allowedHosts(config: Config): ReadonlySet<string> {
+  const names = new Set<string>();
+  if (config.publicUrl) names.add(new URL(config.publicUrl).hostname.replace(/^\[|\]$/g, '').toLowerCase());
+  if (config.host) names.add(config.host.toLowerCase());
+  return names;
 }
 
 function loadUsersFile(config: Config): ConsoleUser[] {

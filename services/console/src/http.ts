@@ -3,7 +3,8 @@
  * query-parameter checks, the session a request carries, role checks.
  */
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { CapstanError, ErrorCode, InvalidArgumentError } from '@capstan/schemas';
+import { httpStatusOf } from '@capstan/kit';
+import { CapstanError, InvalidArgumentError } from '@capstan/schemas';
 import { ACTION_ROLE, ApiErrorCode, roleAllows, type ActionName, type ApiErrorBody } from './api-types.js';
 import type { Session } from './session.js';
 import { roleIn } from './users.js';
@@ -26,17 +27,6 @@ export const notFound = (why: string) => new HttpError(404, ApiErrorCode.NotFoun
 export const badRequest = (why: string) => new HttpError(400, ApiErrorCode.InvalidArgument, why);
 export const conflict = (why: string) => new HttpError(409, ApiErrorCode.Conflict, why);
 
-/** The platform's error codes a caller can act on, by the status that says so. */
-const STATUS_OF: ReadonlyMap<string, number> = new Map([
-  ...[ErrorCode.InvalidArgument, ErrorCode.InvalidTenantId, ErrorCode.InvalidRunId, ErrorCode.InvalidName, ErrorCode.SchemaViolation, ErrorCode.PayloadTooLarge, ErrorCode.DecodeFailed].map((c) => [c, 400] as const),
-  ...[ErrorCode.RunNotFound, ErrorCode.UnknownTenant, ErrorCode.UnknownWorkflow].map((c) => [c, 404] as const),
-  [ErrorCode.Unavailable, 503] as const,
-  [ErrorCode.ProjectionOutOfSync, 503] as const,
-  [ErrorCode.DatasyncUnavailable, 503] as const,
-  [ErrorCode.SourceUnavailable, 503] as const,
-  [ErrorCode.QueryRefused, 400] as const,
-]);
-
 /**
  * What the caller is told. A CapstanError's own message says what to fix; anything else is
  * a bare 500 (logged by the caller of this), so driver text and stacks never leave the
@@ -46,7 +36,8 @@ const STATUS_OF: ReadonlyMap<string, number> = new Map([
 export function toHttpError(e: unknown, acting = false): HttpError {
   if (e instanceof HttpError) return e;
   if (CapstanError.is(e)) {
-    const status = STATUS_OF.get(e.code) ?? (e.code.endsWith('_not_found') ? 404 : acting && !e.retryable ? 409 : undefined);
+    // One table for every Capstan API (kit's http-status.ts); actions add the 409.
+    const status = httpStatusOf(e.code) ?? (acting && !e.retryable ? 409 : undefined);
     if (status !== undefined) return new HttpError(status, e.code, e.message);
   }
   // Fastify's own 4xx (a body that is not JSON, an unsupported media type, a body too large).

@@ -45,6 +45,7 @@ import {
   type DatasyncStepReply,
   type DatasyncStepRequest,
   type TenantId,
+  AuditKind,
 } from '@capstan/schemas';
 import { appendAuditRow, createAuditSink, serviceAccess, wireError, type TenantAccess, type TenantConnection, type TenantFollower, dbErrorMessage, migrate, refuseRequest, type Database, type Logger, type ProjectionDb } from '@capstan/kit';
 import type { Config } from './config.js';
@@ -158,7 +159,7 @@ export function createDatasync(config: Config, log: Logger): Promise<DatasyncSer
         await appendAuditRow(database.db, {
           tenant: t,
           runId: previewId,
-          kind: 'datasync.preview',
+          kind: AuditKind.DatasyncPreview,
           actor: req.by,
           detail: { connection: req.connection, fingerprint, ...outcome },
         }).catch((e: unknown) => log.warn({ tenant: t, reason: dbErrorMessage(e).split('\n')[0] }, 'preview audit row not written'));

@@ -38,6 +38,7 @@ import {
   type EntitySummary,
   type ModelSpec,
   type TenantId,
+  JsApiCode,
 } from '@capstan/schemas';
 import { sha256 } from './sql.js';
 
@@ -143,7 +144,7 @@ export function createCatalog(o: { pool: pg.Pool; streams: TenantStreams }): Cat
         return { seq: m.seq };
       }
     } catch (e) {
-      if ((e instanceof JetStreamApiError && (e.code === 10037 || e.status === 404)) || /no message found/i.test((e as Error).message)) return { seq: 0 };
+      if ((e instanceof JetStreamApiError && (e.code === JsApiCode.NoMessageFound || e.status === 404)) || /no message found/i.test((e as Error).message)) return { seq: 0 };
       throw e;
     }
   }
@@ -183,7 +184,7 @@ export function createCatalog(o: { pool: pg.Pool; streams: TenantStreams }): Cat
       try {
         await streams(t).js.publish(Subjects.catalog(t, kind, id), encode(record), { msgID: MsgIds.catalogRecord(kind, id, version), expect: { lastSubjectSequence: last.seq } });
       } catch (e) {
-        if (e instanceof JetStreamApiError && e.code === 10071) throw new ConcurrencyConflictError(`${kind} ${id}`, last.seq, { cause: e });
+        if (e instanceof JetStreamApiError && e.code === JsApiCode.StreamWrongLastSequence) throw new ConcurrencyConflictError(`${kind} ${id}`, last.seq, { cause: e });
         throw e;
       }
       await c.query('commit');

@@ -44,6 +44,7 @@ import {
   type DestinationSpec,
   type ModelSpec,
   type TenantId,
+  AuditKind,
 } from '@capstan/schemas';
 import { failpoint, type AuditSink, type Logger, type NatsConnection, type Signer } from '@capstan/kit';
 import type { Catalog } from './catalog.js';
@@ -535,7 +536,7 @@ export function createPipelineRunner(d: PipelineDeps): PipelineRunner {
     await d.audit.appendIntent({
       tenant: c.tenant,
       runId: c.req.runId,
-      kind: 'datasync.load.intent',
+      kind: AuditKind.DatasyncLoadIntent,
       actor: 'datasync',
       key: sha256('datasync.load', c.tenant, c.req.runId),
       detail: { destination: c.req.destination, model: c.req.model, connection: c.req.connection, attempt: c.req.attempt, entities: c.plan.entities.map((e) => e.name) },

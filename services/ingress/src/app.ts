@@ -46,6 +46,7 @@ import {
   type RunId,
   type TenantId,
   type WebhookRoute,
+  JS_SEQUENCE_CONFLICT_CODES,
 } from '@capstan/schemas';
 import { serviceAccess, tailStream, verifyWebhook, webhookRunId, type Logger, type StreamTail, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
 import type { Config } from './config.js';
@@ -206,7 +207,7 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
     try {
       await tc.js.publish(claim, encode({ route: route.route, runId, bodySha256 }), { expect: { lastSubjectSequence: 0 } });
     } catch (e) {
-      if (!(e instanceof JetStreamApiError && (e.code === 10071 || e.code === 10164))) throw e;
+      if (!(e instanceof JetStreamApiError && JS_SEQUENCE_CONFLICT_CODES.has(e.code))) throw e;
       const seen = await tc.jsm.direct.getMessage(Streams.seen(t), { last_by_subj: claim });
       const prior = seen ? parseSeenDelivery(decode(seen.data)) : undefined;
       if (prior && prior.bodySha256 !== bodySha256) refuse(409, ErrorCode.WebhookIdConflict, `webhook-id ${id} was delivered before with another body; a delivery id may not be reused`);

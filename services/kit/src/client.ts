@@ -39,6 +39,8 @@ import {
   type RunId,
   type TenantId,
   type WorkerAdmissionRecord,
+  CapstanError,
+  ErrorCode,
 } from '@capstan/schemas';
 import { headers as natsHeaders } from '@nats-io/transport-node';
 import { decodeEvent, readRun } from './run-log.js';
@@ -431,7 +433,7 @@ export async function writeAdmission(
   for (let i = 0; i < 5; i++) {
     const current = await readAdmission(jsm, t, workerId).catch((e: unknown) => {
       // A malformed last record is overwritten by a valid one.
-      if (e instanceof SchemaError) return { state: undefined, seq: -1 } as const;
+      if (CapstanError.is(e, ErrorCode.SchemaViolation)) return { state: undefined, seq: -1 } as const;
       throw e;
     });
     if (current?.state === state) return current as WorkerAdmission;

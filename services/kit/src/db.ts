@@ -2,15 +2,14 @@
  * The projections database: Postgres through `pg` when a URL is given, else PGlite
  * (embedded Postgres) in a local folder, with the same drizzle schema and migrations.
  */
-import { join } from 'node:path';
 import { mkdirSync } from 'node:fs';
 import pg from 'pg';
 import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres';
 import { migrate as migratePg } from 'drizzle-orm/node-postgres/migrator';
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import type { SQL } from 'drizzle-orm';
-import { db as schema, UnavailableError } from '@capstan/schemas';
-import { PROJECT_ROOT } from './nats-server.js';
+import { fileURLToPath } from 'node:url';
+import { db as schema, MIGRATIONS_URL, UnavailableError } from '@capstan/schemas';
 import type { Logger } from './log.js';
 
 export type Schema = typeof schema;
@@ -25,7 +24,8 @@ export interface Database {
   close(): Promise<void>;
 }
 
-export const MIGRATIONS_FOLDER = join(PROJECT_ROOT, 'schemas', 'migrations');
+/** @capstan/schemas' migrations, found through that package (not the repository checkout). */
+export const MIGRATIONS_FOLDER = fileURLToPath(MIGRATIONS_URL);
 
 export interface OpenOptions {
   /** `postgres://…`; when absent, PGlite in `dataDir`. */

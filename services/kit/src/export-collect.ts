@@ -4,7 +4,7 @@
  */
 import type { JetStreamManager, StoredMsg } from '@nats-io/jetstream';
 import { JetStreamApiError } from '@nats-io/jetstream';
-import { decode, InvalidArgumentError, parseRunEvent, RunNotFoundError, Streams, Subjects, type RunId, type TenantId } from '@capstan/schemas';
+import { decode, InvalidArgumentError, JsApiCode, parseRunEvent, RunNotFoundError, Streams, Subjects, type RunId, type TenantId } from '@capstan/schemas';
 import { writeExport, type ExportScope, type StoredRecord } from './export-file.js';
 
 /** How far before `since` a window's scan starts: a run's start is stamped before it is stored. */
@@ -31,7 +31,7 @@ async function* scan(jsm: JetStreamManager, stream: string, subject: string, fro
 }
 
 function isNothing(e: unknown): boolean {
-  if (e instanceof JetStreamApiError) return e.code === 10037 || e.code === 10059 || e.status === 404;
+  if (e instanceof JetStreamApiError) return e.code === JsApiCode.NoMessageFound || e.code === JsApiCode.StreamNotFound || e.status === 404;
   const f = (e as { isNoResponders?: unknown } | null)?.isNoResponders;
   return (typeof f === 'function' && (f as () => boolean).call(e) === true) || (e instanceof Error && /no message found|not found|no responders/i.test(e.message));
 }

@@ -41,6 +41,7 @@ import {
   type ProjectionLag,
 } from './queries.js';
 import { outOfSyncError, readFollowed, syncGuard } from './projection-sync.js';
+import { hostAllowed, httpStatusOf } from './http-status.js';
 
 export interface QueryServerOptions {
   readonly db: Database;
@@ -63,7 +64,7 @@ export interface QueryServer {
 }
 
 /** Codes of the API itself, next to the CapstanError codes it passes on. */
-export const HttpErrorCode = { NotFound: 'not_found', MethodNotAllowed: 'method_not_allowed', Internal: 'internal' } as const;
+export const HttpErrorCode = { NotFound: 'not_found', MethodNotAllowed: 'method_not_allowed', MisdirectedHost: 'misdirected_host', Internal: 'internal' } as const;
 
 class HttpError extends Error {
   constructor(
@@ -217,6 +218,7 @@ export function createQueryServer(o: QueryServerOptions): QueryServer {
       const q = raw.indexOf('?');
       pathname = q >= 0 ? raw.slice(0, q) : raw;
       if (!pathname.startsWith('/')) throw new HttpError(404, HttpErrorCode.NotFound, 'no such endpoint');
+      if (!hostAllowed(req.headers.host)) throw new HttpError(403, HttpErrorCode.MisdirectedHost, `this API answers only at an IP address or localhost, not at ${JSON.stringify((req.headers.host ?? '').slice(0, 64))}`);
       const reply = await route(method, splitPath(pathname), collect(new URLSearchParams(q >= 0 ? raw.slice(q + 1) : '')));
       status = reply.status ?? 200;
       if (reply.text !== undefined) {
@@ -307,21 +309,12 @@ function one(p: Params, name: string): string | undefined {
   return p.get(name)?.[0];
 }
 
-const BAD_REQUEST: readonly string[] = [
-  ErrorCode.InvalidArgument,
-  ErrorCode.InvalidTenantId,
-  ErrorCode.InvalidRunId,
-  ErrorCode.InvalidName,
-  ErrorCode.SchemaViolation,
-];
-
 function toHttpError(e: unknown): HttpError {
   if (e instanceof HttpError) return e;
   if (CapstanError.is(e)) {
-    if (BAD_REQUEST.includes(e.code)) return new HttpError(400, e.code, e.message);
-    if (e.code === ErrorCode.RunNotFound || e.code === ErrorCode.UnknownTenant) return new HttpError(404, e.code, e.message);
-    // Our own messages (which stream, which server), never a driver's text.
-    if (e.code === ErrorCode.Unavailable || e.code === ErrorCode.ProjectionOutOfSync) return new HttpError(503, e.code, e.message);
+    // The status table is the console's too (http-status.ts); messages are our own, never a driver's text.
+    const status = httpStatusOf(e.code);
+    if (status !== undefined) return new HttpError(status, e.code, e.message);
   }
   return new HttpError(500, HttpErrorCode.Internal, 'internal error; see the server log');
 }

@@ -19,6 +19,8 @@ import {
   WorkerAdmissionState,
   type RunStatus,
   type TenantId,
+  LEASE_KIND_PREFIX,
+  POLICY_DECISION_KINDS,
 } from '@capstan/schemas';
 import type { Database } from './db.js';
 import { outOfSyncError, outOfSyncReason, readFollowed, readStreamNow, type StreamSide } from './projection-sync.js';
@@ -341,10 +343,7 @@ function auditText(name: string, v: string): string {
   return v;
 }
 
-/** The audit kinds of a policy answer recorded by a run. */
-export const POLICY_DECISION_KINDS = ['policy.decided', 'credential.decided'] as const;
-/** The audit kinds of the secrets-lease service share this prefix. */
-export const LEASE_KIND_PREFIX = 'lease.';
+export { POLICY_DECISION_KINDS, LEASE_KIND_PREFIX };
 
 export interface RunGovernance {
   /** The run's policy answers (`policy.decided`, `credential.decided` rows), in order. */

@@ -23,6 +23,8 @@ import {
   type RunEvent,
   type RunId,
   type TenantId,
+  JS_SEQUENCE_CONFLICT_CODES,
+  JsApiCode,
 } from '@capstan/schemas';
 
 export interface LoadedRun {
@@ -61,7 +63,7 @@ export function decodeEvent(m: Pick<StoredMsg, 'data'>): RunEvent {
 }
 
 function isNotFound(e: unknown): boolean {
-  if (e instanceof JetStreamApiError) return e.code === 10037 || e.status === 404;
+  if (e instanceof JetStreamApiError) return e.code === JsApiCode.NoMessageFound || e.status === 404;
   return e instanceof Error && /no message found|not found/i.test(e.message);
 }
 
@@ -78,7 +80,7 @@ export type AppendOutcome =
   | { readonly ok: false; readonly conflict: true; readonly reason: string };
 
 const MAX_BATCH = 1000;
-const CONFLICT_CODES = new Set([10071, 10164, 10201]);
+const CONFLICT_CODES = new Set<number>([...JS_SEQUENCE_CONFLICT_CODES, JsApiCode.AtomicBatchDuplicateMessageId]);
 
 /**
  * Appends the groups for one tenant. Returns one outcome per group, in order.
@@ -170,8 +172,6 @@ async function sendAtomic(nc: NatsConnection, msgs: readonly OutMsg[], timeoutMs
   return reply ? reply.json<BatchAck>() : {};
 }
 
-const DUPLICATE_IN_BATCH = 10201;
-
 /**
  * How messages that need no atomicity (effects, worker results: each is deduplicated by its
  * own id) are published together:
@@ -208,7 +208,7 @@ export async function publishDurably(nc: NatsConnection, js: JetStreamClient, ms
     }
     const ack = await sendAtomic(nc, chunk, timeoutMs);
     if (!ack.error) continue;
-    if (ack.error.err_code !== DUPLICATE_IN_BATCH) {
+    if (ack.error.err_code !== JsApiCode.AtomicBatchDuplicateMessageId) {
       throw new JetStreamApiError({ code: ack.error.code, err_code: ack.error.err_code, description: ack.error.description });
     }
     await Promise.all(chunk.map(one));

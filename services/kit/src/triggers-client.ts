@@ -31,6 +31,9 @@ import {
   type ScheduleState,
   type TenantId,
   type WebhookRoute,
+  JsApiCode,
+  CapstanError,
+  ErrorCode,
 } from '@capstan/schemas';
 import { isNoResponders, isNothingThere, readFrom } from './client.js';
 
@@ -50,7 +53,7 @@ async function lastOn<T>(jsm: JetStreamManager, stream: string, subject: string,
     m = await jsm.direct.getMessage(stream, { last_by_subj: subject });
   } catch (e) {
     if (isNothingThere(e)) return undefined;
-    if ((e instanceof JetStreamApiError && e.code === 10059) || isNoResponders(e)) throw new UnavailableError(`stream ${stream} does not exist (provision the tenant again: capstan tenant add)`, { cause: e });
+    if ((e instanceof JetStreamApiError && e.code === JsApiCode.StreamNotFound) || isNoResponders(e)) throw new UnavailableError(`stream ${stream} does not exist (provision the tenant again: capstan tenant add)`, { cause: e });
     throw e;
   }
   return m ? { record: parse(decode(m.data)), seq: m.seq, at: m.time.getTime() } : undefined;
@@ -63,7 +66,7 @@ async function allLast<T>(jsm: JetStreamManager, stream: string, wildcard: strin
     const info = await jsm.streams.info(stream, { subjects_filter: wildcard });
     subjects = Object.keys(info.state.subjects ?? {}).sort();
   } catch (e) {
-    if (e instanceof JetStreamApiError && e.code === 10059) throw new UnavailableError(`stream ${stream} does not exist (provision the tenant again: capstan tenant add)`, { cause: e });
+    if (e instanceof JetStreamApiError && e.code === JsApiCode.StreamNotFound) throw new UnavailableError(`stream ${stream} does not exist (provision the tenant again: capstan tenant add)`, { cause: e });
     throw e;
   }
   const out: Stored<T>[] = [];
@@ -154,7 +157,7 @@ export async function writeRoute(js: JetStreamClient, jsm: JetStreamManager, t: 
   const body = parseWebhookRoute(route);
   for (let i = 0; i < 5; i++) {
     const current = await readRoute(jsm, t, id).catch((e: unknown) => {
-      if (e instanceof UnavailableError) throw e;
+      if (CapstanError.is(e, ErrorCode.Unavailable)) throw e;
       return { seq: -1 } as const;
     });
     // A malformed last record (seq -1 here) is overwritten by a valid one.
@@ -163,7 +166,7 @@ export async function writeRoute(js: JetStreamClient, jsm: JetStreamManager, t: 
       const ack = await js.publish(Subjects.route(t, id), encode(body), last >= 0 ? { expect: { lastSubjectSequence: last } } : {});
       return { record: body, seq: ack.seq, at: Date.now() };
     } catch (e) {
-      if (e instanceof JetStreamApiError && e.code === 10071) continue;
+      if (e instanceof JetStreamApiError && e.code === JsApiCode.StreamWrongLastSequence) continue;
       throw e;
     }
   }
@@ -197,7 +200,7 @@ export async function workflowCatalog(nc: NatsConnection, t: TenantId, timeoutMs
     if (!Array.isArray(body.workflows)) throw new UnavailableError('the orchestrator answered the workflow catalog with something else than a list');
     return body.workflows as WorkflowInfo[];
   } catch (e) {
-    if (e instanceof UnavailableError) throw e;
+    if (CapstanError.is(e, ErrorCode.Unavailable)) throw e;
     throw new UnavailableError(`no orchestrator serving tenant ${t} answered for its workflows within ${timeoutMs} ms`, { cause: e });
   }
 }

@@ -21,8 +21,9 @@ export interface OrchestratorApp {
   readonly registry: Registry;
 }
 
-export async function createOrchestrator(config: Config, log: Logger, opts: { registry?: Registry } = {}): Promise<OrchestratorApp> {
-  const registry = opts.registry ?? (await loadWorkflows(config.workflowsModule));
+/** `opts.demo`: with no `CAPSTAN_WORKFLOWS`, run the demo workflows (`capstan dev`) instead of refusing to start. */
+export async function createOrchestrator(config: Config, log: Logger, opts: { registry?: Registry; demo?: boolean } = {}): Promise<OrchestratorApp> {
+  const registry = opts.registry ?? (await loadWorkflows(config.workflowsModule, { demo: opts.demo === true }));
   let access: TenantAccess | undefined;
   let follower: TenantFollower | undefined;
   const hosts = new Map<TenantId, TenantHost>();

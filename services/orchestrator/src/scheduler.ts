@@ -49,6 +49,7 @@ import {
   type ScheduleState,
   type RunId,
   type TenantId,
+  JS_SEQUENCE_CONFLICT_CODES,
 } from '@capstan/schemas';
 import {
   checkScheduleSpec,
@@ -101,7 +102,7 @@ export interface SchedulerOptions {
   readonly log: Logger;
 }
 
-const isCasConflict = (e: unknown) => e instanceof JetStreamApiError && (e.code === 10071 || e.code === 10164);
+const isCasConflict = (e: unknown) => e instanceof JetStreamApiError && JS_SEQUENCE_CONFLICT_CODES.has(e.code);
 
 export function createScheduler(o: SchedulerOptions): Scheduler {
   const { nc, js, jsm, tenant: t, registry, now } = o;

@@ -1,15 +1,23 @@
 import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
 import { builtinWorkflows, createRegistry, demoWorkflows, type Registry, type WorkflowDefinition } from '@capstan/actors';
-import { InvalidWorkflowError } from '@capstan/schemas';
+import { ConfigError, InvalidWorkflowError } from '@capstan/schemas';
+
+/** Why an orchestrator without `CAPSTAN_WORKFLOWS` does not start. */
+export const WORKFLOWS_REQUIRED = 'CAPSTAN_WORKFLOWS is required: the path of the module that exports your workflows (only `capstan dev` runs the demo workflows without it)';
 
 /**
  * Loads the workflow registry from a module that exports `workflows` (an array of
- * definitions, every version still in use). An empty path gives the demo workflows. The
- * built-in workflows (`datasync.pipeline`) are always there.
+ * definitions, every version still in use). The built-in workflows (`datasync.pipeline`) are
+ * always there. An empty path is a start-up error, so a production orchestrator never runs
+ * the demo workflows by omission; only `capstan dev` (and tests) ask for them (`demo`).
+ * @throws ConfigError when the path is empty and `demo` is not set
  */
-export async function loadWorkflows(modulePath: string): Promise<Registry> {
-  if (!modulePath) return createRegistry([...builtinWorkflows, ...demoWorkflows]);
+export async function loadWorkflows(modulePath: string, opts: { readonly demo?: boolean } = {}): Promise<Registry> {
+  if (!modulePath) {
+    if (opts.demo) return createRegistry([...builtinWorkflows, ...demoWorkflows]);
+    throw new ConfigError([WORKFLOWS_REQUIRED]);
+  }
   let mod: { workflows?: unknown; default?: unknown };
   try {
     mod = (await import(pathToFileURL(resolve(modulePath)).href)) as typeof mod;

@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { NO_PROGRESS, progressAfter, type RunProgress } from '@capstan/actors';
-import { decode, ErrorCode, isRunStatus, parseRunEvent, runIdOfSubject, RunStatus, sandboxName, SchemaError, tenantTokenOf, toErrorRecord, type db, type ErrorRecord, type JsonValue, type RunEvent } from '@capstan/schemas';
+import { decode, ErrorCode, isRunStatus, parseRunEvent, runIdOfSubject, RunStatus, sandboxName, SchemaError, tenantTokenOf, toErrorRecord, type db, type ErrorRecord, type JsonValue, type RunEvent, AuditKind } from '@capstan/schemas';
 
 export type RunRow = typeof db.runs.$inferSelect;
 export type StepRow = typeof db.steps.$inferSelect;
@@ -39,16 +39,7 @@ export const ApprovalStatus = { Waiting: 'waiting', Approved: 'approved', Denied
 /** The `signal` of an approval a policy asked for (not a signal step). */
 export const POLICY_APPROVAL = 'policy';
 
-export const AuditKind = {
-  Signaled: 'run.signaled',
-  CancelRequested: 'run.cancel-requested',
-  ApprovalDecided: 'approval.decided',
-  Retried: 'run.retried',
-  PolicyDecided: 'policy.decided',
-  CredentialDecided: 'credential.decided',
-  WorkerApproved: 'worker.approved',
-  WorkerRevoked: 'worker.revoked',
-} as const;
+export { AuditKind };
 
 /**
  * The sandbox (container name) an attempt's event names, when it names one as a string.

@@ -19,6 +19,7 @@ import {
   Subjects,
   toErrorRecord,
   type TenantId,
+  AuditKind,
 } from '@capstan/schemas';
 import type { Logger, ProjectionDb } from '@capstan/kit';
 import { pgText, type AuditRow } from './projection.js';
@@ -31,14 +32,14 @@ export type RouteRow = typeof schema.webhookRoutes.$inferSelect;
 
 /** Audit kinds of schedule changes (`schedule.<op>`) and route records. */
 export const TriggerAuditKind = {
-  create: 'schedule.created',
-  pause: 'schedule.paused',
-  resume: 'schedule.resumed',
-  trigger: 'schedule.triggered',
-  delete: 'schedule.deleted',
-  routeEnabled: 'route.saved',
-  routeDisabled: 'route.disabled',
-  routeDeleted: 'route.deleted',
+  create: AuditKind.ScheduleCreated,
+  pause: AuditKind.SchedulePaused,
+  resume: AuditKind.ScheduleResumed,
+  trigger: AuditKind.ScheduleTriggered,
+  delete: AuditKind.ScheduleDeleted,
+  routeEnabled: AuditKind.RouteSaved,
+  routeDisabled: AuditKind.RouteDisabled,
+  routeDeleted: AuditKind.RouteDeleted,
 } as const;
 
 type Projected = { schedule: ScheduleRow; audit: AuditRow } | { route: RouteRow; audit: AuditRow } | { deadLetter: DeadLetterRow } | { skip: true };

@@ -19,7 +19,7 @@ import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { resolveChecked as resolveAddress, type AllowEntry, type AuditSink, type Logger } from '@capstan/kit';
 export { parseAllowList, parseDnsServers, refusalOf, type AllowEntry } from '@capstan/kit';
-import { CapstanError, ErrorCode, type RunId, type TenantId } from '@capstan/schemas';
+import { AuditKind, CapstanError, ErrorCode, type RunId, type TenantId } from '@capstan/schemas';
 import type { RunnerChannel, TunnelFrame } from './channel.js';
 
 export interface EgressRules {
@@ -82,7 +82,7 @@ export function openTunnels(channel: RunnerChannel, grant: ReadonlySet<string>, 
     void channel.send({ t: 'conn.err', cid, code }).catch(() => {});
     // The refusal is recorded too, but nothing waits on it: nothing was reached.
     void audit
-      .appendIntent({ tenant: scope.tenant, runId: scope.runId, kind: 'egress.denied', actor: scope.actor, key: connectionKey(scope, cid), detail: { step: scope.step, attempt: scope.attempt, sandbox: scope.sandbox, target, code, reason } })
+      .appendIntent({ tenant: scope.tenant, runId: scope.runId, kind: AuditKind.EgressDenied, actor: scope.actor, key: connectionKey(scope, cid), detail: { step: scope.step, attempt: scope.attempt, sandbox: scope.sandbox, target, code, reason } })
       .catch(() => {});
   };
   const count = (n: number): boolean => {
@@ -115,7 +115,7 @@ export function openTunnels(channel: RunnerChannel, grant: ReadonlySet<string>, 
       await audit.appendIntent({
         tenant: scope.tenant,
         runId: scope.runId,
-        kind: 'egress.connect',
+        kind: AuditKind.EgressConnect,
         actor: scope.actor,
         key: connectionKey(scope, f.cid),
         detail: { step: scope.step, attempt: scope.attempt, sandbox: scope.sandbox, target, address: to.address },

@@ -1,7 +1,7 @@
 /** Small helpers over the drizzle database both drivers (`pg`, PGlite) share. */
 import { sql, type SQL } from 'drizzle-orm';
 import { appendAuditRow, type ProjectionDb } from '@capstan/kit';
-import type { JsonValue, RunId, TenantId } from '@capstan/schemas';
+import { AuditKind, type JsonValue, type RunId, type TenantId } from '@capstan/schemas';
 
 /** A database or an open transaction: anything that runs statements. */
 export type Executor = Pick<ProjectionDb, 'execute'>;
@@ -50,18 +50,5 @@ export function audit(tx: ProjectionDb, tenant: TenantId, runId: RunId, kind: st
   return appendAuditRow(tx, { tenant, runId, kind, actor, detail });
 }
 
-/** Audit kinds the lease service writes. */
-export const SecretsAudit = {
-  LeaseIssued: 'lease.issued',
-  LeaseClaimed: 'lease.claimed',
-  LeaseRedeemed: 'lease.redeemed',
-  LeaseDenied: 'lease.denied',
-  LeaseRevoked: 'lease.revoked',
-  LeaseReopened: 'lease.reopened',
-  SecretPut: 'secret.put',
-  SecretRotated: 'secret.rotated',
-  SecretRefreshed: 'secret.refreshed',
-  /** A refresh that stored nothing: its endpoint refused, an unbound secret named, the issuer failing. */
-  SecretRefreshFailed: 'secret.refresh_failed',
-  SecretDeleted: 'secret.deleted',
-} as const;
+/** Audit kinds the lease service writes (`Lease*`, `Secret*`; spelled in @capstan/schemas). */
+export const SecretsAudit = AuditKind;

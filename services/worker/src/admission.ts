@@ -19,7 +19,7 @@
  */
 import type { JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { SchemaError, Subjects, WorkerAdmissionState, type TenantId } from '@capstan/schemas';
+import { Subjects, WorkerAdmissionState, type TenantId, CapstanError, ErrorCode } from '@capstan/schemas';
 import { readAdmission, type Logger } from '@capstan/kit';
 import { AdmissionMode } from './config.js';
 
@@ -92,7 +92,7 @@ export async function startAdmissionGate(o: AdmissionGateOptions): Promise<Admis
           become(WorkerAdmissionState.Pending, 'no record');
         }
       } catch (e) {
-        if (e instanceof SchemaError) {
+        if (CapstanError.is(e, ErrorCode.SchemaViolation)) {
           log.error({ err: e }, 'admission record does not decode: not admitted');
           become(WorkerAdmissionState.Pending, 'unreadable admission record');
           return;

@@ -62,10 +62,11 @@ async function identity(config: Config): Promise<{ id: string; pools: Map<Tenant
   return { id, pools };
 }
 
-export async function createWorker(config: Config, log: Logger, opts: { handlers?: Handlers; audit?: AuditSink } = {}): Promise<WorkerApp> {
+/** `opts.demo`: with no `CAPSTAN_HANDLERS`, run the demo handlers (`capstan dev`) instead of refusing to start. */
+export async function createWorker(config: Config, log: Logger, opts: { handlers?: Handlers; audit?: AuditSink; demo?: boolean } = {}): Promise<WorkerApp> {
   // Built-in handlers first: a module's own handler of the same name wins.
   const builtin = datasyncHandlers({ nc: (t) => conns.get(t)?.nc, stallMs: config.datasyncStallMs });
-  const handlers: Handlers = { ...builtin, ...(opts.handlers ?? (await loadHandlers(config.handlersModule, builtin))) };
+  const handlers: Handlers = { ...builtin, ...(opts.handlers ?? (await loadHandlers(config.handlersModule, { demo: opts.demo === true, builtin }))) };
   const { id, pools } = await identity(config);
   // No connection is made here: an audit store that is down refuses external writes, it
   // does not keep the worker from running other steps.

@@ -14,11 +14,11 @@
  * its policy. Nothing is ever written unaudited, not even when audit is not configured.
  */
 import { createHash } from 'node:crypto';
-import { ACTOR_PATTERN, InvalidArgumentError, type RunId, type TenantId } from '@capstan/schemas';
+import { ACTOR_PATTERN, InvalidArgumentError, type RunId, type TenantId, AuditKind } from '@capstan/schemas';
 import { AuditAppend, inSpan, SpanKind, unavailableAuditSink, type AuditSink, type Logger } from '@capstan/kit';
 
 /** `kind` of the audit row announcing an external write. */
-export const EXTERNAL_WRITE_INTENT = 'external_write.intent';
+export const EXTERNAL_WRITE_INTENT = AuditKind.ExternalWriteIntent;
 
 /**
  * Performs an external write after its intent is in the audit log, and returns what

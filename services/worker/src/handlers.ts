@@ -6,7 +6,7 @@
  */
 import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
-import { CapstanError, ErrorCode, type JsonValue, type RunId, type TenantId } from '@capstan/schemas';
+import { CapstanError, ConfigError, ErrorCode, type JsonValue, type RunId, type TenantId } from '@capstan/schemas';
 import type { Logger } from '@capstan/kit';
 import type { ExternalWrite } from './external-write.js';
 
@@ -91,13 +91,22 @@ function missingHandlers(mod: { workflows?: unknown }, handlers: Handlers): stri
   return [...new Set(need)].filter((h) => !Object.hasOwn(handlers, h)).sort();
 }
 
+/** Why a worker without `CAPSTAN_HANDLERS` does not start. */
+export const HANDLERS_REQUIRED = 'CAPSTAN_HANDLERS is required: the path of the module that exports your handlers (only `capstan dev` runs the demo handlers without it)';
+
 /**
- * Loads `handlers` from a module path; the demo handlers when the path is empty. `builtin`
- * are the worker's own handlers (the data-sync pipeline steps): a module's workflows may
- * need them without defining them.
+ * Loads `handlers` from a module path. An empty path is a start-up error, so a production
+ * worker never runs the demo handlers by omission; only `capstan dev` (and tests) ask for
+ * them (`demo`). `builtin` are the worker's own handlers (the data-sync pipeline steps): a
+ * module's workflows may need them without defining them.
+ * @throws ConfigError when the path is empty and `demo` is not set
  */
-export async function loadHandlers(modulePath: string, builtin: Handlers = {}): Promise<Handlers> {
-  if (!modulePath) return demoHandlers;
+export async function loadHandlers(modulePath: string, opts: { readonly demo?: boolean; readonly builtin?: Handlers } = {}): Promise<Handlers> {
+  const builtin = opts.builtin ?? {};
+  if (!modulePath) {
+    if (opts.demo) return demoHandlers;
+    throw new ConfigError([HANDLERS_REQUIRED]);
+  }
   let mod: { handlers?: unknown; default?: unknown };
   try {
     mod = (await import(pathToFileURL(resolve(modulePath)).href)) as typeof mod;

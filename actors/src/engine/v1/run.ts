@@ -11,7 +11,8 @@ import { stateName, type Decision, type RunState } from '../state.js';
 import type { WorkflowDefinition } from '../../workflow.js';
 import { isPolicyGated, policyQueriesOf, POLICY_REASK_MS, timerId, type RunContext } from './compile.js';
 
-const DECISION_TYPES: ReadonlySet<string> = new Set([
+/** Engine 1's decisions (frozen: engine 2 accepts them as its legacy actions). */
+export const DECISION_TYPES: ReadonlySet<string> = new Set([
   'step.scheduled',
   'timer.scheduled',
   'step.waiting',

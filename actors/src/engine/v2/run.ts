@@ -14,9 +14,9 @@ import { stateName, type Decision, type RunState } from '../state.js';
 import { allInstances, BUSY, getInst, OPEN, type RunContext } from './context.js';
 import { EVENT_CAP, retryRefusal, START, underReplay } from './states.js';
 import { maxAttemptsOf, nodesByName } from './compile.js';
+import { DECISION_TYPES as LEGACY_DECISIONS } from '../v1/run.js';
 
 /** Decision types a hand-written machine may still name its actions after (engine 1's vocabulary). */
-const LEGACY_DECISIONS: ReadonlySet<string> = new Set(['step.scheduled', 'timer.scheduled', 'step.waiting', 'policy.requested', 'approval.requested', 'run.completed', 'run.failed', 'run.cancelled']);
 
 function toDecisions(workflowId: string, actions: readonly { type: string; params?: unknown }[]): DecisionEventBody[] {
   const out: DecisionEventBody[] = [];

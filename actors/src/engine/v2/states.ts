@@ -12,7 +12,7 @@
  */
 import { enqueueActions, setup } from 'xstate';
 import type { DecisionEventBody, InputEventBody, JsonValue, RunEventData } from '@capstan/schemas';
-import { ErrorCode } from '@capstan/schemas';
+import { ErrorCode, TOKEN_PATTERN } from '@capstan/schemas';
 import type { NChild, NContinue, NFanOut, NSignal, NSleep, NTask, RunData } from '../../workflow.js';
 import { continuedRunIdOf } from './ids.js';
 import { dataOf, failure, getInst, OPEN, type Instance, type KeyOf, type RunContext, type Step } from './context.js';
@@ -472,7 +472,7 @@ export function retryRefusal(c: RunContext, maxAttemptsOf: (node: string) => num
   if (!key || !i) return `it failed with ${c.lastError?.code ?? 'an error'} outside any step, and would fail the same way again`;
   const max = i.kind === 'task' || i.kind === 'child' ? (maxAttemptsOf(i.node) ?? 1) : 1;
   const last = i.attempt + max;
-  if (last > 1000 || !/^[a-z0-9][a-z0-9_-]{0,63}$/.test(`${key}-a${last}-approval-99`)) return `step ${key} has used ${i.attempt} attempts; no attempt numbers are left for another round`;
+  if (last > 1000 || !TOKEN_PATTERN.test(`${key}-a${last}-approval-99`)) return `step ${key} has used ${i.attempt} attempts; no attempt numbers are left for another round`;
   return undefined;
 }
 

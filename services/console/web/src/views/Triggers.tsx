@@ -6,8 +6,8 @@
 import { useState, type FormEvent } from 'react';
 import {
   apiPaths,
-  CATCHUP_POLICIES,
-  OVERLAP_POLICIES,
+  type CATCHUP_POLICIES,
+  type OVERLAP_POLICIES,
   roleAllows,
   type ActionResponse,
   type CreateScheduleRequest,

@@ -1,0 +1,55 @@
+/**
+ * HTTP for Capstan's APIs, decided once: the status each typed error code is answered with,
+ * and which `Host` headers a server answers at all.
+ */
+import { isIP } from 'node:net';
+import { ErrorCode } from '@capstan/schemas';
+
+/** The platform's error codes a caller can act on, by the status that says so. */
+const STATUS_OF: ReadonlyMap<string, number> = new Map([
+  ...[
+    ErrorCode.InvalidArgument,
+    ErrorCode.InvalidTenantId,
+    ErrorCode.InvalidRunId,
+    ErrorCode.InvalidName,
+    ErrorCode.SchemaViolation,
+    ErrorCode.PayloadTooLarge,
+    ErrorCode.DecodeFailed,
+    ErrorCode.QueryRefused,
+  ].map((c) => [c, 400] as const),
+  ...[ErrorCode.RunNotFound, ErrorCode.UnknownTenant, ErrorCode.UnknownWorkflow].map((c) => [c, 404] as const),
+  ...[ErrorCode.Unavailable, ErrorCode.ProjectionOutOfSync, ErrorCode.DatasyncUnavailable, ErrorCode.SourceUnavailable].map((c) => [c, 503] as const),
+]);
+
+/**
+ * The status a typed error's code is answered with; `undefined` for codes that are not the
+ * caller's to act on (answered as a bare 500 by the server). Every `*_not_found` is a 404.
+ */
+export function httpStatusOf(code: string): number | undefined {
+  return STATUS_OF.get(code) ?? (code.endsWith('_not_found') ? 404 : undefined);
+}
+
+/**
+ * Whether a request's `Host` header names this server. DNS rebinding points a name the
+ * attacker owns at a loopback or private address, so the browser's requests carry that
+ * name as their Host: only IP literals, `localhost` and the names a server was told it is
+ * reached by (`allowed`, host names without port, lower case) are answered.
+ */
+export function hostAllowed(host: string | undefined, allowed: ReadonlySet<string> = new Set()): boolean {
+  if (!host) return false;
+  const name = hostnameOf(host);
+  if (name === undefined) return false;
+  return name === 'localhost' || isIP(name) !== 0 || allowed.has(name);
+}
+
+/** The host name of a `Host` header (`[::1]:80` → `::1`), lower case; undefined when malformed. */
+function hostnameOf(host: string): string | undefined {
+  const h = host.trim().toLowerCase();
+  if (h.startsWith('[')) {
+    const end = h.indexOf(']');
+    return end > 1 ? h.slice(1, end) : undefined;
+  }
+  const colon = h.indexOf(':');
+  const name = colon >= 0 ? h.slice(0, colon) : h;
+  return /^[a-z0-9.-]{1,253}$/.test(name) ? name : undefined;
+}
