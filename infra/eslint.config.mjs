@@ -33,8 +33,7 @@ const deepImportPatterns = [
 ];
 
 /** Subjects and stream names are spelled in schemas/src/names.ts and nowhere else. */
-const NAMES_MESSAGE =
-  'Spell NATS subjects and stream names only in schemas/src/names.ts: use `Subjects`, `Streams` or `Consumers` from @capstan/schemas.';
+const NAMES_MESSAGE = 'Spell NATS subjects and stream names only in schemas/src/names.ts: use `Subjects`, `Streams` or `Consumers` from @capstan/schemas.';
 const namesSyntax = [
   { selector: 'Literal[value=/^(cap\\.|CAP_)/]', message: NAMES_MESSAGE },
   { selector: 'TemplateLiteral > TemplateElement:first-child[value.raw=/^(cap\\.|CAP_)/]', message: NAMES_MESSAGE },
@@ -119,10 +118,7 @@ const configs = defineConfig(
       '@typescript-eslint/no-misused-promises': 'error',
       '@typescript-eslint/consistent-type-imports': ['error', { prefer: 'type-imports', fixStyle: 'inline-type-imports' }],
       '@typescript-eslint/switch-exhaustiveness-check': ['error', { considerDefaultExhaustiveForUnions: true }],
-      '@typescript-eslint/no-unused-vars': [
-        'error',
-        { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrorsIgnorePattern: '^_', destructuredArrayIgnorePattern: '^_' },
-      ],
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrorsIgnorePattern: '^_', destructuredArrayIgnorePattern: '^_' }],
       'no-restricted-imports': ['error', { patterns: deepImportPatterns }],
       'no-restricted-syntax': ['error', ...namesSyntax],
 
@@ -171,11 +167,7 @@ const configs = defineConfig(
       'capstan/imports-within': ['error', { dir: 'actors/src', message: IO }],
       // Each clock/random source is reported once: Date.now and Math.random as properties
       // (calls and references alike), performance/crypto/timers as globals.
-      'no-restricted-properties': [
-        'error',
-        { object: 'Date', property: 'now', message: TIME },
-        { object: 'Math', property: 'random', message: RANDOM },
-      ],
+      'no-restricted-properties': ['error', { object: 'Date', property: 'now', message: TIME }, { object: 'Math', property: 'random', message: RANDOM }],
       'no-restricted-syntax': [
         'error',
         ...namesSyntax,

@@ -97,7 +97,9 @@ const sudo = !root0 && has('sudo') && spawnSync('sudo', ['-n', 'true'], { stdio:
 const may = debian && (root0 || sudo);
 const getIt = (pkg) => (debian ? `sudo apt-get install ${pkg}` : `install ${pkg}`);
 
-say(`capstan provision: for \`npm ${purpose}\` on ${osField('PRETTY_NAME') || 'an unknown OS'}, node ${process.version}, ${root0 ? 'root' : sudo ? 'passwordless sudo' : 'no root'}`);
+say(
+  `capstan provision: for \`npm ${purpose}\` on ${osField('PRETTY_NAME') || 'an unknown OS'}, node ${process.version}, ${root0 ? 'root' : sudo ? 'passwordless sudo' : 'no root'}`,
+);
 if (!debian) say('capstan provision: not Debian or Ubuntu with apt-get: nothing is installed, only checked');
 
 // ---------------------------------------------------------------------------------------
@@ -107,7 +109,8 @@ if (!debian) say('capstan provision: not Debian or Ubuntu with apt-get: nothing 
 const engineAnswers = () =>
   has('docker')
     ? spawnSync('docker', ['info'], { stdio: 'ignore', timeout: 10_000 }).status === 0
-    : quiet('curl', ['-fsS', '--max-time', '2', '--unix-socket', (process.env.DOCKER_HOST ?? '').replace(/^unix:\/\//, '') || '/var/run/docker.sock', 'http://localhost/_ping']).status === 0;
+    : quiet('curl', ['-fsS', '--max-time', '2', '--unix-socket', (process.env.DOCKER_HOST ?? '').replace(/^unix:\/\//, '') || '/var/run/docker.sock', 'http://localhost/_ping'])
+        .status === 0;
 const ENGINE = 'a Docker engine (sandboxed steps and their tests)';
 const CHROMIUM_WHAT = `Chromium at ${CHROMIUM} (the console's browser tests)`;
 
@@ -146,7 +149,11 @@ step('debian packages', () => {
 step('nats-server', () => {
   const r = quiet(process.execPath, [join(root, 'infra/nats/install.mjs')]);
   if (r.status !== 0) throw new Error((r.stderr || r.stdout).trim());
-  return r.stdout.trim().replace(/^capstan: /, '').split('\n').at(-1);
+  return r.stdout
+    .trim()
+    .replace(/^capstan: /, '')
+    .split('\n')
+    .at(-1);
 });
 
 // ---------------------------------------------------------------------------------------
@@ -190,7 +197,10 @@ step('docker engine', () => {
   const out = `${r.stdout}${r.stderr}`.trim();
   if (r.status === 0) {
     engine = true;
-    return out.split('\n').map((l) => l.replace(/^docker engine: /, '')).join('; ');
+    return out
+      .split('\n')
+      .map((l) => l.replace(/^docker engine: /, ''))
+      .join('; ');
   }
   // Not allowed to start one: sandboxes (and their tests) wait for someone who may.
   if (r.status === 3) return lack(ENGINE, 'run `sudo bash infra/docker/ensure-dockerd.sh` once');

@@ -181,7 +181,13 @@ export type NSignal = {
   readonly onTimeout?: 'fail' | 'continue';
   readonly when?: (data: RunData) => boolean;
 };
-export type NSleep = { readonly kind: 'sleep'; readonly name: string; readonly ms?: number; readonly until?: (data: RunData) => number; readonly when?: (data: RunData) => boolean };
+export type NSleep = {
+  readonly kind: 'sleep';
+  readonly name: string;
+  readonly ms?: number;
+  readonly until?: (data: RunData) => number;
+  readonly when?: (data: RunData) => boolean;
+};
 export type NParallel = { readonly kind: 'parallel'; readonly name: string; readonly branches: readonly (readonly NNode[])[]; readonly when?: (data: RunData) => boolean };
 export type NFanOut = {
   readonly kind: 'fanout';
@@ -294,8 +300,16 @@ export function defineWorkflow<const S extends WorkflowSpec>(spec: S): WorkflowD
   if (!Number.isSafeInteger(maxEvents) || maxEvents < 16 || maxEvents > MAX_RUN_EVENTS) throw new InvalidWorkflowError(id, `maxEvents must be 16..${MAX_RUN_EVENTS}`);
   const onEventCap = spec.onEventCap ?? 'fail';
   if (onEventCap !== 'fail' && onEventCap !== 'continue-as-new') throw new InvalidWorkflowError(id, 'onEventCap must be fail or continue-as-new');
-  if (spec.continueInput !== undefined && typeof spec.continueInput !== 'function') throw new InvalidWorkflowError(id, 'continueInput must be a function of the run\'s data');
-  const common = { id, version, searchKeys, maxEvents, onEventCap, ...(spec.continueInput ? { continueInput: spec.continueInput } : {}), ...(spec.input ? { input: spec.input } : {}) };
+  if (spec.continueInput !== undefined && typeof spec.continueInput !== 'function') throw new InvalidWorkflowError(id, "continueInput must be a function of the run's data");
+  const common = {
+    id,
+    version,
+    searchKeys,
+    maxEvents,
+    onEventCap,
+    ...(spec.continueInput ? { continueInput: spec.continueInput } : {}),
+    ...(spec.input ? { input: spec.input } : {}),
+  };
   if (spec.machine) {
     if (spec.steps) throw new InvalidWorkflowError(id, 'give steps or a machine, not both');
     const machine = spec.machine;
@@ -409,7 +423,8 @@ function normaliseNode(id: string, s: StepDefinition, results: Map<string, Stand
     return { kind: 'branch', name: s.name, test: fn(id, s.name, 'if', s.if), then, else: otherwise, ...when };
   }
   if ('loop' in s) {
-    if (!Number.isSafeInteger(s.maxIterations) || s.maxIterations < 1 || s.maxIterations > MAX_LOOP_ITERATIONS) throw bad(id, `step ${s.name}: maxIterations must be 1..${MAX_LOOP_ITERATIONS}`);
+    if (!Number.isSafeInteger(s.maxIterations) || s.maxIterations < 1 || s.maxIterations > MAX_LOOP_ITERATIONS)
+      throw bad(id, `step ${s.name}: maxIterations must be 1..${MAX_LOOP_ITERATIONS}`);
     if (s.loop.length === 0) throw bad(id, `step ${s.name}: the loop body needs at least one step`);
     const body = Object.freeze(s.loop.map((x) => normaliseNode(id, x, results, `${path}-99999`)));
     return { kind: 'loop', name: s.name, body, until: fn(id, s.name, 'until', s.until), max: s.maxIterations, ...when };
@@ -433,7 +448,10 @@ function normaliseTask(id: string, s: Omit<TaskStep, 'when'>, results: Map<strin
   const handler = s.handler ?? `${id}.${s.name}`;
   // What the step.scheduled / timer.scheduled schemas accept, checked here rather than at run time.
   if (handler.length < 1 || handler.length > 128) throw bad(id, `step ${s.name}: handler must have 1..128 characters`);
-  if (!TOKEN_PATTERN.test(timerId(s.name, retry.maxAttempts, TimerKind.Timeout)) || (mode !== Mode.Inline && !TOKEN_PATTERN.test(`${timerId(s.name, retry.maxAttempts, TimerKind.Policy)}-99`))) {
+  if (
+    !TOKEN_PATTERN.test(timerId(s.name, retry.maxAttempts, TimerKind.Timeout)) ||
+    (mode !== Mode.Inline && !TOKEN_PATTERN.test(`${timerId(s.name, retry.maxAttempts, TimerKind.Policy)}-99`))
+  ) {
     throw bad(id, `step ${s.name}: name is too long for its timer ids (${TOKEN_PATTERN.source})`);
   }
   const sandbox = s.sandbox === undefined ? undefined : checkSandbox(id, s.name, mode, s.sandbox);
@@ -499,8 +517,7 @@ function checkNames(id: string, nodes: readonly NNode[]): void {
       else if (n.kind === 'branch' || n.kind === 'patch') {
         walk(n.then, depth);
         walk(n.else, depth);
-      }
-      else if (n.kind === 'loop') walk(n.body, depth + 1);
+      } else if (n.kind === 'loop') walk(n.body, depth + 1);
     }
   };
   walk(nodes, 0);

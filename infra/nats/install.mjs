@@ -52,7 +52,8 @@ try {
   if (!v || !atLeast(v, MIN)) throw new Error(`installed nats-server reports ${v ? v.join('.') : 'no version'}; need >= ${MIN.join('.')}`);
   done(target, v);
 } catch (e) {
-  const msg = `capstan: could not install nats-server >= ${MIN.join('.')}: ${e instanceof Error ? e.message : e}\n` +
+  const msg =
+    `capstan: could not install nats-server >= ${MIN.join('.')}: ${e instanceof Error ? e.message : e}\n` +
     `  Needs apt-get and dpkg-deb (Debian/Ubuntu) with access to deb.debian.org, or put a nats-server >= 2.12\n` +
     `  binary at ${target} (or set CAPSTAN_NATS_SERVER to its path).`;
   console.error(msg);

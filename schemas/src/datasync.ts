@@ -91,7 +91,21 @@ export const connectionSpecSchema = obj('connection', {
 export type ConnectionSpec = Infer<typeof connectionSpecSchema>;
 
 /** Types a model field may be cast to (anything else keeps its source type). */
-export const FIELD_TYPES = ['text', 'integer', 'bigint', 'smallint', 'numeric', 'boolean', 'date', 'timestamp', 'timestamptz', 'double precision', 'real', 'jsonb', 'uuid'] as const;
+export const FIELD_TYPES = [
+  'text',
+  'integer',
+  'bigint',
+  'smallint',
+  'numeric',
+  'boolean',
+  'date',
+  'timestamp',
+  'timestamptz',
+  'double precision',
+  'real',
+  'jsonb',
+  'uuid',
+] as const;
 
 const fieldSchema = obj('field', {
   /** The field's name in the model (and the destination's column). */

@@ -286,7 +286,9 @@ export const checkpoints = pgTable(
     tenant: text('tenant').notNull(),
     stream: text('stream').notNull(),
     lastStreamSeq: bigint('last_stream_seq', { mode: 'number' }).notNull(),
-    updatedAt: ts('updated_at').notNull().default(sql`now()`),
+    updatedAt: ts('updated_at')
+      .notNull()
+      .default(sql`now()`),
     /**
      * Which stream the checkpoint counts in: its creation time as the server reports it
      * (null until recorded). A stream of the same name created again (a new store, a
@@ -315,7 +317,9 @@ export const deadLetters = pgTable(
     subject: text('subject').notNull(),
     code: text('code').notNull(),
     message: text('message').notNull(),
-    at: ts('at').notNull().default(sql`now()`),
+    at: ts('at')
+      .notNull()
+      .default(sql`now()`),
   },
   (t) => [uniqueIndex('dead_letters_position').on(t.tenant, t.stream, t.streamSeq)],
 );
@@ -339,7 +343,9 @@ export const secretDataKeys = pgTable(
     /** nonce (12) ‖ ciphertext (32) ‖ tag (16). */
     wrapped: bytea('wrapped').notNull(),
     masterKeyId: text('master_key_id').notNull(),
-    createdAt: ts('created_at').notNull().default(sql`now()`),
+    createdAt: ts('created_at')
+      .notNull()
+      .default(sql`now()`),
   },
   (t) => [primaryKey({ columns: [t.tenant, t.version] })],
 );
@@ -470,7 +476,9 @@ export const datasyncSpecs = pgTable(
     spec: jsonb('spec').notNull(),
     fingerprint: text('fingerprint').notNull(),
     updatedBy: text('updated_by').notNull(),
-    updatedAt: ts('updated_at').notNull().default(sql`now()`),
+    updatedAt: ts('updated_at')
+      .notNull()
+      .default(sql`now()`),
     deletedAt: ts('deleted_at'),
   },
   (t) => [primaryKey({ columns: [t.tenant, t.kind, t.id] })],
@@ -491,7 +499,9 @@ export const datasyncPipelines = pgTable(
     model: text('model').notNull(),
     destination: text('destination').notNull(),
     /** Per entity: the cursor column's last loaded value, as text. */
-    cursors: jsonb('cursors').notNull().default(sql`'{}'::jsonb`),
+    cursors: jsonb('cursors')
+      .notNull()
+      .default(sql`'{}'::jsonb`),
     /** Fingerprint of the model and destination specs the state was built for: a change means a full run. */
     specFingerprint: text('spec_fingerprint'),
     committedRun: text('committed_run'),
@@ -516,7 +526,9 @@ export const datasyncRunSteps = pgTable(
     pipeline: text('pipeline').notNull(),
     state: jsonb('state').notNull(),
     result: jsonb('result').notNull(),
-    finishedAt: ts('finished_at').notNull().default(sql`now()`),
+    finishedAt: ts('finished_at')
+      .notNull()
+      .default(sql`now()`),
   },
   (t) => [primaryKey({ columns: [t.tenant, t.runId, t.step] })],
 );

@@ -273,15 +273,16 @@ export class UnknownWorkflowError extends CapstanError {
   ) {
     super(
       ErrorCode.UnknownWorkflow,
-      version === undefined
-        ? `unknown workflow ${JSON.stringify(workflow.slice(0, 64))}`
-        : `workflow ${JSON.stringify(workflow)} has no registered version ${version}`,
+      version === undefined ? `unknown workflow ${JSON.stringify(workflow.slice(0, 64))}` : `workflow ${JSON.stringify(workflow)} has no registered version ${version}`,
     );
   }
 }
 
 export class InvalidWorkflowError extends CapstanError {
-  constructor(readonly workflow: string, problem: string) {
+  constructor(
+    readonly workflow: string,
+    problem: string,
+  ) {
     super(ErrorCode.InvalidWorkflow, `workflow ${JSON.stringify(workflow)}: ${problem}`);
   }
 }

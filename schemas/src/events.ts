@@ -111,7 +111,6 @@ export const credentialAsked = {
   reason: str({ max: 500 }),
 };
 
-
 const eventData = {
   'run.started': obj('run.started', {
     workflow: str({ min: 1, max: 128 }),

@@ -33,16 +33,7 @@ export {
   ExportDamagedError,
 } from './errors.js';
 export type { ErrorRecord } from './errors.js';
-export {
-  TENANT_ID_PATTERN,
-  RUN_ID_PATTERN,
-  isTenantId,
-  parseTenantId,
-  isRunId,
-  parseRunId,
-  makeRunId,
-  runIdTime,
-} from './ids.js';
+export { TENANT_ID_PATTERN, RUN_ID_PATTERN, isTenantId, parseTenantId, isRunId, parseRunId, makeRunId, runIdTime } from './ids.js';
 export type { TenantId, RunId } from './ids.js';
 export {
   TOKEN_PATTERN,
@@ -96,27 +87,9 @@ export {
   type SignerRecord,
   reasonSchema,
 } from './events.js';
-export type {
-  RunEvent,
-  RunEventType,
-  RunEventBody,
-  RunEventData,
-  InputEventType,
-  InputEventBody,
-  DecisionEventBody,
-} from './events.js';
+export type { RunEvent, RunEventType, RunEventBody, RunEventData, InputEventType, InputEventBody, DecisionEventBody } from './events.js';
 export { parseCommand, isCommandVerb, COMMAND_VERBS, DECISION_VERBS, WorkerAdmissionState, WORKER_ID_PATTERN, parseWorkerAdmission } from './commands.js';
-export type {
-  Command,
-  CommandOf,
-  SubmitCommand,
-  ResultCommand,
-  TimerCommand,
-  ApproveCommand,
-  DenyCommand,
-  RetryCommand,
-  WorkerAdmissionRecord,
-} from './commands.js';
+export type { Command, CommandOf, SubmitCommand, ResultCommand, TimerCommand, ApproveCommand, DenyCommand, RetryCommand, WorkerAdmissionRecord } from './commands.js';
 export { parseWorkItem, parseWorkerHeartbeat, parseStepCancel } from './work.js';
 export type { WorkItem, WorkerHeartbeat, StepCancel } from './work.js';
 export { encode, decode, encodedSize } from './codec.js';
@@ -127,7 +100,17 @@ export { RunStatus, RUN_STATUSES, isRunStatus } from './status.js';
 export { ENV_NAME_PATTERN, EGRESS_PATTERN, sandboxSpecSchema, sandboxName } from './sandbox-spec.js';
 export type { SandboxSpec } from './sandbox-spec.js';
 export { parseSandboxExecRequest, parseSandboxReply, parseCredentialRequest, parseCredentialAnswer, parseSandboxCancelRequest, parseSandboxCancelReply } from './sandbox.js';
-export type { SandboxExecRequest, SignedWork, SandboxReply, SandboxResult, Artifact, CredentialRequest, CredentialAnswer, SandboxCancelRequest, SandboxCancelReply } from './sandbox.js';
+export type {
+  SandboxExecRequest,
+  SignedWork,
+  SandboxReply,
+  SandboxResult,
+  Artifact,
+  CredentialRequest,
+  CredentialAnswer,
+  SandboxCancelRequest,
+  SandboxCancelReply,
+} from './sandbox.js';
 export {
   Lifecycle,
   LIFECYCLES,
@@ -207,26 +190,8 @@ export {
   PolicyUnavailableError,
   PolicyVersionNotFoundError,
 } from './policy.js';
-export type {
-  PolicyQuery,
-  PolicyDecision,
-  PolicyVersionRecord,
-  PolicyVersionSummary,
-  PolicyRequest,
-  PolicyReply,
-  PolicyDiagnostic,
-  PolicyErrorReply,
-} from './policy.js';
-export {
-  Role,
-  TENANT_ROLES,
-  SERVICE_ROLES,
-  isServiceRole,
-  isTenantRole,
-  inboxPrefixFor,
-  permissionsFor,
-  platformPermissions,
-} from './permissions.js';
+export type { PolicyQuery, PolicyDecision, PolicyVersionRecord, PolicyVersionSummary, PolicyRequest, PolicyReply, PolicyDiagnostic, PolicyErrorReply } from './policy.js';
+export { Role, TENANT_ROLES, SERVICE_ROLES, isServiceRole, isTenantRole, inboxPrefixFor, permissionsFor, platformPermissions } from './permissions.js';
 export type { TenantRole, ServiceRole, RolePermissions, RoleScope } from './permissions.js';
 export { DEFAULT_TENANT_QUOTA, DEFAULT_TENANT_PLACEMENT, REPLICA_COUNTS, parseTenantPlacement, tenantQuotaSchema, parseTenantRecord } from './tenancy.js';
 export type { TenantPlacement, TenantQuota, TenantRecord } from './tenancy.js';

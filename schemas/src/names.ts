@@ -132,8 +132,7 @@ export const Subjects = {
   command: (t: TenantId, verb: CommandVerb) => `${PREFIX}.${t}.cmd.${verb}`,
   allCommands: (t: TenantId) => `${PREFIX}.${t}.cmd.*`,
   /** The holder of one durable timer (a JetStream message schedule). */
-  timer: (t: TenantId, runId: RunId, timerId: string) =>
-    `${PREFIX}.${t}.timers.${runId}.${parseToken('timer id', timerId)}`,
+  timer: (t: TenantId, runId: RunId, timerId: string) => `${PREFIX}.${t}.timers.${runId}.${parseToken('timer id', timerId)}`,
   allTimers: (t: TenantId) => `${PREFIX}.${t}.timers.>`,
   work: (t: TenantId, pool: string) => `${PREFIX}.${t}.work.${parseToken('pool', pool)}`,
   allWork: (t: TenantId) => `${PREFIX}.${t}.work.*`,

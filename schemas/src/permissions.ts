@@ -14,20 +14,7 @@
  * response permission (`resp`), valid only for requests it received. Nobody may publish
  * on another user's inbox, so an answer cannot be forged by a third party.
  */
-import {
-  CommandVerb,
-  Consumers,
-  DatasyncVerb,
-  DeadLetterSource,
-  JsApi,
-  Platform,
-  PolicyVerb,
-  SecretsVerb,
-  Streams,
-  Subjects,
-  TriggerVerb,
-  parseToken,
-} from './names.js';
+import { CommandVerb, Consumers, DatasyncVerb, DeadLetterSource, JsApi, Platform, PolicyVerb, SecretsVerb, Streams, Subjects, TriggerVerb, parseToken } from './names.js';
 import { InvalidArgumentError } from './errors.js';
 import type { TenantId } from './ids.js';
 

@@ -296,10 +296,7 @@ export function parsePolicyReply<V extends PolicyVerb>(verb: V, value: Record<st
 export class PolicyInvalidError extends CapstanError {
   constructor(readonly diagnostics: readonly PolicyDiagnostic[]) {
     const errors = diagnostics.filter((d) => d.severity === 'error');
-    super(
-      ErrorCode.PolicyInvalid,
-      `the policy is invalid (${errors.length} error${errors.length === 1 ? '' : 's'}):\n  ${errors.map((d) => formatDiagnostic(d)).join('\n  ')}`,
-    );
+    super(ErrorCode.PolicyInvalid, `the policy is invalid (${errors.length} error${errors.length === 1 ? '' : 's'}):\n  ${errors.map((d) => formatDiagnostic(d)).join('\n  ')}`);
   }
 }
 

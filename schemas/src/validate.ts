@@ -161,10 +161,7 @@ export function jsonObject(opts: { maxDepth?: number } = {}): Schema<{ [k: strin
 }
 
 /** A union told apart by its `type` field. */
-export function tagged<M extends Record<string, Schema<unknown>>>(
-  name: string,
-  members: M,
-): Schema<{ [K in keyof M]: Infer<M[K]> }[keyof M]> {
+export function tagged<M extends Record<string, Schema<unknown>>>(name: string, members: M): Schema<{ [K in keyof M]: Infer<M[K]> }[keyof M]> {
   return {
     name,
     parse(v, path = '') {

@@ -17,17 +17,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  connectNats,
-  createLogger,
-  issueCredential,
-  openAuthStore,
-  parseCredentials,
-  PROJECT_ROOT,
-  provisionTenant,
-  startNatsCluster,
-  tenantConnection,
-} from '@capstan/kit';
+import { connectNats, createLogger, issueCredential, openAuthStore, parseCredentials, PROJECT_ROOT, provisionTenant, startNatsCluster, tenantConnection } from '@capstan/kit';
 import { parseTenantId, Role, type TenantPlacement } from '@capstan/schemas';
 import { median, percentile, writeSection } from './report.js';
 import { createW3Load } from './w3-load.js';
@@ -60,7 +50,8 @@ async function rep(n: number): Promise<Rep> {
   const t = parseTenantId('bench');
   await provisionTenant(admin, t, { placement: { replicas: REPLICAS, tags: [] } });
   const procs: ServiceProcess[] = [];
-  const connect = async (creds: Uint8Array, name: string) => tenantConnection(t, await connectNats(cluster.urls, name, quiet, { credentials: await parseCredentials(creds, name) }));
+  const connect = async (creds: Uint8Array, name: string) =>
+    tenantConnection(t, await connectNats(cluster.urls, name, quiet, { credentials: await parseCredentials(creds, name) }));
   const watcher = await connect(await store.adminCreds(t), 'bench-admin');
   const submitter = await connect(await store.mintUser(t, Role.Client, 'bench-client'), 'bench-client');
   try {
@@ -111,7 +102,16 @@ async function main(): Promise<void> {
     '',
     '| layout | W3 runs/s | p50 ms | p99 ms |',
     '| --- | --- | --- | --- |',
-    `| 3 nodes, R${REPLICAS} | ${f(reps.map((r) => r.runsPerSec), 0)} | ${f(reps.map((r) => r.p50), 2)} | ${f(reps.map((r) => r.p99), 2)} |`,
+    `| 3 nodes, R${REPLICAS} | ${f(
+      reps.map((r) => r.runsPerSec),
+      0,
+    )} | ${f(
+      reps.map((r) => r.p50),
+      2,
+    )} | ${f(
+      reps.map((r) => r.p99),
+      2,
+    )} |`,
     '',
   ].join('\n');
   writeSection(OUT, 'cluster', md);

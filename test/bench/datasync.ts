@@ -50,7 +50,8 @@ async function run(client: CapstanClient, t: TenantId, destination: string): Pro
   const ms = performance.now() - t0;
   if (end.type !== 'run.completed') throw new Error(`run ${runId} ended ${end.type}: ${JSON.stringify(end.data)}`);
   const steps: Record<string, DatasyncStepResult> = {};
-  for (const e of await client.events(t, runId)) if (e.type === 'step.completed') steps[(e.data as { step: string }).step] = parseStepResult((e.data as { result: unknown }).result);
+  for (const e of await client.events(t, runId))
+    if (e.type === 'step.completed') steps[(e.data as { step: string }).step] = parseStepResult((e.data as { result: unknown }).result);
   return { ms, steps };
 }
 
@@ -84,14 +85,29 @@ for (const size of SIZES) {
       await new Promise((r) => setTimeout(r, 100));
     }
   }
-  await defineCatalog(nc, t, src, { password: 'bench', destinations: { warehouse: { type: 'postgres', connection: 'shop', schema: 'warehouse' }, lake: { type: 'files', path: 'lake', format: 'jsonl' } } });
-  const total = Number((await src.query<{ n: string }>('select (select count(*) from customers) + (select count(*) from products) + (select count(*) from orders) + (select count(*) from order_items) as n'))[0]?.n);
+  await defineCatalog(nc, t, src, {
+    password: 'bench',
+    destinations: { warehouse: { type: 'postgres', connection: 'shop', schema: 'warehouse' }, lake: { type: 'files', path: 'lake', format: 'jsonl' } },
+  });
+  const total = Number(
+    (
+      await src.query<{ n: string }>(
+        'select (select count(*) from customers) + (select count(*) from products) + (select count(*) from orders) + (select count(*) from order_items) as n',
+      )
+    )[0]?.n,
+  );
   const row: Row = { size, total, full: {}, incremental: {}, changed: 0, peakMiB: 0 };
   for (const d of ['warehouse', 'lake']) {
     say(`size ${size}: full run into ${d} …`);
     row.full[d] = await run(client, t, d);
   }
-  row.changed = Number((await src.query<{ n: string }>(`with u as (update order_items set qty = qty + 1, updated_at = now() where (order_id * 5 + line) % 100 = 0 returning 1) select count(*) as n from u`))[0]?.n);
+  row.changed = Number(
+    (
+      await src.query<{ n: string }>(
+        `with u as (update order_items set qty = qty + 1, updated_at = now() where (order_id * 5 + line) % 100 = 0 returning 1) select count(*) as n from u`,
+      )
+    )[0]?.n,
+  );
   for (const d of ['warehouse', 'lake']) {
     say(`size ${size}: incremental run into ${d} after ${row.changed} changes …`);
     row.incremental[d] = await run(client, t, d);
@@ -116,7 +132,9 @@ for (const r of rows) {
   for (const d of ['warehouse', 'lake']) {
     const f = r.full[d] as Row['full'][string];
     const i = r.incremental[d] as Row['full'][string];
-    lines.push(`| ${r.size.toLocaleString('en')} | ${d === 'warehouse' ? 'Postgres schema' : 'JSONL files'} | ${r.total.toLocaleString('en')} | ${s(f.ms)} s | **${Math.round(r.total / (f.ms / 1000)).toLocaleString('en')}** | ${stepsOf(f)} | ${s(i.ms)} s (${(i.steps['load']?.rows ?? 0).toLocaleString('en')} rows) | ${r.peakMiB.toFixed(0)} MiB |`);
+    lines.push(
+      `| ${r.size.toLocaleString('en')} | ${d === 'warehouse' ? 'Postgres schema' : 'JSONL files'} | ${r.total.toLocaleString('en')} | ${s(f.ms)} s | **${Math.round(r.total / (f.ms / 1000)).toLocaleString('en')}** | ${stepsOf(f)} | ${s(i.ms)} s (${(i.steps['load']?.rows ?? 0).toLocaleString('en')} rows) | ${r.peakMiB.toFixed(0)} MiB |`,
+    );
   }
 }
 const md = [

@@ -71,7 +71,9 @@ for (let i = 0; i < REPS; i++) {
   say(`rep ${i + 1}: ${r.seconds.toFixed(2)} s, ${r.events} events, orchestrator peak ${r.peakMiB.toFixed(0)} MiB, replay ${r.replayMs.toFixed(0)} ms`);
   reps.push(r);
 }
-const load = loadavg().map((x) => x.toFixed(2)).join(' ');
+const load = loadavg()
+  .map((x) => x.toFixed(2))
+  .join(' ');
 const body = `## Fan-out of ${ITEMS.toLocaleString('en-US')} items (engine 2)
 
 One run: a fan-out over ${ITEMS} instant mode-0 items, 200 at a time, then a summary step;

@@ -70,7 +70,10 @@ async function workload(label: string, governed: boolean): Promise<{ latency: nu
     await policy.start();
     const secrets = await createSecretsLease(secretsConfig({ ...as(Role.SecretsLease), SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }), silent, { database: db });
     await secrets.start();
-    stops.push(() => secrets.stop(), () => policy.stop());
+    stops.push(
+      () => secrets.stop(),
+      () => policy.stop(),
+    );
     await setPolicy(nc, t, {
       by: 'bench',
       text: `permit(principal in Workflow::"${t}/bench.gated", action == Action::"run-step", resource) when { resource.level == 2 };\npermit(principal in Workflow::"${t}/bench.gated", action == Action::"lease-secret", resource == Secret::"${t}/BENCH_TOKEN");\n`,
@@ -80,17 +83,32 @@ async function workload(label: string, governed: boolean): Promise<{ latency: nu
     writeFileSync(secretsFile, JSON.stringify({ [t]: { BENCH_TOKEN: token } }));
   }
   const sandboxes = await createSandboxService(
-    sandboxConfig({ ...as(Role.Sandbox), SANDBOX_NODE: `${label}${process.pid}`, SANDBOX_POOL_MIN: '4', SANDBOX_POOL_MAX: '4', SANDBOX_ARTIFACTS_DIR: artifacts, SANDBOX_SECRETS_FILE: governed ? '' : secretsFile }),
+    sandboxConfig({
+      ...as(Role.Sandbox),
+      SANDBOX_NODE: `${label}${process.pid}`,
+      SANDBOX_POOL_MIN: '4',
+      SANDBOX_POOL_MAX: '4',
+      SANDBOX_ARTIFACTS_DIR: artifacts,
+      SANDBOX_SECRETS_FILE: governed ? '' : secretsFile,
+    }),
     silent,
     { image },
   );
   await sandboxes.start();
   await sandboxes.ready;
   const orch = await createOrchestrator(orchestratorConfig({ ...as(Role.Orchestrator), ORCH_POLICY: governed ? 'on' : 'off' }), silent, { registry });
-  const worker = await createWorker(workerConfig({ ...base, NATS_CREDS: await nats.workerCreds(t, `w-${label}`), WORKER_ADMISSION: 'auto', WORKER_LEASES: governed ? 'on' : 'off' }), silent, { demo: true });
+  const worker = await createWorker(
+    workerConfig({ ...base, NATS_CREDS: await nats.workerCreds(t, `w-${label}`), WORKER_ADMISSION: 'auto', WORKER_LEASES: governed ? 'on' : 'off' }),
+    silent,
+    { demo: true },
+  );
   await orch.start();
   await worker.start();
-  stops.unshift(() => worker.stop(), () => orch.stop(), () => sandboxes.stop());
+  stops.unshift(
+    () => worker.stop(),
+    () => orch.stop(),
+    () => sandboxes.stop(),
+  );
   await new Promise((r) => setTimeout(r, 3000));
 
   const latency: number[] = [];

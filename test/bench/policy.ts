@@ -116,7 +116,10 @@ async function main(): Promise<void> {
   const small = compiled(REALISTIC);
   const bigText = fourKiB();
   const big = compiled(bigText);
-  for (const [set, what] of [[small, 'realistic'], [big, '4 KiB']] as const) {
+  for (const [set, what] of [
+    [small, 'realistic'],
+    [big, '4 KiB'],
+  ] as const) {
     const d = decideAll(set, 1, T, STEP);
     if (d.decision !== 'allow') throw new Error(`the ${what} policy should allow the bench step: ${JSON.stringify(d)}`);
   }
@@ -146,7 +149,12 @@ async function main(): Promise<void> {
     const check = await askPolicy(nc, T, STEP);
     if (check.decision !== 'allow' || check.version !== set.version) throw new Error(`unexpected decision over NATS: ${JSON.stringify(check)}`);
     say(`over NATS, ${NATS_ITER} requests per case:`);
-    for (const [inflight, repeated] of [[1, false], [1, true], [16, false], [16, true]] as const) {
+    for (const [inflight, repeated] of [
+      [1, false],
+      [1, true],
+      [16, false],
+      [16, true],
+    ] as const) {
       const r = await measureAsync(`askPolicy, 4 ${repeated ? 'repeated' : 'new'} queries, ${inflight} in flight`, NATS_ITER, inflight, async () => {
         const queries = repeated ? STEP : STEP.map(fresh);
         const d = await askPolicy(nc, T, queries, { timeoutMs: 5000 });

@@ -18,18 +18,7 @@
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import type { JetStreamManager } from '@nats-io/jetstream';
-import {
-  appendBatch,
-  createLogger,
-  migrate,
-  newRunId,
-  openDatabase,
-  PROJECT_ROOT,
-  readCheckpoints,
-  type AppendGroup,
-  type Database,
-  type NatsConnection,
-} from '@capstan/kit';
+import { appendBatch, createLogger, migrate, newRunId, openDatabase, PROJECT_ROOT, readCheckpoints, type AppendGroup, type Database, type NatsConnection } from '@capstan/kit';
 import { EVENT_ENVELOPE_VERSION, parseTenantId, Role, Streams, type RunEvent, type RunEventBody, type RunId, type TenantId } from '@capstan/schemas';
 import { rebuildProjections, verifyProjections } from '@capstan/projector';
 import { spawnService, type ServiceProcess } from '../harness/fixtures.js';
@@ -131,7 +120,11 @@ async function live(bench: BenchNats): Promise<Live> {
   try {
     const svcEnv = { NATS_URL: url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn' };
     const projector = spawnService('projector', { ...svcEnv, DATABASE_URL: scratch.url, PROJECTOR_BATCH: '256' });
-    procs.push(spawnService('orchestrator', svcEnv), spawnService('worker', { ...svcEnv, NATS_CREDS: await bench.workerCreds(t, 'bench-worker'), WORKER_CONCURRENCY: '256' }), projector);
+    procs.push(
+      spawnService('orchestrator', svcEnv),
+      spawnService('worker', { ...svcEnv, NATS_CREDS: await bench.workerCreds(t, 'bench-worker'), WORKER_CONCURRENCY: '256' }),
+      projector,
+    );
     const load = await createW3Load(await bench.connect(t, Role.Client), nc, t);
     // Warm up: services attached (the projector has migrated), JIT warm.
     await sleep(1500);
@@ -231,7 +224,9 @@ async function catchUp(url: string, jsm: JetStreamManager, t: TenantId, batch: n
     const cpu0 = cpuOf(p.pid);
     const end = await waitCaughtUp(jsm, d, t);
     const r = { batch, eventsPerSec: events / ((end - first) / 1000), ms: end - first, startupMs: first - t0, cpuUsPerEvent: ((cpuOf(p.pid) - cpu0) * 1e6) / events };
-    say(`catch-up, batch ${batch}: ${f0(r.eventsPerSec)} events/s (${f0(r.ms)} ms for ${f0(events)} events after ${f0(r.startupMs)} ms to the first commit), ${r.cpuUsPerEvent.toFixed(0)} µs projector CPU per event`);
+    say(
+      `catch-up, batch ${batch}: ${f0(r.eventsPerSec)} events/s (${f0(r.ms)} ms for ${f0(events)} events after ${f0(r.startupMs)} ms to the first commit), ${r.cpuUsPerEvent.toFixed(0)} µs projector CPU per event`,
+    );
     return r;
   } finally {
     await p.kill('SIGTERM');
@@ -265,7 +260,9 @@ async function main(): Promise<void> {
       const again = await rebuildProjections(d, () => Promise.resolve(jsm), [t]);
       const v = await verifyProjections(d, () => Promise.resolve(jsm), [t]);
       rebuild = { first: first.elapsedMs, again: again.elapsedMs, verify: v.elapsedMs, ok: v.ok && again.messages === gen.events };
-      say(`rebuild of ${f0(gen.events)} events: ${f0(first.elapsedMs)} ms into an empty database, ${f0(again.elapsedMs)} ms over a full one; verify ${f0(v.elapsedMs)} ms, ok=${v.ok}`);
+      say(
+        `rebuild of ${f0(gen.events)} events: ${f0(first.elapsedMs)} ms into an empty database, ${f0(again.elapsedMs)} ms over a full one; verify ${f0(v.elapsedMs)} ms, ok=${v.ok}`,
+      );
     } finally {
       await d.close();
       await scratch.drop();
@@ -303,7 +300,7 @@ async function main(): Promise<void> {
       '| --- | --- | --- |',
       `| ${(rebuild.first / 1000).toFixed(1)} s | ${(rebuild.again / 1000).toFixed(1)} s | ${(rebuild.verify / 1000).toFixed(1)} s (${rebuild.ok ? 'ok' : 'MISMATCHES'}) |`,
       '',
-      'A rebuild is one transaction per tenant: the tenant\'s rows are deleted and the stream re-applied in pages of 1,000',
+      "A rebuild is one transaction per tenant: the tenant's rows are deleted and the stream re-applied in pages of 1,000",
       'through the same code as the live projector, so readers see the old rows until the new ones commit.',
       '',
     ].join('\n');

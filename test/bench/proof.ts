@@ -50,10 +50,24 @@ time(200, () => verifyProof(proofHeaders(ann, subject, body), subject, body, tru
 
 const sign = time(ITER, () => proofHeaders(ann, subject, body));
 const verify = time(ITER, () => verifyProof(signed, subject, body, trust));
-const question = encode({ queries: [{ action: 'run-step', workflow: 'w', step: 'deliver', mode: 2 }, { action: 'lease-secret', workflow: 'w', step: 'deliver', secret: 'DEMO_TOKEN' }] });
+const question = encode({
+  queries: [
+    { action: 'run-step', workflow: 'w', step: 'deliver', mode: 2 },
+    { action: 'lease-secret', workflow: 'w', step: 'deliver', secret: 'DEMO_TOKEN' },
+  ],
+});
 const answer = encode({ decision: 'needs-approval', version: 3, policies: ['token-needs-finance'], approvers: 'finance' });
 const cmdSubject = 'cap.bench.cmd.policy';
-const cmd = encode({ runId: '01HF7YAT00144GJ289144GJ289', step: 'deliver', attempt: 1, decision: 'needs-approval', version: 3, policies: ['token-needs-finance'], approvers: 'finance', expiresInMs: 3_600_000 });
+const cmd = encode({
+  runId: '01HF7YAT00144GJ289144GJ289',
+  step: 'deliver',
+  attempt: 1,
+  decision: 'needs-approval',
+  version: 3,
+  policies: ['token-needs-finance'],
+  approvers: 'finance',
+  expiresInMs: 3_600_000,
+});
 const gated = time(ITER, () => {
   const about = answerProofSubject('cap.bench.svc.policy.decide', question);
   verifyProof(proofHeaders(policy, about, answer), about, answer, trust);
@@ -72,7 +86,7 @@ const md = [
   row('verify a decision (orchestrator intake)', verify),
   row('a gated step: policy signs + orchestrator verifies, signs, verifies at intake', gated),
   '',
-  'Per run: one verification per signed submit and per person\'s decision; per policy-gated step, two signatures and two verifications (the figure above), beside a policy round trip of about a millisecond (section `policy`). Signatures and message checks use Node\'s native Ed25519; a JWT\'s own issuer signature is checked by the nkeys library (pure JS, tens of milliseconds on a loaded machine) once per principal per process, then remembered. Measured on the shared 2-core machine under other load: the p99s are the machine\'s, the p50s the code\'s.',
+  "Per run: one verification per signed submit and per person's decision; per policy-gated step, two signatures and two verifications (the figure above), beside a policy round trip of about a millisecond (section `policy`). Signatures and message checks use Node's native Ed25519; a JWT's own issuer signature is checked by the nkeys library (pure JS, tens of milliseconds on a loaded machine) once per principal per process, then remembered. Measured on the shared 2-core machine under other load: the p99s are the machine's, the p50s the code's.",
 ].join('\n');
 say(md);
 writeSection(OUT, 'proof', md);

@@ -72,7 +72,9 @@ async function main(): Promise<void> {
       res.exportGzMs.push(await timed(['export', '--tenant', t, '--since', since, '--out', gz, '--json'], cli, exported));
       res.replayMs.push(await timed(['replay', '--from', plain], NO_SERVER, replayed));
       res.replayGzMs.push(await timed(['replay', '--from', gz, '--recheck-policy'], NO_SERVER, replayed));
-      say(`  rep ${i}: export ${res.exportMs.at(-1)?.toFixed(0)} ms (gzip ${res.exportGzMs.at(-1)?.toFixed(0)} ms), offline replay ${res.replayMs.at(-1)?.toFixed(0)} ms (gzip, policy re-check ${res.replayGzMs.at(-1)?.toFixed(0)} ms)`);
+      say(
+        `  rep ${i}: export ${res.exportMs.at(-1)?.toFixed(0)} ms (gzip ${res.exportGzMs.at(-1)?.toFixed(0)} ms), offline replay ${res.replayMs.at(-1)?.toFixed(0)} ms (gzip, policy re-check ${res.replayGzMs.at(-1)?.toFixed(0)} ms)`,
+      );
     }
     const size = statSync(plain).size;
     const gzSize = statSync(gz).size;

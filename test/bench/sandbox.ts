@@ -19,7 +19,17 @@ import { join } from 'node:path';
 import Docker from 'dockerode';
 import { connectAsService, createLogger, execInSandbox, findNatsServer, PROJECT_ROOT, type NatsConnection, type Signer } from '@capstan/kit';
 import { withSignedWork } from '../harness/sandbox.js';
-import { createSandboxService, DEFAULT_LIMITS, dockerBackend, ensureSandboxImage, Labels, loadConfig, SandboxPools, type BackendSandbox, type SandboxRuntime } from '@capstan/sandbox';
+import {
+  createSandboxService,
+  DEFAULT_LIMITS,
+  dockerBackend,
+  ensureSandboxImage,
+  Labels,
+  loadConfig,
+  SandboxPools,
+  type BackendSandbox,
+  type SandboxRuntime,
+} from '@capstan/sandbox';
 import { makeRunId, Mode, parseTenantId, Role, type TenantId } from '@capstan/schemas';
 import { startBenchNats } from './stack.js';
 import { percentile, writeSection } from './report.js';
@@ -76,7 +86,20 @@ async function measure(runtime: SandboxRuntime): Promise<Figures> {
   const labels = { [Labels.Sandbox]: '1', [Labels.Node]: node };
 
   say(`[${runtime}] warm: ${WARM} claims from the tenant's pool, scrub and proof on every release`);
-  const pools = new SandboxPools({ backend, runtime, node, instance: 'b', labels: {}, min: 4, max: 4, maxUses: 1_000_000, idleMs: 3_600_000, identityReuse: 'never', limits, log: silent });
+  const pools = new SandboxPools({
+    backend,
+    runtime,
+    node,
+    instance: 'b',
+    labels: {},
+    min: 4,
+    max: 4,
+    maxUses: 1_000_000,
+    idleMs: 3_600_000,
+    identityReuse: 'never',
+    limits,
+    log: silent,
+  });
   pools.warm(image);
   const key = { tenant, mode: Mode.Sandboxed, image, scope: '' };
   while (pools.freshCount < 4) await new Promise((r) => setTimeout(r, 20));
@@ -102,7 +125,15 @@ async function measure(runtime: SandboxRuntime): Promise<Figures> {
 
   say(`[${runtime}] service: ${STEPS} mode-1 steps over NATS, 4 at a time`);
   const service = await createSandboxService(
-    loadConfig({ ...nats.env(Role.Sandbox), SANDBOX_NODE: `${node}s`, SANDBOX_RUNTIME: runtime, SANDBOX_POOL_MIN: '4', SANDBOX_POOL_MAX: '4', SANDBOX_CONCURRENCY: '4', SANDBOX_ARTIFACTS_DIR: mkdtempSync(join(tmpdir(), 'capstan-bench-art-')) }),
+    loadConfig({
+      ...nats.env(Role.Sandbox),
+      SANDBOX_NODE: `${node}s`,
+      SANDBOX_RUNTIME: runtime,
+      SANDBOX_POOL_MIN: '4',
+      SANDBOX_POOL_MAX: '4',
+      SANDBOX_CONCURRENCY: '4',
+      SANDBOX_ARTIFACTS_DIR: mkdtempSync(join(tmpdir(), 'capstan-bench-art-')),
+    }),
     silent,
     { image },
   );
@@ -129,16 +160,21 @@ async function stepsOverNats(conn: NatsConnection, t: TenantId, signer: Signer):
       while (next < STEPS) {
         next++;
         const s0 = performance.now();
-        const out = await execInSandbox(conn, t, withSignedWork(signer, t, {
-          runId: makeRunId(Date.now(), crypto.getRandomValues(new Uint8Array(10))),
-          workflow: 'bench',
-          step: 'echo',
-          attempt: 1,
-          mode: 1,
-          spec: { command: ['echo', 'ok'] },
-          timeoutMs: 10_000,
-          input: {},
-        }), { firstReplyMs: 60_000 });
+        const out = await execInSandbox(
+          conn,
+          t,
+          withSignedWork(signer, t, {
+            runId: makeRunId(Date.now(), crypto.getRandomValues(new Uint8Array(10))),
+            workflow: 'bench',
+            step: 'echo',
+            attempt: 1,
+            mode: 1,
+            spec: { command: ['echo', 'ok'] },
+            timeoutMs: 10_000,
+            input: {},
+          }),
+          { firstReplyMs: 60_000 },
+        );
         steps.push(performance.now() - s0);
         if (out.error) failed++;
         if (out.result?.warm) warmHits++;
@@ -183,7 +219,7 @@ const md = [
   row('sandboxed steps/s, 4 at a time, scrub and proof on every release', (x) => `**${x.stepsPerSecond.toFixed(1)}** (${x.warmHits}/${STEPS} warm, ${x.failed} failed)`),
   '',
   ...cols.flatMap((r) => (typeof results.get(r) === 'string' ? [`${r}: ${String(results.get(r))}.`] : [])),
-  'Warm acquire is a rename of an idle container of the tenant\'s pool (the claim) plus the tool runner starting the command as the step user; release (scrub, proof checked against the nonce, the runner\'s pid and the engine\'s view, rename back) happens after the answer, off the step\'s path.',
+  "Warm acquire is a rename of an idle container of the tenant's pool (the claim) plus the tool runner starting the command as the step user; release (scrub, proof checked against the nonce, the runner's pid and the engine's view, rename back) happens after the answer, off the step's path.",
 ].join('\n');
 writeSection(OUT, 'sandbox', md);
 say(md);

@@ -76,7 +76,9 @@ try {
   const connections = SERVICE_ROLES.length * (TENANTS + 1) + 0;
   const serverAfter = rssMiB(bench.server.pid);
   const selfAfter = process.memoryUsage().rss / 1024 / 1024;
-  say(`${SERVICE_ROLES.length} services × ${TENANTS + 1} tenants: ${connections} connections opened in ${ms(openMs)} ms; server RSS ${ms(serverProvisioned)} → ${ms(serverAfter)} MiB, client RSS ${ms(selfBefore)} → ${ms(selfAfter)} MiB`);
+  say(
+    `${SERVICE_ROLES.length} services × ${TENANTS + 1} tenants: ${connections} connections opened in ${ms(openMs)} ms; server RSS ${ms(serverProvisioned)} → ${ms(serverAfter)} MiB, client RSS ${ms(selfBefore)} → ${ms(selfAfter)} MiB`,
+  );
   await Promise.all(accesses.map((a) => a.close()));
 
   const kib = (mib: number) => ((mib * 1024) / connections).toFixed(0);

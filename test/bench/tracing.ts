@@ -47,13 +47,14 @@ async function rep(mode: string): Promise<Rep> {
     const t = parseTenantId('bench');
     await bench.provision(t);
     const tracing: Record<string, string> =
-      mode === 'off'
-        ? {}
-        : { OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: String(Number(mode) / 100) };
+      mode === 'off' ? {} : { OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: String(Number(mode) / 100) };
     const svcEnv = { NATS_URL: bench.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn', ...tracing };
     // BENCH_PROFILE=<dir>: CPU profiles of both services (where tracing's cost goes).
     const prof: Record<string, string> = env['BENCH_PROFILE'] ? { CAPSTAN_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${env['BENCH_PROFILE']}` } : {};
-    procs.push(spawnService('orchestrator', { ...svcEnv, ...prof }), spawnService('worker', { ...svcEnv, ...prof, NATS_CREDS: await bench.workerCreds(t, 'bench-worker'), WORKER_CONCURRENCY: '256' }));
+    procs.push(
+      spawnService('orchestrator', { ...svcEnv, ...prof }),
+      spawnService('worker', { ...svcEnv, ...prof, NATS_CREDS: await bench.workerCreds(t, 'bench-worker'), WORKER_CONCURRENCY: '256' }),
+    );
     const load = await createW3Load(await bench.connect(t, Role.Client), (await bench.connect(t, Role.Admin)).nc, t);
     await new Promise((r) => setTimeout(r, 1000));
     await load.run(200, 200);
@@ -67,8 +68,15 @@ async function rep(mode: string): Promise<Rep> {
     const cpu = pids.reduce((n, p) => n + cpuOf(p), 0) - before.cpu;
     const otlp = sink.stats();
     await load.close();
-    const r = { runsPerSec: RUNS / elapsed, cpuMsPerRun: (cpu * 1000) / RUNS, otlpBytesPerRun: (otlp.bytes - before.otlp.bytes) / RUNS, otlpRequests: otlp.requests - before.otlp.requests };
-    say(`  ${label(mode)}: ${r.runsPerSec.toFixed(0)} runs/s, ${r.cpuMsPerRun.toFixed(2)} CPU-ms/run, ${r.otlpBytesPerRun.toFixed(0)} OTLP bytes/run in ${r.otlpRequests} requests`);
+    const r = {
+      runsPerSec: RUNS / elapsed,
+      cpuMsPerRun: (cpu * 1000) / RUNS,
+      otlpBytesPerRun: (otlp.bytes - before.otlp.bytes) / RUNS,
+      otlpRequests: otlp.requests - before.otlp.requests,
+    };
+    say(
+      `  ${label(mode)}: ${r.runsPerSec.toFixed(0)} runs/s, ${r.cpuMsPerRun.toFixed(2)} CPU-ms/run, ${r.otlpBytesPerRun.toFixed(0)} OTLP bytes/run in ${r.otlpRequests} requests`,
+    );
     if (mode !== 'off' && Number(mode) >= 50 && r.otlpRequests === 0) throw new Error(`${label(mode)}: no span reached the receiver`);
     if (mode === 'off' && otlp.requests > 0) throw new Error('tracing off, yet spans were exported');
     return r;
@@ -95,7 +103,10 @@ async function main(): Promise<void> {
     const rs = results.get(m) ?? [];
     const runs = rs.map((r) => r.runsPerSec);
     const cost = Number.isFinite(base) && m !== 'off' ? `${(((base - median(runs)) / base) * 100).toFixed(1)} %` : '–';
-    return `| ${label(m)} | ${f(runs)} | ${cost} | ${f(rs.map((r) => r.cpuMsPerRun), 2)} | ${f(rs.map((r) => r.otlpBytesPerRun))} |`;
+    return `| ${label(m)} | ${f(runs)} | ${cost} | ${f(
+      rs.map((r) => r.cpuMsPerRun),
+      2,
+    )} | ${f(rs.map((r) => r.otlpBytesPerRun))} |`;
   });
   const md = [
     '## W3 with tracing off and on',

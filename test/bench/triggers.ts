@@ -38,7 +38,9 @@ const OUT = env['BENCH_OUT'] ?? join(PROJECT_ROOT, 'docs', 'benchmarks.md');
 const say = (s: string) => process.stderr.write(`${s}\n`);
 const silent = createLogger('bench', 'silent');
 const fmt = (ms: number) => ms.toFixed(1);
-const load = loadavg().map((x) => x.toFixed(2)).join(', ');
+const load = loadavg()
+  .map((x) => x.toFixed(2))
+  .join(', ');
 
 const nats = await startBenchNats({ binary: findNatsServer(), sync: 'always' });
 const db = await scratchDatabase('bench_triggers');
@@ -46,7 +48,10 @@ const t = parseTenantId('bench');
 await nats.provision(t);
 const admin = await nats.connect(t, Role.Admin);
 const base = { CAPSTAN_TENANTS: t, ORCH_POLICY: 'off', WORKER_ADMISSION: 'auto', WORKER_LEASES: 'off', LOG_LEVEL: 'silent' };
-const secrets = await createSecretsLease(secretsConfig({ ...nats.env(Role.SecretsLease), ...base, DATABASE_URL: db.url, SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }), silent);
+const secrets = await createSecretsLease(
+  secretsConfig({ ...nats.env(Role.SecretsLease), ...base, DATABASE_URL: db.url, SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }),
+  silent,
+);
 const orchestrator = await createOrchestrator(orchestratorConfig({ ...nats.env(Role.Orchestrator), ...base }), silent, { registry: createRegistry(workflows) });
 const worker = await createWorker(workerConfig({ ...base, NATS_URL: nats.url, NATS_CREDS: await nats.workerCreds(t, 'bench'), WORKER_CONCURRENCY: '256' }), silent, { handlers });
 const ingress = await createIngress(ingressConfig({ ...nats.env(Role.Ingress), ...base, INGRESS_PORT: '0', INGRESS_RATE: '1000000', INGRESS_BURST: '1000000' }), silent);
@@ -66,7 +71,12 @@ async function deliver(i: number): Promise<{ runId: RunId; sentAt: number; answe
   const t0 = performance.now();
   const res = await fetch(`${ingress.url}/hooks/${t}/bench`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', 'webhook-id': id, 'webhook-timestamp': String(Math.floor(now.getTime() / 1000)), 'webhook-signature': signer.sign(id, now, body) },
+    headers: {
+      'content-type': 'application/json',
+      'webhook-id': id,
+      'webhook-timestamp': String(Math.floor(now.getTime() / 1000)),
+      'webhook-signature': signer.sign(id, now, body),
+    },
     body,
   });
   const answer = (await res.json()) as { runId?: RunId };
@@ -102,7 +112,14 @@ for (const s of sent) {
 say(`schedules: ${SCHEDULES} schedules every second for ${SECONDS} s`);
 const made = [];
 for (let i = 0; i < SCHEDULES; i++) {
-  made.push(await sendScheduleCommand(admin.js, admin.jsm, t, { op: 'create', schedule: `bench-${i}`, spec: { workflow: 'test.slow', everyMs: 1000, input: { ms: 0 }, overlap: 'allow-all' }, by: 'bench' }));
+  made.push(
+    await sendScheduleCommand(admin.js, admin.jsm, t, {
+      op: 'create',
+      schedule: `bench-${i}`,
+      spec: { workflow: 'test.slow', everyMs: 1000, input: { ms: 0 }, overlap: 'allow-all' },
+      by: 'bench',
+    }),
+  );
 }
 await new Promise((r) => setTimeout(r, SECONDS * 1000));
 for (const m of made) await sendScheduleCommand(admin.js, admin.jsm, t, { op: 'delete', schedule: m.record.schedule, by: 'bench' });

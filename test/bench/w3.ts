@@ -21,10 +21,7 @@ import { cpuOf, median, percentile, writeSection } from './report.js';
 import { createW3Load, type Hops } from './w3-load.js';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import {
-  findNatsServer,
-  PROJECT_ROOT,
-} from '@capstan/kit';
+import { findNatsServer, PROJECT_ROOT } from '@capstan/kit';
 import { parseTenantId, Role } from '@capstan/schemas';
 import { startBenchNats } from './stack.js';
 import { spawnService, type ServiceProcess } from '../harness/fixtures.js';
@@ -63,7 +60,6 @@ async function rep(sync: 'default' | 'always', n: number, orchs: number): Promis
   await bench.provision(t);
   const { nc, jsm, js } = await bench.connect(t, Role.Admin);
   try {
-
     // Raw ceiling: pipelined acked publishes, window 256, 200-byte payloads, one subject.
     await jsm.streams.add({ name: 'BENCH_RAW', subjects: ['bench.raw'], storage: 'file' as never });
     const payload = new Uint8Array(200);
@@ -92,7 +88,11 @@ async function rep(sync: 'default' | 'always', n: number, orchs: number): Promis
     procs.push(
       spawnService('worker', { ...svcEnv, NATS_CREDS: await bench.workerCreds(t, 'bench-worker'), WORKER_CONCURRENCY: '256' }),
       ...Array.from({ length: orchs }, (_, i) =>
-        spawnService('orchestrator', { ...svcEnv, ORCH_NAME: `bench-o${i + 1}`, ...(env['BENCH_PROFILE'] ? { CAPSTAN_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${env['BENCH_PROFILE']}`, LOG_LEVEL: 'debug' } : {}) }),
+        spawnService('orchestrator', {
+          ...svcEnv,
+          ORCH_NAME: `bench-o${i + 1}`,
+          ...(env['BENCH_PROFILE'] ? { CAPSTAN_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${env['BENCH_PROFILE']}`, LOG_LEVEL: 'debug' } : {}),
+        }),
       ),
     );
     const load = await createW3Load(await bench.connect(t, Role.Client), nc, t);
@@ -112,7 +112,9 @@ async function rep(sync: 'default' | 'always', n: number, orchs: number): Promis
     const runsPerSec = RUNS / elapsed;
     const clientCpu = process.cpuUsage(clientStart);
     const orchCpu = procs.slice(1).reduce((sum, p, i) => sum + cpuOf(p.pid) - (cpuStart[i + 2] ?? 0), 0);
-    say(`    CPU-ms/run: server ${(((cpuOf(server.pid) - (cpuStart[0] ?? 0)) * 1000) / RUNS).toFixed(2)}, orchestrators ${((orchCpu * 1000) / RUNS).toFixed(2)}, worker ${(((cpuOf(procs[0]?.pid ?? 0) - (cpuStart[1] ?? 0)) * 1000) / RUNS).toFixed(2)}, client ${((clientCpu.user + clientCpu.system) / 1000 / RUNS).toFixed(2)}`);
+    say(
+      `    CPU-ms/run: server ${(((cpuOf(server.pid) - (cpuStart[0] ?? 0)) * 1000) / RUNS).toFixed(2)}, orchestrators ${((orchCpu * 1000) / RUNS).toFixed(2)}, worker ${(((cpuOf(procs[0]?.pid ?? 0) - (cpuStart[1] ?? 0)) * 1000) / RUNS).toFixed(2)}, client ${((clientCpu.user + clientCpu.system) / 1000 / RUNS).toFixed(2)}`,
+    );
 
     // Latency: one at a time, each run's hops from its record.
     const lat: number[] = [];
@@ -126,10 +128,23 @@ async function rep(sync: 'default' | 'always', n: number, orchs: number): Promis
     await load.close();
     if (env['BENCH_PROFILE']) writeFileSync(join(env['BENCH_PROFILE'], 'orchestrator.log'), procs[0]?.output() ?? '');
     const hop = (k: keyof Hops) => median(hops.map((h) => h[k]));
-    const medHops: Hops = { commandIn: hop('commandIn'), append: hop('append'), stepRoundTrip: hop('stepRoundTrip'), handler: hop('handler'), readBack: hop('readBack'), total: hop('total') };
+    const medHops: Hops = {
+      commandIn: hop('commandIn'),
+      append: hop('append'),
+      stepRoundTrip: hop('stepRoundTrip'),
+      handler: hop('handler'),
+      readBack: hop('readBack'),
+      total: hop('total'),
+    };
     const r = { runsPerSec, p50: percentile(lat, 50), p99: percentile(lat, 99), rawPerSec, cpuMsPerRun: ((cpu1 - cpu0) * 1000) / RUNS, hops: medHops };
-    say(`  ${sync} × ${orchs} orchestrator(s) rep ${n}: ${r.runsPerSec.toFixed(0)} runs/s, p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms, raw ${r.rawPerSec.toFixed(0)} acks/s, ${r.cpuMsPerRun.toFixed(2)} CPU-ms/run`);
-    say(`    hops (median ms): ${Object.entries(medHops).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
+    say(
+      `  ${sync} × ${orchs} orchestrator(s) rep ${n}: ${r.runsPerSec.toFixed(0)} runs/s, p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms, raw ${r.rawPerSec.toFixed(0)} acks/s, ${r.cpuMsPerRun.toFixed(2)} CPU-ms/run`,
+    );
+    say(
+      `    hops (median ms): ${Object.entries(medHops)
+        .map(([k, v]) => `${k} ${v.toFixed(2)}`)
+        .join(', ')}`,
+    );
     return r;
   } finally {
     await Promise.all(procs.map((p) => p.kill('SIGTERM')));
@@ -162,10 +177,23 @@ async function main(): Promise<void> {
   const rows = results.map(({ mode, orchs, reps: rs }) => {
     const runs = rs.map((r) => r.runsPerSec);
     const raw = rs.map((r) => r.rawPerSec);
-    return `| ${mode === 'always' ? '`sync_interval: always` (fsync before every ack)' : 'default sync'} | ${orchs} | ${fmt(runs)} | ${fmt(rs.map((r) => r.p50), 2)} | ${fmt(rs.map((r) => r.p99), 2)} | ${fmt(raw)} | ${(median(runs) / median(raw)).toFixed(3)} | ${fmt(rs.map((r) => r.cpuMsPerRun), 2)} |`;
+    return `| ${mode === 'always' ? '`sync_interval: always` (fsync before every ack)' : 'default sync'} | ${orchs} | ${fmt(runs)} | ${fmt(
+      rs.map((r) => r.p50),
+      2,
+    )} | ${fmt(
+      rs.map((r) => r.p99),
+      2,
+    )} | ${fmt(raw)} | ${(median(runs) / median(raw)).toFixed(3)} | ${fmt(
+      rs.map((r) => r.cpuMsPerRun),
+      2,
+    )} |`;
   });
   const hopRows = results.map(({ mode, orchs, reps: rs }) => {
-    const h = (k: keyof Hops) => fmt(rs.map((r) => r.hops[k]), 2);
+    const h = (k: keyof Hops) =>
+      fmt(
+        rs.map((r) => r.hops[k]),
+        2,
+      );
     return `| ${mode} | ${orchs} | ${h('commandIn')} | ${h('append')} | ${h('stepRoundTrip')} | ${h('handler')} | ${h('readBack')} | ${h('total')} |`;
   });
   const md = [
@@ -191,7 +219,7 @@ async function main(): Promise<void> {
     '| --- | --- | --- | --- | --- | --- | --- | --- |',
     ...rows,
     '',
-    'Where a latency run\'s time goes (median ms over the latency runs; per decision or per step where it says so):',
+    "Where a latency run's time goes (median ms over the latency runs; per decision or per step where it says so):",
     'command in = submit to `run.started` decided; append = decision to events stored; step round trip = work',
     'stored to its result decided (work to the worker, the handler, the result back), of which handler is the handler.',
     '',

@@ -29,7 +29,18 @@ async function main(): Promise<void> {
   // A mode-2 step's item with an input of a few hundred bytes, as the governed flow has.
   const spec = { command: ['sh', '-c', 'printf %s "$DEMO_TOKEN" | sha256sum'], secrets: ['DEMO_TOKEN', 'DB_PASSWORD'], egress: ['api.example.com:443'] };
   const items = Array.from({ length: ITER }, (_, i) => {
-    const item: WorkItem = { runId: makeRunId(Date.now(), crypto.getRandomValues(new Uint8Array(10))), workflow: 'demo.governed', version: 1, step: `s${i % 7}`, attempt: 1, handler: 'sandbox', mode: Mode.SandboxedWithLease, timeoutMs: 30_000, input: { order: i, note: 'x'.repeat(200) }, sandbox: spec };
+    const item: WorkItem = {
+      runId: makeRunId(Date.now(), crypto.getRandomValues(new Uint8Array(10))),
+      workflow: 'demo.governed',
+      version: 1,
+      step: `s${i % 7}`,
+      attempt: 1,
+      handler: 'sandbox',
+      mode: Mode.SandboxedWithLease,
+      timeoutMs: 30_000,
+      input: { order: i, note: 'x'.repeat(200) },
+      sandbox: spec,
+    };
     return { item, data: encode(item) };
   });
   const accountKey = account.getPublicKey();
@@ -42,7 +53,17 @@ async function main(): Promise<void> {
     const s1 = performance.now();
     checkWork(h, subject, data, accountKey);
     const s2 = performance.now();
-    const req: SandboxExecRequest = { runId: item.runId, workflow: item.workflow, step: item.step, attempt: item.attempt, mode: Mode.SandboxedWithLease, spec, timeoutMs: item.timeoutMs, input: item.input, work: signedWork(h, subject, data) };
+    const req: SandboxExecRequest = {
+      runId: item.runId,
+      workflow: item.workflow,
+      step: item.step,
+      attempt: item.attempt,
+      mode: Mode.SandboxedWithLease,
+      spec,
+      timeoutMs: item.timeoutMs,
+      input: item.input,
+      work: signedWork(h, subject, data),
+    };
     const s3 = performance.now();
     checkExecRequest(req, accountKey);
     const s4 = performance.now();
@@ -66,7 +87,7 @@ async function main(): Promise<void> {
     row('all three', total),
     '',
     'A run of n sandboxed steps pays n times the last row; a mode-0 step pays the first two.',
-    'Through nkeys\' pure-JavaScript Ed25519 (the first version, same machine and hour, 500 items) the same rows were p50 27.7 ms to sign and 62 ms to verify: kit/proof.ts now signs and verifies with node:crypto and checks each JWT text once.',
+    "Through nkeys' pure-JavaScript Ed25519 (the first version, same machine and hour, 500 items) the same rows were p50 27.7 ms to sign and 62 ms to verify: kit/proof.ts now signs and verifies with node:crypto and checks each JWT text once.",
   ].join('\n');
   process.stdout.write(`${body}\n`);
   writeSection(OUT, 'work-proof', body);

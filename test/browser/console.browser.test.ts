@@ -77,8 +77,16 @@ describe.skipIf(!withChromium)('console in a browser', () => {
     orchestrator = await createOrchestrator(orchestratorConfig({ ...env, ...(await serviceEnv(url, Role.Orchestrator)) }), silent, { registry: createRegistry(workflows) });
     // w-main is approved already; w-spare waits for an admin, who approves and later revokes it.
     await h.client.approveWorker(t, 'w-main', { by: 'auto' });
-    workerMain = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w-main', { pools: ['default'] }), WORKER_ADMISSION: 'auto' }), silent, { handlers });
-    workerSpare = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w-spare', { pools: ['default', 'gpu'] }), WORKER_ADMISSION: 'required' }), silent, { handlers });
+    workerMain = await createWorker(
+      workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w-main', { pools: ['default'] }), WORKER_ADMISSION: 'auto' }),
+      silent,
+      { handlers },
+    );
+    workerSpare = await createWorker(
+      workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w-spare', { pools: ['default', 'gpu'] }), WORKER_ADMISSION: 'required' }),
+      silent,
+      { handlers },
+    );
     projector = await createProjector(projectorConfig({ ...env, ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url }), silent, { database: d });
     await orchestrator.start();
     await workerMain.start();
@@ -185,7 +193,9 @@ describe.skipIf(!withChromium)('console in a browser', () => {
     expect(why).toMatch(/card_declined|card declined/);
     expect(await page.getByTestId('why').getAttribute('data-status')).toBe('failed');
 
-    const trace = await page.getByTestId('trace-row').evaluateAll((rows) => rows.map((r) => `${r.getAttribute('data-step')}#${r.getAttribute('data-attempt')}:${r.getAttribute('data-outcome')}`));
+    const trace = await page
+      .getByTestId('trace-row')
+      .evaluateAll((rows) => rows.map((r) => `${r.getAttribute('data-step')}#${r.getAttribute('data-attempt')}:${r.getAttribute('data-outcome')}`));
     expect(trace).toEqual(['quote#1:completed', 'charge#1:failed', 'charge#2:failed']);
     expect(await page.getByTestId('attempt-error').first().textContent()).toMatch(/card_declined: card declined by the issuer \(attempt 1\)/);
     // The trace: every hop from the record, nested, with its duration.
@@ -212,7 +222,9 @@ describe.skipIf(!withChromium)('console in a browser', () => {
     await page.keyboard.press('g');
     await page.keyboard.press('a');
     await page.waitForURL(new RegExp(`/t/${t}/approvals$`));
-    await expect.poll(() => page.getByTestId('approval-row').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-run-id')).sort())).toEqual([waitingRun, secondWaitingRun, cancelRun].sort());
+    await expect
+      .poll(() => page.getByTestId('approval-row').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-run-id')).sort()))
+      .toEqual([waitingRun, secondWaitingRun, cancelRun].sort());
     expect(await page.getByTestId('approvals-count').textContent()).toBe('3');
     await shot('approvals');
 
@@ -264,7 +276,8 @@ describe.skipIf(!withChromium)('console in a browser', () => {
     await page.getByTestId('action-retry').click();
     await page.getByTestId('confirm-ok').click();
     // Still declined: two more attempts of charge, and the run fails again.
-    const attempts = () => page.getByTestId('trace-row').evaluateAll((rows) => rows.map((r) => `${r.getAttribute('data-step')}#${r.getAttribute('data-attempt')}:${r.getAttribute('data-outcome')}`));
+    const attempts = () =>
+      page.getByTestId('trace-row').evaluateAll((rows) => rows.map((r) => `${r.getAttribute('data-step')}#${r.getAttribute('data-attempt')}:${r.getAttribute('data-outcome')}`));
     await expect.poll(attempts, { timeout: 20_000 }).toEqual(['quote#1:completed', 'charge#1:failed', 'charge#2:failed', 'charge#3:failed', 'charge#4:failed']);
     await expect.poll(() => page.getByTestId('run-status').getAttribute('data-status')).toBe('failed');
     const types = await page.getByTestId('timeline-event').evaluateAll((xs) => xs.map((x) => x.getAttribute('data-type')));
@@ -391,14 +404,43 @@ describe.skipIf(!withChromium)('console in a browser', () => {
     // Rows as the projector (policy.decided) and the secrets-lease service (lease.*, negative seq) write them.
     const at = new Date();
     await d.db.insert(schema.auditLog).values([
-      { tenant: t, runId: failedRun, seq: 10_000, kind: 'policy.decided', actor: 'policy', detail: { step: 'charge', attempt: 1, decision: 'allow', version: 2, policies: ['policy0'] }, at, streamSeq: 0 },
-      { tenant: t, runId: failedRun, seq: -1, kind: 'lease.issued', actor: 'secrets-lease', detail: { leaseId: 'L1', keys: ['PAYMENTS_TOKEN'], step: 'charge', attempt: 1, ttlMs: 60_000 }, at, streamSeq: 0 },
-      { tenant: t, runId: failedRun, seq: -2, kind: 'lease.denied', actor: 'secrets-lease', detail: { leaseId: 'L1', code: 'lease_used', keys: ['PAYMENTS_TOKEN'], step: 'charge', attempt: 1 }, at, streamSeq: 0 },
+      {
+        tenant: t,
+        runId: failedRun,
+        seq: 10_000,
+        kind: 'policy.decided',
+        actor: 'policy',
+        detail: { step: 'charge', attempt: 1, decision: 'allow', version: 2, policies: ['policy0'] },
+        at,
+        streamSeq: 0,
+      },
+      {
+        tenant: t,
+        runId: failedRun,
+        seq: -1,
+        kind: 'lease.issued',
+        actor: 'secrets-lease',
+        detail: { leaseId: 'L1', keys: ['PAYMENTS_TOKEN'], step: 'charge', attempt: 1, ttlMs: 60_000 },
+        at,
+        streamSeq: 0,
+      },
+      {
+        tenant: t,
+        runId: failedRun,
+        seq: -2,
+        kind: 'lease.denied',
+        actor: 'secrets-lease',
+        detail: { leaseId: 'L1', code: 'lease_used', keys: ['PAYMENTS_TOKEN'], step: 'charge', attempt: 1 },
+        at,
+        streamSeq: 0,
+      },
     ]);
     await page.goto(`${app.url}/t/${t}/runs/${failedRun}`);
     const section = page.getByTestId('run-policy');
     await expect.poll(() => section.getByTestId('run-lease').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-kind')))).toEqual(['lease.issued', 'lease.denied']);
-    expect(await section.getByTestId('run-decision').evaluateAll((rows) => rows.map((r) => [r.getAttribute('data-step'), r.getAttribute('data-decision')]))).toEqual([['charge', 'allow']]);
+    expect(await section.getByTestId('run-decision').evaluateAll((rows) => rows.map((r) => [r.getAttribute('data-step'), r.getAttribute('data-decision')]))).toEqual([
+      ['charge', 'allow'],
+    ]);
     expect(await section.getByTestId('run-leases').textContent()).toMatch(/PAYMENTS_TOKEN.*lease_used/);
     await section.scrollIntoViewIfNeeded();
     await shot('run-policy');

@@ -94,7 +94,14 @@ describe.skipIf(!withChromium)('run now and triggers in a browser', () => {
       { userId: 'vic', orgId: 'acme', role: 'viewer', tenants: [t], passwordHash: await hashPassword(PASSWORD) },
     ];
     writeFileSync(join(dir, 'users.json'), JSON.stringify(users));
-    const config = consoleConfig({ CONSOLE_PORT: '0', CONSOLE_SECRET: 'y'.repeat(48), CONSOLE_USERS: join(dir, 'users.json'), DATABASE_URL: scratch.url, LOG_LEVEL: 'silent', ...(await serviceEnv(url, Role.Console)) });
+    const config = consoleConfig({
+      CONSOLE_PORT: '0',
+      CONSOLE_SECRET: 'y'.repeat(48),
+      CONSOLE_USERS: join(dir, 'users.json'),
+      DATABASE_URL: scratch.url,
+      LOG_LEVEL: 'silent',
+      ...(await serviceEnv(url, Role.Console)),
+    });
     app = createConsole({ db: d, access: await accessAs(url, Role.Console), config, log: silent, pollMs: 250 });
     await app.start();
     await writeRoute(tc.js, tc.jsm, t, { route: 'orders', workflow: 'web.greet', secrets: ['ORDERS_HOOK'], fields: { name: '/customer/name' }, status: 'enabled', by: 'olga' });

@@ -72,15 +72,53 @@ export async function createSource(prefix: string, items: number, canaryRow: str
 /** The model the tests sync: four entities, one composite key, three associations, one cast. */
 export const MODEL: ModelSpec = {
   entities: [
-    { name: 'customer', source: { table: 'customers' }, key: ['id'], cursor: 'updated_at', fields: [{ name: 'id', column: 'id' }, { name: 'name', column: 'name' }, { name: 'email', column: 'email' }, { name: 'country', column: 'country' }] },
-    { name: 'product', source: { schema: 'public', table: 'products' }, key: ['id'], cursor: 'updated_at', fields: [{ name: 'id', column: 'id' }, { name: 'title', column: 'name' }, { name: 'price', column: 'price' }] },
-    { name: 'order', source: { table: 'orders' }, key: ['id'], cursor: 'updated_at', fields: [{ name: 'id', column: 'id' }, { name: 'customer_id', column: 'customer_id' }, { name: 'status', column: 'status' }, { name: 'placed_at', column: 'placed_at' }] },
+    {
+      name: 'customer',
+      source: { table: 'customers' },
+      key: ['id'],
+      cursor: 'updated_at',
+      fields: [
+        { name: 'id', column: 'id' },
+        { name: 'name', column: 'name' },
+        { name: 'email', column: 'email' },
+        { name: 'country', column: 'country' },
+      ],
+    },
+    {
+      name: 'product',
+      source: { schema: 'public', table: 'products' },
+      key: ['id'],
+      cursor: 'updated_at',
+      fields: [
+        { name: 'id', column: 'id' },
+        { name: 'title', column: 'name' },
+        { name: 'price', column: 'price' },
+      ],
+    },
+    {
+      name: 'order',
+      source: { table: 'orders' },
+      key: ['id'],
+      cursor: 'updated_at',
+      fields: [
+        { name: 'id', column: 'id' },
+        { name: 'customer_id', column: 'customer_id' },
+        { name: 'status', column: 'status' },
+        { name: 'placed_at', column: 'placed_at' },
+      ],
+    },
     {
       name: 'item',
       source: { table: 'order_items' },
       key: ['order_id', 'line'],
       cursor: 'updated_at',
-      fields: [{ name: 'order_id', column: 'order_id' }, { name: 'line', column: 'line' }, { name: 'product_id', column: 'product_id' }, { name: 'qty', column: 'qty', type: 'bigint' }, { name: 'note', column: 'note' }],
+      fields: [
+        { name: 'order_id', column: 'order_id' },
+        { name: 'line', column: 'line' },
+        { name: 'product_id', column: 'product_id' },
+        { name: 'qty', column: 'qty', type: 'bigint' },
+        { name: 'note', column: 'note' },
+      ],
     },
   ],
   associations: [
@@ -94,7 +132,10 @@ export const MODEL: ModelSpec = {
 export const EXPECTED: Record<string, { sql: string; key: string[] }> = {
   customer: { sql: 'select id, name, email, country from customers', key: ['id'] },
   product: { sql: 'select id, name as title, price from products', key: ['id'] },
-  order: { sql: 'select o.id, o.customer_id, o.status, o.placed_at, case when exists (select 1 from customers c where c.id = o.customer_id) then o.customer_id end as customer from orders o', key: ['id'] },
+  order: {
+    sql: 'select o.id, o.customer_id, o.status, o.placed_at, case when exists (select 1 from customers c where c.id = o.customer_id) then o.customer_id end as customer from orders o',
+    key: ['id'],
+  },
   item: {
     sql: `select i.order_id, i.line, i.product_id, i.qty::bigint as qty, i.note,
                  case when exists (select 1 from orders o where o.id = i.order_id) then i.order_id end as parent_order,
@@ -124,7 +165,12 @@ type Difference = { missing: number; extra: number; rows: number; exact?: true }
 export async function postgresDifferences(src: Source, schema: string): Promise<Record<string, Difference>> {
   const out: Record<string, Difference> = {};
   for (const [entity, e] of Object.entries(EXPECTED)) {
-    const cols = (await src.query<{ c: string }>(`select string_agg(quote_ident(column_name), ', ' order by ordinal_position) as c from information_schema.columns where table_schema = $1 and table_name = $2 and column_name not like '\\_capstan%'`, [schema, entity]))[0]?.c;
+    const cols = (
+      await src.query<{ c: string }>(
+        `select string_agg(quote_ident(column_name), ', ' order by ordinal_position) as c from information_schema.columns where table_schema = $1 and table_name = $2 and column_name not like '\\_capstan%'`,
+        [schema, entity],
+      )
+    )[0]?.c;
     const dest = `select row(x.*)::text from (select ${cols} from "${schema}"."${entity}") x`;
     const expected = `select row(x.*)::text from (${e.sql}) x`;
     const [a] = await src.query<{ n: string; s: string }>(digestSql(expected));
@@ -133,7 +179,9 @@ export async function postgresDifferences(src: Source, schema: string): Promise<
       out[entity] = { missing: 0, extra: 0, rows: Number(b?.n) };
       continue;
     }
-    const [r] = await src.query<{ missing: string; extra: string }>(`select (select count(*) from ((${expected}) except all (${dest})) m) as missing, (select count(*) from ((${dest}) except all (${expected})) x) as extra`);
+    const [r] = await src.query<{ missing: string; extra: string }>(
+      `select (select count(*) from ((${expected}) except all (${dest})) m) as missing, (select count(*) from ((${dest}) except all (${expected})) x) as extra`,
+    );
     out[entity] = { missing: Number(r?.missing), extra: Number(r?.extra), rows: Number(b?.n), exact: true };
   }
   return out;
@@ -147,7 +195,9 @@ export async function postgresDifferences(src: Source, schema: string): Promise<
  * and leftover temporary files. A mismatch is counted exactly in Postgres.
  */
 export async function filesDifferences(src: Source, dir: string): Promise<{ entities: Record<string, Difference>; duplicatesInRun: number; tempFiles: number; runs: number }> {
-  const runs = readdirSync(join(dir, '_runs')).filter((f) => f.endsWith('.json')).sort();
+  const runs = readdirSync(join(dir, '_runs'))
+    .filter((f) => f.endsWith('.json'))
+    .sort();
   const manifests = runs.map((f) => JSON.parse(readFileSync(join(dir, '_runs', f), 'utf8')) as { runId: string; full: boolean });
   const fromRun = manifests.reduce((at, m, i) => (m.full ? i : at), 0);
   const live = manifests.slice(fromRun).map((m) => m.runId);
@@ -185,7 +235,11 @@ export async function filesDifferences(src: Source, dir: string): Promise<{ enti
       const docs = [...folded.values()].map((v) => v.line);
       for (let j = 0; j < docs.length; j += 5000) await client.query('insert into lines select d::jsonb from unnest($1::text[]) d', [docs.slice(j, j + 5000)]);
       const expected = `select to_jsonb(x) as doc from (${e.sql}) x`;
-      const [r] = (await client.query<{ missing: string; extra: string }>(`select (select count(*) from ((${expected}) except all (select doc from lines)) m) as missing, (select count(*) from ((select doc from lines) except all (${expected})) x) as extra`)).rows;
+      const [r] = (
+        await client.query<{ missing: string; extra: string }>(
+          `select (select count(*) from ((${expected}) except all (select doc from lines)) m) as missing, (select count(*) from ((select doc from lines) except all (${expected})) x) as extra`,
+        )
+      ).rows;
       entities[entity] = { missing: Number(r?.missing), extra: Number(r?.extra), rows: folded.size, exact: true };
     } finally {
       await client.end();
@@ -215,7 +269,13 @@ export interface Stack {
  * Orchestrator, worker, projector, secrets-lease and (unless `datasync: false`) datasync in
  * this process, for one tenant, all logging at trace level into `logs`.
  */
-export async function startStack(natsUrl: string, t: TenantId, databaseUrl: string, filesRoot: string, opts: { datasync?: boolean; env?: Record<string, string> } = {}): Promise<Stack> {
+export async function startStack(
+  natsUrl: string,
+  t: TenantId,
+  databaseUrl: string,
+  filesRoot: string,
+  opts: { datasync?: boolean; env?: Record<string, string> } = {},
+): Promise<Stack> {
   const { createOrchestrator, loadConfig: orchConfig } = await import('@capstan/orchestrator');
   const { createWorker, loadConfig: workerConfig } = await import('@capstan/worker');
   const { createProjector, loadConfig: projectorConfig } = await import('@capstan/projector');
@@ -226,11 +286,15 @@ export async function startStack(natsUrl: string, t: TenantId, databaseUrl: stri
   const env = { NATS_URL: natsUrl, CAPSTAN_TENANTS: t, DATABASE_URL: databaseUrl, ...TEST_DEFAULTS, ...opts.env };
   // Each service with its own credential, as in production.
   const as = async (role: ServiceRole, extra: Record<string, string> = {}) => ({ ...(await serviceEnv(natsUrl, role)), ...env, ...extra });
-  const secrets = await createSecretsLease(secretsConfig(await as(Role.SecretsLease, { SECRETS_MASTER_KEY: randomBytes(32).toString('base64') })), capturingLogger('secrets-lease', logs));
+  const secrets = await createSecretsLease(
+    secretsConfig(await as(Role.SecretsLease, { SECRETS_MASTER_KEY: randomBytes(32).toString('base64') })),
+    capturingLogger('secrets-lease', logs),
+  );
   await secrets.start();
   const projector = await createProjector(projectorConfig(await as(Role.Projector)), capturingLogger('projector', logs));
   await projector.start();
-  const datasync = opts.datasync === false ? undefined : await createDatasync(datasyncConfig(await as(Role.Datasync, { DATASYNC_FILES_ROOT: filesRoot })), capturingLogger('datasync', logs));
+  const datasync =
+    opts.datasync === false ? undefined : await createDatasync(datasyncConfig(await as(Role.Datasync, { DATASYNC_FILES_ROOT: filesRoot })), capturingLogger('datasync', logs));
   await datasync?.start();
   const orch = await createOrchestrator(orchConfig(await as(Role.Orchestrator)), capturingLogger('orchestrator', logs), { registry: createRegistry(workflows) });
   await orch.start();
@@ -270,7 +334,14 @@ export async function defineCatalog(nc: NatsConnection, t: TenantId, src: Source
     kind: CatalogKind.Connection,
     id: 'shop',
     name: 'Shop database',
-    spec: { type: 'postgres', host: u.hostname, port: Number(u.port || 5432), database: src.database, tls: { mode: 'disable' }, auth: { type: 'username_password', username: o.user ?? 'postgres', passwordKey: 'SHOP_PG_PASSWORD' } },
+    spec: {
+      type: 'postgres',
+      host: u.hostname,
+      port: Number(u.port || 5432),
+      database: src.database,
+      tls: { mode: 'disable' },
+      auth: { type: 'username_password', username: o.user ?? 'postgres', passwordKey: 'SHOP_PG_PASSWORD' },
+    },
     by: 'test',
   });
   await putEntity(nc, t, { kind: CatalogKind.Model, id: 'shop-model', spec: MODEL, by: 'test' });
@@ -290,7 +361,11 @@ export interface DatasyncFixture {
   close(): Promise<void>;
 }
 
-export async function datasyncFixture(natsUrl: string, prefix: string, o: { items: number; canaryRow?: string; datasync?: boolean; env?: Record<string, string>; beforeStack?: (h: Harness, t: TenantId) => Promise<void> }): Promise<DatasyncFixture> {
+export async function datasyncFixture(
+  natsUrl: string,
+  prefix: string,
+  o: { items: number; canaryRow?: string; datasync?: boolean; env?: Record<string, string>; beforeStack?: (h: Harness, t: TenantId) => Promise<void> },
+): Promise<DatasyncFixture> {
   const h = await connect(natsUrl);
   const t = await provision(h, prefix);
   await o.beforeStack?.(h, t);

@@ -41,7 +41,10 @@ export async function sandboxRuntimes(docker: Docker): Promise<('runc' | 'runsc'
   const info = (await docker.info()) as { Runtimes?: Record<string, unknown> };
   if (Object.keys(info.Runtimes ?? {}).includes('runsc')) return ['runc', 'runsc'];
   // The runc half still runs; the gVisor half is what is skipped.
-  requirementMissing('gVisor (runsc registered with the Docker engine)', '`npm test` registers it as root or with passwordless sudo; else `sudo bash infra/docker/ensure-runsc.sh`');
+  requirementMissing(
+    'gVisor (runsc registered with the Docker engine)',
+    '`npm test` registers it as root or with passwordless sudo; else `sudo bash infra/docker/ensure-runsc.sh`',
+  );
   return ['runc'];
 }
 

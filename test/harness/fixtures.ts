@@ -81,8 +81,17 @@ const credsDir = mkdtempSync(join(tmpdir(), 'capstan-test-creds-'));
  * Issues a tenant credential (as `capstan creds issue` does) and writes it to a private file;
  * resolves with its path. A worker's pools get their consumers (`opts.consumers` sets them).
  */
-export async function issueCreds(url: string, t: TenantId, role: TenantRole, name: string, opts: { pools?: readonly string[]; consumers?: Partial<ConsumerSettings> } = {}): Promise<string> {
-  const { creds } = await issueCredential(await adminOf(url), t, role, name, { ...(opts.pools ? { pools: opts.pools } : {}), ...(opts.consumers ? { consumers: opts.consumers } : {}) });
+export async function issueCreds(
+  url: string,
+  t: TenantId,
+  role: TenantRole,
+  name: string,
+  opts: { pools?: readonly string[]; consumers?: Partial<ConsumerSettings> } = {},
+): Promise<string> {
+  const { creds } = await issueCredential(await adminOf(url), t, role, name, {
+    ...(opts.pools ? { pools: opts.pools } : {}),
+    ...(opts.consumers ? { consumers: opts.consumers } : {}),
+  });
   const path = join(credsDir, `${t}-${name}.creds`);
   writeFileSync(path, creds, { mode: 0o600 });
   return path;

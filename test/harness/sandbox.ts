@@ -89,7 +89,14 @@ export interface ExecOptions {
   call?: SandboxCallOptions;
 }
 
-export async function startSandboxes(h: Pick<Harness, 'nc'>, natsUrl: string, docker: Docker, tenants: readonly TenantId[], env: Record<string, string> = {}, o: { audit?: boolean } = {}): Promise<TestSandboxes> {
+export async function startSandboxes(
+  h: Pick<Harness, 'nc'>,
+  natsUrl: string,
+  docker: Docker,
+  tenants: readonly TenantId[],
+  env: Record<string, string> = {},
+  o: { audit?: boolean } = {},
+): Promise<TestSandboxes> {
   const node = `t${Math.random().toString(36).slice(2, 10)}`;
   const scratch = o.audit ? await scratchDatabase('sbxaudit') : undefined;
   const db = scratch ? await openDatabase({ url: scratch.url, log: createLogger('test', 'silent') }) : undefined;

@@ -94,7 +94,13 @@ describe('approvals', () => {
     const ev = await h.client.approve(t, runId, 'review', { by: 'ann@example.com', reason: 'numbers checked' });
     expect(ev.type).toBe('approval.decided');
     // The admin's credential signed it, acting for the person it names: both are on the record.
-    expect(ev.data).toEqual({ step: 'review', decision: 'approve', by: 'ann@example.com', reason: 'numbers checked', signer: { name: expect.any(String) as string, key: expect.stringMatching(/^U/) as string, role: Role.Admin } });
+    expect(ev.data).toEqual({
+      step: 'review',
+      decision: 'approve',
+      by: 'ann@example.com',
+      reason: 'numbers checked',
+      signer: { name: expect.any(String) as string, key: expect.stringMatching(/^U/) as string, role: Role.Admin },
+    });
     const end = await h.client.waitForEnd(t, runId, 20_000);
     expect(end.type).toBe('run.completed');
     // The step's result records who and why, and the next step received it.
@@ -131,7 +137,10 @@ describe('approvals', () => {
     });
     expect(row).toMatchObject({ decidedBy: 'bob', reason: 'totals do not add up' });
     await eventually('the run row failed with approval_denied', async () => {
-      const [run] = await database.db.select().from(schema.runs).where(and(eq(schema.runs.tenant, t), eq(schema.runs.runId, runId)));
+      const [run] = await database.db
+        .select()
+        .from(schema.runs)
+        .where(and(eq(schema.runs.tenant, t), eq(schema.runs.runId, runId)));
       return run?.status === 'failed' && run.errorCode === ErrorCode.ApprovalDenied ? true : undefined;
     });
     expect((await auditOf(runId)).filter((a) => a.kind === 'approval.decided').map((a) => [a.actor, a.detail])).toEqual([

@@ -14,9 +14,39 @@
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { jetstream } from '@nats-io/jetstream';
-import { createClient, createLogger, decodeEvent, issueCredential, parseCredentials, proofHeaders, readFrom, setPolicy, signerOf, tenantConnection, connectNats, type CapstanClient, type Signer, type TenantConnection } from '@capstan/kit';
+import {
+  createClient,
+  createLogger,
+  decodeEvent,
+  issueCredential,
+  parseCredentials,
+  proofHeaders,
+  readFrom,
+  setPolicy,
+  signerOf,
+  tenantConnection,
+  connectNats,
+  type CapstanClient,
+  type Signer,
+  type TenantConnection,
+} from '@capstan/kit';
 import { createPolicyService, loadConfig as policyConfig } from '@capstan/policy';
-import { CapstanError, CommandVerb, DeadLetterSource, decode, encode, Headers, MsgIds, Role, Streams, Subjects, type RunEvent, type RunId, type TenantId, type TenantRole } from '@capstan/schemas';
+import {
+  CapstanError,
+  CommandVerb,
+  DeadLetterSource,
+  decode,
+  encode,
+  Headers,
+  MsgIds,
+  Role,
+  Streams,
+  Subjects,
+  type RunEvent,
+  type RunId,
+  type TenantId,
+  type TenantRole,
+} from '@capstan/schemas';
 import { adminOf, connect, eventsOf, eventually, provision, serviceEnv, silent, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
 
 const url = inject('natsUrl');
@@ -102,7 +132,8 @@ describe('attack: forged decisions', () => {
     const requested = (await eventsOf(h, t, runId)).find((e) => e.type === 'approval.requested');
     expect(requested?.type === 'approval.requested' && requested.data.approvers).toBe('finance');
 
-    const approve = async (cp: CapstanClient | Promise<CapstanClient>, by = 'ceo', groups?: string[]) => refusal((await cp).approve(t, runId, 'deliver', { by, timeoutMs: 30_000, ...(groups ? { groups } : {}) }));
+    const approve = async (cp: CapstanClient | Promise<CapstanClient>, by = 'ceo', groups?: string[]) =>
+      refusal((await cp).approve(t, runId, 'deliver', { by, timeoutMs: 30_000, ...(groups ? { groups } : {}) }));
     // A signature over another run's body, or for another subject, proves nothing here.
     const otherRunBody = (subject: string, body: Uint8Array) => dave.signer.sign(subject, encode({ ...(decode(body) as object), runId: decoy }));
     const forVerb = (verb: string) => (subject: string, body: Uint8Array) => dave.signer.sign(subject.replace(/\.approve$/, `.${verb}`), body);
@@ -143,7 +174,13 @@ describe('attack: forged decisions', () => {
 
     // The legitimate approver: recorded as who signed, with the key, whatever `by` said.
     const ev = await dave.client.approve(t, runId, 'deliver', { by: 'someone-else', reason: 'checked', timeoutMs: 30_000 });
-    expect(ev.type === 'approval.decided' && ev.data).toEqual({ step: 'deliver', decision: 'approve', by: 'dave', reason: 'checked', signer: { name: 'dave', key: dave.signer.publicKey, role: Role.Operator } });
+    expect(ev.type === 'approval.decided' && ev.data).toEqual({
+      step: 'deliver',
+      decision: 'approve',
+      by: 'dave',
+      reason: 'checked',
+      signer: { name: 'dave', key: dave.signer.publicKey, role: Role.Operator },
+    });
     expect(decisionsOf(await eventsOf(h, t, runId))).toHaveLength(1);
     // The decoy run was never touched by the signature made for it.
     expect(decisionsOf(await eventsOf(h, t, decoy))).toHaveLength(0);
@@ -196,10 +233,14 @@ describe('attack: forged decisions', () => {
         expect(end.type === 'run.failed' && end.data.error.code).toBe('policy_denied');
       }
       await eventually('every forgery was answered', () => Promise.resolve(forgedSeqs.length === RACES ? true : undefined), 60_000);
-      const codes = await eventually('every forgery is dead-lettered', async () => {
-        const all = await deadLetterCodes();
-        return forgedSeqs.every((s) => all.has(s)) ? all : undefined;
-      }, 60_000);
+      const codes = await eventually(
+        'every forgery is dead-lettered',
+        async () => {
+          const all = await deadLetterCodes();
+          return forgedSeqs.every((s) => all.has(s)) ? all : undefined;
+        },
+        60_000,
+      );
       expect(new Set(forgedSeqs.map((s) => codes.get(s)))).toEqual(new Set(['unproven']));
     } finally {
       sub.unsubscribe();

@@ -39,7 +39,23 @@ import { createOrchestrator, loadConfig as orchestratorConfig, type Orchestrator
 import { createSecretsLease, loadConfig as secretsConfig, type SecretsLeaseService } from '@capstan/secrets-lease';
 import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';
 import { createRegistry } from '@capstan/actors';
-import { AuthKind, CapstanError, decode, encode, ErrorCode, Headers, Lifecycle, Role, Streams, Subjects, type Connector, type RunId, type SandboxExecRequest, type TenantId, type WorkItem } from '@capstan/schemas';
+import {
+  AuthKind,
+  CapstanError,
+  decode,
+  encode,
+  ErrorCode,
+  Headers,
+  Lifecycle,
+  Role,
+  Streams,
+  Subjects,
+  type Connector,
+  type RunId,
+  type SandboxExecRequest,
+  type TenantId,
+  type WorkItem,
+} from '@capstan/schemas';
 import { accessAs, connect, eventually, eventsOf, issueCreds, provision, serviceEnv, silent, testAuthStore, TEST_DEFAULTS, type Harness } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { workflows } from '../fixtures/workflows.js';
@@ -91,7 +107,14 @@ beforeAll(async () => {
   as.client = signerOf(client.jwt, client.seed);
 
   secrets = await createSecretsLease(
-    secretsConfig({ ...(await serviceEnv(url, Role.SecretsLease)), DATABASE_URL: scratch.url, SECRETS_MASTER_KEY: randomBytes(32).toString('base64'), CAPSTAN_TENANTS: t, SECRETS_DISCOVERY_MS: '200', SECRETS_REFRESH_ALLOW: '127.0.0.2' }),
+    secretsConfig({
+      ...(await serviceEnv(url, Role.SecretsLease)),
+      DATABASE_URL: scratch.url,
+      SECRETS_MASTER_KEY: randomBytes(32).toString('base64'),
+      CAPSTAN_TENANTS: t,
+      SECRETS_DISCOVERY_MS: '200',
+      SECRETS_REFRESH_ALLOW: '127.0.0.2',
+    }),
     silent,
   );
   await secrets.start();
@@ -99,7 +122,9 @@ beforeAll(async () => {
   await eventually('the secrets-lease service serving the tenant', () => Promise.resolve(secrets.watched().includes(t) ? true : undefined), 10_000);
   // Only the orchestrator: runs are scheduled and recorded, and no worker of pool `default`
   // takes them until a test starts one.
-  orchestrator = await createOrchestrator(orchestratorConfig({ ...(await serviceEnv(url, Role.Orchestrator)), CAPSTAN_TENANTS: t, ...TEST_DEFAULTS }), silent, { registry: createRegistry(workflows) });
+  orchestrator = await createOrchestrator(orchestratorConfig({ ...(await serviceEnv(url, Role.Orchestrator)), CAPSTAN_TENANTS: t, ...TEST_DEFAULTS }), silent, {
+    registry: createRegistry(workflows),
+  });
   await orchestrator.start();
 }, 120_000);
 
@@ -140,11 +165,15 @@ describe('forged work items: none executed, each dead-lettered as work_rejected'
       ['altered after signing (its input)', encode(item(runA, { input: { cmd: 'rm -rf /' } })), sig(as.orchestrator, legit)],
       ['replayed for another run', encode(item(newRunId())), sig(as.orchestrator, legit)],
       ['signed for another pool', legit, sig(as.orchestrator, legit, Subjects.work(t, 'default'))],
-      ['a signature header with no signer', legit, (() => {
-        const x = natsHeaders();
-        x.set(Headers.Signature, sig(as.orchestrator, legit).get(Headers.Signature));
-        return x;
-      })()],
+      [
+        'a signature header with no signer',
+        legit,
+        (() => {
+          const x = natsHeaders();
+          x.set(Headers.Signature, sig(as.orchestrator, legit).get(Headers.Signature));
+          return x;
+        })(),
+      ],
     ];
     const dlqBefore = await dlqCount();
     for (const [name, data, headers] of forgeries) await publish(data, headers, `forged:${name}`);
@@ -165,7 +194,18 @@ describe('forged work items: none executed, each dead-lettered as work_rejected'
     const spec = { command: ['sh', '-c', 'echo ok'], secrets: ['API_TOKEN'], egress: ['api.example.com:443'] };
     const base: Omit<SandboxExecRequest, 'work'> = { runId, workflow: 'w', step: 's', attempt: 1, mode: 2, spec, timeoutMs: 5000, input: {} };
     const signedItem = (s: Signer, r = base) => {
-      const wi: WorkItem = { runId: r.runId, workflow: r.workflow, version: 1, step: r.step, attempt: r.attempt, handler: 'sandbox', mode: r.mode, timeoutMs: r.timeoutMs, input: r.input, sandbox: r.spec };
+      const wi: WorkItem = {
+        runId: r.runId,
+        workflow: r.workflow,
+        version: 1,
+        step: r.step,
+        attempt: r.attempt,
+        handler: 'sandbox',
+        mode: r.mode,
+        timeoutMs: r.timeoutMs,
+        input: r.input,
+        sandbox: r.spec,
+      };
       const data = encode(wi);
       const subject = Subjects.work(t, 'default');
       return signedWork(signWork(s, subject, data), subject, data);
@@ -209,7 +249,11 @@ describe('leases: warranted by the run’s record, bound to the sandbox service'
     // A real run: its first step (mode 2, 24 declared keys, pool `default`) is scheduled
     // and waits for a worker, which is not running.
     runId = await h.client.submit(t, 'test.canary', { input: {} });
-    await eventually('the mode-2 step scheduled', async () => ((await eventsOf(h, t, runId)).some((e) => e.type === 'step.scheduled' && e.data.step === 'first') ? true : undefined), 20_000);
+    await eventually(
+      'the mode-2 step scheduled',
+      async () => ((await eventsOf(h, t, runId)).some((e) => e.type === 'step.scheduled' && e.data.step === 'first') ? true : undefined),
+      20_000,
+    );
   }, 60_000);
 
   it('forged issues: 0 leases granted; the worker of the step’s pool gets one', async () => {
@@ -255,7 +299,10 @@ describe('leases: warranted by the run’s record, bound to the sandbox service'
       }
     }
     expect(obtained).toBe(0);
-    const refused = await queryRows<{ code: string }>(d, sql`select detail->>'code' as code from audit_log where tenant = ${t} and kind = 'lease.denied' and detail->>'leaseId' = ${leaseId}`);
+    const refused = await queryRows<{ code: string }>(
+      d,
+      sql`select detail->>'code' as code from audit_log where tenant = ${t} and kind = 'lease.denied' and detail->>'leaseId' = ${leaseId}`,
+    );
     expect(refused.filter((x) => x.code === ErrorCode.LeaseWrongRedeemer).length).toBeGreaterThanOrEqual(4);
     // The bound redeemer: claimed and redeemed once, values sealed to its one-time key.
     await claimLease(nc, t, { ...scope, sandbox: `cap-${runId}-first-1` }, { signer: as.sandbox });
@@ -303,7 +350,9 @@ describe('the refresher is no deputy', () => {
     };
     const a = await listen('127.0.0.1', () => ({ status: 200, body: JSON.stringify({ access_token: 'stolen', expires_in: 60 }) }));
     const b = await listen('127.0.0.2', (req) =>
-      req.url === '/redirect' ? { status: 302, headers: { location: `http://127.0.0.1:${a.port}/token` }, body: '' } : { status: 200, body: JSON.stringify({ access_token: 'fresh-token', expires_in: 3600 }) },
+      req.url === '/redirect'
+        ? { status: 302, headers: { location: `http://127.0.0.1:${a.port}/token` }, body: '' }
+        : { status: 200, body: JSON.stringify({ access_token: 'fresh-token', expires_in: 3600 }) },
     );
     servers = [a.s, b.s];
     loopback = `127.0.0.1:${a.port}`;
@@ -346,7 +395,10 @@ describe('the refresher is no deputy', () => {
     const failed = await queryRows<{ name: string }>(d, sql`select detail->>'name' as name from audit_log where tenant = ${t} and kind = 'secret.refresh_failed'`);
     expect(failed.length).toBeGreaterThanOrEqual(cases.length);
     // The control: an allowed endpoint with a secret bound to its connector is called, once.
-    const connector: Connector = { name: 'good', auth: { type: AuthKind.OAuth2ClientCredentials, tokenUrl: `http://${allowed}/token`, clientId: 'x', clientSecretKey: 'GOOD_CLIENT' } };
+    const connector: Connector = {
+      name: 'good',
+      auth: { type: AuthKind.OAuth2ClientCredentials, tokenUrl: `http://${allowed}/token`, clientId: 'x', clientSecretKey: 'GOOD_CLIENT' },
+    };
     await putSecret(nc, t, 'GOOD_CLIENT', 'good-client-secret', { by, connector });
     await putSecret(nc, t, 'GOOD_TOKEN', 'placeholder', { by, lifecycle: Lifecycle.Refreshable, connector });
     const before = hits.length;
@@ -364,7 +416,12 @@ describe('the sealing key is the tenant’s secrets-lease service’s, proven', 
     const forger = await parseCredentials(await (await testAuthStore()).mintUser(victim, Role.Operator, 'mallory'), 'mallory');
     let puts = 0;
     const subs = [
-      vnc.subscribe(Subjects.secrets(victim, 'key'), { callback: (_e, m) => void m.respond(encode({ publicKey: attacker.publicKey }), { headers: signWork(signerOf(forger.jwt, forger.seed), Subjects.secrets(victim, 'key'), encode({ publicKey: attacker.publicKey })) }) }),
+      vnc.subscribe(Subjects.secrets(victim, 'key'), {
+        callback: (_e, m) =>
+          void m.respond(encode({ publicKey: attacker.publicKey }), {
+            headers: signWork(signerOf(forger.jwt, forger.seed), Subjects.secrets(victim, 'key'), encode({ publicKey: attacker.publicKey })),
+          }),
+      }),
       vnc.subscribe(Subjects.secrets(victim, 'put'), { callback: () => void puts++ }),
     ];
     const account = jwtIssuer(forger.jwt);

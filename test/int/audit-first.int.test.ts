@@ -144,120 +144,123 @@ afterAll(async () => {
 });
 
 describe('audit first', () => {
-  it(
-    'audit first: 200 external writes while the audit store fails reach the sink 0 times; after repair each action has exactly 1 intent row and 1 write',
-    async () => {
-      if (!sink) throw new Error('no sink');
-      await admin.query('update audit_fault set failing = true where id = 1');
-      projector = await createProjector(projectorConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, { database });
-      await projector.start();
-      services = await startServices(url, [t], { env: { AUDIT_DATABASE_URL: scratch.url }, workerId: 'audit-worker' });
-      const failures = await followFailures();
-      const watch = await watchRuns(h, t);
+  it('audit first: 200 external writes while the audit store fails reach the sink 0 times; after repair each action has exactly 1 intent row and 1 write', async () => {
+    if (!sink) throw new Error('no sink');
+    await admin.query('update audit_fault set failing = true where id = 1');
+    projector = await createProjector(projectorConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, { database });
+    await projector.start();
+    services = await startServices(url, [t], { env: { AUDIT_DATABASE_URL: scratch.url }, workerId: 'audit-worker' });
+    const failures = await followFailures();
+    const watch = await watchRuns(h, t);
 
-      const runIds: RunId[] = [];
-      const loseAnswer = new Set<RunId>();
-      for (let i = 0; i < RUNS; i++) {
-        const failAfterWrite = i % 4 === 0;
-        const runId = await h.client.submit(t, 'test.audited', { input: { sinkUrl: sink.url, failAfterWrite } });
-        runIds.push(runId);
-        if (failAfterWrite) loseAnswer.add(runId);
-      }
+    const runIds: RunId[] = [];
+    const loseAnswer = new Set<RunId>();
+    for (let i = 0; i < RUNS; i++) {
+      const failAfterWrite = i % 4 === 0;
+      const runId = await h.client.submit(t, 'test.audited', { input: { sinkUrl: sink.url, failAfterWrite } });
+      runIds.push(runId);
+      if (failAfterWrite) loseAnswer.add(runId);
+    }
 
-      // Hold the fault until every run has failed at least twice: first attempts and retries alike.
-      await eventually('every run failing twice while audit fails', () => Promise.resolve(runIds.every((r) => (failures.byRun.get(r)?.length ?? 0) >= 2) ? true : undefined), 120_000, 200);
-      const whileFailing = {
-        failedAttempts: [...failures.byRun.values()].reduce((n, f) => n + f.length, 0),
-        codes: [...new Set([...failures.byRun.values()].flat().map((f) => `${f.code}/${f.retryable ? 'retryable' : 'terminal'}`))],
-        sinkRequests: [...sink.requests.values()].reduce((n, c) => n + c, 0),
-        intentRows: (await intentRows(t)).length,
-        ended: watch.ended.size,
-      };
-      process.stdout.write(`audit failing: ${JSON.stringify(whileFailing)}\n`);
-      expect(whileFailing.codes).toEqual([`${ErrorCode.AuditUnavailable}/retryable`]);
-      expect(whileFailing.sinkRequests).toBe(0);
-      expect(whileFailing.intentRows).toBe(0);
-      expect(whileFailing.ended).toBe(0);
+    // Hold the fault until every run has failed at least twice: first attempts and retries alike.
+    await eventually(
+      'every run failing twice while audit fails',
+      () => Promise.resolve(runIds.every((r) => (failures.byRun.get(r)?.length ?? 0) >= 2) ? true : undefined),
+      120_000,
+      200,
+    );
+    const whileFailing = {
+      failedAttempts: [...failures.byRun.values()].reduce((n, f) => n + f.length, 0),
+      codes: [...new Set([...failures.byRun.values()].flat().map((f) => `${f.code}/${f.retryable ? 'retryable' : 'terminal'}`))],
+      sinkRequests: [...sink.requests.values()].reduce((n, c) => n + c, 0),
+      intentRows: (await intentRows(t)).length,
+      ended: watch.ended.size,
+    };
+    process.stdout.write(`audit failing: ${JSON.stringify(whileFailing)}\n`);
+    expect(whileFailing.codes).toEqual([`${ErrorCode.AuditUnavailable}/retryable`]);
+    expect(whileFailing.sinkRequests).toBe(0);
+    expect(whileFailing.intentRows).toBe(0);
+    expect(whileFailing.ended).toBe(0);
 
-      await admin.query('update audit_fault set failing = false where id = 1');
-      await watch.waitAll(runIds, 120_000);
-      await watch.close();
-      await failures.close();
+    await admin.query('update audit_fault set failing = false where id = 1');
+    await watch.waitAll(runIds, 120_000);
+    await watch.close();
+    await failures.close();
 
-      const check = await checkRuns(await h.jsm(t), t, runIds, createRegistry(workflows));
-      const rows = await intentRows(t);
-      const rowsPerKey = new Map<string, number>();
-      for (const r of rows) rowsPerKey.set(r.key, (rowsPerKey.get(r.key) ?? 0) + 1);
-      const expectedKeys = new Map(runIds.map((r) => [externalWriteKey({ tenant: t, runId: r, step: STEP }, ACTION), r]));
-      const requests = [...sink.requests.values()].reduce((n, c) => n + c, 0);
-      const lostAnswerRetries = [...check.eventsByRun].filter(([r, evs]) => loseAnswer.has(r) && evs.some((e) => e.type === 'step.failed' && e.data.error.code === 'answer_lost')).length;
-      const completedResults = [...check.eventsByRun.values()].map((evs) => evs.find((e) => e.type === 'step.completed')).filter((e) => e !== undefined);
-      const counts = {
-        runs: runIds.length,
-        completed: check.completed,
-        notTerminal: check.notTerminal,
-        intentRows: rows.length,
-        keysWithOneRow: [...rowsPerKey.values()].filter((n) => n === 1).length,
-        keysWithMoreRows: [...rowsPerKey.values()].filter((n) => n > 1).length,
-        distinctWrites: sink.requests.size,
-        writeRequests: requests,
-        duplicatesDeduplicated: requests - sink.requests.size,
-        lostAnswerRetries,
-        writesBeforeTheirIntent: sink.unaudited.size,
-        unexpectedKeys: [...sink.requests.keys()].filter((k) => !expectedKeys.has(k)).length,
-        failedAttempts: [...check.eventsByRun.values()].flat().filter((e) => e.type === 'step.failed').length,
-        brokenChains: check.brokenChains,
-        forks: check.forks,
-        resultsRecordedTwice: check.resultsRecordedTwice,
-        replayMismatches: check.replayMismatches,
-      };
-      process.stdout.write(`audit first: ${JSON.stringify(counts)}\n`);
-      expect(counts).toMatchObject({
-        completed: RUNS,
-        notTerminal: 0,
-        intentRows: RUNS,
-        keysWithOneRow: RUNS,
-        keysWithMoreRows: 0,
-        distinctWrites: RUNS,
-        writeRequests: RUNS + loseAnswer.size,
-        duplicatesDeduplicated: loseAnswer.size,
-        lostAnswerRetries: loseAnswer.size,
-        writesBeforeTheirIntent: 0,
-        unexpectedKeys: 0,
-        brokenChains: 0,
-        forks: 0,
-        resultsRecordedTwice: 0,
-        replayMismatches: 0,
-      });
-      // Every run's write is the one its key names, made once, recorded by this worker.
-      for (const [key, runId] of expectedKeys) {
-        expect(sink.requests.get(key) ?? 0).toBe(loseAnswer.has(runId) ? 2 : 1);
-        expect(rowsPerKey.get(key)).toBe(1);
-      }
-      for (const r of rows) {
-        expect(expectedKeys.get(r.key)).toBe(r.run_id);
-        expect(r).toMatchObject({ target: 'test-sink', action: ACTION, step: STEP, actor: 'audit-worker', stream_seq: 0 });
-        // The intent was written by an attempt after the failures (a lost answer re-uses the row).
-        expect(r.seq).toBe(-1);
-        expect(r.attempt).toBeGreaterThanOrEqual(3);
-      }
-      for (const e of completedResults) {
-        if (e?.type !== 'step.completed') continue;
-        expect(e.data.result).toMatchObject({ ok: true, duplicate: loseAnswer.has(e.runId) });
-      }
+    const check = await checkRuns(await h.jsm(t), t, runIds, createRegistry(workflows));
+    const rows = await intentRows(t);
+    const rowsPerKey = new Map<string, number>();
+    for (const r of rows) rowsPerKey.set(r.key, (rowsPerKey.get(r.key) ?? 0) + 1);
+    const expectedKeys = new Map(runIds.map((r) => [externalWriteKey({ tenant: t, runId: r, step: STEP }, ACTION), r]));
+    const requests = [...sink.requests.values()].reduce((n, c) => n + c, 0);
+    const lostAnswerRetries = [...check.eventsByRun].filter(
+      ([r, evs]) => loseAnswer.has(r) && evs.some((e) => e.type === 'step.failed' && e.data.error.code === 'answer_lost'),
+    ).length;
+    const completedResults = [...check.eventsByRun.values()].map((evs) => evs.find((e) => e.type === 'step.completed')).filter((e) => e !== undefined);
+    const counts = {
+      runs: runIds.length,
+      completed: check.completed,
+      notTerminal: check.notTerminal,
+      intentRows: rows.length,
+      keysWithOneRow: [...rowsPerKey.values()].filter((n) => n === 1).length,
+      keysWithMoreRows: [...rowsPerKey.values()].filter((n) => n > 1).length,
+      distinctWrites: sink.requests.size,
+      writeRequests: requests,
+      duplicatesDeduplicated: requests - sink.requests.size,
+      lostAnswerRetries,
+      writesBeforeTheirIntent: sink.unaudited.size,
+      unexpectedKeys: [...sink.requests.keys()].filter((k) => !expectedKeys.has(k)).length,
+      failedAttempts: [...check.eventsByRun.values()].flat().filter((e) => e.type === 'step.failed').length,
+      brokenChains: check.brokenChains,
+      forks: check.forks,
+      resultsRecordedTwice: check.resultsRecordedTwice,
+      replayMismatches: check.replayMismatches,
+    };
+    process.stdout.write(`audit first: ${JSON.stringify(counts)}\n`);
+    expect(counts).toMatchObject({
+      completed: RUNS,
+      notTerminal: 0,
+      intentRows: RUNS,
+      keysWithOneRow: RUNS,
+      keysWithMoreRows: 0,
+      distinctWrites: RUNS,
+      writeRequests: RUNS + loseAnswer.size,
+      duplicatesDeduplicated: loseAnswer.size,
+      lostAnswerRetries: loseAnswer.size,
+      writesBeforeTheirIntent: 0,
+      unexpectedKeys: 0,
+      brokenChains: 0,
+      forks: 0,
+      resultsRecordedTwice: 0,
+      replayMismatches: 0,
+    });
+    // Every run's write is the one its key names, made once, recorded by this worker.
+    for (const [key, runId] of expectedKeys) {
+      expect(sink.requests.get(key) ?? 0).toBe(loseAnswer.has(runId) ? 2 : 1);
+      expect(rowsPerKey.get(key)).toBe(1);
+    }
+    for (const r of rows) {
+      expect(expectedKeys.get(r.key)).toBe(r.run_id);
+      expect(r).toMatchObject({ target: 'test-sink', action: ACTION, step: STEP, actor: 'audit-worker', stream_seq: 0 });
+      // The intent was written by an attempt after the failures (a lost answer re-uses the row).
+      expect(r.seq).toBe(-1);
+      expect(r.attempt).toBeGreaterThanOrEqual(3);
+    }
+    for (const e of completedResults) {
+      if (e?.type !== 'step.completed') continue;
+      expect(e.data.result).toMatchObject({ ok: true, duplicate: loseAnswer.has(e.runId) });
+    }
 
-      // Projections stay consistent with the streams: the intents are not the projector's rows.
-      await eventually('projector caught up', async () => {
-        const [row] = await queryRows<{ n: number }>(database, sql`select count(*)::int as n from runs where tenant = ${t} and status = 'completed'`);
-        return row?.n === RUNS ? true : undefined;
-      });
-      const verified = await verifyProjections(database, h.jsm, [t]);
-      process.stdout.write(`verify: ok=${verified.ok} mismatches=${verified.mismatches.length} brokenChains=${verified.brokenChains.length}\n`);
-      expect(verified.mismatches).toEqual([]);
-      expect(verified.ok).toBe(true);
-    },
-    300_000,
-  );
+    // Projections stay consistent with the streams: the intents are not the projector's rows.
+    await eventually('projector caught up', async () => {
+      const [row] = await queryRows<{ n: number }>(database, sql`select count(*)::int as n from runs where tenant = ${t} and status = 'completed'`);
+      return row?.n === RUNS ? true : undefined;
+    });
+    const verified = await verifyProjections(database, h.jsm, [t]);
+    process.stdout.write(`verify: ok=${verified.ok} mismatches=${verified.mismatches.length} brokenChains=${verified.brokenChains.length}\n`);
+    expect(verified.mismatches).toEqual([]);
+    expect(verified.ok).toBe(true);
+  }, 300_000);
 });
 
 describe('audit sink', () => {
@@ -283,12 +286,14 @@ describe('audit sink', () => {
     expect(await intentRows(tenant)).toHaveLength(1);
   });
 
-  it('audit sink: many actions of one run next to projector rows and another service\'s rows never collide', async () => {
+  it("audit sink: many actions of one run next to projector rows and another service's rows never collide", async () => {
     const tenant = parseTenantId(`mix-${randomBytes(3).toString('hex')}`);
     const runId = runIdOf();
     const store = createAuditSink(database);
     // The projector's rows for this run (seq = the event's seq), and one written by another data-plane service.
-    await database.db.insert(schema.auditLog).values([1, 2, 3].map((seq) => ({ tenant, runId, seq, kind: 'run.signaled', actor: null, detail: {}, at: new Date(), streamSeq: seq })));
+    await database.db
+      .insert(schema.auditLog)
+      .values([1, 2, 3].map((seq) => ({ tenant, runId, seq, kind: 'run.signaled', actor: null, detail: {}, at: new Date(), streamSeq: seq })));
     await database.db.transaction((tx) => appendAuditRow(tx, { tenant, runId, kind: 'lease.issued', actor: 'secrets-lease', detail: { keys: ['API_TOKEN'] } }));
     const actions = Array.from({ length: 30 }, (_, i) => `notify:${i}`);
     let performed = 0;

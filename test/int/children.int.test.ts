@@ -22,10 +22,15 @@ const types = (events: readonly RunEvent[]) => events.map((e) => e.type);
 const endOf = (events: readonly RunEvent[]) => events.at(-1)?.type;
 const ended = (events: readonly RunEvent[]) => ['run.completed', 'run.cancelled', 'run.failed'].includes(endOf(events) ?? '');
 async function until(runId: RunId, pred: (events: RunEvent[]) => boolean, what: string, ms = 30_000): Promise<RunEvent[]> {
-  return eventually(what, async () => {
-    const events = await eventsOf(h, t, runId);
-    return pred(events) ? events : undefined;
-  }, ms, 50);
+  return eventually(
+    what,
+    async () => {
+      const events = await eventsOf(h, t, runId);
+      return pred(events) ? events : undefined;
+    },
+    ms,
+    50,
+  );
 }
 
 beforeAll(async () => {
@@ -42,7 +47,7 @@ afterAll(async () => {
 });
 
 describe('children - child workflows end to end', () => {
-  it('children - the parent awaits its child: the child\'s output is the step\'s result, and the child knows its parent', async () => {
+  it("children - the parent awaits its child: the child's output is the step's result, and the child knows its parent", async () => {
     const runId = await h.client.submit(t, 'test.parent', { input: {} });
     const events = await until(runId, ended, 'the parent to end');
     expect(endOf(events), types(events).join(' ')).toBe('run.completed');
@@ -87,9 +92,16 @@ describe('children - forgeries', () => {
       await client.request(Subjects.command(t, CommandVerb.Child), encode(body), { timeout: 2000 }).catch(() => refused++);
       // A submit that claims the parent under an id of its own choosing.
       const forged = makeRunId(Date.now(), new Uint8Array(10).fill(7));
-      client.publish(Subjects.command(t, CommandVerb.Submit), encode({ workflow: 'test.child', runId: forged, input: { order: 'forged' }, parent: { runId, step: 'ship', attempt: 1 } }));
+      client.publish(
+        Subjects.command(t, CommandVerb.Submit),
+        encode({ workflow: 'test.child', runId: forged, input: { order: 'forged' }, parent: { runId, step: 'ship', attempt: 1 } }),
+      );
       await client.flush();
-      const dl = await eventually('the dead letter', async () => (await readDeadLetters(await h.jsm(t), t, 20)).find((d) => d.code === 'schema_violation' && /derived from its parent/.test(d.error)), 10_000);
+      const dl = await eventually(
+        'the dead letter',
+        async () => (await readDeadLetters(await h.jsm(t), t, 20)).find((d) => d.code === 'schema_violation' && /derived from its parent/.test(d.error)),
+        10_000,
+      );
       expect(dl).toBeDefined();
       expect(await eventsOf(h, t, forged)).toEqual([]);
     } finally {
@@ -118,7 +130,7 @@ describe('children - continue-as-new and patches', () => {
     expect(types(c).slice(-2)).toEqual(['step.skipped', 'run.completed']);
   });
 
-  it('continue - a child that continues as new: its parent takes the output of the chain\'s last run, reported under the id it started', async () => {
+  it("continue - a child that continues as new: its parent takes the output of the chain's last run, reported under the id it started", async () => {
     const runId = await h.client.submit(t, 'test.relay', { input: {} });
     const events = await until(runId, ended, 'the relay to end');
     const child = childRunIdOf(runId, 'ticks', 1);

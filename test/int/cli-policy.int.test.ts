@@ -63,12 +63,14 @@ describe('capstan policy', () => {
     expect((await capstan(['policy', 'history', '--tenant', t])).out).toMatch(/VERSION[\s\S]*1 \*[\s\S]*cli-user/);
   });
 
-  it('policy - an invalid file exits 1 with Cedar\'s diagnostics, located in the file; nothing is stored', async () => {
+  it("policy - an invalid file exits 1 with Cedar's diagnostics, located in the file; nothing is stored", async () => {
     const bad = file('bad.cedar', 'permit(principal, action == Action::"egress", resource);\npermit(principal, action == Action::"lease-secrett", resource);\n');
     const r = await capstan(['policy', 'set', '--tenant', t, '--file', bad]);
     expect(r.code).toBe(1);
     expect(r.err).toMatch(/policy_invalid: .*bad\.cedar is not a valid policy; nothing was stored/);
-    expect(r.err).toMatch(new RegExp(`${bad.replaceAll('.', '\\.')}:2:\\d+ \\[policy1\\] error: for policy \`policy1\`, unrecognized action \`Action::"lease-secrett"\` \\(help: did you mean`));
+    expect(r.err).toMatch(
+      new RegExp(`${bad.replaceAll('.', '\\.')}:2:\\d+ \\[policy1\\] error: for policy \`policy1\`, unrecognized action \`Action::"lease-secrett"\` \\(help: did you mean`),
+    );
     const parse = await capstan(['policy', 'set', '--tenant', t, '--file', file('cut.cedar', 'permit(principal,')]);
     expect(parse.code).toBe(1);
     expect(parse.err).toMatch(/cut\.cedar:1:\d+ error: failed to parse policies/);
@@ -76,11 +78,14 @@ describe('capstan policy', () => {
   });
 
   it('policy - test prints each decision and the combined one, under the version in force or a candidate', async () => {
-    const queries = file('q.json', JSON.stringify([
-      { action: 'run-step', workflow: 'etl', step: 'load', mode: 0 },
-      { action: 'lease-secret', workflow: 'etl', step: 'load', secret: 'DEMO_TOKEN' },
-      { action: 'egress', workflow: 'etl', step: 'load', host: 'api.github.com:443' },
-    ]));
+    const queries = file(
+      'q.json',
+      JSON.stringify([
+        { action: 'run-step', workflow: 'etl', step: 'load', mode: 0 },
+        { action: 'lease-secret', workflow: 'etl', step: 'load', secret: 'DEMO_TOKEN' },
+        { action: 'egress', workflow: 'etl', step: 'load', host: 'api.github.com:443' },
+      ]),
+    );
     const r = await capstan(['policy', 'test', '--tenant', t, '--file', queries]);
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/under policy version 1/);
@@ -90,7 +95,23 @@ describe('capstan policy', () => {
     expect(r.out).toMatch(/all together: deny/);
 
     const cand = file('cand.cedar', `permit(principal, action == Action::"egress", resource) when { resource.port == 443 };`);
-    const c = await capstan(['policy', 'test', '--tenant', t, '--policy', cand, '--action', 'egress', '--workflow', 'etl', '--step', 'load', '--host', 'api.github.com:443', '--json']);
+    const c = await capstan([
+      'policy',
+      'test',
+      '--tenant',
+      t,
+      '--policy',
+      cand,
+      '--action',
+      'egress',
+      '--workflow',
+      'etl',
+      '--step',
+      'load',
+      '--host',
+      'api.github.com:443',
+      '--json',
+    ]);
     expect(c.code).toBe(0);
     expect(JSON.parse(c.out)).toMatchObject({ candidate: true, version: 0, decisions: [{ decision: 'allow', policies: ['policy0'] }] });
     const unknown = await capstan(['policy', 'test', '--tenant', t, '--action', 'fly', '--workflow', 'etl', '--step', 'load']);

@@ -70,7 +70,14 @@ describe('cluster faults', () => {
     // Only two nodes carry node:1 or node:2 each, none both: three replicas tagged both cannot be placed.
     expect(ok.code).toBe(1);
     expect(ok.err).toMatch(/placement_invalid/);
-    const refused = await Promise.all([['--replicas', '5'], ['--replicas', '2'], ['--replicas', '3', '--placement', 'az:1'], ['--placement', 'no such tag!']].map((f) => runCli(['tenant', 'add', t, ...f, ...nats])));
+    const refused = await Promise.all(
+      [
+        ['--replicas', '5'],
+        ['--replicas', '2'],
+        ['--replicas', '3', '--placement', 'az:1'],
+        ['--placement', 'no such tag!'],
+      ].map((f) => runCli(['tenant', 'add', t, ...f, ...nats])),
+    );
     for (const r of refused) expect(r.err, r.err).toMatch(/placement_invalid/);
     const placed = await runCli(['tenant', 'add', t, '--replicas', '3', ...nats, '--json']);
     expect(placed.code, placed.err).toBe(0);
@@ -93,7 +100,10 @@ describe('cluster faults', () => {
     for (const s of [Streams.runs(t), Streams.commands(t), Streams.work(t)]) expect((await jsm.streams.info(s)).config.num_replicas).toBe(3);
 
     const env = { NATS_URL: cluster.urls, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures };
-    procs.push(spawnService('orchestrator', env), spawnService('worker', { ...env, NATS_CREDS: await issueCreds(cluster.urls, t, Role.Worker, 'w-cl', { consumers }), WORKER_CONCURRENCY: '64' }));
+    procs.push(
+      spawnService('orchestrator', env),
+      spawnService('worker', { ...env, NATS_CREDS: await issueCreds(cluster.urls, t, Role.Worker, 'w-cl', { consumers }), WORKER_CONCURRENCY: '64' }),
+    );
     await new Promise((r) => setTimeout(r, 1500));
     const committed = await recordCommitted(h, t);
 
@@ -148,7 +158,11 @@ describe('cluster faults', () => {
     // Every acknowledged run to its end, and every replica caught up before reading back.
     for (const runId of acked) await h.client.waitForEnd(t, runId, 60_000);
     await healthyLeader(jsm, Streams.runs(t), cluster);
-    await eventually('the reader caught up', () => Promise.resolve(acked.every((r) => [...(committed.seen.get(r)?.values() ?? [])].some((v) => v.startsWith('run.completed:'))) ? true : undefined), 60_000);
+    await eventually(
+      'the reader caught up',
+      () => Promise.resolve(acked.every((r) => [...(committed.seen.get(r)?.values() ?? [])].some((v) => v.startsWith('run.completed:'))) ? true : undefined),
+      60_000,
+    );
     await committed.close();
 
     const c = await checkRuns(jsm, t, acked, createRegistry(workflows));

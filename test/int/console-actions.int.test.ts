@@ -6,7 +6,17 @@
  */
 import { Role } from '@capstan/schemas';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createConsole, hashPassword, loadConfig as consoleConfig, type ActionResponse, type AuditPageResponse, type Console, type RunDetailResponse, type RunStreamChange, type WorkersResponse } from '@capstan/console';
+import {
+  createConsole,
+  hashPassword,
+  loadConfig as consoleConfig,
+  type ActionResponse,
+  type AuditPageResponse,
+  type Console,
+  type RunDetailResponse,
+  type RunStreamChange,
+  type WorkersResponse,
+} from '@capstan/console';
 import { migrate, openDatabase, readExport, type Database } from '@capstan/kit';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import type { TenantId } from '@capstan/schemas';
@@ -30,10 +40,16 @@ describe('console actions', () => {
 
   const detail = async (runId: string) => (await operator.get<RunDetailResponse>(`/api/tenants/${t}/runs/${runId}`)).body;
   const statusOf = async (runId: string) => (await operator.get<RunDetailResponse>(`/api/tenants/${t}/runs/${runId}`)).body.run?.status;
-  const waitingFor = (runId: string) => eventually(`run ${runId} waiting for approval`, async () => ((await detail(runId)).approvals?.some((a) => a.status === 'waiting') ? true : undefined), 20_000);
+  const waitingFor = (runId: string) =>
+    eventually(`run ${runId} waiting for approval`, async () => ((await detail(runId)).approvals?.some((a) => a.status === 'waiting') ? true : undefined), 20_000);
   /** Waits for the live stream to carry the run in `status`. */
   const streamed = (s: EventStream, runId: string, status: string) =>
-    eventually(`a live update with run ${runId} ${status}`, () => Promise.resolve(s.events.some((e) => e.event === 'runs' && (e.data as RunStreamChange).runs.some((r) => r.runId === runId && r.status === status)) ? true : undefined), 20_000, 50);
+    eventually(
+      `a live update with run ${runId} ${status}`,
+      () => Promise.resolve(s.events.some((e) => e.event === 'runs' && (e.data as RunStreamChange).runs.some((r) => r.runId === runId && r.status === status)) ? true : undefined),
+      20_000,
+      50,
+    );
 
   beforeAll(async () => {
     const url = inject('natsUrl');
@@ -43,7 +59,11 @@ describe('console actions', () => {
     d = await openDatabase({ url: scratch.url, log: silent });
     await migrate(d);
     services = await startServices(url, [t], { workerId, env: { WORKER_ADMISSION: 'auto' } });
-    projector = await createProjector(projectorConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t, PROJECTOR_DISCOVERY_MS: '200' }), silent, { database: d });
+    projector = await createProjector(
+      projectorConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t, PROJECTOR_DISCOVERY_MS: '200' }),
+      silent,
+      { database: d },
+    );
     await projector.start();
     const passwordHash = await hashPassword(PASSWORD);
     app = createConsole({
@@ -144,17 +164,30 @@ describe('console actions', () => {
   });
 
   it('console actions - an admin revokes a worker and admits it again; the fleet view shows who and when', async () => {
-    await eventually('the worker in the fleet view', async () => ((await admin.get<WorkersResponse>(`/api/tenants/${t}/workers`)).body.workers.find((w) => w.workerId === workerId) ? true : undefined), 20_000);
+    await eventually(
+      'the worker in the fleet view',
+      async () => ((await admin.get<WorkersResponse>(`/api/tenants/${t}/workers`)).body.workers.find((w) => w.workerId === workerId) ? true : undefined),
+      20_000,
+    );
     expect((await operator.post<ErrorBody>(`/api/tenants/${t}/workers/${workerId}/revoke`, {})).status).toBe(403);
     const revoked = await admin.post<ActionResponse>(`/api/tenants/${t}/workers/${workerId}/revoke`, { reason: 'rotating hosts' });
     expect(revoked.status).toBe(202);
     expect(revoked.body).toEqual({ accepted: true, action: 'revokeWorker', tenant: t, workerId });
-    const w = await eventually('the revocation projected', async () => (await admin.get<WorkersResponse>(`/api/tenants/${t}/workers`)).body.workers.find((x) => x.workerId === workerId && x.admission === 'revoked'), 20_000);
+    const w = await eventually(
+      'the revocation projected',
+      async () => (await admin.get<WorkersResponse>(`/api/tenants/${t}/workers`)).body.workers.find((x) => x.workerId === workerId && x.admission === 'revoked'),
+      20_000,
+    );
     expect(w).toMatchObject({ admissionBy: 'adam', admissionReason: 'rotating hosts' });
     expect(Date.parse(w.admissionAt ?? '')).toBeGreaterThan(Date.now() - 60_000);
 
     expect((await admin.post(`/api/tenants/${t}/workers/${workerId}/approve`, {})).status).toBe(202);
-    await eventually('the worker admitted again', async () => ((await admin.get<WorkersResponse>(`/api/tenants/${t}/workers`)).body.workers.find((x) => x.workerId === workerId && x.admission === 'approved') ? true : undefined), 20_000);
+    await eventually(
+      'the worker admitted again',
+      async () =>
+        (await admin.get<WorkersResponse>(`/api/tenants/${t}/workers`)).body.workers.find((x) => x.workerId === workerId && x.admission === 'approved') ? true : undefined,
+      20_000,
+    );
     // And it works again: a run completes.
     const runId = await h.client.submit(t, 'demo.pipeline', { input: { customer: 9 } });
     await eventually('a run after re-admission completed', async () => ((await statusOf(runId)) === 'completed' ? true : undefined), 30_000);

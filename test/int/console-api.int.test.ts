@@ -8,7 +8,24 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { apiPaths, createConsole, hashPassword, loadConfig, type ApprovalsResponse, type AuditPageResponse, type Console, type ConsoleUser, type PoliciesResponse, type PolicyVersionResponse, type RunDetailResponse, type RunsPageResponse, type RunStreamChange, type SessionInfo, type SystemResponse, type WorkersResponse } from '@capstan/console';
+import {
+  apiPaths,
+  createConsole,
+  hashPassword,
+  loadConfig,
+  type ApprovalsResponse,
+  type AuditPageResponse,
+  type Console,
+  type ConsoleUser,
+  type PoliciesResponse,
+  type PolicyVersionResponse,
+  type RunDetailResponse,
+  type RunsPageResponse,
+  type RunStreamChange,
+  type SessionInfo,
+  type SystemResponse,
+  type WorkersResponse,
+} from '@capstan/console';
 import { migrate, openDatabase, type Database } from '@capstan/kit';
 import { db as schema, Streams, Subjects, type TenantId, Role } from '@capstan/schemas';
 import { createHash } from 'node:crypto';
@@ -59,7 +76,14 @@ describe('console api', () => {
 
     for (let i = 0; i < 30; i++) {
       const startedAt = new Date(BASE - i * 60_000);
-      aRuns.push(runRow(A, runIdAt(startedAt), { startedAt, status: i % 3 === 0 ? 'failed' : 'completed', workflow: 'demo.pipeline', ...(i % 3 === 0 ? { errorCode: 'step_failed', errorMessage: 'boom' } : {}) }));
+      aRuns.push(
+        runRow(A, runIdAt(startedAt), {
+          startedAt,
+          status: i % 3 === 0 ? 'failed' : 'completed',
+          workflow: 'demo.pipeline',
+          ...(i % 3 === 0 ? { errorCode: 'step_failed', errorMessage: 'boom' } : {}),
+        }),
+      );
     }
     aRun = (aRuns[0] as RunInsert).runId;
     // A's run 1 waits for approval; B has one running run.
@@ -68,16 +92,41 @@ describe('console api', () => {
     const bRow = runRow(B, runIdAt(BASE), { startedAt: new Date(BASE), status: 'running', workflow: 'demo.other', currentStep: 'wait' });
     bRun = bRow.runId;
     await insertBatched(d, schema.runs, [...aRuns, bRow]);
-    await insertBatched(d, schema.runSearch, aRuns.map((r, i) => ({ tenant: A, key: 'customer', value: String(i % 5), runId: r.runId })));
+    await insertBatched(
+      d,
+      schema.runSearch,
+      aRuns.map((r, i) => ({ tenant: A, key: 'customer', value: String(i % 5), runId: r.runId })),
+    );
     const t0 = new Date(BASE);
-    await d.db.insert(schema.steps).values([
-      stepRow(A, aRun, 'extract', 1, t0),
-      stepRow(A, aRun, 'load', 1, new Date(BASE + 100), { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'db down', durationMs: 40 }),
-      stepRow(A, aRun, 'load', 2, new Date(BASE + 500), { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'boom', durationMs: 30, mode: 1 }),
-      stepRow(A, waitingRun, 'draft', 1, new Date(BASE - 60_000)),
-    ]);
-    const about = [[null, null], ['extract', 1], ['extract', 1], ['load', 1], ['load', 1], [null, null]] as const;
-    await d.db.insert(schema.events).values(['run.started', 'step.scheduled', 'step.completed', 'step.scheduled', 'step.failed', 'run.failed'].map((type, i) => ({ tenant: A, runId: aRun, seq: i + 1, type, at: new Date(BASE + i), streamSeq: i + 1, causationId: 'c', step: about[i]?.[0] ?? null, attempt: about[i]?.[1] ?? null })));
+    await d.db
+      .insert(schema.steps)
+      .values([
+        stepRow(A, aRun, 'extract', 1, t0),
+        stepRow(A, aRun, 'load', 1, new Date(BASE + 100), { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'db down', durationMs: 40 }),
+        stepRow(A, aRun, 'load', 2, new Date(BASE + 500), { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'boom', durationMs: 30, mode: 1 }),
+        stepRow(A, waitingRun, 'draft', 1, new Date(BASE - 60_000)),
+      ]);
+    const about = [
+      [null, null],
+      ['extract', 1],
+      ['extract', 1],
+      ['load', 1],
+      ['load', 1],
+      [null, null],
+    ] as const;
+    await d.db.insert(schema.events).values(
+      ['run.started', 'step.scheduled', 'step.completed', 'step.scheduled', 'step.failed', 'run.failed'].map((type, i) => ({
+        tenant: A,
+        runId: aRun,
+        seq: i + 1,
+        type,
+        at: new Date(BASE + i),
+        streamSeq: i + 1,
+        causationId: 'c',
+        step: about[i]?.[0] ?? null,
+        attempt: about[i]?.[1] ?? null,
+      })),
+    );
     await d.db.insert(schema.approvals).values([
       { tenant: A, runId: waitingRun, step: 'review', signal: 'approve', status: 'waiting', requestedAt: new Date(BASE - 50_000) },
       { tenant: B, runId: bRun, step: 'review', signal: 'approve', status: 'waiting', requestedAt: t0 },
@@ -87,7 +136,16 @@ describe('console api', () => {
       { tenant: B, workerId: 'wb', pools: ['default'], running: 0, lastSeenAt: t0 },
     ]);
     await insertBatched(d, schema.auditLog, [
-      ...Array.from({ length: 12 }, (_, i) => ({ tenant: A, runId: i < 4 ? aRun : waitingRun, seq: i + 1, kind: 'run.signaled', actor: i === 0 ? '=cmd|evil' : 'alice', detail: { name: i === 1 ? 'a,"b"\nc' : 'approve' }, at: new Date(BASE + i * 1000), streamSeq: i + 1 })),
+      ...Array.from({ length: 12 }, (_, i) => ({
+        tenant: A,
+        runId: i < 4 ? aRun : waitingRun,
+        seq: i + 1,
+        kind: 'run.signaled',
+        actor: i === 0 ? '=cmd|evil' : 'alice',
+        detail: { name: i === 1 ? 'a,"b"\nc' : 'approve' },
+        at: new Date(BASE + i * 1000),
+        streamSeq: i + 1,
+      })),
       { tenant: B, runId: bRun, seq: 1, kind: 'run.cancel-requested', actor: 'bob', detail: { reason: 'x' }, at: t0, streamSeq: 1 },
     ]);
     // A's run stream holds 7 messages, the projections have applied 6 (a checkpoint beyond
@@ -117,7 +175,14 @@ describe('console api', () => {
     writeFileSync(join(webDir, 'assets', 'app-1234.js'), 'console.log("app")');
     const usersFile = join(webDir, '..', `${webDir.split('/').pop() ?? 'x'}-users.json`);
     writeFileSync(usersFile, JSON.stringify(users));
-    const config = loadConfig({ CONSOLE_SECRET: SECRET, CONSOLE_USERS: usersFile, CONSOLE_PORT: '0', CONSOLE_WEB_DIR: webDir, DATABASE_URL: scratch.url, ...(await serviceEnv(inject('natsUrl'), Role.Console)) });
+    const config = loadConfig({
+      CONSOLE_SECRET: SECRET,
+      CONSOLE_USERS: usersFile,
+      CONSOLE_PORT: '0',
+      CONSOLE_WEB_DIR: webDir,
+      DATABASE_URL: scratch.url,
+      ...(await serviceEnv(inject('natsUrl'), Role.Console)),
+    });
     app = createConsole({ db: d, access: await accessAs(inject('natsUrl'), Role.Console), config, log: silent, pollMs: 100 });
     await app.start();
     url = app.url;
@@ -198,7 +263,7 @@ describe('console api', () => {
     expect((r.body as ErrorBody).error.message).toMatch(/expired or is no longer valid/);
   });
 
-  it('console api - a read is refused without a session and at a Host that is not the console\'s (DNS rebinding), even with a session', async () => {
+  it("console api - a read is refused without a session and at a Host that is not the console's (DNS rebinding), even with a session", async () => {
     const viewer = await as('viewer-a');
     const read = apiPaths.runs(A);
     // Node's fetch sets Host from the URL; a rebinding browser sends the attacker's name.
@@ -206,7 +271,10 @@ describe('console api', () => {
       new Promise<{ status: number; body: string }>((resolve, reject) => {
         const r = httpRequest(url + path, { headers }, (res) => {
           let body = '';
-          res.setEncoding('utf8').on('data', (c: string) => (body += c)).on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+          res
+            .setEncoding('utf8')
+            .on('data', (c: string) => (body += c))
+            .on('end', () => resolve({ status: res.statusCode ?? 0, body }));
         });
         r.on('error', reject).end();
       });
@@ -225,7 +293,7 @@ describe('console api', () => {
     expect((await raw(read, { host: `localhost:${port}`, cookie: viewer.cookie ?? '' })).status).toBe(200);
   });
 
-  it('console api - a session reaches only its own tenants: 403 for every endpoint of another, 404 for another tenant\'s run under its own', async () => {
+  it("console api - a session reaches only its own tenants: 403 for every endpoint of another, 404 for another tenant's run under its own", async () => {
     for (const userId of ['viewer-a', 'operator-a', 'admin-a']) {
       const c = await as(userId);
       for (const [method, path, body] of endpoints(B, bRun)) {
@@ -363,7 +431,9 @@ describe('console api', () => {
     expect(all.body.runs[0]).toMatchObject({ tenant: A, runId: aRun, status: 'failed', errorCode: 'step_failed', startedAt: new Date(BASE).toISOString(), endedAt: null });
     expect(Object.keys(all.body.runs[0] ?? {})).not.toContain('chain');
 
-    const failed = await c.get<RunsPageResponse>(`/api/tenants/${A}/runs?status=failed&workflow=demo.pipeline&since=${encodeURIComponent(new Date(BASE - 10 * 60_000).toISOString())}`);
+    const failed = await c.get<RunsPageResponse>(
+      `/api/tenants/${A}/runs?status=failed&workflow=demo.pipeline&since=${encodeURIComponent(new Date(BASE - 10 * 60_000).toISOString())}`,
+    );
     expect(failed.body.runs.map((r) => r.runId)).toEqual(aRuns.filter((_, i) => i % 3 === 0 && i <= 10).map((r) => r.runId));
     const where = await c.get<RunsPageResponse>(`/api/tenants/${A}/runs?where=customer=2`);
     expect(where.body.runs.map((r) => r.runId)).toEqual(aRuns.filter((_, i) => i % 5 === 2).map((r) => r.runId));
@@ -535,9 +605,15 @@ describe('console api', () => {
       // Let the pollers read their starting checkpoints, then the projector "applies" an event.
       await new Promise((r) => setTimeout(r, 300));
       await d.db.transaction(async (tx) => {
-        await tx.update(schema.runs).set({ status: 'completed', updatedAt: new Date(), endedAt: new Date(), lastSeq: 2 }).where(sql`tenant = ${A} and run_id = ${waitingRun}`);
+        await tx
+          .update(schema.runs)
+          .set({ status: 'completed', updatedAt: new Date(), endedAt: new Date(), lastSeq: 2 })
+          .where(sql`tenant = ${A} and run_id = ${waitingRun}`);
         await tx.insert(schema.events).values({ tenant: A, runId: waitingRun, seq: 2, type: 'run.completed', at: new Date(), streamSeq: 7, causationId: 'c' });
-        await tx.update(schema.checkpoints).set({ lastStreamSeq: 7 }).where(sql`tenant = ${A}`);
+        await tx
+          .update(schema.checkpoints)
+          .set({ lastStreamSeq: 7 })
+          .where(sql`tenant = ${A}`);
       });
       const change = (await sa.next('runs', 5000)) as RunStreamChange;
       expect(change.runs.map((r) => [r.runId, r.status])).toEqual([[waitingRun, 'completed']]);
@@ -560,20 +636,104 @@ describe('console api', () => {
 
     beforeAll(async () => {
       govRun = (aRuns[3] as RunInsert).runId;
-      await d.db.insert(schema.approvals).values({ tenant: A, runId: govRun, step: 'load', signal: 'policy', status: 'approved', requestedAt: new Date(BASE + 10), decidedAt: new Date(BASE + 20), decidedBy: 'carol', approvers: 'group:dba', policyVersion: 2, policies: 'p1' });
+      await d.db.insert(schema.approvals).values({
+        tenant: A,
+        runId: govRun,
+        step: 'load',
+        signal: 'policy',
+        status: 'approved',
+        requestedAt: new Date(BASE + 10),
+        decidedAt: new Date(BASE + 20),
+        decidedBy: 'carol',
+        approvers: 'group:dba',
+        policyVersion: 2,
+        policies: 'p1',
+      });
       const at = (ms: number) => new Date(BASE + 100_000 + ms);
       await d.db.insert(schema.auditLog).values([
-        { tenant: A, runId: govRun, seq: 1, kind: 'policy.decided', actor: 'policy', detail: { step: 'extract', attempt: 1, decision: 'allow', version: 2, policies: ['p0'] }, at: at(0), streamSeq: 101 },
-        { tenant: A, runId: govRun, seq: 2, kind: 'credential.decided', actor: 'policy', detail: { step: 'load', attempt: 1, name: 'DB_PASSWORD', decision: 'needs-approval', version: 2, policies: ['p1'] }, at: at(1), streamSeq: 102 },
+        {
+          tenant: A,
+          runId: govRun,
+          seq: 1,
+          kind: 'policy.decided',
+          actor: 'policy',
+          detail: { step: 'extract', attempt: 1, decision: 'allow', version: 2, policies: ['p0'] },
+          at: at(0),
+          streamSeq: 101,
+        },
+        {
+          tenant: A,
+          runId: govRun,
+          seq: 2,
+          kind: 'credential.decided',
+          actor: 'policy',
+          detail: { step: 'load', attempt: 1, name: 'DB_PASSWORD', decision: 'needs-approval', version: 2, policies: ['p1'] },
+          at: at(1),
+          streamSeq: 102,
+        },
         { tenant: A, runId: govRun, seq: 3, kind: 'approval.decided', actor: 'carol', detail: { step: 'load', decision: 'approve', reason: null }, at: at(2), streamSeq: 103 },
         // An unexpected field in a lease row is not passed on: the console names only known fields.
-        { tenant: A, runId: govRun, seq: -1, kind: 'lease.issued', actor: 'secrets-lease', detail: { leaseId: 'L1', keys: ['DB_PASSWORD', 'DB_USER'], step: 'load', attempt: 1, ttlMs: 60_000, stray: 'not-for-the-console' }, at: at(3), streamSeq: 0 },
-        { tenant: A, runId: govRun, seq: -2, kind: 'lease.redeemed', actor: 'secrets-lease', detail: { leaseId: 'L1', keys: ['DB_PASSWORD', 'DB_USER'], step: 'load', attempt: 1 }, at: at(4), streamSeq: 0 },
-        { tenant: A, runId: govRun, seq: -3, kind: 'lease.denied', actor: 'secrets-lease', detail: { leaseId: 'L1', code: 'lease_used', keys: ['DB_PASSWORD'], step: 'load', attempt: 1 }, at: at(5), streamSeq: 0 },
-        { tenant: A, runId: govRun, seq: -4, kind: 'lease.revoked', actor: null, detail: { reason: 'run.completed', leases: ['L1'], keys: ['DB_PASSWORD', 'DB_USER'] }, at: at(6), streamSeq: 0 },
+        {
+          tenant: A,
+          runId: govRun,
+          seq: -1,
+          kind: 'lease.issued',
+          actor: 'secrets-lease',
+          detail: { leaseId: 'L1', keys: ['DB_PASSWORD', 'DB_USER'], step: 'load', attempt: 1, ttlMs: 60_000, stray: 'not-for-the-console' },
+          at: at(3),
+          streamSeq: 0,
+        },
+        {
+          tenant: A,
+          runId: govRun,
+          seq: -2,
+          kind: 'lease.redeemed',
+          actor: 'secrets-lease',
+          detail: { leaseId: 'L1', keys: ['DB_PASSWORD', 'DB_USER'], step: 'load', attempt: 1 },
+          at: at(4),
+          streamSeq: 0,
+        },
+        {
+          tenant: A,
+          runId: govRun,
+          seq: -3,
+          kind: 'lease.denied',
+          actor: 'secrets-lease',
+          detail: { leaseId: 'L1', code: 'lease_used', keys: ['DB_PASSWORD'], step: 'load', attempt: 1 },
+          at: at(5),
+          streamSeq: 0,
+        },
+        {
+          tenant: A,
+          runId: govRun,
+          seq: -4,
+          kind: 'lease.revoked',
+          actor: null,
+          detail: { reason: 'run.completed', leases: ['L1'], keys: ['DB_PASSWORD', 'DB_USER'] },
+          at: at(6),
+          streamSeq: 0,
+        },
         // The same run id under tenant B: never part of A's answer.
-        { tenant: B, runId: govRun, seq: -1, kind: 'lease.issued', actor: 'secrets-lease', detail: { leaseId: 'LB', keys: ['B_ONLY'], step: 'load', attempt: 1 }, at: at(0), streamSeq: 0 },
-        { tenant: B, runId: govRun, seq: 1, kind: 'policy.decided', actor: 'policy', detail: { step: 'b-step', attempt: 1, decision: 'deny', version: 1, policies: ['pb'] }, at: at(0), streamSeq: 2 },
+        {
+          tenant: B,
+          runId: govRun,
+          seq: -1,
+          kind: 'lease.issued',
+          actor: 'secrets-lease',
+          detail: { leaseId: 'LB', keys: ['B_ONLY'], step: 'load', attempt: 1 },
+          at: at(0),
+          streamSeq: 0,
+        },
+        {
+          tenant: B,
+          runId: govRun,
+          seq: 1,
+          kind: 'policy.decided',
+          actor: 'policy',
+          detail: { step: 'b-step', attempt: 1, decision: 'deny', version: 1, policies: ['pb'] },
+          at: at(0),
+          streamSeq: 2,
+        },
       ]);
     });
 
@@ -619,7 +779,17 @@ describe('console api', () => {
       const at = (ms: number) => new Date(BASE + 100_000 + ms).toISOString();
       expect(r.body.policyDecisions).toEqual([
         { kind: 'policy.decided', step: 'extract', attempt: 1, decision: 'allow', version: 2, policies: ['p0'], approvers: null, credential: null, at: at(0) },
-        { kind: 'credential.decided', step: 'load', attempt: 1, decision: 'needs-approval', version: 2, policies: ['p1'], approvers: 'group:dba', credential: 'DB_PASSWORD', at: at(1) },
+        {
+          kind: 'credential.decided',
+          step: 'load',
+          attempt: 1,
+          decision: 'needs-approval',
+          version: 2,
+          policies: ['p1'],
+          approvers: 'group:dba',
+          credential: 'DB_PASSWORD',
+          at: at(1),
+        },
       ]);
       expect(r.body.leases).toEqual([
         { kind: 'lease.issued', keys: ['DB_PASSWORD', 'DB_USER'], leaseId: 'L1', step: 'load', attempt: 1, code: null, at: at(3), actor: 'secrets-lease' },

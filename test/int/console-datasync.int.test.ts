@@ -6,7 +6,16 @@
  * and is not a viewer's to use.
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createConsole, hashPassword, loadConfig as consoleConfig, type ActionResponse, type Console, type DatasyncEntityResponse, type DatasyncResponse, type PreviewResponse } from '@capstan/console';
+import {
+  createConsole,
+  hashPassword,
+  loadConfig as consoleConfig,
+  type ActionResponse,
+  type Console,
+  type DatasyncEntityResponse,
+  type DatasyncResponse,
+  type PreviewResponse,
+} from '@capstan/console';
 import { sql } from 'drizzle-orm';
 import { openDatabase, queryRows, type Database } from '@capstan/kit';
 import { Role, type TenantId } from '@capstan/schemas';
@@ -26,13 +35,19 @@ describe('console: data sync', () => {
   beforeAll(async () => {
     f = await datasyncFixture(inject('natsUrl'), 'dsc', { items: 2000, env: { DATASYNC_SWEEP_AFTER_MS: '1000' } });
     t = f.t;
-    await defineCatalog((await f.h.nc(t)), t, f.src, { password: 'trust', destinations: { warehouse: { type: 'postgres', connection: 'shop', schema: 'warehouse' } } });
+    await defineCatalog(await f.h.nc(t), t, f.src, { password: 'trust', destinations: { warehouse: { type: 'postgres', connection: 'shop', schema: 'warehouse' } } });
     const passwordHash = await hashPassword(PASSWORD);
     db = await openDatabase({ url: f.stateUrl, log: silent });
     app = createConsole({
       db,
       access: await accessAs(inject('natsUrl'), Role.Console),
-      config: consoleConfig({ CONSOLE_SECRET: 'k'.repeat(40), CONSOLE_USERS: 'unused', CONSOLE_PORT: '0', DATABASE_URL: f.stateUrl, ...(await serviceEnv(inject('natsUrl'), Role.Console)) }),
+      config: consoleConfig({
+        CONSOLE_SECRET: 'k'.repeat(40),
+        CONSOLE_USERS: 'unused',
+        CONSOLE_PORT: '0',
+        DATABASE_URL: f.stateUrl,
+        ...(await serviceEnv(inject('natsUrl'), Role.Console)),
+      }),
       log: silent,
       users: (['viewer', 'operator', 'admin'] as const).map((role) => ({ userId: role, orgId: 'acme', role, tenants: [t], passwordHash })),
       pollMs: 200,
@@ -56,7 +71,9 @@ describe('console: data sync', () => {
     const r = await as.admin.post<DatasyncEntityResponse>(`/api/tenants/${t}/datasync/destination/lake`, { spec, name: 'Lake' });
     expect(r.status).toBe(200);
     expect(r.body.entity).toMatchObject({ kind: 'destination', id: 'lake', name: 'Lake', version: 1, status: 'active', summary: { type: 'files', format: 'parquet' } });
-    const bad = await as.admin.post<ErrorBody>(`/api/tenants/${t}/datasync/model/broken`, { spec: { entities: [{ name: 'x', source: { table: 't' }, key: ['nope'], fields: [{ name: 'a', column: 'a' }] }] } });
+    const bad = await as.admin.post<ErrorBody>(`/api/tenants/${t}/datasync/model/broken`, {
+      spec: { entities: [{ name: 'x', source: { table: 't' }, key: ['nope'], fields: [{ name: 'a', column: 'a' }] }] },
+    });
     expect(bad.status).toBe(400);
     expect(bad.body.error.message).toContain('key field nope is not one of its fields');
     const listed = await eventually('the projection to list the destination', async () => {
@@ -89,10 +106,16 @@ describe('console: data sync', () => {
   it('the preview: a bounded table for an operator, a refusal for a writing query, nothing for a viewer', async () => {
     const ok = await as.operator.post<PreviewResponse>(`/api/tenants/${t}/datasync/preview`, { connection: 'shop', sql: 'select id, status from orders order by id' });
     expect(ok.status).toBe(200);
-    expect(ok.body.columns).toEqual([{ name: 'id', type: 'bigint' }, { name: 'status', type: 'text' }]);
+    expect(ok.body.columns).toEqual([
+      { name: 'id', type: 'bigint' },
+      { name: 'status', type: 'text' },
+    ]);
     expect(ok.body.rows.length).toBe(100);
     expect(ok.body.truncated).toBe(true);
-    const refused = await as.operator.post<ErrorBody>(`/api/tenants/${t}/datasync/preview`, { connection: 'shop', sql: 'WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d' });
+    const refused = await as.operator.post<ErrorBody>(`/api/tenants/${t}/datasync/preview`, {
+      connection: 'shop',
+      sql: 'WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d',
+    });
     expect(refused.status).toBe(400);
     expect(refused.body.error.code).toBe('query_refused');
     expect((await as.viewer.post(`/api/tenants/${t}/datasync/preview`, { connection: 'shop', sql: 'select 1' })).status).toBe(403);
@@ -100,15 +123,23 @@ describe('console: data sync', () => {
 
   it('a run that fails at its load leaves no staging behind once it has ended', async () => {
     const u = new URL(f.stateUrl);
-    const nobody = { type: 'postgres', host: u.hostname, port: Number(u.port || 5432), database: f.src.database, tls: { mode: 'disable' }, auth: { type: 'username_password', username: 'capstan_no_such_role' } };
+    const nobody = {
+      type: 'postgres',
+      host: u.hostname,
+      port: Number(u.port || 5432),
+      database: f.src.database,
+      tls: { mode: 'disable' },
+      auth: { type: 'username_password', username: 'capstan_no_such_role' },
+    };
     expect((await as.admin.post(`/api/tenants/${t}/datasync/connection/nobody`, { spec: nobody })).status).toBe(200);
     expect((await as.admin.post(`/api/tenants/${t}/datasync/destination/nowhere`, { spec: { type: 'postgres', connection: 'nobody', schema: 'x' } })).status).toBe(200);
-    const runId = (await as.operator.post<ActionResponse>(`/api/tenants/${t}/datasync/runs`, { connection: 'shop', model: 'shop-model', destination: 'nowhere' })).body.runId as string;
+    const runId = (await as.operator.post<ActionResponse>(`/api/tenants/${t}/datasync/runs`, { connection: 'shop', model: 'shop-model', destination: 'nowhere' })).body
+      .runId as string;
     const end = await f.h.client.waitForEnd(t, runId, 60_000);
     expect(end.type).toBe('run.failed');
     expect((end.data as { error: { code: string } }).error.code).toBe('source_failed');
     const left = await eventually(
-      'the failed run\'s staging to be swept',
+      "the failed run's staging to be swept",
       async () => {
         const rows = await queryRows<{ tables: string; steps: string }>(
           f.stack.db,

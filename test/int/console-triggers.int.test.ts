@@ -4,7 +4,16 @@
  * plane's refusals answer with their status and code; the happy paths reach the streams.
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createConsole, hashPassword, loadConfig as consoleConfig, type ActionResponse, type Console, type RoutesResponse, type SchedulesResponse, type WorkflowsResponse } from '@capstan/console';
+import {
+  createConsole,
+  hashPassword,
+  loadConfig as consoleConfig,
+  type ActionResponse,
+  type Console,
+  type RoutesResponse,
+  type SchedulesResponse,
+  type WorkflowsResponse,
+} from '@capstan/console';
 import { migrate, openDatabase, readSchedule, writeRoute, type Database, type TenantConnection } from '@capstan/kit';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import { Role, type TenantId } from '@capstan/schemas';
@@ -89,9 +98,18 @@ describe('console triggers', () => {
   });
 
   it('console triggers - schedules: create, list with next firings, trigger, pause, delete; refusals with their codes', async () => {
-    const made = await operator.post<ActionResponse>(`/api/tenants/${t}/schedules`, { schedule: 'daily', workflow: 'test.pipeline', cron: '30 6 * * *', timezone: 'America/New_York', input: { ms: 0 }, reason: 'mornings' });
+    const made = await operator.post<ActionResponse>(`/api/tenants/${t}/schedules`, {
+      schedule: 'daily',
+      workflow: 'test.pipeline',
+      cron: '30 6 * * *',
+      timezone: 'America/New_York',
+      input: { ms: 0 },
+      reason: 'mornings',
+    });
     expect([made.status, made.body.scheduleId]).toEqual([202, 'daily']);
-    const listed = await eventually('the schedule projected', async () => (await viewer.get<SchedulesResponse>(`/api/tenants/${t}/schedules`)).body.schedules.find((s) => s.scheduleId === 'daily'));
+    const listed = await eventually('the schedule projected', async () =>
+      (await viewer.get<SchedulesResponse>(`/api/tenants/${t}/schedules`)).body.schedules.find((s) => s.scheduleId === 'daily'),
+    );
     expect(listed).toMatchObject({ status: 'active', cron: '30 6 * * *', timezone: 'America/New_York', overlap: 'skip', catchup: 'all', changedBy: 'olivia', reason: 'mornings' });
     expect(listed.next).toHaveLength(3);
     for (const n of listed.next) expect(new Date(n).toLocaleString('en-US', { timeZone: 'America/New_York', hour: 'numeric', minute: 'numeric', hour12: false })).toBe('06:30');
@@ -104,7 +122,10 @@ describe('console triggers', () => {
 
     expect(code(await operator.post(`/api/tenants/${t}/schedules`, { schedule: 'daily', workflow: 'test.pipeline', everyMs: 60_000 }))).toEqual([409, 'schedule_exists']);
     expect(code(await operator.post(`/api/tenants/${t}/schedules`, { schedule: 'bad', workflow: 'test.pipeline', cron: 'every day' }))).toEqual([400, 'invalid_argument']);
-    expect(code(await operator.post(`/api/tenants/${t}/schedules`, { schedule: 'both', workflow: 'test.pipeline', cron: '* * * * *', everyMs: 60_000 }))).toEqual([400, 'schema_violation']);
+    expect(code(await operator.post(`/api/tenants/${t}/schedules`, { schedule: 'both', workflow: 'test.pipeline', cron: '* * * * *', everyMs: 60_000 }))).toEqual([
+      400,
+      'schema_violation',
+    ]);
     expect(code(await operator.post(`/api/tenants/${t}/schedules`, { schedule: 'ghost', workflow: 'no.such', everyMs: 60_000 }))).toEqual([404, 'unknown_workflow']);
     expect(code(await operator.post(`/api/tenants/${t}/schedules/missing/pause`, {}))).toEqual([404, 'schedule_not_found']);
     expect(code(await viewer.post(`/api/tenants/${t}/schedules/daily/resume`, {}))).toEqual([403, 'forbidden']);

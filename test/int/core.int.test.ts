@@ -82,9 +82,7 @@ describe('core', () => {
     const events = await eventsOf(h, t1, runId);
     // Attempt 1 ends by timeout: whichever came first, the worker's own deadline (a failed
     // result with step_timeout) or the orchestrator's durable timeout timer.
-    const ended = events.find(
-      (e) => (e.type === 'step.failed' && e.data.error.code === 'step_timeout') || (e.type === 'timer.fired' && e.data.kind === 'timeout'),
-    );
+    const ended = events.find((e) => (e.type === 'step.failed' && e.data.error.code === 'step_timeout') || (e.type === 'timer.fired' && e.data.kind === 'timeout'));
     expect(ended && 'attempt' in ended.data ? ended.data.attempt : 0).toBe(1);
     const done = events.find((e) => e.type === 'step.completed');
     expect(done?.type === 'step.completed' && done.data.attempt).toBe(2);

@@ -54,7 +54,14 @@ describe('data-sync connectors: passwords, client certificates, TLS', () => {
     server = await startPostgres({
       files: { 'server.crt': certs.serverCert, 'server.key': certs.serverKey, 'root.crt': certs.ca },
       settings: { ssl: 'on', ssl_cert_file: 'server.crt', ssl_key_file: 'server.key', ssl_ca_file: 'root.crt', password_encryption: 'scram-sha-256' },
-      hba: ['local all all trust', 'host all postgres 127.0.0.1/32 trust', 'hostssl all shop_pw 127.0.0.1/32 scram-sha-256', 'hostssl all shop_cert 127.0.0.1/32 cert', 'host all all 127.0.0.1/32 reject', ''].join('\n'),
+      hba: [
+        'local all all trust',
+        'host all postgres 127.0.0.1/32 trust',
+        'hostssl all shop_pw 127.0.0.1/32 scram-sha-256',
+        'hostssl all shop_cert 127.0.0.1/32 cert',
+        'host all all 127.0.0.1/32 reject',
+        '',
+      ].join('\n'),
     });
     const admin = new pg.Client({ connectionString: server.url });
     await admin.connect();
@@ -81,16 +88,20 @@ describe('data-sync connectors: passwords, client certificates, TLS', () => {
     state = await scratchDatabase('dsastate');
     filesRoot = mkdtempSync(join(tmpdir(), 'capstan-dsa-'));
     stack = await startStack(inject('natsUrl'), t, state.url, filesRoot);
-    await putSecret((await h.nc(t)), t, 'SHOP_PW', password, { by: 'test' });
-    await putSecret((await h.nc(t)), t, 'SHOP_CLIENT_KEY', certs.clientKey, { by: 'test' });
+    await putSecret(await h.nc(t), t, 'SHOP_PW', password, { by: 'test' });
+    await putSecret(await h.nc(t), t, 'SHOP_CLIENT_KEY', certs.clientKey, { by: 'test' });
     const base = { type: 'postgres', host: '127.0.0.1', port: server.port, database: 'shop' };
     const put = async (id: string, spec: object) => putEntity(await h.nc(t), t, { kind: CatalogKind.Connection, id, spec, by: 'test' });
     await put('shop-pw', { ...base, tls: tls('verify-full'), auth: { type: 'username_password', username: 'shop_pw', passwordKey: 'SHOP_PW' } });
     await put('shop-cert', { ...base, tls: tls('verify-full'), auth: { type: 'keypair', username: 'shop_cert', certificate: certs.clientCert, privateKeyKey: 'SHOP_CLIENT_KEY' } });
-    await put('wrong-name', { ...base, tls: tls('verify-full', { serverName: 'db.example.test' }), auth: { type: 'username_password', username: 'shop_pw', passwordKey: 'SHOP_PW' } });
+    await put('wrong-name', {
+      ...base,
+      tls: tls('verify-full', { serverName: 'db.example.test' }),
+      auth: { type: 'username_password', username: 'shop_pw', passwordKey: 'SHOP_PW' },
+    });
     await put('plain', { ...base, tls: { mode: 'disable' }, auth: { type: 'username_password', username: 'shop_pw', passwordKey: 'SHOP_PW' } });
-    await putEntity((await h.nc(t)), t, { kind: CatalogKind.Model, id: 'shop-model', spec: MODEL, by: 'test' });
-    await putEntity((await h.nc(t)), t, { kind: CatalogKind.Destination, id: 'parquet', spec: { type: 'files', path: 'pq', format: 'parquet', batchRows: 300 }, by: 'test' });
+    await putEntity(await h.nc(t), t, { kind: CatalogKind.Model, id: 'shop-model', spec: MODEL, by: 'test' });
+    await putEntity(await h.nc(t), t, { kind: CatalogKind.Destination, id: 'parquet', spec: { type: 'files', path: 'pq', format: 'parquet', batchRows: 300 }, by: 'test' });
   }, 180_000);
 
   afterAll(async () => {
@@ -101,7 +112,8 @@ describe('data-sync connectors: passwords, client certificates, TLS', () => {
     if (filesRoot) rmSync(filesRoot, { recursive: true, force: true });
   }, 60_000);
 
-  const whoami = async (connection: string) => previewQuery(await h.nc(t), t, { connection, sql: 'select current_user, ssl from pg_stat_ssl where pid = pg_backend_pid()', by: 'test' });
+  const whoami = async (connection: string) =>
+    previewQuery(await h.nc(t), t, { connection, sql: 'select current_user, ssl from pg_stat_ssl where pid = pg_backend_pid()', by: 'test' });
   async function refusal(connection: string): Promise<{ code: string; message: string }> {
     try {
       await whoami(connection);
@@ -121,9 +133,9 @@ describe('data-sync connectors: passwords, client certificates, TLS', () => {
 
   it('a wrong server name, TLS off, and a wrong password are refused, and no answer holds the password', async () => {
     const outcomes = [await refusal('wrong-name'), await refusal('plain')];
-    await rotateSecret((await h.nc(t)), t, 'SHOP_PW', 'not-the-password', { by: 'test' });
+    await rotateSecret(await h.nc(t), t, 'SHOP_PW', 'not-the-password', { by: 'test' });
     outcomes.push(await refusal('shop-pw'));
-    await rotateSecret((await h.nc(t)), t, 'SHOP_PW', password, { by: 'test' });
+    await rotateSecret(await h.nc(t), t, 'SHOP_PW', password, { by: 'test' });
     process.stdout.write(`refused connections: ${JSON.stringify(outcomes.map((o) => o.code))}\n`);
     expect(outcomes.map((o) => o.code)).toEqual([ErrorCode.SourceFailed, ErrorCode.SourceFailed, ErrorCode.SourceFailed]);
     expect(outcomes.some((o) => o.message.includes(password) || o.message.includes('not-the-password'))).toBe(false);
@@ -134,7 +146,9 @@ describe('data-sync connectors: passwords, client certificates, TLS', () => {
     const end = await h.client.waitForEnd(t, runId, 120_000);
     expect(end.type).toBe('run.completed');
     const dir = join(filesRoot, t, 'pq', 'item');
-    const parts = readdirSync(dir).filter((f) => f.endsWith('.parquet')).sort();
+    const parts = readdirSync(dir)
+      .filter((f) => f.endsWith('.parquet'))
+      .sort();
     expect(parts.length).toBe(Math.ceil(1000 / 300));
     const rows: Record<string, unknown>[] = [];
     for (const f of parts) rows.push(...((await parquetReadObjects({ file: await asyncBufferFromFile(join(dir, f)) })) as Record<string, unknown>[]));
@@ -144,7 +158,9 @@ describe('data-sync connectors: passwords, client certificates, TLS', () => {
     expect(first).toEqual({ order_id: 1n, line: 2, product_id: 4, qty: 2n, note: null, parent_order: 1n, product: 4 });
     const keys = new Set(rows.map((r) => `${String(r['order_id'])}/${String(r['line'])}`));
     expect(keys.size).toBe(1000);
-    const products = (await parquetReadObjects({ file: await asyncBufferFromFile(join(filesRoot, t, 'pq', 'product', readdirSync(join(filesRoot, t, 'pq', 'product'))[0] as string)) })) as Record<string, unknown>[];
+    const products = (await parquetReadObjects({
+      file: await asyncBufferFromFile(join(filesRoot, t, 'pq', 'product', readdirSync(join(filesRoot, t, 'pq', 'product'))[0] as string)),
+    })) as Record<string, unknown>[];
     expect(products.find((p) => p['id'] === 3)).toEqual({ id: 3, title: 'product 3', price: '1.00' });
   }, 180_000);
 });

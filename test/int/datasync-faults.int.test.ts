@@ -30,9 +30,12 @@ describe('data-sync: a load killed mid-way and retried', () => {
     credsEnv = await serviceEnv(inject('natsUrl'), Role.Datasync);
     const first = service('');
     await eventually('the datasync service to answer', async () => listEntities(await h.nc(t), t).then(() => true));
-    await defineCatalog((await h.nc(t)), t, src, {
+    await defineCatalog(await h.nc(t), t, src, {
       password: 'trust-auth',
-      destinations: { warehouse: { type: 'postgres', connection: 'shop', schema: 'warehouse', batchRows: 1000 }, lake: { type: 'files', path: 'lake', format: 'jsonl', batchRows: 1000 } },
+      destinations: {
+        warehouse: { type: 'postgres', connection: 'shop', schema: 'warehouse', batchRows: 1000 },
+        lake: { type: 'files', path: 'lake', format: 'jsonl', batchRows: 1000 },
+      },
     });
     await first.kill('SIGTERM');
   }, 180_000);
@@ -43,7 +46,14 @@ describe('data-sync: a load killed mid-way and retried', () => {
   }, 60_000);
 
   function service(failpoints: string): ServiceProcess {
-    const p = spawnService('datasync', { ...credsEnv, CAPSTAN_TENANTS: t, DATABASE_URL: f.stateUrl, DATASYNC_FILES_ROOT: f.filesRoot, CAPSTAN_FAILPOINTS: failpoints, DATASYNC_NAME: `datasync-${procs.length}` });
+    const p = spawnService('datasync', {
+      ...credsEnv,
+      CAPSTAN_TENANTS: t,
+      DATABASE_URL: f.stateUrl,
+      DATASYNC_FILES_ROOT: f.filesRoot,
+      CAPSTAN_FAILPOINTS: failpoints,
+      DATASYNC_NAME: `datasync-${procs.length}`,
+    });
     procs.push(p);
     return p;
   }
@@ -73,7 +83,10 @@ describe('data-sync: a load killed mid-way and retried', () => {
     const { runId, loadAttempts, skipped } = await killedAndRetried('warehouse', 'datasync.load.after_batch');
     expect(loadAttempts).toBeGreaterThanOrEqual(2);
     expect(skipped).toBeGreaterThan(0);
-    const [ledger] = await src.query<{ n: string; distinct_n: string }>(`select count(*) as n, count(distinct (entity, batch)) as distinct_n from warehouse._capstan_loads where run_id = $1`, [runId]);
+    const [ledger] = await src.query<{ n: string; distinct_n: string }>(
+      `select count(*) as n, count(distinct (entity, batch)) as distinct_n from warehouse._capstan_loads where run_id = $1`,
+      [runId],
+    );
     const expectedBatches = 3 + 1 + 10 + 50;
     process.stdout.write(`warehouse ledger: ${ledger?.n} rows, ${ledger?.distinct_n} distinct batches (${expectedBatches} expected)\n`);
     expect(Number(ledger?.n)).toBe(expectedBatches);

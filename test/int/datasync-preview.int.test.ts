@@ -30,7 +30,7 @@ describe('the bounded preview', () => {
     await src.query(`create sequence s; create table t (id int); insert into t values (1), (2)`);
     await src.query(`create function evil() returns int language sql as 'insert into t values (99) returning 1'`);
     await src.query(`create procedure p() language sql as 'insert into t values (98)'`);
-    await defineCatalog((await h.nc(t)), t, src, { password: 'unused-by-trust-auth', destinations: {} });
+    await defineCatalog(await h.nc(t), t, src, { password: 'unused-by-trust-auth', destinations: {} });
   }, 120_000);
 
   afterAll(async () => {
@@ -54,7 +54,7 @@ describe('the bounded preview', () => {
       ['WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d', ErrorCode.QueryRefused],
       ['with i as (insert into t values (5) returning *) select * from i', ErrorCode.QueryRefused],
       ['with u as (update t set id = 0 returning *) select 1', ErrorCode.QueryRefused],
-      ["COPY t TO STDOUT", ErrorCode.QueryRefused],
+      ['COPY t TO STDOUT', ErrorCode.QueryRefused],
       ["COPY (select 1) TO '/tmp/capstan-preview-copy'", ErrorCode.QueryRefused],
       ['CALL p()', ErrorCode.QueryRefused],
       ["SELECT nextval('s')", ErrorCode.QueryRefused],
@@ -76,7 +76,7 @@ describe('the bounded preview', () => {
       ['delete from t', ErrorCode.QueryRefused],
       ['drop table t', ErrorCode.QueryRefused],
       ['begin; delete from t; commit', ErrorCode.QueryRefused],
-      ["do $$ begin delete from t; end $$", ErrorCode.QueryRefused],
+      ['do $$ begin delete from t; end $$', ErrorCode.QueryRefused],
       ['set statement_timeout = 0', ErrorCode.QueryRefused],
       ['select from where', ErrorCode.QueryRefused],
       ['', ErrorCode.SchemaViolation],
@@ -97,7 +97,9 @@ describe('the bounded preview', () => {
     }
     const after = await src.query<{ n: string; s: string }>(`select (select count(*) from t) as n, (select last_value from s)::text as s`);
     const tables = await src.query<{ n: string }>(`select count(*) as n from pg_tables where tablename in ('t', 't2')`);
-    process.stdout.write(`preview attacks: ${attacks.length} played in ${Math.round(performance.now() - t0)} ms, outcomes ${JSON.stringify(outcomes)}, not refused as expected: ${through}\n`);
+    process.stdout.write(
+      `preview attacks: ${attacks.length} played in ${Math.round(performance.now() - t0)} ms, outcomes ${JSON.stringify(outcomes)}, not refused as expected: ${through}\n`,
+    );
     expect(through).toBe(0);
     expect(after).toEqual(before);
     expect(tables[0]?.n).toBe('1');
@@ -123,12 +125,19 @@ describe('the bounded preview', () => {
     expect(r.fingerprint).toMatch(/^[0-9a-f]+$/);
     // A WITH that only reads is a SELECT.
     const w = await preview('with o as (select id, status from orders where id <= 3) select * from o order by id');
-    expect(w.rows).toEqual([['1', 'paid'], ['2', 'shipped'], ['3', 'new']]);
+    expect(w.rows).toEqual([
+      ['1', 'paid'],
+      ['2', 'shipped'],
+      ['3', 'new'],
+    ]);
     expect(w.truncated).toBe(false);
   });
 
   it('each preview is audited with its fingerprint and outcome, never its text or rows', async () => {
-    const rows = await queryRows<{ actor: string; detail: Record<string, unknown> }>(stack.db, sql`select actor, detail from audit_log where tenant = ${t} and kind = 'datasync.preview'`);
+    const rows = await queryRows<{ actor: string; detail: Record<string, unknown> }>(
+      stack.db,
+      sql`select actor, detail from audit_log where tenant = ${t} and kind = 'datasync.preview'`,
+    );
     expect(rows.length).toBeGreaterThan(30);
     expect(rows.every((r) => r.actor === 'alice' && r.detail['connection'] === 'shop')).toBe(true);
     const text = JSON.stringify(rows);

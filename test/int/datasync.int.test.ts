@@ -46,7 +46,7 @@ describe(`data-sync pipelines over a ${ITEMS.toLocaleString('en')}-row table`, (
       },
     });
     ({ h, t, src, stack, filesRoot } = f);
-    await defineCatalog((await h.nc(t)), t, src, {
+    await defineCatalog(await h.nc(t), t, src, {
       password,
       destinations: { warehouse: { type: 'postgres', connection: 'shop', schema: 'warehouse' }, lake: { type: 'files', path: 'lake/shop', format: 'jsonl', batchRows: 50_000 } },
     });
@@ -66,7 +66,11 @@ describe(`data-sync pipelines over a ${ITEMS.toLocaleString('en')}-row table`, (
     if (end.type !== 'run.completed') throw new Error(`run ${runId} ended ${end.type}: ${JSON.stringify(end.data)}`);
     const results: Record<string, DatasyncStepResult> = {};
     for (const e of events) if (e.type === 'step.completed') results[(e.data as { step: string }).step] = parseStepResult((e.data as { result: unknown }).result);
-    process.stdout.write(`${destination}: run ${runId} in ${ms} ms; ${Object.entries(results).map(([s, r]) => `${s} ${r.rows} rows ${r.durationMs} ms`).join(', ')}\n`);
+    process.stdout.write(
+      `${destination}: run ${runId} in ${ms} ms; ${Object.entries(results)
+        .map(([s, r]) => `${s} ${r.rows} rows ${r.durationMs} ms`)
+        .join(', ')}\n`,
+    );
     return { events, results, ms };
   }
 
@@ -77,60 +81,72 @@ describe(`data-sync pipelines over a ${ITEMS.toLocaleString('en')}-row table`, (
       ),
     );
 
-  it('a full run into a Postgres schema: the destination equals the model of the source', async () => {
-    const { results } = await runPipeline('warehouse');
-    const counts = await expectedCounts();
-    const total = counts['customers']! + counts['products']! + counts['orders']! + counts['order_items']!;
-    expect(results['retrieve']?.rows).toBe(total);
-    expect(results['retrieve']?.full).toBe(true);
-    expect(results['retrieve']?.schemaFingerprint).toMatch(/^[0-9a-f]{64}$/);
-    expect(results['load']?.rows).toBe(total);
-    expect(results['resolve']?.entities.find((e) => e.name === 'item')?.dangling).toBe(0);
-    expect(results['resolve']?.entities.find((e) => e.name === 'item')?.resolved).toBe(2 * counts['order_items']!);
-    const diff = await postgresDifferences(src, 'warehouse');
-    process.stdout.write(`warehouse vs model: ${JSON.stringify(diff)}\n`);
-    for (const d of Object.values(diff)) expect({ missing: d.missing, extra: d.extra }).toEqual({ missing: 0, extra: 0 });
-    expect(diff['item']?.rows).toBe(counts['order_items']);
-  }, RUN_TIMEOUT_MS);
+  it(
+    'a full run into a Postgres schema: the destination equals the model of the source',
+    async () => {
+      const { results } = await runPipeline('warehouse');
+      const counts = await expectedCounts();
+      const total = counts['customers']! + counts['products']! + counts['orders']! + counts['order_items']!;
+      expect(results['retrieve']?.rows).toBe(total);
+      expect(results['retrieve']?.full).toBe(true);
+      expect(results['retrieve']?.schemaFingerprint).toMatch(/^[0-9a-f]{64}$/);
+      expect(results['load']?.rows).toBe(total);
+      expect(results['resolve']?.entities.find((e) => e.name === 'item')?.dangling).toBe(0);
+      expect(results['resolve']?.entities.find((e) => e.name === 'item')?.resolved).toBe(2 * counts['order_items']!);
+      const diff = await postgresDifferences(src, 'warehouse');
+      process.stdout.write(`warehouse vs model: ${JSON.stringify(diff)}\n`);
+      for (const d of Object.values(diff)) expect({ missing: d.missing, extra: d.extra }).toEqual({ missing: 0, extra: 0 });
+      expect(diff['item']?.rows).toBe(counts['order_items']);
+    },
+    RUN_TIMEOUT_MS,
+  );
 
-  it('a full run into JSONL files: the folded files equal the model of the source', async () => {
-    const { results } = await runPipeline('lake');
-    expect(results['load']?.entities.find((e) => e.name === 'item')?.batches).toBe(Math.ceil(src.items / 50_000));
-    const diff = await filesDifferences(src, join(filesRoot, t, 'lake/shop'));
-    process.stdout.write(`lake vs model: ${JSON.stringify(diff)}\n`);
-    for (const d of Object.values(diff.entities)) expect({ missing: d.missing, extra: d.extra }).toEqual({ missing: 0, extra: 0 });
-    expect(diff.duplicatesInRun).toBe(0);
-    expect(diff.tempFiles).toBe(0);
-  }, RUN_TIMEOUT_MS);
+  it(
+    'a full run into JSONL files: the folded files equal the model of the source',
+    async () => {
+      const { results } = await runPipeline('lake');
+      expect(results['load']?.entities.find((e) => e.name === 'item')?.batches).toBe(Math.ceil(src.items / 50_000));
+      const diff = await filesDifferences(src, join(filesRoot, t, 'lake/shop'));
+      process.stdout.write(`lake vs model: ${JSON.stringify(diff)}\n`);
+      for (const d of Object.values(diff.entities)) expect({ missing: d.missing, extra: d.extra }).toEqual({ missing: 0, extra: 0 });
+      expect(diff.duplicatesInRun).toBe(0);
+      expect(diff.tempFiles).toBe(0);
+    },
+    RUN_TIMEOUT_MS,
+  );
 
-  it('a second run after 1 % of the rows changed moves only the changes', async () => {
-    const items = Number((await src.query<{ n: string }>('select count(*) as n from order_items'))[0]?.n);
-    // 1 % of the items change; 10 orders change status; 5 new customers; one customer is
-    // touched without any change (its cursor moves, its values do not: Refresh drops it).
-    await src.query(`update order_items set qty = qty + 1, updated_at = now() where (order_id * 5 + line) % 100 = 0`);
-    await src.query(`update orders set status = 'cancelled', updated_at = now() where id <= 10`);
-    const maxCustomer = Number((await src.query<{ n: string }>('select max(id) as n from customers'))[0]?.n);
-    await src.query(`insert into customers select g, 'new customer ' || g, null, 'nl', now() from generate_series($1::bigint + 1, $1::bigint + 5) g`, [maxCustomer]);
-    await src.query(`update customers set updated_at = now() where id = 2`);
-    const changedItems = Number((await src.query<{ n: string }>('select count(*) as n from order_items where (order_id * 5 + line) % 100 = 0'))[0]?.n);
-    expect(changedItems).toBe(items / 100);
-    const moved = changedItems + 10 + 5;
-    for (const destination of ['warehouse', 'lake']) {
-      const { results, ms } = await runPipeline(destination);
-      process.stdout.write(`incremental run into ${destination} after ${changedItems} item changes: ${ms} ms\n`);
-      expect(results['retrieve']?.full).toBe(false);
-      // Retrieved past the cursors: the changed rows and the touched customer.
-      expect(results['retrieve']?.rows).toBe(moved + 1);
-      expect(results['refresh']?.rows).toBe(moved);
-      expect(results['refresh']?.entities.find((e) => e.name === 'customer')?.unchanged).toBe(1);
-      expect(results['load']?.rows).toBe(moved);
-    }
-    const diff = await postgresDifferences(src, 'warehouse');
-    for (const d of Object.values(diff)) expect({ missing: d.missing, extra: d.extra }).toEqual({ missing: 0, extra: 0 });
-    const files = await filesDifferences(src, join(filesRoot, t, 'lake/shop'));
-    expect(files.runs).toBe(2);
-    for (const d of Object.values(files.entities)) expect({ missing: d.missing, extra: d.extra }).toEqual({ missing: 0, extra: 0 });
-  }, 2 * RUN_TIMEOUT_MS);
+  it(
+    'a second run after 1 % of the rows changed moves only the changes',
+    async () => {
+      const items = Number((await src.query<{ n: string }>('select count(*) as n from order_items'))[0]?.n);
+      // 1 % of the items change; 10 orders change status; 5 new customers; one customer is
+      // touched without any change (its cursor moves, its values do not: Refresh drops it).
+      await src.query(`update order_items set qty = qty + 1, updated_at = now() where (order_id * 5 + line) % 100 = 0`);
+      await src.query(`update orders set status = 'cancelled', updated_at = now() where id <= 10`);
+      const maxCustomer = Number((await src.query<{ n: string }>('select max(id) as n from customers'))[0]?.n);
+      await src.query(`insert into customers select g, 'new customer ' || g, null, 'nl', now() from generate_series($1::bigint + 1, $1::bigint + 5) g`, [maxCustomer]);
+      await src.query(`update customers set updated_at = now() where id = 2`);
+      const changedItems = Number((await src.query<{ n: string }>('select count(*) as n from order_items where (order_id * 5 + line) % 100 = 0'))[0]?.n);
+      expect(changedItems).toBe(items / 100);
+      const moved = changedItems + 10 + 5;
+      for (const destination of ['warehouse', 'lake']) {
+        const { results, ms } = await runPipeline(destination);
+        process.stdout.write(`incremental run into ${destination} after ${changedItems} item changes: ${ms} ms\n`);
+        expect(results['retrieve']?.full).toBe(false);
+        // Retrieved past the cursors: the changed rows and the touched customer.
+        expect(results['retrieve']?.rows).toBe(moved + 1);
+        expect(results['refresh']?.rows).toBe(moved);
+        expect(results['refresh']?.entities.find((e) => e.name === 'customer')?.unchanged).toBe(1);
+        expect(results['load']?.rows).toBe(moved);
+      }
+      const diff = await postgresDifferences(src, 'warehouse');
+      for (const d of Object.values(diff)) expect({ missing: d.missing, extra: d.extra }).toEqual({ missing: 0, extra: 0 });
+      const files = await filesDifferences(src, join(filesRoot, t, 'lake/shop'));
+      expect(files.runs).toBe(2);
+      for (const d of Object.values(files.entities)) expect({ missing: d.missing, extra: d.extra }).toEqual({ missing: 0, extra: 0 });
+    },
+    2 * RUN_TIMEOUT_MS,
+  );
 
   it('no password, DSN part or source row in any event, command, work item, catalog record, projection or log', async () => {
     const email = (await src.query<{ email: string }>('select email from customers where id = 1'))[0]?.email as string;
@@ -147,7 +163,12 @@ describe(`data-sync pipelines over a ${ITEMS.toLocaleString('en')}-row table`, (
       }
     }
     // Every projection table (the control plane's), as text.
-    const tables = (await queryRows<{ t: string }>(stack.db, sql`select tablename as t from pg_tables where schemaname = 'public' and tablename not in ('datasync_specs', 'secrets', 'secret_data_keys', 'leases', 'lease_revocations', 'datasync_run_steps', 'datasync_pipelines')`)).map((r) => r.t);
+    const tables = (
+      await queryRows<{ t: string }>(
+        stack.db,
+        sql`select tablename as t from pg_tables where schemaname = 'public' and tablename not in ('datasync_specs', 'secrets', 'secret_data_keys', 'leases', 'lease_revocations', 'datasync_run_steps', 'datasync_pipelines')`,
+      )
+    ).map((r) => r.t);
     let projection = '';
     for (const table of tables) projection += JSON.stringify(await queryRows(stack.db, sql.raw(`select * from "${table}"`)));
     const logs = stack.logs.join('');
@@ -161,7 +182,9 @@ describe(`data-sync pipelines over a ${ITEMS.toLocaleString('en')}-row table`, (
         if (logs.includes(f)) found['logs']!++;
       }
     }
-    process.stdout.write(`canaries (${canaries.length}, 3 forms each) found: ${JSON.stringify(found)} in ${searched.length} messages on the wire, ${stored.length} stored, ${tables.length} tables, ${logs.length} bytes of logs\n`);
+    process.stdout.write(
+      `canaries (${canaries.length}, 3 forms each) found: ${JSON.stringify(found)} in ${searched.length} messages on the wire, ${stored.length} stored, ${tables.length} tables, ${logs.length} bytes of logs\n`,
+    );
     expect(searched.length).toBeGreaterThan(50);
     expect(logs.length).toBeGreaterThan(1000);
     expect(found).toEqual({ wire: 0, streams: 0, projections: 0, logs: 0 });

@@ -11,12 +11,24 @@ import { dbErrorMessage, migrate, openDatabase, queryRows, type Database } from 
 import { db as schema } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
 
-const auditRow = { tenant: 'acme', runId: '01JD3ZQ8Y9W0K6T2M4X5C7B8AV', seq: 3, kind: 'run.cancel-requested', actor: 'alice', detail: { reason: 'x' }, at: new Date(), streamSeq: 9 };
+const auditRow = {
+  tenant: 'acme',
+  runId: '01JD3ZQ8Y9W0K6T2M4X5C7B8AV',
+  seq: 3,
+  kind: 'run.cancel-requested',
+  actor: 'alice',
+  detail: { reason: 'x' },
+  at: new Date(),
+  streamSeq: 9,
+};
 
 async function checkAppendOnly(d: Database): Promise<void> {
   await d.db.insert(schema.auditLog).values(auditRow);
   for (const q of [sql`update audit_log set actor = 'mallory'`, sql`delete from audit_log`, sql`truncate audit_log`]) {
-    const err = await d.db.execute(q).then(() => undefined, (e: unknown) => e);
+    const err = await d.db.execute(q).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(dbErrorMessage(err)).toMatch(/audit_log is append-only: (UPDATE|DELETE|TRUNCATE) refused/);
   }
   const rows = await d.db.select().from(schema.auditLog);
@@ -49,7 +61,10 @@ describe('db', () => {
   });
 
   it('db - the projector role may insert audit rows but not change them', async () => {
-    const grants = await queryRows<{ privilege_type: string }>(pgDb, sql`select privilege_type from information_schema.role_table_grants where grantee = 'capstan_projector' and table_name = 'audit_log' order by 1`);
+    const grants = await queryRows<{ privilege_type: string }>(
+      pgDb,
+      sql`select privilege_type from information_schema.role_table_grants where grantee = 'capstan_projector' and table_name = 'audit_log' order by 1`,
+    );
     expect(grants.map((r) => r.privilege_type)).toEqual(['INSERT', 'SELECT']);
   });
 

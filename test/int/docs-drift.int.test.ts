@@ -81,7 +81,10 @@ function mentionsIn(where: string, code: string): Mention[] {
   starts.forEach((start, i) => {
     let text = code.slice(start, starts[i + 1] ?? code.length);
     text = text.split(/\s#|;|&&|\s\|\s(?![-<[])/)[0] as string;
-    const tokens = text.replace(/[[\]()]/g, ' ').split(/\s+/).filter(Boolean);
+    const tokens = text
+      .replace(/[[\]()]/g, ' ')
+      .split(/\s+/)
+      .filter(Boolean);
     const firstFlag = tokens.findIndex((tk) => tk.startsWith('-'));
     const words = (firstFlag < 0 ? tokens : tokens.slice(0, firstFlag)).filter((w) => !w.startsWith("'") && w !== '…' && w !== '<');
     const flags = [...new Set(tokens.flatMap((tk) => /^--[a-z][a-z0-9-]*/.exec(tk)?.[0] ?? []))];

@@ -61,11 +61,22 @@ describe.skipIf(!docker)('export and offline replay', () => {
     const policy = await createPolicyService(policyConfig({ ...env, ...(await serviceEnv(url, Role.Policy)) }), silent);
     await policy.start();
     const sb = await startSandboxes(h, url, docker as Docker, [t]);
-    const orch = await createOrchestrator(orchestratorConfig({ ...env, ...(await serviceEnv(url, Role.Orchestrator)), ORCH_POLICY: 'on' }), silent, { registry: createRegistry(workflows) });
+    const orch = await createOrchestrator(orchestratorConfig({ ...env, ...(await serviceEnv(url, Role.Orchestrator)), ORCH_POLICY: 'on' }), silent, {
+      registry: createRegistry(workflows),
+    });
     await orch.start();
-    const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'review-w'), WORKER_ADMISSION: 'auto', WORKER_LEASES: 'off' }), silent, { handlers: (await import('../fixtures/workflows.js')).handlers });
+    const worker = await createWorker(
+      workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'review-w'), WORKER_ADMISSION: 'auto', WORKER_LEASES: 'off' }),
+      silent,
+      { handlers: (await import('../fixtures/workflows.js')).handlers },
+    );
     await worker.start();
-    stops.push(() => worker.stop(), () => orch.stop(), () => sb.stop(), () => policy.stop());
+    stops.push(
+      () => worker.stop(),
+      () => orch.stop(),
+      () => sb.stop(),
+      () => policy.stop(),
+    );
 
     await setPolicy(await h.nc(t), t, { text: allow(t), by: 'sec-team' });
     for (let i = 0; i < 12; i++) pipelines.push(await h.client.submit(t, 'demo.pipeline', { input: { customer: `c${i}` } }));
@@ -122,7 +133,9 @@ describe.skipIf(!docker)('export and offline replay', () => {
       [1, 'allow', 'allow'],
       [2, 'deny', 'deny'],
     ]);
-    process.stdout.write(`offline replay of ${report.runs.length} runs (${report.file.events} events, ${contents.policies.size} policy versions); ${compared} compared with the online replay; ${decisions.length} policy decisions re-decided in-process\n`);
+    process.stdout.write(
+      `offline replay of ${report.runs.length} runs (${report.file.events} events, ${contents.policies.size} policy versions); ${compared} compared with the online replay; ${decisions.length} policy decisions re-decided in-process\n`,
+    );
   }, 120_000);
 
   it('exports one run (gzip) and replays it offline', async () => {
@@ -180,7 +193,11 @@ describe.skipIf(!docker)('export and offline replay', () => {
     expect(named).toBeLessThan(plainLines);
 
     for (const [k, v] of Object.entries(results)) expect(v.code, `${k}: ${v.err}`).toBe(1);
-    process.stdout.write(`damaged files detected: ${Object.keys(results).length} of 5 (${Object.entries(results).map(([k, v]) => `${k} → ${/record \d+/.exec(v.err)?.[0] ?? '?'}`).join(', ')})\n`);
+    process.stdout.write(
+      `damaged files detected: ${Object.keys(results).length} of 5 (${Object.entries(results)
+        .map(([k, v]) => `${k} → ${/record \d+/.exec(v.err)?.[0] ?? '?'}`)
+        .join(', ')})\n`,
+    );
   }, 90_000);
 
   it('shows the divergence of a workflow version edited after the runs, with its fingerprint', async () => {

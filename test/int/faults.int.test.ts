@@ -57,7 +57,8 @@ describe('faults', () => {
       await watch.close();
       const c = await checkRuns(await h.jsm(t), t, runIds, registry);
       for (const [runId, events] of c.eventsByRun) {
-        if (!events.some((e) => e.type === 'run.completed')) process.stdout.write(`STUCK ${runId}\n${events.map((e) => `  ${e.seq} ${e.type} ${e.causationId} ${JSON.stringify(e.data)}`).join('\n')}\n`);
+        if (!events.some((e) => e.type === 'run.completed'))
+          process.stdout.write(`STUCK ${runId}\n${events.map((e) => `  ${e.seq} ${e.type} ${e.causationId} ${JSON.stringify(e.data)}`).join('\n')}\n`);
       }
       if (c.notTerminal > 0) {
         process.stdout.write(`DLQ: ${JSON.stringify((await readDeadLetters(await h.jsm(t), t, 50)).map((l) => [l.code, l.error]))}\n`);
@@ -114,7 +115,9 @@ describe('faults', () => {
       report('orchestrator kill-loop with fan-outs', c);
       for (const [runId, events] of c.eventsByRun) {
         if (events.at(-1)?.type !== 'run.completed') {
-          process.stdout.write(`STUCK ${runId}\n${events.map((e) => `  ${e.seq} ${e.type} ${e.causationId} ${'step' in e.data ? String(e.data.step) : ''}${'attempt' in e.data ? `#${String(e.data.attempt)}` : ''}`).join('\n')}\n`);
+          process.stdout.write(
+            `STUCK ${runId}\n${events.map((e) => `  ${e.seq} ${e.type} ${e.causationId} ${'step' in e.data ? String(e.data.step) : ''}${'attempt' in e.data ? `#${String(e.data.attempt)}` : ''}`).join('\n')}\n`,
+          );
         }
       }
       let itemResults = 0;
@@ -173,7 +176,9 @@ describe('faults', () => {
       if (c.notTerminal > 0) for (const p of procs) process.stdout.write(`OUT ${p.name} ${p.pid}: ${p.output().slice(-3000)}\n`);
       for (const [runId, events] of c.eventsByRun) {
         if (events.at(-1)?.type !== 'run.completed') {
-          process.stdout.write(`STUCK ${runId}\n${events.map((e) => `  ${e.seq} ${e.type} ${e.causationId} ${'step' in e.data ? String(e.data.step) : ''}${'attempt' in e.data ? `#${String(e.data.attempt)}` : ''}`).join('\n')}\n`);
+          process.stdout.write(
+            `STUCK ${runId}\n${events.map((e) => `  ${e.seq} ${e.type} ${e.causationId} ${'step' in e.data ? String(e.data.step) : ''}${'attempt' in e.data ? `#${String(e.data.attempt)}` : ''}`).join('\n')}\n`,
+          );
         }
       }
       let childResults = 0;
@@ -248,7 +253,12 @@ describe('faults', () => {
       // The killed worker's result for attempt 1, arriving late, changes nothing.
       const before = events.length;
       const dlqBefore = (await readDeadLetters(await h.jsm(t), t, 1000)).length;
-      await (await h.js(t)).publish(`cap.${t}.cmd.result`, encode({ runId, step: 'slow', attempt: 1, worker: started.worker, outcome: 'completed', result: { ok: true, attempt: 1 }, durationMs: 2500 }));
+      await (
+        await h.js(t)
+      ).publish(
+        `cap.${t}.cmd.result`,
+        encode({ runId, step: 'slow', attempt: 1, worker: started.worker, outcome: 'completed', result: { ok: true, attempt: 1 }, durationMs: 2500 }),
+      );
       const letter = await eventually('stale result dead-lettered', async () => (await readDeadLetters(await h.jsm(t), t, 1000))[dlqBefore]);
       expect(letter.code).toBe('stale_attempt');
       events = await eventsOf(h, t, runId);

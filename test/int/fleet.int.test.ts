@@ -80,7 +80,9 @@ afterAll(async () => {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const stepWorkers = (events: readonly RunEvent[]) =>
-  events.flatMap((e) => (e.type === 'step.started' || e.type === 'step.completed' || e.type === 'step.failed' ? [`${e.type}:${e.data.step}#${e.data.attempt}@${e.data.worker ?? '?'}`] : []));
+  events.flatMap((e) =>
+    e.type === 'step.started' || e.type === 'step.completed' || e.type === 'step.failed' ? [`${e.type}:${e.data.step}#${e.data.attempt}@${e.data.worker ?? '?'}`] : [],
+  );
 
 async function admissionRow(workerId: string) {
   const a = schema.workerAdmissions;
@@ -136,7 +138,13 @@ describe('fleet admission', () => {
     const r = await capstan(['workers', 'revoke', 'w-a', '--tenant', t, '--as', 'admin', '--reason', 'decommissioned', '--json']);
     expect(r.err).toBe('');
     expect(r.code).toBe(0);
-    expect(JSON.parse(r.out)).toMatchObject({ worker: 'w-a', state: 'revoked', by: 'admin', reason: 'decommissioned', credential: expect.stringContaining('revoked at the server') });
+    expect(JSON.parse(r.out)).toMatchObject({
+      worker: 'w-a',
+      state: 'revoked',
+      by: 'admin',
+      reason: 'decommissioned',
+      credential: expect.stringContaining('revoked at the server'),
+    });
     // The credential is revoked in the tenant's account: the server refuses it from now on.
     expect((await testAuthStore()).user(t, 'w-a')?.revokedAt).toBeGreaterThan(0);
 
@@ -232,7 +240,10 @@ describe('fleet admission', () => {
     await (await h.js(t)).publish(Subjects.fleet(t, 'w-x'), encode({ worker: 'w-x', state: 'maybe', by: 'x' }));
     await eventually('the dead letter', async () => {
       const d = schema.deadLetters;
-      const rows = await database.db.select().from(d).where(and(eq(d.tenant, t), eq(d.stream, Streams.fleet(t))));
+      const rows = await database.db
+        .select()
+        .from(d)
+        .where(and(eq(d.tenant, t), eq(d.stream, Streams.fleet(t))));
       return rows.length === 1 && rows[0]?.code === ErrorCode.SchemaViolation ? rows : undefined;
     });
     expect(await admissionRow('w-x')).toBeUndefined();

@@ -24,10 +24,15 @@ let services: InProcessServices;
 
 const types = (events: readonly RunEvent[]) => events.map((e) => e.type);
 async function waitFor(runId: RunId, pred: (events: RunEvent[]) => boolean, what: string, ms = 30_000): Promise<RunEvent[]> {
-  return eventually(what, async () => {
-    const events = await eventsOf(h, t, runId);
-    return pred(events) ? events : undefined;
-  }, ms, 50);
+  return eventually(
+    what,
+    async () => {
+      const events = await eventsOf(h, t, runId);
+      return pred(events) ? events : undefined;
+    },
+    ms,
+    50,
+  );
 }
 
 beforeAll(async () => {
@@ -53,7 +58,9 @@ describe('flow - engine 2 end to end', () => {
     expect(events.find((e) => e.type === 'branch.taken')?.data).toEqual({ step: 'route', branch: 'then' });
     expect(events.find((e) => e.type === 'fanout.started')?.data).toEqual({ step: 'research', items: 3, concurrency: 2 });
     // Two items at once: the third is scheduled only after one of the first two ended.
-    const scheduled = events.filter((e) => e.type === 'step.scheduled' && e.data.step.startsWith('research-')).map((e) => (e.type === 'step.scheduled' ? `${e.data.step}#${e.data.attempt}` : ''));
+    const scheduled = events
+      .filter((e) => e.type === 'step.scheduled' && e.data.step.startsWith('research-'))
+      .map((e) => (e.type === 'step.scheduled' ? `${e.data.step}#${e.data.attempt}` : ''));
     expect(scheduled.slice(0, 2).sort()).toEqual(['research-1#1', 'research-2#1']);
     expect(scheduled).toContain('research-2#2');
     expect(events.some((e) => e.type === 'timer.scheduled' && e.data.kind === 'sleep')).toBe(true);
@@ -138,14 +145,22 @@ describe.skipIf(!docker)('flow - cancel reaches a sandboxed step', () => {
   it('flow - the sandbox of a cancelled mode-1 step is gone within 2 s', async () => {
     const u = await provision(h, 'flow-sb');
     const sb = await startSandboxes(h, url, docker as Docker, [u]);
-    const slow = defineWorkflow({ id: 'flow.sandboxed', version: 1, steps: [{ name: 'work', mode: 1, timeoutMs: 60_000, sandbox: { command: ['sh', '-c', 'sleep 30; echo late'] } }] });
+    const slow = defineWorkflow({
+      id: 'flow.sandboxed',
+      version: 1,
+      steps: [{ name: 'work', mode: 1, timeoutMs: 60_000, sandbox: { command: ['sh', '-c', 'sleep 30; echo late'] } }],
+    });
     const svc = await startServices(url, [u], { registry: createRegistry([...workflows, slow]) });
     try {
       const runId = await h.client.submit(u, 'flow.sandboxed', { input: {} });
-      await eventually('the sandboxed step running', async () => {
-        const events = await eventsOf(h, u, runId);
-        return events.some((e) => e.type === 'step.started' && e.data.step === 'work') ? events : undefined;
-      }, 60_000);
+      await eventually(
+        'the sandboxed step running',
+        async () => {
+          const events = await eventsOf(h, u, runId);
+          return events.some((e) => e.type === 'step.started' && e.data.step === 'work') ? events : undefined;
+        },
+        60_000,
+      );
       const name = `cap-${runId}-work-1`;
       const asked = Date.now();
       await h.client.cancel(u, runId, 'stop the sandbox');

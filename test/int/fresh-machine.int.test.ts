@@ -85,7 +85,11 @@ describe('a fresh machine', () => {
     let socket = '';
     let pidfile = '';
     let engineEnv: NodeJS.ProcessEnv = {};
-    const answers = () => new Docker({ socketPath: socket }).ping().then(() => true, () => false);
+    const answers = () =>
+      new Docker({ socketPath: socket }).ping().then(
+        () => true,
+        () => false,
+      );
     const enginePid = () => (existsSync(pidfile) ? Number(readFileSync(pidfile, 'utf8').trim()) : 0);
 
     /** Stops the private engine (ours: started by this test) and waits for it to be gone. */
@@ -122,23 +126,29 @@ describe('a fresh machine', () => {
       rmSync(dir, { recursive: true, force: true });
     }, 120_000);
 
-    it('fresh machine - `npm run demo` starts the engine and completes every demo run', async () => {
-      const stoppedPid = enginePid();
-      expect(await answers()).toBe(false);
-      const env: NodeJS.ProcessEnv = { ...engineEnv, CAPSTAN_DEV_DIR: join(dir, 'dev'), NO_COLOR: '1', LOG_LEVEL: 'warn' };
-      // The demo starts its own nats-server and embedded projections, as on a new machine.
-      delete env['NATS_URL'];
-      delete env['DATABASE_URL'];
-      const demo = await run('npm', ['run', 'demo'], env, DEMO_TIMEOUT_MS);
-      const completed = DEMOS.filter((w) => new RegExp(`^\\s+[0-9A-Z]{26}\\s+${w.replace('.', '\\.')}\\s+completed\\s*$`, 'm').test(demo.out));
-      process.stdout.write(`npm run demo: exit ${demo.code}; engine started: ${/starting dockerd at/.test(demo.out)}; completed ${completed.length}/${DEMOS.length}: ${completed.join(', ')}\n`);
-      expect(demo.code, demo.out.slice(-6000)).toBe(0);
-      expect(demo.out).toContain(`starting dockerd at ${socket}`);
-      expect(completed).toEqual(DEMOS);
-      expect(demo.out).toContain('demo: all runs completed');
-      // A new engine, on the private socket, still running after the demo.
-      expect(await answers()).toBe(true);
-      expect(enginePid()).not.toBe(stoppedPid);
-    }, DEMO_TIMEOUT_MS + 60_000);
+    it(
+      'fresh machine - `npm run demo` starts the engine and completes every demo run',
+      async () => {
+        const stoppedPid = enginePid();
+        expect(await answers()).toBe(false);
+        const env: NodeJS.ProcessEnv = { ...engineEnv, CAPSTAN_DEV_DIR: join(dir, 'dev'), NO_COLOR: '1', LOG_LEVEL: 'warn' };
+        // The demo starts its own nats-server and embedded projections, as on a new machine.
+        delete env['NATS_URL'];
+        delete env['DATABASE_URL'];
+        const demo = await run('npm', ['run', 'demo'], env, DEMO_TIMEOUT_MS);
+        const completed = DEMOS.filter((w) => new RegExp(`^\\s+[0-9A-Z]{26}\\s+${w.replace('.', '\\.')}\\s+completed\\s*$`, 'm').test(demo.out));
+        process.stdout.write(
+          `npm run demo: exit ${demo.code}; engine started: ${/starting dockerd at/.test(demo.out)}; completed ${completed.length}/${DEMOS.length}: ${completed.join(', ')}\n`,
+        );
+        expect(demo.code, demo.out.slice(-6000)).toBe(0);
+        expect(demo.out).toContain(`starting dockerd at ${socket}`);
+        expect(completed).toEqual(DEMOS);
+        expect(demo.out).toContain('demo: all runs completed');
+        // A new engine, on the private socket, still running after the demo.
+        expect(await answers()).toBe(true);
+        expect(enginePid()).not.toBe(stoppedPid);
+      },
+      DEMO_TIMEOUT_MS + 60_000,
+    );
   });
 });

@@ -90,18 +90,39 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
     const policy = await createPolicyService(policyConfig({ ...env, ...(await serviceEnv(url, Role.Policy)), CAPSTAN_TENANTS: '' }), policyLog.log);
     await policy.start();
     const secretsLog = capturing('secrets-lease');
-    secrets = await createSecretsLease(secretsConfig({ ...env, ...(await serviceEnv(url, Role.SecretsLease)), SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }), secretsLog.log, { database: d });
+    secrets = await createSecretsLease(
+      secretsConfig({ ...env, ...(await serviceEnv(url, Role.SecretsLease)), SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }),
+      secretsLog.log,
+      { database: d },
+    );
     await secrets.start();
     sb = await startSandboxes(h, url, docker as Docker, [t], { SANDBOX_SECRETS_FILE: '' });
     const orchLog = capturing('orchestrator');
-    const orch = await createOrchestrator(orchestratorConfig({ ...env, ...(await serviceEnv(url, Role.Orchestrator)), ORCH_POLICY: 'on', ORCH_APPROVAL_TTL_MS: '4000' }), orchLog.log, { registry: createRegistry(workflows) });
+    const orch = await createOrchestrator(
+      orchestratorConfig({ ...env, ...(await serviceEnv(url, Role.Orchestrator)), ORCH_POLICY: 'on', ORCH_APPROVAL_TTL_MS: '4000' }),
+      orchLog.log,
+      { registry: createRegistry(workflows) },
+    );
     await orch.start();
     const workerLog = capturing('worker');
-    const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'gov-w'), WORKER_ADMISSION: 'auto', WORKER_LEASES: 'on' }), workerLog.log, { handlers });
+    const worker = await createWorker(
+      workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'gov-w'), WORKER_ADMISSION: 'auto', WORKER_LEASES: 'on' }),
+      workerLog.log,
+      { handlers },
+    );
     await worker.start();
-    projector = await createProjector(projectorConfig({ ...env, ...(await serviceEnv(url, Role.Projector)), PROJECTOR_DISCOVERY_MS: '200' }), createLogger('projector', 'silent'), { database: d });
+    projector = await createProjector(projectorConfig({ ...env, ...(await serviceEnv(url, Role.Projector)), PROJECTOR_DISCOVERY_MS: '200' }), createLogger('projector', 'silent'), {
+      database: d,
+    });
     await projector.start();
-    stops.push(() => projector.stop(), () => worker.stop(), () => orch.stop(), () => sb.stop(), () => secrets.stop(), () => policy.stop());
+    stops.push(
+      () => projector.stop(),
+      () => worker.stop(),
+      () => orch.stop(),
+      () => sb.stop(),
+      () => secrets.stop(),
+      () => policy.stop(),
+    );
     logs.push(policyLog.text, secretsLog.text, orchLog.text, workerLog.text, () => sb.logs());
 
     await setPolicy(await h.nc(t), t, { text: policyFor(t), by: 'sec-team', reason: 'demo policy' });
@@ -119,19 +140,33 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
 
   const types = (events: readonly RunEvent[]) => events.map((e) => e.type);
   async function waitFor(runId: RunId, type: RunEvent['type']): Promise<RunEvent[]> {
-    return eventually(`${type} on ${runId}`, async () => {
-      const events = await eventsOf(h, t, runId);
-      return events.some((e) => e.type === type) ? events : undefined;
-    }, 60_000, 100);
+    return eventually(
+      `${type} on ${runId}`,
+      async () => {
+        const events = await eventsOf(h, t, runId);
+        return events.some((e) => e.type === type) ? events : undefined;
+      },
+      60_000,
+      100,
+    );
   }
 
   it('demo.approval waits for a person; approve → the mode-2 step runs with its leased credential', async () => {
     const runId = await h.client.submit(t, 'demo.approval', { input: {} });
     const waiting = await waitFor(runId, 'approval.requested');
     const decided = waiting.find((e) => e.type === 'policy.decided');
-    expect(decided?.type === 'policy.decided' && decided.data).toMatchObject({ step: 'deliver', decision: 'needs-approval', version: 1, approvers: 'operators', policies: expect.arrayContaining(['demo-token-needs-approval']) });
+    expect(decided?.type === 'policy.decided' && decided.data).toMatchObject({
+      step: 'deliver',
+      decision: 'needs-approval',
+      version: 1,
+      approvers: 'operators',
+      policies: expect.arrayContaining(['demo-token-needs-approval']),
+    });
     await eventually('the approval projected', async () => {
-      const rows = await queryRows<{ status: string; approvers: string; policy_version: number }>(d, sql`select status, approvers, policy_version from approvals where tenant = ${t} and run_id = ${runId}`);
+      const rows = await queryRows<{ status: string; approvers: string; policy_version: number }>(
+        d,
+        sql`select status, approvers, policy_version from approvals where tenant = ${t} and run_id = ${runId}`,
+      );
       return rows[0]?.status === 'waiting' ? rows[0] : undefined;
     });
     await h.client.approve(t, runId, 'deliver', { by: 'ann', reason: 'release day' });
@@ -144,7 +179,9 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
     expect(readFileSync(join(fileURLToPath(dest), 'out/delivered.txt'), 'utf8').trim()).toBe(sha(demoToken).slice(0, 12));
     // A second decision is refused, and records nothing.
     const before = events.length;
-    await expect(h.client.approve(t, runId, 'deliver', { by: 'bob' })).rejects.toSatisfy((e: unknown) => CapstanError.is(e) && ['approval_not_waiting', 'event_rejected'].includes(e.code));
+    await expect(h.client.approve(t, runId, 'deliver', { by: 'bob' })).rejects.toSatisfy(
+      (e: unknown) => CapstanError.is(e) && ['approval_not_waiting', 'event_rejected'].includes(e.code),
+    );
     expect((await eventsOf(h, t, runId)).length).toBe(before);
   });
 
@@ -160,7 +197,10 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
     const end2 = await h.client.waitForEnd(t, expired, 30_000);
     expect(end2.type === 'run.failed' && end2.data.error.code).toBe('approval_expired');
     await eventually('approval rows', async () => {
-      const rows = await queryRows<{ run_id: string; status: string; decided_by: string | null }>(d, sql`select run_id, status, decided_by from approvals where tenant = ${t} and run_id in (${denied}, ${expired})`);
+      const rows = await queryRows<{ run_id: string; status: string; decided_by: string | null }>(
+        d,
+        sql`select run_id, status, decided_by from approvals where tenant = ${t} and run_id in (${denied}, ${expired})`,
+      );
       const by = new Map(rows.map((r) => [r.run_id, r]));
       return by.get(denied)?.status === 'denied' && by.get(expired)?.status === 'expired' ? rows : undefined;
     });
@@ -178,7 +218,9 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
     const dest = done?.type === 'step.completed' ? (done.data.result as { destination: string }).destination : '';
     expect(readFileSync(join(fileURLToPath(dest), 'out/api-key-digest.txt'), 'utf8').trim()).toBe(sha(apiKey).slice(0, 12));
     // replay --recheck-policy asks the recorded version again and agrees.
-    const r = await runCli(['replay', runId, '--tenant', t, '--recheck-policy', '--nats', url], { CAPSTAN_WORKFLOWS: join(fileURLToPath(new URL('.', import.meta.url)), '..', 'dist', 'fixtures', 'workflows.js') });
+    const r = await runCli(['replay', runId, '--tenant', t, '--recheck-policy', '--nats', url], {
+      CAPSTAN_WORKFLOWS: join(fileURLToPath(new URL('.', import.meta.url)), '..', 'dist', 'fixtures', 'workflows.js'),
+    });
     if (r.code !== 0) process.stdout.write(`${r.out}\n${r.err}\n`);
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/policy at event \d+: credential DEMO_API_KEY → allow again under version 1/);
@@ -192,8 +234,16 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
     expect(end.type === 'run.failed' && end.data.error.message).toMatch(/policy version 1 \(no policy allows it: default deny\)/);
 
     const bare = await provision(h, 'gov-bare');
-    const orch = await createOrchestrator(orchestratorConfig({ ...(await serviceEnv(url, Role.Orchestrator)), CAPSTAN_TENANTS: bare, ORCH_POLICY: 'on' }), createLogger('o', 'silent'), { registry: createRegistry(workflows) });
-    const worker = await createWorker(workerConfig({ NATS_URL: url, NATS_CREDS: await issueCreds(url, bare, Role.Worker, 'bare-w'), WORKER_ADMISSION: 'auto' }), createLogger('w', 'silent'), { handlers });
+    const orch = await createOrchestrator(
+      orchestratorConfig({ ...(await serviceEnv(url, Role.Orchestrator)), CAPSTAN_TENANTS: bare, ORCH_POLICY: 'on' }),
+      createLogger('o', 'silent'),
+      { registry: createRegistry(workflows) },
+    );
+    const worker = await createWorker(
+      workerConfig({ NATS_URL: url, NATS_CREDS: await issueCreds(url, bare, Role.Worker, 'bare-w'), WORKER_ADMISSION: 'auto' }),
+      createLogger('w', 'silent'),
+      { handlers },
+    );
     await orch.start();
     await worker.start();
     try {
@@ -216,10 +266,18 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
     const lease = await secrets.ledger.issue(t, { runId, step: 'queued', attempt: 1 }, ['DEMO_TOKEN'], 300, 60_000, sandboxKey);
     // The step waits for a sandbox slot and a cold start, longer than the lease's TTL.
     await new Promise((r) => setTimeout(r, 1000));
-    const out = await sb.exec(t, 2, { secrets: ['DEMO_TOKEN'], command: ['sh', '-c', 'printf %s "$DEMO_TOKEN" | sha256sum | cut -c1-64'] }, { runId, step: 'queued', leaseId: lease.leaseId });
+    const out = await sb.exec(
+      t,
+      2,
+      { secrets: ['DEMO_TOKEN'], command: ['sh', '-c', 'printf %s "$DEMO_TOKEN" | sha256sum | cut -c1-64'] },
+      { runId, step: 'queued', leaseId: lease.leaseId },
+    );
     expect(out.error).toBeUndefined();
     expect(sb.stdout(out).trim()).toBe(sha(demoToken));
-    const rows = await queryRows<{ kind: string; detail: Record<string, unknown> }>(d, sql`select kind, detail from audit_log where tenant = ${t} and run_id = ${runId} order by id`);
+    const rows = await queryRows<{ kind: string; detail: Record<string, unknown> }>(
+      d,
+      sql`select kind, detail from audit_log where tenant = ${t} and run_id = ${runId} order by id`,
+    );
     expect(rows.map((r) => r.kind)).toEqual(['lease.issued', 'lease.claimed', 'lease.redeemed']);
     expect(rows[1]?.detail).toMatchObject({ leaseId: lease.leaseId, sandbox: `cap-${runId}-queued-1`, keys: ['DEMO_TOKEN'] });
     // Never claimed within its claim window: expired, and retryable (a new attempt gets a new lease).
@@ -230,12 +288,18 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
   });
 
   it('audit rows: the policy change, each decision, the approval and every lease by key name', async () => {
-    await eventually('audit rows', async () => {
-      const rows = await queryRows<{ kind: string }>(d, sql`select distinct kind from audit_log where tenant = ${t}`);
-      const kinds = new Set(rows.map((r) => r.kind));
-      const want = ['policy.decided', 'approval.decided'];
-      return want.every((k) => kinds.has(k)) && [...kinds].some((k) => k.startsWith('lease.')) && [...kinds].some((k) => k.startsWith('policy.') && k !== 'policy.decided') ? kinds : undefined;
-    }, 20_000);
+    await eventually(
+      'audit rows',
+      async () => {
+        const rows = await queryRows<{ kind: string }>(d, sql`select distinct kind from audit_log where tenant = ${t}`);
+        const kinds = new Set(rows.map((r) => r.kind));
+        const want = ['policy.decided', 'approval.decided'];
+        return want.every((k) => kinds.has(k)) && [...kinds].some((k) => k.startsWith('lease.')) && [...kinds].some((k) => k.startsWith('policy.') && k !== 'policy.decided')
+          ? kinds
+          : undefined;
+      },
+      20_000,
+    );
   });
 
   it('50 canaries (48 secrets leased in mode 2, the 3b key, the approval secret) appear nowhere else', async () => {
@@ -259,7 +323,9 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
       places.push([`stream ${name}`, text]);
     }
     const found = all.flatMap((c) => forms(c).flatMap((f) => places.filter(([, hay]) => hay.includes(f)).map(([where]) => where)));
-    process.stdout.write(`canaries: ${all.length} planted, searched ${places.length} places (${places.reduce((n, [, s]) => n + s.length, 0)} chars), found ${found.length}${found.length ? `: ${[...new Set(found)].join(', ')}` : ''}\n`);
+    process.stdout.write(
+      `canaries: ${all.length} planted, searched ${places.length} places (${places.reduce((n, [, s]) => n + s.length, 0)} chars), found ${found.length}${found.length ? `: ${[...new Set(found)].join(', ')}` : ''}\n`,
+    );
     expect(found).toEqual([]);
   });
 });

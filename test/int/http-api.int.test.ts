@@ -72,8 +72,7 @@ function rawGet(base: string, path: string): Promise<{ status: number; text: str
  */
 async function capstan(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; out: string; err: string }> {
   const [name, ...rest] = args;
-  const cmd =
-    name === 'runs' ? runsCmd : name === 'run' ? runCmd : name === 'audit' ? auditCmd : name === 'status' && rest.includes('--system') ? systemStatusCmd : undefined;
+  const cmd = name === 'runs' ? runsCmd : name === 'run' ? runCmd : name === 'audit' ? auditCmd : name === 'status' && rest.includes('--system') ? systemStatusCmd : undefined;
   if (!cmd) throw new Error(`not a read command: ${args.join(' ')}`);
   const chunks: string[] = [];
   const spy = vi.spyOn(process.stdout, 'write').mockImplementation((c: string | Uint8Array) => {
@@ -115,7 +114,14 @@ describe('http api', () => {
 
     for (let i = 0; i < 30; i++) {
       const startedAt = new Date(BASE - i * 60_000);
-      aRuns.push(runRow(A, runIdAt(startedAt), { startedAt, status: i % 3 === 0 ? 'failed' : 'completed', workflow: 'demo.pipeline', ...(i % 3 === 0 ? { errorCode: 'step_failed', errorMessage: 'boom' } : {}) }));
+      aRuns.push(
+        runRow(A, runIdAt(startedAt), {
+          startedAt,
+          status: i % 3 === 0 ? 'failed' : 'completed',
+          workflow: 'demo.pipeline',
+          ...(i % 3 === 0 ? { errorCode: 'step_failed', errorMessage: 'boom' } : {}),
+        }),
+      );
       bRuns.push(runRow(B, runIdAt(startedAt), { startedAt, status: 'running', workflow: 'demo.other', currentStep: 'wait' }));
     }
     aRun = (aRuns[0] as RunInsert).runId;
@@ -127,14 +133,24 @@ describe('http api', () => {
       ...bRuns.map((r) => ({ tenant: B, key: 'customer', value: '1', runId: r.runId })),
     ]);
     const t0 = new Date(BASE);
-    await d.db.insert(schema.steps).values([
-      stepRow(A, aRun, 'extract', 1, t0, { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'boom', durationMs: 40 }),
-      stepRow(A, aRun, 'extract', 2, new Date(BASE + 500)),
-      stepRow(A, aRun, 'transform', 1, new Date(BASE + 900), { worker: null, outcome: 'pending', durationMs: null }),
-    ]);
     await d.db
-      .insert(schema.events)
-      .values(['run.started', 'step.scheduled', 'step.failed', 'step.scheduled'].map((type, i) => ({ tenant: A, runId: aRun, seq: i + 1, type, at: new Date(BASE + i), streamSeq: i + 1, causationId: 'c' })));
+      .insert(schema.steps)
+      .values([
+        stepRow(A, aRun, 'extract', 1, t0, { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'boom', durationMs: 40 }),
+        stepRow(A, aRun, 'extract', 2, new Date(BASE + 500)),
+        stepRow(A, aRun, 'transform', 1, new Date(BASE + 900), { worker: null, outcome: 'pending', durationMs: null }),
+      ]);
+    await d.db.insert(schema.events).values(
+      ['run.started', 'step.scheduled', 'step.failed', 'step.scheduled'].map((type, i) => ({
+        tenant: A,
+        runId: aRun,
+        seq: i + 1,
+        type,
+        at: new Date(BASE + i),
+        streamSeq: i + 1,
+        causationId: 'c',
+      })),
+    );
     await d.db.insert(schema.approvals).values([
       { tenant: A, runId: aRun, step: 'approve', signal: 'approve', status: 'pending', requestedAt: t0 },
       { tenant: B, runId: bRun, step: 'approve', signal: 'approve', status: 'approved', requestedAt: t0, decidedAt: t0 },
@@ -144,7 +160,16 @@ describe('http api', () => {
       { tenant: B, workerId: 'wb', pools: ['default'], running: 0, lastSeenAt: t0 },
     ]);
     await insertBatched(d, schema.auditLog, [
-      ...Array.from({ length: 12 }, (_, i) => ({ tenant: A, runId: i < 4 ? aRun : ((aRuns[1] as RunInsert).runId), seq: i + 1, kind: 'run.signaled', actor: 'alice', detail: { signal: 'approve' }, at: new Date(BASE + i * 1000), streamSeq: i + 1 })),
+      ...Array.from({ length: 12 }, (_, i) => ({
+        tenant: A,
+        runId: i < 4 ? aRun : (aRuns[1] as RunInsert).runId,
+        seq: i + 1,
+        kind: 'run.signaled',
+        actor: 'alice',
+        detail: { signal: 'approve' },
+        at: new Date(BASE + i * 1000),
+        streamSeq: i + 1,
+      })),
       { tenant: B, runId: bRun, seq: 1, kind: 'run.cancel-requested', actor: 'bob', detail: { reason: 'x' }, at: t0, streamSeq: 1 },
     ]);
 
@@ -189,7 +214,10 @@ describe('http api', () => {
     expect(failed.body.runs.every((r) => r.status === 'failed')).toBe(true);
     expect((await get(url, `/v1/tenants/${B}/runs?status=failed`)).body.runs).toEqual([]);
 
-    const since = await get(url, `/v1/tenants/${A}/runs?since=${encodeURIComponent(new Date(BASE - 4 * 60_000).toISOString())}&until=${encodeURIComponent(new Date(BASE).toISOString())}`);
+    const since = await get(
+      url,
+      `/v1/tenants/${A}/runs?since=${encodeURIComponent(new Date(BASE - 4 * 60_000).toISOString())}&until=${encodeURIComponent(new Date(BASE).toISOString())}`,
+    );
     expect(since.body.runs.map((r) => r.runId)).toEqual(aRuns.slice(1, 5).map((r) => r.runId));
 
     const where = await get(url, `/v1/tenants/${A}/runs?where=customer%3D2&where=region=us`);

@@ -53,10 +53,23 @@ describe('ingress', () => {
     },
   });
 
-  const route = (over: Partial<WebhookRoute> = {}): WebhookRoute => ({ route: 'orders', workflow: 'test.slow', secrets: ['ORDERS_HOOK'], fields: { ms: '/ms', order: '/order/id' }, status: 'enabled', by: 'ann', ...over });
+  const route = (over: Partial<WebhookRoute> = {}): WebhookRoute => ({
+    route: 'orders',
+    workflow: 'test.slow',
+    secrets: ['ORDERS_HOOK'],
+    fields: { ms: '/ms', order: '/order/id' },
+    status: 'enabled',
+    by: 'ann',
+    ...over,
+  });
 
   /** Signs like a sender would, then POSTs. */
-  async function deliver(i: Ingress, path: string, body: string, o: { id?: string; at?: Date; secret?: string; signature?: string; headers?: Record<string, string> } = {}): Promise<Answer> {
+  async function deliver(
+    i: Ingress,
+    path: string,
+    body: string,
+    o: { id?: string; at?: Date; secret?: string; signature?: string; headers?: Record<string, string> } = {},
+  ): Promise<Answer> {
     const id = o.id ?? `msg_${randomBytes(8).toString('hex')}`;
     const at = o.at ?? new Date();
     const signature = o.signature ?? new Webhook(o.secret ?? SECRET).sign(id, at, body);
@@ -82,19 +95,38 @@ describe('ingress', () => {
     scratch = await scratchDatabase('ingress');
     const env = { NATS_URL: url, CAPSTAN_TENANTS: t, ...TEST_DEFAULTS };
     secrets = await createSecretsLease(
-      secretsConfig({ ...(await serviceEnv(url, Role.SecretsLease)), ...env, DATABASE_URL: scratch.url, SECRETS_MASTER_KEY: randomBytes(32).toString('base64'), SECRETS_DB_POOL: '12' }),
+      secretsConfig({
+        ...(await serviceEnv(url, Role.SecretsLease)),
+        ...env,
+        DATABASE_URL: scratch.url,
+        SECRETS_MASTER_KEY: randomBytes(32).toString('base64'),
+        SECRETS_DB_POOL: '12',
+      }),
       createLogger('secrets-lease', 'trace', sink),
     );
     await secrets.start();
     orchestrator = await createOrchestrator(orchestratorConfig({ ...(await serviceEnv(url, Role.Orchestrator)), ...env }), silent, { registry: createRegistry(workflows) });
     await orchestrator.start();
-    worker = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w-hooks', { pools: ['default'] }), WORKER_ID: 'w-hooks', WORKER_CONCURRENCY: '200' }), silent, { handlers });
+    worker = await createWorker(
+      workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w-hooks', { pools: ['default'] }), WORKER_ID: 'w-hooks', WORKER_CONCURRENCY: '200' }),
+      silent,
+      { handlers },
+    );
     await worker.start();
     await putSecret(tc.nc, t, 'ORDERS_HOOK', SECRET, { by: 'ann' });
     await putSecret(tc.nc, t, 'ORDERS_HOOK_NEXT', NEXT_SECRET, { by: 'ann' });
     await writeRoute(tc.js, tc.jsm, t, route());
     ingress = await createIngress(
-      ingressConfig({ ...(await serviceEnv(url, Role.Ingress)), ...env, INGRESS_PORT: '0', INGRESS_MAX_BODY_BYTES: String(MAX_BODY), INGRESS_RATE: '10000', INGRESS_BURST: '10000', INGRESS_DISCOVERY_MS: '200', LOG_LEVEL: 'trace' }),
+      ingressConfig({
+        ...(await serviceEnv(url, Role.Ingress)),
+        ...env,
+        INGRESS_PORT: '0',
+        INGRESS_MAX_BODY_BYTES: String(MAX_BODY),
+        INGRESS_RATE: '10000',
+        INGRESS_BURST: '10000',
+        INGRESS_DISCOVERY_MS: '200',
+        LOG_LEVEL: 'trace',
+      }),
       createLogger('ingress', 'trace', sink),
     );
     await ingress.start();
@@ -143,14 +175,24 @@ describe('ingress', () => {
     const now = Date.now();
     const signed = new Webhook(SECRET).sign('msg_forged', new Date(now), body);
     const attempts: [string, Promise<Answer>, number, string][] = [
-      ['body with a flipped bit', deliver(ingress, `/hooks/${t}/orders`, body.replace('B-1', 'B-0'), { id: 'msg_forged', at: new Date(now), signature: signed }), 401, 'webhook_signature_invalid'],
+      [
+        'body with a flipped bit',
+        deliver(ingress, `/hooks/${t}/orders`, body.replace('B-1', 'B-0'), { id: 'msg_forged', at: new Date(now), signature: signed }),
+        401,
+        'webhook_signature_invalid',
+      ],
       ['signed with another secret', deliver(ingress, `/hooks/${t}/orders`, body, { secret: secretOf(1) }), 401, 'webhook_signature_invalid'],
       ['no signature header', deliver(ingress, `/hooks/${t}/orders`, body, { signature: '' }), 401, 'webhook_signature_invalid'],
       ['a signature of the wrong length', deliver(ingress, `/hooks/${t}/orders`, body, { signature: 'v1,AAAA' }), 401, 'webhook_signature_invalid'],
       ['timestamp 310 s old', deliver(ingress, `/hooks/${t}/orders`, body, { at: new Date(now - 310_000) }), 401, 'webhook_timestamp_invalid'],
       ['timestamp 310 s ahead', deliver(ingress, `/hooks/${t}/orders`, body, { at: new Date(now + 310_000) }), 401, 'webhook_timestamp_invalid'],
       ['body over the cap', deliver(ingress, `/hooks/${t}/orders`, JSON.stringify({ ms: 0, order: { id: 'C' }, pad: 'x'.repeat(MAX_BODY) })), 413, 'payload_too_large'],
-      ['a reused webhook-id with another body', deliver(ingress, `/hooks/${t}/orders`, JSON.stringify({ ms: 0, order: { id: 'D' } }), { id: 'msg_reused' }), 409, 'webhook_id_conflict'],
+      [
+        'a reused webhook-id with another body',
+        deliver(ingress, `/hooks/${t}/orders`, JSON.stringify({ ms: 0, order: { id: 'D' } }), { id: 'msg_reused' }),
+        409,
+        'webhook_id_conflict',
+      ],
       ['an unknown route', deliver(ingress, `/hooks/${t}/nowhere`, body), 404, 'route_not_found'],
       ['an unknown tenant', deliver(ingress, `/hooks/nobody/orders`, body), 404, 'route_not_found'],
       ['a body that is not JSON', deliver(ingress, `/hooks/${t}/orders`, 'not json'), 400, 'decode_failed'],
@@ -186,9 +228,17 @@ describe('ingress', () => {
     await eventually('the route back', () => Promise.resolve(ingress.routes(t).length === 1 ? true : undefined), 10_000);
   });
 
-  it('ingress - over the tenant\'s rate: 429 with Retry-After, nothing written', async () => {
+  it("ingress - over the tenant's rate: 429 with Retry-After, nothing written", async () => {
     const slow = await createIngress(
-      ingressConfig({ ...(await serviceEnv(url, Role.Ingress)), CAPSTAN_TENANTS: t, INGRESS_PORT: '0', INGRESS_RATE: '1', INGRESS_BURST: '2', INGRESS_DISCOVERY_MS: '200', LOG_LEVEL: 'silent' }),
+      ingressConfig({
+        ...(await serviceEnv(url, Role.Ingress)),
+        CAPSTAN_TENANTS: t,
+        INGRESS_PORT: '0',
+        INGRESS_RATE: '1',
+        INGRESS_BURST: '2',
+        INGRESS_DISCOVERY_MS: '200',
+        LOG_LEVEL: 'silent',
+      }),
       silent,
     );
     await slow.start();
@@ -229,14 +279,20 @@ describe('ingress', () => {
     const count = (f: (a: Answer) => boolean) => answers.filter(f).length;
     const accepted = count((a) => a.status === 202);
     const duplicates = count((a) => a.status === 200 && a.body.duplicate === true);
-    const started = await eventually('900 runs started', async () => {
-      const now = (await allRunIds(tc.jsm, t)).filter((r) => !runsBefore.has(r));
-      return now.length >= 900 ? now : undefined;
-    }, 60_000);
+    const started = await eventually(
+      '900 runs started',
+      async () => {
+        const now = (await allRunIds(tc.jsm, t)).filter((r) => !runsBefore.has(r));
+        return now.length >= 900 ? now : undefined;
+      },
+      60_000,
+    );
     await new Promise((r) => setTimeout(r, 1000));
     const finalRuns = (await allRunIds(tc.jsm, t)).filter((r) => !runsBefore.has(r));
     const expected = new Set(unique.map((u) => webhookRunId(t, 'orders', u.id)));
-    process.stdout.write(`ingress load: 1000 deliveries in ${Math.round(ms)} ms: ${accepted} accepted, ${duplicates} duplicates, ${1000 - accepted - duplicates} other; ${finalRuns.length} runs started\n`);
+    process.stdout.write(
+      `ingress load: 1000 deliveries in ${Math.round(ms)} ms: ${accepted} accepted, ${duplicates} duplicates, ${1000 - accepted - duplicates} other; ${finalRuns.length} runs started\n`,
+    );
     expect(accepted).toBe(900);
     expect(duplicates).toBe(100);
     expect(started.length).toBe(900);

@@ -44,7 +44,22 @@ describe('leaf-node data plane', () => {
     const worker = await readCredentials(workerCreds);
     const dir = mkdtempSync(join(tmpdir(), 'capstan-leaf-'));
     const leafPort = await freePort();
-    const made = await runCli(['leaf', 'config', '--tenant', t, '--nats', platform.url, '--platform', `nats-leaf://127.0.0.1:${platform.leafPort ?? 0}`, '--user', workerCreds, '--listen', `127.0.0.1:${leafPort}`, '--out', dir]);
+    const made = await runCli([
+      'leaf',
+      'config',
+      '--tenant',
+      t,
+      '--nats',
+      platform.url,
+      '--platform',
+      `nats-leaf://127.0.0.1:${platform.leafPort ?? 0}`,
+      '--user',
+      workerCreds,
+      '--listen',
+      `127.0.0.1:${leafPort}`,
+      '--out',
+      dir,
+    ]);
     expect(made.code, made.err).toBe(0);
     const conf = readFileSync(join(dir, 'leaf.conf'), 'utf8');
     expect(conf).toContain('remotes');
@@ -56,7 +71,11 @@ describe('leaf-node data plane', () => {
     const leafProc = spawn(findNatsServer(), ['-c', join(dir, 'leaf.conf'), '-l', join(dir, 'leaf.log')], { stdio: 'ignore' });
     stopLeaf = () => new Promise((res) => (leafProc.exitCode !== null ? res() : (leafProc.once('exit', () => res()), leafProc.kill('SIGTERM'))));
     const leaf = { url: `nats://127.0.0.1:${leafPort}`, logFile: join(dir, 'leaf.log') };
-    await eventually('the leaf server linked to the platform', () => Promise.resolve(existsSync(leaf.logFile) && /Leafnode connection created/.test(readFileSync(leaf.logFile, 'utf8')) ? true : undefined), 10_000);
+    await eventually(
+      'the leaf server linked to the platform',
+      () => Promise.resolve(existsSync(leaf.logFile) && /Leafnode connection created/.test(readFileSync(leaf.logFile, 'utf8')) ? true : undefined),
+      10_000,
+    );
 
     // The platform side runs the orchestrator; the worker is handed the leaf URL and nothing else.
     const env = { CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures };
@@ -70,7 +89,9 @@ describe('leaf-node data plane', () => {
     try {
       for (const runId of runIds) expect((await h.client.waitForEnd(t, runId, 30_000)).type).toBe('run.completed');
     } catch (e) {
-      process.stdout.write(`WORKER ${edge.output().slice(-3000)}\nLEAF LOG ${readFileSync(leaf.logFile, 'utf8').slice(-3000)}\nPLATFORM LOG ${readFileSync(platform.logFile, 'utf8').slice(-2000)}\n`);
+      process.stdout.write(
+        `WORKER ${edge.output().slice(-3000)}\nLEAF LOG ${readFileSync(leaf.logFile, 'utf8').slice(-3000)}\nPLATFORM LOG ${readFileSync(platform.logFile, 'utf8').slice(-2000)}\n`,
+      );
       throw e;
     }
     const c = await checkRuns(await h.jsm(t), t, runIds, createRegistry(workflows));

@@ -53,7 +53,9 @@ describe('metrics: counters equal the runs and steps that happened', () => {
     // One poison command: not MessagePack, not JSON.
     await (await h.js(t)).publish(Subjects.command(t, CommandVerb.Submit), new Uint8Array([0xc1, 0xff, 0x00]));
     for (const r of runs) await h.client.waitForEnd(t, r, 60_000);
-    await eventually('the signal runs to wait', async () => ((await Promise.all(waiting.map((r) => eventsOf(h, t, r)))).every((es) => es.some((e) => e.type === 'step.waiting')) ? true : undefined));
+    await eventually('the signal runs to wait', async () =>
+      (await Promise.all(waiting.map((r) => eventsOf(h, t, r)))).every((es) => es.some((e) => e.type === 'step.waiting')) ? true : undefined,
+    );
 
     // What the streams recorded.
     const all: RunEvent[] = (await Promise.all([...runs, ...waiting].map((r) => eventsOf(h, t, r)))).flat();
@@ -95,7 +97,13 @@ describe('metrics: counters equal the runs and steps that happened', () => {
       waits: total(w, 'capstan_work_queue_wait_seconds_count', { tenant: t, pool: 'default' }),
     };
     // Each attempt was taken once; the queue is empty now (and the gauge is there to say so).
-    expect(worker).toEqual({ completed: recorded.stepsCompleted, failed: recorded.stepsFailed, observed: recorded.stepsCompleted + recorded.stepsFailed, queued: 0, waits: recorded.scheduled });
+    expect(worker).toEqual({
+      completed: recorded.stepsCompleted,
+      failed: recorded.stepsFailed,
+      observed: recorded.stepsCompleted + recorded.stepsFailed,
+      queued: 0,
+      waits: recorded.scheduled,
+    });
     expect(w.some((x) => x.name === 'capstan_work_queue_depth' && x.labels['tenant'] === t && x.labels['pool'] === 'default')).toBe(true);
 
     const p = await eventually('the projector to catch up', async () => {
@@ -103,6 +111,8 @@ describe('metrics: counters equal the runs and steps that happened', () => {
       return total(s, 'capstan_projector_lag_events', { tenant: t }) === 0 && total(s, 'capstan_approvals_waiting', { tenant: t }) === 2 ? s : undefined;
     });
     expect(total(p, 'capstan_projector_events_total', { tenant: t })).toBe(all.length);
-    process.stdout.write(`metrics after ${runs.length + waiting.length} runs: ${JSON.stringify({ orch, worker, projected: total(p, 'capstan_projector_events_total', { tenant: t }), approvalsWaiting: 2 })}\n`);
+    process.stdout.write(
+      `metrics after ${runs.length + waiting.length} runs: ${JSON.stringify({ orch, worker, projected: total(p, 'capstan_projector_events_total', { tenant: t }), approvalsWaiting: 2 })}\n`,
+    );
   }, 180_000);
 });

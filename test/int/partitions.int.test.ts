@@ -27,7 +27,11 @@ afterEach(async () => {
 });
 
 /** Partitions an instance took, from its log (`partition taken` lines). */
-const taken = (p: ServiceProcess) => p.output().split('\n').filter((l) => l.includes('"partition taken"')).length;
+const taken = (p: ServiceProcess) =>
+  p
+    .output()
+    .split('\n')
+    .filter((l) => l.includes('"partition taken"')).length;
 
 function expectSingleHistories(c: RunCheck & { eventsByRun: Map<RunId, unknown[]> }, runs: number): void {
   expect(c.completed).toBe(runs);
@@ -75,7 +79,9 @@ describe('partitioned orchestrators', () => {
         await load(n);
         await sleep(500);
         const s = (Date.now() - t0) / 1000;
-        process.stdout.write(`phase ${name}: ${n} runs submitted, ${ended() - before} ended in ${s.toFixed(1)} s (${((ended() - before) / s).toFixed(0)} runs/s; not a benchmark)\n`);
+        process.stdout.write(
+          `phase ${name}: ${n} runs submitted, ${ended() - before} ended in ${s.toFixed(1)} s (${((ended() - before) / s).toFixed(0)} runs/s; not a benchmark)\n`,
+        );
       };
 
       await phase('1 instance', 150);
@@ -142,7 +148,13 @@ describe('partitioned orchestrators', () => {
       // B finished every run while A was frozen; A wakes up with decisions B overtook. Wait for its word.
       for (let i = 0; i < 200 && !a.output().includes('stepping down'); i++) await sleep(100);
       const out = a.output();
-      process.stdout.write(`stale owner: ${out.split('\n').filter((l) => /failpoint|stepping down|fenced/.test(l)).slice(0, 6).join('\n')}\n`);
+      process.stdout.write(
+        `stale owner: ${out
+          .split('\n')
+          .filter((l) => /failpoint|stepping down|fenced/.test(l))
+          .slice(0, 6)
+          .join('\n')}\n`,
+      );
       expect(out).toContain('failpoint orchestrator.before_append: stall');
       // Its decisions, made before the freeze, were refused by the runs' expected sequences.
       expect(out).toContain('append refused in a partition this instance held: stepping down');

@@ -24,7 +24,9 @@ import {
   Streams,
   Subjects,
   type PolicyQuery,
-  type TenantId, Role } from '@capstan/schemas';
+  type TenantId,
+  Role,
+} from '@capstan/schemas';
 import { connect, eventually, provision, silent, type Harness, serviceEnv } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 
@@ -85,7 +87,11 @@ afterAll(async () => {
 
 describe('policy service', () => {
   it('policy - nobody answering is policy_unavailable (retryable), never an allow', async () => {
-    for (const p of [askPolicy(await h.nc(t), t, [mode(0)], { timeoutMs: 500 }), decideAt(await h.nc(t), t, 1, [mode(0)], { timeoutMs: 500 }), setPolicy(await h.nc(t), t, { text: 'permit(principal, action, resource);', by: 'ops' }, { timeoutMs: 500 })]) {
+    for (const p of [
+      askPolicy(await h.nc(t), t, [mode(0)], { timeoutMs: 500 }),
+      decideAt(await h.nc(t), t, 1, [mode(0)], { timeoutMs: 500 }),
+      setPolicy(await h.nc(t), t, { text: 'permit(principal, action, resource);', by: 'ops' }, { timeoutMs: 500 }),
+    ]) {
       const e = await rejection(p);
       expect(e.code).toBe(ErrorCode.PolicyUnavailable);
       expect(e.retryable).toBe(true);
@@ -99,7 +105,7 @@ describe('policy service', () => {
     expect(await policyHistory(await h.nc(t), t)).toEqual({ latest: 0, versions: [] });
   });
 
-  it('policy - an invalid policy is refused with Cedar\'s diagnostics and nothing is stored', async () => {
+  it("policy - an invalid policy is refused with Cedar's diagnostics and nothing is stored", async () => {
     const e = await rejection(setPolicy(await h.nc(t), t, { text: 'permit(principal, action == Action::"lease-secrett", resource);\npermit(principal, action', by: 'ops' }));
     expect(e).toBeInstanceOf(PolicyInvalidError);
     const diags = (e as PolicyInvalidError).diagnostics;
@@ -189,7 +195,12 @@ describe('policy service', () => {
   });
 
   it('policy - a forged record on the versions subject is an invalid version: everything is denied until a valid one follows', async () => {
-    await (await h.js(t)).publish(Subjects.policyVersions(t), encode({ version: 11, text: 'permit(principal, action, resource);', by: 'mallory', at: new Date().toISOString(), sha256: '0'.repeat(64) }));
+    await (
+      await h.js(t)
+    ).publish(
+      Subjects.policyVersions(t),
+      encode({ version: 11, text: 'permit(principal, action, resource);', by: 'mallory', at: new Date().toISOString(), sha256: '0'.repeat(64) }),
+    );
     const d = await eventually('the forged version in force', async () => {
       const x = await askPolicy(await h.nc(t), t, [mode(0)]);
       return x.version === 11 ? x : undefined;
@@ -228,10 +239,14 @@ describe('policy service', () => {
     const t2 = await provision(h, 'pol-nostream');
     await (await h.jsm(t2)).streams.delete(Streams.policy(t2));
     // The service serves a tenant once it finds it in the registry (every 200 ms here).
-    const d = await eventually('the service serves the new tenant', async () => {
-      const r = await askPolicy(await h.nc(t2), t2, [mode(0)]);
-      return r.errors?.some((x) => /no policy service|unavailable/i.test(x)) ? undefined : r;
-    }, 10_000);
+    const d = await eventually(
+      'the service serves the new tenant',
+      async () => {
+        const r = await askPolicy(await h.nc(t2), t2, [mode(0)]);
+        return r.errors?.some((x) => /no policy service|unavailable/i.test(x)) ? undefined : r;
+      },
+      10_000,
+    );
     expect(d).toMatchObject({ decision: 'deny', version: 0, errors: [expect.stringMatching(/no policy stream/)] });
     const e = await rejection(setPolicy(await h.nc(t2), t2, { text: 'permit(principal, action, resource);', by: 'ops' }));
     expect(e.code).toBe(ErrorCode.UnknownTenant);
@@ -266,7 +281,13 @@ describe('policy versions in the projections', () => {
 
   it('policy - one row and one audit row per version, exactly once; the forged record is a dead letter', async () => {
     const got = await eventually('12 versions projected', async () => {
-      const [p, d] = [await rows(), await database.db.select().from(schema.deadLetters).where(and(eq(schema.deadLetters.tenant, t), eq(schema.deadLetters.stream, Streams.policy(t))))];
+      const [p, d] = [
+        await rows(),
+        await database.db
+          .select()
+          .from(schema.deadLetters)
+          .where(and(eq(schema.deadLetters.tenant, t), eq(schema.deadLetters.stream, Streams.policy(t)))),
+      ];
       return p.length === 11 && d.length === 1 ? { p, d } : undefined;
     });
     expect(got.p.map((r) => r.version)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12]);

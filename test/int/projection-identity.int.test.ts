@@ -23,7 +23,19 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { and, eq, inArray, sql } from 'drizzle-orm';
 import { createConsole, loadConfig as consoleConfig, localAdmin, type SystemResponse } from '@capstan/console';
-import { createQueryServer, listRuns, migrate, newRunId, openDatabase, provisionTenant, recordFollowed, startNatsServer, syncGuard, type Database, type NatsServer } from '@capstan/kit';
+import {
+  createQueryServer,
+  listRuns,
+  migrate,
+  newRunId,
+  openDatabase,
+  provisionTenant,
+  recordFollowed,
+  startNatsServer,
+  syncGuard,
+  type Database,
+  type NatsServer,
+} from '@capstan/kit';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import { db as schema, Role, Streams, Subjects, type RunId, type TenantId } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
@@ -61,7 +73,10 @@ async function runsOn(h: Harness, t: TenantId, n: number): Promise<RunId[]> {
 }
 
 async function checkpointRow(d: Database, t: TenantId) {
-  const rows = await d.db.select().from(schema.checkpoints).where(sql`tenant = ${t} and stream = ${Streams.runs(t)}`);
+  const rows = await d.db
+    .select()
+    .from(schema.checkpoints)
+    .where(sql`tenant = ${t} and stream = ${Streams.runs(t)}`);
   return rows[0];
 }
 
@@ -113,7 +128,14 @@ async function replaceStore(mode: Mode, when: When): Promise<Case> {
   const streamOf = async () => (await (await h.jsm(t)).streams.info(Streams.runs(t))).created;
   const projectorOn = async (url: string) => {
     const p = await createProjector(
-      projectorConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: dbUrl, CAPSTAN_TENANTS: t, PROJECTOR_ON_STREAM_CHANGE: mode, PROJECTOR_SYNC_CHECK_MS: '250', PROJECTOR_DISCOVERY_MS: '250' }),
+      projectorConfig({
+        ...(await serviceEnv(url, Role.Projector)),
+        DATABASE_URL: dbUrl,
+        CAPSTAN_TENANTS: t,
+        PROJECTOR_ON_STREAM_CHANGE: mode,
+        PROJECTOR_SYNC_CHECK_MS: '250',
+        PROJECTOR_DISCOVERY_MS: '250',
+      }),
       silent,
       { database },
     );
@@ -177,10 +199,16 @@ describe('projection identity', () => {
     await guard(t);
     // Three more events, applied at once: the checkpoint passes the stream end the guard saw.
     await publish(3);
-    await database.db.update(schema.checkpoints).set({ lastStreamSeq: (await now()).last_seq }).where(sql`tenant = ${t}`);
+    await database.db
+      .update(schema.checkpoints)
+      .set({ lastStreamSeq: (await now()).last_seq })
+      .where(sql`tenant = ${t}`);
     await expect(guard(t)).resolves.toBeUndefined();
     // A checkpoint past the stream's real end is refused, cached or not.
-    await database.db.update(schema.checkpoints).set({ lastStreamSeq: (await now()).last_seq + 5 }).where(sql`tenant = ${t}`);
+    await database.db
+      .update(schema.checkpoints)
+      .set({ lastStreamSeq: (await now()).last_seq + 5 })
+      .where(sql`tenant = ${t}`);
     await expect(guard(t)).rejects.toMatchObject({ code: 'projection_out_of_sync' });
   });
 
@@ -197,7 +225,10 @@ describe('projection identity', () => {
       };
       const { row, ids } = when === 'stopped' ? ((await check()) ?? (await eventually('rebuilt', check, 1000))) : await eventually('rebuilt from the new stream', check, 30_000);
       const stats = c.projector.stats()[t];
-      const oldAudit = await database.db.select().from(schema.auditLog).where(sql`tenant = ${t} and run_id = '' and at < ${c.replacedAt.toISOString()}::timestamptz`);
+      const oldAudit = await database.db
+        .select()
+        .from(schema.auditLog)
+        .where(sql`tenant = ${t} and run_id = '' and at < ${c.replacedAt.toISOString()}::timestamptz`);
       process.stdout.write(
         `store replaced under a ${when} projector (rebuild): rebuilds ${stats?.rebuilds}, runs projected ${ids.length} (old ${c.oldRuns.length} gone), checkpoint ${row?.lastStreamSeq}, out of sync ${String(row?.outOfSync)}, old admission audit rows ${oldAudit.length}\n`,
       );
@@ -207,7 +238,10 @@ describe('projection identity', () => {
       expect(row?.lastStreamSeq).toBe((await (await c.h.jsm(t)).streams.info(Streams.runs(t))).state.last_seq);
       // The old store's admission record (same fleet sequence, same audit key) made way for the new store's.
       expect(oldAudit).toHaveLength(0);
-      const admissions = await database.db.select().from(schema.auditLog).where(sql`tenant = ${t} and run_id = ''`);
+      const admissions = await database.db
+        .select()
+        .from(schema.auditLog)
+        .where(sql`tenant = ${t} and run_id = ''`);
       expect(admissions.map((a) => [a.kind, a.actor])).toEqual([['worker.approved', 'admin-of-the-new-store']]);
       // And it goes on: a run made after the rebuild is projected.
       const [later] = await runsOn(c.h, t, 1);
@@ -228,7 +262,10 @@ describe('projection identity', () => {
       expect(row.outOfSync).toMatch(/was created again/);
       expect(c.projector.stats()[t]).toMatchObject({ following: false, outOfSync: row.outOfSync });
       // Nothing of the new stream was applied over the old rows; the old rows are kept, unread.
-      const newRows = await database.db.select().from(schema.runs).where(and(eq(schema.runs.tenant, t), inArray(schema.runs.runId, c.newRuns)));
+      const newRows = await database.db
+        .select()
+        .from(schema.runs)
+        .where(and(eq(schema.runs.tenant, t), inArray(schema.runs.runId, c.newRuns)));
       expect(newRows).toHaveLength(0);
       expect(await projectedIds(database, t)).toEqual([...c.oldRuns].sort());
 
@@ -248,7 +285,13 @@ describe('projection identity', () => {
       // The console: its pages and its system route (what the banner shows).
       const consoleAccess = await accessAs(c.store.url, Role.Console);
       cleanups.push(() => consoleAccess.close());
-      const operatorConsole = createConsole({ db: database, access: consoleAccess, config: consoleConfig({ CONSOLE_PORT: '0', ...(await serviceEnv(c.store.url, Role.Console)) }, { dev: true }), log: silent, users: [localAdmin([t])] });
+      const operatorConsole = createConsole({
+        db: database,
+        access: consoleAccess,
+        config: consoleConfig({ CONSOLE_PORT: '0', ...(await serviceEnv(c.store.url, Role.Console)) }, { dev: true }),
+        log: silent,
+        users: [localAdmin([t])],
+      });
       await operatorConsole.start();
       cleanups.push(() => operatorConsole.stop());
       const browser = new ConsoleClient(operatorConsole.url);

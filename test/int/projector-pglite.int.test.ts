@@ -27,7 +27,9 @@ beforeAll(async () => {
   database = await openDatabase({ dataDir: dir, log: silent });
   await migrate(database);
   services = await startServices(url, [t], { workerId: 'pglite-worker' });
-  projector = await createProjector(loadConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: 'postgres://embedded.pglite/test', CAPSTAN_TENANTS: t }), silent, { database });
+  projector = await createProjector(loadConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: 'postgres://embedded.pglite/test', CAPSTAN_TENANTS: t }), silent, {
+    database,
+  });
   await projector.start();
 });
 

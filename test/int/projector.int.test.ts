@@ -144,20 +144,28 @@ describe('projector', () => {
       const ids = runsOf.get(t) ?? [];
       const s = await streamCounts(h, t, ids);
       const rows = await rowCounts(d, t);
-      process.stdout.write(`projector[${t}]: stream runs=${s.runs} events=${s.events} attempts=${s.scheduled}; rows runs=${rows?.runs} events=${rows?.events} steps=${rows?.steps} approvals=${rows?.approvals} audit=${rows?.audit} search=${rows?.search}\n`);
+      process.stdout.write(
+        `projector[${t}]: stream runs=${s.runs} events=${s.events} attempts=${s.scheduled}; rows runs=${rows?.runs} events=${rows?.events} steps=${rows?.steps} approvals=${rows?.approvals} audit=${rows?.audit} search=${rows?.search}\n`,
+      );
       expect(rows).toEqual({ runs: s.runs, events: s.events, steps: s.scheduled, approvals: 10, audit: 10, search: 10 });
       const statuses = await queryRows<{ status: string; n: number }>(d, sql`select status, count(*)::int as n from runs where tenant = ${t} group by status order by status`);
       expect(statuses).toEqual([
         { status: 'cancelled', n: 3 },
         { status: 'completed', n: ids.length - 3 },
       ]);
-      const audit = await queryRows<{ kind: string; actor: string | null; detail: unknown }>(d, sql`select kind, actor, detail from audit_log where tenant = ${t} order by kind, stream_seq`);
+      const audit = await queryRows<{ kind: string; actor: string | null; detail: unknown }>(
+        d,
+        sql`select kind, actor, detail from audit_log where tenant = ${t} order by kind, stream_seq`,
+      );
       expect(audit.filter((a) => a.kind === 'run.signaled').map((a) => [a.actor, a.detail])).toEqual(Array.from({ length: 7 }, () => ['alice', { name: 'approve' }]));
       expect(audit.filter((a) => a.kind === 'run.cancel-requested').map((a) => a.detail)).toEqual(Array.from({ length: 3 }, () => ({ reason: 'not needed' })));
       // No payload value reached the audit log.
       expect(JSON.stringify(audit)).not.toContain('looks right');
       // The hung attempt ended by the worker's deadline or by the durable timeout timer, whichever came first.
-      const hung = await queryRows<{ outcome: string; error_code: string | null }>(d, sql`select outcome, error_code from steps where tenant = ${t} and step = 'hang' order by attempt`);
+      const hung = await queryRows<{ outcome: string; error_code: string | null }>(
+        d,
+        sql`select outcome, error_code from steps where tenant = ${t} and step = 'hang' order by attempt`,
+      );
       expect(hung.map((x) => x.outcome)).toEqual([hung[0]?.outcome === 'timed_out' ? 'timed_out' : 'failed', 'completed']);
       if (hung[0]?.outcome === 'failed') expect(hung[0].error_code).toBe('step_timeout');
     }
@@ -168,7 +176,10 @@ describe('projector', () => {
     await expect(getRun(d, ta, foreign)).rejects.toMatchObject({ code: ErrorCode.RunNotFound });
     expect((await getRun(d, tb, foreign)).run.runId).toBe(foreign);
     for (const table of [schema.runs, schema.steps, schema.events, schema.approvals, schema.runSearch, schema.auditLog]) {
-      const rows = await d.db.select().from(table).where(and(eq(table.tenant, ta), eq(table.runId, foreign)));
+      const rows = await d.db
+        .select()
+        .from(table)
+        .where(and(eq(table.tenant, ta), eq(table.runId, foreign)));
       expect(rows).toEqual([]);
     }
     process.stdout.write(`projector: ${RUNS} runs over ${tenants.length} tenants in ${flowMs} ms; stats ${JSON.stringify(projector.stats())}\n`);
@@ -187,10 +198,18 @@ describe('projector', () => {
     expect(dead[0]).toMatchObject({ stream: Streams.runs(t), streamSeq: ack.seq, subject: Subjects.run(t, garbageRun), code: ErrorCode.DecodeFailed });
     expect(dead[0]?.message).toMatch(/cannot decode/);
     // The run submitted after it is projected in full; the garbage made no run.
-    const [run] = await d.db.select().from(schema.runs).where(and(eq(schema.runs.tenant, t), eq(schema.runs.runId, after)));
+    const [run] = await d.db
+      .select()
+      .from(schema.runs)
+      .where(and(eq(schema.runs.tenant, t), eq(schema.runs.runId, after)));
     expect(run?.status).toBe('completed');
     expect(run?.lastStreamSeq).toBeGreaterThan(ack.seq);
-    expect(await d.db.select().from(schema.runs).where(and(eq(schema.runs.tenant, t), eq(schema.runs.runId, garbageRun)))).toEqual([]);
+    expect(
+      await d.db
+        .select()
+        .from(schema.runs)
+        .where(and(eq(schema.runs.tenant, t), eq(schema.runs.runId, garbageRun))),
+    ).toEqual([]);
     runsOf.get(t)?.push(after);
     const report = await verifyProjections(d, h.jsm, [t]);
     printReport('after poison', report);
@@ -217,9 +236,15 @@ describe('projector', () => {
     process.stdout.write(`dead letters of ${t}: ${JSON.stringify(dead.map((r) => [r.streamSeq, r.code, r.message]))}\n`);
     expect(dead.map((r) => [r.streamSeq, r.code])).toEqual([[lastSeq - 1, ErrorCode.SchemaViolation]]);
     expect(dead[0]?.message).toMatch(/out of range/);
-    const [run] = await d.db.select().from(schema.runs).where(and(eq(schema.runs.tenant, t), eq(schema.runs.runId, runId)));
+    const [run] = await d.db
+      .select()
+      .from(schema.runs)
+      .where(and(eq(schema.runs.tenant, t), eq(schema.runs.runId, runId)));
     expect([run?.status, run?.lastSeq, run?.lastStreamSeq]).toEqual(['completed', 4, lastSeq]);
-    const steps = await d.db.select().from(schema.steps).where(and(eq(schema.steps.tenant, t), eq(schema.steps.runId, runId)));
+    const steps = await d.db
+      .select()
+      .from(schema.steps)
+      .where(and(eq(schema.steps.tenant, t), eq(schema.steps.runId, runId)));
     expect(steps.map((x) => x.outcome)).toEqual(['scheduled']);
     const report = await verifyProjections(d, h.jsm, [t]);
     printReport('after refused event', report);
@@ -230,7 +255,9 @@ describe('projector', () => {
   it('projector - a rebuild from scratch, while the live projector runs, yields the same rows', async () => {
     const before = await Promise.all(tenants.map((t) => tableContents(d, t)));
     const result = await rebuildProjections(d, h.jsm, tenants);
-    process.stdout.write(`rebuild: ${result.messages} messages of ${tenants.length} tenants in ${result.elapsedMs.toFixed(0)} ms (${result.tenants.map((r) => `${r.tenant}=${r.messages}/${r.elapsedMs.toFixed(0)}ms`).join(', ')})\n`);
+    process.stdout.write(
+      `rebuild: ${result.messages} messages of ${tenants.length} tenants in ${result.elapsedMs.toFixed(0)} ms (${result.tenants.map((r) => `${r.tenant}=${r.messages}/${r.elapsedMs.toFixed(0)}ms`).join(', ')})\n`,
+    );
     const after = await Promise.all(tenants.map((t) => tableContents(d, t)));
     for (let i = 0; i < tenants.length; i++) {
       const b = before[i];
@@ -280,11 +307,17 @@ describe('projector', () => {
     const msgs = [];
     for await (const m of await (await (await h.js(t)).consumers.get(Streams.runs(t), Consumers.projector)).fetch({ max_messages: 8, expires: 2000 })) msgs.push(m);
     expect(msgs.map((m) => m.seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
-    await applyBatch(d.db, t, msgs.slice(0, 4).map((m) => ({ seq: m.seq, subject: m.subject, data: m.data })));
+    await applyBatch(
+      d.db,
+      t,
+      msgs.slice(0, 4).map((m) => ({ seq: m.seq, subject: m.subject, data: m.data })),
+    );
     msgs[4]?.ack();
     await (await h.nc(t)).flush();
 
-    const p = await createProjector(loadConfig({ ...(await serviceEnv(inject('natsUrl'), Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, { database: d });
+    const p = await createProjector(loadConfig({ ...(await serviceEnv(inject('natsUrl'), Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, {
+      database: d,
+    });
     try {
       await p.start();
       const t0 = Date.now();
@@ -303,7 +336,12 @@ describe('projector', () => {
     await projector.stop();
     await using fresh = await scratchDatabase('projfresh');
     const d2 = await openDatabase({ url: fresh.url, log: silent });
-    const config = loadConfig({ ...(await serviceEnv(inject('natsUrl'), Role.Projector)), DATABASE_URL: fresh.url, CAPSTAN_TENANTS: tenants.join(','), PROJECTOR_DISCOVERY_MS: '200' });
+    const config = loadConfig({
+      ...(await serviceEnv(inject('natsUrl'), Role.Projector)),
+      DATABASE_URL: fresh.url,
+      CAPSTAN_TENANTS: tenants.join(','),
+      PROJECTOR_DISCOVERY_MS: '200',
+    });
     const second = await createProjector(config, silent, { database: d2 });
     try {
       await second.start();

@@ -120,15 +120,25 @@ describe('queries', () => {
     // Steps inserted out of order; attempt 2 of "extract" was scheduled after "transform" 1.
     const t0 = new Date(BASE);
     const at = (ms: number) => new Date(t0.getTime() + ms);
-    await d.db.insert(schema.steps).values([
-      stepRow(A, detailRun.runId, 'load', 1, at(300)),
-      stepRow(A, detailRun.runId, 'extract', 2, at(200), { outcome: 'completed' }),
-      stepRow(A, detailRun.runId, 'extract', 1, at(0), { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'boom' }),
-      stepRow(A, detailRun.runId, 'transform', 1, at(100)),
-      stepRow(B, shared.runId, 'beta-step', 1, at(0)),
-    ]);
+    await d.db
+      .insert(schema.steps)
+      .values([
+        stepRow(A, detailRun.runId, 'load', 1, at(300)),
+        stepRow(A, detailRun.runId, 'extract', 2, at(200), { outcome: 'completed' }),
+        stepRow(A, detailRun.runId, 'extract', 1, at(0), { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'boom' }),
+        stepRow(A, detailRun.runId, 'transform', 1, at(100)),
+        stepRow(B, shared.runId, 'beta-step', 1, at(0)),
+      ]);
     await d.db.insert(schema.events).values(
-      [5, 1, 3, 2, 4].map((seq) => ({ tenant: A, runId: detailRun.runId, seq, type: seq === 1 ? 'run.started' : 'step.scheduled', at: at(seq), streamSeq: 100 + seq, causationId: 'cmd-1' })),
+      [5, 1, 3, 2, 4].map((seq) => ({
+        tenant: A,
+        runId: detailRun.runId,
+        seq,
+        type: seq === 1 ? 'run.started' : 'step.scheduled',
+        at: at(seq),
+        streamSeq: 100 + seq,
+        causationId: 'cmd-1',
+      })),
     );
     await d.db.insert(schema.approvals).values([
       { tenant: A, runId: detailRun.runId, step: 'approve', signal: 'approve', status: 'pending', requestedAt: at(400) },
@@ -389,8 +399,22 @@ describe('queries', () => {
       expect(lag).toEqual([
         { tenant: behind, stream: Streams.runs(behind), streamLastSeq: 5, checkpoint: 2, lag: 3 },
         { tenant: fresh, stream: Streams.runs(fresh), streamLastSeq: 0, checkpoint: 0, lag: 0 },
-        { tenant: ahead, stream: Streams.runs(ahead), streamLastSeq: 5, checkpoint: 9, lag: null, error: { code: 'projection_out_of_sync', message: expect.stringContaining('ends at sequence 5, before the checkpoint') } },
-        { tenant: missing, stream: Streams.runs(missing), streamLastSeq: null, checkpoint: 0, lag: null, error: { code: 'unknown_tenant', message: expect.stringContaining('no run stream') } },
+        {
+          tenant: ahead,
+          stream: Streams.runs(ahead),
+          streamLastSeq: 5,
+          checkpoint: 9,
+          lag: null,
+          error: { code: 'projection_out_of_sync', message: expect.stringContaining('ends at sequence 5, before the checkpoint') },
+        },
+        {
+          tenant: missing,
+          stream: Streams.runs(missing),
+          streamLastSeq: null,
+          checkpoint: 0,
+          lag: null,
+          error: { code: 'unknown_tenant', message: expect.stringContaining('no run stream') },
+        },
       ]);
     });
   });

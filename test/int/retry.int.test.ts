@@ -71,7 +71,10 @@ beforeAll(async () => {
   const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'retry-worker') }), silent, { handlers });
   await orch.start();
   await worker.start();
-  stops.push(() => worker.stop(), () => orch.stop());
+  stops.push(
+    () => worker.stop(),
+    () => orch.stop(),
+  );
   api = createQueryServer({ db: database, access: await accessAs(url, Role.Projector), tenants: () => [t], log: silent, port: 0 });
   await api.start();
 });
@@ -86,7 +89,10 @@ afterAll(async () => {
 });
 
 async function runRow(runId: RunId) {
-  const [row] = await database.db.select().from(schema.runs).where(and(eq(schema.runs.tenant, t), eq(schema.runs.runId, runId)));
+  const [row] = await database.db
+    .select()
+    .from(schema.runs)
+    .where(and(eq(schema.runs.tenant, t), eq(schema.runs.runId, runId)));
   return row;
 }
 
@@ -149,7 +155,10 @@ describe('retry', () => {
       [2, 'failed', 'retry-worker'],
       [3, 'completed', 'retry-worker'],
     ]);
-    const audit = await database.db.select().from(schema.auditLog).where(and(eq(schema.auditLog.tenant, t), eq(schema.auditLog.runId, runId)));
+    const audit = await database.db
+      .select()
+      .from(schema.auditLog)
+      .where(and(eq(schema.auditLog.tenant, t), eq(schema.auditLog.runId, runId)));
     expect(audit.map((a) => [a.kind, a.actor, a.detail])).toEqual([['run.retried', 'ops@example.com', { reason: 'warehouse back', errorCode: 'downstream_down' }]]);
   });
 
@@ -200,7 +209,10 @@ describe('retry', () => {
     });
     expect(waitingAgain.map((e) => e.type).slice(-3)).toEqual(['run.failed', 'run.retried', 'step.waiting']);
     await eventually('the approval row waits again', async () => {
-      const [a] = await database.db.select().from(schema.approvals).where(and(eq(schema.approvals.tenant, t), eq(schema.approvals.runId, runId)));
+      const [a] = await database.db
+        .select()
+        .from(schema.approvals)
+        .where(and(eq(schema.approvals.tenant, t), eq(schema.approvals.runId, runId)));
       return a?.status === 'waiting' && a.decidedBy === null ? true : undefined;
     });
     await h.client.approve(t, runId, 'review', { by: 'bob' });
@@ -233,7 +245,9 @@ describe('retry', () => {
     expect((await (await h.jsm(t2)).streams.info(Streams.commands(t2))).state.messages).toBe(1);
     const second = await startServices(url, [t2], { env });
     try {
-      await eventually('the redelivered command is acknowledged', async () => ((await (await h.jsm(t2)).streams.info(Streams.commands(t2))).state.messages === 0 ? true : undefined));
+      await eventually('the redelivered command is acknowledged', async () =>
+        (await (await h.jsm(t2)).streams.info(Streams.commands(t2))).state.messages === 0 ? true : undefined,
+      );
       // Decided again it would be refused ("not failed"); it was recognised as done instead.
       expect((await readDeadLetters(await h.jsm(t2), t2, 100)).filter((l) => l.runId === runId)).toEqual([]);
       expect((await eventsOf(h, t2, runId)).filter((e) => e.type === 'run.retried')).toHaveLength(1);

@@ -117,7 +117,12 @@ describe.skipIf(!docker)('sandbox faults', () => {
     for (const [runId, how] of watch.ended) {
       if (how === 'run.completed') continue;
       const events = await eventsOf(h, t, runId as RunId);
-      process.stdout.write(`sandbox kill: run ${runId} ${how}: ${events.filter((e) => e.type === 'step.failed' || e.type === 'run.failed').map((e) => JSON.stringify(e.data)).join(' | ')}\n`);
+      process.stdout.write(
+        `sandbox kill: run ${runId} ${how}: ${events
+          .filter((e) => e.type === 'step.failed' || e.type === 'run.failed')
+          .map((e) => JSON.stringify(e.data))
+          .join(' | ')}\n`,
+      );
     }
     expect(c.completed).toBe(50);
     await h.close();

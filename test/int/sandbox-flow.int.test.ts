@@ -46,7 +46,11 @@ describe.skipIf(!docker)('sandboxed runs end to end', () => {
     services = await startServices(url, [t]);
     scratch = await scratchDatabase('sbxflow');
     d = await openDatabase({ url: scratch.url, log: silent });
-    projector = await createProjector(projectorConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t, PROJECTOR_DISCOVERY_MS: '200' }), silent, { database: d });
+    projector = await createProjector(
+      projectorConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t, PROJECTOR_DISCOVERY_MS: '200' }),
+      silent,
+      { database: d },
+    );
     await projector.start();
   }, 300_000);
 
@@ -67,7 +71,11 @@ describe.skipIf(!docker)('sandboxed runs end to end', () => {
     expect(end.type).toBe('run.completed');
 
     const scheduled = events.filter((e) => e.type === 'step.scheduled');
-    expect(scheduled.map((e) => [e.data.step, e.data.mode])).toEqual([['prepare', 0], ['analyse', 1], ['publish', 2]]);
+    expect(scheduled.map((e) => [e.data.step, e.data.mode])).toEqual([
+      ['prepare', 0],
+      ['analyse', 1],
+      ['publish', 2],
+    ]);
     // Key names are on the record; values never are.
     expect(scheduled[2]?.type === 'step.scheduled' && scheduled[2].data.sandbox?.secrets).toEqual(['DEMO_TOKEN']);
     const completed = events.flatMap((e) => (e.type === 'step.completed' ? [e.data] : []));
@@ -103,7 +111,16 @@ describe.skipIf(!docker)('sandboxed runs end to end', () => {
       }
     }
     const forms = [canary, Buffer.from(canary).toString('base64'), Buffer.from(canary).toString('hex'), encodeURIComponent(canary)];
-    const found = forms.flatMap((f) => [['postgres', dump], ['streams', streams], ['service log', sb.logs()], ['events', JSON.stringify(events)]].filter(([, hay]) => (hay as string).includes(f)).map(([w]) => w));
+    const found = forms.flatMap((f) =>
+      [
+        ['postgres', dump],
+        ['streams', streams],
+        ['service log', sb.logs()],
+        ['events', JSON.stringify(events)],
+      ]
+        .filter(([, hay]) => (hay as string).includes(f))
+        .map(([w]) => w),
+    );
     process.stdout.write(`canary search: postgres ${dump.length} chars over ${tables.length} tables, streams ${streams.length} bytes: found in ${JSON.stringify(found)}\n`);
     expect(found).toEqual([]);
     expect(dump).toContain(`cap-${runId}-publish-1`);
@@ -119,10 +136,13 @@ describe.skipIf(!docker)('sandboxed runs end to end', () => {
         auth = req.headers.authorization ?? '';
         turns++;
         const asked = JSON.parse(body) as { messages: { role: string }[] };
-        const message =
-          asked.messages.some((m) => m.role === 'tool')
-            ? { role: 'assistant', content: 'Wrote out/hello.txt.' }
-            : { role: 'assistant', content: null, tool_calls: [{ id: 'c1', type: 'function', function: { name: 'write_file', arguments: JSON.stringify({ path: 'hello.txt', content: 'hello from the agent\n' }) } }] };
+        const message = asked.messages.some((m) => m.role === 'tool')
+          ? { role: 'assistant', content: 'Wrote out/hello.txt.' }
+          : {
+              role: 'assistant',
+              content: null,
+              tool_calls: [{ id: 'c1', type: 'function', function: { name: 'write_file', arguments: JSON.stringify({ path: 'hello.txt', content: 'hello from the agent\n' }) } }],
+            };
         res.setHeader('content-type', 'application/json');
         res.end(JSON.stringify({ id: 'x', object: 'chat.completion', choices: [{ index: 0, message, finish_reason: 'stop' }] }));
       });
@@ -131,14 +151,20 @@ describe.skipIf(!docker)('sandboxed runs end to end', () => {
     const port = (llm.address() as AddressInfo).port;
     try {
       const runId = makeRunId(Date.now(), crypto.getRandomValues(new Uint8Array(10)));
-      const out = await sb.exec(t, 3, {
-        agent: 'mini',
-        task: 'Write a greeting to out/hello.txt.',
-        env: [{ name: 'OPENAI_BASE_URL', value: `http://127.0.0.1:${port}/v1` }],
-        secrets: ['OPENAI_API_KEY'],
-        egress: [`127.0.0.1:${port}`],
-      }, { runId });
-      if (out.error) process.stdout.write(`agent: ${JSON.stringify(out)}\n${readFileSync(join(fileURLToPath(out.result?.destination ?? 'file:///nonexistent'), 'stderr.log'), 'utf8')}\n`);
+      const out = await sb.exec(
+        t,
+        3,
+        {
+          agent: 'mini',
+          task: 'Write a greeting to out/hello.txt.',
+          env: [{ name: 'OPENAI_BASE_URL', value: `http://127.0.0.1:${port}/v1` }],
+          secrets: ['OPENAI_API_KEY'],
+          egress: [`127.0.0.1:${port}`],
+        },
+        { runId },
+      );
+      if (out.error)
+        process.stdout.write(`agent: ${JSON.stringify(out)}\n${readFileSync(join(fileURLToPath(out.result?.destination ?? 'file:///nonexistent'), 'stderr.log'), 'utf8')}\n`);
       expect(out.error).toBeUndefined();
       expect(turns).toBe(2);
       expect(auth).toBe(`Bearer sk-${canary}`);
@@ -163,4 +189,3 @@ describe.skipIf(!docker)('sandboxed runs end to end', () => {
     expect(out.error?.retryable).toBe(false);
   });
 });
-

@@ -61,12 +61,27 @@ interface Case {
 const CASES: readonly Case[] = [
   {
     name: 'kill, stop or trace the runner and init',
-    script: () => [RUNNER, TRY('kill-runner', 'kill -9 $R'), TRY('stop-runner', 'kill -STOP $R'), TRY('kill-init', 'kill -9 1'), TRY('runner-mem', 'head -c 1 /proc/$R/mem'), TRY('runner-environ-secret', 'grep -q CANARY /proc/$R/environ')].join('; '),
+    script: () =>
+      [
+        RUNNER,
+        TRY('kill-runner', 'kill -9 $R'),
+        TRY('stop-runner', 'kill -STOP $R'),
+        TRY('kill-init', 'kill -9 1'),
+        TRY('runner-mem', 'head -c 1 /proc/$R/mem'),
+        TRY('runner-environ-secret', 'grep -q CANARY /proc/$R/environ'),
+      ].join('; '),
     breachIf: ['kill-runner', 'stop-runner', 'kill-init', 'runner-mem', 'runner-environ-secret'],
   },
   {
     name: 'replace the runner or its files',
-    script: () => [RUNNER, TRY('write-runner', 'echo "process.exit(0)" > /opt/capstan/runner/tool-runner.js'), TRY('write-protocol', 'echo x >> /opt/capstan/runner/protocol.js'), TRY('write-node', 'echo x >> /usr/bin/node'), TRY('write-runner-mem', 'printf x | dd of=/proc/$R/mem bs=1 seek=4194304 conv=notrunc')].join('; '),
+    script: () =>
+      [
+        RUNNER,
+        TRY('write-runner', 'echo "process.exit(0)" > /opt/capstan/runner/tool-runner.js'),
+        TRY('write-protocol', 'echo x >> /opt/capstan/runner/protocol.js'),
+        TRY('write-node', 'echo x >> /usr/bin/node'),
+        TRY('write-runner-mem', 'printf x | dd of=/proc/$R/mem bs=1 seek=4194304 conv=notrunc'),
+      ].join('; '),
     breachIf: ['write-runner', 'write-protocol', 'write-node', 'write-runner-mem'],
   },
   {
@@ -86,26 +101,54 @@ const CASES: readonly Case[] = [
   },
   {
     name: 'leave processes and files behind',
-    script: () => ['(setsid sleep 631 &)', '(nohup sleep 632 >/dev/null 2>&1 &)', '(sh -c "sleep 633 &" &)', 'echo "$CANARY" > /workspace/.left', 'mkdir -p /workspace/deep/er && echo x > /workspace/deep/er/f', 'echo "$CANARY" > /tmp/left', 'echo "$CANARY" > /dev/shm/left 2>/dev/null', 'chmod 777 /workspace', 'true'].join('; '),
+    script: () =>
+      [
+        '(setsid sleep 631 &)',
+        '(nohup sleep 632 >/dev/null 2>&1 &)',
+        '(sh -c "sleep 633 &" &)',
+        'echo "$CANARY" > /workspace/.left',
+        'mkdir -p /workspace/deep/er && echo x > /workspace/deep/er/f',
+        'echo "$CANARY" > /tmp/left',
+        'echo "$CANARY" > /dev/shm/left 2>/dev/null',
+        'chmod 777 /workspace',
+        'true',
+      ].join('; '),
   },
   { name: 'fork bomb', script: () => 'bomb() { bomb | bomb & }; bomb; sleep 20', timeoutMs: 4000, mayDie: true },
   { name: 'fill memory', script: () => `node -e 'const a = []; for (;;) a.push(Buffer.alloc(64 << 20, 1));'`, timeoutMs: 20_000, mayDie: true },
-  { name: 'fill the disk', script: () => 'dd if=/dev/zero of=/workspace/fill bs=1M count=1024 2>/dev/null; dd if=/dev/zero of=/tmp/fill bs=1M count=1024 2>/dev/null; dd if=/dev/zero of=/dev/shm/fill bs=1M count=1024 2>/dev/null; true', timeoutMs: 20_000 },
+  {
+    name: 'fill the disk',
+    script: () =>
+      'dd if=/dev/zero of=/workspace/fill bs=1M count=1024 2>/dev/null; dd if=/dev/zero of=/tmp/fill bs=1M count=1024 2>/dev/null; dd if=/dev/zero of=/dev/shm/fill bs=1M count=1024 2>/dev/null; true',
+    timeoutMs: 20_000,
+  },
   {
     name: 'reach the host directly (loopback, bridge, Docker API)',
-    script: ({ nats }) => [TRY('tcp-nats', `nc -w 2 127.0.0.1 ${nats} </dev/null`), TRY('tcp-postgres', 'nc -w 2 127.0.0.1 5432 </dev/null'), TRY('tcp-bridge', 'nc -w 2 172.17.0.1 2375 </dev/null'), TRY('docker-socket', 'test -e /var/run/docker.sock || test -e /run/docker.sock')].join('; '),
+    script: ({ nats }) =>
+      [
+        TRY('tcp-nats', `nc -w 2 127.0.0.1 ${nats} </dev/null`),
+        TRY('tcp-postgres', 'nc -w 2 127.0.0.1 5432 </dev/null'),
+        TRY('tcp-bridge', 'nc -w 2 172.17.0.1 2375 </dev/null'),
+        TRY('docker-socket', 'test -e /var/run/docker.sock || test -e /run/docker.sock'),
+      ].join('; '),
     breachIf: ['tcp-nats', 'tcp-postgres', 'tcp-bridge', 'docker-socket'],
   },
   {
     name: 'egress to the loopback, a private address, the Docker API and the metadata address',
     egress: ({ home, nats }) => [`127.0.0.1:${home}`, `127.0.0.1:${nats}`, '10.0.0.1:80', '172.17.0.1:2375', '169.254.169.254:80', `localhost:${home}`],
-    script: ({ home, nats }) => [`127.0.0.1:${home}`, `127.0.0.1:${nats}`, '10.0.0.1:80', '172.17.0.1:2375', '169.254.169.254:80', `localhost:${home}`].map((t, i) => TRY(`egress-${i}`, `printf 'CONNECT ${t} HTTP/1.1\\r\\n\\r\\n' | nc -w 3 127.0.0.1 3128 | grep -q ' 200 '`)).join('; '),
+    script: ({ home, nats }) =>
+      [`127.0.0.1:${home}`, `127.0.0.1:${nats}`, '10.0.0.1:80', '172.17.0.1:2375', '169.254.169.254:80', `localhost:${home}`]
+        .map((t, i) => TRY(`egress-${i}`, `printf 'CONNECT ${t} HTTP/1.1\\r\\n\\r\\n' | nc -w 3 127.0.0.1 3128 | grep -q ' 200 '`))
+        .join('; '),
     breachIf: ['egress-0', 'egress-1', 'egress-2', 'egress-3', 'egress-4', 'egress-5'],
   },
   {
     name: 'a name that resolves to the loopback, and one that rebinds to it',
     egress: ({ home }) => [`loop.capstan.test:${home}`, `rebind.capstan.test:${home}`],
-    script: ({ home }) => [`loop.capstan.test:${home}`, `rebind.capstan.test:${home}`, `rebind.capstan.test:${home}`, `rebind.capstan.test:${home}`].map((t, i) => TRY(`dns-${i}`, `printf 'CONNECT ${t} HTTP/1.1\\r\\n\\r\\n' | nc -w 3 127.0.0.1 3128 | grep -q ' 200 '`)).join('; '),
+    script: ({ home }) =>
+      [`loop.capstan.test:${home}`, `rebind.capstan.test:${home}`, `rebind.capstan.test:${home}`, `rebind.capstan.test:${home}`]
+        .map((t, i) => TRY(`dns-${i}`, `printf 'CONNECT ${t} HTTP/1.1\\r\\n\\r\\n' | nc -w 3 127.0.0.1 3128 | grep -q ' 200 '`))
+        .join('; '),
     // Reaching the public first answer of `rebind` is allowed; reaching home is what counts (below).
     breachIf: ['dns-0', 'dns-2', 'dns-3'],
   },
@@ -140,7 +183,14 @@ for (const runtime of runtimes) {
       ports.home = (home.address() as { port: number }).port;
       // `rebind` answers a public address first and the loopback after; `loop` the loopback.
       dns = await startDns((name, n) => (name === 'loop.capstan.test' ? '127.0.0.1' : name === 'rebind.capstan.test' ? (n === 1 ? '93.184.215.14' : '127.0.0.1') : undefined));
-      sb = await startSandboxes(h, url, docker as Docker, [a, b], { SANDBOX_RUNTIME: runtime, SANDBOX_POOL_MIN: '2', SANDBOX_POOL_MAX: '2', SANDBOX_EGRESS_DNS: `127.0.0.1:${dns.port}`, SANDBOX_EGRESS_CONNECT_MS: '1500' }, { audit: true });
+      sb = await startSandboxes(
+        h,
+        url,
+        docker as Docker,
+        [a, b],
+        { SANDBOX_RUNTIME: runtime, SANDBOX_POOL_MIN: '2', SANDBOX_POOL_MAX: '2', SANDBOX_EGRESS_DNS: `127.0.0.1:${dns.port}`, SANDBOX_EGRESS_CONNECT_MS: '1500' },
+        { audit: true },
+      );
       sb.setSecrets({ [a]: { CANARY: canaryA }, [b]: { CANARY: canaryB } });
       events = (await (docker as Docker).getEvents({ filters: { type: ['container'], label: [`${Labels.Node}=${sb.node}`] } })) as NodeJS.ReadableStream;
       let buffered = '';
@@ -167,7 +217,14 @@ for (const runtime of runtimes) {
     const step = (t: TenantId, mode: 1 | 2, command: string | string[], o: { egress?: string[]; timeoutMs?: number; runId?: RunId } = {}) => {
       const runId = o.runId ?? newRunId();
       tenantOfRun.set(runId, t);
-      return sb.exec(t, mode, { command: typeof command === 'string' ? ['sh', '-c', command] : command, ...(mode === 2 ? { secrets: ['CANARY'] } : {}), ...(o.egress ? { egress: o.egress } : {}) }, { runId, timeoutMs: o.timeoutMs ?? 20_000 }).then((out) => ({ out, runId }));
+      return sb
+        .exec(
+          t,
+          mode,
+          { command: typeof command === 'string' ? ['sh', '-c', command] : command, ...(mode === 2 ? { secrets: ['CANARY'] } : {}), ...(o.egress ? { egress: o.egress } : {}) },
+          { runId, timeoutMs: o.timeoutMs ?? 20_000 },
+        )
+        .then((out) => ({ out, runId }));
     };
     const containerOf = (runId: string) => [...served].find(([, runs]) => runs.has(runId))?.[0];
     /** The container a finished step ran in, once the engine's event about it has arrived. */
@@ -178,7 +235,10 @@ for (const runtime of runtimes) {
       const tally = { cases: 0, attempts: 0, breaches: [] as string[], destroyed: 0, probes: 0, contained: [] as string[] };
       for (const c of CASES) {
         tally.cases++;
-        const { out, runId } = await step(a, 2, `${c.script(ports)}; echo case-ran`, { ...(c.egress ? { egress: c.egress(ports) } : {}), ...(c.timeoutMs ? { timeoutMs: c.timeoutMs } : {}) });
+        const { out, runId } = await step(a, 2, `${c.script(ports)}; echo case-ran`, {
+          ...(c.egress ? { egress: c.egress(ports) } : {}),
+          ...(c.timeoutMs ? { timeoutMs: c.timeoutMs } : {}),
+        });
         const said = sb.stdout(out);
         const tries = [...said.matchAll(/^([a-z0-9-]+)=(done|denied)$/gm)];
         tally.attempts += Math.max(1, tries.length);
@@ -194,7 +254,14 @@ for (const runtime of runtimes) {
         const id = await containerFor(runId);
         const gone = await eventually(
           `"${c.name}" destroyed`,
-          () => (docker as Docker).getContainer(id).inspect().then(() => undefined, (e: { statusCode?: number }) => (e.statusCode === 404 ? true : undefined)),
+          () =>
+            (docker as Docker)
+              .getContainer(id)
+              .inspect()
+              .then(
+                () => undefined,
+                (e: { statusCode?: number }) => (e.statusCode === 404 ? true : undefined),
+              ),
           15_000,
         ).catch(() => false);
         if (gone) tally.destroyed++;
@@ -212,7 +279,8 @@ for (const runtime of runtimes) {
           const seen = JSON.parse(text.trim()) as { workspace: string[]; tmp: string[]; shm: string[]; mqueue: string[]; procs: string[]; environs: string };
           if (text.includes(canaryA)) tally.breaches.push(`${c.name}: A's identity seen by B (mode ${mode})`);
           const extra = seen.workspace.filter((f) => !['input.json', 'out'].includes(f));
-          if (extra.length + seen.tmp.length + seen.shm.length + seen.mqueue.length > 0) tally.breaches.push(`${c.name}: B (mode ${mode}) found files: ${JSON.stringify([extra, seen.tmp, seen.shm, seen.mqueue])}`);
+          if (extra.length + seen.tmp.length + seen.shm.length + seen.mqueue.length > 0)
+            tally.breaches.push(`${c.name}: B (mode ${mode}) found files: ${JSON.stringify([extra, seen.tmp, seen.shm, seen.mqueue])}`);
           const foreign = seen.procs.filter((p) => /sleep|cat \/proc|bomb/.test(p));
           if (foreign.length > 0) tally.breaches.push(`${c.name}: B (mode ${mode}) sees processes ${JSON.stringify(foreign)}`);
           if ((await containerFor(probe.runId)) === id) tally.breaches.push(`${c.name}: B ran in A's sandbox`);
@@ -232,7 +300,13 @@ for (const runtime of runtimes) {
         const outcome = await eventually(
           `"${name}" in mode 1 scrubbed or destroyed`,
           async () => {
-            const gone = await (docker as Docker).getContainer(dirtyId).inspect().then((i) => !i.Name.startsWith('/cap-pool-') && undefined, () => 'destroyed');
+            const gone = await (docker as Docker)
+              .getContainer(dirtyId)
+              .inspect()
+              .then(
+                (i) => !i.Name.startsWith('/cap-pool-') && undefined,
+                () => 'destroyed',
+              );
             if (gone) return gone;
             return Object.entries(sb.service.stats().idle).some(([k, n]) => k.startsWith(`${a}/m1/`) && n > 0) ? 'pooled' : undefined;
           },
@@ -243,7 +317,11 @@ for (const runtime of runtimes) {
         const afterDirty = JSON.parse(sb.stdout(next.out).trim()) as { workspace: string[]; tmp: string[]; shm: string[]; procs: string[] };
         const reused = (await containerFor(next.runId)) === dirtyId;
         if (reused) reusedByA++;
-        if (afterDirty.workspace.some((f) => !['input.json', 'out'].includes(f)) || afterDirty.tmp.length + afterDirty.shm.length > 0 || afterDirty.procs.some((p) => /sleep 63|cat \/proc/.test(p))) {
+        if (
+          afterDirty.workspace.some((f) => !['input.json', 'out'].includes(f)) ||
+          afterDirty.tmp.length + afterDirty.shm.length > 0 ||
+          afterDirty.procs.some((p) => /sleep 63|cat \/proc/.test(p))
+        ) {
           tally.breaches.push(`mode 1, ${name}: A's next step found what the last one left (same sandbox: ${reused})`);
         }
         for (let i = 0; i < 2; i++) {

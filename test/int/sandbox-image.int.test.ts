@@ -15,7 +15,7 @@ const docker = await dockerOrSkip();
 function demux(buf: Buffer): { out: string; err: string } {
   let out = '';
   let err = '';
-  for (let i = 0; i + 8 <= buf.length; ) {
+  for (let i = 0; i + 8 <= buf.length;) {
     const size = buf.readUInt32BE(i + 4);
     const text = buf.subarray(i + 8, i + 8 + size).toString('utf8');
     if (buf[i] === 2) err += text;
@@ -91,7 +91,7 @@ describe.skipIf(!docker)('sandbox image', () => {
       'echo "sed=$(echo capstan | sed s/cap/CAP/ | tr a-z A-Z)"',
       'echo "awk=$(echo 2 3 | awk \'{ print $1 * $2 }\')"',
       'echo "workspace=$(stat -c %u:%g /workspace) tmp=$(stat -c %a /tmp)"',
-      'echo "net=$(ls /sys/class/net | tr \'\\n\' \' \')"',
+      "echo \"net=$(ls /sys/class/net | tr '\\n' ' ')\"",
       'if touch /etc/probe 2>/dev/null; then echo rootfs=writable; else echo rootfs=read-only; fi',
       'echo "sha=$(node -e \'process.stdout.write(require("node:crypto").createHash("sha256").update("x").digest("hex").slice(0, 12))\')"',
       'echo "runner=$(node -p \'require("/opt/capstan/runner/package.json").type\') $(test -f /opt/capstan/runner/tool-runner.js && echo present)"',

@@ -114,7 +114,28 @@ for (const runtime of runtimes) {
       expect(r['runnerMem']).toBe('EACCES');
       expect(r['runnerOut']).toBe('EACCES');
       // Nothing from the host but what the engine itself provides (resolv.conf, hostname, hosts).
-      const hostPaths = (r['mounts'] as string[]).filter((m) => !['/', '/proc', '/dev', '/dev/pts', '/dev/shm', '/sys', '/dev/mqueue', '/workspace', '/tmp', '/etc/resolv.conf', '/etc/hostname', '/etc/hosts', '/sbin/docker-init', '/dev/console'].includes(m) && !m.startsWith('/sys/') && !m.startsWith('/proc/') && !m.startsWith('/dev/'));
+      const hostPaths = (r['mounts'] as string[]).filter(
+        (m) =>
+          ![
+            '/',
+            '/proc',
+            '/dev',
+            '/dev/pts',
+            '/dev/shm',
+            '/sys',
+            '/dev/mqueue',
+            '/workspace',
+            '/tmp',
+            '/etc/resolv.conf',
+            '/etc/hostname',
+            '/etc/hosts',
+            '/sbin/docker-init',
+            '/dev/console',
+          ].includes(m) &&
+          !m.startsWith('/sys/') &&
+          !m.startsWith('/proc/') &&
+          !m.startsWith('/dev/'),
+      );
       expect(hostPaths).toEqual([]);
     });
 
@@ -133,7 +154,9 @@ for (const runtime of runtimes) {
           sb.exec(t, 1, { command: ['node', '-e', 'const a = []; for (;;) a.push(Buffer.alloc(64 << 20, 1));'] }, { timeoutMs: 20_000 }),
           sb.exec(t, 1, { command: ['sh', '-c', 'dd if=/dev/zero of=/workspace/fill bs=1M count=1024; echo exit=$?'] }, { timeoutMs: 20_000 }),
         ]);
-        process.stdout.write(`limits (${runtime}): bomb=${bomb.error?.code} hog=${hog.error?.code}/${hog.result?.signal ?? hog.result?.exitCode} filler=${sb.stdout(filler).trim()}\n`);
+        process.stdout.write(
+          `limits (${runtime}): bomb=${bomb.error?.code} hog=${hog.error?.code}/${hog.result?.signal ?? hog.result?.exitCode} filler=${sb.stdout(filler).trim()}\n`,
+        );
         // The pids limit makes the shell's own fork fail (it exits non-zero), the step's
         // timeout ends it, or (gVisor) the sandbox is killed whole at its memory limit and
         // the attempt is lost: each is the limit holding.
@@ -178,17 +201,32 @@ for (const runtime of runtimes) {
       expect(out1).not.toContain(canaryA);
       const host1 = /host=(\w+)/.exec(out1)?.[1];
 
-      await eventually('the sandbox back in its pool', () => Promise.resolve(Object.entries(sb.service.stats().idle).some(([pool, n]) => pool.startsWith(`${t}/m2/`) && n > 0) ? true : undefined), 10_000);
+      await eventually(
+        'the sandbox back in its pool',
+        () => Promise.resolve(Object.entries(sb.service.stats().idle).some(([pool, n]) => pool.startsWith(`${t}/m2/`) && n > 0) ? true : undefined),
+        10_000,
+      );
       // Rotated since: a new value under the same name.
       sb.setSecrets({ [t]: { API_TOKEN: 'rotated-value' } });
       const second = await sb.exec(t, 2, {
         secrets: ['API_TOKEN'],
-        command: ['sh', '-c', 'echo "host=$(hostname)"; echo "token=${API_TOKEN}"; ls -A /workspace /tmp; ps -o comm | grep -cx sleep; for p in /proc/[0-9]*; do cat $p/environ 2>/dev/null; done | tr "\\0" "\\n" | grep -c "canary-A"; true'],
+        command: [
+          'sh',
+          '-c',
+          'echo "host=$(hostname)"; echo "token=${API_TOKEN}"; ls -A /workspace /tmp; ps -o comm | grep -cx sleep; for p in /proc/[0-9]*; do cat $p/environ 2>/dev/null; done | tr "\\0" "\\n" | grep -c "canary-A"; true',
+        ],
       });
       expect(second.error).toBeUndefined();
       const out2 = sb.stdout(second);
       process.stdout.write(`reuse (${runtime}): first in ${host1}, second ${out2.replace(/\n/g, ' | ')}\n`);
-      if (second.result?.warm !== true) process.stdout.write(`service log: ${sb.logs().split('\n').filter((l) => /scrub|proven|pool/.test(l)).join('\n')}\n`);
+      if (second.result?.warm !== true)
+        process.stdout.write(
+          `service log: ${sb
+            .logs()
+            .split('\n')
+            .filter((l) => /scrub|proven|pool/.test(l))
+            .join('\n')}\n`,
+        );
       expect(second.result?.warm).toBe(true);
       expect(/host=(\w+)/.exec(out2)?.[1]).toBe(host1);
       expect(out2).toContain('token=[redacted]');
@@ -208,7 +246,10 @@ for (const runtime of runtimes) {
       const canaries = Array.from({ length: 5 }, (_, i) => `cnry${i}-${Math.random().toString(36).slice(2, 12)}`);
       sb.setSecrets({ [t]: Object.fromEntries(canaries.map((c, i) => [`KEY_${i}`, c])) });
       // The step prints them, names an artifact after one, fails with them on stderr.
-      const out = await sb.exec(t, 2, { secrets: canaries.map((_, i) => `KEY_${i}`), command: ['sh', '-c', 'env; cat /proc/1/environ; mkdir -p out; echo x > "out/$KEY_0.txt"; echo "$KEY_1" >&2; exit 3'] });
+      const out = await sb.exec(t, 2, {
+        secrets: canaries.map((_, i) => `KEY_${i}`),
+        command: ['sh', '-c', 'env; cat /proc/1/environ; mkdir -p out; echo x > "out/$KEY_0.txt"; echo "$KEY_1" >&2; exit 3'],
+      });
       expect(out.error?.code).toBe('sandbox_exit');
       const forms = (c: string) => [c, Buffer.from(c).toString('base64'), Buffer.from(c).toString('hex'), encodeURIComponent(c)];
       const inspected = await Promise.all((await sb.containers()).map((c) => (docker as Docker).getContainer(c.Id).inspect()));
@@ -270,7 +311,14 @@ describe.skipIf(!docker)('sandboxed steps: egress, artifacts, output caps, cance
     });
     await new Promise<void>((r) => home.listen(0, '127.0.0.1', r));
     homePort = (home.address() as AddressInfo).port;
-    sb = await startSandboxes(h, url, docker as Docker, [t, other], { SANDBOX_EGRESS_ALLOW: '127.0.0.1/32', SANDBOX_EGRESS_MAX_MB: '1', SANDBOX_MAX_OUTPUT_MB: '1' }, { audit: true });
+    sb = await startSandboxes(
+      h,
+      url,
+      docker as Docker,
+      [t, other],
+      { SANDBOX_EGRESS_ALLOW: '127.0.0.1/32', SANDBOX_EGRESS_MAX_MB: '1', SANDBOX_MAX_OUTPUT_MB: '1' },
+      { audit: true },
+    );
     unauditedTenant = await provision(h, 'sbxn');
     noAudit = await startSandboxes(h, url, docker as Docker, [unauditedTenant], { SANDBOX_EGRESS_ALLOW: '127.0.0.1/32', SANDBOX_POOL_MIN: '0', SANDBOX_CONCURRENCY: '1' });
   }, 300_000);
@@ -288,7 +336,12 @@ describe.skipIf(!docker)('sandboxed steps: egress, artifacts, output caps, cance
   it('egress: an allow-listed host:port in the grant is reached through the tunnel, with its audit row written first', async () => {
     sb.setSecrets({ [t]: { API_TOKEN: 'egress-token-value' } });
     const runId = newRunId();
-    const granted = await sb.exec(t, 2, { secrets: ['API_TOKEN'], egress: [`127.0.0.1:${homePort}`], command: ['node', '-e', fetcher(`http://127.0.0.1:${homePort}/granted`, runId)] }, { runId });
+    const granted = await sb.exec(
+      t,
+      2,
+      { secrets: ['API_TOKEN'], egress: [`127.0.0.1:${homePort}`], command: ['node', '-e', fetcher(`http://127.0.0.1:${homePort}/granted`, runId)] },
+      { runId },
+    );
     expect(sb.stdout(granted).trim()).toBe('200 hello from /granted');
     const rows = await sb.auditRows(t, runId);
     const connect = rows.filter((r) => r.kind === 'egress.connect');
@@ -301,12 +354,21 @@ describe.skipIf(!docker)('sandboxed steps: egress, artifacts, output caps, cance
   it('egress: outside the grant is refused; without an audit store nothing is opened; the byte cap cuts the tunnel', async () => {
     const before = homeSeen.length;
     const runId = newRunId();
-    const outside = await sb.exec(t, 2, { secrets: ['API_TOKEN'], egress: [`127.0.0.1:${homePort}`], command: ['node', '-e', fetcher('http://127.0.0.1:4222/', runId)] }, { runId });
+    const outside = await sb.exec(
+      t,
+      2,
+      { secrets: ['API_TOKEN'], egress: [`127.0.0.1:${homePort}`], command: ['node', '-e', fetcher('http://127.0.0.1:4222/', runId)] },
+      { runId },
+    );
     expect(sb.stdout(outside)).toMatch(/^403 egress denied: egress_denied/);
     expect((await sb.auditRows(t, runId)).map((r) => r.kind)).toEqual(['egress.denied']);
 
     noAudit.setSecrets({ [unauditedTenant]: { API_TOKEN: 'x-value' } });
-    const unaudited = await noAudit.exec(unauditedTenant, 2, { secrets: ['API_TOKEN'], egress: [`127.0.0.1:${homePort}`], command: ['node', '-e', fetcher(`http://127.0.0.1:${homePort}/unaudited`, 'x')] });
+    const unaudited = await noAudit.exec(unauditedTenant, 2, {
+      secrets: ['API_TOKEN'],
+      egress: [`127.0.0.1:${homePort}`],
+      command: ['node', '-e', fetcher(`http://127.0.0.1:${homePort}/unaudited`, 'x')],
+    });
     expect(noAudit.stdout(unaudited)).toMatch(/^403 egress denied: audit_unavailable/);
     expect(homeSeen.slice(before).map((s) => s.path)).toEqual([]);
 
@@ -321,7 +383,11 @@ describe.skipIf(!docker)('sandboxed steps: egress, artifacts, output caps, cance
 
   it('artifacts: files under out/ are collected with digests; links out of the workspace are refused', async () => {
     const out = await sb.exec(t, 1, {
-      command: ['sh', '-c', 'mkdir -p out/sub; echo report > out/sub/report.txt; echo secret-b > /workspace/b.txt; ln -s /etc/passwd out/passwd-link; ln -s ../b.txt out/escape; ln b.txt out/hard 2>/dev/null || true; echo done'],
+      command: [
+        'sh',
+        '-c',
+        'mkdir -p out/sub; echo report > out/sub/report.txt; echo secret-b > /workspace/b.txt; ln -s /etc/passwd out/passwd-link; ln -s ../b.txt out/escape; ln b.txt out/hard 2>/dev/null || true; echo done',
+      ],
     });
     expect(out.result?.artifacts.map((a) => a.path)).toEqual(['out/sub/report.txt']);
     const r = out.result;
@@ -361,7 +427,13 @@ describe.skipIf(!docker)('sandboxed steps: egress, artifacts, output caps, cance
     expect(ms).toBeLessThan(2000);
     expect(out.error?.code).toBe('cancelled');
     expect(out.error?.retryable).toBe(false);
-    const gone = await (docker as Docker).getContainer(`cap-${runId}-long-1`).inspect().then(() => false, (e: { statusCode?: number }) => e.statusCode === 404);
+    const gone = await (docker as Docker)
+      .getContainer(`cap-${runId}-long-1`)
+      .inspect()
+      .then(
+        () => false,
+        (e: { statusCode?: number }) => e.statusCode === 404,
+      );
     expect(gone).toBe(true);
     // With one slot busy, a queued attempt is cancelled before it reaches a sandbox; a cancel
     // that overtakes its exec request is remembered.
@@ -391,7 +463,7 @@ describe.skipIf(!docker)('sandboxed steps: egress, artifacts, output caps, cance
 });
 
 describe.skipIf(!docker)('reaping', () => {
-  it('a service removes the sandboxes of its node whose instance is gone, and leaves a live instance\'s alone', async () => {
+  it("a service removes the sandboxes of its node whose instance is gone, and leaves a live instance's alone", async () => {
     const d = docker as Docker;
     const h = await connect(url);
     const t = await provision(h, 'reap');
@@ -404,14 +476,32 @@ describe.skipIf(!docker)('reaping', () => {
       const orphan = await d.createContainer({
         name: `cap-pool-${first.node}-dead-orphan`,
         Image: image,
-        Labels: { [Labels.Sandbox]: '1', [Labels.Node]: first.node, [Labels.Instance]: 'deadbeef', [Labels.Owner]: `${readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()}/4194300/1` },
+        Labels: {
+          [Labels.Sandbox]: '1',
+          [Labels.Node]: first.node,
+          [Labels.Instance]: 'deadbeef',
+          [Labels.Owner]: `${readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()}/4194300/1`,
+        },
         HostConfig: { NetworkMode: 'none' },
       });
       // A second, live service given the same node name by mistake.
       const second = await startSandboxes(h, url, d, [t], { SANDBOX_NODE: first.node, SANDBOX_POOL_MIN: '0' });
       try {
-        const orphanGone = await orphan.inspect().then(() => false, (e: { statusCode?: number }) => e.statusCode === 404);
-        const survivors = await Promise.all(mine.map((id) => d.getContainer(id).inspect().then(() => true, () => false)));
+        const orphanGone = await orphan.inspect().then(
+          () => false,
+          (e: { statusCode?: number }) => e.statusCode === 404,
+        );
+        const survivors = await Promise.all(
+          mine.map((id) =>
+            d
+              .getContainer(id)
+              .inspect()
+              .then(
+                () => true,
+                () => false,
+              ),
+          ),
+        );
         process.stdout.write(`reaping: orphan removed ${orphanGone}, live instance's sandboxes kept ${survivors.filter(Boolean).length}/${mine.length}\n`);
         expect(orphanGone).toBe(true);
         expect(survivors.every(Boolean)).toBe(true);
@@ -432,11 +522,27 @@ describe('without a Docker engine', () => {
   it('sandboxed steps fail with sandbox_unavailable and never run', async () => {
     const h = await connect(url);
     const t = await provision(h, 'nodock');
-    const service = await createSandboxService(loadConfig({ ...(await serviceEnv(url, Role.Sandbox)), CAPSTAN_TENANTS: t, DOCKER_SOCKET: '/nonexistent/docker.sock', SANDBOX_NODE: 'nodocker' }), silent);
+    const service = await createSandboxService(
+      loadConfig({ ...(await serviceEnv(url, Role.Sandbox)), CAPSTAN_TENANTS: t, DOCKER_SOCKET: '/nonexistent/docker.sock', SANDBOX_NODE: 'nodocker' }),
+      silent,
+    );
     await service.start();
     await service.ready;
     try {
-      const out = await execInSandbox(await h.nc(t), t, withSignedWork(await orchestratorSigner(url, t), t, { runId: newRunId(), workflow: 'w', step: 's', attempt: 1, mode: 1, spec: { command: ['sh', '-c', 'echo ran'] }, timeoutMs: 5000, input: {} }));
+      const out = await execInSandbox(
+        await h.nc(t),
+        t,
+        withSignedWork(await orchestratorSigner(url, t), t, {
+          runId: newRunId(),
+          workflow: 'w',
+          step: 's',
+          attempt: 1,
+          mode: 1,
+          spec: { command: ['sh', '-c', 'echo ran'] },
+          timeoutMs: 5000,
+          input: {},
+        }),
+      );
       expect(out.result).toBeUndefined();
       expect(out.error?.code).toBe('sandbox_unavailable');
       expect(out.error?.message).toMatch(/Docker engine not reachable/);
@@ -454,7 +560,16 @@ describe('without a Docker engine', () => {
       await service.stop();
     }
     // And with no sandbox service at all.
-    const none = await execInSandbox(await h.nc(t), t, { runId: newRunId(), workflow: 'w', step: 's', attempt: 1, mode: 1, spec: { command: ['true'] }, timeoutMs: 5000, input: {} });
+    const none = await execInSandbox(await h.nc(t), t, {
+      runId: newRunId(),
+      workflow: 'w',
+      step: 's',
+      attempt: 1,
+      mode: 1,
+      spec: { command: ['true'] },
+      timeoutMs: 5000,
+      input: {},
+    });
     expect(none.error?.code).toBe('sandbox_unavailable');
     await h.close();
   });

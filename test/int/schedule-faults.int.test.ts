@@ -34,12 +34,18 @@ describe('schedule faults', () => {
       await new Promise((r) => setTimeout(r, 1500));
 
       // Catch-up `all` (the default) within a minute: a slot whose firing a kill delayed still runs.
-      const created = await sendScheduleCommand(tc.js, tc.jsm, t, {
-        op: 'create',
-        schedule: 'every-second',
-        spec: { workflow: 'test.pipeline', everyMs: 1000, input: { ms: 50 }, overlap: 'allow-all', catchup: 'all', catchupWindowMs: 60_000 },
-        by: 'fault-test',
-      }, 30_000);
+      const created = await sendScheduleCommand(
+        tc.js,
+        tc.jsm,
+        t,
+        {
+          op: 'create',
+          schedule: 'every-second',
+          spec: { workflow: 'test.pipeline', everyMs: 1000, input: { ms: 50 }, overlap: 'allow-all', catchup: 'all', catchupWindowMs: 60_000 },
+          by: 'fault-test',
+        },
+        30_000,
+      );
       const gen = created.record.generation;
       let kills = 0;
       const until = Date.now() + 60_000;
@@ -57,18 +63,27 @@ describe('schedule faults', () => {
       const expected: number[] = [];
       for (let s = created.record.anchorMs + 1000; s <= decidedUpTo; s += 1000) expected.push(s);
 
-      const runs = await eventually('every decided slot has its run completed', async () => {
-        const r = await runsOfSchedule(tc.jsm, t, 'every-second', gen);
-        const done = r.filter((x) => x.events.some((e) => e.type === 'run.completed'));
-        return done.length >= expected.length ? r : undefined;
-      }, 60_000).catch(async () => runsOfSchedule(tc.jsm, t, 'every-second', gen));
+      const runs = await eventually(
+        'every decided slot has its run completed',
+        async () => {
+          const r = await runsOfSchedule(tc.jsm, t, 'every-second', gen);
+          const done = r.filter((x) => x.events.some((e) => e.type === 'run.completed'));
+          return done.length >= expected.length ? r : undefined;
+        },
+        60_000,
+      ).catch(async () => runsOfSchedule(tc.jsm, t, 'every-second', gen));
 
       const bySlot = new Map<number, number>();
       for (const r of runs) bySlot.set(r.slot, (bySlot.get(r.slot) ?? 0) + 1);
       const missing = expected.filter((s) => !bySlot.has(s));
       const twice = [...bySlot.values()].filter((n) => n > 1).length;
       const strays = (await allRunIds(tc.jsm, t)).filter((id) => !runs.some((r) => r.runId === id));
-      const c = await checkRuns(tc.jsm, t, runs.map((r) => r.runId as RunId), registry);
+      const c = await checkRuns(
+        tc.jsm,
+        t,
+        runs.map((r) => r.runId as RunId),
+        registry,
+      );
       const late = runs.filter((r) => r.startedAt !== undefined).map((r) => (r.startedAt as number) - r.slot);
       report('schedule kill-loop', c);
       process.stdout.write(

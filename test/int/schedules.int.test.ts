@@ -55,7 +55,11 @@ describe('schedules', () => {
     d = await openDatabase({ url: scratch.url });
     await migrate(d);
     await startOrchestrator();
-    worker = await createWorker(workerConfig({ ...env(), NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w-sched', { pools: ['default'] }), WORKER_ID: 'w-sched', WORKER_CONCURRENCY: '50' }), silent, { handlers });
+    worker = await createWorker(
+      workerConfig({ ...env(), NATS_CREDS: await issueCreds(url, t, Role.Worker, 'w-sched', { pools: ['default'] }), WORKER_ID: 'w-sched', WORKER_CONCURRENCY: '50' }),
+      silent,
+      { handlers },
+    );
     await worker.start();
     projector = await createProjector(projectorConfig({ ...(await serviceEnv(url, Role.Projector)), ...env(), DATABASE_URL: scratch.url }), silent, { database: d });
     await projector.start();
@@ -75,10 +79,14 @@ describe('schedules', () => {
     const created = await cmd({ op: 'create', schedule: 'tick', spec, by: 'ann', reason: 'every second' });
     expect(created.record).toMatchObject({ schedule: 'tick', status: 'active', change: { op: 'create', by: 'ann' } });
     const gen = created.record.generation;
-    const fired = await eventually('3 runs of tick', async () => {
-      const runs = await runsOfSchedule(tc.jsm, t, 'tick', gen);
-      return runs.filter((r) => r.startedAt !== undefined).length >= 3 ? runs : undefined;
-    }, 15_000);
+    const fired = await eventually(
+      '3 runs of tick',
+      async () => {
+        const runs = await runsOfSchedule(tc.jsm, t, 'tick', gen);
+        return runs.filter((r) => r.startedAt !== undefined).length >= 3 ? runs : undefined;
+      },
+      15_000,
+    );
     // Slots a second apart from the creation, each its own run, started within a second.
     const slots = fired.map((r) => r.slot);
     for (let i = 1; i < slots.length; i++) expect((slots[i] as number) - (slots[i - 1] as number)).toBe(1000);
@@ -119,7 +127,10 @@ describe('schedules', () => {
     // The audit log, through the projector: one row per change, with its author.
     const rows = await eventually('7 schedule audit rows', async () => {
       const a = schema.auditLog;
-      const found = await d.db.select().from(a).where(and(eq(a.tenant, t), like(a.runId, 'schedule:tick')));
+      const found = await d.db
+        .select()
+        .from(a)
+        .where(and(eq(a.tenant, t), like(a.runId, 'schedule:tick')));
       return found.length >= 7 ? found : undefined;
     });
     expect(rows.map((r) => [r.kind, r.actor])).toEqual([
@@ -132,7 +143,10 @@ describe('schedules', () => {
       ['schedule.deleted', 'ann'],
     ]);
     expect(rows[3]?.detail).toMatchObject({ runId, reason: 'now please' });
-    const row = await eventually('schedule row', async () => (await d.db.query.schedules.findFirst({ where: (s, { and: both, eq: is }) => both(is(s.tenant, t), is(s.scheduleId, 'tick')) })) ?? undefined);
+    const row = await eventually(
+      'schedule row',
+      async () => (await d.db.query.schedules.findFirst({ where: (s, { and: both, eq: is }) => both(is(s.tenant, t), is(s.scheduleId, 'tick')) })) ?? undefined,
+    );
     expect(row).toMatchObject({ status: 'deleted', workflow: 'test.pipeline', lastOp: 'delete' });
   }, 90_000);
 
@@ -208,16 +222,24 @@ describe('schedules', () => {
     // The waiting runs end; buffer-one then starts the slot it kept (the first one held back).
     await waitAndSignal(buffer[0]?.runId as string);
     await waitAndSignal(skip[0]?.runId as string);
-    const next = await eventually('the buffered slot started', async () => {
-      const r = await runs('buffer');
-      return r.length >= 2 ? r : undefined;
-    }, 10_000);
+    const next = await eventually(
+      'the buffered slot started',
+      async () => {
+        const r = await runs('buffer');
+        return r.length >= 2 ? r : undefined;
+      },
+      10_000,
+    );
     expect(next[1]?.slot).toBe(firstBuffered);
     // Skip starts a new slot (a later one) once its run has ended; the dropped ones never run.
-    const skipNext = await eventually('skip starts again', async () => {
-      const r = await runs('skip');
-      return r.length >= 2 ? r : undefined;
-    }, 10_000);
+    const skipNext = await eventually(
+      'skip starts again',
+      async () => {
+        const r = await runs('skip');
+        return r.length >= 2 ? r : undefined;
+      },
+      10_000,
+    );
     expect((skipNext[1]?.slot as number) - (skip[0]?.slot as number)).toBeGreaterThan(3000);
     for (const k of ['skip', 'buffer', 'all'] as const) await cmd({ op: 'delete', schedule: made[k].record.schedule, by: 'ann' });
     for (const r of [...(await runs('skip')), ...(await runs('buffer')), ...(await runs('all'))]) await h.client.cancel(t, r.runId, 'test over').catch(() => undefined);
@@ -230,7 +252,14 @@ describe('schedules', () => {
   }
 
   it('schedules - catch-up after the orchestrator was down: all runs every missed slot, last the latest, skip none', async () => {
-    const spec = (catchup: ScheduleSpec['catchup']): ScheduleSpec => ({ workflow: 'test.pipeline', everyMs: 1000, input: { ms: 0 }, overlap: 'allow-all', catchup, catchupWindowMs: 60_000 });
+    const spec = (catchup: ScheduleSpec['catchup']): ScheduleSpec => ({
+      workflow: 'test.pipeline',
+      everyMs: 1000,
+      input: { ms: 0 },
+      overlap: 'allow-all',
+      catchup,
+      catchupWindowMs: 60_000,
+    });
     const made = {
       all: await cmd({ op: 'create', schedule: 'cu-all', spec: spec('all'), by: 'ann' }),
       last: await cmd({ op: 'create', schedule: 'cu-last', spec: spec('last'), by: 'ann' }),

@@ -177,7 +177,10 @@ describe('secrets administration', () => {
     const lease = await issueLease(nc, t, { runId, step: 's', attempt: 1, keys: ['ADMIN_A', 'ADMIN_B'] });
     expect(await redeemValues(nc, t, { leaseId: lease.leaseId, runId, step: 's', attempt: 1 })).toEqual({ ADMIN_A: 'value-a3', ADMIN_B: 'value-b2' });
 
-    const kinds = (await queryRows<{ kind: string; actor: string; run_id: string; seq: number }>(d, sql`select kind, actor, run_id, seq from audit_log where tenant = ${t} and kind like 'secret.%' order by id`));
+    const kinds = await queryRows<{ kind: string; actor: string; run_id: string; seq: number }>(
+      d,
+      sql`select kind, actor, run_id, seq from audit_log where tenant = ${t} and kind like 'secret.%' order by id`,
+    );
     expect(kinds.map((k) => k.kind)).toEqual(['secret.put', 'secret.put', 'secret.rotated', 'secret.put', 'secret.deleted', 'secret.put']);
     // A secret's history is its own "run" of the audit log: `secret:<NAME>`, negative seqs.
     expect(kinds.map((k) => k.run_id)).toEqual(['secret:ADMIN_A', 'secret:ADMIN_A', 'secret:ADMIN_A', 'secret:ADMIN_B', 'secret:ADMIN_B', 'secret:ADMIN_B']);
@@ -263,7 +266,11 @@ describe('leases', () => {
     const scope = { runId, step: 'publish', attempt: 2 };
     const { leaseId } = await issueLease(nc, t, { ...scope, keys: ['API_TOKEN'] });
     const r = generateRecipient();
-    for (const wrong of [{ ...scope, step: 'other' }, { ...scope, attempt: 3 }, { ...scope, runId: newRunId() }]) {
+    for (const wrong of [
+      { ...scope, step: 'other' },
+      { ...scope, attempt: 3 },
+      { ...scope, runId: newRunId() },
+    ]) {
       expect(await codeOf(redeemLease(nc, t, { ...wrong, leaseId, recipientKey: r.publicKey }))).toBe(ErrorCode.LeaseScopeMismatch);
     }
     // Another tenant does not know the lease at all (this service serves only `t`: asked in
@@ -363,7 +370,9 @@ describe('leases', () => {
     expect(revoked).toBe(99);
     const codes = await Promise.all(leases.map((l, i) => codeOf(redeemValues(nc, t, { leaseId: l.leaseId, runId, step: `s${i}`, attempt: 1 }))));
     const allMs = performance.now() - t0;
-    process.stdout.write(`revoke: ${revoked} open leases revoked in ${revokeMs.toFixed(1)} ms; all ${leases.length} redemptions refused ${allMs.toFixed(1)} ms after the revoke was asked\n`);
+    process.stdout.write(
+      `revoke: ${revoked} open leases revoked in ${revokeMs.toFixed(1)} ms; all ${leases.length} redemptions refused ${allMs.toFixed(1)} ms after the revoke was asked\n`,
+    );
     expect(codes[0]).toBe(ErrorCode.LeaseUsed);
     expect(codes.slice(1).every((c) => c === ErrorCode.LeaseRevoked)).toBe(true);
     expect(revokeMs).toBeLessThan(1000);
@@ -389,7 +398,16 @@ describe('leases', () => {
     expect(await redeemValues(nc, t, { leaseId: b.leaseId, runId, step: 'b', attempt: 1 })).toEqual({ API_TOKEN: 'api-token-value' });
     // The revoked lease stays revoked.
     expect(await codeOf(redeemValues(nc, t, { leaseId: a.leaseId, runId, step: 'a', attempt: 1 }))).toBe(ErrorCode.LeaseRevoked);
-    expect((await auditRows(runId)).map((x) => x.kind)).toEqual(['lease.issued', 'lease.revoked', 'lease.denied', 'lease.denied', 'lease.reopened', 'lease.issued', 'lease.redeemed', 'lease.denied']);
+    expect((await auditRows(runId)).map((x) => x.kind)).toEqual([
+      'lease.issued',
+      'lease.revoked',
+      'lease.denied',
+      'lease.denied',
+      'lease.reopened',
+      'lease.issued',
+      'lease.redeemed',
+      'lease.denied',
+    ]);
     // A revocation by request is not lifted by the run going on.
     await revokeRun(nc, t, runId as RunId, { by });
     await svc.ledger.revoke(t, runId, { kind: 'run-event', event: 'run.retried', streamSeq: 20 });
@@ -432,8 +450,12 @@ describe('leases', () => {
     const runId = newRunId();
     const scope = { runId, step: 'guarded', attempt: 1 };
     const lease = await issueLease(nc, t, { ...scope, keys: ['API_TOKEN'] });
-    await d.db.execute(sql.raw(`create or replace function capstan_test_refuse_audit() returns trigger language plpgsql as $$ begin raise exception 'audit refused for the test'; end $$`));
-    await d.db.execute(sql.raw(`create trigger capstan_test_refuse_audit before insert on audit_log for each row when (new.run_id = '${runId}') execute function capstan_test_refuse_audit()`));
+    await d.db.execute(
+      sql.raw(`create or replace function capstan_test_refuse_audit() returns trigger language plpgsql as $$ begin raise exception 'audit refused for the test'; end $$`),
+    );
+    await d.db.execute(
+      sql.raw(`create trigger capstan_test_refuse_audit before insert on audit_log for each row when (new.run_id = '${runId}') execute function capstan_test_refuse_audit()`),
+    );
     try {
       expect(await codeOf(issueLease(nc, t, { ...scope, keys: ['API_TOKEN'] }))).toBe(ErrorCode.SecretsUnavailable);
       expect(await codeOf(redeemValues(nc, t, { ...scope, leaseId: lease.leaseId }))).toBe(ErrorCode.SecretsUnavailable);
@@ -450,7 +472,7 @@ describe('leases', () => {
     expect((await auditRows(runId)).map((x) => x.kind)).toEqual(['lease.issued', 'lease.redeemed']);
   });
 
-  it('the projections still verify with the lease service\'s audit rows in the table', async () => {
+  it("the projections still verify with the lease service's audit rows in the table", async () => {
     const report = await verifyProjections(d, (x) => h.jsm(x), [t]);
     expect(report.mismatches).toEqual([]);
     expect(report.ok).toBe(true);
@@ -483,8 +505,14 @@ describe('refreshable credentials', () => {
 
   it('client credentials: refreshed before the lease is issued when due, not again while fresh', async () => {
     let n = 0;
-    answer = (f) => (f['client_secret'] === 'the-client-secret' ? { status: 200, body: { access_token: `access-${++n}`, token_type: 'bearer', expires_in: 3600 } } : { status: 401, body: { error: 'invalid_client' } });
-    const connector: Connector = { name: 'crm', auth: { type: AuthKind.OAuth2ClientCredentials, tokenUrl, clientId: 'capstan', clientSecretKey: 'CC_CLIENT_SECRET', scopes: ['read', 'write'] } };
+    answer = (f) =>
+      f['client_secret'] === 'the-client-secret'
+        ? { status: 200, body: { access_token: `access-${++n}`, token_type: 'bearer', expires_in: 3600 } }
+        : { status: 401, body: { error: 'invalid_client' } };
+    const connector: Connector = {
+      name: 'crm',
+      auth: { type: AuthKind.OAuth2ClientCredentials, tokenUrl, clientId: 'capstan', clientSecretKey: 'CC_CLIENT_SECRET', scopes: ['read', 'write'] },
+    };
     // Bound to the connector: only then may its refresher send it.
     await putSecret(nc, t, 'CC_CLIENT_SECRET', 'the-client-secret', { by, connector });
     // Stored without an expiry: due at once.
@@ -511,7 +539,10 @@ describe('refreshable credentials', () => {
   });
 
   it('auth code: the refresh token the issuer rotates is kept; a failed refresh of an expired token refuses the lease', async () => {
-    answer = (f) => (f['refresh_token'] === 'refresh-1' ? { status: 200, body: { access_token: 'ac-access-2', refresh_token: 'refresh-2', expires_in: 600 } } : { status: 400, body: { error: 'invalid_grant', error_description: 'refresh token reuse: refresh-1' } });
+    answer = (f) =>
+      f['refresh_token'] === 'refresh-1'
+        ? { status: 200, body: { access_token: 'ac-access-2', refresh_token: 'refresh-2', expires_in: 600 } }
+        : { status: 400, body: { error: 'invalid_grant', error_description: 'refresh token reuse: refresh-1' } };
     const connector: Connector = { name: 'mail', auth: { type: AuthKind.OAuth2AuthCode, tokenUrl, clientId: 'capstan-mail', refreshTokenKey: 'AC_REFRESH' } };
     await putSecret(nc, t, 'AC_REFRESH', 'refresh-1', { by, connector });
     await putSecret(nc, t, 'AC_TOKEN', 'ac-access-1', { by, lifecycle: Lifecycle.Refreshable, connector, expiresAt: new Date(Date.now() - 60_000) });
@@ -688,7 +719,11 @@ describe('D3: canaries', () => {
       expect(inline.code).toBe(2);
       cli.push(inline.out, inline.err);
       // The raw request of a put travels sealed: show the tap saw the request at all.
-      await eventually('the tap has seen the put requests', () => Promise.resolve(wire.some((b) => b.toString().includes(Subjects.secrets(t, SecretsVerb.Put))) ? true : undefined), 5000);
+      await eventually(
+        'the tap has seen the put requests',
+        () => Promise.resolve(wire.some((b) => b.toString().includes(Subjects.secrets(t, SecretsVerb.Put))) ? true : undefined),
+        5000,
+      );
     } finally {
       sub.unsubscribe();
       await tap.close();
@@ -717,7 +752,10 @@ describe('D3: canaries', () => {
     } catch (e) {
       process.stdout.write(`pg_dump unavailable (${(e as Error).message.split('\n')[0] ?? ''}); tables read row by row only\n`);
     }
-    const tables = await queryRows<{ name: string }>(d, sql`select format('%I.%I', schemaname, tablename) as name from pg_tables where schemaname not in ('pg_catalog', 'information_schema')`);
+    const tables = await queryRows<{ name: string }>(
+      d,
+      sql`select format('%I.%I', schemaname, tablename) as name from pg_tables where schemaname not in ('pg_catalog', 'information_schema')`,
+    );
     for (const { name } of tables) {
       const rows = await queryRows<{ r: string }>(d, sql.raw(`select row_to_json(x)::text as r from ${name} x`));
       haystacks.push([`table ${name}`, rows.map((r) => r.r).join('\n')]);

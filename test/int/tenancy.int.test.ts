@@ -10,16 +10,7 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { connect as natsConnect, PermissionViolationError, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
-import {
-  connectNats,
-  createClient,
-  parseCredentials,
-  permissionError,
-  permissionViolation,
-  readCredentials,
-  revokeCredential,
-  tenantConnection,
-} from '@capstan/kit';
+import { connectNats, createClient, parseCredentials, permissionError, permissionViolation, readCredentials, revokeCredential, tenantConnection } from '@capstan/kit';
 import {
   CapstanError,
   CommandVerb,
@@ -36,18 +27,7 @@ import {
   type RunId,
   type TenantId,
 } from '@capstan/schemas';
-import {
-  adminOf,
-  connect,
-  eventsOf,
-  eventually,
-  issueCreds,
-  provision,
-  silent,
-  startServices,
-  testAuthStore,
-  type Harness,
-} from '../harness/fixtures.js';
+import { adminOf, connect, eventsOf, eventually, issueCreds, provision, silent, startServices, testAuthStore, type Harness } from '../harness/fixtures.js';
 
 const url = inject('natsUrl');
 let h: Harness;
@@ -112,7 +92,7 @@ function table(t: TenantId): { name: string; op: Op; allowed: readonly Who[] }[]
     { name: 'ask for a sandbox', op: pub(Subjects.sandboxExec(t)), allowed: [Role.Worker] },
     { name: 'a 3b credential request', op: pub(Subjects.jitRoute(t, 'r1')), allowed: [Role.Sandbox] },
     { name: 'heartbeat', op: pub(Subjects.workerHeartbeat(t)), allowed: [Role.Worker] },
-    { name: 'publish on another user\'s inbox', op: pub(OTHER_INBOX), allowed: [] },
+    { name: "publish on another user's inbox", op: pub(OTHER_INBOX), allowed: [] },
     // Partition ownership: only orchestrators hold leases and hand commands over; nobody moves a run's partition.
     { name: 'take a partition lease', op: pub(Subjects.partitionLease(t, 3), { owner: 'evil', expiresAt: 9e15 }), allowed: [Role.Orchestrator] },
     { name: 'orchestrator presence', op: pub(Subjects.orchestratorMember(t, 'evil'), { owner: 'evil', expiresAt: 0 }), allowed: [Role.Orchestrator] },
@@ -129,9 +109,20 @@ function table(t: TenantId): { name: string; op: Op; allowed: readonly Who[] }[]
     { name: 'pull commands', op: api(JsApi.consumerNext(Streams.commands(t), Consumers.orchestrator), { batch: 1, no_wait: true }), allowed: [Role.Orchestrator] },
     { name: 'pull own pool', op: api(JsApi.consumerNext(Streams.work(t), Consumers.workPool('p1')), { batch: 1, no_wait: true }), allowed: [Role.Worker] },
     { name: 'pull another pool', op: api(JsApi.consumerNext(Streams.work(t), Consumers.workPool('p2')), { batch: 1, no_wait: true }), allowed: [] },
-    { name: 'pull the projector\'s', op: api(JsApi.consumerNext(Streams.runs(t), Consumers.projector), { batch: 1, no_wait: true }), allowed: [Role.Projector] },
-    { name: 'create a consumer', op: api(`$JS.API.CONSUMER.CREATE.${Streams.runs(t)}.evil`, { stream_name: Streams.runs(t), config: { name: 'evil', deliver_subject: Subjects.command(t, CommandVerb.Approve) } }), allowed: [] },
-    { name: 'create a durable consumer', op: api(`$JS.API.CONSUMER.DURABLE.CREATE.${Streams.work(t)}.evil`, { stream_name: Streams.work(t), config: { durable_name: 'evil' } }), allowed: [] },
+    { name: "pull the projector's", op: api(JsApi.consumerNext(Streams.runs(t), Consumers.projector), { batch: 1, no_wait: true }), allowed: [Role.Projector] },
+    {
+      name: 'create a consumer',
+      op: api(`$JS.API.CONSUMER.CREATE.${Streams.runs(t)}.evil`, {
+        stream_name: Streams.runs(t),
+        config: { name: 'evil', deliver_subject: Subjects.command(t, CommandVerb.Approve) },
+      }),
+      allowed: [],
+    },
+    {
+      name: 'create a durable consumer',
+      op: api(`$JS.API.CONSUMER.DURABLE.CREATE.${Streams.work(t)}.evil`, { stream_name: Streams.work(t), config: { durable_name: 'evil' } }),
+      allowed: [],
+    },
     { name: 'delete a consumer', op: api(`$JS.API.CONSUMER.DELETE.${Streams.commands(t)}.${Consumers.orchestrator}`), allowed: [] },
     { name: 'delete the run stream', op: api(`$JS.API.STREAM.DELETE.${Streams.runs(t)}`), allowed: [] },
     { name: 'purge the run stream', op: api(`$JS.API.STREAM.PURGE.${Streams.runs(t)}`), allowed: [] },
@@ -187,11 +178,21 @@ describe('tenancy', () => {
       const nc = await as(role, A);
       const denied = new Set<string>();
       void (async () => {
-        for await (const s of nc.status()) if (s.type === 'error' && s.error instanceof PermissionViolationError && s.error.operation === 'subscription') denied.add(s.error.subject);
+        for await (const s of nc.status())
+          if (s.type === 'error' && s.error instanceof PermissionViolationError && s.error.operation === 'subscription') denied.add(s.error.subject);
       })();
       try {
-        const rows = ([[A, true], [B, false]] as const).flatMap(([tenant, own]) => table(tenant).map((row) => ({ ...row, own, want: own && row.allowed.includes(role) ? 'allowed' : 'refused' })));
-        const subs = await attemptSubscriptions(nc, rows.flatMap((r) => (r.op.kind === 'sub' ? [r.op.subject] : [])), denied);
+        const rows = (
+          [
+            [A, true],
+            [B, false],
+          ] as const
+        ).flatMap(([tenant, own]) => table(tenant).map((row) => ({ ...row, own, want: own && row.allowed.includes(role) ? 'allowed' : 'refused' })));
+        const subs = await attemptSubscriptions(
+          nc,
+          rows.flatMap((r) => (r.op.kind === 'sub' ? [r.op.subject] : [])),
+          denied,
+        );
         for (const row of rows) {
           const got = row.op.kind === 'sub' ? subs.get(row.op.subject) : await attempt(nc, row.op);
           tried++;
@@ -205,7 +206,9 @@ describe('tenancy', () => {
         await nc.close().catch(() => undefined);
       }
     }
-    process.stdout.write(`tenancy matrix: ${everyone.length} roles × ${table(A).length} operations × 2 tenants = ${tried} attempts; breaches ${breaches}, allowed operations refused ${wronglyRefused}\n${lines.join('\n')}\n`);
+    process.stdout.write(
+      `tenancy matrix: ${everyone.length} roles × ${table(A).length} operations × 2 tenants = ${tried} attempts; breaches ${breaches}, allowed operations refused ${wronglyRefused}\n${lines.join('\n')}\n`,
+    );
     expect(tried).toBe(everyone.length * table(A).length * 2);
     expect(breaches).toBe(0);
     expect(wronglyRefused).toBe(0);
@@ -235,19 +238,30 @@ describe('tenancy', () => {
     expect(refused).toMatch(/Authorization Violation|authorization/i);
   });
 
-  it('tenancy - a client\'s refused operation is a typed permission_denied naming the subject', async () => {
+  it("tenancy - a client's refused operation is a typed permission_denied naming the subject", async () => {
     const creds = await issueCreds(url, A, Role.Client, 'typed-client');
     const nc = await connectNats(url, 'typed-client', silent, { credentials: await readCredentials(creds), reconnect: false });
     try {
       const client = await createClient(await tenantConnection(A, nc));
       // Another tenant: refused by the client before the wire (its account has no such tenant).
-      const other = await client.submit(B, 'demo.pipeline').then(() => undefined, (e: unknown) => e);
+      const other = await client.submit(B, 'demo.pipeline').then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(CapstanError.is(other) && other.code).toBe('permission_denied');
       // Its own approve subject: refused by the server, surfaced typed.
-      const approve = await client.approve(A, RUN, 'review', { by: 'mallory', timeoutMs: 2000 }).then(() => undefined, (e: unknown) => e);
+      const approve = await client.approve(A, RUN, 'review', { by: 'mallory', timeoutMs: 2000 }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(CapstanError.is(approve) && approve.code).toBe('permission_denied');
       expect((approve as Error).message).toContain(Subjects.command(A, CommandVerb.Approve));
-      const raw = await jetstream(nc).publish(Subjects.run(A, RUN), encode({})).then(() => undefined, (e: unknown) => permissionError(e));
+      const raw = await jetstream(nc)
+        .publish(Subjects.run(A, RUN), encode({}))
+        .then(
+          () => undefined,
+          (e: unknown) => permissionError(e),
+        );
       expect(CapstanError.is(raw) && raw.code).toBe('permission_denied');
     } finally {
       await nc.close();
@@ -288,7 +302,7 @@ describe('tenancy', () => {
     }
   }, 60_000);
 
-  it('tenancy - revocation closes the holder\'s connections within 2 s and it cannot reconnect', async () => {
+  it("tenancy - revocation closes the holder's connections within 2 s and it cannot reconnect", async () => {
     const t = await provision(h, 'revoke2');
     const path = await issueCreds(url, t, Role.Worker, 'w-probe');
     const creds = await readCredentials(path);
@@ -333,7 +347,10 @@ describe('tenancy', () => {
     expect(refusal).toBeDefined();
     expect(String(refusal)).toMatch(/resources|exceeded|maximum/i);
     // Capstan's client says so with a code.
-    const typed = await h.client.submit(full, 'demo.pipeline', { input: { blob: 'x'.repeat(30_000) } }).then(() => undefined, (e: unknown) => e);
+    const typed = await h.client.submit(full, 'demo.pipeline', { input: { blob: 'x'.repeat(30_000) } }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(CapstanError.is(typed) && typed.code).toBe('quota_exceeded');
     // A flood of refused commands cannot grow the dead letters past their own cap.
     // The other tenant is untouched.
@@ -345,6 +362,6 @@ describe('tenancy', () => {
       await services.stop();
     }
     const dlq = await (await h.jsm(full)).streams.info(Streams.deadLetters(full));
-    expect(dlq.config.max_bytes).toBeLessThanOrEqual(1024 * 1024 / 8);
+    expect(dlq.config.max_bytes).toBeLessThanOrEqual((1024 * 1024) / 8);
   }, 60_000);
 });

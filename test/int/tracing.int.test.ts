@@ -66,20 +66,36 @@ describe.skipIf(!docker)('tracing: one submit, one trace of every hop', () => {
     procs.push(
       spawnService('policy', { ...env, METRICS_PORT: String(ports.policy) }),
       spawnService('secrets-lease', { ...env, SECRETS_MASTER_KEY: randomBytes(32).toString('base64'), METRICS_PORT: String(ports.secrets) }),
-      spawnService('sandbox', { ...env, METRICS_PORT: String(ports.sandbox), SANDBOX_NODE: node, SANDBOX_ARTIFACTS_DIR: mkdtempSync(join(tmpdir(), 'capstan-trace-')), SANDBOX_POOL_MIN: '1', SANDBOX_POOL_MAX: '2' }),
+      spawnService('sandbox', {
+        ...env,
+        METRICS_PORT: String(ports.sandbox),
+        SANDBOX_NODE: node,
+        SANDBOX_ARTIFACTS_DIR: mkdtempSync(join(tmpdir(), 'capstan-trace-')),
+        SANDBOX_POOL_MIN: '1',
+        SANDBOX_POOL_MAX: '2',
+      }),
       spawnService('orchestrator', { ...env, ORCH_POLICY: 'on' }),
       spawnService('worker', { ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'trace-w'), WORKER_LEASES: 'on', AUDIT_DATABASE_URL: scratch.url, LOG_LEVEL: 'debug' }),
       spawnService('projector', { ...env, PROJECTOR_DISCOVERY_MS: '200' }),
     );
     // The services answer once they are up: the policy and secrets services by taking these.
     await eventually('the policy service', async () => setPolicy(await h.nc(t), t, { text: policyFor(t), by: 'sec-team' }).catch(() => undefined), 60_000, 250);
-    await eventually('the secrets-lease service', async () => putSecret(await h.nc(t), t, 'TRACE_TOKEN', `tok-${randomBytes(8).toString('hex')}`, { by: 'sec-team' }).catch(() => undefined), 60_000, 250);
+    await eventually(
+      'the secrets-lease service',
+      async () => putSecret(await h.nc(t), t, 'TRACE_TOKEN', `tok-${randomBytes(8).toString('hex')}`, { by: 'sec-team' }).catch(() => undefined),
+      60_000,
+      250,
+    );
   }, 240_000);
 
   afterAll(async () => {
     await Promise.all(procs.map((p) => p.kill('SIGTERM')));
     const left = docker ? await docker.listContainers({ all: true, filters: { label: [`${Labels.Node}=${node}`] } }) : [];
-    for (const c of left) await (docker as Docker).getContainer(c.Id).remove({ force: true }).catch(() => {});
+    for (const c of left)
+      await (docker as Docker)
+        .getContainer(c.Id)
+        .remove({ force: true })
+        .catch(() => {});
     await otlp?.stop();
     await h?.close();
     await scratch?.drop();
@@ -91,7 +107,9 @@ describe.skipIf(!docker)('tracing: one submit, one trace of every hop', () => {
     const callerSpan = randomBytes(8).toString('hex');
     const runId = await h.client.submit(t, 'test.traced', { traceparent: `00-${traceId}-${callerSpan}-01` });
     const diagnose = async (why: string) =>
-      new Error(`${why}: ${JSON.stringify((await eventsOf(h, t, runId)).map((e) => [e.type, e.data]))}\n${procs.map((p) => `--- ${p.name}\n${p.output().slice(-3000)}`).join('\n')}`);
+      new Error(
+        `${why}: ${JSON.stringify((await eventsOf(h, t, runId)).map((e) => [e.type, e.data]))}\n${procs.map((p) => `--- ${p.name}\n${p.output().slice(-3000)}`).join('\n')}`,
+      );
     const end = await h.client.waitForEnd(t, runId, 90_000).catch(async (e: unknown) => {
       throw await diagnose(String(e));
     });
@@ -108,12 +126,32 @@ describe.skipIf(!docker)('tracing: one submit, one trace of every hop', () => {
       if (found.length !== 1) throw new Error(`${found.length} spans for ${what}; got: ${all.map((s) => `${s.service}/${s.name}`).join(', ')}`);
       return found[0] as ReceivedSpan;
     };
-    const wanted = ['run ', 'checkpoint ', 'policy leased#1', 'policy.ask', 'policy.decide', 'step note#1', 'step leased#1', 'dispatch ', 'worker note#1', 'worker leased#1', 'audit.intent', 'secrets.lease', 'secrets.redeem', 'sandbox leased#1', 'tool sh', 'audit policy.decided'];
+    const wanted = [
+      'run ',
+      'checkpoint ',
+      'policy leased#1',
+      'policy.ask',
+      'policy.decide',
+      'step note#1',
+      'step leased#1',
+      'dispatch ',
+      'worker note#1',
+      'worker leased#1',
+      'audit.intent',
+      'secrets.lease',
+      'secrets.redeem',
+      'sandbox leased#1',
+      'tool sh',
+      'audit policy.decided',
+    ];
     const spans = await eventually(
       'every hop exported',
       () => {
         const mine = otlp.spans().filter((s) => s.traceId === traceId);
-        return wanted.every((w) => mine.some((s) => s.name.startsWith(w))) && mine.filter((s) => s.name.startsWith('checkpoint ')).length === events.filter((e) => INPUT_EVENT_TYPES.has(e.type)).length ? Promise.resolve(mine) : Promise.resolve(undefined);
+        return wanted.every((w) => mine.some((s) => s.name.startsWith(w))) &&
+          mine.filter((s) => s.name.startsWith('checkpoint ')).length === events.filter((e) => INPUT_EVENT_TYPES.has(e.type)).length
+          ? Promise.resolve(mine)
+          : Promise.resolve(undefined);
       },
       60_000,
       200,
@@ -140,7 +178,9 @@ describe.skipIf(!docker)('tracing: one submit, one trace of every hop', () => {
     // Who exported what: each service its own hops.
     const services = new Map<string, number>();
     for (const s of spans) services.set(s.service, (services.get(s.service) ?? 0) + 1);
-    process.stdout.write(`trace ${traceId}: ${spans.length} spans from ${[...services].map(([k, v]) => `${k} ${v}`).join(', ')}; ${otlp.stats().requests} OTLP requests, ${otlp.stats().bytes} bytes\n`);
+    process.stdout.write(
+      `trace ${traceId}: ${spans.length} spans from ${[...services].map(([k, v]) => `${k} ${v}`).join(', ')}; ${otlp.stats().requests} OTLP requests, ${otlp.stats().bytes} bytes\n`,
+    );
     expect(run.service).toBe('capstan-orchestrator');
     expect([policyDecide.service, issue.service, redeem.service, sandbox.service, tool.service, workerLeased.service, audit.service]).toEqual([
       'capstan-policy',
@@ -153,7 +193,8 @@ describe.skipIf(!docker)('tracing: one submit, one trace of every hop', () => {
     ]);
 
     // Parent links: the caller → the run → its hops → each service's hop.
-    const parentOf = (child: ReceivedSpan, parent: ReceivedSpan | string, what: string) => expect(child.parentSpanId, what).toBe(typeof parent === 'string' ? parent : parent.spanId);
+    const parentOf = (child: ReceivedSpan, parent: ReceivedSpan | string, what: string) =>
+      expect(child.parentSpanId, what).toBe(typeof parent === 'string' ? parent : parent.spanId);
     parentOf(run, callerSpan, 'run ← caller');
     parentOf(checkpoint(1), run, 'checkpoint run.started ← run');
     parentOf(note, run, 'step note ← run');
@@ -192,7 +233,10 @@ describe.skipIf(!docker)('tracing: one submit, one trace of every hop', () => {
 
     // The worker's log lines inside the step carry the step's trace and span ids.
     const worker = procs.find((p) => p.name === 'worker') as ServiceProcess;
-    const lines = worker.output().split('\n').filter((l) => l.includes(runId) || l.includes('noting the run'));
+    const lines = worker
+      .output()
+      .split('\n')
+      .filter((l) => l.includes(runId) || l.includes('noting the run'));
     const noted = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l['msg'] === 'noting the run');
     expect(noted?.['traceId']).toBe(traceId);
     expect(noted?.['spanId']).toBe(workerNote.spanId);

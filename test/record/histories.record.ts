@@ -257,17 +257,27 @@ describe('record histories', () => {
     const policy = await createPolicyService(policyConfig({ ...env, ...(await serviceEnv(url, Role.Policy)) }), silent);
     await policy.start();
     stops.push(() => policy.stop());
-    const secrets = await createSecretsLease(secretsConfig({ ...env, ...(await serviceEnv(url, Role.SecretsLease)), SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }), silent, { database: d });
+    const secrets = await createSecretsLease(
+      secretsConfig({ ...env, ...(await serviceEnv(url, Role.SecretsLease)), SECRETS_MASTER_KEY: randomBytes(32).toString('base64') }),
+      silent,
+      { database: d },
+    );
     await secrets.start();
     stops.push(() => secrets.stop());
     if (docker) {
       const sb = await startSandboxes(h, url, docker as Docker, [t], { SANDBOX_SECRETS_FILE: '' });
       stops.push(() => sb.stop());
     }
-    const orch = await createOrchestrator(orchestratorConfig({ ...env, ...(await serviceEnv(url, Role.Orchestrator)), ORCH_POLICY: 'on', ORCH_APPROVAL_TTL_MS: '5000' }), silent, { registry });
+    const orch = await createOrchestrator(orchestratorConfig({ ...env, ...(await serviceEnv(url, Role.Orchestrator)), ORCH_POLICY: 'on', ORCH_APPROVAL_TTL_MS: '5000' }), silent, {
+      registry,
+    });
     await orch.start();
     stops.push(() => orch.stop());
-    const worker = await createWorker(workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'history-w'), WORKER_ADMISSION: 'auto', WORKER_LEASES: 'on' }), silent, { handlers });
+    const worker = await createWorker(
+      workerConfig({ ...env, NATS_CREDS: await issueCreds(url, t, Role.Worker, 'history-w'), WORKER_ADMISSION: 'auto', WORKER_LEASES: 'on' }),
+      silent,
+      { handlers },
+    );
     await worker.start();
     stops.push(() => worker.stop());
     await setPolicy(await h.nc(t), t, { text: policyFor(t), by: 'sec-team', reason: 'history recording policy' });
@@ -275,7 +285,17 @@ describe('record histories', () => {
     await putSecret(await h.nc(t), t, 'DEMO_API_KEY', `key-${randomBytes(12).toString('hex')}`, { by: 'sec-team' });
     // The tenant whose definitions predate the patch of test.patched.
     old = await provision(h, 'hist-old');
-    const before = createRegistry([...workflows.filter((w) => w.id !== 'test.patched'), defineWorkflow({ id: 'test.patched', version: 1, steps: [{ name: 'first', timeoutMs: 10_000 }, { name: 'last', timeoutMs: 10_000 }] })]);
+    const before = createRegistry([
+      ...workflows.filter((w) => w.id !== 'test.patched'),
+      defineWorkflow({
+        id: 'test.patched',
+        version: 1,
+        steps: [
+          { name: 'first', timeoutMs: 10_000 },
+          { name: 'last', timeoutMs: 10_000 },
+        ],
+      }),
+    ]);
     const oldServices = await startServices(url, [old], { registry: before });
     stops.push(() => oldServices.stop());
   }, 300_000);
@@ -300,25 +320,40 @@ describe('record histories', () => {
           t: tenant,
           runId,
           waitFor: (type, count = 1) =>
-            eventually(`${count} × ${type} on ${s.name}`, async () => {
-              const events = await eventsOf(h, tenant, runId);
-              return events.filter((e) => e.type === type).length >= count ? events : undefined;
-            }, 60_000, 100),
+            eventually(
+              `${count} × ${type} on ${s.name}`,
+              async () => {
+                const events = await eventsOf(h, tenant, runId);
+                return events.filter((e) => e.type === type).length >= count ? events : undefined;
+              },
+              60_000,
+              100,
+            ),
         };
         await s.drive?.(driver);
-        const events = await eventually(`${s.name} to end with ${String(s.ends)}`, async () => {
-          const all = await eventsOf(h, tenant, runId);
-          const last = all.at(-1)?.type;
-          return last !== undefined && (typeof s.ends === 'string' ? last === s.ends : s.ends.includes(last)) ? all : undefined;
-        }, 60_000, 100);
+        const events = await eventually(
+          `${s.name} to end with ${String(s.ends)}`,
+          async () => {
+            const all = await eventsOf(h, tenant, runId);
+            const last = all.at(-1)?.type;
+            return last !== undefined && (typeof s.ends === 'string' ? last === s.ends : s.ends.includes(last)) ? all : undefined;
+          },
+          60_000,
+          100,
+        );
         const runs = [{ name: s.name, events }];
         // The runs it started, once they have ended (a child, a continuation, and theirs).
         for (let i = 0; i < runs.length; i++) {
           for (const r of startedBy(runs[i]?.name ?? '', runs[i]?.events ?? [])) {
-            const more = await eventually(`${r.name} to end`, async () => {
-              const all = await eventsOf(h, tenant, r.runId);
-              return ['run.completed', 'run.cancelled', 'run.failed'].includes(all.at(-1)?.type ?? '') ? all : undefined;
-            }, 60_000, 100);
+            const more = await eventually(
+              `${r.name} to end`,
+              async () => {
+                const all = await eventsOf(h, tenant, r.runId);
+                return ['run.completed', 'run.cancelled', 'run.failed'].includes(all.at(-1)?.type ?? '') ? all : undefined;
+              },
+              60_000,
+              100,
+            );
             runs.push({ name: r.name, events: more });
           }
         }

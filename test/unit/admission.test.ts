@@ -9,17 +9,7 @@ import { defineWorkflow } from '@capstan/actors';
 import { fleetStreamConfig, streamConfigs } from '@capstan/kit';
 import { projectAdmission, projectRun } from '@capstan/projector';
 import { loadConfig } from '@capstan/worker';
-import {
-  CapstanError,
-  encode,
-  ErrorCode,
-  parseTenantId,
-  parseWorkerAdmission,
-  Streams,
-  Subjects,
-  type RunEvent,
-  type TenantId,
-} from '@capstan/schemas';
+import { CapstanError, encode, ErrorCode, parseTenantId, parseWorkerAdmission, Streams, Subjects, type RunEvent, type TenantId } from '@capstan/schemas';
 import { RunRecorder, completed, failed, started } from './support/runs.js';
 
 const TENANTS = ['acme', 'a', 'x-1-b', 'abcdefghijklmnopqrstuvwxyz012345'].map((t) => parseTenantId(t));
@@ -143,7 +133,14 @@ describe('admission - projection', () => {
   const stored = (events: readonly RunEvent[]) => events.map((event, i) => ({ event, streamSeq: 100 + i, bytes: encode(event) }));
 
   it('projection - an approval decision fills the approval row and an audit row; a retry reopens the run row', () => {
-    const wf = defineWorkflow({ id: 'p.review', version: 1, steps: [{ name: 'draft', retry: { maxAttempts: 1 } }, { name: 'review', signal: 'approve' }] });
+    const wf = defineWorkflow({
+      id: 'p.review',
+      version: 1,
+      steps: [
+        { name: 'draft', retry: { maxAttempts: 1 } },
+        { name: 'review', signal: 'approve' },
+      ],
+    });
     const r = new RunRecorder(wf);
     r.apply(completed('draft', 1));
     r.apply({ type: 'approval.decided', data: { step: 'review', decision: 'deny', by: 'bob', reason: 'no' } });
@@ -168,7 +165,9 @@ describe('admission - projection', () => {
     const r = new RunRecorder(wf);
     r.apply(started('a', 1, 'w-9'));
     r.apply(failed('a', 1, true, 'boom', 'w-9'));
-    const events = r.events.map((e) => (e.type === 'step.started' || e.type === 'step.failed' ? ({ ...e, data: { ...e.data, sandbox: 'cap-run-a-1' } } as unknown as RunEvent) : e));
+    const events = r.events.map((e) =>
+      e.type === 'step.started' || e.type === 'step.failed' ? ({ ...e, data: { ...e.data, sandbox: 'cap-run-a-1' } } as unknown as RunEvent) : e,
+    );
     const { view } = projectRun('acme', stored(events));
     expect(view.steps.get('a#1')).toMatchObject({ worker: 'w-9', sandbox: 'cap-run-a-1', outcome: 'failed' });
     const plain = projectRun('acme', stored(r.events)).view;

@@ -7,28 +7,8 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { setup } from 'xstate';
-import {
-  createRegistry,
-  defineWorkflow,
-  foldRun,
-  runStatus,
-  stateName,
-  statusFromEvents,
-  type RunContext,
-  type RunState,
-  type WorkflowDefinition,
-} from '@capstan/actors';
-import {
-  CapstanError,
-  DeterminismViolationError,
-  ErrorCode,
-  EventRejectedError,
-  RunStatus,
-  encode,
-  parseRunEvent,
-  type InputEventBody,
-  type RunEvent,
-} from '@capstan/schemas';
+import { createRegistry, defineWorkflow, foldRun, runStatus, stateName, statusFromEvents, type RunContext, type RunState, type WorkflowDefinition } from '@capstan/actors';
+import { CapstanError, DeterminismViolationError, ErrorCode, EventRejectedError, RunStatus, encode, parseRunEvent, type InputEventBody, type RunEvent } from '@capstan/schemas';
 import { projectRun } from '@capstan/projector';
 import { RunRecorder, cancel, cloneEvents, completed, failed, retryFired, signaled, started, timeoutFired } from './support/runs.js';
 
@@ -53,7 +33,14 @@ const review = defineWorkflow({
   ],
 });
 /** An approval first, then a task. */
-const gate = defineWorkflow({ id: 'ar.gate', version: 1, steps: [{ name: 'gate', signal: 'open' }, { name: 'work', retry: { maxAttempts: 1 } }] });
+const gate = defineWorkflow({
+  id: 'ar.gate',
+  version: 1,
+  steps: [
+    { name: 'gate', signal: 'open' },
+    { name: 'work', retry: { maxAttempts: 1 } },
+  ],
+});
 const registry = createRegistry([review, gate]);
 
 function refusal(r: RunRecorder, input: InputEventBody): CapstanError {
@@ -82,7 +69,10 @@ function agree(r: RunRecorder): void {
   expect(fold.state.seq).toBe(r.state.seq);
   expect(fold.timeline).toEqual(r.timeline);
   expect(statusFromEvents(r.events)).toBe(runStatus(r.state));
-  const projected = projectRun('acme', r.events.map((event, i) => ({ event, streamSeq: i + 1, bytes: encode(event) })));
+  const projected = projectRun(
+    'acme',
+    r.events.map((event, i) => ({ event, streamSeq: i + 1, bytes: encode(event) })),
+  );
   expect(projected.view.run?.status).toBe(runStatus(r.state));
   for (const e of r.events) expect(parseRunEvent(e)).toEqual(e);
 }
@@ -291,12 +281,12 @@ describe('retry - reopening a failed run', () => {
 });
 
 describe('approvals and retry - property: replay and status readers agree', () => {
-  type Op =
-    | { k: 'complete' | 'fail' | 'failHard' | 'start' | 'timeout' | 'retryTimer' }
-    | { k: 'approve' | 'deny'; other: boolean }
-    | { k: 'retryRun' | 'cancel' };
+  type Op = { k: 'complete' | 'fail' | 'failHard' | 'start' | 'timeout' | 'retryTimer' } | { k: 'approve' | 'deny'; other: boolean } | { k: 'retryRun' | 'cancel' };
   const op: fc.Arbitrary<Op> = fc.oneof(
-    { weight: 5, arbitrary: fc.record({ k: fc.constantFrom('complete' as const, 'fail' as const, 'failHard' as const, 'start' as const, 'timeout' as const, 'retryTimer' as const) }) },
+    {
+      weight: 5,
+      arbitrary: fc.record({ k: fc.constantFrom('complete' as const, 'fail' as const, 'failHard' as const, 'start' as const, 'timeout' as const, 'retryTimer' as const) }),
+    },
     { weight: 3, arbitrary: fc.record({ k: fc.constantFrom('approve' as const, 'deny' as const), other: fc.boolean() }) },
     { weight: 2, arbitrary: fc.record({ k: fc.constant('retryRun' as const) }) },
     { weight: 1, arbitrary: fc.record({ k: fc.constant('cancel' as const) }) },

@@ -23,9 +23,19 @@ describe('workflow catalog', () => {
 
   it('finds an input JSON Schema in a plain inputSchema or a self-describing Standard Schema', () => {
     expect(inputSchemaOf({ ...v1, inputSchema: schema } as unknown as typeof v1)).toEqual(schema);
-    const standard = { '~standard': { version: 1, vendor: 'x', validate: () => ({ value: {} }), jsonSchema: { input: ({ target }: { target: string }) => ({ ...schema, $schema: target }) } } };
+    const standard = {
+      '~standard': { version: 1, vendor: 'x', validate: () => ({ value: {} }), jsonSchema: { input: ({ target }: { target: string }) => ({ ...schema, $schema: target }) } },
+    };
     expect(inputSchemaOf({ ...v1, input: standard } as unknown as typeof v1)).toEqual({ ...schema, $schema: 'draft-2020-12' });
-    const throwing = { '~standard': { jsonSchema: { input: () => { throw new Error('cannot'); } } } };
+    const throwing = {
+      '~standard': {
+        jsonSchema: {
+          input: () => {
+            throw new Error('cannot');
+          },
+        },
+      },
+    };
     expect(inputSchemaOf({ ...v1, input: throwing } as unknown as typeof v1)).toBeUndefined();
     expect(inputSchemaOf({ ...v1, input: { '~standard': { version: 1 } } } as unknown as typeof v1)).toBeUndefined();
     expect(inputSchemaOf(v1)).toBeUndefined();

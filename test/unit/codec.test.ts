@@ -93,11 +93,20 @@ describe('codec - round trip', () => {
   });
 
   it('codec - a MessagePack map is an object, whatever the encoder called it', () => {
-    expect(decode(encode(new Map<string, unknown>([['a', 1], ['b', [true]]])))).toEqual({ a: 1, b: [true] });
+    expect(
+      decode(
+        encode(
+          new Map<string, unknown>([
+            ['a', 1],
+            ['b', [true]],
+          ]),
+        ),
+      ),
+    ).toEqual({ a: 1, b: [true] });
   });
 
   it('codec - large integers and unicode keys survive', () => {
-    const value = { big: Number.MAX_SAFE_INTEGER, neg: Number.MIN_SAFE_INTEGER, u32: 2 ** 32 + 1, 'ключ': 'значение', '': 'empty key' };
+    const value = { big: Number.MAX_SAFE_INTEGER, neg: Number.MIN_SAFE_INTEGER, u32: 2 ** 32 + 1, ключ: 'значение', '': 'empty key' };
     expect(decode(encode(value))).toEqual(value);
   });
 
@@ -297,7 +306,10 @@ describe('codec - fuzz', () => {
   };
 
   it('codec - property: random bytes decode to a plain object or throw a CapstanError', () => {
-    fc.assert(fc.property(fc.uint8Array({ maxLength: 512 }), (bytes) => void outcome(bytes)), { numRuns: 5000 });
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 512 }), (bytes) => void outcome(bytes)),
+      { numRuns: 5000 },
+    );
   });
 
   it('codec - property: random bytes after a map header decode or fail typed', () => {

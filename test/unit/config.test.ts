@@ -37,7 +37,12 @@ describe('config - shared keys', () => {
       for (const url of ['nats://127.0.0.1:4222', 'localhost:4222', 'nats://a:1,nats://b:2', 'tls://h.example:4443']) {
         expect((load({ NATS_URL: url, ...CREDS }) as { natsUrl: string }).natsUrl).toBe(url);
       }
-      for (const [url, bad] of [['nats://host', 1], ['nats://a:1,bad', 1], ['nats://:4222', 1], ['a,b', 2]] as const) {
+      for (const [url, bad] of [
+        ['nats://host', 1],
+        ['nats://a:1,bad', 1],
+        ['nats://:4222', 1],
+        ['a,b', 2],
+      ] as const) {
         const p = problems(load, { NATS_URL: url, ...CREDS });
         expect(p, url).toHaveLength(bad);
         for (const line of p) expect(line).toContain('NATS_URL has an invalid server address');
@@ -288,16 +293,7 @@ describe('config - worker', () => {
     // NATS_URL, NATS_CREDS, LOG_LEVEL, CAPSTAN_TENANTS, the pool, and three numbers
     expect(p).toHaveLength(8);
     const all = p.join('\n');
-    for (const key of [
-      'NATS_URL',
-      'LOG_LEVEL',
-      'CAPSTAN_TENANTS',
-      'WORKER_POOLS',
-      'NATS_CREDS',
-      'WORKER_CONCURRENCY',
-      'WORKER_STARTED_AFTER_MS',
-      'WORKER_DISCOVERY_MS',
-    ]) {
+    for (const key of ['NATS_URL', 'LOG_LEVEL', 'CAPSTAN_TENANTS', 'WORKER_POOLS', 'NATS_CREDS', 'WORKER_CONCURRENCY', 'WORKER_STARTED_AFTER_MS', 'WORKER_DISCOVERY_MS']) {
       expect(all).toContain(key);
     }
   });

@@ -7,7 +7,13 @@ import { createLinkTokens, createSessions, csvField, hashPassword, loadConfig, p
 import { CapstanError, ErrorCode } from '@capstan/schemas';
 
 const SECRET = 'x'.repeat(40);
-const BASE_ENV = { CONSOLE_SECRET: SECRET, CONSOLE_USERS: '/etc/capstan/users.json', DATABASE_URL: 'postgres://capstan@127.0.0.1:5432/capstan', NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: 'svc.creds' };
+const BASE_ENV = {
+  CONSOLE_SECRET: SECRET,
+  CONSOLE_USERS: '/etc/capstan/users.json',
+  DATABASE_URL: 'postgres://capstan@127.0.0.1:5432/capstan',
+  NATS_URL: 'nats://127.0.0.1:4222',
+  NATS_CREDS: 'svc.creds',
+};
 
 function problemsOf(f: () => unknown): string[] {
   try {
@@ -28,7 +34,15 @@ describe('console config', () => {
   });
 
   it('console config - every problem at once, and the secret never in a message', () => {
-    const problems = problemsOf(() => loadConfig({ CONSOLE_SECRET: 'short-secret-value', CONSOLE_PORT: '70000', CONSOLE_PUBLIC_URL: 'ftp://x/y', DATABASE_URL: 'mysql://u:hunter2@h/db', CONSOLE_SESSION_HOURS: '0' }));
+    const problems = problemsOf(() =>
+      loadConfig({
+        CONSOLE_SECRET: 'short-secret-value',
+        CONSOLE_PORT: '70000',
+        CONSOLE_PUBLIC_URL: 'ftp://x/y',
+        DATABASE_URL: 'mysql://u:hunter2@h/db',
+        CONSOLE_SESSION_HOURS: '0',
+      }),
+    );
     expect(problems).toHaveLength(8);
     expect(problems.join('\n')).toMatch(/NATS_CREDS is required/);
     expect(problems.join('\n')).toMatch(/CONSOLE_SECRET must be at least 32 bytes; it has 18/);
@@ -68,14 +82,7 @@ describe('console users', () => {
   it('console users - every problem of every user at once', () => {
     const problems = problemsOf(() =>
       parseUsers(
-        JSON.stringify([
-          { ...ok, role: 'root' },
-          { ...ok, tenants: ['Not A Tenant'] },
-          { ...ok, userId: '' },
-          { ...ok, extra: 1 },
-          { ...ok, passwordHash: 'md5$abc' },
-          'nope',
-        ]),
+        JSON.stringify([{ ...ok, role: 'root' }, { ...ok, tenants: ['Not A Tenant'] }, { ...ok, userId: '' }, { ...ok, extra: 1 }, { ...ok, passwordHash: 'md5$abc' }, 'nope']),
       ),
     );
     expect(problems).toEqual([

@@ -53,11 +53,35 @@ function attempt(step: string, n: number, scheduledMs: number, over: Partial<Ste
 }
 
 function approval(over: Partial<Approval> = {}): Approval {
-  return { tenant: 'acme', runId: '01J0000000000000000000000A', step: 'review', signal: 'approve', status: 'waiting', requestedAt: at(0), decidedAt: null, decidedBy: null, reason: null, workflow: 'etl', ...over };
+  return {
+    tenant: 'acme',
+    runId: '01J0000000000000000000000A',
+    step: 'review',
+    signal: 'approve',
+    status: 'waiting',
+    requestedAt: at(0),
+    decidedAt: null,
+    decidedBy: null,
+    reason: null,
+    workflow: 'etl',
+    ...over,
+  };
 }
 
 function worker(over: Partial<WorkerInfo> = {}): WorkerInfo {
-  return { workerId: 'w-1', pools: ['default'], running: 0, lastSeenAt: at(0), silentForMs: 1000, stale: false, admission: 'approved', admissionBy: null, admissionAt: null, admissionReason: null, ...over };
+  return {
+    workerId: 'w-1',
+    pools: ['default'],
+    running: 0,
+    lastSeenAt: at(0),
+    silentForMs: 1000,
+    stale: false,
+    admission: 'approved',
+    admissionBy: null,
+    admissionAt: null,
+    admissionReason: null,
+    ...over,
+  };
 }
 
 const ev = (seq: number, type: string): TimelineEvent => ({ seq, type, at: at(seq), streamSeq: seq, causationId: 'c' });
@@ -73,7 +97,10 @@ describe('console explain', () => {
   });
 
   it('console explain - a run waiting for approval names the step, how long ago, and who can act', () => {
-    const e = explainRun({ run: run({ status: 'waiting', currentStep: 'review' }), steps: [attempt('draft', 1, 0)], approvals: [approval({ requestedAt: at(1000) })], events: [] }, T0 + 1000 + 3 * 60_000);
+    const e = explainRun(
+      { run: run({ status: 'waiting', currentStep: 'review' }), steps: [attempt('draft', 1, 0)], approvals: [approval({ requestedAt: at(1000) })], events: [] },
+      T0 + 1000 + 3 * 60_000,
+    );
     expect(e).toEqual({ tone: 'waiting', step: 'review', text: 'Waiting for approval of step review, requested 3 min ago, by an operator.' });
   });
 
@@ -83,7 +110,12 @@ describe('console explain', () => {
   });
 
   it('console explain - a failed run gives the failing step, its attempt and its error', () => {
-    const steps = [attempt('extract', 1, 0), attempt('load', 1, 200, { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'db down' }), attempt('load', 2, 400, { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'db\n  still down' }), attempt('load', 3, 800, { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'connection refused' })];
+    const steps = [
+      attempt('extract', 1, 0),
+      attempt('load', 1, 200, { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'db down' }),
+      attempt('load', 2, 400, { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'db\n  still down' }),
+      attempt('load', 3, 800, { outcome: 'failed', errorCode: 'step_failed', errorMessage: 'connection refused' }),
+    ];
     const e = explainRun({ run: run({ status: 'failed', errorCode: 'step_failed', errorMessage: 'connection refused' }), steps, approvals: [], events: [] }, T0 + 10_000);
     expect(e).toEqual({ tone: 'error', step: 'load', text: 'Step load failed on attempt 3: step_failed: connection refused.' });
   });
@@ -100,12 +132,22 @@ describe('console explain', () => {
   });
 
   it('console explain - a denied approval explains the failure with who and why', () => {
-    const e = explainRun({ run: run({ status: 'failed', errorCode: 'approval_denied' }), steps: [], approvals: [approval({ status: 'denied', decidedBy: 'bob', reason: 'wrong numbers' })], events: [] }, T0);
+    const e = explainRun(
+      {
+        run: run({ status: 'failed', errorCode: 'approval_denied' }),
+        steps: [],
+        approvals: [approval({ status: 'denied', decidedBy: 'bob', reason: 'wrong numbers' })],
+        events: [],
+      },
+      T0,
+    );
     expect(e).toEqual({ tone: 'error', step: 'review', text: 'Step review was denied by bob: wrong numbers.' });
   });
 
   it('console explain - a failed run with no step rows falls back to the run error', () => {
-    expect(explainRun({ run: run({ status: 'failed', errorCode: 'unknown_workflow', errorMessage: 'no such workflow' }), steps: [], approvals: [], events: [] }, T0).text).toBe('The run failed: unknown_workflow: no such workflow.');
+    expect(explainRun({ run: run({ status: 'failed', errorCode: 'unknown_workflow', errorMessage: 'no such workflow' }), steps: [], approvals: [], events: [] }, T0).text).toBe(
+      'The run failed: unknown_workflow: no such workflow.',
+    );
   });
 
   it('console explain - a pending step says how long no worker of its pool has taken it, and why', () => {
@@ -128,7 +170,11 @@ describe('console explain', () => {
 
   it('console explain - a running step names its worker and for how long', () => {
     const steps = [attempt('extract', 1, 0), attempt('load', 2, 1000, { outcome: 'running', worker: 'w-9', startedAt: at(2000), finishedAt: null, durationMs: null })];
-    expect(explainRun({ run: run(), steps, approvals: [], events: [] }, T0 + 14_000)).toEqual({ tone: 'progress', step: 'load', text: 'Step load is running on worker w-9 (attempt 2) for 12 s.' });
+    expect(explainRun({ run: run(), steps, approvals: [], events: [] }, T0 + 14_000)).toEqual({
+      tone: 'progress',
+      step: 'load',
+      text: 'Step load is running on worker w-9 (attempt 2) for 12 s.',
+    });
   });
 
   it('console explain - a failed attempt of a live run followed by a retry timer says it will be retried', () => {
@@ -138,10 +184,19 @@ describe('console explain', () => {
   });
 
   it('console explain - a run accepted but not yet scheduled, a completed one, a cancelled one', () => {
-    expect(explainRun({ run: run({ status: 'pending' }), steps: [], approvals: [], events: [] }, T0 + 3000).text).toBe('Accepted 3 s ago; the orchestrator has not scheduled a step yet.');
-    const done = explainRun({ run: run({ status: 'completed', endedAt: at(4200), attempts: 4 }), steps: [attempt('a', 1, 0), attempt('b', 1, 10), attempt('b', 2, 20)], approvals: [], events: [] }, T0 + 9000);
+    expect(explainRun({ run: run({ status: 'pending' }), steps: [], approvals: [], events: [] }, T0 + 3000).text).toBe(
+      'Accepted 3 s ago; the orchestrator has not scheduled a step yet.',
+    );
+    const done = explainRun(
+      { run: run({ status: 'completed', endedAt: at(4200), attempts: 4 }), steps: [attempt('a', 1, 0), attempt('b', 1, 10), attempt('b', 2, 20)], approvals: [], events: [] },
+      T0 + 9000,
+    );
     expect(done).toEqual({ tone: 'done', text: 'Completed in 4 s, 2 steps over 4 attempts.' });
-    expect(explainRun({ run: run({ status: 'cancelled', currentStep: 'slow', endedAt: at(0) }), steps: [], approvals: [], events: [] }, T0 + 120_000)).toEqual({ tone: 'info', step: 'slow', text: 'Cancelled at step slow 2 min ago.' });
+    expect(explainRun({ run: run({ status: 'cancelled', currentStep: 'slow', endedAt: at(0) }), steps: [], approvals: [], events: [] }, T0 + 120_000)).toEqual({
+      tone: 'info',
+      step: 'slow',
+      text: 'Cancelled at step slow 2 min ago.',
+    });
   });
 
   it('console explain - a live run that was retried says by whom and when', () => {
@@ -149,7 +204,9 @@ describe('console explain', () => {
     const e = explainRun({ run: run({ retries: 1, retriedAt: at(60_000), retriedBy: 'ann' }), steps, approvals: [], events: [] }, T0 + 120_000);
     expect(e.text).toBe('Step load is running on worker w-2 (attempt 4) for 59 s. Retried by ann 1 min ago.');
     // Once it ends, the retry is history and not repeated.
-    expect(explainRun({ run: run({ status: 'completed', endedAt: at(2000), retries: 1, retriedAt: at(1000), retriedBy: 'ann' }), steps: [], approvals: [], events: [] }, T0 + 5000).text).not.toContain('Retried');
+    expect(
+      explainRun({ run: run({ status: 'completed', endedAt: at(2000), retries: 1, retriedAt: at(1000), retriedBy: 'ann' }), steps: [], approvals: [], events: [] }, T0 + 5000).text,
+    ).not.toContain('Retried');
   });
 
   it('console explain - handler messages are cut and kept on one line', () => {

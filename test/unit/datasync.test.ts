@@ -68,10 +68,25 @@ describe('datasync - step results are metadata only', () => {
 
   it('the worker refuses a pipeline input that is more than three identifiers, before asking anyone', async () => {
     const handlers = datasyncHandlers({ nc: () => undefined, stallMs: 1000 });
-    const ctx = (input: Record<string, unknown>) => ({ tenant: 'acme' as TenantId, runId: makeRunId(0, new Uint8Array(10)), workflow: 'datasync.pipeline', step: 'retrieve', attempt: 1, input, previous: undefined, signal: new AbortController().signal, log: undefined as never, externalWrite: undefined as never });
+    const ctx = (input: Record<string, unknown>) => ({
+      tenant: 'acme' as TenantId,
+      runId: makeRunId(0, new Uint8Array(10)),
+      workflow: 'datasync.pipeline',
+      step: 'retrieve',
+      attempt: 1,
+      input,
+      previous: undefined,
+      signal: new AbortController().signal,
+      log: undefined as never,
+      externalWrite: undefined as never,
+    });
     const handler = handlers['datasync.pipeline.retrieve'];
     expect(handler).toBeDefined();
-    for (const input of [{ connection: 'shop', model: 'm', destination: 'd', dsn: 'postgres://u:p@h/db' }, { connection: 'shop', model: 'm' }, { connection: 'has space', model: 'm', destination: 'd' }]) {
+    for (const input of [
+      { connection: 'shop', model: 'm', destination: 'd', dsn: 'postgres://u:p@h/db' },
+      { connection: 'shop', model: 'm' },
+      { connection: 'has space', model: 'm', destination: 'd' },
+    ]) {
       let code: string | undefined;
       let retryable: boolean | undefined;
       try {
@@ -132,8 +147,8 @@ describe('datasync - the preview parser fence', () => {
       'do $$ begin end $$',
       'create table x (a int)',
       'alter system set fsync = off',
-      'select 1 from (select nextval(\'s\')) x',
-      'select (select set_config(\'a\', \'b\', true))',
+      "select 1 from (select nextval('s')) x",
+      "select (select set_config('a', 'b', true))",
       '',
       'select from where',
     ];
@@ -144,7 +159,17 @@ describe('datasync - the preview parser fence', () => {
   });
 
   it('accepts reads, and hands on the statement the parser delimited', async () => {
-    for (const q of ['select 1', 'SELECT * FROM t WHERE a > 1 ORDER BY a LIMIT 10', 'with x as (select 1 as a) select a from x', 'select a, count(*) over () from t group by a', 'select 1 union all select 2', "select now(), 'it''s; not two statements' as s", 'select * from generate_series(1, 10)', 'select pg_sleep(1)', 'values (1), (2)']) {
+    for (const q of [
+      'select 1',
+      'SELECT * FROM t WHERE a > 1 ORDER BY a LIMIT 10',
+      'with x as (select 1 as a) select a from x',
+      'select a, count(*) over () from t group by a',
+      'select 1 union all select 2',
+      "select now(), 'it''s; not two statements' as s",
+      'select * from generate_series(1, 10)',
+      'select pg_sleep(1)',
+      'values (1), (2)',
+    ]) {
       const r = await checkPreviewQuery(q);
       expect(r.statement).toBe(q);
       expect(r.fingerprint).toMatch(/^[0-9a-f]+$/);
@@ -176,14 +201,30 @@ describe('datasync - cells', () => {
     expect(portableType('timestamp with time zone')).toBe('timestamp with time zone');
     expect(portableType('mood')).toBe('text');
     expect(portableType('"weird""type"')).toBe('text');
-    expect([parquetType('integer'), parquetType('bigint'), parquetType('boolean'), parquetType('double precision'), parquetType('numeric(10,2)')]).toEqual(['INT32', 'INT64', 'BOOLEAN', 'DOUBLE', 'STRING']);
+    expect([parquetType('integer'), parquetType('bigint'), parquetType('boolean'), parquetType('double precision'), parquetType('numeric(10,2)')]).toEqual([
+      'INT32',
+      'INT64',
+      'BOOLEAN',
+      'DOUBLE',
+      'STRING',
+    ]);
   });
 });
 
 const MODEL: ModelSpec = {
   entities: [
     { name: 'customer', source: { table: 'customers' }, key: ['id'], fields: [{ name: 'id', column: 'id' }] },
-    { name: 'item', source: { table: 'items' }, key: ['order_id', 'line'], cursor: 'updated_at', fields: [{ name: 'order_id', column: 'order_id' }, { name: 'line', column: 'line' }, { name: 'customer_id', column: 'customer_id' }] },
+    {
+      name: 'item',
+      source: { table: 'items' },
+      key: ['order_id', 'line'],
+      cursor: 'updated_at',
+      fields: [
+        { name: 'order_id', column: 'order_id' },
+        { name: 'line', column: 'line' },
+        { name: 'customer_id', column: 'customer_id' },
+      ],
+    },
   ],
   associations: [{ name: 'buyer', from: 'item', to: 'customer', fields: ['customer_id'] }],
 };
@@ -194,7 +235,17 @@ describe('datasync - specs', () => {
     let message = '';
     try {
       checkModel({
-        entities: [{ name: 'a', source: { table: 't' }, key: ['nope'], fields: [{ name: 'x', column: 'x' }, { name: 'x', column: 'y' }] }],
+        entities: [
+          {
+            name: 'a',
+            source: { table: 't' },
+            key: ['nope'],
+            fields: [
+              { name: 'x', column: 'x' },
+              { name: 'x', column: 'y' },
+            ],
+          },
+        ],
         associations: [{ name: 'r', from: 'a', to: 'ghost', fields: ['missing'] }],
       });
     } catch (e) {
@@ -204,7 +255,14 @@ describe('datasync - specs', () => {
   });
 
   it('specs are closed: a password in a spec is not a field', () => {
-    const conn = { type: 'postgres', host: 'db', port: 5432, database: 'shop', tls: { mode: 'require' }, auth: { type: 'username_password', username: 'reader', passwordKey: 'SHOP_PW' } };
+    const conn = {
+      type: 'postgres',
+      host: 'db',
+      port: 5432,
+      database: 'shop',
+      tls: { mode: 'require' },
+      auth: { type: 'username_password', username: 'reader', passwordKey: 'SHOP_PW' },
+    };
     expect(parseEntitySpec('connection', conn).auth.type).toBe('username_password');
     expect(() => parseEntitySpec('connection', { ...conn, auth: { ...conn.auth, password: 'hunter2' } })).toThrow(/not a known field/);
     expect(() => parseEntitySpec('connection', { ...conn, dsn: 'postgres://u:p@db/shop' })).toThrow(/not a known field/);
@@ -214,12 +272,29 @@ describe('datasync - specs', () => {
   });
 
   it('the control plane learns a type, an auth kind, a TLS mode, counts and names; never a host, user, table or path', () => {
-    const conn = parseEntitySpec('connection', { type: 'postgres', host: 'secret-host.internal', port: 5432, database: 'secretdb', tls: { mode: 'verify-full' }, auth: { type: 'username_password', username: 'secretuser', passwordKey: 'SHOP_PW' } });
+    const conn = parseEntitySpec('connection', {
+      type: 'postgres',
+      host: 'secret-host.internal',
+      port: 5432,
+      database: 'secretdb',
+      tls: { mode: 'verify-full' },
+      auth: { type: 'username_password', username: 'secretuser', passwordKey: 'SHOP_PW' },
+    });
     const dest = parseEntitySpec('destination', { type: 'files', path: 'secret/folder', format: 'parquet' });
     const summaries = JSON.stringify([summaryOf('connection', conn), summaryOf('model', MODEL), summaryOf('destination', dest)]);
     for (const s of ['secret-host', 'secretdb', 'secretuser', 'SHOP_PW', 'secret/folder', 'customers', 'items']) expect(summaries).not.toContain(s);
     expect(summaryOf('connection', conn)).toEqual({ type: 'postgres', auth: 'username_password', tls: 'verify-full' });
-    const record = { kind: 'connection', id: 'shop', version: 1, name: 'Shop', status: 'active', fingerprint: 'f'.repeat(64), summary: summaryOf('connection', conn), by: 'alice', at: new Date(0).toISOString() };
+    const record = {
+      kind: 'connection',
+      id: 'shop',
+      version: 1,
+      name: 'Shop',
+      status: 'active',
+      fingerprint: 'f'.repeat(64),
+      summary: summaryOf('connection', conn),
+      by: 'alice',
+      at: new Date(0).toISOString(),
+    };
     expect(parseCatalogRecord(record)).toEqual(record);
     expect(() => parseCatalogRecord({ ...record, summary: { ...record.summary, host: 'x' } })).toThrow(/not a known field/);
   });
@@ -252,7 +327,12 @@ describe('datasync - config and names', () => {
     expect(problems.length).toBe(5);
     expect(problems.join('\n')).not.toContain('hunter2');
     const ok = loadConfig({ NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: '/x/datasync.creds', DATABASE_URL: 'postgres://capstan@127.0.0.1/capstan' });
-    expect({ fetchRows: ok.fetchRows, batchRows: ok.batchRows, concurrency: ok.concurrency, claimTtlMs: ok.claimTtlMs }).toEqual({ fetchRows: 10_000, batchRows: 10_000, concurrency: 4, claimTtlMs: 3_600_000 });
+    expect({ fetchRows: ok.fetchRows, batchRows: ok.batchRows, concurrency: ok.concurrency, claimTtlMs: ok.claimTtlMs }).toEqual({
+      fetchRows: 10_000,
+      batchRows: 10_000,
+      concurrency: 4,
+      claimTtlMs: 3_600_000,
+    });
   });
 
   it("catalog subjects are captured by the catalog stream alone, and by no other tenant's", () => {
@@ -268,7 +348,9 @@ describe('datasync - config and names', () => {
     const t = 'acme' as TenantId;
     const other = 'acme-2' as TenantId;
     for (const subject of [Subjects.catalog(t, 'connection', 'shop'), Subjects.catalog(t, 'model', 'm-1'), Subjects.catalog(t, 'destination', 'lake_2')]) {
-      const capturing = [...streamConfigs(t), fleetStreamConfig(t), policyStreamConfig(t), catalogStreamConfig(t), ...streamConfigs(other), catalogStreamConfig(other)].filter((c) => (c.subjects ?? []).some((f) => match(f, subject)));
+      const capturing = [...streamConfigs(t), fleetStreamConfig(t), policyStreamConfig(t), catalogStreamConfig(t), ...streamConfigs(other), catalogStreamConfig(other)].filter(
+        (c) => (c.subjects ?? []).some((f) => match(f, subject)),
+      );
       expect(capturing.map((c) => c.name)).toEqual([catalogStreamConfig(t).name]);
     }
     expect(() => Subjects.catalog(t, 'connection', 'a.b')).toThrow();

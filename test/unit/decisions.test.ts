@@ -19,7 +19,15 @@ function history(o: { submitter?: { name: string; key: string }; submittedBy?: s
   return [
     env(1, 'run.started', { workflow: 'w', version: 1, input: {}, ...(o.submitter ? { submitter: o.submitter } : {}), ...(o.submittedBy ? { submittedBy: o.submittedBy } : {}) }),
     env(2, 'policy.requested', { step: 'deliver', attempt: 1, queries: [] }),
-    env(3, 'policy.decided', { step: 'deliver', attempt: 1, decision: 'needs-approval', version: 1, policies: ['p'], approvers: o.approvers ?? 'finance', ...(o.selfApproval ? { selfApproval: true } : {}) }),
+    env(3, 'policy.decided', {
+      step: 'deliver',
+      attempt: 1,
+      decision: 'needs-approval',
+      version: 1,
+      policies: ['p'],
+      approvers: o.approvers ?? 'finance',
+      ...(o.selfApproval ? { selfApproval: true } : {}),
+    }),
     env(4, 'approval.requested', { step: 'deliver', attempt: 1, approvers: o.approvers ?? 'finance', version: 1, policies: ['p'], expiresInMs: 1000 }),
   ];
 }
@@ -40,7 +48,7 @@ describe('decisions - who decided', () => {
     expect(d).toEqual({ by: 'dave', signer: { name: 'dave', key: KEY('D'), role: 'operator' }, groups: ['finance'] });
   });
 
-  it('decisions - a console (or the admin) vouches for its signed-in user and that user\'s groups', () => {
+  it("decisions - a console (or the admin) vouches for its signed-in user and that user's groups", () => {
     const d = deciderOf(person('console@ta', KEY('C'), [], 'console'), { by: 'ann', groups: ['finance'] });
     expect(d).toEqual({ by: 'ann', signer: { name: 'console@ta', key: KEY('C'), role: 'console' }, groups: ['finance'] });
   });
@@ -79,7 +87,10 @@ describe('decisions - @self_approval in the policy', () => {
   });
 
   it('decisions - @self_approval is refused without @approval or with another value', () => {
-    for (const text of ['@self_approval("allowed")\npermit(principal, action == Action::"egress", resource);', '@approval("x")\n@self_approval("yes")\npermit(principal, action == Action::"egress", resource);']) {
+    for (const text of [
+      '@self_approval("allowed")\npermit(principal, action == Action::"egress", resource);',
+      '@approval("x")\n@self_approval("yes")\npermit(principal, action == Action::"egress", resource);',
+    ]) {
       const c = compilePolicySet(text);
       expect(c.ok).toBe(false);
       expect(c.diagnostics.map((d) => d.message).join('\n')).toMatch(/@self_approval/);
@@ -96,18 +107,23 @@ describe('decisions - @self_approval in the policy', () => {
 
 describe('decisions - console roles are per tenant', () => {
   const users = parseUsers(
-    JSON.stringify([{ userId: 'ann', orgId: 'acme', role: 'operator', tenants: ['acme-dev', 'acme-prod'], access: { 'acme-prod': { role: 'viewer' }, 'acme-dev': { groups: ['finance'] } } }]),
+    JSON.stringify([
+      { userId: 'ann', orgId: 'acme', role: 'operator', tenants: ['acme-dev', 'acme-prod'], access: { 'acme-prod': { role: 'viewer' }, 'acme-dev': { groups: ['finance'] } } },
+    ]),
   );
   const ann = users[0] as (typeof users)[number];
 
-  it('decisions - a role and groups per tenant; the user\'s role elsewhere', () => {
+  it("decisions - a role and groups per tenant; the user's role elsewhere", () => {
     expect([roleIn(ann, 'acme-dev'), roleIn(ann, 'acme-prod')]).toEqual(['operator', 'viewer']);
     expect([groupsIn(ann, 'acme-dev'), groupsIn(ann, 'acme-prod')]).toEqual([['finance'], []]);
   });
 
   it('decisions - the session carries them: approve in one tenant, refused (403) in the other', () => {
     const sessions = createSessions(Buffer.alloc(32, 1), 60_000);
-    const s = sessions.open(sessions.seal(sessions.create({ orgId: ann.orgId, userId: ann.userId, role: ann.role, tenants: ann.tenants, ...(ann.access ? { access: ann.access } : {}) }, Date.now())), Date.now());
+    const s = sessions.open(
+      sessions.seal(sessions.create({ orgId: ann.orgId, userId: ann.userId, role: ann.role, tenants: ann.tenants, ...(ann.access ? { access: ann.access } : {}) }, Date.now())),
+      Date.now(),
+    );
     expect(s).toBeDefined();
     if (!s) return;
     expect(() => requireAction(s, 'approve', 'acme-dev')).not.toThrow();

@@ -12,7 +12,10 @@ import { RUN_ID, RunRecorder, cancel, completed, fired } from './support/runs.js
 
 const rec = (wf: WorkflowDefinition, input: { [k: string]: JsonValue } = {}) => new RunRecorder(wf, input, undefined, undefined, 2);
 const types = (events: readonly RunEvent[]) => events.map((e) => e.type);
-const childDone = (step: string, attempt: number, result: JsonValue, child = childRunIdOf(RUN_ID, step, attempt)): InputEventBody => ({ type: 'child.completed', data: { step, attempt, child, result } });
+const childDone = (step: string, attempt: number, result: JsonValue, child = childRunIdOf(RUN_ID, step, attempt)): InputEventBody => ({
+  type: 'child.completed',
+  data: { step, attempt, child, result },
+});
 const childFailed = (step: string, attempt: number, retryable = true): InputEventBody => ({
   type: 'child.failed',
   data: { step, attempt, child: childRunIdOf(RUN_ID, step, attempt), error: { code: ErrorCode.ChildFailed, message: 'step_failed: it broke', retryable } },
@@ -30,7 +33,7 @@ function replays(r: RunRecorder): void {
 }
 
 describe('engine 2 - derived run ids', () => {
-  it('children - a child id is a ULID derived from the parent id, the step and the attempt, with the parent\'s time', () => {
+  it("children - a child id is a ULID derived from the parent id, the step and the attempt, with the parent's time", () => {
     const a = childRunIdOf(RUN_ID, 'ship', 1);
     expect(isRunId(a)).toBe(true);
     expect(childRunIdOf(RUN_ID, 'ship', 1)).toBe(a);
@@ -44,14 +47,21 @@ describe('engine 2 - child workflows', () => {
   const wf = defineWorkflow({
     id: 'e2.parent',
     version: 1,
-    steps: [{ name: 'prep' }, { name: 'ship', child: 'e2.shipper', input: ({ results }) => ({ order: results['prep'] ?? null }), retry: { maxAttempts: 2, initialIntervalMs: 10 } }, { name: 'finish' }],
+    steps: [
+      { name: 'prep' },
+      { name: 'ship', child: 'e2.shipper', input: ({ results }) => ({ order: results['prep'] ?? null }), retry: { maxAttempts: 2, initialIntervalMs: 10 } },
+      { name: 'finish' },
+    ],
   });
 
   it('children - the step starts its child (derived id, the input it computes) and takes its output as its result', () => {
     const r = rec(wf);
     r.apply(completed('prep', 1, { id: 7 }));
     const started = r.events.at(-1);
-    expect(started).toMatchObject({ type: 'child.started', data: { step: 'ship', attempt: 1, child: childRunIdOf(RUN_ID, 'ship', 1), workflow: 'e2.shipper', input: { order: { id: 7 } }, parentClose: 'cancel' } });
+    expect(started).toMatchObject({
+      type: 'child.started',
+      data: { step: 'ship', attempt: 1, child: childRunIdOf(RUN_ID, 'ship', 1), workflow: 'e2.shipper', input: { order: { id: 7 } }, parentClose: 'cancel' },
+    });
     expect(runStatus(r.state)).toBe('running');
     expect(r.step(childDone('ship', 1, { tracking: 'T1' }))).toEqual(['step.scheduled:finish#1']);
     r.apply(completed('finish', 1, { shipped: true }));
@@ -60,7 +70,7 @@ describe('engine 2 - child workflows', () => {
     replays(r);
   });
 
-  it('children - a failed child is retried by the step\'s policy with a new child; the last failure fails the run with child_failed', () => {
+  it("children - a failed child is retried by the step's policy with a new child; the last failure fails the run with child_failed", () => {
     const r = rec(wf);
     r.apply(completed('prep', 1));
     expect(r.step(childFailed('ship', 1))).toEqual(['timer:retry:ship']);
@@ -103,7 +113,11 @@ describe('engine 2 - child workflows', () => {
   });
 
   it('children - a child inside a loop gets one child run per iteration', () => {
-    const looped = defineWorkflow({ id: 'e2.loop-child', version: 1, steps: [{ name: 'rounds', loop: [{ name: 'sub', child: 'e2.sub' }], until: ({ results }) => results['sub'] === 'stop', maxIterations: 3 }] });
+    const looped = defineWorkflow({
+      id: 'e2.loop-child',
+      version: 1,
+      steps: [{ name: 'rounds', loop: [{ name: 'sub', child: 'e2.sub' }], until: ({ results }) => results['sub'] === 'stop', maxIterations: 3 }],
+    });
     const r = rec(looped);
     expect(r.events.at(-1)?.data).toMatchObject({ step: 'sub-1', child: childRunIdOf(RUN_ID, 'sub-1', 1) });
     r.apply(childDone('sub-1', 1, 'again'));
@@ -138,8 +152,13 @@ describe('engine 2 - child workflows', () => {
     r.apply(childFailed('ship', 1));
     r.apply(fired('ship', 1, TimerKind.Retry));
     r.apply(childDone('ship', 2, { tracking: 'T2' }));
-    const { view } = projectRun('acme', r.events.map((event, i) => ({ event, streamSeq: i + 1, bytes: encode(event) })));
-    const ship = [...view.steps.values()].filter((s) => s.step === 'ship').map((s) => ({ attempt: s.attempt, handler: s.handler, worker: s.worker, outcome: s.outcome, errorCode: s.errorCode }));
+    const { view } = projectRun(
+      'acme',
+      r.events.map((event, i) => ({ event, streamSeq: i + 1, bytes: encode(event) })),
+    );
+    const ship = [...view.steps.values()]
+      .filter((s) => s.step === 'ship')
+      .map((s) => ({ attempt: s.attempt, handler: s.handler, worker: s.worker, outcome: s.outcome, errorCode: s.errorCode }));
     expect(ship).toEqual([
       { attempt: 1, handler: 'child:e2.shipper', worker: childRunIdOf(RUN_ID, 'ship', 1), outcome: 'failed', errorCode: ErrorCode.ChildFailed },
       { attempt: 2, handler: 'child:e2.shipper', worker: childRunIdOf(RUN_ID, 'ship', 2), outcome: 'completed', errorCode: null },
@@ -236,7 +255,11 @@ describe('engine 2 - patched markers', () => {
   });
 
   it('patched - in a loop, the marker is recorded the first time only', () => {
-    const looped = defineWorkflow({ id: 'e2.patch-loop', version: 1, steps: [{ name: 'l', loop: [{ name: 'p', patched: 'x', then: [{ name: 'n' }] }], until: ({ results }) => results['n'] === 2, maxIterations: 5 }] });
+    const looped = defineWorkflow({
+      id: 'e2.patch-loop',
+      version: 1,
+      steps: [{ name: 'l', loop: [{ name: 'p', patched: 'x', then: [{ name: 'n' }] }], until: ({ results }) => results['n'] === 2, maxIterations: 5 }],
+    });
     const r = rec(looped);
     r.apply(completed('n-1', 1, 1));
     r.apply(completed('n-2', 1, 2));

@@ -20,42 +20,64 @@ const SIGNALS = ['go', 'more'];
 /** A random step tree: depth-bounded, names unique (`s<n>`). */
 function stepArb(depth: number): fc.Arbitrary<(g: Gen) => StepDefinition> {
   const name = (g: Gen) => `s${g.n++}`;
-  const task = fc.record({ attempts: fc.integer({ min: 1, max: 3 }), gated: fc.boolean(), when: fc.constantFrom(undefined, true, false) }).map(
-    (o) => (g: Gen): StepDefinition => ({
-      name: name(g),
-      retry: { maxAttempts: o.attempts, initialIntervalMs: 10 },
-      timeoutMs: 1000,
-      ...(o.gated ? { mode: 1 as const, sandbox: { command: ['true'] } } : {}),
-      ...(o.when === undefined ? {} : { when: () => o.when as boolean }),
-    }),
-  );
-  const wait = fc.record({ signal: fc.constantFrom(...SIGNALS), timeout: fc.constantFrom(undefined, 'fail', 'continue') }).map(
-    (o) => (g: Gen): StepDefinition => ({ name: name(g), signal: o.signal, ...(o.timeout ? { timeoutMs: 500, onTimeout: o.timeout as 'fail' | 'continue' } : {}) }),
-  );
+  const task = fc.record({ attempts: fc.integer({ min: 1, max: 3 }), gated: fc.boolean(), when: fc.constantFrom(undefined, true, false) }).map((o) => (g: Gen): StepDefinition => ({
+    name: name(g),
+    retry: { maxAttempts: o.attempts, initialIntervalMs: 10 },
+    timeoutMs: 1000,
+    ...(o.gated ? { mode: 1 as const, sandbox: { command: ['true'] } } : {}),
+    ...(o.when === undefined ? {} : { when: () => o.when as boolean }),
+  }));
+  const wait = fc
+    .record({ signal: fc.constantFrom(...SIGNALS), timeout: fc.constantFrom(undefined, 'fail', 'continue') })
+    .map((o) => (g: Gen): StepDefinition => ({ name: name(g), signal: o.signal, ...(o.timeout ? { timeoutMs: 500, onTimeout: o.timeout as 'fail' | 'continue' } : {}) }));
   const sleep = fc.constant((g: Gen): StepDefinition => ({ name: name(g), sleep: { ms: 100 } }));
-  const child = fc.record({ attempts: fc.integer({ min: 1, max: 3 }), close: fc.constantFrom<'cancel' | 'abandon'>('cancel', 'abandon') }).map(
-    (o) => (g: Gen): StepDefinition => ({ name: name(g), child: 'prop.child', parentClose: o.close, retry: { maxAttempts: o.attempts, initialIntervalMs: 10 } }),
-  );
+  const child = fc
+    .record({ attempts: fc.integer({ min: 1, max: 3 }), close: fc.constantFrom<'cancel' | 'abandon'>('cancel', 'abandon') })
+    .map((o) => (g: Gen): StepDefinition => ({ name: name(g), child: 'prop.child', parentClose: o.close, retry: { maxAttempts: o.attempts, initialIntervalMs: 10 } }));
   // Continue-as-new ends the run; most are guarded so that the run usually goes on.
   const cont = fc.boolean().map((go) => (g: Gen): StepDefinition => ({ name: name(g), when: () => go, continueAsNew: ({ input }) => ({ ...input, again: true }) }));
-  const leaf = fc.oneof({ weight: 4, arbitrary: task }, { weight: 2, arbitrary: wait }, { weight: 1, arbitrary: sleep }, { weight: 2, arbitrary: child }, { weight: 1, arbitrary: cont });
+  const leaf = fc.oneof(
+    { weight: 4, arbitrary: task },
+    { weight: 2, arbitrary: wait },
+    { weight: 1, arbitrary: sleep },
+    { weight: 2, arbitrary: child },
+    { weight: 1, arbitrary: cont },
+  );
   if (depth === 0) return leaf;
   const seq = fc.array(stepArb(depth - 1), { minLength: 1, maxLength: 2 });
-  const fan = fc.record({ items: fc.integer({ min: 0, max: 4 }), concurrency: fc.integer({ min: 1, max: 3 }), join: fc.constantFrom<'all' | 'first' | { atLeast: number }>('all', 'first', { atLeast: 2 }), attempts: fc.integer({ min: 1, max: 2 }) }).map(
-    (o) => (g: Gen): StepDefinition => ({ name: name(g), forEach: () => Array.from({ length: o.items }, (_, i) => i), concurrency: o.concurrency, join: o.join, run: { retry: { maxAttempts: o.attempts, initialIntervalMs: 5 } } }),
-  );
+  const fan = fc
+    .record({
+      items: fc.integer({ min: 0, max: 4 }),
+      concurrency: fc.integer({ min: 1, max: 3 }),
+      join: fc.constantFrom<'all' | 'first' | { atLeast: number }>('all', 'first', { atLeast: 2 }),
+      attempts: fc.integer({ min: 1, max: 2 }),
+    })
+    .map((o) => (g: Gen): StepDefinition => ({
+      name: name(g),
+      forEach: () => Array.from({ length: o.items }, (_, i) => i),
+      concurrency: o.concurrency,
+      join: o.join,
+      run: { retry: { maxAttempts: o.attempts, initialIntervalMs: 5 } },
+    }));
   const parallel = fc.array(seq, { minLength: 2, maxLength: 3 }).map((bs) => (g: Gen): StepDefinition => ({ name: name(g), parallel: bs.map((b) => b.map((f) => f(g))) }));
-  const branch = fc.record({ pick: fc.boolean(), then: seq, else: fc.option(seq, { nil: undefined }) }).map(
-    (o) => (g: Gen): StepDefinition => ({ name: name(g), if: () => o.pick, then: o.then.map((f) => f(g)), ...(o.else ? { else: o.else.map((f) => f(g)) } : {}) }),
-  );
+  const branch = fc
+    .record({ pick: fc.boolean(), then: seq, else: fc.option(seq, { nil: undefined }) })
+    .map((o) => (g: Gen): StepDefinition => ({ name: name(g), if: () => o.pick, then: o.then.map((f) => f(g)), ...(o.else ? { else: o.else.map((f) => f(g)) } : {}) }));
   // Some loops exit after their first iteration; the others run to their limit (loop_limit).
-  const loop = fc.record({ body: seq, max: fc.integer({ min: 1, max: 3 }), exits: fc.boolean() }).map(
-    (o) => (g: Gen): StepDefinition => ({ name: name(g), loop: o.body.map((f) => f(g)), until: () => o.exits, maxIterations: o.max }),
+  const loop = fc
+    .record({ body: seq, max: fc.integer({ min: 1, max: 3 }), exits: fc.boolean() })
+    .map((o) => (g: Gen): StepDefinition => ({ name: name(g), loop: o.body.map((f) => f(g)), until: () => o.exits, maxIterations: o.max }));
+  const patch = fc
+    .record({ id: fc.constantFrom('p1', 'p2'), then: seq, else: fc.option(seq, { nil: undefined }) })
+    .map((o) => (g: Gen): StepDefinition => ({ name: name(g), patched: `${o.id}-${g.n}`, then: o.then.map((f) => f(g)), ...(o.else ? { else: o.else.map((f) => f(g)) } : {}) }));
+  return fc.oneof(
+    { weight: 7, arbitrary: leaf },
+    { weight: 1, arbitrary: fan },
+    { weight: 1, arbitrary: parallel },
+    { weight: 1, arbitrary: branch },
+    { weight: 1, arbitrary: loop },
+    { weight: 1, arbitrary: patch },
   );
-  const patch = fc.record({ id: fc.constantFrom('p1', 'p2'), then: seq, else: fc.option(seq, { nil: undefined }) }).map(
-    (o) => (g: Gen): StepDefinition => ({ name: name(g), patched: `${o.id}-${g.n}`, then: o.then.map((f) => f(g)), ...(o.else ? { else: o.else.map((f) => f(g)) } : {}) }),
-  );
-  return fc.oneof({ weight: 7, arbitrary: leaf }, { weight: 1, arbitrary: fan }, { weight: 1, arbitrary: parallel }, { weight: 1, arbitrary: branch }, { weight: 1, arbitrary: loop }, { weight: 1, arbitrary: patch });
 }
 
 const workflowArb = fc.array(stepArb(2), { minLength: 1, maxLength: 4 }).map((fs) => {
@@ -91,7 +113,10 @@ function candidates(r: RunRecorder, op: { kind: number; value: JsonValue }): Inp
     }
     switch (i.phase) {
       case 'authorize':
-        out.push({ type: 'policy.decided', data: { step: key, attempt: a, decision: op.kind % 7 === 0 ? 'deny' : op.kind % 5 === 0 ? 'needs-approval' : 'allow', version: 1, policies: ['p'] } });
+        out.push({
+          type: 'policy.decided',
+          data: { step: key, attempt: a, decision: op.kind % 7 === 0 ? 'deny' : op.kind % 5 === 0 ? 'needs-approval' : 'allow', version: 1, policies: ['p'] },
+        });
         out.push({ type: 'timer.fired', data: { timerId: `${key}-a${a}-policy-${i.asks ?? 1}`, kind: TimerKind.Policy, step: key, attempt: a } });
         break;
       case 'approve':

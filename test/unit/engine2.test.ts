@@ -141,7 +141,11 @@ describe('engine 2 - parallel branches and fan-out', () => {
     defineWorkflow({
       id: `e2.fan.${typeof join === 'object' ? 'n' : join}`,
       version: 1,
-      steps: [{ name: 'list' }, { name: 'each', forEach: ({ results }) => (results['list'] as { ids: number[] }).ids, concurrency: 2, join, run: { retry: { maxAttempts: 1 } } }, { name: 'sum' }],
+      steps: [
+        { name: 'list' },
+        { name: 'each', forEach: ({ results }) => (results['list'] as { ids: number[] }).ids, concurrency: 2, join, run: { retry: { maxAttempts: 1 } } },
+        { name: 'sum' },
+      ],
     });
 
   it('engine 2 - fan-out: at most `concurrency` items at once, each sees its item; fan-in all collects in list order', () => {
@@ -209,7 +213,10 @@ describe('engine 2 - conditions and loops', () => {
     const wf = defineWorkflow({
       id: 'e2.loop',
       version: 1,
-      steps: [{ name: 'agent', loop: [{ name: 'think' }, { name: 'act' }], until: ({ results }) => (results['act'] as { done?: boolean }).done === true, maxIterations: 3 }, { name: 'report' }],
+      steps: [
+        { name: 'agent', loop: [{ name: 'think' }, { name: 'act' }], until: ({ results }) => (results['act'] as { done?: boolean }).done === true, maxIterations: 3 },
+        { name: 'report' },
+      ],
     });
     const r = rec(wf);
     expect(types(r.events)).toEqual(['run.started', 'loop.iteration', 'step.scheduled']);
@@ -234,7 +241,10 @@ describe('engine 2 - cancel, retry, event cap', () => {
   const wf = defineWorkflow({
     id: 'e2.mix',
     version: 1,
-    steps: [{ name: 'fork', parallel: [[{ name: 'work', retry: { maxAttempts: 2, initialIntervalMs: 10 } }], [{ name: 'nap', sleep: { ms: 1000 } }], [{ name: 'ask', signal: 'go' }]] }, { name: 'end' }],
+    steps: [
+      { name: 'fork', parallel: [[{ name: 'work', retry: { maxAttempts: 2, initialIntervalMs: 10 } }], [{ name: 'nap', sleep: { ms: 1000 } }], [{ name: 'ask', signal: 'go' }]] },
+      { name: 'end' },
+    ],
   });
 
   it('engine 2 - a cancel cancels every open step (the running one is told to stop) before the run ends', () => {
@@ -278,7 +288,11 @@ describe('engine 2 - cancel, retry, event cap', () => {
 
 describe('engine 2 - hand-written machines with the helpers', () => {
   it('engine 2 - a machine written with step/wait/sleep helpers decides exactly what the compiled workflow decides', () => {
-    const compiled = defineWorkflow({ id: 'e2.same', version: 1, steps: [{ name: 'fetch', retry: { maxAttempts: 2 } }, { name: 'gate', signal: 'go', timeoutMs: 5000 }, { name: 'nap', sleep: { ms: 10 } }, { name: 'ship' }] });
+    const compiled = defineWorkflow({
+      id: 'e2.same',
+      version: 1,
+      steps: [{ name: 'fetch', retry: { maxAttempts: 2 } }, { name: 'gate', signal: 'go', timeoutMs: 5000 }, { name: 'nap', sleep: { ms: 10 } }, { name: 'ship' }],
+    });
     const h = machineHelpers('e2.same');
     const hand = defineWorkflow({
       id: 'e2.same',
@@ -329,7 +343,12 @@ describe('engine 2 - typed definitions', () => {
     const wf = defineWorkflow({
       id: 'e2.typed',
       version: 1,
-      steps: [{ name: 'fetch', result: schema((v) => (typeof v === 'object' && v !== null && 'rows' in v ? undefined : 'needs rows'), 'rows') }, { name: 'each', forEach: () => [1], run: {} }, { name: 'gate', signal: 'go' }, { name: 'box', mode: 1, sandbox: { command: ['true'] } }],
+      steps: [
+        { name: 'fetch', result: schema((v) => (typeof v === 'object' && v !== null && 'rows' in v ? undefined : 'needs rows'), 'rows') },
+        { name: 'each', forEach: () => [1], run: {} },
+        { name: 'gate', signal: 'go' },
+        { name: 'box', mode: 1, sandbox: { command: ['true'] } },
+      ],
     });
     type Ctx = { readonly step: string };
     const h = bindHandlers(wf, { fetch: (_: Ctx) => ({ rows: 1 }), each: (_: Ctx) => null });
@@ -344,7 +363,7 @@ describe('engine 2 - typed definitions', () => {
     bindHandlers(wf, { fetch: (_: Ctx) => null });
   });
 
-  it('engine 2 - a worker whose handlers module lacks a workflow step\'s handler does not start', async () => {
+  it("engine 2 - a worker whose handlers module lacks a workflow step's handler does not start", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'capstan-handlers-'));
     const file = join(dir, 'mod.mjs');
     writeFileSync(file, `export const workflows = [{ id: 'w', handlers: ['w.a', 'w.b'] }];\nexport const handlers = { 'w.a': () => null };\n`);
@@ -354,7 +373,12 @@ describe('engine 2 - typed definitions', () => {
   it('engine 2 - append-only inputs: the helper names every input the new version refuses', async () => {
     const v1 = defineWorkflow({ id: 'e2.in', version: 1, input: schema(isNum), steps: [{ name: 'a' }] });
     const v2ok = defineWorkflow({ id: 'e2.in', version: 2, input: schema((v) => (isNum(v) === undefined ? undefined : 'must be a number')), steps: [{ name: 'a' }] });
-    const v2bad = defineWorkflow({ id: 'e2.in', version: 3, input: schema((v) => (typeof (v as { region?: unknown }).region === 'string' ? undefined : 'is required'), 'region'), steps: [{ name: 'a' }] });
+    const v2bad = defineWorkflow({
+      id: 'e2.in',
+      version: 3,
+      input: schema((v) => (typeof (v as { region?: unknown }).region === 'string' ? undefined : 'is required'), 'region'),
+      steps: [{ name: 'a' }],
+    });
     const recorded: JsonValue[] = [{ customer: 1 }, { customer: 2, region: 'eu' }, { customer: 'x' }];
     expect(await inputsRefusedByNewVersion(v1, v2ok, recorded)).toEqual([]);
     expect(await inputsRefusedByNewVersion(v1, v2bad, recorded)).toEqual([{ input: { customer: 1 }, issues: ['region: is required'] }]);

@@ -74,7 +74,25 @@ describe('events - run event envelopes', () => {
     expect(Object.keys(DATA).sort()).toEqual([...RUN_EVENT_TYPES].sort());
     expect(INPUT_EVENT_TYPES.size).toBe(INPUT_TYPES.length);
     const decisions = RUN_EVENT_TYPES.filter((t) => !INPUT_EVENT_TYPES.has(t));
-    expect(decisions.sort()).toEqual(['approval.requested', 'branch.taken', 'child.started', 'fanout.started', 'loop.iteration', 'patch.marked', 'policy.requested', 'run.cancelled', 'run.completed', 'run.continued', 'run.failed', 'signal.consumed', 'step.cancelled', 'step.scheduled', 'step.skipped', 'step.waiting', 'timer.scheduled']);
+    expect(decisions.sort()).toEqual([
+      'approval.requested',
+      'branch.taken',
+      'child.started',
+      'fanout.started',
+      'loop.iteration',
+      'patch.marked',
+      'policy.requested',
+      'run.cancelled',
+      'run.completed',
+      'run.continued',
+      'run.failed',
+      'signal.consumed',
+      'step.cancelled',
+      'step.scheduled',
+      'step.skipped',
+      'step.waiting',
+      'timer.scheduled',
+    ]);
   });
 
   for (const type of Object.keys(DATA) as RunEventType[]) {

@@ -75,7 +75,11 @@ describe('external write without audit', () => {
   it('external write: a bad target or action is refused before anything is recorded or performed', async () => {
     let performed = 0;
     const write = bindExternalWrite(auditNotConfigured(), 'w-1', { tenant, runId, step: 'charge', attempt: 1, signal: new AbortController().signal, log });
-    for (const [target, action] of [['', 'a'], ['t', ''], ['t\n', 'a']] as const) {
+    for (const [target, action] of [
+      ['', 'a'],
+      ['t', ''],
+      ['t\n', 'a'],
+    ] as const) {
       await expect(write(target, action, () => performed++)).rejects.toMatchObject({ code: ErrorCode.InvalidArgument, retryable: false });
     }
     expect(performed).toBe(0);

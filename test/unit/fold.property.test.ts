@@ -1,16 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import {
-  createRegistry,
-  defineWorkflow,
-  foldRun,
-  runStatus,
-  stateName,
-  statusFromEvents,
-  type RunContext,
-  type RunState,
-  type WorkflowDefinition,
-} from '@capstan/actors';
+import { createRegistry, defineWorkflow, foldRun, runStatus, stateName, statusFromEvents, type RunContext, type RunState, type WorkflowDefinition } from '@capstan/actors';
 import {
   DeterminismViolationError,
   ErrorCode,
@@ -40,7 +30,14 @@ const WORKFLOWS: WorkflowDefinition[] = [
     version: 1,
     steps: [{ name: 'draft', retry: { maxAttempts: 2 } }, { name: 'review', signal: 'approve' }, { name: 'publish' }],
   }),
-  defineWorkflow({ id: 'prop.gate', version: 1, steps: [{ name: 'gate', signal: 'open' }, { name: 'work', retry: { maxAttempts: 1 } }] }),
+  defineWorkflow({
+    id: 'prop.gate',
+    version: 1,
+    steps: [
+      { name: 'gate', signal: 'open' },
+      { name: 'work', retry: { maxAttempts: 1 } },
+    ],
+  }),
 ];
 const registry = createRegistry(WORKFLOWS);
 const SIGNALS = ['approve', 'open', 'ping'];
@@ -75,7 +72,17 @@ const op: fc.Arbitrary<Op> = fc.oneof(
   },
   { weight: 2, arbitrary: fc.record({ k: fc.constant('timeout' as const), at: target }) },
   { weight: 4, arbitrary: fc.record({ k: fc.constant('retry' as const), at: target }) },
-  { weight: 3, arbitrary: fc.record({ k: fc.constant('signal' as const), name: fc.nat({ max: SIGNALS.length - 1 }), payload: fc.option(result.filter((v) => v !== null), { nil: undefined }) }) },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      k: fc.constant('signal' as const),
+      name: fc.nat({ max: SIGNALS.length - 1 }),
+      payload: fc.option(
+        result.filter((v) => v !== null),
+        { nil: undefined },
+      ),
+    }),
+  },
   { weight: 1, arbitrary: fc.record({ k: fc.constant('cancel' as const), reason: fc.option(fc.string({ maxLength: 20 }), { nil: undefined }) }) },
 );
 
@@ -310,7 +317,10 @@ describe('fold - property: replay is deterministic', () => {
         expect(caught).toBeInstanceOf(DeterminismViolationError);
         const v = caught as DeterminismViolationError;
         expect(v.seq).toBeLessThan(chosen.seq);
-        expect(v.diff.some((line) => line.includes(`seq ${chosen.seq}`) && line.includes(`data.${field}`)), v.diff.join('\n')).toBe(true);
+        expect(
+          v.diff.some((line) => line.includes(`seq ${chosen.seq}`) && line.includes(`data.${field}`)),
+          v.diff.join('\n'),
+        ).toBe(true);
       }),
       { numRuns: 300 },
     );

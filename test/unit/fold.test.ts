@@ -1,23 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import {
-  createRegistry,
-  defineWorkflow,
-  diffDecisions,
-  foldRun,
-  runStatus,
-  type Fold,
-  type Registry,
-  type WorkflowDefinition,
-} from '@capstan/actors';
-import {
-  DeterminismViolationError,
-  ErrorCode,
-  UnknownWorkflowError,
-  decode,
-  encode,
-  parseRunEvent,
-  type RunEvent,
-} from '@capstan/schemas';
+import { createRegistry, defineWorkflow, diffDecisions, foldRun, runStatus, type Fold, type Registry, type WorkflowDefinition } from '@capstan/actors';
+import { DeterminismViolationError, ErrorCode, UnknownWorkflowError, decode, encode, parseRunEvent, type RunEvent } from '@capstan/schemas';
 import { RunRecorder, cancel, cloneEvents, completed, failed, retryFired, signaled, started, timeoutFired } from './support/runs.js';
 
 const three = defineWorkflow({
@@ -81,7 +64,10 @@ function violation(events: readonly RunEvent[], reg: Registry = registry): Deter
 const renumber = (events: RunEvent[]): RunEvent[] => events.map((e, i) => ({ ...e, seq: i + 1 }));
 
 const diffHas = (e: DeterminismViolationError, ...parts: string[]) =>
-  expect(e.diff.some((line) => parts.every((p) => line.includes(p))), `${parts.join(' & ')} in\n${e.diff.join('\n')}`).toBe(true);
+  expect(
+    e.diff.some((line) => parts.every((p) => line.includes(p))),
+    `${parts.join(' & ')} in\n${e.diff.join('\n')}`,
+  ).toBe(true);
 
 describe('fold - replay reproduces the run', () => {
   it('fold - a recorded history folds to the live state and timeline', () => {
@@ -89,13 +75,13 @@ describe('fold - replay reproduces the run', () => {
     expect(r.events).toHaveLength(23);
     expect(r.events.at(-1)?.type).toBe('run.completed');
     // timeout timers follow exactly the accepted starts, each for that start's attempt
-    expect(
-      r.events.flatMap((e, i) => (e.type === 'timer.scheduled' && e.data.kind === 'timeout' ? [[r.events[i - 1]?.type, e.seq, e.data.timerId, e.data.delayMs]] : [])),
-    ).toEqual([
-      ['step.started', 4, 'a-a1-timeout', 1000],
-      ['step.started', 10, 'a-a2-timeout', 1000],
-      ['step.started', 15, 'b-a1-timeout', 2000],
-    ]);
+    expect(r.events.flatMap((e, i) => (e.type === 'timer.scheduled' && e.data.kind === 'timeout' ? [[r.events[i - 1]?.type, e.seq, e.data.timerId, e.data.delayMs]] : []))).toEqual(
+      [
+        ['step.started', 4, 'a-a1-timeout', 1000],
+        ['step.started', 10, 'a-a2-timeout', 1000],
+        ['step.started', 15, 'b-a1-timeout', 2000],
+      ],
+    );
     const fold = foldRun(registry, r.events);
     expectSameRun(fold, r);
     expect(fold.timeline.map((t) => t.seq)).toEqual([1, 3, 5, 7, 9, 11, 13, 14, 16, 18, 20, 22]);
@@ -237,9 +223,7 @@ describe('fold - tampered histories are determinism violations', () => {
     events.splice(8, 1); // seq 9, step.started a#2; its timeout timer (seq 10) stays
     const e = violation(renumber(events));
     expect(e.seq).toBe(7); // retry timer fired: it decided only step.scheduled a#2
-    expect(e.diff).toEqual([
-      'seq 9: recorded timer.scheduled {"timerId":"a-a2-timeout","kind":"timeout","step":"a","attempt":2,"delayMs":1000}, replay decided nothing',
-    ]);
+    expect(e.diff).toEqual(['seq 9: recorded timer.scheduled {"timerId":"a-a2-timeout","kind":"timeout","step":"a","attempt":2,"delayMs":1000}, replay decided nothing']);
   });
 
   it('fold - a missing decision, even renumbered, is found', () => {
@@ -269,9 +253,7 @@ describe('fold - tampered histories are determinism violations', () => {
     const forged = renumber(swapped);
     const f = violation(forged);
     expect(f.seq).toBe(1);
-    expect(f.diff).toEqual([
-      'seq 3: recorded timer.scheduled {"timerId":"a-a1-timeout","kind":"timeout","step":"a","attempt":1,"delayMs":1000}, replay decided nothing',
-    ]);
+    expect(f.diff).toEqual(['seq 3: recorded timer.scheduled {"timerId":"a-a1-timeout","kind":"timeout","step":"a","attempt":1,"delayMs":1000}, replay decided nothing']);
 
     // the failure moved between a start and its timer: the start (seq 3) has no timer after it
     const between = cloneEvents(threeHistory().events);
@@ -455,7 +437,11 @@ describe('fold - workflow versions', () => {
     const fewer = defineWorkflow({
       id: 'fold.three',
       version: 1,
-      steps: [{ name: 'a', timeoutMs: 1000, retry: { maxAttempts: 1 } }, { name: 'b', timeoutMs: 2000 }, { name: 'c', timeoutMs: 3000 }],
+      steps: [
+        { name: 'a', timeoutMs: 1000, retry: { maxAttempts: 1 } },
+        { name: 'b', timeoutMs: 2000 },
+        { name: 'c', timeoutMs: 3000 },
+      ],
     });
     const f = violation(threeHistory().events, replayWith(fewer));
     expect(f.seq).toBe(5);

@@ -1,15 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import {
-  ErrorCode,
-  InvalidNameError,
-  RUN_ID_PATTERN,
-  isRunId,
-  makeRunId,
-  parseRunId,
-  runIdTime,
-  type RunId,
-} from '@capstan/schemas';
+import { ErrorCode, InvalidNameError, RUN_ID_PATTERN, isRunId, makeRunId, parseRunId, runIdTime, type RunId } from '@capstan/schemas';
 import { derivedRunId, newRunId } from '@capstan/kit';
 import { parseTenantId } from '@capstan/schemas';
 

@@ -45,7 +45,12 @@ const fence: { what: string; code: string; rule: string; says: string }[] = [
   { what: 'another Capstan package', code: "import { createClient } from '@capstan/kit';\nexport { createClient };", rule: 'no-restricted-imports', says: 'may import only' },
   { what: 'a type-only import', code: "import type { Pool } from 'pg';\nexport type { Pool };", rule: 'no-restricted-imports', says: 'may import only' },
   { what: 'a re-export', code: "export { hostname } from 'node:os';", rule: 'no-restricted-imports', says: 'may import only' },
-  { what: 'a relative import out of actors/', code: "import { createClient } from '../../services/kit/src/index.js';\nexport { createClient };", rule: 'capstan/imports-within', says: 'resolves outside actors/src/' },
+  {
+    what: 'a relative import out of actors/',
+    code: "import { createClient } from '../../services/kit/src/index.js';\nexport { createClient };",
+    rule: 'capstan/imports-within',
+    says: 'resolves outside actors/src/',
+  },
   { what: 'a relative re-export out of actors/', code: "export * from '../../schemas/src/index.js';", rule: 'capstan/imports-within', says: 'resolves outside actors/src/' },
   { what: 'a dynamic import', code: "export const fs = import('./workflow.js');", rule: 'no-restricted-syntax', says: 'no dynamic imports' },
   // clocks
@@ -71,7 +76,10 @@ const fence: { what: string; code: string; rule: string; says: string }[] = [
 describe('the actors/ fence', () => {
   it.each(fence)('reports $what', async ({ code, rule, says }) => {
     const messages = await lint(code);
-    expect(messages.every((m) => m.ruleId === rule), render(messages)).toBe(true);
+    expect(
+      messages.every((m) => m.ruleId === rule),
+      render(messages),
+    ).toBe(true);
     expect(messages, render(messages)).toHaveLength(1);
     expect(messages[0]?.severity).toBe(2);
     expect(messages[0]?.message).toContain(says);
@@ -80,8 +88,14 @@ describe('the actors/ fence', () => {
   it('reports a deep import into another package', async () => {
     const messages = await lint("import { Subjects } from '@capstan/schemas/src/names.js';\nexport { Subjects };");
     expect(messages.length, render(messages)).toBeGreaterThan(0);
-    expect(messages.every((m) => m.ruleId === 'no-restricted-imports'), render(messages)).toBe(true);
-    expect(messages.some((m) => m.message.includes('not its src/ or dist/ files')), render(messages)).toBe(true);
+    expect(
+      messages.every((m) => m.ruleId === 'no-restricted-imports'),
+      render(messages),
+    ).toBe(true);
+    expect(
+      messages.some((m) => m.message.includes('not its src/ or dist/ files')),
+      render(messages),
+    ).toBe(true);
   });
 
   it('lets a clean, deterministic file through', async () => {
@@ -90,7 +104,7 @@ describe('the actors/ fence', () => {
       "import { Subjects, type RunEvent, type RunId, type TenantId } from '@capstan/schemas';",
       "import { defineWorkflow } from './workflow.js';",
       "import type { Registry } from './registry.js';",
-      "export { defineWorkflow, type Registry };",
+      'export { defineWorkflow, type Registry };',
       '/** Time and ids come from recorded events. */',
       'export const when = (e: RunEvent) => new Date(e.at).toISOString();',
       'export const subject = (t: TenantId, r: RunId) => Subjects.run(t, r);',
@@ -109,10 +123,7 @@ describe('outside actors/', () => {
   });
 
   it('services may not spell subjects or deep-import packages', async () => {
-    const messages = await lint(
-      "import { Subjects } from '@capstan/schemas/dist/names.js';\nexport { Subjects };\nexport const s = 'cap.t1.cmd.submit';",
-      'services/kit/src/x.ts',
-    );
+    const messages = await lint("import { Subjects } from '@capstan/schemas/dist/names.js';\nexport { Subjects };\nexport const s = 'cap.t1.cmd.submit';", 'services/kit/src/x.ts');
     expect(messages.map((m) => m.ruleId).sort(), render(messages)).toEqual(['no-restricted-imports', 'no-restricted-syntax']);
   });
 

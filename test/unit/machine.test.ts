@@ -22,16 +22,7 @@ import {
   type StepDefinition,
   type WorkflowDefinition,
 } from '@capstan/actors';
-import {
-  CapstanError,
-  ErrorCode,
-  EventRejectedError,
-  InvalidWorkflowError,
-  TOKEN_PATTERN,
-  parseRunEvent,
-  type InputEventBody,
-  type RunEvent,
-} from '@capstan/schemas';
+import { CapstanError, ErrorCode, EventRejectedError, InvalidWorkflowError, TOKEN_PATTERN, parseRunEvent, type InputEventBody, type RunEvent } from '@capstan/schemas';
 import { RunRecorder, cancel, completed, failed, retryFired, signaled, started, timeoutFired } from './support/runs.js';
 
 const RETRY_A: RetryPolicy = { maxAttempts: 4, initialIntervalMs: 100, backoffCoefficient: 3, maxIntervalMs: 500 };
@@ -51,7 +42,11 @@ const three = defineWorkflow({
 const withSignal = defineWorkflow({
   id: 'test.signal',
   version: 1,
-  steps: [{ name: 'draft', timeoutMs: 500 }, { name: 'review', signal: 'approve' }, { name: 'publish', timeoutMs: 500 }],
+  steps: [
+    { name: 'draft', timeoutMs: 500 },
+    { name: 'review', signal: 'approve' },
+    { name: 'publish', timeoutMs: 500 },
+  ],
 });
 
 /** A workflow that waits for a signal first and ends on one. */
@@ -79,8 +74,7 @@ function rejection(fn: () => unknown): EventRejectedError {
  * (either is a quiet rejection); inputs without an attempt are `event_rejected`.
  */
 const AFTER_END = [ErrorCode.StaleAttempt, ErrorCode.EventRejected] as const;
-const afterEnd = (input: InputEventBody) =>
-  'attempt' in input.data ? AFTER_END : ([ErrorCode.EventRejected] as const);
+const afterEnd = (input: InputEventBody) => ('attempt' in input.data ? AFTER_END : ([ErrorCode.EventRejected] as const));
 
 /** Expects `input` rejected with `code` (or one of `code`), and the run unchanged. */
 function expectRejected(r: RunRecorder, input: InputEventBody, code: string | readonly string[]): void {
@@ -153,10 +147,20 @@ describe('machine - happy path', () => {
     // run.started + 1, then per step: started + 1, completed + 1
     expect(r.events.map((e) => e.seq)).toEqual(Array.from({ length: r.events.length }, (_, i) => i + 1));
     expect(r.events.map((e) => e.type)).toEqual([
-      'run.started', 'step.scheduled',
-      'step.started', 'timer.scheduled', 'step.completed', 'step.scheduled',
-      'step.started', 'timer.scheduled', 'step.completed', 'step.scheduled',
-      'step.started', 'timer.scheduled', 'step.completed', 'run.completed',
+      'run.started',
+      'step.scheduled',
+      'step.started',
+      'timer.scheduled',
+      'step.completed',
+      'step.scheduled',
+      'step.started',
+      'timer.scheduled',
+      'step.completed',
+      'step.scheduled',
+      'step.started',
+      'timer.scheduled',
+      'step.completed',
+      'run.completed',
     ]);
     expect(timers(r)).toEqual([
       ['a-a1-timeout', 1000],
@@ -179,10 +183,14 @@ describe('machine - happy path', () => {
     // No step was reported started, so the whole history holds no timer at all.
     expect(timers(r)).toEqual([]);
     expect(r.events.map((e) => e.type)).toEqual([
-      'run.started', 'step.scheduled',
-      'step.completed', 'step.scheduled',
-      'step.completed', 'step.scheduled',
-      'step.completed', 'run.completed',
+      'run.started',
+      'step.scheduled',
+      'step.completed',
+      'step.scheduled',
+      'step.completed',
+      'step.scheduled',
+      'step.completed',
+      'run.completed',
     ]);
     // and a late start of a step that already completed arms nothing either
     expectRejected(r, started('c', 1), AFTER_END);
@@ -335,9 +343,7 @@ describe('machine - failures, retries and backoff', () => {
       expect(bodies(r)).toEqual(scheduled('a', attempt + 1, 'test.three.a', 0, DEFAULT_POOL, 1000));
       expect(ctx(r).attempts['a']).toBe(attempt + 1);
     }
-    expect(r.events.filter((e) => e.type === 'timer.scheduled' && e.data.kind === 'retry').map((e) => (e.data as { delayMs: number }).delayMs)).toEqual([
-      100, 300, 500,
-    ]);
+    expect(r.events.filter((e) => e.type === 'timer.scheduled' && e.data.kind === 'retry').map((e) => (e.data as { delayMs: number }).delayMs)).toEqual([100, 300, 500]);
     // the last attempt fails: retries are exhausted
     r.apply(started('a', 4));
     expect(bodies(r)).toEqual(timeoutTimer('a', 4, 1000));
@@ -383,9 +389,7 @@ describe('machine - failures, retries and backoff', () => {
     const r = new RunRecorder(three);
     r.apply(started('a', 1));
     r.apply(failed('a', 1, false, 'bad_input'));
-    expect(bodies(r)).toEqual([
-      { type: 'run.failed', data: { error: { code: 'bad_input', message: 'step a failed after 1 attempt(s): a broke', retryable: false } } },
-    ]);
+    expect(bodies(r)).toEqual([{ type: 'run.failed', data: { error: { code: 'bad_input', message: 'step a failed after 1 attempt(s): a broke', retryable: false } } }]);
     expectStatus(r, RunStatus.Failed);
   });
 
@@ -408,14 +412,12 @@ describe('machine - failures, retries and backoff', () => {
 });
 
 describe('machine - timeouts', () => {
-  it('machine - the timeout timer armed by the current attempt\'s start retries with step_timeout', () => {
+  it("machine - the timeout timer armed by the current attempt's start retries with step_timeout", () => {
     const r = new RunRecorder(three);
     r.apply(started('a', 1));
     expect(bodies(r)).toEqual(timeoutTimer('a', 1, 1000));
     r.apply(timeoutFired('a', 1));
-    expect(bodies(r)).toEqual([
-      { type: 'timer.scheduled', data: { timerId: 'a-a1-retry', kind: 'retry', step: 'a', attempt: 1, delayMs: 100 } },
-    ]);
+    expect(bodies(r)).toEqual([{ type: 'timer.scheduled', data: { timerId: 'a-a1-retry', kind: 'retry', step: 'a', attempt: 1, delayMs: 100 } }]);
     expect(stateName(r.state)).toBe('retry_0');
     expectStatus(r, RunStatus.Running);
     expect(ctx(r).lastError).toEqual({ code: ErrorCode.StepTimeout, message: 'step a attempt 1 timed out after 1000 ms', retryable: true });
@@ -451,9 +453,7 @@ describe('machine - timeouts', () => {
     r.apply(retryFired('a', 1));
     r.apply(started('a', 2));
     r.apply(timeoutFired('a', 2));
-    expect(bodies(r)).toEqual([
-      { type: 'timer.scheduled', data: { timerId: 'a-a2-retry', kind: 'retry', step: 'a', attempt: 2, delayMs: 300 } },
-    ]);
+    expect(bodies(r)).toEqual([{ type: 'timer.scheduled', data: { timerId: 'a-a2-retry', kind: 'retry', step: 'a', attempt: 2, delayMs: 300 } }]);
     expect(ctx(r).lastError).toEqual({ code: ErrorCode.StepTimeout, message: 'step a attempt 2 timed out after 1000 ms', retryable: true });
   });
 
@@ -662,7 +662,21 @@ describe('machine - signal steps', () => {
 describe('machine - status', () => {
   it('machine - runStatus and statusFromEvents agree after every input of the demo workflows', () => {
     const scripts: [WorkflowDefinition, InputEventBody[]][] = [
-      [demoFlaky, [started('prepare', 1), completed('prepare', 1), started('call', 1), failed('call', 1), retryFired('call', 1), started('call', 2), timeoutFired('call', 2), retryFired('call', 2), started('call', 3), completed('call', 3)]],
+      [
+        demoFlaky,
+        [
+          started('prepare', 1),
+          completed('prepare', 1),
+          started('call', 1),
+          failed('call', 1),
+          retryFired('call', 1),
+          started('call', 2),
+          timeoutFired('call', 2),
+          retryFired('call', 2),
+          started('call', 3),
+          completed('call', 3),
+        ],
+      ],
       [demoSignal, [completed('draft', 1), signaled('nope'), signaled('approve', { ok: 1 }), started('publish', 1), cancel('stop')]],
     ];
     const seen = new Set<RunStatus>();
@@ -684,7 +698,17 @@ describe('machine - status', () => {
   });
 
   it('machine - the demo workflows are valid and start', () => {
-    expect(demoWorkflows.map((w) => w.id)).toEqual(['demo.pipeline', 'demo.flaky', 'demo.signal', 'demo.sandboxed', 'demo.approval', 'demo.jit', 'demo.agent', 'demo.brief', 'demo.agent']);
+    expect(demoWorkflows.map((w) => w.id)).toEqual([
+      'demo.pipeline',
+      'demo.flaky',
+      'demo.signal',
+      'demo.sandboxed',
+      'demo.approval',
+      'demo.jit',
+      'demo.agent',
+      'demo.brief',
+      'demo.agent',
+    ]);
     for (const wf of demoWorkflows) {
       // New runs are engine 2's; the sequences also start under engine 1, which replays their old runs.
       const d = startRun(wf, { workflow: wf.id, version: wf.version, input: {}, engine: 2 });

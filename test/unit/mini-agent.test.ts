@@ -70,7 +70,9 @@ function modelHandler(seen: Seen[], script: (n: number) => Reply) {
 }
 
 const toolCall = (id: string, path: string, content: string) => ({ id, type: 'function', function: { name: 'write_file', arguments: JSON.stringify({ path, content }) } });
-const answer = (message: Record<string, unknown>) => ({ json: { id: 'c', object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', ...message }, finish_reason: 'stop' }] } });
+const answer = (message: Record<string, unknown>) => ({
+  json: { id: 'c', object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', ...message }, finish_reason: 'stop' }] },
+});
 
 function workspace(task: string): string {
   const ws = mkdtempSync(join(tmpdir(), 'capstan-agent-'));
@@ -190,14 +192,36 @@ describe('mini-agent', () => {
   it('mini-agent - an https:// endpoint goes through HTTPS_PROXY with CONNECT, TLS verified end to end', async (ctx) => {
     const certDir = mkdtempSync(join(tmpdir(), 'capstan-tls-'));
     try {
-      execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=model.test', '-addext', 'subjectAltName=DNS:model.test',
-        '-keyout', join(certDir, 'key.pem'), '-out', join(certDir, 'cert.pem')], { stdio: 'ignore' });
+      execFileSync(
+        'openssl',
+        [
+          'req',
+          '-x509',
+          '-newkey',
+          'rsa:2048',
+          '-nodes',
+          '-days',
+          '1',
+          '-subj',
+          '/CN=model.test',
+          '-addext',
+          'subjectAltName=DNS:model.test',
+          '-keyout',
+          join(certDir, 'key.pem'),
+          '-out',
+          join(certDir, 'cert.pem'),
+        ],
+        { stdio: 'ignore' },
+      );
     } catch (e) {
       // Counted as a skip (and checked as one), never as a pass.
       ctx.skip(requirementMissing(`openssl that makes a test certificate (${(e as Error).message})`, provides('openssl')));
     }
     const seen: Seen[] = [];
-    const tlsServer = createHttpsServer({ key: readFileSync(join(certDir, 'key.pem')), cert: readFileSync(join(certDir, 'cert.pem')) }, modelHandler(seen, () => answer({ content: 'via tunnel' })));
+    const tlsServer = createHttpsServer(
+      { key: readFileSync(join(certDir, 'key.pem')), cert: readFileSync(join(certDir, 'cert.pem')) },
+      modelHandler(seen, () => answer({ content: 'via tunnel' })),
+    );
     const tlsPort = await listen(tlsServer);
     const connects: string[] = [];
     const proxy = createServer((_req, res) => res.writeHead(405).end());

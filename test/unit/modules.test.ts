@@ -23,7 +23,18 @@ describe('modules', () => {
   });
 
   it('modules - capstan dev asks for the built-in and demo workflows and handlers', async () => {
-    expect((await loadWorkflows('', { demo: true })).list().map((w) => w.id)).toEqual(['datasync.pipeline', 'demo.pipeline', 'demo.flaky', 'demo.signal', 'demo.sandboxed', 'demo.approval', 'demo.jit', 'demo.agent', 'demo.agent', 'demo.brief']);
+    expect((await loadWorkflows('', { demo: true })).list().map((w) => w.id)).toEqual([
+      'datasync.pipeline',
+      'demo.pipeline',
+      'demo.flaky',
+      'demo.signal',
+      'demo.sandboxed',
+      'demo.approval',
+      'demo.jit',
+      'demo.agent',
+      'demo.agent',
+      'demo.brief',
+    ]);
     expect(Object.keys(await loadHandlers('', { demo: true }))).toContain('demo.flaky.call');
   });
 });

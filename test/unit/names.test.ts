@@ -70,9 +70,7 @@ describe('names - wildcard matcher used by these tests', () => {
   });
 });
 
-const SAMPLE_TENANTS = ['acme', 'a', 'x-1-b', 'abcdefghijklmnopqrstuvwxyz012345', '0', 'a--b', 'z9-'].map((t) =>
-  parseTenantId(t),
-);
+const SAMPLE_TENANTS = ['acme', 'a', 'x-1-b', 'abcdefghijklmnopqrstuvwxyz012345', '0', 'a--b', 'z9-'].map((t) => parseTenantId(t));
 const RUN_A: RunId = makeRunId(1_700_000_000_000, new Uint8Array(10).fill(7));
 const RUN_B: RunId = makeRunId(0, new Uint8Array(10));
 const RUN_MAX: RunId = makeRunId(2 ** 48 - 1, new Uint8Array(10).fill(255));
@@ -93,7 +91,11 @@ function everySubject(t: TenantId): Built[] {
   for (const runId of [RUN_A, RUN_B, RUN_MAX]) {
     out.push({ what: `run ${runId}`, subject: Subjects.run(t, runId), stream: 'runs', tokens: 4 });
     for (const kind of [TimerKind.Retry, TimerKind.Timeout]) {
-      for (const [step, attempt] of [['extract', 1], ['a', 1000], ['x'.repeat(50), 1000]] as const) {
+      for (const [step, attempt] of [
+        ['extract', 1],
+        ['a', 1000],
+        ['x'.repeat(50), 1000],
+      ] as const) {
         const id = timerId(step, attempt, kind);
         out.push({ what: `timer ${id}`, subject: Subjects.timer(t, runId, id), stream: 'commands', tokens: 5 });
       }
@@ -141,7 +143,18 @@ function streamsOf(t: TenantId): Map<StreamName, { name: string; subjects: strin
   ]);
 }
 
-const WILDCARD_BUILDERS = ['allRuns', 'allIdempotency', 'allCommands', 'allTimers', 'allWork', 'allDeadLetters', 'allSchedules', 'allScheduleStates', 'allRoutes', 'allSeen'] as const;
+const WILDCARD_BUILDERS = [
+  'allRuns',
+  'allIdempotency',
+  'allCommands',
+  'allTimers',
+  'allWork',
+  'allDeadLetters',
+  'allSchedules',
+  'allScheduleStates',
+  'allRoutes',
+  'allSeen',
+] as const;
 
 describe('names - subjects against stream filters', () => {
   for (const t of SAMPLE_TENANTS) {
@@ -158,7 +171,10 @@ describe('names - subjects against stream filters', () => {
         expect(tenantTokenOf(b.subject)).toBe(t);
         expect(b.subject.split('.'), b.what).toHaveLength(b.tokens);
         expect(b.subject, b.what).not.toMatch(/[*>\s]/);
-        expect(b.subject.split('.').every((tok) => tok.length > 0), b.what).toBe(true);
+        expect(
+          b.subject.split('.').every((tok) => tok.length > 0),
+          b.what,
+        ).toBe(true);
       }
     });
 
@@ -167,7 +183,10 @@ describe('names - subjects against stream filters', () => {
         if (other === t) continue;
         const filters = streamConfigs(other).flatMap((c) => c.subjects ?? []);
         for (const b of everySubject(t)) {
-          expect(filters.filter((f) => matches(f, b.subject)), `${b.subject} vs tenant ${other}`).toEqual([]);
+          expect(
+            filters.filter((f) => matches(f, b.subject)),
+            `${b.subject} vs tenant ${other}`,
+          ).toEqual([]);
           expect(matches(`cap.${other}.>`, b.subject)).toBe(false);
         }
         // Stream filters never overlap across tenants (one server holds every tenant's streams).
@@ -219,7 +238,7 @@ describe('names - subjects against stream filters', () => {
     expect(Subjects.allTimers(SAMPLE_TENANTS[0] as TenantId)).toBe('cap.acme.timers.>');
   });
 
-  it('names - a service\'s request wildcard and the credential routes capture only their own tenant\'s subjects', () => {
+  it("names - a service's request wildcard and the credential routes capture only their own tenant's subjects", () => {
     for (const t of SAMPLE_TENANTS) {
       const policy = Subjects.svcVerbs(t, 'policy');
       expect(policy).toBe(`cap.${t}.svc.policy.*`);
@@ -402,11 +421,7 @@ describe('names - invalid names never become subjects', () => {
   });
 
   it('names - property: any string parses to a valid tenant id or throws a CapstanError', () => {
-    const candidates = fc.oneof(
-      fc.string({ unit: 'binary', maxLength: 40 }),
-      fc.string({ unit: 'grapheme', maxLength: 40 }),
-      fc.stringMatching(/^[a-zA-Z0-9.*> _-]{0,36}$/),
-    );
+    const candidates = fc.oneof(fc.string({ unit: 'binary', maxLength: 40 }), fc.string({ unit: 'grapheme', maxLength: 40 }), fc.stringMatching(/^[a-zA-Z0-9.*> _-]{0,36}$/));
     fc.assert(
       fc.property(candidates, (s) => {
         let parsed: string | undefined;

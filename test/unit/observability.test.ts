@@ -9,7 +9,19 @@ import fc from 'fast-check';
 import { defineWorkflow } from '@capstan/actors';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { foldHops, HopFold, hopSpanId, metricsRegistry, PROJECT_ROOT, readExport, telemetryConfig, tracingConfig, workflowFingerprint, writeExport, type StoredRecord } from '@capstan/kit';
+import {
+  foldHops,
+  HopFold,
+  hopSpanId,
+  metricsRegistry,
+  PROJECT_ROOT,
+  readExport,
+  telemetryConfig,
+  tracingConfig,
+  workflowFingerprint,
+  writeExport,
+  type StoredRecord,
+} from '@capstan/kit';
 import { CapstanError, encode, ErrorCode, formatTraceParent, parseTenantId, parseTraceParent, type RunEvent } from '@capstan/schemas';
 import { RunRecorder, completed, failed, retryFired, signaled, started } from './support/runs.js';
 
@@ -115,7 +127,10 @@ describe('trace context', () => {
     expect(tracingConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318' }, []).enabled).toBe(true);
     expect(tracingConfig({ OTEL_TRACES_EXPORTER: 'none', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://x:1' }, []).enabled).toBe(false);
     expect(tracingConfig({ OTEL_TRACES_EXPORTER: 'otlp', OTEL_SDK_DISABLED: 'true' }, []).enabled).toBe(false);
-    expect(tracingConfig({ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.01' }, [])).toMatchObject({ sampler: 'parentbased_traceidratio', ratio: 0.01 });
+    expect(tracingConfig({ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.01' }, [])).toMatchObject({
+      sampler: 'parentbased_traceidratio',
+      ratio: 0.01,
+    });
     let err: unknown;
     try {
       telemetryConfig({ OTEL_TRACES_EXPORTER: 'jaeger', OTEL_TRACES_SAMPLER: 'sometimes', METRICS_PORT: '99999' });
@@ -127,8 +142,24 @@ describe('trace context', () => {
   });
 
   it('workflow fingerprints: stable for a definition, changed by any change to it', () => {
-    const again = defineWorkflow({ id: 'obs.flow', version: 1, steps: [{ name: 'fetch', retry: { maxAttempts: 3, initialIntervalMs: 10 } }, { name: 'review', signal: 'go' }, { name: 'write', mode: 1, sandbox: { command: ['true'] } }] });
-    const edited = defineWorkflow({ id: 'obs.flow', version: 1, steps: [{ name: 'fetch', retry: { maxAttempts: 4, initialIntervalMs: 10 } }, { name: 'review', signal: 'go' }, { name: 'write', mode: 1, sandbox: { command: ['true'] } }] });
+    const again = defineWorkflow({
+      id: 'obs.flow',
+      version: 1,
+      steps: [
+        { name: 'fetch', retry: { maxAttempts: 3, initialIntervalMs: 10 } },
+        { name: 'review', signal: 'go' },
+        { name: 'write', mode: 1, sandbox: { command: ['true'] } },
+      ],
+    });
+    const edited = defineWorkflow({
+      id: 'obs.flow',
+      version: 1,
+      steps: [
+        { name: 'fetch', retry: { maxAttempts: 4, initialIntervalMs: 10 } },
+        { name: 'review', signal: 'go' },
+        { name: 'write', mode: 1, sandbox: { command: ['true'] } },
+      ],
+    });
     expect(workflowFingerprint(wf)).toMatch(/^[0-9a-f]{64}$/);
     expect(workflowFingerprint(again)).toBe(workflowFingerprint(wf));
     expect(workflowFingerprint(edited)).not.toBe(workflowFingerprint(wf));
@@ -139,8 +170,25 @@ describe('export file', () => {
   const t = parseTenantId('acme');
   const events = recorded();
   const stored: StoredRecord[] = events.map((e, i) => ({ data: encode(e), seq: 10 + i, time: new Date(e.at + 1) }));
-  const policy: StoredRecord = { data: encode({ version: 1, text: 'permit(principal, action, resource);', sha256: 'a0c5bbb7d1a11e0b0ae0ac8d2a2bbd92a5d3d0f4b88e7ef7e4c82f19e5c9b4d6', by: 'x', at: new Date(0).toISOString() }), seq: 1, time: new Date(0) };
-  const file = writeExport({ tenant: t, scope: { runs: [events[0]?.runId as string] }, created: new Date(0), runs: new Map([[events[0]?.runId as string, stored]]), policies: [], fingerprints: new Map([['obs.flow@1', workflowFingerprint(wf)]]) });
+  const policy: StoredRecord = {
+    data: encode({
+      version: 1,
+      text: 'permit(principal, action, resource);',
+      sha256: 'a0c5bbb7d1a11e0b0ae0ac8d2a2bbd92a5d3d0f4b88e7ef7e4c82f19e5c9b4d6',
+      by: 'x',
+      at: new Date(0).toISOString(),
+    }),
+    seq: 1,
+    time: new Date(0),
+  };
+  const file = writeExport({
+    tenant: t,
+    scope: { runs: [events[0]?.runId as string] },
+    created: new Date(0),
+    runs: new Map([[events[0]?.runId as string, stored]]),
+    policies: [],
+    fingerprints: new Map([['obs.flow@1', workflowFingerprint(wf)]]),
+  });
   const text = file.toString('utf8');
   const lines = text.split('\n').filter(Boolean);
 

@@ -4,7 +4,19 @@
  */
 import { describe, expect, it } from 'vitest';
 import { leasesStreamConfig } from '@capstan/kit';
-import { DEFAULT_PARTITIONS, inboxPrefixFor, MAX_PARTITIONS, partitionOf, permissionsFor, Role, SERVICE_ROLES, Subjects, TENANT_ROLES, parseTenantId, type Role as RoleT } from '@capstan/schemas';
+import {
+  DEFAULT_PARTITIONS,
+  inboxPrefixFor,
+  MAX_PARTITIONS,
+  partitionOf,
+  permissionsFor,
+  Role,
+  SERVICE_ROLES,
+  Subjects,
+  TENANT_ROLES,
+  parseTenantId,
+  type Role as RoleT,
+} from '@capstan/schemas';
 
 const t = parseTenantId('acme');
 const inbox = inboxPrefixFor(`U${'A'.repeat(55)}`);
@@ -47,7 +59,11 @@ describe('partitions', () => {
   it('lease subjects - every lease, member and the count live in the lease bucket; partitions out of range are refused', () => {
     const cfg = leasesStreamConfig(t);
     const subjects = [Subjects.partitionCount(t), Subjects.partitionLease(t, 0), Subjects.partitionLease(t, MAX_PARTITIONS - 1), Subjects.orchestratorMember(t, 'o1-abcd')];
-    for (const s of subjects) expect(cfg.subjects?.some((p) => matches(p, s)), s).toBe(true);
+    for (const s of subjects)
+      expect(
+        cfg.subjects?.some((p) => matches(p, s)),
+        s,
+      ).toBe(true);
     expect(cfg.max_msgs_per_subject).toBe(1);
     expect(() => Subjects.partitionLease(t, -1)).toThrow();
     expect(() => Subjects.partitionLease(t, MAX_PARTITIONS)).toThrow();

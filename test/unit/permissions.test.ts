@@ -27,13 +27,24 @@ describe('permissions', () => {
     }
   });
 
-  it('permissions - every subject names its own tenant (token or stream), the user\'s own inbox, or account info', () => {
+  it("permissions - every subject names its own tenant (token or stream), the user's own inbox, or account info", () => {
     const t = 'acme' as TenantId;
     const mine = (s: string) =>
       s.startsWith(`cap.${t}.`) ||
       s.startsWith(`${inbox}.`) ||
       s === '$JS.API.INFO' ||
-      [Streams.runs(t), Streams.commands(t), Streams.work(t), Streams.deadLetters(t), Streams.fleet(t), Streams.policy(t), Streams.triggers(t), Streams.seen(t), Streams.catalog(t), Streams.leases(t)].some((stream) => s.includes(`.${stream}`) && !s.includes(`.${stream}x`));
+      [
+        Streams.runs(t),
+        Streams.commands(t),
+        Streams.work(t),
+        Streams.deadLetters(t),
+        Streams.fleet(t),
+        Streams.policy(t),
+        Streams.triggers(t),
+        Streams.seen(t),
+        Streams.catalog(t),
+        Streams.leases(t),
+      ].some((stream) => s.includes(`.${stream}`) && !s.includes(`.${stream}x`));
     for (const role of roles) {
       const p = permissionsFor(role, t, inbox, scope);
       for (const s of [...p.pub, ...p.sub].map(plain)) expect(mine(s), `${role}: ${s}`).toBe(true);

@@ -21,13 +21,28 @@ describe('placement', () => {
   it('placement - replicas are 1, 3 or 5 and tags are server tags; anything else is placement_invalid', () => {
     expect(parseTenantPlacement({ replicas: 3, tags: ['AZ:1', 'az:1', 'tier:gold'] })).toEqual({ replicas: 3, tags: ['az:1', 'tier:gold'] });
     expect(parseTenantPlacement({})).toEqual({ replicas: 1, tags: [] });
-    for (const bad of [{ replicas: 2 }, { replicas: 0 }, { replicas: 7 }, { replicas: '3' }, { tags: ['no spaces'] }, { tags: 'az:1' }, { tags: Array.from({ length: 9 }, (_, i) => `t${i}`) }]) {
+    for (const bad of [
+      { replicas: 2 },
+      { replicas: 0 },
+      { replicas: 7 },
+      { replicas: '3' },
+      { tags: ['no spaces'] },
+      { tags: 'az:1' },
+      { tags: Array.from({ length: 9 }, (_, i) => `t${i}`) },
+    ]) {
       expect(code(() => parseTenantPlacement(bad))).toBe(ErrorCode.PlacementInvalid);
     }
   });
 
   it('placement - checked against the cluster: size, and enough servers carrying every tag', () => {
-    const shape = { size: 3, servers: [{ name: 'n1', tags: ['az:1', 'tier:gold'] }, { name: 'n2', tags: ['az:2', 'tier:gold'] }, { name: 'n3', tags: ['az:3'] }] };
+    const shape = {
+      size: 3,
+      servers: [
+        { name: 'n1', tags: ['az:1', 'tier:gold'] },
+        { name: 'n2', tags: ['az:2', 'tier:gold'] },
+        { name: 'n3', tags: ['az:3'] },
+      ],
+    };
     expect(code(() => checkPlacement({ replicas: 3, tags: [] }, shape))).toBeUndefined();
     expect(code(() => checkPlacement({ replicas: 1, tags: ['tier:gold'] }, shape))).toBeUndefined();
     expect(code(() => checkPlacement({ replicas: 5, tags: [] }, shape))).toBe(ErrorCode.PlacementInvalid);

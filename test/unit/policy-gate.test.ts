@@ -16,7 +16,13 @@ const wf = defineWorkflow({
   version: 1,
   steps: [
     { name: 'prep' },
-    { name: 'publish', mode: 2, timeoutMs: 5000, retry: { maxAttempts: 2, initialIntervalMs: 10 }, sandbox: { command: ['true'], secrets: ['TOKEN'], egress: ['api.example.com:443'] } },
+    {
+      name: 'publish',
+      mode: 2,
+      timeoutMs: 5000,
+      retry: { maxAttempts: 2, initialIntervalMs: 10 },
+      sandbox: { command: ['true'], secrets: ['TOKEN'], egress: ['api.example.com:443'] },
+    },
   ],
 });
 const agent = defineWorkflow({ id: 'jit', version: 1, steps: [{ name: 'work', mode: 3, sandbox: { command: ['sh', '-c', 'true'], jit: true } }] });
@@ -32,7 +38,12 @@ const fired = (step: string, attempt: number, kind: TimerKind, timerId: string):
 function agree(r: RunRecorder): RunStatus {
   const folded = runStatus(r.state);
   expect(statusFromEvents(r.events)).toBe(folded);
-  expect(projectRun('t', r.events.map((event, i) => ({ event, streamSeq: i + 1, bytes: encode(event) }))).view.run?.status).toBe(folded);
+  expect(
+    projectRun(
+      't',
+      r.events.map((event, i) => ({ event, streamSeq: i + 1, bytes: encode(event) })),
+    ).view.run?.status,
+  ).toBe(folded);
   expect(foldRun(createRegistry([r.workflow]), r.events).state.seq).toBe(r.state.seq);
   return folded;
 }
@@ -71,7 +82,11 @@ describe('policy gate', () => {
   });
 
   it('needs-approval waits for a person: approve runs the step, deny and expiry fail the run', () => {
-    for (const [end, code] of [['approve', undefined], ['deny', ErrorCode.ApprovalDenied], ['expire', ErrorCode.ApprovalExpired]] as const) {
+    for (const [end, code] of [
+      ['approve', undefined],
+      ['deny', ErrorCode.ApprovalDenied],
+      ['expire', ErrorCode.ApprovalExpired],
+    ] as const) {
       const r = new RunRecorder(wf);
       r.apply(completed('prep', 1));
       r.apply(decided('publish', 1, 'needs-approval', { approvers: 'security', expiresInMs: 60_000 }));

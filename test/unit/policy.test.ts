@@ -80,7 +80,7 @@ describe('policy - compile', () => {
     expect(set.sha256).toMatch(/^[0-9a-f]{64}$/);
   });
 
-  it('policy - malformed text is refused with Cedar\'s own parse diagnostics, located', () => {
+  it("policy - malformed text is refused with Cedar's own parse diagnostics, located", () => {
     const c = compilePolicySet('permit(principal, action == Action::"egress", resource);\npermit(principal, action, resource');
     expect(c.ok).toBe(false);
     const [d] = c.diagnostics;
@@ -106,7 +106,7 @@ describe('policy - compile', () => {
     expect(errors[2]?.message).toMatch(/level/);
   });
 
-  it('policy - Capstan\'s own rules: no templates, @approval only on permits, unique and unreserved ids, a size limit', () => {
+  it("policy - Capstan's own rules: no templates, @approval only on permits, unique and unreserved ids, a size limit", () => {
     const cases: [string, RegExp][] = [
       ['permit(principal == ?principal, action, resource);', /template/],
       ['@approval("ops") forbid(principal, action, resource);', /belongs on a permit/],
@@ -197,7 +197,10 @@ describe('policy - evaluate', () => {
 
   it('policy - a forbid whose evaluation errors still denies (fail closed)', () => {
     const set2 = compiled(
-      ['permit(principal, action == Action::"run-step", resource);', '@id("overflow") forbid(principal, action == Action::"run-step", resource) when { resource.level + 9223372036854775807 < 0 };'].join('\n'),
+      [
+        'permit(principal, action == Action::"run-step", resource);',
+        '@id("overflow") forbid(principal, action == Action::"run-step", resource) when { resource.level + 9223372036854775807 < 0 };',
+      ].join('\n'),
     );
     const d = evaluate(set2, 2, A, q.mode(1));
     expect(d).toMatchObject({ decision: 'deny', policies: ['overflow'] });
@@ -355,52 +358,56 @@ describe('policy - generated policy sets never grant a tenant-A query on tenant-
     const stats = { sets: 0, compiled: 0, decisions: 0, granted: 0, crossTenantRequests: 0, onlyBSets: 0 };
     const times: number[] = [];
     fc.assert(
-      fc.property(policySetArb, fc.array(fc.tuple(queryArb, fc.oneof({ arbitrary: fc.constant(false), weight: 4 }, { arbitrary: fc.constant(true), weight: 1 })), { minLength: 1, maxLength: 8 }), (policies, queries) => {
-        stats.sets++;
-        const c = compilePolicySet(policies.map((p) => p.text).join('\n'));
-        if (c.ok) stats.compiled++;
-        for (const [raw, keepAll] of queries) {
-          const query = shaped(raw, keepAll);
-          const t0 = performance.now();
-          const d = evaluate(c, 1, A, query);
-          times.push(performance.now() - t0);
-          stats.decisions++;
-          expect(evaluate(c, 1, A, query)).toEqual(d);
-          if (d.decision === 'deny') continue;
-          stats.granted++;
-          // Anything granted was a well-formed query, built entirely inside tenant A.
-          const req = buildRequest(A, checkQuery(query));
-          expect(belongsTo(req.principal.id, A) && belongsTo(req.resource.id, A)).toBe(true);
-          expect(tenantAttr(req, req.resource)).toBe(JSON.stringify({ __entity: { type: 'Tenant', id: A } }));
-          expect(req.entities.every((e) => e.uid.type === 'Tenant' ? e.uid.id === A : belongsTo(e.uid.id, A))).toBe(true);
-        }
-        if (!c.ok) return;
-        // A set whose every permit needs tenant B's entities grants tenant A nothing.
-        const permits = policies.filter((p) => p.effect === 'permit');
-        if (permits.length > 0 && permits.every((p) => p.onlyB)) {
-          stats.onlyBSets++;
-          for (const [raw] of queries) expect(evaluate(c, 1, A, shaped(raw, false)).decision).toBe('deny');
-        }
-        // Requests mixing tenants (which the service never builds) are refused by Cedar itself.
-        for (const [raw] of queries) {
-          let query: PolicyQuery;
-          try {
-            query = checkQuery(shaped(raw, false));
-          } catch {
-            continue;
+      fc.property(
+        policySetArb,
+        fc.array(fc.tuple(queryArb, fc.oneof({ arbitrary: fc.constant(false), weight: 4 }, { arbitrary: fc.constant(true), weight: 1 })), { minLength: 1, maxLength: 8 }),
+        (policies, queries) => {
+          stats.sets++;
+          const c = compilePolicySet(policies.map((p) => p.text).join('\n'));
+          if (c.ok) stats.compiled++;
+          for (const [raw, keepAll] of queries) {
+            const query = shaped(raw, keepAll);
+            const t0 = performance.now();
+            const d = evaluate(c, 1, A, query);
+            times.push(performance.now() - t0);
+            stats.decisions++;
+            expect(evaluate(c, 1, A, query)).toEqual(d);
+            if (d.decision === 'deny') continue;
+            stats.granted++;
+            // Anything granted was a well-formed query, built entirely inside tenant A.
+            const req = buildRequest(A, checkQuery(query));
+            expect(belongsTo(req.principal.id, A) && belongsTo(req.resource.id, A)).toBe(true);
+            expect(tenantAttr(req, req.resource)).toBe(JSON.stringify({ __entity: { type: 'Tenant', id: A } }));
+            expect(req.entities.every((e) => (e.uid.type === 'Tenant' ? e.uid.id === A : belongsTo(e.uid.id, A)))).toBe(true);
           }
-          const mine = buildRequest(A, query);
-          const theirs = buildRequest(B, query);
-          const mixed: PolicyRequest[] = [
-            { ...mine, resource: theirs.resource, entities: [...mine.entities, ...theirs.entities.filter((e) => e.uid.type !== 'Tenant' || e.uid.id !== A)] },
-            { ...theirs, principal: mine.principal, entities: [...theirs.entities, ...mine.entities] },
-          ];
-          for (const req of mixed) {
-            stats.crossTenantRequests++;
-            expect(authorize(c.policySet, 1, req).decision).toBe('deny');
+          if (!c.ok) return;
+          // A set whose every permit needs tenant B's entities grants tenant A nothing.
+          const permits = policies.filter((p) => p.effect === 'permit');
+          if (permits.length > 0 && permits.every((p) => p.onlyB)) {
+            stats.onlyBSets++;
+            for (const [raw] of queries) expect(evaluate(c, 1, A, shaped(raw, false)).decision).toBe('deny');
           }
-        }
-      }),
+          // Requests mixing tenants (which the service never builds) are refused by Cedar itself.
+          for (const [raw] of queries) {
+            let query: PolicyQuery;
+            try {
+              query = checkQuery(shaped(raw, false));
+            } catch {
+              continue;
+            }
+            const mine = buildRequest(A, query);
+            const theirs = buildRequest(B, query);
+            const mixed: PolicyRequest[] = [
+              { ...mine, resource: theirs.resource, entities: [...mine.entities, ...theirs.entities.filter((e) => e.uid.type !== 'Tenant' || e.uid.id !== A)] },
+              { ...theirs, principal: mine.principal, entities: [...theirs.entities, ...mine.entities] },
+            ];
+            for (const req of mixed) {
+              stats.crossTenantRequests++;
+              expect(authorize(c.policySet, 1, req).decision).toBe('deny');
+            }
+          }
+        },
+      ),
       { numRuns: RUNS },
     );
     const sorted = [...times].sort((x, y) => x - y);
@@ -419,7 +426,13 @@ describe('policy - generated policy sets never grant a tenant-A query on tenant-
     const foreign = buildRequest(B, checkQuery(q.credential('K', 'w-1')));
     const worker = foreign.entities.find((e) => e.uid.type === 'Worker');
     expect(authorize(set, 1, req).decision).toBe('allow');
-    expect(authorize(set, 1, { ...req, context: { worker: { __entity: worker!.uid } }, entities: [...req.entities.filter((e) => e.uid.type !== 'Worker'), worker!, ...foreign.entities.filter((e) => e.uid.type === 'Tenant')] }).decision).toBe('deny');
+    expect(
+      authorize(set, 1, {
+        ...req,
+        context: { worker: { __entity: worker!.uid } },
+        entities: [...req.entities.filter((e) => e.uid.type !== 'Worker'), worker!, ...foreign.entities.filter((e) => e.uid.type === 'Tenant')],
+      }).decision,
+    ).toBe('deny');
   });
 });
 
@@ -454,7 +467,11 @@ describe('policy - speed', () => {
   it('policy - a 4 KiB policy set decides through Cedar, query after query', () => {
     const lines: string[] = [];
     for (let i = 0; Buffer.byteLength(lines.join('\n')) < 4000; i++) {
-      lines.push(i % 5 === 0 ? `forbid(principal, action == Action::"egress", resource == Host::"ta/h${i}.example:443");` : `permit(principal in Workflow::"ta/wf${i}", action == Action::"lease-secret", resource == Secret::"ta/K${i}");`);
+      lines.push(
+        i % 5 === 0
+          ? `forbid(principal, action == Action::"egress", resource == Host::"ta/h${i}.example:443");`
+          : `permit(principal in Workflow::"ta/wf${i}", action == Action::"lease-secret", resource == Secret::"ta/K${i}");`,
+      );
     }
     const text = lines.join('\n');
     expect(Buffer.byteLength(text)).toBeLessThanOrEqual(4096);
@@ -491,7 +508,7 @@ describe('policy - names', () => {
     return f.length === s.length;
   };
 
-  it('policy - the versions subject is captured by its own tenant\'s policy stream and no other stream', () => {
+  it("policy - the versions subject is captured by its own tenant's policy stream and no other stream", () => {
     for (const t of [A, B, parseTenantId('a-policy-1')]) {
       const own = policyStreamConfig(t);
       expect(own).toMatchObject({ name: Streams.policy(t), deny_delete: true, deny_purge: true });
@@ -512,7 +529,10 @@ describe('policy - names', () => {
 describe('policy - service config', () => {
   it('policy - loadConfig reads the keys with defaults and reports every problem at once', () => {
     expect(loadConfig({ NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: 'svc.creds' })).toMatchObject({ tenants: 'all', cacheSize: 256, name: 'policy', logLevel: 'info' });
-    expect(loadConfig({ NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: 'svc.creds', CAPSTAN_TENANTS: 'a,b', POLICY_CACHE_SIZE: '8' })).toMatchObject({ tenants: ['a', 'b'], cacheSize: 8 });
+    expect(loadConfig({ NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: 'svc.creds', CAPSTAN_TENANTS: 'a,b', POLICY_CACHE_SIZE: '8' })).toMatchObject({
+      tenants: ['a', 'b'],
+      cacheSize: 8,
+    });
     try {
       loadConfig({ POLICY_CACHE_SIZE: '0', CAPSTAN_TENANTS: 'A!', LOG_LEVEL: 'loud' });
       throw new Error('expected a config error');

@@ -28,7 +28,10 @@ describe('projections follow their run stream', () => {
     for (const lastSeq of [3, 30, 500]) {
       const v = judgeSync(STREAM, followed(), now({ created: '2026-12-02T08:00:00Z', lastSeq }));
       expect(v.inSync).toBe(false);
-      if (!v.inSync) expect(v.reason).toMatch(/CAP_RUNS_t was created again \(at 2026-12-02T08:00:00Z; the projections applied CAP_RUNS_t up to sequence 30 of the one created at 2026-12-01T10:00:00.123456789Z\)/);
+      if (!v.inSync)
+        expect(v.reason).toMatch(
+          /CAP_RUNS_t was created again \(at 2026-12-02T08:00:00Z; the projections applied CAP_RUNS_t up to sequence 30 of the one created at 2026-12-01T10:00:00.123456789Z\)/,
+        );
     }
   });
 
@@ -47,7 +50,7 @@ describe('projections follow their run stream', () => {
     expect(judgeSync(STREAM, followed({ created: null, firstSeq: null, checkpoint: 50 }), now()).inSync).toBe(false);
   });
 
-  it('readers: the stream now decides when known, else the projector\'s mark', () => {
+  it("readers: the stream now decides when known, else the projector's mark", () => {
     expect(outOfSyncReason(STREAM, followed(), now())).toBeUndefined();
     expect(outOfSyncReason(STREAM, followed({ outOfSync: 'marked' }), undefined)).toBe('marked');
     expect(outOfSyncReason(STREAM, followed(), now({ created: 'x' }))).toMatch(/created again/);

@@ -42,7 +42,10 @@ describe('config - projector', () => {
     const p = problems({ PROJECTOR_BATCH: '0', PROJECTOR_DISCOVERY_MS: '5', LOG_LEVEL: 'loud', CAPSTAN_FAILPOINTS: 'x:explode:2' });
     expect(p).toHaveLength(7);
     for (const key of ['NATS_URL', 'NATS_CREDS', 'DATABASE_URL', 'PROJECTOR_BATCH', 'PROJECTOR_DISCOVERY_MS', 'LOG_LEVEL', 'CAPSTAN_FAILPOINTS']) {
-      expect(p.some((x) => x.includes(key)), key).toBe(true);
+      expect(
+        p.some((x) => x.includes(key)),
+        key,
+      ).toBe(true);
     }
   });
 

@@ -23,7 +23,14 @@ const WORKFLOWS: WorkflowDefinition[] = [
   }),
   defineWorkflow({ id: 'proj.review', version: 1, steps: [{ name: 'draft', retry: { maxAttempts: 2 } }, { name: 'review', signal: 'approve' }, { name: 'publish' }] }),
   // A signal first: a step scheduled after it is pending, not running (no step has started yet).
-  defineWorkflow({ id: 'proj.gate', version: 1, steps: [{ name: 'gate', signal: 'open' }, { name: 'work', retry: { maxAttempts: 2 } }] }),
+  defineWorkflow({
+    id: 'proj.gate',
+    version: 1,
+    steps: [
+      { name: 'gate', signal: 'open' },
+      { name: 'work', retry: { maxAttempts: 2 } },
+    ],
+  }),
 ];
 const SIGNALS = ['approve', 'open', 'ping'];
 
@@ -34,7 +41,13 @@ function stored(events: readonly RunEvent[], firstSeq = 1) {
 
 type Op = { k: 'started' | 'completed' | 'failed' | 'timeout' | 'retry'; delta: number } | { k: 'signal'; name: number } | { k: 'cancel' };
 const op: fc.Arbitrary<Op> = fc.oneof(
-  { weight: 12, arbitrary: fc.record({ k: fc.constantFrom('started' as const, 'completed' as const, 'failed' as const, 'timeout' as const, 'retry' as const), delta: fc.integer({ min: -1, max: 1 }) }) },
+  {
+    weight: 12,
+    arbitrary: fc.record({
+      k: fc.constantFrom('started' as const, 'completed' as const, 'failed' as const, 'timeout' as const, 'retry' as const),
+      delta: fc.integer({ min: -1, max: 1 }),
+    }),
+  },
   { weight: 2, arbitrary: fc.record({ k: fc.constant('signal' as const), name: fc.nat({ max: SIGNALS.length - 1 }) }) },
   { weight: 1, arbitrary: fc.record({ k: fc.constant('cancel' as const) }) },
 );
@@ -95,8 +108,28 @@ describe('projector - projection', () => {
         numRuns: 300,
         // Every status is reached on every run, not only when the generator happens to get there.
         examples: [
-          [2, [{ k: 'signal', name: 1 }, ...twice([{ k: 'started', delta: 0 }, { k: 'failed', delta: 0 }, { k: 'retry', delta: 0 }])], 0],
-          [0, [{ k: 'started', delta: 0 }, { k: 'completed', delta: 0 }, { k: 'started', delta: 0 }, { k: 'completed', delta: 0 }], 1],
+          [
+            2,
+            [
+              { k: 'signal', name: 1 },
+              ...twice([
+                { k: 'started', delta: 0 },
+                { k: 'failed', delta: 0 },
+                { k: 'retry', delta: 0 },
+              ]),
+            ],
+            0,
+          ],
+          [
+            0,
+            [
+              { k: 'started', delta: 0 },
+              { k: 'completed', delta: 0 },
+              { k: 'started', delta: 0 },
+              { k: 'completed', delta: 0 },
+            ],
+            1,
+          ],
           [1, [{ k: 'started', delta: 0 }, { k: 'completed', delta: 0 }, { k: 'cancel' }], 2],
         ],
       },
@@ -110,7 +143,10 @@ describe('projector - projection', () => {
     const events = stored(r.events, 41);
     const { view } = projectRun(TENANT, events);
     let chain = '';
-    for (const s of events) chain = createHash('sha256').update(`${chain}:${s.streamSeq}:${Buffer.from(s.bytes).toString('hex')}`).digest('hex');
+    for (const s of events)
+      chain = createHash('sha256')
+        .update(`${chain}:${s.streamSeq}:${Buffer.from(s.bytes).toString('hex')}`)
+        .digest('hex');
     expect(view.run?.chain).toBe(chain);
     expect(chainDigest('', 41, events[0]?.bytes as Uint8Array)).toBe(projectEvent(TENANT, EMPTY_VIEW, events[0] as never).run?.chain);
     // Same events at other stream positions: another chain.

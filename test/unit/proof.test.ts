@@ -33,7 +33,10 @@ describe('signed messages', () => {
     swapped.set(Headers.Signature, h.get(Headers.Signature));
     const tampered = headers();
     const parts = signer.jwt.split('.');
-    tampered.set(Headers.Signer, [parts[0], Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(parts[1]!, 'base64url').toString()), name: 'root' })).toString('base64url'), parts[2]].join('.'));
+    tampered.set(
+      Headers.Signer,
+      [parts[0], Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(parts[1]!, 'base64url').toString()), name: 'root' })).toString('base64url'), parts[2]].join('.'),
+    );
     tampered.set(Headers.Signature, h.get(Headers.Signature));
     const attempts: Array<() => unknown> = [
       () => verifyProof(h, 'cap.other.cmd.approve', body, trust),

@@ -5,7 +5,21 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { defineWorkflow } from '@capstan/actors';
 import { PassThrough } from 'node:stream';
-import { DEFAULT_LIMITS, fromSandbox, identityScope, loadConfig, MAX_FRAME_BYTES, nullBackend, parseAllowList, parseDnsServers, Redactor, refusalOf, resolveChecked, RunnerChannel, SandboxPools } from '@capstan/sandbox';
+import {
+  DEFAULT_LIMITS,
+  fromSandbox,
+  identityScope,
+  loadConfig,
+  MAX_FRAME_BYTES,
+  nullBackend,
+  parseAllowList,
+  parseDnsServers,
+  Redactor,
+  refusalOf,
+  resolveChecked,
+  RunnerChannel,
+  SandboxPools,
+} from '@capstan/sandbox';
 import { createLogger } from '@capstan/kit';
 import { ConfigError, InvalidWorkflowError, parseSandboxExecRequest, parseWorkItem, sandboxName, SchemaError, type TenantId } from '@capstan/schemas';
 // Internal pieces, tested directly from the built package.
@@ -18,20 +32,26 @@ const silent = createLogger('test', 'silent');
 describe('Redactor', () => {
   it('replaces every identity value, also when split across chunks at any point', () => {
     fc.assert(
-      fc.property(fc.string({ minLength: 4, maxLength: 40 }), fc.string({ maxLength: 60 }), fc.string({ maxLength: 60 }), fc.array(fc.nat(200), { maxLength: 6 }), (secret, before, after, cuts) => {
-        const text = Buffer.from(`${before}${secret}${after}${secret}`);
-        const r = new Redactor([secret]);
-        const points = [...new Set(cuts.map((c) => c % (text.length + 1)))].sort((a, b) => a - b);
-        let out = Buffer.alloc(0);
-        let last = 0;
-        for (const p of [...points, text.length]) {
-          out = Buffer.concat([out, r.push(text.subarray(last, p))]);
-          last = p;
-        }
-        out = Buffer.concat([out, r.flush()]);
-        expect(out.toString('utf8')).not.toContain(secret);
-        expect(out.toString('utf8')).toContain('[redacted]');
-      }),
+      fc.property(
+        fc.string({ minLength: 4, maxLength: 40 }),
+        fc.string({ maxLength: 60 }),
+        fc.string({ maxLength: 60 }),
+        fc.array(fc.nat(200), { maxLength: 6 }),
+        (secret, before, after, cuts) => {
+          const text = Buffer.from(`${before}${secret}${after}${secret}`);
+          const r = new Redactor([secret]);
+          const points = [...new Set(cuts.map((c) => c % (text.length + 1)))].sort((a, b) => a - b);
+          let out = Buffer.alloc(0);
+          let last = 0;
+          for (const p of [...points, text.length]) {
+            out = Buffer.concat([out, r.push(text.subarray(last, p))]);
+            last = p;
+          }
+          out = Buffer.concat([out, r.flush()]);
+          expect(out.toString('utf8')).not.toContain(secret);
+          expect(out.toString('utf8')).toContain('[redacted]');
+        },
+      ),
       { numRuns: 300 },
     );
   });
@@ -92,7 +112,18 @@ describe('sandbox requests from the network', () => {
     }
   });
   it('carries the sandbox spec in work items', () => {
-    const item = parseWorkItem({ runId: ok.runId, workflow: 'w', version: 1, step: 's', attempt: 1, handler: 'w.s', mode: 1, timeoutMs: 1000, input: {}, sandbox: { command: ['echo', 'hi'] } });
+    const item = parseWorkItem({
+      runId: ok.runId,
+      workflow: 'w',
+      version: 1,
+      step: 's',
+      attempt: 1,
+      handler: 'w.s',
+      mode: 1,
+      timeoutMs: 1000,
+      input: {},
+      sandbox: { command: ['echo', 'hi'] },
+    });
     expect(item.sandbox?.command).toEqual(['echo', 'hi']);
   });
   it('names containers deterministically per attempt', () => {
@@ -102,7 +133,10 @@ describe('sandbox requests from the network', () => {
 
 describe('agents, proofs and config', () => {
   it('an agent adapter needs its env; unknown agents are refused', () => {
-    expect(agentCommand({ agent: 'mini', task: 'x', env: [{ name: 'OPENAI_BASE_URL', value: 'http://h:1' }], secrets: ['OPENAI_API_KEY'] }, ['OPENAI_BASE_URL'], ['OPENAI_API_KEY']).argv[0]).toBe('node');
+    expect(
+      agentCommand({ agent: 'mini', task: 'x', env: [{ name: 'OPENAI_BASE_URL', value: 'http://h:1' }], secrets: ['OPENAI_API_KEY'] }, ['OPENAI_BASE_URL'], ['OPENAI_API_KEY'])
+        .argv[0],
+    ).toBe('node');
     expect(() => agentCommand({ agent: 'mini', task: 'x' }, [], [])).toThrow(/needs OPENAI_BASE_URL, OPENAI_API_KEY/);
     expect(() => agentCommand({ agent: 'nobody', task: 'x' }, [], [])).toThrow(/unknown agent/);
   });
@@ -118,12 +152,33 @@ describe('agents, proofs and config', () => {
   });
   it('loadConfig reports every problem at once', () => {
     try {
-      loadConfig({ SANDBOX_BACKEND: 'k8s', SANDBOX_NODE: 'Bad Name', SANDBOX_POOL_MIN: '9', SANDBOX_POOL_MAX: '2', SANDBOX_MEMORY_MB: 'lots', SANDBOX_RUNTIME: 'kata', SANDBOX_IDENTITY_REUSE: 'always', SANDBOX_EGRESS_ALLOW: 'example.com', AUDIT_DATABASE_URL: 'mysql://x' });
+      loadConfig({
+        SANDBOX_BACKEND: 'k8s',
+        SANDBOX_NODE: 'Bad Name',
+        SANDBOX_POOL_MIN: '9',
+        SANDBOX_POOL_MAX: '2',
+        SANDBOX_MEMORY_MB: 'lots',
+        SANDBOX_RUNTIME: 'kata',
+        SANDBOX_IDENTITY_REUSE: 'always',
+        SANDBOX_EGRESS_ALLOW: 'example.com',
+        AUDIT_DATABASE_URL: 'mysql://x',
+      });
       expect.unreachable();
     } catch (e) {
       expect(e).toBeInstanceOf(ConfigError);
       const m = (e as Error).message;
-      for (const key of ['NATS_URL', 'SANDBOX_BACKEND', 'SANDBOX_NODE', 'SANDBOX_POOL_MAX', 'SANDBOX_MEMORY_MB', 'SANDBOX_RUNTIME', 'SANDBOX_IDENTITY_REUSE', 'SANDBOX_EGRESS_ALLOW', 'AUDIT_DATABASE_URL']) expect(m).toContain(key);
+      for (const key of [
+        'NATS_URL',
+        'SANDBOX_BACKEND',
+        'SANDBOX_NODE',
+        'SANDBOX_POOL_MAX',
+        'SANDBOX_MEMORY_MB',
+        'SANDBOX_RUNTIME',
+        'SANDBOX_IDENTITY_REUSE',
+        'SANDBOX_EGRESS_ALLOW',
+        'AUDIT_DATABASE_URL',
+      ])
+        expect(m).toContain(key);
       // A database URL may hold a password: never echoed.
       expect(m).not.toContain('mysql://x');
     }
@@ -196,15 +251,29 @@ describe('text from inside a sandbox', () => {
   it('is bounded, printable and redacted before the cut', () => {
     expect(fromSandbox('a'.repeat(1000), 10)).toBe(`${'a'.repeat(9)}…`);
     expect(fromSandbox('line\nbreak\u202e\u0007', 100)).toBe('line?break??');
-    expect(fromSandbox({ toString: () => { throw new Error('hostile'); } }, 20)).toBe('[object]');
+    expect(
+      fromSandbox(
+        {
+          toString: () => {
+            throw new Error('hostile');
+          },
+        },
+        20,
+      ),
+    ).toBe('[object]');
     expect(fromSandbox(undefined, 5)).toBe('');
     fc.assert(
-      fc.property(fc.string({ minLength: 4, maxLength: 30 }).filter((s) => !/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/.test(s)), fc.string({ maxLength: 80 }), fc.nat(120), (secret, around, max) => {
-        const r = new Redactor([secret]);
-        const out = fromSandbox(`${around}${secret}${around}`, Math.max(2, max), r);
-        expect(out).not.toContain(secret);
-        expect(out.length).toBeLessThanOrEqual(Math.max(2, max));
-      }),
+      fc.property(
+        fc.string({ minLength: 4, maxLength: 30 }).filter((s) => !/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/.test(s)),
+        fc.string({ maxLength: 80 }),
+        fc.nat(120),
+        (secret, around, max) => {
+          const r = new Redactor([secret]);
+          const out = fromSandbox(`${around}${secret}${around}`, Math.max(2, max), r);
+          expect(out).not.toContain(secret);
+          expect(out.length).toBeLessThanOrEqual(Math.max(2, max));
+        },
+      ),
       { numRuns: 300 },
     );
   });
@@ -250,7 +319,20 @@ describe('pools and identity scopes', () => {
   const tenant = 'acme' as TenantId;
   it('mode 1 pools per tenant; identities are reused only within their scope, and by default never', () => {
     const pools = (identityReuse: 'never' | 'scope') =>
-      new SandboxPools({ backend: nullBackend(), runtime: 'runc', node: 'n', instance: 'i', labels: {}, min: 0, max: 1, maxUses: 5, idleMs: 60_000, identityReuse, limits: DEFAULT_LIMITS, log: silent });
+      new SandboxPools({
+        backend: nullBackend(),
+        runtime: 'runc',
+        node: 'n',
+        instance: 'i',
+        labels: {},
+        min: 0,
+        max: 1,
+        maxUses: 5,
+        idleMs: 60_000,
+        identityReuse,
+        limits: DEFAULT_LIMITS,
+        log: silent,
+      });
     const never = pools('never');
     const scoped = pools('scope');
     const scope = identityScope({ workflow: 'w', step: 's', secrets: ['B', 'A'], egress: ['x:1'] });

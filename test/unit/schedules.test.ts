@@ -88,8 +88,13 @@ describe('one firing', () => {
     });
     it('a slot more than 15 s late is missed even without a successor due', () => {
       const daily = every(86_400_000, { catchup: 'skip' });
-      expect(planFiring({ spec: daily, anchorMs: 0, next: 86_400_000, woken: 86_400_000, now: 86_400_000 + 16_000, lastActive: false, buffered: undefined })).toMatchObject({ start: [], skipped: [86_400_000] });
-      expect(planFiring({ spec: daily, anchorMs: 0, next: 86_400_000, woken: 86_400_000, now: 86_400_000 + 14_000, lastActive: false, buffered: undefined })).toMatchObject({ start: [86_400_000] });
+      expect(planFiring({ spec: daily, anchorMs: 0, next: 86_400_000, woken: 86_400_000, now: 86_400_000 + 16_000, lastActive: false, buffered: undefined })).toMatchObject({
+        start: [],
+        skipped: [86_400_000],
+      });
+      expect(planFiring({ spec: daily, anchorMs: 0, next: 86_400_000, woken: 86_400_000, now: 86_400_000 + 14_000, lastActive: false, buffered: undefined })).toMatchObject({
+        start: [86_400_000],
+      });
     });
   });
 
@@ -131,7 +136,12 @@ describe('run ids', () => {
     expect(isRunId(a)).toBe(true);
     expect(scheduleRunId(t, 'nightly', 7, 1_700_000_000_000)).toBe(a);
     expect(runIdTime(a)).toBe(1_700_000_000_000);
-    const others = [scheduleRunId(t, 'nightly', 7, 1_700_000_001_000), scheduleRunId(t, 'nightly', 8, 1_700_000_000_000), scheduleRunId(t, 'hourly', 7, 1_700_000_000_000), scheduleRunId(parseTenantId('other'), 'nightly', 7, 1_700_000_000_000)];
+    const others = [
+      scheduleRunId(t, 'nightly', 7, 1_700_000_001_000),
+      scheduleRunId(t, 'nightly', 8, 1_700_000_000_000),
+      scheduleRunId(t, 'hourly', 7, 1_700_000_000_000),
+      scheduleRunId(parseTenantId('other'), 'nightly', 7, 1_700_000_000_000),
+    ];
     expect(new Set([a, ...others]).size).toBe(5);
     expect(triggerRunId(t, 'nightly', 7, 42, 1_700_000_000_000)).toBe(triggerRunId(t, 'nightly', 7, 42, 1_700_000_000_000));
     expect(triggerRunId(t, 'nightly', 7, 43, 1_700_000_000_000)).not.toBe(triggerRunId(t, 'nightly', 7, 42, 1_700_000_000_000));

@@ -76,8 +76,14 @@ describe('sealed box', () => {
   it('sealed box - keys that are not X25519 public keys are refused with invalid_argument', () => {
     const ed = generateKeyPairSync('ed25519').publicKey.export({ format: 'der', type: 'spki' }).toString('base64');
     for (const bad of ['', 'not base64 at all', Buffer.alloc(31).toString('base64'), Buffer.alloc(33, 1).toString('base64'), ed]) {
-      expect(codeOf(() => parseRecipientKey(bad)), bad).toBe(ErrorCode.InvalidArgument);
-      expect(codeOf(() => seal(bad, enc.encode('x'), aad)), bad).toBe(ErrorCode.InvalidArgument);
+      expect(
+        codeOf(() => parseRecipientKey(bad)),
+        bad,
+      ).toBe(ErrorCode.InvalidArgument);
+      expect(
+        codeOf(() => seal(bad, enc.encode('x'), aad)),
+        bad,
+      ).toBe(ErrorCode.InvalidArgument);
     }
     // The all-zero point has no usable shared secret.
     expect(codeOf(() => seal(Buffer.alloc(32).toString('base64'), enc.encode('x'), aad))).toBe(ErrorCode.InvalidArgument);

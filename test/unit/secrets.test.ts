@@ -4,7 +4,17 @@
  */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, ErrorCode, LeaseDeniedError, parseLeaseRequest, parsePutRequest, parseTenantId, secretsErrorFromWire, SecretNotFoundError, makeRunId } from '@capstan/schemas';
+import {
+  ConfigError,
+  ErrorCode,
+  LeaseDeniedError,
+  parseLeaseRequest,
+  parsePutRequest,
+  parseTenantId,
+  secretsErrorFromWire,
+  SecretNotFoundError,
+  makeRunId,
+} from '@capstan/schemas';
 import { createKeyring, decryptValue, encryptValue, loadConfig, valueAad } from '@capstan/secrets-lease';
 
 const t = parseTenantId('acme');
@@ -26,7 +36,9 @@ describe('secrets-lease config', () => {
     expect(problems).toMatch(/SECRETS_MASTER_KEY must be base64 of exactly 32 bytes/);
     expect(problems).toMatch(/SECRETS_MAX_TTL_MS must be >= SECRETS_DEFAULT_TTL_MS/);
     expect((err as Error).message).not.toContain(leaked);
-    expect(() => loadConfig({ NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: 'svc.creds', DATABASE_URL: 'postgres://h/db', SECRETS_MASTER_KEY: randomBytes(16).toString('base64') })).toThrow(/got 16 bytes/);
+    expect(() =>
+      loadConfig({ NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: 'svc.creds', DATABASE_URL: 'postgres://h/db', SECRETS_MASTER_KEY: randomBytes(16).toString('base64') }),
+    ).toThrow(/got 16 bytes/);
   });
 
   it('secrets config - a good config holds the key but never prints it', () => {

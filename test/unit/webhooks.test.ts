@@ -12,13 +12,19 @@ import { CapstanError, parseWebhookRoute } from '@capstan/schemas';
 const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
 const OTHER = `whsec_${Buffer.alloc(32, 7).toString('base64')}`;
 const body = Buffer.from('{"test": 2432232314}');
-const delivery = (signature: string, over: Partial<{ id: string; timestamp: string; body: Uint8Array }> = {}) => ({ id: 'msg_p5jXN8AQM9LWM0D4loKWxJek', timestamp: '1614265330', body, signature, ...over });
+const delivery = (signature: string, over: Partial<{ id: string; timestamp: string; body: Uint8Array }> = {}) => ({
+  id: 'msg_p5jXN8AQM9LWM0D4loKWxJek',
+  timestamp: '1614265330',
+  body,
+  signature,
+  ...over,
+});
 
 describe('Standard Webhooks signatures', () => {
   const key = webhookKey('HOOK', SECRET);
   const signed = new Webhook(SECRET).sign('msg_p5jXN8AQM9LWM0D4loKWxJek', new Date(1614265330 * 1000), body);
 
-  it('matches the specification\'s example and the reference signer', () => {
+  it("matches the specification's example and the reference signer", () => {
     expect(signed).toBe('v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=');
     expect(`v1,${signDelivery(key, 'msg_p5jXN8AQM9LWM0D4loKWxJek', '1614265330', body).toString('base64')}`).toBe(signed);
     expect(verifyDelivery([key], delivery(signed))).toBe(true);
@@ -103,13 +109,27 @@ describe('routes', () => {
   });
 
   it('ingress config lists every problem at once', () => {
-    expect(loadConfig({ NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: '/x/ingress.creds' })).toMatchObject({ port: 4336, maxBodyBytes: 262_144, toleranceSeconds: 300, ratePerSecond: 500, burst: 1000 });
+    expect(loadConfig({ NATS_URL: 'nats://127.0.0.1:4222', NATS_CREDS: '/x/ingress.creds' })).toMatchObject({
+      port: 4336,
+      maxBodyBytes: 262_144,
+      toleranceSeconds: 300,
+      ratePerSecond: 500,
+      burst: 1000,
+    });
     let message = '';
     try {
       loadConfig({ INGRESS_PORT: 'x', INGRESS_TOLERANCE_SECONDS: '3600', INGRESS_MAX_BODY_BYTES: '10', INGRESS_RATE: '50', INGRESS_BURST: '5' });
     } catch (e) {
       message = (e as Error).message;
     }
-    for (const p of ['NATS_URL is required', 'NATS_CREDS is required', 'INGRESS_PORT', 'INGRESS_TOLERANCE_SECONDS', 'INGRESS_MAX_BODY_BYTES', 'INGRESS_BURST (5) must be at least INGRESS_RATE (50)']) expect(message).toContain(p);
+    for (const p of [
+      'NATS_URL is required',
+      'NATS_CREDS is required',
+      'INGRESS_PORT',
+      'INGRESS_TOLERANCE_SECONDS',
+      'INGRESS_MAX_BODY_BYTES',
+      'INGRESS_BURST (5) must be at least INGRESS_RATE (50)',
+    ])
+      expect(message).toContain(p);
   });
 });

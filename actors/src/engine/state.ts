@@ -36,7 +36,9 @@ export function stateName(state: RunState): string {
   const name = (x: unknown): string => {
     if (typeof x === 'string') return x;
     if (typeof x !== 'object' || x === null) return String(x);
-    const parts = Object.entries(x as Record<string, unknown>).map(([k, sub]) => (k === 'active' || /^branch_\d+$/.test(k) || k === 'run' || k === 'iterate' ? name(sub) : `${k}(${name(sub)})`));
+    const parts = Object.entries(x as Record<string, unknown>).map(([k, sub]) =>
+      k === 'active' || /^branch_\d+$/.test(k) || k === 'run' || k === 'iterate' ? name(sub) : `${k}(${name(sub)})`,
+    );
     return parts.join(' + ');
   };
   return name(v);

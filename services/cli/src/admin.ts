@@ -28,7 +28,17 @@ import {
   startFleetAuthority,
   type IssuedUser,
 } from '@capstan/kit';
-import { InvalidArgumentError, isTenantRole, parseTenantId, parseTenantPlacement, Platform, PlacementError, TENANT_ROLES, type TenantPlacement, type TenantQuota } from '@capstan/schemas';
+import {
+  InvalidArgumentError,
+  isTenantRole,
+  parseTenantId,
+  parseTenantPlacement,
+  Platform,
+  PlacementError,
+  TENANT_ROLES,
+  type TenantPlacement,
+  type TenantQuota,
+} from '@capstan/schemas';
 import { intFlag, parse, stringFlag, stringsFlag, tenantFlag } from './args.js';
 import { authDir, print, withAdmin } from './context.js';
 import { dim, green, red, table } from './format.js';
@@ -40,7 +50,21 @@ const QUOTA_FLAGS = {
   'max-connections': { type: 'string' },
 } as const;
 
-const UNITS: Record<string, number> = { b: 1, k: 1024, kb: 1024, kib: 1024, m: 1024 ** 2, mb: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gb: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tb: 1024 ** 4, tib: 1024 ** 4 };
+const UNITS: Record<string, number> = {
+  b: 1,
+  k: 1024,
+  kb: 1024,
+  kib: 1024,
+  m: 1024 ** 2,
+  mb: 1024 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gb: 1024 ** 3,
+  gib: 1024 ** 3,
+  t: 1024 ** 4,
+  tb: 1024 ** 4,
+  tib: 1024 ** 4,
+};
 
 /** `512MiB`, `4GB`, `1073741824`: bytes. */
 export function bytesFlag(name: string, raw: string): number {
@@ -67,7 +91,13 @@ export function placementFlags(values: Record<string, unknown>): TenantPlacement
   if (r === undefined && p === undefined) return undefined;
   const replicas = r === undefined ? 1 : Number(r);
   if (r !== undefined && !/^\d+$/.test(String(r))) throw new PlacementError(`--replicas must be 1, 3 or 5; got ${JSON.stringify(String(r).slice(0, 20))}`);
-  const tags = typeof p === 'string' ? p.split(',').map((x) => x.trim()).filter(Boolean) : [];
+  const tags =
+    typeof p === 'string'
+      ? p
+          .split(',')
+          .map((x) => x.trim())
+          .filter(Boolean)
+      : [];
   return parseTenantPlacement({ replicas, tags });
 }
 
@@ -84,7 +114,13 @@ export async function authCmd(argv: string[]): Promise<number> {
     if (!dir) throw new InvalidArgumentError('capstan auth init needs --auth-dir <dir> (or CAPSTAN_AUTH_DIR)');
     const store = await openAuthStore(dir, { create: true });
     print(values['json'] === true, { dir, operator: store.operatorPublicKey, systemAccount: store.systemAccount, platformAccount: store.platformAccount }, () =>
-      [`key store ready in ${dir}`, `  operator          ${store.operatorPublicKey}`, `  system account    ${store.systemAccount}`, `  platform account  ${store.platformAccount}`, dim('  nats-server: operator mode from this store (see docs/tenancy.md); the services take services/<role>.creds')].join('\n'),
+      [
+        `key store ready in ${dir}`,
+        `  operator          ${store.operatorPublicKey}`,
+        `  system account    ${store.systemAccount}`,
+        `  platform account  ${store.platformAccount}`,
+        dim('  nats-server: operator mode from this store (see docs/tenancy.md); the services take services/<role>.creds'),
+      ].join('\n'),
     );
     return 0;
   }
@@ -110,7 +146,14 @@ export async function tenantCmd(argv: string[]): Promise<number> {
   if (verb === 'add') {
     const { values, args } = parse(
       rest,
-      { nats: { type: 'string' }, json: { type: 'boolean' }, pool: { type: 'string', multiple: true }, replicas: { type: 'string' }, placement: { type: 'string' }, ...QUOTA_FLAGS },
+      {
+        nats: { type: 'string' },
+        json: { type: 'boolean' },
+        pool: { type: 'string', multiple: true },
+        replicas: { type: 'string' },
+        placement: { type: 'string' },
+        ...QUOTA_FLAGS,
+      },
       ['tenant'],
     );
     const t = parseTenantId(args[0]);
@@ -146,11 +189,20 @@ export async function tenantCmd(argv: string[]): Promise<number> {
     const { values } = parse(rest, { nats: { type: 'string' }, json: { type: 'boolean' } }, []);
     return withAdmin(values, (a) => {
       const tenants = a.store.tenants().map((t) => ({ tenant: t, account: a.store.tenantAccountKey(t), quota: a.store.quota(t) }));
-      print(values['json'] === true, tenants, () => (tenants.length ? table(['TENANT', 'ACCOUNT', 'QUOTA'], tenants.map((x) => [x.tenant, x.account, quotaLine(x.quota)])) : 'no tenants'));
+      print(values['json'] === true, tenants, () =>
+        tenants.length
+          ? table(
+              ['TENANT', 'ACCOUNT', 'QUOTA'],
+              tenants.map((x) => [x.tenant, x.account, quotaLine(x.quota)]),
+            )
+          : 'no tenants',
+      );
       return Promise.resolve(0);
     });
   }
-  throw new InvalidArgumentError('usage: capstan tenant add <t> [--max-storage 4GiB] [--max-streams N] [--max-consumers N] [--max-connections N] [--pool p]… [--replicas 1|3|5] [--placement tag,…] | capstan tenant quota <t> [flags] | capstan tenant list');
+  throw new InvalidArgumentError(
+    'usage: capstan tenant add <t> [--max-storage 4GiB] [--max-streams N] [--max-consumers N] [--max-connections N] [--pool p]… [--replicas 1|3|5] [--placement tag,…] | capstan tenant quota <t> [flags] | capstan tenant list',
+  );
 }
 
 const DURATION = /^(\d+)([smhd])$/;
@@ -161,12 +213,32 @@ function expiresFlag(raw: string | undefined): number | undefined {
   return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86_400 }[m[2] as 's' | 'm' | 'h' | 'd'];
 }
 
-const userRow = (u: IssuedUser) => [u.name, u.role, (u.pools ?? []).join(',') || '-', new Date(u.issuedAt).toISOString(), u.revokedAt ? red(`revoked ${new Date(u.revokedAt).toISOString()}`) : green('active')];
+const userRow = (u: IssuedUser) => [
+  u.name,
+  u.role,
+  (u.pools ?? []).join(',') || '-',
+  new Date(u.issuedAt).toISOString(),
+  u.revokedAt ? red(`revoked ${new Date(u.revokedAt).toISOString()}`) : green('active'),
+];
 
 export async function credsCmd(argv: string[]): Promise<number> {
   const [verb, ...rest] = argv;
   if (verb === 'issue') {
-    const { values } = parse(rest, { nats: { type: 'string' }, tenant: { type: 'string' }, role: { type: 'string' }, name: { type: 'string' }, pool: { type: 'string', multiple: true }, group: { type: 'string', multiple: true }, out: { type: 'string' }, expires: { type: 'string' }, json: { type: 'boolean' } }, []);
+    const { values } = parse(
+      rest,
+      {
+        nats: { type: 'string' },
+        tenant: { type: 'string' },
+        role: { type: 'string' },
+        name: { type: 'string' },
+        pool: { type: 'string', multiple: true },
+        group: { type: 'string', multiple: true },
+        out: { type: 'string' },
+        expires: { type: 'string' },
+        json: { type: 'boolean' },
+      },
+      [],
+    );
     const t = tenantFlag(values);
     const role = stringFlag(values, 'role');
     if (!role || !isTenantRole(role)) throw new InvalidArgumentError(`--role must be one of ${TENANT_ROLES.join(', ')}`);
@@ -179,7 +251,11 @@ export async function credsCmd(argv: string[]): Promise<number> {
     if (groups.length > 0 && role !== 'operator') throw new InvalidArgumentError('--group is for operator credentials: only operators decide approvals');
     const expiresInS = expiresFlag(stringFlag(values, 'expires'));
     return withAdmin(values, async (a) => {
-      const { creds, user } = await issueCredential(a, t, role, name, { ...(pools.length ? { pools } : {}), ...(groups.length ? { groups } : {}), ...(expiresInS ? { expiresInS } : {}) });
+      const { creds, user } = await issueCredential(a, t, role, name, {
+        ...(pools.length ? { pools } : {}),
+        ...(groups.length ? { groups } : {}),
+        ...(expiresInS ? { expiresInS } : {}),
+      });
       const out = stringFlag(values, 'out') ?? a.store.defaultCredsPath(t, name);
       mkdirSync(dirname(out), { recursive: true, mode: 0o700 });
       writeFileSync(out, creds, { mode: 0o600 });
@@ -197,7 +273,9 @@ export async function credsCmd(argv: string[]): Promise<number> {
     if (!name) throw new InvalidArgumentError('--name <n> is required');
     return withAdmin(values, async (a) => {
       const u = verb === 'revoke' ? await revokeCredential(a, t, name) : await restoreCredential(a, t, name);
-      print(values['json'] === true, u, () => (verb === 'revoke' ? `credential ${name} of ${t} revoked: the server has closed its connections and refuses it` : `credential ${name} of ${t} restored`));
+      print(values['json'] === true, u, () =>
+        verb === 'revoke' ? `credential ${name} of ${t} revoked: the server has closed its connections and refuses it` : `credential ${name} of ${t} restored`,
+      );
       return 0;
     });
   }
@@ -210,7 +288,9 @@ export async function credsCmd(argv: string[]): Promise<number> {
       return Promise.resolve(0);
     });
   }
-  throw new InvalidArgumentError('usage: capstan creds issue --tenant t --role client|worker|operator --name n [--pool p]… [--group g]… [--out f] [--expires 30d] | capstan creds revoke|restore --tenant t --name n | capstan creds list --tenant t');
+  throw new InvalidArgumentError(
+    'usage: capstan creds issue --tenant t --role client|worker|operator --name n [--pool p]… [--group g]… [--out f] [--expires 30d] | capstan creds revoke|restore --tenant t --name n | capstan creds list --tenant t',
+  );
 }
 
 /** A local user named by its public key, or by a `.creds` file (whose public key is read; the seed is not kept). */
@@ -225,7 +305,10 @@ async function localUserKey(raw: string): Promise<string> {
  */
 export async function leafCmd(argv: string[]): Promise<number> {
   const [verb, ...rest] = argv;
-  if (verb !== 'config') throw new InvalidArgumentError('usage: capstan leaf config --tenant <t> --platform <nats-leaf://host:7422>… --user <worker .creds | public key>… [--pool p]… [--name leaf] [--listen 127.0.0.1:4222] [--out <dir>]');
+  if (verb !== 'config')
+    throw new InvalidArgumentError(
+      'usage: capstan leaf config --tenant <t> --platform <nats-leaf://host:7422>… --user <worker .creds | public key>… [--pool p]… [--name leaf] [--listen 127.0.0.1:4222] [--out <dir>]',
+    );
   const { values } = parse(
     rest,
     {
@@ -260,7 +343,9 @@ export async function leafCmd(argv: string[]): Promise<number> {
     print(values['json'] === true, { ...issued.user, dir: out }, () =>
       [
         `leaf credential ${name} for tenant ${t}: ${join(out, 'leaf.conf')} and ${join(out, 'leaf.creds')} (owner-only)`,
-        dim(`  on the tenant's machine: nats-server -c leaf.conf (fix the creds path if moved); workers: NATS_URL=nats://${listen ?? '127.0.0.1:4222'} NATS_JS_DOMAIN=${Platform.jsDomain}`),
+        dim(
+          `  on the tenant's machine: nats-server -c leaf.conf (fix the creds path if moved); workers: NATS_URL=nats://${listen ?? '127.0.0.1:4222'} NATS_JS_DOMAIN=${Platform.jsDomain}`,
+        ),
       ].join('\n'),
     );
     return 0;

@@ -47,7 +47,12 @@ export function parse(argv: string[], options: Options, positionals: string[]): 
     throw new InvalidArgumentError((e as Error).message.replace(/^TypeError \[[A-Z_]+\]: /, ''));
   }
   if (parsed.positionals.length < positionals.length) {
-    throw new InvalidArgumentError(`missing ${positionals.slice(parsed.positionals.length).map((p) => `<${p}>`).join(' ')}`);
+    throw new InvalidArgumentError(
+      `missing ${positionals
+        .slice(parsed.positionals.length)
+        .map((p) => `<${p}>`)
+        .join(' ')}`,
+    );
   }
   if (parsed.positionals.length > positionals.length) {
     throw new InvalidArgumentError(`unexpected argument ${JSON.stringify(parsed.positionals[positionals.length])}`);

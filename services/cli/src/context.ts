@@ -93,7 +93,9 @@ async function credentialFor(values: Record<string, unknown>, t: TenantId, role:
   }
   const dir = authDir(values, process.env);
   if (!dir) {
-    throw new InvalidArgumentError('no credentials: pass --creds <file> (or set NATS_CREDS; capstan creds issue makes one), or --auth-dir / CAPSTAN_AUTH_DIR for the key store, or start `capstan dev` first');
+    throw new InvalidArgumentError(
+      'no credentials: pass --creds <file> (or set NATS_CREDS; capstan creds issue makes one), or --auth-dir / CAPSTAN_AUTH_DIR for the key store, or start `capstan dev` first',
+    );
   }
   const store = await openAuthStore(dir);
   if (!store.hasTenant(t)) throw new CapstanError(ErrorCode.UnknownTenant, `tenant ${t} has no account in ${dir} (capstan tenant add ${t})`);
@@ -107,9 +109,10 @@ async function credentialFor(values: Record<string, unknown>, t: TenantId, role:
 async function connectCli(url: string, credentials: CredentialsInfo) {
   // TLS as for every service: NATS_TLS_CA, and a client certificate NATS_TLS_CERT + NATS_TLS_KEY.
   const env = process.env;
-  const tls = env['NATS_TLS_CA'] || env['NATS_TLS_CERT']
-    ? { ...(env['NATS_TLS_CA'] ? { caFile: env['NATS_TLS_CA'] } : {}), ...(env['NATS_TLS_CERT'] ? { certFile: env['NATS_TLS_CERT'], keyFile: env['NATS_TLS_KEY'] ?? '' } : {}) }
-    : undefined;
+  const tls =
+    env['NATS_TLS_CA'] || env['NATS_TLS_CERT']
+      ? { ...(env['NATS_TLS_CA'] ? { caFile: env['NATS_TLS_CA'] } : {}), ...(env['NATS_TLS_CERT'] ? { certFile: env['NATS_TLS_CERT'], keyFile: env['NATS_TLS_KEY'] ?? '' } : {}) }
+      : undefined;
   try {
     return await connectNats(url, 'capstan-cli', quiet(), { credentials, reconnect: false, ...(tls ? { tls } : {}) });
   } catch (e) {
@@ -145,7 +148,8 @@ export async function withTenant<T>(values: Record<string, unknown>, t: TenantId
  */
 export async function withAdmin<T>(values: Record<string, unknown>, fn: (a: AdminTarget & { store: AuthStore }) => Promise<T>): Promise<T> {
   const dir = authDir(values, process.env);
-  if (!dir) throw new InvalidArgumentError('this command needs the operator\'s key store: pass --auth-dir <dir> or set CAPSTAN_AUTH_DIR (capstan dev keeps one in .capstan/dev/auth)');
+  if (!dir)
+    throw new InvalidArgumentError("this command needs the operator's key store: pass --auth-dir <dir> or set CAPSTAN_AUTH_DIR (capstan dev keeps one in .capstan/dev/auth)");
   const store = await openAuthStore(dir);
   const servers = natsUrl(values['nats'], process.env);
   return fn({ servers, store, log: quiet() });

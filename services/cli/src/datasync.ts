@@ -9,7 +9,17 @@
  */
 import { readFileSync } from 'node:fs';
 import { createClient, deleteEntity, listEntities, previewQuery, putEntity } from '@capstan/kit';
-import { CATALOG_KINDS, InvalidArgumentError, Role, parsePipelineInput, parseStepResult, PIPELINE_WORKFLOW, type CatalogKind, type CatalogRecord, type TenantId } from '@capstan/schemas';
+import {
+  CATALOG_KINDS,
+  InvalidArgumentError,
+  Role,
+  parsePipelineInput,
+  parseStepResult,
+  PIPELINE_WORKFLOW,
+  type CatalogKind,
+  type CatalogRecord,
+  type TenantId,
+} from '@capstan/schemas';
 import { intFlag, parse, stringFlag, tenantFlag } from './args.js';
 import { print, withTenant } from './context.js';
 import { dim, green, red, table } from './format.js';
@@ -26,7 +36,8 @@ const USAGE = `usage:
 const common = { nats: { type: 'string' }, tenant: { type: 'string' }, as: { type: 'string' }, json: { type: 'boolean' } } as const;
 
 function kindArg(raw: string | undefined): CatalogKind {
-  if (!raw || !(CATALOG_KINDS as readonly string[]).includes(raw)) throw new InvalidArgumentError(`${JSON.stringify((raw ?? '').slice(0, 32))} is not one of ${CATALOG_KINDS.join(', ')}\n${USAGE}`);
+  if (!raw || !(CATALOG_KINDS as readonly string[]).includes(raw))
+    throw new InvalidArgumentError(`${JSON.stringify((raw ?? '').slice(0, 32))} is not one of ${CATALOG_KINDS.join(', ')}\n${USAGE}`);
   return raw as CatalogKind;
 }
 
@@ -49,7 +60,15 @@ function specOf(values: Record<string, unknown>): unknown {
 
 function describeRecord(r: CatalogRecord): string {
   const s = r.summary;
-  const facts = [s.type, s.auth, s.tls ? `tls ${s.tls}` : undefined, s.format, s.connection ? `on ${s.connection}` : undefined, s.entities ? `${s.entities.length} entities` : undefined, s.associations !== undefined ? `${s.associations} associations` : undefined];
+  const facts = [
+    s.type,
+    s.auth,
+    s.tls ? `tls ${s.tls}` : undefined,
+    s.format,
+    s.connection ? `on ${s.connection}` : undefined,
+    s.entities ? `${s.entities.length} entities` : undefined,
+    s.associations !== undefined ? `${s.associations} associations` : undefined,
+  ];
   return facts.filter(Boolean).join(', ');
 }
 
@@ -88,7 +107,16 @@ async function listCmd(argv: string[]): Promise<number> {
     const records = await listEntities(nc, t, { ...(kind ? { kind } : {}), includeDeleted: values['all'] === true });
     print(values['json'] === true, { records }, () => {
       if (records.length === 0) return `no ${kind ?? 'connections, models or destinations'} in ${t}`;
-      const rows = records.map((r) => [r.kind, r.status === 'deleted' ? dim(r.id) : r.id, r.name, `v${r.version}`, describeRecord(r), r.by, r.at, r.status === 'deleted' ? red('deleted') : '']);
+      const rows = records.map((r) => [
+        r.kind,
+        r.status === 'deleted' ? dim(r.id) : r.id,
+        r.name,
+        `v${r.version}`,
+        describeRecord(r),
+        r.by,
+        r.at,
+        r.status === 'deleted' ? red('deleted') : '',
+      ]);
       return table(['KIND', 'ID', 'NAME', 'VERSION', 'WHAT', 'BY', 'CHANGED', ''], rows);
     });
     return 0;
@@ -97,7 +125,11 @@ async function listCmd(argv: string[]): Promise<number> {
 
 /** Starts a pipeline run: a plain submit of `datasync.pipeline` with identifiers only. */
 async function runCmd(argv: string[]): Promise<number> {
-  const { values } = parse(argv, { ...common, connection: { type: 'string' }, model: { type: 'string' }, destination: { type: 'string' }, wait: { type: 'boolean' }, timeout: { type: 'string' } }, []);
+  const { values } = parse(
+    argv,
+    { ...common, connection: { type: 'string' }, model: { type: 'string' }, destination: { type: 'string' }, wait: { type: 'boolean' }, timeout: { type: 'string' } },
+    [],
+  );
   const t: TenantId = tenantFlag(values);
   let input;
   try {
@@ -110,7 +142,11 @@ async function runCmd(argv: string[]): Promise<number> {
     const client = await createClient(tc);
     const runId = await client.submit(t, PIPELINE_WORKFLOW, { input });
     if (values['wait'] !== true) {
-      print(values['json'] === true, { runId }, () => `${green('started')} pipeline run ${runId} (${input.connection} → ${input.model} → ${input.destination}); follow it with: capstan run ${runId} --tenant ${t}`);
+      print(
+        values['json'] === true,
+        { runId },
+        () => `${green('started')} pipeline run ${runId} (${input.connection} → ${input.model} → ${input.destination}); follow it with: capstan run ${runId} --tenant ${t}`,
+      );
       return 0;
     }
     const end = await client.waitForEnd(t, runId, timeoutS * 1000);

@@ -152,7 +152,17 @@ export async function devCmd(argv: string[]): Promise<number> {
   // On the cluster the dev tenant's streams are kept on all three nodes.
   await provisionTenant(admin, tenant, clustered ? { placement: { replicas: 3, tags: [] } } : {});
   const credsOf = await devCredentials(admin, tenant);
-  const env = { ...process.env, NATS_URL: url, LOG_LEVEL: logLevel, ORCH_DISCOVERY_MS: '500', WORKER_DISCOVERY_MS: '500', POLICY_DISCOVERY_MS: '500', SECRETS_DISCOVERY_MS: '500', SANDBOX_DISCOVERY_MS: '500', WORKER_ADMISSION: 'auto' };
+  const env = {
+    ...process.env,
+    NATS_URL: url,
+    LOG_LEVEL: logLevel,
+    ORCH_DISCOVERY_MS: '500',
+    WORKER_DISCOVERY_MS: '500',
+    POLICY_DISCOVERY_MS: '500',
+    SECRETS_DISCOVERY_MS: '500',
+    SANDBOX_DISCOVERY_MS: '500',
+    WORKER_ADMISSION: 'auto',
+  };
   /** A service's environment: its own credential, and nothing it could act on elsewhere with. */
   const as = (role: ServiceRole, extra: Record<string, string> = {}) => ({ ...env, NATS_CREDS: store.serviceCredsPath(role), ...extra });
   // The dev stack's own actions (policy, secrets, the demo's approvals) are an operator's.
@@ -184,7 +194,10 @@ export async function devCmd(argv: string[]): Promise<number> {
 
   // Data sync keeps its staging and state in Postgres (COPY, unlogged tables): only with a real one.
   const datasync = dbUrl
-    ? await createDatasync(datasyncConfig(as(Role.Datasync, { DATABASE_URL: dbUrl, DATASYNC_FILES_ROOT: join(DEV_DIR, 'datasync') })), createLogger('datasync', logLevel, process.stderr))
+    ? await createDatasync(
+        datasyncConfig(as(Role.Datasync, { DATABASE_URL: dbUrl, DATASYNC_FILES_ROOT: join(DEV_DIR, 'datasync') })),
+        createLogger('datasync', logLevel, process.stderr),
+      )
     : undefined;
   await datasync?.start();
 
@@ -212,7 +225,11 @@ export async function devCmd(argv: string[]): Promise<number> {
   // store is disposable: projections found following another run stream (a new store, or
   // --nats pointing elsewhere) are rebuilt from the one there is, at once.
   const projector = await createProjector(
-    projectorConfig({ PROJECTOR_ON_STREAM_CHANGE: 'rebuild', PROJECTOR_SYNC_CHECK_MS: '1000', ...as(Role.Projector, { DATABASE_URL: dbUrl ?? 'postgres://embedded.pglite/capstan' }) }),
+    projectorConfig({
+      PROJECTOR_ON_STREAM_CHANGE: 'rebuild',
+      PROJECTOR_SYNC_CHECK_MS: '1000',
+      ...as(Role.Projector, { DATABASE_URL: dbUrl ?? 'postgres://embedded.pglite/capstan' }),
+    }),
     dbLog,
     { database },
   );
@@ -225,7 +242,12 @@ export async function devCmd(argv: string[]): Promise<number> {
   // The console: a local admin over the dev tenant, signed in by a one-time link.
   const consolePort = process.env['CONSOLE_PORT'] ?? String(await preferredPort(DEV_CONSOLE_PORT, 0));
   const devConsoleConfig = consoleConfig({ ...env, CONSOLE_PORT: consolePort }, { dev: true });
-  const consoleAccess = await serviceAccess(Role.Console, { natsUrl: url, nats: { credsPaths: [store.serviceCredsPath(Role.Console)] } }, 'capstan-console', createLogger('console', logLevel, process.stderr));
+  const consoleAccess = await serviceAccess(
+    Role.Console,
+    { natsUrl: url, nats: { credsPaths: [store.serviceCredsPath(Role.Console)] } },
+    'capstan-console',
+    createLogger('console', logLevel, process.stderr),
+  );
   const operatorConsole = createConsole({
     db: database,
     access: consoleAccess,
@@ -253,11 +275,20 @@ export async function devCmd(argv: string[]): Promise<number> {
   say(`  query API   ${api.url}  ${dim('(capstan runs / run / audit use it)')}`);
   say(`  console     ${operatorConsole.url}`);
   say(`  sign in     ${signInLink}  ${dim(`(one use, ${Math.round(devConsoleConfig.linkTtlMs / 60_000)} min; also in .capstan/dev/console.url)`)}`);
-  say(`  sandboxes   ${noSandboxes ? red(`unavailable: ${noSandboxes}`) : `docker (${sandboxes.runtime() ?? '?'}), image ${sandboxes.image() ?? '?'}${dim(`  (artifacts in ${SANDBOX_ARTIFACTS})`)}`}`);
+  say(
+    `  sandboxes   ${noSandboxes ? red(`unavailable: ${noSandboxes}`) : `docker (${sandboxes.runtime() ?? '?'}), image ${sandboxes.image() ?? '?'}${dim(`  (artifacts in ${SANDBOX_ARTIFACTS})`)}`}`,
+  );
   say(`  webhooks    ${ingress.url}/hooks/${tenant}/<route>  ${dim('(capstan routes create …; Standard Webhooks signatures)')}`);
-  say(`  data sync   ${datasync ? `files in ${join(DEV_DIR, 'datasync')}  ${dim('(capstan datasync …, the console\'s Data sync view)')}` : dim('off: needs a Postgres (--db or DATABASE_URL) for its staging')}`);
+  say(
+    `  data sync   ${datasync ? `files in ${join(DEV_DIR, 'datasync')}  ${dim("(capstan datasync …, the console's Data sync view)")}` : dim('off: needs a Postgres (--db or DATABASE_URL) for its staging')}`,
+  );
 
-  say(`  workflows   ${orchestrator.registry.list().map((w) => `${w.id}@${w.version}`).join(', ')}`);
+  say(
+    `  workflows   ${orchestrator.registry
+      .list()
+      .map((w) => `${w.id}@${w.version}`)
+      .join(', ')}`,
+  );
   say(`  try         npx capstan submit demo.pipeline --tenant ${tenant} --wait`);
   say('');
 
@@ -308,7 +339,9 @@ const SANDBOX_ARTIFACTS = join(PROJECT_ROOT, '.capstan', 'artifacts');
 
 async function connectAs(url: string, creds: Uint8Array, tenant: ReturnType<typeof parseTenantId>): Promise<TenantConnection> {
   const credentials = await parseCredentials(creds, 'capstan dev');
-  return tenantConnection(tenant, await connectNats(url, 'capstan-dev', createLogger('dev', 'warn', process.stderr), { credentials }), { signer: signerOf(credentials.jwt, credentials.seed) });
+  return tenantConnection(tenant, await connectNats(url, 'capstan-dev', createLogger('dev', 'warn', process.stderr), { credentials }), {
+    signer: signerOf(credentials.jwt, credentials.seed),
+  });
 }
 
 /**
@@ -317,7 +350,10 @@ async function connectAs(url: string, creds: Uint8Array, tenant: ReturnType<type
  */
 async function devCredentials(admin: { servers: string; store: AuthStore }, tenant: ReturnType<typeof parseTenantId>): Promise<{ client: string; worker: string }> {
   const out = { client: admin.store.defaultCredsPath(tenant, 'demo-client'), worker: admin.store.defaultCredsPath(tenant, 'dev-worker-1') };
-  for (const [role, name, path] of [[Role.Client, 'demo-client', out.client], [Role.Worker, 'dev-worker-1', out.worker]] as const) {
+  for (const [role, name, path] of [
+    [Role.Client, 'demo-client', out.client],
+    [Role.Worker, 'dev-worker-1', out.worker],
+  ] as const) {
     const known = admin.store.user(tenant, name);
     if (known && !known.revokedAt && existsSync(path)) continue;
     const { creds } = await issueCredential(admin, tenant, role, name, role === Role.Worker ? { pools: ['default'] } : {});

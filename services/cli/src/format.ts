@@ -38,7 +38,9 @@ export function describe(e: RunEvent): string {
     case 'step.waiting':
       return `step ${e.data.step} waits for signal "${e.data.signal}"`;
     case 'timer.scheduled':
-      return e.data.until !== undefined ? `${e.data.kind} timer ${e.data.timerId} armed until ${time(e.data.until)}` : `${e.data.kind} timer ${e.data.timerId} armed for ${e.data.delayMs} ms`;
+      return e.data.until !== undefined
+        ? `${e.data.kind} timer ${e.data.timerId} armed until ${time(e.data.until)}`
+        : `${e.data.kind} timer ${e.data.timerId} armed for ${e.data.delayMs} ms`;
     case 'timer.fired':
       return `${e.data.kind} timer ${e.data.timerId} fired`;
     case 'run.signaled':

@@ -174,7 +174,8 @@ try {
     process.exitCode = 0;
   } else if (CapstanError.is(e)) {
     process.stderr.write(`capstan: ${e.code}: ${e.message}\n`);
-    process.exitCode = e.code === ErrorCode.InvalidArgument || e.code === ErrorCode.InvalidTenantId || e.code === ErrorCode.InvalidRunId ? 2 : e.code === ErrorCode.RunNotFound ? 3 : 1;
+    process.exitCode =
+      e.code === ErrorCode.InvalidArgument || e.code === ErrorCode.InvalidTenantId || e.code === ErrorCode.InvalidRunId ? 2 : e.code === ErrorCode.RunNotFound ? 3 : 1;
   } else {
     process.stderr.write(`capstan: ${e instanceof Error ? e.message : String(e)}\n`);
     process.exitCode = 1;

@@ -65,13 +65,23 @@ export async function approvalsCmd(argv: string[], env: NodeJS.ProcessEnv = proc
   const { values } = parse(argv, { api: { type: 'string' }, tenant: { type: 'string' }, json: { type: 'boolean' }, status: { type: 'string' }, limit: { type: 'string' } }, []);
   const t = tenantFlag(values);
   const status = stringFlag(values, 'status') ?? 'waiting';
-  if (!(APPROVAL_STATUSES as readonly string[]).includes(status)) throw new InvalidArgumentError(`--status must be one of ${APPROVAL_STATUSES.join(', ')}; got ${JSON.stringify(status.slice(0, 40))}`);
+  if (!(APPROVAL_STATUSES as readonly string[]).includes(status))
+    throw new InvalidArgumentError(`--status must be one of ${APPROVAL_STATUSES.join(', ')}; got ${JSON.stringify(status.slice(0, 40))}`);
   const query: [string, string][] = status === 'all' ? [] : [['status', status]];
   if (values['limit'] !== undefined) query.push(['limit', String(intFlag('limit', values['limit'], 50, 1))]);
   const res = await apiGet<ApprovalsResponse>(apiUrl(values['api'], env), tenantPath(t, '/approvals'), query);
   print(values['json'] === true, res, () => {
     if (res.approvals.length === 0) return status === 'waiting' ? 'no approvals waiting' : 'no approvals';
-    const rows = res.approvals.map((a) => [a.runId, a.step, a.signal, colorStatus(a.status), a.requestedAt, orDash(a.decidedBy), orDash(a.decidedAt), a.reason ? dim(a.reason) : '']);
+    const rows = res.approvals.map((a) => [
+      a.runId,
+      a.step,
+      a.signal,
+      colorStatus(a.status),
+      a.requestedAt,
+      orDash(a.decidedBy),
+      orDash(a.decidedAt),
+      a.reason ? dim(a.reason) : '',
+    ]);
     const lines = [table(['RUN', 'STEP', 'SIGNAL', 'STATUS', 'REQUESTED', 'DECIDED BY', 'DECIDED', 'REASON'], rows)];
     if (status === 'waiting') lines.push(dim(`decide with: capstan approve|deny <run> <step> --tenant ${t} --as <you> [--reason …]`));
     return lines.join('\n');
@@ -87,17 +97,23 @@ async function decideCmd(argv: string[], verb: 'approve' | 'deny', env: NodeJS.P
   const by = actorFlag(values, env);
   const reason = reasonFlag(values);
   const timeoutMs = intFlag('timeout', values['timeout'], 15, 1) * 1000;
-  return withTenant(values, t, Role.Operator, async (conn) => {
-    const client = await createClient(conn);
-    const opts = { by, ...(reason !== undefined ? { reason } : {}), timeoutMs };
-    const ev = verb === 'approve' ? await client.approve(t, runId, step, opts) : await client.deny(t, runId, step, opts);
-    // Who the run recorded: the signing credential's name (with --creds, that of the credential, not --as).
-    const as = recordedBy(ev, by);
-    print(values['json'] === true, ev, () =>
-      verb === 'approve' ? `${green('approved')} step ${step} of ${runId} as ${as}` : `${red('denied')} step ${step} of ${runId} as ${as}: the run fails (approval_denied)`,
-    );
-    return 0;
-  }, by);
+  return withTenant(
+    values,
+    t,
+    Role.Operator,
+    async (conn) => {
+      const client = await createClient(conn);
+      const opts = { by, ...(reason !== undefined ? { reason } : {}), timeoutMs };
+      const ev = verb === 'approve' ? await client.approve(t, runId, step, opts) : await client.deny(t, runId, step, opts);
+      // Who the run recorded: the signing credential's name (with --creds, that of the credential, not --as).
+      const as = recordedBy(ev, by);
+      print(values['json'] === true, ev, () =>
+        verb === 'approve' ? `${green('approved')} step ${step} of ${runId} as ${as}` : `${red('denied')} step ${step} of ${runId} as ${as}: the run fails (approval_denied)`,
+      );
+      return 0;
+    },
+    by,
+  );
 }
 
 function recordedBy(ev: RunEvent, fallback: string): string {
@@ -126,11 +142,17 @@ export async function retryCmd(argv: string[], env: NodeJS.ProcessEnv = process.
   const by = actorFlag(values, env);
   const reason = reasonFlag(values);
   const timeoutMs = intFlag('timeout', values['timeout'], 15, 1) * 1000;
-  return withTenant(values, t, Role.Operator, async (conn) => {
-    const ev: RunEvent = await (await createClient(conn)).retry(t, runId, { by, ...(reason !== undefined ? { reason } : {}), timeoutMs });
-    print(values['json'] === true, ev, () => `${green('retried')} ${runId} as ${recordedBy(ev, by)}: the failed step runs again (event ${ev.seq})`);
-    return 0;
-  }, by);
+  return withTenant(
+    values,
+    t,
+    Role.Operator,
+    async (conn) => {
+      const ev: RunEvent = await (await createClient(conn)).retry(t, runId, { by, ...(reason !== undefined ? { reason } : {}), timeoutMs });
+      print(values['json'] === true, ev, () => `${green('retried')} ${runId} as ${recordedBy(ev, by)}: the failed step runs again (event ${ev.seq})`);
+      return 0;
+    },
+    by,
+  );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -175,7 +197,9 @@ export async function workersCmd(argv: string[], env: NodeJS.ProcessEnv = proces
 }
 
 async function admitCmd(argv: string[], verb: 'approve' | 'revoke', env: NodeJS.ProcessEnv): Promise<number> {
-  const { values, args } = parse(argv, { nats: { type: 'string' }, tenant: { type: 'string' }, as: { type: 'string' }, reason: { type: 'string' }, json: { type: 'boolean' } }, ['workerId']);
+  const { values, args } = parse(argv, { nats: { type: 'string' }, tenant: { type: 'string' }, as: { type: 'string' }, reason: { type: 'string' }, json: { type: 'boolean' } }, [
+    'workerId',
+  ]);
   const t: TenantId = tenantFlag(values);
   const workerId = args[0] as string;
   if (!WORKER_ID_PATTERN.test(workerId)) throw new InvalidArgumentError(`${JSON.stringify(workerId.slice(0, 80))} is not a worker id (${WORKER_ID_PATTERN.source})`);
@@ -191,7 +215,9 @@ async function admitCmd(argv: string[], verb: 'approve' | 'revoke', env: NodeJS.
     return verb === 'approve' ? client.approveWorker(t, workerId, opts) : client.revokeWorker(t, workerId, opts);
   });
   print(values['json'] === true, { ...a, ...(credential ? { credential } : {}) }, () =>
-    [`worker ${workerId} ${colorAdmission(a.state)} in ${t} by ${a.by} at ${new Date(a.at).toISOString()}`, ...(credential ? [dim(`  its credential: ${credential}`)] : [])].join('\n'),
+    [`worker ${workerId} ${colorAdmission(a.state)} in ${t} by ${a.by} at ${new Date(a.at).toISOString()}`, ...(credential ? [dim(`  its credential: ${credential}`)] : [])].join(
+      '\n',
+    ),
   );
   return 0;
 }

@@ -89,7 +89,11 @@ const notFoundIs3 = async (fn: () => Promise<number>): Promise<number> => {
 };
 
 async function setCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  const { values } = parse(argv, { nats: { type: 'string' }, tenant: { type: 'string' }, file: { type: 'string' }, as: { type: 'string' }, reason: { type: 'string' }, json: { type: 'boolean' } }, []);
+  const { values } = parse(
+    argv,
+    { nats: { type: 'string' }, tenant: { type: 'string' }, file: { type: 'string' }, as: { type: 'string' }, reason: { type: 'string' }, json: { type: 'boolean' } },
+    [],
+  );
   const t = tenantFlag(values);
   const file = stringFlag(values, 'file');
   if (!file) throw new InvalidArgumentError('--file <p.cedar> is required: the policy text to set');
@@ -204,7 +208,19 @@ function verdict(d: PolicyDecision): string {
 
 async function testCmd(argv: string[]): Promise<number> {
   const flags = Object.fromEntries(QUERY_FLAGS.map((f) => [f, { type: 'string' as const }]));
-  const { values } = parse(argv, { nats: { type: 'string' }, tenant: { type: 'string' }, file: { type: 'string' }, policy: { type: 'string' }, version: { type: 'string' }, json: { type: 'boolean' }, ...flags }, []);
+  const { values } = parse(
+    argv,
+    {
+      nats: { type: 'string' },
+      tenant: { type: 'string' },
+      file: { type: 'string' },
+      policy: { type: 'string' },
+      version: { type: 'string' },
+      json: { type: 'boolean' },
+      ...flags,
+    },
+    [],
+  );
   const t: TenantId = tenantFlag(values);
   const queries = queriesFrom(values);
   const policyFile = stringFlag(values, 'policy');
@@ -217,7 +233,11 @@ async function testCmd(argv: string[]): Promise<number> {
       notFoundIs3(async () => {
         const r = await testPolicy(nc, t, { queries, ...(text !== undefined ? { text } : {}), ...(version !== undefined ? { version } : {}) });
         print(json, r, () => {
-          const under = r.candidate ? `the candidate policy in ${policyFile ?? '?'} (not stored)` : r.version === 0 ? 'no policy (version 0): default deny' : `policy version ${r.version}`;
+          const under = r.candidate
+            ? `the candidate policy in ${policyFile ?? '?'} (not stored)`
+            : r.version === 0
+              ? 'no policy (version 0): default deny'
+              : `policy version ${r.version}`;
           const lines = [dim(`${t}, under ${under}:`)];
           r.decisions.forEach((d, i) => {
             lines.push(`  ${describeQuery(queries[i] ?? {})}: ${verdict(d)}`);

@@ -84,14 +84,15 @@ export async function projectionsCmd(argv: string[]): Promise<number> {
 
 function rebuildReport(r: RebuildResult): string {
   const lines = r.tenants.map(
-    (t) => `rebuilt ${bold(t.tenant)}: ${plural(t.messages, 'event')}${t.deadLetters > 0 ? ` (${plural(t.deadLetters, 'dead letter')})` : ''}, checkpoint ${n(t.checkpoint)}, ${t.elapsedMs.toFixed(0)} ms`,
+    (t) =>
+      `rebuilt ${bold(t.tenant)}: ${plural(t.messages, 'event')}${t.deadLetters > 0 ? ` (${plural(t.deadLetters, 'dead letter')})` : ''}, checkpoint ${n(t.checkpoint)}, ${t.elapsedMs.toFixed(0)} ms`,
   );
   lines.push(`rebuilt ${plural(r.tenants.length, 'tenant')}, ${plural(r.messages, 'event')} in ${r.elapsedMs.toFixed(0)} ms`);
   return lines.join('\n');
 }
 
 function value(v: unknown): string {
-  return typeof v === 'string' ? JSON.stringify(v) : JSON.stringify(v) ?? 'null';
+  return typeof v === 'string' ? JSON.stringify(v) : (JSON.stringify(v) ?? 'null');
 }
 
 function mismatchLine(m: Mismatch): string {
@@ -106,7 +107,9 @@ function verifyReport(r: VerifyReport): string {
     const problems = t.mismatches + t.brokenChains;
     const head = problems === 0 ? green('ok') : red(`${plural(t.mismatches, 'mismatch', 'mismatches')}, ${plural(t.brokenChains, 'broken chain')}`);
     const behind = t.streamLastSeq > t.checkpoint ? dim(` (projector ${plural(t.streamLastSeq - t.checkpoint, 'message')} behind: not checked yet)`) : '';
-    lines.push(`verify ${bold(t.tenant)}: ${head} — ${plural(t.runs, 'run')}, ${plural(t.events, 'event')} up to stream seq ${n(t.checkpoint)}${t.deadLetters > 0 ? `, ${plural(t.deadLetters, 'dead letter')}` : ''}${behind}`);
+    lines.push(
+      `verify ${bold(t.tenant)}: ${head} — ${plural(t.runs, 'run')}, ${plural(t.events, 'event')} up to stream seq ${n(t.checkpoint)}${t.deadLetters > 0 ? `, ${plural(t.deadLetters, 'dead letter')}` : ''}${behind}`,
+    );
     const mine = r.mismatches.filter((m) => m.tenant === t.tenant);
     for (const m of mine.slice(0, MAX_LISTED)) lines.push(mismatchLine(m));
     if (mine.length > MAX_LISTED) lines.push(dim(`  … and ${n(mine.length - MAX_LISTED)} more (--json lists every one)`));

@@ -45,7 +45,15 @@ export async function recheckDecisions(events: readonly RunEvent[], decideAt: (v
   const out: Recheck[] = [];
   const started = events[0];
   const workflow = started?.type === 'run.started' ? started.data.workflow : '';
-  const row = (seq: number, what: string, version: number, recorded: string, now: PolicyDecision): Recheck => ({ seq, what, version, recorded, now: now.decision, policies: now.policies.join(', '), same: now.decision === recorded });
+  const row = (seq: number, what: string, version: number, recorded: string, now: PolicyDecision): Recheck => ({
+    seq,
+    what,
+    version,
+    recorded,
+    now: now.decision,
+    policies: now.policies.join(', '),
+    same: now.decision === recorded,
+  });
   for (const e of events) {
     if (e.type === 'policy.decided') {
       const asked = [...events].reverse().find((q) => q.type === 'policy.requested' && q.seq < e.seq && q.data.step === e.data.step);
@@ -71,7 +79,16 @@ export function recheckLine(r: Recheck): string {
 export async function exportCmd(argv: string[], registryFor: () => Promise<Registry | undefined> = defaultRegistry): Promise<number> {
   const { values } = parse(
     argv,
-    { nats: { type: 'string' }, tenant: { type: 'string' }, run: { type: 'string', multiple: true }, since: { type: 'string' }, until: { type: 'string' }, out: { type: 'string' }, gzip: { type: 'boolean' }, json: { type: 'boolean' } },
+    {
+      nats: { type: 'string' },
+      tenant: { type: 'string' },
+      run: { type: 'string', multiple: true },
+      since: { type: 'string' },
+      until: { type: 'string' },
+      out: { type: 'string' },
+      gzip: { type: 'boolean' },
+      json: { type: 'boolean' },
+    },
     [],
   );
   const t = tenantFlag(values);
@@ -79,10 +96,11 @@ export async function exportCmd(argv: string[], registryFor: () => Promise<Regis
   if (!out) throw new InvalidArgumentError('--out <file> is required (a name ending in .gz is written compressed)');
   const runs = stringsFlag(values, 'run').map((r) => runIdArg(r));
   const since = stringFlag(values, 'since');
-  if ((runs.length > 0) === (since !== undefined)) throw new InvalidArgumentError('give --run <id> (repeatable) or --since <time> [--until <time>], not both');
+  if (runs.length > 0 === (since !== undefined)) throw new InvalidArgumentError('give --run <id> (repeatable) or --since <time> [--until <time>], not both');
   const now = Date.now();
   const until = stringFlag(values, 'until');
-  const scope: ExportScope = since !== undefined ? { since: parseTime('since', since, now).toISOString(), until: (until ? parseTime('until', until, now) : new Date(now)).toISOString() } : { runs };
+  const scope: ExportScope =
+    since !== undefined ? { since: parseTime('since', since, now).toISOString(), until: (until ? parseTime('until', until, now) : new Date(now)).toISOString() } : { runs };
   if (until !== undefined && since === undefined) throw new InvalidArgumentError('--until needs --since');
   // Runs that recorded no fingerprint (older ones) get their version's from the workflows module, when one is given.
   const registry = await registryFor();
@@ -93,7 +111,11 @@ export async function exportCmd(argv: string[], registryFor: () => Promise<Regis
     const r = await exportRuns(jsm, t, scope, { gzip: values['gzip'] === true || out.endsWith('.gz'), ...(fingerprints ? { fingerprints } : {}) });
     writeFileSync(out, r.file);
     const summary = { file: out, tenant: t, runs: r.runs, events: r.events, policies: r.policies, bytes: r.file.length, ms: Math.round(performance.now() - t0) };
-    print(values['json'] === true, summary, () => `exported ${r.runs} runs (${r.events} events, ${r.policies} policy versions) of ${t} to ${out}: ${r.file.length.toLocaleString('en-US')} bytes`);
+    print(
+      values['json'] === true,
+      summary,
+      () => `exported ${r.runs} runs (${r.events} events, ${r.policies} policy versions) of ${t} to ${out}: ${r.file.length.toLocaleString('en-US')} bytes`,
+    );
     return r.runs > 0 ? 0 : 3;
   });
 }
@@ -170,7 +192,8 @@ export async function replayExport(contents: ExportContents, registry: Registry,
       const status = fold.timeline.at(-1)?.status ?? 'pending';
       runs.push({ ...base, ok: status === recorded, status, timeline: fold.timeline });
     } catch (e) {
-      if (CapstanError.is(e, ErrorCode.DeterminismViolation)) runs.push({ ...base, ok: false, seq: (e as DeterminismViolationError).seq, diff: (e as DeterminismViolationError).diff });
+      if (CapstanError.is(e, ErrorCode.DeterminismViolation))
+        runs.push({ ...base, ok: false, seq: (e as DeterminismViolationError).seq, diff: (e as DeterminismViolationError).diff });
       else if (CapstanError.is(e)) runs.push({ ...base, ok: false, error: { code: e.code, message: e.message } });
       else throw e;
     }
@@ -187,14 +210,26 @@ function humanReport(r: ReplayReport, from: string): string {
   const lines: string[] = [];
   const single = r.runs.length === 1;
   for (const run of r.runs) {
-    const fp = run.fingerprint.same === false ? [red(`  workflow ${run.workflow}@${run.version} here is not the definition the run recorded (fingerprint ${run.fingerprint.here?.slice(0, 12)}… here, ${run.fingerprint.recorded?.slice(0, 12)}… recorded)`)] : [];
+    const fp =
+      run.fingerprint.same === false
+        ? [
+            red(
+              `  workflow ${run.workflow}@${run.version} here is not the definition the run recorded (fingerprint ${run.fingerprint.here?.slice(0, 12)}… here, ${run.fingerprint.recorded?.slice(0, 12)}… recorded)`,
+            ),
+          ]
+        : [];
     if (run.diff) {
       lines.push(red(`${run.runId}  ${run.workflow}@${run.version}: diverges from its record at event ${run.seq}:`), ...run.diff.map((d) => `  ${d}`), ...fp);
     } else if (run.error) {
       lines.push(red(`${run.runId}  ${run.workflow}@${run.version}: cannot be replayed here: ${run.error.code}: ${run.error.message}`));
     } else {
       if (single) lines.push(...(run.timeline ?? []).map(timelineLine));
-      lines.push(run.ok ? `${green('✓')} ${run.runId}  ${run.workflow}@${run.version}  ${run.status} after ${run.events} events` : red(`${run.runId}: replay ends ${run.status}, but the record says ${run.recorded}`), ...fp);
+      lines.push(
+        run.ok
+          ? `${green('✓')} ${run.runId}  ${run.workflow}@${run.version}  ${run.status} after ${run.events} events`
+          : red(`${run.runId}: replay ends ${run.status}, but the record says ${run.recorded}`),
+        ...fp,
+      );
     }
     for (const p of run.policy ?? []) if (single || !p.same) lines.push(`  ${recheckLine(p)}`);
   }

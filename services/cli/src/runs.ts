@@ -147,9 +147,7 @@ export async function eventsCmd(argv: string[]): Promise<number> {
   const runId = runIdArg(args[0]);
   return withTenant(values, t, Role.Client, async (tc) => {
     const events = await runEvents(tc, t, runId);
-    print(values['json'] === true, events, () =>
-      events.map((e) => `${String(e.seq).padStart(4)}  ${time(e.at)}  ${e.type.padEnd(20)} ${dim(describe(e))}`).join('\n'),
-    );
+    print(values['json'] === true, events, () => events.map((e) => `${String(e.seq).padStart(4)}  ${time(e.at)}  ${e.type.padEnd(20)} ${dim(describe(e))}`).join('\n'));
     return 0;
   });
 }
@@ -174,20 +172,31 @@ export async function replayCmd(argv: string[], registryFor: () => Promise<Regis
       const same = status === recorded;
       const rechecked = values['recheck-policy'] === true ? await recheckDecisions(events, (version, queries) => decideAt(tc.nc, t, version, queries)) : [];
       const differ = rechecked.filter((r) => !r.same);
-      print(values['json'] === true, { runId, ok: same && differ.length === 0, status, recorded, events: events.length, timeline: fold.timeline, ...(values['recheck-policy'] === true ? { policy: rechecked } : {}) }, () =>
-        [
-          ...fold.timeline.map(timelineLine),
-          same
-            ? green(`replay reproduces run ${runId}: ${status} after ${events.length} events`)
-            : red(`replay ends ${status}, but the record says ${recorded}`),
-          ...rechecked.map(recheckLine),
-        ].join('\n'),
+      print(
+        values['json'] === true,
+        {
+          runId,
+          ok: same && differ.length === 0,
+          status,
+          recorded,
+          events: events.length,
+          timeline: fold.timeline,
+          ...(values['recheck-policy'] === true ? { policy: rechecked } : {}),
+        },
+        () =>
+          [
+            ...fold.timeline.map(timelineLine),
+            same ? green(`replay reproduces run ${runId}: ${status} after ${events.length} events`) : red(`replay ends ${status}, but the record says ${recorded}`),
+            ...rechecked.map(recheckLine),
+          ].join('\n'),
       );
       return same && differ.length === 0 ? 0 : 1;
     } catch (e) {
       if (CapstanError.is(e, ErrorCode.DeterminismViolation)) {
         const { seq, diff } = e as DeterminismViolationError;
-        print(values['json'] === true, { runId, ok: false, seq, diff }, () => [red(`replay of run ${runId} diverges from its record at event ${seq}:`), ...diff.map((d) => `  ${d}`)].join('\n'));
+        print(values['json'] === true, { runId, ok: false, seq, diff }, () =>
+          [red(`replay of run ${runId} diverges from its record at event ${seq}:`), ...diff.map((d) => `  ${d}`)].join('\n'),
+        );
         return 1;
       }
       throw e;
@@ -263,7 +272,9 @@ export async function dlqCmd(argv: string[]): Promise<number> {
   return withTenant(values, t, Role.Client, async ({ jsm }) => {
     const letters = await readDeadLetters(jsm, t, limit);
     print(values['json'] === true, letters, () =>
-      letters.length === 0 ? 'no dead letters' : letters.map((l) => `${String(l.seq).padStart(5)}  ${l.at}  ${red(l.code.padEnd(20))} ${l.error}  ${dim(`(from ${l.source})`)}`).join('\n'),
+      letters.length === 0
+        ? 'no dead letters'
+        : letters.map((l) => `${String(l.seq).padStart(5)}  ${l.at}  ${red(l.code.padEnd(20))} ${l.error}  ${dim(`(from ${l.source})`)}`).join('\n'),
     );
     return 0;
   });

@@ -9,7 +9,20 @@
  */
 import { readFileSync } from 'node:fs';
 import { deleteSecret, listSecrets, putSecret, rotateSecret } from '@capstan/kit';
-import { connectorSchema, InvalidArgumentError, LIFECYCLES, type SchemaError, SECRET_NAME_PATTERN, type Connector, type Lifecycle, type SecretInfo, type TenantId, Role, CapstanError, ErrorCode } from '@capstan/schemas';
+import {
+  connectorSchema,
+  InvalidArgumentError,
+  LIFECYCLES,
+  type SchemaError,
+  SECRET_NAME_PATTERN,
+  type Connector,
+  type Lifecycle,
+  type SecretInfo,
+  type TenantId,
+  Role,
+  CapstanError,
+  ErrorCode,
+} from '@capstan/schemas';
 import { intFlag, parse, stringFlag, tenantFlag } from './args.js';
 import { print, withTenant } from './context.js';
 import { dim, green, red, table, yellow } from './format.js';
@@ -28,7 +41,8 @@ const common = { nats: { type: 'string' }, tenant: { type: 'string' }, as: { typ
 const valueFlags = { 'value-file': { type: 'string' }, 'from-env': { type: 'string' }, 'expires-at': { type: 'string' } } as const;
 
 function nameArg(raw: string | undefined): string {
-  if (!raw || !SECRET_NAME_PATTERN.test(raw)) throw new InvalidArgumentError(`${JSON.stringify((raw ?? '').slice(0, 64))} is not a secret name (${SECRET_NAME_PATTERN.source}: it becomes an environment variable)`);
+  if (!raw || !SECRET_NAME_PATTERN.test(raw))
+    throw new InvalidArgumentError(`${JSON.stringify((raw ?? '').slice(0, 64))} is not a secret name (${SECRET_NAME_PATTERN.source}: it becomes an environment variable)`);
   return raw;
 }
 
@@ -147,9 +161,11 @@ async function rotateCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number
   const expiresAt = expiresFlag(values);
   const timeoutMs = intFlag('timeout', values['timeout'], 30, 1) * 1000;
   const refresh = values['refresh'] === true;
-  if (refresh && (values['value-file'] !== undefined || values['from-env'] !== undefined)) throw new InvalidArgumentError('--refresh takes no value: the connector fetches a new one');
+  if (refresh && (values['value-file'] !== undefined || values['from-env'] !== undefined))
+    throw new InvalidArgumentError('--refresh takes no value: the connector fetches a new one');
   const value = refresh ? undefined : await valueOf(values, env);
-  if (!refresh && value === undefined) throw new InvalidArgumentError('no value: give it with --value-file <f>, --from-env <VAR>, or on stdin (or --refresh for a refreshable secret)');
+  if (!refresh && value === undefined)
+    throw new InvalidArgumentError('no value: give it with --value-file <f>, --from-env <VAR>, or on stdin (or --refresh for a refreshable secret)');
   return withTenant(values, t, Role.Operator, async ({ nc, account }) => {
     const s = await rotateSecret(nc, t, name, value, { by, timeoutMs, ...(account ? { account } : {}), ...(expiresAt ? { expiresAt } : {}) });
     print(values['json'] === true, s, () => `${green(refresh ? 'refreshed' : 'rotated')} ${describeSecret(s)} in ${t} as ${by}`);

@@ -34,7 +34,14 @@ const ROUTES_USAGE = `usage:
   capstan routes list --tenant <t> [--all] [--json]
   capstan routes enable|disable|delete <id> --tenant <t> [--as <user>] [--reason <text>]`;
 
-const common = { nats: { type: 'string' }, tenant: { type: 'string' }, as: { type: 'string' }, reason: { type: 'string' }, json: { type: 'boolean' }, timeout: { type: 'string' } } as const;
+const common = {
+  nats: { type: 'string' },
+  tenant: { type: 'string' },
+  as: { type: 'string' },
+  reason: { type: 'string' },
+  json: { type: 'boolean' },
+  timeout: { type: 'string' },
+} as const;
 
 function idArg(kind: string, raw: string | undefined): string {
   if (!raw || !TRIGGER_ID_PATTERN.test(raw)) throw new InvalidArgumentError(`${JSON.stringify((raw ?? '').slice(0, 64))} is not a ${kind} id (${TRIGGER_ID_PATTERN.source})`);
@@ -79,7 +86,17 @@ export async function schedulesCmd(argv: string[], env: NodeJS.ProcessEnv = proc
         out.map((s) => {
           const { spec } = s.record;
           const rule = spec.cron !== undefined ? `${spec.cron}${spec.timezone ? ` ${spec.timezone}` : ''}` : `every ${spec.everyMs ?? 0} ms`;
-          return [s.record.schedule, colorStatus(s.record.status), rule, spec.workflow, spec.overlap ?? 'skip', spec.catchup ?? 'all', s.next.map(when).join(' ') || '-', String(s.state?.started ?? 0), s.state?.last?.runId ?? '-'];
+          return [
+            s.record.schedule,
+            colorStatus(s.record.status),
+            rule,
+            spec.workflow,
+            spec.overlap ?? 'skip',
+            spec.catchup ?? 'all',
+            s.next.map(when).join(' ') || '-',
+            String(s.state?.started ?? 0),
+            s.state?.last?.runId ?? '-',
+          ];
         }),
       );
     });
@@ -168,20 +185,34 @@ export async function routesCmd(argv: string[], env: NodeJS.ProcessEnv = process
       if (shown.length === 0) return `no webhook routes in ${t}`;
       return table(
         ['ROUTE', 'STATUS', 'WORKFLOW', 'SECRETS', 'FIELDS', 'PATH'],
-        shown.map(({ record: r }) => [r.route, colorStatus(r.status), r.workflow, r.secrets.join(','), r.fields ? Object.entries(r.fields).map(([k, p]) => `${k}=${p}`).join(' ') : '(body)', `/hooks/${t}/${r.route}`]),
+        shown.map(({ record: r }) => [
+          r.route,
+          colorStatus(r.status),
+          r.workflow,
+          r.secrets.join(','),
+          r.fields
+            ? Object.entries(r.fields)
+                .map(([k, p]) => `${k}=${p}`)
+                .join(' ')
+            : '(body)',
+          `/hooks/${t}/${r.route}`,
+        ]),
       );
     });
     return 0;
   }
   if (sub === 'create') {
-    const { values, args } = parse(rest, { ...common, workflow: { type: 'string' }, secret: { type: 'string', multiple: true }, field: { type: 'string', multiple: true } }, ['id']);
+    const { values, args } = parse(rest, { ...common, workflow: { type: 'string' }, secret: { type: 'string', multiple: true }, field: { type: 'string', multiple: true } }, [
+      'id',
+    ]);
     const t = tenantFlag(values);
     const id = idArg('route', args[0]);
     const workflow = stringFlag(values, 'workflow');
     if (!workflow) throw new InvalidArgumentError('--workflow <id> is required');
     const secrets = stringsFlag(values, 'secret');
     if (secrets.length === 0) throw new InvalidArgumentError('--secret <NAME> is required (a whsec_… value stored with `capstan secrets put`); give it twice while rotating');
-    for (const s of secrets) if (!SECRET_NAME_PATTERN.test(s)) throw new InvalidArgumentError(`--secret ${JSON.stringify(s.slice(0, 64))} is not a secret name (${SECRET_NAME_PATTERN.source})`);
+    for (const s of secrets)
+      if (!SECRET_NAME_PATTERN.test(s)) throw new InvalidArgumentError(`--secret ${JSON.stringify(s.slice(0, 64))} is not a secret name (${SECRET_NAME_PATTERN.source})`);
     const fields: Record<string, string> = {};
     for (const f of stringsFlag(values, 'field')) {
       const eq = f.indexOf('=');

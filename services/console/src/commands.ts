@@ -11,7 +11,20 @@
  * for a user is heard.
  */
 import { createClient, deleteEntity, previewQuery, putEntity, sendScheduleCommand, workflowCatalog, type Stored, type TenantAccess, type WorkflowInfo } from '@capstan/kit';
-import { isPlainObject, parseTenantId, PIPELINE_WORKFLOW, type CatalogKind, type CatalogRecord, type JsonValue, type PipelineInput, type PreviewReply, type PreviewRequest, type RunId, type ScheduleCommand, type ScheduleRecord } from '@capstan/schemas';
+import {
+  isPlainObject,
+  parseTenantId,
+  PIPELINE_WORKFLOW,
+  type CatalogKind,
+  type CatalogRecord,
+  type JsonValue,
+  type PipelineInput,
+  type PreviewReply,
+  type PreviewRequest,
+  type RunId,
+  type ScheduleCommand,
+  type ScheduleRecord,
+} from '@capstan/schemas';
 
 export interface Author {
   readonly by: string;
@@ -79,7 +92,8 @@ export async function createCommands(access: Pick<TenantAccess, 'tenant'>): Prom
       await client.revokeWorker(t, workerId, withReason(a));
     },
     runPipeline: (t, input) => client.submit(t, PIPELINE_WORKFLOW, { input: { ...input } }),
-    putEntity: async (t, kind, id, name, spec, a) => putEntity((await access.tenant(parseTenantId(t))).nc, parseTenantId(t), { kind, id, spec, by: a.by, ...(name !== undefined ? { name } : {}) }),
+    putEntity: async (t, kind, id, name, spec, a) =>
+      putEntity((await access.tenant(parseTenantId(t))).nc, parseTenantId(t), { kind, id, spec, by: a.by, ...(name !== undefined ? { name } : {}) }),
     deleteEntity: async (t, kind, id, a) => deleteEntity((await access.tenant(parseTenantId(t))).nc, parseTenantId(t), kind, id, a.by),
     preview: async (t, req, a) => previewQuery((await access.tenant(parseTenantId(t))).nc, parseTenantId(t), { ...req, by: a.by }),
   };

@@ -81,7 +81,17 @@ export function buildHops(src: HopSources, now: number): TraceHop[] {
     const finished = a.finishedAt ? Date.parse(a.finishedAt) : null;
     const ran = a.startedAt ? Date.parse(a.startedAt) : finished !== null && a.durationMs !== null ? finished - a.durationMs : null;
     const id = (k: string) => `${h.key}:${k}`;
-    add({ id: id('queued'), parent: h.key, kind: 'queued', name: 'queued', start: a.scheduledAt, end: ran !== null ? iso(Math.max(scheduled, ran)) : finished !== null ? iso(finished) : null, status: ran !== null || finished !== null ? HopStatus.Ok : HopStatus.Open, error: null, detail: `pool ${a.pool}` });
+    add({
+      id: id('queued'),
+      parent: h.key,
+      kind: 'queued',
+      name: 'queued',
+      start: a.scheduledAt,
+      end: ran !== null ? iso(Math.max(scheduled, ran)) : finished !== null ? iso(finished) : null,
+      status: ran !== null || finished !== null ? HopStatus.Ok : HopStatus.Open,
+      error: null,
+      detail: `pool ${a.pool}`,
+    });
     if (ran === null) continue;
     const failed = a.outcome === 'failed' || a.outcome === 'timed_out';
     add({
@@ -95,13 +105,35 @@ export function buildHops(src: HopSources, now: number): TraceHop[] {
       error: failed ? (a.errorCode ?? a.outcome) : null,
       detail: a.mode === 'inline' ? `handler ${a.handler}` : `${a.mode}, handler ${a.handler}`,
     });
-    for (const l of src.leases.filter((x) => x.step === step && String(x.attempt) === attempt && (x.kind === 'lease.issued' || x.kind === 'lease.redeemed' || x.kind === 'lease.denied'))) {
-      add({ id: id(`${l.kind}:${l.at}`), parent: id('worker'), kind: 'lease', name: l.kind.replace('.', ' '), start: l.at, end: l.at, status: l.kind === 'lease.denied' ? HopStatus.Error : HopStatus.Ok, error: l.kind === 'lease.denied' ? l.code : null, detail: l.keys.join(', ') });
+    for (const l of src.leases.filter(
+      (x) => x.step === step && String(x.attempt) === attempt && (x.kind === 'lease.issued' || x.kind === 'lease.redeemed' || x.kind === 'lease.denied'),
+    )) {
+      add({
+        id: id(`${l.kind}:${l.at}`),
+        parent: id('worker'),
+        kind: 'lease',
+        name: l.kind.replace('.', ' '),
+        start: l.at,
+        end: l.at,
+        status: l.kind === 'lease.denied' ? HopStatus.Error : HopStatus.Ok,
+        error: l.kind === 'lease.denied' ? l.code : null,
+        detail: l.keys.join(', '),
+      });
     }
     const tool = toolMs(a.result);
     if (tool !== null && finished !== null) {
       // The sandbox reports how long the command ran; it ended before the worker reported.
-      add({ id: id('tool'), parent: id('worker'), kind: 'tool', name: 'tool call', start: iso(Math.max(ran, finished - tool)), end: iso(finished), status: failed ? HopStatus.Error : HopStatus.Ok, error: null, detail: a.sandbox ? `in ${a.sandbox}` : null });
+      add({
+        id: id('tool'),
+        parent: id('worker'),
+        kind: 'tool',
+        name: 'tool call',
+        start: iso(Math.max(ran, finished - tool)),
+        end: iso(finished),
+        status: failed ? HopStatus.Error : HopStatus.Ok,
+        error: null,
+        detail: a.sandbox ? `in ${a.sandbox}` : null,
+      });
     }
   }
   // Parents before children, each subtree in start order.

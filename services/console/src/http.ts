@@ -84,7 +84,9 @@ export function queryOf(req: FastifyRequest, takes: readonly string[], repeatabl
     const vs = v === undefined ? [] : Array.isArray(v) ? v : [v];
     if (!takes.includes(k)) {
       const name = JSON.stringify(k.slice(0, 64));
-      throw new InvalidArgumentError(takes.length > 0 ? `unknown query parameter ${name}; this endpoint takes ${takes.join(', ')}` : `unknown query parameter ${name}; this endpoint takes none`);
+      throw new InvalidArgumentError(
+        takes.length > 0 ? `unknown query parameter ${name}; this endpoint takes ${takes.join(', ')}` : `unknown query parameter ${name}; this endpoint takes none`,
+      );
     }
     if (vs.length > 1 && !repeatable.includes(k)) throw new InvalidArgumentError(`query parameter ${k} is given ${vs.length} times; give it once`);
     values.set(k, vs);

@@ -25,7 +25,9 @@ async function serve(config: Config, log: Logger): Promise<{ start(): Promise<vo
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const c of process.stdin) chunks.push(c as Buffer);
-  return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+  return Buffer.concat(chunks)
+    .toString('utf8')
+    .replace(/\r?\n$/, '');
 }
 
 if (process.argv[2] === 'hash-password') {

@@ -9,14 +9,42 @@
 import type { FastifyInstance } from 'fastify';
 import { and, desc, eq, inArray } from 'drizzle-orm';
 import { listRuns } from '@capstan/kit';
-import { CATALOG_KINDS, db as schema, json, obj, optional, parsePipelineInput, PIPELINE_STEPS, PIPELINE_WORKFLOW, PREVIEW_LIMITS, int, str, type CatalogKind, type CatalogRecord, type JsonValue } from '@capstan/schemas';
-import { apiPaths, type ActionResponse, type DatasyncEntity, type DatasyncEntityResponse, type DatasyncResponse, type PipelineRun, type PipelineStepProgress, type PreviewResponse } from './api-types.js';
+import {
+  CATALOG_KINDS,
+  db as schema,
+  json,
+  obj,
+  optional,
+  parsePipelineInput,
+  PIPELINE_STEPS,
+  PIPELINE_WORKFLOW,
+  PREVIEW_LIMITS,
+  int,
+  str,
+  type CatalogKind,
+  type CatalogRecord,
+  type JsonValue,
+} from '@capstan/schemas';
+import {
+  apiPaths,
+  type ActionResponse,
+  type DatasyncEntity,
+  type DatasyncEntityResponse,
+  type DatasyncResponse,
+  type PipelineRun,
+  type PipelineStepProgress,
+  type PreviewResponse,
+} from './api-types.js';
 import { badRequest, bodyOf, pattern, queryOf, requireAction, sessionOf, toHttpError } from './http.js';
 import type { RouteDeps } from './routes.js';
 import { toRunSummary } from './views.js';
 
 const putBody = obj('datasync put', { name: optional(str({ min: 1, max: 128 })), spec: json() });
-const previewBody = obj('preview', { connection: str({ min: 1, max: 64 }), sql: str({ min: 1, max: PREVIEW_LIMITS.sqlChars }), timeoutMs: optional(int({ min: 100, max: PREVIEW_LIMITS.maxTimeoutMs })) });
+const previewBody = obj('preview', {
+  connection: str({ min: 1, max: 64 }),
+  sql: str({ min: 1, max: PREVIEW_LIMITS.sqlChars }),
+  timeoutMs: optional(int({ min: 100, max: PREVIEW_LIMITS.maxTimeoutMs })),
+});
 const RUNS_SHOWN = 20;
 
 function kindOf(raw: string): CatalogKind {
@@ -24,13 +52,43 @@ function kindOf(raw: string): CatalogKind {
   return raw as CatalogKind;
 }
 
-function toEntity(r: { kind: string; id: string; name: string; version: number; status: string; fingerprint: string; summary: unknown; changedBy: string; changedAt: Date }): DatasyncEntity {
-  return { kind: r.kind as DatasyncEntity['kind'], id: r.id, name: r.name, version: r.version, status: r.status as DatasyncEntity['status'], fingerprint: r.fingerprint, summary: r.summary as { [k: string]: JsonValue }, changedBy: r.changedBy, changedAt: r.changedAt.toISOString() };
+function toEntity(r: {
+  kind: string;
+  id: string;
+  name: string;
+  version: number;
+  status: string;
+  fingerprint: string;
+  summary: unknown;
+  changedBy: string;
+  changedAt: Date;
+}): DatasyncEntity {
+  return {
+    kind: r.kind as DatasyncEntity['kind'],
+    id: r.id,
+    name: r.name,
+    version: r.version,
+    status: r.status as DatasyncEntity['status'],
+    fingerprint: r.fingerprint,
+    summary: r.summary as { [k: string]: JsonValue },
+    changedBy: r.changedBy,
+    changedAt: r.changedAt.toISOString(),
+  };
 }
 
 /** The entity as the datasync service answered (the projection follows a moment later). */
 function fromRecord(r: CatalogRecord): DatasyncEntity {
-  return { kind: r.kind, id: r.id, name: r.name, version: r.version, status: r.status, fingerprint: r.fingerprint, summary: r.summary as { [k: string]: JsonValue }, changedBy: r.by, changedAt: r.at };
+  return {
+    kind: r.kind,
+    id: r.id,
+    name: r.name,
+    version: r.version,
+    status: r.status,
+    fingerprint: r.fingerprint,
+    summary: r.summary as { [k: string]: JsonValue },
+    changedBy: r.by,
+    changedAt: r.at,
+  };
 }
 
 export function registerDatasyncRoutes(app: FastifyInstance, d: RouteDeps): void {
@@ -42,9 +100,22 @@ export function registerDatasyncRoutes(app: FastifyInstance, d: RouteDeps): void
     const page = await listRuns(d.db, t, { workflow: PIPELINE_WORKFLOW, limit: RUNS_SHOWN });
     const ids = page.runs.map((r) => r.runId);
     const s = schema.steps;
-    const attempts = ids.length === 0 ? [] : await d.db.db.select().from(s).where(and(eq(s.tenant, t), inArray(s.runId, ids))).orderBy(s.runId, s.step, desc(s.attempt));
+    const attempts =
+      ids.length === 0
+        ? []
+        : await d.db.db
+            .select()
+            .from(s)
+            .where(and(eq(s.tenant, t), inArray(s.runId, ids)))
+            .orderBy(s.runId, s.step, desc(s.attempt));
     const search = schema.runSearch;
-    const keys = ids.length === 0 ? [] : await d.db.db.select().from(search).where(and(eq(search.tenant, t), inArray(search.runId, ids)));
+    const keys =
+      ids.length === 0
+        ? []
+        : await d.db.db
+            .select()
+            .from(search)
+            .where(and(eq(search.tenant, t), inArray(search.runId, ids)));
     const runs: PipelineRun[] = page.runs.map((r) => {
       const mine = attempts.filter((a) => a.runId === r.runId);
       const steps: PipelineStepProgress[] = PIPELINE_STEPS.map((step) => {
@@ -54,7 +125,7 @@ export function registerDatasyncRoutes(app: FastifyInstance, d: RouteDeps): void
         const num = (v: unknown) => (typeof v === 'number' ? v : null);
         return {
           step,
-          status: !last ? 'pending' : last.outcome ?? (r.currentStep === step ? 'running' : 'pending'),
+          status: !last ? 'pending' : (last.outcome ?? (r.currentStep === step ? 'running' : 'pending')),
           attempts: tries.length,
           rows: num(result?.rows),
           bytes: num(result?.bytes),

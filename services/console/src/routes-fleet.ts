@@ -20,7 +20,10 @@ export function registerFleetRoutes(app: FastifyInstance, d: RouteDeps): void {
     const rows = await listApprovals(d.db, t, { ...(status !== undefined ? { status } : {}), limit: parseLimit(q.one('limit')) });
     // The queue says what is being approved: each run's workflow, in one keyed read.
     const ids = [...new Set(rows.map((a) => a.runId))];
-    const runs = ids.length === 0 ? [] : await d.db.db.query.runs.findMany({ columns: { runId: true, workflow: true }, where: (r, { and, eq, inArray }) => and(eq(r.tenant, t), inArray(r.runId, ids)) });
+    const runs =
+      ids.length === 0
+        ? []
+        : await d.db.db.query.runs.findMany({ columns: { runId: true, workflow: true }, where: (r, { and, eq, inArray }) => and(eq(r.tenant, t), inArray(r.runId, ids)) });
     const workflowOf = new Map(runs.map((r) => [r.runId, r.workflow]));
     return { approvals: rows.map((a) => toApproval(a, workflowOf.get(a.runId) ?? null)) };
   });

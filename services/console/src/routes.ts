@@ -32,7 +32,14 @@ export function tenantOf(s: Session, raw: string): TenantId {
 }
 
 /** `by`: the signed-in user; `groups`: their approver groups in `t` (stated when the console signs their approvals). */
-export type ActionHandler<P> = (c: Commands, t: TenantId, params: P, body: unknown, by: string, groups: readonly string[]) => Promise<Omit<ActionResponse, 'accepted' | 'action' | 'tenant'>>;
+export type ActionHandler<P> = (
+  c: Commands,
+  t: TenantId,
+  params: P,
+  body: unknown,
+  by: string,
+  groups: readonly string[],
+) => Promise<Omit<ActionResponse, 'accepted' | 'action' | 'tenant'>>;
 
 /** A POST that publishes a command: tenant, role, body, state checks (in `handle`), 202. */
 export function postAction<P extends { tenant: string }>(app: FastifyInstance, d: RouteDeps, name: ActionName, path: string, handle: ActionHandler<P>): void {

@@ -112,7 +112,16 @@ export function parseUsers(text: string, where = 'CONSOLE_USERS'): ConsoleUser[]
     if (hash !== undefined && (typeof hash !== 'string' || !parseHash(hash))) problems.push(`${at}.passwordHash is not a scrypt hash made by hash-password`);
     const access = parseAccess(o['access'], at, tenants, problems);
     if (userId && orgId && role && tenants) {
-      users.push(Object.freeze({ userId, orgId, role, tenants: Object.freeze([...new Set(tenants)]), ...(access ? { access } : {}), ...(typeof hash === 'string' ? { passwordHash: hash } : {}) }));
+      users.push(
+        Object.freeze({
+          userId,
+          orgId,
+          role,
+          tenants: Object.freeze([...new Set(tenants)]),
+          ...(access ? { access } : {}),
+          ...(typeof hash === 'string' ? { passwordHash: hash } : {}),
+        }),
+      );
     }
   });
   if (problems.length > 0) throw new ConfigError(problems);

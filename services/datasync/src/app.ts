@@ -47,7 +47,21 @@ import {
   type TenantId,
   AuditKind,
 } from '@capstan/schemas';
-import { appendAuditRow, createAuditSink, serviceAccess, wireError, type TenantAccess, type TenantConnection, type TenantFollower, dbErrorMessage, migrate, refuseRequest, type Database, type Logger, type ProjectionDb } from '@capstan/kit';
+import {
+  appendAuditRow,
+  createAuditSink,
+  serviceAccess,
+  wireError,
+  type TenantAccess,
+  type TenantConnection,
+  type TenantFollower,
+  dbErrorMessage,
+  migrate,
+  refuseRequest,
+  type Database,
+  type Logger,
+  type ProjectionDb,
+} from '@capstan/kit';
 import type { Config } from './config.js';
 import { createCatalog, type Catalog } from './catalog.js';
 import { openPostgres } from './connect.js';
@@ -76,7 +90,12 @@ const BACKOFF_MAX_MS = 5000;
 
 export function createDatasync(config: Config, log: Logger): Promise<DatasyncService> {
   // UTC and ISO dates in every session: the text forms written to destinations do not depend on the server's defaults.
-  const pool = new pg.Pool({ connectionString: config.databaseUrl, max: config.poolSize, connectionTimeoutMillis: 5000, options: '-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=3' });
+  const pool = new pg.Pool({
+    connectionString: config.databaseUrl,
+    max: config.poolSize,
+    connectionTimeoutMillis: 5000,
+    options: '-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=3',
+  });
   pool.on('error', (err) => log.warn({ err: err.message }, 'data plane database connection lost (idle)'));
   const database: Database = { db: drizzle(pool, { schema }) as unknown as ProjectionDb, kind: 'pg', where: 'datasync', close: () => pool.end() };
   const stats: DatasyncStats = { steps: 0, stepsFailed: 0, previews: 0, refused: 0 };
@@ -142,7 +161,14 @@ export function createDatasync(config: Config, log: Logger): Promise<DatasyncSer
         const checked = await checkPreviewQuery(req.sql);
         fingerprint = checked.fingerprint;
         const { spec } = await (catalog as Catalog).spec(t, CatalogKind.Connection, req.connection);
-        const client = await openPostgres(spec, { nc: connOf(t).nc, signer: connOf(t).signer, tenant: t, scope: { runId: previewId, step: 'preview', attempt: 1 }, connectTimeoutMs: config.connectTimeoutMs, application: 'capstan-preview' });
+        const client = await openPostgres(spec, {
+          nc: connOf(t).nc,
+          signer: connOf(t).signer,
+          tenant: t,
+          scope: { runId: previewId, step: 'preview', attempt: 1 },
+          connectTimeoutMs: config.connectTimeoutMs,
+          application: 'capstan-preview',
+        });
         try {
           const reply = await runPreview(client, checked.statement, fingerprint, req.timeoutMs ?? PREVIEW_LIMITS.defaultTimeoutMs);
           outcome = { rows: reply.rows.length, truncated: reply.truncated };
@@ -197,7 +223,9 @@ export function createDatasync(config: Config, log: Logger): Promise<DatasyncSer
       send({ type: 'done', result });
     } catch (e) {
       stats.stepsFailed++;
-      const error = CapstanError.is(e) ? e.toRecord() : { code: ErrorCode.DatasyncUnavailable, message: `step ${req.step} failed: ${dbErrorMessage(e).split('\n')[0]?.slice(0, 300) ?? ''}`, retryable: true };
+      const error = CapstanError.is(e)
+        ? e.toRecord()
+        : { code: ErrorCode.DatasyncUnavailable, message: `step ${req.step} failed: ${dbErrorMessage(e).split('\n')[0]?.slice(0, 300) ?? ''}`, retryable: true };
       log1.warn({ code: error.code, reason: error.message }, 'pipeline step failed');
       send({ type: 'done', error: { ...error, message: error.message.slice(0, 2000) } });
     } finally {
@@ -283,7 +311,8 @@ export function createDatasync(config: Config, log: Logger): Promise<DatasyncSer
         log,
       );
       // Staging of runs that ended without loading, once they are old enough.
-      const sweep = () => void (runner as PipelineRunner).sweep(config.sweepAfterMs).catch((e: unknown) => log.warn({ reason: dbErrorMessage(e).split('\n')[0] }, 'staging sweep failed'));
+      const sweep = () =>
+        void (runner as PipelineRunner).sweep(config.sweepAfterMs).catch((e: unknown) => log.warn({ reason: dbErrorMessage(e).split('\n')[0] }, 'staging sweep failed'));
       sweeper = setInterval(sweep, Math.min(config.sweepAfterMs, 3_600_000));
       sweeper.unref();
       sweep();

@@ -107,7 +107,8 @@ export function checkModel(m: ModelSpec): void {
     if (e.fields.length === 0) problems.push(`entity ${e.name}: needs at least one field`);
     if (e.key.length === 0) problems.push(`entity ${e.name}: needs a key (one or more of its fields)`);
     for (const k of e.key) if (!fields.has(k)) problems.push(`entity ${e.name}: key field ${k} is not one of its fields`);
-    for (const reserved of e.fields.filter((f) => f.name.startsWith('_capstan'))) problems.push(`entity ${e.name}: field ${reserved.name}: names starting with _capstan are Capstan's`);
+    for (const reserved of e.fields.filter((f) => f.name.startsWith('_capstan')))
+      problems.push(`entity ${e.name}: field ${reserved.name}: names starting with _capstan are Capstan's`);
   }
   const assocNames = new Set<string>();
   for (const a of m.associations ?? []) {
@@ -164,7 +165,12 @@ export function createCatalog(o: { pool: pg.Pool; streams: TenantStreams }): Cat
   }
 
   /** Locks the entity's row, lets `change` write it, publishes the record, commits. */
-  async function change(t: TenantId, kind: CatalogKind, id: string, write: (c: pg.PoolClient, current: SpecRow | undefined, version: number) => Promise<SpecRow | undefined>): Promise<CatalogRecord> {
+  async function change(
+    t: TenantId,
+    kind: CatalogKind,
+    id: string,
+    write: (c: pg.PoolClient, current: SpecRow | undefined, version: number) => Promise<SpecRow | undefined>,
+  ): Promise<CatalogRecord> {
     const c = await pool.connect();
     try {
       await c.query('begin');
@@ -209,7 +215,8 @@ export function createCatalog(o: { pool: pg.Pool; streams: TenantStreams }): Cat
       if (req.kind === CatalogKind.Model) checkModel(spec as ModelSpec);
       if (req.kind === CatalogKind.Connection) {
         const c = spec as EntitySpecOf<'connection'>;
-        if (c.auth.type === PostgresAuth.Keypair && c.tls.mode === TlsMode.Disable) throw new InvalidArgumentError('a keypair (client certificate) connection needs TLS: tls.mode require or verify-full');
+        if (c.auth.type === PostgresAuth.Keypair && c.tls.mode === TlsMode.Disable)
+          throw new InvalidArgumentError('a keypair (client certificate) connection needs TLS: tls.mode require or verify-full');
       }
       if (req.kind === CatalogKind.Destination) {
         const d = spec as EntitySpecOf<'destination'>;
@@ -228,7 +235,15 @@ export function createCatalog(o: { pool: pg.Pool; streams: TenantStreams }): Cat
       return change(t, kind, id, async (c, cur, version) => {
         if (!cur) throw new DatasyncNotFoundError(kind, id);
         if (cur.deleted_at) return undefined;
-        return (await c.query<SpecRow>('update datasync_specs set version = $4, deleted_at = now(), updated_by = $5 where tenant = $1 and kind = $2 and id = $3 returning *', [t, kind, id, version, by])).rows[0];
+        return (
+          await c.query<SpecRow>('update datasync_specs set version = $4, deleted_at = now(), updated_by = $5 where tenant = $1 and kind = $2 and id = $3 returning *', [
+            t,
+            kind,
+            id,
+            version,
+            by,
+          ])
+        ).rows[0];
       });
     },
 
@@ -240,10 +255,11 @@ export function createCatalog(o: { pool: pg.Pool; streams: TenantStreams }): Cat
 
     async list(t, opts) {
       const rows = (
-        await pool.query<SpecRow>(
-          `select * from datasync_specs where tenant = $1 and ($2::text is null or kind = $2) and ($3 or deleted_at is null) order by kind, id`,
-          [t, opts.kind ?? null, opts.includeDeleted === true],
-        )
+        await pool.query<SpecRow>(`select * from datasync_specs where tenant = $1 and ($2::text is null or kind = $2) and ($3 or deleted_at is null) order by kind, id`, [
+          t,
+          opts.kind ?? null,
+          opts.includeDeleted === true,
+        ])
       ).rows;
       return rows.map((r) => recordOf(t, r));
     },

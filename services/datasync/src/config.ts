@@ -58,7 +58,8 @@ export function loadConfig(env: Env): Config {
     name: envString(env, 'DATASYNC_NAME', `datasync-${process.pid}`),
   };
   // A step holds two connections at most (its own, and a batch being read); requests need one more.
-  if (config.poolSize < 2 * config.concurrency + 2) problems.push(`DATASYNC_DB_POOL (${config.poolSize}) must be at least 2 × DATASYNC_CONCURRENCY + 2 (${2 * config.concurrency + 2})`);
+  if (config.poolSize < 2 * config.concurrency + 2)
+    problems.push(`DATASYNC_DB_POOL (${config.poolSize}) must be at least 2 × DATASYNC_CONCURRENCY + 2 (${2 * config.concurrency + 2})`);
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);
 }

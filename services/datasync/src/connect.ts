@@ -9,15 +9,7 @@
  */
 import { isIP } from 'node:net';
 import pg from 'pg';
-import {
-  CapstanError,
-  ErrorCode,
-  PostgresAuth,
-  TlsMode,
-  type ConnectionSpec,
-  type RunId,
-  type TenantId,
-} from '@capstan/schemas';
+import { CapstanError, ErrorCode, PostgresAuth, TlsMode, type ConnectionSpec, type RunId, type TenantId } from '@capstan/schemas';
 import { issueLease, redeemValues, type NatsConnection, type Signer } from '@capstan/kit';
 
 export interface LeaseScope {

@@ -79,10 +79,14 @@ export function postgresDestination(client: pg.Client, schema: string, runId: st
     prepare: (entities) =>
       run('preparing the destination schema', async () => {
         await client.query(`create schema if not exists ${q(schema)}`);
-        await client.query(`create table if not exists ${ledger} (run_id text not null, entity text not null, batch integer not null, rows integer not null, loaded_at timestamptz not null default now(), primary key (run_id, entity, batch))`);
+        await client.query(
+          `create table if not exists ${ledger} (run_id text not null, entity text not null, batch integer not null, rows integer not null, loaded_at timestamptz not null default now(), primary key (run_id, entity, batch))`,
+        );
         for (const e of entities) {
           const cols = e.columns.map((c) => `${q(c.name)} ${c.type}`).join(', ');
-          await client.query(`create table if not exists ${table(e)} (${cols}, "_capstan_fp" text not null, "_capstan_run" text not null, primary key (${e.key.map(q).join(', ')}))`);
+          await client.query(
+            `create table if not exists ${table(e)} (${cols}, "_capstan_fp" text not null, "_capstan_run" text not null, primary key (${e.key.map(q).join(', ')}))`,
+          );
           // A model that gained fields: the table gains columns (never loses any).
           for (const c of e.columns) await client.query(`alter table ${table(e)} add column if not exists ${q(c.name)} ${c.type}`);
         }
@@ -210,7 +214,8 @@ export function filesDestination(dir: string, format: 'jsonl' | 'parquet', runId
       for (const e of entities) mkdirSync(join(dir, e.plan.name), { recursive: true });
       mkdirSync(join(dir, '_runs'), { recursive: true });
       // Parts a crashed attempt left half-written are never renamed into place: clear them.
-      for (const e of entities) for (const f of readdirSync(join(dir, e.plan.name))) if (f.startsWith(runId) && f.includes('.tmp-')) rmSync(join(dir, e.plan.name, f), { force: true });
+      for (const e of entities)
+        for (const f of readdirSync(join(dir, e.plan.name))) if (f.startsWith(runId) && f.includes('.tmp-')) rmSync(join(dir, e.plan.name, f), { force: true });
       return Promise.resolve();
     },
     written() {

@@ -149,11 +149,19 @@ export function createPipelineRunner(d: PipelineDeps): PipelineRunner {
   }
 
   async function recorded(t: TenantId, runId: string, step: string): Promise<{ state: unknown; result: unknown } | undefined> {
-    return (await pool.query<{ state: unknown; result: unknown }>('select state, result from datasync_run_steps where tenant = $1 and run_id = $2 and step = $3', [t, runId, step])).rows[0];
+    return (await pool.query<{ state: unknown; result: unknown }>('select state, result from datasync_run_steps where tenant = $1 and run_id = $2 and step = $3', [t, runId, step]))
+      .rows[0];
   }
 
   async function record(c: pg.ClientBase, t: TenantId, runId: string, step: string, pipeline: string, state: unknown, result: DatasyncStepResult): Promise<void> {
-    await c.query('insert into datasync_run_steps (tenant, run_id, step, pipeline, state, result) values ($1, $2, $3, $4, $5, $6) on conflict do nothing', [t, runId, step, pipeline, JSON.stringify(state), JSON.stringify(result)]);
+    await c.query('insert into datasync_run_steps (tenant, run_id, step, pipeline, state, result) values ($1, $2, $3, $4, $5, $6) on conflict do nothing', [
+      t,
+      runId,
+      step,
+      pipeline,
+      JSON.stringify(state),
+      JSON.stringify(result),
+    ]);
   }
 
   async function run(s: StepRun): Promise<DatasyncStepResult> {
@@ -223,7 +231,8 @@ export function createPipelineRunner(d: PipelineDeps): PipelineRunner {
         where tenant = $1 and pipeline = $2 and claimed_by = $3`,
       [c.tenant, c.pipeline, c.req.runId, config.claimTtlMs],
     );
-    if (res.rowCount === 0) throw new CapstanError(ErrorCode.PipelineBusy, `run ${c.req.runId} no longer holds its pipeline (its claim expired and another run took it); start a new run`, false);
+    if (res.rowCount === 0)
+      throw new CapstanError(ErrorCode.PipelineBusy, `run ${c.req.runId} no longer holds its pipeline (its claim expired and another run took it); start a new run`, false);
   }
 
   // -------------------------------------------------------------------------------------
@@ -243,9 +252,14 @@ export function createPipelineRunner(d: PipelineDeps): PipelineRunner {
     ).rows[0];
     if (!claim) {
       // The holder may have ended without letting go (it failed, or was cancelled): then its claim is free.
-      const holder = (await pool.query<{ claimed_by: string }>('select claimed_by from datasync_pipelines where tenant = $1 and pipeline = $2', [t, c.pipeline])).rows[0]?.claimed_by;
+      const holder = (await pool.query<{ claimed_by: string }>('select claimed_by from datasync_pipelines where tenant = $1 and pipeline = $2', [t, c.pipeline])).rows[0]
+        ?.claimed_by;
       if (holder && (await runEnded(t, holder))) {
-        await pool.query('update datasync_pipelines set claimed_by = null, claim_expires_at = null where tenant = $1 and pipeline = $2 and claimed_by = $3', [t, c.pipeline, holder]);
+        await pool.query('update datasync_pipelines set claimed_by = null, claim_expires_at = null where tenant = $1 and pipeline = $2 and claimed_by = $3', [
+          t,
+          c.pipeline,
+          holder,
+        ]);
         d.log.info({ tenant: t, runId: req.runId, holder }, 'pipeline claim of an ended run released');
         return retrieve(c);
       }
@@ -253,7 +267,14 @@ export function createPipelineRunner(d: PipelineDeps): PipelineRunner {
     }
     const full = !claim.committed_run || claim.spec_fingerprint !== c.specs.fingerprint;
     const previous = full ? {} : claim.cursors;
-    const src = await openPostgres(c.specs.connection, { nc: d.tenant(t).nc, signer: d.tenant(t).signer, tenant: t, scope: { runId: req.runId, step: req.step, attempt: req.attempt }, connectTimeoutMs: config.connectTimeoutMs, application: 'capstan-datasync' });
+    const src = await openPostgres(c.specs.connection, {
+      nc: d.tenant(t).nc,
+      signer: d.tenant(t).signer,
+      tenant: t,
+      scope: { runId: req.runId, step: req.step, attempt: req.attempt },
+      connectTimeoutMs: config.connectTimeoutMs,
+      application: 'capstan-datasync',
+    });
     const stop = () => void src.end().catch(() => undefined);
     c.signal.addEventListener('abort', stop, { once: true });
     const cursors: Record<string, string | null> = {};
@@ -302,7 +323,8 @@ export function createPipelineRunner(d: PipelineDeps): PipelineRunner {
         where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped order by a.attnum`,
       [e.sourceTable],
     );
-    if (res.rows.length === 0) throw new CapstanError(ErrorCode.SchemaMismatch, `entity ${e.name}: the source has no table ${e.sourceTable} (or this connection's user cannot see it)`, false);
+    if (res.rows.length === 0)
+      throw new CapstanError(ErrorCode.SchemaMismatch, `entity ${e.name}: the source has no table ${e.sourceTable} (or this connection's user cannot see it)`, false);
     const all = new Map(res.rows.map((r) => [r.name, r.type]));
     const missing = e.columns.filter((col) => !all.has(col));
     if (missing.length > 0) throw new CapstanError(ErrorCode.SchemaMismatch, `entity ${e.name}: ${e.sourceTable} has no column ${missing.join(', ')}`, false);
@@ -312,7 +334,14 @@ export function createPipelineRunner(d: PipelineDeps): PipelineRunner {
   }
 
   /** Streams one table from the source's server-side cursor into its staging table. */
-  async function stageTable(c: Ctx, src: pg.Client, e: EntityPlan, cols: Map<string, string>, since: string | null, onProgress: (rows: number, bytes: number) => void): Promise<{ rows: number; bytes: number }> {
+  async function stageTable(
+    c: Ctx,
+    src: pg.Client,
+    e: EntityPlan,
+    cols: Map<string, string>,
+    since: string | null,
+    onProgress: (rows: number, bytes: number) => void,
+  ): Promise<{ rows: number; bytes: number }> {
     await c.work.query(`drop table if exists ${e.raw}`);
     await c.work.query(`create unlogged table ${e.raw} (${[...cols].map(([n, ty]) => `${q(n)} ${portableType(ty)}`).join(', ')})`);
     const list = e.columns.map(q).join(', ');
@@ -451,7 +480,10 @@ export function createPipelineRunner(d: PipelineDeps): PipelineRunner {
         // The target was built in this run, or loaded before (not for a full run: all of it is in this one).
         const found = `exists (select 1 from ${target.mdl} x where ${match('x')})${state.full ? '' : ` or exists (select 1 from ${target.state} s where ${match('s')})`}`;
         a.columns.forEach((col, i) => selects.push(`case when ${present} and (${found}) then m.${q(a.fields[i] as string)} end as ${q(col)}`));
-        tallies.push(`count(*) filter (where ${q(a.columns[0] as string)} is not null)`, `count(*) filter (where ${a.fields.map((f) => `${q(f)} is not null`).join(' and ')} and ${q(a.columns[0] as string)} is null)`);
+        tallies.push(
+          `count(*) filter (where ${q(a.columns[0] as string)} is not null)`,
+          `count(*) filter (where ${a.fields.map((f) => `${q(f)} is not null`).join(' and ')} and ${q(a.columns[0] as string)} is null)`,
+        );
       }
       await c.work.query(`drop table if exists ${e.res}`);
       await c.work.query(`create unlogged table ${e.res} as select m.*, ${selects.join(', ')} from ${e.mdl} m`);
@@ -593,8 +625,19 @@ export function createPipelineRunner(d: PipelineDeps): PipelineRunner {
     const w = c.work;
     await w.query('begin');
     try {
-      const cur = (await w.query<{ cursors: Record<string, string | null> }>('select cursors from datasync_pipelines where tenant = $1 and pipeline = $2 and claimed_by = $3 for update', [c.tenant, c.pipeline, c.req.runId])).rows[0];
-      if (!cur) throw new CapstanError(ErrorCode.PipelineBusy, `run ${c.req.runId} no longer holds its pipeline; its records are loaded, its cursors are not kept (the next run moves them again)`, false);
+      const cur = (
+        await w.query<{ cursors: Record<string, string | null> }>('select cursors from datasync_pipelines where tenant = $1 and pipeline = $2 and claimed_by = $3 for update', [
+          c.tenant,
+          c.pipeline,
+          c.req.runId,
+        ])
+      ).rows[0];
+      if (!cur)
+        throw new CapstanError(
+          ErrorCode.PipelineBusy,
+          `run ${c.req.runId} no longer holds its pipeline; its records are loaded, its cursors are not kept (the next run moves them again)`,
+          false,
+        );
       for (const e of c.plan.entities) {
         const keys = e.key.map(q).join(', ');
         if (state.full) {
@@ -636,7 +679,9 @@ export function createPipelineRunner(d: PipelineDeps): PipelineRunner {
       const t = r.tenant as TenantId;
       // A run that may still go on (or be retried by a person) keeps its staging until it has ended.
       if (!(await runEnded(t, r.run_id))) continue;
-      const tables = (await pool.query<{ name: string }>(`select tablename as name from pg_tables where schemaname = $1 and tablename like $2`, [STATE_SCHEMA, `r${short(t, r.run_id)}\\_%`])).rows;
+      const tables = (
+        await pool.query<{ name: string }>(`select tablename as name from pg_tables where schemaname = $1 and tablename like $2`, [STATE_SCHEMA, `r${short(t, r.run_id)}\\_%`])
+      ).rows;
       for (const { name } of tables) await pool.query(`drop table if exists ${q(STATE_SCHEMA)}.${q(name)}`);
       await pool.query('delete from datasync_run_steps where tenant = $1 and run_id = $2', [t, r.run_id]);
       d.log.info({ tenant: t, runId: r.run_id, tables: tables.length }, 'staging of an ended run swept');

@@ -33,18 +33,63 @@ export function loadParser(): Promise<void> {
  * files, other servers) or run SQL text the parser never saw.
  */
 const FORBIDDEN_FUNCTIONS = new Set([
-  'nextval', 'setval', 'set_config', 'pg_sleep_for', 'pg_sleep_until',
-  'pg_advisory_lock', 'pg_advisory_lock_shared', 'pg_advisory_xact_lock', 'pg_advisory_xact_lock_shared',
-  'pg_try_advisory_lock', 'pg_try_advisory_lock_shared', 'pg_try_advisory_xact_lock', 'pg_try_advisory_xact_lock_shared',
-  'pg_advisory_unlock', 'pg_advisory_unlock_shared', 'pg_advisory_unlock_all',
-  'pg_notify', 'pg_cancel_backend', 'pg_terminate_backend', 'pg_reload_conf', 'pg_rotate_logfile', 'pg_switch_wal',
-  'pg_create_restore_point', 'pg_promote', 'pg_logical_emit_message', 'txid_current', 'pg_current_xact_id',
-  'pg_read_file', 'pg_read_binary_file', 'pg_ls_dir', 'pg_stat_file', 'pg_file_write', 'lo_import', 'lo_export',
-  'lo_create', 'lo_creat', 'lo_unlink', 'lo_put', 'lo_from_bytea', 'lo_open', 'lowrite', 'lo_truncate',
-  'query_to_xml', 'query_to_xml_and_xmlschema', 'query_to_xmlschema', 'cursor_to_xml', 'cursor_to_xmlschema',
-  'pg_create_physical_replication_slot', 'pg_create_logical_replication_slot', 'pg_drop_replication_slot',
-  'pg_replication_origin_create', 'pg_replication_origin_drop', 'pg_replication_origin_advance',
-  'pg_import_system_collations', 'pg_stat_reset', 'pg_stat_reset_shared', 'pg_stat_reset_single_table_counters',
+  'nextval',
+  'setval',
+  'set_config',
+  'pg_sleep_for',
+  'pg_sleep_until',
+  'pg_advisory_lock',
+  'pg_advisory_lock_shared',
+  'pg_advisory_xact_lock',
+  'pg_advisory_xact_lock_shared',
+  'pg_try_advisory_lock',
+  'pg_try_advisory_lock_shared',
+  'pg_try_advisory_xact_lock',
+  'pg_try_advisory_xact_lock_shared',
+  'pg_advisory_unlock',
+  'pg_advisory_unlock_shared',
+  'pg_advisory_unlock_all',
+  'pg_notify',
+  'pg_cancel_backend',
+  'pg_terminate_backend',
+  'pg_reload_conf',
+  'pg_rotate_logfile',
+  'pg_switch_wal',
+  'pg_create_restore_point',
+  'pg_promote',
+  'pg_logical_emit_message',
+  'txid_current',
+  'pg_current_xact_id',
+  'pg_read_file',
+  'pg_read_binary_file',
+  'pg_ls_dir',
+  'pg_stat_file',
+  'pg_file_write',
+  'lo_import',
+  'lo_export',
+  'lo_create',
+  'lo_creat',
+  'lo_unlink',
+  'lo_put',
+  'lo_from_bytea',
+  'lo_open',
+  'lowrite',
+  'lo_truncate',
+  'query_to_xml',
+  'query_to_xml_and_xmlschema',
+  'query_to_xmlschema',
+  'cursor_to_xml',
+  'cursor_to_xmlschema',
+  'pg_create_physical_replication_slot',
+  'pg_create_logical_replication_slot',
+  'pg_drop_replication_slot',
+  'pg_replication_origin_create',
+  'pg_replication_origin_drop',
+  'pg_replication_origin_advance',
+  'pg_import_system_collations',
+  'pg_stat_reset',
+  'pg_stat_reset_shared',
+  'pg_stat_reset_single_table_counters',
 ]);
 /** Families refused by prefix: every dblink_* and lo_* function. */
 const FORBIDDEN_PREFIXES = ['dblink', 'lo_', 'pg_advisory', 'pg_try_advisory'];
@@ -81,7 +126,10 @@ export async function checkPreviewQuery(sql: string): Promise<{ fingerprint: str
 }
 
 function statementName(kind: string): string {
-  return kind.replace(/Stmt$/, '').replace(/([a-z])([A-Z])/g, '$1 $2').toUpperCase();
+  return kind
+    .replace(/Stmt$/, '')
+    .replace(/([a-z])([A-Z])/g, '$1 $2')
+    .toUpperCase();
 }
 
 /** Every node of the tree, depth first: refuses what may not be in a preview anywhere in it. */
@@ -128,7 +176,9 @@ export async function runPreview(client: pg.Client, statement: string, fingerpri
   const t0 = performance.now();
   try {
     await client.query('begin transaction isolation level repeatable read read only');
-    await client.query(`set local statement_timeout = ${Math.floor(timeoutMs)}; set local lock_timeout = ${Math.min(Math.floor(timeoutMs), 2000)}; set local idle_in_transaction_session_timeout = ${Math.floor(timeoutMs) + 5000}`);
+    await client.query(
+      `set local statement_timeout = ${Math.floor(timeoutMs)}; set local lock_timeout = ${Math.min(Math.floor(timeoutMs), 2000)}; set local idle_in_transaction_session_timeout = ${Math.floor(timeoutMs) + 5000}`,
+    );
     // The cursor bounds what the server produces: FETCH asks for one row past the limit to
     // say whether there were more, and no more is ever materialized here.
     // A named (prepared) statement: the server itself refuses more than one command in it.
@@ -143,7 +193,10 @@ export async function runPreview(client: pg.Client, statement: string, fingerpri
       if (s.cut) cellsTruncated++;
       return s.text;
     };
-    const types = await typeNames(client, fields.slice(0, ncols).map((f) => f.dataTypeID));
+    const types = await typeNames(
+      client,
+      fields.slice(0, ncols).map((f) => f.dataTypeID),
+    );
     const columns = fields.slice(0, ncols).map((f) => ({ name: sanitizeCell(f.name).text, type: types.get(f.dataTypeID) ?? String(f.dataTypeID) }));
     const rows = (res.rows as unknown[][]).slice(0, PREVIEW_LIMITS.rows).map((r) => r.slice(0, ncols).map(cell));
     return {

@@ -34,7 +34,8 @@ export const short = (...parts: readonly string[]) => sha256(...parts).slice(0, 
  * extension's type) is staged as text: its text form round-trips, and the destination gets
  * text too.
  */
-const PORTABLE_TYPE = /^(?:smallint|integer|bigint|real|double precision|numeric(?:\(\d+(?:,\d+)?\))?|text|character varying(?:\(\d+\))?|character(?:\(\d+\))?|boolean|date|timestamp(?:\(\d\))? with(?:out)? time zone|time(?:\(\d\))? with(?:out)? time zone|interval|uuid|jsonb?|bytea|inet|cidr|macaddr|money|oid)$/;
+const PORTABLE_TYPE =
+  /^(?:smallint|integer|bigint|real|double precision|numeric(?:\(\d+(?:,\d+)?\))?|text|character varying(?:\(\d+\))?|character(?:\(\d+\))?|boolean|date|timestamp(?:\(\d\))? with(?:out)? time zone|time(?:\(\d\))? with(?:out)? time zone|interval|uuid|jsonb?|bytea|inet|cidr|macaddr|money|oid)$/;
 
 export function portableType(sourceType: string): string {
   return PORTABLE_TYPE.test(sourceType) ? sourceType : 'text';

@@ -167,12 +167,17 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
     const id = header(req, 'webhook-id');
     const timestamp = header(req, 'webhook-timestamp');
     const signature = header(req, 'webhook-signature');
-    if (!id || !timestamp || !signature) refuse(401, ErrorCode.WebhookSignatureInvalid, 'a delivery needs the webhook-id, webhook-timestamp and webhook-signature headers (once each)');
+    if (!id || !timestamp || !signature)
+      refuse(401, ErrorCode.WebhookSignatureInvalid, 'a delivery needs the webhook-id, webhook-timestamp and webhook-signature headers (once each)');
     if (!WEBHOOK_ID.test(id)) refuse(401, ErrorCode.WebhookSignatureInvalid, 'webhook-id must be 1 to 256 printable ASCII characters');
     if (!/^\d{1,15}$/.test(timestamp)) refuse(401, ErrorCode.WebhookTimestampInvalid, 'webhook-timestamp must be whole seconds since the epoch');
     const skew = Date.now() / 1000 - Number(timestamp);
     if (Math.abs(skew) > config.toleranceSeconds) {
-      refuse(401, ErrorCode.WebhookTimestampInvalid, `webhook-timestamp is ${Math.round(Math.abs(skew))} s ${skew > 0 ? 'old' : 'in the future'}; at most ${config.toleranceSeconds} s either way is accepted`);
+      refuse(
+        401,
+        ErrorCode.WebhookTimestampInvalid,
+        `webhook-timestamp is ${Math.round(Math.abs(skew))} s ${skew > 0 ? 'old' : 'in the future'}; at most ${config.toleranceSeconds} s either way is accepted`,
+      );
     }
     let verdict;
     try {
@@ -182,9 +187,10 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
       log.warn({ tenant: t, route: route.route, secrets: route.secrets, code }, 'a delivery could not be verified');
       refuse(503, ErrorCode.Unavailable, 'the delivery cannot be verified right now; retry later', 5);
     }
-    if (!verdict.valid) refuse(401, ErrorCode.WebhookSignatureInvalid, 'no signature matches the route\'s signing secrets');
+    if (!verdict.valid) refuse(401, ErrorCode.WebhookSignatureInvalid, "no signature matches the route's signing secrets");
     const slot = limiter.take(t, Date.now());
-    if (!slot.ok) refuse(429, ErrorCode.RateLimited, `tenant ${t} takes at most ${config.ratePerSecond} deliveries a second; retry later`, Math.max(1, Math.ceil(slot.retryAfterMs / 1000)));
+    if (!slot.ok)
+      refuse(429, ErrorCode.RateLimited, `tenant ${t} takes at most ${config.ratePerSecond} deliveries a second; retry later`, Math.max(1, Math.ceil(slot.retryAfterMs / 1000)));
     let parsed: JsonValue;
     try {
       parsed = JSON.parse(body.toString('utf8')) as JsonValue;
@@ -210,7 +216,8 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
       if (!(e instanceof JetStreamApiError && JS_SEQUENCE_CONFLICT_CODES.has(e.code))) throw e;
       const seen = await tc.jsm.direct.getMessage(Streams.seen(t), { last_by_subj: claim });
       const prior = seen ? parseSeenDelivery(decode(seen.data)) : undefined;
-      if (prior && prior.bodySha256 !== bodySha256) refuse(409, ErrorCode.WebhookIdConflict, `webhook-id ${id} was delivered before with another body; a delivery id may not be reused`);
+      if (prior && prior.bodySha256 !== bodySha256)
+        refuse(409, ErrorCode.WebhookIdConflict, `webhook-id ${id} was delivered before with another body; a delivery id may not be reused`);
       duplicate = true;
     }
     // A duplicate publishes again too: if the first delivery claimed the id and then failed

@@ -13,17 +13,7 @@
  * one tenant's account and connects to that tenant only.
  */
 import { jetstreamManager, JetStreamApiCodes, JetStreamApiError, type JetStreamManager, type StoredMsg } from '@nats-io/jetstream';
-import {
-  CapstanError,
-  CredentialsError,
-  decode,
-  ErrorCode,
-  parseTenantRecord,
-  Platform,
-  type ServiceRole,
-  type TenantId,
-  type TenantRecord,
-} from '@capstan/schemas';
+import { CapstanError, CredentialsError, decode, ErrorCode, parseTenantRecord, Platform, type ServiceRole, type TenantId, type TenantRecord } from '@capstan/schemas';
 import { signerOf } from './proof.js';
 import { connectNats, jwtIssuer, jwtSubject, readCredentials, tenantConnection, type CredentialsInfo, type NatsConnection, type NatsTls, type TenantConnection } from './nats.js';
 import type { Logger } from './log.js';
@@ -95,7 +85,11 @@ export interface AccessOptions {
  */
 export async function connectAsService(role: ServiceRole, credsPath: string, o: AccessOptions): Promise<TenantAccess> {
   const creds = await readCredentials(credsPath);
-  if (creds.tenant) throw new CredentialsError(credsPath, `is a credential of tenant ${creds.tenant} (role ${creds.role ?? '?'}); a platform service needs its own (services/<role>.creds in the auth store)`);
+  if (creds.tenant)
+    throw new CredentialsError(
+      credsPath,
+      `is a credential of tenant ${creds.tenant} (role ${creds.role ?? '?'}); a platform service needs its own (services/<role>.creds in the auth store)`,
+    );
   if (creds.role !== role) throw new CredentialsError(credsPath, `is the ${creds.role ?? 'unknown'} service's credential, not the ${role} service's`);
   const platform = await connectNats(o.servers, o.name, o.log, { credentials: creds, ...(o.tls ? { tls: o.tls } : {}) });
   const registry = await jetstreamManager(platform, { checkAPI: false });
@@ -119,7 +113,10 @@ export async function connectAsService(role: ServiceRole, credsPath: string, o: 
  * A tenant credential's access (a worker, a person): connections to the tenants its
  * credentials name, one file each.
  */
-export async function connectAsTenantUser(credsPaths: readonly string[], o: AccessOptions): Promise<TenantAccess & { readonly credentials: ReadonlyMap<TenantId, CredentialsInfo> }> {
+export async function connectAsTenantUser(
+  credsPaths: readonly string[],
+  o: AccessOptions,
+): Promise<TenantAccess & { readonly credentials: ReadonlyMap<TenantId, CredentialsInfo> }> {
   const byTenant = new Map<TenantId, CredentialsInfo>();
   let role: string | undefined;
   for (const path of credsPaths) {
@@ -211,10 +208,7 @@ function makeAccess(
     async close() {
       const conns = await Promise.allSettled([...opened.values()]);
       opened.clear();
-      await Promise.allSettled([
-        ...conns.flatMap((c) => (c.status === 'fulfilled' ? [c.value.nc.drain()] : [])),
-        ...extra.map((nc) => nc.drain()),
-      ]);
+      await Promise.allSettled([...conns.flatMap((c) => (c.status === 'fulfilled' ? [c.value.nc.drain()] : [])), ...extra.map((nc) => nc.drain())]);
     },
   };
 }

@@ -57,7 +57,10 @@ export interface AllowEntry {
 /** Parses an allow-list setting (comma-separated addresses and CIDR blocks, named `setting` in problems); problems are pushed, not thrown. */
 export function parseAllowList(raw: string, problems: string[], setting = 'SANDBOX_EGRESS_ALLOW'): AllowEntry[] {
   const out: AllowEntry[] = [];
-  for (const item of raw.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const item of raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const [address = '', bits] = item.split('/');
     const v = isIP(address);
     const max = v === 4 ? 32 : 128;
@@ -74,7 +77,10 @@ export function parseAllowList(raw: string, problems: string[], setting = 'SANDB
 /** Parses `SANDBOX_EGRESS_DNS` (comma-separated `ip` or `ip:port`, `[ipv6]:port`). */
 export function parseDnsServers(raw: string, problems: string[]): string[] {
   const out: string[] = [];
-  for (const item of raw.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const item of raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)|([0-9a-fA-F:]+))(?::(\d{1,5}))?$/.exec(item);
     const host = m?.[1] ?? m?.[2] ?? m?.[3] ?? '';
     // A bare IPv6 address has colons of its own: only the bracketed form takes a port.
@@ -149,8 +155,10 @@ async function lookup(host: string, servers: readonly string[]): Promise<{ addre
   const r = new dns.Resolver({ timeout: 3000, tries: 2 });
   r.setServers([...servers]);
   const [v4, v6] = await Promise.allSettled([r.resolve4(host), r.resolve6(host)]);
-  const out = [...(v4.status === 'fulfilled' ? v4.value.map((address) => ({ address, family: 4 })) : []), ...(v6.status === 'fulfilled' ? v6.value.map((address) => ({ address, family: 6 })) : [])];
+  const out = [
+    ...(v4.status === 'fulfilled' ? v4.value.map((address) => ({ address, family: 4 })) : []),
+    ...(v6.status === 'fulfilled' ? v6.value.map((address) => ({ address, family: 6 })) : []),
+  ];
   if (out.length === 0 && v4.status === 'rejected') throw v4.reason as Error;
   return out;
 }
-

@@ -18,19 +18,7 @@
  */
 import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import {
-  createAccount,
-  createOperator,
-  createUser,
-  encodeAccount,
-  encodeOperator,
-  encodeUser,
-  fmtCreds,
-  fromSeed,
-  parseCreds,
-  type KeyPair,
-  type User,
-} from '@nats-io/jwt';
+import { createAccount, createOperator, createUser, encodeAccount, encodeOperator, encodeUser, fmtCreds, fromSeed, parseCreds, type KeyPair, type User } from '@nats-io/jwt';
 import {
   CapstanError,
   CredentialsError,
@@ -162,7 +150,13 @@ export interface AuthStore {
    */
   mintUser(t: TenantId, role: Role, name: string, scope?: RoleScope, ttlS?: number): Promise<Uint8Array>;
   /** Issues a person's or deployment's credential; replaces an earlier one of the same name. */
-  issueUser(t: TenantId, role: TenantRole | typeof Role.Leaf, name: string, scope?: RoleScope, opts?: { expiresInS?: number; groups?: readonly string[] }): Promise<{ creds: Uint8Array; user: IssuedUser }>;
+  issueUser(
+    t: TenantId,
+    role: TenantRole | typeof Role.Leaf,
+    name: string,
+    scope?: RoleScope,
+    opts?: { expiresInS?: number; groups?: readonly string[] },
+  ): Promise<{ creds: Uint8Array; user: IssuedUser }>;
   users(t: TenantId): IssuedUser[];
   user(t: TenantId, name: string): IssuedUser | undefined;
   /** Marks a user revoked in its account (push the account JWT to take effect). */
@@ -217,7 +211,12 @@ export async function openAuthStore(dir: string, opts: { create?: boolean } = {}
 
   // The operator JWT names the system account; the server reads it from this file.
   if (!existsSync(at('operator.jwt'))) writeSecret(at('operator.jwt'), await encodeOperator('capstan', operator, { system_account: sys.getPublicKey() }));
-  const sysJwt = await encodeAccount(Platform.systemAccountName, sys, { limits: { ...accountLimits(PLATFORM_QUOTA), disk_storage: 0, mem_storage: 0, streams: 0, consumer: 0 } }, { signer: operator });
+  const sysJwt = await encodeAccount(
+    Platform.systemAccountName,
+    sys,
+    { limits: { ...accountLimits(PLATFORM_QUOTA), disk_storage: 0, mem_storage: 0, streams: 0, consumer: 0 } },
+    { signer: operator },
+  );
   const platformJwt = await encodeAccount(Platform.accountName, platform, { limits: accountLimits(PLATFORM_QUOTA), default_permissions: DENY_ALL }, { signer: operator });
 
   if (!existsSync(at('system.creds'))) {
@@ -352,7 +351,15 @@ export async function openAuthStore(dir: string, opts: { create?: boolean } = {}
         const f = accountFile(t);
         saveAccount(t, { ...f, revocations: { ...f.revocations, [previous.publicKey]: Math.floor(Date.now() / 1000) } });
       }
-      const user: IssuedUser = { tenant: t, name: n, role, publicKey: u.getPublicKey(), ...(pools.length ? { pools } : {}), ...(groups.length ? { groups } : {}), issuedAt: Date.now() };
+      const user: IssuedUser = {
+        tenant: t,
+        name: n,
+        role,
+        publicKey: u.getPublicKey(),
+        ...(pools.length ? { pools } : {}),
+        ...(groups.length ? { groups } : {}),
+        issuedAt: Date.now(),
+      };
       writeSecret(userPath(t, n), JSON.stringify(user, null, 2));
       return { creds: fmtCreds(jwt, u), user };
     },

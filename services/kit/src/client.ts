@@ -3,14 +3,7 @@
  * console use, and what an application embeds. Any NATS client can do the same by
  * following docs/intake.md.
  */
-import {
-  JetStreamApiCodes,
-  JetStreamApiError,
-  type JetStreamClient,
-  type JetStreamManager,
-  type PubAck,
-  type StoredMsg,
-} from '@nats-io/jetstream';
+import { JetStreamApiCodes, JetStreamApiError, type JetStreamClient, type JetStreamManager, type PubAck, type StoredMsg } from '@nats-io/jetstream';
 import { nuid } from '@nats-io/nuid';
 import {
   actorSchema,
@@ -177,8 +170,6 @@ export type ClientConnections = TenantConnection | { tenant(t: TenantId): Promis
 /** How long an operator action waits for its decision by default. */
 const DECISION_TIMEOUT_MS = 15_000;
 
-
-
 // Async for callers written against the earlier signature; nothing here waits.
 // eslint-disable-next-line @typescript-eslint/require-await
 export async function createClient(conns: ClientConnections): Promise<CapstanClient> {
@@ -227,7 +218,16 @@ export async function createClient(conns: ClientConnections): Promise<CapstanCli
         await publish(js, subject, data, { msgID: MsgIds.command(CommandVerb.Submit, runId), ...(headers ? { headers } : {}) });
       };
       // With tracing on here, the submit is a span: of the caller's trace, or the first of a new one.
-      await inSpan('client', `submit ${workflow}`, { kind: SpanKind.PRODUCER, parent: opts.traceparent ?? (activeTraceParent() ? undefined : null), attributes: { 'capstan.tenant': t, 'capstan.workflow': workflow, 'capstan.run_id': runId } }, send);
+      await inSpan(
+        'client',
+        `submit ${workflow}`,
+        {
+          kind: SpanKind.PRODUCER,
+          parent: opts.traceparent ?? (activeTraceParent() ? undefined : null),
+          attributes: { 'capstan.tenant': t, 'capstan.workflow': workflow, 'capstan.run_id': runId },
+        },
+        send,
+      );
       return runId;
     },
     async cancel(tenant, runId, reason, by) {
@@ -274,7 +274,11 @@ export async function createClient(conns: ClientConnections): Promise<CapstanCli
         let from = 1;
         let last: RunEvent | undefined;
         for (;;) {
-          for (let page = await readFrom(jsm, Streams.runs(t), subject, from); page.length > 0; page = page.length < READ_PAGE ? [] : await readFrom(jsm, Streams.runs(t), subject, from)) {
+          for (
+            let page = await readFrom(jsm, Streams.runs(t), subject, from);
+            page.length > 0;
+            page = page.length < READ_PAGE ? [] : await readFrom(jsm, Streams.runs(t), subject, from)
+          ) {
             for (const m of page) {
               from = m.seq + 1;
               last = decodeEvent(m);
@@ -337,9 +341,12 @@ async function sendAndAwait(
   const subject = Subjects.command(t, verb);
   const dlq = Streams.deadLetters(t);
   // Dead letters that exist before the publish are not this command's.
-  let dlqFrom = (await jsm.streams.info(dlq).catch((e: unknown) => {
-    throw new UnavailableError(`tenant ${t} has no dead-letter stream (is it provisioned? capstan tenant add ${t})`, { cause: e });
-  })).state.last_seq + 1;
+  let dlqFrom =
+    (
+      await jsm.streams.info(dlq).catch((e: unknown) => {
+        throw new UnavailableError(`tenant ${t} has no dead-letter stream (is it provisioned? capstan tenant add ${t})`, { cause: e });
+      })
+    ).state.last_seq + 1;
   const data = encode(body);
   // Decisions are signed: the orchestrator records who decided from this proof, never from the body.
   const headers = signer ? proofHeaders(signer, subject, data) : undefined;

@@ -131,5 +131,9 @@ export async function runDatasyncStep(nc: NatsConnection, t: TenantId, req: Data
     o.signal?.removeEventListener('abort', cancel);
   }
   if (o.signal?.aborted) return { error: { code: ErrorCode.Cancelled, message: `step ${req.step} attempt ${req.attempt} was stopped`, retryable: true } };
-  return lost(accepted ? `the datasync service stopped answering for ${stallMs} ms while step ${req.step} attempt ${req.attempt} ran` : `no datasync service took step ${req.step} attempt ${req.attempt}`);
+  return lost(
+    accepted
+      ? `the datasync service stopped answering for ${stallMs} ms while step ${req.step} attempt ${req.attempt} ran`
+      : `no datasync service took step ${req.step} attempt ${req.attempt}`,
+  );
 }

@@ -79,7 +79,10 @@ export function envTenants(env: Env, problems: string[]): readonly TenantId[] | 
   const raw = env['CAPSTAN_TENANTS'];
   if (!raw || raw.trim() === '*') return 'all';
   const out: TenantId[] = [];
-  for (const t of raw.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const t of raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     if (isTenantId(t)) out.push(parseTenantId(t));
     else problems.push(`CAPSTAN_TENANTS has an invalid tenant id ${JSON.stringify(t)}`);
   }
@@ -102,9 +105,12 @@ export interface NatsAuthConfig {
  */
 export function envNatsAuth(env: Env, problems: string[], o: { many?: boolean } = {}): NatsAuthConfig {
   const raw = env['NATS_CREDS'] ?? '';
-  const credsPaths = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  const credsPaths = raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   if (credsPaths.length === 0) {
-    problems.push('NATS_CREDS is required: the path of this process\'s .creds file (capstan creds issue, or services/<role>.creds in the auth store)');
+    problems.push("NATS_CREDS is required: the path of this process's .creds file (capstan creds issue, or services/<role>.creds in the auth store)");
   } else if (credsPaths.length > 1 && !o.many) {
     problems.push('NATS_CREDS names one credentials file here');
   }
@@ -114,7 +120,8 @@ export function envNatsAuth(env: Env, problems: string[], o: { many?: boolean } 
   if ((cert === '') !== (key === '')) problems.push('NATS_TLS_CERT and NATS_TLS_KEY go together (a client certificate and its key)');
   const tls = ca || cert ? { ...(ca ? { caFile: ca } : {}), ...(cert ? { certFile: cert, keyFile: key } : {}) } : undefined;
   const jsDomain = envString(env, 'NATS_JS_DOMAIN', '');
-  if (jsDomain && !/^[A-Za-z0-9_-]{1,64}$/.test(jsDomain)) problems.push(`NATS_JS_DOMAIN must be a JetStream domain name (letters, digits, '_', '-'); got ${JSON.stringify(jsDomain.slice(0, 70))}`);
+  if (jsDomain && !/^[A-Za-z0-9_-]{1,64}$/.test(jsDomain))
+    problems.push(`NATS_JS_DOMAIN must be a JetStream domain name (letters, digits, '_', '-'); got ${JSON.stringify(jsDomain.slice(0, 70))}`);
   return { credsPaths, ...(tls ? { tls } : {}), ...(jsDomain ? { jsDomain } : {}) };
 }
 

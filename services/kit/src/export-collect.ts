@@ -117,10 +117,18 @@ export interface ExportResult {
 }
 
 /** Collects and writes an export: the given runs, or a window's. */
-export async function exportRuns(jsm: JetStreamManager, t: TenantId, scope: ExportScope, opts: { gzip?: boolean; fingerprints?: ReadonlyMap<string, string>; now?: Date } = {}): Promise<ExportResult> {
+export async function exportRuns(
+  jsm: JetStreamManager,
+  t: TenantId,
+  scope: ExportScope,
+  opts: { gzip?: boolean; fingerprints?: ReadonlyMap<string, string>; now?: Date } = {},
+): Promise<ExportResult> {
   const runs = 'runs' in scope ? await collectRuns(jsm, t, scope.runs as RunId[]) : await collectWindow(jsm, t, new Date(scope.since), new Date(scope.until));
   const policies = await collectPolicies(jsm, t, runs);
-  const file = writeExport({ tenant: t, scope, created: opts.now ?? new Date(), runs, policies, ...(opts.fingerprints ? { fingerprints: opts.fingerprints } : {}) }, opts.gzip ? { gzip: true } : {});
+  const file = writeExport(
+    { tenant: t, scope, created: opts.now ?? new Date(), runs, policies, ...(opts.fingerprints ? { fingerprints: opts.fingerprints } : {}) },
+    opts.gzip ? { gzip: true } : {},
+  );
   let events = 0;
   for (const l of runs.values()) events += l.length;
   return { file, runs: runs.size, events, policies: policies.length };

@@ -22,15 +22,7 @@
  */
 import { createHash } from 'node:crypto';
 import { gunzipSync, gzipSync } from 'node:zlib';
-import {
-  decode,
-  ExportDamagedError,
-  parsePolicyVersionRecord,
-  parseRunEvent,
-  type PolicyVersionRecord,
-  type RunEvent,
-  type TenantId,
-} from '@capstan/schemas';
+import { decode, ExportDamagedError, parsePolicyVersionRecord, parseRunEvent, type PolicyVersionRecord, type RunEvent, type TenantId } from '@capstan/schemas';
 
 export const EXPORT_FORMAT = 1;
 const MAGIC = 'capstan.export';
@@ -177,7 +169,8 @@ export function readExport(file: Uint8Array): ExportContents {
     const body = line.slice(0, cut);
     const h = line.slice(cut + 6, -2);
     const expect = createHash('sha256').update(`${prev}\n${body}`).digest('hex');
-    if (h !== expect) throw bad(n === 1 ? 'the header does not match its checksum' : 'the record does not match its checksum (changed, or not the one that followed the record before it)');
+    if (h !== expect)
+      throw bad(n === 1 ? 'the header does not match its checksum' : 'the record does not match its checksum (changed, or not the one that followed the record before it)');
     let r: unknown;
     try {
       r = JSON.parse(line);
@@ -195,11 +188,13 @@ export function readExport(file: Uint8Array): ExportContents {
     } else if (kind === 'end') {
       contentSha = content.digest('hex');
       if (r['sha256'] !== contentSha) throw bad(`the file's checksum is ${contentSha}, the end record says ${String(r['sha256'])}`);
-      if (r['records'] !== n || r['runs'] !== runs.size || r['events'] !== events) throw bad(`the end record counts ${String(r['records'])} records, ${String(r['runs'])} runs, ${String(r['events'])} events; the file has ${n}, ${runs.size}, ${events}`);
+      if (r['records'] !== n || r['runs'] !== runs.size || r['events'] !== events)
+        throw bad(`the end record counts ${String(r['records'])} records, ${String(r['runs'])} runs, ${String(r['events'])} events; the file has ${n}, ${runs.size}, ${events}`);
       end = r;
     } else if (kind === 'workflow') {
       const { id, version, fingerprint } = r;
-      if (typeof id !== 'string' || typeof version !== 'number' || !(fingerprint === null || (typeof fingerprint === 'string' && /^[0-9a-f]{64}$/.test(fingerprint)))) throw bad('a workflow record needs id, version and fingerprint');
+      if (typeof id !== 'string' || typeof version !== 'number' || !(fingerprint === null || (typeof fingerprint === 'string' && /^[0-9a-f]{64}$/.test(fingerprint))))
+        throw bad('a workflow record needs id, version and fingerprint');
       workflows.push({ id, version, fingerprint: fingerprint ?? undefined });
     } else if (kind === 'policy') {
       const { version, stored, record } = r;

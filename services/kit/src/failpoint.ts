@@ -21,7 +21,10 @@ const ENTRY = /^([a-z0-9][a-z0-9._-]*):(kill|stall):([0-9]*\.?[0-9]+)$/;
 /** Parses a failpoint list; every malformed entry is added to `problems` and skipped. */
 export function parseFailpoints(raw: string | undefined, problems: string[] = []): ReadonlyMap<string, Failpoint> {
   const out = new Map<string, Failpoint>();
-  for (const part of (raw ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const part of (raw ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const m = ENTRY.exec(part);
     const probability = Number(m?.[3]);
     if (!m || !(probability >= 0 && probability <= 1)) {

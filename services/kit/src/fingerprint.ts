@@ -47,9 +47,11 @@ export function workflowFingerprint(def: FingerprintSource): string {
   const body = def.nodes
     ? { kind: 'nodes', id: def.id, version: def.version, searchKeys: def.searchKeys, nodes: def.nodes }
     : def.steps
-    ? { kind: 'steps', id: def.id, version: def.version, searchKeys: def.searchKeys, steps: def.steps }
-    : { kind: 'machine', id: def.id, version: def.version, searchKeys: def.searchKeys, config: def.machine.config, implementations: def.machine.implementations ?? null };
-  const fp = createHash('sha256').update(`capstan/workflow/v1\n${canonical(body)}`).digest('hex');
+      ? { kind: 'steps', id: def.id, version: def.version, searchKeys: def.searchKeys, steps: def.steps }
+      : { kind: 'machine', id: def.id, version: def.version, searchKeys: def.searchKeys, config: def.machine.config, implementations: def.machine.implementations ?? null };
+  const fp = createHash('sha256')
+    .update(`capstan/workflow/v1\n${canonical(body)}`)
+    .digest('hex');
   cache.set(def, fp);
   return fp;
 }

@@ -67,7 +67,7 @@ export async function startFleetAuthority(a: AdminTarget & { readonly log: Logge
   async function round(): Promise<void> {
     for (const t of a.store.tenants()) {
       if (stopped || tails.has(t)) continue;
-      await follow(t).catch((e: unknown) => a.log.warn({ tenant: t, err: e }, 'cannot follow the tenant\'s fleet; trying again'));
+      await follow(t).catch((e: unknown) => a.log.warn({ tenant: t, err: e }, "cannot follow the tenant's fleet; trying again"));
     }
   }
   await round();
@@ -80,10 +80,12 @@ export async function startFleetAuthority(a: AdminTarget & { readonly log: Logge
     async stop() {
       stopped = true;
       clearInterval(timer);
-      await Promise.allSettled([...tails.values()].map(async ({ tail, tc }) => {
-        await tail.stop();
-        await tc.nc.close();
-      }));
+      await Promise.allSettled(
+        [...tails.values()].map(async ({ tail, tc }) => {
+          await tail.stop();
+          await tc.nc.close();
+        }),
+      );
     },
   };
 }

@@ -101,12 +101,21 @@ export const HOP_RULES: Readonly<Record<string, HopRule>> = {
   'run.started': (e, f) => {
     const wf = str(e.data['workflow']);
     const v = num(e.data['version']);
-    f.open({ key: ROOT, kind: HopKind.Run, name: wf ? `run ${wf}@${v ?? '?'}` : 'run', attributes: { ...(wf ? { 'capstan.workflow': wf } : {}), ...(v !== undefined ? { 'capstan.workflow.version': v } : {}) } });
+    f.open({
+      key: ROOT,
+      kind: HopKind.Run,
+      name: wf ? `run ${wf}@${v ?? '?'}` : 'run',
+      attributes: { ...(wf ? { 'capstan.workflow': wf } : {}), ...(v !== undefined ? { 'capstan.workflow.version': v } : {}) },
+    });
   },
   'step.scheduled': (e, f) => {
     const d = e.data;
     const attrs: Record<string, string | number | boolean> = { 'capstan.step': str(d['step']) ?? '?', 'capstan.attempt': num(d['attempt']) ?? 0 };
-    for (const [k, a] of [['mode', 'capstan.mode'], ['pool', 'capstan.pool'], ['handler', 'capstan.handler']] as const) {
+    for (const [k, a] of [
+      ['mode', 'capstan.mode'],
+      ['pool', 'capstan.pool'],
+      ['handler', 'capstan.handler'],
+    ] as const) {
       const v = d[k];
       if (typeof v === 'string' || typeof v === 'number') attrs[a] = v;
     }
@@ -137,14 +146,23 @@ export const HOP_RULES: Readonly<Record<string, HopRule>> = {
   'policy.decided': (e, f) => {
     const key = stepKey('policy', e.data);
     const decision = str(e.data['decision']) ?? '?';
-    f.close(key, decision === 'deny' ? HopStatus.Error : HopStatus.Ok, decision === 'deny' ? 'policy_denied' : undefined, { 'capstan.policy.decision': decision, 'capstan.policy.version': num(e.data['version']) ?? 0 });
+    f.close(key, decision === 'deny' ? HopStatus.Error : HopStatus.Ok, decision === 'deny' ? 'policy_denied' : undefined, {
+      'capstan.policy.decision': decision,
+      'capstan.policy.version': num(e.data['version']) ?? 0,
+    });
     f.belongsTo(key);
   },
   'approval.requested': (e, f) => {
     const step = stepKey('step', e.data);
     // A credential's approval belongs to its running step; a step's own to the run.
     const parent = f.openKeys(step).length > 0 ? step : ROOT;
-    f.open({ key: stepKey('approval', e.data), parent, kind: HopKind.Approval, name: `approval ${label(e.data)}`, attributes: { 'capstan.approvers': str(e.data['approvers']) ?? '' } });
+    f.open({
+      key: stepKey('approval', e.data),
+      parent,
+      kind: HopKind.Approval,
+      name: `approval ${label(e.data)}`,
+      attributes: { 'capstan.approvers': str(e.data['approvers']) ?? '' },
+    });
   },
   'approval.decided': (e, f) => {
     const step = str(e.data['step']) ?? '?';
@@ -200,7 +218,12 @@ export const HOP_RULES: Readonly<Record<string, HopRule>> = {
   'credential.decided': (e, f) => {
     const step = stepKey('step', e.data);
     const decision = str(e.data['decision']) ?? '?';
-    f.instant(`credential ${str(e.data['name']) ?? '?'}: ${decision}`, f.openKeys(step).length > 0 ? step : ROOT, { 'capstan.policy.decision': decision, 'capstan.policy.version': num(e.data['version']) ?? 0 }, decision === 'deny' ? 'policy_denied' : undefined);
+    f.instant(
+      `credential ${str(e.data['name']) ?? '?'}: ${decision}`,
+      f.openKeys(step).length > 0 ? step : ROOT,
+      { 'capstan.policy.decision': decision, 'capstan.policy.version': num(e.data['version']) ?? 0 },
+      decision === 'deny' ? 'policy_denied' : undefined,
+    );
     f.belongsTo(step);
   },
   'run.completed': (_e, f) => f.endRun(HopStatus.Ok),
@@ -246,7 +269,15 @@ export class HopFold {
       open: (h) => {
         if (hops.has(h.key)) return;
         const parent = h.key === ROOT ? undefined : (h.parent ?? ROOT);
-        hops.set(h.key, { key: h.key, ...(parent !== undefined ? { parent } : {}), kind: h.kind, name: h.name, start: e.at, startSeq: e.seq, attributes: { ...(h.attributes ?? {}) } });
+        hops.set(h.key, {
+          key: h.key,
+          ...(parent !== undefined ? { parent } : {}),
+          kind: h.kind,
+          name: h.name,
+          start: e.at,
+          startSeq: e.seq,
+          attributes: { ...(h.attributes ?? {}) },
+        });
         belongs = h.key;
         if (h.kind === HopKind.Wait) this.signals.set(h.key, String(h.attributes?.['capstan.signal'] ?? ''));
       },
@@ -263,7 +294,19 @@ export class HopFold {
         if (h) Object.assign(h.attributes, attributes);
       },
       instant: (name, parent = ROOT, attributes = {}, error) => {
-        finished.push({ key: `event:${e.seq}`, parent, kind: HopKind.Event, name, start: e.at, end: e.at, status: error ? HopStatus.Error : HopStatus.Ok, ...(error ? { error } : {}), attributes, startSeq: e.seq, endSeq: e.seq });
+        finished.push({
+          key: `event:${e.seq}`,
+          parent,
+          kind: HopKind.Event,
+          name,
+          start: e.at,
+          end: e.at,
+          status: error ? HopStatus.Error : HopStatus.Ok,
+          ...(error ? { error } : {}),
+          attributes,
+          startSeq: e.seq,
+          endSeq: e.seq,
+        });
       },
       belongsTo: (key) => {
         belongs = key;
@@ -299,7 +342,16 @@ export class HopFold {
 
   /** The hops still open, as of the last event (no end, status `open`). */
   open(): Hop[] {
-    return [...this.hops.values()].map((h) => ({ key: h.key, ...(h.parent !== undefined ? { parent: h.parent } : {}), kind: h.kind, name: h.name, start: h.start, status: HopStatus.Open, attributes: h.attributes, startSeq: h.startSeq }));
+    return [...this.hops.values()].map((h) => ({
+      key: h.key,
+      ...(h.parent !== undefined ? { parent: h.parent } : {}),
+      kind: h.kind,
+      name: h.name,
+      start: h.start,
+      status: HopStatus.Open,
+      attributes: h.attributes,
+      startSeq: h.startSeq,
+    }));
   }
 }
 

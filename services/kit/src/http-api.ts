@@ -27,19 +27,7 @@ import { CapstanError, ErrorCode, InvalidArgumentError, parseRunId, parseTenantI
 import type { Database } from './db.js';
 import type { Logger } from './log.js';
 import type { TenantAccess } from './access.js';
-import {
-  getRun,
-  listApprovals,
-  listAudit,
-  listRuns,
-  listWorkers,
-  parseLimit,
-  parseStatus,
-  parseTime,
-  parseWhere,
-  projectionLag,
-  type ProjectionLag,
-} from './queries.js';
+import { getRun, listApprovals, listAudit, listRuns, listWorkers, parseLimit, parseStatus, parseTime, parseWhere, projectionLag, type ProjectionLag } from './queries.js';
 import { outOfSyncError, readFollowed, syncGuard } from './projection-sync.js';
 import { hostAllowed, httpStatusOf } from './http-status.js';
 
@@ -218,7 +206,12 @@ export function createQueryServer(o: QueryServerOptions): QueryServer {
       const q = raw.indexOf('?');
       pathname = q >= 0 ? raw.slice(0, q) : raw;
       if (!pathname.startsWith('/')) throw new HttpError(404, HttpErrorCode.NotFound, 'no such endpoint');
-      if (!hostAllowed(req.headers.host)) throw new HttpError(403, HttpErrorCode.MisdirectedHost, `this API answers only at an IP address or localhost, not at ${JSON.stringify((req.headers.host ?? '').slice(0, 64))}`);
+      if (!hostAllowed(req.headers.host))
+        throw new HttpError(
+          403,
+          HttpErrorCode.MisdirectedHost,
+          `this API answers only at an IP address or localhost, not at ${JSON.stringify((req.headers.host ?? '').slice(0, 64))}`,
+        );
       const reply = await route(method, splitPath(pathname), collect(new URLSearchParams(q >= 0 ? raw.slice(q + 1) : '')));
       status = reply.status ?? 200;
       if (reply.text !== undefined) {
@@ -282,7 +275,10 @@ export function createQueryServer(o: QueryServerOptions): QueryServer {
 
 function splitPath(pathname: string): string[] {
   try {
-    return pathname.split('/').slice(1).map((s) => decodeURIComponent(s));
+    return pathname
+      .split('/')
+      .slice(1)
+      .map((s) => decodeURIComponent(s));
   } catch {
     throw new InvalidArgumentError('the path is not valid percent-encoding');
   }
@@ -333,9 +329,21 @@ function gauge(name: string, help: string, samples: readonly (readonly [TenantId
 function metrics(lag: readonly ProjectionLag[]): string {
   const known = (f: (l: ProjectionLag) => number | null) => lag.flatMap((l) => (f(l) === null ? [] : [[l.tenant, f(l) as number] as const]));
   return [
-    ...gauge('capstan_projection_lag_events', 'Run-stream events not yet applied to the projections.', known((l) => l.lag)),
-    ...gauge('capstan_projection_checkpoint', 'Last run-stream sequence applied to the projections.', known((l) => l.checkpoint)),
-    ...gauge('capstan_run_stream_last_seq', 'Last sequence of the tenant run stream.', known((l) => l.streamLastSeq)),
+    ...gauge(
+      'capstan_projection_lag_events',
+      'Run-stream events not yet applied to the projections.',
+      known((l) => l.lag),
+    ),
+    ...gauge(
+      'capstan_projection_checkpoint',
+      'Last run-stream sequence applied to the projections.',
+      known((l) => l.checkpoint),
+    ),
+    ...gauge(
+      'capstan_run_stream_last_seq',
+      'Last sequence of the tenant run stream.',
+      known((l) => l.streamLastSeq),
+    ),
     ...gauge(
       'capstan_projection_out_of_sync',
       '1 when the projections do not follow the tenant run stream (projection_out_of_sync: reads refused, no lag), else 0.',

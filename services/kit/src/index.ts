@@ -172,7 +172,19 @@ export { tailStream } from './tail.js';
 export type { StreamTail, TailOptions } from './tail.js';
 export { startFleetAuthority } from './fleet-authority.js';
 export type { FleetAuthority } from './fleet-authority.js';
-export { slotsOf, nextSlots, checkScheduleSpec, planFiring, scheduleRunId, triggerRunId, webhookRunId, parseEvery, MISSED_AFTER_MS, BUFFER_RECHECK_MS, MAX_DUE_SLOTS } from './schedules.js';
+export {
+  slotsOf,
+  nextSlots,
+  checkScheduleSpec,
+  planFiring,
+  scheduleRunId,
+  triggerRunId,
+  webhookRunId,
+  parseEvery,
+  MISSED_AFTER_MS,
+  BUFFER_RECHECK_MS,
+  MAX_DUE_SLOTS,
+} from './schedules.js';
 export type { Slots, FiringInput, FiringPlan } from './schedules.js';
 export { readSchedule, readScheduleState, listScheduleRecords, listSchedules, sendScheduleCommand, readRoute, listRoutes, writeRoute, workflowCatalog } from './triggers-client.js';
 export type { Stored, ScheduleView, WorkflowInfo } from './triggers-client.js';

@@ -102,7 +102,8 @@ export interface LeafIssueOptions {
  * (`capstan leaf config`). The creds are a secret: hand them to the tenant with the file.
  */
 export async function issueLeaf(a: AdminTarget, t: TenantId, o: LeafIssueOptions): Promise<{ config: string; creds: Uint8Array; user: IssuedUser }> {
-  if (o.localUsers.length === 0) throw new CapstanError(ErrorCode.InvalidArgument, 'a leaf carries the replies of at least one local user: name the workers that connect to it (their public keys)');
+  if (o.localUsers.length === 0)
+    throw new CapstanError(ErrorCode.InvalidArgument, 'a leaf carries the replies of at least one local user: name the workers that connect to it (their public keys)');
   if (o.platformLeafUrls.length === 0) throw new CapstanError(ErrorCode.InvalidArgument, "a leaf needs the platform's leaf URL(s) (nats-leaf://host:7422)");
   const pools = (o.pools?.length ? o.pools : ['default']).map((p) => parseToken('pool', p));
   const name = o.name ?? 'leaf';
@@ -111,7 +112,11 @@ export async function issueLeaf(a: AdminTarget, t: TenantId, o: LeafIssueOptions
 }
 
 /** The configuration's inputs from the key store (public material only). */
-export async function leafConfigInput(store: AuthStore, t: TenantId, o: { platformLeafUrls: readonly string[]; credsPath: string; listen?: string; caFile?: string }): Promise<LeafConfigInput> {
+export async function leafConfigInput(
+  store: AuthStore,
+  t: TenantId,
+  o: { platformLeafUrls: readonly string[]; credsPath: string; listen?: string; caFile?: string },
+): Promise<LeafConfigInput> {
   return {
     tenant: t,
     operatorJwt: readFileSync(join(store.dir, 'operator.jwt'), 'utf8').trim(),

@@ -82,9 +82,7 @@ const COLLECT_TIMEOUT_MS = 2000;
 
 /** The metrics in Prometheus text format, after running the collectors. */
 export async function scrape(): Promise<string> {
-  await Promise.allSettled(
-    [...collectors].map((c) => Promise.race([Promise.resolve().then(c), new Promise((r) => setTimeout(r, COLLECT_TIMEOUT_MS).unref())])),
-  );
+  await Promise.allSettled([...collectors].map((c) => Promise.race([Promise.resolve().then(c), new Promise((r) => setTimeout(r, COLLECT_TIMEOUT_MS).unref())])));
   return registry.metrics();
 }
 

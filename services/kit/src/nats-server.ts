@@ -17,10 +17,7 @@ export const MIN_NATS_SERVER = [2, 12, 0] as const;
 
 export class NatsServerMissingError extends CapstanError {
   constructor(detail: string) {
-    super(
-      ErrorCode.NatsServerMissing,
-      `nats-server >= ${MIN_NATS_SERVER.join('.')} not found (${detail}); run \`node infra/nats/install.mjs\` or set CAPSTAN_NATS_SERVER`,
-    );
+    super(ErrorCode.NatsServerMissing, `nats-server >= ${MIN_NATS_SERVER.join('.')} not found (${detail}); run \`node infra/nats/install.mjs\` or set CAPSTAN_NATS_SERVER`);
   }
 }
 
@@ -173,9 +170,7 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
     mkdirSync(join(base, 'jwt'), { recursive: true });
     child = spawn(binary, ['-c', conf, '-l', logFile], { stdio: 'ignore' });
     const proc = child;
-    const exited = new Promise<never>((_, reject) =>
-      proc.once('exit', (code) => reject(new Error(`nats-server exited with ${code}; see ${logFile}`))),
-    );
+    const exited = new Promise<never>((_, reject) => proc.once('exit', (code) => reject(new Error(`nats-server exited with ${code}; see ${logFile}`))));
     const pidFile = join(portsDir, `nats-server_${proc.pid}.ports`);
     const deadline = Date.now() + 10_000;
     while (Date.now() < deadline) {

@@ -91,13 +91,14 @@ export interface ConnectOptions {
 }
 
 export async function connectNats(servers: string, name: string, log: Logger, o: ConnectOptions): Promise<NatsConnection> {
-  const tls = o.tls && (o.tls.caFile || o.tls.certFile)
-    ? {
-        ...(o.tls.caFile ? { ca: readFileSync(o.tls.caFile, 'utf8') } : {}),
-        ...(o.tls.certFile ? { cert: readFileSync(o.tls.certFile, 'utf8') } : {}),
-        ...(o.tls.keyFile ? { key: readFileSync(o.tls.keyFile, 'utf8') } : {}),
-      }
-    : undefined;
+  const tls =
+    o.tls && (o.tls.caFile || o.tls.certFile)
+      ? {
+          ...(o.tls.caFile ? { ca: readFileSync(o.tls.caFile, 'utf8') } : {}),
+          ...(o.tls.certFile ? { cert: readFileSync(o.tls.certFile, 'utf8') } : {}),
+          ...(o.tls.keyFile ? { key: readFileSync(o.tls.keyFile, 'utf8') } : {}),
+        }
+      : undefined;
   const nc = await connect({
     servers: servers.split(','),
     name,

@@ -65,8 +65,12 @@ function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, verb: 
     timeoutMs,
     parse: (v) => parsePolicyReply(verb, isPlainObject(v) ? v : {}),
     unavailable: (why, cause) =>
-      new PolicyUnavailableError(why.startsWith('no service') ? `no policy service answers for tenant ${tenant}: nothing is allowed until one does` : `the policy service, ${verb}: ${why}`, { cause }),
-    fromWire: (code, message) => (code === ErrorCode.PolicyUnavailable ? new PolicyUnavailableError(message) : new CapstanError(code as ErrorCode, message, code === ErrorCode.Unavailable)),
+      new PolicyUnavailableError(
+        why.startsWith('no service') ? `no policy service answers for tenant ${tenant}: nothing is allowed until one does` : `the policy service, ${verb}: ${why}`,
+        { cause },
+      ),
+    fromWire: (code, message) =>
+      code === ErrorCode.PolicyUnavailable ? new PolicyUnavailableError(message) : new CapstanError(code as ErrorCode, message, code === ErrorCode.Unavailable),
     ...(trust
       ? {
           checkReply: (msg) => {

@@ -35,8 +35,7 @@ export interface FollowedStream {
 
 export type SyncVerdict =
   /** `record`: the row does not name this stream yet, and safely can. */
-  | { readonly inSync: true; readonly record: boolean }
-  | { readonly inSync: false; readonly reason: string };
+  { readonly inSync: true; readonly record: boolean } | { readonly inSync: false; readonly reason: string };
 
 export function streamNow(info: StreamInfo): StreamNow {
   return { created: info.created, firstSeq: info.state.first_seq, lastSeq: info.state.last_seq };
@@ -95,7 +94,15 @@ export async function readFollowed(db: ProjectionDb, tenants: readonly TenantId[
   const rows = await db
     .select({ tenant: c.tenant, stream: c.stream, checkpoint: c.lastStreamSeq, created: c.streamCreated, firstSeq: c.streamFirstSeq, outOfSync: c.outOfSync })
     .from(c)
-    .where(and(inArray(c.tenant, [...tenants]), inArray(c.stream, tenants.map((t) => Streams.runs(t)))));
+    .where(
+      and(
+        inArray(c.tenant, [...tenants]),
+        inArray(
+          c.stream,
+          tenants.map((t) => Streams.runs(t)),
+        ),
+      ),
+    );
   for (const { tenant, stream, ...row } of rows) if (stream === Streams.runs(tenant as TenantId)) out.set(tenant as TenantId, row);
   return out;
 }
@@ -138,7 +145,10 @@ export function outOfSyncReason(stream: string, followed: FollowedStream | undef
 
 /** The error readers answer with for a tenant whose projections do not follow its stream. */
 export function outOfSyncError(t: TenantId, reason: string): ProjectionOutOfSyncError {
-  return new ProjectionOutOfSyncError(t, `the projections of tenant ${t} do not follow its run stream: ${reason}. Nothing is served from them until \`capstan projections rebuild --tenant ${t}\` (automatic in \`capstan dev\`)`);
+  return new ProjectionOutOfSyncError(
+    t,
+    `the projections of tenant ${t} do not follow its run stream: ${reason}. Nothing is served from them until \`capstan projections rebuild --tenant ${t}\` (automatic in \`capstan dev\`)`,
+  );
 }
 
 /**

@@ -106,10 +106,16 @@ export async function clusterShape(a: AdminTarget): Promise<ClusterShape> {
     let size = 1;
     // Every server answers once; the replies stop coming when all have.
     for await (const m of await nc.requestMany(Platform.serverPingJsz, new Uint8Array(), { strategy: 'stall', stall: 300, maxWait: 3000 })) {
-      const body = JSON.parse(m.string()) as { server?: { name?: string; tags?: string[] }; data?: { config?: unknown; disabled?: boolean; meta_cluster?: { cluster_size?: number } } };
+      const body = JSON.parse(m.string()) as {
+        server?: { name?: string; tags?: string[] };
+        data?: { config?: unknown; disabled?: boolean; meta_cluster?: { cluster_size?: number } };
+      };
       const name = body.server?.name;
       if (!name || body.data?.disabled === true) continue;
-      servers.set(name, (body.server?.tags ?? []).map((t) => t.toLowerCase()));
+      servers.set(
+        name,
+        (body.server?.tags ?? []).map((t) => t.toLowerCase()),
+      );
       size = Math.max(size, body.data?.meta_cluster?.cluster_size ?? 1);
     }
     return { servers: [...servers].map(([name, tags]) => ({ name, tags })), size: Math.max(size, servers.size) };
@@ -204,11 +210,25 @@ export async function provisionTenant(a: AdminTarget, t: TenantId, o: ProvisionO
   const limits = o.limits ?? { ...DEFAULT_TENANT_LIMITS, deadLetterBytes: Math.min(DEFAULT_TENANT_LIMITS.deadLetterBytes, Math.floor(quota.maxStorageBytes / 8)) };
   await asAdmin(a, t, async ({ jsm }) => {
     await jetStreamReady(jsm, t);
-    await ensureTenant(jsm, t, { limits, pools: o.pools ?? ['default'], consumers: { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers }, placement, ...(o.partitions ? { partitions: o.partitions } : {}) });
+    await ensureTenant(jsm, t, {
+      limits,
+      pools: o.pools ?? ['default'],
+      consumers: { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers },
+      placement,
+      ...(o.partitions ? { partitions: o.partitions } : {}),
+    });
   });
   const services: Partial<Record<ServiceRole, string>> = {};
   for (const role of SERVICE_ROLES) services[role] = await a.store.serviceUserJwt(t, role);
-  const record: TenantRecord = { v: 1, tenant: t, account: publicKey, quota: a.store.quota(t), services, ...(placement.replicas > 1 || placement.tags.length ? { placement } : {}), updatedAt: Date.now() };
+  const record: TenantRecord = {
+    v: 1,
+    tenant: t,
+    account: publicKey,
+    quota: a.store.quota(t),
+    services,
+    ...(placement.replicas > 1 || placement.tags.length ? { placement } : {}),
+    updatedAt: Date.now(),
+  };
   await asAdmin(a, 'platform', async ({ js }) => {
     await js.publish(Platform.tenantRecord(t), encode(record));
   });
@@ -228,7 +248,15 @@ export async function setTenantQuota(a: AdminTarget, t: TenantId, quota: Partial
     const placement = a.store.placement(t);
     await js.publish(
       Platform.tenantRecord(t),
-      encode({ v: 1, tenant: t, account: a.store.tenantAccountKey(t), quota: q, services, ...(placement.replicas > 1 || placement.tags.length ? { placement } : {}), updatedAt: Date.now() } satisfies TenantRecord),
+      encode({
+        v: 1,
+        tenant: t,
+        account: a.store.tenantAccountKey(t),
+        quota: q,
+        services,
+        ...(placement.replicas > 1 || placement.tags.length ? { placement } : {}),
+        updatedAt: Date.now(),
+      } satisfies TenantRecord),
     );
   });
   return q;
@@ -248,14 +276,24 @@ export interface IssueOptions {
  * Issues a tenant credential (`capstan creds issue`). A worker's pools get their consumers
  * here, since a worker may not create one.
  */
-export async function issueCredential(a: AdminTarget, t: TenantId, role: TenantRole | typeof Role.Leaf, name: string, o: IssueOptions = {}): Promise<{ creds: Uint8Array; user: IssuedUser }> {
+export async function issueCredential(
+  a: AdminTarget,
+  t: TenantId,
+  role: TenantRole | typeof Role.Leaf,
+  name: string,
+  o: IssueOptions = {},
+): Promise<{ creds: Uint8Array; user: IssuedUser }> {
   if (!a.store.hasTenant(t)) throw new CapstanError(ErrorCode.UnknownTenant, `tenant ${t} has no account (capstan tenant add ${t})`);
   const pools = (o.pools ?? []).map((p) => parseToken('pool', p));
   if (role === Role.Worker || role === Role.Leaf) {
     if (pools.length === 0) pools.push('default');
     // A pool's consumer is made with its first worker; settings change only when asked for.
     await asAdmin(a, t, ({ jsm }) =>
-      ensureConsumers(jsm, pools.map((p) => ({ stream: Streams.work(t), config: poolConsumerConfig(t, p, { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers }) })), { update: o.consumers !== undefined }),
+      ensureConsumers(
+        jsm,
+        pools.map((p) => ({ stream: Streams.work(t), config: poolConsumerConfig(t, p, { ...DEFAULT_CONSUMER_SETTINGS, ...o.consumers }) })),
+        { update: o.consumers !== undefined },
+      ),
     );
   }
   const scope: RoleScope = role === Role.Worker ? { pools, workerId: name } : role === Role.Leaf ? { pools, localUsers: o.localUsers ?? [] } : {};
@@ -278,4 +316,3 @@ export async function restoreCredential(a: AdminTarget, t: TenantId, name: strin
   await pushAccountJwt(a, await a.store.accountJwt(t));
   return u;
 }
-

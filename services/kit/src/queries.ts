@@ -40,7 +40,6 @@ export type AuditRow = typeof schema.auditLog.$inferSelect;
 /** An event's place in its run; the event itself stays in the run stream. */
 export type EventIndexRow = Omit<typeof schema.events.$inferSelect, 'tenant' | 'runId'>;
 
-
 export const DEFAULT_LIMIT = 50;
 export const MAX_LIMIT = 500;
 /** Each pair is one more join; a handful is what a person types, more is a mistake. */
@@ -70,9 +69,7 @@ export function parseTime(name: string, raw: string, now: number = Date.now()): 
     const ms = Date.parse(raw);
     if (!Number.isNaN(ms)) return new Date(ms);
   }
-  throw new InvalidArgumentError(
-    `${name} must be a duration back from now (30m, 1h, 2d) or an ISO 8601 timestamp with a zone (2026-01-31T12:00:00Z); got ${quote(raw)}`,
-  );
+  throw new InvalidArgumentError(`${name} must be a duration back from now (30m, 1h, 2d) or an ISO 8601 timestamp with a zone (2026-01-31T12:00:00Z); got ${quote(raw)}`);
 }
 
 export function parseSince(raw: string, now?: number): Date {
@@ -493,7 +490,8 @@ export async function projectionLag(d: Database, access: StreamSide, tenants: re
       const now = await readStreamNow(access, t);
       if (!now) return { tenant: t, stream, streamLastSeq: null, checkpoint, lag: null, error: { code: 'unknown_tenant', message: `tenant ${t} has no run stream` } };
       const reason = outOfSyncReason(stream, f, now);
-      if (reason) return { tenant: t, stream, streamLastSeq: now.lastSeq, checkpoint, lag: null, error: { code: ErrorCode.ProjectionOutOfSync, message: outOfSyncError(t, reason).message } };
+      if (reason)
+        return { tenant: t, stream, streamLastSeq: now.lastSeq, checkpoint, lag: null, error: { code: ErrorCode.ProjectionOutOfSync, message: outOfSyncError(t, reason).message } };
       return { tenant: t, stream, streamLastSeq: now.lastSeq, checkpoint, lag: now.lastSeq - checkpoint };
     }),
   );

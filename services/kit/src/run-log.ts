@@ -75,9 +75,7 @@ export interface AppendGroup {
   readonly events: readonly RunEvent[];
 }
 
-export type AppendOutcome =
-  | { readonly ok: true; readonly lastStreamSeq: number }
-  | { readonly ok: false; readonly conflict: true; readonly reason: string };
+export type AppendOutcome = { readonly ok: true; readonly lastStreamSeq: number } | { readonly ok: false; readonly conflict: true; readonly reason: string };
 
 const MAX_BATCH = 1000;
 const CONFLICT_CODES = new Set<number>([...JS_SEQUENCE_CONFLICT_CODES, JsApiCode.AtomicBatchDuplicateMessageId]);
@@ -189,7 +187,12 @@ export type Batching = 'pipelined' | 'atomic';
  * crash) is sent again message by message, where each duplicate is dropped alone.
  * Resolves when every message is stored or was a duplicate; rejects otherwise.
  */
-export async function publishDurably(nc: NatsConnection, js: JetStreamClient, msgs: readonly OutMsg[], o: { readonly batching?: Batching; readonly timeoutMs?: number } = {}): Promise<void> {
+export async function publishDurably(
+  nc: NatsConnection,
+  js: JetStreamClient,
+  msgs: readonly OutMsg[],
+  o: { readonly batching?: Batching; readonly timeoutMs?: number } = {},
+): Promise<void> {
   const timeoutMs = o.timeoutMs ?? 5000;
   const one = async (m: OutMsg) => {
     const h = natsHeaders();

@@ -34,7 +34,12 @@ import { withTraceHeader } from './tracing.js';
  * refused if it arrives later), a malformed request its typed refusal.
  * @throws CapstanError (`sandbox_unavailable` when no service answers in time, or the refusal's code)
  */
-export function cancelInSandbox(nc: NatsConnection, t: TenantId, attempt: { runId: string; step: string; attempt: number }, o: { timeoutMs?: number } = {}): Promise<SandboxCancelReply> {
+export function cancelInSandbox(
+  nc: NatsConnection,
+  t: TenantId,
+  attempt: { runId: string; step: string; attempt: number },
+  o: { timeoutMs?: number } = {},
+): Promise<SandboxCancelReply> {
   return callService(nc, {
     subject: Subjects.sandboxCancel(t),
     body: attempt,
@@ -97,7 +102,12 @@ async function exchange(nc: NatsConnection, tenant: TenantId, req: SandboxExecRe
   let replies: AsyncIterable<{ data: Uint8Array }>;
   try {
     const headers = withTraceHeader();
-    replies = await nc.requestMany(Subjects.sandboxExec(tenant), encode(req), { strategy: 'stall', stall: stallMs, maxWait: o.firstReplyMs ?? 10_000, ...(headers ? { headers } : {}) });
+    replies = await nc.requestMany(Subjects.sandboxExec(tenant), encode(req), {
+      strategy: 'stall',
+      stall: stallMs,
+      maxWait: o.firstReplyMs ?? 10_000,
+      ...(headers ? { headers } : {}),
+    });
   } catch (e) {
     return { error: unavailable(e) };
   }

@@ -6,17 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { Cron } from 'croner';
-import {
-  CatchupPolicy,
-  InvalidArgumentError,
-  makeRunId,
-  OverlapPolicy,
-  parseScheduleSpec,
-  SCHEDULE_LIMITS,
-  type RunId,
-  type ScheduleSpec,
-  type TenantId,
-} from '@capstan/schemas';
+import { CatchupPolicy, InvalidArgumentError, makeRunId, OverlapPolicy, parseScheduleSpec, SCHEDULE_LIMITS, type RunId, type ScheduleSpec, type TenantId } from '@capstan/schemas';
 
 /**
  * A slot was missed (downtime) when it is decided after the next slot's time has come too, or
@@ -81,7 +71,8 @@ export function checkScheduleSpec(value: unknown): ScheduleSpec {
     const slots = slotsOf({ ...spec, startAt: undefined, endAt: undefined }, 0);
     const a = slots.after(Date.UTC(2030, 0, 1));
     const b = a === undefined ? undefined : slots.after(a);
-    if (a !== undefined && b !== undefined && b - a < SCHEDULE_LIMITS.minEveryMs) throw new InvalidArgumentError(`cron ${JSON.stringify(spec.cron)} fires more often than once a second`);
+    if (a !== undefined && b !== undefined && b - a < SCHEDULE_LIMITS.minEveryMs)
+      throw new InvalidArgumentError(`cron ${JSON.stringify(spec.cron)} fires more often than once a second`);
   }
   return spec;
 }
@@ -90,7 +81,7 @@ export function checkScheduleSpec(value: unknown): ScheduleSpec {
 export function nextSlots(spec: ScheduleSpec, anchorMs: number, from: number, n: number): number[] {
   const slots = slotsOf(spec, anchorMs);
   const out: number[] = [];
-  for (let t: number | undefined = from; out.length < n; ) {
+  for (let t: number | undefined = from; out.length < n;) {
     t = slots.after(t);
     if (t === undefined) break;
     out.push(t);

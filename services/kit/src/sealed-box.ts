@@ -111,7 +111,12 @@ export function seal(recipientKey: string, plaintext: Uint8Array, aad: Uint8Arra
 export function parseRecipientKey(b64: string): KeyObject {
   const bytes = Buffer.from(b64, b64.includes('-') || b64.includes('_') ? 'base64url' : 'base64');
   // SPKI DER of an X25519 key is the fixed prefix and the raw key: anything else is not one.
-  const raw = bytes.length === 32 ? bytes : bytes.length === SPKI_PREFIX.length + 32 && bytes.subarray(0, SPKI_PREFIX.length).equals(SPKI_PREFIX) ? bytes.subarray(SPKI_PREFIX.length) : undefined;
+  const raw =
+    bytes.length === 32
+      ? bytes
+      : bytes.length === SPKI_PREFIX.length + 32 && bytes.subarray(0, SPKI_PREFIX.length).equals(SPKI_PREFIX)
+        ? bytes.subarray(SPKI_PREFIX.length)
+        : undefined;
   try {
     if (!raw) throw new Error('not x25519');
     return publicFromRaw(raw);

@@ -72,7 +72,15 @@ export interface SecretsCallOptions {
   readonly account?: string;
 }
 
-function call<T>(nc: NatsConnection, t: TenantId, verb: SecretsVerb, body: object, parse: (v: unknown) => T, o: SecretsCallOptions = {}, ctx: { leaseId?: string; checkReply?: (m: Msg) => void } = {}): Promise<T> {
+function call<T>(
+  nc: NatsConnection,
+  t: TenantId,
+  verb: SecretsVerb,
+  body: object,
+  parse: (v: unknown) => T,
+  o: SecretsCallOptions = {},
+  ctx: { leaseId?: string; checkReply?: (m: Msg) => void } = {},
+): Promise<T> {
   return callService(nc, {
     ...(ctx.checkReply ? { checkReply: ctx.checkReply } : {}),
     subject: Subjects.secrets(t, verb),
@@ -207,7 +215,13 @@ export async function putSecret(nc: NatsConnection, t: TenantId, name: string, v
  * Replaces an existing secret's value (a new version). Without a value, a refreshable
  * secret is refreshed through its connector now.
  */
-export async function rotateSecret(nc: NatsConnection, t: TenantId, name: string, value: string | undefined, o: SecretsCallOptions & { by: string; expiresAt?: Date }): Promise<SecretInfo> {
+export async function rotateSecret(
+  nc: NatsConnection,
+  t: TenantId,
+  name: string,
+  value: string | undefined,
+  o: SecretsCallOptions & { by: string; expiresAt?: Date },
+): Promise<SecretInfo> {
   const sealed = value === undefined ? undefined : await sealForService(nc, t, name, value, o);
   const body = { name, by: o.by, ...(sealed ? { sealed } : {}), ...(o.expiresAt ? { expiresAt: o.expiresAt.toISOString() } : {}) };
   return (await call(nc, t, SecretsVerb.Rotate, body, parseSecretReply, o)).secret;

@@ -17,7 +17,13 @@ export function serviceAccess(role: ServiceRole, c: { readonly natsUrl: string; 
 
 /** A tenant deployment's access (a worker): one credential per tenant it serves. */
 export function tenantUserAccess(c: { readonly natsUrl: string; readonly nats: NatsAuthConfig }, name: string, log: Logger) {
-  return connectAsTenantUser(c.nats.credsPaths, { servers: c.natsUrl, name, log, ...(c.nats.tls ? { tls: c.nats.tls } : {}), ...(c.nats.jsDomain ? { jsDomain: c.nats.jsDomain } : {}) });
+  return connectAsTenantUser(c.nats.credsPaths, {
+    servers: c.natsUrl,
+    name,
+    log,
+    ...(c.nats.tls ? { tls: c.nats.tls } : {}),
+    ...(c.nats.jsDomain ? { jsDomain: c.nats.jsDomain } : {}),
+  });
 }
 
 /** What every service reads besides its own config: traces (`OTEL_*`) and metrics (`METRICS_*`). */

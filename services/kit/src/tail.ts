@@ -96,7 +96,7 @@ export function tailStream(o: TailOptions): StreamTail {
   }
 
   const loop = (async () => {
-    for (let backoff = BACKOFF_MIN_MS; !stopped; ) {
+    for (let backoff = BACKOFF_MIN_MS; !stopped;) {
       pending = false;
       const asked = waiters.splice(0);
       try {

@@ -6,7 +6,21 @@
  */
 import type { ConsumerConfig, JetStreamManager, StreamConfig } from '@nats-io/jetstream';
 import { AckPolicy, DeliverPolicy, JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
-import { Consumers, decode, DEFAULT_PARTITIONS, DEFAULT_TENANT_PLACEMENT, encode, InvalidArgumentError, LIMITS, MAX_PARTITIONS, parseToken, Streams, Subjects, type TenantId, type TenantPlacement } from '@capstan/schemas';
+import {
+  Consumers,
+  decode,
+  DEFAULT_PARTITIONS,
+  DEFAULT_TENANT_PLACEMENT,
+  encode,
+  InvalidArgumentError,
+  LIMITS,
+  MAX_PARTITIONS,
+  parseToken,
+  Streams,
+  Subjects,
+  type TenantId,
+  type TenantPlacement,
+} from '@capstan/schemas';
 
 const SECOND_NS = 1_000_000_000;
 
@@ -61,15 +75,36 @@ export function consumerConfigs(t: TenantId, pools: readonly string[], c: Consum
   return [
     {
       stream: Streams.commands(t),
-      config: { durable_name: Consumers.orchestrator, filter_subject: Subjects.allCommands(t), ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ack_wait: c.orchestratorAckWaitMs * MS, max_ack_pending: c.orchestratorMaxAckPending },
+      config: {
+        durable_name: Consumers.orchestrator,
+        filter_subject: Subjects.allCommands(t),
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ack_wait: c.orchestratorAckWaitMs * MS,
+        max_ack_pending: c.orchestratorMaxAckPending,
+      },
     },
     {
       stream: Streams.runs(t),
-      config: { durable_name: Consumers.projector, filter_subject: Subjects.allRuns(t), ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ack_wait: c.projectorAckWaitMs * MS, max_ack_pending: c.projectorMaxAckPending },
+      config: {
+        durable_name: Consumers.projector,
+        filter_subject: Subjects.allRuns(t),
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ack_wait: c.projectorAckWaitMs * MS,
+        max_ack_pending: c.projectorMaxAckPending,
+      },
     },
     {
       stream: Streams.runs(t),
-      config: { durable_name: Consumers.secretsLease, filter_subject: Subjects.allRuns(t), ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ack_wait: c.secretsLeaseAckWaitMs * MS, max_ack_pending: 1000 },
+      config: {
+        durable_name: Consumers.secretsLease,
+        filter_subject: Subjects.allRuns(t),
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ack_wait: c.secretsLeaseAckWaitMs * MS,
+        max_ack_pending: 1000,
+      },
     },
     ...pools.map((p) => ({ stream: Streams.work(t), config: poolConsumerConfig(t, p, c) })),
   ];
@@ -174,7 +209,13 @@ export function fleetStreamConfig(t: TenantId): Partial<StreamConfig> & { name: 
  * message is the key's state, `history` messages kept per key, and nothing deletable (a
  * revocation or a change must not be undone by deleting its record).
  */
-function keyedStreamConfig(name: string, subjects: string | readonly string[], history: number, maxMsgSize: number, opts: { duplicateWindowNs?: number } = {}): Partial<StreamConfig> & { name: string } {
+function keyedStreamConfig(
+  name: string,
+  subjects: string | readonly string[],
+  history: number,
+  maxMsgSize: number,
+  opts: { duplicateWindowNs?: number } = {},
+): Partial<StreamConfig> & { name: string } {
   return {
     name,
     subjects: typeof subjects === 'string' ? [subjects] : [...subjects],
@@ -328,7 +369,8 @@ export async function ensureTenant(
  * @returns the tenant's partition count
  */
 export async function ensurePartitionCount(jsm: JetStreamManager, t: TenantId, partitions: number): Promise<number> {
-  if (!Number.isInteger(partitions) || partitions < 1 || partitions > MAX_PARTITIONS) throw new InvalidArgumentError(`partitions must be an integer in 1..${MAX_PARTITIONS}, got ${partitions}`);
+  if (!Number.isInteger(partitions) || partitions < 1 || partitions > MAX_PARTITIONS)
+    throw new InvalidArgumentError(`partitions must be an integer in 1..${MAX_PARTITIONS}, got ${partitions}`);
   const subject = Subjects.partitionCount(t);
   const existing = await jsm.direct.getMessage(Streams.leases(t), { last_by_subj: subject }).catch(() => null);
   if (existing) return parsePartitionCount(existing.data);
@@ -345,6 +387,7 @@ export async function ensurePartitionCount(jsm: JetStreamManager, t: TenantId, p
 
 export function parsePartitionCount(data: Uint8Array): number {
   const n = (decode(data) as { partitions?: unknown }).partitions;
-  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_PARTITIONS) throw new InvalidArgumentError(`the recorded partition count is not an integer in 1..${MAX_PARTITIONS}`);
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_PARTITIONS)
+    throw new InvalidArgumentError(`the recorded partition count is not an integer in 1..${MAX_PARTITIONS}`);
   return n;
 }

@@ -149,8 +149,11 @@ export function startTracing(service: string, config: TracingConfig): Promise<Tr
   if (!config.enabled) return Promise.resolve(OFF);
   starting ??= (async () => {
     const { NodeSDK, tracing } = await import('@opentelemetry/sdk-node');
-    const root =
-      config.sampler.endsWith('always_off') ? new tracing.AlwaysOffSampler() : config.sampler.endsWith('traceidratio') ? new tracing.TraceIdRatioBasedSampler(config.ratio) : new tracing.AlwaysOnSampler();
+    const root = config.sampler.endsWith('always_off')
+      ? new tracing.AlwaysOffSampler()
+      : config.sampler.endsWith('traceidratio')
+        ? new tracing.TraceIdRatioBasedSampler(config.ratio)
+        : new tracing.AlwaysOnSampler();
     const sampler = config.sampler.startsWith('parentbased_') ? new tracing.ParentBasedSampler({ root }) : root;
     const ids = new DerivedIds();
     const sdk = new NodeSDK({
@@ -352,7 +355,9 @@ export function beginRunTrace(callerTraceParent: string | undefined | null): Run
   const a = active;
   if (caller) {
     // A parent-based sampler follows the caller's flag; another one decides by itself.
-    const sampled = a ? a.sampler.shouldSample(contextOf(caller), caller.traceId, 'run', SpanKind.INTERNAL, {}, []).decision === SamplingDecision.RECORD_AND_SAMPLED : caller.sampled;
+    const sampled = a
+      ? a.sampler.shouldSample(contextOf(caller), caller.traceId, 'run', SpanKind.INTERNAL, {}, []).decision === SamplingDecision.RECORD_AND_SAMPLED
+      : caller.sampled;
     return { id: caller.traceId, parent: caller.spanId, sampled };
   }
   if (!a) return undefined;

@@ -53,7 +53,8 @@ async function lastOn<T>(jsm: JetStreamManager, stream: string, subject: string,
     m = await jsm.direct.getMessage(stream, { last_by_subj: subject });
   } catch (e) {
     if (isNothingThere(e)) return undefined;
-    if ((e instanceof JetStreamApiError && e.code === JsApiCode.StreamNotFound) || isNoResponders(e)) throw new UnavailableError(`stream ${stream} does not exist (provision the tenant again: capstan tenant add)`, { cause: e });
+    if ((e instanceof JetStreamApiError && e.code === JsApiCode.StreamNotFound) || isNoResponders(e))
+      throw new UnavailableError(`stream ${stream} does not exist (provision the tenant again: capstan tenant add)`, { cause: e });
     throw e;
   }
   return m ? { record: parse(decode(m.data)), seq: m.seq, at: m.time.getTime() } : undefined;
@@ -66,7 +67,8 @@ async function allLast<T>(jsm: JetStreamManager, stream: string, wildcard: strin
     const info = await jsm.streams.info(stream, { subjects_filter: wildcard });
     subjects = Object.keys(info.state.subjects ?? {}).sort();
   } catch (e) {
-    if (e instanceof JetStreamApiError && e.code === JsApiCode.StreamNotFound) throw new UnavailableError(`stream ${stream} does not exist (provision the tenant again: capstan tenant add)`, { cause: e });
+    if (e instanceof JetStreamApiError && e.code === JsApiCode.StreamNotFound)
+      throw new UnavailableError(`stream ${stream} does not exist (provision the tenant again: capstan tenant add)`, { cause: e });
     throw e;
   }
   const out: Stored<T>[] = [];
@@ -84,9 +86,12 @@ async function allLast<T>(jsm: JetStreamManager, stream: string, wildcard: strin
 // ---------------------------------------------------------------------------------------
 // Schedules.
 
-export const readSchedule = (jsm: JetStreamManager, t: TenantId, id: string): Promise<Stored<ScheduleRecord> | undefined> => lastOn(jsm, Streams.triggers(t), Subjects.schedule(t, id), parseScheduleRecord);
-export const readScheduleState = (jsm: JetStreamManager, t: TenantId, id: string): Promise<Stored<ScheduleState> | undefined> => lastOn(jsm, Streams.triggers(t), Subjects.scheduleState(t, id), parseScheduleState);
-export const listScheduleRecords = (jsm: JetStreamManager, t: TenantId): Promise<Stored<ScheduleRecord>[]> => allLast(jsm, Streams.triggers(t), Subjects.allSchedules(t), parseScheduleRecord);
+export const readSchedule = (jsm: JetStreamManager, t: TenantId, id: string): Promise<Stored<ScheduleRecord> | undefined> =>
+  lastOn(jsm, Streams.triggers(t), Subjects.schedule(t, id), parseScheduleRecord);
+export const readScheduleState = (jsm: JetStreamManager, t: TenantId, id: string): Promise<Stored<ScheduleState> | undefined> =>
+  lastOn(jsm, Streams.triggers(t), Subjects.scheduleState(t, id), parseScheduleState);
+export const listScheduleRecords = (jsm: JetStreamManager, t: TenantId): Promise<Stored<ScheduleRecord>[]> =>
+  allLast(jsm, Streams.triggers(t), Subjects.allSchedules(t), parseScheduleRecord);
 
 /** A schedule with where its firing stands. */
 export interface ScheduleView extends Stored<ScheduleRecord> {
@@ -107,13 +112,22 @@ export async function listSchedules(jsm: JetStreamManager, t: TenantId): Promise
  * @throws SchemaError before anything is sent, for a malformed command
  * @throws UnavailableError when no orchestrator answered within `timeoutMs`
  */
-export async function sendScheduleCommand(js: JetStreamClient, jsm: JetStreamManager, t: TenantId, command: ScheduleCommand, timeoutMs = COMMAND_TIMEOUT_MS): Promise<Stored<ScheduleRecord>> {
+export async function sendScheduleCommand(
+  js: JetStreamClient,
+  jsm: JetStreamManager,
+  t: TenantId,
+  command: ScheduleCommand,
+  timeoutMs = COMMAND_TIMEOUT_MS,
+): Promise<Stored<ScheduleRecord>> {
   const cmd = parseScheduleCommand(command);
   const subject = Subjects.triggerCommand(t, TriggerVerb.Schedule);
   const dlq = Streams.deadLetters(t);
-  let dlqFrom = (await jsm.streams.info(dlq).catch((e: unknown) => {
-    throw new UnavailableError(`tenant ${t} has no dead-letter stream (is it provisioned? capstan tenant add ${t})`, { cause: e });
-  })).state.last_seq + 1;
+  let dlqFrom =
+    (
+      await jsm.streams.info(dlq).catch((e: unknown) => {
+        throw new UnavailableError(`tenant ${t} has no dead-letter stream (is it provisioned? capstan tenant add ${t})`, { cause: e });
+      })
+    ).state.last_seq + 1;
   const recordSubject = Subjects.schedule(t, cmd.schedule);
   let recordFrom = ((await readSchedule(jsm, t, cmd.schedule).catch(() => undefined))?.seq ?? 0) + 1;
   const ack: PubAck = await js.publish(subject, encode(cmd));
@@ -131,10 +145,17 @@ export async function sendScheduleCommand(js: JetStreamClient, jsm: JetStreamMan
     for (const m of await readFrom(jsm, dlq, Subjects.deadLetter(t, DeadLetterSource.Command), dlqFrom)) {
       dlqFrom = m.seq + 1;
       if (m.header.get(Headers.SourceSeq) !== String(ack.seq) || m.header.get(Headers.SourceSubject) !== subject) continue;
-      throw new CommandRejectedError(m.header.get(Headers.ErrorCode) || 'event_rejected', m.header.get(Headers.Error) || `schedule ${cmd.op} refused`, TriggerVerb.Schedule, ack.seq);
+      throw new CommandRejectedError(
+        m.header.get(Headers.ErrorCode) || 'event_rejected',
+        m.header.get(Headers.Error) || `schedule ${cmd.op} refused`,
+        TriggerVerb.Schedule,
+        ack.seq,
+      );
     }
     if (Date.now() >= deadline) {
-      throw new UnavailableError(`no orchestrator answered the schedule ${cmd.op} of ${cmd.schedule} (stream seq ${ack.seq}) within ${timeoutMs} ms; it stays queued and is decided when one runs`);
+      throw new UnavailableError(
+        `no orchestrator answered the schedule ${cmd.op} of ${cmd.schedule} (stream seq ${ack.seq}) within ${timeoutMs} ms; it stays queued and is decided when one runs`,
+      );
     }
     await new Promise((r) => setTimeout(r, pause));
   }
@@ -143,7 +164,8 @@ export async function sendScheduleCommand(js: JetStreamClient, jsm: JetStreamMan
 // ---------------------------------------------------------------------------------------
 // Webhook routes.
 
-export const readRoute = (jsm: JetStreamManager, t: TenantId, id: string): Promise<Stored<WebhookRoute> | undefined> => lastOn(jsm, Streams.triggers(t), Subjects.route(t, id), parseWebhookRoute);
+export const readRoute = (jsm: JetStreamManager, t: TenantId, id: string): Promise<Stored<WebhookRoute> | undefined> =>
+  lastOn(jsm, Streams.triggers(t), Subjects.route(t, id), parseWebhookRoute);
 export const listRoutes = (jsm: JetStreamManager, t: TenantId): Promise<Stored<WebhookRoute>[]> => allLast(jsm, Streams.triggers(t), Subjects.allRoutes(t), parseWebhookRoute);
 
 /**

@@ -15,17 +15,7 @@
  */
 import { isDeepStrictEqual } from 'node:util';
 import { headers as natsHeaders, type MsgHdrs } from '@nats-io/transport-node';
-import {
-  CapstanError,
-  decode,
-  Headers,
-  parseWorkItem,
-  Role,
-  WorkRejectedError,
-  type SandboxExecRequest,
-  type SignedWork,
-  type WorkItem,
-} from '@capstan/schemas';
+import { CapstanError, decode, Headers, parseWorkItem, Role, WorkRejectedError, type SandboxExecRequest, type SignedWork, type WorkItem } from '@capstan/schemas';
 import { proofHeaders, verifyProof, type Signer } from './proof.js';
 
 /** The proof headers of a work item (added to `h`, made when absent). */
@@ -75,10 +65,31 @@ export function checkExecRequest(req: SandboxExecRequest, account: string | unde
   h.set(Headers.Signer, req.work.signer);
   h.set(Headers.Signature, req.work.signature);
   const item = checkWork(h, req.work.subject, new Uint8Array(Buffer.from(req.work.item, 'base64')), account);
-  const asked = { runId: req.runId, workflow: req.workflow, step: req.step, attempt: req.attempt, mode: req.mode, spec: req.spec, timeoutMs: req.timeoutMs, input: req.input, previous: req.previous };
-  const signed = { runId: item.runId, workflow: item.workflow, step: item.step, attempt: item.attempt, mode: item.mode, spec: item.sandbox, timeoutMs: item.timeoutMs, input: item.input, previous: item.previous };
+  const asked = {
+    runId: req.runId,
+    workflow: req.workflow,
+    step: req.step,
+    attempt: req.attempt,
+    mode: req.mode,
+    spec: req.spec,
+    timeoutMs: req.timeoutMs,
+    input: req.input,
+    previous: req.previous,
+  };
+  const signed = {
+    runId: item.runId,
+    workflow: item.workflow,
+    step: item.step,
+    attempt: item.attempt,
+    mode: item.mode,
+    spec: item.sandbox,
+    timeoutMs: item.timeoutMs,
+    input: item.input,
+    previous: item.previous,
+  };
   for (const k of Object.keys(asked) as (keyof typeof asked)[]) {
-    if (!isDeepStrictEqual(asked[k] ?? null, signed[k] ?? null)) throw new WorkRejectedError(`step ${req.step} attempt ${req.attempt}: the request's ${k} is not the signed work item's`);
+    if (!isDeepStrictEqual(asked[k] ?? null, signed[k] ?? null))
+      throw new WorkRejectedError(`step ${req.step} attempt ${req.attempt}: the request's ${k} is not the signed work item's`);
   }
   return item;
 }

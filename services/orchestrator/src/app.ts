@@ -30,7 +30,10 @@ export async function createOrchestrator(config: Config, log: Logger, opts: { re
   const catalogs: Subscription[] = [];
   const cache = new RunCache(config.cacheSize);
   // Unique per process: a restarted instance must not inherit the leases (and epochs) of its predecessor.
-  const instance = `${config.name.toLowerCase().replace(/[^a-z0-9_-]/g, '-').slice(0, 48)}-${randomBytes(4).toString('hex')}`.replace(/^[^a-z0-9]/, 'o');
+  const instance = `${config.name
+    .toLowerCase()
+    .replace(/[^a-z0-9_-]/g, '-')
+    .slice(0, 48)}-${randomBytes(4).toString('hex')}`.replace(/^[^a-z0-9]/, 'o');
 
   async function serve({ tenant: t, nc, js, jsm, account, signer }: TenantConnection): Promise<void> {
     // A service's tenant connection always has both (see kit's connectAsService): without them

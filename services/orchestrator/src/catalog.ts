@@ -21,7 +21,10 @@ type JsonObject = { readonly [k: string]: JsonValue };
 export function inputSchemaOf(def: WorkflowDefinition): JsonObject | undefined {
   const d = def as { inputSchema?: unknown; input?: unknown };
   if (isPlainObject(d.inputSchema)) return d.inputSchema as JsonObject;
-  const std = isPlainObject(d.input) || typeof d.input === 'object' ? (d.input as { '~standard'?: { jsonSchema?: { input?: (o: { target: string }) => unknown } } } | null)?.['~standard'] : undefined;
+  const std =
+    isPlainObject(d.input) || typeof d.input === 'object'
+      ? (d.input as { '~standard'?: { jsonSchema?: { input?: (o: { target: string }) => unknown } } } | null)?.['~standard']
+      : undefined;
   const describe = std?.jsonSchema?.input;
   if (typeof describe !== 'function') return undefined;
   try {

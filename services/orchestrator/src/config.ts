@@ -63,7 +63,8 @@ export function loadConfig(env: Env): Config {
   };
   const batches = envString(env, 'ORCH_EFFECT_BATCHES', 'pipelined');
   if (batches !== 'pipelined' && batches !== 'atomic') problems.push(`ORCH_EFFECT_BATCHES must be pipelined or atomic, got ${JSON.stringify(batches)}`);
-  if (config.leaseRenewMs * 3 > config.leaseTtlMs) problems.push(`ORCH_LEASE_RENEW_MS (${config.leaseRenewMs}) must be at most a third of ORCH_LEASE_TTL_MS (${config.leaseTtlMs})`);
+  if (config.leaseRenewMs * 3 > config.leaseTtlMs)
+    problems.push(`ORCH_LEASE_RENEW_MS (${config.leaseRenewMs}) must be at most a third of ORCH_LEASE_TTL_MS (${config.leaseTtlMs})`);
   const policy = envString(env, 'ORCH_POLICY', 'on');
   if (policy !== 'on' && policy !== 'off') problems.push(`ORCH_POLICY must be on or off, got ${JSON.stringify(policy)}`);
   if (problems.length > 0) throw new ConfigError(problems);

@@ -73,7 +73,11 @@ export async function dispatchEffects(
       if (ev.type === 'child.started') {
         // The child's id is derived, and its submit carries it: a second submit is a duplicate.
         const d = ev.data;
-        command('submit', { workflow: d.workflow, input: d.input, runId: d.child as RunId, parent: { runId: src.runId, step: d.step, attempt: d.attempt } }, MsgIds.startRun(d.child as RunId));
+        command(
+          'submit',
+          { workflow: d.workflow, input: d.input, runId: d.child as RunId, parent: { runId: src.runId, step: d.step, attempt: d.attempt } },
+          MsgIds.startRun(d.child as RunId),
+        );
       } else if (ev.type === 'run.continued') {
         // The continuation is the same workflow; a child's continuation reports to the same parent.
         const d = ev.data;
@@ -89,8 +93,12 @@ export async function dispatchEffects(
           ev.type === 'run.completed'
             ? { ...base, outcome: 'completed', result: ev.data.output }
             : ev.type === 'run.failed'
-            ? { ...base, outcome: 'failed', error: { code: ErrorCode.ChildFailed, message: `${ev.data.error.code}: ${ev.data.error.message}`.slice(0, 1000), retryable: true } }
-            : { ...base, outcome: 'failed', error: { code: ErrorCode.ChildFailed, message: `the child run was cancelled${ev.data.reason ? `: ${ev.data.reason}` : ''}`.slice(0, 1000), retryable: false } };
+              ? { ...base, outcome: 'failed', error: { code: ErrorCode.ChildFailed, message: `${ev.data.error.code}: ${ev.data.error.message}`.slice(0, 1000), retryable: true } }
+              : {
+                  ...base,
+                  outcome: 'failed',
+                  error: { code: ErrorCode.ChildFailed, message: `the child run was cancelled${ev.data.reason ? `: ${ev.data.reason}` : ''}`.slice(0, 1000), retryable: false },
+                };
         command('child', body, MsgIds.childOutcome(src.runId, ev.seq));
       }
       if (ev.type === 'step.cancelled' && ev.data.child !== undefined) {

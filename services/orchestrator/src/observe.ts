@@ -33,7 +33,12 @@ interface Followed {
 
 export interface RunObserver {
   /** Counts and traces events just appended to a run. `commands`: the messages decided into them. */
-  recorded(runId: RunId, state: RunState | undefined, events: readonly RunEvent[], commands: readonly { readonly info: { readonly streamSequence: number; readonly timestampNanos: number } }[]): void;
+  recorded(
+    runId: RunId,
+    state: RunState | undefined,
+    events: readonly RunEvent[],
+    commands: readonly { readonly info: { readonly streamSequence: number; readonly timestampNanos: number } }[],
+  ): void;
   /** The run's trace (for the traceparent of its effects); undefined when it has none or tracing is off. */
   traceOf(runId: RunId): Promise<RunTrace | undefined>;
   /** Headers of the work item for a scheduled attempt: its dispatch hop's traceparent. */

@@ -17,7 +17,20 @@
  */
 import type { JetStreamClient } from '@nats-io/jetstream';
 import { askPolicy, hopTraceParent, inSpan, proofHeaders, publishDurably, SpanKind, type Logger, type NatsConnection, type Signer, type Trust } from '@capstan/kit';
-import { CommandVerb, encode, Headers, MsgIds, PolicyVerdict, Subjects, type CommandOf, type JsonValue, type PolicyDecision, type RunId, type RunTrace, type TenantId } from '@capstan/schemas';
+import {
+  CommandVerb,
+  encode,
+  Headers,
+  MsgIds,
+  PolicyVerdict,
+  Subjects,
+  type CommandOf,
+  type JsonValue,
+  type PolicyDecision,
+  type RunId,
+  type RunTrace,
+  type TenantId,
+} from '@capstan/schemas';
 
 export interface PolicyGateOptions {
   readonly nc: NatsConnection;

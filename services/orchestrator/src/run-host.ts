@@ -161,7 +161,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     while (!stopped && activeTicks < o.maxTicks && acting.size < MAX_ACTING && queue.length > 0) {
       const batch: Pending[] = [];
       const taken = new Set<RunId>();
-      for (let i = 0; i < queue.length && batch.length < maxBatch; ) {
+      for (let i = 0; i < queue.length && batch.length < maxBatch;) {
         const p = queue[i] as Pending;
         if (deciding.has(p.runId) && !taken.has(p.runId)) {
           i++;
@@ -228,7 +228,15 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
     // A redelivered command may be one whose decision was appended by a process that died
     // (or a tick that failed) before acting on it: reload that run so its tail is recovered.
     const t0 = performance.now();
-    const decided = await Promise.all([...byRun].map(([runId, ps]) => decider.decideGroup(runId, ps, ps.some((p) => p.msg.info.redelivered))));
+    const decided = await Promise.all(
+      [...byRun].map(([runId, ps]) =>
+        decider.decideGroup(
+          runId,
+          ps,
+          ps.some((p) => p.msg.info.redelivered),
+        ),
+      ),
+    );
     const t1 = performance.now();
     // Effects a crash may have lost are published before anything new is appended for their
     // runs: recovery re-derives only the decisions after a run's last input, so they must be
@@ -244,7 +252,12 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       stats.fenced++;
       table?.fenced(table.partitionOf(runId));
     };
-    const { done, fenced } = await appendGroups({ nc, tenant: t, cache, log, stats, observer, owns, refused }, decided, (runId, ps) => decider.decideGroup(runId, ps, true), publishRecovered);
+    const { done, fenced } = await appendGroups(
+      { nc, tenant: t, cache, log, stats, observer, owns, refused },
+      decided,
+      (runId, ps) => decider.decideGroup(runId, ps, true),
+      publishRecovered,
+    );
     for (const g of fenced) for (const p of [...g.pendings, ...g.deferred]) p.msg.nak(NO_OWNER_RETRY_MS);
 
     if (log.isLevelEnabled('debug')) {

@@ -299,7 +299,10 @@ export function createScheduler(o: SchedulerOptions): Scheduler {
         const plan = planFiring({ spec: rec.spec, anchorMs: rec.anchorMs, next: base.next, woken: fire.wake, now: at, lastActive, buffered: base.buffered });
         const runs = plan.start.map((slot) => ({ slot, runId: scheduleRunId(t, rec.schedule, rec.generation, slot) }));
         // Submit first: a crash after it decides the same slots again, naming the same runs.
-        await submit(rec, runs.map((r) => r.runId));
+        await submit(
+          rec,
+          runs.map((r) => r.runId),
+        );
         const lastRun = runs.at(-1);
         const next: ScheduleState = {
           schedule: rec.schedule,
@@ -320,7 +323,10 @@ export function createScheduler(o: SchedulerOptions): Scheduler {
         stats.started += runs.length;
         stats.skipped += plan.skipped.length;
         if (runs.length > 0 || plan.skipped.length > 0) {
-          log.debug({ schedule: rec.schedule, started: runs.map((r) => new Date(r.slot).toISOString()), skipped: plan.skipped.length, buffered: plan.buffered, lateMs: at - fire.slot }, 'schedule fired');
+          log.debug(
+            { schedule: rec.schedule, started: runs.map((r) => new Date(r.slot).toISOString()), skipped: plan.skipped.length, buffered: plan.buffered, lateMs: at - fire.slot },
+            'schedule fired',
+          );
         }
         await arm(rec, next.next ?? next.buffered, plan.wakeAt);
         msg.ack();
@@ -376,7 +382,13 @@ export function createScheduler(o: SchedulerOptions): Scheduler {
     async start() {
       const loop = () => {
         if (stopped) return;
-        reconciler = setTimeout(() => void reconcile().catch((e: unknown) => log.warn({ err: e }, 'schedule reconciliation failed')).finally(loop), RECONCILE_MS);
+        reconciler = setTimeout(
+          () =>
+            void reconcile()
+              .catch((e: unknown) => log.warn({ err: e }, 'schedule reconciliation failed'))
+              .finally(loop),
+          RECONCILE_MS,
+        );
         reconciler.unref();
       };
       await reconcile().catch((e: unknown) => log.warn({ err: e }, 'schedule reconciliation failed'));

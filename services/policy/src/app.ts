@@ -25,7 +25,6 @@ import {
   InvalidArgumentError,
   isPolicyVerb,
   parsePolicyRequest,
-
   policyErrorReply,
   PolicyInvalidError,
   PolicyVerb,
@@ -38,7 +37,19 @@ import {
   type PolicyVersionSummary,
   type TenantId,
 } from '@capstan/schemas';
-import { answerProofSubject, inSpan, metrics, proofHeaders, serviceAccess, SpanKind, traceParentOf, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
+import {
+  answerProofSubject,
+  inSpan,
+  metrics,
+  proofHeaders,
+  serviceAccess,
+  SpanKind,
+  traceParentOf,
+  type Logger,
+  type TenantAccess,
+  type TenantConnection,
+  type TenantFollower,
+} from '@capstan/kit';
 import type { Config } from './config.js';
 import { compilePolicySet, type CompileResult } from './compile.js';
 import { decideAll, evaluate } from './evaluate.js';
@@ -197,7 +208,8 @@ export function createPolicyService(config: Config, log: Logger): Promise<Policy
       out = parent
         ? await inSpan('policy', `policy.${verb}`, { kind: SpanKind.SERVER, parent, attributes: { 'capstan.tenant': t, 'capstan.hop': 'policy' } }, async (span) => {
             const r = await answer(t, verb, decode(msg.data));
-            if (verb === PolicyVerb.Decide) span?.setAttributes({ 'capstan.policy.decision': (r as PolicyDecision).decision, 'capstan.policy.version': (r as PolicyDecision).version });
+            if (verb === PolicyVerb.Decide)
+              span?.setAttributes({ 'capstan.policy.decision': (r as PolicyDecision).decision, 'capstan.policy.version': (r as PolicyDecision).version });
             return r;
           })
         : await answer(t, verb, decode(msg.data));
@@ -222,22 +234,27 @@ export function createPolicyService(config: Config, log: Logger): Promise<Policy
     stats: () => ({ ...counts }),
     async start() {
       access = await serviceAccess(Role.Policy, config, config.name, log);
-      follower = await access.follow(config.tenants, config.discoveryMs, async (tc) => {
-        conns.set(tc.tenant, tc);
-        subs.push(
-          tc.nc.subscribe(Subjects.svcVerbs(tc.tenant, 'policy'), {
-            queue: QUEUE,
-            callback: (err, msg) => {
-              if (err) return;
-              const p = serve(tc.tenant, msg).catch((e: unknown) => log.error({ err: e }, 'policy reply failed'));
-              inflight.add(p);
-              void p.finally(() => inflight.delete(p));
-            },
-          }),
-        );
-        // Answering from the moment the tenant is served: the server knows the subscription.
-        await tc.nc.flush();
-      }, log);
+      follower = await access.follow(
+        config.tenants,
+        config.discoveryMs,
+        async (tc) => {
+          conns.set(tc.tenant, tc);
+          subs.push(
+            tc.nc.subscribe(Subjects.svcVerbs(tc.tenant, 'policy'), {
+              queue: QUEUE,
+              callback: (err, msg) => {
+                if (err) return;
+                const p = serve(tc.tenant, msg).catch((e: unknown) => log.error({ err: e }, 'policy reply failed'));
+                inflight.add(p);
+                void p.finally(() => inflight.delete(p));
+              },
+            }),
+          );
+          // Answering from the moment the tenant is served: the server knows the subscription.
+          await tc.nc.flush();
+        },
+        log,
+      );
       log.info({ tenants: config.tenants }, 'policy service started');
     },
     async stop() {

@@ -88,7 +88,6 @@ export const RESERVED_ID_PREFIX = 'capstan';
  * one, whatever the tenant wrote (forbid wins over any permit).
  */
 export const FENCE_POLICIES: Readonly<Record<string, string>> = {
-  'capstan.tenant-fence':
-    'forbid(principal, action, resource) unless { principal.tenant == resource.tenant && principal in resource.tenant && resource in principal.tenant };',
+  'capstan.tenant-fence': 'forbid(principal, action, resource) unless { principal.tenant == resource.tenant && principal in resource.tenant && resource in principal.tenant };',
   'capstan.worker-fence': 'forbid(principal, action, resource) when { context has worker && context.worker.tenant != principal.tenant };',
 };

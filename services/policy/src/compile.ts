@@ -139,7 +139,12 @@ export function compilePolicySet(text: string): CompileResult {
       if (!POLICY_ID_PATTERN.test(given)) {
         problems.push({ severity: 'error', policy: positional, ...at, message: `@id(${JSON.stringify(given.slice(0, 140))}) must match ${POLICY_ID_PATTERN.source}` });
       } else if (given.toLowerCase().startsWith(RESERVED_ID_PREFIX)) {
-        problems.push({ severity: 'error', policy: positional, ...at, message: `@id(${JSON.stringify(given)}): ids starting with "${RESERVED_ID_PREFIX}" are reserved for the platform` });
+        problems.push({
+          severity: 'error',
+          policy: positional,
+          ...at,
+          message: `@id(${JSON.stringify(given)}): ids starting with "${RESERVED_ID_PREFIX}" are reserved for the platform`,
+        });
       } else {
         id = given;
       }
@@ -153,7 +158,12 @@ export function compilePolicySet(text: string): CompileResult {
       if (json.json.effect === 'forbid') {
         problems.push({ severity: 'error', policy: id, ...at, message: '@approval belongs on a permit: a forbid always denies' });
       } else if (approval.length > POLICY_DECISION_LIMITS.approvers || !APPROVERS_PATTERN.test(approval)) {
-        problems.push({ severity: 'error', policy: id, ...at, message: `@approval names the approver group: 1 to ${POLICY_DECISION_LIMITS.approvers} printable characters, no surrounding spaces` });
+        problems.push({
+          severity: 'error',
+          policy: id,
+          ...at,
+          message: `@approval names the approver group: 1 to ${POLICY_DECISION_LIMITS.approvers} printable characters, no surrounding spaces`,
+        });
       }
     }
     // Without it a requester never approves their own run: the four-eyes rule is the default.
@@ -168,7 +178,14 @@ export function compilePolicySet(text: string): CompileResult {
     idOf.set(positional, id);
     cedarPolicies[id] = part;
     const needsPerson = approval !== undefined && json.json.effect === 'permit';
-    policies.push({ id, effect: json.json.effect, ...(needsPerson ? { approval } : {}), ...(needsPerson && self === 'allowed' ? { selfApproval: true as const } : {}), index, line: where?.line ?? 1 });
+    policies.push({
+      id,
+      effect: json.json.effect,
+      ...(needsPerson ? { approval } : {}),
+      ...(needsPerson && self === 'allowed' ? { selfApproval: true as const } : {}),
+      index,
+      line: where?.line ?? 1,
+    });
   });
 
   for (const v of answer.validationErrors) problems.push(diagnostic('error', v.error, locate, idOf.get(v.policyId) ?? v.policyId));

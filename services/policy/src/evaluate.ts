@@ -107,7 +107,8 @@ export function checkQuery(raw: unknown): PolicyQuery {
   switch (a) {
     case PolicyAction.RunStep: {
       const mode = q['mode'];
-      if (mode !== 0 && mode !== 1 && mode !== 2 && mode !== 3) throw new QueryError(`mode ${mode === undefined || mode === null ? 'is missing' : `${show(mode)} is not 0, 1, 2 or 3`}`);
+      if (mode !== 0 && mode !== 1 && mode !== 2 && mode !== 3)
+        throw new QueryError(`mode ${mode === undefined || mode === null ? 'is missing' : `${show(mode)} is not 0, 1, 2 or 3`}`);
       return { ...base, mode };
     }
     case PolicyAction.LeaseSecret:

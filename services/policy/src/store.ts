@@ -125,7 +125,8 @@ export async function openTenantVersions({ nc, js, jsm }: TenantConnection, t: T
     apply: (m) => {
       put(readStored(t, m.seq, m.subject, m.data, m.time));
       const v = versions.at(-1);
-      if (v?.problem !== undefined && v.version === m.seq) log.error({ tenant: t, version: m.seq, problem: v.problem }, 'stored policy version is invalid: decisions under it deny');
+      if (v?.problem !== undefined && v.version === m.seq)
+        log.error({ tenant: t, version: m.seq, problem: v.problem }, 'stored policy version is invalid: decisions under it deny');
     },
     what: 'a policy version',
     log,

@@ -62,7 +62,14 @@ interface Served {
   /** Worker heartbeats: not derived from a stream, so kept whatever the streams do. */
   readonly heartbeats: Subscription;
   /** The tenant's stream followers, while the projections follow its run stream. */
-  following?: { readonly created: string; readonly runs: TenantProjector; readonly admissions: AdmissionFollower; readonly policies: PolicyFollower; readonly triggers: readonly StreamFollower[]; readonly catalog: StreamFollower };
+  following?: {
+    readonly created: string;
+    readonly runs: TenantProjector;
+    readonly admissions: AdmissionFollower;
+    readonly policies: PolicyFollower;
+    readonly triggers: readonly StreamFollower[];
+    readonly catalog: StreamFollower;
+  };
   lastStats: TenantProjectorStats;
   checking?: Promise<void>;
   rebuilds: number;
@@ -148,7 +155,11 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
     }
     if (followed?.outOfSync !== verdict.reason) await markOutOfSync(database.db, t, verdict.reason);
     // Loud once per cause: the mark in the database keeps saying it to every reader.
-    if (s.outOfSync !== verdict.reason) log.error({ tenant: t, code: ErrorCode.ProjectionOutOfSync, reason: verdict.reason }, `projections of tenant ${t} refused: ${verdict.reason}; rebuild them with \`capstan projections rebuild --tenant ${t}\``);
+    if (s.outOfSync !== verdict.reason)
+      log.error(
+        { tenant: t, code: ErrorCode.ProjectionOutOfSync, reason: verdict.reason },
+        `projections of tenant ${t} refused: ${verdict.reason}; rebuild them with \`capstan projections rebuild --tenant ${t}\``,
+      );
     s.outOfSync = verdict.reason;
   }
 
@@ -176,7 +187,9 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
   const checkAll = () => {
     if (stopping) return;
     checker = setTimeout(() => {
-      void Promise.all([...served.keys()].map((t) => check(t).catch((e: unknown) => log.warn({ tenant: t, err: e }, 'checking the run stream the projections follow failed; trying again')))).finally(checkAll);
+      void Promise.all(
+        [...served.keys()].map((t) => check(t).catch((e: unknown) => log.warn({ tenant: t, err: e }, 'checking the run stream the projections follow failed; trying again'))),
+      ).finally(checkAll);
     }, config.syncCheckMs);
     checker.unref();
   };

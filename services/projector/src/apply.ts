@@ -167,12 +167,7 @@ function sqlState(e: unknown): string | undefined {
   return undefined;
 }
 
-async function applyOnce(
-  tx: ProjectionDb,
-  tenant: TenantId,
-  msgs: readonly StreamMessage[],
-  opts: ApplyOptions & { refused?: ErrorRecord },
-): Promise<ApplyResult> {
+async function applyOnce(tx: ProjectionDb, tenant: TenantId, msgs: readonly StreamMessage[], opts: ApplyOptions & { refused?: ErrorRecord }): Promise<ApplyResult> {
   const followed = (await readFollowed(tx, [tenant])).get(tenant);
   if (opts.streamCreated !== undefined && followed?.created && followed.created !== opts.streamCreated) {
     throw outOfSyncError(tenant, `the messages come from ${Streams.runs(tenant)} created at ${opts.streamCreated}; the projections follow the one created at ${followed.created}`);
@@ -251,9 +246,18 @@ async function loadViews(tx: ProjectionDb, tenant: TenantId, runIds: readonly st
   if (runIds.length === 0) return views;
   const ids = [...runIds];
   // One after another: a transaction is one connection, which runs one query at a time.
-  const runs = await tx.select().from(schema.runs).where(and(eq(schema.runs.tenant, tenant), inArray(schema.runs.runId, ids)));
-  const steps = await tx.select().from(schema.steps).where(and(eq(schema.steps.tenant, tenant), inArray(schema.steps.runId, ids)));
-  const approvals = await tx.select().from(schema.approvals).where(and(eq(schema.approvals.tenant, tenant), inArray(schema.approvals.runId, ids)));
+  const runs = await tx
+    .select()
+    .from(schema.runs)
+    .where(and(eq(schema.runs.tenant, tenant), inArray(schema.runs.runId, ids)));
+  const steps = await tx
+    .select()
+    .from(schema.steps)
+    .where(and(eq(schema.steps.tenant, tenant), inArray(schema.steps.runId, ids)));
+  const approvals = await tx
+    .select()
+    .from(schema.approvals)
+    .where(and(eq(schema.approvals.tenant, tenant), inArray(schema.approvals.runId, ids)));
   const group = <T extends { runId: string }>(rows: T[]) => {
     const m = new Map<string, T[]>();
     for (const r of rows) {
@@ -287,11 +291,17 @@ function bulkInsert(table: PgTable, rows: readonly object[], onConflict: { key: 
     const values = rows.map((r) => toParam((r as Record<string, unknown>)[p], type));
     return sql`${sql.param(values)}::${sql.raw(type)}[]`;
   });
-  const names = sql.join(cols.map((c) => sql.identifier(c.name)), sql`, `);
+  const names = sql.join(
+    cols.map((c) => sql.identifier(c.name)),
+    sql`, `,
+  );
   const conflict =
     onConflict === 'nothing'
       ? sql`on conflict do nothing`
-      : sql`on conflict (${sql.join(onConflict.key.map((p) => sql.identifier((columns[p] as PgColumn).name)), sql`, `)}) do update set ${sql.join(
+      : sql`on conflict (${sql.join(
+          onConflict.key.map((p) => sql.identifier((columns[p] as PgColumn).name)),
+          sql`, `,
+        )}) do update set ${sql.join(
           cols.filter((_, i) => !onConflict.key.includes(props[i] as string)).map((c) => sql`${sql.identifier(c.name)} = excluded.${sql.identifier(c.name)}`),
           sql`, `,
         )}`;

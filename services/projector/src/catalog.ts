@@ -32,7 +32,19 @@ export function projectCatalogRecord(t: TenantId, m: StreamMessage): { entity: C
     const by = pgText(r.by);
     const what = r.status === EntityStatus.Deleted ? 'deleted' : r.version === 1 ? 'created' : 'changed';
     return {
-      entity: { tenant: t, kind: r.kind, id: r.id, name: pgText(r.name), version: r.version, status: r.status, fingerprint: r.fingerprint, summary: r.summary as JsonValue, changedBy: by, changedAt: when, streamSeq: m.seq },
+      entity: {
+        tenant: t,
+        kind: r.kind,
+        id: r.id,
+        name: pgText(r.name),
+        version: r.version,
+        status: r.status,
+        fingerprint: r.fingerprint,
+        summary: r.summary as JsonValue,
+        changedBy: by,
+        changedAt: when,
+        streamSeq: m.seq,
+      },
       audit: {
         tenant: t,
         runId: catalogAuditRunId(r.kind, r.id),
@@ -61,7 +73,10 @@ async function writeCatalogRecord(tx: ProjectionDb, t: TenantId, m: StreamMessag
   }
   const e = schema.datasyncEntities;
   const { tenant: _t, kind: _k, id: _i, ...set } = p.entity;
-  await tx.insert(e).values(p.entity).onConflictDoUpdate({ target: [e.tenant, e.kind, e.id], set });
+  await tx
+    .insert(e)
+    .values(p.entity)
+    .onConflictDoUpdate({ target: [e.tenant, e.kind, e.id], set });
   // Append-only: a re-applied record finds its audit row there already.
   await tx.insert(schema.auditLog).values(p.audit).onConflictDoNothing();
 }
@@ -93,5 +108,14 @@ export async function rebuildCatalog(tx: ProjectionDb, jsm: JetStreamManager, t:
 
 /** Follows a tenant's catalog stream into `datasync_entities` (see `followStream`). */
 export function followCatalog(nc: NatsConnection, jsm: JetStreamManager, db: ProjectionDb, t: TenantId, log: Logger): StreamFollower {
-  return followStream({ nc, jsm, stream: Streams.catalog(t), subject: Subjects.allCatalog(t), checkpoint: () => readCatalogCheckpoint(db, t), apply: (m) => applyCatalogRecord(db, t, m), what: 'a catalog record', log });
+  return followStream({
+    nc,
+    jsm,
+    stream: Streams.catalog(t),
+    subject: Subjects.allCatalog(t),
+    checkpoint: () => readCatalogCheckpoint(db, t),
+    apply: (m) => applyCatalogRecord(db, t, m),
+    what: 'a catalog record',
+    log,
+  });
 }

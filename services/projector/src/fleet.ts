@@ -105,7 +105,10 @@ async function writeAdmission(tx: ProjectionDb, t: TenantId, m: FleetMessage): P
   }
   const a = schema.workerAdmissions;
   const { tenant: _t, workerId: _w, ...set } = p.admission;
-  await tx.insert(a).values(p.admission).onConflictDoUpdate({ target: [a.tenant, a.workerId], set });
+  await tx
+    .insert(a)
+    .values(p.admission)
+    .onConflictDoUpdate({ target: [a.tenant, a.workerId], set });
   // Append-only: a re-applied record finds its audit row there already.
   await tx.insert(schema.auditLog).values(p.audit).onConflictDoNothing();
 }
@@ -143,5 +146,14 @@ export type AdmissionFollower = StreamFollower;
 
 /** Follows a tenant's fleet stream into `worker_admissions` (see `followStream`). */
 export function followAdmissions(nc: NatsConnection, jsm: JetStreamManager, db: ProjectionDb, t: TenantId, log: Logger): AdmissionFollower {
-  return followStream({ nc, jsm, stream: Streams.fleet(t), subject: Subjects.allFleet(t), checkpoint: () => readFleetCheckpoint(db, t), apply: (m) => applyAdmission(db, t, m), what: 'a worker admission', log });
+  return followStream({
+    nc,
+    jsm,
+    stream: Streams.fleet(t),
+    subject: Subjects.allFleet(t),
+    checkpoint: () => readFleetCheckpoint(db, t),
+    apply: (m) => applyAdmission(db, t, m),
+    what: 'a worker admission',
+    log,
+  });
 }

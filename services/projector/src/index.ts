@@ -9,19 +9,7 @@ export { createProjector } from './app.js';
 export type { ProjectorApp, TenantStats } from './app.js';
 export type { TenantProjectorStats } from './tenant-projector.js';
 export { Failpoints } from './tenant-projector.js';
-export {
-  projectEvent,
-  projectRun,
-  viewFromRows,
-  decodeStored,
-  chainDigest,
-  pgText,
-  stepKey,
-  EMPTY_VIEW,
-  StepOutcome,
-  ApprovalStatus,
-  AuditKind,
-} from './projection.js';
+export { projectEvent, projectRun, viewFromRows, decodeStored, chainDigest, pgText, stepKey, EMPTY_VIEW, StepOutcome, ApprovalStatus, AuditKind } from './projection.js';
 export type { RunView, StoredEvent, StreamMessage, Projected, RunRow, StepRow, EventRow, ApprovalRow, SearchRow, AuditRow } from './projection.js';
 export { applyBatch, applyLocked, lockTenant, readCheckpoint, foldBatch, deadLetterOf } from './apply.js';
 export type { ApplyOptions, ApplyResult, BatchRows, DeadLetterRow } from './apply.js';

@@ -110,5 +110,14 @@ export type PolicyFollower = StreamFollower;
 
 /** Follows a tenant's policy stream into `policies` (see `followStream`). */
 export function followPolicies(nc: NatsConnection, jsm: JetStreamManager, db: ProjectionDb, t: TenantId, log: Logger): PolicyFollower {
-  return followStream({ nc, jsm, stream: Streams.policy(t), subject: Subjects.policyVersions(t), checkpoint: () => readPolicyCheckpoint(db, t), apply: (m) => applyPolicyVersion(db, t, m), what: 'a policy version', log });
+  return followStream({
+    nc,
+    jsm,
+    stream: Streams.policy(t),
+    subject: Subjects.policyVersions(t),
+    checkpoint: () => readPolicyCheckpoint(db, t),
+    apply: (m) => applyPolicyVersion(db, t, m),
+    what: 'a policy version',
+    log,
+  });
 }

@@ -11,7 +11,23 @@
  */
 import { createHash } from 'node:crypto';
 import { NO_PROGRESS, progressAfter, type RunProgress } from '@capstan/actors';
-import { decode, ErrorCode, isRunStatus, parseRunEvent, runIdOfSubject, RunStatus, sandboxName, SchemaError, tenantTokenOf, toErrorRecord, type db, type ErrorRecord, type JsonValue, type RunEvent, AuditKind } from '@capstan/schemas';
+import {
+  decode,
+  ErrorCode,
+  isRunStatus,
+  parseRunEvent,
+  runIdOfSubject,
+  RunStatus,
+  sandboxName,
+  SchemaError,
+  tenantTokenOf,
+  toErrorRecord,
+  type db,
+  type ErrorRecord,
+  type JsonValue,
+  type RunEvent,
+  AuditKind,
+} from '@capstan/schemas';
 
 export type RunRow = typeof db.runs.$inferSelect;
 export type StepRow = typeof db.steps.$inferSelect;
@@ -122,7 +138,10 @@ export const stepKey = (step: string, attempt: number): string => `${step}#${att
  * and where. A run's chain starts from '' at `run.started`.
  */
 export function chainDigest(prev: string, streamSeq: number, bytes: Uint8Array): string {
-  return createHash('sha256').update(`${prev}:${streamSeq}:`).update(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex')).digest('hex');
+  return createHash('sha256')
+    .update(`${prev}:${streamSeq}:`)
+    .update(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex'))
+    .digest('hex');
 }
 
 /**
@@ -150,8 +169,7 @@ export function viewFromRows(run: RunRow | undefined, steps: readonly StepRow[],
   // An attempt was started, completed or failed exactly when its row has a start time or
   // ended so. (A timeout alone is not a start: a timer can fire for an attempt no worker
   // ever reported started, and its row then has neither.)
-  const anyStarted =
-    run?.status === RunStatus.Running || steps.some((s) => s.startedAt !== null || s.outcome === StepOutcome.Completed || s.outcome === StepOutcome.Failed);
+  const anyStarted = run?.status === RunStatus.Running || steps.some((s) => s.startedAt !== null || s.outcome === StepOutcome.Completed || s.outcome === StepOutcome.Failed);
   const status = isRunStatus(run?.status) ? run.status : RunStatus.Pending;
   // Rows projected before progress was kept: what the rows say is open (engine 1 ran one step at a time).
   const stored = run?.progress ?? {
@@ -175,7 +193,25 @@ export function viewFromRows(run: RunRow | undefined, steps: readonly StepRow[],
 export const CHILD_HANDLER = 'child:';
 
 function blankStep(tenant: string, runId: string, step: string, attempt: number, at: Date): StepRow {
-  return { tenant, runId, step, attempt, mode: 0, pool: '', handler: '', worker: null, sandbox: null, outcome: StepOutcome.Scheduled, scheduledAt: at, startedAt: null, finishedAt: null, durationMs: null, result: null, errorCode: null, errorMessage: null };
+  return {
+    tenant,
+    runId,
+    step,
+    attempt,
+    mode: 0,
+    pool: '',
+    handler: '',
+    worker: null,
+    sandbox: null,
+    outcome: StepOutcome.Scheduled,
+    scheduledAt: at,
+    startedAt: null,
+    finishedAt: null,
+    durationMs: null,
+    result: null,
+    errorCode: null,
+    errorMessage: null,
+  };
 }
 
 /** Folds one event of a run into its view; returns the new view and the rows to write. */
@@ -312,7 +348,21 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
     }
     case 'step.waiting':
       // A retried run asks again: the row starts over (its history is in the audit log).
-      putApproval({ tenant, runId, step: e.data.step, signal: e.data.signal, status: ApprovalStatus.Waiting, requestedAt: at, decidedAt: null, decidedBy: null, reason: null, approvers: null, policyVersion: null, policies: null, expiresAt: null });
+      putApproval({
+        tenant,
+        runId,
+        step: e.data.step,
+        signal: e.data.signal,
+        status: ApprovalStatus.Waiting,
+        requestedAt: at,
+        decidedAt: null,
+        decidedBy: null,
+        reason: null,
+        approvers: null,
+        policyVersion: null,
+        policies: null,
+        expiresAt: null,
+      });
       // The run is at this step as much as at a scheduled one.
       if (run) run.currentStep = e.data.step;
       break;
@@ -350,10 +400,28 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
       // The question is on the run; its answer (policy.decided) is what the audit log keeps.
       break;
     case 'credential.decided':
-      audit = { tenant, runId, seq: e.seq, kind: AuditKind.CredentialDecided, actor: 'policy', detail: { step: e.data.step, attempt: e.data.attempt, name: e.data.name, decision: e.data.decision, version: e.data.version, policies: e.data.policies }, at, streamSeq };
+      audit = {
+        tenant,
+        runId,
+        seq: e.seq,
+        kind: AuditKind.CredentialDecided,
+        actor: 'policy',
+        detail: { step: e.data.step, attempt: e.data.attempt, name: e.data.name, decision: e.data.decision, version: e.data.version, policies: e.data.policies },
+        at,
+        streamSeq,
+      };
       break;
     case 'policy.decided':
-      audit = { tenant, runId, seq: e.seq, kind: AuditKind.PolicyDecided, actor: 'policy', detail: { step: e.data.step, attempt: e.data.attempt, decision: e.data.decision, version: e.data.version, policies: e.data.policies }, at, streamSeq };
+      audit = {
+        tenant,
+        runId,
+        seq: e.seq,
+        kind: AuditKind.PolicyDecided,
+        actor: 'policy',
+        detail: { step: e.data.step, attempt: e.data.attempt, decision: e.data.decision, version: e.data.version, policies: e.data.policies },
+        at,
+        streamSeq,
+      };
       break;
     case 'approval.decided': {
       const { step, decision, by } = e.data;
@@ -384,7 +452,16 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
     }
     case 'run.cancel-requested':
       // Who asked is on cancels recorded since cancels are signed; earlier ones name nobody.
-      audit = { tenant, runId, seq: e.seq, kind: AuditKind.CancelRequested, actor: e.data.by === undefined ? null : pgText(e.data.by), detail: { reason: e.data.reason === undefined ? null : pgText(e.data.reason) }, at, streamSeq };
+      audit = {
+        tenant,
+        runId,
+        seq: e.seq,
+        kind: AuditKind.CancelRequested,
+        actor: e.data.by === undefined ? null : pgText(e.data.by),
+        detail: { reason: e.data.reason === undefined ? null : pgText(e.data.reason) },
+        at,
+        streamSeq,
+      };
       break;
     case 'run.failed':
       if (run && !wasTerminal) {
@@ -394,7 +471,8 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
       break;
     case 'signal.consumed': {
       const a = approvals.get(e.data.step);
-      if (a && a.status === ApprovalStatus.Waiting) putApproval({ ...a, status: ApprovalStatus.Approved, decidedAt: at, decidedBy: e.data.by === undefined ? null : pgText(e.data.by) });
+      if (a && a.status === ApprovalStatus.Waiting)
+        putApproval({ ...a, status: ApprovalStatus.Approved, decidedAt: at, decidedBy: e.data.by === undefined ? null : pgText(e.data.by) });
       break;
     }
     case 'timer.scheduled':
@@ -419,7 +497,14 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
     case 'child.started':
       // A child step is a step of the run: its handler names the child's workflow (`child:<id>`)
       // and its worker column the child run, which is the link readers follow.
-      putStep({ ...blankStep(tenant, runId, e.data.step, e.data.attempt, at), pool: 'child', handler: pgText(`${CHILD_HANDLER}${e.data.workflow}`), worker: e.data.child, outcome: StepOutcome.Running, startedAt: at });
+      putStep({
+        ...blankStep(tenant, runId, e.data.step, e.data.attempt, at),
+        pool: 'child',
+        handler: pgText(`${CHILD_HANDLER}${e.data.workflow}`),
+        worker: e.data.child,
+        outcome: StepOutcome.Running,
+        startedAt: at,
+      });
       if (run) {
         run.currentStep = e.data.step;
         run.attempts += 1;

@@ -54,7 +54,12 @@ export interface RebuildOptions {
   readonly log?: Logger;
 }
 
-export async function rebuildProjections(d: Database, jsmOf: (t: TenantId) => Promise<JetStreamManager>, tenants: readonly TenantId[], opts: RebuildOptions = {}): Promise<RebuildResult> {
+export async function rebuildProjections(
+  d: Database,
+  jsmOf: (t: TenantId) => Promise<JetStreamManager>,
+  tenants: readonly TenantId[],
+  opts: RebuildOptions = {},
+): Promise<RebuildResult> {
   const t0 = performance.now();
   const out: RebuiltTenant[] = [];
   for (const t of tenants) out.push(await rebuildTenant(d, await jsmOf(t), t, opts));
@@ -111,7 +116,7 @@ async function forgetOldStreams(tx: ProjectionDb, t: TenantId, log: Logger | und
       await sp.execute(sql`set local session_replication_role = origin`);
     });
   } catch (e) {
-    log?.warn({ tenant: t, err: dbErrorMessage(e) }, 'the old streams\' policy versions and audit rows could not be dropped (needs a superuser); they stay beside the new ones');
+    log?.warn({ tenant: t, err: dbErrorMessage(e) }, "the old streams' policy versions and audit rows could not be dropped (needs a superuser); they stay beside the new ones");
   }
   await tx.delete(checkpoints).where(and(eq(checkpoints.tenant, t), eq(checkpoints.stream, Streams.policy(t))));
   await tx.delete(deadLetters).where(and(eq(deadLetters.tenant, t), eq(deadLetters.stream, Streams.policy(t))));

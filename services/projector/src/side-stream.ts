@@ -36,7 +36,7 @@ const PAGE = 500;
 /** Every message of a stream under `subject`, in order; returns the last sequence seen (0: none). */
 export async function readSideStream(jsm: JetStreamManager, stream: string, subject: string, each: (m: StreamMessage) => Promise<void>): Promise<number> {
   let last = 0;
-  for (let from = 1; ; ) {
+  for (let from = 1; ;) {
     const page: StreamMessage[] = [];
     try {
       for await (const m of await jsm.direct.getBatch(stream, { seq: from, next_by_subj: subject, batch: PAGE })) {

@@ -29,7 +29,10 @@ export async function lockSide(tx: ProjectionDb, side: SideStream, t: TenantId):
 
 export async function readSideCheckpoint(tx: ProjectionDb, t: TenantId, stream: string): Promise<number> {
   const c = schema.checkpoints;
-  const rows = await tx.select({ seq: c.lastStreamSeq }).from(c).where(and(eq(c.tenant, t), eq(c.stream, stream)));
+  const rows = await tx
+    .select({ seq: c.lastStreamSeq })
+    .from(c)
+    .where(and(eq(c.tenant, t), eq(c.stream, stream)));
   return rows[0]?.seq ?? 0;
 }
 
@@ -67,10 +70,11 @@ export async function rebuildSide(tx: ProjectionDb, jsm: JetStreamManager, side:
   const filter = { next_by_subj: side.subject(t) };
   let applied = 0;
   let last = 0;
-  for (let from = 1; ; ) {
+  for (let from = 1; ;) {
     const page: StreamMessage[] = [];
     try {
-      for await (const m of await jsm.direct.getBatch(side.stream(t), { seq: from, batch: 500, ...filter })) page.push({ seq: m.seq, subject: m.subject, data: m.data, time: m.time });
+      for await (const m of await jsm.direct.getBatch(side.stream(t), { seq: from, batch: 500, ...filter }))
+        page.push({ seq: m.seq, subject: m.subject, data: m.data, time: m.time });
     } catch {
       // No stream, or nothing at or after `from`: the end.
     }

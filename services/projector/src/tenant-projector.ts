@@ -109,8 +109,7 @@ export function createTenantProjector(o: TenantProjectorOptions): TenantProjecto
     if (info.ack_floor.stream_seq > checkpoint) await reposition(checkpoint, `consumer acknowledged up to ${info.ack_floor.stream_seq}`);
   }
 
-  const nextSeq = async (from: number): Promise<number | undefined> =>
-    (await jsm.direct.getMessage(stream, { seq: from, next_by_subj: Subjects.allRuns(t) }))?.seq;
+  const nextSeq = async (from: number): Promise<number | undefined> => (await jsm.direct.getMessage(stream, { seq: from, next_by_subj: Subjects.allRuns(t) }))?.seq;
 
   async function consume(): Promise<void> {
     const consumer = await js.consumers.get(stream, Consumers.projector);
@@ -219,7 +218,10 @@ export function createTenantProjector(o: TenantProjectorOptions): TenantProjecto
     const info = await jsm.streams.info(stream);
     metrics.projectorLag.set({ tenant: t }, Math.max(0, info.state.last_seq - stats.checkpoint));
     const a = schema.approvals;
-    const [row] = await db.select({ n: count() }).from(a).where(and(eq(a.tenant, t), eq(a.status, 'waiting')));
+    const [row] = await db
+      .select({ n: count() })
+      .from(a)
+      .where(and(eq(a.tenant, t), eq(a.status, 'waiting')));
     metrics.approvalsWaiting.set({ tenant: t }, row?.n ?? 0);
   }
   let removeCollector: (() => void) | undefined;

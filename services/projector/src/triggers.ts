@@ -8,19 +8,7 @@
 import { eq } from 'drizzle-orm';
 import type { JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import {
-  db as schema,
-  decode,
-  ErrorCode,
-  parseScheduleRecord,
-  parseWebhookRoute,
-  SchemaError,
-  Streams,
-  Subjects,
-  toErrorRecord,
-  type TenantId,
-  AuditKind,
-} from '@capstan/schemas';
+import { db as schema, decode, ErrorCode, parseScheduleRecord, parseWebhookRoute, SchemaError, Streams, Subjects, toErrorRecord, type TenantId, AuditKind } from '@capstan/schemas';
 import type { Logger, ProjectionDb } from '@capstan/kit';
 import { pgText, type AuditRow } from './projection.js';
 import type { DeadLetterRow } from './apply.js';
@@ -96,7 +84,18 @@ export function projectTrigger(t: TenantId, m: StreamMessage): Projected {
       const by = pgText(r.by);
       const reason = r.reason === undefined ? null : pgText(r.reason);
       return {
-        route: { tenant: t, routeId: r.route, workflow: pgText(r.workflow), secrets: [...r.secrets], fields: r.fields ?? null, status: r.status, changedBy: by, changedAt: m.time, reason, streamSeq: m.seq },
+        route: {
+          tenant: t,
+          routeId: r.route,
+          workflow: pgText(r.workflow),
+          secrets: [...r.secrets],
+          fields: r.fields ?? null,
+          status: r.status,
+          changedBy: by,
+          changedAt: m.time,
+          reason,
+          streamSeq: m.seq,
+        },
         audit: {
           tenant: t,
           runId: `route:${r.route}`,
@@ -112,7 +111,9 @@ export function projectTrigger(t: TenantId, m: StreamMessage): Projected {
     return { skip: true };
   } catch (e) {
     const error = toErrorRecord(e, ErrorCode.DecodeFailed);
-    return { deadLetter: { tenant: t, stream: Streams.triggers(t), streamSeq: m.seq, subject: m.subject, code: pgText(error.code), message: pgText(error.message.slice(0, 1000)) } };
+    return {
+      deadLetter: { tenant: t, stream: Streams.triggers(t), streamSeq: m.seq, subject: m.subject, code: pgText(error.code), message: pgText(error.message.slice(0, 1000)) },
+    };
   }
 }
 
@@ -126,11 +127,17 @@ async function writeTrigger(tx: ProjectionDb, t: TenantId, m: StreamMessage): Pr
   if ('schedule' in p) {
     const s = schema.schedules;
     const { tenant: _t, scheduleId: _s, ...set } = p.schedule;
-    await tx.insert(s).values(p.schedule).onConflictDoUpdate({ target: [s.tenant, s.scheduleId], set });
+    await tx
+      .insert(s)
+      .values(p.schedule)
+      .onConflictDoUpdate({ target: [s.tenant, s.scheduleId], set });
   } else {
     const r = schema.webhookRoutes;
     const { tenant: _t, routeId: _r, ...set } = p.route;
-    await tx.insert(r).values(p.route).onConflictDoUpdate({ target: [r.tenant, r.routeId], set });
+    await tx
+      .insert(r)
+      .values(p.route)
+      .onConflictDoUpdate({ target: [r.tenant, r.routeId], set });
   }
   // Append-only: a re-applied record finds its audit row there already.
   await tx.insert(schema.auditLog).values(p.audit).onConflictDoNothing();

@@ -98,7 +98,10 @@ async function snapshot(d: Database, t: TenantId) {
         .select()
         .from(auditLog)
         .where(and(eq(auditLog.tenant, t), ne(auditLog.runId, FLEET_AUDIT_RUN_ID), gte(auditLog.seq, 0), notLike(auditLog.runId, '%:%'))),
-      deadLetters: await tx.select().from(deadLetters).where(and(eq(deadLetters.tenant, t), eq(deadLetters.stream, Streams.runs(t)))),
+      deadLetters: await tx
+        .select()
+        .from(deadLetters)
+        .where(and(eq(deadLetters.tenant, t), eq(deadLetters.stream, Streams.runs(t)))),
     }),
     // One consistent view while a live projector keeps writing.
     { isolationLevel: 'repeatable read', accessMode: 'read only' },
@@ -115,7 +118,15 @@ async function verifyTenant(d: Database, jsm: JetStreamManager, t: TenantId): Pr
   const deadSeqs = new Set(found.deadLetters.map((r) => r.streamSeq));
 
   // The expected rows: the stream up to the checkpoint, folded.
-  const expected = { runs: new Map() as Keyed, search: new Map() as Keyed, steps: new Map() as Keyed, events: new Map() as Keyed, approvals: new Map() as Keyed, audit: new Map() as Keyed, deadLetters: new Map() as Keyed };
+  const expected = {
+    runs: new Map() as Keyed,
+    search: new Map() as Keyed,
+    steps: new Map() as Keyed,
+    events: new Map() as Keyed,
+    approvals: new Map() as Keyed,
+    audit: new Map() as Keyed,
+    deadLetters: new Map() as Keyed,
+  };
   const views = new Map<string, RunView>();
   const streamSeqs = new Map<string, { seq: number; type: string }[]>();
   const put = (m: Keyed, runId: string, key: string, row: object) => m.set(`${runId}/${key}`, { runId, key, row: row as Row });
@@ -153,7 +164,8 @@ async function verifyTenant(d: Database, jsm: JetStreamManager, t: TenantId): Pr
     for (const a of v.approvals.values()) put(expected.approvals, runId, a.step, a);
   }
 
-  const keyed = <T extends { runId: string }>(rows: T[], key: (r: T) => string): Keyed => new Map(rows.map((r) => [`${r.runId}/${key(r)}`, { runId: r.runId, key: key(r), row: r as unknown as Row }]));
+  const keyed = <T extends { runId: string }>(rows: T[], key: (r: T) => string): Keyed =>
+    new Map(rows.map((r) => [`${r.runId}/${key(r)}`, { runId: r.runId, key: key(r), row: r as unknown as Row }]));
   const actual = {
     runs: keyed(found.runs, () => ''),
     search: keyed(found.search, (r) => `${r.key}=${r.value}`),
@@ -250,7 +262,7 @@ function streamChainProblems(chain: readonly { seq: number; type: string }[]): s
 function ranges(seqs: readonly number[]): string {
   const s = [...seqs].sort((a, b) => a - b);
   const out: string[] = [];
-  for (let i = 0; i < s.length; ) {
+  for (let i = 0; i < s.length;) {
     let j = i;
     while (j + 1 < s.length && (s[j + 1] as number) === (s[j] as number) + 1) j++;
     out.push(i === j ? String(s[i]) : `${s[i]}-${s[j]}`);

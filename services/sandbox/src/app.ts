@@ -34,7 +34,26 @@ import {
   type SandboxReply,
   type TenantId,
 } from '@capstan/schemas';
-import { addCollector, answerRequest, checkExecRequest, refuseRequest, createAuditSink, inSpan, metrics, openDatabase, serviceAccess, SpanKind, traceParentOf, unavailableAuditSink, withTraceHeader, type AuditSink, type Logger, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
+import {
+  addCollector,
+  answerRequest,
+  checkExecRequest,
+  refuseRequest,
+  createAuditSink,
+  inSpan,
+  metrics,
+  openDatabase,
+  serviceAccess,
+  SpanKind,
+  traceParentOf,
+  unavailableAuditSink,
+  withTraceHeader,
+  type AuditSink,
+  type Logger,
+  type TenantAccess,
+  type TenantConnection,
+  type TenantFollower,
+} from '@capstan/kit';
 import type { Config } from './config.js';
 import { nullBackend, SandboxUnavailableError, type SandboxBackend, type SandboxRuntime } from './backend.js';
 import { dockerBackend } from './docker.js';
@@ -129,7 +148,11 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
     const stale = others.filter((c) => !live.includes(c));
     await Promise.all(stale.map((c) => backend.remove(c.id)));
     if (stale.length > 0) log.info({ removed: stale.length }, 'removed sandboxes left by an instance that is gone');
-    if (live.length > 0) log.warn({ node: config.node, containers: live.length }, 'another live sandbox service uses this SANDBOX_NODE; its sandboxes are left alone (give each service its own node name)');
+    if (live.length > 0)
+      log.warn(
+        { node: config.node, containers: live.length },
+        'another live sandbox service uses this SANDBOX_NODE; its sandboxes are left alone (give each service its own node name)',
+      );
     return stale.length;
   }
 
@@ -141,7 +164,13 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
     if (!registered.includes('runsc')) why = 'the engine has no runsc runtime registered (infra/docker/ensure-runsc.sh installs and registers it)';
     else {
       try {
-        const probe = await backend.create({ name: `cap-probe-${config.node}-${instance}`, image: ref, labels: { ...labels, [Labels.Sandbox]: '1', [Labels.Node]: config.node, [Labels.Instance]: instance }, limits: config.limits, runtime: 'runsc' });
+        const probe = await backend.create({
+          name: `cap-probe-${config.node}-${instance}`,
+          image: ref,
+          labels: { ...labels, [Labels.Sandbox]: '1', [Labels.Node]: config.node, [Labels.Instance]: instance },
+          limits: config.limits,
+          runtime: 'runsc',
+        });
         await backend.remove(probe.id);
         return 'runsc';
       } catch (e) {
@@ -149,7 +178,7 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
       }
     }
     if (config.runtime === 'runsc') throw new SandboxUnavailableError(`SANDBOX_RUNTIME=runsc, but ${why}`);
-    log.warn({ reason: why }, 'gVisor (runsc) is not usable here: sandboxes run under runc, with the kernel\'s isolation only (set SANDBOX_RUNTIME=runc to say this is intended)');
+    log.warn({ reason: why }, "gVisor (runsc) is not usable here: sandboxes run under runc, with the kernel's isolation only (set SANDBOX_RUNTIME=runc to say this is intended)");
     return 'runc';
   }
 
@@ -195,11 +224,15 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
     const turn = await new Promise<boolean>((r) => {
       const take = () => r(true);
       waiting.push(take);
-      signal.addEventListener('abort', () => {
-        const i = waiting.indexOf(take);
-        if (i >= 0) waiting.splice(i, 1);
-        r(false);
-      }, { once: true });
+      signal.addEventListener(
+        'abort',
+        () => {
+          const i = waiting.indexOf(take);
+          if (i >= 0) waiting.splice(i, 1);
+          r(false);
+        },
+        { once: true },
+      );
     });
     if (turn) running++;
     return turn;
@@ -224,7 +257,10 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
       // Nothing runs but the orchestrator's signed work item, exactly as signed.
       checkExecRequest(req, conns.get(tenant)?.account);
     } catch (e) {
-      log.warn({ tenant, runId: req.runId, step: req.step, attempt: req.attempt, code: CapstanError.is(e) ? e.code : undefined, reason: CapstanError.is(e) ? e.message : undefined }, 'sandbox request rejected');
+      log.warn(
+        { tenant, runId: req.runId, step: req.step, attempt: req.attempt, code: CapstanError.is(e) ? e.code : undefined, reason: CapstanError.is(e) ? e.message : undefined },
+        'sandbox request rejected',
+      );
       fail({ ...toErrorRecord(e, ErrorCode.WorkRejected), retryable: false });
       return;
     }
@@ -242,60 +278,68 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
     const counts = { 1: 0, 2: 0 };
     const beat = setInterval(() => answer({ type: 'beat', stdoutBytes: counts[1], stderrBytes: counts[2] }), config.beatMs);
     let slotted = false;
-    const attributes = { 'capstan.tenant': tenant, 'capstan.run_id': req.runId, 'capstan.step': req.step, 'capstan.attempt': req.attempt, 'capstan.mode': req.mode, 'capstan.hop': 'sandbox' };
+    const attributes = {
+      'capstan.tenant': tenant,
+      'capstan.run_id': req.runId,
+      'capstan.step': req.step,
+      'capstan.attempt': req.attempt,
+      'capstan.mode': req.mode,
+      'capstan.hop': 'sandbox',
+    };
     // The worker's step span is the parent (the request's traceparent).
     await inSpan('sandbox', `sandbox ${req.step}#${req.attempt}`, { kind: SpanKind.SERVER, parent: traceParentOf(msg.headers), attributes }, async (span) => {
-    try {
-      slotted = await slot(attempt.controller.signal);
-      if (!slotted) throw new CancelledError(`step ${req.step} attempt ${req.attempt} was cancelled while it waited for a sandbox`);
-      await ready;
-      if (unavailable || !pools) throw new SandboxUnavailableError(`no sandbox can run on node ${config.node}: ${unavailable ?? 'not ready'}`);
-      const deps: ExecDeps = {
-        backend,
-        pools,
-        image: imageFor,
-        leases,
-        audit,
-        egress: config.egress,
-        actor: `sandbox:${config.node}`,
-        artifactsDir: config.artifactsDir,
-        maxArtifactBytes: config.maxArtifactBytes,
-        maxOutputBytes: config.maxOutputBytes,
-        log,
-        askWorker: async (t, subject, request, timeoutMs) => {
-          const nc = conns.get(t)?.nc;
-          if (!nc) throw new SandboxUnavailableError('not connected');
-          // Only a worker's credential route of this tenant: the request names where to ask.
-          if (!subject.startsWith(Subjects.allJitRoutes(t).slice(0, -1))) throw new CapstanError(ErrorCode.InvalidArgument, 'the credential route is not one of this tenant\'s', false);
-          const headers = withTraceHeader();
-          const m = await nc.request(subject, encode(request), { timeout: timeoutMs, ...(headers ? { headers } : {}) });
-          return parseCredentialAnswer(decode(m.data));
-        },
-      };
-      const { result, error } = await runAttempt(
-        deps,
-        tenant,
-        req,
-        {
-          accepted: (sandbox, warm) => {
-            metrics.sandboxClaims.inc({ tenant, warm: String(warm) });
-            span?.setAttributes({ 'capstan.sandbox': sandbox, 'capstan.sandbox.warm': warm });
-            answer({ type: 'accepted', sandbox, warm });
+      try {
+        slotted = await slot(attempt.controller.signal);
+        if (!slotted) throw new CancelledError(`step ${req.step} attempt ${req.attempt} was cancelled while it waited for a sandbox`);
+        await ready;
+        if (unavailable || !pools) throw new SandboxUnavailableError(`no sandbox can run on node ${config.node}: ${unavailable ?? 'not ready'}`);
+        const deps: ExecDeps = {
+          backend,
+          pools,
+          image: imageFor,
+          leases,
+          audit,
+          egress: config.egress,
+          actor: `sandbox:${config.node}`,
+          artifactsDir: config.artifactsDir,
+          maxArtifactBytes: config.maxArtifactBytes,
+          maxOutputBytes: config.maxOutputBytes,
+          log,
+          askWorker: async (t, subject, request, timeoutMs) => {
+            const nc = conns.get(t)?.nc;
+            if (!nc) throw new SandboxUnavailableError('not connected');
+            // Only a worker's credential route of this tenant: the request names where to ask.
+            if (!subject.startsWith(Subjects.allJitRoutes(t).slice(0, -1)))
+              throw new CapstanError(ErrorCode.InvalidArgument, "the credential route is not one of this tenant's", false);
+            const headers = withTraceHeader();
+            const m = await nc.request(subject, encode(request), { timeout: timeoutMs, ...(headers ? { headers } : {}) });
+            return parseCredentialAnswer(decode(m.data));
           },
-          output: (fd, bytes) => (counts[fd] += bytes),
-          killable: (kill) => (attempt.kill = kill),
-        },
-        attempt.controller.signal,
-      );
-      answer({ type: 'done', result, ...(error ? { error } : {}) });
-    } catch (e) {
-      if (!CapstanError.is(e)) log.error({ err: e, runId: req.runId, step: req.step }, 'sandboxed step failed unexpectedly');
-      fail(toErrorRecord(e, ErrorCode.SandboxFailed));
-    } finally {
-      clearInterval(beat);
-      attempts.delete(name);
-      if (slotted) freeSlot();
-    }
+        };
+        const { result, error } = await runAttempt(
+          deps,
+          tenant,
+          req,
+          {
+            accepted: (sandbox, warm) => {
+              metrics.sandboxClaims.inc({ tenant, warm: String(warm) });
+              span?.setAttributes({ 'capstan.sandbox': sandbox, 'capstan.sandbox.warm': warm });
+              answer({ type: 'accepted', sandbox, warm });
+            },
+            output: (fd, bytes) => (counts[fd] += bytes),
+            killable: (kill) => (attempt.kill = kill),
+          },
+          attempt.controller.signal,
+        );
+        answer({ type: 'done', result, ...(error ? { error } : {}) });
+      } catch (e) {
+        if (!CapstanError.is(e)) log.error({ err: e, runId: req.runId, step: req.step }, 'sandboxed step failed unexpectedly');
+        fail(toErrorRecord(e, ErrorCode.SandboxFailed));
+      } finally {
+        clearInterval(beat);
+        attempts.delete(name);
+        if (slotted) freeSlot();
+      }
     });
   }
 
@@ -357,13 +401,27 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
       });
       access = await serviceAccess(Role.Sandbox, config, `sandbox-${config.node}-${instance}`, log);
       // A node may be dedicated to some tenants (CAPSTAN_TENANTS): it then serves only them.
-      follower = await access.follow(config.tenants, config.discoveryMs, async (tc) => {
-        const t = tc.tenant;
-        conns.set(t, tc);
-        subs.push(tc.nc.subscribe(Subjects.sandboxExec(t), { queue: QUEUE, callback: (err, msg) => void (err || track(serve(t, msg).catch((e: unknown) => log.error({ err: e }, 'sandbox request failed')))) }));
-        subs.push(tc.nc.subscribe(Subjects.sandboxCancel(t), { callback: (err, msg) => void (err || track(cancel(t, msg).catch((e: unknown) => log.error({ err: e }, 'sandbox cancel failed')))) }));
-        await tc.nc.flush();
-      }, log);
+      follower = await access.follow(
+        config.tenants,
+        config.discoveryMs,
+        async (tc) => {
+          const t = tc.tenant;
+          conns.set(t, tc);
+          subs.push(
+            tc.nc.subscribe(Subjects.sandboxExec(t), {
+              queue: QUEUE,
+              callback: (err, msg) => void (err || track(serve(t, msg).catch((e: unknown) => log.error({ err: e }, 'sandbox request failed')))),
+            }),
+          );
+          subs.push(
+            tc.nc.subscribe(Subjects.sandboxCancel(t), {
+              callback: (err, msg) => void (err || track(cancel(t, msg).catch((e: unknown) => log.error({ err: e }, 'sandbox cancel failed')))),
+            }),
+          );
+          await tc.nc.flush();
+        },
+        log,
+      );
       void prepare();
       log.info({ node: config.node, instance }, 'sandbox service started');
     },

@@ -142,10 +142,12 @@ export class RunnerChannel {
         this.waiters.delete(frame.id);
         reject(new SandboxLostError(`tool runner in ${this.label} did not answer ${frame.t} within ${timeoutMs} ms`));
       }, timeoutMs);
-      const done = <A extends unknown[]>(fn: (...a: A) => void) => (...a: A) => {
-        clearTimeout(timer);
-        fn(...a);
-      };
+      const done =
+        <A extends unknown[]>(fn: (...a: A) => void) =>
+        (...a: A) => {
+          clearTimeout(timer);
+          fn(...a);
+        };
       this.waiters.set(frame.id, { onFrame, resolve: done(resolve), reject: done(reject) });
       this.send(frame).catch((e: unknown) => {
         this.waiters.delete(frame.id);

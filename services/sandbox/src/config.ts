@@ -66,7 +66,14 @@ export function loadConfig(env: Env): Config {
   const problems: string[] = [];
   const backend = envString(env, 'SANDBOX_BACKEND', 'docker');
   if (backend !== 'docker' && backend !== 'none') problems.push(`SANDBOX_BACKEND must be docker or none, got ${JSON.stringify(backend)}`);
-  const node = envString(env, 'SANDBOX_NODE', hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').slice(0, 32) || 'node');
+  const node = envString(
+    env,
+    'SANDBOX_NODE',
+    hostname()
+      .toLowerCase()
+      .replace(/[^a-z0-9-]/g, '-')
+      .slice(0, 32) || 'node',
+  );
   if (!/^[a-z0-9][a-z0-9-]{0,31}$/.test(node)) problems.push('SANDBOX_NODE must match ^[a-z0-9][a-z0-9-]{0,31}$');
   const runtime = envString(env, 'SANDBOX_RUNTIME', 'auto');
   if (!['auto', 'runc', 'runsc'].includes(runtime)) problems.push(`SANDBOX_RUNTIME must be runsc, runc or auto, got ${JSON.stringify(runtime.slice(0, 40))}`);
@@ -107,7 +114,10 @@ export function loadConfig(env: Env): Config {
       workspaceBytes: envInt(env, 'SANDBOX_WORKSPACE_MB', DEFAULT_LIMITS.workspaceBytes / MIB, problems, 1, 65_536) * MIB,
       tmpBytes: envInt(env, 'SANDBOX_TMP_MB', DEFAULT_LIMITS.tmpBytes / MIB, problems, 1, 65_536) * MIB,
     },
-    images: envString(env, 'SANDBOX_IMAGES', '').split(',').map((s) => s.trim()).filter(Boolean),
+    images: envString(env, 'SANDBOX_IMAGES', '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
     artifactsDir: resolve(envString(env, 'SANDBOX_ARTIFACTS_DIR', resolve(PROJECT_ROOT, '.capstan', 'artifacts'))),
     maxArtifactBytes: envInt(env, 'SANDBOX_MAX_ARTIFACT_MB', 64, problems, 0, 65_536) * MIB,
     secretsFile: envString(env, 'SANDBOX_SECRETS_FILE', ''),

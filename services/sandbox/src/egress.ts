@@ -71,7 +71,14 @@ const HOST_PATTERN = /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/;
  * The handler of one attempt's tunnel frames. `grant` holds `host:port`s (lower-case);
  * anything else is refused before any resolution. Call `close()` when the attempt ends.
  */
-export function openTunnels(channel: RunnerChannel, grant: ReadonlySet<string>, rules: EgressRules, audit: AuditSink, scope: TunnelScope, log: Logger): { onFrame: (f: TunnelFrame) => void; close: () => void; stats: TunnelStats } {
+export function openTunnels(
+  channel: RunnerChannel,
+  grant: ReadonlySet<string>,
+  rules: EgressRules,
+  audit: AuditSink,
+  scope: TunnelScope,
+  log: Logger,
+): { onFrame: (f: TunnelFrame) => void; close: () => void; stats: TunnelStats } {
   const sockets = new Map<number, Socket>();
   const stats: TunnelStats = { connections: 0, refused: 0, bytes: 0, capped: false };
   let closed = false;
@@ -82,7 +89,14 @@ export function openTunnels(channel: RunnerChannel, grant: ReadonlySet<string>, 
     void channel.send({ t: 'conn.err', cid, code }).catch(() => {});
     // The refusal is recorded too, but nothing waits on it: nothing was reached.
     void audit
-      .appendIntent({ tenant: scope.tenant, runId: scope.runId, kind: AuditKind.EgressDenied, actor: scope.actor, key: connectionKey(scope, cid), detail: { step: scope.step, attempt: scope.attempt, sandbox: scope.sandbox, target, code, reason } })
+      .appendIntent({
+        tenant: scope.tenant,
+        runId: scope.runId,
+        kind: AuditKind.EgressDenied,
+        actor: scope.actor,
+        key: connectionKey(scope, cid),
+        detail: { step: scope.step, attempt: scope.attempt, sandbox: scope.sandbox, target, code, reason },
+      })
       .catch(() => {});
   };
   const count = (n: number): boolean => {
@@ -101,8 +115,8 @@ export function openTunnels(channel: RunnerChannel, grant: ReadonlySet<string>, 
     const port = Number(f.port);
     const target = `${host.slice(0, 253)}:${Number.isInteger(port) ? port : '?'}`;
     if (!HOST_PATTERN.test(host) || !Number.isInteger(port) || port < 1 || port > 65535) return refuse(f.cid, target, ErrorCode.EgressDenied, 'not a host:port');
-    if (!grant.has(`${host}:${port}`)) return refuse(f.cid, target, ErrorCode.EgressDenied, 'not in the step\'s grant');
-    if (stats.capped) return refuse(f.cid, target, ErrorCode.EgressDenied, 'the attempt\'s egress byte cap is reached');
+    if (!grant.has(`${host}:${port}`)) return refuse(f.cid, target, ErrorCode.EgressDenied, "not in the step's grant");
+    if (stats.capped) return refuse(f.cid, target, ErrorCode.EgressDenied, "the attempt's egress byte cap is reached");
     if (sockets.size >= rules.maxConnections) return refuse(f.cid, target, ErrorCode.EgressDenied, `more than ${rules.maxConnections} connections at once`);
     let to: { address: string; family: 4 | 6 };
     try {
@@ -138,7 +152,10 @@ export function openTunnels(channel: RunnerChannel, grant: ReadonlySet<string>, 
     sock.on('data', (b: Buffer) => {
       if (!count(b.length)) return;
       sock.pause();
-      channel.send({ t: 'data', cid: f.cid, d: b.toString('base64') }).then(() => sock.resume(), () => sock.destroy());
+      channel.send({ t: 'data', cid: f.cid, d: b.toString('base64') }).then(
+        () => sock.resume(),
+        () => sock.destroy(),
+      );
     });
     const end = () => {
       if (sockets.delete(f.cid)) void channel.send({ t: 'end', cid: f.cid }).catch(() => {});

@@ -111,7 +111,15 @@ export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxE
     const secrets = req.spec.secrets ?? [];
     if (secrets.length > 0) {
       // The lease's TTL starts now, with a container in hand: the queue and a cold start are behind us.
-      const values = await deps.leases.redeem({ tenant, runId: req.runId, step: req.step, attempt: req.attempt, keys: secrets, sandbox: name, ...(req.leaseId ? { leaseId: req.leaseId } : {}) });
+      const values = await deps.leases.redeem({
+        tenant,
+        runId: req.runId,
+        step: req.step,
+        attempt: req.attempt,
+        keys: secrets,
+        sandbox: name,
+        ...(req.leaseId ? { leaseId: req.leaseId } : {}),
+      });
       identity.push(...Object.values(values));
       redactor.add(Object.values(values));
       await channel.call({ t: 'identity', id: channel.newId(), env: values }, (f) => f.t === 'ok', 10_000);
@@ -137,7 +145,9 @@ export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxE
       channel.onCredential = (f) => {
         const reason = fromSandbox(f.reason, TEXT_LIMITS.reason, redactor);
         const keyName = typeof f.name === 'string' && ENV_NAME_PATTERN.test(f.name) ? f.name : undefined;
-        const asked = keyName ? grantCredential(deps, tenant, req, keyName, reason, name) : Promise.reject(new CapstanError(ErrorCode.InvalidArgument, 'a credential name is an env-style key name', false));
+        const asked = keyName
+          ? grantCredential(deps, tenant, req, keyName, reason, name)
+          : Promise.reject(new CapstanError(ErrorCode.InvalidArgument, 'a credential name is an env-style key name', false));
         void asked
           .then(
             (values) => {
@@ -163,33 +173,33 @@ export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxE
     // The tool call: the step's command (or agent) running in the sandbox, a hop of its own.
     const tool = req.mode === Mode.Agent && req.spec.agent ? `agent ${req.spec.agent}` : (argv[0] ?? 'command');
     await inSpan('sandbox', `tool ${tool}`, { kind: SpanKind.INTERNAL, attributes: { 'capstan.hop': 'tool', 'capstan.sandbox': name, 'capstan.tool': tool } }, async (span) => {
-    await channel.call(
-      { t: 'exec', id: execId, argv, env, files, timeoutMs: req.timeoutMs, egress, jit: req.mode === Mode.Agent && req.spec.jit === true },
-      (f) => {
-        if (f.t === 'out') {
-          const fd = f.fd === 2 ? 2 : 1;
-          const bytes = Buffer.from(String(f.d), 'base64');
-          counts[fd] += bytes.length;
-          progress.output(fd, bytes.length);
-          if (counts[1] + counts[2] > deps.maxOutputBytes) {
-            if (!outputCapped) {
-              outputCapped = true;
-              log.warn({ cap: deps.maxOutputBytes }, 'output cap reached; killing the step');
-              void channel.send({ t: 'kill', id: execId }).catch(() => {});
+      await channel.call(
+        { t: 'exec', id: execId, argv, env, files, timeoutMs: req.timeoutMs, egress, jit: req.mode === Mode.Agent && req.spec.jit === true },
+        (f) => {
+          if (f.t === 'out') {
+            const fd = f.fd === 2 ? 2 : 1;
+            const bytes = Buffer.from(String(f.d), 'base64');
+            counts[fd] += bytes.length;
+            progress.output(fd, bytes.length);
+            if (counts[1] + counts[2] > deps.maxOutputBytes) {
+              if (!outputCapped) {
+                outputCapped = true;
+                log.warn({ cap: deps.maxOutputBytes }, 'output cap reached; killing the step');
+                void channel.send({ t: 'kill', id: execId }).catch(() => {});
+              }
+              return false;
             }
+            dest.append(fd === 1 ? 'stdout.log' : 'stderr.log', redact[fd].push(bytes));
             return false;
           }
-          dest.append(fd === 1 ? 'stdout.log' : 'stderr.log', redact[fd].push(bytes));
+          if (f.t === 'exit') {
+            exit = f;
+            return true;
+          }
           return false;
-        }
-        if (f.t === 'exit') {
-          exit = f;
-          return true;
-        }
-        return false;
-      },
-      req.timeoutMs + RUNNER_GRACE_MS,
-    );
+        },
+        req.timeoutMs + RUNNER_GRACE_MS,
+      );
       const ex = exit as Extract<RunnerFrame, { t: 'exit' }> | undefined;
       span?.setAttributes({ 'capstan.tool.exit_code': ex?.code ?? -1, 'capstan.tool.timed_out': ex?.timedOut ?? false });
     });
@@ -233,7 +243,13 @@ export async function runAttempt(deps: ExecDeps, tenant: TenantId, req: SandboxE
     };
     tunnels?.close();
     const failure = outputCapped
-      ? { error: { code: ErrorCode.SandboxOutputLimit, message: `step ${req.step} wrote more than ${deps.maxOutputBytes} bytes of output and was killed; the first ${deps.maxOutputBytes} bytes are at the destination`, retryable: false } }
+      ? {
+          error: {
+            code: ErrorCode.SandboxOutputLimit,
+            message: `step ${req.step} wrote more than ${deps.maxOutputBytes} bytes of output and was killed; the first ${deps.maxOutputBytes} bytes are at the destination`,
+            retryable: false,
+          },
+        }
       : ex
         ? failureOf(req, ex, counts[2], redactor)
         : {};
@@ -267,7 +283,8 @@ async function grantCredential(deps: ExecDeps, tenant: TenantId, req: SandboxExe
 }
 
 function failureOf(req: SandboxExecRequest, ex: Extract<RunnerFrame, { t: 'exit' }>, stderrBytes: number, redactor: Redactor): { error?: ErrorRecord } {
-  if (ex.timedOut === true) return { error: { code: ErrorCode.StepTimeout, message: `step ${req.step} attempt ${req.attempt} timed out after ${req.timeoutMs} ms in its sandbox`, retryable: true } };
+  if (ex.timedOut === true)
+    return { error: { code: ErrorCode.StepTimeout, message: `step ${req.step} attempt ${req.attempt} timed out after ${req.timeoutMs} ms in its sandbox`, retryable: true } };
   if (ex.error) return { error: { code: ErrorCode.SandboxExit, message: fromSandbox(ex.error, TEXT_LIMITS.message, redactor), retryable: false } };
   if (ex.code === 0) return {};
   const signal = typeof ex.signal === 'string' && SIGNAL_PATTERN.test(ex.signal) ? ex.signal : undefined;

@@ -147,10 +147,7 @@ interface Owned {
   readonly gid: number;
 }
 type Bytes = { readonly file: string; readonly size: number } | { readonly data: Buffer };
-type Entry =
-  | (Owned & { readonly kind: 'dir' })
-  | (Owned & { readonly kind: 'file'; readonly bytes: Bytes })
-  | (Owned & { readonly kind: 'symlink'; readonly target: string });
+type Entry = (Owned & { readonly kind: 'dir' }) | (Owned & { readonly kind: 'file'; readonly bytes: Bytes }) | (Owned & { readonly kind: 'symlink'; readonly target: string });
 
 const rootOwned = { uid: 0, gid: 0 } as const;
 
@@ -231,7 +228,7 @@ async function sharedLibraries(binary: string): Promise<string[]> {
     out = await new Promise<string>((resolve, reject) =>
       execFile('ldd', [binary], { encoding: 'utf8' }, (err, stdout, stderr) => {
         if (err && /not a dynamic executable|statically linked/.test(stdout + stderr)) return resolve('');
-        if (err) return reject(new Error(err.code === 'ENOENT' ? 'ldd is not installed (package libc-bin)' : (stderr.trim() || err.message)));
+        if (err) return reject(new Error(err.code === 'ENOENT' ? 'ldd is not installed (package libc-bin)' : stderr.trim() || err.message));
         resolve(stdout);
       }),
     );
@@ -278,10 +275,10 @@ async function fetchBusybox(dir: string, log: Logger | undefined): Promise<void>
     await apt.fetchDeb(BUSYBOX.pkg, { suite: BUSYBOX.suite, into: dir });
   });
   const busybox = join(dir, 'bin', 'busybox');
-  const list = await wrap('busybox', `${busybox} --list failed`, () =>
-    new Promise<string>((resolve, reject) =>
-      execFile(busybox, ['--list'], { encoding: 'utf8' }, (err, stdout) => (err ? reject(new Error(err.message)) : resolve(stdout))),
-    ),
+  const list = await wrap(
+    'busybox',
+    `${busybox} --list failed`,
+    () => new Promise<string>((resolve, reject) => execFile(busybox, ['--list'], { encoding: 'utf8' }, (err, stdout) => (err ? reject(new Error(err.message)) : resolve(stdout)))),
   );
   await writeFile(join(dir, 'applets'), list);
 }
@@ -548,4 +545,3 @@ async function wrap<T>(stage: SandboxImageStage, what: string, fn: () => Promise
     throw new SandboxImageError(stage, `${what}: ${reason(e)}`, { cause: e });
   }
 }
-

@@ -182,7 +182,7 @@ export class SandboxPools {
       for (let c = list?.pop(); c && list; c = list.pop()) {
         // By construction a used pool holds one tenant's sandboxes; checked anyway.
         if (c.sandbox.channel.isClosed || (c.tenant !== undefined && c.tenant !== k.tenant)) {
-          if (c.tenant !== undefined && c.tenant !== k.tenant) this.o.log.error({ sandbox: c.sandbox.name, tenant: k.tenant }, 'a pool held another tenant\'s sandbox; destroyed');
+          if (c.tenant !== undefined && c.tenant !== k.tenant) this.o.log.error({ sandbox: c.sandbox.name, tenant: k.tenant }, "a pool held another tenant's sandbox; destroyed");
           void this.track(this.o.backend.remove(c.sandbox.id).catch(() => {}));
           continue;
         }
@@ -281,7 +281,10 @@ export class SandboxPools {
     for (const [key, list] of this.used) {
       const stale = list.filter((c) => c.since < cutoff);
       if (stale.length === 0) continue;
-      this.used.set(key, list.filter((c) => c.since >= cutoff));
+      this.used.set(
+        key,
+        list.filter((c) => c.since >= cutoff),
+      );
       for (const c of stale) void this.track(this.destroy(c).catch(() => {}));
     }
   }

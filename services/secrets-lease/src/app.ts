@@ -115,7 +115,17 @@ const BACKOFF_MAX_MS = 5000;
  * delivery, and a rotation or deletion of the secret takes effect within it.
  */
 const SIGNING_KEY_TTL_MS = 10_000;
-const DENIALS: ReadonlySet<string> = new Set([ErrorCode.LeaseNotFound, ErrorCode.LeaseExpired, ErrorCode.LeaseUsed, ErrorCode.LeaseRevoked, ErrorCode.LeaseScopeMismatch, ErrorCode.LeaseNotWarranted, ErrorCode.LeaseWrongRedeemer, ErrorCode.Unproven, ErrorCode.SecretNotFound]);
+const DENIALS: ReadonlySet<string> = new Set([
+  ErrorCode.LeaseNotFound,
+  ErrorCode.LeaseExpired,
+  ErrorCode.LeaseUsed,
+  ErrorCode.LeaseRevoked,
+  ErrorCode.LeaseScopeMismatch,
+  ErrorCode.LeaseNotWarranted,
+  ErrorCode.LeaseWrongRedeemer,
+  ErrorCode.Unproven,
+  ErrorCode.SecretNotFound,
+]);
 
 export async function createSecretsLease(config: Config, log: Logger, opts: SecretsLeaseOptions = {}): Promise<SecretsLeaseService> {
   const ownDatabase = !opts.database;
@@ -223,7 +233,12 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
         try {
           await checkWarrant(tc.jsm, t, { ...scope, keys: req.keys }, caller, poolsOf(msg));
         } catch (e) {
-          await ledger.deny(t, req.runId, '', CapstanError.is(e) ? e.code : ErrorCode.LeaseNotWarranted, { keys: [...req.keys], step: req.step, attempt: req.attempt, caller: caller.name });
+          await ledger.deny(t, req.runId, '', CapstanError.is(e) ? e.code : ErrorCode.LeaseNotWarranted, {
+            keys: [...req.keys],
+            step: req.step,
+            attempt: req.attempt,
+            caller: caller.name,
+          });
           throw e;
         }
       } else if (caller.role !== Role.Datasync) {
@@ -330,7 +345,8 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       }
       const meta = (await store.describe(t, [req.name])).get(req.name);
       if (!meta) throw new SecretNotFoundError(t, [req.name]);
-      if (meta.lifecycle !== Lifecycle.Refreshable) throw new InvalidArgumentError(`secret ${req.name} is ${meta.lifecycle}: rotating it needs a new value (only a refreshable secret refreshes itself)`);
+      if (meta.lifecycle !== Lifecycle.Refreshable)
+        throw new InvalidArgumentError(`secret ${req.name} is ${meta.lifecycle}: rotating it needs a new value (only a refreshable secret refreshes itself)`);
       return { secret: secretInfo(await refresher.refreshNow(t, meta, req.by)) };
     },
 
@@ -390,7 +406,9 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       // Issue and redeem asked within a run's trace are hops of it: the lease hop.
       const parent = traceParentOf(msg.headers);
       const body = parent
-        ? await inSpan('secrets-lease', `secrets.${verb}`, { kind: SpanKind.SERVER, parent, attributes: { 'capstan.tenant': t, 'capstan.hop': 'lease' } }, () => handler(t, decode(msg.data), msg))
+        ? await inSpan('secrets-lease', `secrets.${verb}`, { kind: SpanKind.SERVER, parent, attributes: { 'capstan.tenant': t, 'capstan.hop': 'lease' } }, () =>
+            handler(t, decode(msg.data), msg),
+          )
         : await handler(t, decode(msg.data), msg);
       reply(t, msg, verb, body);
     } catch (e) {

@@ -14,7 +14,12 @@ export async function rows<T>(x: Executor, query: SQL): Promise<T[]> {
 
 /** `ARRAY[…]::text[]` of names (a bare JS array in a template would become a list). */
 export function textArray(values: readonly string[]): SQL {
-  return values.length === 0 ? sql`array[]::text[]` : sql`array[${sql.join(values.map((v) => sql`${v}`), sql`, `)}]::text[]`;
+  return values.length === 0
+    ? sql`array[]::text[]`
+    : sql`array[${sql.join(
+        values.map((v) => sql`${v}`),
+        sql`, `,
+      )}]::text[]`;
 }
 
 /** Who the lease service's own audit rows name as the actor. */

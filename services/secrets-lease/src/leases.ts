@@ -62,7 +62,13 @@ export interface LeaseLedger {
    * The values are returned only if the claim committed together with its audit row.
    * @throws LeaseDeniedError; whatever `read` throws
    */
-  redeem(t: TenantId, leaseId: string, scope: LeaseScope, by: string, read: (keys: readonly string[], within: Executor) => Promise<Record<string, string>>): Promise<{ keys: readonly string[]; values: Record<string, string> }>;
+  redeem(
+    t: TenantId,
+    leaseId: string,
+    scope: LeaseScope,
+    by: string,
+    read: (keys: readonly string[], within: Executor) => Promise<Record<string, string>>,
+  ): Promise<{ keys: readonly string[]; values: Record<string, string> }>;
   /** Records a refusal that happened before the ledger was asked (an unknown key, say). */
   deny(t: TenantId, runId: RunId, leaseId: string, code: string, detail: Record<string, string | number | string[]>): Promise<void>;
   /** Revokes the run's open leases (and later ones, unless reopened). Returns how many were open. */
@@ -85,7 +91,10 @@ interface LeaseRow {
 /** Postgres text[] arrives as an array from `pg` and PGlite; a literal `{a,b}` is read too. */
 function keysOf(v: string[] | string): string[] {
   if (Array.isArray(v)) return v;
-  return v.replace(/^\{|\}$/g, '').split(',').filter(Boolean);
+  return v
+    .replace(/^\{|\}$/g, '')
+    .split(',')
+    .filter(Boolean);
 }
 
 /** Why a lease cannot be redeemed for `scope`, by the database clock; undefined when it can. */
@@ -145,7 +154,14 @@ export function createLeaseLedger(d: Database): LeaseLedger {
   }
 
   /** The claim or redemption matched no row: records why (the lease as it is now), inside its transaction. */
-  async function refusedWithin(tx: ProjectionDb, t: TenantId, leaseId: string, scope: LeaseScope, by: string, extra: Record<string, string> = {}): Promise<{ code: LeaseDenialCode }> {
+  async function refusedWithin(
+    tx: ProjectionDb,
+    t: TenantId,
+    leaseId: string,
+    scope: LeaseScope,
+    by: string,
+    extra: Record<string, string> = {},
+  ): Promise<{ code: LeaseDenialCode }> {
     const after = await look(tx, t, leaseId);
     const code = judge(after, scope, by) ?? ErrorCode.LeaseUsed;
     const d = denial(leaseId, scope, after, code);
@@ -168,10 +184,23 @@ export function createLeaseLedger(d: Database): LeaseLedger {
               returning expires_at`,
         );
         if (!row) {
-          await audit(tx, t, scope.runId, SecretsAudit.LeaseDenied, SERVICE_ACTOR, { leaseId: null, code: ErrorCode.LeaseRevoked, keys: [...keys], step: scope.step, attempt: scope.attempt });
+          await audit(tx, t, scope.runId, SecretsAudit.LeaseDenied, SERVICE_ACTOR, {
+            leaseId: null,
+            code: ErrorCode.LeaseRevoked,
+            keys: [...keys],
+            step: scope.step,
+            attempt: scope.attempt,
+          });
           return undefined;
         }
-        await audit(tx, t, scope.runId, SecretsAudit.LeaseIssued, SERVICE_ACTOR, { leaseId, keys: [...keys], step: scope.step, attempt: scope.attempt, ttlMs, claimWindowMs: windowMs });
+        await audit(tx, t, scope.runId, SecretsAudit.LeaseIssued, SERVICE_ACTOR, {
+          leaseId,
+          keys: [...keys],
+          step: scope.step,
+          attempt: scope.attempt,
+          ttlMs,
+          claimWindowMs: windowMs,
+        });
         return { leaseId, keys, expiresAt: row.expires_at instanceof Date ? row.expires_at : new Date(row.expires_at) };
       });
       if (!out) throw new LeaseDeniedError(ErrorCode.LeaseRevoked, '', `run ${scope.runId} is revoked (revoked by request, or ended): no lease is issued for it`);

@@ -9,16 +9,7 @@
  */
 import { sql } from 'drizzle-orm';
 import type { Database, ProjectionDb } from '@capstan/kit';
-import {
-  connectorSchema,
-  InvalidArgumentError,
-  Lifecycle,
-  SecretNotFoundError,
-  SecretsUnavailableError,
-  type Connector,
-  type SecretInfo,
-  type TenantId,
-} from '@capstan/schemas';
+import { connectorSchema, InvalidArgumentError, Lifecycle, SecretNotFoundError, SecretsUnavailableError, type Connector, type SecretInfo, type TenantId } from '@capstan/schemas';
 import { audit, lockRunAudit, rows, SecretsAudit, secretAuditRun, textArray, type Executor } from './db.js';
 import { decryptValue, encryptValue, valueAad, type Keyring } from './envelope.js';
 
@@ -181,7 +172,9 @@ export function postgresSecretStore(d: Database, keyring: Keyring, opts: { refre
       // The tenant's first secret: its data key. A racing instance may make one too; the
       // primary key keeps the first, and both read that one back.
       const fresh = keyring.newDataKey(t, 1);
-      await tx.execute(sql`insert into secret_data_keys (tenant, version, wrapped, master_key_id) values (${t}, 1, ${fresh.wrapped}, ${keyring.masterKeyId}) on conflict do nothing`);
+      await tx.execute(
+        sql`insert into secret_data_keys (tenant, version, wrapped, master_key_id) values (${t}, 1, ${fresh.wrapped}, ${keyring.masterKeyId}) on conflict do nothing`,
+      );
       fresh.key.fill(0);
       found = await rows(tx, sql`select version, wrapped, master_key_id from secret_data_keys where tenant = ${t} order by version desc limit 1`);
     }
@@ -191,7 +184,9 @@ export function postgresSecretStore(d: Database, keyring: Keyring, opts: { refre
     const hit = dataKeys.get(`${t}/${v}`);
     if (hit) return { version: v, key: hit };
     if (row.master_key_id !== keyring.masterKeyId) {
-      throw new SecretsUnavailableError(`tenant ${t}'s data key was wrapped by master key ${row.master_key_id}; this service holds ${keyring.masterKeyId}: check SECRETS_MASTER_KEY`);
+      throw new SecretsUnavailableError(
+        `tenant ${t}'s data key was wrapped by master key ${row.master_key_id}; this service holds ${keyring.masterKeyId}: check SECRETS_MASTER_KEY`,
+      );
     }
     let key: Buffer;
     try {
@@ -294,7 +289,10 @@ export function postgresSecretStore(d: Database, keyring: Keyring, opts: { refre
 
     async describe(t, names) {
       if (names.length === 0) return new Map();
-      const found = await rows<MetaRow>(db, sql`select ${metaColumns(opts.refreshWindowMs)} from secrets where tenant = ${t} and name = any(${textArray(names)}) and deleted_at is null`);
+      const found = await rows<MetaRow>(
+        db,
+        sql`select ${metaColumns(opts.refreshWindowMs)} from secrets where tenant = ${t} and name = any(${textArray(names)}) and deleted_at is null`,
+      );
       return new Map(found.map((r) => [r.name, metaOf(r)]));
     },
 

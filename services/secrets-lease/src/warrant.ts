@@ -33,7 +33,9 @@ export async function checkWarrant(jsm: JetStreamManager, t: TenantId, ask: Leas
   if (author.role !== Role.Worker) refuse(`${author.name} (role ${author.role ?? 'none'}) is not a worker`);
   const { events } = await readRun(jsm, t, ask.runId);
   if (events.length === 0) refuse(`run ${ask.runId} has no record`);
-  const scheduled = events.find((e): e is Extract<RunEvent, { type: 'step.scheduled' }> => e.type === 'step.scheduled' && e.data.step === ask.step && e.data.attempt === ask.attempt);
+  const scheduled = events.find(
+    (e): e is Extract<RunEvent, { type: 'step.scheduled' }> => e.type === 'step.scheduled' && e.data.step === ask.step && e.data.attempt === ask.attempt,
+  );
   if (!scheduled) refuse(`run ${ask.runId} never scheduled step ${ask.step} attempt ${ask.attempt}`);
   const d = scheduled.data;
   const spec = d.sandbox;

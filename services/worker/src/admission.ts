@@ -57,19 +57,21 @@ export async function startAdmissionGate(o: AdmissionGateOptions): Promise<Admis
   let chain: Promise<void> = Promise.resolve();
 
   const become = (next: WorkerAdmissionState, why: string) => {
-    chain = chain.then(async () => {
-      if (stopped) return;
-      state = next;
-      if (next === WorkerAdmissionState.Approved && !opened) {
-        await o.open();
-        opened = true;
-        log.info({ why }, 'worker admitted: pulling work');
-      } else if (next !== WorkerAdmissionState.Approved && opened) {
-        opened = false;
-        log.warn({ state: next, why }, 'worker no longer admitted: stopped pulling work');
-        await o.close();
-      }
-    }).catch((e: unknown) => log.error({ err: e }, 'changing admission failed'));
+    chain = chain
+      .then(async () => {
+        if (stopped) return;
+        state = next;
+        if (next === WorkerAdmissionState.Approved && !opened) {
+          await o.open();
+          opened = true;
+          log.info({ why }, 'worker admitted: pulling work');
+        } else if (next !== WorkerAdmissionState.Approved && opened) {
+          opened = false;
+          log.warn({ state: next, why }, 'worker no longer admitted: stopped pulling work');
+          await o.close();
+        }
+      })
+      .catch((e: unknown) => log.error({ err: e }, 'changing admission failed'));
   };
 
   let warned = false;
@@ -87,7 +89,8 @@ export async function startAdmissionGate(o: AdmissionGateOptions): Promise<Admis
         } else if (o.mode === AdmissionMode.Auto) {
           become(WorkerAdmissionState.Approved, 'no record, WORKER_ADMISSION=auto');
         } else {
-          if (!warned) log.warn(`worker ${workerId} is not admitted in tenant ${t}: it pulls nothing until an admin approves it (capstan workers approve ${workerId} --tenant ${t})`);
+          if (!warned)
+            log.warn(`worker ${workerId} is not admitted in tenant ${t}: it pulls nothing until an admin approves it (capstan workers approve ${workerId} --tenant ${t})`);
           warned = true;
           become(WorkerAdmissionState.Pending, 'no record');
         }
@@ -98,7 +101,7 @@ export async function startAdmissionGate(o: AdmissionGateOptions): Promise<Admis
           return;
         }
         // Said once at warn level: NATS away, or the tenant's fleet stream missing.
-        if (failures++ === 0) log.warn({ err: e }, 'cannot read this worker\'s admission; trying again');
+        if (failures++ === 0) log.warn({ err: e }, "cannot read this worker's admission; trying again");
       }
     });
     return reading;

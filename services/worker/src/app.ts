@@ -46,7 +46,8 @@ async function identity(config: Config): Promise<{ id: string; pools: Map<Tenant
   const creds: CredentialsInfo[] = [];
   for (const path of config.nats.credsPaths) creds.push(await readCredentials(path));
   const names = new Set(creds.map((c) => c.name));
-  for (const c of creds) if (c.role !== Role.Worker) problems.push(`NATS_CREDS: ${c.name} is a ${c.role ?? 'unknown'} credential, not a worker's (capstan creds issue --role worker)`);
+  for (const c of creds)
+    if (c.role !== Role.Worker) problems.push(`NATS_CREDS: ${c.name} is a ${c.role ?? 'unknown'} credential, not a worker's (capstan creds issue --role worker)`);
   if (names.size > 1) problems.push(`NATS_CREDS: one worker has one name in every tenant; these credentials name ${[...names].join(', ')}`);
   const id = config.id || [...names][0] || '';
   if (config.id && !names.has(config.id)) problems.push(`WORKER_ID ${config.id} is not the credentials' worker (${[...names].join(', ')}): its admission subject would be refused`);
@@ -107,7 +108,25 @@ export async function createWorker(config: Config, log: Logger, opts: { handlers
   /** The tenant's pool runners, started (each pool runner can start once: a re-admission makes new ones). */
   async function startPools({ nc, js, jsm, tenant: t, account, signer }: TenantConnection, mine: PoolRunner[]): Promise<void> {
     for (const pool of pools.get(t) ?? []) {
-      const r = createPoolRunner({ nc, js, jsm, tenant: t, pool, handlers, workerId: id, concurrency: config.concurrency, resultBatches: config.resultBatches, startedAfterMs: config.startedAfterMs, sandboxStallMs: config.sandboxStallMs, leases: config.leases, approvalTtlMs: config.approvalTtlMs, audit, account, signer, log });
+      const r = createPoolRunner({
+        nc,
+        js,
+        jsm,
+        tenant: t,
+        pool,
+        handlers,
+        workerId: id,
+        concurrency: config.concurrency,
+        resultBatches: config.resultBatches,
+        startedAfterMs: config.startedAfterMs,
+        sandboxStallMs: config.sandboxStallMs,
+        leases: config.leases,
+        approvalTtlMs: config.approvalTtlMs,
+        audit,
+        account,
+        signer,
+        log,
+      });
       runners.push(r);
       mine.push(r);
       await r.start();
@@ -131,7 +150,10 @@ export async function createWorker(config: Config, log: Logger, opts: { handlers
       beat = setInterval(heartbeat, HEARTBEAT_MS);
       beat.unref();
       heartbeat();
-      log.info({ worker: id, pools: Object.fromEntries(pools), handlers: Object.keys(handlers).length, audit: opts.audit || config.auditDatabaseUrl ? 'configured' : 'not configured' }, 'worker started');
+      log.info(
+        { worker: id, pools: Object.fromEntries(pools), handlers: Object.keys(handlers).length, audit: opts.audit || config.auditDatabaseUrl ? 'configured' : 'not configured' },
+        'worker started',
+      );
     },
     async stop() {
       follower?.stop();

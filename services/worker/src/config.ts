@@ -56,7 +56,10 @@ export interface Config {
 export function loadConfig(env: Env): Config {
   const problems: string[] = [];
   const pools: string[] = [];
-  for (const p of envString(env, 'WORKER_POOLS', '').split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const p of envString(env, 'WORKER_POOLS', '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     try {
       pools.push(parseToken('pool', p));
     } catch (e) {
@@ -82,7 +85,8 @@ export function loadConfig(env: Env): Config {
     admission: envString(env, 'WORKER_ADMISSION', AdmissionMode.Required) as AdmissionMode,
     auditDatabaseUrl: envPostgresUrl(env, 'AUDIT_DATABASE_URL', problems),
   };
-  if (config.id !== '' && !WORKER_ID_PATTERN.test(config.id)) problems.push(`WORKER_ID must match ${WORKER_ID_PATTERN.source} (it names the worker's admission subject); got ${JSON.stringify(config.id.slice(0, 80))}`);
+  if (config.id !== '' && !WORKER_ID_PATTERN.test(config.id))
+    problems.push(`WORKER_ID must match ${WORKER_ID_PATTERN.source} (it names the worker's admission subject); got ${JSON.stringify(config.id.slice(0, 80))}`);
   if (!Object.values(AdmissionMode).includes(config.admission)) {
     problems.push(`WORKER_ADMISSION must be ${AdmissionMode.Required} or ${AdmissionMode.Auto} (got ${JSON.stringify(config.admission.slice(0, 40))})`);
   }

@@ -6,7 +6,17 @@
  * closed result schema before it goes to the control plane. A result that carries anything
  * but metadata fails the step (`schema_violation`, not retried).
  */
-import { CapstanError, ErrorCode, parsePipelineInput, parseStepResult, pipelineHandler, PIPELINE_STEPS, type ErrorCode as Code, type JsonValue, type TenantId } from '@capstan/schemas';
+import {
+  CapstanError,
+  ErrorCode,
+  parsePipelineInput,
+  parseStepResult,
+  pipelineHandler,
+  PIPELINE_STEPS,
+  type ErrorCode as Code,
+  type JsonValue,
+  type TenantId,
+} from '@capstan/schemas';
 import { runDatasyncStep, type NatsConnection } from '@capstan/kit';
 import type { Handlers, StepContext } from './handlers.js';
 

@@ -68,7 +68,9 @@ function checkName(what: 'target' | 'action', v: unknown): string {
  */
 export function externalWriteKey(scope: { readonly tenant: TenantId; readonly runId: RunId; readonly step: string }, action: string): string {
   checkName('action', action);
-  return createHash('sha256').update(JSON.stringify([KEY_SCHEME, scope.tenant, scope.runId, scope.step, action])).digest('hex');
+  return createHash('sha256')
+    .update(JSON.stringify([KEY_SCHEME, scope.tenant, scope.runId, scope.step, action]))
+    .digest('hex');
 }
 
 /** The audit store a worker without `AUDIT_DATABASE_URL` has: it refuses every intent. */
@@ -83,19 +85,26 @@ export function bindExternalWrite(audit: AuditSink, actor: string, scope: Extern
     const key = externalWriteKey(scope, action);
     scope.signal.throwIfAborted();
     // The audit write is a hop of its own in the step's trace.
-    const appended = await inSpan('worker', 'audit.intent', { kind: SpanKind.CLIENT, attributes: { 'capstan.hop': 'audit', 'capstan.audit.kind': EXTERNAL_WRITE_INTENT, 'capstan.audit.target': target } }, () =>
-      audit.appendIntent({
-        tenant: scope.tenant,
-        runId: scope.runId,
-        kind: EXTERNAL_WRITE_INTENT,
-        key,
-        actor,
-        detail: { target, action, runId: scope.runId, step: scope.step, attempt: scope.attempt },
-      }),
+    const appended = await inSpan(
+      'worker',
+      'audit.intent',
+      { kind: SpanKind.CLIENT, attributes: { 'capstan.hop': 'audit', 'capstan.audit.kind': EXTERNAL_WRITE_INTENT, 'capstan.audit.target': target } },
+      () =>
+        audit.appendIntent({
+          tenant: scope.tenant,
+          runId: scope.runId,
+          kind: EXTERNAL_WRITE_INTENT,
+          key,
+          actor,
+          detail: { target, action, runId: scope.runId, step: scope.step, attempt: scope.attempt },
+        }),
     );
     // The append may finish after the attempt timed out: its successor performs the write.
     scope.signal.throwIfAborted();
-    scope.log.debug({ target, action, key, intent: appended }, appended === AuditAppend.Appended ? 'external write intent recorded' : 'external write intent already recorded; performing again with its key');
+    scope.log.debug(
+      { target, action, key, intent: appended },
+      appended === AuditAppend.Appended ? 'external write intent recorded' : 'external write intent already recorded; performing again with its key',
+    );
     return perform(key);
   };
 }

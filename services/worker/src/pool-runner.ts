@@ -33,7 +33,24 @@ import {
   type SignedWork,
   type WorkItem,
 } from '@capstan/schemas';
-import { addCollector, cancelInSandbox, checkWork, signedWork, coalescingPublisher, deadLetter, failSpan, inSpan, metrics, SpanKind, traceParentOf, type AuditSink, type Batching, type Logger, type NatsConnection, type Signer } from '@capstan/kit';
+import {
+  addCollector,
+  cancelInSandbox,
+  checkWork,
+  signedWork,
+  coalescingPublisher,
+  deadLetter,
+  failSpan,
+  inSpan,
+  metrics,
+  SpanKind,
+  traceParentOf,
+  type AuditSink,
+  type Batching,
+  type Logger,
+  type NatsConnection,
+  type Signer,
+} from '@capstan/kit';
 import type { Handlers } from './handlers.js';
 import { runSandboxed } from './sandboxed.js';
 import { bindExternalWrite } from './external-write.js';
@@ -70,7 +87,6 @@ export interface PoolRunner {
   stop(): Promise<void>;
   readonly running: number;
 }
-
 
 /** How long a cancelled attempt is remembered, so its work item, if it comes later, is not run. */
 const CANCELLED_TTL_MS = 10 * 60_000;
@@ -128,15 +144,18 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
 
   async function report(item: WorkItem, outcome: { result: JsonValue } | { error: ErrorRecord }, durationMs: number): Promise<void> {
     const base = { runId: item.runId, step: item.step, attempt: item.attempt, worker: workerId, durationMs };
-    const body: CommandOf<'result'> =
-      'result' in outcome ? { ...base, outcome: 'completed', result: outcome.result } : { ...base, outcome: 'failed', error: outcome.error };
+    const body: CommandOf<'result'> = 'result' in outcome ? { ...base, outcome: 'completed', result: outcome.result } : { ...base, outcome: 'failed', error: outcome.error };
     await publishCommand('result', body, MsgIds.command(CommandVerb.Result, `${item.runId}:${item.step}:${item.attempt}`));
   }
 
   async function execute(item: WorkItem, work: SignedWork, abort: AbortController): Promise<{ result: JsonValue } | { error: ErrorRecord }> {
     if (item.mode !== Mode.Inline) {
       const until = AbortSignal.any([stopping.signal, abort.signal]);
-      return runSandboxed({ nc: o.nc, js, jsm, tenant: t, workerId, stallMs: o.sandboxStallMs, leases: o.leases, approvalTtlMs: o.approvalTtlMs, stopping: until, signer: o.signer, log }, item, work);
+      return runSandboxed(
+        { nc: o.nc, js, jsm, tenant: t, workerId, stallMs: o.sandboxStallMs, leases: o.leases, approvalTtlMs: o.approvalTtlMs, stopping: until, signer: o.signer, log },
+        item,
+        work,
+      );
     }
     const handler = handlers[item.handler];
     if (!handler) return { error: { code: ErrorCode.UnknownHandler, message: `no handler named ${JSON.stringify(item.handler)} on worker ${workerId}`, retryable: false } };
@@ -179,7 +198,13 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
       const value = result === undefined ? null : result;
       const size = encodedSize(value);
       if (size > LIMITS.resultBytes) {
-        return { error: { code: ErrorCode.PayloadTooLarge, message: `step result is ${size} bytes; the limit is ${LIMITS.resultBytes} (results are metadata; put data in the tenant's storage)`, retryable: false } };
+        return {
+          error: {
+            code: ErrorCode.PayloadTooLarge,
+            message: `step result is ${size} bytes; the limit is ${LIMITS.resultBytes} (results are metadata; put data in the tenant's storage)`,
+            retryable: false,
+          },
+        };
       }
       return { result: value };
     } catch (e) {
@@ -221,7 +246,11 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     // shows who runs it; a quicker one goes straight to its result (one command, not two).
     let started: Promise<void> | undefined;
     const announce = () => {
-      started = publishCommand('started', { runId: item.runId, step: item.step, attempt: item.attempt, worker: workerId }, MsgIds.command(CommandVerb.Started, `${item.runId}:${item.step}:${item.attempt}`));
+      started = publishCommand(
+        'started',
+        { runId: item.runId, step: item.step, attempt: item.attempt, worker: workerId },
+        MsgIds.command(CommandVerb.Started, `${item.runId}:${item.step}:${item.attempt}`),
+      );
     };
     const startedTimer = o.startedAfterMs === 0 ? (announce(), undefined) : setTimeout(announce, o.startedAfterMs);
     const heartbeat = setInterval(() => msg.working(), Math.max(250, Math.floor(ackWaitMs / 3)));
@@ -230,7 +259,16 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     active.set(key, { abort, item });
     const mode = String(item.mode);
     // The span of this hop, a child of the run's dispatch hop (the work item's traceparent).
-    const attributes = { 'capstan.tenant': t, 'capstan.run_id': item.runId, 'capstan.step': item.step, 'capstan.attempt': item.attempt, 'capstan.mode': item.mode, 'capstan.pool': pool, 'capstan.worker': workerId, 'capstan.hop': 'worker' };
+    const attributes = {
+      'capstan.tenant': t,
+      'capstan.run_id': item.runId,
+      'capstan.step': item.step,
+      'capstan.attempt': item.attempt,
+      'capstan.mode': item.mode,
+      'capstan.pool': pool,
+      'capstan.worker': workerId,
+      'capstan.hop': 'worker',
+    };
     try {
       await inSpan('worker', `worker ${item.step}#${item.attempt}`, { kind: SpanKind.CONSUMER, parent: traceParentOf(msg.headers), attributes }, async (span) => {
         const outcome = await execute(item, signedWork(msg.headers, msg.subject, msg.data), abort);

@@ -104,11 +104,19 @@ async function decideCredential(d: SandboxedDeps, item: WorkItem, r: CredentialR
   };
   const before = (await readRun(d.jsm, t, item.runId)).events.length;
   await publishDurably(d.nc, d.js, [
-    { subject: Subjects.command(t, CommandVerb.Credential), data: encode(body), msgId: MsgIds.command(CommandVerb.Credential, `${item.runId}:${item.step}:${item.attempt}:${r.name}:${before}`) },
+    {
+      subject: Subjects.command(t, CommandVerb.Credential),
+      data: encode(body),
+      msgId: MsgIds.command(CommandVerb.Credential, `${item.runId}:${item.step}:${item.attempt}:${r.name}:${before}`),
+    },
   ]);
   d.log.info({ runId: item.runId, step: item.step, key: r.name, decision: decision.decision, version: decision.version }, 'credential request decided');
   if (decision.decision === PolicyVerdict.Deny) {
-    throw new CapstanError(ErrorCode.PolicyDenied, `credential ${r.name} is denied by policy version ${decision.version}${decision.policies.length ? ` (${decision.policies.join(', ')})` : ''}`, false);
+    throw new CapstanError(
+      ErrorCode.PolicyDenied,
+      `credential ${r.name} is denied by policy version ${decision.version}${decision.policies.length ? ` (${decision.policies.join(', ')})` : ''}`,
+      false,
+    );
   }
   if (decision.decision === PolicyVerdict.NeedsApproval) await awaitApproval(d, item, r.name, before);
   if (!d.leases) return {};

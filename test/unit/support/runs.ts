@@ -4,17 +4,7 @@
  * wrapped in a `{ v, type, data, runId, seq, at, causationId }` envelope with consecutive
  * run-local sequence numbers, one `at` and one causation id per input.
  */
-import {
-  decide,
-  runStatus,
-  startRun,
-  stateName,
-  timerId,
-  type Decision,
-  type RunState,
-  type TimelineEntry,
-  type WorkflowDefinition,
-} from '@capstan/actors';
+import { decide, runStatus, startRun, stateName, timerId, type Decision, type RunState, type TimelineEntry, type WorkflowDefinition } from '@capstan/actors';
 import {
   EVENT_ENVELOPE_VERSION,
   EventRejectedError,
@@ -78,7 +68,13 @@ export class RunRecorder {
 
   /** Decides and records `input`; returns the decision types (for compact assertions). */
   step(input: InputEventBody): string[] {
-    return this.apply(input).decisions.map((d) => (d.type === 'step.scheduled' || d.type === 'step.cancelled' ? `${d.type}:${d.data.step}#${d.data.attempt}` : d.type === 'timer.scheduled' ? `timer:${d.data.kind}:${d.data.step}` : d.type));
+    return this.apply(input).decisions.map((d) =>
+      d.type === 'step.scheduled' || d.type === 'step.cancelled'
+        ? `${d.type}:${d.data.step}#${d.data.attempt}`
+        : d.type === 'timer.scheduled'
+          ? `timer:${d.data.kind}:${d.data.step}`
+          : d.type,
+    );
   }
 
   private record(input: RunEventBody, decision: Decision, fromSeq: number): void {
@@ -86,8 +82,7 @@ export class RunRecorder {
     const at = this.clock;
     const causationId = `cmd:${++this.commandSeq}`;
     let seq = fromSeq;
-    const envelope = (body: RunEventBody): RunEvent =>
-      ({ v: EVENT_ENVELOPE_VERSION, ...body, runId: this.runId, seq: ++seq, at, causationId }) as RunEvent;
+    const envelope = (body: RunEventBody): RunEvent => ({ v: EVENT_ENVELOPE_VERSION, ...body, runId: this.runId, seq: ++seq, at, causationId }) as RunEvent;
     this.events.push(envelope(input), ...decision.decisions.map(envelope));
     this.timeline.push({
       seq: fromSeq + 1,

@@ -28,9 +28,17 @@ export interface RetryPolicy {
   readonly maxIntervalMs: number;
 }
 
-
 export type NormalisedStep =
-  | { readonly kind: 'task'; readonly name: string; readonly handler: string; readonly mode: Mode; readonly pool: string; readonly timeoutMs: number; readonly retry: RetryPolicy; readonly sandbox?: SandboxSpec }
+  | {
+      readonly kind: 'task';
+      readonly name: string;
+      readonly handler: string;
+      readonly mode: Mode;
+      readonly pool: string;
+      readonly timeoutMs: number;
+      readonly retry: RetryPolicy;
+      readonly sandbox?: SandboxSpec;
+    }
   | { readonly kind: 'signal'; readonly name: string; readonly signal: string };
 
 export const DEFAULT_RETRY: RetryPolicy = Object.freeze({
@@ -84,8 +92,7 @@ const DEFAULT_APPROVERS = 'operators';
 type Ev = InputEventBody;
 type Data<K extends Ev['type']> = Extract<Ev, { type: K }>['data'];
 
-const decided = (event: Ev, step: string, decision: ApprovalDecision): boolean =>
-  event.type === 'approval.decided' && event.data.step === step && event.data.decision === decision;
+const decided = (event: Ev, step: string, decision: ApprovalDecision): boolean => event.type === 'approval.decided' && event.data.step === step && event.data.decision === decision;
 
 /** How long a gated step waits for the policy's answer before asking again. */
 export const POLICY_REASK_MS = 30_000;
@@ -188,8 +195,7 @@ export function compileSteps(id: string, version: number, steps: readonly Normal
     const waitKey = (c: RunContext) => `${step.name}:${attemptOf(c)}`;
     const roundOf = (c: RunContext) => attemptOf(c) - (c.retryBase?.[step.name] ?? 0);
     const canRetry = (c: RunContext, e: ErrorRecord) => e.retryable && roundOf(c) < step.retry.maxAttempts;
-    const timeoutError = (c: RunContext) =>
-      failure(ErrorCode.StepTimeout, `step ${step.name} attempt ${attemptOf(c)} timed out after ${step.timeoutMs} ms`, true);
+    const timeoutError = (c: RunContext) => failure(ErrorCode.StepTimeout, `step ${step.name} attempt ${attemptOf(c)} timed out after ${step.timeoutMs} ms`, true);
     const finalError = (c: RunContext, e: ErrorRecord): ErrorRecord => ({
       code: e.code,
       message: `step ${step.name} failed after ${attemptOf(c)} attempt(s): ${e.message}`.slice(0, 1000),
@@ -249,7 +255,14 @@ export function compileSteps(id: string, version: number, steps: readonly Normal
                 type: 'approval.requested',
                 params: ({ event }: { event: Ev }) => {
                   const d = event.data as Data<'credential.decided'>;
-                  return { step: step.name, attempt: d.attempt, approvers: d.approvers ?? DEFAULT_APPROVERS, version: d.version, policies: d.policies, expiresInMs: d.expiresInMs ?? DEFAULT_APPROVAL_TTL_MS };
+                  return {
+                    step: step.name,
+                    attempt: d.attempt,
+                    approvers: d.approvers ?? DEFAULT_APPROVERS,
+                    version: d.version,
+                    policies: d.policies,
+                    expiresInMs: d.expiresInMs ?? DEFAULT_APPROVAL_TTL_MS,
+                  };
                 },
               },
             ],
@@ -264,7 +277,8 @@ export function compileSteps(id: string, version: number, steps: readonly Normal
           },
         ],
         'approval.decided': {
-          guard: ({ context, event }: { context: RunContext; event: Ev }) => context.credentialWait === waitKey(context) && (event.data as Data<'approval.decided'>).step === step.name,
+          guard: ({ context, event }: { context: RunContext; event: Ev }) =>
+            context.credentialWait === waitKey(context) && (event.data as Data<'approval.decided'>).step === step.name,
           actions: assign({ credentialWait: undefined }),
         },
         'step.completed': {
@@ -314,10 +328,12 @@ export function compileSteps(id: string, version: number, steps: readonly Normal
     };
     if (isPolicyGated(step)) {
       const queries = policyQueriesOf(id, step);
-      const verdict = (v: PolicyVerdict) => ({ context, event }: { context: RunContext; event: Ev }) => {
-        const d = event.data as Data<'policy.decided'>;
-        return isCurrent(context, d) && d.decision === v;
-      };
+      const verdict =
+        (v: PolicyVerdict) =>
+        ({ context, event }: { context: RunContext; event: Ev }) => {
+          const d = event.data as Data<'policy.decided'>;
+          return isCurrent(context, d) && d.decision === v;
+        };
       const approvalOf = (c: RunContext) => c.approval ?? { version: 0, policies: [], approvers: DEFAULT_APPROVERS, expiresInMs: DEFAULT_APPROVAL_TTL_MS };
       const askId = (c: RunContext) => `${timerId(step.name, attemptOf(c), TimerKind.Policy)}-${c.policyAsks ?? 1}`;
       states[`authorize_${i}`] = {
@@ -416,7 +432,11 @@ export function compileSteps(id: string, version: number, steps: readonly Normal
             target: 'failed',
             actions: assign({
               lastError: ({ context }: { context: RunContext }) =>
-                failure(ErrorCode.ApprovalExpired, `nobody approved step ${step.name} within ${Math.round(approvalOf(context).expiresInMs / 1000)} s (approvers: ${approvalOf(context).approvers})`, false),
+                failure(
+                  ErrorCode.ApprovalExpired,
+                  `nobody approved step ${step.name} within ${Math.round(approvalOf(context).expiresInMs / 1000)} s (approvers: ${approvalOf(context).approvers})`,
+                  false,
+                ),
             }),
           },
         },

@@ -108,14 +108,26 @@ function retry(state: RunState): Decision {
     if (next + step.retry.maxAttempts > 1000 || !TOKEN_PATTERN.test(timerId(step.name, next + step.retry.maxAttempts, TimerKind.Timeout))) {
       throw new RunNotRetryableError(status, `step ${step.name} has used ${attempt} attempts; no attempt numbers are left for another round`);
     }
-    const context: RunContext = { ...ctx, attempts: { ...ctx.attempts, [step.name]: next }, retryBase: { ...ctx.retryBase, [step.name]: attempt }, startedAttempt: 0, policyAsks: 1 };
+    const context: RunContext = {
+      ...ctx,
+      attempts: { ...ctx.attempts, [step.name]: next },
+      retryBase: { ...ctx.retryBase, [step.name]: attempt },
+      startedAttempt: 0,
+      policyAsks: 1,
+    };
     snapshot = machine.resolveState({ value: `authorize_${index}`, context });
     // What entering the check decides (see the machine's authorize state): the question and its reminder.
     decisions = [
       { type: 'policy.requested', data: parseEventBody('policy.requested', { step: step.name, attempt: next, queries: policyQueriesOf(workflow.id, step) }) },
       {
         type: 'timer.scheduled',
-        data: parseEventBody('timer.scheduled', { timerId: `${timerId(step.name, next, TimerKind.Policy)}-1`, kind: TimerKind.Policy, step: step.name, attempt: next, delayMs: POLICY_REASK_MS }),
+        data: parseEventBody('timer.scheduled', {
+          timerId: `${timerId(step.name, next, TimerKind.Policy)}-1`,
+          kind: TimerKind.Policy,
+          step: step.name,
+          attempt: next,
+          delayMs: POLICY_REASK_MS,
+        }),
       },
     ];
   } else if (step.kind === 'task') {
@@ -159,5 +171,3 @@ export function runStatusV1(state: RunState): RunStatus {
   if (s.hasTag('pending') || ctx?.anyStarted === false) return RunStatus.Pending;
   return RunStatus.Running;
 }
-
-

@@ -7,7 +7,21 @@
 import type { NNode, WorkflowDefinition } from '../../workflow.js';
 import type { KeyOf, RunContext } from './context.js';
 import type { Extra } from './lifecycle.js';
-import { branchState, childState, continueState, fanOutState, guardedState, loopState, parallelState, patchState, signalState, sleepState, taskState, workflowMachine, type Sequence } from './states.js';
+import {
+  branchState,
+  childState,
+  continueState,
+  fanOutState,
+  guardedState,
+  loopState,
+  parallelState,
+  patchState,
+  signalState,
+  sleepState,
+  taskState,
+  workflowMachine,
+  type Sequence,
+} from './states.js';
 
 /** A loop around a step: its name and the loops around it. */
 interface Scope {
@@ -59,7 +73,10 @@ function compileNode(workflowId: string, node: NNode, keyOf: KeyOf, next: string
     case 'fanout':
       return fanOutState(workflowId, node, keyOf, next, extra);
     case 'parallel':
-      return parallelState(node.branches.map((b) => compileSequence(workflowId, b, scope)), next);
+      return parallelState(
+        node.branches.map((b) => compileSequence(workflowId, b, scope)),
+        next,
+      );
     case 'branch':
       return branchState(node.test, keyOf, compileSequence(workflowId, node.then, scope), node.else.length > 0 ? compileSequence(workflowId, node.else, scope) : undefined, next);
     case 'loop':
@@ -83,8 +100,7 @@ export function nodesByName(nodes: readonly NNode[]): Map<string, NNode> {
       else if (n.kind === 'branch' || n.kind === 'patch') {
         walk(n.then);
         walk(n.else);
-      }
-      else if (n.kind === 'loop') walk(n.body);
+      } else if (n.kind === 'loop') walk(n.body);
     }
   };
   walk(nodes);

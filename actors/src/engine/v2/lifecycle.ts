@@ -88,7 +88,12 @@ export function feedTask(c: RunContext, workflowId: string, key: string, node: N
       const next: Instance = { ...i, phase: 'backoff', started: false, cred: false };
       return {
         ctx: { ...withInstance(c, key, next), lastError: err, anyStarted: true },
-        out: [{ type: 'timer.scheduled', data: { timerId: timerId(key, i.attempt, TimerKind.Retry), kind: TimerKind.Retry, step: key, attempt: i.attempt, delayMs: backoffDelay(node.retry, round + 1) } }],
+        out: [
+          {
+            type: 'timer.scheduled',
+            data: { timerId: timerId(key, i.attempt, TimerKind.Retry), kind: TimerKind.Retry, step: key, attempt: i.attempt, delayMs: backoffDelay(node.retry, round + 1) },
+          },
+        ],
       };
     }
     return { ctx: { ...failed(c, key, i, err.code, `step ${key} failed after ${i.attempt} attempt(s): ${err.message}`), anyStarted: true }, out: [] };
@@ -104,7 +109,10 @@ export function feedTask(c: RunContext, workflowId: string, key: string, node: N
           ctx: withInstance(c, key, { ...i, phase: 'approve', asks: 1, approval }),
           out: [
             { type: 'approval.requested', data: { step: key, attempt: i.attempt, ...approval } },
-            { type: 'timer.scheduled', data: { timerId: timerId(key, i.attempt, TimerKind.Approval), kind: TimerKind.Approval, step: key, attempt: i.attempt, delayMs: approval.expiresInMs } },
+            {
+              type: 'timer.scheduled',
+              data: { timerId: timerId(key, i.attempt, TimerKind.Approval), kind: TimerKind.Approval, step: key, attempt: i.attempt, delayMs: approval.expiresInMs },
+            },
           ],
         };
       }
@@ -117,7 +125,14 @@ export function feedTask(c: RunContext, workflowId: string, key: string, node: N
       if (i.phase === 'approve') {
         if (ev.data.decision === ApprovalDecision.Approve) return { ctx: withInstance(c, key, { ...i, phase: 'scheduled' }), out: [scheduled(workflowId, key, node, i.attempt)] };
         const why = ev.data.reason === undefined ? '' : `: ${ev.data.reason}`;
-        return { ctx: { ...withInstance(c, key, { ...i, phase: 'failed' }), lastError: failure(ErrorCode.ApprovalDenied, `step ${key} was denied by ${ev.data.by}${why}`, false), failedAt: key }, out: [] };
+        return {
+          ctx: {
+            ...withInstance(c, key, { ...i, phase: 'failed' }),
+            lastError: failure(ErrorCode.ApprovalDenied, `step ${key} was denied by ${ev.data.by}${why}`, false),
+            failedAt: key,
+          },
+          out: [],
+        };
       }
       // Mode 3b: a person decided the running step's credential request; the step goes on.
       if ((i.phase === 'scheduled' || i.phase === 'started') && i.cred) return { ctx: withInstance(c, key, { ...i, cred: false }), out: [] };
@@ -129,7 +144,19 @@ export function feedTask(c: RunContext, workflowId: string, key: string, node: N
       if (d.decision !== PolicyVerdict.NeedsApproval || i.cred) return { ctx: c, out: [] };
       return {
         ctx: withInstance(c, key, { ...i, cred: true }),
-        out: [{ type: 'approval.requested', data: { step: key, attempt: d.attempt, approvers: d.approvers ?? DEFAULT_APPROVERS, version: d.version, policies: d.policies, expiresInMs: d.expiresInMs ?? DEFAULT_APPROVAL_TTL_MS } }],
+        out: [
+          {
+            type: 'approval.requested',
+            data: {
+              step: key,
+              attempt: d.attempt,
+              approvers: d.approvers ?? DEFAULT_APPROVERS,
+              version: d.version,
+              policies: d.policies,
+              expiresInMs: d.expiresInMs ?? DEFAULT_APPROVAL_TTL_MS,
+            },
+          },
+        ],
       };
     }
     case 'step.started': {
@@ -137,7 +164,12 @@ export function feedTask(c: RunContext, workflowId: string, key: string, node: N
       // The durable timeout is armed when a worker says the attempt runs: a quick step never needs one.
       return {
         ctx: { ...withInstance(c, key, { ...i, phase: 'started', started: true }), anyStarted: true },
-        out: [{ type: 'timer.scheduled', data: { timerId: timerId(key, i.attempt, TimerKind.Timeout), kind: TimerKind.Timeout, step: key, attempt: i.attempt, delayMs: node.timeoutMs } }],
+        out: [
+          {
+            type: 'timer.scheduled',
+            data: { timerId: timerId(key, i.attempt, TimerKind.Timeout), kind: TimerKind.Timeout, step: key, attempt: i.attempt, delayMs: node.timeoutMs },
+          },
+        ],
       };
     }
     case 'step.completed':
@@ -216,7 +248,14 @@ export function feedSignal(c: RunContext, key: string, node: NSignal, ev: InputE
       return { ctx: complete(c, key, i, result), out: [] };
     }
     const why = ev.data.reason === undefined ? '' : `: ${ev.data.reason}`;
-    return { ctx: { ...withInstance(c, key, { ...i, phase: 'failed' }), lastError: failure(ErrorCode.ApprovalDenied, `step ${key} was denied by ${ev.data.by}${why}`, false), failedAt: key }, out: [] };
+    return {
+      ctx: {
+        ...withInstance(c, key, { ...i, phase: 'failed' }),
+        lastError: failure(ErrorCode.ApprovalDenied, `step ${key} was denied by ${ev.data.by}${why}`, false),
+        failedAt: key,
+      },
+      out: [],
+    };
   }
   if (ev.type === 'timer.fired' && ev.data.kind === TimerKind.Wait && isFor(ev.data, key, i)) {
     if (node.onTimeout === 'continue') return { ctx: complete(c, key, i, { timedOut: true }), out: [] };
@@ -236,13 +275,23 @@ export function startSleep(c: RunContext, key: string, node: NSleep, extra: Extr
     if (!until.ok) return { ctx: { ...withInstance(c, key, { ...inst, phase: 'failed' }), lastError: until.error, failedAt: null }, out: [] };
     const at = until.value;
     if (typeof at !== 'number' || !Number.isSafeInteger(at) || at < 0) {
-      return { ctx: { ...withInstance(c, key, { ...inst, phase: 'failed' }), lastError: failure(ErrorCode.WorkflowFunctionFailed, `step ${key}: sleep.until must return epoch milliseconds, got ${JSON.stringify(at)}`, false), failedAt: null }, out: [] };
+      return {
+        ctx: {
+          ...withInstance(c, key, { ...inst, phase: 'failed' }),
+          lastError: failure(ErrorCode.WorkflowFunctionFailed, `step ${key}: sleep.until must return epoch milliseconds, got ${JSON.stringify(at)}`, false),
+          failedAt: null,
+        },
+        out: [],
+      };
     }
     timing = { delayMs: 0, until: at };
   } else {
     timing = { delayMs: node.ms ?? 0 };
   }
-  return { ctx: withInstance(c, key, inst), out: [{ type: 'timer.scheduled', data: { timerId: timerId(key, attempt, TimerKind.Sleep), kind: TimerKind.Sleep, step: key, attempt, ...timing } }] };
+  return {
+    ctx: withInstance(c, key, inst),
+    out: [{ type: 'timer.scheduled', data: { timerId: timerId(key, attempt, TimerKind.Sleep), kind: TimerKind.Sleep, step: key, attempt, ...timing } }],
+  };
 }
 
 export function feedSleep(c: RunContext, key: string, ev: InputEventBody): Step | undefined {
@@ -261,7 +310,10 @@ export function startChild(c: RunContext, key: string, node: NChild, extra: Extr
 }
 
 function launchChild(c: RunContext, key: string, node: NChild, inst: Instance): Step {
-  const failNow = (message: string): Step => ({ ctx: { ...withInstance(c, key, { ...inst, phase: 'failed' }), lastError: failure(ErrorCode.WorkflowFunctionFailed, message, false), failedAt: null }, out: [] });
+  const failNow = (message: string): Step => ({
+    ctx: { ...withInstance(c, key, { ...inst, phase: 'failed' }), lastError: failure(ErrorCode.WorkflowFunctionFailed, message, false), failedAt: null },
+    out: [],
+  });
   if (c.runId === undefined) return failNow(`step ${key}: a child workflow needs the run's id (start the run with one)`);
   let input: { readonly [k: string]: JsonValue } = c.input;
   if (node.input) {
@@ -289,7 +341,12 @@ export function feedChild(c: RunContext, key: string, node: NChild, ev: InputEve
     if (err.retryable && round < node.retry.maxAttempts) {
       return {
         ctx: { ...withInstance(c, key, { ...i, phase: 'backoff' }), lastError: err },
-        out: [{ type: 'timer.scheduled', data: { timerId: timerId(key, i.attempt, TimerKind.Retry), kind: TimerKind.Retry, step: key, attempt: i.attempt, delayMs: backoffDelay(node.retry, round + 1) } }],
+        out: [
+          {
+            type: 'timer.scheduled',
+            data: { timerId: timerId(key, i.attempt, TimerKind.Retry), kind: TimerKind.Retry, step: key, attempt: i.attempt, delayMs: backoffDelay(node.retry, round + 1) },
+          },
+        ],
       };
     }
     return { ctx: failed(c, key, i, ErrorCode.ChildFailed, `step ${key}: child run ${ev.data.child} failed after ${i.attempt} attempt(s): ${err.code}: ${err.message}`), out: [] };

@@ -56,8 +56,21 @@ function apply(enqueue: Enqueue, step: Step): void {
 const FAILED = '#capstan-failed';
 
 /** The input events that concern one step instance (they name it in `data.step`). */
-type InstanceEvent = Extract<InputEventBody, { type: 'step.started' | 'step.completed' | 'step.failed' | 'timer.fired' | 'policy.decided' | 'credential.decided' | 'approval.decided' | 'child.completed' | 'child.failed' }>;
-const INSTANCE_EVENTS = ['step.started', 'step.completed', 'step.failed', 'timer.fired', 'policy.decided', 'credential.decided', 'approval.decided', 'child.completed', 'child.failed'] as const;
+type InstanceEvent = Extract<
+  InputEventBody,
+  { type: 'step.started' | 'step.completed' | 'step.failed' | 'timer.fired' | 'policy.decided' | 'credential.decided' | 'approval.decided' | 'child.completed' | 'child.failed' }
+>;
+const INSTANCE_EVENTS = [
+  'step.started',
+  'step.completed',
+  'step.failed',
+  'timer.fired',
+  'policy.decided',
+  'credential.decided',
+  'approval.decided',
+  'child.completed',
+  'child.failed',
+] as const;
 
 /** Transitions taking the instance events `feed` accepts (refused ones are never recorded). */
 function instanceOn(feed: (c: RunContext, ev: InstanceEvent) => Step | undefined) {
@@ -131,7 +144,8 @@ export function continueState(node: NContinue, keyOf: KeyOf) {
       const r = evaluate(() => node.input(dataOf(c)), `step ${key}: continueAsNew`);
       if (!r.ok) return { error: r.error };
       const v: unknown = r.value;
-      if (v === null || typeof v !== 'object' || Array.isArray(v)) return { error: failure(ErrorCode.WorkflowFunctionFailed, `step ${key}: continueAsNew must return an object (the new run's input), got ${JSON.stringify(v)}`, false) };
+      if (v === null || typeof v !== 'object' || Array.isArray(v))
+        return { error: failure(ErrorCode.WorkflowFunctionFailed, `step ${key}: continueAsNew must return an object (the new run's input), got ${JSON.stringify(v)}`, false) };
       const cont = continued(c, r.value, 'workflow', `step ${key} continued the run as new`);
       return 'error' in cont ? cont : { flow: 'continue', ctx: cont.ctx, out: [...cont.out] };
     }),
@@ -146,7 +160,7 @@ const CONTINUED = '#capstan-continued';
 
 /** Ends a run by continuing it as new: cancels what is open, records `run.continued` (its successor's id derived from the run's). */
 function continued(c: RunContext, input: { readonly [k: string]: JsonValue }, reason: 'workflow' | 'event-cap', why: string): Step | { error: ReturnType<typeof failure> } {
-  if (c.runId === undefined) return { error: failure(ErrorCode.WorkflowFunctionFailed, 'continue-as-new needs the run\'s id (start the run with one)', false) };
+  if (c.runId === undefined) return { error: failure(ErrorCode.WorkflowFunctionFailed, "continue-as-new needs the run's id (start the run with one)", false) };
   const cancelled = cancelOpen(c, why);
   const next = continuedRunIdOf(c.runId);
   return { ctx: { ...cancelled.ctx, last: { continuedAs: next } }, out: [...cancelled.out, { type: 'run.continued', data: { next, input, reason } }] };
@@ -277,13 +291,25 @@ export function fanOutState(workflowId: string, node: NFanOut, keyOf: KeyOf, nex
         return;
       }
       const listed = evaluate(() => node.forEach(dataOf(context)), `step ${key}: forEach`);
-      const bad = (message: string) => apply(enqueue, { ctx: { ...context, flow: { ...context.flow, [key]: 'error' }, lastError: failure(ErrorCode.WorkflowFunctionFailed, message, false), failedAt: null }, out: [] });
+      const bad = (message: string) =>
+        apply(enqueue, {
+          ctx: { ...context, flow: { ...context.flow, [key]: 'error' }, lastError: failure(ErrorCode.WorkflowFunctionFailed, message, false), failedAt: null },
+          out: [],
+        });
       if (!listed.ok) return bad(listed.error.message);
       const value: unknown = listed.value;
       if (!Array.isArray(value)) return bad(`step ${key}: forEach must return an array, got ${typeof value}`);
       const items = listed.value;
       if (items.length > MAX_ITEMS) {
-        return apply(enqueue, { ctx: { ...context, flow: { ...context.flow, [key]: 'error' }, lastError: failure(ErrorCode.FanOutFailed, `step ${key}: ${items.length} items; a fan-out takes at most ${MAX_ITEMS}`, false), failedAt: null }, out: [] });
+        return apply(enqueue, {
+          ctx: {
+            ...context,
+            flow: { ...context.flow, [key]: 'error' },
+            lastError: failure(ErrorCode.FanOutFailed, `step ${key}: ${items.length} items; a fan-out takes at most ${MAX_ITEMS}`, false),
+            failedAt: null,
+          },
+          out: [],
+        });
       }
       const need = node.join === 'all' ? items.length : node.join === 'first' ? 1 : node.join.atLeast;
       const started: Step = {
@@ -340,7 +366,10 @@ export function fanOutState(workflowId: string, node: NFanOut, keyOf: KeyOf, nex
 }
 
 /** Evaluates a workflow function once on entry and records what it decided under the instance's name. */
-function decideOnEntry(keyOf: KeyOf, decideFn: (c: RunContext, key: string) => { flow: string; out?: DecisionEventBody[]; ctx?: RunContext } | { error: ReturnType<typeof failure> }) {
+function decideOnEntry(
+  keyOf: KeyOf,
+  decideFn: (c: RunContext, key: string) => { flow: string; out?: DecisionEventBody[]; ctx?: RunContext } | { error: ReturnType<typeof failure> },
+) {
   return enqueueActions(({ context, enqueue }: { context: RunContext; enqueue: Enqueue }) => {
     const key = keyOf(context);
     const r = decideFn(context, key);
@@ -353,7 +382,10 @@ function decideOnEntry(keyOf: KeyOf, decideFn: (c: RunContext, key: string) => {
   });
 }
 
-const flowIs = (keyOf: KeyOf, v: string) => ({ context }: { context: RunContext }) => context.flow[keyOf(context)] === v;
+const flowIs =
+  (keyOf: KeyOf, v: string) =>
+  ({ context }: { context: RunContext }) =>
+    context.flow[keyOf(context)] === v;
 
 /** A sequence's states compiled into a compound state that ends in `done`. */
 export interface Sequence {
@@ -515,7 +547,9 @@ export function workflowMachine(
         onDone: 'completed',
         on: {
           'run.cancel-requested': { target: 'cancelled', actions: enqueueActions(({ context, enqueue }) => apply(enqueue, cancelOpen(context, 'the run was cancelled'))) },
-          'run.signaled': { actions: enqueueActions(({ context, event, enqueue }) => apply(enqueue, deliverSignal(context, event.data.name, event.data.payload ?? null, opts.signalOf))) },
+          'run.signaled': {
+            actions: enqueueActions(({ context, event, enqueue }) => apply(enqueue, deliverSignal(context, event.data.name, event.data.payload ?? null, opts.signalOf))),
+          },
           [EVENT_CAP]: [
             {
               guard: ({ context }) => atCap !== undefined && context.runId !== undefined && evaluate(() => atCap(dataOf(context)), 'continueInput').ok,
@@ -528,11 +562,11 @@ export function workflowMachine(
               }),
             },
             {
-            target: 'failed',
-            actions: enqueueActions(({ context, enqueue }) => {
-              const error = failure(ErrorCode.EventCapReached, 'the run reached its event cap and was ended; continue its work in a new run', false);
-              apply(enqueue, cancelOpen({ ...context, lastError: error, failedAt: null }, 'the run reached its event cap'));
-            }),
+              target: 'failed',
+              actions: enqueueActions(({ context, enqueue }) => {
+                const error = failure(ErrorCode.EventCapReached, 'the run reached its event cap and was ended; continue its work in a new run', false);
+                apply(enqueue, cancelOpen({ ...context, lastError: error, failedAt: null }, 'the run reached its event cap'));
+              }),
             },
           ],
         },
@@ -551,7 +585,12 @@ export function workflowMachine(
       },
       completed: { type: 'final', tags: ['completed'], entry: { type: 'decide', params: ({ context }) => ({ type: 'run.completed', data: { output: context.last } }) } },
       // Continued as new: the run completed, its output names its successor.
-      continued: { id: 'capstan-continued', type: 'final', tags: ['completed'], entry: { type: 'decide', params: ({ context }) => ({ type: 'run.completed', data: { output: context.last } }) } },
+      continued: {
+        id: 'capstan-continued',
+        type: 'final',
+        tags: ['completed'],
+        entry: { type: 'decide', params: ({ context }) => ({ type: 'run.completed', data: { output: context.last } }) },
+      },
       cancelled: {
         type: 'final',
         tags: ['cancelled'],

@@ -60,7 +60,13 @@ export function Shell({ session, tenant, onSignOut, children }: { session: Sessi
         </Link>
         <nav className="nav" aria-label="Views">
           {VIEWS.map((v) => (
-            <Link key={v.key} to={`${base}/${v.key}`} aria-current={current === v.key ? 'page' : undefined} data-testid={`nav-${v.key}`} title={`${v.label} (g then ${v.shortcut})`}>
+            <Link
+              key={v.key}
+              to={`${base}/${v.key}`}
+              aria-current={current === v.key ? 'page' : undefined}
+              data-testid={`nav-${v.key}`}
+              title={`${v.label} (g then ${v.shortcut})`}
+            >
               {v.label}
               {v.key === 'approvals' && waitingCount > 0 ? (
                 <span className="count" data-testid="approvals-count" aria-label={`${waitingCount} waiting`}>

@@ -3,12 +3,7 @@
  * services/console/src/api-types.ts. Every failure becomes an ApiError carrying the server's
  * `{ error: { code, message } }`, or words of our own when the server could not be reached.
  */
-import {
-  apiPaths,
-  CSRF_HEADER,
-  type ApiErrorBody,
-  type SessionInfo,
-} from '../../src/api-types.js';
+import { apiPaths, CSRF_HEADER, type ApiErrorBody, type SessionInfo } from '../../src/api-types.js';
 
 export class ApiError extends Error {
   constructor(

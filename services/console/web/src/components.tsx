@@ -202,7 +202,16 @@ function ConfirmDialog({ options, onDone }: { options: ConfirmOptions; onDone: (
         {options.input ? (
           <div className="field">
             <label htmlFor={`${id}-i`}>{options.input.label}</label>
-            <input id={`${id}-i`} type="text" required value={input} placeholder={options.input.placeholder} onChange={(e) => setInput(e.target.value)} data-autofocus data-testid="confirm-input" />
+            <input
+              id={`${id}-i`}
+              type="text"
+              required
+              value={input}
+              placeholder={options.input.placeholder}
+              onChange={(e) => setInput(e.target.value)}
+              data-autofocus
+              data-testid="confirm-input"
+            />
           </div>
         ) : null}
         {options.reason ? (

@@ -7,7 +7,14 @@ import { useId, useMemo } from 'react';
 import type { JsonValue } from '../../src/api-types.js';
 
 type JsonObject = { [k: string]: JsonValue };
-type Prop = { readonly name: string; readonly type: 'string' | 'number' | 'integer' | 'boolean'; readonly enum?: readonly (string | number)[]; readonly required: boolean; readonly description?: string; readonly default?: JsonValue };
+type Prop = {
+  readonly name: string;
+  readonly type: 'string' | 'number' | 'integer' | 'boolean';
+  readonly enum?: readonly (string | number)[];
+  readonly required: boolean;
+  readonly description?: string;
+  readonly default?: JsonValue;
+};
 
 /** The properties a form can show, or null when the schema needs the JSON editor. */
 export function formFields(schema: { readonly [k: string]: JsonValue } | undefined): Prop[] | null {
@@ -46,7 +53,17 @@ export function formProblems(fields: readonly Prop[], value: JsonObject): Record
   return out;
 }
 
-export function SchemaForm({ fields, value, onChange, problems }: { fields: readonly Prop[]; value: JsonObject; onChange: (v: JsonObject) => void; problems: Record<string, string> }) {
+export function SchemaForm({
+  fields,
+  value,
+  onChange,
+  problems,
+}: {
+  fields: readonly Prop[];
+  value: JsonObject;
+  onChange: (v: JsonObject) => void;
+  problems: Record<string, string>;
+}) {
   const base = useId();
   const set = (name: string, v: JsonValue | undefined) => {
     const next = { ...value };
@@ -73,7 +90,12 @@ export function SchemaForm({ fields, value, onChange, problems }: { fields: read
                   {f.required ? <span aria-hidden="true"> *</span> : null}
                 </label>
                 {f.enum ? (
-                  <select id={id} value={v === undefined ? '' : String(v)} onChange={(e) => set(f.name, e.target.value === '' ? undefined : (f.enum?.find((x) => String(x) === e.target.value) ?? e.target.value))} data-testid={`input-${f.name}`}>
+                  <select
+                    id={id}
+                    value={v === undefined ? '' : String(v)}
+                    onChange={(e) => set(f.name, e.target.value === '' ? undefined : (f.enum?.find((x) => String(x) === e.target.value) ?? e.target.value))}
+                    data-testid={`input-${f.name}`}
+                  >
                     <option value="">—</option>
                     {f.enum.map((x) => (
                       <option key={String(x)} value={String(x)}>

@@ -50,14 +50,23 @@ export async function appendGroups(
     groups = await beforeAppend(groups);
     const toAppend = groups.filter((g) => g.events.length > 0);
     if (toAppend.length > 0) failpoint(BEFORE_APPEND);
-    const outcomes = await appendBatch(o.nc, o.tenant, toAppend.map((g) => ({ runId: g.runId, expectedLastSubjectSeq: g.expected, events: g.events })));
+    const outcomes = await appendBatch(
+      o.nc,
+      o.tenant,
+      toAppend.map((g) => ({ runId: g.runId, expectedLastSubjectSeq: g.expected, events: g.events })),
+    );
     const conflicted: GroupResult[] = [];
     toAppend.forEach((g, i) => {
       const out = outcomes[i];
       if (out?.ok) {
         o.stats.appendedEvents += g.events.length;
         if (g.state) o.cache.set(g.runId, { state: g.state, lastStreamSeq: out.lastStreamSeq });
-        o.observer.recorded(g.runId, g.state, g.events, g.pendings.map((p) => p.msg));
+        o.observer.recorded(
+          g.runId,
+          g.state,
+          g.events,
+          g.pendings.map((p) => p.msg),
+        );
         done.push(g);
       } else {
         o.stats.conflicts++;

@@ -6,7 +6,17 @@
  */
 import type { JetStreamManager } from '@nats-io/jetstream';
 import { CURRENT_ENGINE, decide, searchFieldsOf, startRun, type Decision, type Registry, type RunState } from '@capstan/actors';
-import { ErrorCode, EVENT_ENVELOPE_VERSION, INPUT_EVENT_TYPES, RunNotFoundError, toErrorRecord, type RunEvent, type RunEventBody, type RunId, type TenantId } from '@capstan/schemas';
+import {
+  ErrorCode,
+  EVENT_ENVELOPE_VERSION,
+  INPUT_EVENT_TYPES,
+  RunNotFoundError,
+  toErrorRecord,
+  type RunEvent,
+  type RunEventBody,
+  type RunId,
+  type TenantId,
+} from '@capstan/schemas';
 import { readRun, type Logger } from '@capstan/kit';
 import { checkDecider, deciderOf, type ProvenActor } from './authority.js';
 import { deadLetterWhenRejected, inputOf } from '../commands.js';
@@ -30,7 +40,18 @@ export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; regi
   const { jsm, tenant: t, registry, cache, log } = o;
 
   async function decideOnce(runId: RunId, pendings: readonly Pending[], forceReload: boolean): Promise<GroupResult & { fromCache: boolean }> {
-    const empty = { runId, pendings, deferred: [] as Pending[], expected: 0, events: [] as RunEvent[], effects: [] as EffectSource[], recovered: [] as EffectSource[], rejections: [] as Rejection[], state: undefined as RunState | undefined, fromCache: false };
+    const empty = {
+      runId,
+      pendings,
+      deferred: [] as Pending[],
+      expected: 0,
+      events: [] as RunEvent[],
+      effects: [] as EffectSource[],
+      recovered: [] as EffectSource[],
+      rejections: [] as Rejection[],
+      state: undefined as RunState | undefined,
+      fromCache: false,
+    };
     let loaded;
     try {
       loaded = await loadRun(jsm, t, registry, cache, runId, forceReload);

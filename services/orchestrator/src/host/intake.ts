@@ -7,7 +7,25 @@ import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { CommandMsg } from './types.js';
 import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 import { childRunIdOf, continuedRunIdOf, type Registry } from '@capstan/actors';
-import { CapstanError, decode, encode, encodedSize, ErrorCode, Headers, isCommandVerb, parseCommand, Role, Streams, Subjects, UnprovenError, validateStandard, type Command, type CommandVerb, type RunId, type TenantId } from '@capstan/schemas';
+import {
+  CapstanError,
+  decode,
+  encode,
+  encodedSize,
+  ErrorCode,
+  Headers,
+  isCommandVerb,
+  parseCommand,
+  Role,
+  Streams,
+  Subjects,
+  UnprovenError,
+  validateStandard,
+  type Command,
+  type CommandVerb,
+  type RunId,
+  type TenantId,
+} from '@capstan/schemas';
 import { derivedRunId, idempotencyHash, verifyProof, type Author, type Trust } from '@capstan/kit';
 
 export interface Intake {
@@ -44,7 +62,8 @@ export function createIntake(o: { js: JetStreamClient; jsm: JetStreamManager; te
     // Judged with the server's time of storing, so a redelivery hours later still verifies.
     const author = verifyProof(msg.headers, msg.subject, msg.data, { ...o.trust, nowS: Math.floor(msg.info.timestampNanos / 1e9) });
     const roles = SIGNED[verb];
-    if (roles && !roles.has(author.role ?? '')) throw new UnprovenError(`${msg.subject}: signed by ${author.name} (${author.role ?? 'no role'}), which does not answer for the policy`);
+    if (roles && !roles.has(author.role ?? ''))
+      throw new UnprovenError(`${msg.subject}: signed by ${author.name} (${author.role ?? 'no role'}), which does not answer for the policy`);
     return author;
   }
 
@@ -88,7 +107,10 @@ export function createIntake(o: { js: JetStreamClient; jsm: JetStreamManager; te
     if (cmd.verb !== 'submit') return;
     const b = cmd.body;
     if (b.parent && b.parent.child === undefined && b.runId !== childRunIdOf(b.parent.runId, b.parent.step, b.parent.attempt)) {
-      throw new CapstanError(ErrorCode.SchemaViolation, `a child run's id must be the one derived from its parent ${b.parent.runId}, step ${b.parent.step}, attempt ${b.parent.attempt}`);
+      throw new CapstanError(
+        ErrorCode.SchemaViolation,
+        `a child run's id must be the one derived from its parent ${b.parent.runId}, step ${b.parent.step}, attempt ${b.parent.attempt}`,
+      );
     }
     if (b.continuedFrom && b.runId !== continuedRunIdOf(b.continuedFrom)) {
       throw new CapstanError(ErrorCode.SchemaViolation, `a continued run's id must be the one derived from ${b.continuedFrom}`);

@@ -140,7 +140,10 @@ function proxyFor(url: URL, env: Env): URL | undefined {
   const raw = url.protocol === 'https:' ? (env['HTTPS_PROXY'] ?? env['https_proxy']) : (env['HTTP_PROXY'] ?? env['http_proxy']);
   if (!raw) return undefined;
   const host = bareHost(url.hostname);
-  const noProxy = (env['NO_PROXY'] ?? env['no_proxy'] ?? '').split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
+  const noProxy = (env['NO_PROXY'] ?? env['no_proxy'] ?? '')
+    .split(',')
+    .map((s) => s.trim().toLowerCase())
+    .filter(Boolean);
   for (const rule of noProxy) {
     if (rule === '*') return undefined;
     const suffix = rule.replace(/^\*?\./, '');

@@ -14,11 +14,39 @@
  * Node builtins only: this file runs from the image, without node_modules.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, closeSync, realpathSync, rmSync, writeFileSync, constants as fsc } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  closeSync,
+  realpathSync,
+  rmSync,
+  writeFileSync,
+  constants as fsc,
+} from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join, relative, resolve, sep } from 'node:path';
-import { CREDENTIALS_PORT, isCleanProof, lineSplitter, MAX_FRAME_BYTES, OUT_DIR, PROTOCOL_VERSION, PROXY_PORT, STEP_GID, STEP_UID, WORKSPACE, type HostFrame, type RunnerFrame, type ScrubProof } from './protocol.js';
+import {
+  CREDENTIALS_PORT,
+  isCleanProof,
+  lineSplitter,
+  MAX_FRAME_BYTES,
+  OUT_DIR,
+  PROTOCOL_VERSION,
+  PROXY_PORT,
+  STEP_GID,
+  STEP_UID,
+  WORKSPACE,
+  type HostFrame,
+  type RunnerFrame,
+  type ScrubProof,
+} from './protocol.js';
 
 const BASE_ENV: Readonly<Record<string, string>> = { PATH: '/usr/bin:/bin', HOME: WORKSPACE, LANG: 'C.UTF-8', TMPDIR: '/tmp' };
 const SCRUB_DIRS = { workspace: WORKSPACE, tmp: '/tmp', mqueue: '/dev/mqueue', shm: '/dev/shm' } as const;
@@ -491,7 +519,10 @@ function receive(line: string): void {
   }
 }
 
-process.stdin.on('data', lineSplitter(receive, MAX_FRAME_BYTES, () => diag('a frame over the size limit: reading no more')));
+process.stdin.on(
+  'data',
+  lineSplitter(receive, MAX_FRAME_BYTES, () => diag('a frame over the size limit: reading no more')),
+);
 // The service detaching is not the end: a re-attached service can scrub or reap us.
 process.stdin.on('end', () => diag('control channel closed'));
 // Both local channels are bound before any step runs, so no step can take their ports first.

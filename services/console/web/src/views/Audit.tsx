@@ -59,7 +59,9 @@ export function AuditView() {
   const actor = loc.query.get('actor') ?? '';
   const cursor = loc.query.get('cursor') ?? undefined;
   const base = `/t/${encodeURIComponent(tenant)}`;
-  const list = useGet<AuditPageResponse>(`${apiPaths.audit(tenant)}${qs({ run: run || undefined, since: since || undefined, kind: kind || undefined, actor: actor || undefined, cursor, limit: 100 })}`);
+  const list = useGet<AuditPageResponse>(
+    `${apiPaths.audit(tenant)}${qs({ run: run || undefined, since: since || undefined, kind: kind || undefined, actor: actor || undefined, cursor, limit: 100 })}`,
+  );
   const refresh = useThrottled(list.reload, 1000);
   // New entries come from run events; on the first page, follow them.
   useRunStream(tenant, () => {
@@ -105,7 +107,17 @@ export function AuditView() {
           <div className="field search-box" style={{ flex: '0 1 360px' }}>
             <label htmlFor="audit-run">Run id</label>
             <div style={{ position: 'relative' }}>
-              <input id="audit-run" type="text" data-search value={runText} onChange={(e) => setRunText(e.target.value)} placeholder="01J…" autoComplete="off" spellCheck={false} data-testid="audit-run" />
+              <input
+                id="audit-run"
+                type="text"
+                data-search
+                value={runText}
+                onChange={(e) => setRunText(e.target.value)}
+                placeholder="01J…"
+                autoComplete="off"
+                spellCheck={false}
+                data-testid="audit-run"
+              />
               <kbd aria-hidden="true">/</kbd>
             </div>
           </div>
@@ -122,7 +134,17 @@ export function AuditView() {
           </div>
           <div className="field">
             <label htmlFor="audit-kind">Kind</label>
-            <input id="audit-kind" type="text" value={kindText} onChange={(e) => setKindText(e.target.value)} placeholder="lease.issued" autoComplete="off" spellCheck={false} list="audit-kinds" data-testid="audit-kind" />
+            <input
+              id="audit-kind"
+              type="text"
+              value={kindText}
+              onChange={(e) => setKindText(e.target.value)}
+              placeholder="lease.issued"
+              autoComplete="off"
+              spellCheck={false}
+              list="audit-kinds"
+              data-testid="audit-kind"
+            />
             <datalist id="audit-kinds">
               {[...new Set(entries.map((x) => x.kind))].sort().map((k) => (
                 <option key={k} value={k} />
@@ -131,7 +153,16 @@ export function AuditView() {
           </div>
           <div className="field">
             <label htmlFor="audit-actor">Actor</label>
-            <input id="audit-actor" type="text" value={actorText} onChange={(e) => setActorText(e.target.value)} placeholder="a user id, policy" autoComplete="off" spellCheck={false} data-testid="audit-actor" />
+            <input
+              id="audit-actor"
+              type="text"
+              value={actorText}
+              onChange={(e) => setActorText(e.target.value)}
+              placeholder="a user id, policy"
+              autoComplete="off"
+              spellCheck={false}
+              data-testid="audit-actor"
+            />
           </div>
           <button type="submit" className="btn btn-primary" data-testid="audit-filter">
             Filter

@@ -25,8 +25,37 @@ import { useTitle } from '../router.js';
 const STEP_LABEL: Record<string, string> = { retrieve: 'Retrieve', refresh: 'Refresh', build: 'Build model', resolve: 'Resolve associations', load: 'Load' };
 
 const SPEC_EXAMPLES: Record<DatasyncKind, string> = {
-  connection: JSON.stringify({ type: 'postgres', host: 'db.internal', port: 5432, database: 'shop', tls: { mode: 'verify-full' }, auth: { type: 'username_password', username: 'reader', passwordKey: 'SHOP_PG_PASSWORD' } }, null, 2),
-  model: JSON.stringify({ entities: [{ name: 'customer', source: { table: 'customers' }, key: ['id'], cursor: 'updated_at', fields: [{ name: 'id', column: 'id' }, { name: 'name', column: 'name' }] }], associations: [] }, null, 2),
+  connection: JSON.stringify(
+    {
+      type: 'postgres',
+      host: 'db.internal',
+      port: 5432,
+      database: 'shop',
+      tls: { mode: 'verify-full' },
+      auth: { type: 'username_password', username: 'reader', passwordKey: 'SHOP_PG_PASSWORD' },
+    },
+    null,
+    2,
+  ),
+  model: JSON.stringify(
+    {
+      entities: [
+        {
+          name: 'customer',
+          source: { table: 'customers' },
+          key: ['id'],
+          cursor: 'updated_at',
+          fields: [
+            { name: 'id', column: 'id' },
+            { name: 'name', column: 'name' },
+          ],
+        },
+      ],
+      associations: [],
+    },
+    null,
+    2,
+  ),
   destination: JSON.stringify({ type: 'files', path: 'exports/shop', format: 'jsonl' }, null, 2),
 };
 
@@ -61,7 +90,8 @@ export function DatasyncView() {
         <div>
           <h1>Data sync</h1>
           <div className="sub">
-            Pipelines move a connection's tables through a model into a destination: Retrieve → Refresh → Build model → Resolve associations → Load. Runs carry identifiers only; specs and credentials stay in the data plane.
+            Pipelines move a connection's tables through a model into a destination: Retrieve → Refresh → Build model → Resolve associations → Load. Runs carry identifiers only;
+            specs and credentials stay in the data plane.
           </div>
         </div>
       </div>
@@ -95,7 +125,9 @@ function RunsCard({ runs }: { runs: readonly PipelineRun[] }) {
       </div>
       {runs.length === 0 ? (
         <Empty title="No pipeline has run yet." testid="pipeline-runs-empty">
-          <div>Start one below, or with <code>capstan datasync run</code>.</div>
+          <div>
+            Start one below, or with <code>capstan datasync run</code>.
+          </div>
         </Empty>
       ) : (
         <div className="table-wrap">
@@ -117,9 +149,23 @@ function RunsCard({ runs }: { runs: readonly PipelineRun[] }) {
                   <td>
                     <span className="kv" data-testid="pipeline-steps">
                       {r.steps.map((s) => (
-                        <span key={s.step} title={`${STEP_LABEL[s.step] ?? s.step}: ${s.status}${s.attempts > 1 ? `, ${s.attempts} attempts` : ''}`} data-step={s.step} data-step-status={s.status}>
-                          <StatusBadge status={s.status === 'completed' ? (STEP_LABEL[s.step] ?? s.step) : `${STEP_LABEL[s.step] ?? s.step}: ${s.status}`} tone={s.status === 'pending' && r.currentStep === s.step ? 'running' : s.status} testid="pipeline-step" />
-                          {s.rows !== null ? <span className="muted"> {s.rows.toLocaleString()} rows{s.durationMs !== null ? `, ${duration(s.durationMs)}` : ''}</span> : null}
+                        <span
+                          key={s.step}
+                          title={`${STEP_LABEL[s.step] ?? s.step}: ${s.status}${s.attempts > 1 ? `, ${s.attempts} attempts` : ''}`}
+                          data-step={s.step}
+                          data-step-status={s.status}
+                        >
+                          <StatusBadge
+                            status={s.status === 'completed' ? (STEP_LABEL[s.step] ?? s.step) : `${STEP_LABEL[s.step] ?? s.step}: ${s.status}`}
+                            tone={s.status === 'pending' && r.currentStep === s.step ? 'running' : s.status}
+                            testid="pipeline-step"
+                          />
+                          {s.rows !== null ? (
+                            <span className="muted">
+                              {' '}
+                              {s.rows.toLocaleString()} rows{s.durationMs !== null ? `, ${duration(s.durationMs)}` : ''}
+                            </span>
+                          ) : null}
                         </span>
                       ))}
                     </span>
@@ -175,7 +221,12 @@ function RunForm({ entities, allowed, onDone }: { entities: readonly DatasyncEnt
             </select>
           </div>
         ))}
-        <button type="submit" className="btn btn-primary" disabled={!allowed || busy || !value('connection') || !value('model') || !value('destination')} data-testid="run-pipeline">
+        <button
+          type="submit"
+          className="btn btn-primary"
+          disabled={!allowed || busy || !value('connection') || !value('model') || !value('destination')}
+          data-testid="run-pipeline"
+        >
           Run
         </button>
       </div>
@@ -228,7 +279,16 @@ function PreviewCard({ connections, allowed }: { connections: readonly DatasyncE
         </div>
         <div className="field" style={{ marginTop: 8 }}>
           <label htmlFor="preview-sql">Query</label>
-          <textarea id="preview-sql" className="mono" rows={4} value={sql} onChange={(e) => setSql(e.target.value)} spellCheck={false} disabled={!allowed} data-testid="preview-sql" />
+          <textarea
+            id="preview-sql"
+            className="mono"
+            rows={4}
+            value={sql}
+            onChange={(e) => setSql(e.target.value)}
+            spellCheck={false}
+            disabled={!allowed}
+            data-testid="preview-sql"
+          />
         </div>
         <div className="actions" style={{ marginTop: 8 }}>
           <button type="submit" className="btn btn-primary" disabled={!allowed || busy || !conn} data-testid="preview-run">
@@ -310,7 +370,12 @@ function CatalogCard({ entities, allowed, onChange }: { entities: readonly Datas
   };
 
   const remove = async (e: DatasyncEntity) => {
-    const ok = await confirm({ title: `Delete ${e.kind} ${e.id}?`, body: <>Pipelines that name it stop at their next step. Its history stays in the audit log.</>, confirm: `Delete ${e.kind}`, danger: true });
+    const ok = await confirm({
+      title: `Delete ${e.kind} ${e.id}?`,
+      body: <>Pipelines that name it stop at their next step. Its history stays in the audit log.</>,
+      confirm: `Delete ${e.kind}`,
+      danger: true,
+    });
     if (!ok) return;
     try {
       await post<DatasyncEntityResponse>(apiPaths.datasyncDelete(tenant, e.kind, e.id), {});
@@ -331,7 +396,9 @@ function CatalogCard({ entities, allowed, onChange }: { entities: readonly Datas
       </div>
       {entities.length === 0 ? (
         <Empty title="Nothing defined yet." testid="catalog-empty">
-          <div>Define a connection, a model and a destination below, or with <code>capstan datasync put</code>.</div>
+          <div>
+            Define a connection, a model and a destination below, or with <code>capstan datasync put</code>.
+          </div>
         </Empty>
       ) : (
         <div className="table-wrap">
@@ -393,7 +460,16 @@ function CatalogCard({ entities, allowed, onChange }: { entities: readonly Datas
         </div>
         <div className="field" style={{ marginTop: 8 }}>
           <label htmlFor="catalog-spec">Spec (JSON; name secrets by key, never paste a password)</label>
-          <textarea id="catalog-spec" className="mono" rows={8} value={spec} onChange={(e) => setSpec(e.target.value)} spellCheck={false} disabled={!allowed} data-testid="catalog-spec" />
+          <textarea
+            id="catalog-spec"
+            className="mono"
+            rows={8}
+            value={spec}
+            onChange={(e) => setSpec(e.target.value)}
+            spellCheck={false}
+            disabled={!allowed}
+            data-testid="catalog-spec"
+          />
         </div>
         <div className="actions" style={{ marginTop: 8 }}>
           <button type="submit" className="btn btn-primary" disabled={!allowed || busy || !id} data-testid="catalog-save">

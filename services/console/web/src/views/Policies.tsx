@@ -61,7 +61,14 @@ export function PoliciesView() {
               <TableHead columns={['Compare', 'Version', 'Set by', 'When', 'Reason', 'SHA-256']} />
               <tbody>
                 {versions.map((v) => (
-                  <VersionRow key={v.version} v={v} picked={picked.includes(v.version)} shown={v.version === shown} onToggle={() => toggle(v.version)} onShow={() => go({ picked, show: v.version })} />
+                  <VersionRow
+                    key={v.version}
+                    v={v}
+                    picked={picked.includes(v.version)}
+                    shown={v.version === shown}
+                    onToggle={() => toggle(v.version)}
+                    onShow={() => go({ picked, show: v.version })}
+                  />
                 ))}
               </tbody>
             </table>
@@ -129,9 +136,7 @@ function DiffCard({ tenant, older, newer, onClear }: { tenant: string; older: nu
         </div>
       ) : null}
       {!error && (a.loading || b.loading) && !diff ? <Loading what="the two versions" /> : null}
-      {diff === null ? (
-        <div className="card-body hint">These versions are too long to compare here; read each one's text below.</div>
-      ) : null}
+      {diff === null ? <div className="card-body hint">These versions are too long to compare here; read each one's text below.</div> : null}
       {diff && added + removed === 0 ? <div className="card-body hint">The two texts are the same.</div> : null}
       {diff && added + removed > 0 ? <DiffTable lines={diff} /> : null}
     </div>

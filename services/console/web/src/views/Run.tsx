@@ -115,7 +115,8 @@ export function RunView({ runId }: { runId: string }) {
       title: 'Retry this run?',
       body: (
         <>
-          The run continues from {failedStep ? <strong>{failedStep}</strong> : 'the step that failed'} with a new attempt. Steps that completed keep their results and do not run again.
+          The run continues from {failedStep ? <strong>{failedStep}</strong> : 'the step that failed'} with a new attempt. Steps that completed keep their results and do not run
+          again.
         </>
       ),
       confirm: 'Retry run',
@@ -155,7 +156,13 @@ export function RunView({ runId }: { runId: string }) {
           </div>
         </div>
         <div className="actions" data-testid="run-actions">
-          <a className="btn" href={apiPaths.runExport(tenant, r.runId)} download title="Download the run's events, workflow fingerprint and policy versions as one checksummed file: capstan replay --from <file> replays it anywhere, with no server" data-testid="action-export">
+          <a
+            className="btn"
+            href={apiPaths.runExport(tenant, r.runId)}
+            download
+            title="Download the run's events, workflow fingerprint and policy versions as one checksummed file: capstan replay --from <file> replays it anywhere, with no server"
+            data-testid="action-export"
+          >
             Export
           </a>
           <button
@@ -258,7 +265,21 @@ export function RunView({ runId }: { runId: string }) {
   );
 }
 
-function ApprovalButtons({ a, busy, role, onApprove, onDeny, where }: { a: Approval; busy: string | null; role: Role; onApprove: () => void; onDeny: () => void; where: 'why' | 'table' }) {
+function ApprovalButtons({
+  a,
+  busy,
+  role,
+  onApprove,
+  onDeny,
+  where,
+}: {
+  a: Approval;
+  busy: string | null;
+  role: Role;
+  onApprove: () => void;
+  onDeny: () => void;
+  where: 'why' | 'table';
+}) {
   const allowed = roleAllows(role, 'approve');
   return (
     <>
@@ -273,7 +294,15 @@ function ApprovalButtons({ a, busy, role, onApprove, onDeny, where }: { a: Appro
       >
         {busy === `approve:${a.step}` ? 'Approving…' : `Approve ${a.step}`}
       </button>
-      <button type="button" className="btn btn-danger" disabled={!allowed || busy !== null} onClick={onDeny} data-testid={where === 'why' ? 'deny' : 'approval-deny'} data-step={a.step} title={allowed ? `Deny ${a.step}` : 'Needs the operator role'}>
+      <button
+        type="button"
+        className="btn btn-danger"
+        disabled={!allowed || busy !== null}
+        onClick={onDeny}
+        data-testid={where === 'why' ? 'deny' : 'approval-deny'}
+        data-step={a.step}
+        title={allowed ? `Deny ${a.step}` : 'Needs the operator role'}
+      >
         Deny…
       </button>
     </>
@@ -289,7 +318,10 @@ function Summary({ d }: { d: RunDetailResponse }) {
       <div>
         <dt>Started</dt>
         <dd title={r.startedAt}>
-          {when(r.startedAt)} <span className="muted">(<Ago at={r.startedAt} />)</span>
+          {when(r.startedAt)}{' '}
+          <span className="muted">
+            (<Ago at={r.startedAt} />)
+          </span>
         </dd>
       </div>
       <div>
@@ -377,7 +409,17 @@ function PolicyCard({ decisions, leases }: { decisions: readonly PolicyDecision[
                   <td>
                     <StatusBadge status={p.decision} tone={DECISION_TONE[p.decision] ?? 'cancelled'} testid="decision" />
                   </td>
-                  <td className="mono">{p.version === null ? '–' : p.version === 0 ? <span className="muted" title="No policy was in force">none</span> : `v${p.version}`}</td>
+                  <td className="mono">
+                    {p.version === null ? (
+                      '–'
+                    ) : p.version === 0 ? (
+                      <span className="muted" title="No policy was in force">
+                        none
+                      </span>
+                    ) : (
+                      `v${p.version}`
+                    )}
+                  </td>
                   <td className="mono">{p.policies.length > 0 ? p.policies.join(', ') : <span className="muted">–</span>}</td>
                   <td>{p.approvers ?? <span className="muted">–</span>}</td>
                   <td className="nowrap">
@@ -568,7 +610,14 @@ function Waterfall({ d }: { d: RunDetailResponse }) {
               const queuedTo = ran ?? end;
               const ranMs = a.durationMs ?? (ran !== null ? end - ran : null);
               const rows = [
-                <tr key={`${a.step}#${a.attempt}`} className={a.errorCode ? 'has-error' : undefined} data-testid="trace-row" data-step={a.step} data-attempt={a.attempt} data-outcome={a.outcome}>
+                <tr
+                  key={`${a.step}#${a.attempt}`}
+                  className={a.errorCode ? 'has-error' : undefined}
+                  data-testid="trace-row"
+                  data-step={a.step}
+                  data-attempt={a.attempt}
+                  data-outcome={a.outcome}
+                >
                   <td>{i === 0 ? <strong>{a.step}</strong> : <span className="muted">↳ retry</span>}</td>
                   <td>
                     {a.attempt}

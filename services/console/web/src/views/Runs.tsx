@@ -262,7 +262,17 @@ function ProjectionLag({ tenant }: { tenant: string }) {
   );
 }
 
-function SearchBar({ filters, onSearch, onOpenRun, children }: { filters: RunFilters; onSearch: (f: RunFilters) => void; onOpenRun: (runId: string) => void; children: ReactNode }) {
+function SearchBar({
+  filters,
+  onSearch,
+  onOpenRun,
+  children,
+}: {
+  filters: RunFilters;
+  onSearch: (f: RunFilters) => void;
+  onOpenRun: (runId: string) => void;
+  children: ReactNode;
+}) {
   const canonical = formatSearch(filters);
   const [text, setText] = useState(canonical);
   const [problem, setProblem] = useState<string | null>(null);
@@ -312,7 +322,8 @@ function SearchBar({ filters, onSearch, onOpenRun, children }: { filters: RunFil
       <span id="runs-search-help" className={problem ? 'hint err-text search-help' : 'hint search-help'} data-testid={problem ? 'search-problem' : undefined}>
         {problem ?? (
           <>
-            Fields: <code>status:</code> <code>workflow:</code> <code>since:1h</code> <code>until:</code> and the workflow&apos;s search fields as <code>key=value</code>. A run id opens the run.
+            Fields: <code>status:</code> <code>workflow:</code> <code>since:1h</code> <code>until:</code> and the workflow&apos;s search fields as <code>key=value</code>. A run id
+            opens the run.
           </>
         )}
       </span>
@@ -401,7 +412,15 @@ function RunsTable({ rows, base, flash, now }: { rows: readonly RunSummary[]; ba
                 <td className="nowrap">
                   <Ago at={r.startedAt} />
                 </td>
-                <td className="num nowrap">{r.endedAt ? duration(took) : <span className="muted" title="still going">{duration(took)}</span>}</td>
+                <td className="num nowrap">
+                  {r.endedAt ? (
+                    duration(took)
+                  ) : (
+                    <span className="muted" title="still going">
+                      {duration(took)}
+                    </span>
+                  )}
+                </td>
                 <td>
                   {r.errorCode ? (
                     <span className="err-text truncate" title={`${r.errorCode}: ${r.errorMessage ?? ''}`}>

@@ -91,10 +91,7 @@ export function SignInView({ session, onSignedIn }: { session: SessionInfo | nul
         ) : (
           <form onSubmit={(e) => void submit(e)} noValidate>
             {error ? (
-              <ErrorAlert
-                error={error}
-                title={linkState === 'failed' ? 'That sign-in link does not work (links work once and expire after a few minutes)' : undefined}
-              />
+              <ErrorAlert error={error} title={linkState === 'failed' ? 'That sign-in link does not work (links work once and expire after a few minutes)' : undefined} />
             ) : null}
             <div className="field">
               <label htmlFor="userId">User</label>

@@ -100,7 +100,9 @@ export function StartRunView() {
       <div className="page-head">
         <div>
           <h1>Run now</h1>
-          <div className="sub">Start a run of any workflow registered in {tenant}.{allowed ? '' : ' Starting runs needs the operator role.'}</div>
+          <div className="sub">
+            Start a run of any workflow registered in {tenant}.{allowed ? '' : ' Starting runs needs the operator role.'}
+          </div>
         </div>
       </div>
       <div className="card">
@@ -129,7 +131,13 @@ export function StartRunView() {
                 <div className="field">
                   <label htmlFor="start-input">Input (a JSON object)</label>
                   <textarea id="start-input" value={text} onChange={(e) => setText(e.target.value)} spellCheck={false} data-testid="start-input-json" />
-                  {parsed.error ? <span className="field-error" data-testid="start-input-error">{parsed.error}</span> : <span className="hint">{chosen?.inputSchema ? 'This workflow\'s input schema is too rich for a form.' : 'This workflow declares no input schema.'}</span>}
+                  {parsed.error ? (
+                    <span className="field-error" data-testid="start-input-error">
+                      {parsed.error}
+                    </span>
+                  ) : (
+                    <span className="hint">{chosen?.inputSchema ? "This workflow's input schema is too rich for a form." : 'This workflow declares no input schema.'}</span>
+                  )}
                 </div>
               )}
               <div className="actions" style={{ marginTop: 16 }}>

@@ -47,7 +47,12 @@ export function TriggersView() {
 
   const act = async (s: ScheduleInfo, action: ScheduleAction) => {
     if (action === 'delete') {
-      const ok = await confirm({ title: `Delete schedule ${s.scheduleId}?`, body: <>It stops firing at once. Runs it started are kept. The id can be used again for a new schedule.</>, confirm: 'Delete schedule', danger: true });
+      const ok = await confirm({
+        title: `Delete schedule ${s.scheduleId}?`,
+        body: <>It stops firing at once. Runs it started are kept. The id can be used again for a new schedule.</>,
+        confirm: 'Delete schedule',
+        danger: true,
+      });
       if (!ok) return;
     }
     setBusy(s.scheduleId);
@@ -69,7 +74,9 @@ export function TriggersView() {
       <div className="page-head">
         <div>
           <h1>Triggers</h1>
-          <div className="sub">Schedules and webhook routes of {tenant}: what starts runs without a person.{allowed ? '' : ' Changing schedules needs the operator role.'}</div>
+          <div className="sub">
+            Schedules and webhook routes of {tenant}: what starts runs without a person.{allowed ? '' : ' Changing schedules needs the operator role.'}
+          </div>
         </div>
         <div className="actions">
           <Link to={`/t/${encodeURIComponent(tenant)}/start`} className="btn" data-testid="triggers-run-now">
@@ -126,11 +133,21 @@ export function TriggersView() {
                       {s.catchup === 'all' ? ` (${duration(s.catchupWindowMs)})` : ''}
                     </td>
                     <td>
-                      {s.lastOp} by {s.changedBy} <span className="sub"><Ago at={s.changedAt} /></span>
+                      {s.lastOp} by {s.changedBy}{' '}
+                      <span className="sub">
+                        <Ago at={s.changedAt} />
+                      </span>
                     </td>
                     <td>
                       <div className="actions" style={{ flexWrap: 'nowrap', justifyContent: 'flex-end' }}>
-                        <button type="button" className="btn btn-sm" disabled={!allowed || busy !== null} onClick={() => void act(s, 'trigger')} data-testid="schedule-trigger" title="Start a run now, outside the schedule's slots">
+                        <button
+                          type="button"
+                          className="btn btn-sm"
+                          disabled={!allowed || busy !== null}
+                          onClick={() => void act(s, 'trigger')}
+                          data-testid="schedule-trigger"
+                          title="Start a run now, outside the schedule's slots"
+                        >
                           Run now
                         </button>
                         {s.status === 'active' ? (
@@ -142,7 +159,13 @@ export function TriggersView() {
                             Resume
                           </button>
                         )}
-                        <button type="button" className="btn btn-sm btn-danger" disabled={!allowed || busy !== null} onClick={() => void act(s, 'delete')} data-testid="schedule-delete">
+                        <button
+                          type="button"
+                          className="btn btn-sm btn-danger"
+                          disabled={!allowed || busy !== null}
+                          onClick={() => void act(s, 'delete')}
+                          data-testid="schedule-delete"
+                        >
                           Delete…
                         </button>
                       </div>
@@ -185,9 +208,18 @@ export function TriggersView() {
                     <td className="mono">POST {r.path}</td>
                     <td>{r.workflow}</td>
                     <td className="mono">{r.secrets.join(', ')}</td>
-                    <td className="mono">{r.fields ? Object.entries(r.fields).map(([k, p]) => `${k} = ${p}`).join(', ') : 'the body'}</td>
+                    <td className="mono">
+                      {r.fields
+                        ? Object.entries(r.fields)
+                            .map(([k, p]) => `${k} = ${p}`)
+                            .join(', ')
+                        : 'the body'}
+                    </td>
                     <td>
-                      {r.changedBy} <span className="sub"><Ago at={r.changedAt} /></span>
+                      {r.changedBy}{' '}
+                      <span className="sub">
+                        <Ago at={r.changedAt} />
+                      </span>
                     </td>
                   </tr>
                 ))}
@@ -249,7 +281,16 @@ function NewSchedule({ onDone }: { onDone: () => void }) {
           <div className="form-grid">
             <div className="field">
               <label htmlFor="sc-id">Id</label>
-              <input id="sc-id" type="text" value={id} onChange={(e) => setId(e.target.value)} placeholder="nightly-sync" required pattern="[a-z0-9][a-z0-9_\-]{0,63}" data-testid="schedule-id" />
+              <input
+                id="sc-id"
+                type="text"
+                value={id}
+                onChange={(e) => setId(e.target.value)}
+                placeholder="nightly-sync"
+                required
+                pattern="[a-z0-9][a-z0-9_\-]{0,63}"
+                data-testid="schedule-id"
+              />
             </div>
             <div className="field">
               <label htmlFor="sc-workflow">Workflow</label>

@@ -113,7 +113,13 @@ export function WorkersView() {
                         ))}
                       </span>
                     </td>
-                    <td>{w.admission ? <StatusBadge status={w.admission} tone={ADMISSION_TONE[w.admission]} testid="worker-admission" /> : <span className="muted">not recorded</span>}</td>
+                    <td>
+                      {w.admission ? (
+                        <StatusBadge status={w.admission} tone={ADMISSION_TONE[w.admission]} testid="worker-admission" />
+                      ) : (
+                        <span className="muted">not recorded</span>
+                      )}
+                    </td>
                     <td className="nowrap">
                       {w.stale ? <StatusBadge status="stale" tone="failed" testid="worker-health" /> : <StatusBadge status="online" tone="completed" testid="worker-health" />}{' '}
                       <Ago at={w.lastSeenAt} />
