@@ -43,8 +43,9 @@ describe('faults', () => {
       const runIds: RunId[] = await Promise.all(Array.from({ length: 200 }, (_, i) => h.client.submit(t, 'test.pipeline', { input: { ms: 150, i } })));
       let kills = 0;
       let terminalAtFirstKill = -1;
-      const deadline = Date.now() + 6000;
-      while (Date.now() < deadline) {
+      // Twelve kills however long they take: a count, not a clock, so a loaded machine kills
+      // as often as a quiet one (only more slowly).
+      while (kills < 12) {
         await new Promise((r) => setTimeout(r, 350));
         const i = kills % 2;
         const victim = orchs[i] as ServiceProcess;
@@ -66,7 +67,6 @@ describe('faults', () => {
       }
       report('orchestrator kill-loop', c);
       process.stdout.write(`kills=${kills} terminal-at-first-kill=${terminalAtFirstKill}\n`);
-      expect(kills).toBeGreaterThanOrEqual(10);
       // The kills hit runs in flight, not a finished batch.
       expect(terminalAtFirstKill).toBeLessThan(200);
       expect(c.completed).toBe(200);
@@ -100,8 +100,9 @@ describe('faults', () => {
       const runIds: RunId[] = await Promise.all(Array.from({ length: RUNS }, (_, i) => h.client.submit(t, 'test.fan', { input: { items: ITEMS, ms: 120, i } })));
       let kills = 0;
       let terminalAtFirstKill = -1;
-      const deadline = Date.now() + 6000;
-      while (Date.now() < deadline) {
+      // Twelve kills however long they take: a count, not a clock, so a loaded machine kills
+      // as often as a quiet one (only more slowly).
+      while (kills < 12) {
         await new Promise((r) => setTimeout(r, 350));
         const i = kills % 2;
         if (terminalAtFirstKill < 0) terminalAtFirstKill = watch.ended.size;
@@ -129,7 +130,6 @@ describe('faults', () => {
         expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { total: (ITEMS * (ITEMS - 1)) / 2 } } });
       }
       process.stdout.write(`kills=${kills} terminal-at-first-kill=${terminalAtFirstKill} item results=${itemResults}\n`);
-      expect(kills).toBeGreaterThanOrEqual(10);
       expect(terminalAtFirstKill).toBeLessThan(RUNS);
       expect(c.completed).toBe(RUNS);
       expect(itemResults).toBe(RUNS * ITEMS);
@@ -160,8 +160,9 @@ describe('faults', () => {
       const children = parents.flatMap((p) => [childRunIdOf(p, 'ship', 1), childRunIdOf(p, 'notify', 1)]);
       let kills = 0;
       let terminalAtFirstKill = -1;
-      const deadline = Date.now() + 6000;
-      while (Date.now() < deadline) {
+      // Twelve kills however long they take: a count, not a clock, so a loaded machine kills
+      // as often as a quiet one (only more slowly).
+      while (kills < 12) {
         await new Promise((r) => setTimeout(r, 350));
         const i = kills % 2;
         if (terminalAtFirstKill < 0) terminalAtFirstKill = watch.ended.size;
@@ -202,7 +203,6 @@ describe('faults', () => {
       expect(all.replayed).toBe(RUNS * 3);
       expect(all.failures).toEqual([]);
       process.stdout.write(`kills=${kills} terminal-at-first-kill=${terminalAtFirstKill} child results=${childResults}\n`);
-      expect(kills).toBeGreaterThanOrEqual(10);
       expect(terminalAtFirstKill).toBeLessThan(RUNS * 3);
       expect(c.completed).toBe(RUNS * 3);
       expect(childResults).toBe(RUNS * 2);

@@ -15,7 +15,12 @@ import { scratchDatabase, startPostgres } from '../harness/postgres.js';
 const cleanups: (() => Promise<unknown>)[] = [];
 // Stopping a private Postgres cluster and the services on a busy machine can take a while.
 afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c().catch((e: unknown) => process.stdout.write(`cleanup: ${String(e)}\n`));
+  for (const c of cleanups.splice(0).reverse()) {
+    const started = Date.now();
+    await c().catch((e: unknown) => process.stdout.write(`cleanup: ${String(e)}\n`));
+    // A slow cleanup is named, so a hang points at its part.
+    if (Date.now() - started > 10_000) process.stdout.write(`cleanup took ${Date.now() - started} ms: ${c.toString().slice(0, 80)}\n`);
+  }
 }, 180_000);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

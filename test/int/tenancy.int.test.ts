@@ -66,7 +66,10 @@ function table(t: TenantId): { name: string; op: Op; allowed: readonly Who[] }[]
     { name: 'write a webhook route', op: pub(Subjects.route(t, 'github')), allowed: operators },
     { name: 'claim a webhook id', op: pub(Subjects.seenDelivery(t, 'ab'.repeat(20))), allowed: [Role.Ingress] },
     { name: 'check a webhook signature', op: pub(Subjects.secrets(t, SecretsVerb.Verify)), allowed: [Role.Ingress] },
-    { name: 'cancel', op: pub(Subjects.command(t, CommandVerb.Cancel)), allowed: people },
+    // The orchestrator cancels a parent's children (signed, like a person's cancel).
+    { name: 'cancel', op: pub(Subjects.command(t, CommandVerb.Cancel)), allowed: [...people, Role.Orchestrator] },
+    // A child's outcome reaches its parent from the orchestrator only.
+    { name: 'child outcome', op: pub(Subjects.command(t, CommandVerb.Child)), allowed: [Role.Orchestrator] },
     { name: 'signal', op: pub(Subjects.command(t, CommandVerb.Signal)), allowed: people },
     { name: 'approve', op: pub(Subjects.command(t, CommandVerb.Approve)), allowed: operators },
     { name: 'deny', op: pub(Subjects.command(t, CommandVerb.Deny)), allowed: operators },

@@ -45,6 +45,7 @@ import {
   startNatsServer,
   startNatsCluster,
   signerOf,
+  type Signer,
   tenantConnection,
   type AuthStore,
   startTelemetry,
@@ -317,7 +318,9 @@ export async function devCmd(argv: string[]): Promise<number> {
 
   let code = 0;
   if (values['demo']) {
-    code = await runDemo(operator, tenant, !noSandboxes);
+    // The demo's approvals are another operator's: whoever submitted a run may not approve it.
+    const approver = await parseCredentials(await store.mintUser(tenant, Role.Operator, 'demo-operator', {}, 86_400), 'capstan dev');
+    code = await runDemo(operator, signerOf(approver.jwt, approver.seed), tenant, !noSandboxes);
     await waitForProjections(projector);
     say(dim(`  list them:   npx capstan runs --tenant ${tenant}`));
     say('');
@@ -400,8 +403,9 @@ function devPolicy(t: string): string {
 }
 
 /** Runs each demo workflow once, printing every event as it is recorded. */
-async function runDemo(operator: TenantConnection, tenant: ReturnType<typeof parseTenantId>, sandboxed: boolean): Promise<number> {
+async function runDemo(operator: TenantConnection, approverSigner: Signer, tenant: ReturnType<typeof parseTenantId>, sandboxed: boolean): Promise<number> {
   const client = await createClient(operator);
+  const approver = await createClient({ ...operator, signer: approverSigner });
   const names = new Map<RunId, string>();
   const ended = new Map<RunId, RunEvent>();
   // Every event of every demo run as it is stored (run subjects are live as well as stored).
@@ -419,7 +423,7 @@ async function runDemo(operator: TenantConnection, tenant: ReturnType<typeof par
         say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${describe(e)}`);
         if (e.type === 'approval.requested') {
           say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${dim(`(the demo approves it: capstan approve ${runId} ${e.data.step} --as <you>)`)}`);
-          await client.approve(tenant, runId, e.data.step, { by: 'demo-operator', reason: 'the demo approves' });
+          await approver.approve(tenant, runId, e.data.step, { by: 'demo-operator', reason: 'the demo approves' });
         }
         if (e.type === 'step.waiting' && e.data.signal === 'approve') {
           say(`  ${dim(runId.slice(-6))} ${cyan(name.padEnd(14))} ${dim('(the demo approves it: capstan signal <run> approve)')}`);

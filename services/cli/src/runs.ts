@@ -156,7 +156,9 @@ export async function eventsCmd(argv: string[]): Promise<number> {
  * Refolds the run through the recorded workflow version; non-zero with a diff on divergence.
  * With `--from <file>`, refolds an export's runs instead, with no server (review.ts).
  */
-export async function replayCmd(argv: string[], registryFor: () => Promise<Registry> = () => loadWorkflows(process.env['CAPSTAN_WORKFLOWS'] ?? '')): Promise<number> {
+// Replay is a tool run by a person: with no CAPSTAN_WORKFLOWS it replays against the built-in
+// and demo workflows (what `capstan dev` runs), where a service would refuse to start.
+export async function replayCmd(argv: string[], registryFor: () => Promise<Registry> = () => loadWorkflows(process.env['CAPSTAN_WORKFLOWS'] ?? '', { demo: true })): Promise<number> {
   if (argv.some((a) => a === '--from' || a.startsWith('--from='))) return replayFromFileCmd(argv, registryFor);
   const { values, args } = parse(argv, { ...common, 'recheck-policy': { type: 'boolean' } }, ['runId']);
   const t = tenantFlag(values);
