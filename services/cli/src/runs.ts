@@ -158,7 +158,10 @@ export async function eventsCmd(argv: string[]): Promise<number> {
  */
 // Replay is a tool run by a person: with no CAPSTAN_WORKFLOWS it replays against the built-in
 // and demo workflows (what `capstan dev` runs), where a service would refuse to start.
-export async function replayCmd(argv: string[], registryFor: () => Promise<Registry> = () => loadWorkflows(process.env['CAPSTAN_WORKFLOWS'] ?? '', { demo: true })): Promise<number> {
+export async function replayCmd(
+  argv: string[],
+  registryFor: () => Promise<Registry> = () => loadWorkflows(process.env['CAPSTAN_WORKFLOWS'] ?? '', { demo: true }),
+): Promise<number> {
   if (argv.some((a) => a === '--from' || a.startsWith('--from='))) return replayFromFileCmd(argv, registryFor);
   const { values, args } = parse(argv, { ...common, 'recheck-policy': { type: 'boolean' } }, ['runId']);
   const t = tenantFlag(values);
