@@ -10,6 +10,8 @@ const root = fileURLToPath(new URL('.', import.meta.url));
  * - int: real servers; one private nats-server started by harness/global-setup.ts is shared
  *   by every file of the lane, Postgres and Docker as the tests need them.
  * - browser: real Chromium against a real stack (same nats-server set-up as int).
+ * `npm test` runs the lanes one after another (vitest would run projects side by side, and
+ * the fault tests of one lane must not share two cores with another lane's servers).
  */
 const shared = {
   root,
