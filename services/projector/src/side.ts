@@ -4,12 +4,13 @@
  * nothing twice; a rebuild re-reads the stream from the start in the caller's transaction.
  * Only what one record does to the tables differs (`write`).
  */
-import { and, eq, sql } from 'drizzle-orm';
+import { sql } from 'drizzle-orm';
 import type { JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { db as schema, type TenantId } from '@capstan/schemas';
+import type { TenantId } from '@capstan/schemas';
 import type { Logger, ProjectionDb } from '@capstan/kit';
 import { followStream, type StreamFollower, type StreamMessage } from './follow.js';
+import { readSideCheckpoint, writeSideCheckpoint } from './side-stream.js';
 
 export interface SideStream {
   /** Names the advisory lock (`capstan.projector.<lock>:<tenant>`) and the checkpoint (`<stream>/<lock>`). */
@@ -27,22 +28,8 @@ export async function lockSide(tx: ProjectionDb, side: SideStream, t: TenantId):
   await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`capstan.projector.${side.lock}:${t}`}, 0))`);
 }
 
-export async function readSideCheckpoint(tx: ProjectionDb, t: TenantId, stream: string): Promise<number> {
-  const c = schema.checkpoints;
-  const rows = await tx
-    .select({ seq: c.lastStreamSeq })
-    .from(c)
-    .where(and(eq(c.tenant, t), eq(c.stream, stream)));
-  return rows[0]?.seq ?? 0;
-}
-
-export async function writeSideCheckpoint(tx: ProjectionDb, t: TenantId, stream: string, seq: number): Promise<void> {
-  const c = schema.checkpoints;
-  await tx
-    .insert(c)
-    .values({ tenant: t, stream, lastStreamSeq: seq })
-    .onConflictDoUpdate({ target: [c.tenant, c.stream], set: { lastStreamSeq: seq, updatedAt: sql`now()` } });
-}
+// One copy of the checkpoint row's reads and writes, shared with the other side streams.
+export { readSideCheckpoint, writeSideCheckpoint };
 
 /** The checkpoint row's key: the stream, and the kind of record when a stream holds several. */
 export const sideCheckpointKey = (side: SideStream, t: TenantId): string => `${side.stream(t)}/${side.lock}`;
