@@ -93,7 +93,7 @@ try {
       '| what | figure |',
       '| --- | --- |',
       `| \`creds revoke\` → the holder's connection closed by the server (${REVOCATIONS} rounds) | p50 **${ms(percentile(revoke, 50))} ms**, p99 ${ms(percentile(revoke, 99))} ms |`,
-      `| adding a tenant (account JWT pushed, 6 streams, 3 consumers, registry record) | p50 **${ms(median(provision))} ms**, p99 ${ms(percentile(provision, 99))} ms |`,
+      `| adding a tenant (account JWT pushed, its ten streams and their consumers, registry record) | p50 **${ms(median(provision))} ms**, p99 ${ms(percentile(provision, 99))} ms |`,
       `| nats-server resident memory: empty → ${TENANTS} tenants → + ${connections} service connections | ${ms(serverBefore)} → ${ms(serverProvisioned)} → ${ms(serverAfter)} MiB (${kib(serverAfter - serverProvisioned)} KiB per connection) |`,
       `| one process holding all ${SERVICE_ROLES.length} service roles for ${TENANTS + 1} accounts | opened in ${ms(openMs)} ms; resident memory + ${ms(selfAfter - selfBefore)} MiB (${kib(selfAfter - selfBefore)} KiB per connection) |`,
       '',
