@@ -143,7 +143,7 @@ export { httpStatusOf, hostAllowed } from './http-status.js';
 export { failpoint, parseFailpoints } from './failpoint.js';
 export type { Failpoint } from './failpoint.js';
 export { execInSandbox, cancelInSandbox, type SandboxCallOptions, type SandboxOutcome } from './sandbox-client.js';
-export { signerOf, proofHeaders, verifyProof } from './proof.js';
+export { signerOf, proofHeaders, proofRecord, verifyProof } from './proof.js';
 export { signWork, checkWork, signedWork, checkExecRequest } from './work-proof.js';
 export type { Signer, Author, Trust } from './proof.js';
 export { generateRecipient, recipientFromSeed, seal, parseRecipientKey } from './sealed-box.js';

@@ -123,10 +123,14 @@ function claimsOf(jwt: string): Claims {
   return c;
 }
 
+/** The proof headers for `subject` and `body` as a record (for messages built as records, like kit's OutMsg). */
+export function proofRecord(signer: Signer, subject: string, body: Uint8Array): { [Headers.Signer]: string; [Headers.Signature]: string } {
+  return { [Headers.Signer]: signer.jwt, [Headers.Signature]: signer.sign(subject, body) };
+}
+
 /** Adds the proof headers for `subject` and `body` to `h` (made when absent) and returns it. */
 export function proofHeaders(signer: Signer, subject: string, body: Uint8Array, h: MsgHdrs = natsHeaders()): MsgHdrs {
-  h.set(Headers.Signer, signer.jwt);
-  h.set(Headers.Signature, signer.sign(subject, body));
+  for (const [k, v] of Object.entries(proofRecord(signer, subject, body))) h.set(k, v);
   return h;
 }
 

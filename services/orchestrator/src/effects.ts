@@ -6,7 +6,7 @@
  */
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { publishDurably, type Batching, type OutMsg, type Signer } from '@capstan/kit';
+import { proofRecord, publishDurably, type Batching, type OutMsg, type Signer } from '@capstan/kit';
 import { stepInputsOf, type RunState } from '@capstan/actors';
 import type { PolicyGate } from './policy-gate.js';
 import type { RunObserver } from './observe.js';
@@ -41,7 +41,7 @@ export interface EffectSource {
  * like a person's: intake believes a cancel only from a proven author.
  */
 function pushSigned(out: OutMsg[], subject: string, data: Uint8Array, msgId: string, signer?: Signer): void {
-  out.push({ subject, data, msgId, ...(signer ? { headers: { [Headers.Signer]: signer.jwt, [Headers.Signature]: signer.sign(subject, data) } } : {}) });
+  out.push({ subject, data, msgId, ...(signer ? { headers: proofRecord(signer, subject, data) } : {}) });
 }
 
 /**
@@ -144,7 +144,7 @@ export async function dispatchEffects(
         const data = encode(item);
         // Signed over subject and bytes: a worker and the sandbox run only what this wrote
         // from the record (Ed25519 is deterministic, so a re-derived item is signed the same).
-        const headers = { ...trace, [Headers.Signer]: signer.jwt, [Headers.Signature]: signer.sign(subject, data) };
+        const headers = { ...trace, ...proofRecord(signer, subject, data) };
         work.push({ subject, data, msgId: MsgIds.work(src.runId, d.step, d.attempt), headers });
         if (!src.recovered) dispatched.push({ runId: src.runId, event: ev });
       }

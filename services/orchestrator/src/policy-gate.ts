@@ -16,7 +16,7 @@
  * republished real answer still is one).
  */
 import type { JetStreamClient } from '@nats-io/jetstream';
-import { askPolicy, hopTraceParent, inSpan, proofHeaders, publishDurably, SpanKind, type Logger, type NatsConnection, type Signer, type Trust } from '@capstan/kit';
+import { askPolicy, hopTraceParent, inSpan, proofRecord, publishDurably, SpanKind, type Logger, type NatsConnection, type Signer, type Trust } from '@capstan/kit';
 import {
   CommandVerb,
   encode,
@@ -63,8 +63,7 @@ export function createPolicyGate(o: PolicyGateOptions): PolicyGate {
   async function answer(body: CommandOf<'policy'>): Promise<void> {
     const subject = Subjects.command(o.tenant, CommandVerb.Policy);
     const data = encode(body);
-    const proof = proofHeaders(o.signer, subject, data);
-    const headers = { [Headers.Signer]: proof.get(Headers.Signer), [Headers.Signature]: proof.get(Headers.Signature) };
+    const headers = proofRecord(o.signer, subject, data);
     const msgId = MsgIds.command(CommandVerb.Policy, `${body.runId}:${body.step}:${body.attempt}:${headers[Headers.Signature].slice(0, 22)}`);
     await publishDurably(o.nc, o.js, [{ subject, data, headers, msgId }]);
   }
