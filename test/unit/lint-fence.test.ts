@@ -14,7 +14,7 @@ import tseslint from 'typescript-eslint';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
-const VIRTUAL = ['actors/src/x.ts', 'services/kit/src/x.ts', 'schemas/src/names.ts', 'test/unit/x.test.ts'];
+const VIRTUAL = ['actors/src/x.ts', 'services/kit/src/x.ts', 'schemas/src/names.ts', 'test/unit/x.test.ts', 'services/console/web/src/x.tsx'];
 
 let eslint: ESLint;
 
@@ -125,6 +125,13 @@ describe('outside actors/', () => {
   it('services may not spell subjects or deep-import packages', async () => {
     const messages = await lint("import { Subjects } from '@capstan/schemas/dist/names.js';\nexport { Subjects };\nexport const s = 'cap.t1.cmd.submit';", 'services/kit/src/x.ts');
     expect(messages.map((m) => m.ruleId).sort(), render(messages)).toEqual(['no-restricted-imports', 'no-restricted-syntax']);
+  });
+
+  it("the console's UI keeps the rules of hooks", async () => {
+    const conditional = "import { useState } from 'react';\nexport function V(p: { on: boolean }) {\n  if (p.on) useState(0);\n  return null;\n}";
+    const stale = "import { useEffect } from 'react';\nexport function V(p: { id: string }) {\n  useEffect(() => console.log(p.id), []);\n  return null;\n}";
+    expect((await lint(conditional, 'services/console/web/src/x.tsx')).map((m) => m.ruleId)).toEqual(['react-hooks/rules-of-hooks']);
+    expect((await lint(stale, 'services/console/web/src/x.tsx')).map((m) => m.ruleId)).toEqual(['react-hooks/exhaustive-deps']);
   });
 
   it('names.ts and tests may spell subjects', async () => {

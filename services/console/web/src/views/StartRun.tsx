@@ -45,9 +45,11 @@ export function StartRunView() {
   const allowed = roleAllows(session.role, 'start');
   const useForm = fields !== null && !asJson;
 
+  // The first workflow's id, not the list: the list is a new array on every render.
+  const firstWorkflow = workflows[0]?.id;
   useEffect(() => {
-    if (!workflow && workflows[0]) setWorkflow(workflows[0].id);
-  }, [workflow, workflows]);
+    if (!workflow && firstWorkflow) setWorkflow(firstWorkflow);
+  }, [workflow, firstWorkflow]);
   useEffect(() => {
     const start = fields ? defaultsOf(fields) : {};
     setValue(start);
