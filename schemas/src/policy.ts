@@ -281,7 +281,8 @@ const replySchemas = {
 export type PolicyReply<V extends PolicyVerb> = Infer<(typeof replySchemas)[V]>;
 
 /**
- * Reads a reply: the verb's answer, or the service's `{ error }` rebuilt as a typed error.
+ * Reads a reply: the verb's answer, or (from a policy service older than kit's one refusal
+ * convention, which put refusals in the body) its `{ error }` rebuilt as a typed error.
  * @throws SchemaError | DecodeError for a reply that is neither; the rebuilt error otherwise.
  */
 export function parsePolicyReply<V extends PolicyVerb>(verb: V, value: Record<string, unknown>): PolicyReply<V> {
@@ -317,15 +318,20 @@ export class PolicyVersionNotFoundError extends CapstanError {
   }
 }
 
-/** The `{ error }` a service puts on the wire for a typed error. */
-export function policyErrorReply(e: CapstanError): { error: PolicyErrorReply } {
-  return {
-    error: {
-      code: e.code,
-      message: e.message.slice(0, 16_384),
-      ...('diagnostics' in e && Array.isArray(e.diagnostics) ? { diagnostics: (e.diagnostics as PolicyDiagnostic[]).slice(0, 200) } : {}),
-    },
-  };
+const refusalDetailsSchema = obj('policy refusal details', { diagnostics: optional(arr(diagnosticSchema, { max: 200 })) });
+
+/** The details a refusal carries in its body (kit's rpc convention): Cedar's diagnostics, when the error has them. */
+export function policyRefusalDetails(e: CapstanError): { diagnostics: PolicyDiagnostic[] } | undefined {
+  return 'diagnostics' in e && Array.isArray(e.diagnostics) ? { diagnostics: (e.diagnostics as PolicyDiagnostic[]).slice(0, 200) } : undefined;
+}
+
+/**
+ * Rebuilds a policy service's refusal (code and message from its headers, details from its body).
+ * @throws SchemaError for details that are not a policy refusal's
+ */
+export function policyErrorFromWire(code: string, message: string, details: unknown): CapstanError {
+  const d = details === undefined ? {} : refusalDetailsSchema.parse(details, 'details');
+  return policyErrorFromReply({ code, message, ...(d.diagnostics ? { diagnostics: d.diagnostics } : {}) });
 }
 
 function policyErrorFromReply(r: PolicyErrorReply): CapstanError {

@@ -18,6 +18,7 @@ import {
   decode,
   encode,
   ErrorCode,
+  Headers,
   PolicyAction,
   PolicyInvalidError,
   PolicyVerb,
@@ -59,8 +60,11 @@ async function startService(): Promise<PolicyService> {
 }
 
 /** A raw request, as any NATS client could send it. */
+/** A request as any client makes it; a refusal comes back as kit's rpc convention has it (code and message in headers). */
 async function raw(tenant: TenantId, verb: string, payload: Uint8Array): Promise<Record<string, unknown>> {
   const m = await (await h.nc(tenant)).request(Subjects.policy(tenant, verb as PolicyVerb), payload, { timeout: 5000 });
+  const code = m.headers?.get(Headers.ErrorCode);
+  if (code) return { error: { code, message: m.headers?.get(Headers.Error) }, signed: Boolean(m.headers?.get(Headers.Signature)), bodyBytes: m.data.length };
   return decode(m.data);
 }
 
@@ -227,7 +231,8 @@ describe('policy service', () => {
     ];
     for (const [verb, payload, code] of cases) {
       const r = await raw(t, verb, payload);
-      expect(r, `${verb} ${code}`).toMatchObject({ error: { code } });
+      // Refused in headers, signed by the policy service like its answers, nothing in the body.
+      expect(r, `${verb} ${code}`).toMatchObject({ error: { code }, signed: true, bodyBytes: 0 });
     }
     // Malformed queries inside a valid request are decided: deny, with the reason.
     const d = await askPolicy(await h.nc(t), t, [mode(2), { action: 'run-step', workflow: '../other', step: 'load', mode: 2 } as unknown as PolicyQuery]);

@@ -190,8 +190,8 @@ export { readSchedule, readScheduleState, listScheduleRecords, listSchedules, se
 export type { Stored, ScheduleView, WorkflowInfo } from './triggers-client.js';
 export { webhookKey, signDelivery, verifyDelivery } from './webhook-signature.js';
 export type { SignedDelivery } from './webhook-signature.js';
-export { callService, refuseRequest, answerRequest, wireError } from './rpc.js';
-export type { ServiceCall } from './rpc.js';
+export { callService, refuseRequest, refusalProofSubject, answerRequest, wireError } from './rpc.js';
+export type { ServiceCall, RefusalOptions } from './rpc.js';
 export { putEntity, deleteEntity, getEntity, listEntities, previewQuery, runDatasyncStep } from './datasync-client.js';
 export type { DatasyncCallOptions, PutEntityInput, DatasyncStepOptions, DatasyncStepOutcome } from './datasync-client.js';
 export { parseAllowList, parseDnsServers, refusalOf, ownAddresses, resolveChecked } from './addresses.js';

@@ -15,10 +15,10 @@ import {
   Role,
   UnprovenError,
   encode,
-  CapstanError,
-  ErrorCode,
+  Headers,
   isPlainObject,
   parsePolicyReply,
+  policyErrorFromWire,
   PolicyUnavailableError,
   PolicyVerb,
   Subjects,
@@ -28,8 +28,9 @@ import {
   type PolicyRequest,
   type TenantId,
 } from '@capstan/schemas';
+import type { Msg } from '@nats-io/transport-node';
 import type { NatsConnection } from './nats.js';
-import { callService } from './rpc.js';
+import { callService, refusalProofSubject } from './rpc.js';
 import { verifyProof, type Trust } from './proof.js';
 
 export interface PolicyCallOptions {
@@ -57,6 +58,12 @@ export function answerProofSubject(requestSubject: string, request: Uint8Array):
  * whether the service put it in the error headers or, with Cedar's diagnostics, in the body.
  * With `trust`, only an answer the policy service signed is believed.
  */
+/** Believes a reply only when the tenant's policy service signed it over `about` and its body. */
+function signedByPolicy(msg: Msg, about: string, trust: Trust): void {
+  const author = verifyProof(msg.headers, about, msg.data, trust);
+  if (author.role !== Role.Policy) throw new UnprovenError(`${msg.subject}: the answer is signed by ${author.name} (${author.role ?? 'no role'}), not by the policy service`);
+}
+
 function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, verb: V, body: PolicyRequest<V>, timeoutMs: number, trust?: Trust): Promise<PolicyReply<V>> {
   const subject = Subjects.policy(tenant, verb);
   return callService(nc, {
@@ -69,14 +76,11 @@ function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, verb: 
         why.startsWith('no service') ? `no policy service answers for tenant ${tenant}: nothing is allowed until one does` : `the policy service, ${verb}: ${why}`,
         { cause },
       ),
-    fromWire: (code, message) =>
-      code === ErrorCode.PolicyUnavailable ? new PolicyUnavailableError(message) : new CapstanError(code as ErrorCode, message, code === ErrorCode.Unavailable),
+    fromWire: policyErrorFromWire,
     ...(trust
       ? {
-          checkReply: (msg) => {
-            const author = verifyProof(msg.headers, answerProofSubject(subject, encode(body)), msg.data, trust);
-            if (author.role !== Role.Policy) throw new UnprovenError(`${subject}: the answer is signed by ${author.name} (${author.role ?? 'no role'}), not by the policy service`);
-          },
+          checkReply: (msg) => signedByPolicy(msg, answerProofSubject(subject, encode(body)), trust),
+          checkRefusal: (msg) => signedByPolicy(msg, refusalProofSubject(answerProofSubject(subject, encode(body)), msg.headers?.get(Headers.ErrorCode) ?? ''), trust),
         }
       : {}),
   });

@@ -1,8 +1,12 @@
 /**
  * The one shape of a Capstan service request (core NATS request/reply, MessagePack): an
- * answer is a MessagePack body; a refusal is an empty body with the `Capstan-Error-Code` and
- * `Capstan-Error` headers, rebuilt into its typed error on the caller's side. No service
- * answering, or none in time, is the service's own "unavailable" error (retryable).
+ * answer is a MessagePack body; a refusal carries the `Capstan-Error-Code` and `Capstan-Error`
+ * headers and a body that is empty or holds the refusal's structured details (a policy's
+ * diagnostics, say), rebuilt into its typed error on the caller's side. No service answering,
+ * or none in time, is the service's own "unavailable" error (retryable).
+ *
+ * Policy, secrets, data-sync and sandbox cancels use it; the sandbox's exec is the one
+ * exchange that is not a single answer (accepted, beats, then done: see sandbox-client.ts).
  */
 import { headers as natsHeaders, NoRespondersError, RequestError, TimeoutError, type Msg } from '@nats-io/transport-node';
 import { CapstanError, decode, encode, Headers } from '@capstan/schemas';
@@ -19,12 +23,14 @@ export interface ServiceCall<T> {
   readonly timeoutMs?: number;
   /** The service's own unavailable error: `why` says what happened. */
   readonly unavailable: (why: string, cause: unknown) => CapstanError;
-  /** Rebuilds a refusal from its headers. */
-  readonly fromWire: (code: string, message: string) => CapstanError;
+  /** Rebuilds a refusal from its headers and its details (the decoded body; undefined when empty). */
+  readonly fromWire: (code: string, message: string, details?: unknown) => CapstanError;
   /** Signs the request (subject and body), for a service that acts only for a proven caller. */
   readonly signer?: Signer;
   /** Checks the answer before it is parsed (a reply the service signed, say); throws to refuse it. */
   readonly checkReply?: (msg: Msg) => void;
+  /** Checks a refusal before it is believed (for a service that signs its refusals too). */
+  readonly checkRefusal?: (msg: Msg) => void;
 }
 
 export async function callService<T>(nc: NatsConnection, c: ServiceCall<T>): Promise<T> {
@@ -42,7 +48,10 @@ export async function callService<T>(nc: NatsConnection, c: ServiceCall<T>): Pro
     throw c.unavailable(`request failed: ${(e as Error).message}`, e);
   }
   const code = msg.headers?.get(Headers.ErrorCode);
-  if (code) throw c.fromWire(code, msg.headers?.get(Headers.Error) ?? code);
+  if (code) {
+    c.checkRefusal?.(msg);
+    throw c.fromWire(code, msg.headers?.get(Headers.Error) ?? code, msg.data.length > 0 ? decode(msg.data) : undefined);
+  }
   c.checkReply?.(msg);
   return c.parse(decode(msg.data));
 }
@@ -53,13 +62,27 @@ export function answerRequest(msg: Msg, body: object, signer?: Signer): void {
   msg.respond(data, signer ? { headers: proofHeaders(signer, msg.subject, data) } : undefined);
 }
 
-/** Answers a request with a refusal: the code and a one-line message in headers, an empty body. */
-export function refuseRequest(msg: Msg, code: string, message: string): void {
-  const h = natsHeaders();
+export interface RefusalOptions {
+  /** Structured details for the caller (MessagePack body); the code and message say it all otherwise. */
+  readonly details?: object;
+  /** Signs the refusal: over `proofSubject` (default `refusalProofSubject(msg.subject, code)`) and the body. */
+  readonly signer?: Signer;
+  readonly proofSubject?: string;
+}
+
+/** What a signed refusal is signed over besides its body: the subject it answers and its code. */
+export function refusalProofSubject(subject: string, code: string): string {
+  return `${subject}!${code}`;
+}
+
+/** Answers a request with a refusal: the code and a one-line message in headers, details (if any) in the body. */
+export function refuseRequest(msg: Msg, code: string, message: string, o: RefusalOptions = {}): void {
+  const data = o.details ? encode(o.details) : new Uint8Array(0);
+  const h = o.signer ? proofHeaders(o.signer, o.proofSubject ?? refusalProofSubject(msg.subject, code), data) : natsHeaders();
   h.set(Headers.ErrorCode, code);
   // Header values are one line.
   h.set(Headers.Error, message.replace(/[\r\n]+/g, ' ').slice(0, 1000));
-  msg.respond(new Uint8Array(0), { headers: h });
+  msg.respond(data, { headers: h });
 }
 
 /**

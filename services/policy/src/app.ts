@@ -25,7 +25,7 @@ import {
   InvalidArgumentError,
   isPolicyVerb,
   parsePolicyRequest,
-  policyErrorReply,
+  policyRefusalDetails,
   PolicyInvalidError,
   PolicyVerb,
   PolicyVersionNotFoundError,
@@ -42,6 +42,8 @@ import {
   inSpan,
   metrics,
   proofHeaders,
+  refusalProofSubject,
+  refuseRequest,
   serviceAccess,
   SpanKind,
   traceParentOf,
@@ -216,12 +218,18 @@ export function createPolicyService(config: Config, log: Logger): Promise<Policy
       if (verb === PolicyVerb.Decide) metrics.policyDecisions.inc({ tenant: t, verdict: (out as PolicyDecision).decision });
       counts[verb] = (counts[verb] ?? 0) + 1;
     } catch (e) {
-      if (CapstanError.is(e)) {
-        out = policyErrorReply(e);
-      } else {
-        log.error({ err: e, verb }, 'policy request failed unexpectedly');
-        out = { error: { code: ErrorCode.Unavailable, message: 'the policy service failed to answer; try again' } };
-      }
+      // kit's one refusal convention: code and message in headers, Cedar's diagnostics in the
+      // body, signed like an answer (and over the code) so no one else can refuse in our name.
+      const typed = CapstanError.is(e);
+      if (!typed) log.error({ err: e, verb }, 'policy request failed unexpectedly');
+      const code = typed ? e.code : ErrorCode.Unavailable;
+      const details = typed ? policyRefusalDetails(e) : undefined;
+      const signer = conns.get(t)?.signer;
+      refuseRequest(msg, code, typed ? e.message : 'the policy service failed to answer; try again', {
+        ...(details ? { details } : {}),
+        ...(signer ? { signer, proofSubject: refusalProofSubject(answerProofSubject(msg.subject, msg.data), code) } : {}),
+      });
+      return;
     }
     const data = encode(out);
     // Signed as this service's user in the tenant, over the question and the answer: the
