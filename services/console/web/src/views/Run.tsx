@@ -389,7 +389,8 @@ function RelatedRuns({ d, base }: { d: RunDetailResponse; base: string }) {
         <div className="card-body">
           <dl className="summary">
             {d.parent ? (
-              <div>
+              // A run id is long: two columns keep it on one line.
+              <div style={{ gridColumn: 'span 2' }}>
                 <dt>Started by</dt>
                 <dd>
                   {runLink(d.parent.runId, 'run-parent')}
@@ -398,7 +399,7 @@ function RelatedRuns({ d, base }: { d: RunDetailResponse; base: string }) {
               </div>
             ) : null}
             {d.continuedFrom ? (
-              <div>
+              <div style={{ gridColumn: 'span 2' }}>
                 <dt>Continues</dt>
                 <dd>{runLink(d.continuedFrom, 'run-continued-from')}</dd>
               </div>
