@@ -5,6 +5,7 @@
  * continues as new until its rounds are done, each run linked to the next by a derived id;
  * a patched step records its marker. Every run of the tenant replays.
  */
+import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { childRunIdOf, continuedRunIdOf, createRegistry } from '@capstan/actors';
 import { readDeadLetters } from '@capstan/cli';
@@ -202,6 +203,38 @@ describe('children - taking a child id first', () => {
     expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { label: 'L-1', packed: { packed: 'real' } } } });
     // The foreign run's ending told no parent anything.
     expect((await eventsOf(h, t, runId)).length).toBe(events.length);
+  });
+});
+
+describe('children - taking a continuation id first', () => {
+  it("children - a child's continuation taken first is not adopted: the parent's step fails that child and retries with a new one", async () => {
+    // A client chooses run ids, so it can work out every id a run will derive before it submits the run.
+    const runId = makeRunId(Date.now(), randomBytes(10));
+    const child = childRunIdOf(runId, 'ticks', 1);
+    const taken = continuedRunIdOf(child);
+    const client = await connectAs(url, t, Role.Client, 'squatter-2');
+    try {
+      client.publish(Subjects.command(t, CommandVerb.Submit), encode({ workflow: 'test.ticker', runId: taken, input: { round: 9, rounds: 9 } }));
+      await client.flush();
+    } finally {
+      await client.close();
+    }
+    await until(taken, ended, 'the foreign run to end');
+    await h.client.submit(t, 'test.relay', { input: {}, runId });
+    const events = await until(runId, ended, 'the relay to end');
+    expect(endOf(events), types(events).join(' ')).toBe('run.completed');
+    const outcomes = events.filter((e) => e.type === 'child.failed' || e.type === 'child.completed');
+    // The chain's second run could not start under its id: the parent hears it as the chain's failure (under the id it started).
+    expect(outcomes.map((e) => [e.type, e.data.attempt, e.data.child])).toEqual([
+      ['child.failed', 1, child],
+      ['child.completed', 2, childRunIdOf(runId, 'ticks', 2)],
+    ]);
+    expect(outcomes[0]).toMatchObject({ data: { error: { code: 'run_already_exists', retryable: true } } });
+    expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { round: 3 } } });
+    // The foreign run is nobody's continuation and nobody's child.
+    const foreign = await eventsOf(h, t, taken);
+    expect(foreign[0]?.data).not.toHaveProperty('continuedFrom');
+    expect(foreign[0]?.data).not.toHaveProperty('parent');
   });
 });
 
