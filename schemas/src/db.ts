@@ -57,6 +57,14 @@ export const runs = pgTable(
     progress: jsonb('progress').$type<RunProgressRow>(),
     /** The trace the run records on `run.started` (`{ id, parent?, sampled }`), if any. */
     trace: jsonb('trace'),
+    /**
+     * A child run's parent and the parent's step that started it (`run.started`'s `parent`);
+     * a parent's children are its steps whose handler is `child:<workflow>`.
+     */
+    parentRunId: text('parent_run_id'),
+    parentStep: text('parent_step'),
+    /** The run a continue-as-new run continues (`run.started`'s `continuedFrom`). */
+    continuedFrom: text('continued_from'),
   },
   (t) => [
     primaryKey({ columns: [t.tenant, t.runId] }),

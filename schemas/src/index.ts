@@ -39,6 +39,7 @@ export {
   TOKEN_PATTERN,
   SEARCH_KEY_PATTERN,
   parseToken,
+  CHILD_HANDLER,
   CommandVerb,
   SecretsVerb,
   PolicyVerb,

@@ -43,6 +43,12 @@ export function parseToken(kind: string, value: unknown): string {
   throw new InvalidNameError(ErrorCode.InvalidName, kind, showValue(value), TOKEN_PATTERN.source);
 }
 
+/**
+ * The handler a child step's row shows in the steps projection: `child:<workflow>` (its
+ * worker column is the child run's id, the link readers follow from a parent to a child).
+ */
+export const CHILD_HANDLER = 'child:';
+
 /** The command verbs the control plane accepts on `cap.<t>.cmd.<verb>`. */
 export const CommandVerb = {
   Submit: 'submit',

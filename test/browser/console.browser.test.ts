@@ -14,12 +14,12 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { BrowserContext, Page } from 'playwright-core';
-import { createRegistry } from '@capstan/actors';
+import { childRunIdOf, createRegistry } from '@capstan/actors';
 import { getRun, migrate, openDatabase, PROJECT_ROOT, listWorkers, type Database } from '@capstan/kit';
 import { createOrchestrator, loadConfig as orchestratorConfig, type OrchestratorApp } from '@capstan/orchestrator';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';
-import { createConsole, hashPassword, loadConfig as consoleConfig, type Console } from '@capstan/console';
+import { createConsole, hashPassword, loadConfig as consoleConfig, type Console, type RunDetailResponse } from '@capstan/console';
 import { db as schema, type RunId, type TenantId, Role } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
 import { haveChromium, openBrowser } from '../harness/browser.js';
@@ -398,6 +398,36 @@ describe.skipIf(!withChromium)('console in a browser', () => {
     expect(await diff.getByTestId('diff-line').count()).toBe(5);
     expect(await page.evaluate<number>('document.documentElement.scrollWidth')).toBeLessThanOrEqual(1280);
     await shot('policies');
+  });
+
+  it('console browser - a parent links to its child run, and the child back to its parent', async () => {
+    // demo.agent (version 2) hands its research to a child run of demo.brief.
+    const parent = await h.client.submit(t, 'demo.agent', { input: { urgent: true } });
+    const child = childRunIdOf(parent, 'brief', 1);
+    await projected(child, 'completed');
+    await projected(parent, 'completed');
+    // The API says it as the projections have it.
+    const api = async (runId: string) => (await (await page.request.get(`${app.url}/api/tenants/${t}/runs/${runId}`)).json()) as RunDetailResponse;
+    expect((await api(child)).parent).toEqual({ runId: parent, step: 'brief' });
+    expect((await api(parent)).children).toEqual([{ step: 'brief', attempt: 1, workflow: 'demo.brief', runId: child, outcome: 'completed' }]);
+    expect((await api(parent)).parent).toBeNull();
+
+    await page.goto(`${app.url}/t/${t}/runs/${parent}`);
+    const row = page.locator('[data-testid="run-child"][data-step="brief"]');
+    await row.waitFor();
+    expect(await row.getAttribute('data-child-id')).toBe(child);
+    expect(await row.getByTestId('child-outcome').getAttribute('data-status')).toBe('completed');
+    expect(await page.getByTestId('run-parent').count()).toBe(0);
+    await shot('run-parent');
+    await row.getByTestId('run-child-link').click();
+    await page.waitForURL(new RegExp(`/runs/${child}$`));
+    await expect.poll(() => page.getByTestId('run-parent').getAttribute('data-run-id')).toBe(parent);
+    expect(await page.getByTestId('run-related').textContent()).toMatch(/step brief/);
+    expect(await page.getByTestId('run-child').count()).toBe(0);
+    await shot('run-child');
+    await page.getByTestId('run-parent').click();
+    await page.waitForURL(new RegExp(`/runs/${parent}$`));
+    await page.locator('[data-testid="run-child"][data-step="brief"]').waitFor();
   });
 
   it('console browser - a run shows what the policy decided and which credentials it leased, by key name', async () => {

@@ -5,6 +5,7 @@
  * continues as new until its rounds are done, each run linked to the next by a derived id;
  * a patched step records its marker. Every run of the tenant replays.
  */
+import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { childRunIdOf, continuedRunIdOf, createRegistry } from '@capstan/actors';
 import { readDeadLetters } from '@capstan/cli';
@@ -116,6 +117,127 @@ describe('children - forgeries', () => {
   });
 });
 
+describe('children - a child that cannot start', () => {
+  it("children - an unknown child workflow fails the parent's step (unknown_workflow) with its retries; other runs go on meanwhile", async () => {
+    const orphan = await h.client.submit(t, 'test.orphan', { input: {} });
+    const beside = await h.client.submit(t, 'test.parent', { input: {} });
+    const events = await until(orphan, ended, 'the orphan to end');
+    expect(types(events)).toEqual(['run.started', 'child.started', 'child.failed', 'timer.scheduled', 'timer.fired', 'child.started', 'child.failed', 'run.failed']);
+    const failed = events.filter((e) => e.type === 'child.failed').map((e) => e.data);
+    expect(failed.map((d) => [d.attempt, d.child, d.error.code, d.error.retryable])).toEqual([
+      [1, childRunIdOf(orphan, 'adopt', 1), 'unknown_workflow', true],
+      [2, childRunIdOf(orphan, 'adopt', 2), 'unknown_workflow', true],
+    ]);
+    expect(failed[0]?.error.message).toMatch(/unknown workflow "test\.nowhere"/);
+    expect(events.at(-1)).toMatchObject({ type: 'run.failed', data: { step: 'adopt', error: { code: 'child_failed' } } });
+    expect((events.at(-1)?.data as { error: { message: string } }).error.message).toMatch(/unknown_workflow/);
+    // No child run exists; each refused submit is a dead letter of its own.
+    expect(await eventsOf(h, t, childRunIdOf(orphan, 'adopt', 1))).toEqual([]);
+    const refused = new Set([childRunIdOf(orphan, 'adopt', 1), childRunIdOf(orphan, 'adopt', 2)]);
+    const letters = (await readDeadLetters(await h.jsm(t), t, 100)).filter((d) => d.code === 'unknown_workflow' && d.runId !== undefined && refused.has(d.runId as RunId));
+    expect(letters).toHaveLength(2);
+    expect(endOf(await until(beside, ended, 'the run beside it to end'))).toBe('run.completed');
+  });
+
+  it('children - a child input its schema refuses fails the step at once (schema_violation, not retried)', async () => {
+    const runId = await h.client.submit(t, 'test.misfit', { input: {} });
+    const events = await until(runId, ended, 'the misfit to end');
+    expect(types(events)).toEqual(['run.started', 'child.started', 'child.failed', 'run.failed']);
+    expect(events[2]).toMatchObject({ data: { attempt: 1, error: { code: 'schema_violation', retryable: false } } });
+    expect((events[2]?.data as { error: { message: string } }).error.message).toMatch(/order: must be a string/);
+    expect(await eventsOf(h, t, childRunIdOf(runId, 'hand', 1))).toEqual([]);
+  });
+});
+
+describe('children - taking a child id first', () => {
+  it('children - a client that submits under a child id before the parent starts it is never adopted (adoptions: 0)', async () => {
+    const runId = await h.client.submit(t, 'test.gated', { input: {} });
+    await until(runId, (e) => e.some((x) => x.type === 'step.waiting'), 'the parent to wait at its gate');
+    const first = childRunIdOf(runId, 'ship', 1);
+    const second = childRunIdOf(runId, 'ship', 2);
+    const client = await connectAs(url, t, Role.Client, 'squatter');
+    try {
+      // Attempt 1's id, taken by a plain submit of the client's own workflow and input.
+      client.publish(Subjects.command(t, CommandVerb.Submit), encode({ workflow: 'test.child', runId: first, input: { order: 'foreign' } }));
+      // Attempt 2's id, claiming the parent outright (the id is the derived one): refused as unproven.
+      client.publish(
+        Subjects.command(t, CommandVerb.Submit),
+        encode({ workflow: 'test.child', runId: second, input: { order: 'forged' }, parent: { runId, step: 'ship', attempt: 2 } }),
+      );
+      // A continuation of the parent, claimed under its derived id: refused as unproven too.
+      client.publish(Subjects.command(t, CommandVerb.Submit), encode({ workflow: 'test.child', runId: continuedRunIdOf(runId), input: { order: 'forged' }, continuedFrom: runId }));
+      await client.flush();
+    } finally {
+      await client.close();
+    }
+    const foreign = await until(first, ended, 'the foreign run to end');
+    expect(foreign[0]).toMatchObject({ type: 'run.started', data: { input: { order: 'foreign' } } });
+    expect((foreign[0]?.data as { parent?: unknown }).parent).toBeUndefined();
+    const unproven = await eventually(
+      'both forged claims dead-lettered',
+      async () => {
+        const letters = (await readDeadLetters(await h.jsm(t), t, 100)).filter((d) => d.code === 'unproven' && /orchestrator's own/.test(d.error));
+        return letters.length >= 2 ? letters : undefined;
+      },
+      10_000,
+    );
+    expect(unproven.length).toBeGreaterThanOrEqual(2);
+    expect(await eventsOf(h, t, second)).toEqual([]);
+    expect(await eventsOf(h, t, continuedRunIdOf(runId))).toEqual([]);
+
+    await h.client.signal(t, runId, 'go', {});
+    const events = await until(runId, ended, 'the parent to end');
+    expect(endOf(events), types(events).join(' ')).toBe('run.completed');
+    // Attempt 1 found its id taken and failed (retryably); attempt 2 started the real child.
+    const outcomes = events.filter((e) => e.type === 'child.failed' || e.type === 'child.completed');
+    expect(outcomes.map((e) => [e.type, e.data.attempt, e.data.child])).toEqual([
+      ['child.failed', 1, first],
+      ['child.completed', 2, second],
+    ]);
+    expect(outcomes[0]).toMatchObject({ data: { error: { code: 'run_already_exists', retryable: true } } });
+    const real = await until(second, ended, 'the real child to end');
+    expect(real[0]).toMatchObject({ type: 'run.started', data: { input: { order: 'real' }, parent: { runId, step: 'ship', attempt: 2 } } });
+    // Adoptions: a child outcome the parent took from a run its own submit did not start.
+    const adopted = outcomes.filter((e) => e.type === 'child.completed' && e.data.child !== second);
+    expect(adopted).toHaveLength(0);
+    expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { label: 'L-1', packed: { packed: 'real' } } } });
+    // The foreign run's ending told no parent anything.
+    expect((await eventsOf(h, t, runId)).length).toBe(events.length);
+  });
+});
+
+describe('children - taking a continuation id first', () => {
+  it("children - a child's continuation taken first is not adopted: the parent's step fails that child and retries with a new one", async () => {
+    // A client chooses run ids, so it can work out every id a run will derive before it submits the run.
+    const runId = makeRunId(Date.now(), randomBytes(10));
+    const child = childRunIdOf(runId, 'ticks', 1);
+    const taken = continuedRunIdOf(child);
+    const client = await connectAs(url, t, Role.Client, 'squatter-2');
+    try {
+      client.publish(Subjects.command(t, CommandVerb.Submit), encode({ workflow: 'test.ticker', runId: taken, input: { round: 9, rounds: 9 } }));
+      await client.flush();
+    } finally {
+      await client.close();
+    }
+    await until(taken, ended, 'the foreign run to end');
+    await h.client.submit(t, 'test.relay', { input: {}, runId });
+    const events = await until(runId, ended, 'the relay to end');
+    expect(endOf(events), types(events).join(' ')).toBe('run.completed');
+    const outcomes = events.filter((e) => e.type === 'child.failed' || e.type === 'child.completed');
+    // The chain's second run could not start under its id: the parent hears it as the chain's failure (under the id it started).
+    expect(outcomes.map((e) => [e.type, e.data.attempt, e.data.child])).toEqual([
+      ['child.failed', 1, child],
+      ['child.completed', 2, childRunIdOf(runId, 'ticks', 2)],
+    ]);
+    expect(outcomes[0]).toMatchObject({ data: { error: { code: 'run_already_exists', retryable: true } } });
+    expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { round: 3 } } });
+    // The foreign run is nobody's continuation and nobody's child.
+    const foreign = await eventsOf(h, t, taken);
+    expect(foreign[0]?.data).not.toHaveProperty('continuedFrom');
+    expect(foreign[0]?.data).not.toHaveProperty('parent');
+  });
+});
+
 describe('children - continue-as-new and patches', () => {
   it('continue - a ticker continues as new until its rounds are done, each run linked to the next', async () => {
     const first = await h.client.submit(t, 'test.ticker', { input: { round: 1, rounds: 3 } });
@@ -138,6 +260,13 @@ describe('children - continue-as-new and patches', () => {
     expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { round: 3 } } });
     const last = await until(continuedRunIdOf(continuedRunIdOf(child)), ended, 'the last run of the chain');
     expect(last[0]).toMatchObject({ data: { parent: { runId, step: 'ticks', attempt: 1, child } } });
+  });
+
+  it('patched - a hand-written machine: a new run takes the patched path and records its marker once', async () => {
+    const runId = await h.client.submit(t, 'test.hand-patched', { input: {} });
+    const events = await until(runId, ended, 'the hand-patched run to end');
+    expect(types(events).filter((x) => x === 'patch.marked')).toHaveLength(1);
+    expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { checked: { ok: 2 } } } });
   });
 
   it('patched - a new run takes the patched path and records its marker once', async () => {

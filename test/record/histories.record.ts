@@ -22,12 +22,12 @@ import { createOrchestrator, loadConfig as orchestratorConfig } from '@capstan/o
 import { createPolicyService, loadConfig as policyConfig } from '@capstan/policy';
 import { createSecretsLease, loadConfig as secretsConfig } from '@capstan/secrets-lease';
 import { createWorker, loadConfig as workerConfig } from '@capstan/worker';
-import { Role, type JsonValue, type RunEvent, type RunId, type TenantId } from '@capstan/schemas';
+import { ErrorCode, Role, type JsonValue, type RunEvent, type RunId, type TenantId } from '@capstan/schemas';
 import { connect, eventsOf, eventually, issueCreds, provision, serviceEnv, startServices, type Harness } from '../harness/fixtures.js';
 import { dockerOrSkip } from '../harness/docker.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { startSandboxes } from '../harness/sandbox.js';
-import { handlers, workflows } from '../fixtures/workflows.js';
+import { handlers, handPatchedBefore, workflows } from '../fixtures/workflows.js';
 
 const url = inject('natsUrl');
 const docker = await dockerOrSkip();
@@ -225,13 +225,21 @@ const scenarios: Scenario[] = [
   { name: 'test-patched-marked', workflow: 'test.patched', ends: 'run.completed' },
   // Recorded by a build without the patch: today's build must replay it on the old path.
   { name: 'test-patched-before-patch', workflow: 'test.patched', beforePatch: true, ends: 'run.completed' },
+  // The same in a machine written by hand (`h.patched`).
+  { name: 'test-hand-patched-marked', workflow: 'test.hand-patched', ends: 'run.completed' },
+  { name: 'test-hand-patched-before-patch', workflow: 'test.hand-patched', beforePatch: true, ends: 'run.completed' },
+  // Children that never start: an unknown workflow (retried, then the run fails), an input the child's schema refuses.
+  { name: 'test-orphan-unknown-child', workflow: 'test.orphan', ends: 'run.failed' },
+  { name: 'test-misfit-child-refused', workflow: 'test.misfit', ends: 'run.failed' },
 ];
 
 /** The runs a run started (its children, its continuation), with the names their histories get. */
 function startedBy(name: string, events: readonly RunEvent[]): { name: string; runId: RunId }[] {
   const out: { name: string; runId: RunId }[] = [];
+  // A child whose submit was refused never ran: its parent recorded the refusal's code, not child_failed.
+  const neverRan = new Set(events.flatMap((e) => (e.type === 'child.failed' && e.data.error.code !== ErrorCode.ChildFailed ? [e.data.child] : [])));
   for (const e of events) {
-    if (e.type === 'child.started') out.push({ name: `${name}--child-${e.data.step}`, runId: e.data.child as RunId });
+    if (e.type === 'child.started' && !neverRan.has(e.data.child)) out.push({ name: `${name}--child-${e.data.step}`, runId: e.data.child as RunId });
     if (e.type === 'run.continued') out.push({ name: `${name}--next`, runId: e.data.next as RunId });
   }
   return out;
@@ -286,7 +294,8 @@ describe('record histories', () => {
     // The tenant whose definitions predate the patch of test.patched.
     old = await provision(h, 'hist-old');
     const before = createRegistry([
-      ...workflows.filter((w) => w.id !== 'test.patched'),
+      ...workflows.filter((w) => w.id !== 'test.patched' && w.id !== 'test.hand-patched'),
+      handPatchedBefore,
       defineWorkflow({
         id: 'test.patched',
         version: 1,

@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { childRunIdOf, continuedRunIdOf, createRegistry, defineWorkflow, foldRun, machineHelpers, runStatus, statusFromEvents, type WorkflowDefinition } from '@capstan/actors';
-import { encode, ErrorCode, isRunId, runIdTime, TimerKind, type InputEventBody, type JsonValue, type RunEvent, type RunId } from '@capstan/schemas';
+import { encode, ErrorCode, EVENT_ENVELOPE_VERSION, isRunId, runIdTime, TimerKind, type InputEventBody, type JsonValue, type RunEvent, type RunId } from '@capstan/schemas';
 import { projectRun } from '@capstan/projector';
 import { RUN_ID, RunRecorder, cancel, completed, fired } from './support/runs.js';
 
@@ -166,6 +166,23 @@ describe('engine 2 - child workflows', () => {
     expect(view.run?.status).toBe('running');
   });
 
+  it("children - the projection keeps a child's parent and a continuation's predecessor from their run.started", () => {
+    const child = childRunIdOf(RUN_ID, 'ship', 1);
+    const started = (runId: RunId, data: Record<string, JsonValue>): RunEvent =>
+      ({
+        v: EVENT_ENVELOPE_VERSION,
+        type: 'run.started',
+        data: { workflow: 'e2.shipper', version: 1, input: {}, engine: 2, ...data },
+        runId,
+        seq: 1,
+        at: 1_700_000_000_000,
+        causationId: 'cmd:1',
+      }) as RunEvent;
+    const project = (e: RunEvent) => projectRun('acme', [{ event: e, streamSeq: 1, bytes: encode(e) }]).view.run;
+    expect(project(started(child, { parent: { runId: RUN_ID, step: 'ship', attempt: 1 } }))).toMatchObject({ parentRunId: RUN_ID, parentStep: 'ship', continuedFrom: null });
+    expect(project(started(continuedRunIdOf(child), { continuedFrom: child }))).toMatchObject({ parentRunId: null, parentStep: null, continuedFrom: child });
+  });
+
   it('children - a bad child definition is refused at load', () => {
     expect(() => defineWorkflow({ id: 'e2.bad', version: 1, steps: [{ name: 's', child: 'Not An Id' }] })).toThrow(/child must be a workflow id/);
     expect(() => defineWorkflow({ id: 'e2.bad', version: 1, steps: [{ name: 's', child: 'e2.x', parentClose: 'later' as never }] })).toThrow(/parentClose/);
@@ -266,6 +283,64 @@ describe('engine 2 - patched markers', () => {
     expect(types(r.events).filter((t) => t === 'patch.marked')).toHaveLength(1);
     expect(r.events.at(-1)?.type).toBe('run.completed');
     replays(r);
+  });
+});
+
+describe('engine 2 - patched markers in a hand-written machine', () => {
+  // As first deployed: a, then old. Edited in place: a, then patched('use-new') between new and old.
+  const handWritten = (patched: boolean) => {
+    const h = machineHelpers('e2.hand-patchy');
+    const a = h.step({ name: 'a' }, patched ? 'fix' : 'old');
+    const old = h.step({ name: 'old' }, 'done');
+    const machine = patched
+      ? h.machine({ initial: 'a', states: { a, fix: h.patched('use-new', { then: 'new', else: 'old' }), new: h.step({ name: 'new' }, 'done'), old } })
+      : h.machine({ initial: 'a', states: { a, old } });
+    return defineWorkflow({ id: 'e2.hand-patchy', version: 1, machine });
+  };
+  const before = handWritten(false);
+  const after = handWritten(true);
+  const compiled = defineWorkflow({
+    id: 'e2.hand-patchy',
+    version: 1,
+    steps: [{ name: 'a' }, { name: 'fix', patched: 'use-new', then: [{ name: 'new' }], else: [{ name: 'old' }] }],
+  });
+  const resumed = (old: RunRecorder, wf: WorkflowDefinition): RunRecorder => {
+    const fold = foldRun(createRegistry([wf]), old.events);
+    expect(fold.state.seq).toBe(old.events.length);
+    return Object.assign(Object.create(RunRecorder.prototype) as RunRecorder, old, { state: fold.state, workflow: wf });
+  };
+
+  it('patched - a new run takes the new path, records its marker once, and decides exactly as the builder', () => {
+    const runs = [after, compiled].map((wf) => {
+      const r = rec(wf);
+      expect(r.step(completed('a', 1))).toEqual(['patch.marked', 'step.scheduled:new#1']);
+      r.apply(completed('new', 1, 'n'));
+      return r;
+    });
+    expect(runs[0]?.events).toEqual(runs[1]?.events);
+    expect(runs[0]?.events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: 'n' } });
+    replays(runs[0] as RunRecorder);
+  });
+
+  it('patched - a run recorded before the patch replays on the old path through the patched machine, and goes on from there', () => {
+    const old = rec(before);
+    old.apply(completed('a', 1));
+    expect(old.events.at(-1)).toMatchObject({ type: 'step.scheduled', data: { step: 'old' } });
+    const r = resumed(old, after);
+    r.apply(completed('old', 1, 'o'));
+    expect(r.events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: 'o' } });
+    expect(types(r.events)).not.toContain('patch.marked');
+    foldRun(createRegistry([after]), r.events);
+  });
+
+  it('patched - a run that had not reached the patch when it was deployed takes the new path', () => {
+    const r = resumed(rec(before), after);
+    expect(r.step(completed('a', 1))).toEqual(['patch.marked', 'step.scheduled:new#1']);
+    foldRun(createRegistry([after]), r.events);
+  });
+
+  it('patched - a patch id that is not a token is refused when the machine is written', () => {
+    expect(() => machineHelpers('e2.bad').patched('Use New', { then: 'a', else: 'b' })).toThrow(/patch id must match/);
   });
 });
 

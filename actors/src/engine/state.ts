@@ -17,6 +17,8 @@ export interface RunState {
   readonly runId?: string;
   /** A child run's parent, as its `run.started` recorded it: the parent takes its outcome. */
   readonly parent?: { readonly runId: string; readonly step: string; readonly attempt: number; readonly child?: string };
+  /** A continuation's predecessor, as its `run.started` recorded it. */
+  readonly continuedFrom?: string;
 }
 
 export interface Decision {

@@ -344,8 +344,30 @@ export interface LeaseEntry {
   readonly actor: string | null;
 }
 
+/** The run that started this one: its parent, and the parent's step whose child it is. */
+export interface RunParent {
+  readonly runId: string;
+  readonly step: string | null;
+}
+
+/** A run a child step started: one per attempt (a retried child step starts a new run). */
+export interface RunChild {
+  readonly step: string;
+  readonly attempt: number;
+  readonly workflow: string;
+  readonly runId: string;
+  /** The child step's outcome as the parent recorded it (`running`, `completed`, `failed`, `cancelled`). */
+  readonly outcome: string;
+}
+
 export interface RunDetailResponse {
   readonly run: RunSummary;
+  /** The run whose child step started this one; null for a run nobody started. */
+  readonly parent: RunParent | null;
+  /** The run this one continues as new, when it is a continuation. */
+  readonly continuedFrom: string | null;
+  /** The runs its child steps started, in the order they started. */
+  readonly children: readonly RunChild[];
   /** The policy's answers for the run's steps, oldest first. */
   readonly policyDecisions: readonly PolicyDecision[];
   /** Credential leases of the run (issue, redemption, refusal, revocation), oldest first. */

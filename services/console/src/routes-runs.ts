@@ -12,7 +12,7 @@ import { apiPaths, type ActionName, type RunDetailResponse, type RunsPageRespons
 import { explainRun } from './explain.js';
 import { conflict, notFound, pattern, queryOf, sessionOf, type Query } from './http.js';
 import { postAction, type ActionHandler, type RouteDeps } from './routes.js';
-import { buildTrace, toApproval, toLeaseEntry, toPolicyDecision, toRunSummary, toStepAttempt, toTimelineEvent, toWorkerInfo } from './views.js';
+import { buildTrace, childrenOf, parentOf, toApproval, toLeaseEntry, toPolicyDecision, toRunSummary, toStepAttempt, toTimelineEvent, toWorkerInfo } from './views.js';
 
 type RunParams = { tenant: string; runId: string };
 type StepParams = RunParams & { step: string };
@@ -69,6 +69,9 @@ export function registerRunRoutes(app: FastifyInstance, d: RouteDeps): void {
     const leases = governance.leases.map(toLeaseEntry);
     return {
       run,
+      parent: parentOf(detail.run),
+      continuedFrom: detail.run.continuedFrom,
+      children: childrenOf(detail.steps),
       policyDecisions,
       leases,
       search: detail.search,

@@ -3,6 +3,7 @@
  * words, steps grouped into a trace. Pure.
  */
 import type { ApprovalRow, AuditRow, EventIndexRow, PolicyVersionRow, PolicyVersionSummary as PolicyVersionSummaryRow, RunRow, StepRow, WorkerRow } from '@capstan/kit';
+import { CHILD_HANDLER } from '@capstan/schemas';
 import {
   STEP_MODES,
   WORKER_STALE_MS,
@@ -13,6 +14,8 @@ import {
   type PolicyDecision,
   type PolicyVersionResponse,
   type PolicyVersionSummary,
+  type RunChild,
+  type RunParent,
   type RunStatusName,
   type RunSummary,
   type StepAttempt,
@@ -44,6 +47,20 @@ export function toRunSummary(r: RunRow): RunSummary {
     retriedAt: isoOrNull(r.retriedAt),
     retriedBy: r.retriedBy,
   };
+}
+
+/** The child runs among a run's step attempts: a child step's row names the child's workflow and, as its worker, the child run. */
+export function childrenOf(steps: readonly StepRow[]): RunChild[] {
+  return steps.flatMap((s) =>
+    s.handler.startsWith(CHILD_HANDLER) && s.worker !== null
+      ? [{ step: s.step, attempt: s.attempt, workflow: s.handler.slice(CHILD_HANDLER.length), runId: s.worker, outcome: s.outcome }]
+      : [],
+  );
+}
+
+/** Where a run came from: the parent that started it, or nobody. */
+export function parentOf(r: RunRow): RunParent | null {
+  return r.parentRunId ? { runId: r.parentRunId, step: r.parentStep } : null;
 }
 
 export function stepMode(mode: number): StepMode {

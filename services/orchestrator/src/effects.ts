@@ -160,6 +160,23 @@ export async function dispatchEffects(
   return timers.length + work.length + cancels.length + commands.length;
 }
 
+/**
+ * Tells parents that their children's submits were refused (see host/children.ts): the
+ * child failed before it began. Once per child id, however often the refusal is decided.
+ */
+export async function tellParents(
+  nc: NatsConnection,
+  js: JetStreamClient,
+  t: TenantId,
+  outcomes: readonly CommandOf<'child'>[],
+  signer: Signer,
+  batching: Batching,
+): Promise<void> {
+  const out: OutMsg[] = [];
+  for (const o of outcomes) pushSigned(out, Subjects.command(t, CommandVerb.Child), encode(o), MsgIds.childOutcome(o.child, 0), signer);
+  await publishDurably(nc, js, out, { batching });
+}
+
 /** The decisions after a run's last input: the ones whose effects a crash may have lost. */
 export function tailDecisions(events: readonly RunEvent[], isInput: (e: RunEvent) => boolean): RunEvent[] {
   let i = events.length;

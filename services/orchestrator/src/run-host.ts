@@ -24,7 +24,7 @@ import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { Registry } from '@capstan/actors';
 import { Consumers, DeadLetterSource, ErrorCode, Streams, toErrorRecord, type RunId, type TenantId } from '@capstan/schemas';
 import { deadLetter, failpoint, metrics, type Batching, type Logger, type Signer } from '@capstan/kit';
-import { dispatchEffects } from './effects.js';
+import { dispatchEffects, tellParents } from './effects.js';
 import { createPolicyGate } from './policy-gate.js';
 import { createScheduler } from './scheduler.js';
 import { createRunObserver } from './observe.js';
@@ -277,6 +277,15 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
       }
       const allRejected = done.flatMap((g) => g.rejections);
       await Promise.all(allRejected.filter((r) => r.deadLetter).map((r) => sendDeadLetter(r)));
+      // A refused child's parent takes the refusal as its child's failure (before the ack: a crash re-decides it).
+      await tellParents(
+        nc,
+        js,
+        t,
+        allRejected.flatMap((r) => (r.toParent ? [r.toParent] : [])),
+        o.signer,
+        o.effectBatches,
+      );
       failpoint(Failpoints.BeforeAck);
       for (const g of done) for (const p of g.pendings) p.msg.ack();
     };

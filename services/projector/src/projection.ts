@@ -27,6 +27,7 @@ import {
   type JsonValue,
   type RunEvent,
   AuditKind,
+  CHILD_HANDLER,
 } from '@capstan/schemas';
 
 export type RunRow = typeof db.runs.$inferSelect;
@@ -189,9 +190,6 @@ export function viewFromRows(run: RunRow | undefined, steps: readonly StepRow[],
 }
 
 /** A step row with nothing known yet but its name and when it began. */
-/** The handler a child step's row shows: `child:<workflow>` (its worker column is the child run's id). */
-export const CHILD_HANDLER = 'child:';
-
 function blankStep(tenant: string, runId: string, step: string, attempt: number, at: Date): StepRow {
   return {
     tenant,
@@ -268,6 +266,9 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
         engine: e.data.engine ?? 1,
         progress: null,
         trace: e.data.trace ? { ...e.data.trace } : null,
+        parentRunId: e.data.parent?.runId ?? null,
+        parentStep: e.data.parent?.step ?? null,
+        continuedFrom: e.data.continuedFrom ?? null,
       };
       search = Object.entries(e.data.search ?? {}).map(([key, value]) => ({ tenant, key, value: pgText(value), runId }));
       break;

@@ -1,5 +1,5 @@
 /**
- * Capstan's step, wait, sleep, fan-out, child and continue-as-new helpers for authors who write the XState machine
+ * Capstan's step, wait, sleep, fan-out, child, continue-as-new and `patched` helpers for authors who write the XState machine
  * themselves: each returns the very state config the step compiler makes for that step, so a
  * hand-written machine and a compiled one behave the same (same decisions, same retries,
  * timeouts, policy gate and approvals). `machine` wraps the states into a run machine
@@ -14,15 +14,18 @@
  *     // Your own XState: a guarded choice on an earlier result.
  *     route: h.state({ always: [{ guard: ({ context }) => context.results['fetch'] === 'big', target: 'review' }, { target: 'done' }] }),
  *     review: h.wait({ name: 'review', signal: 'approve', timeoutMs: 3_600_000 }, 'ship'),
- *     // A child workflow, awaited: its output is results['ship'].
- *     ship: h.child({ name: 'ship', child: 'billing.ship' }, 'done'),
+ *     // New logic for runs that reach this point from now on; runs already past it replay as before.
+ *     ship: h.patched('express-shipping', { then: 'express', else: 'post' }),
+ *     // A child workflow, awaited: its output is results['express'].
+ *     express: h.child({ name: 'express', child: 'billing.express' }, 'done'),
+ *     post: h.step({ name: 'post' }, 'done'),
  *   },
  * }) });
  */
 import type { ChildStep, ContinueStep, FanOutStep, SignalStep, SleepStep, TaskStep } from '../../workflow.js';
 import { normaliseStep } from '../../workflow.js';
-import { capstan, childState, continueState, fanOutState, signalState, sleepState, taskState, workflowMachine, type Sequence } from './states.js';
-import { InvalidWorkflowError } from '@capstan/schemas';
+import { capstan, childState, continueState, fanOutState, patchChoiceState, signalState, sleepState, taskState, workflowMachine, type Sequence } from './states.js';
+import { InvalidWorkflowError, TOKEN_PATTERN } from '@capstan/schemas';
 
 export interface MachineHelpers {
   /** A task; `next` is where the machine goes when it has completed (`done` ends the run). */
@@ -35,6 +38,12 @@ export interface MachineHelpers {
   child(spec: ChildStep, next: string): ReturnType<typeof childState>;
   /** Ends the run and continues it in a fresh run of the same workflow. */
   continueAsNew(spec: ContinueStep): ReturnType<typeof continueState>;
+  /**
+   * `patched(id)`: goes to `then` (the new logic) in a run that reaches it live, recording
+   * `patch.marked` once, and to `else` (the old) in a run whose record passed it before the
+   * patch was deployed: exactly the builder's `{ patched: id }` step.
+   */
+  patched(id: string, targets: { readonly then: string; readonly else: string }): ReturnType<typeof patchChoiceState>;
   /** Types a state of your own (guards and targets over the run context). */
   state: typeof capstan.createStateConfig;
   /** The run machine around your states; reaching `done` completes the run. */
@@ -89,6 +98,11 @@ export function machineHelpers(workflowId: string): MachineHelpers {
       if (n.kind !== 'continue') throw new InvalidWorkflowError(workflowId, `step ${spec.name} is not a continue-as-new`);
       take(n.name);
       return continueState(n, () => n.name);
+    },
+    patched(id, targets) {
+      if (!TOKEN_PATTERN.test(id)) throw new InvalidWorkflowError(workflowId, `patched(${JSON.stringify(id)}): a patch id must match ${TOKEN_PATTERN.source}`);
+      // The choice is kept under a name no step can have (step names are tokens).
+      return patchChoiceState(id, () => `patched:${id}`, targets.then, targets.else);
     },
     state: capstan.createStateConfig,
     machine(config) {

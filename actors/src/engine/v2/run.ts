@@ -97,7 +97,16 @@ function startV2Now(workflow: WorkflowDefinition, machine: AnyStateMachine, star
   const [snapshot, actions] = ready.can(start) ? transition(machine, ready, start) : [ready, initial];
   let decisions = toDecisions(workflow.id, actions);
   let snap = snapshot;
-  const state: RunState = { workflow, engine: 2, machine, snapshot, seq: 0, ...(runId === undefined ? {} : { runId }), ...(started.parent ? { parent: started.parent } : {}) };
+  const state: RunState = {
+    workflow,
+    engine: 2,
+    machine,
+    snapshot,
+    seq: 0,
+    ...(runId === undefined ? {} : { runId }),
+    ...(started.parent ? { parent: started.parent } : {}),
+    ...(started.continuedFrom ? { continuedFrom: started.continuedFrom } : {}),
+  };
   if (capped(state, snapshot, snapshot, decisions.length)) {
     const [ended, endActions] = transition(machine, snapshot, { type: EVENT_CAP });
     snap = ended;

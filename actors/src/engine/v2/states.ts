@@ -184,20 +184,29 @@ export function underReplay<T>(marks: ReadonlySet<string> | undefined, f: () => 
   }
 }
 
+/**
+ * Which path a run takes at `patched(id)`, recorded under the instance's name (`then` or
+ * `else`): the path it took before if it has been here, else the new one live and the one
+ * its record took on replay.
+ */
+function pickPatch(patch: string, keyOf: KeyOf) {
+  return decideOnEntry(keyOf, (c) => {
+    const known = c.patches?.[patch];
+    const taken = known ?? (replayMarks ? replayMarks.has(patch) : true);
+    const ctx = { ...c, patches: { ...c.patches, [patch]: taken } };
+    // The marker is recorded once per run, the first time a run takes the new path.
+    const out: DecisionEventBody[] = known === undefined && taken ? [{ type: 'patch.marked', data: { patch } }] : [];
+    return { flow: taken ? 'then' : 'else', ctx, out };
+  });
+}
+
 /** `patched(id)`: `then` (the new logic) for runs that reach it live or recorded its marker, `else` for runs that passed it before. */
 export function patchState(patch: string, keyOf: KeyOf, then: Sequence, otherwise: Sequence | undefined, next: string) {
   return capstan.createStateConfig({
     initial: 'pick',
     states: {
       pick: {
-        entry: decideOnEntry(keyOf, (c) => {
-          const known = c.patches?.[patch];
-          const taken = known ?? (replayMarks ? replayMarks.has(patch) : true);
-          const ctx = { ...c, patches: { ...c.patches, [patch]: taken } };
-          // The marker is recorded once per run, the first time a run takes the new path.
-          const out: DecisionEventBody[] = known === undefined && taken ? [{ type: 'patch.marked', data: { patch } }] : [];
-          return { flow: taken ? 'then' : 'else', ctx, out };
-        }),
+        entry: pickPatch(patch, keyOf),
         always: [
           { guard: flowIs(keyOf, 'then'), target: 'then' },
           { guard: flowIs(keyOf, 'else'), target: otherwise ? 'else' : 'done' },
@@ -208,6 +217,21 @@ export function patchState(patch: string, keyOf: KeyOf, then: Sequence, otherwis
       done: { type: 'final' },
     },
     onDone: next,
+  });
+}
+
+/**
+ * `patched(id)` in a machine written by hand: a choice between two states of the author's
+ * own, `then` (the new logic) and `otherwise` (the old), with exactly `patchState`'s rule and
+ * marker. The choice is recorded under `keyOf`.
+ */
+export function patchChoiceState(patch: string, keyOf: KeyOf, then: string, otherwise: string) {
+  return capstan.createStateConfig({
+    entry: pickPatch(patch, keyOf),
+    always: [
+      { guard: flowIs(keyOf, 'then'), target: then },
+      { guard: flowIs(keyOf, 'else'), target: otherwise },
+    ],
   });
 }
 

@@ -7,6 +7,7 @@
 import type { JetStreamManager } from '@nats-io/jetstream';
 import { CURRENT_ENGINE, decide, searchFieldsOf, startRun, type Decision, type Registry, type RunState } from '@capstan/actors';
 import {
+  CapstanError,
   ErrorCode,
   EVENT_ENVELOPE_VERSION,
   INPUT_EVENT_TYPES,
@@ -24,6 +25,7 @@ import { startRecord } from '../observe.js';
 import type { RunCache } from '../run-cache.js';
 import type { EffectSource } from '../effects.js';
 import { loadRun } from './recover.js';
+import { notTheRunSubmitted, refusedChildOutcome } from './children.js';
 import type { GroupResult, Pending, Rejection } from './types.js';
 
 export interface Decider {
@@ -60,7 +62,13 @@ export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; regi
       // not decided further; every command for it is dead-lettered with the reason.
       log.error({ err: e, runId }, 'run cannot be loaded');
       const error = toErrorRecord(e, ErrorCode.DeterminismViolation);
-      return { ...empty, rejections: pendings.map((p) => ({ msg: p.msg, error, runId, deadLetter: true })) };
+      return {
+        ...empty,
+        rejections: pendings.map((p) => {
+          const toParent = refusedChildOutcome(p, error);
+          return { msg: p.msg, error, runId, deadLetter: true, ...(toParent ? { toParent } : {}) };
+        }),
+      };
     }
     let state = loaded.cached?.state;
     const out = { ...empty, expected: loaded.cached?.lastStreamSeq ?? 0, recovered: loaded.recovered, state, fromCache: loaded.fromCache };
@@ -84,7 +92,11 @@ export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; regi
       let input: RunEventBody;
       try {
         if (p.cmd.verb === 'submit') {
+          if (p.refused) throw new CapstanError(p.refused.code as ErrorCode, p.refused.message);
           if (state) {
+            // A child's or a continuation's id is derived, so a client may have taken it first: never adopted.
+            const foreign = notTheRunSubmitted(state, p.cmd.body);
+            if (foreign !== undefined) throw new CapstanError(ErrorCode.RunAlreadyExists, foreign);
             log.debug({ runId }, 'duplicate submit ignored');
             continue;
           }
@@ -129,7 +141,8 @@ export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; regi
         const error = toErrorRecord(e, ErrorCode.EventRejected);
         const quiet = error.code === ErrorCode.StaleAttempt || error.code === ErrorCode.EventRejected ? !deadLetterWhenRejected(p.cmd.verb) : false;
         if (!quiet) log.info({ runId, code: error.code, verb: p.cmd.verb }, `command rejected: ${error.message}`);
-        out.rejections.push({ msg: p.msg, error: { ...error, message: `${error.message} (run ${runId})` }, runId, deadLetter: !quiet });
+        const toParent = refusedChildOutcome(p, error);
+        out.rejections.push({ msg: p.msg, error: { ...error, message: `${error.message} (run ${runId})` }, runId, deadLetter: !quiet, ...(toParent ? { toParent } : {}) });
         continue;
       }
       let seq = state?.seq ?? 0;

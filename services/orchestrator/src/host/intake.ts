@@ -19,18 +19,30 @@ import {
   Role,
   Streams,
   Subjects,
+  toErrorRecord,
   UnprovenError,
   validateStandard,
   type Command,
   type CommandVerb,
+  type ErrorRecord,
   type RunId,
   type TenantId,
 } from '@capstan/schemas';
 import { derivedRunId, idempotencyHash, verifyProof, type Author, type Trust } from '@capstan/kit';
 
 export interface Intake {
-  /** @throws CapstanError for a command that must be dead-lettered (`unproven` among them) */
-  parse(msg: CommandMsg): Promise<{ cmd: Command; runId: RunId; author?: Author }>;
+  /**
+   * @returns the command, its run, its proven author, and for the orchestrator's own submit
+   *   of a child run whose input the child's schema refuses, that refusal (`refused`): its
+   *   parent must hear of it (see decide.ts), so it is decided, not dropped here
+   * @throws CapstanError for a command that must be dead-lettered (`unproven` among them)
+   */
+  parse(msg: CommandMsg): Promise<{ cmd: Command; runId: RunId; author?: Author; refused?: ErrorRecord }>;
+}
+
+/** Whether a command is the orchestrator's own submit of a child run (a continuation of one too), proven by its signature. */
+export function isChildSubmit(cmd: Command, author: Author | undefined): cmd is Extract<Command, { verb: 'submit' }> {
+  return cmd.verb === 'submit' && cmd.body.parent !== undefined && author?.role === Role.Orchestrator;
 }
 
 /**
@@ -117,17 +129,35 @@ export function createIntake(o: { js: JetStreamClient; jsm: JetStreamManager; te
     }
   }
 
+  /**
+   * Only the orchestrator starts a child or a continuation: a client that could submit one
+   * would choose what runs under a derived id and what its parent takes as the step's result.
+   */
+  function checkOwnSubmit(cmd: Command, author: Author | undefined): void {
+    if (cmd.verb !== 'submit' || (cmd.body.parent === undefined && cmd.body.continuedFrom === undefined)) return;
+    if (author?.role === Role.Orchestrator) return;
+    const who = author ? `signed by ${author.name} (${author.role ?? 'no role'})` : 'unsigned';
+    throw new UnprovenError(`a submit that starts a child or a continuation is the orchestrator's own; this one is ${who}`);
+  }
+
   return {
     async parse(msg) {
       const cmd = parseMessage(msg);
       checkDerived(cmd);
       const author = authorOf(msg, cmd.verb);
+      checkOwnSubmit(cmd, author);
+      let refused: ErrorRecord | undefined;
       if (cmd.verb === 'submit' && registry.has(cmd.body.workflow)) {
         // The workflow's input schema (Standard Schema) judges the input before any run exists.
         const schema = registry.latest(cmd.body.workflow).input;
-        if (schema) await validateStandard(schema, cmd.body.input ?? {}, `input of ${cmd.body.workflow}`);
+        try {
+          if (schema) await validateStandard(schema, cmd.body.input ?? {}, `input of ${cmd.body.workflow}`);
+        } catch (e) {
+          if (!isChildSubmit(cmd, author)) throw e;
+          refused = toErrorRecord(e, ErrorCode.SchemaViolation);
+        }
       }
-      return { cmd, runId: await runIdFor(msg, cmd), ...(author ? { author } : {}) };
+      return { cmd, runId: await runIdFor(msg, cmd), ...(author ? { author } : {}), ...(refused ? { refused } : {}) };
     },
   };
 }

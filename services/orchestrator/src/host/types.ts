@@ -2,7 +2,7 @@
 import type { DeliveryInfo, JsMsg } from '@nats-io/jetstream';
 import type { RunState } from '@capstan/actors';
 import type { Author } from '@capstan/kit';
-import type { Command, ErrorRecord, RunEvent, RunId } from '@capstan/schemas';
+import type { Command, CommandOf, ErrorRecord, RunEvent, RunId } from '@capstan/schemas';
 import type { EffectSource } from '../effects.js';
 
 /**
@@ -21,6 +21,8 @@ export interface Pending {
   readonly runId: RunId;
   /** Who signed it, proven (see intake.ts); absent on an unsigned submit and the workers' verbs. */
   readonly author?: Author;
+  /** A child run's submit its input schema refused at intake: decided as a refusal, which its parent hears of. */
+  readonly refused?: ErrorRecord;
 }
 
 /** A command the run refused (or that could not be decided), to dead-letter or drop. */
@@ -29,6 +31,8 @@ export interface Rejection {
   readonly error: ErrorRecord;
   readonly runId?: RunId;
   readonly deadLetter: boolean;
+  /** A refused child submit: the outcome its parent takes, so its step ends rather than waits. */
+  readonly toParent?: CommandOf<'child'>;
 }
 
 /** One run's share of a tick: the events to append and what to do once they are. */

@@ -219,6 +219,8 @@ export function RunView({ runId }: { runId: string }) {
         </div>
       </div>
 
+      {d.parent || d.continuedFrom || d.children.length > 0 ? <RelatedRuns d={d} base={base} /> : null}
+
       {d.policyDecisions.length > 0 || d.leases.length > 0 ? <PolicyCard decisions={d.policyDecisions} leases={d.leases} /> : null}
 
       {d.approvals.length > 0 ? <ApprovalsCard approvals={d.approvals} busy={busy} role={role} onApprove={approve} onDeny={deny} /> : null}
@@ -367,6 +369,65 @@ function Summary({ d }: { d: RunDetailResponse }) {
         </div>
       ) : null}
     </dl>
+  );
+}
+
+/** The runs this one is linked to: the parent that started it, the run it continues, the children it started. */
+function RelatedRuns({ d, base }: { d: RunDetailResponse; base: string }) {
+  const runLink = (runId: string, testid: string) => (
+    <Link to={`${base}/runs/${encodeURIComponent(runId)}`} className="mono" data-testid={testid} data-run-id={runId}>
+      {runId}
+    </Link>
+  );
+  return (
+    <div className="card section" data-testid="run-related">
+      <div className="card-head">
+        <h2>Related runs</h2>
+        <span className="hint">child workflows and continue-as-new, from what the runs recorded</span>
+      </div>
+      {d.parent || d.continuedFrom ? (
+        <div className="card-body">
+          <dl className="summary">
+            {d.parent ? (
+              // A run id is long: two columns keep it on one line.
+              <div style={{ gridColumn: 'span 2' }}>
+                <dt>Started by</dt>
+                <dd>
+                  {runLink(d.parent.runId, 'run-parent')}
+                  {d.parent.step ? <span className="muted"> · step {d.parent.step}</span> : null}
+                </dd>
+              </div>
+            ) : null}
+            {d.continuedFrom ? (
+              <div style={{ gridColumn: 'span 2' }}>
+                <dt>Continues</dt>
+                <dd>{runLink(d.continuedFrom, 'run-continued-from')}</dd>
+              </div>
+            ) : null}
+          </dl>
+        </div>
+      ) : null}
+      {d.children.length > 0 ? (
+        <div className="table-wrap">
+          <table className="data" data-testid="run-children">
+            <TableHead columns={['Step', 'Attempt', 'Workflow', 'Child run', 'Outcome']} />
+            <tbody>
+              {d.children.map((c) => (
+                <tr key={c.runId} data-testid="run-child" data-step={c.step} data-child-id={c.runId}>
+                  <td>{c.step}</td>
+                  <td>{c.attempt}</td>
+                  <td>{c.workflow}</td>
+                  <td>{runLink(c.runId, 'run-child-link')}</td>
+                  <td>
+                    <StatusBadge status={c.outcome} testid="child-outcome" />
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      ) : null}
+    </div>
   );
 }
 
