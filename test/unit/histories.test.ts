@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { createRegistry, foldRun, runStatus, statusFromEvents } from '@capstan/actors';
-import { CapstanError, ErrorCode, INPUT_EVENT_TYPES, parseRunEvent, type DeterminismViolationError, type RunEvent } from '@capstan/schemas';
+import { CapstanError, encode, ErrorCode, INPUT_EVENT_TYPES, parseRunEvent, type DeterminismViolationError, type RunEvent } from '@capstan/schemas';
+import { projectRun } from '@capstan/projector';
 import { workflows } from '../fixtures/workflows.js';
 
 const HISTORIES = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..', 'test', 'fixtures', 'histories');
@@ -53,6 +54,18 @@ describe('histories - recorded runs replay under this build', () => {
     expect(fold.timeline.map((e) => e.seq)).toEqual(events.filter((e) => INPUT_EVENT_TYPES.has(e.type)).map((e) => e.seq));
     // The status readers without the registry see agrees with the machine's.
     expect(runStatus(fold.state)).toBe(statusFromEvents(events));
+  });
+
+  it.each(histories.map((x) => [`engine ${x.engine} ${x.name}`, x] as const))('histories - %s projects with no approval left waiting once the run has ended', (_, x) => {
+    const events = readHistory(x.file);
+    const { view } = projectRun(
+      'hist',
+      events.map((event, i) => ({ event, streamSeq: i + 1, bytes: encode(event) })),
+    );
+    const ended = ['completed', 'failed', 'cancelled'].includes(statusFromEvents(events));
+    const waiting = [...view.approvals.values()].filter((a) => a.status === 'waiting').map((a) => a.step);
+    // A run that has ended can be asked nothing: the console's approvals list must not offer it.
+    expect(ended ? waiting : [], x.name).toEqual([]);
   });
 
   it('histories - the tampered history (a decision edited after the fact) is refused with a precise diff', () => {

@@ -342,9 +342,11 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
       if (e.data.kind === 'timeout' && row && (row.outcome === StepOutcome.Scheduled || row.outcome === StepOutcome.Running)) {
         putStep({ ...row, outcome: StepOutcome.TimedOut, finishedAt: at, durationMs: row.startedAt ? Math.max(0, e.at - row.startedAt.getTime()) : null });
       }
-      // Recorded only when it applied: an approval nobody decided in time fails its run.
-      const a = e.data.kind === 'approval' ? approvals.get(e.data.step) : undefined;
-      if (a && a.status === ApprovalStatus.Waiting) putApproval({ ...a, status: ApprovalStatus.Expired, decidedAt: at });
+      // Recorded only when it applied: an approval nobody decided in time fails its run, and a
+      // wait for a signal that timed out has moved on (nobody can answer it any more).
+      const a = e.data.kind === 'approval' || e.data.kind === 'wait' ? approvals.get(e.data.step) : undefined;
+      if (a && a.status === ApprovalStatus.Waiting)
+        putApproval({ ...a, status: ApprovalStatus.Expired, decidedAt: at, ...(e.data.kind === 'wait' ? { reason: 'timed out' } : {}) });
       break;
     }
     case 'step.waiting':
@@ -532,6 +534,12 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
     case 'run.completed':
     case 'run.cancelled':
       break;
+  }
+  // A run that has ended can be asked nothing: whatever it still waited for is closed, so the
+  // approvals list never offers a finished run (engine 1 could end past a wait its signal
+  // came too early for).
+  if (e.type === 'run.completed' || e.type === 'run.failed' || e.type === 'run.cancelled') {
+    for (const a of [...approvals.values()]) if (a.status === ApprovalStatus.Waiting) putApproval({ ...a, status: ApprovalStatus.Expired, decidedAt: at, reason: 'run ended' });
   }
 
   const anyStarted = view.anyStarted || e.type === 'step.started' || e.type === 'step.completed' || e.type === 'step.failed';
