@@ -22,10 +22,12 @@ const person = (name: string, key: string, groups: string[] = [], role = 'operat
 });
 const RUN = '01HF7YAT00144GJ289144GJ289';
 
-function history(o: { submitter?: { name: string; key: string }; submittedBy?: string; approvers?: string; selfApproval?: boolean }): RunEvent[] {
+/** A run waiting for a finance approval; submitted (signed) by sam unless said otherwise, or `unsigned`. */
+function history(o: { submitter?: { name: string; key: string }; submittedBy?: string; approvers?: string; selfApproval?: boolean; unsigned?: boolean }): RunEvent[] {
   const env = (seq: number, type: string, data: unknown) => ({ v: 1, runId: RUN, seq, at: 0, causationId: 'x', type, data }) as unknown as RunEvent;
+  const submitter = o.unsigned ? undefined : (o.submitter ?? { name: 'sam', key: KEY('S') });
   return [
-    env(1, 'run.started', { workflow: 'w', version: 1, input: {}, ...(o.submitter ? { submitter: o.submitter } : {}), ...(o.submittedBy ? { submittedBy: o.submittedBy } : {}) }),
+    env(1, 'run.started', { workflow: 'w', version: 1, input: {}, ...(submitter ? { submitter } : {}), ...(o.submittedBy ? { submittedBy: o.submittedBy } : {}) }),
     env(2, 'policy.requested', { step: 'deliver', attempt: 1, queries: [] }),
     env(3, 'policy.decided', {
       step: 'deliver',
@@ -80,6 +82,17 @@ describe('decisions - who decided', () => {
     const consoleAs = (by: string) => deciderOf(person('console@ta', KEY('K'), [], 'console'), { by, groups: ['finance'] });
     expect(codeOf(() => checkDecider(approve, consoleAs('ann'), history(viaConsole)))).toBe(ErrorCode.ApproverNotAllowed);
     expect(codeOf(() => checkDecider(approve, consoleAs('bea'), history(viaConsole)))).toBe('allowed');
+  });
+});
+
+describe('decisions - an unsigned submit names no requester', () => {
+  it('decisions - its approval is refused unless the policy allows self-approval; a plain signal step and a deny are not affected', () => {
+    const dave = deciderOf(person('dave', KEY('D'), ['finance']), {});
+    expect(codeOf(() => checkDecider(approve, dave, history({ unsigned: true })))).toBe(ErrorCode.ApproverNotAllowed);
+    expect(codeOf(() => checkDecider(approve, dave, history({ unsigned: true, selfApproval: true })))).toBe('allowed');
+    expect(codeOf(() => checkDecider({ ...approve, verb: 'deny' } as never, dave, history({ unsigned: true })))).toBe('allowed');
+    const signal = [history({ unsigned: true })[0] as RunEvent];
+    expect(codeOf(() => checkDecider(approve, dave, signal))).toBe('allowed');
   });
 });
 

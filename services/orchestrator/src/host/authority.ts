@@ -11,7 +11,9 @@
  * - an approval the policy asked for (`approval.requested`) is decided only by a member of
  *   the approver group it named (the JWT's `capstan-group:` tags, or the groups a console
  *   states for its user), and not by the run's requester unless the policy allowed that
- *   (`@self_approval("allowed")`).
+ *   (`@self_approval("allowed")`). A run submitted unsigned names no requester: nobody can be
+ *   shown to be someone else, so such an approval is refused unless the policy allows
+ *   self-approval (services that submit, the scheduler and ingress, sign their submits).
  * - a mode-3b credential answer (`cmd.credential`) is taken only from the worker that holds
  *   the attempt: a worker credential whose pools include the step's, named by the attempt's
  *   `step.started` (the worker records it before it sends its first answer), for an attempt
@@ -79,7 +81,12 @@ export function checkDecider(cmd: Extract<Command, { verb: 'approve' | 'deny' | 
   if (answer?.data.selfApproval === true) return;
   const started = events.find((e): e is Extract<RunEvent, { type: 'run.started' }> => e.type === 'run.started');
   const submitter = started?.data.submitter;
-  if (submitter && samePerson({ by: started.data.submittedBy ?? submitter.name, key: submitter.key }, { by: d.by, key: d.signer.key })) {
+  if (!started || !submitter) {
+    throw new ApproverNotAllowedError(
+      `this run was submitted unsigned and names no requester, so no approver of step ${step} can be shown to be someone else (the policy does not allow self-approval): submit it signed`,
+    );
+  }
+  if (samePerson({ by: started.data.submittedBy ?? submitter.name, key: submitter.key }, { by: d.by, key: d.signer.key })) {
     throw new ApproverNotAllowedError(`${d.by} submitted this run and may not approve it: the policy does not allow self-approval for step ${step}`);
   }
 }
