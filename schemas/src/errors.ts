@@ -22,6 +22,12 @@ export const ErrorCode = {
    * credential whose role may not decide.
    */
   ApproverNotAllowed: 'approver_not_allowed',
+  /**
+   * A report about a step attempt (a mode-3b credential answer) signed by a worker the run's
+   * record does not show holding that attempt: another pool, another worker than the one
+   * recorded as running it, or an attempt that is not a running mode-3b step.
+   */
+  StepNotHeld: 'step_not_held',
   InvalidTenantId: 'invalid_tenant_id',
   InvalidRunId: 'invalid_run_id',
   InvalidName: 'invalid_name',
@@ -83,6 +89,11 @@ export const ErrorCode = {
   LeaseNotWarranted: 'lease_not_warranted',
   /** A redemption or claim by anyone but the sandbox service the lease is bound to. */
   LeaseWrongRedeemer: 'lease_wrong_redeemer',
+  /**
+   * A worker's second lease for a key of one step attempt: a key is leased to a worker's
+   * attempt once (its declared keys in one lease, each mode-3b credential in one more).
+   */
+  LeaseAlreadyIssued: 'lease_already_issued',
   /** A token endpoint a credential refresher will not call (not https, or an address it may not reach). */
   EndpointRefused: 'endpoint_refused',
   /** The secrets service's sealing key is not the one pinned when the tenant was added. */
@@ -453,6 +464,13 @@ export class UnprovenError extends CapstanError {
 export class WorkRejectedError extends CapstanError {
   constructor(problem: string, options?: ErrorOptions) {
     super(ErrorCode.WorkRejected, `work item rejected: ${problem}`, false, options);
+  }
+}
+
+/** See {@link ErrorCode.StepNotHeld}: nothing is recorded on the run. */
+export class StepNotHeldError extends CapstanError {
+  constructor(message: string) {
+    super(ErrorCode.StepNotHeld, message, false);
   }
 }
 

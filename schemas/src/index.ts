@@ -29,6 +29,7 @@ export {
   CredentialsError,
   UnprovenError,
   WorkRejectedError,
+  StepNotHeldError,
   ApproverNotAllowedError,
   ExportDamagedError,
 } from './errors.js';

@@ -216,13 +216,16 @@ const revokeReplySchema = obj('revoke reply', { revoked: int({ min: 0 }) });
 export type RevokeReply = Infer<typeof revokeReplySchema>;
 
 // ---------------------------------------------------------------------------------------
-// Administration (the CLI).
+// Administration (the CLI). Every administration request is signed (kit's proof.ts) by an
+// operator, the console or the admin: who acted is the signing credential. `by` is heard
+// only from a signer that acts for people it signed in (the console, the admin); from an
+// operator it is ignored.
 
 const putRequestSchema = obj('put request', {
   name: secretName,
   /** The value, sealed to the service's key for this tenant with {@link putAad}. */
   sealed: sealedBoxSchema,
-  by: actorSchema,
+  by: optional(actorSchema),
   lifecycle: optional(literal(...LIFECYCLES)),
   connector: optional(connectorSchema),
   /** A refreshable credential is refreshed once it expires within this window. */
@@ -236,12 +239,12 @@ const rotateRequestSchema = obj('rotate request', {
   name: secretName,
   /** A new value; absent, a refreshable secret is refreshed through its connector now. */
   sealed: optional(sealedBoxSchema),
-  by: actorSchema,
+  by: optional(actorSchema),
   expiresAt: optional(str({ min: 20, max: 40 })),
 });
 export type RotateRequest = Infer<typeof rotateRequestSchema>;
 
-const deleteRequestSchema = obj('delete request', { name: secretName, by: actorSchema });
+const deleteRequestSchema = obj('delete request', { name: secretName, by: optional(actorSchema) });
 export type DeleteRequest = Infer<typeof deleteRequestSchema>;
 
 const listRequestSchema = obj('list request', { includeDeleted: optional(bool()) });
@@ -301,7 +304,8 @@ export type LeaseDenialCode =
   | typeof ErrorCode.LeaseRevoked
   | typeof ErrorCode.LeaseScopeMismatch
   | typeof ErrorCode.LeaseNotWarranted
-  | typeof ErrorCode.LeaseWrongRedeemer;
+  | typeof ErrorCode.LeaseWrongRedeemer
+  | typeof ErrorCode.LeaseAlreadyIssued;
 
 const DENIAL_TEXT: Record<LeaseDenialCode, string> = {
   [ErrorCode.LeaseNotFound]: 'no such lease in this tenant',
@@ -311,6 +315,7 @@ const DENIAL_TEXT: Record<LeaseDenialCode, string> = {
   [ErrorCode.LeaseScopeMismatch]: 'the lease was issued for another run, step or attempt',
   [ErrorCode.LeaseNotWarranted]: "the run's record does not warrant this lease",
   [ErrorCode.LeaseWrongRedeemer]: 'the lease is bound to another redeemer',
+  [ErrorCode.LeaseAlreadyIssued]: 'a lease for these keys of this step attempt was issued already',
 };
 
 /**
@@ -359,6 +364,7 @@ export function secretsErrorFromWire(code: string, message: string, ctx: { reado
     case ErrorCode.LeaseScopeMismatch:
     case ErrorCode.LeaseNotWarranted:
     case ErrorCode.LeaseWrongRedeemer:
+    case ErrorCode.LeaseAlreadyIssued:
       return new LeaseDeniedError(code, ctx.leaseId ?? '', message);
     case ErrorCode.SecretNotFound:
       return new SecretNotFoundError(ctx.tenant ?? '', [], message);

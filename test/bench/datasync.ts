@@ -86,6 +86,7 @@ for (const size of SIZES) {
     }
   }
   await defineCatalog(nc, t, src, {
+    signer: tc.signer,
     password: 'bench',
     destinations: { warehouse: { type: 'postgres', connection: 'shop', schema: 'warehouse' }, lake: { type: 'files', path: 'lake', format: 'jsonl' } },
   });

@@ -78,7 +78,7 @@ async function workload(label: string, governed: boolean): Promise<{ latency: nu
       by: 'bench',
       text: `permit(principal in Workflow::"${t}/bench.gated", action == Action::"run-step", resource) when { resource.level == 2 };\npermit(principal in Workflow::"${t}/bench.gated", action == Action::"lease-secret", resource == Secret::"${t}/BENCH_TOKEN");\n`,
     });
-    await putSecret(nc, t, 'BENCH_TOKEN', token, { by: 'bench' });
+    await putSecret(nc, t, 'BENCH_TOKEN', token, { by: 'bench', signer: admin.signer });
   } else {
     writeFileSync(secretsFile, JSON.stringify({ [t]: { BENCH_TOKEN: token } }));
   }

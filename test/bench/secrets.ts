@@ -40,11 +40,11 @@ await service.start();
 // Issuing and redeeming from one admin connection, signed as a service that leases for its
 // own use (datasync): no run record is looked up, the lease is bound to the signer. (A
 // worker's lease also reads the run's stream for its warrant: see the governed benchmark.)
-const { nc } = await nats.connect(t, Role.Admin);
+const { nc, signer: adminSigner } = await nats.connect(t, Role.Admin);
 const access = await connectAsService(Role.Datasync, nats.store.serviceCredsPath(Role.Datasync), { servers: nats.url, name: 'bench-datasync', log: silent });
 const signer = (await access.tenant(t)).signer as Signer;
 const natsVersion = nc.info?.version ?? '?';
-await putSecret(nc, t, 'BENCH_TOKEN', randomBytes(24).toString('base64url'), { by: 'bench' });
+await putSecret(nc, t, 'BENCH_TOKEN', randomBytes(24).toString('base64url'), { by: 'bench', signer: adminSigner });
 
 async function pair(issue: number[], redeem: number[], both: number[]): Promise<void> {
   const runId = newRunId();

@@ -58,7 +58,7 @@ const ingress = await createIngress(ingressConfig({ ...nats.env(Role.Ingress), .
 for (const s of [secrets, orchestrator, worker, ingress]) await s.start();
 
 const SECRET = `whsec_${randomBytes(32).toString('base64')}`;
-await putSecret(admin.nc, t, 'BENCH_HOOK', SECRET, { by: 'bench' });
+await putSecret(admin.nc, t, 'BENCH_HOOK', SECRET, { by: 'bench', signer: admin.signer });
 await writeRoute(admin.js, admin.jsm, t, { route: 'bench', workflow: 'test.slow', secrets: ['BENCH_HOOK'], fields: { ms: '/ms' }, status: 'enabled', by: 'bench' });
 while (ingress.routes(t).length === 0) await new Promise((r) => setTimeout(r, 50));
 const signer = new Webhook(SECRET);

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pg from 'pg';
 import { createRegistry } from '@capstan/actors';
-import { createLogger, openDatabase, putEntity, putSecret, type Database, type Logger, type NatsConnection } from '@capstan/kit';
+import { createLogger, openDatabase, putEntity, putSecret, type Database, type Logger, type NatsConnection, type Signer } from '@capstan/kit';
 import { CatalogKind, Role, type ModelSpec, type RunId, type ServiceRole, type TenantId } from '@capstan/schemas';
 import { scratchDatabase } from './postgres.js';
 import { connect, issueCreds, provision, serviceEnv, TEST_DEFAULTS, type Harness } from './fixtures.js';
@@ -325,10 +325,16 @@ export interface Ids {
 
 /**
  * A password secret (`passwordSecret`, value `password`), the source connection, the model,
- * and the destinations asked for, through the datasync service as the CLI would.
+ * and the destinations asked for, through the datasync service as the CLI would (`signer`:
+ * who administers the secret).
  */
-export async function defineCatalog(nc: NatsConnection, t: TenantId, src: Source, o: { password: string; user?: string; destinations: Record<string, unknown> }): Promise<void> {
-  await putSecret(nc, t, 'SHOP_PG_PASSWORD', o.password, { by: 'test' });
+export async function defineCatalog(
+  nc: NatsConnection,
+  t: TenantId,
+  src: Source,
+  o: { password: string; user?: string; destinations: Record<string, unknown>; signer: Signer | undefined },
+): Promise<void> {
+  await putSecret(nc, t, 'SHOP_PG_PASSWORD', o.password, { by: 'test', signer: o.signer });
   const u = new URL(src.url);
   await putEntity(nc, t, {
     kind: CatalogKind.Connection,

@@ -6,7 +6,8 @@
  *   another tenant's user's signature, a client credential, and an outsider claiming groups
  *   in the body. Each is refused (`unproven`, `approver_not_allowed`, or the server's
  *   permission violation) and nothing is recorded; then a member of the group approves and
- *   is recorded with the key that signed.
+ *   is recorded with the key that signed. A run submitted unsigned (no requester on record)
+ *   cannot be approved at all, by its requester or anyone.
  * - policy answers: 100 runs whose real answer is deny, each raced by a forged "allow"
  *   published the moment the run asks (with the message id the orchestrator once used, and
  *   signed by a principal that is not the orchestrator), plus operators trying the subject
@@ -185,6 +186,24 @@ describe('attack: forged decisions', () => {
     // The decoy run was never touched by the signature made for it.
     expect(decisionsOf(await eventsOf(h, t, decoy))).toHaveLength(0);
   }, 180_000);
+
+  it('attack - submitting unsigned does not evade four eyes: the requester (or anyone) approving a run that names no requester is refused', async () => {
+    const erin = await person(t, Role.Operator, 'erin', ['finance']);
+    const frank = await person(t, Role.Operator, 'frank', ['finance']);
+    // Erin submits without a proof, so the run cannot tell she asked for it.
+    const runId = await waitingForFinance(await forging(erin.tc));
+    const started = (await eventsOf(h, t, runId)).find((e) => e.type === 'run.started');
+    expect(started?.type === 'run.started' && started.data.submitter).toBeUndefined();
+    const outcomes = {
+      requester: await refusal(erin.client.approve(t, runId, 'deliver', { by: 'erin', timeoutMs: 30_000 })),
+      anotherMember: await refusal(frank.client.approve(t, runId, 'deliver', { by: 'frank', timeoutMs: 30_000 })),
+    };
+    expect(outcomes).toEqual({ requester: 'approver_not_allowed', anotherMember: 'approver_not_allowed' });
+    expect(decisionsOf(await eventsOf(h, t, runId))).toHaveLength(0);
+    // Denying stays open to the group.
+    const denied = await frank.client.deny(t, runId, 'deliver', { by: 'frank', reason: 'submit it signed', timeoutMs: 30_000 });
+    expect(denied.type === 'approval.decided' && denied.data.decision).toBe('deny');
+  }, 120_000);
 
   it('attack - an unsigned or forged cancel is refused; a signed one names who asked', async () => {
     const bob = await person(t, Role.Operator, 'bob2');

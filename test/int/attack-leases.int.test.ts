@@ -1,7 +1,8 @@
 /**
- * Attacks on work items, leases and the credential refresher, played as an attacker inside
- * the tenant would (auth on: operator/JWT mode, an account per tenant, a user per role).
- * Each forgery is counted, never assumed: items executed, leases granted, secrets obtained,
+ * Attacks on work items, mode-3b credential answers, leases, secrets administration and the
+ * credential refresher, played as an attacker inside the tenant would (auth on: operator/JWT
+ * mode, an account per tenant, a user per role). Each forgery is counted, never assumed:
+ * items executed, credential answers recorded, leases granted, secrets obtained or changed,
  * values sent to a token endpoint. All must be zero; each has a legitimate control that goes
  * through, so a zero is a refusal and not a broken probe.
  *
@@ -17,16 +18,21 @@ import { headers as natsHeaders, type MsgHdrs } from '@nats-io/transport-node';
 import {
   checkExecRequest,
   claimLease,
+  deleteSecret,
   generateRecipient,
   issueLease,
   jwtIssuer,
+  listSecrets,
   newRunId,
   openDatabase,
   parseCredentials,
+  proofHeaders,
   putSecret,
+  readFrom,
   queryRows,
   readCredentials,
   redeemLease,
+  revokeRun,
   rotateSecret,
   signerOf,
   signWork,
@@ -42,6 +48,8 @@ import { createRegistry } from '@capstan/actors';
 import {
   AuthKind,
   CapstanError,
+  CommandVerb,
+  DeadLetterSource,
   decode,
   encode,
   ErrorCode,
@@ -71,8 +79,14 @@ let d: Database;
 let secrets: SecretsLeaseService;
 let orchestrator: OrchestratorApp;
 let worker: WorkerApp;
-/** Signers: the tenant's orchestrator, sandbox and datasync services, a worker of pool `default`, a client. */
-const as: Record<'orchestrator' | 'sandbox' | 'datasync' | 'worker' | 'otherPool' | 'client' | 'foreignOrchestrator', Signer> = {} as never;
+/**
+ * Signers: the tenant's orchestrator, sandbox and datasync services, a worker of pool
+ * `default` and another of the same pool, a worker of another pool, a client, an operator,
+ * and another tenant's orchestrator and worker.
+ */
+const as: Record<'orchestrator' | 'sandbox' | 'datasync' | 'worker' | 'peer' | 'otherPool' | 'client' | 'operator' | 'foreignOrchestrator' | 'foreignWorker', Signer> = {} as never;
+/** How the admin administers secrets: signed, for the user it names. */
+let admin: { by: string; signer: Signer };
 /** How many times a forged work item's handler ran. */
 let executed = 0;
 
@@ -96,15 +110,20 @@ beforeAll(async () => {
   t = await provision(h, 'atk');
   const foreign = await provision(h, 'atk-x');
   nc = await h.nc(t);
+  admin = { by, signer: (await h.tenant(t)).signer as Signer };
   const signerOfRole = async (role: 'orchestrator' | 'sandbox' | 'datasync', tenant = t) => (await (await accessAs(url, role)).tenant(tenant)).signer as Signer;
   as.orchestrator = await signerOfRole(Role.Orchestrator);
   as.sandbox = await signerOfRole(Role.Sandbox);
   as.datasync = await signerOfRole(Role.Datasync);
   as.foreignOrchestrator = await signerOfRole(Role.Orchestrator, foreign);
   as.worker = await signerFromCreds(await issueCreds(url, t, Role.Worker, 'atk-worker', { pools: ['default'] }));
+  as.peer = await signerFromCreds(await issueCreds(url, t, Role.Worker, 'atk-peer', { pools: ['default'] }));
   as.otherPool = await signerFromCreds(await issueCreds(url, t, Role.Worker, 'atk-other', { pools: ['other'] }));
+  as.foreignWorker = await signerFromCreds(await issueCreds(url, foreign, Role.Worker, 'atk-worker', { pools: ['default'] }));
   const client = await parseCredentials(await (await testAuthStore()).mintUser(t, Role.Client, 'mallory'), 'mallory');
   as.client = signerOf(client.jwt, client.seed);
+  const operator = await parseCredentials(await (await testAuthStore()).mintUser(t, Role.Operator, 'olive'), 'olive');
+  as.operator = signerOf(operator.jwt, operator.seed);
 
   secrets = await createSecretsLease(
     secretsConfig({
@@ -237,6 +256,67 @@ describe('forged work items: none executed, each dead-lettered as work_rejected'
   });
 });
 
+describe('forged mode-3b credential answers: none recorded, the run’s stream untouched', () => {
+  /** A run whose step `step` attempt 1 is scheduled and recorded as started by `atk-worker` (pool `default`), the holder. */
+  async function held(workflow: string, step: string): Promise<RunId> {
+    const runId = await h.client.submit(t, workflow, { input: {} });
+    await eventually('the step scheduled', async () => ((await eventsOf(h, t, runId)).some((e) => e.type === 'step.scheduled' && e.data.step === step) ? true : undefined), 20_000);
+    await (await h.js(t)).publish(Subjects.command(t, CommandVerb.Started), encode({ runId, step, attempt: 1, worker: 'atk-worker' }));
+    await eventually('the holder recorded', async () => ((await eventsOf(h, t, runId)).some((e) => e.type === 'step.started') ? true : undefined), 20_000);
+    return runId;
+  }
+
+  it('unsigned, signed by anyone but the worker holding the attempt, altered, or for an attempt it does not hold: 0 recorded; the holder’s answer is', async () => {
+    const runId = await held('demo.jit', 'call-api');
+    const mode2 = await held('test.canary', 'first');
+    const subject = Subjects.command(t, CommandVerb.Credential);
+    const answer = (over: Record<string, unknown> = {}) =>
+      encode({ runId, step: 'call-api', attempt: 1, name: 'DEMO_API_KEY', reason: 'forged', decision: 'allow', version: 1, policies: ['forged'], ...over });
+    const signed = (s: Signer, data: Uint8Array, subj = subject): [Uint8Array, MsgHdrs] => [data, proofHeaders(s, subj, data)];
+    const forgeries: [string, Uint8Array, MsgHdrs | undefined, string][] = [
+      ['unsigned', answer(), undefined, ErrorCode.Unproven],
+      ['signed by a client', ...signed(as.client, answer()), ErrorCode.Unproven],
+      ['signed by an operator', ...signed(as.operator, answer()), ErrorCode.Unproven],
+      ['signed by the orchestrator', ...signed(as.orchestrator, answer()), ErrorCode.Unproven],
+      ['signed by the sandbox service', ...signed(as.sandbox, answer()), ErrorCode.Unproven],
+      ['signed by another tenant’s worker of the same name', ...signed(as.foreignWorker, answer()), ErrorCode.Unproven],
+      ['the holder’s signature over another answer', answer(), signed(as.worker, answer({ decision: 'deny' }))[1], ErrorCode.Unproven],
+      ['the holder’s signature for another subject', answer(), signed(as.worker, answer(), Subjects.command(t, CommandVerb.Policy))[1], ErrorCode.Unproven],
+      ['signed by a worker of another pool', ...signed(as.otherPool, answer()), ErrorCode.StepNotHeld],
+      ['signed by another worker of the step’s pool', ...signed(as.peer, answer()), ErrorCode.StepNotHeld],
+      ['the holder, for an attempt never scheduled', ...signed(as.worker, answer({ attempt: 2 })), ErrorCode.StepNotHeld],
+      ['the holder, for a step never scheduled', ...signed(as.worker, answer({ step: 'other' })), ErrorCode.StepNotHeld],
+      ['the holder, for a mode-2 step', ...signed(as.worker, answer({ runId: mode2, step: 'first' })), ErrorCode.StepNotHeld],
+    ];
+    const js = await h.js(t);
+    const seqs: [string, number, string][] = [];
+    for (const [name, data, headers, code] of forgeries) {
+      const ack = await js.publish(subject, data, { msgID: `forged-credential:${name}`, ...(headers ? { headers } : {}) });
+      seqs.push([name, ack.seq, code]);
+    }
+    const codes = await eventually(
+      'every forged answer dead-lettered',
+      async () => {
+        const all = await commandDeadLetters();
+        return seqs.every(([, seq]) => all.has(seq)) ? all : undefined;
+      },
+      30_000,
+    );
+    expect(Object.fromEntries(seqs.map(([name, seq]) => [name, codes.get(seq)]))).toEqual(Object.fromEntries(seqs.map(([name, , code]) => [name, code])));
+    const events = [...(await eventsOf(h, t, runId)), ...(await eventsOf(h, t, mode2))];
+    expect(events.filter((e) => e.type === 'credential.decided')).toHaveLength(0);
+    // Nothing at all of them reached a run: refusals are dead letters, not events.
+    const forged = new Set(seqs.map(([, seq]) => `cmd:${seq}`));
+    expect(events.filter((e) => forged.has(e.causationId))).toHaveLength(0);
+
+    // The control: the holder's own signed answer is recorded.
+    const [data, headers] = signed(as.worker, answer({ reason: 'call the demo API' }));
+    await js.publish(subject, data, { headers, msgID: 'holder-credential' });
+    const decided = await eventually('the holder’s answer recorded', async () => (await eventsOf(h, t, runId)).find((e) => e.type === 'credential.decided'), 20_000);
+    expect(decided.type === 'credential.decided' && decided.data).toMatchObject({ name: 'DEMO_API_KEY', decision: 'allow', reason: 'call the demo API' });
+  });
+});
+
 describe('leases: warranted by the run’s record, bound to the sandbox service', () => {
   let runId: RunId;
   let keys: string[];
@@ -244,8 +324,8 @@ describe('leases: warranted by the run’s record, bound to the sandbox service'
 
   beforeAll(async () => {
     keys = Array.from({ length: 24 }, (_, i) => `CANARY_${i}`);
-    for (const k of keys) await putSecret(nc, t, k, `canary-${k}-${randomBytes(6).toString('hex')}`, { by });
-    await putSecret(nc, t, 'DB_PASSWORD', `db-${randomBytes(8).toString('hex')}`, { by });
+    for (const k of keys) await putSecret(nc, t, k, `canary-${k}-${randomBytes(6).toString('hex')}`, { ...admin });
+    await putSecret(nc, t, 'DB_PASSWORD', `db-${randomBytes(8).toString('hex')}`, { ...admin });
     // A real run: its first step (mode 2, 24 declared keys, pool `default`) is scheduled
     // and waits for a worker, which is not running.
     runId = await h.client.submit(t, 'test.canary', { input: {} });
@@ -281,6 +361,27 @@ describe('leases: warranted by the run’s record, bound to the sandbox service'
     expect(codes['nonexistent run']).toBe(ErrorCode.LeaseNotWarranted);
     granted = (await issueLease(nc, t, { runId, step: 'first', attempt: 1, keys: ['CANARY_0', 'CANARY_1'] }, { signer: as.worker })).leaseId;
     expect(granted).toBeTruthy();
+  });
+
+  it('a second lease of a key for the same attempt: 0 granted, whoever of the pool asks', async () => {
+    const again: [string, () => Promise<unknown>][] = [
+      ['the same worker, the same keys', () => issueLease(nc, t, { runId, step: 'first', attempt: 1, keys: ['CANARY_0', 'CANARY_1'] }, { signer: as.worker })],
+      ['the same worker, one key again', () => issueLease(nc, t, { runId, step: 'first', attempt: 1, keys: ['CANARY_1', 'CANARY_2'] }, { signer: as.worker })],
+      ['another worker of the step’s pool', () => issueLease(nc, t, { runId, step: 'first', attempt: 1, keys: ['CANARY_0'] }, { signer: as.peer })],
+    ];
+    let leases = 0;
+    const codes: Record<string, string> = {};
+    for (const [name, ask] of again) {
+      codes[name] = await codeOf(ask());
+      if (codes[name] === 'ok') leases++;
+    }
+    expect(leases).toBe(0);
+    expect(new Set(Object.values(codes))).toEqual(new Set([ErrorCode.LeaseAlreadyIssued]));
+    const refused = await queryRows<{ n: number }>(
+      d,
+      sql`select count(*)::int as n from audit_log where tenant = ${t} and run_id = ${runId} and kind = 'lease.denied' and detail->>'code' = ${ErrorCode.LeaseAlreadyIssued}`,
+    );
+    expect(refused[0]?.n).toBe(again.length);
   });
 
   it('redeemed by anyone but the sandbox service, or unsigned: 0 secrets obtained; the sandbox service gets them', async () => {
@@ -364,7 +465,7 @@ describe('the refresher is no deputy', () => {
   });
 
   it('loopback, private, link-local, plain-http, unbound-secret and redirecting endpoints: 0 values sent; an allowed, bound one is called', async () => {
-    await putSecret(nc, t, 'VICTIM_PASSWORD', `victim-${randomBytes(8).toString('hex')}`, { by });
+    await putSecret(nc, t, 'VICTIM_PASSWORD', `victim-${randomBytes(8).toString('hex')}`, { ...admin });
     const password = 'VICTIM_PASSWORD';
     const cases: [string, string, string | undefined][] = [
       ['loopback over http', `http://${loopback}/token`, undefined],
@@ -382,9 +483,9 @@ describe('the refresher is no deputy', () => {
       const connectorName = `c${n}`;
       const clientSecretKey = secretKey === 'bound' ? `BOUND_${n}` : (secretKey ?? `CLIENT_${n}`);
       const connector: Connector = { name: connectorName, auth: { type: AuthKind.OAuth2ClientCredentials, tokenUrl, clientId: 'x', clientSecretKey } };
-      if (secretKey !== password) await putSecret(nc, t, clientSecretKey, `client-secret-${n}`, { by, connector });
-      await putSecret(nc, t, `TOKEN_${n}`, 'placeholder', { by, lifecycle: Lifecycle.Refreshable, connector });
-      const code = await codeOf(rotateSecret(nc, t, `TOKEN_${n}`, undefined, { by }));
+      if (secretKey !== password) await putSecret(nc, t, clientSecretKey, `client-secret-${n}`, { ...admin, connector });
+      await putSecret(nc, t, `TOKEN_${n}`, 'placeholder', { ...admin, lifecycle: Lifecycle.Refreshable, connector });
+      const code = await codeOf(rotateSecret(nc, t, `TOKEN_${n}`, undefined, { ...admin }));
       expect([name, code]).not.toEqual([name, 'ok']);
     }
     // Nothing reached the loopback listener; the allowed one got only the redirect request (whose client secret was bound to it), nothing with the victim's value.
@@ -399,11 +500,58 @@ describe('the refresher is no deputy', () => {
       name: 'good',
       auth: { type: AuthKind.OAuth2ClientCredentials, tokenUrl: `http://${allowed}/token`, clientId: 'x', clientSecretKey: 'GOOD_CLIENT' },
     };
-    await putSecret(nc, t, 'GOOD_CLIENT', 'good-client-secret', { by, connector });
-    await putSecret(nc, t, 'GOOD_TOKEN', 'placeholder', { by, lifecycle: Lifecycle.Refreshable, connector });
+    await putSecret(nc, t, 'GOOD_CLIENT', 'good-client-secret', { ...admin, connector });
+    await putSecret(nc, t, 'GOOD_TOKEN', 'placeholder', { ...admin, lifecycle: Lifecycle.Refreshable, connector });
     const before = hits.length;
-    expect((await rotateSecret(nc, t, 'GOOD_TOKEN', undefined, { by })).version).toBe(2);
+    expect((await rotateSecret(nc, t, 'GOOD_TOKEN', undefined, { ...admin })).version).toBe(2);
     expect(hits.slice(before).map((x) => x.where)).toEqual(['127.0.0.2/token']);
+  });
+});
+
+describe('secrets administration: only a proven operator (or the console or admin for its user)', () => {
+  it('unsigned, or signed by any other role or tenant: 0 secrets stored, rotated, deleted, listed or runs revoked; an operator is recorded as who signed', async () => {
+    await putSecret(nc, t, 'ADMIN_TARGET', 'original', admin);
+    const victimRun = newRunId();
+    const forgers: [string, Signer | undefined][] = [
+      ['unsigned', undefined],
+      ['a client', as.client],
+      ['a worker', as.worker],
+      ['the sandbox service', as.sandbox],
+      ['the datasync service', as.datasync],
+      ['the orchestrator', as.orchestrator],
+      ['another tenant’s orchestrator', as.foreignOrchestrator],
+    ];
+    let through = 0;
+    const codes = new Set<string>();
+    for (const [, signer] of forgers) {
+      // Each claims to be the tenant's security lead: a claim is not a proof.
+      const o = { by: 'ceo', ...(signer ? { signer } : {}) };
+      for (const attempt of [
+        () => putSecret(nc, t, 'ADMIN_TARGET', 'forged', o),
+        () => putSecret(nc, t, 'ADMIN_PLANTED', 'forged', o),
+        () => rotateSecret(nc, t, 'ADMIN_TARGET', 'forged', o),
+        () => deleteSecret(nc, t, 'ADMIN_TARGET', o),
+        () => listSecrets(nc, t, o),
+        () => revokeRun(nc, t, victimRun, o),
+      ]) {
+        const code = await codeOf(attempt());
+        if (code === 'ok') through++;
+        codes.add(code);
+      }
+    }
+    expect(through).toBe(0);
+    expect([...codes]).toEqual([ErrorCode.Unproven]);
+    const listed = await listSecrets(nc, t, { ...admin, includeDeleted: true });
+    expect(listed.find((x) => x.name === 'ADMIN_TARGET')).toMatchObject({ version: 1 });
+    expect(listed.find((x) => x.name === 'ADMIN_TARGET')?.deletedAt).toBeUndefined();
+    expect(listed.some((x) => x.name === 'ADMIN_PLANTED')).toBe(false);
+    const revoked = await queryRows(d, sql`select 1 from lease_revocations where tenant = ${t} and run_id = ${victimRun}`);
+    expect(revoked).toHaveLength(0);
+
+    // The control: an operator rotates, and is recorded by the name its credential carries, not the one it states.
+    expect((await rotateSecret(nc, t, 'ADMIN_TARGET', 'next', { by: 'ceo', signer: as.operator })).version).toBe(2);
+    const actors = await queryRows<{ actor: string }>(d, sql`select actor from audit_log where tenant = ${t} and kind = 'secret.rotated' and detail->>'name' = 'ADMIN_TARGET'`);
+    expect(actors.map((x) => x.actor)).toEqual(['olive']);
   });
 });
 
@@ -431,12 +579,21 @@ describe('the sealing key is the tenant’s secrets-lease service’s, proven', 
     expect(puts).toBe(0);
     for (const x of subs) x.unsubscribe();
     // The control: the real service's key, signed by it, is used.
-    const own = await putSecret(nc, t, 'SEALED_OK', 'sent-sealed', { by, account: jwtIssuer(as.orchestrator.jwt) });
+    const own = await putSecret(nc, t, 'SEALED_OK', 'sent-sealed', { ...admin, account: jwtIssuer(as.orchestrator.jwt) });
     expect(own.version).toBe(1);
   });
 });
 
 // ---------------------------------------------------------------------------------------
+
+/** Dead letters of commands: source stream sequence → error code. */
+async function commandDeadLetters(): Promise<Map<number, string>> {
+  const out = new Map<number, string>();
+  for (const m of await readFrom(await h.jsm(t), Streams.deadLetters(t), Subjects.deadLetter(t, DeadLetterSource.Command), 1)) {
+    out.set(Number(m.header.get(Headers.SourceSeq)), m.header.get(Headers.ErrorCode));
+  }
+  return out;
+}
 
 async function dlqCount(): Promise<number> {
   const info = await (await h.jsm(t)).streams.info(Streams.deadLetters(t)).catch(() => undefined);

@@ -35,7 +35,11 @@ describe('console: data sync', () => {
   beforeAll(async () => {
     f = await datasyncFixture(inject('natsUrl'), 'dsc', { items: 2000, env: { DATASYNC_SWEEP_AFTER_MS: '1000' } });
     t = f.t;
-    await defineCatalog(await f.h.nc(t), t, f.src, { password: 'trust', destinations: { warehouse: { type: 'postgres', connection: 'shop', schema: 'warehouse' } } });
+    await defineCatalog(await f.h.nc(t), t, f.src, {
+      signer: (await f.h.tenant(t)).signer,
+      password: 'trust',
+      destinations: { warehouse: { type: 'postgres', connection: 'shop', schema: 'warehouse' } },
+    });
     const passwordHash = await hashPassword(PASSWORD);
     db = await openDatabase({ url: f.stateUrl, log: silent });
     app = createConsole({

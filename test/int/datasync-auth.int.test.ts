@@ -88,8 +88,8 @@ describe('data-sync connectors: passwords, client certificates, TLS', () => {
     state = await scratchDatabase('dsastate');
     filesRoot = mkdtempSync(join(tmpdir(), 'capstan-dsa-'));
     stack = await startStack(inject('natsUrl'), t, state.url, filesRoot);
-    await putSecret(await h.nc(t), t, 'SHOP_PW', password, { by: 'test' });
-    await putSecret(await h.nc(t), t, 'SHOP_CLIENT_KEY', certs.clientKey, { by: 'test' });
+    await putSecret(await h.nc(t), t, 'SHOP_PW', password, { by: 'test', signer: (await h.tenant(t)).signer });
+    await putSecret(await h.nc(t), t, 'SHOP_CLIENT_KEY', certs.clientKey, { by: 'test', signer: (await h.tenant(t)).signer });
     const base = { type: 'postgres', host: '127.0.0.1', port: server.port, database: 'shop' };
     const put = async (id: string, spec: object) => putEntity(await h.nc(t), t, { kind: CatalogKind.Connection, id, spec, by: 'test' });
     await put('shop-pw', { ...base, tls: tls('verify-full'), auth: { type: 'username_password', username: 'shop_pw', passwordKey: 'SHOP_PW' } });
@@ -133,9 +133,9 @@ describe('data-sync connectors: passwords, client certificates, TLS', () => {
 
   it('a wrong server name, TLS off, and a wrong password are refused, and no answer holds the password', async () => {
     const outcomes = [await refusal('wrong-name'), await refusal('plain')];
-    await rotateSecret(await h.nc(t), t, 'SHOP_PW', 'not-the-password', { by: 'test' });
+    await rotateSecret(await h.nc(t), t, 'SHOP_PW', 'not-the-password', { by: 'test', signer: (await h.tenant(t)).signer });
     outcomes.push(await refusal('shop-pw'));
-    await rotateSecret(await h.nc(t), t, 'SHOP_PW', password, { by: 'test' });
+    await rotateSecret(await h.nc(t), t, 'SHOP_PW', password, { by: 'test', signer: (await h.tenant(t)).signer });
     process.stdout.write(`refused connections: ${JSON.stringify(outcomes.map((o) => o.code))}\n`);
     expect(outcomes.map((o) => o.code)).toEqual([ErrorCode.SourceFailed, ErrorCode.SourceFailed, ErrorCode.SourceFailed]);
     expect(outcomes.some((o) => o.message.includes(password) || o.message.includes('not-the-password'))).toBe(false);

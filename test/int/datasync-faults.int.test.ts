@@ -31,6 +31,7 @@ describe('data-sync: a load killed mid-way and retried', () => {
     const first = service('');
     await eventually('the datasync service to answer', async () => listEntities(await h.nc(t), t).then(() => true));
     await defineCatalog(await h.nc(t), t, src, {
+      signer: (await h.tenant(t)).signer,
       password: 'trust-auth',
       destinations: {
         warehouse: { type: 'postgres', connection: 'shop', schema: 'warehouse', batchRows: 1000 },

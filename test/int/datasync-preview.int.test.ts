@@ -30,7 +30,7 @@ describe('the bounded preview', () => {
     await src.query(`create sequence s; create table t (id int); insert into t values (1), (2)`);
     await src.query(`create function evil() returns int language sql as 'insert into t values (99) returning 1'`);
     await src.query(`create procedure p() language sql as 'insert into t values (98)'`);
-    await defineCatalog(await h.nc(t), t, src, { password: 'unused-by-trust-auth', destinations: {} });
+    await defineCatalog(await h.nc(t), t, src, { password: 'unused-by-trust-auth', destinations: {}, signer: (await h.tenant(t)).signer });
   }, 120_000);
 
   afterAll(async () => {

@@ -47,6 +47,7 @@ describe(`data-sync pipelines over a ${ITEMS.toLocaleString('en')}-row table`, (
     });
     ({ h, t, src, stack, filesRoot } = f);
     await defineCatalog(await h.nc(t), t, src, {
+      signer: (await h.tenant(t)).signer,
       password,
       destinations: { warehouse: { type: 'postgres', connection: 'shop', schema: 'warehouse' }, lake: { type: 'files', path: 'lake/shop', format: 'jsonl', batchRows: 50_000 } },
     });

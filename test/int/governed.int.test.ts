@@ -126,9 +126,10 @@ describe.skipIf(!docker)('governed runs: policy, approvals, leases, 3b', () => {
     logs.push(policyLog.text, secretsLog.text, orchLog.text, workerLog.text, () => sb.logs());
 
     await setPolicy(await h.nc(t), t, { text: policyFor(t), by: 'sec-team', reason: 'demo policy' });
-    await putSecret(await h.nc(t), t, 'DEMO_TOKEN', demoToken, { by: 'sec-team' });
-    await putSecret(await h.nc(t), t, 'DEMO_API_KEY', apiKey, { by: 'sec-team' });
-    for (const [i, c] of canaries.entries()) await putSecret(await h.nc(t), t, `CANARY_${i}`, c, { by: 'sec-team' });
+    const admin = { by: 'sec-team', signer: (await h.tenant(t)).signer };
+    await putSecret(await h.nc(t), t, 'DEMO_TOKEN', demoToken, admin);
+    await putSecret(await h.nc(t), t, 'DEMO_API_KEY', apiKey, admin);
+    for (const [i, c] of canaries.entries()) await putSecret(await h.nc(t), t, `CANARY_${i}`, c, admin);
   }, 300_000);
 
   afterAll(async () => {

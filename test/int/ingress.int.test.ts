@@ -113,8 +113,8 @@ describe('ingress', () => {
       { handlers },
     );
     await worker.start();
-    await putSecret(tc.nc, t, 'ORDERS_HOOK', SECRET, { by: 'ann' });
-    await putSecret(tc.nc, t, 'ORDERS_HOOK_NEXT', NEXT_SECRET, { by: 'ann' });
+    await putSecret(tc.nc, t, 'ORDERS_HOOK', SECRET, { by: 'ann', signer: tc.signer });
+    await putSecret(tc.nc, t, 'ORDERS_HOOK_NEXT', NEXT_SECRET, { by: 'ann', signer: tc.signer });
     await writeRoute(tc.js, tc.jsm, t, route());
     ingress = await createIngress(
       ingressConfig({

@@ -60,6 +60,8 @@ let logs = '';
  * record are the attack suite's and the governed flow's.
  */
 let signer: Signer;
+/** How the admin administers secrets: signed (the service acts for no unsigned request), for the user it names. */
+let admin: { by: string; signer: Signer };
 type Call<A extends unknown[], R> = (c: NatsConnection, tt: TenantId, ...rest: [...A, SecretsCallOptions?]) => Promise<R>;
 const signed =
   <A extends unknown[], R>(f: Call<A, R>) =>
@@ -110,6 +112,7 @@ beforeAll(async () => {
   h = await connect(url);
   t = await provision(h, 'sec');
   nc = await h.nc(t);
+  admin = { by, signer: (await h.tenant(t)).signer as Signer };
   signer = (await (await accessAs(url, Role.Datasync)).tenant(t)).signer as Signer;
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -144,33 +147,33 @@ afterAll(async () => {
 
 describe('secrets administration', () => {
   it('put / list / rotate / delete: versions and dates, never a value', async () => {
-    const a = await putSecret(nc, t, 'ADMIN_A', 'value-a1', { by });
+    const a = await putSecret(nc, t, 'ADMIN_A', 'value-a1', { ...admin });
     expect(a).toMatchObject({ name: 'ADMIN_A', version: 1, lifecycle: 'static' });
     expect(a.rotatedAt).toBeUndefined();
-    const a2 = await putSecret(nc, t, 'ADMIN_A', 'value-a2', { by });
+    const a2 = await putSecret(nc, t, 'ADMIN_A', 'value-a2', { ...admin });
     expect(a2.version).toBe(2);
     expect(a2.rotatedAt).toBeDefined();
-    const a3 = await rotateSecret(nc, t, 'ADMIN_A', 'value-a3', { by });
+    const a3 = await rotateSecret(nc, t, 'ADMIN_A', 'value-a3', { ...admin });
     expect(a3.version).toBe(3);
-    await putSecret(nc, t, 'ADMIN_B', 'value-b', { by });
-    const listed = await listSecrets(nc, t);
+    await putSecret(nc, t, 'ADMIN_B', 'value-b', { ...admin });
+    const listed = await listSecrets(nc, t, admin);
     expect(listed.filter((s) => s.name.startsWith('ADMIN_')).map((s) => [s.name, s.version])).toEqual([
       ['ADMIN_A', 3],
       ['ADMIN_B', 1],
     ]);
     expect(JSON.stringify(listed)).not.toMatch(/value-/);
 
-    const gone = await deleteSecret(nc, t, 'ADMIN_B', { by });
+    const gone = await deleteSecret(nc, t, 'ADMIN_B', { ...admin });
     expect(gone.deletedAt).toBeDefined();
-    expect((await listSecrets(nc, t)).map((s) => s.name)).not.toContain('ADMIN_B');
-    expect((await listSecrets(nc, t, { includeDeleted: true })).find((s) => s.name === 'ADMIN_B')?.deletedAt).toBeDefined();
+    expect((await listSecrets(nc, t, admin)).map((s) => s.name)).not.toContain('ADMIN_B');
+    expect((await listSecrets(nc, t, { ...admin, includeDeleted: true })).find((s) => s.name === 'ADMIN_B')?.deletedAt).toBeDefined();
     // The ciphertext is erased, not just hidden.
     const [row] = await queryRows<{ ciphertext: unknown }>(d, sql`select ciphertext from secrets where tenant = ${t} and name = 'ADMIN_B'`);
     expect(row?.ciphertext).toBeNull();
-    expect(await codeOf(deleteSecret(nc, t, 'ADMIN_B', { by }))).toBe(ErrorCode.SecretNotFound);
-    expect(await codeOf(rotateSecret(nc, t, 'NO_SUCH', 'v', { by }))).toBe(ErrorCode.SecretNotFound);
+    expect(await codeOf(deleteSecret(nc, t, 'ADMIN_B', { ...admin }))).toBe(ErrorCode.SecretNotFound);
+    expect(await codeOf(rotateSecret(nc, t, 'NO_SUCH', 'v', { ...admin }))).toBe(ErrorCode.SecretNotFound);
     // Back after a delete: versions go on.
-    expect((await putSecret(nc, t, 'ADMIN_B', 'value-b2', { by })).version).toBe(2);
+    expect((await putSecret(nc, t, 'ADMIN_B', 'value-b2', { ...admin })).version).toBe(2);
 
     // Only the current value is kept, and it is the one a lease gets.
     const runId = newRunId();
@@ -236,8 +239,8 @@ describe('secrets administration', () => {
 
 describe('leases', () => {
   beforeAll(async () => {
-    await putSecret(nc, t, 'API_TOKEN', 'api-token-value', { by });
-    await putSecret(nc, t, 'DB_PASSWORD', 'db-password-value', { by });
+    await putSecret(nc, t, 'API_TOKEN', 'api-token-value', { ...admin });
+    await putSecret(nc, t, 'DB_PASSWORD', 'db-password-value', { ...admin });
   });
 
   it('issue → redeem once → a second redemption is lease_used; every step audited with key names', async () => {
@@ -304,13 +307,13 @@ describe('leases', () => {
   });
 
   it('a secret deleted after the lease was issued: secret_not_found, and the lease is not used up', async () => {
-    await putSecret(nc, t, 'SHORT_LIVED', 'short-1', { by });
+    await putSecret(nc, t, 'SHORT_LIVED', 'short-1', { ...admin });
     const runId = newRunId();
     const scope = { runId, step: 's', attempt: 1 };
     const lease = await issueLease(nc, t, { ...scope, keys: ['SHORT_LIVED'] });
-    await deleteSecret(nc, t, 'SHORT_LIVED', { by });
+    await deleteSecret(nc, t, 'SHORT_LIVED', { ...admin });
     expect(await codeOf(redeemValues(nc, t, { ...scope, leaseId: lease.leaseId }))).toBe(ErrorCode.SecretNotFound);
-    await putSecret(nc, t, 'SHORT_LIVED', 'short-2', { by });
+    await putSecret(nc, t, 'SHORT_LIVED', 'short-2', { ...admin });
     expect(await redeemValues(nc, t, { ...scope, leaseId: lease.leaseId })).toEqual({ SHORT_LIVED: 'short-2' });
     expect((await auditRows(runId)).map((x) => [x.kind, x.detail['code'] ?? null])).toEqual([
       ['lease.issued', null],
@@ -365,7 +368,7 @@ describe('leases', () => {
     const leases = await Promise.all(Array.from({ length: 100 }, (_, i) => issueLease(nc, t, { runId, step: `s${i}`, attempt: 1, keys: ['API_TOKEN'] })));
     await redeemValues(nc, t, { leaseId: (leases[0] as { leaseId: string }).leaseId, runId, step: 's0', attempt: 1 });
     const t0 = performance.now();
-    const revoked = await revokeRun(nc, t, runId as RunId, { by, reason: 'incident 42' });
+    const revoked = await revokeRun(nc, t, runId as RunId, { ...admin, reason: 'incident 42' });
     const revokeMs = performance.now() - t0;
     expect(revoked).toBe(99);
     const codes = await Promise.all(leases.map((l, i) => codeOf(redeemValues(nc, t, { leaseId: l.leaseId, runId, step: `s${i}`, attempt: 1 }))));
@@ -409,7 +412,7 @@ describe('leases', () => {
       'lease.denied',
     ]);
     // A revocation by request is not lifted by the run going on.
-    await revokeRun(nc, t, runId as RunId, { by });
+    await revokeRun(nc, t, runId as RunId, { ...admin });
     await svc.ledger.revoke(t, runId, { kind: 'run-event', event: 'run.retried', streamSeq: 20 });
     expect(await codeOf(issue('c'))).toBe(ErrorCode.LeaseRevoked);
   });
@@ -459,7 +462,7 @@ describe('leases', () => {
     try {
       expect(await codeOf(issueLease(nc, t, { ...scope, keys: ['API_TOKEN'] }))).toBe(ErrorCode.SecretsUnavailable);
       expect(await codeOf(redeemValues(nc, t, { ...scope, leaseId: lease.leaseId }))).toBe(ErrorCode.SecretsUnavailable);
-      expect(await codeOf(revokeRun(nc, t, runId as RunId, { by }))).toBe(ErrorCode.SecretsUnavailable);
+      expect(await codeOf(revokeRun(nc, t, runId as RunId, { ...admin }))).toBe(ErrorCode.SecretsUnavailable);
       const [n] = await queryRows<{ leases: number; redeemed: number; revoked: number }>(
         d,
         sql`select count(*)::int as leases, count(redeemed_at)::int as redeemed, count(revoked_at)::int as revoked from leases where tenant = ${t} and run_id = ${runId}`,
@@ -514,9 +517,9 @@ describe('refreshable credentials', () => {
       auth: { type: AuthKind.OAuth2ClientCredentials, tokenUrl, clientId: 'capstan', clientSecretKey: 'CC_CLIENT_SECRET', scopes: ['read', 'write'] },
     };
     // Bound to the connector: only then may its refresher send it.
-    await putSecret(nc, t, 'CC_CLIENT_SECRET', 'the-client-secret', { by, connector });
+    await putSecret(nc, t, 'CC_CLIENT_SECRET', 'the-client-secret', { ...admin, connector });
     // Stored without an expiry: due at once.
-    const put = await putSecret(nc, t, 'CC_TOKEN', 'placeholder', { by, lifecycle: Lifecycle.Refreshable, connector, refreshWindowMs: 60_000 });
+    const put = await putSecret(nc, t, 'CC_TOKEN', 'placeholder', { ...admin, lifecycle: Lifecycle.Refreshable, connector, refreshWindowMs: 60_000 });
     expect(put).toMatchObject({ lifecycle: 'refreshable', connector: 'crm', auth: 'oauth2_client_credentials' });
     const runId = newRunId();
     const l1 = await issueLease(nc, t, { runId, step: 'a', attempt: 1, keys: ['CC_TOKEN'] });
@@ -525,7 +528,7 @@ describe('refreshable credentials', () => {
     const l2 = await issueLease(nc, t, { runId, step: 'b', attempt: 1, keys: ['CC_TOKEN'] });
     expect(n).toBe(1);
     expect(await redeemValues(nc, t, { leaseId: l2.leaseId, runId, step: 'b', attempt: 1 })).toEqual({ CC_TOKEN: 'access-1' });
-    const info = (await listSecrets(nc, t)).find((s) => s.name === 'CC_TOKEN');
+    const info = (await listSecrets(nc, t, admin)).find((s) => s.name === 'CC_TOKEN');
     expect(info?.version).toBe(2);
     expect(info?.refreshedAt).toBeDefined();
     const expires = new Date(info?.expiresAt ?? 0).getTime() - (await dbNow()).getTime();
@@ -544,8 +547,8 @@ describe('refreshable credentials', () => {
         ? { status: 200, body: { access_token: 'ac-access-2', refresh_token: 'refresh-2', expires_in: 600 } }
         : { status: 400, body: { error: 'invalid_grant', error_description: 'refresh token reuse: refresh-1' } };
     const connector: Connector = { name: 'mail', auth: { type: AuthKind.OAuth2AuthCode, tokenUrl, clientId: 'capstan-mail', refreshTokenKey: 'AC_REFRESH' } };
-    await putSecret(nc, t, 'AC_REFRESH', 'refresh-1', { by, connector });
-    await putSecret(nc, t, 'AC_TOKEN', 'ac-access-1', { by, lifecycle: Lifecycle.Refreshable, connector, expiresAt: new Date(Date.now() - 60_000) });
+    await putSecret(nc, t, 'AC_REFRESH', 'refresh-1', { ...admin, connector });
+    await putSecret(nc, t, 'AC_TOKEN', 'ac-access-1', { ...admin, lifecycle: Lifecycle.Refreshable, connector, expiresAt: new Date(Date.now() - 60_000) });
     const runId = newRunId();
     const l = await issueLease(nc, t, { runId, step: 'a', attempt: 1, keys: ['AC_TOKEN', 'AC_REFRESH'] });
     expect(await redeemValues(nc, t, { leaseId: l.leaseId, runId, step: 'a', attempt: 1 })).toEqual({ AC_TOKEN: 'ac-access-2', AC_REFRESH: 'refresh-2' });
@@ -562,13 +565,13 @@ describe('refreshable credentials', () => {
     expect((err as Error).message).toMatch(/token endpoint http:\/\/127\.0\.0\.1:\d+\/oauth\/token answered 400 \(invalid_grant\)/);
     expect((err as Error).message).not.toMatch(/refresh-\d/);
     // Refusing a refresh on a bad connector is checked when it is stored.
-    expect(await codeOf(putSecret(nc, t, 'BAD_REFRESHABLE', 'x', { by, lifecycle: Lifecycle.Refreshable }))).toBe(ErrorCode.InvalidArgument);
+    expect(await codeOf(putSecret(nc, t, 'BAD_REFRESHABLE', 'x', { ...admin, lifecycle: Lifecycle.Refreshable }))).toBe(ErrorCode.InvalidArgument);
   });
 });
 
 describe('D1: single use under racing redeemers, TTL, revocation', () => {
   it('1000 leases × 16 concurrent redeemers: exactly one success each; all rejected after their TTL', { timeout: 300_000 }, async () => {
-    await putSecret(nc, t, 'D1_TOKEN', 'd1-token-value', { by });
+    await putSecret(nc, t, 'D1_TOKEN', 'd1-token-value', { ...admin });
     // Redeemers on their own connections, as several sandbox nodes would be.
     const conns: NatsConnection[] = await Promise.all(Array.from({ length: 4 }, (_, i) => connectAs(url, t, Role.Sandbox, `d1-${i}`)));
     try {
@@ -680,7 +683,7 @@ describe('D3: canaries', () => {
     const cli: string[] = [];
     try {
       // 30 stored through the kit client and leased (sealed redemptions).
-      for (const [i, c] of canaries.slice(0, 30).entries()) await putSecret(nc, t, `CANARY_${i}`, c, { by });
+      for (const [i, c] of canaries.slice(0, 30).entries()) await putSecret(nc, t, `CANARY_${i}`, c, { ...admin });
       const runId = newRunId();
       for (let i = 0; i < 30; i += 5) {
         const keys = Array.from({ length: 5 }, (_, k) => `CANARY_${i + k}`);
@@ -692,9 +695,9 @@ describe('D3: canaries', () => {
         await codeOf(redeemValues(nc, t, { ...scope, leaseId: lease.leaseId }));
         await codeOf(redeemValues(nc, t, { ...scope, step: 'wrong', leaseId: lease.leaseId }));
       }
-      await revokeRun(nc, t, runId as RunId, { by });
+      await revokeRun(nc, t, runId as RunId, { ...admin });
       // 5 rotated in, through the kit client.
-      for (const [i, c] of canaries.slice(30, 35).entries()) await rotateSecret(nc, t, `CANARY_${i}`, c, { by });
+      for (const [i, c] of canaries.slice(30, 35).entries()) await rotateSecret(nc, t, `CANARY_${i}`, c, { ...admin });
       // 5 stored by the CLI from the environment, 5 from files.
       for (const [i, c] of canaries.slice(35, 40).entries()) {
         const r = await runCli(['secrets', 'put', `CLI_CANARY_${i}`, '--from-env', 'CANARY', '--tenant', t, '--nats', url, '--as', by], { CANARY: c });
@@ -711,10 +714,10 @@ describe('D3: canaries', () => {
       }
       // 5 in requests that fail: bad values, unknown names, a value on the command line.
       const [c45, c46, c47, c48, c49] = canaries.slice(45) as [string, string, string, string, string];
-      await codeOf(putSecret(nc, t, 'NUL_CANARY', `${c45}\0tail`, { by }));
-      await codeOf(putSecret(nc, t, 'HUGE_CANARY', c46.repeat(3000), { by }));
-      await codeOf(rotateSecret(nc, t, 'MISSING_CANARY', c47, { by }));
-      await codeOf(putSecret(nc, t, 'REFRESH_CANARY', c48, { by, lifecycle: Lifecycle.Refreshable }));
+      await codeOf(putSecret(nc, t, 'NUL_CANARY', `${c45}\0tail`, { ...admin }));
+      await codeOf(putSecret(nc, t, 'HUGE_CANARY', c46.repeat(3000), { ...admin }));
+      await codeOf(rotateSecret(nc, t, 'MISSING_CANARY', c47, { ...admin }));
+      await codeOf(putSecret(nc, t, 'REFRESH_CANARY', c48, { ...admin, lifecycle: Lifecycle.Refreshable }));
       const inline = await runCli(['secrets', 'put', 'INLINE_CANARY', `--value=${c49}`, '--tenant', t, '--nats', url, '--as', by]);
       expect(inline.code).toBe(2);
       cli.push(inline.out, inline.err);

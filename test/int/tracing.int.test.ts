@@ -82,7 +82,8 @@ describe.skipIf(!docker)('tracing: one submit, one trace of every hop', () => {
     await eventually('the policy service', async () => setPolicy(await h.nc(t), t, { text: policyFor(t), by: 'sec-team' }).catch(() => undefined), 60_000, 250);
     await eventually(
       'the secrets-lease service',
-      async () => putSecret(await h.nc(t), t, 'TRACE_TOKEN', `tok-${randomBytes(8).toString('hex')}`, { by: 'sec-team' }).catch(() => undefined),
+      async () =>
+        putSecret(await h.nc(t), t, 'TRACE_TOKEN', `tok-${randomBytes(8).toString('hex')}`, { by: 'sec-team', signer: (await h.tenant(t)).signer }).catch(() => undefined),
       60_000,
       250,
     );

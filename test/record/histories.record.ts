@@ -289,8 +289,9 @@ describe('record histories', () => {
     await worker.start();
     stops.push(() => worker.stop());
     await setPolicy(await h.nc(t), t, { text: policyFor(t), by: 'sec-team', reason: 'history recording policy' });
-    await putSecret(await h.nc(t), t, 'DEMO_TOKEN', `tok-${randomBytes(12).toString('hex')}`, { by: 'sec-team' });
-    await putSecret(await h.nc(t), t, 'DEMO_API_KEY', `key-${randomBytes(12).toString('hex')}`, { by: 'sec-team' });
+    const admin = { by: 'sec-team', signer: (await h.tenant(t)).signer };
+    await putSecret(await h.nc(t), t, 'DEMO_TOKEN', `tok-${randomBytes(12).toString('hex')}`, admin);
+    await putSecret(await h.nc(t), t, 'DEMO_API_KEY', `key-${randomBytes(12).toString('hex')}`, admin);
     // The tenant whose definitions predate the patch of test.patched.
     old = await provision(h, 'hist-old');
     const before = createRegistry([

@@ -4,20 +4,30 @@
  * policy, and console roles and approver groups per tenant.
  */
 import { describe, expect, it } from 'vitest';
-import { checkDecider, deciderOf } from '@capstan/orchestrator';
+import { checkCredentialHolder, checkDecider, deciderOf } from '@capstan/orchestrator';
 import { compilePolicySet, evaluate } from '@capstan/policy';
 import { createSessions, groupsIn, parseUsers, requireAction, roleIn } from '@capstan/console';
 import { combineDecisions, ErrorCode, parseTenantId, PolicyAction, type RunEvent } from '@capstan/schemas';
 import type { Author } from '@capstan/kit';
 
 const KEY = (c: string) => `U${c.repeat(55)}`;
-const person = (name: string, key: string, groups: string[] = [], role = 'operator'): Author => ({ publicKey: key, name, issuer: 'A', role, tenant: 'ta', groups });
+const person = (name: string, key: string, groups: string[] = [], role = 'operator', pools: string[] = []): Author => ({
+  publicKey: key,
+  name,
+  issuer: 'A',
+  role,
+  tenant: 'ta',
+  groups,
+  pools,
+});
 const RUN = '01HF7YAT00144GJ289144GJ289';
 
-function history(o: { submitter?: { name: string; key: string }; submittedBy?: string; approvers?: string; selfApproval?: boolean }): RunEvent[] {
+/** A run waiting for a finance approval; submitted (signed) by sam unless said otherwise, or `unsigned`. */
+function history(o: { submitter?: { name: string; key: string }; submittedBy?: string; approvers?: string; selfApproval?: boolean; unsigned?: boolean }): RunEvent[] {
   const env = (seq: number, type: string, data: unknown) => ({ v: 1, runId: RUN, seq, at: 0, causationId: 'x', type, data }) as unknown as RunEvent;
+  const submitter = o.unsigned ? undefined : (o.submitter ?? { name: 'sam', key: KEY('S') });
   return [
-    env(1, 'run.started', { workflow: 'w', version: 1, input: {}, ...(o.submitter ? { submitter: o.submitter } : {}), ...(o.submittedBy ? { submittedBy: o.submittedBy } : {}) }),
+    env(1, 'run.started', { workflow: 'w', version: 1, input: {}, ...(submitter ? { submitter } : {}), ...(o.submittedBy ? { submittedBy: o.submittedBy } : {}) }),
     env(2, 'policy.requested', { step: 'deliver', attempt: 1, queries: [] }),
     env(3, 'policy.decided', {
       step: 'deliver',
@@ -72,6 +82,59 @@ describe('decisions - who decided', () => {
     const consoleAs = (by: string) => deciderOf(person('console@ta', KEY('K'), [], 'console'), { by, groups: ['finance'] });
     expect(codeOf(() => checkDecider(approve, consoleAs('ann'), history(viaConsole)))).toBe(ErrorCode.ApproverNotAllowed);
     expect(codeOf(() => checkDecider(approve, consoleAs('bea'), history(viaConsole)))).toBe('allowed');
+  });
+});
+
+describe('decisions - an unsigned submit names no requester', () => {
+  it('decisions - its approval is refused unless the policy allows self-approval; a plain signal step and a deny are not affected', () => {
+    const dave = deciderOf(person('dave', KEY('D'), ['finance']), {});
+    expect(codeOf(() => checkDecider(approve, dave, history({ unsigned: true })))).toBe(ErrorCode.ApproverNotAllowed);
+    expect(codeOf(() => checkDecider(approve, dave, history({ unsigned: true, selfApproval: true })))).toBe('allowed');
+    expect(codeOf(() => checkDecider({ ...approve, verb: 'deny' } as never, dave, history({ unsigned: true })))).toBe('allowed');
+    const signal = [history({ unsigned: true })[0] as RunEvent];
+    expect(codeOf(() => checkDecider(approve, dave, signal))).toBe('allowed');
+  });
+});
+
+describe('decisions - a mode-3b answer is taken from the worker holding the attempt only', () => {
+  const env = (seq: number, type: string, data: unknown) => ({ v: 1, runId: RUN, seq, at: 0, causationId: 'x', type, data }) as unknown as RunEvent;
+  const run = (o: { mode?: number; jit?: boolean; startedBy?: string } = {}): RunEvent[] => [
+    env(1, 'run.started', { workflow: 'w', version: 1, input: {} }),
+    env(2, 'step.scheduled', {
+      step: 'call',
+      attempt: 1,
+      handler: 'sandbox',
+      mode: o.mode ?? 3,
+      pool: 'default',
+      timeoutMs: 1000,
+      sandbox: { command: ['true'], jit: o.jit ?? true },
+    }),
+    ...(o.startedBy ? [env(3, 'step.started', { step: 'call', attempt: 1, worker: o.startedBy })] : []),
+  ];
+  const answer = (over: { step?: string; attempt?: number } = {}) =>
+    ({
+      verb: 'credential',
+      body: { runId: RUN as never, step: 'call', attempt: 1, name: 'API_KEY', reason: 'r', decision: 'allow', version: 1, policies: [], ...over },
+    }) as Parameters<typeof checkCredentialHolder>[0];
+  const w1 = person('w1', KEY('W'), [], 'worker', ['default']);
+  const judge = (a: Author, events: RunEvent[], over?: { step?: string; attempt?: number }) => codeOf(() => checkCredentialHolder(answer(over), a, events));
+
+  it('decisions - the worker the attempt records, of the step’s pool, for a scheduled mode-3b attempt: taken', () => {
+    expect(judge(w1, run({ startedBy: 'w1' }))).toBe('allowed');
+  });
+
+  it('decisions - anyone else, or an attempt that is not a running mode-3b step: step_not_held', () => {
+    const refused = {
+      anotherWorkerOfThePool: judge(person('w2', KEY('X'), [], 'worker', ['default']), run({ startedBy: 'w1' })),
+      theSameNameInAnotherPool: judge(person('w1', KEY('Y'), [], 'worker', ['other']), run({ startedBy: 'w1' })),
+      anOperator: judge(person('w1', KEY('W'), [], 'operator', ['default']), run({ startedBy: 'w1' })),
+      nobodyRecordedAsRunningIt: judge(w1, run()),
+      anotherAttempt: judge(w1, run({ startedBy: 'w1' }), { attempt: 2 }),
+      anotherStep: judge(w1, run({ startedBy: 'w1' }), { step: 'other' }),
+      aMode2Step: judge(w1, run({ mode: 2, jit: false, startedBy: 'w1' })),
+      aMode3StepWithoutJit: judge(w1, run({ jit: false, startedBy: 'w1' })),
+    };
+    expect(new Set(Object.values(refused))).toEqual(new Set([ErrorCode.StepNotHeld]));
   });
 });
 

@@ -188,9 +188,11 @@ export async function devCmd(argv: string[]): Promise<number> {
   );
   await secretsService.start();
   await setPolicy(nc, tenant, { text: devPolicy(tenant), by: 'capstan-dev', reason: 'the dev policy' });
-  const stored = new Set((await listSecrets(nc, tenant)).map((x) => x.name));
+  // Signed as the dev operator: the secrets-lease service administers for proven operators only.
+  const signed = operator.signer ? { signer: operator.signer } : {};
+  const stored = new Set((await listSecrets(nc, tenant, signed)).map((x) => x.name));
   for (const name of ['DEMO_TOKEN', 'DEMO_API_KEY']) {
-    if (!stored.has(name)) await putSecret(nc, tenant, name, `${name.toLowerCase()}-${randomBytes(12).toString('hex')}`, { by: 'capstan-dev' });
+    if (!stored.has(name)) await putSecret(nc, tenant, name, `${name.toLowerCase()}-${randomBytes(12).toString('hex')}`, signed);
   }
 
   // Data sync keeps its staging and state in Postgres (COPY, unlogged tables): only with a real one.

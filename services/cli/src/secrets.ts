@@ -138,9 +138,10 @@ async function putCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   const timeoutMs = intFlag('timeout', values['timeout'], 10, 1) * 1000;
   const value = await valueOf(values, env);
   if (value === undefined) throw new InvalidArgumentError('no value: give it with --value-file <f>, --from-env <VAR>, or on stdin');
-  return withTenant(values, t, Role.Operator, async ({ nc, account }) => {
+  return withTenant(values, t, Role.Operator, async ({ nc, account, signer }) => {
     const s = await putSecret(nc, t, name, value, {
       by,
+      ...(signer ? { signer } : {}),
       timeoutMs,
       ...(account ? { account } : {}),
       ...(lifecycle ? { lifecycle } : {}),
@@ -166,8 +167,8 @@ async function rotateCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number
   const value = refresh ? undefined : await valueOf(values, env);
   if (!refresh && value === undefined)
     throw new InvalidArgumentError('no value: give it with --value-file <f>, --from-env <VAR>, or on stdin (or --refresh for a refreshable secret)');
-  return withTenant(values, t, Role.Operator, async ({ nc, account }) => {
-    const s = await rotateSecret(nc, t, name, value, { by, timeoutMs, ...(account ? { account } : {}), ...(expiresAt ? { expiresAt } : {}) });
+  return withTenant(values, t, Role.Operator, async ({ nc, account, signer }) => {
+    const s = await rotateSecret(nc, t, name, value, { by, timeoutMs, ...(signer ? { signer } : {}), ...(account ? { account } : {}), ...(expiresAt ? { expiresAt } : {}) });
     print(values['json'] === true, s, () => `${green(refresh ? 'refreshed' : 'rotated')} ${describeSecret(s)} in ${t} as ${by}`);
     return 0;
   });
@@ -178,8 +179,8 @@ async function deleteCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number
   const t: TenantId = tenantFlag(values);
   const name = nameArg(args[0]);
   const by = actorFlag(values, env);
-  return withTenant(values, t, Role.Operator, async ({ nc }) => {
-    const s = await deleteSecret(nc, t, name, { by });
+  return withTenant(values, t, Role.Operator, async ({ nc, signer }) => {
+    const s = await deleteSecret(nc, t, name, { by, ...(signer ? { signer } : {}) });
     print(values['json'] === true, s, () => `${red('deleted')} ${s.name} v${s.version} in ${t} as ${by}: its value is erased`);
     return 0;
   });
@@ -189,8 +190,8 @@ async function listCmd(argv: string[]): Promise<number> {
   const { values } = parse(argv, { nats: { type: 'string' }, tenant: { type: 'string' }, json: { type: 'boolean' }, all: { type: 'boolean' } }, []);
   const t: TenantId = tenantFlag(values);
   const includeDeleted = values['all'] === true;
-  return withTenant(values, t, Role.Operator, async ({ nc }) => {
-    const secrets = await listSecrets(nc, t, { includeDeleted });
+  return withTenant(values, t, Role.Operator, async ({ nc, signer }) => {
+    const secrets = await listSecrets(nc, t, { includeDeleted, ...(signer ? { signer } : {}) });
     print(values['json'] === true, { secrets }, () => {
       if (secrets.length === 0) return `no secrets in ${t}`;
       const rows = secrets.map((s) => [

@@ -48,7 +48,18 @@ import {
   type WebhookRoute,
   JS_SEQUENCE_CONFLICT_CODES,
 } from '@capstan/schemas';
-import { serviceAccess, tailStream, verifyWebhook, webhookRunId, type Logger, type StreamTail, type TenantAccess, type TenantConnection, type TenantFollower } from '@capstan/kit';
+import {
+  proofHeaders,
+  serviceAccess,
+  tailStream,
+  verifyWebhook,
+  webhookRunId,
+  type Logger,
+  type StreamTail,
+  type TenantAccess,
+  type TenantConnection,
+  type TenantFollower,
+} from '@capstan/kit';
 import type { Config } from './config.js';
 import { createRateLimiter, selectInput } from './deliveries.js';
 
@@ -234,8 +245,10 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
   }
 
   async function submit(tc: TenantConnection, route: WebhookRoute, runId: RunId, input: { [k: string]: JsonValue }): Promise<void> {
-    const cmd = { workflow: route.workflow, runId, input };
-    await tc.js.publish(Subjects.command(tc.tenant, CommandVerb.Submit), encode(cmd), { msgID: MsgIds.command(CommandVerb.Submit, runId) });
+    const subject = Subjects.command(tc.tenant, CommandVerb.Submit);
+    const data = encode({ workflow: route.workflow, runId, input });
+    // Signed as ingress: the run names its requester, so four eyes hold on its approvals.
+    await tc.js.publish(subject, data, { msgID: MsgIds.command(CommandVerb.Submit, runId), ...(tc.signer ? { headers: proofHeaders(tc.signer, subject, data) } : {}) });
   }
 
   function send(res: ServerResponse, status: number, body: object, retryAfterS?: number): void {

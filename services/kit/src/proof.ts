@@ -37,6 +37,8 @@ export interface Author {
   readonly tenant?: string;
   /** `capstan-group:<g>` tags: approver groups and the like. */
   readonly groups: readonly string[];
+  /** `capstan-pool:<p>` tags: the pools a worker's credential may pull. */
+  readonly pools: readonly string[];
 }
 
 function digest(subject: string, body: Uint8Array): Uint8Array {
@@ -181,5 +183,6 @@ export function verifyProof(h: MsgHdrs | undefined, subject: string, body: Uint8
     ...(role ? { role } : {}),
     ...(tenant ? { tenant } : {}),
     groups: tagValues(tags, 'capstan-group'),
+    pools: tagValues(tags, 'capstan-pool'),
   };
 }

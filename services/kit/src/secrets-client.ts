@@ -6,10 +6,12 @@
  *   lease id on; it never sees a value.
  * - The sandbox service redeems it once (`redeemLease`, or `redeemValues` which also makes a
  *   one-time key pair and opens the box) for values sealed to its own key.
- * - Anyone may revoke a run (`revokeRun`); the service also does when the run ends.
+ * - An operator may revoke a run (`revokeRun`); the service also does when the run ends.
  * - The CLI administers secrets (`putSecret`, `rotateSecret`, `deleteSecret`,
  *   `listSecrets`). A value is sealed here, to the service's key for the tenant, before it
- *   goes on the wire; replies never hold one.
+ *   goes on the wire; replies never hold one. Administration and revocation are signed
+ *   (`signer`: an operator's credential, the console's or the admin's): the service acts only
+ *   for a proven administrator and records who signed, not who a request says it is.
  *
  * Every refusal comes back as its typed error (`secret_not_found`, `lease_expired`,
  * `lease_used`, `lease_revoked`, `lease_scope_mismatch`, …); no service answering is
@@ -61,7 +63,8 @@ export interface SecretsCallOptions {
   readonly timeoutMs?: number;
   /**
    * Signs the request as the caller: issuing a lease needs the worker named by the run's
-   * record, claiming and redeeming one the sandbox service it is bound to.
+   * record, claiming and redeeming one the sandbox service it is bound to, administering
+   * secrets an operator (or the console or admin acting for one).
    */
   readonly signer?: Signer;
   /**
@@ -168,8 +171,11 @@ export async function revokeRun(nc: NatsConnection, t: TenantId, runId: RunId, o
 // Administration.
 
 export interface PutSecretOptions extends SecretsCallOptions {
-  /** Who is storing it (recorded in the audit log). */
-  readonly by: string;
+  /**
+   * Who is storing it, as a signer acting for people it signed in states it (the console,
+   * the admin); from anyone else the service records the signer's own name.
+   */
+  readonly by?: string;
   readonly lifecycle?: Lifecycle;
   readonly connector?: Connector;
   readonly refreshWindowMs?: number;
@@ -202,7 +208,7 @@ export async function putSecret(nc: NatsConnection, t: TenantId, name: string, v
   const body = {
     name,
     sealed,
-    by: o.by,
+    ...(o.by !== undefined ? { by: o.by } : {}),
     ...(o.lifecycle ? { lifecycle: o.lifecycle } : {}),
     ...(o.connector ? { connector: o.connector } : {}),
     ...(o.refreshWindowMs !== undefined ? { refreshWindowMs: o.refreshWindowMs } : {}),
@@ -220,16 +226,16 @@ export async function rotateSecret(
   t: TenantId,
   name: string,
   value: string | undefined,
-  o: SecretsCallOptions & { by: string; expiresAt?: Date },
+  o: SecretsCallOptions & { by?: string; expiresAt?: Date },
 ): Promise<SecretInfo> {
   const sealed = value === undefined ? undefined : await sealForService(nc, t, name, value, o);
-  const body = { name, by: o.by, ...(sealed ? { sealed } : {}), ...(o.expiresAt ? { expiresAt: o.expiresAt.toISOString() } : {}) };
+  const body = { name, ...(o.by !== undefined ? { by: o.by } : {}), ...(sealed ? { sealed } : {}), ...(o.expiresAt ? { expiresAt: o.expiresAt.toISOString() } : {}) };
   return (await call(nc, t, SecretsVerb.Rotate, body, parseSecretReply, o)).secret;
 }
 
 /** Deletes a secret: its ciphertext is erased; name, version and dates stay listed as deleted. */
-export async function deleteSecret(nc: NatsConnection, t: TenantId, name: string, o: SecretsCallOptions & { by: string }): Promise<SecretInfo> {
-  return (await call(nc, t, SecretsVerb.Delete, { name, by: o.by }, parseSecretReply, o)).secret;
+export async function deleteSecret(nc: NatsConnection, t: TenantId, name: string, o: SecretsCallOptions & { by?: string }): Promise<SecretInfo> {
+  return (await call(nc, t, SecretsVerb.Delete, { name, ...(o.by !== undefined ? { by: o.by } : {}) }, parseSecretReply, o)).secret;
 }
 
 /** Names, versions, lifecycles and dates of a tenant's secrets; never values. */

@@ -11,6 +11,6 @@ export { Failpoints } from './run-host.js';
 export { loadWorkflows } from './workflows.js';
 export { catalogOf, inputSchemaOf } from './catalog.js';
 export { createScheduler, RECONCILE_MS } from './scheduler.js';
-export { checkDecider, deciderOf } from './host/authority.js';
+export { checkCredentialHolder, checkDecider, deciderOf } from './host/authority.js';
 export type { ProvenActor } from './host/authority.js';
 export type { Scheduler, SchedulerStats } from './scheduler.js';

@@ -57,6 +57,7 @@ import {
   isTerminalEvent,
   listScheduleRecords,
   planFiring,
+  proofRecord,
   publishDurably,
   readSchedule,
   readScheduleState,
@@ -66,6 +67,7 @@ import {
   BUFFER_RECHECK_MS,
   type Logger,
   type OutMsg,
+  type Signer,
 } from '@capstan/kit';
 
 /** How often schedules without a pending wake-up are looked for. */
@@ -99,6 +101,8 @@ export interface SchedulerOptions {
   readonly tenant: TenantId;
   readonly registry: Registry;
   readonly now: () => number;
+  /** Signs the slots' submits as the orchestrator: a run names its requester (four eyes on its approvals). */
+  readonly signer: Signer;
   readonly log: Logger;
 }
 
@@ -145,7 +149,11 @@ export function createScheduler(o: SchedulerOptions): Scheduler {
     await publishDurably(
       nc,
       js,
-      runs.map((runId) => ({ subject: Subjects.command(t, CommandVerb.Submit), data: encode(body(runId)), msgId: MsgIds.command(CommandVerb.Submit, runId) })),
+      runs.map((runId) => {
+        const subject = Subjects.command(t, CommandVerb.Submit);
+        const data = encode(body(runId));
+        return { subject, data, msgId: MsgIds.command(CommandVerb.Submit, runId), headers: proofRecord(o.signer, subject, data) };
+      }),
     );
   }
 

@@ -13,7 +13,6 @@ import {
   decode,
   encode,
   ErrorCode,
-  Headers,
   LeaseDeniedError,
   InvalidArgumentError,
   leaseAad,
@@ -36,6 +35,7 @@ import {
   SecretsUnavailableError,
   SecretsVerb,
   Subjects,
+  UnprovenError,
   type ClaimReply,
   type LeaseGrant,
   type PutRequest,
@@ -67,7 +67,6 @@ import {
   type TenantFollower,
   verifyProof,
   jwtSubject,
-  jwtTagValues,
   type Author,
 } from '@capstan/kit';
 import { checkWarrant } from './warrant.js';
@@ -107,6 +106,10 @@ export interface SecretsLeaseService {
 }
 
 const QUEUE = 'secrets-lease';
+/** Credentials that administer a tenant's secrets (the server lets no other role publish those verbs either). */
+const ADMINISTERING: ReadonlySet<string> = new Set([Role.Operator, Role.Console, Role.Admin]);
+/** Signers that act for people they signed in: their statement of who acted is heard. */
+const VOUCHING: ReadonlySet<string> = new Set([Role.Console, Role.Admin]);
 const VERBS = Object.values(SecretsVerb);
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 5000;
@@ -123,6 +126,7 @@ const DENIALS: ReadonlySet<string> = new Set([
   ErrorCode.LeaseScopeMismatch,
   ErrorCode.LeaseNotWarranted,
   ErrorCode.LeaseWrongRedeemer,
+  ErrorCode.LeaseAlreadyIssued,
   ErrorCode.Unproven,
   ErrorCode.SecretNotFound,
 ]);
@@ -203,9 +207,16 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
     return verifyProof(msg.headers, msg.subject, msg.data, { accounts: conns.get(t)?.account ? [conns.get(t)?.account as string] : [] });
   }
 
-  /** The `capstan-pool` tags of the request's signer (a worker's pools). */
-  function poolsOf(msg: Msg): string[] {
-    return jwtTagValues(msg.headers?.get(Headers.Signer) ?? '', 'capstan-pool');
+  /**
+   * Who administers the tenant's secrets in this request: an operator's own name, or the user
+   * the console or the admin states it acts for; never the word of an unsigned request.
+   * @throws UnprovenError when the request is unsigned or its signer may not administer secrets
+   */
+  function administrator(t: TenantId, msg: Msg, stated: string | undefined): string {
+    const author = callerOf(t, msg);
+    const role = author.role ?? '';
+    if (!ADMINISTERING.has(role)) throw new UnprovenError(`${msg.subject}: signed by ${author.name} (${role || 'no role'}), which does not administer secrets`);
+    return VOUCHING.has(role) && stated !== undefined ? stated : author.name;
   }
 
   /**
@@ -231,7 +242,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
         const tc = conns.get(t);
         if (!tc) throw new SecretsUnavailableError(`tenant ${t} is not served here`);
         try {
-          await checkWarrant(tc.jsm, t, { ...scope, keys: req.keys }, caller, poolsOf(msg));
+          await checkWarrant(tc.jsm, t, { ...scope, keys: req.keys }, caller);
         } catch (e) {
           await ledger.deny(t, req.runId, '', CapstanError.is(e) ? e.code : ErrorCode.LeaseNotWarranted, {
             keys: [...req.keys],
@@ -259,7 +270,8 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       }
       await refresher.refreshDue(t, metas.values());
       const ttlMs = Math.min(req.ttlMs ?? config.defaultTtlMs, config.maxTtlMs);
-      const lease = await ledger.issue(t, scope, req.keys, ttlMs, config.claimWindowMs, redeemer);
+      // A worker's attempt gets each key once: a second ask (a replay, a second worker of the pool) gets nothing.
+      const lease = await ledger.issue(t, scope, req.keys, ttlMs, config.claimWindowMs, redeemer, caller.role === Role.Worker);
       stats.issued++;
       metrics.leases.inc({ tenant: t, event: 'issued' });
       log.debug({ tenant: t, runId: req.runId, step: req.step, attempt: req.attempt, leaseId: lease.leaseId, keys: req.keys }, 'lease issued');
@@ -293,12 +305,13 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       return { expiresAt: expiresAt.toISOString() } satisfies ClaimReply;
     },
 
-    async [SecretsVerb.Revoke](t, body) {
+    async [SecretsVerb.Revoke](t, body, msg) {
       const req = parseRevokeRequest(body);
-      const revoked = await ledger.revoke(t, req.runId, { kind: 'requested', by: req.by ?? 'unknown', ...(req.reason ? { reason: req.reason } : {}) });
+      const by = administrator(t, msg, req.by);
+      const revoked = await ledger.revoke(t, req.runId, { kind: 'requested', by, ...(req.reason ? { reason: req.reason } : {}) });
       stats.revoked += revoked;
       if (revoked > 0) metrics.leases.inc({ tenant: t, event: 'revoked' }, revoked);
-      log.info({ tenant: t, runId: req.runId, leases: revoked, by: req.by }, 'run revoked');
+      log.info({ tenant: t, runId: req.runId, leases: revoked, by }, 'run revoked');
       return { revoked };
     },
 
@@ -307,37 +320,39 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       return Promise.resolve({ publicKey: keyring.putRecipient(t).publicKey });
     },
 
-    async [SecretsVerb.Put](t, body) {
+    async [SecretsVerb.Put](t, body, msg) {
       const req = parsePutRequest(body);
+      const by = administrator(t, msg, req.by);
       checkCredential(req);
       const raw = openValue(t, req.name, req.sealed);
       try {
         checkValue(req.name, raw, MAX_SECRET_BYTES);
         const expiresAt = expiry(req.expiresAt);
         const meta = await store.put(t, req.name, raw, {
-          by: req.by,
+          by,
           lifecycle: req.lifecycle ?? Lifecycle.Static,
           ...(req.connector ? { connector: req.connector } : {}),
           ...(req.refreshWindowMs !== undefined ? { refreshWindowMs: req.refreshWindowMs } : {}),
           ...(expiresAt ? { expiresAt } : {}),
         });
-        log.info({ tenant: t, secret: req.name, version: meta.version, lifecycle: meta.lifecycle, by: req.by }, 'secret stored');
+        log.info({ tenant: t, secret: req.name, version: meta.version, lifecycle: meta.lifecycle, by }, 'secret stored');
         return { secret: secretInfo(meta) };
       } finally {
         raw.fill(0);
       }
     },
 
-    async [SecretsVerb.Rotate](t, body) {
+    async [SecretsVerb.Rotate](t, body, msg) {
       const req = parseRotateRequest(body);
+      const by = administrator(t, msg, req.by);
       if (req.sealed) {
         const raw = openValue(t, req.name, req.sealed);
         try {
           checkValue(req.name, raw, MAX_SECRET_BYTES);
           const expiresAt = expiry(req.expiresAt);
-          const meta = await store.rotate(t, req.name, raw, { by: req.by, ...(expiresAt ? { expiresAt } : {}) });
+          const meta = await store.rotate(t, req.name, raw, { by, ...(expiresAt ? { expiresAt } : {}) });
           if (!meta) throw new SecretsUnavailableError(`secret ${req.name} changed while it was rotated; try again`);
-          log.info({ tenant: t, secret: req.name, version: meta.version, by: req.by }, 'secret rotated');
+          log.info({ tenant: t, secret: req.name, version: meta.version, by }, 'secret rotated');
           return { secret: secretInfo(meta) };
         } finally {
           raw.fill(0);
@@ -347,13 +362,14 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       if (!meta) throw new SecretNotFoundError(t, [req.name]);
       if (meta.lifecycle !== Lifecycle.Refreshable)
         throw new InvalidArgumentError(`secret ${req.name} is ${meta.lifecycle}: rotating it needs a new value (only a refreshable secret refreshes itself)`);
-      return { secret: secretInfo(await refresher.refreshNow(t, meta, req.by)) };
+      return { secret: secretInfo(await refresher.refreshNow(t, meta, by)) };
     },
 
-    async [SecretsVerb.Delete](t, body) {
+    async [SecretsVerb.Delete](t, body, msg) {
       const req = parseDeleteRequest(body);
-      const meta = await store.delete(t, req.name, req.by);
-      log.info({ tenant: t, secret: req.name, version: meta.version, by: req.by }, 'secret deleted');
+      const by = administrator(t, msg, req.by);
+      const meta = await store.delete(t, req.name, by);
+      log.info({ tenant: t, secret: req.name, version: meta.version, by }, 'secret deleted');
       return { secret: secretInfo(meta) };
     },
 
@@ -367,8 +383,9 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       return { valid: false };
     },
 
-    async [SecretsVerb.List](t, body) {
+    async [SecretsVerb.List](t, body, msg) {
       const req = parseListRequest(body);
+      administrator(t, msg, undefined);
       return { secrets: (await store.list(t, req.includeDeleted === true)).map(secretInfo) };
     },
   };

@@ -5,7 +5,10 @@
  * shorten a lease.
  *
  * - Issue: one row per lease, refused when the run is revoked. It waits for its claim for
- *   the claim window (the step may queue for a sandbox, or wait for a cold start).
+ *   the claim window (the step may queue for a sandbox, or wait for a cold start). A
+ *   worker's lease is issued once per attempt and key (`once`): a second ask for a key the
+ *   attempt holds a lease of already, whoever asks, is refused with `lease_already_issued`
+ *   (the run's audit lock makes the look and the insert one step).
  * - Claim: the sandbox that holds a container for the attempt claims the lease, and the
  *   lease's TTL counts from there (`expires_at = clock_timestamp() + ttl`). One claim.
  * - Bound: a lease names the one key that may claim and redeem it (`redeemer`, fixed at
@@ -48,9 +51,10 @@ export type RevokeCause =
 export interface LeaseLedger {
   /**
    * `ttlMs` counts from the claim; until then the lease waits `claimWindowMs` (at least the TTL).
-   * @throws LeaseDeniedError (`lease_revoked`) when the run is revoked
+   * With `once`, no key of `keys` may have been leased for the attempt before.
+   * @throws LeaseDeniedError (`lease_revoked`) when the run is revoked; (`lease_already_issued`) with `once`
    */
-  issue(t: TenantId, scope: LeaseScope, keys: readonly string[], ttlMs: number, claimWindowMs?: number, redeemer?: string): Promise<IssuedLease>;
+  issue(t: TenantId, scope: LeaseScope, keys: readonly string[], ttlMs: number, claimWindowMs?: number, redeemer?: string, once?: boolean): Promise<IssuedLease>;
   /**
    * Claims the lease for `sandbox` (a container name): its TTL starts now. Returns the new expiry.
    * @throws LeaseDeniedError (`lease_used` when claimed or redeemed already, `lease_expired` past its claim window, …)
@@ -171,11 +175,28 @@ export function createLeaseLedger(d: Database): LeaseLedger {
   }
 
   return {
-    async issue(t, scope, keys, ttlMs, claimWindowMs = ttlMs, redeemer) {
+    async issue(t, scope, keys, ttlMs, claimWindowMs = ttlMs, redeemer, once = false) {
       const leaseId = newLeaseId();
       const windowMs = Math.max(ttlMs, claimWindowMs);
-      const out = await db.transaction(async (tx) => {
+      const out = await db.transaction(async (tx): Promise<IssuedLease | LeaseDenialCode> => {
         await lockRunAudit(tx, t, scope.runId);
+        if (once) {
+          const held = await rows<{ keys: string[] | string }>(
+            tx,
+            sql`select keys from leases where tenant = ${t} and run_id = ${scope.runId} and step = ${scope.step} and attempt = ${scope.attempt} and keys && ${textArray(keys)}`,
+          );
+          if (held.length > 0) {
+            const again = keys.filter((k) => held.some((r) => keysOf(r.keys).includes(k)));
+            await audit(tx, t, scope.runId, SecretsAudit.LeaseDenied, SERVICE_ACTOR, {
+              leaseId: null,
+              code: ErrorCode.LeaseAlreadyIssued,
+              keys: again,
+              step: scope.step,
+              attempt: scope.attempt,
+            });
+            return ErrorCode.LeaseAlreadyIssued;
+          }
+        }
         const [row] = await rows<{ expires_at: Date | string }>(
           tx,
           sql`insert into leases (id, tenant, run_id, step, attempt, keys, issued_at, expires_at, ttl_ms, redeemer)
@@ -191,7 +212,7 @@ export function createLeaseLedger(d: Database): LeaseLedger {
             step: scope.step,
             attempt: scope.attempt,
           });
-          return undefined;
+          return ErrorCode.LeaseRevoked;
         }
         await audit(tx, t, scope.runId, SecretsAudit.LeaseIssued, SERVICE_ACTOR, {
           leaseId,
@@ -203,7 +224,9 @@ export function createLeaseLedger(d: Database): LeaseLedger {
         });
         return { leaseId, keys, expiresAt: row.expires_at instanceof Date ? row.expires_at : new Date(row.expires_at) };
       });
-      if (!out) throw new LeaseDeniedError(ErrorCode.LeaseRevoked, '', `run ${scope.runId} is revoked (revoked by request, or ended): no lease is issued for it`);
+      if (out === ErrorCode.LeaseRevoked) throw new LeaseDeniedError(out, '', `run ${scope.runId} is revoked (revoked by request, or ended): no lease is issued for it`);
+      if (typeof out === 'string')
+        throw new LeaseDeniedError(out, '', `step ${scope.step} attempt ${scope.attempt} of run ${scope.runId} was leased these keys already: each key once per attempt`);
       return out;
     },
 

@@ -26,10 +26,10 @@ function refuse(why: string): never {
 }
 
 /**
- * Checks a worker's lease request (`pools`: its credential's `capstan-pool` tags) against the run's record.
+ * Checks a worker's lease request (its credential's pools among the author's tags) against the run's record.
  * @throws LeaseDeniedError (`lease_not_warranted`) naming what the record lacks
  */
-export async function checkWarrant(jsm: JetStreamManager, t: TenantId, ask: LeaseAsk, author: Author, pools: readonly string[]): Promise<void> {
+export async function checkWarrant(jsm: JetStreamManager, t: TenantId, ask: LeaseAsk, author: Author): Promise<void> {
   if (author.role !== Role.Worker) refuse(`${author.name} (role ${author.role ?? 'none'}) is not a worker`);
   const { events } = await readRun(jsm, t, ask.runId);
   if (events.length === 0) refuse(`run ${ask.runId} has no record`);
@@ -40,7 +40,7 @@ export async function checkWarrant(jsm: JetStreamManager, t: TenantId, ask: Leas
   const d = scheduled.data;
   const spec = d.sandbox;
   if (d.mode === Mode.Inline || !spec) refuse(`step ${ask.step} is not sandboxed: it holds no secrets`);
-  if (!pools.includes(d.pool)) refuse(`worker ${author.name} does not serve pool ${d.pool} of step ${ask.step}`);
+  if (!author.pools.includes(d.pool)) refuse(`worker ${author.name} does not serve pool ${d.pool} of step ${ask.step}`);
   const declared = new Set(spec.secrets ?? []);
   const undeclared = ask.keys.filter((k) => !declared.has(k) && !(d.mode === Mode.Agent && spec.jit === true && credentialAllowed(events, ask, k)));
   if (undeclared.length > 0) refuse(`step ${ask.step} attempt ${ask.attempt} did not declare (or its policy did not allow) ${undeclared.join(', ')}`);

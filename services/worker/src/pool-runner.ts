@@ -77,7 +77,7 @@ export interface PoolRunnerOptions {
   readonly audit: AuditSink;
   /** The tenant's account key: work items must be signed by its orchestrator user. */
   readonly account: string | undefined;
-  /** Signs this worker's lease requests (the secrets-lease service checks who asks). */
+  /** Signs this worker's lease requests and mode-3b answers (the secrets-lease service and the orchestrator check who asks). */
   readonly signer: Signer | undefined;
   readonly log: Logger;
 }
@@ -148,11 +148,25 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     await publishCommand('result', body, MsgIds.command(CommandVerb.Result, `${item.runId}:${item.step}:${item.attempt}`));
   }
 
-  async function execute(item: WorkItem, work: SignedWork, abort: AbortController): Promise<{ result: JsonValue } | { error: ErrorRecord }> {
+  async function execute(item: WorkItem, work: SignedWork, abort: AbortController, announced: () => Promise<void>): Promise<{ result: JsonValue } | { error: ErrorRecord }> {
     if (item.mode !== Mode.Inline) {
       const until = AbortSignal.any([stopping.signal, abort.signal]);
       return runSandboxed(
-        { nc: o.nc, js, jsm, tenant: t, workerId, stallMs: o.sandboxStallMs, leases: o.leases, approvalTtlMs: o.approvalTtlMs, stopping: until, signer: o.signer, log },
+        {
+          nc: o.nc,
+          js,
+          jsm,
+          tenant: t,
+          workerId,
+          stallMs: o.sandboxStallMs,
+          leases: o.leases,
+          approvalTtlMs: o.approvalTtlMs,
+          stopping: until,
+          signer: o.signer,
+          account: o.account,
+          announced,
+          log,
+        },
         item,
         work,
       );
@@ -246,13 +260,14 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     // shows who runs it; a quicker one goes straight to its result (one command, not two).
     let started: Promise<void> | undefined;
     const announce = () => {
-      started = publishCommand(
+      started ??= publishCommand(
         'started',
         { runId: item.runId, step: item.step, attempt: item.attempt, worker: workerId },
         MsgIds.command(CommandVerb.Started, `${item.runId}:${item.step}:${item.attempt}`),
       );
+      return started;
     };
-    const startedTimer = o.startedAfterMs === 0 ? (announce(), undefined) : setTimeout(announce, o.startedAfterMs);
+    const startedTimer = o.startedAfterMs === 0 ? (void announce(), undefined) : setTimeout(() => void announce(), o.startedAfterMs);
     const heartbeat = setInterval(() => msg.working(), Math.max(250, Math.floor(ackWaitMs / 3)));
     const t0 = performance.now();
     const abort = new AbortController();
@@ -271,7 +286,8 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
     };
     try {
       await inSpan('worker', `worker ${item.step}#${item.attempt}`, { kind: SpanKind.CONSUMER, parent: traceParentOf(msg.headers), attributes }, async (span) => {
-        const outcome = await execute(item, signedWork(msg.headers, msg.subject, msg.data), abort);
+        // A mode-3b answer is taken only from the worker the run shows holding the attempt: it is announced first.
+        const outcome = await execute(item, signedWork(msg.headers, msg.subject, msg.data), abort, announce);
         clearTimeout(startedTimer);
         const durationMs = Math.round(performance.now() - t0);
         const outcomeName = 'result' in outcome ? 'completed' : 'failed';

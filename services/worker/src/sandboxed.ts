@@ -6,7 +6,7 @@
  * the policy says so. It gets metadata back, never output or values.
  */
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
-import { askPolicy, execInSandbox, issueLease, publishDurably, readRun, type Logger, type NatsConnection, type Signer } from '@capstan/kit';
+import { askPolicy, execInSandbox, issueLease, proofRecord, publishDurably, readRun, type Logger, type NatsConnection, type Signer } from '@capstan/kit';
 import {
   CapstanError,
   CommandVerb,
@@ -37,8 +37,15 @@ export interface SandboxedDeps {
   readonly leases: boolean;
   readonly approvalTtlMs: number;
   readonly stopping: AbortSignal;
-  /** Signs lease requests as this worker. */
+  /** Signs lease requests and mode-3b answers as this worker. */
   readonly signer: Signer | undefined;
+  /** The tenant's account key: a policy answer is believed only if its policy service signed it. */
+  readonly account: string | undefined;
+  /**
+   * Records on the run that this worker holds the attempt (`step.started`, once): the
+   * orchestrator takes a mode-3b answer only from the worker so recorded.
+   */
+  readonly announced: () => Promise<void>;
   readonly log: Logger;
 }
 
@@ -89,7 +96,9 @@ export async function runSandboxed(d: SandboxedDeps, item: WorkItem, work: Signe
  */
 async function decideCredential(d: SandboxedDeps, item: WorkItem, r: CredentialRequest): Promise<{ leaseId?: string }> {
   const { tenant: t } = d;
-  const decision = await askPolicy(d.nc, t, [{ action: PolicyAction.RequestCredential, workflow: item.workflow, step: item.step, secret: r.name, worker: d.workerId }]);
+  const decision = await askPolicy(d.nc, t, [{ action: PolicyAction.RequestCredential, workflow: item.workflow, step: item.step, secret: r.name, worker: d.workerId }], {
+    ...(d.account ? { trust: { accounts: [d.account] } } : {}),
+  });
   const body: CommandOf<'credential'> = {
     runId: item.runId,
     step: item.step,
@@ -102,12 +111,18 @@ async function decideCredential(d: SandboxedDeps, item: WorkItem, r: CredentialR
     ...(decision.approvers ? { approvers: decision.approvers } : {}),
     ...(decision.decision === PolicyVerdict.NeedsApproval ? { expiresInMs: d.approvalTtlMs } : {}),
   };
+  if (!d.signer) throw new CapstanError(ErrorCode.Unproven, `credential ${r.name}: this worker has no credential to sign its answer with, and the run takes none unsigned`, false);
+  // In the stream before the answer, so the run knows this worker holds the attempt.
+  await d.announced();
   const before = (await readRun(d.jsm, t, item.runId)).events.length;
+  const subject = Subjects.command(t, CommandVerb.Credential);
+  const data = encode(body);
   await publishDurably(d.nc, d.js, [
     {
-      subject: Subjects.command(t, CommandVerb.Credential),
-      data: encode(body),
+      subject,
+      data,
       msgId: MsgIds.command(CommandVerb.Credential, `${item.runId}:${item.step}:${item.attempt}:${r.name}:${before}`),
+      headers: proofRecord(d.signer, subject, data),
     },
   ]);
   d.log.info({ runId: item.runId, step: item.step, key: r.name, decision: decision.decision, version: decision.version }, 'credential request decided');

@@ -11,11 +11,17 @@
  * - an approval the policy asked for (`approval.requested`) is decided only by a member of
  *   the approver group it named (the JWT's `capstan-group:` tags, or the groups a console
  *   states for its user), and not by the run's requester unless the policy allowed that
- *   (`@self_approval("allowed")`).
+ *   (`@self_approval("allowed")`). A run submitted unsigned names no requester: nobody can be
+ *   shown to be someone else, so such an approval is refused unless the policy allows
+ *   self-approval (services that submit, the scheduler and ingress, sign their submits).
+ * - a mode-3b credential answer (`cmd.credential`) is taken only from the worker that holds
+ *   the attempt: a worker credential whose pools include the step's, named by the attempt's
+ *   `step.started` (the worker records it before it sends its first answer), for an attempt
+ *   the run scheduled as a mode-3b step. Any other signer is refused with `step_not_held`.
  * Pure: the run's events come in, an error or nothing goes out.
  */
 import type { Author } from '@capstan/kit';
-import { ApproverNotAllowedError, Role, type Command, type RunEvent, type SignerRecord } from '@capstan/schemas';
+import { ApproverNotAllowedError, Mode, Role, StepNotHeldError, type Command, type RunEvent, type SignerRecord } from '@capstan/schemas';
 
 /** Signers that act for people they signed in: their statement of who and which groups is heard. */
 const VOUCHING_ROLES: ReadonlySet<string> = new Set([Role.Console, Role.Admin]);
@@ -75,7 +81,35 @@ export function checkDecider(cmd: Extract<Command, { verb: 'approve' | 'deny' | 
   if (answer?.data.selfApproval === true) return;
   const started = events.find((e): e is Extract<RunEvent, { type: 'run.started' }> => e.type === 'run.started');
   const submitter = started?.data.submitter;
-  if (submitter && samePerson({ by: started.data.submittedBy ?? submitter.name, key: submitter.key }, { by: d.by, key: d.signer.key })) {
+  if (!started || !submitter) {
+    throw new ApproverNotAllowedError(
+      `this run was submitted unsigned and names no requester, so no approver of step ${step} can be shown to be someone else (the policy does not allow self-approval): submit it signed`,
+    );
+  }
+  if (samePerson({ by: started.data.submittedBy ?? submitter.name, key: submitter.key }, { by: d.by, key: d.signer.key })) {
     throw new ApproverNotAllowedError(`${d.by} submitted this run and may not approve it: the policy does not allow self-approval for step ${step}`);
   }
+}
+
+/**
+ * Checks that the worker `author` holds the attempt a mode-3b credential answer is about.
+ * @throws StepNotHeldError when the attempt is not a scheduled mode-3b step, the signer is
+ *   not a worker of its pool, or the attempt's `step.started` names another worker (or none)
+ */
+export function checkCredentialHolder(cmd: Extract<Command, { verb: 'credential' }>, author: Author, events: readonly RunEvent[]): void {
+  const { step, attempt } = cmd.body;
+  const what = `step ${step} attempt ${attempt}`;
+  if (author.role !== Role.Worker) throw new StepNotHeldError(`${author.name} (role ${author.role ?? 'none'}) is not a worker: it holds no ${what}`);
+  let scheduled: Extract<RunEvent, { type: 'step.scheduled' }> | undefined;
+  let started: Extract<RunEvent, { type: 'step.started' }> | undefined;
+  for (const e of events) {
+    if (e.type === 'step.scheduled' && e.data.step === step && e.data.attempt === attempt) scheduled = e;
+    else if (e.type === 'step.started' && e.data.step === step && e.data.attempt === attempt) started ??= e;
+  }
+  if (!scheduled) throw new StepNotHeldError(`the run never scheduled ${what}`);
+  if (scheduled.data.mode !== Mode.Agent || scheduled.data.sandbox?.jit !== true)
+    throw new StepNotHeldError(`${what} is not a mode-3b step: it asks for no credential at run time`);
+  if (!author.pools.includes(scheduled.data.pool)) throw new StepNotHeldError(`worker ${author.name} does not serve pool ${scheduled.data.pool} of ${what}`);
+  if (!started) throw new StepNotHeldError(`no worker is recorded as running ${what}`);
+  if (started.data.worker !== author.name) throw new StepNotHeldError(`${what} is run by worker ${started.data.worker}, not by ${author.name}`);
 }

@@ -13,13 +13,14 @@ import {
   INPUT_EVENT_TYPES,
   RunNotFoundError,
   toErrorRecord,
+  UnprovenError,
   type RunEvent,
   type RunEventBody,
   type RunId,
   type TenantId,
 } from '@capstan/schemas';
 import { readRun, type Logger } from '@capstan/kit';
-import { checkDecider, deciderOf, type ProvenActor } from './authority.js';
+import { checkCredentialHolder, checkDecider, deciderOf, type ProvenActor } from './authority.js';
 import { deadLetterWhenRejected, inputOf } from '../commands.js';
 import { startRecord } from '../observe.js';
 import type { RunCache } from '../run-cache.js';
@@ -126,6 +127,11 @@ export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; regi
           if (p.author && (p.cmd.verb === 'approve' || p.cmd.verb === 'deny' || p.cmd.verb === 'retry' || p.cmd.verb === 'cancel')) {
             decider = deciderOf(p.author, p.cmd.body);
             if (p.cmd.verb !== 'cancel') checkDecider(p.cmd, decider, await historyNow());
+          }
+          // Intake took a credential answer only signed by a worker: here, only the one holding the attempt.
+          if (p.cmd.verb === 'credential') {
+            if (!p.author) throw new UnprovenError('cmd.credential carries no proven author');
+            checkCredentialHolder(p.cmd, p.author, await historyNow());
           }
           input = inputOf(p.cmd, decider);
           decision = decide(state, input as Parameters<typeof decide>[1]);

@@ -47,9 +47,11 @@ export function isChildSubmit(cmd: Command, author: Author | undefined): cmd is 
 
 /**
  * Commands that must be signed, and who may sign them. A person's decision names its author
- * from the proof; the policy's answer is heard only from the orchestrator that asked (the
- * server already lets no one else publish it: this is the second fence). A submit may be
- * signed (its requester is then recorded) and is checked when it is.
+ * from the proof; the policy's answer is heard only from the orchestrator that asked, and a
+ * mode-3b credential answer only from a worker (the server already lets no one else publish
+ * either: this is the second fence; which worker may is judged against the run, in
+ * authority.ts). A submit may be signed (its requester is then recorded) and is checked when
+ * it is.
  */
 const SIGNED: Partial<Record<CommandVerb, ReadonlySet<string> | undefined>> = {
   approve: undefined,
@@ -57,6 +59,7 @@ const SIGNED: Partial<Record<CommandVerb, ReadonlySet<string> | undefined>> = {
   retry: undefined,
   cancel: undefined,
   policy: new Set([Role.Orchestrator]),
+  credential: new Set([Role.Worker]),
 };
 
 /** JetStream's answers to a claim made with expected sequence 0 when someone claimed first. */
@@ -74,8 +77,7 @@ export function createIntake(o: { js: JetStreamClient; jsm: JetStreamManager; te
     // Judged with the server's time of storing, so a redelivery hours later still verifies.
     const author = verifyProof(msg.headers, msg.subject, msg.data, { ...o.trust, nowS: Math.floor(msg.info.timestampNanos / 1e9) });
     const roles = SIGNED[verb];
-    if (roles && !roles.has(author.role ?? ''))
-      throw new UnprovenError(`${msg.subject}: signed by ${author.name} (${author.role ?? 'no role'}), which does not answer for the policy`);
+    if (roles && !roles.has(author.role ?? '')) throw new UnprovenError(`${msg.subject}: signed by ${author.name} (${author.role ?? 'no role'}), which may not send cmd.${verb}`);
     return author;
   }
 
