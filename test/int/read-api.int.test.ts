@@ -73,7 +73,10 @@ function capturedLog(): { log: ReturnType<typeof createLogger>; text: () => stri
 /** A user of tenants `tenants` holding one API token (expired when `expired`). */
 function tokenUser(userId: string, tenants: readonly string[], expired = false): { user: ConsoleUser; token: string } {
   const { token, sha256 } = newApiToken();
-  return { user: { userId, orgId: 'test', role: 'viewer', tenants: [...tenants], tokens: [{ name: `${userId}-cli`, sha256, expiresAt: Date.now() + (expired ? -1000 : 3_600_000) }] }, token };
+  return {
+    user: { userId, orgId: 'test', role: 'viewer', tenants: [...tenants], tokens: [{ name: `${userId}-cli`, sha256, expiresAt: Date.now() + (expired ? -1000 : 3_600_000) }] },
+    token,
+  };
 }
 
 /**
@@ -264,9 +267,7 @@ describe('read api', () => {
     expect(failed.body.runs.every((r) => r.status === 'failed')).toBe(true);
     expect((await get(`${apiPaths.runs(B)}?status=failed`)).body.runs).toEqual([]);
 
-    const since = await get(
-      `${apiPaths.runs(A)}?since=${encodeURIComponent(new Date(BASE - 4 * 60_000).toISOString())}&until=${encodeURIComponent(new Date(BASE).toISOString())}`,
-    );
+    const since = await get(`${apiPaths.runs(A)}?since=${encodeURIComponent(new Date(BASE - 4 * 60_000).toISOString())}&until=${encodeURIComponent(new Date(BASE).toISOString())}`);
     expect(since.body.runs.map((r) => r.runId)).toEqual(aRuns.slice(1, 5).map((r) => r.runId));
 
     const where = await get(`${apiPaths.runs(A)}?where=customer%3D2&where=region=us`);
@@ -471,14 +472,19 @@ describe('read api', () => {
     const attempts: { what: string; headers: Record<string, string>; status: number; code: string }[] = [
       { what: 'no token', headers: { authorization: '' }, status: 401, code: 'unauthenticated' },
       { what: 'a well-formed token nobody holds', headers: { authorization: `Bearer ${forged}` }, status: 401, code: 'bad_token' },
-      { what: "the admin's token with one character changed", headers: { authorization: `Bearer ${token.slice(0, -1)}${token.endsWith('A') ? 'B' : 'A'}` }, status: 401, code: 'bad_token' },
+      {
+        what: "the admin's token with one character changed",
+        headers: { authorization: `Bearer ${token.slice(0, -1)}${token.endsWith('A') ? 'B' : 'A'}` },
+        status: 401,
+        code: 'bad_token',
+      },
       { what: 'a token that is not one', headers: { authorization: 'Bearer not-a-token' }, status: 401, code: 'bad_token' },
       { what: 'another scheme', headers: { authorization: `Basic ${Buffer.from(`admin:${token}`).toString('base64')}` }, status: 401, code: 'bad_token' },
       { what: 'the scheme alone', headers: { authorization: 'Bearer' }, status: 401, code: 'bad_token' },
       { what: 'an expired token', headers: { authorization: `Bearer ${expired.token}` }, status: 401, code: 'token_expired' },
       { what: 'the token as the session cookie', headers: { authorization: '', cookie: `capstan_session=${token}` }, status: 401, code: 'unauthenticated' },
       { what: 'the header as a cookie', headers: { authorization: '', cookie: `authorization=Bearer ${token}` }, status: 401, code: 'unauthenticated' },
-      { what: "a token of a user without tenant A", headers: { authorization: `Bearer ${onlyB.token}` }, status: 403, code: 'forbidden' },
+      { what: 'a token of a user without tenant A', headers: { authorization: `Bearer ${onlyB.token}` }, status: 403, code: 'forbidden' },
     ];
     const refused: string[] = [];
     const through: string[] = [];
@@ -501,7 +507,10 @@ describe('read api', () => {
     expect(through).toEqual([]);
     expect(refused).toHaveLength(attempts.length * reads.length);
     // Every refused token is in the log, by reason; no presented token is.
-    const lines = consoleLog.text().split('\n').filter((l) => l.includes('API token refused'));
+    const lines = consoleLog
+      .text()
+      .split('\n')
+      .filter((l) => l.includes('API token refused'));
     expect(lines).toHaveLength(refusedTokens);
     for (const secret of [forged, token, expired.token, onlyB.token, token.slice(0, -1)]) expect(consoleLog.text()).not.toContain(secret);
     // And the one that is good still reads.
@@ -589,7 +598,10 @@ describe('read api', () => {
       expect(viaEnv.code).toBe(0);
       expect(json<RunsPageResponse>(viaEnv.out).runs).toHaveLength(1);
       const none = { url: '/nonexistent/console.url', token: '/nonexistent/console.token' };
-      expect(readApi({ api: 'http://flag:1/', token: 't-flag' }, { CAPSTAN_API_URL: 'http://env:2', CAPSTAN_TOKEN: 't-env' }, none)).toEqual({ url: 'http://flag:1', token: 't-flag' });
+      expect(readApi({ api: 'http://flag:1/', token: 't-flag' }, { CAPSTAN_API_URL: 'http://env:2', CAPSTAN_TOKEN: 't-env' }, none)).toEqual({
+        url: 'http://flag:1',
+        token: 't-flag',
+      });
       expect(readApi({}, { CAPSTAN_API_URL: 'http://env:2', CAPSTAN_TOKEN: 't-env' }, none)).toEqual({ url: 'http://env:2', token: 't-env' });
       const dir = mkdtempSync(join(tmpdir(), 'capstan-read-api-'));
       try {
