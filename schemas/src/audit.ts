@@ -2,7 +2,7 @@
  * Every `kind` of an audit-log row, spelled once. The projector writes the run, approval,
  * policy, worker and trigger kinds; the secrets-lease service the lease and secret kinds;
  * the sandbox service, the worker and the data-sync service their intents. Readers (the
- * query API, the console, the CLI) filter by these values.
+ * console's API, and the CLI through it) filter by these values.
  */
 export const AuditKind = {
   Signaled: 'run.signaled',

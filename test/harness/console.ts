@@ -1,9 +1,13 @@
 /**
  * A console API client for tests that behaves like the browser: it keeps the session
  * cookie, sends the CSRF token and the console's Origin on every call that is not a GET,
- * and reads server-sent events off a streamed response.
+ * and reads server-sent events off a streamed response. And a console the CLI reads
+ * through, with an API token.
  */
-import { CSRF_HEADER, type SessionInfo } from '@capstan/console';
+import { createConsole, CSRF_HEADER, loadConfig, localAdmin, newApiToken, type Console, type ConsoleUser, type SessionInfo } from '@capstan/console';
+import type { Database, Logger } from '@capstan/kit';
+import { Role } from '@capstan/schemas';
+import { accessAs, serviceEnv, silent } from './fixtures.js';
 
 export interface Answer<T = unknown> {
   readonly status: number;
@@ -141,4 +145,42 @@ export interface EventStream {
   next(name: string, timeoutMs?: number, from?: number): Promise<unknown>;
   readonly ended: boolean;
   close(): Promise<void>;
+}
+
+/** A console that programs read through: what the CLI's read commands talk to in a test. */
+export interface ReadConsole {
+  readonly app: Console;
+  readonly url: string;
+  /** The API token of its user (an admin of the tenants given). */
+  readonly token: string;
+  /** The environment the CLI reads through it with. */
+  readonly env: { readonly CAPSTAN_API_URL: string; readonly CAPSTAN_TOKEN: string };
+  stop(): Promise<void>;
+}
+
+/**
+ * A console over `db` (connected to NATS at `natsUrl` when given, as the console service)
+ * whose one user, an admin of `tenants`, holds an API token; `users` adds others.
+ */
+export async function startReadConsole(o: { db: Database; natsUrl?: string; tenants: readonly string[]; users?: readonly ConsoleUser[]; log?: Logger }): Promise<ReadConsole> {
+  const { token, sha256 } = newApiToken();
+  const access = o.natsUrl ? await accessAs(o.natsUrl, Role.Console) : undefined;
+  const app = createConsole({
+    db: o.db,
+    ...(access ? { access } : {}),
+    config: loadConfig({ CONSOLE_PORT: '0', ...(o.natsUrl ? await serviceEnv(o.natsUrl, Role.Console) : {}) }, { dev: true }),
+    log: o.log ?? silent,
+    users: [localAdmin(o.tenants, [{ name: 'test', sha256, expiresAt: Date.now() + 86_400_000 }]), ...(o.users ?? [])],
+  });
+  await app.start();
+  return {
+    app,
+    url: app.url,
+    token,
+    env: { CAPSTAN_API_URL: app.url, CAPSTAN_TOKEN: token },
+    async stop() {
+      await app.stop();
+      await access?.close();
+    },
+  };
 }

@@ -8,12 +8,13 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { and, eq } from 'drizzle-orm';
 import { createRegistry } from '@capstan/actors';
-import { createQueryServer, openDatabase, type Database, type QueryServer } from '@capstan/kit';
+import { openDatabase, type Database } from '@capstan/kit';
 import { createProjector, loadConfig, verifyProjections, type ProjectorApp } from '@capstan/projector';
 import { CapstanError, CommandRejectedError, db as schema, ErrorCode, type RunEvent, type RunId, type TenantId, Role } from '@capstan/schemas';
 import { workflows } from '../fixtures/workflows.js';
 import { replayAll } from '../harness/checker.js';
-import { connect, eventsOf, eventually, provision, runCli, silent, startServices, type Harness, type InProcessServices, serviceEnv, accessAs } from '../harness/fixtures.js';
+import { connect, eventsOf, eventually, provision, runCli, silent, startServices, type Harness, type InProcessServices, serviceEnv } from '../harness/fixtures.js';
+import { startReadConsole, type ReadConsole } from '../harness/console.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { readDeadLetters } from '@capstan/cli';
 
@@ -24,9 +25,9 @@ let scratch: Awaited<ReturnType<typeof scratchDatabase>>;
 let database: Database;
 let services: InProcessServices;
 let projector: ProjectorApp;
-let api: QueryServer;
+let api: ReadConsole;
 
-const capstan = (args: string[]) => runCli(args, { NATS_URL: url, CAPSTAN_API_URL: api.url, CAPSTAN_USER: '' });
+const capstan = (args: string[]) => runCli(args, { NATS_URL: url, ...api.env, CAPSTAN_USER: '' });
 
 beforeAll(async () => {
   url = inject('natsUrl');
@@ -37,8 +38,7 @@ beforeAll(async () => {
   projector = await createProjector(loadConfig({ ...(await serviceEnv(url, Role.Projector)), DATABASE_URL: scratch.url, CAPSTAN_TENANTS: t }), silent, { database });
   await projector.start();
   services = await startServices(url, [t]);
-  api = createQueryServer({ db: database, access: await accessAs(url, Role.Projector), tenants: () => [t], log: silent, port: 0 });
-  await api.start();
+  api = await startReadConsole({ db: database, natsUrl: url, tenants: [t] });
 });
 
 afterAll(async () => {
@@ -216,7 +216,7 @@ describe('approvals', () => {
     expect(row).toMatchObject({ decidedBy: 'carol', reason: null });
   });
 
-  it('approvals - capstan approvals lists what waits, through the query API', async () => {
+  it("approvals - capstan approvals lists what waits, through the console's API with a token", async () => {
     const runId = await waitingRun();
     await eventually('the approval projected', async () => ((await approvalRow(runId))?.status === 'waiting' ? true : undefined));
     const list = await capstan(['approvals', '--tenant', t, '--json']);

@@ -17,6 +17,7 @@ import {
   type AuditPageResponse,
   type Console,
   type ConsoleUser,
+  type PlatformSystemResponse,
   type PoliciesResponse,
   type PolicyVersionResponse,
   type RunDetailResponse,
@@ -242,7 +243,7 @@ describe('console api', () => {
 
   it('console api - every endpoint refuses a caller without a session (401), or with a forged or expired one', async () => {
     const c = client();
-    const all: [string, string, unknown?][] = [...endpoints(A, aRun), ['GET', '/api/session'], ['POST', '/api/auth/signout', {}]];
+    const all: [string, string, unknown?][] = [...endpoints(A, aRun), ['GET', '/api/session'], ['GET', apiPaths.platformSystem], ['POST', '/api/auth/signout', {}]];
     for (const [method, path, body] of all) {
       const r = await c.call<ErrorBody>(method, path, body);
       expect(r.status, `${method} ${path}`).toBe(401);
@@ -545,6 +546,10 @@ describe('console api', () => {
     expect(workers.body.workers[0]?.silentForMs).toBeLessThan(60_000);
     const system = await c.get<SystemResponse>(`/api/tenants/${A}/system`);
     expect(system.body).toEqual({ tenant: A, projectionLag: 1, checkpoint: 6 });
+    // Every tenant of the session, never another's: viewer-a has A only.
+    const all = await c.get<PlatformSystemResponse>(apiPaths.platformSystem);
+    expect(all.body.projection).toEqual([{ tenant: A, stream: Streams.runs(A), streamLastSeq: 7, checkpoint: 6, lag: 1 }]);
+    expect(all.body.nats?.server?.version).toMatch(/^2\.\d+\.\d+/);
   });
 
   it('console api - actions check the run first: 409 on a finished run, 404 on an unknown approval, 202 and a NATS command otherwise', async () => {

@@ -9,13 +9,14 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { and, eq } from 'drizzle-orm';
 import { createRegistry } from '@capstan/actors';
-import { createQueryServer, listWorkers, openDatabase, startFleetAuthority, type Database, type FleetAuthority, type QueryServer } from '@capstan/kit';
+import { listWorkers, openDatabase, startFleetAuthority, type Database, type FleetAuthority } from '@capstan/kit';
 import { createOrchestrator, loadConfig as orchestratorConfig } from '@capstan/orchestrator';
 import { createProjector, loadConfig, rebuildProjections, verifyProjections, type ProjectorApp } from '@capstan/projector';
 import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';
 import { CapstanError, db as schema, ErrorCode, Streams, Subjects, encode, type RunEvent, type RunId, type TenantId, Role } from '@capstan/schemas';
 import { handlers, workflows } from '../fixtures/workflows.js';
-import { accessAs, adminOf, connect, eventsOf, eventually, issueCreds, provision, runCli, serviceEnv, silent, testAuthStore, type Harness } from '../harness/fixtures.js';
+import { adminOf, connect, eventsOf, eventually, issueCreds, provision, runCli, serviceEnv, silent, testAuthStore, type Harness } from '../harness/fixtures.js';
+import { startReadConsole, type ReadConsole } from '../harness/console.js';
 import { scratchDatabase } from '../harness/postgres.js';
 
 let url: string;
@@ -24,12 +25,12 @@ let t: TenantId;
 let scratch: Awaited<ReturnType<typeof scratchDatabase>>;
 let database: Database;
 let projector: ProjectorApp;
-let api: QueryServer;
+let api: ReadConsole;
 const workers = new Map<string, WorkerApp>();
 let stopOrchestrator: (() => Promise<void>) | undefined;
 let authority: FleetAuthority | undefined;
 
-const capstan = (args: string[]) => runCli(args, { NATS_URL: url, CAPSTAN_API_URL: api.url });
+const capstan = (args: string[]) => runCli(args, { NATS_URL: url, ...api.env });
 
 const creds = new Map<string, string>();
 async function startWorker(id: string, admission: 'required' | 'auto'): Promise<WorkerApp> {
@@ -63,8 +64,7 @@ beforeAll(async () => {
   const orch = await createOrchestrator(orchestratorConfig({ ...(await serviceEnv(url, Role.Orchestrator)), CAPSTAN_TENANTS: t }), silent, { registry: createRegistry(workflows) });
   await orch.start();
   stopOrchestrator = () => orch.stop();
-  api = createQueryServer({ db: database, access: await accessAs(url, Role.Projector), tenants: () => [t], log: silent, port: 0 });
-  await api.start();
+  api = await startReadConsole({ db: database, natsUrl: url, tenants: [t] });
 });
 
 afterAll(async () => {

@@ -8,11 +8,12 @@
  *   stream: the old runs are gone from them, the new ones there, lag 0, the old store's
  *   admission audit rows replaced by the new one's.
  * - `refuse` (production, on Postgres): nothing of the new stream is applied over the old
- *   rows, and nothing is served from them: the query API's tenant routes answer 503
- *   `projection_out_of_sync`; /v1/system and `capstan status --system` (exit 1) name it;
- *   /metrics has `capstan_projection_out_of_sync 1` and no lag; the console's pages answer
- *   503 and its system route carries the reason (the banner's text). Then `capstan
- *   projections rebuild` makes them follow the new stream, and the projector goes on.
+ *   rows, and nothing is served from them: the console's tenant routes answer 503
+ *   `projection_out_of_sync`, to a session and to an API token alike; /api/system and
+ *   `capstan status --system` (exit 1) name it, `capstan runs` exits 1 with it; the
+ *   projector's metrics have `capstan_projection_out_of_sync 1` and no lag; the console's
+ *   system route carries the reason (the banner's text). Then `capstan projections rebuild`
+ *   makes them follow the new stream, and the projector goes on.
  *
  * Each case uses its own nats-server (the harness's shared one cannot be replaced). First, the
  * read guard's own race: a checkpoint that moved on is not a stream that ends before it.
@@ -22,26 +23,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { and, eq, inArray, sql } from 'drizzle-orm';
-import { createConsole, loadConfig as consoleConfig, localAdmin, type SystemResponse } from '@capstan/console';
-import {
-  createQueryServer,
-  listRuns,
-  migrate,
-  newRunId,
-  openDatabase,
-  provisionTenant,
-  recordFollowed,
-  startNatsServer,
-  syncGuard,
-  type Database,
-  type NatsServer,
-} from '@capstan/kit';
+import type { PlatformSystemResponse, SystemResponse } from '@capstan/console';
+import { listRuns, migrate, newRunId, openDatabase, provisionTenant, recordFollowed, scrape, startNatsServer, syncGuard, type Database, type NatsServer } from '@capstan/kit';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
 import { db as schema, Role, Streams, Subjects, type RunId, type TenantId } from '@capstan/schemas';
 import { scratchDatabase } from '../harness/postgres.js';
-import { ConsoleClient, type ErrorBody } from '../harness/console.js';
+import { ConsoleClient, startReadConsole, type ErrorBody } from '../harness/console.js';
 import {
-  accessAs,
   adminOf,
   connect,
   eventually,
@@ -269,47 +257,34 @@ describe('projection identity', () => {
       expect(newRows).toHaveLength(0);
       expect(await projectedIds(database, t)).toEqual([...c.oldRuns].sort());
 
-      // The query API, its /v1/system and /metrics, and the CLI.
-      const readAccess = await accessAs(c.store.url, Role.Projector);
-      cleanups.push(() => readAccess.close());
-      const api = createQueryServer({ db: database, access: readAccess, tenants: () => [t], log: silent, port: 0 });
-      await api.start();
-      cleanups.push(() => api.stop());
-      const runsPage = await fetch(`${api.url}/v1/tenants/${t}/runs`);
+      // The console, read with an API token as the CLI reads it, and with a session as the
+      // browser does (its pages, and its system route: what the banner shows); the CLI; the
+      // projector's metrics.
+      const rc = await startReadConsole({ db: database, natsUrl: c.store.url, tenants: [t] });
+      cleanups.push(() => rc.stop());
+      const bearer = { authorization: `Bearer ${rc.token}` };
+      const runsPage = await fetch(`${rc.url}/api/tenants/${t}/runs`, { headers: bearer });
       const runsBody = (await runsPage.json()) as ErrorBody;
-      const system = (await (await fetch(`${api.url}/v1/system`)).json()) as { projection: { tenant: string; lag: number | null; error?: { code: string } }[] };
-      const metrics = await (await fetch(`${api.url}/metrics`)).text();
-      const status = await runCli(['status', '--system', '--api', api.url]);
-      const cliRuns = await runCli(['runs', '--tenant', t, '--api', api.url]);
-
-      // The console: its pages and its system route (what the banner shows).
-      const consoleAccess = await accessAs(c.store.url, Role.Console);
-      cleanups.push(() => consoleAccess.close());
-      const operatorConsole = createConsole({
-        db: database,
-        access: consoleAccess,
-        config: consoleConfig({ CONSOLE_PORT: '0', ...(await serviceEnv(c.store.url, Role.Console)) }, { dev: true }),
-        log: silent,
-        users: [localAdmin([t])],
-      });
-      await operatorConsole.start();
-      cleanups.push(() => operatorConsole.stop());
-      const browser = new ConsoleClient(operatorConsole.url);
-      await browser.signInWithLink(operatorConsole.signInLink('admin'));
+      const system = (await (await fetch(`${rc.url}/api/system`, { headers: bearer })).json()) as PlatformSystemResponse;
+      const metrics = await scrape();
+      const status = await runCli(['status', '--system'], rc.env);
+      const cliRuns = await runCli(['runs', '--tenant', t], rc.env);
+      const browser = new ConsoleClient(rc.url);
+      await browser.signInWithLink(rc.app.signInLink('admin'));
       const consoleRuns = await browser.get<ErrorBody>(`/api/tenants/${t}/runs`);
       const consoleSystem = await browser.get<SystemResponse>(`/api/tenants/${t}/system`);
 
       const refused = {
-        queryApi: runsPage.status === 503 && runsBody.error.code === 'projection_out_of_sync',
+        tokenPages: runsPage.status === 503 && runsBody.error.code === 'projection_out_of_sync',
         system: system.projection[0]?.error?.code === 'projection_out_of_sync' && system.projection[0].lag === null,
-        metrics: metrics.includes(`capstan_projection_out_of_sync{tenant="${t}"} 1`) && !metrics.includes(`capstan_projection_lag_events{tenant="${t}"}`),
+        metrics: metrics.includes(`capstan_projection_out_of_sync{tenant="${t}"} 1`) && !metrics.includes(`capstan_projector_lag_events{tenant="${t}"}`),
         statusSystem: status.code === 1 && status.out.includes('projection_out_of_sync'),
         cliRuns: cliRuns.code === 1 && cliRuns.err.includes('projection_out_of_sync'),
         consolePages: consoleRuns.status === 503 && consoleRuns.body.error.code === 'projection_out_of_sync',
         consoleBanner: consoleSystem.body.outOfSync?.code === 'projection_out_of_sync',
       };
       process.stdout.write(`store replaced under a ${when} projector (refuse): ${JSON.stringify(refused)}\n`);
-      expect(refused).toEqual({ queryApi: true, system: true, metrics: true, statusSystem: true, cliRuns: true, consolePages: true, consoleBanner: true });
+      expect(refused).toEqual({ tokenPages: true, system: true, metrics: true, statusSystem: true, cliRuns: true, consolePages: true, consoleBanner: true });
       expect(runsBody.error.message).toContain(`capstan projections rebuild --tenant ${t}`);
 
       // The operator's repair: a rebuild from the stream there is now; the projector goes on.
@@ -319,8 +294,9 @@ describe('projection identity', () => {
       const [later] = await runsOn(c.h, t, 1);
       await eventually('a later run projected', async () => ((await projectedIds(database, t)).includes(later as RunId) ? true : undefined));
       expect(await projectedIds(database, t)).toEqual([...c.newRuns, later as RunId].sort());
-      expect((await fetch(`${api.url}/v1/tenants/${t}/runs`)).status).toBe(200);
-      expect((await runCli(['status', '--system', '--api', api.url])).code).toBe(0);
+      expect((await fetch(`${rc.url}/api/tenants/${t}/runs`, { headers: bearer })).status).toBe(200);
+      expect((await runCli(['status', '--system'], rc.env)).code).toBe(0);
+      expect(await scrape()).toContain(`capstan_projection_out_of_sync{tenant="${t}"} 0`);
       expect((await browser.get(`/api/tenants/${t}/runs`)).status).toBe(200);
     }, 120_000);
   }

@@ -9,14 +9,15 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { join } from 'node:path';
 import { and, asc, eq } from 'drizzle-orm';
 import { createRegistry, defineWorkflow, demoWorkflows } from '@capstan/actors';
-import { createQueryServer, openDatabase, PROJECT_ROOT, type Database, type QueryServer } from '@capstan/kit';
+import { openDatabase, PROJECT_ROOT, type Database } from '@capstan/kit';
 import { createOrchestrator, Failpoints, loadConfig as orchestratorConfig } from '@capstan/orchestrator';
 import { readDeadLetters } from '@capstan/cli';
 import { createProjector, loadConfig, verifyProjections, type ProjectorApp } from '@capstan/projector';
 import { createWorker, demoHandlers, loadConfig as workerConfig, StepError, type Handlers } from '@capstan/worker';
 import { CommandRejectedError, db as schema, ErrorCode, Streams, type RunId, type TenantId, Role } from '@capstan/schemas';
 import { replayAll } from '../harness/checker.js';
-import { connect, eventsOf, eventually, provision, runCli, silent, spawnService, startServices, type Harness, serviceEnv, accessAs, issueCreds } from '../harness/fixtures.js';
+import { connect, eventsOf, eventually, provision, runCli, silent, spawnService, startServices, type Harness, serviceEnv, issueCreds } from '../harness/fixtures.js';
+import { startReadConsole, type ReadConsole } from '../harness/console.js';
 import { scratchDatabase } from '../harness/postgres.js';
 
 /** Extract, load (fails until the downstream is "fixed"), report. */
@@ -53,10 +54,10 @@ let t: TenantId;
 let scratch: Awaited<ReturnType<typeof scratchDatabase>>;
 let database: Database;
 let projector: ProjectorApp;
-let api: QueryServer;
+let api: ReadConsole;
 const stops: (() => Promise<void>)[] = [];
 
-const capstan = (args: string[]) => runCli(args, { NATS_URL: url, CAPSTAN_API_URL: api.url });
+const capstan = (args: string[]) => runCli(args, { NATS_URL: url, ...api.env });
 
 beforeAll(async () => {
   url = inject('natsUrl');
@@ -75,8 +76,7 @@ beforeAll(async () => {
     () => worker.stop(),
     () => orch.stop(),
   );
-  api = createQueryServer({ db: database, access: await accessAs(url, Role.Projector), tenants: () => [t], log: silent, port: 0 });
-  await api.start();
+  api = await startReadConsole({ db: database, natsUrl: url, tenants: [t] });
 });
 
 afterAll(async () => {

@@ -3,7 +3,21 @@
  * one-time sign-in links, CSV fields.
  */
 import { describe, expect, it } from 'vitest';
-import { createLinkTokens, createSessions, csvField, hashPassword, loadConfig, parseUsers, roleAllows, verifyPassword, type Session } from '@capstan/console';
+import {
+  API_TOKEN_PATTERN,
+  createLinkTokens,
+  createSessions,
+  csvField,
+  hashPassword,
+  indexTokens,
+  loadConfig,
+  newApiToken,
+  parseUsers,
+  roleAllows,
+  tokenHash,
+  verifyPassword,
+  type Session,
+} from '@capstan/console';
 import { CapstanError, ErrorCode } from '@capstan/schemas';
 
 const SECRET = 'x'.repeat(40);
@@ -118,6 +132,82 @@ describe('console users', () => {
     expect(roleAllows('operator', 'revokeWorker')).toBe(false);
     expect(roleAllows('admin', 'revokeWorker')).toBe(true);
     expect(roleAllows('admin', 'retry')).toBe(true);
+  });
+});
+
+describe('console api tokens', () => {
+  const ok = { userId: 'alice', orgId: 'acme', role: 'viewer', tenants: ['acme-prod'] };
+  const later = '2030-01-01T00:00:00Z';
+
+  it('console tokens - a token is cst_ and 256 random bits; the file keeps its SHA-256 only', () => {
+    const a = newApiToken();
+    const b = newApiToken();
+    expect(a.token).toMatch(API_TOKEN_PATTERN);
+    expect(a.token).not.toBe(b.token);
+    expect(a.sha256).toBe(tokenHash(a.token));
+    expect(a.sha256).toMatch(/^[0-9a-f]{64}$/);
+    const [u] = parseUsers(JSON.stringify([{ ...ok, tokens: [{ name: 'ci', sha256: a.sha256, expiresAt: later }] }]));
+    expect(u?.tokens).toEqual([{ name: 'ci', sha256: a.sha256, expiresAt: Date.parse(later) }]);
+    expect(JSON.stringify(u)).not.toContain(a.token);
+  });
+
+  it('console tokens - every problem at once: names, hashes (one user, once), expiry always, no unknown fields; never a hash echoed', () => {
+    const h1 = newApiToken().sha256;
+    const h2 = newApiToken().sha256;
+    const problems = problemsOf(() =>
+      parseUsers(
+        JSON.stringify([
+          {
+            ...ok,
+            tokens: [
+              { name: 'ci', sha256: h1, expiresAt: later },
+              { name: 'ci', sha256: h2, expiresAt: later },
+            ],
+          },
+          { ...ok, userId: 'bob', tokens: [{ name: 'Bad Name', sha256: h1, expiresAt: later }] },
+          {
+            ...ok,
+            userId: 'carol',
+            tokens: [
+              { name: 'x', sha256: 'ABC', expiresAt: 'tomorrow' },
+              { name: 'y', sha256: newApiToken().sha256 },
+              { name: 'z', sha256: newApiToken().sha256, expiresAt: later, scope: 'all' },
+            ],
+          },
+          { ...ok, userId: 'dave', tokens: 'cst_x' },
+        ]),
+      ),
+    );
+    expect(problems).toEqual([
+      'CONSOLE_USERS[0].tokens[1].name "ci" appears more than once for this user',
+      'CONSOLE_USERS[1].tokens[0].name must be 1 to 64 lowercase letters, digits or . _ -',
+      'CONSOLE_USERS[1].tokens[0].sha256 is the hash of a token listed before: a token belongs to one user, once',
+      "CONSOLE_USERS[2].tokens[0].sha256 must be the token's SHA-256 in lowercase hex (capstan-console new-token prints it)",
+      'CONSOLE_USERS[2].tokens[0].expiresAt must be an ISO 8601 time with a zone (every token expires)',
+      'CONSOLE_USERS[2].tokens[1].expiresAt must be an ISO 8601 time with a zone (every token expires)',
+      'CONSOLE_USERS[2].tokens[2] has an unknown field "scope"',
+      'CONSOLE_USERS[3].tokens must be an array of at most 32 { name, sha256, expiresAt }',
+    ]);
+    expect(problems.join('\n')).not.toContain(h1);
+  });
+
+  it('console tokens - a presented token finds its user until it expires; anything else is malformed or unknown', () => {
+    const now = Date.parse('2029-06-01T00:00:00Z');
+    const live = newApiToken();
+    const old = newApiToken();
+    const [alice, bob] = parseUsers(
+      JSON.stringify([
+        { ...ok, tokens: [{ name: 'ci', sha256: live.sha256, expiresAt: later }] },
+        { ...ok, userId: 'bob', tokens: [{ name: 'old', sha256: old.sha256, expiresAt: '2029-05-31T23:59:59Z' }] },
+      ]),
+    );
+    const index = indexTokens([alice, bob].filter((u) => u !== undefined));
+    expect(index.check(live.token, now)).toMatchObject({ ok: true, user: { userId: 'alice' }, token: { name: 'ci' } });
+    expect(index.check(live.token, Date.parse(later))).toMatchObject({ ok: false, why: 'expired', user: { userId: 'alice' } });
+    expect(index.check(old.token, now)).toMatchObject({ ok: false, why: 'expired', user: { userId: 'bob' } });
+    expect(index.check(newApiToken().token, now)).toEqual({ ok: false, why: 'unknown' });
+    // The hash itself is not a token: knowing the file does not let anyone in.
+    for (const t of ['', 'cst_', live.sha256, `cst_${live.sha256}`, `${live.token} `, live.token.slice(4)]) expect(index.check(t, now), t).toEqual({ ok: false, why: 'malformed' });
   });
 });
 

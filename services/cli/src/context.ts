@@ -23,8 +23,10 @@ import { CapstanError, CredentialsError, ErrorCode, InvalidArgumentError, TOKEN_
  */
 export const DEV_DIR = resolve(process.env['CAPSTAN_DEV_DIR'] || join(PROJECT_ROOT, '.capstan', 'dev'));
 export const DEV_URL_FILE = join(DEV_DIR, 'nats.url');
-/** The query API a running `capstan dev` serves (the read commands go through it). */
-export const DEV_API_URL_FILE = join(DEV_DIR, 'api.url');
+/** The console a running `capstan dev` serves: its URL (first line), then a one-time sign-in link (owner-only). */
+export const DEV_CONSOLE_URL_FILE = join(DEV_DIR, 'console.url');
+/** The API token of the dev console's user (owner-only): the read commands use it with that console only. */
+export const DEV_TOKEN_FILE = join(DEV_DIR, 'console.token');
 /** The dev stack's key store: operator, accounts, service identities, issued credentials. */
 export const DEV_AUTH_DIR = join(DEV_DIR, 'auth');
 
@@ -36,18 +38,37 @@ export function natsUrl(flag: unknown, env: NodeJS.ProcessEnv): string {
   throw new InvalidArgumentError('no NATS server: pass --nats <url>, set NATS_URL, or start `capstan dev` first');
 }
 
+/** The console API the read commands ask, and the API token they ask with. */
+export interface ReadApi {
+  /** `http(s)://host:port`, no trailing slash. */
+  readonly url: string;
+  readonly token: string;
+}
+
+/** Where a running `capstan dev` leaves its console's URL and token (tests point these elsewhere). */
+export interface DevReadFiles {
+  readonly url: string;
+  readonly token: string;
+}
+
+const firstLine = (file: string) => (readFileSync(file, 'utf8').split('\n', 1)[0] as string).trim();
+
 /**
- * `--api`, else `CAPSTAN_API_URL`, else the query API a running `capstan dev` serves. The
- * read commands never open the database themselves: the dev stack's embedded database
- * belongs to the one process that opened it.
+ * The console's URL: `--api`, else `CAPSTAN_API_URL`, else the console a running `capstan dev`
+ * serves. Its token: `--token`, else `CAPSTAN_TOKEN`, else the file `CAPSTAN_TOKEN_FILE`
+ * names, else, for the dev console only, the token `capstan dev` wrote: a token is never
+ * sent to a console it was not made for. The read commands never open the database
+ * themselves, and read only what the token's user may read.
  */
-export function apiUrl(flag: unknown, env: NodeJS.ProcessEnv, file: string = DEV_API_URL_FILE): string {
+export function readApi(values: Record<string, unknown>, env: NodeJS.ProcessEnv, dev: DevReadFiles = { url: DEV_CONSOLE_URL_FILE, token: DEV_TOKEN_FILE }): ReadApi {
+  const devUrl = existsSync(dev.url) ? firstLine(dev.url).replace(/\/+$/, '') : undefined;
   let raw: string;
   let from: string;
+  const flag = values['api'];
   if (typeof flag === 'string' && flag) [raw, from] = [flag, '--api'];
   else if (env['CAPSTAN_API_URL']) [raw, from] = [env['CAPSTAN_API_URL'], 'CAPSTAN_API_URL'];
-  else if (existsSync(file)) [raw, from] = [readFileSync(file, 'utf8').trim(), file];
-  else throw new InvalidArgumentError('no query API: pass --api <url>, set CAPSTAN_API_URL, or start `capstan dev` first');
+  else if (devUrl) [raw, from] = [devUrl, dev.url];
+  else throw new InvalidArgumentError('no console to read from: pass --api <url>, set CAPSTAN_API_URL, or start `capstan dev` first');
   let u: URL;
   try {
     u = new URL(raw);
@@ -55,7 +76,32 @@ export function apiUrl(flag: unknown, env: NodeJS.ProcessEnv, file: string = DEV
     throw new InvalidArgumentError(`${from} is not a URL: ${JSON.stringify(raw.slice(0, 200))}`);
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new InvalidArgumentError(`${from} must be an http:// or https:// URL; got ${JSON.stringify(raw.slice(0, 200))}`);
-  return raw.replace(/\/+$/, '');
+  const url = raw.replace(/\/+$/, '');
+  return { url, token: tokenFor(values, env, url === devUrl ? dev.token : undefined) };
+}
+
+function tokenFor(values: Record<string, unknown>, env: NodeJS.ProcessEnv, devTokenFile: string | undefined): string {
+  const flag = values['token'];
+  let token: string | undefined;
+  let from = '';
+  if (typeof flag === 'string' && flag) [token, from] = [flag, '--token'];
+  else if (env['CAPSTAN_TOKEN']) [token, from] = [env['CAPSTAN_TOKEN'], 'CAPSTAN_TOKEN'];
+  else {
+    const file = env['CAPSTAN_TOKEN_FILE'] || (devTokenFile && existsSync(devTokenFile) ? devTokenFile : undefined);
+    if (!file) {
+      throw new InvalidArgumentError(
+        'no API token: pass --token <token>, or set CAPSTAN_TOKEN or CAPSTAN_TOKEN_FILE (a console admin makes one with capstan-console new-token; `capstan dev` writes its own)',
+      );
+    }
+    try {
+      [token, from] = [firstLine(file), file];
+    } catch (e) {
+      throw new InvalidArgumentError(`cannot read the API token file ${file}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+  }
+  // Said without the value: it is a secret.
+  if (!/^[\x21-\x7e]{1,512}$/.test(token)) throw new InvalidArgumentError(`${from} does not hold an API token (printable, no spaces)`);
+  return token;
 }
 
 /**

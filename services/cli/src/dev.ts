@@ -18,13 +18,12 @@ import { createPolicyService, loadConfig as policyConfig } from '@capstan/policy
 import { createSecretsLease, loadConfig as secretsConfig } from '@capstan/secrets-lease';
 import { createDatasync, loadConfig as datasyncConfig } from '@capstan/datasync';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
-import { createConsole, localAdmin, loadConfig as consoleConfig } from '@capstan/console';
+import { createConsole, localAdmin, loadConfig as consoleConfig, newApiToken } from '@capstan/console';
 import { createIngress, loadConfig as ingressConfig } from '@capstan/ingress';
 import {
   connectNats,
   createAuditSink,
   createClient,
-  createQueryServer,
   migrate,
   openDatabase,
   createLogger,
@@ -55,18 +54,17 @@ import {
 } from '@capstan/kit';
 import { InvalidArgumentError, parseTenantId, Role, runIdOfSubject, Subjects, type RunEvent, type RunId, type ServiceRole, CapstanError, ErrorCode } from '@capstan/schemas';
 import { parse } from './args.js';
-import { DEV_API_URL_FILE, DEV_AUTH_DIR, DEV_DIR, DEV_URL_FILE } from './context.js';
+import { DEV_AUTH_DIR, DEV_CONSOLE_URL_FILE, DEV_DIR, DEV_TOKEN_FILE, DEV_URL_FILE } from './context.js';
 import { bold, colorStatus, cyan, describe, dim, green, red } from './format.js';
 
 const say = (s: string) => process.stdout.write(`${s}\n`);
 
 /** The dev servers' usual ports, so URLs in docs work; any free port when taken. */
 const DEV_PORT = 4333;
-const DEV_API_PORT = 4334;
 const DEV_CONSOLE_PORT = 4335;
 const DEV_INGRESS_PORT = 4336;
-/** The console's URL (first line) and a one-time sign-in link for the local admin (second). */
-const DEV_CONSOLE_URL_FILE = join(DEV_DIR, 'console.url');
+/** The dev CLI token lives as long as a dev stack might (it is made again at each start). */
+const DEV_TOKEN_DAYS = 30;
 const PGLITE_DIR = join(DEV_DIR, 'pg');
 
 function preferredPort(port = DEV_PORT, fallback = -1): Promise<number> {
@@ -237,12 +235,10 @@ export async function devCmd(argv: string[]): Promise<number> {
     { database },
   );
   await projector.start();
-  // The query API reads stream positions as the projector does (read-only).
-  const readAccess = await serviceAccess(Role.Projector, { natsUrl: url, nats: { credsPaths: [store.serviceCredsPath(Role.Projector)] } }, 'capstan-query-api', dbLog);
-  const api = createQueryServer({ db: database, access: readAccess, log: dbLog, port: await preferredPort(DEV_API_PORT, 0) });
-  await api.start();
-  writeFileSync(DEV_API_URL_FILE, api.url);
-  // The console: a local admin over the dev tenant, signed in by a one-time link.
+  // The console: a local admin over the dev tenant, signed in by a one-time link; the CLI's
+  // read commands use the admin's API token, made at each start and kept owner-only.
+  const cliToken = newApiToken();
+  const consoleAdmin = localAdmin([tenant], [{ name: 'dev-cli', sha256: cliToken.sha256, expiresAt: Date.now() + DEV_TOKEN_DAYS * 86_400_000 }]);
   const consolePort = process.env['CONSOLE_PORT'] ?? String(await preferredPort(DEV_CONSOLE_PORT, 0));
   const devConsoleConfig = consoleConfig({ ...env, CONSOLE_PORT: consolePort }, { dev: true });
   const consoleAccess = await serviceAccess(
@@ -256,10 +252,14 @@ export async function devCmd(argv: string[]): Promise<number> {
     access: consoleAccess,
     config: devConsoleConfig,
     log: createLogger('console', logLevel, process.stderr),
-    users: [localAdmin([tenant])],
+    users: [consoleAdmin],
   });
   await operatorConsole.start();
-  const signInLink = operatorConsole.signInLink(localAdmin([tenant]).userId);
+  const signInLink = operatorConsole.signInLink(consoleAdmin.userId);
+  // The token before the URL: a read command that finds the URL finds its token too. Written
+  // again whole, as a file left by an earlier stack would otherwise keep its mode.
+  rmSync(DEV_TOKEN_FILE, { force: true });
+  writeFileSync(DEV_TOKEN_FILE, `${cliToken.token}\n`, { mode: 0o600 });
   writeFileSync(DEV_CONSOLE_URL_FILE, `${operatorConsole.url}\n${signInLink}\n`, { mode: 0o600 });
 
   // Webhooks: ingress on its usual port (verification through the secrets-lease service).
@@ -275,8 +275,7 @@ export async function devCmd(argv: string[]): Promise<number> {
   say(`  tenant      ${tenant}`);
   say(`  credentials ${credsOf.client}  ${dim(`(the tenant's client: nats --creds … / NATS_CREDS=…)`)}`);
   say(`  projections ${database.kind === 'pglite' ? `PGlite in ${PGLITE_DIR}` : database.where}`);
-  say(`  query API   ${api.url}  ${dim('(capstan runs / run / audit use it)')}`);
-  say(`  console     ${operatorConsole.url}`);
+  say(`  console     ${operatorConsole.url}  ${dim(`(capstan runs / run / audit read through it with the token in ${DEV_TOKEN_FILE})`)}`);
   say(`  sign in     ${signInLink}  ${dim(`(one use, ${Math.round(devConsoleConfig.linkTtlMs / 60_000)} min; also in .capstan/dev/console.url)`)}`);
   say(
     `  sandboxes   ${noSandboxes ? red(`unavailable: ${noSandboxes}`) : `docker (${sandboxes.runtime() ?? '?'}), image ${sandboxes.image() ?? '?'}${dim(`  (artifacts in ${SANDBOX_ARTIFACTS})`)}`}`,
@@ -299,10 +298,8 @@ export async function devCmd(argv: string[]): Promise<number> {
     await ingress.stop();
     await operatorConsole.stop();
     rmSync(DEV_CONSOLE_URL_FILE, { force: true });
-    await api.stop();
-    await readAccess.close();
+    rmSync(DEV_TOKEN_FILE, { force: true });
     await consoleAccess.close();
-    rmSync(DEV_API_URL_FILE, { force: true });
     await authority.stop();
     await worker.stop();
     await datasync?.stop();

@@ -2,9 +2,8 @@
 export { summarize, readDeadLetters, replayCmd } from './runs.js';
 export type { RunSummary, DeadLetterView } from './runs.js';
 export { runsCmd, runCmd, auditCmd, systemStatusCmd, apiGet } from './read.js';
-export type { Wire, RunsResponse, RunResponse, AuditResponse, SystemResponse } from './read.js';
-export { apiUrl, DEV_API_URL_FILE } from './context.js';
+export { readApi, DEV_CONSOLE_URL_FILE, DEV_TOKEN_FILE } from './context.js';
+export type { ReadApi, DevReadFiles } from './context.js';
 export { approvalsCmd, approveCmd, denyCmd, retryCmd, workersCmd, actorFlag } from './operate.js';
-export type { ApprovalsResponse, WorkersResponse } from './operate.js';
 export { exportCmd, replayFromFileCmd, replayExport, recheckDecisions } from './review.js';
 export type { ReplayReport, ReplayedRun, Recheck } from './review.js';

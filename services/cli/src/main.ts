@@ -93,7 +93,8 @@ tenancy (the platform admin, with the operator's key store: --auth-dir <dir>, $C
                                        a webhook route: POST /hooks/<t>/<id> on ingress starts <w>
   capstan routes list --tenant <t> [--all] [--json] | capstan routes enable|disable|delete <id> --tenant <t>
 
-queries over the projections (through the query API: --api <url>, $CAPSTAN_API_URL, or \`capstan dev\`'s):
+queries over the projections (through the console's API: --api <url>, $CAPSTAN_API_URL, or \`capstan dev\`'s console;
+with an API token: --token <t>, $CAPSTAN_TOKEN, $CAPSTAN_TOKEN_FILE, or \`capstan dev\`'s; a token only reads):
   capstan runs --tenant <t> [--status s] [--workflow w] [--since 1h] [--until …] [--where key=value …]
                [--limit N] [--cursor c] [--json]
   capstan run <runId> --tenant <t> [--json]       a run, its steps and its timeline

@@ -1,17 +1,18 @@
 /**
  * Operator commands: approvals (list, approve, deny), retry of a failed run, and worker
- * admission (list, approve, revoke). Lists read the projections through the query API, like
- * `capstan runs`; actions publish the same NATS commands the console does, through the kit
+ * admission (list, approve, revoke). Lists read the projections through the console's API,
+ * like `capstan runs`; actions publish the same NATS commands the console does, through the kit
  * client, and wait for the orchestrator's answer, so a refused action exits non-zero with
  * its error code (`approval_not_waiting`, `run_not_retryable`, …).
  */
 import { userInfo } from 'node:os';
-import { createClient, restoreCredential, revokeCredential, type ApprovalRow, type WorkerAdmission, type WorkerRow } from '@capstan/kit';
+import { createClient, restoreCredential, revokeCredential, type WorkerAdmission } from '@capstan/kit';
+import type { ApprovalsResponse, WorkersResponse } from '@capstan/console';
 import { actorSchema, InvalidArgumentError, Role, type SchemaError, WORKER_ID_PATTERN, type RunEvent, type TenantId, CapstanError, ErrorCode } from '@capstan/schemas';
 import { intFlag, parse, runIdArg, stringFlag, tenantFlag } from './args.js';
-import { apiUrl, authDir, print, withAdmin, withTenant } from './context.js';
+import { authDir, print, readApi, withAdmin, withTenant } from './context.js';
 import { colorStatus, dim, green, red, table, yellow } from './format.js';
-import { apiGet, tenantPath, type Wire } from './read.js';
+import { apiGet, readFlags } from './read.js';
 
 const orDash = (v: string | number | null | undefined) => (v === null || v === undefined || v === '' ? '-' : String(v));
 
@@ -54,22 +55,18 @@ const actionFlags = {
 // ---------------------------------------------------------------------------------------
 // Approvals.
 
-export interface ApprovalsResponse {
-  readonly approvals: Wire<ApprovalRow>[];
-}
-
 const APPROVAL_STATUSES = ['waiting', 'approved', 'denied', 'expired', 'all'] as const;
 
 /** `capstan approvals --tenant t [--status waiting|approved|denied|all] [--limit N] [--json]` */
 export async function approvalsCmd(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
-  const { values } = parse(argv, { api: { type: 'string' }, tenant: { type: 'string' }, json: { type: 'boolean' }, status: { type: 'string' }, limit: { type: 'string' } }, []);
+  const { values } = parse(argv, { ...readFlags, tenant: { type: 'string' }, status: { type: 'string' }, limit: { type: 'string' } }, []);
   const t = tenantFlag(values);
   const status = stringFlag(values, 'status') ?? 'waiting';
   if (!(APPROVAL_STATUSES as readonly string[]).includes(status))
     throw new InvalidArgumentError(`--status must be one of ${APPROVAL_STATUSES.join(', ')}; got ${JSON.stringify(status.slice(0, 40))}`);
   const query: [string, string][] = status === 'all' ? [] : [['status', status]];
   if (values['limit'] !== undefined) query.push(['limit', String(intFlag('limit', values['limit'], 50, 1))]);
-  const res = await apiGet<ApprovalsResponse>(apiUrl(values['api'], env), tenantPath(t, '/approvals'), query);
+  const res = await apiGet<ApprovalsResponse>(readApi(values, env), (p) => p.approvals(t), query);
   print(values['json'] === true, res, () => {
     if (res.approvals.length === 0) return status === 'waiting' ? 'no approvals waiting' : 'no approvals';
     const rows = res.approvals.map((a) => [
@@ -158,10 +155,6 @@ export async function retryCmd(argv: string[], env: NodeJS.ProcessEnv = process.
 // ---------------------------------------------------------------------------------------
 // Workers.
 
-export interface WorkersResponse {
-  readonly workers: Wire<WorkerRow>[];
-}
-
 function colorAdmission(s: string): string {
   if (s === 'approved') return green(s);
   if (s === 'revoked') return red(s);
@@ -175,9 +168,9 @@ function colorAdmission(s: string): string {
 export async function workersCmd(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const [verb, ...rest] = argv;
   if (verb === 'approve' || verb === 'revoke') return admitCmd(rest, verb, env);
-  const { values } = parse(argv, { api: { type: 'string' }, tenant: { type: 'string' }, json: { type: 'boolean' } }, []);
+  const { values } = parse(argv, { ...readFlags, tenant: { type: 'string' } }, []);
   const t = tenantFlag(values);
-  const res = await apiGet<WorkersResponse>(apiUrl(values['api'], env), tenantPath(t, '/workers'));
+  const res = await apiGet<WorkersResponse>(readApi(values, env), (p) => p.workers(t));
   print(values['json'] === true, res, () => {
     if (res.workers.length === 0) return 'no workers have announced themselves';
     const rows = res.workers.map((w) => [
@@ -185,7 +178,7 @@ export async function workersCmd(argv: string[], env: NodeJS.ProcessEnv = proces
       colorAdmission(w.admission),
       orDash(w.admissionBy),
       orDash(w.admissionAt),
-      (w.pools as string[]).join(','),
+      w.pools.join(','),
       String(w.running),
       w.lastSeenAt,
     ]);

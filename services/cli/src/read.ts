@@ -1,76 +1,58 @@
 /**
- * Read commands: runs, run, audit, status --system. They ask the query API over HTTP
- * (see `apiUrl`), never NATS or the database, so they see what the projections hold.
+ * Read commands: runs, run, audit, status --system. They ask the console's API over HTTP
+ * with an API token (see `readApi`), never NATS or the database, so they see what the
+ * projections hold and only what the token's user may see.
  */
-import { parseSince, parseStatus, parseWhere, type ApprovalRow, type AuditRow, type EventIndexRow, type ProjectionLag, type RunRow, type StepRow } from '@capstan/kit';
-import { CapstanError, ErrorCode, UnavailableError, type TenantId } from '@capstan/schemas';
+import { parseSince, parseStatus, parseWhere } from '@capstan/kit';
+import { CapstanError, ErrorCode, UnavailableError } from '@capstan/schemas';
+import type { apiPaths, AuditPageResponse, PlatformSystemResponse, RunDetailResponse, RunsPageResponse } from '@capstan/console';
 import { intFlag, parse, runIdArg, stringFlag, stringsFlag, tenantFlag } from './args.js';
-import { apiUrl, print } from './context.js';
+import { print, readApi, type ReadApi } from './context.js';
 import { bold, colorStatus, dim, green, red, table, yellow } from './format.js';
-
-/** A row as it crosses JSON: dates become ISO strings. */
-export type Wire<T> = { [K in keyof T]: T[K] extends Date ? string : T[K] extends Date | null ? string | null : T[K] };
-
-export interface RunsResponse {
-  readonly runs: Wire<RunRow>[];
-  readonly nextCursor?: string;
-}
-
-export interface RunResponse {
-  readonly run: Wire<RunRow>;
-  readonly search: { key: string; value: string }[];
-  readonly steps: Wire<StepRow>[];
-  readonly events: Wire<EventIndexRow>[];
-  readonly approvals: Wire<ApprovalRow>[];
-}
-
-export interface AuditResponse {
-  readonly entries: Wire<AuditRow>[];
-  readonly nextCursor?: string;
-}
-
-export interface SystemResponse {
-  readonly nats: {
-    readonly server?: { name: string; id: string; version: string; jetstream: boolean };
-    readonly jetstream?: { streams: number; consumers: number; storageBytes: number; memoryBytes: number };
-  } | null;
-  readonly projection: ProjectionLag[];
-}
 
 const REQUEST_TIMEOUT_MS = 15_000;
 const KNOWN_CODES: readonly string[] = Object.values(ErrorCode);
 
-/** GET `path` on the query API; its error answers become CapstanErrors with the same code. */
-export async function apiGet<T>(base: string, path: string, query: readonly (readonly [string, string])[] = []): Promise<T> {
-  const u = new URL(base + path);
+/**
+ * GET the path `path` picks from the console's contract, with the token. The platform's error
+ * codes come back as CapstanErrors with the same code; the console refusing the token (401)
+ * or the tenant or role (403) as `credentials_invalid` / `permission_denied`, with the
+ * console's own code in the message. The contract is loaded here, when a command reads:
+ * `@capstan/console` brings in its server, which no other command needs.
+ */
+export async function apiGet<T>(api: ReadApi, path: (paths: typeof apiPaths) => string, query: readonly (readonly [string, string])[] = []): Promise<T> {
+  const u = new URL(api.url + path((await import('@capstan/console')).apiPaths));
   for (const [k, v] of query) u.searchParams.append(k, v);
   let res: Response;
   try {
-    res = await fetch(u, { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS), headers: { accept: 'application/json' } });
+    res = await fetch(u, { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS), headers: { accept: 'application/json', authorization: `Bearer ${api.token}` } });
   } catch (e) {
     const cause = (e as { cause?: { code?: string; message?: string } }).cause;
-    throw new UnavailableError(`cannot reach the query API at ${base}: ${cause?.code ?? cause?.message ?? (e as Error).message}`);
+    throw new UnavailableError(`cannot reach the console at ${api.url}: ${cause?.code ?? cause?.message ?? (e as Error).message}`);
   }
   const text = await res.text();
   let body: unknown;
   try {
     body = JSON.parse(text);
   } catch {
-    throw new UnavailableError(`the query API at ${base} answered ${res.status} with something other than JSON`);
+    throw new UnavailableError(`the console at ${api.url} answered ${res.status} with something other than JSON`);
   }
   if (!res.ok) {
     const err = (body as { error?: { code?: unknown; message?: unknown } } | null)?.error;
     const code = typeof err?.code === 'string' ? err.code : '';
     const message = typeof err?.message === 'string' ? err.message : `HTTP ${res.status}`;
+    if (res.status === 401) throw new CapstanError(ErrorCode.CredentialsInvalid, `the console at ${api.url} refused the API token (${code}): ${message}`);
+    if (res.status === 403) throw new CapstanError(ErrorCode.PermissionDenied, `the console at ${api.url} refused (${code}): ${message}`);
     if (KNOWN_CODES.includes(code)) throw new CapstanError(code as ErrorCode, message);
-    throw new UnavailableError(`the query API at ${base} answered ${res.status}: ${message}`);
+    throw new UnavailableError(`the console at ${api.url} answered ${res.status}: ${message}`);
   }
   return body as T;
 }
 
-const readCommon = { api: { type: 'string' }, tenant: { type: 'string' }, json: { type: 'boolean' } } as const;
+/** The flags every read command takes: where the console is, the token, and the output. */
+export const readFlags = { api: { type: 'string' }, token: { type: 'string' }, json: { type: 'boolean' } } as const;
+const readCommon = { ...readFlags, tenant: { type: 'string' } } as const;
 
-export const tenantPath = (t: TenantId, rest: string) => `/v1/tenants/${encodeURIComponent(t)}${rest}`;
 const orDash = (v: string | number | null | undefined) => (v === null || v === undefined || v === '' ? '-' : String(v));
 const short = (v: unknown, n = 60) => {
   const s = JSON.stringify(v) ?? '';
@@ -114,8 +96,7 @@ export async function runsCmd(argv: string[], env: NodeJS.ProcessEnv = process.e
   const cursor = stringFlag(values, 'cursor');
   if (cursor !== undefined) query.push(['cursor', cursor]);
 
-  const base = apiUrl(values['api'], env);
-  const page = await apiGet<RunsResponse>(base, tenantPath(t, '/runs'), query);
+  const page = await apiGet<RunsPageResponse>(readApi(values, env), (p) => p.runs(t), query);
   print(values['json'] === true, page, () => {
     if (page.runs.length === 0) return 'no runs';
     const rows = page.runs.map((r) => [
@@ -140,13 +121,12 @@ export async function runCmd(argv: string[], env: NodeJS.ProcessEnv = process.en
   const { values, args } = parse(argv, readCommon, ['runId']);
   const t = tenantFlag(values);
   const runId = runIdArg(args[0]);
-  const base = apiUrl(values['api'], env);
-  const d = await apiGet<RunResponse>(base, tenantPath(t, `/runs/${encodeURIComponent(runId)}`));
+  const d = await apiGet<RunDetailResponse>(readApi(values, env), (p) => p.run(t, runId));
   print(values['json'] === true, d, () => humanRun(d));
   return 0;
 }
 
-function humanRun(d: RunResponse): string {
+function humanRun(d: RunDetailResponse): string {
   const r = d.run;
   const lines = [
     `${bold(r.runId)}  ${r.workflow}@${r.version}  ${colorStatus(r.status)}`,
@@ -212,8 +192,7 @@ export async function auditCmd(argv: string[], env: NodeJS.ProcessEnv = process.
   const cursor = stringFlag(values, 'cursor');
   if (cursor !== undefined) query.push(['cursor', cursor]);
 
-  const base = apiUrl(values['api'], env);
-  const page = await apiGet<AuditResponse>(base, tenantPath(t, '/audit'), query);
+  const page = await apiGet<AuditPageResponse>(readApi(values, env), (p) => p.audit(t), query);
   print(values['json'] === true, page, () => {
     if (page.entries.length === 0) return 'no audit entries';
     // Rows about the fleet (worker admission) belong to no run.
@@ -226,22 +205,22 @@ export async function auditCmd(argv: string[], env: NodeJS.ProcessEnv = process.
 }
 
 /**
- * `capstan status --system [--json]`: the NATS server and the projection lag per tenant.
- * Exit 1 when a tenant's projections do not follow its run stream (`projection_out_of_sync`).
+ * `capstan status --system [--json]`: the NATS server and the projection lag of each tenant
+ * the token's user has. Exit 1 when a tenant's projections do not follow its run stream
+ * (`projection_out_of_sync`).
  */
 export async function systemStatusCmd(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
-  const { values } = parse(argv, { api: { type: 'string' }, json: { type: 'boolean' }, system: { type: 'boolean' } }, []);
-  const base = apiUrl(values['api'], env);
-  const sys = await apiGet<SystemResponse>(base, '/v1/system');
+  const { values } = parse(argv, { ...readFlags, system: { type: 'boolean' } }, []);
+  const sys = await apiGet<PlatformSystemResponse>(readApi(values, env), (p) => p.platformSystem);
   print(values['json'] === true, sys, () => humanSystem(sys));
   return sys.projection.some((p) => p.error?.code === ErrorCode.ProjectionOutOfSync) ? 1 : 0;
 }
 
-function humanSystem(s: SystemResponse): string {
+function humanSystem(s: PlatformSystemResponse): string {
   const lines: string[] = [];
   const srv = s.nats?.server;
   const js = s.nats?.jetstream;
-  if (!s.nats) lines.push(`NATS        ${yellow('not connected to the query API')}`);
+  if (!s.nats) lines.push(`NATS        ${yellow('unknown: the console is not connected to NATS')}`);
   else {
     lines.push(`NATS        ${srv ? `nats-server ${srv.version} (${srv.name})` : 'connected'}`);
     if (js) lines.push(`JetStream   ${js.streams} streams, ${js.consumers} consumers, ${mib(js.storageBytes)} on disk, ${mib(js.memoryBytes)} in memory`);

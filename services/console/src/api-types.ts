@@ -8,7 +8,8 @@
  *
  * Conventions
  * - JSON in and out. Errors are `ApiErrorBody` with status 400 (bad input), 401 (no or
- *   expired session), 403 (role or tenant not allowed, CSRF check failed), 404 (no such
+ *   expired session, a bad or expired token), 403 (role or tenant not allowed, CSRF check
+ *   failed, a token used for anything but a read), 404 (no such
  *   run, approval, worker or endpoint), 409 (the action does not apply to the current state),
  *   429 (too many failed sign-ins for one user; wait and retry),
  *   501 (reserved: an action whose command the control plane lacks), 503 (NATS or the
@@ -18,6 +19,13 @@
  * - The session is an HttpOnly cookie set by sign-in; the UI never reads it. Every call that
  *   is not a GET must carry the header `x-csrf-token` (`CSRF_HEADER`) equal to
  *   `SessionInfo.csrfToken`, and be same-origin (the browser's `Origin` header is checked).
+ * - Programs (the `capstan` CLI, scripts) send `Authorization: Bearer <token>` instead: an API
+ *   token of a console user (`tokens` in the users file, see docs/console.md). It reads what
+ *   that user's session would read, in the same tenants with the same roles; it never acts
+ *   (any call but GET/HEAD answers 403 `token_read_only`), so it needs no CSRF token. It is
+ *   taken from that header only, never from a cookie. A request with the header is judged
+ *   by it alone: a malformed or unknown token is 401 `bad_token`, an expired one 401
+ *   `token_expired`, whatever cookie comes with it.
  * - Tenant routes are `/api/tenants/:tenant/...`; a tenant not in `SessionInfo.tenants`
  *   answers 403.
  * - Unauthenticated: `GET /healthz`, `POST /api/auth/signin`, `POST /api/auth/link`, and the
@@ -43,6 +51,7 @@
  *   GET  /api/tenants/:tenant/audit                         AuditQuery         → AuditPageResponse
  *   GET  /api/tenants/:tenant/audit.csv                     AuditQuery (no cursor; limit up to AUDIT_CSV_MAX_ROWS) → text/csv
  *   GET  /api/tenants/:tenant/system                                           → SystemResponse
+ *   GET  /api/system                                                           → PlatformSystemResponse (the caller's tenants)
  *   GET  /api/tenants/:tenant/policies                                         → PoliciesResponse
  *   GET  /api/tenants/:tenant/policies/:version                                → PolicyVersionResponse (400 bad version, 404 none)
  *   GET  /api/tenants/:tenant/workflows                                        → WorkflowsResponse (503: no orchestrator answered)
@@ -112,20 +121,29 @@ export interface SessionInfo {
   readonly role: Role;
   /** The tenants this session may see; every tenant route is scoped to one of them. */
   readonly tenants: readonly string[];
-  /** Send back as the `x-csrf-token` header on every non-GET call. */
+  /** Send back as the `x-csrf-token` header on every non-GET call (empty for a token, which only reads). */
   readonly csrfToken: string;
   readonly expiresAt: string;
+  /** The name of the API token the request came with, when it came with one rather than a session. */
+  readonly token?: string;
 }
 
 // ---------------------------------------------------------------------------------------
 // Errors.
 
-/** Codes of the console itself; codes of the platform (`invalid_argument`, `run_not_found`, …) pass through. */
+/**
+ * Codes of the console itself; codes of the platform (`invalid_argument`, `run_not_found`, …)
+ * pass through. Each is answered with the status kit's http-status.ts gives it, the table
+ * every Capstan API shares.
+ */
 export const ApiErrorCode = {
   Unauthenticated: 'unauthenticated',
   Forbidden: 'forbidden',
   CsrfFailed: 'csrf_failed',
   BadCredentials: 'bad_credentials',
+  BadToken: 'bad_token',
+  TokenExpired: 'token_expired',
+  TokenReadOnly: 'token_read_only',
   TooManyAttempts: 'too_many_attempts',
   NotFound: 'not_found',
   Conflict: 'conflict',
@@ -542,6 +560,34 @@ export interface SystemResponse {
   readonly outOfSync?: { readonly code: string; readonly message: string };
 }
 
+/** A tenant's projections against its run stream, as `GET /api/system` lists them. */
+export interface ProjectionLagEntry {
+  readonly tenant: string;
+  /** The run stream's name; empty when the console is not connected to NATS. */
+  readonly stream: string;
+  /** Null when unknown (no NATS, or the stream did not answer). */
+  readonly streamLastSeq: number | null;
+  readonly checkpoint: number;
+  /** Null when unknown, and while the projections are out of sync. */
+  readonly lag: number | null;
+  /** Why the lag is unknown: `projection_out_of_sync`, or the stream's error. */
+  readonly error?: { readonly code: string; readonly message: string };
+}
+
+/** The NATS server and JetStream usage, summed over the caller's tenants' accounts. */
+export interface NatsSummary {
+  readonly server?: { readonly name: string; readonly id: string; readonly version: string; readonly jetstream: boolean };
+  readonly jetstream: { readonly streams: number; readonly consumers: number; readonly storageBytes: number; readonly memoryBytes: number };
+}
+
+/** `capstan status --system`: over every tenant of the caller, never another's. */
+export interface PlatformSystemResponse {
+  /** Null when the console is not connected to NATS. */
+  readonly nats: NatsSummary | null;
+  /** One entry per tenant of the caller, in the order of `SessionInfo.tenants`. */
+  readonly projection: ProjectionLagEntry[];
+}
+
 // ---------------------------------------------------------------------------------------
 // Policy versions (viewer and up). A version is immutable; a change is a new version.
 
@@ -772,6 +818,7 @@ export const apiPaths = {
   audit: (t: string) => `/api/tenants/${seg(t)}/audit`,
   auditCsv: (t: string) => `/api/tenants/${seg(t)}/audit.csv`,
   system: (t: string) => `/api/tenants/${seg(t)}/system`,
+  platformSystem: '/api/system',
   policies: (t: string) => `/api/tenants/${seg(t)}/policies`,
   policyVersion: (t: string, version: number | string) => `/api/tenants/${seg(t)}/policies/${seg(String(version))}`,
   workflows: (t: string) => `/api/tenants/${seg(t)}/workflows`,

@@ -24,6 +24,7 @@ import { registerRunRoutes } from './routes-runs.js';
 import { registerTriggerRoutes } from './routes-triggers.js';
 import { tenantOf, type RouteDeps } from './routes.js';
 import { createLinkTokens, createSessions } from './session.js';
+import type { ApiToken } from './tokens.js';
 import { parseUsers, type ConsoleUser } from './users.js';
 import { isApiPath, registerWeb } from './web.js';
 
@@ -56,9 +57,9 @@ export interface Console {
 
 const BODY_LIMIT = 256 * 1024;
 
-/** The dev stack's only user: an admin over the given tenants, who signs in by link. */
-export function localAdmin(tenants: readonly string[]): ConsoleUser {
-  return { userId: 'admin', orgId: 'local', role: 'admin', tenants: [...tenants] };
+/** The dev stack's only user: an admin over the given tenants, who signs in by link (and whose `tokens` the CLI reads with). */
+export function localAdmin(tenants: readonly string[], tokens: readonly ApiToken[] = []): ConsoleUser {
+  return { userId: 'admin', orgId: 'local', role: 'admin', tenants: [...tenants], ...(tokens.length > 0 ? { tokens } : {}) };
 }
 
 export function defaultWebDir(): string {

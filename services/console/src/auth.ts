@@ -1,14 +1,21 @@
 /**
- * Sign-in, sign-out, the session guard and CSRF checks.
+ * Sign-in, sign-out, the session guard, API tokens and CSRF checks.
  *
  * Every `/api` route needs a valid session except sign-in itself. Every call that is not a
  * GET (or HEAD) must come from the console's own origin (`Origin`) and, once signed in,
  * carry the session's CSRF token in `x-csrf-token`: a page elsewhere can make a browser
  * send the cookie, but can neither set that header nor read the token.
+ *
+ * A program sends `Authorization: Bearer <token>` instead (tokens.ts): a request with that
+ * header is judged by it alone, never by a cookie, and the token is never read from a
+ * cookie. It gets what the token's user would get in a session (tenants, roles) for reads
+ * only: every other method is refused (403 `token_read_only`), which is also why it needs
+ * no CSRF token (a browser never adds the header to a request another site makes).
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { obj, str } from '@capstan/schemas';
 import { ApiErrorCode, CSRF_HEADER, apiPaths, type SessionInfo } from './api-types.js';
+import { indexTokens, type TokenIndex, type TokenVerdict } from './tokens.js';
 import { bodyOf, forbidden, HttpError, queryOf, sessionOf, unauthenticated } from './http.js';
 import { SESSION_COOKIE, sameToken, type LinkTokens, type Session, type Sessions } from './session.js';
 import { verifyPassword, type ConsoleUser } from './users.js';
@@ -41,6 +48,37 @@ function isLoopback(hostname: string): boolean {
 
 export function registerAuth(app: FastifyInstance, d: AuthDeps): void {
   const failures = new Map<string, { count: number; since: number }>();
+  // Rebuilt only when the users are: they are read once at start.
+  let indexed: { users: ReadonlyMap<string, ConsoleUser>; index: TokenIndex } | undefined;
+  const tokens = (): TokenIndex => {
+    const users = d.users();
+    if (indexed?.users !== users) indexed = { users, index: indexTokens(users.values()) };
+    return indexed.index;
+  };
+
+  /** The request's API token as a per-request session, or why it is refused. */
+  const tokenSession = (req: FastifyRequest, header: string): Session => {
+    const m = /^Bearer (\S+)$/i.exec(header.trim());
+    const v: TokenVerdict = m ? tokens().check(m[1] as string, Date.now()) : { ok: false, why: 'malformed' };
+    if (!v.ok) {
+      // Who and which token, when known; the presented value never.
+      req.log.warn({ why: v.why, userId: v.user?.userId, tokenName: v.token?.name, path: req.url.split('?', 1)[0] }, 'API token refused');
+      if (v.why === 'expired') throw new HttpError(ApiErrorCode.TokenExpired, `API token ${v.token?.name ?? ''} has expired; ask for a new one`);
+      throw new HttpError(ApiErrorCode.BadToken, m ? 'unknown API token' : 'the Authorization header must be "Bearer <token>"');
+    }
+    const u = v.user;
+    return {
+      sid: `token:${u.userId}/${v.token.name}`,
+      orgId: u.orgId,
+      userId: u.userId,
+      role: u.role,
+      tenants: u.tenants,
+      ...(u.access ? { access: u.access } : {}),
+      exp: v.token.expiresAt,
+      csrf: '',
+      token: v.token.name,
+    };
+  };
 
   app.decorateRequest('consoleSession', null);
 
@@ -69,11 +107,17 @@ export function registerAuth(app: FastifyInstance, d: AuthDeps): void {
     const path = req.url.split('?', 1)[0] as string;
     if (path !== '/api' && !path.startsWith('/api/')) return null;
     const mutating = !SAFE_METHODS.has(req.method);
+    const authorization = req.headers.authorization;
+    if (authorization !== undefined) {
+      const s = tokenSession(req, authorization);
+      if (mutating) throw new HttpError(ApiErrorCode.TokenReadOnly, `API tokens only read: ${req.method} needs a signed-in session`);
+      return s;
+    }
     if (mutating && !sameOrigin(req)) throw forbidden('cross-origin request refused: the Origin header must be this console');
     if (UNGUARDED.has(path)) return null;
     const s = sessionFrom(req);
     if (!s) throw unauthenticated(req.cookies[SESSION_COOKIE] ? 'the session has expired or is no longer valid; sign in again' : 'sign in first');
-    if (mutating && !sameToken(headerOf(req, CSRF_HEADER), s.csrf)) throw new HttpError(403, ApiErrorCode.CsrfFailed, `missing or wrong ${CSRF_HEADER} header`);
+    if (mutating && !sameToken(headerOf(req, CSRF_HEADER), s.csrf)) throw new HttpError(ApiErrorCode.CsrfFailed, `missing or wrong ${CSRF_HEADER} header`);
     return s;
   };
 
@@ -105,7 +149,7 @@ export function registerAuth(app: FastifyInstance, d: AuthDeps): void {
     const now = Date.now();
     const f = failures.get(userId);
     if (f && now - f.since < FAILURE_WINDOW_MS && f.count >= MAX_FAILURES) {
-      throw new HttpError(429, ApiErrorCode.TooManyAttempts, `too many failed sign-ins for this user; try again in ${Math.ceil((f.since + FAILURE_WINDOW_MS - now) / 60_000)} min`);
+      throw new HttpError(ApiErrorCode.TooManyAttempts, `too many failed sign-ins for this user; try again in ${Math.ceil((f.since + FAILURE_WINDOW_MS - now) / 60_000)} min`);
     }
     const u = d.users().get(userId);
     // Checked even for an unknown user, against a stand-in hash: same time either way.
@@ -114,7 +158,7 @@ export function registerAuth(app: FastifyInstance, d: AuthDeps): void {
       const cur = f && now - f.since < FAILURE_WINDOW_MS ? f : { count: 0, since: now };
       failures.set(userId, { count: cur.count + 1, since: cur.since });
       if (failures.size > 10_000) failures.delete(failures.keys().next().value as string);
-      throw new HttpError(401, ApiErrorCode.BadCredentials, 'unknown user or wrong password');
+      throw new HttpError(ApiErrorCode.BadCredentials, 'unknown user or wrong password');
     }
     failures.delete(userId);
     return startSession(req, reply, u);
@@ -125,7 +169,7 @@ export function registerAuth(app: FastifyInstance, d: AuthDeps): void {
     const { token } = linkBody.parse(bodyOf(req));
     const userId = d.links.redeem(token, Date.now());
     const u = userId === undefined ? undefined : d.users().get(userId);
-    if (!u) throw new HttpError(401, ApiErrorCode.BadCredentials, 'this sign-in link is unknown, used or expired; ask for a new one');
+    if (!u) throw new HttpError(ApiErrorCode.BadCredentials, 'this sign-in link is unknown, used or expired; ask for a new one');
     return startSession(req, reply, u);
   });
 
@@ -144,7 +188,15 @@ export function registerAuth(app: FastifyInstance, d: AuthDeps): void {
 }
 
 function info(s: Session): SessionInfo {
-  return { userId: s.userId, orgId: s.orgId, role: s.role, tenants: s.tenants, csrfToken: s.csrf, expiresAt: new Date(s.exp).toISOString() };
+  return {
+    userId: s.userId,
+    orgId: s.orgId,
+    role: s.role,
+    tenants: s.tenants,
+    csrfToken: s.csrf,
+    expiresAt: new Date(s.exp).toISOString(),
+    ...(s.token !== undefined ? { token: s.token } : {}),
+  };
 }
 
 function headerOf(req: FastifyRequest, name: string): string | undefined {

@@ -9,23 +9,29 @@ import { ACTION_ROLE, ApiErrorCode, roleAllows, type ActionName, type ApiErrorBo
 import type { Session } from './session.js';
 import { roleIn } from './users.js';
 
-/** An answer other than 200, with the code and message the caller gets. */
+/**
+ * An answer other than 200, with the code and message the caller gets. The status is the
+ * code's in kit's http-status.ts, the table every Capstan API answers by; only an action
+ * refused by the state of things (409) and Fastify's own 4xx say theirs.
+ */
 export class HttpError extends Error {
+  readonly status: number;
   constructor(
-    readonly status: number,
     readonly code: string,
     message: string,
+    status?: number,
   ) {
     super(message);
     this.name = 'HttpError';
+    this.status = status ?? httpStatusOf(code) ?? 500;
   }
 }
 
-export const unauthenticated = (why = 'sign in first') => new HttpError(401, ApiErrorCode.Unauthenticated, why);
-export const forbidden = (why: string) => new HttpError(403, ApiErrorCode.Forbidden, why);
-export const notFound = (why: string) => new HttpError(404, ApiErrorCode.NotFound, why);
-export const badRequest = (why: string) => new HttpError(400, ApiErrorCode.InvalidArgument, why);
-export const conflict = (why: string) => new HttpError(409, ApiErrorCode.Conflict, why);
+export const unauthenticated = (why = 'sign in first') => new HttpError(ApiErrorCode.Unauthenticated, why);
+export const forbidden = (why: string) => new HttpError(ApiErrorCode.Forbidden, why);
+export const notFound = (why: string) => new HttpError(ApiErrorCode.NotFound, why);
+export const badRequest = (why: string) => new HttpError(ApiErrorCode.InvalidArgument, why);
+export const conflict = (why: string) => new HttpError(ApiErrorCode.Conflict, why);
 
 /**
  * What the caller is told. A CapstanError's own message says what to fix; anything else is
@@ -38,15 +44,15 @@ export function toHttpError(e: unknown, acting = false): HttpError {
   if (CapstanError.is(e)) {
     // One table for every Capstan API (kit's http-status.ts); actions add the 409.
     const status = httpStatusOf(e.code) ?? (acting && !e.retryable ? 409 : undefined);
-    if (status !== undefined) return new HttpError(status, e.code, e.message);
+    if (status !== undefined) return new HttpError(e.code, e.message, status);
   }
   // Fastify's own 4xx (a body that is not JSON, an unsupported media type, a body too large).
   const fst = e as { statusCode?: unknown; code?: unknown; message?: unknown };
   if (typeof fst.statusCode === 'number' && fst.statusCode >= 400 && fst.statusCode < 500 && typeof fst.code === 'string' && fst.code.startsWith('FST_')) {
     const status = fst.statusCode === 401 || fst.statusCode === 403 || fst.statusCode === 404 ? fst.statusCode : 400;
-    return new HttpError(status, ApiErrorCode.InvalidArgument, `bad request: ${String(fst.message).slice(0, 200)}`);
+    return new HttpError(ApiErrorCode.InvalidArgument, `bad request: ${String(fst.message).slice(0, 200)}`, status);
   }
-  return new HttpError(500, ApiErrorCode.Internal, 'internal error; see the console log');
+  return new HttpError(ApiErrorCode.Internal, 'internal error; see the console log');
 }
 
 export function errorBody(e: HttpError): ApiErrorBody {

@@ -1,7 +1,8 @@
 /**
- * @capstan/console — the operator console's server: sign-in, a tenant-scoped JSON API over
- * the projections, live run updates (SSE), actions published as NATS commands, and the web
- * UI's static files. The API contract the UI codes against is `api-types.ts`.
+ * @capstan/console — the operator console's server: sign-in (people) and API tokens
+ * (programs: the `capstan` CLI's reads), a tenant-scoped JSON API over the projections, live
+ * run updates (SSE), actions published as NATS commands, and the web UI's static files. The
+ * API contract the UI and the CLI code against is `api-types.ts`.
  */
 export { createConsole, localAdmin, defaultWebDir } from './app.js';
 export type { Console, ConsoleOptions } from './app.js';
@@ -11,6 +12,8 @@ export { parseUsers, hashPassword, verifyPassword, roleIn, groupsIn } from './us
 export { requireAction } from './http.js';
 export type { ConsoleUser, TenantAccessGrant } from './users.js';
 export { createSessions, createLinkTokens, SESSION_COOKIE } from './session.js';
+export { newApiToken, tokenHash, indexTokens, API_TOKEN_PATTERN } from './tokens.js';
+export type { ApiToken, TokenIndex, TokenVerdict } from './tokens.js';
 export type { Session, Sessions, LinkTokens } from './session.js';
 export { explainRun, sayDuration } from './explain.js';
 export type { ExplainInput } from './explain.js';

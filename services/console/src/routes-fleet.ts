@@ -1,10 +1,19 @@
 /**
- * Approvals queue, worker fleet (with admission actions) and the tenant's projection lag.
+ * Approvals queue, worker fleet (with admission actions) and projection lag: a tenant's, and
+ * every tenant's of the caller with the NATS server (`capstan status --system`).
  */
 import type { FastifyInstance } from 'fastify';
-import { listApprovals, listWorkers, outOfSyncError, parseLimit, projectionLag, readFollowed } from '@capstan/kit';
-import { ErrorCode, obj, optional, str } from '@capstan/schemas';
-import { apiPaths, type ApprovalsResponse, type SystemResponse, type WorkersResponse } from './api-types.js';
+import { listApprovals, listWorkers, outOfSyncError, parseLimit, projectionLag, readFollowed, type TenantAccess } from '@capstan/kit';
+import { ErrorCode, obj, optional, str, type TenantId } from '@capstan/schemas';
+import {
+  apiPaths,
+  type ApprovalsResponse,
+  type NatsSummary,
+  type PlatformSystemResponse,
+  type ProjectionLagEntry,
+  type SystemResponse,
+  type WorkersResponse,
+} from './api-types.js';
 import { notFound, pattern, queryOf, sessionOf } from './http.js';
 import { postAction, type RouteDeps } from './routes.js';
 import { toApproval, toWorkerInfo } from './views.js';
@@ -50,18 +59,45 @@ export function registerFleetRoutes(app: FastifyInstance, d: RouteDeps): void {
     });
   }
 
+  /** Each tenant's projections against its run stream; without NATS, the checkpoints and a projector's out-of-sync mark. */
+  const lagOf = async (tenants: readonly TenantId[]): Promise<ProjectionLagEntry[]> => {
+    const access = d.access();
+    if (access) return projectionLag(d.db, access, tenants);
+    const followed = await readFollowed(d.db.db, tenants);
+    return tenants.map((t) => {
+      const f = followed.get(t);
+      const lag: ProjectionLagEntry = { tenant: t, stream: '', streamLastSeq: null, checkpoint: f?.checkpoint ?? 0, lag: null };
+      return f?.outOfSync ? { ...lag, error: { code: ErrorCode.ProjectionOutOfSync, message: outOfSyncError(t, f.outOfSync).message } } : lag;
+    });
+  };
+
   app.get<{ Params: { tenant: string } }>(pattern(apiPaths.system(':tenant')), async (req): Promise<SystemResponse> => {
     const t = d.tenantOf(sessionOf(req), req.params.tenant);
     queryOf(req, []);
-    const access = d.access();
-    if (access) {
-      const [lag] = await projectionLag(d.db, access, [t]);
-      const outOfSync = lag?.error?.code === ErrorCode.ProjectionOutOfSync ? { outOfSync: lag.error } : {};
-      return { tenant: t, projectionLag: lag?.lag ?? null, checkpoint: lag?.checkpoint ?? 0, ...outOfSync };
-    }
-    // Without NATS: the checkpoint, and a projector's out-of-sync mark.
-    const f = (await readFollowed(d.db.db, [t])).get(t);
-    const outOfSync = f?.outOfSync ? { outOfSync: { code: ErrorCode.ProjectionOutOfSync, message: outOfSyncError(t, f.outOfSync).message } } : {};
-    return { tenant: t, projectionLag: null, checkpoint: f?.checkpoint ?? 0, ...outOfSync };
+    const [lag] = await lagOf([t]);
+    const outOfSync = lag?.error?.code === ErrorCode.ProjectionOutOfSync ? { outOfSync: lag.error } : {};
+    return { tenant: t, projectionLag: lag?.lag ?? null, checkpoint: lag?.checkpoint ?? 0, ...outOfSync };
   });
+
+  // Every tenant of the caller (never another's), out of sync or not: this is where it shows.
+  app.get(apiPaths.platformSystem, async (req): Promise<PlatformSystemResponse> => {
+    const s = sessionOf(req);
+    queryOf(req, []);
+    const tenants = s.tenants.map((t) => d.tenantOf(s, t));
+    const access = d.access();
+    return { nats: access ? await natsSummary(access, tenants) : null, projection: await lagOf(tenants) };
+  });
+}
+
+/** The server, and JetStream usage summed over the tenants' accounts (a tenant that does not answer counts nothing). */
+async function natsSummary(access: Pick<TenantAccess, 'tenant'>, tenants: readonly TenantId[]): Promise<NatsSummary> {
+  const conns = await Promise.all(tenants.map((t) => access.tenant(t).catch(() => undefined)));
+  const live = conns.filter((c) => c !== undefined);
+  const info = live[0]?.nc.info;
+  const accounts = await Promise.all(live.map((c) => c.jsm.getAccountInfo().catch(() => undefined)));
+  const sum = (f: (a: NonNullable<(typeof accounts)[number]>) => number) => accounts.reduce((n, a) => n + (a ? f(a) : 0), 0);
+  return {
+    ...(info ? { server: { name: info.server_name, id: info.server_id, version: info.version, jetstream: info.jetstream === true } } : {}),
+    jetstream: { streams: sum((a) => a.streams), consumers: sum((a) => a.consumers), storageBytes: sum((a) => a.storage), memoryBytes: sum((a) => a.memory) },
+  };
 }

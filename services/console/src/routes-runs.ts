@@ -25,7 +25,7 @@ const signalBody = obj('signal', { name: str({ min: 1, max: 64 }), payload: opti
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 
-/** The run list's query parameters, checked by the same parsers as the query API's. */
+/** The run list's query parameters, checked by kit's parsers (the CLI checks its flags with them too). */
 function runsFilter(q: Query, now: number): ListRunsOptions {
   const o: { -readonly [K in keyof ListRunsOptions]: ListRunsOptions[K] } = { limit: parseLimit(q.one('limit')) };
   const status = q.one('status');

@@ -24,8 +24,13 @@ export interface Session {
   readonly access?: Readonly<Record<string, TenantAccessGrant>>;
   /** Expiry, epoch milliseconds. */
   readonly exp: number;
-  /** The anti-CSRF token mutating calls must echo in `x-csrf-token`. */
+  /** The anti-CSRF token mutating calls must echo in `x-csrf-token` (empty for a token: it never mutates). */
   readonly csrf: string;
+  /**
+   * Set when the request came with an API token rather than a cookie: the token's name. Such
+   * a "session" is made per request from the user's record and never sealed into a cookie.
+   */
+  readonly token?: string;
 }
 
 export const SESSION_COOKIE = 'capstan_session';

@@ -13,10 +13,16 @@
  *
  *   "access": { "acme-prod": { "role": "viewer" }, "acme-dev": { "role": "operator", "groups": ["finance"] } }
  * Make a hash with `capstan-console hash-password` (reads the password from stdin).
+ *
+ * `tokens` are the user's API tokens (see tokens.ts): programs read with them what the user
+ * may read, and nothing more.
+ *
+ *   "tokens": [{ "name": "ci", "sha256": "<64 hex>", "expiresAt": "2027-01-01T00:00:00Z" }]
  */
 import { randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
 import { ConfigError, isTenantId } from '@capstan/schemas';
 import { ROLES, type Role } from './api-types.js';
+import { TOKEN_HASH_PATTERN, type ApiToken } from './tokens.js';
 
 /** A user's standing in one tenant: its role there (default the user's `role`), its approver groups. */
 export interface TenantAccessGrant {
@@ -32,6 +38,8 @@ export interface ConsoleUser {
   /** Per tenant (each one of `tenants`): another role, approver groups. */
   readonly access?: Readonly<Record<string, TenantAccessGrant>>;
   readonly passwordHash?: string;
+  /** API tokens, by hash (never the token). */
+  readonly tokens?: readonly ApiToken[];
 }
 
 /** The user's role in tenant `t`. */
@@ -72,6 +80,43 @@ function parseAccess(v: unknown, at: string, tenants: readonly string[] | undefi
   return Object.freeze(out);
 }
 
+const TOKEN_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+const MAX_TOKENS = 32;
+
+/** A user's `tokens`; `seen` holds the hashes of every user so far (a hash names one user's token). */
+function parseTokens(v: unknown, at: string, seen: Set<string>, problems: string[]): ApiToken[] | undefined {
+  if (v === undefined) return undefined;
+  if (!Array.isArray(v) || v.length > MAX_TOKENS) {
+    problems.push(`${at}.tokens must be an array of at most ${MAX_TOKENS} { name, sha256, expiresAt }`);
+    return undefined;
+  }
+  const out: ApiToken[] = [];
+  const names = new Set<string>();
+  v.forEach((t: unknown, i) => {
+    const where = `${at}.tokens[${i}]`;
+    if (typeof t !== 'object' || t === null || Array.isArray(t)) {
+      problems.push(`${where} must be an object { name, sha256, expiresAt }`);
+      return;
+    }
+    const o = t as Record<string, unknown>;
+    for (const k of Object.keys(o)) if (!['name', 'sha256', 'expiresAt'].includes(k)) problems.push(`${where} has an unknown field ${JSON.stringify(k.slice(0, 32))}`);
+    const name = typeof o['name'] === 'string' && TOKEN_NAME.test(o['name']) ? o['name'] : undefined;
+    if (!name) problems.push(`${where}.name must be 1 to 64 lowercase letters, digits or . _ -`);
+    else if (names.has(name)) problems.push(`${where}.name ${JSON.stringify(name)} appears more than once for this user`);
+    else names.add(name);
+    // Only the shape is reported: the hash stands for a secret.
+    const sha256 = typeof o['sha256'] === 'string' && TOKEN_HASH_PATTERN.test(o['sha256']) ? o['sha256'] : undefined;
+    if (!sha256) problems.push(`${where}.sha256 must be the token's SHA-256 in lowercase hex (capstan-console new-token prints it)`);
+    else if (seen.has(sha256)) problems.push(`${where}.sha256 is the hash of a token listed before: a token belongs to one user, once`);
+    else seen.add(sha256);
+    const raw = o['expiresAt'];
+    const expiresAt = typeof raw === 'string' && /^\d{4}-\d{2}-\d{2}T[\d:.]+(?:Z|[+-]\d{2}:\d{2})$/.test(raw) ? Date.parse(raw) : NaN;
+    if (!Number.isFinite(expiresAt)) problems.push(`${where}.expiresAt must be an ISO 8601 time with a zone (every token expires)`);
+    if (name && sha256 && Number.isFinite(expiresAt)) out.push(Object.freeze({ name, sha256, expiresAt }));
+  });
+  return out;
+}
+
 const ID = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
 const MAX_USERS = 10_000;
 
@@ -87,6 +132,7 @@ export function parseUsers(text: string, where = 'CONSOLE_USERS'): ConsoleUser[]
   if (raw.length > MAX_USERS) throw new ConfigError([`${where} holds ${raw.length} users; at most ${MAX_USERS}`]);
   const problems: string[] = [];
   const seen = new Set<string>();
+  const tokenHashes = new Set<string>();
   const users: ConsoleUser[] = [];
   raw.forEach((u: unknown, i) => {
     const at = `${where}[${i}]`;
@@ -95,7 +141,7 @@ export function parseUsers(text: string, where = 'CONSOLE_USERS'): ConsoleUser[]
       return;
     }
     const o = u as Record<string, unknown>;
-    const known = ['userId', 'orgId', 'role', 'tenants', 'access', 'passwordHash'];
+    const known = ['userId', 'orgId', 'role', 'tenants', 'access', 'passwordHash', 'tokens'];
     for (const k of Object.keys(o)) if (!known.includes(k)) problems.push(`${at} has an unknown field ${JSON.stringify(k.slice(0, 32))}`);
     const userId = typeof o['userId'] === 'string' && ID.test(o['userId']) ? o['userId'] : undefined;
     if (!userId) problems.push(`${at}.userId must be 1 to 128 letters, digits or . _ @ -`);
@@ -111,6 +157,7 @@ export function parseUsers(text: string, where = 'CONSOLE_USERS'): ConsoleUser[]
     // Only the shape is reported: the hash is secret material.
     if (hash !== undefined && (typeof hash !== 'string' || !parseHash(hash))) problems.push(`${at}.passwordHash is not a scrypt hash made by hash-password`);
     const access = parseAccess(o['access'], at, tenants, problems);
+    const tokens = parseTokens(o['tokens'], at, tokenHashes, problems);
     if (userId && orgId && role && tenants) {
       users.push(
         Object.freeze({
@@ -120,6 +167,7 @@ export function parseUsers(text: string, where = 'CONSOLE_USERS'): ConsoleUser[]
           tenants: Object.freeze([...new Set(tenants)]),
           ...(access ? { access } : {}),
           ...(typeof hash === 'string' ? { passwordHash: hash } : {}),
+          ...(tokens && tokens.length > 0 ? { tokens: Object.freeze(tokens) } : {}),
         }),
       );
     }

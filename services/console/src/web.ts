@@ -59,7 +59,7 @@ export async function registerWeb(app: FastifyInstance, webDir: string): Promise
   app.setNotFoundHandler(async (req, reply) => {
     const path = req.url.split('?', 1)[0] as string;
     if (isApiPath(path) || (req.method !== 'GET' && req.method !== 'HEAD')) {
-      return sendError(reply, new HttpError(404, ApiErrorCode.NotFound, `no such endpoint: ${req.method} ${path.slice(0, 200)}`));
+      return sendError(reply, new HttpError(ApiErrorCode.NotFound, `no such endpoint: ${req.method} ${path.slice(0, 200)}`));
     }
     // A missing file (an old bundle name) is a 404, not the app's shell served as script.
     if (/\.(?:js|mjs|css|map|png|jpe?g|gif|svg|ico|webp|woff2?|ttf|json|txt|webmanifest)$/i.test(path)) return reply.code(404).type('text/plain; charset=utf-8').send('not found');

@@ -5,8 +5,41 @@
 import { isIP } from 'node:net';
 import { ErrorCode } from '@capstan/schemas';
 
-/** The platform's error codes a caller can act on, by the status that says so. */
+/**
+ * Codes of the HTTP APIs themselves, next to the platform's (`ErrorCode`) that they pass on:
+ * who the caller is, what they may do, what the server has. The console's contract
+ * (`ApiErrorCode` in its api-types.ts, which the browser compiles and so imports nothing)
+ * repeats them; a unit test holds the two together.
+ */
+export const HttpErrorCode = {
+  /** No session and no bearer token. */
+  Unauthenticated: 'unauthenticated',
+  /** A password or sign-in link that is wrong, unknown or used. */
+  BadCredentials: 'bad_credentials',
+  /** A bearer token that is malformed or matches no user's token. */
+  BadToken: 'bad_token',
+  /** A bearer token past its `expiresAt`. */
+  TokenExpired: 'token_expired',
+  Forbidden: 'forbidden',
+  CsrfFailed: 'csrf_failed',
+  /** A call that is not a read, made with a bearer token: tokens only read. */
+  TokenReadOnly: 'token_read_only',
+  NotFound: 'not_found',
+  Conflict: 'conflict',
+  TooManyAttempts: 'too_many_attempts',
+  NotImplemented: 'not_implemented',
+  Internal: 'internal',
+} as const;
+
+/** Every code a caller can act on, by the status that says so. */
 const STATUS_OF: ReadonlyMap<string, number> = new Map([
+  ...[HttpErrorCode.Unauthenticated, HttpErrorCode.BadCredentials, HttpErrorCode.BadToken, HttpErrorCode.TokenExpired].map((c) => [c, 401] as const),
+  ...[HttpErrorCode.Forbidden, HttpErrorCode.CsrfFailed, HttpErrorCode.TokenReadOnly].map((c) => [c, 403] as const),
+  [HttpErrorCode.NotFound, 404],
+  [HttpErrorCode.Conflict, 409],
+  [HttpErrorCode.TooManyAttempts, 429],
+  [HttpErrorCode.Internal, 500],
+  [HttpErrorCode.NotImplemented, 501],
   ...[
     ErrorCode.InvalidArgument,
     ErrorCode.InvalidTenantId,
@@ -22,8 +55,9 @@ const STATUS_OF: ReadonlyMap<string, number> = new Map([
 ]);
 
 /**
- * The status a typed error's code is answered with; `undefined` for codes that are not the
- * caller's to act on (answered as a bare 500 by the server). Every `*_not_found` is a 404.
+ * The status an error code is answered with; `undefined` for platform codes that are not the
+ * caller's to act on (answered as a bare 500, `internal`, by the server). Every `*_not_found`
+ * is a 404.
  */
 export function httpStatusOf(code: string): number | undefined {
   return STATUS_OF.get(code) ?? (code.endsWith('_not_found') ? 404 : undefined);

@@ -137,9 +137,7 @@ export type {
   PolicyVersionRow,
   PolicyVersionSummary,
 } from './queries.js';
-export { createQueryServer, HttpErrorCode } from './http-api.js';
-export type { QueryServer, QueryServerOptions } from './http-api.js';
-export { httpStatusOf, hostAllowed } from './http-status.js';
+export { httpStatusOf, hostAllowed, HttpErrorCode } from './http-status.js';
 export { failpoint, parseFailpoints } from './failpoint.js';
 export type { Failpoint } from './failpoint.js';
 export { execInSandbox, cancelInSandbox, type SandboxCallOptions, type SandboxOutcome } from './sandbox-client.js';

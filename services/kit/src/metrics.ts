@@ -63,6 +63,11 @@ export const metrics = {
   // projector
   projectorLag: gauge('capstan_projector_lag_events', 'Run events stored but not yet projected (stream last sequence minus the checkpoint).', ['tenant']),
   projected: counter('capstan_projector_events_total', 'Run events applied to the projections.', ['tenant']),
+  projectionOutOfSync: gauge(
+    'capstan_projection_out_of_sync',
+    "1 while a tenant's projections do not follow its run stream (projection_out_of_sync: reads refused, no lag reported), else 0.",
+    ['tenant'],
+  ),
   approvalsWaiting: gauge('capstan_approvals_waiting', 'Steps waiting for a person (approvals with status waiting).', ['tenant']),
 } as const;
 

@@ -1,7 +1,8 @@
 /**
- * Read queries over the projections, for the query API and the CLI. Every query takes the
- * tenant and filters by it first: the tenant is the leading column of every index, and a
- * row of another tenant must never be reachable, not even by a guessed run id.
+ * Read queries over the projections, for the console's API (which the CLI reads through).
+ * Every query takes the tenant and filters by it first: the tenant is the leading column of
+ * every index, and a row of another tenant must never be reachable, not even by a guessed
+ * run id.
  *
  * Lists page by keyset (a cursor holding the last row's sort key), never by offset, so page
  * 50 costs what page 1 costs and rows inserted meanwhile neither repeat nor go missing.

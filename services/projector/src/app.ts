@@ -7,8 +7,10 @@
 import type { Subscription } from '@nats-io/transport-node';
 import { ErrorCode, Role, Streams, type TenantId } from '@capstan/schemas';
 import {
+  addCollector,
   judgeSync,
   markOutOfSync,
+  metrics,
   migrate,
   openDatabase,
   projectionLag,
@@ -85,6 +87,14 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
   let stopping = false;
   let stopped: Promise<void> | undefined;
   const served = new Map<TenantId, Served>();
+  // Out of sync, a tenant has no lag to speak of (its run projector stopped): the gauge says
+  // why instead, and the last lag it had is not left standing as if it were current.
+  const removeCollector = addCollector(() => {
+    for (const [t, s] of served) {
+      metrics.projectionOutOfSync.set({ tenant: t }, s.outOfSync ? 1 : 0);
+      if (s.outOfSync) metrics.projectorLag.remove({ tenant: t });
+    }
+  });
 
   function startFollowing(t: TenantId, s: Served, created: string): Promise<void> {
     const { nc, js, jsm } = s.tc;
@@ -213,6 +223,7 @@ export async function createProjector(config: Config, log: Logger, opts: { datab
     stop() {
       stopped ??= (async () => {
         stopping = true;
+        removeCollector();
         follower?.stop();
         clearTimeout(checker);
         await Promise.all([...served.values()].map((s) => s.checking ?? Promise.resolve()));
