@@ -41,7 +41,6 @@ import {
   readRun,
   serviceAccess,
   setPolicy,
-  startFleetAuthority,
   startNatsServer,
   startNatsCluster,
   signerOf,
@@ -57,6 +56,7 @@ import { InvalidArgumentError, parseTenantId, Role, runIdOfSubject, Subjects, ty
 import { parse } from './args.js';
 import { DEV_API_URL_FILE, DEV_AUTH_DIR, DEV_DIR, DEV_URL_FILE } from './context.js';
 import { bold, colorStatus, cyan, describe, dim, green, red } from './format.js';
+import { startFleetAuthority } from './fleet-authority.js';
 
 const say = (s: string) => process.stdout.write(`${s}\n`);
 
