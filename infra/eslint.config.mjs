@@ -39,6 +39,20 @@ const namesSyntax = [
   { selector: 'TemplateLiteral > TemplateElement:first-child[value.raw=/^(cap\\.|CAP_)/]', message: NAMES_MESSAGE },
 ];
 
+/**
+ * A service runs from its own install: it finds its own files relative to its package
+ * (`import.meta.url`) and keeps its state where its config says. Where the repository
+ * checkout is (kit's PROJECT_ROOT) is a question for tooling only: the tests, the benchmarks,
+ * `capstan dev`.
+ */
+const noCheckoutPaths = [
+  {
+    name: '@capstan/kit',
+    importNames: ['PROJECT_ROOT'],
+    message: 'Runtime code does not reach into the repository checkout: resolve a package asset with import.meta.url, take a state folder from config.',
+  },
+];
+
 // ---------------------------------------------------------------------------------------
 // The actors fence.
 
@@ -156,6 +170,14 @@ const configs = defineConfig(
       '@typescript-eslint/no-unsafe-call': 'off',
       '@typescript-eslint/no-unsafe-return': 'off',
     },
+  },
+
+  {
+    name: 'capstan/no-checkout',
+    files: ['services/*/src/**/*.ts'],
+    // The CLI is `capstan dev`'s tooling too (its nats-server installer, its dev folder).
+    ignores: ['services/cli/src/**'],
+    rules: { 'no-restricted-imports': ['error', { patterns: deepImportPatterns, paths: noCheckoutPaths }] },
   },
 
   {

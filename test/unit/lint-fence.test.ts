@@ -14,7 +14,7 @@ import tseslint from 'typescript-eslint';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
-const VIRTUAL = ['actors/src/x.ts', 'services/kit/src/x.ts', 'schemas/src/names.ts', 'test/unit/x.test.ts'];
+const VIRTUAL = ['actors/src/x.ts', 'services/kit/src/x.ts', 'services/sandbox/src/x.ts', 'services/cli/src/x.ts', 'schemas/src/names.ts', 'test/unit/x.test.ts'];
 
 let eslint: ESLint;
 
@@ -125,6 +125,20 @@ describe('outside actors/', () => {
   it('services may not spell subjects or deep-import packages', async () => {
     const messages = await lint("import { Subjects } from '@capstan/schemas/dist/names.js';\nexport { Subjects };\nexport const s = 'cap.t1.cmd.submit';", 'services/kit/src/x.ts');
     expect(messages.map((m) => m.ruleId).sort(), render(messages)).toEqual(['no-restricted-imports', 'no-restricted-syntax']);
+  });
+
+  it('services may not ask where the repository checkout is; the CLI and tests may', async () => {
+    const code = "import { PROJECT_ROOT } from '@capstan/kit';\nexport const root = PROJECT_ROOT;";
+    const messages = await lint(code, 'services/sandbox/src/x.ts');
+    expect(
+      messages.map((m) => m.ruleId),
+      render(messages),
+    ).toEqual(['no-restricted-imports']);
+    expect(messages[0]?.message).toContain('does not reach into the repository checkout');
+    // The deep-import ban still holds beside it (one rule, both option lists).
+    expect(render(await lint("import { x } from '@capstan/kit/src/index.js';\nexport { x };", 'services/sandbox/src/x.ts'))).toContain('not its src/ or dist/ files');
+    expect(render(await lint(code, 'services/cli/src/x.ts'))).toBe('');
+    expect(render(await lint(code, 'test/unit/x.test.ts'))).toBe('');
   });
 
   it('names.ts and tests may spell subjects', async () => {
