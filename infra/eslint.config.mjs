@@ -111,7 +111,7 @@ const capstan = { meta: { name: 'capstan' }, rules: { 'imports-within': importsW
 // ---------------------------------------------------------------------------------------
 
 const configs = defineConfig(
-  globalIgnores(['**/dist/**', '**/node_modules/**', '.capstan/**', 'coverage/**', 'test/artifacts/**'], 'capstan/ignores'),
+  globalIgnores(['**/dist/**', '**/node_modules/**', '.capstan/**', '.nx/**', 'coverage/**', 'test/artifacts/**'], 'capstan/ignores'),
 
   {
     name: 'capstan/typescript',
