@@ -40,6 +40,20 @@ const namesSyntax = [
   { selector: 'TemplateLiteral > TemplateElement:first-child[value.raw=/^(cap\\.|CAP_)/]', message: NAMES_MESSAGE },
 ];
 
+/**
+ * A service runs from its own install: it finds its own files relative to its package
+ * (`import.meta.url`) and keeps its state where its config says. Where the repository
+ * checkout is (kit's PROJECT_ROOT) is a question for tooling only: the tests, the benchmarks,
+ * `capstan dev`.
+ */
+const noCheckoutPaths = [
+  {
+    name: '@capstan/kit',
+    importNames: ['PROJECT_ROOT'],
+    message: 'Runtime code does not reach into the repository checkout: resolve a package asset with import.meta.url, take a state folder from config.',
+  },
+];
+
 // ---------------------------------------------------------------------------------------
 // The actors fence.
 
@@ -98,7 +112,7 @@ const capstan = { meta: { name: 'capstan' }, rules: { 'imports-within': importsW
 // ---------------------------------------------------------------------------------------
 
 const configs = defineConfig(
-  globalIgnores(['**/dist/**', '**/node_modules/**', '.capstan/**', 'coverage/**', 'test/artifacts/**'], 'capstan/ignores'),
+  globalIgnores(['**/dist/**', '**/node_modules/**', '.capstan/**', '.nx/**', 'coverage/**', 'test/artifacts/**'], 'capstan/ignores'),
 
   {
     name: 'capstan/typescript',
@@ -169,6 +183,14 @@ const configs = defineConfig(
       'react-hooks/rules-of-hooks': 'error',
       'react-hooks/exhaustive-deps': 'error',
     },
+  },
+
+  {
+    name: 'capstan/no-checkout',
+    files: ['services/*/src/**/*.ts'],
+    // The CLI is `capstan dev`'s tooling too (its nats-server installer, its dev folder).
+    ignores: ['services/cli/src/**'],
+    rules: { 'no-restricted-imports': ['error', { patterns: deepImportPatterns, paths: noCheckoutPaths }] },
   },
 
   {

@@ -123,7 +123,7 @@ function privileged(cmd, args) {
 
 step('debian packages', () => {
   const wanted = [];
-  // infra/apt/fetch-deb.mjs (nats-server, the sandbox's busybox) checks Debian's signatures.
+  // services/sandbox/apt/fetch-deb.mjs (nats-server, the sandbox's busybox) checks Debian's signatures.
   if (!existsSync(KEYRING)) wanted.push(['debian-archive-keyring', 'the Debian archive keyring (to fetch nats-server and busybox)']);
   if (!has('dockerd') && !engineAnswers()) wanted.push(['docker.io', ENGINE]);
   if (purpose === 'test') {

@@ -4,7 +4,7 @@
 // Debian bookworm ships 2.9.10, which lacks fsync control, message schedules and atomic
 // batches. Debian unstable's package (2.15.x) is a static Go binary that runs on bookworm,
 // so we fetch just that one package with apt through a private sources list
-// (infra/apt/fetch-deb.mjs), unpack it into the project, and never touch the system's apt
+// (the sandbox package's apt/fetch-deb.mjs), unpack it into the project, and never touch the system's apt
 // configuration or its nats-server.
 //
 //   node infra/nats/install.mjs          install if missing (exit 1 on failure)
@@ -13,7 +13,7 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, chmodSync, existsSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fetchDeb } from '../apt/fetch-deb.mjs';
+import { fetchDeb } from '../../services/sandbox/apt/fetch-deb.mjs';
 
 const MIN = [2, 12, 0];
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -44,7 +44,7 @@ if (existing && atLeast(existing, MIN)) done(target, existing);
 
 try {
   console.log('capstan: fetching nats-server from Debian unstable (private sources list, this package only)…');
-  const { into: unpacked } = await fetchDeb('nats-server', { suite: 'sid', into: join(root, '.capstan', 'apt', 'nats-server') });
+  const { into: unpacked } = await fetchDeb('nats-server', { suite: 'sid', into: join(root, '.capstan', 'apt', 'nats-server'), work: join(root, '.capstan', 'apt', 'sid') });
   mkdirSync(dirname(target), { recursive: true });
   copyFileSync(join(unpacked, 'usr', 'sbin', 'nats-server'), target);
   chmodSync(target, 0o755);

@@ -25,9 +25,12 @@ const attempt = int({ min: 1, max: 1000 });
 const token = str({ min: 1, max: 64, pattern: TOKEN_PATTERN });
 const runIdSchema = str({ pattern: RUN_ID_PATTERN });
 
+/** Longest error message a recorded error (an event's `error`) may carry, in characters. */
+export const MAX_ERROR_MESSAGE_CHARS = 1000;
+
 export const errorRecordSchema: Schema<ErrorRecord> = obj('error', {
   code: str({ min: 1, max: 64 }),
-  message: str({ max: 1000 }),
+  message: str({ max: MAX_ERROR_MESSAGE_CHARS }),
   retryable: bool(),
 });
 
@@ -76,8 +79,10 @@ export const signerSchema = obj('signer', {
   role: optional(str({ min: 1, max: 64 })),
 });
 export type SignerRecord = Infer<typeof signerSchema>;
+/** Longest reason a person may give, in characters. */
+export const MAX_REASON_CHARS = 500;
 /** Why, in a person's words: shown to operators and kept in the audit log. */
-export const reasonSchema: Schema<string> = str({ min: 1, max: 500 });
+export const reasonSchema: Schema<string> = str({ min: 1, max: MAX_REASON_CHARS });
 
 /** Up to 8 search fields: key (a token) → value (a string of at most 256 characters). */
 const searchFields: Schema<Record<string, string>> = {

@@ -88,6 +88,8 @@ export {
   signerSchema,
   type SignerRecord,
   reasonSchema,
+  MAX_REASON_CHARS,
+  MAX_ERROR_MESSAGE_CHARS,
 } from './events.js';
 export type { RunEvent, RunEventType, RunEventBody, RunEventData, InputEventType, InputEventBody, DecisionEventBody } from './events.js';
 export { parseCommand, isCommandVerb, COMMAND_VERBS, DECISION_VERBS, WorkerAdmissionState, WORKER_ID_PATTERN, parseWorkerAdmission } from './commands.js';
@@ -206,6 +208,8 @@ export {
   ScheduleStatus,
   ScheduleOp,
   SCHEDULE_LIMITS,
+  scheduleSpecShape,
+  triggerId as triggerIdSchema,
   parseScheduleSpec,
   parseScheduleCommand,
   parseScheduleRecord,

@@ -43,10 +43,12 @@ export const SCHEDULE_LIMITS = {
   defaultCatchupWindowMs: 3_600_000,
 } as const;
 
-const triggerId = str({ min: 1, max: 64, pattern: TRIGGER_ID_PATTERN });
+/** A schedule's or a route's id (exported as `triggerIdSchema`). */
+export const triggerId = str({ min: 1, max: 64, pattern: TRIGGER_ID_PATTERN });
 const isoTime = str({ min: 10, max: 40, pattern: /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/ });
 
-const specShape = {
+/** A schedule spec's fields, for a form or request body that carries one beside other fields. */
+export const scheduleSpecShape = {
   /** Cron expression (5 fields, or 6 with seconds first; `@hourly` … nicknames). */
   cron: optional(str({ min: 1, max: 128 })),
   /** Fixed interval in milliseconds, counted from `startAt` (or the creation). */
@@ -61,7 +63,7 @@ const specShape = {
   catchup: optional(literal(CatchupPolicy.Skip, CatchupPolicy.Last, CatchupPolicy.All)),
   catchupWindowMs: optional(int({ min: 0, max: SCHEDULE_LIMITS.maxCatchupWindowMs })),
 };
-const specSchema = obj('schedule spec', specShape);
+const specSchema = obj('schedule spec', scheduleSpecShape);
 export type ScheduleSpec = Infer<typeof specSchema>;
 
 /** A spec's shape, and the rules between its fields that need no clock or cron parser. @throws SchemaError */
@@ -80,7 +82,7 @@ export function parseScheduleSpec(value: unknown, path = 'spec'): ScheduleSpec {
 
 const who = { by: actorSchema, reason: optional(reasonSchema) };
 const scheduleCommands = {
-  create: obj('schedule create', { op: literal('create'), schedule: triggerId, spec: obj('spec', specShape), ...who }),
+  create: obj('schedule create', { op: literal('create'), schedule: triggerId, spec: obj('spec', scheduleSpecShape), ...who }),
   pause: obj('schedule pause', { op: literal('pause'), schedule: triggerId, ...who }),
   resume: obj('schedule resume', { op: literal('resume'), schedule: triggerId, ...who }),
   trigger: obj('schedule trigger', { op: literal('trigger'), schedule: triggerId, ...who }),
@@ -112,7 +114,7 @@ const scheduleRecordSchema = obj('schedule record', {
   generation: int({ min: 1 }),
   epoch: int({ min: 1 }),
   status: literal(ScheduleStatus.Active, ScheduleStatus.Paused, ScheduleStatus.Deleted),
-  spec: obj('spec', specShape),
+  spec: obj('spec', scheduleSpecShape),
   /** Interval schedules count their slots from here (epoch ms). */
   anchorMs: int({ min: 0 }),
   change: obj('change', {

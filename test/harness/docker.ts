@@ -6,9 +6,17 @@
  *   const docker = await dockerOrSkip();
  *   describe.skipIf(!docker)('sandbox - …', () => { … });
  */
+import { join } from 'node:path';
 import Docker from 'dockerode';
+import { PROJECT_ROOT } from '@capstan/kit';
 import { ensureSandboxImage, type SandboxImage } from '@capstan/sandbox';
 import { requirementMissing } from './requirements.js';
+
+/**
+ * Where tests assemble the sandbox image: the checkout's `.capstan/sandbox`, whatever the
+ * working directory, so busybox and the digest cache are fetched and computed once per checkout.
+ */
+export const SANDBOX_IMAGE_DIR = join(PROJECT_ROOT, '.capstan', 'sandbox');
 
 /** The engine's socket: DOCKER_HOST's when it is a unix socket, else Docker's default. */
 export const DOCKER_SOCKET = process.env['DOCKER_HOST']?.startsWith('unix://') ? process.env['DOCKER_HOST'].slice('unix://'.length) : '/var/run/docker.sock';
@@ -52,7 +60,7 @@ let image: Promise<SandboxImage> | undefined;
 
 /** The sandbox image for the current build, built on first use and shared by every test in the process. */
 export function sandboxImage(docker: Docker): Promise<SandboxImage> {
-  image ??= ensureSandboxImage(docker).catch((e: unknown) => {
+  image ??= ensureSandboxImage(docker, { root: SANDBOX_IMAGE_DIR }).catch((e: unknown) => {
     // A failed build is retried by the next caller rather than cached.
     image = undefined;
     throw e;

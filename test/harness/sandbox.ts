@@ -16,6 +16,7 @@ import { encode, makeRunId, Role, Subjects, type RunId, type SandboxExecRequest,
 import { sql } from 'drizzle-orm';
 import { scratchDatabase } from './postgres.js';
 import { accessAs, serviceEnv, type Harness } from './fixtures.js';
+import { SANDBOX_IMAGE_DIR } from './docker.js';
 
 const orchestrators = new Map<string, Promise<Signer>>();
 
@@ -118,6 +119,7 @@ export async function startSandboxes(
     CAPSTAN_TENANTS: tenants.join(','),
     SANDBOX_NODE: node,
     SANDBOX_ARTIFACTS_DIR: artifactsDir,
+    SANDBOX_IMAGE_DIR,
     SANDBOX_SECRETS_FILE: secretsFile,
     SANDBOX_POOL_MIN: '1',
     SANDBOX_POOL_MAX: '2',

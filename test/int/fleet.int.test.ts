@@ -9,7 +9,8 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { and, eq } from 'drizzle-orm';
 import { createRegistry } from '@capstan/actors';
-import { listWorkers, openDatabase, startFleetAuthority, type Database, type FleetAuthority } from '@capstan/kit';
+import { startFleetAuthority, type FleetAuthority } from '@capstan/cli';
+import { listWorkers, openDatabase, type Database } from '@capstan/kit';
 import { createOrchestrator, loadConfig as orchestratorConfig } from '@capstan/orchestrator';
 import { createProjector, loadConfig, rebuildProjections, verifyProjections, type ProjectorApp } from '@capstan/projector';
 import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';

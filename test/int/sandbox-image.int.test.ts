@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import Docker from 'dockerode';
 import { ensureSandboxImage, SandboxImageError, type SandboxImage } from '@capstan/sandbox';
 import { ErrorCode } from '@capstan/schemas';
-import { dockerOrSkip, sandboxImage } from '../harness/docker.js';
+import { dockerOrSkip, SANDBOX_IMAGE_DIR, sandboxImage } from '../harness/docker.js';
 
 const docker = await dockerOrSkip();
 
@@ -67,7 +67,7 @@ describe.skipIf(!docker)('sandbox image', () => {
     expect(image.ref).toBe(`capstan-sandbox:${image.hash.slice(0, 16)}`);
 
     const started = Date.now();
-    const again = await ensureSandboxImage(d);
+    const again = await ensureSandboxImage(d, { root: SANDBOX_IMAGE_DIR });
     expect(again).toEqual(image);
     // Present means no rebuild: a few stats, one ldd, one inspect.
     expect(Date.now() - started).toBeLessThan(5_000);
@@ -131,7 +131,7 @@ describe.skipIf(!docker)('sandbox image', () => {
 
   it('sandbox image - concurrent forced builds are serialised and agree on one image', async () => {
     const image = await sandboxImage(d);
-    const [a, b] = await Promise.all([ensureSandboxImage(d, { force: true }), ensureSandboxImage(d, { force: true })]);
+    const [a, b] = await Promise.all([ensureSandboxImage(d, { root: SANDBOX_IMAGE_DIR, force: true }), ensureSandboxImage(d, { root: SANDBOX_IMAGE_DIR, force: true })]);
     expect(a).toEqual(image);
     expect(b).toEqual(image);
     const info = await d.getImage(image.ref).inspect();

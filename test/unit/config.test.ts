@@ -1,7 +1,11 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, ErrorCode } from '@capstan/schemas';
-import { LOG_LEVELS, type Env } from '@capstan/kit';
+import { LOG_LEVELS, PROJECT_ROOT, type Env } from '@capstan/kit';
+import { loadConfig as loadDatasync } from '@capstan/datasync';
 import { loadConfig as loadOrchestrator } from '@capstan/orchestrator';
+import { loadConfig as loadSandbox } from '@capstan/sandbox';
 import { loadConfig as loadWorker } from '@capstan/worker';
 
 const NATS = { NATS_URL: 'nats://127.0.0.1:4333', NATS_CREDS: 'service.creds' };
@@ -295,6 +299,37 @@ describe('config - worker', () => {
     const all = p.join('\n');
     for (const key of ['NATS_URL', 'LOG_LEVEL', 'CAPSTAN_TENANTS', 'WORKER_POOLS', 'NATS_CREDS', 'WORKER_CONCURRENCY', 'WORKER_STARTED_AFTER_MS', 'WORKER_DISCOVERY_MS']) {
       expect(all).toContain(key);
+    }
+  });
+});
+
+describe('config - a service runs from its own install', () => {
+  it('config - state folders default to .capstan/ under the working directory, not the checkout', () => {
+    const sandbox = loadSandbox({ ...NATS });
+    expect(sandbox.imageDir).toBe(resolve(process.cwd(), '.capstan', 'sandbox'));
+    expect(sandbox.artifactsDir).toBe(resolve(process.cwd(), '.capstan', 'artifacts'));
+    const datasync = loadDatasync({ ...NATS, DATABASE_URL: 'postgres://capstan@127.0.0.1:5432/capstan' });
+    expect(datasync.filesRoot).toBe(resolve(process.cwd(), '.capstan', 'datasync', 'files'));
+  });
+
+  it('config - a state folder that is set is used, resolved once', () => {
+    const sandbox = loadSandbox({ ...NATS, SANDBOX_IMAGE_DIR: 'img', SANDBOX_ARTIFACTS_DIR: '/srv/artifacts' });
+    expect(sandbox.imageDir).toBe(resolve('img'));
+    expect(sandbox.artifactsDir).toBe('/srv/artifacts');
+  });
+
+  it('config - packages ship the files they load at run time', () => {
+    // Each is found relative to its own module, so it must be in the installed package too:
+    // the sandbox's apt fetcher (image.ts: ../apt/fetch-deb.mjs), the schemas' migrations
+    // (migrations.ts: ../migrations/).
+    for (const [dir, asset, entry] of [
+      [join('services', 'sandbox'), 'apt', join('apt', 'fetch-deb.mjs')],
+      ['schemas', 'migrations', join('migrations', 'meta', '_journal.json')],
+    ] as const) {
+      const pkg = join(PROJECT_ROOT, dir);
+      const files = (JSON.parse(readFileSync(join(pkg, 'package.json'), 'utf8')) as { files?: string[] }).files ?? [];
+      expect(files, dir).toEqual(expect.arrayContaining(['dist', asset]));
+      expect(existsSync(join(pkg, entry)), join(dir, entry)).toBe(true);
     }
   });
 });

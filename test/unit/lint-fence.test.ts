@@ -14,7 +14,15 @@ import tseslint from 'typescript-eslint';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
-const VIRTUAL = ['actors/src/x.ts', 'services/kit/src/x.ts', 'schemas/src/names.ts', 'test/unit/x.test.ts', 'services/console/web/src/x.tsx'];
+const VIRTUAL = [
+  'actors/src/x.ts',
+  'services/kit/src/x.ts',
+  'services/sandbox/src/x.ts',
+  'services/cli/src/x.ts',
+  'schemas/src/names.ts',
+  'test/unit/x.test.ts',
+  'services/console/web/src/x.tsx',
+];
 
 let eslint: ESLint;
 
@@ -132,6 +140,20 @@ describe('outside actors/', () => {
     const stale = "import { useEffect } from 'react';\nexport function V(p: { id: string }) {\n  useEffect(() => console.log(p.id), []);\n  return null;\n}";
     expect((await lint(conditional, 'services/console/web/src/x.tsx')).map((m) => m.ruleId)).toEqual(['react-hooks/rules-of-hooks']);
     expect((await lint(stale, 'services/console/web/src/x.tsx')).map((m) => m.ruleId)).toEqual(['react-hooks/exhaustive-deps']);
+  });
+
+  it('services may not ask where the repository checkout is; the CLI and tests may', async () => {
+    const code = "import { PROJECT_ROOT } from '@capstan/kit';\nexport const root = PROJECT_ROOT;";
+    const messages = await lint(code, 'services/sandbox/src/x.ts');
+    expect(
+      messages.map((m) => m.ruleId),
+      render(messages),
+    ).toEqual(['no-restricted-imports']);
+    expect(messages[0]?.message).toContain('does not reach into the repository checkout');
+    // The deep-import ban still holds beside it (one rule, both option lists).
+    expect(render(await lint("import { x } from '@capstan/kit/src/index.js';\nexport { x };", 'services/sandbox/src/x.ts'))).toContain('not its src/ or dist/ files');
+    expect(render(await lint(code, 'services/cli/src/x.ts'))).toBe('');
+    expect(render(await lint(code, 'test/unit/x.test.ts'))).toBe('');
   });
 
   it('names.ts and tests may spell subjects', async () => {

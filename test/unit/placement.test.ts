@@ -3,7 +3,8 @@
  * streams that take it, and the leaf credential's permissions and configuration.
  */
 import { describe, expect, it } from 'vitest';
-import { checkPlacement, leafNodeConfig, placed, tenantStreamConfigs } from '@capstan/kit';
+import { leafNodeConfig } from '@capstan/cli';
+import { checkPlacement, placed, tenantStreamConfigs } from '@capstan/kit';
 import { ErrorCode, JsApi, parseTenantId, parseTenantPlacement, permissionsFor, Platform, Role, type CapstanError } from '@capstan/schemas';
 
 const t = parseTenantId('acme');

@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Webhook } from 'standardwebhooks';
-import { signDelivery, verifyDelivery, webhookKey } from '@capstan/kit';
+import { signDelivery, verifyDelivery, webhookKey } from '@capstan/secrets-lease';
 import { createRateLimiter, loadConfig, selectInput } from '@capstan/ingress';
 import { CapstanError, parseWebhookRoute } from '@capstan/schemas';
 

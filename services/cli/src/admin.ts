@@ -18,14 +18,12 @@ import { dirname, join } from 'node:path';
 import {
   ensurePlatform,
   issueCredential,
-  issueLeaf,
   readCredentials,
   openAuthStore,
   provisionTenant,
   restoreCredential,
   revokeCredential,
   setTenantQuota,
-  startFleetAuthority,
   type IssuedUser,
 } from '@capstan/kit';
 import {
@@ -42,6 +40,8 @@ import {
 import { intFlag, parse, stringFlag, stringsFlag, tenantFlag } from './args.js';
 import { authDir, print, withAdmin } from './context.js';
 import { dim, green, red, table } from './format.js';
+import { startFleetAuthority } from './fleet-authority.js';
+import { issueLeaf } from './leaf.js';
 
 const QUOTA_FLAGS = {
   'max-storage': { type: 'string' },

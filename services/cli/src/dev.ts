@@ -40,7 +40,6 @@ import {
   readRun,
   serviceAccess,
   setPolicy,
-  startFleetAuthority,
   startNatsServer,
   startNatsCluster,
   signerOf,
@@ -56,6 +55,7 @@ import { InvalidArgumentError, parseTenantId, Role, runIdOfSubject, Subjects, ty
 import { parse } from './args.js';
 import { DEV_AUTH_DIR, DEV_CONSOLE_URL_FILE, DEV_DIR, DEV_TOKEN_FILE, DEV_URL_FILE } from './context.js';
 import { bold, colorStatus, cyan, describe, dim, green, red } from './format.js';
+import { startFleetAuthority } from './fleet-authority.js';
 
 const say = (s: string) => process.stdout.write(`${s}\n`);
 
@@ -96,8 +96,12 @@ function ensureNatsBinary(): string {
     return findNatsServer();
   } catch (e) {
     if (!CapstanError.is(e, ErrorCode.NatsServerMissing)) throw e;
+    // The installer is repository tooling: in a checkout it fetches the binary into
+    // .capstan/bin; anywhere else the error stands and says to set CAPSTAN_NATS_SERVER.
+    const installer = join(PROJECT_ROOT, 'infra', 'nats', 'install.mjs');
+    if (!existsSync(installer)) throw e;
     say(dim('nats-server >= 2.12 not found; installing it into .capstan/bin …'));
-    execFileSync(process.execPath, [join(PROJECT_ROOT, 'infra', 'nats', 'install.mjs')], { stdio: 'inherit' });
+    execFileSync(process.execPath, [installer], { stdio: 'inherit' });
     return findNatsServer();
   }
 }
@@ -212,11 +216,8 @@ export async function devCmd(argv: string[]): Promise<number> {
   // Sandboxes (modes 1–3) on the local Docker engine. Without one, sandboxed steps fail
   // with `sandbox_unavailable`; they never run unsandboxed.
   // Egress connections are audited in the dev database before they open.
-  const sandboxes = await createSandboxService(
-    sandboxConfig(as(Role.Sandbox, { SANDBOX_NODE: 'dev', SANDBOX_POOL_MIN: '1', SANDBOX_POOL_MAX: '4' })),
-    createLogger('sandbox', logLevel, process.stderr),
-    { audit: createAuditSink(database) },
-  );
+  const sandboxSettings = sandboxConfig(as(Role.Sandbox, { SANDBOX_NODE: 'dev', SANDBOX_POOL_MIN: '1', SANDBOX_POOL_MAX: '4' }));
+  const sandboxes = await createSandboxService(sandboxSettings, createLogger('sandbox', logLevel, process.stderr), { audit: createAuditSink(database) });
   await sandboxes.start();
   say(dim('preparing sandboxes (the first run builds the sandbox image, about a minute) …'));
   await sandboxes.ready;
@@ -278,7 +279,7 @@ export async function devCmd(argv: string[]): Promise<number> {
   say(`  console     ${operatorConsole.url}  ${dim(`(capstan runs / run / audit read through it with the token in ${DEV_TOKEN_FILE})`)}`);
   say(`  sign in     ${signInLink}  ${dim(`(one use, ${Math.round(devConsoleConfig.linkTtlMs / 60_000)} min; also in .capstan/dev/console.url)`)}`);
   say(
-    `  sandboxes   ${noSandboxes ? red(`unavailable: ${noSandboxes}`) : `docker (${sandboxes.runtime() ?? '?'}), image ${sandboxes.image() ?? '?'}${dim(`  (artifacts in ${SANDBOX_ARTIFACTS})`)}`}`,
+    `  sandboxes   ${noSandboxes ? red(`unavailable: ${noSandboxes}`) : `docker (${sandboxes.runtime() ?? '?'}), image ${sandboxes.image() ?? '?'}${dim(`  (artifacts in ${sandboxSettings.artifactsDir})`)}`}`,
   );
   say(`  webhooks    ${ingress.url}/hooks/${tenant}/<route>  ${dim('(capstan routes create …; Standard Webhooks signatures)')}`);
   say(
@@ -336,8 +337,6 @@ export async function devCmd(argv: string[]): Promise<number> {
   await stopAll();
   return code;
 }
-
-const SANDBOX_ARTIFACTS = join(PROJECT_ROOT, '.capstan', 'artifacts');
 
 async function connectAs(url: string, creds: Uint8Array, tenant: ReturnType<typeof parseTenantId>): Promise<TenantConnection> {
   const credentials = await parseCredentials(creds, 'capstan dev');

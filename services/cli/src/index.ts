@@ -7,3 +7,7 @@ export type { ReadApi, DevReadFiles } from './context.js';
 export { approvalsCmd, approveCmd, denyCmd, retryCmd, workersCmd, actorFlag } from './operate.js';
 export { exportCmd, replayFromFileCmd, replayExport, recheckDecisions } from './review.js';
 export type { ReplayReport, ReplayedRun, Recheck } from './review.js';
+export { startFleetAuthority } from './fleet-authority.js';
+export type { FleetAuthority } from './fleet-authority.js';
+export { issueLeaf, leafNodeConfig } from './leaf.js';
+export type { LeafConfigInput, LeafIssueOptions } from './leaf.js';

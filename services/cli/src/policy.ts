@@ -12,6 +12,7 @@ import {
   formatDiagnostic,
   InvalidArgumentError,
   isPlainObject,
+  MAX_REASON_CHARS,
   type PolicyInvalidError,
   type PolicyDecision,
   type PolicyDiagnostic,
@@ -99,7 +100,7 @@ async function setCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   if (!file) throw new InvalidArgumentError('--file <p.cedar> is required: the policy text to set');
   const by = actorFlag(values, env);
   const reason = stringFlag(values, 'reason');
-  if (reason !== undefined && (reason.length === 0 || reason.length > 500)) throw new InvalidArgumentError('--reason must have 1 to 500 characters');
+  if (reason !== undefined && (reason.length === 0 || reason.length > MAX_REASON_CHARS)) throw new InvalidArgumentError(`--reason must have 1 to ${MAX_REASON_CHARS} characters`);
   const text = readText(file, 'policy file');
   const json = values['json'] === true;
   return withTenant(values, t, Role.Operator, ({ nc }) =>

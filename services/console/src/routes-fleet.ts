@@ -4,7 +4,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { listApprovals, listWorkers, outOfSyncError, parseLimit, projectionLag, readFollowed, type TenantAccess } from '@capstan/kit';
-import { ErrorCode, obj, optional, str, type TenantId } from '@capstan/schemas';
+import { ErrorCode, MAX_REASON_CHARS, obj, optional, str, type TenantId } from '@capstan/schemas';
 import {
   apiPaths,
   type ApprovalsResponse,
@@ -19,7 +19,7 @@ import { postAction, type RouteDeps } from './routes.js';
 import { toApproval, toWorkerInfo } from './views.js';
 
 type WorkerParams = { tenant: string; workerId: string };
-const admissionBody = obj('worker admission', { reason: optional(str({ max: 500 })) });
+const admissionBody = obj('worker admission', { reason: optional(str({ max: MAX_REASON_CHARS })) });
 
 export function registerFleetRoutes(app: FastifyInstance, d: RouteDeps): void {
   app.get<{ Params: { tenant: string } }>(pattern(apiPaths.approvals(':tenant')), async (req): Promise<ApprovalsResponse> => {

@@ -6,7 +6,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { exportRuns, getRun, getRunGovernance, listRuns, listWorkers, parseLimit, parseStatus, parseTime, parseWhere, type ListRunsOptions } from '@capstan/kit';
-import { encode, json, obj, optional, parseCommand, parseRunId, str, UnavailableError, type RunTrace, type TenantId } from '@capstan/schemas';
+import { encode, json, MAX_REASON_CHARS, obj, optional, parseCommand, parseRunId, str, UnavailableError, type RunTrace, type TenantId } from '@capstan/schemas';
 import { buildHops } from './hops.js';
 import { apiPaths, type ActionName, type RunDetailResponse, type RunsPageResponse } from './api-types.js';
 import { explainRun } from './explain.js';
@@ -17,7 +17,7 @@ import { buildTrace, childrenOf, parentOf, toApproval, toLeaseEntry, toPolicyDec
 type RunParams = { tenant: string; runId: string };
 type StepParams = RunParams & { step: string };
 
-const reason = optional(str({ max: 500 }));
+const reason = optional(str({ max: MAX_REASON_CHARS }));
 const cancelBody = obj('cancel', { reason });
 const retryBody = obj('retry', { reason });
 const decisionBody = obj('decision', { reason });

@@ -9,18 +9,18 @@ import {
   CatchupPolicy,
   type db as schema,
   encodedSize,
-  int,
   jsonObject,
   LIMITS,
-  literal,
+  MAX_REASON_CHARS,
   obj,
   optional,
   OverlapPolicy,
   PayloadTooLargeError,
   RUN_ID_PATTERN,
   SCHEDULE_LIMITS,
+  scheduleSpecShape,
   str,
-  TRIGGER_ID_PATTERN,
+  triggerIdSchema,
   UnknownWorkflowError,
   type RunId,
   type ScheduleSpec,
@@ -29,22 +29,10 @@ import { apiPaths, SCHEDULE_ACTIONS, type RouteInfo, type RoutesResponse, type S
 import { pattern, queryOf, sessionOf } from './http.js';
 import { postAction, type RouteDeps } from './routes.js';
 
-const reason = optional(str({ max: 500 }));
+const reason = optional(str({ max: MAX_REASON_CHARS }));
 const startBody = obj('start run', { workflow: str({ min: 1, max: 128 }), input: optional(jsonObject()), runId: optional(str({ pattern: RUN_ID_PATTERN })) });
-const createBody = obj('new schedule', {
-  schedule: str({ min: 1, max: 64, pattern: TRIGGER_ID_PATTERN }),
-  workflow: str({ min: 1, max: 128 }),
-  cron: optional(str({ min: 1, max: 128 })),
-  timezone: optional(str({ min: 1, max: 64 })),
-  everyMs: optional(int({ min: SCHEDULE_LIMITS.minEveryMs, max: SCHEDULE_LIMITS.maxEveryMs })),
-  startAt: optional(str({ max: 40 })),
-  endAt: optional(str({ max: 40 })),
-  input: optional(jsonObject()),
-  overlap: optional(literal(OverlapPolicy.Skip, OverlapPolicy.BufferOne, OverlapPolicy.AllowAll)),
-  catchup: optional(literal(CatchupPolicy.Skip, CatchupPolicy.Last, CatchupPolicy.All)),
-  catchupWindowMs: optional(int({ min: 0, max: SCHEDULE_LIMITS.maxCatchupWindowMs })),
-  reason,
-});
+// The spec's fields as the schedule command takes them (one definition, in schemas).
+const createBody = obj('new schedule', { schedule: triggerIdSchema, ...scheduleSpecShape, reason });
 const actionBody = obj('schedule action', { reason });
 
 type ScheduleRow = typeof schema.schedules.$inferSelect;

@@ -1,6 +1,6 @@
-import { isAbsolute, join } from 'node:path';
+import { isAbsolute, resolve } from 'node:path';
 import { ConfigError, type TenantId } from '@capstan/schemas';
-import { envDatabaseUrl, envInt, envLogLevel, envNatsAuth, envNatsUrl, envString, envTenants, PROJECT_ROOT, type Env, type NatsAuthConfig } from '@capstan/kit';
+import { envDatabaseUrl, envInt, envLogLevel, envNatsAuth, envNatsUrl, envString, envTenants, type Env, type NatsAuthConfig } from '@capstan/kit';
 import type { LevelWithSilent } from 'pino';
 
 export interface Config {
@@ -15,7 +15,11 @@ export interface Config {
    * pipeline and its staging tables (schema `capstan_datasync`), and audit rows.
    */
   readonly databaseUrl: string;
-  /** `DATASYNC_FILES_ROOT`: files destinations write below `<root>/<tenant>/`. Absolute. */
+  /**
+   * `DATASYNC_FILES_ROOT`: files destinations write below `<root>/<tenant>/`. Absolute when
+   * set; `.capstan/datasync/files` under the working directory by default (the service runs
+   * from its own install, not from a repository checkout).
+   */
   readonly filesRoot: string;
   /** Rows fetched per round from a source's server-side cursor. */
   readonly fetchRows: number;
@@ -38,7 +42,7 @@ export interface Config {
 /** Reads `DATASYNC_*`, `DATABASE_URL` and the shared keys. Pure; lists every problem at once. @throws ConfigError */
 export function loadConfig(env: Env): Config {
   const problems: string[] = [];
-  const filesRoot = envString(env, 'DATASYNC_FILES_ROOT', join(PROJECT_ROOT, '.capstan', 'datasync', 'files'));
+  const filesRoot = envString(env, 'DATASYNC_FILES_ROOT', resolve('.capstan', 'datasync', 'files'));
   if (!isAbsolute(filesRoot)) problems.push(`DATASYNC_FILES_ROOT must be an absolute path (got ${JSON.stringify(filesRoot.slice(0, 200))})`);
   const config: Config = {
     natsUrl: envNatsUrl(env, problems),

@@ -1,7 +1,7 @@
 /**
  * Which network addresses a Capstan process may reach on a tenant's behalf. One
  * classification for every place that connects somewhere a tenant named: a sandbox's egress
- * (services/sandbox) and a credential refresher's token endpoint (kit/credentials.ts).
+ * (services/sandbox) and a credential refresher's token endpoint (services/secrets-lease, credentials.ts).
  * Loopback, private, link-local (the metadata address), multicast, reserved and this host's
  * own addresses are refused unless an admin allow-list names them. A name is resolved once,
  * every address it resolves to is checked, and the caller connects to the address that was

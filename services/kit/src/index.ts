@@ -10,8 +10,6 @@ export type { NatsConnection, NatsCredentials, CredentialsInfo, NatsTls, Connect
 export { connectAsService, connectAsTenantUser, readTenantRecord, listRegisteredTenants } from './access.js';
 export type { TenantAccess, TenantFollower, AccessOptions } from './access.js';
 export { openAuthStore, AuthStoreError } from './auth-store.js';
-export { issueLeaf, leafNodeConfig, leafAuthConfig, leafRemoteConfig, leafConfigInput } from './leaf.js';
-export type { LeafConfigInput, LeafIssueOptions } from './leaf.js';
 export type { AuthStore, IssuedUser } from './auth-store.js';
 export {
   pushAccountJwt,
@@ -160,16 +158,12 @@ export {
   verifyWebhook,
 } from './secrets-client.js';
 export type { SecretsCallOptions, LeaseScopeRef, PutSecretOptions } from './secrets-client.js';
-export { refreshers, CredentialRefreshError, EndpointRefusedError, checkTokenEndpoint } from './credentials.js';
-export type { Refresher, Refreshers, RefreshContext, Refreshed } from './credentials.js';
 export { createAuditSink, unavailableAuditSink, appendAuditRow, AuditUnavailableError, AuditAppend, DATA_PLANE_STREAM_SEQ } from './audit-sink.js';
 export type { AuditSink, AuditIntent, DataPlaneAuditRow } from './audit-sink.js';
 export { answerProofSubject, askPolicy, decideAt, setPolicy, getPolicy, policyHistory, testPolicy } from './policy-client.js';
 export type { PolicyCallOptions, SetPolicyInput, TestPolicyInput } from './policy-client.js';
 export { tailStream } from './tail.js';
 export type { StreamTail, TailOptions } from './tail.js';
-export { startFleetAuthority } from './fleet-authority.js';
-export type { FleetAuthority } from './fleet-authority.js';
 export {
   slotsOf,
   nextSlots,
@@ -186,8 +180,6 @@ export {
 export type { Slots, FiringInput, FiringPlan } from './schedules.js';
 export { readSchedule, readScheduleState, listScheduleRecords, listSchedules, sendScheduleCommand, readRoute, listRoutes, writeRoute, workflowCatalog } from './triggers-client.js';
 export type { Stored, ScheduleView, WorkflowInfo } from './triggers-client.js';
-export { webhookKey, signDelivery, verifyDelivery } from './webhook-signature.js';
-export type { SignedDelivery } from './webhook-signature.js';
 export { callService, refuseRequest, refusalProofSubject, answerRequest, wireError } from './rpc.js';
 export type { ServiceCall, RefusalOptions } from './rpc.js';
 export { putEntity, deleteEntity, getEntity, listEntities, previewQuery, runDatasyncStep } from './datasync-client.js';

@@ -21,7 +21,13 @@ export class NatsServerMissingError extends CapstanError {
   }
 }
 
-/** The project root: this file is services/kit/{src,dist}/nats-server.*. */
+/**
+ * The repository checkout this package sits in (this file is services/kit/{src,dist}/nats-server.*).
+ * Only for what is about the checkout itself: the nats-server `infra/nats/install.mjs` puts in
+ * its `.capstan/bin`, and the tests', benchmarks' and `capstan dev`'s tooling. Services never
+ * resolve their own files or state through it: a package's assets are found relative to the
+ * package (`import.meta.url`), and state lives where its config says.
+ */
 export const PROJECT_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 
 function versionOf(bin: string): number[] | undefined {

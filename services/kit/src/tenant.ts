@@ -15,6 +15,7 @@ import {
   InvalidArgumentError,
   LIMITS,
   MAX_PARTITIONS,
+  MAX_RUN_EVENTS,
   parseToken,
   Streams,
   Subjects,
@@ -35,7 +36,7 @@ export interface TenantLimits {
   readonly deadLetterBytes: number;
 }
 
-export const DEFAULT_TENANT_LIMITS: TenantLimits = { maxEventsPerRun: 10_000, workDedupSeconds: 3600, deadLetterDays: 14, deadLetterBytes: 64 * 1024 * 1024 };
+export const DEFAULT_TENANT_LIMITS: TenantLimits = { maxEventsPerRun: MAX_RUN_EVENTS, workDedupSeconds: 3600, deadLetterDays: 14, deadLetterBytes: 64 * 1024 * 1024 };
 
 /**
  * The durable consumers' settings, made at provisioning. The services read them back from

@@ -16,6 +16,7 @@ import {
   encode,
   encodedSize,
   Headers,
+  MAX_ERROR_MESSAGE_CHARS,
   MsgIds,
   Subjects,
   type RunEvent,
@@ -93,11 +94,19 @@ export async function dispatchEffects(
           ev.type === 'run.completed'
             ? { ...base, outcome: 'completed', result: ev.data.output }
             : ev.type === 'run.failed'
-              ? { ...base, outcome: 'failed', error: { code: ErrorCode.ChildFailed, message: `${ev.data.error.code}: ${ev.data.error.message}`.slice(0, 1000), retryable: true } }
+              ? {
+                  ...base,
+                  outcome: 'failed',
+                  error: { code: ErrorCode.ChildFailed, message: `${ev.data.error.code}: ${ev.data.error.message}`.slice(0, MAX_ERROR_MESSAGE_CHARS), retryable: true },
+                }
               : {
                   ...base,
                   outcome: 'failed',
-                  error: { code: ErrorCode.ChildFailed, message: `the child run was cancelled${ev.data.reason ? `: ${ev.data.reason}` : ''}`.slice(0, 1000), retryable: false },
+                  error: {
+                    code: ErrorCode.ChildFailed,
+                    message: `the child run was cancelled${ev.data.reason ? `: ${ev.data.reason}` : ''}`.slice(0, MAX_ERROR_MESSAGE_CHARS),
+                    retryable: false,
+                  },
                 };
         command('child', body, MsgIds.childOutcome(src.runId, ev.seq));
       }

@@ -22,6 +22,7 @@ import {
   encode,
   Headers,
   MsgIds,
+  POLICY_DECISION_LIMITS,
   PolicyVerdict,
   Subjects,
   type CommandOf,
@@ -83,10 +84,10 @@ export function createPolicyGate(o: PolicyGateOptions): PolicyGate {
           ...base,
           decision: d.decision,
           version: d.version,
-          policies: [...d.policies].slice(0, 64),
+          policies: [...d.policies].slice(0, POLICY_DECISION_LIMITS.policies),
           ...(d.approvers ? { approvers: d.approvers } : {}),
           ...(d.selfApproval === true ? { selfApproval: true as const } : {}),
-          ...(d.errors?.length ? { errors: d.errors.slice(0, 16).map((e) => e.slice(0, 1000)) } : {}),
+          ...(d.errors?.length ? { errors: d.errors.slice(0, POLICY_DECISION_LIMITS.errors).map((e) => e.slice(0, POLICY_DECISION_LIMITS.errorChars)) } : {}),
           ...(d.decision === PolicyVerdict.NeedsApproval ? { expiresInMs: o.approvalTtlMs } : {}),
         });
         return;

@@ -188,7 +188,7 @@ export async function createSandboxService(config: Config, log: Logger, opts: Sa
       await reap();
       if (!image && backend.kind === 'docker') {
         log.info('checking the sandbox image (built on first use; this can take a minute)');
-        image = (await ensureSandboxImage(docker, { log })).ref;
+        image = (await ensureSandboxImage(docker, { log, root: config.imageDir })).ref;
       }
       runtime = await chooseRuntime(image ?? '');
       pools = new SandboxPools({

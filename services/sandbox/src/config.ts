@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { ConfigError, type TenantId } from '@capstan/schemas';
-import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envPostgresUrl, envString, envTenants, PROJECT_ROOT, type Env, type NatsAuthConfig } from '@capstan/kit';
+import { envInt, envLogLevel, envNatsAuth, envNatsUrl, envPostgresUrl, envString, envTenants, type Env, type NatsAuthConfig } from '@capstan/kit';
 import type { LevelWithSilent } from 'pino';
 import { DEFAULT_LIMITS, type SandboxLimits, type SandboxRuntime } from './backend.js';
 import { parseAllowList, parseDnsServers, type EgressRules } from './egress.js';
@@ -52,6 +52,8 @@ export interface Config {
   readonly images: readonly string[];
   /** Where artifacts and logs are written (`<dir>/<tenant>/<run>/<step>/<attempt>/`). */
   readonly artifactsDir: string;
+  /** Where the sandbox image is assembled (root filesystem, busybox, apt and digest caches). */
+  readonly imageDir: string;
   readonly maxArtifactBytes: number;
   /** Dev/test secrets: a JSON file `{ tenant: { KEY: value } }`. Empty: leases from the secrets-lease service. */
   readonly secretsFile: string;
@@ -118,7 +120,10 @@ export function loadConfig(env: Env): Config {
       .split(',')
       .map((s) => s.trim())
       .filter(Boolean),
-    artifactsDir: resolve(envString(env, 'SANDBOX_ARTIFACTS_DIR', resolve(PROJECT_ROOT, '.capstan', 'artifacts'))),
+    // State lives under the working directory unless set: the service runs from its own
+    // install, never from a repository checkout.
+    artifactsDir: resolve(envString(env, 'SANDBOX_ARTIFACTS_DIR', join('.capstan', 'artifacts'))),
+    imageDir: resolve(envString(env, 'SANDBOX_IMAGE_DIR', join('.capstan', 'sandbox'))),
     maxArtifactBytes: envInt(env, 'SANDBOX_MAX_ARTIFACT_MB', 64, problems, 0, 65_536) * MIB,
     secretsFile: envString(env, 'SANDBOX_SECRETS_FILE', ''),
     beatMs: envInt(env, 'SANDBOX_BEAT_MS', 1000, problems, 50, 60_000),

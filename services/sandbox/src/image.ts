@@ -10,12 +10,12 @@ import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { chmod, copyFile, link, mkdir, readFile, readdir, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises';
-import { dirname, join, sep } from 'node:path';
+import { dirname, join, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import type Docker from 'dockerode';
 import { CapstanError, ErrorCode } from '@capstan/schemas';
-import { PROJECT_ROOT, type Logger } from '@capstan/kit';
+import type { Logger } from '@capstan/kit';
 import { STEP_GID, STEP_UID } from './runner/protocol.js';
 
 /** A loaded sandbox image: `ref` to create containers from, `hash` of its content. */
@@ -28,7 +28,10 @@ export interface SandboxImage {
 
 export interface EnsureSandboxImageOptions {
   readonly log?: Logger;
-  /** Where the root filesystem, busybox and the digest cache live; `.capstan/sandbox` by default. */
+  /**
+   * Where the root filesystem, busybox, apt's cache and the digest cache live;
+   * `.capstan/sandbox` under the working directory by default.
+   */
   readonly root?: string;
   /** Rebuild and re-import even when an image with this content's tag exists. */
   readonly force?: boolean;
@@ -89,7 +92,7 @@ const LOCK_WAIT_MS = 10 * 60_000;
  *   const { ref } = await ensureSandboxImage(new Docker(), { log });
  */
 export async function ensureSandboxImage(docker: Docker, opts: EnsureSandboxImageOptions = {}): Promise<SandboxImage> {
-  const root = opts.root ?? join(PROJECT_ROOT, '.capstan', 'sandbox');
+  const root = resolve(opts.root ?? join('.capstan', 'sandbox'));
   const log = opts.log;
   await wrap('docker', 'docker engine not reachable', () => docker.ping());
   await mkdir(root, { recursive: true });
@@ -97,7 +100,7 @@ export async function ensureSandboxImage(docker: Docker, opts: EnsureSandboxImag
   const busyboxDir = join(root, 'busybox');
   if (!(await busyboxReady(busyboxDir))) {
     await withLock(lockFile, async () => {
-      if (!(await busyboxReady(busyboxDir))) await fetchBusybox(busyboxDir, log);
+      if (!(await busyboxReady(busyboxDir))) await fetchBusybox(busyboxDir, join(root, 'apt'), log);
     });
   }
 
@@ -263,16 +266,21 @@ async function busyboxApplets(dir: string): Promise<string[]> {
 }
 
 interface AptModule {
-  fetchDeb(pkg: string, opts: { suite: string; into: string }): Promise<{ deb: string; into: string }>;
+  fetchDeb(pkg: string, opts: { suite: string; into: string; work: string }): Promise<{ deb: string; into: string }>;
 }
 
-async function fetchBusybox(dir: string, log: Logger | undefined): Promise<void> {
+/**
+ * The apt fetcher is this package's own file (`apt/fetch-deb.mjs`, beside `dist/` and shipped
+ * with it), found relative to this module so the service needs no repository checkout. It
+ * stays plain JavaScript because infra/nats/install.mjs runs it before anything is built.
+ */
+const FETCH_DEB = new URL('../apt/fetch-deb.mjs', import.meta.url).href;
+
+async function fetchBusybox(dir: string, aptDir: string, log: Logger | undefined): Promise<void> {
   log?.info({ pkg: BUSYBOX.pkg, suite: BUSYBOX.suite }, 'fetching busybox for the sandbox image');
-  // One apt-fetching routine serves every script that needs a single Debian package.
-  const script = pathToFileURL(join(PROJECT_ROOT, 'infra', 'apt', 'fetch-deb.mjs')).href;
   await wrap('apt', `cannot fetch ${BUSYBOX.pkg} from Debian ${BUSYBOX.suite}`, async () => {
-    const apt = (await import(script)) as AptModule;
-    await apt.fetchDeb(BUSYBOX.pkg, { suite: BUSYBOX.suite, into: dir });
+    const apt = (await import(FETCH_DEB)) as AptModule;
+    await apt.fetchDeb(BUSYBOX.pkg, { suite: BUSYBOX.suite, into: dir, work: join(aptDir, BUSYBOX.suite) });
   });
   const busybox = join(dir, 'bin', 'busybox');
   const list = await wrap(

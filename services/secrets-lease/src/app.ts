@@ -51,17 +51,13 @@ import {
   migrate,
   openDatabase,
   parseRecipientKey,
-  refreshers as builtinRefreshers,
   refuseRequest,
   answerRequest,
   wireError,
   seal,
   serviceAccess,
-  verifyDelivery,
-  webhookKey,
   type Database,
   type Logger,
-  type Refreshers,
   type TenantAccess,
   type TenantConnection,
   type TenantFollower,
@@ -70,6 +66,8 @@ import {
   type Author,
 } from '@capstan/kit';
 import { checkWarrant } from './warrant.js';
+import { refreshers as builtinRefreshers, type Refreshers } from './credentials.js';
+import { verifyDelivery, webhookKey } from './webhook-signature.js';
 import type { Config } from './config.js';
 import { createKeyring, type Keyring } from './envelope.js';
 import { audit, lockRunAudit, SecretsAudit, secretAuditRun } from './db.js';
@@ -83,7 +81,7 @@ export interface SecretsLeaseOptions {
   readonly database?: Database;
   /** Another secrets backend; the built-in Postgres store by default. */
   readonly store?: SecretStore;
-  /** Credential refreshers by auth strategy; the kit's built-in ones by default. */
+  /** Credential refreshers by auth strategy; the built-in ones (credentials.ts) by default. */
   readonly refreshers?: Refreshers;
 }
 

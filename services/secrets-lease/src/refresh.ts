@@ -1,6 +1,6 @@
 /**
- * Refreshing `refreshable` secrets before a lease names them, through the shared refreshers
- * (`@capstan/kit`, data plane). Due means inside the secret's refresh window by the
+ * Refreshing `refreshable` secrets before a lease names them, through the refreshers of
+ * credentials.ts. Due means inside the secret's refresh window by the
  * database's clock. A refresh that fails while the current value has not expired yet is
  * logged and the current value is leased; once it has expired, the lease is refused.
  *
@@ -8,7 +8,8 @@
  * `expectVersion` makes a slower refresher step aside for the one that got there first.
  */
 import { CapstanError, REFRESHABLE_AUTH, type Connector, type JsonValue, type TenantId } from '@capstan/schemas';
-import { CredentialRefreshError, type AllowEntry, type Logger, type Refreshers } from '@capstan/kit';
+import type { AllowEntry, Logger } from '@capstan/kit';
+import { CredentialRefreshError, type Refreshers } from './credentials.js';
 import { checkValue, type SecretMeta, type SecretStore } from './store.js';
 import { SERVICE_ACTOR } from './db.js';
 

@@ -12,6 +12,7 @@ import {
   CommandVerb,
   encode,
   ErrorCode,
+  MAX_ERROR_MESSAGE_CHARS,
   Mode,
   MsgIds,
   PolicyAction,
@@ -85,7 +86,7 @@ export async function runSandboxed(d: SandboxedDeps, item: WorkItem, work: Signe
     },
     { stallMs: d.stallMs, signal: d.stopping, ...(jit ? { onCredential: (r: CredentialRequest) => decideCredential(d, item, r) } : {}) },
   );
-  if (error) return { error: result ? { ...error, message: `${error.message} [sandbox ${result.sandbox}, ${result.durationMs} ms]`.slice(0, 1000) } : error };
+  if (error) return { error: result ? { ...error, message: `${error.message} [sandbox ${result.sandbox}, ${result.durationMs} ms]`.slice(0, MAX_ERROR_MESSAGE_CHARS) } : error };
   return { result: result as unknown as JsonValue };
 }
 

@@ -1,19 +1,20 @@
 #!/usr/bin/env node
 // Fetches one Debian package with apt and unpacks it, without touching the system's apt
 // configuration: a private sources list for one suite (signed by the Debian archive key
-// already on the machine), with its own lists and cache under .capstan/apt/<suite>.
+// already on the machine), with its own lists and cache in the caller's work folder.
 // Nothing is installed; the package's files land in a folder of the caller's choosing.
 //
-// Used by infra/nats/install.mjs (nats-server from sid) and the sandbox image builder
-// (busybox-static from bookworm).
+// Part of the sandbox package (shipped beside dist/, see package.json `files`) because the
+// sandbox image builder needs it at run time (busybox-static from bookworm), wherever the
+// package is installed. infra/nats/install.mjs borrows it from here (nats-server from sid).
 //
-//   node infra/apt/fetch-deb.mjs <package> --suite <suite> --into <dir>
+//   node services/sandbox/apt/fetch-deb.mjs <package> --suite <suite> --into <dir> [--work <dir>]
+//   (--work defaults to .capstan/apt/<suite> under the working directory)
 import { execFile } from 'node:child_process';
 import { mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
 const MIRROR = 'http://deb.debian.org/debian';
 
@@ -33,13 +34,13 @@ function run(cmd, args, cwd) {
  * so a failed fetch never leaves a half-written folder behind).
  *
  * @param {string} pkg  package name, e.g. `busybox-static`
- * @param {{ suite: string, into: string }} opts
+ * @param {{ suite: string, into: string, work: string }} opts  `work` holds apt's lists, cache and downloads for the suite
  * @returns {Promise<{ deb: string, into: string }>}  the downloaded .deb and the unpacked folder
  */
-export async function fetchDeb(pkg, { suite, into }) {
+export async function fetchDeb(pkg, { suite, into, work }) {
   if (!/^[a-z0-9][a-z0-9+.-]*$/.test(pkg)) throw new Error(`invalid package name ${JSON.stringify(pkg)}`);
   if (!/^[a-z]+(-[a-z]+)?$/.test(suite)) throw new Error(`invalid suite ${JSON.stringify(suite)}`);
-  const work = join(root, '.capstan', 'apt', suite);
+  if (typeof work !== 'string' || work.length === 0) throw new Error('fetchDeb needs a work folder for apt');
   const lists = join(work, 'lists');
   const cache = join(work, 'cache');
   const debs = join(work, 'debs');
@@ -88,11 +89,11 @@ if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1]
   const suite = flag('--suite');
   const into = flag('--into');
   if (!pkg || pkg.startsWith('-') || !suite || !into) {
-    console.error('usage: node infra/apt/fetch-deb.mjs <package> --suite <suite> --into <dir>');
+    console.error('usage: node fetch-deb.mjs <package> --suite <suite> --into <dir> [--work <dir>]');
     process.exit(2);
   }
   try {
-    const r = await fetchDeb(pkg, { suite, into: resolve(into) });
+    const r = await fetchDeb(pkg, { suite, into: resolve(into), work: resolve(flag('--work') ?? join('.capstan', 'apt', suite)) });
     console.log(`${pkg} (${suite}) unpacked into ${r.into}`);
   } catch (e) {
     console.error(`fetch-deb: ${e instanceof Error ? e.message : e}`);

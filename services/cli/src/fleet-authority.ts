@@ -11,10 +11,18 @@
  * gate. A push that fails is tried again with backoff before the next record.
  */
 import { decode, parseWorkerAdmission, Role, Streams, Subjects, WorkerAdmissionState, type TenantId } from '@capstan/schemas';
-import { connectNats, parseCredentials, tenantConnection, type TenantConnection } from './nats.js';
-import { revokeCredential, restoreCredential, type AdminTarget } from './provision.js';
-import { tailStream, type StreamTail } from './tail.js';
-import type { Logger } from './log.js';
+import {
+  connectNats,
+  parseCredentials,
+  restoreCredential,
+  revokeCredential,
+  tailStream,
+  tenantConnection,
+  type AdminTarget,
+  type Logger,
+  type StreamTail,
+  type TenantConnection,
+} from '@capstan/kit';
 
 export interface FleetAuthority {
   /** Credentials revoked or restored since start. */

@@ -1,8 +1,8 @@
 /**
- * Credential refreshers: shared data-plane code that turns a connector's auth strategy into
- * a fresh short-lived credential. The secrets-lease service calls them before it issues a
- * lease for a `refreshable` secret that is inside its refresh window; anything else in the
- * data plane that holds a connector can call them the same way.
+ * Credential refreshers: turn a connector's auth strategy into a fresh short-lived
+ * credential. This service calls them (refresh.ts) before it issues a lease for a
+ * `refreshable` secret that is inside its refresh window; they live here because nothing
+ * else holds a connector's secrets.
  *
  * A refresher holds no secret itself: the ones its strategy needs (a client secret, a
  * refresh token) are other secrets of the tenant, read through `ctx.read` by name (the
@@ -11,7 +11,7 @@
  *
  * No deputy: a token endpoint is where a tenant's secrets are sent, and a tenant names it.
  * So it must be `https`, and every address its host resolves to must be one a tenant may
- * reach (kit/addresses.ts: no loopback, private, link-local, reserved or this host's own
+ * reach (kit's addresses.ts: no loopback, private, link-local, reserved or this host's own
  * address) unless the admin allow-list names it; an allow-listed address may also be plain
  * `http` (an issuer on the admin's own network). The request goes to the address that was
  * checked, never to the name again, and redirects are not followed. A refused endpoint is
@@ -21,7 +21,7 @@ import { request as httpRequest, type IncomingMessage, type RequestOptions } fro
 import { request as httpsRequest } from 'node:https';
 import type { LookupFunction } from 'node:net';
 import { AuthKind, CapstanError, ErrorCode, MAX_SECRET_BYTES, type Connector, type TenantId } from '@capstan/schemas';
-import { refusalOf, resolveChecked, type AddressRules } from './addresses.js';
+import { refusalOf, resolveChecked, type AddressRules } from '@capstan/kit';
 
 export interface RefreshContext {
   readonly tenant: TenantId;

@@ -14,8 +14,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CapstanError, ErrorCode, parseToken, Role, type TenantId } from '@capstan/schemas';
-import type { AuthStore, IssuedUser } from './auth-store.js';
-import { issueCredential, type AdminTarget } from './provision.js';
+import { issueCredential, type AdminTarget, type AuthStore, type IssuedUser } from '@capstan/kit';
 
 /** What a tenant's leaf server configuration is made of (no secret: the creds stay in their file). */
 export interface LeafConfigInput {
