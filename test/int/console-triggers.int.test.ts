@@ -93,7 +93,7 @@ describe('console triggers', () => {
     expect(code(await operator.post(`/api/tenants/${other}/runs`, { workflow: 'test.pipeline' }))).toEqual([403, 'forbidden']);
     expect(code(await operator.post(`/api/tenants/${t}/runs`, { workflow: 'no.such' }))).toEqual([404, 'unknown_workflow']);
     expect(code(await operator.post(`/api/tenants/${t}/runs`, { workflow: 'test.pipeline', input: [1] }))).toEqual([400, 'schema_violation']);
-    expect(code(await operator.post(`/api/tenants/${t}/runs`, { workflow: 'test.pipeline', input: { big: 'x'.repeat(70_000) } }))).toEqual([400, 'payload_too_large']);
+    expect(code(await operator.post(`/api/tenants/${t}/runs`, { workflow: 'test.pipeline', input: { big: 'x'.repeat(70_000) } }))).toEqual([413, 'payload_too_large']);
     expect(code(await operator.post(`/api/tenants/${t}/runs`, { workflow: 'test.pipeline', extra: 1 }))).toEqual([400, 'schema_violation']);
   });
 

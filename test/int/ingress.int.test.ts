@@ -196,7 +196,7 @@ describe('ingress', () => {
       ['an unknown route', deliver(ingress, `/hooks/${t}/nowhere`, body), 404, 'route_not_found'],
       ['an unknown tenant', deliver(ingress, `/hooks/nobody/orders`, body), 404, 'route_not_found'],
       ['a body that is not JSON', deliver(ingress, `/hooks/${t}/orders`, 'not json'), 400, 'decode_failed'],
-      ['a body without the selected fields', deliver(ingress, `/hooks/${t}/orders`, JSON.stringify({ ms: 0 })), 422, 'schema_violation'],
+      ['a body without the selected fields', deliver(ingress, `/hooks/${t}/orders`, JSON.stringify({ ms: 0 })), 400, 'schema_violation'],
     ];
     let through = 0;
     for (const [what, p, status, code] of attempts) {

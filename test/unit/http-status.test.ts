@@ -4,9 +4,14 @@ import { hostAllowed, httpStatusOf, HttpErrorCode } from '@capstan/kit';
 import { ErrorCode } from '@capstan/schemas';
 
 describe('http status and hosts', () => {
-  it("http - one status per error code for every API: bad input 400, missing 404, down 503, the rest not the caller's", () => {
-    for (const c of [ErrorCode.InvalidArgument, ErrorCode.InvalidTenantId, ErrorCode.InvalidRunId, ErrorCode.SchemaViolation, ErrorCode.PayloadTooLarge, ErrorCode.DecodeFailed])
+  it("http - one status per error code for every API: bad input 400, too large 413, missing 404, down 503, the rest not the caller's", () => {
+    for (const c of [ErrorCode.InvalidArgument, ErrorCode.InvalidTenantId, ErrorCode.InvalidRunId, ErrorCode.SchemaViolation, ErrorCode.DecodeFailed])
       expect(httpStatusOf(c), c).toBe(400);
+    expect(httpStatusOf(ErrorCode.PayloadTooLarge)).toBe(413);
+    // Webhook deliveries answer by the same table.
+    expect(
+      [ErrorCode.WebhookSignatureInvalid, ErrorCode.WebhookTimestampInvalid, ErrorCode.WebhookIdConflict, ErrorCode.RateLimited, ErrorCode.RouteNotFound].map(httpStatusOf),
+    ).toEqual([401, 401, 409, 429, 404]);
     for (const c of [ErrorCode.RunNotFound, ErrorCode.UnknownTenant, ErrorCode.UnknownWorkflow, 'approval_not_found']) expect(httpStatusOf(c), c).toBe(404);
     for (const c of [ErrorCode.Unavailable, ErrorCode.ProjectionOutOfSync]) expect(httpStatusOf(c), c).toBe(503);
     expect(httpStatusOf(ErrorCode.InvalidConfig)).toBeUndefined();

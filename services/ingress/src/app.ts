@@ -11,7 +11,7 @@
  * 4. signature: the secrets-lease service checks it against the route's secrets (ingress
  *    never holds one), 401 `webhook_signature_invalid` when none matches;
  * 5. rate: 429 `rate_limited` with `Retry-After` over the tenant's rate;
- * 6. body: 400 `decode_failed` when not JSON, 422 `schema_violation` when a selected field
+ * 6. body: 400 `decode_failed` when not JSON, 400 `schema_violation` when a selected field
  *    is missing;
  * 7. replay: the `webhook-id` is claimed in `cap.<t>.seen.<hash>` (write-once per subject,
  *    kept 15 min). Seen before with the same body: 200 with the same run id (the sender's
@@ -49,6 +49,7 @@ import {
   JS_SEQUENCE_CONFLICT_CODES,
 } from '@capstan/schemas';
 import {
+  httpStatusOf,
   proofHeaders,
   serviceAccess,
   tailStream,
@@ -141,8 +142,9 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
     return Promise.resolve();
   }
 
-  function refuse(status: number, code: string, message: string, retryAfterS?: number): never {
-    throw new Refusal(status, code, message, retryAfterS);
+  /** A refusal, answered with the status kit's one table gives its code (`http-status.ts`). */
+  function refuse(code: string, message: string, retryAfterS?: number): never {
+    throw new Refusal(httpStatusOf(code) ?? 500, code, message, retryAfterS);
   }
 
   function header(req: IncomingMessage, name: string): string | undefined {
@@ -153,7 +155,7 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
   /** The body, or a 413 as soon as it passes the cap (the rest is not read). */
   function readBody(req: IncomingMessage): Promise<Buffer> {
     const declared = Number(req.headers['content-length'] ?? NaN);
-    if (declared > config.maxBodyBytes) refuse(413, ErrorCode.PayloadTooLarge, `the body is ${declared} bytes; this endpoint takes at most ${config.maxBodyBytes}`);
+    if (declared > config.maxBodyBytes) refuse(ErrorCode.PayloadTooLarge, `the body is ${declared} bytes; this endpoint takes at most ${config.maxBodyBytes}`);
     return new Promise((resolve, reject) => {
       const chunks: Buffer[] = [];
       let size = 0;
@@ -178,14 +180,12 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
     const id = header(req, 'webhook-id');
     const timestamp = header(req, 'webhook-timestamp');
     const signature = header(req, 'webhook-signature');
-    if (!id || !timestamp || !signature)
-      refuse(401, ErrorCode.WebhookSignatureInvalid, 'a delivery needs the webhook-id, webhook-timestamp and webhook-signature headers (once each)');
-    if (!WEBHOOK_ID.test(id)) refuse(401, ErrorCode.WebhookSignatureInvalid, 'webhook-id must be 1 to 256 printable ASCII characters');
-    if (!/^\d{1,15}$/.test(timestamp)) refuse(401, ErrorCode.WebhookTimestampInvalid, 'webhook-timestamp must be whole seconds since the epoch');
+    if (!id || !timestamp || !signature) refuse(ErrorCode.WebhookSignatureInvalid, 'a delivery needs the webhook-id, webhook-timestamp and webhook-signature headers (once each)');
+    if (!WEBHOOK_ID.test(id)) refuse(ErrorCode.WebhookSignatureInvalid, 'webhook-id must be 1 to 256 printable ASCII characters');
+    if (!/^\d{1,15}$/.test(timestamp)) refuse(ErrorCode.WebhookTimestampInvalid, 'webhook-timestamp must be whole seconds since the epoch');
     const skew = Date.now() / 1000 - Number(timestamp);
     if (Math.abs(skew) > config.toleranceSeconds) {
       refuse(
-        401,
         ErrorCode.WebhookTimestampInvalid,
         `webhook-timestamp is ${Math.round(Math.abs(skew))} s ${skew > 0 ? 'old' : 'in the future'}; at most ${config.toleranceSeconds} s either way is accepted`,
       );
@@ -196,26 +196,26 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
     } catch (e) {
       const code = CapstanError.is(e) ? e.code : 'error';
       log.warn({ tenant: t, route: route.route, secrets: route.secrets, code }, 'a delivery could not be verified');
-      refuse(503, ErrorCode.Unavailable, 'the delivery cannot be verified right now; retry later', 5);
+      refuse(ErrorCode.Unavailable, 'the delivery cannot be verified right now; retry later', 5);
     }
-    if (!verdict.valid) refuse(401, ErrorCode.WebhookSignatureInvalid, "no signature matches the route's signing secrets");
+    if (!verdict.valid) refuse(ErrorCode.WebhookSignatureInvalid, "no signature matches the route's signing secrets");
     const slot = limiter.take(t, Date.now());
     if (!slot.ok)
-      refuse(429, ErrorCode.RateLimited, `tenant ${t} takes at most ${config.ratePerSecond} deliveries a second; retry later`, Math.max(1, Math.ceil(slot.retryAfterMs / 1000)));
+      refuse(ErrorCode.RateLimited, `tenant ${t} takes at most ${config.ratePerSecond} deliveries a second; retry later`, Math.max(1, Math.ceil(slot.retryAfterMs / 1000)));
     let parsed: JsonValue;
     try {
       parsed = JSON.parse(body.toString('utf8')) as JsonValue;
     } catch {
-      refuse(400, ErrorCode.DecodeFailed, 'the body is not JSON');
+      refuse(ErrorCode.DecodeFailed, 'the body is not JSON');
     }
     let input;
     try {
       input = selectInput(parsed, route.fields);
     } catch (e) {
-      refuse(422, ErrorCode.SchemaViolation, (e as Error).message);
+      refuse(ErrorCode.SchemaViolation, (e as Error).message);
     }
     const size = encodedSize(input);
-    if (size > LIMITS.inputBytes) refuse(413, ErrorCode.PayloadTooLarge, `the run's input would be ${size} bytes; the limit is ${LIMITS.inputBytes}`);
+    if (size > LIMITS.inputBytes) refuse(ErrorCode.PayloadTooLarge, `the run's input would be ${size} bytes; the limit is ${LIMITS.inputBytes}`);
 
     const runId = webhookRunId(t, route.route, id);
     const bodySha256 = createHash('sha256').update(body).digest('hex');
@@ -227,8 +227,7 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
       if (!(e instanceof JetStreamApiError && JS_SEQUENCE_CONFLICT_CODES.has(e.code))) throw e;
       const seen = await tc.jsm.direct.getMessage(Streams.seen(t), { last_by_subj: claim });
       const prior = seen ? parseSeenDelivery(decode(seen.data)) : undefined;
-      if (prior && prior.bodySha256 !== bodySha256)
-        refuse(409, ErrorCode.WebhookIdConflict, `webhook-id ${id} was delivered before with another body; a delivery id may not be reused`);
+      if (prior && prior.bodySha256 !== bodySha256) refuse(ErrorCode.WebhookIdConflict, `webhook-id ${id} was delivered before with another body; a delivery id may not be reused`);
       duplicate = true;
     }
     // A duplicate publishes again too: if the first delivery claimed the id and then failed
@@ -269,16 +268,17 @@ export function createIngress(config: Config, log: Logger): Promise<Ingress> {
     let t: TenantId | undefined;
     let routeId = '';
     try {
-      if (!m) refuse(404, ErrorCode.RouteNotFound, 'webhooks are delivered to POST /hooks/<tenant>/<route>');
+      if (!m) refuse(ErrorCode.RouteNotFound, 'webhooks are delivered to POST /hooks/<tenant>/<route>');
       const [tenant, route] = [decodeURIComponent(m[1] ?? ''), decodeURIComponent(m[2] ?? '')];
       routeId = route.slice(0, 64);
       if (req.method !== 'POST') {
         res.setHeader('allow', 'POST');
-        refuse(405, ErrorCode.InvalidArgument, 'deliveries are POSTed');
+        // The method is HTTP's own business (405 with `Allow`), not an error code's status.
+        throw new Refusal(405, ErrorCode.InvalidArgument, 'deliveries are POSTed');
       }
       const r = isTenantId(tenant) && TRIGGER_ID_PATTERN.test(route) ? routes.get(tenant)?.get(route) : undefined;
       // One answer for an unknown tenant and an unknown route: nothing is told about either.
-      if (!r) refuse(404, ErrorCode.RouteNotFound, `no webhook route ${JSON.stringify(routeId)} here`);
+      if (!r) refuse(ErrorCode.RouteNotFound, `no webhook route ${JSON.stringify(routeId)} here`);
       t = tenant as TenantId;
       const out = await deliver(t, r, req);
       send(res, out.status, out.body);

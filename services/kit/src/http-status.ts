@@ -46,10 +46,15 @@ const STATUS_OF: ReadonlyMap<string, number> = new Map([
     ErrorCode.InvalidRunId,
     ErrorCode.InvalidName,
     ErrorCode.SchemaViolation,
-    ErrorCode.PayloadTooLarge,
     ErrorCode.DecodeFailed,
     ErrorCode.QueryRefused,
   ].map((c) => [c, 400] as const),
+  [ErrorCode.PayloadTooLarge, 413],
+  // Webhook deliveries (ingress): a signature or timestamp that proves nothing, a delivery id
+  // reused with another body, a tenant over its delivery rate.
+  ...[ErrorCode.WebhookSignatureInvalid, ErrorCode.WebhookTimestampInvalid].map((c) => [c, 401] as const),
+  [ErrorCode.WebhookIdConflict, 409],
+  [ErrorCode.RateLimited, 429],
   ...[ErrorCode.RunNotFound, ErrorCode.UnknownTenant, ErrorCode.UnknownWorkflow].map((c) => [c, 404] as const),
   ...[ErrorCode.Unavailable, ErrorCode.ProjectionOutOfSync, ErrorCode.DatasyncUnavailable, ErrorCode.SourceUnavailable].map((c) => [c, 503] as const),
 ]);
