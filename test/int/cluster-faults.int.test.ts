@@ -122,7 +122,9 @@ describe('cluster faults', () => {
             break;
           } catch (e) {
             submitErrors++;
-            if (attempt >= 20) throw e;
+            // An election after a leader's kill (or a wiped node's catch-up) can leave the
+            // stream without a leader for several seconds on a slow machine: retry for 30 s.
+            if (attempt >= 120) throw e;
             await new Promise((r) => setTimeout(r, 250));
           }
         }

@@ -69,6 +69,8 @@ export async function createPartitionTable(o: PartitionTableOptions): Promise<Pa
   const held = new Map<number, { rev: number; expiresAt: number }>();
   /** Partitions stepped down from after a refused append, until the next read of the table. */
   const suspect = new Set<number>();
+  /** Partitions given up whose late appends were refused (said once each). */
+  const refusedAfterLoss = new Set<number>();
   let table = new Map<number, Seen>();
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> | undefined;
@@ -152,6 +154,7 @@ export async function createPartitionTable(o: PartitionTableOptions): Promise<Pa
       const rev = await put(p, { owner: instance, expiresAt }, leases.get(p)?.rev ?? 0);
       if (rev !== undefined) {
         held.set(p, { rev, expiresAt });
+        refusedAfterLoss.delete(p);
         log.info({ partition: p, epoch: rev }, 'partition taken');
       }
     }
@@ -191,7 +194,14 @@ export async function createPartitionTable(o: PartitionTableOptions): Promise<Pa
     },
     owned: () => [...held.keys()].sort((a, b) => a - b),
     fenced(p) {
-      if (!held.has(p) || suspect.has(p)) return;
+      if (!held.has(p)) {
+        // The renewal saw the lease taken before this append's refusal came back: the fence
+        // worked and there is nothing left to give up. Said once per partition lost.
+        if (!refusedAfterLoss.has(p)) log.warn({ partition: p }, 'append refused in a partition this instance held: given up already');
+        refusedAfterLoss.add(p);
+        return;
+      }
+      if (suspect.has(p)) return;
       log.warn({ partition: p, epoch: held.get(p)?.rev }, 'append refused in a partition this instance held: stepping down');
       suspect.add(p);
       o.onLost(p);
