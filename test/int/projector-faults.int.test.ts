@@ -17,9 +17,15 @@ const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) {
     const started = Date.now();
-    await c().catch((e: unknown) => process.stdout.write(`cleanup: ${String(e)}\n`));
+    // A cleanup that hangs is named and left behind after 45 s (the hook once timed out with
+    // no word of which part hung); the test's own assertions have already run.
+    let timer: NodeJS.Timeout | undefined;
+    const hung = new Promise<'hung'>((r) => (timer = setTimeout(() => r('hung'), 45_000)));
+    const outcome = await Promise.race([c().catch((e: unknown) => process.stdout.write(`cleanup: ${String(e)}\n`)), hung]);
+    clearTimeout(timer);
+    if (outcome === 'hung') process.stdout.write(`cleanup still running after 45 s, left behind: ${c.toString().slice(0, 120)}\n`);
     // A slow cleanup is named, so a hang points at its part.
-    if (Date.now() - started > 10_000) process.stdout.write(`cleanup took ${Date.now() - started} ms: ${c.toString().slice(0, 80)}\n`);
+    else if (Date.now() - started > 10_000) process.stdout.write(`cleanup took ${Date.now() - started} ms: ${c.toString().slice(0, 80)}\n`);
   }
 }, 180_000);
 
