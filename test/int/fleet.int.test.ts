@@ -133,7 +133,9 @@ describe('fleet admission', () => {
   });
 
   it('fleet - a revoked worker is cut off by the server at once; its step in flight is retried elsewhere', async () => {
-    const slow = await h.client.submit(t, 'test.slow', { input: { ms: 4000 } });
+    // The first attempt outlives the revoke however long the CLI takes to start (its result
+    // would otherwise be recorded before the revoke lands); the retry elsewhere is quick.
+    const slow = await h.client.submit(t, 'test.slow', { input: { ms: 200, firstMs: 25_000 } });
     await eventually('w-a runs the slow step', async () => ((await eventsOf(h, t, slow)).some((e) => e.type === 'step.started' && e.data.worker === 'w-a') ? true : undefined));
 
     const r = await capstan(['workers', 'revoke', 'w-a', '--tenant', t, '--as', 'admin', '--reason', 'decommissioned', '--json']);
