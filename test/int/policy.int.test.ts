@@ -28,7 +28,7 @@ import {
   type TenantId,
   Role,
 } from '@capstan/schemas';
-import { connect, eventually, provision, silent, type Harness, serviceEnv } from '../harness/fixtures.js';
+import { connect, eventually, provision, silent, testAuthStore, type Harness, serviceEnv } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 
 let url: string;
@@ -234,6 +234,13 @@ describe('policy service', () => {
       // Refused in headers, signed by the policy service like its answers, nothing in the body.
       expect(r, `${verb} ${code}`).toMatchObject({ error: { code }, signed: true, bodyBytes: 0 });
     }
+    // A caller that trusts only the tenant's policy service checks refusals as it checks
+    // answers: signed by it, believed; judged against another account's key, refused unproven.
+    const store = await testAuthStore();
+    const own = { accounts: [store.tenantAccountKey(t)] };
+    const other = { accounts: [store.tenantAccountKey(await provision(h, 'pol-other'))] };
+    expect(await rejection(askPolicy(await h.nc(t), t, [], { trust: own }))).toMatchObject({ code: ErrorCode.SchemaViolation });
+    expect(await rejection(askPolicy(await h.nc(t), t, [], { trust: other }))).toMatchObject({ code: ErrorCode.Unproven });
     // Malformed queries inside a valid request are decided: deny, with the reason.
     const d = await askPolicy(await h.nc(t), t, [mode(2), { action: 'run-step', workflow: '../other', step: 'load', mode: 2 } as unknown as PolicyQuery]);
     expect(d.decision).toBe('deny');
