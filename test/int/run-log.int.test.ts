@@ -1,6 +1,6 @@
 /**
  * The append protocol's failure paths: a group whose run moved on is refused alone while the
- * rest of the batch lands; re-published effects (after a crash) are dropped as duplicates.
+ * rest of the batch lands; a single event (sent as a plain publish) is refused the same way; re-published effects (after a crash) are dropped as duplicates.
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { appendBatch, newRunId, publishDurably, readRun } from '@capstan/kit';
@@ -37,6 +37,24 @@ describe('run log', () => {
     expect(lastC.events.map((e) => e.seq)).toEqual([1]);
     // The stream sequence handed back for a group is that group's last event.
     expect(out[2]?.ok === true && out[2].lastStreamSeq).toBe(lastC.lastStreamSeq);
+  });
+
+  it('run log - a single event (a plain publish) is refused when its run moved on or its event is stored already', async () => {
+    const runId = newRunId();
+    const nc = await h.nc(t);
+    const one = await appendBatch(nc, t, [{ runId, expectedLastSubjectSeq: 0, events: [signal(runId, 1)] }]);
+    expect(one[0]?.ok).toBe(true);
+    const first = one[0]?.ok === true ? one[0].lastStreamSeq : -1;
+    const two = await appendBatch(nc, t, [{ runId, expectedLastSubjectSeq: first, events: [signal(runId, 2)] }]);
+    expect(two[0]?.ok).toBe(true);
+    // A stale writer: expects the run where it was before event 2.
+    const stale = await appendBatch(nc, t, [{ runId, expectedLastSubjectSeq: first, events: [signal(runId, 3)] }]);
+    expect(stale[0]).toMatchObject({ ok: false });
+    // The same event again under the run's current sequence: the server calls it a duplicate, the log a refusal.
+    const last = two[0]?.ok === true ? two[0].lastStreamSeq : -1;
+    const again = await appendBatch(nc, t, [{ runId, expectedLastSubjectSeq: last, events: [signal(runId, 2)] }]);
+    expect(again[0]?.ok === false && again[0].reason).toMatch(/stored already/);
+    expect((await readRun(await h.jsm(t), t, runId)).events.map((e) => e.seq)).toEqual([1, 2]);
   });
 
   it('run log - effects published again (recovery after a crash) are dropped as duplicates', async () => {
