@@ -312,30 +312,48 @@ export function emitSpan(component: string, s: DerivedSpan): void {
   span.end(Math.max(s.start, s.end));
 }
 
-/** 32 bits of MurmurHash3 (x86, 32-bit) over a string's UTF-16 code units, with a seed. */
-function murmur32(s: string, seed: number): number {
-  let h = seed >>> 0;
-  for (let i = 0; i < s.length; i++) {
-    let k = Math.imul(s.charCodeAt(i), 0xcc9e2d51);
-    k = Math.imul((k << 15) | (k >>> 17), 0x1b873593);
-    h ^= k;
-    h = Math.imul((h << 13) | (h >>> 19), 5) + 0xe6546b64;
-  }
-  h ^= s.length;
+/** MurmurHash3's 32-bit mixing of one code unit into `h`. */
+function mix(h: number, c: number): number {
+  let k = Math.imul(c, 0xcc9e2d51);
+  k = Math.imul((k << 15) | (k >>> 17), 0x1b873593);
+  h ^= k;
+  return Math.imul((h << 13) | (h >>> 19), 5) + 0xe6546b64;
+}
+
+function finish(h: number, length: number): number {
+  h ^= length;
   h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
   h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
   return (h ^ (h >>> 16)) >>> 0;
 }
 
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+const hex8 = (n: number): string => (HEX[n >>> 24] as string) + (HEX[(n >>> 16) & 255] as string) + (HEX[(n >>> 8) & 255] as string) + (HEX[n & 255] as string);
+
 /**
  * The id of a run's hop span, derived from the run id and the hop's key (scheme
- * `capstan/hop/v1`: two seeded 32-bit MurmurHash3 halves), so every service and every later
- * reader names the same hop with the same id. Span ids need to be unique within their trace,
- * not secret, and this runs for every hop: a cheap hash rather than SHA-256.
+ * `capstan/hop/v1`: two 32-bit MurmurHash3 (x86) halves with seeds 0x9747b28c and 0x5bd1e995
+ * over the UTF-16 code units of `<runId>\n<key>`), so every service and every later reader
+ * names the same hop with the same id. Span ids need to be unique within their trace, not
+ * secret, and this runs for every hop: one pass computing both halves, no string built.
  */
 export function hopSpanId(runId: string, key: string): string {
-  const s = `${runId}\n${key}`;
-  const id = murmur32(s, 0x9747b28c).toString(16).padStart(8, '0') + murmur32(s, 0x5bd1e995).toString(16).padStart(8, '0');
+  let a = 0x9747b28c;
+  let b = 0x5bd1e995;
+  for (let i = 0; i < runId.length; i++) {
+    const c = runId.charCodeAt(i);
+    a = mix(a, c);
+    b = mix(b, c);
+  }
+  a = mix(a, 10);
+  b = mix(b, 10);
+  for (let i = 0; i < key.length; i++) {
+    const c = key.charCodeAt(i);
+    a = mix(a, c);
+    b = mix(b, c);
+  }
+  const length = runId.length + 1 + key.length;
+  const id = hex8(finish(a, length)) + hex8(finish(b, length));
   // An all-zero id is invalid.
   return id === '0000000000000000' ? '0000000000000001' : id;
 }
