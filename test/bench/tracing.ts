@@ -59,13 +59,16 @@ async function rep(mode: string): Promise<Rep> {
     await new Promise((r) => setTimeout(r, 1000));
     await load.run(200, 200);
     const pids = [server.pid, ...procs.map((p) => p.pid)];
-    const before = { cpu: pids.reduce((n, p) => n + cpuOf(p), 0), otlp: sink.stats() };
+    const beforeEach = pids.map(cpuOf);
+    const before = { cpu: beforeEach.reduce((n, c) => n + c, 0), otlp: sink.stats() };
     const start = performance.now();
     await load.run(RUNS, INFLIGHT);
     const elapsed = (performance.now() - start) / 1000;
     // Let the batch span processors flush what they hold (their default delay is 5 s).
     if (mode !== 'off') await new Promise((r) => setTimeout(r, 5500));
     const cpu = pids.reduce((n, p) => n + cpuOf(p), 0) - before.cpu;
+    // Where it goes: per process, CPU-ms per run (nats-server, orchestrator, worker).
+    const each = pids.map((p, i) => `${['nats-server', 'orchestrator', 'worker'][i]} ${(((cpuOf(p) - (beforeEach[i] ?? 0)) * 1000) / RUNS).toFixed(2)}`);
     const otlp = sink.stats();
     await load.close();
     const r = {
@@ -75,7 +78,7 @@ async function rep(mode: string): Promise<Rep> {
       otlpRequests: otlp.requests - before.otlp.requests,
     };
     say(
-      `  ${label(mode)}: ${r.runsPerSec.toFixed(0)} runs/s, ${r.cpuMsPerRun.toFixed(2)} CPU-ms/run, ${r.otlpBytesPerRun.toFixed(0)} OTLP bytes/run in ${r.otlpRequests} requests`,
+      `  ${label(mode)}: ${r.runsPerSec.toFixed(0)} runs/s, ${r.cpuMsPerRun.toFixed(2)} CPU-ms/run, ${r.otlpBytesPerRun.toFixed(0)} OTLP bytes/run in ${r.otlpRequests} requests (CPU-ms/run: ${each.join(', ')})`,
     );
     if (mode !== 'off' && Number(mode) >= 50 && r.otlpRequests === 0) throw new Error(`${label(mode)}: no span reached the receiver`);
     if (mode === 'off' && otlp.requests > 0) throw new Error('tracing off, yet spans were exported');

@@ -97,6 +97,8 @@ export interface NatsServerOptions {
    * Off for cluster nodes, which need a quorum first: the cluster launcher does it once.
    */
   readonly ensurePlatform?: boolean;
+  /** A loopback port serving Go's pprof (`prof_port`), for profiling the server under a benchmark; none when omitted. */
+  readonly profPort?: number;
 }
 
 export interface NatsServer {
@@ -153,6 +155,7 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
       // Routes to every node (its own is ignored); nodes on other machines list their addresses.
       c ? `cluster {\n  name: "${c.name}"\n  listen: "127.0.0.1:${c.port}"\n  routes: [${c.routes.map((r) => `"nats-route://127.0.0.1:${r}"`).join(', ')}]\n}` : '',
       // Tenants' leaf nodes dial in here with a tenant credential; the account it names is the one bridged.
+      opts.profPort ? `prof_port: ${opts.profPort}` : '',
       opts.leafPort ? `leafnodes {\n  listen: "127.0.0.1:${opts.leafPort}"\n}` : '',
       `jetstream {`,
       `  store_dir: "${join(base, 'js')}"`,
