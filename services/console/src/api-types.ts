@@ -154,6 +154,14 @@ export const ApiErrorCode = {
 } as const;
 export type ApiErrorCode = (typeof ApiErrorCode)[keyof typeof ApiErrorCode];
 
+/**
+ * The mark of the run ids runs derive for the runs they start (`DERIVED_RUN_ID_MARK` in
+ * @capstan/schemas, repeated here for the browser, which imports nothing; a unit test holds
+ * the two together): an id the browser makes must not carry it, or the start is refused
+ * (`run_id_reserved`).
+ */
+export const DERIVED_RUN_ID_MARK = 'CAPS';
+
 export interface ApiErrorBody {
   readonly error: {
     readonly code: ApiErrorCode | (string & {});
