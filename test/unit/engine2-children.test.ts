@@ -169,7 +169,7 @@ describe('engine 2 - child workflows', () => {
     expect(view.run?.status).toBe('running');
   });
 
-  it("children - the projection keeps a child's parent and a continuation's predecessor from their run.started", () => {
+  it("children - the projection keeps a child's parent and a continuation's predecessor from their run.started, and a continued run's successor", () => {
     const child = childId(RUN_ID, 'ship', 1);
     const started = (runId: RunId, data: Record<string, JsonValue>): RunEvent =>
       ({
@@ -183,7 +183,18 @@ describe('engine 2 - child workflows', () => {
       }) as RunEvent;
     const project = (e: RunEvent) => projectRun('acme', [{ event: e, streamSeq: 1, bytes: encode(e) }]).view.run;
     expect(project(started(child, { parent: { runId: RUN_ID, step: 'ship', attempt: 1 } }))).toMatchObject({ parentRunId: RUN_ID, parentStep: 'ship', continuedFrom: null });
-    expect(project(started(continuedId(child), { continuedFrom: child }))).toMatchObject({ parentRunId: null, parentStep: null, continuedFrom: child });
+    expect(project(started(continuedId(child), { continuedFrom: child }))).toMatchObject({ parentRunId: null, parentStep: null, continuedFrom: child, continuedAs: null });
+    // And forward: a run that continued as new names its continuation from run.continued.
+    const ended: RunEvent[] = [
+      started(child, {}),
+      { ...started(child, {}), type: 'run.continued', seq: 2, data: { next: continuedId(child), input: {}, reason: 'workflow' } } as RunEvent,
+      { ...started(child, {}), type: 'run.completed', seq: 3, data: { output: { continuedAs: continuedId(child) } } } as RunEvent,
+    ];
+    const view = projectRun(
+      'acme',
+      ended.map((event, i) => ({ event, streamSeq: i + 1, bytes: encode(event) })),
+    ).view.run;
+    expect(view).toMatchObject({ continuedFrom: null, continuedAs: continuedId(child), status: 'completed' });
   });
 
   it('children - a bad child definition is refused at load', () => {

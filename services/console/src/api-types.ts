@@ -392,6 +392,8 @@ export interface RunDetailResponse {
   readonly parent: RunParent | null;
   /** The run this one continues as new, when it is a continuation. */
   readonly continuedFrom: string | null;
+  /** The run that continues this one, once it has continued as new (its output's `continuedAs`). */
+  readonly continuedAs: string | null;
   /** The runs its child steps started, in the order they started. */
   readonly children: readonly RunChild[];
   /** The policy's answers for the run's steps, oldest first. */
