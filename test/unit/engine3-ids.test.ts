@@ -36,11 +36,14 @@ describe('engine 3 - derived run ids in the reserved space', () => {
     expect(new Set(ids).size).toBe(5);
   });
 
-  it('engine 3 - engine 2 derives as it always did: the ids its recorded runs named', () => {
+  it('engine 3 - each engine derives the ids its recorded runs named', () => {
     // From test/fixtures/histories/engine-2/test-parent-completed.jsonl and test-ticker-continued.jsonl.
     expect(childRunIdOf('01M8Y46GZPZRVTVVJBC7D09P9Q', 'ship', 1, 2)).toBe('01M8Y46GZP3YCMXS95RKQ85EJN');
     expect(childRunIdOf('01M8Y46GZPZRVTVVJBC7D09P9Q', 'notify', 1, 2)).toBe('01M8Y46GZPCK4DZZAS8783HAE7');
     expect(isDerivedRunId(childRunIdOf(RUN_ID, 'ship', 1, 2))).toBe(false);
+    // And engine 3 as its recorded runs named them (test/fixtures/histories/engine-3/test-parent-completed.jsonl).
+    expect(childRunIdOf('01M8YSNTZG3C1Q5TVA1TP3KSZB', 'ship', 1, 3)).toBe('01M8YSNTZGCAPSQFJTGTAZQ8GM');
+    expect(childRunIdOf('01M8YSNTZG3C1Q5TVA1TP3KSZB', 'notify', 1, 3)).toBe('01M8YSNTZGCAPSQ3K2JETPYMAF');
     expect(isDerivedRunId(continuedRunIdOf(RUN_ID, 2))).toBe(false);
   });
 
