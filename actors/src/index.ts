@@ -28,7 +28,7 @@ export type {
 export { backoffDelay, timerId, isPolicyGated, policyQueriesOf, DEFAULT_APPROVAL_TTL_MS, POLICY_REASK_MS } from './engine/v1/compile.js';
 export type { RunContext } from './engine/v1/compile.js';
 export { machineHelpers } from './engine/v2/helpers.js';
-export { childRunIdOf, continuedRunIdOf } from './engine/v2/ids.js';
+export { childRunIdOf, continuedRunIdOf, MARKED_IDS_SINCE_ENGINE } from './engine/v2/ids.js';
 export type { MachineHelpers } from './engine/v2/helpers.js';
 export { bindHandlers, requiredHandlers } from './handlers.js';
 export type { TaskNames } from './handlers.js';

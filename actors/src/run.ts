@@ -4,7 +4,7 @@
  *
  * A run is decided by the engine its `run.started` names (none: engine 1) for as long as it
  * lives and whenever it is replayed: every engine stays in this package (`engine/v1`,
- * `engine/v2`), and new runs get {@link CURRENT_ENGINE}.
+ * `engine/v2`, which engine 3 shares), and new runs get {@link CURRENT_ENGINE}.
  */
 import type { DecisionEventBody, InputEventBody, RunEvent, RunEventData, RunEventType } from '@capstan/schemas';
 import { CapstanError, DeterminismViolationError, ErrorCode, INPUT_EVENT_TYPES, InvalidWorkflowError, type RunStatus } from '@capstan/schemas';
@@ -26,7 +26,7 @@ export function startRun(workflow: WorkflowDefinition, started: RunEventData<'ru
   const engine = engineOf(started);
   const machine = workflow.machineFor(engine);
   if (engine === 1) return startV1(workflow, machine, started);
-  if (engine === 2) return startV2(workflow, machine, started, runId, replay);
+  if (engine === 2 || engine === 3) return startV2(workflow, machine, started, engine, runId, replay);
   throw new InvalidWorkflowError(workflow.id, `engine ${engine} is not known to this build`);
 }
 

@@ -14,6 +14,7 @@ import type { AnyStateMachine } from 'xstate';
 import type { JsonValue, SandboxSpec, StandardSchemaV1 } from '@capstan/schemas';
 import { InvalidWorkflowError, isStandardSchema, MAX_RUN_EVENTS, Mode, sandboxSpecSchema, SEARCH_KEY_PATTERN, TimerKind, TOKEN_PATTERN } from '@capstan/schemas';
 import { compileV2 } from './engine/v2/compile.js';
+import { CURRENT_ENGINE } from './engine/current.js';
 import { compileSteps, DEFAULT_POOL, DEFAULT_RETRY, DEFAULT_TIMEOUT_MS, timerId, type NormalisedStep, type RetryPolicy } from './engine/v1/compile.js';
 
 /** What a workflow's functions see: the run's input and every result so far, by step name. */
@@ -338,8 +339,10 @@ export function defineWorkflow<const S extends WorkflowSpec>(spec: S): WorkflowD
       if (engine === 1) {
         if (!steps) throw new InvalidWorkflowError(id, 'engine 1 runs only plain sequences of tasks and signal waits');
         m = compileSteps(id, version, steps);
-      } else if (engine === CURRENT_ENGINE) {
-        m = compileV2(def);
+      } else if (engine === 2 || engine === 3) {
+        // Engine 3 decides as engine 2 but for the ids of the runs a run starts, which the run
+        // core tells the machine on start (`START`): one machine serves both.
+        m = engine === 3 ? def.machineFor(2) : compileV2(def);
       } else {
         throw new InvalidWorkflowError(id, `engine ${engine} is not known to this build (it knows 1..${CURRENT_ENGINE})`);
       }
@@ -352,8 +355,7 @@ export function defineWorkflow<const S extends WorkflowSpec>(spec: S): WorkflowD
   return Object.freeze(def) as WorkflowDefinition<S>;
 }
 
-/** The engine new runs are decided by. A change to what any engine decides is a new engine. */
-export const CURRENT_ENGINE = 2;
+export { CURRENT_ENGINE };
 
 function toV1Step(n: NNode): NormalisedStep {
   if (n.kind === 'signal') return { kind: 'signal', name: n.name, signal: n.signal };

@@ -65,6 +65,8 @@ export const runs = pgTable(
     parentStep: text('parent_step'),
     /** The run a continue-as-new run continues (`run.started`'s `continuedFrom`). */
     continuedFrom: text('continued_from'),
+    /** The run that continues this one, once it has continued as new (`run.continued`'s `next`). */
+    continuedAs: text('continued_as'),
   },
   (t) => [
     primaryKey({ columns: [t.tenant, t.runId] }),

@@ -40,6 +40,11 @@ export const ErrorCode = {
   InvalidWorkflow: 'invalid_workflow',
   RunNotFound: 'run_not_found',
   RunAlreadyExists: 'run_already_exists',
+  /**
+   * A submit that names a run id in the space the engine derives children's and
+   * continuations' ids in (see `isDerivedRunId`): only the orchestrator starts runs there.
+   */
+  RunIdReserved: 'run_id_reserved',
   EventRejected: 'event_rejected',
   StaleAttempt: 'stale_attempt',
   ConcurrencyConflict: 'concurrency_conflict',
@@ -304,6 +309,16 @@ export class RunNotFoundError extends CapstanError {
     readonly runId: string,
   ) {
     super(ErrorCode.RunNotFound, `run ${runId} not found in tenant ${tenant}`);
+  }
+}
+
+/**
+ * A run id a client chose lies in the engine's reserved space (`isDerivedRunId`): a run there
+ * could take the id a parent derives for its child or its continuation. Choose another id.
+ */
+export class RunIdReservedError extends CapstanError {
+  constructor(readonly runId: string) {
+    super(ErrorCode.RunIdReserved, `run id ${runId} is reserved for runs the engine derives (children, continuations); choose another id`);
   }
 }
 

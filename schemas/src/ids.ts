@@ -73,3 +73,30 @@ export function runIdTime(runId: RunId): number {
   for (const ch of runId.slice(0, 10)) t = t * 32 + CROCKFORD.indexOf(ch);
   return t;
 }
+
+/**
+ * The mark of the reserved run-id space: ids whose random part begins with these four
+ * characters (20 bits) are the engine's, derived for the runs a run starts (its children, its
+ * continuation; engine 3 on). The intake refuses a submit that names one unless the
+ * orchestrator signed it, so no client can take a derived id before the run that derives it
+ * starts that run. A random id lands here once in 2^20: the platform's own id makers step out.
+ */
+export const DERIVED_RUN_ID_MARK = 'CAPS';
+
+/** Whether a run id lies in the reserved space (see {@link DERIVED_RUN_ID_MARK}). */
+export function isDerivedRunId(runId: string): boolean {
+  return runId.length === 26 && runId.startsWith(DERIVED_RUN_ID_MARK, 10);
+}
+
+/** The id with its random part's first four characters set to the mark: in the reserved space. */
+export function markDerived(runId: RunId): RunId {
+  return (runId.slice(0, 10) + DERIVED_RUN_ID_MARK + runId.slice(14)) as RunId;
+}
+
+/**
+ * The id unchanged, unless it lies in the reserved space by chance: then its first random
+ * character is changed, deterministically (an id derived from a message stays derived from it).
+ */
+export function outsideDerivedSpace(runId: RunId): RunId {
+  return isDerivedRunId(runId) ? ((runId.slice(0, 10) + 'D' + runId.slice(11)) as RunId) : runId;
+}

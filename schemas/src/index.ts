@@ -32,9 +32,23 @@ export {
   StepNotHeldError,
   ApproverNotAllowedError,
   ExportDamagedError,
+  RunIdReservedError,
 } from './errors.js';
 export type { ErrorRecord } from './errors.js';
-export { TENANT_ID_PATTERN, RUN_ID_PATTERN, isTenantId, parseTenantId, isRunId, parseRunId, makeRunId, runIdTime } from './ids.js';
+export {
+  TENANT_ID_PATTERN,
+  RUN_ID_PATTERN,
+  isTenantId,
+  parseTenantId,
+  isRunId,
+  parseRunId,
+  makeRunId,
+  runIdTime,
+  DERIVED_RUN_ID_MARK,
+  isDerivedRunId,
+  markDerived,
+  outsideDerivedSpace,
+} from './ids.js';
 export type { TenantId, RunId } from './ids.js';
 export {
   TOKEN_PATTERN,

@@ -14,7 +14,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { BrowserContext, Page } from 'playwright-core';
-import { childRunIdOf, createRegistry } from '@capstan/actors';
+import { childRunIdOf, continuedRunIdOf, createRegistry } from '@capstan/actors';
 import { getRun, migrate, openDatabase, PROJECT_ROOT, listWorkers, type Database } from '@capstan/kit';
 import { createOrchestrator, loadConfig as orchestratorConfig, type OrchestratorApp } from '@capstan/orchestrator';
 import { createProjector, loadConfig as projectorConfig, type ProjectorApp } from '@capstan/projector';
@@ -400,7 +400,7 @@ describe.skipIf(!withChromium)('console in a browser', () => {
     await shot('policies');
   });
 
-  it('console browser - a parent links to its child run, and the child back to its parent', async () => {
+  it('console browser - a parent links to its child run and the child back; a run that continued as new links to its continuation and back', async () => {
     // demo.agent (version 2) hands its research to a child run of demo.brief.
     const parent = await h.client.submit(t, 'demo.agent', { input: { urgent: true } });
     const child = childRunIdOf(parent, 'brief', 1);
@@ -428,6 +428,29 @@ describe.skipIf(!withChromium)('console in a browser', () => {
     await page.getByTestId('run-parent').click();
     await page.waitForURL(new RegExp(`/runs/${parent}$`));
     await page.locator('[data-testid="run-child"][data-step="brief"]').waitFor();
+    // Neither a parent nor a child continued as new: no continuation links either way.
+    expect(await page.getByTestId('run-continued-as').count()).toBe(0);
+    expect(await page.getByTestId('run-continued-from').count()).toBe(0);
+
+    // Continue-as-new: the run that continued links forward to its continuation, which links back.
+    const first = await h.client.submit(t, 'console.ticker', { input: { round: 1, rounds: 2 } });
+    const next = continuedRunIdOf(first);
+    await projected(first, 'completed');
+    await projected(next, 'completed');
+    expect([(await api(first)).continuedFrom, (await api(first)).continuedAs]).toEqual([null, next]);
+    expect([(await api(next)).continuedFrom, (await api(next)).continuedAs]).toEqual([first, null]);
+    await page.goto(`${app.url}/t/${t}/runs/${first}`);
+    await expect.poll(() => page.getByTestId('run-continued-as').getAttribute('data-run-id')).toBe(next);
+    expect(await page.getByTestId('run-continued-from').count()).toBe(0);
+    expect(await page.getByTestId('run-related').textContent()).toMatch(/Continued as/);
+    await shot('run-continued-as');
+    await page.getByTestId('run-continued-as').click();
+    await page.waitForURL(new RegExp(`/runs/${next}$`));
+    await expect.poll(() => page.getByTestId('run-continued-from').getAttribute('data-run-id')).toBe(first);
+    expect(await page.getByTestId('run-continued-as').count()).toBe(0);
+    await page.getByTestId('run-continued-from').click();
+    await page.waitForURL(new RegExp(`/runs/${first}$`));
+    await page.getByTestId('run-continued-as').waitFor();
   });
 
   it('console browser - a run shows what the policy decided and which credentials it leased, by key name', async () => {

@@ -1,7 +1,8 @@
 /**
  * Workflows for the console's browser tests: the demo workflows (demo.signal waits for an
  * `approve` signal) plus an order that fails when its card is declined, so a failed run with
- * retried attempts and a plain error exists to be found and explained.
+ * retried attempts and a plain error exists to be found and explained, and a ticker that
+ * continues as new (a chain of runs linked both ways).
  */
 import { defineWorkflow, demoWorkflows } from '@capstan/actors';
 import { demoHandlers, StepError, type Handlers } from '@capstan/worker';
@@ -18,7 +19,21 @@ export const consoleOrder = defineWorkflow({
   ],
 });
 
-export const workflows = [...demoWorkflows, consoleOrder];
+/** tick, then continue as new until `rounds` rounds have ticked: a chain of runs, each linked to the next. */
+export const consoleTicker = defineWorkflow({
+  id: 'console.ticker',
+  version: 1,
+  steps: [
+    { name: 'tick', timeoutMs: 10_000 },
+    {
+      name: 'again',
+      when: ({ input }) => Number(input['round'] ?? 1) < Number(input['rounds'] ?? 1),
+      continueAsNew: ({ input }) => ({ ...input, round: Number(input['round'] ?? 1) + 1 }),
+    },
+  ],
+});
+
+export const workflows = [...demoWorkflows, consoleOrder, consoleTicker];
 
 export const handlers: Handlers = {
   ...demoHandlers,
@@ -28,4 +43,5 @@ export const handlers: Handlers = {
     return { ok: true, charged: true };
   },
   'console.order.receipt': () => ({ ok: true, sent: 1 }),
+  'console.ticker.tick': ({ input }) => ({ round: Number(input['round'] ?? 1) }),
 };

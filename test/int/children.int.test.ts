@@ -5,10 +5,10 @@
  * continues as new until its rounds are done, each run linked to the next by a derived id;
  * a patched step records its marker. Every run of the tenant replays.
  */
-import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { childRunIdOf, continuedRunIdOf, createRegistry } from '@capstan/actors';
 import { readDeadLetters } from '@capstan/cli';
+import { newRunId } from '@capstan/kit';
 import { CommandVerb, encode, makeRunId, Role, Subjects, type RunEvent, type RunId, type TenantId } from '@capstan/schemas';
 import { replayAll } from '../harness/checker.js';
 import { connect, connectAs, eventsOf, eventually, provision, startServices, type Harness, type InProcessServices } from '../harness/fixtures.js';
@@ -149,92 +149,93 @@ describe('children - a child that cannot start', () => {
   });
 });
 
-describe('children - taking a child id first', () => {
-  it('children - a client that submits under a child id before the parent starts it is never adopted (adoptions: 0)', async () => {
-    const runId = await h.client.submit(t, 'test.gated', { input: {} });
-    await until(runId, (e) => e.some((x) => x.type === 'step.waiting'), 'the parent to wait at its gate');
-    const first = childRunIdOf(runId, 'ship', 1);
-    const second = childRunIdOf(runId, 'ship', 2);
-    const client = await connectAs(url, t, Role.Client, 'squatter');
-    try {
-      // Attempt 1's id, taken by a plain submit of the client's own workflow and input.
-      client.publish(Subjects.command(t, CommandVerb.Submit), encode({ workflow: 'test.child', runId: first, input: { order: 'foreign' } }));
-      // Attempt 2's id, claiming the parent outright (the id is the derived one): refused as unproven.
-      client.publish(
-        Subjects.command(t, CommandVerb.Submit),
-        encode({ workflow: 'test.child', runId: second, input: { order: 'forged' }, parent: { runId, step: 'ship', attempt: 2 } }),
-      );
-      // A continuation of the parent, claimed under its derived id: refused as unproven too.
-      client.publish(Subjects.command(t, CommandVerb.Submit), encode({ workflow: 'test.child', runId: continuedRunIdOf(runId), input: { order: 'forged' }, continuedFrom: runId }));
-      await client.flush();
-    } finally {
-      await client.close();
-    }
-    const foreign = await until(first, ended, 'the foreign run to end');
-    expect(foreign[0]).toMatchObject({ type: 'run.started', data: { input: { order: 'foreign' } } });
-    expect((foreign[0]?.data as { parent?: unknown }).parent).toBeUndefined();
-    const unproven = await eventually(
-      'both forged claims dead-lettered',
+describe('children - taking derived ids first', () => {
+  /** Dead letters refusing a submit under one of `ids` as reserved. */
+  async function reservedRefusals(ids: readonly string[]) {
+    const letters = await readDeadLetters(await h.jsm(t), t, 200);
+    return letters.filter((d) => d.code === 'run_id_reserved' && ids.some((id) => d.error.includes(id)));
+  }
+  /** Waits until the orchestrator has judged a submit under each of `ids`: refused as reserved, or (without the fence) started. */
+  async function heard(ids: readonly RunId[]): Promise<void> {
+    await eventually(
+      'every borrowed id judged',
       async () => {
-        const letters = (await readDeadLetters(await h.jsm(t), t, 100)).filter((d) => d.code === 'unproven' && /orchestrator's own/.test(d.error));
-        return letters.length >= 2 ? letters : undefined;
+        const refused = await reservedRefusals(ids);
+        const started = await Promise.all(ids.map(async (id) => (await eventsOf(h, t, id)).length > 0));
+        return ids.every((id, i) => started[i] === true || refused.some((d) => d.error.includes(id))) ? true : undefined;
       },
       10_000,
     );
-    expect(unproven.length).toBeGreaterThanOrEqual(2);
-    expect(await eventsOf(h, t, second)).toEqual([]);
-    expect(await eventsOf(h, t, continuedRunIdOf(runId))).toEqual([]);
+  }
+  /** Child outcomes of the parent that failed because a run of someone else's stood under the child's id. */
+  const preempted = (events: readonly RunEvent[]) => events.filter((e) => e.type === 'child.failed' && (e.data as { error: { code: string } }).error.code === 'run_already_exists');
 
-    await h.client.signal(t, runId, 'go', {});
-    const events = await until(runId, ended, 'the parent to end');
-    expect(endOf(events), types(events).join(' ')).toBe('run.completed');
-    // Attempt 1 found its id taken and failed (retryably); attempt 2 started the real child.
-    const outcomes = events.filter((e) => e.type === 'child.failed' || e.type === 'child.completed');
-    expect(outcomes.map((e) => [e.type, e.data.attempt, e.data.child])).toEqual([
-      ['child.failed', 1, first],
-      ['child.completed', 2, second],
-    ]);
-    expect(outcomes[0]).toMatchObject({ data: { error: { code: 'run_already_exists', retryable: true } } });
-    const real = await until(second, ended, 'the real child to end');
-    expect(real[0]).toMatchObject({ type: 'run.started', data: { input: { order: 'real' }, parent: { runId, step: 'ship', attempt: 2 } } });
-    // Adoptions: a child outcome the parent took from a run its own submit did not start.
-    const adopted = outcomes.filter((e) => e.type === 'child.completed' && e.data.child !== second);
-    expect(adopted).toHaveLength(0);
-    expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { label: 'L-1', packed: { packed: 'real' } } } });
-    // The foreign run's ending told no parent anything.
-    expect((await eventsOf(h, t, runId)).length).toBe(events.length);
-  });
-});
-
-describe('children - taking a continuation id first', () => {
-  it("children - a child's continuation taken first is not adopted: the parent's step fails that child and retries with a new one", async () => {
-    // A client chooses run ids, so it can work out every id a run will derive before it submits the run.
-    const runId = makeRunId(Date.now(), randomBytes(10));
-    const child = childRunIdOf(runId, 'ticks', 1);
-    const taken = continuedRunIdOf(child);
-    const client = await connectAs(url, t, Role.Client, 'squatter-2');
+  it("children - a client that submits runs under the derived ids of every attempt of a parent's child step fails none of them (preempted: 0); the parent completes", async () => {
+    const runId = await h.client.submit(t, 'test.gated', { input: {} });
+    await until(runId, (e) => e.some((x) => x.type === 'step.waiting'), 'the parent to wait at its gate');
+    // The attacker computes, with the public function, the ids of attempts 1..5 (the step allows 3) and of the parent's continuation.
+    const attempts = [1, 2, 3, 4, 5].map((a) => childRunIdOf(runId, 'ship', a));
+    const taken = [...attempts, continuedRunIdOf(runId), continuedRunIdOf(attempts[0] as RunId)];
+    const client = await connectAs(url, t, Role.Client, 'squatter');
     try {
-      client.publish(Subjects.command(t, CommandVerb.Submit), encode({ workflow: 'test.ticker', runId: taken, input: { round: 9, rounds: 9 } }));
+      // Plain submits of the client's own workflow and input, claiming nothing: only the id is borrowed.
+      for (const id of taken) client.publish(Subjects.command(t, CommandVerb.Submit), encode({ workflow: 'test.child', runId: id, input: { order: 'foreign' } }));
+      // A claim of the parent outright (the derived id and the parent): refused as unproven, as before.
+      client.publish(
+        Subjects.command(t, CommandVerb.Submit),
+        encode({ workflow: 'test.child', runId: attempts[1], input: { order: 'forged' }, parent: { runId, step: 'ship', attempt: 2 } }),
+      );
       await client.flush();
     } finally {
       await client.close();
     }
-    await until(taken, ended, 'the foreign run to end');
+    await heard(taken);
+    // The platform's own client says no before sending.
+    await expect(h.client.submit(t, 'test.child', { runId: attempts[2] as RunId, input: { order: 'foreign' } })).rejects.toMatchObject({ code: 'run_id_reserved' });
+
+    await h.client.signal(t, runId, 'go', {});
+    const events = await until(runId, ended, 'the parent to end');
+    expect(preempted(events)).toHaveLength(0);
+    expect(endOf(events), types(events).join(' ')).toBe('run.completed');
+    // Control: attempt 1 started the real child under its derived id, which the parent took.
+    const outcomes = events.filter((e) => e.type === 'child.failed' || e.type === 'child.completed');
+    expect(outcomes.map((e) => [e.type, e.data.attempt, e.data.child])).toEqual([['child.completed', 1, attempts[0]]]);
+    const real = await until(attempts[0] as RunId, ended, 'the real child to end');
+    expect(real[0]).toMatchObject({ type: 'run.started', data: { input: { order: 'real' }, parent: { runId, step: 'ship', attempt: 1 } } });
+    expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { label: 'L-1', packed: { packed: 'real' } } } });
+    // Every borrowed id was refused as reserved, and the forged claim as unproven; no run of the client's stood under any.
+    expect(await reservedRefusals(taken)).toHaveLength(taken.length);
+    const unproven = (await readDeadLetters(await h.jsm(t), t, 200)).filter((d) => d.code === 'unproven' && d.error.includes("orchestrator's own"));
+    expect(unproven.length).toBeGreaterThanOrEqual(1);
+    for (const id of taken.slice(1)) expect(await eventsOf(h, t, id), id).toEqual([]);
+  });
+
+  it("children - a child's continuation id taken first is refused too: the chain runs under the ids its runs derive", async () => {
+    // A client chooses run ids, so it can work out every id a run will derive before it submits the run.
+    const runId = newRunId();
+    const children = [1, 2, 3].map((a) => childRunIdOf(runId, 'ticks', a));
+    const taken = children.flatMap((c) => [continuedRunIdOf(c), continuedRunIdOf(continuedRunIdOf(c))]);
+    const client = await connectAs(url, t, Role.Client, 'squatter-2');
+    try {
+      for (const id of taken) client.publish(Subjects.command(t, CommandVerb.Submit), encode({ workflow: 'test.ticker', runId: id, input: { round: 9, rounds: 9 } }));
+      await client.flush();
+    } finally {
+      await client.close();
+    }
+    await heard(taken);
+    // Control: the client's own id, outside the reserved space, is its to choose.
     await h.client.submit(t, 'test.relay', { input: {}, runId });
     const events = await until(runId, ended, 'the relay to end');
+    expect(preempted(events)).toHaveLength(0);
     expect(endOf(events), types(events).join(' ')).toBe('run.completed');
-    const outcomes = events.filter((e) => e.type === 'child.failed' || e.type === 'child.completed');
-    // The chain's second run could not start under its id: the parent hears it as the chain's failure (under the id it started).
-    expect(outcomes.map((e) => [e.type, e.data.attempt, e.data.child])).toEqual([
-      ['child.failed', 1, child],
-      ['child.completed', 2, childRunIdOf(runId, 'ticks', 2)],
+    expect(events.filter((e) => e.type === 'child.failed' || e.type === 'child.completed').map((e) => [e.type, e.data.attempt, e.data.child])).toEqual([
+      ['child.completed', 1, children[0]],
     ]);
-    expect(outcomes[0]).toMatchObject({ data: { error: { code: 'run_already_exists', retryable: true } } });
     expect(events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: { round: 3 } } });
-    // The foreign run is nobody's continuation and nobody's child.
-    const foreign = await eventsOf(h, t, taken);
-    expect(foreign[0]?.data).not.toHaveProperty('continuedFrom');
-    expect(foreign[0]?.data).not.toHaveProperty('parent');
+    // The chain's runs are the relay's, linked hop by hop.
+    const next = await eventsOf(h, t, continuedRunIdOf(children[0] as RunId));
+    expect(next[0]?.data).toMatchObject({ continuedFrom: children[0] });
+    expect(await reservedRefusals(taken)).toHaveLength(taken.length);
   });
 });
 

@@ -31,7 +31,7 @@ import { migrate, openDatabase, type Database } from '@capstan/kit';
 import { db as schema, Streams, Subjects, type TenantId, Role } from '@capstan/schemas';
 import { createHash } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
-import { sql } from 'drizzle-orm';
+import { and, eq, inArray, sql } from 'drizzle-orm';
 import { scratchDatabase } from '../harness/postgres.js';
 import { connect, provision, silent, type Harness, accessAs, serviceEnv } from '../harness/fixtures.js';
 import { insertBatched, runIdAt, runRow, stepRow, type RunInsert } from '../harness/projections.js';
@@ -535,6 +535,27 @@ describe('console api', () => {
     expect(w.body.approvals).toMatchObject([{ step: 'review', status: 'waiting', decidedBy: null }]);
     expect(w.body.explanation.text).toMatch(/^Waiting for approval of step review, requested \d+ (d|h|min) ago, by an operator\.$/);
     expect(w.body.actions).toEqual({ cancel: true, signal: true, retry: false });
+  });
+
+  it('console api - run detail: lineage both ways (the run that continues it, the run it continues, its parent)', async () => {
+    const c = await as('viewer-a');
+    const at = new Date(BASE);
+    // A chain as the projector writes it: the first run names its continuation, the continuation its predecessor (and, here, a parent).
+    const [first, next] = [runIdAt(BASE + 1), runIdAt(BASE + 2)];
+    await d.db
+      .insert(schema.runs)
+      .values([runRow(A, first, { startedAt: at, continuedAs: next }), runRow(A, next, { startedAt: at, continuedFrom: first, parentRunId: aRun, parentStep: 'ship' })]);
+    try {
+      const a = (await c.get<RunDetailResponse>(`/api/tenants/${A}/runs/${first}`)).body;
+      expect([a.parent, a.continuedFrom, a.continuedAs]).toEqual([null, null, next]);
+      const b = (await c.get<RunDetailResponse>(`/api/tenants/${A}/runs/${next}`)).body;
+      expect([b.parent, b.continuedFrom, b.continuedAs]).toEqual([{ runId: aRun, step: 'ship' }, first, null]);
+      // A run with no lineage says so with nulls, not absent fields.
+      const plain = (await c.get<RunDetailResponse>(`/api/tenants/${A}/runs/${aRun}`)).body;
+      expect([plain.parent, plain.continuedFrom, plain.continuedAs]).toEqual([null, null, null]);
+    } finally {
+      await d.db.delete(schema.runs).where(and(eq(schema.runs.tenant, A), inArray(schema.runs.runId, [first, next])));
+    }
   });
 
   it('console api - approvals queue, worker fleet, system lag', async () => {

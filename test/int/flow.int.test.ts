@@ -8,7 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type Docker from 'dockerode';
-import { createRegistry, defineWorkflow } from '@capstan/actors';
+import { createRegistry, CURRENT_ENGINE, defineWorkflow } from '@capstan/actors';
 import { readDeadLetters } from '@capstan/cli';
 import { CapstanError, type RunEvent, type RunId, type StandardSchemaV1, type TenantId } from '@capstan/schemas';
 import { replayAll } from '../harness/checker.js';
@@ -54,7 +54,7 @@ describe('flow - engine 2 end to end', () => {
     const end = await h.client.waitForEnd(t, runId, 30_000);
     const events = await eventsOf(h, t, runId);
     expect(end.type, types(events).join(' ')).toBe('run.completed');
-    expect((events[0] as RunEvent & { type: 'run.started' }).data.engine).toBe(2);
+    expect((events[0] as RunEvent & { type: 'run.started' }).data.engine).toBe(CURRENT_ENGINE);
     expect(events.find((e) => e.type === 'branch.taken')?.data).toEqual({ step: 'route', branch: 'then' });
     expect(events.find((e) => e.type === 'fanout.started')?.data).toEqual({ step: 'research', items: 3, concurrency: 2 });
     // Two items at once: the third is scheduled only after one of the first two ended.

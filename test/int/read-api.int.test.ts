@@ -31,6 +31,7 @@ import { CapstanError, db as schema, ErrorCode, Streams, Subjects, type TenantId
 import { scratchDatabase } from '../harness/postgres.js';
 import { connect, provision, type Harness } from '../harness/fixtures.js';
 import { startReadConsole, type ReadConsole } from '../harness/console.js';
+import { and, eq, inArray } from 'drizzle-orm';
 import { insertBatched, runIdAt, runRow, stepRow, type RunInsert } from '../harness/projections.js';
 
 const BASE = Date.parse('2026-03-01T12:00:00Z');
@@ -569,6 +570,30 @@ describe('read api', () => {
       expect(cross.code).toBe(3);
       expect(cross.err).toContain(`run_not_found: run ${aRun} not found in tenant ${B}`);
       expect(cross.out).toBe('');
+    });
+
+    it('cli read - run shows its lineage both ways: its parent, the run it continues, the run that continues it, its children', async () => {
+      const at = new Date(BASE);
+      const [first, next, child] = [runIdAt(BASE + 1), runIdAt(BASE + 2), runIdAt(BASE + 3)];
+      await d.db
+        .insert(schema.runs)
+        .values([runRow(A, first, { startedAt: at, continuedAs: next }), runRow(A, next, { startedAt: at, continuedFrom: first, parentRunId: aRun, parentStep: 'ship' })]);
+      // A child step as the projector writes it: handler `child:<workflow>`, the child run as its worker.
+      await d.db.insert(schema.steps).values(stepRow(A, first, 'ship', 1, at, { pool: 'child', handler: 'child:demo.ship', worker: child }));
+      try {
+        const a = await capstan(['run', first, '--tenant', A, ...api()]);
+        expect(a.code).toBe(0);
+        expect(a.out).toContain(`continued as ${next}`);
+        expect(a.out).not.toContain('continues ');
+        expect(a.out).toMatch(new RegExp(`children\\n\\s+STEP\\s+ATTEMPT\\s+WORKFLOW\\s+CHILD RUN\\s+OUTCOME\\n\\s+ship\\s+1\\s+demo\\.ship\\s+${child}\\s+completed`));
+        const b = await capstan(['run', next, '--tenant', A, ...api()]);
+        expect(b.out).toContain(`parent    ${aRun}  step ship`);
+        expect(b.out).toContain(`continues ${first}`);
+        expect(b.out).not.toContain('continued as');
+      } finally {
+        await d.db.delete(schema.steps).where(and(eq(schema.steps.tenant, A), eq(schema.steps.runId, first)));
+        await d.db.delete(schema.runs).where(and(eq(schema.runs.tenant, A), inArray(schema.runs.runId, [first, next])));
+      }
     });
 
     it('cli read - audit lists entries newest first, by run', async () => {

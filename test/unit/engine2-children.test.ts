@@ -10,15 +10,18 @@ import { encode, ErrorCode, EVENT_ENVELOPE_VERSION, isRunId, runIdTime, TimerKin
 import { projectRun } from '@capstan/projector';
 import { RUN_ID, RunRecorder, cancel, completed, fired } from './support/runs.js';
 
+// Engine 2 derives the ids of the runs a run starts outside the reserved space (engine 3 marks them: engine3-ids.test.ts).
+const childId = (runId: string, step: string, attempt: number) => childRunIdOf(runId, step, attempt, 2);
+const continuedId = (runId: string) => continuedRunIdOf(runId, 2);
 const rec = (wf: WorkflowDefinition, input: { [k: string]: JsonValue } = {}) => new RunRecorder(wf, input, undefined, undefined, 2);
 const types = (events: readonly RunEvent[]) => events.map((e) => e.type);
-const childDone = (step: string, attempt: number, result: JsonValue, child = childRunIdOf(RUN_ID, step, attempt)): InputEventBody => ({
+const childDone = (step: string, attempt: number, result: JsonValue, child = childId(RUN_ID, step, attempt)): InputEventBody => ({
   type: 'child.completed',
   data: { step, attempt, child, result },
 });
 const childFailed = (step: string, attempt: number, retryable = true): InputEventBody => ({
   type: 'child.failed',
-  data: { step, attempt, child: childRunIdOf(RUN_ID, step, attempt), error: { code: ErrorCode.ChildFailed, message: 'step_failed: it broke', retryable } },
+  data: { step, attempt, child: childId(RUN_ID, step, attempt), error: { code: ErrorCode.ChildFailed, message: 'step_failed: it broke', retryable } },
 });
 
 function replays(r: RunRecorder): void {
@@ -34,11 +37,11 @@ function replays(r: RunRecorder): void {
 
 describe('engine 2 - derived run ids', () => {
   it("children - a child id is a ULID derived from the parent id, the step and the attempt, with the parent's time", () => {
-    const a = childRunIdOf(RUN_ID, 'ship', 1);
+    const a = childId(RUN_ID, 'ship', 1);
     expect(isRunId(a)).toBe(true);
-    expect(childRunIdOf(RUN_ID, 'ship', 1)).toBe(a);
+    expect(childId(RUN_ID, 'ship', 1)).toBe(a);
     expect(runIdTime(a)).toBe(runIdTime(RUN_ID));
-    const others = [childRunIdOf(RUN_ID, 'ship', 2), childRunIdOf(RUN_ID, 'ship-1', 1), continuedRunIdOf(RUN_ID), continuedRunIdOf(a)];
+    const others = [childId(RUN_ID, 'ship', 2), childId(RUN_ID, 'ship-1', 1), continuedId(RUN_ID), continuedId(a)];
     expect(new Set([a, ...others]).size).toBe(5);
   });
 });
@@ -60,7 +63,7 @@ describe('engine 2 - child workflows', () => {
     const started = r.events.at(-1);
     expect(started).toMatchObject({
       type: 'child.started',
-      data: { step: 'ship', attempt: 1, child: childRunIdOf(RUN_ID, 'ship', 1), workflow: 'e2.shipper', input: { order: { id: 7 } }, parentClose: 'cancel' },
+      data: { step: 'ship', attempt: 1, child: childId(RUN_ID, 'ship', 1), workflow: 'e2.shipper', input: { order: { id: 7 } }, parentClose: 'cancel' },
     });
     expect(runStatus(r.state)).toBe('running');
     expect(r.step(childDone('ship', 1, { tracking: 'T1' }))).toEqual(['step.scheduled:finish#1']);
@@ -75,14 +78,14 @@ describe('engine 2 - child workflows', () => {
     r.apply(completed('prep', 1));
     expect(r.step(childFailed('ship', 1))).toEqual(['timer:retry:ship']);
     expect(r.step(fired('ship', 1, TimerKind.Retry))).toEqual(['child.started']);
-    expect(r.events.at(-1)?.data).toMatchObject({ attempt: 2, child: childRunIdOf(RUN_ID, 'ship', 2) });
+    expect(r.events.at(-1)?.data).toMatchObject({ attempt: 2, child: childId(RUN_ID, 'ship', 2) });
     // A late outcome of the first child is stale.
     expect(r.tryApply(childDone('ship', 1, 'late'))).toBeUndefined();
     expect(r.step(childFailed('ship', 2))).toEqual(['run.failed']);
     expect(r.events.at(-1)?.data).toMatchObject({ error: { code: ErrorCode.ChildFailed }, step: 'ship' });
     // A person's retry starts a third child.
     expect(r.step({ type: 'run.retried', data: { by: 'ops' } })).toEqual(['child.started']);
-    expect(r.events.at(-1)?.data).toMatchObject({ attempt: 3, child: childRunIdOf(RUN_ID, 'ship', 3) });
+    expect(r.events.at(-1)?.data).toMatchObject({ attempt: 3, child: childId(RUN_ID, 'ship', 3) });
     replays(r);
   });
 
@@ -105,7 +108,7 @@ describe('engine 2 - child workflows', () => {
     r.apply(cancel('stop'));
     const cancelled = r.events.filter((e) => e.type === 'step.cancelled').map((e) => e.data);
     expect(cancelled).toEqual([
-      { step: 'kept', attempt: 1, reason: 'the run was cancelled', child: childRunIdOf(RUN_ID, 'kept', 1) },
+      { step: 'kept', attempt: 1, reason: 'the run was cancelled', child: childId(RUN_ID, 'kept', 1) },
       { step: 'left', attempt: 1, reason: 'the run was cancelled' },
     ]);
     expect(r.events.at(-1)?.type).toBe('run.cancelled');
@@ -119,9 +122,9 @@ describe('engine 2 - child workflows', () => {
       steps: [{ name: 'rounds', loop: [{ name: 'sub', child: 'e2.sub' }], until: ({ results }) => results['sub'] === 'stop', maxIterations: 3 }],
     });
     const r = rec(looped);
-    expect(r.events.at(-1)?.data).toMatchObject({ step: 'sub-1', child: childRunIdOf(RUN_ID, 'sub-1', 1) });
+    expect(r.events.at(-1)?.data).toMatchObject({ step: 'sub-1', child: childId(RUN_ID, 'sub-1', 1) });
     r.apply(childDone('sub-1', 1, 'again'));
-    expect(r.events.at(-1)?.data).toMatchObject({ step: 'sub-2', child: childRunIdOf(RUN_ID, 'sub-2', 1) });
+    expect(r.events.at(-1)?.data).toMatchObject({ step: 'sub-2', child: childId(RUN_ID, 'sub-2', 1) });
     r.apply(childDone('sub-2', 1, 'stop'));
     expect(r.events.at(-1)).toMatchObject({ type: 'run.completed', data: { output: 'stop' } });
     replays(r);
@@ -160,14 +163,14 @@ describe('engine 2 - child workflows', () => {
       .filter((s) => s.step === 'ship')
       .map((s) => ({ attempt: s.attempt, handler: s.handler, worker: s.worker, outcome: s.outcome, errorCode: s.errorCode }));
     expect(ship).toEqual([
-      { attempt: 1, handler: 'child:e2.shipper', worker: childRunIdOf(RUN_ID, 'ship', 1), outcome: 'failed', errorCode: ErrorCode.ChildFailed },
-      { attempt: 2, handler: 'child:e2.shipper', worker: childRunIdOf(RUN_ID, 'ship', 2), outcome: 'completed', errorCode: null },
+      { attempt: 1, handler: 'child:e2.shipper', worker: childId(RUN_ID, 'ship', 1), outcome: 'failed', errorCode: ErrorCode.ChildFailed },
+      { attempt: 2, handler: 'child:e2.shipper', worker: childId(RUN_ID, 'ship', 2), outcome: 'completed', errorCode: null },
     ]);
     expect(view.run?.status).toBe('running');
   });
 
-  it("children - the projection keeps a child's parent and a continuation's predecessor from their run.started", () => {
-    const child = childRunIdOf(RUN_ID, 'ship', 1);
+  it("children - the projection keeps a child's parent and a continuation's predecessor from their run.started, and a continued run's successor", () => {
+    const child = childId(RUN_ID, 'ship', 1);
     const started = (runId: RunId, data: Record<string, JsonValue>): RunEvent =>
       ({
         v: EVENT_ENVELOPE_VERSION,
@@ -180,7 +183,18 @@ describe('engine 2 - child workflows', () => {
       }) as RunEvent;
     const project = (e: RunEvent) => projectRun('acme', [{ event: e, streamSeq: 1, bytes: encode(e) }]).view.run;
     expect(project(started(child, { parent: { runId: RUN_ID, step: 'ship', attempt: 1 } }))).toMatchObject({ parentRunId: RUN_ID, parentStep: 'ship', continuedFrom: null });
-    expect(project(started(continuedRunIdOf(child), { continuedFrom: child }))).toMatchObject({ parentRunId: null, parentStep: null, continuedFrom: child });
+    expect(project(started(continuedId(child), { continuedFrom: child }))).toMatchObject({ parentRunId: null, parentStep: null, continuedFrom: child, continuedAs: null });
+    // And forward: a run that continued as new names its continuation from run.continued.
+    const ended: RunEvent[] = [
+      started(child, {}),
+      { ...started(child, {}), type: 'run.continued', seq: 2, data: { next: continuedId(child), input: {}, reason: 'workflow' } } as RunEvent,
+      { ...started(child, {}), type: 'run.completed', seq: 3, data: { output: { continuedAs: continuedId(child) } } } as RunEvent,
+    ];
+    const view = projectRun(
+      'acme',
+      ended.map((event, i) => ({ event, streamSeq: i + 1, bytes: encode(event) })),
+    ).view.run;
+    expect(view).toMatchObject({ continuedFrom: null, continuedAs: continuedId(child), status: 'completed' });
   });
 
   it('children - a bad child definition is refused at load', () => {
@@ -202,7 +216,7 @@ describe('engine 2 - continue-as-new', () => {
   it('continue - the run ends with run.continued (a derived id, the new input) and completes naming its successor', () => {
     const r = rec(wf, { round: 1 });
     r.apply(completed('poll', 1, 'more'));
-    const next = continuedRunIdOf(RUN_ID);
+    const next = continuedId(RUN_ID);
     expect(r.events.slice(-2).map(({ type, data }) => ({ type, data }))).toEqual([
       { type: 'run.continued', data: { next, input: { round: 2 }, reason: 'workflow' } },
       { type: 'run.completed', data: { output: { continuedAs: next } } },
@@ -231,7 +245,7 @@ describe('engine 2 - continue-as-new', () => {
     for (let i = 1; i < 10 && r.events.at(-1)?.type !== 'run.completed'; i++) r.apply(completed(`tick-${i}`, 1, i));
     const tail = r.events.slice(-3).map((e) => e.type);
     expect(tail).toEqual(['step.cancelled', 'run.continued', 'run.completed']);
-    expect(r.events.at(-2)?.data).toMatchObject({ next: continuedRunIdOf(RUN_ID), reason: 'event-cap', input: { k: 1 } });
+    expect(r.events.at(-2)?.data).toMatchObject({ next: continuedId(RUN_ID), reason: 'event-cap', input: { k: 1 } });
     expect(r.events.length).toBeLessThanOrEqual(16);
     replays(r);
   });

@@ -5,7 +5,7 @@ import { ErrorCode } from '@capstan/schemas';
 
 describe('http status and hosts', () => {
   it("http - one status per error code for every API: bad input 400, too large 413, missing 404, down 503, the rest not the caller's", () => {
-    for (const c of [ErrorCode.InvalidArgument, ErrorCode.InvalidTenantId, ErrorCode.InvalidRunId, ErrorCode.SchemaViolation, ErrorCode.DecodeFailed])
+    for (const c of [ErrorCode.InvalidArgument, ErrorCode.InvalidTenantId, ErrorCode.InvalidRunId, ErrorCode.RunIdReserved, ErrorCode.SchemaViolation, ErrorCode.DecodeFailed])
       expect(httpStatusOf(c), c).toBe(400);
     expect(httpStatusOf(ErrorCode.PayloadTooLarge)).toBe(413);
     // Webhook deliveries answer by the same table.

@@ -4,7 +4,7 @@
  * projections hold and only what the token's user may see.
  */
 import { parseSince, parseStatus, parseWhere } from '@capstan/kit';
-import { CapstanError, ErrorCode, UnavailableError } from '@capstan/schemas';
+import { CapstanError, CHILD_HANDLER, ErrorCode, UnavailableError } from '@capstan/schemas';
 import type { apiPaths, AuditPageResponse, PlatformSystemResponse, RunDetailResponse, RunsPageResponse } from '@capstan/console';
 import { intFlag, parse, runIdArg, stringFlag, stringsFlag, tenantFlag } from './args.js';
 import { print, readApi, type ReadApi } from './context.js';
@@ -138,6 +138,10 @@ function humanRun(d: RunDetailResponse): string {
   if (d.search.length > 0) lines.push(`  search    ${d.search.map((s) => `${s.key}=${s.value}`).join(', ')}`);
   if (r.errorCode) lines.push(`  error     ${red(`${r.errorCode}: ${r.errorMessage ?? ''}`)}`);
   if (r.retries > 0) lines.push(`  retried   ${r.retries} time(s), last by ${orDash(r.retriedBy)} at ${orDash(r.retriedAt)}`);
+  // Lineage, both ways: who started the run, which run it continues, which run continues it.
+  if (d.parent) lines.push(`  parent    ${d.parent.runId}${d.parent.step ? dim(`  step ${d.parent.step}`) : ''}`);
+  if (d.continuedFrom) lines.push(`  continues ${d.continuedFrom}`);
+  if (d.continuedAs) lines.push(`  continued as ${d.continuedAs}`);
 
   lines.push('', bold('steps'));
   if (d.steps.length === 0) lines.push(dim('  none yet'));
@@ -156,10 +160,10 @@ function humanRun(d: RunDetailResponse): string {
   }
 
   // Child steps: their rows name the child's workflow (`child:<id>`) and, as their worker, the child run.
-  const children = d.steps.filter((s) => s.handler.startsWith('child:'));
+  const children = d.steps.filter((s) => s.handler.startsWith(CHILD_HANDLER));
   if (children.length > 0) {
     lines.push('', bold('children'));
-    const rows = children.map((s) => [s.step, String(s.attempt), s.handler.slice('child:'.length), orDash(s.worker), colorStatus(s.outcome)]);
+    const rows = children.map((s) => [s.step, String(s.attempt), s.handler.slice(CHILD_HANDLER.length), orDash(s.worker), colorStatus(s.outcome)]);
     lines.push(indent(table(['STEP', 'ATTEMPT', 'WORKFLOW', 'CHILD RUN', 'OUTCOME'], rows)));
     lines.push(dim(`  see one: capstan run <child run> --tenant ${r.tenant}`));
   }

@@ -154,6 +154,14 @@ export const ApiErrorCode = {
 } as const;
 export type ApiErrorCode = (typeof ApiErrorCode)[keyof typeof ApiErrorCode];
 
+/**
+ * The mark of the run ids runs derive for the runs they start (`DERIVED_RUN_ID_MARK` in
+ * @capstan/schemas, repeated here for the browser, which imports nothing; a unit test holds
+ * the two together): an id the browser makes must not carry it, or the start is refused
+ * (`run_id_reserved`).
+ */
+export const DERIVED_RUN_ID_MARK = 'CAPS';
+
 export interface ApiErrorBody {
   readonly error: {
     readonly code: ApiErrorCode | (string & {});
@@ -384,6 +392,8 @@ export interface RunDetailResponse {
   readonly parent: RunParent | null;
   /** The run this one continues as new, when it is a continuation. */
   readonly continuedFrom: string | null;
+  /** The run that continues this one, once it has continued as new (its output's `continuedAs`). */
+  readonly continuedAs: string | null;
   /** The runs its child steps started, in the order they started. */
   readonly children: readonly RunChild[];
   /** The policy's answers for the run's steps, oldest first. */

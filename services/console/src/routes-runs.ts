@@ -71,6 +71,7 @@ export function registerRunRoutes(app: FastifyInstance, d: RouteDeps): void {
       run,
       parent: parentOf(detail.run),
       continuedFrom: detail.run.continuedFrom,
+      continuedAs: detail.run.continuedAs,
       children: childrenOf(detail.steps),
       policyDecisions,
       leases,

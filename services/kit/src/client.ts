@@ -34,6 +34,8 @@ import {
   type WorkerAdmissionRecord,
   CapstanError,
   ErrorCode,
+  isDerivedRunId,
+  RunIdReservedError,
 } from '@capstan/schemas';
 import { headers as natsHeaders } from '@nats-io/transport-node';
 import { decodeEvent, readRun } from './run-log.js';
@@ -201,6 +203,8 @@ export async function createClient(conns: ClientConnections): Promise<CapstanCli
     async submit(tenant, workflow, opts = {}) {
       const { t, js, signer } = await at(tenant);
       const runId = opts.runId ?? newRunId();
+      // The orchestrator would refuse it (dead letter); said here, before anything is sent.
+      if (isDerivedRunId(runId)) throw new RunIdReservedError(runId);
       const body = {
         workflow,
         runId,

@@ -44,6 +44,7 @@ const STATUS_OF: ReadonlyMap<string, number> = new Map([
     ErrorCode.InvalidArgument,
     ErrorCode.InvalidTenantId,
     ErrorCode.InvalidRunId,
+    ErrorCode.RunIdReserved,
     ErrorCode.InvalidName,
     ErrorCode.SchemaViolation,
     ErrorCode.DecodeFailed,

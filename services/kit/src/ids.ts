@@ -1,9 +1,12 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { makeRunId, type RunId, type TenantId } from '@capstan/schemas';
+import { isDerivedRunId, makeRunId, outsideDerivedSpace, type RunId, type TenantId } from '@capstan/schemas';
 
-/** A fresh run id (ULID): time-ordered, 80 random bits. */
+/** A fresh run id (ULID): time-ordered, 80 random bits, never in the engine's reserved space (`isDerivedRunId`). */
 export function newRunId(now = Date.now()): RunId {
-  return makeRunId(now, randomBytes(10));
+  for (;;) {
+    const id = makeRunId(now, randomBytes(10));
+    if (!isDerivedRunId(id)) return id;
+  }
 }
 
 /** Hex digest naming an idempotency key's claim subject; the key itself never becomes a subject. */
@@ -17,5 +20,6 @@ export function idempotencyHash(t: TenantId, key: string): string {
  * tenant and stream sequence.
  */
 export function derivedRunId(t: TenantId, streamSeq: number, timestampMs: number): RunId {
-  return makeRunId(timestampMs, createHash('sha256').update(`${t}\0submit\0${streamSeq}`).digest());
+  // Out of the reserved space: its ids are the ones runs derive for the runs they start.
+  return outsideDerivedSpace(makeRunId(timestampMs, createHash('sha256').update(`${t}\0submit\0${streamSeq}`).digest()));
 }

@@ -269,6 +269,7 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
         parentRunId: e.data.parent?.runId ?? null,
         parentStep: e.data.parent?.step ?? null,
         continuedFrom: e.data.continuedFrom ?? null,
+        continuedAs: null,
       };
       search = Object.entries(e.data.search ?? {}).map(([key, value]) => ({ tenant, key, value: pgText(value), runId }));
       break;
@@ -522,9 +523,12 @@ export function projectEvent(tenant: string, view: RunView, stored: StoredEvent)
       else putStep({ ...row, outcome: StepOutcome.Failed, finishedAt: at, durationMs: took, errorCode: pgText(e.data.error.code), errorMessage: pgText(e.data.error.message) });
       break;
     }
-    case 'patch.marked':
     case 'run.continued':
-      // On the record (the events index, the timeline); no row of their own.
+      // The forward link: the run's row names its continuation, as the continuation's names it.
+      if (run) run.continuedAs = e.data.next;
+      break;
+    case 'patch.marked':
+      // On the record (the events index, the timeline); no row of its own.
       break;
     case 'branch.taken':
     case 'loop.iteration':

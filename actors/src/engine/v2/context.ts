@@ -100,6 +100,11 @@ export interface RunContext {
   readonly anyStarted: boolean;
   /** The run's own id (child and continued runs' ids derive from it); set when the run starts. */
   readonly runId?: string;
+  /**
+   * The engine deciding the run, set when the run starts, from engine 3 on (unset: engine 2,
+   * whose context must stay as it was): how the ids of the runs it starts are derived.
+   */
+  readonly engine?: number;
   /** `patched(id)` markers evaluated so far: true, the new path. */
   readonly patches?: Readonly<Record<string, boolean>>;
 }

@@ -323,7 +323,7 @@ function launchChild(c: RunContext, key: string, node: NChild, inst: Instance): 
     if (v === null || typeof v !== 'object' || Array.isArray(v)) return failNow(`step ${key}: input must return an object, got ${JSON.stringify(v)}`);
     input = r.value as { readonly [k: string]: JsonValue };
   }
-  const child = childRunIdOf(c.runId, key, inst.attempt);
+  const child = childRunIdOf(c.runId, key, inst.attempt, c.engine ?? 2);
   return {
     ctx: { ...withInstance(c, key, { ...inst, child }), anyStarted: true },
     out: [{ type: 'child.started', data: { step: key, attempt: inst.attempt, child, workflow: node.workflow, input, parentClose: node.parentClose } }],

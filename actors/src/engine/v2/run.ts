@@ -86,20 +86,22 @@ function marksOf(replay: Replay): ReadonlySet<string> | undefined {
   return marks;
 }
 
-export function startV2(workflow: WorkflowDefinition, machine: AnyStateMachine, started: RunEventData<'run.started'>, runId?: string, replay?: Replay): Decision {
-  return underReplay(marksOf(replay), () => startV2Now(workflow, machine, started, runId));
+/** Starts a run decided by engine 2 or 3 (`engine`): the same machine, told on start which derives its runs' ids. */
+export function startV2(workflow: WorkflowDefinition, machine: AnyStateMachine, started: RunEventData<'run.started'>, engine: 2 | 3, runId?: string, replay?: Replay): Decision {
+  return underReplay(marksOf(replay), () => startV2Now(workflow, machine, started, engine, runId));
 }
 
-function startV2Now(workflow: WorkflowDefinition, machine: AnyStateMachine, started: RunEventData<'run.started'>, runId: string | undefined): Decision {
+function startV2Now(workflow: WorkflowDefinition, machine: AnyStateMachine, started: RunEventData<'run.started'>, engine: 2 | 3, runId: string | undefined): Decision {
   const [ready, initial] = initialTransition(machine, started.input);
   // A machine made by workflowMachine starts on START; one written without it starts at once.
-  const start = { type: START, ...(runId === undefined ? {} : { runId }) };
+  // Engine 2's START stays as it was (no engine), so its runs' contexts do too.
+  const start = { type: START, ...(runId === undefined ? {} : { runId }), ...(engine === 2 ? {} : { engine }) };
   const [snapshot, actions] = ready.can(start) ? transition(machine, ready, start) : [ready, initial];
   let decisions = toDecisions(workflow.id, actions);
   let snap = snapshot;
   const state: RunState = {
     workflow,
-    engine: 2,
+    engine,
     machine,
     snapshot,
     seq: 0,

@@ -27,7 +27,7 @@ export const EVENT_CAP = 'capstan.event-cap' as const;
  * state on every transition; kept trivial, that costs nothing, whatever the first step is.
  */
 export const START = 'capstan.start' as const;
-export type MachineEvent = InputEventBody | { readonly type: typeof EVENT_CAP } | { readonly type: typeof START; readonly runId?: string };
+export type MachineEvent = InputEventBody | { readonly type: typeof EVENT_CAP } | { readonly type: typeof START; readonly runId?: string; readonly engine?: number };
 
 /** A fan-out takes at most this many items. */
 export const MAX_ITEMS = 10_000;
@@ -162,7 +162,7 @@ const CONTINUED = '#capstan-continued';
 function continued(c: RunContext, input: { readonly [k: string]: JsonValue }, reason: 'workflow' | 'event-cap', why: string): Step | { error: ReturnType<typeof failure> } {
   if (c.runId === undefined) return { error: failure(ErrorCode.WorkflowFunctionFailed, "continue-as-new needs the run's id (start the run with one)", false) };
   const cancelled = cancelOpen(c, why);
-  const next = continuedRunIdOf(c.runId);
+  const next = continuedRunIdOf(c.runId, c.engine ?? 2);
   return { ctx: { ...cancelled.ctx, last: { continuedAs: next } }, out: [...cancelled.out, { type: 'run.continued', data: { next, input, reason } }] };
 }
 
@@ -558,9 +558,10 @@ export function workflowMachine(
         on: {
           [START]: {
             target: 'active',
-            // The run's id, for the ids of the runs it starts (children, its continuation).
+            // The run's id and engine, for the ids of the runs it starts (children, its continuation).
             actions: enqueueActions(({ context, event, enqueue }) => {
-              if (event.type === START && event.runId !== undefined) apply(enqueue, { ctx: { ...context, runId: event.runId }, out: [] });
+              if (event.type !== START || event.runId === undefined) return;
+              apply(enqueue, { ctx: { ...context, runId: event.runId, ...(event.engine === undefined ? {} : { engine: event.engine }) }, out: [] });
             }),
           },
         },

@@ -6,7 +6,7 @@
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { CommandMsg } from './types.js';
 import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
-import { childRunIdOf, continuedRunIdOf, type Registry } from '@capstan/actors';
+import { childRunIdOf, continuedRunIdOf, MARKED_IDS_SINCE_ENGINE, type Registry } from '@capstan/actors';
 import {
   CapstanError,
   decode,
@@ -15,8 +15,10 @@ import {
   ErrorCode,
   Headers,
   isCommandVerb,
+  isDerivedRunId,
   parseCommand,
   Role,
+  RunIdReservedError,
   Streams,
   Subjects,
   toErrorRecord,
@@ -120,13 +122,15 @@ export function createIntake(o: { js: JetStreamClient; jsm: JetStreamManager; te
   function checkDerived(cmd: Command): void {
     if (cmd.verb !== 'submit') return;
     const b = cmd.body;
-    if (b.parent && b.parent.child === undefined && b.runId !== childRunIdOf(b.parent.runId, b.parent.step, b.parent.attempt)) {
+    // Engine 3 derives into the reserved space, engine 2 did not: the id says which derived it.
+    const engine = b.runId !== undefined && isDerivedRunId(b.runId) ? MARKED_IDS_SINCE_ENGINE : 2;
+    if (b.parent && b.parent.child === undefined && b.runId !== childRunIdOf(b.parent.runId, b.parent.step, b.parent.attempt, engine)) {
       throw new CapstanError(
         ErrorCode.SchemaViolation,
         `a child run's id must be the one derived from its parent ${b.parent.runId}, step ${b.parent.step}, attempt ${b.parent.attempt}`,
       );
     }
-    if (b.continuedFrom && b.runId !== continuedRunIdOf(b.continuedFrom)) {
+    if (b.continuedFrom && b.runId !== continuedRunIdOf(b.continuedFrom, engine)) {
       throw new CapstanError(ErrorCode.SchemaViolation, `a continued run's id must be the one derived from ${b.continuedFrom}`);
     }
   }
@@ -142,12 +146,24 @@ export function createIntake(o: { js: JetStreamClient; jsm: JetStreamManager; te
     throw new UnprovenError(`a submit that starts a child or a continuation is the orchestrator's own; this one is ${who}`);
   }
 
+  /**
+   * Ids in the reserved space are the orchestrator's to submit under: a client that could take
+   * one would take, before its parent starts it, the id a parent derives for its child or its
+   * continuation, and fail the parent's step on every attempt (anyone can compute the ids).
+   */
+  function checkReserved(cmd: Command, author: Author | undefined): void {
+    if (cmd.verb !== 'submit' || cmd.body.runId === undefined || !isDerivedRunId(cmd.body.runId)) return;
+    if (author?.role === Role.Orchestrator) return;
+    throw new RunIdReservedError(cmd.body.runId);
+  }
+
   return {
     async parse(msg) {
       const cmd = parseMessage(msg);
       checkDerived(cmd);
       const author = authorOf(msg, cmd.verb);
       checkOwnSubmit(cmd, author);
+      checkReserved(cmd, author);
       let refused: ErrorRecord | undefined;
       if (cmd.verb === 'submit' && registry.has(cmd.body.workflow)) {
         // The workflow's input schema (Standard Schema) judges the input before any run exists.

@@ -219,7 +219,7 @@ export function RunView({ runId }: { runId: string }) {
         </div>
       </div>
 
-      {d.parent || d.continuedFrom || d.children.length > 0 ? <RelatedRuns d={d} base={base} /> : null}
+      {d.parent || d.continuedFrom || d.continuedAs || d.children.length > 0 ? <RelatedRuns d={d} base={base} /> : null}
 
       {d.policyDecisions.length > 0 || d.leases.length > 0 ? <PolicyCard decisions={d.policyDecisions} leases={d.leases} /> : null}
 
@@ -372,7 +372,7 @@ function Summary({ d }: { d: RunDetailResponse }) {
   );
 }
 
-/** The runs this one is linked to: the parent that started it, the run it continues, the children it started. */
+/** The runs this one is linked to: the parent that started it, the run it continues, the run that continues it, the children it started. */
 function RelatedRuns({ d, base }: { d: RunDetailResponse; base: string }) {
   const runLink = (runId: string, testid: string) => (
     <Link to={`${base}/runs/${encodeURIComponent(runId)}`} className="mono" data-testid={testid} data-run-id={runId}>
@@ -385,7 +385,7 @@ function RelatedRuns({ d, base }: { d: RunDetailResponse; base: string }) {
         <h2>Related runs</h2>
         <span className="hint">child workflows and continue-as-new, from what the runs recorded</span>
       </div>
-      {d.parent || d.continuedFrom ? (
+      {d.parent || d.continuedFrom || d.continuedAs ? (
         <div className="card-body">
           <dl className="summary">
             {d.parent ? (
@@ -402,6 +402,12 @@ function RelatedRuns({ d, base }: { d: RunDetailResponse; base: string }) {
               <div style={{ gridColumn: 'span 2' }}>
                 <dt>Continues</dt>
                 <dd>{runLink(d.continuedFrom, 'run-continued-from')}</dd>
+              </div>
+            ) : null}
+            {d.continuedAs ? (
+              <div style={{ gridColumn: 'span 2' }}>
+                <dt>Continued as</dt>
+                <dd>{runLink(d.continuedAs, 'run-continued-as')}</dd>
               </div>
             ) : null}
           </dl>

@@ -3,7 +3,7 @@
  * when it has one, JSON otherwise), start it, and follow it as it starts.
  */
 import { useEffect, useMemo, useState, type FormEvent } from 'react';
-import { apiPaths, roleAllows, type ActionResponse, type JsonValue, type WorkflowsResponse } from '../../../src/api-types.js';
+import { apiPaths, DERIVED_RUN_ID_MARK, roleAllows, type ActionResponse, type JsonValue, type WorkflowsResponse } from '../../../src/api-types.js';
 import { ApiError, describeError, get, post } from '../api.js';
 import { ErrorAlert, Loading, useApp } from '../components.js';
 import { useGet } from '../hooks.js';
@@ -14,7 +14,7 @@ type JsonObject = { [k: string]: JsonValue };
 
 const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
 
-/** A ULID made here, so a request sent twice (a retry, a double click) starts one run. */
+/** A ULID made here, so a request sent twice (a retry, a double click) starts one run; never in the reserved space. */
 function newRunId(): string {
   let t = Date.now();
   let time = '';
@@ -22,8 +22,11 @@ function newRunId(): string {
     time = CROCKFORD[t % 32] + time;
     t = Math.floor(t / 32);
   }
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  return time + Array.from(bytes, (b) => CROCKFORD[b % 32]).join('');
+  for (;;) {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    const rand = Array.from(bytes, (b) => CROCKFORD[b % 32]).join('');
+    if (!rand.startsWith(DERIVED_RUN_ID_MARK)) return time + rand;
+  }
 }
 
 export function StartRunView() {
