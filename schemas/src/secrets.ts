@@ -177,6 +177,17 @@ const leaseRequestSchema = obj('lease request', {
   keys: uniqueNames('lease keys'),
   /** Asked-for lifetime; the service caps it (`SECRETS_MAX_TTL_MS`). */
   ttlMs: optional(int({ min: 100, max: 24 * 3_600_000 })),
+  /**
+   * The datasync service's preview: the person's signed preview request as it arrived (its
+   * body and proof headers), which is what warrants the lease; a preview has no run.
+   */
+  preview: optional(
+    obj('preview warrant', {
+      request: bytes({ min: 1, max: 128 * 1024 }),
+      signer: str({ min: 1, max: 16_384 }),
+      signature: str({ min: 1, max: 256 }),
+    }),
+  ),
 });
 export type LeaseRequest = Infer<typeof leaseRequestSchema>;
 

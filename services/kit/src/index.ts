@@ -182,7 +182,7 @@ export { readSchedule, readScheduleState, listScheduleRecords, listSchedules, se
 export type { Stored, ScheduleView, WorkflowInfo } from './triggers-client.js';
 export { callService, refuseRequest, refusalProofSubject, answerRequest, wireError } from './rpc.js';
 export type { ServiceCall, RefusalOptions } from './rpc.js';
-export { putEntity, deleteEntity, getEntity, listEntities, previewQuery, runDatasyncStep } from './datasync-client.js';
+export { putEntity, deleteEntity, getEntity, listEntities, previewQuery, previewRunId, runDatasyncStep } from './datasync-client.js';
 export type { DatasyncCallOptions, PutEntityInput, DatasyncStepOptions, DatasyncStepOutcome } from './datasync-client.js';
 export { parseAllowList, parseDnsServers, refusalOf, ownAddresses, resolveChecked } from './addresses.js';
 export type { AllowEntry, AddressRules } from './addresses.js';
