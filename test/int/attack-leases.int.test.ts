@@ -49,6 +49,7 @@ import {
   AuthKind,
   CapstanError,
   CommandVerb,
+  Consumers,
   DeadLetterSource,
   decode,
   encode,
@@ -261,7 +262,8 @@ describe('forged mode-3b credential answers: none recorded, the run’s stream u
   async function held(workflow: string, step: string): Promise<RunId> {
     const runId = await h.client.submit(t, workflow, { input: {} });
     await eventually('the step scheduled', async () => ((await eventsOf(h, t, runId)).some((e) => e.type === 'step.scheduled' && e.data.step === step) ? true : undefined), 20_000);
-    await (await h.js(t)).publish(Subjects.command(t, CommandVerb.Started), encode({ runId, step, attempt: 1, worker: 'atk-worker' }));
+    const data = encode({ runId, step, attempt: 1, worker: 'atk-worker' });
+    await (await h.js(t)).publish(Subjects.command(t, CommandVerb.Started), data, { headers: proofHeaders(as.worker, Subjects.command(t, CommandVerb.Started), data) });
     await eventually('the holder recorded', async () => ((await eventsOf(h, t, runId)).some((e) => e.type === 'step.started') ? true : undefined), 20_000);
     return runId;
   }
@@ -314,6 +316,67 @@ describe('forged mode-3b credential answers: none recorded, the run’s stream u
     await js.publish(subject, data, { headers, msgID: 'holder-credential' });
     const decided = await eventually('the holder’s answer recorded', async () => (await eventsOf(h, t, runId)).find((e) => e.type === 'credential.decided'), 20_000);
     expect(decided.type === 'credential.decided' && decided.data).toMatchObject({ name: 'DEMO_API_KEY', decision: 'allow', reason: 'call the demo API' });
+  });
+});
+
+describe('forged step starts: none recorded, the run’s stream untouched', () => {
+  it('unsigned, signed by anyone but a worker of the step’s pool, naming another worker, altered, or for an attempt never scheduled: 0 recorded; a worker of the pool is recorded with its key', async () => {
+    const runId = await h.client.submit(t, 'test.canary', { input: {} });
+    await eventually(
+      'the step scheduled',
+      async () => ((await eventsOf(h, t, runId)).some((e) => e.type === 'step.scheduled' && e.data.step === 'first') ? true : undefined),
+      20_000,
+    );
+    const subject = Subjects.command(t, CommandVerb.Started);
+    const start = (over: Record<string, unknown> = {}) => encode({ runId, step: 'first', attempt: 1, worker: 'atk-worker', ...over });
+    const signed = (s: Signer, data: Uint8Array, subj = subject): [Uint8Array, MsgHdrs] => [data, proofHeaders(s, subj, data)];
+    const forgeries: [string, Uint8Array, MsgHdrs | undefined, string][] = [
+      ['unsigned', start(), undefined, ErrorCode.Unproven],
+      ['signed by a client', ...signed(as.client, start()), ErrorCode.Unproven],
+      ['signed by an operator', ...signed(as.operator, start()), ErrorCode.Unproven],
+      ['signed by the orchestrator', ...signed(as.orchestrator, start()), ErrorCode.Unproven],
+      ['signed by the sandbox service', ...signed(as.sandbox, start()), ErrorCode.Unproven],
+      ['signed by another tenant’s worker of the same name', ...signed(as.foreignWorker, start()), ErrorCode.Unproven],
+      ['a worker’s signature over another start', start(), signed(as.worker, start({ attempt: 2 }))[1], ErrorCode.Unproven],
+      ['a worker’s signature for another subject', start(), signed(as.worker, start(), Subjects.command(t, CommandVerb.Result))[1], ErrorCode.Unproven],
+      ['signed by a worker of another pool, naming itself', ...signed(as.otherPool, start({ worker: 'atk-other' })), ErrorCode.StepNotHeld],
+      ['signed by a worker of the pool, naming another worker', ...signed(as.peer, start()), ErrorCode.StepNotHeld],
+      ['a worker of the pool, for an attempt never scheduled', ...signed(as.worker, start({ attempt: 2 })), ErrorCode.StepNotHeld],
+      ['a worker of the pool, for a step never scheduled', ...signed(as.worker, start({ step: 'other' })), ErrorCode.StepNotHeld],
+    ];
+    const js = await h.js(t);
+    const seqs: [string, number, string][] = [];
+    for (const [name, data, headers, code] of forgeries) {
+      const ack = await js.publish(subject, data, { msgID: `forged-started:${name}`, ...(headers ? { headers } : {}) });
+      seqs.push([name, ack.seq, code]);
+    }
+    // Every forgery decided: the orchestrator's consumer has acknowledged past the last one.
+    const last = Math.max(...seqs.map(([, seq]) => seq));
+    const jsm = await h.jsm(t);
+    await eventually(
+      'every forged start decided',
+      async () => ((await jsm.consumers.info(Streams.commands(t), Consumers.orchestrator)).ack_floor.stream_seq >= last ? true : undefined),
+      30_000,
+    );
+    const codes = await commandDeadLetters();
+    const events = await eventsOf(h, t, runId);
+    const recorded = events.filter((e) => e.type === 'step.started').length;
+    process.stdout.write(`forged starts: ${forgeries.length} sent, step.started recorded ${recorded}\n`);
+    expect(Object.fromEntries(seqs.map(([name, seq]) => [name, codes.get(seq)]))).toEqual(Object.fromEntries(seqs.map(([name, , code]) => [name, code])));
+    expect(recorded).toBe(0);
+    const forged = new Set(seqs.map(([, seq]) => `cmd:${seq}`));
+    expect(events.filter((e) => forged.has(e.causationId))).toHaveLength(0);
+
+    // The control: a worker of the step's pool, naming itself, is recorded with its key.
+    const [data, headers] = signed(as.worker, start());
+    await js.publish(subject, data, { headers, msgID: 'worker-started' });
+    const started = await eventually('the worker’s start recorded', async () => (await eventsOf(h, t, runId)).find((e) => e.type === 'step.started'), 20_000);
+    expect(started.type === 'step.started' && started.data).toMatchObject({
+      step: 'first',
+      attempt: 1,
+      worker: 'atk-worker',
+      signer: { name: 'atk-worker', key: as.worker.publicKey, role: Role.Worker },
+    });
   });
 });
 

@@ -18,6 +18,9 @@
  *   the attempt: a worker credential whose pools include the step's, named by the attempt's
  *   `step.started` (the worker records it before it sends its first answer), for an attempt
  *   the run scheduled as a mode-3b step. Any other signer is refused with `step_not_held`.
+ * - a step's start (`cmd.started`) is taken only from a worker credential whose pools include
+ *   the step's, for an attempt the run scheduled, naming itself: the signer is recorded on
+ *   `step.started`, and that record is who holds the attempt for the checks above.
  * Pure: the run's events come in, an error or nothing goes out.
  */
 import type { Author } from '@capstan/kit';
@@ -112,4 +115,22 @@ export function checkCredentialHolder(cmd: Extract<Command, { verb: 'credential'
   if (!author.pools.includes(scheduled.data.pool)) throw new StepNotHeldError(`worker ${author.name} does not serve pool ${scheduled.data.pool} of ${what}`);
   if (!started) throw new StepNotHeldError(`no worker is recorded as running ${what}`);
   if (started.data.worker !== author.name) throw new StepNotHeldError(`${what} is run by worker ${started.data.worker}, not by ${author.name}`);
+  // Recorded from a signed start: the same key, not only the same name.
+  if (started.data.signer && started.data.signer.key !== author.publicKey) throw new StepNotHeldError(`${what} is run by another credential named ${author.name}`);
+}
+
+/**
+ * Checks that the worker `author` may record itself as running the attempt `cmd` names.
+ * @throws StepNotHeldError when the attempt was never scheduled, the signer is not a worker
+ *   of its pool, or the command names another worker than its signer
+ */
+export function checkStarter(cmd: Extract<Command, { verb: 'started' }>, author: Author, events: readonly RunEvent[]): SignerRecord {
+  const { step, attempt } = cmd.body;
+  const what = `step ${step} attempt ${attempt}`;
+  if (author.role !== Role.Worker) throw new StepNotHeldError(`${author.name} (role ${author.role ?? 'none'}) is not a worker: it runs no ${what}`);
+  if (cmd.body.worker !== author.name) throw new StepNotHeldError(`cmd.started names worker ${cmd.body.worker} but is signed by ${author.name}`);
+  const scheduled = events.find((e): e is Extract<RunEvent, { type: 'step.scheduled' }> => e.type === 'step.scheduled' && e.data.step === step && e.data.attempt === attempt);
+  if (!scheduled) throw new StepNotHeldError(`the run never scheduled ${what}`);
+  if (!author.pools.includes(scheduled.data.pool)) throw new StepNotHeldError(`worker ${author.name} does not serve pool ${scheduled.data.pool} of ${what}`);
+  return { name: author.name, key: author.publicKey, ...(author.role ? { role: author.role } : {}) };
 }

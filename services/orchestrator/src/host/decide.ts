@@ -20,7 +20,7 @@ import {
   type TenantId,
 } from '@capstan/schemas';
 import { readRun, type Logger } from '@capstan/kit';
-import { checkCredentialHolder, checkDecider, deciderOf, type ProvenActor } from './authority.js';
+import { checkCredentialHolder, checkDecider, checkStarter, deciderOf, type ProvenActor } from './authority.js';
 import { deadLetterWhenRejected, inputOf } from '../commands.js';
 import { startRecord } from '../observe.js';
 import type { RunCache } from '../run-cache.js';
@@ -133,7 +133,12 @@ export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; regi
             if (!p.author) throw new UnprovenError('cmd.credential carries no proven author');
             checkCredentialHolder(p.cmd, p.author, await historyNow());
           }
-          input = inputOf(p.cmd, decider);
+          // A start only from a worker of the step's pool, recorded with its signer.
+          if (p.cmd.verb === 'started') {
+            if (!p.author) throw new UnprovenError('cmd.started carries no proven author');
+            const signer = checkStarter(p.cmd, p.author, await historyNow());
+            input = { type: 'step.started', data: { step: p.cmd.body.step, attempt: p.cmd.body.attempt, worker: p.cmd.body.worker, signer } };
+          } else input = inputOf(p.cmd, decider);
           decision = decide(state, input as Parameters<typeof decide>[1]);
         }
       } catch (e) {
