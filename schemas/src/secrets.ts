@@ -97,7 +97,7 @@ export const REFRESHABLE_AUTH: ReadonlySet<AuthKind> = new Set([AuthKind.OAuth2A
 // Sealed boxes.
 
 /** Raw bytes (MessagePack `bin`) of a bounded length. */
-function bytes(opts: { min?: number; max: number }): Schema<Uint8Array> {
+export function bytes(opts: { min?: number; max: number }): Schema<Uint8Array> {
   const { min = 0, max } = opts;
   return {
     name: 'bytes',

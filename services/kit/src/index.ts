@@ -160,7 +160,19 @@ export {
 export type { SecretsCallOptions, LeaseScopeRef, PutSecretOptions } from './secrets-client.js';
 export { createAuditSink, unavailableAuditSink, appendAuditRow, AuditUnavailableError, AuditAppend, DATA_PLANE_STREAM_SEQ } from './audit-sink.js';
 export type { AuditSink, AuditIntent, DataPlaneAuditRow } from './audit-sink.js';
-export { answerProofSubject, askPolicy, decideAt, setPolicy, getPolicy, policyHistory, testPolicy } from './policy-client.js';
+export {
+  answerProofSubject,
+  askPolicy,
+  askPolicySigned,
+  checkSignedPolicyAnswer,
+  credentialAbout,
+  type SignedPolicyAnswer,
+  decideAt,
+  setPolicy,
+  getPolicy,
+  policyHistory,
+  testPolicy,
+} from './policy-client.js';
 export type { PolicyCallOptions, SetPolicyInput, TestPolicyInput } from './policy-client.js';
 export { tailStream } from './tail.js';
 export type { StreamTail, TailOptions } from './tail.js';
