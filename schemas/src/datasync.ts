@@ -205,7 +205,7 @@ const summarySchema = obj('summary', {
    * A connection's secret key names (names, never values): the most the secrets-lease service
    * leases to the datasync service for a step or a preview that uses this connection.
    */
-  keys: optional(arr(secretName, { max: 8 })),
+  keys: optional(arr(secretName, { max: 64 })),
 });
 export type EntitySummary = Infer<typeof summarySchema>;
 

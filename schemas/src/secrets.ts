@@ -278,7 +278,8 @@ const secretInfoSchema = obj('secret info', {
 });
 export type SecretInfo = Infer<typeof secretInfoSchema>;
 
-const secretInfoReplySchema = obj('secret reply', { secret: secretInfoSchema });
+/** `by`: who the service recorded as acting (the signer's name, or the user the console or admin acts for). */
+const secretInfoReplySchema = obj('secret reply', { secret: secretInfoSchema, by: optional(actorSchema) });
 const listReplySchema = obj('list reply', { secrets: arr(secretInfoSchema, { max: 100_000 }) });
 const keyReplySchema = obj('key reply', {
   /** base64 of the raw X25519 public key values for this tenant are sealed to. */
@@ -300,7 +301,7 @@ export const parseRotateRequest = (v: unknown): RotateRequest => rotateRequestSc
 export const parseDeleteRequest = (v: unknown): DeleteRequest => deleteRequestSchema.parse(v);
 export const parseListRequest = (v: unknown): ListRequest => listRequestSchema.parse(v);
 export const parseKeyRequest = (v: unknown): Record<string, never> => keyRequestSchema.parse(v) as Record<string, never>;
-export const parseSecretReply = (v: unknown): { secret: SecretInfo } => secretInfoReplySchema.parse(v);
+export const parseSecretReply = (v: unknown): { secret: SecretInfo; by?: string | undefined } => secretInfoReplySchema.parse(v);
 export const parseListReply = (v: unknown): { secrets: SecretInfo[] } => listReplySchema.parse(v);
 export const parseKeyReply = (v: unknown): KeyReply => keyReplySchema.parse(v);
 

@@ -5,7 +5,7 @@
  */
 export { startNatsServer, startNatsCluster, freePort, findNatsServer, NatsServerMissingError, MIN_NATS_SERVER, PROJECT_ROOT } from './nats-server.js';
 export type { NatsServer, NatsServerOptions, NatsCluster, NatsClusterOptions } from './nats-server.js';
-export { connectNats, readCredentials, parseCredentials, jwtSubject, jwtIssuer, jwtTagValues, tenantConnection, permissionError, permissionViolation } from './nats.js';
+export { connectNats, readCredentials, parseCredentials, jwtSubject, jwtName, jwtIssuer, jwtTagValues, tenantConnection, permissionError, permissionViolation } from './nats.js';
 export type { NatsConnection, NatsCredentials, CredentialsInfo, NatsTls, ConnectOptions, TenantConnection } from './nats.js';
 export { connectAsService, connectAsTenantUser, readTenantRecord, listRegisteredTenants } from './access.js';
 export type { TenantAccess, TenantFollower, AccessOptions } from './access.js';
@@ -157,7 +157,7 @@ export {
   listSecrets,
   verifyWebhook,
 } from './secrets-client.js';
-export type { SecretsCallOptions, LeaseScopeRef, PutSecretOptions } from './secrets-client.js';
+export type { SecretsCallOptions, LeaseScopeRef, PutSecretOptions, ChangedSecret } from './secrets-client.js';
 export { createAuditSink, unavailableAuditSink, appendAuditRow, AuditUnavailableError, AuditAppend, DATA_PLANE_STREAM_SEQ } from './audit-sink.js';
 export type { AuditSink, AuditIntent, DataPlaneAuditRow } from './audit-sink.js';
 export {

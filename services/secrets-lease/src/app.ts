@@ -337,7 +337,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
           ...(expiresAt ? { expiresAt } : {}),
         });
         log.info({ tenant: t, secret: req.name, version: meta.version, lifecycle: meta.lifecycle, by }, 'secret stored');
-        return { secret: secretInfo(meta) };
+        return { secret: secretInfo(meta), by };
       } finally {
         raw.fill(0);
       }
@@ -354,7 +354,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
           const meta = await store.rotate(t, req.name, raw, { by, ...(expiresAt ? { expiresAt } : {}) });
           if (!meta) throw new SecretsUnavailableError(`secret ${req.name} changed while it was rotated; try again`);
           log.info({ tenant: t, secret: req.name, version: meta.version, by }, 'secret rotated');
-          return { secret: secretInfo(meta) };
+          return { secret: secretInfo(meta), by };
         } finally {
           raw.fill(0);
         }
@@ -363,7 +363,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       if (!meta) throw new SecretNotFoundError(t, [req.name]);
       if (meta.lifecycle !== Lifecycle.Refreshable)
         throw new InvalidArgumentError(`secret ${req.name} is ${meta.lifecycle}: rotating it needs a new value (only a refreshable secret refreshes itself)`);
-      return { secret: secretInfo(await refresher.refreshNow(t, meta, by)) };
+      return { secret: secretInfo(await refresher.refreshNow(t, meta, by)), by };
     },
 
     async [SecretsVerb.Delete](t, body, msg) {
@@ -371,7 +371,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       const by = administrator(t, msg, req.by);
       const meta = await store.delete(t, req.name, by);
       log.info({ tenant: t, secret: req.name, version: meta.version, by }, 'secret deleted');
-      return { secret: secretInfo(meta) };
+      return { secret: secretInfo(meta), by };
     },
 
     async [SecretsVerb.Verify](t, body) {

@@ -172,10 +172,12 @@ export async function checkDatasyncWarrant(c: DatasyncWarrantContext, t: TenantI
   const started = events[0];
   if (started?.type !== 'run.started' || started.data.workflow !== PIPELINE_WORKFLOW) refuse(`run ${req.runId} is not a pipeline run`);
   if (events.some(isTerminalEvent)) refuse(`run ${req.runId} has ended`);
-  const scheduled = events.some(
-    (e) => e.type === 'step.scheduled' && e.data.step === req.step && e.data.attempt === req.attempt && e.data.handler === pipelineHandler(req.step as PipelineStep),
+  // Which connection the step opens follows from its recorded handler (in the built-in
+  // workflow each step's name is its handler's last part).
+  const scheduled = events.find(
+    (e): e is Extract<RunEvent, { type: 'step.scheduled' }> => e.type === 'step.scheduled' && e.data.step === req.step && e.data.attempt === req.attempt,
   );
-  if (!scheduled) refuse(`run ${req.runId} never scheduled pipeline step ${req.step} attempt ${req.attempt}`);
+  if (!scheduled) refuse(`run ${req.runId} never scheduled step ${req.step} attempt ${req.attempt}`);
   let input;
   try {
     input = parsePipelineInput(started.data.input);
@@ -183,8 +185,8 @@ export async function checkDatasyncWarrant(c: DatasyncWarrantContext, t: TenantI
     refuse(`run ${req.runId}'s input is not a pipeline's`);
   }
   let connection: string;
-  if (req.step === PipelineStep.Retrieve) connection = input.connection;
-  else if (req.step === PipelineStep.Load) {
+  if (scheduled.data.handler === pipelineHandler(PipelineStep.Retrieve)) connection = input.connection;
+  else if (scheduled.data.handler === pipelineHandler(PipelineStep.Load)) {
     let dest: CatalogRecord | undefined;
     try {
       const m = await c.jsm.direct.getMessage(Streams.catalog(t), { last_by_subj: Subjects.catalog(t, CatalogKind.Destination, input.destination) });
@@ -194,7 +196,7 @@ export async function checkDatasyncWarrant(c: DatasyncWarrantContext, t: TenantI
     }
     if (!dest || dest.status !== EntityStatus.Active || !dest.summary.connection) refuse(`destination ${input.destination} of run ${req.runId} is no Postgres connection`);
     connection = dest.summary.connection;
-  } else refuse(`pipeline step ${req.step} opens no connection`);
+  } else refuse(`step ${req.step} (${scheduled.data.handler}) opens no connection`);
   withinKeys(await connectionRecord(c.jsm, t, connection), req.keys);
   return { once: false };
 }
