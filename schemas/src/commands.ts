@@ -11,6 +11,7 @@ import { TOKEN_PATTERN } from './names.js';
 import type { Infer, Schema } from './validate.js';
 import { arr, int, json, jsonObject, literal, obj, optional, str } from './validate.js';
 import { actorSchema, credentialAsked, errorRecordSchema, policyAnswer, reasonSchema, timerKinds } from './events.js';
+import { bytes } from './secrets.js';
 
 const runId = str({ pattern: RUN_ID_PATTERN }) as unknown as Schema<RunId>;
 const stepName = str({ min: 1, max: 64, pattern: TOKEN_PATTERN });
@@ -61,7 +62,26 @@ const commandSchemas = {
   deny: obj('deny', { runId, step: stepName, by: optional(actorSchema), groups: optional(arr(token, { max: 32 })), reason: optional(reasonSchema) }),
   /** A person reopens a failed run from the step that failed. Signed, as approve. */
   retry: obj('retry', { runId, by: optional(actorSchema), reason: optional(reasonSchema) }),
-  credential: obj('credential', { runId, step: stepName, attempt, ...credentialAsked, ...policyAnswer }),
+  /**
+   * A mode-3b credential answer, signed by the worker holding the attempt. `answer` is the
+   * policy service's signed answer as the worker received it (the request, the reply and
+   * the reply's proof headers): the decision recorded is the policy's, never the worker's word.
+   */
+  credential: obj('credential', {
+    runId,
+    step: stepName,
+    attempt,
+    ...credentialAsked,
+    ...policyAnswer,
+    answer: optional(
+      obj('signed policy answer', {
+        request: bytes({ min: 1, max: 64 * 1024 }),
+        answer: bytes({ min: 1, max: 64 * 1024 }),
+        signer: str({ min: 1, max: 16_384 }),
+        signature: str({ min: 1, max: 256 }),
+      }),
+    ),
+  }),
   /** The policy's answer to a step's questions, as the orchestrator received it. */
   policy: obj('policy', { runId, step: stepName, attempt, ...policyAnswer }),
   /** The orchestrator's own: a child run ended; `runId` is its parent, which takes the outcome. */

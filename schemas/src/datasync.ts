@@ -201,6 +201,11 @@ const summarySchema = obj('summary', {
   associations: optional(int({ min: 0, max: 128 })),
   /** A destination's connection id (an identifier, like the entity's own). */
   connection: optional(entityId),
+  /**
+   * A connection's secret key names (names, never values): the most the secrets-lease service
+   * leases to the datasync service for a step or a preview that uses this connection.
+   */
+  keys: optional(arr(secretName, { max: 64 })),
 });
 export type EntitySummary = Infer<typeof summarySchema>;
 
@@ -361,6 +366,11 @@ const previewRequestSchema = obj('preview request', {
   sql: str({ min: 1, max: PREVIEW_LIMITS.sqlChars }),
   by: actorSchema,
   timeoutMs: optional(int({ min: 100, max: PREVIEW_LIMITS.maxTimeoutMs })),
+  /**
+   * When the asker signed the request (epoch ms). The signed request is what warrants the
+   * preview's lease, once and while fresh: a request without it leases nothing.
+   */
+  at: optional(int({ min: 0 })),
 });
 export type PreviewRequest = Infer<typeof previewRequestSchema>;
 export const parsePreviewRequest = (v: unknown): PreviewRequest => previewRequestSchema.parse(v);

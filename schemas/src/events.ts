@@ -144,7 +144,13 @@ const eventData = {
     submittedBy: optional(actorSchema),
     submitter: optional(signerSchema),
   }),
-  'step.started': obj('step.started', { step: stepName, attempt, worker: str({ min: 1, max: 128 }) }),
+  'step.started': obj('step.started', {
+    step: stepName,
+    attempt,
+    worker: str({ min: 1, max: 128 }),
+    /** The worker credential that signed `cmd.started` (absent on runs recorded before it was signed). */
+    signer: optional(signerSchema),
+  }),
   'step.completed': obj('step.completed', {
     step: stepName,
     attempt,

@@ -228,7 +228,8 @@ export function permissionsFor(role: Role, t: TenantId, inboxPrefix: string, sco
       };
     case Role.SecretsLease:
       return {
-        pub: [JsApi.info, ...readStream(Streams.runs(t)), ...useConsumer(Streams.runs(t), Consumers.secretsLease)],
+        // The catalog: a connection's key names warrant the datasync service's leases.
+        pub: [JsApi.info, ...readStream(Streams.runs(t)), ...readStream(Streams.catalog(t)), ...useConsumer(Streams.runs(t), Consumers.secretsLease)],
         sub: [inbox, Subjects.svcVerbs(t, 'secrets')],
         resp: ONE_REPLY,
       };

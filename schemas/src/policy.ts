@@ -194,7 +194,15 @@ const queryObjects = {
 
 const requestSchemas = {
   /** Decide with the version in force, or with `version` (a past one, for replay). */
-  decide: obj('policy decide request', { queries: queryObjects, version: optional(int({ min: 0 })) }),
+  decide: obj('policy decide request', {
+    queries: queryObjects,
+    version: optional(int({ min: 0 })),
+    /**
+     * What the question is about (a run's attempt and credential: `<run>/<step>/<attempt>/<name>`),
+     * not used to decide: the signed answer covers the request, so it answers this and nothing else.
+     */
+    about: optional(str({ min: 1, max: 256 })),
+  }),
   set: obj('policy set request', { text: str({ min: 1, max: MAX_POLICY_TEXT_BYTES }), by: actorSchema, reason: optional(reasonSchema) }),
   get: obj('policy get request', { version: optional(int({ min: 0 })) }),
   history: obj('policy history request', { limit: optional(int({ min: 1, max: 1000 })) }),

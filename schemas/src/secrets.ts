@@ -97,7 +97,7 @@ export const REFRESHABLE_AUTH: ReadonlySet<AuthKind> = new Set([AuthKind.OAuth2A
 // Sealed boxes.
 
 /** Raw bytes (MessagePack `bin`) of a bounded length. */
-function bytes(opts: { min?: number; max: number }): Schema<Uint8Array> {
+export function bytes(opts: { min?: number; max: number }): Schema<Uint8Array> {
   const { min = 0, max } = opts;
   return {
     name: 'bytes',
@@ -177,6 +177,17 @@ const leaseRequestSchema = obj('lease request', {
   keys: uniqueNames('lease keys'),
   /** Asked-for lifetime; the service caps it (`SECRETS_MAX_TTL_MS`). */
   ttlMs: optional(int({ min: 100, max: 24 * 3_600_000 })),
+  /**
+   * The datasync service's preview: the person's signed preview request as it arrived (its
+   * body and proof headers), which is what warrants the lease; a preview has no run.
+   */
+  preview: optional(
+    obj('preview warrant', {
+      request: bytes({ min: 1, max: 128 * 1024 }),
+      signer: str({ min: 1, max: 16_384 }),
+      signature: str({ min: 1, max: 256 }),
+    }),
+  ),
 });
 export type LeaseRequest = Infer<typeof leaseRequestSchema>;
 
@@ -267,7 +278,8 @@ const secretInfoSchema = obj('secret info', {
 });
 export type SecretInfo = Infer<typeof secretInfoSchema>;
 
-const secretInfoReplySchema = obj('secret reply', { secret: secretInfoSchema });
+/** `by`: who the service recorded as acting (the signer's name, or the user the console or admin acts for). */
+const secretInfoReplySchema = obj('secret reply', { secret: secretInfoSchema, by: optional(actorSchema) });
 const listReplySchema = obj('list reply', { secrets: arr(secretInfoSchema, { max: 100_000 }) });
 const keyReplySchema = obj('key reply', {
   /** base64 of the raw X25519 public key values for this tenant are sealed to. */
@@ -289,7 +301,7 @@ export const parseRotateRequest = (v: unknown): RotateRequest => rotateRequestSc
 export const parseDeleteRequest = (v: unknown): DeleteRequest => deleteRequestSchema.parse(v);
 export const parseListRequest = (v: unknown): ListRequest => listRequestSchema.parse(v);
 export const parseKeyRequest = (v: unknown): Record<string, never> => keyRequestSchema.parse(v) as Record<string, never>;
-export const parseSecretReply = (v: unknown): { secret: SecretInfo } => secretInfoReplySchema.parse(v);
+export const parseSecretReply = (v: unknown): { secret: SecretInfo; by?: string | undefined } => secretInfoReplySchema.parse(v);
 export const parseListReply = (v: unknown): { secrets: SecretInfo[] } => listReplySchema.parse(v);
 export const parseKeyReply = (v: unknown): KeyReply => keyReplySchema.parse(v);
 

@@ -18,6 +18,7 @@ import { createSecretsLease, loadConfig } from '@capstan/secrets-lease';
 import { parseTenantId, Role } from '@capstan/schemas';
 import { startBenchNats } from './stack.js';
 import { scratchDatabase } from '../harness/postgres.js';
+import { pipelineWarrants } from '../harness/lease-warrant.js';
 import { percentile, writeSection } from './report.js';
 
 const env = process.env;
@@ -38,9 +39,11 @@ const service = await createSecretsLease(
 );
 await service.start();
 // Issuing and redeeming from one admin connection, signed as a service that leases for its
-// own use (datasync): no run record is looked up, the lease is bound to the signer. (A
-// worker's lease also reads the run's stream for its warrant: see the governed benchmark.)
-const { nc, signer: adminSigner } = await nats.connect(t, Role.Admin);
+// own use (datasync): the lease is bound to the signer, and warranted by a pipeline run's
+// record (its stream and its connection's catalog record are read), which is written for
+// each pair before the clock starts (harness/lease-warrant.ts).
+const { nc, js, signer: adminSigner } = await nats.connect(t, Role.Admin);
+const warrants = pipelineWarrants(js, t, 'bench');
 const access = await connectAsService(Role.Datasync, nats.store.serviceCredsPath(Role.Datasync), { servers: nats.url, name: 'bench-datasync', log: silent });
 const signer = (await access.tenant(t)).signer as Signer;
 const natsVersion = nc.info?.version ?? '?';
@@ -48,6 +51,7 @@ await putSecret(nc, t, 'BENCH_TOKEN', randomBytes(24).toString('base64url'), { b
 
 async function pair(issue: number[], redeem: number[], both: number[]): Promise<void> {
   const runId = newRunId();
+  await warrants.warrant({ runId, step: 'step', attempt: 1, keys: ['BENCH_TOKEN'] });
   const t0 = performance.now();
   const lease = await issueLease(nc, t, { runId, step: 'step', attempt: 1, keys: ['BENCH_TOKEN'] }, { signer });
   const t1 = performance.now();

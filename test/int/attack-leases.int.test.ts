@@ -16,7 +16,10 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { headers as natsHeaders, type MsgHdrs } from '@nats-io/transport-node';
 import {
+  answerProofSubject,
+  askPolicySigned,
   checkExecRequest,
+  credentialAbout,
   claimLease,
   deleteSecret,
   generateRecipient,
@@ -34,6 +37,7 @@ import {
   redeemLease,
   revokeRun,
   rotateSecret,
+  setPolicy,
   signerOf,
   signWork,
   signedWork,
@@ -43,18 +47,22 @@ import {
 } from '@capstan/kit';
 import { createOrchestrator, loadConfig as orchestratorConfig, type OrchestratorApp } from '@capstan/orchestrator';
 import { createSecretsLease, loadConfig as secretsConfig, type SecretsLeaseService } from '@capstan/secrets-lease';
+import { createPolicyService, loadConfig as policyConfig } from '@capstan/policy';
 import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capstan/worker';
 import { createRegistry } from '@capstan/actors';
 import {
   AuthKind,
   CapstanError,
   CommandVerb,
+  Consumers,
   DeadLetterSource,
   decode,
   encode,
   ErrorCode,
   Headers,
   Lifecycle,
+  PolicyAction,
+  PolicyVerb,
   Role,
   Streams,
   Subjects,
@@ -79,6 +87,9 @@ let d: Database;
 let secrets: SecretsLeaseService;
 let orchestrator: OrchestratorApp;
 let worker: WorkerApp;
+let policy: { stop(): Promise<void> } | undefined;
+/** The tenant's account key: whose signatures are believed. */
+let account: string;
 /**
  * Signers: the tenant's orchestrator, sandbox and datasync services, a worker of pool
  * `default` and another of the same pool, a worker of another pool, a client, an operator,
@@ -137,6 +148,15 @@ beforeAll(async () => {
     silent,
   );
   await secrets.start();
+  // The policy service, for the mode-3b answers: it allows demo.jit's DEMO_API_KEY, nothing else.
+  const policyService = await createPolicyService(policyConfig({ ...(await serviceEnv(url, Role.Policy)), CAPSTAN_TENANTS: t }), silent);
+  await policyService.start();
+  policy = policyService;
+  await setPolicy(nc, t, {
+    text: `permit(principal in Workflow::"${t}/demo.jit", action == Action::"request-credential", resource == Credential::"${t}/DEMO_API_KEY");`,
+    by,
+  });
+  account = (await h.tenant(t)).account as string;
   d = await openDatabase({ url: scratch.url });
   await eventually('the secrets-lease service serving the tenant', () => Promise.resolve(secrets.watched().includes(t) ? true : undefined), 10_000);
   // Only the orchestrator: runs are scheduled and recorded, and no worker of pool `default`
@@ -151,6 +171,7 @@ afterAll(async () => {
   await worker?.stop();
   await orchestrator?.stop();
   await secrets?.stop();
+  await policy?.stop();
   await d?.close();
   await h?.close();
   await scratch?.drop();
@@ -261,7 +282,8 @@ describe('forged mode-3b credential answers: none recorded, the run’s stream u
   async function held(workflow: string, step: string): Promise<RunId> {
     const runId = await h.client.submit(t, workflow, { input: {} });
     await eventually('the step scheduled', async () => ((await eventsOf(h, t, runId)).some((e) => e.type === 'step.scheduled' && e.data.step === step) ? true : undefined), 20_000);
-    await (await h.js(t)).publish(Subjects.command(t, CommandVerb.Started), encode({ runId, step, attempt: 1, worker: 'atk-worker' }));
+    const data = encode({ runId, step, attempt: 1, worker: 'atk-worker' });
+    await (await h.js(t)).publish(Subjects.command(t, CommandVerb.Started), data, { headers: proofHeaders(as.worker, Subjects.command(t, CommandVerb.Started), data) });
     await eventually('the holder recorded', async () => ((await eventsOf(h, t, runId)).some((e) => e.type === 'step.started') ? true : undefined), 20_000);
     return runId;
   }
@@ -309,11 +331,137 @@ describe('forged mode-3b credential answers: none recorded, the run’s stream u
     const forged = new Set(seqs.map(([, seq]) => `cmd:${seq}`));
     expect(events.filter((e) => forged.has(e.causationId))).toHaveLength(0);
 
-    // The control: the holder's own signed answer is recorded.
-    const [data, headers] = signed(as.worker, answer({ reason: 'call the demo API' }));
+    // The holder's allows the policy never gave: DEMO_OTHER_KEY is denied (no policy permits it).
+    const ask = (name: string, about = credentialAbout(runId, 'call-api', 1, name), worker = 'atk-worker') =>
+      askPolicySigned(nc, t, [{ action: PolicyAction.RequestCredential, workflow: 'demo.jit', step: 'call-api', secret: name, worker }], {
+        trust: { accounts: [account] },
+        about,
+      });
+    const denied = await ask('DEMO_OTHER_KEY');
+    expect(denied.decision.decision).toBe('deny');
+    const allowed = await ask('DEMO_API_KEY');
+    expect(allowed.decision.decision).toBe('allow');
+    const other = (over: Record<string, unknown>) => answer({ name: 'DEMO_OTHER_KEY', ...over });
+    const fromPolicy = (a: { decision: { version: number; policies: readonly string[] } }) => ({ version: a.decision.version, policies: [...a.decision.policies] });
+    // A policy answer the worker signed itself, in the policy service's shape.
+    const selfMade = (() => {
+      const request = encode({
+        queries: [{ action: PolicyAction.RequestCredential, workflow: 'demo.jit', step: 'call-api', secret: 'DEMO_OTHER_KEY', worker: 'atk-worker' }],
+        about: credentialAbout(runId, 'call-api', 1, 'DEMO_OTHER_KEY'),
+      });
+      const reply = encode({ decision: 'allow', version: allowed.decision.version, policies: ['forged'] });
+      const h2 = proofHeaders(as.worker, answerProofSubject(Subjects.policy(t, PolicyVerb.Decide), request), reply);
+      return { request, answer: reply, signer: h2.get(Headers.Signer), signature: h2.get(Headers.Signature) };
+    })();
+    const anotherAttempt = await ask('DEMO_OTHER_KEY', credentialAbout(runId, 'call-api', 2, 'DEMO_OTHER_KEY'));
+    const anotherWorker = await ask('DEMO_OTHER_KEY', undefined, 'atk-peer');
+    const unallowed: [string, Uint8Array][] = [
+      ['the holder’s allow with no policy answer', other({})],
+      ['the holder’s allow with the policy’s deny', other({ ...fromPolicy(denied), answer: denied.signed })],
+      ['the holder’s allow with another key’s allow', other({ ...fromPolicy(allowed), answer: allowed.signed })],
+      ['the holder’s allow with an answer it signed itself', other({ version: allowed.decision.version, policies: ['forged'], answer: selfMade })],
+      [
+        'the holder’s allow with the deny’s body and the allow’s signature',
+        other({ ...fromPolicy(allowed), answer: { ...denied.signed, signer: allowed.signed.signer, signature: allowed.signed.signature } }),
+      ],
+      ['an answer to another attempt’s question', other({ ...fromPolicy(anotherAttempt), decision: anotherAttempt.decision.decision, answer: anotherAttempt.signed })],
+      ['an answer to another worker’s question', other({ ...fromPolicy(anotherWorker), decision: anotherWorker.decision.decision, answer: anotherWorker.signed })],
+    ];
+    const seqs2: [string, number][] = [];
+    for (const [name, data] of unallowed) {
+      const [d2, h2] = signed(as.worker, data);
+      seqs2.push([name, (await js.publish(subject, d2, { headers: h2, msgID: `unallowed-credential:${name}` })).seq]);
+    }
+    // Every one decided: the orchestrator's consumer has acknowledged past the last.
+    const last2 = Math.max(...seqs2.map(([, seq]) => seq));
+    const jsm2 = await h.jsm(t);
+    await eventually(
+      'every unallowed answer decided',
+      async () => ((await jsm2.consumers.info(Streams.commands(t), Consumers.orchestrator)).ack_floor.stream_seq >= last2 ? true : undefined),
+      30_000,
+    );
+    const codes2 = await commandDeadLetters();
+    const afterForged = await eventsOf(h, t, runId);
+    const allowedRecorded = afterForged.filter((e) => e.type === 'credential.decided' && e.data.decision === 'allow').length;
+    // Nothing leased for the key the policy never allowed, to the holder that claimed it was.
+    const leased = (await codeOf(issueLease(nc, t, { runId, step: 'call-api', attempt: 1, keys: ['DEMO_OTHER_KEY'] }, { signer: as.worker }))) === 'ok' ? 1 : 0;
+    process.stdout.write(`unallowed 3b answers: ${unallowed.length} sent by the holder, recorded as allowed ${allowedRecorded}, leases issued ${leased}\n`);
+    expect(Object.fromEntries(seqs2.map(([name, seq]) => [name, codes2.get(seq)]))).toEqual(Object.fromEntries(seqs2.map(([name]) => [name, ErrorCode.Unproven])));
+    expect(allowedRecorded).toBe(0);
+    expect(leased).toBe(0);
+
+    // The controls: the holder forwards the policy's allow, and the policy's deny, as they are.
+    const [data, headers] = signed(as.worker, answer({ reason: 'call the demo API', ...fromPolicy(allowed), answer: allowed.signed }));
     await js.publish(subject, data, { headers, msgID: 'holder-credential' });
     const decided = await eventually('the holder’s answer recorded', async () => (await eventsOf(h, t, runId)).find((e) => e.type === 'credential.decided'), 20_000);
     expect(decided.type === 'credential.decided' && decided.data).toMatchObject({ name: 'DEMO_API_KEY', decision: 'allow', reason: 'call the demo API' });
+    const [data2, headers2] = signed(as.worker, other({ decision: 'deny', reason: 'try the other key', ...fromPolicy(denied), answer: denied.signed }));
+    await js.publish(subject, data2, { headers: headers2, msgID: 'holder-credential-deny' });
+    const deniedRecorded = await eventually('the policy’s deny recorded', async () =>
+      (await eventsOf(h, t, runId)).find((e) => e.type === 'credential.decided' && e.data.name === 'DEMO_OTHER_KEY'),
+    );
+    expect(deniedRecorded.type === 'credential.decided' && deniedRecorded.data.decision).toBe('deny');
+  });
+});
+
+describe('forged step starts: none recorded, the run’s stream untouched', () => {
+  it('unsigned, signed by anyone but a worker of the step’s pool, naming another worker, altered, or for an attempt never scheduled: 0 recorded; a worker of the pool is recorded with its key', async () => {
+    const runId = await h.client.submit(t, 'test.canary', { input: {} });
+    await eventually(
+      'the step scheduled',
+      async () => ((await eventsOf(h, t, runId)).some((e) => e.type === 'step.scheduled' && e.data.step === 'first') ? true : undefined),
+      20_000,
+    );
+    const subject = Subjects.command(t, CommandVerb.Started);
+    const start = (over: Record<string, unknown> = {}) => encode({ runId, step: 'first', attempt: 1, worker: 'atk-worker', ...over });
+    const signed = (s: Signer, data: Uint8Array, subj = subject): [Uint8Array, MsgHdrs] => [data, proofHeaders(s, subj, data)];
+    const forgeries: [string, Uint8Array, MsgHdrs | undefined, string][] = [
+      ['unsigned', start(), undefined, ErrorCode.Unproven],
+      ['signed by a client', ...signed(as.client, start()), ErrorCode.Unproven],
+      ['signed by an operator', ...signed(as.operator, start()), ErrorCode.Unproven],
+      ['signed by the orchestrator', ...signed(as.orchestrator, start()), ErrorCode.Unproven],
+      ['signed by the sandbox service', ...signed(as.sandbox, start()), ErrorCode.Unproven],
+      ['signed by another tenant’s worker of the same name', ...signed(as.foreignWorker, start()), ErrorCode.Unproven],
+      ['a worker’s signature over another start', start(), signed(as.worker, start({ attempt: 2 }))[1], ErrorCode.Unproven],
+      ['a worker’s signature for another subject', start(), signed(as.worker, start(), Subjects.command(t, CommandVerb.Result))[1], ErrorCode.Unproven],
+      ['signed by a worker of another pool, naming itself', ...signed(as.otherPool, start({ worker: 'atk-other' })), ErrorCode.StepNotHeld],
+      ['signed by a worker of the pool, naming another worker', ...signed(as.peer, start()), ErrorCode.StepNotHeld],
+      ['a worker of the pool, for an attempt never scheduled', ...signed(as.worker, start({ attempt: 2 })), ErrorCode.StepNotHeld],
+      ['a worker of the pool, for a step never scheduled', ...signed(as.worker, start({ step: 'other' })), ErrorCode.StepNotHeld],
+    ];
+    const js = await h.js(t);
+    const seqs: [string, number, string][] = [];
+    for (const [name, data, headers, code] of forgeries) {
+      const ack = await js.publish(subject, data, { msgID: `forged-started:${name}`, ...(headers ? { headers } : {}) });
+      seqs.push([name, ack.seq, code]);
+    }
+    // Every forgery decided: the orchestrator's consumer has acknowledged past the last one.
+    const last = Math.max(...seqs.map(([, seq]) => seq));
+    const jsm = await h.jsm(t);
+    await eventually(
+      'every forged start decided',
+      async () => ((await jsm.consumers.info(Streams.commands(t), Consumers.orchestrator)).ack_floor.stream_seq >= last ? true : undefined),
+      30_000,
+    );
+    const codes = await commandDeadLetters();
+    const events = await eventsOf(h, t, runId);
+    const recorded = events.filter((e) => e.type === 'step.started').length;
+    process.stdout.write(`forged starts: ${forgeries.length} sent, step.started recorded ${recorded}\n`);
+    expect(Object.fromEntries(seqs.map(([name, seq]) => [name, codes.get(seq)]))).toEqual(Object.fromEntries(seqs.map(([name, , code]) => [name, code])));
+    expect(recorded).toBe(0);
+    const forged = new Set(seqs.map(([, seq]) => `cmd:${seq}`));
+    expect(events.filter((e) => forged.has(e.causationId))).toHaveLength(0);
+
+    // The control: a worker of the step's pool, naming itself, is recorded with its key.
+    const [data, headers] = signed(as.worker, start());
+    await js.publish(subject, data, { headers, msgID: 'worker-started' });
+    const started = await eventually('the worker’s start recorded', async () => (await eventsOf(h, t, runId)).find((e) => e.type === 'step.started'), 20_000);
+    expect(started.type === 'step.started' && started.data).toMatchObject({
+      step: 'first',
+      attempt: 1,
+      worker: 'atk-worker',
+      signer: { name: 'atk-worker', key: as.worker.publicKey, role: Role.Worker },
+    });
   });
 });
 

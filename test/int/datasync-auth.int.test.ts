@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import pg from 'pg';
 import { asyncBufferFromFile, parquetReadObjects } from 'hyparquet';
-import { previewQuery, putEntity, putSecret, rotateSecret } from '@capstan/kit';
+import { previewQuery, putEntity, putSecret, rotateSecret, type Signer } from '@capstan/kit';
 import { CapstanError, CatalogKind, ErrorCode, PIPELINE_WORKFLOW, type TenantId } from '@capstan/schemas';
 import { connect, provision, type Harness } from '../harness/fixtures.js';
 import { scratchDatabase, startPostgres, type PrivatePostgres } from '../harness/postgres.js';
@@ -113,7 +113,12 @@ describe('data-sync connectors: passwords, client certificates, TLS', () => {
   }, 60_000);
 
   const whoami = async (connection: string) =>
-    previewQuery(await h.nc(t), t, { connection, sql: 'select current_user, ssl from pg_stat_ssl where pid = pg_backend_pid()', by: 'test' });
+    previewQuery(
+      await h.nc(t),
+      t,
+      { connection, sql: 'select current_user, ssl from pg_stat_ssl where pid = pg_backend_pid()', by: 'test' },
+      { signer: (await h.tenant(t)).signer as Signer },
+    );
   async function refusal(connection: string): Promise<{ code: string; message: string }> {
     try {
       await whoami(connection);

@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { sql } from 'drizzle-orm';
-import { previewQuery, queryRows } from '@capstan/kit';
+import { previewQuery, queryRows, type Signer } from '@capstan/kit';
 import { CapstanError, ErrorCode, PREVIEW_LIMITS, type TenantId } from '@capstan/schemas';
 import { runCli, type Harness } from '../harness/fixtures.js';
 import { datasyncFixture, defineCatalog, type DatasyncFixture, type Source, type Stack } from '../harness/datasync.js';
@@ -37,7 +37,8 @@ describe('the bounded preview', () => {
     await f?.close();
   }, 60_000);
 
-  const preview = async (q: string, timeoutMs?: number) => previewQuery(await h.nc(t), t, { connection: 'shop', sql: q, by: 'alice', ...(timeoutMs ? { timeoutMs } : {}) });
+  const preview = async (q: string, timeoutMs?: number) =>
+    previewQuery(await h.nc(t), t, { connection: 'shop', sql: q, by: 'alice', ...(timeoutMs ? { timeoutMs } : {}) }, { signer: (await h.tenant(t)).signer as Signer });
   async function codeOf(q: string, timeoutMs?: number): Promise<string> {
     try {
       await preview(q, timeoutMs);

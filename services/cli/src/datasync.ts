@@ -177,8 +177,9 @@ async function previewCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<numbe
   if ((inline === undefined) === (file === undefined)) throw new InvalidArgumentError('give the query one way: --sql <query> or --sql-file <f>');
   const query = inline ?? readFileSync(file as string, 'utf8');
   const timeoutMs = values['timeout-ms'] === undefined ? undefined : intFlag('timeout-ms', values['timeout-ms'], 5000, 100);
-  return withTenant(values, t, Role.Operator, async ({ nc }) => {
-    const r = await previewQuery(nc, t, { connection, sql: query, by, ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
+  return withTenant(values, t, Role.Operator, async ({ nc, signer }) => {
+    // Signed: the request is what warrants the lease of the connection's credentials.
+    const r = await previewQuery(nc, t, { connection, sql: query, by, ...(timeoutMs !== undefined ? { timeoutMs } : {}) }, signer ? { signer } : {});
     print(values['json'] === true, r, () =>
       [
         table(

@@ -8,7 +8,7 @@
  * `list` shows names, versions, lifecycles and dates.
  */
 import { readFileSync } from 'node:fs';
-import { deleteSecret, listSecrets, putSecret, rotateSecret } from '@capstan/kit';
+import { deleteSecret, jwtName, listSecrets, putSecret, rotateSecret, type ChangedSecret, type Signer } from '@capstan/kit';
 import {
   connectorSchema,
   InvalidArgumentError,
@@ -126,6 +126,14 @@ function describeSecret(s: SecretInfo): string {
   return parts.join(', ');
 }
 
+/**
+ * Who the service recorded as making the change: its reply says (the credential's name, or
+ * for the console or admin the user it names); from a service that does not, the signer's name.
+ */
+function recordedAs(s: ChangedSecret, signer: Signer | undefined): string {
+  return s.by ?? (signer ? jwtName(signer.jwt) : 'an unsigned request');
+}
+
 async function putCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   const { values, args } = parse(argv, { ...common, ...valueFlags, lifecycle: { type: 'string' }, connector: { type: 'string' }, 'refresh-window': { type: 'string' } }, ['name']);
   const t: TenantId = tenantFlag(values);
@@ -149,7 +157,7 @@ async function putCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
       ...(windowS !== undefined ? { refreshWindowMs: windowS * 1000 } : {}),
       ...(expiresAt ? { expiresAt } : {}),
     });
-    print(values['json'] === true, s, () => `${green('stored')} ${describeSecret(s)} in ${t} as ${by}`);
+    print(values['json'] === true, s, () => `${green('stored')} ${describeSecret(s)} in ${t} as ${recordedAs(s, signer)}`);
     return 0;
   });
 }
@@ -169,7 +177,7 @@ async function rotateCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number
     throw new InvalidArgumentError('no value: give it with --value-file <f>, --from-env <VAR>, or on stdin (or --refresh for a refreshable secret)');
   return withTenant(values, t, Role.Operator, async ({ nc, account, signer }) => {
     const s = await rotateSecret(nc, t, name, value, { by, timeoutMs, ...(signer ? { signer } : {}), ...(account ? { account } : {}), ...(expiresAt ? { expiresAt } : {}) });
-    print(values['json'] === true, s, () => `${green(refresh ? 'refreshed' : 'rotated')} ${describeSecret(s)} in ${t} as ${by}`);
+    print(values['json'] === true, s, () => `${green(refresh ? 'refreshed' : 'rotated')} ${describeSecret(s)} in ${t} as ${recordedAs(s, signer)}`);
     return 0;
   });
 }
@@ -181,7 +189,7 @@ async function deleteCmd(argv: string[], env: NodeJS.ProcessEnv): Promise<number
   const by = actorFlag(values, env);
   return withTenant(values, t, Role.Operator, async ({ nc, signer }) => {
     const s = await deleteSecret(nc, t, name, { by, ...(signer ? { signer } : {}) });
-    print(values['json'] === true, s, () => `${red('deleted')} ${s.name} v${s.version} in ${t} as ${by}: its value is erased`);
+    print(values['json'] === true, s, () => `${red('deleted')} ${s.name} v${s.version} in ${t} as ${recordedAs(s, signer)}: its value is erased`);
     return 0;
   });
 }

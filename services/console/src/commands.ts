@@ -95,6 +95,10 @@ export async function createCommands(access: Pick<TenantAccess, 'tenant'>): Prom
     putEntity: async (t, kind, id, name, spec, a) =>
       putEntity((await access.tenant(parseTenantId(t))).nc, parseTenantId(t), { kind, id, spec, by: a.by, ...(name !== undefined ? { name } : {}) }),
     deleteEntity: async (t, kind, id, a) => deleteEntity((await access.tenant(parseTenantId(t))).nc, parseTenantId(t), kind, id, a.by),
-    preview: async (t, req, a) => previewQuery((await access.tenant(parseTenantId(t))).nc, parseTenantId(t), { ...req, by: a.by }),
+    // Signed as the console: the request is what warrants the lease of the connection's credentials.
+    preview: async (t, req, a) => {
+      const tc = await access.tenant(parseTenantId(t));
+      return previewQuery(tc.nc, parseTenantId(t), { ...req, by: a.by }, tc.signer ? { signer: tc.signer } : {});
+    },
   };
 }

@@ -27,6 +27,7 @@ import {
   decode,
   encode,
   ErrorCode,
+  Headers,
   InvalidArgumentError,
   makeRunId,
   parseDatasyncCancelRequest,
@@ -57,6 +58,7 @@ import {
   type TenantFollower,
   dbErrorMessage,
   migrate,
+  previewRunId,
   refuseRequest,
   type Database,
   type Logger,
@@ -130,7 +132,7 @@ export function createDatasync(config: Config, log: Logger): Promise<DatasyncSer
     };
   }
 
-  const handlers: Record<Exclude<DatasyncVerb, 'step' | 'cancel'>, (t: TenantId, body: unknown) => Promise<object>> = {
+  const handlers: Record<Exclude<DatasyncVerb, 'step' | 'cancel'>, (t: TenantId, body: unknown, msg: Msg) => Promise<object>> = {
     async [DatasyncVerb.Put](t, body) {
       const req = parseDatasyncPutRequest(body);
       const record = await (catalog as Catalog).put(t, req);
@@ -151,12 +153,18 @@ export function createDatasync(config: Config, log: Logger): Promise<DatasyncSer
       const req = parseDatasyncListRequest(body);
       return { records: await (catalog as Catalog).list(t, { ...(req.kind ? { kind: req.kind } : {}), ...(req.includeDeleted ? { includeDeleted: true } : {}) }) };
     },
-    async [DatasyncVerb.Preview](t, body) {
+    async [DatasyncVerb.Preview](t, body, msg) {
       const req = parsePreviewRequest(body);
       let fingerprint = '';
       let outcome: { rows?: number; truncated?: boolean; code?: string } = {};
-      // A preview is leased and audited under its own id, as a run of one step would be.
-      const previewId = makeRunId(Date.now(), randomBytes(10));
+      // The asker's signed request goes with the lease request: it is the lease's warrant
+      // (checked by the lease service, not here: this service's word is not what counts).
+      const signer = msg.headers?.get(Headers.Signer) ?? '';
+      const signature = msg.headers?.get(Headers.Signature) ?? '';
+      const warrant = signer && signature && req.at !== undefined ? { request: msg.data, signer, signature } : undefined;
+      // A preview is leased and audited under its own id, as a run of one step would be;
+      // a signed one under the id its signature names, so a replay of it names the same.
+      const previewId = warrant && req.at !== undefined ? previewRunId(req.at, signature) : makeRunId(Date.now(), randomBytes(10));
       try {
         const checked = await checkPreviewQuery(req.sql);
         fingerprint = checked.fingerprint;
@@ -168,6 +176,7 @@ export function createDatasync(config: Config, log: Logger): Promise<DatasyncSer
           scope: { runId: previewId, step: 'preview', attempt: 1 },
           connectTimeoutMs: config.connectTimeoutMs,
           application: 'capstan-preview',
+          ...(warrant ? { preview: warrant } : {}),
         });
         try {
           const reply = await runPreview(client, checked.statement, fingerprint, req.timeoutMs ?? PREVIEW_LIMITS.defaultTimeoutMs);
@@ -259,7 +268,7 @@ export function createDatasync(config: Config, log: Logger): Promise<DatasyncSer
       }
       const handler = (VERBS as string[]).includes(verb) ? handlers[verb as keyof typeof handlers] : undefined;
       if (!handler) throw new InvalidArgumentError(`unknown datasync verb ${JSON.stringify(verb.slice(0, 32))}`);
-      msg.respond(encode(await handler(t, decode(msg.data))));
+      msg.respond(encode(await handler(t, decode(msg.data), msg)));
     } catch (e) {
       if (msg.reply) refuse(msg, e, verb, t);
     }

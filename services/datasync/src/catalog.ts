@@ -81,7 +81,8 @@ export function canonicalJson(v: unknown): string {
 export function summaryOf(kind: CatalogKind, spec: unknown): EntitySummary {
   if (kind === CatalogKind.Connection) {
     const c = spec as EntitySpecOf<'connection'>;
-    return { type: c.type, auth: c.auth.type, tls: c.tls.mode };
+    // The secret key names (names only): what the lease service may lease for this connection.
+    return { type: c.type, auth: c.auth.type, tls: c.tls.mode, keys: connectionKeys(c) };
   }
   if (kind === CatalogKind.Model) {
     const m = spec as ModelSpec;
@@ -89,6 +90,12 @@ export function summaryOf(kind: CatalogKind, spec: unknown): EntitySummary {
   }
   const d = spec as EntitySpecOf<'destination'>;
   return d.type === 'postgres' ? { type: 'postgres', connection: d.connection } : { type: 'files', format: d.format };
+}
+
+/** The secret key names a connection's auth leases at use (none for a server that trusts the address). */
+export function connectionKeys(c: EntitySpecOf<'connection'>): string[] {
+  if (c.auth.type === PostgresAuth.Keypair) return [c.auth.privateKeyKey];
+  return c.auth.passwordKey ? [c.auth.passwordKey] : [];
 }
 
 /**
@@ -169,7 +176,7 @@ export function createCatalog(o: { pool: pg.Pool; streams: TenantStreams }): Cat
     t: TenantId,
     kind: CatalogKind,
     id: string,
-    write: (c: pg.PoolClient, current: SpecRow | undefined, version: number) => Promise<SpecRow | undefined>,
+    write: (c: pg.PoolClient, current: SpecRow | undefined, version: number, recorded: CatalogRecord | undefined) => Promise<SpecRow | undefined>,
   ): Promise<CatalogRecord> {
     const c = await pool.connect();
     try {
@@ -179,7 +186,7 @@ export function createCatalog(o: { pool: pg.Pool; streams: TenantStreams }): Cat
       const cur = (await c.query<SpecRow>('select * from datasync_specs where tenant = $1 and kind = $2 and id = $3 for update', [t, kind, id])).rows[0];
       const last = await lastRecord(t, kind, id);
       const version = Math.max(cur?.version ?? 0, last.record?.version ?? 0) + 1;
-      const row = await write(c, cur, version);
+      const row = await write(c, cur, version, last.record);
       if (!row) {
         await c.query('rollback');
         if (!cur) throw new DatasyncNotFoundError(kind, id);
@@ -223,10 +230,12 @@ export function createCatalog(o: { pool: pg.Pool; streams: TenantStreams }): Cat
         if (d.type === 'postgres') await this.spec(t, CatalogKind.Connection, d.connection);
       }
       const fingerprint = sha256(canonicalJson(spec));
-      return change(t, req.kind, req.id, async (c, cur, version) => {
+      return change(t, req.kind, req.id, async (c, cur, version, recorded) => {
         const name = req.name ?? cur?.name ?? req.id;
-        // The same spec and name again changes nothing and records nothing.
-        if (cur && !cur.deleted_at && cur.fingerprint === fingerprint && cur.name === name) return undefined;
+        // The same spec and name again changes nothing and records nothing, unless the record
+        // lacks a fact it carries now (a connection recorded before its key names were).
+        const sameRecord = recorded !== undefined && canonicalJson(recorded.summary) === canonicalJson(summaryOf(req.kind, spec));
+        if (cur && !cur.deleted_at && cur.fingerprint === fingerprint && cur.name === name && sameRecord) return undefined;
         return (await c.query<SpecRow>(upsert, [t, req.kind, req.id, name, version, JSON.stringify(spec), fingerprint, req.by])).rows[0];
       });
     },

@@ -9,7 +9,7 @@
  */
 import { isIP } from 'node:net';
 import pg from 'pg';
-import { CapstanError, ErrorCode, PostgresAuth, TlsMode, type ConnectionSpec, type RunId, type TenantId } from '@capstan/schemas';
+import { CapstanError, ErrorCode, PostgresAuth, TlsMode, type ConnectionSpec, type LeaseRequest, type RunId, type TenantId } from '@capstan/schemas';
 import { issueLease, redeemValues, type NatsConnection, type Signer } from '@capstan/kit';
 
 export interface LeaseScope {
@@ -27,6 +27,8 @@ export interface ConnectOptions {
   readonly connectTimeoutMs: number;
   /** `application_name`, so the tenant's DBA sees who is connected. */
   readonly application: string;
+  /** A preview's warrant: the person's signed request as it arrived (a pipeline step's is its run's record). */
+  readonly preview?: LeaseRequest['preview'];
 }
 
 const textOnly = { getTypeParser: () => (v: string | Buffer) => (typeof v === 'string' ? v : v.toString('utf8')) } as unknown as pg.CustomTypesConfig;
@@ -43,7 +45,12 @@ export async function openPostgres(spec: ConnectionSpec, o: ConnectOptions): Pro
   let values: Record<string, string> = {};
   if (keys.length > 0) {
     const signed = o.signer ? { signer: o.signer } : {};
-    const grant = await issueLease(o.nc, o.tenant, { runId: o.scope.runId, step: o.scope.step, attempt: o.scope.attempt, keys, ttlMs: 30_000 }, signed);
+    const grant = await issueLease(
+      o.nc,
+      o.tenant,
+      { runId: o.scope.runId, step: o.scope.step, attempt: o.scope.attempt, keys, ttlMs: 30_000, ...(o.preview ? { preview: o.preview } : {}) },
+      signed,
+    );
     values = await redeemValues(o.nc, o.tenant, { leaseId: grant.leaseId, runId: o.scope.runId, step: o.scope.step, attempt: o.scope.attempt }, signed);
   }
   const ssl: pg.ClientConfig['ssl'] =

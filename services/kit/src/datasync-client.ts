@@ -5,6 +5,7 @@
  * an inbox, as for a sandboxed step). Requests carry identifiers; replies carry catalog
  * records, metadata-only step results, or the preview's bounded table.
  */
+import { createHash } from 'node:crypto';
 import { NoRespondersError, RequestError } from '@nats-io/transport-node';
 import {
   CapstanError,
@@ -13,6 +14,7 @@ import {
   decode,
   encode,
   ErrorCode,
+  makeRunId,
   parseDatasyncStepReply,
   parseListRecordsReply,
   parsePreviewReply,
@@ -27,9 +29,11 @@ import {
   type ErrorRecord,
   type PreviewReply,
   type PreviewRequest,
+  type RunId,
   type TenantId,
 } from '@capstan/schemas';
 import type { NatsConnection } from './nats.js';
+import type { Signer } from './proof.js';
 import { callService } from './rpc.js';
 
 export interface DatasyncCallOptions {
@@ -37,12 +41,13 @@ export interface DatasyncCallOptions {
   readonly timeoutMs?: number;
 }
 
-function call<T>(nc: NatsConnection, t: TenantId, verb: DatasyncVerb, body: object, parse: (v: unknown) => T, timeoutMs = 10_000): Promise<T> {
+function call<T>(nc: NatsConnection, t: TenantId, verb: DatasyncVerb, body: object, parse: (v: unknown) => T, timeoutMs = 10_000, signer?: Signer): Promise<T> {
   return callService(nc, {
     subject: Subjects.datasync(t, verb),
     body,
     parse,
     timeoutMs,
+    ...(signer ? { signer } : {}),
     unavailable: (why, cause) => new CapstanError(ErrorCode.DatasyncUnavailable, `datasync service, ${verb}: ${why} (tenant ${t})`, true, { cause }),
     fromWire: datasyncErrorFromWire,
   });
@@ -81,9 +86,21 @@ export async function listEntities(nc: NatsConnection, t: TenantId, o: DatasyncC
  * cells cut and sanitized. A refused query is `query_refused` (nothing reached the source);
  * one past its statement timeout is `query_timeout`.
  */
-export async function previewQuery(nc: NatsConnection, t: TenantId, req: PreviewRequest): Promise<PreviewReply> {
+export async function previewQuery(nc: NatsConnection, t: TenantId, req: PreviewRequest, o: { readonly signer?: Signer } = {}): Promise<PreviewReply> {
+  // Signed and dated: the signed request is what warrants the lease of the connection's
+  // credentials (once, while fresh); an unsigned one reaches only a connection without secrets.
+  const body: PreviewRequest = { ...req, at: req.at ?? Date.now() };
   // The statement timeout is the source's; the answer may take a connection and a lease longer.
-  return call(nc, t, DatasyncVerb.Preview, req, parsePreviewReply, (req.timeoutMs ?? PREVIEW_LIMITS.defaultTimeoutMs) + 10_000);
+  return call(nc, t, DatasyncVerb.Preview, body, parsePreviewReply, (req.timeoutMs ?? PREVIEW_LIMITS.defaultTimeoutMs) + 10_000, o.signer);
+}
+
+/**
+ * The id a preview is leased and audited under: from the signed request's date and
+ * signature, so the same signed request always names the same scope, and the lease service,
+ * which issues each scope's keys once, leases nothing to a replay of it.
+ */
+export function previewRunId(at: number, signature: string): RunId {
+  return makeRunId(at, createHash('sha256').update(signature).digest().subarray(0, 10));
 }
 
 export interface DatasyncStepOptions {

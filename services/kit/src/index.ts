@@ -5,7 +5,7 @@
  */
 export { startNatsServer, startNatsCluster, freePort, findNatsServer, NatsServerMissingError, MIN_NATS_SERVER, PROJECT_ROOT } from './nats-server.js';
 export type { NatsServer, NatsServerOptions, NatsCluster, NatsClusterOptions } from './nats-server.js';
-export { connectNats, readCredentials, parseCredentials, jwtSubject, jwtIssuer, jwtTagValues, tenantConnection, permissionError, permissionViolation } from './nats.js';
+export { connectNats, readCredentials, parseCredentials, jwtSubject, jwtName, jwtIssuer, jwtTagValues, tenantConnection, permissionError, permissionViolation } from './nats.js';
 export type { NatsConnection, NatsCredentials, CredentialsInfo, NatsTls, ConnectOptions, TenantConnection } from './nats.js';
 export { connectAsService, connectAsTenantUser, readTenantRecord, listRegisteredTenants } from './access.js';
 export type { TenantAccess, TenantFollower, AccessOptions } from './access.js';
@@ -157,10 +157,22 @@ export {
   listSecrets,
   verifyWebhook,
 } from './secrets-client.js';
-export type { SecretsCallOptions, LeaseScopeRef, PutSecretOptions } from './secrets-client.js';
+export type { SecretsCallOptions, LeaseScopeRef, PutSecretOptions, ChangedSecret } from './secrets-client.js';
 export { createAuditSink, unavailableAuditSink, appendAuditRow, AuditUnavailableError, AuditAppend, DATA_PLANE_STREAM_SEQ } from './audit-sink.js';
 export type { AuditSink, AuditIntent, DataPlaneAuditRow } from './audit-sink.js';
-export { answerProofSubject, askPolicy, decideAt, setPolicy, getPolicy, policyHistory, testPolicy } from './policy-client.js';
+export {
+  answerProofSubject,
+  askPolicy,
+  askPolicySigned,
+  checkSignedPolicyAnswer,
+  credentialAbout,
+  type SignedPolicyAnswer,
+  decideAt,
+  setPolicy,
+  getPolicy,
+  policyHistory,
+  testPolicy,
+} from './policy-client.js';
 export type { PolicyCallOptions, SetPolicyInput, TestPolicyInput } from './policy-client.js';
 export { tailStream } from './tail.js';
 export type { StreamTail, TailOptions } from './tail.js';
@@ -182,7 +194,7 @@ export { readSchedule, readScheduleState, listScheduleRecords, listSchedules, se
 export type { Stored, ScheduleView, WorkflowInfo } from './triggers-client.js';
 export { callService, refuseRequest, refusalProofSubject, answerRequest, wireError } from './rpc.js';
 export type { ServiceCall, RefusalOptions } from './rpc.js';
-export { putEntity, deleteEntity, getEntity, listEntities, previewQuery, runDatasyncStep } from './datasync-client.js';
+export { putEntity, deleteEntity, getEntity, listEntities, previewQuery, previewRunId, runDatasyncStep } from './datasync-client.js';
 export type { DatasyncCallOptions, PutEntityInput, DatasyncStepOptions, DatasyncStepOutcome } from './datasync-client.js';
 export { parseAllowList, parseDnsServers, refusalOf, ownAddresses, resolveChecked } from './addresses.js';
 export type { AllowEntry, AddressRules } from './addresses.js';

@@ -83,6 +83,11 @@ export function jwtSubject(jwt: string): string {
   return decodeJwt(jwt).sub;
 }
 
+/** A user JWT's name (a credential's name: `alice`, `worker-7`). */
+export function jwtName(jwt: string): string {
+  return decodeJwt(jwt).name;
+}
+
 export interface ConnectOptions {
   readonly credentials: NatsCredentials;
   readonly tls?: NatsTls;

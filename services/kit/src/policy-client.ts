@@ -14,6 +14,7 @@ import { createHash } from 'node:crypto';
 import {
   Role,
   UnprovenError,
+  decode,
   encode,
   Headers,
   isPlainObject,
@@ -28,7 +29,7 @@ import {
   type PolicyRequest,
   type TenantId,
 } from '@capstan/schemas';
-import type { Msg } from '@nats-io/transport-node';
+import { headers as natsHeaders, type Msg } from '@nats-io/transport-node';
 import type { NatsConnection } from './nats.js';
 import { callService, refusalProofSubject } from './rpc.js';
 import { verifyProof, type Trust } from './proof.js';
@@ -64,7 +65,15 @@ function signedByPolicy(msg: Msg, about: string, trust: Trust): void {
   if (author.role !== Role.Policy) throw new UnprovenError(`${msg.subject}: the answer is signed by ${author.name} (${author.role ?? 'no role'}), not by the policy service`);
 }
 
-function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, verb: V, body: PolicyRequest<V>, timeoutMs: number, trust?: Trust): Promise<PolicyReply<V>> {
+function call<V extends PolicyVerb>(
+  nc: NatsConnection,
+  tenant: TenantId,
+  verb: V,
+  body: PolicyRequest<V>,
+  timeoutMs: number,
+  trust?: Trust,
+  keep?: (reply: Msg) => void,
+): Promise<PolicyReply<V>> {
   const subject = Subjects.policy(tenant, verb);
   return callService(nc, {
     subject,
@@ -79,7 +88,10 @@ function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, verb: 
     fromWire: policyErrorFromWire,
     ...(trust
       ? {
-          checkReply: (msg) => signedByPolicy(msg, answerProofSubject(subject, encode(body)), trust),
+          checkReply: (msg) => {
+            signedByPolicy(msg, answerProofSubject(subject, encode(body)), trust);
+            keep?.(msg);
+          },
           checkRefusal: (msg) => signedByPolicy(msg, refusalProofSubject(answerProofSubject(subject, encode(body)), msg.headers?.get(Headers.ErrorCode) ?? ''), trust),
         }
       : {}),
@@ -98,6 +110,57 @@ function call<V extends PolicyVerb>(nc: NatsConnection, tenant: TenantId, verb: 
  */
 export function askPolicy(nc: NatsConnection, tenant: TenantId, queries: readonly PolicyQuery[], o: PolicyCallOptions = {}): Promise<PolicyDecision> {
   return call(nc, tenant, PolicyVerb.Decide, { queries: queries as unknown as Record<string, unknown>[] }, o.timeoutMs ?? 2000, o.trust);
+}
+
+/** What a mode-3b credential question is about, as its request names it (and the orchestrator checks). */
+export function credentialAbout(runId: string, step: string, attempt: number, name: string): string {
+  return `${runId}/${step}/${attempt}/${name}`;
+}
+
+/** The policy service's signed answer as received: what a worker forwards so its answer is the policy's, not its own. */
+export interface SignedPolicyAnswer {
+  readonly request: Uint8Array;
+  readonly answer: Uint8Array;
+  readonly signer: string;
+  readonly signature: string;
+}
+
+/**
+ * Like {@link askPolicy}, believing only the policy service's signed answer (`trust` is
+ * required), and returning that answer as received too, for `about` (what the question is
+ * about, signed over with it): the orchestrator checks it again before recording it.
+ * @throws UnprovenError when the answer is not signed by the tenant's policy service
+ */
+export async function askPolicySigned(
+  nc: NatsConnection,
+  tenant: TenantId,
+  queries: readonly PolicyQuery[],
+  o: PolicyCallOptions & { readonly trust: Trust; readonly about: string },
+): Promise<{ decision: PolicyDecision; signed: SignedPolicyAnswer }> {
+  const body = { queries: queries as unknown as Record<string, unknown>[], about: o.about };
+  let signed: SignedPolicyAnswer | undefined;
+  const decision = await call(nc, tenant, PolicyVerb.Decide, body, o.timeoutMs ?? 2000, o.trust, (msg) => {
+    signed = { request: encode(body), answer: msg.data, signer: msg.headers?.get(Headers.Signer) ?? '', signature: msg.headers?.get(Headers.Signature) ?? '' };
+  });
+  if (!signed) throw new UnprovenError(`${Subjects.policy(tenant, PolicyVerb.Decide)}: no signed answer`);
+  return { decision, signed };
+}
+
+/**
+ * Checks a forwarded policy answer: signed by the tenant's policy service over the request's
+ * subject and digest, and returns the request and the decision it carries.
+ * @throws UnprovenError when it is not the policy service's answer to that request
+ */
+export function checkSignedPolicyAnswer(tenant: TenantId, a: SignedPolicyAnswer, trust: Trust): { request: Record<string, unknown>; decision: PolicyDecision } {
+  const subject = Subjects.policy(tenant, PolicyVerb.Decide);
+  const h = natsHeaders();
+  h.set(Headers.Signer, a.signer);
+  h.set(Headers.Signature, a.signature);
+  const author = verifyProof(h, answerProofSubject(subject, a.request), a.answer, trust);
+  if (author.role !== Role.Policy) throw new UnprovenError(`${subject}: the forwarded answer is signed by ${author.name} (${author.role ?? 'no role'}), not by the policy service`);
+  const request = decode(a.request);
+  const reply = decode(a.answer);
+  return { request: isPlainObject(request) ? request : {}, decision: parsePolicyReply(PolicyVerb.Decide, isPlainObject(reply) ? reply : {}) };
 }
 
 /**

@@ -203,7 +203,12 @@ async function sealForService(nc: NatsConnection, t: TenantId, name: string, val
 }
 
 /** Stores a secret (a new version when the name exists). Resolves with its description, never its value. */
-export async function putSecret(nc: NatsConnection, t: TenantId, name: string, value: string, o: PutSecretOptions): Promise<SecretInfo> {
+/** A secret as a change left it, and who the service recorded as making the change (absent from older services). */
+export type ChangedSecret = SecretInfo & { readonly by?: string };
+
+const changed = (r: { secret: SecretInfo; by?: string | undefined }): ChangedSecret => ({ ...r.secret, ...(r.by !== undefined ? { by: r.by } : {}) });
+
+export async function putSecret(nc: NatsConnection, t: TenantId, name: string, value: string, o: PutSecretOptions): Promise<ChangedSecret> {
   const sealed = await sealForService(nc, t, name, value, o);
   const body = {
     name,
@@ -214,7 +219,7 @@ export async function putSecret(nc: NatsConnection, t: TenantId, name: string, v
     ...(o.refreshWindowMs !== undefined ? { refreshWindowMs: o.refreshWindowMs } : {}),
     ...(o.expiresAt ? { expiresAt: o.expiresAt.toISOString() } : {}),
   };
-  return (await call(nc, t, SecretsVerb.Put, body, parseSecretReply, o)).secret;
+  return changed(await call(nc, t, SecretsVerb.Put, body, parseSecretReply, o));
 }
 
 /**
@@ -227,15 +232,15 @@ export async function rotateSecret(
   name: string,
   value: string | undefined,
   o: SecretsCallOptions & { by?: string; expiresAt?: Date },
-): Promise<SecretInfo> {
+): Promise<ChangedSecret> {
   const sealed = value === undefined ? undefined : await sealForService(nc, t, name, value, o);
   const body = { name, ...(o.by !== undefined ? { by: o.by } : {}), ...(sealed ? { sealed } : {}), ...(o.expiresAt ? { expiresAt: o.expiresAt.toISOString() } : {}) };
-  return (await call(nc, t, SecretsVerb.Rotate, body, parseSecretReply, o)).secret;
+  return changed(await call(nc, t, SecretsVerb.Rotate, body, parseSecretReply, o));
 }
 
 /** Deletes a secret: its ciphertext is erased; name, version and dates stay listed as deleted. */
-export async function deleteSecret(nc: NatsConnection, t: TenantId, name: string, o: SecretsCallOptions & { by?: string }): Promise<SecretInfo> {
-  return (await call(nc, t, SecretsVerb.Delete, { name, ...(o.by !== undefined ? { by: o.by } : {}) }, parseSecretReply, o)).secret;
+export async function deleteSecret(nc: NatsConnection, t: TenantId, name: string, o: SecretsCallOptions & { by?: string }): Promise<ChangedSecret> {
+  return changed(await call(nc, t, SecretsVerb.Delete, { name, ...(o.by !== undefined ? { by: o.by } : {}) }, parseSecretReply, o));
 }
 
 /** Names, versions, lifecycles and dates of a tenant's secrets; never values. */

@@ -56,7 +56,8 @@ export function inputOf(cmd: Exclude<Command, { verb: 'submit' }>, decider?: Pro
       return { type: 'policy.decided', data };
     }
     case 'credential': {
-      const { runId: _runId, ...data } = cmd.body;
+      // The policy's signed answer was checked (host/authority.ts); the run records the decision, not the proof.
+      const { runId: _runId, answer: _answer, ...data } = cmd.body;
       return { type: 'credential.decided', data };
     }
     case 'child': {

@@ -89,7 +89,7 @@ export function createTenantHost(o: TenantHostOptions): TenantHost {
   const trust = { accounts: [o.account] };
   const gate = createPolicyGate({ nc, js, tenant: t, ...o.policy, log, signer: o.signer, trust, traceOf: (runId) => observer.traceOf(runId) });
   const intake = createIntake({ js, jsm, tenant: t, registry, trust });
-  const decider = createDecider({ jsm, tenant: t, registry, cache, log, now: o.now });
+  const decider = createDecider({ jsm, tenant: t, registry, cache, log, now: o.now, trust });
   const scheduler = createScheduler({ nc, js, jsm, tenant: t, registry, now: o.now, signer: o.signer, log });
   const stats: TenantHostStats = { commands: 0, appendedEvents: 0, conflicts: 0, deadLetters: 0, recoveredEffects: 0, ticks: 0, forwarded: 0, fenced: 0, partitions: 0 };
   let table: PartitionTable | undefined;

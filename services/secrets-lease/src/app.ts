@@ -65,7 +65,7 @@ import {
   jwtSubject,
   type Author,
 } from '@capstan/kit';
-import { checkWarrant } from './warrant.js';
+import { checkDatasyncWarrant, checkWarrant } from './warrant.js';
 import { refreshers as builtinRefreshers, type Refreshers } from './credentials.js';
 import { verifyDelivery, webhookKey } from './webhook-signature.js';
 import type { Config } from './config.js';
@@ -236,11 +236,13 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       const scope = { runId: req.runId, step: req.step, attempt: req.attempt };
       // The caller proven, then the run's record: a lease is issued only for what it warrants.
       const caller = callerOf(t, msg);
-      if (caller.role === Role.Worker) {
+      let once = caller.role === Role.Worker;
+      if (caller.role === Role.Worker || caller.role === Role.Datasync) {
         const tc = conns.get(t);
         if (!tc) throw new SecretsUnavailableError(`tenant ${t} is not served here`);
         try {
-          await checkWarrant(tc.jsm, t, { ...scope, keys: req.keys }, caller);
+          if (caller.role === Role.Worker) await checkWarrant(tc.jsm, t, { ...scope, keys: req.keys }, caller);
+          else once = (await checkDatasyncWarrant({ jsm: tc.jsm, account: tc.account }, t, req, caller)).once;
         } catch (e) {
           await ledger.deny(t, req.runId, '', CapstanError.is(e) ? e.code : ErrorCode.LeaseNotWarranted, {
             keys: [...req.keys],
@@ -250,7 +252,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
           });
           throw e;
         }
-      } else if (caller.role !== Role.Datasync) {
+      } else {
         await ledger.deny(t, req.runId, '', ErrorCode.LeaseNotWarranted, { keys: [...req.keys], step: req.step, attempt: req.attempt, caller: caller.name });
         throw new LeaseDeniedError(ErrorCode.LeaseNotWarranted, '', `lease refused: ${caller.name} (role ${caller.role ?? 'none'}) may not ask for leases`);
       }
@@ -268,8 +270,9 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       }
       await refresher.refreshDue(t, metas.values());
       const ttlMs = Math.min(req.ttlMs ?? config.defaultTtlMs, config.maxTtlMs);
-      // A worker's attempt gets each key once: a second ask (a replay, a second worker of the pool) gets nothing.
-      const lease = await ledger.issue(t, scope, req.keys, ttlMs, config.claimWindowMs, redeemer, caller.role === Role.Worker);
+      // A worker's attempt (and a signed preview) gets each key once: a second ask (a replay,
+      // a second worker of the pool) gets nothing.
+      const lease = await ledger.issue(t, scope, req.keys, ttlMs, config.claimWindowMs, redeemer, once);
       stats.issued++;
       metrics.leases.inc({ tenant: t, event: 'issued' });
       log.debug({ tenant: t, runId: req.runId, step: req.step, attempt: req.attempt, leaseId: lease.leaseId, keys: req.keys }, 'lease issued');
@@ -334,7 +337,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
           ...(expiresAt ? { expiresAt } : {}),
         });
         log.info({ tenant: t, secret: req.name, version: meta.version, lifecycle: meta.lifecycle, by }, 'secret stored');
-        return { secret: secretInfo(meta) };
+        return { secret: secretInfo(meta), by };
       } finally {
         raw.fill(0);
       }
@@ -351,7 +354,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
           const meta = await store.rotate(t, req.name, raw, { by, ...(expiresAt ? { expiresAt } : {}) });
           if (!meta) throw new SecretsUnavailableError(`secret ${req.name} changed while it was rotated; try again`);
           log.info({ tenant: t, secret: req.name, version: meta.version, by }, 'secret rotated');
-          return { secret: secretInfo(meta) };
+          return { secret: secretInfo(meta), by };
         } finally {
           raw.fill(0);
         }
@@ -360,7 +363,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       if (!meta) throw new SecretNotFoundError(t, [req.name]);
       if (meta.lifecycle !== Lifecycle.Refreshable)
         throw new InvalidArgumentError(`secret ${req.name} is ${meta.lifecycle}: rotating it needs a new value (only a refreshable secret refreshes itself)`);
-      return { secret: secretInfo(await refresher.refreshNow(t, meta, by)) };
+      return { secret: secretInfo(await refresher.refreshNow(t, meta, by)), by };
     },
 
     async [SecretsVerb.Delete](t, body, msg) {
@@ -368,7 +371,7 @@ export async function createSecretsLease(config: Config, log: Logger, opts: Secr
       const by = administrator(t, msg, req.by);
       const meta = await store.delete(t, req.name, by);
       log.info({ tenant: t, secret: req.name, version: meta.version, by }, 'secret deleted');
-      return { secret: secretInfo(meta) };
+      return { secret: secretInfo(meta), by };
     },
 
     async [SecretsVerb.Verify](t, body) {

@@ -43,6 +43,7 @@ import {
   failSpan,
   inSpan,
   metrics,
+  proofRecord,
   SpanKind,
   traceParentOf,
   type AuditSink,
@@ -139,7 +140,12 @@ export function createPoolRunner(o: PoolRunnerOptions): PoolRunner {
   // Results of steps finishing together go out together (pipelined, or one atomic batch).
   const publish = coalescingPublisher(o.nc, js, o.resultBatches);
   async function publishCommand<V extends 'started' | 'result'>(verb: V, body: CommandOf<V>, msgId: string): Promise<void> {
-    await publish({ subject: Subjects.command(t, verb === 'started' ? CommandVerb.Started : CommandVerb.Result), data: encode(body), msgId });
+    const subject = Subjects.command(t, verb === 'started' ? CommandVerb.Started : CommandVerb.Result);
+    const data = encode(body);
+    // A start is signed: the run records this credential as the attempt's holder (whose
+    // credential answers and leases are then believed), and takes no unsigned start.
+    const headers = verb === 'started' && o.signer ? proofRecord(o.signer, subject, data) : undefined;
+    await publish({ subject, data, msgId, ...(headers ? { headers } : {}) });
   }
 
   async function report(item: WorkItem, outcome: { result: JsonValue } | { error: ErrorRecord }, durationMs: number): Promise<void> {

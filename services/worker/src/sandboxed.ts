@@ -6,7 +6,7 @@
  * the policy says so. It gets metadata back, never output or values.
  */
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
-import { askPolicy, execInSandbox, issueLease, proofRecord, publishDurably, readRun, type Logger, type NatsConnection, type Signer } from '@capstan/kit';
+import { askPolicySigned, credentialAbout, execInSandbox, issueLease, proofRecord, publishDurably, readRun, type Logger, type NatsConnection, type Signer } from '@capstan/kit';
 import {
   CapstanError,
   CommandVerb,
@@ -97,9 +97,14 @@ export async function runSandboxed(d: SandboxedDeps, item: WorkItem, work: Signe
  */
 async function decideCredential(d: SandboxedDeps, item: WorkItem, r: CredentialRequest): Promise<{ leaseId?: string }> {
   const { tenant: t } = d;
-  const decision = await askPolicy(d.nc, t, [{ action: PolicyAction.RequestCredential, workflow: item.workflow, step: item.step, secret: r.name, worker: d.workerId }], {
-    ...(d.account ? { trust: { accounts: [d.account] } } : {}),
-  });
+  if (!d.account) throw new CapstanError(ErrorCode.Unproven, `credential ${r.name}: this worker knows no tenant account key to check the policy's answer with`, false);
+  // The policy's signed answer goes with the command: the run records the policy's decision, not this worker's word.
+  const { decision, signed } = await askPolicySigned(
+    d.nc,
+    t,
+    [{ action: PolicyAction.RequestCredential, workflow: item.workflow, step: item.step, secret: r.name, worker: d.workerId }],
+    { trust: { accounts: [d.account] }, about: credentialAbout(item.runId, item.step, item.attempt, r.name) },
+  );
   const body: CommandOf<'credential'> = {
     runId: item.runId,
     step: item.step,
@@ -111,6 +116,7 @@ async function decideCredential(d: SandboxedDeps, item: WorkItem, r: CredentialR
     policies: [...decision.policies].slice(0, 64),
     ...(decision.approvers ? { approvers: decision.approvers } : {}),
     ...(decision.decision === PolicyVerdict.NeedsApproval ? { expiresInMs: d.approvalTtlMs } : {}),
+    answer: signed,
   };
   if (!d.signer) throw new CapstanError(ErrorCode.Unproven, `credential ${r.name}: this worker has no credential to sign its answer with, and the run takes none unsigned`, false);
   // In the stream before the answer, so the run knows this worker holds the attempt.

@@ -18,10 +18,28 @@
  *   the attempt: a worker credential whose pools include the step's, named by the attempt's
  *   `step.started` (the worker records it before it sends its first answer), for an attempt
  *   the run scheduled as a mode-3b step. Any other signer is refused with `step_not_held`.
+ *   The decision in it is the policy's: the command carries the policy service's signed
+ *   answer to this attempt's question (its request names the run, step, attempt and key, and
+ *   asks as the signing worker), and what the worker states must be what the policy answered;
+ *   anything else is `unproven`.
+ * - a step's start (`cmd.started`) is taken only from a worker credential whose pools include
+ *   the step's, for an attempt the run scheduled, naming itself: the signer is recorded on
+ *   `step.started`, and that record is who holds the attempt for the checks above.
  * Pure: the run's events come in, an error or nothing goes out.
  */
-import type { Author } from '@capstan/kit';
-import { ApproverNotAllowedError, Mode, Role, StepNotHeldError, type Command, type RunEvent, type SignerRecord } from '@capstan/schemas';
+import { checkSignedPolicyAnswer, credentialAbout, type Author, type Trust } from '@capstan/kit';
+import {
+  ApproverNotAllowedError,
+  Mode,
+  PolicyAction,
+  Role,
+  StepNotHeldError,
+  UnprovenError,
+  type Command,
+  type RunEvent,
+  type SignerRecord,
+  type TenantId,
+} from '@capstan/schemas';
 
 /** Signers that act for people they signed in: their statement of who and which groups is heard. */
 const VOUCHING_ROLES: ReadonlySet<string> = new Set([Role.Console, Role.Admin]);
@@ -112,4 +130,55 @@ export function checkCredentialHolder(cmd: Extract<Command, { verb: 'credential'
   if (!author.pools.includes(scheduled.data.pool)) throw new StepNotHeldError(`worker ${author.name} does not serve pool ${scheduled.data.pool} of ${what}`);
   if (!started) throw new StepNotHeldError(`no worker is recorded as running ${what}`);
   if (started.data.worker !== author.name) throw new StepNotHeldError(`${what} is run by worker ${started.data.worker}, not by ${author.name}`);
+  // Recorded from a signed start: the same key, not only the same name.
+  if (started.data.signer && started.data.signer.key !== author.publicKey) throw new StepNotHeldError(`${what} is run by another credential named ${author.name}`);
+}
+
+/**
+ * Checks that the worker `author` may record itself as running the attempt `cmd` names.
+ * @throws StepNotHeldError when the attempt was never scheduled, the signer is not a worker
+ *   of its pool, or the command names another worker than its signer
+ */
+export function checkStarter(cmd: Extract<Command, { verb: 'started' }>, author: Author, events: readonly RunEvent[]): SignerRecord {
+  const { step, attempt } = cmd.body;
+  const what = `step ${step} attempt ${attempt}`;
+  if (author.role !== Role.Worker) throw new StepNotHeldError(`${author.name} (role ${author.role ?? 'none'}) is not a worker: it runs no ${what}`);
+  if (cmd.body.worker !== author.name) throw new StepNotHeldError(`cmd.started names worker ${cmd.body.worker} but is signed by ${author.name}`);
+  const scheduled = events.find((e): e is Extract<RunEvent, { type: 'step.scheduled' }> => e.type === 'step.scheduled' && e.data.step === step && e.data.attempt === attempt);
+  if (!scheduled) throw new StepNotHeldError(`the run never scheduled ${what}`);
+  if (!author.pools.includes(scheduled.data.pool)) throw new StepNotHeldError(`worker ${author.name} does not serve pool ${scheduled.data.pool} of ${what}`);
+  return { name: author.name, key: author.publicKey, ...(author.role ? { role: author.role } : {}) };
+}
+
+/**
+ * Checks that a mode-3b credential answer is the policy service's: its forwarded signed
+ * answer verifies under the tenant's account key, answers this attempt's question asked by
+ * `author` for the run's workflow, and says what the command says.
+ * @throws UnprovenError when there is no signed answer, it is not the policy's, it answers
+ *   another question, or the command states another decision
+ */
+export function checkCredentialAnswer(t: TenantId, cmd: Extract<Command, { verb: 'credential' }>, author: Author, events: readonly RunEvent[], trust: Trust): void {
+  const b = cmd.body;
+  const what = `credential ${b.name} of step ${b.step} attempt ${b.attempt}`;
+  if (!b.answer) throw new UnprovenError(`${what}: no answer signed by the policy service (a worker's word is no policy decision)`);
+  const { request, decision } = checkSignedPolicyAnswer(t, b.answer, trust);
+  const started = events.find((e): e is Extract<RunEvent, { type: 'run.started' }> => e.type === 'run.started');
+  const queries = Array.isArray(request['queries']) ? (request['queries'] as unknown[]) : [];
+  const q = (queries[0] ?? {}) as Record<string, unknown>;
+  const asked =
+    request['about'] === credentialAbout(cmd.body.runId, b.step, b.attempt, b.name) &&
+    request['version'] === undefined &&
+    queries.length === 1 &&
+    q['action'] === PolicyAction.RequestCredential &&
+    q['workflow'] === started?.data.workflow &&
+    q['step'] === b.step &&
+    q['secret'] === b.name &&
+    q['worker'] === author.name;
+  if (!asked) throw new UnprovenError(`${what}: the policy's signed answer is to another question`);
+  const same =
+    decision.decision === b.decision &&
+    decision.version === b.version &&
+    (decision.approvers ?? undefined) === (b.approvers ?? undefined) &&
+    JSON.stringify(decision.policies.slice(0, 64)) === JSON.stringify(b.policies);
+  if (!same) throw new UnprovenError(`${what}: the command says ${b.decision} (version ${b.version}), the policy answered ${decision.decision} (version ${decision.version})`);
 }

@@ -19,8 +19,8 @@ import {
   type RunId,
   type TenantId,
 } from '@capstan/schemas';
-import { readRun, type Logger } from '@capstan/kit';
-import { checkCredentialHolder, checkDecider, deciderOf, type ProvenActor } from './authority.js';
+import { readRun, type Logger, type Trust } from '@capstan/kit';
+import { checkCredentialAnswer, checkCredentialHolder, checkDecider, checkStarter, deciderOf, type ProvenActor } from './authority.js';
 import { deadLetterWhenRejected, inputOf } from '../commands.js';
 import { startRecord } from '../observe.js';
 import type { RunCache } from '../run-cache.js';
@@ -39,7 +39,16 @@ export interface Decider {
   decideGroup(runId: RunId, pendings: readonly Pending[], forceReload: boolean): Promise<GroupResult>;
 }
 
-export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; registry: Registry; cache: RunCache; log: Logger; now: () => number }): Decider {
+export function createDecider(o: {
+  jsm: JetStreamManager;
+  tenant: TenantId;
+  registry: Registry;
+  cache: RunCache;
+  log: Logger;
+  now: () => number;
+  /** Whose signatures are believed (the tenant's account key): a forwarded policy answer is checked under it. */
+  trust: Trust;
+}): Decider {
   const { jsm, tenant: t, registry, cache, log } = o;
 
   async function decideOnce(runId: RunId, pendings: readonly Pending[], forceReload: boolean): Promise<GroupResult & { fromCache: boolean }> {
@@ -132,8 +141,14 @@ export function createDecider(o: { jsm: JetStreamManager; tenant: TenantId; regi
           if (p.cmd.verb === 'credential') {
             if (!p.author) throw new UnprovenError('cmd.credential carries no proven author');
             checkCredentialHolder(p.cmd, p.author, await historyNow());
+            checkCredentialAnswer(t, p.cmd, p.author, await historyNow(), o.trust);
           }
-          input = inputOf(p.cmd, decider);
+          // A start only from a worker of the step's pool, recorded with its signer.
+          if (p.cmd.verb === 'started') {
+            if (!p.author) throw new UnprovenError('cmd.started carries no proven author');
+            const signer = checkStarter(p.cmd, p.author, await historyNow());
+            input = { type: 'step.started', data: { step: p.cmd.body.step, attempt: p.cmd.body.attempt, worker: p.cmd.body.worker, signer } };
+          } else input = inputOf(p.cmd, decider);
           decision = decide(state, input as Parameters<typeof decide>[1]);
         }
       } catch (e) {

@@ -50,7 +50,7 @@ export function isChildSubmit(cmd: Command, author: Author | undefined): cmd is 
 /**
  * Commands that must be signed, and who may sign them. A person's decision names its author
  * from the proof; the policy's answer is heard only from the orchestrator that asked, and a
- * mode-3b credential answer only from a worker (the server already lets no one else publish
+ * mode-3b credential answer or a step's start only from a worker (the server already lets no one else publish
  * either: this is the second fence; which worker may is judged against the run, in
  * authority.ts). A submit may be signed (its requester is then recorded) and is checked when
  * it is.
@@ -62,6 +62,7 @@ const SIGNED: Partial<Record<CommandVerb, ReadonlySet<string> | undefined>> = {
   cancel: undefined,
   policy: new Set([Role.Orchestrator]),
   credential: new Set([Role.Worker]),
+  started: new Set([Role.Worker]),
 };
 
 /** JetStream's answers to a claim made with expected sequence 0 when someone claimed first. */
