@@ -8,13 +8,10 @@
  * Options (env): BENCH_RUNS (4000), BENCH_INFLIGHT (64), BENCH_PROFILE_SECONDS (5), BENCH_TOP (25), BENCH_OUT.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
-import { PROJECT_ROOT } from '@capstan/kit';
-import { parseTenantId, Role } from '@capstan/schemas';
-import { startBenchNats } from './stack.js';
-import { spawnService, type ServiceProcess } from '../harness/fixtures.js';
-import { createW3Load } from './w3-load.js';
+import { freePort, PROJECT_ROOT } from '@capstan/kit';
+import { parseTenantId } from '@capstan/schemas';
+import { startBenchNats, startW3Services, type W3Services } from './stack.js';
 import { summarizeProfile } from './pprof.js';
 
 const env = process.env;
@@ -23,29 +20,13 @@ const INFLIGHT = Number(env['BENCH_INFLIGHT'] ?? 64);
 const SECONDS = Number(env['BENCH_PROFILE_SECONDS'] ?? 5);
 const TOP = Number(env['BENCH_TOP'] ?? 25);
 const OUT = env['BENCH_OUT'] ?? join(PROJECT_ROOT, '.capstan', 'bench', `nats-${new Date().toISOString().replace(/[:.]/g, '-')}.pb.gz`);
-const fixtures = join(PROJECT_ROOT, 'test', 'dist', 'fixtures', 'workflows.js');
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => (typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port'))));
-    });
-  });
-}
 
 const profPort = await freePort();
 const bench = await startBenchNats({ profPort });
-const procs: ServiceProcess[] = [];
+let stack: W3Services | undefined;
 try {
-  const t = parseTenantId('bench');
-  await bench.provision(t);
-  const svcEnv = { NATS_URL: bench.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn' };
-  procs.push(spawnService('orchestrator', svcEnv), spawnService('worker', { ...svcEnv, NATS_CREDS: await bench.workerCreds(t, 'bench-worker'), WORKER_CONCURRENCY: '256' }));
-  const load = await createW3Load(await bench.connect(t, Role.Client), (await bench.connect(t, Role.Admin)).nc, t);
-  await new Promise((r) => setTimeout(r, 1000));
+  stack = await startW3Services(bench, parseTenantId('bench'));
+  const { load } = stack;
   await load.run(200, 200);
   const running = load.run(RUNS, INFLIGHT);
   await new Promise((r) => setTimeout(r, 500));
@@ -55,7 +36,6 @@ try {
   const profile = Buffer.from(await res.arrayBuffer());
   writeFileSync(OUT, profile);
   await running;
-  await load.close();
   const s = summarizeProfile(profile);
   const show = (rows: readonly [string, number][]) =>
     rows.slice(0, TOP).map(([fn, share]) => `  ${(share * 100).toFixed(1).padStart(5)} %  ${fn.replace(/github.com\/nats-io\/nats-server(\/v2)?\//, '')}`);
@@ -70,6 +50,6 @@ try {
     ].join('\n'),
   );
 } finally {
-  await Promise.all(procs.map((p) => p.kill('SIGTERM')));
+  await stack?.stop();
   await bench.stop();
 }

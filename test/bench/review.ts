@@ -14,11 +14,10 @@ import { statSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PROJECT_ROOT } from '@capstan/kit';
-import { parseTenantId, Role } from '@capstan/schemas';
-import { startBenchNats } from './stack.js';
-import { runCli, spawnService, type ServiceProcess } from '../harness/fixtures.js';
+import { parseTenantId } from '@capstan/schemas';
+import { startBenchNats, startW3Services, type W3Services } from './stack.js';
+import { runCli } from '../harness/fixtures.js';
 import { median, writeSection } from './report.js';
-import { createW3Load } from './w3-load.js';
 
 const env = process.env;
 const RUNS = Number(env['BENCH_REVIEW_RUNS'] ?? 10_000);
@@ -39,21 +38,18 @@ async function timed(args: string[], e: Record<string, string>, check: (out: str
 
 async function main(): Promise<void> {
   const bench = await startBenchNats();
-  const procs: ServiceProcess[] = [];
+  let stack: W3Services | undefined;
   const dir = mkdtempSync(join(tmpdir(), 'capstan-review-'));
   try {
     const t = parseTenantId('bench');
-    await bench.provision(t);
-    const svcEnv = { NATS_URL: bench.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn' };
-    procs.push(spawnService('orchestrator', svcEnv), spawnService('worker', { ...svcEnv, NATS_CREDS: await bench.workerCreds(t, 'bench-worker'), WORKER_CONCURRENCY: '256' }));
-    const load = await createW3Load(await bench.connect(t, Role.Client), (await bench.connect(t, Role.Admin)).nc, t);
-    await new Promise((r) => setTimeout(r, 1000));
+    stack = await startW3Services(bench, t);
+    const { load } = stack;
     const since = new Date(Date.now() - 1000).toISOString();
     const t0 = performance.now();
     await load.run(RUNS, 64);
     say(`recorded ${RUNS} W3 runs in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-    await load.close();
-    await Promise.all(procs.splice(0).map((p) => p.kill('SIGTERM')));
+    await stack.stop();
+    stack = undefined;
 
     // The CLI acts with the bench's key store (CAPSTAN_AUTH_DIR, set by startBenchNats).
     const cli = { NATS_URL: bench.url, CAPSTAN_WORKFLOWS: fixtures };
@@ -99,7 +95,7 @@ async function main(): Promise<void> {
     writeSection(OUT, 'review', md);
     process.stdout.write(md);
   } finally {
-    await Promise.all(procs.map((p) => p.kill('SIGTERM')));
+    await stack?.stop();
     await bench.stop();
     rmSync(dir, { recursive: true, force: true });
   }

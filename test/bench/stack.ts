@@ -24,6 +24,9 @@ import {
   type TenantConnection,
 } from '@capstan/kit';
 import { Role, type ServiceRole, type TenantId } from '@capstan/schemas';
+import { PROJECT_ROOT } from '@capstan/kit';
+import { spawnService, type ServiceProcess } from '../harness/fixtures.js';
+import { createW3Load, type W3Load } from './w3-load.js';
 
 export interface BenchNats {
   readonly server: NatsServer;
@@ -76,6 +79,40 @@ export async function startBenchNats(o: Omit<NatsServerOptions, 'auth'> = {}): P
     async stop() {
       await Promise.allSettled(open.map((tc) => tc.nc.close()));
       await server.stop();
+    },
+  };
+}
+
+export interface W3Services {
+  /** The orchestrator's and the worker's processes, in that order. */
+  readonly procs: readonly ServiceProcess[];
+  readonly load: W3Load;
+  /** Closes the load and stops both processes. */
+  stop(): Promise<void>;
+}
+
+/**
+ * The W3 stack most benchmarks measure: tenant `t` provisioned, one orchestrator and one
+ * worker (256 at a time) as processes with the test fixtures' workflows, and the W3 load
+ * client. `env` goes to both processes (tracing, profiling); `workerEnv` to the worker only.
+ */
+export async function startW3Services(bench: BenchNats, t: TenantId, env: Record<string, string> = {}, workerEnv: Record<string, string> = {}): Promise<W3Services> {
+  const fixtures = join(PROJECT_ROOT, 'test', 'dist', 'fixtures', 'workflows.js');
+  await bench.provision(t);
+  const svcEnv = { NATS_URL: bench.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn', ...env };
+  const procs = [
+    spawnService('orchestrator', svcEnv),
+    spawnService('worker', { ...svcEnv, ...workerEnv, NATS_CREDS: await bench.workerCreds(t, 'bench-worker'), WORKER_CONCURRENCY: '256' }),
+  ];
+  const load = await createW3Load(await bench.connect(t, Role.Client), (await bench.connect(t, Role.Admin)).nc, t);
+  // The services' consumers are up before the first submit.
+  await new Promise((r) => setTimeout(r, 1000));
+  return {
+    procs,
+    load,
+    async stop() {
+      await load.close();
+      await Promise.all(procs.map((p) => p.kill('SIGTERM')));
     },
   };
 }

@@ -12,12 +12,10 @@
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { PROJECT_ROOT } from '@capstan/kit';
-import { parseTenantId, Role } from '@capstan/schemas';
-import { startBenchNats } from './stack.js';
-import { spawnService, type ServiceProcess } from '../harness/fixtures.js';
+import { parseTenantId } from '@capstan/schemas';
+import { startBenchNats, startW3Services, type W3Services } from './stack.js';
 import { startOtlpReceiver } from '../harness/otlp.js';
 import { cpuOf, median, writeSection } from './report.js';
-import { createW3Load } from './w3-load.js';
 
 const env = process.env;
 const RUNS = Number(env['BENCH_RUNS'] ?? 2000);
@@ -25,7 +23,6 @@ const INFLIGHT = Number(env['BENCH_INFLIGHT'] ?? 64);
 const REPS = Number(env['BENCH_REPS'] ?? 3);
 const MODES = (env['BENCH_TRACE_MODES'] ?? 'off,100,1').split(',');
 const OUT = env['BENCH_OUT'] ?? join(PROJECT_ROOT, 'docs', 'benchmarks.md');
-const fixtures = join(PROJECT_ROOT, 'test', 'dist', 'fixtures', 'workflows.js');
 const say = (s: string) => process.stderr.write(`${s}\n`);
 
 interface Rep {
@@ -42,21 +39,15 @@ async function rep(mode: string): Promise<Rep> {
   const bench = await startBenchNats();
   const server = bench.server;
   const sink = await startOtlpReceiver({ decode: false });
-  const procs: ServiceProcess[] = [];
+  let stack: W3Services | undefined;
   try {
     const t = parseTenantId('bench');
-    await bench.provision(t);
     const tracing: Record<string, string> =
       mode === 'off' ? {} : { OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: String(Number(mode) / 100) };
-    const svcEnv = { NATS_URL: bench.url, CAPSTAN_TENANTS: t, CAPSTAN_WORKFLOWS: fixtures, CAPSTAN_HANDLERS: fixtures, LOG_LEVEL: 'warn', ...tracing };
     // BENCH_PROFILE=<dir>: CPU profiles of both services (where tracing's cost goes).
     const prof: Record<string, string> = env['BENCH_PROFILE'] ? { CAPSTAN_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${env['BENCH_PROFILE']}` } : {};
-    procs.push(
-      spawnService('orchestrator', { ...svcEnv, ...prof }),
-      spawnService('worker', { ...svcEnv, ...prof, NATS_CREDS: await bench.workerCreds(t, 'bench-worker'), WORKER_CONCURRENCY: '256' }),
-    );
-    const load = await createW3Load(await bench.connect(t, Role.Client), (await bench.connect(t, Role.Admin)).nc, t);
-    await new Promise((r) => setTimeout(r, 1000));
+    stack = await startW3Services(bench, t, { ...tracing, ...prof });
+    const { load, procs } = stack;
     await load.run(200, 200);
     const pids = [server.pid, ...procs.map((p) => p.pid)];
     const beforeEach = pids.map(cpuOf);
@@ -70,7 +61,6 @@ async function rep(mode: string): Promise<Rep> {
     // Where it goes: per process, CPU-ms per run (nats-server, orchestrator, worker).
     const each = pids.map((p, i) => `${['nats-server', 'orchestrator', 'worker'][i]} ${(((cpuOf(p) - (beforeEach[i] ?? 0)) * 1000) / RUNS).toFixed(2)}`);
     const otlp = sink.stats();
-    await load.close();
     const r = {
       runsPerSec: RUNS / elapsed,
       cpuMsPerRun: (cpu * 1000) / RUNS,
@@ -84,7 +74,7 @@ async function rep(mode: string): Promise<Rep> {
     if (mode === 'off' && otlp.requests > 0) throw new Error('tracing off, yet spans were exported');
     return r;
   } finally {
-    await Promise.all(procs.map((p) => p.kill('SIGTERM')));
+    await stack?.stop();
     await sink.stop();
     await bench.stop();
   }
