@@ -36,7 +36,7 @@ import {
   type TenantAccess,
   type TenantConnection,
 } from '@capstan/kit';
-import { parseTenantId, Role, type RoleScope, type RunEvent, type RunId, type ServiceRole, type TenantId, type TenantRole } from '@capstan/schemas';
+import { CapstanError, parseTenantId, Role, type RoleScope, type RunEvent, type RunId, type ServiceRole, type TenantId, type TenantRole } from '@capstan/schemas';
 import type { Registry } from '@capstan/actors';
 
 export const silent = createLogger('test', 'silent');
@@ -364,4 +364,14 @@ export function runCli(args: readonly string[], env: Record<string, string> = {}
     child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
     child.once('exit', (code) => resolve({ code, out, err }));
   });
+}
+
+/** What an attempt came to, for counting attacks: `ok`, the typed refusal's code, or the untyped error itself. */
+export async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'ok';
+  } catch (e) {
+    return CapstanError.is(e) ? e.code : String(e);
+  }
 }

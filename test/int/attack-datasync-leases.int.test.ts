@@ -12,7 +12,6 @@ import { sql } from 'drizzle-orm';
 import { issueLease, newRunId, parseCredentials, previewQuery, previewRunId, putEntity, putSecret, queryRows, signerOf, type Signer } from '@capstan/kit';
 import { createDatasync, loadConfig as datasyncConfig, type DatasyncService } from '@capstan/datasync';
 import {
-  CapstanError,
   CatalogKind,
   DatasyncVerb,
   encode,
@@ -25,7 +24,7 @@ import {
   type RunId,
   type TenantId,
 } from '@capstan/schemas';
-import { accessAs, eventsOf, eventually, serviceEnv, testAuthStore, TEST_DEFAULTS, type Harness } from '../harness/fixtures.js';
+import { accessAs, codeOf, eventsOf, eventually, serviceEnv, testAuthStore, TEST_DEFAULTS, type Harness } from '../harness/fixtures.js';
 import { capturingLogger, datasyncFixture, defineCatalog, type DatasyncFixture } from '../harness/datasync.js';
 
 const url = inject('natsUrl');
@@ -43,15 +42,6 @@ async function startDatasync(): Promise<void> {
     capturingLogger('datasync', logs),
   );
   await datasync.start();
-}
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'ok';
-  } catch (e) {
-    return CapstanError.is(e) ? e.code : String(e);
-  }
 }
 
 /** A preview request as a person's CLI sends it: its body, signed over the preview subject. */

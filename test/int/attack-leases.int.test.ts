@@ -52,7 +52,7 @@ import { createWorker, loadConfig as workerConfig, type WorkerApp } from '@capst
 import { createRegistry } from '@capstan/actors';
 import {
   AuthKind,
-  CapstanError,
+  type CapstanError,
   CommandVerb,
   Consumers,
   DeadLetterSource,
@@ -72,7 +72,7 @@ import {
   type TenantId,
   type WorkItem,
 } from '@capstan/schemas';
-import { accessAs, connect, eventually, eventsOf, issueCreds, provision, serviceEnv, silent, testAuthStore, TEST_DEFAULTS, type Harness } from '../harness/fixtures.js';
+import { accessAs, codeOf, connect, eventually, eventsOf, issueCreds, provision, serviceEnv, silent, testAuthStore, TEST_DEFAULTS, type Harness } from '../harness/fixtures.js';
 import { scratchDatabase } from '../harness/postgres.js';
 import { workflows } from '../fixtures/workflows.js';
 
@@ -100,15 +100,6 @@ const as: Record<'orchestrator' | 'sandbox' | 'datasync' | 'worker' | 'peer' | '
 let admin: { by: string; signer: Signer };
 /** How many times a forged work item's handler ran. */
 let executed = 0;
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'ok';
-  } catch (e) {
-    return CapstanError.is(e) ? e.code : String(e);
-  }
-}
 
 async function signerFromCreds(path: string): Promise<Signer> {
   const c = await readCredentials(path);
